@@ -1,0 +1,346 @@
+//! The layouts of every map the XDP program and `xdplb` share.
+//!
+//! This crate is the single definition of those layouts: the eBPF program
+//! (`lb-ebpf`) and the controller (`lb-userspace`, with feature `user`) both
+//! compile these exact types. Every type is `#[repr(C)]` with explicit
+//! padding so the kernel, the verifier and user space agree byte for byte;
+//! sizes are asserted at compile time below each type.
+//!
+//! Byte order: fields holding addresses and ports are in **network order**
+//! (as they sit in the packet), so the data plane never swaps bytes on the hot
+//! path. Everything else is host order.
+//!
+//! Layout:
+//! - [`limits`]: how big the maps are, and why.
+//! - [`maps`]: the map names (the pin file names under the pin path).
+//! - keys and values: [`L4Addr`], [`VipMeta`], [`BackendMeta`], [`FlowKey`],
+//!   [`FlowEntry`], [`ReplyEntry`], [`FibEntry`].
+//! - counters: [`VipCounters`], [`BackendCounters`], [`GlobalCounter`].
+//! - [`flow_hash`] and [`ring_slot_index`]: the selection arithmetic both sides
+//!   must compute identically (tests predict the data plane's choice with it).
+#![no_std]
+
+pub mod limits {
+    //! Map capacities. Changing one changes the pinned maps' shapes, so a
+    //! running data plane must be taken `down` before a binary with new limits
+    //! can adopt it.
+
+    /// VIP slots. Each VIP owns two rings of `ring_size` entries (see
+    /// [`super::RING_SLOTS`]); 64 × 2 × 65537 × 4 bytes ≈ 33 MiB, which is the
+    /// budget we accept for the rings at the default ring size.
+    pub const MAX_VIPS: u32 = 64;
+    /// Backend slots across all pools. Slots of removed backends are not
+    /// reused until no flow can still name them (see the controller).
+    pub const MAX_BACKENDS: u32 = 4096;
+    /// Default LRU flow table size (entries), as in the operator contract.
+    pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1_048_576;
+    /// Default Maglev ring size: prime, and ≥ 100 × a pool of 655 backends,
+    /// which keeps Maglev's imbalance under 1% (Eisenbud et al., §5.3).
+    pub const DEFAULT_RING_SIZE: u32 = 65_537;
+    /// Cached next hops (one per client or backend address talked to).
+    pub const FIB_CACHE_SIZE: u32 = 65_536;
+    /// How long a cached `bpf_fib_lookup` result is trusted. Short enough that
+    /// a moved neighbour (new MAC, new route) is picked up within a second.
+    pub const FIB_CACHE_TTL_NS: u64 = 1_000_000_000;
+}
+
+pub mod maps {
+    //! Map names as they appear in the object file and as pin file names.
+    pub const VIPS: &str = "VIPS";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const RINGS: &str = "RINGS";
+    pub const FLOWS: &str = "FLOWS";
+    pub const REPLIES: &str = "REPLIES";
+    pub const FIB_CACHE: &str = "FIB_CACHE";
+    pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
+    pub const VIP_STATS: &str = "VIP_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    /// The XDP entry point's name in the object file.
+    pub const PROGRAM: &str = "xdplb";
+    /// The pinned XDP link per interface is `link_<ifname>` under the pin path.
+    pub const LINK_PREFIX: &str = "link_";
+}
+
+/// Two rings per VIP: user space fills the one not in use, then flips
+/// [`VipMeta::ring_slot`] in a single hash-map update, so a packet sees either
+/// the whole old ring or the whole new one, never a half-written one.
+pub const RING_SLOTS: u32 = 2;
+
+/// `RINGS` value meaning "no backend": an empty active set.
+pub const NO_BACKEND: u32 = u32::MAX;
+
+pub const IPPROTO_TCP: u8 = 6;
+
+/// An L4 endpoint. Key of `VIPS` (what a client addresses) and of `REPLIES`
+/// (a backend's service address, where its replies come from).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct L4Addr {
+    /// IPv4 address, network order.
+    pub addr: u32,
+    /// TCP port, network order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<L4Addr>() == 8);
+
+/// Value of `VIPS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipMeta {
+    /// Index into `VIP_STATS` and into `RINGS` (see [`ring_slot_index`]).
+    pub index: u32,
+    /// Which of the VIP's two rings is live: 0 or 1.
+    pub ring_slot: u32,
+    /// `VIP_F_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<VipMeta>() == 16);
+
+/// Backend slot unused.
+pub const BACKEND_FREE: u8 = 0;
+/// Gets new flows (it is in the ring) and keeps its established ones.
+pub const BACKEND_ACTIVE: u8 = 1;
+/// Out of the ring; established flows continue.
+pub const BACKEND_DRAINING: u8 = 2;
+/// Healthy spare, out of the ring; it has no flows, and would keep any.
+pub const BACKEND_STANDBY: u8 = 3;
+/// Failed health: established flows are re-steered on their next packet.
+pub const BACKEND_DOWN: u8 = 4;
+
+/// `BackendMeta::flags`: the operator drained it. Kept in the pinned map so a
+/// drain survives a controller restart as well as a reload.
+pub const BACKEND_F_OPERATOR_DRAIN: u8 = 1;
+
+/// Value of `BACKENDS` (array indexed by backend slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendMeta {
+    /// IPv4 address, network order.
+    pub addr: u32,
+    /// TCP port, network order.
+    pub port: u16,
+    /// `BACKEND_*` state.
+    pub state: u8,
+    /// `BACKEND_F_*` bits; the data plane ignores them.
+    pub flags: u8,
+    /// The VIP (pool) this slot serves; lets a restarted controller recognise
+    /// its slots in the pinned map.
+    pub vip_index: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<BackendMeta>() == 16);
+
+/// Key of `FLOWS`: the client → VIP 5-tuple as received.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Network order.
+    pub src_addr: u32,
+    /// Network order.
+    pub dst_addr: u32,
+    /// Network order.
+    pub src_port: u16,
+    /// Network order.
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
+
+/// Value of `FLOWS` (LRU hash).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEntry {
+    /// Backend slot the flow is pinned to.
+    pub backend: u32,
+    pub vip_index: u32,
+    /// `bpf_ktime_get_ns` of the last packet (monotonic, boot-based).
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<FlowEntry>() == 16);
+
+/// Value of `REPLIES` (hash keyed by a backend's [`L4Addr`], written by user
+/// space): which VIP a reply from that backend must appear to come from.
+///
+/// A reply is rewritten only if the client's flow, rebuilt from this entry,
+/// is pinned to this very backend: so the controller's own health checks
+/// (no flow) pass untouched, and a new flow costs one LRU insert, not two.
+/// It also means one backend endpoint serves one VIP (config validation).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplyEntry {
+    /// VIP address, network order.
+    pub vip_addr: u32,
+    /// VIP port, network order.
+    pub vip_port: u16,
+    pub _pad: u16,
+    pub backend: u32,
+    pub vip_index: u32,
+}
+const _: () = assert!(core::mem::size_of::<ReplyEntry>() == 16);
+
+/// Value of `FIB_CACHE` (LRU hash keyed by destination IPv4, network order):
+/// a `bpf_fib_lookup` result reused until `expires_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FibEntry {
+    pub ifindex: u32,
+    pub _pad: u32,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub _pad2: u32,
+    pub expires_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<FibEntry>() == 32);
+
+/// Value of `VIP_STATS` (per-CPU array indexed by VIP index). Counts the
+/// client → VIP direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+const _: () = assert!(core::mem::size_of::<VipCounters>() == 24);
+
+/// Value of `BACKEND_STATS` (per-CPU array indexed by backend slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendCounters {
+    /// Client → backend packets.
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    /// Backend → client packets rewritten back to the VIP.
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<BackendCounters>() == 40);
+
+/// Indices of `GLOBAL_STATS` (per-CPU array of u64).
+///
+/// Every packet bumps `Rx` and exactly one verdict counter (`Passed`,
+/// `Dropped`, `Redirected`, `Tx`); dropped and notable passed packets also
+/// bump one reason counter.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GlobalCounter {
+    Rx = 0,
+    Passed,
+    Dropped,
+    Redirected,
+    /// Non-SYN packets of a VIP with no flow entry (evicted, or from before
+    /// the data plane was loaded): selected again by the ring.
+    FlowMisses,
+    /// Established flows moved off a backend that went down.
+    Resteered,
+    /// Rewritten packets handed to the kernel because the next hop's
+    /// neighbour entry is not resolved yet.
+    PassNeighUnresolved,
+    /// Non-first IPv4 fragments: they carry no ports, so they pass.
+    PassFragment,
+    DropTruncatedEth,
+    DropTruncatedIp,
+    DropBadIpVersion,
+    DropBadIhl,
+    DropBadTotalLength,
+    /// A VIP packet carrying IPv4 options (we do not rewrite those).
+    DropIpOptions,
+    /// A first fragment addressed to a VIP: it cannot be balanced whole.
+    DropFragment,
+    DropTruncatedTcp,
+    /// VIP with an empty active set.
+    DropNoBackend,
+    /// `bpf_fib_lookup` said the destination is unreachable or forbidden.
+    DropUnroutable,
+    /// Internal: a map lookup that cannot fail failed (bad slot index).
+    DropInternal,
+}
+
+impl GlobalCounter {
+    pub const COUNT: u32 = GlobalCounter::DropInternal as u32 + 1;
+    /// The drop reasons, with their metric label.
+    pub const DROP_REASONS: [(GlobalCounter, &'static str); 11] = [
+        (GlobalCounter::DropTruncatedEth, "truncated_eth"),
+        (GlobalCounter::DropTruncatedIp, "truncated_ip"),
+        (GlobalCounter::DropBadIpVersion, "bad_ip_version"),
+        (GlobalCounter::DropBadIhl, "bad_ihl"),
+        (GlobalCounter::DropBadTotalLength, "bad_total_length"),
+        (GlobalCounter::DropIpOptions, "ip_options"),
+        (GlobalCounter::DropFragment, "fragment"),
+        (GlobalCounter::DropTruncatedTcp, "truncated_tcp"),
+        (GlobalCounter::DropNoBackend, "no_backend"),
+        (GlobalCounter::DropUnroutable, "unroutable"),
+        (GlobalCounter::DropInternal, "internal"),
+    ];
+}
+
+/// Bob Jenkins' final mix (as `jhash_3words` in the kernel and Katran).
+#[inline(always)]
+const fn jhash_final(mut a: u32, mut b: u32, mut c: u32) -> u32 {
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(14));
+    a ^= c;
+    a = a.wrapping_sub(c.rotate_left(11));
+    b ^= a;
+    b = b.wrapping_sub(a.rotate_left(25));
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(16));
+    a ^= c;
+    a = a.wrapping_sub(c.rotate_left(4));
+    b ^= a;
+    b = b.wrapping_sub(a.rotate_left(14));
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(24));
+    c
+}
+
+/// `JHASH_INITVAL` of the kernel's jhash.h.
+const JHASH_INITVAL: u32 = 0xdead_beef;
+/// Fixed seed: every host must hash a flow to the same ring entry, so
+/// several LBs behind ECMP agree.
+const FLOW_HASH_SEED: u32 = 0x7864_706c; // "xdpl"
+
+/// The hash that picks a flow's ring entry. Inputs are the raw
+/// (network-order) header fields, so the data plane hashes without swapping.
+#[inline(always)]
+pub const fn flow_hash(key: &FlowKey) -> u32 {
+    let ports = ((key.src_port as u32) << 16) | key.dst_port as u32;
+    let init = JHASH_INITVAL.wrapping_add(FLOW_HASH_SEED).wrapping_add(key.proto as u32);
+    jhash_final(
+        key.src_addr.wrapping_add(init),
+        key.dst_addr.wrapping_add(init),
+        ports.wrapping_add(init),
+    )
+}
+
+/// Index into `RINGS` of entry `hash % ring_size` of a VIP's ring `slot`.
+#[inline(always)]
+pub const fn ring_slot_index(vip_index: u32, slot: u32, ring_size: u32, hash: u32) -> u32 {
+    (vip_index * RING_SLOTS + slot) * ring_size + hash % ring_size
+}
+
+/// Total `RINGS` entries for a ring size.
+pub const fn rings_len(ring_size: u32) -> u32 {
+    limits::MAX_VIPS * RING_SLOTS * ring_size
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are #[repr(C)] of integers with explicit padding fields, so
+    // every bit pattern is valid and there are no implicit holes.
+    unsafe impl aya::Pod for L4Addr {}
+    unsafe impl aya::Pod for VipMeta {}
+    unsafe impl aya::Pod for BackendMeta {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowEntry {}
+    unsafe impl aya::Pod for ReplyEntry {}
+    unsafe impl aya::Pod for FibEntry {}
+    unsafe impl aya::Pod for VipCounters {}
+    unsafe impl aya::Pod for BackendCounters {}
+}

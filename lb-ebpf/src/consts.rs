@@ -1,0 +1,24 @@
+//! Protocol constants, pre-swapped where the packet holds them in network
+//! order, so the hot path compares raw loads without a byte swap (as
+//! Katran's `BE_ETH_P_IP`).
+
+/// ETH_P_IP (0x0800) as a little-endian load of the big-endian field sees it.
+pub const BE_ETH_P_IP: u16 = 0x0800u16.to_be();
+
+pub const ETH_HLEN: usize = 14;
+pub const IPV4_MIN_HLEN: usize = 20;
+pub const TCP_MIN_HLEN: usize = 20;
+
+/// frag_off bits, network order as loaded: "more fragments" and the offset.
+pub const BE_IP_MF: u16 = 0x2000u16.to_be();
+pub const BE_IP_OFFSET_MASK: u16 = 0x1fffu16.to_be();
+
+/// TCP flag bits in the byte after the data offset.
+pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_ACK: u8 = 0x10;
+
+pub const AF_INET: u8 = 2;
+
+/// A packet whose TTL would expire here goes to the kernel, which sends the
+/// ICMP time-exceeded a router owes the sender.
+pub const MIN_FORWARD_TTL: u8 = 2;

@@ -1,0 +1,32 @@
+//! Builds the XDP program (`lb-ebpf`, target bpfel-unknown-none, nightly
+//! `-Z build-std=core`) and leaves it in OUT_DIR, where `dataplane` embeds it.
+use std::{env, fs, path::PathBuf};
+
+use anyhow::Context as _;
+
+fn main() -> anyhow::Result<()> {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
+    let ebpf_dir = manifest_dir
+        .parent()
+        .context("workspace root")?
+        .join("lb-ebpf");
+    let ebpf_dir = ebpf_dir.to_str().context("non-UTF-8 path")?;
+    println!("cargo:rerun-if-changed={}", manifest_dir.join("../lb-common").display());
+    // AYA_BUILD_SKIP=1 (tooling without bpf-linker) leaves no object: write
+    // an empty one so the crate still compiles; loading it then fails loudly.
+    let out = PathBuf::from(env::var("OUT_DIR")?).join("lb-ebpf");
+    if env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
+        if !out.exists() {
+            fs::write(&out, [])?;
+        }
+        return Ok(());
+    }
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: "lb-ebpf",
+            root_dir: ebpf_dir,
+            ..Default::default()
+        }],
+        aya_build::Toolchain::default(),
+    )
+}

@@ -55,6 +55,7 @@ pub mod maps {
     pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const NAMES: &str = "NAMES";
     /// The XDP entry point's name in the object file.
     pub const PROGRAM: &str = "xdplb";
     /// The pinned XDP link per interface is `link_<ifname>` under the pin path.
@@ -195,6 +196,51 @@ pub struct FibEntry {
     pub expires_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<FibEntry>() == 32);
+
+/// Value of `NAMES` (array, read only by user space): the pool name of VIP
+/// index `i` at `i`, the backend name of slot `s` at `MAX_VIPS + s`. Kept in
+/// the pinned maps so `xdplb stats` can label counters with the controller
+/// stopped, and a restarted controller can recognise its slots.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Name {
+    pub len: u8,
+    pub bytes: [u8; NAME_MAX],
+}
+/// Longest pool or backend name, bytes.
+pub const NAME_MAX: usize = 63;
+const _: () = assert!(core::mem::size_of::<Name>() == 64);
+
+impl Default for Name {
+    fn default() -> Self {
+        Name {
+            len: 0,
+            bytes: [0; NAME_MAX],
+        }
+    }
+}
+
+impl Name {
+    /// `None` if longer than [`NAME_MAX`].
+    pub fn new(s: &str) -> Option<Name> {
+        let b = s.as_bytes();
+        if b.len() > NAME_MAX {
+            return None;
+        }
+        let mut n = Name::default();
+        n.bytes[..b.len()].copy_from_slice(b);
+        n.len = b.len() as u8;
+        Some(n)
+    }
+
+    pub fn as_str(&self) -> &str {
+        let len = (self.len as usize).min(NAME_MAX);
+        core::str::from_utf8(&self.bytes[..len]).unwrap_or("")
+    }
+}
+
+/// Entries of `NAMES`.
+pub const NAMES_LEN: u32 = limits::MAX_VIPS + limits::MAX_BACKENDS;
 
 /// Value of `VIP_STATS` (per-CPU array indexed by VIP index). Counts the
 /// client → VIP direction.
@@ -343,4 +389,5 @@ mod pod {
     unsafe impl aya::Pod for FibEntry {}
     unsafe impl aya::Pod for VipCounters {}
     unsafe impl aya::Pod for BackendCounters {}
+    unsafe impl aya::Pod for Name {}
 }

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use lb_common::{
     limits::{DEFAULT_FLOW_TABLE_SIZE, DEFAULT_RING_SIZE, FIB_CACHE_SIZE, MAX_BACKENDS, MAX_VIPS},
     rings_len, BackendCounters, BackendMeta, FibEntry, FlowEntry, FlowKey, GlobalCounter, L4Addr,
-    ReplyEntry, VipCounters, VipMeta,
+    Name, ReplyEntry, VipCounters, VipMeta, NAMES_LEN,
 };
 
 /// VIP endpoint → its index and live ring slot.
@@ -48,3 +48,8 @@ pub static VIP_STATS: PerCpuArray<VipCounters> = PerCpuArray::pinned(MAX_VIPS, 0
 
 #[map]
 pub static BACKEND_STATS: PerCpuArray<BackendCounters> = PerCpuArray::pinned(MAX_BACKENDS, 0);
+
+/// Pool and backend names for user space (see `lb_common::Name`); the
+/// program never reads it.
+#[map]
+pub static NAMES: Array<Name> = Array::pinned(NAMES_LEN, 0);

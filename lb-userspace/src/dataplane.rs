@@ -1,0 +1,733 @@
+//! The data plane as user space sees it: load or adopt the XDP program and
+//! its pinned maps, attach it, keep the maps in sync, read the counters.
+//!
+//! This is the only module that touches aya. Everything under the pin path
+//! outlives the controller: maps, and one pinned XDP link per interface. A
+//! restarted `xdplb run` reuses the pinned maps (flow table included) and
+//! swaps its freshly loaded program into the pinned links atomically, so no
+//! packet is ever without a program and no flow is forgotten.
+//!
+//! Ring updates never show a packet a half-written ring: each VIP has two
+//! rings; the one not in use is written entry by entry, then the VIP's hash
+//! entry is replaced in one update naming the other slot. Hash-map updates
+//! are atomic for readers (RCU), array writes are not — hence the flip.
+use std::{
+    collections::HashMap as StdHashMap,
+    fs,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use lb_common::{
+    limits::{MAX_BACKENDS, MAX_VIPS},
+    maps, rings_len, BackendCounters, BackendMeta, FlowEntry, FlowKey, GlobalCounter, L4Addr,
+    Name, ReplyEntry, VipCounters, VipMeta, IPPROTO_TCP, NAMES_LEN, RING_SLOTS,
+};
+use thiserror::Error;
+
+/// The XDP object built by `build.rs` (aya-build), embedded in the binary.
+static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+#[derive(Debug, Error)]
+pub enum DataplaneError {
+    #[error("the embedded XDP object is empty (built with AYA_BUILD_SKIP?)")]
+    NoObject,
+    #[error("cannot prepare pin path {path}: {source}")]
+    PinPath {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot mount bpffs on /sys/fs/bpf: {source}")]
+    MountBpffs {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "pinned data plane at {path} was loaded with {what} = {pinned}, config says {wanted}; \
+         run `xdplb down` first to start afresh (this drops established flows)"
+    )]
+    ShapeMismatch {
+        path: PathBuf,
+        what: &'static str,
+        pinned: u32,
+        wanted: u32,
+    },
+    #[error("loading the XDP program failed: {source}")]
+    Load {
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    #[error("XDP program: {source}")]
+    Program {
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("attaching to interface {iface}: {source}")]
+    Attach {
+        iface: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("pinned link {path}: {reason}")]
+    Link { path: PathBuf, reason: String },
+    #[error("map {map} missing from the object or pin path")]
+    MissingMap { map: &'static str },
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: Box<MapError>,
+    },
+    #[error("no data plane pinned at {path} (is `xdplb run` started? wrong --pin-path?)")]
+    NotPinned { path: PathBuf },
+    #[error("ring for VIP index {vip_index} has {len} entries, expected {ring_size}")]
+    RingLength {
+        vip_index: u32,
+        len: usize,
+        ring_size: u32,
+    },
+    #[error("name {name:?} is longer than {max} bytes")]
+    NameTooLong { name: String, max: usize },
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map {
+        map,
+        source: Box::new(source),
+    }
+}
+
+/// How the maps are shaped; fixed for the life of a pinned data plane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub pin_path: PathBuf,
+    pub ring_size: u32,
+    pub flow_table_size: u32,
+}
+
+/// `xdp_mode` from the config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native where the driver supports it, else generic (the kernel picks).
+    Auto,
+    Native,
+    Generic,
+}
+
+impl AttachMode {
+    fn xdp_mode(self) -> XdpMode {
+        match self {
+            AttachMode::Auto => XdpMode::Default,
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Generic => XdpMode::Skb,
+        }
+    }
+}
+
+/// An IPv4 TCP endpoint as the maps key it.
+pub fn l4addr(addr: SocketAddrV4) -> L4Addr {
+    L4Addr {
+        addr: u32::from_ne_bytes(addr.ip().octets()),
+        port: addr.port().to_be(),
+        proto: IPPROTO_TCP,
+        _pad: 0,
+    }
+}
+
+/// The endpoint an [`L4Addr`] names.
+pub fn socket_addr(a: &L4Addr) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::from(a.addr.to_ne_bytes()), u16::from_be(a.port))
+}
+
+/// A backend slot as the controller writes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendSlot {
+    pub slot: u32,
+    pub vip_index: u32,
+    pub addr: SocketAddrV4,
+    pub state: u8,
+    pub flags: u8,
+}
+
+/// A loaded, pinned data plane.
+pub struct Dataplane {
+    shape: Shape,
+    ebpf: Ebpf,
+    vips: HashMap<MapData, L4Addr, VipMeta>,
+    backends: Array<MapData, BackendMeta>,
+    replies: HashMap<MapData, L4Addr, ReplyEntry>,
+    rings: Array<MapData, u32>,
+    names: Array<MapData, Name>,
+    /// What each (vip index, slot) ring holds as far as we wrote it: lets a
+    /// ring update write only the entries that change. Empty after adopt.
+    written: StdHashMap<(u32, u32), Vec<u32>>,
+}
+
+/// Makes sure `/sys/fs/bpf` is a bpffs when the pin path lives under it
+/// (it is not mounted by default on these machines).
+pub fn ensure_bpffs(pin_path: &Path) -> Result<(), DataplaneError> {
+    let root = Path::new("/sys/fs/bpf");
+    if !pin_path.starts_with(root) {
+        return Ok(());
+    }
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mounted = mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let _dev = f.next();
+        f.next() == Some("/sys/fs/bpf") && f.next() == Some("bpf")
+    });
+    if mounted {
+        return Ok(());
+    }
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+    let (src, dst, ty) = (c("bpf"), c("/sys/fs/bpf"), c("bpf"));
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            ty.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(DataplaneError::MountBpffs {
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+fn pinned_max_entries(path: &Path) -> Option<u32> {
+    let md = MapData::from_pin(path).ok()?;
+    md.info().ok().map(|i| i.max_entries())
+}
+
+impl Dataplane {
+    /// Loads the program, creating the maps under the pin path or reusing
+    /// the ones already pinned there (flow table and all).
+    pub fn load(shape: Shape) -> Result<Dataplane, DataplaneError> {
+        if PROGRAM_OBJECT.is_empty() {
+            return Err(DataplaneError::NoObject);
+        }
+        ensure_bpffs(&shape.pin_path)?;
+        fs::create_dir_all(&shape.pin_path).map_err(|source| DataplaneError::PinPath {
+            path: shape.pin_path.clone(),
+            source,
+        })?;
+        for (map, what, wanted) in [
+            (maps::RINGS, "ring_size", rings_len(shape.ring_size)),
+            (maps::FLOWS, "flow_table_size", shape.flow_table_size),
+        ] {
+            if let Some(pinned) = pinned_max_entries(&shape.pin_path.join(map)) {
+                if pinned != wanted {
+                    let per = if map == maps::RINGS {
+                        MAX_VIPS * RING_SLOTS
+                    } else {
+                        1
+                    };
+                    return Err(DataplaneError::ShapeMismatch {
+                        path: shape.pin_path.clone(),
+                        what,
+                        pinned: pinned / per,
+                        wanted: wanted / per,
+                    });
+                }
+            }
+        }
+        let ring_size = shape.ring_size;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&shape.pin_path)
+            .map_max_entries(maps::RINGS, rings_len(ring_size))
+            .map_max_entries(maps::FLOWS, shape.flow_table_size)
+            .override_global("RING_SIZE", &ring_size, true)
+            .load(PROGRAM_OBJECT)
+            .map_err(|source| DataplaneError::Load {
+                source: Box::new(source),
+            })?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(maps::PROGRAM)
+            .ok_or(DataplaneError::MissingMap {
+                map: maps::PROGRAM,
+            })?
+            .try_into()
+            .map_err(|e| DataplaneError::Program {
+                source: Box::new(e),
+            })?;
+        prog.load().map_err(|e| DataplaneError::Program {
+            source: Box::new(e),
+        })?;
+        let vips = take(&mut ebpf, maps::VIPS)?;
+        let backends = take(&mut ebpf, maps::BACKENDS)?;
+        let replies = take(&mut ebpf, maps::REPLIES)?;
+        let rings = take(&mut ebpf, maps::RINGS)?;
+        let names = take(&mut ebpf, maps::NAMES)?;
+        Ok(Dataplane {
+            shape,
+            ebpf,
+            vips,
+            backends,
+            replies,
+            rings,
+            names,
+            written: StdHashMap::new(),
+        })
+    }
+
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    /// The loaded XDP program (tests run it with `test_run`).
+    pub fn program(&self) -> &Xdp {
+        self.ebpf
+            .program(maps::PROGRAM)
+            .and_then(|p| <&Xdp>::try_from(p).ok())
+            .expect("load() checked the program exists and is XDP")
+    }
+
+    fn program_mut(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(maps::PROGRAM)
+            .and_then(|p| <&mut Xdp>::try_from(p).ok())
+            .expect("load() checked the program exists and is XDP")
+    }
+
+    fn link_path(&self, iface: &str) -> PathBuf {
+        self.shape
+            .pin_path
+            .join(format!("{}{iface}", maps::LINK_PREFIX))
+    }
+
+    /// Attaches to `iface`: swaps this program into the pinned link if one
+    /// exists (no gap, no lost flow), else attaches afresh and pins the
+    /// link so it outlives this process.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<(), DataplaneError> {
+        let path = self.link_path(iface);
+        let attach_err = |source| DataplaneError::Attach {
+            iface: iface.to_string(),
+            source: Box::new(source),
+        };
+        if path.exists() {
+            let link_err = |reason: String| DataplaneError::Link {
+                path: path.clone(),
+                reason,
+            };
+            let pinned = PinnedLink::from_pin(&path).map_err(|e| link_err(e.to_string()))?;
+            let fd_link: FdLink = pinned.into();
+            let link = aya::programs::xdp::XdpLink::try_from(fd_link)
+                .map_err(|e| link_err(e.to_string()))?;
+            self.program_mut()
+                .attach_to_link(link)
+                .map_err(attach_err)?;
+            return Ok(());
+        }
+        let prog = self.program_mut();
+        let id = prog.attach(iface, mode.xdp_mode()).map_err(attach_err)?;
+        let link = prog.take_link(id).map_err(attach_err)?;
+        let fd_link = FdLink::try_from(link).map_err(|e| DataplaneError::Link {
+            path: path.clone(),
+            reason: format!("XDP link is not a bpf_link (kernel too old?): {e}"),
+        })?;
+        fd_link.pin(&path).map_err(|e| DataplaneError::Link {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(())
+    }
+
+    /// The VIPs currently in the map, with their meta.
+    pub fn read_vips(&self) -> Result<Vec<(L4Addr, VipMeta)>, DataplaneError> {
+        self.vips
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(maps::VIPS))
+    }
+
+    /// All backend slots in use.
+    pub fn read_backends(&self) -> Result<Vec<BackendSlot>, DataplaneError> {
+        let mut out = Vec::new();
+        for slot in 0..MAX_BACKENDS {
+            let meta = self
+                .backends
+                .get(&slot, 0)
+                .map_err(map_err(maps::BACKENDS))?;
+            if meta.state != lb_common::BACKEND_FREE {
+                out.push(BackendSlot {
+                    slot,
+                    vip_index: meta.vip_index,
+                    addr: socket_addr(&L4Addr {
+                        addr: meta.addr,
+                        port: meta.port,
+                        ..Default::default()
+                    }),
+                    state: meta.state,
+                    flags: meta.flags,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn read_name(&self, index: u32) -> Result<String, DataplaneError> {
+        let n = self.names.get(&index, 0).map_err(map_err(maps::NAMES))?;
+        Ok(n.as_str().to_string())
+    }
+
+    pub fn write_name(&mut self, index: u32, name: &str) -> Result<(), DataplaneError> {
+        let n = Name::new(name).ok_or_else(|| DataplaneError::NameTooLong {
+            name: name.to_string(),
+            max: lb_common::NAME_MAX,
+        })?;
+        self.names
+            .set(index, n, 0)
+            .map_err(map_err(maps::NAMES))
+    }
+
+    /// Publishes `ring` (backend slots, `ring_size` long) for the VIP: written
+    /// into the idle slot, then made live with one atomic VIPS update.
+    pub fn publish_vip(
+        &mut self,
+        vip: SocketAddrV4,
+        vip_index: u32,
+        ring: &[u32],
+    ) -> Result<(), DataplaneError> {
+        let ring_size = self.shape.ring_size;
+        if ring.len() != ring_size as usize {
+            return Err(DataplaneError::RingLength {
+                vip_index,
+                len: ring.len(),
+                ring_size,
+            });
+        }
+        let key = l4addr(vip);
+        let live = self.vips.get(&key, 0).ok();
+        if let Some(live) = live {
+            if live.index == vip_index
+                && self.written.get(&(vip_index, live.ring_slot)).map(Vec::as_slice) == Some(ring)
+            {
+                return Ok(());
+            }
+        }
+        let slot = match live {
+            Some(m) if m.index == vip_index => (m.ring_slot + 1) % RING_SLOTS,
+            _ => 0,
+        };
+        let base = (vip_index * RING_SLOTS + slot) * ring_size;
+        let previous = self.written.remove(&(vip_index, slot));
+        for (i, &backend) in ring.iter().enumerate() {
+            if previous.as_ref().is_some_and(|p| p[i] == backend) {
+                continue;
+            }
+            self.rings
+                .set(base + i as u32, backend, 0)
+                .map_err(map_err(maps::RINGS))?;
+        }
+        self.written.insert((vip_index, slot), ring.to_vec());
+        let meta = VipMeta {
+            index: vip_index,
+            ring_slot: slot,
+            flags: 0,
+            _pad: 0,
+        };
+        self.vips
+            .insert(key, meta, 0)
+            .map_err(map_err(maps::VIPS))
+    }
+
+    /// Stops balancing a VIP: its packets pass to the kernel from now on.
+    pub fn remove_vip(&mut self, vip: SocketAddrV4) -> Result<(), DataplaneError> {
+        match self.vips.remove(&l4addr(vip)) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(maps::VIPS)(e)),
+        }
+    }
+
+    pub fn write_backend(&mut self, b: &BackendSlot) -> Result<(), DataplaneError> {
+        let key = l4addr(b.addr);
+        let meta = BackendMeta {
+            addr: key.addr,
+            port: key.port,
+            state: b.state,
+            flags: b.flags,
+            vip_index: b.vip_index,
+            _pad: 0,
+        };
+        self.backends
+            .set(b.slot, meta, 0)
+            .map_err(map_err(maps::BACKENDS))
+    }
+
+    /// Releases a slot. Its flows were re-steered already (it was down or
+    /// drained); a stale flow entry naming it re-selects on its next packet.
+    pub fn free_backend(&mut self, slot: u32) -> Result<(), DataplaneError> {
+        self.backends
+            .set(slot, BackendMeta::default(), 0)
+            .map_err(map_err(maps::BACKENDS))
+    }
+
+    /// Replies from `backend` are rewritten to come from `vip`.
+    pub fn write_reply(
+        &mut self,
+        backend: SocketAddrV4,
+        vip: SocketAddrV4,
+        slot: u32,
+        vip_index: u32,
+    ) -> Result<(), DataplaneError> {
+        let v = l4addr(vip);
+        let entry = ReplyEntry {
+            vip_addr: v.addr,
+            vip_port: v.port,
+            _pad: 0,
+            backend: slot,
+            vip_index,
+        };
+        self.replies
+            .insert(l4addr(backend), entry, 0)
+            .map_err(map_err(maps::REPLIES))
+    }
+
+    pub fn remove_reply(&mut self, backend: SocketAddrV4) -> Result<(), DataplaneError> {
+        match self.replies.remove(&l4addr(backend)) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(maps::REPLIES)(e)),
+        }
+    }
+
+    /// Entry `i` of ring `slot` of a VIP, as the data plane sees it.
+    pub fn ring_entry(&self, vip_index: u32, slot: u32, i: u32) -> Result<u32, DataplaneError> {
+        let idx = (vip_index * RING_SLOTS + slot) * self.shape.ring_size + i;
+        self.rings.get(&idx, 0).map_err(map_err(maps::RINGS))
+    }
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or(DataplaneError::MissingMap { map: name })?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+fn open_pinned<T>(pin_path: &Path, name: &'static str) -> Result<T, DataplaneError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let path = pin_path.join(name);
+    if !path.exists() {
+        return Err(DataplaneError::NotPinned {
+            path: pin_path.to_path_buf(),
+        });
+    }
+    let md = MapData::from_pin(&path).map_err(map_err(name))?;
+    let map = Map::from_map_data(md).map_err(map_err(name))?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+/// Detaches every pinned link under `pin_path` and removes all pins.
+/// Returns the interfaces that were detached.
+pub fn down(pin_path: &Path) -> Result<Vec<String>, DataplaneError> {
+    let entries = match fs::read_dir(pin_path) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(DataplaneError::NotPinned {
+                path: pin_path.to_path_buf(),
+            })
+        }
+        Err(source) => {
+            return Err(DataplaneError::PinPath {
+                path: pin_path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut detached = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // Removing the last reference to a bpf_link (its pin; no process
+        // holds an fd once the controller is gone) detaches it.
+        fs::remove_file(entry.path()).map_err(|source| DataplaneError::PinPath {
+            path: entry.path(),
+            source,
+        })?;
+        if let Some(iface) = name.strip_prefix(maps::LINK_PREFIX) {
+            detached.push(iface.to_string());
+        }
+    }
+    fs::remove_dir(pin_path).map_err(|source| DataplaneError::PinPath {
+        path: pin_path.to_path_buf(),
+        source,
+    })?;
+    detached.sort();
+    Ok(detached)
+}
+
+/// A counter snapshot, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Counters {
+    pub global: Vec<u64>,
+    /// (vip index, pool name, vip, counters), for VIPs in the map.
+    pub vips: Vec<VipStats>,
+    pub backends: Vec<BackendStats>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct VipStats {
+    pub index: u32,
+    pub pool: String,
+    pub vip: SocketAddrV4,
+    pub counters: VipCounters,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackendStats {
+    pub slot: u32,
+    pub pool: String,
+    pub name: String,
+    pub addr: SocketAddrV4,
+    pub state: u8,
+    pub counters: BackendCounters,
+}
+
+impl Counters {
+    pub fn get(&self, c: GlobalCounter) -> u64 {
+        self.global.get(c as usize).copied().unwrap_or(0)
+    }
+}
+
+/// Reads counters from the pinned maps; needs no controller.
+pub struct CounterReader {
+    global: PerCpuArray<MapData, u64>,
+    vip_stats: PerCpuArray<MapData, VipCounters>,
+    backend_stats: PerCpuArray<MapData, BackendCounters>,
+    vips: HashMap<MapData, L4Addr, VipMeta>,
+    backends: Array<MapData, BackendMeta>,
+    names: Array<MapData, Name>,
+}
+
+impl CounterReader {
+    pub fn open(pin_path: &Path) -> Result<CounterReader, DataplaneError> {
+        Ok(CounterReader {
+            global: open_pinned(pin_path, maps::GLOBAL_STATS)?,
+            vip_stats: open_pinned(pin_path, maps::VIP_STATS)?,
+            backend_stats: open_pinned(pin_path, maps::BACKEND_STATS)?,
+            vips: open_pinned(pin_path, maps::VIPS)?,
+            backends: open_pinned(pin_path, maps::BACKENDS)?,
+            names: open_pinned(pin_path, maps::NAMES)?,
+        })
+    }
+
+    fn name(&self, index: u32) -> String {
+        self.names
+            .get(&index, 0)
+            .map(|n| n.as_str().to_string())
+            .unwrap_or_default()
+    }
+
+    pub fn read(&self) -> Result<Counters, DataplaneError> {
+        let mut global = Vec::with_capacity(GlobalCounter::COUNT as usize);
+        for i in 0..GlobalCounter::COUNT {
+            let per_cpu = self
+                .global
+                .get(&i, 0)
+                .map_err(map_err(maps::GLOBAL_STATS))?;
+            global.push(per_cpu.iter().sum());
+        }
+        let mut vips = Vec::new();
+        for item in self.vips.iter() {
+            let (key, meta) = item.map_err(map_err(maps::VIPS))?;
+            let per_cpu = self
+                .vip_stats
+                .get(&meta.index, 0)
+                .map_err(map_err(maps::VIP_STATS))?;
+            let mut c = VipCounters::default();
+            for v in per_cpu.iter() {
+                c.packets += v.packets;
+                c.bytes += v.bytes;
+                c.new_flows += v.new_flows;
+            }
+            vips.push(VipStats {
+                index: meta.index,
+                pool: self.name(meta.index),
+                vip: socket_addr(&key),
+                counters: c,
+            });
+        }
+        vips.sort_by_key(|v| v.index);
+        let pool_of: StdHashMap<u32, String> =
+            vips.iter().map(|v| (v.index, v.pool.clone())).collect();
+        let mut backends = Vec::new();
+        for slot in 0..MAX_BACKENDS {
+            let meta = self
+                .backends
+                .get(&slot, 0)
+                .map_err(map_err(maps::BACKENDS))?;
+            if meta.state == lb_common::BACKEND_FREE {
+                continue;
+            }
+            let per_cpu = self
+                .backend_stats
+                .get(&slot, 0)
+                .map_err(map_err(maps::BACKEND_STATS))?;
+            let mut c = BackendCounters::default();
+            for v in per_cpu.iter() {
+                c.packets += v.packets;
+                c.bytes += v.bytes;
+                c.new_flows += v.new_flows;
+                c.reply_packets += v.reply_packets;
+                c.reply_bytes += v.reply_bytes;
+            }
+            backends.push(BackendStats {
+                slot,
+                pool: pool_of
+                    .get(&meta.vip_index)
+                    .cloned()
+                    .unwrap_or_else(|| self.name(meta.vip_index)),
+                name: self.name(MAX_VIPS + slot),
+                addr: socket_addr(&L4Addr {
+                    addr: meta.addr,
+                    port: meta.port,
+                    ..Default::default()
+                }),
+                state: meta.state,
+                counters: c,
+            });
+        }
+        Ok(Counters {
+            global,
+            vips,
+            backends,
+        })
+    }
+}
+
+/// Established flows per backend slot, from the flow table. Walks the LRU
+/// (two syscalls an entry), so callers bound how often they ask; stops
+/// after `limit` entries.
+pub fn flow_counts(pin_path: &Path, limit: usize) -> Result<StdHashMap<u32, u64>, DataplaneError> {
+    let flows: HashMap<MapData, FlowKey, FlowEntry> = open_pinned(pin_path, maps::FLOWS)?;
+    let mut counts = StdHashMap::new();
+    for item in flows.iter().take(limit) {
+        // Entries can be evicted while we walk; skip those.
+        if let Ok((_, entry)) = item {
+            *counts.entry(entry.backend).or_insert(0) += 1;
+        }
+    }
+    Ok(counts)
+}
+
+/// Index of a backend's name in `NAMES`.
+pub const fn backend_name_index(slot: u32) -> u32 {
+    MAX_VIPS + slot
+}
+
+const _: () = assert!(NAMES_LEN == MAX_VIPS + MAX_BACKENDS);

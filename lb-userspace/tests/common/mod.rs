@@ -1,0 +1,182 @@
+//! A private network namespace for running the XDP program under
+//! BPF_PROG_TEST_RUN: `bpf_fib_lookup` consults the calling thread's
+//! namespace, so each test gets one with the routes and neighbours it
+//! expects, and a pin path of its own. Both are removed on drop.
+#![allow(dead_code)]
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use xdplb::dataplane::{self, Dataplane, Shape};
+
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 0x02];
+pub const BACKEND_MAC_BASE: [u8; 6] = [0x02, 0xb0, 0, 0, 0, 0x00];
+pub const IN_MAC: [u8; 6] = [0x02, 0x9a, 0, 0, 0, 0x01];
+pub const OUT_MAC: [u8; 6] = [0x02, 0x9b, 0, 0, 0, 0x01];
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn backend_mac(i: u8) -> [u8; 6] {
+    let mut m = BACKEND_MAC_BASE;
+    m[5] = 0x10 + i;
+    m
+}
+
+fn mac_str(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Gateway namespace: `in0` 198.18.0.1/24 (client side), `out0`
+/// 198.18.1.1/24 (backend side); permanent neighbours for the client
+/// 198.18.0.2 and backends 198.18.1.11..; forwarding on. The calling thread
+/// enters it and leaves it on drop.
+pub struct TestNs {
+    pub name: String,
+    pub in_ifindex: u32,
+    pub out_ifindex: u32,
+    home: File,
+}
+
+impl TestNs {
+    pub fn new(backends: u8) -> TestNs {
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let name = format!("xpk{}-{n}", std::process::id());
+        ip(&["netns", "add", &name]);
+        let ns = |args: &[&str]| {
+            let mut v = vec!["-n", name.as_str()];
+            v.extend_from_slice(args);
+            ip(&v);
+        };
+        ns(&["link", "set", "lo", "up"]);
+        for (dev, peer, mac, addr) in [
+            ("in0", "in0p", IN_MAC, "198.18.0.1/24"),
+            ("out0", "out0p", OUT_MAC, "198.18.1.1/24"),
+        ] {
+            ns(&["link", "add", dev, "type", "veth", "peer", "name", peer]);
+            ns(&["link", "set", dev, "address", &mac_str(mac)]);
+            ns(&["addr", "add", addr, "dev", dev]);
+            ns(&["link", "set", dev, "up"]);
+            ns(&["link", "set", peer, "up"]);
+        }
+        ns(&[
+            "neigh", "replace", "198.18.0.2", "lladdr", &mac_str(CLIENT_MAC), "dev", "in0", "nud",
+            "permanent",
+        ]);
+        for i in 0..backends {
+            let addr = format!("198.18.1.{}", 11 + i);
+            ns(&[
+                "neigh",
+                "replace",
+                &addr,
+                "lladdr",
+                &mac_str(backend_mac(i)),
+                "dev",
+                "out0",
+                "nud",
+                "permanent",
+            ]);
+        }
+        // VIPs are routed to this gateway by the client; the gateway itself
+        // needs no route for them (the program rewrites before routing).
+        let out = Command::new("ip")
+            .args(["netns", "exec", &name, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            .output()
+            .expect("sysctl");
+        assert!(out.status.success());
+        let home = File::open("/proc/thread-self/ns/net").expect("own netns");
+        let target = File::open(format!("/var/run/netns/{name}")).expect("netns file");
+        // SAFETY: valid fd; setns affects only this thread.
+        let rc = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let idx = |dev: &str| {
+            std::fs::read_to_string(format!("/sys/class/net/{dev}/ifindex"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or_else(|| ifindex_netlink(dev))
+        };
+        TestNs {
+            in_ifindex: idx("in0"),
+            out_ifindex: idx("out0"),
+            name,
+            home,
+        }
+    }
+}
+
+/// /sys shows the namespace sysfs was mounted in, not the thread's; ask
+/// the kernel by name instead.
+fn ifindex_netlink(dev: &str) -> u32 {
+    let c = std::ffi::CString::new(dev).unwrap();
+    // SAFETY: valid C string; if_nametoindex resolves in this thread's netns.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert!(i != 0, "no interface {dev}");
+    i
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        // SAFETY: valid fd of our original namespace.
+        unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) };
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A data plane loaded under a unique pin path, removed on drop.
+pub struct TestPlane {
+    pub plane: Option<Dataplane>,
+    pub pin_path: PathBuf,
+}
+
+impl TestPlane {
+    pub fn new(ring_size: u32, flow_table_size: u32) -> TestPlane {
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let pin_path = PathBuf::from(format!(
+            "/sys/fs/bpf/xdplb-test-{}-{n}",
+            std::process::id()
+        ));
+        let plane = Dataplane::load(Shape {
+            pin_path: pin_path.clone(),
+            ring_size,
+            flow_table_size,
+        })
+        .expect("load data plane");
+        TestPlane {
+            plane: Some(plane),
+            pin_path,
+        }
+    }
+
+    pub fn dp(&mut self) -> &mut Dataplane {
+        self.plane.as_mut().expect("loaded")
+    }
+}
+
+impl Drop for TestPlane {
+    fn drop(&mut self) {
+        self.plane.take();
+        let _ = dataplane::down(&self.pin_path);
+    }
+}
+
+/// `struct xdp_md` for ctx_in: the frame arrives on `ifindex`.
+pub fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
+    let mut md = [0u8; 24];
+    md[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
+    md[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    md
+}

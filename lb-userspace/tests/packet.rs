@@ -1,0 +1,548 @@
+//! The XDP program under BPF_PROG_TEST_RUN with crafted frames: exact
+//! output bytes, checksums against a full recomputation, verdicts and
+//! counters. Each test runs in its own namespace with its own pin path.
+mod common;
+
+use std::net::SocketAddrV4;
+
+use aya::programs::{TestRun, TestRunOptions};
+use common::{backend_mac, xdp_md, TestNs, TestPlane, CLIENT_MAC, IN_MAC, OUT_MAC};
+use lb_common::{
+    flow_hash, FlowKey, GlobalCounter, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING,
+    IPPROTO_TCP,
+};
+use xdplb::{
+    dataplane::{backend_name_index, BackendSlot, CounterReader, Counters, Dataplane},
+    packet::{checksums, TcpFrame, TCP_ACK, TCP_PSH, TCP_SYN},
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+const RING: u32 = 1009;
+const VIP: &str = "198.18.2.10:80";
+const CLIENT: &str = "198.18.0.2";
+
+fn sa(s: &str) -> SocketAddrV4 {
+    s.parse().unwrap()
+}
+
+fn backend_addr(i: u32) -> SocketAddrV4 {
+    sa(&format!("198.18.1.{}:8080", 11 + i))
+}
+
+fn client(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(CLIENT.parse().unwrap(), port)
+}
+
+struct Lab {
+    // Field order matters: the plane is dropped (pins removed) before the
+    // namespace is left.
+    tp: TestPlane,
+    ns: TestNs,
+    ring: Vec<u32>,
+}
+
+impl Lab {
+    /// VIP index 0 with `n` active backends in slots 0..n and a ring that
+    /// cycles through them.
+    fn new(n: u32) -> Lab {
+        let ns = TestNs::new(n as u8);
+        let mut tp = TestPlane::new(RING, 4096);
+        let dp = tp.dp();
+        dp.write_name(0, "web").unwrap();
+        for i in 0..n {
+            set_backend(dp, i, BACKEND_ACTIVE);
+            dp.write_name(backend_name_index(i), &format!("web-{}", i + 1))
+                .unwrap();
+            dp.write_reply(backend_addr(i), sa(VIP), i, 0).unwrap();
+        }
+        let ring: Vec<u32> = (0..RING).map(|i| i % n).collect();
+        dp.publish_vip(sa(VIP), 0, &ring).unwrap();
+        Lab { tp, ns, ring }
+    }
+
+    fn dp(&mut self) -> &mut Dataplane {
+        self.tp.dp()
+    }
+
+    fn publish(&mut self, ring: Vec<u32>) {
+        self.tp.dp().publish_vip(sa(VIP), 0, &ring).unwrap();
+        self.ring = ring;
+    }
+
+    /// The backend slot the ring names for a flow.
+    fn ring_choice(&self, src: SocketAddrV4, dst: SocketAddrV4) -> u32 {
+        let key = FlowKey {
+            src_addr: u32::from_ne_bytes(src.ip().octets()),
+            dst_addr: u32::from_ne_bytes(dst.ip().octets()),
+            src_port: src.port().to_be(),
+            dst_port: dst.port().to_be(),
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        self.ring[(flow_hash(&key) % RING) as usize]
+    }
+
+    fn run_on(&mut self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+        let md = xdp_md(frame.len(), ifindex);
+        let mut out = vec![0u8; frame.len() + 256];
+        let res = self
+            .tp
+            .dp()
+            .program()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&md),
+                ..Default::default()
+            })
+            .expect("test_run");
+        out.truncate(res.data_size_out as usize);
+        (res.return_value, out)
+    }
+
+    /// A frame arriving from the client side.
+    fn from_client(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let i = self.ns.in_ifindex;
+        self.run_on(frame, i)
+    }
+
+    /// A frame arriving from the backend side.
+    fn from_backends(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let i = self.ns.out_ifindex;
+        self.run_on(frame, i)
+    }
+
+    fn counters(&self) -> Counters {
+        CounterReader::open(&self.tp.pin_path).unwrap().read().unwrap()
+    }
+}
+
+fn set_backend(dp: &mut Dataplane, slot: u32, state: u8) {
+    dp.write_backend(&BackendSlot {
+        slot,
+        vip_index: 0,
+        addr: backend_addr(slot),
+        state,
+        flags: 0,
+    })
+    .unwrap();
+}
+
+/// What the client sends to the VIP.
+fn to_vip(port: u16, flags: u8) -> TcpFrame {
+    let mut f = TcpFrame::new(client(port), sa(VIP), flags);
+    f.src_mac = CLIENT_MAC;
+    f.dst_mac = IN_MAC;
+    f
+}
+
+/// What the gateway must send to backend `b` for `sent`: independently
+/// rebuilt with full checksums.
+fn expected_to_backend(sent: &TcpFrame, b: u32) -> Vec<u8> {
+    let mut e = sent.clone();
+    e.dst = backend_addr(b);
+    e.src_mac = OUT_MAC;
+    e.dst_mac = backend_mac(b as u8);
+    e.ttl -= 1;
+    e.build()
+}
+
+fn assert_checksums_valid(frame: &[u8]) {
+    let (ip_found, ip_computed, tcp_found, tcp_computed) = checksums(frame);
+    assert_eq!(ip_found, ip_computed, "IPv4 checksum");
+    assert_eq!(tcp_found, tcp_computed, "TCP checksum");
+}
+
+/// Sends a SYN and returns which backend it was rewritten to.
+fn backend_of(out: &[u8]) -> u32 {
+    let last = out[14 + 19];
+    u32::from(last) - 11
+}
+
+#[test]
+fn syn_to_vip_goes_to_the_rings_backend_with_correct_checksums() {
+    let mut lab = Lab::new(3);
+    for port in [40000u16, 40001, 51234, 65535, 1024] {
+        let syn = to_vip(port, TCP_SYN);
+        let want = lab.ring_choice(client(port), sa(VIP));
+        let (action, out) = lab.from_client(&syn.build());
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(out, expected_to_backend(&syn, want), "port {port}");
+        assert_checksums_valid(&out);
+    }
+}
+
+#[test]
+fn payload_checksums_stay_correct() {
+    let mut lab = Lab::new(3);
+    let mut f = to_vip(40100, TCP_ACK | TCP_PSH);
+    // Odd length and bytes that make carries likely.
+    f.payload = vec![0xff; 1001];
+    f.seq = 0xffff_fffe;
+    let want = lab.ring_choice(client(40100), sa(VIP));
+    let (action, out) = lab.from_client(&f.build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, expected_to_backend(&f, want));
+    assert_checksums_valid(&out);
+}
+
+#[test]
+fn backend_reply_is_rewritten_back_to_the_vip() {
+    let mut lab = Lab::new(3);
+    let syn = to_vip(40200, TCP_SYN);
+    let (_, out) = lab.from_client(&syn.build());
+    let b = backend_of(&out);
+    let mut synack = TcpFrame::new(backend_addr(b), client(40200), TCP_SYN | TCP_ACK);
+    synack.src_mac = backend_mac(b as u8);
+    synack.dst_mac = OUT_MAC;
+    synack.payload = b"hello".to_vec();
+    let (action, out) = lab.from_backends(&synack.build());
+    assert_eq!(action, XDP_REDIRECT);
+    let mut want = synack.clone();
+    want.src = sa(VIP);
+    want.src_mac = IN_MAC;
+    want.dst_mac = CLIENT_MAC;
+    want.ttl -= 1;
+    assert_eq!(out, want.build());
+    assert_checksums_valid(&out);
+    let c = lab.counters();
+    let be = c.backends.iter().find(|s| s.slot == b).unwrap();
+    assert_eq!(be.counters.reply_packets, 1);
+}
+
+#[test]
+fn backend_traffic_without_a_flow_passes_untouched() {
+    // The controller's own health check: gateway → backend and back.
+    let mut lab = Lab::new(2);
+    let mut reply = TcpFrame::new(
+        backend_addr(0),
+        sa("198.18.1.1:45000"),
+        TCP_SYN | TCP_ACK,
+    );
+    reply.dst_mac = OUT_MAC;
+    let bytes = reply.build();
+    let (action, out) = lab.from_backends(&bytes);
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(out, bytes);
+    // And a reply for a flow that is pinned to another backend.
+    let (_, o) = lab.from_client(&to_vip(40300, TCP_SYN).build());
+    let b = backend_of(&o);
+    let other = 1 - b;
+    let mut spoof = TcpFrame::new(backend_addr(other), client(40300), TCP_ACK);
+    spoof.dst_mac = OUT_MAC;
+    let bytes = spoof.build();
+    let (action, out) = lab.from_backends(&bytes);
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(out, bytes);
+}
+
+#[test]
+fn established_flow_keeps_its_backend_after_the_ring_changes() {
+    let mut lab = Lab::new(3);
+    let port = 40400;
+    let (_, out) = lab.from_client(&to_vip(port, TCP_SYN).build());
+    let b = backend_of(&out);
+    let other = (b + 1) % 3;
+    lab.publish(vec![other; RING as usize]);
+    let ack = to_vip(port, TCP_ACK);
+    let (action, out) = lab.from_client(&ack.build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, expected_to_backend(&ack, b));
+    // A new flow follows the new ring.
+    let (_, out) = lab.from_client(&to_vip(40401, TCP_SYN).build());
+    assert_eq!(backend_of(&out), other);
+}
+
+#[test]
+fn flow_whose_backend_went_down_is_selected_again() {
+    let mut lab = Lab::new(3);
+    let port = 40500;
+    let (_, out) = lab.from_client(&to_vip(port, TCP_SYN).build());
+    let b = backend_of(&out);
+    set_backend(lab.dp(), b, BACKEND_DOWN);
+    let survivors: Vec<u32> = (0..3).filter(|&i| i != b).collect();
+    lab.publish((0..RING).map(|i| survivors[(i % 2) as usize]).collect());
+    let ack = to_vip(port, TCP_ACK);
+    let want = lab.ring_choice(client(port), sa(VIP));
+    assert_ne!(want, b);
+    let (action, out) = lab.from_client(&ack.build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, expected_to_backend(&ack, want));
+    // Re-steered once, then pinned to the new backend.
+    let (_, out) = lab.from_client(&ack.build());
+    assert_eq!(backend_of(&out), want);
+    assert_eq!(lab.counters().get(GlobalCounter::Resteered), 1);
+}
+
+#[test]
+fn draining_backend_keeps_established_flows_and_gets_no_new_one() {
+    let mut lab = Lab::new(3);
+    // Find a flow on backend 0.
+    let port = (41000u16..42000)
+        .find(|&p| lab.ring_choice(client(p), sa(VIP)) == 0)
+        .unwrap();
+    let (_, out) = lab.from_client(&to_vip(port, TCP_SYN).build());
+    assert_eq!(backend_of(&out), 0);
+    set_backend(lab.dp(), 0, BACKEND_DRAINING);
+    lab.publish((0..RING).map(|i| 1 + i % 2).collect());
+    for _ in 0..3 {
+        let (action, out) = lab.from_client(&to_vip(port, TCP_ACK).build());
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(backend_of(&out), 0, "established flow stays on the draining backend");
+    }
+    for p in 42000u16..42100 {
+        let (action, out) = lab.from_client(&to_vip(p, TCP_SYN).build());
+        assert_eq!(action, XDP_REDIRECT);
+        assert_ne!(backend_of(&out), 0, "new flow on a draining backend");
+    }
+    // A SYN reusing the established port pair is a new connection: it must
+    // not land on the draining backend either.
+    let (_, out) = lab.from_client(&to_vip(port, TCP_SYN).build());
+    assert_ne!(backend_of(&out), 0);
+}
+
+#[test]
+fn non_vip_packet_passes_unchanged() {
+    let mut lab = Lab::new(2);
+    for dst in ["198.18.2.11:80", "198.18.2.10:81", "198.18.1.11:8080"] {
+        let mut f = TcpFrame::new(client(43000), sa(dst), TCP_SYN);
+        f.dst_mac = IN_MAC;
+        let bytes = f.build();
+        let (action, out) = lab.from_client(&bytes);
+        assert_eq!(action, XDP_PASS, "{dst}");
+        assert_eq!(out, bytes, "{dst}");
+    }
+    // Not IPv4 at all: an ARP request.
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&CLIENT_MAC);
+    arp.extend_from_slice(&[0x08, 0x06]);
+    arp.extend_from_slice(&[0u8; 28]);
+    let (action, out) = lab.from_client(&arp);
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(out, arp);
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::Rx), 4);
+    assert_eq!(c.get(GlobalCounter::Passed), 4);
+}
+
+#[test]
+fn empty_active_set_drops_new_flows() {
+    let mut lab = Lab::new(2);
+    lab.publish(vec![lb_common::NO_BACKEND; RING as usize]);
+    let (action, _) = lab.from_client(&to_vip(43100, TCP_SYN).build());
+    assert_eq!(action, XDP_DROP);
+    assert_eq!(lab.counters().get(GlobalCounter::DropNoBackend), 1);
+}
+
+/// A malformed or special frame, what must happen to it, and the counter
+/// that must say so.
+struct Case {
+    name: &'static str,
+    frame: Vec<u8>,
+    action: u32,
+    counter: Option<GlobalCounter>,
+}
+
+fn vip_syn() -> Vec<u8> {
+    to_vip(44000, TCP_SYN).build()
+}
+
+fn non_vip_syn() -> Vec<u8> {
+    let mut f = TcpFrame::new(client(44000), sa("198.18.2.99:80"), TCP_SYN);
+    f.dst_mac = IN_MAC;
+    f.build()
+}
+
+/// Inserts IPv4 options (4 bytes of NOPs) into a frame.
+fn with_ip_options(mut f: Vec<u8>) -> Vec<u8> {
+    f[14] = 0x46;
+    let tot = u16::from_be_bytes([f[16], f[17]]) + 4;
+    f[16..18].copy_from_slice(&tot.to_be_bytes());
+    f.splice(34..34, [1u8, 1, 1, 1]);
+    f
+}
+
+fn cases() -> Vec<Case> {
+    use GlobalCounter::*;
+    let mut v = Vec::new();
+    let mut c = |name, frame, action, counter| {
+        v.push(Case {
+            name,
+            frame,
+            action,
+            counter,
+        })
+    };
+    // Ethernet header only, IPv4 ethertype: no IP header at all.
+    c("truncated ip (eth only)", vip_syn()[..14].to_vec(), XDP_DROP, Some(DropTruncatedIp));
+    c("truncated ip (10 bytes)", vip_syn()[..24].to_vec(), XDP_DROP, Some(DropTruncatedIp));
+    let mut f = vip_syn();
+    f[14] = 0x65;
+    c("ip version 6 in an IPv4 frame", f, XDP_DROP, Some(DropBadIpVersion));
+    let mut f = vip_syn();
+    f[14] = 0x44;
+    c("ihl 4", f, XDP_DROP, Some(DropBadIhl));
+    let mut f = vip_syn();
+    f[16..18].copy_from_slice(&1500u16.to_be_bytes());
+    c("total length beyond the frame", f, XDP_DROP, Some(DropBadTotalLength));
+    let mut f = vip_syn();
+    f[16..18].copy_from_slice(&10u16.to_be_bytes());
+    c("total length below the header", f, XDP_DROP, Some(DropBadTotalLength));
+    let f = vip_syn()[..36].to_vec();
+    let mut f = f;
+    f[16..18].copy_from_slice(&22u16.to_be_bytes());
+    c("tcp without ports", f, XDP_DROP, Some(DropTruncatedTcp));
+    let mut f = vip_syn()[..44].to_vec();
+    f[16..18].copy_from_slice(&30u16.to_be_bytes());
+    c("tcp header cut short (to a VIP)", f, XDP_DROP, Some(DropTruncatedTcp));
+    let mut f = vip_syn();
+    f[46] = 0x40;
+    c("tcp data offset 4 (to a VIP)", f, XDP_DROP, Some(DropTruncatedTcp));
+    let mut f = vip_syn();
+    f[46] = 0xf0;
+    c("tcp data offset past the end (to a VIP)", f, XDP_DROP, Some(DropTruncatedTcp));
+    c("ip options (to a VIP)", with_ip_options(vip_syn()), XDP_DROP, Some(DropIpOptions));
+    let mut f = vip_syn();
+    f[20..22].copy_from_slice(&0x2000u16.to_be_bytes());
+    c("first fragment (to a VIP)", f, XDP_DROP, Some(DropFragment));
+    let mut f = vip_syn();
+    f[20..22].copy_from_slice(&0x0010u16.to_be_bytes());
+    c("later fragment (to a VIP)", f, XDP_PASS, Some(PassFragment));
+    c("ip options (not to a VIP)", with_ip_options(non_vip_syn()), XDP_PASS, None);
+    let mut f = non_vip_syn();
+    f[46] = 0x40;
+    c("tcp data offset 4 (not to a VIP)", f, XDP_PASS, None);
+    let mut f = vip_syn();
+    f[22] = 1;
+    c("ttl 1 (to a VIP): the kernel answers", f, XDP_PASS, None);
+    v
+}
+
+#[test]
+fn malformed_frames_are_never_rewritten_and_are_counted() {
+    let mut lab = Lab::new(2);
+    let cases = cases();
+    assert!(cases.len() >= 10);
+    for case in &cases {
+        let before = lab.counters();
+        let (action, out) = lab.from_client(&case.frame);
+        assert_eq!(action, case.action, "{}: verdict", case.name);
+        if action == XDP_PASS {
+            assert_eq!(out, case.frame, "{}: passed frame must be untouched", case.name);
+        }
+        let after = lab.counters();
+        assert_eq!(
+            after.get(GlobalCounter::Rx),
+            before.get(GlobalCounter::Rx) + 1,
+            "{}",
+            case.name
+        );
+        let verdict = if action == XDP_DROP {
+            GlobalCounter::Dropped
+        } else {
+            GlobalCounter::Passed
+        };
+        assert_eq!(after.get(verdict), before.get(verdict) + 1, "{}", case.name);
+        if let Some(c) = case.counter {
+            assert_eq!(after.get(c), before.get(c) + 1, "{}: counter {c:?}", case.name);
+        }
+        // Nothing reached a backend.
+        for (a, b) in after.backends.iter().zip(before.backends.iter()) {
+            assert_eq!(a.counters.packets, b.counters.packets, "{}", case.name);
+        }
+    }
+}
+
+#[test]
+fn frames_shorter_than_ethernet_are_refused_before_the_program() {
+    // BPF_PROG_TEST_RUN itself rejects frames under ETH_HLEN, as every
+    // driver does: the program's own truncated-Ethernet branch cannot be
+    // reached from here, so the test pins the kernel behaviour it relies on.
+    let mut lab = Lab::new(1);
+    let short = [0u8; 10];
+    let md = xdp_md(short.len(), lab.ns.in_ifindex);
+    let mut out = [0u8; 64];
+    let res = lab.dp().program().test_run(TestRunOptions {
+        data_in: Some(&short),
+        data_out: Some(&mut out),
+        ctx_in: Some(&md),
+        ..Default::default()
+    });
+    assert!(res.is_err());
+}
+
+#[test]
+fn counters_equal_what_was_sent() {
+    let mut lab = Lab::new(3);
+    let mut sent_bytes = [0u64; 3];
+    let mut sent_packets = [0u64; 3];
+    let mut new_flows = [0u64; 3];
+    let mut total_bytes = 0;
+    for port in 45000u16..45020 {
+        for (i, flags) in [TCP_SYN, TCP_ACK, TCP_ACK | TCP_PSH].into_iter().enumerate() {
+            let mut f = to_vip(port, flags);
+            f.payload = vec![7; i * 10];
+            let bytes = f.build();
+            let (action, out) = lab.from_client(&bytes);
+            assert_eq!(action, XDP_REDIRECT);
+            let b = backend_of(&out) as usize;
+            let ip_len = (bytes.len() - 14) as u64;
+            sent_bytes[b] += ip_len;
+            sent_packets[b] += 1;
+            total_bytes += ip_len;
+            if i == 0 {
+                new_flows[b] += 1;
+            }
+        }
+    }
+    // One non-VIP and one malformed packet.
+    lab.from_client(&non_vip_syn());
+    lab.from_client(&vip_syn()[..20]);
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::Rx), 62);
+    assert_eq!(c.get(GlobalCounter::Redirected), 60);
+    assert_eq!(c.get(GlobalCounter::Passed), 1);
+    assert_eq!(c.get(GlobalCounter::Dropped), 1);
+    assert_eq!(c.get(GlobalCounter::FlowMisses), 0);
+    assert_eq!(c.vips.len(), 1);
+    assert_eq!(c.vips[0].pool, "web");
+    assert_eq!(c.vips[0].counters.packets, 60);
+    assert_eq!(c.vips[0].counters.bytes, total_bytes);
+    assert_eq!(c.vips[0].counters.new_flows, 20);
+    for b in &c.backends {
+        let i = b.slot as usize;
+        assert_eq!(b.name, format!("web-{}", i + 1));
+        assert_eq!(b.pool, "web");
+        assert_eq!(b.counters.packets, sent_packets[i]);
+        assert_eq!(b.counters.bytes, sent_bytes[i]);
+        assert_eq!(b.counters.new_flows, new_flows[i]);
+    }
+}
+
+#[test]
+fn non_syn_without_a_flow_is_a_counted_miss_and_still_balanced() {
+    let mut lab = Lab::new(3);
+    let ack = to_vip(46000, TCP_ACK);
+    let want = lab.ring_choice(client(46000), sa(VIP));
+    let (action, out) = lab.from_client(&ack.build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, expected_to_backend(&ack, want));
+    assert_eq!(lab.counters().get(GlobalCounter::FlowMisses), 1);
+}
+
+#[test]
+fn ring_flip_is_published_atomically_through_the_idle_slot() {
+    let mut lab = Lab::new(3);
+    let first = lab.ring.clone();
+    lab.publish(vec![2; RING as usize]);
+    // The previous ring is still intact in the other slot.
+    for i in [0u32, 1, 2, 500, RING - 1] {
+        assert_eq!(lab.dp().ring_entry(0, 0, i).unwrap(), first[i as usize]);
+        assert_eq!(lab.dp().ring_entry(0, 1, i).unwrap(), 2);
+    }
+    let vips = lab.dp().read_vips().unwrap();
+    assert_eq!(vips[0].1.ring_slot, 1);
+}

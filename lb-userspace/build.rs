@@ -11,7 +11,10 @@ fn main() -> anyhow::Result<()> {
         .context("workspace root")?
         .join("lb-ebpf");
     let ebpf_dir = ebpf_dir.to_str().context("non-UTF-8 path")?;
-    println!("cargo:rerun-if-changed={}", manifest_dir.join("../lb-common").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("../lb-common").display()
+    );
     // AYA_BUILD_SKIP=1 (tooling without bpf-linker) leaves no object: write
     // an empty one so the crate still compiles; loading it then fails loudly.
     let out = PathBuf::from(env::var("OUT_DIR")?).join("lb-ebpf");

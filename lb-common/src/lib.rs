@@ -158,7 +158,8 @@ pub struct FlowEntry {
     /// Backend slot the flow is pinned to.
     pub backend: u32,
     pub vip_index: u32,
-    /// `bpf_ktime_get_ns` of the last packet (monotonic, boot-based).
+    /// `bpf_ktime_get_coarse_ns` of the last packet (monotonic, boot-based,
+    /// jiffy resolution).
     pub last_seen_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<FlowEntry>() == 16);
@@ -269,9 +270,10 @@ const _: () = assert!(core::mem::size_of::<BackendCounters>() == 40);
 
 /// Indices of `GLOBAL_STATS` (per-CPU array of u64).
 ///
-/// Every packet bumps `Rx` and exactly one verdict counter (`Passed`,
-/// `Dropped`, `Redirected`, `Tx`); dropped and notable passed packets also
-/// bump one reason counter.
+/// Every packet bumps exactly one verdict counter (`Passed`, `Dropped`,
+/// `Redirected`); dropped and notable passed packets also bump one reason
+/// counter. `Rx` is not counted by the program: readers derive it as the
+/// sum of the verdicts.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GlobalCounter {
@@ -356,7 +358,9 @@ const FLOW_HASH_SEED: u32 = 0x7864_706c; // "xdpl"
 #[inline(always)]
 pub const fn flow_hash(key: &FlowKey) -> u32 {
     let ports = ((key.src_port as u32) << 16) | key.dst_port as u32;
-    let init = JHASH_INITVAL.wrapping_add(FLOW_HASH_SEED).wrapping_add(key.proto as u32);
+    let init = JHASH_INITVAL
+        .wrapping_add(FLOW_HASH_SEED)
+        .wrapping_add(key.proto as u32);
     jhash_final(
         key.src_addr.wrapping_add(init),
         key.dst_addr.wrapping_add(init),
@@ -375,6 +379,24 @@ pub const fn rings_len(ring_size: u32) -> u32 {
     limits::MAX_VIPS * RING_SLOTS * ring_size
 }
 
+/// The benchmark harness's frame (`lb-ebpf/src/bench.rs`): the original
+/// frame restored before every BPF_PROG_TEST_RUN iteration.
+pub mod bench {
+    /// Bench frames are exactly this long: a fixed-size copy keeps the
+    /// restore cheap and verifier-simple.
+    pub const BENCH_FRAME_LEN: usize = 64;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
+    pub struct BenchFrame {
+        /// Non-zero: write a per-iteration sequence number into the source
+        /// port (low 16 bits) and the last two octets of the source address.
+        pub vary_source: u64,
+        pub bytes: [u8; BENCH_FRAME_LEN],
+    }
+    const _: () = assert!(core::mem::size_of::<BenchFrame>() == 72);
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -390,4 +412,5 @@ mod pod {
     unsafe impl aya::Pod for VipCounters {}
     unsafe impl aya::Pod for BackendCounters {}
     unsafe impl aya::Pod for Name {}
+    unsafe impl aya::Pod for bench::BenchFrame {}
 }

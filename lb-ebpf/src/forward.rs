@@ -6,7 +6,7 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS,
         BPF_FIB_LKUP_RET_UNREACHABLE,
     },
-    helpers::{bpf_fib_lookup, bpf_ktime_get_ns, bpf_redirect},
+    helpers::{bpf_fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
 use lb_common::{limits::FIB_CACHE_TTL_NS, FibEntry, GlobalCounter, IPPROTO_TCP};
@@ -31,12 +31,10 @@ pub enum Next {
 /// `FIB_CACHE_TTL_NS`; what changes faster than that (a moved neighbour)
 /// heals within the TTL. Policy routing by source is not distinguished.
 #[inline(always)]
-pub fn next_hop(ctx: &XdpContext, pkt: &TcpPacket) -> Next {
+pub fn next_hop(ctx: &XdpContext, pkt: &TcpPacket, now: u64) -> Next {
     // SAFETY: bounds-checked by parse.
     let ip = unsafe { &*pkt.ip };
     let daddr = load32(&ip.daddr);
-    // SAFETY: helper call without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     if let Some(hit) = FIB_CACHE.get_ptr(daddr) {
         // SAFETY: valid map value pointer.
         let hit = unsafe { *hit };

@@ -9,7 +9,8 @@
 //! - `forward`: next hop (cached FIB), MACs, TTL, redirect.
 //! - `stats`: per-CPU counters.
 //!
-//! Every packet is counted in `Rx` and in exactly one verdict counter.
+//! Every packet is counted in exactly one verdict counter (user space sums
+//! them into `Rx`, which saves a counter update per packet).
 #![no_std]
 #![no_main]
 
@@ -22,7 +23,9 @@ mod parse;
 mod select;
 mod stats;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
+};
 use lb_common::{FlowKey, GlobalCounter, L4Addr, ReplyEntry, VipMeta, IPPROTO_TCP};
 
 use crate::{
@@ -35,7 +38,6 @@ use crate::{
 
 #[xdp]
 pub fn xdplb(ctx: XdpContext) -> u32 {
-    count(GlobalCounter::Rx);
     match parse(&ctx) {
         Parsed::Tcp(pkt) => balance(&ctx, &pkt),
         Parsed::NotTcp => pass(),
@@ -109,7 +111,8 @@ fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, vip: &VipMeta) -> u32 {
         return pass();
     }
     let syn = pkt.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
-    let choice = match select::select(&pkt.key, vip, syn) {
+    let now = coarse_now();
+    let choice = match select::select(&pkt.key, vip, syn, now) {
         Ok(choice) => choice,
         Err(reason) => return drop(reason),
     };
@@ -117,7 +120,7 @@ fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, vip: &VipMeta) -> u32 {
     let bytes = pkt.ip_len as u64;
     count_vip(vip.index, bytes, choice.new_flow);
     count_backend(choice.backend, bytes, choice.new_flow);
-    emit(ctx, pkt)
+    emit(ctx, pkt, now)
 }
 
 #[inline(always)]
@@ -143,16 +146,24 @@ fn from_backend(ctx: &XdpContext, pkt: &TcpPacket, reply: &ReplyEntry) -> u32 {
     }
     nat::from_backend(pkt, reply.vip_addr, reply.vip_port);
     count_reply(reply.backend, pkt.ip_len as u64);
-    emit(ctx, pkt)
+    emit(ctx, pkt, coarse_now())
 }
 
 #[inline(always)]
-fn emit(ctx: &XdpContext, pkt: &TcpPacket) -> u32 {
-    match next_hop(ctx, pkt) {
+fn emit(ctx: &XdpContext, pkt: &TcpPacket, now: u64) -> u32 {
+    match next_hop(ctx, pkt, now) {
         Next::Send(hop) => send(ctx, pkt, &hop),
         Next::Kernel => pass(),
         Next::Drop(reason) => drop(reason),
     }
+}
+
+/// Clock for flow recency and FIB-cache expiry: jiffy resolution is
+/// plenty for both, and the coarse clock reads no hardware counter.
+#[inline(always)]
+fn coarse_now() -> u64 {
+    // SAFETY: helper call without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 #[cfg(not(test))]

@@ -2,6 +2,7 @@
 //! sizes from `lb_common::limits`. Maps marked `pinned` live under the pin
 //! path and survive the controller: a restarted `xdplb run` adopts them.
 use aya_ebpf::{
+    bindings::BPF_F_NO_COMMON_LRU,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
@@ -30,10 +31,14 @@ pub static RINGS: Array<u32> = Array::pinned(rings_len(DEFAULT_RING_SIZE), 0);
 
 /// Established flows: client 5-tuple → backend. One LRU shared by all CPUs,
 /// because a veth or generic-XDP flow is not bound to one CPU the way an RSS
-/// queue is. Resized at load to `flow_table_size`.
+/// queue is. Its LRU lists are per CPU (BPF_F_NO_COMMON_LRU): inserting a
+/// new flow then takes no global lock, which is most of a new flow's cost.
+/// The price: each CPU evicts among the entries it inserted, so a CPU
+/// that sees most new flows has about `flow_table_size / CPUs` of
+/// recency to work with. Resized at load to `flow_table_size`.
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowEntry> =
-    LruHashMap::pinned(DEFAULT_FLOW_TABLE_SIZE, 0);
+    LruHashMap::pinned(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
 
 /// Next hops by destination address: `bpf_fib_lookup` is the most expensive
 /// step of a forwarded packet, and its answer changes rarely.

@@ -77,10 +77,7 @@ pub enum Parsed {
     /// IPv4 with options, a first fragment, or a TCP header that is cut
     /// short or has a bad data offset: passed unless addressed to a VIP, in
     /// which case it is dropped with `reason` (it cannot be balanced safely).
-    Special {
-        key: FlowKey,
-        reason: GlobalCounter,
-    },
+    Special { key: FlowKey, reason: GlobalCounter },
     /// A non-first fragment: no ports to match, so it passes.
     LaterFragment,
     /// Malformed at the IP layer (or too short to hold ports): dropped and
@@ -149,12 +146,21 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     // Defects past the ports matter only if the packet is for a VIP; a
     // router forwards them for everyone else, so those pass.
     if iph.frag_off & BE_IP_MF != 0 {
-        return Parsed::Special { key, reason: GlobalCounter::DropFragment };
+        return Parsed::Special {
+            key,
+            reason: GlobalCounter::DropFragment,
+        };
     }
     if ihl != IPV4_MIN_HLEN {
-        return Parsed::Special { key, reason: GlobalCounter::DropIpOptions };
+        return Parsed::Special {
+            key,
+            reason: GlobalCounter::DropIpOptions,
+        };
     }
-    let truncated = Parsed::Special { key, reason: GlobalCounter::DropTruncatedTcp };
+    let truncated = Parsed::Special {
+        key,
+        reason: GlobalCounter::DropTruncatedTcp,
+    };
     if tot_len < IPV4_MIN_HLEN + TCP_MIN_HLEN {
         return truncated;
     }

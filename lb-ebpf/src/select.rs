@@ -1,9 +1,8 @@
 //! Choosing a backend for a flow: the flow table first, then the VIP's
 //! live Maglev ring.
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
     flow_hash, ring_slot_index, BackendMeta, FlowEntry, FlowKey, GlobalCounter, VipMeta,
-    BACKEND_ACTIVE, BACKEND_DOWN, NO_BACKEND,
+    BACKEND_DOWN, NO_BACKEND,
 };
 
 use crate::{
@@ -26,20 +25,25 @@ pub struct Choice {
 ///
 /// An established flow stays on its backend while that backend is active,
 /// draining or standby; a flow whose backend is down is selected again (its
-/// client then gets a RST from the new backend instead of hanging). A SYN
-/// on a stale entry whose backend no longer takes new flows is a new
-/// connection reusing a port pair, and is selected again too.
+/// client then gets a RST from the new backend instead of hanging).
+///
+/// A SYN starts a new connection, so it skips the flow table and goes
+/// straight to the ring (as Katran does): that saves a bucket walk on the
+/// costliest path, and a port pair reused while its old entry still names a
+/// draining backend is steered by the ring like any new flow. A SYN
+/// retransmitted across a ring change may land elsewhere; its handshake
+/// was not complete, so nothing established moves.
 #[inline(always)]
-pub fn select(key: &FlowKey, vip: &VipMeta, syn: bool) -> Result<Choice, GlobalCounter> {
-    // SAFETY: helper call without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+pub fn select(key: &FlowKey, vip: &VipMeta, syn: bool, now: u64) -> Result<Choice, GlobalCounter> {
+    if syn {
+        return from_ring(key, vip, now);
+    }
     if let Some(flow) = FLOWS.get_ptr_mut(key) {
         // SAFETY: the map returned a valid value pointer. Concurrent
         // writers on other CPUs may race on last_seen_ns; it is a hint.
         let flow = unsafe { &mut *flow };
         if let Some(meta) = BACKENDS.get(flow.backend) {
-            let reselect = meta.state == BACKEND_DOWN || (syn && meta.state != BACKEND_ACTIVE);
-            if !reselect {
+            if meta.state != BACKEND_DOWN {
                 flow.last_seen_ns = now;
                 return Ok(Choice {
                     backend: flow.backend,
@@ -47,13 +51,17 @@ pub fn select(key: &FlowKey, vip: &VipMeta, syn: bool) -> Result<Choice, GlobalC
                     new_flow: false,
                 });
             }
-            if meta.state == BACKEND_DOWN {
-                count(GlobalCounter::Resteered);
-            }
+            count(GlobalCounter::Resteered);
         }
-    } else if !syn {
+    } else {
         count(GlobalCounter::FlowMisses);
     }
+    from_ring(key, vip, now)
+}
+
+/// The ring's backend for `key`, recorded in the flow table.
+#[inline(always)]
+fn from_ring(key: &FlowKey, vip: &VipMeta, now: u64) -> Result<Choice, GlobalCounter> {
     // verifier: volatile so the loaded value (set at load time) is used,
     // not the compile-time default folded in.
     let ring_size = unsafe { core::ptr::read_volatile(&RING_SIZE) };

@@ -25,8 +25,8 @@ use aya::{
 };
 use lb_common::{
     limits::{MAX_BACKENDS, MAX_VIPS},
-    maps, rings_len, BackendCounters, BackendMeta, FlowEntry, FlowKey, GlobalCounter, L4Addr,
-    Name, ReplyEntry, VipCounters, VipMeta, IPPROTO_TCP, NAMES_LEN, RING_SLOTS,
+    maps, rings_len, BackendCounters, BackendMeta, FlowEntry, FlowKey, GlobalCounter, L4Addr, Name,
+    ReplyEntry, VipCounters, VipMeta, IPPROTO_TCP, NAMES_LEN, RING_SLOTS,
 };
 use thiserror::Error;
 
@@ -188,15 +188,7 @@ pub fn ensure_bpffs(pin_path: &Path) -> Result<(), DataplaneError> {
     let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
     let (src, dst, ty) = (c("bpf"), c("/sys/fs/bpf"), c("bpf"));
     // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            dst.as_ptr(),
-            ty.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let rc = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         return Err(DataplaneError::MountBpffs {
             source: std::io::Error::last_os_error(),
@@ -254,9 +246,7 @@ impl Dataplane {
             })?;
         let prog: &mut Xdp = ebpf
             .program_mut(maps::PROGRAM)
-            .ok_or(DataplaneError::MissingMap {
-                map: maps::PROGRAM,
-            })?
+            .ok_or(DataplaneError::MissingMap { map: maps::PROGRAM })?
             .try_into()
             .map_err(|e| DataplaneError::Program {
                 source: Box::new(e),
@@ -386,9 +376,7 @@ impl Dataplane {
             name: name.to_string(),
             max: lb_common::NAME_MAX,
         })?;
-        self.names
-            .set(index, n, 0)
-            .map_err(map_err(maps::NAMES))
+        self.names.set(index, n, 0).map_err(map_err(maps::NAMES))
     }
 
     /// Publishes `ring` (backend slots, `ring_size` long) for the VIP: written
@@ -411,7 +399,11 @@ impl Dataplane {
         let live = self.vips.get(&key, 0).ok();
         if let Some(live) = live {
             if live.index == vip_index
-                && self.written.get(&(vip_index, live.ring_slot)).map(Vec::as_slice) == Some(ring)
+                && self
+                    .written
+                    .get(&(vip_index, live.ring_slot))
+                    .map(Vec::as_slice)
+                    == Some(ring)
             {
                 return Ok(());
             }
@@ -437,9 +429,7 @@ impl Dataplane {
             flags: 0,
             _pad: 0,
         };
-        self.vips
-            .insert(key, meta, 0)
-            .map_err(map_err(maps::VIPS))
+        self.vips.insert(key, meta, 0).map_err(map_err(maps::VIPS))
     }
 
     /// Stops balancing a VIP: its packets pass to the kernel from now on.
@@ -642,6 +632,10 @@ impl CounterReader {
                 .map_err(map_err(maps::GLOBAL_STATS))?;
             global.push(per_cpu.iter().sum());
         }
+        // The program counts verdicts only; every packet gets exactly one.
+        global[GlobalCounter::Rx as usize] = global[GlobalCounter::Passed as usize]
+            + global[GlobalCounter::Dropped as usize]
+            + global[GlobalCounter::Redirected as usize];
         let mut vips = Vec::new();
         for item in self.vips.iter() {
             let (key, meta) = item.map_err(map_err(maps::VIPS))?;
@@ -716,11 +710,9 @@ impl CounterReader {
 pub fn flow_counts(pin_path: &Path, limit: usize) -> Result<StdHashMap<u32, u64>, DataplaneError> {
     let flows: HashMap<MapData, FlowKey, FlowEntry> = open_pinned(pin_path, maps::FLOWS)?;
     let mut counts = StdHashMap::new();
-    for item in flows.iter().take(limit) {
-        // Entries can be evicted while we walk; skip those.
-        if let Ok((_, entry)) = item {
-            *counts.entry(entry.backend).or_insert(0) += 1;
-        }
+    // Entries can be evicted while we walk; skip those.
+    for (_, entry) in flows.iter().take(limit).flatten() {
+        *counts.entry(entry.backend).or_insert(0) += 1;
     }
     Ok(counts)
 }

@@ -8,8 +8,7 @@ use std::net::SocketAddrV4;
 use aya::programs::{TestRun, TestRunOptions};
 use common::{backend_mac, xdp_md, TestNs, TestPlane, CLIENT_MAC, IN_MAC, OUT_MAC};
 use lb_common::{
-    flow_hash, FlowKey, GlobalCounter, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING,
-    IPPROTO_TCP,
+    flow_hash, FlowKey, GlobalCounter, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, IPPROTO_TCP,
 };
 use xdplb::{
     dataplane::{backend_name_index, BackendSlot, CounterReader, Counters, Dataplane},
@@ -104,19 +103,22 @@ impl Lab {
     }
 
     /// A frame arriving from the client side.
-    fn from_client(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+    fn arrive_from_client(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
         let i = self.ns.in_ifindex;
         self.run_on(frame, i)
     }
 
     /// A frame arriving from the backend side.
-    fn from_backends(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+    fn arrive_from_backends(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
         let i = self.ns.out_ifindex;
         self.run_on(frame, i)
     }
 
     fn counters(&self) -> Counters {
-        CounterReader::open(&self.tp.pin_path).unwrap().read().unwrap()
+        CounterReader::open(&self.tp.pin_path)
+            .unwrap()
+            .read()
+            .unwrap()
     }
 }
 
@@ -168,7 +170,7 @@ fn syn_to_vip_goes_to_the_rings_backend_with_correct_checksums() {
     for port in [40000u16, 40001, 51234, 65535, 1024] {
         let syn = to_vip(port, TCP_SYN);
         let want = lab.ring_choice(client(port), sa(VIP));
-        let (action, out) = lab.from_client(&syn.build());
+        let (action, out) = lab.arrive_from_client(&syn.build());
         assert_eq!(action, XDP_REDIRECT);
         assert_eq!(out, expected_to_backend(&syn, want), "port {port}");
         assert_checksums_valid(&out);
@@ -183,7 +185,7 @@ fn payload_checksums_stay_correct() {
     f.payload = vec![0xff; 1001];
     f.seq = 0xffff_fffe;
     let want = lab.ring_choice(client(40100), sa(VIP));
-    let (action, out) = lab.from_client(&f.build());
+    let (action, out) = lab.arrive_from_client(&f.build());
     assert_eq!(action, XDP_REDIRECT);
     assert_eq!(out, expected_to_backend(&f, want));
     assert_checksums_valid(&out);
@@ -193,13 +195,13 @@ fn payload_checksums_stay_correct() {
 fn backend_reply_is_rewritten_back_to_the_vip() {
     let mut lab = Lab::new(3);
     let syn = to_vip(40200, TCP_SYN);
-    let (_, out) = lab.from_client(&syn.build());
+    let (_, out) = lab.arrive_from_client(&syn.build());
     let b = backend_of(&out);
     let mut synack = TcpFrame::new(backend_addr(b), client(40200), TCP_SYN | TCP_ACK);
     synack.src_mac = backend_mac(b as u8);
     synack.dst_mac = OUT_MAC;
     synack.payload = b"hello".to_vec();
-    let (action, out) = lab.from_backends(&synack.build());
+    let (action, out) = lab.arrive_from_backends(&synack.build());
     assert_eq!(action, XDP_REDIRECT);
     let mut want = synack.clone();
     want.src = sa(VIP);
@@ -217,24 +219,20 @@ fn backend_reply_is_rewritten_back_to_the_vip() {
 fn backend_traffic_without_a_flow_passes_untouched() {
     // The controller's own health check: gateway → backend and back.
     let mut lab = Lab::new(2);
-    let mut reply = TcpFrame::new(
-        backend_addr(0),
-        sa("198.18.1.1:45000"),
-        TCP_SYN | TCP_ACK,
-    );
+    let mut reply = TcpFrame::new(backend_addr(0), sa("198.18.1.1:45000"), TCP_SYN | TCP_ACK);
     reply.dst_mac = OUT_MAC;
     let bytes = reply.build();
-    let (action, out) = lab.from_backends(&bytes);
+    let (action, out) = lab.arrive_from_backends(&bytes);
     assert_eq!(action, XDP_PASS);
     assert_eq!(out, bytes);
     // And a reply for a flow that is pinned to another backend.
-    let (_, o) = lab.from_client(&to_vip(40300, TCP_SYN).build());
+    let (_, o) = lab.arrive_from_client(&to_vip(40300, TCP_SYN).build());
     let b = backend_of(&o);
     let other = 1 - b;
     let mut spoof = TcpFrame::new(backend_addr(other), client(40300), TCP_ACK);
     spoof.dst_mac = OUT_MAC;
     let bytes = spoof.build();
-    let (action, out) = lab.from_backends(&bytes);
+    let (action, out) = lab.arrive_from_backends(&bytes);
     assert_eq!(action, XDP_PASS);
     assert_eq!(out, bytes);
 }
@@ -243,16 +241,16 @@ fn backend_traffic_without_a_flow_passes_untouched() {
 fn established_flow_keeps_its_backend_after_the_ring_changes() {
     let mut lab = Lab::new(3);
     let port = 40400;
-    let (_, out) = lab.from_client(&to_vip(port, TCP_SYN).build());
+    let (_, out) = lab.arrive_from_client(&to_vip(port, TCP_SYN).build());
     let b = backend_of(&out);
     let other = (b + 1) % 3;
     lab.publish(vec![other; RING as usize]);
     let ack = to_vip(port, TCP_ACK);
-    let (action, out) = lab.from_client(&ack.build());
+    let (action, out) = lab.arrive_from_client(&ack.build());
     assert_eq!(action, XDP_REDIRECT);
     assert_eq!(out, expected_to_backend(&ack, b));
     // A new flow follows the new ring.
-    let (_, out) = lab.from_client(&to_vip(40401, TCP_SYN).build());
+    let (_, out) = lab.arrive_from_client(&to_vip(40401, TCP_SYN).build());
     assert_eq!(backend_of(&out), other);
 }
 
@@ -260,7 +258,7 @@ fn established_flow_keeps_its_backend_after_the_ring_changes() {
 fn flow_whose_backend_went_down_is_selected_again() {
     let mut lab = Lab::new(3);
     let port = 40500;
-    let (_, out) = lab.from_client(&to_vip(port, TCP_SYN).build());
+    let (_, out) = lab.arrive_from_client(&to_vip(port, TCP_SYN).build());
     let b = backend_of(&out);
     set_backend(lab.dp(), b, BACKEND_DOWN);
     let survivors: Vec<u32> = (0..3).filter(|&i| i != b).collect();
@@ -268,11 +266,11 @@ fn flow_whose_backend_went_down_is_selected_again() {
     let ack = to_vip(port, TCP_ACK);
     let want = lab.ring_choice(client(port), sa(VIP));
     assert_ne!(want, b);
-    let (action, out) = lab.from_client(&ack.build());
+    let (action, out) = lab.arrive_from_client(&ack.build());
     assert_eq!(action, XDP_REDIRECT);
     assert_eq!(out, expected_to_backend(&ack, want));
     // Re-steered once, then pinned to the new backend.
-    let (_, out) = lab.from_client(&ack.build());
+    let (_, out) = lab.arrive_from_client(&ack.build());
     assert_eq!(backend_of(&out), want);
     assert_eq!(lab.counters().get(GlobalCounter::Resteered), 1);
 }
@@ -284,23 +282,27 @@ fn draining_backend_keeps_established_flows_and_gets_no_new_one() {
     let port = (41000u16..42000)
         .find(|&p| lab.ring_choice(client(p), sa(VIP)) == 0)
         .unwrap();
-    let (_, out) = lab.from_client(&to_vip(port, TCP_SYN).build());
+    let (_, out) = lab.arrive_from_client(&to_vip(port, TCP_SYN).build());
     assert_eq!(backend_of(&out), 0);
     set_backend(lab.dp(), 0, BACKEND_DRAINING);
     lab.publish((0..RING).map(|i| 1 + i % 2).collect());
     for _ in 0..3 {
-        let (action, out) = lab.from_client(&to_vip(port, TCP_ACK).build());
+        let (action, out) = lab.arrive_from_client(&to_vip(port, TCP_ACK).build());
         assert_eq!(action, XDP_REDIRECT);
-        assert_eq!(backend_of(&out), 0, "established flow stays on the draining backend");
+        assert_eq!(
+            backend_of(&out),
+            0,
+            "established flow stays on the draining backend"
+        );
     }
     for p in 42000u16..42100 {
-        let (action, out) = lab.from_client(&to_vip(p, TCP_SYN).build());
+        let (action, out) = lab.arrive_from_client(&to_vip(p, TCP_SYN).build());
         assert_eq!(action, XDP_REDIRECT);
         assert_ne!(backend_of(&out), 0, "new flow on a draining backend");
     }
     // A SYN reusing the established port pair is a new connection: it must
     // not land on the draining backend either.
-    let (_, out) = lab.from_client(&to_vip(port, TCP_SYN).build());
+    let (_, out) = lab.arrive_from_client(&to_vip(port, TCP_SYN).build());
     assert_ne!(backend_of(&out), 0);
 }
 
@@ -311,7 +313,7 @@ fn non_vip_packet_passes_unchanged() {
         let mut f = TcpFrame::new(client(43000), sa(dst), TCP_SYN);
         f.dst_mac = IN_MAC;
         let bytes = f.build();
-        let (action, out) = lab.from_client(&bytes);
+        let (action, out) = lab.arrive_from_client(&bytes);
         assert_eq!(action, XDP_PASS, "{dst}");
         assert_eq!(out, bytes, "{dst}");
     }
@@ -320,7 +322,7 @@ fn non_vip_packet_passes_unchanged() {
     arp.extend_from_slice(&CLIENT_MAC);
     arp.extend_from_slice(&[0x08, 0x06]);
     arp.extend_from_slice(&[0u8; 28]);
-    let (action, out) = lab.from_client(&arp);
+    let (action, out) = lab.arrive_from_client(&arp);
     assert_eq!(action, XDP_PASS);
     assert_eq!(out, arp);
     let c = lab.counters();
@@ -332,7 +334,7 @@ fn non_vip_packet_passes_unchanged() {
 fn empty_active_set_drops_new_flows() {
     let mut lab = Lab::new(2);
     lab.publish(vec![lb_common::NO_BACKEND; RING as usize]);
-    let (action, _) = lab.from_client(&to_vip(43100, TCP_SYN).build());
+    let (action, _) = lab.arrive_from_client(&to_vip(43100, TCP_SYN).build());
     assert_eq!(action, XDP_DROP);
     assert_eq!(lab.counters().get(GlobalCounter::DropNoBackend), 1);
 }
@@ -377,41 +379,91 @@ fn cases() -> Vec<Case> {
         })
     };
     // Ethernet header only, IPv4 ethertype: no IP header at all.
-    c("truncated ip (eth only)", vip_syn()[..14].to_vec(), XDP_DROP, Some(DropTruncatedIp));
-    c("truncated ip (10 bytes)", vip_syn()[..24].to_vec(), XDP_DROP, Some(DropTruncatedIp));
+    c(
+        "truncated ip (eth only)",
+        vip_syn()[..14].to_vec(),
+        XDP_DROP,
+        Some(DropTruncatedIp),
+    );
+    c(
+        "truncated ip (10 bytes)",
+        vip_syn()[..24].to_vec(),
+        XDP_DROP,
+        Some(DropTruncatedIp),
+    );
     let mut f = vip_syn();
     f[14] = 0x65;
-    c("ip version 6 in an IPv4 frame", f, XDP_DROP, Some(DropBadIpVersion));
+    c(
+        "ip version 6 in an IPv4 frame",
+        f,
+        XDP_DROP,
+        Some(DropBadIpVersion),
+    );
     let mut f = vip_syn();
     f[14] = 0x44;
     c("ihl 4", f, XDP_DROP, Some(DropBadIhl));
     let mut f = vip_syn();
     f[16..18].copy_from_slice(&1500u16.to_be_bytes());
-    c("total length beyond the frame", f, XDP_DROP, Some(DropBadTotalLength));
+    c(
+        "total length beyond the frame",
+        f,
+        XDP_DROP,
+        Some(DropBadTotalLength),
+    );
     let mut f = vip_syn();
     f[16..18].copy_from_slice(&10u16.to_be_bytes());
-    c("total length below the header", f, XDP_DROP, Some(DropBadTotalLength));
+    c(
+        "total length below the header",
+        f,
+        XDP_DROP,
+        Some(DropBadTotalLength),
+    );
     let f = vip_syn()[..36].to_vec();
     let mut f = f;
     f[16..18].copy_from_slice(&22u16.to_be_bytes());
     c("tcp without ports", f, XDP_DROP, Some(DropTruncatedTcp));
     let mut f = vip_syn()[..44].to_vec();
     f[16..18].copy_from_slice(&30u16.to_be_bytes());
-    c("tcp header cut short (to a VIP)", f, XDP_DROP, Some(DropTruncatedTcp));
+    c(
+        "tcp header cut short (to a VIP)",
+        f,
+        XDP_DROP,
+        Some(DropTruncatedTcp),
+    );
     let mut f = vip_syn();
     f[46] = 0x40;
-    c("tcp data offset 4 (to a VIP)", f, XDP_DROP, Some(DropTruncatedTcp));
+    c(
+        "tcp data offset 4 (to a VIP)",
+        f,
+        XDP_DROP,
+        Some(DropTruncatedTcp),
+    );
     let mut f = vip_syn();
     f[46] = 0xf0;
-    c("tcp data offset past the end (to a VIP)", f, XDP_DROP, Some(DropTruncatedTcp));
-    c("ip options (to a VIP)", with_ip_options(vip_syn()), XDP_DROP, Some(DropIpOptions));
+    c(
+        "tcp data offset past the end (to a VIP)",
+        f,
+        XDP_DROP,
+        Some(DropTruncatedTcp),
+    );
+    c(
+        "ip options (to a VIP)",
+        with_ip_options(vip_syn()),
+        XDP_DROP,
+        Some(DropIpOptions),
+    );
     let mut f = vip_syn();
     f[20..22].copy_from_slice(&0x2000u16.to_be_bytes());
     c("first fragment (to a VIP)", f, XDP_DROP, Some(DropFragment));
     let mut f = vip_syn();
     f[20..22].copy_from_slice(&0x0010u16.to_be_bytes());
     c("later fragment (to a VIP)", f, XDP_PASS, Some(PassFragment));
-    c("ip options (not to a VIP)", with_ip_options(non_vip_syn()), XDP_PASS, None);
+    c(
+        "ip options (not to a VIP)",
+        with_ip_options(non_vip_syn()),
+        XDP_PASS,
+        None,
+    );
     let mut f = non_vip_syn();
     f[46] = 0x40;
     c("tcp data offset 4 (not to a VIP)", f, XDP_PASS, None);
@@ -428,10 +480,14 @@ fn malformed_frames_are_never_rewritten_and_are_counted() {
     assert!(cases.len() >= 10);
     for case in &cases {
         let before = lab.counters();
-        let (action, out) = lab.from_client(&case.frame);
+        let (action, out) = lab.arrive_from_client(&case.frame);
         assert_eq!(action, case.action, "{}: verdict", case.name);
         if action == XDP_PASS {
-            assert_eq!(out, case.frame, "{}: passed frame must be untouched", case.name);
+            assert_eq!(
+                out, case.frame,
+                "{}: passed frame must be untouched",
+                case.name
+            );
         }
         let after = lab.counters();
         assert_eq!(
@@ -447,7 +503,12 @@ fn malformed_frames_are_never_rewritten_and_are_counted() {
         };
         assert_eq!(after.get(verdict), before.get(verdict) + 1, "{}", case.name);
         if let Some(c) = case.counter {
-            assert_eq!(after.get(c), before.get(c) + 1, "{}: counter {c:?}", case.name);
+            assert_eq!(
+                after.get(c),
+                before.get(c) + 1,
+                "{}: counter {c:?}",
+                case.name
+            );
         }
         // Nothing reached a backend.
         for (a, b) in after.backends.iter().zip(before.backends.iter()) {
@@ -482,11 +543,14 @@ fn counters_equal_what_was_sent() {
     let mut new_flows = [0u64; 3];
     let mut total_bytes = 0;
     for port in 45000u16..45020 {
-        for (i, flags) in [TCP_SYN, TCP_ACK, TCP_ACK | TCP_PSH].into_iter().enumerate() {
+        for (i, flags) in [TCP_SYN, TCP_ACK, TCP_ACK | TCP_PSH]
+            .into_iter()
+            .enumerate()
+        {
             let mut f = to_vip(port, flags);
             f.payload = vec![7; i * 10];
             let bytes = f.build();
-            let (action, out) = lab.from_client(&bytes);
+            let (action, out) = lab.arrive_from_client(&bytes);
             assert_eq!(action, XDP_REDIRECT);
             let b = backend_of(&out) as usize;
             let ip_len = (bytes.len() - 14) as u64;
@@ -499,8 +563,8 @@ fn counters_equal_what_was_sent() {
         }
     }
     // One non-VIP and one malformed packet.
-    lab.from_client(&non_vip_syn());
-    lab.from_client(&vip_syn()[..20]);
+    lab.arrive_from_client(&non_vip_syn());
+    lab.arrive_from_client(&vip_syn()[..20]);
     let c = lab.counters();
     assert_eq!(c.get(GlobalCounter::Rx), 62);
     assert_eq!(c.get(GlobalCounter::Redirected), 60);
@@ -527,7 +591,7 @@ fn non_syn_without_a_flow_is_a_counted_miss_and_still_balanced() {
     let mut lab = Lab::new(3);
     let ack = to_vip(46000, TCP_ACK);
     let want = lab.ring_choice(client(46000), sa(VIP));
-    let (action, out) = lab.from_client(&ack.build());
+    let (action, out) = lab.arrive_from_client(&ack.build());
     assert_eq!(action, XDP_REDIRECT);
     assert_eq!(out, expected_to_backend(&ack, want));
     assert_eq!(lab.counters().get(GlobalCounter::FlowMisses), 1);

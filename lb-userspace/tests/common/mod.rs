@@ -38,7 +38,10 @@ pub fn backend_mac(i: u8) -> [u8; 6] {
 }
 
 fn mac_str(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Gateway namespace: `in0` 198.18.0.1/24 (client side), `out0`
@@ -74,7 +77,14 @@ impl TestNs {
             ns(&["link", "set", peer, "up"]);
         }
         ns(&[
-            "neigh", "replace", "198.18.0.2", "lladdr", &mac_str(CLIENT_MAC), "dev", "in0", "nud",
+            "neigh",
+            "replace",
+            "198.18.0.2",
+            "lladdr",
+            &mac_str(CLIENT_MAC),
+            "dev",
+            "in0",
+            "nud",
             "permanent",
         ]);
         for i in 0..backends {
@@ -94,7 +104,14 @@ impl TestNs {
         // VIPs are routed to this gateway by the client; the gateway itself
         // needs no route for them (the program rewrites before routing).
         let out = Command::new("ip")
-            .args(["netns", "exec", &name, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            .args([
+                "netns",
+                "exec",
+                &name,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ])
             .output()
             .expect("sysctl");
         assert!(out.status.success());
@@ -132,7 +149,9 @@ impl Drop for TestNs {
     fn drop(&mut self) {
         // SAFETY: valid fd of our original namespace.
         unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) };
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -145,10 +164,7 @@ pub struct TestPlane {
 impl TestPlane {
     pub fn new(ring_size: u32, flow_table_size: u32) -> TestPlane {
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
-        let pin_path = PathBuf::from(format!(
-            "/sys/fs/bpf/xdplb-test-{}-{n}",
-            std::process::id()
-        ));
+        let pin_path = PathBuf::from(format!("/sys/fs/bpf/xdplb-test-{}-{n}", std::process::id()));
         let plane = Dataplane::load(Shape {
             pin_path: pin_path.clone(),
             ring_size,

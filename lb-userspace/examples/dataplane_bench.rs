@@ -1,0 +1,238 @@
+//! `cargo xtask bench dataplane`: nanoseconds per packet of the XDP
+//! program under BPF_PROG_TEST_RUN, for the established-flow, new-flow and
+//! non-VIP paths and for the XDP_TX floor, every iteration on the original
+//! frame (see `lb-ebpf/src/bench.rs`). Each path's counter must rise by
+//! exactly the repeat count, or the figure measured something else and the
+//! run fails.
+//!
+//! Usage: dataplane_bench [--repeat N] [--runs N] [--flow-table N]
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::net::SocketAddrV4;
+
+use aya::{
+    maps::{PerCpuArray, PerCpuValues, ProgramArray},
+    programs::{TestRun, TestRunOptions, Xdp},
+    util::nr_cpus,
+    EbpfLoader,
+};
+use common::{xdp_md, TestNs, CLIENT_MAC, IN_MAC};
+use lb_common::{
+    bench::{BenchFrame, BENCH_FRAME_LEN},
+    GlobalCounter, BACKEND_ACTIVE,
+};
+use xdplb::{
+    dataplane::{self, BackendSlot, CounterReader, Counters, Dataplane, Shape},
+    packet::{TcpFrame, TCP_ACK, TCP_SYN},
+};
+
+static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf-bench"));
+
+const XDP_TX: u32 = 3;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+fn arg(args: &[String], name: &str, default: u64) -> u64 {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().expect("numeric argument"))
+        .unwrap_or(default)
+}
+
+fn frame(dst: &str, flags: u8) -> [u8; BENCH_FRAME_LEN] {
+    let mut f = TcpFrame::new(
+        "198.18.0.2:40000".parse().unwrap(),
+        dst.parse::<SocketAddrV4>().unwrap(),
+        flags,
+    );
+    f.src_mac = CLIENT_MAC;
+    f.dst_mac = IN_MAC;
+    f.payload = vec![0; BENCH_FRAME_LEN - 54];
+    f.build().try_into().expect("64-byte frame")
+}
+
+struct Path {
+    name: &'static str,
+    bytes: [u8; BENCH_FRAME_LEN],
+    vary: bool,
+    floor: bool,
+    action: u32,
+    /// The counter that must rise by the repeat count.
+    proof: fn(&Counters) -> u64,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let repeat = arg(&args, "--repeat", 1_000_000) as u32;
+    let runs = arg(&args, "--runs", 5) as usize;
+    let flow_table = arg(&args, "--flow-table", 1_048_576) as u32;
+    let ns = TestNs::new(3);
+    let pin_path =
+        std::path::PathBuf::from(format!("/sys/fs/bpf/xdplb-bench-{}", std::process::id()));
+    let result = run(&ns, &pin_path, repeat, runs, flow_table);
+    let _ = dataplane::down(&pin_path);
+    result
+}
+
+fn run(
+    ns: &TestNs,
+    pin_path: &std::path::Path,
+    repeat: u32,
+    runs: usize,
+    flow_table: u32,
+) -> anyhow::Result<()> {
+    let ring_size = 65537;
+    let mut dp = Dataplane::load(Shape {
+        pin_path: pin_path.to_path_buf(),
+        ring_size,
+        flow_table_size: flow_table,
+    })?;
+    let vip: SocketAddrV4 = "198.18.2.10:80".parse()?;
+    dp.write_name(0, "bench")?;
+    for i in 0..3u32 {
+        let addr: SocketAddrV4 = format!("198.18.1.{}:8080", 11 + i).parse()?;
+        dp.write_backend(&BackendSlot {
+            slot: i,
+            vip_index: 0,
+            addr,
+            state: BACKEND_ACTIVE,
+            flags: 0,
+        })?;
+        dp.write_reply(addr, vip, i, 0)?;
+    }
+    let ring: Vec<u32> = (0..ring_size).map(|i| i % 3).collect();
+    dp.publish_vip(vip, 0, &ring)?;
+
+    let mut bench = EbpfLoader::new().load(BENCH_OBJECT)?;
+    for name in ["bench_restore", "bench_floor"] {
+        let p: &mut Xdp = bench.program_mut(name).expect(name).try_into()?;
+        p.load()?;
+    }
+    let floor_fd = {
+        let p: &Xdp = bench.program("bench_floor").unwrap().try_into()?;
+        p.fd()?.try_clone()?
+    };
+    let lb_fd = dp.program().fd()?.try_clone()?;
+    let mut target = ProgramArray::try_from(bench.take_map("TARGET").expect("TARGET"))?;
+    let mut frames: PerCpuArray<_, BenchFrame> =
+        PerCpuArray::try_from(bench.take_map("FRAME").expect("FRAME"))?;
+    let restore: &Xdp = bench.program("bench_restore").unwrap().try_into()?;
+    let reader = CounterReader::open(pin_path)?;
+
+    // The established path needs its flow in the table first.
+    let established = frame("198.18.2.10:80", TCP_ACK);
+    let syn = frame("198.18.2.10:80", TCP_SYN);
+    let md = xdp_md(BENCH_FRAME_LEN, ns.in_ifindex);
+    let once = |bytes: &[u8]| {
+        let mut out = [0u8; 256];
+        dp.program().test_run(TestRunOptions {
+            data_in: Some(bytes),
+            data_out: Some(&mut out),
+            ctx_in: Some(&md),
+            ..Default::default()
+        })
+    };
+    once(&syn)?;
+
+    let paths = [
+        Path {
+            name: "established",
+            bytes: established,
+            vary: false,
+            floor: false,
+            action: XDP_REDIRECT,
+            proof: |c| c.vips[0].counters.packets,
+        },
+        Path {
+            name: "new_flow",
+            bytes: syn,
+            vary: true,
+            floor: false,
+            action: XDP_REDIRECT,
+            proof: |c| c.vips[0].counters.new_flows,
+        },
+        Path {
+            name: "non_vip",
+            bytes: frame("198.18.2.99:80", TCP_ACK),
+            vary: false,
+            floor: false,
+            action: XDP_PASS,
+            proof: |c| c.get(GlobalCounter::Passed),
+        },
+        Path {
+            name: "floor",
+            bytes: established,
+            vary: false,
+            floor: true,
+            action: XDP_TX,
+            proof: |_| 0,
+        },
+    ];
+    let cpus = nr_cpus().map_err(|(_, e)| e)?;
+    let mut medians = Vec::new();
+    println!(
+        "dataplane bench: repeat={repeat} runs={runs} flow_table={flow_table} ring={ring_size} cpus={cpus}"
+    );
+    for path in &paths {
+        let value = BenchFrame {
+            vary_source: path.vary as u64,
+            bytes: path.bytes,
+        };
+        frames.set(0, PerCpuValues::try_from(vec![value; cpus])?, 0)?;
+        target.set(0, if path.floor { &floor_fd } else { &lb_fd }, 0)?;
+        let mut samples = Vec::new();
+        for _ in 0..runs {
+            let before = (path.proof)(&reader.read()?);
+            let mut out = [0u8; 256];
+            let res = restore.test_run(TestRunOptions {
+                data_in: Some(&path.bytes),
+                data_out: Some(&mut out),
+                ctx_in: Some(&md),
+                repeat,
+                ..Default::default()
+            })?;
+            anyhow::ensure!(
+                res.return_value == path.action,
+                "{}: action {} (expected {})",
+                path.name,
+                res.return_value,
+                path.action
+            );
+            if !path.floor {
+                let rose = (path.proof)(&reader.read()?) - before;
+                anyhow::ensure!(
+                    rose == repeat as u64,
+                    "{}: its counter rose by {rose}, not by the repeat count {repeat}: \
+                     the iterations did not all take this path",
+                    path.name
+                );
+            }
+            samples.push(res.duration.as_nanos() as f64);
+        }
+        let min = samples.iter().cloned().fold(f64::INFINITY, f64::min);
+        let max = samples.iter().cloned().fold(0.0, f64::max);
+        let med = median(&mut samples);
+        println!(
+            "  {:<12} min {:>6.1} ns  median {:>6.1} ns  max {:>6.1} ns  (counter rose by {repeat} per run)",
+            path.name, min, med, max
+        );
+        medians.push((path.name, med, min, max));
+    }
+    let floor = medians[3].1;
+    for (name, med, _, _) in &medians[..3] {
+        println!("  {:<12} net of floor: {:>6.1} ns", name, med - floor);
+    }
+    println!(
+        "dataplane: established_ns={:.0} new_flow_ns={:.0} non_vip_ns={:.0} floor_ns={:.0}",
+        medians[0].1, medians[1].1, medians[2].1, floor
+    );
+    Ok(())
+}

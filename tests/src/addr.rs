@@ -1,0 +1,92 @@
+//! The lab's names and addresses. Everything lives in 198.18.0.0/15, the
+//! benchmarking range (RFC 2544), so no lab packet can mean anything
+//! elsewhere.
+//!
+//! | segment  | subnet          | who                                        |
+//! |----------|-----------------|--------------------------------------------|
+//! | clients  | 198.18.0.0/24   | gateway `gwc` .1, clients `cl0` .2, .3, …  |
+//! | backends | 198.18.1.0/24   | gateway `gwb` .1, backends `eth0` .11, .12, … |
+//! | VIPs     | 198.18.2.0/24   | .10, .11, … routed to the gateway          |
+
+use std::net::Ipv4Addr;
+
+/// The gateway's client-side interface.
+pub const GW_CLIENT_IF: &str = "gwc";
+/// The gateway's backend-side interface.
+pub const GW_BACKEND_IF: &str = "gwb";
+/// Every client's interface (one client per namespace).
+pub const CLIENT_IF: &str = "cl0";
+/// Every backend's interface (one backend per namespace).
+pub const BACKEND_IF: &str = "eth0";
+/// The bridge in the switch namespace joining `gwb` and the backends.
+pub const BACKEND_BRIDGE: &str = "br0";
+/// The bridge joining `gwc` and the clients when there is more than one.
+pub const CLIENT_BRIDGE: &str = "br1";
+
+/// The gateway's address on the client segment (the clients' default route).
+pub const GW_CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// The gateway's address on the backend segment (the backends' default route).
+pub const GW_BACKEND_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+/// Prefix length of both segments.
+pub const PREFIX_LEN: u8 = 24;
+
+/// First client host number: client `i` is 198.18.0.(2 + i).
+const FIRST_CLIENT: u8 = 2;
+/// First backend host number: backend `i` is 198.18.1.(11 + i); .2–.10 stay
+/// free for extra gateways.
+const FIRST_BACKEND: u8 = 11;
+/// First VIP host number: VIP `i` is 198.18.2.(10 + i).
+const FIRST_VIP: u8 = 10;
+
+/// Most clients a lab can hold (host numbers .2 ..= .251).
+pub const MAX_CLIENTS: usize = 250;
+/// Most backends a lab can hold (host numbers .11 ..= .250).
+pub const MAX_BACKENDS: usize = 240;
+/// Most VIPs (host numbers .10 ..= .250).
+pub const MAX_VIPS: usize = 241;
+
+/// Address of client `i` (0-based).
+///
+/// # Panics
+/// If `i >= MAX_CLIENTS`.
+pub fn client_addr(i: usize) -> Ipv4Addr {
+    assert!(i < MAX_CLIENTS, "client index {i} out of range");
+    Ipv4Addr::new(198, 18, 0, FIRST_CLIENT + i as u8)
+}
+
+/// Address of backend `i` (0-based): `backend_addr(0)` is 198.18.1.11.
+///
+/// # Panics
+/// If `i >= MAX_BACKENDS`.
+pub fn backend_addr(i: usize) -> Ipv4Addr {
+    assert!(i < MAX_BACKENDS, "backend index {i} out of range");
+    Ipv4Addr::new(198, 18, 1, FIRST_BACKEND + i as u8)
+}
+
+/// VIP `i` (0-based): `vip(0)` is 198.18.2.10.
+///
+/// # Panics
+/// If `i >= MAX_VIPS`.
+pub fn vip(i: usize) -> Ipv4Addr {
+    assert!(i < MAX_VIPS, "vip index {i} out of range");
+    Ipv4Addr::new(198, 18, 2, FIRST_VIP + i as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_follow_the_plan() {
+        assert_eq!(client_addr(0), Ipv4Addr::new(198, 18, 0, 2));
+        assert_eq!(backend_addr(0), Ipv4Addr::new(198, 18, 1, 11));
+        assert_eq!(backend_addr(10), Ipv4Addr::new(198, 18, 1, 21));
+        assert_eq!(vip(0), Ipv4Addr::new(198, 18, 2, 10));
+        assert_eq!(client_addr(MAX_CLIENTS - 1), Ipv4Addr::new(198, 18, 0, 251));
+        assert_eq!(
+            backend_addr(MAX_BACKENDS - 1),
+            Ipv4Addr::new(198, 18, 1, 250)
+        );
+        assert_eq!(vip(MAX_VIPS - 1), Ipv4Addr::new(198, 18, 2, 250));
+    }
+}

@@ -1,0 +1,215 @@
+//! A tiny blocking HTTP/1.1 client for tests: enough to talk to
+//! `lab-backend` (and nginx/haproxy) through the load balancer.
+//!
+//! Sockets belong to the network namespace of the thread that creates them:
+//! create clients inside [`Lab::run_in`](crate::Lab::run_in). A
+//! [`KeepAliveClient`] made there can be returned and used from any thread.
+
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// Connect, read and write timeout of the helpers here.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest response body the client accepts (tests only read short bodies).
+const MAX_BODY: usize = 1 << 20;
+/// Longest status or header line accepted.
+const MAX_LINE: u64 = 8 * 1024;
+/// Most header lines accepted in one response.
+const MAX_HEADERS: usize = 100;
+
+/// `GET path` on a fresh connection (`Connection: close`).
+/// Returns the status code and the body.
+pub fn http_get(addr: impl Into<SocketAddr>, path: &str) -> Result<(u16, String)> {
+    let addr = addr.into();
+    let stream = connect(addr)?;
+    let mut reader = BufReader::new(stream);
+    send_get(reader.get_mut(), addr, path, false)?;
+    let resp = read_response(&mut reader).with_context(|| format!("GET http://{addr}{path}"))?;
+    let _ = reader.get_ref().shutdown(Shutdown::Both);
+    Ok((resp.status, resp.body))
+}
+
+/// One connection kept open across requests, for drain and restart tests:
+/// established flows must keep reaching the same backend.
+pub struct KeepAliveClient {
+    addr: SocketAddr,
+    reader: BufReader<TcpStream>,
+    closed: bool,
+}
+
+impl KeepAliveClient {
+    /// Opens the connection (no request is sent yet).
+    pub fn connect(addr: impl Into<SocketAddr>) -> Result<Self> {
+        let addr = addr.into();
+        Ok(Self {
+            addr,
+            reader: BufReader::new(connect(addr)?),
+            closed: false,
+        })
+    }
+
+    /// `GET path` on the kept connection; returns status and body.
+    /// Fails when the server closed the connection or does not answer in time.
+    pub fn get(&mut self, path: &str) -> Result<(u16, String)> {
+        if self.closed {
+            bail!("connection to {} was closed by the server", self.addr);
+        }
+        send_get(self.reader.get_mut(), self.addr, path, true)?;
+        let resp = read_response(&mut self.reader)
+            .with_context(|| format!("GET http://{}{path} (keep-alive)", self.addr))?;
+        self.closed = resp.close;
+        Ok((resp.status, resp.body))
+    }
+
+    /// The client side of the connection (the flow's source address).
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.reader.get_ref().local_addr()?)
+    }
+
+    /// The address connected to.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Changes the read/write timeout (default [`IO_TIMEOUT`]).
+    pub fn set_timeout(&self, timeout: Duration) -> Result<()> {
+        let s = self.reader.get_ref();
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        Ok(())
+    }
+}
+
+fn connect(addr: SocketAddr) -> Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+        .with_context(|| format!("connect to {addr}"))?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+fn send_get(stream: &mut TcpStream, addr: SocketAddr, path: &str, keep_alive: bool) -> Result<()> {
+    let conn = if keep_alive { "keep-alive" } else { "close" };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: {conn}\r\n\r\n");
+    stream
+        .write_all(req.as_bytes())
+        .with_context(|| format!("send request to {addr}"))
+}
+
+struct Response {
+    status: u16,
+    body: String,
+    /// The server will close the connection after this response.
+    close: bool,
+}
+
+fn read_line(reader: &mut BufReader<TcpStream>) -> Result<String> {
+    let mut line = String::new();
+    let n = reader.by_ref().take(MAX_LINE).read_line(&mut line)?;
+    if n == 0 {
+        bail!("connection closed before the response was complete");
+    }
+    if !line.ends_with('\n') {
+        bail!("response line longer than {MAX_LINE} bytes");
+    }
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+fn read_response(reader: &mut BufReader<TcpStream>) -> Result<Response> {
+    let status_line = read_line(reader)?;
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or_default();
+    let status: u16 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad status line {status_line:?}"))?;
+    let mut close = version == "HTTP/1.0";
+    let mut length = None;
+    let mut chunked = false;
+    let mut ended = false;
+    for _ in 0..MAX_HEADERS {
+        let line = read_line(reader)?;
+        if line.is_empty() {
+            ended = true;
+            break;
+        }
+        let Some((name, value)) = line.split_once(':') else {
+            bail!("bad header line {line:?}");
+        };
+        let value = value.trim();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "content-length" => {
+                length = Some(value.parse::<usize>().context("bad Content-Length")?);
+            }
+            "connection" => {
+                let v = value.to_ascii_lowercase();
+                if v.contains("close") {
+                    close = true;
+                } else if v.contains("keep-alive") {
+                    close = false;
+                }
+            }
+            "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
+            _ => {}
+        }
+    }
+    if !ended {
+        bail!("more than {MAX_HEADERS} header lines");
+    }
+    let body = if chunked {
+        read_chunked(reader)?
+    } else if let Some(len) = length {
+        if len > MAX_BODY {
+            bail!("body of {len} bytes is larger than {MAX_BODY}");
+        }
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).context("read body")?;
+        body
+    } else {
+        // No length: the body runs to the end of the connection.
+        close = true;
+        let mut body = Vec::new();
+        reader
+            .by_ref()
+            .take(MAX_BODY as u64)
+            .read_to_end(&mut body)
+            .context("read body")?;
+        body
+    };
+    Ok(Response {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        close,
+    })
+}
+
+fn read_chunked(reader: &mut BufReader<TcpStream>) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    // Bounded: each round either ends or adds at least one byte, and the
+    // body is capped at MAX_BODY.
+    for _ in 0..=MAX_BODY {
+        let line = read_line(reader)?;
+        let size_hex = line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_hex, 16).context("bad chunk size")?;
+        if size == 0 {
+            // Trailers, then the empty line.
+            for _ in 0..MAX_HEADERS {
+                if read_line(reader)?.is_empty() {
+                    return Ok(body);
+                }
+            }
+            bail!("too many trailer lines");
+        }
+        if body.len() + size > MAX_BODY {
+            bail!("chunked body larger than {MAX_BODY}");
+        }
+        let start = body.len();
+        body.resize(start + size, 0);
+        reader.read_exact(&mut body[start..])?;
+        read_line(reader)?;
+    }
+    bail!("chunked body too long")
+}

@@ -1,0 +1,793 @@
+//! [`Lab`]: a client, a gateway, a switch and N backends, each a network
+//! namespace, built with `ip` and removed on drop — also when a test panics.
+//!
+//! ```text
+//!  client ns "c1"             gw ns "gw"                 sw ns "sw"              backend ns "b1".."bN"
+//!  cl0 198.18.0.2 ─── veth ── gwc 198.18.0.1
+//!                             gwb 198.18.1.1 ── veth ─── to-gw ┐
+//!                                                              br0 ── to-b1 ── veth ── eth0 198.18.1.11
+//!                                                                 └─ to-b2 ── veth ── eth0 198.18.1.12
+//! ```
+//!
+//! With more than one client, the clients join `gwc` through a second
+//! bridge `br1` in the switch namespace (ports `to-gwc`, `to-c1`, …).
+//!
+//! Namespaces are named `xl<pid>-<n>-<role>` (`xl4242-0-gw`): the pid of the
+//! creating process lets [`Lab::cleanup_stale`] remove leftovers of a dead
+//! run without touching a live one. Interface names are fixed per namespace
+//! (`gwc`, `cl0`, `eth0`, …), so they never approach the 15-character limit.
+//! Nothing is created in the root namespace: every veth pair is created
+//! inside a lab namespace with its peer placed directly in another.
+
+use crate::addr::{self, *};
+use anyhow::{bail, ensure, Context, Result};
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Namespace name prefix marking a lab (followed by the creator's pid).
+const NS_MARK: &str = "xl";
+/// Where `ip netns add` keeps its namespace files.
+const NETNS_DIR: &str = "/run/netns";
+/// bpffs root; each lab may pin under `/sys/fs/bpf/<prefix>`.
+const BPFFS: &str = "/sys/fs/bpf";
+/// How long a killed child gets to be reaped before we give up waiting.
+const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Lines of each child's log printed when a lab is dropped during a panic.
+const LOG_TAIL_LINES: usize = 30;
+
+/// Labs created by this process, so two labs never share a prefix.
+static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// True when running as root (labs need it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// For tests that need root: returns true (after saying so) when the test
+/// should be skipped. Under CI (`CI` set) a missing root is a failure, not a
+/// skip, so CI can never pass by skipping.
+///
+/// ```no_run
+/// # fn t() -> anyhow::Result<()> {
+/// if xdplb_tests::skip_unless_root() {
+///     return Ok(());
+/// }
+/// # Ok(()) }
+/// ```
+pub fn skip_unless_root() -> bool {
+    if is_root() {
+        return false;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("this test needs root; CI must run it as root");
+    }
+    eprintln!("skipping: this test needs root (network namespaces)");
+    true
+}
+
+/// The release `xdplb` binary under test: `$XDPLB_BIN` (set by `cargo xtask
+/// test`), else `<workspace>/target/release/xdplb` if it exists.
+pub fn xdplb_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("XDPLB_BIN") {
+        let p = PathBuf::from(p);
+        ensure!(p.is_file(), "XDPLB_BIN={} is not a file", p.display());
+        return Ok(p);
+    }
+    let guess = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/xdplb");
+    ensure!(
+        guess.is_file(),
+        "set XDPLB_BIN to the xdplb binary (`cargo xtask test` does), or build it with `cargo build -p lb-userspace --release`"
+    );
+    Ok(guess)
+}
+
+/// Configures a [`Lab`]; [`build`](LabBuilder::build) creates it.
+#[derive(Clone, Debug)]
+pub struct LabBuilder {
+    backends: usize,
+    clients: usize,
+    ipv6: bool,
+    tx_checksum_offload: bool,
+}
+
+impl Default for LabBuilder {
+    fn default() -> Self {
+        Self {
+            backends: 2,
+            clients: 1,
+            ipv6: false,
+            tx_checksum_offload: false,
+        }
+    }
+}
+
+impl LabBuilder {
+    /// Number of backend namespaces `b1..bN` (default 2).
+    pub fn backends(mut self, n: usize) -> Self {
+        self.backends = n;
+        self
+    }
+
+    /// Number of client namespaces `c1..cN` (default 1).
+    pub fn clients(mut self, n: usize) -> Self {
+        self.clients = n;
+        self
+    }
+
+    /// Keep IPv6 enabled (default: disabled in every lab namespace, so no
+    /// router solicitations or MLD reports show up in packet counters).
+    pub fn ipv6(mut self, on: bool) -> Self {
+        self.ipv6 = on;
+        self
+    }
+
+    /// Keep TX checksum offload on the clients' and backends' veths (default:
+    /// off). With it on, veth hands frames to the gateway with only a partial
+    /// TCP checksum (CHECKSUM_PARTIAL), which XDP cannot see and which is lost
+    /// when XDP redirects the frame — the receiver then drops it. Real NICs
+    /// deliver complete checksums, so off is the realistic lab.
+    pub fn tx_checksum_offload(mut self, on: bool) -> Self {
+        self.tx_checksum_offload = on;
+        self
+    }
+
+    /// Creates the namespaces and links. Removes stale labs of dead
+    /// processes first. On error everything created so far is removed.
+    pub fn build(self) -> Result<Lab> {
+        ensure!(is_root(), "a lab needs root (network namespaces)");
+        ensure!(
+            (1..=MAX_CLIENTS).contains(&self.clients),
+            "clients must be 1..={MAX_CLIENTS}, not {}",
+            self.clients
+        );
+        ensure!(
+            self.backends <= MAX_BACKENDS,
+            "backends must be at most {MAX_BACKENDS}, not {}",
+            self.backends
+        );
+        for tool in ["ip", "ethtool"] {
+            ensure!(
+                which(tool),
+                "`{tool}` not found: run `cargo xtask setup` (installs iproute2, ethtool)"
+            );
+        }
+        Lab::cleanup_stale();
+        let n = LAB_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("{NS_MARK}{}-{n}", std::process::id());
+        let dir = std::env::temp_dir().join("xdplb-lab").join(&prefix);
+        let mut lab = Lab {
+            prefix,
+            spec: self.clone(),
+            names: Vec::new(),
+            children: Mutex::new(Vec::new()),
+            dir,
+            spawned: AtomicU32::new(0),
+        };
+        // `lab` is dropped on any error below, which removes what exists.
+        std::fs::create_dir_all(&lab.dir)
+            .with_context(|| format!("create {}", lab.dir.display()))?;
+        lab.create(&self)?;
+        Ok(lab)
+    }
+}
+
+/// A running lab. Every method taking `ns` accepts a short name
+/// (`"client"` (= `"c1"`), `"c2"`, `"gw"`, `"sw"`, `"b1"`, …) or the full
+/// namespace name.
+pub struct Lab {
+    prefix: String,
+    spec: LabBuilder,
+    /// (short, full) names of the namespaces created, in creation order.
+    names: Vec<(String, String)>,
+    children: Mutex<Vec<Arc<Mutex<Child>>>>,
+    dir: PathBuf,
+    spawned: AtomicU32,
+}
+
+impl Lab {
+    /// Starts configuring a lab (2 backends, 1 client by default).
+    pub fn builder() -> LabBuilder {
+        LabBuilder::default()
+    }
+
+    /// This lab's prefix, e.g. `xl4242-0`; every namespace name starts with it.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Full name of a lab namespace.
+    ///
+    /// # Panics
+    /// If `name` is not one of this lab's namespaces (a test bug).
+    pub fn ns(&self, name: &str) -> &str {
+        self.resolve(name)
+            .unwrap_or_else(|| panic!("lab {} has no namespace {name:?}", self.prefix))
+    }
+
+    fn resolve(&self, name: &str) -> Option<&str> {
+        let short = if name == "client" { "c1" } else { name };
+        self.names
+            .iter()
+            .find(|(s, f)| s == short || f == name)
+            .map(|(_, f)| f.as_str())
+    }
+
+    /// Full name of the gateway namespace (where xdplb runs).
+    pub fn gw_ns(&self) -> &str {
+        self.ns("gw")
+    }
+
+    /// Full name of client `i`'s namespace (0-based: `c1` is 0).
+    pub fn client_ns(&self, i: usize) -> &str {
+        self.ns(&format!("c{}", i + 1))
+    }
+
+    /// Full name of backend `i`'s namespace (0-based: `b1` is 0).
+    pub fn backend_ns(&self, i: usize) -> &str {
+        self.ns(&format!("b{}", i + 1))
+    }
+
+    /// Number of backends.
+    pub fn backends(&self) -> usize {
+        self.spec.backends
+    }
+
+    /// Number of clients.
+    pub fn clients(&self) -> usize {
+        self.spec.clients
+    }
+
+    /// The gateway's interfaces, client side first: what goes into
+    /// `[dataplane] interfaces` of a lab config.
+    pub fn gw_ifaces() -> [&'static str; 2] {
+        [GW_CLIENT_IF, GW_BACKEND_IF]
+    }
+
+    /// Address of backend `i` (0-based): 198.18.1.11, .12, …
+    pub fn backend_addr(i: usize) -> Ipv4Addr {
+        addr::backend_addr(i)
+    }
+
+    /// Address of client `i` (0-based): 198.18.0.2, .3, …
+    pub fn client_addr(i: usize) -> Ipv4Addr {
+        addr::client_addr(i)
+    }
+
+    /// VIP `i` (0-based): 198.18.2.10, .11, …
+    pub fn vip(i: usize) -> Ipv4Addr {
+        addr::vip(i)
+    }
+
+    /// A per-lab directory for configs and logs, removed on drop.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A per-lab bpffs pin path (`/sys/fs/bpf/<prefix>`, not created);
+    /// removed on drop, so pins never leak into other tests.
+    pub fn pin_path(&self) -> PathBuf {
+        Path::new(BPFFS).join(&self.prefix)
+    }
+
+    /// A per-lab admin socket path (inside [`dir`](Lab::dir)).
+    pub fn socket_path(&self) -> PathBuf {
+        self.dir.join("xdplb.sock")
+    }
+
+    /// Runs `args` in `ns` (`ip netns exec`) and returns its output,
+    /// whatever the exit status.
+    pub fn exec<S: AsRef<std::ffi::OsStr>>(&self, ns: &str, args: &[S]) -> Result<Output> {
+        let full = self.ns(ns);
+        ensure!(!args.is_empty(), "exec in {full}: empty command");
+        Command::new("ip")
+            .args(["netns", "exec", full])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("ip netns exec {full} {}", show(args)))
+    }
+
+    /// Like [`exec`](Lab::exec), but fails on a non-zero exit (with its
+    /// stderr) and returns stdout.
+    pub fn exec_ok<S: AsRef<std::ffi::OsStr>>(&self, ns: &str, args: &[S]) -> Result<String> {
+        let out = self.exec(ns, args)?;
+        if !out.status.success() {
+            bail!(
+                "`ip netns exec {} {}` failed ({}): {}",
+                self.ns(ns),
+                show(args),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Starts `args` in `ns`, with stdout and stderr going to a log file in
+    /// [`dir`](Lab::dir). The process is killed when the returned handle or
+    /// the lab is dropped, whichever comes first.
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(&self, ns: &str, args: &[S]) -> Result<LabChild> {
+        self.spawn_env(ns, args, &[])
+    }
+
+    /// [`spawn`](Lab::spawn) with extra environment variables.
+    pub fn spawn_env<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        ns: &str,
+        args: &[S],
+        env: &[(&str, &str)],
+    ) -> Result<LabChild> {
+        let full = self.ns(ns).to_owned();
+        ensure!(!args.is_empty(), "spawn in {full}: empty command");
+        let prog = Path::new(args[0].as_ref())
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "cmd".into());
+        let n = self.spawned.fetch_add(1, Ordering::Relaxed);
+        let short = self.short_of(&full).to_owned();
+        let log = self.dir.join(format!("{short}-{prog}-{n}.log"));
+        let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let err = out.try_clone()?;
+        // `ip netns exec` execs the command, so the child's pid is the
+        // command's own and signals reach it directly.
+        let child = Command::new("ip")
+            .args(["netns", "exec", &full])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("spawn `{}` in {full}", show(args)))?;
+        let pid = child.id();
+        let child = Arc::new(Mutex::new(child));
+        lock(&self.children).push(Arc::clone(&child));
+        Ok(LabChild {
+            child,
+            pid,
+            log,
+            what: format!("{short}: {}", show(args)),
+        })
+    }
+
+    /// Runs `f` on a thread that entered `ns` (setns on
+    /// `/run/netns/<name>`, CLONE_NEWNET), and returns its result. Sockets
+    /// created inside belong to `ns` for their whole life. A panic in `f`
+    /// is propagated.
+    pub fn run_in<T: Send, F: FnOnce() -> T + Send>(&self, ns: &str, f: F) -> Result<T> {
+        run_in_netns(self.ns(ns), f)
+    }
+
+    /// Writes a sysctl inside `ns` (e.g. `"net.ipv4.ip_forward"`, `"1"`).
+    pub fn sysctl(&self, ns: &str, key: &str, value: &str) -> Result<()> {
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        let full = self.ns(ns);
+        self.run_in(ns, || std::fs::write(&path, value))?
+            .with_context(|| format!("sysctl {key}={value} in {full}"))
+    }
+
+    /// MAC address of `ifname` in `ns` (e.g. a backend's `eth0`, for dsr).
+    pub fn mac(&self, ns: &str, ifname: &str) -> Result<String> {
+        let path = format!("/sys/class/net/{ifname}/address");
+        let out = self.exec_ok(ns, &["cat", &path])?;
+        Ok(out.trim().to_owned())
+    }
+
+    /// Short name of a full namespace name of this lab.
+    fn short_of<'a>(&'a self, full: &'a str) -> &'a str {
+        self.names
+            .iter()
+            .find(|(_, f)| f == full)
+            .map(|(s, _)| s.as_str())
+            .unwrap_or(full)
+    }
+
+    fn add_ns(&mut self, short: &str) -> Result<String> {
+        let full = format!("{}-{short}", self.prefix);
+        ip(&["netns", "add", &full])?;
+        self.names.push((short.to_owned(), full.clone()));
+        ip(&["-n", &full, "link", "set", "lo", "up"])?;
+        if !self.spec.ipv6 {
+            for key in ["all", "default"] {
+                self.sysctl(short, &format!("net.ipv6.conf.{key}.disable_ipv6"), "1")?;
+            }
+        }
+        Ok(full)
+    }
+
+    fn create(&mut self, spec: &LabBuilder) -> Result<()> {
+        let gw = self.add_ns("gw")?;
+        let sw = self.add_ns("sw")?;
+        let clients: Vec<String> = (1..=spec.clients)
+            .map(|i| self.add_ns(&format!("c{i}")))
+            .collect::<Result<_>>()?;
+        let backends: Vec<String> = (1..=spec.backends)
+            .map(|i| self.add_ns(&format!("b{i}")))
+            .collect::<Result<_>>()?;
+
+        // Gateway: both sides, forwarding on (bpf_fib_lookup needs it too).
+        self.sysctl("gw", "net.ipv4.ip_forward", "1")?;
+        self.sysctl("gw", "net.ipv4.conf.all.forwarding", "1")?;
+
+        // Client side.
+        if let [client] = clients.as_slice() {
+            veth(&gw, GW_CLIENT_IF, client, CLIENT_IF)?;
+            self.gro_on("c1", CLIENT_IF)?;
+        } else {
+            bridge(&sw, CLIENT_BRIDGE)?;
+            veth(&gw, GW_CLIENT_IF, &sw, "to-gwc")?;
+            port(&sw, "to-gwc", CLIENT_BRIDGE)?;
+            self.gro_on("sw", "to-gwc")?;
+            for (i, client) in clients.iter().enumerate() {
+                let p = format!("to-c{}", i + 1);
+                veth(client, CLIENT_IF, &sw, &p)?;
+                port(&sw, &p, CLIENT_BRIDGE)?;
+            }
+        }
+        // Backend side: one L2 segment on br0.
+        bridge(&sw, BACKEND_BRIDGE)?;
+        veth(&gw, GW_BACKEND_IF, &sw, "to-gw")?;
+        port(&sw, "to-gw", BACKEND_BRIDGE)?;
+        self.gro_on("sw", "to-gw")?;
+        for (i, backend) in backends.iter().enumerate() {
+            let p = format!("to-b{}", i + 1);
+            veth(backend, BACKEND_IF, &sw, &p)?;
+            port(&sw, &p, BACKEND_BRIDGE)?;
+        }
+
+        // Addresses and routes.
+        up_with_addr(&gw, GW_CLIENT_IF, GW_CLIENT_ADDR)?;
+        up_with_addr(&gw, GW_BACKEND_IF, GW_BACKEND_ADDR)?;
+        for (i, client) in clients.iter().enumerate() {
+            up_with_addr(client, CLIENT_IF, addr::client_addr(i))?;
+            ip(&[
+                "-n",
+                client,
+                "route",
+                "add",
+                "default",
+                "via",
+                &GW_CLIENT_ADDR.to_string(),
+            ])?;
+            if !spec.tx_checksum_offload {
+                self.tx_csum_off(&format!("c{}", i + 1), CLIENT_IF)?;
+            }
+        }
+        for (i, backend) in backends.iter().enumerate() {
+            up_with_addr(backend, BACKEND_IF, addr::backend_addr(i))?;
+            ip(&[
+                "-n",
+                backend,
+                "route",
+                "add",
+                "default",
+                "via",
+                &GW_BACKEND_ADDR.to_string(),
+            ])?;
+            if !spec.tx_checksum_offload {
+                self.tx_csum_off(&format!("b{}", i + 1), BACKEND_IF)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// GRO on the far end of a gateway veth, so it accepts XDP-redirected
+    /// frames (without it veth drops them silently; shared/TOOLCHAIN.md).
+    fn gro_on(&self, ns: &str, ifname: &str) -> Result<()> {
+        self.exec_ok(ns, &["ethtool", "-K", ifname, "gro", "on"])
+            .map(drop)
+    }
+
+    fn tx_csum_off(&self, ns: &str, ifname: &str) -> Result<()> {
+        self.exec_ok(ns, &["ethtool", "-K", ifname, "tx", "off"])
+            .map(drop)
+    }
+
+    /// Removes namespaces, pins and lab directories left by lab processes
+    /// that no longer run (a crashed or killed test). Labs of live
+    /// processes — including this one — are left alone. Errors are printed,
+    /// not returned: this is best effort.
+    pub fn cleanup_stale() {
+        let me = std::process::id();
+        let dead = |name: &str| match stale_pid(name) {
+            Some(pid) => pid != me && !Path::new(&format!("/proc/{pid}")).exists(),
+            None => false,
+        };
+        if let Ok(entries) = std::fs::read_dir(NETNS_DIR) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if dead(&name) {
+                    eprintln!("lab: removing stale namespace {name}");
+                    kill_ns_pids(&name);
+                    if let Err(err) = ip(&["netns", "del", &name]) {
+                        eprintln!("lab: {err:#}");
+                    }
+                }
+            }
+        }
+        for root in [PathBuf::from(BPFFS), std::env::temp_dir().join("xdplb-lab")] {
+            if let Ok(entries) = std::fs::read_dir(&root) {
+                for e in entries.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if dead(&name) {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        // 1. Our own children (reaped under their lock: no pid reuse race).
+        let children = std::mem::take(&mut *lock(&self.children));
+        for c in &children {
+            kill_and_reap(&mut lock(c));
+        }
+        if panicking {
+            self.print_logs();
+        }
+        // 2. Anything else still running inside (daemons that forked).
+        // 3. The namespaces; deleting one destroys its veths and bridges.
+        for (_, full) in self.names.iter().rev() {
+            kill_ns_pids(full);
+            if let Err(err) = ip(&["netns", "del", full]) {
+                eprintln!("lab: {err:#}");
+            }
+        }
+        let pins = self.pin_path();
+        if pins.exists() {
+            if let Err(err) = std::fs::remove_dir_all(&pins) {
+                eprintln!("lab: cannot remove {}: {err}", pins.display());
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Lab {
+    fn print_logs(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut logs: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+            eprintln!("---- lab log {} (last {} lines)", log.display(), tail.len());
+            for l in tail {
+                eprintln!("  {l}");
+            }
+        }
+    }
+}
+
+/// A process started with [`Lab::spawn`]; killed (SIGKILL) when dropped.
+pub struct LabChild {
+    child: Arc<Mutex<Child>>,
+    pid: u32,
+    log: PathBuf,
+    what: String,
+}
+
+impl LabChild {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&self) -> bool {
+        matches!(lock(&self.child).try_wait(), Ok(None))
+    }
+
+    /// Sends `sig` (e.g. `libc::SIGTERM`, `libc::SIGHUP`) if still running.
+    pub fn signal(&self, sig: i32) -> Result<()> {
+        let mut child = lock(&self.child);
+        if child.try_wait()?.is_some() {
+            bail!("{} has already exited", self.what);
+        }
+        // SAFETY: the child is not reaped (we hold its lock and it has not
+        // exited), so the pid still names it.
+        let rc = unsafe { libc::kill(self.pid as libc::pid_t, sig) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("kill -{sig} {}", self.pid));
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        crate::wait_until(timeout, Duration::from_millis(20), || {
+            status = lock(&self.child).try_wait().ok().flatten();
+            status.is_some()
+        });
+        status
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit status.
+    pub fn terminate(&self, timeout: Duration) -> Result<ExitStatus> {
+        self.signal(libc::SIGTERM)?;
+        self.wait_exit(timeout)
+            .with_context(|| format!("{} did not exit within {timeout:?} of SIGTERM", self.what))
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&self) {
+        kill_and_reap(&mut lock(&self.child));
+    }
+
+    /// Path of the file receiving its stdout and stderr.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Its stdout and stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for LabChild {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `f` on a thread inside the named network namespace.
+fn run_in_netns<T: Send, F: FnOnce() -> T + Send>(full: &str, f: F) -> Result<T> {
+    let path = Path::new(NETNS_DIR).join(full);
+    let file = File::open(&path).with_context(|| format!("open {}", path.display()))?;
+    std::thread::scope(|s| {
+        let handle = s.spawn(move || -> Result<T> {
+            // SAFETY: setns on a valid namespace fd; it only changes this
+            // (scoped, short-lived) thread's network namespace.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("setns into {}", path.display()));
+            }
+            drop(file);
+            Ok(f())
+        });
+        match handle.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
+/// `xl<pid>-<n>-…` → pid.
+fn stale_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(NS_MARK)?;
+    let (pid, rest) = rest.split_once('-')?;
+    let (n, _) = rest.split_once('-').unwrap_or((rest, ""));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(pid) && digits(n)).then(|| pid.parse().ok())?
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn kill_and_reap(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(None)) {
+        let _ = child.kill();
+        crate::wait_until(REAP_TIMEOUT, Duration::from_millis(10), || {
+            !matches!(child.try_wait(), Ok(None))
+        });
+    }
+}
+
+/// SIGKILLs every process inside `full` (`ip netns pids`).
+fn kill_ns_pids(full: &str) {
+    let Ok(out) = Command::new("ip")
+        .args(["netns", "pids", full])
+        .stdin(Stdio::null())
+        .output()
+    else {
+        return;
+    };
+    for pid in String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse::<libc::pid_t>().ok())
+    {
+        // SAFETY: plain kill(2) on a pid that `ip` reported inside our
+        // namespace; a race with its exit only makes this a no-op.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run `ip {}`", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A veth pair created inside `ns_a` with its peer placed directly in `ns_b`.
+fn veth(ns_a: &str, a: &str, ns_b: &str, b: &str) -> Result<()> {
+    ip(&[
+        "-n", ns_a, "link", "add", a, "type", "veth", "peer", "name", b, "netns", ns_b,
+    ])
+}
+
+fn bridge(ns: &str, name: &str) -> Result<()> {
+    ip(&["-n", ns, "link", "add", name, "type", "bridge"])?;
+    ip(&["-n", ns, "link", "set", name, "up"])
+}
+
+fn port(ns: &str, ifname: &str, bridge: &str) -> Result<()> {
+    ip(&["-n", ns, "link", "set", ifname, "master", bridge])?;
+    ip(&["-n", ns, "link", "set", ifname, "up"])
+}
+
+fn up_with_addr(ns: &str, ifname: &str, a: Ipv4Addr) -> Result<()> {
+    ip(&[
+        "-n",
+        ns,
+        "addr",
+        "add",
+        &format!("{a}/{PREFIX_LEN}"),
+        "dev",
+        ifname,
+    ])?;
+    ip(&["-n", ns, "link", "set", ifname, "up"])
+}
+
+fn which(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+        || ["/usr/sbin", "/sbin", "/usr/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(tool).is_file())
+}
+
+fn show<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
+    args.iter()
+        .map(|a| a.as_ref().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_names() {
+        assert_eq!(stale_pid("xl4242-0-gw"), Some(4242));
+        assert_eq!(stale_pid("xl4242-17-b10"), Some(4242));
+        assert_eq!(stale_pid("xl4242-x-gw"), None);
+        assert_eq!(stale_pid("xlab-0-gw"), None);
+        assert_eq!(stale_pid("other"), None);
+        // A lab's pin and log directory is the bare prefix.
+        assert_eq!(stale_pid("xl4242-3"), Some(4242));
+    }
+}

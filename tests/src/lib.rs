@@ -1,0 +1,26 @@
+//! xdplb's network-namespace test lab.
+//!
+//! Integration tests (`tests/tests/<feature>.rs`), `cargo xtask demo` and
+//! `cargo xtask bench lab` build their hosts with [`Lab`]: a client, a
+//! gateway (where xdplb runs), a switch and N backends, each a network
+//! namespace joined by veth pairs. See `tests/README.md` for the diagram and
+//! the rules.
+//!
+//! # Layout
+//!
+//! - [`lab`]: [`Lab`] and its builder — creating, using and removing the
+//!   namespaces; running commands and closures inside them.
+//! - [`addr`]: the lab's fixed names and addresses (198.18.0.0/15 only).
+//! - [`http`]: a tiny blocking HTTP/1.1 client: [`http_get`] on a fresh
+//!   connection, [`KeepAliveClient`] reusing one.
+//! - [`wait`]: [`wait_until`], the one bounded polling loop.
+//! - `src/bin/lab-backend.rs`: the HTTP server the backends run.
+
+pub mod addr;
+pub mod http;
+pub mod lab;
+pub mod wait;
+
+pub use http::{http_get, KeepAliveClient};
+pub use lab::{is_root, skip_unless_root, xdplb_bin, Lab, LabBuilder, LabChild};
+pub use wait::wait_until;

@@ -1,0 +1,74 @@
+//! `cargo xtask` — the single front door for developers and CI.
+//!
+//! # Layout
+//!
+//! - [`setup`]: installs what building and testing need (nightly, rust-src,
+//!   bpf-linker, Debian packages, bpffs), idempotently.
+//! - [`test`]: the CI pipeline — fmt, clippy, release build, tests.
+//! - [`demo`]: a guided run of xdplb in a namespace lab.
+//! - [`bench`]: data-plane, controller and lab benchmarks.
+//! - [`cmd`]: running external commands with a printed trace.
+
+mod bench;
+mod cmd;
+mod demo;
+mod setup;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Developer tasks for xdplb. Run from anywhere inside the repository.
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install toolchains, bpf-linker, test packages and mount bpffs (idempotent).
+    Setup,
+    /// Build the `xdplb` binary with its embedded eBPF object.
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// The CI pipeline: setup, fmt, clippy, release build, tests (as root).
+    Test,
+    /// Run xdplb in a namespace lab and show it balancing.
+    Demo,
+    /// Run benchmarks.
+    Bench {
+        /// Which benchmark suite to run.
+        #[arg(value_enum, default_value_t = bench::Suite::All)]
+        suite: bench::Suite,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.command {
+        Command::Setup => setup::run(),
+        Command::Build { release } => build(release),
+        Command::Test => test::run(),
+        Command::Demo => demo::run(),
+        Command::Bench { suite } => bench::run(suite),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+/// `cargo build -p lb-userspace [--release]`; aya-build compiles and embeds
+/// the eBPF object from lb-userspace's build script.
+fn build(release: bool) -> Result<()> {
+    let mut args = vec!["build", "-p", "lb-userspace"];
+    if release {
+        args.push("--release");
+    }
+    cmd::cargo(&args).run()
+}

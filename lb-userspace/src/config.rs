@@ -1,0 +1,1384 @@
+//! The operator's TOML configuration: its schema, its defaults and its
+//! validation.
+//!
+//! Parsing happens in two layers. A private `raw` layer mirrors the file
+//! exactly, with `deny_unknown_fields` everywhere and a source span on every
+//! value that validation may need to point at; [`parse`] validates it and
+//! converts it into the public [`Config`], which holds plain values only, so
+//! two configs compare equal when they mean the same thing (reload diffs them)
+//! wherever their keys sit in the file. Every error carries `FILE:LINE:COL`.
+//!
+//! Nothing here does I/O except [`load`] (which reads the file) and
+//! [`check_interfaces_exist`] (which looks at `/sys/class/net`, and so runs at
+//! `xdplb run`, never at `xdplb check` on another host).
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use lb_common::limits::{DEFAULT_FLOW_TABLE_SIZE, DEFAULT_RING_SIZE, MAX_BACKENDS, MAX_VIPS};
+use serde::{Deserialize, Serialize};
+
+/// Largest accepted `ring_size`. The data plane allocates
+/// `MAX_VIPS × 2 × ring_size` 4-byte entries up front (≈ 512 MiB at this
+/// size), so anything larger is a typo rather than a plan.
+pub const MAX_RING_SIZE: u32 = 1_000_003;
+/// Maglev keeps per-backend imbalance near 1% only when the ring holds at
+/// least this many entries per backend (Eisenbud et al., §5.3).
+pub const RING_ENTRIES_PER_BACKEND: u32 = 100;
+/// Weight bounds, as in HAProxy's `weight` (which allows 0..=256; we keep 0
+/// out because a zero-weight backend is what drain is for).
+pub const MIN_WEIGHT: u32 = 1;
+pub const MAX_WEIGHT: u32 = 1000;
+/// Tolerance on `Σ factors = 1`: decimal literals like 0.1 are inexact.
+pub const FACTOR_SUM_TOLERANCE: f64 = 1e-6;
+/// `IFNAMSIZ - 1`: the kernel rejects longer interface names.
+const MAX_IFNAME_LEN: usize = 15;
+
+/// Whether `mode = "dsr"` is accepted. The data plane does not implement the
+/// MAC rewrite yet; the validation rules for it are kept ready (see
+/// [`check_dsr_ports`]).
+pub const DSR_SUPPORTED: bool = false;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read config: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}:{line}:{column}: {reason}", file.display())]
+    Invalid {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        reason: String,
+    },
+    #[error("dataplane.interfaces: no network interface {name:?} on this host")]
+    MissingInterface { name: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native if the driver supports it, else generic (skb) mode.
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Nat,
+    Dsr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthKind {
+    #[default]
+    Tcp,
+    Http,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    Primary,
+    Spare,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Config {
+    pub dataplane: DataplaneConfig,
+    pub control: ControlConfig,
+    pub pools: Vec<PoolConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DataplaneConfig {
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpMode,
+    pub pin_path: PathBuf,
+    pub flow_table_size: u32,
+    pub ring_size: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ControlConfig {
+    pub admin_socket: PathBuf,
+    /// `None` when the file says `metrics_listen = ""`.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            admin_socket: PathBuf::from(DEFAULT_ADMIN_SOCKET),
+            metrics_listen: Some(DEFAULT_METRICS_LISTEN.parse().expect("valid literal")),
+        }
+    }
+}
+
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/xdplb";
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/xdplb.sock";
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9434";
+pub const DEFAULT_WEIGHT: u32 = 100;
+pub const DEFAULT_MIN_ACTIVE: u32 = 1;
+pub const DEFAULT_HTTP_PATH: &str = "/";
+pub const DEFAULT_HTTP_STATUS: u16 = 200;
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PoolConfig {
+    pub name: String,
+    pub vip: SocketAddrV4,
+    pub protocol: Protocol,
+    pub mode: Mode,
+    pub min_active: u32,
+    pub health: HealthConfig,
+    pub load: Option<LoadConfig>,
+    pub backends: Vec<BackendConfig>,
+}
+
+impl PoolConfig {
+    pub fn backend(&self, name: &str) -> Option<&BackendConfig> {
+        self.backends.iter().find(|b| b.name == name)
+    }
+
+    pub fn primaries(&self) -> impl Iterator<Item = &BackendConfig> {
+        self.backends.iter().filter(|b| b.role == Role::Primary)
+    }
+
+    pub fn spares(&self) -> impl Iterator<Item = &BackendConfig> {
+        self.backends.iter().filter(|b| b.role == Role::Spare)
+    }
+}
+
+impl Config {
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    pub fn total_backends(&self) -> usize {
+        self.pools.iter().map(|p| p.backends.len()).sum()
+    }
+}
+
+/// For `kind = "http"`, `path` and `expect_status` are always `Some` after
+/// parsing (defaults filled in); for `kind = "tcp"` they are `None`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HealthConfig {
+    pub kind: HealthKind,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub rise: u32,
+    pub fall: u32,
+    pub path: Option<String>,
+    pub expect_status: Option<u16>,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            kind: HealthKind::Tcp,
+            interval_ms: 500,
+            timeout_ms: 300,
+            rise: 2,
+            fall: 3,
+            path: None,
+            expect_status: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Factors {
+    #[serde(default)]
+    pub cpu: f64,
+    #[serde(default)]
+    pub mem: f64,
+    #[serde(default)]
+    pub disk: f64,
+    #[serde(default)]
+    pub net: f64,
+}
+
+impl Default for Factors {
+    fn default() -> Self {
+        Factors {
+            cpu: 0.4,
+            mem: 0.2,
+            disk: 0.1,
+            net: 0.3,
+        }
+    }
+}
+
+impl Factors {
+    pub fn sum(&self) -> f64 {
+        self.cpu + self.mem + self.disk + self.net
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LoadConfig {
+    pub agent_port: u16,
+    pub interval_ms: u64,
+    pub factors: Factors,
+    pub high_watermark: f64,
+    pub low_watermark: f64,
+    pub scale_up_after_ms: u64,
+    pub scale_down_after_ms: u64,
+    pub slow_start_ms: u64,
+}
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        LoadConfig {
+            agent_port: 9777,
+            interval_ms: 1000,
+            factors: Factors::default(),
+            high_watermark: 0.80,
+            low_watermark: 0.30,
+            scale_up_after_ms: 3000,
+            scale_down_after_ms: 30000,
+            slow_start_ms: 5000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BackendConfig {
+    pub name: String,
+    pub addr: SocketAddrV4,
+    pub weight: u32,
+    pub role: Role,
+}
+
+mod raw {
+    //! The file as written, with spans. Optional keys are `Option` here so
+    //! validation can tell "absent, defaulted" from "given" and point at the
+    //! given value.
+    use super::*;
+    use toml::Spanned;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Config {
+        pub dataplane: Dataplane,
+        pub control: Option<Control>,
+        #[serde(default)]
+        pub pool: Vec<Pool>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Dataplane {
+        pub interfaces: Spanned<Vec<Spanned<String>>>,
+        pub xdp_mode: Option<XdpMode>,
+        pub pin_path: Option<PathBuf>,
+        pub flow_table_size: Option<Spanned<u32>>,
+        pub ring_size: Option<Spanned<u32>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Control {
+        pub admin_socket: Option<PathBuf>,
+        pub metrics_listen: Option<Spanned<String>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Pool {
+        pub name: Spanned<String>,
+        pub vip: Spanned<SocketAddrV4>,
+        pub protocol: Option<Protocol>,
+        pub mode: Option<Spanned<Mode>>,
+        pub min_active: Option<Spanned<u32>>,
+        pub health: Option<Health>,
+        pub load: Option<Load>,
+        #[serde(default)]
+        pub backend: Vec<Backend>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Health {
+        pub kind: Option<HealthKind>,
+        pub interval_ms: Option<Spanned<u64>>,
+        pub timeout_ms: Option<Spanned<u64>>,
+        pub rise: Option<Spanned<u32>>,
+        pub fall: Option<Spanned<u32>>,
+        pub path: Option<Spanned<String>>,
+        pub expect_status: Option<Spanned<u16>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Load {
+        pub agent_port: Option<Spanned<u16>>,
+        pub interval_ms: Option<Spanned<u64>>,
+        pub factors: Option<Spanned<Factors>>,
+        pub high_watermark: Option<Spanned<f64>>,
+        pub low_watermark: Option<Spanned<f64>>,
+        pub scale_up_after_ms: Option<u64>,
+        pub scale_down_after_ms: Option<u64>,
+        pub slow_start_ms: Option<u64>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Backend {
+        pub name: Spanned<String>,
+        pub addr: Spanned<SocketAddrV4>,
+        pub weight: Option<Spanned<u32>>,
+        pub role: Option<Role>,
+    }
+}
+
+/// Reads and parses the file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates `text`; `path_for_messages` only names the file in
+/// errors.
+pub fn parse(path_for_messages: &Path, text: &str) -> Result<Config, ConfigError> {
+    let src = Source {
+        file: path_for_messages,
+        text,
+    };
+    let raw: raw::Config = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        src.err(span, e.message().trim_end().replace('\n', " "))
+    })?;
+    convert(&src, raw)
+}
+
+/// Checks that every configured interface exists on this host. Kept apart
+/// from [`parse`] so `xdplb check` validates a config meant for another host.
+pub fn check_interfaces_exist(cfg: &Config) -> Result<(), ConfigError> {
+    for name in &cfg.dataplane.interfaces {
+        if !Path::new("/sys/class/net").join(name).exists() {
+            return Err(ConfigError::MissingInterface { name: name.clone() });
+        }
+    }
+    Ok(())
+}
+
+/// DSR rewrites only the destination MAC, so the backend sees the packet
+/// addressed to the VIP's port: a backend listening on another port would
+/// never see it. Returns the first offending backend's name.
+pub fn check_dsr_ports(pool: &PoolConfig) -> Result<(), String> {
+    match pool
+        .backends
+        .iter()
+        .find(|b| b.addr.port() != pool.vip.port())
+    {
+        Some(b) => Err(b.name.clone()),
+        None => Ok(()),
+    }
+}
+
+struct Source<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    /// 1-based line and column (in characters) of a byte offset.
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        (line, before[line_start..].chars().count() + 1)
+    }
+
+    fn line(&self, span: &Range<usize>) -> usize {
+        self.line_col(span.start).0
+    }
+
+    fn err(&self, span: Range<usize>, reason: impl Into<String>) -> ConfigError {
+        let (line, column) = self.line_col(span.start);
+        ConfigError::Invalid {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            reason: reason.into(),
+        }
+    }
+}
+
+fn is_prime(n: u32) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let n = u64::from(n);
+    let mut d = 2u64;
+    while d * d <= n {
+        if n % d == 0 {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
+
+fn convert(src: &Source, raw: raw::Config) -> Result<Config, ConfigError> {
+    let dataplane = convert_dataplane(src, &raw)?;
+    let control = convert_control(src, raw.control)?;
+
+    if raw.pool.is_empty() {
+        return Err(src.err(0..0, "no [[pool]] defined"));
+    }
+    if raw.pool.len() > MAX_VIPS as usize {
+        let extra = &raw.pool[MAX_VIPS as usize];
+        return Err(src.err(
+            extra.name.span(),
+            format!(
+                "too many pools: {} defined, the data plane holds {MAX_VIPS} VIPs",
+                raw.pool.len()
+            ),
+        ));
+    }
+
+    let mut pools: Vec<PoolConfig> = Vec::with_capacity(raw.pool.len());
+    let mut pool_spans: Vec<(Range<usize>, Range<usize>)> = Vec::new();
+    let mut total_backends = 0usize;
+    let mut backend_addrs: std::collections::HashMap<SocketAddrV4, (String, usize)> =
+        std::collections::HashMap::new();
+    for rp in raw.pool {
+        let name_span = rp.name.span();
+        let vip_span = rp.vip.span();
+        if let Some(i) = pools.iter().position(|p| p.name == *rp.name.get_ref()) {
+            return Err(src.err(
+                name_span,
+                format!(
+                    "duplicate pool name {:?} (first at line {})",
+                    rp.name.get_ref(),
+                    src.line(&pool_spans[i].0)
+                ),
+            ));
+        }
+        if let Some(i) = pools.iter().position(|p| p.vip == *rp.vip.get_ref()) {
+            return Err(src.err(
+                vip_span.clone(),
+                format!(
+                    "duplicate vip {} (also used by pool {:?} at line {})",
+                    rp.vip.get_ref(),
+                    pools[i].name,
+                    src.line(&pool_spans[i].1)
+                ),
+            ));
+        }
+        // The data plane recognises a backend's replies by its address
+        // alone (lb_common::ReplyEntry), so one address serves one pool.
+        for rb in &rp.backend {
+            let addr = *rb.addr.get_ref();
+            if let Some((pool, line)) = backend_addrs.get(&addr) {
+                return Err(src.err(
+                    rb.addr.span(),
+                    format!(
+                        "backend address {addr} is already used in pool {pool:?} at line {line}: \
+                         in nat mode a backend address serves one pool"
+                    ),
+                ));
+            }
+            backend_addrs.insert(addr, (rp.name.get_ref().clone(), src.line(&rb.addr.span())));
+        }
+        total_backends += rp.backend.len();
+        if total_backends > MAX_BACKENDS as usize {
+            return Err(src.err(
+                name_span,
+                format!("too many backends: more than {MAX_BACKENDS} across all pools (the data plane's limit)"),
+            ));
+        }
+        let pool = convert_pool(src, rp)?;
+        pools.push(pool);
+        pool_spans.push((name_span, vip_span));
+    }
+
+    let (largest, largest_at) = pools
+        .iter()
+        .zip(&pool_spans)
+        .map(|(p, s)| (p.backends.len() as u32, s.0.clone()))
+        .max_by_key(|(n, _)| *n)
+        .expect("at least one pool");
+    let needed = largest.saturating_mul(RING_ENTRIES_PER_BACKEND);
+    if dataplane.0.ring_size < needed {
+        let span = dataplane.1.clone().unwrap_or(largest_at);
+        return Err(src.err(
+            span,
+            format!(
+                "ring_size {} is smaller than {RING_ENTRIES_PER_BACKEND} × {largest} backends of the largest pool (need at least {needed}; pick a prime)",
+                dataplane.0.ring_size
+            ),
+        ));
+    }
+
+    Ok(Config {
+        dataplane: dataplane.0,
+        control,
+        pools,
+    })
+}
+
+/// Returns the dataplane section and the span of `ring_size` if given.
+fn convert_dataplane(
+    src: &Source,
+    raw: &raw::Config,
+) -> Result<(DataplaneConfig, Option<Range<usize>>), ConfigError> {
+    let d = &raw.dataplane;
+    let ifaces = d.interfaces.get_ref();
+    if ifaces.is_empty() {
+        return Err(src.err(
+            d.interfaces.span(),
+            "interfaces must name at least one interface",
+        ));
+    }
+    let mut interfaces: Vec<String> = Vec::new();
+    for (i, name) in ifaces.iter().enumerate() {
+        let n = name.get_ref();
+        if n.is_empty() || n.len() > MAX_IFNAME_LEN || n.contains(['/', ' ']) {
+            return Err(src.err(
+                name.span(),
+                format!("invalid interface name {n:?} (1..={MAX_IFNAME_LEN} characters, no '/' or space)"),
+            ));
+        }
+        if let Some(first) = ifaces[..i].iter().find(|f| f.get_ref() == n) {
+            return Err(src.err(
+                name.span(),
+                format!(
+                    "duplicate interface {n:?} (first at line {})",
+                    src.line(&first.span())
+                ),
+            ));
+        }
+        interfaces.push(n.clone());
+    }
+    let flow_table_size = match &d.flow_table_size {
+        Some(s) if *s.get_ref() == 0 => {
+            return Err(src.err(s.span(), "flow_table_size must be at least 1"))
+        }
+        Some(s) => *s.get_ref(),
+        None => DEFAULT_FLOW_TABLE_SIZE,
+    };
+    let ring_size = match &d.ring_size {
+        Some(s) => {
+            let r = *s.get_ref();
+            if r > MAX_RING_SIZE {
+                return Err(src.err(
+                    s.span(),
+                    format!("ring_size {r} is larger than the maximum {MAX_RING_SIZE}"),
+                ));
+            }
+            if !is_prime(r) {
+                return Err(src.err(
+                    s.span(),
+                    format!("ring_size {r} is not prime (Maglev needs a prime ring; e.g. 65537)"),
+                ));
+            }
+            r
+        }
+        None => DEFAULT_RING_SIZE,
+    };
+    Ok((
+        DataplaneConfig {
+            interfaces,
+            xdp_mode: d.xdp_mode.unwrap_or_default(),
+            pin_path: d
+                .pin_path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_PATH)),
+            flow_table_size,
+            ring_size,
+        },
+        d.ring_size.as_ref().map(|s| s.span()),
+    ))
+}
+
+fn convert_control(src: &Source, raw: Option<raw::Control>) -> Result<ControlConfig, ConfigError> {
+    let mut out = ControlConfig::default();
+    let Some(c) = raw else {
+        return Ok(out);
+    };
+    if let Some(p) = c.admin_socket {
+        out.admin_socket = p;
+    }
+    if let Some(m) = c.metrics_listen {
+        out.metrics_listen = if m.get_ref().is_empty() {
+            None
+        } else {
+            Some(m.get_ref().parse().map_err(|_| {
+                src.err(
+                    m.span(),
+                    format!(
+                        "metrics_listen {:?} is not an address:port (or \"\" to disable)",
+                        m.get_ref()
+                    ),
+                )
+            })?)
+        };
+    }
+    Ok(out)
+}
+
+fn convert_pool(src: &Source, rp: raw::Pool) -> Result<PoolConfig, ConfigError> {
+    let name_span = rp.name.span();
+    let name = rp.name.into_inner();
+    if name.trim().is_empty() {
+        return Err(src.err(name_span, "pool name must not be empty"));
+    }
+    if name.len() > lb_common::NAME_MAX {
+        return Err(src.err(
+            name_span,
+            format!("pool name is longer than {} bytes", lb_common::NAME_MAX),
+        ));
+    }
+    let vip = *rp.vip.get_ref();
+    if vip.ip().is_unspecified() || vip.port() == 0 {
+        return Err(src.err(
+            rp.vip.span(),
+            format!("vip {vip} needs a specific address and a non-zero port"),
+        ));
+    }
+    let mode = rp.mode.as_ref().map_or(Mode::Nat, |m| *m.get_ref());
+    if mode == Mode::Dsr && !DSR_SUPPORTED {
+        let span = rp.mode.as_ref().map_or(name_span.clone(), |m| m.span());
+        return Err(src.err(span, "mode = \"dsr\" is not supported yet"));
+    }
+
+    if rp.backend.is_empty() {
+        return Err(src.err(name_span, format!("pool {name:?} has no [[pool.backend]]")));
+    }
+    let mut backends: Vec<BackendConfig> = Vec::with_capacity(rp.backend.len());
+    let mut backend_lines: Vec<usize> = Vec::new();
+    for rb in rp.backend {
+        let bname = rb.name.get_ref();
+        if bname.trim().is_empty() {
+            return Err(src.err(rb.name.span(), "backend name must not be empty"));
+        }
+        if bname.len() > lb_common::NAME_MAX {
+            return Err(src.err(
+                rb.name.span(),
+                format!("backend name is longer than {} bytes", lb_common::NAME_MAX),
+            ));
+        }
+        if let Some(i) = backends.iter().position(|b| b.name == *bname) {
+            return Err(src.err(
+                rb.name.span(),
+                format!(
+                    "duplicate backend name {bname:?} in pool {name:?} (first at line {})",
+                    backend_lines[i]
+                ),
+            ));
+        }
+        let addr = *rb.addr.get_ref();
+        if addr.ip().is_unspecified() || addr.port() == 0 {
+            return Err(src.err(
+                rb.addr.span(),
+                format!("backend addr {addr} needs a specific address and a non-zero port"),
+            ));
+        }
+        let weight = match &rb.weight {
+            Some(w) if !(MIN_WEIGHT..=MAX_WEIGHT).contains(w.get_ref()) => {
+                return Err(src.err(
+                    w.span(),
+                    format!(
+                        "weight {} is out of range {MIN_WEIGHT}..={MAX_WEIGHT}",
+                        w.get_ref()
+                    ),
+                ))
+            }
+            Some(w) => *w.get_ref(),
+            None => DEFAULT_WEIGHT,
+        };
+        backend_lines.push(src.line(&rb.name.span()));
+        backends.push(BackendConfig {
+            name: bname.clone(),
+            addr,
+            weight,
+            role: rb.role.unwrap_or_default(),
+        });
+    }
+
+    let min_active = match &rp.min_active {
+        Some(m) if *m.get_ref() as usize > backends.len() => {
+            return Err(src.err(
+                m.span(),
+                format!(
+                    "min_active {} is more than the {} backends of pool {name:?}",
+                    m.get_ref(),
+                    backends.len()
+                ),
+            ))
+        }
+        Some(m) => *m.get_ref(),
+        None => DEFAULT_MIN_ACTIVE.min(backends.len() as u32),
+    };
+
+    let health = convert_health(src, rp.health, &name_span)?;
+    let load = rp
+        .load
+        .map(|l| convert_load(src, l, &name_span))
+        .transpose()?;
+
+    let pool = PoolConfig {
+        name,
+        vip,
+        protocol: rp.protocol.unwrap_or_default(),
+        mode,
+        min_active,
+        health,
+        load,
+        backends,
+    };
+    if pool.mode == Mode::Dsr {
+        if let Err(b) = check_dsr_ports(&pool) {
+            return Err(src.err(
+                name_span,
+                format!(
+                    "pool {:?} is dsr but backend {b:?} listens on another port than the vip ({}): dsr cannot rewrite ports",
+                    pool.name,
+                    pool.vip.port()
+                ),
+            ));
+        }
+    }
+    Ok(pool)
+}
+
+fn convert_health(
+    src: &Source,
+    raw: Option<raw::Health>,
+    pool_span: &Range<usize>,
+) -> Result<HealthConfig, ConfigError> {
+    let mut h = HealthConfig::default();
+    let Some(r) = raw else {
+        return Ok(h);
+    };
+    h.kind = r.kind.unwrap_or_default();
+    for (value, key, slot) in [
+        (&r.rise, "rise", &mut h.rise),
+        (&r.fall, "fall", &mut h.fall),
+    ] {
+        if let Some(v) = value {
+            if *v.get_ref() == 0 {
+                return Err(src.err(v.span(), format!("{key} must be at least 1")));
+            }
+            *slot = *v.get_ref();
+        }
+    }
+    if let Some(v) = &r.interval_ms {
+        if *v.get_ref() == 0 {
+            return Err(src.err(v.span(), "interval_ms must be at least 1"));
+        }
+        h.interval_ms = *v.get_ref();
+    }
+    if let Some(v) = &r.timeout_ms {
+        if *v.get_ref() == 0 {
+            return Err(src.err(v.span(), "timeout_ms must be at least 1"));
+        }
+        h.timeout_ms = *v.get_ref();
+    }
+    if h.timeout_ms >= h.interval_ms {
+        let span = r
+            .timeout_ms
+            .as_ref()
+            .or(r.interval_ms.as_ref())
+            .map_or(pool_span.clone(), |s| s.span());
+        return Err(src.err(
+            span,
+            format!(
+                "health timeout_ms ({}) must be less than interval_ms ({}): a probe must end before the next starts",
+                h.timeout_ms, h.interval_ms
+            ),
+        ));
+    }
+    match h.kind {
+        HealthKind::Tcp => {
+            if let Some(p) = &r.path {
+                return Err(src.err(p.span(), "path applies only to kind = \"http\""));
+            }
+            if let Some(s) = &r.expect_status {
+                return Err(src.err(s.span(), "expect_status applies only to kind = \"http\""));
+            }
+        }
+        HealthKind::Http => {
+            let path = match &r.path {
+                Some(p) => {
+                    let v = p.get_ref();
+                    // The path goes verbatim into the request line.
+                    if !v.starts_with('/') || v.chars().any(|c| c.is_whitespace() || c.is_control())
+                    {
+                        return Err(src.err(
+                            p.span(),
+                            format!("http path {v:?} must start with '/' and contain no spaces or control characters"),
+                        ));
+                    }
+                    v.clone()
+                }
+                None => DEFAULT_HTTP_PATH.to_string(),
+            };
+            let status = match &r.expect_status {
+                Some(s) if !(100..=599).contains(s.get_ref()) => {
+                    return Err(src.err(
+                        s.span(),
+                        format!(
+                            "expect_status {} is not an HTTP status (100..=599)",
+                            s.get_ref()
+                        ),
+                    ))
+                }
+                Some(s) => *s.get_ref(),
+                None => DEFAULT_HTTP_STATUS,
+            };
+            h.path = Some(path);
+            h.expect_status = Some(status);
+        }
+    }
+    Ok(h)
+}
+
+fn convert_load(
+    src: &Source,
+    r: raw::Load,
+    pool_span: &Range<usize>,
+) -> Result<LoadConfig, ConfigError> {
+    let mut l = LoadConfig::default();
+    if let Some(p) = &r.agent_port {
+        if *p.get_ref() == 0 {
+            return Err(src.err(p.span(), "agent_port must not be 0"));
+        }
+        l.agent_port = *p.get_ref();
+    }
+    if let Some(v) = &r.interval_ms {
+        if *v.get_ref() == 0 {
+            return Err(src.err(v.span(), "load interval_ms must be at least 1"));
+        }
+        l.interval_ms = *v.get_ref();
+    }
+    if let Some(f) = &r.factors {
+        let fs = *f.get_ref();
+        for (key, v) in [
+            ("cpu", fs.cpu),
+            ("mem", fs.mem),
+            ("disk", fs.disk),
+            ("net", fs.net),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(src.err(f.span(), format!("factor {key} = {v} is outside [0, 1]")));
+            }
+        }
+        if (fs.sum() - 1.0).abs() > FACTOR_SUM_TOLERANCE {
+            return Err(src.err(
+                f.span(),
+                format!("factors must sum to 1 (they sum to {})", fs.sum()),
+            ));
+        }
+        l.factors = fs;
+    }
+    for (value, key, slot) in [
+        (&r.high_watermark, "high_watermark", &mut l.high_watermark),
+        (&r.low_watermark, "low_watermark", &mut l.low_watermark),
+    ] {
+        if let Some(v) = value {
+            if !(0.0..=1.0).contains(v.get_ref()) {
+                return Err(src.err(v.span(), format!("{key} {} is outside [0, 1]", v.get_ref())));
+            }
+            *slot = *v.get_ref();
+        }
+    }
+    if l.low_watermark >= l.high_watermark {
+        let span = r
+            .low_watermark
+            .as_ref()
+            .or(r.high_watermark.as_ref())
+            .map_or(pool_span.clone(), |s| s.span());
+        return Err(src.err(
+            span,
+            format!(
+                "low_watermark ({}) must be below high_watermark ({})",
+                l.low_watermark, l.high_watermark
+            ),
+        ));
+    }
+    if let Some(v) = r.scale_up_after_ms {
+        l.scale_up_after_ms = v;
+    }
+    if let Some(v) = r.scale_down_after_ms {
+        l.scale_down_after_ms = v;
+    }
+    if let Some(v) = r.slow_start_ms {
+        l.slow_start_ms = v;
+    }
+    Ok(l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = include_str!("../../config/xdplb.toml");
+    const MINIMAL: &str = include_str!("../../config/minimal.toml");
+
+    fn p(text: &str) -> Result<Config, ConfigError> {
+        parse(Path::new("xdplb.toml"), text)
+    }
+
+    /// Parses, expects an error, and checks it names `line` and contains
+    /// every fragment.
+    fn rejects(text: &str, line: usize, fragments: &[&str]) {
+        let err = p(text).expect_err("config should be rejected").to_string();
+        assert!(
+            err.starts_with(&format!("xdplb.toml:{line}:")),
+            "expected line {line}: {err}"
+        );
+        for f in fragments {
+            assert!(err.contains(f), "expected {f:?} in: {err}");
+        }
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+
+    const HEAD: &str = "[dataplane]\ninterfaces = [\"eth0\"]\n";
+
+    fn pool_with(extra_pool: &str, backends: &str) -> String {
+        format!("{HEAD}[[pool]]\nname = \"web\"\nvip = \"198.18.2.10:80\"\n{extra_pool}{backends}")
+    }
+
+    const ONE_BACKEND: &str = "[[pool.backend]]\nname = \"web-1\"\naddr = \"198.18.1.11:8080\"\n";
+
+    #[test]
+    fn full_example_parses_to_expected_values() {
+        let c = p(FULL).unwrap();
+        assert_eq!(c.dataplane.interfaces, vec!["eth0", "eth1"]);
+        assert_eq!(c.dataplane.xdp_mode, XdpMode::Auto);
+        assert_eq!(c.dataplane.pin_path, PathBuf::from("/sys/fs/bpf/xdplb"));
+        assert_eq!(c.dataplane.flow_table_size, 1_048_576);
+        assert_eq!(c.dataplane.ring_size, 65_537);
+        assert_eq!(c.control.admin_socket, PathBuf::from("/run/xdplb.sock"));
+        assert_eq!(
+            c.control.metrics_listen,
+            Some("127.0.0.1:9434".parse().unwrap())
+        );
+        assert_eq!(c.pools.len(), 1);
+        let pool = &c.pools[0];
+        assert_eq!(pool.name, "web");
+        assert_eq!(pool.vip, "198.18.2.10:80".parse().unwrap());
+        assert_eq!(pool.mode, Mode::Nat);
+        assert_eq!(pool.protocol, Protocol::Tcp);
+        assert_eq!(pool.min_active, 3);
+        assert_eq!(
+            pool.health,
+            HealthConfig {
+                kind: HealthKind::Tcp,
+                interval_ms: 500,
+                timeout_ms: 300,
+                rise: 2,
+                fall: 3,
+                path: None,
+                expect_status: None
+            }
+        );
+        assert_eq!(pool.load, Some(LoadConfig::default()));
+        assert_eq!(pool.backends.len(), 4);
+        assert_eq!(pool.primaries().count(), 3);
+        let spare = pool.backend("web-spare-1").unwrap();
+        assert_eq!(spare.role, Role::Spare);
+        assert_eq!(spare.weight, 100);
+        assert_eq!(spare.addr, "198.18.1.21:8080".parse().unwrap());
+        assert_eq!(pool.backend("web-2").unwrap().weight, 100);
+    }
+
+    #[test]
+    fn minimal_example_gets_defaults() {
+        let c = p(MINIMAL).unwrap();
+        assert_eq!(c.control, ControlConfig::default());
+        assert_eq!(c.dataplane.ring_size, DEFAULT_RING_SIZE);
+        let pool = &c.pools[0];
+        assert_eq!(pool.min_active, 1);
+        assert_eq!(pool.mode, Mode::Nat);
+        assert_eq!(pool.health, HealthConfig::default());
+        assert_eq!(pool.load, None);
+        assert!(pool.backends.iter().all(|b| b.role == Role::Primary));
+    }
+
+    #[test]
+    fn load_reads_the_file_and_names_it_in_errors() {
+        let dir = std::env::temp_dir().join(format!("xdplb-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "[dataplane]\ninterfaces = [\"eth0\"]\nbogus = 1\n").unwrap();
+        let err = load(&path).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("{}:3:1:", path.display())),
+            "{err}"
+        );
+        let err = load(&dir.join("absent.toml")).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn http_defaults() {
+        let c = p(&pool_with("[pool.health]\nkind = \"http\"\n", ONE_BACKEND)).unwrap();
+        assert_eq!(c.pools[0].health.path.as_deref(), Some("/"));
+        assert_eq!(c.pools[0].health.expect_status, Some(200));
+    }
+
+    #[test]
+    fn metrics_can_be_disabled() {
+        let text = format!(
+            "{HEAD}[control]\nmetrics_listen = \"\"\n[[pool]]\nname = \"web\"\nvip = \"198.18.2.10:80\"\n{ONE_BACKEND}"
+        );
+        assert_eq!(p(&text).unwrap().control.metrics_listen, None);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        rejects(
+            &pool_with("colour = \"blue\"\n", ONE_BACKEND),
+            6,
+            &["unknown field", "colour"],
+        );
+        rejects(
+            &pool_with(
+                "",
+                "[[pool.backend]]\nname = \"a\"\naddr = \"198.18.1.1:80\"\nwieght = 5\n",
+            ),
+            9,
+            &["wieght"],
+        );
+    }
+
+    #[test]
+    fn syntax_and_type_errors_carry_positions() {
+        rejects("[dataplane\n", 1, &[]);
+        rejects(
+            &pool_with("min_active = \"two\"\n", ONE_BACKEND),
+            6,
+            &["invalid type"],
+        );
+        rejects(
+            &pool_with(
+                "",
+                "[[pool.backend]]\nname = \"a\"\naddr = \"198.18.1.300:80\"\n",
+            ),
+            8,
+            &["invalid"],
+        );
+        rejects(&pool_with("protocol = \"udp\"\n", ONE_BACKEND), 6, &["udp"]);
+        rejects(
+            "[dataplane]\ninterfaces = [\"eth0\"]\nxdp_mode = \"turbo\"\n",
+            3,
+            &["turbo"],
+        );
+    }
+
+    #[test]
+    fn duplicate_backend_names_point_at_both() {
+        let text = pool_with(
+            "",
+            "[[pool.backend]]\nname = \"web-1\"\naddr = \"198.18.1.11:8080\"\n[[pool.backend]]\nname = \"web-1\"\naddr = \"198.18.1.12:8080\"\n",
+        );
+        let err = p(&text).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "xdplb.toml:10:8: duplicate backend name \"web-1\" in pool \"web\" (first at line 7)"
+        );
+    }
+
+    #[test]
+    fn backend_address_serves_one_pool_and_names_fit_the_map() {
+        let text = r#"
+[dataplane]
+interfaces = ["eth0"]
+[[pool]]
+name = "a"
+vip = "198.18.2.10:80"
+  [[pool.backend]]
+  name = "x"
+  addr = "198.18.1.11:8080"
+[[pool]]
+name = "b"
+vip = "198.18.2.11:80"
+  [[pool.backend]]
+  name = "y"
+  addr = "198.18.1.11:8080"
+"#;
+        let e = parse(Path::new("x.toml"), text).unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:15:10: backend address 198.18.1.11:8080 is already used in pool \"a\" at line 9"), "{e}");
+        let mut long = text.replace("name = \"y\"", &format!("name = \"{}\"", "y".repeat(64)));
+        // Pool b's backend gets an address of its own.
+        let at = long.rfind("198.18.1.11").unwrap();
+        long.replace_range(at..at + 11, "198.18.1.12");
+        let e = parse(Path::new("x.toml"), &long).unwrap_err().to_string();
+        assert!(e.contains("backend name is longer than 63 bytes"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_pools_and_vips() {
+        let second = |name: &str, vip: &str| {
+            format!("[[pool]]\nname = \"{name}\"\nvip = \"{vip}\"\n{ONE_BACKEND}")
+        };
+        let base = pool_with("", ONE_BACKEND);
+        rejects(
+            &format!("{base}{}", second("web", "198.18.2.11:80")),
+            10,
+            &["duplicate pool name \"web\"", "line 4"],
+        );
+        rejects(
+            &format!("{base}{}", second("api", "198.18.2.10:80")),
+            11,
+            &["duplicate vip 198.18.2.10:80", "\"web\""],
+        );
+    }
+
+    #[test]
+    fn dsr_is_rejected_at_mode() {
+        rejects(
+            &pool_with("mode = \"dsr\"\n", ONE_BACKEND),
+            6,
+            &["mode = \"dsr\" is not supported yet"],
+        );
+    }
+
+    #[test]
+    fn dsr_port_rule() {
+        let mut c = p(&pool_with("", ONE_BACKEND)).unwrap();
+        let pool = &mut c.pools[0];
+        assert_eq!(check_dsr_ports(pool), Err("web-1".to_string()));
+        pool.backends[0].addr.set_port(80);
+        assert_eq!(check_dsr_ports(pool), Ok(()));
+    }
+
+    #[test]
+    fn health_rules() {
+        let h = |body: &str| pool_with(&format!("[pool.health]\n{body}"), ONE_BACKEND);
+        rejects(&h("rise = 0\n"), 7, &["rise must be at least 1"]);
+        rejects(&h("fall = 0\n"), 7, &["fall must be at least 1"]);
+        rejects(
+            &h("interval_ms = 0\n"),
+            7,
+            &["interval_ms must be at least 1"],
+        );
+        rejects(
+            &h("interval_ms = 300\ntimeout_ms = 300\n"),
+            8,
+            &["timeout_ms (300) must be less than interval_ms (300)"],
+        );
+        rejects(&h("interval_ms = 200\n"), 7, &["timeout_ms (300)"]);
+        rejects(
+            &h("kind = \"http\"\npath = \"healthz\"\n"),
+            8,
+            &["must start with '/'"],
+        );
+        rejects(
+            &h("kind = \"http\"\npath = \"/a b\"\n"),
+            8,
+            &["must start with '/'"],
+        );
+        rejects(&h("path = \"/x\"\n"), 7, &["only to kind = \"http\""]);
+        rejects(
+            &h("kind = \"http\"\nexpect_status = 42\n"),
+            8,
+            &["not an HTTP status"],
+        );
+        rejects(&h("kind = \"smtp\"\n"), 7, &["smtp"]);
+    }
+
+    #[test]
+    fn load_rules() {
+        let l = |body: &str| pool_with(&format!("[pool.load]\n{body}"), ONE_BACKEND);
+        rejects(
+            &l("factors = { cpu = 0.5, mem = 0.2, disk = 0.1, net = 0.1 }\n"),
+            7,
+            &["factors must sum to 1"],
+        );
+        rejects(
+            &l("factors = { cpu = 1.5, mem = -0.5 }\n"),
+            7,
+            &["outside [0, 1]"],
+        );
+        rejects(&l("factors = { gpu = 1.0 }\n"), 7, &["gpu"]);
+        rejects(
+            &l("high_watermark = 0.5\nlow_watermark = 0.5\n"),
+            8,
+            &["low_watermark (0.5) must be below high_watermark (0.5)"],
+        );
+        rejects(&l("high_watermark = 1.2\n"), 7, &["outside [0, 1]"]);
+        rejects(&l("low_watermark = -0.1\n"), 7, &["outside [0, 1]"]);
+        rejects(
+            &l("interval_ms = 0\n"),
+            7,
+            &["interval_ms must be at least 1"],
+        );
+        let ok = p(&l("factors = { cpu = 0.7, net = 0.3 }\n")).unwrap();
+        let f = ok.pools[0].load.as_ref().unwrap().factors;
+        assert_eq!((f.cpu, f.mem, f.disk, f.net), (0.7, 0.0, 0.0, 0.3));
+    }
+
+    #[test]
+    fn backend_rules() {
+        let b = |extra: &str| {
+            pool_with(
+                "",
+                &format!(
+                    "[[pool.backend]]\nname = \"web-1\"\naddr = \"198.18.1.11:8080\"\n{extra}"
+                ),
+            )
+        };
+        rejects(
+            &b("weight = 0\n"),
+            9,
+            &["weight 0 is out of range 1..=1000"],
+        );
+        rejects(&b("weight = 1001\n"), 9, &["weight 1001"]);
+        rejects(&b("role = \"backup\"\n"), 9, &["backup"]);
+        rejects(&pool_with("", ""), 4, &["has no [[pool.backend]]"]);
+        rejects(
+            &pool_with(
+                "",
+                "[[pool.backend]]\nname = \"\"\naddr = \"198.18.1.11:80\"\n",
+            ),
+            7,
+            &["backend name must not be empty"],
+        );
+        rejects(
+            &format!("{HEAD}[[pool]]\nname = \"\"\nvip = \"198.18.2.10:80\"\n{ONE_BACKEND}"),
+            4,
+            &["pool name must not be empty"],
+        );
+        rejects(
+            &pool_with("min_active = 2\n", ONE_BACKEND),
+            6,
+            &["min_active 2 is more than the 1 backends"],
+        );
+    }
+
+    #[test]
+    fn dataplane_rules() {
+        let d = |body: &str| {
+            format!("[dataplane]\n{body}[[pool]]\nname = \"web\"\nvip = \"198.18.2.10:80\"\n{ONE_BACKEND}")
+        };
+        rejects(
+            &d("interfaces = [\"eth0\"]\nring_size = 65536\n"),
+            3,
+            &["ring_size 65536 is not prime"],
+        );
+        rejects(
+            &d("interfaces = [\"eth0\"]\nring_size = 97\n"),
+            3,
+            &["smaller than 100 × 1 backends"],
+        );
+        rejects(
+            &d("interfaces = [\"eth0\"]\nring_size = 2000003\n"),
+            3,
+            &["larger than the maximum"],
+        );
+        rejects(
+            &d("interfaces = [\"eth0\"]\nflow_table_size = 0\n"),
+            3,
+            &["flow_table_size must be at least 1"],
+        );
+        rejects(&d("interfaces = []\n"), 2, &["at least one interface"]);
+        rejects(
+            &d("interfaces = [\"eth0\", \"eth1\",\n  \"eth0\"]\n"),
+            3,
+            &["duplicate interface \"eth0\" (first at line 2)"],
+        );
+        rejects(&d("xdp_mode = \"auto\"\n"), 1, &["interfaces"]);
+        let text = format!(
+            "{HEAD}[control]\nmetrics_listen = \"localhost\"\n[[pool]]\nname = \"web\"\nvip = \"198.18.2.10:80\"\n{ONE_BACKEND}"
+        );
+        rejects(&text, 4, &["metrics_listen \"localhost\""]);
+    }
+
+    #[test]
+    fn ring_must_cover_the_largest_pool() {
+        let mut backends = String::new();
+        for i in 0..3 {
+            backends.push_str(&format!(
+                "[[pool.backend]]\nname = \"b{i}\"\naddr = \"198.18.1.{}:80\"\n",
+                i + 1
+            ));
+        }
+        let text = format!(
+            "[dataplane]\ninterfaces = [\"eth0\"]\nring_size = 293\n[[pool]]\nname = \"web\"\nvip = \"198.18.2.10:80\"\n{backends}"
+        );
+        rejects(&text, 3, &["need at least 300"]);
+        let ok = text.replace("293", "307");
+        assert!(p(&ok).is_ok());
+    }
+
+    #[test]
+    fn map_limits() {
+        let mut text = HEAD.to_string();
+        for i in 0..=MAX_VIPS {
+            text.push_str(&format!(
+                "[[pool]]\nname = \"p{i}\"\nvip = \"198.18.2.{}:{}\"\n{ONE_BACKEND}",
+                i % 250 + 1,
+                1000 + i
+            ));
+        }
+        let err = p(&text).unwrap_err().to_string();
+        assert!(err.contains("too many pools"), "{err}");
+
+        // MAX_BACKENDS + 1 backends over several pools (a ring of
+        // 100 × 1000 entries covers the largest).
+        let mut text = "[dataplane]\ninterfaces = [\"eth0\"]\nring_size = 100003\n".to_string();
+        let mut n = 0;
+        for pool in 0..5 {
+            text.push_str(&format!(
+                "[[pool]]\nname = \"p{pool}\"\nvip = \"198.18.2.{}:80\"\n",
+                pool + 1
+            ));
+            for _ in 0..1000 {
+                if n > MAX_BACKENDS {
+                    break;
+                }
+                text.push_str(&format!(
+                    "[[pool.backend]]\nname = \"b{n}\"\naddr = \"198.18.1.1:{}\"\n",
+                    n + 1
+                ));
+                n += 1;
+            }
+        }
+        let err = p(&text).unwrap_err().to_string();
+        assert!(err.contains("too many backends"), "{err}");
+    }
+
+    #[test]
+    fn configs_compare_by_meaning() {
+        let a = p(&pool_with("", ONE_BACKEND)).unwrap();
+        let b = p(&pool_with("\n\nmode = \"nat\"\n", ONE_BACKEND)).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn is_prime_small_values() {
+        let primes: Vec<u32> = (0..30).filter(|&n| is_prime(n)).collect();
+        assert_eq!(primes, vec![2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
+        assert!(is_prime(65_537));
+        assert!(is_prime(MAX_RING_SIZE));
+    }
+}

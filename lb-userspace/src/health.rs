@@ -1,0 +1,578 @@
+//! Backend health: the rise/fall state machine and the probes that feed it.
+//!
+//! [`HealthState`] is pure: it turns a stream of probe results into up/down
+//! flips with HAProxy's hysteresis. [`Probe`] is the I/O edge (TCP connect,
+//! HTTP status) and [`spawn_checker`] runs one task per backend, so a slow
+//! backend only ever delays its own reports.
+
+use std::future::Future;
+use std::net::SocketAddrV4;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::config::{HealthConfig, HealthKind, DEFAULT_HTTP_PATH, DEFAULT_HTTP_STATUS};
+
+/// The longest status line we read. A real one is ~20 bytes; the bound keeps
+/// a misbehaving server from feeding the checker forever.
+const MAX_STATUS_LINE: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddrV4,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{addr}: no answer within {timeout_ms} ms")]
+    Timeout { addr: SocketAddrV4, timeout_ms: u64 },
+    #[error("{addr}: {source}")]
+    Io {
+        addr: SocketAddrV4,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{addr}: malformed HTTP status line {line:?}")]
+    BadStatusLine { addr: SocketAddrV4, line: String },
+    #[error("{addr}: HTTP status {got}, expected {expected}")]
+    UnexpectedStatus {
+        addr: SocketAddrV4,
+        got: u16,
+        expected: u16,
+    },
+}
+
+/// Rise/fall hysteresis over probe results (HAProxy's `rise`/`fall`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthState {
+    pub rise: u32,
+    pub fall: u32,
+    /// `None` until the first result.
+    pub up: Option<bool>,
+    /// Consecutive successes while down.
+    pub successes: u32,
+    /// Consecutive failures while up.
+    pub failures: u32,
+}
+
+impl HealthState {
+    pub fn new(rise: u32, fall: u32) -> Self {
+        HealthState {
+            rise: rise.max(1),
+            fall: fall.max(1),
+            up: None,
+            successes: 0,
+            failures: 0,
+        }
+    }
+
+    /// Feeds one result; returns `Some(up)` when the state flips.
+    ///
+    /// The first result decides at once: a controller that starts (or
+    /// restarts, adopting a data plane that is already forwarding) should
+    /// neither wait `rise × interval` before serving from healthy backends
+    /// nor keep sending new flows to a dead one for `fall × interval`.
+    pub fn observe(&mut self, success: bool) -> Option<bool> {
+        match self.up {
+            None => {
+                self.up = Some(success);
+                self.successes = 0;
+                self.failures = 0;
+                Some(success)
+            }
+            Some(true) if success => {
+                self.failures = 0;
+                None
+            }
+            Some(true) => {
+                self.failures += 1;
+                if self.failures >= self.fall {
+                    self.up = Some(false);
+                    self.failures = 0;
+                    return Some(false);
+                }
+                None
+            }
+            Some(false) if !success => {
+                self.successes = 0;
+                None
+            }
+            Some(false) => {
+                self.successes += 1;
+                if self.successes >= self.rise {
+                    self.up = Some(true);
+                    self.successes = 0;
+                    return Some(true);
+                }
+                None
+            }
+        }
+    }
+
+    /// Applies new thresholds (a reload) without forgetting the state.
+    pub fn reconfigure(&mut self, rise: u32, fall: u32) {
+        self.rise = rise.max(1);
+        self.fall = fall.max(1);
+    }
+}
+
+pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HealthError>> + Send + 'a>>;
+
+/// One health check of one address. Implementations need not enforce the
+/// timeout themselves ([`spawn_checker`] bounds every probe) but may use it
+/// to report a more precise error.
+pub trait Probe: Send + Sync {
+    fn check(&self, addr: SocketAddrV4, timeout: Duration) -> ProbeFuture<'_>;
+}
+
+/// Healthy when a TCP connection is accepted.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpProbe;
+
+impl Probe for TcpProbe {
+    fn check(&self, addr: SocketAddrV4, timeout: Duration) -> ProbeFuture<'_> {
+        Box::pin(async move {
+            connect(addr, timeout).await?;
+            Ok(())
+        })
+    }
+}
+
+async fn connect(addr: SocketAddrV4, timeout: Duration) -> Result<TcpStream, HealthError> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(source)) => Err(HealthError::Connect { addr, source }),
+        Err(_) => Err(HealthError::Timeout {
+            addr,
+            timeout_ms: timeout.as_millis() as u64,
+        }),
+    }
+}
+
+/// Healthy when `GET path` answers with `expect_status`. HTTP/1.0 with
+/// `Connection: close` so the server ends the exchange; only the status line
+/// is read.
+#[derive(Clone, Debug)]
+pub struct HttpProbe {
+    pub path: String,
+    pub expect_status: u16,
+}
+
+impl Probe for HttpProbe {
+    fn check(&self, addr: SocketAddrV4, timeout: Duration) -> ProbeFuture<'_> {
+        Box::pin(async move {
+            let exchange = async {
+                let mut s = connect(addr, timeout).await?;
+                let io = |source| HealthError::Io { addr, source };
+                let req = format!(
+                    "GET {} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: xdplb-health\r\nConnection: close\r\n\r\n",
+                    self.path
+                );
+                s.write_all(req.as_bytes()).await.map_err(io)?;
+                let line = read_line(&mut s, MAX_STATUS_LINE).await.map_err(io)?;
+                let got = parse_status_line(&line).ok_or_else(|| HealthError::BadStatusLine {
+                    addr,
+                    line: line.chars().take(80).collect(),
+                })?;
+                if got == self.expect_status {
+                    Ok(())
+                } else {
+                    Err(HealthError::UnexpectedStatus {
+                        addr,
+                        got,
+                        expected: self.expect_status,
+                    })
+                }
+            };
+            match tokio::time::timeout(timeout, exchange).await {
+                Ok(r) => r,
+                Err(_) => Err(HealthError::Timeout {
+                    addr,
+                    timeout_ms: timeout.as_millis() as u64,
+                }),
+            }
+        })
+    }
+}
+
+/// Reads up to the first `\n` (or EOF, or `max` bytes), lossily decoded.
+async fn read_line(s: &mut TcpStream, max: usize) -> std::io::Result<String> {
+    let mut buf = Vec::with_capacity(64);
+    let mut chunk = [0u8; 256];
+    while buf.len() < max && !buf.contains(&b'\n') {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    buf.truncate(end.min(max));
+    Ok(String::from_utf8_lossy(&buf).trim_end().to_string())
+}
+
+/// `HTTP/1.x NNN reason` → `NNN`.
+fn parse_status_line(line: &str) -> Option<u16> {
+    let mut parts = line.split_ascii_whitespace();
+    if !parts.next()?.starts_with("HTTP/") {
+        return None;
+    }
+    let code = parts.next()?;
+    if code.len() != 3 {
+        return None;
+    }
+    code.parse().ok().filter(|c| (100..=599).contains(c))
+}
+
+/// The probe a pool's `[pool.health]` asks for.
+pub fn probe_for(spec: &HealthConfig) -> Arc<dyn Probe> {
+    match spec.kind {
+        HealthKind::Tcp => Arc::new(TcpProbe),
+        HealthKind::Http => Arc::new(HttpProbe {
+            path: spec
+                .path
+                .clone()
+                .unwrap_or_else(|| DEFAULT_HTTP_PATH.to_string()),
+            expect_status: spec.expect_status.unwrap_or(DEFAULT_HTTP_STATUS),
+        }),
+    }
+}
+
+/// One probe's outcome, sent by [`spawn_checker`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthReport {
+    /// The caller's opaque id for this backend.
+    pub id: u64,
+    pub success: bool,
+    /// How long the probe took (for the duration histogram).
+    pub duration: Duration,
+    pub error: Option<String>,
+}
+
+/// Probes `addr` every `spec.interval_ms` until `shutdown` becomes true (or
+/// its sender or the report receiver goes away). Each probe is bounded by
+/// `spec.timeout_ms`; a probe that overruns delays this backend's next tick
+/// only (`MissedTickBehavior::Delay`), never another backend's.
+pub fn spawn_checker(
+    id: u64,
+    addr: SocketAddrV4,
+    spec: HealthConfig,
+    probe: Arc<dyn Probe>,
+    tx: mpsc::Sender<HealthReport>,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let timeout = Duration::from_millis(spec.timeout_ms);
+        let mut ticker = tokio::time::interval(Duration::from_millis(spec.interval_ms.max(1)));
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = ticker.tick() => {}
+            }
+            let start = Instant::now();
+            let result = tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => return,
+                r = tokio::time::timeout(timeout, probe.check(addr, timeout)) => r,
+            };
+            let error = match result {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(
+                    HealthError::Timeout {
+                        addr,
+                        timeout_ms: spec.timeout_ms,
+                    }
+                    .to_string(),
+                ),
+            };
+            let report = HealthReport {
+                id,
+                success: error.is_none(),
+                duration: start.elapsed(),
+                error,
+            };
+            if tx.send(report).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    fn run(state: &mut HealthState, results: &[bool]) -> Vec<Option<bool>> {
+        results.iter().map(|&r| state.observe(r)).collect()
+    }
+
+    #[test]
+    fn first_result_decides() {
+        let mut s = HealthState::new(2, 3);
+        assert_eq!(s.observe(true), Some(true));
+        let mut s = HealthState::new(2, 3);
+        assert_eq!(s.observe(false), Some(false));
+        assert_eq!(s.up, Some(false));
+    }
+
+    #[test]
+    fn rise_and_fall_hysteresis() {
+        // (rise, fall, results, flips)
+        type Case<'a> = (u32, u32, &'a [bool], &'a [Option<bool>]);
+        let cases: &[Case] = &[
+            // Up, then fall = 3 failures to go down.
+            (
+                2,
+                3,
+                &[true, false, false, false],
+                &[Some(true), None, None, Some(false)],
+            ),
+            // A success in between resets the failure count.
+            (
+                2,
+                3,
+                &[true, false, false, true, false, false, false],
+                &[Some(true), None, None, None, None, None, Some(false)],
+            ),
+            // Down, then rise = 2 successes to go up.
+            (2, 3, &[false, true, true], &[Some(false), None, Some(true)]),
+            // A failure in between resets the success count.
+            (
+                2,
+                3,
+                &[false, true, false, true, true],
+                &[Some(false), None, None, None, Some(true)],
+            ),
+            // rise = fall = 1 follows every result.
+            (
+                1,
+                1,
+                &[true, false, true],
+                &[Some(true), Some(false), Some(true)],
+            ),
+        ];
+        for (rise, fall, input, want) in cases {
+            let mut s = HealthState::new(*rise, *fall);
+            assert_eq!(
+                &run(&mut s, input),
+                want,
+                "rise {rise} fall {fall} {input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn flapping_never_flips_below_thresholds() {
+        let mut s = HealthState::new(3, 3);
+        s.observe(true);
+        let flips: Vec<_> = (0..40)
+            .map(|i| s.observe(i % 2 == 0))
+            .filter(Option::is_some)
+            .collect();
+        assert!(flips.is_empty());
+        assert_eq!(s.up, Some(true));
+    }
+
+    #[test]
+    fn reconfigure_keeps_state() {
+        let mut s = HealthState::new(2, 3);
+        s.observe(true);
+        s.reconfigure(1, 1);
+        assert_eq!(s.observe(false), Some(false));
+    }
+
+    #[test]
+    fn status_line_parsing() {
+        assert_eq!(parse_status_line("HTTP/1.1 200 OK"), Some(200));
+        assert_eq!(parse_status_line("HTTP/1.0 503"), Some(503));
+        assert_eq!(parse_status_line("SSH-2.0-OpenSSH"), None);
+        assert_eq!(parse_status_line("HTTP/1.1 2000 OK"), None);
+        assert_eq!(parse_status_line(""), None);
+    }
+
+    const SHORT: Duration = Duration::from_millis(300);
+
+    fn loopback(l: &TcpListener) -> SocketAddrV4 {
+        match l.local_addr().unwrap() {
+            std::net::SocketAddr::V4(a) => a,
+            other => panic!("not v4: {other}"),
+        }
+    }
+
+    /// A port nothing listens on: bind, take the port, close.
+    async fn closed_port() -> SocketAddrV4 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        loopback(&l)
+    }
+
+    #[tokio::test]
+    async fn tcp_probe_up_and_down() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = loopback(&l);
+        assert!(TcpProbe.check(addr, SHORT).await.is_ok());
+        let closed = closed_port().await;
+        let err = TcpProbe.check(closed, SHORT).await.unwrap_err();
+        assert!(matches!(err, HealthError::Connect { .. }), "{err}");
+    }
+
+    /// Serves every connection with `reply` (after reading the request), or
+    /// holds it open silently when `reply` is `None`.
+    async fn http_server(reply: Option<&'static str>) -> SocketAddrV4 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = loopback(&l);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                    assert!(req.starts_with("GET /healthz HTTP/1.0\r\n"), "{req}");
+                    assert!(req.contains("\r\nHost: 127.0.0.1:"), "{req}");
+                    match reply {
+                        Some(r) => {
+                            let _ = s.write_all(r.as_bytes()).await;
+                        }
+                        None => tokio::time::sleep(Duration::from_secs(5)).await,
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn http() -> HttpProbe {
+        HttpProbe {
+            path: "/healthz".into(),
+            expect_status: 200,
+        }
+    }
+
+    #[tokio::test]
+    async fn http_probe_statuses_and_timeout() {
+        let ok = http_server(Some("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")).await;
+        assert!(http().check(ok, SHORT).await.is_ok());
+
+        let unavailable = http_server(Some("HTTP/1.1 503 Service Unavailable\r\n\r\n")).await;
+        let err = http().check(unavailable, SHORT).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                HealthError::UnexpectedStatus {
+                    got: 503,
+                    expected: 200,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        let garbage = http_server(Some("hello\n")).await;
+        let err = http().check(garbage, SHORT).await.unwrap_err();
+        assert!(matches!(err, HealthError::BadStatusLine { .. }), "{err}");
+
+        let silent = http_server(None).await;
+        let start = std::time::Instant::now();
+        let err = http().check(silent, SHORT).await.unwrap_err();
+        assert!(matches!(err, HealthError::Timeout { .. }), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(2));
+    }
+
+    /// Never answers; used to show a stuck backend delays nobody else.
+    struct Stuck;
+    impl Probe for Stuck {
+        fn check(&self, _: SocketAddrV4, _: Duration) -> ProbeFuture<'_> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[tokio::test]
+    async fn slow_backend_does_not_delay_others() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let (stop_tx, stop) = watch::channel(false);
+        let spec = |interval_ms, timeout_ms| HealthConfig {
+            interval_ms,
+            timeout_ms,
+            ..HealthConfig::default()
+        };
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let fast_addr = loopback(&l);
+        let slow = spawn_checker(
+            1,
+            fast_addr,
+            spec(1000, 400),
+            Arc::new(Stuck),
+            tx.clone(),
+            stop.clone(),
+        );
+        let fast = spawn_checker(2, fast_addr, spec(40, 30), Arc::new(TcpProbe), tx, stop);
+        let mut fast_before_slow = 0;
+        let slow_report = loop {
+            let r = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            if r.id == 1 {
+                break r;
+            }
+            assert!(r.success, "{r:?}");
+            fast_before_slow += 1;
+        };
+        assert!(!slow_report.success);
+        assert!(slow_report
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("no answer within 400 ms"));
+        assert!(slow_report.duration >= Duration::from_millis(400));
+        // 400 ms of stuck probe is ten 40 ms ticks of the other backend.
+        assert!(
+            fast_before_slow >= 5,
+            "only {fast_before_slow} fast reports"
+        );
+
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(2), async {
+            slow.await.unwrap();
+            fast.await.unwrap();
+        })
+        .await
+        .expect("checkers exit on shutdown");
+    }
+
+    #[tokio::test]
+    async fn checker_reports_failure_of_closed_port() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let (_stop_tx, stop) = watch::channel(false);
+        let addr = closed_port().await;
+        let spec = HealthConfig {
+            interval_ms: 50,
+            timeout_ms: 40,
+            ..HealthConfig::default()
+        };
+        let h = spawn_checker(7, addr, spec.clone(), probe_for(&spec), tx, stop);
+        let r = rx.recv().await.unwrap();
+        assert_eq!(r.id, 7);
+        assert!(!r.success);
+        assert!(r.error.is_some());
+        drop(rx);
+        // With the receiver gone the checker stops on its next send.
+        tokio::time::timeout(Duration::from_secs(2), h)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

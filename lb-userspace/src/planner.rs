@@ -1,0 +1,931 @@
+//! The planner: from config and observations to each backend's state and
+//! effective weight. Pure: no I/O, no sleeps, the clock is passed in.
+//!
+//! Each [`Planner::plan`] call is one tick. The planner remembers what it
+//! needs between ticks (hold timers of the load watermarks, which spares
+//! serve and since when, when each backend became active) so that rules
+//! stated over time — "held for `scale_up_after_ms`", slow start, spare
+//! drain — are decided here and tested with an injected clock. The caller
+//! builds a Maglev table per pool from the `Active` backends' weights and
+//! writes the states to the data plane.
+//!
+//! Rules, in order of precedence for one backend:
+//! 1. `Down`: health is not up (or not probed yet), or the agent says
+//!    `down`/`stopped`/`fail`.
+//! 2. `Draining`: operator drain, or the agent says `drain`/`maint`, or a
+//!    weight of `0%` (HAProxy's "no new connections").
+//! 3. Primaries otherwise `Active`. Spares `Active` when needed (below),
+//!    else `Draining` right after serving, then `Standby`.
+//!
+//! Spares needed = the `min_active` gap (`min_active` − active primaries)
+//! plus `load_spares`, a count the watermark rules move by one per full hold
+//! (up while the pool's mean load stays above `high_watermark`, down while it
+//! stays below `low_watermark`). So the low watermark only ever gives back
+//! what the high one took: spares filling the `min_active` gap are not
+//! removed by it, and a spare added for load still counts as serving when a
+//! primary then fails (the gap adds to it rather than reusing it). Spares are
+//! interchangeable: serving ones keep serving, new ones are taken in config
+//! order, and when fewer are needed the most recently activated one goes
+//! first (it holds the fewest established flows).
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::config::{Config, PoolConfig, Role};
+use crate::load::AgentState;
+
+/// Effective weights are `config weight × WEIGHT_SCALE × factors`, so a
+/// `(1 − load)` factor keeps three digits of resolution after rounding.
+pub const WEIGHT_SCALE: u32 = 1000;
+
+/// Longest a demoted spare stays `Draining` while it still has flows. Long
+/// enough for request/response traffic to finish; beyond it, the remaining
+/// (long-lived) flows keep going on the `Standby` spare anyway, since the
+/// data plane only keeps new flows off it.
+pub const SPARE_DRAIN_TIMEOUT_MS: u64 = 60_000;
+
+/// What the controller knows about one backend at a tick.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BackendObservation {
+    /// `None`: not probed yet (treated as down).
+    pub health: Option<bool>,
+    /// Load score in [0, 1]; `None` when the pool has no `[pool.load]`.
+    pub load: Option<f64>,
+    pub agent_state: Option<AgentState>,
+    pub agent_weight_pct: Option<u8>,
+    pub operator_drained: bool,
+    /// Flows the data plane holds pinned to this backend.
+    pub established_flows: u64,
+}
+
+/// Observations keyed by (pool name, backend name). A missing entry is a
+/// backend never probed.
+pub type Observations = HashMap<(String, String), BackendObservation>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    Active,
+    Draining,
+    Standby,
+    Down,
+}
+
+impl BackendState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendState::Active => "active",
+            BackendState::Draining => "draining",
+            BackendState::Standby => "standby",
+            BackendState::Down => "down",
+        }
+    }
+
+    /// The `BACKEND_*` value the data plane stores.
+    pub fn map_value(self) -> u8 {
+        match self {
+            BackendState::Active => lb_common::BACKEND_ACTIVE,
+            BackendState::Draining => lb_common::BACKEND_DRAINING,
+            BackendState::Standby => lb_common::BACKEND_STANDBY,
+            BackendState::Down => lb_common::BACKEND_DOWN,
+        }
+    }
+}
+
+/// Why a backend is in its state (shown by `status`, asserted by tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// A healthy primary.
+    Healthy,
+    NotProbed,
+    HealthDown,
+    AgentDown,
+    OperatorDrain,
+    AgentDrain,
+    AgentWeightZero,
+    /// A spare filling the `min_active` gap.
+    MinActive,
+    /// A spare activated by the high watermark.
+    HighLoad,
+    /// A spare no longer needed, finishing its flows.
+    SpareDraining,
+    /// A healthy spare not needed.
+    SpareIdle,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Healthy => "healthy",
+            Reason::NotProbed => "not_probed",
+            Reason::HealthDown => "health_down",
+            Reason::AgentDown => "agent_down",
+            Reason::OperatorDrain => "operator_drain",
+            Reason::AgentDrain => "agent_drain",
+            Reason::AgentWeightZero => "agent_weight_zero",
+            Reason::MinActive => "min_active",
+            Reason::HighLoad => "high_load",
+            Reason::SpareDraining => "spare_draining",
+            Reason::SpareIdle => "spare_idle",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BackendPlan {
+    pub name: String,
+    pub state: BackendState,
+    /// Effective Maglev weight; 0 unless `Active`, at least 1 if `Active`.
+    pub weight: u32,
+    pub reason: Reason,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PoolPlan {
+    pub name: String,
+    /// In config order.
+    pub backends: Vec<BackendPlan>,
+    /// Mean load score of the backends that were serving at this tick.
+    pub mean_load: Option<f64>,
+    /// Spares the watermark rules currently ask for.
+    pub load_spares: u32,
+}
+
+impl PoolPlan {
+    pub fn backend(&self, name: &str) -> Option<&BackendPlan> {
+        self.backends.iter().find(|b| b.name == name)
+    }
+
+    pub fn active(&self) -> impl Iterator<Item = &BackendPlan> {
+        self.backends
+            .iter()
+            .filter(|b| b.state == BackendState::Active)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Plan {
+    pub pools: Vec<PoolPlan>,
+}
+
+impl Plan {
+    pub fn pool(&self, name: &str) -> Option<&PoolPlan> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct BackendMemory {
+    state: BackendState,
+    /// When it became `Active`, if it is ramping up; `None` at full weight.
+    active_since: Option<u64>,
+    /// When a spare was demoted and began draining.
+    spare_draining_since: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct PoolMemory {
+    above_since: Option<u64>,
+    below_since: Option<u64>,
+    load_spares: u32,
+    /// Serving spares, in activation order.
+    active_spares: Vec<String>,
+    backends: HashMap<String, BackendMemory>,
+}
+
+/// The planner's memory between ticks. Create one per controller; on reload
+/// keep it (pools and backends are matched by name).
+#[derive(Clone, Debug, Default)]
+pub struct Planner {
+    pools: HashMap<String, PoolMemory>,
+}
+
+impl Planner {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// One tick.
+    pub fn plan(&mut self, cfg: &Config, obs: &Observations, now_ms: u64) -> Plan {
+        let pools = cfg
+            .pools
+            .iter()
+            .map(|pool| {
+                // A pool seen for the first time (controller start, or added by
+                // reload) starts at full weight: slow start is for backends
+                // joining a pool that is already serving.
+                let first_tick = !self.pools.contains_key(&pool.name);
+                let mem = self.pools.entry(pool.name.clone()).or_default();
+                plan_pool(pool, obs, now_ms, mem, first_tick)
+            })
+            .collect();
+        self.pools.retain(|name, _| cfg.pool(name).is_some());
+        Plan { pools }
+    }
+}
+
+/// Why a backend cannot serve at all, or cannot take new flows.
+fn classify(o: &BackendObservation) -> (Option<Reason>, Option<Reason>) {
+    let down = match o.health {
+        None => Some(Reason::NotProbed),
+        Some(false) => Some(Reason::HealthDown),
+        Some(true) if o.agent_state.is_some_and(AgentState::is_down) => Some(Reason::AgentDown),
+        Some(true) => None,
+    };
+    let drain = if o.operator_drained {
+        Some(Reason::OperatorDrain)
+    } else if o.agent_state.is_some_and(AgentState::is_drain) {
+        Some(Reason::AgentDrain)
+    } else if o.agent_weight_pct == Some(0) {
+        Some(Reason::AgentWeightZero)
+    } else {
+        None
+    };
+    (down, drain)
+}
+
+fn plan_pool(
+    pool: &PoolConfig,
+    obs: &Observations,
+    now: u64,
+    mem: &mut PoolMemory,
+    first_tick: bool,
+) -> PoolPlan {
+    let observations: Vec<BackendObservation> = pool
+        .backends
+        .iter()
+        .map(|b| {
+            obs.get(&(pool.name.clone(), b.name.clone()))
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    let classes: Vec<_> = observations.iter().map(classify).collect();
+    let eligible = |i: usize| classes[i].0.is_none() && classes[i].1.is_none();
+
+    let mut plans: Vec<Option<(BackendState, Reason)>> = vec![None; pool.backends.len()];
+    let mut active_primaries = 0u32;
+    for (i, b) in pool.backends.iter().enumerate() {
+        if b.role != Role::Primary {
+            continue;
+        }
+        plans[i] = Some(match classes[i] {
+            (Some(r), _) => (BackendState::Down, r),
+            (None, Some(r)) => (BackendState::Draining, r),
+            (None, None) => {
+                active_primaries += 1;
+                (BackendState::Active, Reason::Healthy)
+            }
+        });
+    }
+
+    let index_of = |name: &str| pool.backends.iter().position(|b| b.name == name);
+    let eligible_spares: Vec<usize> = (0..pool.backends.len())
+        .filter(|&i| pool.backends[i].role == Role::Spare && eligible(i))
+        .collect();
+    let serving_spares: Vec<usize> = mem
+        .active_spares
+        .iter()
+        .filter_map(|n| index_of(n))
+        .filter(|&i| eligible_spares.contains(&i))
+        .collect();
+    let gap = pool.min_active.saturating_sub(active_primaries) as usize;
+
+    // Mean load over what serves now: active primaries and the spares that
+    // were serving and still can.
+    let loads: Vec<f64> = (0..pool.backends.len())
+        .filter(|&i| {
+            plans[i].is_some_and(|(s, _)| s == BackendState::Active) || serving_spares.contains(&i)
+        })
+        .filter_map(|i| observations[i].load)
+        .collect();
+    let mean_load = (!loads.is_empty()).then(|| loads.iter().sum::<f64>() / loads.len() as f64);
+    let max_load_spares = eligible_spares.len().saturating_sub(gap) as u32;
+    match (&pool.load, mean_load) {
+        (Some(lc), Some(mean)) => {
+            mem.above_since = if mean > lc.high_watermark {
+                mem.above_since.or(Some(now))
+            } else {
+                None
+            };
+            mem.below_since = if mean < lc.low_watermark {
+                mem.below_since.or(Some(now))
+            } else {
+                None
+            };
+            if let Some(t) = mem.above_since {
+                // With no standby spare left the timer keeps running, so one
+                // that becomes available while load is still high joins at once.
+                if now.saturating_sub(t) >= lc.scale_up_after_ms
+                    && mem.load_spares < max_load_spares
+                {
+                    mem.load_spares += 1;
+                    mem.above_since = Some(now);
+                }
+            }
+            if let Some(t) = mem.below_since {
+                if now.saturating_sub(t) >= lc.scale_down_after_ms && mem.load_spares > 0 {
+                    mem.load_spares -= 1;
+                    mem.below_since = Some(now);
+                }
+            }
+        }
+        (Some(_), None) => {
+            mem.above_since = None;
+            mem.below_since = None;
+        }
+        (None, _) => {
+            mem.above_since = None;
+            mem.below_since = None;
+            mem.load_spares = 0;
+        }
+    }
+    // Spares lost to failures are not owed back later without a new hold.
+    mem.load_spares = mem.load_spares.min(max_load_spares);
+
+    let wanted = (gap + mem.load_spares as usize).min(eligible_spares.len());
+    let mut chosen: Vec<usize> = serving_spares.iter().copied().take(wanted).collect();
+    for &i in &eligible_spares {
+        if chosen.len() >= wanted {
+            break;
+        }
+        if !chosen.contains(&i) {
+            chosen.push(i);
+        }
+    }
+    mem.active_spares = chosen
+        .iter()
+        .map(|&i| pool.backends[i].name.clone())
+        .collect();
+
+    for (i, b) in pool.backends.iter().enumerate() {
+        if b.role != Role::Spare {
+            continue;
+        }
+        let prev = mem.backends.get(&b.name);
+        plans[i] = Some(if let Some(pos) = chosen.iter().position(|&c| c == i) {
+            let why = if pos < gap {
+                Reason::MinActive
+            } else {
+                Reason::HighLoad
+            };
+            (BackendState::Active, why)
+        } else {
+            match classes[i] {
+                (Some(r), _) => (BackendState::Down, r),
+                (None, Some(r)) => (BackendState::Draining, r),
+                (None, None) => match prev {
+                    Some(p) if p.state == BackendState::Active => {
+                        (BackendState::Draining, Reason::SpareDraining)
+                    }
+                    Some(BackendMemory {
+                        spare_draining_since: Some(t),
+                        ..
+                    }) if observations[i].established_flows > 0
+                        && now.saturating_sub(*t) < SPARE_DRAIN_TIMEOUT_MS =>
+                    {
+                        (BackendState::Draining, Reason::SpareDraining)
+                    }
+                    _ => (BackendState::Standby, Reason::SpareIdle),
+                },
+            }
+        });
+    }
+
+    let mut out = Vec::with_capacity(pool.backends.len());
+    let mut next_memory = HashMap::with_capacity(pool.backends.len());
+    for (i, b) in pool.backends.iter().enumerate() {
+        let (state, reason) = plans[i].expect("every backend planned");
+        let prev = mem.backends.get(&b.name);
+        let active_since = match (state, prev) {
+            (BackendState::Active, Some(p)) if p.state == BackendState::Active => p.active_since,
+            (BackendState::Active, _) if first_tick => None,
+            (BackendState::Active, _) => Some(now),
+            _ => None,
+        };
+        let spare_draining_since = match (reason, prev) {
+            (Reason::SpareDraining, Some(p)) if p.state == BackendState::Draining => {
+                p.spare_draining_since.or(Some(now))
+            }
+            (Reason::SpareDraining, _) => Some(now),
+            _ => None,
+        };
+        let weight = if state == BackendState::Active {
+            effective_weight(pool, b.weight, &observations[i], active_since, now)
+        } else {
+            0
+        };
+        out.push(BackendPlan {
+            name: b.name.clone(),
+            state,
+            weight,
+            reason,
+        });
+        next_memory.insert(
+            b.name.clone(),
+            BackendMemory {
+                state,
+                // Once the ramp is over, forget its start.
+                active_since: active_since.filter(|t| {
+                    pool.load
+                        .as_ref()
+                        .is_some_and(|l| now.saturating_sub(*t) < l.slow_start_ms)
+                }),
+                spare_draining_since,
+            },
+        );
+    }
+    mem.backends = next_memory;
+
+    PoolPlan {
+        name: pool.name.clone(),
+        backends: out,
+        mean_load,
+        load_spares: mem.load_spares,
+    }
+}
+
+/// `weight × WEIGHT_SCALE × agent% × (1 − load)`, ramped by slow start
+/// (HAProxy `slowstart`: `ceil(w × elapsed / slow_start)`), never below 1 so
+/// an active backend always keeps some share.
+fn effective_weight(
+    pool: &PoolConfig,
+    weight: u32,
+    o: &BackendObservation,
+    active_since: Option<u64>,
+    now: u64,
+) -> u32 {
+    let mut w = f64::from(weight) * f64::from(WEIGHT_SCALE);
+    if let Some(pct) = o.agent_weight_pct {
+        w *= f64::from(pct.min(100)) / 100.0;
+    }
+    if let Some(load) = o.load {
+        w *= 1.0 - load.clamp(0.0, 1.0);
+    }
+    if let (Some(t0), Some(lc)) = (active_since, &pool.load) {
+        let elapsed = now.saturating_sub(t0);
+        if elapsed < lc.slow_start_ms {
+            w = (w * elapsed as f64 / lc.slow_start_ms as f64).ceil();
+        }
+    }
+    (w.round() as u32).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use std::path::Path;
+
+    /// Three primaries, two spares; min_active 3; hold 3 s up, 30 s down;
+    /// slow start 4 s.
+    fn cfg_with(min_active: u32, load: bool) -> Config {
+        let load_section = if load {
+            "[pool.load]\nhigh_watermark = 0.8\nlow_watermark = 0.3\nscale_up_after_ms = 3000\nscale_down_after_ms = 30000\nslow_start_ms = 4000\n"
+        } else {
+            ""
+        };
+        let mut text = format!(
+            "[dataplane]\ninterfaces = [\"eth0\"]\n[[pool]]\nname = \"web\"\nvip = \"198.18.2.10:80\"\nmin_active = {min_active}\n{load_section}"
+        );
+        for (i, (name, role)) in [
+            ("p1", "primary"),
+            ("p2", "primary"),
+            ("p3", "primary"),
+            ("s1", "spare"),
+            ("s2", "spare"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            text.push_str(&format!(
+                "[[pool.backend]]\nname = \"{name}\"\naddr = \"198.18.1.{}:8080\"\nrole = \"{role}\"\n",
+                i + 1
+            ));
+        }
+        config::parse(Path::new("test.toml"), &text).unwrap()
+    }
+
+    /// All five healthy with the given load (or none).
+    fn healthy(load: Option<f64>) -> Observations {
+        ["p1", "p2", "p3", "s1", "s2"]
+            .iter()
+            .map(|n| {
+                (
+                    ("web".to_string(), n.to_string()),
+                    BackendObservation {
+                        health: Some(true),
+                        load,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn set(obs: &mut Observations, name: &str, f: impl FnOnce(&mut BackendObservation)) {
+        f(obs.get_mut(&("web".to_string(), name.to_string())).unwrap());
+    }
+
+    fn states(plan: &Plan) -> Vec<(&str, BackendState)> {
+        plan.pools[0]
+            .backends
+            .iter()
+            .map(|b| (b.name.as_str(), b.state))
+            .collect()
+    }
+
+    fn state_of(plan: &Plan, name: &str) -> (BackendState, Reason) {
+        let b = plan.pools[0].backend(name).unwrap();
+        (b.state, b.reason)
+    }
+
+    fn weight_of(plan: &Plan, name: &str) -> u32 {
+        plan.pools[0].backend(name).unwrap().weight
+    }
+
+    use BackendState::{Active, Down, Draining, Standby};
+
+    #[test]
+    fn all_healthy_primaries_active_spares_standby() {
+        let cfg = cfg_with(3, false);
+        let plan = Planner::new().plan(&cfg, &healthy(None), 0);
+        assert_eq!(
+            states(&plan),
+            vec![
+                ("p1", Active),
+                ("p2", Active),
+                ("p3", Active),
+                ("s1", Standby),
+                ("s2", Standby)
+            ]
+        );
+        for p in ["p1", "p2", "p3"] {
+            assert_eq!(weight_of(&plan, p), 100 * WEIGHT_SCALE);
+        }
+        assert_eq!(weight_of(&plan, "s1"), 0);
+        assert_eq!(state_of(&plan, "s1").1, Reason::SpareIdle);
+    }
+
+    #[test]
+    fn unprobed_and_missing_are_down() {
+        let cfg = cfg_with(1, false);
+        let mut obs = healthy(None);
+        set(&mut obs, "p1", |o| o.health = None);
+        obs.remove(&("web".to_string(), "p2".to_string()));
+        set(&mut obs, "p3", |o| o.health = Some(false));
+        let plan = Planner::new().plan(&cfg, &obs, 0);
+        assert_eq!(state_of(&plan, "p1"), (Down, Reason::NotProbed));
+        assert_eq!(state_of(&plan, "p2"), (Down, Reason::NotProbed));
+        assert_eq!(state_of(&plan, "p3"), (Down, Reason::HealthDown));
+        assert_eq!(state_of(&plan, "s1"), (Active, Reason::MinActive));
+        assert_eq!(state_of(&plan, "s2").0, Standby);
+    }
+
+    #[test]
+    fn spare_fills_gap_then_drains_back_to_standby() {
+        let cfg = cfg_with(3, false);
+        let mut planner = Planner::new();
+        let mut obs = healthy(None);
+        planner.plan(&cfg, &obs, 0);
+
+        set(&mut obs, "p2", |o| o.health = Some(false));
+        let plan = planner.plan(&cfg, &obs, 1000);
+        assert_eq!(state_of(&plan, "p2"), (Down, Reason::HealthDown));
+        assert_eq!(state_of(&plan, "s1"), (Active, Reason::MinActive));
+        assert_eq!(state_of(&plan, "s2"), (Standby, Reason::SpareIdle));
+
+        set(&mut obs, "p2", |o| o.health = Some(true));
+        set(&mut obs, "s1", |o| o.established_flows = 5);
+        let plan = planner.plan(&cfg, &obs, 2000);
+        assert_eq!(state_of(&plan, "p2").0, Active);
+        assert_eq!(state_of(&plan, "s1"), (Draining, Reason::SpareDraining));
+        let plan = planner.plan(&cfg, &obs, 3000);
+        assert_eq!(state_of(&plan, "s1"), (Draining, Reason::SpareDraining));
+
+        set(&mut obs, "s1", |o| o.established_flows = 0);
+        let plan = planner.plan(&cfg, &obs, 4000);
+        assert_eq!(state_of(&plan, "s1"), (Standby, Reason::SpareIdle));
+    }
+
+    #[test]
+    fn spare_drain_is_bounded() {
+        let cfg = cfg_with(3, false);
+        let mut planner = Planner::new();
+        let mut obs = healthy(None);
+        set(&mut obs, "p1", |o| o.health = Some(false));
+        planner.plan(&cfg, &obs, 0);
+        set(&mut obs, "p1", |o| o.health = Some(true));
+        set(&mut obs, "s1", |o| o.established_flows = 1);
+        let plan = planner.plan(&cfg, &obs, 1000);
+        assert_eq!(state_of(&plan, "s1").0, Draining);
+        let plan = planner.plan(&cfg, &obs, 1000 + SPARE_DRAIN_TIMEOUT_MS - 1);
+        assert_eq!(state_of(&plan, "s1").0, Draining);
+        let plan = planner.plan(&cfg, &obs, 1000 + SPARE_DRAIN_TIMEOUT_MS);
+        assert_eq!(state_of(&plan, "s1").0, Standby);
+    }
+
+    #[test]
+    fn serving_spare_is_kept_when_another_recovers() {
+        let cfg = cfg_with(3, false);
+        let mut planner = Planner::new();
+        let mut obs = healthy(None);
+        set(&mut obs, "s1", |o| o.health = Some(false));
+        set(&mut obs, "p1", |o| o.health = Some(false));
+        let plan = planner.plan(&cfg, &obs, 0);
+        assert_eq!(state_of(&plan, "s2"), (Active, Reason::MinActive));
+        set(&mut obs, "s1", |o| o.health = Some(true));
+        let plan = planner.plan(&cfg, &obs, 1000);
+        // No churn: s2 keeps serving, s1 waits.
+        assert_eq!(state_of(&plan, "s2").0, Active);
+        assert_eq!(state_of(&plan, "s1").0, Standby);
+    }
+
+    #[test]
+    fn short_pool_activates_what_there_is() {
+        let cfg = cfg_with(5, false);
+        let mut obs = healthy(None);
+        set(&mut obs, "p1", |o| o.health = Some(false));
+        set(&mut obs, "s2", |o| o.health = Some(false));
+        let plan = Planner::new().plan(&cfg, &obs, 0);
+        assert_eq!(
+            states(&plan),
+            vec![
+                ("p1", Down),
+                ("p2", Active),
+                ("p3", Active),
+                ("s1", Active),
+                ("s2", Down)
+            ]
+        );
+    }
+
+    #[test]
+    fn operator_drain_wins_except_over_down() {
+        let cfg = cfg_with(3, false);
+        let mut planner = Planner::new();
+        let mut obs = healthy(None);
+        set(&mut obs, "p1", |o| o.operator_drained = true);
+        for t in [0, 1000, 100_000] {
+            let plan = planner.plan(&cfg, &obs, t);
+            assert_eq!(state_of(&plan, "p1"), (Draining, Reason::OperatorDrain));
+            assert_eq!(weight_of(&plan, "p1"), 0);
+            // A drained primary does not count toward min_active.
+            assert_eq!(state_of(&plan, "s1"), (Active, Reason::MinActive));
+        }
+        set(&mut obs, "p1", |o| o.agent_state = Some(AgentState::Up));
+        let plan = planner.plan(&cfg, &obs, 200_000);
+        assert_eq!(state_of(&plan, "p1").0, Draining);
+        set(&mut obs, "p1", |o| o.health = Some(false));
+        let plan = planner.plan(&cfg, &obs, 201_000);
+        assert_eq!(state_of(&plan, "p1"), (Down, Reason::HealthDown));
+        // Operator drain of a spare keeps it out of the gap.
+        set(&mut obs, "s1", |o| o.operator_drained = true);
+        let plan = planner.plan(&cfg, &obs, 202_000);
+        assert_eq!(state_of(&plan, "s1"), (Draining, Reason::OperatorDrain));
+        assert_eq!(state_of(&plan, "s2"), (Active, Reason::MinActive));
+    }
+
+    #[test]
+    fn agent_states() {
+        let cfg = cfg_with(1, false);
+        let cases = [
+            (Some(AgentState::Drain), None, Draining, Reason::AgentDrain),
+            (Some(AgentState::Maint), None, Draining, Reason::AgentDrain),
+            (Some(AgentState::Down), None, Down, Reason::AgentDown),
+            (Some(AgentState::Fail), None, Down, Reason::AgentDown),
+            (Some(AgentState::Stopped), None, Down, Reason::AgentDown),
+            (
+                Some(AgentState::Up),
+                Some(0),
+                Draining,
+                Reason::AgentWeightZero,
+            ),
+            (Some(AgentState::Ready), None, Active, Reason::Healthy),
+            (None, Some(50), Active, Reason::Healthy),
+        ];
+        for (state, pct, want, why) in cases {
+            let mut obs = healthy(None);
+            set(&mut obs, "p1", |o| {
+                o.agent_state = state;
+                o.agent_weight_pct = pct;
+            });
+            let plan = Planner::new().plan(&cfg, &obs, 0);
+            assert_eq!(state_of(&plan, "p1"), (want, why), "{state:?} {pct:?}");
+        }
+    }
+
+    #[test]
+    fn busier_backend_gets_less() {
+        let cfg = cfg_with(1, true);
+        let mut obs = healthy(Some(0.0));
+        set(&mut obs, "p1", |o| o.load = Some(0.2));
+        set(&mut obs, "p2", |o| o.load = Some(0.8));
+        set(&mut obs, "p3", |o| {
+            o.load = Some(0.2);
+            o.agent_weight_pct = Some(50);
+        });
+        let plan = Planner::new().plan(&cfg, &obs, 0);
+        assert_eq!(weight_of(&plan, "p1"), 80_000);
+        assert_eq!(weight_of(&plan, "p2"), 20_000);
+        assert_eq!(weight_of(&plan, "p3"), 40_000);
+        assert!(weight_of(&plan, "p2") < weight_of(&plan, "p1"));
+
+        set(&mut obs, "p2", |o| o.load = Some(1.0));
+        let plan = Planner::new().plan(&cfg, &obs, 0);
+        assert_eq!(weight_of(&plan, "p2"), 1, "an active backend keeps a share");
+    }
+
+    #[test]
+    fn high_load_adds_spares_one_hold_at_a_time() {
+        let cfg = cfg_with(3, true);
+        let mut planner = Planner::new();
+        let obs = healthy(Some(0.9));
+        let spares = |plan: &Plan| (state_of(plan, "s1"), state_of(plan, "s2"));
+        for t in [0, 1000, 2999] {
+            let plan = planner.plan(&cfg, &obs, t);
+            assert_eq!(spares(&plan).0 .0, Standby, "at {t}");
+            assert_eq!(plan.pools[0].load_spares, 0);
+        }
+        let plan = planner.plan(&cfg, &obs, 3000);
+        assert_eq!(spares(&plan).0, (Active, Reason::HighLoad));
+        assert_eq!(spares(&plan).1 .0, Standby);
+        let plan = planner.plan(&cfg, &obs, 5999);
+        assert_eq!(spares(&plan).1 .0, Standby, "the hold restarts");
+        let plan = planner.plan(&cfg, &obs, 6000);
+        assert_eq!(spares(&plan).1, (Active, Reason::HighLoad));
+        // No spare left: nothing more to add.
+        let plan = planner.plan(&cfg, &obs, 60_000);
+        assert_eq!(plan.pools[0].load_spares, 2);
+    }
+
+    #[test]
+    fn load_dipping_resets_the_hold() {
+        let cfg = cfg_with(3, true);
+        let mut planner = Planner::new();
+        planner.plan(&cfg, &healthy(Some(0.9)), 0);
+        planner.plan(&cfg, &healthy(Some(0.5)), 2000);
+        let plan = planner.plan(&cfg, &healthy(Some(0.9)), 3000);
+        assert_eq!(state_of(&plan, "s1").0, Standby);
+        let plan = planner.plan(&cfg, &healthy(Some(0.9)), 6000);
+        assert_eq!(state_of(&plan, "s1").0, Active);
+    }
+
+    #[test]
+    fn low_load_drains_the_last_load_spare_first() {
+        let cfg = cfg_with(3, true);
+        let mut planner = Planner::new();
+        let high = healthy(Some(0.9));
+        planner.plan(&cfg, &high, 0);
+        planner.plan(&cfg, &high, 3000);
+        let plan = planner.plan(&cfg, &high, 6000);
+        assert_eq!(plan.pools[0].active().count(), 5);
+
+        let low = healthy(Some(0.1));
+        let plan = planner.plan(&cfg, &low, 7000);
+        assert_eq!(plan.pools[0].active().count(), 5);
+        let plan = planner.plan(&cfg, &low, 36_999);
+        assert_eq!(plan.pools[0].active().count(), 5);
+        let plan = planner.plan(&cfg, &low, 37_000);
+        assert_eq!(state_of(&plan, "s2"), (Draining, Reason::SpareDraining));
+        assert_eq!(state_of(&plan, "s1"), (Active, Reason::HighLoad));
+        let plan = planner.plan(&cfg, &low, 66_999);
+        assert_eq!(state_of(&plan, "s1").0, Active);
+        let plan = planner.plan(&cfg, &low, 67_000);
+        assert_eq!(state_of(&plan, "s1").0, Draining);
+        assert_eq!(plan.pools[0].load_spares, 0);
+    }
+
+    #[test]
+    fn low_load_keeps_min_active_spares() {
+        let cfg = cfg_with(3, true);
+        let mut planner = Planner::new();
+        let mut obs = healthy(Some(0.1));
+        set(&mut obs, "p1", |o| o.health = Some(false));
+        for t in (0..=120_000).step_by(1000) {
+            let plan = planner.plan(&cfg, &obs, t);
+            assert_eq!(state_of(&plan, "s1"), (Active, Reason::MinActive), "at {t}");
+        }
+    }
+
+    #[test]
+    fn load_spare_adds_to_the_gap() {
+        let cfg = cfg_with(3, true);
+        let mut planner = Planner::new();
+        let mut obs = healthy(Some(0.9));
+        planner.plan(&cfg, &obs, 0);
+        let plan = planner.plan(&cfg, &obs, 3000);
+        assert_eq!(state_of(&plan, "s1"), (Active, Reason::HighLoad));
+        set(&mut obs, "p1", |o| o.health = Some(false));
+        let plan = planner.plan(&cfg, &obs, 3500);
+        assert_eq!(plan.pools[0].active().count(), 4);
+        assert_eq!(state_of(&plan, "s1"), (Active, Reason::MinActive));
+        assert_eq!(state_of(&plan, "s2"), (Active, Reason::HighLoad));
+    }
+
+    #[test]
+    fn slow_start_ramp() {
+        let cfg = cfg_with(1, true);
+        let mut planner = Planner::new();
+        let mut obs = healthy(Some(0.0));
+        set(&mut obs, "p1", |o| o.health = Some(false));
+        let plan = planner.plan(&cfg, &obs, 0);
+        // The initial set starts at full weight.
+        assert_eq!(weight_of(&plan, "p2"), 100_000);
+
+        set(&mut obs, "p1", |o| o.health = Some(true));
+        let t0 = 10_000;
+        for (t, want) in [
+            (t0, 1),
+            (t0 + 1000, 25_000),
+            (t0 + 2000, 50_000),
+            (t0 + 4000, 100_000),
+            (t0 + 9000, 100_000),
+        ] {
+            let plan = planner.plan(&cfg, &obs, t);
+            assert_eq!(weight_of(&plan, "p1"), want, "at {}", t - t0);
+            assert_eq!(weight_of(&plan, "p2"), 100_000);
+        }
+        // Down and back: the ramp starts over.
+        set(&mut obs, "p1", |o| o.health = Some(false));
+        planner.plan(&cfg, &obs, 20_000);
+        set(&mut obs, "p1", |o| o.health = Some(true));
+        let plan = planner.plan(&cfg, &obs, 21_000);
+        assert_eq!(weight_of(&plan, "p1"), 1);
+        let plan = planner.plan(&cfg, &obs, 22_000);
+        assert_eq!(weight_of(&plan, "p1"), 25_000);
+    }
+
+    #[test]
+    fn slow_start_scales_the_load_adjusted_weight() {
+        let cfg = cfg_with(1, true);
+        let mut planner = Planner::new();
+        let mut obs = healthy(Some(0.5));
+        set(&mut obs, "p1", |o| o.operator_drained = true);
+        planner.plan(&cfg, &obs, 0);
+        set(&mut obs, "p1", |o| o.operator_drained = false);
+        planner.plan(&cfg, &obs, 1000);
+        let plan = planner.plan(&cfg, &obs, 2000);
+        // 100 × 1000 × (1 − 0.5) × 1/4.
+        assert_eq!(weight_of(&plan, "p1"), 12_500);
+    }
+
+    #[test]
+    fn reload_adds_and_removes() {
+        let cfg = cfg_with(1, true);
+        let mut planner = Planner::new();
+        planner.plan(&cfg, &healthy(Some(0.0)), 0);
+
+        // A backend added by reload ramps up; existing ones do not.
+        let mut bigger = cfg.clone();
+        let mut extra = bigger.pools[0].backends[0].clone();
+        extra.name = "p4".into();
+        bigger.pools[0].backends.push(extra);
+        let mut obs = healthy(Some(0.0));
+        obs.insert(
+            ("web".into(), "p4".into()),
+            BackendObservation {
+                health: Some(true),
+                load: Some(0.0),
+                ..Default::default()
+            },
+        );
+        let plan = planner.plan(&bigger, &obs, 1000);
+        assert_eq!(weight_of(&plan, "p4"), 1);
+        assert_eq!(weight_of(&plan, "p1"), 100_000);
+
+        // A pool removed and re-added starts afresh at full weight.
+        let mut renamed = bigger.clone();
+        renamed.pools[0].name = "api".into();
+        let obs_api: Observations = obs
+            .iter()
+            .map(|((_, b), o)| (("api".to_string(), b.clone()), o.clone()))
+            .collect();
+        let plan = planner.plan(&renamed, &obs_api, 2000);
+        assert_eq!(plan.pools[0].name, "api");
+        assert_eq!(weight_of(&plan, "p4"), 100_000);
+        assert!(!planner.pools.contains_key("web"));
+    }
+
+    #[test]
+    fn no_load_section_means_plain_weights() {
+        let cfg = cfg_with(1, false);
+        let plan = Planner::new().plan(&cfg, &healthy(None), 0);
+        assert_eq!(plan.pools[0].mean_load, None);
+        assert_eq!(weight_of(&plan, "p1"), 100_000);
+    }
+
+    #[test]
+    fn states_serialise_lowercase() {
+        assert_eq!(serde_json::to_string(&Draining).unwrap(), "\"draining\"");
+        assert_eq!(
+            serde_json::to_string(&Reason::MinActive).unwrap(),
+            "\"min_active\""
+        );
+        assert_eq!(Active.map_value(), lb_common::BACKEND_ACTIVE);
+        assert_eq!(Standby.as_str(), "standby");
+        assert_eq!(Reason::SpareIdle.as_str(), "spare_idle");
+    }
+}

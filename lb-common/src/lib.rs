@@ -151,13 +151,20 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 
+/// `FlowEntry::flags`: the client sent FIN or RST. The entry keeps steering
+/// the connection's last packets, but user space no longer counts it as
+/// established (the LRU keeps closed flows until it evicts them).
+pub const FLOW_F_CLOSING: u16 = 1;
+
 /// Value of `FLOWS` (LRU hash).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntry {
     /// Backend slot the flow is pinned to.
     pub backend: u32,
-    pub vip_index: u32,
+    pub vip_index: u16,
+    /// `FLOW_F_*` bits.
+    pub flags: u16,
     /// `bpf_ktime_get_coarse_ns` of the last packet (monotonic, boot-based,
     /// jiffy resolution).
     pub last_seen_ns: u64,

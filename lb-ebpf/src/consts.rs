@@ -14,7 +14,9 @@ pub const BE_IP_MF: u16 = 0x2000u16.to_be();
 pub const BE_IP_OFFSET_MASK: u16 = 0x1fffu16.to_be();
 
 /// TCP flag bits in the byte after the data offset.
+pub const TCP_FLAG_FIN: u8 = 0x01;
 pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_RST: u8 = 0x04;
 pub const TCP_FLAG_ACK: u8 = 0x10;
 
 pub const AF_INET: u8 = 2;

@@ -29,7 +29,7 @@ use aya_ebpf::{
 use lb_common::{FlowKey, GlobalCounter, L4Addr, ReplyEntry, VipMeta, IPPROTO_TCP};
 
 use crate::{
-    consts::{MIN_FORWARD_TTL, TCP_FLAG_ACK, TCP_FLAG_SYN},
+    consts::{MIN_FORWARD_TTL, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
     forward::{next_hop, send, Next},
     maps::{FLOWS, REPLIES, VIPS},
     parse::{parse, Parsed, TcpPacket},
@@ -111,8 +111,9 @@ fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, vip: &VipMeta) -> u32 {
         return pass();
     }
     let syn = pkt.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+    let closing = pkt.flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0;
     let now = coarse_now();
-    let choice = match select::select(&pkt.key, vip, syn, now) {
+    let choice = match select::select(&pkt.key, vip, syn, closing, now) {
         Ok(choice) => choice,
         Err(reason) => return drop(reason),
     };

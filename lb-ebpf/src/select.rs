@@ -2,7 +2,7 @@
 //! live Maglev ring.
 use lb_common::{
     flow_hash, ring_slot_index, BackendMeta, FlowEntry, FlowKey, GlobalCounter, VipMeta,
-    BACKEND_DOWN, NO_BACKEND,
+    BACKEND_DOWN, BACKEND_FREE, FLOW_F_CLOSING, NO_BACKEND,
 };
 
 use crate::{
@@ -34,7 +34,13 @@ pub struct Choice {
 /// retransmitted across a ring change may land elsewhere; its handshake
 /// was not complete, so nothing established moves.
 #[inline(always)]
-pub fn select(key: &FlowKey, vip: &VipMeta, syn: bool, now: u64) -> Result<Choice, GlobalCounter> {
+pub fn select(
+    key: &FlowKey,
+    vip: &VipMeta,
+    syn: bool,
+    closing: bool,
+    now: u64,
+) -> Result<Choice, GlobalCounter> {
     if syn {
         return from_ring(key, vip, now);
     }
@@ -43,8 +49,17 @@ pub fn select(key: &FlowKey, vip: &VipMeta, syn: bool, now: u64) -> Result<Choic
         // writers on other CPUs may race on last_seen_ns; it is a hint.
         let flow = unsafe { &mut *flow };
         if let Some(meta) = BACKENDS.get(flow.backend) {
+            // A slot freed and reused by another pool must not inherit a
+            // stale flow: treat that entry as a miss.
+            if meta.vip_index != vip.index || meta.state == BACKEND_FREE {
+                count(GlobalCounter::FlowMisses);
+                return from_ring(key, vip, now);
+            }
             if meta.state != BACKEND_DOWN {
                 flow.last_seen_ns = now;
+                if closing {
+                    flow.flags |= FLOW_F_CLOSING;
+                }
                 return Ok(Choice {
                     backend: flow.backend,
                     meta: *meta,
@@ -79,7 +94,8 @@ fn from_ring(key: &FlowKey, vip: &VipMeta, now: u64) -> Result<Choice, GlobalCou
     };
     let entry = FlowEntry {
         backend,
-        vip_index: vip.index,
+        vip_index: vip.index as u16,
+        flags: 0,
         last_seen_ns: now,
     };
     // A full LRU evicts its oldest entry; insert fails only on memory

@@ -704,17 +704,40 @@ impl CounterReader {
     }
 }
 
-/// Established flows per backend slot, from the flow table. Walks the LRU
-/// (two syscalls an entry), so callers bound how often they ask; stops
-/// after `limit` entries.
-pub fn flow_counts(pin_path: &Path, limit: usize) -> Result<StdHashMap<u32, u64>, DataplaneError> {
+/// Established flows per backend slot: flow-table entries seen within
+/// `idle` whose client has not sent FIN or RST. The table is an LRU, so
+/// closed and abandoned connections linger until evicted; the flag and the
+/// recency cut keep them out of the count. Walks the map (two
+/// syscalls an entry), so callers bound how often they ask; stops after
+/// `limit` entries.
+pub fn flow_counts(
+    pin_path: &Path,
+    limit: usize,
+    idle: std::time::Duration,
+) -> Result<StdHashMap<u32, u64>, DataplaneError> {
     let flows: HashMap<MapData, FlowKey, FlowEntry> = open_pinned(pin_path, maps::FLOWS)?;
+    let now = monotonic_coarse_ns();
+    let idle = idle.as_nanos() as u64;
     let mut counts = StdHashMap::new();
     // Entries can be evicted while we walk; skip those.
     for (_, entry) in flows.iter().take(limit).flatten() {
-        *counts.entry(entry.backend).or_insert(0) += 1;
+        let closing = entry.flags & lb_common::FLOW_F_CLOSING != 0;
+        if !closing && now.saturating_sub(entry.last_seen_ns) <= idle {
+            *counts.entry(entry.backend).or_insert(0) += 1;
+        }
     }
     Ok(counts)
+}
+
+/// The clock the program stamps flows with (`bpf_ktime_get_coarse_ns`).
+fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Index of a backend's name in `NAMES`.

@@ -10,14 +10,25 @@
 //!   controller's agent client and the backend-side agent.
 //! - [`planner`]: per tick, each backend's state and effective weight from
 //!   config and observations (clock injected; pure).
+//! - [`controller`]: `xdplb run`: probes, agents, planner ticks, map sync,
+//!   reload, drains; answers [`controller::Command`]s.
+//! - [`status`]: the controller's live view (status output, admin replies).
+//! - [`admin`]: the unix-socket protocol, server and client.
+//! - [`metrics`]: Prometheus exposition.
+//! - [`cli`]: the `xdplb` command line and its human output.
 //! - [`dataplane`]: the only module that touches aya: load or adopt the
 //!   pinned program and maps, attach, sync maps, read counters.
 //! - [`packet`]: frames built byte by byte and checksums recomputed in full
 //!   (tests, benchmark, hostile-input scenario).
+pub mod admin;
+pub mod cli;
 pub mod config;
+pub mod controller;
 pub mod dataplane;
 pub mod health;
 pub mod load;
 pub mod maglev;
+pub mod metrics;
 pub mod packet;
 pub mod planner;
+pub mod status;

@@ -610,3 +610,30 @@ fn ring_flip_is_published_atomically_through_the_idle_slot() {
     let vips = lab.dp().read_vips().unwrap();
     assert_eq!(vips[0].1.ring_slot, 1);
 }
+
+#[test]
+fn a_flow_stops_counting_as_established_once_the_client_closes_it() {
+    use std::time::Duration;
+    let mut lab = Lab::new(3);
+    let count = |lab: &Lab| -> u64 {
+        xdplb::dataplane::flow_counts(&lab.tp.pin_path, 1000, Duration::from_secs(30))
+            .unwrap()
+            .values()
+            .sum()
+    };
+    lab.arrive_from_client(&to_vip(47000, TCP_SYN).build());
+    lab.arrive_from_client(&to_vip(47001, TCP_SYN).build());
+    lab.arrive_from_client(&to_vip(47000, TCP_ACK).build());
+    assert_eq!(count(&lab), 2);
+    let (action, out) =
+        lab.arrive_from_client(&to_vip(47000, TCP_ACK | xdplb::packet::TCP_FIN).build());
+    assert_eq!(action, XDP_REDIRECT, "the FIN itself is still forwarded");
+    let b = backend_of(&out);
+    assert_eq!(count(&lab), 1);
+    // Its last ACK still reaches the same backend.
+    let (_, out) = lab.arrive_from_client(&to_vip(47000, TCP_ACK).build());
+    assert_eq!(backend_of(&out), b);
+    assert_eq!(count(&lab), 1);
+    lab.arrive_from_client(&to_vip(47001, xdplb::packet::TCP_RST).build());
+    assert_eq!(count(&lab), 0);
+}

@@ -14,9 +14,12 @@
 //! - [`http`]: a tiny blocking HTTP/1.1 client: [`http_get`] on a fresh
 //!   connection, [`KeepAliveClient`] reusing one.
 //! - [`wait`]: [`wait_until`], the one bounded polling loop.
+//! - [`deploy`]: xdplb deployed on a lab (config, daemon, agents) and
+//!   driven through the `xdplb` binary only.
 //! - `src/bin/lab-backend.rs`: the HTTP server the backends run.
 
 pub mod addr;
+pub mod deploy;
 pub mod http;
 pub mod lab;
 pub mod wait;

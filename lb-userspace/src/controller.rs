@@ -1,0 +1,1086 @@
+//! `xdplb run`: the controller. Probes and agents feed observations; the
+//! planner turns config + observations + drains into each backend's state
+//! and weight; this module writes the difference into the data plane.
+//!
+//! Shape (as mini-redis): [`run`] wires the real pieces (config file, aya
+//! data plane, admin socket, metrics, signals) and hands them to
+//! [`Controller::run`], which takes its data plane as a [`DataplaneOps`] and
+//! its probes from a factory, so tests drive it with fakes.
+//!
+//! Order of map writes on every sync, so no packet meets an inconsistent
+//! state: (1) slots that are not down get their new state, (2) rings are
+//! published (each flips atomically, see `dataplane`), (3) slots that are
+//! down are marked so. A backend coming up is thus marked before any ring
+//! names it; a backend going down leaves the rings before its flows are
+//! re-steered (re-steering consults the new ring).
+//!
+//! Restart: the data plane keeps forwarding with its last state while the
+//! controller is away. On start the controller adopts the pinned VIP and
+//! slot assignments (names are kept in the `NAMES` map) and operator
+//! drains (a flag in the backend map), and writes nothing until every
+//! backend has had its first probe, so a restart changes no ring that
+//! the probes would not change anyway (Maglev is deterministic).
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    net::SocketAddrV4,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use lb_common::{
+    limits::{MAX_BACKENDS, MAX_VIPS},
+    BACKEND_DRAINING, BACKEND_F_OPERATOR_DRAIN,
+};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, error, info, warn};
+
+use crate::{
+    config::{self, BackendConfig, Config, HealthConfig, PoolConfig, Role},
+    dataplane::{
+        self, backend_name_index, AttachMode, BackendSlot, Dataplane, DataplaneError, Shape,
+    },
+    health::{self, HealthReport, HealthState, Probe},
+    load::{
+        client::{agent_timeout, spawn_poller, LoadReport},
+        LoadTracker,
+    },
+    maglev::{self, MaglevEntry},
+    metrics::Metrics,
+    planner::{BackendObservation, BackendState, Observations, Plan, Planner},
+    status::{BackendStatus, PoolStatus, Status},
+};
+
+/// What the admin socket asks the running controller. Each carries the
+/// channel its answer goes back on.
+#[derive(Debug)]
+pub enum Command {
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    /// `drain = true` drains, `false` undrains.
+    Drain {
+        pool: String,
+        backend: String,
+        drain: bool,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Re-read the config file: `Ok(summary of what changed)` or
+    /// `Err(why it was refused)`; a refused config changes nothing.
+    Reload {
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+}
+
+#[derive(Debug, Error)]
+pub enum ControllerError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error("pool {pool:?}: no free VIP slot (the data plane holds {max})")]
+    NoVipSlot { pool: String, max: u32 },
+    #[error(
+        "pool {pool:?} backend {backend:?}: no free backend slot (the data plane holds {max})"
+    )]
+    NoBackendSlot {
+        pool: String,
+        backend: String,
+        max: u32,
+    },
+}
+
+/// The controller's view of the data plane: what it writes and reads back.
+/// [`Dataplane`] is the real one; tests use a fake.
+pub trait DataplaneOps: Send {
+    fn publish_vip(
+        &mut self,
+        vip: SocketAddrV4,
+        vip_index: u32,
+        ring: &[u32],
+    ) -> Result<(), DataplaneError>;
+    fn remove_vip(&mut self, vip: SocketAddrV4) -> Result<(), DataplaneError>;
+    fn write_backend(&mut self, slot: &BackendSlot) -> Result<(), DataplaneError>;
+    fn free_backend(&mut self, slot: u32) -> Result<(), DataplaneError>;
+    fn write_reply(
+        &mut self,
+        backend: SocketAddrV4,
+        vip: SocketAddrV4,
+        slot: u32,
+        vip_index: u32,
+    ) -> Result<(), DataplaneError>;
+    fn remove_reply(&mut self, backend: SocketAddrV4) -> Result<(), DataplaneError>;
+    fn write_name(&mut self, index: u32, name: &str) -> Result<(), DataplaneError>;
+    /// (pool name, vip, vip index) of every VIP in the map.
+    fn adopt_vips(&self) -> Result<Vec<(String, SocketAddrV4, u32)>, DataplaneError>;
+    /// (backend name, slot) of every slot in use.
+    fn adopt_backends(&self) -> Result<Vec<(String, BackendSlot)>, DataplaneError>;
+}
+
+impl DataplaneOps for Dataplane {
+    fn publish_vip(
+        &mut self,
+        vip: SocketAddrV4,
+        idx: u32,
+        ring: &[u32],
+    ) -> Result<(), DataplaneError> {
+        Dataplane::publish_vip(self, vip, idx, ring)
+    }
+    fn remove_vip(&mut self, vip: SocketAddrV4) -> Result<(), DataplaneError> {
+        Dataplane::remove_vip(self, vip)
+    }
+    fn write_backend(&mut self, slot: &BackendSlot) -> Result<(), DataplaneError> {
+        Dataplane::write_backend(self, slot)
+    }
+    fn free_backend(&mut self, slot: u32) -> Result<(), DataplaneError> {
+        Dataplane::free_backend(self, slot)
+    }
+    fn write_reply(
+        &mut self,
+        backend: SocketAddrV4,
+        vip: SocketAddrV4,
+        slot: u32,
+        vip_index: u32,
+    ) -> Result<(), DataplaneError> {
+        Dataplane::write_reply(self, backend, vip, slot, vip_index)
+    }
+    fn remove_reply(&mut self, backend: SocketAddrV4) -> Result<(), DataplaneError> {
+        Dataplane::remove_reply(self, backend)
+    }
+    fn write_name(&mut self, index: u32, name: &str) -> Result<(), DataplaneError> {
+        Dataplane::write_name(self, index, name)
+    }
+    fn adopt_vips(&self) -> Result<Vec<(String, SocketAddrV4, u32)>, DataplaneError> {
+        self.read_vips()?
+            .into_iter()
+            .map(|(key, meta)| {
+                Ok((
+                    self.read_name(meta.index)?,
+                    dataplane::socket_addr(&key),
+                    meta.index,
+                ))
+            })
+            .collect()
+    }
+    fn adopt_backends(&self) -> Result<Vec<(String, BackendSlot)>, DataplaneError> {
+        self.read_backends()?
+            .into_iter()
+            .map(|b| Ok((self.read_name(backend_name_index(b.slot))?, b)))
+            .collect()
+    }
+}
+
+/// Makes the probe for a pool's health config (tests inject fakes).
+pub type ProbeFactory = Arc<dyn Fn(&HealthConfig) -> Arc<dyn Probe> + Send + Sync>;
+/// Counts established flows per backend slot (the real one walks the
+/// pinned flow table; it runs on a blocking thread).
+pub type FlowCounter = Arc<dyn Fn() -> HashMap<u32, u64> + Send + Sync>;
+
+/// How often the planner runs without an event: slow-start ramps and
+/// watermark holds advance on this beat.
+const TICK: Duration = Duration::from_millis(200);
+/// How often established flows are counted (a walk of the flow table).
+const FLOW_COUNT_EVERY: Duration = Duration::from_secs(2);
+/// A flow entry idle longer than this is not counted as established (the
+/// flow table is an LRU; closed connections linger in it until evicted).
+pub const FLOW_IDLE: Duration = Duration::from_secs(30);
+/// Entries walked at most per count, bounding the walk's cost.
+const FLOW_COUNT_LIMIT: usize = 1 << 20;
+/// A backend removed by reload keeps its slot (draining) until it has no
+/// established flow, or this long.
+const RETIRE_AFTER: Duration = Duration::from_secs(300);
+
+type Key = (String, String);
+
+fn key(pool: &str, backend: &str) -> Key {
+    (pool.to_string(), backend.to_string())
+}
+
+/// VIP indices and backend slots: stable for a pool or backend's life,
+/// recovered from the pinned maps on restart. Freed slots queue FIFO so a
+/// slot is reused as late as possible.
+#[derive(Default)]
+struct Slots {
+    vips: HashMap<String, u32>,
+    backends: HashMap<Key, u32>,
+    free_vips: VecDeque<u32>,
+    free_backends: VecDeque<u32>,
+}
+
+impl Slots {
+    fn new(taken_vips: &HashSet<u32>, taken_backends: &HashSet<u32>) -> Slots {
+        Slots {
+            free_vips: (0..MAX_VIPS).filter(|i| !taken_vips.contains(i)).collect(),
+            free_backends: (0..MAX_BACKENDS)
+                .filter(|i| !taken_backends.contains(i))
+                .collect(),
+            ..Default::default()
+        }
+    }
+}
+
+struct Task {
+    id: u64,
+    /// What the task was started with; a change restarts it.
+    fingerprint: String,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+#[derive(Default)]
+struct Runtime {
+    health: Option<HealthState>,
+    last_error: Option<String>,
+    load: Option<LoadTracker>,
+    agent_line: Option<String>,
+}
+
+/// The controller proper. Owns the data plane writer and all state.
+pub struct Controller<D: DataplaneOps> {
+    config_path: PathBuf,
+    config: Config,
+    dp: D,
+    slots: Slots,
+    planner: Planner,
+    runtime: HashMap<Key, Runtime>,
+    drained: HashSet<Key>,
+    /// Established flows per slot, from the last count.
+    flows: HashMap<u32, u64>,
+    /// Backend metas as last written.
+    written: HashMap<u32, BackendSlot>,
+    /// Maglev inputs each pool's ring was last built from.
+    ring_inputs: HashMap<String, Vec<(u32, u32)>>,
+    /// Slots of backends removed by reload: (since, address, pool).
+    retiring: HashMap<u32, (Instant, SocketAddrV4)>,
+    checkers: HashMap<Key, Task>,
+    pollers: HashMap<Key, Task>,
+    task_owner: HashMap<u64, Key>,
+    next_task_id: u64,
+    health_tx: mpsc::Sender<HealthReport>,
+    load_tx: mpsc::Sender<LoadReport>,
+    probes: ProbeFactory,
+    metrics: Option<Arc<Metrics>>,
+    plan: Option<Plan>,
+    epoch: Instant,
+    /// Nothing is written before every backend has a first probe result
+    /// (or this deadline passes).
+    ready_deadline: Instant,
+    ready: bool,
+}
+
+/// Channels the controller's tasks report on.
+pub struct Inputs {
+    health_rx: mpsc::Receiver<HealthReport>,
+    load_rx: mpsc::Receiver<LoadReport>,
+}
+
+impl<D: DataplaneOps> Controller<D> {
+    /// A controller for `config`, adopting what `dp` already holds.
+    pub fn new(
+        config_path: PathBuf,
+        config: Config,
+        dp: D,
+        probes: ProbeFactory,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<(Controller<D>, Inputs), ControllerError> {
+        let (health_tx, health_rx) = mpsc::channel(1024);
+        let (load_tx, load_rx) = mpsc::channel(1024);
+        let vips = dp.adopt_vips()?;
+        let backends = dp.adopt_backends()?;
+        let taken_vips: HashSet<u32> = vips.iter().map(|v| v.2).collect();
+        let taken_slots: HashSet<u32> = backends.iter().map(|b| b.1.slot).collect();
+        let mut slots = Slots::new(&taken_vips, &taken_slots);
+        let mut pool_of_index = HashMap::new();
+        for (pool, vip, index) in &vips {
+            info!(pool, %vip, index, "adopted VIP from the pinned data plane");
+            slots.vips.insert(pool.clone(), *index);
+            pool_of_index.insert(*index, pool.clone());
+        }
+        let mut drained = HashSet::new();
+        let mut written = HashMap::new();
+        let mut orphans = Vec::new();
+        for (name, b) in backends {
+            match pool_of_index.get(&b.vip_index) {
+                Some(pool) => {
+                    let k = key(pool, &name);
+                    if b.flags & BACKEND_F_OPERATOR_DRAIN != 0 {
+                        info!(pool, backend = name, "operator drain survives the restart");
+                        drained.insert(k.clone());
+                    }
+                    slots.backends.insert(k, b.slot);
+                    written.insert(b.slot, b);
+                }
+                None => orphans.push(b),
+            }
+        }
+        let now = Instant::now();
+        let max_timeout = config
+            .pools
+            .iter()
+            .map(|p| p.health.timeout_ms)
+            .max()
+            .unwrap_or(0);
+        let mut c = Controller {
+            config_path,
+            config: Config {
+                pools: Vec::new(),
+                ..config.clone()
+            },
+            dp,
+            slots,
+            planner: Planner::new(),
+            runtime: HashMap::new(),
+            drained,
+            flows: HashMap::new(),
+            written,
+            ring_inputs: HashMap::new(),
+            retiring: HashMap::new(),
+            checkers: HashMap::new(),
+            pollers: HashMap::new(),
+            task_owner: HashMap::new(),
+            next_task_id: 1,
+            health_tx,
+            load_tx,
+            probes,
+            metrics,
+            plan: None,
+            epoch: now,
+            ready_deadline: now + Duration::from_millis(max_timeout + 500),
+            ready: false,
+        };
+        // Slots whose pool is gone (e.g. VIP removed while we were down).
+        for b in orphans {
+            c.retiring.insert(b.slot, (now, b.addr));
+        }
+        c.install(config)?;
+        Ok((c, Inputs { health_rx, load_rx }))
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Makes `config` the running config: assigns slots, starts and stops
+    /// probes and pollers, retires what disappeared. Returns a summary.
+    fn install(&mut self, config: Config) -> Result<Vec<String>, ControllerError> {
+        let mut summary = Vec::new();
+        let old = std::mem::replace(&mut self.config, config);
+        // Pools gone: stop balancing the VIP now; retire its slots.
+        for pool in &old.pools {
+            if self.config.pool(&pool.name).is_none() {
+                self.dp.remove_vip(pool.vip)?;
+                if let Some(index) = self.slots.vips.remove(&pool.name) {
+                    self.slots.free_vips.push_back(index);
+                }
+                self.ring_inputs.remove(&pool.name);
+                summary.push(format!("removed pool {}", pool.name));
+            }
+        }
+        // Backends gone (from surviving or removed pools): drain, retire.
+        let wanted: HashSet<Key> = self
+            .config
+            .pools
+            .iter()
+            .flat_map(|p| p.backends.iter().map(move |b| key(&p.name, &b.name)))
+            .collect();
+        let gone: Vec<(Key, u32)> = self
+            .slots
+            .backends
+            .iter()
+            .filter(|(k, _)| !wanted.contains(*k))
+            .map(|(k, s)| (k.clone(), *s))
+            .collect();
+        for (k, slot) in gone {
+            self.slots.backends.remove(&k);
+            self.checkers.remove(&k);
+            self.pollers.remove(&k);
+            self.runtime.remove(&k);
+            self.drained.remove(&k);
+            if let Some(mut meta) = self.written.get(&slot).cloned() {
+                meta.state = BACKEND_DRAINING;
+                self.dp.write_backend(&meta)?;
+                self.retiring.insert(slot, (Instant::now(), meta.addr));
+                self.written.insert(slot, meta);
+            }
+            if old.pool(&k.0).is_some() && self.config.pool(&k.0).is_some() {
+                summary.push(format!("removed backend {}/{}", k.0, k.1));
+            }
+        }
+        let pools = self.config.pools.clone();
+        for pool in &pools {
+            let new_pool = old.pool(&pool.name).is_none();
+            let index = match self.slots.vips.get(&pool.name) {
+                Some(&i) => i,
+                None => {
+                    let i = self.slots.free_vips.pop_front().ok_or_else(|| {
+                        ControllerError::NoVipSlot {
+                            pool: pool.name.clone(),
+                            max: MAX_VIPS,
+                        }
+                    })?;
+                    self.slots.vips.insert(pool.name.clone(), i);
+                    i
+                }
+            };
+            self.dp.write_name(index, &pool.name)?;
+            if new_pool && !old.pools.is_empty() {
+                summary.push(format!("added pool {} on {}", pool.name, pool.vip));
+            } else if let Some(o) = old.pool(&pool.name) {
+                if o != pool {
+                    summary.push(format!("changed pool {}", pool.name));
+                }
+            }
+            for b in &pool.backends {
+                self.install_backend(pool, b, index, old.pool(&pool.name), &mut summary)?;
+            }
+        }
+        Ok(summary)
+    }
+
+    fn install_backend(
+        &mut self,
+        pool: &PoolConfig,
+        b: &BackendConfig,
+        vip_index: u32,
+        old_pool: Option<&PoolConfig>,
+        summary: &mut Vec<String>,
+    ) -> Result<(), ControllerError> {
+        let k = key(&pool.name, &b.name);
+        let slot = match self.slots.backends.get(&k) {
+            Some(&s) => s,
+            None => {
+                let s = self.slots.free_backends.pop_front().ok_or_else(|| {
+                    ControllerError::NoBackendSlot {
+                        pool: pool.name.clone(),
+                        backend: b.name.clone(),
+                        max: MAX_BACKENDS,
+                    }
+                })?;
+                self.slots.backends.insert(k.clone(), s);
+                if old_pool.is_some() && old_pool.and_then(|p| p.backend(&b.name)).is_none() {
+                    summary.push(format!("added backend {}/{}", pool.name, b.name));
+                }
+                s
+            }
+        };
+        // An address taken back from a retiring slot: that slot's replies
+        // would now be claimed by this one.
+        let reused: Vec<u32> = self
+            .retiring
+            .iter()
+            .filter(|(_, (_, addr))| *addr == b.addr)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in reused {
+            self.free_slot(s)?;
+        }
+        self.dp.write_name(backend_name_index(slot), &b.name)?;
+        self.dp.write_reply(b.addr, pool.vip, slot, vip_index)?;
+        if let Some(w) = self.written.get(&slot) {
+            if w.addr != b.addr || w.vip_index != vip_index {
+                // Re-addressed: its old flows are for another endpoint.
+                self.written.remove(&slot);
+            }
+        }
+        let rt = self.runtime.entry(k.clone()).or_default();
+        match &mut rt.health {
+            Some(h) => h.reconfigure(pool.health.rise, pool.health.fall),
+            None => rt.health = Some(HealthState::new(pool.health.rise, pool.health.fall)),
+        }
+        match (&pool.load, &mut rt.load) {
+            (Some(l), Some(t)) => t.set_factors(l.factors),
+            (Some(l), None) => rt.load = Some(LoadTracker::new(l.factors)),
+            (None, _) => {
+                rt.load = None;
+                rt.agent_line = None;
+            }
+        }
+        let health_fp = format!("{} {:?}", b.addr, pool.health);
+        if self.checkers.get(&k).map(|t| &t.fingerprint) != Some(&health_fp) {
+            if self.checkers.contains_key(&k) {
+                // New target or rules: its verdict starts over.
+                if let Some(rt) = self.runtime.get_mut(&k) {
+                    rt.health = Some(HealthState::new(pool.health.rise, pool.health.fall));
+                }
+            }
+            let id = self.task_id(&k);
+            let (stop, stop_rx) = watch::channel(false);
+            let probe = (self.probes)(&pool.health);
+            health::spawn_checker(
+                id,
+                b.addr,
+                pool.health.clone(),
+                probe,
+                self.health_tx.clone(),
+                stop_rx,
+            );
+            self.checkers.insert(
+                k.clone(),
+                Task {
+                    id,
+                    fingerprint: health_fp,
+                    stop,
+                },
+            );
+        }
+        match &pool.load {
+            Some(l) => {
+                let agent = SocketAddrV4::new(*b.addr.ip(), l.agent_port);
+                let fp = format!("{agent} {}", l.interval_ms);
+                if self.pollers.get(&k).map(|t| &t.fingerprint) != Some(&fp) {
+                    let id = self.task_id(&k);
+                    let (stop, stop_rx) = watch::channel(false);
+                    spawn_poller(
+                        id,
+                        agent,
+                        Duration::from_millis(l.interval_ms),
+                        agent_timeout(l.interval_ms),
+                        self.load_tx.clone(),
+                        stop_rx,
+                    );
+                    self.pollers.insert(
+                        k,
+                        Task {
+                            id,
+                            fingerprint: fp,
+                            stop,
+                        },
+                    );
+                }
+            }
+            None => {
+                self.pollers.remove(&k);
+            }
+        }
+        Ok(())
+    }
+
+    fn task_id(&mut self, k: &Key) -> u64 {
+        let id = self.next_task_id;
+        self.next_task_id += 1;
+        self.task_owner.insert(id, k.clone());
+        id
+    }
+
+    /// The backend a report is about, if its task is still the current one.
+    fn owner(&self, id: u64, tasks: &HashMap<Key, Task>) -> Option<Key> {
+        let k = self.task_owner.get(&id)?;
+        (tasks.get(k)?.id == id).then(|| k.clone())
+    }
+
+    fn free_slot(&mut self, slot: u32) -> Result<(), ControllerError> {
+        if let Some((_, addr)) = self.retiring.remove(&slot) {
+            // Only drop the reply entry if no live backend took the address.
+            let taken = self
+                .config
+                .pools
+                .iter()
+                .any(|p| p.backends.iter().any(|b| b.addr == addr));
+            if !taken {
+                self.dp.remove_reply(addr)?;
+            }
+        }
+        self.dp.free_backend(slot)?;
+        self.written.remove(&slot);
+        self.slots.free_backends.push_back(slot);
+        Ok(())
+    }
+
+    /// A probe result. Returns true when the backend's health flipped.
+    pub fn on_health(&mut self, r: HealthReport) -> bool {
+        let Some(k) = self.owner(r.id, &self.checkers) else {
+            return false;
+        };
+        if let Some(m) = &self.metrics {
+            m.observe_health_check(&k.0, &k.1, r.duration, r.success);
+        }
+        let Some(rt) = self.runtime.get_mut(&k) else {
+            return false;
+        };
+        rt.last_error = if r.success { None } else { r.error.clone() };
+        let flipped = rt.health.as_mut().and_then(|h| h.observe(r.success));
+        match flipped {
+            Some(true) => info!(pool = k.0, backend = k.1, "backend is up"),
+            Some(false) => warn!(
+                pool = k.0,
+                backend = k.1,
+                error = r.error.as_deref().unwrap_or(""),
+                "backend is down"
+            ),
+            None => {}
+        }
+        flipped.is_some()
+    }
+
+    pub fn on_load(&mut self, r: LoadReport) {
+        let Some(k) = self.owner(r.id, &self.pollers) else {
+            return;
+        };
+        let now = self.now_ms();
+        let Some(rt) = self.runtime.get_mut(&k) else {
+            return;
+        };
+        let Some(tracker) = rt.load.as_mut() else {
+            return;
+        };
+        match r.result {
+            Ok(reply) => {
+                rt.agent_line = Some(reply.to_line());
+                tracker.on_reply(now, reply);
+            }
+            Err(e) => {
+                debug!(pool = k.0, backend = k.1, error = %e, "agent query failed");
+                rt.agent_line = None;
+                tracker.on_failure(now);
+            }
+        }
+    }
+
+    pub fn set_flows(&mut self, flows: HashMap<u32, u64>) {
+        self.flows = flows;
+    }
+
+    fn observations(&self) -> Observations {
+        let now = self.now_ms();
+        let mut obs = Observations::new();
+        for pool in &self.config.pools {
+            for b in &pool.backends {
+                let k = key(&pool.name, &b.name);
+                let rt = self.runtime.get(&k);
+                let tracker = rt.and_then(|r| r.load.as_ref());
+                let interval = pool.load.as_ref().map_or(1000, |l| l.interval_ms);
+                let slot = self.slots.backends.get(&k);
+                obs.insert(
+                    k.clone(),
+                    BackendObservation {
+                        health: rt.and_then(|r| r.health.as_ref()).and_then(|h| h.up),
+                        load: tracker.map(|t| t.score(now, interval)),
+                        agent_state: tracker.and_then(|t| t.state(now, interval)),
+                        agent_weight_pct: tracker.and_then(|t| t.weight_pct(now, interval)),
+                        operator_drained: self.drained.contains(&k),
+                        established_flows: slot
+                            .and_then(|s| self.flows.get(s))
+                            .copied()
+                            .unwrap_or(0),
+                    },
+                );
+            }
+        }
+        obs
+    }
+
+    fn all_probed(&self) -> bool {
+        self.runtime
+            .values()
+            .all(|r| r.health.as_ref().is_some_and(|h| h.up.is_some()))
+    }
+
+    /// Plans and writes the difference into the data plane.
+    pub fn sync(&mut self) -> Result<(), ControllerError> {
+        if !self.ready {
+            if !self.all_probed() && Instant::now() < self.ready_deadline {
+                return Ok(());
+            }
+            self.ready = true;
+            info!("first probes in; taking over the data plane");
+        }
+        let obs = self.observations();
+        let now = self.now_ms();
+        let plan = self.planner.plan(&self.config, &obs, now);
+        let mut down = Vec::new();
+        let mut rings = Vec::new();
+        for pool in &self.config.pools {
+            let Some(&vip_index) = self.slots.vips.get(&pool.name) else {
+                continue;
+            };
+            let Some(pp) = plan.pool(&pool.name) else {
+                continue;
+            };
+            let mut inputs = Vec::new();
+            for b in &pool.backends {
+                let k = key(&pool.name, &b.name);
+                let (Some(&slot), Some(bp)) = (self.slots.backends.get(&k), pp.backend(&b.name))
+                else {
+                    continue;
+                };
+                let meta = BackendSlot {
+                    slot,
+                    vip_index,
+                    addr: b.addr,
+                    state: bp.state.map_value(),
+                    flags: if self.drained.contains(&k) {
+                        BACKEND_F_OPERATOR_DRAIN
+                    } else {
+                        0
+                    },
+                };
+                if bp.state == BackendState::Active && bp.weight > 0 {
+                    inputs.push((slot, bp.weight));
+                }
+                if self.written.get(&slot) == Some(&meta) {
+                    continue;
+                }
+                if bp.state == BackendState::Down {
+                    down.push(meta);
+                } else {
+                    self.dp.write_backend(&meta)?;
+                    self.written.insert(slot, meta);
+                }
+            }
+            if self.ring_inputs.get(&pool.name) != Some(&inputs) {
+                rings.push((pool.name.clone(), pool.vip, vip_index, inputs));
+            }
+        }
+        for (pool_name, vip, vip_index, inputs) in rings {
+            let pool = self.config.pool(&pool_name).expect("pool from config");
+            let names: HashMap<u32, &str> = pool
+                .backends
+                .iter()
+                .filter_map(|b| {
+                    self.slots
+                        .backends
+                        .get(&key(&pool.name, &b.name))
+                        .map(|s| (*s, b.name.as_str()))
+                })
+                .collect();
+            let entries: Vec<MaglevEntry> = inputs
+                .iter()
+                .map(|&(slot, weight)| MaglevEntry {
+                    id: slot,
+                    key: names[&slot],
+                    weight,
+                })
+                .collect();
+            let ring = maglev::build(&entries, self.config.dataplane.ring_size);
+            self.dp.publish_vip(vip, vip_index, &ring)?;
+            debug!(pool = pool_name, active = inputs.len(), "ring published");
+            self.ring_inputs.insert(pool_name, inputs);
+        }
+        for meta in down {
+            self.dp.write_backend(&meta)?;
+            self.written.insert(meta.slot, meta);
+        }
+        // Retired slots with no flows left (or past their time) are freed.
+        let done: Vec<u32> = self
+            .retiring
+            .iter()
+            .filter(|(slot, (since, _))| {
+                self.flows.get(slot).copied().unwrap_or(0) == 0 || since.elapsed() > RETIRE_AFTER
+            })
+            .map(|(s, _)| *s)
+            .collect();
+        for slot in done {
+            self.free_slot(slot)?;
+        }
+        self.plan = Some(plan);
+        if let Some(m) = &self.metrics {
+            m.set_status(&self.status());
+        }
+        Ok(())
+    }
+
+    pub fn status(&self) -> Status {
+        let now = self.now_ms();
+        let pools = self
+            .config
+            .pools
+            .iter()
+            .map(|pool| {
+                let pp = self.plan.as_ref().and_then(|p| p.pool(&pool.name));
+                PoolStatus {
+                    name: pool.name.clone(),
+                    vip: pool.vip.to_string(),
+                    mode: format!("{:?}", pool.mode).to_lowercase(),
+                    min_active: pool.min_active,
+                    mean_load: pp.and_then(|p| p.mean_load),
+                    backends: pool
+                        .backends
+                        .iter()
+                        .map(|b| {
+                            let k = key(&pool.name, &b.name);
+                            let rt = self.runtime.get(&k);
+                            let bp = pp.and_then(|p| p.backend(&b.name));
+                            let up = rt
+                                .and_then(|r| r.health.as_ref())
+                                .and_then(|h| h.up)
+                                .unwrap_or(false);
+                            let interval = pool.load.as_ref().map_or(1000, |l| l.interval_ms);
+                            BackendStatus {
+                                name: b.name.clone(),
+                                addr: b.addr.to_string(),
+                                role: match b.role {
+                                    Role::Primary => "primary",
+                                    Role::Spare => "spare",
+                                }
+                                .to_string(),
+                                health: if up { "up" } else { "down" }.to_string(),
+                                state: bp.map_or("down".to_string(), |p| {
+                                    serde_json::to_value(p.state)
+                                        .ok()
+                                        .and_then(|v| v.as_str().map(str::to_string))
+                                        .unwrap_or_default()
+                                }),
+                                weight: bp.map_or(0, |p| p.weight),
+                                config_weight: b.weight,
+                                load: rt
+                                    .and_then(|r| r.load.as_ref())
+                                    .map_or(0.0, |t| t.score(now, interval)),
+                                flows: self
+                                    .slots
+                                    .backends
+                                    .get(&k)
+                                    .and_then(|s| self.flows.get(s))
+                                    .copied()
+                                    .unwrap_or(0),
+                                reason: bp.map_or("not_probed".to_string(), |p| {
+                                    serde_json::to_value(p.reason)
+                                        .ok()
+                                        .and_then(|v| v.as_str().map(str::to_string))
+                                        .unwrap_or_default()
+                                }),
+                                operator_drained: self.drained.contains(&k),
+                                agent: rt.and_then(|r| r.agent_line.clone()),
+                                last_error: rt.and_then(|r| r.last_error.clone()),
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Status { pools }
+    }
+
+    pub fn drain(&mut self, pool: &str, backend: &str, drain: bool) -> Result<(), String> {
+        let p = self
+            .config
+            .pool(pool)
+            .ok_or_else(|| format!("unknown pool {pool:?}"))?;
+        if p.backend(backend).is_none() {
+            return Err(format!("unknown backend {backend:?} in pool {pool:?}"));
+        }
+        let k = key(pool, backend);
+        if drain {
+            self.drained.insert(k);
+        } else {
+            self.drained.remove(&k);
+        }
+        info!(pool, backend, drain, "operator drain");
+        self.sync().map_err(|e| e.to_string())
+    }
+
+    /// Re-reads the config file and applies it, or refuses it with the
+    /// reason and changes nothing.
+    pub fn reload(&mut self) -> Result<String, String> {
+        let new = config::load(&self.config_path).map_err(|e| e.to_string())?;
+        config::check_interfaces_exist(&new).map_err(|e| e.to_string())?;
+        if new.dataplane != self.config.dataplane {
+            return Err(format!(
+                "{}: [dataplane] changed; it shapes the pinned maps and attachments, so it \
+                 needs `xdplb down` and a fresh `xdplb run` (this drops established flows)",
+                self.config_path.display()
+            ));
+        }
+        if new.control != self.config.control {
+            return Err(format!(
+                "{}: [control] changed; restart `xdplb run` to rebind the admin socket or \
+                 metrics listener (the data plane keeps forwarding meanwhile)",
+                self.config_path.display()
+            ));
+        }
+        let summary = self.install(new).map_err(|e| e.to_string())?;
+        self.sync().map_err(|e| e.to_string())?;
+        let summary = if summary.is_empty() {
+            "no change".to_string()
+        } else {
+            summary.join("; ")
+        };
+        info!(summary, "config reloaded");
+        Ok(summary)
+    }
+
+    pub fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::Drain {
+                pool,
+                backend,
+                drain,
+                reply,
+            } => {
+                let _ = reply.send(self.drain(&pool, &backend, drain));
+            }
+            Command::Reload { reply } => {
+                let r = self.reload();
+                if let Err(e) = &r {
+                    warn!(error = e, "reload refused");
+                }
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    /// Runs until `shutdown` resolves. SIGHUP-style reloads arrive as
+    /// `reload` signals; admin requests as `commands`.
+    pub async fn run(
+        mut self,
+        mut inputs: Inputs,
+        mut commands: mpsc::Receiver<Command>,
+        mut reload: mpsc::Receiver<()>,
+        flow_counter: Option<FlowCounter>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ControllerError> {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (flows_tx, mut flows_rx) = mpsc::channel(1);
+        if let Some(counter) = flow_counter {
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(FLOW_COUNT_EVERY);
+                loop {
+                    every.tick().await;
+                    let c = counter.clone();
+                    let Ok(flows) = tokio::task::spawn_blocking(move || c()).await else {
+                        break;
+                    };
+                    if flows_tx.send(flows).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        loop {
+            let sync_now = tokio::select! {
+                _ = &mut shutdown => break,
+                Some(r) = inputs.health_rx.recv() => self.on_health(r),
+                Some(r) = inputs.load_rx.recv() => { self.on_load(r); false }
+                Some(cmd) = commands.recv() => { self.on_command(cmd); false }
+                Some(()) = reload.recv() => {
+                    match self.reload() {
+                        Ok(s) => info!(summary = s, "reload (signal) applied"),
+                        Err(e) => error!(error = e, "reload (signal) refused; running config unchanged"),
+                    }
+                    false
+                }
+                Some(flows) = flows_rx.recv() => { self.set_flows(flows); false }
+                _ = tick.tick() => true,
+            };
+            if sync_now {
+                if let Err(e) = self.sync() {
+                    // A failed map write is retried on the next beat; the
+                    // data plane keeps its last good state meanwhile.
+                    error!(error = %e, "data plane sync failed");
+                }
+            }
+        }
+        info!("controller stopping; the data plane stays pinned and forwarding");
+        Ok(())
+    }
+}
+
+/// Signals: SIGTERM/SIGINT end `run` (data plane left forwarding),
+/// SIGHUP reloads.
+fn signals() -> std::io::Result<(impl std::future::Future<Output = ()>, mpsc::Receiver<()>)> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let _ = tx.try_send(());
+        }
+    });
+    let stop = async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM"),
+            _ = int.recv() => info!("SIGINT"),
+        }
+    };
+    Ok((stop, rx))
+}
+
+fn attach_mode(m: config::XdpMode) -> AttachMode {
+    match m {
+        config::XdpMode::Auto => AttachMode::Auto,
+        config::XdpMode::Native => AttachMode::Native,
+        config::XdpMode::Generic => AttachMode::Generic,
+    }
+}
+
+/// `xdplb run --config PATH`: the daemon.
+pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+    let config = config::load(&config_path)?;
+    config::check_interfaces_exist(&config)?;
+    let pin_path = config.dataplane.pin_path.clone();
+    let mut dp = Dataplane::load(Shape {
+        pin_path: pin_path.clone(),
+        ring_size: config.dataplane.ring_size,
+        flow_table_size: config.dataplane.flow_table_size,
+    })?;
+    for iface in &config.dataplane.interfaces {
+        dp.attach(iface, attach_mode(config.dataplane.xdp_mode))?;
+        info!(iface, pin = %pin_path.display(), "XDP program attached (link pinned)");
+    }
+    let (shutdown, reload_rx) = signals()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics = Metrics::new(pin_path.clone());
+    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let socket = config.control.admin_socket.clone();
+    let admin = {
+        let mut stop = stop_rx.clone();
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            let done = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = crate::admin::serve(&socket, cmd_tx, done).await {
+                error!(error = %e, "admin socket failed");
+            }
+        })
+    };
+    info!(socket = %socket.display(), "admin socket");
+    let metrics_task = config.control.metrics_listen.map(|listen| {
+        let m = metrics.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let done = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = crate::metrics::serve(listen, m, done).await {
+                error!(error = %e, "metrics listener failed");
+            }
+        })
+    });
+    let probes: ProbeFactory = Arc::new(health::probe_for);
+    let (controller, inputs) = Controller::new(config_path, config, dp, probes, Some(metrics))?;
+    let pin = pin_path.clone();
+    let counter: FlowCounter = Arc::new(move || count_flows(&pin));
+    let result = controller
+        .run(inputs, cmd_rx, reload_rx, Some(counter), shutdown)
+        .await;
+    let _ = stop_tx.send(true);
+    let _ = admin.await;
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    result?;
+    Ok(())
+}
+
+fn count_flows(pin_path: &Path) -> HashMap<u32, u64> {
+    match dataplane::flow_counts(pin_path, FLOW_COUNT_LIMIT, FLOW_IDLE) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "counting flows failed");
+            HashMap::new()
+        }
+    }
+}

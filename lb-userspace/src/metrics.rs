@@ -1,0 +1,955 @@
+//! Prometheus exposition: what `control.metrics_listen` serves.
+//!
+//! Three sources, one registry, encoded by `prometheus-client` in the
+//! Prometheus text format (0.0.4):
+//! - data-plane counters, read from the pinned maps at scrape time by a
+//!   collector (the maps hold cumulative totals, so they are exposed as
+//!   counters with their current value; a scrape never sees a stale copy);
+//! - backend gauges (up, active, load, weight, flows) from the latest
+//!   [`Status`] the controller publishes with [`Metrics::set_status`];
+//! - the health-check duration histogram the probes feed through
+//!   [`Metrics::observe_health_check`].
+//!
+//! | name | type | labels |
+//! |---|---|---|
+//! | `xdplb_rx_packets_total`, `xdplb_passed_packets_total`, `xdplb_redirected_packets_total`, `xdplb_flow_misses_total`, `xdplb_resteered_flows_total` | counter | |
+//! | `xdplb_dropped_packets_total` | counter | `reason` |
+//! | `xdplb_vip_{packets,bytes,new_flows}_total` | counter | `pool`, `vip` |
+//! | `xdplb_backend_{packets,bytes,new_flows,reply_packets,reply_bytes}_total` | counter | `pool`, `backend` |
+//! | `xdplb_backend_{up,active,load,weight,flows}` | gauge | `pool`, `backend` |
+//! | `xdplb_dataplane_up` | gauge | |
+//! | `xdplb_health_check_duration_seconds` | histogram | `pool`, `result` |
+//!
+//! [`serve`] is a deliberately small HTTP/1.1 responder: `GET /metrics`,
+//! one request per connection, bounded in size and time.
+use std::{
+    fmt,
+    future::Future,
+    io,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use lb_common::GlobalCounter;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{prometheus_text, DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, NoLabelSet},
+    metrics::{family::Family, histogram::Histogram, MetricType},
+    registry::Registry,
+};
+use thiserror::Error;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    task::JoinSet,
+};
+
+use crate::{
+    dataplane::{CounterReader, Counters, DataplaneError},
+    status::Status,
+};
+
+/// Histogram buckets, seconds: 0.5 ms (a probe on the same host) to 5 s
+/// (past any sane `timeout_ms`), roughly ×2–×2.5 apart.
+pub const HEALTH_CHECK_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0,
+];
+/// Largest request head accepted. A Prometheus scrape sends ~300 bytes.
+pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// A client must send its whole request head within this.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Writing the response gives up after this (a scraper that stopped
+/// reading).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent scrape connections; Prometheus uses one per target.
+pub const MAX_CONNECTIONS: usize = 16;
+
+#[derive(Debug, Error)]
+pub enum MetricsError {
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+}
+
+type HealthLabels = [(&'static str, String); 2];
+type CounterSource = dyn Fn() -> Result<Counters, DataplaneError> + Send + Sync;
+
+/// The controller's metrics. Cheap to share (`Arc`); every method takes
+/// `&self`.
+pub struct Metrics {
+    registry: Registry,
+    health: Family<HealthLabels, Histogram, fn() -> Histogram>,
+    status: Arc<Mutex<Option<Status>>>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn health_histogram() -> Histogram {
+    Histogram::new(HEALTH_CHECK_BUCKETS)
+}
+
+impl Metrics {
+    /// Metrics whose data-plane counters are read from the maps pinned at
+    /// `pin_path` on every scrape.
+    pub fn new(pin_path: PathBuf) -> Arc<Metrics> {
+        Metrics::with_counter_source(move || CounterReader::open(&pin_path)?.read())
+    }
+
+    /// Metrics reading data-plane counters from `source` on every scrape
+    /// (tests, or a controller that already holds the maps open).
+    pub fn with_counter_source(
+        source: impl Fn() -> Result<Counters, DataplaneError> + Send + Sync + 'static,
+    ) -> Arc<Metrics> {
+        let mut registry = Registry::default();
+        let health: Family<HealthLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(health_histogram);
+        registry.register(
+            "xdplb_health_check_duration_seconds",
+            "Duration of backend health checks, by pool and result (success or failure)",
+            health.clone(),
+        );
+        let status = Arc::new(Mutex::new(None));
+        registry.register_collector(Box::new(DataplaneCollector {
+            source: Box::new(source),
+        }));
+        registry.register_collector(Box::new(StatusCollector {
+            status: Arc::clone(&status),
+        }));
+        Arc::new(Metrics {
+            registry,
+            health,
+            status,
+        })
+    }
+
+    /// Records one health check of `backend` in `pool`. The histogram is
+    /// labelled by pool and result only: per-backend series would multiply
+    /// 14 buckets by every backend for little gain.
+    pub fn observe_health_check(&self, pool: &str, _backend: &str, d: Duration, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.health
+            .get_or_create(&[("pool", pool.to_string()), ("result", result.to_string())])
+            .observe(d.as_secs_f64());
+    }
+
+    /// Publishes the controller's latest view (backend gauges).
+    pub fn set_status(&self, status: &Status) {
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = Some(status.clone());
+    }
+
+    /// The exposition text, as a scrape gets it. Reads the pinned maps.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail; a collector error would be a bug
+        // in the encoding calls below.
+        if let Err(e) = prometheus_text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        out
+    }
+}
+
+/// Data-plane counters, read at collect time.
+struct DataplaneCollector {
+    source: Box<CounterSource>,
+}
+
+impl fmt::Debug for DataplaneCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DataplaneCollector")
+    }
+}
+
+type Labels2 = [(&'static str, String); 2];
+
+fn counter<L: EncodeLabelSet>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (L, u64)>,
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in rows {
+        m.encode_family(&labels)?
+            .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+    }
+    Ok(())
+}
+
+fn counter1(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
+    enc.encode_descriptor(name, help, None, MetricType::Counter)?
+        .encode_counter::<NoLabelSet, _, u64>(&v, None)
+}
+
+fn gauge<L: EncodeLabelSet, V: EncodeGaugeValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (L, V)>,
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in rows {
+        m.encode_family(&labels)?.encode_gauge(&v)?;
+    }
+    Ok(())
+}
+
+impl Collector for DataplaneCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let counters = match (self.source)() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::debug!(error = %e, "metrics: no data-plane counters");
+                None
+            }
+        };
+        enc.encode_descriptor(
+            "xdplb_dataplane_up",
+            "1 if the data plane's pinned maps could be read at this scrape",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&i64::from(counters.is_some()))?;
+        // Without a data plane the counter families are left out entirely,
+        // rather than reported as zero (which would read as a reset).
+        let Some(c) = counters else {
+            return Ok(());
+        };
+        let globals = [
+            (
+                "xdplb_rx_packets",
+                "Packets the XDP program saw",
+                GlobalCounter::Rx,
+            ),
+            (
+                "xdplb_passed_packets",
+                "Packets passed to the kernel (not for a VIP, or a notable pass)",
+                GlobalCounter::Passed,
+            ),
+            (
+                "xdplb_redirected_packets",
+                "Packets rewritten and redirected",
+                GlobalCounter::Redirected,
+            ),
+            (
+                "xdplb_flow_misses",
+                "Non-SYN VIP packets with no flow entry, selected again by the ring",
+                GlobalCounter::FlowMisses,
+            ),
+            (
+                "xdplb_resteered_flows",
+                "Established flows moved off a backend that went down",
+                GlobalCounter::Resteered,
+            ),
+        ];
+        for (name, help, g) in globals {
+            counter1(&mut enc, name, help, c.get(g))?;
+        }
+        counter(
+            &mut enc,
+            "xdplb_dropped_packets",
+            "Packets dropped, by reason",
+            GlobalCounter::DROP_REASONS
+                .iter()
+                .map(|&(g, reason)| ([("reason", reason.to_string())], c.get(g))),
+        )?;
+
+        let vip = |v: &crate::dataplane::VipStats| -> Labels2 {
+            [("pool", v.pool.clone()), ("vip", v.vip.to_string())]
+        };
+        type VipField = fn(&lb_common::VipCounters) -> u64;
+        let vip_fields: [(&str, &str, VipField); 3] = [
+            ("xdplb_vip_packets", "Client packets to the VIP", |c| {
+                c.packets
+            }),
+            ("xdplb_vip_bytes", "Client bytes to the VIP", |c| c.bytes),
+            (
+                "xdplb_vip_new_flows",
+                "New flows (SYNs placed by the ring) to the VIP",
+                |c| c.new_flows,
+            ),
+        ];
+        for (name, help, f) in vip_fields {
+            counter(
+                &mut enc,
+                name,
+                help,
+                c.vips.iter().map(|v| (vip(v), f(&v.counters))),
+            )?;
+        }
+
+        let backend = |b: &crate::dataplane::BackendStats| -> Labels2 {
+            [("pool", b.pool.clone()), ("backend", b.name.clone())]
+        };
+        type BackendField = fn(&lb_common::BackendCounters) -> u64;
+        let backend_fields: [(&str, &str, BackendField); 5] = [
+            (
+                "xdplb_backend_packets",
+                "Client packets forwarded to the backend",
+                |c| c.packets,
+            ),
+            (
+                "xdplb_backend_bytes",
+                "Client bytes forwarded to the backend",
+                |c| c.bytes,
+            ),
+            (
+                "xdplb_backend_new_flows",
+                "New flows sent to the backend",
+                |c| c.new_flows,
+            ),
+            (
+                "xdplb_backend_reply_packets",
+                "Backend replies rewritten back to the VIP",
+                |c| c.reply_packets,
+            ),
+            (
+                "xdplb_backend_reply_bytes",
+                "Backend reply bytes rewritten back to the VIP",
+                |c| c.reply_bytes,
+            ),
+        ];
+        for (name, help, f) in backend_fields {
+            counter(
+                &mut enc,
+                name,
+                help,
+                c.backends.iter().map(|b| (backend(b), f(&b.counters))),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Backend gauges from the controller's latest [`Status`].
+struct StatusCollector {
+    status: Arc<Mutex<Option<Status>>>,
+}
+
+impl fmt::Debug for StatusCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StatusCollector")
+    }
+}
+
+impl Collector for StatusCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let status = self
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_default();
+        let rows = || {
+            status.pools.iter().flat_map(|p| {
+                p.backends.iter().map(move |b| {
+                    let labels: Labels2 = [("pool", p.name.clone()), ("backend", b.name.clone())];
+                    (labels, b)
+                })
+            })
+        };
+        gauge(
+            &mut enc,
+            "xdplb_backend_up",
+            "1 if the backend passes its health checks",
+            rows().map(|(l, b)| (l, i64::from(b.health == "up"))),
+        )?;
+        gauge(
+            &mut enc,
+            "xdplb_backend_active",
+            "1 if the backend gets new flows (state active)",
+            rows().map(|(l, b)| (l, i64::from(b.state == "active"))),
+        )?;
+        gauge(
+            &mut enc,
+            "xdplb_backend_load",
+            "Load score in [0, 1] from the backend's agent",
+            rows().map(|(l, b)| (l, b.load)),
+        )?;
+        gauge(
+            &mut enc,
+            "xdplb_backend_weight",
+            "Effective weight in the Maglev ring (0 unless active)",
+            rows().map(|(l, b)| (l, i64::from(b.weight))),
+        )?;
+        gauge(
+            &mut enc,
+            "xdplb_backend_flows",
+            "Established flows pinned to the backend in the flow table",
+            rows().map(|(l, b)| (l, i64::try_from(b.flows).unwrap_or(i64::MAX))),
+        )?;
+        Ok(())
+    }
+}
+
+/// Serves `GET /metrics` on `listen` until `shutdown` completes.
+pub async fn serve(
+    listen: SocketAddr,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), MetricsError> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| MetricsError::Bind {
+            addr: listen,
+            source,
+        })?;
+    serve_listener(listener, metrics, shutdown).await;
+    Ok(())
+}
+
+/// [`serve`] on a listener already bound (tests bind port 0).
+pub async fn serve_listener(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "metrics listening on http://{addr}/metrics");
+    }
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => return,
+            a = listener.accept() => a,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                if conns.len() >= MAX_CONNECTIONS {
+                    tracing::debug!(%peer, "metrics: too many connections, closing");
+                    continue;
+                }
+                let metrics = Arc::clone(&metrics);
+                conns.spawn(async move {
+                    if let Err(e) = answer(stream, metrics).await {
+                        tracing::debug!(%peer, error = %e, "metrics request failed");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// What a request head asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    /// GET (or HEAD: no body) /metrics.
+    Metrics {
+        head_only: bool,
+    },
+    NotFound,
+    MethodNotAllowed,
+    BadRequest,
+}
+
+fn route(head: &[u8]) -> Route {
+    let Ok(head) = std::str::from_utf8(head) else {
+        return Route::BadRequest;
+    };
+    let mut parts = head.lines().next().unwrap_or("").split_ascii_whitespace();
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Route::BadRequest;
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Route::BadRequest;
+    }
+    let path = target.split('?').next().unwrap_or("");
+    if path != "/metrics" {
+        return Route::NotFound;
+    }
+    match method {
+        "GET" => Route::Metrics { head_only: false },
+        "HEAD" => Route::Metrics { head_only: true },
+        _ => Route::MethodNotAllowed,
+    }
+}
+
+/// Reads the request head (up to the blank line), bounded in size.
+async fn read_head(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n") {
+            return Ok(Some(buf));
+        }
+        if buf.len() > MAX_REQUEST_HEAD {
+            return Ok(Some(Vec::new()));
+        }
+    }
+}
+
+async fn answer(mut stream: TcpStream, metrics: Arc<Metrics>) -> io::Result<()> {
+    let head = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await {
+        Ok(Ok(Some(h))) => h,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            return respond(
+                &mut stream,
+                "408 Request Timeout",
+                "text/plain",
+                b"timeout\n",
+            )
+            .await
+        }
+    };
+    if head.len() > MAX_REQUEST_HEAD || head.is_empty() {
+        return respond(
+            &mut stream,
+            "431 Request Header Fields Too Large",
+            "text/plain",
+            b"request too large\n",
+        )
+        .await;
+    }
+    match route(&head) {
+        Route::Metrics { head_only } => {
+            // Reading the maps is a few hundred syscalls: keep them off the
+            // async workers.
+            let body = tokio::task::spawn_blocking(move || metrics.render())
+                .await
+                .map_err(io::Error::other)?;
+            let (status, ctype) = ("200 OK", prometheus_text::CONTENT_TYPE);
+            if head_only {
+                write_response(&mut stream, status, ctype, body.len(), b"").await
+            } else {
+                respond(&mut stream, status, ctype, body.as_bytes()).await
+            }
+        }
+        Route::NotFound => {
+            respond(
+                &mut stream,
+                "404 Not Found",
+                "text/plain",
+                b"not found: metrics are at /metrics\n",
+            )
+            .await
+        }
+        Route::MethodNotAllowed => {
+            respond(
+                &mut stream,
+                "405 Method Not Allowed",
+                "text/plain",
+                b"use GET\n",
+            )
+            .await
+        }
+        Route::BadRequest => {
+            respond(
+                &mut stream,
+                "400 Bad Request",
+                "text/plain",
+                b"bad request\n",
+            )
+            .await
+        }
+    }
+}
+
+async fn respond(stream: &mut TcpStream, status: &str, ctype: &str, body: &[u8]) -> io::Result<()> {
+    write_response(stream, status, ctype, body.len(), body).await
+}
+
+async fn write_response(
+    stream: &mut TcpStream,
+    status: &str,
+    ctype: &str,
+    len: usize,
+    body: &[u8],
+) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    );
+    tokio::time::timeout(WRITE_TIMEOUT, async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body).await?;
+        stream.shutdown().await
+    })
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "scraper does not read"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::{BackendStats, VipStats};
+    use crate::status::{BackendStatus, PoolStatus};
+    use lb_common::{BackendCounters, VipCounters};
+    use std::collections::BTreeMap;
+
+    fn fake_counters() -> Counters {
+        let mut global = vec![0u64; GlobalCounter::COUNT as usize];
+        global[GlobalCounter::Rx as usize] = 100;
+        global[GlobalCounter::Passed as usize] = 10;
+        global[GlobalCounter::Redirected as usize] = 88;
+        global[GlobalCounter::Dropped as usize] = 2;
+        global[GlobalCounter::DropNoBackend as usize] = 2;
+        global[GlobalCounter::FlowMisses as usize] = 1;
+        Counters {
+            global,
+            vips: vec![VipStats {
+                index: 0,
+                pool: "web".into(),
+                vip: "198.18.2.10:80".parse().unwrap(),
+                counters: VipCounters {
+                    packets: 90,
+                    bytes: 9000,
+                    new_flows: 4,
+                },
+            }],
+            backends: vec![BackendStats {
+                slot: 0,
+                pool: "web".into(),
+                name: "web-1".into(),
+                addr: "198.18.1.11:8080".parse().unwrap(),
+                state: lb_common::BACKEND_ACTIVE,
+                counters: BackendCounters {
+                    packets: 88,
+                    bytes: 8800,
+                    new_flows: 4,
+                    reply_packets: 80,
+                    reply_bytes: 64000,
+                },
+            }],
+        }
+    }
+
+    fn fake_status() -> Status {
+        let b = |name: &str, health: &str, state: &str, weight, load| BackendStatus {
+            name: name.into(),
+            addr: "198.18.1.11:8080".into(),
+            role: "primary".into(),
+            health: health.into(),
+            state: state.into(),
+            weight,
+            config_weight: 100,
+            load,
+            flows: 7,
+            reason: "x".into(),
+            operator_drained: false,
+            agent: None,
+            last_error: None,
+        };
+        Status {
+            pools: vec![PoolStatus {
+                name: "web".into(),
+                vip: "198.18.2.10:80".into(),
+                mode: "nat".into(),
+                min_active: 1,
+                mean_load: Some(0.25),
+                backends: vec![
+                    b("web-1", "up", "active", 75, 0.25),
+                    b("web \"2\"", "down", "down", 0, 0.5),
+                ],
+            }],
+        }
+    }
+
+    /// One parsed sample: name, labels, value.
+    type Sample = (String, BTreeMap<String, String>, f64);
+
+    /// A strict parser for the text exposition format (0.0.4): comments
+    /// must be well-formed HELP/TYPE lines, every sample must belong to the
+    /// family announced by the last TYPE line, labels must be quoted with
+    /// valid escapes.
+    fn parse_exposition(text: &str) -> (BTreeMap<String, String>, Vec<Sample>) {
+        let mut types = BTreeMap::new();
+        let mut samples = Vec::new();
+        let mut current: Option<(String, String)> = None;
+        let valid_name = |n: &str| {
+            !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                && !n.starts_with(|c: char| c.is_ascii_digit())
+        };
+        for line in text.lines() {
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(valid_name(name), "bad HELP name in {line:?}");
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut f = rest.split(' ');
+                let (name, ty) = (f.next().unwrap(), f.next().unwrap());
+                assert!(valid_name(name));
+                assert!(
+                    ["counter", "gauge", "histogram", "summary", "untyped"].contains(&ty),
+                    "{line:?}"
+                );
+                assert!(
+                    types.insert(name.to_string(), ty.to_string()).is_none(),
+                    "family {name} announced twice"
+                );
+                current = Some((name.to_string(), ty.to_string()));
+                continue;
+            }
+            assert!(!line.starts_with('#'), "stray comment {line:?}");
+            let (name_labels, value) = line.rsplit_once(' ').expect("sample has a value");
+            let value: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                v => v
+                    .parse()
+                    .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+            };
+            let (name, labels) = match name_labels.split_once('{') {
+                None => (name_labels.to_string(), BTreeMap::new()),
+                Some((n, rest)) => {
+                    let body = rest.strip_suffix('}').expect("labels close");
+                    (n.to_string(), parse_labels(body))
+                }
+            };
+            assert!(valid_name(&name), "{line:?}");
+            let (fam, ty) = current.as_ref().expect("sample before TYPE");
+            let ok = match ty.as_str() {
+                "histogram" => [
+                    format!("{fam}_bucket"),
+                    format!("{fam}_sum"),
+                    format!("{fam}_count"),
+                ]
+                .contains(&name),
+                _ => &name == fam,
+            };
+            assert!(ok, "sample {name} outside its family {fam}");
+            samples.push((name, labels, value));
+        }
+        (types, samples)
+    }
+
+    fn parse_labels(body: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let mut chars = body.chars().peekable();
+        while chars.peek().is_some() {
+            let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
+            assert_eq!(chars.next(), Some('"'), "label value quoted");
+            let mut value = String::new();
+            loop {
+                match chars.next().expect("label value ends") {
+                    '\\' => match chars.next() {
+                        Some('\\') => value.push('\\'),
+                        Some('"') => value.push('"'),
+                        Some('n') => value.push('\n'),
+                        c => panic!("bad escape {c:?}"),
+                    },
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+            out.insert(key, value);
+            match chars.next() {
+                Some(',') | None => {}
+                c => panic!("expected , got {c:?}"),
+            }
+        }
+        out
+    }
+
+    fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+        samples
+            .iter()
+            .find(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .unwrap_or_else(|| panic!("no sample {name} {labels:?}"))
+            .2
+    }
+
+    const EVERY_FAMILY: [(&str, &str); 21] = [
+        ("xdplb_dataplane_up", "gauge"),
+        ("xdplb_rx_packets_total", "counter"),
+        ("xdplb_passed_packets_total", "counter"),
+        ("xdplb_redirected_packets_total", "counter"),
+        ("xdplb_flow_misses_total", "counter"),
+        ("xdplb_resteered_flows_total", "counter"),
+        ("xdplb_dropped_packets_total", "counter"),
+        ("xdplb_vip_packets_total", "counter"),
+        ("xdplb_vip_bytes_total", "counter"),
+        ("xdplb_vip_new_flows_total", "counter"),
+        ("xdplb_backend_packets_total", "counter"),
+        ("xdplb_backend_bytes_total", "counter"),
+        ("xdplb_backend_new_flows_total", "counter"),
+        ("xdplb_backend_reply_packets_total", "counter"),
+        ("xdplb_backend_reply_bytes_total", "counter"),
+        ("xdplb_backend_up", "gauge"),
+        ("xdplb_backend_active", "gauge"),
+        ("xdplb_backend_load", "gauge"),
+        ("xdplb_backend_weight", "gauge"),
+        ("xdplb_backend_flows", "gauge"),
+        ("xdplb_health_check_duration_seconds", "histogram"),
+    ];
+
+    #[test]
+    fn render_parses_and_has_every_family() {
+        let m = Metrics::with_counter_source(|| Ok(fake_counters()));
+        m.set_status(&fake_status());
+        m.observe_health_check("web", "web-1", Duration::from_micros(700), true);
+        m.observe_health_check("web", "web-1", Duration::from_millis(30), true);
+        m.observe_health_check("web", "web-2", Duration::from_millis(300), false);
+        let text = m.render();
+        let (types, samples) = parse_exposition(&text);
+        for (name, ty) in EVERY_FAMILY {
+            assert_eq!(
+                types.get(name).map(String::as_str),
+                Some(ty),
+                "{name}\n{text}"
+            );
+        }
+        let web1 = [("pool", "web"), ("backend", "web-1")];
+        assert_eq!(value(&samples, "xdplb_dataplane_up", &[]), 1.0);
+        assert_eq!(value(&samples, "xdplb_rx_packets_total", &[]), 100.0);
+        assert_eq!(
+            value(
+                &samples,
+                "xdplb_dropped_packets_total",
+                &[("reason", "no_backend")]
+            ),
+            2.0
+        );
+        let reasons = samples
+            .iter()
+            .filter(|(n, _, _)| n == "xdplb_dropped_packets_total")
+            .count();
+        assert_eq!(reasons, GlobalCounter::DROP_REASONS.len());
+        assert_eq!(
+            value(
+                &samples,
+                "xdplb_vip_bytes_total",
+                &[("pool", "web"), ("vip", "198.18.2.10:80")]
+            ),
+            9000.0
+        );
+        assert_eq!(value(&samples, "xdplb_backend_packets_total", &web1), 88.0);
+        assert_eq!(value(&samples, "xdplb_backend_up", &web1), 1.0);
+        assert_eq!(value(&samples, "xdplb_backend_active", &web1), 1.0);
+        assert_eq!(value(&samples, "xdplb_backend_load", &web1), 0.25);
+        assert_eq!(value(&samples, "xdplb_backend_weight", &web1), 75.0);
+        // A label value with quotes survives escaping.
+        let web2 = [("pool", "web"), ("backend", "web \"2\"")];
+        assert_eq!(value(&samples, "xdplb_backend_up", &web2), 0.0);
+
+        let ok = [("pool", "web"), ("result", "success")];
+        assert_eq!(
+            value(&samples, "xdplb_health_check_duration_seconds_count", &ok),
+            2.0
+        );
+        let b = |le| {
+            value(
+                &samples,
+                "xdplb_health_check_duration_seconds_bucket",
+                &[("pool", "web"), ("result", "success"), ("le", le)],
+            )
+        };
+        assert_eq!(b("0.0005"), 0.0);
+        assert_eq!(b("0.001"), 1.0);
+        assert_eq!(b("0.05"), 2.0);
+        assert_eq!(b("+Inf"), 2.0);
+        let fail = [("pool", "web"), ("result", "failure")];
+        assert_eq!(
+            value(&samples, "xdplb_health_check_duration_seconds_count", &fail),
+            1.0
+        );
+    }
+
+    #[test]
+    fn without_a_data_plane_only_the_up_gauge_says_so() {
+        let m = Metrics::new(PathBuf::from("/nonexistent/xdplb-metrics-test"));
+        let (types, samples) = parse_exposition(&m.render());
+        assert_eq!(value(&samples, "xdplb_dataplane_up", &[]), 0.0);
+        assert!(!types.contains_key("xdplb_rx_packets_total"));
+        assert!(types.contains_key("xdplb_backend_up"));
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(
+            route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Route::Metrics { head_only: false }
+        );
+        assert_eq!(
+            route(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"),
+            Route::Metrics { head_only: false }
+        );
+        assert_eq!(
+            route(b"HEAD /metrics HTTP/1.1\r\n\r\n"),
+            Route::Metrics { head_only: true }
+        );
+        assert_eq!(route(b"GET / HTTP/1.1\r\n\r\n"), Route::NotFound);
+        assert_eq!(
+            route(b"POST /metrics HTTP/1.1\r\n\r\n"),
+            Route::MethodNotAllowed
+        );
+        assert_eq!(route(b"garbage\r\n\r\n"), Route::BadRequest);
+        assert_eq!(route(b"\xff\xfe\r\n\r\n"), Route::BadRequest);
+    }
+
+    async fn http(addr: SocketAddr, req: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(req).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_over_http() {
+        let m = Metrics::with_counter_source(|| Ok(fake_counters()));
+        m.set_status(&fake_status());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_listener(listener, m, async move {
+            let _ = rx.await;
+        }));
+
+        let r = http(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let (head, body) = r.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+        assert!(head.contains("Content-Type: text/plain; version=0.0.4"));
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+        parse_exposition(body);
+        assert!(body.contains("xdplb_backend_up{pool=\"web\",backend=\"web-1\"} 1"));
+
+        let r = http(addr, b"GET /nope HTTP/1.1\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+        let big = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(10_000));
+        let r = http(addr, big.as_bytes()).await;
+        assert!(r.starts_with("HTTP/1.1 431"), "{r}");
+
+        // A client that sends half a request is cut off after the timeout
+        // without holding up others.
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /met").await.unwrap();
+        let r = http(addr, b"GET /metrics HTTP/1.0\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 200"));
+        drop(slow);
+
+        stop.send(()).unwrap();
+        server.await.unwrap();
+    }
+}

@@ -1,0 +1,50 @@
+//! The controller's live view, as `xdplb status` shows it and the admin
+//! socket carries it. Field names are the operator contract
+//! (shared/INTERFACE.md, "JSON output"); more fields are allowed.
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub pools: Vec<PoolStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    pub name: String,
+    /// "198.18.2.10:80"
+    pub vip: String,
+    /// "nat" | "dsr"
+    pub mode: String,
+    pub min_active: u32,
+    /// Mean load of the serving backends, when the pool has `[pool.load]`.
+    pub mean_load: Option<f64>,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub name: String,
+    /// "198.18.1.11:8080"
+    pub addr: String,
+    /// "primary" | "spare"
+    pub role: String,
+    /// "up" | "down" (a backend not probed yet is "down").
+    pub health: String,
+    /// "active" | "draining" | "standby" | "down"
+    pub state: String,
+    /// Effective weight the Maglev ring was built with (0 unless active).
+    pub weight: u32,
+    /// Configured weight.
+    pub config_weight: u32,
+    /// Load score in [0, 1]; 0 when the pool has no `[pool.load]`.
+    pub load: f64,
+    /// Established flows in the flow table pinned to this backend.
+    pub flows: u64,
+    /// Why it is in this state (planner reason, snake_case).
+    pub reason: String,
+    pub operator_drained: bool,
+    /// Last agent reply, verbatim, if the pool polls agents.
+    pub agent: Option<String>,
+    /// Last probe error, if the last probe failed.
+    pub last_error: Option<String>,
+}

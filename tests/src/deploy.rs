@@ -1,0 +1,429 @@
+//! xdplb deployed on a [`Lab`]: backends running `lab-backend` (and
+//! optionally `xdplb agent`), the daemon `xdplb run` on the gateway, and
+//! helpers that drive it only through the `xdplb` binary and its config,
+//! as an operator would.
+//!
+//! Every wait here is bounded (see [`wait_until`]); every process is a
+//! [`LabChild`], killed when the lab goes.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{SocketAddr, SocketAddrV4},
+    path::PathBuf,
+    process::Output,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+
+use crate::{http_get, wait_until, xdplb_bin, Lab, LabChild};
+
+/// The port lab backends serve HTTP on.
+pub const BACKEND_PORT: u16 = 8080;
+/// The port the load agents answer on.
+pub const AGENT_PORT: u16 = 9777;
+/// Where the daemon's Prometheus endpoint listens, inside the gateway.
+pub const METRICS_LISTEN: &str = "127.0.0.1:9434";
+
+/// One backend of the pool under test.
+#[derive(Clone, Debug)]
+pub struct BackendSpec {
+    pub name: String,
+    /// Index into the lab's backend namespaces.
+    pub lab_index: usize,
+    pub weight: u32,
+    pub spare: bool,
+}
+
+/// The pool under test and its knobs; renders the TOML an operator would
+/// write.
+#[derive(Clone, Debug)]
+pub struct PoolSpec {
+    pub name: String,
+    pub vip: SocketAddrV4,
+    pub min_active: u32,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub rise: u32,
+    pub fall: u32,
+    /// `Some((high, low, up_ms, down_ms, slow_start_ms))` adds `[pool.load]`.
+    pub load: Option<LoadSpec>,
+    pub backends: Vec<BackendSpec>,
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
+    pub interval_ms: u64,
+    pub high: f64,
+    pub low: f64,
+    pub scale_up_after_ms: u64,
+    pub scale_down_after_ms: u64,
+    pub slow_start_ms: u64,
+}
+
+impl PoolSpec {
+    /// `primaries` primaries then `spares` spares, on lab backends 0.. in
+    /// order, named web-1.. and spare-1...
+    pub fn new(primaries: usize, spares: usize) -> PoolSpec {
+        let mut backends = Vec::new();
+        for i in 0..primaries {
+            backends.push(BackendSpec {
+                name: format!("web-{}", i + 1),
+                lab_index: i,
+                weight: 100,
+                spare: false,
+            });
+        }
+        for i in 0..spares {
+            backends.push(BackendSpec {
+                name: format!("spare-{}", i + 1),
+                lab_index: primaries + i,
+                weight: 100,
+                spare: true,
+            });
+        }
+        PoolSpec {
+            name: "web".into(),
+            vip: SocketAddrV4::new(Lab::vip(0), 80),
+            min_active: primaries as u32,
+            interval_ms: 200,
+            timeout_ms: 100,
+            rise: 2,
+            fall: 2,
+            load: None,
+            backends,
+        }
+    }
+
+    pub fn backend(&self, name: &str) -> &BackendSpec {
+        self.backends
+            .iter()
+            .find(|b| b.name == name)
+            .unwrap_or_else(|| panic!("no backend {name}"))
+    }
+
+    /// The longest a dead backend may keep getting new flows.
+    pub fn detection_bound(&self) -> Duration {
+        Duration::from_millis(self.interval_ms * self.fall as u64 + self.timeout_ms)
+    }
+}
+
+/// The config file for `pools` on `lab`.
+pub fn render_config(lab: &Lab, pools: &[PoolSpec]) -> String {
+    let mut s = String::new();
+    let [c, b] = Lab::gw_ifaces();
+    writeln!(
+        s,
+        "[dataplane]\ninterfaces = [\"{c}\", \"{b}\"]\nxdp_mode = \"auto\"\npin_path = \"{}\"\nflow_table_size = 65536\nring_size = 4099\n",
+        lab.pin_path().display()
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "[control]\nadmin_socket = \"{}\"\nmetrics_listen = \"{METRICS_LISTEN}\"\n",
+        lab.socket_path().display()
+    )
+    .unwrap();
+    for p in pools {
+        writeln!(
+            s,
+            "[[pool]]\nname = \"{}\"\nvip = \"{}\"\nmin_active = {}\n\n  [pool.health]\n  kind = \"http\"\n  path = \"/healthz\"\n  interval_ms = {}\n  timeout_ms = {}\n  rise = {}\n  fall = {}\n",
+            p.name, p.vip, p.min_active, p.interval_ms, p.timeout_ms, p.rise, p.fall
+        )
+        .unwrap();
+        if let Some(l) = &p.load {
+            writeln!(
+                s,
+                "  [pool.load]\n  agent_port = {AGENT_PORT}\n  interval_ms = {}\n  factors = {{ cpu = 0.4, mem = 0.2, disk = 0.1, net = 0.3 }}\n  high_watermark = {}\n  low_watermark = {}\n  scale_up_after_ms = {}\n  scale_down_after_ms = {}\n  slow_start_ms = {}\n",
+                l.interval_ms, l.high, l.low, l.scale_up_after_ms, l.scale_down_after_ms, l.slow_start_ms
+            )
+            .unwrap();
+        }
+        for b in &p.backends {
+            writeln!(
+                s,
+                "  [[pool.backend]]\n  name = \"{}\"\n  addr = \"{}:{BACKEND_PORT}\"\n  weight = {}\n  role = \"{}\"\n",
+                b.name,
+                Lab::backend_addr(b.lab_index),
+                b.weight,
+                if b.spare { "spare" } else { "primary" }
+            )
+            .unwrap();
+        }
+    }
+    s
+}
+
+/// A lab with backends serving, and (once started) the daemon.
+pub struct Deployment {
+    pub lab: Lab,
+    pub pools: Vec<PoolSpec>,
+    pub config_path: PathBuf,
+    pub daemon: Option<LabChild>,
+    /// `lab-backend` per lab backend index.
+    pub servers: BTreeMap<usize, LabChild>,
+    /// `xdplb agent` per lab backend index.
+    pub agents: BTreeMap<usize, LabChild>,
+}
+
+/// `lab-backend`, built beside the test binaries (cargo puts test
+/// executables in `target/<profile>/deps/`, binaries one level up);
+/// `LAB_BACKEND_BIN` overrides.
+pub fn lab_backend_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("LAB_BACKEND_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().unwrap_or(std::path::Path::new("."));
+    let beside = dir.join("lab-backend");
+    if beside.is_file() {
+        return beside;
+    }
+    dir.parent().unwrap_or(dir).join("lab-backend")
+}
+
+impl Deployment {
+    /// Builds the lab (enough backends for `pools`) and starts every
+    /// backend's server, and its agent when a pool polls agents.
+    pub fn new(pools: Vec<PoolSpec>) -> Result<Deployment> {
+        let n = pools
+            .iter()
+            .flat_map(|p| p.backends.iter().map(|b| b.lab_index + 1))
+            .max()
+            .unwrap_or(1);
+        let lab = Lab::builder().backends(n).build()?;
+        let config_path = lab.dir().join("xdplb.toml");
+        std::fs::write(&config_path, render_config(&lab, &pools))?;
+        let mut d = Deployment {
+            lab,
+            pools,
+            config_path,
+            daemon: None,
+            servers: BTreeMap::new(),
+            agents: BTreeMap::new(),
+        };
+        let with_agents = d.pools.iter().any(|p| p.load.is_some());
+        for p in d.pools.clone() {
+            for b in &p.backends {
+                d.start_server(b.lab_index, &b.name)?;
+                if with_agents {
+                    d.set_load(b.lab_index, 0.1)?;
+                    d.start_agent(b.lab_index)?;
+                }
+            }
+        }
+        Ok(d)
+    }
+
+    pub fn start_server(&mut self, i: usize, name: &str) -> Result<()> {
+        let child = self.lab.spawn(
+            self.lab.backend_ns(i),
+            &[
+                lab_backend_bin().to_string_lossy().as_ref(),
+                "--listen",
+                &format!("0.0.0.0:{BACKEND_PORT}"),
+                "--name",
+                name,
+            ],
+        )?;
+        let addr = SocketAddr::from((Lab::backend_addr(i), BACKEND_PORT));
+        let ns = self.lab.backend_ns(i).to_string();
+        let up = wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+            self.lab
+                .run_in(&ns, || http_get(addr, "/healthz"))
+                .ok()
+                .and_then(|r| r.ok())
+                .is_some_and(|(s, _)| s == 200)
+        });
+        ensure!(up, "backend {name} did not come up: {}", child.log());
+        self.servers.insert(i, child);
+        Ok(())
+    }
+
+    /// Kills backend `i`'s server (SIGKILL: a crash, not a goodbye).
+    pub fn kill_server(&mut self, i: usize) {
+        if let Some(c) = self.servers.remove(&i) {
+            c.kill();
+            let _ = c.wait_exit(Duration::from_secs(5));
+        }
+    }
+
+    fn load_file(&self, i: usize) -> PathBuf {
+        self.lab.dir().join(format!("load-b{i}"))
+    }
+
+    /// What backend `i`'s agent reports from now on: every utilisation at
+    /// `u`.
+    pub fn set_load(&self, i: usize, u: f64) -> Result<()> {
+        std::fs::write(
+            self.load_file(i),
+            format!("up 100% cpu={u:.2} mem={u:.2} disk={u:.2} net={u:.2}\n"),
+        )?;
+        Ok(())
+    }
+
+    fn start_agent(&mut self, i: usize) -> Result<()> {
+        let bin = xdplb_bin()?;
+        let child = self.lab.spawn(
+            self.lab.backend_ns(i),
+            &[
+                bin.to_string_lossy().as_ref(),
+                "agent",
+                "--listen",
+                &format!("0.0.0.0:{AGENT_PORT}"),
+                "--fixed-file",
+                self.load_file(i).to_string_lossy().as_ref(),
+            ],
+        )?;
+        self.agents.insert(i, child);
+        Ok(())
+    }
+
+    /// Starts `xdplb run` on the gateway and waits until it reports every
+    /// backend probed and the state it should settle in (`settled`).
+    pub fn start_daemon(&mut self) -> Result<()> {
+        let bin = xdplb_bin()?;
+        let child = self.lab.spawn_env(
+            self.lab.gw_ns(),
+            &[
+                bin.to_string_lossy().as_ref(),
+                "run",
+                "--config",
+                self.config_path.to_string_lossy().as_ref(),
+            ],
+            &[("RUST_LOG", "info")],
+        )?;
+        let sock = self.lab.socket_path();
+        let up = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
+            sock.exists() && self.status().is_ok_and(|s| all_probed(&s))
+        });
+        if !up {
+            bail!("xdplb run did not come up: {}", child.log());
+        }
+        self.daemon = Some(child);
+        Ok(())
+    }
+
+    /// SIGTERM to the daemon; waits for it to exit.
+    pub fn stop_daemon(&mut self) -> Result<()> {
+        let d = self.daemon.take().context("no daemon")?;
+        d.signal(libc::SIGTERM)?;
+        let st = d
+            .wait_exit(Duration::from_secs(10))
+            .with_context(|| format!("daemon did not exit on SIGTERM: {}", d.log()))?;
+        ensure!(st.success(), "daemon exit {st}: {}", d.log());
+        Ok(())
+    }
+
+    pub fn daemon_log(&self) -> String {
+        self.daemon.as_ref().map(|d| d.log()).unwrap_or_default()
+    }
+
+    /// Runs `xdplb ARGS` in the gateway namespace.
+    pub fn xdplb(&self, args: &[&str]) -> Result<Output> {
+        let bin = xdplb_bin()?;
+        let mut full: Vec<String> = vec![bin.to_string_lossy().into_owned()];
+        full.extend(args.iter().map(|s| s.to_string()));
+        self.lab.exec(self.lab.gw_ns(), &full)
+    }
+
+    /// `xdplb ARGS --socket S`, which must succeed; its stdout.
+    pub fn ctl(&self, args: &[&str]) -> Result<String> {
+        let sock = self.lab.socket_path();
+        let mut a = args.to_vec();
+        let s = sock.to_string_lossy().into_owned();
+        a.extend(["--socket", &s]);
+        let out = self.xdplb(&a)?;
+        ensure!(
+            out.status.success(),
+            "xdplb {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `xdplb status --json`.
+    pub fn status(&self) -> Result<Value> {
+        Ok(serde_json::from_str(&self.ctl(&["status", "--json"])?)?)
+    }
+
+    /// `xdplb stats --json --pin-path P`.
+    pub fn stats(&self) -> Result<Value> {
+        let pin = self.lab.pin_path();
+        let out = self.xdplb(&["stats", "--json", "--pin-path", &pin.to_string_lossy()])?;
+        ensure!(
+            out.status.success(),
+            "stats: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// The status entry of one backend.
+    pub fn backend_status(&self, pool: &str, backend: &str) -> Result<Value> {
+        let s = self.status()?;
+        find_backend(&s, pool, backend).with_context(|| format!("{pool}/{backend} not in {s}"))
+    }
+
+    /// Waits until `backend`'s status field `field` equals `want`.
+    pub fn wait_state(
+        &self,
+        backend: &str,
+        field: &str,
+        want: &str,
+        within: Duration,
+    ) -> Result<Duration> {
+        let start = Instant::now();
+        let ok = wait_until(within, Duration::from_millis(20), || {
+            self.backend_status(&self.pools[0].name, backend)
+                .is_ok_and(|b| b[field] == want)
+        });
+        ensure!(
+            ok,
+            "{backend}.{field} never became {want} within {within:?}; status: {}\nlog:\n{}",
+            self.status().map(|s| s.to_string()).unwrap_or_default(),
+            self.daemon_log()
+        );
+        Ok(start.elapsed())
+    }
+
+    /// `n` fresh connections to the VIP of pool 0 from the client: who
+    /// answered each (`Err` text for failures).
+    pub fn spread(&self, n: usize) -> Result<BTreeMap<String, usize>> {
+        let vip = self.pools[0].vip;
+        self.lab.run_in("client", || {
+            let mut seen = BTreeMap::new();
+            for _ in 0..n {
+                let who = match http_get(SocketAddr::V4(vip), "/") {
+                    Ok((200, body)) => body.trim().to_string(),
+                    Ok((s, _)) => format!("status {s}"),
+                    Err(e) => format!("error: {e}"),
+                };
+                *seen.entry(who).or_insert(0) += 1;
+            }
+            seen
+        })
+    }
+}
+
+/// True when the status lists every backend with a settled health.
+fn all_probed(s: &Value) -> bool {
+    s["pools"].as_array().is_some_and(|pools| {
+        pools.iter().all(|p| {
+            p["backends"]
+                .as_array()
+                .is_some_and(|bs| bs.iter().all(|b| b["reason"] != "not_probed"))
+        })
+    })
+}
+
+pub fn find_backend(s: &Value, pool: &str, backend: &str) -> Option<Value> {
+    s["pools"].as_array()?.iter().find(|p| p["name"] == pool)?["backends"]
+        .as_array()?
+        .iter()
+        .find(|b| b["name"] == backend)
+        .cloned()
+}

@@ -353,8 +353,19 @@ pub async fn serve(
     commands: mpsc::Sender<Command>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AdminError> {
-    let listener = bind(path).await?;
-    tracing::info!(socket = %path.display(), "admin socket listening");
+    serve_on(bind(path).await?, commands, shutdown).await;
+    Ok(())
+}
+
+/// [`serve`] on a socket bound beforehand with [`bind`], so a controller
+/// can fail at startup (another controller answering, say) before it
+/// touches the data plane.
+pub async fn serve_on(
+    listener: Listener,
+    commands: mpsc::Sender<Command>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tracing::info!(socket = %listener.path.display(), "admin socket listening");
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     // Dropping the set (when serve returns) aborts every connection task.
     let mut conns = JoinSet::new();
@@ -388,12 +399,13 @@ pub async fn serve(
         }
     }
     drop(listener);
-    Ok(())
 }
 
-/// The bound listener; removes its socket file on drop if the file is
-/// still the one it created (another controller may have replaced it).
-struct Listener {
+/// A bound admin socket ([`bind`]). Removes its socket file on drop if the
+/// file is still the one it created (another controller may have replaced
+/// it).
+#[derive(Debug)]
+pub struct Listener {
     inner: UnixListener,
     path: PathBuf,
     ino: Option<(u64, u64)>,
@@ -416,7 +428,10 @@ impl Drop for Listener {
     }
 }
 
-async fn bind(path: &Path) -> Result<Listener, AdminError> {
+/// Binds the admin socket at `path` (mode 0600): replaces a stale socket
+/// file, refuses when another controller answers on it or when it is not a
+/// socket.
+pub async fn bind(path: &Path) -> Result<Listener, AdminError> {
     match std::fs::symlink_metadata(path) {
         Ok(md) if md.file_type().is_socket() => match UnixStream::connect(path).await {
             Ok(_) => {

@@ -1,1 +1,478 @@
-//! The command line (being written).
+//! The `xdplb` command line: clap definitions (their doc comments are the
+//! `--help` text) and what each subcommand does.
+//!
+//! Every subcommand returns `Result<(), CliError>`; `main` prints a failure
+//! as one `error: ...` line and exits 1. Human output is built by the pure
+//! functions in [`format`].
+pub mod format;
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use clap::{Args, Parser, Subcommand};
+use thiserror::Error;
+use tokio::net::TcpListener;
+
+use crate::{
+    admin::{self, AdminError, Request},
+    config::{self, ConfigError, DEFAULT_ADMIN_SOCKET, DEFAULT_PIN_PATH},
+    dataplane::{self, CounterReader, DataplaneError},
+    load::{
+        agent::{serve_agent, Sampler},
+        LoadError,
+    },
+};
+
+/// Where `xdplb run` and `xdplb check` read the config by default.
+pub const DEFAULT_CONFIG: &str = "/etc/xdplb/xdplb.toml";
+/// Where `xdplb agent` listens by default: every address, the port
+/// `[pool.load] agent_port` defaults to.
+pub const DEFAULT_AGENT_LISTEN: &str = "0.0.0.0:9777";
+
+/// xdplb: an XDP layer-4 TCP load balancer with health checks, warm spares
+/// and load-driven weights.
+///
+/// `xdplb run` is the daemon; the other commands inspect or steer it.
+/// Logs go to stderr, filtered by RUST_LOG (default: info).
+#[derive(Debug, Parser)]
+#[command(name = "xdplb", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the controller in the foreground (the daemon).
+    ///
+    /// Loads and attaches the XDP program (or adopts the one already
+    /// pinned), probes backends, scores load and keeps the maps in sync.
+    /// SIGHUP reloads the config; SIGTERM/SIGINT exit leaving the data plane
+    /// pinned and forwarding with its last state (`xdplb down` removes it).
+    Run(ConfigArg),
+    /// Detach the XDP programs and remove the pinned maps.
+    ///
+    /// Established flows are forgotten. The pin path is --pin-path if
+    /// given, else the one in --config, else /sys/fs/bpf/xdplb.
+    Down(DownArgs),
+    /// Validate a config file; nothing is attached.
+    ///
+    /// Errors name the file, line and column. Interfaces are not required to
+    /// exist here (that is checked by `xdplb run`), so a config can be
+    /// checked on another host. Prints `ok: N pools, M backends`.
+    Check(ConfigArg),
+    /// Show the running controller's live view: pools, backends, health,
+    /// role, state, weight, load and flows.
+    Status(StatusArgs),
+    /// Show the data plane's counters, read from the pinned maps.
+    ///
+    /// Works while the controller is stopped. Counters are cumulative since
+    /// the data plane was loaded; --watch prints per-second rates instead.
+    Stats(StatsArgs),
+    /// Drain a backend: no new flows, established flows continue.
+    ///
+    /// The drain survives reloads and controller restarts until `xdplb
+    /// undrain`.
+    Drain(BackendArgs),
+    /// Undo `xdplb drain`: the backend takes new flows again (if healthy and
+    /// needed).
+    Undrain(BackendArgs),
+    /// Re-read the controller's config file (same as SIGHUP).
+    ///
+    /// A config that fails validation is refused with the reason, and the
+    /// running state is left untouched.
+    Reload(SocketArg),
+    /// Run the backend-side load agent.
+    ///
+    /// Answers every TCP connection with one HAProxy agent-check compatible
+    /// line, e.g. `up 100% cpu=0.70 mem=0.60 disk=0.50 net=0.80`, then
+    /// closes. Utilisation is measured from /proc every second unless
+    /// --fixed or --fixed-file is given. Runs until SIGINT/SIGTERM.
+    Agent(AgentArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The config file.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// Read the pin path from this config file (its dataplane.pin_path).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// The pin path to take down; overrides --config. [default:
+    /// /sys/fs/bpf/xdplb]
+    #[arg(long, value_name = "PATH")]
+    pub pin_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SocketArg {
+    /// The controller's admin socket.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_ADMIN_SOCKET)]
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the status as JSON (the fields are a stable interface).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Print JSON (with --watch: one object of rates per line).
+    #[arg(long)]
+    pub json: bool,
+    /// Where the data plane is pinned.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    /// Every SECS seconds print per-second rates, until interrupted.
+    /// Fractions are allowed (0.5).
+    #[arg(long, value_name = "SECS", value_parser = parse_interval)]
+    pub watch: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackendArgs {
+    /// The pool's name.
+    pub pool: String,
+    /// The backend's name within the pool.
+    pub backend: String,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Address and port to listen on.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_AGENT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Link capacity in bits per second used for net utilisation, for every
+    /// interface. [default: each interface's reported speed, or 10 Gb/s if
+    /// it reports none]
+    #[arg(long, value_name = "BITS_PER_SEC", conflicts_with_all = ["fixed", "fixed_file"])]
+    pub net_capacity: Option<u64>,
+    /// The weight percent sent in each reply, 0 to 100 (the load is carried
+    /// by the utilisation fields; this is a static operator weight).
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub weight_percent: u8,
+    /// Report fixed values instead of measuring, in agent-reply syntax,
+    /// e.g. "cpu=0.9 mem=0.5 disk=0.1 net=0.3" (optionally with a state
+    /// word and percent: "drain 50% cpu=0.1").
+    #[arg(long, value_name = "SPEC", conflicts_with = "fixed_file")]
+    pub fixed: Option<String>,
+    /// Like --fixed, but re-read from this file on every connection.
+    #[arg(long, value_name = "PATH")]
+    pub fixed_file: Option<PathBuf>,
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.01..=86_400.0).contains(&secs) {
+        return Err(format!("{s} is out of range (0.01 to 86400 seconds)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[derive(Debug, Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("nothing to take down: no data plane pinned at {}", path.display())]
+    NothingPinned { path: PathBuf },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {source}")]
+    Signals {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing output: {source}")]
+    Output {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the controller answered {cmd} without {what}")]
+    EmptyReply {
+        cmd: &'static str,
+        what: &'static str,
+    },
+    /// `xdplb run` failed (the controller's error chain, on one line).
+    #[error("{message}")]
+    Daemon { message: String },
+}
+
+/// Runs one subcommand.
+pub async fn execute(cmd: Cmd) -> Result<(), CliError> {
+    match cmd {
+        Cmd::Run(a) => crate::controller::run(a.config)
+            .await
+            .map_err(|e| CliError::Daemon {
+                message: format!("{e:#}"),
+            }),
+        Cmd::Down(a) => down(a),
+        Cmd::Check(a) => check(&a.config),
+        Cmd::Status(a) => status(&a.socket.socket, a.json).await,
+        Cmd::Stats(a) => match a.watch {
+            None => stats(&a.pin_path, a.json),
+            Some(every) => watch(&a.pin_path, a.json, every).await,
+        },
+        Cmd::Drain(a) => {
+            steer(
+                &a.socket.socket,
+                Request::Drain {
+                    pool: a.pool,
+                    backend: a.backend,
+                },
+            )
+            .await
+        }
+        Cmd::Undrain(a) => {
+            steer(
+                &a.socket.socket,
+                Request::Undrain {
+                    pool: a.pool,
+                    backend: a.backend,
+                },
+            )
+            .await
+        }
+        Cmd::Reload(a) => steer(&a.socket, Request::Reload).await,
+        Cmd::Agent(a) => agent(a).await,
+    }
+}
+
+fn print(text: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|source| CliError::Output { source })
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+fn check(path: &Path) -> Result<(), CliError> {
+    let cfg = config::load(path)?;
+    print(&format!(
+        "ok: {}, {}\n",
+        plural(cfg.pools.len(), "pool", "pools"),
+        plural(cfg.total_backends(), "backend", "backends")
+    ))
+}
+
+fn down(a: DownArgs) -> Result<(), CliError> {
+    let pin_path = match (a.pin_path, a.config) {
+        (Some(p), _) => p,
+        (None, Some(c)) => config::load(&c)?.dataplane.pin_path,
+        (None, None) => PathBuf::from(DEFAULT_PIN_PATH),
+    };
+    let detached = dataplane::down(&pin_path).map_err(|e| match e {
+        DataplaneError::NotPinned { path } => CliError::NothingPinned { path },
+        e => e.into(),
+    })?;
+    let what = if detached.is_empty() {
+        "no XDP links were pinned".to_string()
+    } else {
+        format!("detached XDP from {}", detached.join(", "))
+    };
+    print(&format!("{what}; removed pins at {}\n", pin_path.display()))
+}
+
+async fn status(socket: &Path, json: bool) -> Result<(), CliError> {
+    let resp = admin::request(socket, &Request::Status)
+        .await?
+        .into_result()?;
+    let status = resp.status.ok_or(CliError::EmptyReply {
+        cmd: "status",
+        what: "a status",
+    })?;
+    if json {
+        let mut s = serde_json::to_string(&status).expect("status serialises");
+        s.push('\n');
+        print(&s)
+    } else {
+        print(&format::status_text(&status))
+    }
+}
+
+/// drain, undrain, reload: print what the controller says it did.
+async fn steer(socket: &Path, req: Request) -> Result<(), CliError> {
+    let resp = admin::request(socket, &req).await?.into_result()?;
+    let msg = resp.message.unwrap_or_else(|| "done".to_string());
+    print(&format!("{}\n", msg.trim_end()))
+}
+
+fn read_counters(pin_path: &Path) -> Result<dataplane::Counters, CliError> {
+    Ok(CounterReader::open(pin_path)?.read()?)
+}
+
+fn stats(pin_path: &Path, json: bool) -> Result<(), CliError> {
+    let c = read_counters(pin_path)?;
+    if json {
+        let mut s = serde_json::to_string(&format::stats_json(&c)).expect("stats serialise");
+        s.push('\n');
+        print(&s)
+    } else {
+        print(&format::stats_text(&c))
+    }
+}
+
+async fn watch(pin_path: &Path, json: bool, every: Duration) -> Result<(), CliError> {
+    let mut prev = read_counters(pin_path)?;
+    let mut at = Instant::now();
+    let mut first = true;
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    let stop = shutdown_signal()?;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = ticker.tick() => {}
+        }
+        // Re-opened every time: a data plane taken down and loaded afresh
+        // meanwhile is followed, not read from stale maps.
+        let cur = read_counters(pin_path)?;
+        let now = Instant::now();
+        let r = format::rates(&prev, &cur, now - at);
+        if json {
+            let mut s = serde_json::to_string(&r).expect("rates serialise");
+            s.push('\n');
+            print(&s)?;
+        } else {
+            if !first {
+                print("\n")?;
+            }
+            print(&format::rates_text(&r))?;
+        }
+        first = false;
+        prev = cur;
+        at = now;
+    }
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+pub fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, CliError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let err = |source| CliError::Signals { source };
+    let mut int = signal(SignalKind::interrupt()).map_err(err)?;
+    let mut term = signal(SignalKind::terminate()).map_err(err)?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
+}
+
+async fn agent(a: AgentArgs) -> Result<(), CliError> {
+    let sampler = match (&a.fixed, &a.fixed_file) {
+        (Some(spec), _) => Sampler::fixed_str(spec)?,
+        (None, Some(path)) => Sampler::fixed_file(path.clone()),
+        (None, None) => Sampler::from_proc(a.net_capacity),
+    };
+    let sampler = Arc::new(sampler.with_weight_percent(a.weight_percent));
+    // Fail early on a --fixed-file that cannot be read or parsed, rather
+    // than closing every connection without a line.
+    sampler.reply()?;
+    let listener = TcpListener::bind(a.listen)
+        .await
+        .map_err(|source| CliError::Listen {
+            addr: a.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().unwrap_or(a.listen);
+    let stop = shutdown_signal()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sampling = sampler.spawn(stop_rx);
+    tracing::info!(%addr, "load agent listening");
+    serve_agent(listener, sampler, stop).await;
+    tracing::info!("load agent stopping");
+    let _ = stop_tx.send(true);
+    if let Some(t) = sampling {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_operator_contract() {
+        let p = |args: &[&str]| Cli::try_parse_from(args).unwrap().command;
+        match p(&["xdplb", "run"]) {
+            Cmd::Run(a) => assert_eq!(a.config, Path::new("/etc/xdplb/xdplb.toml")),
+            c => panic!("{c:?}"),
+        }
+        match p(&["xdplb", "status"]) {
+            Cmd::Status(a) => {
+                assert_eq!(a.socket.socket, Path::new("/run/xdplb.sock"));
+                assert!(!a.json);
+            }
+            c => panic!("{c:?}"),
+        }
+        match p(&["xdplb", "stats", "--watch", "0.5"]) {
+            Cmd::Stats(a) => {
+                assert_eq!(a.pin_path, Path::new("/sys/fs/bpf/xdplb"));
+                assert_eq!(a.watch, Some(Duration::from_millis(500)));
+            }
+            c => panic!("{c:?}"),
+        }
+        match p(&["xdplb", "drain", "web", "web-1", "--socket", "/tmp/s"]) {
+            Cmd::Drain(a) => {
+                assert_eq!((a.pool.as_str(), a.backend.as_str()), ("web", "web-1"));
+                assert_eq!(a.socket.socket, Path::new("/tmp/s"));
+            }
+            c => panic!("{c:?}"),
+        }
+        match p(&["xdplb", "agent"]) {
+            Cmd::Agent(a) => {
+                assert_eq!(a.listen, "0.0.0.0:9777".parse().unwrap());
+                assert_eq!(a.weight_percent, 100);
+            }
+            c => panic!("{c:?}"),
+        }
+        assert!(Cli::try_parse_from(["xdplb", "agent", "--weight-percent", "101"]).is_err());
+        assert!(
+            Cli::try_parse_from(["xdplb", "agent", "--fixed", "cpu=1", "--fixed-file", "f"])
+                .is_err()
+        );
+        assert!(Cli::try_parse_from(["xdplb", "stats", "--watch", "0"]).is_err());
+        assert!(Cli::try_parse_from(["xdplb", "stats", "--watch", "soon"]).is_err());
+    }
+}

@@ -375,9 +375,15 @@ pub fn parse(path_for_messages: &Path, text: &str) -> Result<Config, ConfigError
 
 /// Checks that every configured interface exists on this host. Kept apart
 /// from [`parse`] so `xdplb check` validates a config meant for another host.
+///
+/// Asks the kernel in this process's network namespace (`if_nametoindex`)
+/// rather than `/sys/class/net`, which shows the namespace sysfs was
+/// mounted for: under `nsenter --net` those differ.
 pub fn check_interfaces_exist(cfg: &Config) -> Result<(), ConfigError> {
     for name in &cfg.dataplane.interfaces {
-        if !Path::new("/sys/class/net").join(name).exists() {
+        let c = std::ffi::CString::new(name.as_bytes()).unwrap_or_default();
+        // SAFETY: a valid NUL-terminated string; no other side effects.
+        if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
             return Err(ConfigError::MissingInterface { name: name.clone() });
         }
     }

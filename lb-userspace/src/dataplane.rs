@@ -185,6 +185,16 @@ pub fn ensure_bpffs(pin_path: &Path) -> Result<(), DataplaneError> {
     if mounted {
         return Ok(());
     }
+    let own = fs::read_link("/proc/self/ns/mnt").ok();
+    let init = fs::read_link("/proc/1/ns/mnt").ok();
+    if matches!((&own, &init), (Some(a), Some(b)) if a != b) {
+        // e.g. under `ip netns exec`, which mounts a fresh /sys: a bpffs
+        // mounted here is private to this mount namespace, so the pins die
+        // with it and other commands cannot see them.
+        tracing::warn!(
+            "/sys/fs/bpf is not mounted in this (private) mount namespace; pins made here              vanish with it and `xdplb stats`/`down` elsewhere will not see them. Run xdplb              in the host's mount namespace (e.g. `nsenter --net=/run/netns/NAME`, not              `ip netns exec`)"
+        );
+    }
     let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
     let (src, dst, ty) = (c("bpf"), c("/sys/fs/bpf"), c("bpf"));
     // SAFETY: valid NUL-terminated strings; no data argument.

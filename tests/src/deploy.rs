@@ -162,8 +162,9 @@ pub struct Deployment {
     pub pools: Vec<PoolSpec>,
     pub config_path: PathBuf,
     pub daemon: Option<LabChild>,
-    /// `lab-backend` per lab backend index.
-    pub servers: BTreeMap<usize, LabChild>,
+    /// `lab-backend` per lab backend index (behind a lock so a test can
+    /// kill and restart servers while other threads use the lab).
+    pub servers: std::sync::Mutex<BTreeMap<usize, LabChild>>,
     /// `xdplb agent` per lab backend index.
     pub agents: BTreeMap<usize, LabChild>,
 }
@@ -201,7 +202,7 @@ impl Deployment {
             pools,
             config_path,
             daemon: None,
-            servers: BTreeMap::new(),
+            servers: Default::default(),
             agents: BTreeMap::new(),
         };
         let with_agents = d.pools.iter().any(|p| p.load.is_some());
@@ -217,7 +218,7 @@ impl Deployment {
         Ok(d)
     }
 
-    pub fn start_server(&mut self, i: usize, name: &str) -> Result<()> {
+    pub fn start_server(&self, i: usize, name: &str) -> Result<()> {
         let child = self.lab.spawn(
             self.lab.backend_ns(i),
             &[
@@ -238,13 +239,14 @@ impl Deployment {
                 .is_some_and(|(s, _)| s == 200)
         });
         ensure!(up, "backend {name} did not come up: {}", child.log());
-        self.servers.insert(i, child);
+        self.servers.lock().unwrap().insert(i, child);
         Ok(())
     }
 
     /// Kills backend `i`'s server (SIGKILL: a crash, not a goodbye).
-    pub fn kill_server(&mut self, i: usize) {
-        if let Some(c) = self.servers.remove(&i) {
+    pub fn kill_server(&self, i: usize) {
+        let child = self.servers.lock().unwrap().remove(&i);
+        if let Some(c) = child {
             c.kill();
             let _ = c.wait_exit(Duration::from_secs(5));
         }
@@ -281,11 +283,12 @@ impl Deployment {
         Ok(())
     }
 
-    /// Starts `xdplb run` on the gateway and waits until it reports every
+    /// Starts `xdplb run` on the gateway (network namespace only: see
+    /// [`Lab::exec_net`]) and waits until it reports every
     /// backend probed and the state it should settle in (`settled`).
     pub fn start_daemon(&mut self) -> Result<()> {
         let bin = xdplb_bin()?;
-        let child = self.lab.spawn_env(
+        let child = self.lab.spawn_net(
             self.lab.gw_ns(),
             &[
                 bin.to_string_lossy().as_ref(),
@@ -326,7 +329,7 @@ impl Deployment {
         let bin = xdplb_bin()?;
         let mut full: Vec<String> = vec![bin.to_string_lossy().into_owned()];
         full.extend(args.iter().map(|s| s.to_string()));
-        self.lab.exec(self.lab.gw_ns(), &full)
+        self.lab.exec_net(self.lab.gw_ns(), &full)
     }
 
     /// `xdplb ARGS --socket S`, which must succeed; its stdout.

@@ -284,10 +284,28 @@ impl Lab {
     /// Runs `args` in `ns` (`ip netns exec`) and returns its output,
     /// whatever the exit status.
     pub fn exec<S: AsRef<std::ffi::OsStr>>(&self, ns: &str, args: &[S]) -> Result<Output> {
+        self.exec_via(ns, Entry::NetnsExec, args)
+    }
+
+    /// Like [`exec`](Lab::exec), but entering only the network namespace
+    /// (`nsenter --net`), keeping this process's mount namespace. `ip netns
+    /// exec` mounts a fresh /sys in a private mount namespace, where
+    /// /sys/fs/bpf is empty: anything that pins BPF objects (xdplb) must
+    /// run this way to pin into the host's bpffs.
+    pub fn exec_net<S: AsRef<std::ffi::OsStr>>(&self, ns: &str, args: &[S]) -> Result<Output> {
+        self.exec_via(ns, Entry::NetOnly, args)
+    }
+
+    fn exec_via<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        ns: &str,
+        entry: Entry,
+        args: &[S],
+    ) -> Result<Output> {
         let full = self.ns(ns);
         ensure!(!args.is_empty(), "exec in {full}: empty command");
-        Command::new("ip")
-            .args(["netns", "exec", full])
+        entry
+            .command(full)
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -324,6 +342,27 @@ impl Lab {
         args: &[S],
         env: &[(&str, &str)],
     ) -> Result<LabChild> {
+        self.spawn_via(ns, Entry::NetnsExec, args, env)
+    }
+
+    /// [`spawn_env`](Lab::spawn_env) entering only the network namespace;
+    /// see [`exec_net`](Lab::exec_net).
+    pub fn spawn_net<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        ns: &str,
+        args: &[S],
+        env: &[(&str, &str)],
+    ) -> Result<LabChild> {
+        self.spawn_via(ns, Entry::NetOnly, args, env)
+    }
+
+    fn spawn_via<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        ns: &str,
+        entry: Entry,
+        args: &[S],
+        env: &[(&str, &str)],
+    ) -> Result<LabChild> {
         let full = self.ns(ns).to_owned();
         ensure!(!args.is_empty(), "spawn in {full}: empty command");
         let prog = Path::new(args[0].as_ref())
@@ -337,8 +376,8 @@ impl Lab {
         let err = out.try_clone()?;
         // `ip netns exec` execs the command, so the child's pid is the
         // command's own and signals reach it directly.
-        let child = Command::new("ip")
-            .args(["netns", "exec", &full])
+        let child = entry
+            .command(&full)
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -789,5 +828,33 @@ mod tests {
         assert_eq!(stale_pid("other"), None);
         // A lab's pin and log directory is the bare prefix.
         assert_eq!(stale_pid("xl4242-3"), Some(4242));
+    }
+}
+
+/// How a command enters a lab namespace.
+#[derive(Clone, Copy)]
+enum Entry {
+    /// `ip netns exec`: network namespace plus a private mount namespace
+    /// with that network namespace's /sys.
+    NetnsExec,
+    /// `nsenter --net`: the network namespace only. Both exec the command,
+    /// so the child's pid is the command's own and signals reach it.
+    NetOnly,
+}
+
+impl Entry {
+    fn command(self, full: &str) -> Command {
+        match self {
+            Entry::NetnsExec => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", full]);
+                c
+            }
+            Entry::NetOnly => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{full}")).arg("--");
+                c
+            }
+        }
     }
 }

@@ -85,7 +85,7 @@ fn real_tcp_reaches_the_backend_the_ring_names() -> Result<()> {
         })??;
     }
     // Backends up (directly, not through the VIP).
-    for i in 0..3 {
+    for (i, server) in servers.iter().enumerate() {
         let addr = SocketAddr::from((Lab::backend_addr(i), PORT));
         let up = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
             lab.run_in("client", || xdplb_tests::http_get(addr, "/healthz"))
@@ -93,7 +93,7 @@ fn real_tcp_reaches_the_backend_the_ring_names() -> Result<()> {
                 .and_then(|r| r.ok())
                 .is_some_and(|(s, _)| s == 200)
         });
-        ensure!(up, "backend {addr} not answering: {}", servers[i].log());
+        ensure!(up, "backend {addr} not answering: {}", server.log());
     }
 
     let (seen, mismatches) = lab.run_in("client", || -> Result<(Vec<u32>, Vec<String>)> {

@@ -1,0 +1,663 @@
+//! Human and JSON output of `xdplb status` and `xdplb stats`: pure
+//! functions from a snapshot to text, so they are tested without a daemon
+//! or a data plane.
+//!
+//! Conventions follow `ip -s link` and `ipvsadm -Ln --stats`: a header
+//! line of column names over the values, counts humanised with SI suffixes
+//! (`1.2M`), bytes with binary ones (`3.4 MiB`), no colour.
+use std::{collections::BTreeMap, time::Duration};
+
+use lb_common::{
+    GlobalCounter, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_FREE, BACKEND_STANDBY,
+};
+use serde::Serialize;
+
+use crate::{
+    dataplane::{BackendStats, Counters, VipStats},
+    status::Status,
+};
+
+/// A count with an SI suffix: `999`, `1.2k`, `3.4M`, `5.6G`, `7.8T`.
+pub fn human_count(n: f64) -> String {
+    const UNITS: [(f64, &str); 4] = [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")];
+    for (scale, unit) in UNITS {
+        if n >= scale {
+            return format!("{:.1}{unit}", n / scale);
+        }
+    }
+    if n.fract() == 0.0 {
+        format!("{n:.0}")
+    } else {
+        format!("{n:.1}")
+    }
+}
+
+/// Bytes with a binary suffix: `512 B`, `1.5 KiB`, `3.4 MiB`, `2.0 GiB`.
+pub fn human_bytes(n: f64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024.0 {
+        return if n.fract() == 0.0 {
+            format!("{n:.0} B")
+        } else {
+            format!("{n:.1} B")
+        };
+    }
+    let mut v = n / 1024.0;
+    for unit in UNITS {
+        if v < 1024.0 || unit == "PiB" {
+            return format!("{v:.1} {unit}");
+        }
+        v /= 1024.0;
+    }
+    unreachable!("the loop returns at PiB")
+}
+
+/// Column alignment in [`table`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Align {
+    Left,
+    Right,
+}
+
+/// Aligns `rows` under `header`, columns two spaces apart, each line
+/// prefixed with `indent`. Trailing spaces are trimmed.
+pub fn table(indent: &str, header: &[(&str, Align)], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|(h, _)| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut out = String::from(indent);
+        for (i, cell) in cells.enumerate() {
+            if i > 0 {
+                out.push_str("  ");
+            }
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            let (l, r) = match header[i].1 {
+                Align::Left => (0, pad),
+                Align::Right => (pad, 0),
+            };
+            out.push_str(&" ".repeat(l));
+            out.push_str(cell);
+            out.push_str(&" ".repeat(r));
+        }
+        let mut out = out.trim_end().to_string();
+        out.push('\n');
+        out
+    };
+    let mut out = line(&mut header.iter().map(|(h, _)| *h));
+    for row in rows {
+        out.push_str(&line(&mut row.iter().map(String::as_str)));
+    }
+    out
+}
+
+/// `xdplb status`: per pool a header line, then a table of its backends.
+pub fn status_text(s: &Status) -> String {
+    use Align::{Left, Right};
+    if s.pools.is_empty() {
+        return "no pools configured\n".to_string();
+    }
+    let mut out = String::new();
+    for (i, p) in s.pools.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "pool {}  vip {}  {}  min_active {}",
+            p.name, p.vip, p.mode, p.min_active
+        ));
+        if let Some(m) = p.mean_load {
+            out.push_str(&format!("  mean load {m:.2}"));
+        }
+        out.push('\n');
+        let rows: Vec<Vec<String>> = p
+            .backends
+            .iter()
+            .map(|b| {
+                let mut reason = b.reason.clone();
+                if let Some(e) = &b.last_error {
+                    reason = if reason.is_empty() {
+                        e.clone()
+                    } else {
+                        format!("{reason}: {e}")
+                    };
+                }
+                vec![
+                    b.name.clone(),
+                    b.addr.clone(),
+                    b.role.clone(),
+                    b.health.clone(),
+                    b.state.clone(),
+                    b.weight.to_string(),
+                    if p.mean_load.is_some() {
+                        format!("{:.2}", b.load)
+                    } else {
+                        "-".to_string()
+                    },
+                    b.flows.to_string(),
+                    reason,
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            "  ",
+            &[
+                ("BACKEND", Left),
+                ("ADDRESS", Left),
+                ("ROLE", Left),
+                ("HEALTH", Left),
+                ("STATE", Left),
+                ("WEIGHT", Right),
+                ("LOAD", Right),
+                ("FLOWS", Right),
+                ("REASON", Left),
+            ],
+            &rows,
+        ));
+    }
+    out
+}
+
+/// A backend slot's state as the operator contract names it.
+pub fn backend_state_name(state: u8) -> &'static str {
+    match state {
+        BACKEND_ACTIVE => "active",
+        BACKEND_DRAINING => "draining",
+        BACKEND_STANDBY => "standby",
+        BACKEND_DOWN => "down",
+        BACKEND_FREE => "free",
+        _ => "unknown",
+    }
+}
+
+/// The `--json` shape of `xdplb stats`, with `T = u64` for cumulative
+/// counters and `T = f64` for `--watch` rates (per second).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StatsJson<T> {
+    pub global: GlobalJson<T>,
+    pub vips: Vec<VipJson<T>>,
+    pub backends: Vec<BackendJson<T>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GlobalJson<T> {
+    pub rx_packets: T,
+    pub passed: T,
+    pub redirected: T,
+    pub dropped: T,
+    pub flow_misses: T,
+    pub resteered: T,
+    /// Passed because the next hop's neighbour entry was not resolved yet.
+    pub pass_neigh_unresolved: T,
+    /// Non-first fragments (no ports), passed.
+    pub pass_fragment: T,
+    /// Every drop reason, zero or not, so scripts can rely on the keys.
+    pub drop_reasons: BTreeMap<&'static str, T>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VipJson<T> {
+    pub pool: String,
+    pub vip: String,
+    pub packets: T,
+    pub bytes: T,
+    pub new_flows: T,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BackendJson<T> {
+    pub pool: String,
+    pub name: String,
+    pub addr: String,
+    pub state: &'static str,
+    pub packets: T,
+    pub bytes: T,
+    pub new_flows: T,
+    pub reply_packets: T,
+    pub reply_bytes: T,
+}
+
+/// `--watch --json`: the rates and the interval they were measured over.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RatesJson {
+    pub interval_s: f64,
+    #[serde(flatten)]
+    pub rates: StatsJson<f64>,
+}
+
+impl<T: Copy> StatsJson<T> {
+    /// Builds the shape from counters, mapping every value through `f`,
+    /// which gets the current value and its previous one (if known).
+    fn build(cur: &Counters, prev: Option<&Counters>, f: impl Fn(u64, Option<u64>) -> T) -> Self {
+        let g = |c: GlobalCounter| f(cur.get(c), prev.map(|p| p.get(c)));
+        let prev_vip = |v: &VipStats| -> Option<VipStats> {
+            prev?.vips.iter().find(|p| p.index == v.index).cloned()
+        };
+        let prev_backend = |b: &BackendStats| -> Option<BackendStats> {
+            prev?.backends.iter().find(|p| p.slot == b.slot).cloned()
+        };
+        StatsJson {
+            global: GlobalJson {
+                rx_packets: g(GlobalCounter::Rx),
+                passed: g(GlobalCounter::Passed),
+                redirected: g(GlobalCounter::Redirected),
+                dropped: g(GlobalCounter::Dropped),
+                flow_misses: g(GlobalCounter::FlowMisses),
+                resteered: g(GlobalCounter::Resteered),
+                pass_neigh_unresolved: g(GlobalCounter::PassNeighUnresolved),
+                pass_fragment: g(GlobalCounter::PassFragment),
+                drop_reasons: GlobalCounter::DROP_REASONS
+                    .iter()
+                    .map(|&(c, name)| (name, g(c)))
+                    .collect(),
+            },
+            vips: cur
+                .vips
+                .iter()
+                .map(|v| {
+                    let p = prev_vip(v).map(|p| p.counters);
+                    VipJson {
+                        pool: v.pool.clone(),
+                        vip: v.vip.to_string(),
+                        packets: f(v.counters.packets, p.map(|p| p.packets)),
+                        bytes: f(v.counters.bytes, p.map(|p| p.bytes)),
+                        new_flows: f(v.counters.new_flows, p.map(|p| p.new_flows)),
+                    }
+                })
+                .collect(),
+            backends: cur
+                .backends
+                .iter()
+                .map(|b| {
+                    let p = prev_backend(b).map(|p| p.counters);
+                    let c = &b.counters;
+                    BackendJson {
+                        pool: b.pool.clone(),
+                        name: b.name.clone(),
+                        addr: b.addr.to_string(),
+                        state: backend_state_name(b.state),
+                        packets: f(c.packets, p.map(|p| p.packets)),
+                        bytes: f(c.bytes, p.map(|p| p.bytes)),
+                        new_flows: f(c.new_flows, p.map(|p| p.new_flows)),
+                        reply_packets: f(c.reply_packets, p.map(|p| p.reply_packets)),
+                        reply_bytes: f(c.reply_bytes, p.map(|p| p.reply_bytes)),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Cumulative counters in the `--json` shape.
+pub fn stats_json(c: &Counters) -> StatsJson<u64> {
+    StatsJson::build(c, None, |v, _| v)
+}
+
+/// Per-second rates between two snapshots `elapsed` apart. A VIP or
+/// backend absent from `prev` (just added), or whose counter went down (the
+/// data plane was reloaded afresh), reads 0 for this interval.
+pub fn rates(prev: &Counters, cur: &Counters, elapsed: Duration) -> RatesJson {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    RatesJson {
+        interval_s: elapsed.as_secs_f64(),
+        rates: StatsJson::build(cur, Some(prev), |c, p| match p {
+            Some(p) => c.saturating_sub(p) as f64 / secs,
+            None => 0.0,
+        }),
+    }
+}
+
+/// How to print one value of a [`StatsJson`].
+trait Human: Copy {
+    fn count(self) -> String;
+    fn bytes(self) -> String;
+}
+
+impl Human for u64 {
+    fn count(self) -> String {
+        human_count(self as f64)
+    }
+    fn bytes(self) -> String {
+        human_bytes(self as f64)
+    }
+}
+
+impl Human for f64 {
+    fn count(self) -> String {
+        human_count(self)
+    }
+    fn bytes(self) -> String {
+        human_bytes(self)
+    }
+}
+
+/// `xdplb stats`: a global block, then a VIP table and a backend table.
+/// `unit` is `""` for totals and `"/s"` for rates.
+fn stats_text_of<T: Human + PartialEq + Default>(s: &StatsJson<T>, unit: &str) -> String {
+    use Align::{Left, Right};
+    let g = &s.global;
+    let mut out = String::new();
+    let cols: Vec<String> = [
+        "RX",
+        "PASSED",
+        "REDIRECTED",
+        "DROPPED",
+        "FLOW MISSES",
+        "RESTEERED",
+    ]
+    .iter()
+    .map(|c| format!("{c}{unit}"))
+    .collect();
+    let header: Vec<(&str, Align)> = cols.iter().map(|c| (c.as_str(), Right)).collect();
+    out.push_str(&table(
+        "",
+        &header,
+        &[vec![
+            g.rx_packets.count(),
+            g.passed.count(),
+            g.redirected.count(),
+            g.dropped.count(),
+            g.flow_misses.count(),
+            g.resteered.count(),
+        ]],
+    ));
+    let nonzero = |items: &mut dyn Iterator<Item = (&str, T)>| -> Vec<String> {
+        items
+            .filter(|(_, v)| *v != T::default())
+            .map(|(k, v)| format!("{k} {}", v.count()))
+            .collect()
+    };
+    let drops = nonzero(&mut g.drop_reasons.iter().map(|(k, v)| (*k, *v)));
+    if !drops.is_empty() {
+        out.push_str(&format!("dropped{unit}: {}\n", drops.join(", ")));
+    }
+    let passes = nonzero(
+        &mut [
+            ("neigh_unresolved", g.pass_neigh_unresolved),
+            ("fragment", g.pass_fragment),
+        ]
+        .into_iter(),
+    );
+    if !passes.is_empty() {
+        out.push_str(&format!("passed{unit}: {}\n", passes.join(", ")));
+    }
+
+    out.push('\n');
+    if s.vips.is_empty() {
+        out.push_str("no VIPs in the data plane\n");
+    } else {
+        let (p, b, f) = (
+            format!("PACKETS{unit}"),
+            format!("BYTES{unit}"),
+            format!("NEW FLOWS{unit}"),
+        );
+        let rows: Vec<Vec<String>> = s
+            .vips
+            .iter()
+            .map(|v| {
+                vec![
+                    v.vip.clone(),
+                    v.pool.clone(),
+                    v.packets.count(),
+                    v.bytes.bytes(),
+                    v.new_flows.count(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            "",
+            &[
+                ("VIP", Left),
+                ("POOL", Left),
+                (&p, Right),
+                (&b, Right),
+                (&f, Right),
+            ],
+            &rows,
+        ));
+    }
+    if !s.backends.is_empty() {
+        out.push('\n');
+        let cols: Vec<String> = ["PACKETS", "BYTES", "NEW FLOWS", "REPLY PKTS", "REPLY BYTES"]
+            .iter()
+            .map(|c| format!("{c}{unit}"))
+            .collect();
+        let mut header = vec![
+            ("BACKEND", Left),
+            ("POOL", Left),
+            ("ADDRESS", Left),
+            ("STATE", Left),
+        ];
+        header.extend(cols.iter().map(|c| (c.as_str(), Right)));
+        let rows: Vec<Vec<String>> = s
+            .backends
+            .iter()
+            .map(|b| {
+                vec![
+                    b.name.clone(),
+                    b.pool.clone(),
+                    b.addr.clone(),
+                    b.state.to_string(),
+                    b.packets.count(),
+                    b.bytes.bytes(),
+                    b.new_flows.count(),
+                    b.reply_packets.count(),
+                    b.reply_bytes.bytes(),
+                ]
+            })
+            .collect();
+        out.push_str(&table("", &header, &rows));
+    }
+    out
+}
+
+/// `xdplb stats` (cumulative counters).
+pub fn stats_text(c: &Counters) -> String {
+    stats_text_of(&stats_json(c), "")
+}
+
+/// One `xdplb stats --watch` frame: rates per second.
+pub fn rates_text(r: &RatesJson) -> String {
+    format!(
+        "rates per second over {:.1}s\n{}",
+        r.interval_s,
+        stats_text_of(&r.rates, "/s")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{BackendStatus, PoolStatus};
+    use lb_common::{BackendCounters, VipCounters};
+
+    #[test]
+    fn humanised_units() {
+        assert_eq!(human_count(0.0), "0");
+        assert_eq!(human_count(999.0), "999");
+        assert_eq!(human_count(1234.0), "1.2k");
+        assert_eq!(human_count(1_234_567.0), "1.2M");
+        assert_eq!(human_count(5.6e9), "5.6G");
+        assert_eq!(human_count(2.5), "2.5");
+        assert_eq!(human_bytes(512.0), "512 B");
+        assert_eq!(human_bytes(1536.0), "1.5 KiB");
+        assert_eq!(human_bytes(3.4 * 1024.0 * 1024.0), "3.4 MiB");
+        assert_eq!(human_bytes(2.0 * 1024f64.powi(3)), "2.0 GiB");
+        assert_eq!(human_bytes(3.0 * 1024f64.powi(6)), "3072.0 PiB");
+    }
+
+    #[test]
+    fn table_aligns() {
+        let t = table(
+            "  ",
+            &[
+                ("NAME", Align::Left),
+                ("N", Align::Right),
+                ("X", Align::Left),
+            ],
+            &[
+                vec!["a".into(), "100".into(), "".into()],
+                vec!["longer".into(), "2".into(), "y".into()],
+            ],
+        );
+        assert_eq!(t, "  NAME      N  X\n  a       100\n  longer    2  y\n");
+    }
+
+    fn backend(name: &str, state: &str, health: &str) -> BackendStatus {
+        BackendStatus {
+            name: name.into(),
+            addr: "198.18.1.11:8080".into(),
+            role: "primary".into(),
+            health: health.into(),
+            state: state.into(),
+            weight: 100,
+            config_weight: 100,
+            load: 0.42,
+            flows: 12,
+            reason: "healthy".into(),
+            operator_drained: false,
+            agent: None,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn status_output() {
+        let mut down = backend("web-spare-1", "down", "down");
+        down.role = "spare".into();
+        down.weight = 0;
+        down.flows = 0;
+        down.reason = "health_down".into();
+        down.last_error = Some("connection refused".into());
+        let s = Status {
+            pools: vec![
+                PoolStatus {
+                    name: "web".into(),
+                    vip: "198.18.2.10:80".into(),
+                    mode: "nat".into(),
+                    min_active: 2,
+                    mean_load: Some(0.42),
+                    backends: vec![backend("web-1", "active", "up"), down],
+                },
+                PoolStatus {
+                    name: "api".into(),
+                    vip: "198.18.2.11:443".into(),
+                    mode: "nat".into(),
+                    min_active: 1,
+                    mean_load: None,
+                    backends: vec![],
+                },
+            ],
+        };
+        let want = "\
+pool web  vip 198.18.2.10:80  nat  min_active 2  mean load 0.42
+  BACKEND      ADDRESS           ROLE     HEALTH  STATE   WEIGHT  LOAD  FLOWS  REASON
+  web-1        198.18.1.11:8080  primary  up      active     100  0.42     12  healthy
+  web-spare-1  198.18.1.11:8080  spare    down    down         0  0.42      0  health_down: connection refused
+
+pool api  vip 198.18.2.11:443  nat  min_active 1
+  BACKEND  ADDRESS  ROLE  HEALTH  STATE  WEIGHT  LOAD  FLOWS  REASON
+";
+        assert_eq!(status_text(&s), want);
+        assert_eq!(status_text(&Status::default()), "no pools configured\n");
+    }
+
+    fn counters(scale: u64) -> Counters {
+        let mut global = vec![0u64; GlobalCounter::COUNT as usize];
+        global[GlobalCounter::Rx as usize] = 1_500_000 * scale;
+        global[GlobalCounter::Passed as usize] = 10 * scale;
+        global[GlobalCounter::Redirected as usize] = 1_499_988 * scale;
+        global[GlobalCounter::Dropped as usize] = 2 * scale;
+        global[GlobalCounter::DropNoBackend as usize] = 2 * scale;
+        global[GlobalCounter::PassNeighUnresolved as usize] = 3 * scale;
+        Counters {
+            global,
+            vips: vec![VipStats {
+                index: 0,
+                pool: "web".into(),
+                vip: "198.18.2.10:80".parse().unwrap(),
+                counters: VipCounters {
+                    packets: 900 * scale,
+                    bytes: 3 * 1024 * 1024 * scale,
+                    new_flows: 4 * scale,
+                },
+            }],
+            backends: vec![BackendStats {
+                slot: 0,
+                pool: "web".into(),
+                name: "web-1".into(),
+                addr: "198.18.1.11:8080".parse().unwrap(),
+                state: BACKEND_ACTIVE,
+                counters: BackendCounters {
+                    packets: 880 * scale,
+                    bytes: 2048 * scale,
+                    new_flows: 4 * scale,
+                    reply_packets: 800 * scale,
+                    reply_bytes: 640_000 * scale,
+                },
+            }],
+        }
+    }
+
+    #[test]
+    fn stats_output() {
+        let want = "  RX  PASSED  REDIRECTED  DROPPED  FLOW MISSES  RESTEERED
+1.5M      10        1.5M        2            0          0
+dropped: no_backend 2
+passed: neigh_unresolved 3
+
+VIP             POOL  PACKETS    BYTES  NEW FLOWS
+198.18.2.10:80  web       900  3.0 MiB          4
+
+BACKEND  POOL  ADDRESS           STATE   PACKETS    BYTES  NEW FLOWS  REPLY PKTS  REPLY BYTES
+web-1    web   198.18.1.11:8080  active      880  2.0 KiB          4         800    625.0 KiB
+";
+        assert_eq!(stats_text(&counters(1)), want);
+    }
+
+    #[test]
+    fn stats_json_fields() {
+        let v = serde_json::to_value(stats_json(&counters(1))).unwrap();
+        assert_eq!(v["global"]["rx_packets"], 1_500_000);
+        assert_eq!(v["global"]["passed"], 10);
+        assert_eq!(v["global"]["dropped"], 2);
+        assert_eq!(v["global"]["flow_misses"], 0);
+        assert_eq!(v["global"]["drop_reasons"]["no_backend"], 2);
+        assert_eq!(
+            v["global"]["drop_reasons"].as_object().unwrap().len(),
+            GlobalCounter::DROP_REASONS.len()
+        );
+        assert_eq!(v["vips"][0]["pool"], "web");
+        assert_eq!(v["vips"][0]["vip"], "198.18.2.10:80");
+        assert_eq!(v["vips"][0]["new_flows"], 4);
+        assert_eq!(v["backends"][0]["name"], "web-1");
+        assert_eq!(v["backends"][0]["state"], "active");
+        assert_eq!(v["backends"][0]["packets"], 880);
+    }
+
+    #[test]
+    fn rates_are_deltas_over_elapsed() {
+        let r = rates(&counters(1), &counters(3), Duration::from_secs(2));
+        assert_eq!(r.interval_s, 2.0);
+        assert_eq!(r.rates.global.rx_packets, 1_500_000.0);
+        assert_eq!(r.rates.vips[0].packets, 900.0);
+        assert_eq!(r.rates.backends[0].new_flows, 4.0);
+        // A counter that went down (fresh data plane) reads 0, not garbage.
+        let r = rates(&counters(3), &counters(1), Duration::from_secs(1));
+        assert_eq!(r.rates.global.rx_packets, 0.0);
+        // A backend that was not there before reads 0 this interval.
+        let mut before = counters(1);
+        before.backends.clear();
+        let r = rates(&before, &counters(2), Duration::from_secs(1));
+        assert_eq!(r.rates.backends[0].packets, 0.0);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["interval_s"], 1.0);
+        assert_eq!(v["vips"][0]["packets"], 900.0);
+        let text = rates_text(&r);
+        assert!(text.starts_with("rates per second over 1.0s\n"), "{text}");
+        assert!(text.contains("PACKETS/s"), "{text}");
+    }
+}

@@ -1,0 +1,607 @@
+//! The `xdplb` binary as an operator runs it: help texts, exit codes, the
+//! one-line `error:` messages, `check`, `stats` and `down` against a real
+//! pinned data plane, the agent, and the admin socket seen from outside.
+//!
+//! Everything binds 127.0.0.1 only; pin paths and sockets carry the test
+//! process id and are removed even when a test fails.
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use lb_common::BACKEND_ACTIVE;
+use xdplb::{
+    admin,
+    controller::Command as ControllerCommand,
+    dataplane::{self, backend_name_index, BackendSlot, Dataplane, Shape},
+    status::Status,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_xdplb");
+const CONFIG_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config");
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A path unique to this test process and call, under `dir`.
+fn unique(dir: &str, stem: &str) -> PathBuf {
+    let n = SEQ.fetch_add(1, Ordering::SeqCst);
+    PathBuf::from(dir).join(format!("xdplb-clitest-{}-{n}-{stem}", std::process::id()))
+}
+
+fn xdplb(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run xdplb")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts the command failed with exactly one `error: ...` line on stderr
+/// containing `needle`.
+fn assert_one_error_line(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure, stderr: {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected: {err:?}");
+    assert!(lines[0].starts_with("error: "), "{err:?}");
+    assert!(lines[0].contains(needle), "{needle:?} not in {err:?}");
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// True (after saying so) if a root-only test should be skipped; under CI a
+/// missing root fails instead, so CI cannot pass by skipping.
+fn skip_unless_root() -> bool {
+    if is_root() {
+        return false;
+    }
+    assert!(std::env::var_os("CI").is_none(), "this test needs root");
+    eprintln!("skipping: this test needs root (bpf)");
+    true
+}
+
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// A child process sent SIGTERM (then SIGKILL) on drop.
+struct Proc(Option<Child>);
+
+fn sigterm(child: &Child) {
+    // SAFETY: kill on our own child's pid, which we have not reaped yet.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Proc {
+        Proc(Some(
+            Command::new(BIN)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn xdplb"),
+        ))
+    }
+
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("running")
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit; returns its output.
+    fn terminate(mut self) -> Output {
+        let mut child = self.0.take().expect("running");
+        sigterm(&child);
+        let end = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("xdplb did not exit on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().expect("collect output")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let Some(mut child) = self.0.take() else {
+            return;
+        };
+        if let Ok(None) = child.try_wait() {
+            sigterm(&child);
+            let end = Instant::now() + Duration::from_secs(5);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+    }
+}
+
+/// `xdplb run --config PATH`, started and waited for until its admin
+/// socket answers. The daemon tests (status, metrics with traffic) use it
+/// inside their namespaces; it is SIGTERMed on drop.
+#[allow(dead_code)]
+pub struct Daemon {
+    proc: Proc,
+    pub socket: PathBuf,
+}
+
+#[allow(dead_code)]
+impl Daemon {
+    pub fn start(config: &Path, socket: &Path) -> Daemon {
+        let proc = Proc::spawn(&["run", "--config", &config.to_string_lossy()]);
+        let mut d = Daemon {
+            proc,
+            socket: socket.to_path_buf(),
+        };
+        let up = wait_until(Duration::from_secs(20), || {
+            UnixStream::connect(socket).is_ok()
+                || d.proc
+                    .child()
+                    .try_wait()
+                    .map(|s| s.is_some())
+                    .unwrap_or(true)
+        });
+        assert!(up, "xdplb run: no admin socket at {}", socket.display());
+        if let Ok(Some(st)) = d.proc.child().try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = d.proc.child().stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("xdplb run exited {st}: {err}");
+        }
+        d
+    }
+
+    /// `xdplb ARGS --socket SOCKET`.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        let mut a = args.to_vec();
+        let s = self.socket.to_string_lossy().into_owned();
+        a.extend(["--socket", &s]);
+        xdplb(&a)
+    }
+
+    /// SIGTERM; the daemon's output.
+    pub fn stop(self) -> Output {
+        self.proc.terminate()
+    }
+}
+
+#[test]
+fn every_subcommand_has_help_with_its_defaults() {
+    let o = xdplb(&["--help"]);
+    assert!(o.status.success());
+    let top = stdout(&o);
+    let cases: [(&str, &[&str]); 9] = [
+        ("run", &["/etc/xdplb/xdplb.toml", "SIGHUP"]),
+        ("down", &["/sys/fs/bpf/xdplb", "--config"]),
+        ("check", &["/etc/xdplb/xdplb.toml", "line"]),
+        ("status", &["/run/xdplb.sock", "--json"]),
+        ("stats", &["/sys/fs/bpf/xdplb", "--watch", "--json"]),
+        ("drain", &["/run/xdplb.sock", "<POOL>", "<BACKEND>"]),
+        ("undrain", &["/run/xdplb.sock", "<POOL>", "<BACKEND>"]),
+        ("reload", &["/run/xdplb.sock", "SIGHUP"]),
+        (
+            "agent",
+            &[
+                "0.0.0.0:9777",
+                "--fixed",
+                "--fixed-file",
+                "--weight-percent",
+                "100",
+            ],
+        ),
+    ];
+    for (cmd, needles) in cases {
+        assert!(top.contains(cmd), "top-level help lacks {cmd}");
+        let o = xdplb(&[cmd, "--help"]);
+        assert!(o.status.success(), "{cmd} --help: {}", stderr(&o));
+        let help = stdout(&o);
+        for n in needles {
+            assert!(
+                help.contains(n),
+                "`xdplb {cmd} --help` lacks {n:?}:\n{help}"
+            );
+        }
+    }
+}
+
+#[test]
+fn usage_errors_are_one_line() {
+    let o = xdplb(&["status", "--bogus"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_one_error_line(&o, "--bogus");
+    let o = xdplb(&["drain", "web"]);
+    assert_one_error_line(&o, "<BACKEND>");
+}
+
+#[test]
+fn check_accepts_the_shipped_configs() {
+    for (file, want) in [
+        ("xdplb.toml", "ok: 1 pool, 4 backends"),
+        ("minimal.toml", "ok: 1 pool, 2 backends"),
+    ] {
+        let path = format!("{CONFIG_DIR}/{file}");
+        let o = xdplb(&["check", "--config", &path]);
+        assert!(o.status.success(), "{file}: {}", stderr(&o));
+        assert_eq!(stdout(&o).trim(), want);
+    }
+}
+
+#[test]
+fn check_names_file_line_and_column() {
+    let path = unique("/tmp", "bad.toml");
+    std::fs::write(
+        &path,
+        "[dataplane]\n\
+         interfaces = [\"eth0\"]\n\
+         \n\
+         [[pool]]\n\
+         name = \"web\"\n\
+         vip = \"198.18.2.10:80\"\n\
+         \x20 [pool.health]\n\
+         \x20 rise = 0\n\
+         \x20 [[pool.backend]]\n\
+         \x20 name = \"web-1\"\n\
+         \x20 addr = \"198.18.1.11:8080\"\n",
+    )
+    .unwrap();
+    let o = xdplb(&["check", "--config", &path.to_string_lossy()]);
+    std::fs::remove_file(&path).unwrap();
+    assert_one_error_line(&o, &format!("{}:8:", path.display()));
+    assert!(stderr(&o).contains("rise"), "{}", stderr(&o));
+
+    let o = xdplb(&["check", "--config", "/nonexistent/xdplb.toml"]);
+    assert_one_error_line(&o, "/nonexistent/xdplb.toml");
+}
+
+#[test]
+fn daemon_commands_without_a_daemon_say_so() {
+    let sock = unique("/tmp", "none.sock");
+    let s = sock.to_string_lossy().into_owned();
+    let want = format!("no controller answering on {s} (is `xdplb run` up?)");
+    for args in [
+        vec!["status", "--socket", &s],
+        vec!["status", "--json", "--socket", &s],
+        vec!["drain", "web", "web-1", "--socket", &s],
+        vec!["undrain", "web", "web-1", "--socket", &s],
+        vec!["reload", "--socket", &s],
+    ] {
+        let o = xdplb(&args);
+        assert_one_error_line(&o, &want);
+        assert!(stdout(&o).is_empty());
+    }
+    // A stale socket file (a killed daemon's) reads the same.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    let o = xdplb(&["status", "--socket", &s]);
+    std::fs::remove_file(&sock).unwrap();
+    assert_one_error_line(&o, &want);
+}
+
+#[test]
+fn stats_and_down_without_a_data_plane() {
+    let pin = unique("/tmp", "nopin");
+    let p = pin.to_string_lossy().into_owned();
+    let o = xdplb(&["stats", "--pin-path", &p]);
+    assert_one_error_line(
+        &o,
+        &format!("no data plane pinned at {p} (is `xdplb run` started? wrong --pin-path?)"),
+    );
+    let o = xdplb(&["stats", "--json", "--watch", "1", "--pin-path", &p]);
+    assert_one_error_line(&o, "no data plane pinned");
+    let o = xdplb(&["down", "--pin-path", &p]);
+    assert_one_error_line(
+        &o,
+        &format!("nothing to take down: no data plane pinned at {p}"),
+    );
+}
+
+/// A fake controller answering like one with pool `web` and backend
+/// `web-1`, and the admin server in front of it, on a runtime of its own.
+struct FakeController {
+    socket: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeController {
+    fn start() -> FakeController {
+        let socket = unique("/tmp", "admin.sock");
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let path = socket.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+                tokio::spawn(async move {
+                    while let Some(cmd) = rx.recv().await {
+                        match cmd {
+                            ControllerCommand::Status { reply } => {
+                                let _ = reply.send(Status::default());
+                            }
+                            ControllerCommand::Drain {
+                                pool,
+                                backend,
+                                reply,
+                                ..
+                            } => {
+                                let _ = reply.send(
+                                    if (pool.as_str(), backend.as_str()) == ("web", "web-1") {
+                                        Ok(())
+                                    } else {
+                                        Err(format!("no backend {backend:?} in pool {pool:?}"))
+                                    },
+                                );
+                            }
+                            ControllerCommand::Reload { reply } => {
+                                let _ = reply.send(Err(
+                                    "/etc/xdplb/xdplb.toml:8:3: rise must be at least 1".into(),
+                                ));
+                            }
+                        }
+                    }
+                });
+                admin::serve(&path, tx, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+                .unwrap();
+            });
+        });
+        assert!(
+            wait_until(Duration::from_secs(5), || UnixStream::connect(&socket)
+                .is_ok()),
+            "admin server did not come up"
+        );
+        FakeController {
+            socket,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FakeController {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        assert!(!self.socket.exists(), "admin socket left behind");
+    }
+}
+
+#[test]
+fn admin_socket_from_outside() {
+    let fake = FakeController::start();
+    let s = fake.socket.to_string_lossy().into_owned();
+
+    // Raw: malformed requests get error replies, the connection and the
+    // server keep serving.
+    let mut conn = UnixStream::connect(&fake.socket).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut rd = BufReader::new(conn.try_clone().unwrap());
+    let mut ask = |line: &str| -> serde_json::Value {
+        conn.write_all(line.as_bytes()).unwrap();
+        let mut reply = String::new();
+        rd.read_line(&mut reply).unwrap();
+        serde_json::from_str(&reply).unwrap()
+    };
+    let r = ask("this is not json\n");
+    assert_eq!((r["v"].as_u64(), r["ok"].as_bool()), (Some(1), Some(false)));
+    assert!(
+        r["error"].as_str().unwrap().contains("malformed JSON"),
+        "{r}"
+    );
+    let r = ask("{\"v\":1,\"cmd\":\"selfdestruct\"}\n");
+    assert!(
+        r["error"].as_str().unwrap().contains("unknown command"),
+        "{r}"
+    );
+    let r = ask("{\"v\":9,\"cmd\":\"status\"}\n");
+    assert!(r["error"].as_str().unwrap().contains("version"), "{r}");
+    let r = ask("{\"v\":1,\"cmd\":\"status\"}\n");
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(r["status"]["pools"].is_array(), "{r}");
+    drop(conn);
+
+    // Through the binary.
+    let o = xdplb(&["status", "--json", "--socket", &s]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v, serde_json::json!({"pools": []}));
+    let o = xdplb(&["status", "--socket", &s]);
+    assert_eq!(stdout(&o), "no pools configured\n");
+
+    let o = xdplb(&["drain", "web", "web-1", "--socket", &s]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "drained web/web-1\n");
+    let o = xdplb(&["undrain", "web", "web-1", "--socket", &s]);
+    assert_eq!(stdout(&o), "undrained web/web-1\n");
+    let o = xdplb(&["drain", "web", "nope", "--socket", &s]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_one_error_line(&o, "no backend \"nope\" in pool \"web\"");
+    let o = xdplb(&["reload", "--socket", &s]);
+    assert_one_error_line(&o, "xdplb.toml:8:3: rise must be at least 1");
+}
+
+#[test]
+fn agent_answers_one_line_and_stops_on_sigterm() {
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let agent = Proc::spawn(&[
+        "agent",
+        "--listen",
+        &listen,
+        "--fixed",
+        "cpu=0.5 mem=0.5 disk=0.5 net=0.5",
+    ]);
+    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+    let mut line = String::new();
+    let answered = wait_until(Duration::from_secs(10), || {
+        let Ok(s) = TcpStream::connect(addr) else {
+            return false;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        line.clear();
+        BufReader::new(s).read_line(&mut line).is_ok() && !line.is_empty()
+    });
+    assert!(answered, "agent on {listen} did not answer");
+    let reply = xdplb::load::parse_agent_reply(line.trim()).expect("parses");
+    assert_eq!(reply.util.cpu, Some(0.5));
+    assert_eq!(reply.weight_pct, Some(100));
+    assert_eq!(line, "up 100% cpu=0.50 mem=0.50 disk=0.50 net=0.50\n");
+
+    let out = agent.terminate();
+    assert!(out.status.success(), "agent exit {}", out.status);
+    assert!(
+        stderr(&out).contains(&listen),
+        "listen address logged: {}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn agent_with_a_bad_fixed_spec_fails_cleanly() {
+    let o = xdplb(&["agent", "--listen", "127.0.0.1:0", "--fixed", "cpu=7"]);
+    assert_one_error_line(&o, "cpu");
+}
+
+/// Pins of a data plane loaded by the test; taken down on drop if the test
+/// did not.
+struct Pins(PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = dataplane::down(&self.0);
+        }
+    }
+}
+
+#[test]
+fn stats_and_down_on_a_real_data_plane() {
+    if skip_unless_root() {
+        return;
+    }
+    let pin = PathBuf::from(format!("/sys/fs/bpf/xdplb-clitest-{}", std::process::id()));
+    let pins = Pins(pin.clone());
+    let vip: SocketAddrV4 = "198.18.2.10:80".parse().unwrap();
+    let backend: SocketAddrV4 = "198.18.1.11:8080".parse().unwrap();
+    {
+        let mut dp = Dataplane::load(Shape {
+            pin_path: pin.clone(),
+            ring_size: 1009,
+            flow_table_size: 1024,
+        })
+        .expect("load data plane");
+        dp.write_name(0, "web").unwrap();
+        dp.write_name(backend_name_index(0), "web-1").unwrap();
+        dp.write_backend(&BackendSlot {
+            slot: 0,
+            vip_index: 0,
+            addr: backend,
+            state: BACKEND_ACTIVE,
+            flags: 0,
+        })
+        .unwrap();
+        dp.publish_vip(vip, 0, &vec![0; 1009]).unwrap();
+    }
+    let p = pin.to_string_lossy().into_owned();
+
+    let o = xdplb(&["stats", "--json", "--pin-path", &p]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    for field in [
+        "rx_packets",
+        "passed",
+        "redirected",
+        "dropped",
+        "flow_misses",
+    ] {
+        assert_eq!(v["global"][field], 0, "{field}: {v}");
+    }
+    assert_eq!(v["vips"][0]["pool"], "web");
+    assert_eq!(v["vips"][0]["vip"], "198.18.2.10:80");
+    for field in ["packets", "bytes", "new_flows"] {
+        assert_eq!(v["vips"][0][field], 0, "{field}: {v}");
+        assert_eq!(v["backends"][0][field], 0, "{field}: {v}");
+    }
+    assert_eq!(v["backends"][0]["pool"], "web");
+    assert_eq!(v["backends"][0]["name"], "web-1");
+    assert_eq!(v["backends"][0]["addr"], "198.18.1.11:8080");
+    assert_eq!(v["backends"][0]["state"], "active");
+
+    let o = xdplb(&["stats", "--pin-path", &p]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("198.18.2.10:80") && text.contains("web-1"),
+        "{text}"
+    );
+
+    // --watch: one JSON object of rates per interval, until SIGTERM.
+    let watch = Proc::spawn(&["stats", "--json", "--watch", "0.2", "--pin-path", &p]);
+    std::thread::sleep(Duration::from_millis(700));
+    let out = watch.terminate();
+    assert!(
+        out.status.success(),
+        "watch exit {}: {}",
+        out.status,
+        stderr(&out)
+    );
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty(), "no rates printed");
+    assert!(lines[0]["interval_s"].as_f64().unwrap() > 0.1);
+    assert_eq!(lines[0]["vips"][0]["packets"], 0.0);
+
+    let o = xdplb(&["down", "--pin-path", &p]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("removed pins at {p}")),
+        "{}",
+        stdout(&o)
+    );
+    assert!(!pin.exists(), "pins left at {p}");
+    drop(pins);
+}

@@ -1020,6 +1020,10 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let config = config::load(&config_path)?;
     config::check_interfaces_exist(&config)?;
     let pin_path = config.dataplane.pin_path.clone();
+    // The admin socket first: a second controller for the same config
+    // fails here, before it touches the data plane the first one runs.
+    let socket = config.control.admin_socket.clone();
+    let listener = crate::admin::bind(&socket).await?;
     let mut dp = Dataplane::load(Shape {
         pin_path: pin_path.clone(),
         ring_size: config.dataplane.ring_size,
@@ -1033,17 +1037,13 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics = Metrics::new(pin_path.clone());
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
-    let socket = config.control.admin_socket.clone();
     let admin = {
         let mut stop = stop_rx.clone();
-        let socket = socket.clone();
         tokio::spawn(async move {
             let done = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = crate::admin::serve(&socket, cmd_tx, done).await {
-                error!(error = %e, "admin socket failed");
-            }
+            crate::admin::serve_on(listener, cmd_tx, done).await;
         })
     };
     info!(socket = %socket.display(), "admin socket");

@@ -25,7 +25,7 @@ use std::{
     net::SocketAddrV4,
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use lb_common::{
@@ -33,7 +33,11 @@ use lb_common::{
     BACKEND_DRAINING, BACKEND_F_OPERATOR_DRAIN,
 };
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot, watch};
+// tokio's clock, so tests can run the controller with time paused.
+use tokio::{
+    sync::{mpsc, oneshot, watch},
+    time::Instant,
+};
 use tracing::{debug, error, info, warn};
 
 use crate::{
@@ -1082,5 +1086,386 @@ fn count_flows(pin_path: &Path) -> HashMap<u32, u64> {
             warn!(error = %e, "counting flows failed");
             HashMap::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The controller against a fake data plane and fake probes, with
+    //! tokio's clock paused: every transition is driven by advancing time.
+    use std::sync::Mutex;
+
+    use lb_common::{BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_STANDBY, NO_BACKEND};
+
+    use super::*;
+    use crate::health::ProbeFuture;
+
+    /// A map write, in order.
+    #[derive(Clone, Debug, PartialEq)]
+    enum Op {
+        Publish { vip_index: u32, slots: Vec<u32> },
+        Backend(BackendSlot),
+        Free(u32),
+        RemoveReply(SocketAddrV4),
+    }
+
+    #[derive(Default)]
+    struct Fake {
+        ops: Vec<Op>,
+        vips: HashMap<SocketAddrV4, (u32, Vec<u32>)>,
+        backends: HashMap<u32, BackendSlot>,
+        names: HashMap<u32, String>,
+    }
+
+    impl Fake {
+        fn state(&self, name: &str) -> u8 {
+            let slot = self
+                .names
+                .iter()
+                .find(|(i, n)| **i >= MAX_VIPS && n.as_str() == name)
+                .map(|(i, _)| i - MAX_VIPS)
+                .expect("named slot");
+            self.backends[&slot].state
+        }
+
+        /// Names of the backends the VIP's ring holds.
+        fn ring_members(&self, vip: &str) -> Vec<String> {
+            let (_, ring) = &self.vips[&vip.parse().unwrap()];
+            let mut m: Vec<String> = ring
+                .iter()
+                .filter(|s| **s != NO_BACKEND)
+                .map(|s| self.names[&(MAX_VIPS + s)].clone())
+                .collect();
+            m.sort();
+            m.dedup();
+            m
+        }
+    }
+
+    impl DataplaneOps for Fake {
+        fn publish_vip(
+            &mut self,
+            vip: SocketAddrV4,
+            idx: u32,
+            ring: &[u32],
+        ) -> Result<(), DataplaneError> {
+            let mut slots: Vec<u32> = ring.iter().copied().filter(|s| *s != NO_BACKEND).collect();
+            slots.sort();
+            slots.dedup();
+            self.ops.push(Op::Publish {
+                vip_index: idx,
+                slots,
+            });
+            self.vips.insert(vip, (idx, ring.to_vec()));
+            Ok(())
+        }
+        fn remove_vip(&mut self, vip: SocketAddrV4) -> Result<(), DataplaneError> {
+            self.vips.remove(&vip);
+            Ok(())
+        }
+        fn write_backend(&mut self, slot: &BackendSlot) -> Result<(), DataplaneError> {
+            self.ops.push(Op::Backend(slot.clone()));
+            self.backends.insert(slot.slot, slot.clone());
+            Ok(())
+        }
+        fn free_backend(&mut self, slot: u32) -> Result<(), DataplaneError> {
+            self.ops.push(Op::Free(slot));
+            self.backends.remove(&slot);
+            Ok(())
+        }
+        fn write_reply(
+            &mut self,
+            _: SocketAddrV4,
+            _: SocketAddrV4,
+            _: u32,
+            _: u32,
+        ) -> Result<(), DataplaneError> {
+            Ok(())
+        }
+        fn remove_reply(&mut self, backend: SocketAddrV4) -> Result<(), DataplaneError> {
+            self.ops.push(Op::RemoveReply(backend));
+            Ok(())
+        }
+        fn write_name(&mut self, index: u32, name: &str) -> Result<(), DataplaneError> {
+            self.names.insert(index, name.to_string());
+            Ok(())
+        }
+        fn adopt_vips(&self) -> Result<Vec<(String, SocketAddrV4, u32)>, DataplaneError> {
+            Ok(self
+                .vips
+                .iter()
+                .map(|(vip, (i, _))| (self.names[i].clone(), *vip, *i))
+                .collect())
+        }
+        fn adopt_backends(&self) -> Result<Vec<(String, BackendSlot)>, DataplaneError> {
+            Ok(self
+                .backends
+                .values()
+                .map(|b| (self.names[&(MAX_VIPS + b.slot)].clone(), b.clone()))
+                .collect())
+        }
+    }
+
+    /// Probes answer from a table the test flips.
+    #[derive(Default)]
+    struct FakeProbes(Mutex<HashMap<SocketAddrV4, bool>>);
+
+    impl FakeProbes {
+        fn set(&self, addr: &str, up: bool) {
+            self.0.lock().unwrap().insert(addr.parse().unwrap(), up);
+        }
+    }
+
+    impl Probe for FakeProbes {
+        fn check(&self, addr: SocketAddrV4, _timeout: Duration) -> ProbeFuture<'_> {
+            let up = self.0.lock().unwrap().get(&addr).copied().unwrap_or(true);
+            Box::pin(async move {
+                if up {
+                    Ok(())
+                } else {
+                    Err(health::HealthError::Connect {
+                        addr,
+                        source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+                    })
+                }
+            })
+        }
+    }
+
+    const CONFIG: &str = r#"
+[dataplane]
+interfaces = ["lo"]
+ring_size = 1009
+
+[[pool]]
+name = "web"
+vip = "198.18.2.10:80"
+min_active = 2
+  [pool.health]
+  interval_ms = 100
+  timeout_ms = 50
+  rise = 2
+  fall = 2
+  [[pool.backend]]
+  name = "web-1"
+  addr = "198.18.1.11:8080"
+  [[pool.backend]]
+  name = "web-2"
+  addr = "198.18.1.12:8080"
+  [[pool.backend]]
+  name = "spare-1"
+  addr = "198.18.1.21:8080"
+  role = "spare"
+"#;
+
+    struct Rig {
+        c: Controller<Fake>,
+        inputs: Inputs,
+        probes: Arc<FakeProbes>,
+        dir: PathBuf,
+    }
+
+    impl Drop for Rig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn rig_with(fake: Fake, probes: Arc<FakeProbes>, text: &str) -> Rig {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "xdplb-ctl-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("xdplb.toml");
+        std::fs::write(&path, text).unwrap();
+        let cfg = config::load(&path).unwrap();
+        let p = probes.clone();
+        let factory: ProbeFactory = Arc::new(move |_| p.clone() as Arc<dyn Probe>);
+        let (c, inputs) = Controller::new(path, cfg, fake, factory, None).unwrap();
+        Rig {
+            c,
+            inputs,
+            probes,
+            dir,
+        }
+    }
+
+    fn rig() -> Rig {
+        rig_with(Fake::default(), Arc::new(FakeProbes::default()), CONFIG)
+    }
+
+    impl Rig {
+        /// Advances the paused clock by `d` in 10 ms steps, feeding every
+        /// probe report to the controller and syncing, as `run` does.
+        async fn pump(&mut self, d: Duration) {
+            let end = Instant::now() + d;
+            while Instant::now() < end {
+                tokio::time::advance(Duration::from_millis(10)).await;
+                tokio::task::yield_now().await;
+                while let Ok(r) = self.inputs.health_rx.try_recv() {
+                    self.c.on_health(r);
+                }
+                self.c.sync().unwrap();
+            }
+        }
+
+        fn fake(&self) -> &Fake {
+            &self.c.dp
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn primaries_serve_and_the_spare_stands_by() {
+        let mut r = rig();
+        r.pump(Duration::from_millis(300)).await;
+        let f = r.fake();
+        assert_eq!(f.state("web-1"), BACKEND_ACTIVE);
+        assert_eq!(f.state("web-2"), BACKEND_ACTIVE);
+        assert_eq!(f.state("spare-1"), BACKEND_STANDBY);
+        assert_eq!(f.ring_members("198.18.2.10:80"), ["web-1", "web-2"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_written_before_every_backend_is_probed() {
+        let mut r = rig();
+        // No time has passed: no probe has reported yet.
+        r.c.sync().unwrap();
+        assert!(r.fake().ops.is_empty(), "{:?}", r.fake().ops);
+        r.pump(Duration::from_millis(30)).await;
+        assert!(!r.fake().ops.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_primary_leaves_the_ring_before_it_is_marked_down() {
+        let mut r = rig();
+        r.pump(Duration::from_millis(300)).await;
+        let before = r.fake().ops.len();
+        r.probes.set("198.18.1.11:8080", false);
+        // fall = 2 at interval 100 ms: down within 2 intervals.
+        r.pump(Duration::from_millis(250)).await;
+        let f = r.fake();
+        assert_eq!(f.state("web-1"), BACKEND_DOWN);
+        assert_eq!(f.state("spare-1"), BACKEND_ACTIVE, "spare fills min_active");
+        assert_eq!(f.ring_members("198.18.2.10:80"), ["spare-1", "web-2"]);
+        let ops = &f.ops[before..];
+        let publish = ops
+            .iter()
+            .position(|o| matches!(o, Op::Publish { .. }))
+            .expect("ring republished");
+        let down = ops
+            .iter()
+            .position(|o| matches!(o, Op::Backend(b) if b.state == BACKEND_DOWN))
+            .expect("marked down");
+        let spare_up = ops
+            .iter()
+            .position(|o| matches!(o, Op::Backend(b) if b.state == BACKEND_ACTIVE))
+            .expect("spare marked active");
+        assert!(
+            spare_up < publish,
+            "spare marked before a ring names it: {ops:?}"
+        );
+        assert!(publish < down, "ring published before re-steering: {ops:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recovered_primary_sends_the_spare_back_after_its_flows_end() {
+        let mut r = rig();
+        r.pump(Duration::from_millis(300)).await;
+        r.probes.set("198.18.1.11:8080", false);
+        r.pump(Duration::from_millis(300)).await;
+        assert_eq!(r.fake().state("spare-1"), BACKEND_ACTIVE);
+        let spare_slot = r.c.slots.backends[&key("web", "spare-1")];
+        r.c.set_flows(HashMap::from([(spare_slot, 3)]));
+        r.probes.set("198.18.1.11:8080", true);
+        // rise = 2.
+        r.pump(Duration::from_millis(300)).await;
+        assert_eq!(r.fake().state("web-1"), BACKEND_ACTIVE);
+        assert_eq!(r.fake().state("spare-1"), lb_common::BACKEND_DRAINING);
+        assert_eq!(r.fake().ring_members("198.18.2.10:80"), ["web-1", "web-2"]);
+        r.c.set_flows(HashMap::new());
+        r.pump(Duration::from_millis(50)).await;
+        assert_eq!(r.fake().state("spare-1"), BACKEND_STANDBY);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_controller_adopts_slots_and_drains_and_rewrites_nothing() {
+        let mut r = rig();
+        r.pump(Duration::from_millis(300)).await;
+        r.c.drain("web", "web-2", true).unwrap();
+        assert_eq!(r.fake().state("web-2"), lb_common::BACKEND_DRAINING);
+        let slots = r.c.slots.backends.clone();
+        let probes = r.probes.clone();
+        // "Restart": a new controller over the same data plane.
+        let mut fake = std::mem::take(&mut r.c.dp);
+        fake.ops.clear();
+        drop(r);
+        let mut r = rig_with(fake, probes, CONFIG);
+        assert_eq!(r.c.slots.backends, slots, "slots recovered from the maps");
+        assert!(
+            r.c.drained.contains(&key("web", "web-2")),
+            "drain recovered"
+        );
+        r.pump(Duration::from_millis(300)).await;
+        // Same states, same rings: nothing needed rewriting but the ring
+        // publish of the new process (which the data plane skips when equal).
+        let f = r.fake();
+        assert!(
+            f.ops.iter().all(|o| matches!(o, Op::Publish { .. })),
+            "unexpected writes after restart: {:?}",
+            f.ops
+        );
+        assert_eq!(f.state("web-2"), lb_common::BACKEND_DRAINING);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reload_refuses_a_bad_config_and_applies_a_good_one() {
+        let mut r = rig();
+        r.pump(Duration::from_millis(300)).await;
+        let path = r.c.config_path.clone();
+        let ops = r.fake().ops.len();
+        std::fs::write(&path, CONFIG.replace("rise = 2", "rise = 0")).unwrap();
+        let err = r.c.reload().unwrap_err();
+        assert!(err.contains("xdplb.toml:") && err.contains("rise"), "{err}");
+        assert_eq!(r.fake().ops.len(), ops, "a refused reload wrote something");
+        std::fs::write(
+            &path,
+            CONFIG.replace("ring_size = 1009", "ring_size = 1013"),
+        )
+        .unwrap();
+        let err = r.c.reload().unwrap_err();
+        assert!(err.contains("[dataplane]"), "{err}");
+        // Remove web-2: it drains, then its slot is freed once idle.
+        let removed = CONFIG.replace(
+            "  [[pool.backend]]\n  name = \"web-2\"\n  addr = \"198.18.1.12:8080\"\n",
+            "",
+        );
+        std::fs::write(&path, &removed).unwrap();
+        let slot = r.c.slots.backends[&key("web", "web-2")];
+        r.c.set_flows(HashMap::from([(slot, 1)]));
+        let summary = r.c.reload().unwrap();
+        assert!(summary.contains("removed backend web/web-2"), "{summary}");
+        assert_eq!(r.fake().backends[&slot].state, lb_common::BACKEND_DRAINING);
+        assert_eq!(
+            r.fake().ring_members("198.18.2.10:80"),
+            ["spare-1", "web-1"]
+        );
+        r.c.set_flows(HashMap::new());
+        r.pump(Duration::from_millis(50)).await;
+        assert!(r.fake().ops.contains(&Op::Free(slot)));
+        assert!(r
+            .fake()
+            .ops
+            .contains(&Op::RemoveReply("198.18.1.12:8080".parse().unwrap())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unknown_drain_targets_are_refused() {
+        let mut r = rig();
+        r.pump(Duration::from_millis(100)).await;
+        assert!(r.c.drain("web", "nope", true).unwrap_err().contains("nope"));
+        assert!(r.c.drain("api", "web-1", true).unwrap_err().contains("api"));
     }
 }

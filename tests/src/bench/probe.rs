@@ -59,7 +59,12 @@ impl Listeners {
                     })
                     .collect::<std::io::Result<Vec<_>>>()
             })??;
-            addrs.extend(socks.iter().map(|s| s.local_addr()).collect::<Result<Vec<_>, _>>()?);
+            addrs.extend(
+                socks
+                    .iter()
+                    .map(|s| s.local_addr())
+                    .collect::<Result<Vec<_>, _>>()?,
+            );
             let stop = Arc::clone(&stop);
             threads.push(std::thread::spawn(move || {
                 let deadline = Instant::now() + lifetime;
@@ -127,7 +132,10 @@ pub fn run(d: &mut Deployment, o: &ProbeOpts) -> Result<Value> {
     let addrs: Vec<SocketAddr> = listeners.addrs.iter().copied().take(o.backends).collect();
     std::fs::write(&d.config_path, render(&d.lab, &addrs))?;
     d.pools.clear();
-    println!("probe: xdplb run with {} backends, interval {INTERVAL_MS} ms", addrs.len());
+    println!(
+        "probe: xdplb run with {} backends, interval {INTERVAL_MS} ms",
+        addrs.len()
+    );
     let started = Instant::now();
     let result = measure(d, o, addrs.len(), started);
     // Stop the daemon and take the data plane down whatever happened.

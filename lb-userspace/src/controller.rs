@@ -186,6 +186,9 @@ pub type FlowCounter = Arc<dyn Fn() -> HashMap<u32, u64> + Send + Sync>;
 const TICK: Duration = Duration::from_millis(200);
 /// How often established flows are counted (a walk of the flow table).
 const FLOW_COUNT_EVERY: Duration = Duration::from_secs(2);
+/// The flow count waits at least this many times as long as its last walk
+/// took, bounding its CPU share to about 1/10 of a core.
+const FLOW_COUNT_DUTY: u32 = 10;
 /// A flow entry idle longer than this is not counted as established (the
 /// flow table is an LRU; closed connections linger in it until evicted).
 pub const FLOW_IDLE: Duration = Duration::from_secs(30);
@@ -947,16 +950,19 @@ impl<D: DataplaneOps> Controller<D> {
         let (flows_tx, mut flows_rx) = mpsc::channel(1);
         if let Some(counter) = flow_counter {
             tokio::spawn(async move {
-                let mut every = tokio::time::interval(FLOW_COUNT_EVERY);
                 loop {
-                    every.tick().await;
                     let c = counter.clone();
+                    let started = Instant::now();
                     let Ok(flows) = tokio::task::spawn_blocking(move || c()).await else {
                         break;
                     };
+                    let took = started.elapsed();
                     if flows_tx.send(flows).await.is_err() {
                         break;
                     }
+                    // A walk of a big flow table costs real CPU (two
+                    // syscalls an entry): keep it under a tenth of a core.
+                    tokio::time::sleep(FLOW_COUNT_EVERY.max(took * FLOW_COUNT_DUTY)).await;
                 }
             });
         }
@@ -1036,6 +1042,16 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     for iface in &config.dataplane.interfaces {
         dp.attach(iface, attach_mode(config.dataplane.xdp_mode))?;
         info!(iface, pin = %pin_path.display(), "XDP program attached (link pinned)");
+        if Dataplane::driver(iface).as_deref() == Some("veth") {
+            // The kernel drops frames redirected into a veth whose peer has
+            // neither an XDP program nor GRO, without a trace.
+            warn!(
+                iface,
+                "veth: frames redirected out of this interface are dropped unless its peer runs \
+                 an XDP program or has GRO on (`ethtool -K PEER gro on`); check `xdplb stats` \
+                 against what the backends receive"
+            );
+        }
     }
     let (shutdown, reload_rx) = signals()?;
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -306,6 +306,38 @@ impl Dataplane {
             .join(format!("{}{iface}", maps::LINK_PREFIX))
     }
 
+    /// The driver behind `iface` (ETHTOOL_GDRVINFO), e.g. "veth".
+    pub fn driver(iface: &str) -> Option<String> {
+        // struct ethtool_drvinfo: cmd, driver[32], version[32], ...
+        let mut info = [0u8; 196];
+        info[..4].copy_from_slice(&0x0000_0003u32.to_ne_bytes()); // ETHTOOL_GDRVINFO
+                                                                  // SAFETY: ifreq is plain data; the ioctl writes into `info`, which
+                                                                  // is as large as struct ethtool_drvinfo.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+            if fd < 0 {
+                return None;
+            }
+            let mut ifr: libc::ifreq = std::mem::zeroed();
+            for (d, s) in ifr
+                .ifr_name
+                .iter_mut()
+                .zip(iface.bytes().take(libc::IFNAMSIZ - 1))
+            {
+                *d = s as libc::c_char;
+            }
+            ifr.ifr_ifru.ifru_data = info.as_mut_ptr().cast();
+            let rc = libc::ioctl(fd, libc::SIOCETHTOOL, &mut ifr);
+            libc::close(fd);
+            if rc != 0 {
+                return None;
+            }
+        }
+        let name = &info[4..36];
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        Some(String::from_utf8_lossy(&name[..end]).into_owned())
+    }
+
     /// Attaches to `iface`: swaps this program into the pinned link if one
     /// exists (no gap, no lost flow), else attaches afresh and pins the
     /// link so it outlives this process.

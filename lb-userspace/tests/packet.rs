@@ -637,3 +637,15 @@ fn a_flow_stops_counting_as_established_once_the_client_closes_it() {
     lab.arrive_from_client(&to_vip(47001, xdplb::packet::TCP_RST).build());
     assert_eq!(count(&lab), 0);
 }
+
+#[test]
+fn veth_interfaces_are_recognised_for_the_redirect_warning() {
+    let _ns = TestNs::new(1);
+    assert_eq!(Dataplane::driver("in0").as_deref(), Some("veth"));
+    assert_eq!(
+        Dataplane::driver("lo"),
+        None,
+        "lo has no ethtool driver info"
+    );
+    assert_eq!(Dataplane::driver("no-such-if"), None);
+}

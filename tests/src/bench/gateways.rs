@@ -31,6 +31,9 @@ const BULK_PORT: u16 = 5201;
 const NFT_TABLE: &str = "xlbench";
 /// How long a gateway gets to start answering on its address.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Seconds a wrk or iperf3 run may overrun its duration before `timeout`
+/// kills it.
+const TOOL_GRACE_S: u64 = 30;
 /// Quiet time measured before each round to subtract the idle machine.
 const BASELINE: Duration = Duration::from_secs(2);
 
@@ -477,6 +480,10 @@ fn one(
     let out = active.d.lab.exec(
         "client",
         &[
+            "timeout",
+            "-k",
+            "5",
+            &(o.wrk_secs + TOOL_GRACE_S).to_string(),
             "wrk",
             "-c",
             &o.connections.to_string(),
@@ -512,7 +519,13 @@ fn one(
     let iperf = active.d.lab.exec(
         "client",
         &[
+            "timeout",
+            "-k",
+            "5",
+            &(o.iperf_secs + TOOL_GRACE_S).to_string(),
             "iperf3",
+            "--connect-timeout",
+            "3000",
             "-c",
             &bulk.ip().to_string(),
             "-p",

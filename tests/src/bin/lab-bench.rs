@@ -42,8 +42,11 @@ const LAB_BACKENDS: usize = 4;
 #[derive(Parser)]
 struct Args {
     /// Where to write the JSON results.
+    #[arg(long, required_unless_present = "cleanup_stale")]
+    out: Option<PathBuf>,
+    /// Only remove labs left by dead runs (after a killed lab-bench), then exit.
     #[arg(long)]
-    out: PathBuf,
+    cleanup_stale: bool,
     /// Comma-separated sections: probe, gateways, failover.
     #[arg(long, default_value = "probe,gateways,failover")]
     sections: String,
@@ -72,6 +75,10 @@ struct Args {
 
 fn main() {
     let mut args = Args::parse();
+    if args.cleanup_stale {
+        Lab::cleanup_stale();
+        return;
+    }
     if args.quick {
         args.rounds = 1;
         args.wrk_secs = 3;
@@ -161,8 +168,9 @@ fn run(a: &Args) -> Result<bool> {
     let ok = ["probe", "gateways", "failover"]
         .iter()
         .all(|s| out[s].get("error").is_none());
-    std::fs::write(&a.out, serde_json::to_string_pretty(&out)?)
-        .with_context(|| format!("write {}", a.out.display()))?;
+    let path = a.out.as_deref().context("--out is required")?;
+    std::fs::write(path, serde_json::to_string_pretty(&out)?)
+        .with_context(|| format!("write {}", path.display()))?;
     drop(d); // removes the lab
     Ok(ok)
 }

@@ -1,0 +1,156 @@
+//! The data-plane section: runs `lb-userspace/examples/dataplane_bench.rs`
+//! (BPF_PROG_TEST_RUN, every iteration on the original frame) and parses
+//! the per-path lines it prints:
+//!
+//! ```text
+//!   established  min  120.1 ns  median  121.3 ns  max  125.0 ns  (counter rose by …)
+//! ```
+
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+
+use crate::cmd::Cmd;
+
+/// The paths the example measures, in its order; `floor` is a trivial
+/// XDP_TX program, the harness's own cost.
+pub const PATHS: [&str; 4] = ["established", "new_flow", "non_vip", "floor"];
+
+/// Targets, ns net of the floor.
+pub const TARGETS: [(&str, f64); 3] = [
+    ("established", 150.0),
+    ("new_flow", 400.0),
+    ("non_vip", 60.0),
+];
+
+/// Katran's figures measured on this kind of machine with the same harness
+/// (ns): established, new flow (1k LRU … 4M LRU), non-VIP.
+pub const KATRAN: [(&str, &str); 3] = [
+    ("established", "156–207"),
+    ("new_flow", "575 (1k LRU) – 880 (4M LRU)"),
+    ("non_vip", "75–84"),
+];
+
+/// min / median / max ns of one path over the runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Stat {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+/// One invocation of the example.
+#[derive(Clone, Debug)]
+pub struct DpRun {
+    /// e.g. "flow table 1,048,576".
+    pub label: String,
+    pub flow_table: u64,
+    /// In [`PATHS`] order.
+    pub paths: Vec<(String, Stat)>,
+}
+
+impl DpRun {
+    pub fn get(&self, path: &str) -> Option<Stat> {
+        self.paths.iter().find(|(p, _)| p == path).map(|(_, s)| *s)
+    }
+
+    /// Median of `path` minus the floor's median.
+    pub fn net(&self, path: &str) -> Option<f64> {
+        Some(self.get(path)?.median - self.get("floor")?.median)
+    }
+}
+
+/// Parses the example's stdout.
+pub fn parse(out: &str) -> Result<Vec<(String, Stat)>> {
+    let mut paths = Vec::new();
+    for line in out.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let Some(name) = w.first().filter(|n| PATHS.contains(n)) else {
+            continue;
+        };
+        let after = |key: &str| -> Option<f64> {
+            let i = w.iter().position(|x| *x == key)?;
+            w.get(i + 1)?.parse().ok()
+        };
+        if let (Some(min), Some(median), Some(max)) = (after("min"), after("median"), after("max"))
+        {
+            paths.push((name.to_string(), Stat { min, median, max }));
+        }
+    }
+    for p in PATHS {
+        ensure!(
+            paths.iter().any(|(n, _)| n == p),
+            "no `{p}` line in the dataplane_bench output:\n{out}"
+        );
+    }
+    Ok(paths)
+}
+
+/// Runs the built example with `--repeat --runs --flow-table`.
+pub fn run(example: &Path, repeat: u64, runs: u64, flow_table: u64) -> Result<DpRun> {
+    let out = Cmd::new(example)
+        .args([
+            "--repeat".to_string(),
+            repeat.to_string(),
+            "--runs".into(),
+            runs.to_string(),
+            "--flow-table".into(),
+            flow_table.to_string(),
+        ])
+        .read()
+        .context("dataplane_bench (needs root and BPF)")?;
+    print!("{out}");
+    Ok(DpRun {
+        label: format!("flow table {}", thousands(flow_table)),
+        flow_table,
+        paths: parse(&out)?,
+    })
+}
+
+/// 1048576 → "1,048,576".
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OUT: &str = "dataplane bench: repeat=1000000 runs=5 flow_table=1000 ring=65537 cpus=2
+  established  min  120.1 ns  median  121.3 ns  max  125.0 ns  (counter rose by 1000000 per run)
+  new_flow     min  300.0 ns  median  310.5 ns  max  320.0 ns  (counter rose by 1000000 per run)
+  non_vip      min   60.0 ns  median   61.0 ns  max   62.0 ns  (counter rose by 1000000 per run)
+  floor        min   35.0 ns  median   36.0 ns  max   37.0 ns  (counter rose by 1000000 per run)
+  established  net of floor:   85.3 ns
+dataplane: established_ns=121 new_flow_ns=310 non_vip_ns=61 floor_ns=36
+";
+
+    #[test]
+    fn parses_paths() {
+        let p = parse(OUT).unwrap();
+        assert_eq!(p.len(), 4);
+        let run = DpRun {
+            label: String::new(),
+            flow_table: 1000,
+            paths: p,
+        };
+        assert_eq!(run.get("new_flow").unwrap().median, 310.5);
+        assert!((run.net("established").unwrap() - 85.3).abs() < 1e-9);
+        assert!(parse("nothing").is_err());
+    }
+
+    #[test]
+    fn groups_thousands() {
+        assert_eq!(thousands(1_048_576), "1,048,576");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(999), "999");
+    }
+}

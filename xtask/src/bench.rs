@@ -14,7 +14,7 @@
 //! The lab parts run in `lab-bench` (`tests/src/bin/lab-bench.rs`), which
 //! writes JSON that this module reads. A failed section is recorded in the
 //! report and the others still run; the command then exits non-zero.
-//! `XDPLB_BENCH_QUICK=1` makes every part short (1 round, 3 s runs):
+//! `--quick` makes every part short (1 round, 3 s runs):
 //! indicative only, for trying the pipeline.
 //!
 //! # Layout
@@ -76,8 +76,6 @@ impl Suite {
     }
 }
 
-/// Set (to anything but `0`) for a short run of every part.
-const QUICK_ENV: &str = "XDPLB_BENCH_QUICK";
 /// Flow-table sizes the data plane is measured with: the config default,
 /// and Katran's small-LRU comparison point.
 const DP_FLOW_TABLES: [u64; 2] = [1_048_576, 1_000];
@@ -133,12 +131,7 @@ pub fn median(v: &[f64]) -> f64 {
     s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-pub fn run(suite: Suite) -> Result<()> {
-    let quick = std::env::var(QUICK_ENV).is_ok_and(|v| !v.is_empty() && v != "0");
-    run_with(suite, quick)
-}
-
-/// [`run`] with the quick switch given explicitly.
+/// Runs `suite`; `quick` is one round of short runs (indicative only).
 pub fn run_with(suite: Suite, quick: bool) -> Result<()> {
     let t0 = Instant::now();
     let (dp_repeat, dp_runs) = if quick { (200_000, 3) } else { (1_000_000, 5) };

@@ -40,11 +40,14 @@ enum Command {
     Test,
     /// Run xdplb in a namespace lab and show it balancing.
     Demo,
-    /// Run benchmarks.
+    /// Run benchmarks and rewrite docs/BENCHMARKS.md (about 4 minutes).
     Bench {
         /// Which benchmark suite to run.
         #[arg(value_enum, default_value_t = bench::Suite::All)]
         suite: bench::Suite,
+        /// One round of short runs (about a minute): indicative only.
+        #[arg(long)]
+        quick: bool,
     },
 }
 
@@ -55,7 +58,7 @@ fn main() {
         Command::Build { release } => build(release),
         Command::Test => test::run(),
         Command::Demo => demo::run(),
-        Command::Bench { suite } => bench::run(suite),
+        Command::Bench { suite, quick } => bench::run_with(suite, quick),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -48,6 +48,10 @@ pub enum Gw {
 impl Gw {
     pub const ALL: [Gw; 4] = [Gw::Forward, Gw::Nft, Gw::Haproxy, Gw::Xdplb];
 
+    pub fn parse(name: &str) -> Option<Gw> {
+        Gw::ALL.into_iter().find(|g| g.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Gw::Forward => "forward",
@@ -78,6 +82,8 @@ fn bulk_vip() -> SocketAddr {
 }
 
 pub struct GwOpts {
+    /// The gateways to compare, in the order each round runs them.
+    pub gateways: Vec<Gw>,
     pub rounds: usize,
     pub wrk_secs: u64,
     pub iperf_secs: u64,
@@ -320,6 +326,34 @@ fn setup<'a>(d: &'a mut Deployment, gw: Gw) -> Result<Active<'a>> {
     Ok(a)
 }
 
+/// TCP sockets in `ns` by state, e.g. `ESTAB 3, LAST-ACK 120` (diagnostics).
+fn socket_states(lab: &Lab, ns: &str) -> String {
+    let Ok(out) = lab.exec_ok(ns, &["ss", "-Htan"]) else {
+        return "?".into();
+    };
+    let mut counts = std::collections::BTreeMap::new();
+    for l in out.lines() {
+        if let Some(st) = l.split_whitespace().next() {
+            *counts.entry(st.to_owned()).or_insert(0u64) += 1;
+        }
+    }
+    let v: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    v.join(", ")
+}
+
+/// New flows the data plane counted on the web VIP (`xdplb stats --json`).
+fn web_new_flows(stats: &Value) -> u64 {
+    let vip = web_vip().to_string();
+    stats["vips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["vip"].as_str() == Some(vip.as_str()) || v["pool"] == "web")
+        .filter_map(|v| v["new_flows"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
 fn count_active(status: &Value) -> usize {
     status["pools"].as_array().map_or(0, |pools| {
         pools
@@ -474,6 +508,13 @@ fn one(
     let (web, bulk) = gw.targets();
     let url = format!("http://{web}/");
     let pid = active.pid();
+    // Proof that xdplb's XDP program, not the kernel, carried the flows.
+    let xdp_flows = |d: &Deployment| {
+        (gw == Gw::Xdplb)
+            .then(|| d.stats().ok().map(|s| web_new_flows(&s)))
+            .flatten()
+    };
+    let f0 = xdp_flows(active.d);
     let p0 = pid.map(sys::process_cpu).transpose()?;
     let m0 = MachineCpu::now()?;
     let t0 = Instant::now();
@@ -500,6 +541,10 @@ fn one(
     let wall = t0.elapsed().as_secs_f64();
     let m = MachineCpu::now()?.since(m0);
     let p1 = pid.map(sys::process_cpu).transpose()?;
+    let xdp_new_flows = f0
+        .zip(xdp_flows(active.d))
+        .map(|(a, b)| b.saturating_sub(a));
+    let client_sockets = socket_states(&active.d.lab, "client");
     let stdout = String::from_utf8_lossy(&out.stdout);
     ensure!(
         out.status.success(),
@@ -549,6 +594,13 @@ fn one(
         proc_cpu.map_or(String::new(), |p| format!(" (process {:.3})", per_10k(p))),
         bulk_bps.as_ref().map_or_else(|e| format!("failed: {e:#}"), |b| format!("{:.2} Gbit/s", b / 1e9)),
     );
+    println!("           client TCP sockets after wrk: {client_sockets}");
+    if let Some(n) = xdp_new_flows {
+        println!(
+            "           XDP counted {n} new flows on the VIP for {} wrk requests",
+            w.requests
+        );
+    }
     Ok(json!({
         "rps": w.rps,
         "requests": w.requests,
@@ -566,6 +618,8 @@ fn one(
         "process_cpu_per_10k_s": proc_cpu.map(per_10k),
         "bulk_gbps": bulk_bps.ok().map(|b| b / 1e9),
         "bulk_error": bulk_err,
+        "xdp_new_flows": xdp_new_flows,
+        "client_sockets_after": client_sockets,
     }))
 }
 
@@ -574,6 +628,12 @@ pub fn run(d: &mut Deployment, o: &GwOpts) -> Result<Value> {
     // More client ports: every wrk connection is new.
     d.lab
         .sysctl("client", "net.ipv4.ip_local_port_range", "10000 65000")?;
+    // Behind HAProxy, wrk closes first (HAProxy relays the server's FIN a
+    // little after the response), so the client collects a TIME_WAIT per
+    // connection to the VIP; without reuse, connect() then crawls through
+    // a full port range and every later gateway on that VIP is throttled
+    // by the load generator, not by itself. Load generators run with this.
+    d.lab.sysctl("client", "net.ipv4.tcp_tw_reuse", "1")?;
     let servers = Servers::start(&d.lab)?;
     let result = rounds(d, o);
     servers.stop();
@@ -593,7 +653,7 @@ fn rounds(d: &mut Deployment, o: &GwOpts) -> Result<Value> {
             o.rounds,
             idle
         );
-        for gw in Gw::ALL {
+        for &gw in &o.gateways {
             let mut row = match one(d, gw, o, idle, &mut mode) {
                 Ok(v) => v,
                 Err(e) => {

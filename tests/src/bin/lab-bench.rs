@@ -53,6 +53,9 @@ struct Args {
     /// Short runs (1 round, 3 s wrk, 2 s iperf3, 5 s probe window, 3 kills).
     #[arg(long)]
     quick: bool,
+    /// Gateways compared, in the order each round runs them.
+    #[arg(long, default_value = "forward,nft,haproxy,xdplb")]
+    gateways: String,
     /// Rounds of the interleaved gateway comparison.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -150,6 +153,14 @@ fn run(a: &Args) -> Result<bool> {
             gateways::run(
                 &mut d,
                 &gateways::GwOpts {
+                    gateways: a
+                        .gateways
+                        .split(',')
+                        .map(|g| {
+                            gateways::Gw::parse(g.trim())
+                                .with_context(|| format!("unknown gateway {g:?}"))
+                        })
+                        .collect::<Result<_>>()?,
                     rounds: a.rounds,
                     wrk_secs: a.wrk_secs,
                     iperf_secs: a.iperf_secs,

@@ -41,7 +41,7 @@ fn esc(s: &str) -> String {
 
 /// A round axis maximum at or above `v`: 1, 2 or 5 × 10ⁿ.
 fn nice_max(v: f64) -> f64 {
-    if !(v > 0.0) || !v.is_finite() {
+    if v.is_nan() || v <= 0.0 || v.is_infinite() {
         return 1.0;
     }
     let p = 10f64.powf(v.log10().floor());
@@ -54,22 +54,24 @@ fn nice_max(v: f64) -> f64 {
 
 /// An axis tick: as many decimals as the step between ticks needs.
 fn fmt_tick(v: f64, step: f64) -> String {
-    if step >= 1.0 {
+    let whole = |x: f64| (x - x.round()).abs() < 1e-9;
+    if whole(step) {
         format!("{v:.0}")
-    } else if step >= 0.1 {
+    } else if whole(step * 10.0) {
         format!("{v:.1}")
     } else {
         format!("{v:.2}")
     }
 }
 
+/// A bar's value label: three significant digits or a whole number.
 fn fmt_num(v: f64) -> String {
-    if v.abs() >= 1000.0 {
-        format!("{:.0}", v)
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
     } else if v.abs() >= 10.0 {
-        format!("{:.1}", v)
+        format!("{v:.1}")
     } else {
-        format!("{:.2}", v)
+        format!("{v:.2}")
     }
 }
 
@@ -196,6 +198,15 @@ pub fn render(title: &str, panels: &[Panel]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tick_labels() {
+        assert_eq!(fmt_tick(7.5, 2.5), "7.5");
+        assert_eq!(fmt_tick(250.0, 125.0), "250");
+        assert_eq!(fmt_tick(0.75, 0.25), "0.75");
+        assert_eq!(fmt_num(624.0), "624");
+        assert_eq!(fmt_num(4.9), "4.90");
+    }
 
     #[test]
     fn nice_axis() {

@@ -389,33 +389,61 @@ impl<D: DataplaneOps> Controller<D> {
                 summary.push(format!("removed pool {}", pool.name));
             }
         }
-        // Backends gone (from surviving or removed pools): drain, retire.
-        let wanted: HashSet<Key> = self
+        // Backends gone (from surviving or removed pools), or re-addressed
+        // (a different server under the same name: its flows belong to the
+        // old one): drain, retire the slot.
+        let wanted: HashMap<Key, SocketAddrV4> = self
             .config
             .pools
             .iter()
-            .flat_map(|p| p.backends.iter().map(move |b| key(&p.name, &b.name)))
+            .flat_map(|p| {
+                p.backends
+                    .iter()
+                    .map(move |b| (key(&p.name, &b.name), b.addr))
+            })
             .collect();
-        let gone: Vec<(Key, u32)> = self
+        // Where a slot points now: what the data plane holds (adopted or
+        // written), else what the old config said.
+        let current = |k: &Key, slot: &u32| {
+            self.written
+                .get(slot)
+                .map(|m| m.addr)
+                .or_else(|| old.pool(&k.0).and_then(|p| p.backend(&k.1)).map(|b| b.addr))
+        };
+        let gone: Vec<(Key, u32, Option<SocketAddrV4>)> = self
             .slots
             .backends
             .iter()
-            .filter(|(k, _)| !wanted.contains(*k))
-            .map(|(k, s)| (k.clone(), *s))
+            .filter(|(k, slot)| match (wanted.get(*k), current(k, slot)) {
+                (None, _) => true,
+                (Some(new), Some(now)) => *new != now,
+                (Some(_), None) => false,
+            })
+            .map(|(k, slot)| (k.clone(), *slot, current(k, slot)))
             .collect();
-        for (k, slot) in gone {
+        for (k, slot, addr) in gone {
             self.slots.backends.remove(&k);
             self.checkers.remove(&k);
             self.pollers.remove(&k);
             self.runtime.remove(&k);
-            self.drained.remove(&k);
+            let readdressed = wanted.contains_key(&k);
+            if !readdressed {
+                self.drained.remove(&k);
+            }
+            // A slot never written has no flows; it is freed on the next sync.
             if let Some(mut meta) = self.written.get(&slot).cloned() {
                 meta.state = BACKEND_DRAINING;
                 self.dp.write_backend(&meta)?;
-                self.retiring.insert(slot, (Instant::now(), meta.addr));
                 self.written.insert(slot, meta);
             }
-            if old.pool(&k.0).is_some() && self.config.pool(&k.0).is_some() {
+            if let Some(addr) = addr {
+                self.retiring.insert(slot, (Instant::now(), addr));
+            } else {
+                self.slots.free_backends.push_back(slot);
+            }
+            if readdressed {
+                summary.push(format!("re-addressed backend {}/{}", k.0, k.1));
+            } else if old.pool(&k.0).is_some() && self.config.pool(&k.0).is_some() {
                 summary.push(format!("removed backend {}/{}", k.0, k.1));
             }
         }
@@ -510,12 +538,8 @@ impl<D: DataplaneOps> Controller<D> {
         }
         let health_fp = format!("{} {:?}", b.addr, pool.health);
         if self.checkers.get(&k).map(|t| &t.fingerprint) != Some(&health_fp) {
-            if self.checkers.contains_key(&k) {
-                // New target or rules: its verdict starts over.
-                if let Some(rt) = self.runtime.get_mut(&k) {
-                    rt.health = Some(HealthState::new(pool.health.rise, pool.health.fall));
-                }
-            }
+            // New probe rules restart the checker but keep the verdict (a
+            // new address is a new backend, and starts over, above).
             let id = self.task_id(&k);
             let (stop, stop_rx) = watch::channel(false);
             let probe = (self.probes)(&pool.health);
@@ -1475,6 +1499,65 @@ min_active = 2
             .fake()
             .ops
             .contains(&Op::RemoveReply("198.18.1.12:8080".parse().unwrap())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn new_probe_rules_keep_every_verdict() {
+        let mut r = rig();
+        r.pump(Duration::from_millis(300)).await;
+        let ops = r.fake().ops.len();
+        let path = r.c.config_path.clone();
+        std::fs::write(
+            &path,
+            CONFIG.replace("interval_ms = 100", "interval_ms = 150"),
+        )
+        .unwrap();
+        let summary = r.c.reload().unwrap();
+        assert!(summary.contains("changed pool web"), "{summary}");
+        r.pump(Duration::from_millis(400)).await;
+        let f = r.fake();
+        assert!(
+            f.ops[ops..]
+                .iter()
+                .all(|o| !matches!(o, Op::Backend(b) if b.state == BACKEND_DOWN)),
+            "a backend went down on a probe-rule change: {:?}",
+            &f.ops[ops..]
+        );
+        assert_eq!(f.state("web-1"), BACKEND_ACTIVE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_readdressed_backend_gets_a_new_slot_and_the_old_one_retires() {
+        let mut r = rig();
+        r.pump(Duration::from_millis(300)).await;
+        let old_slot = r.c.slots.backends[&key("web", "web-1")];
+        let path = r.c.config_path.clone();
+        std::fs::write(
+            &path,
+            CONFIG.replace("198.18.1.11:8080", "198.18.1.31:8080"),
+        )
+        .unwrap();
+        r.c.set_flows(HashMap::from([(old_slot, 2)]));
+        let summary = r.c.reload().unwrap();
+        assert!(
+            summary.contains("re-addressed backend web/web-1"),
+            "{summary}"
+        );
+        let new_slot = r.c.slots.backends[&key("web", "web-1")];
+        assert_ne!(new_slot, old_slot);
+        assert_eq!(
+            r.fake().backends[&old_slot].state,
+            lb_common::BACKEND_DRAINING
+        );
+        r.pump(Duration::from_millis(300)).await;
+        assert_eq!(
+            r.fake().backends[&new_slot].addr,
+            "198.18.1.31:8080".parse().unwrap()
+        );
+        assert_eq!(r.fake().state("web-1"), BACKEND_ACTIVE);
+        r.c.set_flows(HashMap::new());
+        r.pump(Duration::from_millis(20)).await;
+        assert!(r.fake().ops.contains(&Op::Free(old_slot)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -264,6 +264,24 @@ pub fn run_with(suite: Suite, quick: bool) -> Result<()> {
         r.wall.as_secs_f64(),
         docs.display()
     );
+    // The data plane's one-line verdict comes last, in the form scripts
+    // grep for (medians at the default flow-table size).
+    if let Some(run) = r
+        .dataplane
+        .iter()
+        .flatten()
+        .filter_map(|run| run.as_ref().ok())
+        .max_by_key(|run| run.flow_table)
+    {
+        let ns = |p: &str| run.get(p).map_or(f64::NAN, |s| s.median);
+        println!(
+            "dataplane: established_ns={:.0} new_flow_ns={:.0} non_vip_ns={:.0} floor_ns={:.0}",
+            ns("established"),
+            ns("new_flow"),
+            ns("non_vip"),
+            ns("floor")
+        );
+    }
     if !r.failures.is_empty() {
         for f in &r.failures {
             println!("FAILED: {}", f.lines().next().unwrap_or(""));

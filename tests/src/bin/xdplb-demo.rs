@@ -50,7 +50,12 @@ fn pause(d: Duration) -> Result<()> {
 }
 
 fn say(title: &str) {
-    println!("\n\x1b[1m== {title}\x1b[0m");
+    // SAFETY: isatty only inspects the descriptor.
+    if unsafe { libc::isatty(1) } == 1 {
+        println!("\n\x1b[1m== {title}\x1b[0m");
+    } else {
+        println!("\n== {title}");
+    }
 }
 
 fn show(d: &Deployment, tally: &Mutex<Tally>) -> Result<()> {

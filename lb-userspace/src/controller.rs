@@ -1077,6 +1077,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             );
         }
     }
+    for iface in dp.prune_links(&config.dataplane.interfaces)? {
+        info!(iface, "detached: no longer in the config's interfaces");
+    }
     let (shutdown, reload_rx) = signals()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics = Metrics::new(pin_path.clone());

@@ -375,6 +375,35 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Detaches the pinned links of interfaces not in `keep` (an interface
+    /// dropped from the config since the data plane was pinned). Returns
+    /// the interfaces detached.
+    pub fn prune_links(&self, keep: &[String]) -> Result<Vec<String>, DataplaneError> {
+        let dir = &self.shape.pin_path;
+        let entries = fs::read_dir(dir).map_err(|source| DataplaneError::PinPath {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut detached = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(iface) = name.strip_prefix(maps::LINK_PREFIX) else {
+                continue;
+            };
+            if keep.iter().any(|k| k == iface) {
+                continue;
+            }
+            // The pin is the link's last reference: removing it detaches.
+            fs::remove_file(entry.path()).map_err(|source| DataplaneError::PinPath {
+                path: entry.path(),
+                source,
+            })?;
+            detached.push(iface.to_string());
+        }
+        detached.sort();
+        Ok(detached)
+    }
+
     /// The VIPs currently in the map, with their meta.
     pub fn read_vips(&self) -> Result<Vec<(L4Addr, VipMeta)>, DataplaneError> {
         self.vips

@@ -67,10 +67,50 @@ fn restart_keeps_connections_and_down_cleans_up() -> Result<()> {
     );
     ensure!(!pin.exists(), "pins left at {}", pin.display());
     for iface in Lab::gw_ifaces() {
-        let link = d
-            .lab
-            .exec_ok(d.lab.gw_ns(), &["ip", "-d", "link", "show", iface])?;
-        ensure!(!link.contains("xdp"), "{iface} still has XDP: {link}");
+        ensure!(!has_xdp(&d, iface)?, "{iface} still has XDP after down");
     }
     Ok(())
+}
+
+#[test]
+fn an_interface_dropped_from_the_config_is_detached_on_restart() -> Result<()> {
+    if skip_unless_root() {
+        return Ok(());
+    }
+    let mut d = Deployment::new(vec![PoolSpec::new(1, 0)])?;
+    let gw = d.lab.gw_ns().to_string();
+    d.lab.exec_ok(
+        &gw,
+        &[
+            "ip", "link", "add", "gwx", "type", "veth", "peer", "name", "gwy",
+        ],
+    )?;
+    d.lab.exec_ok(&gw, &["ip", "link", "set", "gwx", "up"])?;
+    let two = std::fs::read_to_string(&d.config_path)?;
+    let three = two.replace(
+        "interfaces = [\"gwc\", \"gwb\"]",
+        "interfaces = [\"gwc\", \"gwb\", \"gwx\"]",
+    );
+    ensure!(three != two);
+    std::fs::write(&d.config_path, &three)?;
+    d.start_daemon()?;
+    ensure!(has_xdp(&d, "gwx")?, "gwx not attached");
+    d.stop_daemon()?;
+    std::fs::write(&d.config_path, &two)?;
+    d.start_daemon()?;
+    ensure!(
+        !has_xdp(&d, "gwx")?,
+        "gwx still attached after it left the config"
+    );
+    ensure!(has_xdp(&d, "gwc")? && has_xdp(&d, "gwb")?);
+    ensure!(!d.lab.pin_path().join("link_gwx").exists());
+    let s = d.spread(5)?;
+    ensure!(s.values().sum::<usize>() == 5, "{s:?}");
+    Ok(())
+}
+
+fn has_xdp(d: &Deployment, iface: &str) -> Result<bool> {
+    Ok(d.lab
+        .exec_ok(d.lab.gw_ns(), &["ip", "-d", "link", "show", iface])?
+        .contains("xdp"))
 }

@@ -47,12 +47,12 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
         }
         Parsed::Special { key, reason } => {
             if vip_of(&key).is_some() {
-                drop(reason)
+                drop(&ctx, reason)
             } else {
                 pass()
             }
         }
-        Parsed::Malformed(reason) => drop(reason),
+        Parsed::Malformed(reason) => drop(&ctx, reason),
     }
 }
 
@@ -63,9 +63,17 @@ fn pass() -> u32 {
 }
 
 #[inline(always)]
-fn drop(reason: GlobalCounter) -> u32 {
+fn drop(ctx: &XdpContext, reason: GlobalCounter) -> u32 {
     count(reason);
     count(GlobalCounter::Dropped);
+    if reason == GlobalCounter::DropInternal {
+        // Never on the hot path: this means a map the controller keeps
+        // consistent was not (a slot or ring index out of range).
+        aya_log_ebpf::error!(
+            ctx,
+            "xdplb: internal drop: a map lookup that cannot fail failed"
+        );
+    }
     xdp_action::XDP_DROP
 }
 
@@ -115,7 +123,7 @@ fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, vip: &VipMeta) -> u32 {
     let now = coarse_now();
     let choice = match select::select(&pkt.key, vip, syn, closing, now) {
         Ok(choice) => choice,
-        Err(reason) => return drop(reason),
+        Err(reason) => return drop(ctx, reason),
     };
     nat::to_backend(pkt, choice.meta.addr, choice.meta.port);
     let bytes = pkt.ip_len as u64;
@@ -155,7 +163,7 @@ fn emit(ctx: &XdpContext, pkt: &TcpPacket, now: u64) -> u32 {
     match next_hop(ctx, pkt, now) {
         Next::Send(hop) => send(ctx, pkt, &hop),
         Next::Kernel => pass(),
-        Next::Drop(reason) => drop(reason),
+        Next::Drop(reason) => drop(ctx, reason),
     }
 }
 

@@ -1077,6 +1077,10 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             );
         }
     }
+    match dp.logger(log::logger()) {
+        Ok(logger) => forward_ebpf_logs(logger)?,
+        Err(e) => warn!(error = %e, "the XDP program's log messages will not be shown"),
+    }
     for iface in dp.prune_links(&config.dataplane.interfaces)? {
         info!(iface, "detached: no longer in the config's interfaces");
     }
@@ -1119,6 +1123,22 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         let _ = t.await;
     }
     result?;
+    Ok(())
+}
+
+/// Drains the XDP program's log ring into our log whenever it has data.
+fn forward_ebpf_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) -> std::io::Result<()> {
+    use tokio::io::{unix::AsyncFd, Interest};
+    // SAFETY: the logger owns its ring-buffer fd: it stays open, and is the
+    // one `as_raw_fd` returns, for as long as the logger lives.
+    let mut fd = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    tokio::spawn(async move {
+        while let Ok(mut ready) = fd.readable_mut().await {
+            ready.get_inner_mut().flush();
+            ready.clear_ready();
+        }
+    });
     Ok(())
 }
 

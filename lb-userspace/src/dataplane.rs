@@ -92,6 +92,8 @@ pub enum DataplaneError {
         len: usize,
         ring_size: u32,
     },
+    #[error("eBPF logger: {reason}")]
+    Logger { reason: String },
     #[error("name {name:?} is longer than {max} bytes")]
     NameTooLong { name: String, max: usize },
 }
@@ -278,6 +280,20 @@ impl Dataplane {
             rings,
             names,
             written: StdHashMap::new(),
+        })
+    }
+
+    /// The program's log channel into `sink` (aya-log; the program logs
+    /// only on paths that should never run). The caller flushes it when its
+    /// fd is readable.
+    pub fn logger<T: log::Log>(
+        &mut self,
+        sink: T,
+    ) -> Result<aya_log::EbpfLogger<T>, DataplaneError> {
+        aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, sink).map_err(|e| {
+            DataplaneError::Logger {
+                reason: e.to_string(),
+            }
         })
     }
 

@@ -649,3 +649,36 @@ fn veth_interfaces_are_recognised_for_the_redirect_warning() {
     );
     assert_eq!(Dataplane::driver("no-such-if"), None);
 }
+
+#[test]
+fn an_impossible_map_state_is_dropped_counted_and_logged() {
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<String>>>);
+    impl log::Log for Capture {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record) {
+            self.0.lock().unwrap().push(record.args().to_string());
+        }
+        fn flush(&self) {}
+    }
+
+    let mut lab = Lab::new(2);
+    let capture = Capture::default();
+    let mut logger = lab.dp().logger(capture.clone()).unwrap();
+    // A ring naming a slot past the end of BACKENDS: only a bug could
+    // write that, and the program must neither forward nor crash.
+    lab.publish(vec![lb_common::limits::MAX_BACKENDS + 7; RING as usize]);
+    let (action, _) = lab.arrive_from_client(&to_vip(48000, TCP_SYN).build());
+    assert_eq!(action, XDP_DROP);
+    assert_eq!(lab.counters().get(GlobalCounter::DropInternal), 1);
+    logger.flush();
+    let logged = capture.0.lock().unwrap().clone();
+    assert!(
+        logged.iter().any(|m| m.contains("internal drop")),
+        "logged: {logged:?}"
+    );
+}

@@ -54,21 +54,31 @@ fn high_load_activates_a_spare_and_low_load_returns_it() -> Result<()> {
         after >= Duration::from_millis(800),
         "spare activated before the hold: {after:?}"
     );
-    // Slow start: the first weight seen is a fraction of the later one.
-    let early = d.backend_status("web", "spare-1")?["weight"]
-        .as_u64()
-        .unwrap_or(0);
+    // Slow start: the first weight seen is a fraction of the later one,
+    // and so is the spare's share of new connections.
+    let weight = || -> Result<u64> {
+        Ok(d.backend_status("web", "spare-1")?["weight"]
+            .as_u64()
+            .unwrap_or(0))
+    };
+    let early = weight()?;
+    let early_share = d.spread(60)?.get("spare-1").copied().unwrap_or(0);
     std::thread::sleep(Duration::from_millis(3300));
-    let late = d.backend_status("web", "spare-1")?["weight"]
-        .as_u64()
-        .unwrap_or(0);
-    println!("slow start: weight {early} right after activation, {late} after slow_start_ms");
+    let late = weight()?;
+    let s = d.spread(60)?;
+    let late_share = s.get("spare-1").copied().unwrap_or(0);
+    println!(
+        "slow start: weight {early} → {late}; spare's share of 60 new connections {early_share} → {late_share}"
+    );
     ensure!(
         early > 0 && early * 10 < late * 6,
         "no visible ramp: {early} → {late}"
     );
-    let s = d.spread(60)?;
-    ensure!(s.get("spare-1").copied().unwrap_or(0) > 0, "{s:?}");
+    ensure!(late_share > 0, "{s:?}");
+    ensure!(
+        early_share < late_share,
+        "share did not ramp: {early_share} → {late_share}"
+    );
 
     for i in 0..3 {
         d.set_load(i, 0.1)?;

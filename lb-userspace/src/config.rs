@@ -423,6 +423,20 @@ impl Source<'_> {
         self.line_col(span.start).0
     }
 
+    /// The value given, which must not be zero, or `default` when absent.
+    fn nonzero<T: Copy + Default + PartialEq>(
+        &self,
+        value: &Option<toml::Spanned<T>>,
+        default: T,
+        reason: &str,
+    ) -> Result<T, ConfigError> {
+        match value {
+            Some(v) if *v.get_ref() == T::default() => Err(self.err(v.span(), reason)),
+            Some(v) => Ok(*v.get_ref()),
+            None => Ok(default),
+        }
+    }
+
     fn err(&self, span: Range<usize>, reason: impl Into<String>) -> ConfigError {
         let (line, column) = self.line_col(span.start);
         ConfigError::Invalid {
@@ -581,13 +595,11 @@ fn convert_dataplane(
         }
         interfaces.push(n.clone());
     }
-    let flow_table_size = match &d.flow_table_size {
-        Some(s) if *s.get_ref() == 0 => {
-            return Err(src.err(s.span(), "flow_table_size must be at least 1"))
-        }
-        Some(s) => *s.get_ref(),
-        None => DEFAULT_FLOW_TABLE_SIZE,
-    };
+    let flow_table_size = src.nonzero(
+        &d.flow_table_size,
+        DEFAULT_FLOW_TABLE_SIZE,
+        "flow_table_size must be at least 1",
+    )?;
     let ring_size = match &d.ring_size {
         Some(s) => {
             let r = *s.get_ref();
@@ -783,29 +795,14 @@ fn convert_health(
         return Ok(h);
     };
     h.kind = r.kind.unwrap_or_default();
-    for (value, key, slot) in [
-        (&r.rise, "rise", &mut h.rise),
-        (&r.fall, "fall", &mut h.fall),
-    ] {
-        if let Some(v) = value {
-            if *v.get_ref() == 0 {
-                return Err(src.err(v.span(), format!("{key} must be at least 1")));
-            }
-            *slot = *v.get_ref();
-        }
-    }
-    if let Some(v) = &r.interval_ms {
-        if *v.get_ref() == 0 {
-            return Err(src.err(v.span(), "interval_ms must be at least 1"));
-        }
-        h.interval_ms = *v.get_ref();
-    }
-    if let Some(v) = &r.timeout_ms {
-        if *v.get_ref() == 0 {
-            return Err(src.err(v.span(), "timeout_ms must be at least 1"));
-        }
-        h.timeout_ms = *v.get_ref();
-    }
+    h.rise = src.nonzero(&r.rise, h.rise, "rise must be at least 1")?;
+    h.fall = src.nonzero(&r.fall, h.fall, "fall must be at least 1")?;
+    h.interval_ms = src.nonzero(
+        &r.interval_ms,
+        h.interval_ms,
+        "interval_ms must be at least 1",
+    )?;
+    h.timeout_ms = src.nonzero(&r.timeout_ms, h.timeout_ms, "timeout_ms must be at least 1")?;
     if h.timeout_ms >= h.interval_ms {
         let span = r
             .timeout_ms
@@ -871,18 +868,12 @@ fn convert_load(
     pool_span: &Range<usize>,
 ) -> Result<LoadConfig, ConfigError> {
     let mut l = LoadConfig::default();
-    if let Some(p) = &r.agent_port {
-        if *p.get_ref() == 0 {
-            return Err(src.err(p.span(), "agent_port must not be 0"));
-        }
-        l.agent_port = *p.get_ref();
-    }
-    if let Some(v) = &r.interval_ms {
-        if *v.get_ref() == 0 {
-            return Err(src.err(v.span(), "load interval_ms must be at least 1"));
-        }
-        l.interval_ms = *v.get_ref();
-    }
+    l.agent_port = src.nonzero(&r.agent_port, l.agent_port, "agent_port must not be 0")?;
+    l.interval_ms = src.nonzero(
+        &r.interval_ms,
+        l.interval_ms,
+        "load interval_ms must be at least 1",
+    )?;
     if let Some(f) = &r.factors {
         let fs = *f.get_ref();
         for (key, v) in [

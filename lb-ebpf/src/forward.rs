@@ -88,18 +88,20 @@ pub fn next_hop(ctx: &XdpContext, pkt: &TcpPacket, now: u64) -> Next {
 #[inline(always)]
 pub fn send(ctx: &XdpContext, pkt: &TcpPacket, hop: &FibEntry) -> u32 {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return xdp_action::XDP_ABORTED;
+        // parse() checked this header; still, every packet gets a verdict.
+        count(GlobalCounter::DropInternal);
+        count(GlobalCounter::Dropped);
+        return xdp_action::XDP_DROP;
     };
     // SAFETY: bounds checked by ptr_at.
     let eth = unsafe { &mut *eth };
     eth.src = hop.src_mac;
     eth.dst = hop.dst_mac;
     decrement_ttl(pkt);
+    count(GlobalCounter::Redirected);
     if hop.ifindex == ctx.ingress_ifindex() as u32 {
-        count(GlobalCounter::Redirected);
         return xdp_action::XDP_TX;
     }
-    count(GlobalCounter::Redirected);
     // SAFETY: helper with plain integer arguments.
     unsafe { bpf_redirect(hop.ifindex, 0) as u32 }
 }

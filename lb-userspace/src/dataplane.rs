@@ -297,10 +297,6 @@ impl Dataplane {
         })
     }
 
-    pub fn shape(&self) -> &Shape {
-        &self.shape
-    }
-
     /// The loaded XDP program (tests run it with `test_run`).
     pub fn program(&self) -> &Xdp {
         self.ebpf

@@ -4,12 +4,15 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_COMMON_LRU,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    limits::{DEFAULT_FLOW_TABLE_SIZE, DEFAULT_RING_SIZE, FIB_CACHE_SIZE, MAX_BACKENDS, MAX_VIPS},
-    rings_len, BackendCounters, BackendMeta, FibEntry, FlowEntry, FlowKey, GlobalCounter, L4Addr,
-    Name, ReplyEntry, VipCounters, VipMeta, NAMES_LEN,
+    limits::{
+        DEFAULT_FLOW_TABLE_SIZE, DEFAULT_RING_SIZE, FIB_CACHE_SIZE, MAX_BACKENDS, MAX_IFACES,
+        MAX_LOCAL_ADDRS, MAX_VIPS,
+    },
+    rings_len, BackendCounters, BackendMeta, FibEntry, FlowEntry, FlowKey, GlobalCounter,
+    IfaceMeta, L4Addr, Name, ReplyEntry, VipCounters, VipMeta, NAMES_LEN,
 };
 
 /// VIP endpoint → its index and live ring slot.
@@ -58,3 +61,20 @@ pub static BACKEND_STATS: PerCpuArray<BackendCounters> = PerCpuArray::pinned(MAX
 /// program never reads it.
 #[map]
 pub static NAMES: Array<Name> = Array::pinned(NAMES_LEN, 0);
+
+/// Attached interfaces by ifindex → their MAC: frames addressed to another
+/// MAC (promiscuous mode, a bridge port) are not ours to rewrite.
+#[map]
+pub static IFACES: HashMap<u32, IfaceMeta> = HashMap::pinned(MAX_IFACES, 0);
+
+/// Redirect targets: the attached interfaces. Redirecting through a DEVMAP
+/// lets the kernel batch transmissions, and a target missing from it falls
+/// back to XDP_PASS instead of a silent drop.
+#[map]
+pub static TX_PORTS: DevMapHash = DevMapHash::pinned(MAX_IFACES, 0);
+
+/// This host's IPv4 addresses (network order → 1): traffic from a backend
+/// to one of them is the controller's own (health checks, agents), not a
+/// reply to rewrite.
+#[map]
+pub static LOCAL_ADDRS: HashMap<u32, u32> = HashMap::pinned(MAX_LOCAL_ADDRS, 0);

@@ -109,7 +109,8 @@ fn run(
         dp.write_reply(addr, vip, i, 0)?;
     }
     let ring: Vec<u32> = (0..ring_size).map(|i| i % 3).collect();
-    dp.publish_vip(vip, 0, &ring)?;
+    dp.publish_vip(vip, 0, &ring, 0)?;
+    dp.sync_host(&["in0".to_string(), "out0".to_string()])?;
 
     let mut bench = EbpfLoader::new().load(BENCH_OBJECT)?;
     for name in ["bench_restore", "bench_floor"] {

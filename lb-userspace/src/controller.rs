@@ -127,7 +127,7 @@ impl DataplaneOps for Dataplane {
         idx: u32,
         ring: &[u32],
     ) -> Result<(), DataplaneError> {
-        Dataplane::publish_vip(self, vip, idx, ring)
+        Dataplane::publish_vip(self, vip, idx, ring, 0)
     }
     fn remove_vip(&mut self, vip: SocketAddrV4) -> Result<(), DataplaneError> {
         Dataplane::remove_vip(self, vip)
@@ -1072,6 +1072,8 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     for iface in dp.prune_links(&config.dataplane.interfaces)? {
         info!(iface, "detached: no longer in the config's interfaces");
     }
+    // Before the first map sync: redirect targets, MACs, local addresses.
+    dp.sync_host(&config.dataplane.interfaces)?;
     let (shutdown, reload_rx) = signals()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics = Metrics::new(pin_path.clone());

@@ -19,14 +19,16 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{xdp::DevMapHash, Array, HashMap, Map, MapData, MapError, PerCpuArray},
     programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use lb_common::{
+    backend_ref,
     limits::{MAX_BACKENDS, MAX_VIPS},
-    maps, rings_len, BackendCounters, BackendMeta, FlowEntry, FlowKey, GlobalCounter, L4Addr, Name,
-    ReplyEntry, VipCounters, VipMeta, IPPROTO_TCP, NAMES_LEN, RING_SLOTS,
+    maps, ref_slot, rings_len, BackendCounters, BackendMeta, FlowEntry, FlowKey, GlobalCounter,
+    IfaceMeta, L4Addr, Name, ReplyEntry, VipCounters, VipMeta, GENERATIONS, IPPROTO_TCP, NAMES_LEN,
+    NO_BACKEND, RING_SLOTS,
 };
 use thiserror::Error;
 
@@ -96,6 +98,23 @@ pub enum DataplaneError {
     Logger { reason: String },
     #[error("name {name:?} is longer than {max} bytes")]
     NameTooLong { name: String, max: usize },
+    #[error("interface {iface}: {source}")]
+    Interface {
+        iface: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listing this host's addresses: {source}")]
+    LocalAddrs {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("redirect map {map}: {source}")]
+    TxPort {
+        map: &'static str,
+        #[source]
+        source: Box<aya::maps::xdp::XdpMapError>,
+    },
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
@@ -166,6 +185,12 @@ pub struct Dataplane {
     replies: HashMap<MapData, L4Addr, ReplyEntry>,
     rings: Array<MapData, u32>,
     names: Array<MapData, Name>,
+    ifaces: HashMap<MapData, u32, IfaceMeta>,
+    tx_ports: DevMapHash<MapData>,
+    local_addrs: HashMap<MapData, u32, u32>,
+    /// Each slot's generation as the pinned map holds it: rings are written
+    /// as references carrying it (see `lb_common::backend_ref`).
+    generations: Vec<u32>,
     /// What each (vip index, slot) ring holds as far as we wrote it: lets a
     /// ring update write only the entries that change. Empty after adopt.
     written: StdHashMap<(u32, u32), Vec<u32>>,
@@ -267,10 +292,21 @@ impl Dataplane {
             source: Box::new(e),
         })?;
         let vips = take(&mut ebpf, maps::VIPS)?;
-        let backends = take(&mut ebpf, maps::BACKENDS)?;
+        let backends: Array<MapData, BackendMeta> = take(&mut ebpf, maps::BACKENDS)?;
         let replies = take(&mut ebpf, maps::REPLIES)?;
         let rings = take(&mut ebpf, maps::RINGS)?;
         let names = take(&mut ebpf, maps::NAMES)?;
+        let ifaces = take(&mut ebpf, maps::IFACES)?;
+        let tx_ports = take(&mut ebpf, maps::TX_PORTS)?;
+        let local_addrs = take(&mut ebpf, maps::LOCAL_ADDRS)?;
+        let generations = (0..MAX_BACKENDS)
+            .map(|slot| {
+                backends
+                    .get(&slot, 0)
+                    .map(|m: BackendMeta| m.generation)
+                    .map_err(map_err(maps::BACKENDS))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Dataplane {
             shape,
             ebpf,
@@ -279,6 +315,10 @@ impl Dataplane {
             replies,
             rings,
             names,
+            ifaces,
+            tx_ports,
+            local_addrs,
+            generations,
             written: StdHashMap::new(),
         })
     }
@@ -462,13 +502,16 @@ impl Dataplane {
         self.names.set(index, n, 0).map_err(map_err(maps::NAMES))
     }
 
-    /// Publishes `ring` (backend slots, `ring_size` long) for the VIP: written
-    /// into the idle slot, then made live with one atomic VIPS update.
+    /// Publishes `ring` (backend slots, `ring_size` long, or [`NO_BACKEND`])
+    /// for the VIP with `flags` (`VIP_F_*`): written into the idle slot as
+    /// references carrying each slot's generation, then made live with one
+    /// atomic VIPS update.
     pub fn publish_vip(
         &mut self,
         vip: SocketAddrV4,
         vip_index: u32,
         ring: &[u32],
+        flags: u32,
     ) -> Result<(), DataplaneError> {
         let ring_size = self.shape.ring_size;
         if ring.len() != ring_size as usize {
@@ -478,10 +521,19 @@ impl Dataplane {
                 ring_size,
             });
         }
+        let ring: Vec<u32> = ring
+            .iter()
+            .map(|&slot| match self.generations.get(slot as usize) {
+                Some(&g) if slot != NO_BACKEND => backend_ref(slot, g),
+                _ => NO_BACKEND,
+            })
+            .collect();
+        let ring = ring.as_slice();
         let key = l4addr(vip);
         let live = self.vips.get(&key, 0).ok();
         if let Some(live) = live {
             if live.index == vip_index
+                && live.flags == flags
                 && self
                     .written
                     .get(&(vip_index, live.ring_slot))
@@ -509,7 +561,7 @@ impl Dataplane {
         let meta = VipMeta {
             index: vip_index,
             ring_slot: slot,
-            flags: 0,
+            flags,
             _pad: 0,
         };
         self.vips.insert(key, meta, 0).map_err(map_err(maps::VIPS))
@@ -523,7 +575,19 @@ impl Dataplane {
         }
     }
 
+    /// Writes a slot's state. A slot that was free gets a new generation
+    /// first: references written for its previous occupant (ring entries,
+    /// flows) stop matching it.
     pub fn write_backend(&mut self, b: &BackendSlot) -> Result<(), DataplaneError> {
+        let current = self
+            .backends
+            .get(&b.slot, 0)
+            .map_err(map_err(maps::BACKENDS))?;
+        let generation = if current.state == lb_common::BACKEND_FREE {
+            (current.generation + 1) % GENERATIONS
+        } else {
+            current.generation
+        };
         let key = l4addr(b.addr);
         let meta = BackendMeta {
             addr: key.addr,
@@ -531,18 +595,28 @@ impl Dataplane {
             state: b.state,
             flags: b.flags,
             vip_index: b.vip_index,
-            _pad: 0,
+            generation,
         };
         self.backends
             .set(b.slot, meta, 0)
-            .map_err(map_err(maps::BACKENDS))
+            .map_err(map_err(maps::BACKENDS))?;
+        if let Some(g) = self.generations.get_mut(b.slot as usize) {
+            *g = generation;
+        }
+        Ok(())
     }
 
     /// Releases a slot. Its flows were re-steered already (it was down or
     /// drained); a stale flow entry naming it re-selects on its next packet.
+    /// The generation stays, so the next occupant's is new.
     pub fn free_backend(&mut self, slot: u32) -> Result<(), DataplaneError> {
+        let generation = self.generations.get(slot as usize).copied().unwrap_or(0);
+        let meta = BackendMeta {
+            generation,
+            ..BackendMeta::default()
+        };
         self.backends
-            .set(slot, BackendMeta::default(), 0)
+            .set(slot, meta, 0)
             .map_err(map_err(maps::BACKENDS))
     }
 
@@ -574,11 +648,143 @@ impl Dataplane {
         }
     }
 
-    /// Entry `i` of ring `slot` of a VIP, as the data plane sees it.
+    /// Entry `i` of ring `slot` of a VIP, as the data plane sees it: the
+    /// backend slot it names, or [`NO_BACKEND`].
     pub fn ring_entry(&self, vip_index: u32, slot: u32, i: u32) -> Result<u32, DataplaneError> {
         let idx = (vip_index * RING_SLOTS + slot) * self.shape.ring_size + i;
-        self.rings.get(&idx, 0).map_err(map_err(maps::RINGS))
+        let r = self.rings.get(&idx, 0).map_err(map_err(maps::RINGS))?;
+        Ok(if r == NO_BACKEND { r } else { ref_slot(r) })
     }
+
+    /// Tells the program about this host: the MAC of each attached
+    /// interface (frames for other MACs pass), the redirect targets
+    /// (`TX_PORTS`), and the host's IPv4 addresses (traffic from a backend
+    /// to one of them is ours, not a reply). Entries no longer true are
+    /// removed. Cheap enough to repeat every few seconds.
+    pub fn sync_host(&mut self, interfaces: &[String]) -> Result<(), DataplaneError> {
+        let mut wanted = StdHashMap::new();
+        for iface in interfaces {
+            let io = |source| DataplaneError::Interface {
+                iface: iface.clone(),
+                source,
+            };
+            let ifindex = ifindex(iface).map_err(io)?;
+            wanted.insert(ifindex, hw_addr(iface).map_err(io)?);
+        }
+        let known: Vec<u32> = self.ifaces.keys().filter_map(Result::ok).collect();
+        for ifindex in known {
+            if !wanted.contains_key(&ifindex) {
+                let _ = self.ifaces.remove(&ifindex);
+                let _ = self.tx_ports.remove(ifindex);
+            }
+        }
+        for (&ifindex, &mac) in &wanted {
+            let meta = IfaceMeta { mac, _pad: [0; 2] };
+            if self.ifaces.get(&ifindex, 0).ok() != Some(meta) {
+                self.ifaces
+                    .insert(ifindex, meta, 0)
+                    .map_err(map_err(maps::IFACES))?;
+            }
+            if self.tx_ports.get(ifindex, 0).map(|v| v.if_index).ok() != Some(ifindex) {
+                self.tx_ports
+                    .insert(ifindex, ifindex, None, 0)
+                    .map_err(|e| DataplaneError::TxPort {
+                        map: maps::TX_PORTS,
+                        source: Box::new(e),
+                    })?;
+            }
+        }
+        let local = local_ipv4_addrs().map_err(|source| DataplaneError::LocalAddrs { source })?;
+        let known: Vec<u32> = self.local_addrs.keys().filter_map(Result::ok).collect();
+        for addr in &known {
+            if !local.contains(addr) {
+                let _ = self.local_addrs.remove(addr);
+            }
+        }
+        for addr in local {
+            if !known.contains(&addr) {
+                self.local_addrs
+                    .insert(addr, 1, 0)
+                    .map_err(map_err(maps::LOCAL_ADDRS))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The ifindex of `iface` in this thread's network namespace (sysfs may
+/// show another namespace's).
+fn ifindex(iface: &str) -> std::io::Result<u32> {
+    let name = std::ffi::CString::new(iface).map_err(std::io::Error::other)?;
+    // SAFETY: valid C string.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(std::io::Error::last_os_error()),
+        i => Ok(i),
+    }
+}
+
+/// The hardware address of `iface` (SIOCGIFHWADDR).
+fn hw_addr(iface: &str) -> std::io::Result<[u8; 6]> {
+    // SAFETY: plain ioctl on a datagram socket with a zeroed ifreq whose
+    // name we fill (NUL-terminated, within IFNAMSIZ).
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (d, s) in ifr
+            .ifr_name
+            .iter_mut()
+            .zip(iface.bytes().take(libc::IFNAMSIZ - 1))
+        {
+            *d = s as libc::c_char;
+        }
+        let rc = libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut ifr);
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            return Err(err);
+        }
+        let sa = ifr.ifr_ifru.ifru_hwaddr.sa_data;
+        let mut mac = [0u8; 6];
+        for (m, b) in mac.iter_mut().zip(sa.iter()) {
+            *m = *b as u8;
+        }
+        Ok(mac)
+    }
+}
+
+/// Every IPv4 address configured in this network namespace, network order
+/// as the maps key them.
+fn local_ipv4_addrs() -> std::io::Result<Vec<u32>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: non-null sockaddr; its family says how to read it.
+            let family = unsafe { (*ifa.ifa_addr).sa_family } as i32;
+            if family == libc::AF_INET {
+                // SAFETY: an AF_INET sockaddr is a sockaddr_in.
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                let addr = sin.sin_addr.s_addr;
+                if !out.contains(&addr) {
+                    out.push(addr);
+                }
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: the list getifaddrs allocated, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
@@ -716,12 +922,18 @@ impl CounterReader {
             global.push(per_cpu.iter().sum());
         }
         // The program counts verdicts only; every packet gets exactly one.
-        global[GlobalCounter::Rx as usize] = global[GlobalCounter::Passed as usize]
-            + global[GlobalCounter::Dropped as usize]
-            + global[GlobalCounter::Redirected as usize];
+        global[GlobalCounter::Rx as usize] = GlobalCounter::VERDICTS
+            .iter()
+            .map(|&v| global[v as usize])
+            .sum();
         let mut vips = Vec::new();
         for item in self.vips.iter() {
             let (key, meta) = item.map_err(map_err(maps::VIPS))?;
+            if meta.index >= MAX_VIPS {
+                // Only a bug writes that (the program drops its packets as
+                // internal errors); one bad entry must not hide the rest.
+                continue;
+            }
             let per_cpu = self
                 .vip_stats
                 .get(&meta.index, 0)
@@ -731,6 +943,7 @@ impl CounterReader {
                 c.packets += v.packets;
                 c.bytes += v.bytes;
                 c.new_flows += v.new_flows;
+                c.rejected += v.rejected;
             }
             vips.push(VipStats {
                 index: meta.index,
@@ -806,7 +1019,7 @@ pub fn flow_counts(
     for (_, entry) in flows.iter().take(limit).flatten() {
         let closing = entry.flags & lb_common::FLOW_F_CLOSING != 0;
         if !closing && now.saturating_sub(entry.last_seen_ns) <= idle {
-            *counts.entry(entry.backend).or_insert(0) += 1;
+            *counts.entry(ref_slot(entry.backend)).or_insert(0) += 1;
         }
     }
     Ok(counts)

@@ -616,6 +616,7 @@ mod tests {
                     packets: 90,
                     bytes: 9000,
                     new_flows: 4,
+                    rejected: 0,
                 },
             }],
             backends: vec![BackendStats {

@@ -542,7 +542,7 @@ fn stats_and_down_on_a_real_data_plane() {
             flags: 0,
         })
         .unwrap();
-        dp.publish_vip(vip, 0, &vec![0; 1009]).unwrap();
+        dp.publish_vip(vip, 0, &vec![0; 1009], 0).unwrap();
     }
     let p = pin.to_string_lossy().into_owned();
 

@@ -9,14 +9,16 @@ use aya::programs::{TestRun, TestRunOptions};
 use common::{backend_mac, xdp_md, TestNs, TestPlane, CLIENT_MAC, IN_MAC, OUT_MAC};
 use lb_common::{
     flow_hash, FlowKey, GlobalCounter, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, IPPROTO_TCP,
+    VIP_F_REJECT_EMPTY,
 };
 use xdplb::{
     dataplane::{backend_name_index, BackendSlot, CounterReader, Counters, Dataplane},
-    packet::{checksums, TcpFrame, TCP_ACK, TCP_PSH, TCP_SYN},
+    packet::{checksums, TcpFrame, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN},
 };
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
 
 const RING: u32 = 1009;
@@ -58,7 +60,10 @@ impl Lab {
             dp.write_reply(backend_addr(i), sa(VIP), i, 0).unwrap();
         }
         let ring: Vec<u32> = (0..RING).map(|i| i % n).collect();
-        dp.publish_vip(sa(VIP), 0, &ring).unwrap();
+        dp.publish_vip(sa(VIP), 0, &ring, VIP_F_REJECT_EMPTY)
+            .unwrap();
+        dp.sync_host(&["in0".to_string(), "out0".to_string()])
+            .unwrap();
         Lab { tp, ns, ring }
     }
 
@@ -67,7 +72,10 @@ impl Lab {
     }
 
     fn publish(&mut self, ring: Vec<u32>) {
-        self.tp.dp().publish_vip(sa(VIP), 0, &ring).unwrap();
+        self.tp
+            .dp()
+            .publish_vip(sa(VIP), 0, &ring, VIP_F_REJECT_EMPTY)
+            .unwrap();
         self.ring = ring;
     }
 
@@ -216,8 +224,9 @@ fn backend_reply_is_rewritten_back_to_the_vip() {
 }
 
 #[test]
-fn backend_traffic_without_a_flow_passes_untouched() {
-    // The controller's own health check: gateway → backend and back.
+fn backend_traffic_to_this_host_passes_untouched() {
+    // The controller's own health check: gateway → backend and back. The
+    // gateway's address (198.18.1.1 on out0) is in LOCAL_ADDRS.
     let mut lab = Lab::new(2);
     let mut reply = TcpFrame::new(backend_addr(0), sa("198.18.1.1:45000"), TCP_SYN | TCP_ACK);
     reply.dst_mac = OUT_MAC;
@@ -225,16 +234,30 @@ fn backend_traffic_without_a_flow_passes_untouched() {
     let (action, out) = lab.arrive_from_backends(&bytes);
     assert_eq!(action, XDP_PASS);
     assert_eq!(out, bytes);
-    // And a reply for a flow that is pinned to another backend.
-    let (_, o) = lab.arrive_from_client(&to_vip(40300, TCP_SYN).build());
-    let b = backend_of(&o);
-    let other = 1 - b;
-    let mut spoof = TcpFrame::new(backend_addr(other), client(40300), TCP_ACK);
-    spoof.dst_mac = OUT_MAC;
-    let bytes = spoof.build();
-    let (action, out) = lab.arrive_from_backends(&bytes);
-    assert_eq!(action, XDP_PASS);
-    assert_eq!(out, bytes);
+    assert_eq!(lab.counters().backends[0].counters.reply_packets, 0);
+}
+
+#[test]
+fn a_reply_without_a_flow_entry_is_rewritten_to_the_vip() {
+    // Evicted, expired, or seen first by this gateway (ECMP): the reverse
+    // NAT needs no state. The server speaks first here, on a flow the
+    // table never saw.
+    let mut lab = Lab::new(2);
+    let mut push = TcpFrame::new(backend_addr(1), client(40300), TCP_ACK | TCP_PSH);
+    push.src_mac = backend_mac(1);
+    push.dst_mac = OUT_MAC;
+    push.payload = b"220 banner\r\n".to_vec();
+    let (action, out) = lab.arrive_from_backends(&push.build());
+    assert_eq!(action, XDP_REDIRECT);
+    let mut want = push.clone();
+    want.src = sa(VIP);
+    want.src_mac = IN_MAC;
+    want.dst_mac = CLIENT_MAC;
+    want.ttl -= 1;
+    assert_eq!(out, want.build());
+    assert_checksums_valid(&out);
+    let c = lab.counters();
+    assert_eq!(c.backends[1].counters.reply_packets, 1);
 }
 
 #[test]
@@ -330,13 +353,128 @@ fn non_vip_packet_passes_unchanged() {
     assert_eq!(c.get(GlobalCounter::Passed), 4);
 }
 
+/// What the program must answer to `sent` when the pool is empty: a RST
+/// from the VIP, rebuilt independently.
+fn expected_rst(sent: &TcpFrame, seq: u32, ack: u32, flags: u8) -> Vec<u8> {
+    let mut r = TcpFrame::new(sent.dst, sent.src, flags);
+    r.src_mac = sent.dst_mac;
+    r.dst_mac = sent.src_mac;
+    r.seq = seq;
+    r.ack = ack;
+    r.ip_id = 0;
+    r.window = 0;
+    r.build()
+}
+
 #[test]
-fn empty_active_set_drops_new_flows() {
+fn an_empty_pool_answers_a_syn_with_a_rst_from_the_vip() {
     let mut lab = Lab::new(2);
     lab.publish(vec![lb_common::NO_BACKEND; RING as usize]);
+    let mut syn = to_vip(43100, TCP_SYN);
+    // Options and a payload must not leak into the answer.
+    syn.payload = vec![7; 33];
+    let (action, out) = lab.arrive_from_client(&syn.build());
+    assert_eq!(action, XDP_TX);
+    let want = expected_rst(&syn, 0, syn.seq.wrapping_add(1 + 33), TCP_RST | TCP_ACK);
+    assert_eq!(out, want);
+    assert_checksums_valid(&out);
+    // A segment with ACK gets a RST whose sequence number is that ACK.
+    let mut ack = to_vip(43101, TCP_ACK);
+    ack.ack = 0xdead_beef;
+    let (action, out) = lab.arrive_from_client(&ack.build());
+    assert_eq!(action, XDP_TX);
+    assert_eq!(out, expected_rst(&ack, 0xdead_beef, 0, TCP_RST));
+    // A RST is never answered.
+    let (action, _) = lab.arrive_from_client(&to_vip(43102, TCP_RST).build());
+    assert_eq!(action, XDP_DROP);
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::Answered), 2);
+    assert_eq!(c.get(GlobalCounter::Rejected), 2);
+    assert_eq!(c.vips[0].counters.rejected, 2);
+    assert_eq!(c.get(GlobalCounter::DropNoBackend), 1);
+    assert_eq!(c.get(GlobalCounter::Rx), 3);
+}
+
+#[test]
+fn an_empty_pool_with_on_empty_drop_drops() {
+    let mut lab = Lab::new(2);
+    lab.tp
+        .dp()
+        .publish_vip(sa(VIP), 0, &vec![lb_common::NO_BACKEND; RING as usize], 0)
+        .unwrap();
     let (action, _) = lab.arrive_from_client(&to_vip(43100, TCP_SYN).build());
     assert_eq!(action, XDP_DROP);
-    assert_eq!(lab.counters().get(GlobalCounter::DropNoBackend), 1);
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::DropNoBackend), 1);
+    assert_eq!(c.vips[0].counters.rejected, 0);
+}
+
+#[test]
+fn a_stale_ring_entry_is_never_used() {
+    // The controller takes a backend out of the ring before it frees,
+    // reassigns or marks it down; a ring that still names it is one caught
+    // mid-rewrite, and must not steer anything there.
+    let mut lab = Lab::new(2);
+    let port = 43200;
+    let b = lab.ring_choice(client(port), sa(VIP));
+    type MakeStale = fn(&mut Dataplane, u32);
+    let cases: [(&str, MakeStale); 3] = [
+        ("freed slot", |dp, b| dp.free_backend(b).unwrap()),
+        ("slot of another VIP", |dp, b| {
+            dp.write_backend(&BackendSlot {
+                slot: b,
+                vip_index: 1,
+                addr: backend_addr(b),
+                state: BACKEND_ACTIVE,
+                flags: 0,
+            })
+            .unwrap()
+        }),
+        ("down backend", |dp, b| set_backend(dp, b, BACKEND_DOWN)),
+    ];
+    for (i, (name, make_stale)) in cases.iter().enumerate() {
+        make_stale(lab.dp(), b);
+        let (action, _) = lab.arrive_from_client(&to_vip(port, TCP_SYN).build());
+        assert_eq!(action, XDP_DROP, "{name}");
+        assert_eq!(
+            lab.counters().get(GlobalCounter::DropStaleRing),
+            i as u64 + 1,
+            "{name}"
+        );
+        set_backend(lab.dp(), b, BACKEND_ACTIVE);
+        let ring = lab.ring.clone();
+        lab.publish(ring);
+    }
+}
+
+#[test]
+fn a_reused_slot_does_not_inherit_its_predecessors_ring_entries_or_flows() {
+    let mut lab = Lab::new(2);
+    let port = (43300u16..44000)
+        .find(|&p| lab.ring_choice(client(p), sa(VIP)) == 0)
+        .unwrap();
+    let (_, out) = lab.arrive_from_client(&to_vip(port, TCP_SYN).build());
+    assert_eq!(backend_of(&out), 0);
+    // Slot 0 is freed and given to a new backend of the same pool, while
+    // the published ring and the flow still name the old occupant.
+    lab.dp().free_backend(0).unwrap();
+    set_backend(lab.dp(), 0, BACKEND_ACTIVE);
+    let other_port = (45000u16..46000)
+        .find(|&p| lab.ring_choice(client(p), sa(VIP)) == 0)
+        .unwrap();
+    let (action, _) = lab.arrive_from_client(&to_vip(other_port, TCP_SYN).build());
+    assert_eq!(action, XDP_DROP, "a ring entry of the old occupant");
+    // The established flow's entry is stale too: a miss, steered by the
+    // ring, which still names only the old generation for this flow.
+    let (action, _) = lab.arrive_from_client(&to_vip(port, TCP_ACK).build());
+    assert_eq!(action, XDP_DROP);
+    // Once the ring is republished for the new occupant, both work.
+    let ring = lab.ring.clone();
+    lab.publish(ring);
+    let (action, out) = lab.arrive_from_client(&to_vip(port, TCP_ACK).build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(backend_of(&out), 0);
+    assert!(lab.counters().get(GlobalCounter::FlowMisses) >= 1);
 }
 
 /// A malformed or special frame, what must happen to it, and the counter
@@ -669,9 +807,22 @@ fn an_impossible_map_state_is_dropped_counted_and_logged() {
     let mut lab = Lab::new(2);
     let capture = Capture::default();
     let mut logger = lab.dp().logger(capture.clone()).unwrap();
-    // A ring naming a slot past the end of BACKENDS: only a bug could
-    // write that, and the program must neither forward nor crash.
-    lab.publish(vec![lb_common::limits::MAX_BACKENDS + 7; RING as usize]);
+    // A VIP whose index is past the rings: only a bug could write that,
+    // and the program must neither forward nor crash.
+    let vips = aya::maps::Map::HashMap(
+        aya::maps::MapData::from_pin(lab.tp.pin_path.join(lb_common::maps::VIPS)).unwrap(),
+    );
+    let mut vips: aya::maps::HashMap<_, lb_common::L4Addr, lb_common::VipMeta> =
+        vips.try_into().unwrap();
+    vips.insert(
+        xdplb::dataplane::l4addr(sa(VIP)),
+        lb_common::VipMeta {
+            index: lb_common::limits::MAX_VIPS + 7,
+            ..Default::default()
+        },
+        0,
+    )
+    .unwrap();
     let (action, _) = lab.arrive_from_client(&to_vip(48000, TCP_SYN).build());
     assert_eq!(action, XDP_DROP);
     assert_eq!(lab.counters().get(GlobalCounter::DropInternal), 1);

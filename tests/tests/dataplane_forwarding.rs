@@ -66,6 +66,8 @@ fn real_tcp_reaches_the_backend_the_ring_names() -> Result<()> {
             for iface in Lab::gw_ifaces() {
                 dp.attach(iface, AttachMode::Auto)?;
             }
+            let ifaces: Vec<String> = Lab::gw_ifaces().iter().map(|s| s.to_string()).collect();
+            dp.sync_host(&ifaces)?;
             dp.write_name(0, "web")?;
             for i in 0..3u32 {
                 let addr = SocketAddrV4::new(Lab::backend_addr(i as usize), PORT);
@@ -79,7 +81,7 @@ fn real_tcp_reaches_the_backend_the_ring_names() -> Result<()> {
                 dp.write_name(backend_name_index(i), &format!("web-{}", i + 1))?;
                 dp.write_reply(addr, vip, i, 0)?;
             }
-            dp.publish_vip(vip, 0, &ring)?;
+            dp.publish_vip(vip, 0, &ring, 0)?;
             // Dropping `dp` leaves the program attached: its links are pinned.
             Ok(())
         })??;

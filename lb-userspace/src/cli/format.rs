@@ -583,6 +583,7 @@ pool api  vip 198.18.2.11:443  nat  min_active 1
                     packets: 900 * scale,
                     bytes: 3 * 1024 * 1024 * scale,
                     new_flows: 4 * scale,
+                    rejected: 0,
                 },
             }],
             backends: vec![BackendStats {

@@ -37,19 +37,11 @@ pub enum Next {
 /// faster than that (a moved neighbour) heals within the TTL. Policy
 /// routing by source is not distinguished.
 #[inline(always)]
-pub fn next_hop(
-    ctx: &XdpContext,
-    saddr: u32,
-    daddr: u32,
-    tos: u8,
-    tot_len: u16,
-    proto: u8,
-    now: u64,
-) -> Next {
+pub fn next_hop(ctx: &XdpContext, saddr: u32, daddr: u32, tos: u8, proto: u8, now: u64) -> Next {
     let hop = match FIB_CACHE.get_ptr(daddr) {
         // SAFETY: valid map value pointer.
         Some(hit) if unsafe { (*hit).expires_ns } > now => unsafe { *hit },
-        _ => match lookup(ctx, saddr, daddr, tos, tot_len, proto, now) {
+        _ => match lookup(ctx, saddr, daddr, tos, proto, now) {
             Ok(hop) => hop,
             Err(next) => return next,
         },
@@ -69,7 +61,6 @@ fn lookup(
     saddr: u32,
     daddr: u32,
     tos: u8,
-    tot_len: u16,
     proto: u8,
     now: u64,
 ) -> Result<FibEntry, Next> {
@@ -77,7 +68,10 @@ fn lookup(
     let mut params: FibParams = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
     params.l4_protocol = proto;
-    params.__bindgen_anon_1.tot_len = tot_len;
+    // tot_len stays 0: given a length, the lookup judges the MTU itself
+    // and answers FRAG_NEEDED without a next hop, and its answer is cached
+    // per destination, not per size. `fits` checks every packet against
+    // the egress device instead.
     params.__bindgen_anon_2.tos = tos;
     params.__bindgen_anon_3.ipv4_src = saddr;
     params.__bindgen_anon_4.ipv4_dst = daddr;
@@ -116,8 +110,6 @@ fn lookup(
         BPF_FIB_LKUP_RET_BLACKHOLE | BPF_FIB_LKUP_RET_UNREACHABLE | BPF_FIB_LKUP_RET_PROHIBIT => {
             Err(Next::Drop(GlobalCounter::DropUnroutable))
         }
-        // Includes FRAG_NEEDED: the kernel's forward path answers that for
-        // packets we have not rewritten, and fragments the rest.
         _ => Err(Next::Kernel),
     }
 }

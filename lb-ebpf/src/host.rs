@@ -7,10 +7,12 @@ use crate::{
     parse::{ptr_at, EthHdr},
 };
 
-/// Whether the frame is addressed to the interface it arrived on (or to a
-/// group). In promiscuous mode (tcpdump, a bridge port) the driver hands
-/// us frames for other hosts: those are not ours to balance. An interface
-/// the controller has not described (a test run) is taken as ours.
+/// Whether the frame is addressed to the interface it arrived on. In
+/// promiscuous mode (tcpdump, a bridge port) the driver hands us frames
+/// for other hosts: those are not ours to balance. Group-addressed frames
+/// are not either: a router forwards only frames sent to it (the kernel's
+/// `ip_forward` drops anything but PACKET_HOST). An interface the
+/// controller has not described (a test run) is taken as ours.
 #[inline(always)]
 pub fn for_us(ctx: &XdpContext) -> bool {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
@@ -18,9 +20,6 @@ pub fn for_us(ctx: &XdpContext) -> bool {
     };
     // SAFETY: bounds checked by ptr_at.
     let dst = unsafe { (*eth).dst };
-    if dst[0] & 1 != 0 {
-        return true;
-    }
     let ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: the reference lives while the program runs (RCU).
     match unsafe { IFACES.get(&ifindex) } {

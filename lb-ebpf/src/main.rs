@@ -143,15 +143,7 @@ fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, vip: &VipMeta) -> u32 {
     count_backend(choice.backend, bytes, choice.new_flow);
     let (addr, port) = (choice.meta.addr, choice.meta.port);
     let partial = nat::is_partial(pkt);
-    let hop = match next_hop(
-        ctx,
-        pkt.key.src_addr,
-        addr,
-        ip(pkt).tos,
-        pkt.ip_len,
-        IPPROTO_TCP,
-        now,
-    ) {
+    let hop = match next_hop(ctx, pkt.key.src_addr, addr, ip(pkt).tos, IPPROTO_TCP, now) {
         Next::Send(hop) => hop,
         Next::Kernel => {
             nat::to_backend(pkt, addr, port, partial);
@@ -195,15 +187,7 @@ fn from_backend(ctx: &XdpContext, pkt: &TcpPacket, reply: &ReplyEntry) -> u32 {
     let (vip, vip_port) = (reply.vip_addr, reply.vip_port);
     let partial = nat::is_partial(pkt);
     let now = coarse_now();
-    let hop = match next_hop(
-        ctx,
-        vip,
-        pkt.key.dst_addr,
-        ip(pkt).tos,
-        pkt.ip_len,
-        IPPROTO_TCP,
-        now,
-    ) {
+    let hop = match next_hop(ctx, vip, pkt.key.dst_addr, ip(pkt).tos, IPPROTO_TCP, now) {
         Next::Send(hop) => hop,
         Next::Kernel => {
             nat::from_backend(pkt, vip, vip_port, partial);
@@ -244,8 +228,8 @@ fn finish(ctx: &XdpContext, pkt: &TcpPacket, partial: bool, hop: &lb_common::Fib
 #[inline(always)]
 pub fn emit(ctx: &XdpContext, ip: *mut Ipv4Hdr, saddr: u32, daddr: u32) -> u32 {
     // SAFETY: bounds-checked by parse.
-    let (tos, len, proto) = unsafe { ((*ip).tos, u16::from_be((*ip).tot_len), (*ip).proto) };
-    match next_hop(ctx, saddr, daddr, tos, len, proto, coarse_now()) {
+    let (tos, proto) = unsafe { ((*ip).tos, (*ip).proto) };
+    match next_hop(ctx, saddr, daddr, tos, proto, coarse_now()) {
         Next::Send(hop) => match fits(ctx, &hop) {
             Ok(()) => send(ctx, ip, &hop),
             Err(_) => pass_because(GlobalCounter::PassTooBig),

@@ -833,3 +833,376 @@ fn an_impossible_map_state_is_dropped_counted_and_logged() {
         "logged: {logged:?}"
     );
 }
+
+// ---- Partial checksums (CHECKSUM_PARTIAL from veths and virtio) ----
+
+#[test]
+fn partial_checksums_are_completed_before_a_redirect() {
+    let mut lab = Lab::new(3);
+    // Sizes around every chunk boundary of the summing code.
+    let sizes = [
+        0usize, 1, 2, 3, 4, 5, 255, 511, 512, 513, 1023, 1024, 1400, 1460,
+    ];
+    for (i, &n) in sizes.iter().enumerate() {
+        let port = 50000 + i as u16;
+        let mut f = to_vip(port, TCP_ACK | TCP_PSH);
+        f.payload = (0..n).map(|j| (j * 7 + n) as u8 | 0x80).collect();
+        let want = lab.ring_choice(client(port), sa(VIP));
+        let (action, out) = lab.arrive_from_client(&f.build_partial());
+        assert_eq!(action, XDP_REDIRECT, "{n} bytes");
+        assert_eq!(out, expected_to_backend(&f, want), "{n} bytes");
+        assert_checksums_valid(&out);
+    }
+    // And replies.
+    let mut r = TcpFrame::new(backend_addr(1), client(50100), TCP_ACK | TCP_PSH);
+    r.src_mac = backend_mac(1);
+    r.dst_mac = OUT_MAC;
+    r.payload = vec![0xfe; 999];
+    let (action, out) = lab.arrive_from_backends(&r.build_partial());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_checksums_valid(&out);
+    assert_eq!(
+        lab.counters().get(GlobalCounter::PartialChecksum),
+        sizes.len() as u64 + 1
+    );
+}
+
+#[test]
+fn a_complete_checksum_equal_to_the_pseudo_header_sum_stays_correct() {
+    // Such a frame is indistinguishable from a partial one; completing it
+    // must give the same (correct) checksum.
+    let mut lab = Lab::new(3);
+    let mut f = to_vip(50200, TCP_ACK | TCP_PSH);
+    let pseudo = |f: &TcpFrame| {
+        let len = (xdplb::packet::TCP_HLEN + f.payload.len()) as u16;
+        xdplb::packet::pseudo_header_sum(f.src.ip().octets(), f.dst.ip().octets(), 6, len)
+    };
+    let found = (0..=u16::MAX).find(|&x| {
+        f.payload = vec![1, 2, 3, 4, (x >> 8) as u8, x as u8];
+        let b = f.build();
+        u16::from_be_bytes([b[50], b[51]]) == pseudo(&f)
+    });
+    assert!(found.is_some(), "some payload makes the two equal");
+    let want = lab.ring_choice(client(50200), sa(VIP));
+    let (action, out) = lab.arrive_from_client(&f.build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, expected_to_backend(&f, want));
+}
+
+#[test]
+fn a_partial_frame_handed_to_the_kernel_stays_partial() {
+    // The kernel keeps the skb's CHECKSUM_PARTIAL state on XDP_PASS and
+    // lets the egress complete it: the field must hold the pseudo-header
+    // sum of the rewritten addresses, not a full checksum.
+    let mut lab = Lab::new(2);
+    // Slot 2 at an address with no neighbour entry: the FIB says NO_NEIGH.
+    let unresolved = sa("198.18.1.99:8080");
+    lab.dp()
+        .write_backend(&BackendSlot {
+            slot: 2,
+            vip_index: 0,
+            addr: unresolved,
+            state: BACKEND_ACTIVE,
+            flags: 0,
+        })
+        .unwrap();
+    lab.publish(vec![2; RING as usize]);
+    let mut f = to_vip(50300, TCP_ACK | TCP_PSH);
+    f.payload = b"partial".to_vec();
+    let (action, out) = lab.arrive_from_client(&f.build_partial());
+    assert_eq!(action, XDP_PASS);
+    let mut want = f.clone();
+    want.dst = unresolved;
+    assert_eq!(out, want.build_partial());
+    assert_eq!(lab.counters().get(GlobalCounter::PassNeighUnresolved), 1);
+}
+
+// ---- MTU ----
+
+/// A DF packet to the VIP whose IP total length is `ip_len`.
+fn sized_to_vip(port: u16, ip_len: usize) -> TcpFrame {
+    let mut f = to_vip(port, TCP_ACK | TCP_PSH);
+    f.payload = vec![0x5a; ip_len - 40];
+    f
+}
+
+#[test]
+fn a_df_packet_too_big_for_the_backend_link_gets_frag_needed_from_the_vip() {
+    let mut lab = Lab::new(2);
+    lab.ns.set_mtu("out0", 1280);
+    // Exactly fitting: forwarded.
+    let fits = sized_to_vip(51000, 1280);
+    let want = lab.ring_choice(client(51000), sa(VIP));
+    let (action, out) = lab.arrive_from_client(&fits.build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, expected_to_backend(&fits, want));
+    // One byte over: answered before any rewrite.
+    let over = sized_to_vip(51001, 1281);
+    let sent = over.build();
+    let (action, out) = lab.arrive_from_client(&sent);
+    assert_eq!(action, XDP_TX);
+    let want = xdplb::packet::icmp_error(
+        IN_MAC,
+        CLIENT_MAC,
+        sa(VIP).ip().octets(),
+        client(0).ip().octets(),
+        3,
+        4,
+        [0, 0, (1280u16 >> 8) as u8, (1280u16 & 0xff) as u8],
+        &sent[14..14 + 28],
+    );
+    assert_eq!(out, want);
+    assert_icmp_checksums_valid(&out);
+    // Without DF the kernel fragments it: rewritten and passed.
+    let mut nodf = sized_to_vip(51002, 1281);
+    nodf.df = false;
+    let (action, out) = lab.arrive_from_client(&nodf.build());
+    assert_eq!(action, XDP_PASS);
+    let mut want = nodf.clone();
+    want.dst = backend_addr(lab.ring_choice(client(51002), sa(VIP)));
+    assert_eq!(out, want.build());
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::FragNeededSent), 1);
+    assert_eq!(c.get(GlobalCounter::Answered), 1);
+    assert_eq!(c.get(GlobalCounter::PassTooBig), 1);
+}
+
+#[test]
+fn a_df_reply_too_big_for_the_client_link_goes_to_the_kernel_unrewritten() {
+    // The kernel, the router on this path, then sends the backend its
+    // fragmentation-needed, quoting what the backend really sent.
+    let mut lab = Lab::new(2);
+    lab.ns.set_mtu("in0", 1280);
+    let mut r = TcpFrame::new(backend_addr(0), client(51100), TCP_ACK);
+    r.src_mac = backend_mac(0);
+    r.dst_mac = OUT_MAC;
+    r.payload = vec![1; 1241];
+    let sent = r.build();
+    let (action, out) = lab.arrive_from_backends(&sent);
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(out, sent);
+    r.payload.pop();
+    let (action, _) = lab.arrive_from_backends(&r.build());
+    assert_eq!(action, XDP_REDIRECT, "exactly fitting");
+    assert_eq!(lab.counters().get(GlobalCounter::PassTooBig), 1);
+}
+
+// ---- ICMP errors ----
+
+fn assert_icmp_checksums_valid(frame: &[u8]) {
+    use xdplb::packet::{icmp_checksum, ipv4_checksum};
+    let found = |o: usize| u16::from_be_bytes([frame[o], frame[o + 1]]);
+    assert_eq!(found(24), ipv4_checksum(&frame[14..34]), "outer IPv4");
+    assert_eq!(found(36), icmp_checksum(&frame[34..]), "ICMP");
+    assert_eq!(found(52), ipv4_checksum(&frame[42..62]), "quoted IPv4");
+}
+
+const ROUTER: [u8; 4] = [198, 18, 0, 254];
+const ROUTER_MAC: [u8; 6] = [0x02, 0x77, 0, 0, 0, 1];
+
+/// What a client-side router sends the VIP about a packet the VIP sent
+/// `port` (header and 8 bytes quoted, as RFC 792 asks).
+fn icmp_to_vip(port: u16, ty: u8, code: u8, rest: [u8; 4]) -> (Vec<u8>, TcpFrame) {
+    let mut reply = TcpFrame::new(sa(VIP), client(port), TCP_ACK);
+    reply.payload = vec![9; 1400];
+    let quoted = reply.build()[14..14 + 28].to_vec();
+    let frame = xdplb::packet::icmp_error(
+        ROUTER_MAC,
+        IN_MAC,
+        ROUTER,
+        sa(VIP).ip().octets(),
+        ty,
+        code,
+        rest,
+        &quoted,
+    );
+    (frame, reply)
+}
+
+/// The ICMP error as the backend must receive it: outer destination and
+/// quoted source rewritten to backend `b`, TTL less one.
+fn expected_icmp_to_backend(sent: &[u8], reply: &TcpFrame, b: u32) -> Vec<u8> {
+    let mut quoted_reply = reply.clone();
+    quoted_reply.src = backend_addr(b);
+    let quoted = &quoted_reply.build()[14..14 + 28];
+    let mut want = xdplb::packet::icmp_error(
+        OUT_MAC,
+        backend_mac(b as u8),
+        ROUTER,
+        backend_addr(b).ip().octets(),
+        sent[34],
+        sent[35],
+        [sent[38], sent[39], sent[40], sent[41]],
+        quoted,
+    );
+    want[22] -= 1;
+    let c = xdplb::packet::ipv4_checksum(&want[14..34]);
+    want[24..26].copy_from_slice(&c.to_be_bytes());
+    want
+}
+
+#[test]
+fn an_icmp_error_about_a_vips_packet_reaches_the_flows_backend() {
+    let mut lab = Lab::new(3);
+    // An established flow, pinned: the ring is changed after, so only the
+    // flow table knows its backend.
+    let (_, out) = lab.arrive_from_client(&to_vip(52000, TCP_SYN).build());
+    let b = backend_of(&out);
+    lab.publish(vec![(b + 1) % 3; RING as usize]);
+    for (ty, code, rest) in [
+        (3u8, 4u8, [0, 0, 0x05, 0x00]), // fragmentation needed, MTU 1280
+        (3, 1, [0; 4]),                 // host unreachable
+        (11, 0, [0; 4]),                // time exceeded
+    ] {
+        let (sent, reply) = icmp_to_vip(52000, ty, code, rest);
+        let (action, out) = lab.arrive_from_client(&sent);
+        assert_eq!(action, XDP_REDIRECT, "type {ty} code {code}");
+        assert_eq!(out, expected_icmp_to_backend(&sent, &reply, b));
+        assert_icmp_checksums_valid(&out);
+    }
+    // A flow the table does not know follows the ring, as its packets would.
+    let (sent, reply) = icmp_to_vip(52001, 3, 4, [0, 0, 0x05, 0x00]);
+    let (action, out) = lab.arrive_from_client(&sent);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, expected_icmp_to_backend(&sent, &reply, (b + 1) % 3));
+    assert_eq!(lab.counters().get(GlobalCounter::IcmpToBackend), 4);
+}
+
+#[test]
+fn an_icmp_error_about_a_clients_packet_to_a_backend_is_translated_for_the_client() {
+    let mut lab = Lab::new(2);
+    let mut request = TcpFrame::new(client(52100), backend_addr(1), TCP_ACK);
+    request.payload = vec![3; 100];
+    let quoted = request.build()[14..14 + 28].to_vec();
+    let mut as_client_sent = request.clone();
+    as_client_sent.dst = sa(VIP);
+    let want_quote = as_client_sent.build()[14..14 + 28].to_vec();
+    // From a router on the backends' side, and from the backend itself.
+    let backend_ip = backend_addr(1).ip().octets();
+    for (from, want_from) in [
+        ([198, 18, 1, 254], [198, 18, 1, 254]),
+        (backend_ip, sa(VIP).ip().octets()),
+    ] {
+        let sent = xdplb::packet::icmp_error(
+            backend_mac(1),
+            OUT_MAC,
+            from,
+            client(0).ip().octets(),
+            3,
+            3,
+            [0; 4],
+            &quoted,
+        );
+        let (action, out) = lab.arrive_from_backends(&sent);
+        assert_eq!(action, XDP_REDIRECT, "from {from:?}");
+        let mut want = xdplb::packet::icmp_error(
+            IN_MAC,
+            CLIENT_MAC,
+            want_from,
+            client(0).ip().octets(),
+            3,
+            3,
+            [0; 4],
+            &want_quote,
+        );
+        want[22] -= 1;
+        let c = xdplb::packet::ipv4_checksum(&want[14..34]);
+        want[24..26].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(out, want, "from {from:?}");
+        assert_icmp_checksums_valid(&out);
+    }
+    assert_eq!(lab.counters().get(GlobalCounter::IcmpToClient), 2);
+}
+
+#[test]
+fn icmp_that_is_not_ours_or_cannot_be_read_is_never_misforwarded() {
+    let mut lab = Lab::new(2);
+    let (good, _) = icmp_to_vip(52200, 3, 4, [0, 0, 5, 0]);
+    let fix = |mut f: Vec<u8>| {
+        let tot = (f.len() - 14) as u16;
+        f[16..18].copy_from_slice(&tot.to_be_bytes());
+        let c = xdplb::packet::ipv4_checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        f
+    };
+    // Quote cut short (only 10 bytes of the quoted header).
+    let cut = fix(good[..42 + 10].to_vec());
+    // Quoted header with options (ihl 6).
+    let mut opts = good.clone();
+    opts[42] = 0x46;
+    // Quoted packet is UDP: not a flow of ours.
+    let mut udp = good.clone();
+    udp[42 + 9] = 17;
+    // An echo request to the VIP's address.
+    let mut echo = good.clone();
+    echo[34] = 8;
+    echo[35] = 0;
+    let cases = [
+        (
+            "quote cut short",
+            cut,
+            Some(GlobalCounter::PassIcmpUnparsed),
+        ),
+        (
+            "quote with options",
+            opts,
+            Some(GlobalCounter::PassIcmpUnparsed),
+        ),
+        ("quoted udp", udp, None),
+        ("echo request", echo, None),
+    ];
+    for (name, frame, counter) in cases {
+        let before = lab.counters();
+        let (action, out) = lab.arrive_from_client(&frame);
+        assert_eq!(action, XDP_PASS, "{name}");
+        assert_eq!(out, frame, "{name}: untouched");
+        if let Some(c) = counter {
+            assert_eq!(lab.counters().get(c), before.get(c) + 1, "{name}");
+        }
+    }
+    // About a VIP whose pool is empty: nobody to tell; dropped, counted.
+    lab.publish(vec![lb_common::NO_BACKEND; RING as usize]);
+    let (action, _) = lab.arrive_from_client(&good);
+    assert_eq!(action, XDP_DROP);
+    assert_eq!(lab.counters().get(GlobalCounter::IcmpToBackend), 0);
+}
+
+// ---- Frames not for this host, redirect targets ----
+
+#[test]
+fn frames_for_another_mac_pass_untouched() {
+    let mut lab = Lab::new(2);
+    for mac in [
+        [0x02, 0x99, 0, 0, 0, 9],
+        [0xff; 6],
+        [0x01, 0x00, 0x5e, 0, 0, 1],
+    ] {
+        let mut f = to_vip(53000, TCP_SYN);
+        f.dst_mac = mac;
+        let bytes = f.build();
+        let (action, out) = lab.arrive_from_client(&bytes);
+        assert_eq!(action, XDP_PASS, "{mac:02x?}");
+        assert_eq!(out, bytes);
+        // Malformed, for someone else: not ours to judge either.
+        let mut bad = bytes.clone();
+        bad[14] = 0x44;
+        let (action, _) = lab.arrive_from_client(&bad);
+        assert_eq!(action, XDP_PASS, "{mac:02x?}");
+    }
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::PassNotForUs), 6);
+    assert_eq!(c.get(GlobalCounter::Dropped), 0);
+}
+
+#[test]
+fn a_next_hop_outside_the_redirect_ports_goes_to_the_kernel() {
+    let mut lab = Lab::new(2);
+    lab.dp().sync_host(&["in0".to_string()]).unwrap();
+    let f = to_vip(53100, TCP_SYN);
+    let (action, out) = lab.arrive_from_client(&f.build_partial());
+    assert_eq!(action, XDP_PASS);
+    let mut want = f.clone();
+    want.dst = backend_addr(lab.ring_choice(client(53100), sa(VIP)));
+    assert_eq!(out, want.build_partial(), "rewritten, still partial");
+    assert_eq!(lab.counters().get(GlobalCounter::RedirectFallback), 1);
+}

@@ -86,11 +86,13 @@ fn real_tcp_reaches_the_backend_the_ring_names() -> Result<()> {
             Ok(())
         })??;
     }
-    // Backends up (directly, not through the VIP).
+    // Backends up, asked from the gateway: replies from a backend's service
+    // port to anyone but this host are rewritten to the VIP (stateless
+    // reverse NAT), so a client cannot reach it directly.
     for (i, server) in servers.iter().enumerate() {
         let addr = SocketAddr::from((Lab::backend_addr(i), PORT));
         let up = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
-            lab.run_in("client", || xdplb_tests::http_get(addr, "/healthz"))
+            lab.run_in("gw", || xdplb_tests::http_get(addr, "/healthz"))
                 .ok()
                 .and_then(|r| r.ok())
                 .is_some_and(|(s, _)| s == 200)

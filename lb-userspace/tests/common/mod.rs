@@ -135,6 +135,21 @@ impl TestNs {
     }
 }
 
+impl TestNs {
+    /// Sets `dev`'s MTU (a link narrower than the frames sent to it).
+    pub fn set_mtu(&self, dev: &str, mtu: u32) {
+        ip(&[
+            "-n",
+            &self.name,
+            "link",
+            "set",
+            dev,
+            "mtu",
+            &mtu.to_string(),
+        ]);
+    }
+}
+
 /// /sys shows the namespace sysfs was mounted in, not the thread's; ask
 /// the kernel by name instead.
 fn ifindex_netlink(dev: &str) -> u32 {

@@ -504,9 +504,11 @@ pub const fn rings_len(ring_size: u32) -> u32 {
 /// The benchmark harness's frame (`lb-ebpf/src/bench.rs`): the original
 /// frame restored before every BPF_PROG_TEST_RUN iteration.
 pub mod bench {
-    /// Bench frames are exactly this long: a fixed-size copy keeps the
-    /// restore cheap and verifier-simple.
+    /// The shortest bench frame (the classic 64-byte minimum).
     pub const BENCH_FRAME_LEN: usize = 64;
+    /// Room for a full 1500-byte IP packet in its Ethernet frame, rounded
+    /// up to whole u64 words.
+    pub const BENCH_FRAME_MAX: usize = 1520;
 
     #[repr(C)]
     #[derive(Clone, Copy, Debug)]
@@ -514,9 +516,12 @@ pub mod bench {
         /// Non-zero: write a per-iteration sequence number into the source
         /// port (low 16 bits) and the last two octets of the source address.
         pub vary_source: u64,
-        pub bytes: [u8; BENCH_FRAME_LEN],
+        /// Bytes of `bytes` that make the frame (the test run's frame must
+        /// be exactly this long).
+        pub len: u64,
+        pub bytes: [u8; BENCH_FRAME_MAX],
     }
-    const _: () = assert!(core::mem::size_of::<BenchFrame>() == 72);
+    const _: () = assert!(core::mem::size_of::<BenchFrame>() == 16 + BENCH_FRAME_MAX);
 }
 
 #[cfg(feature = "user")]

@@ -19,7 +19,7 @@ use aya::{
 };
 use common::{xdp_md, TestNs, CLIENT_MAC, IN_MAC};
 use lb_common::{
-    bench::{BenchFrame, BENCH_FRAME_LEN},
+    bench::{BenchFrame, BENCH_FRAME_LEN, BENCH_FRAME_MAX},
     GlobalCounter, BACKEND_ACTIVE,
 };
 use xdplb::{
@@ -31,6 +31,7 @@ static BENCH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf-bench"));
 
 const XDP_TX: u32 = 3;
+const VIP: &str = "198.18.2.10:80";
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
 
@@ -42,7 +43,10 @@ fn arg(args: &[String], name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn frame(dst: &str, flags: u8) -> [u8; BENCH_FRAME_LEN] {
+/// Ethernet frame of a full 1500-byte IP packet.
+const FULL_FRAME_LEN: usize = 1514;
+
+fn tcp_frame(dst: &str, flags: u8, len: usize) -> TcpFrame {
     let mut f = TcpFrame::new(
         "198.18.0.2:40000".parse().unwrap(),
         dst.parse::<SocketAddrV4>().unwrap(),
@@ -50,13 +54,22 @@ fn frame(dst: &str, flags: u8) -> [u8; BENCH_FRAME_LEN] {
     );
     f.src_mac = CLIENT_MAC;
     f.dst_mac = IN_MAC;
-    f.payload = vec![0; BENCH_FRAME_LEN - 54];
-    f.build().try_into().expect("64-byte frame")
+    f.payload = (0..len - 54).map(|i| i as u8).collect();
+    f
+}
+
+fn frame(dst: &str, flags: u8) -> Vec<u8> {
+    tcp_frame(dst, flags, BENCH_FRAME_LEN).build()
+}
+
+/// The frame as a sender with checksum offload hands it over.
+fn partial(dst: &str, flags: u8, len: usize) -> Vec<u8> {
+    tcp_frame(dst, flags, len).build_partial()
 }
 
 struct Path {
     name: &'static str,
-    bytes: [u8; BENCH_FRAME_LEN],
+    bytes: Vec<u8>,
     vary: bool,
     floor: bool,
     action: u32,
@@ -129,11 +142,11 @@ fn run(
     let reader = CounterReader::open(pin_path)?;
 
     // The established path needs its flow in the table first.
-    let established = frame("198.18.2.10:80", TCP_ACK);
-    let syn = frame("198.18.2.10:80", TCP_SYN);
-    let md = xdp_md(BENCH_FRAME_LEN, ns.in_ifindex);
+    let established = frame(VIP, TCP_ACK);
+    let syn = frame(VIP, TCP_SYN);
     let once = |bytes: &[u8]| {
-        let mut out = [0u8; 256];
+        let md = xdp_md(bytes.len(), ns.in_ifindex);
+        let mut out = vec![0u8; bytes.len() + 256];
         dp.program().test_run(TestRunOptions {
             data_in: Some(bytes),
             data_out: Some(&mut out),
@@ -142,11 +155,12 @@ fn run(
         })
     };
     once(&syn)?;
+    let full = tcp_frame(VIP, TCP_ACK, FULL_FRAME_LEN).build();
 
     let paths = [
         Path {
             name: "established",
-            bytes: established,
+            bytes: established.clone(),
             vary: false,
             floor: false,
             action: XDP_REDIRECT,
@@ -170,7 +184,42 @@ fn run(
         },
         Path {
             name: "floor",
-            bytes: established,
+            bytes: established.clone(),
+            vary: false,
+            floor: true,
+            action: XDP_TX,
+            proof: |_| 0,
+        },
+        // Completing a partial checksum: the same established flow, with
+        // the checksum left as an offloading sender leaves it; compared
+        // with the complete frame of the same size.
+        Path {
+            name: "established_partial",
+            bytes: partial(VIP, TCP_ACK, BENCH_FRAME_LEN),
+            vary: false,
+            floor: false,
+            action: XDP_REDIRECT,
+            proof: |c| c.get(GlobalCounter::PartialChecksum),
+        },
+        Path {
+            name: "established_1500",
+            bytes: full.clone(),
+            vary: false,
+            floor: false,
+            action: XDP_REDIRECT,
+            proof: |c| c.vips[0].counters.packets,
+        },
+        Path {
+            name: "established_1500_partial",
+            bytes: partial(VIP, TCP_ACK, FULL_FRAME_LEN),
+            vary: false,
+            floor: false,
+            action: XDP_REDIRECT,
+            proof: |c| c.get(GlobalCounter::PartialChecksum),
+        },
+        Path {
+            name: "floor_1500",
+            bytes: full,
             vary: false,
             floor: true,
             action: XDP_TX,
@@ -183,16 +232,20 @@ fn run(
         "dataplane bench: repeat={repeat} runs={runs} flow_table={flow_table} ring={ring_size} cpus={cpus}"
     );
     for path in &paths {
+        let mut bytes = [0u8; BENCH_FRAME_MAX];
+        bytes[..path.bytes.len()].copy_from_slice(&path.bytes);
         let value = BenchFrame {
             vary_source: path.vary as u64,
-            bytes: path.bytes,
+            len: path.bytes.len() as u64,
+            bytes,
         };
+        let md = xdp_md(path.bytes.len(), ns.in_ifindex);
         frames.set(0, PerCpuValues::try_from(vec![value; cpus])?, 0)?;
         target.set(0, if path.floor { &floor_fd } else { &lb_fd }, 0)?;
         let mut samples = Vec::new();
         for _ in 0..runs {
             let before = (path.proof)(&reader.read()?);
-            let mut out = [0u8; 256];
+            let mut out = vec![0u8; path.bytes.len() + 256];
             let res = restore.test_run(TestRunOptions {
                 data_in: Some(&path.bytes),
                 data_out: Some(&mut out),
@@ -231,6 +284,17 @@ fn run(
     for (name, med, _, _) in &medians[..3] {
         println!("  {:<12} net of floor: {:>6.1} ns", name, med - floor);
     }
+    let median_of = |name: &str| {
+        medians
+            .iter()
+            .find(|m| m.0 == name)
+            .map_or(f64::NAN, |m| m.1)
+    };
+    println!(
+        "  completing a partial checksum: {:.1} ns at {BENCH_FRAME_LEN} bytes, {:.1} ns at {FULL_FRAME_LEN} bytes",
+        median_of("established_partial") - median_of("established"),
+        median_of("established_1500_partial") - median_of("established_1500"),
+    );
     println!(
         "dataplane: established_ns={:.0} new_flow_ns={:.0} non_vip_ns={:.0} floor_ns={:.0}",
         medians[0].1, medians[1].1, medians[2].1, floor

@@ -43,6 +43,17 @@ pub mod limits {
     /// How long a cached `bpf_fib_lookup` result is trusted. Short enough that
     /// a moved neighbour (new MAC, new route) is picked up within a second.
     pub const FIB_CACHE_TTL_NS: u64 = 1_000_000_000;
+    /// How long a closed flow's entry still steers its stragglers (the last
+    /// ACK, a retransmitted FIN) before it counts as gone: a few RTOs.
+    pub const FLOW_LINGER_NS: u64 = 4_000_000_000;
+    /// `FlowEntry::last_seen_ns` is rewritten only when older than this, so
+    /// an established packet does not dirty the entry's cache line each
+    /// time; recency is only ever judged in seconds.
+    pub const LAST_SEEN_RESOLUTION_NS: u64 = 1_000_000_000;
+    /// Default of `[dataplane] max_flow_inserts_per_sec` (per CPU), as
+    /// Katran's MAX_CONN_RATE: above it new flows are balanced by the ring
+    /// without a table entry, so a SYN flood cannot evict established flows.
+    pub const DEFAULT_MAX_FLOW_INSERTS_PER_SEC: u32 = 125_000;
     /// Interfaces xdplb attaches to (redirect targets, MAC filter).
     pub const MAX_IFACES: u32 = 64;
     /// Addresses of this host the controller tells the program about (its
@@ -65,6 +76,7 @@ pub mod maps {
     pub const IFACES: &str = "IFACES";
     pub const TX_PORTS: &str = "TX_PORTS";
     pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
+    pub const INSERT_RATE: &str = "INSERT_RATE";
     /// The XDP entry point's name in the object file.
     pub const PROGRAM: &str = "xdplb";
     /// The pinned XDP link per interface is `link_<ifname>` under the pin path.
@@ -197,8 +209,24 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 
 /// `FlowEntry::flags`: the client sent FIN or RST. The entry keeps steering
 /// the connection's last packets, but user space no longer counts it as
-/// established (the LRU keeps closed flows until it evicts them).
+/// established.
 pub const FLOW_F_CLOSING: u16 = 1;
+/// `FlowEntry::flags`: the backend sent FIN (seen on the reply path, which
+/// looks the flow up only for FIN and RST).
+pub const FLOW_F_BACKEND_FIN: u16 = 2;
+/// `FlowEntry::flags`: either side sent RST.
+pub const FLOW_F_RESET: u16 = 4;
+
+/// Whether a flow is over: reset, or FIN seen both ways. Its entry then
+/// lingers [`limits::FLOW_LINGER_NS`] for the last ACKs and retransmissions,
+/// and after that is replaced by the next connection on the same 4-tuple or
+/// reaped by the controller, instead of holding a slot until the LRU
+/// evicts it.
+#[inline(always)]
+pub const fn flow_closed(flags: u16) -> bool {
+    flags & FLOW_F_RESET != 0
+        || flags & (FLOW_F_CLOSING | FLOW_F_BACKEND_FIN) == FLOW_F_CLOSING | FLOW_F_BACKEND_FIN
+}
 
 /// Value of `FLOWS` (LRU hash).
 #[repr(C)]
@@ -235,6 +263,16 @@ pub struct ReplyEntry {
     pub vip_index: u32,
 }
 const _: () = assert!(core::mem::size_of::<ReplyEntry>() == 16);
+
+/// Value of `INSERT_RATE` (per-CPU array of one): the current one-second
+/// window of flow-table inserts on this CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateWindow {
+    pub start_ns: u64,
+    pub inserts: u64,
+}
+const _: () = assert!(core::mem::size_of::<RateWindow>() == 16);
 
 /// Value of `FIB_CACHE` (LRU hash keyed by destination IPv4, network order):
 /// a `bpf_fib_lookup` result reused until `expires_ns`.
@@ -385,6 +423,11 @@ pub enum GlobalCounter {
     RedirectFallback,
     /// Packets answered with a RST because the pool was empty.
     Rejected,
+    /// New flows recorded in the flow table.
+    FlowInserts,
+    /// New flows balanced by the ring without an entry: over the per-CPU
+    /// insert rate (`max_flow_inserts_per_sec`).
+    FlowInsertsCapped,
     DropTruncatedEth,
     DropTruncatedIp,
     DropBadIpVersion,
@@ -432,7 +475,7 @@ impl GlobalCounter {
         (GlobalCounter::DropInternal, "internal"),
     ];
     /// Notable events that are not drops, with their metric label.
-    pub const EVENTS: [(GlobalCounter, &'static str); 13] = [
+    pub const EVENTS: [(GlobalCounter, &'static str); 15] = [
         (GlobalCounter::FlowMisses, "flow_miss"),
         (GlobalCounter::Resteered, "resteered"),
         (GlobalCounter::PassNeighUnresolved, "neigh_unresolved"),
@@ -446,6 +489,8 @@ impl GlobalCounter {
         (GlobalCounter::PassNotForUs, "not_for_us"),
         (GlobalCounter::RedirectFallback, "redirect_fallback"),
         (GlobalCounter::Rejected, "rejected"),
+        (GlobalCounter::FlowInserts, "flow_insert"),
+        (GlobalCounter::FlowInsertsCapped, "flow_insert_capped"),
     ];
 }
 
@@ -540,5 +585,6 @@ mod pod {
     unsafe impl aya::Pod for BackendCounters {}
     unsafe impl aya::Pod for Name {}
     unsafe impl aya::Pod for IfaceMeta {}
+    unsafe impl aya::Pod for RateWindow {}
     unsafe impl aya::Pod for bench::BenchFrame {}
 }

@@ -36,7 +36,7 @@ use lb_common::{
 };
 
 use crate::{
-    consts::{BE_IP_DF, MIN_FORWARD_TTL, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
+    consts::{BE_IP_DF, MIN_FORWARD_TTL, TCP_FLAG_FIN, TCP_FLAG_RST},
     forward::{fits, next_hop, send, Next},
     host::{for_us, is_local},
     maps::{REPLIES, VIPS},
@@ -128,10 +128,8 @@ fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, vip: &VipMeta) -> u32 {
     if ip(pkt).ttl < MIN_FORWARD_TTL {
         return pass();
     }
-    let syn = pkt.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
-    let closing = pkt.flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0;
     let now = coarse_now();
-    let choice = match select::select(&pkt.key, vip, syn, closing, now) {
+    let choice = match select::select(&pkt.key, vip, pkt.flags, now) {
         Ok(choice) => choice,
         Err(GlobalCounter::DropNoBackend) if vip.flags & VIP_F_REJECT_EMPTY != 0 => {
             return reject(ctx, pkt, vip);
@@ -187,6 +185,17 @@ fn from_backend(ctx: &XdpContext, pkt: &TcpPacket, reply: &ReplyEntry) -> u32 {
     let (vip, vip_port) = (reply.vip_addr, reply.vip_port);
     let partial = nat::is_partial(pkt);
     let now = coarse_now();
+    if pkt.flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 {
+        let client_side = FlowKey {
+            src_addr: pkt.key.dst_addr,
+            dst_addr: vip,
+            src_port: pkt.key.dst_port,
+            dst_port: vip_port,
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        select::note_backend_close(&client_side, pkt.flags, now);
+    }
     let hop = match next_hop(ctx, vip, pkt.key.dst_addr, ip(pkt).tos, IPPROTO_TCP, now) {
         Next::Send(hop) => hop,
         Next::Kernel => {

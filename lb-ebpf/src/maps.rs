@@ -12,7 +12,7 @@ use lb_common::{
         MAX_LOCAL_ADDRS, MAX_VIPS,
     },
     rings_len, BackendCounters, BackendMeta, FibEntry, FlowEntry, FlowKey, GlobalCounter,
-    IfaceMeta, L4Addr, Name, ReplyEntry, VipCounters, VipMeta, NAMES_LEN,
+    IfaceMeta, L4Addr, Name, RateWindow, ReplyEntry, VipCounters, VipMeta, NAMES_LEN,
 };
 
 /// VIP endpoint → its index and live ring slot.
@@ -78,3 +78,8 @@ pub static TX_PORTS: DevMapHash = DevMapHash::pinned(MAX_IFACES, 0);
 /// reply to rewrite.
 #[map]
 pub static LOCAL_ADDRS: HashMap<u32, u32> = HashMap::pinned(MAX_LOCAL_ADDRS, 0);
+
+/// This CPU's flow-table inserts in the current second (the insert-rate
+/// cap). Not pinned: a restarted program starts a fresh window.
+#[map]
+pub static INSERT_RATE: PerCpuArray<RateWindow> = PerCpuArray::with_max_entries(1, 0);

@@ -114,6 +114,9 @@ pub struct DataplaneConfig {
     pub pin_path: PathBuf,
     pub flow_table_size: u32,
     pub ring_size: u32,
+    /// New flows recorded per second per CPU; above it they are balanced by
+    /// the ring without a table entry. 0: no cap.
+    pub max_flow_inserts_per_sec: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -292,6 +295,7 @@ mod raw {
         pub pin_path: Option<PathBuf>,
         pub flow_table_size: Option<Spanned<u32>>,
         pub ring_size: Option<Spanned<u32>>,
+        pub max_flow_inserts_per_sec: Option<u32>,
     }
 
     #[derive(Deserialize)]
@@ -629,6 +633,9 @@ fn convert_dataplane(
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_PATH)),
             flow_table_size,
             ring_size,
+            max_flow_inserts_per_sec: d
+                .max_flow_inserts_per_sec
+                .unwrap_or(lb_common::limits::DEFAULT_MAX_FLOW_INSERTS_PER_SEC),
         },
         d.ring_size.as_ref().map(|s| s.span()),
     ))

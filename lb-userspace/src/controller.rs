@@ -1046,11 +1046,16 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     // fails here, before it touches the data plane the first one runs.
     let socket = config.control.admin_socket.clone();
     let listener = crate::admin::bind(&socket).await?;
-    let mut dp = Dataplane::load(Shape {
-        pin_path: pin_path.clone(),
-        ring_size: config.dataplane.ring_size,
-        flow_table_size: config.dataplane.flow_table_size,
-    })?;
+    let mut dp = Dataplane::load_tuned(
+        Shape {
+            pin_path: pin_path.clone(),
+            ring_size: config.dataplane.ring_size,
+            flow_table_size: config.dataplane.flow_table_size,
+        },
+        dataplane::Tuning {
+            max_flow_inserts_per_sec: config.dataplane.max_flow_inserts_per_sec,
+        },
+    )?;
     for iface in &config.dataplane.interfaces {
         dp.attach(iface, attach_mode(config.dataplane.xdp_mode))?;
         info!(iface, pin = %pin_path.display(), "XDP program attached (link pinned)");

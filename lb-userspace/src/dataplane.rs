@@ -132,6 +132,38 @@ pub struct Shape {
     pub flow_table_size: u32,
 }
 
+/// The program's load-time constants (not map shapes: a restart with new
+/// values simply loads a program with them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// Per CPU; 0 = no cap (see `[dataplane] max_flow_inserts_per_sec`).
+    pub max_flow_inserts_per_sec: u32,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            max_flow_inserts_per_sec: lb_common::limits::DEFAULT_MAX_FLOW_INSERTS_PER_SEC,
+        }
+    }
+}
+
+/// How many entries the kernel gives a flow table asked for `size`: an
+/// LRU hash with per-CPU lists (BPF_F_NO_COMMON_LRU) is rounded up to a
+/// multiple of the possible CPUs, so a pinned table must be compared with
+/// the rounded figure, or a controller on a 6-, 12- or 24-CPU machine
+/// would refuse its own pins.
+pub fn flow_table_entries(size: u32, per_cpu_lru: bool) -> u32 {
+    if !per_cpu_lru {
+        return size;
+    }
+    let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u32;
+    size.div_ceil(cpus).saturating_mul(cpus)
+}
+
+/// Whether `FLOWS` keeps per-CPU LRU lists (see `lb-ebpf/src/maps.rs`).
+pub const FLOWS_PER_CPU_LRU: bool = true;
+
 /// `xdp_mode` from the config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachMode {
@@ -243,6 +275,11 @@ impl Dataplane {
     /// Loads the program, creating the maps under the pin path or reusing
     /// the ones already pinned there (flow table and all).
     pub fn load(shape: Shape) -> Result<Dataplane, DataplaneError> {
+        Dataplane::load_tuned(shape, Tuning::default())
+    }
+
+    /// [`Dataplane::load`] with the program's constants set.
+    pub fn load_tuned(shape: Shape, tuning: Tuning) -> Result<Dataplane, DataplaneError> {
         if PROGRAM_OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
@@ -253,7 +290,11 @@ impl Dataplane {
         })?;
         for (map, what, wanted) in [
             (maps::RINGS, "ring_size", rings_len(shape.ring_size)),
-            (maps::FLOWS, "flow_table_size", shape.flow_table_size),
+            (
+                maps::FLOWS,
+                "flow_table_size",
+                flow_table_entries(shape.flow_table_size, FLOWS_PER_CPU_LRU),
+            ),
         ] {
             if let Some(pinned) = pinned_max_entries(&shape.pin_path.join(map)) {
                 if pinned != wanted {
@@ -277,6 +318,11 @@ impl Dataplane {
             .map_max_entries(maps::RINGS, rings_len(ring_size))
             .map_max_entries(maps::FLOWS, shape.flow_table_size)
             .override_global("RING_SIZE", &ring_size, true)
+            .override_global(
+                "MAX_FLOW_INSERTS_PER_SEC",
+                &tuning.max_flow_inserts_per_sec,
+                true,
+            )
             .load(PROGRAM_OBJECT)
             .map_err(|source| DataplaneError::Load {
                 source: Box::new(source),
@@ -1002,25 +1048,39 @@ impl CounterReader {
 
 /// Established flows per backend slot: flow-table entries seen within
 /// `idle` whose client has not sent FIN or RST. The table is an LRU, so
-/// closed and abandoned connections linger until evicted; the flag and the
-/// recency cut keep them out of the count. Walks the map (two
-/// syscalls an entry), so callers bound how often they ask; stops after
-/// `limit` entries.
+/// abandoned connections linger until evicted; the flag and the recency
+/// cut keep them out of the count. Closed flows (RST, or FIN both ways)
+/// past their linger are removed on the way, so they give their entries
+/// back instead of waiting for eviction. Walks the map (two syscalls an
+/// entry), so callers bound how often they ask; stops after `limit`
+/// entries.
 pub fn flow_counts(
     pin_path: &Path,
     limit: usize,
     idle: std::time::Duration,
 ) -> Result<StdHashMap<u32, u64>, DataplaneError> {
-    let flows: HashMap<MapData, FlowKey, FlowEntry> = open_pinned(pin_path, maps::FLOWS)?;
+    let mut flows: HashMap<MapData, FlowKey, FlowEntry> = open_pinned(pin_path, maps::FLOWS)?;
     let now = monotonic_coarse_ns();
     let idle = idle.as_nanos() as u64;
     let mut counts = StdHashMap::new();
+    let mut over = Vec::new();
     // Entries can be evicted while we walk; skip those.
-    for (_, entry) in flows.iter().take(limit).flatten() {
+    for (key, entry) in flows.iter().take(limit).flatten() {
+        let age = now.saturating_sub(entry.last_seen_ns);
+        if lb_common::flow_closed(entry.flags) {
+            if age > lb_common::limits::FLOW_LINGER_NS {
+                over.push(key);
+            }
+            continue;
+        }
         let closing = entry.flags & lb_common::FLOW_F_CLOSING != 0;
-        if !closing && now.saturating_sub(entry.last_seen_ns) <= idle {
+        if !closing && age <= idle {
             *counts.entry(ref_slot(entry.backend)).or_insert(0) += 1;
         }
+    }
+    for key in over {
+        // Gone already (evicted, or replaced by a new connection): fine.
+        let _ = flows.remove(&key);
     }
     Ok(counts)
 }

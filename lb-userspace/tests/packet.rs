@@ -12,8 +12,8 @@ use lb_common::{
     VIP_F_REJECT_EMPTY,
 };
 use xdplb::{
-    dataplane::{backend_name_index, BackendSlot, CounterReader, Counters, Dataplane},
-    packet::{checksums, TcpFrame, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN},
+    dataplane::{backend_name_index, BackendSlot, CounterReader, Counters, Dataplane, Tuning},
+    packet::{checksums, TcpFrame, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN},
 };
 
 const XDP_DROP: u32 = 1;
@@ -49,8 +49,12 @@ impl Lab {
     /// VIP index 0 with `n` active backends in slots 0..n and a ring that
     /// cycles through them.
     fn new(n: u32) -> Lab {
+        Lab::tuned(n, Tuning::default())
+    }
+
+    fn tuned(n: u32, tuning: Tuning) -> Lab {
         let ns = TestNs::new(n as u8);
-        let mut tp = TestPlane::new(RING, 4096);
+        let mut tp = TestPlane::tuned(RING, 4096, tuning);
         let dp = tp.dp();
         dp.write_name(0, "web").unwrap();
         for i in 0..n {
@@ -81,15 +85,7 @@ impl Lab {
 
     /// The backend slot the ring names for a flow.
     fn ring_choice(&self, src: SocketAddrV4, dst: SocketAddrV4) -> u32 {
-        let key = FlowKey {
-            src_addr: u32::from_ne_bytes(src.ip().octets()),
-            dst_addr: u32::from_ne_bytes(dst.ip().octets()),
-            src_port: src.port().to_be(),
-            dst_port: dst.port().to_be(),
-            proto: IPPROTO_TCP,
-            _pad: [0; 3],
-        };
-        self.ring[(flow_hash(&key) % RING) as usize]
+        self.ring[(flow_hash(&flow_key(src, dst)) % RING) as usize]
     }
 
     fn run_on(&mut self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
@@ -122,11 +118,31 @@ impl Lab {
         self.run_on(frame, i)
     }
 
+    /// The flow table's entry for a client port, if any.
+    fn flow(&self, port: u16) -> Option<lb_common::FlowEntry> {
+        let map = aya::maps::Map::LruHashMap(
+            aya::maps::MapData::from_pin(self.tp.pin_path.join(lb_common::maps::FLOWS)).unwrap(),
+        );
+        let flows: aya::maps::HashMap<_, FlowKey, lb_common::FlowEntry> = map.try_into().unwrap();
+        flows.get(&flow_key(client(port), sa(VIP)), 0).ok()
+    }
+
     fn counters(&self) -> Counters {
         CounterReader::open(&self.tp.pin_path)
             .unwrap()
             .read()
             .unwrap()
+    }
+}
+
+fn flow_key(src: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
+    FlowKey {
+        src_addr: u32::from_ne_bytes(src.ip().octets()),
+        dst_addr: u32::from_ne_bytes(dst.ip().octets()),
+        src_port: src.port().to_be(),
+        dst_port: dst.port().to_be(),
+        proto: IPPROTO_TCP,
+        _pad: [0; 3],
     }
 }
 
@@ -323,8 +339,9 @@ fn draining_backend_keeps_established_flows_and_gets_no_new_one() {
         assert_eq!(action, XDP_REDIRECT);
         assert_ne!(backend_of(&out), 0, "new flow on a draining backend");
     }
-    // A SYN reusing the established port pair is a new connection: it must
-    // not land on the draining backend either.
+    // Once that connection is over (RST), a SYN reusing the port pair is a
+    // new connection: it must not land on the draining backend either.
+    lab.arrive_from_client(&to_vip(port, TCP_RST).build());
     let (_, out) = lab.arrive_from_client(&to_vip(port, TCP_SYN).build());
     assert_ne!(backend_of(&out), 0);
 }
@@ -1205,4 +1222,150 @@ fn a_next_hop_outside_the_redirect_ports_goes_to_the_kernel() {
     want.dst = backend_addr(lab.ring_choice(client(53100), sa(VIP)));
     assert_eq!(out, want.build_partial(), "rewritten, still partial");
     assert_eq!(lab.counters().get(GlobalCounter::RedirectFallback), 1);
+}
+
+// ---- Flow-table hygiene ----
+
+#[test]
+fn a_fin_or_rst_that_misses_the_table_inserts_nothing() {
+    let mut lab = Lab::new(3);
+    for (port, flags) in [(54000, TCP_RST), (54001, TCP_FIN | TCP_ACK)] {
+        let (action, out) = lab.arrive_from_client(&to_vip(port, flags).build());
+        assert_eq!(action, XDP_REDIRECT, "still steered");
+        assert_eq!(backend_of(&out), lab.ring_choice(client(port), sa(VIP)));
+        assert_eq!(lab.flow(port), None, "flags {flags:#x}");
+    }
+    assert_eq!(lab.counters().get(GlobalCounter::FlowInserts), 0);
+}
+
+#[test]
+fn a_syn_on_an_established_flow_keeps_its_backend() {
+    // A retransmitted or spoofed SYN must not re-steer a live connection.
+    let mut lab = Lab::new(3);
+    let (_, out) = lab.arrive_from_client(&to_vip(54100, TCP_SYN).build());
+    let b = backend_of(&out);
+    lab.publish(vec![(b + 1) % 3; RING as usize]);
+    let (action, out) = lab.arrive_from_client(&to_vip(54100, TCP_SYN).build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(backend_of(&out), b);
+    assert_eq!(
+        lab.flow(54100).unwrap().backend & lb_common::BACKEND_SLOT_MASK,
+        b
+    );
+}
+
+#[test]
+fn a_closed_flow_lingers_for_stragglers_then_a_syn_starts_afresh() {
+    let mut lab = Lab::new(3);
+    let port = 54200;
+    let (_, out) = lab.arrive_from_client(&to_vip(port, TCP_SYN).build());
+    let b = backend_of(&out);
+    let other = (b + 1) % 3;
+    lab.publish(vec![other; RING as usize]);
+    // FIN from the client, then from the backend (the reply path notes it).
+    lab.arrive_from_client(&to_vip(port, TCP_FIN | TCP_ACK).build());
+    let flow = lab.flow(port).unwrap();
+    assert_eq!(flow.flags, lb_common::FLOW_F_CLOSING);
+    let mut fin = TcpFrame::new(backend_addr(b), client(port), TCP_FIN | TCP_ACK);
+    fin.dst_mac = OUT_MAC;
+    let (action, _) = lab.arrive_from_backends(&fin.build());
+    assert_eq!(action, XDP_REDIRECT);
+    let flow = lab.flow(port).unwrap();
+    assert!(lb_common::flow_closed(flow.flags), "{:#x}", flow.flags);
+    // The last ACK still reaches the old backend.
+    let (_, out) = lab.arrive_from_client(&to_vip(port, TCP_ACK).build());
+    assert_eq!(backend_of(&out), b);
+    // A new connection on the same 4-tuple follows the ring.
+    let (_, out) = lab.arrive_from_client(&to_vip(port, TCP_SYN).build());
+    assert_eq!(backend_of(&out), other);
+    assert_eq!(lab.flow(port).unwrap().flags, 0, "a fresh entry");
+}
+
+#[test]
+fn a_reset_flow_is_closed_and_its_closing_mark_survives_a_resteer() {
+    let mut lab = Lab::new(3);
+    let port = 54300;
+    let (_, out) = lab.arrive_from_client(&to_vip(port, TCP_SYN).build());
+    let b = backend_of(&out);
+    // The client half-closes; then its backend goes down and the flow is
+    // re-steered: the new entry must still say the client is closing.
+    lab.arrive_from_client(&to_vip(port, TCP_FIN | TCP_ACK).build());
+    set_backend(lab.dp(), b, BACKEND_DOWN);
+    let survivors: Vec<u32> = (0..3).filter(|&i| i != b).collect();
+    lab.publish((0..RING).map(|i| survivors[(i % 2) as usize]).collect());
+    let (_, out) = lab.arrive_from_client(&to_vip(port, TCP_ACK).build());
+    assert_ne!(backend_of(&out), b);
+    let flow = lab.flow(port).unwrap();
+    assert_eq!(
+        flow.flags & lb_common::FLOW_F_CLOSING,
+        lb_common::FLOW_F_CLOSING
+    );
+    // A RST from the client closes it outright.
+    lab.arrive_from_client(&to_vip(port, TCP_RST).build());
+    assert!(lb_common::flow_closed(lab.flow(port).unwrap().flags));
+}
+
+#[test]
+fn above_the_insert_rate_new_flows_are_balanced_but_not_recorded() {
+    let mut lab = Lab::tuned(
+        3,
+        Tuning {
+            max_flow_inserts_per_sec: 3,
+        },
+    );
+    for port in 54400..54406u16 {
+        let f = to_vip(port, TCP_SYN);
+        let (action, out) = lab.arrive_from_client(&f.build());
+        assert_eq!(action, XDP_REDIRECT, "balanced all the same");
+        assert_eq!(
+            out,
+            expected_to_backend(&f, lab.ring_choice(client(port), sa(VIP)))
+        );
+    }
+    let recorded = (54400..54406u16).filter(|&p| lab.flow(p).is_some()).count();
+    let c = lab.counters();
+    // test_run may move between CPUs; each has its own window.
+    assert!((3..=6).contains(&recorded), "{recorded}");
+    assert_eq!(c.get(GlobalCounter::FlowInserts), recorded as u64);
+    assert_eq!(c.get(GlobalCounter::FlowInsertsCapped), 6 - recorded as u64);
+    assert!(c.get(GlobalCounter::FlowInsertsCapped) >= 1 || recorded == 6);
+    // What is in the table is untouched by the flood.
+    let first = lab.flow(54400).map(|f| f.backend);
+    let (_, out) = lab.arrive_from_client(&to_vip(54400, TCP_ACK).build());
+    if let Some(r) = first {
+        assert_eq!(backend_of(&out), r & lb_common::BACKEND_SLOT_MASK);
+    }
+}
+
+#[test]
+fn last_seen_is_rewritten_at_most_once_a_second() {
+    let mut lab = Lab::new(2);
+    lab.arrive_from_client(&to_vip(54500, TCP_SYN).build());
+    let t0 = lab.flow(54500).unwrap().last_seen_ns;
+    for _ in 0..3 {
+        lab.arrive_from_client(&to_vip(54500, TCP_ACK).build());
+    }
+    assert_eq!(lab.flow(54500).unwrap().last_seen_ns, t0);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    lab.arrive_from_client(&to_vip(54500, TCP_ACK).build());
+    assert!(lab.flow(54500).unwrap().last_seen_ns > t0);
+}
+
+#[test]
+fn the_controllers_flow_walk_reaps_closed_flows_after_their_linger() {
+    let mut lab = Lab::new(2);
+    lab.arrive_from_client(&to_vip(54600, TCP_SYN).build());
+    lab.arrive_from_client(&to_vip(54601, TCP_SYN).build());
+    lab.arrive_from_client(&to_vip(54601, TCP_RST).build());
+    let walk = |lab: &Lab| {
+        xdplb::dataplane::flow_counts(&lab.tp.pin_path, 10_000, std::time::Duration::from_secs(30))
+            .unwrap()
+    };
+    assert_eq!(walk(&lab).values().sum::<u64>(), 1);
+    assert!(lab.flow(54601).is_some(), "lingers");
+    let linger = std::time::Duration::from_nanos(lb_common::limits::FLOW_LINGER_NS);
+    std::thread::sleep(linger + std::time::Duration::from_millis(300));
+    assert_eq!(walk(&lab).values().sum::<u64>(), 1);
+    assert!(lab.flow(54601).is_none(), "reaped");
+    assert!(lab.flow(54600).is_some(), "the live flow stays");
 }

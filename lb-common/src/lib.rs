@@ -290,16 +290,24 @@ pub struct FibEntry {
 }
 const _: () = assert!(core::mem::size_of::<FibEntry>() == 32);
 
-/// Value of `IFACES` (hash keyed by ifindex, written by user space for every
-/// attached interface): its MAC, so frames addressed to other hosts (a
-/// promiscuous port, a bridge member) pass untouched.
+/// Value of `IFACES` (array indexed by `ifindex % IFACE_SLOTS`, written by
+/// user space for every attached interface): its MAC, so frames addressed
+/// to other hosts (a promiscuous port, a bridge member) pass untouched. An
+/// array slot costs the hot path far less than a hash lookup; `ifindex`
+/// says whose slot it is.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IfaceMeta {
+    /// 0: slot unused.
+    pub ifindex: u32,
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<IfaceMeta>() == 8);
+const _: () = assert!(core::mem::size_of::<IfaceMeta>() == 12);
+
+/// Entries of `IFACES`. Two attached interfaces whose ifindexes collide
+/// modulo this leave the second unfiltered (the controller warns).
+pub const IFACE_SLOTS: u32 = 1024;
 
 /// Value of `NAMES` (array, read only by user space): the pool name of VIP
 /// index `i` at `i`, the backend name of slot `s` at `MAX_VIPS + s`. Kept in

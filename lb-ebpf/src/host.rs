@@ -1,6 +1,7 @@
 //! What belongs to this host: the MACs of the attached interfaces and the
 //! host's addresses, both written by the controller.
 use aya_ebpf::programs::XdpContext;
+use lb_common::IFACE_SLOTS;
 
 use crate::{
     maps::{IFACES, LOCAL_ADDRS},
@@ -21,10 +22,9 @@ pub fn for_us(ctx: &XdpContext) -> bool {
     // SAFETY: bounds checked by ptr_at.
     let dst = unsafe { (*eth).dst };
     let ifindex = ctx.ingress_ifindex() as u32;
-    // SAFETY: the reference lives while the program runs (RCU).
-    match unsafe { IFACES.get(&ifindex) } {
-        Some(iface) => iface.mac == dst,
-        None => true,
+    match IFACES.get(ifindex % IFACE_SLOTS) {
+        Some(iface) if iface.ifindex == ifindex => iface.mac == dst,
+        _ => true,
     }
 }
 

@@ -12,7 +12,7 @@ use lb_common::{
         MAX_LOCAL_ADDRS, MAX_VIPS,
     },
     rings_len, BackendCounters, BackendMeta, FibEntry, FlowEntry, FlowKey, GlobalCounter,
-    IfaceMeta, L4Addr, Name, RateWindow, ReplyEntry, VipCounters, VipMeta, NAMES_LEN,
+    IfaceMeta, L4Addr, Name, RateWindow, ReplyEntry, VipCounters, VipMeta, IFACE_SLOTS, NAMES_LEN,
 };
 
 /// VIP endpoint → its index and live ring slot.
@@ -65,7 +65,7 @@ pub static NAMES: Array<Name> = Array::pinned(NAMES_LEN, 0);
 /// Attached interfaces by ifindex → their MAC: frames addressed to another
 /// MAC (promiscuous mode, a bridge port) are not ours to rewrite.
 #[map]
-pub static IFACES: HashMap<u32, IfaceMeta> = HashMap::pinned(MAX_IFACES, 0);
+pub static IFACES: Array<IfaceMeta> = Array::pinned(IFACE_SLOTS, 0);
 
 /// Redirect targets: the attached interfaces. Redirecting through a DEVMAP
 /// lets the kernel batch transmissions, and a target missing from it falls

@@ -14,6 +14,8 @@ use lb_common::{
     VipMeta, BACKEND_DOWN, BACKEND_FREE, FLOW_F_CLOSING, FLOW_F_RESET, NO_BACKEND,
 };
 
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+
 use crate::{
     consts::{TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
     maps::{BACKENDS, FLOWS, INSERT_RATE, RINGS},
@@ -79,6 +81,9 @@ fn closing_bits(tcp: u8) -> u16 {
 #[inline(always)]
 pub fn select(key: &FlowKey, vip: &VipMeta, tcp: u8, now: u64) -> Result<Choice, GlobalCounter> {
     let syn = tcp & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+    if syn {
+        return select_syn(key, vip, now);
+    }
     let bits = closing_bits(tcp);
     // Flags a re-steered flow keeps in its new entry.
     let mut carried = 0;
@@ -86,34 +91,12 @@ pub fn select(key: &FlowKey, vip: &VipMeta, tcp: u8, now: u64) -> Result<Choice,
         // SAFETY: the map returned a valid value pointer. Concurrent
         // writers on other CPUs may race on last_seen_ns and flags; both
         // are hints whose worst case is an early or late expiry.
-        let flow = unsafe { &mut *flow };
-        let over = flow_closed(flow.flags)
-            && (syn || now.wrapping_sub(flow.last_seen_ns) > FLOW_LINGER_NS);
-        if !over {
-            match resolve(flow.backend, vip)? {
-                // A slot freed or reused since must not inherit a stale flow.
-                None => count(GlobalCounter::FlowMisses),
-                Some(meta) if meta.state == BACKEND_DOWN => {
-                    count(GlobalCounter::Resteered);
-                    carried = flow.flags;
-                }
-                Some(meta) => {
-                    let flags = flow.flags | bits;
-                    if flags != flow.flags {
-                        flow.flags = flags;
-                        flow.last_seen_ns = now;
-                    } else if now.wrapping_sub(flow.last_seen_ns) > LAST_SEEN_RESOLUTION_NS {
-                        flow.last_seen_ns = now;
-                    }
-                    return Ok(Choice {
-                        backend: ref_slot(flow.backend),
-                        meta: *meta,
-                        new_flow: false,
-                    });
-                }
-            }
+        match pinned(unsafe { &mut *flow }, vip, bits, now)? {
+            Pinned::Keep(choice) => return Ok(choice),
+            Pinned::Resteer(flags) => carried = flags,
+            Pinned::Gone => {}
         }
-    } else if !syn {
+    } else {
         count(GlobalCounter::FlowMisses);
     }
     // A FIN or RST the table does not know ends nothing worth remembering
@@ -123,7 +106,82 @@ pub fn select(key: &FlowKey, vip: &VipMeta, tcp: u8, now: u64) -> Result<Choice,
     } else {
         None
     };
-    from_ring(key, vip, now, pin)
+    let (choice, _) = from_ring(key, vip, now, pin, 0)?;
+    Ok(choice)
+}
+
+/// What an existing entry says about a packet of its flow.
+enum Pinned {
+    /// Still its backend's: use it.
+    Keep(Choice),
+    /// Its backend is down: select again, keeping these flags.
+    Resteer(u16),
+    /// Over (closed and lingered out, or a SYN after close) or stale (a
+    /// slot freed or reused since): a new flow.
+    Gone,
+}
+
+#[inline(always)]
+fn pinned(
+    flow: &mut FlowEntry,
+    vip: &VipMeta,
+    bits: u16,
+    now: u64,
+) -> Result<Pinned, GlobalCounter> {
+    if flow_closed(flow.flags) && now.wrapping_sub(flow.last_seen_ns) > FLOW_LINGER_NS {
+        return Ok(Pinned::Gone);
+    }
+    match resolve(flow.backend, vip)? {
+        None => {
+            count(GlobalCounter::FlowMisses);
+            Ok(Pinned::Gone)
+        }
+        Some(meta) if meta.state == BACKEND_DOWN => {
+            count(GlobalCounter::Resteered);
+            Ok(Pinned::Resteer(flow.flags))
+        }
+        Some(meta) => {
+            let flags = flow.flags | bits;
+            if flags != flow.flags {
+                flow.flags = flags;
+                flow.last_seen_ns = now;
+            } else if now.wrapping_sub(flow.last_seen_ns) > LAST_SEEN_RESOLUTION_NS {
+                flow.last_seen_ns = now;
+            }
+            Ok(Pinned::Keep(Choice {
+                backend: ref_slot(flow.backend),
+                meta: *meta,
+                new_flow: false,
+            }))
+        }
+    }
+}
+
+/// A SYN: usually a new flow, so it is inserted straight away, only if
+/// its 4-tuple is not in the table (BPF_NOEXIST) — one bucket walk instead
+/// of a lookup and an insert. If it is there, the entry decides: a live
+/// pin stays (a retransmitted or spoofed SYN must not move a connection);
+/// a closed connection's entry is replaced by the new one.
+#[inline(always)]
+fn select_syn(key: &FlowKey, vip: &VipMeta, now: u64) -> Result<Choice, GlobalCounter> {
+    let (choice, inserted) = from_ring(key, vip, now, Some(0), BPF_NOEXIST as u64)?;
+    if inserted {
+        return Ok(choice);
+    }
+    if let Some(flow) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: as in `select`.
+        let flow = unsafe { &mut *flow };
+        if !flow_closed(flow.flags) {
+            if let Pinned::Keep(kept) = pinned(flow, vip, 0, now)? {
+                return Ok(kept);
+            }
+        }
+        // Over, stale or down: the new connection takes the entry.
+        let (choice, _) = from_ring(key, vip, now, Some(0), BPF_ANY as u64)?;
+        return Ok(choice);
+    }
+    // Not inserted (over the insert rate) and not in the table.
+    Ok(choice)
 }
 
 /// Whether this CPU may insert another flow this second.
@@ -153,14 +211,17 @@ fn may_insert(now: u64) -> bool {
 }
 
 /// The ring's backend for `key`; recorded in the flow table with `pin`'s
-/// flags if `pin` is given (and the insert rate allows).
+/// flags if `pin` is given and the insert rate allows, with the map update
+/// flags `update` (BPF_ANY, or BPF_NOEXIST to keep an existing entry).
+/// Returns whether an entry was written.
 #[inline(always)]
 pub fn from_ring(
     key: &FlowKey,
     vip: &VipMeta,
     now: u64,
     pin: Option<u16>,
-) -> Result<Choice, GlobalCounter> {
+    update: u64,
+) -> Result<(Choice, bool), GlobalCounter> {
     // verifier: volatile, as above.
     let ring_size = unsafe { core::ptr::read_volatile(&RING_SIZE) };
     if ring_size == 0 {
@@ -179,6 +240,7 @@ pub fn from_ring(
         Some(meta) if meta.state != BACKEND_DOWN => meta,
         _ => return Err(GlobalCounter::DropStaleRing),
     };
+    let mut inserted = false;
     if let Some(flags) = pin {
         if may_insert(now) {
             let entry = FlowEntry {
@@ -188,17 +250,22 @@ pub fn from_ring(
                 last_seen_ns: now,
             };
             // A full LRU evicts its oldest entry; insert fails only on
-            // memory pressure, and then the flow stays ring-steered.
-            if FLOWS.insert(key, &entry, 0).is_ok() {
+            // memory pressure (then the flow stays ring-steered) or, with
+            // BPF_NOEXIST, when the 4-tuple is already there.
+            if FLOWS.insert(key, &entry, update).is_ok() {
                 count(GlobalCounter::FlowInserts);
+                inserted = true;
             }
         }
     }
-    Ok(Choice {
-        backend: ref_slot(r),
-        meta: *meta,
-        new_flow: pin.is_some(),
-    })
+    Ok((
+        Choice {
+            backend: ref_slot(r),
+            meta: *meta,
+            new_flow: pin.is_some(),
+        },
+        inserted,
+    ))
 }
 
 /// The backend a flow is on without touching the table: its entry if it
@@ -218,7 +285,7 @@ pub fn peek(key: &FlowKey, vip: &VipMeta) -> Result<Choice, GlobalCounter> {
             }
         }
     }
-    from_ring(key, vip, 0, None)
+    from_ring(key, vip, 0, None, 0).map(|(choice, _)| choice)
 }
 
 /// Records what a backend's FIN or RST (with TCP flags `tcp`) tells about

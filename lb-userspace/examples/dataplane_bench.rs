@@ -5,7 +5,11 @@
 //! exactly the repeat count, or the figure measured something else and the
 //! run fails.
 //!
-//! Usage: dataplane_bench [--repeat N] [--runs N] [--flow-table N]
+//! The new-flow path runs with the insert-rate cap off, after the table
+//! was filled (`--prefill 0` skips that), and its proof is the table's
+//! insert counter; `new_flow_capped` is the same SYN over the cap.
+//!
+//! Usage: dataplane_bench [--repeat N] [--runs N] [--flow-table N] [--prefill 0|1]
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -23,7 +27,7 @@ use lb_common::{
     GlobalCounter, BACKEND_ACTIVE,
 };
 use xdplb::{
-    dataplane::{self, BackendSlot, CounterReader, Counters, Dataplane, Shape},
+    dataplane::{self, BackendSlot, CounterReader, Counters, Dataplane, Shape, Tuning},
     packet::{TcpFrame, TCP_ACK, TCP_SYN},
 };
 
@@ -87,10 +91,11 @@ fn main() -> anyhow::Result<()> {
     let repeat = arg(&args, "--repeat", 1_000_000) as u32;
     let runs = arg(&args, "--runs", 5) as usize;
     let flow_table = arg(&args, "--flow-table", 1_048_576) as u32;
+    let prefill = arg(&args, "--prefill", 1) != 0;
     let ns = TestNs::new(3);
     let pin_path =
         std::path::PathBuf::from(format!("/sys/fs/bpf/xdplb-bench-{}", std::process::id()));
-    let result = run(&ns, &pin_path, repeat, runs, flow_table);
+    let result = run(&ns, &pin_path, repeat, runs, flow_table, prefill);
     let _ = dataplane::down(&pin_path);
     result
 }
@@ -101,13 +106,29 @@ fn run(
     repeat: u32,
     runs: usize,
     flow_table: u32,
+    prefill: bool,
 ) -> anyhow::Result<()> {
     let ring_size = 65537;
-    let mut dp = Dataplane::load(Shape {
+    let shape = Shape {
         pin_path: pin_path.to_path_buf(),
         ring_size,
         flow_table_size: flow_table,
-    })?;
+    };
+    // The insert-rate cap off: the new-flow line measures real inserts.
+    let mut dp = Dataplane::load_tuned(
+        shape.clone(),
+        Tuning {
+            max_flow_inserts_per_sec: 0,
+        },
+    )?;
+    // The same maps under a program whose cap is 1 insert a second: the
+    // capped path (Katran's stock new-flow figure is of this path).
+    let capped = Dataplane::load_tuned(
+        shape,
+        Tuning {
+            max_flow_inserts_per_sec: 1,
+        },
+    )?;
     let vip: SocketAddrV4 = "198.18.2.10:80".parse()?;
     dp.write_name(0, "bench")?;
     for i in 0..3u32 {
@@ -135,6 +156,7 @@ fn run(
         p.fd()?.try_clone()?
     };
     let lb_fd = dp.program().fd()?.try_clone()?;
+    let capped_fd = capped.program().fd()?.try_clone()?;
     let mut target = ProgramArray::try_from(bench.take_map("TARGET").expect("TARGET"))?;
     let mut frames: PerCpuArray<_, BenchFrame> =
         PerCpuArray::try_from(bench.take_map("FRAME").expect("FRAME"))?;
@@ -168,11 +190,11 @@ fn run(
         },
         Path {
             name: "new_flow",
-            bytes: syn,
+            bytes: syn.clone(),
             vary: true,
             floor: false,
             action: XDP_REDIRECT,
-            proof: |c| c.vips[0].counters.new_flows,
+            proof: |c| c.get(GlobalCounter::FlowInserts),
         },
         Path {
             name: "non_vip",
@@ -218,6 +240,15 @@ fn run(
             proof: |c| c.get(GlobalCounter::PartialChecksum),
         },
         Path {
+            name: "new_flow_capped",
+            bytes: syn.clone(),
+            vary: true,
+            floor: false,
+            action: XDP_REDIRECT,
+            // Each iteration is either capped or (once a second) inserted.
+            proof: |c| c.get(GlobalCounter::FlowInsertsCapped) + c.get(GlobalCounter::FlowInserts),
+        },
+        Path {
             name: "floor_1500",
             bytes: full,
             vary: false,
@@ -241,7 +272,39 @@ fn run(
         };
         let md = xdp_md(path.bytes.len(), ns.in_ifindex);
         frames.set(0, PerCpuValues::try_from(vec![value; cpus])?, 0)?;
-        target.set(0, if path.floor { &floor_fd } else { &lb_fd }, 0)?;
+        let fd = match (path.floor, path.name) {
+            (true, _) => &floor_fd,
+            (false, "new_flow_capped") => &capped_fd,
+            _ => &lb_fd,
+        };
+        target.set(0, fd, 0)?;
+        if path.name == "new_flow" && prefill {
+            // Fill the table first, so every measured insert evicts, as a
+            // long-running gateway's does.
+            let md = xdp_md(path.bytes.len(), ns.in_ifindex);
+            let mut bytes = [0u8; BENCH_FRAME_MAX];
+            bytes[..path.bytes.len()].copy_from_slice(&path.bytes);
+            frames.set(
+                0,
+                PerCpuValues::try_from(vec![
+                    BenchFrame {
+                        vary_source: 1,
+                        len: path.bytes.len() as u64,
+                        bytes,
+                    };
+                    cpus
+                ])?,
+                0,
+            )?;
+            let mut out = vec![0u8; path.bytes.len() + 256];
+            restore.test_run(TestRunOptions {
+                data_in: Some(&path.bytes),
+                data_out: Some(&mut out),
+                ctx_in: Some(&md),
+                repeat: flow_table + flow_table / 4,
+                ..Default::default()
+            })?;
+        }
         let mut samples = Vec::new();
         for _ in 0..runs {
             let before = (path.proof)(&reader.read()?);

@@ -27,8 +27,8 @@ use lb_common::{
     backend_ref,
     limits::{MAX_BACKENDS, MAX_VIPS},
     maps, ref_slot, rings_len, BackendCounters, BackendMeta, FlowEntry, FlowKey, GlobalCounter,
-    IfaceMeta, L4Addr, Name, ReplyEntry, VipCounters, VipMeta, GENERATIONS, IPPROTO_TCP, NAMES_LEN,
-    NO_BACKEND, RING_SLOTS,
+    IfaceMeta, L4Addr, Name, ReplyEntry, VipCounters, VipMeta, GENERATIONS, IFACE_SLOTS,
+    IPPROTO_TCP, NAMES_LEN, NO_BACKEND, RING_SLOTS,
 };
 use thiserror::Error;
 
@@ -217,7 +217,7 @@ pub struct Dataplane {
     replies: HashMap<MapData, L4Addr, ReplyEntry>,
     rings: Array<MapData, u32>,
     names: Array<MapData, Name>,
-    ifaces: HashMap<MapData, u32, IfaceMeta>,
+    ifaces: Array<MapData, IfaceMeta>,
     tx_ports: DevMapHash<MapData>,
     local_addrs: HashMap<MapData, u32, u32>,
     /// Each slot's generation as the pinned map holds it: rings are written
@@ -717,18 +717,38 @@ impl Dataplane {
             let ifindex = ifindex(iface).map_err(io)?;
             wanted.insert(ifindex, hw_addr(iface).map_err(io)?);
         }
-        let known: Vec<u32> = self.ifaces.keys().filter_map(Result::ok).collect();
-        for ifindex in known {
-            if !wanted.contains_key(&ifindex) {
-                let _ = self.ifaces.remove(&ifindex);
-                let _ = self.tx_ports.remove(ifindex);
+        for slot in 0..IFACE_SLOTS {
+            let meta = self.ifaces.get(&slot, 0).map_err(map_err(maps::IFACES))?;
+            if meta.ifindex != 0 && !wanted.contains_key(&meta.ifindex) {
+                self.ifaces
+                    .set(slot, IfaceMeta::default(), 0)
+                    .map_err(map_err(maps::IFACES))?;
+                let _ = self.tx_ports.remove(meta.ifindex);
             }
         }
         for (&ifindex, &mac) in &wanted {
-            let meta = IfaceMeta { mac, _pad: [0; 2] };
-            if self.ifaces.get(&ifindex, 0).ok() != Some(meta) {
+            let slot = ifindex % IFACE_SLOTS;
+            let meta = IfaceMeta {
+                ifindex,
+                mac,
+                _pad: [0; 2],
+            };
+            let current = self.ifaces.get(&slot, 0).map_err(map_err(maps::IFACES))?;
+            if current.ifindex != 0
+                && current.ifindex != ifindex
+                && wanted.contains_key(&current.ifindex)
+            {
+                // The program then takes every frame on this interface as
+                // addressed to it (no promiscuous-mode filter).
+                tracing::warn!(
+                    ifindex,
+                    other = current.ifindex,
+                    "two interfaces share a MAC-filter slot; frames for other hosts on the \
+                     second are not told apart"
+                );
+            } else if current != meta {
                 self.ifaces
-                    .insert(ifindex, meta, 0)
+                    .set(slot, meta, 0)
                     .map_err(map_err(maps::IFACES))?;
             }
             if self.tx_ports.get(ifindex, 0).map(|v| v.if_index).ok() != Some(ifindex) {

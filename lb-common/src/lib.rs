@@ -285,7 +285,8 @@ pub struct FibEntry {
     pub tx_port: u32,
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
-    pub _pad2: u32,
+    /// The egress device's MTU when looked up (bpf_check_mtu).
+    pub mtu: u32,
     pub expires_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<FibEntry>() == 32);

@@ -12,7 +12,7 @@ use aya_ebpf::{
 use lb_common::{limits::FIB_CACHE_TTL_NS, FibEntry, GlobalCounter};
 
 use crate::{
-    consts::AF_INET,
+    consts::{AF_INET, ETH_HLEN},
     maps::{FIB_CACHE, TX_PORTS},
     nat::decrement_ttl,
     parse::{ptr_at, EthHdr, Ipv4Hdr},
@@ -88,6 +88,10 @@ fn lookup(
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {
             let ifindex = params.ifindex;
+            let mut mtu: u32 = 0;
+            // SAFETY: valid context and out-pointer; with mtu_len 0 the
+            // helper reports the device's MTU whatever the frame's size.
+            unsafe { bpf_check_mtu(ctx.ctx.cast(), ifindex, &mut mtu, 0, 0) };
             let entry = FibEntry {
                 ifindex,
                 tx_port: if TX_PORTS.get(ifindex).is_some() {
@@ -97,7 +101,7 @@ fn lookup(
                 },
                 src_mac: params.smac,
                 dst_mac: params.dmac,
-                _pad2: 0,
+                mtu,
                 expires_ns: now + FIB_CACHE_TTL_NS,
             };
             let _ = FIB_CACHE.insert(daddr, &entry, 0);
@@ -115,17 +119,17 @@ fn lookup(
 }
 
 /// `Err(mtu)` if the frame as it stands would not fit the egress device
-/// of `hop` (its MTU checked on every packet: a cached hop does not know
-/// the MTU changed).
+/// of `hop`. Every packet is checked, against the device MTU learned with
+/// the route (so an MTU change is seen within `FIB_CACHE_TTL_NS`, as a
+/// moved neighbour is): asking the kernel per packet (bpf_check_mtu finds
+/// the device by ifindex) costs more than the rest of the send.
 #[inline(always)]
 pub fn fits(ctx: &XdpContext, hop: &FibEntry) -> Result<(), u32> {
-    let mut mtu: u32 = 0;
-    // SAFETY: valid context and out-pointer; mtu_len 0 = check the frame.
-    let rc = unsafe { bpf_check_mtu(ctx.ctx.cast(), hop.ifindex, &mut mtu, 0, 0) };
-    if rc == 0 {
+    let l3 = (ctx.data_end() - ctx.data()) as u32 - ETH_HLEN as u32;
+    if hop.mtu == 0 || l3 <= hop.mtu {
         Ok(())
     } else {
-        Err(mtu)
+        Err(hop.mtu)
     }
 }
 

@@ -19,11 +19,22 @@ pub fn for_us(ctx: &XdpContext) -> bool {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return true;
     };
-    // SAFETY: bounds checked by ptr_at.
-    let dst = unsafe { (*eth).dst };
     let ifindex = ctx.ingress_ifindex() as u32;
     match IFACES.get(ifindex % IFACE_SLOTS) {
-        Some(iface) if iface.ifindex == ifindex => iface.mac == dst,
+        Some(iface) if iface.ifindex == ifindex => {
+            // Two loads a side instead of six byte compares: this runs for
+            // every packet we rewrite.
+            // SAFETY: the Ethernet header is in bounds (ptr_at); both MACs
+            // are 6 bytes, read unaligned.
+            unsafe {
+                let dst = (*eth).dst.as_ptr();
+                let ours = iface.mac.as_ptr();
+                core::ptr::read_unaligned(dst as *const u32)
+                    == core::ptr::read_unaligned(ours as *const u32)
+                    && core::ptr::read_unaligned(dst.add(4) as *const u16)
+                        == core::ptr::read_unaligned(ours.add(4) as *const u16)
+            }
+        }
         _ => true,
     }
 }

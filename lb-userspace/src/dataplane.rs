@@ -161,8 +161,9 @@ pub fn flow_table_entries(size: u32, per_cpu_lru: bool) -> u32 {
     size.div_ceil(cpus).saturating_mul(cpus)
 }
 
-/// Whether `FLOWS` keeps per-CPU LRU lists (see `lb-ebpf/src/maps.rs`).
-pub const FLOWS_PER_CPU_LRU: bool = true;
+/// Whether `FLOWS` keeps per-CPU LRU lists (see `lb-ebpf/src/maps.rs` for
+/// why it does not).
+pub const FLOWS_PER_CPU_LRU: bool = false;
 
 /// `xdp_mode` from the config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -41,7 +41,7 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    config::{self, BackendConfig, Config, HealthConfig, PoolConfig, Role},
+    config::{self, BackendConfig, Config, HealthConfig, OnEmpty, PoolConfig, Role},
     dataplane::{
         self, backend_name_index, AttachMode, BackendSlot, Dataplane, DataplaneError, Shape,
     },
@@ -821,6 +821,15 @@ impl<D: DataplaneOps> Controller<D> {
                     vip: pool.vip.to_string(),
                     mode: format!("{:?}", pool.mode).to_lowercase(),
                     min_active: pool.min_active,
+                    on_empty: match pool.on_empty {
+                        OnEmpty::Reject => "reject",
+                        OnEmpty::Drop => "drop",
+                    }
+                    .to_string(),
+                    empty: self
+                        .ring_inputs
+                        .get(&pool.name)
+                        .is_some_and(|inputs| inputs.is_empty()),
                     mean_load: pp.and_then(|p| p.mean_load),
                     backends: pool
                         .backends
@@ -1430,6 +1439,28 @@ min_active = 2
             "spare marked before a ring names it: {ops:?}"
         );
         assert!(publish < down, "ring published before re-steering: {ops:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pool_with_every_backend_down_shows_empty_until_one_returns() {
+        let mut r = rig();
+        assert!(!r.c.status().pools[0].empty, "not empty before any ring");
+        r.pump(Duration::from_millis(300)).await;
+        let st = r.c.status();
+        assert!(!st.pools[0].empty);
+        assert_eq!(st.pools[0].on_empty, "reject");
+        for b in ["198.18.1.11:8080", "198.18.1.12:8080", "198.18.1.21:8080"] {
+            r.probes.set(b, false);
+        }
+        r.pump(Duration::from_millis(300)).await;
+        assert!(r.fake().ring_members("198.18.2.10:80").is_empty());
+        let st = r.c.status();
+        assert!(st.pools[0].empty, "{st:?}");
+        assert!(st.pools[0].backends.iter().all(|b| b.state == "down"));
+        r.probes.set("198.18.1.12:8080", true);
+        r.pump(Duration::from_millis(300)).await;
+        assert_eq!(r.fake().ring_members("198.18.2.10:80"), ["web-2"]);
+        assert!(!r.c.status().pools[0].empty);
     }
 
     #[tokio::test(start_paused = true)]

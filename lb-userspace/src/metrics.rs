@@ -658,6 +658,8 @@ mod tests {
                 vip: "198.18.2.10:80".into(),
                 mode: "nat".into(),
                 min_active: 1,
+                on_empty: "reject".into(),
+                empty: false,
                 mean_load: Some(0.25),
                 backends: vec![
                     b("web-1", "up", "active", 75, 0.25),

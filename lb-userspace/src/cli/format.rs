@@ -112,6 +112,14 @@ pub fn status_text(s: &Status) -> String {
         if let Some(m) = p.mean_load {
             out.push_str(&format!("  mean load {m:.2}"));
         }
+        if p.empty {
+            let what = if p.on_empty == "drop" {
+                "dropped"
+            } else {
+                "rejected"
+            };
+            out.push_str(&format!("  EMPTY: no usable backend, new flows are {what}"));
+        }
         out.push('\n');
         let rows: Vec<Vec<String>> = p
             .backends
@@ -539,6 +547,8 @@ mod tests {
                     vip: "198.18.2.10:80".into(),
                     mode: "nat".into(),
                     min_active: 2,
+                    on_empty: "reject".into(),
+                    empty: false,
                     mean_load: Some(0.42),
                     backends: vec![backend("web-1", "active", "up"), down],
                 },
@@ -547,6 +557,8 @@ mod tests {
                     vip: "198.18.2.11:443".into(),
                     mode: "nat".into(),
                     min_active: 1,
+                    on_empty: "reject".into(),
+                    empty: true,
                     mean_load: None,
                     backends: vec![],
                 },
@@ -558,11 +570,30 @@ pool web  vip 198.18.2.10:80  nat  min_active 2  mean load 0.42
   web-1        198.18.1.11:8080  primary  up      active     100  0.42     12  healthy
   web-spare-1  198.18.1.11:8080  spare    down    down         0  0.42      0  health_down: connection refused
 
-pool api  vip 198.18.2.11:443  nat  min_active 1
+pool api  vip 198.18.2.11:443  nat  min_active 1  EMPTY: no usable backend, new flows are rejected
   BACKEND  ADDRESS  ROLE  HEALTH  STATE  WEIGHT  LOAD  FLOWS  REASON
 ";
         assert_eq!(status_text(&s), want);
         assert_eq!(status_text(&Status::default()), "no pools configured\n");
+
+        // JSON carries the same facts for scripts.
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["pools"][0]["empty"], false);
+        assert_eq!(v["pools"][1]["empty"], true);
+        assert_eq!(v["pools"][1]["on_empty"], "reject");
+
+        // A dropping pool says so.
+        let mut dropping = s.clone();
+        dropping.pools.truncate(1);
+        dropping.pools[0].empty = true;
+        dropping.pools[0].on_empty = "drop".into();
+        let text = status_text(&dropping);
+        assert!(
+            text.starts_with(
+                "pool web  vip 198.18.2.10:80  nat  min_active 2  mean load 0.42  EMPTY: no usable backend, new flows are dropped\n"
+            ),
+            "{text}"
+        );
     }
 
     fn counters(scale: u64) -> Counters {

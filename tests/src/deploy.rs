@@ -48,6 +48,8 @@ pub struct PoolSpec {
     pub timeout_ms: u64,
     pub rise: u32,
     pub fall: u32,
+    /// `on_empty = "…"` when set (else the default, reject).
+    pub on_empty: Option<String>,
     /// `Some((high, low, up_ms, down_ms, slow_start_ms))` adds `[pool.load]`.
     pub load: Option<LoadSpec>,
     pub backends: Vec<BackendSpec>,
@@ -92,6 +94,7 @@ impl PoolSpec {
             timeout_ms: 100,
             rise: 2,
             fall: 2,
+            on_empty: None,
             load: None,
             backends,
         }
@@ -129,8 +132,18 @@ pub fn render_config(lab: &Lab, pools: &[PoolSpec]) -> String {
     for p in pools {
         writeln!(
             s,
-            "[[pool]]\nname = \"{}\"\nvip = \"{}\"\nmin_active = {}\n\n  [pool.health]\n  kind = \"http\"\n  path = \"/healthz\"\n  interval_ms = {}\n  timeout_ms = {}\n  rise = {}\n  fall = {}\n",
-            p.name, p.vip, p.min_active, p.interval_ms, p.timeout_ms, p.rise, p.fall
+            "[[pool]]\nname = \"{}\"\nvip = \"{}\"\nmin_active = {}\n{}\n  [pool.health]\n  kind = \"http\"\n  path = \"/healthz\"\n  interval_ms = {}\n  timeout_ms = {}\n  rise = {}\n  fall = {}\n",
+            p.name,
+            p.vip,
+            p.min_active,
+            p.on_empty
+                .as_ref()
+                .map(|o| format!("on_empty = \"{o}\"\n"))
+                .unwrap_or_default(),
+            p.interval_ms,
+            p.timeout_ms,
+            p.rise,
+            p.fall
         )
         .unwrap();
         if let Some(l) = &p.load {
@@ -189,12 +202,18 @@ impl Deployment {
     /// Builds the lab (enough backends for `pools`) and starts every
     /// backend's server, and its agent when a pool polls agents.
     pub fn new(pools: Vec<PoolSpec>) -> Result<Deployment> {
+        Deployment::on(Lab::builder(), pools)
+    }
+
+    /// [`new`](Deployment::new) on a lab configured by `builder` (e.g. with
+    /// a router); its backend count is raised to what `pools` need.
+    pub fn on(builder: crate::LabBuilder, pools: Vec<PoolSpec>) -> Result<Deployment> {
         let n = pools
             .iter()
             .flat_map(|p| p.backends.iter().map(|b| b.lab_index + 1))
             .max()
             .unwrap_or(1);
-        let lab = Lab::builder().backends(n).build()?;
+        let lab = builder.backends(n).build()?;
         let config_path = lab.dir().join("xdplb.toml");
         std::fs::write(&config_path, render_config(&lab, &pools))?;
         let mut d = Deployment {

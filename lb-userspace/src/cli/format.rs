@@ -195,6 +195,9 @@ pub struct GlobalJson<T> {
     pub rx_packets: T,
     pub passed: T,
     pub redirected: T,
+    /// Answered by the program itself (XDP_TX): RSTs for an empty pool,
+    /// ICMP fragmentation-needed.
+    pub answered: T,
     pub dropped: T,
     pub flow_misses: T,
     pub resteered: T,
@@ -204,6 +207,8 @@ pub struct GlobalJson<T> {
     pub pass_fragment: T,
     /// Every drop reason, zero or not, so scripts can rely on the keys.
     pub drop_reasons: BTreeMap<&'static str, T>,
+    /// Every notable non-drop event (`GlobalCounter::EVENTS`), zero or not.
+    pub events: BTreeMap<&'static str, T>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -213,6 +218,8 @@ pub struct VipJson<T> {
     pub packets: T,
     pub bytes: T,
     pub new_flows: T,
+    /// New flows answered with a RST because the pool was empty.
+    pub rejected: T,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -252,12 +259,17 @@ impl<T: Copy> StatsJson<T> {
                 rx_packets: g(GlobalCounter::Rx),
                 passed: g(GlobalCounter::Passed),
                 redirected: g(GlobalCounter::Redirected),
+                answered: g(GlobalCounter::Answered),
                 dropped: g(GlobalCounter::Dropped),
                 flow_misses: g(GlobalCounter::FlowMisses),
                 resteered: g(GlobalCounter::Resteered),
                 pass_neigh_unresolved: g(GlobalCounter::PassNeighUnresolved),
                 pass_fragment: g(GlobalCounter::PassFragment),
                 drop_reasons: GlobalCounter::DROP_REASONS
+                    .iter()
+                    .map(|&(c, name)| (name, g(c)))
+                    .collect(),
+                events: GlobalCounter::EVENTS
                     .iter()
                     .map(|&(c, name)| (name, g(c)))
                     .collect(),
@@ -273,6 +285,7 @@ impl<T: Copy> StatsJson<T> {
                         packets: f(v.counters.packets, p.map(|p| p.packets)),
                         bytes: f(v.counters.bytes, p.map(|p| p.bytes)),
                         new_flows: f(v.counters.new_flows, p.map(|p| p.new_flows)),
+                        rejected: f(v.counters.rejected, p.map(|p| p.rejected)),
                     }
                 })
                 .collect(),
@@ -352,6 +365,7 @@ fn stats_text_of<T: Human + PartialEq + Default>(s: &StatsJson<T>, unit: &str) -
         "RX",
         "PASSED",
         "REDIRECTED",
+        "ANSWERED",
         "DROPPED",
         "FLOW MISSES",
         "RESTEERED",
@@ -367,6 +381,7 @@ fn stats_text_of<T: Human + PartialEq + Default>(s: &StatsJson<T>, unit: &str) -
             g.rx_packets.count(),
             g.passed.count(),
             g.redirected.count(),
+            g.answered.count(),
             g.dropped.count(),
             g.flow_misses.count(),
             g.resteered.count(),
@@ -382,25 +397,37 @@ fn stats_text_of<T: Human + PartialEq + Default>(s: &StatsJson<T>, unit: &str) -
     if !drops.is_empty() {
         out.push_str(&format!("dropped{unit}: {}\n", drops.join(", ")));
     }
+    // The passes the JSON names on their own, unless EVENTS lists them.
     let passes = nonzero(
         &mut [
-            ("neigh_unresolved", g.pass_neigh_unresolved),
-            ("fragment", g.pass_fragment),
+            (
+                "neigh_unresolved",
+                g.pass_neigh_unresolved,
+                GlobalCounter::PassNeighUnresolved,
+            ),
+            ("fragment", g.pass_fragment, GlobalCounter::PassFragment),
         ]
-        .into_iter(),
+        .into_iter()
+        .filter(|(_, _, c)| !GlobalCounter::EVENTS.iter().any(|(e, _)| e == c))
+        .map(|(k, v, _)| (k, v)),
     );
     if !passes.is_empty() {
         out.push_str(&format!("passed{unit}: {}\n", passes.join(", ")));
+    }
+    let events = nonzero(&mut g.events.iter().map(|(k, v)| (*k, *v)));
+    if !events.is_empty() {
+        out.push_str(&format!("events{unit}: {}\n", events.join(", ")));
     }
 
     out.push('\n');
     if s.vips.is_empty() {
         out.push_str("no VIPs in the data plane\n");
     } else {
-        let (p, b, f) = (
+        let (p, b, f, r) = (
             format!("PACKETS{unit}"),
             format!("BYTES{unit}"),
             format!("NEW FLOWS{unit}"),
+            format!("REJECTED{unit}"),
         );
         let rows: Vec<Vec<String>> = s
             .vips
@@ -412,6 +439,7 @@ fn stats_text_of<T: Human + PartialEq + Default>(s: &StatsJson<T>, unit: &str) -
                     v.packets.count(),
                     v.bytes.bytes(),
                     v.new_flows.count(),
+                    v.rejected.count(),
                 ]
             })
             .collect();
@@ -423,6 +451,7 @@ fn stats_text_of<T: Human + PartialEq + Default>(s: &StatsJson<T>, unit: &str) -
                 (&p, Right),
                 (&b, Right),
                 (&f, Right),
+                (&r, Right),
             ],
             &rows,
         ));
@@ -600,10 +629,17 @@ pool api  vip 198.18.2.11:443  nat  min_active 1  EMPTY: no usable backend, new 
         let mut global = vec![0u64; GlobalCounter::COUNT as usize];
         global[GlobalCounter::Rx as usize] = 1_500_000 * scale;
         global[GlobalCounter::Passed as usize] = 10 * scale;
-        global[GlobalCounter::Redirected as usize] = 1_499_988 * scale;
+        global[GlobalCounter::Redirected as usize] = 1_499_976 * scale;
+        global[GlobalCounter::Answered as usize] = 12 * scale;
         global[GlobalCounter::Dropped as usize] = 2 * scale;
         global[GlobalCounter::DropNoBackend as usize] = 2 * scale;
         global[GlobalCounter::PassNeighUnresolved as usize] = 3 * scale;
+        // The first notable event happened 9 times (unless it is one set
+        // above).
+        let first_event = GlobalCounter::EVENTS[0].0 as usize;
+        if global[first_event] == 0 {
+            global[first_event] = 9 * scale;
+        }
         Counters {
             global,
             vips: vec![VipStats {
@@ -614,7 +650,7 @@ pool api  vip 198.18.2.11:443  nat  min_active 1  EMPTY: no usable backend, new 
                     packets: 900 * scale,
                     bytes: 3 * 1024 * 1024 * scale,
                     new_flows: 4 * scale,
-                    rejected: 0,
+                    rejected: 7 * scale,
                 },
             }],
             backends: vec![BackendStats {
@@ -636,18 +672,47 @@ pool api  vip 198.18.2.11:443  nat  min_active 1  EMPTY: no usable backend, new 
 
     #[test]
     fn stats_output() {
-        let want = "  RX  PASSED  REDIRECTED  DROPPED  FLOW MISSES  RESTEERED
-1.5M      10        1.5M        2            0          0
-dropped: no_backend 2
-passed: neigh_unresolved 3
-
-VIP             POOL  PACKETS    BYTES  NEW FLOWS
-198.18.2.10:80  web       900  3.0 MiB          4
+        let c = counters(1);
+        // The lines that follow lb_common's lists of drop reasons and
+        // events, whatever they hold.
+        let listed = |what: &str, list: &[(GlobalCounter, &str)]| -> String {
+            let mut items: Vec<(&str, u64)> =
+                list.iter().map(|&(g, label)| (label, c.get(g))).collect();
+            items.sort();
+            let items: Vec<String> = items
+                .iter()
+                .filter(|(_, v)| *v != 0)
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            if items.is_empty() {
+                String::new()
+            } else {
+                format!("{what}: {}\n", items.join(", "))
+            }
+        };
+        let passed = if GlobalCounter::EVENTS
+            .iter()
+            .any(|(g, _)| *g == GlobalCounter::PassNeighUnresolved)
+        {
+            ""
+        } else {
+            "passed: neigh_unresolved 3\n"
+        };
+        let want = format!(
+            "  RX  PASSED  REDIRECTED  ANSWERED  DROPPED  FLOW MISSES  RESTEERED
+1.5M      10        1.5M        12        2            0          0
+{}{passed}{}
+VIP             POOL  PACKETS    BYTES  NEW FLOWS  REJECTED
+198.18.2.10:80  web       900  3.0 MiB          4         7
 
 BACKEND  POOL  ADDRESS           STATE   PACKETS    BYTES  NEW FLOWS  REPLY PKTS  REPLY BYTES
 web-1    web   198.18.1.11:8080  active      880  2.0 KiB          4         800    625.0 KiB
-";
-        assert_eq!(stats_text(&counters(1)), want);
+",
+            listed("dropped", &GlobalCounter::DROP_REASONS),
+            listed("events", &GlobalCounter::EVENTS),
+        );
+        assert!(want.contains("\nevents: "), "{want}");
+        assert_eq!(stats_text(&c), want);
     }
 
     #[test]
@@ -662,6 +727,12 @@ web-1    web   198.18.1.11:8080  active      880  2.0 KiB          4         800
             v["global"]["drop_reasons"].as_object().unwrap().len(),
             GlobalCounter::DROP_REASONS.len()
         );
+        assert_eq!(v["global"]["answered"], 12);
+        let events = v["global"]["events"].as_object().unwrap();
+        assert_eq!(events.len(), GlobalCounter::EVENTS.len());
+        let (first, label) = GlobalCounter::EVENTS[0];
+        assert_eq!(events[label], counters(1).get(first));
+        assert_eq!(v["vips"][0]["rejected"], 7);
         assert_eq!(v["vips"][0]["pool"], "web");
         assert_eq!(v["vips"][0]["vip"], "198.18.2.10:80");
         assert_eq!(v["vips"][0]["new_flows"], 4);

@@ -361,18 +361,12 @@ fn stats_text_of<T: Human + PartialEq + Default>(s: &StatsJson<T>, unit: &str) -
     use Align::{Left, Right};
     let g = &s.global;
     let mut out = String::new();
-    let cols: Vec<String> = [
-        "RX",
-        "PASSED",
-        "REDIRECTED",
-        "ANSWERED",
-        "DROPPED",
-        "FLOW MISSES",
-        "RESTEERED",
-    ]
-    .iter()
-    .map(|c| format!("{c}{unit}"))
-    .collect();
+    // Flow misses, re-steers and the notable passes are events now: they
+    // show on the events line, not as columns.
+    let cols: Vec<String> = ["RX", "PASSED", "REDIRECTED", "ANSWERED", "DROPPED"]
+        .iter()
+        .map(|c| format!("{c}{unit}"))
+        .collect();
     let header: Vec<(&str, Align)> = cols.iter().map(|c| (c.as_str(), Right)).collect();
     out.push_str(&table(
         "",
@@ -383,8 +377,6 @@ fn stats_text_of<T: Human + PartialEq + Default>(s: &StatsJson<T>, unit: &str) -
             g.redirected.count(),
             g.answered.count(),
             g.dropped.count(),
-            g.flow_misses.count(),
-            g.resteered.count(),
         ]],
     ));
     let nonzero = |items: &mut dyn Iterator<Item = (&str, T)>| -> Vec<String> {
@@ -396,23 +388,6 @@ fn stats_text_of<T: Human + PartialEq + Default>(s: &StatsJson<T>, unit: &str) -
     let drops = nonzero(&mut g.drop_reasons.iter().map(|(k, v)| (*k, *v)));
     if !drops.is_empty() {
         out.push_str(&format!("dropped{unit}: {}\n", drops.join(", ")));
-    }
-    // The passes the JSON names on their own, unless EVENTS lists them.
-    let passes = nonzero(
-        &mut [
-            (
-                "neigh_unresolved",
-                g.pass_neigh_unresolved,
-                GlobalCounter::PassNeighUnresolved,
-            ),
-            ("fragment", g.pass_fragment, GlobalCounter::PassFragment),
-        ]
-        .into_iter()
-        .filter(|(_, _, c)| !GlobalCounter::EVENTS.iter().any(|(e, _)| e == c))
-        .map(|(k, v, _)| (k, v)),
-    );
-    if !passes.is_empty() {
-        out.push_str(&format!("passed{unit}: {}\n", passes.join(", ")));
     }
     let events = nonzero(&mut g.events.iter().map(|(k, v)| (*k, *v)));
     if !events.is_empty() {
@@ -634,12 +609,7 @@ pool api  vip 198.18.2.11:443  nat  min_active 1  EMPTY: no usable backend, new 
         global[GlobalCounter::Dropped as usize] = 2 * scale;
         global[GlobalCounter::DropNoBackend as usize] = 2 * scale;
         global[GlobalCounter::PassNeighUnresolved as usize] = 3 * scale;
-        // The first notable event happened 9 times (unless it is one set
-        // above).
-        let first_event = GlobalCounter::EVENTS[0].0 as usize;
-        if global[first_event] == 0 {
-            global[first_event] = 9 * scale;
-        }
+        global[GlobalCounter::IcmpToBackend as usize] = 9 * scale;
         Counters {
             global,
             vips: vec![VipStats {
@@ -672,47 +642,18 @@ pool api  vip 198.18.2.11:443  nat  min_active 1  EMPTY: no usable backend, new 
 
     #[test]
     fn stats_output() {
-        let c = counters(1);
-        // The lines that follow lb_common's lists of drop reasons and
-        // events, whatever they hold.
-        let listed = |what: &str, list: &[(GlobalCounter, &str)]| -> String {
-            let mut items: Vec<(&str, u64)> =
-                list.iter().map(|&(g, label)| (label, c.get(g))).collect();
-            items.sort();
-            let items: Vec<String> = items
-                .iter()
-                .filter(|(_, v)| *v != 0)
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect();
-            if items.is_empty() {
-                String::new()
-            } else {
-                format!("{what}: {}\n", items.join(", "))
-            }
-        };
-        let passed = if GlobalCounter::EVENTS
-            .iter()
-            .any(|(g, _)| *g == GlobalCounter::PassNeighUnresolved)
-        {
-            ""
-        } else {
-            "passed: neigh_unresolved 3\n"
-        };
-        let want = format!(
-            "  RX  PASSED  REDIRECTED  ANSWERED  DROPPED  FLOW MISSES  RESTEERED
-1.5M      10        1.5M        12        2            0          0
-{}{passed}{}
+        let want = "  RX  PASSED  REDIRECTED  ANSWERED  DROPPED
+1.5M      10        1.5M        12        2
+dropped: no_backend 2
+events: icmp_to_backend 9, neigh_unresolved 3
+
 VIP             POOL  PACKETS    BYTES  NEW FLOWS  REJECTED
 198.18.2.10:80  web       900  3.0 MiB          4         7
 
 BACKEND  POOL  ADDRESS           STATE   PACKETS    BYTES  NEW FLOWS  REPLY PKTS  REPLY BYTES
 web-1    web   198.18.1.11:8080  active      880  2.0 KiB          4         800    625.0 KiB
-",
-            listed("dropped", &GlobalCounter::DROP_REASONS),
-            listed("events", &GlobalCounter::EVENTS),
-        );
-        assert!(want.contains("\nevents: "), "{want}");
-        assert_eq!(stats_text(&c), want);
+";
+        assert_eq!(stats_text(&counters(1)), want);
     }
 
     #[test]
@@ -730,8 +671,9 @@ web-1    web   198.18.1.11:8080  active      880  2.0 KiB          4         800
         assert_eq!(v["global"]["answered"], 12);
         let events = v["global"]["events"].as_object().unwrap();
         assert_eq!(events.len(), GlobalCounter::EVENTS.len());
-        let (first, label) = GlobalCounter::EVENTS[0];
-        assert_eq!(events[label], counters(1).get(first));
+        assert_eq!(events["icmp_to_backend"], 9);
+        assert_eq!(events["neigh_unresolved"], 3);
+        assert_eq!(events["rejected"], 0);
         assert_eq!(v["vips"][0]["rejected"], 7);
         assert_eq!(v["vips"][0]["pool"], "web");
         assert_eq!(v["vips"][0]["vip"], "198.18.2.10:80");

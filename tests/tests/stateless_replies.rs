@@ -6,8 +6,11 @@
 use std::{
     io::{BufRead, BufReader, Write},
     net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream},
-    sync::mpsc,
-    time::Duration,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context, Result};
@@ -23,8 +26,20 @@ use xdplb_tests::{
 const PORT: u16 = 9000;
 /// How long a line may take to arrive.
 const LINE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Connections the server accepts at most (health probes included).
-const MAX_ACCEPTS: usize = 10_000;
+/// The speak-first server's accept loop ends after this, or when the test
+/// ends, whichever is first.
+const SERVER_LIFETIME: Duration = Duration::from_secs(60);
+/// How often the non-blocking accept loop looks for a connection.
+const ACCEPT_POLL: Duration = Duration::from_millis(5);
+
+/// Stops the accept loop when the test ends, however it ends.
+struct Server(Arc<AtomicBool>);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
 
 fn flow_key(client: SocketAddrV4, vip: SocketAddrV4) -> FlowKey {
     FlowKey {
@@ -64,13 +79,21 @@ fn replies_without_a_flow_entry_still_reach_the_client_both_ways() -> Result<()>
         .run_in("b1", || TcpListener::bind(("0.0.0.0", PORT)))??;
     let (conn_tx, conn_rx) = mpsc::channel::<TcpStream>();
     let client_ip = Lab::client_addr(0);
+    listener.set_nonblocking(true)?;
+    let server = Server(Arc::new(AtomicBool::new(false)));
+    let stop = Arc::clone(&server.0);
     std::thread::spawn(move || {
-        for stream in listener.incoming().take(MAX_ACCEPTS) {
-            let Ok(s) = stream else { continue };
-            let from_client =
-                matches!(s.peer_addr(), Ok(SocketAddr::V4(a)) if *a.ip() == client_ip);
-            if from_client && conn_tx.send(s).is_err() {
-                return;
+        let until = Instant::now() + SERVER_LIFETIME;
+        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((s, SocketAddr::V4(peer))) if *peer.ip() == client_ip => {
+                    if s.set_nonblocking(false).is_err() || conn_tx.send(s).is_err() {
+                        return;
+                    }
+                }
+                // A health probe, or nothing yet.
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(ACCEPT_POLL),
             }
         }
     });
@@ -85,13 +108,13 @@ fn replies_without_a_flow_entry_still_reach_the_client_both_ways() -> Result<()>
         SocketAddr::V4(a) => a,
         a => bail!("unexpected local address {a}"),
     };
-    let server = conn_rx
+    let accepted = conn_rx
         .recv_timeout(LINE_TIMEOUT)
         .context("the server never saw the client's connection")?;
-    server.set_read_timeout(Some(LINE_TIMEOUT))?;
+    accepted.set_read_timeout(Some(LINE_TIMEOUT))?;
     let mut from_server = BufReader::new(client.try_clone()?);
-    let mut from_client = BufReader::new(server.try_clone()?);
-    let mut to_client = server;
+    let mut from_client = BufReader::new(accepted.try_clone()?);
+    let mut to_client = accepted;
     let mut to_server = client;
 
     // The server speaks first, with the flow entry in place.
@@ -144,5 +167,6 @@ fn replies_without_a_flow_entry_still_reach_the_client_both_ways() -> Result<()>
         replies(&after) > replies(&before),
         "replies were not rewritten by XDP: before {before}, after {after}"
     );
+    drop(server);
     Ok(())
 }

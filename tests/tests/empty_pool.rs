@@ -78,12 +78,16 @@ fn an_empty_pool_refuses_new_connections_at_once() -> Result<()> {
     let attempts = connect_attempts(&d)?;
     let slowest = attempts.iter().map(|(t, _)| *t).max().unwrap_or_default();
     println!("empty pool, reject: connect attempts {attempts:?} (slowest {slowest:?})");
+    let stats = d.stats()?;
     ensure!(
         attempts
             .iter()
             .all(|(_, e)| *e == Some(ErrorKind::ConnectionRefused)),
-        "every connect must be refused: {attempts:?}; stats {}",
-        d.stats()?
+        "every connect must be refused: {attempts:?}; the program answered {} packets \
+         (if it answered but the client saw nothing, the answers were lost on the way: a \
+         veth delivers XDP_TX frames only to a peer running an XDP program, GRO is not \
+         enough); stats {stats}",
+        stats["global"]["answered"]
     );
     ensure!(
         slowest < REFUSED_WITHIN,

@@ -293,7 +293,7 @@ pub struct Controller<D: DataplaneOps> {
     /// Backend metas as last written.
     written: HashMap<u32, BackendSlot>,
     /// What each pool's VIP was last published with.
-    ring_inputs: HashMap<String, PublishedRing>,
+    published: HashMap<String, PublishedRing>,
     /// Slots of backends removed by reload: (since, address, pool).
     retiring: HashMap<u32, (Instant, SocketAddrV4)>,
     checkers: HashMap<Key, Task>,
@@ -377,7 +377,7 @@ impl<D: DataplaneOps> Controller<D> {
             drained,
             flows: HashMap::new(),
             written,
-            ring_inputs: HashMap::new(),
+            published: HashMap::new(),
             retiring: HashMap::new(),
             checkers: HashMap::new(),
             pollers: HashMap::new(),
@@ -416,7 +416,7 @@ impl<D: DataplaneOps> Controller<D> {
                 if let Some(index) = self.slots.vips.remove(&pool.name) {
                     self.slots.free_vips.push_back(index);
                 }
-                self.ring_inputs.remove(&pool.name);
+                self.published.remove(&pool.name);
                 summary.push(format!("removed pool {}", pool.name));
             }
         }
@@ -793,7 +793,7 @@ impl<D: DataplaneOps> Controller<D> {
                 flags: vip_flags(pool),
                 inputs,
             };
-            if self.ring_inputs.get(&pool.name) != Some(&published) {
+            if self.published.get(&pool.name) != Some(&published) {
                 rings.push((pool.name.clone(), pool.vip, vip_index, published));
             }
         }
@@ -833,7 +833,7 @@ impl<D: DataplaneOps> Controller<D> {
                     "no usable backend: the VIP's ring is empty"
                 );
             }
-            self.ring_inputs.insert(pool_name, published);
+            self.published.insert(pool_name, published);
         }
         for meta in down {
             self.dp.write_backend(&meta)?;
@@ -877,7 +877,7 @@ impl<D: DataplaneOps> Controller<D> {
                     }
                     .to_string(),
                     empty: self
-                        .ring_inputs
+                        .published
                         .get(&pool.name)
                         .is_some_and(|r| r.inputs.is_empty()),
                     mean_load: pp.and_then(|p| p.mean_load),

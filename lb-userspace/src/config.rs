@@ -84,6 +84,19 @@ pub enum Mode {
     Dsr,
 }
 
+/// What a pool does with a new flow when no backend can take it (every
+/// backend down, drained or standby): `on_empty` in the config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnEmpty {
+    /// Answer from the VIP at once (TCP: RST), so clients fail fast instead
+    /// of retrying SYNs for minutes. The operator contract's default.
+    #[default]
+    Reject,
+    /// Drop silently (clients time out).
+    Drop,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthKind {
@@ -150,6 +163,7 @@ pub struct PoolConfig {
     pub protocol: Protocol,
     pub mode: Mode,
     pub min_active: u32,
+    pub on_empty: OnEmpty,
     pub health: HealthConfig,
     pub load: Option<LoadConfig>,
     pub backends: Vec<BackendConfig>,
@@ -313,6 +327,9 @@ mod raw {
         pub protocol: Option<Protocol>,
         pub mode: Option<Spanned<Mode>>,
         pub min_active: Option<Spanned<u32>>,
+        /// A string checked by [`super::on_empty`], so an unknown value or a
+        /// wrong type gets a message naming the key and the choices.
+        pub on_empty: Option<Spanned<String>>,
         pub health: Option<Health>,
         pub load: Option<Load>,
         #[serde(default)]
@@ -773,6 +790,7 @@ fn convert_pool(src: &Source, rp: raw::Pool) -> Result<PoolConfig, ConfigError> 
         protocol: rp.protocol.unwrap_or_default(),
         mode,
         min_active,
+        on_empty: on_empty(src, rp.on_empty.as_ref())?,
         health,
         load,
         backends,
@@ -790,6 +808,20 @@ fn convert_pool(src: &Source, rp: raw::Pool) -> Result<PoolConfig, ConfigError> 
         }
     }
     Ok(pool)
+}
+
+fn on_empty(src: &Source, raw: Option<&toml::Spanned<String>>) -> Result<OnEmpty, ConfigError> {
+    let Some(v) = raw else {
+        return Ok(OnEmpty::default());
+    };
+    match v.get_ref().as_str() {
+        "reject" => Ok(OnEmpty::Reject),
+        "drop" => Ok(OnEmpty::Drop),
+        other => Err(src.err(
+            v.span(),
+            format!("on_empty {other:?} is not one of \"reject\" (answer with a RST from the VIP) or \"drop\""),
+        )),
+    }
 }
 
 fn convert_health(
@@ -1369,6 +1401,54 @@ vip = "198.18.2.11:80"
         }
         let err = p(&text).unwrap_err().to_string();
         assert!(err.contains("too many backends"), "{err}");
+    }
+
+    #[test]
+    fn on_empty_defaults_to_reject_and_accepts_drop() {
+        let c = p(&pool_with("", ONE_BACKEND)).unwrap();
+        assert_eq!(c.pools[0].on_empty, OnEmpty::Reject);
+        let c = p(&pool_with("on_empty = \"drop\"\n", ONE_BACKEND)).unwrap();
+        assert_eq!(c.pools[0].on_empty, OnEmpty::Drop);
+        let c = p(&pool_with("on_empty = \"reject\"\n", ONE_BACKEND)).unwrap();
+        assert_eq!(c.pools[0].on_empty, OnEmpty::Reject);
+        // The full example says so explicitly; the minimal one takes the default.
+        assert_eq!(p(FULL).unwrap().pools[0].on_empty, OnEmpty::Reject);
+        assert_eq!(p(MINIMAL).unwrap().pools[0].on_empty, OnEmpty::Reject);
+    }
+
+    #[test]
+    fn on_empty_rejects_unknown_values_and_types_with_position() {
+        let err = p(&pool_with("on_empty = \"bounce\"\n", ONE_BACKEND))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "xdplb.toml:6:12: on_empty \"bounce\" is not one of \"reject\" (answer with a RST \
+             from the VIP) or \"drop\""
+        );
+        rejects(
+            &pool_with("on_empty = \"Reject\"\n", ONE_BACKEND),
+            6,
+            &["Reject"],
+        );
+        rejects(
+            &pool_with("on_empty = true\n", ONE_BACKEND),
+            6,
+            &["invalid type: boolean `true`, expected a string"],
+        );
+        // In the wrong table it is an unknown key, named with its line.
+        rejects(
+            &pool_with("[pool.health]\non_empty = \"drop\"\n", ONE_BACKEND),
+            7,
+            &["unknown field", "on_empty"],
+        );
+    }
+
+    #[test]
+    fn on_empty_is_part_of_the_meaning() {
+        let a = p(&pool_with("", ONE_BACKEND)).unwrap();
+        let b = p(&pool_with("on_empty = \"drop\"\n", ONE_BACKEND)).unwrap();
+        assert_ne!(a, b, "a reload must see on_empty change");
     }
 
     #[test]

@@ -82,6 +82,78 @@ impl KeepAliveClient {
     }
 }
 
+/// Largest body `lab-backend` serves on `/bytes/N`.
+pub const MAX_PATTERN_BODY: usize = 64 << 20;
+
+/// Byte `i` of the body `lab-backend` answers `GET /bytes/N` with: a
+/// sequence with period 251 (prime, so it lines up with no segment or
+/// buffer size), so a lost, repeated or reordered stretch shows.
+pub fn pattern_byte(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+/// The whole body of `GET /bytes/{len}`.
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(pattern_byte).collect()
+}
+
+/// `GET path` on a fresh connection with a body of up to `max_body` bytes,
+/// kept as bytes; the whole exchange must end within `deadline` (each read
+/// also gives up after [`IO_TIMEOUT`]). For large transfers
+/// (`/bytes/N`), where [`http_get`]'s 1 MiB text body does not fit.
+pub fn http_get_bytes(
+    addr: impl Into<SocketAddr>,
+    path: &str,
+    max_body: usize,
+    deadline: Duration,
+) -> Result<(u16, Vec<u8>)> {
+    let addr = addr.into();
+    let started = std::time::Instant::now();
+    let stream = connect(addr)?;
+    let mut reader = BufReader::new(stream);
+    send_get(reader.get_mut(), addr, path, false)?;
+    let status_line = read_line(&mut reader)?;
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad status line {status_line:?}"))?;
+    let mut length = None;
+    for _ in 0..=MAX_HEADERS {
+        let line = read_line(&mut reader)?;
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("content-length") {
+                length = Some(v.trim().parse::<usize>().context("bad Content-Length")?);
+            }
+        }
+    }
+    let len = length.context("no Content-Length")?;
+    if len > max_body {
+        bail!("body of {len} bytes is larger than {max_body}");
+    }
+    let mut body = vec![0u8; len];
+    let mut got = 0;
+    // Bounded: each round reads at least one byte or fails, and the whole
+    // loop ends at `deadline`.
+    while got < len {
+        if started.elapsed() > deadline {
+            bail!("GET http://{addr}{path}: {got} of {len} bytes after {deadline:?}");
+        }
+        let n = reader
+            .read(&mut body[got..])
+            .with_context(|| format!("GET http://{addr}{path}: read after {got} of {len} bytes"))?;
+        if n == 0 {
+            bail!("GET http://{addr}{path}: connection closed after {got} of {len} bytes");
+        }
+        got += n;
+    }
+    let _ = reader.get_ref().shutdown(Shutdown::Both);
+    Ok((status, body))
+}
+
 fn connect(addr: SocketAddr) -> Result<TcpStream> {
     let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
         .with_context(|| format!("connect to {addr}"))?;
@@ -212,4 +284,19 @@ fn read_chunked(reader: &mut BufReader<TcpStream>) -> Result<Vec<u8>> {
         read_line(reader)?;
     }
     bail!("chunked body too long")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_has_a_prime_period() {
+        let p = pattern(600);
+        assert_eq!(p[0], 0);
+        assert_eq!(p[250], 250);
+        assert_eq!(p[251], 0);
+        assert_eq!(p[599], pattern_byte(599));
+        assert_ne!(pattern(512)[256..], pattern(256)[..]);
+    }
 }

@@ -177,7 +177,8 @@ impl DataplaneOps for Dataplane {
 pub type ProbeFactory = Arc<dyn Fn(&HealthConfig) -> Arc<dyn Probe> + Send + Sync>;
 /// Counts established flows per backend slot (the real one walks the
 /// pinned flow table; it runs on a blocking thread).
-pub type FlowCounter = Arc<dyn Fn() -> HashMap<u32, u64> + Send + Sync>;
+/// `None` when the count failed: the last good count stands.
+pub type FlowCounter = Arc<dyn Fn() -> Option<HashMap<u32, u64>> + Send + Sync>;
 
 /// How often the planner runs without an event: slow-start ramps and
 /// watermark holds advance on this beat.
@@ -255,8 +256,14 @@ pub struct Controller<D: DataplaneOps> {
     planner: Planner,
     runtime: HashMap<Key, Runtime>,
     drained: HashSet<Key>,
-    /// Established flows per slot, from the last count.
-    flows: HashMap<u32, u64>,
+    /// Established flows per slot, from the last count; `None` until the
+    /// first count is in. "Not counted yet" is not zero: no retiring slot is
+    /// freed before a count says it is idle.
+    flows: Option<HashMap<u32, u64>>,
+    /// The VIP address each pool has in the VIPS map (adopted or
+    /// published), so a pool removed or re-addressed while the controller
+    /// was down is taken out of the map even though no config named it.
+    published: HashMap<String, SocketAddrV4>,
     /// Backend metas as last written.
     written: HashMap<u32, BackendSlot>,
     /// Maglev inputs each pool's ring was last built from.
@@ -302,10 +309,12 @@ impl<D: DataplaneOps> Controller<D> {
         let taken_slots: HashSet<u32> = backends.iter().map(|b| b.1.slot).collect();
         let mut slots = Slots::new(&taken_vips, &taken_slots);
         let mut pool_of_index = HashMap::new();
+        let mut published = HashMap::new();
         for (pool, vip, index) in &vips {
             info!(pool, %vip, index, "adopted VIP from the pinned data plane");
             slots.vips.insert(pool.clone(), *index);
             pool_of_index.insert(*index, pool.clone());
+            published.insert(pool.clone(), *vip);
         }
         let mut drained = HashSet::new();
         let mut written = HashMap::new();
@@ -342,7 +351,8 @@ impl<D: DataplaneOps> Controller<D> {
             planner: Planner::new(),
             runtime: HashMap::new(),
             drained,
-            flows: HashMap::new(),
+            flows: None,
+            published,
             written,
             ring_inputs: HashMap::new(),
             retiring: HashMap::new(),
@@ -376,16 +386,54 @@ impl<D: DataplaneOps> Controller<D> {
     fn install(&mut self, config: Config) -> Result<Vec<String>, ControllerError> {
         let mut summary = Vec::new();
         let old = std::mem::replace(&mut self.config, config);
-        // Pools gone: stop balancing the VIP now; retire its slots.
-        for pool in &old.pools {
-            if self.config.pool(&pool.name).is_none() {
-                self.dp.remove_vip(pool.vip)?;
-                if let Some(index) = self.slots.vips.remove(&pool.name) {
-                    self.slots.free_vips.push_back(index);
-                }
-                self.ring_inputs.remove(&pool.name);
-                summary.push(format!("removed pool {}", pool.name));
+        // Pools gone — from the old config, or only from the pins (removed
+        // from the file while the controller was down): stop balancing the
+        // VIP now; their slots retire below.
+        let mut gone_pools: Vec<String> = old
+            .pools
+            .iter()
+            .map(|p| p.name.clone())
+            .chain(self.slots.vips.keys().cloned())
+            .filter(|name| self.config.pool(name).is_none())
+            .collect();
+        gone_pools.sort();
+        gone_pools.dedup();
+        for name in gone_pools {
+            let addr = self
+                .published
+                .remove(&name)
+                .or_else(|| old.pool(&name).map(|p| p.vip));
+            // A VIP taken over by another pool stays in the map until that
+            // pool's ring replaces the entry (no gap in service).
+            if let Some(addr) = addr.filter(|a| self.config.pools.iter().all(|p| p.vip != *a)) {
+                self.dp.remove_vip(addr)?;
             }
+            if let Some(index) = self.slots.vips.remove(&name) {
+                self.slots.free_vips.push_back(index);
+            }
+            self.ring_inputs.remove(&name);
+            if old.pool(&name).is_none() {
+                info!(
+                    pool = name,
+                    "pool is pinned but no longer in the config: removed"
+                );
+            }
+            summary.push(format!("removed pool {name}"));
+        }
+        // A pool whose VIP changed: the old address stops being balanced;
+        // the new one is published on the next sync.
+        let moved: Vec<(String, SocketAddrV4)> = self
+            .published
+            .iter()
+            .filter(|(name, addr)| self.config.pool(name).is_some_and(|p| p.vip != **addr))
+            .map(|(n, a)| (n.clone(), *a))
+            .collect();
+        for (name, addr) in moved {
+            if self.config.pools.iter().all(|p| p.vip != addr) {
+                self.dp.remove_vip(addr)?;
+            }
+            self.published.remove(&name);
+            self.ring_inputs.remove(&name);
         }
         // Backends gone (from surviving or removed pools), or re-addressed
         // (a different server under the same name: its flows belong to the
@@ -443,6 +491,12 @@ impl<D: DataplaneOps> Controller<D> {
                 summary.push(format!("re-addressed backend {}/{}", k.0, k.1));
             } else if old.pool(&k.0).is_some() && self.config.pool(&k.0).is_some() {
                 summary.push(format!("removed backend {}/{}", k.0, k.1));
+            } else if old.pool(&k.0).is_none() {
+                info!(
+                    pool = k.0,
+                    backend = k.1,
+                    "backend is pinned but no longer in the config: draining, then retired"
+                );
             }
         }
         let pools = self.config.pools.clone();
@@ -666,7 +720,16 @@ impl<D: DataplaneOps> Controller<D> {
     }
 
     pub fn set_flows(&mut self, flows: HashMap<u32, u64>) {
-        self.flows = flows;
+        self.flows = Some(flows);
+    }
+
+    /// Established flows of a slot as last counted (0 before any count).
+    fn flows_of(&self, slot: u32) -> u64 {
+        self.flows
+            .as_ref()
+            .and_then(|f| f.get(&slot))
+            .copied()
+            .unwrap_or(0)
     }
 
     fn observations(&self) -> Observations {
@@ -687,10 +750,7 @@ impl<D: DataplaneOps> Controller<D> {
                         agent_state: tracker.and_then(|t| t.state(now, interval)),
                         agent_weight_pct: tracker.and_then(|t| t.weight_pct(now, interval)),
                         operator_drained: self.drained.contains(&k),
-                        established_flows: slot
-                            .and_then(|s| self.flows.get(s))
-                            .copied()
-                            .unwrap_or(0),
+                        established_flows: slot.map_or(0, |s| self.flows_of(*s)),
                     },
                 );
             }
@@ -783,18 +843,24 @@ impl<D: DataplaneOps> Controller<D> {
             let ring = maglev::build(&entries, self.config.dataplane.ring_size);
             self.dp.publish_vip(vip, vip_index, &ring)?;
             debug!(pool = pool_name, active = inputs.len(), "ring published");
+            self.published.insert(pool_name.clone(), vip);
             self.ring_inputs.insert(pool_name, inputs);
         }
         for meta in down {
             self.dp.write_backend(&meta)?;
             self.written.insert(meta.slot, meta);
         }
-        // Retired slots with no flows left (or past their time) are freed.
+        // Retired slots with no flows left (or past their time) are freed;
+        // before the first count nothing is known to be idle.
         let done: Vec<u32> = self
             .retiring
             .iter()
             .filter(|(slot, (since, _))| {
-                self.flows.get(slot).copied().unwrap_or(0) == 0 || since.elapsed() > RETIRE_AFTER
+                let idle = self
+                    .flows
+                    .as_ref()
+                    .is_some_and(|f| f.get(slot).copied().unwrap_or(0) == 0);
+                idle || since.elapsed() > RETIRE_AFTER
             })
             .map(|(s, _)| *s)
             .collect();
@@ -852,13 +918,7 @@ impl<D: DataplaneOps> Controller<D> {
                                 load: rt
                                     .and_then(|r| r.load.as_ref())
                                     .map_or(0.0, |t| t.score(now, interval)),
-                                flows: self
-                                    .slots
-                                    .backends
-                                    .get(&k)
-                                    .and_then(|s| self.flows.get(s))
-                                    .copied()
-                                    .unwrap_or(0),
+                                flows: self.slots.backends.get(&k).map_or(0, |s| self.flows_of(*s)),
                                 reason: bp
                                     .map_or(crate::planner::Reason::NotProbed, |p| p.reason)
                                     .as_str()
@@ -969,8 +1029,10 @@ impl<D: DataplaneOps> Controller<D> {
                         break;
                     };
                     let took = started.elapsed();
-                    if flows_tx.send(flows).await.is_err() {
-                        break;
+                    if let Some(flows) = flows {
+                        if flows_tx.send(flows).await.is_err() {
+                            break;
+                        }
                     }
                     // A walk of a big flow table costs real CPU (two
                     // syscalls an entry): keep it under a tenth of a core.
@@ -1130,12 +1192,13 @@ fn forward_ebpf_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) -> std:
     Ok(())
 }
 
-fn count_flows(pin_path: &Path) -> HashMap<u32, u64> {
+fn count_flows(pin_path: &Path) -> Option<HashMap<u32, u64>> {
     match dataplane::flow_counts(pin_path, FLOW_COUNT_LIMIT, FLOW_IDLE) {
-        Ok(c) => c,
+        Ok(c) => Some(c),
         Err(e) => {
+            // Not zero: a failed count frees nothing.
             warn!(error = %e, "counting flows failed");
-            HashMap::new()
+            None
         }
     }
 }
@@ -1158,6 +1221,7 @@ mod tests {
         Backend(BackendSlot),
         Free(u32),
         RemoveReply(SocketAddrV4),
+        RemoveVip(SocketAddrV4),
     }
 
     #[derive(Default)]
@@ -1215,6 +1279,7 @@ mod tests {
             Ok(())
         }
         fn remove_vip(&mut self, vip: SocketAddrV4) -> Result<(), DataplaneError> {
+            self.ops.push(Op::RemoveVip(vip));
             self.vips.remove(&vip);
             Ok(())
         }
@@ -1473,6 +1538,111 @@ min_active = 2
             f.ops
         );
         assert_eq!(f.state("web-2"), lb_common::BACKEND_DRAINING);
+    }
+
+    /// CONFIG plus a second pool, "api", with one backend.
+    fn two_pools() -> String {
+        format!(
+            "{CONFIG}
+[[pool]]
+name = \"api\"
+vip = \"198.18.2.11:80\"
+  [pool.health]
+  interval_ms = 100
+  timeout_ms = 50
+  [[pool.backend]]
+  name = \"api-1\"
+  addr = \"198.18.1.41:8080\"
+"
+        )
+    }
+
+    /// A "restart": a new controller over the same data plane (and probes)
+    /// with the config `text`.
+    fn restart(mut r: Rig, text: &str) -> Rig {
+        let probes = r.probes.clone();
+        let mut fake = std::mem::take(&mut r.c.dp);
+        fake.ops.clear();
+        drop(r);
+        rig_with(fake, probes, text)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_removes_what_the_file_no_longer_has() {
+        let mut r = rig_with(
+            Fake::default(),
+            Arc::new(FakeProbes::default()),
+            &two_pools(),
+        );
+        r.pump(Duration::from_millis(300)).await;
+        let api_vip: SocketAddrV4 = "198.18.2.11:80".parse().unwrap();
+        assert!(r.fake().vips.contains_key(&api_vip));
+        let web2 = r.c.slots.backends[&key("web", "web-2")];
+        let api1 = r.c.slots.backends[&key("api", "api-1")];
+        let api_index = r.c.slots.vips["api"];
+        // Pool "api" and backend web-2 leave the file while we are down.
+        let edited = CONFIG.replace(
+            "  [[pool.backend]]\n  name = \"web-2\"\n  addr = \"198.18.1.12:8080\"\n",
+            "",
+        );
+        assert_ne!(edited, CONFIG);
+        let mut r = restart(r, &edited);
+        // The removed VIP stops taking new flows at once.
+        assert!(
+            r.fake().ops.contains(&Op::RemoveVip(api_vip)),
+            "{:?}",
+            r.fake().ops
+        );
+        assert!(!r.fake().vips.contains_key(&api_vip));
+        // The removed backends drain (established flows continue) ...
+        for slot in [web2, api1] {
+            assert_eq!(r.fake().backends[&slot].state, lb_common::BACKEND_DRAINING);
+        }
+        r.pump(Duration::from_millis(300)).await;
+        // min_active = 2 with one primary left: the spare fills in.
+        assert_eq!(
+            r.fake().ring_members("198.18.2.10:80"),
+            ["spare-1", "web-1"]
+        );
+        // ... and, flows not counted yet, nothing is freed: not counted is
+        // not zero.
+        assert!(
+            !r.fake().ops.iter().any(|o| matches!(o, Op::Free(_))),
+            "{:?}",
+            r.fake().ops
+        );
+        r.c.set_flows(HashMap::from([(web2, 1)]));
+        r.pump(Duration::from_millis(50)).await;
+        assert!(r.fake().ops.contains(&Op::Free(api1)));
+        assert!(!r.fake().ops.contains(&Op::Free(web2)), "freed with a flow");
+        r.c.set_flows(HashMap::new());
+        r.pump(Duration::from_millis(50)).await;
+        assert!(r.fake().ops.contains(&Op::Free(web2)));
+        // The VIP index is free for a new pool.
+        assert!(!r.c.slots.vips.contains_key("api"));
+        assert!(r.c.slots.free_vips.contains(&api_index));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pool_whose_vip_changes_moves_to_the_new_address() {
+        let mut r = rig();
+        r.pump(Duration::from_millis(300)).await;
+        let old: SocketAddrV4 = "198.18.2.10:80".parse().unwrap();
+        let moved = CONFIG.replace("198.18.2.10:80", "198.18.2.20:80");
+        let mut r = restart(r, &moved);
+        assert!(r.fake().ops.contains(&Op::RemoveVip(old)));
+        r.pump(Duration::from_millis(300)).await;
+        assert!(!r.fake().vips.contains_key(&old));
+        assert_eq!(r.fake().ring_members("198.18.2.20:80"), ["web-1", "web-2"]);
+        // By reload, too.
+        let path = r.c.config_path.clone();
+        std::fs::write(&path, CONFIG).unwrap();
+        r.c.reload().unwrap();
+        assert!(!r
+            .fake()
+            .vips
+            .contains_key(&"198.18.2.20:80".parse().unwrap()));
+        assert_eq!(r.fake().ring_members("198.18.2.10:80"), ["web-1", "web-2"]);
     }
 
     #[tokio::test(start_paused = true)]

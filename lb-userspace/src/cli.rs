@@ -25,6 +25,7 @@ use crate::{
         agent::{serve_agent, Sampler},
         LoadError,
     },
+    owner,
 };
 
 /// Where `xdplb run` and `xdplb check` read the config by default.
@@ -57,7 +58,10 @@ pub enum Cmd {
     /// Detach the XDP programs and remove the pinned maps.
     ///
     /// Established flows are forgotten. The pin path is --pin-path if
-    /// given, else the one in --config, else /sys/fs/bpf/xdplb.
+    /// given, else the one in --config, else /sys/fs/bpf/xdplb. Refuses
+    /// while an `xdplb run` owns that pin path (naming its pid) unless
+    /// --force. Removes only xdplb's own pins (its maps and `link_*`);
+    /// anything else under the pin path is left, and named.
     Down(DownArgs),
     /// Validate a config file; nothing is attached.
     ///
@@ -111,6 +115,10 @@ pub struct DownArgs {
     /// /sys/fs/bpf/xdplb]
     #[arg(long, value_name = "PATH")]
     pub pin_path: Option<PathBuf>,
+    /// Take the data plane down even while a controller runs on it (the
+    /// controller keeps running, with nothing to steer).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -200,6 +208,14 @@ pub enum CliError {
     Load(#[from] LoadError),
     #[error("nothing to take down: no data plane pinned at {}", path.display())]
     NothingPinned { path: PathBuf },
+    #[error(
+        "an `xdplb run` (pid {pid}) owns the data plane at {}: stop it first, or take \
+         the data plane down under it with --force",
+        path.display()
+    )]
+    ControllerRunning { path: PathBuf, pid: String },
+    #[error(transparent)]
+    Owner(#[from] crate::owner::OwnerError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -293,16 +309,42 @@ fn down(a: DownArgs) -> Result<(), CliError> {
         (None, Some(c)) => config::load(&c)?.dataplane.pin_path,
         (None, None) => PathBuf::from(DEFAULT_PIN_PATH),
     };
-    let detached = dataplane::down(&pin_path).map_err(|e| match e {
-        DataplaneError::NotPinned { path } => CliError::NothingPinned { path },
+    if let Some(pid) = owner::holder(Path::new(owner::LOCK_DIR), &pin_path)? {
+        if !a.force {
+            return Err(CliError::ControllerRunning {
+                path: pin_path,
+                pid,
+            });
+        }
+        tracing::warn!(
+            pid,
+            "--force: taking the data plane down under a running controller"
+        );
+    }
+    let resolved = dataplane::resolve_pin_path(&pin_path)?;
+    let report = dataplane::down(&resolved).map_err(|e| match e {
+        DataplaneError::NotPinned { .. } => CliError::NothingPinned {
+            path: pin_path.clone(),
+        },
         e => e.into(),
     })?;
-    let what = if detached.is_empty() {
+    let what = if report.detached.is_empty() {
         "no XDP links were pinned".to_string()
     } else {
-        format!("detached XDP from {}", detached.join(", "))
+        format!("detached XDP from {}", report.detached.join(", "))
     };
-    print(&format!("{what}; removed pins at {}\n", pin_path.display()))
+    let left = if report.foreign.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; left what xdplb did not pin there: {}",
+            report.foreign.join(", ")
+        )
+    };
+    print(&format!(
+        "{what}; removed pins at {}{left}\n",
+        pin_path.display()
+    ))
 }
 
 async fn status(socket: &Path, json: bool) -> Result<(), CliError> {
@@ -330,7 +372,8 @@ async fn steer(socket: &Path, req: Request) -> Result<(), CliError> {
 }
 
 fn read_counters(pin_path: &Path) -> Result<dataplane::Counters, CliError> {
-    Ok(CounterReader::open(pin_path)?.read()?)
+    let resolved = dataplane::resolve_pin_path(pin_path)?;
+    Ok(CounterReader::open(&resolved)?.read()?)
 }
 
 fn stats(pin_path: &Path, json: bool) -> Result<(), CliError> {

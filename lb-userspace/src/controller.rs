@@ -1103,9 +1103,14 @@ fn attach_mode(m: config::XdpMode) -> AttachMode {
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let config = config::load(&config_path)?;
     config::check_interfaces_exist(&config)?;
-    let pin_path = config.dataplane.pin_path.clone();
-    // The admin socket first: a second controller for the same config
-    // fails here, before it touches the data plane the first one runs.
+    // One owner per pinned data plane, whatever the admin socket: a second
+    // controller fails here, before it touches what the first one runs.
+    let owner = crate::owner::acquire(
+        Path::new(crate::owner::LOCK_DIR),
+        &config.dataplane.pin_path,
+    )?;
+    // Under `ip netns exec` this is the host's bpffs through /proc/1/root.
+    let pin_path = dataplane::prepare_pin_path(&config.dataplane.pin_path)?;
     let socket = config.control.admin_socket.clone();
     let listener = crate::admin::bind(&socket).await?;
     let mut dp = Dataplane::load(Shape {
@@ -1172,6 +1177,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     if let Some(t) = metrics_task {
         let _ = t.await;
     }
+    drop(owner);
     result?;
     Ok(())
 }

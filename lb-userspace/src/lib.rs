@@ -18,6 +18,7 @@
 //! - [`cli`]: the `xdplb` command line and its human output.
 //! - [`dataplane`]: the only module that touches aya: load or adopt the
 //!   pinned program and maps, attach, sync maps, read counters.
+//! - [`owner`]: one controller per pin path (a lock file naming its pid).
 //! - [`packet`]: frames built byte by byte and checksums recomputed in full
 //!   (tests, benchmark, hostile-input scenario).
 pub mod admin;
@@ -29,6 +30,7 @@ pub mod health;
 pub mod load;
 pub mod maglev;
 pub mod metrics;
+pub mod owner;
 pub mod packet;
 pub mod planner;
 pub mod status;

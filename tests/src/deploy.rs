@@ -169,6 +169,19 @@ pub struct Deployment {
     pub agents: BTreeMap<usize, LabChild>,
 }
 
+impl Drop for Deployment {
+    /// A daemon still running is stopped as an operator would (SIGTERM), so
+    /// it releases its pin-path lock and removes the lock file; the lab
+    /// then kills whatever is left.
+    fn drop(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            if d.signal(libc::SIGTERM).is_ok() {
+                let _ = d.wait_exit(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// `lab-backend`, built beside the test binaries (cargo puts test
 /// executables in `target/<profile>/deps/`, binaries one level up);
 /// `LAB_BACKEND_BIN` overrides.
@@ -287,17 +300,30 @@ impl Deployment {
     /// [`Lab::exec_net`]) and waits until it reports every
     /// backend probed and the state it should settle in (`settled`).
     pub fn start_daemon(&mut self) -> Result<()> {
+        self.start_daemon_via(false)
+    }
+
+    /// [`start_daemon`](Deployment::start_daemon), but started the way
+    /// most people run a program in a namespace: `ip netns exec` (a private
+    /// mount namespace with a fresh `/sys`).
+    pub fn start_daemon_ip_netns_exec(&mut self) -> Result<()> {
+        self.start_daemon_via(true)
+    }
+
+    fn start_daemon_via(&mut self, ip_netns_exec: bool) -> Result<()> {
         let bin = xdplb_bin()?;
-        let child = self.lab.spawn_net(
-            self.lab.gw_ns(),
-            &[
-                bin.to_string_lossy().as_ref(),
-                "run",
-                "--config",
-                self.config_path.to_string_lossy().as_ref(),
-            ],
-            &[("RUST_LOG", "info")],
-        )?;
+        let args = [
+            bin.to_string_lossy().into_owned(),
+            "run".into(),
+            "--config".into(),
+            self.config_path.to_string_lossy().into_owned(),
+        ];
+        let env = [("RUST_LOG", "info")];
+        let child = if ip_netns_exec {
+            self.lab.spawn_env(self.lab.gw_ns(), &args, &env)?
+        } else {
+            self.lab.spawn_net(self.lab.gw_ns(), &args, &env)?
+        };
         let sock = self.lab.socket_path();
         let up = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
             sock.exists() && self.status().is_ok_and(|s| all_probed(&s))

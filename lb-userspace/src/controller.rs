@@ -30,7 +30,7 @@ use std::{
 
 use lb_common::{
     limits::{MAX_BACKENDS, MAX_VIPS},
-    BACKEND_DRAINING, BACKEND_F_OPERATOR_DRAIN,
+    BACKEND_DOWN, BACKEND_DRAINING, BACKEND_F_OPERATOR_DRAIN,
 };
 use thiserror::Error;
 // tokio's clock, so tests can run the controller with time paused.
@@ -242,6 +242,9 @@ impl Drop for Task {
 #[derive(Default)]
 struct Runtime {
     health: Option<HealthState>,
+    /// A probe has reported since this controller started (a health state
+    /// seeded from the maps is not a probe).
+    probed: bool,
     last_error: Option<String>,
     load: Option<LoadTracker>,
     agent_line: Option<String>,
@@ -260,6 +263,9 @@ pub struct Controller<D: DataplaneOps> {
     /// first count is in. "Not counted yet" is not zero: no retiring slot is
     /// freed before a count says it is idle.
     flows: Option<HashMap<u32, u64>>,
+    /// When the last count began: a slot retired after that is not known
+    /// to be idle by it.
+    flows_at: Instant,
     /// The VIP address each pool has in the VIPS map (adopted or
     /// published), so a pool removed or re-addressed while the controller
     /// was down is taken out of the map even though no config named it.
@@ -352,6 +358,7 @@ impl<D: DataplaneOps> Controller<D> {
             runtime: HashMap::new(),
             drained,
             flows: None,
+            flows_at: now,
             published,
             written,
             ring_inputs: HashMap::new(),
@@ -569,10 +576,20 @@ impl<D: DataplaneOps> Controller<D> {
         }
         self.dp.write_name(backend_name_index(slot), &b.name)?;
         self.dp.write_reply(b.addr, pool.vip, slot, vip_index)?;
+        // What the pinned data plane says of this very backend (same slot,
+        // same address): its last verdict, kept until probes overturn it.
+        let pinned_up = self
+            .written
+            .get(&slot)
+            .filter(|m| m.addr == b.addr)
+            .map(|m| m.state != BACKEND_DOWN);
         let rt = self.runtime.entry(k.clone()).or_default();
-        match &mut rt.health {
-            Some(h) => h.reconfigure(pool.health.rise, pool.health.fall),
-            None => rt.health = Some(HealthState::new(pool.health.rise, pool.health.fall)),
+        match (&mut rt.health, pinned_up) {
+            (Some(h), _) => h.reconfigure(pool.health.rise, pool.health.fall),
+            (None, Some(up)) => {
+                rt.health = Some(HealthState::seeded(pool.health.rise, pool.health.fall, up))
+            }
+            (None, None) => rt.health = Some(HealthState::new(pool.health.rise, pool.health.fall)),
         }
         match (&pool.load, &mut rt.load) {
             (Some(l), Some(t)) => t.set_factors(l.factors),
@@ -681,6 +698,7 @@ impl<D: DataplaneOps> Controller<D> {
             return false;
         };
         rt.last_error = if r.success { None } else { r.error.clone() };
+        rt.probed = true;
         let flipped = rt.health.as_mut().and_then(|h| h.observe(r.success));
         match flipped {
             Some(true) => info!(pool = k.0, backend = k.1, "backend is up"),
@@ -719,8 +737,15 @@ impl<D: DataplaneOps> Controller<D> {
         }
     }
 
+    /// A flow count that began now.
     pub fn set_flows(&mut self, flows: HashMap<u32, u64>) {
+        self.set_flows_since(Instant::now(), flows);
+    }
+
+    /// A flow count that began at `started`.
+    pub fn set_flows_since(&mut self, started: Instant, flows: HashMap<u32, u64>) {
         self.flows = Some(flows);
+        self.flows_at = started;
     }
 
     /// Established flows of a slot as last counted (0 before any count).
@@ -750,7 +775,10 @@ impl<D: DataplaneOps> Controller<D> {
                         agent_state: tracker.and_then(|t| t.state(now, interval)),
                         agent_weight_pct: tracker.and_then(|t| t.weight_pct(now, interval)),
                         operator_drained: self.drained.contains(&k),
-                        established_flows: slot.map_or(0, |s| self.flows_of(*s)),
+                        established_flows: self
+                            .flows
+                            .as_ref()
+                            .map(|_| slot.map_or(0, |s| self.flows_of(*s))),
                     },
                 );
             }
@@ -759,9 +787,7 @@ impl<D: DataplaneOps> Controller<D> {
     }
 
     fn all_probed(&self) -> bool {
-        self.runtime
-            .values()
-            .all(|r| r.health.as_ref().is_some_and(|h| h.up.is_some()))
+        self.runtime.values().all(|r| r.probed)
     }
 
     /// Plans and writes the difference into the data plane.
@@ -851,15 +877,16 @@ impl<D: DataplaneOps> Controller<D> {
             self.written.insert(meta.slot, meta);
         }
         // Retired slots with no flows left (or past their time) are freed;
-        // before the first count nothing is known to be idle.
+        // only a count begun after the slot retired can say it is idle.
         let done: Vec<u32> = self
             .retiring
             .iter()
             .filter(|(slot, (since, _))| {
-                let idle = self
-                    .flows
-                    .as_ref()
-                    .is_some_and(|f| f.get(slot).copied().unwrap_or(0) == 0);
+                let idle = self.flows_at >= *since
+                    && self
+                        .flows
+                        .as_ref()
+                        .is_some_and(|f| f.get(slot).copied().unwrap_or(0) == 0);
                 idle || since.elapsed() > RETIRE_AFTER
             })
             .map(|(s, _)| *s)
@@ -1030,7 +1057,7 @@ impl<D: DataplaneOps> Controller<D> {
                     };
                     let took = started.elapsed();
                     if let Some(flows) = flows {
-                        if flows_tx.send(flows).await.is_err() {
+                        if flows_tx.send((started, flows)).await.is_err() {
                             break;
                         }
                     }
@@ -1053,7 +1080,7 @@ impl<D: DataplaneOps> Controller<D> {
                     }
                     false
                 }
-                Some(flows) = flows_rx.recv() => { self.set_flows(flows); false }
+                Some((at, flows)) = flows_rx.recv() => { self.set_flows_since(at, flows); false }
                 _ = tick.tick() => true,
             };
             if sync_now {
@@ -1627,6 +1654,61 @@ vip = \"198.18.2.11:80\"
         // The VIP index is free for a new pool.
         assert!(!r.c.slots.vips.contains_key("api"));
         assert!(r.c.slots.free_vips.contains(&api_index));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_probe_lost_across_a_restart_resets_nothing() {
+        let mut r = rig();
+        r.probes.set("198.18.1.21:8080", false);
+        r.pump(Duration::from_millis(300)).await;
+        assert_eq!(r.fake().state("spare-1"), BACKEND_DOWN);
+        let mut r = restart(r, CONFIG);
+        // The first probe after the restart is lost for web-1 (fall = 2),
+        // and the first one of the dead spare succeeds (rise = 2).
+        r.probes.set("198.18.1.11:8080", false);
+        r.probes.set("198.18.1.21:8080", true);
+        r.pump(Duration::from_millis(50)).await;
+        r.probes.set("198.18.1.11:8080", true);
+        r.probes.set("198.18.1.21:8080", false);
+        r.pump(Duration::from_millis(300)).await;
+        let f = r.fake();
+        assert!(
+            f.ops.iter().all(|o| !matches!(o, Op::Backend(_))),
+            "a restart with one probe lost rewrote a backend: {:?}",
+            f.ops
+        );
+        assert_eq!(f.state("web-1"), BACKEND_ACTIVE);
+        assert_eq!(f.state("spare-1"), BACKEND_DOWN);
+        assert_eq!(f.ring_members("198.18.2.10:80"), ["web-1", "web-2"]);
+        // A backend that really died still goes down after `fall` failures.
+        r.probes.set("198.18.1.11:8080", false);
+        r.pump(Duration::from_millis(250)).await;
+        assert_eq!(r.fake().state("web-1"), BACKEND_DOWN);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_count_begun_before_a_slot_retired_does_not_free_it() {
+        let mut r = rig();
+        r.pump(Duration::from_millis(300)).await;
+        let slot = r.c.slots.backends[&key("web", "web-2")];
+        let before = Instant::now();
+        r.pump(Duration::from_millis(20)).await;
+        let removed = CONFIG.replace(
+            "  [[pool.backend]]\n  name = \"web-2\"\n  addr = \"198.18.1.12:8080\"\n",
+            "",
+        );
+        std::fs::write(&r.c.config_path, &removed).unwrap();
+        r.c.reload().unwrap();
+        // A walk that started before the reload finishes now, empty.
+        r.c.set_flows_since(before, HashMap::new());
+        r.pump(Duration::from_millis(50)).await;
+        assert!(
+            !r.fake().ops.contains(&Op::Free(slot)),
+            "freed on a stale count"
+        );
+        r.c.set_flows(HashMap::new());
+        r.pump(Duration::from_millis(20)).await;
+        assert!(r.fake().ops.contains(&Op::Free(slot)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -73,12 +73,26 @@ impl HealthState {
         }
     }
 
+    /// A state recovered from the pinned data plane after a restart: the
+    /// backend was serving (`up`) or marked down there, so it keeps that
+    /// verdict until `fall` failures (or `rise` successes) change it, as if
+    /// the controller had never gone away. One probe lost across a restart
+    /// then resets nothing.
+    pub fn seeded(rise: u32, fall: u32, up: bool) -> Self {
+        HealthState {
+            up: Some(up),
+            ..HealthState::new(rise, fall)
+        }
+    }
+
     /// Feeds one result; returns `Some(up)` when the state flips.
     ///
-    /// The first result decides at once: a controller that starts (or
-    /// restarts, adopting a data plane that is already forwarding) should
+    /// The first result decides at once for a backend with no history (a
+    /// fresh start, a backend added by reload): the controller should
     /// neither wait `rise × interval` before serving from healthy backends
-    /// nor keep sending new flows to a dead one for `fall × interval`.
+    /// nor keep sending new flows to a dead one for `fall × interval`. A
+    /// restart adopting a forwarding data plane has history: see
+    /// [`HealthState::seeded`].
     pub fn observe(&mut self, success: bool) -> Option<bool> {
         match self.up {
             None => {
@@ -324,6 +338,16 @@ mod tests {
         let mut s = HealthState::new(2, 3);
         assert_eq!(s.observe(false), Some(false));
         assert_eq!(s.up, Some(false));
+    }
+
+    #[test]
+    fn a_seeded_state_needs_fall_failures_or_rise_successes() {
+        let mut s = HealthState::seeded(2, 3, true);
+        assert_eq!(run(&mut s, &[false, false]), [None, None]);
+        assert_eq!(s.up, Some(true));
+        assert_eq!(s.observe(false), Some(false));
+        let mut s = HealthState::seeded(2, 3, false);
+        assert_eq!(run(&mut s, &[true, true]), [None, Some(true)]);
     }
 
     #[test]

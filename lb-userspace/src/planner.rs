@@ -55,8 +55,10 @@ pub struct BackendObservation {
     pub agent_state: Option<AgentState>,
     pub agent_weight_pct: Option<u8>,
     pub operator_drained: bool,
-    /// Flows the data plane holds pinned to this backend.
-    pub established_flows: u64,
+    /// Flows the data plane holds pinned to this backend; `None` until the
+    /// flow table has been counted. Not counted is not zero: a demoted spare
+    /// keeps draining until a count says it is idle.
+    pub established_flows: Option<u64>,
 }
 
 /// Observations keyed by (pool name, backend name). A missing entry is a
@@ -383,7 +385,7 @@ fn plan_pool(
                     Some(BackendMemory {
                         spare_draining_since: Some(t),
                         ..
-                    }) if observations[i].established_flows > 0
+                    }) if observations[i].established_flows != Some(0)
                         && now.saturating_sub(*t) < SPARE_DRAIN_TIMEOUT_MS =>
                     {
                         (BackendState::Draining, Reason::SpareDraining)
@@ -598,15 +600,33 @@ mod tests {
         assert_eq!(state_of(&plan, "s2"), (Standby, Reason::SpareIdle));
 
         set(&mut obs, "p2", |o| o.health = Some(true));
-        set(&mut obs, "s1", |o| o.established_flows = 5);
+        set(&mut obs, "s1", |o| o.established_flows = Some(5));
         let plan = planner.plan(&cfg, &obs, 2000);
         assert_eq!(state_of(&plan, "p2").0, Active);
         assert_eq!(state_of(&plan, "s1"), (Draining, Reason::SpareDraining));
         let plan = planner.plan(&cfg, &obs, 3000);
         assert_eq!(state_of(&plan, "s1"), (Draining, Reason::SpareDraining));
 
-        set(&mut obs, "s1", |o| o.established_flows = 0);
+        set(&mut obs, "s1", |o| o.established_flows = Some(0));
         let plan = planner.plan(&cfg, &obs, 4000);
+        assert_eq!(state_of(&plan, "s1"), (Standby, Reason::SpareIdle));
+    }
+
+    #[test]
+    fn a_demoted_spare_is_not_idle_before_its_flows_are_counted() {
+        let cfg = cfg_with(3, false);
+        let mut planner = Planner::new();
+        let mut obs = healthy(None);
+        set(&mut obs, "p1", |o| o.health = Some(false));
+        planner.plan(&cfg, &obs, 0);
+        set(&mut obs, "p1", |o| o.health = Some(true));
+        set(&mut obs, "s1", |o| o.established_flows = None);
+        for t in [1000, 2000, 30_000] {
+            let plan = planner.plan(&cfg, &obs, t);
+            assert_eq!(state_of(&plan, "s1"), (Draining, Reason::SpareDraining));
+        }
+        set(&mut obs, "s1", |o| o.established_flows = Some(0));
+        let plan = planner.plan(&cfg, &obs, 31_000);
         assert_eq!(state_of(&plan, "s1"), (Standby, Reason::SpareIdle));
     }
 
@@ -618,7 +638,7 @@ mod tests {
         set(&mut obs, "p1", |o| o.health = Some(false));
         planner.plan(&cfg, &obs, 0);
         set(&mut obs, "p1", |o| o.health = Some(true));
-        set(&mut obs, "s1", |o| o.established_flows = 1);
+        set(&mut obs, "s1", |o| o.established_flows = Some(1));
         let plan = planner.plan(&cfg, &obs, 1000);
         assert_eq!(state_of(&plan, "s1").0, Draining);
         let plan = planner.plan(&cfg, &obs, 1000 + SPARE_DRAIN_TIMEOUT_MS - 1);

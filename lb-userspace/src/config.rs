@@ -121,6 +121,9 @@ pub struct ControlConfig {
     pub admin_socket: PathBuf,
     /// `None` when the file says `metrics_listen = ""`.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where operator drains are kept across restarts, `xdplb down` and
+    /// reboots; `None` when the file says `state_file = ""`.
+    pub state_file: Option<PathBuf>,
 }
 
 impl Default for ControlConfig {
@@ -128,12 +131,15 @@ impl Default for ControlConfig {
         ControlConfig {
             admin_socket: PathBuf::from(DEFAULT_ADMIN_SOCKET),
             metrics_listen: Some(DEFAULT_METRICS_LISTEN.parse().expect("valid literal")),
+            state_file: Some(PathBuf::from(DEFAULT_STATE_FILE)),
         }
     }
 }
 
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/xdplb";
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/xdplb.sock";
+/// Where operator drains are kept by default (survives reboots: not /run).
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/xdplb/state.json";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9434";
 pub const DEFAULT_WEIGHT: u32 = 100;
 pub const DEFAULT_MIN_ACTIVE: u32 = 1;
@@ -299,6 +305,7 @@ mod raw {
     pub struct Control {
         pub admin_socket: Option<PathBuf>,
         pub metrics_listen: Option<Spanned<String>>,
+        pub state_file: Option<PathBuf>,
     }
 
     #[derive(Deserialize)]
@@ -642,6 +649,9 @@ fn convert_control(src: &Source, raw: Option<raw::Control>) -> Result<ControlCon
     if let Some(p) = c.admin_socket {
         out.admin_socket = p;
     }
+    if let Some(p) = c.state_file {
+        out.state_file = (!p.as_os_str().is_empty()).then_some(p);
+    }
     if let Some(m) = c.metrics_listen {
         out.metrics_listen = if m.get_ref().is_empty() {
             None
@@ -973,6 +983,17 @@ mod tests {
         assert_eq!(c.dataplane.flow_table_size, 1_048_576);
         assert_eq!(c.dataplane.ring_size, 65_537);
         assert_eq!(c.control.admin_socket, PathBuf::from("/run/xdplb.sock"));
+        assert_eq!(
+            c.control.state_file.as_deref(),
+            Some(Path::new("/var/lib/xdplb/state.json"))
+        );
+        let off = p(&FULL.replace(
+            "state_file = \"/var/lib/xdplb/state.json\"",
+            "state_file = \"\"",
+        ))
+        .map(|c| c.control.state_file)
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(off, None);
         assert_eq!(
             c.control.metrics_listen,
             Some("127.0.0.1:9434".parse().unwrap())

@@ -380,7 +380,24 @@ impl<D: DataplaneOps> Controller<D> {
         for b in orphans {
             c.retiring.insert(b.slot, (now, b.addr));
         }
+        // Drains kept in the state file survive `xdplb down` and reboots,
+        // which the maps' flags do not.
+        if let Some(path) = &c.config.control.state_file {
+            match crate::state::load(path) {
+                Ok(saved) => {
+                    for (pool, backend) in saved {
+                        if c.drained.insert(key(&pool, &backend)) {
+                            info!(pool, backend, "operator drain restored from the state file");
+                        }
+                    }
+                }
+                Err(e) => warn!(error = %e, "operator drains not restored"),
+            }
+        }
         c.install(config)?;
+        if let Err(e) = c.persist_drains() {
+            warn!(error = e, "operator drains not saved");
+        }
         Ok((c, Inputs { health_rx, load_rx }))
     }
 
@@ -962,6 +979,24 @@ impl<D: DataplaneOps> Controller<D> {
         Status { pools }
     }
 
+    /// Writes the operator drains of backends in the config to the state
+    /// file (if there is one).
+    fn persist_drains(&mut self) -> Result<(), String> {
+        let config = &self.config;
+        self.drained
+            .retain(|(p, b)| config.pool(p).is_some_and(|pool| pool.backend(b).is_some()));
+        let Some(path) = &self.config.control.state_file else {
+            return Ok(());
+        };
+        // Nothing to keep and nothing kept: no file (a host that never
+        // drains gets no /var/lib/xdplb).
+        if self.drained.is_empty() && !path.exists() {
+            return Ok(());
+        }
+        let drains = self.drained.iter().cloned().collect();
+        crate::state::save(path, &drains).map_err(|e| e.to_string())
+    }
+
     pub fn drain(&mut self, pool: &str, backend: &str, drain: bool) -> Result<(), String> {
         let p = self
             .config
@@ -977,7 +1012,12 @@ impl<D: DataplaneOps> Controller<D> {
             self.drained.remove(&k);
         }
         info!(pool, backend, drain, "operator drain");
-        self.sync().map_err(|e| e.to_string())
+        self.sync().map_err(|e| e.to_string())?;
+        self.persist_drains().map_err(|e| {
+            format!(
+                "{pool}/{backend}: applied, but it will not survive `xdplb down` or a reboot: {e}"
+            )
+        })
     }
 
     /// Re-reads the config file and applies it, or refuses it with the
@@ -1001,6 +1041,9 @@ impl<D: DataplaneOps> Controller<D> {
         }
         let summary = self.install(new).map_err(|e| e.to_string())?;
         self.sync().map_err(|e| e.to_string())?;
+        if let Err(e) = self.persist_drains() {
+            warn!(error = e, "operator drains not saved");
+        }
         let summary = if summary.is_empty() {
             "no change".to_string()
         } else {
@@ -1433,7 +1476,7 @@ min_active = 2
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("xdplb.toml");
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&path, with_state_file(&dir, text)).unwrap();
         let cfg = config::load(&path).unwrap();
         let p = probes.clone();
         let factory: ProbeFactory = Arc::new(move |_| p.clone() as Arc<dyn Probe>);
@@ -1444,6 +1487,18 @@ min_active = 2
             probes,
             dir,
         }
+    }
+
+    /// `text` with a `[control]` section keeping the state file in `dir`
+    /// (never the default one under /var/lib), unless it has its own.
+    fn with_state_file(dir: &Path, text: &str) -> String {
+        if text.contains("[control]") {
+            return text.to_string();
+        }
+        format!(
+            "{text}\n[control]\nstate_file = \"{}\"\n",
+            dir.join("state.json").display()
+        )
     }
 
     fn rig() -> Rig {
@@ -1463,6 +1518,12 @@ min_active = 2
                 }
                 self.c.sync().unwrap();
             }
+        }
+
+        /// Rewrites the config file (for a reload).
+        fn write_config(&self, text: impl AsRef<str>) {
+            let text = with_state_file(&self.dir, text.as_ref());
+            std::fs::write(&self.c.config_path, text).unwrap();
         }
 
         fn fake(&self) -> &Fake {
@@ -1697,7 +1758,7 @@ vip = \"198.18.2.11:80\"
             "  [[pool.backend]]\n  name = \"web-2\"\n  addr = \"198.18.1.12:8080\"\n",
             "",
         );
-        std::fs::write(&r.c.config_path, &removed).unwrap();
+        r.write_config(removed);
         r.c.reload().unwrap();
         // A walk that started before the reload finishes now, empty.
         r.c.set_flows_since(before, HashMap::new());
@@ -1723,8 +1784,7 @@ vip = \"198.18.2.11:80\"
         assert!(!r.fake().vips.contains_key(&old));
         assert_eq!(r.fake().ring_members("198.18.2.20:80"), ["web-1", "web-2"]);
         // By reload, too.
-        let path = r.c.config_path.clone();
-        std::fs::write(&path, CONFIG).unwrap();
+        r.write_config(CONFIG);
         r.c.reload().unwrap();
         assert!(!r
             .fake()
@@ -1737,17 +1797,12 @@ vip = \"198.18.2.11:80\"
     async fn reload_refuses_a_bad_config_and_applies_a_good_one() {
         let mut r = rig();
         r.pump(Duration::from_millis(300)).await;
-        let path = r.c.config_path.clone();
         let ops = r.fake().ops.len();
-        std::fs::write(&path, CONFIG.replace("rise = 2", "rise = 0")).unwrap();
+        r.write_config(CONFIG.replace("rise = 2", "rise = 0"));
         let err = r.c.reload().unwrap_err();
         assert!(err.contains("xdplb.toml:") && err.contains("rise"), "{err}");
         assert_eq!(r.fake().ops.len(), ops, "a refused reload wrote something");
-        std::fs::write(
-            &path,
-            CONFIG.replace("ring_size = 1009", "ring_size = 1013"),
-        )
-        .unwrap();
+        r.write_config(CONFIG.replace("ring_size = 1009", "ring_size = 1013"));
         let err = r.c.reload().unwrap_err();
         assert!(err.contains("[dataplane]"), "{err}");
         // Remove web-2: it drains, then its slot is freed once idle.
@@ -1755,7 +1810,7 @@ vip = \"198.18.2.11:80\"
             "  [[pool.backend]]\n  name = \"web-2\"\n  addr = \"198.18.1.12:8080\"\n",
             "",
         );
-        std::fs::write(&path, &removed).unwrap();
+        r.write_config(removed);
         let slot = r.c.slots.backends[&key("web", "web-2")];
         r.c.set_flows(HashMap::from([(slot, 1)]));
         let summary = r.c.reload().unwrap();
@@ -1779,12 +1834,7 @@ vip = \"198.18.2.11:80\"
         let mut r = rig();
         r.pump(Duration::from_millis(300)).await;
         let ops = r.fake().ops.len();
-        let path = r.c.config_path.clone();
-        std::fs::write(
-            &path,
-            CONFIG.replace("interval_ms = 100", "interval_ms = 150"),
-        )
-        .unwrap();
+        r.write_config(CONFIG.replace("interval_ms = 100", "interval_ms = 150"));
         let summary = r.c.reload().unwrap();
         assert!(summary.contains("changed pool web"), "{summary}");
         r.pump(Duration::from_millis(400)).await;
@@ -1804,12 +1854,7 @@ vip = \"198.18.2.11:80\"
         let mut r = rig();
         r.pump(Duration::from_millis(300)).await;
         let old_slot = r.c.slots.backends[&key("web", "web-1")];
-        let path = r.c.config_path.clone();
-        std::fs::write(
-            &path,
-            CONFIG.replace("198.18.1.11:8080", "198.18.1.31:8080"),
-        )
-        .unwrap();
+        r.write_config(CONFIG.replace("198.18.1.11:8080", "198.18.1.31:8080"));
         r.c.set_flows(HashMap::from([(old_slot, 2)]));
         let summary = r.c.reload().unwrap();
         assert!(
@@ -1829,6 +1874,36 @@ vip = \"198.18.2.11:80\"
         r.c.set_flows(HashMap::new());
         r.pump(Duration::from_millis(20)).await;
         assert!(r.fake().ops.contains(&Op::Free(old_slot)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drains_survive_down_through_the_state_file() {
+        let state =
+            std::env::temp_dir().join(format!("xdplb-ctl-state-{}/state.json", std::process::id()));
+        let text = format!(
+            "{CONFIG}\n[control]\nstate_file = \"{}\"\n",
+            state.display()
+        );
+        let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &text);
+        r.pump(Duration::from_millis(300)).await;
+        r.c.drain("web", "web-2", true).unwrap();
+        let probes = r.probes.clone();
+        drop(r);
+        // `xdplb down`: the maps, flags and all, are gone.
+        let mut r = rig_with(Fake::default(), probes.clone(), &text);
+        assert!(r.c.drained.contains(&key("web", "web-2")));
+        r.pump(Duration::from_millis(300)).await;
+        assert_eq!(r.fake().state("web-2"), lb_common::BACKEND_DRAINING);
+        assert_eq!(
+            r.fake().ring_members("198.18.2.10:80"),
+            ["spare-1", "web-1"]
+        );
+        // Undrained: saved too.
+        r.c.drain("web", "web-2", false).unwrap();
+        drop(r);
+        let r = rig_with(Fake::default(), probes, &text);
+        assert!(r.c.drained.is_empty());
+        std::fs::remove_dir_all(state.parent().unwrap()).unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -12,6 +12,8 @@
 //!   config and observations (clock injected; pure).
 //! - [`controller`]: `xdplb run`: probes, agents, planner ticks, map sync,
 //!   reload, drains; answers [`controller::Command`]s.
+//! - [`state`]: `[control] state_file`: operator drains across `down`
+//!   and reboots.
 //! - [`status`]: the controller's live view (status output, admin replies).
 //! - [`admin`]: the unix-socket protocol, server and client.
 //! - [`metrics`]: Prometheus exposition.
@@ -33,4 +35,5 @@ pub mod metrics;
 pub mod owner;
 pub mod packet;
 pub mod planner;
+pub mod state;
 pub mod status;

@@ -122,8 +122,9 @@ pub fn render_config(lab: &Lab, pools: &[PoolSpec]) -> String {
     .unwrap();
     writeln!(
         s,
-        "[control]\nadmin_socket = \"{}\"\nmetrics_listen = \"{METRICS_LISTEN}\"\n",
-        lab.socket_path().display()
+        "[control]\nadmin_socket = \"{}\"\nmetrics_listen = \"{METRICS_LISTEN}\"\nstate_file = \"{}\"\n",
+        lab.socket_path().display(),
+        lab.dir().join("state.json").display()
     )
     .unwrap();
     for p in pools {

@@ -84,6 +84,21 @@ pub enum Mode {
     Dsr,
 }
 
+/// What happens to a backend's established flows when health marks it
+/// down (HAProxy's `on-marked-down`, Envoy's
+/// `close_connections_on_host_health_failure`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDown {
+    /// Re-steered on their next packet, so clients fail fast (a RST from
+    /// the new backend) instead of hanging on a dead server.
+    #[default]
+    Reset,
+    /// They run out on the backend (for a health check that fails while the
+    /// server still serves what it has, e.g. a deliberate 503).
+    Keep,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthKind {
@@ -153,12 +168,25 @@ pub struct PoolConfig {
     pub protocol: Protocol,
     pub mode: Mode,
     pub min_active: u32,
+    pub on_down: OnDown,
+    /// Pool-level `slow_start_ms`; `None` when unset (then `[pool.load]`'s
+    /// applies, see [`PoolConfig::ramp_ms`]).
+    pub slow_start_ms: Option<u64>,
     pub health: HealthConfig,
     pub load: Option<LoadConfig>,
     pub backends: Vec<BackendConfig>,
 }
 
 impl PoolConfig {
+    /// How long a newly active backend ramps its weight: the pool's
+    /// `slow_start_ms` if set (agents or not), else `[pool.load]
+    /// slow_start_ms`, else no ramp.
+    pub fn ramp_ms(&self) -> u64 {
+        self.slow_start_ms
+            .or(self.load.as_ref().map(|l| l.slow_start_ms))
+            .unwrap_or(0)
+    }
+
     pub fn backend(&self, name: &str) -> Option<&BackendConfig> {
         self.backends.iter().find(|b| b.name == name)
     }
@@ -316,6 +344,8 @@ mod raw {
         pub protocol: Option<Protocol>,
         pub mode: Option<Spanned<Mode>>,
         pub min_active: Option<Spanned<u32>>,
+        pub on_down: Option<OnDown>,
+        pub slow_start_ms: Option<u64>,
         pub health: Option<Health>,
         pub load: Option<Load>,
         #[serde(default)]
@@ -776,6 +806,8 @@ fn convert_pool(src: &Source, rp: raw::Pool) -> Result<PoolConfig, ConfigError> 
         protocol: rp.protocol.unwrap_or_default(),
         mode,
         min_active,
+        on_down: rp.on_down.unwrap_or_default(),
+        slow_start_ms: rp.slow_start_ms,
         health,
         load,
         backends,
@@ -1037,7 +1069,26 @@ mod tests {
         assert_eq!(pool.mode, Mode::Nat);
         assert_eq!(pool.health, HealthConfig::default());
         assert_eq!(pool.load, None);
+        assert_eq!(
+            (pool.on_down, pool.slow_start_ms, pool.ramp_ms()),
+            (OnDown::Reset, None, 0)
+        );
         assert!(pool.backends.iter().all(|b| b.role == Role::Primary));
+    }
+
+    #[test]
+    fn on_down_and_pool_slow_start_parse() {
+        let c = p(&pool_with(
+            "on_down = \"keep\"\nslow_start_ms = 3000\n",
+            ONE_BACKEND,
+        ))
+        .unwrap();
+        assert_eq!(c.pools[0].on_down, OnDown::Keep);
+        assert_eq!(c.pools[0].ramp_ms(), 3000);
+        let err = p(&pool_with("on_down = \"linger\"\n", ONE_BACKEND))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("linger") && err.contains("keep"), "{err}");
     }
 
     #[test]

@@ -41,7 +41,7 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    config::{self, BackendConfig, Config, HealthConfig, PoolConfig, Role},
+    config::{self, BackendConfig, Config, HealthConfig, OnDown, PoolConfig, Role},
     dataplane::{
         self, backend_name_index, AttachMode, BackendSlot, Dataplane, DataplaneError, Shape,
     },
@@ -198,6 +198,36 @@ const FLOW_COUNT_LIMIT: usize = 1 << 20;
 const RETIRE_AFTER: Duration = Duration::from_secs(300);
 
 type Key = (String, String);
+
+/// `BackendMeta::flags` bit: health says down, in an `on_down = "keep"`
+/// pool, whose slot is written `DRAINING` so its flows run out instead of
+/// being re-steered. The data plane ignores flags; the bit lets a restarted
+/// controller tell this from a drain and seed the verdict. (User space
+/// only; it belongs beside `BACKEND_F_OPERATOR_DRAIN` in lb-common once
+/// the data-plane rewrite there lands.)
+const BACKEND_F_HEALTH_DOWN: u8 = 2;
+const _: () = assert!(BACKEND_F_HEALTH_DOWN & BACKEND_F_OPERATOR_DRAIN == 0);
+
+/// The map state of a backend the planner put in `state`. A down backend
+/// of an `on_down = "keep"` pool is `DRAINING` in the map: out of the ring,
+/// its established flows left to run out (`DOWN` would re-steer them).
+fn slot_state(on_down: OnDown, state: BackendState) -> u8 {
+    match (state, on_down) {
+        (BackendState::Down, OnDown::Keep) => BACKEND_DRAINING,
+        (s, _) => s.map_value(),
+    }
+}
+
+fn slot_flags(on_down: OnDown, state: BackendState, drained: bool) -> u8 {
+    let mut f = 0;
+    if drained {
+        f |= BACKEND_F_OPERATOR_DRAIN;
+    }
+    if state == BackendState::Down && on_down == OnDown::Keep {
+        f |= BACKEND_F_HEALTH_DOWN;
+    }
+    f
+}
 
 fn key(pool: &str, backend: &str) -> Key {
     (pool.to_string(), backend.to_string())
@@ -599,7 +629,7 @@ impl<D: DataplaneOps> Controller<D> {
             .written
             .get(&slot)
             .filter(|m| m.addr == b.addr)
-            .map(|m| m.state != BACKEND_DOWN);
+            .map(|m| m.state != BACKEND_DOWN && m.flags & BACKEND_F_HEALTH_DOWN == 0);
         let rt = self.runtime.entry(k.clone()).or_default();
         match (&mut rt.health, pinned_up) {
             (Some(h), _) => h.reconfigure(pool.health.rise, pool.health.fall),
@@ -839,12 +869,8 @@ impl<D: DataplaneOps> Controller<D> {
                     slot,
                     vip_index,
                     addr: b.addr,
-                    state: bp.state.map_value(),
-                    flags: if self.drained.contains(&k) {
-                        BACKEND_F_OPERATOR_DRAIN
-                    } else {
-                        0
-                    },
+                    state: slot_state(pool.on_down, bp.state),
+                    flags: slot_flags(pool.on_down, bp.state, self.drained.contains(&k)),
                 };
                 if bp.state == BackendState::Active && bp.weight > 0 {
                     inputs.push((slot, bp.weight));
@@ -1904,6 +1930,41 @@ vip = \"198.18.2.11:80\"
         let r = rig_with(Fake::default(), probes, &text);
         assert!(r.c.drained.is_empty());
         std::fs::remove_dir_all(state.parent().unwrap()).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_down_keep_lets_a_down_backends_flows_run_out() {
+        let keep = CONFIG.replace("min_active = 2\n", "min_active = 2\non_down = \"keep\"\n");
+        assert_ne!(keep, CONFIG);
+        let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &keep);
+        r.pump(Duration::from_millis(300)).await;
+        r.probes.set("198.18.1.11:8080", false);
+        r.pump(Duration::from_millis(250)).await;
+        let slot = r.c.slots.backends[&key("web", "web-1")];
+        // Out of the ring, but DRAINING (flows continue), not DOWN.
+        assert_eq!(r.fake().backends[&slot].state, lb_common::BACKEND_DRAINING);
+        assert_eq!(
+            r.fake().ring_members("198.18.2.10:80"),
+            ["spare-1", "web-2"]
+        );
+        let st = r.c.status();
+        let b = &st.pools[0].backends[0];
+        assert_eq!((b.health.as_str(), b.state.as_str()), ("down", "down"));
+        // A restart remembers it is down, not drained: it needs `rise`
+        // successes, and no operator drain appears.
+        let mut r = restart(r, &keep);
+        assert!(r.c.drained.is_empty());
+        r.probes.set("198.18.1.11:8080", true);
+        r.pump(Duration::from_millis(50)).await;
+        assert_eq!(r.fake().backends[&slot].state, lb_common::BACKEND_DRAINING);
+        r.pump(Duration::from_millis(200)).await;
+        assert_eq!(r.fake().backends[&slot].state, BACKEND_ACTIVE);
+        // The default, reset: DOWN.
+        let mut r = rig();
+        r.pump(Duration::from_millis(300)).await;
+        r.probes.set("198.18.1.11:8080", false);
+        r.pump(Duration::from_millis(250)).await;
+        assert_eq!(r.fake().state("web-1"), BACKEND_DOWN);
     }
 
     #[tokio::test(start_paused = true)]

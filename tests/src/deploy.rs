@@ -50,6 +50,10 @@ pub struct PoolSpec {
     pub fall: u32,
     /// `Some((high, low, up_ms, down_ms, slow_start_ms))` adds `[pool.load]`.
     pub load: Option<LoadSpec>,
+    /// `on_down = "..."` when set.
+    pub on_down: Option<String>,
+    /// Pool-level `slow_start_ms` when set.
+    pub slow_start_ms: Option<u64>,
     pub backends: Vec<BackendSpec>,
 }
 
@@ -93,6 +97,8 @@ impl PoolSpec {
             rise: 2,
             fall: 2,
             load: None,
+            on_down: None,
+            slow_start_ms: None,
             backends,
         }
     }
@@ -134,6 +140,19 @@ pub fn render_config(lab: &Lab, pools: &[PoolSpec]) -> String {
             p.name, p.vip, p.min_active, p.interval_ms, p.timeout_ms, p.rise, p.fall
         )
         .unwrap();
+        // Pool keys after [pool.health] would land in it: insert them
+        // before it.
+        let mut pool_keys = String::new();
+        if let Some(o) = &p.on_down {
+            writeln!(pool_keys, "on_down = \"{o}\"").unwrap();
+        }
+        if let Some(ms) = p.slow_start_ms {
+            writeln!(pool_keys, "slow_start_ms = {ms}").unwrap();
+        }
+        if !pool_keys.is_empty() {
+            let at = s.rfind("\n  [pool.health]").expect("just written");
+            s.insert_str(at + 1, &pool_keys);
+        }
         if let Some(l) = &p.load {
             writeln!(
                 s,

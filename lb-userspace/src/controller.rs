@@ -193,6 +193,9 @@ const FLOW_COUNT_DUTY: u32 = 10;
 pub const FLOW_IDLE: Duration = Duration::from_secs(30);
 /// Entries walked at most per count, bounding the walk's cost.
 const FLOW_COUNT_LIMIT: usize = 1 << 20;
+/// Weight of a new probe round trip in the smoothed one (as TCP's SRTT,
+/// RFC 6298, but heavier: probes are seconds apart, not packets).
+const RTT_GAIN: f64 = 0.25;
 /// A backend removed by reload keeps its slot (draining) until it has no
 /// established flow, or this long.
 const RETIRE_AFTER: Duration = Duration::from_secs(300);
@@ -275,6 +278,11 @@ struct Runtime {
     /// A probe has reported since this controller started (a health state
     /// seeded from the maps is not a probe).
     probed: bool,
+    /// Smoothed round trip of successful probes (the seed's response time).
+    rtt: Option<Duration>,
+    /// Whether the agent answered its last query (`None`: not asked yet).
+    agent_up: Option<bool>,
+    agent_error: Option<String>,
     last_error: Option<String>,
     load: Option<LoadTracker>,
     agent_line: Option<String>,
@@ -644,6 +652,8 @@ impl<D: DataplaneOps> Controller<D> {
             (None, _) => {
                 rt.load = None;
                 rt.agent_line = None;
+                rt.agent_up = None;
+                rt.agent_error = None;
             }
         }
         let health_fp = format!("{} {:?}", b.addr, pool.health);
@@ -746,6 +756,12 @@ impl<D: DataplaneOps> Controller<D> {
         };
         rt.last_error = if r.success { None } else { r.error.clone() };
         rt.probed = true;
+        if r.success {
+            rt.rtt = Some(match rt.rtt {
+                None => r.duration,
+                Some(prev) => prev.mul_f64(1.0 - RTT_GAIN) + r.duration.mul_f64(RTT_GAIN),
+            });
+        }
         let flipped = rt.health.as_mut().and_then(|h| h.observe(r.success));
         match flipped {
             Some(true) => info!(pool = k.0, backend = k.1, "backend is up"),
@@ -773,11 +789,25 @@ impl<D: DataplaneOps> Controller<D> {
         };
         match r.result {
             Ok(reply) => {
+                match rt.agent_up {
+                    Some(true) => {}
+                    Some(false) => warn!(pool = k.0, backend = k.1, "load agent answers again"),
+                    None => info!(pool = k.0, backend = k.1, "load agent answers"),
+                }
+                rt.agent_up = Some(true);
+                rt.agent_error = None;
                 rt.agent_line = Some(reply.to_line());
                 tracker.on_reply(now, reply);
             }
             Err(e) => {
-                debug!(pool = k.0, backend = k.1, error = %e, "agent query failed");
+                if rt.agent_up != Some(false) {
+                    // Its last score holds for 3 intervals, then 0.5.
+                    warn!(pool = k.0, backend = k.1, error = %e, "load agent stopped answering");
+                } else {
+                    debug!(pool = k.0, backend = k.1, error = %e, "agent query failed");
+                }
+                rt.agent_up = Some(false);
+                rt.agent_error = Some(e.to_string());
                 rt.agent_line = None;
                 tracker.on_failure(now);
             }
@@ -996,6 +1026,9 @@ impl<D: DataplaneOps> Controller<D> {
                                 operator_drained: self.drained.contains(&k),
                                 agent: rt.and_then(|r| r.agent_line.clone()),
                                 last_error: rt.and_then(|r| r.last_error.clone()),
+                                rtt_ms: rt.and_then(|r| r.rtt).map(|d| d.as_secs_f64() * 1000.0),
+                                agent_up: rt.and_then(|r| r.agent_up),
+                                agent_error: rt.and_then(|r| r.agent_error.clone()),
                             }
                         })
                         .collect(),
@@ -1428,20 +1461,31 @@ mod tests {
         }
     }
 
-    /// Probes answer from a table the test flips.
+    /// Probes answer from a table the test flips, after a delay it sets.
     #[derive(Default)]
-    struct FakeProbes(Mutex<HashMap<SocketAddrV4, bool>>);
+    struct FakeProbes {
+        up: Mutex<HashMap<SocketAddrV4, bool>>,
+        delay: Mutex<HashMap<SocketAddrV4, Duration>>,
+    }
 
     impl FakeProbes {
         fn set(&self, addr: &str, up: bool) {
-            self.0.lock().unwrap().insert(addr.parse().unwrap(), up);
+            self.up.lock().unwrap().insert(addr.parse().unwrap(), up);
+        }
+
+        fn set_delay(&self, addr: &str, d: Duration) {
+            self.delay.lock().unwrap().insert(addr.parse().unwrap(), d);
         }
     }
 
     impl Probe for FakeProbes {
         fn check(&self, addr: SocketAddrV4, _timeout: Duration) -> ProbeFuture<'_> {
-            let up = self.0.lock().unwrap().get(&addr).copied().unwrap_or(true);
+            let up = self.up.lock().unwrap().get(&addr).copied().unwrap_or(true);
+            let delay = self.delay.lock().unwrap().get(&addr).copied();
             Box::pin(async move {
+                if let Some(d) = delay {
+                    tokio::time::sleep(d).await;
+                }
                 if up {
                     Ok(())
                 } else {
@@ -1965,6 +2009,64 @@ vip = \"198.18.2.11:80\"
         r.probes.set("198.18.1.11:8080", false);
         r.pump(Duration::from_millis(250)).await;
         assert_eq!(r.fake().state("web-1"), BACKEND_DOWN);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn status_shows_the_smoothed_probe_round_trip() {
+        let mut r = rig();
+        r.probes
+            .set_delay("198.18.1.11:8080", Duration::from_millis(20));
+        r.pump(Duration::from_millis(300)).await;
+        let rtt = |r: &Rig| r.c.status().pools[0].backends[0].rtt_ms;
+        assert_eq!(rtt(&r), Some(20.0));
+        assert_eq!(r.c.status().pools[0].backends[1].rtt_ms, Some(0.0));
+        // Slower now: it moves a quarter of the way per probe.
+        r.probes
+            .set_delay("198.18.1.11:8080", Duration::from_millis(40));
+        r.pump(Duration::from_millis(100)).await;
+        assert_eq!(rtt(&r), Some(25.0));
+        // A failed probe's time is not a round trip.
+        r.probes.set("198.18.1.11:8080", false);
+        r.pump(Duration::from_millis(100)).await;
+        assert_eq!(rtt(&r), Some(25.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_that_stops_answering_shows_in_status() {
+        use crate::load::{client::LoadReport, parse_agent_reply, LoadError};
+        let mut r = rig();
+        r.pump(Duration::from_millis(300)).await;
+        // A poller for web-1 (the test config polls no agents: none dials).
+        let k = key("web", "web-1");
+        let id = r.c.task_id(&k);
+        let (stop, _stop_rx) = watch::channel(false);
+        r.c.pollers.insert(
+            k.clone(),
+            Task {
+                id,
+                fingerprint: String::new(),
+                stop,
+            },
+        );
+        r.c.runtime.get_mut(&k).unwrap().load = Some(LoadTracker::new(config::Factors::default()));
+        let b = |r: &Rig| r.c.status().pools[0].backends[0].clone();
+        assert_eq!((b(&r).agent_up, b(&r).agent_error), (None, None));
+        r.c.on_load(LoadReport {
+            id,
+            result: Ok(parse_agent_reply("up 100% cpu=0.5").unwrap()),
+        });
+        assert_eq!(b(&r).agent_up, Some(true));
+        r.c.on_load(LoadReport {
+            id,
+            result: Err(LoadError::Timeout {
+                addr: "198.18.1.11:9777".parse().unwrap(),
+                timeout_ms: 500,
+            }),
+        });
+        let st = b(&r);
+        assert_eq!(st.agent_up, Some(false));
+        assert!(st.agent_error.unwrap().contains("no reply within 500 ms"));
+        assert_eq!(st.agent, None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -22,7 +22,7 @@ use crate::{
     config::{self, ConfigError, DEFAULT_ADMIN_SOCKET, DEFAULT_PIN_PATH},
     dataplane::{self, CounterReader, DataplaneError},
     load::{
-        agent::{serve_agent, Sampler},
+        agent::{serve_agent_with, AgentPolicy, Cidr, Sampler, DEFAULT_MAX_CONNECTIONS},
         LoadError,
     },
     owner,
@@ -30,9 +30,6 @@ use crate::{
 
 /// Where `xdplb run` and `xdplb check` read the config by default.
 pub const DEFAULT_CONFIG: &str = "/etc/xdplb/xdplb.toml";
-/// Where `xdplb agent` listens by default: every address, the port
-/// `[pool.load] agent_port` defaults to.
-pub const DEFAULT_AGENT_LISTEN: &str = "0.0.0.0:9777";
 
 /// xdplb: an XDP layer-4 TCP load balancer with health checks, warm spares
 /// and load-driven weights.
@@ -163,9 +160,19 @@ pub struct BackendArgs {
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// Address and port to listen on.
-    #[arg(long, value_name = "ADDR", default_value = DEFAULT_AGENT_LISTEN)]
+    /// Address and port to listen on, e.g. 0.0.0.0:9777 (9777 is what
+    /// `[pool.load] agent_port` defaults to). Required: the agent answers
+    /// whoever reaches it, so choose the address (and --allow) deliberately.
+    #[arg(long, value_name = "ADDR")]
     pub listen: SocketAddr,
+    /// Answer only peers in this block (ADDR/PREFIX or ADDR); repeatable.
+    /// Others are closed without a line. [default: every peer]
+    #[arg(long, value_name = "CIDR")]
+    pub allow: Vec<Cidr>,
+    /// Connections answered at once; more are closed without a line.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = parse_max_connections)]
+    pub max_connections: usize,
     /// Link capacity in bits per second used for net utilisation, for every
     /// interface. [default: each interface's reported speed, or 10 Gb/s if
     /// it reports none]
@@ -184,6 +191,13 @@ pub struct AgentArgs {
     /// Like --fixed, but re-read from this file on every connection.
     #[arg(long, value_name = "PATH")]
     pub fixed_file: Option<PathBuf>,
+}
+
+fn parse_max_connections(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=65_535).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a number from 1 to 65535")),
+    }
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -455,8 +469,12 @@ async fn agent(a: AgentArgs) -> Result<(), CliError> {
     let stop = shutdown_signal()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sampling = sampler.spawn(stop_rx);
-    tracing::info!(%addr, "load agent listening");
-    serve_agent(listener, sampler, stop).await;
+    tracing::info!(%addr, allow = ?a.allow, max_connections = a.max_connections, "load agent listening");
+    let policy = AgentPolicy {
+        allow: a.allow,
+        max_connections: a.max_connections,
+    };
+    serve_agent_with(listener, sampler, policy, stop).await;
     tracing::info!("load agent stopping");
     let _ = stop_tx.send(true);
     if let Some(t) = sampling {
@@ -503,13 +521,39 @@ mod tests {
             }
             c => panic!("{c:?}"),
         }
-        match p(&["xdplb", "agent"]) {
+        // No silent 0.0.0.0: the agent's address is the operator's choice.
+        assert!(Cli::try_parse_from(["xdplb", "agent"]).is_err());
+        match p(&[
+            "xdplb",
+            "agent",
+            "--listen",
+            "198.18.1.11:9777",
+            "--allow",
+            "198.18.1.0/24",
+            "--allow",
+            "198.18.0.1",
+        ]) {
             Cmd::Agent(a) => {
-                assert_eq!(a.listen, "0.0.0.0:9777".parse().unwrap());
+                assert_eq!(a.listen, "198.18.1.11:9777".parse().unwrap());
                 assert_eq!(a.weight_percent, 100);
+                assert_eq!(a.allow.len(), 2);
+                assert_eq!(a.max_connections, DEFAULT_MAX_CONNECTIONS);
             }
             c => panic!("{c:?}"),
         }
+        assert!(
+            Cli::try_parse_from(["xdplb", "agent", "--listen", ":1", "--allow", "1.2.3.4/40"])
+                .is_err()
+        );
+        assert!(Cli::try_parse_from([
+            "xdplb",
+            "agent",
+            "--listen",
+            "127.0.0.1:1",
+            "--max-connections",
+            "0"
+        ])
+        .is_err());
         assert!(Cli::try_parse_from(["xdplb", "agent", "--weight-percent", "101"]).is_err());
         assert!(
             Cli::try_parse_from(["xdplb", "agent", "--fixed", "cpu=1", "--fixed-file", "f"])

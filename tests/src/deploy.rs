@@ -307,7 +307,11 @@ impl Deployment {
                 bin.to_string_lossy().as_ref(),
                 "agent",
                 "--listen",
-                &format!("0.0.0.0:{AGENT_PORT}"),
+                &format!("{}:{AGENT_PORT}", Lab::backend_addr(i)),
+                // Only the gateway, whose polls come from its backend-side
+                // address, gets an answer.
+                "--allow",
+                &crate::addr::GW_BACKEND_ADDR.to_string(),
                 "--fixed-file",
                 self.load_file(i).to_string_lossy().as_ref(),
             ],

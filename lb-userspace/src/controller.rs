@@ -81,6 +81,18 @@ pub enum Command {
 pub enum ControllerError {
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
+    #[error(
+        "the config needs {needed} new {what} but {free} are free (the data plane holds {max}; \
+         {retiring} still retiring until their flows end); nothing was changed — apply it in \
+         two steps (remove first, add once the removed ones are freed)"
+    )]
+    NoCapacity {
+        what: &'static str,
+        needed: usize,
+        free: usize,
+        retiring: usize,
+        max: u32,
+    },
     #[error("pool {pool:?}: no free VIP slot (the data plane holds {max})")]
     NoVipSlot { pool: String, max: u32 },
     #[error(
@@ -201,6 +213,19 @@ const RTT_GAIN: f64 = 0.25;
 const RETIRE_AFTER: Duration = Duration::from_secs(300);
 
 type Key = (String, String);
+
+/// Every backend of `config` and its address.
+fn wanted_backends(config: &Config) -> HashMap<Key, SocketAddrV4> {
+    config
+        .pools
+        .iter()
+        .flat_map(|p| {
+            p.backends
+                .iter()
+                .map(move |b| (key(&p.name, &b.name), b.addr))
+        })
+        .collect()
+}
 
 /// `BackendMeta::flags` bit: health says down, in an `on_down = "keep"`
 /// pool, whose slot is written `DRAINING` so its flows run out instead of
@@ -443,9 +468,100 @@ impl<D: DataplaneOps> Controller<D> {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// Backends that hold a slot but leave with `new` (gone from it, or
+    /// re-addressed: a different server under the same name, whose flows
+    /// belong to the old one): (key, slot, the address the slot points at,
+    /// if it was ever written).
+    fn gone_backends(&self, old: &Config, new: &Config) -> Vec<(Key, u32, Option<SocketAddrV4>)> {
+        let wanted = wanted_backends(new);
+        // Where a slot points now: what the data plane holds (adopted or
+        // written), else what the old config said.
+        let current = |k: &Key, slot: &u32| {
+            self.written
+                .get(slot)
+                .map(|m| m.addr)
+                .or_else(|| old.pool(&k.0).and_then(|p| p.backend(&k.1)).map(|b| b.addr))
+        };
+        let mut gone: Vec<_> = self
+            .slots
+            .backends
+            .iter()
+            .filter(|(k, slot)| match (wanted.get(*k), current(k, slot)) {
+                (None, _) => true,
+                (Some(new), Some(now)) => *new != now,
+                (Some(_), None) => false,
+            })
+            .map(|(k, slot)| (k.clone(), *slot, current(k, slot)))
+            .collect();
+        gone.sort_by_key(|g| g.1);
+        gone
+    }
+
+    /// Checks that `new` fits the data plane before anything is written, so
+    /// an install or reload is applied whole or not at all. Slots of
+    /// backends still retiring (draining their flows) are taken, unless the
+    /// new config takes their address back.
+    fn plan_capacity(&self, new: &Config) -> Result<(), ControllerError> {
+        let gone_pools = self
+            .slots
+            .vips
+            .keys()
+            .filter(|n| new.pool(n).is_none())
+            .count();
+        let new_pools = new
+            .pools
+            .iter()
+            .filter(|p| !self.slots.vips.contains_key(&p.name))
+            .count();
+        let free_vips = self.slots.free_vips.len() + gone_pools;
+        if new_pools > free_vips {
+            return Err(ControllerError::NoCapacity {
+                what: "VIP indices",
+                needed: new_pools,
+                free: free_vips,
+                retiring: 0,
+                max: MAX_VIPS,
+            });
+        }
+        let gone = self.gone_backends(&self.config, new);
+        let gone_keys: HashSet<&Key> = gone.iter().map(|g| &g.0).collect();
+        let new_addrs: HashSet<SocketAddrV4> = wanted_backends(new).into_values().collect();
+        let needed = wanted_backends(new)
+            .keys()
+            .filter(|k| !self.slots.backends.contains_key(*k) || gone_keys.contains(k))
+            .count();
+        // Freed at once: slots never written, and retiring ones (already, or
+        // by this change) whose address the new config takes back.
+        let retiring_addrs = self
+            .retiring
+            .values()
+            .map(|(_, a)| *a)
+            .chain(gone.iter().filter_map(|g| g.2));
+        let (reused, retiring) =
+            retiring_addrs.fold((0, 0), |(r, t), a| match new_addrs.contains(&a) {
+                true => (r + 1, t),
+                false => (r, t + 1),
+            });
+        let unwritten = gone.iter().filter(|g| g.2.is_none()).count();
+        let free = self.slots.free_backends.len() + unwritten + reused;
+        if needed > free {
+            return Err(ControllerError::NoCapacity {
+                what: "backend slots",
+                needed,
+                free,
+                retiring,
+                max: MAX_BACKENDS,
+            });
+        }
+        Ok(())
+    }
+
     /// Makes `config` the running config: assigns slots, starts and stops
     /// probes and pollers, retires what disappeared. Returns a summary.
+    /// Capacity is checked first: a config that does not fit changes
+    /// nothing.
     fn install(&mut self, config: Config) -> Result<Vec<String>, ControllerError> {
+        self.plan_capacity(&config)?;
         let mut summary = Vec::new();
         let old = std::mem::replace(&mut self.config, config);
         // Pools gone — from the old config, or only from the pins (removed
@@ -500,35 +616,8 @@ impl<D: DataplaneOps> Controller<D> {
         // Backends gone (from surviving or removed pools), or re-addressed
         // (a different server under the same name: its flows belong to the
         // old one): drain, retire the slot.
-        let wanted: HashMap<Key, SocketAddrV4> = self
-            .config
-            .pools
-            .iter()
-            .flat_map(|p| {
-                p.backends
-                    .iter()
-                    .map(move |b| (key(&p.name, &b.name), b.addr))
-            })
-            .collect();
-        // Where a slot points now: what the data plane holds (adopted or
-        // written), else what the old config said.
-        let current = |k: &Key, slot: &u32| {
-            self.written
-                .get(slot)
-                .map(|m| m.addr)
-                .or_else(|| old.pool(&k.0).and_then(|p| p.backend(&k.1)).map(|b| b.addr))
-        };
-        let gone: Vec<(Key, u32, Option<SocketAddrV4>)> = self
-            .slots
-            .backends
-            .iter()
-            .filter(|(k, slot)| match (wanted.get(*k), current(k, slot)) {
-                (None, _) => true,
-                (Some(new), Some(now)) => *new != now,
-                (Some(_), None) => false,
-            })
-            .map(|(k, slot)| (k.clone(), *slot, current(k, slot)))
-            .collect();
+        let wanted = wanted_backends(&self.config);
+        let gone = self.gone_backends(&old, &self.config);
         for (k, slot, addr) in gone {
             self.slots.backends.remove(&k);
             self.checkers.remove(&k);
@@ -560,6 +649,19 @@ impl<D: DataplaneOps> Controller<D> {
                     "backend is pinned but no longer in the config: draining, then retired"
                 );
             }
+        }
+        // An address taken back from a retiring slot: that slot's replies
+        // would now be claimed by the new one. Freed before any slot is
+        // handed out (the capacity plan counted on it).
+        let new_addrs: HashSet<SocketAddrV4> = wanted.values().copied().collect();
+        let reused: Vec<u32> = self
+            .retiring
+            .iter()
+            .filter(|(_, (_, addr))| new_addrs.contains(addr))
+            .map(|(s, _)| *s)
+            .collect();
+        for s in reused {
+            self.free_slot(s)?;
         }
         let pools = self.config.pools.clone();
         for pool in &pools {
@@ -618,17 +720,6 @@ impl<D: DataplaneOps> Controller<D> {
                 s
             }
         };
-        // An address taken back from a retiring slot: that slot's replies
-        // would now be claimed by this one.
-        let reused: Vec<u32> = self
-            .retiring
-            .iter()
-            .filter(|(_, (_, addr))| *addr == b.addr)
-            .map(|(s, _)| *s)
-            .collect();
-        for s in reused {
-            self.free_slot(s)?;
-        }
         self.dp.write_name(backend_name_index(slot), &b.name)?;
         self.dp.write_reply(b.addr, pool.vip, slot, vip_index)?;
         // What the pinned data plane says of this very backend (same slot,
@@ -2072,6 +2163,87 @@ vip = \"198.18.2.11:80\"
         assert_eq!(st.agent_up, Some(false));
         assert!(st.agent_error.unwrap().contains("no reply within 500 ms"));
         assert_eq!(st.agent, None);
+    }
+
+    /// 64 pools (every VIP index) of 64 backends (every slot).
+    fn full_config() -> String {
+        let mut t = String::from("[dataplane]\ninterfaces = [\"lo\"]\nring_size = 6421\n");
+        for i in 0..MAX_VIPS {
+            t.push_str(&format!(
+                "[[pool]]\nname = \"p{i}\"\nvip = \"198.18.2.{}:80\"\n  [pool.health]\n  \
+                 interval_ms = 1000\n  timeout_ms = 500\n",
+                10 + i
+            ));
+            for j in 0..MAX_BACKENDS / MAX_VIPS {
+                t.push_str(&format!(
+                    "  [[pool.backend]]\n  name = \"b{j}\"\n  addr = \"198.19.{i}.{}:8080\"\n",
+                    j + 1
+                ));
+            }
+        }
+        t
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_limits_a_reload_that_does_not_fit_changes_nothing() {
+        let text = full_config();
+        let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &text);
+        // 4,096 first probes through a 1,024-report channel: a few beats.
+        r.pump(Duration::from_millis(600)).await;
+        assert_eq!(r.fake().backends.len(), MAX_BACKENDS as usize);
+        assert_eq!(r.fake().vips.len(), MAX_VIPS as usize);
+        let ops = r.fake().ops.len();
+        let before = r.c.status();
+        // Re-addressing needs a new slot while the old one drains: none.
+        r.write_config(text.replace("198.19.5.7:8080", "198.19.200.7:8080"));
+        let err = r.c.reload().unwrap_err();
+        assert!(
+            err.contains("1 new backend slots but 0 are free")
+                && err.contains("nothing was changed"),
+            "{err}"
+        );
+        assert_eq!(r.fake().ops.len(), ops, "a refused reload wrote");
+        assert_eq!(r.c.status(), before);
+        // Replacing a pool by one on other servers: its slots are still
+        // retiring. Refused whole; done in two steps it works.
+        let other = text
+            .replace("198.19.63.", "198.19.163.")
+            .replace("\"p63\"", "\"q63\"");
+        r.write_config(&other);
+        let err = r.c.reload().unwrap_err();
+        assert!(err.contains("64 still retiring"), "{err}");
+        assert_eq!(r.fake().ops.len(), ops);
+        let without: String = text
+            .split("[[pool]]\nname = \"p63\"")
+            .next()
+            .unwrap()
+            .into();
+        r.write_config(&without);
+        assert!(r.c.reload().unwrap().contains("removed pool p63"));
+        r.c.set_flows(HashMap::new());
+        r.pump(Duration::from_millis(20)).await;
+        r.write_config(&other);
+        r.c.reload().unwrap();
+        r.pump(Duration::from_millis(500)).await;
+        assert_eq!(r.fake().ring_members("198.18.2.73:80").len(), 64);
+        assert_eq!(r.fake().backends.len(), MAX_BACKENDS as usize);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_limits_a_renamed_pool_takes_its_servers_slots_back() {
+        let text = full_config();
+        let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &text);
+        // 4,096 first probes through a 1,024-report channel: a few beats.
+        r.pump(Duration::from_millis(600)).await;
+        // Same servers, new pool name: every key is new, every address is
+        // taken back from a slot that would otherwise retire.
+        r.write_config(text.replace("\"p0\"", "\"renamed\""));
+        let summary = r.c.reload().unwrap();
+        assert!(summary.contains("removed pool p0"), "{summary}");
+        r.pump(Duration::from_millis(500)).await;
+        assert_eq!(r.fake().ring_members("198.18.2.10:80").len(), 64);
+        assert_eq!(r.fake().backends.len(), MAX_BACKENDS as usize);
+        assert_eq!(r.c.status().pools.len(), MAX_VIPS as usize);
     }
 
     #[tokio::test(start_paused = true)]

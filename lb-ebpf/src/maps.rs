@@ -58,3 +58,8 @@ pub static BACKEND_STATS: PerCpuArray<BackendCounters> = PerCpuArray::pinned(MAX
 /// program never reads it.
 #[map]
 pub static NAMES: Array<Name> = Array::pinned(NAMES_LEN, 0);
+
+/// `lb_common::LAYOUT_VERSION` of these pins, written by user space; the
+/// program never reads it.
+#[map]
+pub static VERSION: Array<u32> = Array::pinned(1, 0);

@@ -26,7 +26,7 @@ use aya::{
 use lb_common::{
     limits::{MAX_BACKENDS, MAX_VIPS},
     maps, rings_len, BackendCounters, BackendMeta, FlowEntry, FlowKey, GlobalCounter, L4Addr, Name,
-    ReplyEntry, VipCounters, VipMeta, IPPROTO_TCP, NAMES_LEN, RING_SLOTS,
+    ReplyEntry, VipCounters, VipMeta, IPPROTO_TCP, LAYOUT_VERSION, NAMES_LEN, RING_SLOTS,
 };
 use thiserror::Error;
 
@@ -65,6 +65,30 @@ pub enum DataplaneError {
         what: &'static str,
         pinned: u32,
         wanted: u32,
+    },
+    #[error(
+        "the data plane pinned at {} has layout version {pinned}; this xdplb uses {wanted}. \
+         Run `xdplb down` first to start afresh (this drops established flows), or run the \
+         xdplb that made these pins",
+        path.display()
+    )]
+    LayoutVersion {
+        path: PathBuf,
+        pinned: u32,
+        wanted: u32,
+    },
+    #[error(
+        "pinned map {} {what} ({pinned}, this xdplb needs {wanted}){reason}: it was made by \
+         another xdplb. Run `xdplb down` first to start afresh (this drops established \
+         flows), or run the xdplb that made these pins",
+        path.display()
+    )]
+    Layout {
+        path: PathBuf,
+        what: &'static str,
+        pinned: u32,
+        wanted: u32,
+        reason: String,
     },
     #[error("loading the XDP program failed: {source}")]
     Load {
@@ -347,6 +371,110 @@ fn mount_host_bpffs(root: &Path) -> Result<(), DataplaneError> {
     Ok(())
 }
 
+/// How the kernel sees a map: what adoption compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapShape {
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+/// The first difference between a pinned map and what this program needs,
+/// as (what, pinned, wanted). Pure.
+pub fn layout_difference(pinned: MapShape, wanted: MapShape) -> Option<(&'static str, u32, u32)> {
+    [
+        ("map type", pinned.map_type, wanted.map_type),
+        ("key size", pinned.key_size, wanted.key_size),
+        ("value size", pinned.value_size, wanted.value_size),
+        ("max entries", pinned.max_entries, wanted.max_entries),
+    ]
+    .into_iter()
+    .find(|(_, p, w)| p != w)
+}
+
+/// Refuses pins this program cannot adopt, before anything is loaded: a
+/// `VERSION` of another layout, or any pinned map whose type, key size,
+/// value size or entry count differs from what the embedded program
+/// declares (sized by `shape`, as the kernel reports it). Without this, a
+/// pinned map of another size would be reopened and misread.
+fn check_pinned_layout(shape: &Shape) -> Result<(), DataplaneError> {
+    let dir = &shape.pin_path;
+    let version_pin = dir.join(maps::VERSION);
+    if version_pin.exists() {
+        let version: Array<MapData, u32> = open_pinned(dir, maps::VERSION)?;
+        let pinned = version.get(&0, 0).map_err(map_err(maps::VERSION))?;
+        if pinned != LAYOUT_VERSION {
+            return Err(DataplaneError::LayoutVersion {
+                path: dir.clone(),
+                pinned,
+                wanted: LAYOUT_VERSION,
+            });
+        }
+    }
+    let Ok(obj) = aya_obj::Object::parse(PROGRAM_OBJECT) else {
+        return Ok(());
+    };
+    for (name, map) in &obj.maps {
+        if map.pinning() != aya_obj::maps::PinningType::ByName {
+            continue;
+        }
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapData::from_pin(&path)
+            .and_then(|md| md.info())
+            .map_err(|e| DataplaneError::Layout {
+                path: path.clone(),
+                what: "cannot be read",
+                pinned: 0,
+                wanted: 0,
+                reason: e.to_string(),
+            })?;
+        let max_entries = match name.as_str() {
+            maps::RINGS => rings_len(shape.ring_size),
+            maps::FLOWS => shape.flow_table_size,
+            _ => map.max_entries(),
+        };
+        let pinned = MapShape {
+            map_type: info.map_type().map_or(u32::MAX, |t| t as u32),
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+        };
+        let wanted = MapShape {
+            map_type: map.map_type(),
+            key_size: map.key_size(),
+            value_size: map.value_size(),
+            max_entries,
+        };
+        // A different ring_size or flow_table_size alone has its own,
+        // clearer message (below, in `load`).
+        let sized_by_config = matches!(name.as_str(), maps::RINGS | maps::FLOWS);
+        let same_but_size = (MapShape {
+            max_entries: 0,
+            ..pinned
+        }) == (MapShape {
+            max_entries: 0,
+            ..wanted
+        });
+        if sized_by_config && same_but_size {
+            continue;
+        }
+        if let Some((what, p, w)) = layout_difference(pinned, wanted) {
+            return Err(DataplaneError::Layout {
+                path,
+                what,
+                pinned: p,
+                wanted: w,
+                reason: String::new(),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn pinned_max_entries(path: &Path) -> Option<u32> {
     let md = MapData::from_pin(path).ok()?;
     md.info().ok().map(|i| i.max_entries())
@@ -364,6 +492,7 @@ impl Dataplane {
             path: shape.pin_path.clone(),
             source,
         })?;
+        check_pinned_layout(&shape)?;
         for (map, what, wanted) in [
             (maps::RINGS, "ring_size", rings_len(shape.ring_size)),
             (maps::FLOWS, "flow_table_size", shape.flow_table_size),
@@ -409,6 +538,12 @@ impl Dataplane {
         let replies = take(&mut ebpf, maps::REPLIES)?;
         let rings = take(&mut ebpf, maps::RINGS)?;
         let names = take(&mut ebpf, maps::NAMES)?;
+        // Adopted pins passed the checks above; fresh ones (or pins from
+        // before versioning, whose shapes matched) are stamped now.
+        let mut version: Array<MapData, u32> = take(&mut ebpf, maps::VERSION)?;
+        version
+            .set(0, LAYOUT_VERSION, 0)
+            .map_err(map_err(maps::VERSION))?;
         Ok(Dataplane {
             shape,
             ebpf,
@@ -759,6 +894,7 @@ fn own_map_names() -> std::collections::HashSet<String> {
         maps::VIP_STATS,
         maps::BACKEND_STATS,
         maps::NAMES,
+        maps::VERSION,
     ]
     .iter()
     .map(|s| s.to_string())
@@ -1018,3 +1154,30 @@ pub const fn backend_name_index(slot: u32) -> u32 {
 }
 
 const _: () = assert!(NAMES_LEN == MAX_VIPS + MAX_BACKENDS);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_differences_name_the_first_field_that_differs() {
+        let want = MapShape {
+            map_type: 2,
+            key_size: 4,
+            value_size: 64,
+            max_entries: 4160,
+        };
+        assert_eq!(layout_difference(want, want), None);
+        let older = MapShape {
+            value_size: 32,
+            max_entries: 100,
+            ..want
+        };
+        assert_eq!(layout_difference(older, want), Some(("value size", 32, 64)));
+        let hash = MapShape {
+            map_type: 1,
+            ..want
+        };
+        assert_eq!(layout_difference(hash, want), Some(("map type", 1, 2)));
+    }
+}

@@ -35,7 +35,7 @@ use lb_common::{
 use thiserror::Error;
 // tokio's clock, so tests can run the controller with time paused.
 use tokio::{
-    sync::{mpsc, oneshot, watch},
+    sync::{mpsc, watch},
     time::Instant,
 };
 use tracing::{debug, error, info, warn};
@@ -56,26 +56,7 @@ use crate::{
     status::{BackendStatus, PoolStatus, Status},
 };
 
-/// What the admin socket asks the running controller. Each carries the
-/// channel its answer goes back on.
-#[derive(Debug)]
-pub enum Command {
-    Status {
-        reply: oneshot::Sender<Status>,
-    },
-    /// `drain = true` drains, `false` undrains.
-    Drain {
-        pool: String,
-        backend: String,
-        drain: bool,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-    /// Re-read the config file: `Ok(summary of what changed)` or
-    /// `Err(why it was refused)`; a refused config changes nothing.
-    Reload {
-        reply: oneshot::Sender<Result<String, String>>,
-    },
-}
+pub use crate::command::Command;
 
 #[derive(Debug, Error)]
 pub enum ControllerError {
@@ -1670,12 +1651,27 @@ min_active = 2
         /// Advances the paused clock by `d` in 10 ms steps, feeding every
         /// probe report to the controller and syncing, as `run` does.
         async fn pump(&mut self, d: Duration) {
+            self.pump_by(d, Duration::from_millis(10)).await
+        }
+
+        /// [`pump`](Rig::pump) in steps of `step` (coarser: cheaper with
+        /// thousands of backends).
+        async fn pump_by(&mut self, d: Duration, step: Duration) {
             let end = Instant::now() + d;
             while Instant::now() < end {
-                tokio::time::advance(Duration::from_millis(10)).await;
-                tokio::task::yield_now().await;
-                while let Ok(r) = self.inputs.health_rx.try_recv() {
-                    self.c.on_health(r);
+                tokio::time::advance(step).await;
+                // Until no report is left (checkers blocked on a full
+                // channel get to send once it drains), as `run` would.
+                loop {
+                    tokio::task::yield_now().await;
+                    let mut any = false;
+                    while let Ok(r) = self.inputs.health_rx.try_recv() {
+                        self.c.on_health(r);
+                        any = true;
+                    }
+                    if !any {
+                        break;
+                    }
                 }
                 self.c.sync().unwrap();
             }
@@ -1772,6 +1768,7 @@ min_active = 2
         r.c.drain("web", "web-2", true).unwrap();
         assert_eq!(r.fake().state("web-2"), lb_common::BACKEND_DRAINING);
         let slots = r.c.slots.backends.clone();
+        let ring = r.fake().vips[&"198.18.2.10:80".parse().unwrap()].1.clone();
         let probes = r.probes.clone();
         // "Restart": a new controller over the same data plane.
         let mut fake = std::mem::take(&mut r.c.dp);
@@ -1787,11 +1784,19 @@ min_active = 2
         // Same states, same rings: nothing needed rewriting but the ring
         // publish of the new process (which the data plane skips when equal).
         let f = r.fake();
+        // Not vacuous: the new controller did take over (it published),
+        // and what it published is the ring it found.
+        assert!(
+            f.ops.iter().any(|o| matches!(o, Op::Publish { .. })),
+            "the restarted controller never took over: {:?}",
+            f.ops
+        );
         assert!(
             f.ops.iter().all(|o| matches!(o, Op::Publish { .. })),
             "unexpected writes after restart: {:?}",
             f.ops
         );
+        assert_eq!(f.vips[&"198.18.2.10:80".parse().unwrap()].1, ring);
         assert_eq!(f.state("web-2"), lb_common::BACKEND_DRAINING);
     }
 
@@ -2166,6 +2171,9 @@ vip = \"198.18.2.11:80\"
     }
 
     /// 64 pools (every VIP index) of 64 backends (every slot).
+    /// Pump step for the tests at the limits.
+    const COARSE: Duration = Duration::from_millis(50);
+
     fn full_config() -> String {
         let mut t = String::from("[dataplane]\ninterfaces = [\"lo\"]\nring_size = 6421\n");
         for i in 0..MAX_VIPS {
@@ -2188,8 +2196,7 @@ vip = \"198.18.2.11:80\"
     async fn at_the_limits_a_reload_that_does_not_fit_changes_nothing() {
         let text = full_config();
         let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &text);
-        // 4,096 first probes through a 1,024-report channel: a few beats.
-        r.pump(Duration::from_millis(600)).await;
+        r.pump_by(Duration::from_millis(100), COARSE).await;
         assert_eq!(r.fake().backends.len(), MAX_BACKENDS as usize);
         assert_eq!(r.fake().vips.len(), MAX_VIPS as usize);
         let ops = r.fake().ops.len();
@@ -2221,10 +2228,10 @@ vip = \"198.18.2.11:80\"
         r.write_config(&without);
         assert!(r.c.reload().unwrap().contains("removed pool p63"));
         r.c.set_flows(HashMap::new());
-        r.pump(Duration::from_millis(20)).await;
+        r.pump_by(Duration::from_millis(50), COARSE).await;
         r.write_config(&other);
         r.c.reload().unwrap();
-        r.pump(Duration::from_millis(500)).await;
+        r.pump_by(Duration::from_millis(100), COARSE).await;
         assert_eq!(r.fake().ring_members("198.18.2.73:80").len(), 64);
         assert_eq!(r.fake().backends.len(), MAX_BACKENDS as usize);
     }
@@ -2233,14 +2240,13 @@ vip = \"198.18.2.11:80\"
     async fn at_the_limits_a_renamed_pool_takes_its_servers_slots_back() {
         let text = full_config();
         let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &text);
-        // 4,096 first probes through a 1,024-report channel: a few beats.
-        r.pump(Duration::from_millis(600)).await;
+        r.pump_by(Duration::from_millis(100), COARSE).await;
         // Same servers, new pool name: every key is new, every address is
         // taken back from a slot that would otherwise retire.
         r.write_config(text.replace("\"p0\"", "\"renamed\""));
         let summary = r.c.reload().unwrap();
         assert!(summary.contains("removed pool p0"), "{summary}");
-        r.pump(Duration::from_millis(500)).await;
+        r.pump_by(Duration::from_millis(100), COARSE).await;
         assert_eq!(r.fake().ring_members("198.18.2.10:80").len(), 64);
         assert_eq!(r.fake().backends.len(), MAX_BACKENDS as usize);
         assert_eq!(r.c.status().pools.len(), MAX_VIPS as usize);

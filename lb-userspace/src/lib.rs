@@ -11,7 +11,8 @@
 //! - [`planner`]: per tick, each backend's state and effective weight from
 //!   config and observations (clock injected; pure).
 //! - [`controller`]: `xdplb run`: probes, agents, planner ticks, map sync,
-//!   reload, drains; answers [`controller::Command`]s.
+//!   reload, drains; answers [`command::Command`]s.
+//! - [`command`]: what the admin socket asks the controller.
 //! - [`state`]: `[control] state_file`: operator drains across `down`
 //!   and reboots.
 //! - [`status`]: the controller's live view (status output, admin replies).
@@ -25,6 +26,7 @@
 //!   (tests, benchmark, hostile-input scenario).
 pub mod admin;
 pub mod cli;
+pub mod command;
 pub mod config;
 pub mod controller;
 pub mod dataplane;

@@ -77,11 +77,19 @@ pub mod maps {
     pub const TX_PORTS: &str = "TX_PORTS";
     pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
     pub const INSERT_RATE: &str = "INSERT_RATE";
+    /// One `u32`: the [`LAYOUT_VERSION`](crate::LAYOUT_VERSION) the pinned
+    /// maps were made with.
+    pub const VERSION: &str = "VERSION";
     /// The XDP entry point's name in the object file.
     pub const PROGRAM: &str = "xdplb";
     /// The pinned XDP link per interface is `link_<ifname>` under the pin path.
     pub const LINK_PREFIX: &str = "link_";
 }
+
+/// The layout of the pinned maps as a whole. Bump it whenever a map's key,
+/// value or meaning changes, so a controller never adopts maps made for
+/// another layout (it refuses them and says to run `xdplb down`).
+pub const LAYOUT_VERSION: u32 = 1;
 
 /// Two rings per VIP: user space fills the one not in use, then flips
 /// [`VipMeta::ring_slot`] in a single hash-map update, so a packet sees either

@@ -38,7 +38,7 @@ use tokio::{
     task::JoinSet,
 };
 
-use crate::{controller::Command, status::Status};
+use crate::{command::Command, status::Status};
 
 /// The wire protocol version this build speaks (`"v"` in every message).
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -664,6 +664,9 @@ mod tests {
                     operator_drained: false,
                     agent: None,
                     last_error: None,
+                    rtt_ms: None,
+                    agent_up: None,
+                    agent_error: None,
                 }],
             }],
         }

@@ -97,6 +97,21 @@ pub enum OnEmpty {
     Drop,
 }
 
+/// What happens to a backend's established flows when health marks it
+/// down (HAProxy's `on-marked-down`, Envoy's
+/// `close_connections_on_host_health_failure`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDown {
+    /// Re-steered on their next packet, so clients fail fast (a RST from
+    /// the new backend) instead of hanging on a dead server.
+    #[default]
+    Reset,
+    /// They run out on the backend (for a health check that fails while the
+    /// server still serves what it has, e.g. a deliberate 503).
+    Keep,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthKind {
@@ -137,6 +152,9 @@ pub struct ControlConfig {
     pub admin_socket: PathBuf,
     /// `None` when the file says `metrics_listen = ""`.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where operator drains are kept across restarts, `xdplb down` and
+    /// reboots; `None` when the file says `state_file = ""`.
+    pub state_file: Option<PathBuf>,
 }
 
 impl Default for ControlConfig {
@@ -144,14 +162,21 @@ impl Default for ControlConfig {
         ControlConfig {
             admin_socket: PathBuf::from(DEFAULT_ADMIN_SOCKET),
             metrics_listen: Some(DEFAULT_METRICS_LISTEN.parse().expect("valid literal")),
+            state_file: Some(PathBuf::from(DEFAULT_STATE_FILE)),
         }
     }
 }
 
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/xdplb";
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/xdplb.sock";
+/// Where operator drains are kept by default (survives reboots: not /run).
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/xdplb/state.json";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9434";
 pub const DEFAULT_WEIGHT: u32 = 100;
+/// The shortest health-check interval accepted. Probing a backend more
+/// often than 20 times a second buys little detection speed for its cost
+/// (1,000 backends would mean 20,000 probes a second from one gateway).
+pub const MIN_HEALTH_INTERVAL_MS: u64 = 50;
 pub const DEFAULT_MIN_ACTIVE: u32 = 1;
 pub const DEFAULT_HTTP_PATH: &str = "/";
 pub const DEFAULT_HTTP_STATUS: u16 = 200;
@@ -164,12 +189,25 @@ pub struct PoolConfig {
     pub mode: Mode,
     pub min_active: u32,
     pub on_empty: OnEmpty,
+    pub on_down: OnDown,
+    /// Pool-level `slow_start_ms`; `None` when unset (then `[pool.load]`'s
+    /// applies, see [`PoolConfig::ramp_ms`]).
+    pub slow_start_ms: Option<u64>,
     pub health: HealthConfig,
     pub load: Option<LoadConfig>,
     pub backends: Vec<BackendConfig>,
 }
 
 impl PoolConfig {
+    /// How long a newly active backend ramps its weight: the pool's
+    /// `slow_start_ms` if set (agents or not), else `[pool.load]
+    /// slow_start_ms`, else no ramp.
+    pub fn ramp_ms(&self) -> u64 {
+        self.slow_start_ms
+            .or(self.load.as_ref().map(|l| l.slow_start_ms))
+            .unwrap_or(0)
+    }
+
     pub fn backend(&self, name: &str) -> Option<&BackendConfig> {
         self.backends.iter().find(|b| b.name == name)
     }
@@ -317,6 +355,7 @@ mod raw {
     pub struct Control {
         pub admin_socket: Option<PathBuf>,
         pub metrics_listen: Option<Spanned<String>>,
+        pub state_file: Option<PathBuf>,
     }
 
     #[derive(Deserialize)]
@@ -330,6 +369,8 @@ mod raw {
         /// A string checked by [`super::on_empty`], so an unknown value or a
         /// wrong type gets a message naming the key and the choices.
         pub on_empty: Option<Spanned<String>>,
+        pub on_down: Option<OnDown>,
+        pub slow_start_ms: Option<u64>,
         pub health: Option<Health>,
         pub load: Option<Load>,
         #[serde(default)]
@@ -666,6 +707,9 @@ fn convert_control(src: &Source, raw: Option<raw::Control>) -> Result<ControlCon
     if let Some(p) = c.admin_socket {
         out.admin_socket = p;
     }
+    if let Some(p) = c.state_file {
+        out.state_file = (!p.as_os_str().is_empty()).then_some(p);
+    }
     if let Some(m) = c.metrics_listen {
         out.metrics_listen = if m.get_ref().is_empty() {
             None
@@ -791,6 +835,8 @@ fn convert_pool(src: &Source, rp: raw::Pool) -> Result<PoolConfig, ConfigError> 
         mode,
         min_active,
         on_empty: on_empty(src, rp.on_empty.as_ref())?,
+        on_down: rp.on_down.unwrap_or_default(),
+        slow_start_ms: rp.slow_start_ms,
         health,
         load,
         backends,
@@ -836,11 +882,19 @@ fn convert_health(
     h.kind = r.kind.unwrap_or_default();
     h.rise = src.nonzero(&r.rise, h.rise, "rise must be at least 1")?;
     h.fall = src.nonzero(&r.fall, h.fall, "fall must be at least 1")?;
-    h.interval_ms = src.nonzero(
-        &r.interval_ms,
-        h.interval_ms,
-        "interval_ms must be at least 1",
-    )?;
+    if let Some(i) = &r.interval_ms {
+        if *i.get_ref() < MIN_HEALTH_INTERVAL_MS {
+            return Err(src.err(
+                i.span(),
+                format!(
+                    "interval_ms must be at least {MIN_HEALTH_INTERVAL_MS}: faster probing costs \
+                     the gateway and every backend CPU and detects a failure no sooner than \
+                     fall × interval_ms anyway"
+                ),
+            ));
+        }
+        h.interval_ms = *i.get_ref();
+    }
     h.timeout_ms = src.nonzero(&r.timeout_ms, h.timeout_ms, "timeout_ms must be at least 1")?;
     if h.timeout_ms >= h.interval_ms {
         let span = r
@@ -1013,6 +1067,17 @@ mod tests {
         assert_eq!(c.dataplane.ring_size, 65_537);
         assert_eq!(c.control.admin_socket, PathBuf::from("/run/xdplb.sock"));
         assert_eq!(
+            c.control.state_file.as_deref(),
+            Some(Path::new("/var/lib/xdplb/state.json"))
+        );
+        let off = p(&FULL.replace(
+            "state_file = \"/var/lib/xdplb/state.json\"",
+            "state_file = \"\"",
+        ))
+        .map(|c| c.control.state_file)
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(off, None);
+        assert_eq!(
             c.control.metrics_listen,
             Some("127.0.0.1:9434".parse().unwrap())
         );
@@ -1055,7 +1120,26 @@ mod tests {
         assert_eq!(pool.mode, Mode::Nat);
         assert_eq!(pool.health, HealthConfig::default());
         assert_eq!(pool.load, None);
+        assert_eq!(
+            (pool.on_down, pool.slow_start_ms, pool.ramp_ms()),
+            (OnDown::Reset, None, 0)
+        );
         assert!(pool.backends.iter().all(|b| b.role == Role::Primary));
+    }
+
+    #[test]
+    fn on_down_and_pool_slow_start_parse() {
+        let c = p(&pool_with(
+            "on_down = \"keep\"\nslow_start_ms = 3000\n",
+            ONE_BACKEND,
+        ))
+        .unwrap();
+        assert_eq!(c.pools[0].on_down, OnDown::Keep);
+        assert_eq!(c.pools[0].ramp_ms(), 3000);
+        let err = p(&pool_with("on_down = \"linger\"\n", ONE_BACKEND))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("linger") && err.contains("keep"), "{err}");
     }
 
     #[test]
@@ -1215,8 +1299,14 @@ vip = "198.18.2.11:80"
         rejects(
             &h("interval_ms = 0\n"),
             7,
-            &["interval_ms must be at least 1"],
+            &["interval_ms must be at least 50"],
         );
+        rejects(
+            &h("interval_ms = 49\ntimeout_ms = 10\n"),
+            7,
+            &["at least 50"],
+        );
+        assert!(p(&h("interval_ms = 50\ntimeout_ms = 10\n")).is_ok());
         rejects(
             &h("interval_ms = 300\ntimeout_ms = 300\n"),
             8,

@@ -404,6 +404,18 @@ impl Collector for StatusCollector {
         )?;
         gauge(
             &mut enc,
+            "xdplb_backend_rtt_seconds",
+            "Smoothed round trip of the backend's successful health probes",
+            rows().filter_map(|(l, b)| b.rtt_ms.map(|ms| (l, ms / 1000.0))),
+        )?;
+        gauge(
+            &mut enc,
+            "xdplb_agent_up",
+            "1 if the backend's load agent answers (pools with [pool.load])",
+            rows().filter_map(|(l, b)| b.agent_up.map(|up| (l, i64::from(up)))),
+        )?;
+        gauge(
+            &mut enc,
             "xdplb_backend_flows",
             "Established flows pinned to the backend in the flow table",
             rows().map(|(l, b)| (l, i64::try_from(b.flows).unwrap_or(i64::MAX))),
@@ -676,6 +688,9 @@ mod tests {
             operator_drained: false,
             agent: None,
             last_error: None,
+            rtt_ms: (health == "up").then_some(1.5),
+            agent_up: (health == "up").then_some(true),
+            agent_error: None,
         };
         Status {
             pools: vec![PoolStatus {
@@ -808,7 +823,7 @@ mod tests {
             .2
     }
 
-    const EVERY_FAMILY: [(&str, &str); 24] = [
+    const EVERY_FAMILY: [(&str, &str); 26] = [
         ("xdplb_dataplane_up", "gauge"),
         ("xdplb_rx_packets_total", "counter"),
         ("xdplb_passed_packets_total", "counter"),
@@ -832,6 +847,8 @@ mod tests {
         ("xdplb_backend_load", "gauge"),
         ("xdplb_backend_weight", "gauge"),
         ("xdplb_backend_flows", "gauge"),
+        ("xdplb_backend_rtt_seconds", "gauge"),
+        ("xdplb_agent_up", "gauge"),
         ("xdplb_health_check_duration_seconds", "histogram"),
     ];
 
@@ -902,6 +919,17 @@ mod tests {
         assert_eq!(value(&samples, "xdplb_backend_active", &web1), 1.0);
         assert_eq!(value(&samples, "xdplb_backend_load", &web1), 0.25);
         assert_eq!(value(&samples, "xdplb_backend_weight", &web1), 75.0);
+        assert_eq!(value(&samples, "xdplb_backend_rtt_seconds", &web1), 0.0015);
+        assert_eq!(value(&samples, "xdplb_agent_up", &web1), 1.0);
+        // Not known, not made up: no rtt before a success, no agent_up
+        // where no agent was asked.
+        for family in ["xdplb_backend_rtt_seconds", "xdplb_agent_up"] {
+            assert!(
+                !samples.iter().any(|(n, l, _)| n == family
+                    && l.get("backend").map(String::as_str) == Some("web \"2\"")),
+                "{family} for a backend without one"
+            );
+        }
         // A label value with quotes survives escaping.
         let web2 = [("pool", "web"), ("backend", "web \"2\"")];
         assert_eq!(value(&samples, "xdplb_backend_up", &web2), 0.0);

@@ -55,4 +55,12 @@ pub struct BackendStatus {
     pub agent: Option<String>,
     /// Last probe error, if the last probe failed.
     pub last_error: Option<String>,
+    /// Smoothed round trip of successful health probes, in milliseconds;
+    /// `None` before the first success.
+    pub rtt_ms: Option<f64>,
+    /// Whether the backend's load agent answers (`None`: the pool polls no
+    /// agents, or none was asked yet).
+    pub agent_up: Option<bool>,
+    /// Why the last agent query failed, while it fails.
+    pub agent_error: Option<String>,
 }

@@ -58,6 +58,10 @@ pub struct PoolSpec {
     pub tcp_health: bool,
     /// `Some((high, low, up_ms, down_ms, slow_start_ms))` adds `[pool.load]`.
     pub load: Option<LoadSpec>,
+    /// `on_down = "..."` when set.
+    pub on_down: Option<String>,
+    /// Pool-level `slow_start_ms` when set.
+    pub slow_start_ms: Option<u64>,
     pub backends: Vec<BackendSpec>,
 }
 
@@ -104,6 +108,8 @@ impl PoolSpec {
             backend_port: BACKEND_PORT,
             tcp_health: false,
             load: None,
+            on_down: None,
+            slow_start_ms: None,
             backends,
         }
     }
@@ -133,8 +139,9 @@ pub fn render_config(lab: &Lab, pools: &[PoolSpec]) -> String {
     .unwrap();
     writeln!(
         s,
-        "[control]\nadmin_socket = \"{}\"\nmetrics_listen = \"{METRICS_LISTEN}\"\n",
-        lab.socket_path().display()
+        "[control]\nadmin_socket = \"{}\"\nmetrics_listen = \"{METRICS_LISTEN}\"\nstate_file = \"{}\"\n",
+        lab.socket_path().display(),
+        lab.dir().join("state.json").display()
     )
     .unwrap();
     for p in pools {
@@ -159,6 +166,19 @@ pub fn render_config(lab: &Lab, pools: &[PoolSpec]) -> String {
             p.fall
         )
         .unwrap();
+        // Pool keys after [pool.health] would land in it: insert them
+        // before it.
+        let mut pool_keys = String::new();
+        if let Some(o) = &p.on_down {
+            writeln!(pool_keys, "on_down = \"{o}\"").unwrap();
+        }
+        if let Some(ms) = p.slow_start_ms {
+            writeln!(pool_keys, "slow_start_ms = {ms}").unwrap();
+        }
+        if !pool_keys.is_empty() {
+            let at = s.rfind("\n  [pool.health]").expect("just written");
+            s.insert_str(at + 1, &pool_keys);
+        }
         if let Some(l) = &p.load {
             writeln!(
                 s,
@@ -194,6 +214,19 @@ pub struct Deployment {
     pub servers: std::sync::Mutex<BTreeMap<usize, LabChild>>,
     /// `xdplb agent` per lab backend index.
     pub agents: BTreeMap<usize, LabChild>,
+}
+
+impl Drop for Deployment {
+    /// A daemon still running is stopped as an operator would (SIGTERM), so
+    /// it releases its pin-path lock and removes the lock file; the lab
+    /// then kills whatever is left.
+    fn drop(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            if d.signal(libc::SIGTERM).is_ok() {
+                let _ = d.wait_exit(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 /// `lab-backend`, built beside the test binaries (cargo puts test
@@ -307,7 +340,11 @@ impl Deployment {
                 bin.to_string_lossy().as_ref(),
                 "agent",
                 "--listen",
-                &format!("0.0.0.0:{AGENT_PORT}"),
+                &format!("{}:{AGENT_PORT}", Lab::backend_addr(i)),
+                // Only the gateway, whose polls come from its backend-side
+                // address, gets an answer.
+                "--allow",
+                &crate::addr::GW_BACKEND_ADDR.to_string(),
                 "--fixed-file",
                 self.load_file(i).to_string_lossy().as_ref(),
             ],
@@ -320,17 +357,30 @@ impl Deployment {
     /// [`Lab::exec_net`]) and waits until it reports every
     /// backend probed and the state it should settle in (`settled`).
     pub fn start_daemon(&mut self) -> Result<()> {
+        self.start_daemon_via(false)
+    }
+
+    /// [`start_daemon`](Deployment::start_daemon), but started the way
+    /// most people run a program in a namespace: `ip netns exec` (a private
+    /// mount namespace with a fresh `/sys`).
+    pub fn start_daemon_ip_netns_exec(&mut self) -> Result<()> {
+        self.start_daemon_via(true)
+    }
+
+    fn start_daemon_via(&mut self, ip_netns_exec: bool) -> Result<()> {
         let bin = xdplb_bin()?;
-        let child = self.lab.spawn_net(
-            self.lab.gw_ns(),
-            &[
-                bin.to_string_lossy().as_ref(),
-                "run",
-                "--config",
-                self.config_path.to_string_lossy().as_ref(),
-            ],
-            &[("RUST_LOG", "info")],
-        )?;
+        let args = [
+            bin.to_string_lossy().into_owned(),
+            "run".into(),
+            "--config".into(),
+            self.config_path.to_string_lossy().into_owned(),
+        ];
+        let env = [("RUST_LOG", "info")];
+        let child = if ip_netns_exec {
+            self.lab.spawn_env(self.lab.gw_ns(), &args, &env)?
+        } else {
+            self.lab.spawn_net(self.lab.gw_ns(), &args, &env)?
+        };
         let sock = self.lab.socket_path();
         let up = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
             sock.exists() && self.status().is_ok_and(|s| all_probed(&s))

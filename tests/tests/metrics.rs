@@ -73,6 +73,16 @@ fn metrics_parse_and_move_with_traffic() -> Result<()> {
         );
     }
     ensure!(find(&before, "xdplb_backend_up", "backend=\"web-1\"") == Some(1.0));
+    // The probe round trip: a real, small, positive time, the same in
+    // status (ms) and metrics (s).
+    let rtt = find(&before, "xdplb_backend_rtt_seconds", "backend=\"web-1\"")
+        .context("xdplb_backend_rtt_seconds missing for web-1")?;
+    ensure!(rtt > 0.0 && rtt < 0.1, "rtt {rtt} s");
+    let rtt_ms = d.backend_status("web", "web-1")?["rtt_ms"].as_f64();
+    ensure!(
+        rtt_ms.is_some_and(|ms| ms > 0.0 && ms < 100.0),
+        "{rtt_ms:?}"
+    );
     ensure!(
         before
             .keys()

@@ -533,6 +533,9 @@ mod tests {
             operator_drained: false,
             agent: None,
             last_error: None,
+            rtt_ms: None,
+            agent_up: None,
+            agent_error: None,
         }
     }
 

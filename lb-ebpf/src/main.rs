@@ -154,7 +154,7 @@ fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, vip: &VipMeta) -> u32 {
             // Answer before any rewrite: the quote must be what the client
             // sent, or its stack cannot match it.
             return match answer::frag_needed(ctx, mtu) {
-                Some(()) => answered(GlobalCounter::FragNeededSent),
+                Some(()) => answered(ctx, GlobalCounter::FragNeededSent),
                 None => drop(ctx, GlobalCounter::DropInternal),
             };
         }
@@ -171,7 +171,7 @@ fn reject(ctx: &XdpContext, pkt: &TcpPacket, vip: &VipMeta) -> u32 {
     match answer::reset(ctx, pkt) {
         Some(()) => {
             count_rejected(vip.index);
-            answered(GlobalCounter::Rejected)
+            answered(ctx, GlobalCounter::Rejected)
         }
         None => drop(ctx, GlobalCounter::DropNoBackend),
     }

@@ -1221,8 +1221,12 @@ pub fn down(pin_path: &Path) -> Result<DownReport, DataplaneError> {
             report.foreign.push(name);
             continue;
         }
-        // Removing the last reference to a bpf_link (its pin; no process
-        // holds an fd once the controller is gone) detaches it.
+        if link.is_some() {
+            // Removing the pin drops the link's last reference, but the
+            // kernel releases it asynchronously: detach it first, so the
+            // interface has no program by the time `down` returns.
+            detach_pinned_link(&entry.path());
+        }
         fs::remove_file(entry.path()).map_err(|source| DataplaneError::PinPath {
             path: entry.path(),
             source,
@@ -1240,6 +1244,51 @@ pub fn down(pin_path: &Path) -> Result<DownReport, DataplaneError> {
     report.detached.sort();
     report.foreign.sort();
     Ok(report)
+}
+
+/// BPF_LINK_DETACH on a pinned link (aya 0.14 only closes fds and hides
+/// them). Best effort: a link that cannot be opened or detached is still
+/// unpinned by the caller, and detaches a little later.
+fn detach_pinned_link(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    /// `union bpf_attr`, as large as the kernel's (unused tail zeroed).
+    #[repr(C)]
+    struct Attr {
+        words: [u64; 16],
+    }
+    let Ok(cpath) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return;
+    };
+    let mut attr = Attr { words: [0; 16] };
+    // BPF_OBJ_GET: pathname (u64 pointer), bpf_fd, file_flags.
+    attr.words[0] = cpath.as_ptr() as u64;
+    // SAFETY: bpf(2) with an attr of the kernel's size; the path outlives it.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &mut attr as *mut Attr,
+            std::mem::size_of::<Attr>() as u32,
+        )
+    };
+    if fd < 0 {
+        return;
+    }
+    let mut attr = Attr { words: [0; 16] };
+    // BPF_LINK_DETACH: link_fd (u32, the first field).
+    attr.words[0] = fd as u64;
+    // SAFETY: as above; `fd` is ours and closed right after.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            &mut attr as *mut Attr,
+            std::mem::size_of::<Attr>() as u32,
+        );
+        libc::close(fd as i32);
+    }
 }
 
 /// A counter snapshot, summed over CPUs.

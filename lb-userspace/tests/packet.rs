@@ -18,7 +18,6 @@ use xdplb::{
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
 
 const RING: u32 = 1009;
@@ -391,7 +390,7 @@ fn an_empty_pool_answers_a_syn_with_a_rst_from_the_vip() {
     // Options and a payload must not leak into the answer.
     syn.payload = vec![7; 33];
     let (action, out) = lab.arrive_from_client(&syn.build());
-    assert_eq!(action, XDP_TX);
+    assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
     let want = expected_rst(&syn, 0, syn.seq.wrapping_add(1 + 33), TCP_RST | TCP_ACK);
     assert_eq!(out, want);
     assert_checksums_valid(&out);
@@ -399,7 +398,7 @@ fn an_empty_pool_answers_a_syn_with_a_rst_from_the_vip() {
     let mut ack = to_vip(43101, TCP_ACK);
     ack.ack = 0xdead_beef;
     let (action, out) = lab.arrive_from_client(&ack.build());
-    assert_eq!(action, XDP_TX);
+    assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
     assert_eq!(out, expected_rst(&ack, 0xdead_beef, 0, TCP_RST));
     // A RST is never answered.
     let (action, _) = lab.arrive_from_client(&to_vip(43102, TCP_RST).build());
@@ -957,7 +956,7 @@ fn a_df_packet_too_big_for_the_backend_link_gets_frag_needed_from_the_vip() {
     let over = sized_to_vip(51001, 1281);
     let sent = over.build();
     let (action, out) = lab.arrive_from_client(&sent);
-    assert_eq!(action, XDP_TX);
+    assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
     let want = xdplb::packet::icmp_error(
         IN_MAC,
         CLIENT_MAC,

@@ -27,6 +27,6 @@ pub mod lab;
 pub mod raw;
 pub mod wait;
 
-pub use http::{http_get, KeepAliveClient};
+pub use http::{connect_from, get_on, http_get, KeepAliveClient};
 pub use lab::{is_root, raise_nofile, skip_unless_root, xdplb_bin, Lab, LabBuilder, LabChild};
 pub use wait::wait_until;

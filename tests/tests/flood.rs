@@ -282,6 +282,11 @@ fn floods_keep_established_flows_and_new_ones_get_through() -> Result<()> {
         "gateway: rx_packets +{rx}, flow_insert +{inserted}, flow_insert_capped +{capped}, unroutable drops +{unroutable}"
     );
 
+    println!(
+        "per CPU since load: flow_insert {:?}, flow_insert_capped {:?}",
+        common::per_cpu(&d.lab.pin_path(), GlobalCounter::FlowInserts)?,
+        common::per_cpu(&d.lab.pin_path(), GlobalCounter::FlowInsertsCapped)?
+    );
     ensure!(
         total > 2 * u64::from(TABLE),
         "the floods sent only {total} frames: not enough to overrun a {TABLE}-entry table"

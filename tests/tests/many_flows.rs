@@ -228,6 +228,10 @@ fn a_hundred_thousand_flows_keep_their_backends() -> Result<()> {
         delta(GlobalCounter::FlowInserts),
         delta(GlobalCounter::FlowInsertsCapped)
     );
+    println!(
+        "flow inserts per CPU since load: {:?}",
+        common::per_cpu(&pin, GlobalCounter::FlowInserts)?
+    );
     ensure!(
         missing == 0 && elsewhere == 0,
         "{missing} of {FLOWS} flows missing from the table, {elsewhere} pinned to another backend"

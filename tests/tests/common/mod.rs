@@ -5,8 +5,8 @@
 use std::{collections::HashMap as StdHashMap, net::SocketAddrV4, path::Path};
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, Map, MapData};
-use lb_common::{maps, FlowEntry, FlowKey, BACKEND_SLOT_MASK};
+use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use lb_common::{maps, FlowEntry, FlowKey, GlobalCounter, BACKEND_SLOT_MASK};
 use xdplb::dataplane::{CounterReader, Counters};
 
 /// The data plane's counters, read from its pins.
@@ -50,4 +50,13 @@ pub fn slots_by_name(pin_path: &Path) -> Result<StdHashMap<String, u32>> {
         .into_iter()
         .map(|b| (b.name, b.slot))
         .collect())
+}
+
+/// One global counter per CPU (the program counts per CPU; the flow
+/// table's LRU lists are per CPU too, so where inserts land matters).
+pub fn per_cpu(pin_path: &Path, c: GlobalCounter) -> Result<Vec<u64>> {
+    let path = pin_path.join(maps::GLOBAL_STATS);
+    let md = MapData::from_pin(&path).with_context(|| format!("open {}", path.display()))?;
+    let stats: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::from_map_data(md)?)?;
+    Ok(stats.get(&(c as u32), 0)?.iter().copied().collect())
 }

@@ -278,8 +278,10 @@ fn floods_keep_established_flows_and_new_ones_get_through() -> Result<()> {
     let inserted = delta(GlobalCounter::FlowInserts);
     let capped = delta(GlobalCounter::FlowInsertsCapped);
     let unroutable = delta(GlobalCounter::DropUnroutable);
+    let unresolved = delta(GlobalCounter::PassNeighUnresolved);
     println!(
-        "gateway: rx_packets +{rx}, flow_insert +{inserted}, flow_insert_capped +{capped}, unroutable drops +{unroutable}"
+        "gateway: rx_packets +{rx}, flow_insert +{inserted}, flow_insert_capped +{capped}, \
+         replies to the spoofed sources dropped as unroutable +{unroutable}, passed for ARP +{unresolved}"
     );
 
     println!(

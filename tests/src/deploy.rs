@@ -127,16 +127,48 @@ impl PoolSpec {
     }
 }
 
-/// The config file for `pools` on `lab`.
+/// The `[dataplane]` knobs a test may turn (the rest is fixed by the lab).
+#[derive(Clone, Debug)]
+pub struct DataplaneSpec {
+    /// `flow_table_size`: LRU flow entries (the lab default is small, 65,536,
+    /// to keep labs cheap; the product's default is 1,048,576).
+    pub flow_table_size: u32,
+    /// `max_flow_inserts_per_sec` (per CPU; 0 = no cap); `None` leaves it
+    /// out, so the product's default applies.
+    pub max_flow_inserts_per_sec: Option<u32>,
+}
+
+impl Default for DataplaneSpec {
+    fn default() -> Self {
+        DataplaneSpec {
+            flow_table_size: 65536,
+            max_flow_inserts_per_sec: None,
+        }
+    }
+}
+
+/// The config file for `pools` on `lab`, with the lab's default
+/// `[dataplane]`.
 pub fn render_config(lab: &Lab, pools: &[PoolSpec]) -> String {
+    render_config_with(lab, &DataplaneSpec::default(), pools)
+}
+
+/// The config file for `pools` on `lab` with the `[dataplane]` knobs of
+/// `dp`.
+pub fn render_config_with(lab: &Lab, dp: &DataplaneSpec, pools: &[PoolSpec]) -> String {
     let mut s = String::new();
     let [c, b] = Lab::gw_ifaces();
     writeln!(
         s,
-        "[dataplane]\ninterfaces = [\"{c}\", \"{b}\"]\nxdp_mode = \"auto\"\npin_path = \"{}\"\nflow_table_size = 65536\nring_size = 4099\n",
-        lab.pin_path().display()
+        "[dataplane]\ninterfaces = [\"{c}\", \"{b}\"]\nxdp_mode = \"auto\"\npin_path = \"{}\"\nflow_table_size = {}\nring_size = 4099",
+        lab.pin_path().display(),
+        dp.flow_table_size,
     )
     .unwrap();
+    if let Some(cap) = dp.max_flow_inserts_per_sec {
+        writeln!(s, "max_flow_inserts_per_sec = {cap}").unwrap();
+    }
+    writeln!(s).unwrap();
     writeln!(
         s,
         "[control]\nadmin_socket = \"{}\"\nmetrics_listen = \"{METRICS_LISTEN}\"\nstate_file = \"{}\"\n",
@@ -249,12 +281,26 @@ impl Deployment {
     /// Builds the lab (enough backends for `pools`) and starts every
     /// backend's server, and its agent when a pool polls agents.
     pub fn new(pools: Vec<PoolSpec>) -> Result<Deployment> {
-        Deployment::on(Lab::builder(), pools)
+        Deployment::configured(Lab::builder(), pools, DataplaneSpec::default())
     }
 
     /// [`new`](Deployment::new) on a lab configured by `builder` (e.g. with
     /// a router); its backend count is raised to what `pools` need.
     pub fn on(builder: crate::LabBuilder, pools: Vec<PoolSpec>) -> Result<Deployment> {
+        Deployment::configured(builder, pools, DataplaneSpec::default())
+    }
+
+    /// [`new`](Deployment::new) with the `[dataplane]` knobs of `dp`.
+    pub fn with_dataplane(pools: Vec<PoolSpec>, dp: DataplaneSpec) -> Result<Deployment> {
+        Deployment::configured(Lab::builder(), pools, dp)
+    }
+
+    /// A lab from `builder`, and a config with `dp`'s knobs and `pools`.
+    pub fn configured(
+        builder: crate::LabBuilder,
+        pools: Vec<PoolSpec>,
+        dp: DataplaneSpec,
+    ) -> Result<Deployment> {
         let n = pools
             .iter()
             .flat_map(|p| p.backends.iter().map(|b| b.lab_index + 1))
@@ -262,7 +308,7 @@ impl Deployment {
             .unwrap_or(1);
         let lab = builder.backends(n).build()?;
         let config_path = lab.dir().join("xdplb.toml");
-        std::fs::write(&config_path, render_config(&lab, &pools))?;
+        std::fs::write(&config_path, render_config_with(&lab, &dp, &pools))?;
         let mut d = Deployment {
             lab,
             pools,

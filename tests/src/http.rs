@@ -154,6 +154,103 @@ pub fn http_get_bytes(
     Ok((status, body))
 }
 
+/// A TCP connection from the given local address and port (`bind` before
+/// `connect`), for tests that need more 4-tuples than one address's
+/// ephemeral ports give. Connect, read and write time out after
+/// `timeout`. Create it inside [`Lab::run_in`](crate::Lab::run_in).
+pub fn connect_from(
+    local: std::net::SocketAddrV4,
+    remote: std::net::SocketAddrV4,
+    timeout: Duration,
+) -> Result<TcpStream> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let sockaddr = |a: std::net::SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on an fd owned from its creation, with
+    // valid pointers and lengths.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("socket");
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        // SO_SNDTIMEO bounds connect(2) too.
+        for opt in [libc::SO_SNDTIMEO, libc::SO_RCVTIMEO] {
+            let rc = libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error()).context("setsockopt timeout");
+            }
+        }
+        let l = sockaddr(local);
+        if libc::bind(fd.as_raw_fd(), (&l as *const libc::sockaddr_in).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("bind {local}"));
+        }
+        let r = sockaddr(remote);
+        if libc::connect(fd.as_raw_fd(), (&r as *const libc::sockaddr_in).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("connect {local} -> {remote}"));
+        }
+        let stream = TcpStream::from(fd);
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+/// `GET path` with keep-alive on an open connection, reading the whole
+/// response without buffering beyond it; returns status and body. For
+/// tests holding very many connections (no per-connection reader).
+pub fn get_on(stream: &mut TcpStream, path: &str) -> Result<(u16, String)> {
+    let addr = stream.peer_addr()?;
+    send_get(stream, addr, path, true)?;
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 512];
+    // Bounded: every round adds at least one byte, and MAX_LINE caps it.
+    while buf.len() < MAX_LINE as usize {
+        let n = stream.read(&mut chunk).context("read response")?;
+        if n == 0 {
+            bail!("connection closed before the response was complete");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let status: u16 = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("bad status line in {head:?}"))?;
+        let length: usize = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .context("response without Content-Length")?;
+        if buf.len() >= end + 4 + length {
+            let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + length]).into_owned();
+            return Ok((status, body));
+        }
+    }
+    bail!("response longer than {MAX_LINE} bytes")
+}
+
 fn connect(addr: SocketAddr) -> Result<TcpStream> {
     let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
         .with_context(|| format!("connect to {addr}"))?;

@@ -61,6 +61,33 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Raises this process's open-file limit (soft and hard) to at least `n`,
+/// for tests that hold many sockets. Processes the lab spawns afterwards
+/// inherit it (so do `lab-backend`s serving those sockets). Root may raise
+/// the hard limit up to `fs.nr_open`.
+pub fn raise_nofile(n: u64) -> Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    ensure!(rc == 0, "getrlimit: {}", std::io::Error::last_os_error());
+    if lim.rlim_cur >= n {
+        return Ok(());
+    }
+    lim.rlim_cur = n;
+    lim.rlim_max = lim.rlim_max.max(n);
+    // SAFETY: valid in-pointer.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    ensure!(
+        rc == 0,
+        "setrlimit(RLIMIT_NOFILE, {n}): {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
 /// For tests that need root: returns true (after saying so) when the test
 /// should be skipped. Under CI (`CI` set) a missing root is a failure, not a
 /// skip, so CI can never pass by skipping.

@@ -119,6 +119,7 @@ fn run(
         shape.clone(),
         Tuning {
             max_flow_inserts_per_sec: 0,
+            ..Default::default()
         },
     )?;
     // The same maps under a program whose cap is 1 insert a second: the
@@ -127,6 +128,7 @@ fn run(
         shape,
         Tuning {
             max_flow_inserts_per_sec: 1,
+            ..Default::default()
         },
     )?;
     let vip: SocketAddrV4 = "198.18.2.10:80".parse()?;

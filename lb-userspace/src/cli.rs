@@ -94,6 +94,40 @@ pub enum Cmd {
     /// closes. Utilisation is measured from /proc every second unless
     /// --fixed or --fixed-file is given. Runs until SIGINT/SIGTERM.
     Agent(AgentArgs),
+    /// On a backend of a `tunnel` pool: open the IPIP tunnels addressed to
+    /// this host.
+    ///
+    /// Attaches a small XDP program to --interface that strips the outer
+    /// IPv4 header of IPv4-in-IPv4 packets addressed to one of this host's
+    /// addresses and passes the inner packet (to the VIP, held on a
+    /// loopback) to the kernel, so the backend needs no ipip device or
+    /// module. Everything else passes untouched. The program stays attached
+    /// after the command returns (its link is pinned); --down removes it,
+    /// --stats prints its counters.
+    Decap(DecapArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DecapArgs {
+    /// The interface tunnels arrive on.
+    #[arg(long, value_name = "IFACE", required_unless_present = "stats")]
+    pub interface: Option<String>,
+    /// Remove the program from --interface instead.
+    #[arg(long, conflicts_with = "stats")]
+    pub down: bool,
+    /// Print the counters (decapsulated, passed, dropped) and exit.
+    #[arg(long)]
+    pub stats: bool,
+    /// With --stats: print JSON.
+    #[arg(long, requires = "stats")]
+    pub json: bool,
+    /// Where the program's maps and links are pinned.
+    #[arg(long, value_name = "PATH", default_value = lb_common::decap::DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    /// XDP attach mode: auto (native where the driver has it), native or
+    /// generic.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub xdp_mode: config::XdpMode,
 }
 
 #[derive(Debug, Args)]
@@ -293,7 +327,58 @@ pub async fn execute(cmd: Cmd) -> Result<(), CliError> {
         }
         Cmd::Reload(a) => steer(&a.socket, Request::Reload).await,
         Cmd::Agent(a) => agent(a).await,
+        Cmd::Decap(a) => decap(a),
     }
+}
+
+fn decap(a: DecapArgs) -> Result<(), CliError> {
+    use dataplane::decap;
+    let pin_path = dataplane::resolve_pin_path(&a.pin_path)?;
+    if a.stats {
+        let c = decap::counters(&pin_path).map_err(|e| match e {
+            DataplaneError::NotPinned { .. } => CliError::NothingPinned {
+                path: a.pin_path.clone(),
+            },
+            e => e.into(),
+        })?;
+        let get = |k: &str| c.get(k).copied().unwrap_or(0);
+        return if a.json {
+            print(&format!("{}\n", serde_json::json!(c)))
+        } else {
+            print(&format!(
+                "decapsulated {}  passed {}  dropped (malformed) {}\n",
+                get("decapsulated"),
+                get("passed"),
+                get("dropped_malformed")
+            ))
+        };
+    }
+    let iface = a
+        .interface
+        .expect("clap requires --interface without --stats");
+    if a.down {
+        return if decap::detach(&pin_path, &iface)? {
+            print(&format!("decap removed from {iface}\n"))
+        } else {
+            Err(CliError::NothingPinned {
+                path: pin_path.join(format!("{}{iface}", lb_common::maps::LINK_PREFIX)),
+            })
+        };
+    }
+    let mode = match a.xdp_mode {
+        config::XdpMode::Auto => dataplane::AttachMode::Auto,
+        config::XdpMode::Native => dataplane::AttachMode::Native,
+        config::XdpMode::Generic => dataplane::AttachMode::Generic,
+    };
+    let addrs = decap::attach(&pin_path, &iface, mode)?;
+    let addrs: Vec<String> = addrs
+        .iter()
+        .map(|a| std::net::Ipv4Addr::from(a.to_ne_bytes()).to_string())
+        .collect();
+    print(&format!(
+        "decap attached to {iface}: IPIP to {} is opened\n",
+        addrs.join(", ")
+    ))
 }
 
 fn print(text: &str) -> Result<(), CliError> {
@@ -310,6 +395,7 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 
 fn check(path: &Path) -> Result<(), CliError> {
     let cfg = config::load(path)?;
+    config::check_host_if_gateway(&cfg)?;
     print(&format!(
         "ok: {}, {}\n",
         plural(cfg.pools.len(), "pool", "pools"),

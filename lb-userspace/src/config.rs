@@ -35,11 +35,6 @@ pub const FACTOR_SUM_TOLERANCE: f64 = 1e-6;
 /// `IFNAMSIZ - 1`: the kernel rejects longer interface names.
 const MAX_IFNAME_LEN: usize = 15;
 
-/// Whether `mode = "dsr"` is accepted. The data plane does not implement the
-/// MAC rewrite yet; the validation rules for it are kept ready (see
-/// [`check_dsr_ports`]).
-pub const DSR_SUPPORTED: bool = false;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{}: cannot read config: {source}", path.display())]
@@ -57,9 +52,20 @@ pub enum ConfigError {
     },
     #[error("dataplane.interfaces: no network interface {name:?} on this host")]
     MissingInterface { name: String },
+    #[error(
+        "pool {pool:?} is dsr but backend {backend:?} ({addr}) is on no segment of {ifaces}: \
+         dsr sends frames by MAC, so a backend must share a subnet with an interface \
+         (use mode = \"tunnel\" for a routed backend)"
+    )]
+    DsrNotAttached {
+        pool: String,
+        backend: String,
+        addr: std::net::Ipv4Addr,
+        ifaces: String,
+    },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
     /// Native if the driver supports it, else generic (skb) mode.
@@ -81,7 +87,11 @@ pub enum Protocol {
 pub enum Mode {
     #[default]
     Nat,
+    /// Direct server return at L2: the destination MAC is rewritten to the
+    /// backend's; it holds the VIP on a loopback and answers directly.
     Dsr,
+    /// Direct server return through IPIP from `tunnel_source`.
+    Tunnel,
 }
 
 /// What a pool does with a new flow when no backend can take it (every
@@ -145,6 +155,8 @@ pub struct DataplaneConfig {
     /// New flows recorded per second per CPU; above it they are balanced by
     /// the ring without a table entry. 0: no cap.
     pub max_flow_inserts_per_sec: u32,
+    /// Outer source of `tunnel` pools' IPIP packets (IPv4).
+    pub tunnel_source_v4: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -348,6 +360,7 @@ mod raw {
         pub flow_table_size: Option<Spanned<u32>>,
         pub ring_size: Option<Spanned<u32>>,
         pub max_flow_inserts_per_sec: Option<u32>,
+        pub tunnel_source: Option<Spanned<Vec<std::net::IpAddr>>>,
     }
 
     #[derive(Deserialize)]
@@ -449,7 +462,77 @@ pub fn check_interfaces_exist(cfg: &Config) -> Result<(), ConfigError> {
             return Err(ConfigError::MissingInterface { name: name.clone() });
         }
     }
+    check_dsr_attached(cfg)
+}
+
+/// What `xdplb check` can verify of this host when it is the gateway (all
+/// the configured interfaces exist here): that every `dsr` backend is on a
+/// segment of one of them. Elsewhere it checks nothing, so a config can be
+/// checked on another host.
+pub fn check_host_if_gateway(cfg: &Config) -> Result<(), ConfigError> {
+    match check_interfaces_exist(cfg) {
+        Err(ConfigError::MissingInterface { .. }) => Ok(()),
+        other => other,
+    }
+}
+
+/// Every `dsr` backend shares a subnet with one of the configured
+/// interfaces (its IPv4 addresses and prefixes, read from the kernel).
+fn check_dsr_attached(cfg: &Config) -> Result<(), ConfigError> {
+    if cfg.pools.iter().all(|p| p.mode != Mode::Dsr) {
+        return Ok(());
+    }
+    let nets = interface_subnets(&cfg.dataplane.interfaces);
+    for pool in cfg.pools.iter().filter(|p| p.mode == Mode::Dsr) {
+        for b in &pool.backends {
+            let a = u32::from(*b.addr.ip());
+            if !nets.iter().any(|&(net, mask)| a & mask == net & mask) {
+                return Err(ConfigError::DsrNotAttached {
+                    pool: pool.name.clone(),
+                    backend: b.name.clone(),
+                    addr: *b.addr.ip(),
+                    ifaces: cfg.dataplane.interfaces.join(", "),
+                });
+            }
+        }
+    }
     Ok(())
+}
+
+/// (address, netmask) of each IPv4 address on `ifaces`, host order.
+fn interface_subnets(ifaces: &[String]) -> Vec<(u32, u32)> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: a node of the list getifaddrs returned; its name is a C
+        // string; a non-null AF_INET sockaddr is a sockaddr_in.
+        unsafe {
+            let ifa = &*cur;
+            let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy();
+            if !ifa.ifa_addr.is_null()
+                && !ifa.ifa_netmask.is_null()
+                && (*ifa.ifa_addr).sa_family as i32 == libc::AF_INET
+                && ifaces.iter().any(|i| *i == name)
+            {
+                let addr = (*(ifa.ifa_addr as *const libc::sockaddr_in))
+                    .sin_addr
+                    .s_addr;
+                let mask = (*(ifa.ifa_netmask as *const libc::sockaddr_in))
+                    .sin_addr
+                    .s_addr;
+                out.push((u32::from_be(addr), u32::from_be(mask)));
+            }
+            cur = ifa.ifa_next;
+        }
+    }
+    // SAFETY: the list getifaddrs allocated, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    out
 }
 
 /// DSR rewrites only the destination MAC, so the backend sees the packet
@@ -594,7 +677,7 @@ fn convert(src: &Source, raw: raw::Config) -> Result<Config, ConfigError> {
                 format!("too many backends: more than {MAX_BACKENDS} across all pools (the data plane's limit)"),
             ));
         }
-        let pool = convert_pool(src, rp)?;
+        let pool = convert_pool(src, rp, dataplane.0.tunnel_source_v4)?;
         pools.push(pool);
         pool_spans.push((name_span, vip_span));
     }
@@ -681,6 +764,25 @@ fn convert_dataplane(
         }
         None => DEFAULT_RING_SIZE,
     };
+    let mut tunnel_source_v4 = None;
+    if let Some(ts) = &d.tunnel_source {
+        let mut v6 = false;
+        for a in ts.get_ref() {
+            let dup = match a {
+                std::net::IpAddr::V4(a) => tunnel_source_v4.replace(*a).is_some(),
+                std::net::IpAddr::V6(_) => std::mem::replace(&mut v6, true),
+            };
+            if dup {
+                return Err(src.err(ts.span(), "tunnel_source takes one address per family"));
+            }
+            if a.is_unspecified() {
+                return Err(src.err(
+                    ts.span(),
+                    format!("tunnel_source {a} is not a host address"),
+                ));
+            }
+        }
+    }
     Ok((
         DataplaneConfig {
             interfaces,
@@ -694,6 +796,7 @@ fn convert_dataplane(
             max_flow_inserts_per_sec: d
                 .max_flow_inserts_per_sec
                 .unwrap_or(lb_common::limits::DEFAULT_MAX_FLOW_INSERTS_PER_SEC),
+            tunnel_source_v4,
         },
         d.ring_size.as_ref().map(|s| s.span()),
     ))
@@ -728,7 +831,11 @@ fn convert_control(src: &Source, raw: Option<raw::Control>) -> Result<ControlCon
     Ok(out)
 }
 
-fn convert_pool(src: &Source, rp: raw::Pool) -> Result<PoolConfig, ConfigError> {
+fn convert_pool(
+    src: &Source,
+    rp: raw::Pool,
+    tunnel_source_v4: Option<std::net::Ipv4Addr>,
+) -> Result<PoolConfig, ConfigError> {
     let name_span = rp.name.span();
     let name = rp.name.into_inner();
     if name.trim().is_empty() {
@@ -748,10 +855,6 @@ fn convert_pool(src: &Source, rp: raw::Pool) -> Result<PoolConfig, ConfigError> 
         ));
     }
     let mode = rp.mode.as_ref().map_or(Mode::Nat, |m| *m.get_ref());
-    if mode == Mode::Dsr && !DSR_SUPPORTED {
-        let span = rp.mode.as_ref().map_or(name_span.clone(), |m| m.span());
-        return Err(src.err(span, "mode = \"dsr\" is not supported yet"));
-    }
 
     if rp.backend.is_empty() {
         return Err(src.err(name_span, format!("pool {name:?} has no [[pool.backend]]")));
@@ -841,17 +944,32 @@ fn convert_pool(src: &Source, rp: raw::Pool) -> Result<PoolConfig, ConfigError> 
         load,
         backends,
     };
-    if pool.mode == Mode::Dsr {
+    if pool.mode != Mode::Nat {
         if let Err(b) = check_dsr_ports(&pool) {
+            let mode = if pool.mode == Mode::Dsr {
+                "dsr"
+            } else {
+                "tunnel"
+            };
             return Err(src.err(
                 name_span,
                 format!(
-                    "pool {:?} is dsr but backend {b:?} listens on another port than the vip ({}): dsr cannot rewrite ports",
+                    "pool {:?} is {mode} but backend {b:?} listens on another port than the vip ({}): {mode} cannot rewrite ports (the backend receives the packet addressed to the vip)",
                     pool.name,
                     pool.vip.port()
                 ),
             ));
         }
+    }
+    if pool.mode == Mode::Tunnel && tunnel_source_v4.is_none() {
+        let span = rp.mode.as_ref().map_or(name_span, |m| m.span());
+        return Err(src.err(
+            span,
+            format!(
+                "pool {:?} is tunnel but [dataplane] has no IPv4 tunnel_source (the outer source address, one of this host's)",
+                pool.name
+            ),
+        ));
     }
     Ok(pool)
 }
@@ -1274,11 +1392,40 @@ vip = "198.18.2.11:80"
     }
 
     #[test]
-    fn dsr_is_rejected_at_mode() {
+    fn direct_return_modes_need_the_vip_port_and_tunnels_a_source() {
+        const PORT_80: &str = "[[pool.backend]]\nname = \"web-1\"\naddr = \"198.18.1.11:80\"\n";
+        let c = p(&pool_with("mode = \"dsr\"\n", PORT_80)).unwrap();
+        assert_eq!(c.pools[0].mode, Mode::Dsr);
         rejects(
             &pool_with("mode = \"dsr\"\n", ONE_BACKEND),
+            4,
+            &["is dsr but backend \"web-1\" listens on another port"],
+        );
+        rejects(
+            &pool_with("mode = \"tunnel\"\n", PORT_80),
             6,
-            &["mode = \"dsr\" is not supported yet"],
+            &["is tunnel but [dataplane] has no IPv4 tunnel_source"],
+        );
+        let with_source = |src: &str| {
+            pool_with("mode = \"tunnel\"\n", PORT_80)
+                .replace(HEAD, &format!("{HEAD}tunnel_source = [{src}]\n"))
+        };
+        let c = p(&with_source("\"198.18.1.1\"")).unwrap();
+        assert_eq!(c.pools[0].mode, Mode::Tunnel);
+        assert_eq!(
+            c.dataplane.tunnel_source_v4,
+            Some("198.18.1.1".parse().unwrap())
+        );
+        rejects(
+            &with_source("\"198.18.1.1\", \"198.18.1.2\""),
+            3,
+            &["tunnel_source takes one address per family"],
+        );
+        rejects(
+            &pool_with("mode = \"tunnel\"\n", ONE_BACKEND)
+                .replace(HEAD, &format!("{HEAD}tunnel_source = [\"198.18.1.1\"]\n")),
+            5,
+            &["is tunnel but backend \"web-1\" listens on another port"],
         );
     }
 

@@ -212,10 +212,16 @@ pub const HOST_SYNC_EVERY: Duration = Duration::from_secs(3);
 
 /// The `VipMeta::flags` a pool's config asks for.
 pub fn vip_flags(pool: &PoolConfig) -> u32 {
-    match pool.on_empty {
+    let empty = match pool.on_empty {
         OnEmpty::Reject => lb_common::VIP_F_REJECT_EMPTY,
         OnEmpty::Drop => 0,
-    }
+    };
+    let mode = match pool.mode {
+        config::Mode::Nat => 0,
+        config::Mode::Dsr => lb_common::VIP_F_DSR,
+        config::Mode::Tunnel => lb_common::VIP_F_TUNNEL,
+    };
+    empty | mode
 }
 
 /// What a pool's VIP was last published with.
@@ -735,7 +741,13 @@ impl<D: DataplaneOps> Controller<D> {
             }
         };
         self.dp.write_name(backend_name_index(slot), &b.name)?;
-        self.dp.write_reply(b.addr, pool.vip, slot, vip_index)?;
+        if pool.mode == config::Mode::Nat {
+            self.dp.write_reply(b.addr, pool.vip, slot, vip_index)?;
+        } else {
+            // Direct return: the backend answers from the VIP itself, and
+            // nothing from its own address is ours to rewrite.
+            self.dp.remove_reply(b.addr)?;
+        }
         // What the pinned data plane says of this very backend (same slot,
         // same address): its last verdict, kept until probes overturn it.
         let pinned_up = self
@@ -1397,6 +1409,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         },
         dataplane::Tuning {
             max_flow_inserts_per_sec: config.dataplane.max_flow_inserts_per_sec,
+            tunnel_source_v4: config.dataplane.tunnel_source_v4,
         },
     )?;
     for iface in &config.dataplane.interfaces {

@@ -32,6 +32,8 @@ use lb_common::{
 };
 use thiserror::Error;
 
+pub mod decap;
+
 /// The XDP object built by `build.rs` (aya-build), embedded in the binary.
 static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
@@ -149,7 +151,7 @@ pub enum DataplaneError {
     },
 }
 
-fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+pub(crate) fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
     move |source| DataplaneError::Map {
         map,
         source: Box::new(source),
@@ -170,12 +172,15 @@ pub struct Shape {
 pub struct Tuning {
     /// Per CPU; 0 = no cap (see `[dataplane] max_flow_inserts_per_sec`).
     pub max_flow_inserts_per_sec: u32,
+    /// Outer source of `tunnel` pools (`[dataplane] tunnel_source`).
+    pub tunnel_source_v4: Option<Ipv4Addr>,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
             max_flow_inserts_per_sec: lb_common::limits::DEFAULT_MAX_FLOW_INSERTS_PER_SEC,
+            tunnel_source_v4: None,
         }
     }
 }
@@ -207,7 +212,7 @@ pub enum AttachMode {
 }
 
 impl AttachMode {
-    fn xdp_mode(self) -> XdpMode {
+    pub(crate) fn xdp_mode(self) -> XdpMode {
         match self {
             AttachMode::Auto => XdpMode::Default,
             AttachMode::Native => XdpMode::Driver,
@@ -385,7 +390,7 @@ pub fn prepare_pin_path(pin_path: &Path) -> Result<PathBuf, DataplaneError> {
 /// Mounts bpffs on `/sys/fs/bpf` when `pin_path` lives under it, it is not
 /// mounted yet, and this is the host's mount namespace (a private one was
 /// dealt with by [`prepare_pin_path`]).
-fn ensure_local_bpffs(pin_path: &Path) -> Result<(), DataplaneError> {
+pub(crate) fn ensure_local_bpffs(pin_path: &Path) -> Result<(), DataplaneError> {
     let root = Path::new(BPFFS_ROOT);
     if pin_path.starts_with(root) && !private_mount_namespace() && bpffs_dev(root).is_none() {
         mount_bpffs()?;
@@ -581,6 +586,10 @@ impl Dataplane {
             }
         }
         let ring_size = shape.ring_size;
+        // Network order, as the program writes it into the outer header.
+        let tunnel_source = tuning
+            .tunnel_source_v4
+            .map_or(0, |a| u32::from_ne_bytes(a.octets()));
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&shape.pin_path)
             .map_max_entries(maps::RINGS, rings_len(ring_size))
@@ -591,6 +600,7 @@ impl Dataplane {
                 &tuning.max_flow_inserts_per_sec,
                 true,
             )
+            .override_global("TUNNEL_SOURCE_V4", &tunnel_source, true)
             .load(PROGRAM_OBJECT)
             .map_err(|source| DataplaneError::Load {
                 source: Box::new(source),
@@ -1097,7 +1107,7 @@ fn hw_addr(iface: &str) -> std::io::Result<[u8; 6]> {
 
 /// Every IPv4 address configured in this network namespace, network order
 /// as the maps key them.
-fn local_ipv4_addrs() -> std::io::Result<Vec<u32>> {
+pub(crate) fn local_ipv4_addrs() -> std::io::Result<Vec<u32>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
@@ -1137,7 +1147,7 @@ where
     T::try_from(map).map_err(map_err(name))
 }
 
-fn open_pinned<T>(pin_path: &Path, name: &'static str) -> Result<T, DataplaneError>
+pub(crate) fn open_pinned<T>(pin_path: &Path, name: &'static str) -> Result<T, DataplaneError>
 where
     T: TryFrom<Map, Error = MapError>,
 {
@@ -1249,7 +1259,7 @@ pub fn down(pin_path: &Path) -> Result<DownReport, DataplaneError> {
 /// BPF_LINK_DETACH on a pinned link (aya 0.14 only closes fds and hides
 /// them). Best effort: a link that cannot be opened or detached is still
 /// unpinned by the caller, and detaches a little later.
-fn detach_pinned_link(path: &Path) {
+pub(crate) fn detach_pinned_link(path: &Path) {
     use std::os::unix::ffi::OsStrExt;
     const BPF_OBJ_GET: libc::c_long = 7;
     const BPF_LINK_DETACH: libc::c_long = 34;

@@ -14,7 +14,8 @@
 //! - [`limits`]: how big the maps are, and why.
 //! - [`maps`]: the map names (the pin file names under the pin path).
 //! - keys and values: [`L4Addr`], [`VipMeta`], [`BackendMeta`], [`FlowKey`],
-//!   [`FlowEntry`], [`ReplyEntry`], [`FibEntry`].
+//!   [`FlowEntry`], [`ReplyEntry`], [`FibEntry`], [`IfaceMeta`].
+//! - backend references ([`backend_ref`]): slot and generation in one u32.
 //! - counters: [`VipCounters`], [`BackendCounters`], [`GlobalCounter`].
 //! - [`flow_hash`] and [`ring_slot_index`]: the selection arithmetic both sides
 //!   must compute identically (tests predict the data plane's choice with it).
@@ -42,6 +43,22 @@ pub mod limits {
     /// How long a cached `bpf_fib_lookup` result is trusted. Short enough that
     /// a moved neighbour (new MAC, new route) is picked up within a second.
     pub const FIB_CACHE_TTL_NS: u64 = 1_000_000_000;
+    /// How long a closed flow's entry still steers its stragglers (the last
+    /// ACK, a retransmitted FIN) before it counts as gone: a few RTOs.
+    pub const FLOW_LINGER_NS: u64 = 4_000_000_000;
+    /// `FlowEntry::last_seen_ns` is rewritten only when older than this, so
+    /// an established packet does not dirty the entry's cache line each
+    /// time; recency is only ever judged in seconds.
+    pub const LAST_SEEN_RESOLUTION_NS: u64 = 1_000_000_000;
+    /// Default of `[dataplane] max_flow_inserts_per_sec` (per CPU), as
+    /// Katran's MAX_CONN_RATE: above it new flows are balanced by the ring
+    /// without a table entry, so a SYN flood cannot evict established flows.
+    pub const DEFAULT_MAX_FLOW_INSERTS_PER_SEC: u32 = 125_000;
+    /// Interfaces xdplb attaches to (redirect targets, MAC filter).
+    pub const MAX_IFACES: u32 = 64;
+    /// Addresses of this host the controller tells the program about (its
+    /// own traffic to backends must not be mistaken for replies).
+    pub const MAX_LOCAL_ADDRS: u32 = 256;
 }
 
 pub mod maps {
@@ -56,6 +73,10 @@ pub mod maps {
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const NAMES: &str = "NAMES";
+    pub const IFACES: &str = "IFACES";
+    pub const TX_PORTS: &str = "TX_PORTS";
+    pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
+    pub const INSERT_RATE: &str = "INSERT_RATE";
     /// One `u32`: the [`LAYOUT_VERSION`](crate::LAYOUT_VERSION) the pinned
     /// maps were made with.
     pub const VERSION: &str = "VERSION";
@@ -78,7 +99,40 @@ pub const RING_SLOTS: u32 = 2;
 /// `RINGS` value meaning "no backend": an empty active set.
 pub const NO_BACKEND: u32 = u32::MAX;
 
+pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
+
+/// Backend references in `RINGS` and `FlowEntry::backend` carry the slot
+/// in their low bits and the slot's generation above: a slot freed and
+/// given to another backend gets a new generation, so a ring entry or flow
+/// written for the old occupant no longer matches and is never used.
+pub const BACKEND_SLOT_BITS: u32 = 12;
+pub const BACKEND_SLOT_MASK: u32 = (1 << BACKEND_SLOT_BITS) - 1;
+/// Generations count modulo this, so no reference equals [`NO_BACKEND`].
+pub const GENERATIONS: u32 = (u32::MAX >> BACKEND_SLOT_BITS) - 1;
+const _: () = assert!(1 << BACKEND_SLOT_BITS == limits::MAX_BACKENDS);
+
+/// The reference to backend `slot` in its `generation`.
+#[inline(always)]
+pub const fn backend_ref(slot: u32, generation: u32) -> u32 {
+    (generation << BACKEND_SLOT_BITS) | (slot & BACKEND_SLOT_MASK)
+}
+
+/// The slot a backend reference names.
+#[inline(always)]
+pub const fn ref_slot(r: u32) -> u32 {
+    r & BACKEND_SLOT_MASK
+}
+
+/// The generation a backend reference was written for.
+#[inline(always)]
+pub const fn ref_generation(r: u32) -> u32 {
+    r >> BACKEND_SLOT_BITS
+}
+
+/// `VipMeta::flags`: with no usable backend, answer TCP with a RST from the
+/// VIP (`on_empty = "reject"`) instead of dropping.
+pub const VIP_F_REJECT_EMPTY: u32 = 1;
 
 /// An L4 endpoint. Key of `VIPS` (what a client addresses) and of `REPLIES`
 /// (a backend's service address, where its replies come from).
@@ -138,7 +192,9 @@ pub struct BackendMeta {
     /// The VIP (pool) this slot serves; lets a restarted controller recognise
     /// its slots in the pinned map.
     pub vip_index: u32,
-    pub _pad: u32,
+    /// Bumped (modulo [`GENERATIONS`]) whenever the slot gets a new
+    /// occupant; references to the slot carry it (see [`backend_ref`]).
+    pub generation: u32,
 }
 const _: () = assert!(core::mem::size_of::<BackendMeta>() == 16);
 
@@ -161,14 +217,30 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 
 /// `FlowEntry::flags`: the client sent FIN or RST. The entry keeps steering
 /// the connection's last packets, but user space no longer counts it as
-/// established (the LRU keeps closed flows until it evicts them).
+/// established.
 pub const FLOW_F_CLOSING: u16 = 1;
+/// `FlowEntry::flags`: the backend sent FIN (seen on the reply path, which
+/// looks the flow up only for FIN and RST).
+pub const FLOW_F_BACKEND_FIN: u16 = 2;
+/// `FlowEntry::flags`: either side sent RST.
+pub const FLOW_F_RESET: u16 = 4;
+
+/// Whether a flow is over: reset, or FIN seen both ways. Its entry then
+/// lingers [`limits::FLOW_LINGER_NS`] for the last ACKs and retransmissions,
+/// and after that is replaced by the next connection on the same 4-tuple or
+/// reaped by the controller, instead of holding a slot until the LRU
+/// evicts it.
+#[inline(always)]
+pub const fn flow_closed(flags: u16) -> bool {
+    flags & FLOW_F_RESET != 0
+        || flags & (FLOW_F_CLOSING | FLOW_F_BACKEND_FIN) == FLOW_F_CLOSING | FLOW_F_BACKEND_FIN
+}
 
 /// Value of `FLOWS` (LRU hash).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntry {
-    /// Backend slot the flow is pinned to.
+    /// Backend the flow is pinned to: a [`backend_ref`].
     pub backend: u32,
     pub vip_index: u16,
     /// `FLOW_F_*` bits.
@@ -182,10 +254,11 @@ const _: () = assert!(core::mem::size_of::<FlowEntry>() == 16);
 /// Value of `REPLIES` (hash keyed by a backend's [`L4Addr`], written by user
 /// space): which VIP a reply from that backend must appear to come from.
 ///
-/// A reply is rewritten only if the client's flow, rebuilt from this entry,
-/// is pinned to this very backend: so the controller's own health checks
-/// (no flow) pass untouched, and a new flow costs one LRU insert, not two.
-/// It also means one backend endpoint serves one VIP (config validation).
+/// Reverse NAT is stateless: every packet from a backend endpoint to an
+/// address that is not this host's (`LOCAL_ADDRS`: the controller's own
+/// health checks) is rewritten to come from the VIP, whether or not the flow
+/// table still holds the flow (LRU eviction, a second gateway behind ECMP).
+/// It means one backend endpoint serves one VIP (config validation).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReplyEntry {
@@ -199,19 +272,51 @@ pub struct ReplyEntry {
 }
 const _: () = assert!(core::mem::size_of::<ReplyEntry>() == 16);
 
+/// Value of `INSERT_RATE` (per-CPU array of one): the current one-second
+/// window of flow-table inserts on this CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateWindow {
+    pub start_ns: u64,
+    pub inserts: u64,
+}
+const _: () = assert!(core::mem::size_of::<RateWindow>() == 16);
+
 /// Value of `FIB_CACHE` (LRU hash keyed by destination IPv4, network order):
 /// a `bpf_fib_lookup` result reused until `expires_ns`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FibEntry {
     pub ifindex: u32,
-    pub _pad: u32,
+    /// 1 if `ifindex` was in `TX_PORTS` when looked up (we may redirect
+    /// there), else 0 (the kernel forwards).
+    pub tx_port: u32,
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
-    pub _pad2: u32,
+    /// The egress device's MTU when looked up (bpf_check_mtu).
+    pub mtu: u32,
     pub expires_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<FibEntry>() == 32);
+
+/// Value of `IFACES` (array indexed by `ifindex % IFACE_SLOTS`, written by
+/// user space for every attached interface): its MAC, so frames addressed
+/// to other hosts (a promiscuous port, a bridge member) pass untouched. An
+/// array slot costs the hot path far less than a hash lookup; `ifindex`
+/// says whose slot it is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceMeta {
+    /// 0: slot unused.
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<IfaceMeta>() == 12);
+
+/// Entries of `IFACES`. Two attached interfaces whose ifindexes collide
+/// modulo this leave the second unfiltered (the controller warns).
+pub const IFACE_SLOTS: u32 = 1024;
 
 /// Value of `NAMES` (array, read only by user space): the pool name of VIP
 /// index `i` at `i`, the backend name of slot `s` at `MAX_VIPS + s`. Kept in
@@ -266,8 +371,10 @@ pub struct VipCounters {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// Packets answered with a RST because the pool had no usable backend.
+    pub rejected: u64,
 }
-const _: () = assert!(core::mem::size_of::<VipCounters>() == 24);
+const _: () = assert!(core::mem::size_of::<VipCounters>() == 32);
 
 /// Value of `BACKEND_STATS` (per-CPU array indexed by backend slot).
 #[repr(C)]
@@ -286,9 +393,9 @@ const _: () = assert!(core::mem::size_of::<BackendCounters>() == 40);
 /// Indices of `GLOBAL_STATS` (per-CPU array of u64).
 ///
 /// Every packet bumps exactly one verdict counter (`Passed`, `Dropped`,
-/// `Redirected`); dropped and notable passed packets also bump one reason
-/// counter. `Rx` is not counted by the program: readers derive it as the
-/// sum of the verdicts.
+/// `Redirected`, `Answered`); dropped and notable packets also bump one
+/// reason or event counter. `Rx` is not counted by the program: readers
+/// derive it as the sum of the verdicts.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GlobalCounter {
@@ -296,8 +403,11 @@ pub enum GlobalCounter {
     Passed,
     Dropped,
     Redirected,
-    /// Non-SYN packets of a VIP with no flow entry (evicted, or from before
-    /// the data plane was loaded): selected again by the ring.
+    /// Answered by the program itself with XDP_TX: a RST for an empty pool,
+    /// an ICMP fragmentation-needed.
+    Answered,
+    /// Non-SYN packets of a VIP with no usable flow entry (evicted, or from
+    /// before the data plane was loaded): selected again by the ring.
     FlowMisses,
     /// Established flows moved off a backend that went down.
     Resteered,
@@ -306,6 +416,35 @@ pub enum GlobalCounter {
     PassNeighUnresolved,
     /// Non-first IPv4 fragments: they carry no ports, so they pass.
     PassFragment,
+    /// TCP segments whose checksum was only partial (CHECKSUM_PARTIAL from a
+    /// veth or a VM's virtio): completed before they were sent on.
+    PartialChecksum,
+    /// ICMP errors about a VIP's packet, steered to the flow's backend.
+    IcmpToBackend,
+    /// ICMP errors about a packet a client sent to a backend, translated
+    /// back to the VIP for the client.
+    IcmpToClient,
+    /// ICMP errors we could not read the quoted header of: passed.
+    PassIcmpUnparsed,
+    /// Oversized DF packets to a backend, answered with ICMP
+    /// fragmentation-needed from the VIP.
+    FragNeededSent,
+    /// Oversized packets handed to the kernel: a DF reply (the kernel sends
+    /// the backend its fragmentation-needed) or a non-DF packet (the kernel
+    /// fragments it).
+    PassTooBig,
+    /// Frames addressed to another host's MAC (promiscuous mode): passed.
+    PassNotForUs,
+    /// A redirect target that is not one of xdplb's interfaces: passed to
+    /// the kernel, which forwards it.
+    RedirectFallback,
+    /// Packets answered with a RST because the pool was empty.
+    Rejected,
+    /// New flows recorded in the flow table.
+    FlowInserts,
+    /// New flows balanced by the ring without an entry: over the per-CPU
+    /// insert rate (`max_flow_inserts_per_sec`).
+    FlowInsertsCapped,
     DropTruncatedEth,
     DropTruncatedIp,
     DropBadIpVersion,
@@ -316,8 +455,12 @@ pub enum GlobalCounter {
     /// A first fragment addressed to a VIP: it cannot be balanced whole.
     DropFragment,
     DropTruncatedTcp,
-    /// VIP with an empty active set.
+    /// VIP with an empty active set (`on_empty = "drop"`, or a RST that
+    /// must not be answered).
     DropNoBackend,
+    /// The ring named a slot that is free, belongs to another VIP, has a
+    /// newer occupant or is down: the ring is being rewritten.
+    DropStaleRing,
     /// `bpf_fib_lookup` said the destination is unreachable or forbidden.
     DropUnroutable,
     /// Internal: a map lookup that cannot fail failed (bad slot index).
@@ -326,8 +469,15 @@ pub enum GlobalCounter {
 
 impl GlobalCounter {
     pub const COUNT: u32 = GlobalCounter::DropInternal as u32 + 1;
+    /// The verdicts, one per packet; `Rx` is their sum.
+    pub const VERDICTS: [GlobalCounter; 4] = [
+        GlobalCounter::Passed,
+        GlobalCounter::Dropped,
+        GlobalCounter::Redirected,
+        GlobalCounter::Answered,
+    ];
     /// The drop reasons, with their metric label.
-    pub const DROP_REASONS: [(GlobalCounter, &'static str); 11] = [
+    pub const DROP_REASONS: [(GlobalCounter, &'static str); 12] = [
         (GlobalCounter::DropTruncatedEth, "truncated_eth"),
         (GlobalCounter::DropTruncatedIp, "truncated_ip"),
         (GlobalCounter::DropBadIpVersion, "bad_ip_version"),
@@ -337,8 +487,27 @@ impl GlobalCounter {
         (GlobalCounter::DropFragment, "fragment"),
         (GlobalCounter::DropTruncatedTcp, "truncated_tcp"),
         (GlobalCounter::DropNoBackend, "no_backend"),
+        (GlobalCounter::DropStaleRing, "stale_ring"),
         (GlobalCounter::DropUnroutable, "unroutable"),
         (GlobalCounter::DropInternal, "internal"),
+    ];
+    /// Notable events that are not drops, with their metric label.
+    pub const EVENTS: [(GlobalCounter, &'static str); 15] = [
+        (GlobalCounter::FlowMisses, "flow_miss"),
+        (GlobalCounter::Resteered, "resteered"),
+        (GlobalCounter::PassNeighUnresolved, "neigh_unresolved"),
+        (GlobalCounter::PassFragment, "later_fragment"),
+        (GlobalCounter::PartialChecksum, "partial_checksum"),
+        (GlobalCounter::IcmpToBackend, "icmp_to_backend"),
+        (GlobalCounter::IcmpToClient, "icmp_to_client"),
+        (GlobalCounter::PassIcmpUnparsed, "icmp_unparsed"),
+        (GlobalCounter::FragNeededSent, "frag_needed_sent"),
+        (GlobalCounter::PassTooBig, "too_big_to_kernel"),
+        (GlobalCounter::PassNotForUs, "not_for_us"),
+        (GlobalCounter::RedirectFallback, "redirect_fallback"),
+        (GlobalCounter::Rejected, "rejected"),
+        (GlobalCounter::FlowInserts, "flow_insert"),
+        (GlobalCounter::FlowInsertsCapped, "flow_insert_capped"),
     ];
 }
 
@@ -397,9 +566,11 @@ pub const fn rings_len(ring_size: u32) -> u32 {
 /// The benchmark harness's frame (`lb-ebpf/src/bench.rs`): the original
 /// frame restored before every BPF_PROG_TEST_RUN iteration.
 pub mod bench {
-    /// Bench frames are exactly this long: a fixed-size copy keeps the
-    /// restore cheap and verifier-simple.
+    /// The shortest bench frame (the classic 64-byte minimum).
     pub const BENCH_FRAME_LEN: usize = 64;
+    /// Room for a full 1500-byte IP packet in its Ethernet frame, rounded
+    /// up to whole u64 words.
+    pub const BENCH_FRAME_MAX: usize = 1520;
 
     #[repr(C)]
     #[derive(Clone, Copy, Debug)]
@@ -407,9 +578,12 @@ pub mod bench {
         /// Non-zero: write a per-iteration sequence number into the source
         /// port (low 16 bits) and the last two octets of the source address.
         pub vary_source: u64,
-        pub bytes: [u8; BENCH_FRAME_LEN],
+        /// Bytes of `bytes` that make the frame (the test run's frame must
+        /// be exactly this long).
+        pub len: u64,
+        pub bytes: [u8; BENCH_FRAME_MAX],
     }
-    const _: () = assert!(core::mem::size_of::<BenchFrame>() == 72);
+    const _: () = assert!(core::mem::size_of::<BenchFrame>() == 16 + BENCH_FRAME_MAX);
 }
 
 #[cfg(feature = "user")]
@@ -427,5 +601,7 @@ mod pod {
     unsafe impl aya::Pod for VipCounters {}
     unsafe impl aya::Pod for BackendCounters {}
     unsafe impl aya::Pod for Name {}
+    unsafe impl aya::Pod for IfaceMeta {}
+    unsafe impl aya::Pod for RateWindow {}
     unsafe impl aya::Pod for bench::BenchFrame {}
 }

@@ -1,54 +1,79 @@
-//! Sending a rewritten packet on: next hop from the FIB (cached), MACs,
-//! TTL, then XDP_TX or a redirect.
+//! Sending a rewritten packet on: next hop from the FIB (cached), the
+//! egress MTU, MACs, TTL, then XDP_TX or a redirect through `TX_PORTS`.
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_BLACKHOLE,
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS,
         BPF_FIB_LKUP_RET_UNREACHABLE,
     },
-    helpers::{bpf_fib_lookup, bpf_redirect},
+    helpers::{bpf_check_mtu, bpf_fib_lookup},
     programs::XdpContext,
 };
-use lb_common::{limits::FIB_CACHE_TTL_NS, FibEntry, GlobalCounter, IPPROTO_TCP};
+use lb_common::{limits::FIB_CACHE_TTL_NS, FibEntry, GlobalCounter};
 
 use crate::{
-    consts::AF_INET,
-    maps::FIB_CACHE,
+    consts::{AF_INET, ETH_HLEN},
+    maps::{FIB_CACHE, TX_PORTS},
     nat::decrement_ttl,
-    parse::{load32, ptr_at, EthHdr, TcpPacket},
+    parse::{ptr_at, EthHdr, Ipv4Hdr},
     stats::count,
 };
 
+/// `FibEntry::tx_port`: the egress interface is in `TX_PORTS`.
+const TX_PORT: u32 = 1;
+
 pub enum Next {
+    /// We send it ourselves (XDP_TX or a redirect through `TX_PORTS`).
     Send(FibEntry),
     /// Let the kernel finish: neighbour unresolved (it will resolve and
-    /// forward the already rewritten packet), local delivery, MTU, …
+    /// forward the already rewritten packet), local delivery, an egress
+    /// that is not ours, …
     Kernel,
     Drop(GlobalCounter),
 }
 
-/// Where `pkt` goes next. The FIB answer is cached per destination for
-/// `FIB_CACHE_TTL_NS`; what changes faster than that (a moved neighbour)
-/// heals within the TTL. Policy routing by source is not distinguished.
+/// What a packet from `saddr` to `daddr` needs to be sent on. The FIB
+/// answer is cached per destination for `FIB_CACHE_TTL_NS`; what changes
+/// faster than that (a moved neighbour) heals within the TTL. Policy
+/// routing by source is not distinguished.
 #[inline(always)]
-pub fn next_hop(ctx: &XdpContext, pkt: &TcpPacket, now: u64) -> Next {
-    // SAFETY: bounds-checked by parse.
-    let ip = unsafe { &*pkt.ip };
-    let daddr = load32(&ip.daddr);
-    if let Some(hit) = FIB_CACHE.get_ptr(daddr) {
+pub fn next_hop(ctx: &XdpContext, saddr: u32, daddr: u32, tos: u8, proto: u8, now: u64) -> Next {
+    let hop = match FIB_CACHE.get_ptr(daddr) {
         // SAFETY: valid map value pointer.
-        let hit = unsafe { *hit };
-        if hit.expires_ns > now {
-            return Next::Send(hit);
-        }
+        Some(hit) if unsafe { (*hit).expires_ns } > now => unsafe { *hit },
+        _ => match lookup(ctx, saddr, daddr, tos, proto, now) {
+            Ok(hop) => hop,
+            Err(next) => return next,
+        },
+    };
+    if hop.tx_port != TX_PORT && hop.ifindex != ctx.ingress_ifindex() as u32 {
+        // Redirecting to a device outside `TX_PORTS` would fail in the
+        // kernel after we return; the kernel's own forwarding can do it.
+        count(GlobalCounter::RedirectFallback);
+        return Next::Kernel;
     }
+    Next::Send(hop)
+}
+
+#[inline(always)]
+fn lookup(
+    ctx: &XdpContext,
+    saddr: u32,
+    daddr: u32,
+    tos: u8,
+    proto: u8,
+    now: u64,
+) -> Result<FibEntry, Next> {
     // SAFETY: all-zero is a valid bpf_fib_lookup (plain integers/unions).
     let mut params: FibParams = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
-    params.l4_protocol = IPPROTO_TCP;
-    params.__bindgen_anon_1.tot_len = u16::from_be(ip.tot_len);
-    params.__bindgen_anon_2.tos = ip.tos;
-    params.__bindgen_anon_3.ipv4_src = load32(&ip.saddr);
+    params.l4_protocol = proto;
+    // tot_len stays 0: given a length, the lookup judges the MTU itself
+    // and answers FRAG_NEEDED without a next hop, and its answer is cached
+    // per destination, not per size. `fits` checks every packet against
+    // the egress device instead.
+    params.__bindgen_anon_2.tos = tos;
+    params.__bindgen_anon_3.ipv4_src = saddr;
     params.__bindgen_anon_4.ipv4_dst = daddr;
     params.ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: params is a valid, fully initialised struct of the size given.
@@ -62,46 +87,82 @@ pub fn next_hop(ctx: &XdpContext, pkt: &TcpPacket, now: u64) -> Next {
     } as u32;
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {
+            let ifindex = params.ifindex;
+            let mut mtu: u32 = 0;
+            // SAFETY: valid context and out-pointer; with mtu_len 0 the
+            // helper reports the device's MTU whatever the frame's size.
+            unsafe { bpf_check_mtu(ctx.ctx.cast(), ifindex, &mut mtu, 0, 0) };
             let entry = FibEntry {
-                ifindex: params.ifindex,
-                _pad: 0,
+                ifindex,
+                tx_port: if TX_PORTS.get(ifindex).is_some() {
+                    TX_PORT
+                } else {
+                    0
+                },
                 src_mac: params.smac,
                 dst_mac: params.dmac,
-                _pad2: 0,
+                mtu,
                 expires_ns: now + FIB_CACHE_TTL_NS,
             };
             let _ = FIB_CACHE.insert(daddr, &entry, 0);
-            Next::Send(entry)
+            Ok(entry)
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => {
             count(GlobalCounter::PassNeighUnresolved);
-            Next::Kernel
+            Err(Next::Kernel)
         }
         BPF_FIB_LKUP_RET_BLACKHOLE | BPF_FIB_LKUP_RET_UNREACHABLE | BPF_FIB_LKUP_RET_PROHIBIT => {
-            Next::Drop(GlobalCounter::DropUnroutable)
+            Err(Next::Drop(GlobalCounter::DropUnroutable))
         }
-        _ => Next::Kernel,
+        _ => Err(Next::Kernel),
+    }
+}
+
+/// `Err(mtu)` if the frame as it stands would not fit the egress device
+/// of `hop`. Every packet is checked, against the device MTU learned with
+/// the route (so an MTU change is seen within `FIB_CACHE_TTL_NS`, as a
+/// moved neighbour is): asking the kernel per packet (bpf_check_mtu finds
+/// the device by ifindex) costs more than the rest of the send.
+#[inline(always)]
+pub fn fits(ctx: &XdpContext, hop: &FibEntry) -> Result<(), u32> {
+    let l3 = (ctx.data_end() - ctx.data()) as u32 - ETH_HLEN as u32;
+    if hop.mtu == 0 || l3 <= hop.mtu {
+        Ok(())
+    } else {
+        Err(hop.mtu)
     }
 }
 
 /// Rewrite MACs and TTL for `hop` and emit. Returns the XDP action.
 #[inline(always)]
-pub fn send(ctx: &XdpContext, pkt: &TcpPacket, hop: &FibEntry) -> u32 {
+pub fn send(ctx: &XdpContext, ip: *mut Ipv4Hdr, hop: &FibEntry) -> u32 {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         // parse() checked this header; still, every packet gets a verdict.
         count(GlobalCounter::DropInternal);
         count(GlobalCounter::Dropped);
         return xdp_action::XDP_DROP;
     };
-    // SAFETY: bounds checked by ptr_at.
-    let eth = unsafe { &mut *eth };
+    // SAFETY: bounds checked by ptr_at; `ip` was bounds-checked by parse
+    // and nothing moved the packet since.
+    let (eth, ip) = unsafe { (&mut *eth, &mut *ip) };
     eth.src = hop.src_mac;
     eth.dst = hop.dst_mac;
-    decrement_ttl(pkt);
-    count(GlobalCounter::Redirected);
+    decrement_ttl(ip);
     if hop.ifindex == ctx.ingress_ifindex() as u32 {
-        return xdp_action::XDP_TX;
+        count(GlobalCounter::Redirected);
+        return crate::verdict::hairpin(ctx);
     }
-    // SAFETY: helper with plain integer arguments.
-    unsafe { bpf_redirect(hop.ifindex, 0) as u32 }
+    match TX_PORTS.redirect(hop.ifindex, xdp_action::XDP_PASS as u64) {
+        Ok(action) => {
+            count(GlobalCounter::Redirected);
+            action
+        }
+        Err(action) => {
+            // Removed from TX_PORTS since the hop was cached: the kernel
+            // forwards the (already rewritten) packet.
+            count(GlobalCounter::RedirectFallback);
+            count(GlobalCounter::Passed);
+            action
+        }
+    }
 }

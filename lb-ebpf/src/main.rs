@@ -3,78 +3,71 @@
 //! Layout, one concern per module (as Katran's `lib/bpf/`):
 //! - `consts`: protocol constants, pre-swapped to network order.
 //! - `maps`: every map, sized from `lb_common::limits`.
-//! - `parse`: bounds-checked access, IPv4/TCP validation.
+//! - `parse`: bounds-checked access, IPv4/TCP/ICMP validation.
+//! - `host`: this host's MACs and addresses (what is ours to touch).
 //! - `select`: flow table, then the VIP's Maglev ring.
-//! - `nat`, `csum`: the rewrites and their checksum updates.
-//! - `forward`: next hop (cached FIB), MACs, TTL, redirect.
-//! - `stats`: per-CPU counters.
+//! - `nat`, `csum`: the rewrites, checksum updates and completion.
+//! - `icmp`: ICMP errors translated for the flow they belong to.
+//! - `answer`: packets the program answers itself (RST, frag-needed).
+//! - `forward`: next hop (cached FIB), MTU, MACs, TTL, redirect.
+//! - `verdict`, `stats`: per-CPU counters; one verdict per packet.
 //!
 //! Every packet is counted in exactly one verdict counter (user space sums
 //! them into `Rx`, which saves a counter update per packet).
 #![no_std]
 #![no_main]
 
+mod answer;
 mod consts;
 mod csum;
 mod forward;
+mod host;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;
 mod select;
 mod stats;
+mod verdict;
 
-use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
+use lb_common::{
+    FlowKey, GlobalCounter, L4Addr, ReplyEntry, VipMeta, IPPROTO_TCP, VIP_F_REJECT_EMPTY,
 };
-use lb_common::{FlowKey, GlobalCounter, L4Addr, ReplyEntry, VipMeta, IPPROTO_TCP};
 
 use crate::{
-    consts::{MIN_FORWARD_TTL, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
-    forward::{next_hop, send, Next},
-    maps::{FLOWS, REPLIES, VIPS},
-    parse::{parse, Parsed, TcpPacket},
-    stats::{count, count_backend, count_reply, count_vip},
+    consts::{BE_IP_DF, MIN_FORWARD_TTL, TCP_FLAG_FIN, TCP_FLAG_RST},
+    forward::{fits, next_hop, send, Next},
+    host::{for_us, is_local},
+    maps::{REPLIES, VIPS},
+    parse::{parse, Ipv4Hdr, Parsed, TcpPacket},
+    stats::{count, count_backend, count_rejected, count_reply, count_vip},
+    verdict::{answered, drop, pass, pass_because},
 };
 
 #[xdp]
 pub fn xdplb(ctx: XdpContext) -> u32 {
     match parse(&ctx) {
         Parsed::Tcp(pkt) => balance(&ctx, &pkt),
+        Parsed::IcmpError(p) => icmp::translate(&ctx, &p),
+        Parsed::IcmpUnparsed => pass_because(GlobalCounter::PassIcmpUnparsed),
         Parsed::NotTcp => pass(),
-        Parsed::LaterFragment => {
-            count(GlobalCounter::PassFragment);
-            pass()
-        }
+        Parsed::LaterFragment => pass_because(GlobalCounter::PassFragment),
         Parsed::Special { key, reason } => {
-            if vip_of(&key).is_some() {
+            if vip_of(&key).is_some() && for_us(&ctx) {
                 drop(&ctx, reason)
             } else {
                 pass()
             }
         }
-        Parsed::Malformed(reason) => drop(&ctx, reason),
+        Parsed::Malformed(reason) => {
+            if for_us(&ctx) {
+                drop(&ctx, reason)
+            } else {
+                pass_because(GlobalCounter::PassNotForUs)
+            }
+        }
     }
-}
-
-#[inline(always)]
-fn pass() -> u32 {
-    count(GlobalCounter::Passed);
-    xdp_action::XDP_PASS
-}
-
-#[inline(always)]
-fn drop(ctx: &XdpContext, reason: GlobalCounter) -> u32 {
-    count(reason);
-    count(GlobalCounter::Dropped);
-    if reason == GlobalCounter::DropInternal {
-        // Never on the hot path: this means a map the controller keeps
-        // consistent was not (a slot or ring index out of range).
-        aya_log_ebpf::error!(
-            ctx,
-            "xdplb: internal drop: a map lookup that cannot fail failed"
-        );
-    }
-    xdp_action::XDP_DROP
 }
 
 #[inline(always)]
@@ -92,6 +85,9 @@ fn vip_of(key: &FlowKey) -> Option<&'static VipMeta> {
 #[inline(always)]
 fn balance(ctx: &XdpContext, pkt: &TcpPacket) -> u32 {
     if let Some(vip) = vip_of(&pkt.key) {
+        if !for_us(ctx) {
+            return pass_because(GlobalCounter::PassNotForUs);
+        }
         return to_backend(ctx, pkt, vip);
     }
     let from = L4Addr {
@@ -102,66 +98,151 @@ fn balance(ctx: &XdpContext, pkt: &TcpPacket) -> u32 {
     };
     // SAFETY: as in `vip_of`.
     if let Some(reply) = unsafe { REPLIES.get(&from) } {
+        // Traffic between a backend and this host (health checks, agents)
+        // is the kernel's; everything else from a backend's service port is
+        // a reply, flow entry or not (stateless reverse NAT).
+        if is_local(pkt.key.dst_addr) {
+            return pass();
+        }
+        if !for_us(ctx) {
+            return pass_because(GlobalCounter::PassNotForUs);
+        }
         return from_backend(ctx, pkt, reply);
     }
     pass()
 }
 
 #[inline(always)]
-fn ttl_expires(pkt: &TcpPacket) -> bool {
+fn ip(pkt: &TcpPacket) -> &Ipv4Hdr {
     // SAFETY: bounds-checked by parse.
-    unsafe { (*pkt.ip).ttl < MIN_FORWARD_TTL }
+    unsafe { &*pkt.ip }
+}
+
+#[inline(always)]
+fn dont_fragment(pkt: &TcpPacket) -> bool {
+    ip(pkt).frag_off & BE_IP_DF != 0
 }
 
 #[inline(always)]
 fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, vip: &VipMeta) -> u32 {
-    if ttl_expires(pkt) {
+    if ip(pkt).ttl < MIN_FORWARD_TTL {
         return pass();
     }
-    let syn = pkt.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
-    let closing = pkt.flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0;
     let now = coarse_now();
-    let choice = match select::select(&pkt.key, vip, syn, closing, now) {
+    let choice = match select::select(&pkt.key, vip, pkt.flags, now) {
         Ok(choice) => choice,
+        Err(GlobalCounter::DropNoBackend) if vip.flags & VIP_F_REJECT_EMPTY != 0 => {
+            return reject(ctx, pkt, vip);
+        }
         Err(reason) => return drop(ctx, reason),
     };
-    nat::to_backend(pkt, choice.meta.addr, choice.meta.port);
     let bytes = pkt.ip_len as u64;
     count_vip(vip.index, bytes, choice.new_flow);
     count_backend(choice.backend, bytes, choice.new_flow);
-    emit(ctx, pkt, now)
+    let (addr, port) = (choice.meta.addr, choice.meta.port);
+    let partial = nat::is_partial(pkt);
+    let hop = match next_hop(ctx, pkt.key.src_addr, addr, ip(pkt).tos, IPPROTO_TCP, now) {
+        Next::Send(hop) => hop,
+        Next::Kernel => {
+            nat::to_backend(pkt, addr, port, partial);
+            return pass();
+        }
+        Next::Drop(reason) => return drop(ctx, reason),
+    };
+    if let Err(mtu) = fits(ctx, &hop) {
+        if dont_fragment(pkt) {
+            // Answer before any rewrite: the quote must be what the client
+            // sent, or its stack cannot match it.
+            return match answer::frag_needed(ctx, mtu) {
+                Some(()) => answered(ctx, GlobalCounter::FragNeededSent),
+                None => drop(ctx, GlobalCounter::DropInternal),
+            };
+        }
+        // The kernel fragments what it forwards.
+        nat::to_backend(pkt, addr, port, partial);
+        return pass_because(GlobalCounter::PassTooBig);
+    }
+    nat::to_backend(pkt, addr, port, partial);
+    finish(ctx, pkt, partial, &hop)
+}
+
+#[inline(always)]
+fn reject(ctx: &XdpContext, pkt: &TcpPacket, vip: &VipMeta) -> u32 {
+    match answer::reset(ctx, pkt) {
+        Some(()) => {
+            count_rejected(vip.index);
+            answered(ctx, GlobalCounter::Rejected)
+        }
+        None => drop(ctx, GlobalCounter::DropNoBackend),
+    }
 }
 
 #[inline(always)]
 fn from_backend(ctx: &XdpContext, pkt: &TcpPacket, reply: &ReplyEntry) -> u32 {
-    let client_side = FlowKey {
-        src_addr: pkt.key.dst_addr,
-        dst_addr: reply.vip_addr,
-        src_port: pkt.key.dst_port,
-        dst_port: reply.vip_port,
-        proto: IPPROTO_TCP,
-        _pad: [0; 3],
-    };
-    // Only a flow pinned to this backend is ours to rewrite: anything else
-    // from the backend's port (the controller's own health checks, say)
-    // is the kernel's.
-    // SAFETY: as in `vip_of`.
-    match unsafe { FLOWS.get(&client_side) } {
-        Some(flow) if flow.backend == reply.backend => {}
-        _ => return pass(),
-    }
-    if ttl_expires(pkt) {
+    if ip(pkt).ttl < MIN_FORWARD_TTL {
         return pass();
     }
-    nat::from_backend(pkt, reply.vip_addr, reply.vip_port);
+    let (vip, vip_port) = (reply.vip_addr, reply.vip_port);
+    let partial = nat::is_partial(pkt);
+    let now = coarse_now();
+    if pkt.flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 {
+        let client_side = FlowKey {
+            src_addr: pkt.key.dst_addr,
+            dst_addr: vip,
+            src_port: pkt.key.dst_port,
+            dst_port: vip_port,
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        select::note_backend_close(&client_side, pkt.flags, now);
+    }
+    let hop = match next_hop(ctx, vip, pkt.key.dst_addr, ip(pkt).tos, IPPROTO_TCP, now) {
+        Next::Send(hop) => hop,
+        Next::Kernel => {
+            nat::from_backend(pkt, vip, vip_port, partial);
+            return pass();
+        }
+        Next::Drop(reason) => return drop(ctx, reason),
+    };
+    if fits(ctx, &hop).is_err() {
+        if !dont_fragment(pkt) {
+            nat::from_backend(pkt, vip, vip_port, partial);
+        }
+        // A DF reply goes up as the backend sent it: the kernel, the
+        // router on this path, sends the backend its fragmentation-needed
+        // quoting exactly what the backend's stack will match.
+        return pass_because(GlobalCounter::PassTooBig);
+    }
+    nat::from_backend(pkt, vip, vip_port, partial);
     count_reply(reply.backend, pkt.ip_len as u64);
-    emit(ctx, pkt, coarse_now())
+    finish(ctx, pkt, partial, &hop)
 }
 
+/// Sends a rewritten TCP packet to `hop`, completing a partial checksum
+/// first (the redirected frame leaves the kernel's offload state behind).
 #[inline(always)]
-fn emit(ctx: &XdpContext, pkt: &TcpPacket, now: u64) -> u32 {
-    match next_hop(ctx, pkt, now) {
-        Next::Send(hop) => send(ctx, pkt, &hop),
+fn finish(ctx: &XdpContext, pkt: &TcpPacket, partial: bool, hop: &lb_common::FibEntry) -> u32 {
+    if partial {
+        if !nat::complete(ctx, pkt) {
+            // Still a valid partial frame: the kernel can finish it.
+            return pass();
+        }
+        count(GlobalCounter::PartialChecksum);
+    }
+    send(ctx, pkt.ip, hop)
+}
+
+/// Forwards an already rewritten packet (an ICMP error) from `saddr` to
+/// `daddr`.
+#[inline(always)]
+pub fn emit(ctx: &XdpContext, ip: *mut Ipv4Hdr, saddr: u32, daddr: u32) -> u32 {
+    // SAFETY: bounds-checked by parse.
+    let (tos, proto) = unsafe { ((*ip).tos, (*ip).proto) };
+    match next_hop(ctx, saddr, daddr, tos, proto, coarse_now()) {
+        Next::Send(hop) => match fits(ctx, &hop) {
+            Ok(()) => send(ctx, ip, &hop),
+            Err(_) => pass_because(GlobalCounter::PassTooBig),
+        },
         Next::Kernel => pass(),
         Next::Drop(reason) => drop(ctx, reason),
     }

@@ -5,7 +5,7 @@
 //! halfword loads are what the BPF JIT can do there without splitting into
 //! byte loads.
 use aya_ebpf::programs::XdpContext;
-use lb_common::{FlowKey, GlobalCounter, IPPROTO_TCP};
+use lb_common::{FlowKey, GlobalCounter, IPPROTO_ICMP, IPPROTO_TCP};
 
 use crate::consts::*;
 
@@ -83,6 +83,11 @@ pub enum Parsed {
     /// Malformed at the IP layer (or too short to hold ports): dropped and
     /// counted under this reason. The kernel's `ip_rcv` drops these too.
     Malformed(GlobalCounter),
+    /// An ICMP error quoting an IPv4/TCP packet: may belong to a flow.
+    IcmpError(IcmpPacket),
+    /// An ICMP error whose quoted packet cannot be read (cut short, IP
+    /// options, not IPv4): nobody's flow can be found from it, so it passes.
+    IcmpUnparsed,
 }
 
 pub struct TcpPacket {
@@ -119,6 +124,12 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     let frame_ip_len = ctx.data_end() - ctx.data() - ETH_HLEN;
     if tot_len < ihl || tot_len > frame_ip_len {
         return Parsed::Malformed(GlobalCounter::DropBadTotalLength);
+    }
+    if iph.proto == IPPROTO_ICMP {
+        if iph.frag_off & (BE_IP_MF | BE_IP_OFFSET_MASK) != 0 || ihl != IPV4_MIN_HLEN {
+            return Parsed::NotTcp;
+        }
+        return parse_icmp(ctx, ip, tot_len);
     }
     if iph.proto != IPPROTO_TCP {
         return Parsed::NotTcp;
@@ -179,5 +190,65 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         key,
         flags: tcph.flags,
         ip_len: tot_len as u16,
+    })
+}
+
+#[repr(C)]
+pub struct IcmpHdr {
+    pub ty: u8,
+    pub code: u8,
+    pub check: u16,
+    /// Unused, or (fragmentation needed) unused and the next-hop MTU.
+    pub rest: [u16; 2],
+}
+
+/// An ICMP error (destination unreachable, time exceeded) quoting an
+/// IPv4/TCP packet: outer header, ICMP header, quoted IP header and ports.
+pub struct IcmpPacket {
+    pub ip: *mut Ipv4Hdr,
+    pub icmp: *mut IcmpHdr,
+    pub inner: *mut Ipv4Hdr,
+    pub inner_ports: *mut [u16; 2],
+}
+
+/// Where an ICMP error's quoted header starts, from the frame's start.
+pub const ICMP_INNER_OFF: usize = ETH_HLEN + IPV4_MIN_HLEN + ICMP_HLEN;
+
+/// Parses the ICMP message of an IPv4 packet whose header `parse` checked
+/// (no options, not a fragment, `tot_len` within the frame).
+#[inline(always)]
+fn parse_icmp(ctx: &XdpContext, ip: *mut Ipv4Hdr, tot_len: usize) -> Parsed {
+    let Some(icmp) = ptr_at::<IcmpHdr>(ctx, ETH_HLEN + IPV4_MIN_HLEN) else {
+        return Parsed::NotTcp;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let ty = unsafe { (*icmp).ty };
+    if ty != ICMP_DEST_UNREACH && ty != ICMP_TIME_EXCEEDED {
+        return Parsed::NotTcp;
+    }
+    // The quoted header must be whole and without options, and its ports
+    // present: RFC 792 quotes the header and 64 bits of data.
+    if tot_len < IPV4_MIN_HLEN + ICMP_HLEN + IPV4_MIN_HLEN + 8 {
+        return Parsed::IcmpUnparsed;
+    }
+    let Some(inner) = ptr_at::<Ipv4Hdr>(ctx, ICMP_INNER_OFF) else {
+        return Parsed::IcmpUnparsed;
+    };
+    let Some(inner_ports) = ptr_at::<[u16; 2]>(ctx, ICMP_INNER_OFF + IPV4_MIN_HLEN) else {
+        return Parsed::IcmpUnparsed;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let (ver_ihl, proto) = unsafe { ((*inner).ver_ihl, (*inner).proto) };
+    if ver_ihl != 0x45 {
+        return Parsed::IcmpUnparsed;
+    }
+    if proto != IPPROTO_TCP {
+        return Parsed::NotTcp;
+    }
+    Parsed::IcmpError(IcmpPacket {
+        ip,
+        icmp,
+        inner,
+        inner_ports,
     })
 }

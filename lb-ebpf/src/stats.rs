@@ -45,3 +45,11 @@ pub fn count_reply(backend: u32, bytes: u64) {
         }
     }
 }
+
+#[inline(always)]
+pub fn count_rejected(vip_index: u32) {
+    if let Some(c) = VIP_STATS.get_ptr_mut(vip_index) {
+        // SAFETY: per-CPU slot, see `count`.
+        unsafe { (*c).rejected += 1 };
+    }
+}

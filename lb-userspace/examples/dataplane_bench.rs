@@ -5,7 +5,11 @@
 //! exactly the repeat count, or the figure measured something else and the
 //! run fails.
 //!
-//! Usage: dataplane_bench [--repeat N] [--runs N] [--flow-table N]
+//! The new-flow path runs with the insert-rate cap off, after the table
+//! was filled (`--prefill 0` skips that), and its proof is the table's
+//! insert counter; `new_flow_capped` is the same SYN over the cap.
+//!
+//! Usage: dataplane_bench [--repeat N] [--runs N] [--flow-table N] [--prefill 0|1]
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -19,11 +23,11 @@ use aya::{
 };
 use common::{xdp_md, TestNs, CLIENT_MAC, IN_MAC};
 use lb_common::{
-    bench::{BenchFrame, BENCH_FRAME_LEN},
+    bench::{BenchFrame, BENCH_FRAME_LEN, BENCH_FRAME_MAX},
     GlobalCounter, BACKEND_ACTIVE,
 };
 use xdplb::{
-    dataplane::{self, BackendSlot, CounterReader, Counters, Dataplane, Shape},
+    dataplane::{self, BackendSlot, CounterReader, Counters, Dataplane, Shape, Tuning},
     packet::{TcpFrame, TCP_ACK, TCP_SYN},
 };
 
@@ -31,6 +35,7 @@ static BENCH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf-bench"));
 
 const XDP_TX: u32 = 3;
+const VIP: &str = "198.18.2.10:80";
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
 
@@ -42,7 +47,10 @@ fn arg(args: &[String], name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn frame(dst: &str, flags: u8) -> [u8; BENCH_FRAME_LEN] {
+/// Ethernet frame of a full 1500-byte IP packet.
+const FULL_FRAME_LEN: usize = 1514;
+
+fn tcp_frame(dst: &str, flags: u8, len: usize) -> TcpFrame {
     let mut f = TcpFrame::new(
         "198.18.0.2:40000".parse().unwrap(),
         dst.parse::<SocketAddrV4>().unwrap(),
@@ -50,13 +58,22 @@ fn frame(dst: &str, flags: u8) -> [u8; BENCH_FRAME_LEN] {
     );
     f.src_mac = CLIENT_MAC;
     f.dst_mac = IN_MAC;
-    f.payload = vec![0; BENCH_FRAME_LEN - 54];
-    f.build().try_into().expect("64-byte frame")
+    f.payload = (0..len - 54).map(|i| i as u8).collect();
+    f
+}
+
+fn frame(dst: &str, flags: u8) -> Vec<u8> {
+    tcp_frame(dst, flags, BENCH_FRAME_LEN).build()
+}
+
+/// The frame as a sender with checksum offload hands it over.
+fn partial(dst: &str, flags: u8, len: usize) -> Vec<u8> {
+    tcp_frame(dst, flags, len).build_partial()
 }
 
 struct Path {
     name: &'static str,
-    bytes: [u8; BENCH_FRAME_LEN],
+    bytes: Vec<u8>,
     vary: bool,
     floor: bool,
     action: u32,
@@ -74,10 +91,11 @@ fn main() -> anyhow::Result<()> {
     let repeat = arg(&args, "--repeat", 1_000_000) as u32;
     let runs = arg(&args, "--runs", 5) as usize;
     let flow_table = arg(&args, "--flow-table", 1_048_576) as u32;
+    let prefill = arg(&args, "--prefill", 1) != 0;
     let ns = TestNs::new(3);
     let pin_path =
         std::path::PathBuf::from(format!("/sys/fs/bpf/xdplb-bench-{}", std::process::id()));
-    let result = run(&ns, &pin_path, repeat, runs, flow_table);
+    let result = run(&ns, &pin_path, repeat, runs, flow_table, prefill);
     let _ = dataplane::down(&pin_path);
     result
 }
@@ -88,13 +106,29 @@ fn run(
     repeat: u32,
     runs: usize,
     flow_table: u32,
+    prefill: bool,
 ) -> anyhow::Result<()> {
     let ring_size = 65537;
-    let mut dp = Dataplane::load(Shape {
+    let shape = Shape {
         pin_path: pin_path.to_path_buf(),
         ring_size,
         flow_table_size: flow_table,
-    })?;
+    };
+    // The insert-rate cap off: the new-flow line measures real inserts.
+    let mut dp = Dataplane::load_tuned(
+        shape.clone(),
+        Tuning {
+            max_flow_inserts_per_sec: 0,
+        },
+    )?;
+    // The same maps under a program whose cap is 1 insert a second: the
+    // capped path (Katran's stock new-flow figure is of this path).
+    let capped = Dataplane::load_tuned(
+        shape,
+        Tuning {
+            max_flow_inserts_per_sec: 1,
+        },
+    )?;
     let vip: SocketAddrV4 = "198.18.2.10:80".parse()?;
     dp.write_name(0, "bench")?;
     for i in 0..3u32 {
@@ -109,7 +143,8 @@ fn run(
         dp.write_reply(addr, vip, i, 0)?;
     }
     let ring: Vec<u32> = (0..ring_size).map(|i| i % 3).collect();
-    dp.publish_vip(vip, 0, &ring)?;
+    dp.publish_vip(vip, 0, &ring, 0)?;
+    dp.sync_host(&["in0".to_string(), "out0".to_string()])?;
 
     let mut bench = EbpfLoader::new().load(BENCH_OBJECT)?;
     for name in ["bench_restore", "bench_floor"] {
@@ -121,6 +156,7 @@ fn run(
         p.fd()?.try_clone()?
     };
     let lb_fd = dp.program().fd()?.try_clone()?;
+    let capped_fd = capped.program().fd()?.try_clone()?;
     let mut target = ProgramArray::try_from(bench.take_map("TARGET").expect("TARGET"))?;
     let mut frames: PerCpuArray<_, BenchFrame> =
         PerCpuArray::try_from(bench.take_map("FRAME").expect("FRAME"))?;
@@ -128,11 +164,11 @@ fn run(
     let reader = CounterReader::open(pin_path)?;
 
     // The established path needs its flow in the table first.
-    let established = frame("198.18.2.10:80", TCP_ACK);
-    let syn = frame("198.18.2.10:80", TCP_SYN);
-    let md = xdp_md(BENCH_FRAME_LEN, ns.in_ifindex);
+    let established = frame(VIP, TCP_ACK);
+    let syn = frame(VIP, TCP_SYN);
     let once = |bytes: &[u8]| {
-        let mut out = [0u8; 256];
+        let md = xdp_md(bytes.len(), ns.in_ifindex);
+        let mut out = vec![0u8; bytes.len() + 256];
         dp.program().test_run(TestRunOptions {
             data_in: Some(bytes),
             data_out: Some(&mut out),
@@ -141,11 +177,12 @@ fn run(
         })
     };
     once(&syn)?;
+    let full = tcp_frame(VIP, TCP_ACK, FULL_FRAME_LEN).build();
 
     let paths = [
         Path {
             name: "established",
-            bytes: established,
+            bytes: established.clone(),
             vary: false,
             floor: false,
             action: XDP_REDIRECT,
@@ -153,11 +190,11 @@ fn run(
         },
         Path {
             name: "new_flow",
-            bytes: syn,
+            bytes: syn.clone(),
             vary: true,
             floor: false,
             action: XDP_REDIRECT,
-            proof: |c| c.vips[0].counters.new_flows,
+            proof: |c| c.get(GlobalCounter::FlowInserts),
         },
         Path {
             name: "non_vip",
@@ -169,7 +206,51 @@ fn run(
         },
         Path {
             name: "floor",
-            bytes: established,
+            bytes: established.clone(),
+            vary: false,
+            floor: true,
+            action: XDP_TX,
+            proof: |_| 0,
+        },
+        // Completing a partial checksum: the same established flow, with
+        // the checksum left as an offloading sender leaves it; compared
+        // with the complete frame of the same size.
+        Path {
+            name: "established_partial",
+            bytes: partial(VIP, TCP_ACK, BENCH_FRAME_LEN),
+            vary: false,
+            floor: false,
+            action: XDP_REDIRECT,
+            proof: |c| c.get(GlobalCounter::PartialChecksum),
+        },
+        Path {
+            name: "established_1500",
+            bytes: full.clone(),
+            vary: false,
+            floor: false,
+            action: XDP_REDIRECT,
+            proof: |c| c.vips[0].counters.packets,
+        },
+        Path {
+            name: "established_1500_partial",
+            bytes: partial(VIP, TCP_ACK, FULL_FRAME_LEN),
+            vary: false,
+            floor: false,
+            action: XDP_REDIRECT,
+            proof: |c| c.get(GlobalCounter::PartialChecksum),
+        },
+        Path {
+            name: "new_flow_capped",
+            bytes: syn.clone(),
+            vary: true,
+            floor: false,
+            action: XDP_REDIRECT,
+            // Each iteration is either capped or (once a second) inserted.
+            proof: |c| c.get(GlobalCounter::FlowInsertsCapped) + c.get(GlobalCounter::FlowInserts),
+        },
+        Path {
+            name: "floor_1500",
+            bytes: full,
             vary: false,
             floor: true,
             action: XDP_TX,
@@ -182,16 +263,52 @@ fn run(
         "dataplane bench: repeat={repeat} runs={runs} flow_table={flow_table} ring={ring_size} cpus={cpus}"
     );
     for path in &paths {
+        let mut bytes = [0u8; BENCH_FRAME_MAX];
+        bytes[..path.bytes.len()].copy_from_slice(&path.bytes);
         let value = BenchFrame {
             vary_source: path.vary as u64,
-            bytes: path.bytes,
+            len: path.bytes.len() as u64,
+            bytes,
         };
+        let md = xdp_md(path.bytes.len(), ns.in_ifindex);
         frames.set(0, PerCpuValues::try_from(vec![value; cpus])?, 0)?;
-        target.set(0, if path.floor { &floor_fd } else { &lb_fd }, 0)?;
+        let fd = match (path.floor, path.name) {
+            (true, _) => &floor_fd,
+            (false, "new_flow_capped") => &capped_fd,
+            _ => &lb_fd,
+        };
+        target.set(0, fd, 0)?;
+        if path.name == "new_flow" && prefill {
+            // Fill the table first, so every measured insert evicts, as a
+            // long-running gateway's does.
+            let md = xdp_md(path.bytes.len(), ns.in_ifindex);
+            let mut bytes = [0u8; BENCH_FRAME_MAX];
+            bytes[..path.bytes.len()].copy_from_slice(&path.bytes);
+            frames.set(
+                0,
+                PerCpuValues::try_from(vec![
+                    BenchFrame {
+                        vary_source: 1,
+                        len: path.bytes.len() as u64,
+                        bytes,
+                    };
+                    cpus
+                ])?,
+                0,
+            )?;
+            let mut out = vec![0u8; path.bytes.len() + 256];
+            restore.test_run(TestRunOptions {
+                data_in: Some(&path.bytes),
+                data_out: Some(&mut out),
+                ctx_in: Some(&md),
+                repeat: flow_table + flow_table / 4,
+                ..Default::default()
+            })?;
+        }
         let mut samples = Vec::new();
         for _ in 0..runs {
             let before = (path.proof)(&reader.read()?);
-            let mut out = [0u8; 256];
+            let mut out = vec![0u8; path.bytes.len() + 256];
             let res = restore.test_run(TestRunOptions {
                 data_in: Some(&path.bytes),
                 data_out: Some(&mut out),
@@ -230,6 +347,25 @@ fn run(
     for (name, med, _, _) in &medians[..3] {
         println!("  {:<12} net of floor: {:>6.1} ns", name, med - floor);
     }
+    // Capacity under skew: every insert above came from this one CPU. A
+    // per-CPU LRU holds about flow_table / CPUs of them; a shared one all.
+    let flows: aya::maps::HashMap<_, lb_common::FlowKey, lb_common::FlowEntry> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(aya::maps::MapData::from_pin(
+            pin_path.join(lb_common::maps::FLOWS),
+        )?))?;
+    let held = flows.keys().filter(|k| k.is_ok()).count();
+    println!("  flow table holds {held} of {flow_table} entries after inserts from one CPU");
+    let median_of = |name: &str| {
+        medians
+            .iter()
+            .find(|m| m.0 == name)
+            .map_or(f64::NAN, |m| m.1)
+    };
+    println!(
+        "  completing a partial checksum: {:.1} ns at {BENCH_FRAME_LEN} bytes, {:.1} ns at {FULL_FRAME_LEN} bytes",
+        median_of("established_partial") - median_of("established"),
+        median_of("established_1500_partial") - median_of("established_1500"),
+    );
     println!(
         "dataplane: established_ns={:.0} new_flow_ns={:.0} non_vip_ns={:.0} floor_ns={:.0}",
         medians[0].1, medians[1].1, medians[2].1, floor

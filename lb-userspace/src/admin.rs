@@ -647,6 +647,8 @@ mod tests {
                 vip: "198.18.2.10:80".into(),
                 mode: "nat".into(),
                 min_active: 1,
+                on_empty: "reject".into(),
+                empty: false,
                 mean_load: None,
                 backends: vec![BackendStatus {
                     name: "web-1".into(),

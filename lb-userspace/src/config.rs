@@ -84,6 +84,19 @@ pub enum Mode {
     Dsr,
 }
 
+/// What a pool does with a new flow when no backend can take it (every
+/// backend down, drained or standby): `on_empty` in the config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnEmpty {
+    /// Answer from the VIP at once (TCP: RST), so clients fail fast instead
+    /// of retrying SYNs for minutes. The operator contract's default.
+    #[default]
+    Reject,
+    /// Drop silently (clients time out).
+    Drop,
+}
+
 /// What happens to a backend's established flows when health marks it
 /// down (HAProxy's `on-marked-down`, Envoy's
 /// `close_connections_on_host_health_failure`).
@@ -129,6 +142,9 @@ pub struct DataplaneConfig {
     pub pin_path: PathBuf,
     pub flow_table_size: u32,
     pub ring_size: u32,
+    /// New flows recorded per second per CPU; above it they are balanced by
+    /// the ring without a table entry. 0: no cap.
+    pub max_flow_inserts_per_sec: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -172,6 +188,7 @@ pub struct PoolConfig {
     pub protocol: Protocol,
     pub mode: Mode,
     pub min_active: u32,
+    pub on_empty: OnEmpty,
     pub on_down: OnDown,
     /// Pool-level `slow_start_ms`; `None` when unset (then `[pool.load]`'s
     /// applies, see [`PoolConfig::ramp_ms`]).
@@ -330,6 +347,7 @@ mod raw {
         pub pin_path: Option<PathBuf>,
         pub flow_table_size: Option<Spanned<u32>>,
         pub ring_size: Option<Spanned<u32>>,
+        pub max_flow_inserts_per_sec: Option<u32>,
     }
 
     #[derive(Deserialize)]
@@ -348,6 +366,9 @@ mod raw {
         pub protocol: Option<Protocol>,
         pub mode: Option<Spanned<Mode>>,
         pub min_active: Option<Spanned<u32>>,
+        /// A string checked by [`super::on_empty`], so an unknown value or a
+        /// wrong type gets a message naming the key and the choices.
+        pub on_empty: Option<Spanned<String>>,
         pub on_down: Option<OnDown>,
         pub slow_start_ms: Option<u64>,
         pub health: Option<Health>,
@@ -670,6 +691,9 @@ fn convert_dataplane(
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_PATH)),
             flow_table_size,
             ring_size,
+            max_flow_inserts_per_sec: d
+                .max_flow_inserts_per_sec
+                .unwrap_or(lb_common::limits::DEFAULT_MAX_FLOW_INSERTS_PER_SEC),
         },
         d.ring_size.as_ref().map(|s| s.span()),
     ))
@@ -810,6 +834,7 @@ fn convert_pool(src: &Source, rp: raw::Pool) -> Result<PoolConfig, ConfigError> 
         protocol: rp.protocol.unwrap_or_default(),
         mode,
         min_active,
+        on_empty: on_empty(src, rp.on_empty.as_ref())?,
         on_down: rp.on_down.unwrap_or_default(),
         slow_start_ms: rp.slow_start_ms,
         health,
@@ -829,6 +854,20 @@ fn convert_pool(src: &Source, rp: raw::Pool) -> Result<PoolConfig, ConfigError> 
         }
     }
     Ok(pool)
+}
+
+fn on_empty(src: &Source, raw: Option<&toml::Spanned<String>>) -> Result<OnEmpty, ConfigError> {
+    let Some(v) = raw else {
+        return Ok(OnEmpty::default());
+    };
+    match v.get_ref().as_str() {
+        "reject" => Ok(OnEmpty::Reject),
+        "drop" => Ok(OnEmpty::Drop),
+        other => Err(src.err(
+            v.span(),
+            format!("on_empty {other:?} is not one of \"reject\" (answer with a RST from the VIP) or \"drop\""),
+        )),
+    }
 }
 
 fn convert_health(
@@ -1452,6 +1491,54 @@ vip = "198.18.2.11:80"
         }
         let err = p(&text).unwrap_err().to_string();
         assert!(err.contains("too many backends"), "{err}");
+    }
+
+    #[test]
+    fn on_empty_defaults_to_reject_and_accepts_drop() {
+        let c = p(&pool_with("", ONE_BACKEND)).unwrap();
+        assert_eq!(c.pools[0].on_empty, OnEmpty::Reject);
+        let c = p(&pool_with("on_empty = \"drop\"\n", ONE_BACKEND)).unwrap();
+        assert_eq!(c.pools[0].on_empty, OnEmpty::Drop);
+        let c = p(&pool_with("on_empty = \"reject\"\n", ONE_BACKEND)).unwrap();
+        assert_eq!(c.pools[0].on_empty, OnEmpty::Reject);
+        // The full example says so explicitly; the minimal one takes the default.
+        assert_eq!(p(FULL).unwrap().pools[0].on_empty, OnEmpty::Reject);
+        assert_eq!(p(MINIMAL).unwrap().pools[0].on_empty, OnEmpty::Reject);
+    }
+
+    #[test]
+    fn on_empty_rejects_unknown_values_and_types_with_position() {
+        let err = p(&pool_with("on_empty = \"bounce\"\n", ONE_BACKEND))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "xdplb.toml:6:12: on_empty \"bounce\" is not one of \"reject\" (answer with a RST \
+             from the VIP) or \"drop\""
+        );
+        rejects(
+            &pool_with("on_empty = \"Reject\"\n", ONE_BACKEND),
+            6,
+            &["Reject"],
+        );
+        rejects(
+            &pool_with("on_empty = true\n", ONE_BACKEND),
+            6,
+            &["invalid type: boolean `true`, expected a string"],
+        );
+        // In the wrong table it is an unknown key, named with its line.
+        rejects(
+            &pool_with("[pool.health]\non_empty = \"drop\"\n", ONE_BACKEND),
+            7,
+            &["unknown field", "on_empty"],
+        );
+    }
+
+    #[test]
+    fn on_empty_is_part_of_the_meaning() {
+        let a = p(&pool_with("", ONE_BACKEND)).unwrap();
+        let b = p(&pool_with("on_empty = \"drop\"\n", ONE_BACKEND)).unwrap();
+        assert_ne!(a, b, "a reload must see on_empty change");
     }
 
     #[test]

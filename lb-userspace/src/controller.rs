@@ -41,7 +41,7 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    config::{self, BackendConfig, Config, HealthConfig, OnDown, PoolConfig, Role},
+    config::{self, BackendConfig, Config, HealthConfig, OnDown, OnEmpty, PoolConfig, Role},
     dataplane::{
         self, backend_name_index, AttachMode, BackendSlot, Dataplane, DataplaneError, Shape,
     },
@@ -91,12 +91,20 @@ pub enum ControllerError {
 /// The controller's view of the data plane: what it writes and reads back.
 /// [`Dataplane`] is the real one; tests use a fake.
 pub trait DataplaneOps: Send {
+    /// `flags`: `lb_common::VIP_F_*` bits (see [`vip_flags`]).
     fn publish_vip(
         &mut self,
         vip: SocketAddrV4,
         vip_index: u32,
         ring: &[u32],
+        flags: u32,
     ) -> Result<(), DataplaneError>;
+    /// Writes what the program must know about this host: the attached
+    /// interfaces' MACs and redirect targets, and this network namespace's
+    /// local addresses (so replies to the controller's own probes are told
+    /// apart from client traffic). Addresses change: called again every
+    /// [`HOST_SYNC_EVERY`].
+    fn sync_host(&mut self, interfaces: &[String]) -> Result<(), DataplaneError>;
     fn remove_vip(&mut self, vip: SocketAddrV4) -> Result<(), DataplaneError>;
     fn write_backend(&mut self, slot: &BackendSlot) -> Result<(), DataplaneError>;
     fn free_backend(&mut self, slot: u32) -> Result<(), DataplaneError>;
@@ -121,8 +129,12 @@ impl DataplaneOps for Dataplane {
         vip: SocketAddrV4,
         idx: u32,
         ring: &[u32],
+        flags: u32,
     ) -> Result<(), DataplaneError> {
-        Dataplane::publish_vip(self, vip, idx, ring)
+        Dataplane::publish_vip(self, vip, idx, ring, flags)
+    }
+    fn sync_host(&mut self, interfaces: &[String]) -> Result<(), DataplaneError> {
+        Dataplane::sync_host(self, interfaces)
     }
     fn remove_vip(&mut self, vip: SocketAddrV4) -> Result<(), DataplaneError> {
         Dataplane::remove_vip(self, vip)
@@ -196,6 +208,27 @@ const RTT_GAIN: f64 = 0.25;
 /// A backend removed by reload keeps its slot (draining) until it has no
 /// established flow, or this long.
 const RETIRE_AFTER: Duration = Duration::from_secs(300);
+/// How often the host's addresses, MACs and redirect targets are written
+/// again (one netlink dump). An address added meanwhile is unknown to the
+/// program for at most this long: probes from it would have their replies
+/// rewritten as client traffic until then.
+pub const HOST_SYNC_EVERY: Duration = Duration::from_secs(3);
+
+/// The `VipMeta::flags` a pool's config asks for.
+pub fn vip_flags(pool: &PoolConfig) -> u32 {
+    match pool.on_empty {
+        OnEmpty::Reject => lb_common::VIP_F_REJECT_EMPTY,
+        OnEmpty::Drop => 0,
+    }
+}
+
+/// What a pool's VIP was last published with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PublishedRing {
+    flags: u32,
+    /// Maglev inputs: (slot, weight) of every active backend.
+    inputs: Vec<(u32, u32)>,
+}
 
 type Key = (String, String);
 
@@ -326,11 +359,11 @@ pub struct Controller<D: DataplaneOps> {
     /// The VIP address each pool has in the VIPS map (adopted or
     /// published), so a pool removed or re-addressed while the controller
     /// was down is taken out of the map even though no config named it.
-    published: HashMap<String, SocketAddrV4>,
+    vip_addrs: HashMap<String, SocketAddrV4>,
     /// Backend metas as last written.
     written: HashMap<u32, BackendSlot>,
-    /// Maglev inputs each pool's ring was last built from.
-    ring_inputs: HashMap<String, Vec<(u32, u32)>>,
+    /// What each pool's VIP was last published with.
+    published: HashMap<String, PublishedRing>,
     /// Slots of backends removed by reload: (since, address, pool).
     retiring: HashMap<u32, (Instant, SocketAddrV4)>,
     checkers: HashMap<Key, Task>,
@@ -418,9 +451,9 @@ impl<D: DataplaneOps> Controller<D> {
             drained,
             flows: None,
             flows_at: now,
-            published,
+            vip_addrs: published,
             written,
-            ring_inputs: HashMap::new(),
+            published: HashMap::new(),
             retiring: HashMap::new(),
             checkers: HashMap::new(),
             pollers: HashMap::new(),
@@ -575,7 +608,7 @@ impl<D: DataplaneOps> Controller<D> {
         gone_pools.dedup();
         for name in gone_pools {
             let addr = self
-                .published
+                .vip_addrs
                 .remove(&name)
                 .or_else(|| old.pool(&name).map(|p| p.vip));
             // A VIP taken over by another pool stays in the map until that
@@ -586,7 +619,7 @@ impl<D: DataplaneOps> Controller<D> {
             if let Some(index) = self.slots.vips.remove(&name) {
                 self.slots.free_vips.push_back(index);
             }
-            self.ring_inputs.remove(&name);
+            self.published.remove(&name);
             if old.pool(&name).is_none() {
                 info!(
                     pool = name,
@@ -598,7 +631,7 @@ impl<D: DataplaneOps> Controller<D> {
         // A pool whose VIP changed: the old address stops being balanced;
         // the new one is published on the next sync.
         let moved: Vec<(String, SocketAddrV4)> = self
-            .published
+            .vip_addrs
             .iter()
             .filter(|(name, addr)| self.config.pool(name).is_some_and(|p| p.vip != **addr))
             .map(|(n, a)| (n.clone(), *a))
@@ -607,8 +640,8 @@ impl<D: DataplaneOps> Controller<D> {
             if self.config.pools.iter().all(|p| p.vip != addr) {
                 self.dp.remove_vip(addr)?;
             }
+            self.vip_addrs.remove(&name);
             self.published.remove(&name);
-            self.ring_inputs.remove(&name);
         }
         // Backends gone (from surviving or removed pools), or re-addressed
         // (a different server under the same name: its flows belong to the
@@ -1004,11 +1037,16 @@ impl<D: DataplaneOps> Controller<D> {
                     self.written.insert(slot, meta);
                 }
             }
-            if self.ring_inputs.get(&pool.name) != Some(&inputs) {
-                rings.push((pool.name.clone(), pool.vip, vip_index, inputs));
+            let published = PublishedRing {
+                flags: vip_flags(pool),
+                inputs,
+            };
+            if self.published.get(&pool.name) != Some(&published) {
+                rings.push((pool.name.clone(), pool.vip, vip_index, published));
             }
         }
-        for (pool_name, vip, vip_index, inputs) in rings {
+        for (pool_name, vip, vip_index, published) in rings {
+            let inputs = &published.inputs;
             let pool = self.config.pool(&pool_name).expect("pool from config");
             let names: HashMap<u32, &str> = pool
                 .backends
@@ -1029,10 +1067,22 @@ impl<D: DataplaneOps> Controller<D> {
                 })
                 .collect();
             let ring = maglev::build(&entries, self.config.dataplane.ring_size);
-            self.dp.publish_vip(vip, vip_index, &ring)?;
-            debug!(pool = pool_name, active = inputs.len(), "ring published");
-            self.published.insert(pool_name.clone(), vip);
-            self.ring_inputs.insert(pool_name, inputs);
+            self.dp
+                .publish_vip(vip, vip_index, &ring, published.flags)?;
+            debug!(
+                pool = pool_name,
+                active = inputs.len(),
+                flags = published.flags,
+                "ring published"
+            );
+            if inputs.is_empty() {
+                warn!(
+                    pool = pool_name,
+                    "no usable backend: the VIP's ring is empty"
+                );
+            }
+            self.vip_addrs.insert(pool_name.clone(), vip);
+            self.published.insert(pool_name, published);
         }
         for meta in down {
             self.dp.write_backend(&meta)?;
@@ -1083,6 +1133,15 @@ impl<D: DataplaneOps> Controller<D> {
                     vip: pool.vip.to_string(),
                     mode: format!("{:?}", pool.mode).to_lowercase(),
                     min_active: pool.min_active,
+                    on_empty: match pool.on_empty {
+                        OnEmpty::Reject => "reject",
+                        OnEmpty::Drop => "drop",
+                    }
+                    .to_string(),
+                    empty: self
+                        .published
+                        .get(&pool.name)
+                        .is_some_and(|r| r.inputs.is_empty()),
                     mean_load: pp.and_then(|p| p.mean_load),
                     backends: pool
                         .backends
@@ -1232,6 +1291,15 @@ impl<D: DataplaneOps> Controller<D> {
         }
     }
 
+    /// Rewrites the host's addresses, MACs and redirect targets into the
+    /// data plane. A failure is logged and retried on the next beat; the
+    /// program keeps the last good values.
+    pub fn sync_host(&mut self) {
+        if let Err(e) = self.dp.sync_host(&self.config.dataplane.interfaces) {
+            error!(error = %e, "writing host addresses into the data plane failed");
+        }
+    }
+
     /// Runs until `shutdown` resolves. SIGHUP-style reloads arrive as
     /// `reload` signals; admin requests as `commands`.
     pub async fn run(
@@ -1245,6 +1313,11 @@ impl<D: DataplaneOps> Controller<D> {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first host sync is the caller's (before the first map sync);
+        // this one keeps it current.
+        let mut host_tick =
+            tokio::time::interval_at(Instant::now() + HOST_SYNC_EVERY, HOST_SYNC_EVERY);
+        host_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (flows_tx, mut flows_rx) = mpsc::channel(1);
         if let Some(counter) = flow_counter {
             tokio::spawn(async move {
@@ -1280,6 +1353,7 @@ impl<D: DataplaneOps> Controller<D> {
                     false
                 }
                 Some((at, flows)) = flows_rx.recv() => { self.set_flows_since(at, flows); false }
+                _ = host_tick.tick() => { self.sync_host(); false }
                 _ = tick.tick() => true,
             };
             if sync_now {
@@ -1327,6 +1401,7 @@ fn attach_mode(m: config::XdpMode) -> AttachMode {
 
 /// `xdplb run --config PATH`: the daemon.
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+    use anyhow::Context as _;
     let config = config::load(&config_path)?;
     config::check_interfaces_exist(&config)?;
     // One owner per pinned data plane, whatever the admin socket: a second
@@ -1339,11 +1414,16 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let pin_path = dataplane::prepare_pin_path(&config.dataplane.pin_path)?;
     let socket = config.control.admin_socket.clone();
     let listener = crate::admin::bind(&socket).await?;
-    let mut dp = Dataplane::load(Shape {
-        pin_path: pin_path.clone(),
-        ring_size: config.dataplane.ring_size,
-        flow_table_size: config.dataplane.flow_table_size,
-    })?;
+    let mut dp = Dataplane::load_tuned(
+        Shape {
+            pin_path: pin_path.clone(),
+            ring_size: config.dataplane.ring_size,
+            flow_table_size: config.dataplane.flow_table_size,
+        },
+        dataplane::Tuning {
+            max_flow_inserts_per_sec: config.dataplane.max_flow_inserts_per_sec,
+        },
+    )?;
     for iface in &config.dataplane.interfaces {
         dp.attach(iface, attach_mode(config.dataplane.xdp_mode))?;
         info!(iface, pin = %pin_path.display(), "XDP program attached (link pinned)");
@@ -1365,6 +1445,10 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     for iface in dp.prune_links(&config.dataplane.interfaces)? {
         info!(iface, "detached: no longer in the config's interfaces");
     }
+    // Before any ring is written: the program must know this host's
+    // addresses to tell replies to our own probes from client traffic.
+    dp.sync_host(&config.dataplane.interfaces)
+        .context("writing this host's addresses and interfaces into the data plane")?;
     let (shutdown, reload_rx) = signals()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics = Metrics::new(pin_path.clone());
@@ -1449,7 +1533,11 @@ mod tests {
     /// A map write, in order.
     #[derive(Clone, Debug, PartialEq)]
     enum Op {
-        Publish { vip_index: u32, slots: Vec<u32> },
+        Publish {
+            vip_index: u32,
+            slots: Vec<u32>,
+            flags: u32,
+        },
         Backend(BackendSlot),
         Free(u32),
         RemoveReply(SocketAddrV4),
@@ -1459,6 +1547,9 @@ mod tests {
     #[derive(Default)]
     struct Fake {
         ops: Vec<Op>,
+        /// The interfaces of every `sync_host` call (shared: the test
+        /// reads it while `run` owns the fake).
+        host_syncs: Arc<Mutex<Vec<Vec<String>>>>,
         vips: HashMap<SocketAddrV4, (u32, Vec<u32>)>,
         backends: HashMap<u32, BackendSlot>,
         names: HashMap<u32, String>,
@@ -1499,6 +1590,7 @@ mod tests {
             vip: SocketAddrV4,
             idx: u32,
             ring: &[u32],
+            flags: u32,
         ) -> Result<(), DataplaneError> {
             let mut slots: Vec<u32> = ring.iter().copied().filter(|s| *s != NO_BACKEND).collect();
             slots.sort();
@@ -1506,8 +1598,13 @@ mod tests {
             self.ops.push(Op::Publish {
                 vip_index: idx,
                 slots,
+                flags,
             });
             self.vips.insert(vip, (idx, ring.to_vec()));
+            Ok(())
+        }
+        fn sync_host(&mut self, interfaces: &[String]) -> Result<(), DataplaneError> {
+            self.host_syncs.lock().unwrap().push(interfaces.to_vec());
             Ok(())
         }
         fn remove_vip(&mut self, vip: SocketAddrV4) -> Result<(), DataplaneError> {
@@ -1767,6 +1864,28 @@ min_active = 2
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_pool_with_every_backend_down_shows_empty_until_one_returns() {
+        let mut r = rig();
+        assert!(!r.c.status().pools[0].empty, "not empty before any ring");
+        r.pump(Duration::from_millis(300)).await;
+        let st = r.c.status();
+        assert!(!st.pools[0].empty);
+        assert_eq!(st.pools[0].on_empty, "reject");
+        for b in ["198.18.1.11:8080", "198.18.1.12:8080", "198.18.1.21:8080"] {
+            r.probes.set(b, false);
+        }
+        r.pump(Duration::from_millis(300)).await;
+        assert!(r.fake().ring_members("198.18.2.10:80").is_empty());
+        let st = r.c.status();
+        assert!(st.pools[0].empty, "{st:?}");
+        assert!(st.pools[0].backends.iter().all(|b| b.state == "down"));
+        r.probes.set("198.18.1.12:8080", true);
+        r.pump(Duration::from_millis(300)).await;
+        assert_eq!(r.fake().ring_members("198.18.2.10:80"), ["web-2"]);
+        assert!(!r.c.status().pools[0].empty);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_recovered_primary_sends_the_spare_back_after_its_flows_end() {
         let mut r = rig();
         r.pump(Duration::from_millis(300)).await;
@@ -1982,6 +2101,70 @@ vip = \"198.18.2.11:80\"
             .vips
             .contains_key(&"198.18.2.20:80".parse().unwrap()));
         assert_eq!(r.fake().ring_members("198.18.2.10:80"), ["web-1", "web-2"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_empty_reaches_the_vip_flags_and_a_reload_republishes_them() {
+        let mut r = rig();
+        r.pump(Duration::from_millis(300)).await;
+        let flags = |ops: &[Op]| -> Vec<u32> {
+            ops.iter()
+                .filter_map(|o| match o {
+                    Op::Publish { flags, .. } => Some(*flags),
+                    _ => None,
+                })
+                .collect()
+        };
+        let published = flags(&r.fake().ops);
+        assert!(!published.is_empty());
+        assert!(
+            published
+                .iter()
+                .all(|f| *f == lb_common::VIP_F_REJECT_EMPTY),
+            "default on_empty is reject: {published:?}"
+        );
+        // Same backends, same ring: only the policy changes, and that alone
+        // must reach the data plane.
+        let before = r.fake().ops.len();
+        r.write_config(CONFIG.replace("min_active = 2\n", "min_active = 2\non_empty = \"drop\"\n"));
+        let summary = r.c.reload().unwrap();
+        assert!(summary.contains("changed pool web"), "{summary}");
+        assert_eq!(flags(&r.fake().ops[before..]), [0]);
+        assert_eq!(r.c.status().pools[0].on_empty, "drop");
+        // And nothing more while it stays so.
+        let before = r.fake().ops.len();
+        r.pump(Duration::from_millis(300)).await;
+        assert!(flags(&r.fake().ops[before..]).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn run_rewrites_the_host_addresses_on_a_beat() {
+        let fake = Fake::default();
+        let syncs = Arc::clone(&fake.host_syncs);
+        let mut r = rig_with(fake, Arc::new(FakeProbes::default()), CONFIG);
+        // `run` consumes the controller: swap a twin into the rig (same
+        // config, its own fake) and run the original.
+        let twin_cfg = config::load(&r.c.config_path).unwrap();
+        let factory: ProbeFactory = Arc::new(|_| Arc::new(FakeProbes::default()) as Arc<dyn Probe>);
+        let (twin, twin_inputs) = Controller::new(
+            r.c.config_path.clone(),
+            twin_cfg,
+            Fake::default(),
+            factory,
+            None,
+        )
+        .unwrap();
+        let c = std::mem::replace(&mut r.c, twin);
+        let inputs = std::mem::replace(&mut r.inputs, twin_inputs);
+        let (_cmd_tx, cmd_rx) = mpsc::channel(1);
+        let (_reload_tx, reload_rx) = mpsc::channel(1);
+        let runs = HOST_SYNC_EVERY * 3 + HOST_SYNC_EVERY / 2;
+        c.run(inputs, cmd_rx, reload_rx, None, tokio::time::sleep(runs))
+            .await
+            .unwrap();
+        let syncs = syncs.lock().unwrap().clone();
+        assert_eq!(syncs.len(), 3, "one every {HOST_SYNC_EVERY:?}: {syncs:?}");
+        assert!(syncs.iter().all(|i| i == &["lo".to_string()]), "{syncs:?}");
     }
 
     #[tokio::test(start_paused = true)]

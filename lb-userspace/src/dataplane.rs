@@ -19,14 +19,16 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{xdp::DevMapHash, Array, HashMap, Map, MapData, MapError, PerCpuArray},
     programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use lb_common::{
+    backend_ref,
     limits::{MAX_BACKENDS, MAX_VIPS},
-    maps, rings_len, BackendCounters, BackendMeta, FlowEntry, FlowKey, GlobalCounter, L4Addr, Name,
-    ReplyEntry, VipCounters, VipMeta, IPPROTO_TCP, LAYOUT_VERSION, NAMES_LEN, RING_SLOTS,
+    maps, ref_slot, rings_len, BackendCounters, BackendMeta, FlowEntry, FlowKey, GlobalCounter,
+    IfaceMeta, L4Addr, Name, ReplyEntry, VipCounters, VipMeta, GENERATIONS, IFACE_SLOTS,
+    IPPROTO_TCP, LAYOUT_VERSION, NAMES_LEN, NO_BACKEND, RING_SLOTS,
 };
 use thiserror::Error;
 
@@ -128,6 +130,23 @@ pub enum DataplaneError {
     Logger { reason: String },
     #[error("name {name:?} is longer than {max} bytes")]
     NameTooLong { name: String, max: usize },
+    #[error("interface {iface}: {source}")]
+    Interface {
+        iface: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listing this host's addresses: {source}")]
+    LocalAddrs {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("redirect map {map}: {source}")]
+    TxPort {
+        map: &'static str,
+        #[source]
+        source: Box<aya::maps::xdp::XdpMapError>,
+    },
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
@@ -144,6 +163,39 @@ pub struct Shape {
     pub ring_size: u32,
     pub flow_table_size: u32,
 }
+
+/// The program's load-time constants (not map shapes: a restart with new
+/// values simply loads a program with them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// Per CPU; 0 = no cap (see `[dataplane] max_flow_inserts_per_sec`).
+    pub max_flow_inserts_per_sec: u32,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            max_flow_inserts_per_sec: lb_common::limits::DEFAULT_MAX_FLOW_INSERTS_PER_SEC,
+        }
+    }
+}
+
+/// How many entries the kernel gives a flow table asked for `size`: an
+/// LRU hash with per-CPU lists (BPF_F_NO_COMMON_LRU) is rounded up to a
+/// multiple of the possible CPUs, so a pinned table must be compared with
+/// the rounded figure, or a controller on a 6-, 12- or 24-CPU machine
+/// would refuse its own pins.
+pub fn flow_table_entries(size: u32, per_cpu_lru: bool) -> u32 {
+    if !per_cpu_lru {
+        return size;
+    }
+    let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u32;
+    size.div_ceil(cpus).saturating_mul(cpus)
+}
+
+/// Whether `FLOWS` keeps per-CPU LRU lists (see `lb-ebpf/src/maps.rs` for
+/// why it does not).
+pub const FLOWS_PER_CPU_LRU: bool = false;
 
 /// `xdp_mode` from the config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,6 +250,12 @@ pub struct Dataplane {
     replies: HashMap<MapData, L4Addr, ReplyEntry>,
     rings: Array<MapData, u32>,
     names: Array<MapData, Name>,
+    ifaces: Array<MapData, IfaceMeta>,
+    tx_ports: DevMapHash<MapData>,
+    local_addrs: HashMap<MapData, u32, u32>,
+    /// Each slot's generation as the pinned map holds it: rings are written
+    /// as references carrying it (see `lb_common::backend_ref`).
+    generations: Vec<u32>,
     /// What each (vip index, slot) ring holds as far as we wrote it: lets a
     /// ring update write only the entries that change. Empty after adopt.
     written: StdHashMap<(u32, u32), Vec<u32>>,
@@ -484,6 +542,11 @@ impl Dataplane {
     /// Loads the program, creating the maps under the pin path or reusing
     /// the ones already pinned there (flow table and all).
     pub fn load(shape: Shape) -> Result<Dataplane, DataplaneError> {
+        Dataplane::load_tuned(shape, Tuning::default())
+    }
+
+    /// [`Dataplane::load`] with the program's constants set.
+    pub fn load_tuned(shape: Shape, tuning: Tuning) -> Result<Dataplane, DataplaneError> {
         if PROGRAM_OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
@@ -495,7 +558,11 @@ impl Dataplane {
         check_pinned_layout(&shape)?;
         for (map, what, wanted) in [
             (maps::RINGS, "ring_size", rings_len(shape.ring_size)),
-            (maps::FLOWS, "flow_table_size", shape.flow_table_size),
+            (
+                maps::FLOWS,
+                "flow_table_size",
+                flow_table_entries(shape.flow_table_size, FLOWS_PER_CPU_LRU),
+            ),
         ] {
             if let Some(pinned) = pinned_max_entries(&shape.pin_path.join(map)) {
                 if pinned != wanted {
@@ -519,6 +586,11 @@ impl Dataplane {
             .map_max_entries(maps::RINGS, rings_len(ring_size))
             .map_max_entries(maps::FLOWS, shape.flow_table_size)
             .override_global("RING_SIZE", &ring_size, true)
+            .override_global(
+                "MAX_FLOW_INSERTS_PER_SEC",
+                &tuning.max_flow_inserts_per_sec,
+                true,
+            )
             .load(PROGRAM_OBJECT)
             .map_err(|source| DataplaneError::Load {
                 source: Box::new(source),
@@ -534,10 +606,21 @@ impl Dataplane {
             source: Box::new(e),
         })?;
         let vips = take(&mut ebpf, maps::VIPS)?;
-        let backends = take(&mut ebpf, maps::BACKENDS)?;
+        let backends: Array<MapData, BackendMeta> = take(&mut ebpf, maps::BACKENDS)?;
         let replies = take(&mut ebpf, maps::REPLIES)?;
         let rings = take(&mut ebpf, maps::RINGS)?;
         let names = take(&mut ebpf, maps::NAMES)?;
+        let ifaces = take(&mut ebpf, maps::IFACES)?;
+        let tx_ports = take(&mut ebpf, maps::TX_PORTS)?;
+        let local_addrs = take(&mut ebpf, maps::LOCAL_ADDRS)?;
+        let generations = (0..MAX_BACKENDS)
+            .map(|slot| {
+                backends
+                    .get(&slot, 0)
+                    .map(|m: BackendMeta| m.generation)
+                    .map_err(map_err(maps::BACKENDS))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         // Adopted pins passed the checks above; fresh ones (or pins from
         // before versioning, whose shapes matched) are stamped now.
         let mut version: Array<MapData, u32> = take(&mut ebpf, maps::VERSION)?;
@@ -552,6 +635,10 @@ impl Dataplane {
             replies,
             rings,
             names,
+            ifaces,
+            tx_ports,
+            local_addrs,
+            generations,
             written: StdHashMap::new(),
         })
     }
@@ -735,13 +822,16 @@ impl Dataplane {
         self.names.set(index, n, 0).map_err(map_err(maps::NAMES))
     }
 
-    /// Publishes `ring` (backend slots, `ring_size` long) for the VIP: written
-    /// into the idle slot, then made live with one atomic VIPS update.
+    /// Publishes `ring` (backend slots, `ring_size` long, or [`NO_BACKEND`])
+    /// for the VIP with `flags` (`VIP_F_*`): written into the idle slot as
+    /// references carrying each slot's generation, then made live with one
+    /// atomic VIPS update.
     pub fn publish_vip(
         &mut self,
         vip: SocketAddrV4,
         vip_index: u32,
         ring: &[u32],
+        flags: u32,
     ) -> Result<(), DataplaneError> {
         let ring_size = self.shape.ring_size;
         if ring.len() != ring_size as usize {
@@ -751,10 +841,19 @@ impl Dataplane {
                 ring_size,
             });
         }
+        let ring: Vec<u32> = ring
+            .iter()
+            .map(|&slot| match self.generations.get(slot as usize) {
+                Some(&g) if slot != NO_BACKEND => backend_ref(slot, g),
+                _ => NO_BACKEND,
+            })
+            .collect();
+        let ring = ring.as_slice();
         let key = l4addr(vip);
         let live = self.vips.get(&key, 0).ok();
         if let Some(live) = live {
             if live.index == vip_index
+                && live.flags == flags
                 && self
                     .written
                     .get(&(vip_index, live.ring_slot))
@@ -782,7 +881,7 @@ impl Dataplane {
         let meta = VipMeta {
             index: vip_index,
             ring_slot: slot,
-            flags: 0,
+            flags,
             _pad: 0,
         };
         self.vips.insert(key, meta, 0).map_err(map_err(maps::VIPS))
@@ -796,7 +895,19 @@ impl Dataplane {
         }
     }
 
+    /// Writes a slot's state. A slot that was free gets a new generation
+    /// first: references written for its previous occupant (ring entries,
+    /// flows) stop matching it.
     pub fn write_backend(&mut self, b: &BackendSlot) -> Result<(), DataplaneError> {
+        let current = self
+            .backends
+            .get(&b.slot, 0)
+            .map_err(map_err(maps::BACKENDS))?;
+        let generation = if current.state == lb_common::BACKEND_FREE {
+            (current.generation + 1) % GENERATIONS
+        } else {
+            current.generation
+        };
         let key = l4addr(b.addr);
         let meta = BackendMeta {
             addr: key.addr,
@@ -804,18 +915,28 @@ impl Dataplane {
             state: b.state,
             flags: b.flags,
             vip_index: b.vip_index,
-            _pad: 0,
+            generation,
         };
         self.backends
             .set(b.slot, meta, 0)
-            .map_err(map_err(maps::BACKENDS))
+            .map_err(map_err(maps::BACKENDS))?;
+        if let Some(g) = self.generations.get_mut(b.slot as usize) {
+            *g = generation;
+        }
+        Ok(())
     }
 
     /// Releases a slot. Its flows were re-steered already (it was down or
     /// drained); a stale flow entry naming it re-selects on its next packet.
+    /// The generation stays, so the next occupant's is new.
     pub fn free_backend(&mut self, slot: u32) -> Result<(), DataplaneError> {
+        let generation = self.generations.get(slot as usize).copied().unwrap_or(0);
+        let meta = BackendMeta {
+            generation,
+            ..BackendMeta::default()
+        };
         self.backends
-            .set(slot, BackendMeta::default(), 0)
+            .set(slot, meta, 0)
             .map_err(map_err(maps::BACKENDS))
     }
 
@@ -847,11 +968,163 @@ impl Dataplane {
         }
     }
 
-    /// Entry `i` of ring `slot` of a VIP, as the data plane sees it.
+    /// Entry `i` of ring `slot` of a VIP, as the data plane sees it: the
+    /// backend slot it names, or [`NO_BACKEND`].
     pub fn ring_entry(&self, vip_index: u32, slot: u32, i: u32) -> Result<u32, DataplaneError> {
         let idx = (vip_index * RING_SLOTS + slot) * self.shape.ring_size + i;
-        self.rings.get(&idx, 0).map_err(map_err(maps::RINGS))
+        let r = self.rings.get(&idx, 0).map_err(map_err(maps::RINGS))?;
+        Ok(if r == NO_BACKEND { r } else { ref_slot(r) })
     }
+
+    /// Tells the program about this host: the MAC of each attached
+    /// interface (frames for other MACs pass), the redirect targets
+    /// (`TX_PORTS`), and the host's IPv4 addresses (traffic from a backend
+    /// to one of them is ours, not a reply). Entries no longer true are
+    /// removed. Cheap enough to repeat every few seconds.
+    pub fn sync_host(&mut self, interfaces: &[String]) -> Result<(), DataplaneError> {
+        let mut wanted = StdHashMap::new();
+        for iface in interfaces {
+            let io = |source| DataplaneError::Interface {
+                iface: iface.clone(),
+                source,
+            };
+            let ifindex = ifindex(iface).map_err(io)?;
+            wanted.insert(ifindex, hw_addr(iface).map_err(io)?);
+        }
+        for slot in 0..IFACE_SLOTS {
+            let meta = self.ifaces.get(&slot, 0).map_err(map_err(maps::IFACES))?;
+            if meta.ifindex != 0 && !wanted.contains_key(&meta.ifindex) {
+                self.ifaces
+                    .set(slot, IfaceMeta::default(), 0)
+                    .map_err(map_err(maps::IFACES))?;
+                let _ = self.tx_ports.remove(meta.ifindex);
+            }
+        }
+        for (&ifindex, &mac) in &wanted {
+            let slot = ifindex % IFACE_SLOTS;
+            let meta = IfaceMeta {
+                ifindex,
+                mac,
+                _pad: [0; 2],
+            };
+            let current = self.ifaces.get(&slot, 0).map_err(map_err(maps::IFACES))?;
+            if current.ifindex != 0
+                && current.ifindex != ifindex
+                && wanted.contains_key(&current.ifindex)
+            {
+                // The program then takes every frame on this interface as
+                // addressed to it (no promiscuous-mode filter).
+                tracing::warn!(
+                    ifindex,
+                    other = current.ifindex,
+                    "two interfaces share a MAC-filter slot; frames for other hosts on the \
+                     second are not told apart"
+                );
+            } else if current != meta {
+                self.ifaces
+                    .set(slot, meta, 0)
+                    .map_err(map_err(maps::IFACES))?;
+            }
+            if self.tx_ports.get(ifindex, 0).map(|v| v.if_index).ok() != Some(ifindex) {
+                self.tx_ports
+                    .insert(ifindex, ifindex, None, 0)
+                    .map_err(|e| DataplaneError::TxPort {
+                        map: maps::TX_PORTS,
+                        source: Box::new(e),
+                    })?;
+            }
+        }
+        let local = local_ipv4_addrs().map_err(|source| DataplaneError::LocalAddrs { source })?;
+        let known: Vec<u32> = self.local_addrs.keys().filter_map(Result::ok).collect();
+        for addr in &known {
+            if !local.contains(addr) {
+                let _ = self.local_addrs.remove(addr);
+            }
+        }
+        for addr in local {
+            if !known.contains(&addr) {
+                self.local_addrs
+                    .insert(addr, 1, 0)
+                    .map_err(map_err(maps::LOCAL_ADDRS))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The ifindex of `iface` in this thread's network namespace (sysfs may
+/// show another namespace's).
+fn ifindex(iface: &str) -> std::io::Result<u32> {
+    let name = std::ffi::CString::new(iface).map_err(std::io::Error::other)?;
+    // SAFETY: valid C string.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(std::io::Error::last_os_error()),
+        i => Ok(i),
+    }
+}
+
+/// The hardware address of `iface` (SIOCGIFHWADDR).
+fn hw_addr(iface: &str) -> std::io::Result<[u8; 6]> {
+    // SAFETY: plain ioctl on a datagram socket with a zeroed ifreq whose
+    // name we fill (NUL-terminated, within IFNAMSIZ).
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (d, s) in ifr
+            .ifr_name
+            .iter_mut()
+            .zip(iface.bytes().take(libc::IFNAMSIZ - 1))
+        {
+            *d = s as libc::c_char;
+        }
+        let rc = libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut ifr);
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            return Err(err);
+        }
+        let sa = ifr.ifr_ifru.ifru_hwaddr.sa_data;
+        let mut mac = [0u8; 6];
+        for (m, b) in mac.iter_mut().zip(sa.iter()) {
+            *m = *b as u8;
+        }
+        Ok(mac)
+    }
+}
+
+/// Every IPv4 address configured in this network namespace, network order
+/// as the maps key them.
+fn local_ipv4_addrs() -> std::io::Result<Vec<u32>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: non-null sockaddr; its family says how to read it.
+            let family = unsafe { (*ifa.ifa_addr).sa_family } as i32;
+            if family == libc::AF_INET {
+                // SAFETY: an AF_INET sockaddr is a sockaddr_in.
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                let addr = sin.sin_addr.s_addr;
+                if !out.contains(&addr) {
+                    out.push(addr);
+                }
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: the list getifaddrs allocated, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
@@ -948,8 +1221,12 @@ pub fn down(pin_path: &Path) -> Result<DownReport, DataplaneError> {
             report.foreign.push(name);
             continue;
         }
-        // Removing the last reference to a bpf_link (its pin; no process
-        // holds an fd once the controller is gone) detaches it.
+        if link.is_some() {
+            // Removing the pin drops the link's last reference, but the
+            // kernel releases it asynchronously: detach it first, so the
+            // interface has no program by the time `down` returns.
+            detach_pinned_link(&entry.path());
+        }
         fs::remove_file(entry.path()).map_err(|source| DataplaneError::PinPath {
             path: entry.path(),
             source,
@@ -967,6 +1244,51 @@ pub fn down(pin_path: &Path) -> Result<DownReport, DataplaneError> {
     report.detached.sort();
     report.foreign.sort();
     Ok(report)
+}
+
+/// BPF_LINK_DETACH on a pinned link (aya 0.14 only closes fds and hides
+/// them). Best effort: a link that cannot be opened or detached is still
+/// unpinned by the caller, and detaches a little later.
+fn detach_pinned_link(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    /// `union bpf_attr`, as large as the kernel's (unused tail zeroed).
+    #[repr(C)]
+    struct Attr {
+        words: [u64; 16],
+    }
+    let Ok(cpath) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return;
+    };
+    let mut attr = Attr { words: [0; 16] };
+    // BPF_OBJ_GET: pathname (u64 pointer), bpf_fd, file_flags.
+    attr.words[0] = cpath.as_ptr() as u64;
+    // SAFETY: bpf(2) with an attr of the kernel's size; the path outlives it.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &mut attr as *mut Attr,
+            std::mem::size_of::<Attr>() as u32,
+        )
+    };
+    if fd < 0 {
+        return;
+    }
+    let mut attr = Attr { words: [0; 16] };
+    // BPF_LINK_DETACH: link_fd (u32, the first field).
+    attr.words[0] = fd as u64;
+    // SAFETY: as above; `fd` is ours and closed right after.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            &mut attr as *mut Attr,
+            std::mem::size_of::<Attr>() as u32,
+        );
+        libc::close(fd as i32);
+    }
 }
 
 /// A counter snapshot, summed over CPUs.
@@ -1041,12 +1363,18 @@ impl CounterReader {
             global.push(per_cpu.iter().sum());
         }
         // The program counts verdicts only; every packet gets exactly one.
-        global[GlobalCounter::Rx as usize] = global[GlobalCounter::Passed as usize]
-            + global[GlobalCounter::Dropped as usize]
-            + global[GlobalCounter::Redirected as usize];
+        global[GlobalCounter::Rx as usize] = GlobalCounter::VERDICTS
+            .iter()
+            .map(|&v| global[v as usize])
+            .sum();
         let mut vips = Vec::new();
         for item in self.vips.iter() {
             let (key, meta) = item.map_err(map_err(maps::VIPS))?;
+            if meta.index >= MAX_VIPS {
+                // Only a bug writes that (the program drops its packets as
+                // internal errors); one bad entry must not hide the rest.
+                continue;
+            }
             let per_cpu = self
                 .vip_stats
                 .get(&meta.index, 0)
@@ -1056,6 +1384,7 @@ impl CounterReader {
                 c.packets += v.packets;
                 c.bytes += v.bytes;
                 c.new_flows += v.new_flows;
+                c.rejected += v.rejected;
             }
             vips.push(VipStats {
                 index: meta.index,
@@ -1114,25 +1443,39 @@ impl CounterReader {
 
 /// Established flows per backend slot: flow-table entries seen within
 /// `idle` whose client has not sent FIN or RST. The table is an LRU, so
-/// closed and abandoned connections linger until evicted; the flag and the
-/// recency cut keep them out of the count. Walks the map (two
-/// syscalls an entry), so callers bound how often they ask; stops after
-/// `limit` entries.
+/// abandoned connections linger until evicted; the flag and the recency
+/// cut keep them out of the count. Closed flows (RST, or FIN both ways)
+/// past their linger are removed on the way, so they give their entries
+/// back instead of waiting for eviction. Walks the map (two syscalls an
+/// entry), so callers bound how often they ask; stops after `limit`
+/// entries.
 pub fn flow_counts(
     pin_path: &Path,
     limit: usize,
     idle: std::time::Duration,
 ) -> Result<StdHashMap<u32, u64>, DataplaneError> {
-    let flows: HashMap<MapData, FlowKey, FlowEntry> = open_pinned(pin_path, maps::FLOWS)?;
+    let mut flows: HashMap<MapData, FlowKey, FlowEntry> = open_pinned(pin_path, maps::FLOWS)?;
     let now = monotonic_coarse_ns();
     let idle = idle.as_nanos() as u64;
     let mut counts = StdHashMap::new();
+    let mut over = Vec::new();
     // Entries can be evicted while we walk; skip those.
-    for (_, entry) in flows.iter().take(limit).flatten() {
-        let closing = entry.flags & lb_common::FLOW_F_CLOSING != 0;
-        if !closing && now.saturating_sub(entry.last_seen_ns) <= idle {
-            *counts.entry(entry.backend).or_insert(0) += 1;
+    for (key, entry) in flows.iter().take(limit).flatten() {
+        let age = now.saturating_sub(entry.last_seen_ns);
+        if lb_common::flow_closed(entry.flags) {
+            if age > lb_common::limits::FLOW_LINGER_NS {
+                over.push(key);
+            }
+            continue;
         }
+        let closing = entry.flags & lb_common::FLOW_F_CLOSING != 0;
+        if !closing && age <= idle {
+            *counts.entry(ref_slot(entry.backend)).or_insert(0) += 1;
+        }
+    }
+    for key in over {
+        // Gone already (evicted, or replaced by a new connection): fine.
+        let _ = flows.remove(&key);
     }
     Ok(counts)
 }

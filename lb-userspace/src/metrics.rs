@@ -13,8 +13,10 @@
 //! | name | type | labels |
 //! |---|---|---|
 //! | `xdplb_rx_packets_total`, `xdplb_passed_packets_total`, `xdplb_redirected_packets_total`, `xdplb_flow_misses_total`, `xdplb_resteered_flows_total` | counter | |
+//! | `xdplb_answered_packets_total` | counter | |
 //! | `xdplb_dropped_packets_total` | counter | `reason` |
-//! | `xdplb_vip_{packets,bytes,new_flows}_total` | counter | `pool`, `vip` |
+//! | `xdplb_events_total` | counter | `event` |
+//! | `xdplb_vip_{packets,bytes,new_flows,rejected}_total` | counter | `pool`, `vip` |
 //! | `xdplb_backend_{packets,bytes,new_flows,reply_packets,reply_bytes}_total` | counter | `pool`, `backend` |
 //! | `xdplb_backend_{up,active,load,weight,flows}` | gauge | `pool`, `backend` |
 //! | `xdplb_dataplane_up` | gauge | |
@@ -241,6 +243,11 @@ impl Collector for DataplaneCollector {
                 GlobalCounter::Redirected,
             ),
             (
+                "xdplb_answered_packets",
+                "Packets the program answered itself (XDP_TX): RSTs for an empty pool, ICMP fragmentation-needed",
+                GlobalCounter::Answered,
+            ),
+            (
                 "xdplb_flow_misses",
                 "Non-SYN VIP packets with no flow entry, selected again by the ring",
                 GlobalCounter::FlowMisses,
@@ -263,11 +270,20 @@ impl Collector for DataplaneCollector {
                 .map(|&(g, reason)| ([("reason", reason.to_string())], c.get(g))),
         )?;
 
+        counter(
+            &mut enc,
+            "xdplb_events",
+            "Notable packets the program handled without dropping them, by event",
+            GlobalCounter::EVENTS
+                .iter()
+                .map(|&(g, event)| ([("event", event.to_string())], c.get(g))),
+        )?;
+
         let vip = |v: &crate::dataplane::VipStats| -> Labels2 {
             [("pool", v.pool.clone()), ("vip", v.vip.to_string())]
         };
         type VipField = fn(&lb_common::VipCounters) -> u64;
-        let vip_fields: [(&str, &str, VipField); 3] = [
+        let vip_fields: [(&str, &str, VipField); 4] = [
             ("xdplb_vip_packets", "Client packets to the VIP", |c| {
                 c.packets
             }),
@@ -276,6 +292,11 @@ impl Collector for DataplaneCollector {
                 "xdplb_vip_new_flows",
                 "New flows (SYNs placed by the ring) to the VIP",
                 |c| c.new_flows,
+            ),
+            (
+                "xdplb_vip_rejected",
+                "New flows answered with a RST from the VIP because its pool had no usable backend",
+                |c| c.rejected,
             ),
         ];
         for (name, help, f) in vip_fields {
@@ -618,6 +639,10 @@ mod tests {
         global[GlobalCounter::Dropped as usize] = 2;
         global[GlobalCounter::DropNoBackend as usize] = 2;
         global[GlobalCounter::FlowMisses as usize] = 1;
+        global[GlobalCounter::Answered as usize] = 5;
+        for (i, &(c, _)) in GlobalCounter::EVENTS.iter().enumerate() {
+            global[c as usize] = 10 + i as u64;
+        }
         Counters {
             global,
             vips: vec![VipStats {
@@ -628,6 +653,7 @@ mod tests {
                     packets: 90,
                     bytes: 9000,
                     new_flows: 4,
+                    rejected: 3,
                 },
             }],
             backends: vec![BackendStats {
@@ -672,6 +698,8 @@ mod tests {
                 vip: "198.18.2.10:80".into(),
                 mode: "nat".into(),
                 min_active: 1,
+                on_empty: "reject".into(),
+                empty: false,
                 mean_load: Some(0.25),
                 backends: vec![
                     b("web-1", "up", "active", 75, 0.25),
@@ -795,17 +823,20 @@ mod tests {
             .2
     }
 
-    const EVERY_FAMILY: [(&str, &str); 23] = [
+    const EVERY_FAMILY: [(&str, &str); 26] = [
         ("xdplb_dataplane_up", "gauge"),
         ("xdplb_rx_packets_total", "counter"),
         ("xdplb_passed_packets_total", "counter"),
         ("xdplb_redirected_packets_total", "counter"),
         ("xdplb_flow_misses_total", "counter"),
         ("xdplb_resteered_flows_total", "counter"),
+        ("xdplb_answered_packets_total", "counter"),
         ("xdplb_dropped_packets_total", "counter"),
+        ("xdplb_events_total", "counter"),
         ("xdplb_vip_packets_total", "counter"),
         ("xdplb_vip_bytes_total", "counter"),
         ("xdplb_vip_new_flows_total", "counter"),
+        ("xdplb_vip_rejected_total", "counter"),
         ("xdplb_backend_packets_total", "counter"),
         ("xdplb_backend_bytes_total", "counter"),
         ("xdplb_backend_new_flows_total", "counter"),
@@ -853,6 +884,28 @@ mod tests {
             .filter(|(n, _, _)| n == "xdplb_dropped_packets_total")
             .count();
         assert_eq!(reasons, GlobalCounter::DROP_REASONS.len());
+        // Every event is exported, zero or not, under its label.
+        let events: Vec<&Sample> = samples
+            .iter()
+            .filter(|(n, _, _)| n == "xdplb_events_total")
+            .collect();
+        assert_eq!(events.len(), GlobalCounter::EVENTS.len());
+        for (i, &(_, label)) in GlobalCounter::EVENTS.iter().enumerate() {
+            assert_eq!(
+                value(&samples, "xdplb_events_total", &[("event", label)]),
+                10.0 + i as f64,
+                "{label}"
+            );
+        }
+        assert_eq!(value(&samples, "xdplb_answered_packets_total", &[]), 5.0);
+        assert_eq!(
+            value(
+                &samples,
+                "xdplb_vip_rejected_total",
+                &[("pool", "web"), ("vip", "198.18.2.10:80")]
+            ),
+            3.0
+        );
         assert_eq!(
             value(
                 &samples,

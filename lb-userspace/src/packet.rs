@@ -26,6 +26,9 @@ pub struct TcpFrame {
     pub seq: u32,
     pub ack: u32,
     pub ip_id: u16,
+    pub window: u16,
+    /// IPv4 "don't fragment".
+    pub df: bool,
     pub payload: Vec<u8>,
 }
 
@@ -41,8 +44,22 @@ impl TcpFrame {
             seq: 0x0102_0304,
             ack: 0,
             ip_id: 0x4242,
+            window: 64240,
+            df: true,
             payload: Vec::new(),
         }
+    }
+
+    /// The frame as a sender with checksum offload hands it over
+    /// (CHECKSUM_PARTIAL): the TCP checksum field holds only the folded,
+    /// uncomplemented pseudo-header sum.
+    pub fn build_partial(&self) -> Vec<u8> {
+        let mut f = self.build();
+        let seg_len = (f.len() - ETH_HLEN - IP_HLEN) as u16;
+        let (src, dst) = addrs(&f);
+        let p = pseudo_header_sum(src, dst, 6, seg_len);
+        f[ETH_HLEN + IP_HLEN + 16..ETH_HLEN + IP_HLEN + 18].copy_from_slice(&p.to_be_bytes());
+        f
     }
 
     /// The frame's bytes, with correct IPv4 and TCP checksums.
@@ -52,12 +69,12 @@ impl TcpFrame {
         f.extend_from_slice(&self.dst_mac);
         f.extend_from_slice(&self.src_mac);
         f.extend_from_slice(&0x0800u16.to_be_bytes());
-        // IPv4 header, no options, DF set.
+        // IPv4 header, no options.
         f.push(0x45);
         f.push(0);
         f.extend_from_slice(&tot_len.to_be_bytes());
         f.extend_from_slice(&self.ip_id.to_be_bytes());
-        f.extend_from_slice(&0x4000u16.to_be_bytes());
+        f.extend_from_slice(&(if self.df { 0x4000u16 } else { 0 }).to_be_bytes());
         f.push(self.ttl);
         f.push(6);
         f.extend_from_slice(&[0, 0]);
@@ -70,7 +87,7 @@ impl TcpFrame {
         f.extend_from_slice(&self.ack.to_be_bytes());
         f.push(5 << 4);
         f.push(self.flags);
-        f.extend_from_slice(&64240u16.to_be_bytes());
+        f.extend_from_slice(&self.window.to_be_bytes());
         f.extend_from_slice(&[0, 0, 0, 0]);
         f.extend_from_slice(&self.payload);
         fix_checksums(&mut f);
@@ -104,6 +121,57 @@ pub fn ipv4_checksum(header: &[u8]) -> u16 {
     h[10] = 0;
     h[11] = 0;
     finish(sum16(&h, 0))
+}
+
+/// The folded (not complemented) sum of an IPv4 pseudo-header.
+pub fn pseudo_header_sum(src: [u8; 4], dst: [u8; 4], proto: u8, len: u16) -> u16 {
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&dst);
+    pseudo.extend_from_slice(&[0, proto]);
+    pseudo.extend_from_slice(&len.to_be_bytes());
+    !finish(sum16(&pseudo, 0))
+}
+
+/// An IPv4 ICMP error in an Ethernet frame quoting `quoted` (an IPv4
+/// packet, cut as the sender likes), with correct checksums.
+#[allow(clippy::too_many_arguments)]
+pub fn icmp_error(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    ty: u8,
+    code: u8,
+    rest: [u8; 4],
+    quoted: &[u8],
+) -> Vec<u8> {
+    let tot_len = (IP_HLEN + 8 + quoted.len()) as u16;
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    f.extend_from_slice(&[0x45, 0]);
+    f.extend_from_slice(&tot_len.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 0, 64, 1, 0, 0]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&[ty, code, 0, 0]);
+    f.extend_from_slice(&rest);
+    f.extend_from_slice(quoted);
+    let c = ipv4_checksum(&f[ETH_HLEN..ETH_HLEN + IP_HLEN]);
+    f[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&c.to_be_bytes());
+    let c = icmp_checksum(&f[ETH_HLEN + IP_HLEN..]);
+    f[ETH_HLEN + IP_HLEN + 2..ETH_HLEN + IP_HLEN + 4].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// The ICMP checksum of a message (checksum field zeroed).
+pub fn icmp_checksum(message: &[u8]) -> u16 {
+    let mut m = message.to_vec();
+    m[2] = 0;
+    m[3] = 0;
+    finish(sum16(&m, 0))
 }
 
 /// The TCP checksum over pseudo-header and segment (checksum field zeroed).

@@ -9,10 +9,11 @@ use aya::programs::{TestRun, TestRunOptions};
 use common::{backend_mac, xdp_md, TestNs, TestPlane, CLIENT_MAC, IN_MAC, OUT_MAC};
 use lb_common::{
     flow_hash, FlowKey, GlobalCounter, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, IPPROTO_TCP,
+    VIP_F_REJECT_EMPTY,
 };
 use xdplb::{
-    dataplane::{backend_name_index, BackendSlot, CounterReader, Counters, Dataplane},
-    packet::{checksums, TcpFrame, TCP_ACK, TCP_PSH, TCP_SYN},
+    dataplane::{backend_name_index, BackendSlot, CounterReader, Counters, Dataplane, Tuning},
+    packet::{checksums, TcpFrame, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN},
 };
 
 const XDP_DROP: u32 = 1;
@@ -47,8 +48,12 @@ impl Lab {
     /// VIP index 0 with `n` active backends in slots 0..n and a ring that
     /// cycles through them.
     fn new(n: u32) -> Lab {
+        Lab::tuned(n, Tuning::default())
+    }
+
+    fn tuned(n: u32, tuning: Tuning) -> Lab {
         let ns = TestNs::new(n as u8);
-        let mut tp = TestPlane::new(RING, 4096);
+        let mut tp = TestPlane::tuned(RING, 4096, tuning);
         let dp = tp.dp();
         dp.write_name(0, "web").unwrap();
         for i in 0..n {
@@ -58,7 +63,10 @@ impl Lab {
             dp.write_reply(backend_addr(i), sa(VIP), i, 0).unwrap();
         }
         let ring: Vec<u32> = (0..RING).map(|i| i % n).collect();
-        dp.publish_vip(sa(VIP), 0, &ring).unwrap();
+        dp.publish_vip(sa(VIP), 0, &ring, VIP_F_REJECT_EMPTY)
+            .unwrap();
+        dp.sync_host(&["in0".to_string(), "out0".to_string()])
+            .unwrap();
         Lab { tp, ns, ring }
     }
 
@@ -67,21 +75,16 @@ impl Lab {
     }
 
     fn publish(&mut self, ring: Vec<u32>) {
-        self.tp.dp().publish_vip(sa(VIP), 0, &ring).unwrap();
+        self.tp
+            .dp()
+            .publish_vip(sa(VIP), 0, &ring, VIP_F_REJECT_EMPTY)
+            .unwrap();
         self.ring = ring;
     }
 
     /// The backend slot the ring names for a flow.
     fn ring_choice(&self, src: SocketAddrV4, dst: SocketAddrV4) -> u32 {
-        let key = FlowKey {
-            src_addr: u32::from_ne_bytes(src.ip().octets()),
-            dst_addr: u32::from_ne_bytes(dst.ip().octets()),
-            src_port: src.port().to_be(),
-            dst_port: dst.port().to_be(),
-            proto: IPPROTO_TCP,
-            _pad: [0; 3],
-        };
-        self.ring[(flow_hash(&key) % RING) as usize]
+        self.ring[(flow_hash(&flow_key(src, dst)) % RING) as usize]
     }
 
     fn run_on(&mut self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
@@ -114,11 +117,31 @@ impl Lab {
         self.run_on(frame, i)
     }
 
+    /// The flow table's entry for a client port, if any.
+    fn flow(&self, port: u16) -> Option<lb_common::FlowEntry> {
+        let map = aya::maps::Map::LruHashMap(
+            aya::maps::MapData::from_pin(self.tp.pin_path.join(lb_common::maps::FLOWS)).unwrap(),
+        );
+        let flows: aya::maps::HashMap<_, FlowKey, lb_common::FlowEntry> = map.try_into().unwrap();
+        flows.get(&flow_key(client(port), sa(VIP)), 0).ok()
+    }
+
     fn counters(&self) -> Counters {
         CounterReader::open(&self.tp.pin_path)
             .unwrap()
             .read()
             .unwrap()
+    }
+}
+
+fn flow_key(src: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
+    FlowKey {
+        src_addr: u32::from_ne_bytes(src.ip().octets()),
+        dst_addr: u32::from_ne_bytes(dst.ip().octets()),
+        src_port: src.port().to_be(),
+        dst_port: dst.port().to_be(),
+        proto: IPPROTO_TCP,
+        _pad: [0; 3],
     }
 }
 
@@ -216,8 +239,9 @@ fn backend_reply_is_rewritten_back_to_the_vip() {
 }
 
 #[test]
-fn backend_traffic_without_a_flow_passes_untouched() {
-    // The controller's own health check: gateway → backend and back.
+fn backend_traffic_to_this_host_passes_untouched() {
+    // The controller's own health check: gateway → backend and back. The
+    // gateway's address (198.18.1.1 on out0) is in LOCAL_ADDRS.
     let mut lab = Lab::new(2);
     let mut reply = TcpFrame::new(backend_addr(0), sa("198.18.1.1:45000"), TCP_SYN | TCP_ACK);
     reply.dst_mac = OUT_MAC;
@@ -225,16 +249,30 @@ fn backend_traffic_without_a_flow_passes_untouched() {
     let (action, out) = lab.arrive_from_backends(&bytes);
     assert_eq!(action, XDP_PASS);
     assert_eq!(out, bytes);
-    // And a reply for a flow that is pinned to another backend.
-    let (_, o) = lab.arrive_from_client(&to_vip(40300, TCP_SYN).build());
-    let b = backend_of(&o);
-    let other = 1 - b;
-    let mut spoof = TcpFrame::new(backend_addr(other), client(40300), TCP_ACK);
-    spoof.dst_mac = OUT_MAC;
-    let bytes = spoof.build();
-    let (action, out) = lab.arrive_from_backends(&bytes);
-    assert_eq!(action, XDP_PASS);
-    assert_eq!(out, bytes);
+    assert_eq!(lab.counters().backends[0].counters.reply_packets, 0);
+}
+
+#[test]
+fn a_reply_without_a_flow_entry_is_rewritten_to_the_vip() {
+    // Evicted, expired, or seen first by this gateway (ECMP): the reverse
+    // NAT needs no state. The server speaks first here, on a flow the
+    // table never saw.
+    let mut lab = Lab::new(2);
+    let mut push = TcpFrame::new(backend_addr(1), client(40300), TCP_ACK | TCP_PSH);
+    push.src_mac = backend_mac(1);
+    push.dst_mac = OUT_MAC;
+    push.payload = b"220 banner\r\n".to_vec();
+    let (action, out) = lab.arrive_from_backends(&push.build());
+    assert_eq!(action, XDP_REDIRECT);
+    let mut want = push.clone();
+    want.src = sa(VIP);
+    want.src_mac = IN_MAC;
+    want.dst_mac = CLIENT_MAC;
+    want.ttl -= 1;
+    assert_eq!(out, want.build());
+    assert_checksums_valid(&out);
+    let c = lab.counters();
+    assert_eq!(c.backends[1].counters.reply_packets, 1);
 }
 
 #[test]
@@ -300,8 +338,9 @@ fn draining_backend_keeps_established_flows_and_gets_no_new_one() {
         assert_eq!(action, XDP_REDIRECT);
         assert_ne!(backend_of(&out), 0, "new flow on a draining backend");
     }
-    // A SYN reusing the established port pair is a new connection: it must
-    // not land on the draining backend either.
+    // Once that connection is over (RST), a SYN reusing the port pair is a
+    // new connection: it must not land on the draining backend either.
+    lab.arrive_from_client(&to_vip(port, TCP_RST).build());
     let (_, out) = lab.arrive_from_client(&to_vip(port, TCP_SYN).build());
     assert_ne!(backend_of(&out), 0);
 }
@@ -330,13 +369,128 @@ fn non_vip_packet_passes_unchanged() {
     assert_eq!(c.get(GlobalCounter::Passed), 4);
 }
 
+/// What the program must answer to `sent` when the pool is empty: a RST
+/// from the VIP, rebuilt independently.
+fn expected_rst(sent: &TcpFrame, seq: u32, ack: u32, flags: u8) -> Vec<u8> {
+    let mut r = TcpFrame::new(sent.dst, sent.src, flags);
+    r.src_mac = sent.dst_mac;
+    r.dst_mac = sent.src_mac;
+    r.seq = seq;
+    r.ack = ack;
+    r.ip_id = 0;
+    r.window = 0;
+    r.build()
+}
+
 #[test]
-fn empty_active_set_drops_new_flows() {
+fn an_empty_pool_answers_a_syn_with_a_rst_from_the_vip() {
     let mut lab = Lab::new(2);
     lab.publish(vec![lb_common::NO_BACKEND; RING as usize]);
+    let mut syn = to_vip(43100, TCP_SYN);
+    // Options and a payload must not leak into the answer.
+    syn.payload = vec![7; 33];
+    let (action, out) = lab.arrive_from_client(&syn.build());
+    assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
+    let want = expected_rst(&syn, 0, syn.seq.wrapping_add(1 + 33), TCP_RST | TCP_ACK);
+    assert_eq!(out, want);
+    assert_checksums_valid(&out);
+    // A segment with ACK gets a RST whose sequence number is that ACK.
+    let mut ack = to_vip(43101, TCP_ACK);
+    ack.ack = 0xdead_beef;
+    let (action, out) = lab.arrive_from_client(&ack.build());
+    assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
+    assert_eq!(out, expected_rst(&ack, 0xdead_beef, 0, TCP_RST));
+    // A RST is never answered.
+    let (action, _) = lab.arrive_from_client(&to_vip(43102, TCP_RST).build());
+    assert_eq!(action, XDP_DROP);
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::Answered), 2);
+    assert_eq!(c.get(GlobalCounter::Rejected), 2);
+    assert_eq!(c.vips[0].counters.rejected, 2);
+    assert_eq!(c.get(GlobalCounter::DropNoBackend), 1);
+    assert_eq!(c.get(GlobalCounter::Rx), 3);
+}
+
+#[test]
+fn an_empty_pool_with_on_empty_drop_drops() {
+    let mut lab = Lab::new(2);
+    lab.tp
+        .dp()
+        .publish_vip(sa(VIP), 0, &vec![lb_common::NO_BACKEND; RING as usize], 0)
+        .unwrap();
     let (action, _) = lab.arrive_from_client(&to_vip(43100, TCP_SYN).build());
     assert_eq!(action, XDP_DROP);
-    assert_eq!(lab.counters().get(GlobalCounter::DropNoBackend), 1);
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::DropNoBackend), 1);
+    assert_eq!(c.vips[0].counters.rejected, 0);
+}
+
+#[test]
+fn a_stale_ring_entry_is_never_used() {
+    // The controller takes a backend out of the ring before it frees,
+    // reassigns or marks it down; a ring that still names it is one caught
+    // mid-rewrite, and must not steer anything there.
+    let mut lab = Lab::new(2);
+    let port = 43200;
+    let b = lab.ring_choice(client(port), sa(VIP));
+    type MakeStale = fn(&mut Dataplane, u32);
+    let cases: [(&str, MakeStale); 3] = [
+        ("freed slot", |dp, b| dp.free_backend(b).unwrap()),
+        ("slot of another VIP", |dp, b| {
+            dp.write_backend(&BackendSlot {
+                slot: b,
+                vip_index: 1,
+                addr: backend_addr(b),
+                state: BACKEND_ACTIVE,
+                flags: 0,
+            })
+            .unwrap()
+        }),
+        ("down backend", |dp, b| set_backend(dp, b, BACKEND_DOWN)),
+    ];
+    for (i, (name, make_stale)) in cases.iter().enumerate() {
+        make_stale(lab.dp(), b);
+        let (action, _) = lab.arrive_from_client(&to_vip(port, TCP_SYN).build());
+        assert_eq!(action, XDP_DROP, "{name}");
+        assert_eq!(
+            lab.counters().get(GlobalCounter::DropStaleRing),
+            i as u64 + 1,
+            "{name}"
+        );
+        set_backend(lab.dp(), b, BACKEND_ACTIVE);
+        let ring = lab.ring.clone();
+        lab.publish(ring);
+    }
+}
+
+#[test]
+fn a_reused_slot_does_not_inherit_its_predecessors_ring_entries_or_flows() {
+    let mut lab = Lab::new(2);
+    let port = (43300u16..44000)
+        .find(|&p| lab.ring_choice(client(p), sa(VIP)) == 0)
+        .unwrap();
+    let (_, out) = lab.arrive_from_client(&to_vip(port, TCP_SYN).build());
+    assert_eq!(backend_of(&out), 0);
+    // Slot 0 is freed and given to a new backend of the same pool, while
+    // the published ring and the flow still name the old occupant.
+    lab.dp().free_backend(0).unwrap();
+    set_backend(lab.dp(), 0, BACKEND_ACTIVE);
+    let other_port = (45000u16..46000)
+        .find(|&p| lab.ring_choice(client(p), sa(VIP)) == 0)
+        .unwrap();
+    let (action, _) = lab.arrive_from_client(&to_vip(other_port, TCP_SYN).build());
+    assert_eq!(action, XDP_DROP, "a ring entry of the old occupant");
+    // The established flow's entry is stale too: a miss, steered by the
+    // ring, which still names only the old generation for this flow.
+    let (action, _) = lab.arrive_from_client(&to_vip(port, TCP_ACK).build());
+    assert_eq!(action, XDP_DROP);
+    // Once the ring is republished for the new occupant, both work.
+    let ring = lab.ring.clone();
+    lab.publish(ring);
+    let (action, out) = lab.arrive_from_client(&to_vip(port, TCP_ACK).build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(backend_of(&out), 0);
+    assert!(lab.counters().get(GlobalCounter::FlowMisses) >= 1);
 }
 
 /// A malformed or special frame, what must happen to it, and the counter
@@ -669,9 +823,22 @@ fn an_impossible_map_state_is_dropped_counted_and_logged() {
     let mut lab = Lab::new(2);
     let capture = Capture::default();
     let mut logger = lab.dp().logger(capture.clone()).unwrap();
-    // A ring naming a slot past the end of BACKENDS: only a bug could
-    // write that, and the program must neither forward nor crash.
-    lab.publish(vec![lb_common::limits::MAX_BACKENDS + 7; RING as usize]);
+    // A VIP whose index is past the rings: only a bug could write that,
+    // and the program must neither forward nor crash.
+    let vips = aya::maps::Map::HashMap(
+        aya::maps::MapData::from_pin(lab.tp.pin_path.join(lb_common::maps::VIPS)).unwrap(),
+    );
+    let mut vips: aya::maps::HashMap<_, lb_common::L4Addr, lb_common::VipMeta> =
+        vips.try_into().unwrap();
+    vips.insert(
+        xdplb::dataplane::l4addr(sa(VIP)),
+        lb_common::VipMeta {
+            index: lb_common::limits::MAX_VIPS + 7,
+            ..Default::default()
+        },
+        0,
+    )
+    .unwrap();
     let (action, _) = lab.arrive_from_client(&to_vip(48000, TCP_SYN).build());
     assert_eq!(action, XDP_DROP);
     assert_eq!(lab.counters().get(GlobalCounter::DropInternal), 1);
@@ -681,4 +848,523 @@ fn an_impossible_map_state_is_dropped_counted_and_logged() {
         logged.iter().any(|m| m.contains("internal drop")),
         "logged: {logged:?}"
     );
+}
+
+// ---- Partial checksums (CHECKSUM_PARTIAL from veths and virtio) ----
+
+#[test]
+fn partial_checksums_are_completed_before_a_redirect() {
+    let mut lab = Lab::new(3);
+    // Sizes around every chunk boundary of the summing code.
+    let sizes = [
+        0usize, 1, 2, 3, 4, 5, 255, 511, 512, 513, 1023, 1024, 1400, 1460,
+    ];
+    for (i, &n) in sizes.iter().enumerate() {
+        let port = 50000 + i as u16;
+        let mut f = to_vip(port, TCP_ACK | TCP_PSH);
+        f.payload = (0..n).map(|j| (j * 7 + n) as u8 | 0x80).collect();
+        let want = lab.ring_choice(client(port), sa(VIP));
+        let (action, out) = lab.arrive_from_client(&f.build_partial());
+        assert_eq!(action, XDP_REDIRECT, "{n} bytes");
+        assert_eq!(out, expected_to_backend(&f, want), "{n} bytes");
+        assert_checksums_valid(&out);
+    }
+    // And replies.
+    let mut r = TcpFrame::new(backend_addr(1), client(50100), TCP_ACK | TCP_PSH);
+    r.src_mac = backend_mac(1);
+    r.dst_mac = OUT_MAC;
+    r.payload = vec![0xfe; 999];
+    let (action, out) = lab.arrive_from_backends(&r.build_partial());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_checksums_valid(&out);
+    assert_eq!(
+        lab.counters().get(GlobalCounter::PartialChecksum),
+        sizes.len() as u64 + 1
+    );
+}
+
+#[test]
+fn a_complete_checksum_equal_to_the_pseudo_header_sum_stays_correct() {
+    // Such a frame is indistinguishable from a partial one; completing it
+    // must give the same (correct) checksum.
+    let mut lab = Lab::new(3);
+    let mut f = to_vip(50200, TCP_ACK | TCP_PSH);
+    let pseudo = |f: &TcpFrame| {
+        let len = (xdplb::packet::TCP_HLEN + f.payload.len()) as u16;
+        xdplb::packet::pseudo_header_sum(f.src.ip().octets(), f.dst.ip().octets(), 6, len)
+    };
+    let found = (0..=u16::MAX).find(|&x| {
+        f.payload = vec![1, 2, 3, 4, (x >> 8) as u8, x as u8];
+        let b = f.build();
+        u16::from_be_bytes([b[50], b[51]]) == pseudo(&f)
+    });
+    assert!(found.is_some(), "some payload makes the two equal");
+    let want = lab.ring_choice(client(50200), sa(VIP));
+    let (action, out) = lab.arrive_from_client(&f.build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, expected_to_backend(&f, want));
+}
+
+#[test]
+fn a_partial_frame_handed_to_the_kernel_stays_partial() {
+    // The kernel keeps the skb's CHECKSUM_PARTIAL state on XDP_PASS and
+    // lets the egress complete it: the field must hold the pseudo-header
+    // sum of the rewritten addresses, not a full checksum.
+    let mut lab = Lab::new(2);
+    // Slot 2 at an address with no neighbour entry: the FIB says NO_NEIGH.
+    let unresolved = sa("198.18.1.99:8080");
+    lab.dp()
+        .write_backend(&BackendSlot {
+            slot: 2,
+            vip_index: 0,
+            addr: unresolved,
+            state: BACKEND_ACTIVE,
+            flags: 0,
+        })
+        .unwrap();
+    lab.publish(vec![2; RING as usize]);
+    let mut f = to_vip(50300, TCP_ACK | TCP_PSH);
+    f.payload = b"partial".to_vec();
+    let (action, out) = lab.arrive_from_client(&f.build_partial());
+    assert_eq!(action, XDP_PASS);
+    let mut want = f.clone();
+    want.dst = unresolved;
+    assert_eq!(out, want.build_partial());
+    assert_eq!(lab.counters().get(GlobalCounter::PassNeighUnresolved), 1);
+}
+
+// ---- MTU ----
+
+/// A DF packet to the VIP whose IP total length is `ip_len`.
+fn sized_to_vip(port: u16, ip_len: usize) -> TcpFrame {
+    let mut f = to_vip(port, TCP_ACK | TCP_PSH);
+    f.payload = vec![0x5a; ip_len - 40];
+    f
+}
+
+#[test]
+fn a_df_packet_too_big_for_the_backend_link_gets_frag_needed_from_the_vip() {
+    let mut lab = Lab::new(2);
+    lab.ns.set_mtu("out0", 1280);
+    // Exactly fitting: forwarded.
+    let fits = sized_to_vip(51000, 1280);
+    let want = lab.ring_choice(client(51000), sa(VIP));
+    let (action, out) = lab.arrive_from_client(&fits.build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, expected_to_backend(&fits, want));
+    // One byte over: answered before any rewrite.
+    let over = sized_to_vip(51001, 1281);
+    let sent = over.build();
+    let (action, out) = lab.arrive_from_client(&sent);
+    assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
+    let want = xdplb::packet::icmp_error(
+        IN_MAC,
+        CLIENT_MAC,
+        sa(VIP).ip().octets(),
+        client(0).ip().octets(),
+        3,
+        4,
+        [0, 0, (1280u16 >> 8) as u8, (1280u16 & 0xff) as u8],
+        &sent[14..14 + 28],
+    );
+    assert_eq!(out, want);
+    assert_icmp_checksums_valid(&out);
+    // Without DF the kernel fragments it: rewritten and passed.
+    let mut nodf = sized_to_vip(51002, 1281);
+    nodf.df = false;
+    let (action, out) = lab.arrive_from_client(&nodf.build());
+    assert_eq!(action, XDP_PASS);
+    let mut want = nodf.clone();
+    want.dst = backend_addr(lab.ring_choice(client(51002), sa(VIP)));
+    assert_eq!(out, want.build());
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::FragNeededSent), 1);
+    assert_eq!(c.get(GlobalCounter::Answered), 1);
+    assert_eq!(c.get(GlobalCounter::PassTooBig), 1);
+}
+
+#[test]
+fn a_df_reply_too_big_for_the_client_link_goes_to_the_kernel_unrewritten() {
+    // The kernel, the router on this path, then sends the backend its
+    // fragmentation-needed, quoting what the backend really sent.
+    let mut lab = Lab::new(2);
+    lab.ns.set_mtu("in0", 1280);
+    let mut r = TcpFrame::new(backend_addr(0), client(51100), TCP_ACK);
+    r.src_mac = backend_mac(0);
+    r.dst_mac = OUT_MAC;
+    r.payload = vec![1; 1241];
+    let sent = r.build();
+    let (action, out) = lab.arrive_from_backends(&sent);
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(out, sent);
+    r.payload.pop();
+    let (action, _) = lab.arrive_from_backends(&r.build());
+    assert_eq!(action, XDP_REDIRECT, "exactly fitting");
+    assert_eq!(lab.counters().get(GlobalCounter::PassTooBig), 1);
+}
+
+// ---- ICMP errors ----
+
+fn assert_icmp_checksums_valid(frame: &[u8]) {
+    use xdplb::packet::{icmp_checksum, ipv4_checksum};
+    let found = |o: usize| u16::from_be_bytes([frame[o], frame[o + 1]]);
+    assert_eq!(found(24), ipv4_checksum(&frame[14..34]), "outer IPv4");
+    assert_eq!(found(36), icmp_checksum(&frame[34..]), "ICMP");
+    assert_eq!(found(52), ipv4_checksum(&frame[42..62]), "quoted IPv4");
+}
+
+const ROUTER: [u8; 4] = [198, 18, 0, 254];
+const ROUTER_MAC: [u8; 6] = [0x02, 0x77, 0, 0, 0, 1];
+
+/// What a client-side router sends the VIP about a packet the VIP sent
+/// `port` (header and 8 bytes quoted, as RFC 792 asks).
+fn icmp_to_vip(port: u16, ty: u8, code: u8, rest: [u8; 4]) -> (Vec<u8>, TcpFrame) {
+    let mut reply = TcpFrame::new(sa(VIP), client(port), TCP_ACK);
+    reply.payload = vec![9; 1400];
+    let quoted = reply.build()[14..14 + 28].to_vec();
+    let frame = xdplb::packet::icmp_error(
+        ROUTER_MAC,
+        IN_MAC,
+        ROUTER,
+        sa(VIP).ip().octets(),
+        ty,
+        code,
+        rest,
+        &quoted,
+    );
+    (frame, reply)
+}
+
+/// The ICMP error as the backend must receive it: outer destination and
+/// quoted source rewritten to backend `b`, TTL less one.
+fn expected_icmp_to_backend(sent: &[u8], reply: &TcpFrame, b: u32) -> Vec<u8> {
+    let mut quoted_reply = reply.clone();
+    quoted_reply.src = backend_addr(b);
+    let quoted = &quoted_reply.build()[14..14 + 28];
+    let mut want = xdplb::packet::icmp_error(
+        OUT_MAC,
+        backend_mac(b as u8),
+        ROUTER,
+        backend_addr(b).ip().octets(),
+        sent[34],
+        sent[35],
+        [sent[38], sent[39], sent[40], sent[41]],
+        quoted,
+    );
+    want[22] -= 1;
+    let c = xdplb::packet::ipv4_checksum(&want[14..34]);
+    want[24..26].copy_from_slice(&c.to_be_bytes());
+    want
+}
+
+#[test]
+fn an_icmp_error_about_a_vips_packet_reaches_the_flows_backend() {
+    let mut lab = Lab::new(3);
+    // An established flow, pinned: the ring is changed after, so only the
+    // flow table knows its backend.
+    let (_, out) = lab.arrive_from_client(&to_vip(52000, TCP_SYN).build());
+    let b = backend_of(&out);
+    lab.publish(vec![(b + 1) % 3; RING as usize]);
+    for (ty, code, rest) in [
+        (3u8, 4u8, [0, 0, 0x05, 0x00]), // fragmentation needed, MTU 1280
+        (3, 1, [0; 4]),                 // host unreachable
+        (11, 0, [0; 4]),                // time exceeded
+    ] {
+        let (sent, reply) = icmp_to_vip(52000, ty, code, rest);
+        let (action, out) = lab.arrive_from_client(&sent);
+        assert_eq!(action, XDP_REDIRECT, "type {ty} code {code}");
+        assert_eq!(out, expected_icmp_to_backend(&sent, &reply, b));
+        assert_icmp_checksums_valid(&out);
+    }
+    // A flow the table does not know follows the ring, as its packets would.
+    let (sent, reply) = icmp_to_vip(52001, 3, 4, [0, 0, 0x05, 0x00]);
+    let (action, out) = lab.arrive_from_client(&sent);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, expected_icmp_to_backend(&sent, &reply, (b + 1) % 3));
+    assert_eq!(lab.counters().get(GlobalCounter::IcmpToBackend), 4);
+}
+
+#[test]
+fn an_icmp_error_about_a_clients_packet_to_a_backend_is_translated_for_the_client() {
+    let mut lab = Lab::new(2);
+    let mut request = TcpFrame::new(client(52100), backend_addr(1), TCP_ACK);
+    request.payload = vec![3; 100];
+    let quoted = request.build()[14..14 + 28].to_vec();
+    let mut as_client_sent = request.clone();
+    as_client_sent.dst = sa(VIP);
+    let want_quote = as_client_sent.build()[14..14 + 28].to_vec();
+    // From a router on the backends' side, and from the backend itself.
+    let backend_ip = backend_addr(1).ip().octets();
+    for (from, want_from) in [
+        ([198, 18, 1, 254], [198, 18, 1, 254]),
+        (backend_ip, sa(VIP).ip().octets()),
+    ] {
+        let sent = xdplb::packet::icmp_error(
+            backend_mac(1),
+            OUT_MAC,
+            from,
+            client(0).ip().octets(),
+            3,
+            3,
+            [0; 4],
+            &quoted,
+        );
+        let (action, out) = lab.arrive_from_backends(&sent);
+        assert_eq!(action, XDP_REDIRECT, "from {from:?}");
+        let mut want = xdplb::packet::icmp_error(
+            IN_MAC,
+            CLIENT_MAC,
+            want_from,
+            client(0).ip().octets(),
+            3,
+            3,
+            [0; 4],
+            &want_quote,
+        );
+        want[22] -= 1;
+        let c = xdplb::packet::ipv4_checksum(&want[14..34]);
+        want[24..26].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(out, want, "from {from:?}");
+        assert_icmp_checksums_valid(&out);
+    }
+    assert_eq!(lab.counters().get(GlobalCounter::IcmpToClient), 2);
+}
+
+#[test]
+fn icmp_that_is_not_ours_or_cannot_be_read_is_never_misforwarded() {
+    let mut lab = Lab::new(2);
+    let (good, _) = icmp_to_vip(52200, 3, 4, [0, 0, 5, 0]);
+    let fix = |mut f: Vec<u8>| {
+        let tot = (f.len() - 14) as u16;
+        f[16..18].copy_from_slice(&tot.to_be_bytes());
+        let c = xdplb::packet::ipv4_checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        f
+    };
+    // Quote cut short (only 10 bytes of the quoted header).
+    let cut = fix(good[..42 + 10].to_vec());
+    // Quoted header with options (ihl 6).
+    let mut opts = good.clone();
+    opts[42] = 0x46;
+    // Quoted packet is UDP: not a flow of ours.
+    let mut udp = good.clone();
+    udp[42 + 9] = 17;
+    // An echo request to the VIP's address.
+    let mut echo = good.clone();
+    echo[34] = 8;
+    echo[35] = 0;
+    let cases = [
+        (
+            "quote cut short",
+            cut,
+            Some(GlobalCounter::PassIcmpUnparsed),
+        ),
+        (
+            "quote with options",
+            opts,
+            Some(GlobalCounter::PassIcmpUnparsed),
+        ),
+        ("quoted udp", udp, None),
+        ("echo request", echo, None),
+    ];
+    for (name, frame, counter) in cases {
+        let before = lab.counters();
+        let (action, out) = lab.arrive_from_client(&frame);
+        assert_eq!(action, XDP_PASS, "{name}");
+        assert_eq!(out, frame, "{name}: untouched");
+        if let Some(c) = counter {
+            assert_eq!(lab.counters().get(c), before.get(c) + 1, "{name}");
+        }
+    }
+    // About a VIP whose pool is empty: nobody to tell; dropped, counted.
+    lab.publish(vec![lb_common::NO_BACKEND; RING as usize]);
+    let (action, _) = lab.arrive_from_client(&good);
+    assert_eq!(action, XDP_DROP);
+    assert_eq!(lab.counters().get(GlobalCounter::IcmpToBackend), 0);
+}
+
+// ---- Frames not for this host, redirect targets ----
+
+#[test]
+fn frames_for_another_mac_pass_untouched() {
+    let mut lab = Lab::new(2);
+    for mac in [
+        [0x02, 0x99, 0, 0, 0, 9],
+        [0xff; 6],
+        [0x01, 0x00, 0x5e, 0, 0, 1],
+    ] {
+        let mut f = to_vip(53000, TCP_SYN);
+        f.dst_mac = mac;
+        let bytes = f.build();
+        let (action, out) = lab.arrive_from_client(&bytes);
+        assert_eq!(action, XDP_PASS, "{mac:02x?}");
+        assert_eq!(out, bytes);
+        // Malformed, for someone else: not ours to judge either.
+        let mut bad = bytes.clone();
+        bad[14] = 0x44;
+        let (action, _) = lab.arrive_from_client(&bad);
+        assert_eq!(action, XDP_PASS, "{mac:02x?}");
+    }
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::PassNotForUs), 6);
+    assert_eq!(c.get(GlobalCounter::Dropped), 0);
+}
+
+#[test]
+fn a_next_hop_outside_the_redirect_ports_goes_to_the_kernel() {
+    let mut lab = Lab::new(2);
+    lab.dp().sync_host(&["in0".to_string()]).unwrap();
+    let f = to_vip(53100, TCP_SYN);
+    let (action, out) = lab.arrive_from_client(&f.build_partial());
+    assert_eq!(action, XDP_PASS);
+    let mut want = f.clone();
+    want.dst = backend_addr(lab.ring_choice(client(53100), sa(VIP)));
+    assert_eq!(out, want.build_partial(), "rewritten, still partial");
+    assert_eq!(lab.counters().get(GlobalCounter::RedirectFallback), 1);
+}
+
+// ---- Flow-table hygiene ----
+
+#[test]
+fn a_fin_or_rst_that_misses_the_table_inserts_nothing() {
+    let mut lab = Lab::new(3);
+    for (port, flags) in [(54000, TCP_RST), (54001, TCP_FIN | TCP_ACK)] {
+        let (action, out) = lab.arrive_from_client(&to_vip(port, flags).build());
+        assert_eq!(action, XDP_REDIRECT, "still steered");
+        assert_eq!(backend_of(&out), lab.ring_choice(client(port), sa(VIP)));
+        assert_eq!(lab.flow(port), None, "flags {flags:#x}");
+    }
+    assert_eq!(lab.counters().get(GlobalCounter::FlowInserts), 0);
+}
+
+#[test]
+fn a_syn_on_an_established_flow_keeps_its_backend() {
+    // A retransmitted or spoofed SYN must not re-steer a live connection.
+    let mut lab = Lab::new(3);
+    let (_, out) = lab.arrive_from_client(&to_vip(54100, TCP_SYN).build());
+    let b = backend_of(&out);
+    lab.publish(vec![(b + 1) % 3; RING as usize]);
+    let (action, out) = lab.arrive_from_client(&to_vip(54100, TCP_SYN).build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(backend_of(&out), b);
+    assert_eq!(
+        lab.flow(54100).unwrap().backend & lb_common::BACKEND_SLOT_MASK,
+        b
+    );
+}
+
+#[test]
+fn a_closed_flow_lingers_for_stragglers_then_a_syn_starts_afresh() {
+    let mut lab = Lab::new(3);
+    let port = 54200;
+    let (_, out) = lab.arrive_from_client(&to_vip(port, TCP_SYN).build());
+    let b = backend_of(&out);
+    let other = (b + 1) % 3;
+    lab.publish(vec![other; RING as usize]);
+    // FIN from the client, then from the backend (the reply path notes it).
+    lab.arrive_from_client(&to_vip(port, TCP_FIN | TCP_ACK).build());
+    let flow = lab.flow(port).unwrap();
+    assert_eq!(flow.flags, lb_common::FLOW_F_CLOSING);
+    let mut fin = TcpFrame::new(backend_addr(b), client(port), TCP_FIN | TCP_ACK);
+    fin.dst_mac = OUT_MAC;
+    let (action, _) = lab.arrive_from_backends(&fin.build());
+    assert_eq!(action, XDP_REDIRECT);
+    let flow = lab.flow(port).unwrap();
+    assert!(lb_common::flow_closed(flow.flags), "{:#x}", flow.flags);
+    // The last ACK still reaches the old backend.
+    let (_, out) = lab.arrive_from_client(&to_vip(port, TCP_ACK).build());
+    assert_eq!(backend_of(&out), b);
+    // A new connection on the same 4-tuple follows the ring.
+    let (_, out) = lab.arrive_from_client(&to_vip(port, TCP_SYN).build());
+    assert_eq!(backend_of(&out), other);
+    assert_eq!(lab.flow(port).unwrap().flags, 0, "a fresh entry");
+}
+
+#[test]
+fn a_reset_flow_is_closed_and_its_closing_mark_survives_a_resteer() {
+    let mut lab = Lab::new(3);
+    let port = 54300;
+    let (_, out) = lab.arrive_from_client(&to_vip(port, TCP_SYN).build());
+    let b = backend_of(&out);
+    // The client half-closes; then its backend goes down and the flow is
+    // re-steered: the new entry must still say the client is closing.
+    lab.arrive_from_client(&to_vip(port, TCP_FIN | TCP_ACK).build());
+    set_backend(lab.dp(), b, BACKEND_DOWN);
+    let survivors: Vec<u32> = (0..3).filter(|&i| i != b).collect();
+    lab.publish((0..RING).map(|i| survivors[(i % 2) as usize]).collect());
+    let (_, out) = lab.arrive_from_client(&to_vip(port, TCP_ACK).build());
+    assert_ne!(backend_of(&out), b);
+    let flow = lab.flow(port).unwrap();
+    assert_eq!(
+        flow.flags & lb_common::FLOW_F_CLOSING,
+        lb_common::FLOW_F_CLOSING
+    );
+    // A RST from the client closes it outright.
+    lab.arrive_from_client(&to_vip(port, TCP_RST).build());
+    assert!(lb_common::flow_closed(lab.flow(port).unwrap().flags));
+}
+
+#[test]
+fn above_the_insert_rate_new_flows_are_balanced_but_not_recorded() {
+    let mut lab = Lab::tuned(
+        3,
+        Tuning {
+            max_flow_inserts_per_sec: 3,
+        },
+    );
+    for port in 54400..54406u16 {
+        let f = to_vip(port, TCP_SYN);
+        let (action, out) = lab.arrive_from_client(&f.build());
+        assert_eq!(action, XDP_REDIRECT, "balanced all the same");
+        assert_eq!(
+            out,
+            expected_to_backend(&f, lab.ring_choice(client(port), sa(VIP)))
+        );
+    }
+    let recorded = (54400..54406u16).filter(|&p| lab.flow(p).is_some()).count();
+    let c = lab.counters();
+    // test_run may move between CPUs; each has its own window.
+    assert!((3..=6).contains(&recorded), "{recorded}");
+    assert_eq!(c.get(GlobalCounter::FlowInserts), recorded as u64);
+    assert_eq!(c.get(GlobalCounter::FlowInsertsCapped), 6 - recorded as u64);
+    assert!(c.get(GlobalCounter::FlowInsertsCapped) >= 1 || recorded == 6);
+    // What is in the table is untouched by the flood.
+    let first = lab.flow(54400).map(|f| f.backend);
+    let (_, out) = lab.arrive_from_client(&to_vip(54400, TCP_ACK).build());
+    if let Some(r) = first {
+        assert_eq!(backend_of(&out), r & lb_common::BACKEND_SLOT_MASK);
+    }
+}
+
+#[test]
+fn last_seen_is_rewritten_at_most_once_a_second() {
+    let mut lab = Lab::new(2);
+    lab.arrive_from_client(&to_vip(54500, TCP_SYN).build());
+    let t0 = lab.flow(54500).unwrap().last_seen_ns;
+    for _ in 0..3 {
+        lab.arrive_from_client(&to_vip(54500, TCP_ACK).build());
+    }
+    assert_eq!(lab.flow(54500).unwrap().last_seen_ns, t0);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    lab.arrive_from_client(&to_vip(54500, TCP_ACK).build());
+    assert!(lab.flow(54500).unwrap().last_seen_ns > t0);
+}
+
+#[test]
+fn the_controllers_flow_walk_reaps_closed_flows_after_their_linger() {
+    let mut lab = Lab::new(2);
+    lab.arrive_from_client(&to_vip(54600, TCP_SYN).build());
+    lab.arrive_from_client(&to_vip(54601, TCP_SYN).build());
+    lab.arrive_from_client(&to_vip(54601, TCP_RST).build());
+    let walk = |lab: &Lab| {
+        xdplb::dataplane::flow_counts(&lab.tp.pin_path, 10_000, std::time::Duration::from_secs(30))
+            .unwrap()
+    };
+    assert_eq!(walk(&lab).values().sum::<u64>(), 1);
+    assert!(lab.flow(54601).is_some(), "lingers");
+    let linger = std::time::Duration::from_nanos(lb_common::limits::FLOW_LINGER_NS);
+    std::thread::sleep(linger + std::time::Duration::from_millis(300));
+    assert_eq!(walk(&lab).values().sum::<u64>(), 1);
+    assert!(lab.flow(54601).is_none(), "reaped");
+    assert!(lab.flow(54600).is_some(), "the live flow stays");
 }

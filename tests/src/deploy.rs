@@ -48,6 +48,14 @@ pub struct PoolSpec {
     pub timeout_ms: u64,
     pub rise: u32,
     pub fall: u32,
+    /// `on_empty = "…"` when set (else the default, reject).
+    pub on_empty: Option<String>,
+    /// The port of every backend's `addr` (default [`BACKEND_PORT`], where
+    /// `lab-backend` listens; a test serving on another port sets it).
+    pub backend_port: u16,
+    /// `kind = "tcp"` health checks (connect to `backend_port`) instead of
+    /// `kind = "http"` on `/healthz`.
+    pub tcp_health: bool,
     /// `Some((high, low, up_ms, down_ms, slow_start_ms))` adds `[pool.load]`.
     pub load: Option<LoadSpec>,
     /// `on_down = "..."` when set.
@@ -96,6 +104,9 @@ impl PoolSpec {
             timeout_ms: 100,
             rise: 2,
             fall: 2,
+            on_empty: None,
+            backend_port: BACKEND_PORT,
+            tcp_health: false,
             load: None,
             on_down: None,
             slow_start_ms: None,
@@ -116,16 +127,48 @@ impl PoolSpec {
     }
 }
 
-/// The config file for `pools` on `lab`.
+/// The `[dataplane]` knobs a test may turn (the rest is fixed by the lab).
+#[derive(Clone, Debug)]
+pub struct DataplaneSpec {
+    /// `flow_table_size`: LRU flow entries (the lab default is small, 65,536,
+    /// to keep labs cheap; the product's default is 1,048,576).
+    pub flow_table_size: u32,
+    /// `max_flow_inserts_per_sec` (per CPU; 0 = no cap); `None` leaves it
+    /// out, so the product's default applies.
+    pub max_flow_inserts_per_sec: Option<u32>,
+}
+
+impl Default for DataplaneSpec {
+    fn default() -> Self {
+        DataplaneSpec {
+            flow_table_size: 65536,
+            max_flow_inserts_per_sec: None,
+        }
+    }
+}
+
+/// The config file for `pools` on `lab`, with the lab's default
+/// `[dataplane]`.
 pub fn render_config(lab: &Lab, pools: &[PoolSpec]) -> String {
+    render_config_with(lab, &DataplaneSpec::default(), pools)
+}
+
+/// The config file for `pools` on `lab` with the `[dataplane]` knobs of
+/// `dp`.
+pub fn render_config_with(lab: &Lab, dp: &DataplaneSpec, pools: &[PoolSpec]) -> String {
     let mut s = String::new();
     let [c, b] = Lab::gw_ifaces();
     writeln!(
         s,
-        "[dataplane]\ninterfaces = [\"{c}\", \"{b}\"]\nxdp_mode = \"auto\"\npin_path = \"{}\"\nflow_table_size = 65536\nring_size = 4099\n",
-        lab.pin_path().display()
+        "[dataplane]\ninterfaces = [\"{c}\", \"{b}\"]\nxdp_mode = \"auto\"\npin_path = \"{}\"\nflow_table_size = {}\nring_size = 4099",
+        lab.pin_path().display(),
+        dp.flow_table_size,
     )
     .unwrap();
+    if let Some(cap) = dp.max_flow_inserts_per_sec {
+        writeln!(s, "max_flow_inserts_per_sec = {cap}").unwrap();
+    }
+    writeln!(s).unwrap();
     writeln!(
         s,
         "[control]\nadmin_socket = \"{}\"\nmetrics_listen = \"{METRICS_LISTEN}\"\nstate_file = \"{}\"\n",
@@ -136,8 +179,23 @@ pub fn render_config(lab: &Lab, pools: &[PoolSpec]) -> String {
     for p in pools {
         writeln!(
             s,
-            "[[pool]]\nname = \"{}\"\nvip = \"{}\"\nmin_active = {}\n\n  [pool.health]\n  kind = \"http\"\n  path = \"/healthz\"\n  interval_ms = {}\n  timeout_ms = {}\n  rise = {}\n  fall = {}\n",
-            p.name, p.vip, p.min_active, p.interval_ms, p.timeout_ms, p.rise, p.fall
+            "[[pool]]\nname = \"{}\"\nvip = \"{}\"\nmin_active = {}\n{}\n  [pool.health]\n{}  interval_ms = {}\n  timeout_ms = {}\n  rise = {}\n  fall = {}\n",
+            p.name,
+            p.vip,
+            p.min_active,
+            p.on_empty
+                .as_ref()
+                .map(|o| format!("on_empty = \"{o}\"\n"))
+                .unwrap_or_default(),
+            if p.tcp_health {
+                "  kind = \"tcp\"\n"
+            } else {
+                "  kind = \"http\"\n  path = \"/healthz\"\n"
+            },
+            p.interval_ms,
+            p.timeout_ms,
+            p.rise,
+            p.fall
         )
         .unwrap();
         // Pool keys after [pool.health] would land in it: insert them
@@ -164,9 +222,10 @@ pub fn render_config(lab: &Lab, pools: &[PoolSpec]) -> String {
         for b in &p.backends {
             writeln!(
                 s,
-                "  [[pool.backend]]\n  name = \"{}\"\n  addr = \"{}:{BACKEND_PORT}\"\n  weight = {}\n  role = \"{}\"\n",
+                "  [[pool.backend]]\n  name = \"{}\"\n  addr = \"{}:{}\"\n  weight = {}\n  role = \"{}\"\n",
                 b.name,
                 Lab::backend_addr(b.lab_index),
+                p.backend_port,
                 b.weight,
                 if b.spare { "spare" } else { "primary" }
             )
@@ -222,14 +281,34 @@ impl Deployment {
     /// Builds the lab (enough backends for `pools`) and starts every
     /// backend's server, and its agent when a pool polls agents.
     pub fn new(pools: Vec<PoolSpec>) -> Result<Deployment> {
+        Deployment::configured(Lab::builder(), pools, DataplaneSpec::default())
+    }
+
+    /// [`new`](Deployment::new) on a lab configured by `builder` (e.g. with
+    /// a router); its backend count is raised to what `pools` need.
+    pub fn on(builder: crate::LabBuilder, pools: Vec<PoolSpec>) -> Result<Deployment> {
+        Deployment::configured(builder, pools, DataplaneSpec::default())
+    }
+
+    /// [`new`](Deployment::new) with the `[dataplane]` knobs of `dp`.
+    pub fn with_dataplane(pools: Vec<PoolSpec>, dp: DataplaneSpec) -> Result<Deployment> {
+        Deployment::configured(Lab::builder(), pools, dp)
+    }
+
+    /// A lab from `builder`, and a config with `dp`'s knobs and `pools`.
+    pub fn configured(
+        builder: crate::LabBuilder,
+        pools: Vec<PoolSpec>,
+        dp: DataplaneSpec,
+    ) -> Result<Deployment> {
         let n = pools
             .iter()
             .flat_map(|p| p.backends.iter().map(|b| b.lab_index + 1))
             .max()
             .unwrap_or(1);
-        let lab = Lab::builder().backends(n).build()?;
+        let lab = builder.backends(n).build()?;
         let config_path = lab.dir().join("xdplb.toml");
-        std::fs::write(&config_path, render_config(&lab, &pools))?;
+        std::fs::write(&config_path, render_config_with(&lab, &dp, &pools))?;
         let mut d = Deployment {
             lab,
             pools,
@@ -413,6 +492,31 @@ impl Deployment {
             String::from_utf8_lossy(&out.stderr)
         );
         Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// The Prometheus exposition text from the daemon's `METRICS_LISTEN`.
+    pub fn scrape(&self) -> Result<String> {
+        use std::io::{Read, Write};
+        let text = self.lab.run_in(self.lab.gw_ns(), || -> Result<String> {
+            let mut s = std::net::TcpStream::connect(METRICS_LISTEN)?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+            let mut buf = String::new();
+            s.read_to_string(&mut buf)?;
+            Ok(buf)
+        })??;
+        let (head, body) = text.split_once("\r\n\r\n").context("no HTTP body")?;
+        ensure!(head.starts_with("HTTP/1.1 200"), "{head}");
+        Ok(body.to_string())
+    }
+
+    /// The status entry of one pool.
+    pub fn pool_status(&self, pool: &str) -> Result<Value> {
+        let s = self.status()?;
+        s["pools"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == pool).cloned())
+            .with_context(|| format!("pool {pool} not in {s}"))
     }
 
     /// The status entry of one backend.

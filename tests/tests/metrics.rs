@@ -115,5 +115,27 @@ fn metrics_parse_and_move_with_traffic() -> Result<()> {
             .any(|k| k.starts_with("xdplb_dropped_packets_total{")),
         "no dropped_packets_total"
     );
+    // Nothing rejected while the pool has backends; every event is
+    // exported, and the lab's default offloads show as completed partial
+    // checksums.
+    ensure!(
+        find(&after, "xdplb_vip_rejected_total", &vip_label) == Some(0.0),
+        "vip rejected: {after:?}"
+    );
+    let events = after
+        .keys()
+        .filter(|k| k.starts_with("xdplb_events_total{"))
+        .count();
+    ensure!(
+        events == lb_common::GlobalCounter::EVENTS.len(),
+        "{events} event series"
+    );
+    let partial = find(&after, "xdplb_events_total", "event=\"partial_checksum\"")
+        .context("partial_checksum event")?;
+    ensure!(partial >= 25.0, "partial checksums completed: {partial}");
+    ensure!(
+        after.contains_key("xdplb_answered_packets_total"),
+        "no answered_packets_total"
+    );
     Ok(())
 }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 const CLIPPY_CRATES: &[&str] = &["lb-common", "lb-userspace", "xtask", "xdplb-tests"];
 
 /// Crates whose tests run.
-const TEST_CRATES: &[&str] = &["lb-common", "lb-userspace", "xdplb-tests"];
+const TEST_CRATES: &[&str] = &["lb-common", "lb-userspace", "xtask", "xdplb-tests"];
 
 pub fn run() -> Result<()> {
     crate::setup::run().context("setup")?;

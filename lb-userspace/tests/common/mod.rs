@@ -12,7 +12,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use xdplb::dataplane::{self, Dataplane, Shape};
+use xdplb::dataplane::{self, Dataplane, Shape, Tuning};
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 0x02];
 pub const BACKEND_MAC_BASE: [u8; 6] = [0x02, 0xb0, 0, 0, 0, 0x00];
@@ -135,6 +135,21 @@ impl TestNs {
     }
 }
 
+impl TestNs {
+    /// Sets `dev`'s MTU (a link narrower than the frames sent to it).
+    pub fn set_mtu(&self, dev: &str, mtu: u32) {
+        ip(&[
+            "-n",
+            &self.name,
+            "link",
+            "set",
+            dev,
+            "mtu",
+            &mtu.to_string(),
+        ]);
+    }
+}
+
 /// /sys shows the namespace sysfs was mounted in, not the thread's; ask
 /// the kernel by name instead.
 fn ifindex_netlink(dev: &str) -> u32 {
@@ -163,13 +178,20 @@ pub struct TestPlane {
 
 impl TestPlane {
     pub fn new(ring_size: u32, flow_table_size: u32) -> TestPlane {
+        TestPlane::tuned(ring_size, flow_table_size, Tuning::default())
+    }
+
+    pub fn tuned(ring_size: u32, flow_table_size: u32, tuning: Tuning) -> TestPlane {
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let pin_path = PathBuf::from(format!("/sys/fs/bpf/xdplb-test-{}-{n}", std::process::id()));
-        let plane = Dataplane::load(Shape {
-            pin_path: pin_path.clone(),
-            ring_size,
-            flow_table_size,
-        })
+        let plane = Dataplane::load_tuned(
+            Shape {
+                pin_path: pin_path.clone(),
+                ring_size,
+                flow_table_size,
+            },
+            tuning,
+        )
         .expect("load data plane");
         TestPlane {
             plane: Some(plane),

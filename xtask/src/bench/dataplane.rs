@@ -13,8 +13,20 @@ use anyhow::{ensure, Context, Result};
 use crate::cmd::Cmd;
 
 /// The paths the example measures, in its order; `floor` is a trivial
-/// XDP_TX program, the harness's own cost.
-pub const PATHS: [&str; 4] = ["established", "new_flow", "non_vip", "floor"];
+/// XDP_TX program, the harness's own cost (`floor_1500` the same with a
+/// 1514-byte frame, for the `_1500` paths). The `_partial` paths send the
+/// established flow's frame with a partial checksum (CHECKSUM_PARTIAL).
+pub const PATHS: [&str; 9] = [
+    "established",
+    "new_flow",
+    "non_vip",
+    "floor",
+    "new_flow_capped",
+    "established_partial",
+    "established_1500",
+    "established_1500_partial",
+    "floor_1500",
+];
 
 /// Targets, ns net of the floor.
 pub const TARGETS: [(&str, f64); 3] = [
@@ -54,9 +66,25 @@ impl DpRun {
         self.paths.iter().find(|(p, _)| p == path).map(|(_, s)| *s)
     }
 
-    /// Median of `path` minus the floor's median.
+    /// Median of `path` minus the median of the floor of its frame size.
     pub fn net(&self, path: &str) -> Option<f64> {
-        Some(self.get(path)?.median - self.get("floor")?.median)
+        let floor = if path.contains("_1500") {
+            "floor_1500"
+        } else {
+            "floor"
+        };
+        Some(self.get(path)?.median - self.get(floor)?.median)
+    }
+
+    /// What completing a partial checksum costs at 64 and 1514 bytes: the
+    /// partial frame's median minus the complete one's (same size, same
+    /// wrapper, so the harness cancels).
+    pub fn partial_cost(&self) -> Option<(f64, f64)> {
+        let d = |a: &str, b: &str| Some(self.get(a)?.median - self.get(b)?.median);
+        Some((
+            d("established_partial", "established")?,
+            d("established_1500_partial", "established_1500")?,
+        ))
     }
 }
 
@@ -129,6 +157,11 @@ mod tests {
   new_flow     min  300.0 ns  median  310.5 ns  max  320.0 ns  (counter rose by 1000000 per run)
   non_vip      min   60.0 ns  median   61.0 ns  max   62.0 ns  (counter rose by 1000000 per run)
   floor        min   35.0 ns  median   36.0 ns  max   37.0 ns  (counter rose by 1000000 per run)
+  new_flow_capped min  100.0 ns  median  101.0 ns  max  102.0 ns  (counter rose by 1000000 per run)
+  established_partial min  180.0 ns  median  181.3 ns  max  182.0 ns  (counter rose by 1000000 per run)
+  established_1500 min  400.0 ns  median  401.0 ns  max  402.0 ns  (counter rose by 1000000 per run)
+  established_1500_partial min  500.0 ns  median  501.0 ns  max  502.0 ns  (counter rose by 1000000 per run)
+  floor_1500   min  250.0 ns  median  251.0 ns  max  252.0 ns  (counter rose by 1000000 per run)
   established  net of floor:   85.3 ns
 dataplane: established_ns=121 new_flow_ns=310 non_vip_ns=61 floor_ns=36
 ";
@@ -136,7 +169,7 @@ dataplane: established_ns=121 new_flow_ns=310 non_vip_ns=61 floor_ns=36
     #[test]
     fn parses_paths() {
         let p = parse(OUT).unwrap();
-        assert_eq!(p.len(), 4);
+        assert_eq!(p.len(), 9);
         let run = DpRun {
             label: String::new(),
             flow_table: 1000,
@@ -144,6 +177,9 @@ dataplane: established_ns=121 new_flow_ns=310 non_vip_ns=61 floor_ns=36
         };
         assert_eq!(run.get("new_flow").unwrap().median, 310.5);
         assert!((run.net("established").unwrap() - 85.3).abs() < 1e-9);
+        assert!((run.net("established_1500").unwrap() - 150.0).abs() < 1e-9);
+        let (small, full) = run.partial_cost().unwrap();
+        assert!((small - 60.0).abs() < 1e-9 && (full - 100.0).abs() < 1e-9);
         assert!(parse("nothing").is_err());
     }
 

@@ -1,0 +1,47 @@
+//! What belongs to this host: the MACs of the attached interfaces and the
+//! host's addresses, both written by the controller.
+use aya_ebpf::programs::XdpContext;
+use lb_common::IFACE_SLOTS;
+
+use crate::{
+    maps::{IFACES, LOCAL_ADDRS},
+    parse::{ptr_at, EthHdr},
+};
+
+/// Whether the frame is addressed to the interface it arrived on. In
+/// promiscuous mode (tcpdump, a bridge port) the driver hands us frames
+/// for other hosts: those are not ours to balance. Group-addressed frames
+/// are not either: a router forwards only frames sent to it (the kernel's
+/// `ip_forward` drops anything but PACKET_HOST). An interface the
+/// controller has not described (a test run) is taken as ours.
+#[inline(always)]
+pub fn for_us(ctx: &XdpContext) -> bool {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return true;
+    };
+    let ifindex = ctx.ingress_ifindex() as u32;
+    match IFACES.get(ifindex % IFACE_SLOTS) {
+        Some(iface) if iface.ifindex == ifindex => {
+            // Two loads a side instead of six byte compares: this runs for
+            // every packet we rewrite.
+            // SAFETY: the Ethernet header is in bounds (ptr_at); both MACs
+            // are 6 bytes, read unaligned.
+            unsafe {
+                let dst = (*eth).dst.as_ptr();
+                let ours = iface.mac.as_ptr();
+                core::ptr::read_unaligned(dst as *const u32)
+                    == core::ptr::read_unaligned(ours as *const u32)
+                    && core::ptr::read_unaligned(dst.add(4) as *const u16)
+                        == core::ptr::read_unaligned(ours.add(4) as *const u16)
+            }
+        }
+        _ => true,
+    }
+}
+
+/// Whether `addr` (network order) is one of this host's addresses.
+#[inline(always)]
+pub fn is_local(addr: u32) -> bool {
+    // SAFETY: as in `for_us`.
+    unsafe { LOCAL_ADDRS.get(&addr) }.is_some()
+}

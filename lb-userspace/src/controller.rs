@@ -52,7 +52,9 @@ use crate::{
     },
     maglev::{self, MaglevEntry},
     metrics::Metrics,
-    planner::{BackendObservation, BackendState, Observations, Plan, Planner},
+    planner::{
+        BackendObservation, BackendPlan, BackendState, Observations, Plan, Planner, PoolPlan,
+    },
     status::{BackendStatus, PoolStatus, Status},
 };
 
@@ -198,6 +200,8 @@ const FLOW_COUNT_DUTY: u32 = 10;
 pub const FLOW_IDLE: Duration = Duration::from_secs(30);
 /// Entries walked at most per count, bounding the walk's cost.
 const FLOW_COUNT_LIMIT: usize = 1 << 20;
+/// How stale the metrics' backend gauges may get when nothing changes.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// Weight of a new probe round trip in the smoothed one (as TCP's SRTT,
 /// RFC 6298, but heavier: probes are seconds apart, not packets).
 const RTT_GAIN: f64 = 0.25;
@@ -233,6 +237,15 @@ struct PublishedRing {
 }
 
 type Key = (String, String);
+
+/// Backend `i` of a pool's plan, which is in config order (a name lookup,
+/// linear, would make every sync quadratic in the pool's size).
+fn plan_of<'a>(pp: &'a PoolPlan, i: usize, name: &str) -> Option<&'a BackendPlan> {
+    pp.backends
+        .get(i)
+        .filter(|b| b.name == name)
+        .or_else(|| pp.backend(name))
+}
 
 /// Every backend of `config` and its address.
 fn wanted_backends(config: &Config) -> HashMap<Key, SocketAddrV4> {
@@ -368,6 +381,8 @@ pub struct Controller<D: DataplaneOps> {
     probes: ProbeFactory,
     metrics: Option<Arc<Metrics>>,
     plan: Option<Plan>,
+    /// When the metrics last got the status.
+    status_pushed: Instant,
     epoch: Instant,
     /// Nothing is written before every backend has a first probe result
     /// (or this deadline passes).
@@ -455,6 +470,7 @@ impl<D: DataplaneOps> Controller<D> {
             probes,
             metrics,
             plan: None,
+            status_pushed: now,
             epoch: now,
             ready_deadline: now + Duration::from_millis(max_timeout + 500),
             ready: false,
@@ -1006,9 +1022,10 @@ impl<D: DataplaneOps> Controller<D> {
                 continue;
             };
             let mut inputs = Vec::new();
-            for b in &pool.backends {
+            for (i, b) in pool.backends.iter().enumerate() {
                 let k = key(&pool.name, &b.name);
-                let (Some(&slot), Some(bp)) = (self.slots.backends.get(&k), pp.backend(&b.name))
+                let (Some(&slot), Some(bp)) =
+                    (self.slots.backends.get(&k), plan_of(pp, i, &b.name))
                 else {
                     continue;
                 };
@@ -1101,9 +1118,16 @@ impl<D: DataplaneOps> Controller<D> {
         for slot in done {
             self.free_slot(slot)?;
         }
+        // The metrics' copy of the status: at once when the plan changed,
+        // else once a second (rtt, load and flow counts move slowly), so a
+        // large pool does not rebuild it on every beat.
+        let changed = self.plan.as_ref() != Some(&plan);
         self.plan = Some(plan);
         if let Some(m) = &self.metrics {
-            m.set_status(&self.status());
+            if changed || self.status_pushed.elapsed() >= STATUS_EVERY {
+                m.set_status(&self.status());
+                self.status_pushed = Instant::now();
+            }
         }
         Ok(())
     }
@@ -1134,10 +1158,11 @@ impl<D: DataplaneOps> Controller<D> {
                     backends: pool
                         .backends
                         .iter()
-                        .map(|b| {
+                        .enumerate()
+                        .map(|(i, b)| {
                             let k = key(&pool.name, &b.name);
                             let rt = self.runtime.get(&k);
-                            let bp = pp.and_then(|p| p.backend(&b.name));
+                            let bp = pp.and_then(|p| plan_of(p, i, &b.name));
                             let up = rt
                                 .and_then(|r| r.health.as_ref())
                                 .and_then(|h| h.up)

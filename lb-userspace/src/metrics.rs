@@ -867,6 +867,15 @@ mod tests {
                 Some(ty),
                 "{name}\n{text}"
             );
+            // A TYPE line is written whatever the data: the family must
+            // also carry a sample.
+            let prefix = format!("{name}_");
+            assert!(
+                samples
+                    .iter()
+                    .any(|(n, _, _)| n == name || n.starts_with(&prefix)),
+                "{name} has no sample\n{text}"
+            );
         }
         let web1 = [("pool", "web"), ("backend", "web-1")];
         assert_eq!(value(&samples, "xdplb_dataplane_up", &[]), 1.0);

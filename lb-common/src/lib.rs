@@ -232,6 +232,11 @@ pub const FLOW_F_CLOSING: u16 = 1;
 pub const FLOW_F_BACKEND_FIN: u16 = 2;
 /// `FlowEntry::flags`: either side sent RST.
 pub const FLOW_F_RESET: u16 = 4;
+/// `FlowEntry::flags`: the client sent a segment with ACK: the backend's
+/// answer reached it. A flow without it is half open; many of them and no
+/// established flow mean the backend's answers do not reach the clients
+/// (a dsr backend without the VIP on a loopback, a wrong return route).
+pub const FLOW_F_ACKED: u16 = 8;
 
 /// Whether a flow is over: reset, or FIN seen both ways. Its entry then
 /// lingers [`limits::FLOW_LINGER_NS`] for the last ACKs and retransmissions,

@@ -11,7 +11,7 @@
 use lb_common::{
     flow_closed, flow_hash, limits::FLOW_LINGER_NS, limits::LAST_SEEN_RESOLUTION_NS,
     ref_generation, ref_slot, ring_slot_index, BackendMeta, FlowEntry, FlowKey, GlobalCounter,
-    VipMeta, BACKEND_DOWN, BACKEND_FREE, FLOW_F_CLOSING, FLOW_F_RESET, NO_BACKEND,
+    VipMeta, BACKEND_DOWN, BACKEND_FREE, FLOW_F_ACKED, FLOW_F_CLOSING, FLOW_F_RESET, NO_BACKEND,
 };
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
@@ -84,14 +84,19 @@ pub fn select(key: &FlowKey, vip: &VipMeta, tcp: u8, now: u64) -> Result<Choice,
     if syn {
         return select_syn(key, vip, now);
     }
-    let bits = closing_bits(tcp);
+    let closing = closing_bits(tcp);
+    let acked = if tcp & TCP_FLAG_ACK != 0 {
+        FLOW_F_ACKED
+    } else {
+        0
+    };
     // Flags a re-steered flow keeps in its new entry.
     let mut carried = 0;
     if let Some(flow) = FLOWS.get_ptr_mut(key) {
         // SAFETY: the map returned a valid value pointer. Concurrent
         // writers on other CPUs may race on last_seen_ns and flags; both
         // are hints whose worst case is an early or late expiry.
-        match pinned(unsafe { &mut *flow }, vip, bits, now)? {
+        match pinned(unsafe { &mut *flow }, vip, closing | acked, now)? {
             Pinned::Keep(choice) => return Ok(choice),
             Pinned::Resteer(flags) => carried = flags,
             Pinned::Gone => {}
@@ -101,8 +106,8 @@ pub fn select(key: &FlowKey, vip: &VipMeta, tcp: u8, now: u64) -> Result<Choice,
     }
     // A FIN or RST the table does not know ends nothing worth remembering
     // (Katran never records RSTs): steer it, insert nothing.
-    let pin = if bits == 0 || carried != 0 {
-        Some(carried | bits)
+    let pin = if closing == 0 || carried != 0 {
+        Some(carried | closing | acked)
     } else {
         None
     };

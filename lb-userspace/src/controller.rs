@@ -185,7 +185,12 @@ pub type ProbeFactory = Arc<dyn Fn(&HealthConfig) -> Arc<dyn Probe> + Send + Syn
 /// Counts established flows per backend slot (the real one walks the
 /// pinned flow table; it runs on a blocking thread).
 /// `None` when the count failed: the last good count stands.
-pub type FlowCounter = Arc<dyn Fn() -> Option<HashMap<u32, u64>> + Send + Sync>;
+pub type FlowCounter = Arc<dyn Fn() -> Option<dataplane::FlowCensus> + Send + Sync>;
+
+/// Half-open flows (handshakes that did not complete) a backend with no
+/// established flow must have before status says its answers do not reach
+/// the clients: a few, so one lost SYN-ACK is no alarm.
+const HALF_OPEN_ALARM: u64 = 3;
 
 /// How often the planner runs without an event: slow-start ramps and
 /// watermark holds advance on this beat.
@@ -359,6 +364,8 @@ pub struct Controller<D: DataplaneOps> {
     /// first count is in. "Not counted yet" is not zero: no retiring slot is
     /// freed before a count says it is idle.
     flows: Option<HashMap<u32, u64>>,
+    /// Half-open flows per slot, from the last count.
+    half_open: HashMap<u32, u64>,
     /// When the last count began: a slot retired after that is not known
     /// to be idle by it.
     flows_at: Instant,
@@ -456,6 +463,7 @@ impl<D: DataplaneOps> Controller<D> {
             runtime: HashMap::new(),
             drained,
             flows: None,
+            half_open: HashMap::new(),
             flows_at: now,
             vip_addrs: published,
             written,
@@ -1168,6 +1176,12 @@ impl<D: DataplaneOps> Controller<D> {
                                 .and_then(|h| h.up)
                                 .unwrap_or(false);
                             let interval = pool.load.as_ref().map_or(1000, |l| l.interval_ms);
+                            let slot = self.slots.backends.get(&k).copied();
+                            let flows = slot.map_or(0, |s| self.flows_of(s));
+                            let half_open = slot
+                                .and_then(|s| self.half_open.get(&s))
+                                .copied()
+                                .unwrap_or(0);
                             BackendStatus {
                                 name: b.name.clone(),
                                 addr: b.addr.to_string(),
@@ -1186,7 +1200,9 @@ impl<D: DataplaneOps> Controller<D> {
                                 load: rt
                                     .and_then(|r| r.load.as_ref())
                                     .map_or(0.0, |t| t.score(now, interval)),
-                                flows: self.slots.backends.get(&k).map_or(0, |s| self.flows_of(*s)),
+                                flows,
+                                half_open,
+                                unanswered: flows == 0 && half_open >= HALF_OPEN_ALARM,
                                 reason: bp
                                     .map_or(crate::planner::Reason::NotProbed, |p| p.reason)
                                     .as_str()
@@ -1364,7 +1380,11 @@ impl<D: DataplaneOps> Controller<D> {
                     }
                     false
                 }
-                Some((at, flows)) = flows_rx.recv() => { self.set_flows_since(at, flows); false }
+                Some((at, census)) = flows_rx.recv() => {
+                    self.half_open = census.half_open;
+                    self.set_flows_since(at, census.established);
+                    false
+                }
                 _ = host_tick.tick() => { self.sync_host(); false }
                 _ = tick.tick() => true,
             };
@@ -1521,8 +1541,8 @@ fn forward_ebpf_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) -> std:
     Ok(())
 }
 
-fn count_flows(pin_path: &Path) -> Option<HashMap<u32, u64>> {
-    match dataplane::flow_counts(pin_path, FLOW_COUNT_LIMIT, FLOW_IDLE) {
+fn count_flows(pin_path: &Path) -> Option<dataplane::FlowCensus> {
+    match dataplane::flow_census(pin_path, FLOW_COUNT_LIMIT, FLOW_IDLE) {
         Ok(c) => Some(c),
         Err(e) => {
             // Not zero: a failed count frees nothing.

@@ -1464,10 +1464,29 @@ pub fn flow_counts(
     limit: usize,
     idle: std::time::Duration,
 ) -> Result<StdHashMap<u32, u64>, DataplaneError> {
+    flow_census(pin_path, limit, idle).map(|c| c.established)
+}
+
+/// What a walk of the flow table found, per backend slot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowCensus {
+    /// See [`flow_counts`].
+    pub established: StdHashMap<u32, u64>,
+    /// Recent flows whose client never sent an ACK: the handshake did not
+    /// complete (the backend's SYN-ACK never reached the client).
+    pub half_open: StdHashMap<u32, u64>,
+}
+
+/// [`flow_counts`] with the half-open flows counted too.
+pub fn flow_census(
+    pin_path: &Path,
+    limit: usize,
+    idle: std::time::Duration,
+) -> Result<FlowCensus, DataplaneError> {
     let mut flows: HashMap<MapData, FlowKey, FlowEntry> = open_pinned(pin_path, maps::FLOWS)?;
     let now = monotonic_coarse_ns();
     let idle = idle.as_nanos() as u64;
-    let mut counts = StdHashMap::new();
+    let mut census = FlowCensus::default();
     let mut over = Vec::new();
     // Entries can be evicted while we walk; skip those.
     for (key, entry) in flows.iter().take(limit).flatten() {
@@ -1479,15 +1498,22 @@ pub fn flow_counts(
             continue;
         }
         let closing = entry.flags & lb_common::FLOW_F_CLOSING != 0;
-        if !closing && age <= idle {
-            *counts.entry(ref_slot(entry.backend)).or_insert(0) += 1;
+        if closing || age > idle {
+            continue;
         }
+        let slot = ref_slot(entry.backend);
+        let tally = if entry.flags & lb_common::FLOW_F_ACKED == 0 {
+            &mut census.half_open
+        } else {
+            &mut census.established
+        };
+        *tally.entry(slot).or_insert(0) += 1;
     }
     for key in over {
         // Gone already (evicted, or replaced by a new connection): fine.
         let _ = flows.remove(&key);
     }
-    Ok(counts)
+    Ok(census)
 }
 
 /// The clock the program stamps flows with (`bpf_ktime_get_coarse_ns`).

@@ -684,6 +684,8 @@ mod tests {
             config_weight: 100,
             load,
             flows: 7,
+            half_open: 0,
+            unanswered: false,
             reason: "x".into(),
             operator_drained: false,
             agent: None,

@@ -48,6 +48,16 @@ pub struct BackendStatus {
     pub load: f64,
     /// Established flows in the flow table pinned to this backend.
     pub flows: u64,
+    /// Recent flows to it whose client never sent an ACK: handshakes that
+    /// did not complete.
+    #[serde(default)]
+    pub half_open: u64,
+    /// Its probes may succeed, but clients' handshakes with it do not
+    /// complete and none is established: its answers do not reach them (a
+    /// dsr or tunnel backend without the VIP on a loopback, or answering
+    /// by another route than the clients').
+    #[serde(default)]
+    pub unanswered: bool,
     /// Why it is in this state (planner reason, snake_case).
     pub reason: String,
     pub operator_drained: bool,

@@ -785,7 +785,10 @@ fn a_flow_stops_counting_as_established_once_the_client_closes_it() {
     };
     lab.arrive_from_client(&to_vip(47000, TCP_SYN).build());
     lab.arrive_from_client(&to_vip(47001, TCP_SYN).build());
+    // A handshake is not established until the client's ACK.
+    assert_eq!(count(&lab), 0);
     lab.arrive_from_client(&to_vip(47000, TCP_ACK).build());
+    lab.arrive_from_client(&to_vip(47001, TCP_ACK).build());
     assert_eq!(count(&lab), 2);
     let (action, out) =
         lab.arrive_from_client(&to_vip(47000, TCP_ACK | xdplb::packet::TCP_FIN).build());
@@ -1272,7 +1275,10 @@ fn a_closed_flow_lingers_for_stragglers_then_a_syn_starts_afresh() {
     // FIN from the client, then from the backend (the reply path notes it).
     lab.arrive_from_client(&to_vip(port, TCP_FIN | TCP_ACK).build());
     let flow = lab.flow(port).unwrap();
-    assert_eq!(flow.flags, lb_common::FLOW_F_CLOSING);
+    assert_eq!(
+        flow.flags,
+        lb_common::FLOW_F_CLOSING | lb_common::FLOW_F_ACKED
+    );
     let mut fin = TcpFrame::new(backend_addr(b), client(port), TCP_FIN | TCP_ACK);
     fin.dst_mac = OUT_MAC;
     let (action, _) = lab.arrive_from_backends(&fin.build());
@@ -1363,6 +1369,7 @@ fn last_seen_is_rewritten_at_most_once_a_second() {
 fn the_controllers_flow_walk_reaps_closed_flows_after_their_linger() {
     let mut lab = Lab::new(2);
     lab.arrive_from_client(&to_vip(54600, TCP_SYN).build());
+    lab.arrive_from_client(&to_vip(54600, TCP_ACK).build());
     lab.arrive_from_client(&to_vip(54601, TCP_SYN).build());
     lab.arrive_from_client(&to_vip(54601, TCP_RST).build());
     let walk = |lab: &Lab| {
@@ -1690,4 +1697,22 @@ fn decap_leaves_everything_else_untouched_and_counts_malformed_tunnels() {
     assert_eq!(c["passed"], 2);
     assert_eq!(c["dropped_malformed"], 2);
     assert_eq!(c["decapsulated"], 0);
+}
+
+#[test]
+fn handshakes_that_never_complete_are_counted_half_open() {
+    // What a dsr backend that cannot answer its clients looks like from the
+    // gateway: SYNs (and their retransmissions), never an ACK.
+    let mut lab = Lab::new(1);
+    for port in 57000..57004u16 {
+        lab.arrive_from_client(&to_vip(port, TCP_SYN).build());
+        lab.arrive_from_client(&to_vip(port, TCP_SYN).build());
+    }
+    lab.arrive_from_client(&to_vip(57100, TCP_SYN).build());
+    lab.arrive_from_client(&to_vip(57100, TCP_ACK).build());
+    let census =
+        xdplb::dataplane::flow_census(&lab.tp.pin_path, 10_000, std::time::Duration::from_secs(30))
+            .unwrap();
+    assert_eq!(census.half_open.get(&0), Some(&4));
+    assert_eq!(census.established.get(&0), Some(&1));
 }

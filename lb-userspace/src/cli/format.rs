@@ -133,6 +133,12 @@ pub fn status_text(s: &Status) -> String {
                         format!("{reason}: {e}")
                     };
                 }
+                if b.unanswered {
+                    reason = format!(
+                        "{reason}; UNANSWERED: {} handshakes did not complete, none established",
+                        b.half_open
+                    );
+                }
                 vec![
                     b.name.clone(),
                     b.addr.clone(),
@@ -529,6 +535,8 @@ mod tests {
             config_weight: 100,
             load: 0.42,
             flows: 12,
+            half_open: 0,
+            unanswered: false,
             reason: "healthy".into(),
             operator_drained: false,
             agent: None,

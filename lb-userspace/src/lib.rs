@@ -15,6 +15,7 @@
 //! - [`status`]: the controller's live view (status output, admin replies).
 //! - [`admin`]: the unix-socket protocol, server and client.
 //! - [`metrics`]: Prometheus exposition.
+//! - [`notify`]: systemd readiness and watchdog notifications.
 //! - [`cli`]: the `xdplb` command line and its human output.
 //! - [`dataplane`]: the only module that touches aya: load or adopt the
 //!   pinned program and maps, attach, sync maps, read counters.
@@ -29,6 +30,7 @@ pub mod health;
 pub mod load;
 pub mod maglev;
 pub mod metrics;
+pub mod notify;
 pub mod packet;
 pub mod planner;
 pub mod status;

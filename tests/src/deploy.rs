@@ -287,7 +287,15 @@ impl Deployment {
     /// [`Lab::exec_net`]) and waits until it reports every
     /// backend probed and the state it should settle in (`settled`).
     pub fn start_daemon(&mut self) -> Result<()> {
+        self.start_daemon_with_env(&[])
+    }
+
+    /// [`Deployment::start_daemon`] with extra environment variables
+    /// (e.g. systemd's `NOTIFY_SOCKET`).
+    pub fn start_daemon_with_env(&mut self, env: &[(&str, &str)]) -> Result<()> {
         let bin = xdplb_bin()?;
+        let mut env = env.to_vec();
+        env.push(("RUST_LOG", "info"));
         let child = self.lab.spawn_net(
             self.lab.gw_ns(),
             &[
@@ -296,7 +304,7 @@ impl Deployment {
                 "--config",
                 self.config_path.to_string_lossy().as_ref(),
             ],
-            &[("RUST_LOG", "info")],
+            &env,
         )?;
         let sock = self.lab.socket_path();
         let up = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {

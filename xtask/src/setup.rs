@@ -21,6 +21,8 @@ const DEBIAN_PACKAGES: &[&[&str]] = &[
     &["nginx-light", "nginx"],
     &["curl"],
     &["python3"],
+    // `systemd-analyze verify` of the unit (PID 1 need not be systemd).
+    &["systemd"],
 ];
 
 /// Where bpffs is expected (aya pins and xdplb's default pin path live here).

@@ -15,6 +15,8 @@
 //! - [`status`]: the controller's live view (status output, admin replies).
 //! - [`admin`]: the unix-socket protocol, server and client.
 //! - [`metrics`]: Prometheus exposition.
+//! - [`web`]: the HTTP server on `metrics_listen`: `/metrics`, `/status.json`,
+//!   and the status page `/`.
 //! - [`notify`]: systemd readiness and watchdog notifications.
 //! - [`cli`]: the `xdplb` command line and its human output.
 //! - [`dataplane`]: the only module that touches aya: load or adopt the
@@ -34,3 +36,4 @@ pub mod notify;
 pub mod packet;
 pub mod planner;
 pub mod status;
+pub mod web;

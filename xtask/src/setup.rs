@@ -28,6 +28,9 @@ const DEBIAN_PACKAGES: &[&[&str]] = &[
     &["systemd"],
     // `man -l` on the packaged man pages.
     &["man-db"],
+    // The status page test: Debian's Chromium, driven over WebDriver.
+    &["chromium"],
+    &["chromium-driver"],
 ];
 
 /// Where bpffs is expected (aya pins and xdplb's default pin path live here).

@@ -58,7 +58,7 @@ impl Drop for Installed {
     }
 }
 
-const FILES: [&str; 9] = [
+const FILES: [&str; 10] = [
     "./usr/bin/xdplb",
     "./usr/lib/systemd/system/xdplb.service",
     "./etc/xdplb/xdplb.toml",
@@ -68,6 +68,7 @@ const FILES: [&str; 9] = [
     "./usr/share/zsh/vendor-completions/_xdplb",
     "./usr/share/fish/vendor_completions.d/xdplb.fish",
     "./usr/share/doc/xdplb/copyright",
+    "./usr/share/xdplb/grafana/xdplb.json",
 ];
 
 #[test]

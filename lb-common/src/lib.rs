@@ -77,11 +77,19 @@ pub mod maps {
     pub const TX_PORTS: &str = "TX_PORTS";
     pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
     pub const INSERT_RATE: &str = "INSERT_RATE";
+    /// One `u32`: the [`LAYOUT_VERSION`](crate::LAYOUT_VERSION) the pinned
+    /// maps were made with.
+    pub const VERSION: &str = "VERSION";
     /// The XDP entry point's name in the object file.
     pub const PROGRAM: &str = "xdplb";
     /// The pinned XDP link per interface is `link_<ifname>` under the pin path.
     pub const LINK_PREFIX: &str = "link_";
 }
+
+/// The layout of the pinned maps as a whole. Bump it whenever a map's key,
+/// value or meaning changes, so a controller never adopts maps made for
+/// another layout (it refuses them and says to run `xdplb down`).
+pub const LAYOUT_VERSION: u32 = 1;
 
 /// Two rings per VIP: user space fills the one not in use, then flips
 /// [`VipMeta::ring_slot`] in a single hash-map update, so a packet sees either
@@ -125,6 +133,14 @@ pub const fn ref_generation(r: u32) -> u32 {
 /// `VipMeta::flags`: with no usable backend, answer TCP with a RST from the
 /// VIP (`on_empty = "reject"`) instead of dropping.
 pub const VIP_F_REJECT_EMPTY: u32 = 1;
+/// `VipMeta::flags`: direct server return at L2 (`mode = "dsr"`): only the
+/// destination MAC changes; the backend holds the VIP and answers directly.
+pub const VIP_F_DSR: u32 = 2;
+/// `VipMeta::flags`: IPIP to the backend (`mode = "tunnel"`) from the
+/// program's tunnel source; the backend decapsulates and answers directly.
+pub const VIP_F_TUNNEL: u32 = 4;
+/// Protocol number of IPv4-in-IPv4.
+pub const IPPROTO_IPIP: u8 = 4;
 
 /// An L4 endpoint. Key of `VIPS` (what a client addresses) and of `REPLIES`
 /// (a backend's service address, where its replies come from).
@@ -432,6 +448,10 @@ pub enum GlobalCounter {
     RedirectFallback,
     /// Packets answered with a RST because the pool was empty.
     Rejected,
+    /// Packets sent to a backend of a `dsr` pool (MAC rewrite only).
+    DsrSent,
+    /// Packets sent to a backend of a `tunnel` pool, encapsulated.
+    TunnelSent,
     /// New flows recorded in the flow table.
     FlowInserts,
     /// New flows balanced by the ring without an entry: over the per-CPU
@@ -455,6 +475,10 @@ pub enum GlobalCounter {
     DropStaleRing,
     /// `bpf_fib_lookup` said the destination is unreachable or forbidden.
     DropUnroutable,
+    /// A `dsr` backend with no resolved neighbour, behind an egress that is
+    /// not ours, or a non-DF frame too big for its link: an L2 send is the
+    /// only right one, and it cannot be made.
+    DropDsrUnreachable,
     /// Internal: a map lookup that cannot fail failed (bad slot index).
     DropInternal,
 }
@@ -469,7 +493,7 @@ impl GlobalCounter {
         GlobalCounter::Answered,
     ];
     /// The drop reasons, with their metric label.
-    pub const DROP_REASONS: [(GlobalCounter, &'static str); 12] = [
+    pub const DROP_REASONS: [(GlobalCounter, &'static str); 13] = [
         (GlobalCounter::DropTruncatedEth, "truncated_eth"),
         (GlobalCounter::DropTruncatedIp, "truncated_ip"),
         (GlobalCounter::DropBadIpVersion, "bad_ip_version"),
@@ -481,10 +505,11 @@ impl GlobalCounter {
         (GlobalCounter::DropNoBackend, "no_backend"),
         (GlobalCounter::DropStaleRing, "stale_ring"),
         (GlobalCounter::DropUnroutable, "unroutable"),
+        (GlobalCounter::DropDsrUnreachable, "dsr_unreachable"),
         (GlobalCounter::DropInternal, "internal"),
     ];
     /// Notable events that are not drops, with their metric label.
-    pub const EVENTS: [(GlobalCounter, &'static str); 15] = [
+    pub const EVENTS: [(GlobalCounter, &'static str); 17] = [
         (GlobalCounter::FlowMisses, "flow_miss"),
         (GlobalCounter::Resteered, "resteered"),
         (GlobalCounter::PassNeighUnresolved, "neigh_unresolved"),
@@ -500,6 +525,8 @@ impl GlobalCounter {
         (GlobalCounter::Rejected, "rejected"),
         (GlobalCounter::FlowInserts, "flow_insert"),
         (GlobalCounter::FlowInsertsCapped, "flow_insert_capped"),
+        (GlobalCounter::DsrSent, "dsr_sent"),
+        (GlobalCounter::TunnelSent, "tunnel_sent"),
     ];
 }
 
@@ -553,6 +580,42 @@ pub const fn ring_slot_index(vip_index: u32, slot: u32, ring_size: u32, hash: u3
 /// Total `RINGS` entries for a ring size.
 pub const fn rings_len(ring_size: u32) -> u32 {
     limits::MAX_VIPS * RING_SLOTS * ring_size
+}
+
+/// The backend-side decapsulation program (`xdplb decap`): its own small
+/// object and pins, nothing shared with the balancer.
+pub mod decap {
+    /// The XDP entry point's name in the decap object.
+    pub const PROGRAM: &str = "xdplb_decap";
+    /// Addresses of this host (network order → 1): only tunnels addressed
+    /// to one of them are opened.
+    pub const ADDRS: &str = "DECAP_ADDRS";
+    /// Per-CPU counters, indexed by [`DecapCounter`].
+    pub const STATS: &str = "DECAP_STATS";
+    /// Default pin directory; each interface's link is `link_<ifname>`.
+    pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/xdplb-decap";
+    pub const MAX_ADDRS: u32 = 256;
+
+    #[repr(u32)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum DecapCounter {
+        /// Not a tunnel for this host: passed untouched.
+        Passed = 0,
+        /// Outer header stripped, inner packet passed to the kernel.
+        Decapsulated,
+        /// A tunnel for this host whose inner packet is not a whole IPv4
+        /// header: dropped.
+        DropMalformed,
+    }
+
+    impl DecapCounter {
+        pub const COUNT: u32 = DecapCounter::DropMalformed as u32 + 1;
+        pub const ALL: [(DecapCounter, &'static str); 3] = [
+            (DecapCounter::Passed, "passed"),
+            (DecapCounter::Decapsulated, "decapsulated"),
+            (DecapCounter::DropMalformed, "dropped_malformed"),
+        ];
+    }
 }
 
 /// The benchmark harness's frame (`lb-ebpf/src/bench.rs`): the original

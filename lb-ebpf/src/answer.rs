@@ -1,6 +1,6 @@
 //! Packets the program answers itself, from the address the client
-//! spoke to, sent back out of the interface the packet came in on
-//! (XDP_TX): a RST when the pool has no usable backend, and an ICMP
+//! spoke to, sent back out of the interface the packet came in on (see
+//! `verdict::hairpin`): a RST when the pool has no usable backend, and an ICMP
 //! fragmentation-needed when a DF packet will not fit the backend's link.
 //!
 //! Both shrink the frame to a fixed size first, so every header after that

@@ -14,6 +14,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
+    helpers::bpf_xdp_adjust_head,
     macros::{map, xdp},
     maps::{PerCpuArray, ProgramArray},
     programs::XdpContext,
@@ -41,8 +42,20 @@ pub fn bench_restore(ctx: XdpContext) -> u32 {
     // SAFETY: the map value is valid for the program's run.
     let frame = unsafe { &*frame };
     let len = frame.len as usize;
+    if len > BENCH_FRAME_MAX {
+        return xdp_action::XDP_ABORTED;
+    }
+    // A program that grew the frame at its head (IPIP) left it grown for
+    // the next iteration: give the headroom back first.
+    let have = ctx.data_end() - ctx.data();
+    if have > len {
+        // SAFETY: valid context; the helper checks the delta.
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, (have - len) as i32) } != 0 {
+            return xdp_action::XDP_ABORTED;
+        }
+    }
     let (start, end) = (ctx.data(), ctx.data_end());
-    if len > BENCH_FRAME_MAX || start + len != end {
+    if start + len != end {
         return xdp_action::XDP_ABORTED;
     }
     // Whole words. verifier: a bounded loop, every store bounds-checked

@@ -150,7 +150,7 @@ pub fn send(ctx: &XdpContext, ip: *mut Ipv4Hdr, hop: &FibEntry) -> u32 {
     decrement_ttl(ip);
     if hop.ifindex == ctx.ingress_ifindex() as u32 {
         count(GlobalCounter::Redirected);
-        return xdp_action::XDP_TX;
+        return crate::verdict::hairpin(ctx);
     }
     match TX_PORTS.redirect(hop.ifindex, xdp_action::XDP_PASS as u64) {
         Ok(action) => {

@@ -14,7 +14,7 @@
 //! The outer IP, quoted IP and ICMP checksums are updated incrementally;
 //! the quoted TCP checksum is left as it is (no stack checks it).
 use aya_ebpf::programs::XdpContext;
-use lb_common::{FlowKey, GlobalCounter, L4Addr, IPPROTO_TCP};
+use lb_common::{FlowKey, GlobalCounter, L4Addr, IPPROTO_TCP, VIP_F_DSR, VIP_F_TUNNEL};
 
 use crate::{
     consts::MIN_FORWARD_TTL,
@@ -64,6 +64,17 @@ pub fn translate(ctx: &XdpContext, p: &IcmpPacket) -> u32 {
                 Ok(c) => c,
                 Err(reason) => return drop(ctx, reason),
             };
+            if vip.flags & (VIP_F_DSR | VIP_F_TUNNEL) != 0 {
+                // The backend's socket is bound to the VIP: it must see the
+                // error as it was sent, only delivered (as Katran does).
+                count(GlobalCounter::IcmpToBackend);
+                let now = crate::coarse_now();
+                return if vip.flags & VIP_F_DSR != 0 {
+                    crate::direct::dsr(ctx, choice.meta.addr, now)
+                } else {
+                    crate::direct::tunnel(ctx, choice.meta.addr, now)
+                };
+            }
             let (addr, port) = (choice.meta.addr, choice.meta.port);
             store32(&mut ip.daddr, addr);
             ip.check = replace32(ip.check, outer_dst, addr);

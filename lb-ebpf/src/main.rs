@@ -9,6 +9,7 @@
 //! - `nat`, `csum`: the rewrites, checksum updates and completion.
 //! - `icmp`: ICMP errors translated for the flow they belong to.
 //! - `answer`: packets the program answers itself (RST, frag-needed).
+//! - `direct`: direct server return, by MAC (`dsr`) or IPIP (`tunnel`).
 //! - `forward`: next hop (cached FIB), MTU, MACs, TTL, redirect.
 //! - `verdict`, `stats`: per-CPU counters; one verdict per packet.
 //!
@@ -20,6 +21,7 @@
 mod answer;
 mod consts;
 mod csum;
+mod direct;
 mod forward;
 mod host;
 mod icmp;
@@ -32,7 +34,8 @@ mod verdict;
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
 use lb_common::{
-    FlowKey, GlobalCounter, L4Addr, ReplyEntry, VipMeta, IPPROTO_TCP, VIP_F_REJECT_EMPTY,
+    FlowKey, GlobalCounter, L4Addr, ReplyEntry, VipMeta, IPPROTO_TCP, VIP_F_DSR,
+    VIP_F_REJECT_EMPTY, VIP_F_TUNNEL,
 };
 
 use crate::{
@@ -141,6 +144,19 @@ fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, vip: &VipMeta) -> u32 {
     count_backend(choice.backend, bytes, choice.new_flow);
     let (addr, port) = (choice.meta.addr, choice.meta.port);
     let partial = nat::is_partial(pkt);
+    if vip.flags & (VIP_F_DSR | VIP_F_TUNNEL) != 0 {
+        // The frame leaves the kernel's offload state behind either way.
+        if partial {
+            if !nat::complete(ctx, pkt) {
+                return drop(ctx, GlobalCounter::DropInternal);
+            }
+            count(GlobalCounter::PartialChecksum);
+        }
+        if vip.flags & VIP_F_DSR != 0 {
+            return direct::dsr(ctx, addr, now);
+        }
+        return direct::tunnel(ctx, addr, now);
+    }
     let hop = match next_hop(ctx, pkt.key.src_addr, addr, ip(pkt).tos, IPPROTO_TCP, now) {
         Next::Send(hop) => hop,
         Next::Kernel => {
@@ -154,7 +170,7 @@ fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, vip: &VipMeta) -> u32 {
             // Answer before any rewrite: the quote must be what the client
             // sent, or its stack cannot match it.
             return match answer::frag_needed(ctx, mtu) {
-                Some(()) => answered(GlobalCounter::FragNeededSent),
+                Some(()) => answered(ctx, GlobalCounter::FragNeededSent),
                 None => drop(ctx, GlobalCounter::DropInternal),
             };
         }
@@ -171,7 +187,7 @@ fn reject(ctx: &XdpContext, pkt: &TcpPacket, vip: &VipMeta) -> u32 {
     match answer::reset(ctx, pkt) {
         Some(()) => {
             count_rejected(vip.index);
-            answered(GlobalCounter::Rejected)
+            answered(ctx, GlobalCounter::Rejected)
         }
         None => drop(ctx, GlobalCounter::DropNoBackend),
     }
@@ -251,7 +267,7 @@ pub fn emit(ctx: &XdpContext, ip: *mut Ipv4Hdr, saddr: u32, daddr: u32) -> u32 {
 /// Clock for flow recency and FIB-cache expiry: jiffy resolution is
 /// plenty for both, and the coarse clock reads no hardware counter.
 #[inline(always)]
-fn coarse_now() -> u64 {
+pub fn coarse_now() -> u64 {
     // SAFETY: helper call without arguments.
     unsafe { bpf_ktime_get_coarse_ns() }
 }

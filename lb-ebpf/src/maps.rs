@@ -83,3 +83,8 @@ pub static LOCAL_ADDRS: HashMap<u32, u32> = HashMap::pinned(MAX_LOCAL_ADDRS, 0);
 /// cap). Not pinned: a restarted program starts a fresh window.
 #[map]
 pub static INSERT_RATE: PerCpuArray<RateWindow> = PerCpuArray::with_max_entries(1, 0);
+
+/// `lb_common::LAYOUT_VERSION` of these pins, written by user space; the
+/// program never reads it.
+#[map]
+pub static VERSION: Array<u32> = Array::pinned(1, 0);

@@ -3,7 +3,7 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::GlobalCounter;
 
-use crate::stats::count;
+use crate::{maps::TX_PORTS, stats::count};
 
 #[inline(always)]
 pub fn pass() -> u32 {
@@ -33,10 +33,25 @@ pub fn drop(ctx: &XdpContext, reason: GlobalCounter) -> u32 {
     xdp_action::XDP_DROP
 }
 
-/// The program answered the packet itself (RST, ICMP error) with XDP_TX.
+/// The program answered the packet itself (RST, ICMP error): back out of
+/// the interface it came in on.
 #[inline(always)]
-pub fn answered(event: GlobalCounter) -> u32 {
+pub fn answered(ctx: &XdpContext, event: GlobalCounter) -> u32 {
     count(event);
     count(GlobalCounter::Answered);
-    xdp_action::XDP_TX
+    hairpin(ctx)
+}
+
+/// Sends the frame back out of its ingress interface. Through `TX_PORTS`,
+/// not XDP_TX: on a veth, an XDP_TX frame wakes the peer only if the peer
+/// runs an XDP program of its own, so to a container or a namespace with
+/// just GRO on it is never delivered, while a redirect is (veth.c,
+/// `veth_xdp_flush`). XDP_TX remains the fallback for an interface outside
+/// `TX_PORTS` (a test run).
+#[inline(always)]
+pub fn hairpin(ctx: &XdpContext) -> u32 {
+    let ingress = ctx.ingress_ifindex() as u32;
+    match TX_PORTS.redirect(ingress, xdp_action::XDP_TX as u64) {
+        Ok(action) | Err(action) => action,
+    }
 }

@@ -36,6 +36,8 @@ static BENCH_OBJECT: &[u8] =
 
 const XDP_TX: u32 = 3;
 const VIP: &str = "198.18.2.10:80";
+const DSR_VIP: &str = "198.18.2.11:80";
+const TUNNEL_VIP: &str = "198.18.2.12:80";
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
 
@@ -119,6 +121,7 @@ fn run(
         shape.clone(),
         Tuning {
             max_flow_inserts_per_sec: 0,
+            tunnel_source_v4: Some("198.18.1.1".parse()?),
         },
     )?;
     // The same maps under a program whose cap is 1 insert a second: the
@@ -127,6 +130,7 @@ fn run(
         shape,
         Tuning {
             max_flow_inserts_per_sec: 1,
+            ..Default::default()
         },
     )?;
     let vip: SocketAddrV4 = "198.18.2.10:80".parse()?;
@@ -144,6 +148,25 @@ fn run(
     }
     let ring: Vec<u32> = (0..ring_size).map(|i| i % 3).collect();
     dp.publish_vip(vip, 0, &ring, 0)?;
+    // A dsr pool (VIP index 1) and a tunnel pool (index 2) on the same
+    // backends' addresses, port 80 (the VIP's, as direct return needs).
+    for (index, flags) in [(1u32, lb_common::VIP_F_DSR), (2, lb_common::VIP_F_TUNNEL)] {
+        let vip: SocketAddrV4 = format!("198.18.2.{}:80", 10 + index).parse()?;
+        let mut ring = Vec::with_capacity(ring_size as usize);
+        for i in 0..3u32 {
+            let slot = index * 3 + i;
+            dp.write_backend(&BackendSlot {
+                slot,
+                vip_index: index,
+                addr: format!("198.18.1.{}:80", 11 + i).parse()?,
+                state: BACKEND_ACTIVE,
+                flags: 0,
+            })?;
+            ring.push(slot);
+        }
+        let ring: Vec<u32> = (0..ring_size as usize).map(|i| ring[i % 3]).collect();
+        dp.publish_vip(vip, index, &ring, flags)?;
+    }
     dp.sync_host(&["in0".to_string(), "out0".to_string()])?;
 
     let mut bench = EbpfLoader::new().load(BENCH_OBJECT)?;
@@ -177,6 +200,10 @@ fn run(
         })
     };
     once(&syn)?;
+    let dsr = frame(DSR_VIP, TCP_ACK);
+    let tunnel = frame(TUNNEL_VIP, TCP_ACK);
+    once(&frame(DSR_VIP, TCP_SYN))?;
+    once(&frame(TUNNEL_VIP, TCP_SYN))?;
     let full = tcp_frame(VIP, TCP_ACK, FULL_FRAME_LEN).build();
 
     let paths = [
@@ -238,6 +265,24 @@ fn run(
             floor: false,
             action: XDP_REDIRECT,
             proof: |c| c.get(GlobalCounter::PartialChecksum),
+        },
+        // Direct server return, established: the MAC rewrite alone, and the
+        // IPIP encapsulation.
+        Path {
+            name: "established_dsr",
+            bytes: dsr,
+            vary: false,
+            floor: false,
+            action: XDP_REDIRECT,
+            proof: |c| c.get(GlobalCounter::DsrSent),
+        },
+        Path {
+            name: "established_tunnel",
+            bytes: tunnel,
+            vary: false,
+            floor: false,
+            action: XDP_REDIRECT,
+            proof: |c| c.get(GlobalCounter::TunnelSent),
         },
         Path {
             name: "new_flow_capped",

@@ -38,7 +38,7 @@ use tokio::{
     task::JoinSet,
 };
 
-use crate::{controller::Command, status::Status};
+use crate::{command::Command, status::Status};
 
 /// The wire protocol version this build speaks (`"v"` in every message).
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -647,6 +647,8 @@ mod tests {
                 vip: "198.18.2.10:80".into(),
                 mode: "nat".into(),
                 min_active: 1,
+                on_empty: "reject".into(),
+                empty: false,
                 mean_load: None,
                 backends: vec![BackendStatus {
                     name: "web-1".into(),
@@ -662,6 +664,9 @@ mod tests {
                     operator_drained: false,
                     agent: None,
                     last_error: None,
+                    rtt_ms: None,
+                    agent_up: None,
+                    agent_error: None,
                 }],
             }],
         }

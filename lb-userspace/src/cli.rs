@@ -23,16 +23,14 @@ use crate::{
     config::{self, ConfigError, DEFAULT_ADMIN_SOCKET, DEFAULT_PIN_PATH},
     dataplane::{self, CounterReader, DataplaneError},
     load::{
-        agent::{serve_agent, Sampler},
+        agent::{serve_agent_with, AgentPolicy, Cidr, Sampler, DEFAULT_MAX_CONNECTIONS},
         LoadError,
     },
+    owner,
 };
 
 /// Where `xdplb run` and `xdplb check` read the config by default.
 pub const DEFAULT_CONFIG: &str = "/etc/xdplb/xdplb.toml";
-/// Where `xdplb agent` listens by default: every address, the port
-/// `[pool.load] agent_port` defaults to.
-pub const DEFAULT_AGENT_LISTEN: &str = "0.0.0.0:9777";
 
 /// xdplb: an XDP layer-4 TCP load balancer with health checks, warm spares
 /// and load-driven weights.
@@ -58,7 +56,10 @@ pub enum Cmd {
     /// Detach the XDP programs and remove the pinned maps.
     ///
     /// Established flows are forgotten. The pin path is --pin-path if
-    /// given, else the one in --config, else /sys/fs/bpf/xdplb.
+    /// given, else the one in --config, else /sys/fs/bpf/xdplb. Refuses
+    /// while an `xdplb run` owns that pin path (naming its pid) unless
+    /// --force. Removes only xdplb's own pins (its maps and `link_*`);
+    /// anything else under the pin path is left, and named.
     Down(DownArgs),
     /// Validate a config file; nothing is attached.
     ///
@@ -94,6 +95,17 @@ pub enum Cmd {
     /// closes. Utilisation is measured from /proc every second unless
     /// --fixed or --fixed-file is given. Runs until SIGINT/SIGTERM.
     Agent(AgentArgs),
+    /// On a backend of a `tunnel` pool: open the IPIP tunnels addressed to
+    /// this host.
+    ///
+    /// Attaches a small XDP program to --interface that strips the outer
+    /// IPv4 header of IPv4-in-IPv4 packets addressed to one of this host's
+    /// addresses and passes the inner packet (to the VIP, held on a
+    /// loopback) to the kernel, so the backend needs no ipip device or
+    /// module. Everything else passes untouched. The program stays attached
+    /// after the command returns (its link is pinned); --down removes it,
+    /// --stats prints its counters.
+    Decap(DecapArgs),
     /// Write man pages and shell completions into a directory (packaging).
     #[command(hide = true)]
     Man(ManArgs),
@@ -104,6 +116,29 @@ pub struct ManArgs {
     /// Where to write `man1/*.1` and `completions/*`.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DecapArgs {
+    /// The interface tunnels arrive on.
+    #[arg(long, value_name = "IFACE", required_unless_present = "stats")]
+    pub interface: Option<String>,
+    /// Remove the program from --interface instead.
+    #[arg(long, conflicts_with = "stats")]
+    pub down: bool,
+    /// Print the counters (decapsulated, passed, dropped) and exit.
+    #[arg(long)]
+    pub stats: bool,
+    /// With --stats: print JSON.
+    #[arg(long, requires = "stats")]
+    pub json: bool,
+    /// Where the program's maps and links are pinned.
+    #[arg(long, value_name = "PATH", default_value = lb_common::decap::DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    /// XDP attach mode: auto (native where the driver has it), native or
+    /// generic.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub xdp_mode: config::XdpMode,
 }
 
 #[derive(Debug, Args)]
@@ -122,6 +157,10 @@ pub struct DownArgs {
     /// /sys/fs/bpf/xdplb]
     #[arg(long, value_name = "PATH")]
     pub pin_path: Option<PathBuf>,
+    /// Take the data plane down even while a controller runs on it (the
+    /// controller keeps running, with nothing to steer).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -166,9 +205,19 @@ pub struct BackendArgs {
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// Address and port to listen on.
-    #[arg(long, value_name = "ADDR", default_value = DEFAULT_AGENT_LISTEN)]
+    /// Address and port to listen on, e.g. 0.0.0.0:9777 (9777 is what
+    /// `[pool.load] agent_port` defaults to). Required: the agent answers
+    /// whoever reaches it, so choose the address (and --allow) deliberately.
+    #[arg(long, value_name = "ADDR")]
     pub listen: SocketAddr,
+    /// Answer only peers in this block (ADDR/PREFIX or ADDR); repeatable.
+    /// Others are closed without a line. [default: every peer]
+    #[arg(long, value_name = "CIDR")]
+    pub allow: Vec<Cidr>,
+    /// Connections answered at once; more are closed without a line.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = parse_max_connections)]
+    pub max_connections: usize,
     /// Link capacity in bits per second used for net utilisation, for every
     /// interface. [default: each interface's reported speed, or 10 Gb/s if
     /// it reports none]
@@ -187,6 +236,13 @@ pub struct AgentArgs {
     /// Like --fixed, but re-read from this file on every connection.
     #[arg(long, value_name = "PATH")]
     pub fixed_file: Option<PathBuf>,
+}
+
+fn parse_max_connections(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=65_535).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a number from 1 to 65535")),
+    }
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -211,6 +267,14 @@ pub enum CliError {
     Load(#[from] LoadError),
     #[error("nothing to take down: no data plane pinned at {}", path.display())]
     NothingPinned { path: PathBuf },
+    #[error(
+        "an `xdplb run` (pid {pid}) owns the data plane at {}: stop it first, or take \
+         the data plane down under it with --force",
+        path.display()
+    )]
+    ControllerRunning { path: PathBuf, pid: String },
+    #[error(transparent)]
+    Owner(#[from] crate::owner::OwnerError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -275,7 +339,58 @@ pub async fn execute(cmd: Cmd) -> Result<(), CliError> {
         }
         Cmd::Reload(a) => steer(&a.socket, Request::Reload).await,
         Cmd::Agent(a) => agent(a).await,
+        Cmd::Decap(a) => decap(a),
     }
+}
+
+fn decap(a: DecapArgs) -> Result<(), CliError> {
+    use dataplane::decap;
+    let pin_path = dataplane::resolve_pin_path(&a.pin_path)?;
+    if a.stats {
+        let c = decap::counters(&pin_path).map_err(|e| match e {
+            DataplaneError::NotPinned { .. } => CliError::NothingPinned {
+                path: a.pin_path.clone(),
+            },
+            e => e.into(),
+        })?;
+        let get = |k: &str| c.get(k).copied().unwrap_or(0);
+        return if a.json {
+            print(&format!("{}\n", serde_json::json!(c)))
+        } else {
+            print(&format!(
+                "decapsulated {}  passed {}  dropped (malformed) {}\n",
+                get("decapsulated"),
+                get("passed"),
+                get("dropped_malformed")
+            ))
+        };
+    }
+    let iface = a
+        .interface
+        .expect("clap requires --interface without --stats");
+    if a.down {
+        return if decap::detach(&pin_path, &iface)? {
+            print(&format!("decap removed from {iface}\n"))
+        } else {
+            Err(CliError::NothingPinned {
+                path: pin_path.join(format!("{}{iface}", lb_common::maps::LINK_PREFIX)),
+            })
+        };
+    }
+    let mode = match a.xdp_mode {
+        config::XdpMode::Auto => dataplane::AttachMode::Auto,
+        config::XdpMode::Native => dataplane::AttachMode::Native,
+        config::XdpMode::Generic => dataplane::AttachMode::Generic,
+    };
+    let addrs = decap::attach(&pin_path, &iface, mode)?;
+    let addrs: Vec<String> = addrs
+        .iter()
+        .map(|a| std::net::Ipv4Addr::from(a.to_ne_bytes()).to_string())
+        .collect();
+    print(&format!(
+        "decap attached to {iface}: IPIP to {} is opened\n",
+        addrs.join(", ")
+    ))
 }
 
 fn print(text: &str) -> Result<(), CliError> {
@@ -292,6 +407,7 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 
 fn check(path: &Path) -> Result<(), CliError> {
     let cfg = config::load(path)?;
+    config::check_host_if_gateway(&cfg)?;
     print(&format!(
         "ok: {}, {}\n",
         plural(cfg.pools.len(), "pool", "pools"),
@@ -305,16 +421,42 @@ fn down(a: DownArgs) -> Result<(), CliError> {
         (None, Some(c)) => config::load(&c)?.dataplane.pin_path,
         (None, None) => PathBuf::from(DEFAULT_PIN_PATH),
     };
-    let detached = dataplane::down(&pin_path).map_err(|e| match e {
-        DataplaneError::NotPinned { path } => CliError::NothingPinned { path },
+    if let Some(pid) = owner::holder(Path::new(owner::LOCK_DIR), &pin_path)? {
+        if !a.force {
+            return Err(CliError::ControllerRunning {
+                path: pin_path,
+                pid,
+            });
+        }
+        tracing::warn!(
+            pid,
+            "--force: taking the data plane down under a running controller"
+        );
+    }
+    let resolved = dataplane::resolve_pin_path(&pin_path)?;
+    let report = dataplane::down(&resolved).map_err(|e| match e {
+        DataplaneError::NotPinned { .. } => CliError::NothingPinned {
+            path: pin_path.clone(),
+        },
         e => e.into(),
     })?;
-    let what = if detached.is_empty() {
+    let what = if report.detached.is_empty() {
         "no XDP links were pinned".to_string()
     } else {
-        format!("detached XDP from {}", detached.join(", "))
+        format!("detached XDP from {}", report.detached.join(", "))
     };
-    print(&format!("{what}; removed pins at {}\n", pin_path.display()))
+    let left = if report.foreign.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; left what xdplb did not pin there: {}",
+            report.foreign.join(", ")
+        )
+    };
+    print(&format!(
+        "{what}; removed pins at {}{left}\n",
+        pin_path.display()
+    ))
 }
 
 async fn status(socket: &Path, json: bool) -> Result<(), CliError> {
@@ -342,7 +484,8 @@ async fn steer(socket: &Path, req: Request) -> Result<(), CliError> {
 }
 
 fn read_counters(pin_path: &Path) -> Result<dataplane::Counters, CliError> {
-    Ok(CounterReader::open(pin_path)?.read()?)
+    let resolved = dataplane::resolve_pin_path(pin_path)?;
+    Ok(CounterReader::open(&resolved)?.read()?)
 }
 
 fn stats(pin_path: &Path, json: bool) -> Result<(), CliError> {
@@ -424,8 +567,12 @@ async fn agent(a: AgentArgs) -> Result<(), CliError> {
     let stop = shutdown_signal()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sampling = sampler.spawn(stop_rx);
-    tracing::info!(%addr, "load agent listening");
-    serve_agent(listener, sampler, stop).await;
+    tracing::info!(%addr, allow = ?a.allow, max_connections = a.max_connections, "load agent listening");
+    let policy = AgentPolicy {
+        allow: a.allow,
+        max_connections: a.max_connections,
+    };
+    serve_agent_with(listener, sampler, policy, stop).await;
     tracing::info!("load agent stopping");
     let _ = stop_tx.send(true);
     if let Some(t) = sampling {
@@ -472,13 +619,39 @@ mod tests {
             }
             c => panic!("{c:?}"),
         }
-        match p(&["xdplb", "agent"]) {
+        // No silent 0.0.0.0: the agent's address is the operator's choice.
+        assert!(Cli::try_parse_from(["xdplb", "agent"]).is_err());
+        match p(&[
+            "xdplb",
+            "agent",
+            "--listen",
+            "198.18.1.11:9777",
+            "--allow",
+            "198.18.1.0/24",
+            "--allow",
+            "198.18.0.1",
+        ]) {
             Cmd::Agent(a) => {
-                assert_eq!(a.listen, "0.0.0.0:9777".parse().unwrap());
+                assert_eq!(a.listen, "198.18.1.11:9777".parse().unwrap());
                 assert_eq!(a.weight_percent, 100);
+                assert_eq!(a.allow.len(), 2);
+                assert_eq!(a.max_connections, DEFAULT_MAX_CONNECTIONS);
             }
             c => panic!("{c:?}"),
         }
+        assert!(
+            Cli::try_parse_from(["xdplb", "agent", "--listen", ":1", "--allow", "1.2.3.4/40"])
+                .is_err()
+        );
+        assert!(Cli::try_parse_from([
+            "xdplb",
+            "agent",
+            "--listen",
+            "127.0.0.1:1",
+            "--max-connections",
+            "0"
+        ])
+        .is_err());
         assert!(Cli::try_parse_from(["xdplb", "agent", "--weight-percent", "101"]).is_err());
         assert!(
             Cli::try_parse_from(["xdplb", "agent", "--fixed", "cpu=1", "--fixed-file", "f"])

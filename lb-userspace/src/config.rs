@@ -35,11 +35,6 @@ pub const FACTOR_SUM_TOLERANCE: f64 = 1e-6;
 /// `IFNAMSIZ - 1`: the kernel rejects longer interface names.
 const MAX_IFNAME_LEN: usize = 15;
 
-/// Whether `mode = "dsr"` is accepted. The data plane does not implement the
-/// MAC rewrite yet; the validation rules for it are kept ready (see
-/// [`check_dsr_ports`]).
-pub const DSR_SUPPORTED: bool = false;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{}: cannot read config: {source}", path.display())]
@@ -61,9 +56,20 @@ pub enum ConfigError {
     /// but there is nothing to run.
     #[error("nothing to balance: no [[pool]] defined (uncomment or add one)")]
     NoPools,
+    #[error(
+        "pool {pool:?} is dsr but backend {backend:?} ({addr}) is on no segment of {ifaces}: \
+         dsr sends frames by MAC, so a backend must share a subnet with an interface \
+         (use mode = \"tunnel\" for a routed backend)"
+    )]
+    DsrNotAttached {
+        pool: String,
+        backend: String,
+        addr: std::net::Ipv4Addr,
+        ifaces: String,
+    },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
     /// Native if the driver supports it, else generic (skb) mode.
@@ -85,7 +91,39 @@ pub enum Protocol {
 pub enum Mode {
     #[default]
     Nat,
+    /// Direct server return at L2: the destination MAC is rewritten to the
+    /// backend's; it holds the VIP on a loopback and answers directly.
     Dsr,
+    /// Direct server return through IPIP from `tunnel_source`.
+    Tunnel,
+}
+
+/// What a pool does with a new flow when no backend can take it (every
+/// backend down, drained or standby): `on_empty` in the config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnEmpty {
+    /// Answer from the VIP at once (TCP: RST), so clients fail fast instead
+    /// of retrying SYNs for minutes. The operator contract's default.
+    #[default]
+    Reject,
+    /// Drop silently (clients time out).
+    Drop,
+}
+
+/// What happens to a backend's established flows when health marks it
+/// down (HAProxy's `on-marked-down`, Envoy's
+/// `close_connections_on_host_health_failure`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDown {
+    /// Re-steered on their next packet, so clients fail fast (a RST from
+    /// the new backend) instead of hanging on a dead server.
+    #[default]
+    Reset,
+    /// They run out on the backend (for a health check that fails while the
+    /// server still serves what it has, e.g. a deliberate 503).
+    Keep,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -121,6 +159,8 @@ pub struct DataplaneConfig {
     /// New flows recorded per second per CPU; above it they are balanced by
     /// the ring without a table entry. 0: no cap.
     pub max_flow_inserts_per_sec: u32,
+    /// Outer source of `tunnel` pools' IPIP packets (IPv4).
+    pub tunnel_source_v4: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -128,6 +168,9 @@ pub struct ControlConfig {
     pub admin_socket: PathBuf,
     /// `None` when the file says `metrics_listen = ""`.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where operator drains are kept across restarts, `xdplb down` and
+    /// reboots; `None` when the file says `state_file = ""`.
+    pub state_file: Option<PathBuf>,
 }
 
 impl Default for ControlConfig {
@@ -135,14 +178,21 @@ impl Default for ControlConfig {
         ControlConfig {
             admin_socket: PathBuf::from(DEFAULT_ADMIN_SOCKET),
             metrics_listen: Some(DEFAULT_METRICS_LISTEN.parse().expect("valid literal")),
+            state_file: Some(PathBuf::from(DEFAULT_STATE_FILE)),
         }
     }
 }
 
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/xdplb";
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/xdplb.sock";
+/// Where operator drains are kept by default (survives reboots: not /run).
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/xdplb/state.json";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9434";
 pub const DEFAULT_WEIGHT: u32 = 100;
+/// The shortest health-check interval accepted. Probing a backend more
+/// often than 20 times a second buys little detection speed for its cost
+/// (1,000 backends would mean 20,000 probes a second from one gateway).
+pub const MIN_HEALTH_INTERVAL_MS: u64 = 50;
 pub const DEFAULT_MIN_ACTIVE: u32 = 1;
 pub const DEFAULT_HTTP_PATH: &str = "/";
 pub const DEFAULT_HTTP_STATUS: u16 = 200;
@@ -154,12 +204,26 @@ pub struct PoolConfig {
     pub protocol: Protocol,
     pub mode: Mode,
     pub min_active: u32,
+    pub on_empty: OnEmpty,
+    pub on_down: OnDown,
+    /// Pool-level `slow_start_ms`; `None` when unset (then `[pool.load]`'s
+    /// applies, see [`PoolConfig::ramp_ms`]).
+    pub slow_start_ms: Option<u64>,
     pub health: HealthConfig,
     pub load: Option<LoadConfig>,
     pub backends: Vec<BackendConfig>,
 }
 
 impl PoolConfig {
+    /// How long a newly active backend ramps its weight: the pool's
+    /// `slow_start_ms` if set (agents or not), else `[pool.load]
+    /// slow_start_ms`, else no ramp.
+    pub fn ramp_ms(&self) -> u64 {
+        self.slow_start_ms
+            .or(self.load.as_ref().map(|l| l.slow_start_ms))
+            .unwrap_or(0)
+    }
+
     pub fn backend(&self, name: &str) -> Option<&BackendConfig> {
         self.backends.iter().find(|b| b.name == name)
     }
@@ -300,6 +364,7 @@ mod raw {
         pub flow_table_size: Option<Spanned<u32>>,
         pub ring_size: Option<Spanned<u32>>,
         pub max_flow_inserts_per_sec: Option<u32>,
+        pub tunnel_source: Option<Spanned<Vec<std::net::IpAddr>>>,
     }
 
     #[derive(Deserialize)]
@@ -307,6 +372,7 @@ mod raw {
     pub struct Control {
         pub admin_socket: Option<PathBuf>,
         pub metrics_listen: Option<Spanned<String>>,
+        pub state_file: Option<PathBuf>,
     }
 
     #[derive(Deserialize)]
@@ -317,6 +383,11 @@ mod raw {
         pub protocol: Option<Protocol>,
         pub mode: Option<Spanned<Mode>>,
         pub min_active: Option<Spanned<u32>>,
+        /// A string checked by [`super::on_empty`], so an unknown value or a
+        /// wrong type gets a message naming the key and the choices.
+        pub on_empty: Option<Spanned<String>>,
+        pub on_down: Option<OnDown>,
+        pub slow_start_ms: Option<u64>,
         pub health: Option<Health>,
         pub load: Option<Load>,
         #[serde(default)]
@@ -401,7 +472,78 @@ pub fn check_interfaces_exist(cfg: &Config) -> Result<(), ConfigError> {
             return Err(ConfigError::MissingInterface { name: name.clone() });
         }
     }
+    check_dsr_attached(cfg)
+}
+
+/// What `xdplb check` can verify of this host when it is the gateway (all
+/// the configured interfaces exist here): that every `dsr` backend is on a
+/// segment of one of them. Elsewhere it checks nothing, so a config can be
+/// checked on another host.
+pub fn check_host_if_gateway(cfg: &Config) -> Result<(), ConfigError> {
+    match check_interfaces_exist(cfg) {
+        // No pools: nothing to check here (`run` refuses it).
+        Err(ConfigError::MissingInterface { .. } | ConfigError::NoPools) => Ok(()),
+        other => other,
+    }
+}
+
+/// Every `dsr` backend shares a subnet with one of the configured
+/// interfaces (its IPv4 addresses and prefixes, read from the kernel).
+fn check_dsr_attached(cfg: &Config) -> Result<(), ConfigError> {
+    if cfg.pools.iter().all(|p| p.mode != Mode::Dsr) {
+        return Ok(());
+    }
+    let nets = interface_subnets(&cfg.dataplane.interfaces);
+    for pool in cfg.pools.iter().filter(|p| p.mode == Mode::Dsr) {
+        for b in &pool.backends {
+            let a = u32::from(*b.addr.ip());
+            if !nets.iter().any(|&(net, mask)| a & mask == net & mask) {
+                return Err(ConfigError::DsrNotAttached {
+                    pool: pool.name.clone(),
+                    backend: b.name.clone(),
+                    addr: *b.addr.ip(),
+                    ifaces: cfg.dataplane.interfaces.join(", "),
+                });
+            }
+        }
+    }
     Ok(())
+}
+
+/// (address, netmask) of each IPv4 address on `ifaces`, host order.
+fn interface_subnets(ifaces: &[String]) -> Vec<(u32, u32)> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: a node of the list getifaddrs returned; its name is a C
+        // string; a non-null AF_INET sockaddr is a sockaddr_in.
+        unsafe {
+            let ifa = &*cur;
+            let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy();
+            if !ifa.ifa_addr.is_null()
+                && !ifa.ifa_netmask.is_null()
+                && (*ifa.ifa_addr).sa_family as i32 == libc::AF_INET
+                && ifaces.iter().any(|i| *i == name)
+            {
+                let addr = (*(ifa.ifa_addr as *const libc::sockaddr_in))
+                    .sin_addr
+                    .s_addr;
+                let mask = (*(ifa.ifa_netmask as *const libc::sockaddr_in))
+                    .sin_addr
+                    .s_addr;
+                out.push((u32::from_be(addr), u32::from_be(mask)));
+            }
+            cur = ifa.ifa_next;
+        }
+    }
+    // SAFETY: the list getifaddrs allocated, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    out
 }
 
 /// DSR rewrites only the destination MAC, so the backend sees the packet
@@ -543,7 +685,7 @@ fn convert(src: &Source, raw: raw::Config) -> Result<Config, ConfigError> {
                 format!("too many backends: more than {MAX_BACKENDS} across all pools (the data plane's limit)"),
             ));
         }
-        let pool = convert_pool(src, rp)?;
+        let pool = convert_pool(src, rp, dataplane.0.tunnel_source_v4)?;
         pools.push(pool);
         pool_spans.push((name_span, vip_span));
     }
@@ -630,6 +772,25 @@ fn convert_dataplane(
         }
         None => DEFAULT_RING_SIZE,
     };
+    let mut tunnel_source_v4 = None;
+    if let Some(ts) = &d.tunnel_source {
+        let mut v6 = false;
+        for a in ts.get_ref() {
+            let dup = match a {
+                std::net::IpAddr::V4(a) => tunnel_source_v4.replace(*a).is_some(),
+                std::net::IpAddr::V6(_) => std::mem::replace(&mut v6, true),
+            };
+            if dup {
+                return Err(src.err(ts.span(), "tunnel_source takes one address per family"));
+            }
+            if a.is_unspecified() {
+                return Err(src.err(
+                    ts.span(),
+                    format!("tunnel_source {a} is not a host address"),
+                ));
+            }
+        }
+    }
     Ok((
         DataplaneConfig {
             interfaces,
@@ -643,6 +804,7 @@ fn convert_dataplane(
             max_flow_inserts_per_sec: d
                 .max_flow_inserts_per_sec
                 .unwrap_or(lb_common::limits::DEFAULT_MAX_FLOW_INSERTS_PER_SEC),
+            tunnel_source_v4,
         },
         d.ring_size.as_ref().map(|s| s.span()),
     ))
@@ -655,6 +817,9 @@ fn convert_control(src: &Source, raw: Option<raw::Control>) -> Result<ControlCon
     };
     if let Some(p) = c.admin_socket {
         out.admin_socket = p;
+    }
+    if let Some(p) = c.state_file {
+        out.state_file = (!p.as_os_str().is_empty()).then_some(p);
     }
     if let Some(m) = c.metrics_listen {
         out.metrics_listen = if m.get_ref().is_empty() {
@@ -674,7 +839,11 @@ fn convert_control(src: &Source, raw: Option<raw::Control>) -> Result<ControlCon
     Ok(out)
 }
 
-fn convert_pool(src: &Source, rp: raw::Pool) -> Result<PoolConfig, ConfigError> {
+fn convert_pool(
+    src: &Source,
+    rp: raw::Pool,
+    tunnel_source_v4: Option<std::net::Ipv4Addr>,
+) -> Result<PoolConfig, ConfigError> {
     let name_span = rp.name.span();
     let name = rp.name.into_inner();
     if name.trim().is_empty() {
@@ -694,10 +863,6 @@ fn convert_pool(src: &Source, rp: raw::Pool) -> Result<PoolConfig, ConfigError> 
         ));
     }
     let mode = rp.mode.as_ref().map_or(Mode::Nat, |m| *m.get_ref());
-    if mode == Mode::Dsr && !DSR_SUPPORTED {
-        let span = rp.mode.as_ref().map_or(name_span.clone(), |m| m.span());
-        return Err(src.err(span, "mode = \"dsr\" is not supported yet"));
-    }
 
     if rp.backend.is_empty() {
         return Err(src.err(name_span, format!("pool {name:?} has no [[pool.backend]]")));
@@ -780,23 +945,55 @@ fn convert_pool(src: &Source, rp: raw::Pool) -> Result<PoolConfig, ConfigError> 
         protocol: rp.protocol.unwrap_or_default(),
         mode,
         min_active,
+        on_empty: on_empty(src, rp.on_empty.as_ref())?,
+        on_down: rp.on_down.unwrap_or_default(),
+        slow_start_ms: rp.slow_start_ms,
         health,
         load,
         backends,
     };
-    if pool.mode == Mode::Dsr {
+    if pool.mode != Mode::Nat {
         if let Err(b) = check_dsr_ports(&pool) {
+            let mode = if pool.mode == Mode::Dsr {
+                "dsr"
+            } else {
+                "tunnel"
+            };
             return Err(src.err(
                 name_span,
                 format!(
-                    "pool {:?} is dsr but backend {b:?} listens on another port than the vip ({}): dsr cannot rewrite ports",
+                    "pool {:?} is {mode} but backend {b:?} listens on another port than the vip ({}): {mode} cannot rewrite ports (the backend receives the packet addressed to the vip)",
                     pool.name,
                     pool.vip.port()
                 ),
             ));
         }
     }
+    if pool.mode == Mode::Tunnel && tunnel_source_v4.is_none() {
+        let span = rp.mode.as_ref().map_or(name_span, |m| m.span());
+        return Err(src.err(
+            span,
+            format!(
+                "pool {:?} is tunnel but [dataplane] has no IPv4 tunnel_source (the outer source address, one of this host's)",
+                pool.name
+            ),
+        ));
+    }
     Ok(pool)
+}
+
+fn on_empty(src: &Source, raw: Option<&toml::Spanned<String>>) -> Result<OnEmpty, ConfigError> {
+    let Some(v) = raw else {
+        return Ok(OnEmpty::default());
+    };
+    match v.get_ref().as_str() {
+        "reject" => Ok(OnEmpty::Reject),
+        "drop" => Ok(OnEmpty::Drop),
+        other => Err(src.err(
+            v.span(),
+            format!("on_empty {other:?} is not one of \"reject\" (answer with a RST from the VIP) or \"drop\""),
+        )),
+    }
 }
 
 fn convert_health(
@@ -811,11 +1008,19 @@ fn convert_health(
     h.kind = r.kind.unwrap_or_default();
     h.rise = src.nonzero(&r.rise, h.rise, "rise must be at least 1")?;
     h.fall = src.nonzero(&r.fall, h.fall, "fall must be at least 1")?;
-    h.interval_ms = src.nonzero(
-        &r.interval_ms,
-        h.interval_ms,
-        "interval_ms must be at least 1",
-    )?;
+    if let Some(i) = &r.interval_ms {
+        if *i.get_ref() < MIN_HEALTH_INTERVAL_MS {
+            return Err(src.err(
+                i.span(),
+                format!(
+                    "interval_ms must be at least {MIN_HEALTH_INTERVAL_MS}: faster probing costs \
+                     the gateway and every backend CPU and detects a failure no sooner than \
+                     fall × interval_ms anyway"
+                ),
+            ));
+        }
+        h.interval_ms = *i.get_ref();
+    }
     h.timeout_ms = src.nonzero(&r.timeout_ms, h.timeout_ms, "timeout_ms must be at least 1")?;
     if h.timeout_ms >= h.interval_ms {
         let span = r
@@ -988,6 +1193,17 @@ mod tests {
         assert_eq!(c.dataplane.ring_size, 65_537);
         assert_eq!(c.control.admin_socket, PathBuf::from("/run/xdplb.sock"));
         assert_eq!(
+            c.control.state_file.as_deref(),
+            Some(Path::new("/var/lib/xdplb/state.json"))
+        );
+        let off = p(&FULL.replace(
+            "state_file = \"/var/lib/xdplb/state.json\"",
+            "state_file = \"\"",
+        ))
+        .map(|c| c.control.state_file)
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(off, None);
+        assert_eq!(
             c.control.metrics_listen,
             Some("127.0.0.1:9434".parse().unwrap())
         );
@@ -1030,7 +1246,26 @@ mod tests {
         assert_eq!(pool.mode, Mode::Nat);
         assert_eq!(pool.health, HealthConfig::default());
         assert_eq!(pool.load, None);
+        assert_eq!(
+            (pool.on_down, pool.slow_start_ms, pool.ramp_ms()),
+            (OnDown::Reset, None, 0)
+        );
         assert!(pool.backends.iter().all(|b| b.role == Role::Primary));
+    }
+
+    #[test]
+    fn on_down_and_pool_slow_start_parse() {
+        let c = p(&pool_with(
+            "on_down = \"keep\"\nslow_start_ms = 3000\n",
+            ONE_BACKEND,
+        ))
+        .unwrap();
+        assert_eq!(c.pools[0].on_down, OnDown::Keep);
+        assert_eq!(c.pools[0].ramp_ms(), 3000);
+        let err = p(&pool_with("on_down = \"linger\"\n", ONE_BACKEND))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("linger") && err.contains("keep"), "{err}");
     }
 
     #[test]
@@ -1072,6 +1307,7 @@ mod tests {
             check_interfaces_exist(&cfg),
             Err(ConfigError::NoPools)
         ));
+        assert!(check_host_if_gateway(&cfg).is_ok());
     }
 
     #[test]
@@ -1175,11 +1411,40 @@ vip = "198.18.2.11:80"
     }
 
     #[test]
-    fn dsr_is_rejected_at_mode() {
+    fn direct_return_modes_need_the_vip_port_and_tunnels_a_source() {
+        const PORT_80: &str = "[[pool.backend]]\nname = \"web-1\"\naddr = \"198.18.1.11:80\"\n";
+        let c = p(&pool_with("mode = \"dsr\"\n", PORT_80)).unwrap();
+        assert_eq!(c.pools[0].mode, Mode::Dsr);
         rejects(
             &pool_with("mode = \"dsr\"\n", ONE_BACKEND),
+            4,
+            &["is dsr but backend \"web-1\" listens on another port"],
+        );
+        rejects(
+            &pool_with("mode = \"tunnel\"\n", PORT_80),
             6,
-            &["mode = \"dsr\" is not supported yet"],
+            &["is tunnel but [dataplane] has no IPv4 tunnel_source"],
+        );
+        let with_source = |src: &str| {
+            pool_with("mode = \"tunnel\"\n", PORT_80)
+                .replace(HEAD, &format!("{HEAD}tunnel_source = [{src}]\n"))
+        };
+        let c = p(&with_source("\"198.18.1.1\"")).unwrap();
+        assert_eq!(c.pools[0].mode, Mode::Tunnel);
+        assert_eq!(
+            c.dataplane.tunnel_source_v4,
+            Some("198.18.1.1".parse().unwrap())
+        );
+        rejects(
+            &with_source("\"198.18.1.1\", \"198.18.1.2\""),
+            3,
+            &["tunnel_source takes one address per family"],
+        );
+        rejects(
+            &pool_with("mode = \"tunnel\"\n", ONE_BACKEND)
+                .replace(HEAD, &format!("{HEAD}tunnel_source = [\"198.18.1.1\"]\n")),
+            5,
+            &["is tunnel but backend \"web-1\" listens on another port"],
         );
     }
 
@@ -1200,8 +1465,14 @@ vip = "198.18.2.11:80"
         rejects(
             &h("interval_ms = 0\n"),
             7,
-            &["interval_ms must be at least 1"],
+            &["interval_ms must be at least 50"],
         );
+        rejects(
+            &h("interval_ms = 49\ntimeout_ms = 10\n"),
+            7,
+            &["at least 50"],
+        );
+        assert!(p(&h("interval_ms = 50\ntimeout_ms = 10\n")).is_ok());
         rejects(
             &h("interval_ms = 300\ntimeout_ms = 300\n"),
             8,
@@ -1386,6 +1657,54 @@ vip = "198.18.2.11:80"
         }
         let err = p(&text).unwrap_err().to_string();
         assert!(err.contains("too many backends"), "{err}");
+    }
+
+    #[test]
+    fn on_empty_defaults_to_reject_and_accepts_drop() {
+        let c = p(&pool_with("", ONE_BACKEND)).unwrap();
+        assert_eq!(c.pools[0].on_empty, OnEmpty::Reject);
+        let c = p(&pool_with("on_empty = \"drop\"\n", ONE_BACKEND)).unwrap();
+        assert_eq!(c.pools[0].on_empty, OnEmpty::Drop);
+        let c = p(&pool_with("on_empty = \"reject\"\n", ONE_BACKEND)).unwrap();
+        assert_eq!(c.pools[0].on_empty, OnEmpty::Reject);
+        // The full example says so explicitly; the minimal one takes the default.
+        assert_eq!(p(FULL).unwrap().pools[0].on_empty, OnEmpty::Reject);
+        assert_eq!(p(MINIMAL).unwrap().pools[0].on_empty, OnEmpty::Reject);
+    }
+
+    #[test]
+    fn on_empty_rejects_unknown_values_and_types_with_position() {
+        let err = p(&pool_with("on_empty = \"bounce\"\n", ONE_BACKEND))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "xdplb.toml:6:12: on_empty \"bounce\" is not one of \"reject\" (answer with a RST \
+             from the VIP) or \"drop\""
+        );
+        rejects(
+            &pool_with("on_empty = \"Reject\"\n", ONE_BACKEND),
+            6,
+            &["Reject"],
+        );
+        rejects(
+            &pool_with("on_empty = true\n", ONE_BACKEND),
+            6,
+            &["invalid type: boolean `true`, expected a string"],
+        );
+        // In the wrong table it is an unknown key, named with its line.
+        rejects(
+            &pool_with("[pool.health]\non_empty = \"drop\"\n", ONE_BACKEND),
+            7,
+            &["unknown field", "on_empty"],
+        );
+    }
+
+    #[test]
+    fn on_empty_is_part_of_the_meaning() {
+        let a = p(&pool_with("", ONE_BACKEND)).unwrap();
+        let b = p(&pool_with("on_empty = \"drop\"\n", ONE_BACKEND)).unwrap();
+        assert_ne!(a, b, "a reload must see on_empty change");
     }
 
     #[test]

@@ -30,18 +30,18 @@ use std::{
 
 use lb_common::{
     limits::{MAX_BACKENDS, MAX_VIPS},
-    BACKEND_DRAINING, BACKEND_F_OPERATOR_DRAIN,
+    BACKEND_DOWN, BACKEND_DRAINING, BACKEND_F_OPERATOR_DRAIN,
 };
 use thiserror::Error;
 // tokio's clock, so tests can run the controller with time paused.
 use tokio::{
-    sync::{mpsc, oneshot, watch},
+    sync::{mpsc, watch},
     time::Instant,
 };
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    config::{self, BackendConfig, Config, HealthConfig, PoolConfig, Role},
+    config::{self, BackendConfig, Config, HealthConfig, OnDown, OnEmpty, PoolConfig, Role},
     dataplane::{
         self, backend_name_index, AttachMode, BackendSlot, Dataplane, DataplaneError, Shape,
     },
@@ -56,31 +56,24 @@ use crate::{
     status::{BackendStatus, PoolStatus, Status},
 };
 
-/// What the admin socket asks the running controller. Each carries the
-/// channel its answer goes back on.
-#[derive(Debug)]
-pub enum Command {
-    Status {
-        reply: oneshot::Sender<Status>,
-    },
-    /// `drain = true` drains, `false` undrains.
-    Drain {
-        pool: String,
-        backend: String,
-        drain: bool,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-    /// Re-read the config file: `Ok(summary of what changed)` or
-    /// `Err(why it was refused)`; a refused config changes nothing.
-    Reload {
-        reply: oneshot::Sender<Result<String, String>>,
-    },
-}
+pub use crate::command::Command;
 
 #[derive(Debug, Error)]
 pub enum ControllerError {
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
+    #[error(
+        "the config needs {needed} new {what} but {free} are free (the data plane holds {max}; \
+         {retiring} still retiring until their flows end); nothing was changed — apply it in \
+         two steps (remove first, add once the removed ones are freed)"
+    )]
+    NoCapacity {
+        what: &'static str,
+        needed: usize,
+        free: usize,
+        retiring: usize,
+        max: u32,
+    },
     #[error("pool {pool:?}: no free VIP slot (the data plane holds {max})")]
     NoVipSlot { pool: String, max: u32 },
     #[error(
@@ -96,12 +89,20 @@ pub enum ControllerError {
 /// The controller's view of the data plane: what it writes and reads back.
 /// [`Dataplane`] is the real one; tests use a fake.
 pub trait DataplaneOps: Send {
+    /// `flags`: `lb_common::VIP_F_*` bits (see [`vip_flags`]).
     fn publish_vip(
         &mut self,
         vip: SocketAddrV4,
         vip_index: u32,
         ring: &[u32],
+        flags: u32,
     ) -> Result<(), DataplaneError>;
+    /// Writes what the program must know about this host: the attached
+    /// interfaces' MACs and redirect targets, and this network namespace's
+    /// local addresses (so replies to the controller's own probes are told
+    /// apart from client traffic). Addresses change: called again every
+    /// [`HOST_SYNC_EVERY`].
+    fn sync_host(&mut self, interfaces: &[String]) -> Result<(), DataplaneError>;
     fn remove_vip(&mut self, vip: SocketAddrV4) -> Result<(), DataplaneError>;
     fn write_backend(&mut self, slot: &BackendSlot) -> Result<(), DataplaneError>;
     fn free_backend(&mut self, slot: u32) -> Result<(), DataplaneError>;
@@ -126,8 +127,12 @@ impl DataplaneOps for Dataplane {
         vip: SocketAddrV4,
         idx: u32,
         ring: &[u32],
+        flags: u32,
     ) -> Result<(), DataplaneError> {
-        Dataplane::publish_vip(self, vip, idx, ring, 0)
+        Dataplane::publish_vip(self, vip, idx, ring, flags)
+    }
+    fn sync_host(&mut self, interfaces: &[String]) -> Result<(), DataplaneError> {
+        Dataplane::sync_host(self, interfaces)
     }
     fn remove_vip(&mut self, vip: SocketAddrV4) -> Result<(), DataplaneError> {
         Dataplane::remove_vip(self, vip)
@@ -177,7 +182,8 @@ impl DataplaneOps for Dataplane {
 pub type ProbeFactory = Arc<dyn Fn(&HealthConfig) -> Arc<dyn Probe> + Send + Sync>;
 /// Counts established flows per backend slot (the real one walks the
 /// pinned flow table; it runs on a blocking thread).
-pub type FlowCounter = Arc<dyn Fn() -> HashMap<u32, u64> + Send + Sync>;
+/// `None` when the count failed: the last good count stands.
+pub type FlowCounter = Arc<dyn Fn() -> Option<HashMap<u32, u64>> + Send + Sync>;
 
 /// How often the planner runs without an event: slow-start ramps and
 /// watermark holds advance on this beat.
@@ -192,11 +198,84 @@ const FLOW_COUNT_DUTY: u32 = 10;
 pub const FLOW_IDLE: Duration = Duration::from_secs(30);
 /// Entries walked at most per count, bounding the walk's cost.
 const FLOW_COUNT_LIMIT: usize = 1 << 20;
+/// Weight of a new probe round trip in the smoothed one (as TCP's SRTT,
+/// RFC 6298, but heavier: probes are seconds apart, not packets).
+const RTT_GAIN: f64 = 0.25;
 /// A backend removed by reload keeps its slot (draining) until it has no
 /// established flow, or this long.
 const RETIRE_AFTER: Duration = Duration::from_secs(300);
+/// How often the host's addresses, MACs and redirect targets are written
+/// again (one netlink dump). An address added meanwhile is unknown to the
+/// program for at most this long: probes from it would have their replies
+/// rewritten as client traffic until then.
+pub const HOST_SYNC_EVERY: Duration = Duration::from_secs(3);
+
+/// The `VipMeta::flags` a pool's config asks for.
+pub fn vip_flags(pool: &PoolConfig) -> u32 {
+    let empty = match pool.on_empty {
+        OnEmpty::Reject => lb_common::VIP_F_REJECT_EMPTY,
+        OnEmpty::Drop => 0,
+    };
+    let mode = match pool.mode {
+        config::Mode::Nat => 0,
+        config::Mode::Dsr => lb_common::VIP_F_DSR,
+        config::Mode::Tunnel => lb_common::VIP_F_TUNNEL,
+    };
+    empty | mode
+}
+
+/// What a pool's VIP was last published with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PublishedRing {
+    flags: u32,
+    /// Maglev inputs: (slot, weight) of every active backend.
+    inputs: Vec<(u32, u32)>,
+}
 
 type Key = (String, String);
+
+/// Every backend of `config` and its address.
+fn wanted_backends(config: &Config) -> HashMap<Key, SocketAddrV4> {
+    config
+        .pools
+        .iter()
+        .flat_map(|p| {
+            p.backends
+                .iter()
+                .map(move |b| (key(&p.name, &b.name), b.addr))
+        })
+        .collect()
+}
+
+/// `BackendMeta::flags` bit: health says down, in an `on_down = "keep"`
+/// pool, whose slot is written `DRAINING` so its flows run out instead of
+/// being re-steered. The data plane ignores flags; the bit lets a restarted
+/// controller tell this from a drain and seed the verdict. (User space
+/// only; it belongs beside `BACKEND_F_OPERATOR_DRAIN` in lb-common once
+/// the data-plane rewrite there lands.)
+const BACKEND_F_HEALTH_DOWN: u8 = 2;
+const _: () = assert!(BACKEND_F_HEALTH_DOWN & BACKEND_F_OPERATOR_DRAIN == 0);
+
+/// The map state of a backend the planner put in `state`. A down backend
+/// of an `on_down = "keep"` pool is `DRAINING` in the map: out of the ring,
+/// its established flows left to run out (`DOWN` would re-steer them).
+fn slot_state(on_down: OnDown, state: BackendState) -> u8 {
+    match (state, on_down) {
+        (BackendState::Down, OnDown::Keep) => BACKEND_DRAINING,
+        (s, _) => s.map_value(),
+    }
+}
+
+fn slot_flags(on_down: OnDown, state: BackendState, drained: bool) -> u8 {
+    let mut f = 0;
+    if drained {
+        f |= BACKEND_F_OPERATOR_DRAIN;
+    }
+    if state == BackendState::Down && on_down == OnDown::Keep {
+        f |= BACKEND_F_HEALTH_DOWN;
+    }
+    f
+}
 
 fn key(pool: &str, backend: &str) -> Key {
     (pool.to_string(), backend.to_string())
@@ -241,6 +320,14 @@ impl Drop for Task {
 #[derive(Default)]
 struct Runtime {
     health: Option<HealthState>,
+    /// A probe has reported since this controller started (a health state
+    /// seeded from the maps is not a probe).
+    probed: bool,
+    /// Smoothed round trip of successful probes (the seed's response time).
+    rtt: Option<Duration>,
+    /// Whether the agent answered its last query (`None`: not asked yet).
+    agent_up: Option<bool>,
+    agent_error: Option<String>,
     last_error: Option<String>,
     load: Option<LoadTracker>,
     agent_line: Option<String>,
@@ -255,12 +342,21 @@ pub struct Controller<D: DataplaneOps> {
     planner: Planner,
     runtime: HashMap<Key, Runtime>,
     drained: HashSet<Key>,
-    /// Established flows per slot, from the last count.
-    flows: HashMap<u32, u64>,
+    /// Established flows per slot, from the last count; `None` until the
+    /// first count is in. "Not counted yet" is not zero: no retiring slot is
+    /// freed before a count says it is idle.
+    flows: Option<HashMap<u32, u64>>,
+    /// When the last count began: a slot retired after that is not known
+    /// to be idle by it.
+    flows_at: Instant,
+    /// The VIP address each pool has in the VIPS map (adopted or
+    /// published), so a pool removed or re-addressed while the controller
+    /// was down is taken out of the map even though no config named it.
+    vip_addrs: HashMap<String, SocketAddrV4>,
     /// Backend metas as last written.
     written: HashMap<u32, BackendSlot>,
-    /// Maglev inputs each pool's ring was last built from.
-    ring_inputs: HashMap<String, Vec<(u32, u32)>>,
+    /// What each pool's VIP was last published with.
+    published: HashMap<String, PublishedRing>,
     /// Slots of backends removed by reload: (since, address, pool).
     retiring: HashMap<u32, (Instant, SocketAddrV4)>,
     checkers: HashMap<Key, Task>,
@@ -302,10 +398,12 @@ impl<D: DataplaneOps> Controller<D> {
         let taken_slots: HashSet<u32> = backends.iter().map(|b| b.1.slot).collect();
         let mut slots = Slots::new(&taken_vips, &taken_slots);
         let mut pool_of_index = HashMap::new();
+        let mut published = HashMap::new();
         for (pool, vip, index) in &vips {
             info!(pool, %vip, index, "adopted VIP from the pinned data plane");
             slots.vips.insert(pool.clone(), *index);
             pool_of_index.insert(*index, pool.clone());
+            published.insert(pool.clone(), *vip);
         }
         let mut drained = HashSet::new();
         let mut written = HashMap::new();
@@ -342,9 +440,11 @@ impl<D: DataplaneOps> Controller<D> {
             planner: Planner::new(),
             runtime: HashMap::new(),
             drained,
-            flows: HashMap::new(),
+            flows: None,
+            flows_at: now,
+            vip_addrs: published,
             written,
-            ring_inputs: HashMap::new(),
+            published: HashMap::new(),
             retiring: HashMap::new(),
             checkers: HashMap::new(),
             pollers: HashMap::new(),
@@ -363,7 +463,24 @@ impl<D: DataplaneOps> Controller<D> {
         for b in orphans {
             c.retiring.insert(b.slot, (now, b.addr));
         }
+        // Drains kept in the state file survive `xdplb down` and reboots,
+        // which the maps' flags do not.
+        if let Some(path) = &c.config.control.state_file {
+            match crate::state::load(path) {
+                Ok(saved) => {
+                    for (pool, backend) in saved {
+                        if c.drained.insert(key(&pool, &backend)) {
+                            info!(pool, backend, "operator drain restored from the state file");
+                        }
+                    }
+                }
+                Err(e) => warn!(error = %e, "operator drains not restored"),
+            }
+        }
         c.install(config)?;
+        if let Err(e) = c.persist_drains() {
+            warn!(error = e, "operator drains not saved");
+        }
         Ok((c, Inputs { health_rx, load_rx }))
     }
 
@@ -371,35 +488,12 @@ impl<D: DataplaneOps> Controller<D> {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Makes `config` the running config: assigns slots, starts and stops
-    /// probes and pollers, retires what disappeared. Returns a summary.
-    fn install(&mut self, config: Config) -> Result<Vec<String>, ControllerError> {
-        let mut summary = Vec::new();
-        let old = std::mem::replace(&mut self.config, config);
-        // Pools gone: stop balancing the VIP now; retire its slots.
-        for pool in &old.pools {
-            if self.config.pool(&pool.name).is_none() {
-                self.dp.remove_vip(pool.vip)?;
-                if let Some(index) = self.slots.vips.remove(&pool.name) {
-                    self.slots.free_vips.push_back(index);
-                }
-                self.ring_inputs.remove(&pool.name);
-                summary.push(format!("removed pool {}", pool.name));
-            }
-        }
-        // Backends gone (from surviving or removed pools), or re-addressed
-        // (a different server under the same name: its flows belong to the
-        // old one): drain, retire the slot.
-        let wanted: HashMap<Key, SocketAddrV4> = self
-            .config
-            .pools
-            .iter()
-            .flat_map(|p| {
-                p.backends
-                    .iter()
-                    .map(move |b| (key(&p.name, &b.name), b.addr))
-            })
-            .collect();
+    /// Backends that hold a slot but leave with `new` (gone from it, or
+    /// re-addressed: a different server under the same name, whose flows
+    /// belong to the old one): (key, slot, the address the slot points at,
+    /// if it was ever written).
+    fn gone_backends(&self, old: &Config, new: &Config) -> Vec<(Key, u32, Option<SocketAddrV4>)> {
+        let wanted = wanted_backends(new);
         // Where a slot points now: what the data plane holds (adopted or
         // written), else what the old config said.
         let current = |k: &Key, slot: &u32| {
@@ -408,7 +502,7 @@ impl<D: DataplaneOps> Controller<D> {
                 .map(|m| m.addr)
                 .or_else(|| old.pool(&k.0).and_then(|p| p.backend(&k.1)).map(|b| b.addr))
         };
-        let gone: Vec<(Key, u32, Option<SocketAddrV4>)> = self
+        let mut gone: Vec<_> = self
             .slots
             .backends
             .iter()
@@ -419,6 +513,131 @@ impl<D: DataplaneOps> Controller<D> {
             })
             .map(|(k, slot)| (k.clone(), *slot, current(k, slot)))
             .collect();
+        gone.sort_by_key(|g| g.1);
+        gone
+    }
+
+    /// Checks that `new` fits the data plane before anything is written, so
+    /// an install or reload is applied whole or not at all. Slots of
+    /// backends still retiring (draining their flows) are taken, unless the
+    /// new config takes their address back.
+    fn plan_capacity(&self, new: &Config) -> Result<(), ControllerError> {
+        let gone_pools = self
+            .slots
+            .vips
+            .keys()
+            .filter(|n| new.pool(n).is_none())
+            .count();
+        let new_pools = new
+            .pools
+            .iter()
+            .filter(|p| !self.slots.vips.contains_key(&p.name))
+            .count();
+        let free_vips = self.slots.free_vips.len() + gone_pools;
+        if new_pools > free_vips {
+            return Err(ControllerError::NoCapacity {
+                what: "VIP indices",
+                needed: new_pools,
+                free: free_vips,
+                retiring: 0,
+                max: MAX_VIPS,
+            });
+        }
+        let gone = self.gone_backends(&self.config, new);
+        let gone_keys: HashSet<&Key> = gone.iter().map(|g| &g.0).collect();
+        let new_addrs: HashSet<SocketAddrV4> = wanted_backends(new).into_values().collect();
+        let needed = wanted_backends(new)
+            .keys()
+            .filter(|k| !self.slots.backends.contains_key(*k) || gone_keys.contains(k))
+            .count();
+        // Freed at once: slots never written, and retiring ones (already, or
+        // by this change) whose address the new config takes back.
+        let retiring_addrs = self
+            .retiring
+            .values()
+            .map(|(_, a)| *a)
+            .chain(gone.iter().filter_map(|g| g.2));
+        let (reused, retiring) =
+            retiring_addrs.fold((0, 0), |(r, t), a| match new_addrs.contains(&a) {
+                true => (r + 1, t),
+                false => (r, t + 1),
+            });
+        let unwritten = gone.iter().filter(|g| g.2.is_none()).count();
+        let free = self.slots.free_backends.len() + unwritten + reused;
+        if needed > free {
+            return Err(ControllerError::NoCapacity {
+                what: "backend slots",
+                needed,
+                free,
+                retiring,
+                max: MAX_BACKENDS,
+            });
+        }
+        Ok(())
+    }
+
+    /// Makes `config` the running config: assigns slots, starts and stops
+    /// probes and pollers, retires what disappeared. Returns a summary.
+    /// Capacity is checked first: a config that does not fit changes
+    /// nothing.
+    fn install(&mut self, config: Config) -> Result<Vec<String>, ControllerError> {
+        self.plan_capacity(&config)?;
+        let mut summary = Vec::new();
+        let old = std::mem::replace(&mut self.config, config);
+        // Pools gone — from the old config, or only from the pins (removed
+        // from the file while the controller was down): stop balancing the
+        // VIP now; their slots retire below.
+        let mut gone_pools: Vec<String> = old
+            .pools
+            .iter()
+            .map(|p| p.name.clone())
+            .chain(self.slots.vips.keys().cloned())
+            .filter(|name| self.config.pool(name).is_none())
+            .collect();
+        gone_pools.sort();
+        gone_pools.dedup();
+        for name in gone_pools {
+            let addr = self
+                .vip_addrs
+                .remove(&name)
+                .or_else(|| old.pool(&name).map(|p| p.vip));
+            // A VIP taken over by another pool stays in the map until that
+            // pool's ring replaces the entry (no gap in service).
+            if let Some(addr) = addr.filter(|a| self.config.pools.iter().all(|p| p.vip != *a)) {
+                self.dp.remove_vip(addr)?;
+            }
+            if let Some(index) = self.slots.vips.remove(&name) {
+                self.slots.free_vips.push_back(index);
+            }
+            self.published.remove(&name);
+            if old.pool(&name).is_none() {
+                info!(
+                    pool = name,
+                    "pool is pinned but no longer in the config: removed"
+                );
+            }
+            summary.push(format!("removed pool {name}"));
+        }
+        // A pool whose VIP changed: the old address stops being balanced;
+        // the new one is published on the next sync.
+        let moved: Vec<(String, SocketAddrV4)> = self
+            .vip_addrs
+            .iter()
+            .filter(|(name, addr)| self.config.pool(name).is_some_and(|p| p.vip != **addr))
+            .map(|(n, a)| (n.clone(), *a))
+            .collect();
+        for (name, addr) in moved {
+            if self.config.pools.iter().all(|p| p.vip != addr) {
+                self.dp.remove_vip(addr)?;
+            }
+            self.vip_addrs.remove(&name);
+            self.published.remove(&name);
+        }
+        // Backends gone (from surviving or removed pools), or re-addressed
+        // (a different server under the same name: its flows belong to the
+        // old one): drain, retire the slot.
+        let wanted = wanted_backends(&self.config);
+        let gone = self.gone_backends(&old, &self.config);
         for (k, slot, addr) in gone {
             self.slots.backends.remove(&k);
             self.checkers.remove(&k);
@@ -443,7 +662,26 @@ impl<D: DataplaneOps> Controller<D> {
                 summary.push(format!("re-addressed backend {}/{}", k.0, k.1));
             } else if old.pool(&k.0).is_some() && self.config.pool(&k.0).is_some() {
                 summary.push(format!("removed backend {}/{}", k.0, k.1));
+            } else if old.pool(&k.0).is_none() {
+                info!(
+                    pool = k.0,
+                    backend = k.1,
+                    "backend is pinned but no longer in the config: draining, then retired"
+                );
             }
+        }
+        // An address taken back from a retiring slot: that slot's replies
+        // would now be claimed by the new one. Freed before any slot is
+        // handed out (the capacity plan counted on it).
+        let new_addrs: HashSet<SocketAddrV4> = wanted.values().copied().collect();
+        let reused: Vec<u32> = self
+            .retiring
+            .iter()
+            .filter(|(_, (_, addr))| new_addrs.contains(addr))
+            .map(|(s, _)| *s)
+            .collect();
+        for s in reused {
+            self.free_slot(s)?;
         }
         let pools = self.config.pools.clone();
         for pool in &pools {
@@ -502,23 +740,28 @@ impl<D: DataplaneOps> Controller<D> {
                 s
             }
         };
-        // An address taken back from a retiring slot: that slot's replies
-        // would now be claimed by this one.
-        let reused: Vec<u32> = self
-            .retiring
-            .iter()
-            .filter(|(_, (_, addr))| *addr == b.addr)
-            .map(|(s, _)| *s)
-            .collect();
-        for s in reused {
-            self.free_slot(s)?;
-        }
         self.dp.write_name(backend_name_index(slot), &b.name)?;
-        self.dp.write_reply(b.addr, pool.vip, slot, vip_index)?;
+        if pool.mode == config::Mode::Nat {
+            self.dp.write_reply(b.addr, pool.vip, slot, vip_index)?;
+        } else {
+            // Direct return: the backend answers from the VIP itself, and
+            // nothing from its own address is ours to rewrite.
+            self.dp.remove_reply(b.addr)?;
+        }
+        // What the pinned data plane says of this very backend (same slot,
+        // same address): its last verdict, kept until probes overturn it.
+        let pinned_up = self
+            .written
+            .get(&slot)
+            .filter(|m| m.addr == b.addr)
+            .map(|m| m.state != BACKEND_DOWN && m.flags & BACKEND_F_HEALTH_DOWN == 0);
         let rt = self.runtime.entry(k.clone()).or_default();
-        match &mut rt.health {
-            Some(h) => h.reconfigure(pool.health.rise, pool.health.fall),
-            None => rt.health = Some(HealthState::new(pool.health.rise, pool.health.fall)),
+        match (&mut rt.health, pinned_up) {
+            (Some(h), _) => h.reconfigure(pool.health.rise, pool.health.fall),
+            (None, Some(up)) => {
+                rt.health = Some(HealthState::seeded(pool.health.rise, pool.health.fall, up))
+            }
+            (None, None) => rt.health = Some(HealthState::new(pool.health.rise, pool.health.fall)),
         }
         match (&pool.load, &mut rt.load) {
             (Some(l), Some(t)) => t.set_factors(l.factors),
@@ -526,6 +769,8 @@ impl<D: DataplaneOps> Controller<D> {
             (None, _) => {
                 rt.load = None;
                 rt.agent_line = None;
+                rt.agent_up = None;
+                rt.agent_error = None;
             }
         }
         let health_fp = format!("{} {:?}", b.addr, pool.health);
@@ -627,6 +872,13 @@ impl<D: DataplaneOps> Controller<D> {
             return false;
         };
         rt.last_error = if r.success { None } else { r.error.clone() };
+        rt.probed = true;
+        if r.success {
+            rt.rtt = Some(match rt.rtt {
+                None => r.duration,
+                Some(prev) => prev.mul_f64(1.0 - RTT_GAIN) + r.duration.mul_f64(RTT_GAIN),
+            });
+        }
         let flipped = rt.health.as_mut().and_then(|h| h.observe(r.success));
         match flipped {
             Some(true) => info!(pool = k.0, backend = k.1, "backend is up"),
@@ -654,19 +906,49 @@ impl<D: DataplaneOps> Controller<D> {
         };
         match r.result {
             Ok(reply) => {
+                match rt.agent_up {
+                    Some(true) => {}
+                    Some(false) => warn!(pool = k.0, backend = k.1, "load agent answers again"),
+                    None => info!(pool = k.0, backend = k.1, "load agent answers"),
+                }
+                rt.agent_up = Some(true);
+                rt.agent_error = None;
                 rt.agent_line = Some(reply.to_line());
                 tracker.on_reply(now, reply);
             }
             Err(e) => {
-                debug!(pool = k.0, backend = k.1, error = %e, "agent query failed");
+                if rt.agent_up != Some(false) {
+                    // Its last score holds for 3 intervals, then 0.5.
+                    warn!(pool = k.0, backend = k.1, error = %e, "load agent stopped answering");
+                } else {
+                    debug!(pool = k.0, backend = k.1, error = %e, "agent query failed");
+                }
+                rt.agent_up = Some(false);
+                rt.agent_error = Some(e.to_string());
                 rt.agent_line = None;
                 tracker.on_failure(now);
             }
         }
     }
 
+    /// A flow count that began now.
     pub fn set_flows(&mut self, flows: HashMap<u32, u64>) {
-        self.flows = flows;
+        self.set_flows_since(Instant::now(), flows);
+    }
+
+    /// A flow count that began at `started`.
+    pub fn set_flows_since(&mut self, started: Instant, flows: HashMap<u32, u64>) {
+        self.flows = Some(flows);
+        self.flows_at = started;
+    }
+
+    /// Established flows of a slot as last counted (0 before any count).
+    fn flows_of(&self, slot: u32) -> u64 {
+        self.flows
+            .as_ref()
+            .and_then(|f| f.get(&slot))
+            .copied()
+            .unwrap_or(0)
     }
 
     fn observations(&self) -> Observations {
@@ -687,10 +969,10 @@ impl<D: DataplaneOps> Controller<D> {
                         agent_state: tracker.and_then(|t| t.state(now, interval)),
                         agent_weight_pct: tracker.and_then(|t| t.weight_pct(now, interval)),
                         operator_drained: self.drained.contains(&k),
-                        established_flows: slot
-                            .and_then(|s| self.flows.get(s))
-                            .copied()
-                            .unwrap_or(0),
+                        established_flows: self
+                            .flows
+                            .as_ref()
+                            .map(|_| slot.map_or(0, |s| self.flows_of(*s))),
                     },
                 );
             }
@@ -699,9 +981,7 @@ impl<D: DataplaneOps> Controller<D> {
     }
 
     fn all_probed(&self) -> bool {
-        self.runtime
-            .values()
-            .all(|r| r.health.as_ref().is_some_and(|h| h.up.is_some()))
+        self.runtime.values().all(|r| r.probed)
     }
 
     /// Plans and writes the difference into the data plane.
@@ -736,12 +1016,8 @@ impl<D: DataplaneOps> Controller<D> {
                     slot,
                     vip_index,
                     addr: b.addr,
-                    state: bp.state.map_value(),
-                    flags: if self.drained.contains(&k) {
-                        BACKEND_F_OPERATOR_DRAIN
-                    } else {
-                        0
-                    },
+                    state: slot_state(pool.on_down, bp.state),
+                    flags: slot_flags(pool.on_down, bp.state, self.drained.contains(&k)),
                 };
                 if bp.state == BackendState::Active && bp.weight > 0 {
                     inputs.push((slot, bp.weight));
@@ -756,11 +1032,16 @@ impl<D: DataplaneOps> Controller<D> {
                     self.written.insert(slot, meta);
                 }
             }
-            if self.ring_inputs.get(&pool.name) != Some(&inputs) {
-                rings.push((pool.name.clone(), pool.vip, vip_index, inputs));
+            let published = PublishedRing {
+                flags: vip_flags(pool),
+                inputs,
+            };
+            if self.published.get(&pool.name) != Some(&published) {
+                rings.push((pool.name.clone(), pool.vip, vip_index, published));
             }
         }
-        for (pool_name, vip, vip_index, inputs) in rings {
+        for (pool_name, vip, vip_index, published) in rings {
+            let inputs = &published.inputs;
             let pool = self.config.pool(&pool_name).expect("pool from config");
             let names: HashMap<u32, &str> = pool
                 .backends
@@ -781,20 +1062,39 @@ impl<D: DataplaneOps> Controller<D> {
                 })
                 .collect();
             let ring = maglev::build(&entries, self.config.dataplane.ring_size);
-            self.dp.publish_vip(vip, vip_index, &ring)?;
-            debug!(pool = pool_name, active = inputs.len(), "ring published");
-            self.ring_inputs.insert(pool_name, inputs);
+            self.dp
+                .publish_vip(vip, vip_index, &ring, published.flags)?;
+            debug!(
+                pool = pool_name,
+                active = inputs.len(),
+                flags = published.flags,
+                "ring published"
+            );
+            if inputs.is_empty() {
+                warn!(
+                    pool = pool_name,
+                    "no usable backend: the VIP's ring is empty"
+                );
+            }
+            self.vip_addrs.insert(pool_name.clone(), vip);
+            self.published.insert(pool_name, published);
         }
         for meta in down {
             self.dp.write_backend(&meta)?;
             self.written.insert(meta.slot, meta);
         }
-        // Retired slots with no flows left (or past their time) are freed.
+        // Retired slots with no flows left (or past their time) are freed;
+        // only a count begun after the slot retired can say it is idle.
         let done: Vec<u32> = self
             .retiring
             .iter()
             .filter(|(slot, (since, _))| {
-                self.flows.get(slot).copied().unwrap_or(0) == 0 || since.elapsed() > RETIRE_AFTER
+                let idle = self.flows_at >= *since
+                    && self
+                        .flows
+                        .as_ref()
+                        .is_some_and(|f| f.get(slot).copied().unwrap_or(0) == 0);
+                idle || since.elapsed() > RETIRE_AFTER
             })
             .map(|(s, _)| *s)
             .collect();
@@ -821,6 +1121,15 @@ impl<D: DataplaneOps> Controller<D> {
                     vip: pool.vip.to_string(),
                     mode: format!("{:?}", pool.mode).to_lowercase(),
                     min_active: pool.min_active,
+                    on_empty: match pool.on_empty {
+                        OnEmpty::Reject => "reject",
+                        OnEmpty::Drop => "drop",
+                    }
+                    .to_string(),
+                    empty: self
+                        .published
+                        .get(&pool.name)
+                        .is_some_and(|r| r.inputs.is_empty()),
                     mean_load: pp.and_then(|p| p.mean_load),
                     backends: pool
                         .backends
@@ -852,13 +1161,7 @@ impl<D: DataplaneOps> Controller<D> {
                                 load: rt
                                     .and_then(|r| r.load.as_ref())
                                     .map_or(0.0, |t| t.score(now, interval)),
-                                flows: self
-                                    .slots
-                                    .backends
-                                    .get(&k)
-                                    .and_then(|s| self.flows.get(s))
-                                    .copied()
-                                    .unwrap_or(0),
+                                flows: self.slots.backends.get(&k).map_or(0, |s| self.flows_of(*s)),
                                 reason: bp
                                     .map_or(crate::planner::Reason::NotProbed, |p| p.reason)
                                     .as_str()
@@ -866,6 +1169,9 @@ impl<D: DataplaneOps> Controller<D> {
                                 operator_drained: self.drained.contains(&k),
                                 agent: rt.and_then(|r| r.agent_line.clone()),
                                 last_error: rt.and_then(|r| r.last_error.clone()),
+                                rtt_ms: rt.and_then(|r| r.rtt).map(|d| d.as_secs_f64() * 1000.0),
+                                agent_up: rt.and_then(|r| r.agent_up),
+                                agent_error: rt.and_then(|r| r.agent_error.clone()),
                             }
                         })
                         .collect(),
@@ -873,6 +1179,24 @@ impl<D: DataplaneOps> Controller<D> {
             })
             .collect();
         Status { pools }
+    }
+
+    /// Writes the operator drains of backends in the config to the state
+    /// file (if there is one).
+    fn persist_drains(&mut self) -> Result<(), String> {
+        let config = &self.config;
+        self.drained
+            .retain(|(p, b)| config.pool(p).is_some_and(|pool| pool.backend(b).is_some()));
+        let Some(path) = &self.config.control.state_file else {
+            return Ok(());
+        };
+        // Nothing to keep and nothing kept: no file (a host that never
+        // drains gets no /var/lib/xdplb).
+        if self.drained.is_empty() && !path.exists() {
+            return Ok(());
+        }
+        let drains = self.drained.iter().cloned().collect();
+        crate::state::save(path, &drains).map_err(|e| e.to_string())
     }
 
     pub fn drain(&mut self, pool: &str, backend: &str, drain: bool) -> Result<(), String> {
@@ -890,7 +1214,12 @@ impl<D: DataplaneOps> Controller<D> {
             self.drained.remove(&k);
         }
         info!(pool, backend, drain, "operator drain");
-        self.sync().map_err(|e| e.to_string())
+        self.sync().map_err(|e| e.to_string())?;
+        self.persist_drains().map_err(|e| {
+            format!(
+                "{pool}/{backend}: applied, but it will not survive `xdplb down` or a reboot: {e}"
+            )
+        })
     }
 
     /// Re-reads the config file and applies it, or refuses it with the
@@ -914,6 +1243,9 @@ impl<D: DataplaneOps> Controller<D> {
         }
         let summary = self.install(new).map_err(|e| e.to_string())?;
         self.sync().map_err(|e| e.to_string())?;
+        if let Err(e) = self.persist_drains() {
+            warn!(error = e, "operator drains not saved");
+        }
         let summary = if summary.is_empty() {
             "no change".to_string()
         } else {
@@ -946,6 +1278,15 @@ impl<D: DataplaneOps> Controller<D> {
         }
     }
 
+    /// Rewrites the host's addresses, MACs and redirect targets into the
+    /// data plane. A failure is logged and retried on the next beat; the
+    /// program keeps the last good values.
+    pub fn sync_host(&mut self) {
+        if let Err(e) = self.dp.sync_host(&self.config.dataplane.interfaces) {
+            error!(error = %e, "writing host addresses into the data plane failed");
+        }
+    }
+
     /// Runs until `shutdown` resolves. SIGHUP-style reloads arrive as
     /// `reload` signals; admin requests as `commands`.
     pub async fn run(
@@ -959,6 +1300,11 @@ impl<D: DataplaneOps> Controller<D> {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first host sync is the caller's (before the first map sync);
+        // this one keeps it current.
+        let mut host_tick =
+            tokio::time::interval_at(Instant::now() + HOST_SYNC_EVERY, HOST_SYNC_EVERY);
+        host_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (flows_tx, mut flows_rx) = mpsc::channel(1);
         if let Some(counter) = flow_counter {
             tokio::spawn(async move {
@@ -969,8 +1315,10 @@ impl<D: DataplaneOps> Controller<D> {
                         break;
                     };
                     let took = started.elapsed();
-                    if flows_tx.send(flows).await.is_err() {
-                        break;
+                    if let Some(flows) = flows {
+                        if flows_tx.send((started, flows)).await.is_err() {
+                            break;
+                        }
                     }
                     // A walk of a big flow table costs real CPU (two
                     // syscalls an entry): keep it under a tenth of a core.
@@ -992,7 +1340,8 @@ impl<D: DataplaneOps> Controller<D> {
                     }
                     false
                 }
-                Some(flows) = flows_rx.recv() => { self.set_flows(flows); false }
+                Some((at, flows)) = flows_rx.recv() => { self.set_flows_since(at, flows); false }
+                _ = host_tick.tick() => { self.sync_host(); false }
                 _ = tick.tick() => true,
             };
             if sync_now {
@@ -1044,11 +1393,17 @@ fn attach_mode(m: config::XdpMode) -> AttachMode {
 
 /// `xdplb run --config PATH`: the daemon.
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+    use anyhow::Context as _;
     let config = config::load(&config_path)?;
     config::check_interfaces_exist(&config)?;
-    let pin_path = config.dataplane.pin_path.clone();
-    // The admin socket first: a second controller for the same config
-    // fails here, before it touches the data plane the first one runs.
+    // One owner per pinned data plane, whatever the admin socket: a second
+    // controller fails here, before it touches what the first one runs.
+    let owner = crate::owner::acquire(
+        Path::new(crate::owner::LOCK_DIR),
+        &config.dataplane.pin_path,
+    )?;
+    // Under `ip netns exec` this is the host's bpffs through /proc/1/root.
+    let pin_path = dataplane::prepare_pin_path(&config.dataplane.pin_path)?;
     let socket = config.control.admin_socket.clone();
     let listener = crate::admin::bind(&socket).await?;
     let mut dp = Dataplane::load_tuned(
@@ -1059,6 +1414,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         },
         dataplane::Tuning {
             max_flow_inserts_per_sec: config.dataplane.max_flow_inserts_per_sec,
+            tunnel_source_v4: config.dataplane.tunnel_source_v4,
         },
     )?;
     for iface in &config.dataplane.interfaces {
@@ -1082,8 +1438,10 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     for iface in dp.prune_links(&config.dataplane.interfaces)? {
         info!(iface, "detached: no longer in the config's interfaces");
     }
-    // Before the first map sync: redirect targets, MACs, local addresses.
-    dp.sync_host(&config.dataplane.interfaces)?;
+    // Before any ring is written: the program must know this host's
+    // addresses to tell replies to our own probes from client traffic.
+    dp.sync_host(&config.dataplane.interfaces)
+        .context("writing this host's addresses and interfaces into the data plane")?;
     let (shutdown, reload_rx) = signals()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics = Metrics::new(pin_path.clone());
@@ -1122,6 +1480,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     if let Some(t) = metrics_task {
         let _ = t.await;
     }
+    drop(owner);
     result?;
     Ok(())
 }
@@ -1142,12 +1501,13 @@ fn forward_ebpf_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) -> std:
     Ok(())
 }
 
-fn count_flows(pin_path: &Path) -> HashMap<u32, u64> {
+fn count_flows(pin_path: &Path) -> Option<HashMap<u32, u64>> {
     match dataplane::flow_counts(pin_path, FLOW_COUNT_LIMIT, FLOW_IDLE) {
-        Ok(c) => c,
+        Ok(c) => Some(c),
         Err(e) => {
+            // Not zero: a failed count frees nothing.
             warn!(error = %e, "counting flows failed");
-            HashMap::new()
+            None
         }
     }
 }
@@ -1166,15 +1526,23 @@ mod tests {
     /// A map write, in order.
     #[derive(Clone, Debug, PartialEq)]
     enum Op {
-        Publish { vip_index: u32, slots: Vec<u32> },
+        Publish {
+            vip_index: u32,
+            slots: Vec<u32>,
+            flags: u32,
+        },
         Backend(BackendSlot),
         Free(u32),
         RemoveReply(SocketAddrV4),
+        RemoveVip(SocketAddrV4),
     }
 
     #[derive(Default)]
     struct Fake {
         ops: Vec<Op>,
+        /// The interfaces of every `sync_host` call (shared: the test
+        /// reads it while `run` owns the fake).
+        host_syncs: Arc<Mutex<Vec<Vec<String>>>>,
         vips: HashMap<SocketAddrV4, (u32, Vec<u32>)>,
         backends: HashMap<u32, BackendSlot>,
         names: HashMap<u32, String>,
@@ -1215,6 +1583,7 @@ mod tests {
             vip: SocketAddrV4,
             idx: u32,
             ring: &[u32],
+            flags: u32,
         ) -> Result<(), DataplaneError> {
             let mut slots: Vec<u32> = ring.iter().copied().filter(|s| *s != NO_BACKEND).collect();
             slots.sort();
@@ -1222,11 +1591,17 @@ mod tests {
             self.ops.push(Op::Publish {
                 vip_index: idx,
                 slots,
+                flags,
             });
             self.vips.insert(vip, (idx, ring.to_vec()));
             Ok(())
         }
+        fn sync_host(&mut self, interfaces: &[String]) -> Result<(), DataplaneError> {
+            self.host_syncs.lock().unwrap().push(interfaces.to_vec());
+            Ok(())
+        }
         fn remove_vip(&mut self, vip: SocketAddrV4) -> Result<(), DataplaneError> {
+            self.ops.push(Op::RemoveVip(vip));
             self.vips.remove(&vip);
             Ok(())
         }
@@ -1273,20 +1648,31 @@ mod tests {
         }
     }
 
-    /// Probes answer from a table the test flips.
+    /// Probes answer from a table the test flips, after a delay it sets.
     #[derive(Default)]
-    struct FakeProbes(Mutex<HashMap<SocketAddrV4, bool>>);
+    struct FakeProbes {
+        up: Mutex<HashMap<SocketAddrV4, bool>>,
+        delay: Mutex<HashMap<SocketAddrV4, Duration>>,
+    }
 
     impl FakeProbes {
         fn set(&self, addr: &str, up: bool) {
-            self.0.lock().unwrap().insert(addr.parse().unwrap(), up);
+            self.up.lock().unwrap().insert(addr.parse().unwrap(), up);
+        }
+
+        fn set_delay(&self, addr: &str, d: Duration) {
+            self.delay.lock().unwrap().insert(addr.parse().unwrap(), d);
         }
     }
 
     impl Probe for FakeProbes {
         fn check(&self, addr: SocketAddrV4, _timeout: Duration) -> ProbeFuture<'_> {
-            let up = self.0.lock().unwrap().get(&addr).copied().unwrap_or(true);
+            let up = self.up.lock().unwrap().get(&addr).copied().unwrap_or(true);
+            let delay = self.delay.lock().unwrap().get(&addr).copied();
             Box::pin(async move {
+                if let Some(d) = delay {
+                    tokio::time::sleep(d).await;
+                }
                 if up {
                     Ok(())
                 } else {
@@ -1347,7 +1733,7 @@ min_active = 2
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("xdplb.toml");
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&path, with_state_file(&dir, text)).unwrap();
         let cfg = config::load(&path).unwrap();
         let p = probes.clone();
         let factory: ProbeFactory = Arc::new(move |_| p.clone() as Arc<dyn Probe>);
@@ -1360,6 +1746,18 @@ min_active = 2
         }
     }
 
+    /// `text` with a `[control]` section keeping the state file in `dir`
+    /// (never the default one under /var/lib), unless it has its own.
+    fn with_state_file(dir: &Path, text: &str) -> String {
+        if text.contains("[control]") {
+            return text.to_string();
+        }
+        format!(
+            "{text}\n[control]\nstate_file = \"{}\"\n",
+            dir.join("state.json").display()
+        )
+    }
+
     fn rig() -> Rig {
         rig_with(Fake::default(), Arc::new(FakeProbes::default()), CONFIG)
     }
@@ -1368,15 +1766,36 @@ min_active = 2
         /// Advances the paused clock by `d` in 10 ms steps, feeding every
         /// probe report to the controller and syncing, as `run` does.
         async fn pump(&mut self, d: Duration) {
+            self.pump_by(d, Duration::from_millis(10)).await
+        }
+
+        /// [`pump`](Rig::pump) in steps of `step` (coarser: cheaper with
+        /// thousands of backends).
+        async fn pump_by(&mut self, d: Duration, step: Duration) {
             let end = Instant::now() + d;
             while Instant::now() < end {
-                tokio::time::advance(Duration::from_millis(10)).await;
-                tokio::task::yield_now().await;
-                while let Ok(r) = self.inputs.health_rx.try_recv() {
-                    self.c.on_health(r);
+                tokio::time::advance(step).await;
+                // Until no report is left (checkers blocked on a full
+                // channel get to send once it drains), as `run` would.
+                loop {
+                    tokio::task::yield_now().await;
+                    let mut any = false;
+                    while let Ok(r) = self.inputs.health_rx.try_recv() {
+                        self.c.on_health(r);
+                        any = true;
+                    }
+                    if !any {
+                        break;
+                    }
                 }
                 self.c.sync().unwrap();
             }
+        }
+
+        /// Rewrites the config file (for a reload).
+        fn write_config(&self, text: impl AsRef<str>) {
+            let text = with_state_file(&self.dir, text.as_ref());
+            std::fs::write(&self.c.config_path, text).unwrap();
         }
 
         fn fake(&self) -> &Fake {
@@ -1438,6 +1857,28 @@ min_active = 2
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_pool_with_every_backend_down_shows_empty_until_one_returns() {
+        let mut r = rig();
+        assert!(!r.c.status().pools[0].empty, "not empty before any ring");
+        r.pump(Duration::from_millis(300)).await;
+        let st = r.c.status();
+        assert!(!st.pools[0].empty);
+        assert_eq!(st.pools[0].on_empty, "reject");
+        for b in ["198.18.1.11:8080", "198.18.1.12:8080", "198.18.1.21:8080"] {
+            r.probes.set(b, false);
+        }
+        r.pump(Duration::from_millis(300)).await;
+        assert!(r.fake().ring_members("198.18.2.10:80").is_empty());
+        let st = r.c.status();
+        assert!(st.pools[0].empty, "{st:?}");
+        assert!(st.pools[0].backends.iter().all(|b| b.state == "down"));
+        r.probes.set("198.18.1.12:8080", true);
+        r.pump(Duration::from_millis(300)).await;
+        assert_eq!(r.fake().ring_members("198.18.2.10:80"), ["web-2"]);
+        assert!(!r.c.status().pools[0].empty);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_recovered_primary_sends_the_spare_back_after_its_flows_end() {
         let mut r = rig();
         r.pump(Duration::from_millis(300)).await;
@@ -1464,6 +1905,7 @@ min_active = 2
         r.c.drain("web", "web-2", true).unwrap();
         assert_eq!(r.fake().state("web-2"), lb_common::BACKEND_DRAINING);
         let slots = r.c.slots.backends.clone();
+        let ring = r.fake().vips[&"198.18.2.10:80".parse().unwrap()].1.clone();
         let probes = r.probes.clone();
         // "Restart": a new controller over the same data plane.
         let mut fake = std::mem::take(&mut r.c.dp);
@@ -1479,29 +1921,255 @@ min_active = 2
         // Same states, same rings: nothing needed rewriting but the ring
         // publish of the new process (which the data plane skips when equal).
         let f = r.fake();
+        // Not vacuous: the new controller did take over (it published),
+        // and what it published is the ring it found.
+        assert!(
+            f.ops.iter().any(|o| matches!(o, Op::Publish { .. })),
+            "the restarted controller never took over: {:?}",
+            f.ops
+        );
         assert!(
             f.ops.iter().all(|o| matches!(o, Op::Publish { .. })),
             "unexpected writes after restart: {:?}",
             f.ops
         );
+        assert_eq!(f.vips[&"198.18.2.10:80".parse().unwrap()].1, ring);
         assert_eq!(f.state("web-2"), lb_common::BACKEND_DRAINING);
+    }
+
+    /// CONFIG plus a second pool, "api", with one backend.
+    fn two_pools() -> String {
+        format!(
+            "{CONFIG}
+[[pool]]
+name = \"api\"
+vip = \"198.18.2.11:80\"
+  [pool.health]
+  interval_ms = 100
+  timeout_ms = 50
+  [[pool.backend]]
+  name = \"api-1\"
+  addr = \"198.18.1.41:8080\"
+"
+        )
+    }
+
+    /// A "restart": a new controller over the same data plane (and probes)
+    /// with the config `text`.
+    fn restart(mut r: Rig, text: &str) -> Rig {
+        let probes = r.probes.clone();
+        let mut fake = std::mem::take(&mut r.c.dp);
+        fake.ops.clear();
+        drop(r);
+        rig_with(fake, probes, text)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_removes_what_the_file_no_longer_has() {
+        let mut r = rig_with(
+            Fake::default(),
+            Arc::new(FakeProbes::default()),
+            &two_pools(),
+        );
+        r.pump(Duration::from_millis(300)).await;
+        let api_vip: SocketAddrV4 = "198.18.2.11:80".parse().unwrap();
+        assert!(r.fake().vips.contains_key(&api_vip));
+        let web2 = r.c.slots.backends[&key("web", "web-2")];
+        let api1 = r.c.slots.backends[&key("api", "api-1")];
+        let api_index = r.c.slots.vips["api"];
+        // Pool "api" and backend web-2 leave the file while we are down.
+        let edited = CONFIG.replace(
+            "  [[pool.backend]]\n  name = \"web-2\"\n  addr = \"198.18.1.12:8080\"\n",
+            "",
+        );
+        assert_ne!(edited, CONFIG);
+        let mut r = restart(r, &edited);
+        // The removed VIP stops taking new flows at once.
+        assert!(
+            r.fake().ops.contains(&Op::RemoveVip(api_vip)),
+            "{:?}",
+            r.fake().ops
+        );
+        assert!(!r.fake().vips.contains_key(&api_vip));
+        // The removed backends drain (established flows continue) ...
+        for slot in [web2, api1] {
+            assert_eq!(r.fake().backends[&slot].state, lb_common::BACKEND_DRAINING);
+        }
+        r.pump(Duration::from_millis(300)).await;
+        // min_active = 2 with one primary left: the spare fills in.
+        assert_eq!(
+            r.fake().ring_members("198.18.2.10:80"),
+            ["spare-1", "web-1"]
+        );
+        // ... and, flows not counted yet, nothing is freed: not counted is
+        // not zero.
+        assert!(
+            !r.fake().ops.iter().any(|o| matches!(o, Op::Free(_))),
+            "{:?}",
+            r.fake().ops
+        );
+        r.c.set_flows(HashMap::from([(web2, 1)]));
+        r.pump(Duration::from_millis(50)).await;
+        assert!(r.fake().ops.contains(&Op::Free(api1)));
+        assert!(!r.fake().ops.contains(&Op::Free(web2)), "freed with a flow");
+        r.c.set_flows(HashMap::new());
+        r.pump(Duration::from_millis(50)).await;
+        assert!(r.fake().ops.contains(&Op::Free(web2)));
+        // The VIP index is free for a new pool.
+        assert!(!r.c.slots.vips.contains_key("api"));
+        assert!(r.c.slots.free_vips.contains(&api_index));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_probe_lost_across_a_restart_resets_nothing() {
+        let mut r = rig();
+        r.probes.set("198.18.1.21:8080", false);
+        r.pump(Duration::from_millis(300)).await;
+        assert_eq!(r.fake().state("spare-1"), BACKEND_DOWN);
+        let mut r = restart(r, CONFIG);
+        // The first probe after the restart is lost for web-1 (fall = 2),
+        // and the first one of the dead spare succeeds (rise = 2).
+        r.probes.set("198.18.1.11:8080", false);
+        r.probes.set("198.18.1.21:8080", true);
+        r.pump(Duration::from_millis(50)).await;
+        r.probes.set("198.18.1.11:8080", true);
+        r.probes.set("198.18.1.21:8080", false);
+        r.pump(Duration::from_millis(300)).await;
+        let f = r.fake();
+        assert!(
+            f.ops.iter().all(|o| !matches!(o, Op::Backend(_))),
+            "a restart with one probe lost rewrote a backend: {:?}",
+            f.ops
+        );
+        assert_eq!(f.state("web-1"), BACKEND_ACTIVE);
+        assert_eq!(f.state("spare-1"), BACKEND_DOWN);
+        assert_eq!(f.ring_members("198.18.2.10:80"), ["web-1", "web-2"]);
+        // A backend that really died still goes down after `fall` failures.
+        r.probes.set("198.18.1.11:8080", false);
+        r.pump(Duration::from_millis(250)).await;
+        assert_eq!(r.fake().state("web-1"), BACKEND_DOWN);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_count_begun_before_a_slot_retired_does_not_free_it() {
+        let mut r = rig();
+        r.pump(Duration::from_millis(300)).await;
+        let slot = r.c.slots.backends[&key("web", "web-2")];
+        let before = Instant::now();
+        r.pump(Duration::from_millis(20)).await;
+        let removed = CONFIG.replace(
+            "  [[pool.backend]]\n  name = \"web-2\"\n  addr = \"198.18.1.12:8080\"\n",
+            "",
+        );
+        r.write_config(removed);
+        r.c.reload().unwrap();
+        // A walk that started before the reload finishes now, empty.
+        r.c.set_flows_since(before, HashMap::new());
+        r.pump(Duration::from_millis(50)).await;
+        assert!(
+            !r.fake().ops.contains(&Op::Free(slot)),
+            "freed on a stale count"
+        );
+        r.c.set_flows(HashMap::new());
+        r.pump(Duration::from_millis(20)).await;
+        assert!(r.fake().ops.contains(&Op::Free(slot)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pool_whose_vip_changes_moves_to_the_new_address() {
+        let mut r = rig();
+        r.pump(Duration::from_millis(300)).await;
+        let old: SocketAddrV4 = "198.18.2.10:80".parse().unwrap();
+        let moved = CONFIG.replace("198.18.2.10:80", "198.18.2.20:80");
+        let mut r = restart(r, &moved);
+        assert!(r.fake().ops.contains(&Op::RemoveVip(old)));
+        r.pump(Duration::from_millis(300)).await;
+        assert!(!r.fake().vips.contains_key(&old));
+        assert_eq!(r.fake().ring_members("198.18.2.20:80"), ["web-1", "web-2"]);
+        // By reload, too.
+        r.write_config(CONFIG);
+        r.c.reload().unwrap();
+        assert!(!r
+            .fake()
+            .vips
+            .contains_key(&"198.18.2.20:80".parse().unwrap()));
+        assert_eq!(r.fake().ring_members("198.18.2.10:80"), ["web-1", "web-2"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_empty_reaches_the_vip_flags_and_a_reload_republishes_them() {
+        let mut r = rig();
+        r.pump(Duration::from_millis(300)).await;
+        let flags = |ops: &[Op]| -> Vec<u32> {
+            ops.iter()
+                .filter_map(|o| match o {
+                    Op::Publish { flags, .. } => Some(*flags),
+                    _ => None,
+                })
+                .collect()
+        };
+        let published = flags(&r.fake().ops);
+        assert!(!published.is_empty());
+        assert!(
+            published
+                .iter()
+                .all(|f| *f == lb_common::VIP_F_REJECT_EMPTY),
+            "default on_empty is reject: {published:?}"
+        );
+        // Same backends, same ring: only the policy changes, and that alone
+        // must reach the data plane.
+        let before = r.fake().ops.len();
+        r.write_config(CONFIG.replace("min_active = 2\n", "min_active = 2\non_empty = \"drop\"\n"));
+        let summary = r.c.reload().unwrap();
+        assert!(summary.contains("changed pool web"), "{summary}");
+        assert_eq!(flags(&r.fake().ops[before..]), [0]);
+        assert_eq!(r.c.status().pools[0].on_empty, "drop");
+        // And nothing more while it stays so.
+        let before = r.fake().ops.len();
+        r.pump(Duration::from_millis(300)).await;
+        assert!(flags(&r.fake().ops[before..]).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn run_rewrites_the_host_addresses_on_a_beat() {
+        let fake = Fake::default();
+        let syncs = Arc::clone(&fake.host_syncs);
+        let mut r = rig_with(fake, Arc::new(FakeProbes::default()), CONFIG);
+        // `run` consumes the controller: swap a twin into the rig (same
+        // config, its own fake) and run the original.
+        let twin_cfg = config::load(&r.c.config_path).unwrap();
+        let factory: ProbeFactory = Arc::new(|_| Arc::new(FakeProbes::default()) as Arc<dyn Probe>);
+        let (twin, twin_inputs) = Controller::new(
+            r.c.config_path.clone(),
+            twin_cfg,
+            Fake::default(),
+            factory,
+            None,
+        )
+        .unwrap();
+        let c = std::mem::replace(&mut r.c, twin);
+        let inputs = std::mem::replace(&mut r.inputs, twin_inputs);
+        let (_cmd_tx, cmd_rx) = mpsc::channel(1);
+        let (_reload_tx, reload_rx) = mpsc::channel(1);
+        let runs = HOST_SYNC_EVERY * 3 + HOST_SYNC_EVERY / 2;
+        c.run(inputs, cmd_rx, reload_rx, None, tokio::time::sleep(runs))
+            .await
+            .unwrap();
+        let syncs = syncs.lock().unwrap().clone();
+        assert_eq!(syncs.len(), 3, "one every {HOST_SYNC_EVERY:?}: {syncs:?}");
+        assert!(syncs.iter().all(|i| i == &["lo".to_string()]), "{syncs:?}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn reload_refuses_a_bad_config_and_applies_a_good_one() {
         let mut r = rig();
         r.pump(Duration::from_millis(300)).await;
-        let path = r.c.config_path.clone();
         let ops = r.fake().ops.len();
-        std::fs::write(&path, CONFIG.replace("rise = 2", "rise = 0")).unwrap();
+        r.write_config(CONFIG.replace("rise = 2", "rise = 0"));
         let err = r.c.reload().unwrap_err();
         assert!(err.contains("xdplb.toml:") && err.contains("rise"), "{err}");
         assert_eq!(r.fake().ops.len(), ops, "a refused reload wrote something");
-        std::fs::write(
-            &path,
-            CONFIG.replace("ring_size = 1009", "ring_size = 1013"),
-        )
-        .unwrap();
+        r.write_config(CONFIG.replace("ring_size = 1009", "ring_size = 1013"));
         let err = r.c.reload().unwrap_err();
         assert!(err.contains("[dataplane]"), "{err}");
         // Remove web-2: it drains, then its slot is freed once idle.
@@ -1509,7 +2177,7 @@ min_active = 2
             "  [[pool.backend]]\n  name = \"web-2\"\n  addr = \"198.18.1.12:8080\"\n",
             "",
         );
-        std::fs::write(&path, &removed).unwrap();
+        r.write_config(removed);
         let slot = r.c.slots.backends[&key("web", "web-2")];
         r.c.set_flows(HashMap::from([(slot, 1)]));
         let summary = r.c.reload().unwrap();
@@ -1533,12 +2201,7 @@ min_active = 2
         let mut r = rig();
         r.pump(Duration::from_millis(300)).await;
         let ops = r.fake().ops.len();
-        let path = r.c.config_path.clone();
-        std::fs::write(
-            &path,
-            CONFIG.replace("interval_ms = 100", "interval_ms = 150"),
-        )
-        .unwrap();
+        r.write_config(CONFIG.replace("interval_ms = 100", "interval_ms = 150"));
         let summary = r.c.reload().unwrap();
         assert!(summary.contains("changed pool web"), "{summary}");
         r.pump(Duration::from_millis(400)).await;
@@ -1558,12 +2221,7 @@ min_active = 2
         let mut r = rig();
         r.pump(Duration::from_millis(300)).await;
         let old_slot = r.c.slots.backends[&key("web", "web-1")];
-        let path = r.c.config_path.clone();
-        std::fs::write(
-            &path,
-            CONFIG.replace("198.18.1.11:8080", "198.18.1.31:8080"),
-        )
-        .unwrap();
+        r.write_config(CONFIG.replace("198.18.1.11:8080", "198.18.1.31:8080"));
         r.c.set_flows(HashMap::from([(old_slot, 2)]));
         let summary = r.c.reload().unwrap();
         assert!(
@@ -1583,6 +2241,216 @@ min_active = 2
         r.c.set_flows(HashMap::new());
         r.pump(Duration::from_millis(20)).await;
         assert!(r.fake().ops.contains(&Op::Free(old_slot)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drains_survive_down_through_the_state_file() {
+        let state =
+            std::env::temp_dir().join(format!("xdplb-ctl-state-{}/state.json", std::process::id()));
+        let text = format!(
+            "{CONFIG}\n[control]\nstate_file = \"{}\"\n",
+            state.display()
+        );
+        let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &text);
+        r.pump(Duration::from_millis(300)).await;
+        r.c.drain("web", "web-2", true).unwrap();
+        let probes = r.probes.clone();
+        drop(r);
+        // `xdplb down`: the maps, flags and all, are gone.
+        let mut r = rig_with(Fake::default(), probes.clone(), &text);
+        assert!(r.c.drained.contains(&key("web", "web-2")));
+        r.pump(Duration::from_millis(300)).await;
+        assert_eq!(r.fake().state("web-2"), lb_common::BACKEND_DRAINING);
+        assert_eq!(
+            r.fake().ring_members("198.18.2.10:80"),
+            ["spare-1", "web-1"]
+        );
+        // Undrained: saved too.
+        r.c.drain("web", "web-2", false).unwrap();
+        drop(r);
+        let r = rig_with(Fake::default(), probes, &text);
+        assert!(r.c.drained.is_empty());
+        std::fs::remove_dir_all(state.parent().unwrap()).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_down_keep_lets_a_down_backends_flows_run_out() {
+        let keep = CONFIG.replace("min_active = 2\n", "min_active = 2\non_down = \"keep\"\n");
+        assert_ne!(keep, CONFIG);
+        let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &keep);
+        r.pump(Duration::from_millis(300)).await;
+        r.probes.set("198.18.1.11:8080", false);
+        r.pump(Duration::from_millis(250)).await;
+        let slot = r.c.slots.backends[&key("web", "web-1")];
+        // Out of the ring, but DRAINING (flows continue), not DOWN.
+        assert_eq!(r.fake().backends[&slot].state, lb_common::BACKEND_DRAINING);
+        assert_eq!(
+            r.fake().ring_members("198.18.2.10:80"),
+            ["spare-1", "web-2"]
+        );
+        let st = r.c.status();
+        let b = &st.pools[0].backends[0];
+        assert_eq!((b.health.as_str(), b.state.as_str()), ("down", "down"));
+        // A restart remembers it is down, not drained: it needs `rise`
+        // successes, and no operator drain appears.
+        let mut r = restart(r, &keep);
+        assert!(r.c.drained.is_empty());
+        r.probes.set("198.18.1.11:8080", true);
+        r.pump(Duration::from_millis(50)).await;
+        assert_eq!(r.fake().backends[&slot].state, lb_common::BACKEND_DRAINING);
+        r.pump(Duration::from_millis(200)).await;
+        assert_eq!(r.fake().backends[&slot].state, BACKEND_ACTIVE);
+        // The default, reset: DOWN.
+        let mut r = rig();
+        r.pump(Duration::from_millis(300)).await;
+        r.probes.set("198.18.1.11:8080", false);
+        r.pump(Duration::from_millis(250)).await;
+        assert_eq!(r.fake().state("web-1"), BACKEND_DOWN);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn status_shows_the_smoothed_probe_round_trip() {
+        let mut r = rig();
+        r.probes
+            .set_delay("198.18.1.11:8080", Duration::from_millis(20));
+        r.pump(Duration::from_millis(300)).await;
+        let rtt = |r: &Rig| r.c.status().pools[0].backends[0].rtt_ms;
+        assert_eq!(rtt(&r), Some(20.0));
+        assert_eq!(r.c.status().pools[0].backends[1].rtt_ms, Some(0.0));
+        // Slower now: it moves a quarter of the way per probe.
+        r.probes
+            .set_delay("198.18.1.11:8080", Duration::from_millis(40));
+        for _ in 0..30 {
+            if rtt(&r) != Some(20.0) {
+                break;
+            }
+            r.pump(Duration::from_millis(10)).await;
+        }
+        assert_eq!(rtt(&r), Some(25.0));
+        // A failed probe's time is not a round trip.
+        r.probes.set("198.18.1.11:8080", false);
+        r.pump(Duration::from_millis(100)).await;
+        assert_eq!(rtt(&r), Some(25.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_that_stops_answering_shows_in_status() {
+        use crate::load::{client::LoadReport, parse_agent_reply, LoadError};
+        let mut r = rig();
+        r.pump(Duration::from_millis(300)).await;
+        // A poller for web-1 (the test config polls no agents: none dials).
+        let k = key("web", "web-1");
+        let id = r.c.task_id(&k);
+        let (stop, _stop_rx) = watch::channel(false);
+        r.c.pollers.insert(
+            k.clone(),
+            Task {
+                id,
+                fingerprint: String::new(),
+                stop,
+            },
+        );
+        r.c.runtime.get_mut(&k).unwrap().load = Some(LoadTracker::new(config::Factors::default()));
+        let b = |r: &Rig| r.c.status().pools[0].backends[0].clone();
+        assert_eq!((b(&r).agent_up, b(&r).agent_error), (None, None));
+        r.c.on_load(LoadReport {
+            id,
+            result: Ok(parse_agent_reply("up 100% cpu=0.5").unwrap()),
+        });
+        assert_eq!(b(&r).agent_up, Some(true));
+        r.c.on_load(LoadReport {
+            id,
+            result: Err(LoadError::Timeout {
+                addr: "198.18.1.11:9777".parse().unwrap(),
+                timeout_ms: 500,
+            }),
+        });
+        let st = b(&r);
+        assert_eq!(st.agent_up, Some(false));
+        assert!(st.agent_error.unwrap().contains("no reply within 500 ms"));
+        assert_eq!(st.agent, None);
+    }
+
+    /// 64 pools (every VIP index) of 64 backends (every slot).
+    /// Pump step for the tests at the limits.
+    const COARSE: Duration = Duration::from_millis(50);
+
+    fn full_config() -> String {
+        let mut t = String::from("[dataplane]\ninterfaces = [\"lo\"]\nring_size = 6421\n");
+        for i in 0..MAX_VIPS {
+            t.push_str(&format!(
+                "[[pool]]\nname = \"p{i}\"\nvip = \"198.18.2.{}:80\"\n  [pool.health]\n  \
+                 interval_ms = 1000\n  timeout_ms = 500\n",
+                10 + i
+            ));
+            for j in 0..MAX_BACKENDS / MAX_VIPS {
+                t.push_str(&format!(
+                    "  [[pool.backend]]\n  name = \"b{j}\"\n  addr = \"198.19.{i}.{}:8080\"\n",
+                    j + 1
+                ));
+            }
+        }
+        t
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_limits_a_reload_that_does_not_fit_changes_nothing() {
+        let text = full_config();
+        let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &text);
+        r.pump_by(Duration::from_millis(100), COARSE).await;
+        assert_eq!(r.fake().backends.len(), MAX_BACKENDS as usize);
+        assert_eq!(r.fake().vips.len(), MAX_VIPS as usize);
+        let ops = r.fake().ops.len();
+        let before = r.c.status();
+        // Re-addressing needs a new slot while the old one drains: none.
+        r.write_config(text.replace("198.19.5.7:8080", "198.19.200.7:8080"));
+        let err = r.c.reload().unwrap_err();
+        assert!(
+            err.contains("1 new backend slots but 0 are free")
+                && err.contains("nothing was changed"),
+            "{err}"
+        );
+        assert_eq!(r.fake().ops.len(), ops, "a refused reload wrote");
+        assert_eq!(r.c.status(), before);
+        // Replacing a pool by one on other servers: its slots are still
+        // retiring. Refused whole; done in two steps it works.
+        let other = text
+            .replace("198.19.63.", "198.19.163.")
+            .replace("\"p63\"", "\"q63\"");
+        r.write_config(&other);
+        let err = r.c.reload().unwrap_err();
+        assert!(err.contains("64 still retiring"), "{err}");
+        assert_eq!(r.fake().ops.len(), ops);
+        let without: String = text
+            .split("[[pool]]\nname = \"p63\"")
+            .next()
+            .unwrap()
+            .into();
+        r.write_config(&without);
+        assert!(r.c.reload().unwrap().contains("removed pool p63"));
+        r.c.set_flows(HashMap::new());
+        r.pump_by(Duration::from_millis(50), COARSE).await;
+        r.write_config(&other);
+        r.c.reload().unwrap();
+        r.pump_by(Duration::from_millis(100), COARSE).await;
+        assert_eq!(r.fake().ring_members("198.18.2.73:80").len(), 64);
+        assert_eq!(r.fake().backends.len(), MAX_BACKENDS as usize);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_limits_a_renamed_pool_takes_its_servers_slots_back() {
+        let text = full_config();
+        let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &text);
+        r.pump_by(Duration::from_millis(100), COARSE).await;
+        // Same servers, new pool name: every key is new, every address is
+        // taken back from a slot that would otherwise retire.
+        r.write_config(text.replace("\"p0\"", "\"renamed\""));
+        let summary = r.c.reload().unwrap();
+        assert!(summary.contains("removed pool p0"), "{summary}");
+        r.pump_by(Duration::from_millis(100), COARSE).await;
+        assert_eq!(r.fake().ring_members("198.18.2.10:80").len(), 64);
+        assert_eq!(r.fake().backends.len(), MAX_BACKENDS as usize);
+        assert_eq!(r.c.status().pools.len(), MAX_VIPS as usize);
     }
 
     #[tokio::test(start_paused = true)]

@@ -28,9 +28,11 @@ use lb_common::{
     limits::{MAX_BACKENDS, MAX_VIPS},
     maps, ref_slot, rings_len, BackendCounters, BackendMeta, FlowEntry, FlowKey, GlobalCounter,
     IfaceMeta, L4Addr, Name, ReplyEntry, VipCounters, VipMeta, GENERATIONS, IFACE_SLOTS,
-    IPPROTO_TCP, NAMES_LEN, NO_BACKEND, RING_SLOTS,
+    IPPROTO_TCP, LAYOUT_VERSION, NAMES_LEN, NO_BACKEND, RING_SLOTS,
 };
 use thiserror::Error;
+
+pub mod decap;
 
 /// The XDP object built by `build.rs` (aya-build), embedded in the binary.
 static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
@@ -45,6 +47,14 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "xdplb runs in a private mount namespace (`ip netns exec`?) and the host has no \
+         bpffs for {}: pins made here would vanish with this process. Mount one on the \
+         host (`mount -t bpf bpf /sys/fs/bpf`), or start xdplb with \
+         `nsenter --net=/run/netns/NAME` instead",
+        pin_path.display()
+    )]
+    NoHostBpffs { pin_path: PathBuf },
     #[error("cannot mount bpffs on /sys/fs/bpf: {source}")]
     MountBpffs {
         #[source]
@@ -59,6 +69,30 @@ pub enum DataplaneError {
         what: &'static str,
         pinned: u32,
         wanted: u32,
+    },
+    #[error(
+        "the data plane pinned at {} has layout version {pinned}; this xdplb uses {wanted}. \
+         Run `xdplb down` first to start afresh (this drops established flows), or run the \
+         xdplb that made these pins",
+        path.display()
+    )]
+    LayoutVersion {
+        path: PathBuf,
+        pinned: u32,
+        wanted: u32,
+    },
+    #[error(
+        "pinned map {} {what} ({pinned}, this xdplb needs {wanted}){reason}: it was made by \
+         another xdplb. Run `xdplb down` first to start afresh (this drops established \
+         flows), or run the xdplb that made these pins",
+        path.display()
+    )]
+    Layout {
+        path: PathBuf,
+        what: &'static str,
+        pinned: u32,
+        wanted: u32,
+        reason: String,
     },
     #[error("loading the XDP program failed: {source}")]
     Load {
@@ -117,7 +151,7 @@ pub enum DataplaneError {
     },
 }
 
-fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+pub(crate) fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
     move |source| DataplaneError::Map {
         map,
         source: Box::new(source),
@@ -138,12 +172,15 @@ pub struct Shape {
 pub struct Tuning {
     /// Per CPU; 0 = no cap (see `[dataplane] max_flow_inserts_per_sec`).
     pub max_flow_inserts_per_sec: u32,
+    /// Outer source of `tunnel` pools (`[dataplane] tunnel_source`).
+    pub tunnel_source_v4: Option<Ipv4Addr>,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
             max_flow_inserts_per_sec: lb_common::limits::DEFAULT_MAX_FLOW_INSERTS_PER_SEC,
+            tunnel_source_v4: None,
         }
     }
 }
@@ -175,7 +212,7 @@ pub enum AttachMode {
 }
 
 impl AttachMode {
-    fn xdp_mode(self) -> XdpMode {
+    pub(crate) fn xdp_mode(self) -> XdpMode {
         match self {
             AttachMode::Auto => XdpMode::Default,
             AttachMode::Native => XdpMode::Driver,
@@ -229,40 +266,274 @@ pub struct Dataplane {
     written: StdHashMap<(u32, u32), Vec<u32>>,
 }
 
-/// Makes sure `/sys/fs/bpf` is a bpffs when the pin path lives under it
-/// (it is not mounted by default on these machines).
-pub fn ensure_bpffs(pin_path: &Path) -> Result<(), DataplaneError> {
-    let root = Path::new("/sys/fs/bpf");
-    if !pin_path.starts_with(root) {
-        return Ok(());
+/// Where bpffs is mounted by convention.
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
+/// `statfs` type of a bpffs (`BPF_FS_MAGIC`, linux/magic.h).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// How far up the process tree to look for the mount namespace we were
+/// started from.
+const MAX_ANCESTORS: usize = 64;
+
+/// Whether `path` lives on a bpffs, and which one (its device).
+fn bpffs_dev(path: &Path) -> Option<u64> {
+    use std::os::unix::{ffi::OsStrExt, fs::MetadataExt};
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a NUL-terminated path and a zeroed out-struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
     }
-    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let mounted = mounts.lines().any(|l| {
-        let mut f = l.split_whitespace();
-        let _dev = f.next();
-        f.next() == Some("/sys/fs/bpf") && f.next() == Some("bpf")
-    });
-    if mounted {
-        return Ok(());
+    (st.f_type as i64 == BPF_FS_MAGIC)
+        .then(|| fs::metadata(path).ok().map(|m| m.dev()))
+        .flatten()
+}
+
+/// `path`, or its nearest ancestor that exists (a pin path is created on
+/// first load).
+fn existing_ancestor(path: &Path) -> &Path {
+    path.ancestors()
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("/"))
+}
+
+fn mount_ns(pid: &str) -> Option<PathBuf> {
+    fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()
+}
+
+fn parent_of(pid: &str) -> Option<String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid ...: comm may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let ppid = rest.split_whitespace().nth(1)?;
+    (ppid != "0").then(|| ppid.to_string())
+}
+
+/// The root of the host's file system as this process can reach it, when
+/// this process has a private mount namespace (e.g. under `ip netns exec`,
+/// which unshares one and mounts a fresh `/sys` in it): `/proc/1/root`,
+/// or, where PID 1 is out of reach (a sandbox's init), the root of the
+/// nearest ancestor in another mount namespace — the one we were started
+/// from. `None` in the host's mount namespace.
+fn host_root() -> Option<PathBuf> {
+    let own = mount_ns("self")?;
+    if let Some(init) = mount_ns("1") {
+        return (init != own).then(|| PathBuf::from("/proc/1/root"));
     }
-    let own = fs::read_link("/proc/self/ns/mnt").ok();
-    let init = fs::read_link("/proc/1/ns/mnt").ok();
-    if matches!((&own, &init), (Some(a), Some(b)) if a != b) {
-        // e.g. under `ip netns exec`, which mounts a fresh /sys: a bpffs
-        // mounted here is private to this mount namespace, so the pins die
-        // with it and other commands cannot see them.
-        tracing::warn!(
-            "/sys/fs/bpf is not mounted in this (private) mount namespace; pins made here              vanish with it and `xdplb stats`/`down` elsewhere will not see them. Run xdplb              in the host's mount namespace (e.g. `nsenter --net=/run/netns/NAME`, not              `ip netns exec`)"
-        );
+    let mut pid = parent_of("self")?;
+    for _ in 0..MAX_ANCESTORS {
+        match mount_ns(&pid) {
+            Some(ns) if ns != own => return Some(PathBuf::from(format!("/proc/{pid}/root"))),
+            _ => pid = parent_of(&pid)?,
+        }
     }
+    None
+}
+
+fn private_mount_namespace() -> bool {
+    host_root().is_some()
+}
+
+/// The host's view of `path`: the same path under the host's root.
+fn host_view(root: &Path, path: &Path) -> PathBuf {
+    root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+/// The path through which the pins at `pin_path` (as the host names them)
+/// are reached from this process.
+///
+/// Pins must outlive the process. In the host's mount namespace that is
+/// `pin_path` itself. In a private one (`ip netns exec` mounts a fresh
+/// `/sys`, with no bpffs, or one that dies with the namespace) the pins
+/// are made and read through the host's bpffs (via `/proc/1/root`, see
+/// [`host_root`]) unless
+/// the bpffs here is the host's very mount. Never silently private: with
+/// no host bpffs to use, it is an error that names the fix.
+pub fn resolve_pin_path(pin_path: &Path) -> Result<PathBuf, DataplaneError> {
+    let Some(root) = host_root() else {
+        return Ok(pin_path.to_path_buf());
+    };
+    let here = bpffs_dev(existing_ancestor(pin_path));
+    let host_path = host_view(&root, pin_path);
+    let host = bpffs_dev(existing_ancestor(&host_path));
+    match (here, host) {
+        (Some(h), Some(o)) if h == o => Ok(pin_path.to_path_buf()),
+        (_, Some(_)) => {
+            tracing::info!(
+                pin_path = %pin_path.display(),
+                via = %host_path.display(),
+                "private mount namespace (ip netns exec?): using the host's bpffs, so the \
+                 pins outlive this process"
+            );
+            Ok(host_path)
+        }
+        (_, None) => Err(DataplaneError::NoHostBpffs {
+            pin_path: pin_path.to_path_buf(),
+        }),
+    }
+}
+
+/// Like [`resolve_pin_path`], for `xdplb run`: first mounts bpffs on
+/// `/sys/fs/bpf` where the pins are made if it is not mounted yet (it is
+/// not by default on these machines) — in the host's mount namespace when
+/// this process has a private one.
+pub fn prepare_pin_path(pin_path: &Path) -> Result<PathBuf, DataplaneError> {
+    let bpffs = Path::new(BPFFS_ROOT);
+    if let Some(root) = host_root() {
+        if pin_path.starts_with(bpffs) && bpffs_dev(&host_view(&root, bpffs)).is_none() {
+            mount_host_bpffs(&root)?;
+        }
+    }
+    ensure_local_bpffs(pin_path)?;
+    resolve_pin_path(pin_path)
+}
+
+/// Mounts bpffs on `/sys/fs/bpf` when `pin_path` lives under it, it is not
+/// mounted yet, and this is the host's mount namespace (a private one was
+/// dealt with by [`prepare_pin_path`]).
+pub(crate) fn ensure_local_bpffs(pin_path: &Path) -> Result<(), DataplaneError> {
+    let root = Path::new(BPFFS_ROOT);
+    if pin_path.starts_with(root) && !private_mount_namespace() && bpffs_dev(root).is_none() {
+        mount_bpffs()?;
+    }
+    Ok(())
+}
+
+fn mount_bpffs() -> Result<(), DataplaneError> {
     let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
-    let (src, dst, ty) = (c("bpf"), c("/sys/fs/bpf"), c("bpf"));
+    let (src, dst, ty) = (c("bpf"), c(BPFFS_ROOT), c("bpf"));
     // SAFETY: valid NUL-terminated strings; no data argument.
     let rc = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         return Err(DataplaneError::MountBpffs {
             source: std::io::Error::last_os_error(),
         });
+    }
+    Ok(())
+}
+
+/// Mounts bpffs on the host's `/sys/fs/bpf`. A mount must be made from
+/// inside the namespace it goes into, and a threaded process cannot enter
+/// another mount namespace, so a child (`nsenter`) does it.
+fn mount_host_bpffs(root: &Path) -> Result<(), DataplaneError> {
+    // `root` is /proc/PID/root; PID's mount namespace is beside it.
+    let ns = root.with_file_name("ns").join("mnt");
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--mount={}", ns.display()))
+        .args(["--", "mount", "-t", "bpf", "bpf", BPFFS_ROOT])
+        .output()
+        .map_err(|source| DataplaneError::MountBpffs { source })?;
+    if !out.status.success() {
+        return Err(DataplaneError::MountBpffs {
+            source: std::io::Error::other(format!(
+                "in the host's mount namespace: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+        });
+    }
+    tracing::info!("mounted bpffs on the host's {BPFFS_ROOT}");
+    Ok(())
+}
+
+/// How the kernel sees a map: what adoption compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapShape {
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+/// The first difference between a pinned map and what this program needs,
+/// as (what, pinned, wanted). Pure.
+pub fn layout_difference(pinned: MapShape, wanted: MapShape) -> Option<(&'static str, u32, u32)> {
+    [
+        ("map type", pinned.map_type, wanted.map_type),
+        ("key size", pinned.key_size, wanted.key_size),
+        ("value size", pinned.value_size, wanted.value_size),
+        ("max entries", pinned.max_entries, wanted.max_entries),
+    ]
+    .into_iter()
+    .find(|(_, p, w)| p != w)
+}
+
+/// Refuses pins this program cannot adopt, before anything is loaded: a
+/// `VERSION` of another layout, or any pinned map whose type, key size,
+/// value size or entry count differs from what the embedded program
+/// declares (sized by `shape`, as the kernel reports it). Without this, a
+/// pinned map of another size would be reopened and misread.
+fn check_pinned_layout(shape: &Shape) -> Result<(), DataplaneError> {
+    let dir = &shape.pin_path;
+    let version_pin = dir.join(maps::VERSION);
+    if version_pin.exists() {
+        let version: Array<MapData, u32> = open_pinned(dir, maps::VERSION)?;
+        let pinned = version.get(&0, 0).map_err(map_err(maps::VERSION))?;
+        if pinned != LAYOUT_VERSION {
+            return Err(DataplaneError::LayoutVersion {
+                path: dir.clone(),
+                pinned,
+                wanted: LAYOUT_VERSION,
+            });
+        }
+    }
+    let Ok(obj) = aya_obj::Object::parse(PROGRAM_OBJECT) else {
+        return Ok(());
+    };
+    for (name, map) in &obj.maps {
+        if map.pinning() != aya_obj::maps::PinningType::ByName {
+            continue;
+        }
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapData::from_pin(&path)
+            .and_then(|md| md.info())
+            .map_err(|e| DataplaneError::Layout {
+                path: path.clone(),
+                what: "cannot be read",
+                pinned: 0,
+                wanted: 0,
+                reason: e.to_string(),
+            })?;
+        let max_entries = match name.as_str() {
+            maps::RINGS => rings_len(shape.ring_size),
+            maps::FLOWS => shape.flow_table_size,
+            _ => map.max_entries(),
+        };
+        let pinned = MapShape {
+            map_type: info.map_type().map_or(u32::MAX, |t| t as u32),
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+        };
+        let wanted = MapShape {
+            map_type: map.map_type(),
+            key_size: map.key_size(),
+            value_size: map.value_size(),
+            max_entries,
+        };
+        // A different ring_size or flow_table_size alone has its own,
+        // clearer message (below, in `load`).
+        let sized_by_config = matches!(name.as_str(), maps::RINGS | maps::FLOWS);
+        let same_but_size = (MapShape {
+            max_entries: 0,
+            ..pinned
+        }) == (MapShape {
+            max_entries: 0,
+            ..wanted
+        });
+        if sized_by_config && same_but_size {
+            continue;
+        }
+        if let Some((what, p, w)) = layout_difference(pinned, wanted) {
+            return Err(DataplaneError::Layout {
+                path,
+                what,
+                pinned: p,
+                wanted: w,
+                reason: String::new(),
+            });
+        }
     }
     Ok(())
 }
@@ -284,11 +555,12 @@ impl Dataplane {
         if PROGRAM_OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
-        ensure_bpffs(&shape.pin_path)?;
+        ensure_local_bpffs(&shape.pin_path)?;
         fs::create_dir_all(&shape.pin_path).map_err(|source| DataplaneError::PinPath {
             path: shape.pin_path.clone(),
             source,
         })?;
+        check_pinned_layout(&shape)?;
         for (map, what, wanted) in [
             (maps::RINGS, "ring_size", rings_len(shape.ring_size)),
             (
@@ -314,6 +586,10 @@ impl Dataplane {
             }
         }
         let ring_size = shape.ring_size;
+        // Network order, as the program writes it into the outer header.
+        let tunnel_source = tuning
+            .tunnel_source_v4
+            .map_or(0, |a| u32::from_ne_bytes(a.octets()));
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&shape.pin_path)
             .map_max_entries(maps::RINGS, rings_len(ring_size))
@@ -324,6 +600,7 @@ impl Dataplane {
                 &tuning.max_flow_inserts_per_sec,
                 true,
             )
+            .override_global("TUNNEL_SOURCE_V4", &tunnel_source, true)
             .load(PROGRAM_OBJECT)
             .map_err(|source| DataplaneError::Load {
                 source: Box::new(source),
@@ -354,6 +631,12 @@ impl Dataplane {
                     .map_err(map_err(maps::BACKENDS))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Adopted pins passed the checks above; fresh ones (or pins from
+        // before versioning, whose shapes matched) are stamped now.
+        let mut version: Array<MapData, u32> = take(&mut ebpf, maps::VERSION)?;
+        version
+            .set(0, LAYOUT_VERSION, 0)
+            .map_err(map_err(maps::VERSION))?;
         Ok(Dataplane {
             shape,
             ebpf,
@@ -824,7 +1107,7 @@ fn hw_addr(iface: &str) -> std::io::Result<[u8; 6]> {
 
 /// Every IPv4 address configured in this network namespace, network order
 /// as the maps key them.
-fn local_ipv4_addrs() -> std::io::Result<Vec<u32>> {
+pub(crate) fn local_ipv4_addrs() -> std::io::Result<Vec<u32>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
@@ -864,7 +1147,7 @@ where
     T::try_from(map).map_err(map_err(name))
 }
 
-fn open_pinned<T>(pin_path: &Path, name: &'static str) -> Result<T, DataplaneError>
+pub(crate) fn open_pinned<T>(pin_path: &Path, name: &'static str) -> Result<T, DataplaneError>
 where
     T: TryFrom<Map, Error = MapError>,
 {
@@ -879,9 +1162,51 @@ where
     T::try_from(map).map_err(map_err(name))
 }
 
-/// Detaches every pinned link under `pin_path` and removes all pins.
-/// Returns the interfaces that were detached.
-pub fn down(pin_path: &Path) -> Result<Vec<String>, DataplaneError> {
+/// Map names xdplb pins: every map of the embedded program (so a map the
+/// program gains is covered without a list to update), and the ones
+/// lb-common names (for a binary built without the program).
+fn own_map_names() -> std::collections::HashSet<String> {
+    let mut names: std::collections::HashSet<String> = [
+        maps::VIPS,
+        maps::BACKENDS,
+        maps::RINGS,
+        maps::FLOWS,
+        maps::REPLIES,
+        maps::FIB_CACHE,
+        maps::GLOBAL_STATS,
+        maps::VIP_STATS,
+        maps::BACKEND_STATS,
+        maps::NAMES,
+        maps::VERSION,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Ok(obj) = aya_obj::Object::parse(PROGRAM_OBJECT) {
+        names.extend(obj.maps.keys().cloned());
+    }
+    names
+}
+
+/// True for a pin xdplb made: one of its maps, or an XDP link.
+pub fn is_own_pin(name: &str) -> bool {
+    name.starts_with(maps::LINK_PREFIX) || own_map_names().contains(name)
+}
+
+/// What `down` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DownReport {
+    /// Interfaces whose XDP link was removed (so detached).
+    pub detached: Vec<String>,
+    /// Entries under the pin path that xdplb did not make: left alone,
+    /// and with them the pin directory.
+    pub foreign: Vec<String>,
+}
+
+/// Detaches every pinned link under `pin_path` and removes xdplb's pins
+/// (its maps and links, nothing else), then the directory if that leaves
+/// it empty.
+pub fn down(pin_path: &Path) -> Result<DownReport, DataplaneError> {
     let entries = match fs::read_dir(pin_path) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -896,25 +1221,84 @@ pub fn down(pin_path: &Path) -> Result<Vec<String>, DataplaneError> {
             })
         }
     };
-    let mut detached = Vec::new();
+    let own = own_map_names();
+    let mut report = DownReport::default();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        // Removing the last reference to a bpf_link (its pin; no process
-        // holds an fd once the controller is gone) detaches it.
+        let link = name.strip_prefix(maps::LINK_PREFIX);
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir || (link.is_none() && !own.contains(&name)) {
+            report.foreign.push(name);
+            continue;
+        }
+        if link.is_some() {
+            // Removing the pin drops the link's last reference, but the
+            // kernel releases it asynchronously: detach it first, so the
+            // interface has no program by the time `down` returns.
+            detach_pinned_link(&entry.path());
+        }
         fs::remove_file(entry.path()).map_err(|source| DataplaneError::PinPath {
             path: entry.path(),
             source,
         })?;
-        if let Some(iface) = name.strip_prefix(maps::LINK_PREFIX) {
-            detached.push(iface.to_string());
+        if let Some(iface) = link {
+            report.detached.push(iface.to_string());
         }
     }
-    fs::remove_dir(pin_path).map_err(|source| DataplaneError::PinPath {
-        path: pin_path.to_path_buf(),
-        source,
-    })?;
-    detached.sort();
-    Ok(detached)
+    if report.foreign.is_empty() {
+        fs::remove_dir(pin_path).map_err(|source| DataplaneError::PinPath {
+            path: pin_path.to_path_buf(),
+            source,
+        })?;
+    }
+    report.detached.sort();
+    report.foreign.sort();
+    Ok(report)
+}
+
+/// BPF_LINK_DETACH on a pinned link (aya 0.14 only closes fds and hides
+/// them). Best effort: a link that cannot be opened or detached is still
+/// unpinned by the caller, and detaches a little later.
+pub(crate) fn detach_pinned_link(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    /// `union bpf_attr`, as large as the kernel's (unused tail zeroed).
+    #[repr(C)]
+    struct Attr {
+        words: [u64; 16],
+    }
+    let Ok(cpath) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return;
+    };
+    let mut attr = Attr { words: [0; 16] };
+    // BPF_OBJ_GET: pathname (u64 pointer), bpf_fd, file_flags.
+    attr.words[0] = cpath.as_ptr() as u64;
+    // SAFETY: bpf(2) with an attr of the kernel's size; the path outlives it.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &mut attr as *mut Attr,
+            std::mem::size_of::<Attr>() as u32,
+        )
+    };
+    if fd < 0 {
+        return;
+    }
+    let mut attr = Attr { words: [0; 16] };
+    // BPF_LINK_DETACH: link_fd (u32, the first field).
+    attr.words[0] = fd as u64;
+    // SAFETY: as above; `fd` is ours and closed right after.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            &mut attr as *mut Attr,
+            std::mem::size_of::<Attr>() as u32,
+        );
+        libc::close(fd as i32);
+    }
 }
 
 /// A counter snapshot, summed over CPUs.
@@ -1123,3 +1507,30 @@ pub const fn backend_name_index(slot: u32) -> u32 {
 }
 
 const _: () = assert!(NAMES_LEN == MAX_VIPS + MAX_BACKENDS);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_differences_name_the_first_field_that_differs() {
+        let want = MapShape {
+            map_type: 2,
+            key_size: 4,
+            value_size: 64,
+            max_entries: 4160,
+        };
+        assert_eq!(layout_difference(want, want), None);
+        let older = MapShape {
+            value_size: 32,
+            max_entries: 100,
+            ..want
+        };
+        assert_eq!(layout_difference(older, want), Some(("value size", 32, 64)));
+        let hash = MapShape {
+            map_type: 1,
+            ..want
+        };
+        assert_eq!(layout_difference(hash, want), Some(("map type", 1, 2)));
+    }
+}

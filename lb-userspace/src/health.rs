@@ -73,12 +73,26 @@ impl HealthState {
         }
     }
 
+    /// A state recovered from the pinned data plane after a restart: the
+    /// backend was serving (`up`) or marked down there, so it keeps that
+    /// verdict until `fall` failures (or `rise` successes) change it, as if
+    /// the controller had never gone away. One probe lost across a restart
+    /// then resets nothing.
+    pub fn seeded(rise: u32, fall: u32, up: bool) -> Self {
+        HealthState {
+            up: Some(up),
+            ..HealthState::new(rise, fall)
+        }
+    }
+
     /// Feeds one result; returns `Some(up)` when the state flips.
     ///
-    /// The first result decides at once: a controller that starts (or
-    /// restarts, adopting a data plane that is already forwarding) should
+    /// The first result decides at once for a backend with no history (a
+    /// fresh start, a backend added by reload): the controller should
     /// neither wait `rise × interval` before serving from healthy backends
-    /// nor keep sending new flows to a dead one for `fall × interval`.
+    /// nor keep sending new flows to a dead one for `fall × interval`. A
+    /// restart adopting a forwarding data plane has history: see
+    /// [`HealthState::seeded`].
     pub fn observe(&mut self, success: bool) -> Option<bool> {
         match self.up {
             None => {
@@ -260,6 +274,24 @@ pub struct HealthReport {
 /// its sender or the report receiver goes away). Each probe is bounded by
 /// `spec.timeout_ms`; a probe that overruns delays this backend's next tick
 /// only (`MissedTickBehavior::Delay`), never another backend's.
+/// Where in each interval `addr` is probed: a hash of the address (FNV-1a)
+/// spread over the period, stable across restarts and the same on every
+/// gateway.
+pub fn phase(addr: SocketAddrV4, period: Duration) -> Duration {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in addr
+        .ip()
+        .octets()
+        .into_iter()
+        .chain(addr.port().to_be_bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let nanos = period.as_nanos().max(1) as u64;
+    Duration::from_nanos(h % nanos)
+}
+
 pub fn spawn_checker(
     id: u64,
     addr: SocketAddrV4,
@@ -270,13 +302,23 @@ pub fn spawn_checker(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let timeout = Duration::from_millis(spec.timeout_ms);
-        let mut ticker = tokio::time::interval(Duration::from_millis(spec.interval_ms.max(1)));
+        let period = Duration::from_millis(spec.interval_ms.max(1));
+        // The first probe at once (a starting controller waits for every
+        // first verdict); the rest on a phase of this backend's own, so a
+        // thousand backends are not probed in one burst every interval.
+        let start = tokio::time::Instant::now();
+        let mut first = true;
+        let mut ticker = tokio::time::interval_at(start + period + phase(addr, period), period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.wait_for(|stop| *stop) => return,
-                _ = ticker.tick() => {}
+            if !std::mem::take(&mut first) {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                    _ = ticker.tick() => {}
+                }
+            } else if *shutdown.borrow() {
+                return;
             }
             let start = Instant::now();
             let result = tokio::select! {
@@ -324,6 +366,16 @@ mod tests {
         let mut s = HealthState::new(2, 3);
         assert_eq!(s.observe(false), Some(false));
         assert_eq!(s.up, Some(false));
+    }
+
+    #[test]
+    fn a_seeded_state_needs_fall_failures_or_rise_successes() {
+        let mut s = HealthState::seeded(2, 3, true);
+        assert_eq!(run(&mut s, &[false, false]), [None, None]);
+        assert_eq!(s.up, Some(true));
+        assert_eq!(s.observe(false), Some(false));
+        let mut s = HealthState::seeded(2, 3, false);
+        assert_eq!(run(&mut s, &[true, true]), [None, Some(true)]);
     }
 
     #[test]
@@ -551,6 +603,80 @@ mod tests {
         })
         .await
         .expect("checkers exit on shutdown");
+    }
+
+    /// Records when each address is probed (tokio's clock).
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<(SocketAddrV4, tokio::time::Instant)>>);
+
+    impl Probe for Recorder {
+        fn check(&self, addr: SocketAddrV4, _timeout: Duration) -> ProbeFuture<'_> {
+            self.0
+                .lock()
+                .unwrap()
+                .push((addr, tokio::time::Instant::now()));
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probes_start_at_once_then_spread_over_the_interval() {
+        let spec = HealthConfig {
+            interval_ms: 1000,
+            timeout_ms: 500,
+            ..HealthConfig::default()
+        };
+        let rec = Arc::new(Recorder::default());
+        let (tx, mut rx) = mpsc::channel(10_000);
+        let (stop_tx, stop) = watch::channel(false);
+        let t0 = tokio::time::Instant::now();
+        let n = 100u16;
+        for i in 0..n {
+            let addr = SocketAddrV4::new(std::net::Ipv4Addr::new(198, 18, 1, 11), 8000 + i);
+            let probe: Arc<dyn Probe> = rec.clone();
+            spawn_checker(
+                u64::from(i),
+                addr,
+                spec.clone(),
+                probe,
+                tx.clone(),
+                stop.clone(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        while rx.try_recv().is_ok() {}
+        let probes = rec.0.lock().unwrap().clone();
+        // Every first probe at once...
+        let first: Vec<_> = probes.iter().filter(|(_, t)| *t == t0).collect();
+        assert_eq!(first.len(), n as usize);
+        // ... then each backend once per interval, on its own phase: no
+        // 100 ms slot holds more than a third of them.
+        let mut per_slot = [0usize; 10];
+        for (_, t) in probes
+            .iter()
+            .filter(|(_, t)| *t >= t0 + Duration::from_secs(2))
+        {
+            let ms = (*t - t0).as_millis() % 1000;
+            per_slot[(ms / 100) as usize] += 1;
+        }
+        let steady: usize = per_slot.iter().sum();
+        assert!(steady >= n as usize, "{per_slot:?}");
+        assert!(
+            per_slot.iter().all(|c| *c <= steady / 3),
+            "probes bunch up: {per_slot:?}"
+        );
+        for i in 0..n {
+            let addr = SocketAddrV4::new(std::net::Ipv4Addr::new(198, 18, 1, 11), 8000 + i);
+            let times: Vec<_> = probes
+                .iter()
+                .filter(|(a, _)| *a == addr)
+                .map(|(_, t)| *t)
+                .collect();
+            for w in times.windows(2).skip(1) {
+                assert_eq!(w[1] - w[0], Duration::from_secs(1), "{addr}");
+            }
+        }
+        stop_tx.send(true).unwrap();
     }
 
     #[tokio::test]

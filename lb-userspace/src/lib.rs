@@ -11,7 +11,10 @@
 //! - [`planner`]: per tick, each backend's state and effective weight from
 //!   config and observations (clock injected; pure).
 //! - [`controller`]: `xdplb run`: probes, agents, planner ticks, map sync,
-//!   reload, drains; answers [`controller::Command`]s.
+//!   reload, drains; answers [`command::Command`]s.
+//! - [`command`]: what the admin socket asks the controller.
+//! - [`state`]: `[control] state_file`: operator drains across `down`
+//!   and reboots.
 //! - [`status`]: the controller's live view (status output, admin replies).
 //! - [`admin`]: the unix-socket protocol, server and client.
 //! - [`metrics`]: Prometheus exposition.
@@ -21,10 +24,12 @@
 //! - [`cli`]: the `xdplb` command line and its human output.
 //! - [`dataplane`]: the only module that touches aya: load or adopt the
 //!   pinned program and maps, attach, sync maps, read counters.
+//! - [`owner`]: one controller per pin path (a lock file naming its pid).
 //! - [`packet`]: frames built byte by byte and checksums recomputed in full
 //!   (tests, benchmark, hostile-input scenario).
 pub mod admin;
 pub mod cli;
+pub mod command;
 pub mod config;
 pub mod controller;
 pub mod dataplane;
@@ -33,7 +38,9 @@ pub mod load;
 pub mod maglev;
 pub mod metrics;
 pub mod notify;
+pub mod owner;
 pub mod packet;
 pub mod planner;
+pub mod state;
 pub mod status;
 pub mod web;

@@ -13,8 +13,10 @@
 //! | name | type | labels |
 //! |---|---|---|
 //! | `xdplb_rx_packets_total`, `xdplb_passed_packets_total`, `xdplb_redirected_packets_total`, `xdplb_flow_misses_total`, `xdplb_resteered_flows_total` | counter | |
+//! | `xdplb_answered_packets_total` | counter | |
 //! | `xdplb_dropped_packets_total` | counter | `reason` |
-//! | `xdplb_vip_{packets,bytes,new_flows}_total` | counter | `pool`, `vip` |
+//! | `xdplb_events_total` | counter | `event` |
+//! | `xdplb_vip_{packets,bytes,new_flows,rejected}_total` | counter | `pool`, `vip` |
 //! | `xdplb_backend_{packets,bytes,new_flows,reply_packets,reply_bytes}_total` | counter | `pool`, `backend` |
 //! | `xdplb_backend_{up,active,load,weight,flows}` | gauge | `pool`, `backend` |
 //! | `xdplb_dataplane_up` | gauge | |
@@ -243,6 +245,11 @@ impl Collector for DataplaneCollector {
                 GlobalCounter::Redirected,
             ),
             (
+                "xdplb_answered_packets",
+                "Packets the program answered itself (XDP_TX): RSTs for an empty pool, ICMP fragmentation-needed",
+                GlobalCounter::Answered,
+            ),
+            (
                 "xdplb_flow_misses",
                 "Non-SYN VIP packets with no flow entry, selected again by the ring",
                 GlobalCounter::FlowMisses,
@@ -265,11 +272,20 @@ impl Collector for DataplaneCollector {
                 .map(|&(g, reason)| ([("reason", reason.to_string())], c.get(g))),
         )?;
 
+        counter(
+            &mut enc,
+            "xdplb_events",
+            "Notable packets the program handled without dropping them, by event",
+            GlobalCounter::EVENTS
+                .iter()
+                .map(|&(g, event)| ([("event", event.to_string())], c.get(g))),
+        )?;
+
         let vip = |v: &crate::dataplane::VipStats| -> Labels2 {
             [("pool", v.pool.clone()), ("vip", v.vip.to_string())]
         };
         type VipField = fn(&lb_common::VipCounters) -> u64;
-        let vip_fields: [(&str, &str, VipField); 3] = [
+        let vip_fields: [(&str, &str, VipField); 4] = [
             ("xdplb_vip_packets", "Client packets to the VIP", |c| {
                 c.packets
             }),
@@ -278,6 +294,11 @@ impl Collector for DataplaneCollector {
                 "xdplb_vip_new_flows",
                 "New flows (SYNs placed by the ring) to the VIP",
                 |c| c.new_flows,
+            ),
+            (
+                "xdplb_vip_rejected",
+                "New flows answered with a RST from the VIP because its pool had no usable backend",
+                |c| c.rejected,
             ),
         ];
         for (name, help, f) in vip_fields {
@@ -385,6 +406,18 @@ impl Collector for StatusCollector {
         )?;
         gauge(
             &mut enc,
+            "xdplb_backend_rtt_seconds",
+            "Smoothed round trip of the backend's successful health probes",
+            rows().filter_map(|(l, b)| b.rtt_ms.map(|ms| (l, ms / 1000.0))),
+        )?;
+        gauge(
+            &mut enc,
+            "xdplb_agent_up",
+            "1 if the backend's load agent answers (pools with [pool.load])",
+            rows().filter_map(|(l, b)| b.agent_up.map(|up| (l, i64::from(up)))),
+        )?;
+        gauge(
+            &mut enc,
             "xdplb_backend_flows",
             "Established flows pinned to the backend in the flow table",
             rows().map(|(l, b)| (l, i64::try_from(b.flows).unwrap_or(i64::MAX))),
@@ -435,6 +468,10 @@ mod tests {
         global[GlobalCounter::Dropped as usize] = 2;
         global[GlobalCounter::DropNoBackend as usize] = 2;
         global[GlobalCounter::FlowMisses as usize] = 1;
+        global[GlobalCounter::Answered as usize] = 5;
+        for (i, &(c, _)) in GlobalCounter::EVENTS.iter().enumerate() {
+            global[c as usize] = 10 + i as u64;
+        }
         Counters {
             global,
             vips: vec![VipStats {
@@ -445,7 +482,7 @@ mod tests {
                     packets: 90,
                     bytes: 9000,
                     new_flows: 4,
-                    rejected: 0,
+                    rejected: 3,
                 },
             }],
             backends: vec![BackendStats {
@@ -480,6 +517,9 @@ mod tests {
             operator_drained: false,
             agent: None,
             last_error: None,
+            rtt_ms: (health == "up").then_some(1.5),
+            agent_up: (health == "up").then_some(true),
+            agent_error: None,
         };
         Status {
             pools: vec![PoolStatus {
@@ -487,6 +527,8 @@ mod tests {
                 vip: "198.18.2.10:80".into(),
                 mode: "nat".into(),
                 min_active: 1,
+                on_empty: "reject".into(),
+                empty: false,
                 mean_load: Some(0.25),
                 backends: vec![
                     b("web-1", "up", "active", 75, 0.25),
@@ -610,17 +652,20 @@ mod tests {
             .2
     }
 
-    const EVERY_FAMILY: [(&str, &str); 21] = [
+    const EVERY_FAMILY: [(&str, &str); 26] = [
         ("xdplb_dataplane_up", "gauge"),
         ("xdplb_rx_packets_total", "counter"),
         ("xdplb_passed_packets_total", "counter"),
         ("xdplb_redirected_packets_total", "counter"),
         ("xdplb_flow_misses_total", "counter"),
         ("xdplb_resteered_flows_total", "counter"),
+        ("xdplb_answered_packets_total", "counter"),
         ("xdplb_dropped_packets_total", "counter"),
+        ("xdplb_events_total", "counter"),
         ("xdplb_vip_packets_total", "counter"),
         ("xdplb_vip_bytes_total", "counter"),
         ("xdplb_vip_new_flows_total", "counter"),
+        ("xdplb_vip_rejected_total", "counter"),
         ("xdplb_backend_packets_total", "counter"),
         ("xdplb_backend_bytes_total", "counter"),
         ("xdplb_backend_new_flows_total", "counter"),
@@ -631,6 +676,8 @@ mod tests {
         ("xdplb_backend_load", "gauge"),
         ("xdplb_backend_weight", "gauge"),
         ("xdplb_backend_flows", "gauge"),
+        ("xdplb_backend_rtt_seconds", "gauge"),
+        ("xdplb_agent_up", "gauge"),
         ("xdplb_health_check_duration_seconds", "histogram"),
     ];
 
@@ -666,6 +713,28 @@ mod tests {
             .filter(|(n, _, _)| n == "xdplb_dropped_packets_total")
             .count();
         assert_eq!(reasons, GlobalCounter::DROP_REASONS.len());
+        // Every event is exported, zero or not, under its label.
+        let events: Vec<&Sample> = samples
+            .iter()
+            .filter(|(n, _, _)| n == "xdplb_events_total")
+            .collect();
+        assert_eq!(events.len(), GlobalCounter::EVENTS.len());
+        for (i, &(_, label)) in GlobalCounter::EVENTS.iter().enumerate() {
+            assert_eq!(
+                value(&samples, "xdplb_events_total", &[("event", label)]),
+                10.0 + i as f64,
+                "{label}"
+            );
+        }
+        assert_eq!(value(&samples, "xdplb_answered_packets_total", &[]), 5.0);
+        assert_eq!(
+            value(
+                &samples,
+                "xdplb_vip_rejected_total",
+                &[("pool", "web"), ("vip", "198.18.2.10:80")]
+            ),
+            3.0
+        );
         assert_eq!(
             value(
                 &samples,
@@ -679,6 +748,17 @@ mod tests {
         assert_eq!(value(&samples, "xdplb_backend_active", &web1), 1.0);
         assert_eq!(value(&samples, "xdplb_backend_load", &web1), 0.25);
         assert_eq!(value(&samples, "xdplb_backend_weight", &web1), 75.0);
+        assert_eq!(value(&samples, "xdplb_backend_rtt_seconds", &web1), 0.0015);
+        assert_eq!(value(&samples, "xdplb_agent_up", &web1), 1.0);
+        // Not known, not made up: no rtt before a success, no agent_up
+        // where no agent was asked.
+        for family in ["xdplb_backend_rtt_seconds", "xdplb_agent_up"] {
+            assert!(
+                !samples.iter().any(|(n, l, _)| n == family
+                    && l.get("backend").map(String::as_str) == Some("web \"2\"")),
+                "{family} for a backend without one"
+            );
+        }
         // A label value with quotes survives escaping.
         let web2 = [("pool", "web"), ("backend", "web \"2\"")];
         assert_eq!(value(&samples, "xdplb_backend_up", &web2), 0.0);

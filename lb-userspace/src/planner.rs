@@ -55,8 +55,10 @@ pub struct BackendObservation {
     pub agent_state: Option<AgentState>,
     pub agent_weight_pct: Option<u8>,
     pub operator_drained: bool,
-    /// Flows the data plane holds pinned to this backend.
-    pub established_flows: u64,
+    /// Flows the data plane holds pinned to this backend; `None` until the
+    /// flow table has been counted. Not counted is not zero: a demoted spare
+    /// keeps draining until a count says it is idle.
+    pub established_flows: Option<u64>,
 }
 
 /// Observations keyed by (pool name, backend name). A missing entry is a
@@ -383,7 +385,7 @@ fn plan_pool(
                     Some(BackendMemory {
                         spare_draining_since: Some(t),
                         ..
-                    }) if observations[i].established_flows > 0
+                    }) if observations[i].established_flows != Some(0)
                         && now.saturating_sub(*t) < SPARE_DRAIN_TIMEOUT_MS =>
                     {
                         (BackendState::Draining, Reason::SpareDraining)
@@ -428,11 +430,7 @@ fn plan_pool(
             BackendMemory {
                 state,
                 // Once the ramp is over, forget its start.
-                active_since: active_since.filter(|t| {
-                    pool.load
-                        .as_ref()
-                        .is_some_and(|l| now.saturating_sub(*t) < l.slow_start_ms)
-                }),
+                active_since: active_since.filter(|t| now.saturating_sub(*t) < pool.ramp_ms()),
                 spare_draining_since,
             },
         );
@@ -464,10 +462,11 @@ fn effective_weight(
     if let Some(load) = o.load {
         w *= 1.0 - load.clamp(0.0, 1.0);
     }
-    if let (Some(t0), Some(lc)) = (active_since, &pool.load) {
+    let ramp = pool.ramp_ms();
+    if let Some(t0) = active_since {
         let elapsed = now.saturating_sub(t0);
-        if elapsed < lc.slow_start_ms {
-            w = (w * elapsed as f64 / lc.slow_start_ms as f64).ceil();
+        if elapsed < ramp {
+            w = (w * elapsed as f64 / ramp as f64).ceil();
         }
     }
     (w.round() as u32).max(1)
@@ -598,15 +597,33 @@ mod tests {
         assert_eq!(state_of(&plan, "s2"), (Standby, Reason::SpareIdle));
 
         set(&mut obs, "p2", |o| o.health = Some(true));
-        set(&mut obs, "s1", |o| o.established_flows = 5);
+        set(&mut obs, "s1", |o| o.established_flows = Some(5));
         let plan = planner.plan(&cfg, &obs, 2000);
         assert_eq!(state_of(&plan, "p2").0, Active);
         assert_eq!(state_of(&plan, "s1"), (Draining, Reason::SpareDraining));
         let plan = planner.plan(&cfg, &obs, 3000);
         assert_eq!(state_of(&plan, "s1"), (Draining, Reason::SpareDraining));
 
-        set(&mut obs, "s1", |o| o.established_flows = 0);
+        set(&mut obs, "s1", |o| o.established_flows = Some(0));
         let plan = planner.plan(&cfg, &obs, 4000);
+        assert_eq!(state_of(&plan, "s1"), (Standby, Reason::SpareIdle));
+    }
+
+    #[test]
+    fn a_demoted_spare_is_not_idle_before_its_flows_are_counted() {
+        let cfg = cfg_with(3, false);
+        let mut planner = Planner::new();
+        let mut obs = healthy(None);
+        set(&mut obs, "p1", |o| o.health = Some(false));
+        planner.plan(&cfg, &obs, 0);
+        set(&mut obs, "p1", |o| o.health = Some(true));
+        set(&mut obs, "s1", |o| o.established_flows = None);
+        for t in [1000, 2000, 30_000] {
+            let plan = planner.plan(&cfg, &obs, t);
+            assert_eq!(state_of(&plan, "s1"), (Draining, Reason::SpareDraining));
+        }
+        set(&mut obs, "s1", |o| o.established_flows = Some(0));
+        let plan = planner.plan(&cfg, &obs, 31_000);
         assert_eq!(state_of(&plan, "s1"), (Standby, Reason::SpareIdle));
     }
 
@@ -618,7 +635,7 @@ mod tests {
         set(&mut obs, "p1", |o| o.health = Some(false));
         planner.plan(&cfg, &obs, 0);
         set(&mut obs, "p1", |o| o.health = Some(true));
-        set(&mut obs, "s1", |o| o.established_flows = 1);
+        set(&mut obs, "s1", |o| o.established_flows = Some(1));
         let plan = planner.plan(&cfg, &obs, 1000);
         assert_eq!(state_of(&plan, "s1").0, Draining);
         let plan = planner.plan(&cfg, &obs, 1000 + SPARE_DRAIN_TIMEOUT_MS - 1);
@@ -856,6 +873,34 @@ mod tests {
         assert_eq!(weight_of(&plan, "p1"), 1);
         let plan = planner.plan(&cfg, &obs, 22_000);
         assert_eq!(weight_of(&plan, "p1"), 25_000);
+    }
+
+    #[test]
+    fn pool_level_slow_start_ramps_without_agents() {
+        let text = cfg_with(1, false);
+        let mut cfg = text.clone();
+        cfg.pools[0].slow_start_ms = Some(2000);
+        let mut planner = Planner::new();
+        let mut obs = healthy(None);
+        set(&mut obs, "p1", |o| o.health = Some(false));
+        planner.plan(&cfg, &obs, 0);
+        set(&mut obs, "p1", |o| o.health = Some(true));
+        for (t, want) in [(1000, 1), (2000, 50_000), (3000, 100_000)] {
+            let plan = planner.plan(&cfg, &obs, t);
+            assert_eq!(weight_of(&plan, "p1"), want, "at {t}");
+        }
+        // Unset without [pool.load]: no ramp (as before).
+        let mut planner = Planner::new();
+        set(&mut obs, "p1", |o| o.health = Some(false));
+        planner.plan(&text, &obs, 0);
+        set(&mut obs, "p1", |o| o.health = Some(true));
+        assert_eq!(weight_of(&planner.plan(&text, &obs, 1000), "p1"), 100_000);
+        // The pool's value wins over [pool.load]'s.
+        let mut both = cfg_with(1, true);
+        both.pools[0].slow_start_ms = Some(0);
+        assert_eq!(both.pools[0].ramp_ms(), 0);
+        both.pools[0].slow_start_ms = None;
+        assert_eq!(both.pools[0].ramp_ms(), 4000);
     }
 
     #[test]

@@ -16,6 +16,14 @@ pub struct PoolStatus {
     /// "nat" | "dsr"
     pub mode: String,
     pub min_active: u32,
+    /// "reject" | "drop": what the VIP does with new flows while empty.
+    #[serde(default)]
+    pub on_empty: String,
+    /// True when no backend can take a new flow (the VIP's ring is empty):
+    /// new flows are rejected or dropped, as `on_empty` says. False until
+    /// the controller has published the pool's ring.
+    #[serde(default)]
+    pub empty: bool,
     /// Mean load of the serving backends, when the pool has `[pool.load]`.
     pub mean_load: Option<f64>,
     pub backends: Vec<BackendStatus>,
@@ -47,4 +55,12 @@ pub struct BackendStatus {
     pub agent: Option<String>,
     /// Last probe error, if the last probe failed.
     pub last_error: Option<String>,
+    /// Smoothed round trip of successful health probes, in milliseconds;
+    /// `None` before the first success.
+    pub rtt_ms: Option<f64>,
+    /// Whether the backend's load agent answers (`None`: the pool polls no
+    /// agents, or none was asked yet).
+    pub agent_up: Option<bool>,
+    /// Why the last agent query failed, while it fails.
+    pub agent_error: Option<String>,
 }

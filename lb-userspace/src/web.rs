@@ -211,6 +211,8 @@ mod tests {
                 vip: "198.18.2.10:80".into(),
                 mode: "nat".into(),
                 min_active: 1,
+                on_empty: "reject".into(),
+                empty: false,
                 mean_load: None,
                 backends: vec![BackendStatus {
                     name: "web-1".into(),
@@ -226,6 +228,9 @@ mod tests {
                     operator_drained: false,
                     agent: None,
                     last_error: None,
+                    rtt_ms: Some(0.25),
+                    agent_up: None,
+                    agent_error: None,
                 }],
             }],
         }

@@ -280,6 +280,26 @@ fn check_names_file_line_and_column() {
     assert_one_error_line(&o, &format!("{}:8:", path.display()));
     assert!(stderr(&o).contains("rise"), "{}", stderr(&o));
 
+    // A misspelt on_empty points at its value.
+    let path = unique("/tmp", "bad-on-empty.toml");
+    std::fs::write(
+        &path,
+        "[dataplane]\n\
+         interfaces = [\"eth0\"]\n\
+         [[pool]]\n\
+         name = \"web\"\n\
+         vip = \"198.18.2.10:80\"\n\
+         on_empty = \"rejct\"\n\
+         \x20 [[pool.backend]]\n\
+         \x20 name = \"web-1\"\n\
+         \x20 addr = \"198.18.1.11:8080\"\n",
+    )
+    .unwrap();
+    let o = xdplb(&["check", "--config", &path.to_string_lossy()]);
+    std::fs::remove_file(&path).unwrap();
+    assert_one_error_line(&o, &format!("{}:6:12:", path.display()));
+    assert!(stderr(&o).contains("on_empty \"rejct\""), "{}", stderr(&o));
+
     let o = xdplb(&["check", "--config", "/nonexistent/xdplb.toml"]);
     assert_one_error_line(&o, "/nonexistent/xdplb.toml");
 }
@@ -542,7 +562,8 @@ fn stats_and_down_on_a_real_data_plane() {
             flags: 0,
         })
         .unwrap();
-        dp.publish_vip(vip, 0, &vec![0; 1009], 0).unwrap();
+        dp.publish_vip(vip, 0, &vec![0; 1009], lb_common::VIP_F_REJECT_EMPTY)
+            .unwrap();
     }
     let p = pin.to_string_lossy().into_owned();
 
@@ -564,6 +585,13 @@ fn stats_and_down_on_a_real_data_plane() {
         assert_eq!(v["vips"][0][field], 0, "{field}: {v}");
         assert_eq!(v["backends"][0][field], 0, "{field}: {v}");
     }
+    assert_eq!(v["vips"][0]["rejected"], 0, "{v}");
+    assert_eq!(v["global"]["answered"], 0, "{v}");
+    let events = v["global"]["events"].as_object().expect("events");
+    assert_eq!(events.len(), lb_common::GlobalCounter::EVENTS.len(), "{v}");
+    for (_, label) in lb_common::GlobalCounter::EVENTS {
+        assert_eq!(events[label], 0, "{label}: {v}");
+    }
     assert_eq!(v["backends"][0]["pool"], "web");
     assert_eq!(v["backends"][0]["name"], "web-1");
     assert_eq!(v["backends"][0]["addr"], "198.18.1.11:8080");
@@ -574,6 +602,10 @@ fn stats_and_down_on_a_real_data_plane() {
     let text = stdout(&o);
     assert!(
         text.contains("198.18.2.10:80") && text.contains("web-1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("REJECTED") && text.contains("ANSWERED"),
         "{text}"
     );
 

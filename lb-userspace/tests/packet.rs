@@ -18,7 +18,6 @@ use xdplb::{
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
 
 const RING: u32 = 1009;
@@ -43,6 +42,7 @@ struct Lab {
     tp: TestPlane,
     ns: TestNs,
     ring: Vec<u32>,
+    flags: u32,
 }
 
 impl Lab {
@@ -53,6 +53,11 @@ impl Lab {
     }
 
     fn tuned(n: u32, tuning: Tuning) -> Lab {
+        Lab::with(n, VIP_F_REJECT_EMPTY, tuning)
+    }
+
+    /// A pool published with VIP `flags` (its mode and on_empty).
+    fn with(n: u32, flags: u32, tuning: Tuning) -> Lab {
         let ns = TestNs::new(n as u8);
         let mut tp = TestPlane::tuned(RING, 4096, tuning);
         let dp = tp.dp();
@@ -64,11 +69,15 @@ impl Lab {
             dp.write_reply(backend_addr(i), sa(VIP), i, 0).unwrap();
         }
         let ring: Vec<u32> = (0..RING).map(|i| i % n).collect();
-        dp.publish_vip(sa(VIP), 0, &ring, VIP_F_REJECT_EMPTY)
-            .unwrap();
+        dp.publish_vip(sa(VIP), 0, &ring, flags).unwrap();
         dp.sync_host(&["in0".to_string(), "out0".to_string()])
             .unwrap();
-        Lab { tp, ns, ring }
+        Lab {
+            tp,
+            ns,
+            ring,
+            flags,
+        }
     }
 
     fn dp(&mut self) -> &mut Dataplane {
@@ -76,10 +85,8 @@ impl Lab {
     }
 
     fn publish(&mut self, ring: Vec<u32>) {
-        self.tp
-            .dp()
-            .publish_vip(sa(VIP), 0, &ring, VIP_F_REJECT_EMPTY)
-            .unwrap();
+        let flags = self.flags;
+        self.tp.dp().publish_vip(sa(VIP), 0, &ring, flags).unwrap();
         self.ring = ring;
     }
 
@@ -391,7 +398,7 @@ fn an_empty_pool_answers_a_syn_with_a_rst_from_the_vip() {
     // Options and a payload must not leak into the answer.
     syn.payload = vec![7; 33];
     let (action, out) = lab.arrive_from_client(&syn.build());
-    assert_eq!(action, XDP_TX);
+    assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
     let want = expected_rst(&syn, 0, syn.seq.wrapping_add(1 + 33), TCP_RST | TCP_ACK);
     assert_eq!(out, want);
     assert_checksums_valid(&out);
@@ -399,7 +406,7 @@ fn an_empty_pool_answers_a_syn_with_a_rst_from_the_vip() {
     let mut ack = to_vip(43101, TCP_ACK);
     ack.ack = 0xdead_beef;
     let (action, out) = lab.arrive_from_client(&ack.build());
-    assert_eq!(action, XDP_TX);
+    assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
     assert_eq!(out, expected_rst(&ack, 0xdead_beef, 0, TCP_RST));
     // A RST is never answered.
     let (action, _) = lab.arrive_from_client(&to_vip(43102, TCP_RST).build());
@@ -957,7 +964,7 @@ fn a_df_packet_too_big_for_the_backend_link_gets_frag_needed_from_the_vip() {
     let over = sized_to_vip(51001, 1281);
     let sent = over.build();
     let (action, out) = lab.arrive_from_client(&sent);
-    assert_eq!(action, XDP_TX);
+    assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
     let want = xdplb::packet::icmp_error(
         IN_MAC,
         CLIENT_MAC,
@@ -1311,6 +1318,7 @@ fn above_the_insert_rate_new_flows_are_balanced_but_not_recorded() {
         3,
         Tuning {
             max_flow_inserts_per_sec: 3,
+            ..Default::default()
         },
     );
     for port in 54400..54406u16 {
@@ -1368,4 +1376,318 @@ fn the_controllers_flow_walk_reaps_closed_flows_after_their_linger() {
     assert_eq!(walk(&lab).values().sum::<u64>(), 1);
     assert!(lab.flow(54601).is_none(), "reaped");
     assert!(lab.flow(54600).is_some(), "the live flow stays");
+}
+
+// ---- Direct server return: dsr (L2) and tunnel (IPIP) ----
+
+const TUNNEL_SOURCE: [u8; 4] = [198, 18, 1, 1];
+
+fn dsr_lab(n: u32) -> Lab {
+    Lab::with(
+        n,
+        VIP_F_REJECT_EMPTY | lb_common::VIP_F_DSR,
+        Tuning::default(),
+    )
+}
+
+fn tunnel_lab(n: u32) -> Lab {
+    Lab::with(
+        n,
+        VIP_F_REJECT_EMPTY | lb_common::VIP_F_TUNNEL,
+        Tuning {
+            tunnel_source_v4: Some(TUNNEL_SOURCE.into()),
+            ..Default::default()
+        },
+    )
+}
+
+/// `sent` as a dsr backend must receive it: only the MACs differ.
+fn expected_dsr(sent: &[u8], b: u32) -> Vec<u8> {
+    let mut want = sent.to_vec();
+    want[0..6].copy_from_slice(&backend_mac(b as u8));
+    want[6..12].copy_from_slice(&OUT_MAC);
+    want
+}
+
+/// `sent`'s IP packet in an outer IPv4 header to backend `b`, rebuilt
+/// independently (RFC 2003: TOS copied, DF copied, TTL 64, id 0).
+fn expected_ipip(sent: &[u8], b: u32) -> Vec<u8> {
+    let inner = &sent[14..];
+    let mut f = Vec::new();
+    f.extend_from_slice(&backend_mac(b as u8));
+    f.extend_from_slice(&OUT_MAC);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.push(0x45);
+    f.push(inner[1]);
+    f.extend_from_slice(&((inner.len() + 20) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(&(u16::from_be_bytes([inner[6], inner[7]]) & 0x4000).to_be_bytes());
+    f.extend_from_slice(&[64, 4, 0, 0]);
+    f.extend_from_slice(&TUNNEL_SOURCE);
+    f.extend_from_slice(&backend_addr(b).ip().octets());
+    let c = xdplb::packet::ipv4_checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(inner);
+    f
+}
+
+#[test]
+fn dsr_rewrites_only_the_macs_and_completes_partial_checksums() {
+    let mut lab = dsr_lab(3);
+    for port in [55000u16, 55001, 55002] {
+        let mut f = to_vip(port, TCP_SYN);
+        f.payload = vec![0x42; 77];
+        let sent = f.build();
+        let want = lab.ring_choice(client(port), sa(VIP));
+        let (action, out) = lab.arrive_from_client(&sent);
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(out, expected_dsr(&sent, want), "port {port}");
+    }
+    // Established packets follow the flow; a partial checksum is completed
+    // (the frame leaves the kernel's offload state behind).
+    let mut f = to_vip(55000, TCP_ACK | TCP_PSH);
+    f.payload = vec![7; 1001];
+    let (action, out) = lab.arrive_from_client(&f.build_partial());
+    assert_eq!(action, XDP_REDIRECT);
+    let want = lab.ring_choice(client(55000), sa(VIP));
+    assert_eq!(out, expected_dsr(&f.build(), want));
+    assert_checksums_valid(&out);
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::DsrSent), 4);
+    assert_eq!(c.get(GlobalCounter::PartialChecksum), 1);
+}
+
+#[test]
+fn dsr_mtu_edge_exactly_fitting_and_one_byte_over() {
+    let mut lab = dsr_lab(2);
+    lab.ns.set_mtu("out0", 1280);
+    let fits = sized_to_vip(55100, 1280).build();
+    let (action, out) = lab.arrive_from_client(&fits);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(
+        out,
+        expected_dsr(&fits, lab.ring_choice(client(55100), sa(VIP)))
+    );
+    let over = sized_to_vip(55101, 1281).build();
+    let (action, out) = lab.arrive_from_client(&over);
+    assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
+    assert_eq!(out[14 + 9], 1, "ICMP");
+    assert_eq!((out[34], out[35]), (3, 4), "fragmentation needed");
+    assert_eq!(u16::from_be_bytes([out[40], out[41]]), 1280);
+    assert_icmp_checksums_valid(&out);
+    let mut nodf = sized_to_vip(55102, 1281);
+    nodf.df = false;
+    let (action, _) = lab.arrive_from_client(&nodf.build());
+    assert_eq!(action, XDP_DROP, "L2 cannot fragment");
+    assert_eq!(lab.counters().get(GlobalCounter::DropDsrUnreachable), 1);
+}
+
+#[test]
+fn tunnel_encapsulates_to_the_backend_from_the_tunnel_source() {
+    let mut lab = tunnel_lab(3);
+    for (port, tos) in [(55200u16, 0u8), (55201, 0xb8), (55202, 0x02)] {
+        let mut f = to_vip(port, TCP_SYN);
+        f.payload = vec![0x33; 41];
+        let mut sent = f.build();
+        // DSCP/ECN bits travel to the outer header.
+        sent[15] = tos;
+        let c = xdplb::packet::ipv4_checksum(&sent[14..34]);
+        sent[24..26].copy_from_slice(&c.to_be_bytes());
+        let want = lab.ring_choice(client(port), sa(VIP));
+        let (action, out) = lab.arrive_from_client(&sent);
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(out, expected_ipip(&sent, want), "port {port} tos {tos:#x}");
+        assert_eq!(
+            xdplb::packet::ipv4_checksum(&out[14..34]),
+            u16::from_be_bytes([out[24], out[25]]),
+            "outer IPv4 checksum"
+        );
+    }
+    // A partial checksum is completed before it is wrapped.
+    let mut f = to_vip(55200, TCP_ACK | TCP_PSH);
+    f.payload = vec![9; 513];
+    let (action, out) = lab.arrive_from_client(&f.build_partial());
+    assert_eq!(action, XDP_REDIRECT);
+    let want = lab.ring_choice(client(55200), sa(VIP));
+    assert_eq!(out, expected_ipip(&f.build(), want));
+    assert_eq!(lab.counters().get(GlobalCounter::TunnelSent), 4);
+}
+
+#[test]
+fn tunnel_mtu_edge_counts_the_outer_header() {
+    let mut lab = tunnel_lab(2);
+    lab.ns.set_mtu("out0", 1280);
+    // 1260 + 20 = 1280: fits exactly.
+    let fits = sized_to_vip(55300, 1260).build();
+    let (action, out) = lab.arrive_from_client(&fits);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(
+        out,
+        expected_ipip(&fits, lab.ring_choice(client(55300), sa(VIP)))
+    );
+    // One byte over: frag-needed from the VIP, quoting the MTU less the
+    // outer header, before any rewrite.
+    let over = sized_to_vip(55301, 1261).build();
+    let (action, out) = lab.arrive_from_client(&over);
+    assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
+    let want = xdplb::packet::icmp_error(
+        IN_MAC,
+        CLIENT_MAC,
+        sa(VIP).ip().octets(),
+        client(0).ip().octets(),
+        3,
+        4,
+        [0, 0, (1260u16 >> 8) as u8, (1260u16 & 0xff) as u8],
+        &over[14..14 + 28],
+    );
+    assert_eq!(out, want);
+    // Without DF the outer packet goes to the kernel to be fragmented.
+    let mut nodf = sized_to_vip(55302, 1261);
+    nodf.df = false;
+    let sent = nodf.build();
+    let (action, out) = lab.arrive_from_client(&sent);
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(out[14 + 9], 4, "IPIP");
+    assert_eq!(&out[34..], &sent[14..], "the inner packet, whole");
+    assert_eq!(lab.counters().get(GlobalCounter::FragNeededSent), 1);
+}
+
+#[test]
+fn an_icmp_error_for_a_direct_return_flow_reaches_its_backend_as_sent() {
+    // The backend's socket is bound to the VIP: translating the quote
+    // would hide it from the very connection it is about.
+    let mut lab = dsr_lab(3);
+    let (_, out) = lab.arrive_from_client(&to_vip(55400, TCP_SYN).build());
+    let b = u32::from(out[5]) - 0x10;
+    let (sent, _) = icmp_to_vip(55400, 3, 4, [0, 0, 5, 0]);
+    let (action, out) = lab.arrive_from_client(&sent);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, expected_dsr(&sent, b));
+    let mut lab = tunnel_lab(3);
+    let (_, out) = lab.arrive_from_client(&to_vip(55401, TCP_SYN).build());
+    let b = u32::from(out[5]) - 0x10;
+    let (sent, _) = icmp_to_vip(55401, 11, 0, [0; 4]);
+    let (action, out) = lab.arrive_from_client(&sent);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, expected_ipip(&sent, b));
+}
+
+// ---- xdplb decap (the backend side of a tunnel pool) ----
+
+struct DecapLab {
+    // Field order: program and pins go before the namespace.
+    decap: xdplb::dataplane::decap::Decap,
+    pin_path: std::path::PathBuf,
+    ns: TestNs,
+}
+
+impl DecapLab {
+    /// The test namespace plays the backend: its 198.18.1.1 is the
+    /// tunnel endpoint.
+    fn new() -> DecapLab {
+        let ns = TestNs::new(1);
+        let pin_path = std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/xdplb-decap-test-{}-{}",
+            std::process::id(),
+            ns.name
+        ));
+        let decap = xdplb::dataplane::decap::Decap::load(&pin_path).unwrap();
+        DecapLab {
+            decap,
+            pin_path,
+            ns,
+        }
+    }
+
+    fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let md = xdp_md(frame.len(), self.ns.out_ifindex);
+        let mut out = vec![0u8; frame.len() + 64];
+        let res = self
+            .decap
+            .program()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&md),
+                ..Default::default()
+            })
+            .unwrap();
+        out.truncate(res.data_size_out as usize);
+        (res.return_value, out)
+    }
+
+    fn counters(&self) -> std::collections::HashMap<&'static str, u64> {
+        xdplb::dataplane::decap::counters(&self.pin_path).unwrap()
+    }
+}
+
+impl Drop for DecapLab {
+    fn drop(&mut self) {
+        for map in [lb_common::decap::ADDRS, lb_common::decap::STATS] {
+            let _ = std::fs::remove_file(self.pin_path.join(map));
+        }
+        let _ = std::fs::remove_dir(&self.pin_path);
+    }
+}
+
+/// What a gateway sends this backend for `inner` (an Ethernet frame whose
+/// IP packet is wrapped), outer destination `dst`.
+fn wrapped(inner: &[u8], dst: [u8; 4]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&OUT_MAC);
+    f.extend_from_slice(&[0x02, 0x9a, 0, 0, 0, 9]);
+    f.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
+    f.extend_from_slice(&((inner.len() - 14 + 20) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0x40, 0, 64, 4, 0, 0]);
+    f.extend_from_slice(&[198, 18, 1, 99]);
+    f.extend_from_slice(&dst);
+    let c = xdplb::packet::ipv4_checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&inner[14..]);
+    f
+}
+
+#[test]
+fn decap_opens_tunnels_to_this_host_and_passes_the_inner_packet() {
+    let lab = DecapLab::new();
+    let mut inner = to_vip(56000, TCP_SYN);
+    inner.payload = b"hello".to_vec();
+    let inner = inner.build();
+    let (action, out) = lab.run(&wrapped(&inner, [198, 18, 1, 1]));
+    assert_eq!(action, XDP_PASS);
+    let mut want = inner.clone();
+    want[0..6].copy_from_slice(&OUT_MAC);
+    want[6..12].copy_from_slice(&[0x02, 0x9a, 0, 0, 0, 9]);
+    assert_eq!(
+        out, want,
+        "the inner packet, behind the same Ethernet header"
+    );
+    assert_checksums_valid(&out);
+    assert_eq!(lab.counters()["decapsulated"], 1);
+}
+
+#[test]
+fn decap_leaves_everything_else_untouched_and_counts_malformed_tunnels() {
+    let lab = DecapLab::new();
+    let inner = to_vip(56100, TCP_SYN).build();
+    // Not IPIP; IPIP to another host.
+    for frame in [inner.clone(), wrapped(&inner, [198, 18, 1, 77])] {
+        let (action, out) = lab.run(&frame);
+        assert_eq!(action, XDP_PASS);
+        assert_eq!(out, frame);
+    }
+    // To us, but the inside is no IPv4 header; and an outer length that
+    // runs past the frame.
+    let mut not_v4 = wrapped(&inner, [198, 18, 1, 1]);
+    not_v4[34] = 0x65;
+    let mut long = wrapped(&inner, [198, 18, 1, 1]);
+    long[16..18].copy_from_slice(&2000u16.to_be_bytes());
+    for frame in [not_v4, long] {
+        let (action, _) = lab.run(&frame);
+        assert_eq!(action, XDP_DROP);
+    }
+    let c = lab.counters();
+    assert_eq!(c["passed"], 2);
+    assert_eq!(c["dropped_malformed"], 2);
+    assert_eq!(c["decapsulated"], 0);
 }

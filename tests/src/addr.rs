@@ -7,6 +7,11 @@
 //! | clients  | 198.18.0.0/24   | gateway `gwc` .1, clients `cl0` .2, .3, …  |
 //! | backends | 198.18.1.0/24   | gateway `gwb` .1, backends `eth0` .11, .12, … |
 //! | VIPs     | 198.18.2.0/24   | .10, .11, … routed to the gateway          |
+//! | transit  | 198.18.3.0/24   | with a router: gateway `gwc` .1, router `rtg` .2 |
+//!
+//! With a router (`LabBuilder::router_mtu`) the router takes the gateway's
+//! place on the client segment (`rtc` 198.18.0.1, still the clients'
+//! default route) and the gateway's `gwc` moves to the transit segment.
 
 use std::net::Ipv4Addr;
 
@@ -27,7 +32,26 @@ pub const CLIENT_BRIDGE: &str = "br1";
 pub const GW_CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// The gateway's address on the backend segment (the backends' default route).
 pub const GW_BACKEND_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
-/// Prefix length of both segments.
+/// The router's interface on the client segment (with a router).
+pub const ROUTER_CLIENT_IF: &str = "rtc";
+/// The router's interface on the transit segment, facing `gwc`.
+pub const ROUTER_GW_IF: &str = "rtg";
+/// The router's address on the client segment: the clients' default route,
+/// the same address the gateway has there without a router.
+pub const ROUTER_CLIENT_ADDR: Ipv4Addr = GW_CLIENT_ADDR;
+/// The gateway's `gwc` on the transit segment (with a router).
+pub const GW_TRANSIT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 1);
+/// The router's `rtg` on the transit segment.
+pub const ROUTER_TRANSIT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 2);
+/// The client, backend and VIP subnets, for routes.
+pub const CLIENT_NET: &str = "198.18.0.0/24";
+pub const BACKEND_NET: &str = "198.18.1.0/24";
+pub const VIP_NET: &str = "198.18.2.0/24";
+/// The MSS a client behind a small-MTU link advertises anyway (as a host on
+/// a 1500-byte LAN behind a tunnel does): 1500 − 40.
+pub const CLIENT_ADVMSS: u16 = 1460;
+
+/// Prefix length of every segment.
 pub const PREFIX_LEN: u8 = 24;
 
 /// First client host number: client `i` is 198.18.0.(2 + i).

@@ -48,8 +48,20 @@ pub struct PoolSpec {
     pub timeout_ms: u64,
     pub rise: u32,
     pub fall: u32,
+    /// `on_empty = "…"` when set (else the default, reject).
+    pub on_empty: Option<String>,
+    /// The port of every backend's `addr` (default [`BACKEND_PORT`], where
+    /// `lab-backend` listens; a test serving on another port sets it).
+    pub backend_port: u16,
+    /// `kind = "tcp"` health checks (connect to `backend_port`) instead of
+    /// `kind = "http"` on `/healthz`.
+    pub tcp_health: bool,
     /// `Some((high, low, up_ms, down_ms, slow_start_ms))` adds `[pool.load]`.
     pub load: Option<LoadSpec>,
+    /// `on_down = "..."` when set.
+    pub on_down: Option<String>,
+    /// Pool-level `slow_start_ms` when set.
+    pub slow_start_ms: Option<u64>,
     pub backends: Vec<BackendSpec>,
 }
 
@@ -92,7 +104,12 @@ impl PoolSpec {
             timeout_ms: 100,
             rise: 2,
             fall: 2,
+            on_empty: None,
+            backend_port: BACKEND_PORT,
+            tcp_health: false,
             load: None,
+            on_down: None,
+            slow_start_ms: None,
             backends,
         }
     }
@@ -110,29 +127,90 @@ impl PoolSpec {
     }
 }
 
-/// The config file for `pools` on `lab`.
+/// The `[dataplane]` knobs a test may turn (the rest is fixed by the lab).
+#[derive(Clone, Debug)]
+pub struct DataplaneSpec {
+    /// `flow_table_size`: LRU flow entries (the lab default is small, 65,536,
+    /// to keep labs cheap; the product's default is 1,048,576).
+    pub flow_table_size: u32,
+    /// `max_flow_inserts_per_sec` (per CPU; 0 = no cap); `None` leaves it
+    /// out, so the product's default applies.
+    pub max_flow_inserts_per_sec: Option<u32>,
+}
+
+impl Default for DataplaneSpec {
+    fn default() -> Self {
+        DataplaneSpec {
+            flow_table_size: 65536,
+            max_flow_inserts_per_sec: None,
+        }
+    }
+}
+
+/// The config file for `pools` on `lab`, with the lab's default
+/// `[dataplane]`.
 pub fn render_config(lab: &Lab, pools: &[PoolSpec]) -> String {
+    render_config_with(lab, &DataplaneSpec::default(), pools)
+}
+
+/// The config file for `pools` on `lab` with the `[dataplane]` knobs of
+/// `dp`.
+pub fn render_config_with(lab: &Lab, dp: &DataplaneSpec, pools: &[PoolSpec]) -> String {
     let mut s = String::new();
     let [c, b] = Lab::gw_ifaces();
     writeln!(
         s,
-        "[dataplane]\ninterfaces = [\"{c}\", \"{b}\"]\nxdp_mode = \"auto\"\npin_path = \"{}\"\nflow_table_size = 65536\nring_size = 4099\n",
-        lab.pin_path().display()
+        "[dataplane]\ninterfaces = [\"{c}\", \"{b}\"]\nxdp_mode = \"auto\"\npin_path = \"{}\"\nflow_table_size = {}\nring_size = 4099",
+        lab.pin_path().display(),
+        dp.flow_table_size,
     )
     .unwrap();
+    if let Some(cap) = dp.max_flow_inserts_per_sec {
+        writeln!(s, "max_flow_inserts_per_sec = {cap}").unwrap();
+    }
+    writeln!(s).unwrap();
     writeln!(
         s,
-        "[control]\nadmin_socket = \"{}\"\nmetrics_listen = \"{METRICS_LISTEN}\"\n",
-        lab.socket_path().display()
+        "[control]\nadmin_socket = \"{}\"\nmetrics_listen = \"{METRICS_LISTEN}\"\nstate_file = \"{}\"\n",
+        lab.socket_path().display(),
+        lab.dir().join("state.json").display()
     )
     .unwrap();
     for p in pools {
         writeln!(
             s,
-            "[[pool]]\nname = \"{}\"\nvip = \"{}\"\nmin_active = {}\n\n  [pool.health]\n  kind = \"http\"\n  path = \"/healthz\"\n  interval_ms = {}\n  timeout_ms = {}\n  rise = {}\n  fall = {}\n",
-            p.name, p.vip, p.min_active, p.interval_ms, p.timeout_ms, p.rise, p.fall
+            "[[pool]]\nname = \"{}\"\nvip = \"{}\"\nmin_active = {}\n{}\n  [pool.health]\n{}  interval_ms = {}\n  timeout_ms = {}\n  rise = {}\n  fall = {}\n",
+            p.name,
+            p.vip,
+            p.min_active,
+            p.on_empty
+                .as_ref()
+                .map(|o| format!("on_empty = \"{o}\"\n"))
+                .unwrap_or_default(),
+            if p.tcp_health {
+                "  kind = \"tcp\"\n"
+            } else {
+                "  kind = \"http\"\n  path = \"/healthz\"\n"
+            },
+            p.interval_ms,
+            p.timeout_ms,
+            p.rise,
+            p.fall
         )
         .unwrap();
+        // Pool keys after [pool.health] would land in it: insert them
+        // before it.
+        let mut pool_keys = String::new();
+        if let Some(o) = &p.on_down {
+            writeln!(pool_keys, "on_down = \"{o}\"").unwrap();
+        }
+        if let Some(ms) = p.slow_start_ms {
+            writeln!(pool_keys, "slow_start_ms = {ms}").unwrap();
+        }
+        if !pool_keys.is_empty() {
+            let at = s.rfind("\n  [pool.health]").expect("just written");
+            s.insert_str(at + 1, &pool_keys);
+        }
         if let Some(l) = &p.load {
             writeln!(
                 s,
@@ -144,9 +222,10 @@ pub fn render_config(lab: &Lab, pools: &[PoolSpec]) -> String {
         for b in &p.backends {
             writeln!(
                 s,
-                "  [[pool.backend]]\n  name = \"{}\"\n  addr = \"{}:{BACKEND_PORT}\"\n  weight = {}\n  role = \"{}\"\n",
+                "  [[pool.backend]]\n  name = \"{}\"\n  addr = \"{}:{}\"\n  weight = {}\n  role = \"{}\"\n",
                 b.name,
                 Lab::backend_addr(b.lab_index),
+                p.backend_port,
                 b.weight,
                 if b.spare { "spare" } else { "primary" }
             )
@@ -169,6 +248,19 @@ pub struct Deployment {
     pub agents: BTreeMap<usize, LabChild>,
 }
 
+impl Drop for Deployment {
+    /// A daemon still running is stopped as an operator would (SIGTERM), so
+    /// it releases its pin-path lock and removes the lock file; the lab
+    /// then kills whatever is left.
+    fn drop(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            if d.signal(libc::SIGTERM).is_ok() {
+                let _ = d.wait_exit(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// `lab-backend`, built beside the test binaries (cargo puts test
 /// executables in `target/<profile>/deps/`, binaries one level up);
 /// `LAB_BACKEND_BIN` overrides.
@@ -189,14 +281,34 @@ impl Deployment {
     /// Builds the lab (enough backends for `pools`) and starts every
     /// backend's server, and its agent when a pool polls agents.
     pub fn new(pools: Vec<PoolSpec>) -> Result<Deployment> {
+        Deployment::configured(Lab::builder(), pools, DataplaneSpec::default())
+    }
+
+    /// [`new`](Deployment::new) on a lab configured by `builder` (e.g. with
+    /// a router); its backend count is raised to what `pools` need.
+    pub fn on(builder: crate::LabBuilder, pools: Vec<PoolSpec>) -> Result<Deployment> {
+        Deployment::configured(builder, pools, DataplaneSpec::default())
+    }
+
+    /// [`new`](Deployment::new) with the `[dataplane]` knobs of `dp`.
+    pub fn with_dataplane(pools: Vec<PoolSpec>, dp: DataplaneSpec) -> Result<Deployment> {
+        Deployment::configured(Lab::builder(), pools, dp)
+    }
+
+    /// A lab from `builder`, and a config with `dp`'s knobs and `pools`.
+    pub fn configured(
+        builder: crate::LabBuilder,
+        pools: Vec<PoolSpec>,
+        dp: DataplaneSpec,
+    ) -> Result<Deployment> {
         let n = pools
             .iter()
             .flat_map(|p| p.backends.iter().map(|b| b.lab_index + 1))
             .max()
             .unwrap_or(1);
-        let lab = Lab::builder().backends(n).build()?;
+        let lab = builder.backends(n).build()?;
         let config_path = lab.dir().join("xdplb.toml");
-        std::fs::write(&config_path, render_config(&lab, &pools))?;
+        std::fs::write(&config_path, render_config_with(&lab, &dp, &pools))?;
         let mut d = Deployment {
             lab,
             pools,
@@ -274,7 +386,11 @@ impl Deployment {
                 bin.to_string_lossy().as_ref(),
                 "agent",
                 "--listen",
-                &format!("0.0.0.0:{AGENT_PORT}"),
+                &format!("{}:{AGENT_PORT}", Lab::backend_addr(i)),
+                // Only the gateway, whose polls come from its backend-side
+                // address, gets an answer.
+                "--allow",
+                &crate::addr::GW_BACKEND_ADDR.to_string(),
                 "--fixed-file",
                 self.load_file(i).to_string_lossy().as_ref(),
             ],
@@ -287,25 +403,37 @@ impl Deployment {
     /// [`Lab::exec_net`]) and waits until it reports every
     /// backend probed and the state it should settle in (`settled`).
     pub fn start_daemon(&mut self) -> Result<()> {
-        self.start_daemon_with_env(&[])
+        self.start_daemon_via(false, &[])
+    }
+
+    /// [`start_daemon`](Deployment::start_daemon), but started the way
+    /// most people run a program in a namespace: `ip netns exec` (a private
+    /// mount namespace with a fresh `/sys`).
+    pub fn start_daemon_ip_netns_exec(&mut self) -> Result<()> {
+        self.start_daemon_via(true, &[])
     }
 
     /// [`Deployment::start_daemon`] with extra environment variables
     /// (e.g. systemd's `NOTIFY_SOCKET`).
     pub fn start_daemon_with_env(&mut self, env: &[(&str, &str)]) -> Result<()> {
+        self.start_daemon_via(false, env)
+    }
+
+    fn start_daemon_via(&mut self, ip_netns_exec: bool, env: &[(&str, &str)]) -> Result<()> {
         let bin = xdplb_bin()?;
+        let args = [
+            bin.to_string_lossy().into_owned(),
+            "run".into(),
+            "--config".into(),
+            self.config_path.to_string_lossy().into_owned(),
+        ];
         let mut env = env.to_vec();
         env.push(("RUST_LOG", "info"));
-        let child = self.lab.spawn_net(
-            self.lab.gw_ns(),
-            &[
-                bin.to_string_lossy().as_ref(),
-                "run",
-                "--config",
-                self.config_path.to_string_lossy().as_ref(),
-            ],
-            &env,
-        )?;
+        let child = if ip_netns_exec {
+            self.lab.spawn_env(self.lab.gw_ns(), &args, &env)?
+        } else {
+            self.lab.spawn_net(self.lab.gw_ns(), &args, &env)?
+        };
         let sock = self.lab.socket_path();
         let up = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
             sock.exists() && self.status().is_ok_and(|s| all_probed(&s))
@@ -371,6 +499,31 @@ impl Deployment {
             String::from_utf8_lossy(&out.stderr)
         );
         Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// The Prometheus exposition text from the daemon's `METRICS_LISTEN`.
+    pub fn scrape(&self) -> Result<String> {
+        use std::io::{Read, Write};
+        let text = self.lab.run_in(self.lab.gw_ns(), || -> Result<String> {
+            let mut s = std::net::TcpStream::connect(METRICS_LISTEN)?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+            let mut buf = String::new();
+            s.read_to_string(&mut buf)?;
+            Ok(buf)
+        })??;
+        let (head, body) = text.split_once("\r\n\r\n").context("no HTTP body")?;
+        ensure!(head.starts_with("HTTP/1.1 200"), "{head}");
+        Ok(body.to_string())
+    }
+
+    /// The status entry of one pool.
+    pub fn pool_status(&self, pool: &str) -> Result<Value> {
+        let s = self.status()?;
+        s["pools"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == pool).cloned())
+            .with_context(|| format!("pool {pool} not in {s}"))
     }
 
     /// The status entry of one backend.

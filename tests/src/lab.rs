@@ -9,8 +9,19 @@
 //!                                                                 └─ to-b2 ── veth ── eth0 198.18.1.12
 //! ```
 //!
-//! With more than one client, the clients join `gwc` through a second
-//! bridge `br1` in the switch namespace (ports `to-gwc`, `to-c1`, …).
+//! With more than one client, the clients join the client-side interface
+//! through a second bridge `br1` in the switch namespace (ports `to-gwc`
+//! (or `to-rt`), `to-c1`, …).
+//!
+//! With [`LabBuilder::router_mtu`], a router namespace `rt` sits between the
+//! clients and the gateway, its client-side link at the given MTU:
+//!
+//! ```text
+//!  cl0 198.18.0.2 ── MTU m ── rtc 198.18.0.1  [rt]  rtg 198.18.3.2 ── 1500 ── gwc 198.18.3.1  [gw]
+//! ```
+//!
+//! Veths keep their default offloads (TX checksum offload on, as in every
+//! container and VM) unless [`LabBuilder::tx_checksum_offload`] turns it off.
 //!
 //! Namespaces are named `xl<pid>-<n>-<role>` (`xl4242-0-gw`): the pid of the
 //! creating process lets [`Lab::cleanup_stale`] remove leftovers of a dead
@@ -48,6 +59,33 @@ static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Raises this process's open-file limit (soft and hard) to at least `n`,
+/// for tests that hold many sockets. Processes the lab spawns afterwards
+/// inherit it (so do `lab-backend`s serving those sockets). Root may raise
+/// the hard limit up to `fs.nr_open`.
+pub fn raise_nofile(n: u64) -> Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    ensure!(rc == 0, "getrlimit: {}", std::io::Error::last_os_error());
+    if lim.rlim_cur >= n {
+        return Ok(());
+    }
+    lim.rlim_cur = n;
+    lim.rlim_max = lim.rlim_max.max(n);
+    // SAFETY: valid in-pointer.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    ensure!(
+        rc == 0,
+        "setrlimit(RLIMIT_NOFILE, {n}): {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
 }
 
 /// For tests that need root: returns true (after saying so) when the test
@@ -95,7 +133,15 @@ pub struct LabBuilder {
     clients: usize,
     ipv6: bool,
     tx_checksum_offload: bool,
+    router_mtu: Option<u32>,
 }
+
+/// Smallest MTU an IPv4 link may have (RFC 791: every host accepts 576-byte
+/// datagrams; below 68 the kernel refuses).
+const MIN_ROUTER_MTU: u32 = 576;
+/// Largest: the veths' default MTU (the transit link and the gateway stay at
+/// 1500, so a larger client link would not be a bottleneck).
+const MAX_ROUTER_MTU: u32 = 1500;
 
 impl Default for LabBuilder {
     fn default() -> Self {
@@ -103,7 +149,8 @@ impl Default for LabBuilder {
             backends: 2,
             clients: 1,
             ipv6: false,
-            tx_checksum_offload: false,
+            tx_checksum_offload: true,
+            router_mtu: None,
         }
     }
 }
@@ -128,13 +175,27 @@ impl LabBuilder {
         self
     }
 
-    /// Keep TX checksum offload on the clients' and backends' veths (default:
-    /// off). With it on, veth hands frames to the gateway with only a partial
-    /// TCP checksum (CHECKSUM_PARTIAL), which XDP cannot see and which is lost
-    /// when XDP redirects the frame — the receiver then drops it. Real NICs
-    /// deliver complete checksums, so off is the realistic lab.
+    /// TX checksum offload on the clients' and backends' veths (default: on,
+    /// the veths' own default). With it on — as in every container and VM —
+    /// frames reach the gateway with only a partial TCP checksum
+    /// (CHECKSUM_PARTIAL) that xdplb must complete before it redirects them.
+    /// `false` emulates NICs that deliver complete checksums; at most one
+    /// test should use it (shared/INTERFACE.md, "Test networks").
     pub fn tx_checksum_offload(mut self, on: bool) -> Self {
         self.tx_checksum_offload = on;
+        self
+    }
+
+    /// Puts a router namespace `rt` between the clients and the gateway
+    /// (default: none, the clients are on the gateway's segment). The
+    /// clients' link to it has MTU `mtu`; the router's link to the gateway
+    /// (198.18.3.0/24) stays at 1500. The clients advertise an MSS of 1460
+    /// anyway (route `advmss`, as a host on a 1500-byte LAN behind a
+    /// smaller tunnel does), so backends send full-size DF segments and the
+    /// router must answer them with ICMP fragmentation-needed: path-MTU
+    /// discovery through the VIP.
+    pub fn router_mtu(mut self, mtu: u32) -> Self {
+        self.router_mtu = Some(mtu);
         self
     }
 
@@ -152,6 +213,12 @@ impl LabBuilder {
             "backends must be at most {MAX_BACKENDS}, not {}",
             self.backends
         );
+        if let Some(m) = self.router_mtu {
+            ensure!(
+                (MIN_ROUTER_MTU..=MAX_ROUTER_MTU).contains(&m),
+                "router_mtu must be {MIN_ROUTER_MTU}..={MAX_ROUTER_MTU}, not {m}"
+            );
+        }
         for tool in ["ip", "ethtool"] {
             ensure!(
                 which(tool),
@@ -444,6 +511,10 @@ impl Lab {
     fn create(&mut self, spec: &LabBuilder) -> Result<()> {
         let gw = self.add_ns("gw")?;
         let sw = self.add_ns("sw")?;
+        let router = match spec.router_mtu {
+            Some(_) => Some(self.add_ns("rt")?),
+            None => None,
+        };
         let clients: Vec<String> = (1..=spec.clients)
             .map(|i| self.add_ns(&format!("c{i}")))
             .collect::<Result<_>>()?;
@@ -455,19 +526,50 @@ impl Lab {
         self.sysctl("gw", "net.ipv4.ip_forward", "1")?;
         self.sysctl("gw", "net.ipv4.conf.all.forwarding", "1")?;
 
+        // Who the clients' segment ends at: the gateway, or the router
+        // (whose other side then faces the gateway on the transit segment).
+        let (edge, edge_if) = match &router {
+            None => (gw.clone(), GW_CLIENT_IF),
+            Some(rt) => (rt.clone(), ROUTER_CLIENT_IF),
+        };
+        if let Some(rt) = &router {
+            self.sysctl("rt", "net.ipv4.ip_forward", "1")?;
+            self.sysctl("rt", "net.ipv4.conf.all.forwarding", "1")?;
+            veth(&gw, GW_CLIENT_IF, rt, ROUTER_GW_IF)?;
+            self.gro_on("rt", ROUTER_GW_IF)?;
+        }
+
         // Client side.
+        // (namespace, interface) of every link on the client segment.
+        let mut client_links: Vec<(String, String)> = vec![(edge.clone(), edge_if.into())];
         if let [client] = clients.as_slice() {
-            veth(&gw, GW_CLIENT_IF, client, CLIENT_IF)?;
-            self.gro_on("c1", CLIENT_IF)?;
+            veth(&edge, edge_if, client, CLIENT_IF)?;
+            if router.is_none() {
+                self.gro_on("c1", CLIENT_IF)?;
+            }
+            client_links.push((client.clone(), CLIENT_IF.into()));
         } else {
+            let uplink = format!("to-{}", if router.is_some() { "rt" } else { "gwc" });
             bridge(&sw, CLIENT_BRIDGE)?;
-            veth(&gw, GW_CLIENT_IF, &sw, "to-gwc")?;
-            port(&sw, "to-gwc", CLIENT_BRIDGE)?;
-            self.gro_on("sw", "to-gwc")?;
+            veth(&edge, edge_if, &sw, &uplink)?;
+            port(&sw, &uplink, CLIENT_BRIDGE)?;
+            if router.is_none() {
+                self.gro_on("sw", &uplink)?;
+            }
+            client_links.push((sw.clone(), CLIENT_BRIDGE.into()));
+            client_links.push((sw.clone(), uplink));
             for (i, client) in clients.iter().enumerate() {
                 let p = format!("to-c{}", i + 1);
                 veth(client, CLIENT_IF, &sw, &p)?;
                 port(&sw, &p, CLIENT_BRIDGE)?;
+                client_links.push((sw.clone(), p));
+                client_links.push((client.clone(), CLIENT_IF.into()));
+            }
+        }
+        if let Some(mtu) = spec.router_mtu {
+            // Every interface of the client segment, so the link has one MTU.
+            for (ns, ifname) in &client_links {
+                ip(&["-n", ns, "link", "set", ifname, "mtu", &mtu.to_string()])?;
             }
         }
         // Backend side: one L2 segment on br0.
@@ -482,19 +584,30 @@ impl Lab {
         }
 
         // Addresses and routes.
-        up_with_addr(&gw, GW_CLIENT_IF, GW_CLIENT_ADDR)?;
+        match &router {
+            None => up_with_addr(&gw, GW_CLIENT_IF, GW_CLIENT_ADDR)?,
+            Some(rt) => {
+                up_with_addr(&gw, GW_CLIENT_IF, GW_TRANSIT_ADDR)?;
+                up_with_addr(rt, ROUTER_GW_IF, ROUTER_TRANSIT_ADDR)?;
+                up_with_addr(rt, ROUTER_CLIENT_IF, ROUTER_CLIENT_ADDR)?;
+                let via_gw = GW_TRANSIT_ADDR.to_string();
+                for net in [VIP_NET, BACKEND_NET] {
+                    ip(&["-n", rt, "route", "add", net, "via", &via_gw])?;
+                }
+                let via_rt = ROUTER_TRANSIT_ADDR.to_string();
+                ip(&["-n", &gw, "route", "add", CLIENT_NET, "via", &via_rt])?;
+            }
+        }
         up_with_addr(&gw, GW_BACKEND_IF, GW_BACKEND_ADDR)?;
         for (i, client) in clients.iter().enumerate() {
             up_with_addr(client, CLIENT_IF, addr::client_addr(i))?;
-            ip(&[
-                "-n",
-                client,
-                "route",
-                "add",
-                "default",
-                "via",
-                &GW_CLIENT_ADDR.to_string(),
-            ])?;
+            let via = GW_CLIENT_ADDR.to_string();
+            let mut route = vec!["-n", client, "route", "add", "default", "via", &via];
+            let advmss = CLIENT_ADVMSS.to_string();
+            if spec.router_mtu.is_some() {
+                route.extend(["advmss", &advmss]);
+            }
+            ip(&route)?;
             if !spec.tx_checksum_offload {
                 self.tx_csum_off(&format!("c{}", i + 1), CLIENT_IF)?;
             }

@@ -14,6 +14,8 @@
 //! - [`http`]: a tiny blocking HTTP/1.1 client: [`http_get`] on a fresh
 //!   connection, [`KeepAliveClient`] reusing one.
 //! - [`wait`]: [`wait_until`], the one bounded polling loop.
+//! - [`raw`]: frames straight onto a lab wire from an `AF_PACKET` socket,
+//!   and a flood generator of spoofed TCP segments.
 //! - [`deploy`]: xdplb deployed on a lab (config, daemon, agents) and
 //!   driven through the `xdplb` binary only.
 //! - `src/bin/lab-backend.rs`: the HTTP server the backends run.
@@ -22,8 +24,9 @@ pub mod addr;
 pub mod deploy;
 pub mod http;
 pub mod lab;
+pub mod raw;
 pub mod wait;
 
-pub use http::{http_get, KeepAliveClient};
-pub use lab::{is_root, skip_unless_root, xdplb_bin, Lab, LabBuilder, LabChild};
+pub use http::{connect_from, get_on, http_get, KeepAliveClient};
+pub use lab::{is_root, raise_nofile, skip_unless_root, xdplb_bin, Lab, LabBuilder, LabChild};
 pub use wait::wait_until;

@@ -1,6 +1,6 @@
 //! Operator drain: an established keep-alive connection keeps working
 //! across the drain; new connections avoid the drained backend; undrain
-//! brings it back. A drain survives a reload.
+//! brings it back. A drain survives a reload, and `xdplb down` (state file).
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -69,5 +69,44 @@ fn drain_keeps_established_and_moves_new_connections() -> Result<()> {
     ])?;
     ensure!(!out.status.success());
     ensure!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+    Ok(())
+}
+
+/// A drain is kept in `[control] state_file`: it survives `xdplb down`
+/// (which takes the maps, and the drain flag in them, away) and a fresh
+/// start; an undrain is kept the same way.
+#[test]
+fn a_drain_survives_down_and_a_fresh_start() -> Result<()> {
+    if skip_unless_root() {
+        return Ok(());
+    }
+    let mut pool = PoolSpec::new(2, 0);
+    pool.min_active = 1;
+    let mut d = Deployment::new(vec![pool])?;
+    d.start_daemon()?;
+    d.ctl(&["drain", "web", "web-2"])?;
+    d.stop_daemon()?;
+    let pin = d.lab.pin_path();
+    let out = d.xdplb(&["down", "--pin-path", &pin.to_string_lossy()])?;
+    ensure!(
+        out.status.success() && !pin.exists(),
+        "down: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    d.start_daemon()?;
+    let b = d.backend_status("web", "web-2")?;
+    ensure!(
+        b["state"] == "draining" && b["operator_drained"] == true,
+        "drain lost across down + start: {b}"
+    );
+    let s = d.spread(20)?;
+    ensure!(s.get("web-1") == Some(&20), "{s:?}");
+
+    d.ctl(&["undrain", "web", "web-2"])?;
+    d.stop_daemon()?;
+    d.start_daemon()?;
+    d.wait_state("web-2", "state", "active", Duration::from_secs(2))?;
+    ensure!(d.backend_status("web", "web-2")?["operator_drained"] == false);
     Ok(())
 }

@@ -2,23 +2,15 @@
 //! client side (an AF_PACKET socket, so nothing in the kernel tidies them
 //! first) is counted by reason and does not disturb forwarding.
 
-use std::{net::SocketAddr, os::fd::RawFd};
+use std::net::SocketAddr;
 
 use anyhow::{ensure, Context, Result};
 use xdplb::packet::{TcpFrame, TCP_SYN};
 use xdplb_tests::{
     deploy::{Deployment, PoolSpec},
+    raw::{parse_mac as mac, RawSocket},
     skip_unless_root, KeepAliveClient, Lab,
 };
-
-fn mac(s: &str) -> Result<[u8; 6]> {
-    let v: Vec<u8> = s
-        .trim()
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16))
-        .collect::<Result<_, _>>()?;
-    v.try_into().map_err(|_| anyhow::anyhow!("bad mac {s}"))
-}
 
 /// The malformed frames, each aimed at the VIP through the gateway.
 fn frames(
@@ -54,32 +46,6 @@ fn frames(
     v
 }
 
-fn raw_socket(ifname: &str) -> Result<RawFd> {
-    // SAFETY: plain socket/bind calls with valid arguments.
-    unsafe {
-        let fd = libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW,
-            (libc::ETH_P_ALL as u16).to_be() as i32,
-        );
-        ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let name = std::ffi::CString::new(ifname)?;
-        let idx = libc::if_nametoindex(name.as_ptr());
-        ensure!(idx != 0, "no {ifname}");
-        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = idx as i32;
-        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-        let rc = libc::bind(
-            fd,
-            &sll as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        );
-        ensure!(rc == 0, "bind: {}", std::io::Error::last_os_error());
-        Ok(fd)
-    }
-}
-
 #[test]
 fn malformed_burst_is_counted_and_forwarding_goes_on() -> Result<()> {
     if skip_unless_root() {
@@ -98,22 +64,14 @@ fn malformed_burst_is_counted_and_forwarding_goes_on() -> Result<()> {
     let frames = frames(gw_mac, cl_mac, vip);
     let rounds = 250;
     let sent = d.lab.run_in("client", || -> Result<usize> {
-        let fd = raw_socket("cl0")?;
+        let sock = RawSocket::open("cl0")?;
         let mut sent = 0;
         for _ in 0..rounds {
             for (name, f) in &frames {
-                // SAFETY: valid fd and buffer.
-                let n = unsafe { libc::send(fd, f.as_ptr().cast(), f.len(), 0) };
-                ensure!(
-                    n == f.len() as isize,
-                    "{name}: send {}",
-                    std::io::Error::last_os_error()
-                );
+                sock.send(f).with_context(|| name.to_string())?;
                 sent += 1;
             }
         }
-        // SAFETY: our fd.
-        unsafe { libc::close(fd) };
         Ok(sent)
     })??;
     let (s, body) = conn.get("/").context("keep-alive after the burst")?;

@@ -119,6 +119,81 @@ fn several_clients_share_a_bridge() -> Result<()> {
 }
 
 #[test]
+fn a_router_with_a_small_mtu_link_sits_between_clients_and_gateway() -> Result<()> {
+    if skip_unless_root() {
+        return Ok(());
+    }
+    let lab = Lab::builder().backends(1).router_mtu(1280).build()?;
+    let _backends = start_backends(&lab)?;
+    for (ns, ifname, mtu) in [
+        ("client", "cl0", 1280),
+        ("rt", "rtc", 1280),
+        ("rt", "rtg", 1500),
+        ("gw", "gwc", 1500),
+    ] {
+        let link = lab.exec_ok(ns, &["ip", "-o", "link", "show", ifname])?;
+        ensure!(
+            link.contains(&format!(" mtu {mtu} ")),
+            "{ns}/{ifname}: {link}"
+        );
+    }
+    // GRO on the far end of the gateway's client-side veth (the router's).
+    let features = lab.exec_ok("rt", &["ethtool", "-k", "rtg"])?;
+    ensure!(
+        features.contains("generic-receive-offload: on"),
+        "{features}"
+    );
+    let route = lab.exec_ok("client", &["ip", "route", "get", &Lab::vip(0).to_string()])?;
+    ensure!(route.contains("via 198.18.0.1 dev cl0"), "{route}");
+    let route = lab.exec_ok("rt", &["ip", "route", "get", &Lab::vip(0).to_string()])?;
+    ensure!(route.contains("via 198.18.3.1 dev rtg"), "{route}");
+    let route = lab.exec_ok(
+        "gw",
+        &["ip", "route", "get", &Lab::client_addr(0).to_string()],
+    )?;
+    ensure!(route.contains("via 198.18.3.2 dev gwc"), "{route}");
+
+    // Plain kernel forwarding does path-MTU discovery: the client
+    // advertises MSS 1460, the backend sends full-size DF segments, the
+    // router answers with fragmentation-needed and the backend learns 1280.
+    let addr = SocketAddr::from((Lab::backend_addr(0), PORT));
+    let len = 1 << 20;
+    let (status, body) = lab.run_in("client", || {
+        xdplb_tests::http::http_get_bytes(
+            addr,
+            &format!("/bytes/{len}"),
+            len,
+            Duration::from_secs(10),
+        )
+    })??;
+    ensure!(status == 200);
+    ensure!(body == xdplb_tests::http::pattern(len), "body differs");
+    let learned = lab.exec_ok(
+        "b1",
+        &["ip", "route", "get", &Lab::client_addr(0).to_string()],
+    )?;
+    ensure!(
+        learned.contains("mtu 1280"),
+        "backend did not learn the path MTU: {learned}"
+    );
+
+    // Several clients share the small-MTU segment through br1.
+    let lab = Lab::builder()
+        .backends(1)
+        .clients(2)
+        .router_mtu(1400)
+        .build()?;
+    let _backends = start_backends(&lab)?;
+    for i in 0..2 {
+        let mut conn = lab.run_in(lab.client_ns(i), || KeepAliveClient::connect(addr))??;
+        assert_eq!(conn.get("/")?, (200, "web-1\n".to_owned()));
+    }
+    let link = lab.exec_ok("sw", &["ip", "-o", "link", "show", "to-rt"])?;
+    ensure!(link.contains(" mtu 1400 "), "{link}");
+    Ok(())
+}
+
+#[test]
 fn gateway_is_configured() -> Result<()> {
     if skip_unless_root() {
         return Ok(());
@@ -131,6 +206,14 @@ fn gateway_is_configured() -> Result<()> {
         assert!(
             features.contains("generic-receive-offload: on"),
             "GRO off on {ifname}: {features}"
+        );
+    }
+    // Default offloads: TX checksum offload stays on (shared/INTERFACE.md).
+    for (ns, ifname) in [("client", "cl0"), ("b1", "eth0")] {
+        let features = lab.exec_ok(ns, &["ethtool", "-k", ifname])?;
+        assert!(
+            features.contains("tx-checksumming: on"),
+            "TX checksum offload off on {ifname}: {features}"
         );
     }
     assert_eq!(Lab::gw_ifaces(), ["gwc", "gwb"]);

@@ -73,6 +73,16 @@ fn metrics_parse_and_move_with_traffic() -> Result<()> {
         );
     }
     ensure!(find(&before, "xdplb_backend_up", "backend=\"web-1\"") == Some(1.0));
+    // The probe round trip: a real, small, positive time, the same in
+    // status (ms) and metrics (s).
+    let rtt = find(&before, "xdplb_backend_rtt_seconds", "backend=\"web-1\"")
+        .context("xdplb_backend_rtt_seconds missing for web-1")?;
+    ensure!(rtt > 0.0 && rtt < 0.1, "rtt {rtt} s");
+    let rtt_ms = d.backend_status("web", "web-1")?["rtt_ms"].as_f64();
+    ensure!(
+        rtt_ms.is_some_and(|ms| ms > 0.0 && ms < 100.0),
+        "{rtt_ms:?}"
+    );
     ensure!(
         before
             .keys()
@@ -104,6 +114,28 @@ fn metrics_parse_and_move_with_traffic() -> Result<()> {
             .keys()
             .any(|k| k.starts_with("xdplb_dropped_packets_total{")),
         "no dropped_packets_total"
+    );
+    // Nothing rejected while the pool has backends; every event is
+    // exported, and the lab's default offloads show as completed partial
+    // checksums.
+    ensure!(
+        find(&after, "xdplb_vip_rejected_total", &vip_label) == Some(0.0),
+        "vip rejected: {after:?}"
+    );
+    let events = after
+        .keys()
+        .filter(|k| k.starts_with("xdplb_events_total{"))
+        .count();
+    ensure!(
+        events == lb_common::GlobalCounter::EVENTS.len(),
+        "{events} event series"
+    );
+    let partial = find(&after, "xdplb_events_total", "event=\"partial_checksum\"")
+        .context("partial_checksum event")?;
+    ensure!(partial >= 25.0, "partial checksums completed: {partial}");
+    ensure!(
+        after.contains_key("xdplb_answered_packets_total"),
+        "no answered_packets_total"
     );
     Ok(())
 }

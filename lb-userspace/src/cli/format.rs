@@ -112,6 +112,14 @@ pub fn status_text(s: &Status) -> String {
         if let Some(m) = p.mean_load {
             out.push_str(&format!("  mean load {m:.2}"));
         }
+        if p.empty {
+            let what = if p.on_empty == "drop" {
+                "dropped"
+            } else {
+                "rejected"
+            };
+            out.push_str(&format!("  EMPTY: no usable backend, new flows are {what}"));
+        }
         out.push('\n');
         let rows: Vec<Vec<String>> = p
             .backends
@@ -187,6 +195,9 @@ pub struct GlobalJson<T> {
     pub rx_packets: T,
     pub passed: T,
     pub redirected: T,
+    /// Answered by the program itself (XDP_TX): RSTs for an empty pool,
+    /// ICMP fragmentation-needed.
+    pub answered: T,
     pub dropped: T,
     pub flow_misses: T,
     pub resteered: T,
@@ -196,6 +207,8 @@ pub struct GlobalJson<T> {
     pub pass_fragment: T,
     /// Every drop reason, zero or not, so scripts can rely on the keys.
     pub drop_reasons: BTreeMap<&'static str, T>,
+    /// Every notable non-drop event (`GlobalCounter::EVENTS`), zero or not.
+    pub events: BTreeMap<&'static str, T>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -205,6 +218,8 @@ pub struct VipJson<T> {
     pub packets: T,
     pub bytes: T,
     pub new_flows: T,
+    /// New flows answered with a RST because the pool was empty.
+    pub rejected: T,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -244,12 +259,17 @@ impl<T: Copy> StatsJson<T> {
                 rx_packets: g(GlobalCounter::Rx),
                 passed: g(GlobalCounter::Passed),
                 redirected: g(GlobalCounter::Redirected),
+                answered: g(GlobalCounter::Answered),
                 dropped: g(GlobalCounter::Dropped),
                 flow_misses: g(GlobalCounter::FlowMisses),
                 resteered: g(GlobalCounter::Resteered),
                 pass_neigh_unresolved: g(GlobalCounter::PassNeighUnresolved),
                 pass_fragment: g(GlobalCounter::PassFragment),
                 drop_reasons: GlobalCounter::DROP_REASONS
+                    .iter()
+                    .map(|&(c, name)| (name, g(c)))
+                    .collect(),
+                events: GlobalCounter::EVENTS
                     .iter()
                     .map(|&(c, name)| (name, g(c)))
                     .collect(),
@@ -265,6 +285,7 @@ impl<T: Copy> StatsJson<T> {
                         packets: f(v.counters.packets, p.map(|p| p.packets)),
                         bytes: f(v.counters.bytes, p.map(|p| p.bytes)),
                         new_flows: f(v.counters.new_flows, p.map(|p| p.new_flows)),
+                        rejected: f(v.counters.rejected, p.map(|p| p.rejected)),
                     }
                 })
                 .collect(),
@@ -340,17 +361,12 @@ fn stats_text_of<T: Human + PartialEq + Default>(s: &StatsJson<T>, unit: &str) -
     use Align::{Left, Right};
     let g = &s.global;
     let mut out = String::new();
-    let cols: Vec<String> = [
-        "RX",
-        "PASSED",
-        "REDIRECTED",
-        "DROPPED",
-        "FLOW MISSES",
-        "RESTEERED",
-    ]
-    .iter()
-    .map(|c| format!("{c}{unit}"))
-    .collect();
+    // Flow misses, re-steers and the notable passes are events now: they
+    // show on the events line, not as columns.
+    let cols: Vec<String> = ["RX", "PASSED", "REDIRECTED", "ANSWERED", "DROPPED"]
+        .iter()
+        .map(|c| format!("{c}{unit}"))
+        .collect();
     let header: Vec<(&str, Align)> = cols.iter().map(|c| (c.as_str(), Right)).collect();
     out.push_str(&table(
         "",
@@ -359,9 +375,8 @@ fn stats_text_of<T: Human + PartialEq + Default>(s: &StatsJson<T>, unit: &str) -
             g.rx_packets.count(),
             g.passed.count(),
             g.redirected.count(),
+            g.answered.count(),
             g.dropped.count(),
-            g.flow_misses.count(),
-            g.resteered.count(),
         ]],
     ));
     let nonzero = |items: &mut dyn Iterator<Item = (&str, T)>| -> Vec<String> {
@@ -374,25 +389,20 @@ fn stats_text_of<T: Human + PartialEq + Default>(s: &StatsJson<T>, unit: &str) -
     if !drops.is_empty() {
         out.push_str(&format!("dropped{unit}: {}\n", drops.join(", ")));
     }
-    let passes = nonzero(
-        &mut [
-            ("neigh_unresolved", g.pass_neigh_unresolved),
-            ("fragment", g.pass_fragment),
-        ]
-        .into_iter(),
-    );
-    if !passes.is_empty() {
-        out.push_str(&format!("passed{unit}: {}\n", passes.join(", ")));
+    let events = nonzero(&mut g.events.iter().map(|(k, v)| (*k, *v)));
+    if !events.is_empty() {
+        out.push_str(&format!("events{unit}: {}\n", events.join(", ")));
     }
 
     out.push('\n');
     if s.vips.is_empty() {
         out.push_str("no VIPs in the data plane\n");
     } else {
-        let (p, b, f) = (
+        let (p, b, f, r) = (
             format!("PACKETS{unit}"),
             format!("BYTES{unit}"),
             format!("NEW FLOWS{unit}"),
+            format!("REJECTED{unit}"),
         );
         let rows: Vec<Vec<String>> = s
             .vips
@@ -404,6 +414,7 @@ fn stats_text_of<T: Human + PartialEq + Default>(s: &StatsJson<T>, unit: &str) -
                     v.packets.count(),
                     v.bytes.bytes(),
                     v.new_flows.count(),
+                    v.rejected.count(),
                 ]
             })
             .collect();
@@ -415,6 +426,7 @@ fn stats_text_of<T: Human + PartialEq + Default>(s: &StatsJson<T>, unit: &str) -
                 (&p, Right),
                 (&b, Right),
                 (&f, Right),
+                (&r, Right),
             ],
             &rows,
         ));
@@ -521,6 +533,9 @@ mod tests {
             operator_drained: false,
             agent: None,
             last_error: None,
+            rtt_ms: None,
+            agent_up: None,
+            agent_error: None,
         }
     }
 
@@ -539,6 +554,8 @@ mod tests {
                     vip: "198.18.2.10:80".into(),
                     mode: "nat".into(),
                     min_active: 2,
+                    on_empty: "reject".into(),
+                    empty: false,
                     mean_load: Some(0.42),
                     backends: vec![backend("web-1", "active", "up"), down],
                 },
@@ -547,6 +564,8 @@ mod tests {
                     vip: "198.18.2.11:443".into(),
                     mode: "nat".into(),
                     min_active: 1,
+                    on_empty: "reject".into(),
+                    empty: true,
                     mean_load: None,
                     backends: vec![],
                 },
@@ -558,21 +577,42 @@ pool web  vip 198.18.2.10:80  nat  min_active 2  mean load 0.42
   web-1        198.18.1.11:8080  primary  up      active     100  0.42     12  healthy
   web-spare-1  198.18.1.11:8080  spare    down    down         0  0.42      0  health_down: connection refused
 
-pool api  vip 198.18.2.11:443  nat  min_active 1
+pool api  vip 198.18.2.11:443  nat  min_active 1  EMPTY: no usable backend, new flows are rejected
   BACKEND  ADDRESS  ROLE  HEALTH  STATE  WEIGHT  LOAD  FLOWS  REASON
 ";
         assert_eq!(status_text(&s), want);
         assert_eq!(status_text(&Status::default()), "no pools configured\n");
+
+        // JSON carries the same facts for scripts.
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["pools"][0]["empty"], false);
+        assert_eq!(v["pools"][1]["empty"], true);
+        assert_eq!(v["pools"][1]["on_empty"], "reject");
+
+        // A dropping pool says so.
+        let mut dropping = s.clone();
+        dropping.pools.truncate(1);
+        dropping.pools[0].empty = true;
+        dropping.pools[0].on_empty = "drop".into();
+        let text = status_text(&dropping);
+        assert!(
+            text.starts_with(
+                "pool web  vip 198.18.2.10:80  nat  min_active 2  mean load 0.42  EMPTY: no usable backend, new flows are dropped\n"
+            ),
+            "{text}"
+        );
     }
 
     fn counters(scale: u64) -> Counters {
         let mut global = vec![0u64; GlobalCounter::COUNT as usize];
         global[GlobalCounter::Rx as usize] = 1_500_000 * scale;
         global[GlobalCounter::Passed as usize] = 10 * scale;
-        global[GlobalCounter::Redirected as usize] = 1_499_988 * scale;
+        global[GlobalCounter::Redirected as usize] = 1_499_976 * scale;
+        global[GlobalCounter::Answered as usize] = 12 * scale;
         global[GlobalCounter::Dropped as usize] = 2 * scale;
         global[GlobalCounter::DropNoBackend as usize] = 2 * scale;
         global[GlobalCounter::PassNeighUnresolved as usize] = 3 * scale;
+        global[GlobalCounter::IcmpToBackend as usize] = 9 * scale;
         Counters {
             global,
             vips: vec![VipStats {
@@ -583,7 +623,7 @@ pool api  vip 198.18.2.11:443  nat  min_active 1
                     packets: 900 * scale,
                     bytes: 3 * 1024 * 1024 * scale,
                     new_flows: 4 * scale,
-                    rejected: 0,
+                    rejected: 7 * scale,
                 },
             }],
             backends: vec![BackendStats {
@@ -605,13 +645,13 @@ pool api  vip 198.18.2.11:443  nat  min_active 1
 
     #[test]
     fn stats_output() {
-        let want = "  RX  PASSED  REDIRECTED  DROPPED  FLOW MISSES  RESTEERED
-1.5M      10        1.5M        2            0          0
+        let want = "  RX  PASSED  REDIRECTED  ANSWERED  DROPPED
+1.5M      10        1.5M        12        2
 dropped: no_backend 2
-passed: neigh_unresolved 3
+events: icmp_to_backend 9, neigh_unresolved 3
 
-VIP             POOL  PACKETS    BYTES  NEW FLOWS
-198.18.2.10:80  web       900  3.0 MiB          4
+VIP             POOL  PACKETS    BYTES  NEW FLOWS  REJECTED
+198.18.2.10:80  web       900  3.0 MiB          4         7
 
 BACKEND  POOL  ADDRESS           STATE   PACKETS    BYTES  NEW FLOWS  REPLY PKTS  REPLY BYTES
 web-1    web   198.18.1.11:8080  active      880  2.0 KiB          4         800    625.0 KiB
@@ -631,6 +671,13 @@ web-1    web   198.18.1.11:8080  active      880  2.0 KiB          4         800
             v["global"]["drop_reasons"].as_object().unwrap().len(),
             GlobalCounter::DROP_REASONS.len()
         );
+        assert_eq!(v["global"]["answered"], 12);
+        let events = v["global"]["events"].as_object().unwrap();
+        assert_eq!(events.len(), GlobalCounter::EVENTS.len());
+        assert_eq!(events["icmp_to_backend"], 9);
+        assert_eq!(events["neigh_unresolved"], 3);
+        assert_eq!(events["rejected"], 0);
+        assert_eq!(v["vips"][0]["rejected"], 7);
         assert_eq!(v["vips"][0]["pool"], "web");
         assert_eq!(v["vips"][0]["vip"], "198.18.2.10:80");
         assert_eq!(v["vips"][0]["new_flows"], 4);

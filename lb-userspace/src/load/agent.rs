@@ -9,6 +9,7 @@
 //! word and ignores the rest.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,6 +31,88 @@ pub const DEFAULT_NET_CAPACITY_BPS: u64 = 10_000_000_000;
 /// A client that does not take its line within this long is dropped, so slow
 /// or stuck clients cannot pile up connections.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections answered at once by default. A controller holds at most one
+/// per backend at a time; a few gateways polling leave this far from full,
+/// and a flood of clients cannot make the agent hold unbounded sockets.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+
+/// An address block, `198.18.1.0/24` or `2001:2::/48` (a bare address is a
+/// block of one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let net: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address or ADDR/PREFIX"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?,
+        };
+        Ok(Cidr { net, prefix })
+    }
+}
+
+impl Cidr {
+    /// Whether `ip` is in the block (an IPv4 peer seen as `::ffff:a.b.c.d`
+    /// on a dual-stack socket counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |a: IpAddr| -> u128 {
+            match a {
+                IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
+                IpAddr::V6(v) => u128::from(v),
+            }
+        };
+        let ip = ip.to_canonical();
+        if ip.is_ipv4() != self.net.is_ipv4() {
+            return false;
+        }
+        let mask = if self.prefix == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(self.prefix))
+        };
+        bits(ip) & mask == bits(self.net) & mask
+    }
+}
+
+/// Who the agent answers, and how many at once.
+#[derive(Clone, Debug)]
+pub struct AgentPolicy {
+    /// Peers allowed; empty allows every peer.
+    pub allow: Vec<Cidr>,
+    pub max_connections: usize,
+}
+
+impl Default for AgentPolicy {
+    fn default() -> Self {
+        AgentPolicy {
+            allow: Vec::new(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+impl AgentPolicy {
+    pub fn allows(&self, peer: IpAddr) -> bool {
+        self.allow.is_empty() || self.allow.iter().any(|c| c.contains(peer))
+    }
+}
 
 enum Source {
     /// Measured from /proc by the task [`Sampler::spawn`] starts.
@@ -224,6 +307,18 @@ pub async fn serve_agent(
     sampler: Arc<Sampler>,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_agent_with(listener, sampler, AgentPolicy::default(), shutdown).await
+}
+
+/// [`serve_agent`] answering only peers `policy` allows, and at most
+/// `policy.max_connections` at once: others are closed without a line.
+pub async fn serve_agent_with(
+    listener: TcpListener,
+    sampler: Arc<Sampler>,
+    policy: AgentPolicy,
+    shutdown: impl Future<Output = ()>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(policy.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
         let conn = tokio::select! {
@@ -232,11 +327,20 @@ pub async fn serve_agent(
         };
         match conn {
             Ok((stream, peer)) => {
+                if !policy.allows(peer.ip()) {
+                    tracing::debug!(%peer, "agent: peer not in --allow; closed");
+                    continue;
+                }
+                let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                    tracing::debug!(%peer, "agent: at --max-connections; closed");
+                    continue;
+                };
                 let sampler = Arc::clone(&sampler);
                 tokio::spawn(async move {
                     if let Err(e) = answer(stream, &sampler).await {
                         tracing::debug!(%peer, error = %e, "agent reply not sent");
                     }
+                    drop(permit);
                 });
             }
             Err(e) => {
@@ -312,6 +416,58 @@ mod tests {
         stop_tx.send(true).unwrap();
         tokio::time::timeout(T, server).await.unwrap().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cidrs_parse_and_match() {
+        let c: Cidr = "198.18.1.0/24".parse().unwrap();
+        assert!(c.contains("198.18.1.200".parse().unwrap()));
+        assert!(!c.contains("198.18.2.1".parse().unwrap()));
+        assert!(c.contains("::ffff:198.18.1.7".parse().unwrap()));
+        let one: Cidr = "198.18.0.2".parse().unwrap();
+        assert!(one.contains("198.18.0.2".parse().unwrap()));
+        assert!(!one.contains("198.18.0.3".parse().unwrap()));
+        let v6: Cidr = "2001:2::/48".parse().unwrap();
+        assert!(v6.contains("2001:2:0:1::11".parse().unwrap()));
+        assert!(!v6.contains("198.18.0.2".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("203.0.113.9".parse().unwrap()));
+        for bad in ["198.18.1.0/33", "nope", "198.18.1.0/x", "::/129"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn only_allowed_peers_get_a_line() {
+        let serve = |policy: AgentPolicy| async move {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let std::net::SocketAddr::V4(addr) = l.local_addr().unwrap() else {
+                panic!("v4")
+            };
+            let sampler = Arc::new(Sampler::fixed(Utilisation::all(0.5, 0.5, 0.5, 0.5)));
+            let (stop_tx, mut stop) = watch::channel(false);
+            let task = tokio::spawn(serve_agent_with(l, sampler, policy, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }));
+            (addr, stop_tx, task)
+        };
+        // 127.0.0.1 is not in the list: closed without a line.
+        let (addr, stop, task) = serve(AgentPolicy {
+            allow: vec!["198.18.0.0/15".parse().unwrap()],
+            ..AgentPolicy::default()
+        })
+        .await;
+        assert!(query_agent(addr, T).await.is_err());
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        let (addr, stop, task) = serve(AgentPolicy {
+            allow: vec!["127.0.0.0/8".parse().unwrap()],
+            ..AgentPolicy::default()
+        })
+        .await;
+        assert_eq!(query_agent(addr, T).await.unwrap().util.cpu, Some(0.5));
+        stop.send(true).unwrap();
+        task.await.unwrap();
     }
 
     #[tokio::test]

@@ -2,7 +2,9 @@
 //! every lab backend runs.
 //!
 //! Every request gets `200` with body `<name>\n`, except `GET /healthz`,
-//! which gets `200` with body `ok\n`. Keep-alive follows HTTP/1.1 (on unless
+//! which gets `200` with body `ok\n`, and `GET /bytes/N`, which gets `200`
+//! with N bytes of [`xdplb_tests::http::pattern`] (N up to 64 MiB: bulk
+//! transfers, e.g. through a small-MTU path). Keep-alive follows HTTP/1.1 (on unless
 //! `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`), and
 //! pipelined requests are answered in order. Runs until killed.
 
@@ -11,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use xdplb_tests::http::{pattern_byte, MAX_PATTERN_BODY};
 
 /// Largest request head (request line + headers) accepted.
 const MAX_HEAD: usize = 16 * 1024;
@@ -18,6 +21,8 @@ const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 1 << 20;
 /// Read buffer per connection.
 const READ_CHUNK: usize = 4096;
+/// `/bytes/N` bodies are written in pieces of this size.
+const WRITE_CHUNK: usize = 64 * 1024;
 
 /// HTTP/1.1 backend for xdplb's namespace lab.
 #[derive(Parser)]
@@ -83,6 +88,9 @@ struct Request {
     keep_alive: bool,
     is_head: bool,
     healthz: bool,
+    /// `GET /bytes/N`: N bytes of the pattern (`Err` if N is too big or not
+    /// a number).
+    bytes: Option<Result<usize, ()>>,
 }
 
 async fn connection(mut sock: TcpStream, name: &str) -> std::io::Result<()> {
@@ -119,6 +127,34 @@ async fn connection(mut sock: TcpStream, name: &str) -> std::io::Result<()> {
         }
         buf.drain(..end);
 
+        if let Some(n) = req.bytes {
+            let Ok(n) = n else {
+                return reply_error(&mut sock, "400 Bad Request").await;
+            };
+            let conn = if req.keep_alive {
+                "keep-alive"
+            } else {
+                "close"
+            };
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {n}\r\nConnection: {conn}\r\n\r\n"
+            );
+            sock.write_all(head.as_bytes()).await?;
+            if !req.is_head {
+                let mut sent = 0;
+                while sent < n {
+                    let piece: Vec<u8> = (sent..n.min(sent + WRITE_CHUNK))
+                        .map(pattern_byte)
+                        .collect();
+                    sock.write_all(&piece).await?;
+                    sent += piece.len();
+                }
+            }
+            if !req.keep_alive {
+                return sock.shutdown().await;
+            }
+            continue;
+        }
         let body = if req.healthz { "ok\n" } else { name };
         let conn = if req.keep_alive {
             "keep-alive"
@@ -183,12 +219,19 @@ fn parse(buf: &[u8]) -> Result<Option<Request>, ()> {
         }
     }
     let path = target.split('?').next().unwrap_or(target);
+    let bytes = path.strip_prefix("/bytes/").map(|n| {
+        n.parse::<usize>()
+            .ok()
+            .filter(|n| *n <= MAX_PATTERN_BODY)
+            .ok_or(())
+    });
     Ok(Some(Request {
         head_len: pos + 4,
         body_len,
         keep_alive,
         is_head: method == "HEAD",
         healthz: path == "/healthz",
+        bytes,
     }))
 }
 
@@ -216,5 +259,22 @@ mod tests {
         assert!(r.keep_alive);
         assert_eq!(r.body_len, 3);
         assert!(parse(b"GARBAGE\r\n\r\n").is_err());
+        let r = parse(b"GET /bytes/1048576 HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.bytes, Some(Ok(1 << 20)));
+        let r = parse(b"GET /bytes/x HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        assert_eq!(r.bytes, Some(Err(())));
+        let r = parse(b"GET /bytes/999999999999 HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.bytes, Some(Err(())));
+        assert_eq!(
+            parse(b"GET /bytes HTTP/1.1\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .bytes,
+            None
+        );
     }
 }

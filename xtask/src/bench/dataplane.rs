@@ -16,11 +16,13 @@ use crate::cmd::Cmd;
 /// XDP_TX program, the harness's own cost (`floor_1500` the same with a
 /// 1514-byte frame, for the `_1500` paths). The `_partial` paths send the
 /// established flow's frame with a partial checksum (CHECKSUM_PARTIAL).
-pub const PATHS: [&str; 9] = [
+pub const PATHS: [&str; 11] = [
     "established",
     "new_flow",
     "non_vip",
     "floor",
+    "established_dsr",
+    "established_tunnel",
     "new_flow_capped",
     "established_partial",
     "established_1500",
@@ -157,6 +159,8 @@ mod tests {
   new_flow     min  300.0 ns  median  310.5 ns  max  320.0 ns  (counter rose by 1000000 per run)
   non_vip      min   60.0 ns  median   61.0 ns  max   62.0 ns  (counter rose by 1000000 per run)
   floor        min   35.0 ns  median   36.0 ns  max   37.0 ns  (counter rose by 1000000 per run)
+  established_dsr min  100.0 ns  median  101.0 ns  max  102.0 ns  (counter rose by 1000000 per run)
+  established_tunnel min  110.0 ns  median  111.0 ns  max  112.0 ns  (counter rose by 1000000 per run)
   new_flow_capped min  100.0 ns  median  101.0 ns  max  102.0 ns  (counter rose by 1000000 per run)
   established_partial min  180.0 ns  median  181.3 ns  max  182.0 ns  (counter rose by 1000000 per run)
   established_1500 min  400.0 ns  median  401.0 ns  max  402.0 ns  (counter rose by 1000000 per run)
@@ -169,7 +173,7 @@ dataplane: established_ns=121 new_flow_ns=310 non_vip_ns=61 floor_ns=36
     #[test]
     fn parses_paths() {
         let p = parse(OUT).unwrap();
-        assert_eq!(p.len(), 9);
+        assert_eq!(p.len(), 11);
         let run = DpRun {
             label: String::new(),
             flow_table: 1000,

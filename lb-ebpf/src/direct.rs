@@ -1,0 +1,185 @@
+//! Direct server return: the packet reaches the backend with the VIP still
+//! its destination, and the backend (which holds the VIP on a loopback)
+//! answers the client itself, so replies never cross the gateway.
+//!
+//! - `dsr` (L2): only the MACs change; the backend must be on a segment of
+//!   the egress interface (config checks this at start).
+//! - `tunnel` (IPIP): an outer IPv4 header from the tunnel source to the
+//!   backend is prepended; the backend strips it (`xdplb decap`, or the
+//!   kernel's ipip device). The outer header adds 20 bytes, so a DF packet
+//!   that no longer fits is answered with fragmentation-needed quoting the
+//!   MTU less the outer header, and the client's path-MTU discovery works.
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use lb_common::{FibEntry, GlobalCounter, IPPROTO_IPIP};
+
+use crate::{
+    answer,
+    consts::{BE_IP_DF, ETH_HLEN, IPV4_MIN_HLEN, ORIGIN_TTL},
+    csum::{fold, sum_words},
+    forward::{fits, next_hop, Next},
+    maps::TX_PORTS,
+    parse::{load32, ptr_at, store32, EthHdr, Ipv4Hdr},
+    stats::count,
+    verdict::{answered, drop, pass},
+};
+
+/// `tunnel_source` for IPv4 (network order), set by user space with
+/// `override_global` before the program loads; 0 when none is configured.
+#[no_mangle]
+static TUNNEL_SOURCE_V4: u32 = 0;
+
+/// The frame's IPv4 header fields a direct send needs.
+struct Inner {
+    saddr: u32,
+    tos: u8,
+    tot_len: u16,
+    df: bool,
+    proto: u8,
+}
+
+#[inline(always)]
+fn inner(ctx: &XdpContext) -> Option<Inner> {
+    let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)?;
+    // SAFETY: bounds checked by ptr_at.
+    let ip = unsafe { &*ip };
+    Some(Inner {
+        saddr: load32(&ip.saddr),
+        tos: ip.tos,
+        tot_len: u16::from_be(ip.tot_len),
+        df: ip.frag_off & BE_IP_DF != 0,
+        proto: ip.proto,
+    })
+}
+
+/// Sends the frame from `hop`'s interface to `hop`'s next hop MAC.
+#[inline(always)]
+fn emit_l2(ctx: &XdpContext, hop: &FibEntry) -> u32 {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return drop(ctx, GlobalCounter::DropInternal);
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let eth = unsafe { &mut *eth };
+    eth.src = hop.src_mac;
+    eth.dst = hop.dst_mac;
+    count(GlobalCounter::Redirected);
+    if hop.ifindex == ctx.ingress_ifindex() as u32 {
+        return crate::verdict::hairpin(ctx);
+    }
+    match TX_PORTS.redirect(hop.ifindex, xdp_action::XDP_PASS as u64) {
+        Ok(action) => action,
+        Err(action) => {
+            count(GlobalCounter::RedirectFallback);
+            action
+        }
+    }
+}
+
+/// The frame, unchanged but for its MACs, to the backend at `backend`.
+#[inline(always)]
+pub fn dsr(ctx: &XdpContext, backend: u32, now: u64) -> u32 {
+    let Some(p) = inner(ctx) else {
+        return drop(ctx, GlobalCounter::DropInternal);
+    };
+    let hop = match next_hop(ctx, p.saddr, backend, p.tos, p.proto, now) {
+        Next::Send(hop) => hop,
+        // The kernel would route the frame by its destination, the VIP:
+        // nothing but an L2 send is right. Health probes keep the
+        // backend's neighbour entry fresh, so this is rare.
+        Next::Kernel => return drop(ctx, GlobalCounter::DropDsrUnreachable),
+        Next::Drop(reason) => return drop(ctx, reason),
+    };
+    if let Err(mtu) = fits(ctx, &hop) {
+        if p.df {
+            return match answer::frag_needed(ctx, mtu) {
+                Some(()) => answered(ctx, GlobalCounter::FragNeededSent),
+                None => drop(ctx, GlobalCounter::DropInternal),
+            };
+        }
+        // L2 cannot fragment, and the kernel would route by the VIP.
+        return drop(ctx, GlobalCounter::DropDsrUnreachable);
+    }
+    count(GlobalCounter::DsrSent);
+    emit_l2(ctx, &hop)
+}
+
+/// The frame's IP packet inside an outer IPv4 header to `backend`.
+#[inline(always)]
+pub fn tunnel(ctx: &XdpContext, backend: u32, now: u64) -> u32 {
+    // verifier: volatile so the loaded value (set at load time) is used.
+    let source = unsafe { core::ptr::read_volatile(&TUNNEL_SOURCE_V4) };
+    if source == 0 {
+        return drop(ctx, GlobalCounter::DropInternal);
+    }
+    let Some(p) = inner(ctx) else {
+        return drop(ctx, GlobalCounter::DropInternal);
+    };
+    let outer_len = p.tot_len as u32 + IPV4_MIN_HLEN as u32;
+    let hop = match next_hop(ctx, source, backend, p.tos, IPPROTO_IPIP, now) {
+        Next::Send(hop) => Some(hop),
+        Next::Kernel => None,
+        Next::Drop(reason) => return drop(ctx, reason),
+    };
+    if let Some(hop) = &hop {
+        if hop.mtu != 0 && outer_len > hop.mtu && p.df {
+            // Before any rewrite: the client must recognise the quote.
+            let room = hop.mtu.saturating_sub(IPV4_MIN_HLEN as u32);
+            return match answer::frag_needed(ctx, room) {
+                Some(()) => answered(ctx, GlobalCounter::FragNeededSent),
+                None => drop(ctx, GlobalCounter::DropInternal),
+            };
+        }
+    }
+    if !encapsulate(ctx, source, backend, &p) {
+        return drop(ctx, GlobalCounter::DropInternal);
+    }
+    count(GlobalCounter::TunnelSent);
+    match hop {
+        // Too big without DF: the kernel fragments the outer packet.
+        Some(hop) if fits(ctx, &hop).is_ok() => emit_l2(ctx, &hop),
+        // Neighbour unresolved, or an egress that is not ours: the outer
+        // packet is an ordinary one to the backend; the kernel forwards it
+        // (the frame still carries the MAC it arrived with, ours).
+        _ => pass(),
+    }
+}
+
+/// Prepends the outer header; the Ethernet header moves to the new front.
+#[inline(always)]
+fn encapsulate(ctx: &XdpContext, source: u32, backend: u32, p: &Inner) -> bool {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return false;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let (dst, src) = unsafe { ((*eth).dst, (*eth).src) };
+    // SAFETY: valid context; the helper checks the headroom.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV4_MIN_HLEN as i32)) } != 0 {
+        return false;
+    }
+    // Every packet pointer is stale after the resize: derive them again.
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return false;
+    };
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
+        return false;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let (eth, ip) = unsafe { (&mut *eth, &mut *ip) };
+    eth.dst = dst;
+    eth.src = src;
+    eth.proto = crate::consts::BE_ETH_P_IP;
+    ip.ver_ihl = 0x45;
+    // DSCP and ECN copied (RFC 2003 §3.1, RFC 6040 normal mode).
+    ip.tos = p.tos;
+    ip.tot_len = (p.tot_len + IPV4_MIN_HLEN as u16).to_be();
+    ip.id = 0;
+    ip.frag_off = if p.df { BE_IP_DF } else { 0 };
+    ip.ttl = ORIGIN_TTL;
+    ip.proto = IPPROTO_IPIP;
+    ip.check = 0;
+    store32(&mut ip.saddr, source);
+    store32(&mut ip.daddr, backend);
+    // SAFETY: Ipv4Hdr is 20 bytes of plain integers, 2-aligned.
+    let words = unsafe { &*(ip as *const Ipv4Hdr as *const [u16; 10]) };
+    ip.check = !fold(sum_words(words));
+    true
+}

@@ -1,0 +1,179 @@
+//! `xdplb decap`: the backend side of a `tunnel` pool. A small XDP program
+//! of its own (`lb-ebpf/src/decap.rs`, its own maps under its own pin
+//! path) strips the outer IPv4 header of IPIP packets addressed to this
+//! host and passes the inner packet to the kernel, so a backend needs no
+//! ipip device or module. Its link is pinned, so it outlives the command.
+use std::{
+    collections::HashMap as StdHashMap,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::{links::FdLink, links::PinnedLink, Xdp},
+    Ebpf, EbpfLoader,
+};
+use lb_common::{
+    decap::{DecapCounter, ADDRS, PROGRAM, STATS},
+    maps::LINK_PREFIX,
+};
+
+use super::{
+    detach_pinned_link, ensure_local_bpffs, local_ipv4_addrs, map_err, open_pinned, AttachMode,
+    DataplaneError,
+};
+
+/// The decap object built by `build.rs` (aya-build), embedded in the binary.
+static DECAP_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf-decap"));
+
+fn link_path(pin_path: &Path, iface: &str) -> PathBuf {
+    pin_path.join(format!("{LINK_PREFIX}{iface}"))
+}
+
+/// The decap program, loaded with its maps pinned under a pin path.
+pub struct Decap {
+    ebpf: Ebpf,
+    pin_path: PathBuf,
+    /// This host's IPv4 addresses (network order): the tunnel endpoints
+    /// it opens.
+    pub addrs: Vec<u32>,
+}
+
+impl Decap {
+    /// Loads the program and writes this host's IPv4 addresses (its
+    /// network namespace's) as the tunnel endpoints to open.
+    pub fn load(pin_path: &Path) -> Result<Decap, DataplaneError> {
+        if DECAP_OBJECT.is_empty() {
+            return Err(DataplaneError::NoObject);
+        }
+        ensure_local_bpffs(pin_path)?;
+        fs::create_dir_all(pin_path).map_err(|source| DataplaneError::PinPath {
+            path: pin_path.to_path_buf(),
+            source,
+        })?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_path)
+            .load(DECAP_OBJECT)
+            .map_err(|source| DataplaneError::Load {
+                source: Box::new(source),
+            })?;
+        let mut addrs: HashMap<MapData, u32, u32> = {
+            let map = ebpf
+                .take_map(ADDRS)
+                .ok_or(DataplaneError::MissingMap { map: ADDRS })?;
+            HashMap::try_from(map).map_err(map_err(ADDRS))?
+        };
+        let local = local_ipv4_addrs().map_err(|source| DataplaneError::LocalAddrs { source })?;
+        let known: Vec<u32> = addrs.keys().filter_map(Result::ok).collect();
+        for a in known.iter().filter(|a| !local.contains(a)) {
+            let _ = addrs.remove(a);
+        }
+        for &a in &local {
+            addrs.insert(a, 1, 0).map_err(map_err(ADDRS))?;
+        }
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .ok_or(DataplaneError::MissingMap { map: PROGRAM })?
+            .try_into()
+            .map_err(|e| DataplaneError::Program {
+                source: Box::new(e),
+            })?;
+        prog.load().map_err(|e| DataplaneError::Program {
+            source: Box::new(e),
+        })?;
+        Ok(Decap {
+            ebpf,
+            pin_path: pin_path.to_path_buf(),
+            addrs: local,
+        })
+    }
+
+    /// The loaded program (tests run it with `test_run`).
+    pub fn program(&self) -> &Xdp {
+        self.ebpf
+            .program(PROGRAM)
+            .and_then(|p| <&Xdp>::try_from(p).ok())
+            .expect("load() checked the program exists and is XDP")
+    }
+
+    /// Attaches to `iface`, or swaps into the link pinned there, and pins
+    /// the link so it outlives this process.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<(), DataplaneError> {
+        let path = link_path(&self.pin_path, iface);
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(PROGRAM)
+            .and_then(|p| <&mut Xdp>::try_from(p).ok())
+            .expect("load() checked the program exists and is XDP");
+        let attach_err = |source| DataplaneError::Attach {
+            iface: iface.to_string(),
+            source: Box::new(source),
+        };
+        let link_err = |reason: String| DataplaneError::Link {
+            path: path.clone(),
+            reason,
+        };
+        if path.exists() {
+            let pinned = PinnedLink::from_pin(&path).map_err(|e| link_err(e.to_string()))?;
+            let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(pinned))
+                .map_err(|e| link_err(e.to_string()))?;
+            prog.attach_to_link(link).map_err(attach_err)?;
+        } else {
+            let id = prog.attach(iface, mode.xdp_mode()).map_err(attach_err)?;
+            let link = prog.take_link(id).map_err(attach_err)?;
+            let fd_link = FdLink::try_from(link).map_err(|e| link_err(e.to_string()))?;
+            fd_link.pin(&path).map_err(|e| link_err(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads decap and attaches it to `iface`. Returns the addresses whose
+/// tunnels it opens (network order).
+pub fn attach(pin_path: &Path, iface: &str, mode: AttachMode) -> Result<Vec<u32>, DataplaneError> {
+    let mut d = Decap::load(pin_path)?;
+    d.attach(iface, mode)?;
+    Ok(d.addrs)
+}
+
+/// Detaches decap from `iface`. When no interface keeps it, its maps and
+/// pin directory go too. `false` if it was not attached there.
+pub fn detach(pin_path: &Path, iface: &str) -> Result<bool, DataplaneError> {
+    let path = link_path(pin_path, iface);
+    if !path.exists() {
+        return Ok(false);
+    }
+    detach_pinned_link(&path);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DataplaneError::PinPath { path, source }
+    };
+    fs::remove_file(&path).map_err(io(&path))?;
+    let links_left = fs::read_dir(pin_path)
+        .map_err(io(pin_path))?
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with(LINK_PREFIX));
+    if !links_left {
+        for map in [ADDRS, STATS] {
+            let p = pin_path.join(map);
+            if p.exists() {
+                fs::remove_file(&p).map_err(io(&p))?;
+            }
+        }
+        let _ = fs::remove_dir(pin_path);
+    }
+    Ok(true)
+}
+
+/// The decap counters, summed over CPUs, by label.
+pub fn counters(pin_path: &Path) -> Result<StdHashMap<&'static str, u64>, DataplaneError> {
+    let stats: PerCpuArray<MapData, u64> = open_pinned(pin_path, STATS)?;
+    let mut out = StdHashMap::new();
+    for (c, label) in DecapCounter::ALL {
+        let per_cpu = stats.get(&(c as u32), 0).map_err(map_err(STATS))?;
+        out.insert(label, per_cpu.iter().sum());
+    }
+    Ok(out)
+}

@@ -14,7 +14,7 @@ use std::{
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use xdplb_tests::{
-    deploy::{Deployment, PoolSpec, METRICS_LISTEN},
+    deploy::{Deployment, LoadSpec, PoolSpec, METRICS_LISTEN},
     skip_unless_root,
 };
 
@@ -179,9 +179,21 @@ fn every_query_names_metrics_the_daemon_exports() -> Result<()> {
     if skip_unless_root() {
         return Ok(());
     }
-    let mut d = Deployment::new(vec![PoolSpec::new(2, 0)])?;
+    // A pool polling agents, so the agent families are exported too.
+    let mut pool = PoolSpec::new(2, 0);
+    pool.load = Some(LoadSpec {
+        interval_ms: 200,
+        high: 0.8,
+        low: 0.3,
+        scale_up_after_ms: 1000,
+        scale_down_after_ms: 1000,
+        slow_start_ms: 0,
+    });
+    let mut d = Deployment::new(vec![pool])?;
     d.start_daemon()?;
     d.spread(20)?;
+    // Agents answered at least once.
+    std::thread::sleep(Duration::from_millis(600));
     let text = scrape(&d)?;
     let have = exported(&text);
     let dash = dashboard()?;

@@ -24,6 +24,13 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    // aya-build relays every line the inner cargo prints on stderr as a
+    // `cargo:warning`, so a clean build showed ~40 `warning: … Compiling …`
+    // lines. Quiet that cargo's progress output; its errors (and rustc's
+    // diagnostics, which come through its JSON messages) still show, and
+    // still fail the build. The build script runs single-threaded, and the
+    // variable only reaches the cargo it spawns.
+    env::set_var("CARGO_TERM_QUIET", "true");
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "lb-ebpf",

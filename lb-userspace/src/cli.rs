@@ -4,6 +4,7 @@
 //! Every subcommand returns `Result<(), CliError>`; `main` prints a failure
 //! as one `error: ...` line and exits 1. Human output is built by the pure
 //! functions in [`format`].
+mod docs;
 pub mod format;
 
 use std::{
@@ -105,6 +106,16 @@ pub enum Cmd {
     /// after the command returns (its link is pinned); --down removes it,
     /// --stats prints its counters.
     Decap(DecapArgs),
+    /// Write man pages and shell completions into a directory (packaging).
+    #[command(hide = true)]
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Where to write `man1/*.1` and `completions/*`.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -300,6 +311,7 @@ pub async fn execute(cmd: Cmd) -> Result<(), CliError> {
             }),
         Cmd::Down(a) => down(a),
         Cmd::Check(a) => check(&a.config),
+        Cmd::Man(a) => docs::generate(&a.out).map_err(|source| CliError::Output { source }),
         Cmd::Status(a) => status(&a.socket.socket, a.json).await,
         Cmd::Stats(a) => match a.watch {
             None => stats(&a.pin_path, a.json),

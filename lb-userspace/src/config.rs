@@ -52,6 +52,10 @@ pub enum ConfigError {
     },
     #[error("dataplane.interfaces: no network interface {name:?} on this host")]
     MissingInterface { name: String },
+    /// A config with every pool commented out (the packaged one) checks,
+    /// but there is nothing to run.
+    #[error("nothing to balance: no [[pool]] defined (uncomment or add one)")]
+    NoPools,
     #[error(
         "pool {pool:?} is dsr but backend {backend:?} ({addr}) is on no segment of {ifaces}: \
          dsr sends frames by MAC, so a backend must share a subnet with an interface \
@@ -454,7 +458,13 @@ pub fn parse(path_for_messages: &Path, text: &str) -> Result<Config, ConfigError
 /// Asks the kernel in this process's network namespace (`if_nametoindex`)
 /// rather than `/sys/class/net`, which shows the namespace sysfs was
 /// mounted for: under `nsenter --net` those differ.
+///
+/// Also refuses a config without pools: `check` accepts one (the packaged
+/// config ships its pools commented out), `run` has nothing to do with it.
 pub fn check_interfaces_exist(cfg: &Config) -> Result<(), ConfigError> {
+    if cfg.pools.is_empty() {
+        return Err(ConfigError::NoPools);
+    }
     for name in &cfg.dataplane.interfaces {
         let c = std::ffi::CString::new(name.as_bytes()).unwrap_or_default();
         // SAFETY: a valid NUL-terminated string; no other side effects.
@@ -471,7 +481,8 @@ pub fn check_interfaces_exist(cfg: &Config) -> Result<(), ConfigError> {
 /// checked on another host.
 pub fn check_host_if_gateway(cfg: &Config) -> Result<(), ConfigError> {
     match check_interfaces_exist(cfg) {
-        Err(ConfigError::MissingInterface { .. }) => Ok(()),
+        // No pools: nothing to check here (`run` refuses it).
+        Err(ConfigError::MissingInterface { .. } | ConfigError::NoPools) => Ok(()),
         other => other,
     }
 }
@@ -612,9 +623,6 @@ fn convert(src: &Source, raw: raw::Config) -> Result<Config, ConfigError> {
     let dataplane = convert_dataplane(src, &raw)?;
     let control = convert_control(src, raw.control)?;
 
-    if raw.pool.is_empty() {
-        return Err(src.err(0..0, "no [[pool]] defined"));
-    }
     if raw.pool.len() > MAX_VIPS as usize {
         let extra = &raw.pool[MAX_VIPS as usize];
         return Err(src.err(
@@ -687,7 +695,7 @@ fn convert(src: &Source, raw: raw::Config) -> Result<Config, ConfigError> {
         .zip(&pool_spans)
         .map(|(p, s)| (p.backends.len() as u32, s.0.clone()))
         .max_by_key(|(n, _)| *n)
-        .expect("at least one pool");
+        .unwrap_or((0, 0..0));
     let needed = largest.saturating_mul(RING_ENTRIES_PER_BACKEND);
     if dataplane.0.ring_size < needed {
         let span = dataplane.1.clone().unwrap_or(largest_at);
@@ -1289,6 +1297,17 @@ mod tests {
             "{HEAD}[control]\nmetrics_listen = \"\"\n[[pool]]\nname = \"web\"\nvip = \"198.18.2.10:80\"\n{ONE_BACKEND}"
         );
         assert_eq!(p(&text).unwrap().control.metrics_listen, None);
+    }
+
+    #[test]
+    fn no_pools_checks_but_does_not_run() {
+        let cfg = p(HEAD).unwrap();
+        assert!(cfg.pools.is_empty());
+        assert!(matches!(
+            check_interfaces_exist(&cfg),
+            Err(ConfigError::NoPools)
+        ));
+        assert!(check_host_if_gateway(&cfg).is_ok());
     }
 
     #[test]

@@ -1367,6 +1367,7 @@ impl<D: DataplaneOps> Controller<D> {
                 }
             });
         }
+        let mut systemd = crate::notify::Systemd::from_env();
         loop {
             let sync_now = tokio::select! {
                 _ = &mut shutdown => break,
@@ -1389,13 +1390,17 @@ impl<D: DataplaneOps> Controller<D> {
                 _ = tick.tick() => true,
             };
             if sync_now {
-                if let Err(e) = self.sync() {
+                let synced = self.sync();
+                if let Err(e) = &synced {
                     // A failed map write is retried on the next beat; the
                     // data plane keeps its last good state meanwhile.
                     error!(error = %e, "data plane sync failed");
                 }
+                // READY=1 after the first sync that wrote the maps.
+                systemd.beat(self.ready && synced.is_ok());
             }
         }
+        systemd.stopping();
         info!("controller stopping; the data plane stays pinned and forwarding");
         Ok(())
     }

@@ -18,6 +18,9 @@
 //! - [`status`]: the controller's live view (status output, admin replies).
 //! - [`admin`]: the unix-socket protocol, server and client.
 //! - [`metrics`]: Prometheus exposition.
+//! - [`web`]: the HTTP server on `metrics_listen`: `/metrics`, `/status.json`,
+//!   and the status page `/`.
+//! - [`notify`]: systemd readiness and watchdog notifications.
 //! - [`cli`]: the `xdplb` command line and its human output.
 //! - [`dataplane`]: the only module that touches aya: load or adopt the
 //!   pinned program and maps, attach, sync maps, read counters.
@@ -34,8 +37,10 @@ pub mod health;
 pub mod load;
 pub mod maglev;
 pub mod metrics;
+pub mod notify;
 pub mod owner;
 pub mod packet;
 pub mod planner;
 pub mod state;
 pub mod status;
+pub mod web;

@@ -22,8 +22,8 @@
 //! | `xdplb_dataplane_up` | gauge | |
 //! | `xdplb_health_check_duration_seconds` | histogram | `pool`, `result` |
 //!
-//! [`serve`] is a deliberately small HTTP/1.1 responder: `GET /metrics`,
-//! one request per connection, bounded in size and time.
+//! [`serve`] binds `metrics_listen`; [`crate::web`] answers there (this
+//! exposition, `/status.json` and the status page).
 use std::{
     fmt,
     future::Future,
@@ -42,11 +42,7 @@ use prometheus_client::{
     registry::Registry,
 };
 use thiserror::Error;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    task::JoinSet,
-};
+use tokio::net::TcpListener;
 
 use crate::{
     dataplane::{CounterReader, Counters, DataplaneError},
@@ -62,9 +58,6 @@ pub const HEALTH_CHECK_BUCKETS: [f64; 14] = [
 pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// A client must send its whole request head within this.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Writing the response gives up after this (a scraper that stopped
-/// reading).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent scrape connections; Prometheus uses one per target.
 pub const MAX_CONNECTIONS: usize = 16;
 
@@ -146,6 +139,15 @@ impl Metrics {
     /// Publishes the controller's latest view (backend gauges).
     pub fn set_status(&self, status: &Status) {
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = Some(status.clone());
+    }
+
+    /// The latest view published (`/status.json`); None before the first
+    /// sync.
+    pub fn status(&self) -> Option<Status> {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The exposition text, as a scrape gets it. Reads the pinned maps.
@@ -424,7 +426,8 @@ impl Collector for StatusCollector {
     }
 }
 
-/// Serves `GET /metrics` on `listen` until `shutdown` completes.
+/// Serves `/metrics`, `/status.json` and the status page `/` ([`crate::web`])
+/// on `listen` until `shutdown` completes.
 pub async fn serve(
     listen: SocketAddr,
     metrics: Arc<Metrics>,
@@ -446,181 +449,7 @@ pub async fn serve_listener(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "metrics listening on http://{addr}/metrics");
-    }
-    let mut conns = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            _ = &mut shutdown => return,
-            a = listener.accept() => a,
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                if conns.len() >= MAX_CONNECTIONS {
-                    tracing::debug!(%peer, "metrics: too many connections, closing");
-                    continue;
-                }
-                let metrics = Arc::clone(&metrics);
-                conns.spawn(async move {
-                    if let Err(e) = answer(stream, metrics).await {
-                        tracing::debug!(%peer, error = %e, "metrics request failed");
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-/// What a request head asks for.
-#[derive(Debug, PartialEq, Eq)]
-enum Route {
-    /// GET (or HEAD: no body) /metrics.
-    Metrics {
-        head_only: bool,
-    },
-    NotFound,
-    MethodNotAllowed,
-    BadRequest,
-}
-
-fn route(head: &[u8]) -> Route {
-    let Ok(head) = std::str::from_utf8(head) else {
-        return Route::BadRequest;
-    };
-    let mut parts = head.lines().next().unwrap_or("").split_ascii_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Route::BadRequest;
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Route::BadRequest;
-    }
-    let path = target.split('?').next().unwrap_or("");
-    if path != "/metrics" {
-        return Route::NotFound;
-    }
-    match method {
-        "GET" => Route::Metrics { head_only: false },
-        "HEAD" => Route::Metrics { head_only: true },
-        _ => Route::MethodNotAllowed,
-    }
-}
-
-/// Reads the request head (up to the blank line), bounded in size.
-async fn read_head(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n") {
-            return Ok(Some(buf));
-        }
-        if buf.len() > MAX_REQUEST_HEAD {
-            return Ok(Some(Vec::new()));
-        }
-    }
-}
-
-async fn answer(mut stream: TcpStream, metrics: Arc<Metrics>) -> io::Result<()> {
-    let head = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await {
-        Ok(Ok(Some(h))) => h,
-        Ok(Ok(None)) => return Ok(()),
-        Ok(Err(e)) => return Err(e),
-        Err(_) => {
-            return respond(
-                &mut stream,
-                "408 Request Timeout",
-                "text/plain",
-                b"timeout\n",
-            )
-            .await
-        }
-    };
-    if head.len() > MAX_REQUEST_HEAD || head.is_empty() {
-        return respond(
-            &mut stream,
-            "431 Request Header Fields Too Large",
-            "text/plain",
-            b"request too large\n",
-        )
-        .await;
-    }
-    match route(&head) {
-        Route::Metrics { head_only } => {
-            // Reading the maps is a few hundred syscalls: keep them off the
-            // async workers.
-            let body = tokio::task::spawn_blocking(move || metrics.render())
-                .await
-                .map_err(io::Error::other)?;
-            let (status, ctype) = ("200 OK", prometheus_text::CONTENT_TYPE);
-            if head_only {
-                write_response(&mut stream, status, ctype, body.len(), b"").await
-            } else {
-                respond(&mut stream, status, ctype, body.as_bytes()).await
-            }
-        }
-        Route::NotFound => {
-            respond(
-                &mut stream,
-                "404 Not Found",
-                "text/plain",
-                b"not found: metrics are at /metrics\n",
-            )
-            .await
-        }
-        Route::MethodNotAllowed => {
-            respond(
-                &mut stream,
-                "405 Method Not Allowed",
-                "text/plain",
-                b"use GET\n",
-            )
-            .await
-        }
-        Route::BadRequest => {
-            respond(
-                &mut stream,
-                "400 Bad Request",
-                "text/plain",
-                b"bad request\n",
-            )
-            .await
-        }
-    }
-}
-
-async fn respond(stream: &mut TcpStream, status: &str, ctype: &str, body: &[u8]) -> io::Result<()> {
-    write_response(stream, status, ctype, body.len(), body).await
-}
-
-async fn write_response(
-    stream: &mut TcpStream,
-    status: &str,
-    ctype: &str,
-    len: usize,
-    body: &[u8],
-) -> io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
-    );
-    tokio::time::timeout(WRITE_TIMEOUT, async {
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body).await?;
-        stream.shutdown().await
-    })
-    .await
-    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "scraper does not read"))?
+    crate::web::serve_listener(listener, metrics, shutdown).await
 }
 
 #[cfg(test)]
@@ -975,73 +804,5 @@ mod tests {
         assert_eq!(value(&samples, "xdplb_dataplane_up", &[]), 0.0);
         assert!(!types.contains_key("xdplb_rx_packets_total"));
         assert!(types.contains_key("xdplb_backend_up"));
-    }
-
-    #[test]
-    fn routes() {
-        assert_eq!(
-            route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Route::Metrics { head_only: false }
-        );
-        assert_eq!(
-            route(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"),
-            Route::Metrics { head_only: false }
-        );
-        assert_eq!(
-            route(b"HEAD /metrics HTTP/1.1\r\n\r\n"),
-            Route::Metrics { head_only: true }
-        );
-        assert_eq!(route(b"GET / HTTP/1.1\r\n\r\n"), Route::NotFound);
-        assert_eq!(
-            route(b"POST /metrics HTTP/1.1\r\n\r\n"),
-            Route::MethodNotAllowed
-        );
-        assert_eq!(route(b"garbage\r\n\r\n"), Route::BadRequest);
-        assert_eq!(route(b"\xff\xfe\r\n\r\n"), Route::BadRequest);
-    }
-
-    async fn http(addr: SocketAddr, req: &[u8]) -> String {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(req).await.unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
-    }
-
-    #[tokio::test]
-    async fn serves_metrics_over_http() {
-        let m = Metrics::with_counter_source(|| Ok(fake_counters()));
-        m.set_status(&fake_status());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_listener(listener, m, async move {
-            let _ = rx.await;
-        }));
-
-        let r = http(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
-        let (head, body) = r.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
-        assert!(head.contains("Content-Type: text/plain; version=0.0.4"));
-        assert!(head.contains(&format!("Content-Length: {}", body.len())));
-        parse_exposition(body);
-        assert!(body.contains("xdplb_backend_up{pool=\"web\",backend=\"web-1\"} 1"));
-
-        let r = http(addr, b"GET /nope HTTP/1.1\r\n\r\n").await;
-        assert!(r.starts_with("HTTP/1.1 404"), "{r}");
-        let big = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(10_000));
-        let r = http(addr, big.as_bytes()).await;
-        assert!(r.starts_with("HTTP/1.1 431"), "{r}");
-
-        // A client that sends half a request is cut off after the timeout
-        // without holding up others.
-        let mut slow = TcpStream::connect(addr).await.unwrap();
-        slow.write_all(b"GET /met").await.unwrap();
-        let r = http(addr, b"GET /metrics HTTP/1.0\r\n\r\n").await;
-        assert!(r.starts_with("HTTP/1.1 200"));
-        drop(slow);
-
-        stop.send(()).unwrap();
-        server.await.unwrap();
     }
 }

@@ -403,17 +403,23 @@ impl Deployment {
     /// [`Lab::exec_net`]) and waits until it reports every
     /// backend probed and the state it should settle in (`settled`).
     pub fn start_daemon(&mut self) -> Result<()> {
-        self.start_daemon_via(false)
+        self.start_daemon_via(false, &[])
     }
 
     /// [`start_daemon`](Deployment::start_daemon), but started the way
     /// most people run a program in a namespace: `ip netns exec` (a private
     /// mount namespace with a fresh `/sys`).
     pub fn start_daemon_ip_netns_exec(&mut self) -> Result<()> {
-        self.start_daemon_via(true)
+        self.start_daemon_via(true, &[])
     }
 
-    fn start_daemon_via(&mut self, ip_netns_exec: bool) -> Result<()> {
+    /// [`Deployment::start_daemon`] with extra environment variables
+    /// (e.g. systemd's `NOTIFY_SOCKET`).
+    pub fn start_daemon_with_env(&mut self, env: &[(&str, &str)]) -> Result<()> {
+        self.start_daemon_via(false, env)
+    }
+
+    fn start_daemon_via(&mut self, ip_netns_exec: bool, env: &[(&str, &str)]) -> Result<()> {
         let bin = xdplb_bin()?;
         let args = [
             bin.to_string_lossy().into_owned(),
@@ -421,7 +427,8 @@ impl Deployment {
             "--config".into(),
             self.config_path.to_string_lossy().into_owned(),
         ];
-        let env = [("RUST_LOG", "info")];
+        let mut env = env.to_vec();
+        env.push(("RUST_LOG", "info"));
         let child = if ip_netns_exec {
             self.lab.spawn_env(self.lab.gw_ns(), &args, &env)?
         } else {

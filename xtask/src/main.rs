@@ -7,10 +7,12 @@
 //! - [`test`]: the CI pipeline — fmt, clippy, release build, tests.
 //! - [`demo`]: a guided run of xdplb in a namespace lab.
 //! - [`bench`]: data-plane, controller and lab benchmarks.
+//! - [`deb`]: the Debian package (cargo-deb).
 //! - [`cmd`]: running external commands with a printed trace.
 
 mod bench;
 mod cmd;
+mod deb;
 mod demo;
 mod setup;
 mod test;
@@ -40,6 +42,12 @@ enum Command {
     Test,
     /// Run xdplb in a namespace lab and show it balancing.
     Demo,
+    /// Build the Debian package target/debian/xdplb_<version>_amd64.deb.
+    Deb {
+        /// Package the release binary already built.
+        #[arg(long)]
+        no_build: bool,
+    },
     /// Run benchmarks and rewrite docs/BENCHMARKS.md (about 4 minutes).
     Bench {
         /// Which benchmark suite to run.
@@ -58,6 +66,7 @@ fn main() {
         Command::Build { release } => build(release),
         Command::Test => test::run(),
         Command::Demo => demo::run(),
+        Command::Deb { no_build } => deb::run(no_build).map(drop),
         Command::Bench { suite, quick } => bench::run_with(suite, quick),
     };
     if let Err(err) = result {

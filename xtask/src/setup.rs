@@ -9,6 +9,9 @@ use std::path::Path;
 /// bpf-linker release known to link with nightly's LLVM (shared/TOOLCHAIN.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// cargo-deb release that builds with rustc 1.95 (`cargo xtask deb`).
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
 /// Debian packages the tests and benchmarks run. Each entry lists
 /// alternatives; the first with an install candidate is used.
 const DEBIAN_PACKAGES: &[&[&str]] = &[
@@ -21,6 +24,13 @@ const DEBIAN_PACKAGES: &[&[&str]] = &[
     &["nginx-light", "nginx"],
     &["curl"],
     &["python3"],
+    // `systemd-analyze verify` of the unit (PID 1 need not be systemd).
+    &["systemd"],
+    // `man -l` on the packaged man pages.
+    &["man-db"],
+    // The status page test: Debian's Chromium, driven over WebDriver.
+    &["chromium"],
+    &["chromium-driver"],
 ];
 
 /// Where bpffs is expected (aya pins and xdplb's default pin path live here).
@@ -31,6 +41,8 @@ pub fn run() -> Result<()> {
     toolchains()?;
     header("setup: bpf-linker");
     bpf_linker()?;
+    header("setup: cargo-deb");
+    cargo_deb()?;
     header("setup: Debian packages");
     debian_packages()?;
     header("setup: bpffs");
@@ -127,6 +139,26 @@ fn bpf_linker() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// cargo-deb, pinned, for `cargo xtask deb`.
+fn cargo_deb() -> Result<()> {
+    let have = Cmd::new("cargo-deb").args(["--version"]).read().ok();
+    if have
+        .as_deref()
+        .is_some_and(|v| v.contains(CARGO_DEB_VERSION))
+    {
+        println!("cargo-deb {CARGO_DEB_VERSION}: present");
+        return Ok(());
+    }
+    crate::cmd::cargo(&[
+        "install",
+        "cargo-deb",
+        "--version",
+        CARGO_DEB_VERSION,
+        "--locked",
+    ])
+    .run()
 }
 
 /// A rustup-proxied command with the outer cargo's toolchain choice removed.

@@ -27,13 +27,17 @@ pub fn run() -> Result<()> {
     cargo(&["build", "-p", "lb-userspace", "--release"]).run()?;
     let bin = target_dir()?.join("release").join("xdplb");
     anyhow::ensure!(bin.is_file(), "release build produced no {}", bin.display());
+    let deb = crate::deb::run(true)?;
 
     header("test: cargo test");
     let mut args = vec!["test"];
     args.extend(TEST_CRATES.iter().flat_map(|c| ["-p", c]));
     // Namespace tests share the host (bpffs, CPU): run them one at a time.
     args.extend(["--", "--test-threads=1"]);
-    cargo(&args).env("XDPLB_BIN", &bin).run()?;
+    cargo(&args)
+        .env("XDPLB_BIN", &bin)
+        .env("XDPLB_DEB", &deb)
+        .run()?;
 
     header("test: all passed");
     Ok(())

@@ -4,8 +4,10 @@
 //! agent on every backend), runs `xdplb run` on the gateway, keeps steady
 //! traffic flowing from the client, and narrates: the spread, an operator
 //! drain, a primary killed (with the measured failover time), the spare
-//! taking over, the primary back and the spare stepping back — printing
-//! `xdplb status` and `xdplb stats` at each step. Everything it created is
+//! taking over, the primary back and the spare stepping back, then elastic
+//! scaling (the agents report load above `high_watermark`: the spare is
+//! activated after the hold and ramps in by slow start; the load falls and
+//! it drains back) — printing `xdplb status` and `xdplb stats` at each step. Everything it created is
 //! removed on exit and on Ctrl-C.
 
 use std::{
@@ -189,6 +191,73 @@ fn demo() -> Result<()> {
             d.wait_state("web-1", "state", "active", Duration::from_secs(5))?;
             d.wait_state("spare-1", "state", "standby", Duration::from_secs(15))?;
             pause(Duration::from_secs(2))?;
+            show(&d, &tally)?;
+
+            let load = d.pools[0].load.clone().expect("the demo pool polls agents");
+            say(&format!(
+                "5. elastic scaling: every agent now reports load 0.90, above high_watermark {:.2}; \
+                 after {} ms above it the spare is activated and ramps in over slow_start_ms = {} ms",
+                load.high, load.scale_up_after_ms, load.slow_start_ms
+            ));
+            let primaries: Vec<usize> = d.pools[0]
+                .backends
+                .iter()
+                .filter(|b| !b.spare)
+                .map(|b| b.lab_index)
+                .collect();
+            for &i in &primaries {
+                d.set_load(i, 0.9)?;
+            }
+            let rose = Instant::now();
+            pause(Duration::from_secs(1))?;
+            println!("(load reported; the hold has started)");
+            show(&d, &tally)?;
+            d.wait_state(
+                "spare-1",
+                "state",
+                "active",
+                Duration::from_millis(load.scale_up_after_ms + 5000),
+            )?;
+            println!(
+                "measured: spare-1 active {:.1} s after the load rose (hold: {:.1} s); its weight ramps:",
+                rose.elapsed().as_secs_f64(),
+                load.scale_up_after_ms as f64 / 1000.0
+            );
+            show(&d, &tally)?;
+            pause(Duration::from_millis(load.slow_start_ms / 2))?;
+            println!("(half-way through slow start)");
+            show(&d, &tally)?;
+            pause(Duration::from_millis(load.slow_start_ms / 2 + 500))?;
+            println!("(slow start over: full weight, less the load)");
+            show(&d, &tally)?;
+
+            say(&format!(
+                "6. the load falls to 0.10, below low_watermark {:.2}: after {} ms the spare drains back to standby",
+                load.low, load.scale_down_after_ms
+            ));
+            for b in &d.pools[0].backends {
+                d.set_load(b.lab_index, 0.1)?;
+            }
+            let fell = Instant::now();
+            let left = xdplb_tests::wait_until(
+                Duration::from_millis(load.scale_down_after_ms + 5000),
+                Duration::from_millis(20),
+                || {
+                    d.backend_status("web", "spare-1")
+                        .is_ok_and(|b| b["state"] != "active")
+                },
+            );
+            if !left {
+                bail!("spare-1 stayed active after the load fell: {}", d.status()?);
+            }
+            println!(
+                "measured: spare-1 left the active set {:.1} s after the load fell (hold: {:.1} s)",
+                fell.elapsed().as_secs_f64(),
+                load.scale_down_after_ms as f64 / 1000.0
+            );
+            show(&d, &tally)?;
+            d.wait_state("spare-1", "state", "standby", Duration::from_secs(15))?;
+            pause(Duration::from_secs(1))?;
             show(&d, &tally)?;
             say("done: the lab is removed on exit");
             Ok(())

@@ -1,8 +1,12 @@
-//! A hand-written SVG of bar-chart panels — no plotting dependency.
+//! The benchmark chart: bar-chart panels drawn with plotters' SVG backend.
 //! Each [`Panel`] is a titled set of bars with an optional reference line
 //! (a target or a bound); [`render`] lays panels out in a grid.
 
-use std::fmt::Write as _;
+use plotters::{
+    coord::Shift,
+    prelude::*,
+    style::text_anchor::{HPos, Pos, VPos},
+};
 
 /// Panel size and grid, in SVG user units (px).
 const PANEL_W: f64 = 360.0;
@@ -31,12 +35,6 @@ pub struct Panel {
     pub bars: Vec<Bar>,
     /// (value, label) drawn as a dashed line across the panel.
     pub reference: Option<(f64, String)>,
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 /// A round axis maximum at or above `v`: 1, 2 or 5 × 10ⁿ.
@@ -75,9 +73,15 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
-fn panel(s: &mut String, p: &Panel, x0: f64, y0: f64) {
-    let plot_w = PANEL_W - LEFT - RIGHT;
-    let plot_h = PANEL_H - TOP - BOTTOM;
+fn hex(c: &str) -> RGBColor {
+    let v = u32::from_str_radix(c.trim_start_matches('#'), 16).unwrap_or(0);
+    RGBColor((v >> 16) as u8, (v >> 8) as u8, v as u8)
+}
+
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+
+fn panel(area: &Area, p: &Panel) -> Result<(), DrawingAreaErrorKind<std::io::Error>> {
+    area.fill(&WHITE)?;
     let max_v = p
         .bars
         .iter()
@@ -86,92 +90,91 @@ fn panel(s: &mut String, p: &Panel, x0: f64, y0: f64) {
         .filter(|v| v.is_finite())
         .fold(0.0, f64::max);
     let top = nice_max(max_v * 1.08);
-    let y = |v: f64| y0 + TOP + plot_h * (1.0 - (v / top).clamp(0.0, 1.0));
-    let _ = writeln!(
-        s,
-        r##"<g><rect x="{x0}" y="{y0}" width="{PANEL_W}" height="{PANEL_H}" fill="#fff" stroke="#dee2e6"/>
-<text x="{}" y="{}" font-size="13" font-weight="bold" text-anchor="middle">{}</text>
-<text x="{}" y="{}" font-size="10" fill="#495057" text-anchor="middle">{}</text>"##,
-        x0 + PANEL_W / 2.0,
-        y0 + 17.0,
-        esc(&p.title),
-        x0 + PANEL_W / 2.0,
-        y0 + 31.0,
-        esc(&p.unit)
-    );
-    // Axis with 5 ticks.
-    for i in 0..=4 {
-        let v = top * i as f64 / 4.0;
-        let yy = y(v);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" stroke="#f1f3f5"/><text x="{}" y="{:.1}" font-size="9" text-anchor="end" fill="#495057">{}</text>"##,
-            x0 + LEFT,
-            x0 + LEFT + plot_w,
-            x0 + LEFT - 4.0,
-            yy + 3.0,
-            fmt_tick(v, top / 4.0)
-        );
-    }
-    let n = p.bars.len().max(1) as f64;
-    let slot = plot_w / n;
-    let bw = (slot * 0.7).min(48.0);
+    let n = p.bars.len().max(1);
+    let font = |size: f64| ("DejaVu Sans", size).into_font();
+    let mut chart = ChartBuilder::on(area)
+        .caption(&p.title, font(13.0).style(FontStyle::Bold))
+        .margin_top(4)
+        .margin_right(RIGHT as u32)
+        .set_label_area_size(LabelAreaPosition::Left, LEFT as u32)
+        .set_label_area_size(LabelAreaPosition::Bottom, (BOTTOM - 20.0) as u32)
+        .build_cartesian_2d(0f64..n as f64, 0f64..top)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .disable_x_axis()
+        .y_labels(5)
+        .y_label_formatter(&|v| {
+            if (v - v.round()).abs() < 1e-9 {
+                format!("{v:.0}")
+            } else {
+                fmt_tick(*v, top / 4.0)
+            }
+        })
+        .y_label_style(font(9.0))
+        .light_line_style(WHITE)
+        .bold_line_style(RGBColor(0xf1, 0xf3, 0xf5))
+        .axis_style(RGBColor(0x49, 0x50, 0x57))
+        .draw()?;
+    let plot = chart.plotting_area();
+    // The unit under the title.
+    area.draw(&Text::new(
+        p.unit.clone(),
+        ((area.dim_in_pixel().0 / 2) as i32, 22),
+        font(10.0)
+            .color(&RGBColor(0x49, 0x50, 0x57))
+            .pos(Pos::new(HPos::Center, VPos::Top)),
+    ))?;
     for (i, b) in p.bars.iter().enumerate() {
-        let cx = x0 + LEFT + slot * (i as f64 + 0.5);
-        let label_y = y0 + PANEL_H - BOTTOM + 14.0;
+        let (l, r) = (i as f64 + 0.15, i as f64 + 0.85);
+        let cx = i as f64 + 0.5;
         if b.value.is_finite() {
-            let yy = y(b.value);
-            let _ = writeln!(
-                s,
-                r##"<rect x="{:.1}" y="{yy:.1}" width="{bw:.1}" height="{:.1}" fill="{}"/><text x="{cx:.1}" y="{:.1}" font-size="9" text-anchor="middle">{}</text>"##,
-                cx - bw / 2.0,
-                (y(0.0) - yy).max(0.0),
-                b.color,
-                yy - 3.0,
-                fmt_num(b.value)
-            );
+            let v = b.value.clamp(0.0, top);
+            plot.draw(&Rectangle::new([(l, 0.0), (r, v)], hex(b.color).filled()))?;
+            plot.draw(&Text::new(
+                fmt_num(b.value),
+                (cx, v),
+                TextStyle::from(font(9.0)).pos(Pos::new(HPos::Center, VPos::Bottom)),
+            ))?;
         } else {
-            let _ = writeln!(
-                s,
-                r##"<text x="{cx:.1}" y="{:.1}" font-size="9" text-anchor="middle" fill="#c92a2a">failed</text>"##,
-                y(0.0) - 4.0
-            );
+            plot.draw(&Text::new(
+                "failed",
+                (cx, 0.0),
+                font(9.0)
+                    .color(&RGBColor(0xc9, 0x2a, 0x2a))
+                    .pos(Pos::new(HPos::Center, VPos::Bottom)),
+            ))?;
         }
-        // Labels may hold two lines separated by '\n'.
+        // Labels may hold two lines separated by '\n', below the axis.
+        let (x, y) = plot.map_coordinate(&(cx, 0.0));
+        let (ox, oy) = area.get_base_pixel();
         for (k, line) in b.label.split('\n').enumerate() {
-            let _ = writeln!(
-                s,
-                r##"<text x="{cx:.1}" y="{:.1}" font-size="9.5" text-anchor="middle">{}</text>"##,
-                label_y + 11.0 * k as f64,
-                esc(line)
-            );
+            area.draw(&Text::new(
+                line.to_string(),
+                (x - ox, y - oy + 6 + 11 * k as i32),
+                TextStyle::from(font(9.5)).pos(Pos::new(HPos::Center, VPos::Top)),
+            ))?;
         }
     }
     if let Some((v, label)) = &p.reference {
-        // The line across the plot; its legend in the top margin, so it
-        // never covers a bar's value.
-        let yy = y(*v);
-        let (lx, ly) = (x0 + PANEL_W - RIGHT, y0 + TOP - 9.0);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" stroke="{GOOD}" stroke-dasharray="5,3" stroke-width="1.5"/><line x1="{:.1}" x2="{:.1}" y1="{:.1}" y2="{:.1}" stroke="{GOOD}" stroke-dasharray="5,3" stroke-width="1.5"/><text x="{lx:.1}" y="{ly:.1}" font-size="9.5" text-anchor="end" fill="{GOOD}">{}</text>"##,
-            x0 + LEFT,
-            x0 + LEFT + plot_w,
-            lx - 6.5 * label.chars().count() as f64 - 26.0,
-            lx - 6.5 * label.chars().count() as f64 - 6.0,
-            ly - 3.0,
-            ly - 3.0,
-            esc(label)
-        );
+        let style = ShapeStyle::from(&hex(GOOD)).stroke_width(2);
+        chart.draw_series(DashedLineSeries::new(
+            [(0.0, *v), (n as f64, *v)],
+            5,
+            3,
+            style,
+        ))?;
+        // Its legend in the top margin, so it never covers a bar's value.
+        let (w, _) = area.dim_in_pixel();
+        area.draw(&Text::new(
+            label.clone(),
+            (w as i32 - RIGHT as i32, (TOP - 18.0) as i32),
+            font(9.5)
+                .color(&hex(GOOD))
+                .pos(Pos::new(HPos::Right, VPos::Center)),
+        ))?;
     }
-    let _ = writeln!(
-        s,
-        r##"<line x1="{}" x2="{}" y1="{:.1}" y2="{:.1}" stroke="#495057"/></g>"##,
-        x0 + LEFT,
-        x0 + LEFT + plot_w,
-        y(0.0),
-        y(0.0)
-    );
+    Ok(())
 }
 
 /// The whole picture: a title line, then the panels in rows of [`COLS`].
@@ -179,19 +182,30 @@ pub fn render(title: &str, panels: &[Panel]) -> String {
     let rows = panels.len().div_ceil(COLS).max(1);
     let w = PANEL_W * COLS as f64 + 10.0 * (COLS as f64 + 1.0);
     let h = 36.0 + (PANEL_H + 10.0) * rows as f64;
-    let mut s = format!(
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif">
-<rect width="100%" height="100%" fill="#f8f9fa"/>
-<text x="10" y="23" font-size="13" font-weight="bold">{}</text>
-"##,
-        esc(title)
-    );
-    for (i, p) in panels.iter().enumerate() {
-        let x0 = 10.0 + (PANEL_W + 10.0) * (i % COLS) as f64;
-        let y0 = 36.0 + (PANEL_H + 10.0) * (i / COLS) as f64;
-        panel(&mut s, p, x0, y0);
+    let mut s = String::new();
+    {
+        let root = SVGBackend::with_string(&mut s, (w as u32, h as u32)).into_drawing_area();
+        let drawn = (|| -> Result<(), DrawingAreaErrorKind<std::io::Error>> {
+            root.fill(&RGBColor(0xf8, 0xf9, 0xfa))?;
+            root.draw(&Text::new(
+                title.to_string(),
+                (10, 12),
+                ("DejaVu Sans", 13.0).into_font().style(FontStyle::Bold),
+            ))?;
+            for (i, p) in panels.iter().enumerate() {
+                let x0 = 10.0 + (PANEL_W + 10.0) * (i % COLS) as f64;
+                let y0 = 36.0 + (PANEL_H + 10.0) * (i / COLS) as f64;
+                let area = root
+                    .clone()
+                    .shrink((x0 as u32, y0 as u32), (PANEL_W as u32, PANEL_H as u32));
+                panel(&area, p)?;
+            }
+            root.present()
+        })();
+        if let Err(e) = drawn {
+            eprintln!("warning: benchmark chart incomplete: {e}");
+        }
     }
-    s.push_str("</svg>\n");
     s
 }
 

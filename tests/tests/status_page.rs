@@ -1,0 +1,275 @@
+//! The status page on `metrics_listen`, in a real browser: Debian's
+//! Chromium (headless, driven over WebDriver by chromedriver, both inside
+//! the gateway namespace, so every request stays in the lab) loads `/`,
+//! which renders every pool and backend from `/status.json` and `/metrics`
+//! and fetches nothing from anywhere else. A backend is killed; the page
+//! must show it `down` within two of its own refreshes after the daemon
+//! knows. Screenshots land in `target/status-page/`.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::{json, Value};
+use xdplb_tests::{
+    deploy::{Deployment, PoolSpec, METRICS_LISTEN},
+    skip_unless_root, wait_until, Lab,
+};
+
+const DRIVER_PORT: u16 = 9515;
+
+/// A WebDriver session, spoken with curl inside the gateway namespace.
+struct Browser<'a> {
+    lab: &'a Lab,
+    session: String,
+}
+
+fn webdriver(lab: &Lab, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+    let url = format!("http://127.0.0.1:{DRIVER_PORT}{path}");
+    let mut args = vec![
+        "curl".to_string(),
+        "-sS".into(),
+        "-m".into(),
+        "60".into(),
+        "-X".into(),
+        method.into(),
+    ];
+    if let Some(b) = body {
+        args.extend([
+            "-H".into(),
+            "Content-Type: application/json".into(),
+            "-d".into(),
+            b.to_string(),
+        ]);
+    }
+    args.push(url);
+    let out = lab.exec_ok(lab.gw_ns(), &args)?;
+    let v: Value = serde_json::from_str(&out).with_context(|| format!("webdriver said {out}"))?;
+    if let Some(e) = v["value"]["error"].as_str() {
+        bail!("webdriver {method} {path}: {e}: {}", v["value"]["message"]);
+    }
+    Ok(v["value"].clone())
+}
+
+impl<'a> Browser<'a> {
+    fn start(lab: &'a Lab) -> Result<Browser<'a>> {
+        let profile = lab.dir().join("chromium-profile");
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--disable-quic", "--window-size=1440,600",
+                    format!("--user-data-dir={}", profile.display()),
+                ],
+            },
+        }}});
+        let v = webdriver(lab, "POST", "/session", Some(caps))?;
+        let session = v["sessionId"]
+            .as_str()
+            .with_context(|| format!("no session in {v}"))?
+            .to_string();
+        Ok(Browser { lab, session })
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+        webdriver(
+            self.lab,
+            method,
+            &format!("/session/{}{path}", self.session),
+            body,
+        )
+    }
+
+    fn eval(&self, script: &str) -> Result<Value> {
+        self.call(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+    }
+
+    fn screenshot(&self, name: &str) -> Result<PathBuf> {
+        let b64 = self.call("GET", "/screenshot", None)?;
+        let b64 = b64.as_str().context("screenshot is not a string")?;
+        let dir = artifacts();
+        std::fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!("{name}.b64"));
+        std::fs::write(&tmp, b64)?;
+        let png = dir.join(format!("{name}.png"));
+        let out = std::process::Command::new("base64")
+            .arg("-d")
+            .arg(&tmp)
+            .output()?;
+        std::fs::remove_file(&tmp)?;
+        ensure!(out.status.success() && out.stdout.starts_with(b"\x89PNG"));
+        std::fs::write(&png, out.stdout)?;
+        Ok(png)
+    }
+}
+
+impl Drop for Browser<'_> {
+    fn drop(&mut self) {
+        let _ = self.call("DELETE", "", None);
+    }
+}
+
+fn artifacts() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .join("status-page")
+}
+
+/// (refreshes so far, state shown for pool/backend)
+fn page_state(b: &Browser, backend: &str) -> Result<(u64, String)> {
+    let v = b.eval(&format!(
+        "const r = document.querySelector('tr[data-backend=\"web/{backend}\"]'); \
+         return [window.xdplbRefreshes || 0, r ? r.dataset.state : ''];"
+    ))?;
+    Ok((
+        v[0].as_u64().unwrap_or(0),
+        v[1].as_str().unwrap_or("").to_string(),
+    ))
+}
+
+#[test]
+fn status_page_shows_a_killed_backend_down_within_two_refreshes() -> Result<()> {
+    if skip_unless_root() {
+        return Ok(());
+    }
+    let mut d = Deployment::new(vec![PoolSpec::new(2, 1)])?;
+    d.start_daemon()?;
+    let _driver = d.lab.spawn(
+        d.lab.gw_ns(),
+        &["chromedriver", &format!("--port={DRIVER_PORT}")],
+    )?;
+    let ready = wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
+        webdriver(&d.lab, "GET", "/status", None).is_ok_and(|v| v["ready"] == true)
+    });
+    ensure!(ready, "chromedriver did not come up");
+    let browser = Browser::start(&d.lab)?;
+    // One refresh a second.
+    browser.call(
+        "POST",
+        "/url",
+        Some(json!({"url": format!("http://{METRICS_LISTEN}/?refresh=1")})),
+    )?;
+    // Traffic, so the rates have something to show.
+    d.spread(40)?;
+    let shown = wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        page_state(&browser, "web-1").is_ok_and(|(n, s)| n >= 2 && s == "active")
+    });
+    ensure!(
+        shown,
+        "page never showed web-1 active: {:?}",
+        page_state(&browser, "web-1")
+    );
+    d.spread(40)?;
+    std::thread::sleep(Duration::from_millis(1200));
+
+    // Everything on the page: every backend of the status document, rows
+    // coloured by state, no request outside the daemon.
+    let rows = browser.eval(
+        "return [...document.querySelectorAll('tr[data-backend]')].map(r => \
+           [r.dataset.backend, r.dataset.state, r.dataset.health, \
+            getComputedStyle(r.querySelector('.badge')).backgroundColor, r.innerText]);",
+    )?;
+    let status = d.status()?;
+    let want: Vec<String> = status["pools"][0]["backends"]
+        .as_array()
+        .context("backends")?
+        .iter()
+        .map(|b| {
+            format!(
+                "web/{}={}",
+                b["name"].as_str().unwrap_or(""),
+                b["state"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    let got: Vec<String> = rows
+        .as_array()
+        .context("rows")?
+        .iter()
+        .map(|r| {
+            format!(
+                "{}={}",
+                r[0].as_str().unwrap_or(""),
+                r[1].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    ensure!(got == want, "page rows {got:?}, xdplb status {want:?}");
+    let active_colour = rows[0][3].as_str().unwrap_or("").to_string();
+    let standby_colour = rows[2][3].as_str().unwrap_or("").to_string();
+    ensure!(
+        active_colour != standby_colour,
+        "states share a colour: {rows}"
+    );
+    let web1_text = rows[0][4].as_str().unwrap_or("");
+    ensure!(
+        web1_text.contains("198.18.1.11:8080") && web1_text.contains("primary"),
+        "{web1_text}"
+    );
+    let pps = browser.eval(
+        "return document.querySelector('tr[data-backend=\"web/web-1\"]').children[9].innerText;",
+    )?;
+    ensure!(
+        pps.as_str().is_some_and(|s| s != "–"),
+        "no packet rate: {pps}"
+    );
+    let foreign = browser.eval(&format!(
+        "return performance.getEntriesByType('resource').map(e => e.name)\
+           .filter(n => !n.startsWith('http://{METRICS_LISTEN}/'));"
+    ))?;
+    ensure!(
+        foreign.as_array().is_some_and(|a| a.is_empty()),
+        "the page fetched {foreign}"
+    );
+    let up_png = browser.screenshot("status-page-up")?;
+
+    // Kill web-1; note the page's refresh count when the daemon knows.
+    let victim = d.pools[0].backend("web-1").lab_index;
+    d.kill_server(victim);
+    let killed = Instant::now();
+    let mut known_at: Option<u64> = None;
+    let mut shown_at: Option<u64> = None;
+    while killed.elapsed() < Duration::from_secs(15) {
+        let (n, s) = page_state(&browser, "web-1")?;
+        if s == "down" {
+            shown_at = Some(n);
+            break;
+        }
+        if known_at.is_none() && d.backend_status("web", "web-1")?["state"] == "down" {
+            known_at = Some(n);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let shown_at = shown_at.with_context(|| {
+        format!(
+            "the page never showed web-1 down; daemon: {}",
+            d.backend_status("web", "web-1").unwrap_or_default()
+        )
+    })?;
+    // The page may have caught it before our own poll of the daemon did.
+    let known_at = known_at.unwrap_or(shown_at);
+    println!(
+        "status page: web-1 down on refresh {shown_at}, daemon knew at refresh {known_at}, {:?} after the kill",
+        killed.elapsed()
+    );
+    ensure!(
+        shown_at <= known_at + 2,
+        "shown down {} refreshes after the daemon knew",
+        shown_at - known_at
+    );
+    // The spare covers the gap: give the page a refresh to show it.
+    std::thread::sleep(Duration::from_millis(2200));
+    let down_png = browser.screenshot("status-page-down")?;
+    println!("screenshots: {} {}", up_png.display(), down_png.display());
+    Ok(())
+}

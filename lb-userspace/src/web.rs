@@ -224,6 +224,8 @@ mod tests {
                     config_weight: 100,
                     load: 0.0,
                     flows: 3,
+                    half_open: 0,
+                    unanswered: false,
                     reason: "healthy".into(),
                     operator_drained: false,
                     agent: None,

@@ -1,0 +1,646 @@
+//! `xdplb run`: the controller. Probes and agents feed observations; the
+//! planner turns config + observations + drains into each backend's state
+//! and weight; this module writes the difference into the data plane.
+//!
+//! Layout, one concern per file: `ops` (the data plane as the controller
+//! sees it, [`DataplaneOps`]), `slots` (VIP indices and backend slots:
+//! capacity planned before any write, install, reload, retirement), `sync`
+//! (the ordered map writes), `view` (status), `daemon` (the wiring of `xdplb
+//! run`), and here the controller's state, its events and its loop.
+//!
+//! Shape (as mini-redis): [`run`] wires the real pieces (config file, aya
+//! data plane, admin socket, metrics, signals) and hands them to
+//! [`Controller::run`], which takes its data plane as a [`DataplaneOps`] and
+//! its probes from a factory, so tests drive it with fakes.
+//!
+//! Order of map writes on every sync, so no packet meets an inconsistent
+//! state: (1) slots that are not down get their new state, (2) rings are
+//! published (each flips atomically, see `dataplane`), (3) slots that are
+//! down are marked so. A backend coming up is thus marked before any ring
+//! names it; a backend going down leaves the rings before its flows are
+//! re-steered (re-steering consults the new ring).
+//!
+//! Restart: the data plane keeps forwarding with its last state while the
+//! controller is away. On start the controller adopts the pinned VIP and
+//! slot assignments (names are kept in the `NAMES` map) and operator
+//! drains (a flag in the backend map), and writes nothing until every
+//! backend has had its first probe, so a restart changes no ring that
+//! the probes would not change anyway (Maglev is deterministic).
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    net::SocketAddrV4,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use lb_common::{
+    limits::{MAX_BACKENDS, MAX_VIPS},
+    BACKEND_DOWN, BACKEND_DRAINING, BACKEND_F_OPERATOR_DRAIN,
+};
+use thiserror::Error;
+// tokio's clock, so tests can run the controller with time paused.
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
+use tracing::{debug, error, info, warn};
+
+use crate::{
+    config::{self, BackendConfig, Config, HealthConfig, OnDown, OnEmpty, PoolConfig, Role},
+    dataplane::{
+        self, backend_name_index, AttachMode, BackendSlot, Dataplane, DataplaneError, Shape,
+    },
+    health::{self, HealthReport, HealthState, Probe},
+    load::{
+        client::{agent_timeout, spawn_poller, LoadReport},
+        LoadTracker,
+    },
+    maglev::{self, MaglevEntry},
+    metrics::Metrics,
+    planner::{
+        BackendObservation, BackendPlan, BackendState, Observations, Plan, Planner, PoolPlan,
+    },
+    status::{BackendStatus, PoolStatus, Status},
+};
+
+pub use crate::command::Command;
+
+mod daemon;
+mod ops;
+mod slots;
+mod sync;
+mod view;
+
+pub use daemon::run;
+pub use ops::DataplaneOps;
+use slots::Slots;
+pub use sync::vip_flags;
+use sync::{plan_of, PublishedRing, BACKEND_F_HEALTH_DOWN};
+
+#[derive(Debug, Error)]
+pub enum ControllerError {
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error(
+        "the config needs {needed} new {what} but {free} are free (the data plane holds {max}; \
+         {retiring} still retiring until their flows end); nothing was changed — apply it in \
+         two steps (remove first, add once the removed ones are freed)"
+    )]
+    NoCapacity {
+        what: &'static str,
+        needed: usize,
+        free: usize,
+        retiring: usize,
+        max: u32,
+    },
+    #[error("pool {pool:?}: no free VIP slot (the data plane holds {max})")]
+    NoVipSlot { pool: String, max: u32 },
+    #[error(
+        "pool {pool:?} backend {backend:?}: no free backend slot (the data plane holds {max})"
+    )]
+    NoBackendSlot {
+        pool: String,
+        backend: String,
+        max: u32,
+    },
+}
+
+/// Makes the probe for a pool's health config (tests inject fakes).
+pub type ProbeFactory = Arc<dyn Fn(&HealthConfig) -> Arc<dyn Probe> + Send + Sync>;
+/// Counts established flows per backend slot (the real one walks the
+/// pinned flow table; it runs on a blocking thread).
+/// `None` when the count failed: the last good count stands.
+pub type FlowCounter = Arc<dyn Fn() -> Option<dataplane::FlowCensus> + Send + Sync>;
+
+/// Half-open flows (handshakes that did not complete) a backend with no
+/// established flow must have before status says its answers do not reach
+/// the clients: a few, so one lost SYN-ACK is no alarm.
+const HALF_OPEN_ALARM: u64 = 3;
+
+/// How often the planner runs without an event: slow-start ramps and
+/// watermark holds advance on this beat.
+const TICK: Duration = Duration::from_millis(200);
+/// How often established flows are counted (a walk of the flow table).
+const FLOW_COUNT_EVERY: Duration = Duration::from_secs(2);
+/// The flow count waits at least this many times as long as its last walk
+/// took, bounding its CPU share to about 1/10 of a core.
+const FLOW_COUNT_DUTY: u32 = 10;
+/// A flow entry idle longer than this is not counted as established (the
+/// flow table is an LRU; closed connections linger in it until evicted).
+pub const FLOW_IDLE: Duration = Duration::from_secs(30);
+/// Entries walked at most per count, bounding the walk's cost.
+const FLOW_COUNT_LIMIT: usize = 1 << 20;
+/// How stale the metrics' backend gauges may get when nothing changes.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// Weight of a new probe round trip in the smoothed one (as TCP's SRTT,
+/// RFC 6298, but heavier: probes are seconds apart, not packets).
+const RTT_GAIN: f64 = 0.25;
+/// A backend removed by reload keeps its slot (draining) until it has no
+/// established flow, or this long.
+const RETIRE_AFTER: Duration = Duration::from_secs(300);
+/// How often the host's addresses, MACs and redirect targets are written
+/// again (one netlink dump). An address added meanwhile is unknown to the
+/// program for at most this long: probes from it would have their replies
+/// rewritten as client traffic until then.
+pub const HOST_SYNC_EVERY: Duration = Duration::from_secs(3);
+
+type Key = (String, String);
+
+/// Every backend of `config` and its address.
+fn wanted_backends(config: &Config) -> HashMap<Key, SocketAddrV4> {
+    config
+        .pools
+        .iter()
+        .flat_map(|p| {
+            p.backends
+                .iter()
+                .map(move |b| (key(&p.name, &b.name), b.addr))
+        })
+        .collect()
+}
+
+fn key(pool: &str, backend: &str) -> Key {
+    (pool.to_string(), backend.to_string())
+}
+
+struct Task {
+    id: u64,
+    /// What the task was started with; a change restarts it.
+    fingerprint: String,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+#[derive(Default)]
+struct Runtime {
+    health: Option<HealthState>,
+    /// A probe has reported since this controller started (a health state
+    /// seeded from the maps is not a probe).
+    probed: bool,
+    /// Smoothed round trip of successful probes (the seed's response time).
+    rtt: Option<Duration>,
+    /// Whether the agent answered its last query (`None`: not asked yet).
+    agent_up: Option<bool>,
+    agent_error: Option<String>,
+    last_error: Option<String>,
+    load: Option<LoadTracker>,
+    agent_line: Option<String>,
+}
+
+/// The controller proper. Owns the data plane writer and all state.
+pub struct Controller<D: DataplaneOps> {
+    config_path: PathBuf,
+    config: Config,
+    dp: D,
+    slots: Slots,
+    planner: Planner,
+    runtime: HashMap<Key, Runtime>,
+    drained: HashSet<Key>,
+    /// Established flows per slot, from the last count; `None` until the
+    /// first count is in. "Not counted yet" is not zero: no retiring slot is
+    /// freed before a count says it is idle.
+    flows: Option<HashMap<u32, u64>>,
+    /// Half-open flows per slot, from the last count.
+    half_open: HashMap<u32, u64>,
+    /// When the last count began: a slot retired after that is not known
+    /// to be idle by it.
+    flows_at: Instant,
+    /// The VIP address each pool has in the VIPS map (adopted or
+    /// published), so a pool removed or re-addressed while the controller
+    /// was down is taken out of the map even though no config named it.
+    vip_addrs: HashMap<String, SocketAddrV4>,
+    /// Backend metas as last written.
+    written: HashMap<u32, BackendSlot>,
+    /// What each pool's VIP was last published with.
+    published: HashMap<String, PublishedRing>,
+    /// Slots of backends removed by reload: (since, address, pool).
+    retiring: HashMap<u32, (Instant, SocketAddrV4)>,
+    checkers: HashMap<Key, Task>,
+    pollers: HashMap<Key, Task>,
+    task_owner: HashMap<u64, Key>,
+    next_task_id: u64,
+    health_tx: mpsc::Sender<HealthReport>,
+    load_tx: mpsc::Sender<LoadReport>,
+    probes: ProbeFactory,
+    metrics: Option<Arc<Metrics>>,
+    plan: Option<Plan>,
+    /// When the metrics last got the status.
+    status_pushed: Instant,
+    epoch: Instant,
+    /// Nothing is written before every backend has a first probe result
+    /// (or this deadline passes).
+    ready_deadline: Instant,
+    ready: bool,
+}
+
+/// Channels the controller's tasks report on.
+pub struct Inputs {
+    health_rx: mpsc::Receiver<HealthReport>,
+    load_rx: mpsc::Receiver<LoadReport>,
+}
+
+impl<D: DataplaneOps> Controller<D> {
+    /// A controller for `config`, adopting what `dp` already holds.
+    pub fn new(
+        config_path: PathBuf,
+        config: Config,
+        dp: D,
+        probes: ProbeFactory,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<(Controller<D>, Inputs), ControllerError> {
+        let (health_tx, health_rx) = mpsc::channel(1024);
+        let (load_tx, load_rx) = mpsc::channel(1024);
+        let vips = dp.adopt_vips()?;
+        let backends = dp.adopt_backends()?;
+        let taken_vips: HashSet<u32> = vips.iter().map(|v| v.2).collect();
+        let taken_slots: HashSet<u32> = backends.iter().map(|b| b.1.slot).collect();
+        let mut slots = Slots::new(&taken_vips, &taken_slots);
+        let mut pool_of_index = HashMap::new();
+        let mut published = HashMap::new();
+        for (pool, vip, index) in &vips {
+            info!(pool, %vip, index, "adopted VIP from the pinned data plane");
+            slots.vips.insert(pool.clone(), *index);
+            pool_of_index.insert(*index, pool.clone());
+            published.insert(pool.clone(), *vip);
+        }
+        let mut drained = HashSet::new();
+        let mut written = HashMap::new();
+        let mut orphans = Vec::new();
+        for (name, b) in backends {
+            match pool_of_index.get(&b.vip_index) {
+                Some(pool) => {
+                    let k = key(pool, &name);
+                    if b.flags & BACKEND_F_OPERATOR_DRAIN != 0 {
+                        info!(pool, backend = name, "operator drain survives the restart");
+                        drained.insert(k.clone());
+                    }
+                    slots.backends.insert(k, b.slot);
+                    written.insert(b.slot, b);
+                }
+                None => orphans.push(b),
+            }
+        }
+        let now = Instant::now();
+        let max_timeout = config
+            .pools
+            .iter()
+            .map(|p| p.health.timeout_ms)
+            .max()
+            .unwrap_or(0);
+        let mut c = Controller {
+            config_path,
+            config: Config {
+                pools: Vec::new(),
+                ..config.clone()
+            },
+            dp,
+            slots,
+            planner: Planner::new(),
+            runtime: HashMap::new(),
+            drained,
+            flows: None,
+            half_open: HashMap::new(),
+            flows_at: now,
+            vip_addrs: published,
+            written,
+            published: HashMap::new(),
+            retiring: HashMap::new(),
+            checkers: HashMap::new(),
+            pollers: HashMap::new(),
+            task_owner: HashMap::new(),
+            next_task_id: 1,
+            health_tx,
+            load_tx,
+            probes,
+            metrics,
+            plan: None,
+            status_pushed: now,
+            epoch: now,
+            ready_deadline: now + Duration::from_millis(max_timeout + 500),
+            ready: false,
+        };
+        // Slots whose pool is gone (e.g. VIP removed while we were down).
+        for b in orphans {
+            c.retiring.insert(b.slot, (now, b.addr));
+        }
+        // Drains kept in the state file survive `xdplb down` and reboots,
+        // which the maps' flags do not.
+        if let Some(path) = &c.config.control.state_file {
+            match crate::state::load(path) {
+                Ok(saved) => {
+                    for (pool, backend) in saved {
+                        if c.drained.insert(key(&pool, &backend)) {
+                            info!(pool, backend, "operator drain restored from the state file");
+                        }
+                    }
+                }
+                Err(e) => warn!(error = %e, "operator drains not restored"),
+            }
+        }
+        c.install(config)?;
+        if let Err(e) = c.persist_drains() {
+            warn!(error = e, "operator drains not saved");
+        }
+        Ok((c, Inputs { health_rx, load_rx }))
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn task_id(&mut self, k: &Key) -> u64 {
+        let id = self.next_task_id;
+        self.next_task_id += 1;
+        self.task_owner.insert(id, k.clone());
+        id
+    }
+
+    /// The backend a report is about, if its task is still the current one.
+    fn owner(&self, id: u64, tasks: &HashMap<Key, Task>) -> Option<Key> {
+        let k = self.task_owner.get(&id)?;
+        (tasks.get(k)?.id == id).then(|| k.clone())
+    }
+
+    /// A probe result. Returns true when the backend's health flipped.
+    pub fn on_health(&mut self, r: HealthReport) -> bool {
+        let Some(k) = self.owner(r.id, &self.checkers) else {
+            return false;
+        };
+        if let Some(m) = &self.metrics {
+            m.observe_health_check(&k.0, &k.1, r.duration, r.success);
+        }
+        let Some(rt) = self.runtime.get_mut(&k) else {
+            return false;
+        };
+        rt.last_error = if r.success { None } else { r.error.clone() };
+        rt.probed = true;
+        if r.success {
+            rt.rtt = Some(match rt.rtt {
+                None => r.duration,
+                Some(prev) => prev.mul_f64(1.0 - RTT_GAIN) + r.duration.mul_f64(RTT_GAIN),
+            });
+        }
+        let flipped = rt.health.as_mut().and_then(|h| h.observe(r.success));
+        match flipped {
+            Some(true) => info!(pool = k.0, backend = k.1, "backend is up"),
+            Some(false) => warn!(
+                pool = k.0,
+                backend = k.1,
+                error = r.error.as_deref().unwrap_or(""),
+                "backend is down"
+            ),
+            None => {}
+        }
+        flipped.is_some()
+    }
+
+    pub fn on_load(&mut self, r: LoadReport) {
+        let Some(k) = self.owner(r.id, &self.pollers) else {
+            return;
+        };
+        let now = self.now_ms();
+        let Some(rt) = self.runtime.get_mut(&k) else {
+            return;
+        };
+        let Some(tracker) = rt.load.as_mut() else {
+            return;
+        };
+        match r.result {
+            Ok(reply) => {
+                match rt.agent_up {
+                    Some(true) => {}
+                    Some(false) => warn!(pool = k.0, backend = k.1, "load agent answers again"),
+                    None => info!(pool = k.0, backend = k.1, "load agent answers"),
+                }
+                rt.agent_up = Some(true);
+                rt.agent_error = None;
+                rt.agent_line = Some(reply.to_line());
+                tracker.on_reply(now, reply);
+            }
+            Err(e) => {
+                if rt.agent_up != Some(false) {
+                    // Its last score holds for 3 intervals, then 0.5.
+                    warn!(pool = k.0, backend = k.1, error = %e, "load agent stopped answering");
+                } else {
+                    debug!(pool = k.0, backend = k.1, error = %e, "agent query failed");
+                }
+                rt.agent_up = Some(false);
+                rt.agent_error = Some(e.to_string());
+                rt.agent_line = None;
+                tracker.on_failure(now);
+            }
+        }
+    }
+
+    /// A flow count that began now.
+    pub fn set_flows(&mut self, flows: HashMap<u32, u64>) {
+        self.set_flows_since(Instant::now(), flows);
+    }
+
+    /// A flow count that began at `started`.
+    pub fn set_flows_since(&mut self, started: Instant, flows: HashMap<u32, u64>) {
+        self.flows = Some(flows);
+        self.flows_at = started;
+    }
+
+    /// Established flows of a slot as last counted (0 before any count).
+    fn flows_of(&self, slot: u32) -> u64 {
+        self.flows
+            .as_ref()
+            .and_then(|f| f.get(&slot))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Writes the operator drains of backends in the config to the state
+    /// file (if there is one).
+    fn persist_drains(&mut self) -> Result<(), String> {
+        let config = &self.config;
+        self.drained
+            .retain(|(p, b)| config.pool(p).is_some_and(|pool| pool.backend(b).is_some()));
+        let Some(path) = &self.config.control.state_file else {
+            return Ok(());
+        };
+        // Nothing to keep and nothing kept: no file (a host that never
+        // drains gets no /var/lib/xdplb).
+        if self.drained.is_empty() && !path.exists() {
+            return Ok(());
+        }
+        let drains = self.drained.iter().cloned().collect();
+        crate::state::save(path, &drains).map_err(|e| e.to_string())
+    }
+
+    pub fn drain(&mut self, pool: &str, backend: &str, drain: bool) -> Result<(), String> {
+        let p = self
+            .config
+            .pool(pool)
+            .ok_or_else(|| format!("unknown pool {pool:?}"))?;
+        if p.backend(backend).is_none() {
+            return Err(format!("unknown backend {backend:?} in pool {pool:?}"));
+        }
+        let k = key(pool, backend);
+        if drain {
+            self.drained.insert(k);
+        } else {
+            self.drained.remove(&k);
+        }
+        info!(pool, backend, drain, "operator drain");
+        self.sync().map_err(|e| e.to_string())?;
+        self.persist_drains().map_err(|e| {
+            format!(
+                "{pool}/{backend}: applied, but it will not survive `xdplb down` or a reboot: {e}"
+            )
+        })
+    }
+
+    /// Re-reads the config file and applies it, or refuses it with the
+    /// reason and changes nothing.
+    pub fn reload(&mut self) -> Result<String, String> {
+        let new = config::load(&self.config_path).map_err(|e| e.to_string())?;
+        config::check_interfaces_exist(&new).map_err(|e| e.to_string())?;
+        if new.dataplane != self.config.dataplane {
+            return Err(format!(
+                "{}: [dataplane] changed; it shapes the pinned maps and attachments, so it \
+                 needs `xdplb down` and a fresh `xdplb run` (this drops established flows)",
+                self.config_path.display()
+            ));
+        }
+        if new.control != self.config.control {
+            return Err(format!(
+                "{}: [control] changed; restart `xdplb run` to rebind the admin socket or \
+                 metrics listener (the data plane keeps forwarding meanwhile)",
+                self.config_path.display()
+            ));
+        }
+        let summary = self.install(new).map_err(|e| e.to_string())?;
+        self.sync().map_err(|e| e.to_string())?;
+        if let Err(e) = self.persist_drains() {
+            warn!(error = e, "operator drains not saved");
+        }
+        let summary = if summary.is_empty() {
+            "no change".to_string()
+        } else {
+            summary.join("; ")
+        };
+        info!(summary, "config reloaded");
+        Ok(summary)
+    }
+
+    pub fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::Drain {
+                pool,
+                backend,
+                drain,
+                reply,
+            } => {
+                let _ = reply.send(self.drain(&pool, &backend, drain));
+            }
+            Command::Reload { reply } => {
+                let r = self.reload();
+                if let Err(e) = &r {
+                    warn!(error = e, "reload refused");
+                }
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    /// Rewrites the host's addresses, MACs and redirect targets into the
+    /// data plane. A failure is logged and retried on the next beat; the
+    /// program keeps the last good values.
+    pub fn sync_host(&mut self) {
+        if let Err(e) = self.dp.sync_host(&self.config.dataplane.interfaces) {
+            error!(error = %e, "writing host addresses into the data plane failed");
+        }
+    }
+
+    /// Runs until `shutdown` resolves. SIGHUP-style reloads arrive as
+    /// `reload` signals; admin requests as `commands`.
+    pub async fn run(
+        mut self,
+        mut inputs: Inputs,
+        mut commands: mpsc::Receiver<Command>,
+        mut reload: mpsc::Receiver<()>,
+        flow_counter: Option<FlowCounter>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ControllerError> {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first host sync is the caller's (before the first map sync);
+        // this one keeps it current.
+        let mut host_tick =
+            tokio::time::interval_at(Instant::now() + HOST_SYNC_EVERY, HOST_SYNC_EVERY);
+        host_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (flows_tx, mut flows_rx) = mpsc::channel(1);
+        if let Some(counter) = flow_counter {
+            tokio::spawn(async move {
+                loop {
+                    let c = counter.clone();
+                    let started = Instant::now();
+                    let Ok(flows) = tokio::task::spawn_blocking(move || c()).await else {
+                        break;
+                    };
+                    let took = started.elapsed();
+                    if let Some(flows) = flows {
+                        if flows_tx.send((started, flows)).await.is_err() {
+                            break;
+                        }
+                    }
+                    // A walk of a big flow table costs real CPU (two
+                    // syscalls an entry): keep it under a tenth of a core.
+                    tokio::time::sleep(FLOW_COUNT_EVERY.max(took * FLOW_COUNT_DUTY)).await;
+                }
+            });
+        }
+        let mut systemd = crate::notify::Systemd::from_env();
+        loop {
+            let sync_now = tokio::select! {
+                _ = &mut shutdown => break,
+                Some(r) = inputs.health_rx.recv() => self.on_health(r),
+                Some(r) = inputs.load_rx.recv() => { self.on_load(r); false }
+                Some(cmd) = commands.recv() => { self.on_command(cmd); false }
+                Some(()) = reload.recv() => {
+                    match self.reload() {
+                        Ok(s) => info!(summary = s, "reload (signal) applied"),
+                        Err(e) => error!(error = e, "reload (signal) refused; running config unchanged"),
+                    }
+                    false
+                }
+                Some((at, census)) = flows_rx.recv() => {
+                    self.half_open = census.half_open;
+                    self.set_flows_since(at, census.established);
+                    false
+                }
+                _ = host_tick.tick() => { self.sync_host(); false }
+                _ = tick.tick() => true,
+            };
+            if sync_now {
+                let synced = self.sync();
+                if let Err(e) = &synced {
+                    // A failed map write is retried on the next beat; the
+                    // data plane keeps its last good state meanwhile.
+                    error!(error = %e, "data plane sync failed");
+                }
+                // READY=1 after the first sync that wrote the maps.
+                systemd.beat(self.ready && synced.is_ok());
+            }
+        }
+        systemd.stopping();
+        info!("controller stopping; the data plane stays pinned and forwarding");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,94 @@
+//! The controller's view of the data plane, and the real one behind it.
+use super::*;
+
+/// The controller's view of the data plane: what it writes and reads back.
+/// [`Dataplane`] is the real one; tests use a fake.
+pub trait DataplaneOps: Send {
+    /// `flags`: `lb_common::VIP_F_*` bits (see [`vip_flags`]).
+    fn publish_vip(
+        &mut self,
+        vip: SocketAddrV4,
+        vip_index: u32,
+        ring: &[u32],
+        flags: u32,
+    ) -> Result<(), DataplaneError>;
+    /// Writes what the program must know about this host: the attached
+    /// interfaces' MACs and redirect targets, and this network namespace's
+    /// local addresses (so replies to the controller's own probes are told
+    /// apart from client traffic). Addresses change: called again every
+    /// [`HOST_SYNC_EVERY`].
+    fn sync_host(&mut self, interfaces: &[String]) -> Result<(), DataplaneError>;
+    fn remove_vip(&mut self, vip: SocketAddrV4) -> Result<(), DataplaneError>;
+    fn write_backend(&mut self, slot: &BackendSlot) -> Result<(), DataplaneError>;
+    fn free_backend(&mut self, slot: u32) -> Result<(), DataplaneError>;
+    fn write_reply(
+        &mut self,
+        backend: SocketAddrV4,
+        vip: SocketAddrV4,
+        slot: u32,
+        vip_index: u32,
+    ) -> Result<(), DataplaneError>;
+    fn remove_reply(&mut self, backend: SocketAddrV4) -> Result<(), DataplaneError>;
+    fn write_name(&mut self, index: u32, name: &str) -> Result<(), DataplaneError>;
+    /// (pool name, vip, vip index) of every VIP in the map.
+    fn adopt_vips(&self) -> Result<Vec<(String, SocketAddrV4, u32)>, DataplaneError>;
+    /// (backend name, slot) of every slot in use.
+    fn adopt_backends(&self) -> Result<Vec<(String, BackendSlot)>, DataplaneError>;
+}
+
+impl DataplaneOps for Dataplane {
+    fn publish_vip(
+        &mut self,
+        vip: SocketAddrV4,
+        idx: u32,
+        ring: &[u32],
+        flags: u32,
+    ) -> Result<(), DataplaneError> {
+        Dataplane::publish_vip(self, vip, idx, ring, flags)
+    }
+    fn sync_host(&mut self, interfaces: &[String]) -> Result<(), DataplaneError> {
+        Dataplane::sync_host(self, interfaces)
+    }
+    fn remove_vip(&mut self, vip: SocketAddrV4) -> Result<(), DataplaneError> {
+        Dataplane::remove_vip(self, vip)
+    }
+    fn write_backend(&mut self, slot: &BackendSlot) -> Result<(), DataplaneError> {
+        Dataplane::write_backend(self, slot)
+    }
+    fn free_backend(&mut self, slot: u32) -> Result<(), DataplaneError> {
+        Dataplane::free_backend(self, slot)
+    }
+    fn write_reply(
+        &mut self,
+        backend: SocketAddrV4,
+        vip: SocketAddrV4,
+        slot: u32,
+        vip_index: u32,
+    ) -> Result<(), DataplaneError> {
+        Dataplane::write_reply(self, backend, vip, slot, vip_index)
+    }
+    fn remove_reply(&mut self, backend: SocketAddrV4) -> Result<(), DataplaneError> {
+        Dataplane::remove_reply(self, backend)
+    }
+    fn write_name(&mut self, index: u32, name: &str) -> Result<(), DataplaneError> {
+        Dataplane::write_name(self, index, name)
+    }
+    fn adopt_vips(&self) -> Result<Vec<(String, SocketAddrV4, u32)>, DataplaneError> {
+        self.read_vips()?
+            .into_iter()
+            .map(|(key, meta)| {
+                Ok((
+                    self.read_name(meta.index)?,
+                    dataplane::socket_addr(&key),
+                    meta.index,
+                ))
+            })
+            .collect()
+    }
+    fn adopt_backends(&self) -> Result<Vec<(String, BackendSlot)>, DataplaneError> {
+        self.read_backends()?
+            .into_iter()
+            .map(|b| Ok((self.read_name(backend_name_index(b.slot))?, b)))
+            .collect()
+    }
+}

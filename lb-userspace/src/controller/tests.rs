@@ -1,0 +1,945 @@
+//! The controller against a fake data plane and fake probes, with
+//! tokio's clock paused: every transition is driven by advancing time.
+use std::sync::Mutex;
+
+use lb_common::{BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_STANDBY, NO_BACKEND};
+
+use super::*;
+use crate::health::ProbeFuture;
+
+/// A map write, in order.
+#[derive(Clone, Debug, PartialEq)]
+enum Op {
+    Publish {
+        vip_index: u32,
+        slots: Vec<u32>,
+        flags: u32,
+    },
+    Backend(BackendSlot),
+    Free(u32),
+    RemoveReply(SocketAddrV4),
+    RemoveVip(SocketAddrV4),
+}
+
+#[derive(Default)]
+struct Fake {
+    ops: Vec<Op>,
+    /// The interfaces of every `sync_host` call (shared: the test
+    /// reads it while `run` owns the fake).
+    host_syncs: Arc<Mutex<Vec<Vec<String>>>>,
+    vips: HashMap<SocketAddrV4, (u32, Vec<u32>)>,
+    backends: HashMap<u32, BackendSlot>,
+    names: HashMap<u32, String>,
+}
+
+impl Fake {
+    /// State of the one live slot named `name` (a retiring slot may
+    /// share the name: that is ambiguous, and refused).
+    fn state(&self, name: &str) -> u8 {
+        let slots: Vec<u32> = self
+            .names
+            .iter()
+            .filter(|(i, n)| **i >= MAX_VIPS && n.as_str() == name)
+            .map(|(i, _)| i - MAX_VIPS)
+            .filter(|s| self.backends.contains_key(s))
+            .collect();
+        assert_eq!(slots.len(), 1, "slots named {name}: {slots:?}");
+        self.backends[&slots[0]].state
+    }
+
+    /// Names of the backends the VIP's ring holds.
+    fn ring_members(&self, vip: &str) -> Vec<String> {
+        let (_, ring) = &self.vips[&vip.parse().unwrap()];
+        let mut m: Vec<String> = ring
+            .iter()
+            .filter(|s| **s != NO_BACKEND)
+            .map(|s| self.names[&(MAX_VIPS + s)].clone())
+            .collect();
+        m.sort();
+        m.dedup();
+        m
+    }
+}
+
+impl DataplaneOps for Fake {
+    fn publish_vip(
+        &mut self,
+        vip: SocketAddrV4,
+        idx: u32,
+        ring: &[u32],
+        flags: u32,
+    ) -> Result<(), DataplaneError> {
+        let mut slots: Vec<u32> = ring.iter().copied().filter(|s| *s != NO_BACKEND).collect();
+        slots.sort();
+        slots.dedup();
+        self.ops.push(Op::Publish {
+            vip_index: idx,
+            slots,
+            flags,
+        });
+        self.vips.insert(vip, (idx, ring.to_vec()));
+        Ok(())
+    }
+    fn sync_host(&mut self, interfaces: &[String]) -> Result<(), DataplaneError> {
+        self.host_syncs.lock().unwrap().push(interfaces.to_vec());
+        Ok(())
+    }
+    fn remove_vip(&mut self, vip: SocketAddrV4) -> Result<(), DataplaneError> {
+        self.ops.push(Op::RemoveVip(vip));
+        self.vips.remove(&vip);
+        Ok(())
+    }
+    fn write_backend(&mut self, slot: &BackendSlot) -> Result<(), DataplaneError> {
+        self.ops.push(Op::Backend(slot.clone()));
+        self.backends.insert(slot.slot, slot.clone());
+        Ok(())
+    }
+    fn free_backend(&mut self, slot: u32) -> Result<(), DataplaneError> {
+        self.ops.push(Op::Free(slot));
+        self.backends.remove(&slot);
+        Ok(())
+    }
+    fn write_reply(
+        &mut self,
+        _: SocketAddrV4,
+        _: SocketAddrV4,
+        _: u32,
+        _: u32,
+    ) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+    fn remove_reply(&mut self, backend: SocketAddrV4) -> Result<(), DataplaneError> {
+        self.ops.push(Op::RemoveReply(backend));
+        Ok(())
+    }
+    fn write_name(&mut self, index: u32, name: &str) -> Result<(), DataplaneError> {
+        self.names.insert(index, name.to_string());
+        Ok(())
+    }
+    fn adopt_vips(&self) -> Result<Vec<(String, SocketAddrV4, u32)>, DataplaneError> {
+        Ok(self
+            .vips
+            .iter()
+            .map(|(vip, (i, _))| (self.names[i].clone(), *vip, *i))
+            .collect())
+    }
+    fn adopt_backends(&self) -> Result<Vec<(String, BackendSlot)>, DataplaneError> {
+        Ok(self
+            .backends
+            .values()
+            .map(|b| (self.names[&(MAX_VIPS + b.slot)].clone(), b.clone()))
+            .collect())
+    }
+}
+
+/// Probes answer from a table the test flips, after a delay it sets.
+#[derive(Default)]
+struct FakeProbes {
+    up: Mutex<HashMap<SocketAddrV4, bool>>,
+    delay: Mutex<HashMap<SocketAddrV4, Duration>>,
+}
+
+impl FakeProbes {
+    fn set(&self, addr: &str, up: bool) {
+        self.up.lock().unwrap().insert(addr.parse().unwrap(), up);
+    }
+
+    fn set_delay(&self, addr: &str, d: Duration) {
+        self.delay.lock().unwrap().insert(addr.parse().unwrap(), d);
+    }
+}
+
+impl Probe for FakeProbes {
+    fn check(&self, addr: SocketAddrV4, _timeout: Duration) -> ProbeFuture<'_> {
+        let up = self.up.lock().unwrap().get(&addr).copied().unwrap_or(true);
+        let delay = self.delay.lock().unwrap().get(&addr).copied();
+        Box::pin(async move {
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            if up {
+                Ok(())
+            } else {
+                Err(health::HealthError::Connect {
+                    addr,
+                    source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+                })
+            }
+        })
+    }
+}
+
+const CONFIG: &str = r#"
+[dataplane]
+interfaces = ["lo"]
+ring_size = 1009
+
+[[pool]]
+name = "web"
+vip = "198.18.2.10:80"
+min_active = 2
+  [pool.health]
+  interval_ms = 100
+  timeout_ms = 50
+  rise = 2
+  fall = 2
+  [[pool.backend]]
+  name = "web-1"
+  addr = "198.18.1.11:8080"
+  [[pool.backend]]
+  name = "web-2"
+  addr = "198.18.1.12:8080"
+  [[pool.backend]]
+  name = "spare-1"
+  addr = "198.18.1.21:8080"
+  role = "spare"
+"#;
+
+struct Rig {
+    c: Controller<Fake>,
+    inputs: Inputs,
+    probes: Arc<FakeProbes>,
+    dir: PathBuf,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rig_with(fake: Fake, probes: Arc<FakeProbes>, text: &str) -> Rig {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "xdplb-ctl-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("xdplb.toml");
+    std::fs::write(&path, with_state_file(&dir, text)).unwrap();
+    let cfg = config::load(&path).unwrap();
+    let p = probes.clone();
+    let factory: ProbeFactory = Arc::new(move |_| p.clone() as Arc<dyn Probe>);
+    let (c, inputs) = Controller::new(path, cfg, fake, factory, None).unwrap();
+    Rig {
+        c,
+        inputs,
+        probes,
+        dir,
+    }
+}
+
+/// `text` with a `[control]` section keeping the state file in `dir`
+/// (never the default one under /var/lib), unless it has its own.
+fn with_state_file(dir: &Path, text: &str) -> String {
+    if text.contains("[control]") {
+        return text.to_string();
+    }
+    format!(
+        "{text}\n[control]\nstate_file = \"{}\"\n",
+        dir.join("state.json").display()
+    )
+}
+
+fn rig() -> Rig {
+    rig_with(Fake::default(), Arc::new(FakeProbes::default()), CONFIG)
+}
+
+impl Rig {
+    /// Advances the paused clock by `d` in 10 ms steps, feeding every
+    /// probe report to the controller and syncing, as `run` does.
+    async fn pump(&mut self, d: Duration) {
+        self.pump_by(d, Duration::from_millis(10)).await
+    }
+
+    /// [`pump`](Rig::pump) in steps of `step` (coarser: cheaper with
+    /// thousands of backends).
+    async fn pump_by(&mut self, d: Duration, step: Duration) {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            tokio::time::advance(step).await;
+            // Until no report is left (checkers blocked on a full
+            // channel get to send once it drains), as `run` would.
+            loop {
+                tokio::task::yield_now().await;
+                let mut any = false;
+                while let Ok(r) = self.inputs.health_rx.try_recv() {
+                    self.c.on_health(r);
+                    any = true;
+                }
+                if !any {
+                    break;
+                }
+            }
+            self.c.sync().unwrap();
+        }
+    }
+
+    /// Rewrites the config file (for a reload).
+    fn write_config(&self, text: impl AsRef<str>) {
+        let text = with_state_file(&self.dir, text.as_ref());
+        std::fs::write(&self.c.config_path, text).unwrap();
+    }
+
+    fn fake(&self) -> &Fake {
+        &self.c.dp
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn primaries_serve_and_the_spare_stands_by() {
+    let mut r = rig();
+    r.pump(Duration::from_millis(300)).await;
+    let f = r.fake();
+    assert_eq!(f.state("web-1"), BACKEND_ACTIVE);
+    assert_eq!(f.state("web-2"), BACKEND_ACTIVE);
+    assert_eq!(f.state("spare-1"), BACKEND_STANDBY);
+    assert_eq!(f.ring_members("198.18.2.10:80"), ["web-1", "web-2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_is_written_before_every_backend_is_probed() {
+    let mut r = rig();
+    // No time has passed: no probe has reported yet.
+    r.c.sync().unwrap();
+    assert!(r.fake().ops.is_empty(), "{:?}", r.fake().ops);
+    r.pump(Duration::from_millis(30)).await;
+    assert!(!r.fake().ops.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_primary_leaves_the_ring_before_it_is_marked_down() {
+    let mut r = rig();
+    r.pump(Duration::from_millis(300)).await;
+    let before = r.fake().ops.len();
+    r.probes.set("198.18.1.11:8080", false);
+    // fall = 2 at interval 100 ms: down within 2 intervals.
+    r.pump(Duration::from_millis(250)).await;
+    let f = r.fake();
+    assert_eq!(f.state("web-1"), BACKEND_DOWN);
+    assert_eq!(f.state("spare-1"), BACKEND_ACTIVE, "spare fills min_active");
+    assert_eq!(f.ring_members("198.18.2.10:80"), ["spare-1", "web-2"]);
+    let ops = &f.ops[before..];
+    let publish = ops
+        .iter()
+        .position(|o| matches!(o, Op::Publish { .. }))
+        .expect("ring republished");
+    let down = ops
+        .iter()
+        .position(|o| matches!(o, Op::Backend(b) if b.state == BACKEND_DOWN))
+        .expect("marked down");
+    let spare_up = ops
+        .iter()
+        .position(|o| matches!(o, Op::Backend(b) if b.state == BACKEND_ACTIVE))
+        .expect("spare marked active");
+    assert!(
+        spare_up < publish,
+        "spare marked before a ring names it: {ops:?}"
+    );
+    assert!(publish < down, "ring published before re-steering: {ops:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_with_every_backend_down_shows_empty_until_one_returns() {
+    let mut r = rig();
+    assert!(!r.c.status().pools[0].empty, "not empty before any ring");
+    r.pump(Duration::from_millis(300)).await;
+    let st = r.c.status();
+    assert!(!st.pools[0].empty);
+    assert_eq!(st.pools[0].on_empty, "reject");
+    for b in ["198.18.1.11:8080", "198.18.1.12:8080", "198.18.1.21:8080"] {
+        r.probes.set(b, false);
+    }
+    r.pump(Duration::from_millis(300)).await;
+    assert!(r.fake().ring_members("198.18.2.10:80").is_empty());
+    let st = r.c.status();
+    assert!(st.pools[0].empty, "{st:?}");
+    assert!(st.pools[0].backends.iter().all(|b| b.state == "down"));
+    r.probes.set("198.18.1.12:8080", true);
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(r.fake().ring_members("198.18.2.10:80"), ["web-2"]);
+    assert!(!r.c.status().pools[0].empty);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_recovered_primary_sends_the_spare_back_after_its_flows_end() {
+    let mut r = rig();
+    r.pump(Duration::from_millis(300)).await;
+    r.probes.set("198.18.1.11:8080", false);
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(r.fake().state("spare-1"), BACKEND_ACTIVE);
+    let spare_slot = r.c.slots.backends[&key("web", "spare-1")];
+    r.c.set_flows(HashMap::from([(spare_slot, 3)]));
+    r.probes.set("198.18.1.11:8080", true);
+    // rise = 2.
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(r.fake().state("web-1"), BACKEND_ACTIVE);
+    assert_eq!(r.fake().state("spare-1"), lb_common::BACKEND_DRAINING);
+    assert_eq!(r.fake().ring_members("198.18.2.10:80"), ["web-1", "web-2"]);
+    r.c.set_flows(HashMap::new());
+    r.pump(Duration::from_millis(50)).await;
+    assert_eq!(r.fake().state("spare-1"), BACKEND_STANDBY);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_controller_adopts_slots_and_drains_and_rewrites_nothing() {
+    let mut r = rig();
+    r.pump(Duration::from_millis(300)).await;
+    r.c.drain("web", "web-2", true).unwrap();
+    assert_eq!(r.fake().state("web-2"), lb_common::BACKEND_DRAINING);
+    let slots = r.c.slots.backends.clone();
+    let ring = r.fake().vips[&"198.18.2.10:80".parse().unwrap()].1.clone();
+    let probes = r.probes.clone();
+    // "Restart": a new controller over the same data plane.
+    let mut fake = std::mem::take(&mut r.c.dp);
+    fake.ops.clear();
+    drop(r);
+    let mut r = rig_with(fake, probes, CONFIG);
+    assert_eq!(r.c.slots.backends, slots, "slots recovered from the maps");
+    assert!(
+        r.c.drained.contains(&key("web", "web-2")),
+        "drain recovered"
+    );
+    r.pump(Duration::from_millis(300)).await;
+    // Same states, same rings: nothing needed rewriting but the ring
+    // publish of the new process (which the data plane skips when equal).
+    let f = r.fake();
+    // Not vacuous: the new controller did take over (it published),
+    // and what it published is the ring it found.
+    assert!(
+        f.ops.iter().any(|o| matches!(o, Op::Publish { .. })),
+        "the restarted controller never took over: {:?}",
+        f.ops
+    );
+    assert!(
+        f.ops.iter().all(|o| matches!(o, Op::Publish { .. })),
+        "unexpected writes after restart: {:?}",
+        f.ops
+    );
+    assert_eq!(f.vips[&"198.18.2.10:80".parse().unwrap()].1, ring);
+    assert_eq!(f.state("web-2"), lb_common::BACKEND_DRAINING);
+}
+
+/// CONFIG plus a second pool, "api", with one backend.
+fn two_pools() -> String {
+    format!(
+        "{CONFIG}
+[[pool]]
+name = \"api\"
+vip = \"198.18.2.11:80\"
+  [pool.health]
+  interval_ms = 100
+  timeout_ms = 50
+  [[pool.backend]]
+  name = \"api-1\"
+  addr = \"198.18.1.41:8080\"
+"
+    )
+}
+
+/// A "restart": a new controller over the same data plane (and probes)
+/// with the config `text`.
+fn restart(mut r: Rig, text: &str) -> Rig {
+    let probes = r.probes.clone();
+    let mut fake = std::mem::take(&mut r.c.dp);
+    fake.ops.clear();
+    drop(r);
+    rig_with(fake, probes, text)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_removes_what_the_file_no_longer_has() {
+    let mut r = rig_with(
+        Fake::default(),
+        Arc::new(FakeProbes::default()),
+        &two_pools(),
+    );
+    r.pump(Duration::from_millis(300)).await;
+    let api_vip: SocketAddrV4 = "198.18.2.11:80".parse().unwrap();
+    assert!(r.fake().vips.contains_key(&api_vip));
+    let web2 = r.c.slots.backends[&key("web", "web-2")];
+    let api1 = r.c.slots.backends[&key("api", "api-1")];
+    let api_index = r.c.slots.vips["api"];
+    // Pool "api" and backend web-2 leave the file while we are down.
+    let edited = CONFIG.replace(
+        "  [[pool.backend]]\n  name = \"web-2\"\n  addr = \"198.18.1.12:8080\"\n",
+        "",
+    );
+    assert_ne!(edited, CONFIG);
+    let mut r = restart(r, &edited);
+    // The removed VIP stops taking new flows at once.
+    assert!(
+        r.fake().ops.contains(&Op::RemoveVip(api_vip)),
+        "{:?}",
+        r.fake().ops
+    );
+    assert!(!r.fake().vips.contains_key(&api_vip));
+    // The removed backends drain (established flows continue) ...
+    for slot in [web2, api1] {
+        assert_eq!(r.fake().backends[&slot].state, lb_common::BACKEND_DRAINING);
+    }
+    r.pump(Duration::from_millis(300)).await;
+    // min_active = 2 with one primary left: the spare fills in.
+    assert_eq!(
+        r.fake().ring_members("198.18.2.10:80"),
+        ["spare-1", "web-1"]
+    );
+    // ... and, flows not counted yet, nothing is freed: not counted is
+    // not zero.
+    assert!(
+        !r.fake().ops.iter().any(|o| matches!(o, Op::Free(_))),
+        "{:?}",
+        r.fake().ops
+    );
+    r.c.set_flows(HashMap::from([(web2, 1)]));
+    r.pump(Duration::from_millis(50)).await;
+    assert!(r.fake().ops.contains(&Op::Free(api1)));
+    assert!(!r.fake().ops.contains(&Op::Free(web2)), "freed with a flow");
+    r.c.set_flows(HashMap::new());
+    r.pump(Duration::from_millis(50)).await;
+    assert!(r.fake().ops.contains(&Op::Free(web2)));
+    // The VIP index is free for a new pool.
+    assert!(!r.c.slots.vips.contains_key("api"));
+    assert!(r.c.slots.free_vips.contains(&api_index));
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_probe_lost_across_a_restart_resets_nothing() {
+    let mut r = rig();
+    r.probes.set("198.18.1.21:8080", false);
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(r.fake().state("spare-1"), BACKEND_DOWN);
+    let mut r = restart(r, CONFIG);
+    // The first probe after the restart is lost for web-1 (fall = 2),
+    // and the first one of the dead spare succeeds (rise = 2).
+    r.probes.set("198.18.1.11:8080", false);
+    r.probes.set("198.18.1.21:8080", true);
+    r.pump(Duration::from_millis(50)).await;
+    r.probes.set("198.18.1.11:8080", true);
+    r.probes.set("198.18.1.21:8080", false);
+    r.pump(Duration::from_millis(300)).await;
+    let f = r.fake();
+    assert!(
+        f.ops.iter().all(|o| !matches!(o, Op::Backend(_))),
+        "a restart with one probe lost rewrote a backend: {:?}",
+        f.ops
+    );
+    assert_eq!(f.state("web-1"), BACKEND_ACTIVE);
+    assert_eq!(f.state("spare-1"), BACKEND_DOWN);
+    assert_eq!(f.ring_members("198.18.2.10:80"), ["web-1", "web-2"]);
+    // A backend that really died still goes down after `fall` failures.
+    r.probes.set("198.18.1.11:8080", false);
+    r.pump(Duration::from_millis(250)).await;
+    assert_eq!(r.fake().state("web-1"), BACKEND_DOWN);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_count_begun_before_a_slot_retired_does_not_free_it() {
+    let mut r = rig();
+    r.pump(Duration::from_millis(300)).await;
+    let slot = r.c.slots.backends[&key("web", "web-2")];
+    let before = Instant::now();
+    r.pump(Duration::from_millis(20)).await;
+    let removed = CONFIG.replace(
+        "  [[pool.backend]]\n  name = \"web-2\"\n  addr = \"198.18.1.12:8080\"\n",
+        "",
+    );
+    r.write_config(removed);
+    r.c.reload().unwrap();
+    // A walk that started before the reload finishes now, empty.
+    r.c.set_flows_since(before, HashMap::new());
+    r.pump(Duration::from_millis(50)).await;
+    assert!(
+        !r.fake().ops.contains(&Op::Free(slot)),
+        "freed on a stale count"
+    );
+    r.c.set_flows(HashMap::new());
+    r.pump(Duration::from_millis(20)).await;
+    assert!(r.fake().ops.contains(&Op::Free(slot)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_whose_vip_changes_moves_to_the_new_address() {
+    let mut r = rig();
+    r.pump(Duration::from_millis(300)).await;
+    let old: SocketAddrV4 = "198.18.2.10:80".parse().unwrap();
+    let moved = CONFIG.replace("198.18.2.10:80", "198.18.2.20:80");
+    let mut r = restart(r, &moved);
+    assert!(r.fake().ops.contains(&Op::RemoveVip(old)));
+    r.pump(Duration::from_millis(300)).await;
+    assert!(!r.fake().vips.contains_key(&old));
+    assert_eq!(r.fake().ring_members("198.18.2.20:80"), ["web-1", "web-2"]);
+    // By reload, too.
+    r.write_config(CONFIG);
+    r.c.reload().unwrap();
+    assert!(!r
+        .fake()
+        .vips
+        .contains_key(&"198.18.2.20:80".parse().unwrap()));
+    assert_eq!(r.fake().ring_members("198.18.2.10:80"), ["web-1", "web-2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_empty_reaches_the_vip_flags_and_a_reload_republishes_them() {
+    let mut r = rig();
+    r.pump(Duration::from_millis(300)).await;
+    let flags = |ops: &[Op]| -> Vec<u32> {
+        ops.iter()
+            .filter_map(|o| match o {
+                Op::Publish { flags, .. } => Some(*flags),
+                _ => None,
+            })
+            .collect()
+    };
+    let published = flags(&r.fake().ops);
+    assert!(!published.is_empty());
+    assert!(
+        published
+            .iter()
+            .all(|f| *f == lb_common::VIP_F_REJECT_EMPTY),
+        "default on_empty is reject: {published:?}"
+    );
+    // Same backends, same ring: only the policy changes, and that alone
+    // must reach the data plane.
+    let before = r.fake().ops.len();
+    r.write_config(CONFIG.replace("min_active = 2\n", "min_active = 2\non_empty = \"drop\"\n"));
+    let summary = r.c.reload().unwrap();
+    assert!(summary.contains("changed pool web"), "{summary}");
+    assert_eq!(flags(&r.fake().ops[before..]), [0]);
+    assert_eq!(r.c.status().pools[0].on_empty, "drop");
+    // And nothing more while it stays so.
+    let before = r.fake().ops.len();
+    r.pump(Duration::from_millis(300)).await;
+    assert!(flags(&r.fake().ops[before..]).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_rewrites_the_host_addresses_on_a_beat() {
+    let fake = Fake::default();
+    let syncs = Arc::clone(&fake.host_syncs);
+    let mut r = rig_with(fake, Arc::new(FakeProbes::default()), CONFIG);
+    // `run` consumes the controller: swap a twin into the rig (same
+    // config, its own fake) and run the original.
+    let twin_cfg = config::load(&r.c.config_path).unwrap();
+    let factory: ProbeFactory = Arc::new(|_| Arc::new(FakeProbes::default()) as Arc<dyn Probe>);
+    let (twin, twin_inputs) = Controller::new(
+        r.c.config_path.clone(),
+        twin_cfg,
+        Fake::default(),
+        factory,
+        None,
+    )
+    .unwrap();
+    let c = std::mem::replace(&mut r.c, twin);
+    let inputs = std::mem::replace(&mut r.inputs, twin_inputs);
+    let (_cmd_tx, cmd_rx) = mpsc::channel(1);
+    let (_reload_tx, reload_rx) = mpsc::channel(1);
+    let runs = HOST_SYNC_EVERY * 3 + HOST_SYNC_EVERY / 2;
+    c.run(inputs, cmd_rx, reload_rx, None, tokio::time::sleep(runs))
+        .await
+        .unwrap();
+    let syncs = syncs.lock().unwrap().clone();
+    assert_eq!(syncs.len(), 3, "one every {HOST_SYNC_EVERY:?}: {syncs:?}");
+    assert!(syncs.iter().all(|i| i == &["lo".to_string()]), "{syncs:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn reload_refuses_a_bad_config_and_applies_a_good_one() {
+    let mut r = rig();
+    r.pump(Duration::from_millis(300)).await;
+    let ops = r.fake().ops.len();
+    r.write_config(CONFIG.replace("rise = 2", "rise = 0"));
+    let err = r.c.reload().unwrap_err();
+    assert!(err.contains("xdplb.toml:") && err.contains("rise"), "{err}");
+    assert_eq!(r.fake().ops.len(), ops, "a refused reload wrote something");
+    r.write_config(CONFIG.replace("ring_size = 1009", "ring_size = 1013"));
+    let err = r.c.reload().unwrap_err();
+    assert!(err.contains("[dataplane]"), "{err}");
+    // Remove web-2: it drains, then its slot is freed once idle.
+    let removed = CONFIG.replace(
+        "  [[pool.backend]]\n  name = \"web-2\"\n  addr = \"198.18.1.12:8080\"\n",
+        "",
+    );
+    r.write_config(removed);
+    let slot = r.c.slots.backends[&key("web", "web-2")];
+    r.c.set_flows(HashMap::from([(slot, 1)]));
+    let summary = r.c.reload().unwrap();
+    assert!(summary.contains("removed backend web/web-2"), "{summary}");
+    assert_eq!(r.fake().backends[&slot].state, lb_common::BACKEND_DRAINING);
+    assert_eq!(
+        r.fake().ring_members("198.18.2.10:80"),
+        ["spare-1", "web-1"]
+    );
+    r.c.set_flows(HashMap::new());
+    r.pump(Duration::from_millis(50)).await;
+    assert!(r.fake().ops.contains(&Op::Free(slot)));
+    assert!(r
+        .fake()
+        .ops
+        .contains(&Op::RemoveReply("198.18.1.12:8080".parse().unwrap())));
+}
+
+#[tokio::test(start_paused = true)]
+async fn new_probe_rules_keep_every_verdict() {
+    let mut r = rig();
+    r.pump(Duration::from_millis(300)).await;
+    let ops = r.fake().ops.len();
+    r.write_config(CONFIG.replace("interval_ms = 100", "interval_ms = 150"));
+    let summary = r.c.reload().unwrap();
+    assert!(summary.contains("changed pool web"), "{summary}");
+    r.pump(Duration::from_millis(400)).await;
+    let f = r.fake();
+    assert!(
+        f.ops[ops..]
+            .iter()
+            .all(|o| !matches!(o, Op::Backend(b) if b.state == BACKEND_DOWN)),
+        "a backend went down on a probe-rule change: {:?}",
+        &f.ops[ops..]
+    );
+    assert_eq!(f.state("web-1"), BACKEND_ACTIVE);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_readdressed_backend_gets_a_new_slot_and_the_old_one_retires() {
+    let mut r = rig();
+    r.pump(Duration::from_millis(300)).await;
+    let old_slot = r.c.slots.backends[&key("web", "web-1")];
+    r.write_config(CONFIG.replace("198.18.1.11:8080", "198.18.1.31:8080"));
+    r.c.set_flows(HashMap::from([(old_slot, 2)]));
+    let summary = r.c.reload().unwrap();
+    assert!(
+        summary.contains("re-addressed backend web/web-1"),
+        "{summary}"
+    );
+    let new_slot = r.c.slots.backends[&key("web", "web-1")];
+    assert_ne!(new_slot, old_slot);
+    assert_eq!(
+        r.fake().backends[&old_slot].state,
+        lb_common::BACKEND_DRAINING
+    );
+    r.pump(Duration::from_millis(300)).await;
+    let new_meta = &r.fake().backends[&new_slot];
+    assert_eq!(new_meta.addr, "198.18.1.31:8080".parse().unwrap());
+    assert_eq!(new_meta.state, BACKEND_ACTIVE);
+    r.c.set_flows(HashMap::new());
+    r.pump(Duration::from_millis(20)).await;
+    assert!(r.fake().ops.contains(&Op::Free(old_slot)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn drains_survive_down_through_the_state_file() {
+    let state =
+        std::env::temp_dir().join(format!("xdplb-ctl-state-{}/state.json", std::process::id()));
+    let text = format!(
+        "{CONFIG}\n[control]\nstate_file = \"{}\"\n",
+        state.display()
+    );
+    let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &text);
+    r.pump(Duration::from_millis(300)).await;
+    r.c.drain("web", "web-2", true).unwrap();
+    let probes = r.probes.clone();
+    drop(r);
+    // `xdplb down`: the maps, flags and all, are gone.
+    let mut r = rig_with(Fake::default(), probes.clone(), &text);
+    assert!(r.c.drained.contains(&key("web", "web-2")));
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(r.fake().state("web-2"), lb_common::BACKEND_DRAINING);
+    assert_eq!(
+        r.fake().ring_members("198.18.2.10:80"),
+        ["spare-1", "web-1"]
+    );
+    // Undrained: saved too.
+    r.c.drain("web", "web-2", false).unwrap();
+    drop(r);
+    let r = rig_with(Fake::default(), probes, &text);
+    assert!(r.c.drained.is_empty());
+    std::fs::remove_dir_all(state.parent().unwrap()).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_down_keep_lets_a_down_backends_flows_run_out() {
+    let keep = CONFIG.replace("min_active = 2\n", "min_active = 2\non_down = \"keep\"\n");
+    assert_ne!(keep, CONFIG);
+    let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &keep);
+    r.pump(Duration::from_millis(300)).await;
+    r.probes.set("198.18.1.11:8080", false);
+    r.pump(Duration::from_millis(250)).await;
+    let slot = r.c.slots.backends[&key("web", "web-1")];
+    // Out of the ring, but DRAINING (flows continue), not DOWN.
+    assert_eq!(r.fake().backends[&slot].state, lb_common::BACKEND_DRAINING);
+    assert_eq!(
+        r.fake().ring_members("198.18.2.10:80"),
+        ["spare-1", "web-2"]
+    );
+    let st = r.c.status();
+    let b = &st.pools[0].backends[0];
+    assert_eq!((b.health.as_str(), b.state.as_str()), ("down", "down"));
+    // A restart remembers it is down, not drained: it needs `rise`
+    // successes, and no operator drain appears.
+    let mut r = restart(r, &keep);
+    assert!(r.c.drained.is_empty());
+    r.probes.set("198.18.1.11:8080", true);
+    r.pump(Duration::from_millis(50)).await;
+    assert_eq!(r.fake().backends[&slot].state, lb_common::BACKEND_DRAINING);
+    r.pump(Duration::from_millis(200)).await;
+    assert_eq!(r.fake().backends[&slot].state, BACKEND_ACTIVE);
+    // The default, reset: DOWN.
+    let mut r = rig();
+    r.pump(Duration::from_millis(300)).await;
+    r.probes.set("198.18.1.11:8080", false);
+    r.pump(Duration::from_millis(250)).await;
+    assert_eq!(r.fake().state("web-1"), BACKEND_DOWN);
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_shows_the_smoothed_probe_round_trip() {
+    let mut r = rig();
+    r.probes
+        .set_delay("198.18.1.11:8080", Duration::from_millis(20));
+    r.pump(Duration::from_millis(300)).await;
+    let rtt = |r: &Rig| r.c.status().pools[0].backends[0].rtt_ms;
+    assert_eq!(rtt(&r), Some(20.0));
+    assert_eq!(r.c.status().pools[0].backends[1].rtt_ms, Some(0.0));
+    // Slower now: it moves a quarter of the way per probe.
+    r.probes
+        .set_delay("198.18.1.11:8080", Duration::from_millis(40));
+    for _ in 0..30 {
+        if rtt(&r) != Some(20.0) {
+            break;
+        }
+        r.pump(Duration::from_millis(10)).await;
+    }
+    assert_eq!(rtt(&r), Some(25.0));
+    // A failed probe's time is not a round trip.
+    r.probes.set("198.18.1.11:8080", false);
+    r.pump(Duration::from_millis(100)).await;
+    assert_eq!(rtt(&r), Some(25.0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_that_stops_answering_shows_in_status() {
+    use crate::load::{client::LoadReport, parse_agent_reply, LoadError};
+    let mut r = rig();
+    r.pump(Duration::from_millis(300)).await;
+    // A poller for web-1 (the test config polls no agents: none dials).
+    let k = key("web", "web-1");
+    let id = r.c.task_id(&k);
+    let (stop, _stop_rx) = watch::channel(false);
+    r.c.pollers.insert(
+        k.clone(),
+        Task {
+            id,
+            fingerprint: String::new(),
+            stop,
+        },
+    );
+    r.c.runtime.get_mut(&k).unwrap().load = Some(LoadTracker::new(config::Factors::default()));
+    let b = |r: &Rig| r.c.status().pools[0].backends[0].clone();
+    assert_eq!((b(&r).agent_up, b(&r).agent_error), (None, None));
+    r.c.on_load(LoadReport {
+        id,
+        result: Ok(parse_agent_reply("up 100% cpu=0.5").unwrap()),
+    });
+    assert_eq!(b(&r).agent_up, Some(true));
+    r.c.on_load(LoadReport {
+        id,
+        result: Err(LoadError::Timeout {
+            addr: "198.18.1.11:9777".parse().unwrap(),
+            timeout_ms: 500,
+        }),
+    });
+    let st = b(&r);
+    assert_eq!(st.agent_up, Some(false));
+    assert!(st.agent_error.unwrap().contains("no reply within 500 ms"));
+    assert_eq!(st.agent, None);
+}
+
+/// 64 pools (every VIP index) of 64 backends (every slot).
+/// Pump step for the tests at the limits.
+const COARSE: Duration = Duration::from_millis(50);
+
+fn full_config() -> String {
+    let mut t = String::from("[dataplane]\ninterfaces = [\"lo\"]\nring_size = 6421\n");
+    for i in 0..MAX_VIPS {
+        t.push_str(&format!(
+            "[[pool]]\nname = \"p{i}\"\nvip = \"198.18.2.{}:80\"\n  [pool.health]\n  \
+             interval_ms = 1000\n  timeout_ms = 500\n",
+            10 + i
+        ));
+        for j in 0..MAX_BACKENDS / MAX_VIPS {
+            t.push_str(&format!(
+                "  [[pool.backend]]\n  name = \"b{j}\"\n  addr = \"198.19.{i}.{}:8080\"\n",
+                j + 1
+            ));
+        }
+    }
+    t
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_the_limits_a_reload_that_does_not_fit_changes_nothing() {
+    let text = full_config();
+    let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &text);
+    r.pump_by(Duration::from_millis(100), COARSE).await;
+    assert_eq!(r.fake().backends.len(), MAX_BACKENDS as usize);
+    assert_eq!(r.fake().vips.len(), MAX_VIPS as usize);
+    let ops = r.fake().ops.len();
+    let before = r.c.status();
+    // Re-addressing needs a new slot while the old one drains: none.
+    r.write_config(text.replace("198.19.5.7:8080", "198.19.200.7:8080"));
+    let err = r.c.reload().unwrap_err();
+    assert!(
+        err.contains("1 new backend slots but 0 are free") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(r.fake().ops.len(), ops, "a refused reload wrote");
+    assert_eq!(r.c.status(), before);
+    // Replacing a pool by one on other servers: its slots are still
+    // retiring. Refused whole; done in two steps it works.
+    let other = text
+        .replace("198.19.63.", "198.19.163.")
+        .replace("\"p63\"", "\"q63\"");
+    r.write_config(&other);
+    let err = r.c.reload().unwrap_err();
+    assert!(err.contains("64 still retiring"), "{err}");
+    assert_eq!(r.fake().ops.len(), ops);
+    let without: String = text
+        .split("[[pool]]\nname = \"p63\"")
+        .next()
+        .unwrap()
+        .into();
+    r.write_config(&without);
+    assert!(r.c.reload().unwrap().contains("removed pool p63"));
+    r.c.set_flows(HashMap::new());
+    r.pump_by(Duration::from_millis(50), COARSE).await;
+    r.write_config(&other);
+    r.c.reload().unwrap();
+    r.pump_by(Duration::from_millis(100), COARSE).await;
+    assert_eq!(r.fake().ring_members("198.18.2.73:80").len(), 64);
+    assert_eq!(r.fake().backends.len(), MAX_BACKENDS as usize);
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_the_limits_a_renamed_pool_takes_its_servers_slots_back() {
+    let text = full_config();
+    let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &text);
+    r.pump_by(Duration::from_millis(100), COARSE).await;
+    // Same servers, new pool name: every key is new, every address is
+    // taken back from a slot that would otherwise retire.
+    r.write_config(text.replace("\"p0\"", "\"renamed\""));
+    let summary = r.c.reload().unwrap();
+    assert!(summary.contains("removed pool p0"), "{summary}");
+    r.pump_by(Duration::from_millis(100), COARSE).await;
+    assert_eq!(r.fake().ring_members("198.18.2.10:80").len(), 64);
+    assert_eq!(r.fake().backends.len(), MAX_BACKENDS as usize);
+    assert_eq!(r.c.status().pools.len(), MAX_VIPS as usize);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_drain_targets_are_refused() {
+    let mut r = rig();
+    r.pump(Duration::from_millis(100)).await;
+    assert!(r.c.drain("web", "nope", true).unwrap_err().contains("nope"));
+    assert!(r.c.drain("api", "web-1", true).unwrap_err().contains("api"));
+}

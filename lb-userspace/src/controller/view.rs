@@ -1,0 +1,87 @@
+//! The controller's live view: what `xdplb status`, the admin socket,
+//! the metrics and the status page show.
+use super::*;
+
+impl<D: DataplaneOps> Controller<D> {
+    pub fn status(&self) -> Status {
+        let now = self.now_ms();
+        let pools = self
+            .config
+            .pools
+            .iter()
+            .map(|pool| {
+                let pp = self.plan.as_ref().and_then(|p| p.pool(&pool.name));
+                PoolStatus {
+                    name: pool.name.clone(),
+                    vip: pool.vip.to_string(),
+                    mode: format!("{:?}", pool.mode).to_lowercase(),
+                    min_active: pool.min_active,
+                    on_empty: match pool.on_empty {
+                        OnEmpty::Reject => "reject",
+                        OnEmpty::Drop => "drop",
+                    }
+                    .to_string(),
+                    empty: self
+                        .published
+                        .get(&pool.name)
+                        .is_some_and(|r| r.inputs.is_empty()),
+                    mean_load: pp.and_then(|p| p.mean_load),
+                    backends: pool
+                        .backends
+                        .iter()
+                        .enumerate()
+                        .map(|(i, b)| {
+                            let k = key(&pool.name, &b.name);
+                            let rt = self.runtime.get(&k);
+                            let bp = pp.and_then(|p| plan_of(p, i, &b.name));
+                            let up = rt
+                                .and_then(|r| r.health.as_ref())
+                                .and_then(|h| h.up)
+                                .unwrap_or(false);
+                            let interval = pool.load.as_ref().map_or(1000, |l| l.interval_ms);
+                            let slot = self.slots.backends.get(&k).copied();
+                            let flows = slot.map_or(0, |s| self.flows_of(s));
+                            let half_open = slot
+                                .and_then(|s| self.half_open.get(&s))
+                                .copied()
+                                .unwrap_or(0);
+                            BackendStatus {
+                                name: b.name.clone(),
+                                addr: b.addr.to_string(),
+                                role: match b.role {
+                                    Role::Primary => "primary",
+                                    Role::Spare => "spare",
+                                }
+                                .to_string(),
+                                health: if up { "up" } else { "down" }.to_string(),
+                                state: bp
+                                    .map_or(BackendState::Down, |p| p.state)
+                                    .as_str()
+                                    .to_string(),
+                                weight: bp.map_or(0, |p| p.weight),
+                                config_weight: b.weight,
+                                load: rt
+                                    .and_then(|r| r.load.as_ref())
+                                    .map_or(0.0, |t| t.score(now, interval)),
+                                flows,
+                                half_open,
+                                unanswered: flows == 0 && half_open >= HALF_OPEN_ALARM,
+                                reason: bp
+                                    .map_or(crate::planner::Reason::NotProbed, |p| p.reason)
+                                    .as_str()
+                                    .to_string(),
+                                operator_drained: self.drained.contains(&k),
+                                agent: rt.and_then(|r| r.agent_line.clone()),
+                                last_error: rt.and_then(|r| r.last_error.clone()),
+                                rtt_ms: rt.and_then(|r| r.rtt).map(|d| d.as_secs_f64() * 1000.0),
+                                agent_up: rt.and_then(|r| r.agent_up),
+                                agent_error: rt.and_then(|r| r.agent_error.clone()),
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Status { pools }
+    }
+}

@@ -900,7 +900,8 @@ impl Dataplane {
     /// Stops balancing a VIP: its packets pass to the kernel from now on.
     pub fn remove_vip(&mut self, vip: SocketAddrV4) -> Result<(), DataplaneError> {
         match self.vips.remove(&l4addr(vip)) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if absent(&e) => Ok(()),
             Err(e) => Err(map_err(maps::VIPS)(e)),
         }
     }
@@ -973,7 +974,8 @@ impl Dataplane {
 
     pub fn remove_reply(&mut self, backend: SocketAddrV4) -> Result<(), DataplaneError> {
         match self.replies.remove(&l4addr(backend)) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if absent(&e) => Ok(()),
             Err(e) => Err(map_err(maps::REPLIES)(e)),
         }
     }
@@ -1059,6 +1061,17 @@ impl Dataplane {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether a map error says the key was not there. aya 0.14 reports a
+/// delete of a missing hash key as the syscall's ENOENT, not as
+/// `KeyNotFound`: a removal that finds nothing has nothing to do.
+fn absent(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
     }
 }
 

@@ -1716,3 +1716,15 @@ fn handshakes_that_never_complete_are_counted_half_open() {
     assert_eq!(census.half_open.get(&0), Some(&4));
     assert_eq!(census.established.get(&0), Some(&1));
 }
+
+#[test]
+fn removing_what_is_not_there_is_no_error() {
+    // A dsr or tunnel pool removes its backends' reverse-NAT entries on
+    // install, at first start when there are none (found by the dsr
+    // namespace test: the daemon exited on aya's ENOENT).
+    let mut lab = Lab::new(1);
+    lab.dp().remove_reply(sa("198.18.1.99:80")).unwrap();
+    lab.dp().remove_vip(sa("198.18.2.99:80")).unwrap();
+    lab.dp().remove_reply(backend_addr(0)).unwrap();
+    lab.dp().remove_reply(backend_addr(0)).unwrap();
+}

@@ -9,6 +9,9 @@
 //! | VIPs     | 198.18.2.0/24   | .10, .11, … routed to the gateway          |
 //! | transit  | 198.18.3.0/24   | with a router: gateway `gwc` .1, router `rtg` .2 |
 //!
+//! In a direct-return lab the router also sits on the backend segment
+//! (`rtb` 198.18.1.254), the backends' default route.
+//!
 //! With a router (`LabBuilder::router_mtu`) the router takes the gateway's
 //! place on the client segment (`rtc` 198.18.0.1, still the clients'
 //! default route) and the gateway's `gwc` moves to the transit segment.
@@ -39,6 +42,12 @@ pub const ROUTER_GW_IF: &str = "rtg";
 /// The router's address on the client segment: the clients' default route,
 /// the same address the gateway has there without a router.
 pub const ROUTER_CLIENT_ADDR: Ipv4Addr = GW_CLIENT_ADDR;
+/// The router's interface on the backends' segment (direct-return labs).
+pub const ROUTER_BACKEND_IF: &str = "rtb";
+/// The router's address on the backends' segment: the backends' default
+/// route in a direct-return lab (the top of the segment, away from the
+/// gateways' .1–.10 and the backends' .11–.250).
+pub const ROUTER_BACKEND_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 254);
 /// The gateway's `gwc` on the transit segment (with a router).
 pub const GW_TRANSIT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 1);
 /// The router's `rtg` on the transit segment.

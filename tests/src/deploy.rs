@@ -62,6 +62,12 @@ pub struct PoolSpec {
     pub on_down: Option<String>,
     /// Pool-level `slow_start_ms` when set.
     pub slow_start_ms: Option<u64>,
+    /// `mode = "…"` (`nat`, `dsr`, `tunnel`) when set (else the default,
+    /// nat). Direct-return pools need a [`LabBuilder::direct_return`]
+    /// lab; [`Deployment`] puts their VIP on each backend's loopback.
+    ///
+    /// [`LabBuilder::direct_return`]: crate::LabBuilder::direct_return
+    pub mode: Option<String>,
     pub backends: Vec<BackendSpec>,
 }
 
@@ -110,8 +116,24 @@ impl PoolSpec {
             load: None,
             on_down: None,
             slow_start_ms: None,
+            mode: None,
             backends,
         }
+    }
+
+    /// `primaries` primaries in `mode` (`"dsr"` or `"tunnel"`): the VIP
+    /// port is the backends' own ([`BACKEND_PORT`]), as direct return
+    /// needs (the backend answers from the VIP and port the client used).
+    pub fn direct(mode: &str, primaries: usize) -> PoolSpec {
+        let mut p = PoolSpec::new(primaries, 0);
+        p.mode = Some(mode.to_string());
+        p.vip.set_port(p.backend_port);
+        p
+    }
+
+    /// Whether backends answer clients directly (`dsr` or `tunnel`).
+    pub fn is_direct(&self) -> bool {
+        matches!(self.mode.as_deref(), Some("dsr" | "tunnel"))
     }
 
     pub fn backend(&self, name: &str) -> &BackendSpec {
@@ -136,6 +158,11 @@ pub struct DataplaneSpec {
     /// `max_flow_inserts_per_sec` (per CPU; 0 = no cap); `None` leaves it
     /// out, so the product's default applies.
     pub max_flow_inserts_per_sec: Option<u32>,
+    /// `tunnel_source = ["…"]`: the outer source of `tunnel` pools (the
+    /// gateway's backend-side address, [`GW_BACKEND_ADDR`]).
+    ///
+    /// [`GW_BACKEND_ADDR`]: crate::addr::GW_BACKEND_ADDR
+    pub tunnel_source: Option<std::net::Ipv4Addr>,
 }
 
 impl Default for DataplaneSpec {
@@ -143,6 +170,18 @@ impl Default for DataplaneSpec {
         DataplaneSpec {
             flow_table_size: 65536,
             max_flow_inserts_per_sec: None,
+            tunnel_source: None,
+        }
+    }
+}
+
+impl DataplaneSpec {
+    /// The lab defaults plus `tunnel_source` = the gateway's backend-side
+    /// address, for `tunnel` pools.
+    pub fn tunnel() -> DataplaneSpec {
+        DataplaneSpec {
+            tunnel_source: Some(crate::addr::GW_BACKEND_ADDR),
+            ..DataplaneSpec::default()
         }
     }
 }
@@ -167,6 +206,9 @@ pub fn render_config_with(lab: &Lab, dp: &DataplaneSpec, pools: &[PoolSpec]) -> 
     .unwrap();
     if let Some(cap) = dp.max_flow_inserts_per_sec {
         writeln!(s, "max_flow_inserts_per_sec = {cap}").unwrap();
+    }
+    if let Some(src) = dp.tunnel_source {
+        writeln!(s, "tunnel_source = [\"{src}\"]").unwrap();
     }
     writeln!(s).unwrap();
     writeln!(
@@ -206,6 +248,9 @@ pub fn render_config_with(lab: &Lab, dp: &DataplaneSpec, pools: &[PoolSpec]) -> 
         }
         if let Some(ms) = p.slow_start_ms {
             writeln!(pool_keys, "slow_start_ms = {ms}").unwrap();
+        }
+        if let Some(m) = &p.mode {
+            writeln!(pool_keys, "mode = \"{m}\"").unwrap();
         }
         if !pool_keys.is_empty() {
             let at = s.rfind("\n  [pool.health]").expect("just written");
@@ -319,6 +364,9 @@ impl Deployment {
         };
         let with_agents = d.pools.iter().any(|p| p.load.is_some());
         for p in d.pools.clone() {
+            for b in p.backends.iter().filter(|_| p.is_direct()) {
+                d.lab.vip_on_loopback(b.lab_index, *p.vip.ip())?;
+            }
             for b in &p.backends {
                 d.start_server(b.lab_index, &b.name)?;
                 if with_agents {
@@ -353,6 +401,33 @@ impl Deployment {
         ensure!(up, "backend {name} did not come up: {}", child.log());
         self.servers.lock().unwrap().insert(i, child);
         Ok(())
+    }
+
+    /// `xdplb decap ARGS --pin-path P` on backend `i` (network namespace
+    /// only, so it pins into the host's bpffs under the lab's
+    /// [`Lab::decap_pin_path`]); must succeed; its stdout.
+    pub fn decap(&self, i: usize, args: &[&str]) -> Result<String> {
+        let bin = xdplb_bin()?;
+        let pin = self.lab.decap_pin_path(i);
+        let mut full: Vec<String> = vec![bin.to_string_lossy().into_owned(), "decap".into()];
+        full.extend(args.iter().map(|s| s.to_string()));
+        full.extend(["--pin-path".into(), pin.to_string_lossy().into_owned()]);
+        let out = self.lab.exec_net(self.lab.backend_ns(i), &full)?;
+        ensure!(
+            out.status.success(),
+            "xdplb decap {} on b{}: {}",
+            args.join(" "),
+            i + 1,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `xdplb decap --stats --json` of backend `i`.
+    pub fn decap_stats(&self, i: usize) -> Result<Value> {
+        Ok(serde_json::from_str(
+            &self.decap(i, &["--stats", "--json"])?,
+        )?)
     }
 
     /// Kills backend `i`'s server (SIGKILL: a crash, not a goodbye).

@@ -134,6 +134,7 @@ pub struct LabBuilder {
     ipv6: bool,
     tx_checksum_offload: bool,
     router_mtu: Option<u32>,
+    direct_return: bool,
 }
 
 /// Smallest MTU an IPv4 link may have (RFC 791: every host accepts 576-byte
@@ -151,6 +152,7 @@ impl Default for LabBuilder {
             ipv6: false,
             tx_checksum_offload: true,
             router_mtu: None,
+            direct_return: false,
         }
     }
 }
@@ -196,6 +198,24 @@ impl LabBuilder {
     /// discovery through the VIP.
     pub fn router_mtu(mut self, mtu: u32) -> Self {
         self.router_mtu = Some(mtu);
+        self
+    }
+
+    /// A lab for direct server return (`dsr` and `tunnel` pools): a router
+    /// namespace `rt` with three legs — the clients' segment (`rtc`
+    /// 198.18.0.1, their default route), a transit link to the gateway
+    /// (`rtg` 198.18.3.2 ↔ `gwc` 198.18.3.1, VIPs routed via the gateway)
+    /// and the backends' bridge (`rtb` 198.18.1.254). The backends' default
+    /// route is the router, not the gateway, so their replies reach the
+    /// clients without crossing the gateway. Backends get `arp_ignore = 1`
+    /// and `arp_announce = 2` (all and `eth0`), so a VIP held on their
+    /// loopback ([`Lab::vip_on_loopback`]) is never answered or announced
+    /// on the bridge. The router's reverse-path filter is off: replies from
+    /// a VIP arrive on `rtb` while the router routes the VIP via `rtg`.
+    /// NAT pools do not work in such a lab (their replies skip the
+    /// gateway's reverse NAT). Combines with [`router_mtu`](Self::router_mtu).
+    pub fn direct_return(mut self, on: bool) -> Self {
+        self.direct_return = on;
         self
     }
 
@@ -479,6 +499,47 @@ impl Lab {
             .with_context(|| format!("sysctl {key}={value} in {full}"))
     }
 
+    /// Bytes received and sent by `ifname` in `ns` so far (its
+    /// `/sys/class/net/IF/statistics/{rx,tx}_bytes`): which way traffic
+    /// went, e.g. that replies of a direct-return pool bypass the gateway.
+    pub fn link_bytes(&self, ns: &str, ifname: &str) -> Result<(u64, u64)> {
+        let read = |what: &str| -> Result<u64> {
+            let path = format!("/sys/class/net/{ifname}/statistics/{what}_bytes");
+            let out = self.exec_ok(ns, &["cat", &path])?;
+            out.trim()
+                .parse()
+                .with_context(|| format!("{path} in {}: {out:?}", self.ns(ns)))
+        };
+        Ok((read("rx")?, read("tx")?))
+    }
+
+    /// Puts `vip` on backend `i`'s loopback (`ip addr add VIP/32 dev lo`),
+    /// as a `dsr` or `tunnel` backend must hold it: packets to the VIP are
+    /// then local, and the backend answers from it. Idempotent.
+    pub fn vip_on_loopback(&self, i: usize, vip: Ipv4Addr) -> Result<()> {
+        let ns = self.backend_ns(i).to_owned();
+        let have = self.exec_ok(&ns, &["ip", "-4", "-o", "addr", "show", "dev", "lo"])?;
+        if have.contains(&format!(" {vip}/32 ")) {
+            return Ok(());
+        }
+        self.exec_ok(
+            &ns,
+            &["ip", "addr", "add", &format!("{vip}/32"), "dev", "lo"],
+        )
+        .map(drop)
+    }
+
+    /// Where `xdplb decap` on backend `i` pins its program and maps
+    /// (`/sys/fs/bpf/<prefix>-decap/b<i+1>`, not created); removed with
+    /// the lab.
+    pub fn decap_pin_path(&self, i: usize) -> PathBuf {
+        self.decap_root().join(format!("b{}", i + 1))
+    }
+
+    fn decap_root(&self) -> PathBuf {
+        Path::new(BPFFS).join(format!("{}-decap", self.prefix))
+    }
+
     /// MAC address of `ifname` in `ns` (e.g. a backend's `eth0`, for dsr).
     pub fn mac(&self, ns: &str, ifname: &str) -> Result<String> {
         let path = format!("/sys/class/net/{ifname}/address");
@@ -511,9 +572,10 @@ impl Lab {
     fn create(&mut self, spec: &LabBuilder) -> Result<()> {
         let gw = self.add_ns("gw")?;
         let sw = self.add_ns("sw")?;
-        let router = match spec.router_mtu {
-            Some(_) => Some(self.add_ns("rt")?),
-            None => None,
+        let router = if spec.router_mtu.is_some() || spec.direct_return {
+            Some(self.add_ns("rt")?)
+        } else {
+            None
         };
         let clients: Vec<String> = (1..=spec.clients)
             .map(|i| self.add_ns(&format!("c{i}")))
@@ -582,6 +644,14 @@ impl Lab {
             veth(backend, BACKEND_IF, &sw, &p)?;
             port(&sw, &p, BACKEND_BRIDGE)?;
         }
+        if let (true, Some(rt)) = (spec.direct_return, &router) {
+            // The router's leg on the backends' segment: their way back.
+            veth(rt, ROUTER_BACKEND_IF, &sw, "to-rt-b")?;
+            port(&sw, "to-rt-b", BACKEND_BRIDGE)?;
+            for key in ["all", "default", ROUTER_BACKEND_IF] {
+                self.sysctl("rt", &format!("net.ipv4.conf.{key}.rp_filter"), "0")?;
+            }
+        }
 
         // Addresses and routes.
         match &router {
@@ -591,8 +661,11 @@ impl Lab {
                 up_with_addr(rt, ROUTER_GW_IF, ROUTER_TRANSIT_ADDR)?;
                 up_with_addr(rt, ROUTER_CLIENT_IF, ROUTER_CLIENT_ADDR)?;
                 let via_gw = GW_TRANSIT_ADDR.to_string();
-                for net in [VIP_NET, BACKEND_NET] {
-                    ip(&["-n", rt, "route", "add", net, "via", &via_gw])?;
+                ip(&["-n", rt, "route", "add", VIP_NET, "via", &via_gw])?;
+                if spec.direct_return {
+                    up_with_addr(rt, ROUTER_BACKEND_IF, ROUTER_BACKEND_ADDR)?;
+                } else {
+                    ip(&["-n", rt, "route", "add", BACKEND_NET, "via", &via_gw])?;
                 }
                 let via_rt = ROUTER_TRANSIT_ADDR.to_string();
                 ip(&["-n", &gw, "route", "add", CLIENT_NET, "via", &via_rt])?;
@@ -612,6 +685,13 @@ impl Lab {
                 self.tx_csum_off(&format!("c{}", i + 1), CLIENT_IF)?;
             }
         }
+        // With direct return the backends answer clients through the
+        // router; otherwise through the gateway (which reverses its NAT).
+        let backend_gw = if spec.direct_return {
+            ROUTER_BACKEND_ADDR
+        } else {
+            GW_BACKEND_ADDR
+        };
         for (i, backend) in backends.iter().enumerate() {
             up_with_addr(backend, BACKEND_IF, addr::backend_addr(i))?;
             ip(&[
@@ -621,8 +701,19 @@ impl Lab {
                 "add",
                 "default",
                 "via",
-                &GW_BACKEND_ADDR.to_string(),
+                &backend_gw.to_string(),
             ])?;
+            if spec.direct_return {
+                // A VIP on loopback: never answer ARP for it on eth0
+                // (arp_ignore 1: only for addresses of the asking
+                // interface), never use it as an ARP source (arp_announce
+                // 2: the best local address of the outgoing interface).
+                let short = format!("b{}", i + 1);
+                for key in ["all", BACKEND_IF] {
+                    self.sysctl(&short, &format!("net.ipv4.conf.{key}.arp_ignore"), "1")?;
+                    self.sysctl(&short, &format!("net.ipv4.conf.{key}.arp_announce"), "2")?;
+                }
+            }
             if !spec.tx_checksum_offload {
                 self.tx_csum_off(&format!("b{}", i + 1), BACKEND_IF)?;
             }
@@ -696,10 +787,11 @@ impl Drop for Lab {
                 eprintln!("lab: {err:#}");
             }
         }
-        let pins = self.pin_path();
-        if pins.exists() {
-            if let Err(err) = std::fs::remove_dir_all(&pins) {
-                eprintln!("lab: cannot remove {}: {err}", pins.display());
+        for pins in [self.pin_path(), self.decap_root()] {
+            if pins.exists() {
+                if let Err(err) = std::fs::remove_dir_all(&pins) {
+                    eprintln!("lab: cannot remove {}: {err}", pins.display());
+                }
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -142,6 +142,7 @@ fn floods_keep_established_flows_and_new_ones_get_through() -> Result<()> {
     let dp = DataplaneSpec {
         flow_table_size: TABLE,
         max_flow_inserts_per_sec: Some(INSERT_CAP),
+        ..DataplaneSpec::default()
     };
     // web-3 stays drained while the idle connections open, so they all
     // land on web-1 and web-2; after the floods it takes over the ring.

@@ -144,6 +144,7 @@ fn a_hundred_thousand_flows_keep_their_backends() -> Result<()> {
     let dp = DataplaneSpec {
         flow_table_size: DEFAULT_TABLE,
         max_flow_inserts_per_sec: None,
+        ..DataplaneSpec::default()
     };
     let mut d = Deployment::with_dataplane(vec![PoolSpec::new(SERVING + 1, 0)], dp)?;
     d.start_daemon()?;

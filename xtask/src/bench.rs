@@ -70,8 +70,8 @@ impl Suite {
         match self {
             Suite::Dataplane => vec![],
             Suite::Controller => vec!["probe"],
-            Suite::Lab => vec!["gateways", "failover"],
-            Suite::All => vec!["probe", "gateways", "failover"],
+            Suite::Lab => vec!["gateways", "failover", "bulk"],
+            Suite::All => vec!["probe", "gateways", "failover", "bulk"],
         }
     }
 }
@@ -232,6 +232,15 @@ pub fn run_with(suite: Suite, quick: bool) -> Result<()> {
                 for s in &r.lab_sections {
                     if let Some(e) = lab::section_error(&v[*s]) {
                         r.failures.push(format!("lab {s}: {e}"));
+                    }
+                }
+                for run in v["bulk"]["runs"].as_array().into_iter().flatten() {
+                    if let Some(e) = run["error"].as_str() {
+                        r.failures.push(format!(
+                            "lab bulk: {} round {}: {e}",
+                            run["path"].as_str().unwrap_or("?"),
+                            run["round"].as_u64().unwrap_or(0) + 1
+                        ));
                     }
                 }
                 for run in v["gateways"]["runs"].as_array().into_iter().flatten() {

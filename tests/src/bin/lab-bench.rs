@@ -7,13 +7,18 @@
 //! - `gateways`: forwarding, nftables DNAT, HAProxy and xdplb swapped in
 //!   turn on the gateway, interleaved over rounds ([`gateways`]);
 //! - `failover`: time until traffic is whole after a primary is killed
-//!   ([`failover`]).
+//!   ([`failover`]);
+//! - `bulk`: a bulk download through NAT, dsr and tunnel (and no gateway),
+//!   side by side, with the gateway's CPU per GB, on a direct-return lab
+//!   of its own ([`bulk`]).
 //!
 //! Each section's result (or its error) goes into one JSON document written
 //! to `--out`, which `xtask bench` turns into `docs/BENCHMARKS.md`. A failed
 //! section does not stop the others; the exit status is non-zero if any
 //! failed. The lab is removed on exit, also after a panic.
 
+#[path = "../bench/bulk.rs"]
+mod bulk;
 #[path = "../bench/failover.rs"]
 mod failover;
 #[path = "../bench/gateways.rs"]
@@ -47,8 +52,8 @@ struct Args {
     /// Only remove labs left by dead runs (after a killed lab-bench), then exit.
     #[arg(long)]
     cleanup_stale: bool,
-    /// Comma-separated sections: probe, gateways, failover.
-    #[arg(long, default_value = "probe,gateways,failover")]
+    /// Comma-separated sections: probe, gateways, failover, bulk.
+    #[arg(long, default_value = "probe,gateways,failover,bulk")]
     sections: String,
     /// Short runs (1 round, 3 s wrk, 2 s iperf3, 5 s probe window, 3 kills).
     #[arg(long)]
@@ -74,6 +79,12 @@ struct Args {
     /// Primary kills in the failover section.
     #[arg(long, default_value_t = 10)]
     kills: usize,
+    /// Rounds of the bulk comparison (none, nat, dsr, tunnel interleaved).
+    #[arg(long, default_value_t = 3)]
+    bulk_rounds: usize,
+    /// Seconds of each bulk download.
+    #[arg(long, default_value_t = 5)]
+    bulk_secs: u64,
 }
 
 fn main() {
@@ -88,6 +99,8 @@ fn main() {
         args.iperf_secs = 2;
         args.probe_secs = 5;
         args.kills = 3;
+        args.bulk_rounds = 1;
+        args.bulk_secs = 2;
     }
     match run(&args) {
         Ok(true) => {}
@@ -175,13 +188,21 @@ fn run(a: &Args) -> Result<bool> {
             failover::run(&mut d, &failover::FailoverOpts { kills: a.kills })
         });
     }
+    drop(d); // removes the lab; bulk builds one of its own
+    if wanted.contains(&"bulk") {
+        out["bulk"] = section("bulk", || {
+            bulk::run(&bulk::BulkOpts {
+                rounds: a.bulk_rounds,
+                secs: a.bulk_secs,
+            })
+        });
+    }
     out["wall_s"] = json!(t0.elapsed().as_secs_f64());
-    let ok = ["probe", "gateways", "failover"]
+    let ok = ["probe", "gateways", "failover", "bulk"]
         .iter()
         .all(|s| out[s].get("error").is_none());
     let path = a.out.as_deref().context("--out is required")?;
     std::fs::write(path, serde_json::to_string_pretty(&out)?)
         .with_context(|| format!("write {}", path.display()))?;
-    drop(d); // removes the lab
     Ok(ok)
 }

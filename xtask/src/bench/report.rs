@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::controller::MaglevRow;
 use super::dataplane::{DpRun, KATRAN, PATHS, TARGETS};
-use super::lab::{self, gateway_title, GwSummary};
+use super::lab::{self, bulk_title, gateway_title, BulkSummary, GwSummary};
 use super::svg::{Bar, Panel, MUTED, OTHER, XDPLB};
 use super::Results;
 
@@ -130,6 +130,7 @@ pub fn markdown(r: &Results) -> String {
     controller_md(&mut s, r);
     gateways_md(&mut s, r);
     failover_md(&mut s, r);
+    bulk_md(&mut s, r);
     meaning_md(&mut s);
     s
 }
@@ -483,6 +484,89 @@ fn failover_md(s: &mut String, r: &Results) {
     let _ = writeln!(s, "Each kill, ms: {}.\n", each.join(", "));
 }
 
+/// The bulk section's per-path medians, if it ran and did not fail.
+pub fn bulk(r: &Results) -> Option<Vec<BulkSummary>> {
+    let b = lab_section(r, "bulk")?;
+    lab::section_error(b)
+        .is_none()
+        .then(|| lab::summarize_bulk(b))
+}
+
+fn bulk_md(s: &mut String, r: &Results) {
+    let _ = writeln!(s, "## 5. Direct server return: bulk download\n");
+    if !r.lab_ran("bulk") {
+        return not_run(s, "lab");
+    }
+    if let Some(Err(e)) = &r.lab {
+        return failed(s, e);
+    }
+    let Some(b) = lab_section(r, "bulk") else {
+        return failed(s, "lab-bench produced no bulk section");
+    };
+    if let Some(e) = lab::section_error(b) {
+        return failed(s, &e);
+    }
+    let _ = writeln!(
+        s,
+        "`iperf3 -R` for {} s (the backend sends) through the VIP, {} round(s), paths interleaved, on a lab where a \
+         router carries the backends' replies to the client (`LabBuilder::direct_return`). In `nat` the replies cross \
+         the gateway (the backend's route is the gateway); in `dsr` and `tunnel` they go backend → router → client and \
+         the gateway sees only the client's ACKs; `none` routes the VIP from the router straight to the backend (the \
+         same path without a gateway). The router forwards every reply in all four, so **gateway CPU per GB** is the \
+         machine's busy CPU per GB (idle subtracted) less that of `none` in the same round — the gateway's share, \
+         including its veth hops. Gateway rx is what both gateway interfaces received per GB downloaded; XDP packets \
+         is xdplb's own `rx_packets` per GB. Softirq (where XDP, forwarding and veth delivery run) is shown the same \
+         way: on a machine busy with other work, busy CPU saturates and only the softirq split and the counters still \
+         tell the paths apart.\n",
+        b["secs"], b["rounds"]
+    );
+    let idle: Vec<f64> = b["idle_busy_per_s"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_f64)
+        .collect();
+    if idle.iter().any(|i| *i > 0.2) {
+        let _ = writeln!(
+            s,
+            "**The machine was not idle before these rounds ({} CPU-s/s busy): the CPU columns are unreliable; \
+             the softirq, rx and packet columns less so.**\n",
+            f(Some(super::median(&idle)), 2)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "| path | Gbit/s | MB per run | machine CPU-s/GB | **gateway CPU-s/GB** | softirq-s/GB | gateway softirq-s/GB | gateway rx MB/GB | XDP packets/GB | runs |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
+    for p in lab::summarize_bulk(b) {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | **{}** | {} | {} | {} | {} | {} ok{} |",
+            bulk_title(&p.path),
+            f(p.gbps, 2),
+            f(p.mb, 0),
+            f(p.cpu_per_gb, 3),
+            f(p.gateway_cpu_per_gb, 3),
+            f(p.softirq_per_gb, 3),
+            f(p.gateway_softirq_per_gb, 3),
+            f(p.gateway_rx_mb_per_gb, 1),
+            f(p.xdp_packets_per_gb, 0),
+            p.ok_runs,
+            if p.failed_runs.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", {} failed: {}",
+                    p.failed_runs.len(),
+                    one_line(&p.failed_runs[0])
+                )
+            }
+        );
+    }
+    s.push('\n');
+}
+
 fn meaning_md(s: &mut String) {
     let _ = writeln!(
         s,
@@ -597,6 +681,22 @@ pub fn panels(r: &Results) -> Vec<Panel> {
                 .map(|b| (b, format!("bound {b:.0} ms"))),
         });
     }
+    if let Some(rows) = bulk(r) {
+        panels.push(Panel {
+            title: "Gateway CPU per GB downloaded".into(),
+            unit: "CPU-s/GB beyond a path without gateway (lower is better)".into(),
+            bars: rows
+                .iter()
+                .filter(|b| b.path != "none")
+                .map(|b| Bar {
+                    label: b.path.clone(),
+                    value: b.gateway_cpu_per_gb.unwrap_or(f64::NAN),
+                    color: XDPLB,
+                })
+                .collect(),
+            reference: None,
+        });
+    }
     if let Some(Ok(rows)) = &r.maglev {
         panels.push(Panel {
             title: "Maglev table build".into(),
@@ -691,6 +791,29 @@ pub fn summary(r: &Results) -> String {
                         f(g.bulk_gbps, 2),
                         g.ok_runs,
                         g.failed_runs.len()
+                    );
+                }
+            }
+        }
+    }
+    if let Some(b) = lab_section(r, "bulk") {
+        match lab::section_error(b) {
+            Some(e) => {
+                let _ = writeln!(s, "bulk: FAILED: {}", one_line(&e));
+            }
+            None => {
+                for p in lab::summarize_bulk(b) {
+                    let _ = writeln!(
+                        s,
+                        "  bulk {:<7} {:>6} Gbit/s  machine {:>6} CPU-s/GB  gateway {:>6} CPU-s/GB (softirq {:>6})  gateway rx {:>7} MB/GB  ({} ok, {} failed)",
+                        p.path,
+                        f(p.gbps, 2),
+                        f(p.cpu_per_gb, 3),
+                        f(p.gateway_cpu_per_gb, 3),
+                        f(p.gateway_softirq_per_gb, 3),
+                        f(p.gateway_rx_mb_per_gb, 1),
+                        p.ok_runs,
+                        p.failed_runs.len()
                     );
                 }
             }

@@ -1,0 +1,293 @@
+//! The direct-return scenarios shared by `dsr.rs` and `tunnel.rs`: the
+//! same operator story in either mode, on a lab whose backends answer the
+//! clients through a router, never through the gateway
+//! (`LabBuilder::direct_return`):
+//!
+//! ```text
+//!  client ── rtc [rt] rtg ── gwc [gw: xdplb] gwb ── br0 ── b1..bN (VIP on lo)
+//!                 rtb ──────────────────────────────┘   default via rt
+//! ```
+//!
+//! Requests: client → router → gateway (XDP: MAC rewrite, or IPIP) → backend.
+//! Replies: backend (from the VIP) → router → client.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Context, Result};
+use serde_json::Value;
+use xdplb_tests::{
+    addr::{BACKEND_IF, GW_BACKEND_IF, GW_CLIENT_IF, ROUTER_BACKEND_IF},
+    deploy::{DataplaneSpec, Deployment, PoolSpec},
+    http::{http_get_bytes, pattern},
+    http_get, KeepAliveClient, Lab,
+};
+
+/// The bulk download that must reach the client with the gateway seeing
+/// none of it.
+const DOWNLOAD: usize = 16 << 20;
+/// Its bound (a few hundred MB/s on these veths; generous for a shared host).
+const DOWNLOAD_DEADLINE: Duration = Duration::from_secs(30);
+/// What the gateway's backend side may receive meanwhile (health probes'
+/// answers, ARP, stray bridge floods): a small fraction of the download.
+const GATEWAY_RX_ALLOWANCE: u64 = 512 << 10;
+
+/// A deployment of one `mode` pool (`"dsr"` or `"tunnel"`) over `n`
+/// backends on a direct-return lab; for `tunnel`, every backend runs
+/// `xdplb decap --interface eth0` first. The daemon is running.
+pub fn deploy(mode: &str, pool: PoolSpec) -> Result<Deployment> {
+    let dp = if mode == "tunnel" {
+        DataplaneSpec::tunnel()
+    } else {
+        DataplaneSpec::default()
+    };
+    let mut d = Deployment::configured(Lab::builder().direct_return(true), vec![pool], dp)?;
+    if mode == "tunnel" {
+        for i in 0..d.lab.backends() {
+            let out = d.decap(i, &["--interface", BACKEND_IF])?;
+            println!("b{}: xdplb decap: {}", i + 1, out.trim());
+        }
+    }
+    d.start_daemon()?;
+    Ok(d)
+}
+
+/// What a direct-return backend must hold, as the lab sets it: the VIP on
+/// loopback, arp_ignore 1 and arp_announce 2, its default route via the
+/// router (not the gateway).
+pub fn backends_are_configured(d: &Deployment) -> Result<()> {
+    let vip = d.pools[0].vip.ip().to_string();
+    for b in &d.pools[0].backends {
+        let ns = d.lab.backend_ns(b.lab_index);
+        let lo = d
+            .lab
+            .exec_ok(ns, &["ip", "-4", "-o", "addr", "show", "dev", "lo"])?;
+        ensure!(lo.contains(&format!("{vip}/32")), "{}: lo has {lo}", b.name);
+        for key in ["all", BACKEND_IF] {
+            let ignore = d.lab.exec_ok(
+                ns,
+                &["sysctl", "-n", &format!("net.ipv4.conf.{key}.arp_ignore")],
+            )?;
+            let announce = d.lab.exec_ok(
+                ns,
+                &["sysctl", "-n", &format!("net.ipv4.conf.{key}.arp_announce")],
+            )?;
+            ensure!(
+                ignore.trim() == "1" && announce.trim() == "2",
+                "{}: {key} arp_ignore {ignore} arp_announce {announce}",
+                b.name
+            );
+        }
+        let route = d.lab.exec_ok(ns, &["ip", "route", "show", "default"])?;
+        ensure!(route.contains("198.18.1.254"), "{}: {route}", b.name);
+    }
+    Ok(())
+}
+
+/// New connections follow the weights 1:2:3 (pool built with
+/// [`weighted`]).
+pub fn spread_follows_weights(d: &Deployment) -> Result<()> {
+    let n = 300;
+    let s = d.spread(n)?;
+    println!("spread over {n} connections: {s:?}");
+    ensure!(s.values().sum::<usize>() == n, "failures: {s:?}");
+    let share = |k: &str| s.get(k).copied().unwrap_or(0) as f64 / n as f64;
+    for (k, want) in [
+        ("web-1", 1.0 / 6.0),
+        ("web-2", 2.0 / 6.0),
+        ("web-3", 3.0 / 6.0),
+    ] {
+        ensure!(
+            (share(k) - want).abs() < 0.08,
+            "{k}: {:.3} vs {want:.3} ({s:?})",
+            share(k)
+        );
+    }
+    Ok(())
+}
+
+/// Three primaries weighted 100, 200, 300, any one enough to serve.
+pub fn weighted(mode: &str) -> PoolSpec {
+    let mut pool = PoolSpec::direct(mode, 3);
+    pool.min_active = 1;
+    for (b, w) in pool.backends.iter_mut().zip([100, 200, 300]) {
+        b.weight = w;
+    }
+    pool
+}
+
+/// A drained backend keeps its established keep-alive connection and gets
+/// no new one; undrain brings it back.
+pub fn drain_keeps_established(d: &Deployment) -> Result<()> {
+    let vip = SocketAddr::V4(d.pools[0].vip);
+    let mut conn = d.lab.run_in("client", || KeepAliveClient::connect(vip))??;
+    let (_, first) = conn.get("/")?;
+    let target = first.trim().to_string();
+    d.ctl(&["drain", "web", &target])?;
+    ensure!(d.backend_status("web", &target)?["state"] == "draining");
+    for _ in 0..5 {
+        let (s, body) = conn.get("/")?;
+        ensure!(
+            s == 200 && body.trim() == target,
+            "keep-alive moved: {body}"
+        );
+    }
+    let s = d.spread(30)?;
+    println!("drained {target}: {s:?}");
+    ensure!(
+        !s.contains_key(&target) && s.values().sum::<usize>() == 30,
+        "{s:?}"
+    );
+    d.ctl(&["undrain", "web", &target])?;
+    d.wait_state(&target, "state", "active", Duration::from_secs(2))?;
+    Ok(())
+}
+
+/// A multi-MB download reaches the client intact while the gateway sees
+/// none of the replies: its reverse-NAT counters stay at zero, its
+/// backend-side interface receives almost nothing and its client-side one
+/// sends almost nothing, while the router's backend leg carries it all.
+/// Returns (bytes, seconds).
+pub fn replies_bypass_the_gateway(d: &Deployment, sent_event: &str) -> Result<(usize, f64)> {
+    let vip = SocketAddr::V4(d.pools[0].vip);
+    let (gwb_rx0, _) = d.lab.link_bytes("gw", GW_BACKEND_IF)?;
+    let (_, gwc_tx0) = d.lab.link_bytes("gw", GW_CLIENT_IF)?;
+    let (rtb_rx0, _) = d.lab.link_bytes("rt", ROUTER_BACKEND_IF)?;
+    let started = Instant::now();
+    let (status, body) = d.lab.run_in("client", || {
+        http_get_bytes(
+            vip,
+            &format!("/bytes/{DOWNLOAD}"),
+            DOWNLOAD,
+            DOWNLOAD_DEADLINE,
+        )
+    })??;
+    let secs = started.elapsed().as_secs_f64();
+    ensure!(status == 200, "download status {status}");
+    ensure!(body == pattern(DOWNLOAD), "download corrupted");
+    let (gwb_rx1, _) = d.lab.link_bytes("gw", GW_BACKEND_IF)?;
+    let (_, gwc_tx1) = d.lab.link_bytes("gw", GW_CLIENT_IF)?;
+    let (rtb_rx1, _) = d.lab.link_bytes("rt", ROUTER_BACKEND_IF)?;
+    let (gwb_rx, gwc_tx, rtb_rx) = (gwb_rx1 - gwb_rx0, gwc_tx1 - gwc_tx0, rtb_rx1 - rtb_rx0);
+    println!(
+        "download {DOWNLOAD} bytes in {secs:.2} s ({:.0} MB/s): gateway {GW_BACKEND_IF} rx {gwb_rx} B, \
+         {GW_CLIENT_IF} tx {gwc_tx} B; router {ROUTER_BACKEND_IF} rx {rtb_rx} B",
+        DOWNLOAD as f64 / secs / 1e6
+    );
+    ensure!(
+        gwb_rx < GATEWAY_RX_ALLOWANCE && gwc_tx < GATEWAY_RX_ALLOWANCE,
+        "replies crossed the gateway: {GW_BACKEND_IF} rx {gwb_rx} B, {GW_CLIENT_IF} tx {gwc_tx} B"
+    );
+    ensure!(
+        rtb_rx >= DOWNLOAD as u64,
+        "the router carried only {rtb_rx} B of the {DOWNLOAD} B download"
+    );
+    let stats = d.stats()?;
+    let backends = stats["backends"].as_array().context("no backends")?;
+    let mut requests = 0;
+    for b in backends {
+        for field in ["reply_packets", "reply_bytes"] {
+            let v = b[field].as_u64().unwrap_or(0);
+            ensure!(v == 0, "{}: {field} = {v} ({b})", b["name"]);
+        }
+        requests += b["packets"].as_u64().unwrap_or(0);
+    }
+    let sent = counter(&stats, "events", sent_event);
+    println!(
+        "stats: reply_packets/reply_bytes 0 on every backend; requests forwarded {requests} packets; \
+         {sent_event} {sent}; dsr_unreachable {}",
+        counter(&stats, "drop_reasons", "dsr_unreachable")
+    );
+    ensure!(sent > 0, "{sent_event} is 0: {stats}");
+    ensure!(
+        counter(&stats, "drop_reasons", "dsr_unreachable") == 0,
+        "{stats}"
+    );
+    Ok((DOWNLOAD, secs))
+}
+
+/// `global.<group>.<name>` of `xdplb stats --json`.
+pub fn counter(stats: &Value, group: &str, name: &str) -> u64 {
+    stats["global"][group][name].as_u64().unwrap_or(0)
+}
+
+/// A controller restart (SIGTERM, start again) with a live keep-alive
+/// connection: it keeps working throughout, on the same backend, and new
+/// connections are served while the controller is away.
+pub fn restart_keeps_a_live_connection(d: &mut Deployment) -> Result<()> {
+    let vip = SocketAddr::V4(d.pools[0].vip);
+    let mut conn = d.lab.run_in("client", || KeepAliveClient::connect(vip))??;
+    let (_, first) = conn.get("/")?;
+    let first = first.trim().to_string();
+    d.stop_daemon()?;
+    let (s, body) = conn.get("/")?;
+    ensure!(
+        s == 200 && body.trim() == first,
+        "established connection broke while the controller was away: {body}"
+    );
+    let s = d.spread(10)?;
+    ensure!(
+        s.values().sum::<usize>() == 10 && s.keys().all(|k| k.starts_with("web-")),
+        "while the controller was away: {s:?}"
+    );
+    d.start_daemon()?;
+    for _ in 0..5 {
+        let (s, body) = conn.get("/")?;
+        ensure!(
+            s == 200 && body.trim() == first,
+            "connection moved after restart: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("restart: keep-alive connection stayed on {first}");
+    Ok(())
+}
+
+/// A backend's server dies: it is marked down within interval × fall +
+/// timeout, and new connections heal within that bound plus a second.
+pub fn failover_heals(d: &Deployment, victim: &str) -> Result<()> {
+    let pool = &d.pools[0];
+    let bound = pool.detection_bound();
+    let vip = SocketAddr::V4(pool.vip);
+    d.kill_server(pool.backend(victim).lab_index);
+    let killed = Instant::now();
+    let attempts = d.lab.run_in("client", || {
+        let mut v = Vec::new();
+        while killed.elapsed() < bound + Duration::from_secs(2) {
+            let ok = matches!(http_get(vip, "/"), Ok((200, ref b)) if b.trim() != victim);
+            v.push((killed.elapsed(), ok));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        v
+    })?;
+    let healed_at = attempts
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(t, _)| *t)
+        .max()
+        .unwrap_or_default();
+    let b = d.backend_status("web", victim)?;
+    println!(
+        "failover: {} attempts, last failure {healed_at:?} after the kill (bound {bound:?} + 1 s); {victim} {}",
+        attempts.len(),
+        b["state"]
+    );
+    ensure!(
+        healed_at <= bound + Duration::from_secs(1),
+        "new connections healed only after {healed_at:?}; log:\n{}",
+        d.daemon_log()
+    );
+    ensure!(
+        attempts.iter().rev().take(20).all(|(_, ok)| *ok),
+        "connections still failing at the end"
+    );
+    ensure!(b["health"] == "down" && b["state"] == "down", "{b}");
+    let s = d.spread(20)?;
+    ensure!(
+        !s.contains_key(victim) && s.values().sum::<usize>() == 20,
+        "{s:?}"
+    );
+    Ok(())
+}

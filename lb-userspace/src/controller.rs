@@ -367,6 +367,8 @@ pub struct Controller<D: DataplaneOps> {
     /// (or this deadline passes).
     ready_deadline: Instant,
     ready: bool,
+    /// `[announce]`: keeps BIRD's routes file in step (see [`crate::announce`]).
+    announcer: Option<crate::announce::Announcer>,
 }
 
 /// Channels the controller's tasks report on.
@@ -452,6 +454,7 @@ impl<D: DataplaneOps> Controller<D> {
             epoch: now,
             ready_deadline: now + Duration::from_millis(max_timeout + 500),
             ready: false,
+            announcer: None,
         };
         // Slots whose pool is gone (e.g. VIP removed while we were down).
         for b in orphans {
@@ -1089,6 +1092,23 @@ impl<D: DataplaneOps> Controller<D> {
         for slot in done {
             self.free_slot(slot)?;
         }
+        // [announce]: a VIP is announced while its ring has an active backend.
+        let wanted = self
+            .config
+            .pools
+            .iter()
+            .filter(|p| {
+                self.published
+                    .get(&p.name)
+                    .is_some_and(|r| !r.inputs.is_empty())
+            })
+            .map(|p| (p.name.clone(), std::net::IpAddr::V4(*p.vip.ip())))
+            .collect();
+        crate::announce::Announcer::sync(
+            &mut self.announcer,
+            self.config.announce.as_ref(),
+            wanted,
+        );
         self.plan = Some(plan);
         if let Some(m) = &self.metrics {
             m.set_status(&self.status());
@@ -1119,6 +1139,7 @@ impl<D: DataplaneOps> Controller<D> {
                         .get(&pool.name)
                         .is_some_and(|r| r.inputs.is_empty()),
                     mean_load: pp.and_then(|p| p.mean_load),
+                    announced: self.announcer.as_ref().map(|a| a.announces(&pool.name)),
                     backends: pool
                         .backends
                         .iter()

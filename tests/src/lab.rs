@@ -134,6 +134,8 @@ pub struct LabBuilder {
     ipv6: bool,
     tx_checksum_offload: bool,
     router_mtu: Option<u32>,
+    /// `Some(n)`: the fleet topology (`crate::fleet`) with `n` gateways.
+    pub(crate) fleet: Option<usize>,
 }
 
 /// Smallest MTU an IPv4 link may have (RFC 791: every host accepts 576-byte
@@ -151,6 +153,7 @@ impl Default for LabBuilder {
             ipv6: false,
             tx_checksum_offload: true,
             router_mtu: None,
+            fleet: None,
         }
     }
 }
@@ -495,7 +498,7 @@ impl Lab {
             .unwrap_or(full)
     }
 
-    fn add_ns(&mut self, short: &str) -> Result<String> {
+    pub(crate) fn add_ns(&mut self, short: &str) -> Result<String> {
         let full = format!("{}-{short}", self.prefix);
         ip(&["netns", "add", &full])?;
         self.names.push((short.to_owned(), full.clone()));
@@ -509,6 +512,9 @@ impl Lab {
     }
 
     fn create(&mut self, spec: &LabBuilder) -> Result<()> {
+        if let Some(gateways) = spec.fleet {
+            return self.create_fleet(gateways, spec.backends);
+        }
         let gw = self.add_ns("gw")?;
         let sw = self.add_ns("sw")?;
         let router = match spec.router_mtu {
@@ -632,7 +638,7 @@ impl Lab {
 
     /// GRO on the far end of a gateway veth, so it accepts XDP-redirected
     /// frames (without it veth drops them silently; shared/TOOLCHAIN.md).
-    fn gro_on(&self, ns: &str, ifname: &str) -> Result<()> {
+    pub(crate) fn gro_on(&self, ns: &str, ifname: &str) -> Result<()> {
         self.exec_ok(ns, &["ethtool", "-K", ifname, "gro", "on"])
             .map(drop)
     }
@@ -867,7 +873,7 @@ fn kill_ns_pids(full: &str) {
     }
 }
 
-fn ip(args: &[&str]) -> Result<()> {
+pub(crate) fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip")
         .args(args)
         .stdin(Stdio::null())
@@ -884,23 +890,23 @@ fn ip(args: &[&str]) -> Result<()> {
 }
 
 /// A veth pair created inside `ns_a` with its peer placed directly in `ns_b`.
-fn veth(ns_a: &str, a: &str, ns_b: &str, b: &str) -> Result<()> {
+pub(crate) fn veth(ns_a: &str, a: &str, ns_b: &str, b: &str) -> Result<()> {
     ip(&[
         "-n", ns_a, "link", "add", a, "type", "veth", "peer", "name", b, "netns", ns_b,
     ])
 }
 
-fn bridge(ns: &str, name: &str) -> Result<()> {
+pub(crate) fn bridge(ns: &str, name: &str) -> Result<()> {
     ip(&["-n", ns, "link", "add", name, "type", "bridge"])?;
     ip(&["-n", ns, "link", "set", name, "up"])
 }
 
-fn port(ns: &str, ifname: &str, bridge: &str) -> Result<()> {
+pub(crate) fn port(ns: &str, ifname: &str, bridge: &str) -> Result<()> {
     ip(&["-n", ns, "link", "set", ifname, "master", bridge])?;
     ip(&["-n", ns, "link", "set", ifname, "up"])
 }
 
-fn up_with_addr(ns: &str, ifname: &str, a: Ipv4Addr) -> Result<()> {
+pub(crate) fn up_with_addr(ns: &str, ifname: &str, a: Ipv4Addr) -> Result<()> {
     ip(&[
         "-n",
         ns,

@@ -248,3 +248,40 @@ fn a_gateway_whose_pool_empties_withdraws_alone() -> Result<()> {
     println!("xdplb down withdrew g3 in {:.0?}", down_at.elapsed());
     Ok(())
 }
+
+/// The operator's examples in `deploy/bird/` are configs BIRD accepts
+/// (`bird -p` parses and exits; the gateway's include points at a routes
+/// file in the shape xdplb writes).
+#[test]
+fn the_packaged_bird_configs_parse() -> Result<()> {
+    if skip_unless_root() {
+        return Ok(());
+    }
+    let dir = std::env::temp_dir().join(format!("xdplb-bird-conf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/bird");
+    let routes = dir.join("vips.conf");
+    std::fs::write(&routes, xdplb_tests::fleet::EMPTY_ROUTES)?;
+    let gateway = std::fs::read_to_string(deploy.join("gateway.conf"))?
+        .replace("/run/xdplb/vips.conf", routes.to_str().context("path")?);
+    assert!(gateway.contains(&format!("include \"{}\";", routes.display())));
+    std::fs::write(dir.join("gateway.conf"), gateway)?;
+    let result = (|| {
+        for conf in [dir.join("gateway.conf"), deploy.join("router.conf")] {
+            let out = std::process::Command::new("bird")
+                .args(["-p", "-c"])
+                .arg(&conf)
+                .output()
+                .context("run bird -p")?;
+            ensure!(
+                out.status.success(),
+                "{}: {}",
+                conf.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    })();
+    std::fs::remove_dir_all(&dir)?;
+    result
+}

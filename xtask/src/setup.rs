@@ -21,6 +21,10 @@ const DEBIAN_PACKAGES: &[&[&str]] = &[
     &["nginx-light", "nginx"],
     &["curl"],
     &["python3"],
+    // BIRD 2: the fleet lab's routers and gateways speak BGP + BFD with it
+    // (inside lab namespaces only; the guard below keeps the package's
+    // service from starting a BIRD in the root namespace).
+    &["bird2"],
 ];
 
 /// Where bpffs is expected (aya pins and xdplb's default pin path live here).
@@ -217,8 +221,8 @@ fn debian_packages() -> Result<()> {
     if install.is_empty() {
         return Ok(());
     }
-    // Keep the packaged daemons (nginx, haproxy) from starting in the root
-    // namespace: tests run their own instances inside the lab.
+    // Keep the packaged daemons (nginx, haproxy, bird) from starting in the
+    // root namespace: tests run their own instances inside the lab.
     let _guard = NoServiceStart::new()?;
     Cmd::new("apt-get")
         .env("DEBIAN_FRONTEND", "noninteractive")

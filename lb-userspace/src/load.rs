@@ -140,9 +140,12 @@ impl AgentState {
 
 /// The agent publishes utilisation in steps of this size (5%).
 pub const PUBLISH_STEP: f64 = 0.05;
-/// A published field moves once a sample is this far from it (¾ of a
-/// step): jitter below that leaves the agent's line unchanged.
-pub const PUBLISH_HYSTERESIS: f64 = 0.75 * PUBLISH_STEP;
+/// A published field moves once a sample is a whole step from it. A
+/// steady load whose samples jitter by up to ±half a step then settles on
+/// one published value within a few samples and keeps it (a narrower band
+/// flaps between the two steps around a load that sits near their
+/// midpoint).
+pub const PUBLISH_HYSTERESIS: f64 = PUBLISH_STEP;
 
 /// Utilisation fractions in [0, 1]; `None` where the reply did not say.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
@@ -440,14 +443,14 @@ mod tests {
         near(p.mem, 0.0);
         near(p.disk, 1.0);
         near(p.net, 0.05);
-        // Jitter under ¾ step keeps the published value.
+        // Jitter under a step keeps the published value.
         let q = Utilisation::all(0.435, 0.03, 0.98, 0.03).published(&p);
         near(q.cpu, 0.4);
         near(q.mem, 0.0);
         near(q.disk, 1.0);
         near(q.net, 0.05);
         // A real move goes through, to the nearest step.
-        let r = Utilisation::all(0.61, 0.04, 0.5, 0.0).published(&q);
+        let r = Utilisation::all(0.61, 0.06, 0.5, 0.0).published(&q);
         near(r.cpu, 0.6);
         near(r.mem, 0.05);
         near(r.disk, 0.5);

@@ -39,7 +39,12 @@ enum Command {
     /// The CI pipeline: setup, fmt, clippy, release build, tests (as root).
     Test,
     /// Run xdplb in a namespace lab and show it balancing.
-    Demo,
+    Demo {
+        /// Which demo: `hot-warm` (one gateway: drain, failover, warm spare)
+        /// or `fleet` (three gateways behind a BIRD router: ECMP, BGP, BFD).
+        #[arg(value_enum, default_value_t = demo::Which::HotWarm)]
+        which: demo::Which,
+    },
     /// Run benchmarks and rewrite docs/BENCHMARKS.md (about 4 minutes).
     Bench {
         /// Which benchmark suite to run.
@@ -57,7 +62,7 @@ fn main() {
         Command::Setup => setup::run(),
         Command::Build { release } => build(release),
         Command::Test => test::run(),
-        Command::Demo => demo::run(),
+        Command::Demo { which } => demo::run(which),
         Command::Bench { suite, quick } => bench::run_with(suite, quick),
     };
     if let Err(err) = result {

@@ -1633,6 +1633,15 @@ vip = "198.18.2.11:80"
     }
 
     #[test]
+    fn fleet_example_announces_through_bird() {
+        let c = p(include_str!("../../config/fleet.toml")).unwrap();
+        let a = c.announce.expect("[announce]");
+        assert_eq!(a.routes_file, Path::new("/run/xdplb/vips.conf"));
+        assert_eq!(a.control_socket, Path::new("/run/bird/bird.ctl"));
+        assert_eq!(p(FULL).unwrap().announce, None);
+    }
+
+    #[test]
     fn announce_errors_name_line_and_key() {
         let with = |section: &str| {
             format!(

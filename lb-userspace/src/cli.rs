@@ -105,7 +105,9 @@ pub struct ConfigArg {
 
 #[derive(Debug, Args)]
 pub struct DownArgs {
-    /// Read the pin path from this config file (its dataplane.pin_path).
+    /// Read the pin path from this config file (its dataplane.pin_path);
+    /// with `[announce]`, its VIPs are withdrawn too. Without --config and
+    /// --pin-path, /etc/xdplb/xdplb.toml is read when it exists.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// The pin path to take down; overrides --config. [default:
@@ -325,7 +327,17 @@ fn check(path: &Path) -> Result<(), CliError> {
 }
 
 async fn down(a: DownArgs) -> Result<(), CliError> {
-    let cfg = a.config.as_deref().map(config::load).transpose()?;
+    let cfg = match (&a.config, &a.pin_path) {
+        (Some(c), _) => Some(config::load(c)?),
+        // The default config, if there is a usable one: its pin path and
+        // its [announce] (a broken default file does not stop `down`).
+        (None, None) if Path::new(DEFAULT_CONFIG).exists() => {
+            config::load(Path::new(DEFAULT_CONFIG))
+                .map_err(|e| tracing::warn!(error = %e, "default config not used"))
+                .ok()
+        }
+        (None, _) => None,
+    };
     let pin_path = match (a.pin_path, &cfg) {
         (Some(p), _) => p,
         (None, Some(c)) => c.dataplane.pin_path.clone(),

@@ -650,6 +650,7 @@ mod tests {
                 on_empty: "reject".into(),
                 empty: false,
                 mean_load: None,
+                announced: None,
                 backends: vec![BackendStatus {
                     name: "web-1".into(),
                     addr: "198.18.1.11:8080".into(),

@@ -150,7 +150,9 @@ pub struct ConfigArg {
 
 #[derive(Debug, Args)]
 pub struct DownArgs {
-    /// Read the pin path from this config file (its dataplane.pin_path).
+    /// Read the pin path from this config file (its dataplane.pin_path);
+    /// with `[announce]`, its VIPs are withdrawn too. Without --config and
+    /// --pin-path, /etc/xdplb/xdplb.toml is read when it exists.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// The pin path to take down; overrides --config. [default:
@@ -309,7 +311,7 @@ pub async fn execute(cmd: Cmd) -> Result<(), CliError> {
             .map_err(|e| CliError::Daemon {
                 message: format!("{e:#}"),
             }),
-        Cmd::Down(a) => down(a),
+        Cmd::Down(a) => down(a).await,
         Cmd::Check(a) => check(&a.config),
         Cmd::Man(a) => docs::generate(&a.out).map_err(|source| CliError::Output { source }),
         Cmd::Status(a) => status(&a.socket.socket, a.json).await,
@@ -408,17 +410,35 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 fn check(path: &Path) -> Result<(), CliError> {
     let cfg = config::load(path)?;
     config::check_host_if_gateway(&cfg)?;
+    let announce = cfg.announce.as_ref().map_or(String::new(), |a| {
+        format!(
+            "; announcing through BIRD (routes {}, socket {})",
+            a.routes_file.display(),
+            a.control_socket.display()
+        )
+    });
     print(&format!(
-        "ok: {}, {}\n",
+        "ok: {}, {}{announce}\n",
         plural(cfg.pools.len(), "pool", "pools"),
         plural(cfg.total_backends(), "backend", "backends")
     ))
 }
 
-fn down(a: DownArgs) -> Result<(), CliError> {
-    let pin_path = match (a.pin_path, a.config) {
+async fn down(a: DownArgs) -> Result<(), CliError> {
+    let cfg = match (&a.config, &a.pin_path) {
+        (Some(c), _) => Some(config::load(c)?),
+        // The default config, if there is a usable one: its pin path and
+        // its [announce] (a broken default file does not stop `down`).
+        (None, None) if Path::new(DEFAULT_CONFIG).exists() => {
+            config::load(Path::new(DEFAULT_CONFIG))
+                .map_err(|e| tracing::warn!(error = %e, "default config not used"))
+                .ok()
+        }
+        (None, _) => None,
+    };
+    let pin_path = match (a.pin_path, &cfg) {
         (Some(p), _) => p,
-        (None, Some(c)) => config::load(&c)?.dataplane.pin_path,
+        (None, Some(c)) => c.dataplane.pin_path.clone(),
         (None, None) => PathBuf::from(DEFAULT_PIN_PATH),
     };
     if let Some(pid) = owner::holder(Path::new(owner::LOCK_DIR), &pin_path)? {
@@ -453,8 +473,23 @@ fn down(a: DownArgs) -> Result<(), CliError> {
             report.foreign.join(", ")
         )
     };
+    // [announce]: a gateway taken down withdraws its VIPs. BIRD not
+    // answering is reported, not fatal: the data plane is already gone.
+    let mut withdrawn = String::new();
+    if let Some(ann) = cfg.as_ref().and_then(|c| c.announce.as_ref()) {
+        match crate::announce::withdraw_all(ann).await {
+            Ok(()) => withdrawn = "; VIP routes withdrawn".to_string(),
+            Err(e) => {
+                tracing::warn!(error = %e, "VIP routes emptied but BIRD not told");
+                withdrawn = format!(
+                    "; VIP routes emptied in {} (BIRD not told: {e})",
+                    ann.routes_file.display()
+                );
+            }
+        }
+    }
     print(&format!(
-        "{what}; removed pins at {}{left}\n",
+        "{what}; removed pins at {}{left}{withdrawn}\n",
         pin_path.display()
     ))
 }

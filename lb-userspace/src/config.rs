@@ -146,8 +146,30 @@ pub enum Role {
 pub struct Config {
     pub dataplane: DataplaneConfig,
     pub control: ControlConfig,
+    /// `[announce]`: VIPs announced to routers through a BGP speaker.
+    pub announce: Option<AnnounceConfig>,
     pub pools: Vec<PoolConfig>,
 }
+
+/// `[announce]` (see [`crate::announce`]).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AnnounceConfig {
+    /// The BGP speaker; only BIRD 2 so far.
+    pub speaker: Speaker,
+    /// BIRD's control socket (`bird -s`).
+    pub control_socket: PathBuf,
+    /// Where xdplb writes the VIP routes; the speaker's config includes it.
+    pub routes_file: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Speaker {
+    Bird,
+}
+
+pub const DEFAULT_BIRD_SOCKET: &str = "/run/bird/bird.ctl";
+pub const DEFAULT_ROUTES_FILE: &str = "/run/xdplb/vips.conf";
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DataplaneConfig {
@@ -351,8 +373,17 @@ mod raw {
     pub struct Config {
         pub dataplane: Dataplane,
         pub control: Option<Control>,
+        pub announce: Option<Announce>,
         #[serde(default)]
         pub pool: Vec<Pool>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Announce {
+        pub speaker: Option<Spanned<String>>,
+        pub control_socket: Option<Spanned<PathBuf>>,
+        pub routes_file: Option<Spanned<PathBuf>>,
     }
 
     #[derive(Deserialize)]
@@ -622,6 +653,7 @@ fn is_prime(n: u32) -> bool {
 fn convert(src: &Source, raw: raw::Config) -> Result<Config, ConfigError> {
     let dataplane = convert_dataplane(src, &raw)?;
     let control = convert_control(src, raw.control)?;
+    let announce = raw.announce.map(|a| convert_announce(src, a)).transpose()?;
 
     if raw.pool.len() > MAX_VIPS as usize {
         let extra = &raw.pool[MAX_VIPS as usize];
@@ -711,7 +743,42 @@ fn convert(src: &Source, raw: raw::Config) -> Result<Config, ConfigError> {
     Ok(Config {
         dataplane: dataplane.0,
         control,
+        announce,
         pools,
+    })
+}
+
+fn convert_announce(src: &Source, a: raw::Announce) -> Result<AnnounceConfig, ConfigError> {
+    let speaker = match &a.speaker {
+        None => Speaker::Bird,
+        Some(s) if s.get_ref() == "bird" => Speaker::Bird,
+        Some(s) => {
+            return Err(src.err(
+                s.span(),
+                format!(
+                    "speaker {:?} is not supported: only \"bird\" (BIRD 2, driven through its control socket)",
+                    s.get_ref()
+                ),
+            ))
+        }
+    };
+    let path = |p: Option<toml::Spanned<PathBuf>>, key: &str, default: &str| match p {
+        None => Ok(PathBuf::from(default)),
+        Some(p) if p.get_ref().is_absolute() => Ok(p.into_inner()),
+        Some(p) => Err(src.err(
+            p.span(),
+            format!(
+                "{key} {:?} must be an absolute path",
+                p.get_ref().display().to_string()
+            ),
+        )),
+    };
+    let control_socket = path(a.control_socket, "control_socket", DEFAULT_BIRD_SOCKET)?;
+    let routes_file = path(a.routes_file, "routes_file", DEFAULT_ROUTES_FILE)?;
+    Ok(AnnounceConfig {
+        speaker,
+        control_socket,
+        routes_file,
     })
 }
 
@@ -1712,6 +1779,58 @@ vip = "198.18.2.11:80"
         let a = p(&pool_with("", ONE_BACKEND)).unwrap();
         let b = p(&pool_with("\n\nmode = \"nat\"\n", ONE_BACKEND)).unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn announce_defaults_and_values() {
+        assert_eq!(p(&pool_with("", ONE_BACKEND)).unwrap().announce, None);
+        let c = p(&format!("[announce]\n{}", pool_with("", ONE_BACKEND))).unwrap();
+        let a = c.announce.unwrap();
+        assert_eq!(a.speaker, Speaker::Bird);
+        assert_eq!(a.control_socket, Path::new(DEFAULT_BIRD_SOCKET));
+        assert_eq!(a.routes_file, Path::new(DEFAULT_ROUTES_FILE));
+        let text = format!(
+            "[announce]\nspeaker = \"bird\"\ncontrol_socket = \"/tmp/b.ctl\"\nroutes_file = \"/tmp/v.conf\"\n{}",
+            pool_with("", ONE_BACKEND)
+        );
+        let a = p(&text).unwrap().announce.unwrap();
+        assert_eq!(a.control_socket, Path::new("/tmp/b.ctl"));
+        assert_eq!(a.routes_file, Path::new("/tmp/v.conf"));
+    }
+
+    #[test]
+    fn fleet_example_announces_through_bird() {
+        let c = p(include_str!("../../config/fleet.toml")).unwrap();
+        let a = c.announce.expect("[announce]");
+        assert_eq!(a.routes_file, Path::new("/run/xdplb/vips.conf"));
+        assert_eq!(a.control_socket, Path::new("/run/bird/bird.ctl"));
+        assert_eq!(p(FULL).unwrap().announce, None);
+    }
+
+    #[test]
+    fn announce_errors_name_line_and_key() {
+        let with = |section: &str| {
+            format!(
+                "{HEAD}{section}{}",
+                &pool_with("", ONE_BACKEND)[HEAD.len()..]
+            )
+        };
+        rejects(
+            &with("[announce]\nspeaker = \"frr\"\n"),
+            4,
+            &["speaker \"frr\" is not supported", "bird"],
+        );
+        rejects(
+            &with("[announce]\nroutes_file = \"vips.conf\"\n"),
+            4,
+            &["routes_file", "absolute"],
+        );
+        rejects(
+            &with("[announce]\ncontrol_socket = \"bird.ctl\"\n"),
+            4,
+            &["control_socket", "absolute"],
+        );
+        rejects(&with("[announce]\npeers = 2\n"), 4, &["peers"]);
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //! - [`controller`]: `xdplb run`: probes, agents, planner ticks, map sync,
 //!   reload, drains; answers [`command::Command`]s.
 //! - [`command`]: what the admin socket asks the controller.
+//! - [`announce`]: `[announce]`: the VIP routes file for BIRD and its
+//!   control socket.
 //! - [`state`]: `[control] state_file`: operator drains across `down`
 //!   and reboots.
 //! - [`status`]: the controller's live view (status output, admin replies).
@@ -28,6 +30,7 @@
 //! - [`packet`]: frames built byte by byte and checksums recomputed in full
 //!   (tests, benchmark, hostile-input scenario).
 pub mod admin;
+pub mod announce;
 pub mod cli;
 pub mod command;
 pub mod config;

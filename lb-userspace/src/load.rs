@@ -138,6 +138,15 @@ impl AgentState {
     }
 }
 
+/// The agent publishes utilisation in steps of this size (5%).
+pub const PUBLISH_STEP: f64 = 0.05;
+/// A published field moves once a sample is a whole step from it. A
+/// steady load whose samples jitter by up to ±half a step then settles on
+/// one published value within a few samples and keeps it (a narrower band
+/// flaps between the two steps around a load that sits near their
+/// midpoint).
+pub const PUBLISH_HYSTERESIS: f64 = PUBLISH_STEP;
+
 /// Utilisation fractions in [0, 1]; `None` where the reply did not say.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Utilisation {
@@ -159,6 +168,29 @@ impl Utilisation {
 
     pub fn is_empty(&self) -> bool {
         self.cpu.is_none() && self.mem.is_none() && self.disk.is_none() && self.net.is_none()
+    }
+
+    /// What the agent publishes after `self` was sampled, given what it
+    /// published last: each field in steps of [`PUBLISH_STEP`], moving only
+    /// when the sample is at least [`PUBLISH_HYSTERESIS`] away from the
+    /// published value. Every gateway polling this agent reads the same
+    /// line; with hysteresis that line stays put while the load only
+    /// jitters, so gateways that poll at different moments still agree on
+    /// every weight (and build the same Maglev ring).
+    pub fn published(&self, prev: &Utilisation) -> Utilisation {
+        let one = |sample: Option<f64>, prev: Option<f64>| {
+            let s = sample?.clamp(0.0, 1.0);
+            Some(match prev {
+                Some(p) if (s - p).abs() < PUBLISH_HYSTERESIS => p,
+                _ => (s / PUBLISH_STEP).round() * PUBLISH_STEP,
+            })
+        };
+        Utilisation {
+            cpu: one(self.cpu, prev.cpu),
+            mem: one(self.mem, prev.mem),
+            disk: one(self.disk, prev.disk),
+            net: one(self.net, prev.net),
+        }
     }
 
     /// The present fields as `key=value` tokens, two decimals.
@@ -395,6 +427,34 @@ mod tests {
 
     fn ok(line: &str) -> AgentReply {
         parse_agent_reply(line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    }
+
+    #[test]
+    fn published_utilisation_steps_with_hysteresis() {
+        let near = |got: Option<f64>, want: f64| {
+            assert!(
+                got.is_some_and(|g| (g - want).abs() < 1e-9),
+                "{got:?} vs {want}"
+            )
+        };
+        let none = Utilisation::default();
+        let p = Utilisation::all(0.41, 0.0, 1.2, 0.026).published(&none);
+        near(p.cpu, 0.4);
+        near(p.mem, 0.0);
+        near(p.disk, 1.0);
+        near(p.net, 0.05);
+        // Jitter under a step keeps the published value.
+        let q = Utilisation::all(0.435, 0.03, 0.98, 0.03).published(&p);
+        near(q.cpu, 0.4);
+        near(q.mem, 0.0);
+        near(q.disk, 1.0);
+        near(q.net, 0.05);
+        // A real move goes through, to the nearest step.
+        let r = Utilisation::all(0.61, 0.06, 0.5, 0.0).published(&q);
+        near(r.cpu, 0.6);
+        near(r.mem, 0.05);
+        near(r.disk, 0.5);
+        assert_eq!(Utilisation::default().published(&p), none);
     }
 
     #[test]

@@ -422,6 +422,15 @@ impl Collector for StatusCollector {
             "Established flows pinned to the backend in the flow table",
             rows().map(|(l, b)| (l, i64::try_from(b.flows).unwrap_or(i64::MAX))),
         )?;
+        gauge(
+            &mut enc,
+            "xdplb_vip_announced",
+            "1 if this gateway announces the VIP to its routers ([announce])",
+            status.pools.iter().filter_map(|p| {
+                let labels: Labels2 = [("pool", p.name.clone()), ("vip", p.vip.clone())];
+                p.announced.map(|a| (labels, i64::from(a)))
+            }),
+        )?;
         Ok(())
     }
 }
@@ -532,6 +541,7 @@ mod tests {
                 on_empty: "reject".into(),
                 empty: false,
                 mean_load: Some(0.25),
+                announced: Some(true),
                 backends: vec![
                     b("web-1", "up", "active", 75, 0.25),
                     b("web \"2\"", "down", "down", 0, 0.5),
@@ -654,7 +664,7 @@ mod tests {
             .2
     }
 
-    const EVERY_FAMILY: [(&str, &str); 26] = [
+    const EVERY_FAMILY: [(&str, &str); 27] = [
         ("xdplb_dataplane_up", "gauge"),
         ("xdplb_rx_packets_total", "counter"),
         ("xdplb_passed_packets_total", "counter"),
@@ -680,6 +690,7 @@ mod tests {
         ("xdplb_backend_flows", "gauge"),
         ("xdplb_backend_rtt_seconds", "gauge"),
         ("xdplb_agent_up", "gauge"),
+        ("xdplb_vip_announced", "gauge"),
         ("xdplb_health_check_duration_seconds", "histogram"),
     ];
 
@@ -710,6 +721,14 @@ mod tests {
         }
         let web1 = [("pool", "web"), ("backend", "web-1")];
         assert_eq!(value(&samples, "xdplb_dataplane_up", &[]), 1.0);
+        assert_eq!(
+            value(
+                &samples,
+                "xdplb_vip_announced",
+                &[("pool", "web"), ("vip", "198.18.2.10:80")]
+            ),
+            1.0
+        );
         assert_eq!(value(&samples, "xdplb_rx_packets_total", &[]), 100.0);
         assert_eq!(
             value(

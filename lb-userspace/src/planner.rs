@@ -39,6 +39,20 @@ use crate::load::AgentState;
 /// `(1 − load)` factor keeps three digits of resolution after rounding.
 pub const WEIGHT_SCALE: u32 = 1000;
 
+/// The headroom factor `(1 − load)` is rounded to multiples of
+/// `1 / HEADROOM_STEPS` before it scales a weight. Gateways polling the
+/// same agents then build identical rings unless their readings straddle a
+/// step boundary — and the xdplb agent publishes its utilisation with
+/// hysteresis ([`crate::load::Utilisation::published`]), so in steady
+/// state every gateway reads the very same numbers. 20 steps (5% of load)
+/// keep load steering meaningful while small drifts move no ring entry.
+pub const HEADROOM_STEPS: f64 = 20.0;
+
+/// `(1 − load)` rounded to a multiple of `1 / HEADROOM_STEPS`.
+pub fn quantised_headroom(load: f64) -> f64 {
+    ((1.0 - load.clamp(0.0, 1.0)) * HEADROOM_STEPS).round() / HEADROOM_STEPS
+}
+
 /// Longest a demoted spare stays `Draining` while it still has flows. Long
 /// enough for request/response traffic to finish; beyond it, the remaining
 /// (long-lived) flows keep going on the `Standby` spare anyway, since the
@@ -445,7 +459,8 @@ fn plan_pool(
     }
 }
 
-/// `weight × WEIGHT_SCALE × agent% × (1 − load)`, ramped by slow start
+/// `weight × WEIGHT_SCALE × agent% × (1 − load)` (the load factor
+/// quantised: [`quantised_headroom`]), ramped by slow start
 /// (HAProxy `slowstart`: `ceil(w × elapsed / slow_start)`), never below 1 so
 /// an active backend always keeps some share.
 fn effective_weight(
@@ -460,7 +475,7 @@ fn effective_weight(
         w *= f64::from(pct.min(100)) / 100.0;
     }
     if let Some(load) = o.load {
-        w *= 1.0 - load.clamp(0.0, 1.0);
+        w *= quantised_headroom(load);
     }
     let ramp = pool.ramp_ms();
     if let Some(t0) = active_since {
@@ -732,6 +747,26 @@ mod tests {
             let plan = Planner::new().plan(&cfg, &obs, 0);
             assert_eq!(state_of(&plan, "p1"), (want, why), "{state:?} {pct:?}");
         }
+    }
+
+    #[test]
+    fn headroom_is_quantised_to_steps() {
+        assert_eq!(quantised_headroom(0.0), 1.0);
+        assert_eq!(quantised_headroom(0.2), 0.8);
+        assert_eq!(quantised_headroom(0.21), 0.8);
+        assert_eq!(quantised_headroom(0.224), 0.8);
+        assert_eq!(quantised_headroom(0.226), 0.75);
+        assert_eq!(quantised_headroom(1.5), 0.0);
+        let cfg = cfg_with(1, true);
+        let mut a = healthy(Some(0.0));
+        let mut b = healthy(Some(0.0));
+        set(&mut a, "p1", |o| o.load = Some(0.41));
+        set(&mut b, "p1", |o| o.load = Some(0.42));
+        assert_eq!(
+            weight_of(&Planner::new().plan(&cfg, &a, 0), "p1"),
+            weight_of(&Planner::new().plan(&cfg, &b, 0), "p1"),
+            "readings 0.01 apart within one step give one weight"
+        );
     }
 
     #[test]

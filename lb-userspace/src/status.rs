@@ -26,6 +26,10 @@ pub struct PoolStatus {
     pub empty: bool,
     /// Mean load of the serving backends, when the pool has `[pool.load]`.
     pub mean_load: Option<f64>,
+    /// With `[announce]`: whether this gateway announces the VIP (its ring
+    /// has an active backend). Absent without `[announce]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announced: Option<bool>,
     pub backends: Vec<BackendStatus>,
 }
 

@@ -135,6 +135,8 @@ pub struct LabBuilder {
     tx_checksum_offload: bool,
     router_mtu: Option<u32>,
     direct_return: bool,
+    /// `Some(n)`: the fleet topology (`crate::fleet`) with `n` gateways.
+    pub(crate) fleet: Option<usize>,
 }
 
 /// Smallest MTU an IPv4 link may have (RFC 791: every host accepts 576-byte
@@ -153,6 +155,7 @@ impl Default for LabBuilder {
             tx_checksum_offload: true,
             router_mtu: None,
             direct_return: false,
+            fleet: None,
         }
     }
 }
@@ -556,7 +559,7 @@ impl Lab {
             .unwrap_or(full)
     }
 
-    fn add_ns(&mut self, short: &str) -> Result<String> {
+    pub(crate) fn add_ns(&mut self, short: &str) -> Result<String> {
         let full = format!("{}-{short}", self.prefix);
         ip(&["netns", "add", &full])?;
         self.names.push((short.to_owned(), full.clone()));
@@ -570,6 +573,9 @@ impl Lab {
     }
 
     fn create(&mut self, spec: &LabBuilder) -> Result<()> {
+        if let Some(gateways) = spec.fleet {
+            return self.create_fleet(gateways, spec.backends);
+        }
         let gw = self.add_ns("gw")?;
         let sw = self.add_ns("sw")?;
         let router = if spec.router_mtu.is_some() || spec.direct_return {
@@ -723,7 +729,7 @@ impl Lab {
 
     /// GRO on the far end of a gateway veth, so it accepts XDP-redirected
     /// frames (without it veth drops them silently; shared/TOOLCHAIN.md).
-    fn gro_on(&self, ns: &str, ifname: &str) -> Result<()> {
+    pub(crate) fn gro_on(&self, ns: &str, ifname: &str) -> Result<()> {
         self.exec_ok(ns, &["ethtool", "-K", ifname, "gro", "on"])
             .map(drop)
     }
@@ -959,7 +965,7 @@ fn kill_ns_pids(full: &str) {
     }
 }
 
-fn ip(args: &[&str]) -> Result<()> {
+pub(crate) fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip")
         .args(args)
         .stdin(Stdio::null())
@@ -976,23 +982,23 @@ fn ip(args: &[&str]) -> Result<()> {
 }
 
 /// A veth pair created inside `ns_a` with its peer placed directly in `ns_b`.
-fn veth(ns_a: &str, a: &str, ns_b: &str, b: &str) -> Result<()> {
+pub(crate) fn veth(ns_a: &str, a: &str, ns_b: &str, b: &str) -> Result<()> {
     ip(&[
         "-n", ns_a, "link", "add", a, "type", "veth", "peer", "name", b, "netns", ns_b,
     ])
 }
 
-fn bridge(ns: &str, name: &str) -> Result<()> {
+pub(crate) fn bridge(ns: &str, name: &str) -> Result<()> {
     ip(&["-n", ns, "link", "add", name, "type", "bridge"])?;
     ip(&["-n", ns, "link", "set", name, "up"])
 }
 
-fn port(ns: &str, ifname: &str, bridge: &str) -> Result<()> {
+pub(crate) fn port(ns: &str, ifname: &str, bridge: &str) -> Result<()> {
     ip(&["-n", ns, "link", "set", ifname, "master", bridge])?;
     ip(&["-n", ns, "link", "set", ifname, "up"])
 }
 
-fn up_with_addr(ns: &str, ifname: &str, a: Ipv4Addr) -> Result<()> {
+pub(crate) fn up_with_addr(ns: &str, ifname: &str, a: Ipv4Addr) -> Result<()> {
     ip(&[
         "-n",
         ns,

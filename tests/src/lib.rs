@@ -11,6 +11,8 @@
 //! - [`lab`]: [`Lab`] and its builder — creating, using and removing the
 //!   namespaces; running commands and closures inside them.
 //! - [`addr`]: the lab's fixed names and addresses (198.18.0.0/15 only).
+//! - [`fleet`]: gateways behind an ECMP router, each with `xdplb run`
+//!   and a BIRD announcing its VIPs over BGP with BFD.
 //! - [`http`]: a tiny blocking HTTP/1.1 client: [`http_get`] on a fresh
 //!   connection, [`KeepAliveClient`] reusing one.
 //! - [`wait`]: [`wait_until`], the one bounded polling loop.
@@ -22,6 +24,7 @@
 
 pub mod addr;
 pub mod deploy;
+pub mod fleet;
 pub mod http;
 pub mod lab;
 pub mod raw;

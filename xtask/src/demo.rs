@@ -1,12 +1,23 @@
-//! `cargo xtask demo`: sets the machine up, builds xdplb, then runs the
-//! narrated hot-warm demo (`tests/src/bin/xdplb-demo.rs`) in a namespace
-//! lab of its own, which it removes on exit and on Ctrl-C.
+//! `cargo xtask demo [hot-warm|fleet]`: sets the machine up, builds xdplb,
+//! then runs a narrated demo in a namespace lab of its own, which it
+//! removes on exit and on Ctrl-C: the hot-warm demo
+//! (`tests/src/bin/xdplb-demo.rs`) or the fleet demo — three gateways
+//! behind a BIRD router (`tests/src/bin/xdplb-fleet-demo.rs`).
 
 use anyhow::{Context, Result};
 
 use crate::cmd::{cargo, header, target_dir};
 
-pub fn run() -> Result<()> {
+/// Which demo `cargo xtask demo` runs.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Which {
+    /// One gateway: spread, drain, a killed primary, the warm spare.
+    HotWarm,
+    /// Three gateways behind an ECMP router, VIPs announced over BGP.
+    Fleet,
+}
+
+pub fn run(which: Which) -> Result<()> {
     crate::setup::run().context("setup")?;
     header("demo: building xdplb and the lab (release)");
     cargo(&[
@@ -21,7 +32,11 @@ pub fn run() -> Result<()> {
     .run()?;
     let release = target_dir()?.join("release");
     header("demo: running");
-    crate::cmd::Cmd::new(release.join("xdplb-demo"))
+    let bin = match which {
+        Which::HotWarm => "xdplb-demo",
+        Which::Fleet => "xdplb-fleet-demo",
+    };
+    crate::cmd::Cmd::new(release.join(bin))
         .env("XDPLB_BIN", release.join("xdplb"))
         .env("LAB_BACKEND_BIN", release.join("lab-backend"))
         .run()

@@ -41,7 +41,12 @@ enum Command {
     /// The CI pipeline: setup, fmt, clippy, release build, tests (as root).
     Test,
     /// Run xdplb in a namespace lab and show it balancing.
-    Demo,
+    Demo {
+        /// Which demo: `hot-warm` (one gateway: drain, failover, warm spare)
+        /// or `fleet` (three gateways behind a BIRD router: ECMP, BGP, BFD).
+        #[arg(value_enum, default_value_t = demo::Which::HotWarm)]
+        which: demo::Which,
+    },
     /// Build the Debian package target/debian/xdplb_<version>_amd64.deb.
     Deb {
         /// Package the release binary already built.
@@ -65,7 +70,7 @@ fn main() {
         Command::Setup => setup::run(),
         Command::Build { release } => build(release),
         Command::Test => test::run(),
-        Command::Demo => demo::run(),
+        Command::Demo { which } => demo::run(which),
         Command::Deb { no_build } => deb::run(no_build).map(drop),
         Command::Bench { suite, quick } => bench::run_with(suite, quick),
     };

@@ -31,6 +31,10 @@ const DEBIAN_PACKAGES: &[&[&str]] = &[
     // The status page test: Debian's Chromium, driven over WebDriver.
     &["chromium"],
     &["chromium-driver"],
+    // BIRD 2: the fleet lab's routers and gateways speak BGP + BFD with it
+    // (inside lab namespaces only; the guard below keeps the package's
+    // service from starting a BIRD in the root namespace).
+    &["bird2"],
 ];
 
 /// Where bpffs is expected (aya pins and xdplb's default pin path live here).
@@ -249,8 +253,8 @@ fn debian_packages() -> Result<()> {
     if install.is_empty() {
         return Ok(());
     }
-    // Keep the packaged daemons (nginx, haproxy) from starting in the root
-    // namespace: tests run their own instances inside the lab.
+    // Keep the packaged daemons (nginx, haproxy, bird) from starting in the
+    // root namespace: tests run their own instances inside the lab.
     let _guard = NoServiceStart::new()?;
     Cmd::new("apt-get")
         .env("DEBIAN_FRONTEND", "noninteractive")

@@ -112,6 +112,11 @@ pub fn status_text(s: &Status) -> String {
         if let Some(m) = p.mean_load {
             out.push_str(&format!("  mean load {m:.2}"));
         }
+        match p.announced {
+            Some(true) => out.push_str("  announced"),
+            Some(false) => out.push_str("  NOT announced"),
+            None => {}
+        }
         if p.empty {
             let what = if p.on_empty == "drop" {
                 "dropped"
@@ -565,6 +570,7 @@ mod tests {
                     on_empty: "reject".into(),
                     empty: false,
                     mean_load: Some(0.42),
+                    announced: None,
                     backends: vec![backend("web-1", "active", "up"), down],
                 },
                 PoolStatus {
@@ -575,6 +581,7 @@ mod tests {
                     on_empty: "reject".into(),
                     empty: true,
                     mean_load: None,
+                    announced: None,
                     backends: vec![],
                 },
             ],

@@ -237,6 +237,8 @@ pub struct Controller<D: DataplaneOps> {
     /// (or this deadline passes).
     ready_deadline: Instant,
     ready: bool,
+    /// `[announce]`: keeps BIRD's routes file in step (see [`crate::announce`]).
+    announcer: Option<crate::announce::Announcer>,
 }
 
 /// Channels the controller's tasks report on.
@@ -324,6 +326,7 @@ impl<D: DataplaneOps> Controller<D> {
             epoch: now,
             ready_deadline: now + Duration::from_millis(max_timeout + 500),
             ready: false,
+            announcer: None,
         };
         // Slots whose pool is gone (e.g. VIP removed while we were down).
         for b in orphans {

@@ -216,6 +216,23 @@ impl<D: DataplaneOps> Controller<D> {
         for slot in done {
             self.free_slot(slot)?;
         }
+        // [announce]: a VIP is announced while its ring has an active backend.
+        let wanted = self
+            .config
+            .pools
+            .iter()
+            .filter(|p| {
+                self.published
+                    .get(&p.name)
+                    .is_some_and(|r| !r.inputs.is_empty())
+            })
+            .map(|p| (p.name.clone(), std::net::IpAddr::V4(*p.vip.ip())))
+            .collect();
+        crate::announce::Announcer::sync(
+            &mut self.announcer,
+            self.config.announce.as_ref(),
+            wanted,
+        );
         // The metrics' copy of the status: at once when the plan changed,
         // else once a second (rtt, load and flow counts move slowly), so a
         // large pool does not rebuild it on every beat.

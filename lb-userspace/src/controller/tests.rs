@@ -340,6 +340,48 @@ async fn a_failed_primary_leaves_the_ring_before_it_is_marked_down() {
     assert!(publish < down, "ring published before re-steering: {ops:?}");
 }
 
+/// `[announce]`: nothing is written before the first probes; the VIP
+/// is announced while its ring has a backend and withdrawn when the
+/// pool empties; BIRD missing is no error.
+#[tokio::test(start_paused = true)]
+async fn announce_follows_the_ring_and_survives_a_missing_bird() {
+    let dir = std::env::temp_dir().join(format!("xdplb-ctl-announce-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let routes = dir.join("vips.conf");
+    let text = format!(
+        "{CONFIG}\n[announce]\ncontrol_socket = \"{}\"\nroutes_file = \"{}\"\n",
+        dir.join("no-bird.ctl").display(),
+        routes.display()
+    );
+    let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &text);
+    assert_eq!(
+        r.c.status().pools[0].announced,
+        None,
+        "undecided before a sync"
+    );
+    assert!(!routes.exists(), "nothing written before the first probes");
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(r.c.status().pools[0].announced, Some(true));
+    let read = || std::fs::read_to_string(&routes).unwrap_or_default();
+    assert!(
+        read().contains("route 198.18.2.10/32 blackhole;"),
+        "{}",
+        read()
+    );
+    for b in ["198.18.1.11:8080", "198.18.1.12:8080", "198.18.1.21:8080"] {
+        r.probes.set(b, false);
+    }
+    r.pump(Duration::from_millis(300)).await;
+    assert!(r.c.status().pools[0].empty);
+    assert_eq!(r.c.status().pools[0].announced, Some(false));
+    assert!(!read().contains("198.18.2.10"), "{}", read());
+    assert!(read().contains("protocol static xdplb_vips {"));
+    r.probes.set("198.18.1.12:8080", true);
+    r.pump(Duration::from_millis(300)).await;
+    assert!(read().contains("198.18.2.10/32"), "{}", read());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_pool_with_every_backend_down_shows_empty_until_one_returns() {
     let mut r = rig();

@@ -26,6 +26,7 @@ impl<D: DataplaneOps> Controller<D> {
                         .get(&pool.name)
                         .is_some_and(|r| r.inputs.is_empty()),
                     mean_load: pp.and_then(|p| p.mean_load),
+                    announced: self.announcer.as_ref().map(|a| a.announces(&pool.name)),
                     backends: pool
                         .backends
                         .iter()

@@ -206,8 +206,12 @@ impl Sampler {
         }))
     }
 
+    /// Keeps `u` as the published utilisation, stepped with hysteresis
+    /// ([`Utilisation::published`]) so gateways polling at different
+    /// moments read the same line while the load only jitters.
     fn store(&self, u: Utilisation) {
-        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = u;
+        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        *latest = u.published(&latest);
     }
 
     /// The reply to send now.

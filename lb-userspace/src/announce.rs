@@ -1,0 +1,460 @@
+//! `[announce]`: the VIPs this gateway can serve, announced to the routers
+//! through BIRD 2.
+//!
+//! xdplb speaks no BGP itself. It keeps `routes_file` holding two BIRD
+//! static protocols (`xdplb_vips` for IPv4, `xdplb_vips6` for IPv6), one
+//! blackhole route per announced VIP, and asks BIRD to re-read its config
+//! (`configure` on the control socket). The operator's bird.conf includes
+//! the file and exports those protocols to its BGP peers
+//! (`deploy/bird/gateway.conf`).
+//!
+//! - [`routes_text`] is pure: announced VIPs in, file text out.
+//! - [`write_routes`] replaces the file atomically (temporary file, rename).
+//! - [`bird_configure`] speaks BIRD's control protocol (lines of a 4-digit
+//!   code, `-` for "more follows", a space on the last line).
+//! - [`Announcer`] is the task the controller feeds: it writes the file
+//!   whenever the set changes and retries `configure` every second until
+//!   BIRD takes it (BIRD not running is logged, never fatal).
+//!
+//! What is announced is decided by the controller: a VIP whose ring has at
+//! least one active backend. A controller that stops leaves the file and
+//! BIRD alone (the pinned data plane still forwards); `xdplb down`
+//! withdraws everything ([`withdraw_all`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::config::AnnounceConfig;
+
+/// Name of the IPv4 static protocol in the routes file (the operator's
+/// export filter names it).
+pub const PROTO_V4: &str = "xdplb_vips";
+/// Name of the IPv6 static protocol in the routes file.
+pub const PROTO_V6: &str = "xdplb_vips6";
+/// How long one exchange with BIRD may take before it counts as failed.
+const BIRD_TIMEOUT: Duration = Duration::from_secs(3);
+/// A `configure` BIRD did not take is retried this often.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Error)]
+pub enum AnnounceError {
+    #[error("cannot write routes file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot reach BIRD at {socket}: {source}")]
+    Connect {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("BIRD at {socket} did not answer within {timeout:?}")]
+    Timeout { socket: PathBuf, timeout: Duration },
+    #[error("BIRD at {socket} refused `configure`: {reply}")]
+    Refused { socket: PathBuf, reply: String },
+    #[error("BIRD at {socket}: unexpected reply {line:?}")]
+    Protocol { socket: PathBuf, line: String },
+}
+
+/// The routes file for `vips`: both protocol blocks, always, each with one
+/// `/32` (or `/128`) blackhole route per VIP address in address order.
+/// The same set gives the same bytes, so an unchanged set rewrites nothing.
+pub fn routes_text(vips: &BTreeSet<IpAddr>) -> String {
+    let block = |name: &str, family: &str, v6: bool| {
+        let mut out = format!("protocol static {name} {{\n  {family};\n");
+        for ip in vips.iter().filter(|ip| ip.is_ipv6() == v6) {
+            let len = if v6 { 128 } else { 32 };
+            out.push_str(&format!("  route {ip}/{len} blackhole;\n"));
+        }
+        out.push_str("}\n");
+        out
+    };
+    format!(
+        "# Written by xdplb ([announce]); replaced whole on every change. Do not edit.\n{}{}",
+        block(PROTO_V4, "ipv4", false),
+        block(PROTO_V6, "ipv6", true)
+    )
+}
+
+/// Replaces `path` with `text` atomically: a reader (BIRD) sees the old
+/// file or the new one, never a part. Creates the parent directory.
+pub fn write_routes(path: &Path, text: &str) -> Result<(), AnnounceError> {
+    let err = |source| AnnounceError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        err(e)
+    })
+}
+
+/// One reply line of BIRD's control protocol: `CODE-text` (more follows),
+/// `CODE text` (last), or ` text` (continuation of the previous code).
+fn parse_line(line: &str) -> Option<(u16, bool)> {
+    let code = line.get(..4)?.parse::<u16>().ok()?;
+    match line.as_bytes().get(4) {
+        Some(b'-') => Some((code, false)),
+        Some(b' ') | None => Some((code, true)),
+        _ => None,
+    }
+}
+
+/// Reads one complete reply; returns its last code and all its text.
+async fn read_reply(
+    lines: &mut tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    socket: &Path,
+) -> Result<(u16, String), AnnounceError> {
+    let mut text = Vec::new();
+    // A reply of more than this many lines is not one we asked for.
+    for _ in 0..1000 {
+        let line = lines
+            .next_line()
+            .await
+            .map_err(|source| AnnounceError::Connect {
+                socket: socket.to_path_buf(),
+                source,
+            })?
+            .ok_or_else(|| AnnounceError::Protocol {
+                socket: socket.to_path_buf(),
+                line: "<connection closed>".into(),
+            })?;
+        if line.starts_with(' ') || line.starts_with('+') {
+            text.push(line.trim().to_string());
+            continue;
+        }
+        let (code, last) = parse_line(&line).ok_or_else(|| AnnounceError::Protocol {
+            socket: socket.to_path_buf(),
+            line: line.clone(),
+        })?;
+        text.push(line.get(5..).unwrap_or("").trim().to_string());
+        if last {
+            return Ok((code, text.join("; ")));
+        }
+    }
+    Err(AnnounceError::Protocol {
+        socket: socket.to_path_buf(),
+        line: "<reply too long>".into(),
+    })
+}
+
+/// `configure` over BIRD's control socket (what `birdc -s SOCKET
+/// configure` does). Codes 0xxx are success; 8xxx/9xxx errors (a parse
+/// error in the config, for one).
+pub async fn bird_configure(socket: &Path) -> Result<String, AnnounceError> {
+    let exchange = async {
+        let stream =
+            UnixStream::connect(socket)
+                .await
+                .map_err(|source| AnnounceError::Connect {
+                    socket: socket.to_path_buf(),
+                    source,
+                })?;
+        let (r, mut w) = stream.into_split();
+        let mut lines = BufReader::new(r).lines();
+        let (code, hello) = read_reply(&mut lines, socket).await?;
+        if code != 1 {
+            return Err(AnnounceError::Protocol {
+                socket: socket.to_path_buf(),
+                line: hello,
+            });
+        }
+        w.write_all(b"configure\n")
+            .await
+            .map_err(|source| AnnounceError::Connect {
+                socket: socket.to_path_buf(),
+                source,
+            })?;
+        let (code, text) = read_reply(&mut lines, socket).await?;
+        if code >= 8000 {
+            return Err(AnnounceError::Refused {
+                socket: socket.to_path_buf(),
+                reply: format!("{code} {text}"),
+            });
+        }
+        Ok(text)
+    };
+    tokio::time::timeout(BIRD_TIMEOUT, exchange)
+        .await
+        .map_err(|_| AnnounceError::Timeout {
+            socket: socket.to_path_buf(),
+            timeout: BIRD_TIMEOUT,
+        })?
+}
+
+/// Writes an empty routes file and tells BIRD (`xdplb down`): every VIP of
+/// this gateway is withdrawn.
+pub async fn withdraw_all(cfg: &AnnounceConfig) -> Result<(), AnnounceError> {
+    write_routes(&cfg.routes_file, &routes_text(&BTreeSet::new()))?;
+    bird_configure(&cfg.control_socket).await.map(|_| ())
+}
+
+/// What the controller wants announced: pool name → VIP address.
+pub type Wanted = BTreeMap<String, IpAddr>;
+
+/// The task keeping `routes_file` and BIRD in step with what the
+/// controller wants. Dropping it stops the task; the file stays.
+pub struct Announcer {
+    config: AnnounceConfig,
+    tx: watch::Sender<Wanted>,
+    wanted: Arc<Mutex<Wanted>>,
+    /// The first set is always sent (an empty one withdraws what an
+    /// earlier run announced).
+    sent: std::sync::atomic::AtomicBool,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Announcer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Announcer {
+    /// Starts the task for `config`. Nothing is written before the first
+    /// [`Announcer::set`], so a restarted controller withdraws nothing
+    /// while it waits for its first probes.
+    pub fn spawn(config: AnnounceConfig) -> Announcer {
+        let (tx, rx) = watch::channel(Wanted::new());
+        let cfg = config.clone();
+        let task = tokio::spawn(keep_in_step(cfg, rx));
+        Announcer {
+            config,
+            tx,
+            wanted: Arc::new(Mutex::new(Wanted::new())),
+            sent: std::sync::atomic::AtomicBool::new(false),
+            task,
+        }
+    }
+
+    /// Keeps `slot` running for `config` (started, replaced after a reload
+    /// changed `[announce]`, or stopped without it) and hands it `wanted`.
+    pub fn sync(slot: &mut Option<Announcer>, config: Option<&AnnounceConfig>, wanted: Wanted) {
+        match (slot.as_ref(), config) {
+            (_, None) => *slot = None,
+            (Some(a), Some(c)) if a.config == *c => {}
+            (_, Some(c)) => *slot = Some(Announcer::spawn(c.clone())),
+        }
+        if let Some(a) = slot {
+            a.set(wanted);
+        }
+    }
+
+    /// Hands the task the set to announce (the first call always writes).
+    pub fn set(&self, wanted: Wanted) {
+        *self.wanted.lock().unwrap_or_else(|e| e.into_inner()) = wanted.clone();
+        let first = !self.sent.swap(true, std::sync::atomic::Ordering::Relaxed);
+        self.tx.send_if_modified(|cur| {
+            if *cur != wanted || first {
+                *cur = wanted;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Whether `pool`'s VIP is in the set handed to the task.
+    pub fn announces(&self, pool: &str) -> bool {
+        self.wanted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(pool)
+    }
+}
+
+async fn keep_in_step(cfg: AnnounceConfig, mut rx: watch::Receiver<Wanted>) {
+    // Wait for the controller's first decision.
+    if rx.changed().await.is_err() {
+        return;
+    }
+    let mut pending = true;
+    let mut warned = false;
+    let mut written: Option<String> = None;
+    loop {
+        let text = routes_text(&rx.borrow_and_update().values().copied().collect());
+        if written.as_deref() != Some(text.as_str()) {
+            match write_routes(&cfg.routes_file, &text) {
+                Ok(()) => {
+                    info!(file = %cfg.routes_file.display(), vips = ?rx.borrow().values().collect::<Vec<_>>(), "VIP routes written");
+                    written = Some(text);
+                    pending = true;
+                }
+                Err(e) => warn!(error = %e, "VIP routes not written; retrying"),
+            }
+        }
+        if pending && written.is_some() {
+            match bird_configure(&cfg.control_socket).await {
+                Ok(reply) => {
+                    debug!(reply, "BIRD reconfigured");
+                    if warned {
+                        info!(socket = %cfg.control_socket.display(), "BIRD reachable again; routes applied");
+                    }
+                    pending = false;
+                    warned = false;
+                }
+                Err(e) if !warned => {
+                    warn!(error = %e, "BIRD did not take the VIP routes; retrying every second");
+                    warned = true;
+                }
+                Err(e) => debug!(error = %e, "BIRD still unreachable"),
+            }
+        }
+        let retry = pending || written.is_none();
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(RETRY_EVERY), if retry => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ips: &[&str]) -> BTreeSet<IpAddr> {
+        ips.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn routes_text_has_both_blocks_even_when_empty() {
+        assert_eq!(
+            routes_text(&BTreeSet::new()),
+            "# Written by xdplb ([announce]); replaced whole on every change. Do not edit.\n\
+             protocol static xdplb_vips {\n  ipv4;\n}\n\
+             protocol static xdplb_vips6 {\n  ipv6;\n}\n"
+        );
+    }
+
+    #[test]
+    fn routes_text_sorts_and_splits_families() {
+        let text = routes_text(&set(&["198.18.2.11", "2001:2:0:2::10", "198.18.2.10"]));
+        assert_eq!(
+            text,
+            "# Written by xdplb ([announce]); replaced whole on every change. Do not edit.\n\
+             protocol static xdplb_vips {\n  ipv4;\n  route 198.18.2.10/32 blackhole;\n  \
+             route 198.18.2.11/32 blackhole;\n}\n\
+             protocol static xdplb_vips6 {\n  ipv6;\n  route 2001:2:0:2::10/128 blackhole;\n}\n"
+        );
+    }
+
+    #[test]
+    fn write_routes_replaces_atomically_and_leaves_no_temporary() {
+        let dir = std::env::temp_dir().join(format!("xdplb-announce-{}", std::process::id()));
+        let path = dir.join("sub/vips.conf");
+        write_routes(&path, "one\n").unwrap();
+        write_routes(&path, "two\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("vips.conf")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reply_lines_parse() {
+        assert_eq!(parse_line("0001 BIRD 2.0.12 ready."), Some((1, true)));
+        assert_eq!(parse_line("0002-Reading configuration"), Some((2, false)));
+        assert_eq!(parse_line("8002 parse error"), Some((8002, true)));
+        assert_eq!(parse_line("hello"), None);
+    }
+
+    /// A fake BIRD on a unix socket: greets, answers `configure`.
+    async fn fake_bird(path: &Path, answer: &'static str) -> tokio::task::JoinHandle<String> {
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let (r, mut w) = s.into_split();
+            w.write_all(b"0001 BIRD 2.0.12 ready.\n").await.unwrap();
+            let mut lines = BufReader::new(r).lines();
+            let cmd = lines.next_line().await.unwrap().unwrap();
+            w.write_all(answer.as_bytes()).await.unwrap();
+            cmd
+        })
+    }
+
+    #[tokio::test]
+    async fn configure_speaks_birds_protocol() {
+        let dir = std::env::temp_dir().join(format!("xdplb-bird-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("ok.ctl");
+        let bird = fake_bird(
+            &sock,
+            "0002-Reading configuration from /etc/bird.conf\n0003 Reconfigured\n",
+        )
+        .await;
+        let reply = bird_configure(&sock).await.unwrap();
+        assert!(reply.contains("Reconfigured"), "{reply}");
+        assert_eq!(bird.await.unwrap(), "configure");
+
+        let sock = dir.join("bad.ctl");
+        let _bird = fake_bird(&sock, "8002 /etc/bird.conf:3:1 syntax error\n").await;
+        let err = bird_configure(&sock).await.unwrap_err().to_string();
+        assert!(
+            err.contains("refused") && err.contains("syntax error"),
+            "{err}"
+        );
+
+        let err = bird_configure(&dir.join("none.ctl")).await.unwrap_err();
+        assert!(matches!(err, AnnounceError::Connect { .. }), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_announcer_writes_on_change_and_survives_a_missing_bird() {
+        let dir = std::env::temp_dir().join(format!("xdplb-announcer-{}", std::process::id()));
+        let cfg = AnnounceConfig {
+            speaker: crate::config::Speaker::Bird,
+            control_socket: dir.join("bird.ctl"),
+            routes_file: dir.join("vips.conf"),
+        };
+        let mut slot = None;
+        let wanted: Wanted = [("web".to_string(), "198.18.2.10".parse().unwrap())].into();
+        Announcer::sync(&mut slot, Some(&cfg), wanted);
+        assert!(slot.as_ref().unwrap().announces("web"));
+        let read = || std::fs::read_to_string(&cfg.routes_file).unwrap_or_default();
+        for _ in 0..100 {
+            if read().contains("198.18.2.10/32") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(read().contains("route 198.18.2.10/32 blackhole;"));
+        Announcer::sync(&mut slot, Some(&cfg), Wanted::new());
+        assert!(!slot.as_ref().unwrap().announces("web"));
+        for _ in 0..100 {
+            if !read().contains("198.18.2.10") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(read(), routes_text(&BTreeSet::new()));
+        Announcer::sync(&mut slot, None, Wanted::new());
+        assert!(slot.is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -193,6 +193,9 @@ pub struct FloodSpec {
     pub flags: u8,
     pub duration: Duration,
     pub max_frames: u64,
+    /// Frames per second this sender keeps to (`None`: as fast as the
+    /// socket takes them).
+    pub max_rate: Option<u64>,
     /// Picks the order of the 4-tuples (and sequence numbers).
     pub seed: u64,
 }
@@ -258,9 +261,11 @@ pub fn flood(sock: &RawSocket, spec: &FloodSpec) -> Result<FloodReport> {
     };
     let t0 = Instant::now();
     let mut i: u64 = 0;
-    // Bounded by max_frames and by the deadline (checked every batch).
-    while report.offered < spec.max_frames && t0.elapsed() < spec.duration {
-        let k = (spec.max_frames - report.offered).min(BATCH as u64) as usize;
+    // Bounded by the deadline (checked every batch) and by max_frames
+    // *sent*: on an idle machine the socket refuses frames whenever its
+    // queue is full, and counting those would end the flood early.
+    while report.sent < spec.max_frames && t0.elapsed() < spec.duration {
+        let k = (spec.max_frames - report.sent).min(BATCH as u64) as usize;
         for f in frames.iter_mut().take(k) {
             let t = (start + i % n * stride) % n;
             i += 1;
@@ -285,6 +290,13 @@ pub fn flood(sock: &RawSocket, spec: &FloodSpec) -> Result<FloodReport> {
         }
         report.sent += sock.send_batch(&mut frames[..k]) as u64;
         report.offered += k as u64;
+        if let Some(rate) = spec.max_rate.filter(|r| *r > 0) {
+            // Ahead of the pace: wait until the sent frames are due.
+            let due = Duration::from_secs_f64(report.sent as f64 / rate as f64);
+            if let Some(ahead) = due.checked_sub(t0.elapsed()) {
+                std::thread::sleep(ahead.min(spec.duration));
+            }
+        }
     }
     report.elapsed = t0.elapsed();
     Ok(report)

@@ -43,6 +43,13 @@ const INSERT_CAP: u32 = 2_000;
 const FLOOD_TIME: Duration = Duration::from_secs(5);
 /// …or this many frames, whichever comes first.
 const FLOOD_MAX_FRAMES: u64 = 50_000_000;
+/// The flood's pace (frames/s, all senders): 50× the insert cap, enough to
+/// evict the whole table within a second were inserts not capped. Not the
+/// machine's full rate (~370k/s here): then the two cores, which also run
+/// the gateway and the backends answering every flood SYN, drop packets in
+/// the gateway's veth queue before XDP sees them, legitimate SYNs among
+/// them — starvation of a shared box, not a flow-table effect.
+const FLOOD_RATE: u64 = 100_000;
 /// Spoofed sources: 198.18.0.128/25 (lab client segment, no host there).
 /// The gateway blackholes replies to them, so backends' SYN-ACKs and RSTs
 /// to the flood end at the gateway (counted as unroutable) instead of
@@ -87,6 +94,7 @@ fn flood_from_client(lab: &Lab, spec: &FloodSpec, senders: u32) -> Result<FloodR
                 mine.sources = (Ipv4Addr::from(u32::from(spec.sources.0) + k * share), share);
                 mine.seed = spec.seed + u64::from(k);
                 mine.max_frames = spec.max_frames / u64::from(senders);
+                mine.max_rate = spec.max_rate.map(|r| r / u64::from(senders));
                 s.spawn(move || {
                     lab.run_in("client", || raw::flood(&RawSocket::open("cl0")?, &mine))?
                 })
@@ -146,7 +154,20 @@ fn floods_keep_established_flows_and_new_ones_get_through() -> Result<()> {
     };
     // web-3 stays drained while the idle connections open, so they all
     // land on web-1 and web-2; after the floods it takes over the ring.
-    let mut d = Deployment::with_dataplane(vec![PoolSpec::new(3, 0)], dp)?;
+    // Health checks as a production config has them (1 s, 500 ms, fall 3):
+    // the flood, its generator, the gateway and the backends share this
+    // machine's two cores, and the lab's 100 ms probe timeout expires under
+    // a full-rate flood — every backend then goes down and the VIP rightly
+    // refuses new connections (on_empty = reject), which is not what this
+    // test is about.
+    let mut pool = PoolSpec::new(3, 0);
+    pool.interval_ms = 1000;
+    pool.timeout_ms = 500;
+    pool.fall = 3;
+    // Two clients on the client bridge: the flood leaves from c1, the
+    // legitimate trickle from c2, so the flood saturates its own link and
+    // competes with the trickle where an attack does, at the gateway.
+    let mut d = Deployment::configured(xdplb_tests::Lab::builder().clients(2), vec![pool], dp)?;
     d.start_daemon()?;
     d.ctl(&["drain", "web", "web-3"])?;
     d.wait_state("web-3", "state", "draining", Duration::from_secs(5))?;
@@ -217,7 +238,7 @@ fn floods_keep_established_flows_and_new_ones_get_through() -> Result<()> {
     let stop = AtomicBool::new(false);
     let (floods, (legit_ok, legit_tries, legit_errors)) = std::thread::scope(|s| {
         let legit = s.spawn(|| {
-            d.lab.run_in("client", || {
+            d.lab.run_in("c2", || {
                 let (mut ok, mut tries) = (0usize, 0usize);
                 let mut errors = std::collections::BTreeMap::<String, usize>::new();
                 while !stop.load(Ordering::Relaxed) && tries < LEGIT_MAX_ATTEMPTS {
@@ -245,6 +266,7 @@ fn floods_keep_established_flows_and_new_ones_get_through() -> Result<()> {
                     flags,
                     duration: FLOOD_TIME,
                     max_frames: FLOOD_MAX_FRAMES,
+                    max_rate: Some(FLOOD_RATE),
                     seed,
                 };
                 out.push((name, flood_from_client(&d.lab, &spec, senders)?));
@@ -275,6 +297,12 @@ fn floods_keep_established_flows_and_new_ones_get_through() -> Result<()> {
         100.0 * rate
     );
     let delta = |c: GlobalCounter| after.get(c).saturating_sub(before.get(c));
+    // A refused connection is a RST from the VIP: the pool was empty, i.e.
+    // the controller had marked every backend down.
+    println!(
+        "refused by the VIP (pool empty) during the floods: +{}",
+        delta(GlobalCounter::Rejected)
+    );
     let rx = delta(GlobalCounter::Rx);
     let inserted = delta(GlobalCounter::FlowInserts);
     let capped = delta(GlobalCounter::FlowInsertsCapped);

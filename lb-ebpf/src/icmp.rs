@@ -22,7 +22,7 @@ use crate::{
     emit,
     host::{for_us, is_local},
     maps::{REPLIES, VIPS},
-    parse::{load32, store32, IcmpPacket},
+    parse::{load32, store32, IcmpHdr, IcmpPacket, Ipv4Hdr},
     select,
     stats::count,
     verdict::{drop, pass, pass_because},
@@ -78,19 +78,7 @@ pub fn translate(ctx: &XdpContext, p: &IcmpPacket) -> u32 {
             let (addr, port) = (choice.meta.addr, choice.meta.port);
             store32(&mut ip.daddr, addr);
             ip.check = replace32(ip.check, outer_dst, addr);
-            let old_inner_check = inner.check;
-            store32(&mut inner.saddr, addr);
-            inner.check = replace32(inner.check, inner_src, addr);
-            ports[0] = port;
-            icmp.check = replace16(
-                replace16(
-                    replace32(icmp.check, inner_src, addr),
-                    old_inner_check,
-                    inner.check,
-                ),
-                inner_sport,
-                port,
-            );
+            requote(icmp, inner, ports, Quoted::Source, addr, port);
             count(GlobalCounter::IcmpToBackend);
             return emit(ctx, p.ip, outer_src, addr);
         }
@@ -109,19 +97,7 @@ pub fn translate(ctx: &XdpContext, p: &IcmpPacket) -> u32 {
                 return pass_because(GlobalCounter::PassNotForUs);
             }
             let (vip, vip_port) = (reply.vip_addr, reply.vip_port);
-            let old_inner_check = inner.check;
-            store32(&mut inner.daddr, vip);
-            inner.check = replace32(inner.check, inner_dst, vip);
-            ports[1] = vip_port;
-            icmp.check = replace16(
-                replace16(
-                    replace32(icmp.check, inner_dst, vip),
-                    old_inner_check,
-                    inner.check,
-                ),
-                inner_dport,
-                vip_port,
-            );
+            requote(icmp, inner, ports, Quoted::Destination, vip, vip_port);
             let mut src = outer_src;
             if outer_src == inner_dst {
                 store32(&mut ip.saddr, vip);
@@ -133,4 +109,42 @@ pub fn translate(ctx: &XdpContext, p: &IcmpPacket) -> u32 {
         }
     }
     pass()
+}
+
+/// Which end of the quoted packet a translation rewrites.
+enum Quoted {
+    Source,
+    Destination,
+}
+
+/// Rewrites one end (address and port) of the quoted header, updating the
+/// quoted IP checksum and the ICMP checksum, which covers both.
+#[inline(always)]
+fn requote(
+    icmp: &mut IcmpHdr,
+    inner: &mut Ipv4Hdr,
+    ports: &mut [u16; 2],
+    side: Quoted,
+    addr: u32,
+    port: u16,
+) {
+    let (field, i) = match side {
+        Quoted::Source => (&mut inner.saddr, 0),
+        Quoted::Destination => (&mut inner.daddr, 1),
+    };
+    let old_addr = load32(field);
+    store32(field, addr);
+    let old_port = ports[i];
+    ports[i] = port;
+    let old_check = inner.check;
+    inner.check = replace32(old_check, old_addr, addr);
+    icmp.check = replace16(
+        replace16(
+            replace32(icmp.check, old_addr, addr),
+            old_check,
+            inner.check,
+        ),
+        old_port,
+        port,
+    );
 }

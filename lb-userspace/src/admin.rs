@@ -637,43 +637,7 @@ async fn read_line<R: AsyncBufRead + AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{BackendStatus, PoolStatus};
     use tokio::sync::watch;
-
-    fn sample_status() -> Status {
-        Status {
-            pools: vec![PoolStatus {
-                name: "web".into(),
-                vip: "198.18.2.10:80".into(),
-                mode: "nat".into(),
-                min_active: 1,
-                on_empty: "reject".into(),
-                empty: false,
-                mean_load: None,
-                announced: None,
-                backends: vec![BackendStatus {
-                    name: "web-1".into(),
-                    addr: "198.18.1.11:8080".into(),
-                    role: "primary".into(),
-                    health: "up".into(),
-                    state: "active".into(),
-                    weight: 100,
-                    config_weight: 100,
-                    load: 0.0,
-                    flows: 3,
-                    half_open: 0,
-                    unanswered: false,
-                    reason: "healthy".into(),
-                    operator_drained: false,
-                    agent: None,
-                    last_error: None,
-                    rtt_ms: None,
-                    agent_up: None,
-                    agent_error: None,
-                }],
-            }],
-        }
-    }
 
     /// Answers commands like a controller with pool web and backend web-1.
     fn fake_controller() -> mpsc::Sender<Command> {
@@ -682,7 +646,7 @@ mod tests {
             while let Some(cmd) = rx.recv().await {
                 match cmd {
                     Command::Status { reply } => {
-                        let _ = reply.send(sample_status());
+                        let _ = reply.send(Status::sample());
                     }
                     Command::Drain {
                         pool,
@@ -766,7 +730,7 @@ mod tests {
         let srv = Server::start("roundtrip").await;
         let r = request(&srv.path, &Request::Status).await.unwrap();
         assert!(r.ok);
-        assert_eq!(r.status, Some(sample_status()));
+        assert_eq!(r.status, Some(Status::sample()));
 
         let drain = Request::Drain {
             pool: "web".into(),

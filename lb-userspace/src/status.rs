@@ -78,3 +78,43 @@ pub struct BackendStatus {
     /// Why the last agent query failed, while it fails.
     pub agent_error: Option<String>,
 }
+
+#[cfg(test)]
+impl Status {
+    /// One pool `web` on 198.18.2.10:80 with one healthy active backend
+    /// `web-1` holding 3 flows: the fixture unit tests start from.
+    pub fn sample() -> Status {
+        Status {
+            pools: vec![PoolStatus {
+                name: "web".into(),
+                vip: "198.18.2.10:80".into(),
+                mode: "nat".into(),
+                min_active: 1,
+                on_empty: "reject".into(),
+                empty: false,
+                mean_load: None,
+                announced: None,
+                backends: vec![BackendStatus {
+                    name: "web-1".into(),
+                    addr: "198.18.1.11:8080".into(),
+                    role: "primary".into(),
+                    health: "up".into(),
+                    state: "active".into(),
+                    weight: 100,
+                    config_weight: 100,
+                    load: 0.0,
+                    flows: 3,
+                    half_open: 0,
+                    unanswered: false,
+                    reason: "healthy".into(),
+                    operator_drained: false,
+                    agent: None,
+                    last_error: None,
+                    rtt_ms: None,
+                    agent_up: None,
+                    agent_error: None,
+                }],
+            }],
+        }
+    }
+}

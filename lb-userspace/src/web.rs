@@ -178,7 +178,7 @@ async fn answer(req: Request<Incoming>, metrics: Arc<Metrics>) -> Response<Full<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{BackendStatus, PoolStatus, Status};
+    use crate::status::Status;
     use std::net::SocketAddr;
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
@@ -205,38 +205,10 @@ mod tests {
     }
 
     fn status() -> Status {
-        Status {
-            pools: vec![PoolStatus {
-                name: "web".into(),
-                vip: "198.18.2.10:80".into(),
-                mode: "nat".into(),
-                min_active: 1,
-                on_empty: "reject".into(),
-                empty: false,
-                mean_load: None,
-                announced: Some(true),
-                backends: vec![BackendStatus {
-                    name: "web-1".into(),
-                    addr: "198.18.1.11:8080".into(),
-                    role: "primary".into(),
-                    health: "up".into(),
-                    state: "active".into(),
-                    weight: 100,
-                    config_weight: 100,
-                    load: 0.0,
-                    flows: 3,
-                    half_open: 0,
-                    unanswered: false,
-                    reason: "healthy".into(),
-                    operator_drained: false,
-                    agent: None,
-                    last_error: None,
-                    rtt_ms: Some(0.25),
-                    agent_up: None,
-                    agent_error: None,
-                }],
-            }],
-        }
+        let mut s = Status::sample();
+        s.pools[0].announced = Some(true);
+        s.pools[0].backends[0].rtt_ms = Some(0.25);
+        s
     }
 
     async fn http(addr: SocketAddr, req: &[u8]) -> String {

@@ -1327,6 +1327,17 @@ fn above_the_insert_rate_new_flows_are_balanced_but_not_recorded() {
             ..Default::default()
         },
     );
+    // The cap is per CPU: run every packet on one, so exactly the cap's
+    // worth is recorded and the rest is capped.
+    // SAFETY: a zeroed cpu_set_t with one CPU set, for this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
     for port in 54400..54406u16 {
         let f = to_vip(port, TCP_SYN);
         let (action, out) = lab.arrive_from_client(&f.build());
@@ -1336,19 +1347,21 @@ fn above_the_insert_rate_new_flows_are_balanced_but_not_recorded() {
             expected_to_backend(&f, lab.ring_choice(client(port), sa(VIP)))
         );
     }
-    let recorded = (54400..54406u16).filter(|&p| lab.flow(p).is_some()).count();
+    let recorded: Vec<u16> = (54400..54406u16)
+        .filter(|&p| lab.flow(p).is_some())
+        .collect();
+    assert_eq!(
+        recorded,
+        [54400, 54401, 54402],
+        "the first three, then capped"
+    );
     let c = lab.counters();
-    // test_run may move between CPUs; each has its own window.
-    assert!((3..=6).contains(&recorded), "{recorded}");
-    assert_eq!(c.get(GlobalCounter::FlowInserts), recorded as u64);
-    assert_eq!(c.get(GlobalCounter::FlowInsertsCapped), 6 - recorded as u64);
-    assert!(c.get(GlobalCounter::FlowInsertsCapped) >= 1 || recorded == 6);
-    // What is in the table is untouched by the flood.
-    let first = lab.flow(54400).map(|f| f.backend);
+    assert_eq!(c.get(GlobalCounter::FlowInserts), 3);
+    assert_eq!(c.get(GlobalCounter::FlowInsertsCapped), 3);
+    // What is in the table is untouched by the capped ones.
+    let pinned = lab.flow(54400).unwrap().backend & lb_common::BACKEND_SLOT_MASK;
     let (_, out) = lab.arrive_from_client(&to_vip(54400, TCP_ACK).build());
-    if let Some(r) = first {
-        assert_eq!(backend_of(&out), r & lb_common::BACKEND_SLOT_MASK);
-    }
+    assert_eq!(backend_of(&out), pinned);
 }
 
 #[test]

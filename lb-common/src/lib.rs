@@ -15,6 +15,10 @@
 //! - [`maps`]: the map names (the pin file names under the pin path).
 //! - keys and values: [`L4Addr`], [`VipMeta`], [`BackendMeta`], [`FlowKey`],
 //!   [`FlowEntry`], [`ReplyEntry`], [`FibEntry`], [`IfaceMeta`].
+//! - IPv6: its own maps with 16-byte addresses ([`L4Addr6`], [`FlowKey6`],
+//!   [`ReplyEntry6`], [`Addr6`]), so the IPv4 path reads the same small keys
+//!   as before and pays nothing for the other family. Backend state, VIP
+//!   metadata, rings, counters and names are shared by both families.
 //! - backend references ([`backend_ref`]): slot and generation in one u32.
 //! - counters: [`VipCounters`], [`BackendCounters`], [`GlobalCounter`].
 //! - [`flow_hash`] and [`ring_slot_index`]: the selection arithmetic both sides
@@ -80,6 +84,14 @@ pub mod maps {
     /// One `u32`: the [`LAYOUT_VERSION`](crate::LAYOUT_VERSION) the pinned
     /// maps were made with.
     pub const VERSION: &str = "VERSION";
+    /// IPv6 VIP endpoints ([`L4Addr6`](crate::L4Addr6) → [`VipMeta`](crate::VipMeta)).
+    pub const VIPS6: &str = "VIPS6";
+    /// IPv6 backend addresses by backend slot (state stays in `BACKENDS`).
+    pub const BACKEND_ADDRS6: &str = "BACKEND_ADDRS6";
+    pub const REPLIES6: &str = "REPLIES6";
+    pub const FLOWS6: &str = "FLOWS6";
+    pub const FIB_CACHE6: &str = "FIB_CACHE6";
+    pub const LOCAL_ADDRS6: &str = "LOCAL_ADDRS6";
     /// The XDP entry point's name in the object file.
     pub const PROGRAM: &str = "xdplb";
     /// The pinned XDP link per interface is `link_<ifname>` under the pin path.
@@ -89,7 +101,7 @@ pub mod maps {
 /// The layout of the pinned maps as a whole. Bump it whenever a map's key,
 /// value or meaning changes, so a controller never adopts maps made for
 /// another layout (it refuses them and says to run `xdplb down`).
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Two rings per VIP: user space fills the one not in use, then flips
 /// [`VipMeta::ring_slot`] in a single hash-map update, so a packet sees either
@@ -101,6 +113,10 @@ pub const NO_BACKEND: u32 = u32::MAX;
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+/// IPv6-in-IPv6 (the tunnel mode's outer header for IPv6 pools).
+pub const IPPROTO_IPV6: u8 = 41;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// Backend references in `RINGS` and `FlowEntry::backend` carry the slot
 /// in their low bits and the slot's generation above: a slot freed and
@@ -149,12 +165,65 @@ pub const IPPROTO_IPIP: u8 = 4;
 pub struct L4Addr {
     /// IPv4 address, network order.
     pub addr: u32,
-    /// TCP port, network order.
+    /// TCP or UDP port, network order.
     pub port: u16,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`: a TCP and a UDP VIP may share an
+    /// address and port.
     pub proto: u8,
     pub _pad: u8,
 }
 const _: () = assert!(core::mem::size_of::<L4Addr>() == 8);
+
+/// An IPv6 address as four network-order words, exactly as it sits in the
+/// header (so `[u8; 16]::from` of the packet's bytes, read as u32 words).
+/// Value of `BACKEND_ADDRS6` (array by backend slot), key of `FIB_CACHE6`
+/// and `LOCAL_ADDRS6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Addr6 {
+    pub words: [u32; 4],
+}
+const _: () = assert!(core::mem::size_of::<Addr6>() == 16);
+
+impl Addr6 {
+    /// From the address's 16 bytes in network order.
+    pub const fn from_octets(o: [u8; 16]) -> Addr6 {
+        let mut words = [0u32; 4];
+        let mut i = 0;
+        while i < 4 {
+            words[i] = u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]);
+            i += 1;
+        }
+        Addr6 { words }
+    }
+
+    /// The address's 16 bytes in network order.
+    pub const fn octets(&self) -> [u8; 16] {
+        let mut o = [0u8; 16];
+        let mut i = 0;
+        while i < 4 {
+            let b = self.words[i].to_ne_bytes();
+            o[4 * i] = b[0];
+            o[4 * i + 1] = b[1];
+            o[4 * i + 2] = b[2];
+            o[4 * i + 3] = b[3];
+            i += 1;
+        }
+        o
+    }
+}
+
+/// [`L4Addr`] for IPv6: key of `VIPS6` and `REPLIES6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct L4Addr6 {
+    pub addr: Addr6,
+    /// Network order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<L4Addr6>() == 20);
 
 /// Value of `VIPS`.
 #[repr(C)]
@@ -166,9 +235,22 @@ pub struct VipMeta {
     pub ring_slot: u32,
     /// `VIP_F_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// `flow_idle_ms`: a flow entry older than this (plus
+    /// [`limits::LAST_SEEN_RESOLUTION_NS`], the entry's clock granularity)
+    /// is forgotten and the flow selected afresh. 0: never idles out.
+    pub flow_idle_ms: u32,
 }
 const _: () = assert!(core::mem::size_of::<VipMeta>() == 16);
+
+/// Whether a flow last seen at `last_seen_ns` has idled out at `now` under
+/// a VIP's `flow_idle_ms`. `last_seen_ns` lags the last packet by up to
+/// the resolution, so that is added: a flow is never forgotten early.
+#[inline(always)]
+pub const fn flow_idle(flow_idle_ms: u32, last_seen_ns: u64, now: u64) -> bool {
+    flow_idle_ms != 0
+        && now.wrapping_sub(last_seen_ns)
+            > flow_idle_ms as u64 * 1_000_000 + limits::LAST_SEEN_RESOLUTION_NS
+}
 
 /// Backend slot unused.
 pub const BACKEND_FREE: u8 = 0;
@@ -206,7 +288,7 @@ pub struct BackendMeta {
 }
 const _: () = assert!(core::mem::size_of::<BackendMeta>() == 16);
 
-/// Key of `FLOWS`: the client → VIP 5-tuple as received.
+/// Key of `FLOWS`: the client → VIP 5-tuple as received (TCP or UDP).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -222,6 +304,21 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
+
+/// Key of `FLOWS6` (value: [`FlowEntry`]): the IPv6 client → VIP 5-tuple.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey6 {
+    pub src_addr: Addr6,
+    pub dst_addr: Addr6,
+    /// Network order.
+    pub src_port: u16,
+    /// Network order.
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey6>() == 40);
 
 /// `FlowEntry::flags`: the client sent FIN or RST. The entry keeps steering
 /// the connection's last packets, but user space no longer counts it as
@@ -284,6 +381,20 @@ pub struct ReplyEntry {
     pub vip_index: u32,
 }
 const _: () = assert!(core::mem::size_of::<ReplyEntry>() == 16);
+
+/// Value of `REPLIES6` (keyed by a backend's [`L4Addr6`]): [`ReplyEntry`]
+/// for IPv6 pools.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplyEntry6 {
+    pub vip_addr: Addr6,
+    /// Network order.
+    pub vip_port: u16,
+    pub _pad: u16,
+    pub backend: u32,
+    pub vip_index: u32,
+}
+const _: () = assert!(core::mem::size_of::<ReplyEntry6>() == 28);
 
 /// Value of `INSERT_RATE` (per-CPU array of one): the current one-second
 /// window of flow-table inserts on this CPU.
@@ -462,6 +573,15 @@ pub enum GlobalCounter {
     /// New flows balanced by the ring without an entry: over the per-CPU
     /// insert rate (`max_flow_inserts_per_sec`).
     FlowInsertsCapped,
+    /// IPv6 VIP packets whose hop-by-hop, destination-options or finished
+    /// routing headers were skipped to reach TCP/UDP (left as they are).
+    Ipv6ExtSkipped,
+    /// IPv4 UDP datagrams without a checksum (0, allowed in IPv4): balanced,
+    /// and their checksum left 0.
+    UdpNoChecksum,
+    /// Flow entries found idle past their VIP's `flow_idle_ms`: the flow was
+    /// selected afresh.
+    FlowIdled,
     DropTruncatedEth,
     DropTruncatedIp,
     DropBadIpVersion,
@@ -484,6 +604,14 @@ pub enum GlobalCounter {
     /// not ours, or a non-DF frame too big for its link: an L2 send is the
     /// only right one, and it cannot be made.
     DropDsrUnreachable,
+    DropTruncatedUdp,
+    /// An IPv6 UDP datagram with checksum 0, which IPv6 forbids (RFC 8200
+    /// §8.1).
+    DropUdp6ZeroChecksum,
+    /// A VIP packet whose IPv6 extension headers we do not rewrite through:
+    /// a routing header with segments left (the destination is not final),
+    /// ESP/AH, an unknown header, or a chain too long or truncated.
+    DropIpv6Extension,
     /// Internal: a map lookup that cannot fail failed (bad slot index).
     DropInternal,
 }
@@ -498,7 +626,7 @@ impl GlobalCounter {
         GlobalCounter::Answered,
     ];
     /// The drop reasons, with their metric label.
-    pub const DROP_REASONS: [(GlobalCounter, &'static str); 13] = [
+    pub const DROP_REASONS: [(GlobalCounter, &'static str); 16] = [
         (GlobalCounter::DropTruncatedEth, "truncated_eth"),
         (GlobalCounter::DropTruncatedIp, "truncated_ip"),
         (GlobalCounter::DropBadIpVersion, "bad_ip_version"),
@@ -511,10 +639,13 @@ impl GlobalCounter {
         (GlobalCounter::DropStaleRing, "stale_ring"),
         (GlobalCounter::DropUnroutable, "unroutable"),
         (GlobalCounter::DropDsrUnreachable, "dsr_unreachable"),
+        (GlobalCounter::DropTruncatedUdp, "truncated_udp"),
+        (GlobalCounter::DropUdp6ZeroChecksum, "udp6_zero_checksum"),
+        (GlobalCounter::DropIpv6Extension, "ipv6_extension"),
         (GlobalCounter::DropInternal, "internal"),
     ];
     /// Notable events that are not drops, with their metric label.
-    pub const EVENTS: [(GlobalCounter, &'static str); 17] = [
+    pub const EVENTS: [(GlobalCounter, &'static str); 20] = [
         (GlobalCounter::FlowMisses, "flow_miss"),
         (GlobalCounter::Resteered, "resteered"),
         (GlobalCounter::PassNeighUnresolved, "neigh_unresolved"),
@@ -532,6 +663,9 @@ impl GlobalCounter {
         (GlobalCounter::FlowInsertsCapped, "flow_insert_capped"),
         (GlobalCounter::DsrSent, "dsr_sent"),
         (GlobalCounter::TunnelSent, "tunnel_sent"),
+        (GlobalCounter::Ipv6ExtSkipped, "ipv6_ext_skipped"),
+        (GlobalCounter::UdpNoChecksum, "udp_no_checksum"),
+        (GlobalCounter::FlowIdled, "flow_idled"),
     ];
 }
 
@@ -574,6 +708,34 @@ pub const fn flow_hash(key: &FlowKey) -> u32 {
         key.dst_addr.wrapping_add(init),
         ports.wrapping_add(init),
     )
+}
+
+/// [`flow_hash`] for IPv6: each address folded to one word by two jhash
+/// rounds first. Both sides compute it identically.
+#[inline(always)]
+pub const fn flow_hash6(key: &FlowKey6) -> u32 {
+    let init = JHASH_INITVAL
+        .wrapping_add(FLOW_HASH_SEED)
+        .wrapping_add(key.proto as u32);
+    let src = fold6(&key.src_addr, init);
+    let dst = fold6(&key.dst_addr, init);
+    let ports = ((key.src_port as u32) << 16) | key.dst_port as u32;
+    jhash_final(
+        src.wrapping_add(init),
+        dst.wrapping_add(init),
+        ports.wrapping_add(init),
+    )
+}
+
+#[inline(always)]
+const fn fold6(a: &Addr6, init: u32) -> u32 {
+    let w = a.words;
+    let h = jhash_final(
+        w[0].wrapping_add(init),
+        w[1].wrapping_add(init),
+        w[2].wrapping_add(init),
+    );
+    jhash_final(h, w[3].wrapping_add(init), init)
 }
 
 /// Index into `RINGS` of entry `hash % ring_size` of a VIP's ring `slot`.
@@ -652,6 +814,10 @@ mod pod {
     // SAFETY: all are #[repr(C)] of integers with explicit padding fields, so
     // every bit pattern is valid and there are no implicit holes.
     unsafe impl aya::Pod for L4Addr {}
+    unsafe impl aya::Pod for Addr6 {}
+    unsafe impl aya::Pod for L4Addr6 {}
+    unsafe impl aya::Pod for FlowKey6 {}
+    unsafe impl aya::Pod for ReplyEntry6 {}
     unsafe impl aya::Pod for VipMeta {}
     unsafe impl aya::Pod for BackendMeta {}
     unsafe impl aya::Pod for FlowKey {}

@@ -10,8 +10,9 @@ use lb_common::{
         DEFAULT_FLOW_TABLE_SIZE, DEFAULT_RING_SIZE, FIB_CACHE_SIZE, MAX_BACKENDS, MAX_IFACES,
         MAX_LOCAL_ADDRS, MAX_VIPS,
     },
-    rings_len, BackendCounters, BackendMeta, FibEntry, FlowEntry, FlowKey, GlobalCounter,
-    IfaceMeta, L4Addr, Name, RateWindow, ReplyEntry, VipCounters, VipMeta, IFACE_SLOTS, NAMES_LEN,
+    rings_len, Addr6, BackendCounters, BackendMeta, FibEntry, FlowEntry, FlowKey, FlowKey6,
+    GlobalCounter, IfaceMeta, L4Addr, L4Addr6, Name, RateWindow, ReplyEntry, ReplyEntry6,
+    VipCounters, VipMeta, IFACE_SLOTS, NAMES_LEN,
 };
 
 /// VIP endpoint → its index and live ring slot.
@@ -88,3 +89,32 @@ pub static INSERT_RATE: PerCpuArray<RateWindow> = PerCpuArray::with_max_entries(
 /// program never reads it.
 #[map]
 pub static VERSION: Array<u32> = Array::pinned(1, 0);
+
+// IPv6: the same roles with 16-byte addresses, in maps of their own so the
+// IPv4 path's keys and lookups stay as small as they were.
+
+/// IPv6 VIP endpoint → its index and live ring slot (indices shared with
+/// `VIPS`: one VIP index space, one `VIP_STATS`, one `RINGS`).
+#[map]
+pub static VIPS6: HashMap<L4Addr6, VipMeta> = HashMap::pinned(MAX_VIPS, 0);
+
+/// Backend slot → its IPv6 address, for slots of IPv6 pools (their state,
+/// port and generation stay in `BACKENDS`).
+#[map]
+pub static BACKEND_ADDRS6: Array<Addr6> = Array::pinned(MAX_BACKENDS, 0);
+
+#[map]
+pub static REPLIES6: HashMap<L4Addr6, ReplyEntry6> = HashMap::pinned(MAX_BACKENDS, 0);
+
+/// IPv6 flows, as `FLOWS` (shared LRU). Resized at load to
+/// `flow_table_size`, like `FLOWS`.
+#[map]
+pub static FLOWS6: LruHashMap<FlowKey6, FlowEntry> =
+    LruHashMap::pinned(DEFAULT_FLOW_TABLE_SIZE, 0);
+
+#[map]
+pub static FIB_CACHE6: LruHashMap<Addr6, FibEntry> = LruHashMap::pinned(FIB_CACHE_SIZE, 0);
+
+/// This host's IPv6 addresses → 1 (see `LOCAL_ADDRS`).
+#[map]
+pub static LOCAL_ADDRS6: HashMap<Addr6, u32> = HashMap::pinned(MAX_LOCAL_ADDRS, 0);

@@ -497,7 +497,7 @@ fn check_pinned_layout(shape: &Shape) -> Result<(), DataplaneError> {
             })?;
         let max_entries = match name.as_str() {
             maps::RINGS => rings_len(shape.ring_size),
-            maps::FLOWS => shape.flow_table_size,
+            maps::FLOWS | maps::FLOWS6 => shape.flow_table_size,
             _ => map.max_entries(),
         };
         let pinned = MapShape {
@@ -514,7 +514,7 @@ fn check_pinned_layout(shape: &Shape) -> Result<(), DataplaneError> {
         };
         // A different ring_size or flow_table_size alone has its own,
         // clearer message (below, in `load`).
-        let sized_by_config = matches!(name.as_str(), maps::RINGS | maps::FLOWS);
+        let sized_by_config = matches!(name.as_str(), maps::RINGS | maps::FLOWS | maps::FLOWS6);
         let same_but_size = (MapShape {
             max_entries: 0,
             ..pinned
@@ -568,6 +568,11 @@ impl Dataplane {
                 "flow_table_size",
                 flow_table_entries(shape.flow_table_size, FLOWS_PER_CPU_LRU),
             ),
+            (
+                maps::FLOWS6,
+                "flow_table_size",
+                flow_table_entries(shape.flow_table_size, FLOWS_PER_CPU_LRU),
+            ),
         ] {
             if let Some(pinned) = pinned_max_entries(&shape.pin_path.join(map)) {
                 if pinned != wanted {
@@ -594,6 +599,7 @@ impl Dataplane {
             .default_map_pin_directory(&shape.pin_path)
             .map_max_entries(maps::RINGS, rings_len(ring_size))
             .map_max_entries(maps::FLOWS, shape.flow_table_size)
+            .map_max_entries(maps::FLOWS6, shape.flow_table_size)
             .override_global("RING_SIZE", &ring_size, true)
             .override_global(
                 "MAX_FLOW_INSERTS_PER_SEC",
@@ -892,7 +898,7 @@ impl Dataplane {
             index: vip_index,
             ring_slot: slot,
             flags,
-            _pad: 0,
+            flow_idle_ms: 0,
         };
         self.vips.insert(key, meta, 0).map_err(map_err(maps::VIPS))
     }
@@ -1191,6 +1197,12 @@ fn own_map_names() -> std::collections::HashSet<String> {
         maps::BACKEND_STATS,
         maps::NAMES,
         maps::VERSION,
+        maps::VIPS6,
+        maps::BACKEND_ADDRS6,
+        maps::REPLIES6,
+        maps::FLOWS6,
+        maps::FIB_CACHE6,
+        maps::LOCAL_ADDRS6,
     ]
     .iter()
     .map(|s| s.to_string())

@@ -92,6 +92,20 @@ pub mod maps {
     pub const FLOWS6: &str = "FLOWS6";
     pub const FIB_CACHE6: &str = "FIB_CACHE6";
     pub const LOCAL_ADDRS6: &str = "LOCAL_ADDRS6";
+    /// The tail-call table (`PROG_ARRAY`): [`TAIL_IPV6`](crate::TAIL_IPV6)
+    /// and [`TAIL_UDP4`](crate::TAIL_UDP4) → the programs of those names.
+    /// Pinned, because the kernel empties a program array when its last
+    /// user-space reference goes: the data plane must outlive the
+    /// controller.
+    pub const TAILS: &str = "TAILS";
+    /// The IPv6 program (TCP and UDP), reached by tail call.
+    pub const PROGRAM_IPV6: &str = "xdplb_ipv6";
+    /// The IPv4 UDP program, reached by tail call.
+    pub const PROGRAM_UDP4: &str = "xdplb_udp4";
+    /// The IPv6 UDP program, reached by tail call from the IPv6 one.
+    pub const PROGRAM_UDP6: &str = "xdplb_udp6";
+    /// The ICMPv6 error program, reached by tail call from the IPv6 one.
+    pub const PROGRAM_ICMP6: &str = "xdplb_icmp6";
     /// The XDP entry point's name in the object file.
     pub const PROGRAM: &str = "xdplb";
     /// The pinned XDP link per interface is `link_<ifname>` under the pin path.
@@ -102,6 +116,23 @@ pub mod maps {
 /// value or meaning changes, so a controller never adopts maps made for
 /// another layout (it refuses them and says to run `xdplb down`).
 pub const LAYOUT_VERSION: u32 = 2;
+
+/// `TAILS` slot of the IPv6 program. The balancer is four XDP programs
+/// sharing every map: IPv4 TCP (and ICMP) in the attached one; IPv4 UDP and
+/// IPv6 TCP (and ICMPv6) reached from it by tail call, IPv6 UDP from the
+/// IPv6 one. Each is verified on its own, within its own
+/// one-million-instruction budget and 512-byte stack: one path alone
+/// takes about half the budget, two in one program exceeded it. IPv4 TCP
+/// pays one comparison.
+pub const TAIL_IPV6: u32 = 0;
+/// `TAILS` slot of the IPv4 UDP program.
+pub const TAIL_UDP4: u32 = 1;
+/// `TAILS` slot of the IPv6 UDP program.
+pub const TAIL_UDP6: u32 = 2;
+/// `TAILS` slot of the ICMPv6 error program (from the IPv6 one): the
+/// translation's own 512-byte stack.
+pub const TAIL_ICMP6: u32 = 3;
+pub const TAIL_SLOTS: u32 = 4;
 
 /// Two rings per VIP: user space fills the one not in use, then flips
 /// [`VipMeta::ring_slot`] in a single hash-map update, so a packet sees either
@@ -582,6 +613,9 @@ pub enum GlobalCounter {
     /// Flow entries found idle past their VIP's `flow_idle_ms`: the flow was
     /// selected afresh.
     FlowIdled,
+    /// IPv6 packets with a longer extension-header chain than the program
+    /// follows: their L4 header is unknown, so they pass.
+    PassIpv6ExtUnparsed,
     DropTruncatedEth,
     DropTruncatedIp,
     DropBadIpVersion,
@@ -645,7 +679,7 @@ impl GlobalCounter {
         (GlobalCounter::DropInternal, "internal"),
     ];
     /// Notable events that are not drops, with their metric label.
-    pub const EVENTS: [(GlobalCounter, &'static str); 20] = [
+    pub const EVENTS: [(GlobalCounter, &'static str); 21] = [
         (GlobalCounter::FlowMisses, "flow_miss"),
         (GlobalCounter::Resteered, "resteered"),
         (GlobalCounter::PassNeighUnresolved, "neigh_unresolved"),
@@ -666,6 +700,7 @@ impl GlobalCounter {
         (GlobalCounter::Ipv6ExtSkipped, "ipv6_ext_skipped"),
         (GlobalCounter::UdpNoChecksum, "udp_no_checksum"),
         (GlobalCounter::FlowIdled, "flow_idled"),
+        (GlobalCounter::PassIpv6ExtUnparsed, "ipv6_ext_unparsed"),
     ];
 }
 

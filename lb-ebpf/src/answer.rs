@@ -14,7 +14,7 @@ use lb_common::{IPPROTO_ICMP, IPPROTO_TCP};
 use crate::{
     consts::*,
     csum::{fold, pseudo_sum, sum_words},
-    parse::{load32, ptr_at, store32, EthHdr, IcmpHdr, Ipv4Hdr, TcpHdr, TcpPacket},
+    parse::{load32, ptr_at, store32, EthHdr, IcmpHdr, Ipv4Hdr, L4Packet, TcpHdr},
 };
 
 /// Shrinks (never grows) the frame to `len` bytes.
@@ -51,12 +51,15 @@ fn ip_header(ip: &mut Ipv4Hdr, proto: u8, tot_len: u16, saddr: u32, daddr: u32, 
 /// `ack = SEG.SEQ + SEG.LEN`. `None` for a RST (never answered) or if the
 /// frame could not be shrunk.
 #[inline(always)]
-pub fn reset(ctx: &XdpContext, pkt: &TcpPacket) -> Option<()> {
+pub fn reset(ctx: &XdpContext, pkt: &L4Packet) -> Option<()> {
     if pkt.flags & TCP_FLAG_RST != 0 {
         return None;
     }
     // SAFETY: `pkt` holds pointers `parse` bounds-checked.
-    let (eth, ip, tcp) = unsafe { (&*ptr_at::<EthHdr>(ctx, 0)?, &*pkt.ip, &*pkt.tcp) };
+    // verifier: the TCP header re-checked here, as the verifier cannot
+    // tie `pkt.flags` to the header parse checked.
+    let tcp = ptr_at::<TcpHdr>(ctx, ETH_HLEN + IPV4_MIN_HLEN)?;
+    let (eth, ip, tcp) = unsafe { (&*ptr_at::<EthHdr>(ctx, 0)?, &*pkt.ip, &*tcp) };
     let (client_mac, our_mac) = (eth.src, eth.dst);
     let (client, vip) = (load32(&ip.saddr), load32(&ip.daddr));
     let (client_port, vip_port) = (tcp.source, tcp.dest);
@@ -117,12 +120,14 @@ const QUOTED: usize = IPV4_MIN_HLEN + 8;
 /// The ICMP error's frame: Ethernet, IP, ICMP, quote.
 const ICMP_FRAME_LEN: usize = ETH_HLEN + IPV4_MIN_HLEN + ICMP_HLEN + QUOTED;
 
-/// An ICMP fragmentation-needed from the packet's destination (the VIP) to
-/// its source, quoting it, with the egress `mtu` (as Katran's
-/// `send_icmp_too_big`). The packet must not have been rewritten yet: the
-/// client must recognise the quote as its own.
+/// An ICMP destination-unreachable with `code` from the packet's
+/// destination (the VIP) to its source, quoting it: fragmentation needed
+/// with the egress `mtu` (as Katran's `send_icmp_too_big`), or port
+/// unreachable (a UDP pool with no usable backend; `mtu` 0). The packet
+/// must not have been rewritten yet: the client must recognise the quote as
+/// its own.
 #[inline(always)]
-pub fn frag_needed(ctx: &XdpContext, mtu: u32) -> Option<()> {
+pub fn unreachable(ctx: &XdpContext, code: u8, mtu: u32) -> Option<()> {
     let eth = ptr_at::<EthHdr>(ctx, 0)?;
     let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)?;
     // SAFETY: bounds checked by ptr_at.
@@ -159,7 +164,7 @@ pub fn frag_needed(ctx: &XdpContext, mtu: u32) -> Option<()> {
         false,
     );
     icmp.ty = ICMP_DEST_UNREACH;
-    icmp.code = ICMP_FRAG_NEEDED;
+    icmp.code = code;
     icmp.check = 0;
     icmp.rest = [0, (mtu.min(u16::MAX as u32) as u16).to_be()];
     // SAFETY: bounds checked by ptr_at above; it covers the ICMP header

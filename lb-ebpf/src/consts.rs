@@ -4,15 +4,24 @@
 
 /// ETH_P_IP (0x0800) as a little-endian load of the big-endian field sees it.
 pub const BE_ETH_P_IP: u16 = 0x0800u16.to_be();
+pub const BE_ETH_P_IPV6: u16 = 0x86ddu16.to_be();
 
 pub const ETH_HLEN: usize = 14;
 pub const IPV4_MIN_HLEN: usize = 20;
 pub const TCP_MIN_HLEN: usize = 20;
+pub const UDP_HLEN: usize = 8;
+pub const IPV6_HLEN: usize = 40;
 pub const ICMP_HLEN: usize = 8;
 
 pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_FRAG_NEEDED: u8 = 4;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PORT_UNREACH: u8 = 3;
+
+pub const ICMPV6_DEST_UNREACH: u8 = 1;
+pub const ICMPV6_PKT_TOOBIG: u8 = 2;
+pub const ICMPV6_TIME_EXCEED: u8 = 3;
+pub const ICMPV6_PORT_UNREACH: u8 = 4;
 
 /// frag_off bits, network order as loaded: "more fragments" and the offset.
 pub const BE_IP_MF: u16 = 0x2000u16.to_be();
@@ -34,6 +43,7 @@ pub const TCP_FLAG_ACK: u8 = 0x10;
 pub const RST_FRAME_LEN: usize = ETH_HLEN + IPV4_MIN_HLEN + TCP_MIN_HLEN;
 
 pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
 
 /// A packet whose TTL would expire here goes to the kernel, which sends the
 /// ICMP time-exceeded a router owes the sender.

@@ -71,6 +71,29 @@ const MAX_SEGMENT: usize = 8 * 512;
 /// hand. Every path adds constants to `off`, so each access is provable.
 #[inline(always)]
 pub fn sum_bytes(ctx: &XdpContext, off: usize, len: usize) -> Option<u32> {
+    let sum = sum_bytes_outlined(ctx, off, len);
+    if sum > u32::MAX as u64 {
+        None
+    } else {
+        Some(sum as u32)
+    }
+}
+
+/// [`sum_bytes`] as a BPF function of its own, `u64::MAX` for `None`:
+/// the verifier then walks its chunk loop once per caller state instead of
+/// once per path through an inlined copy, which kept the whole program
+/// under its one-million-instruction budget; partial frames are the only
+/// callers, and they pay one call.
+#[inline(never)]
+fn sum_bytes_outlined(ctx: &XdpContext, off: usize, len: usize) -> u64 {
+    match sum_bytes_inline(ctx, off, len) {
+        Some(s) => s as u64,
+        None => u64::MAX,
+    }
+}
+
+#[inline(always)]
+fn sum_bytes_inline(ctx: &XdpContext, off: usize, len: usize) -> Option<u32> {
     if len > MAX_SEGMENT {
         return None;
     }

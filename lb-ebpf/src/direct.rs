@@ -10,15 +10,16 @@
 //!   that no longer fits is answered with fragmentation-needed quoting the
 //!   MTU less the outer header, and the client's path-MTU discovery works.
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
-use lb_common::{FibEntry, GlobalCounter, IPPROTO_IPIP};
+use lb_common::{Addr6, FibEntry, GlobalCounter, IPPROTO_IPIP, IPPROTO_IPV6};
 
 use crate::{
-    answer,
-    consts::{BE_IP_DF, ETH_HLEN, IPV4_MIN_HLEN, ORIGIN_TTL},
+    answer, answer6,
+    consts::{BE_IP_DF, ETH_HLEN, ICMPV6_PKT_TOOBIG, IPV4_MIN_HLEN, IPV6_HLEN, ORIGIN_TTL},
     csum::{fold, sum_words},
-    forward::{fits, next_hop, Next},
+    forward::{fits, next_hop, next_hop6, Next},
     maps::TX_PORTS,
     parse::{load32, ptr_at, store32, EthHdr, Ipv4Hdr},
+    parse6::{load_addr6, store_addr6, Ipv6Hdr},
     stats::count,
     verdict::{answered, drop, pass},
 };
@@ -27,6 +28,10 @@ use crate::{
 /// `override_global` before the program loads; 0 when none is configured.
 #[no_mangle]
 static TUNNEL_SOURCE_V4: u32 = 0;
+
+/// `tunnel_source` for IPv6, as `TUNNEL_SOURCE_V4`; all zero when none.
+#[no_mangle]
+static TUNNEL_SOURCE_V6: Addr6 = Addr6 { words: [0; 4] };
 
 /// The frame's IPv4 header fields a direct send needs.
 struct Inner {
@@ -90,7 +95,7 @@ pub fn dsr(ctx: &XdpContext, backend: u32, now: u64) -> u32 {
     };
     if let Err(mtu) = fits(ctx, &hop) {
         if p.df {
-            return match answer::frag_needed(ctx, mtu) {
+            return match answer::unreachable(ctx, crate::consts::ICMP_FRAG_NEEDED, mtu) {
                 Some(()) => answered(ctx, GlobalCounter::FragNeededSent),
                 None => drop(ctx, GlobalCounter::DropInternal),
             };
@@ -123,7 +128,7 @@ pub fn tunnel(ctx: &XdpContext, backend: u32, now: u64) -> u32 {
         if hop.mtu != 0 && outer_len > hop.mtu && p.df {
             // Before any rewrite: the client must recognise the quote.
             let room = hop.mtu.saturating_sub(IPV4_MIN_HLEN as u32);
-            return match answer::frag_needed(ctx, room) {
+            return match answer::unreachable(ctx, crate::consts::ICMP_FRAG_NEEDED, room) {
                 Some(()) => answered(ctx, GlobalCounter::FragNeededSent),
                 None => drop(ctx, GlobalCounter::DropInternal),
             };
@@ -181,5 +186,116 @@ fn encapsulate(ctx: &XdpContext, source: u32, backend: u32, p: &Inner) -> bool {
     // SAFETY: Ipv4Hdr is 20 bytes of plain integers, 2-aligned.
     let words = unsafe { &*(ip as *const Ipv4Hdr as *const [u16; 10]) };
     ip.check = !fold(sum_words(words));
+    true
+}
+
+/// The frame's IPv6 header fields a direct send needs.
+struct Inner6 {
+    saddr: Addr6,
+    payload_len: u16,
+    next: u8,
+}
+
+#[inline(always)]
+fn inner6(ctx: &XdpContext) -> Option<Inner6> {
+    let ip = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN)?;
+    // SAFETY: bounds checked by ptr_at.
+    let ip = unsafe { &*ip };
+    Some(Inner6 {
+        saddr: load_addr6(&ip.saddr),
+        payload_len: u16::from_be(ip.payload_len),
+        next: ip.nexthdr,
+    })
+}
+
+/// Packet too big from the VIP, quoting the packet: IPv6 is never
+/// fragmented on the way, so a packet that does not fit is answered.
+#[inline(always)]
+fn too_big6(ctx: &XdpContext, mtu: u32) -> u32 {
+    match answer6::error(ctx, ICMPV6_PKT_TOOBIG, 0, mtu) {
+        Some(()) => answered(ctx, GlobalCounter::FragNeededSent),
+        None => drop(ctx, GlobalCounter::DropInternal),
+    }
+}
+
+/// [`dsr`] for IPv6: only the MACs change.
+#[inline(always)]
+pub fn dsr6(ctx: &XdpContext, backend: &Addr6, now: u64) -> u32 {
+    let Some(p) = inner6(ctx) else {
+        return drop(ctx, GlobalCounter::DropInternal);
+    };
+    let hop = match next_hop6(ctx, &p.saddr, backend, p.next, now) {
+        Next::Send(hop) => hop,
+        Next::Kernel => return drop(ctx, GlobalCounter::DropDsrUnreachable),
+        Next::Drop(reason) => return drop(ctx, reason),
+    };
+    if let Err(mtu) = fits(ctx, &hop) {
+        return too_big6(ctx, mtu);
+    }
+    count(GlobalCounter::DsrSent);
+    emit_l2(ctx, &hop)
+}
+
+/// [`tunnel`] for IPv6: the packet inside an outer IPv6 header
+/// (IPv6-in-IPv6, RFC 2473) from `TUNNEL_SOURCE_V6` to `backend`.
+#[inline(always)]
+pub fn tunnel6(ctx: &XdpContext, backend: &Addr6, now: u64) -> u32 {
+    // verifier: volatile so the loaded value, not the default, is used.
+    let source = unsafe { core::ptr::read_volatile(&TUNNEL_SOURCE_V6) };
+    if source.words == [0; 4] {
+        return drop(ctx, GlobalCounter::DropInternal);
+    }
+    let Some(p) = inner6(ctx) else {
+        return drop(ctx, GlobalCounter::DropInternal);
+    };
+    let inner_len = p.payload_len as u32 + IPV6_HLEN as u32;
+    let hop = match next_hop6(ctx, &source, backend, IPPROTO_IPV6, now) {
+        Next::Send(hop) => Some(hop),
+        Next::Kernel => None,
+        Next::Drop(reason) => return drop(ctx, reason),
+    };
+    if let Some(hop) = &hop {
+        if hop.mtu != 0 && inner_len + IPV6_HLEN as u32 > hop.mtu {
+            return too_big6(ctx, hop.mtu.saturating_sub(IPV6_HLEN as u32));
+        }
+    }
+    if !encapsulate6(ctx, &source, backend, inner_len as u16) {
+        return drop(ctx, GlobalCounter::DropInternal);
+    }
+    count(GlobalCounter::TunnelSent);
+    match hop {
+        Some(hop) if fits(ctx, &hop).is_ok() => emit_l2(ctx, &hop),
+        _ => pass(),
+    }
+}
+
+#[inline(always)]
+fn encapsulate6(ctx: &XdpContext, source: &Addr6, backend: &Addr6, inner_len: u16) -> bool {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return false;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let (dst, src) = unsafe { ((*eth).dst, (*eth).src) };
+    // SAFETY: growing the head by a constant; pointers re-derived below.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV6_HLEN as i32)) } != 0 {
+        return false;
+    }
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return false;
+    };
+    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else {
+        return false;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let (eth, ip) = unsafe { (&mut *eth, &mut *ip) };
+    eth.dst = dst;
+    eth.src = src;
+    eth.proto = crate::consts::BE_ETH_P_IPV6;
+    ip.vtc_flow = [0x0060, 0];
+    ip.payload_len = inner_len.to_be();
+    ip.nexthdr = IPPROTO_IPV6;
+    ip.hop_limit = ORIGIN_TTL;
+    store_addr6(&mut ip.saddr, source);
+    store_addr6(&mut ip.daddr, backend);
     true
 }

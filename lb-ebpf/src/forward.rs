@@ -9,13 +9,14 @@ use aya_ebpf::{
     helpers::{bpf_check_mtu, bpf_fib_lookup},
     programs::XdpContext,
 };
-use lb_common::{limits::FIB_CACHE_TTL_NS, FibEntry, GlobalCounter};
+use lb_common::{limits::FIB_CACHE_TTL_NS, Addr6, FibEntry, GlobalCounter};
 
 use crate::{
-    consts::{AF_INET, ETH_HLEN},
-    maps::{FIB_CACHE, TX_PORTS},
+    consts::{AF_INET, AF_INET6, ETH_HLEN},
+    maps::{FIB_CACHE, FIB_CACHE6, TX_PORTS},
     nat::decrement_ttl,
     parse::{ptr_at, EthHdr, Ipv4Hdr},
+    parse6::Ipv6Hdr,
     stats::count,
 };
 
@@ -46,6 +47,62 @@ pub fn next_hop(ctx: &XdpContext, saddr: u32, daddr: u32, tos: u8, proto: u8, no
             Err(next) => return next,
         },
     };
+    usable(ctx, hop)
+}
+
+/// [`next_hop`] for IPv6, cached in `FIB_CACHE6`.
+#[inline(always)]
+pub fn next_hop6(ctx: &XdpContext, saddr: &Addr6, daddr: &Addr6, proto: u8, _now: u64) -> Next {
+    let mut hop = FibEntry::default();
+    match next_hop6_into(ctx, saddr, daddr, proto, &mut hop) {
+        NEXT_SEND => usable(ctx, hop),
+        NEXT_KERNEL => Next::Kernel,
+        _ => Next::Drop(GlobalCounter::DropUnroutable),
+    }
+}
+
+const NEXT_SEND: u32 = 0;
+const NEXT_KERNEL: u32 = 1;
+const NEXT_UNROUTABLE: u32 = 2;
+
+/// The IPv6 lookup, its hop written to `out`. verifier: written this way
+/// (rather than returning `Next`) the IPv6 programs' frames stay within the
+/// 512-byte stack; LLVM lays out the returned enum's copies less tightly.
+#[inline(always)]
+fn next_hop6_into(
+    ctx: &XdpContext,
+    saddr: &Addr6,
+    daddr: &Addr6,
+    proto: u8,
+    out: &mut FibEntry,
+) -> u32 {
+    let now = crate::coarse_now();
+    if let Some(hit) = FIB_CACHE6.get_ptr(daddr) {
+        // SAFETY: valid map value pointer.
+        if unsafe { (*hit).expires_ns } > now {
+            *out = unsafe { *hit };
+            return NEXT_SEND;
+        }
+    }
+    // SAFETY: all-zero is a valid bpf_fib_lookup.
+    let mut params: FibParams = unsafe { core::mem::zeroed() };
+    params.family = AF_INET6;
+    params.l4_protocol = proto;
+    params.__bindgen_anon_3.ipv6_src = saddr.words;
+    params.__bindgen_anon_4.ipv6_dst = daddr.words;
+    match resolve(ctx, &mut params, now) {
+        Ok(hop) => {
+            let _ = FIB_CACHE6.insert(daddr, &hop, 0);
+            *out = hop;
+            NEXT_SEND
+        }
+        Err(Next::Drop(_)) => NEXT_UNROUTABLE,
+        Err(_) => NEXT_KERNEL,
+    }
+}
+
+#[inline(always)]
+fn usable(ctx: &XdpContext, hop: FibEntry) -> Next {
     if hop.tx_port != TX_PORT && hop.ifindex != ctx.ingress_ifindex() as u32 {
         // Redirecting to a device outside `TX_PORTS` would fail in the
         // kernel after we return; the kernel's own forwarding can do it.
@@ -68,19 +125,27 @@ fn lookup(
     let mut params: FibParams = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
     params.l4_protocol = proto;
+    params.__bindgen_anon_2.tos = tos;
+    params.__bindgen_anon_3.ipv4_src = saddr;
+    params.__bindgen_anon_4.ipv4_dst = daddr;
+    let entry = resolve(ctx, &mut params, now)?;
+    let _ = FIB_CACHE.insert(daddr, &entry, 0);
+    Ok(entry)
+}
+
+/// Runs a prepared FIB lookup and turns its answer into a hop.
+#[inline(always)]
+fn resolve(ctx: &XdpContext, params: &mut FibParams, now: u64) -> Result<FibEntry, Next> {
     // tot_len stays 0: given a length, the lookup judges the MTU itself
     // and answers FRAG_NEEDED without a next hop, and its answer is cached
     // per destination, not per size. `fits` checks every packet against
     // the egress device instead.
-    params.__bindgen_anon_2.tos = tos;
-    params.__bindgen_anon_3.ipv4_src = saddr;
-    params.__bindgen_anon_4.ipv4_dst = daddr;
     params.ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: params is a valid, fully initialised struct of the size given.
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.ctx.cast(),
-            &mut params,
+            params,
             core::mem::size_of::<FibParams>() as i32,
             0,
         )
@@ -104,7 +169,6 @@ fn lookup(
                 mtu,
                 expires_ns: now + FIB_CACHE_TTL_NS,
             };
-            let _ = FIB_CACHE.insert(daddr, &entry, 0);
             Ok(entry)
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => {
@@ -148,6 +212,27 @@ pub fn send(ctx: &XdpContext, ip: *mut Ipv4Hdr, hop: &FibEntry) -> u32 {
     eth.src = hop.src_mac;
     eth.dst = hop.dst_mac;
     decrement_ttl(ip);
+    transmit(ctx, hop)
+}
+
+/// [`send`] for IPv6: MACs and hop limit (no header checksum to mend).
+#[inline(always)]
+pub fn send6(ctx: &XdpContext, ip: *mut Ipv6Hdr, hop: &FibEntry) -> u32 {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        count(GlobalCounter::DropInternal);
+        count(GlobalCounter::Dropped);
+        return xdp_action::XDP_DROP;
+    };
+    // SAFETY: as in `send`.
+    let (eth, ip) = unsafe { (&mut *eth, &mut *ip) };
+    eth.src = hop.src_mac;
+    eth.dst = hop.dst_mac;
+    ip.hop_limit -= 1;
+    transmit(ctx, hop)
+}
+
+#[inline(always)]
+fn transmit(ctx: &XdpContext, hop: &FibEntry) -> u32 {
     if hop.ifindex == ctx.ingress_ifindex() as u32 {
         count(GlobalCounter::Redirected);
         return crate::verdict::hairpin(ctx);

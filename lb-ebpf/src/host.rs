@@ -4,7 +4,7 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::IFACE_SLOTS;
 
 use crate::{
-    maps::{IFACES, LOCAL_ADDRS},
+    maps::{IFACES, LOCAL_ADDRS, LOCAL_ADDRS6},
     parse::{ptr_at, EthHdr},
 };
 
@@ -44,4 +44,11 @@ pub fn for_us(ctx: &XdpContext) -> bool {
 pub fn is_local(addr: u32) -> bool {
     // SAFETY: as in `for_us`.
     unsafe { LOCAL_ADDRS.get(&addr) }.is_some()
+}
+
+/// [`is_local`] for IPv6.
+#[inline(always)]
+pub fn is_local6(addr: &lb_common::Addr6) -> bool {
+    // SAFETY: the reference is dropped at once.
+    unsafe { LOCAL_ADDRS6.get(addr) }.is_some()
 }

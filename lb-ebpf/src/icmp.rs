@@ -14,7 +14,7 @@
 //! The outer IP, quoted IP and ICMP checksums are updated incrementally;
 //! the quoted TCP checksum is left as it is (no stack checks it).
 use aya_ebpf::programs::XdpContext;
-use lb_common::{FlowKey, GlobalCounter, L4Addr, IPPROTO_TCP, VIP_F_DSR, VIP_F_TUNNEL};
+use lb_common::{FlowKey, GlobalCounter, L4Addr, VIP_F_DSR, VIP_F_TUNNEL};
 
 use crate::{
     consts::MIN_FORWARD_TTL,
@@ -36,6 +36,7 @@ pub fn translate(ctx: &XdpContext, p: &IcmpPacket) -> u32 {
     let (outer_src, outer_dst) = (load32(&ip.saddr), load32(&ip.daddr));
     let (inner_src, inner_dst) = (load32(&inner.saddr), load32(&inner.daddr));
     let (inner_sport, inner_dport) = (ports[0], ports[1]);
+    let proto = inner.proto;
     if ip.ttl < MIN_FORWARD_TTL {
         return pass();
     }
@@ -44,7 +45,7 @@ pub fn translate(ctx: &XdpContext, p: &IcmpPacket) -> u32 {
         let vip_key = L4Addr {
             addr: inner_src,
             port: inner_sport,
-            proto: IPPROTO_TCP,
+            proto,
             _pad: 0,
         };
         // SAFETY: the reference lives while the program runs (RCU).
@@ -57,7 +58,7 @@ pub fn translate(ctx: &XdpContext, p: &IcmpPacket) -> u32 {
                 dst_addr: inner_src,
                 src_port: inner_dport,
                 dst_port: inner_sport,
-                proto: IPPROTO_TCP,
+                proto,
                 _pad: [0; 3],
             };
             let choice = match select::peek(&flow, vip) {
@@ -88,7 +89,7 @@ pub fn translate(ctx: &XdpContext, p: &IcmpPacket) -> u32 {
         let backend_key = L4Addr {
             addr: inner_dst,
             port: inner_dport,
-            proto: IPPROTO_TCP,
+            proto,
             _pad: 0,
         };
         // SAFETY: as above.

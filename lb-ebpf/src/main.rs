@@ -12,6 +12,8 @@
 //! - `direct`: direct server return, by MAC (`dsr`) or IPIP (`tunnel`).
 //! - `forward`: next hop (cached FIB), MTU, MACs, TTL, redirect.
 //! - `verdict`, `stats`: per-CPU counters; one verdict per packet.
+//! - IPv6: `six` (the IPv6 path), `parse6`, `nat6`, `icmp6`, `answer6`;
+//!   `select`, `forward` and `direct` serve both families.
 //!
 //! Every packet is counted in exactly one verdict counter (user space sums
 //! them into `Rx`, which saves a counter update per packet).
@@ -19,39 +21,91 @@
 #![no_main]
 
 mod answer;
+mod answer6;
 mod consts;
 mod csum;
 mod direct;
 mod forward;
 mod host;
 mod icmp;
+mod icmp6;
 mod maps;
 mod nat;
+mod nat6;
 mod parse;
+mod parse6;
 mod select;
+mod six;
 mod stats;
 mod verdict;
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
 use lb_common::{
-    FlowKey, GlobalCounter, L4Addr, ReplyEntry, VipMeta, IPPROTO_TCP, VIP_F_DSR,
+    FlowKey, GlobalCounter, L4Addr, ReplyEntry, VipMeta, TAIL_IPV6, TAIL_UDP4, VIP_F_DSR,
     VIP_F_REJECT_EMPTY, VIP_F_TUNNEL,
 };
 
 use crate::{
-    consts::{BE_IP_DF, MIN_FORWARD_TTL, TCP_FLAG_FIN, TCP_FLAG_RST},
+    consts::{
+        BE_IP_DF, ICMP_FRAG_NEEDED, ICMP_PORT_UNREACH, MIN_FORWARD_TTL, TCP_FLAG_FIN, TCP_FLAG_RST,
+    },
     forward::{fits, next_hop, send, Next},
     host::{for_us, is_local},
-    maps::{REPLIES, VIPS},
-    parse::{parse, Ipv4Hdr, Parsed, TcpPacket},
+    maps::{REPLIES, TAILS, VIPS},
+    parse::{parse, Family, Ipv4Hdr, L4Packet, Parsed},
     stats::{count, count_backend, count_rejected, count_reply, count_vip},
     verdict::{answered, drop, pass, pass_because},
 };
 
 #[xdp]
 pub fn xdplb(ctx: XdpContext) -> u32 {
-    match parse(&ctx) {
-        Parsed::Tcp(pkt) => balance(&ctx, &pkt),
+    match parse::family(&ctx) {
+        Family::Main => ipv4::<false>(&ctx),
+        Family::Ipv6 => tail(&ctx, TAIL_IPV6),
+        Family::Udp4 => tail(&ctx, TAIL_UDP4),
+    }
+}
+
+/// IPv6 TCP and ICMPv6 (see `lb_common::TAIL_IPV6` for why a program of
+/// its own); it hands UDP on to `xdplb_udp6`.
+#[xdp]
+pub fn xdplb_ipv6(ctx: XdpContext) -> u32 {
+    six::ipv6::<false>(&ctx)
+}
+
+/// IPv6 UDP.
+#[xdp]
+pub fn xdplb_udp6(ctx: XdpContext) -> u32 {
+    six::ipv6::<true>(&ctx)
+}
+
+/// ICMPv6 errors about IPv6 flows.
+#[xdp]
+pub fn xdplb_icmp6(ctx: XdpContext) -> u32 {
+    icmp6::program(&ctx)
+}
+
+/// IPv4 UDP.
+#[xdp]
+pub fn xdplb_udp4(ctx: XdpContext) -> u32 {
+    ipv4::<true>(&ctx)
+}
+
+/// Hands the frame to the program in `TAILS[slot]`; returns only if that
+/// slot is empty (a data plane loaded by hand, half set up): the kernel
+/// gets the frame.
+#[inline(always)]
+pub fn tail(ctx: &XdpContext, slot: u32) -> u32 {
+    // SAFETY: a tail call either leaves this program for good or fails
+    // and returns.
+    unsafe { TAILS.tail_call(ctx, slot) };
+    pass_because(GlobalCounter::DropInternal)
+}
+
+#[inline(always)]
+fn ipv4<const UDP: bool>(ctx: &XdpContext) -> u32 {
+    match parse::<UDP>(ctx) {
+        Parsed::L4(pkt) => balance(ctx, &pkt),
         Parsed::IcmpError(p) => icmp::translate(&ctx, &p),
         Parsed::IcmpUnparsed => pass_because(GlobalCounter::PassIcmpUnparsed),
         Parsed::NotTcp => pass(),
@@ -78,7 +132,7 @@ fn vip_of(key: &FlowKey) -> Option<&'static VipMeta> {
     let vip = L4Addr {
         addr: key.dst_addr,
         port: key.dst_port,
-        proto: IPPROTO_TCP,
+        proto: key.proto,
         _pad: 0,
     };
     // SAFETY: the reference lives while the program runs (RCU).
@@ -86,7 +140,7 @@ fn vip_of(key: &FlowKey) -> Option<&'static VipMeta> {
 }
 
 #[inline(always)]
-fn balance(ctx: &XdpContext, pkt: &TcpPacket) -> u32 {
+fn balance(ctx: &XdpContext, pkt: &L4Packet) -> u32 {
     if let Some(vip) = vip_of(&pkt.key) {
         if !for_us(ctx) {
             return pass_because(GlobalCounter::PassNotForUs);
@@ -96,7 +150,7 @@ fn balance(ctx: &XdpContext, pkt: &TcpPacket) -> u32 {
     let from = L4Addr {
         addr: pkt.key.src_addr,
         port: pkt.key.src_port,
-        proto: IPPROTO_TCP,
+        proto: pkt.key.proto,
         _pad: 0,
     };
     // SAFETY: as in `vip_of`.
@@ -116,18 +170,18 @@ fn balance(ctx: &XdpContext, pkt: &TcpPacket) -> u32 {
 }
 
 #[inline(always)]
-fn ip(pkt: &TcpPacket) -> &Ipv4Hdr {
+fn ip(pkt: &L4Packet) -> &Ipv4Hdr {
     // SAFETY: bounds-checked by parse.
     unsafe { &*pkt.ip }
 }
 
 #[inline(always)]
-fn dont_fragment(pkt: &TcpPacket) -> bool {
+fn dont_fragment(pkt: &L4Packet) -> bool {
     ip(pkt).frag_off & BE_IP_DF != 0
 }
 
 #[inline(always)]
-fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, vip: &VipMeta) -> u32 {
+fn to_backend(ctx: &XdpContext, pkt: &L4Packet, vip: &VipMeta) -> u32 {
     if ip(pkt).ttl < MIN_FORWARD_TTL {
         return pass();
     }
@@ -144,6 +198,9 @@ fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, vip: &VipMeta) -> u32 {
     count_backend(choice.backend, bytes, choice.new_flow);
     let (addr, port) = (choice.meta.addr, choice.meta.port);
     let partial = nat::is_partial(pkt);
+    if nat::no_checksum(pkt) {
+        count(GlobalCounter::UdpNoChecksum);
+    }
     if vip.flags & (VIP_F_DSR | VIP_F_TUNNEL) != 0 {
         // The frame leaves the kernel's offload state behind either way.
         if partial {
@@ -157,7 +214,7 @@ fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, vip: &VipMeta) -> u32 {
         }
         return direct::tunnel(ctx, addr, now);
     }
-    let hop = match next_hop(ctx, pkt.key.src_addr, addr, ip(pkt).tos, IPPROTO_TCP, now) {
+    let hop = match next_hop(ctx, pkt.key.src_addr, addr, ip(pkt).tos, pkt.key.proto, now) {
         Next::Send(hop) => hop,
         Next::Kernel => {
             nat::to_backend(pkt, addr, port, partial);
@@ -169,7 +226,7 @@ fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, vip: &VipMeta) -> u32 {
         if dont_fragment(pkt) {
             // Answer before any rewrite: the quote must be what the client
             // sent, or its stack cannot match it.
-            return match answer::frag_needed(ctx, mtu) {
+            return match answer::unreachable(ctx, ICMP_FRAG_NEEDED, mtu) {
                 Some(()) => answered(ctx, GlobalCounter::FragNeededSent),
                 None => drop(ctx, GlobalCounter::DropInternal),
             };
@@ -183,8 +240,13 @@ fn to_backend(ctx: &XdpContext, pkt: &TcpPacket, vip: &VipMeta) -> u32 {
 }
 
 #[inline(always)]
-fn reject(ctx: &XdpContext, pkt: &TcpPacket, vip: &VipMeta) -> u32 {
-    match answer::reset(ctx, pkt) {
+fn reject(ctx: &XdpContext, pkt: &L4Packet, vip: &VipMeta) -> u32 {
+    let answer = if pkt.udp() {
+        answer::unreachable(ctx, ICMP_PORT_UNREACH, 0)
+    } else {
+        answer::reset(ctx, pkt)
+    };
+    match answer {
         Some(()) => {
             count_rejected(vip.index);
             answered(ctx, GlobalCounter::Rejected)
@@ -194,7 +256,7 @@ fn reject(ctx: &XdpContext, pkt: &TcpPacket, vip: &VipMeta) -> u32 {
 }
 
 #[inline(always)]
-fn from_backend(ctx: &XdpContext, pkt: &TcpPacket, reply: &ReplyEntry) -> u32 {
+fn from_backend(ctx: &XdpContext, pkt: &L4Packet, reply: &ReplyEntry) -> u32 {
     if ip(pkt).ttl < MIN_FORWARD_TTL {
         return pass();
     }
@@ -207,12 +269,12 @@ fn from_backend(ctx: &XdpContext, pkt: &TcpPacket, reply: &ReplyEntry) -> u32 {
             dst_addr: vip,
             src_port: pkt.key.dst_port,
             dst_port: vip_port,
-            proto: IPPROTO_TCP,
+            proto: pkt.key.proto,
             _pad: [0; 3],
         };
         select::note_backend_close(&client_side, pkt.flags, now);
     }
-    let hop = match next_hop(ctx, vip, pkt.key.dst_addr, ip(pkt).tos, IPPROTO_TCP, now) {
+    let hop = match next_hop(ctx, vip, pkt.key.dst_addr, ip(pkt).tos, pkt.key.proto, now) {
         Next::Send(hop) => hop,
         Next::Kernel => {
             nat::from_backend(pkt, vip, vip_port, partial);
@@ -234,10 +296,10 @@ fn from_backend(ctx: &XdpContext, pkt: &TcpPacket, reply: &ReplyEntry) -> u32 {
     finish(ctx, pkt, partial, &hop)
 }
 
-/// Sends a rewritten TCP packet to `hop`, completing a partial checksum
+/// Sends a rewritten TCP/UDP packet to `hop`, completing a partial checksum
 /// first (the redirected frame leaves the kernel's offload state behind).
 #[inline(always)]
-fn finish(ctx: &XdpContext, pkt: &TcpPacket, partial: bool, hop: &lb_common::FibEntry) -> u32 {
+fn finish(ctx: &XdpContext, pkt: &L4Packet, partial: bool, hop: &lb_common::FibEntry) -> u32 {
     if partial {
         if !nat::complete(ctx, pkt) {
             // Still a valid partial frame: the kernel can finish it.

@@ -3,7 +3,7 @@
 //! path and survive the controller: a restarted `xdplb run` adopts them.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
     limits::{
@@ -12,7 +12,7 @@ use lb_common::{
     },
     rings_len, Addr6, BackendCounters, BackendMeta, FibEntry, FlowEntry, FlowKey, FlowKey6,
     GlobalCounter, IfaceMeta, L4Addr, L4Addr6, Name, RateWindow, ReplyEntry, ReplyEntry6,
-    VipCounters, VipMeta, IFACE_SLOTS, NAMES_LEN,
+    VipCounters, VipMeta, IFACE_SLOTS, NAMES_LEN, TAIL_SLOTS,
 };
 
 /// VIP endpoint → its index and live ring slot.
@@ -109,8 +109,7 @@ pub static REPLIES6: HashMap<L4Addr6, ReplyEntry6> = HashMap::pinned(MAX_BACKEND
 /// IPv6 flows, as `FLOWS` (shared LRU). Resized at load to
 /// `flow_table_size`, like `FLOWS`.
 #[map]
-pub static FLOWS6: LruHashMap<FlowKey6, FlowEntry> =
-    LruHashMap::pinned(DEFAULT_FLOW_TABLE_SIZE, 0);
+pub static FLOWS6: LruHashMap<FlowKey6, FlowEntry> = LruHashMap::pinned(DEFAULT_FLOW_TABLE_SIZE, 0);
 
 #[map]
 pub static FIB_CACHE6: LruHashMap<Addr6, FibEntry> = LruHashMap::pinned(FIB_CACHE_SIZE, 0);
@@ -118,3 +117,8 @@ pub static FIB_CACHE6: LruHashMap<Addr6, FibEntry> = LruHashMap::pinned(FIB_CACH
 /// This host's IPv6 addresses → 1 (see `LOCAL_ADDRS`).
 #[map]
 pub static LOCAL_ADDRS6: HashMap<Addr6, u32> = HashMap::pinned(MAX_LOCAL_ADDRS, 0);
+
+/// The IPv6 and IPv4 UDP programs, by `lb_common::TAIL_*` slot (see
+/// there). Filled by user space after loading.
+#[map]
+pub static TAILS: ProgramArray = ProgramArray::pinned(TAIL_SLOTS, 0);

@@ -1,11 +1,12 @@
-//! Packet parsing: bounds-checked access and the IPv4/TCP header checks.
+//! Packet parsing: bounds-checked access and the IPv4 TCP/UDP header
+//! checks (IPv6 is `parse6`).
 //!
 //! Headers are declared with 2-byte alignment (addresses as `[u16; 2]`):
 //! after a 14-byte Ethernet header the IP header is only 2-aligned, and
 //! halfword loads are what the BPF JIT can do there without splitting into
 //! byte loads.
 use aya_ebpf::programs::XdpContext;
-use lb_common::{FlowKey, GlobalCounter, IPPROTO_ICMP, IPPROTO_TCP};
+use lb_common::{FlowKey, GlobalCounter, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::consts::*;
 
@@ -44,6 +45,14 @@ pub struct TcpHdr {
     pub urg_ptr: u16,
 }
 
+#[repr(C)]
+pub struct UdpHdr {
+    pub source: u16,
+    pub dest: u16,
+    pub len: u16,
+    pub check: u16,
+}
+
 /// The one bounds-checked way to the packet: `T` fits between `offset` and
 /// the end of the frame, or `None`.
 #[inline(always)]
@@ -68,11 +77,42 @@ pub fn store32(p: &mut [u16; 2], v: u32) {
     p[1] = (v >> 16) as u16;
 }
 
+/// Which program a frame is for (see `lb_common::TAIL_IPV6`).
+pub enum Family {
+    Ipv6,
+    Udp4,
+    /// IPv4 TCP, ICMP, anything else, and frames too short to tell (which
+    /// `parse` counts).
+    Main,
+}
+
+#[inline(always)]
+pub fn family(ctx: &XdpContext) -> Family {
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
+        return match ptr_at::<EthHdr>(ctx, 0) {
+            // SAFETY: bounds checked by ptr_at.
+            Some(eth) if (unsafe { (*eth).proto }) == BE_ETH_P_IPV6 => Family::Ipv6,
+            _ => Family::Main,
+        };
+    };
+    // SAFETY: ptr_at checked that Ethernet and 20 bytes of IP are there.
+    let proto = unsafe { (*(ctx.data() as *const EthHdr)).proto };
+    if proto == BE_ETH_P_IPV6 {
+        return Family::Ipv6;
+    }
+    // SAFETY: as above.
+    if proto == BE_ETH_P_IP && unsafe { (*ip).proto } == IPPROTO_UDP {
+        return Family::Udp4;
+    }
+    Family::Main
+}
+
 /// What parsing decided about a frame.
 pub enum Parsed {
-    /// A well-formed IPv4/TCP packet without options or fragmentation.
-    Tcp(TcpPacket),
-    /// Not ours to look at (not IPv4, not TCP): the kernel's.
+    /// A well-formed IPv4 TCP or UDP packet without options or
+    /// fragmentation.
+    L4(L4Packet),
+    /// Not ours to look at (not IP, not TCP or UDP): the kernel's.
     NotTcp,
     /// IPv4 with options, a first fragment, or a TCP header that is cut
     /// short or has a bad data offset: passed unless addressed to a VIP, in
@@ -83,24 +123,43 @@ pub enum Parsed {
     /// Malformed at the IP layer (or too short to hold ports): dropped and
     /// counted under this reason. The kernel's `ip_rcv` drops these too.
     Malformed(GlobalCounter),
-    /// An ICMP error quoting an IPv4/TCP packet: may belong to a flow.
+    /// An ICMP error quoting an IPv4 TCP or UDP packet: may belong to a
+    /// flow.
     IcmpError(IcmpPacket),
     /// An ICMP error whose quoted packet cannot be read (cut short, IP
     /// options, not IPv4): nobody's flow can be found from it, so it passes.
     IcmpUnparsed,
 }
 
-pub struct TcpPacket {
+/// A TCP segment or UDP datagram, checked whole.
+pub struct L4Packet {
     pub ip: *mut Ipv4Hdr,
-    pub tcp: *mut TcpHdr,
+    /// The L4 header (TCP or UDP: both start with the ports).
+    pub l4: *mut [u16; 2],
+    /// The L4 checksum field.
+    pub check: *mut u16,
     pub key: FlowKey,
+    /// TCP flags; 0 for UDP.
     pub flags: u8,
     /// Bytes from the IP header on (what counters count).
     pub ip_len: u16,
+    /// Bytes the L4 checksum covers (TCP: the segment; UDP: its length
+    /// field, which may be less than the IP payload).
+    pub l4_len: u16,
+}
+
+impl L4Packet {
+    #[inline(always)]
+    pub fn udp(&self) -> bool {
+        self.key.proto == IPPROTO_UDP
+    }
 }
 
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Parsed {
+/// `UDP`: the IPv4 UDP program's parse (UDP only; everything else is the
+/// main program's). Otherwise TCP and ICMP; UDP is `NotTcp` here, as the
+/// main program hands UDP to its own program before parsing.
+pub fn parse<const UDP: bool>(ctx: &XdpContext) -> Parsed {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Parsed::Malformed(GlobalCounter::DropTruncatedEth);
     };
@@ -125,13 +184,16 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     if tot_len < ihl || tot_len > frame_ip_len {
         return Parsed::Malformed(GlobalCounter::DropBadTotalLength);
     }
-    if iph.proto == IPPROTO_ICMP {
+    if !UDP && iph.proto == IPPROTO_ICMP {
         if iph.frag_off & (BE_IP_MF | BE_IP_OFFSET_MASK) != 0 || ihl != IPV4_MIN_HLEN {
             return Parsed::NotTcp;
         }
         return parse_icmp(ctx, ip, tot_len);
     }
-    if iph.proto != IPPROTO_TCP {
+    // A constant for each program, so every later `udp()` test folds away
+    // at compile time.
+    let l4_proto = if UDP { IPPROTO_UDP } else { IPPROTO_TCP };
+    if iph.proto != l4_proto {
         return Parsed::NotTcp;
     }
     if iph.frag_off & BE_IP_OFFSET_MASK != 0 {
@@ -151,7 +213,7 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         dst_addr: daddr,
         src_port: ports[0],
         dst_port: ports[1],
-        proto: IPPROTO_TCP,
+        proto: l4_proto,
         _pad: [0; 3],
     };
     // Defects past the ports matter only if the packet is for a VIP; a
@@ -167,6 +229,9 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
             key,
             reason: GlobalCounter::DropIpOptions,
         };
+    }
+    if UDP {
+        return parse_udp(ctx, ip, key, tot_len);
     }
     let truncated = Parsed::Special {
         key,
@@ -184,12 +249,42 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     if doff < TCP_MIN_HLEN || doff > tot_len - IPV4_MIN_HLEN {
         return truncated;
     }
-    Parsed::Tcp(TcpPacket {
+    Parsed::L4(L4Packet {
         ip,
-        tcp,
+        l4: tcp as *mut [u16; 2],
+        check: unsafe { core::ptr::addr_of_mut!((*tcp).check) },
         key,
         flags: tcph.flags,
         ip_len: tot_len as u16,
+        l4_len: (tot_len - IPV4_MIN_HLEN) as u16,
+    })
+}
+
+/// The UDP header of an IPv4 packet `parse` checked (no options, not a
+/// fragment). Its length field must fit the IP payload (the kernel trims
+/// any excess, as `udp_rcv` does).
+#[inline(always)]
+fn parse_udp(ctx: &XdpContext, ip: *mut Ipv4Hdr, key: FlowKey, tot_len: usize) -> Parsed {
+    let truncated = Parsed::Special {
+        key,
+        reason: GlobalCounter::DropTruncatedUdp,
+    };
+    let Some(udp) = ptr_at::<UdpHdr>(ctx, ETH_HLEN + IPV4_MIN_HLEN) else {
+        return truncated;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let len = u16::from_be(unsafe { (*udp).len }) as usize;
+    if len < UDP_HLEN || len > tot_len - IPV4_MIN_HLEN {
+        return truncated;
+    }
+    Parsed::L4(L4Packet {
+        ip,
+        l4: udp as *mut [u16; 2],
+        check: unsafe { core::ptr::addr_of_mut!((*udp).check) },
+        key,
+        flags: 0,
+        ip_len: tot_len as u16,
+        l4_len: len as u16,
     })
 }
 
@@ -242,7 +337,7 @@ fn parse_icmp(ctx: &XdpContext, ip: *mut Ipv4Hdr, tot_len: usize) -> Parsed {
     if ver_ihl != 0x45 {
         return Parsed::IcmpUnparsed;
     }
-    if proto != IPPROTO_TCP {
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return Parsed::NotTcp;
     }
     Parsed::IcmpError(IcmpPacket {

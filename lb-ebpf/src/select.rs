@@ -9,18 +9,61 @@
 //! entries back (they linger briefly, then the next connection on the same
 //! 4-tuple replaces them and the controller reaps the rest).
 use lb_common::{
-    flow_closed, flow_hash, limits::FLOW_LINGER_NS, limits::LAST_SEEN_RESOLUTION_NS,
-    ref_generation, ref_slot, ring_slot_index, BackendMeta, FlowEntry, FlowKey, GlobalCounter,
-    VipMeta, BACKEND_DOWN, BACKEND_FREE, FLOW_F_ACKED, FLOW_F_CLOSING, FLOW_F_RESET, NO_BACKEND,
+    flow_closed, flow_hash, flow_hash6, flow_idle, limits::FLOW_LINGER_NS,
+    limits::LAST_SEEN_RESOLUTION_NS, ref_generation, ref_slot, ring_slot_index, BackendMeta,
+    FlowEntry, FlowKey, FlowKey6, GlobalCounter, VipMeta, BACKEND_DOWN, BACKEND_FREE, FLOW_F_ACKED,
+    FLOW_F_CLOSING, FLOW_F_RESET, IPPROTO_UDP, NO_BACKEND,
 };
 
-use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    maps::LruHashMap,
+};
 
 use crate::{
     consts::{TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
-    maps::{BACKENDS, FLOWS, INSERT_RATE, RINGS},
+    maps::{BACKENDS, FLOWS, FLOWS6, INSERT_RATE, RINGS},
     stats::count,
 };
+
+/// A flow's key in its family's table: the same selection logic runs on
+/// `FLOWS` (IPv4) and `FLOWS6`, monomorphised, so IPv4 keeps its small key.
+pub trait Flow: Sized + 'static {
+    fn table() -> &'static LruHashMap<Self, FlowEntry>;
+    /// The ring hash (`lb_common::flow_hash` / `flow_hash6`).
+    fn hash(&self) -> u32;
+    fn proto(&self) -> u8;
+}
+
+impl Flow for FlowKey {
+    #[inline(always)]
+    fn table() -> &'static LruHashMap<Self, FlowEntry> {
+        &FLOWS
+    }
+    #[inline(always)]
+    fn hash(&self) -> u32 {
+        flow_hash(self)
+    }
+    #[inline(always)]
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+}
+
+impl Flow for FlowKey6 {
+    #[inline(always)]
+    fn table() -> &'static LruHashMap<Self, FlowEntry> {
+        &FLOWS6
+    }
+    #[inline(always)]
+    fn hash(&self) -> u32 {
+        flow_hash6(self)
+    }
+    #[inline(always)]
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+}
 
 /// Ring size the rings were sized for at load (`ring_size` in the config).
 /// Set by user space with `override_global` before the program loads.
@@ -69,8 +112,8 @@ fn closing_bits(tcp: u8) -> u16 {
     bits
 }
 
-/// The backend for a client's packet with TCP flags `tcp`, or the drop
-/// reason.
+/// The backend for a client's packet with TCP flags `tcp` (0 for UDP), or
+/// the drop reason.
 ///
 /// An established flow stays on its backend while that backend is active,
 /// draining or standby — a SYN on it included (a retransmission, or a
@@ -78,21 +121,28 @@ fn closing_bits(tcp: u8) -> u16 {
 /// gets a RST from the new backend instead of hanging). A closed flow's
 /// entry steers stragglers for `FLOW_LINGER_NS`; a SYN on it, or anything
 /// after the linger, starts afresh.
+///
+/// UDP has no handshake: the first datagram of a flow the table does not
+/// know is balanced by the ring and recorded (within the insert rate), and
+/// an entry idle past the VIP's `flow_idle_ms` is forgotten. A UDP flow
+/// counts as answered (`FLOW_F_ACKED`) from the start: there is no
+/// handshake to be half-way through.
 #[inline(always)]
-pub fn select(key: &FlowKey, vip: &VipMeta, tcp: u8, now: u64) -> Result<Choice, GlobalCounter> {
-    let syn = tcp & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+pub fn select<K: Flow>(key: &K, vip: &VipMeta, tcp: u8, now: u64) -> Result<Choice, GlobalCounter> {
+    let udp = key.proto() == IPPROTO_UDP;
+    let syn = !udp && tcp & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
     if syn {
         return select_syn(key, vip, now);
     }
     let closing = closing_bits(tcp);
-    let acked = if tcp & TCP_FLAG_ACK != 0 {
+    let acked = if udp || tcp & TCP_FLAG_ACK != 0 {
         FLOW_F_ACKED
     } else {
         0
     };
     // Flags a re-steered flow keeps in its new entry.
     let mut carried = 0;
-    if let Some(flow) = FLOWS.get_ptr_mut(key) {
+    if let Some(flow) = K::table().get_ptr_mut(key) {
         // SAFETY: the map returned a valid value pointer. Concurrent
         // writers on other CPUs may race on last_seen_ns and flags; both
         // are hints whose worst case is an early or late expiry.
@@ -101,7 +151,7 @@ pub fn select(key: &FlowKey, vip: &VipMeta, tcp: u8, now: u64) -> Result<Choice,
             Pinned::Resteer(flags) => carried = flags,
             Pinned::Gone => {}
         }
-    } else {
+    } else if !udp {
         count(GlobalCounter::FlowMisses);
     }
     // A FIN or RST the table does not know ends nothing worth remembering
@@ -136,6 +186,10 @@ fn pinned(
     if flow_closed(flow.flags) && now.wrapping_sub(flow.last_seen_ns) > FLOW_LINGER_NS {
         return Ok(Pinned::Gone);
     }
+    if flow_idle(vip.flow_idle_ms, flow.last_seen_ns, now) {
+        count(GlobalCounter::FlowIdled);
+        return Ok(Pinned::Gone);
+    }
     match resolve(flow.backend, vip)? {
         None => {
             count(GlobalCounter::FlowMisses);
@@ -168,12 +222,12 @@ fn pinned(
 /// pin stays (a retransmitted or spoofed SYN must not move a connection);
 /// a closed connection's entry is replaced by the new one.
 #[inline(always)]
-fn select_syn(key: &FlowKey, vip: &VipMeta, now: u64) -> Result<Choice, GlobalCounter> {
+fn select_syn<K: Flow>(key: &K, vip: &VipMeta, now: u64) -> Result<Choice, GlobalCounter> {
     let (choice, inserted) = from_ring(key, vip, now, Some(0), BPF_NOEXIST as u64)?;
     if inserted {
         return Ok(choice);
     }
-    if let Some(flow) = FLOWS.get_ptr_mut(key) {
+    if let Some(flow) = K::table().get_ptr_mut(key) {
         // SAFETY: as in `select`.
         let flow = unsafe { &mut *flow };
         if !flow_closed(flow.flags) {
@@ -220,8 +274,8 @@ fn may_insert(now: u64) -> bool {
 /// flags `update` (BPF_ANY, or BPF_NOEXIST to keep an existing entry).
 /// Returns whether an entry was written.
 #[inline(always)]
-pub fn from_ring(
-    key: &FlowKey,
+pub fn from_ring<K: Flow>(
+    key: &K,
     vip: &VipMeta,
     now: u64,
     pin: Option<u16>,
@@ -232,7 +286,7 @@ pub fn from_ring(
     if ring_size == 0 {
         return Err(GlobalCounter::DropInternal);
     }
-    let idx = ring_slot_index(vip.index, vip.ring_slot & 1, ring_size, flow_hash(key));
+    let idx = ring_slot_index(vip.index, vip.ring_slot & 1, ring_size, key.hash());
     let r = match RINGS.get(idx) {
         Some(&r) if r != NO_BACKEND => r,
         Some(_) => return Err(GlobalCounter::DropNoBackend),
@@ -257,7 +311,7 @@ pub fn from_ring(
             // A full LRU evicts its oldest entry; insert fails only on
             // memory pressure (then the flow stays ring-steered) or, with
             // BPF_NOEXIST, when the 4-tuple is already there.
-            if FLOWS.insert(key, &entry, update).is_ok() {
+            if K::table().insert(key, &entry, update).is_ok() {
                 count(GlobalCounter::FlowInserts);
                 inserted = true;
             }
@@ -276,8 +330,8 @@ pub fn from_ring(
 /// The backend a flow is on without touching the table: its entry if it
 /// is still valid, else the ring's choice (for ICMP errors about it).
 #[inline(always)]
-pub fn peek(key: &FlowKey, vip: &VipMeta) -> Result<Choice, GlobalCounter> {
-    if let Some(flow) = FLOWS.get_ptr(key) {
+pub fn peek<K: Flow>(key: &K, vip: &VipMeta) -> Result<Choice, GlobalCounter> {
+    if let Some(flow) = K::table().get_ptr(key) {
         // SAFETY: valid map value pointer.
         let r = unsafe { (*flow).backend };
         if let Some(meta) = resolve(r, vip)? {
@@ -296,13 +350,13 @@ pub fn peek(key: &FlowKey, vip: &VipMeta) -> Result<Choice, GlobalCounter> {
 /// Records what a backend's FIN or RST (with TCP flags `tcp`) tells about
 /// the flow it belongs to; replies look the table up only for these.
 #[inline(always)]
-pub fn note_backend_close(key: &FlowKey, tcp: u8, now: u64) {
+pub fn note_backend_close<K: Flow>(key: &K, tcp: u8, now: u64) {
     let bits = if tcp & TCP_FLAG_RST != 0 {
         FLOW_F_RESET
     } else {
         lb_common::FLOW_F_BACKEND_FIN
     };
-    if let Some(flow) = FLOWS.get_ptr_mut(key) {
+    if let Some(flow) = K::table().get_ptr_mut(key) {
         // SAFETY: valid map value pointer; see `select` on races.
         let flow = unsafe { &mut *flow };
         if flow.flags & bits != bits {

@@ -538,6 +538,50 @@ fn check_pinned_layout(shape: &Shape) -> Result<(), DataplaneError> {
     Ok(())
 }
 
+/// Loads the IPv4 UDP, IPv6 and IPv6 UDP programs and puts them in the pinned
+/// `TAILS` table the main program tail-calls (see `lb_common::TAIL_IPV6`).
+/// Writing a slot replaces what a previous controller put there, so a
+/// restarted controller's programs serve from the moment they load.
+fn load_tails(ebpf: &mut aya::Ebpf) -> Result<(), DataplaneError> {
+    let mut fds = Vec::new();
+    for (slot, name) in [
+        (lb_common::TAIL_IPV6, maps::PROGRAM_IPV6),
+        (lb_common::TAIL_UDP4, maps::PROGRAM_UDP4),
+        (lb_common::TAIL_UDP6, maps::PROGRAM_UDP6),
+        (lb_common::TAIL_ICMP6, maps::PROGRAM_ICMP6),
+    ] {
+        let prog: &mut Xdp = ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::MissingMap { map: name })?
+            .try_into()
+            .map_err(|e| DataplaneError::Program {
+                source: Box::new(e),
+            })?;
+        prog.load().map_err(|e| DataplaneError::Program {
+            source: Box::new(e),
+        })?;
+        let fd = prog
+            .fd()
+            .map_err(|e| DataplaneError::Program {
+                source: Box::new(e),
+            })?
+            .try_clone()
+            .map_err(|e| DataplaneError::Program {
+                source: Box::new(aya::programs::ProgramError::from(e)),
+            })?;
+        fds.push((slot, fd));
+    }
+    let map = ebpf
+        .map_mut(maps::TAILS)
+        .ok_or(DataplaneError::MissingMap { map: maps::TAILS })?;
+    let mut tails: aya::maps::ProgramArray<&mut MapData> =
+        aya::maps::ProgramArray::try_from(map).map_err(map_err(maps::TAILS))?;
+    for (slot, fd) in &fds {
+        tails.set(*slot, fd, 0).map_err(map_err(maps::TAILS))?;
+    }
+    Ok(())
+}
+
 fn pinned_max_entries(path: &Path) -> Option<u32> {
     let md = MapData::from_pin(path).ok()?;
     md.info().ok().map(|i| i.max_entries())
@@ -621,6 +665,7 @@ impl Dataplane {
         prog.load().map_err(|e| DataplaneError::Program {
             source: Box::new(e),
         })?;
+        load_tails(&mut ebpf)?;
         let vips = take(&mut ebpf, maps::VIPS)?;
         let backends: Array<MapData, BackendMeta> = take(&mut ebpf, maps::BACKENDS)?;
         let replies = take(&mut ebpf, maps::REPLIES)?;
@@ -671,6 +716,29 @@ impl Dataplane {
                 reason: e.to_string(),
             }
         })
+    }
+
+    /// Instructions the verifier processed for each of the balancer's
+    /// programs (the kernel's `verified_insns`; `None` before Linux 5.16).
+    pub fn verified_instructions(&self) -> Vec<(&'static str, Option<u32>)> {
+        [
+            maps::PROGRAM,
+            maps::PROGRAM_UDP4,
+            maps::PROGRAM_IPV6,
+            maps::PROGRAM_UDP6,
+            maps::PROGRAM_ICMP6,
+        ]
+        .into_iter()
+        .map(|name| {
+            let count = self
+                .ebpf
+                .program(name)
+                .and_then(|p| <&Xdp>::try_from(p).ok())
+                .and_then(|p| p.info().ok())
+                .and_then(|i| i.verified_instruction_count());
+            (name, count)
+        })
+        .collect()
     }
 
     /// The loaded XDP program (tests run it with `test_run`).
@@ -1197,6 +1265,7 @@ fn own_map_names() -> std::collections::HashSet<String> {
         maps::BACKEND_STATS,
         maps::NAMES,
         maps::VERSION,
+        maps::TAILS,
         maps::VIPS6,
         maps::BACKEND_ADDRS6,
         maps::REPLIES6,

@@ -557,7 +557,7 @@ fn stats_and_down_on_a_real_data_plane() {
         dp.write_backend(&BackendSlot {
             slot: 0,
             vip_index: 0,
-            addr: backend,
+            addr: backend.into(),
             state: BACKEND_ACTIVE,
             flags: 0,
         })

@@ -1,7 +1,7 @@
 //! The controller side of the agent protocol: one query, and a poller task
 //! per backend that queries every interval.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
@@ -15,7 +15,7 @@ use super::{parse_agent_reply_bytes, AgentReply, LoadError, MAX_REPLY_LEN};
 /// Connects to `addr`, reads one line (up to `\n` or EOF, at most
 /// [`MAX_REPLY_LEN`] bytes) and parses it; the whole exchange is bounded by
 /// `timeout`.
-pub async fn query_agent(addr: SocketAddrV4, timeout: Duration) -> Result<AgentReply, LoadError> {
+pub async fn query_agent(addr: SocketAddr, timeout: Duration) -> Result<AgentReply, LoadError> {
     let exchange = async {
         let mut s = TcpStream::connect(addr)
             .await
@@ -69,7 +69,7 @@ pub struct LoadReport {
 /// backend, so a silent agent delays only its own reports.
 pub fn spawn_poller(
     id: u64,
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     interval: Duration,
     timeout: Duration,
     tx: mpsc::Sender<LoadReport>,
@@ -107,11 +107,8 @@ mod tests {
 
     const T: Duration = Duration::from_millis(500);
 
-    fn v4(l: &TcpListener) -> SocketAddrV4 {
-        match l.local_addr().unwrap() {
-            std::net::SocketAddr::V4(a) => a,
-            other => panic!("not v4: {other}"),
-        }
+    fn v4(l: &TcpListener) -> SocketAddr {
+        l.local_addr().unwrap()
     }
 
     #[tokio::test]
@@ -134,7 +131,7 @@ mod tests {
     }
 
     /// A one-shot server that runs `behave` on each connection.
-    async fn server<F, Fut>(behave: F) -> SocketAddrV4
+    async fn server<F, Fut>(behave: F) -> SocketAddr
     where
         F: Fn(TcpStream) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,

@@ -1363,7 +1363,10 @@ fn convert_health(
     match h.kind {
         HealthKind::Tcp => {}
         HealthKind::Udp => {
-            let payload = r.payload.as_ref().map_or(String::new(), |p| p.get_ref().clone());
+            let payload = r
+                .payload
+                .as_ref()
+                .map_or(String::new(), |p| p.get_ref().clone());
             if payload.len() > MAX_UDP_PAYLOAD {
                 let span = r.payload.as_ref().map_or(pool_span.clone(), |p| p.span());
                 return Err(src.err(
@@ -1677,7 +1680,11 @@ mod tests {
             8,
             &["invalid"],
         );
-        rejects(&pool_with("protocol = \"sctp\"\n", ONE_BACKEND), 6, &["sctp"]);
+        rejects(
+            &pool_with("protocol = \"sctp\"\n", ONE_BACKEND),
+            6,
+            &["sctp"],
+        );
         rejects(
             "[dataplane]\ninterfaces = [\"eth0\"]\nxdp_mode = \"turbo\"\n",
             3,
@@ -1780,6 +1787,300 @@ vip = "198.18.2.11:80"
             5,
             &["is tunnel but backend \"web-1\" listens on another port"],
         );
+    }
+
+    const V6_BACKEND: &str =
+        "[[pool.backend]]\nname = \"web-1\"\naddr = \"[2001:2:0:1::11]:8080\"\n";
+
+    fn pool6_with(extra_pool: &str, backends: &str) -> String {
+        format!(
+            "{HEAD}[[pool]]\nname = \"web\"\nvip = \"[2001:2:0:2::10]:80\"\n{extra_pool}{backends}"
+        )
+    }
+
+    #[test]
+    fn ipv6_pools_parse() {
+        let c = p(&pool6_with("", V6_BACKEND)).unwrap();
+        let pool = &c.pools[0];
+        assert_eq!(pool.vip, "[2001:2:0:2::10]:80".parse().unwrap());
+        assert_eq!(
+            pool.backends[0].addr,
+            "[2001:2:0:1::11]:8080".parse().unwrap()
+        );
+        assert_eq!(pool.endpoint().to_string(), "[2001:2:0:2::10]:80/tcp");
+        assert_eq!(
+            pool.backend_endpoint(&pool.backends[0]),
+            Endpoint::tcp("[2001:2:0:1::11]:8080".parse::<SocketAddr>().unwrap())
+        );
+        rejects(
+            &pool6_with("", V6_BACKEND).replace("[2001:2:0:1::11]:8080", "[2001:2:0:1::11]"),
+            8,
+            &["invalid socket address"],
+        );
+    }
+
+    #[test]
+    fn a_pool_is_one_family() {
+        rejects(
+            &pool6_with("", ONE_BACKEND),
+            8,
+            &[
+                "backend \"web-1\" is IPv4 (198.18.1.11:8080) but pool \"web\" is IPv6",
+                "one address family",
+            ],
+        );
+        rejects(
+            &pool_with("", V6_BACKEND),
+            8,
+            &[
+                "backend \"web-1\" is IPv6",
+                "pool \"web\" is IPv4 (vip 198.18.2.10:80)",
+            ],
+        );
+        // The second backend is the odd one out: its line is named.
+        rejects(
+            &pool_with(
+                "",
+                &format!("{ONE_BACKEND}[[pool.backend]]\nname = \"web-2\"\naddr = \"[2001:2:0:1::12]:8080\"\n"),
+            ),
+            11,
+            &["backend \"web-2\" is IPv6"],
+        );
+        rejects(
+            &pool6_with("", V6_BACKEND).replace("[2001:2:0:1::11]", "[::ffff:198.18.1.11]"),
+            8,
+            &["IPv4-mapped"],
+        );
+        rejects(
+            &pool6_with("", V6_BACKEND).replace("[2001:2:0:2::10]", "[ff02::1]"),
+            5,
+            &["vip [ff02::1]:80 is a multicast address"],
+        );
+        rejects(
+            &pool6_with("", V6_BACKEND).replace("[2001:2:0:2::10]", "[::]"),
+            5,
+            &["needs a specific address"],
+        );
+    }
+
+    #[test]
+    fn udp_pools_and_flow_idle() {
+        let c = p(&pool_with("protocol = \"udp\"\n", ONE_BACKEND)).unwrap();
+        assert_eq!(c.pools[0].protocol, Protocol::Udp);
+        assert_eq!(c.pools[0].flow_idle_ms, DEFAULT_UDP_FLOW_IDLE_MS);
+        assert_eq!(c.pools[0].endpoint().to_string(), "198.18.2.10:80/udp");
+        assert_eq!(
+            c.pools[0].endpoint().protocol.ipproto(),
+            lb_common::IPPROTO_UDP
+        );
+        assert_eq!(
+            p(&pool_with("", ONE_BACKEND)).unwrap().pools[0].flow_idle_ms,
+            0
+        );
+        let idle = |proto: &str, v: &str| {
+            pool_with(
+                &format!("protocol = \"{proto}\"\nflow_idle_ms = {v}\n"),
+                ONE_BACKEND,
+            )
+        };
+        assert_eq!(p(&idle("udp", "0")).unwrap().pools[0].flow_idle_ms, 0);
+        assert_eq!(p(&idle("udp", "1000")).unwrap().pools[0].flow_idle_ms, 1000);
+        assert_eq!(
+            p(&idle("tcp", "900000")).unwrap().pools[0].flow_idle_ms,
+            900_000
+        );
+        for v in ["1", "999"] {
+            rejects(
+                &idle("udp", v),
+                7,
+                &[&format!("flow_idle_ms {v} is below 1000"), "1 s resolution"],
+            );
+        }
+        rejects(&idle("udp", "-5"), 7, &["-5", "expected u32"]);
+        // A reload must see the idle time change.
+        assert_ne!(
+            p(&idle("udp", "1000")).unwrap(),
+            p(&idle("udp", "2000")).unwrap()
+        );
+    }
+
+    #[test]
+    fn tcp_and_udp_share_a_vip_and_a_backend_but_not_twice() {
+        let second = |name: &str, proto: &str| {
+            format!(
+                "[[pool]]\nname = \"{name}\"\nvip = \"198.18.2.10:80\"\nprotocol = \"{proto}\"\n{}",
+                ONE_BACKEND.replace("web-1", &format!("{name}-1"))
+            )
+        };
+        let base = pool_with("", ONE_BACKEND);
+        let c = p(&format!("{base}{}", second("dns", "udp"))).unwrap();
+        assert_eq!(c.pools[1].endpoint(), Endpoint::udp(c.pools[0].vip));
+        assert_eq!(c.pools[1].backends[0].addr, c.pools[0].backends[0].addr);
+        rejects(
+            &format!("{base}{}", second("api", "tcp")),
+            11,
+            &["duplicate vip 198.18.2.10:80 (tcp; also used by pool \"web\""],
+        );
+        let c = p(&format!(
+            "{}{}",
+            pool_with("protocol = \"udp\"\n", ONE_BACKEND),
+            second("dns", "tcp")
+        ))
+        .unwrap();
+        assert_eq!(c.pools.len(), 2);
+    }
+
+    #[test]
+    fn udp_health_and_the_port_override() {
+        let h = |body: &str| pool_with(&format!("[pool.health]\n{body}"), ONE_BACKEND);
+        let c = p(&h("kind = \"udp\"\npayload = \"ping\"\n")).unwrap();
+        let health = &c.pools[0].health;
+        assert_eq!(health.kind, HealthKind::Udp);
+        assert_eq!(health.payload.as_deref(), Some("ping"));
+        assert_eq!((health.path.as_ref(), health.port), (None, None));
+        let addr: SocketAddr = "198.18.1.11:8080".parse().unwrap();
+        assert_eq!(health.target(addr), addr);
+        // No payload: an empty datagram.
+        let c = p(&h("kind = \"udp\"\n")).unwrap();
+        assert_eq!(c.pools[0].health.payload.as_deref(), Some(""));
+        rejects(
+            &h("payload = \"ping\"\n"),
+            7,
+            &["payload applies only to kind = \"udp\""],
+        );
+        rejects(
+            &h("kind = \"http\"\npayload = \"ping\"\n"),
+            8,
+            &["payload applies only to kind = \"udp\""],
+        );
+        rejects(
+            &h("kind = \"udp\"\npath = \"/x\"\n"),
+            8,
+            &["path applies only to kind = \"http\""],
+        );
+        let big = "x".repeat(MAX_UDP_PAYLOAD + 1);
+        rejects(
+            &h(&format!("kind = \"udp\"\npayload = \"{big}\"\n")),
+            8,
+            &["a UDP datagram carries at most 65507"],
+        );
+        for kind in ["tcp", "http", "udp"] {
+            let c = p(&h(&format!("kind = \"{kind}\"\nport = 8081\n"))).unwrap();
+            let health = &c.pools[0].health;
+            assert_eq!(health.port, Some(8081), "{kind}");
+            assert_eq!(health.target(addr), "198.18.1.11:8081".parse().unwrap());
+            let v6: SocketAddr = "[2001:2:0:1::11]:53".parse().unwrap();
+            assert_eq!(health.target(v6), "[2001:2:0:1::11]:8081".parse().unwrap());
+        }
+        rejects(&h("port = 0\n"), 7, &["health port must not be 0"]);
+        rejects(&h("port = 70000\n"), 7, &["70000", "expected u16"]);
+    }
+
+    #[test]
+    fn tunnel_sources_per_family() {
+        const PORT_80: &str =
+            "[[pool.backend]]\nname = \"web-1\"\naddr = \"[2001:2:0:1::11]:80\"\n";
+        let tunnel6 = |sources: &str| {
+            pool6_with("mode = \"tunnel\"\n", PORT_80)
+                .replace(HEAD, &format!("{HEAD}tunnel_source = [{sources}]\n"))
+        };
+        rejects(
+            &tunnel6("\"198.18.1.1\""),
+            7,
+            &["is tunnel but [dataplane] has no IPv6 tunnel_source"],
+        );
+        let c = p(&tunnel6("\"198.18.1.1\", \"2001:2:0:1::1\"")).unwrap();
+        assert_eq!(
+            (c.dataplane.tunnel_source_v4, c.dataplane.tunnel_source_v6),
+            (
+                Some("198.18.1.1".parse().unwrap()),
+                Some("2001:2:0:1::1".parse().unwrap())
+            )
+        );
+        rejects(
+            &tunnel6("\"2001:2:0:1::1\", \"2001:2:0:1::2\""),
+            3,
+            &["tunnel_source takes one address per family"],
+        );
+        rejects(
+            &tunnel6("\"::\""),
+            3,
+            &["tunnel_source :: is not a host address"],
+        );
+        // An IPv4 pool is not served by an IPv6 source.
+        let tunnel4 = pool_with(
+            "mode = \"tunnel\"\n",
+            "[[pool.backend]]\nname = \"web-1\"\naddr = \"198.18.1.11:80\"\n",
+        )
+        .replace(
+            HEAD,
+            &format!("{HEAD}tunnel_source = [\"2001:2:0:1::1\"]\n"),
+        );
+        rejects(&tunnel4, 7, &["no IPv4 tunnel_source"]);
+        // dsr's port rule holds for IPv6 pools too.
+        rejects(
+            &pool6_with("mode = \"dsr\"\n", V6_BACKEND),
+            4,
+            &["is dsr but backend \"web-1\" listens on another port"],
+        );
+    }
+
+    #[test]
+    fn subnets_of_both_families() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(same_subnet(
+            ip("198.18.1.11"),
+            ip("198.18.1.1"),
+            ip("255.255.255.0")
+        ));
+        assert!(!same_subnet(
+            ip("198.18.2.11"),
+            ip("198.18.1.1"),
+            ip("255.255.255.0")
+        ));
+        let m64 = ip("ffff:ffff:ffff:ffff::");
+        assert!(same_subnet(ip("2001:2:0:1::11"), ip("2001:2:0:1::1"), m64));
+        assert!(!same_subnet(ip("2001:2:0:2::11"), ip("2001:2:0:1::1"), m64));
+        assert!(!same_subnet(ip("198.18.1.11"), ip("2001:2:0:1::1"), m64));
+    }
+
+    /// The host check reads the interface's IPv6 addresses from the
+    /// kernel: loopback holds ::1/128 in any network namespace.
+    #[test]
+    fn dsr_backends_must_share_an_ipv6_subnet_with_an_interface() {
+        let cfg = |backend: &str| {
+            format!(
+                "[dataplane]\ninterfaces = [\"lo\"]\n[[pool]]\nname = \"web\"\nvip = \"[2001:2:0:2::10]:80\"\nmode = \"dsr\"\n[[pool.backend]]\nname = \"web-1\"\naddr = \"{backend}\"\n"
+            )
+        };
+        let on_lo = p(&cfg("[::1]:80")).unwrap();
+        check_interfaces_exist(&on_lo).unwrap();
+        let routed = p(&cfg("[2001:2:0:1::11]:80")).unwrap();
+        let err = check_interfaces_exist(&routed).unwrap_err().to_string();
+        assert!(
+            err.contains("backend \"web-1\" (2001:2:0:1::11) is on no segment of lo"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn ipv6_udp_example_parses() {
+        let c = p(include_str!("../../config/ipv6-udp.toml")).unwrap();
+        let by = |n: &str| c.pool(n).unwrap();
+        assert!(by("web6").vip.is_ipv6());
+        assert_eq!(by("web6").backends.len(), 3);
+        assert_eq!(
+            (by("dns").protocol, by("dns").flow_idle_ms),
+            (Protocol::Udp, 10_000)
+        );
+        assert_eq!(by("dns").health.kind, HealthKind::Udp);
+        assert_eq!(by("dns").health.payload.as_deref(), Some("ping"));
+        assert_eq!(
+            (by("quic6").mode, by("quic6").flow_idle_ms),
+            (Mode::Tunnel, DEFAULT_UDP_FLOW_IDLE_MS)
+        );
+        assert_eq!(by("quic6").health.port, Some(8443));
+        assert!(c.dataplane.tunnel_source_v6.is_some());
     }
 
     #[test]

@@ -27,9 +27,9 @@ use lb_common::{
     backend_ref,
     limits::{MAX_BACKENDS, MAX_VIPS},
     maps, ref_slot, rings_len, Addr6, BackendCounters, BackendMeta, FlowEntry, FlowKey, FlowKey6,
-    GlobalCounter, IfaceMeta, L4Addr, L4Addr6, Name, ReplyEntry, ReplyEntry6, VipCounters,
-    VipMeta, GENERATIONS, IFACE_SLOTS, IPPROTO_TCP, IPPROTO_UDP, LAYOUT_VERSION, NAMES_LEN,
-    NO_BACKEND, RING_SLOTS,
+    GlobalCounter, IfaceMeta, L4Addr, L4Addr6, Name, ReplyEntry, ReplyEntry6, VipCounters, VipMeta,
+    GENERATIONS, IFACE_SLOTS, IPPROTO_TCP, IPPROTO_UDP, LAYOUT_VERSION, NAMES_LEN, NO_BACKEND,
+    RING_SLOTS,
 };
 use thiserror::Error;
 
@@ -149,7 +149,10 @@ pub enum DataplaneError {
     #[error(
         "backend {backend} and VIP {vip} are of different address families (a pool is one family)"
     )]
-    FamilyMismatch { backend: SocketAddr, vip: SocketAddr },
+    FamilyMismatch {
+        backend: SocketAddr,
+        vip: SocketAddr,
+    },
     #[error("redirect map {map}: {source}")]
     TxPort {
         map: &'static str,
@@ -1852,6 +1855,48 @@ const _: () = assert!(NAMES_LEN == MAX_VIPS + MAX_BACKENDS);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_census_judges_each_protocol_by_its_own_rules() {
+        const S: u64 = 1_000_000_000;
+        let now = 1000 * S;
+        let idle = 30 * S;
+        let e = |flags: u16, age_s: u64| FlowEntry {
+            backend: backend_ref(7, 3),
+            vip_index: 0,
+            flags,
+            last_seen_ns: now - age_s * S,
+        };
+        let tcp = |entry, flow_idle_ms| judge_flow(&entry, IPPROTO_TCP, flow_idle_ms, now, idle);
+        let udp = |entry, flow_idle_ms| judge_flow(&entry, IPPROTO_UDP, flow_idle_ms, now, idle);
+        let acked = lb_common::FLOW_F_ACKED;
+        assert_eq!(tcp(e(acked, 1), 0), FlowVerdict::Established(7));
+        assert_eq!(tcp(e(0, 1), 0), FlowVerdict::HalfOpen(7));
+        assert_eq!(tcp(e(acked, 31), 0), FlowVerdict::Skip);
+        assert_eq!(
+            tcp(e(acked | lb_common::FLOW_F_CLOSING, 1), 0),
+            FlowVerdict::Skip
+        );
+        assert_eq!(tcp(e(lb_common::FLOW_F_RESET, 1), 0), FlowVerdict::Skip);
+        assert_eq!(tcp(e(lb_common::FLOW_F_RESET, 5), 0), FlowVerdict::Reap);
+        // A TCP pool may idle flows out too.
+        assert_eq!(tcp(e(acked, 20), 10_000), FlowVerdict::Reap);
+        // UDP: established from the first packet, no FIN to wait for; gone
+        // past idle + 1 s of clock resolution, not before.
+        assert_eq!(udp(e(0, 1), 30_000), FlowVerdict::Established(7));
+        assert_eq!(udp(e(0, 30), 30_000), FlowVerdict::Established(7));
+        assert_eq!(udp(e(0, 32), 30_000), FlowVerdict::Reap);
+        assert_eq!(udp(e(0, 6), 5_000), FlowVerdict::Established(7));
+        assert_eq!(udp(e(0, 7), 5_000), FlowVerdict::Reap);
+        // flow_idle_ms 0: never reaped, only left out of the count.
+        assert_eq!(udp(e(0, 300), 0), FlowVerdict::Skip);
+        // Stamped after `now` was read (another CPU's clock ticked): fresh.
+        let ahead = FlowEntry {
+            last_seen_ns: now + S / 100,
+            ..e(0, 0)
+        };
+        assert_eq!(udp(ahead, 5_000), FlowVerdict::Established(7));
+    }
 
     #[test]
     fn layout_differences_name_the_first_field_that_differs() {

@@ -619,6 +619,110 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(2));
     }
 
+    #[tokio::test]
+    async fn tcp_probe_over_ipv6() {
+        let l = TcpListener::bind("[::1]:0").await.unwrap();
+        assert!(TcpProbe.check(loopback(&l), SHORT).await.is_ok());
+        let closed = loopback(&l);
+        drop(l);
+        let err = TcpProbe.check(closed, SHORT).await.unwrap_err();
+        assert!(matches!(err, HealthError::Connect { .. }), "{err}");
+    }
+
+    /// A UDP service on `bind` that answers every datagram with its own
+    /// bytes reversed, and records what it got.
+    async fn udp_echo(bind: &str) -> (SocketAddr, Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+        let sock = UdpSocket::bind(bind).await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                log.lock().unwrap().push(buf[..n].to_vec());
+                let mut reply = buf[..n].to_vec();
+                reply.reverse();
+                let _ = sock.send_to(&reply, from).await;
+            }
+        });
+        (addr, seen)
+    }
+
+    fn udp(payload: &str) -> UdpProbe {
+        UdpProbe {
+            payload: payload.as_bytes().to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn udp_probe_answered_on_both_families() {
+        for bind in ["127.0.0.1:0", "[::1]:0"] {
+            let (addr, seen) = udp_echo(bind).await;
+            udp("ping").check(addr, SHORT).await.unwrap();
+            // An empty payload is a zero-length datagram, still answered.
+            udp("").check(addr, SHORT).await.unwrap();
+            assert_eq!(
+                *seen.lock().unwrap(),
+                vec![b"ping".to_vec(), vec![]],
+                "{bind}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn udp_probe_closed_port_is_refused_at_once() {
+        for bind in ["127.0.0.1:0", "[::1]:0"] {
+            // Bind, take the port, close: the host answers ICMP port
+            // unreachable, which the connected socket reports.
+            let closed = UdpSocket::bind(bind).await.unwrap().local_addr().unwrap();
+            let start = std::time::Instant::now();
+            let err = udp("ping").check(closed, SHORT).await.unwrap_err();
+            assert!(
+                matches!(err, HealthError::PortUnreachable { addr } if addr == closed),
+                "{bind}: {err}"
+            );
+            assert!(start.elapsed() < SHORT, "{bind}: refused, not timed out");
+        }
+    }
+
+    #[tokio::test]
+    async fn udp_probe_silence_is_a_timeout() {
+        // Bound (so no ICMP error) but never answering.
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let start = std::time::Instant::now();
+        let err = udp("ping")
+            .check(addr, Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                HealthError::Timeout {
+                    timeout_ms: 100,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(start.elapsed() >= Duration::from_millis(100));
+        let mut buf = [0u8; 16];
+        let (n, _) = silent.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"ping", "the probe reached the service");
+    }
+
+    #[tokio::test]
+    async fn probe_for_udp_sends_the_configured_payload() {
+        let (addr, seen) = udp_echo("127.0.0.1:0").await;
+        let spec = HealthConfig {
+            kind: HealthKind::Udp,
+            payload: Some("health?".into()),
+            ..HealthConfig::default()
+        };
+        probe_for(&spec).check(addr, SHORT).await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec![b"health?".to_vec()]);
+    }
+
     /// Never answers; used to show a stuck backend delays nobody else.
     struct Stuck;
     impl Probe for Stuck {

@@ -249,6 +249,7 @@ fn check_accepts_the_shipped_configs() {
     for (file, want) in [
         ("xdplb.toml", "ok: 1 pool, 4 backends"),
         ("minimal.toml", "ok: 1 pool, 2 backends"),
+        ("ipv6-udp.toml", "ok: 3 pools, 7 backends"),
     ] {
         let path = format!("{CONFIG_DIR}/{file}");
         let o = xdplb(&["check", "--config", &path]);

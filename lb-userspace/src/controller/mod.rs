@@ -48,8 +48,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     config::{
-        self, BackendConfig, Config, Endpoint, HealthConfig, OnDown, OnEmpty, PoolConfig,
-        Protocol, Role,
+        self, BackendConfig, Config, Endpoint, HealthConfig, OnDown, OnEmpty, PoolConfig, Protocol,
+        Role,
     },
     dataplane::{
         self, backend_name_index, AttachMode, BackendSlot, Dataplane, DataplaneError, Shape,

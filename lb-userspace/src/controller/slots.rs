@@ -180,7 +180,10 @@ impl<D: DataplaneOps> Controller<D> {
                 self.dp.remove_vip(addr)?;
             }
             // Its backends' replies were keyed with the old protocol.
-            let pool = self.config.pool(&name).expect("moved pools are in the config");
+            let pool = self
+                .config
+                .pool(&name)
+                .expect("moved pools are in the config");
             if pool.protocol != addr.protocol {
                 for b in &pool.backends {
                     let old = Endpoint {

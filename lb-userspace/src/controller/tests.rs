@@ -631,10 +631,7 @@ async fn a_pool_whose_vip_changes_moves_to_the_new_address() {
     // By reload, too.
     r.write_config(CONFIG);
     r.c.reload().unwrap();
-    assert!(!r
-        .fake()
-        .vips
-        .contains_key(&ep("198.18.2.20:80")));
+    assert!(!r.fake().vips.contains_key(&ep("198.18.2.20:80")));
     assert_eq!(r.fake().ring_members("198.18.2.10:80"), ["web-1", "web-2"]);
 }
 
@@ -1000,4 +997,146 @@ async fn unknown_drain_targets_are_refused() {
     r.pump(Duration::from_millis(100)).await;
     assert!(r.c.drain("web", "nope", true).unwrap_err().contains("nope"));
     assert!(r.c.drain("api", "web-1", true).unwrap_err().contains("api"));
+}
+
+/// An IPv6 UDP pool, probed over TCP on a side port.
+const CONFIG6: &str = r#"
+[dataplane]
+interfaces = ["lo"]
+ring_size = 1009
+
+[[pool]]
+name = "dns6"
+vip = "[2001:2:0:2::10]:53"
+protocol = "udp"
+flow_idle_ms = 5000
+  [pool.health]
+  interval_ms = 100
+  timeout_ms = 50
+  rise = 1
+  fall = 1
+  port = 8053
+  [[pool.backend]]
+  name = "dns6-1"
+  addr = "[2001:2:0:1::11]:53"
+  [[pool.backend]]
+  name = "dns6-2"
+  addr = "[2001:2:0:1::12]:53"
+"#;
+
+#[tokio::test(start_paused = true)]
+async fn an_ipv6_udp_pool_is_published_with_its_protocol_idle_time_and_probe_port() {
+    let probes = Arc::new(FakeProbes::default());
+    // Probes go to the health port: the service port's verdict is ignored.
+    probes.set("[2001:2:0:1::12]:53", true);
+    probes.set("[2001:2:0:1::12]:8053", false);
+    let mut r = rig_with(Fake::default(), probes, CONFIG6);
+    r.pump(Duration::from_millis(300)).await;
+    let vip = ep("[2001:2:0:2::10]:53/udp");
+    assert_eq!(r.fake().ring_members("[2001:2:0:2::10]:53/udp"), ["dns6-1"]);
+    assert_eq!(r.fake().idle[&vip], 5000);
+    assert_eq!(
+        r.fake().replies[&ep("[2001:2:0:1::11]:53/udp")],
+        vip.addr,
+        "replies keyed by the backend's UDP endpoint"
+    );
+    assert!(!r.fake().replies.contains_key(&ep("[2001:2:0:1::11]:53")));
+    let s = r.c.status();
+    assert_eq!(
+        (s.pools[0].vip.as_str(), s.pools[0].protocol.as_str()),
+        ("[2001:2:0:2::10]:53", "udp")
+    );
+    assert_eq!(s.pools[0].backends[0].addr, "[2001:2:0:1::11]:53");
+    assert_eq!(s.pools[0].backends[1].health, "down");
+
+    r.probes.set("[2001:2:0:1::12]:8053", true);
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(
+        r.fake().ring_members("[2001:2:0:2::10]:53/udp"),
+        ["dns6-1", "dns6-2"]
+    );
+
+    // A new idle time alone is republished.
+    r.write_config(CONFIG6.replace("flow_idle_ms = 5000", "flow_idle_ms = 9000"));
+    r.c.reload().unwrap();
+    r.pump(Duration::from_millis(50)).await;
+    assert_eq!(r.fake().idle[&vip], 9000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_that_changes_protocol_moves_its_vip_and_replies() {
+    let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), CONFIG6);
+    r.pump(Duration::from_millis(300)).await;
+    let udp = ep("[2001:2:0:2::10]:53/udp");
+    let tcp = ep("[2001:2:0:2::10]:53");
+    r.write_config(CONFIG6.replace("protocol = \"udp\"", "protocol = \"tcp\""));
+    r.c.reload().unwrap();
+    r.pump(Duration::from_millis(300)).await;
+    let f = r.fake();
+    assert!(f.ops.contains(&Op::RemoveVip(udp)));
+    assert!(!f.vips.contains_key(&udp));
+    assert_eq!(f.ring_members("[2001:2:0:2::10]:53"), ["dns6-1", "dns6-2"]);
+    assert_eq!(
+        f.idle[&tcp], 5000,
+        "an explicit idle time applies to tcp too"
+    );
+    // Each backend's replies are now keyed as TCP only.
+    for b in ["[2001:2:0:1::11]:53", "[2001:2:0:1::12]:53"] {
+        assert!(f.replies.contains_key(&ep(b)), "{b}");
+        assert!(!f.replies.contains_key(&ep(&format!("{b}/udp"))), "{b}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tcp_and_a_udp_pool_share_a_vip_and_a_backend_address() {
+    let both = format!(
+        "{CONFIG}\n{}",
+        r#"
+[[pool]]
+name = "web-udp"
+vip = "198.18.2.10:80"
+protocol = "udp"
+  [pool.health]
+  interval_ms = 100
+  timeout_ms = 50
+  [[pool.backend]]
+  name = "web-udp-1"
+  addr = "198.18.1.11:8080"
+"#
+    );
+    let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &both);
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(r.fake().ring_members("198.18.2.10:80"), ["web-1", "web-2"]);
+    assert_eq!(r.fake().ring_members("198.18.2.10:80/udp"), ["web-udp-1"]);
+    for e in ["198.18.1.11:8080", "198.18.1.11:8080/udp"] {
+        assert!(r.fake().replies.contains_key(&ep(e)), "{e}");
+    }
+    // The UDP pool goes: its VIP and its replies, not the TCP ones.
+    r.write_config(CONFIG);
+    r.c.reload().unwrap();
+    r.c.set_flows(HashMap::new());
+    r.pump(Duration::from_millis(300)).await;
+    let f = r.fake();
+    assert!(f.ops.contains(&Op::RemoveVip(ep("198.18.2.10:80/udp"))));
+    assert_eq!(f.ring_members("198.18.2.10:80"), ["web-1", "web-2"]);
+    assert!(f.replies.contains_key(&ep("198.18.1.11:8080")));
+    assert!(!f.replies.contains_key(&ep("198.18.1.11:8080/udp")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_adopts_an_ipv6_udp_vip_without_touching_it() {
+    let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), CONFIG6);
+    r.pump(Duration::from_millis(300)).await;
+    let ring = r.fake().vips[&ep("[2001:2:0:2::10]:53/udp")].clone();
+    let mut r = restart(r, CONFIG6);
+    r.pump(Duration::from_millis(300)).await;
+    let f = r.fake();
+    assert!(
+        !f.ops
+            .iter()
+            .any(|o| matches!(o, Op::RemoveVip(_) | Op::RemoveReply(_))),
+        "{:?}",
+        f.ops
+    );
+    assert_eq!(f.vips[&ep("[2001:2:0:2::10]:53/udp")], ring);
 }

@@ -122,6 +122,7 @@ fn run(
         Tuning {
             max_flow_inserts_per_sec: 0,
             tunnel_source_v4: Some("198.18.1.1".parse()?),
+            tunnel_source_v6: None,
         },
     )?;
     // The same maps under a program whose cap is 1 insert a second: the
@@ -140,7 +141,7 @@ fn run(
         dp.write_backend(&BackendSlot {
             slot: i,
             vip_index: 0,
-            addr,
+            addr: addr.into(),
             state: BACKEND_ACTIVE,
             flags: 0,
         })?;

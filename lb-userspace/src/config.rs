@@ -12,7 +12,7 @@
 //! [`check_interfaces_exist`] (which looks at `/sys/class/net`, and so runs at
 //! `xdplb run`, never at `xdplb check` on another host).
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -34,6 +34,16 @@ pub const MAX_WEIGHT: u32 = 1000;
 pub const FACTOR_SUM_TOLERANCE: f64 = 1e-6;
 /// `IFNAMSIZ - 1`: the kernel rejects longer interface names.
 const MAX_IFNAME_LEN: usize = 15;
+/// `flow_idle_ms` of a `udp` pool when unset: as IPVS's and Cilium's UDP
+/// timeouts, long enough for a DNS retry or a media stream's pauses.
+pub const DEFAULT_UDP_FLOW_IDLE_MS: u32 = 30_000;
+/// The shortest non-zero `flow_idle_ms`: a flow entry's clock is only
+/// rewritten once a second (`lb_common::limits::LAST_SEEN_RESOLUTION_NS`),
+/// so a shorter idle time could not be told from a live flow.
+pub const MIN_FLOW_IDLE_MS: u32 = 1000;
+/// The largest UDP health-check payload: what one IPv4 UDP datagram
+/// carries (65535 − 20 − 8).
+pub const MAX_UDP_PAYLOAD: usize = 65_507;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -64,7 +74,7 @@ pub enum ConfigError {
     DsrNotAttached {
         pool: String,
         backend: String,
-        addr: std::net::Ipv4Addr,
+        addr: IpAddr,
         ifaces: String,
     },
 }
@@ -79,11 +89,112 @@ pub enum XdpMode {
     Generic,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
     Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number the maps key endpoints with.
+    pub const fn ipproto(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::IPPROTO_TCP,
+            Protocol::Udp => lb_common::IPPROTO_UDP,
+        }
+    }
+
+    pub fn from_ipproto(p: u8) -> Option<Protocol> {
+        match p {
+            lb_common::IPPROTO_TCP => Some(Protocol::Tcp),
+            lb_common::IPPROTO_UDP => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+
+    /// `flow_idle_ms` when the pool does not say: a TCP flow ends with
+    /// FIN or RST (or LRU eviction), a UDP flow only by going quiet.
+    pub const fn default_flow_idle_ms(self) -> u32 {
+        match self {
+            Protocol::Tcp => 0,
+            Protocol::Udp => DEFAULT_UDP_FLOW_IDLE_MS,
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the maps key a VIP, or a backend's replies, by: an address of
+/// either family, its port, and the protocol (a TCP and a UDP service may
+/// share an address and port).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+}
+
+impl Endpoint {
+    pub fn tcp(addr: impl Into<SocketAddr>) -> Endpoint {
+        Endpoint {
+            addr: addr.into(),
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    pub fn udp(addr: impl Into<SocketAddr>) -> Endpoint {
+        Endpoint {
+            addr: addr.into(),
+            protocol: Protocol::Udp,
+        }
+    }
+}
+
+/// A bare address is a TCP endpoint (what every caller meant before UDP).
+impl From<SocketAddrV4> for Endpoint {
+    fn from(a: SocketAddrV4) -> Endpoint {
+        Endpoint::tcp(a)
+    }
+}
+
+impl From<SocketAddrV6> for Endpoint {
+    fn from(a: SocketAddrV6) -> Endpoint {
+        Endpoint::tcp(a)
+    }
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(a: SocketAddr) -> Endpoint {
+        Endpoint::tcp(a)
+    }
+}
+
+/// `198.18.2.10:53/udp`, `[2001:2:0:2::10]:80/tcp`.
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.protocol)
+    }
+}
+
+/// "IPv4" or "IPv6".
+fn family(a: IpAddr) -> &'static str {
+    if a.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -132,6 +243,8 @@ pub enum HealthKind {
     #[default]
     Tcp,
     Http,
+    /// Send `payload` on a connected UDP socket; any reply is success.
+    Udp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -181,8 +294,10 @@ pub struct DataplaneConfig {
     /// New flows recorded per second per CPU; above it they are balanced by
     /// the ring without a table entry. 0: no cap.
     pub max_flow_inserts_per_sec: u32,
-    /// Outer source of `tunnel` pools' IPIP packets (IPv4).
-    pub tunnel_source_v4: Option<std::net::Ipv4Addr>,
+    /// Outer source of IPv4 `tunnel` pools' IPIP packets.
+    pub tunnel_source_v4: Option<Ipv4Addr>,
+    /// Outer source of IPv6 `tunnel` pools' IPv6-in-IPv6 packets.
+    pub tunnel_source_v6: Option<Ipv6Addr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -222,8 +337,12 @@ pub const DEFAULT_HTTP_STATUS: u16 = 200;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PoolConfig {
     pub name: String,
-    pub vip: SocketAddrV4,
+    /// Either family; every backend has the same one.
+    pub vip: SocketAddr,
     pub protocol: Protocol,
+    /// A flow with no packet for this long is forgotten (0: never; TCP
+    /// flows end with FIN/RST or LRU eviction). Whole seconds matter only.
+    pub flow_idle_ms: u32,
     pub mode: Mode,
     pub min_active: u32,
     pub on_empty: OnEmpty,
@@ -244,6 +363,22 @@ impl PoolConfig {
         self.slow_start_ms
             .or(self.load.as_ref().map(|l| l.slow_start_ms))
             .unwrap_or(0)
+    }
+
+    /// The VIP as the maps key it.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            addr: self.vip,
+            protocol: self.protocol,
+        }
+    }
+
+    /// A backend's service address as the reply map keys it.
+    pub fn backend_endpoint(&self, b: &BackendConfig) -> Endpoint {
+        Endpoint {
+            addr: b.addr,
+            protocol: self.protocol,
+        }
     }
 
     pub fn backend(&self, name: &str) -> Option<&BackendConfig> {
@@ -270,7 +405,8 @@ impl Config {
 }
 
 /// For `kind = "http"`, `path` and `expect_status` are always `Some` after
-/// parsing (defaults filled in); for `kind = "tcp"` they are `None`.
+/// parsing (defaults filled in), otherwise `None`; likewise `payload` for
+/// `kind = "udp"`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HealthConfig {
     pub kind: HealthKind,
@@ -280,6 +416,21 @@ pub struct HealthConfig {
     pub fall: u32,
     pub path: Option<String>,
     pub expect_status: Option<u16>,
+    /// Probe this port instead of the backend's (any kind): a UDP service
+    /// is often checked over TCP or HTTP on a side port.
+    pub port: Option<u16>,
+    /// What a `udp` probe sends (may be empty: a zero-length datagram).
+    pub payload: Option<String>,
+}
+
+impl HealthConfig {
+    /// Where a backend at `addr` is probed: its address, on `port` if set.
+    pub fn target(&self, addr: SocketAddr) -> SocketAddr {
+        match self.port {
+            Some(p) => SocketAddr::new(addr.ip(), p),
+            None => addr,
+        }
+    }
 }
 
 impl Default for HealthConfig {
@@ -292,6 +443,8 @@ impl Default for HealthConfig {
             fall: 3,
             path: None,
             expect_status: None,
+            port: None,
+            payload: None,
         }
     }
 }
@@ -356,7 +509,7 @@ impl Default for LoadConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct BackendConfig {
     pub name: String,
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     pub weight: u32,
     pub role: Role,
 }
@@ -410,8 +563,9 @@ mod raw {
     #[serde(deny_unknown_fields)]
     pub struct Pool {
         pub name: Spanned<String>,
-        pub vip: Spanned<SocketAddrV4>,
+        pub vip: Spanned<SocketAddr>,
         pub protocol: Option<Protocol>,
+        pub flow_idle_ms: Option<Spanned<u32>>,
         pub mode: Option<Spanned<Mode>>,
         pub min_active: Option<Spanned<u32>>,
         /// A string checked by [`super::on_empty`], so an unknown value or a
@@ -435,6 +589,8 @@ mod raw {
         pub fall: Option<Spanned<u32>>,
         pub path: Option<Spanned<String>>,
         pub expect_status: Option<Spanned<u16>>,
+        pub port: Option<Spanned<u16>>,
+        pub payload: Option<Spanned<String>>,
     }
 
     #[derive(Deserialize)]
@@ -454,7 +610,7 @@ mod raw {
     #[serde(deny_unknown_fields)]
     pub struct Backend {
         pub name: Spanned<String>,
-        pub addr: Spanned<SocketAddrV4>,
+        pub addr: Spanned<SocketAddr>,
         pub weight: Option<Spanned<u32>>,
         pub role: Option<Role>,
     }
@@ -519,7 +675,8 @@ pub fn check_host_if_gateway(cfg: &Config) -> Result<(), ConfigError> {
 }
 
 /// Every `dsr` backend shares a subnet with one of the configured
-/// interfaces (its IPv4 addresses and prefixes, read from the kernel).
+/// interfaces (their IPv4 and IPv6 addresses and prefixes, read from the
+/// kernel).
 fn check_dsr_attached(cfg: &Config) -> Result<(), ConfigError> {
     if cfg.pools.iter().all(|p| p.mode != Mode::Dsr) {
         return Ok(());
@@ -527,12 +684,12 @@ fn check_dsr_attached(cfg: &Config) -> Result<(), ConfigError> {
     let nets = interface_subnets(&cfg.dataplane.interfaces);
     for pool in cfg.pools.iter().filter(|p| p.mode == Mode::Dsr) {
         for b in &pool.backends {
-            let a = u32::from(*b.addr.ip());
-            if !nets.iter().any(|&(net, mask)| a & mask == net & mask) {
+            let a = b.addr.ip();
+            if !nets.iter().any(|&(net, mask)| same_subnet(a, net, mask)) {
                 return Err(ConfigError::DsrNotAttached {
                     pool: pool.name.clone(),
                     backend: b.name.clone(),
-                    addr: *b.addr.ip(),
+                    addr: a,
                     ifaces: cfg.dataplane.interfaces.join(", "),
                 });
             }
@@ -541,8 +698,24 @@ fn check_dsr_attached(cfg: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// (address, netmask) of each IPv4 address on `ifaces`, host order.
-fn interface_subnets(ifaces: &[String]) -> Vec<(u32, u32)> {
+/// Whether `a` is on the subnet of interface address `net` with netmask
+/// `mask` (all three of one family; a mixed pair never matches).
+fn same_subnet(a: IpAddr, net: IpAddr, mask: IpAddr) -> bool {
+    match (a, net, mask) {
+        (IpAddr::V4(a), IpAddr::V4(n), IpAddr::V4(m)) => {
+            let (a, n, m) = (u32::from(a), u32::from(n), u32::from(m));
+            a & m == n & m
+        }
+        (IpAddr::V6(a), IpAddr::V6(n), IpAddr::V6(m)) => {
+            let (a, n, m) = (u128::from(a), u128::from(n), u128::from(m));
+            a & m == n & m
+        }
+        _ => false,
+    }
+}
+
+/// (address, netmask) of each IPv4 and IPv6 address on `ifaces`.
+fn interface_subnets(ifaces: &[String]) -> Vec<(IpAddr, IpAddr)> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
@@ -552,22 +725,32 @@ fn interface_subnets(ifaces: &[String]) -> Vec<(u32, u32)> {
     let mut cur = head;
     while !cur.is_null() {
         // SAFETY: a node of the list getifaddrs returned; its name is a C
-        // string; a non-null AF_INET sockaddr is a sockaddr_in.
+        // string; a non-null sockaddr of family AF_INET is a sockaddr_in,
+        // of AF_INET6 a sockaddr_in6, and its netmask has the same family.
         unsafe {
             let ifa = &*cur;
             let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy();
             if !ifa.ifa_addr.is_null()
                 && !ifa.ifa_netmask.is_null()
-                && (*ifa.ifa_addr).sa_family as i32 == libc::AF_INET
                 && ifaces.iter().any(|i| *i == name)
             {
-                let addr = (*(ifa.ifa_addr as *const libc::sockaddr_in))
-                    .sin_addr
-                    .s_addr;
-                let mask = (*(ifa.ifa_netmask as *const libc::sockaddr_in))
-                    .sin_addr
-                    .s_addr;
-                out.push((u32::from_be(addr), u32::from_be(mask)));
+                match (*ifa.ifa_addr).sa_family as i32 {
+                    libc::AF_INET => {
+                        let v4 = |sa: *const libc::sockaddr| {
+                            let raw = (*(sa as *const libc::sockaddr_in)).sin_addr.s_addr;
+                            IpAddr::V4(Ipv4Addr::from(u32::from_be(raw)))
+                        };
+                        out.push((v4(ifa.ifa_addr), v4(ifa.ifa_netmask)));
+                    }
+                    libc::AF_INET6 => {
+                        let v6 = |sa: *const libc::sockaddr| {
+                            let raw = (*(sa as *const libc::sockaddr_in6)).sin6_addr.s6_addr;
+                            IpAddr::V6(Ipv6Addr::from(raw))
+                        };
+                        out.push((v6(ifa.ifa_addr), v6(ifa.ifa_netmask)));
+                    }
+                    _ => {}
+                }
             }
             cur = ifa.ifa_next;
         }
@@ -669,7 +852,7 @@ fn convert(src: &Source, raw: raw::Config) -> Result<Config, ConfigError> {
     let mut pools: Vec<PoolConfig> = Vec::with_capacity(raw.pool.len());
     let mut pool_spans: Vec<(Range<usize>, Range<usize>)> = Vec::new();
     let mut total_backends = 0usize;
-    let mut backend_addrs: std::collections::HashMap<SocketAddrV4, (String, usize)> =
+    let mut backend_addrs: std::collections::HashMap<(SocketAddr, Protocol), (String, usize)> =
         std::collections::HashMap::new();
     for rp in raw.pool {
         let name_span = rp.name.span();
@@ -684,22 +867,27 @@ fn convert(src: &Source, raw: raw::Config) -> Result<Config, ConfigError> {
                 ),
             ));
         }
-        if let Some(i) = pools.iter().position(|p| p.vip == *rp.vip.get_ref()) {
+        let protocol = rp.protocol.unwrap_or_default();
+        if let Some(i) = pools
+            .iter()
+            .position(|p| p.vip == *rp.vip.get_ref() && p.protocol == protocol)
+        {
             return Err(src.err(
                 vip_span.clone(),
                 format!(
-                    "duplicate vip {} (also used by pool {:?} at line {})",
+                    "duplicate vip {} ({protocol}; also used by pool {:?} at line {})",
                     rp.vip.get_ref(),
                     pools[i].name,
                     src.line(&pool_spans[i].1)
                 ),
             ));
         }
-        // The data plane recognises a backend's replies by its address
-        // alone (lb_common::ReplyEntry), so one address serves one pool.
+        // The data plane recognises a backend's replies by its address,
+        // port and protocol alone (lb_common::ReplyEntry), so one such
+        // endpoint serves one pool.
         for rb in &rp.backend {
             let addr = *rb.addr.get_ref();
-            if let Some((pool, line)) = backend_addrs.get(&addr) {
+            if let Some((pool, line)) = backend_addrs.get(&(addr, protocol)) {
                 return Err(src.err(
                     rb.addr.span(),
                     format!(
@@ -708,7 +896,10 @@ fn convert(src: &Source, raw: raw::Config) -> Result<Config, ConfigError> {
                     ),
                 ));
             }
-            backend_addrs.insert(addr, (rp.name.get_ref().clone(), src.line(&rb.addr.span())));
+            backend_addrs.insert(
+                (addr, protocol),
+                (rp.name.get_ref().clone(), src.line(&rb.addr.span())),
+            );
         }
         total_backends += rp.backend.len();
         if total_backends > MAX_BACKENDS as usize {
@@ -717,7 +908,7 @@ fn convert(src: &Source, raw: raw::Config) -> Result<Config, ConfigError> {
                 format!("too many backends: more than {MAX_BACKENDS} across all pools (the data plane's limit)"),
             ));
         }
-        let pool = convert_pool(src, rp, dataplane.0.tunnel_source_v4)?;
+        let pool = convert_pool(src, rp, &dataplane.0)?;
         pools.push(pool);
         pool_spans.push((name_span, vip_span));
     }
@@ -840,17 +1031,17 @@ fn convert_dataplane(
         None => DEFAULT_RING_SIZE,
     };
     let mut tunnel_source_v4 = None;
+    let mut tunnel_source_v6 = None;
     if let Some(ts) = &d.tunnel_source {
-        let mut v6 = false;
         for a in ts.get_ref() {
             let dup = match a {
-                std::net::IpAddr::V4(a) => tunnel_source_v4.replace(*a).is_some(),
-                std::net::IpAddr::V6(_) => std::mem::replace(&mut v6, true),
+                IpAddr::V4(a) => tunnel_source_v4.replace(*a).is_some(),
+                IpAddr::V6(a) => tunnel_source_v6.replace(*a).is_some(),
             };
             if dup {
                 return Err(src.err(ts.span(), "tunnel_source takes one address per family"));
             }
-            if a.is_unspecified() {
+            if a.is_unspecified() || a.is_multicast() || is_v4_mapped(*a) {
                 return Err(src.err(
                     ts.span(),
                     format!("tunnel_source {a} is not a host address"),
@@ -872,6 +1063,7 @@ fn convert_dataplane(
                 .max_flow_inserts_per_sec
                 .unwrap_or(lb_common::limits::DEFAULT_MAX_FLOW_INSERTS_PER_SEC),
             tunnel_source_v4,
+            tunnel_source_v6,
         },
         d.ring_size.as_ref().map(|s| s.span()),
     ))
@@ -906,10 +1098,30 @@ fn convert_control(src: &Source, raw: Option<raw::Control>) -> Result<ControlCon
     Ok(out)
 }
 
+/// An IPv4 address written as IPv6 (`::ffff:198.18.1.1`): the data plane
+/// would never see such a packet, its IPv4 form is meant.
+fn is_v4_mapped(a: IpAddr) -> bool {
+    matches!(a, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some())
+}
+
+/// What is wrong with `addr` as a VIP or backend address, if anything.
+fn bad_endpoint(addr: SocketAddr) -> Option<&'static str> {
+    let ip = addr.ip();
+    if ip.is_unspecified() || addr.port() == 0 {
+        Some("needs a specific address and a non-zero port")
+    } else if ip.is_multicast() {
+        Some("is a multicast address")
+    } else if is_v4_mapped(ip) {
+        Some("is an IPv4-mapped IPv6 address (write the IPv4 address)")
+    } else {
+        None
+    }
+}
+
 fn convert_pool(
     src: &Source,
     rp: raw::Pool,
-    tunnel_source_v4: Option<std::net::Ipv4Addr>,
+    dataplane: &DataplaneConfig,
 ) -> Result<PoolConfig, ConfigError> {
     let name_span = rp.name.span();
     let name = rp.name.into_inner();
@@ -923,12 +1135,24 @@ fn convert_pool(
         ));
     }
     let vip = *rp.vip.get_ref();
-    if vip.ip().is_unspecified() || vip.port() == 0 {
-        return Err(src.err(
-            rp.vip.span(),
-            format!("vip {vip} needs a specific address and a non-zero port"),
-        ));
+    if let Some(why) = bad_endpoint(vip) {
+        return Err(src.err(rp.vip.span(), format!("vip {vip} {why}")));
     }
+    let protocol = rp.protocol.unwrap_or_default();
+    let flow_idle_ms = match &rp.flow_idle_ms {
+        Some(v) if (1..MIN_FLOW_IDLE_MS).contains(v.get_ref()) => {
+            return Err(src.err(
+                v.span(),
+                format!(
+                    "flow_idle_ms {} is below {MIN_FLOW_IDLE_MS}: the flow table's clock has \
+                     1 s resolution (0 = flows never idle out)",
+                    v.get_ref()
+                ),
+            ))
+        }
+        Some(v) => *v.get_ref(),
+        None => protocol.default_flow_idle_ms(),
+    };
     let mode = rp.mode.as_ref().map_or(Mode::Nat, |m| *m.get_ref());
 
     if rp.backend.is_empty() {
@@ -957,10 +1181,18 @@ fn convert_pool(
             ));
         }
         let addr = *rb.addr.get_ref();
-        if addr.ip().is_unspecified() || addr.port() == 0 {
+        if let Some(why) = bad_endpoint(addr) {
+            return Err(src.err(rb.addr.span(), format!("backend addr {addr} {why}")));
+        }
+        if addr.is_ipv4() != vip.is_ipv4() {
             return Err(src.err(
                 rb.addr.span(),
-                format!("backend addr {addr} needs a specific address and a non-zero port"),
+                format!(
+                    "backend {bname:?} is {} ({addr}) but pool {name:?} is {} (vip {vip}): \
+                     a pool is one address family",
+                    family(addr.ip()),
+                    family(vip.ip())
+                ),
             ));
         }
         let weight = match &rb.weight {
@@ -1009,7 +1241,8 @@ fn convert_pool(
     let pool = PoolConfig {
         name,
         vip,
-        protocol: rp.protocol.unwrap_or_default(),
+        protocol,
+        flow_idle_ms,
         mode,
         min_active,
         on_empty: on_empty(src, rp.on_empty.as_ref())?,
@@ -1036,13 +1269,18 @@ fn convert_pool(
             ));
         }
     }
-    if pool.mode == Mode::Tunnel && tunnel_source_v4.is_none() {
+    let has_source = match pool.vip {
+        SocketAddr::V4(_) => dataplane.tunnel_source_v4.is_some(),
+        SocketAddr::V6(_) => dataplane.tunnel_source_v6.is_some(),
+    };
+    if pool.mode == Mode::Tunnel && !has_source {
         let span = rp.mode.as_ref().map_or(name_span, |m| m.span());
         return Err(src.err(
             span,
             format!(
-                "pool {:?} is tunnel but [dataplane] has no IPv4 tunnel_source (the outer source address, one of this host's)",
-                pool.name
+                "pool {:?} is tunnel but [dataplane] has no {} tunnel_source (the outer source address, one of this host's)",
+                pool.name,
+                family(pool.vip.ip())
             ),
         ));
     }
@@ -1103,14 +1341,43 @@ fn convert_health(
             ),
         ));
     }
+    if let Some(p) = &r.port {
+        if *p.get_ref() == 0 {
+            return Err(src.err(p.span(), "health port must not be 0"));
+        }
+        h.port = Some(*p.get_ref());
+    }
+    if h.kind != HealthKind::Http {
+        if let Some(p) = &r.path {
+            return Err(src.err(p.span(), "path applies only to kind = \"http\""));
+        }
+        if let Some(s) = &r.expect_status {
+            return Err(src.err(s.span(), "expect_status applies only to kind = \"http\""));
+        }
+    }
+    if h.kind != HealthKind::Udp {
+        if let Some(p) = &r.payload {
+            return Err(src.err(p.span(), "payload applies only to kind = \"udp\""));
+        }
+    }
     match h.kind {
-        HealthKind::Tcp => {
-            if let Some(p) = &r.path {
-                return Err(src.err(p.span(), "path applies only to kind = \"http\""));
+        HealthKind::Tcp => {}
+        HealthKind::Udp => {
+            let payload = r
+                .payload
+                .as_ref()
+                .map_or(String::new(), |p| p.get_ref().clone());
+            if payload.len() > MAX_UDP_PAYLOAD {
+                let span = r.payload.as_ref().map_or(pool_span.clone(), |p| p.span());
+                return Err(src.err(
+                    span,
+                    format!(
+                        "payload is {} bytes; a UDP datagram carries at most {MAX_UDP_PAYLOAD}",
+                        payload.len()
+                    ),
+                ));
             }
-            if let Some(s) = &r.expect_status {
-                return Err(src.err(s.span(), "expect_status applies only to kind = \"http\""));
-            }
+            h.payload = Some(payload);
         }
         HealthKind::Http => {
             let path = match &r.path {
@@ -1290,9 +1557,12 @@ mod tests {
                 rise: 2,
                 fall: 3,
                 path: None,
-                expect_status: None
+                expect_status: None,
+                port: None,
+                payload: None,
             }
         );
+        assert_eq!(pool.flow_idle_ms, 0);
         assert_eq!(pool.load, Some(LoadConfig::default()));
         assert_eq!(pool.backends.len(), 4);
         assert_eq!(pool.primaries().count(), 3);
@@ -1410,7 +1680,11 @@ mod tests {
             8,
             &["invalid"],
         );
-        rejects(&pool_with("protocol = \"udp\"\n", ONE_BACKEND), 6, &["udp"]);
+        rejects(
+            &pool_with("protocol = \"sctp\"\n", ONE_BACKEND),
+            6,
+            &["sctp"],
+        );
         rejects(
             "[dataplane]\ninterfaces = [\"eth0\"]\nxdp_mode = \"turbo\"\n",
             3,
@@ -1513,6 +1787,300 @@ vip = "198.18.2.11:80"
             5,
             &["is tunnel but backend \"web-1\" listens on another port"],
         );
+    }
+
+    const V6_BACKEND: &str =
+        "[[pool.backend]]\nname = \"web-1\"\naddr = \"[2001:2:0:1::11]:8080\"\n";
+
+    fn pool6_with(extra_pool: &str, backends: &str) -> String {
+        format!(
+            "{HEAD}[[pool]]\nname = \"web\"\nvip = \"[2001:2:0:2::10]:80\"\n{extra_pool}{backends}"
+        )
+    }
+
+    #[test]
+    fn ipv6_pools_parse() {
+        let c = p(&pool6_with("", V6_BACKEND)).unwrap();
+        let pool = &c.pools[0];
+        assert_eq!(pool.vip, "[2001:2:0:2::10]:80".parse().unwrap());
+        assert_eq!(
+            pool.backends[0].addr,
+            "[2001:2:0:1::11]:8080".parse().unwrap()
+        );
+        assert_eq!(pool.endpoint().to_string(), "[2001:2:0:2::10]:80/tcp");
+        assert_eq!(
+            pool.backend_endpoint(&pool.backends[0]),
+            Endpoint::tcp("[2001:2:0:1::11]:8080".parse::<SocketAddr>().unwrap())
+        );
+        rejects(
+            &pool6_with("", V6_BACKEND).replace("[2001:2:0:1::11]:8080", "[2001:2:0:1::11]"),
+            8,
+            &["invalid socket address"],
+        );
+    }
+
+    #[test]
+    fn a_pool_is_one_family() {
+        rejects(
+            &pool6_with("", ONE_BACKEND),
+            8,
+            &[
+                "backend \"web-1\" is IPv4 (198.18.1.11:8080) but pool \"web\" is IPv6",
+                "one address family",
+            ],
+        );
+        rejects(
+            &pool_with("", V6_BACKEND),
+            8,
+            &[
+                "backend \"web-1\" is IPv6",
+                "pool \"web\" is IPv4 (vip 198.18.2.10:80)",
+            ],
+        );
+        // The second backend is the odd one out: its line is named.
+        rejects(
+            &pool_with(
+                "",
+                &format!("{ONE_BACKEND}[[pool.backend]]\nname = \"web-2\"\naddr = \"[2001:2:0:1::12]:8080\"\n"),
+            ),
+            11,
+            &["backend \"web-2\" is IPv6"],
+        );
+        rejects(
+            &pool6_with("", V6_BACKEND).replace("[2001:2:0:1::11]", "[::ffff:198.18.1.11]"),
+            8,
+            &["IPv4-mapped"],
+        );
+        rejects(
+            &pool6_with("", V6_BACKEND).replace("[2001:2:0:2::10]", "[ff02::1]"),
+            5,
+            &["vip [ff02::1]:80 is a multicast address"],
+        );
+        rejects(
+            &pool6_with("", V6_BACKEND).replace("[2001:2:0:2::10]", "[::]"),
+            5,
+            &["needs a specific address"],
+        );
+    }
+
+    #[test]
+    fn udp_pools_and_flow_idle() {
+        let c = p(&pool_with("protocol = \"udp\"\n", ONE_BACKEND)).unwrap();
+        assert_eq!(c.pools[0].protocol, Protocol::Udp);
+        assert_eq!(c.pools[0].flow_idle_ms, DEFAULT_UDP_FLOW_IDLE_MS);
+        assert_eq!(c.pools[0].endpoint().to_string(), "198.18.2.10:80/udp");
+        assert_eq!(
+            c.pools[0].endpoint().protocol.ipproto(),
+            lb_common::IPPROTO_UDP
+        );
+        assert_eq!(
+            p(&pool_with("", ONE_BACKEND)).unwrap().pools[0].flow_idle_ms,
+            0
+        );
+        let idle = |proto: &str, v: &str| {
+            pool_with(
+                &format!("protocol = \"{proto}\"\nflow_idle_ms = {v}\n"),
+                ONE_BACKEND,
+            )
+        };
+        assert_eq!(p(&idle("udp", "0")).unwrap().pools[0].flow_idle_ms, 0);
+        assert_eq!(p(&idle("udp", "1000")).unwrap().pools[0].flow_idle_ms, 1000);
+        assert_eq!(
+            p(&idle("tcp", "900000")).unwrap().pools[0].flow_idle_ms,
+            900_000
+        );
+        for v in ["1", "999"] {
+            rejects(
+                &idle("udp", v),
+                7,
+                &[&format!("flow_idle_ms {v} is below 1000"), "1 s resolution"],
+            );
+        }
+        rejects(&idle("udp", "-5"), 7, &["-5", "expected u32"]);
+        // A reload must see the idle time change.
+        assert_ne!(
+            p(&idle("udp", "1000")).unwrap(),
+            p(&idle("udp", "2000")).unwrap()
+        );
+    }
+
+    #[test]
+    fn tcp_and_udp_share_a_vip_and_a_backend_but_not_twice() {
+        let second = |name: &str, proto: &str| {
+            format!(
+                "[[pool]]\nname = \"{name}\"\nvip = \"198.18.2.10:80\"\nprotocol = \"{proto}\"\n{}",
+                ONE_BACKEND.replace("web-1", &format!("{name}-1"))
+            )
+        };
+        let base = pool_with("", ONE_BACKEND);
+        let c = p(&format!("{base}{}", second("dns", "udp"))).unwrap();
+        assert_eq!(c.pools[1].endpoint(), Endpoint::udp(c.pools[0].vip));
+        assert_eq!(c.pools[1].backends[0].addr, c.pools[0].backends[0].addr);
+        rejects(
+            &format!("{base}{}", second("api", "tcp")),
+            11,
+            &["duplicate vip 198.18.2.10:80 (tcp; also used by pool \"web\""],
+        );
+        let c = p(&format!(
+            "{}{}",
+            pool_with("protocol = \"udp\"\n", ONE_BACKEND),
+            second("dns", "tcp")
+        ))
+        .unwrap();
+        assert_eq!(c.pools.len(), 2);
+    }
+
+    #[test]
+    fn udp_health_and_the_port_override() {
+        let h = |body: &str| pool_with(&format!("[pool.health]\n{body}"), ONE_BACKEND);
+        let c = p(&h("kind = \"udp\"\npayload = \"ping\"\n")).unwrap();
+        let health = &c.pools[0].health;
+        assert_eq!(health.kind, HealthKind::Udp);
+        assert_eq!(health.payload.as_deref(), Some("ping"));
+        assert_eq!((health.path.as_ref(), health.port), (None, None));
+        let addr: SocketAddr = "198.18.1.11:8080".parse().unwrap();
+        assert_eq!(health.target(addr), addr);
+        // No payload: an empty datagram.
+        let c = p(&h("kind = \"udp\"\n")).unwrap();
+        assert_eq!(c.pools[0].health.payload.as_deref(), Some(""));
+        rejects(
+            &h("payload = \"ping\"\n"),
+            7,
+            &["payload applies only to kind = \"udp\""],
+        );
+        rejects(
+            &h("kind = \"http\"\npayload = \"ping\"\n"),
+            8,
+            &["payload applies only to kind = \"udp\""],
+        );
+        rejects(
+            &h("kind = \"udp\"\npath = \"/x\"\n"),
+            8,
+            &["path applies only to kind = \"http\""],
+        );
+        let big = "x".repeat(MAX_UDP_PAYLOAD + 1);
+        rejects(
+            &h(&format!("kind = \"udp\"\npayload = \"{big}\"\n")),
+            8,
+            &["a UDP datagram carries at most 65507"],
+        );
+        for kind in ["tcp", "http", "udp"] {
+            let c = p(&h(&format!("kind = \"{kind}\"\nport = 8081\n"))).unwrap();
+            let health = &c.pools[0].health;
+            assert_eq!(health.port, Some(8081), "{kind}");
+            assert_eq!(health.target(addr), "198.18.1.11:8081".parse().unwrap());
+            let v6: SocketAddr = "[2001:2:0:1::11]:53".parse().unwrap();
+            assert_eq!(health.target(v6), "[2001:2:0:1::11]:8081".parse().unwrap());
+        }
+        rejects(&h("port = 0\n"), 7, &["health port must not be 0"]);
+        rejects(&h("port = 70000\n"), 7, &["70000", "expected u16"]);
+    }
+
+    #[test]
+    fn tunnel_sources_per_family() {
+        const PORT_80: &str =
+            "[[pool.backend]]\nname = \"web-1\"\naddr = \"[2001:2:0:1::11]:80\"\n";
+        let tunnel6 = |sources: &str| {
+            pool6_with("mode = \"tunnel\"\n", PORT_80)
+                .replace(HEAD, &format!("{HEAD}tunnel_source = [{sources}]\n"))
+        };
+        rejects(
+            &tunnel6("\"198.18.1.1\""),
+            7,
+            &["is tunnel but [dataplane] has no IPv6 tunnel_source"],
+        );
+        let c = p(&tunnel6("\"198.18.1.1\", \"2001:2:0:1::1\"")).unwrap();
+        assert_eq!(
+            (c.dataplane.tunnel_source_v4, c.dataplane.tunnel_source_v6),
+            (
+                Some("198.18.1.1".parse().unwrap()),
+                Some("2001:2:0:1::1".parse().unwrap())
+            )
+        );
+        rejects(
+            &tunnel6("\"2001:2:0:1::1\", \"2001:2:0:1::2\""),
+            3,
+            &["tunnel_source takes one address per family"],
+        );
+        rejects(
+            &tunnel6("\"::\""),
+            3,
+            &["tunnel_source :: is not a host address"],
+        );
+        // An IPv4 pool is not served by an IPv6 source.
+        let tunnel4 = pool_with(
+            "mode = \"tunnel\"\n",
+            "[[pool.backend]]\nname = \"web-1\"\naddr = \"198.18.1.11:80\"\n",
+        )
+        .replace(
+            HEAD,
+            &format!("{HEAD}tunnel_source = [\"2001:2:0:1::1\"]\n"),
+        );
+        rejects(&tunnel4, 7, &["no IPv4 tunnel_source"]);
+        // dsr's port rule holds for IPv6 pools too.
+        rejects(
+            &pool6_with("mode = \"dsr\"\n", V6_BACKEND),
+            4,
+            &["is dsr but backend \"web-1\" listens on another port"],
+        );
+    }
+
+    #[test]
+    fn subnets_of_both_families() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(same_subnet(
+            ip("198.18.1.11"),
+            ip("198.18.1.1"),
+            ip("255.255.255.0")
+        ));
+        assert!(!same_subnet(
+            ip("198.18.2.11"),
+            ip("198.18.1.1"),
+            ip("255.255.255.0")
+        ));
+        let m64 = ip("ffff:ffff:ffff:ffff::");
+        assert!(same_subnet(ip("2001:2:0:1::11"), ip("2001:2:0:1::1"), m64));
+        assert!(!same_subnet(ip("2001:2:0:2::11"), ip("2001:2:0:1::1"), m64));
+        assert!(!same_subnet(ip("198.18.1.11"), ip("2001:2:0:1::1"), m64));
+    }
+
+    /// The host check reads the interface's IPv6 addresses from the
+    /// kernel: loopback holds ::1/128 in any network namespace.
+    #[test]
+    fn dsr_backends_must_share_an_ipv6_subnet_with_an_interface() {
+        let cfg = |backend: &str| {
+            format!(
+                "[dataplane]\ninterfaces = [\"lo\"]\n[[pool]]\nname = \"web\"\nvip = \"[2001:2:0:2::10]:80\"\nmode = \"dsr\"\n[[pool.backend]]\nname = \"web-1\"\naddr = \"{backend}\"\n"
+            )
+        };
+        let on_lo = p(&cfg("[::1]:80")).unwrap();
+        check_interfaces_exist(&on_lo).unwrap();
+        let routed = p(&cfg("[2001:2:0:1::11]:80")).unwrap();
+        let err = check_interfaces_exist(&routed).unwrap_err().to_string();
+        assert!(
+            err.contains("backend \"web-1\" (2001:2:0:1::11) is on no segment of lo"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn ipv6_udp_example_parses() {
+        let c = p(include_str!("../../config/ipv6-udp.toml")).unwrap();
+        let by = |n: &str| c.pool(n).unwrap();
+        assert!(by("web6").vip.is_ipv6());
+        assert_eq!(by("web6").backends.len(), 3);
+        assert_eq!(
+            (by("dns").protocol, by("dns").flow_idle_ms),
+            (Protocol::Udp, 10_000)
+        );
+        assert_eq!(by("dns").health.kind, HealthKind::Udp);
+        assert_eq!(by("dns").health.payload.as_deref(), Some("ping"));
+        assert_eq!(
+            (by("quic6").mode, by("quic6").flow_idle_ms),
+            (Mode::Tunnel, DEFAULT_UDP_FLOW_IDLE_MS)
+        );
+        assert_eq!(by("quic6").health.port, Some(8443));
+        assert!(c.dataplane.tunnel_source_v6.is_some());
     }
 
     #[test]

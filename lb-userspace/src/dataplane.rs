@@ -14,7 +14,7 @@
 use std::{
     collections::HashMap as StdHashMap,
     fs,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     path::{Path, PathBuf},
 };
 
@@ -26,13 +26,16 @@ use aya::{
 use lb_common::{
     backend_ref,
     limits::{MAX_BACKENDS, MAX_VIPS},
-    maps, ref_slot, rings_len, BackendCounters, BackendMeta, FlowEntry, FlowKey, GlobalCounter,
-    IfaceMeta, L4Addr, Name, ReplyEntry, VipCounters, VipMeta, GENERATIONS, IFACE_SLOTS,
-    IPPROTO_TCP, LAYOUT_VERSION, NAMES_LEN, NO_BACKEND, RING_SLOTS,
+    maps, ref_slot, rings_len, Addr6, BackendCounters, BackendMeta, FlowEntry, FlowKey, FlowKey6,
+    GlobalCounter, IfaceMeta, L4Addr, L4Addr6, Name, ReplyEntry, ReplyEntry6, VipCounters, VipMeta,
+    GENERATIONS, IFACE_SLOTS, IPPROTO_TCP, IPPROTO_UDP, LAYOUT_VERSION, NAMES_LEN, NO_BACKEND,
+    RING_SLOTS,
 };
 use thiserror::Error;
 
 pub mod decap;
+
+pub use crate::config::{Endpoint, Protocol};
 
 /// The XDP object built by `build.rs` (aya-build), embedded in the binary.
 static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
@@ -143,6 +146,13 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "backend {backend} and VIP {vip} are of different address families (a pool is one family)"
+    )]
+    FamilyMismatch {
+        backend: SocketAddr,
+        vip: SocketAddr,
+    },
     #[error("redirect map {map}: {source}")]
     TxPort {
         map: &'static str,
@@ -172,8 +182,10 @@ pub struct Shape {
 pub struct Tuning {
     /// Per CPU; 0 = no cap (see `[dataplane] max_flow_inserts_per_sec`).
     pub max_flow_inserts_per_sec: u32,
-    /// Outer source of `tunnel` pools (`[dataplane] tunnel_source`).
+    /// Outer source of IPv4 `tunnel` pools (`[dataplane] tunnel_source`).
     pub tunnel_source_v4: Option<Ipv4Addr>,
+    /// Outer source of IPv6 `tunnel` pools.
+    pub tunnel_source_v6: Option<Ipv6Addr>,
 }
 
 impl Default for Tuning {
@@ -181,6 +193,7 @@ impl Default for Tuning {
         Tuning {
             max_flow_inserts_per_sec: lb_common::limits::DEFAULT_MAX_FLOW_INSERTS_PER_SEC,
             tunnel_source_v4: None,
+            tunnel_source_v6: None,
         }
     }
 }
@@ -223,12 +236,33 @@ impl AttachMode {
 
 /// An IPv4 TCP endpoint as the maps key it.
 pub fn l4addr(addr: SocketAddrV4) -> L4Addr {
+    l4addr4(addr, IPPROTO_TCP)
+}
+
+/// An IPv4 endpoint of protocol `proto` (`IPPROTO_TCP`/`IPPROTO_UDP`) as
+/// the maps key it.
+pub fn l4addr4(addr: SocketAddrV4, proto: u8) -> L4Addr {
     L4Addr {
         addr: u32::from_ne_bytes(addr.ip().octets()),
         port: addr.port().to_be(),
-        proto: IPPROTO_TCP,
+        proto,
         _pad: 0,
     }
+}
+
+/// An IPv6 endpoint of protocol `proto` as `VIPS6` and `REPLIES6` key it.
+pub fn l4addr6(addr: SocketAddrV6, proto: u8) -> L4Addr6 {
+    L4Addr6 {
+        addr: addr6(*addr.ip()),
+        port: addr.port().to_be(),
+        proto,
+        _pad: 0,
+    }
+}
+
+/// An IPv6 address as the maps hold it.
+pub fn addr6(ip: Ipv6Addr) -> Addr6 {
+    Addr6::from_octets(ip.octets())
 }
 
 /// The endpoint an [`L4Addr`] names.
@@ -236,12 +270,59 @@ pub fn socket_addr(a: &L4Addr) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::from(a.addr.to_ne_bytes()), u16::from_be(a.port))
 }
 
+/// The endpoint an [`L4Addr6`] names.
+pub fn socket_addr6(a: &L4Addr6) -> SocketAddrV6 {
+    SocketAddrV6::new(Ipv6Addr::from(a.addr.octets()), u16::from_be(a.port), 0, 0)
+}
+
+/// An endpoint's map key, by family.
+enum Key {
+    V4(L4Addr),
+    V6(L4Addr6),
+}
+
+fn key_of(e: Endpoint) -> Key {
+    match e.addr {
+        SocketAddr::V4(a) => Key::V4(l4addr4(a, e.protocol.ipproto())),
+        SocketAddr::V6(a) => Key::V6(l4addr6(a, e.protocol.ipproto())),
+    }
+}
+
+/// The endpoint of a `VIPS` / `REPLIES` key; `None` for a protocol xdplb
+/// never writes.
+fn endpoint4(k: &L4Addr) -> Option<Endpoint> {
+    Some(Endpoint {
+        addr: SocketAddr::V4(socket_addr(k)),
+        protocol: Protocol::from_ipproto(k.proto)?,
+    })
+}
+
+fn endpoint6(k: &L4Addr6) -> Option<Endpoint> {
+    Some(Endpoint {
+        addr: SocketAddr::V6(socket_addr6(k)),
+        protocol: Protocol::from_ipproto(k.proto)?,
+    })
+}
+
+/// A backend's address from its `BACKENDS` entry, or for an IPv6 slot
+/// (`BackendMeta::addr` 0: no IPv4 backend is 0.0.0.0) from
+/// `BACKEND_ADDRS6`.
+fn backend_addr(meta: &BackendMeta, v6: impl FnOnce() -> Option<Addr6>) -> SocketAddr {
+    let port = u16::from_be(meta.port);
+    if meta.addr != 0 {
+        return SocketAddr::new(IpAddr::V4(Ipv4Addr::from(meta.addr.to_ne_bytes())), port);
+    }
+    let a = v6().unwrap_or_default();
+    SocketAddr::new(IpAddr::V6(Ipv6Addr::from(a.octets())), port)
+}
+
 /// A backend slot as the controller writes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendSlot {
     pub slot: u32,
     pub vip_index: u32,
-    pub addr: SocketAddrV4,
+    /// Either family: an IPv6 slot keeps its address in `BACKEND_ADDRS6`.
+    pub addr: SocketAddr,
     pub state: u8,
     pub flags: u8,
 }
@@ -251,13 +332,17 @@ pub struct Dataplane {
     shape: Shape,
     ebpf: Ebpf,
     vips: HashMap<MapData, L4Addr, VipMeta>,
+    vips6: HashMap<MapData, L4Addr6, VipMeta>,
     backends: Array<MapData, BackendMeta>,
+    backend_addrs6: Array<MapData, Addr6>,
     replies: HashMap<MapData, L4Addr, ReplyEntry>,
+    replies6: HashMap<MapData, L4Addr6, ReplyEntry6>,
     rings: Array<MapData, u32>,
     names: Array<MapData, Name>,
     ifaces: Array<MapData, IfaceMeta>,
     tx_ports: DevMapHash<MapData>,
     local_addrs: HashMap<MapData, u32, u32>,
+    local_addrs6: HashMap<MapData, Addr6, u32>,
     /// Each slot's generation as the pinned map holds it: rings are written
     /// as references carrying it (see `lb_common::backend_ref`).
     generations: Vec<u32>,
@@ -639,6 +724,7 @@ impl Dataplane {
         let tunnel_source = tuning
             .tunnel_source_v4
             .map_or(0, |a| u32::from_ne_bytes(a.octets()));
+        let tunnel_source_v6 = tuning.tunnel_source_v6.map_or(Addr6::default(), addr6);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&shape.pin_path)
             .map_max_entries(maps::RINGS, rings_len(ring_size))
@@ -651,6 +737,9 @@ impl Dataplane {
                 true,
             )
             .override_global("TUNNEL_SOURCE_V4", &tunnel_source, true)
+            // Not required: a program without IPv6 tunnels has no such
+            // global, and aya skips a missing one only when told so.
+            .override_global("TUNNEL_SOURCE_V6", &tunnel_source_v6, false)
             .load(PROGRAM_OBJECT)
             .map_err(|source| DataplaneError::Load {
                 source: Box::new(source),
@@ -667,13 +756,17 @@ impl Dataplane {
         })?;
         load_tails(&mut ebpf)?;
         let vips = take(&mut ebpf, maps::VIPS)?;
+        let vips6 = take(&mut ebpf, maps::VIPS6)?;
         let backends: Array<MapData, BackendMeta> = take(&mut ebpf, maps::BACKENDS)?;
+        let backend_addrs6 = take(&mut ebpf, maps::BACKEND_ADDRS6)?;
         let replies = take(&mut ebpf, maps::REPLIES)?;
+        let replies6 = take(&mut ebpf, maps::REPLIES6)?;
         let rings = take(&mut ebpf, maps::RINGS)?;
         let names = take(&mut ebpf, maps::NAMES)?;
         let ifaces = take(&mut ebpf, maps::IFACES)?;
         let tx_ports = take(&mut ebpf, maps::TX_PORTS)?;
         let local_addrs = take(&mut ebpf, maps::LOCAL_ADDRS)?;
+        let local_addrs6 = take(&mut ebpf, maps::LOCAL_ADDRS6)?;
         let generations = (0..MAX_BACKENDS)
             .map(|slot| {
                 backends
@@ -692,13 +785,17 @@ impl Dataplane {
             shape,
             ebpf,
             vips,
+            vips6,
             backends,
+            backend_addrs6,
             replies,
+            replies6,
             rings,
             names,
             ifaces,
             tx_ports,
             local_addrs,
+            local_addrs6,
             generations,
             written: StdHashMap::new(),
         })
@@ -860,12 +957,19 @@ impl Dataplane {
         Ok(detached)
     }
 
-    /// The VIPs currently in the map, with their meta.
-    pub fn read_vips(&self) -> Result<Vec<(L4Addr, VipMeta)>, DataplaneError> {
-        self.vips
-            .iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(map_err(maps::VIPS))
+    /// The VIPs currently in the maps (both families), with their meta.
+    /// An entry of a protocol xdplb never writes is skipped.
+    pub fn read_vips(&self) -> Result<Vec<(Endpoint, VipMeta)>, DataplaneError> {
+        let mut out = Vec::new();
+        for item in self.vips.iter() {
+            let (k, meta) = item.map_err(map_err(maps::VIPS))?;
+            out.extend(endpoint4(&k).map(|e| (e, meta)));
+        }
+        for item in self.vips6.iter() {
+            let (k, meta) = item.map_err(map_err(maps::VIPS6))?;
+            out.extend(endpoint6(&k).map(|e| (e, meta)));
+        }
+        Ok(out)
     }
 
     /// All backend slots in use.
@@ -877,14 +981,11 @@ impl Dataplane {
                 .get(&slot, 0)
                 .map_err(map_err(maps::BACKENDS))?;
             if meta.state != lb_common::BACKEND_FREE {
+                let v6 = || self.backend_addrs6.get(&slot, 0).ok();
                 out.push(BackendSlot {
                     slot,
                     vip_index: meta.vip_index,
-                    addr: socket_addr(&L4Addr {
-                        addr: meta.addr,
-                        port: meta.port,
-                        ..Default::default()
-                    }),
+                    addr: backend_addr(&meta, v6),
                     state: meta.state,
                     flags: meta.flags,
                 });
@@ -907,16 +1008,34 @@ impl Dataplane {
     }
 
     /// Publishes `ring` (backend slots, `ring_size` long, or [`NO_BACKEND`])
-    /// for the VIP with `flags` (`VIP_F_*`): written into the idle slot as
-    /// references carrying each slot's generation, then made live with one
-    /// atomic VIPS update.
+    /// for the VIP `vip` (a bare `SocketAddrV4` is a TCP VIP; see
+    /// [`Endpoint::udp`]) with `flags` (`VIP_F_*`) and its protocol's
+    /// default `flow_idle_ms` (TCP 0, UDP 30 s; see
+    /// [`Dataplane::publish_vip_idle`]).
     pub fn publish_vip(
         &mut self,
-        vip: SocketAddrV4,
+        vip: impl Into<Endpoint>,
         vip_index: u32,
         ring: &[u32],
         flags: u32,
     ) -> Result<(), DataplaneError> {
+        let vip = vip.into();
+        let idle = vip.protocol.default_flow_idle_ms();
+        self.publish_vip_idle(vip, vip_index, ring, flags, idle)
+    }
+
+    /// [`Dataplane::publish_vip`] with the VIP's `flow_idle_ms`: the ring is
+    /// written into the idle slot as references carrying each slot's
+    /// generation, then made live with one atomic `VIPS`/`VIPS6` update.
+    pub fn publish_vip_idle(
+        &mut self,
+        vip: impl Into<Endpoint>,
+        vip_index: u32,
+        ring: &[u32],
+        flags: u32,
+        flow_idle_ms: u32,
+    ) -> Result<(), DataplaneError> {
+        let key = key_of(vip.into());
         let ring_size = self.shape.ring_size;
         if ring.len() != ring_size as usize {
             return Err(DataplaneError::RingLength {
@@ -933,11 +1052,14 @@ impl Dataplane {
             })
             .collect();
         let ring = ring.as_slice();
-        let key = l4addr(vip);
-        let live = self.vips.get(&key, 0).ok();
+        let live = match &key {
+            Key::V4(k) => self.vips.get(k, 0).ok(),
+            Key::V6(k) => self.vips6.get(k, 0).ok(),
+        };
         if let Some(live) = live {
             if live.index == vip_index
                 && live.flags == flags
+                && live.flow_idle_ms == flow_idle_ms
                 && self
                     .written
                     .get(&(vip_index, live.ring_slot))
@@ -966,23 +1088,32 @@ impl Dataplane {
             index: vip_index,
             ring_slot: slot,
             flags,
-            flow_idle_ms: 0,
+            flow_idle_ms,
         };
-        self.vips.insert(key, meta, 0).map_err(map_err(maps::VIPS))
+        match key {
+            Key::V4(k) => self.vips.insert(k, meta, 0).map_err(map_err(maps::VIPS)),
+            Key::V6(k) => self.vips6.insert(k, meta, 0).map_err(map_err(maps::VIPS6)),
+        }
     }
 
     /// Stops balancing a VIP: its packets pass to the kernel from now on.
-    pub fn remove_vip(&mut self, vip: SocketAddrV4) -> Result<(), DataplaneError> {
-        match self.vips.remove(&l4addr(vip)) {
+    pub fn remove_vip(&mut self, vip: impl Into<Endpoint>) -> Result<(), DataplaneError> {
+        let (r, map) = match key_of(vip.into()) {
+            Key::V4(k) => (self.vips.remove(&k), maps::VIPS),
+            Key::V6(k) => (self.vips6.remove(&k), maps::VIPS6),
+        };
+        match r {
             Ok(()) => Ok(()),
             Err(e) if absent(&e) => Ok(()),
-            Err(e) => Err(map_err(maps::VIPS)(e)),
+            Err(e) => Err(map_err(map)(e)),
         }
     }
 
     /// Writes a slot's state. A slot that was free gets a new generation
     /// first: references written for its previous occupant (ring entries,
-    /// flows) stop matching it.
+    /// flows) stop matching it. An IPv6 slot's address goes into
+    /// `BACKEND_ADDRS6` before its state, so no packet finds the slot
+    /// active without its address.
     pub fn write_backend(&mut self, b: &BackendSlot) -> Result<(), DataplaneError> {
         let current = self
             .backends
@@ -993,10 +1124,18 @@ impl Dataplane {
         } else {
             current.generation
         };
-        let key = l4addr(b.addr);
+        let addr = match b.addr {
+            SocketAddr::V4(a) => u32::from_ne_bytes(a.ip().octets()),
+            SocketAddr::V6(a) => {
+                self.backend_addrs6
+                    .set(b.slot, addr6(*a.ip()), 0)
+                    .map_err(map_err(maps::BACKEND_ADDRS6))?;
+                0
+            }
+        };
         let meta = BackendMeta {
-            addr: key.addr,
-            port: key.port,
+            addr,
+            port: b.addr.port().to_be(),
             state: b.state,
             flags: b.flags,
             vip_index: b.vip_index,
@@ -1025,32 +1164,59 @@ impl Dataplane {
             .map_err(map_err(maps::BACKENDS))
     }
 
-    /// Replies from `backend` are rewritten to come from `vip`.
+    /// Replies from `backend` (its address, port and protocol; a bare
+    /// `SocketAddrV4` is TCP) are rewritten to come from `vip`, of the same
+    /// family.
     pub fn write_reply(
         &mut self,
-        backend: SocketAddrV4,
-        vip: SocketAddrV4,
+        backend: impl Into<Endpoint>,
+        vip: impl Into<SocketAddr>,
         slot: u32,
         vip_index: u32,
     ) -> Result<(), DataplaneError> {
-        let v = l4addr(vip);
-        let entry = ReplyEntry {
-            vip_addr: v.addr,
-            vip_port: v.port,
-            _pad: 0,
-            backend: slot,
-            vip_index,
-        };
-        self.replies
-            .insert(l4addr(backend), entry, 0)
-            .map_err(map_err(maps::REPLIES))
+        let backend = backend.into();
+        let vip = vip.into();
+        match (key_of(backend), vip) {
+            (Key::V4(k), SocketAddr::V4(v)) => {
+                let entry = ReplyEntry {
+                    vip_addr: u32::from_ne_bytes(v.ip().octets()),
+                    vip_port: v.port().to_be(),
+                    _pad: 0,
+                    backend: slot,
+                    vip_index,
+                };
+                self.replies
+                    .insert(k, entry, 0)
+                    .map_err(map_err(maps::REPLIES))
+            }
+            (Key::V6(k), SocketAddr::V6(v)) => {
+                let entry = ReplyEntry6 {
+                    vip_addr: addr6(*v.ip()),
+                    vip_port: v.port().to_be(),
+                    _pad: 0,
+                    backend: slot,
+                    vip_index,
+                };
+                self.replies6
+                    .insert(k, entry, 0)
+                    .map_err(map_err(maps::REPLIES6))
+            }
+            _ => Err(DataplaneError::FamilyMismatch {
+                backend: backend.addr,
+                vip,
+            }),
+        }
     }
 
-    pub fn remove_reply(&mut self, backend: SocketAddrV4) -> Result<(), DataplaneError> {
-        match self.replies.remove(&l4addr(backend)) {
+    pub fn remove_reply(&mut self, backend: impl Into<Endpoint>) -> Result<(), DataplaneError> {
+        let (r, map) = match key_of(backend.into()) {
+            Key::V4(k) => (self.replies.remove(&k), maps::REPLIES),
+            Key::V6(k) => (self.replies6.remove(&k), maps::REPLIES6),
+        };
+        match r {
             Ok(()) => Ok(()),
             Err(e) if absent(&e) => Ok(()),
-            Err(e) => Err(map_err(maps::REPLIES)(e)),
+            Err(e) => Err(map_err(map)(e)),
         }
     }
 
@@ -1120,22 +1286,40 @@ impl Dataplane {
                     })?;
             }
         }
-        let local = local_ipv4_addrs().map_err(|source| DataplaneError::LocalAddrs { source })?;
-        let known: Vec<u32> = self.local_addrs.keys().filter_map(Result::ok).collect();
-        for addr in &known {
-            if !local.contains(addr) {
-                let _ = self.local_addrs.remove(addr);
-            }
-        }
-        for addr in local {
-            if !known.contains(&addr) {
-                self.local_addrs
-                    .insert(addr, 1, 0)
-                    .map_err(map_err(maps::LOCAL_ADDRS))?;
-            }
-        }
-        Ok(())
+        let (local, local6) =
+            local_addrs().map_err(|source| DataplaneError::LocalAddrs { source })?;
+        sync_set(&mut self.local_addrs, local, maps::LOCAL_ADDRS)?;
+        sync_set(&mut self.local_addrs6, local6, maps::LOCAL_ADDRS6)
     }
+
+    /// The host addresses the program knows (`LOCAL_ADDRS`, `LOCAL_ADDRS6`).
+    pub fn local_addrs(&self) -> Vec<IpAddr> {
+        let v4 = self.local_addrs.keys().filter_map(Result::ok);
+        let v6 = self.local_addrs6.keys().filter_map(Result::ok);
+        v4.map(|a| IpAddr::V4(Ipv4Addr::from(a.to_ne_bytes())))
+            .chain(v6.map(|a| IpAddr::V6(Ipv6Addr::from(a.octets()))))
+            .collect()
+    }
+}
+
+/// Makes the set `map` (key → 1) hold exactly `wanted`.
+fn sync_set<K: aya::Pod + PartialEq>(
+    map: &mut HashMap<MapData, K, u32>,
+    wanted: Vec<K>,
+    name: &'static str,
+) -> Result<(), DataplaneError> {
+    let known: Vec<K> = map.keys().filter_map(Result::ok).collect();
+    for k in &known {
+        if !wanted.contains(k) {
+            let _ = map.remove(k);
+        }
+    }
+    for k in wanted {
+        if !known.contains(&k) {
+            map.insert(k, 1, 0).map_err(map_err(name))?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether a map error says the key was not there. aya 0.14 reports a
@@ -1195,12 +1379,19 @@ fn hw_addr(iface: &str) -> std::io::Result<[u8; 6]> {
 /// Every IPv4 address configured in this network namespace, network order
 /// as the maps key them.
 pub(crate) fn local_ipv4_addrs() -> std::io::Result<Vec<u32>> {
+    local_addrs().map(|(v4, _)| v4)
+}
+
+/// Every IPv4 and IPv6 address configured in this network namespace, as
+/// `LOCAL_ADDRS` and `LOCAL_ADDRS6` key them.
+pub(crate) fn local_addrs() -> std::io::Result<(Vec<u32>, Vec<Addr6>)> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     let mut out = Vec::new();
+    let mut out6 = Vec::new();
     let mut cur = head;
     while !cur.is_null() {
         // SAFETY: a node of the list getifaddrs returned.
@@ -1215,13 +1406,20 @@ pub(crate) fn local_ipv4_addrs() -> std::io::Result<Vec<u32>> {
                 if !out.contains(&addr) {
                     out.push(addr);
                 }
+            } else if family == libc::AF_INET6 {
+                // SAFETY: an AF_INET6 sockaddr is a sockaddr_in6.
+                let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                let addr = Addr6::from_octets(sin6.sin6_addr.s6_addr);
+                if !out6.contains(&addr) {
+                    out6.push(addr);
+                }
             }
         }
         cur = ifa.ifa_next;
     }
     // SAFETY: the list getifaddrs allocated, freed once.
     unsafe { libc::freeifaddrs(head) };
-    Ok(out)
+    Ok((out, out6))
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
@@ -1408,7 +1606,8 @@ pub struct Counters {
 pub struct VipStats {
     pub index: u32,
     pub pool: String,
-    pub vip: SocketAddrV4,
+    pub vip: SocketAddr,
+    pub protocol: Protocol,
     pub counters: VipCounters,
 }
 
@@ -1417,7 +1616,7 @@ pub struct BackendStats {
     pub slot: u32,
     pub pool: String,
     pub name: String,
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     pub state: u8,
     pub counters: BackendCounters,
 }
@@ -1434,7 +1633,9 @@ pub struct CounterReader {
     vip_stats: PerCpuArray<MapData, VipCounters>,
     backend_stats: PerCpuArray<MapData, BackendCounters>,
     vips: HashMap<MapData, L4Addr, VipMeta>,
+    vips6: HashMap<MapData, L4Addr6, VipMeta>,
     backends: Array<MapData, BackendMeta>,
+    backend_addrs6: Array<MapData, Addr6>,
     names: Array<MapData, Name>,
 }
 
@@ -1445,7 +1646,9 @@ impl CounterReader {
             vip_stats: open_pinned(pin_path, maps::VIP_STATS)?,
             backend_stats: open_pinned(pin_path, maps::BACKEND_STATS)?,
             vips: open_pinned(pin_path, maps::VIPS)?,
+            vips6: open_pinned(pin_path, maps::VIPS6)?,
             backends: open_pinned(pin_path, maps::BACKENDS)?,
+            backend_addrs6: open_pinned(pin_path, maps::BACKEND_ADDRS6)?,
             names: open_pinned(pin_path, maps::NAMES)?,
         })
     }
@@ -1472,8 +1675,19 @@ impl CounterReader {
             .map(|&v| global[v as usize])
             .sum();
         let mut vips = Vec::new();
-        for item in self.vips.iter() {
-            let (key, meta) = item.map_err(map_err(maps::VIPS))?;
+        let v4 = self.vips.iter().map(|i| {
+            i.map(|(k, m)| (endpoint4(&k), m))
+                .map_err(map_err(maps::VIPS))
+        });
+        let v6 = self.vips6.iter().map(|i| {
+            i.map(|(k, m)| (endpoint6(&k), m))
+                .map_err(map_err(maps::VIPS6))
+        });
+        for item in v4.chain(v6) {
+            let (endpoint, meta) = item?;
+            let Some(endpoint) = endpoint else {
+                continue;
+            };
             if meta.index >= MAX_VIPS {
                 // Only a bug writes that (the program drops its packets as
                 // internal errors); one bad entry must not hide the rest.
@@ -1493,7 +1707,8 @@ impl CounterReader {
             vips.push(VipStats {
                 index: meta.index,
                 pool: self.name(meta.index),
-                vip: socket_addr(&key),
+                vip: endpoint.addr,
+                protocol: endpoint.protocol,
                 counters: c,
             });
         }
@@ -1528,11 +1743,7 @@ impl CounterReader {
                     .cloned()
                     .unwrap_or_else(|| self.name(meta.vip_index)),
                 name: self.name(MAX_VIPS + slot),
-                addr: socket_addr(&L4Addr {
-                    addr: meta.addr,
-                    port: meta.port,
-                    ..Default::default()
-                }),
+                addr: backend_addr(&meta, || self.backend_addrs6.get(&slot, 0).ok()),
                 state: meta.state,
                 counters: c,
             });
@@ -1545,14 +1756,15 @@ impl CounterReader {
     }
 }
 
-/// Established flows per backend slot: flow-table entries seen within
-/// `idle` whose client has not sent FIN or RST. The table is an LRU, so
-/// abandoned connections linger until evicted; the flag and the recency
-/// cut keep them out of the count. Closed flows (RST, or FIN both ways)
-/// past their linger are removed on the way, so they give their entries
-/// back instead of waiting for eviction. Walks the map (two syscalls an
-/// entry), so callers bound how often they ask; stops after `limit`
-/// entries.
+/// Established flows per backend slot: flow-table entries (`FLOWS` and
+/// `FLOWS6`) seen within `idle` whose client has not sent FIN or RST. The
+/// tables are LRUs, so abandoned connections linger until evicted; the flag
+/// and the recency cut keep them out of the count. Closed flows (RST, or
+/// FIN both ways) past their linger, and flows idle past their VIP's
+/// `flow_idle_ms` (which the program would select afresh anyway), are
+/// removed on the way, so they give their entries back instead of waiting
+/// for eviction. Walks the maps (two syscalls an entry), so callers bound
+/// how often they ask; stops after `limit` entries.
 pub fn flow_counts(
     pin_path: &Path,
     limit: usize,
@@ -1561,14 +1773,86 @@ pub fn flow_counts(
     flow_census(pin_path, limit, idle).map(|c| c.established)
 }
 
-/// What a walk of the flow table found, per backend slot.
+/// What a walk of the flow tables found, per backend slot.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FlowCensus {
     /// See [`flow_counts`].
     pub established: StdHashMap<u32, u64>,
-    /// Recent flows whose client never sent an ACK: the handshake did not
-    /// complete (the backend's SYN-ACK never reached the client).
+    /// Recent TCP flows whose client never sent an ACK: the handshake did
+    /// not complete (the backend's SYN-ACK never reached the client).
     pub half_open: StdHashMap<u32, u64>,
+}
+
+/// What the census makes of one flow entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowVerdict {
+    /// Over (closed and lingered out, or idle past its VIP's
+    /// `flow_idle_ms`): removed.
+    Reap,
+    /// Closing, or not seen within the census's idle cut: not counted.
+    Skip,
+    /// Counted as established on this backend slot.
+    Established(u32),
+    /// Counted as half open on this backend slot.
+    HalfOpen(u32),
+}
+
+/// Judges a flow entry of protocol `proto` whose VIP has `flow_idle_ms`,
+/// at `now` (the program's clock), counting only flows seen within
+/// `idle_ns`. UDP has no handshake and no FIN: a UDP flow is established
+/// from its first packet, and ends only by going quiet. Pure.
+pub fn judge_flow(
+    entry: &FlowEntry,
+    proto: u8,
+    flow_idle_ms: u32,
+    now: u64,
+    idle_ns: u64,
+) -> FlowVerdict {
+    // The program may stamp an entry after `now` was read (another CPU's
+    // coarse clock ticked): that entry is fresh, not 584 years old.
+    let seen = entry.last_seen_ns.min(now);
+    let age = now - seen;
+    if lb_common::flow_idle(flow_idle_ms, seen, now) {
+        return FlowVerdict::Reap;
+    }
+    let slot = ref_slot(entry.backend);
+    if proto == IPPROTO_UDP {
+        return if age > idle_ns {
+            FlowVerdict::Skip
+        } else {
+            FlowVerdict::Established(slot)
+        };
+    }
+    if lb_common::flow_closed(entry.flags) {
+        return if age > lb_common::limits::FLOW_LINGER_NS {
+            FlowVerdict::Reap
+        } else {
+            FlowVerdict::Skip
+        };
+    }
+    if entry.flags & lb_common::FLOW_F_CLOSING != 0 || age > idle_ns {
+        return FlowVerdict::Skip;
+    }
+    if entry.flags & lb_common::FLOW_F_ACKED == 0 {
+        FlowVerdict::HalfOpen(slot)
+    } else {
+        FlowVerdict::Established(slot)
+    }
+}
+
+/// Each VIP index's `flow_idle_ms`, from the pinned `VIPS` and `VIPS6`.
+fn vip_idle_times(pin_path: &Path) -> Result<StdHashMap<u16, u32>, DataplaneError> {
+    let vips: HashMap<MapData, L4Addr, VipMeta> = open_pinned(pin_path, maps::VIPS)?;
+    let vips6: HashMap<MapData, L4Addr6, VipMeta> = open_pinned(pin_path, maps::VIPS6)?;
+    let metas = vips
+        .iter()
+        .flatten()
+        .map(|(_, m)| m)
+        .chain(vips6.iter().flatten().map(|(_, m)| m));
+    Ok(metas
+        .filter(|m| m.index < MAX_VIPS)
+        .map(|m| (m.index as u16, m.flow_idle_ms))
+        .collect())
 }
 
 /// [`flow_counts`] with the half-open flows counted too.
@@ -1578,34 +1862,43 @@ pub fn flow_census(
     idle: std::time::Duration,
 ) -> Result<FlowCensus, DataplaneError> {
     let mut flows: HashMap<MapData, FlowKey, FlowEntry> = open_pinned(pin_path, maps::FLOWS)?;
+    let mut flows6: HashMap<MapData, FlowKey6, FlowEntry> = open_pinned(pin_path, maps::FLOWS6)?;
+    let idle_of = vip_idle_times(pin_path)?;
     let now = monotonic_coarse_ns();
     let idle = idle.as_nanos() as u64;
     let mut census = FlowCensus::default();
+    let mut tally = |entry: &FlowEntry, proto: u8| {
+        let flow_idle_ms = idle_of.get(&entry.vip_index).copied().unwrap_or(0);
+        let verdict = judge_flow(entry, proto, flow_idle_ms, now, idle);
+        let (map, slot) = match verdict {
+            FlowVerdict::Established(s) => (&mut census.established, s),
+            FlowVerdict::HalfOpen(s) => (&mut census.half_open, s),
+            FlowVerdict::Reap | FlowVerdict::Skip => return verdict == FlowVerdict::Reap,
+        };
+        *map.entry(slot).or_insert(0) += 1;
+        false
+    };
+    let mut walked = 0;
     let mut over = Vec::new();
     // Entries can be evicted while we walk; skip those.
     for (key, entry) in flows.iter().take(limit).flatten() {
-        let age = now.saturating_sub(entry.last_seen_ns);
-        if lb_common::flow_closed(entry.flags) {
-            if age > lb_common::limits::FLOW_LINGER_NS {
-                over.push(key);
-            }
-            continue;
+        walked += 1;
+        if tally(&entry, key.proto) {
+            over.push(key);
         }
-        let closing = entry.flags & lb_common::FLOW_F_CLOSING != 0;
-        if closing || age > idle {
-            continue;
-        }
-        let slot = ref_slot(entry.backend);
-        let tally = if entry.flags & lb_common::FLOW_F_ACKED == 0 {
-            &mut census.half_open
-        } else {
-            &mut census.established
-        };
-        *tally.entry(slot).or_insert(0) += 1;
     }
+    let mut over6 = Vec::new();
+    for (key, entry) in flows6.iter().take(limit.saturating_sub(walked)).flatten() {
+        if tally(&entry, key.proto) {
+            over6.push(key);
+        }
+    }
+    // Gone already (evicted, or replaced by a new flow): fine.
     for key in over {
-        // Gone already (evicted, or replaced by a new connection): fine.
         let _ = flows.remove(&key);
+    }
+    for key in over6 {
+        let _ = flows6.remove(&key);
     }
     Ok(census)
 }
@@ -1631,6 +1924,48 @@ const _: () = assert!(NAMES_LEN == MAX_VIPS + MAX_BACKENDS);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_census_judges_each_protocol_by_its_own_rules() {
+        const S: u64 = 1_000_000_000;
+        let now = 1000 * S;
+        let idle = 30 * S;
+        let e = |flags: u16, age_s: u64| FlowEntry {
+            backend: backend_ref(7, 3),
+            vip_index: 0,
+            flags,
+            last_seen_ns: now - age_s * S,
+        };
+        let tcp = |entry, flow_idle_ms| judge_flow(&entry, IPPROTO_TCP, flow_idle_ms, now, idle);
+        let udp = |entry, flow_idle_ms| judge_flow(&entry, IPPROTO_UDP, flow_idle_ms, now, idle);
+        let acked = lb_common::FLOW_F_ACKED;
+        assert_eq!(tcp(e(acked, 1), 0), FlowVerdict::Established(7));
+        assert_eq!(tcp(e(0, 1), 0), FlowVerdict::HalfOpen(7));
+        assert_eq!(tcp(e(acked, 31), 0), FlowVerdict::Skip);
+        assert_eq!(
+            tcp(e(acked | lb_common::FLOW_F_CLOSING, 1), 0),
+            FlowVerdict::Skip
+        );
+        assert_eq!(tcp(e(lb_common::FLOW_F_RESET, 1), 0), FlowVerdict::Skip);
+        assert_eq!(tcp(e(lb_common::FLOW_F_RESET, 5), 0), FlowVerdict::Reap);
+        // A TCP pool may idle flows out too.
+        assert_eq!(tcp(e(acked, 20), 10_000), FlowVerdict::Reap);
+        // UDP: established from the first packet, no FIN to wait for; gone
+        // past idle + 1 s of clock resolution, not before.
+        assert_eq!(udp(e(0, 1), 30_000), FlowVerdict::Established(7));
+        assert_eq!(udp(e(0, 30), 30_000), FlowVerdict::Established(7));
+        assert_eq!(udp(e(0, 32), 30_000), FlowVerdict::Reap);
+        assert_eq!(udp(e(0, 6), 5_000), FlowVerdict::Established(7));
+        assert_eq!(udp(e(0, 7), 5_000), FlowVerdict::Reap);
+        // flow_idle_ms 0: never reaped, only left out of the count.
+        assert_eq!(udp(e(0, 300), 0), FlowVerdict::Skip);
+        // Stamped after `now` was read (another CPU's clock ticked): fresh.
+        let ahead = FlowEntry {
+            last_seen_ns: now + S / 100,
+            ..e(0, 0)
+        };
+        assert_eq!(udp(ahead, 5_000), FlowVerdict::Established(7));
+    }
 
     #[test]
     fn layout_differences_name_the_first_field_that_differs() {

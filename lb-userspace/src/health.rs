@@ -2,22 +2,27 @@
 //!
 //! [`HealthState`] is pure: it turns a stream of probe results into up/down
 //! flips with HAProxy's hysteresis. [`Probe`] is the I/O edge (TCP connect,
-//! HTTP status) and [`spawn_checker`] runs one task per backend, so a slow
-//! backend only ever delays its own reports.
+//! HTTP status, a UDP exchange), for IPv4 and IPv6 alike, and
+//! [`spawn_checker`] runs one task per backend, so a slow backend only ever
+//! delays its own reports.
 
 use std::future::Future;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::{HealthConfig, HealthKind, DEFAULT_HTTP_PATH, DEFAULT_HTTP_STATUS};
+
+/// A UDP reply is read into this much; any datagram at all is success, so
+/// its content (and a truncation) does not matter.
+const UDP_REPLY_BUF: usize = 2048;
 
 /// The longest status line we read. A real one is ~20 bytes; the bound keeps
 /// a misbehaving server from feeding the checker forever.
@@ -27,23 +32,25 @@ const MAX_STATUS_LINE: usize = 1024;
 pub enum HealthError {
     #[error("connect to {addr}: {source}")]
     Connect {
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
     #[error("{addr}: no answer within {timeout_ms} ms")]
-    Timeout { addr: SocketAddrV4, timeout_ms: u64 },
+    Timeout { addr: SocketAddr, timeout_ms: u64 },
     #[error("{addr}: {source}")]
     Io {
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
     #[error("{addr}: malformed HTTP status line {line:?}")]
-    BadStatusLine { addr: SocketAddrV4, line: String },
+    BadStatusLine { addr: SocketAddr, line: String },
+    #[error("{addr}: port unreachable (ICMP): nothing listens on this UDP port")]
+    PortUnreachable { addr: SocketAddr },
     #[error("{addr}: HTTP status {got}, expected {expected}")]
     UnexpectedStatus {
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         got: u16,
         expected: u16,
     },
@@ -143,7 +150,7 @@ pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HealthError>> 
 /// timeout themselves ([`spawn_checker`] bounds every probe) but may use it
 /// to report a more precise error.
 pub trait Probe: Send + Sync {
-    fn check(&self, addr: SocketAddrV4, timeout: Duration) -> ProbeFuture<'_>;
+    fn check(&self, addr: SocketAddr, timeout: Duration) -> ProbeFuture<'_>;
 }
 
 /// Healthy when a TCP connection is accepted.
@@ -151,7 +158,7 @@ pub trait Probe: Send + Sync {
 pub struct TcpProbe;
 
 impl Probe for TcpProbe {
-    fn check(&self, addr: SocketAddrV4, timeout: Duration) -> ProbeFuture<'_> {
+    fn check(&self, addr: SocketAddr, timeout: Duration) -> ProbeFuture<'_> {
         Box::pin(async move {
             let stream = connect(addr, timeout).await?;
             abort_on_close(&stream);
@@ -183,7 +190,7 @@ fn abort_on_close(stream: &TcpStream) {
     }
 }
 
-async fn connect(addr: SocketAddrV4, timeout: Duration) -> Result<TcpStream, HealthError> {
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, HealthError> {
     match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(source)) => Err(HealthError::Connect { addr, source }),
@@ -204,7 +211,7 @@ pub struct HttpProbe {
 }
 
 impl Probe for HttpProbe {
-    fn check(&self, addr: SocketAddrV4, timeout: Duration) -> ProbeFuture<'_> {
+    fn check(&self, addr: SocketAddr, timeout: Duration) -> ProbeFuture<'_> {
         Box::pin(async move {
             let exchange = async {
                 let mut s = connect(addr, timeout).await?;
@@ -269,10 +276,59 @@ fn parse_status_line(line: &str) -> Option<u16> {
     code.parse().ok().filter(|c| (100..=599).contains(c))
 }
 
-/// The probe a pool's `[pool.health]` asks for.
+/// Healthy when a datagram sent from a connected UDP socket gets any
+/// datagram back. UDP has no handshake, so silence is all a dead service
+/// may give: it fails at the timeout. A closed port usually says so at
+/// once: the host's ICMP port unreachable, which the kernel reports on a
+/// connected socket as ECONNREFUSED.
+#[derive(Clone, Debug)]
+pub struct UdpProbe {
+    pub payload: Vec<u8>,
+}
+
+impl Probe for UdpProbe {
+    fn check(&self, addr: SocketAddr, timeout: Duration) -> ProbeFuture<'_> {
+        Box::pin(async move {
+            let io = |source: std::io::Error| {
+                if source.kind() == std::io::ErrorKind::ConnectionRefused {
+                    HealthError::PortUnreachable { addr }
+                } else {
+                    HealthError::Io { addr, source }
+                }
+            };
+            let exchange = async {
+                let local: SocketAddr = match addr {
+                    SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+                    SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+                };
+                let sock = UdpSocket::bind(local).await.map_err(io)?;
+                // Connected: only `addr` can answer, and its ICMP errors
+                // come back to this socket.
+                sock.connect(addr).await.map_err(io)?;
+                sock.send(&self.payload).await.map_err(io)?;
+                let mut buf = [0u8; UDP_REPLY_BUF];
+                sock.recv(&mut buf).await.map_err(io)?;
+                Ok(())
+            };
+            match tokio::time::timeout(timeout, exchange).await {
+                Ok(r) => r,
+                Err(_) => Err(HealthError::Timeout {
+                    addr,
+                    timeout_ms: timeout.as_millis() as u64,
+                }),
+            }
+        })
+    }
+}
+
+/// The probe a pool's `[pool.health]` asks for. `port` is not the probe's:
+/// the caller probes [`HealthConfig::target`].
 pub fn probe_for(spec: &HealthConfig) -> Arc<dyn Probe> {
     match spec.kind {
         HealthKind::Tcp => Arc::new(TcpProbe),
+        HealthKind::Udp => Arc::new(UdpProbe {
+            payload: spec.payload.clone().unwrap_or_default().into_bytes(),
+        }),
         HealthKind::Http => Arc::new(HttpProbe {
             path: spec
                 .path
@@ -301,14 +357,13 @@ pub struct HealthReport {
 /// Where in each interval `addr` is probed: a hash of the address (FNV-1a)
 /// spread over the period, stable across restarts and the same on every
 /// gateway.
-pub fn phase(addr: SocketAddrV4, period: Duration) -> Duration {
+pub fn phase(addr: SocketAddr, period: Duration) -> Duration {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in addr
-        .ip()
-        .octets()
-        .into_iter()
-        .chain(addr.port().to_be_bytes())
-    {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(a) => a.octets().to_vec(),
+        std::net::IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    for b in ip.into_iter().chain(addr.port().to_be_bytes()) {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -318,7 +373,7 @@ pub fn phase(addr: SocketAddrV4, period: Duration) -> Duration {
 
 pub fn spawn_checker(
     id: u64,
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     spec: HealthConfig,
     probe: Arc<dyn Probe>,
     tx: mpsc::Sender<HealthReport>,
@@ -479,15 +534,12 @@ mod tests {
 
     const SHORT: Duration = Duration::from_millis(300);
 
-    fn loopback(l: &TcpListener) -> SocketAddrV4 {
-        match l.local_addr().unwrap() {
-            std::net::SocketAddr::V4(a) => a,
-            other => panic!("not v4: {other}"),
-        }
+    fn loopback(l: &TcpListener) -> SocketAddr {
+        l.local_addr().unwrap()
     }
 
     /// A port nothing listens on: bind, take the port, close.
-    async fn closed_port() -> SocketAddrV4 {
+    async fn closed_port() -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         loopback(&l)
     }
@@ -504,7 +556,7 @@ mod tests {
 
     /// Serves every connection with `reply` (after reading the request), or
     /// holds it open silently when `reply` is `None`.
-    async fn http_server(reply: Option<&'static str>) -> SocketAddrV4 {
+    async fn http_server(reply: Option<&'static str>) -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = loopback(&l);
         tokio::spawn(async move {
@@ -567,10 +619,114 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(2));
     }
 
+    #[tokio::test]
+    async fn tcp_probe_over_ipv6() {
+        let l = TcpListener::bind("[::1]:0").await.unwrap();
+        assert!(TcpProbe.check(loopback(&l), SHORT).await.is_ok());
+        let closed = loopback(&l);
+        drop(l);
+        let err = TcpProbe.check(closed, SHORT).await.unwrap_err();
+        assert!(matches!(err, HealthError::Connect { .. }), "{err}");
+    }
+
+    /// A UDP service on `bind` that answers every datagram with its own
+    /// bytes reversed, and records what it got.
+    async fn udp_echo(bind: &str) -> (SocketAddr, Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+        let sock = UdpSocket::bind(bind).await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                log.lock().unwrap().push(buf[..n].to_vec());
+                let mut reply = buf[..n].to_vec();
+                reply.reverse();
+                let _ = sock.send_to(&reply, from).await;
+            }
+        });
+        (addr, seen)
+    }
+
+    fn udp(payload: &str) -> UdpProbe {
+        UdpProbe {
+            payload: payload.as_bytes().to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn udp_probe_answered_on_both_families() {
+        for bind in ["127.0.0.1:0", "[::1]:0"] {
+            let (addr, seen) = udp_echo(bind).await;
+            udp("ping").check(addr, SHORT).await.unwrap();
+            // An empty payload is a zero-length datagram, still answered.
+            udp("").check(addr, SHORT).await.unwrap();
+            assert_eq!(
+                *seen.lock().unwrap(),
+                vec![b"ping".to_vec(), vec![]],
+                "{bind}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn udp_probe_closed_port_is_refused_at_once() {
+        for bind in ["127.0.0.1:0", "[::1]:0"] {
+            // Bind, take the port, close: the host answers ICMP port
+            // unreachable, which the connected socket reports.
+            let closed = UdpSocket::bind(bind).await.unwrap().local_addr().unwrap();
+            let start = std::time::Instant::now();
+            let err = udp("ping").check(closed, SHORT).await.unwrap_err();
+            assert!(
+                matches!(err, HealthError::PortUnreachable { addr } if addr == closed),
+                "{bind}: {err}"
+            );
+            assert!(start.elapsed() < SHORT, "{bind}: refused, not timed out");
+        }
+    }
+
+    #[tokio::test]
+    async fn udp_probe_silence_is_a_timeout() {
+        // Bound (so no ICMP error) but never answering.
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let start = std::time::Instant::now();
+        let err = udp("ping")
+            .check(addr, Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                HealthError::Timeout {
+                    timeout_ms: 100,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(start.elapsed() >= Duration::from_millis(100));
+        let mut buf = [0u8; 16];
+        let (n, _) = silent.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"ping", "the probe reached the service");
+    }
+
+    #[tokio::test]
+    async fn probe_for_udp_sends_the_configured_payload() {
+        let (addr, seen) = udp_echo("127.0.0.1:0").await;
+        let spec = HealthConfig {
+            kind: HealthKind::Udp,
+            payload: Some("health?".into()),
+            ..HealthConfig::default()
+        };
+        probe_for(&spec).check(addr, SHORT).await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec![b"health?".to_vec()]);
+    }
+
     /// Never answers; used to show a stuck backend delays nobody else.
     struct Stuck;
     impl Probe for Stuck {
-        fn check(&self, _: SocketAddrV4, _: Duration) -> ProbeFuture<'_> {
+        fn check(&self, _: SocketAddr, _: Duration) -> ProbeFuture<'_> {
             Box::pin(std::future::pending())
         }
     }
@@ -631,10 +787,10 @@ mod tests {
 
     /// Records when each address is probed (tokio's clock).
     #[derive(Default)]
-    struct Recorder(std::sync::Mutex<Vec<(SocketAddrV4, tokio::time::Instant)>>);
+    struct Recorder(std::sync::Mutex<Vec<(SocketAddr, tokio::time::Instant)>>);
 
     impl Probe for Recorder {
-        fn check(&self, addr: SocketAddrV4, _timeout: Duration) -> ProbeFuture<'_> {
+        fn check(&self, addr: SocketAddr, _timeout: Duration) -> ProbeFuture<'_> {
             self.0
                 .lock()
                 .unwrap()
@@ -656,7 +812,7 @@ mod tests {
         let t0 = tokio::time::Instant::now();
         let n = 100u16;
         for i in 0..n {
-            let addr = SocketAddrV4::new(std::net::Ipv4Addr::new(198, 18, 1, 11), 8000 + i);
+            let addr = SocketAddr::from((std::net::Ipv4Addr::new(198, 18, 1, 11), 8000 + i));
             let probe: Arc<dyn Probe> = rec.clone();
             spawn_checker(
                 u64::from(i),
@@ -690,7 +846,7 @@ mod tests {
             "probes bunch up: {per_slot:?}"
         );
         for i in 0..n {
-            let addr = SocketAddrV4::new(std::net::Ipv4Addr::new(198, 18, 1, 11), 8000 + i);
+            let addr = SocketAddr::from((std::net::Ipv4Addr::new(198, 18, 1, 11), 8000 + i));
             let times: Vec<_> = probes
                 .iter()
                 .filter(|(a, _)| *a == addr)

@@ -15,7 +15,7 @@ pub mod agent;
 pub mod client;
 pub mod procfs;
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -49,15 +49,15 @@ pub enum LoadError {
     NothingUseful { line: String },
     #[error("connect to agent {addr}: {source}")]
     Connect {
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
     #[error("agent {addr}: no reply within {timeout_ms} ms")]
-    Timeout { addr: SocketAddrV4, timeout_ms: u64 },
+    Timeout { addr: SocketAddr, timeout_ms: u64 },
     #[error("agent {addr}: {source}")]
     Io {
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },

@@ -487,6 +487,7 @@ mod tests {
                 index: 0,
                 pool: "web".into(),
                 vip: "198.18.2.10:80".parse().unwrap(),
+                protocol: crate::config::Protocol::Tcp,
                 counters: VipCounters {
                     packets: 90,
                     bytes: 9000,
@@ -536,6 +537,7 @@ mod tests {
             pools: vec![PoolStatus {
                 name: "web".into(),
                 vip: "198.18.2.10:80".into(),
+                protocol: "tcp".into(),
                 mode: "nat".into(),
                 min_active: 1,
                 on_empty: "reject".into(),

@@ -11,9 +11,12 @@ pub struct Status {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PoolStatus {
     pub name: String,
-    /// "198.18.2.10:80"
+    /// "198.18.2.10:80", "[2001:2:0:2::10]:80"
     pub vip: String,
-    /// "nat" | "dsr"
+    /// "tcp" | "udp"
+    #[serde(default)]
+    pub protocol: String,
+    /// "nat" | "dsr" | "tunnel"
     pub mode: String,
     pub min_active: u32,
     /// "reject" | "drop": what the VIP does with new flows while empty.
@@ -36,7 +39,7 @@ pub struct PoolStatus {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BackendStatus {
     pub name: String,
-    /// "198.18.1.11:8080"
+    /// "198.18.1.11:8080", "[2001:2:0:1::11]:8080"
     pub addr: String,
     /// "primary" | "spare"
     pub role: String,
@@ -88,6 +91,7 @@ impl Status {
             pools: vec![PoolStatus {
                 name: "web".into(),
                 vip: "198.18.2.10:80".into(),
+                protocol: "tcp".into(),
                 mode: "nat".into(),
                 min_active: 1,
                 on_empty: "reject".into(),

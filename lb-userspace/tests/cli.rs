@@ -249,6 +249,7 @@ fn check_accepts_the_shipped_configs() {
     for (file, want) in [
         ("xdplb.toml", "ok: 1 pool, 4 backends"),
         ("minimal.toml", "ok: 1 pool, 2 backends"),
+        ("ipv6-udp.toml", "ok: 3 pools, 7 backends"),
     ] {
         let path = format!("{CONFIG_DIR}/{file}");
         let o = xdplb(&["check", "--config", &path]);
@@ -557,7 +558,7 @@ fn stats_and_down_on_a_real_data_plane() {
         dp.write_backend(&BackendSlot {
             slot: 0,
             vip_index: 0,
-            addr: backend,
+            addr: backend.into(),
             state: BACKEND_ACTIVE,
             flags: 0,
         })

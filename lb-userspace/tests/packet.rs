@@ -157,7 +157,7 @@ fn set_backend(dp: &mut Dataplane, slot: u32, state: u8) {
     dp.write_backend(&BackendSlot {
         slot,
         vip_index: 0,
-        addr: backend_addr(slot),
+        addr: backend_addr(slot).into(),
         state,
         flags: 0,
     })
@@ -448,7 +448,7 @@ fn a_stale_ring_entry_is_never_used() {
             dp.write_backend(&BackendSlot {
                 slot: b,
                 vip_index: 1,
-                addr: backend_addr(b),
+                addr: backend_addr(b).into(),
                 state: BACKEND_ACTIVE,
                 flags: 0,
             })
@@ -928,7 +928,7 @@ fn a_partial_frame_handed_to_the_kernel_stays_partial() {
         .write_backend(&BackendSlot {
             slot: 2,
             vip_index: 0,
-            addr: unresolved,
+            addr: unresolved.into(),
             state: BACKEND_ACTIVE,
             flags: 0,
         })

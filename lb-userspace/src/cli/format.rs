@@ -105,10 +105,12 @@ pub fn status_text(s: &Status) -> String {
         if i > 0 {
             out.push('\n');
         }
-        out.push_str(&format!(
-            "pool {}  vip {}  {}  min_active {}",
-            p.name, p.vip, p.mode, p.min_active
-        ));
+        out.push_str(&format!("pool {}  vip {}  ", p.name, p.vip));
+        // A controller from before UDP sends no protocol.
+        if !p.protocol.is_empty() {
+            out.push_str(&format!("{}  ", p.protocol));
+        }
+        out.push_str(&format!("{}  min_active {}", p.mode, p.min_active));
         if let Some(m) = p.mean_load {
             out.push_str(&format!("  mean load {m:.2}"));
         }
@@ -226,6 +228,8 @@ pub struct GlobalJson<T> {
 pub struct VipJson<T> {
     pub pool: String,
     pub vip: String,
+    /// "tcp" | "udp"
+    pub protocol: String,
     pub packets: T,
     pub bytes: T,
     pub new_flows: T,
@@ -293,6 +297,7 @@ impl<T: Copy> StatsJson<T> {
                     VipJson {
                         pool: v.pool.clone(),
                         vip: v.vip.to_string(),
+                        protocol: v.protocol.to_string(),
                         packets: f(v.counters.packets, p.map(|p| p.packets)),
                         bytes: f(v.counters.bytes, p.map(|p| p.bytes)),
                         new_flows: f(v.counters.new_flows, p.map(|p| p.new_flows)),
@@ -421,6 +426,7 @@ fn stats_text_of<T: Human + PartialEq + Default>(s: &StatsJson<T>, unit: &str) -
             .map(|v| {
                 vec![
                     v.vip.clone(),
+                    v.protocol.clone(),
                     v.pool.clone(),
                     v.packets.count(),
                     v.bytes.bytes(),
@@ -433,6 +439,7 @@ fn stats_text_of<T: Human + PartialEq + Default>(s: &StatsJson<T>, unit: &str) -
             "",
             &[
                 ("VIP", Left),
+                ("PROTO", Left),
                 ("POOL", Left),
                 (&p, Right),
                 (&b, Right),
@@ -565,6 +572,7 @@ mod tests {
                 PoolStatus {
                     name: "web".into(),
                     vip: "198.18.2.10:80".into(),
+                    protocol: "tcp".into(),
                     mode: "nat".into(),
                     min_active: 2,
                     on_empty: "reject".into(),
@@ -575,7 +583,8 @@ mod tests {
                 },
                 PoolStatus {
                     name: "api".into(),
-                    vip: "198.18.2.11:443".into(),
+                    vip: "[2001:2:0:2::11]:53".into(),
+                    protocol: "udp".into(),
                     mode: "nat".into(),
                     min_active: 1,
                     on_empty: "reject".into(),
@@ -587,12 +596,12 @@ mod tests {
             ],
         };
         let want = "\
-pool web  vip 198.18.2.10:80  nat  min_active 2  mean load 0.42
+pool web  vip 198.18.2.10:80  tcp  nat  min_active 2  mean load 0.42
   BACKEND      ADDRESS           ROLE     HEALTH  STATE   WEIGHT  LOAD  FLOWS  REASON
   web-1        198.18.1.11:8080  primary  up      active     100  0.42     12  healthy
   web-spare-1  198.18.1.11:8080  spare    down    down         0  0.42      0  health_down: connection refused
 
-pool api  vip 198.18.2.11:443  nat  min_active 1  EMPTY: no usable backend, new flows are rejected
+pool api  vip [2001:2:0:2::11]:53  udp  nat  min_active 1  EMPTY: no usable backend, new flows are rejected
   BACKEND  ADDRESS  ROLE  HEALTH  STATE  WEIGHT  LOAD  FLOWS  REASON
 ";
         assert_eq!(status_text(&s), want);
@@ -612,7 +621,7 @@ pool api  vip 198.18.2.11:443  nat  min_active 1  EMPTY: no usable backend, new 
         let text = status_text(&dropping);
         assert!(
             text.starts_with(
-                "pool web  vip 198.18.2.10:80  nat  min_active 2  mean load 0.42  EMPTY: no usable backend, new flows are dropped\n"
+                "pool web  vip 198.18.2.10:80  tcp  nat  min_active 2  mean load 0.42  EMPTY: no usable backend, new flows are dropped\n"
             ),
             "{text}"
         );
@@ -634,6 +643,7 @@ pool api  vip 198.18.2.11:443  nat  min_active 1  EMPTY: no usable backend, new 
                 index: 0,
                 pool: "web".into(),
                 vip: "198.18.2.10:80".parse().unwrap(),
+                protocol: crate::config::Protocol::Tcp,
                 counters: VipCounters {
                     packets: 900 * scale,
                     bytes: 3 * 1024 * 1024 * scale,
@@ -665,8 +675,8 @@ pool api  vip 198.18.2.11:443  nat  min_active 1  EMPTY: no usable backend, new 
 dropped: no_backend 2
 events: icmp_to_backend 9, neigh_unresolved 3
 
-VIP             POOL  PACKETS    BYTES  NEW FLOWS  REJECTED
-198.18.2.10:80  web       900  3.0 MiB          4         7
+VIP             PROTO  POOL  PACKETS    BYTES  NEW FLOWS  REJECTED
+198.18.2.10:80  tcp    web       900  3.0 MiB          4         7
 
 BACKEND  POOL  ADDRESS           STATE   PACKETS    BYTES  NEW FLOWS  REPLY PKTS  REPLY BYTES
 web-1    web   198.18.1.11:8080  active      880  2.0 KiB          4         800    625.0 KiB
@@ -695,6 +705,7 @@ web-1    web   198.18.1.11:8080  active      880  2.0 KiB          4         800
         assert_eq!(v["vips"][0]["rejected"], 7);
         assert_eq!(v["vips"][0]["pool"], "web");
         assert_eq!(v["vips"][0]["vip"], "198.18.2.10:80");
+        assert_eq!(v["vips"][0]["protocol"], "tcp");
         assert_eq!(v["vips"][0]["new_flows"], 4);
         assert_eq!(v["backends"][0]["name"], "web-1");
         assert_eq!(v["backends"][0]["state"], "active");

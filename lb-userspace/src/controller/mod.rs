@@ -28,7 +28,7 @@
 //! the probes would not change anyway (Maglev is deterministic).
 use std::{
     collections::{HashMap, HashSet, VecDeque},
-    net::SocketAddrV4,
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -47,7 +47,10 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    config::{self, BackendConfig, Config, HealthConfig, OnDown, OnEmpty, PoolConfig, Role},
+    config::{
+        self, BackendConfig, Config, Endpoint, HealthConfig, OnDown, OnEmpty, PoolConfig, Protocol,
+        Role,
+    },
     dataplane::{
         self, backend_name_index, AttachMode, BackendSlot, Dataplane, DataplaneError, Shape,
     },
@@ -148,7 +151,7 @@ pub const HOST_SYNC_EVERY: Duration = Duration::from_secs(3);
 type Key = (String, String);
 
 /// Every backend of `config` and its address.
-fn wanted_backends(config: &Config) -> HashMap<Key, SocketAddrV4> {
+fn wanted_backends(config: &Config) -> HashMap<Key, SocketAddr> {
     config
         .pools
         .iter()
@@ -214,13 +217,13 @@ pub struct Controller<D: DataplaneOps> {
     /// The VIP address each pool has in the VIPS map (adopted or
     /// published), so a pool removed or re-addressed while the controller
     /// was down is taken out of the map even though no config named it.
-    vip_addrs: HashMap<String, SocketAddrV4>,
+    vip_addrs: HashMap<String, Endpoint>,
     /// Backend metas as last written.
     written: HashMap<u32, BackendSlot>,
     /// What each pool's VIP was last published with.
     published: HashMap<String, PublishedRing>,
     /// Slots of backends removed by reload: (since, address, pool).
-    retiring: HashMap<u32, (Instant, SocketAddrV4)>,
+    retiring: HashMap<u32, (Instant, SocketAddr)>,
     checkers: HashMap<Key, Task>,
     pollers: HashMap<Key, Task>,
     task_owner: HashMap<u64, Key>,

@@ -5,12 +5,14 @@ use super::*;
 /// [`Dataplane`] is the real one; tests use a fake.
 pub trait DataplaneOps: Send {
     /// `flags`: `lb_common::VIP_F_*` bits (see [`vip_flags`]).
+    /// `flow_idle_ms`: the pool's (0: flows never idle out).
     fn publish_vip(
         &mut self,
-        vip: SocketAddrV4,
+        vip: Endpoint,
         vip_index: u32,
         ring: &[u32],
         flags: u32,
+        flow_idle_ms: u32,
     ) -> Result<(), DataplaneError>;
     /// Writes what the program must know about this host: the attached
     /// interfaces' MACs and redirect targets, and this network namespace's
@@ -18,20 +20,22 @@ pub trait DataplaneOps: Send {
     /// apart from client traffic). Addresses change: called again every
     /// [`HOST_SYNC_EVERY`].
     fn sync_host(&mut self, interfaces: &[String]) -> Result<(), DataplaneError>;
-    fn remove_vip(&mut self, vip: SocketAddrV4) -> Result<(), DataplaneError>;
+    fn remove_vip(&mut self, vip: Endpoint) -> Result<(), DataplaneError>;
     fn write_backend(&mut self, slot: &BackendSlot) -> Result<(), DataplaneError>;
     fn free_backend(&mut self, slot: u32) -> Result<(), DataplaneError>;
+    /// Replies from `backend` (a pool's backend address and protocol) are
+    /// rewritten to come from `vip`.
     fn write_reply(
         &mut self,
-        backend: SocketAddrV4,
-        vip: SocketAddrV4,
+        backend: Endpoint,
+        vip: SocketAddr,
         slot: u32,
         vip_index: u32,
     ) -> Result<(), DataplaneError>;
-    fn remove_reply(&mut self, backend: SocketAddrV4) -> Result<(), DataplaneError>;
+    fn remove_reply(&mut self, backend: Endpoint) -> Result<(), DataplaneError>;
     fn write_name(&mut self, index: u32, name: &str) -> Result<(), DataplaneError>;
     /// (pool name, vip, vip index) of every VIP in the map.
-    fn adopt_vips(&self) -> Result<Vec<(String, SocketAddrV4, u32)>, DataplaneError>;
+    fn adopt_vips(&self) -> Result<Vec<(String, Endpoint, u32)>, DataplaneError>;
     /// (backend name, slot) of every slot in use.
     fn adopt_backends(&self) -> Result<Vec<(String, BackendSlot)>, DataplaneError>;
 }
@@ -39,17 +43,18 @@ pub trait DataplaneOps: Send {
 impl DataplaneOps for Dataplane {
     fn publish_vip(
         &mut self,
-        vip: SocketAddrV4,
+        vip: Endpoint,
         idx: u32,
         ring: &[u32],
         flags: u32,
+        flow_idle_ms: u32,
     ) -> Result<(), DataplaneError> {
-        Dataplane::publish_vip(self, vip, idx, ring, flags)
+        Dataplane::publish_vip_idle(self, vip, idx, ring, flags, flow_idle_ms)
     }
     fn sync_host(&mut self, interfaces: &[String]) -> Result<(), DataplaneError> {
         Dataplane::sync_host(self, interfaces)
     }
-    fn remove_vip(&mut self, vip: SocketAddrV4) -> Result<(), DataplaneError> {
+    fn remove_vip(&mut self, vip: Endpoint) -> Result<(), DataplaneError> {
         Dataplane::remove_vip(self, vip)
     }
     fn write_backend(&mut self, slot: &BackendSlot) -> Result<(), DataplaneError> {
@@ -60,29 +65,23 @@ impl DataplaneOps for Dataplane {
     }
     fn write_reply(
         &mut self,
-        backend: SocketAddrV4,
-        vip: SocketAddrV4,
+        backend: Endpoint,
+        vip: SocketAddr,
         slot: u32,
         vip_index: u32,
     ) -> Result<(), DataplaneError> {
         Dataplane::write_reply(self, backend, vip, slot, vip_index)
     }
-    fn remove_reply(&mut self, backend: SocketAddrV4) -> Result<(), DataplaneError> {
+    fn remove_reply(&mut self, backend: Endpoint) -> Result<(), DataplaneError> {
         Dataplane::remove_reply(self, backend)
     }
     fn write_name(&mut self, index: u32, name: &str) -> Result<(), DataplaneError> {
         Dataplane::write_name(self, index, name)
     }
-    fn adopt_vips(&self) -> Result<Vec<(String, SocketAddrV4, u32)>, DataplaneError> {
+    fn adopt_vips(&self) -> Result<Vec<(String, Endpoint, u32)>, DataplaneError> {
         self.read_vips()?
             .into_iter()
-            .map(|(key, meta)| {
-                Ok((
-                    self.read_name(meta.index)?,
-                    dataplane::socket_addr(&key),
-                    meta.index,
-                ))
-            })
+            .map(|(vip, meta)| Ok((self.read_name(meta.index)?, vip, meta.index)))
             .collect()
     }
     fn adopt_backends(&self) -> Result<Vec<(String, BackendSlot)>, DataplaneError> {

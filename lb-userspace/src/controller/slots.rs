@@ -34,7 +34,7 @@ impl<D: DataplaneOps> Controller<D> {
         &self,
         old: &Config,
         new: &Config,
-    ) -> Vec<(Key, u32, Option<SocketAddrV4>)> {
+    ) -> Vec<(Key, u32, Option<SocketAddr>)> {
         let wanted = wanted_backends(new);
         // Where a slot points now: what the data plane holds (adopted or
         // written), else what the old config said.
@@ -87,7 +87,7 @@ impl<D: DataplaneOps> Controller<D> {
         }
         let gone = self.gone_backends(&self.config, new);
         let gone_keys: HashSet<&Key> = gone.iter().map(|g| &g.0).collect();
-        let new_addrs: HashSet<SocketAddrV4> = wanted_backends(new).into_values().collect();
+        let new_addrs: HashSet<SocketAddr> = wanted_backends(new).into_values().collect();
         let needed = wanted_backends(new)
             .keys()
             .filter(|k| !self.slots.backends.contains_key(*k) || gone_keys.contains(k))
@@ -142,10 +142,12 @@ impl<D: DataplaneOps> Controller<D> {
             let addr = self
                 .vip_addrs
                 .remove(&name)
-                .or_else(|| old.pool(&name).map(|p| p.vip));
+                .or_else(|| old.pool(&name).map(|p| p.endpoint()));
             // A VIP taken over by another pool stays in the map until that
             // pool's ring replaces the entry (no gap in service).
-            if let Some(addr) = addr.filter(|a| self.config.pools.iter().all(|p| p.vip != *a)) {
+            if let Some(addr) =
+                addr.filter(|a| self.config.pools.iter().all(|p| p.endpoint() != *a))
+            {
                 self.dp.remove_vip(addr)?;
             }
             if let Some(index) = self.slots.vips.remove(&name) {
@@ -160,17 +162,38 @@ impl<D: DataplaneOps> Controller<D> {
             }
             summary.push(format!("removed pool {name}"));
         }
-        // A pool whose VIP changed: the old address stops being balanced;
-        // the new one is published on the next sync.
-        let moved: Vec<(String, SocketAddrV4)> = self
+        // A pool whose VIP changed (address, port or protocol): the old
+        // one stops being balanced; the new one is published on the next
+        // sync.
+        let moved: Vec<(String, Endpoint)> = self
             .vip_addrs
             .iter()
-            .filter(|(name, addr)| self.config.pool(name).is_some_and(|p| p.vip != **addr))
+            .filter(|(name, addr)| {
+                self.config
+                    .pool(name)
+                    .is_some_and(|p| p.endpoint() != **addr)
+            })
             .map(|(n, a)| (n.clone(), *a))
             .collect();
         for (name, addr) in moved {
-            if self.config.pools.iter().all(|p| p.vip != addr) {
+            if self.config.pools.iter().all(|p| p.endpoint() != addr) {
                 self.dp.remove_vip(addr)?;
+            }
+            // Its backends' replies were keyed with the old protocol.
+            let pool = self
+                .config
+                .pool(&name)
+                .expect("moved pools are in the config");
+            if pool.protocol != addr.protocol {
+                for b in &pool.backends {
+                    let old = Endpoint {
+                        addr: b.addr,
+                        protocol: addr.protocol,
+                    };
+                    if !self.claims_reply(old) {
+                        self.dp.remove_reply(old)?;
+                    }
+                }
             }
             self.vip_addrs.remove(&name);
             self.published.remove(&name);
@@ -215,7 +238,7 @@ impl<D: DataplaneOps> Controller<D> {
         // An address taken back from a retiring slot: that slot's replies
         // would now be claimed by the new one. Freed before any slot is
         // handed out (the capacity plan counted on it).
-        let new_addrs: HashSet<SocketAddrV4> = wanted.values().copied().collect();
+        let new_addrs: HashSet<SocketAddr> = wanted.values().copied().collect();
         let reused: Vec<u32> = self
             .retiring
             .iter()
@@ -243,7 +266,7 @@ impl<D: DataplaneOps> Controller<D> {
             };
             self.dp.write_name(index, &pool.name)?;
             if new_pool && !old.pools.is_empty() {
-                summary.push(format!("added pool {} on {}", pool.name, pool.vip));
+                summary.push(format!("added pool {} on {}", pool.name, pool.endpoint()));
             } else if let Some(o) = old.pool(&pool.name) {
                 if o != pool {
                     summary.push(format!("changed pool {}", pool.name));
@@ -283,12 +306,13 @@ impl<D: DataplaneOps> Controller<D> {
             }
         };
         self.dp.write_name(backend_name_index(slot), &b.name)?;
+        let reply = pool.backend_endpoint(b);
         if pool.mode == config::Mode::Nat {
-            self.dp.write_reply(b.addr, pool.vip, slot, vip_index)?;
+            self.dp.write_reply(reply, pool.vip, slot, vip_index)?;
         } else {
             // Direct return: the backend answers from the VIP itself, and
             // nothing from its own address is ours to rewrite.
-            self.dp.remove_reply(b.addr)?;
+            self.dp.remove_reply(reply)?;
         }
         // What the pinned data plane says of this very backend (same slot,
         // same address): its last verdict, kept until probes overturn it.
@@ -324,7 +348,7 @@ impl<D: DataplaneOps> Controller<D> {
             let probe = (self.probes)(&pool.health);
             health::spawn_checker(
                 id,
-                b.addr,
+                pool.health.target(b.addr),
                 pool.health.clone(),
                 probe,
                 self.health_tx.clone(),
@@ -341,7 +365,7 @@ impl<D: DataplaneOps> Controller<D> {
         }
         match &pool.load {
             Some(l) => {
-                let agent = SocketAddrV4::new(*b.addr.ip(), l.agent_port);
+                let agent = SocketAddr::new(b.addr.ip(), l.agent_port);
                 let fp = format!("{agent} {}", l.interval_ms);
                 if self.pollers.get(&k).map(|t| &t.fingerprint) != Some(&fp) {
                     let id = self.task_id(&k);
@@ -371,16 +395,27 @@ impl<D: DataplaneOps> Controller<D> {
         Ok(())
     }
 
+    /// Whether a backend of the running config has its replies keyed by
+    /// `e` (its address and its pool's protocol).
+    pub(super) fn claims_reply(&self, e: Endpoint) -> bool {
+        self.config
+            .pools
+            .iter()
+            .filter(|p| p.protocol == e.protocol)
+            .any(|p| p.backends.iter().any(|b| b.addr == e.addr))
+    }
+
     pub(super) fn free_slot(&mut self, slot: u32) -> Result<(), ControllerError> {
         if let Some((_, addr)) = self.retiring.remove(&slot) {
-            // Only drop the reply entry if no live backend took the address.
-            let taken = self
-                .config
-                .pools
-                .iter()
-                .any(|p| p.backends.iter().any(|b| b.addr == addr));
-            if !taken {
-                self.dp.remove_reply(addr)?;
+            // A slot does not record its pool's protocol (a pool removed
+            // while the controller was down is known only by its slots):
+            // the address's reply entries of either protocol go, unless a
+            // live backend took them.
+            for protocol in [Protocol::Tcp, Protocol::Udp] {
+                let e = Endpoint { addr, protocol };
+                if !self.claims_reply(e) {
+                    self.dp.remove_reply(e)?;
+                }
             }
         }
         self.dp.free_backend(slot)?;

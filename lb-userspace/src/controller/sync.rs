@@ -20,6 +20,7 @@ pub fn vip_flags(pool: &PoolConfig) -> u32 {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct PublishedRing {
     pub(super) flags: u32,
+    pub(super) flow_idle_ms: u32,
     /// Maglev inputs: (slot, weight) of every active backend.
     pub(super) inputs: Vec<(u32, u32)>,
 }
@@ -149,10 +150,11 @@ impl<D: DataplaneOps> Controller<D> {
             }
             let published = PublishedRing {
                 flags: vip_flags(pool),
+                flow_idle_ms: pool.flow_idle_ms,
                 inputs,
             };
             if self.published.get(&pool.name) != Some(&published) {
-                rings.push((pool.name.clone(), pool.vip, vip_index, published));
+                rings.push((pool.name.clone(), pool.endpoint(), vip_index, published));
             }
         }
         for (pool_name, vip, vip_index, published) in rings {
@@ -177,8 +179,13 @@ impl<D: DataplaneOps> Controller<D> {
                 })
                 .collect();
             let ring = maglev::build(&entries, self.config.dataplane.ring_size);
-            self.dp
-                .publish_vip(vip, vip_index, &ring, published.flags)?;
+            self.dp.publish_vip(
+                vip,
+                vip_index,
+                &ring,
+                published.flags,
+                published.flow_idle_ms,
+            )?;
             debug!(
                 pool = pool_name,
                 active = inputs.len(),
@@ -226,7 +233,7 @@ impl<D: DataplaneOps> Controller<D> {
                     .get(&p.name)
                     .is_some_and(|r| !r.inputs.is_empty())
             })
-            .map(|p| (p.name.clone(), std::net::IpAddr::V4(*p.vip.ip())))
+            .map(|p| (p.name.clone(), p.vip.ip()))
             .collect();
         crate::announce::Announcer::sync(
             &mut self.announcer,

@@ -17,8 +17,16 @@ enum Op {
     },
     Backend(BackendSlot),
     Free(u32),
-    RemoveReply(SocketAddrV4),
-    RemoveVip(SocketAddrV4),
+    RemoveReply(Endpoint),
+    RemoveVip(Endpoint),
+}
+
+/// `"198.18.2.10:80"` is TCP; `"198.18.2.10:53/udp"` UDP.
+fn ep(s: &str) -> Endpoint {
+    match s.strip_suffix("/udp") {
+        Some(a) => Endpoint::udp(a.parse::<SocketAddr>().unwrap()),
+        None => Endpoint::tcp(s.parse::<SocketAddr>().unwrap()),
+    }
 }
 
 #[derive(Default)]
@@ -27,7 +35,11 @@ struct Fake {
     /// The interfaces of every `sync_host` call (shared: the test
     /// reads it while `run` owns the fake).
     host_syncs: Arc<Mutex<Vec<Vec<String>>>>,
-    vips: HashMap<SocketAddrV4, (u32, Vec<u32>)>,
+    vips: HashMap<Endpoint, (u32, Vec<u32>)>,
+    /// Each VIP's `flow_idle_ms` as last published.
+    idle: HashMap<Endpoint, u32>,
+    /// Reply entries: backend endpoint → VIP.
+    replies: HashMap<Endpoint, SocketAddr>,
     backends: HashMap<u32, BackendSlot>,
     names: HashMap<u32, String>,
 }
@@ -49,7 +61,7 @@ impl Fake {
 
     /// Names of the backends the VIP's ring holds.
     fn ring_members(&self, vip: &str) -> Vec<String> {
-        let (_, ring) = &self.vips[&vip.parse().unwrap()];
+        let (_, ring) = &self.vips[&ep(vip)];
         let mut m: Vec<String> = ring
             .iter()
             .filter(|s| **s != NO_BACKEND)
@@ -64,11 +76,13 @@ impl Fake {
 impl DataplaneOps for Fake {
     fn publish_vip(
         &mut self,
-        vip: SocketAddrV4,
+        vip: Endpoint,
         idx: u32,
         ring: &[u32],
         flags: u32,
+        flow_idle_ms: u32,
     ) -> Result<(), DataplaneError> {
+        self.idle.insert(vip, flow_idle_ms);
         let mut slots: Vec<u32> = ring.iter().copied().filter(|s| *s != NO_BACKEND).collect();
         slots.sort();
         slots.dedup();
@@ -84,7 +98,7 @@ impl DataplaneOps for Fake {
         self.host_syncs.lock().unwrap().push(interfaces.to_vec());
         Ok(())
     }
-    fn remove_vip(&mut self, vip: SocketAddrV4) -> Result<(), DataplaneError> {
+    fn remove_vip(&mut self, vip: Endpoint) -> Result<(), DataplaneError> {
         self.ops.push(Op::RemoveVip(vip));
         self.vips.remove(&vip);
         Ok(())
@@ -101,22 +115,24 @@ impl DataplaneOps for Fake {
     }
     fn write_reply(
         &mut self,
-        _: SocketAddrV4,
-        _: SocketAddrV4,
+        backend: Endpoint,
+        vip: SocketAddr,
         _: u32,
         _: u32,
     ) -> Result<(), DataplaneError> {
+        self.replies.insert(backend, vip);
         Ok(())
     }
-    fn remove_reply(&mut self, backend: SocketAddrV4) -> Result<(), DataplaneError> {
+    fn remove_reply(&mut self, backend: Endpoint) -> Result<(), DataplaneError> {
         self.ops.push(Op::RemoveReply(backend));
+        self.replies.remove(&backend);
         Ok(())
     }
     fn write_name(&mut self, index: u32, name: &str) -> Result<(), DataplaneError> {
         self.names.insert(index, name.to_string());
         Ok(())
     }
-    fn adopt_vips(&self) -> Result<Vec<(String, SocketAddrV4, u32)>, DataplaneError> {
+    fn adopt_vips(&self) -> Result<Vec<(String, Endpoint, u32)>, DataplaneError> {
         Ok(self
             .vips
             .iter()
@@ -135,8 +151,8 @@ impl DataplaneOps for Fake {
 /// Probes answer from a table the test flips, after a delay it sets.
 #[derive(Default)]
 struct FakeProbes {
-    up: Mutex<HashMap<SocketAddrV4, bool>>,
-    delay: Mutex<HashMap<SocketAddrV4, Duration>>,
+    up: Mutex<HashMap<SocketAddr, bool>>,
+    delay: Mutex<HashMap<SocketAddr, Duration>>,
 }
 
 impl FakeProbes {
@@ -150,7 +166,7 @@ impl FakeProbes {
 }
 
 impl Probe for FakeProbes {
-    fn check(&self, addr: SocketAddrV4, _timeout: Duration) -> ProbeFuture<'_> {
+    fn check(&self, addr: SocketAddr, _timeout: Duration) -> ProbeFuture<'_> {
         let up = self.up.lock().unwrap().get(&addr).copied().unwrap_or(true);
         let delay = self.delay.lock().unwrap().get(&addr).copied();
         Box::pin(async move {
@@ -431,7 +447,7 @@ async fn a_restarted_controller_adopts_slots_and_drains_and_rewrites_nothing() {
     r.c.drain("web", "web-2", true).unwrap();
     assert_eq!(r.fake().state("web-2"), lb_common::BACKEND_DRAINING);
     let slots = r.c.slots.backends.clone();
-    let ring = r.fake().vips[&"198.18.2.10:80".parse().unwrap()].1.clone();
+    let ring = r.fake().vips[&ep("198.18.2.10:80")].1.clone();
     let probes = r.probes.clone();
     // "Restart": a new controller over the same data plane.
     let mut fake = std::mem::take(&mut r.c.dp);
@@ -459,7 +475,7 @@ async fn a_restarted_controller_adopts_slots_and_drains_and_rewrites_nothing() {
         "unexpected writes after restart: {:?}",
         f.ops
     );
-    assert_eq!(f.vips[&"198.18.2.10:80".parse().unwrap()].1, ring);
+    assert_eq!(f.vips[&ep("198.18.2.10:80")].1, ring);
     assert_eq!(f.state("web-2"), lb_common::BACKEND_DRAINING);
 }
 
@@ -498,7 +514,7 @@ async fn a_restart_removes_what_the_file_no_longer_has() {
         &two_pools(),
     );
     r.pump(Duration::from_millis(300)).await;
-    let api_vip: SocketAddrV4 = "198.18.2.11:80".parse().unwrap();
+    let api_vip = ep("198.18.2.11:80");
     assert!(r.fake().vips.contains_key(&api_vip));
     let web2 = r.c.slots.backends[&key("web", "web-2")];
     let api1 = r.c.slots.backends[&key("api", "api-1")];
@@ -605,7 +621,7 @@ async fn a_count_begun_before_a_slot_retired_does_not_free_it() {
 async fn a_pool_whose_vip_changes_moves_to_the_new_address() {
     let mut r = rig();
     r.pump(Duration::from_millis(300)).await;
-    let old: SocketAddrV4 = "198.18.2.10:80".parse().unwrap();
+    let old = ep("198.18.2.10:80");
     let moved = CONFIG.replace("198.18.2.10:80", "198.18.2.20:80");
     let mut r = restart(r, &moved);
     assert!(r.fake().ops.contains(&Op::RemoveVip(old)));
@@ -615,10 +631,7 @@ async fn a_pool_whose_vip_changes_moves_to_the_new_address() {
     // By reload, too.
     r.write_config(CONFIG);
     r.c.reload().unwrap();
-    assert!(!r
-        .fake()
-        .vips
-        .contains_key(&"198.18.2.20:80".parse().unwrap()));
+    assert!(!r.fake().vips.contains_key(&ep("198.18.2.20:80")));
     assert_eq!(r.fake().ring_members("198.18.2.10:80"), ["web-1", "web-2"]);
 }
 
@@ -719,7 +732,7 @@ async fn reload_refuses_a_bad_config_and_applies_a_good_one() {
     assert!(r
         .fake()
         .ops
-        .contains(&Op::RemoveReply("198.18.1.12:8080".parse().unwrap())));
+        .contains(&Op::RemoveReply(ep("198.18.1.12:8080"))));
 }
 
 #[tokio::test(start_paused = true)]
@@ -984,4 +997,146 @@ async fn unknown_drain_targets_are_refused() {
     r.pump(Duration::from_millis(100)).await;
     assert!(r.c.drain("web", "nope", true).unwrap_err().contains("nope"));
     assert!(r.c.drain("api", "web-1", true).unwrap_err().contains("api"));
+}
+
+/// An IPv6 UDP pool, probed over TCP on a side port.
+const CONFIG6: &str = r#"
+[dataplane]
+interfaces = ["lo"]
+ring_size = 1009
+
+[[pool]]
+name = "dns6"
+vip = "[2001:2:0:2::10]:53"
+protocol = "udp"
+flow_idle_ms = 5000
+  [pool.health]
+  interval_ms = 100
+  timeout_ms = 50
+  rise = 1
+  fall = 1
+  port = 8053
+  [[pool.backend]]
+  name = "dns6-1"
+  addr = "[2001:2:0:1::11]:53"
+  [[pool.backend]]
+  name = "dns6-2"
+  addr = "[2001:2:0:1::12]:53"
+"#;
+
+#[tokio::test(start_paused = true)]
+async fn an_ipv6_udp_pool_is_published_with_its_protocol_idle_time_and_probe_port() {
+    let probes = Arc::new(FakeProbes::default());
+    // Probes go to the health port: the service port's verdict is ignored.
+    probes.set("[2001:2:0:1::12]:53", true);
+    probes.set("[2001:2:0:1::12]:8053", false);
+    let mut r = rig_with(Fake::default(), probes, CONFIG6);
+    r.pump(Duration::from_millis(300)).await;
+    let vip = ep("[2001:2:0:2::10]:53/udp");
+    assert_eq!(r.fake().ring_members("[2001:2:0:2::10]:53/udp"), ["dns6-1"]);
+    assert_eq!(r.fake().idle[&vip], 5000);
+    assert_eq!(
+        r.fake().replies[&ep("[2001:2:0:1::11]:53/udp")],
+        vip.addr,
+        "replies keyed by the backend's UDP endpoint"
+    );
+    assert!(!r.fake().replies.contains_key(&ep("[2001:2:0:1::11]:53")));
+    let s = r.c.status();
+    assert_eq!(
+        (s.pools[0].vip.as_str(), s.pools[0].protocol.as_str()),
+        ("[2001:2:0:2::10]:53", "udp")
+    );
+    assert_eq!(s.pools[0].backends[0].addr, "[2001:2:0:1::11]:53");
+    assert_eq!(s.pools[0].backends[1].health, "down");
+
+    r.probes.set("[2001:2:0:1::12]:8053", true);
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(
+        r.fake().ring_members("[2001:2:0:2::10]:53/udp"),
+        ["dns6-1", "dns6-2"]
+    );
+
+    // A new idle time alone is republished.
+    r.write_config(CONFIG6.replace("flow_idle_ms = 5000", "flow_idle_ms = 9000"));
+    r.c.reload().unwrap();
+    r.pump(Duration::from_millis(50)).await;
+    assert_eq!(r.fake().idle[&vip], 9000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_that_changes_protocol_moves_its_vip_and_replies() {
+    let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), CONFIG6);
+    r.pump(Duration::from_millis(300)).await;
+    let udp = ep("[2001:2:0:2::10]:53/udp");
+    let tcp = ep("[2001:2:0:2::10]:53");
+    r.write_config(CONFIG6.replace("protocol = \"udp\"", "protocol = \"tcp\""));
+    r.c.reload().unwrap();
+    r.pump(Duration::from_millis(300)).await;
+    let f = r.fake();
+    assert!(f.ops.contains(&Op::RemoveVip(udp)));
+    assert!(!f.vips.contains_key(&udp));
+    assert_eq!(f.ring_members("[2001:2:0:2::10]:53"), ["dns6-1", "dns6-2"]);
+    assert_eq!(
+        f.idle[&tcp], 5000,
+        "an explicit idle time applies to tcp too"
+    );
+    // Each backend's replies are now keyed as TCP only.
+    for b in ["[2001:2:0:1::11]:53", "[2001:2:0:1::12]:53"] {
+        assert!(f.replies.contains_key(&ep(b)), "{b}");
+        assert!(!f.replies.contains_key(&ep(&format!("{b}/udp"))), "{b}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tcp_and_a_udp_pool_share_a_vip_and_a_backend_address() {
+    let both = format!(
+        "{CONFIG}\n{}",
+        r#"
+[[pool]]
+name = "web-udp"
+vip = "198.18.2.10:80"
+protocol = "udp"
+  [pool.health]
+  interval_ms = 100
+  timeout_ms = 50
+  [[pool.backend]]
+  name = "web-udp-1"
+  addr = "198.18.1.11:8080"
+"#
+    );
+    let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &both);
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(r.fake().ring_members("198.18.2.10:80"), ["web-1", "web-2"]);
+    assert_eq!(r.fake().ring_members("198.18.2.10:80/udp"), ["web-udp-1"]);
+    for e in ["198.18.1.11:8080", "198.18.1.11:8080/udp"] {
+        assert!(r.fake().replies.contains_key(&ep(e)), "{e}");
+    }
+    // The UDP pool goes: its VIP and its replies, not the TCP ones.
+    r.write_config(CONFIG);
+    r.c.reload().unwrap();
+    r.c.set_flows(HashMap::new());
+    r.pump(Duration::from_millis(300)).await;
+    let f = r.fake();
+    assert!(f.ops.contains(&Op::RemoveVip(ep("198.18.2.10:80/udp"))));
+    assert_eq!(f.ring_members("198.18.2.10:80"), ["web-1", "web-2"]);
+    assert!(f.replies.contains_key(&ep("198.18.1.11:8080")));
+    assert!(!f.replies.contains_key(&ep("198.18.1.11:8080/udp")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_adopts_an_ipv6_udp_vip_without_touching_it() {
+    let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), CONFIG6);
+    r.pump(Duration::from_millis(300)).await;
+    let ring = r.fake().vips[&ep("[2001:2:0:2::10]:53/udp")].clone();
+    let mut r = restart(r, CONFIG6);
+    r.pump(Duration::from_millis(300)).await;
+    let f = r.fake();
+    assert!(
+        !f.ops
+            .iter()
+            .any(|o| matches!(o, Op::RemoveVip(_) | Op::RemoveReply(_))),
+        "{:?}",
+        f.ops
+    );
+    assert_eq!(f.vips[&ep("[2001:2:0:2::10]:53/udp")], ring);
 }

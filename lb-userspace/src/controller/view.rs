@@ -14,6 +14,7 @@ impl<D: DataplaneOps> Controller<D> {
                 PoolStatus {
                     name: pool.name.clone(),
                     vip: pool.vip.to_string(),
+                    protocol: pool.protocol.to_string(),
                     mode: format!("{:?}", pool.mode).to_lowercase(),
                     min_active: pool.min_active,
                     on_empty: match pool.on_empty {

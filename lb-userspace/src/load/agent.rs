@@ -371,7 +371,6 @@ async fn answer(mut stream: TcpStream, sampler: &Sampler) -> Result<(), String> 
 mod tests {
     use super::*;
     use crate::load::client::query_agent;
-    use std::net::SocketAddrV4;
 
     const T: Duration = Duration::from_millis(500);
 
@@ -399,10 +398,7 @@ mod tests {
         std::fs::write(&path, "cpu=0.1 mem=0.1 disk=0.1 net=0.1\n").unwrap();
 
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let std::net::SocketAddr::V4(addr) = l.local_addr().unwrap() else {
-            panic!("v4")
-        };
-        let addr: SocketAddrV4 = addr;
+        let addr = l.local_addr().unwrap();
         let sampler = Arc::new(Sampler::fixed_file(path.clone()));
         let (stop_tx, mut stop) = watch::channel(false);
         let server = tokio::spawn(serve_agent(l, sampler, async move {
@@ -445,9 +441,7 @@ mod tests {
     async fn only_allowed_peers_get_a_line() {
         let serve = |policy: AgentPolicy| async move {
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let std::net::SocketAddr::V4(addr) = l.local_addr().unwrap() else {
-                panic!("v4")
-            };
+            let addr = l.local_addr().unwrap();
             let sampler = Arc::new(Sampler::fixed(Utilisation::all(0.5, 0.5, 0.5, 0.5)));
             let (stop_tx, mut stop) = watch::channel(false);
             let task = tokio::spawn(serve_agent_with(l, sampler, policy, async move {

@@ -1,7 +1,7 @@
 //! The controller side of the agent protocol: one query, and a poller task
 //! per backend that queries every interval.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
@@ -15,7 +15,7 @@ use super::{parse_agent_reply_bytes, AgentReply, LoadError, MAX_REPLY_LEN};
 /// Connects to `addr`, reads one line (up to `\n` or EOF, at most
 /// [`MAX_REPLY_LEN`] bytes) and parses it; the whole exchange is bounded by
 /// `timeout`.
-pub async fn query_agent(addr: SocketAddrV4, timeout: Duration) -> Result<AgentReply, LoadError> {
+pub async fn query_agent(addr: SocketAddr, timeout: Duration) -> Result<AgentReply, LoadError> {
     let exchange = async {
         let mut s = TcpStream::connect(addr)
             .await
@@ -69,7 +69,7 @@ pub struct LoadReport {
 /// backend, so a silent agent delays only its own reports.
 pub fn spawn_poller(
     id: u64,
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     interval: Duration,
     timeout: Duration,
     tx: mpsc::Sender<LoadReport>,
@@ -107,17 +107,14 @@ mod tests {
 
     const T: Duration = Duration::from_millis(500);
 
-    fn v4(l: &TcpListener) -> SocketAddrV4 {
-        match l.local_addr().unwrap() {
-            std::net::SocketAddr::V4(a) => a,
-            other => panic!("not v4: {other}"),
-        }
+    fn local(l: &TcpListener) -> SocketAddr {
+        l.local_addr().unwrap()
     }
 
     #[tokio::test]
     async fn round_trip_with_served_agent() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = v4(&l);
+        let addr = local(&l);
         let sampler = Arc::new(Sampler::fixed(Utilisation::all(0.7, 0.6, 0.5, 0.8)));
         let (stop_tx, mut stop) = watch::channel(false);
         let server = tokio::spawn(serve_agent(l, sampler, async move {
@@ -133,14 +130,33 @@ mod tests {
         tokio::time::timeout(T, server).await.unwrap().unwrap();
     }
 
+    /// An IPv6 backend's agent answers on its own address.
+    #[tokio::test]
+    async fn agent_on_ipv6() {
+        let l = TcpListener::bind("[::1]:0").await.unwrap();
+        let addr = local(&l);
+        assert!(addr.is_ipv6());
+        let sampler = Arc::new(Sampler::fixed(Utilisation::all(0.1, 0.2, 0.3, 0.4)));
+        let (stop_tx, mut stop) = watch::channel(false);
+        let server = tokio::spawn(serve_agent(l, sampler, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+        let r = query_agent(addr, T).await.unwrap();
+        assert_eq!(r.util, Utilisation::all(0.1, 0.2, 0.3, 0.4));
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(T, server).await.unwrap().unwrap();
+        let err = query_agent(addr, T).await.unwrap_err();
+        assert!(err.to_string().contains(&format!("agent {addr}")), "{err}");
+    }
+
     /// A one-shot server that runs `behave` on each connection.
-    async fn server<F, Fut>(behave: F) -> SocketAddrV4
+    async fn server<F, Fut>(behave: F) -> SocketAddr
     where
         F: Fn(TcpStream) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = v4(&l);
+        let addr = local(&l);
         tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {
                 tokio::spawn(behave(s));
@@ -205,7 +221,7 @@ mod tests {
         );
 
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let closed = v4(&l);
+        let closed = local(&l);
         drop(l);
         assert!(matches!(
             query_agent(closed, T).await,

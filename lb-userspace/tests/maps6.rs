@@ -1,0 +1,298 @@
+//! IPv6 and UDP through the real maps: what user space writes (VIPs,
+//! backend slots, replies, host addresses) reads back as written, and the
+//! flow census walks both flow tables. No packets: the program's handling
+//! of them is `packet.rs`'s.
+mod common;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    process::Command,
+    time::Duration,
+};
+
+use aya::maps::{HashMap, Map, MapData};
+use common::{TestNs, TestPlane};
+use lb_common::{
+    maps, Addr6, FlowEntry, FlowKey, FlowKey6, L4Addr6, ReplyEntry6, BACKEND_ACTIVE, FLOW_F_ACKED,
+    FLOW_F_BACKEND_FIN, FLOW_F_CLOSING, IPPROTO_TCP, IPPROTO_UDP, NO_BACKEND,
+};
+use xdplb::{
+    config::{Endpoint, Protocol, DEFAULT_UDP_FLOW_IDLE_MS},
+    dataplane::{self, BackendSlot, CounterReader, DataplaneError},
+};
+
+const RING: u32 = 1009;
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn pinned<K: aya::Pod, V: aya::Pod>(pin: &Path, name: &str) -> HashMap<MapData, K, V> {
+    let md = MapData::from_pin(pin.join(name)).unwrap();
+    HashMap::try_from(Map::from_map_data(md).unwrap()).unwrap()
+}
+
+fn a6(s: &str) -> Addr6 {
+    match s.parse::<IpAddr>().unwrap() {
+        IpAddr::V6(a) => dataplane::addr6(a),
+        IpAddr::V4(_) => panic!("not v6: {s}"),
+    }
+}
+
+#[test]
+fn ipv6_and_udp_endpoints_round_trip_through_the_maps() {
+    let ns = TestNs::new(0);
+    let out = Command::new("ip")
+        .args([
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            "2001:2:0:1::1/64",
+            "dev",
+            "out0",
+            "nodad",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut tp = TestPlane::new(RING, 1024);
+    let pin = tp.pin_path.clone();
+    let dp = tp.dp();
+
+    let backend6 = sa("[2001:2:0:1::11]:8080");
+    let backend4 = sa("198.18.1.11:53");
+    for (slot, addr) in [(0, backend6), (1, backend4)] {
+        dp.write_backend(&BackendSlot {
+            slot,
+            vip_index: slot,
+            addr,
+            state: BACKEND_ACTIVE,
+            flags: 0,
+        })
+        .unwrap();
+    }
+    let web6 = Endpoint::tcp(sa("[2001:2:0:2::10]:80"));
+    let dns4 = Endpoint::udp(sa("198.18.2.53:53"));
+    let dns6 = Endpoint::udp(sa("[2001:2:0:2::10]:53"));
+    let ring = |slot: u32| vec![slot; RING as usize];
+    dp.publish_vip(web6, 0, &ring(0), lb_common::VIP_F_REJECT_EMPTY)
+        .unwrap();
+    dp.publish_vip(dns4, 1, &ring(1), 0).unwrap();
+    dp.publish_vip_idle(dns6, 2, &vec![NO_BACKEND; RING as usize], 0, 5000)
+        .unwrap();
+    // The same address and port as TCP is another VIP.
+    let web4 = Endpoint::tcp(sa("198.18.2.53:53"));
+    dp.publish_vip(web4, 3, &ring(1), 0).unwrap();
+
+    let mut vips: Vec<_> = dp
+        .read_vips()
+        .unwrap()
+        .into_iter()
+        .map(|(e, m)| (m.index, e, m.flow_idle_ms, m.flags))
+        .collect();
+    vips.sort_by_key(|v| v.0);
+    assert_eq!(
+        vips,
+        vec![
+            (0, web6, 0, lb_common::VIP_F_REJECT_EMPTY),
+            (1, dns4, DEFAULT_UDP_FLOW_IDLE_MS, 0),
+            (2, dns6, 5000, 0),
+            (3, web4, 0, 0),
+        ]
+    );
+    // Republishing with another idle time takes effect.
+    dp.publish_vip_idle(dns6, 2, &vec![NO_BACKEND; RING as usize], 0, 7000)
+        .unwrap();
+    let idle6 = dp.read_vips().unwrap().into_iter().find(|v| v.0 == dns6);
+    assert_eq!(idle6.map(|v| v.1.flow_idle_ms), Some(7000));
+
+    let slots = dp.read_backends().unwrap();
+    assert_eq!(
+        slots.iter().map(|b| (b.slot, b.addr)).collect::<Vec<_>>(),
+        vec![(0, backend6), (1, backend4)]
+    );
+
+    // Replies: keyed by the backend's address, port and protocol.
+    dp.write_reply(Endpoint::tcp(backend6), web6.addr, 0, 0)
+        .unwrap();
+    let replies6: HashMap<MapData, L4Addr6, ReplyEntry6> = pinned(&pin, maps::REPLIES6);
+    let key = |proto| L4Addr6 {
+        addr: a6("2001:2:0:1::11"),
+        port: 8080u16.to_be(),
+        proto,
+        _pad: 0,
+    };
+    let entry = replies6.get(&key(IPPROTO_TCP), 0).unwrap();
+    assert_eq!(
+        (entry.vip_addr, u16::from_be(entry.vip_port), entry.backend),
+        (a6("2001:2:0:2::10"), 80, 0)
+    );
+    assert!(replies6.get(&key(IPPROTO_UDP), 0).is_err());
+    let err = dp
+        .write_reply(Endpoint::udp(backend6), dns4.addr, 0, 1)
+        .unwrap_err();
+    assert!(
+        matches!(err, DataplaneError::FamilyMismatch { .. }),
+        "{err}"
+    );
+    dp.remove_reply(Endpoint::udp(backend6)).unwrap();
+    assert!(
+        replies6.get(&key(IPPROTO_TCP), 0).is_ok(),
+        "UDP removal kept TCP"
+    );
+    dp.remove_reply(Endpoint::tcp(backend6)).unwrap();
+    assert!(replies6.get(&key(IPPROTO_TCP), 0).is_err());
+
+    // The counters name both families and protocols.
+    let c = CounterReader::open(&pin).unwrap().read().unwrap();
+    let vip_of = |i: u32| {
+        c.vips
+            .iter()
+            .find(|v| v.index == i)
+            .map(|v| (v.vip, v.protocol))
+    };
+    assert_eq!(vip_of(0), Some((web6.addr, Protocol::Tcp)));
+    assert_eq!(vip_of(2), Some((dns6.addr, Protocol::Udp)));
+    assert_eq!(c.backends[0].addr, backend6);
+
+    // Removing the UDP VIP leaves the TCP one on the same address and port.
+    dp.remove_vip(dns4).unwrap();
+    dp.remove_vip(dns6).unwrap();
+    dp.remove_vip(dns6).unwrap();
+    let left: Vec<Endpoint> = dp.read_vips().unwrap().into_iter().map(|v| v.0).collect();
+    assert_eq!(left.len(), 2);
+    assert!(left.contains(&web4) && left.contains(&web6), "{left:?}");
+
+    // This namespace's addresses of both families.
+    dp.sync_host(&["in0".to_string(), "out0".to_string()])
+        .unwrap();
+    let local = dp.local_addrs();
+    for a in ["198.18.1.1", "198.18.0.1", "2001:2:0:1::1", "::1"] {
+        assert!(local.contains(&a.parse().unwrap()), "{a} not in {local:?}");
+    }
+}
+
+/// CLOCK_MONOTONIC_COARSE, the clock the program stamps flows with.
+fn coarse_now() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[test]
+fn the_census_counts_both_tables_and_reaps_idle_flows() {
+    let mut tp = TestPlane::new(RING, 1024);
+    let pin = tp.pin_path.clone();
+    let dp = tp.dp();
+    // VIP 0: IPv6 TCP; 1: IPv4 UDP (30 s idle); 2: IPv6 UDP (5 s idle).
+    dp.publish_vip(
+        Endpoint::tcp(sa("[2001:2:0:2::10]:80")),
+        0,
+        &vec![NO_BACKEND; RING as usize],
+        0,
+    )
+    .unwrap();
+    dp.publish_vip(
+        Endpoint::udp(sa("198.18.2.53:53")),
+        1,
+        &vec![NO_BACKEND; RING as usize],
+        0,
+    )
+    .unwrap();
+    dp.publish_vip_idle(
+        Endpoint::udp(sa("[2001:2:0:2::10]:53")),
+        2,
+        &vec![NO_BACKEND; RING as usize],
+        0,
+        5000,
+    )
+    .unwrap();
+
+    let now = coarse_now();
+    let secs = |s: u64| now - s * 1_000_000_000;
+    let entry = |backend, vip_index, flags, last_seen_ns| FlowEntry {
+        backend,
+        vip_index,
+        flags,
+        last_seen_ns,
+    };
+    let mut flows6: HashMap<MapData, FlowKey6, FlowEntry> = pinned(&pin, maps::FLOWS6);
+    let key6 = |port: u16, proto| FlowKey6 {
+        src_addr: a6("2001:2::2"),
+        dst_addr: a6("2001:2:0:2::10"),
+        src_port: port.to_be(),
+        dst_port: 80u16.to_be(),
+        proto,
+        _pad: [0; 3],
+    };
+    let v6 = [
+        // Established TCP: counted.
+        (
+            key6(1000, IPPROTO_TCP),
+            entry(0, 0, FLOW_F_ACKED, now),
+            true,
+        ),
+        // UDP seen 1 s ago: counted, no ACK needed.
+        (key6(1001, IPPROTO_UDP), entry(0, 2, 0, secs(1)), true),
+        // UDP quiet for 10 s, past its VIP's 5 s (+1 s resolution): reaped.
+        (key6(1002, IPPROTO_UDP), entry(0, 2, 0, secs(10)), false),
+    ];
+    for (k, e, _) in &v6 {
+        flows6.insert(k, e, 0).unwrap();
+    }
+    let mut flows: HashMap<MapData, FlowKey, FlowEntry> = pinned(&pin, maps::FLOWS);
+    let key4 = |port: u16, proto| FlowKey {
+        src_addr: u32::from_ne_bytes([198, 18, 0, 2]),
+        dst_addr: u32::from_ne_bytes([198, 18, 2, 53]),
+        src_port: port.to_be(),
+        dst_port: 53u16.to_be(),
+        proto,
+        _pad: [0; 3],
+    };
+    let closed = FLOW_F_ACKED | FLOW_F_CLOSING | FLOW_F_BACKEND_FIN;
+    let v4 = [
+        // UDP quiet 10 s, within the VIP's 30 s: counted.
+        (key4(2000, IPPROTO_UDP), entry(1, 1, 0, secs(10)), true),
+        // UDP quiet 40 s: reaped.
+        (key4(2001, IPPROTO_UDP), entry(1, 1, 0, secs(40)), false),
+        // TCP without the client's ACK: half open.
+        (key4(2002, IPPROTO_TCP), entry(1, 1, 0, now), true),
+        // TCP closed both ways, past its linger: reaped.
+        (
+            key4(2003, IPPROTO_TCP),
+            entry(1, 1, closed, secs(10)),
+            false,
+        ),
+    ];
+    for (k, e, _) in &v4 {
+        flows.insert(k, e, 0).unwrap();
+    }
+
+    let census = dataplane::flow_census(&pin, 1000, Duration::from_secs(30)).unwrap();
+    assert_eq!(census.established, [(0, 2), (1, 1)].into_iter().collect());
+    assert_eq!(census.half_open, [(1, 1)].into_iter().collect());
+    for (k, _, kept) in &v6 {
+        assert_eq!(flows6.get(k, 0).is_ok(), *kept, "{k:?}");
+    }
+    for (k, _, kept) in &v4 {
+        assert_eq!(flows.get(k, 0).is_ok(), *kept, "{k:?}");
+    }
+    // The limit bounds the walk over both tables together.
+    let bounded = dataplane::flow_census(&pin, 1, Duration::from_secs(30)).unwrap();
+    let counted: u64 = bounded
+        .established
+        .values()
+        .chain(bounded.half_open.values())
+        .sum();
+    assert_eq!(counted, 1);
+}

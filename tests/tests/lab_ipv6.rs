@@ -172,3 +172,45 @@ fn udp_client_gives_up_within_its_bound() -> Result<()> {
     ensure!(off.trim() == "1", "IPv6 on in an IPv4 lab: {}", off.trim());
     Ok(())
 }
+
+/// With a router between the clients and the gateway (and its small-MTU
+/// client link), the IPv6 twins of the router's routes carry traffic both
+/// ways too: client → router → gateway → backend and back.
+#[test]
+fn dual_stack_router_lab_forwards_ipv6() -> Result<()> {
+    if skip_unless_root() {
+        return Ok(());
+    }
+    let lab = Lab::builder()
+        .backends(1)
+        .router_mtu(1400)
+        .ipv6(true)
+        .build()?;
+    let _server = lab.spawn(
+        lab.backend_ns(0),
+        &[
+            UDP_BACKEND_BIN,
+            "--listen",
+            &format!("[::]:{UDP_PORT}"),
+            "--name",
+            "b1",
+        ],
+    )?;
+    let addr = SocketAddr::from((Lab::backend_addr6(0), UDP_PORT));
+    let mut last = String::new();
+    let ok = wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || match lab.run_in("client", || UdpFlow::open(addr)?.ask()) {
+            Ok(Ok(who)) if who == "b1" => true,
+            other => {
+                last = format!("{other:?}");
+                false
+            }
+        },
+    );
+    ensure!(ok, "client → {addr} through the router: {last}");
+    let fwd = lab.exec_ok("rt", &["cat", "/proc/sys/net/ipv6/conf/all/forwarding"])?;
+    ensure!(fwd.trim() == "1", "router IPv6 forwarding = {}", fwd.trim());
+    Ok(())
+}

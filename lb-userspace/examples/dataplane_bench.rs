@@ -9,11 +9,18 @@
 //! was filled (`--prefill 0` skips that), and its proof is the table's
 //! insert counter; `new_flow_capped` is the same SYN over the cap.
 //!
+//! The same three paths for an IPv6 TCP VIP (`_v6`: NAT66, a 74-byte
+//! frame, the smallest IPv6 TCP segment) and an IPv4 UDP VIP (`_udp`:
+//! 64 bytes; every datagram of an unknown flow is a new flow). Their VIPs
+//! are published through the pinned maps with the layouts of lb-common
+//! (see [`publish_raw`]): the `Dataplane` API of this tree publishes
+//! IPv4 TCP VIPs only.
+//!
 //! Usage: dataplane_bench [--repeat N] [--runs N] [--flow-table N] [--prefill 0|1]
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use aya::{
     maps::{PerCpuArray, PerCpuValues, ProgramArray},
@@ -21,10 +28,12 @@ use aya::{
     util::nr_cpus,
     EbpfLoader,
 };
-use common::{xdp_md, TestNs, CLIENT_MAC, IN_MAC};
+use common::{backend_mac, xdp_md, TestNs, CLIENT_MAC, IN_MAC};
 use lb_common::{
+    backend_ref,
     bench::{BenchFrame, BENCH_FRAME_LEN, BENCH_FRAME_MAX},
-    GlobalCounter, BACKEND_ACTIVE,
+    maps, Addr6, BackendMeta, GlobalCounter, L4Addr, L4Addr6, VipMeta, BACKEND_ACTIVE, IPPROTO_TCP,
+    IPPROTO_UDP, RING_SLOTS,
 };
 use xdplb::{
     dataplane::{self, BackendSlot, CounterReader, Counters, Dataplane, Shape, Tuning},
@@ -40,6 +49,22 @@ const DSR_VIP: &str = "198.18.2.11:80";
 const TUNNEL_VIP: &str = "198.18.2.12:80";
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
+
+/// The IPv6 TCP pool: VIP index, its backends' slots, addresses.
+const V6_INDEX: u32 = 3;
+const V6_SLOTS: std::ops::Range<u32> = 9..12;
+const V6_CLIENT: &str = "[2001:2::2]:40000";
+const V6_VIP: &str = "[2001:2:0:2::10]:80";
+const V6_NON_VIP: &str = "[2001:2:0:2::99]:80";
+/// The IPv4 UDP pool.
+const UDP_INDEX: u32 = 4;
+const UDP_SLOTS: std::ops::Range<u32> = 12..15;
+const UDP_VIP: &str = "198.18.2.13:53";
+const UDP_NON_VIP: &str = "198.18.2.99:53";
+/// `flow_idle_ms` of the UDP pool: the contract's default.
+const UDP_FLOW_IDLE_MS: u32 = 30_000;
+/// The smallest IPv6 TCP frame: Ethernet 14 + IPv6 40 + TCP 20.
+const V6_FRAME_LEN: usize = 74;
 
 fn arg(args: &[String], name: &str, default: u64) -> u64 {
     args.iter()
@@ -71,6 +96,280 @@ fn frame(dst: &str, flags: u8) -> Vec<u8> {
 /// The frame as a sender with checksum offload hands it over.
 fn partial(dst: &str, flags: u8, len: usize) -> Vec<u8> {
     tcp_frame(dst, flags, len).build_partial()
+}
+
+/// One's-complement sum of `data` (odd length padded with a zero byte),
+/// not folded.
+fn sum16(data: &[u8]) -> u32 {
+    data.chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum()
+}
+
+fn fold(mut s: u32) -> u16 {
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+/// An Ethernet frame of an IPv6 TCP segment with `flags`, `len` bytes in
+/// all (at least [`V6_FRAME_LEN`]), checksum complete.
+fn tcp6_frame(src: &str, dst: &str, flags: u8, len: usize) -> Vec<u8> {
+    let src: SocketAddrV6 = src.parse().unwrap();
+    let dst: SocketAddrV6 = dst.parse().unwrap();
+    assert!(len >= V6_FRAME_LEN);
+    let l4_len = len - 14 - 40;
+    let mut f = Vec::with_capacity(len);
+    f.extend_from_slice(&IN_MAC);
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(l4_len as u16).to_be_bytes());
+    f.extend_from_slice(&[IPPROTO_TCP, 64]);
+    f.extend_from_slice(&src.ip().octets());
+    f.extend_from_slice(&dst.ip().octets());
+    let l4 = f.len();
+    f.extend_from_slice(&src.port().to_be_bytes());
+    f.extend_from_slice(&dst.port().to_be_bytes());
+    f.extend_from_slice(&1u32.to_be_bytes()); // seq
+    f.extend_from_slice(&(if flags & TCP_ACK != 0 { 1u32 } else { 0 }).to_be_bytes());
+    f.extend_from_slice(&[5 << 4, flags]);
+    f.extend_from_slice(&64240u16.to_be_bytes()); // window
+    f.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
+    f.extend((0..l4_len - 20).map(|i| i as u8));
+    let pseudo = sum16(&src.ip().octets())
+        + sum16(&dst.ip().octets())
+        + l4_len as u32
+        + u32::from(IPPROTO_TCP);
+    let c = fold(pseudo + sum16(&f[l4..]));
+    f[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// An Ethernet frame of an IPv4 UDP datagram, `len` bytes in all,
+/// checksums complete (a UDP checksum of 0 would be the "none" case).
+fn udp4_frame(dst: &str, len: usize) -> Vec<u8> {
+    let src: SocketAddrV4 = "198.18.0.2:40000".parse().unwrap();
+    let dst: SocketAddrV4 = dst.parse().unwrap();
+    let ip_len = len - 14;
+    let udp_len = ip_len - 20;
+    let mut f = Vec::with_capacity(len);
+    f.extend_from_slice(&IN_MAC);
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    f.extend_from_slice(&[0x45, 0]);
+    f.extend_from_slice(&(ip_len as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 1, 0x40, 0, 64, IPPROTO_UDP, 0, 0]); // id, DF, ttl
+    f.extend_from_slice(&src.ip().octets());
+    f.extend_from_slice(&dst.ip().octets());
+    let c = xdplb::packet::ipv4_checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    let l4 = f.len();
+    f.extend_from_slice(&src.port().to_be_bytes());
+    f.extend_from_slice(&dst.port().to_be_bytes());
+    f.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend((0..udp_len - 8).map(|i| i as u8));
+    let pseudo = sum16(&src.ip().octets())
+        + sum16(&dst.ip().octets())
+        + udp_len as u32
+        + u32::from(IPPROTO_UDP);
+    let c = match fold(pseudo + sum16(&f[l4..])) {
+        0 => 0xffff,
+        c => c,
+    };
+    f[l4 + 6..l4 + 8].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// A pool for [`publish_raw`].
+struct RawPool {
+    index: u32,
+    vip: SocketAddr,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    proto: u8,
+    /// (slot, address) of each backend.
+    backends: Vec<(u32, SocketAddr)>,
+    flow_idle_ms: u32,
+}
+
+/// Publishes a pool straight into the pinned maps, with lb-common's
+/// layouts, as the controller does for IPv4 TCP through `Dataplane`:
+/// each slot's state (and generation) through [`Dataplane::write_backend`],
+/// an IPv6 backend's address into `BACKEND_ADDRS6`, the ring (references
+/// carrying each slot's generation) into ring 0 of `index` in `RINGS`,
+/// then the VIP into `VIPS` or `VIPS6` keyed with its protocol.
+fn publish_raw(
+    dp: &mut Dataplane,
+    pin_path: &std::path::Path,
+    ring_size: u32,
+    pool: &RawPool,
+) -> anyhow::Result<()> {
+    let RawPool {
+        index,
+        vip,
+        proto,
+        ref backends,
+        flow_idle_ms,
+    } = *pool;
+    use aya::maps::{Array, HashMap, Map, MapData};
+    let open = |name: &str| -> anyhow::Result<Map> {
+        let md = MapData::from_pin(pin_path.join(name))?;
+        Ok(Map::from_map_data(md)?)
+    };
+    let mut addrs6: Array<MapData, Addr6> = Array::try_from(open(maps::BACKEND_ADDRS6)?)?;
+    for &(slot, addr) in backends.iter() {
+        let port = addr.port();
+        let v4 = match addr {
+            std::net::SocketAddr::V4(a) => a,
+            std::net::SocketAddr::V6(a) => {
+                addrs6.set(slot, Addr6::from_octets(a.ip().octets()), 0)?;
+                // The IPv4 address field means nothing for an IPv6 slot.
+                SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, port)
+            }
+        };
+        dp.write_backend(&BackendSlot {
+            slot,
+            vip_index: index,
+            addr: v4,
+            state: BACKEND_ACTIVE,
+            flags: 0,
+        })?;
+    }
+    let metas: Array<MapData, BackendMeta> = Array::try_from(open(maps::BACKENDS)?)?;
+    let refs: Vec<u32> = backends
+        .iter()
+        .map(|&(slot, _)| Ok(backend_ref(slot, metas.get(&slot, 0)?.generation)))
+        .collect::<anyhow::Result<_>>()?;
+    let mut rings: Array<MapData, u32> = Array::try_from(open(maps::RINGS)?)?;
+    let base = index * RING_SLOTS * ring_size;
+    for i in 0..ring_size {
+        rings.set(base + i, refs[i as usize % refs.len()], 0)?;
+    }
+    let meta = VipMeta {
+        index,
+        ring_slot: 0,
+        flags: 0,
+        flow_idle_ms,
+    };
+    match vip {
+        std::net::SocketAddr::V4(v) => {
+            let mut vips: HashMap<MapData, L4Addr, VipMeta> = HashMap::try_from(open(maps::VIPS)?)?;
+            let key = L4Addr {
+                proto,
+                ..dataplane::l4addr(v)
+            };
+            vips.insert(key, meta, 0)?;
+        }
+        std::net::SocketAddr::V6(v) => {
+            let mut vips: HashMap<MapData, L4Addr6, VipMeta> =
+                HashMap::try_from(open(maps::VIPS6)?)?;
+            let key = L4Addr6 {
+                addr: Addr6::from_octets(v.ip().octets()),
+                port: v.port().to_be(),
+                proto,
+                _pad: 0,
+            };
+            vips.insert(key, meta, 0)?;
+        }
+    }
+    Ok(())
+}
+
+/// The bench namespace's IPv6 side: 2001:2::1/64 on `in0`, 2001:2:0:1::1/64
+/// on `out0` (no DAD), permanent neighbours for the client 2001:2::2 and
+/// the backends 2001:2:0:1::11.., IPv6 forwarding on (`bpf_fib_lookup`
+/// for AF_INET6 needs it). Idempotent (`replace`).
+fn add_ipv6(ns: &TestNs, backends: u8) -> anyhow::Result<()> {
+    let run = |args: &[&str]| -> anyhow::Result<()> {
+        let out = std::process::Command::new("ip").args(args).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    };
+    let mac = |m: [u8; 6]| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let n = ns.name.as_str();
+    for key in ["all", "default"] {
+        run(&[
+            "netns",
+            "exec",
+            n,
+            "sysctl",
+            "-qw",
+            &format!("net.ipv6.conf.{key}.forwarding=1"),
+        ])?;
+    }
+    run(&[
+        "-n",
+        n,
+        "addr",
+        "replace",
+        "2001:2::1/64",
+        "dev",
+        "in0",
+        "nodad",
+    ])?;
+    run(&[
+        "-n",
+        n,
+        "addr",
+        "replace",
+        "2001:2:0:1::1/64",
+        "dev",
+        "out0",
+        "nodad",
+    ])?;
+    let client = mac(CLIENT_MAC);
+    run(&[
+        "-n",
+        n,
+        "neigh",
+        "replace",
+        "2001:2::2",
+        "lladdr",
+        &client,
+        "dev",
+        "in0",
+        "nud",
+        "permanent",
+    ])?;
+    for i in 0..backends {
+        let addr = format!("2001:2:0:1::{}", 11 + i);
+        let m = mac(backend_mac(i));
+        run(&[
+            "-n",
+            n,
+            "neigh",
+            "replace",
+            &addr,
+            "lladdr",
+            &m,
+            "dev",
+            "out0",
+            "nud",
+            "permanent",
+        ])?;
+    }
+    Ok(())
+}
+
+/// Packets sent to the backends of `slots` (client → backend), summed.
+fn sent_to(c: &Counters, slots: std::ops::Range<u32>) -> u64 {
+    c.backends
+        .iter()
+        .filter(|b| slots.contains(&b.slot))
+        .map(|b| b.counters.packets)
+        .sum()
 }
 
 struct Path {
@@ -168,6 +467,38 @@ fn run(
         let ring: Vec<u32> = (0..ring_size as usize).map(|i| ring[i % 3]).collect();
         dp.publish_vip(vip, index, &ring, flags)?;
     }
+    // An IPv6 TCP pool and an IPv4 UDP pool on the same three backends'
+    // hosts, published straight into the maps (see `publish_raw`).
+    add_ipv6(ns, 3)?;
+    dp.write_name(V6_INDEX, "bench6")?;
+    let v6 = RawPool {
+        index: V6_INDEX,
+        vip: V6_VIP.parse()?,
+        proto: IPPROTO_TCP,
+        backends: V6_SLOTS
+            .zip(0u32..)
+            .map(|(slot, i)| {
+                (
+                    slot,
+                    format!("[2001:2:0:1::{}]:8080", 11 + i).parse().unwrap(),
+                )
+            })
+            .collect(),
+        flow_idle_ms: 0,
+    };
+    publish_raw(&mut dp, pin_path, ring_size, &v6)?;
+    dp.write_name(UDP_INDEX, "bench_udp")?;
+    let udp = RawPool {
+        index: UDP_INDEX,
+        vip: UDP_VIP.parse()?,
+        proto: IPPROTO_UDP,
+        backends: UDP_SLOTS
+            .zip(0u32..)
+            .map(|(slot, i)| (slot, format!("198.18.1.{}:5300", 11 + i).parse().unwrap()))
+            .collect(),
+        flow_idle_ms: UDP_FLOW_IDLE_MS,
+    };
+    publish_raw(&mut dp, pin_path, ring_size, &udp)?;
     dp.sync_host(&["in0".to_string(), "out0".to_string()])?;
 
     let mut bench = EbpfLoader::new().load(BENCH_OBJECT)?;
@@ -206,6 +537,20 @@ fn run(
     once(&frame(DSR_VIP, TCP_SYN))?;
     once(&frame(TUNNEL_VIP, TCP_SYN))?;
     let full = tcp_frame(VIP, TCP_ACK, FULL_FRAME_LEN).build();
+    // The IPv6 and UDP established paths need their flows in the tables
+    // too: a SYN, and (UDP has none) the flow's first datagram.
+    let established_v6 = tcp6_frame(V6_CLIENT, V6_VIP, TCP_ACK, V6_FRAME_LEN);
+    let syn_v6 = tcp6_frame(V6_CLIENT, V6_VIP, TCP_SYN, V6_FRAME_LEN);
+    let udp = udp4_frame(UDP_VIP, BENCH_FRAME_LEN);
+    for (what, bytes) in [("IPv6 SYN", &syn_v6), ("UDP datagram", &udp)] {
+        let r = once(bytes)?;
+        anyhow::ensure!(
+            r.return_value == XDP_REDIRECT,
+            "the seeding {what} got action {} (expected {XDP_REDIRECT}, redirect): \
+             does this data plane balance IPv6 and UDP VIPs?",
+            r.return_value
+        );
+    }
 
     let paths = [
         Path {
@@ -302,6 +647,57 @@ fn run(
             action: XDP_TX,
             proof: |_| 0,
         },
+        // IPv6 TCP (NAT66): established, new flow, not a VIP.
+        Path {
+            name: "established_v6",
+            bytes: established_v6,
+            vary: false,
+            floor: false,
+            action: XDP_REDIRECT,
+            proof: |c| sent_to(c, V6_SLOTS),
+        },
+        Path {
+            name: "new_flow_v6",
+            bytes: syn_v6,
+            vary: true,
+            floor: false,
+            action: XDP_REDIRECT,
+            proof: |c| c.get(GlobalCounter::FlowInserts),
+        },
+        Path {
+            name: "non_vip_v6",
+            bytes: tcp6_frame(V6_CLIENT, V6_NON_VIP, TCP_ACK, V6_FRAME_LEN),
+            vary: false,
+            floor: false,
+            action: XDP_PASS,
+            proof: |c| c.get(GlobalCounter::Passed),
+        },
+        // IPv4 UDP: established, new flow (each datagram from a new
+        // source), not a VIP.
+        Path {
+            name: "established_udp",
+            bytes: udp.clone(),
+            vary: false,
+            floor: false,
+            action: XDP_REDIRECT,
+            proof: |c| sent_to(c, UDP_SLOTS),
+        },
+        Path {
+            name: "new_flow_udp",
+            bytes: udp,
+            vary: true,
+            floor: false,
+            action: XDP_REDIRECT,
+            proof: |c| c.get(GlobalCounter::FlowInserts),
+        },
+        Path {
+            name: "non_vip_udp",
+            bytes: udp4_frame(UDP_NON_VIP, BENCH_FRAME_LEN),
+            vary: false,
+            floor: false,
+            action: XDP_PASS,
+            proof: |c| c.get(GlobalCounter::Passed),
+        },
     ];
     let cpus = nr_cpus().map_err(|(_, e)| e)?;
     let mut medians = Vec::new();
@@ -324,7 +720,7 @@ fn run(
             _ => &lb_fd,
         };
         target.set(0, fd, 0)?;
-        if path.name == "new_flow" && prefill {
+        if matches!(path.name, "new_flow" | "new_flow_v6" | "new_flow_udp") && prefill {
             // Fill the table first, so every measured insert evicts, as a
             // long-running gateway's does.
             let md = xdp_md(path.bytes.len(), ns.in_ifindex);

@@ -12,11 +12,18 @@
 //! In a direct-return lab the router also sits on the backend segment
 //! (`rtb` 198.18.1.254), the backends' default route.
 //!
+//! An IPv6 lab (`LabBuilder::ipv6`) is dual-stack: every IPv4 address
+//! 198.18.N.H above also has its twin [`v6_of`] in 2001:2::/48, the IPv6
+//! benchmarking range (RFC 5180): segment N becomes 2001:2:0:N::/64 and host
+//! number H is written with the same digits (198.18.1.11 ↔ 2001:2:0:1::11),
+//! so clients are 2001:2:0:0::/64, backends 2001:2:0:1::/64, VIPs
+//! 2001:2:0:2::/64.
+//!
 //! With a router (`LabBuilder::router_mtu`) the router takes the gateway's
 //! place on the client segment (`rtc` 198.18.0.1, still the clients'
 //! default route) and the gateway's `gwc` moves to the transit segment.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// The gateway's client-side interface.
 pub const GW_CLIENT_IF: &str = "gwc";
@@ -105,6 +112,52 @@ pub fn vip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 2, FIRST_VIP + i as u8)
 }
 
+/// The lab's IPv6 twin of a lab IPv4 address: 198.18.N.H →
+/// 2001:2:0:N::H, H written with the same decimal digits read as hex, so a
+/// reader sees the same host number in both (198.18.1.11 ↔ 2001:2:0:1::11).
+///
+/// # Panics
+/// If `v4` is not in 198.18.0.0/16 (not a lab address: a test bug).
+pub fn v6_of(v4: Ipv4Addr) -> Ipv6Addr {
+    let [a, b, n, h] = v4.octets();
+    assert!(
+        (a, b) == (198, 18),
+        "{v4} is not a lab address (198.18.0.0/16)"
+    );
+    let host = u16::from_str_radix(&h.to_string(), 16).expect("decimal digits are hex digits");
+    Ipv6Addr::new(0x2001, 2, 0, n as u16, 0, 0, 0, host)
+}
+
+/// The IPv6 twin of a lab IPv4 prefix (`"198.18.2.0/24"` →
+/// `"2001:2:0:2::/64"`), for routes.
+///
+/// # Panics
+/// If `net` is not a 198.18.N.0/24 prefix.
+pub fn v6_net(net: &str) -> String {
+    let (a, len) = net.split_once('/').expect("a prefix");
+    assert_eq!(len, PREFIX_LEN.to_string(), "{net}: not a lab segment");
+    let v4: Ipv4Addr = a.parse().expect("an IPv4 prefix");
+    format!("2001:2:0:{:x}::/{PREFIX_LEN6}", v4.octets()[2])
+}
+
+/// Prefix length of every IPv6 segment.
+pub const PREFIX_LEN6: u8 = 64;
+
+/// IPv6 address of client `i` (0-based): 2001:2::2, ::3, …
+pub fn client_addr6(i: usize) -> Ipv6Addr {
+    v6_of(client_addr(i))
+}
+
+/// IPv6 address of backend `i` (0-based): 2001:2:0:1::11, ::12, …
+pub fn backend_addr6(i: usize) -> Ipv6Addr {
+    v6_of(backend_addr(i))
+}
+
+/// IPv6 VIP `i` (0-based): 2001:2:0:2::10, ::11, …
+pub fn vip6(i: usize) -> Ipv6Addr {
+    v6_of(vip(i))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +174,22 @@ mod tests {
             Ipv4Addr::new(198, 18, 1, 250)
         );
         assert_eq!(vip(MAX_VIPS - 1), Ipv4Addr::new(198, 18, 2, 250));
+    }
+
+    #[test]
+    fn ipv6_twins_keep_the_host_digits() {
+        let p = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        assert_eq!(client_addr6(0), p("2001:2::2"));
+        assert_eq!(backend_addr6(0), p("2001:2:0:1::11"));
+        assert_eq!(backend_addr6(MAX_BACKENDS - 1), p("2001:2:0:1::250"));
+        assert_eq!(vip6(0), p("2001:2:0:2::10"));
+        assert_eq!(v6_of(GW_CLIENT_ADDR), p("2001:2::1"));
+        assert_eq!(v6_of(ROUTER_BACKEND_ADDR), p("2001:2:0:1::254"));
+        assert_eq!(v6_net(VIP_NET), "2001:2:0:2::/64");
+        assert_eq!(v6_net(CLIENT_NET), "2001:2:0:0::/64");
+        // Inside the IPv6 benchmarking range 2001:2::/48.
+        for a in [client_addr6(249), backend_addr6(0), vip6(240)] {
+            assert_eq!(a.segments()[..3], [0x2001, 2, 0], "{a}");
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! xdplb deployed on a [`Lab`]: backends running `lab-backend` (and
-//! optionally `xdplb agent`), the daemon `xdplb run` on the gateway, and
+//! xdplb deployed on a [`Lab`]: backends running `lab-backend` (or, for
+//! UDP pools, `lab-udp-backend`; optionally `xdplb agent`), the daemon
+//! `xdplb run` on the gateway, and
 //! helpers that drive it only through the `xdplb` binary and its config,
 //! as an operator would.
 //!
@@ -9,7 +10,7 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::{SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
     path::PathBuf,
     process::Output,
     time::{Duration, Instant},
@@ -18,10 +19,17 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
-use crate::{http_get, wait_until, xdplb_bin, Lab, LabChild};
+use crate::{addr::v6_of, http_get, wait_until, xdplb_bin, Lab, LabChild, UdpFlow};
 
 /// The port lab backends serve HTTP on.
 pub const BACKEND_PORT: u16 = 8080;
+/// The port of a UDP pool's VIP ([`PoolSpec::udp`]), DNS's.
+pub const UDP_VIP_PORT: u16 = 53;
+/// The port `lab-udp-backend` serves a UDP pool on (not the VIP's: the NAT
+/// must rewrite the port both ways for the client to accept the answer).
+pub const UDP_BACKEND_PORT: u16 = 5300;
+/// What a UDP pool's health probe sends (`payload`).
+pub const UDP_HEALTH_PAYLOAD: &str = "ping";
 /// The port the load agents answer on.
 pub const AGENT_PORT: u16 = 9777;
 /// Where the daemon's Prometheus endpoint listens, inside the gateway.
@@ -56,6 +64,15 @@ pub struct PoolSpec {
     /// `kind = "tcp"` health checks (connect to `backend_port`) instead of
     /// `kind = "http"` on `/healthz`.
     pub tcp_health: bool,
+    /// `protocol = "udp"`, health `kind = "udp"` with `payload =`
+    /// [`UDP_HEALTH_PAYLOAD`]; backends run `lab-udp-backend` on
+    /// `backend_port`. See [`PoolSpec::udp`].
+    pub udp: bool,
+    /// An IPv6 pool: its VIP and backend addresses are the IPv6 twins
+    /// ([`v6_of`]) of `vip` and of the lab backends' addresses. A
+    /// [`Deployment`] of such a pool builds a dual-stack lab. See
+    /// [`PoolSpec::in_ipv6`].
+    pub ipv6: bool,
     /// `Some((high, low, up_ms, down_ms, slow_start_ms))` adds `[pool.load]`.
     pub load: Option<LoadSpec>,
     /// `on_down = "..."` when set.
@@ -113,6 +130,8 @@ impl PoolSpec {
             on_empty: None,
             backend_port: BACKEND_PORT,
             tcp_health: false,
+            udp: false,
+            ipv6: false,
             load: None,
             on_down: None,
             slow_start_ms: None,
@@ -129,6 +148,46 @@ impl PoolSpec {
         p.mode = Some(mode.to_string());
         p.vip.set_port(p.backend_port);
         p
+    }
+
+    /// `primaries` primaries in a UDP pool: VIP port [`UDP_VIP_PORT`],
+    /// backends on [`UDP_BACKEND_PORT`], `kind = "udp"` health checks.
+    pub fn udp(primaries: usize) -> PoolSpec {
+        let mut p = PoolSpec::new(primaries, 0);
+        p.name = "dns".into();
+        p.udp = true;
+        p.vip.set_port(UDP_VIP_PORT);
+        p.backend_port = UDP_BACKEND_PORT;
+        p.backends
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| b.name = format!("dns-{}", i + 1));
+        p
+    }
+
+    /// The same pool in IPv6 (see [`PoolSpec::ipv6`]).
+    pub fn in_ipv6(mut self) -> PoolSpec {
+        self.ipv6 = true;
+        self
+    }
+
+    /// The VIP as clients address it: `vip`, or its IPv6 twin.
+    pub fn vip_addr(&self) -> SocketAddr {
+        self.family_addr(*self.vip.ip(), self.vip.port())
+    }
+
+    /// The `addr` of the backend on lab backend `lab_index`.
+    pub fn backend_addr(&self, lab_index: usize) -> SocketAddr {
+        self.family_addr(Lab::backend_addr(lab_index), self.backend_port)
+    }
+
+    fn family_addr(&self, v4: Ipv4Addr, port: u16) -> SocketAddr {
+        let ip = if self.ipv6 {
+            IpAddr::V6(v6_of(v4))
+        } else {
+            IpAddr::V4(v4)
+        };
+        SocketAddr::new(ip, port)
     }
 
     /// Whether backends answer clients directly (`dsr` or `tunnel`).
@@ -223,16 +282,18 @@ pub fn render_config_with(lab: &Lab, dp: &DataplaneSpec, pools: &[PoolSpec]) -> 
             s,
             "[[pool]]\nname = \"{}\"\nvip = \"{}\"\nmin_active = {}\n{}\n  [pool.health]\n{}  interval_ms = {}\n  timeout_ms = {}\n  rise = {}\n  fall = {}\n",
             p.name,
-            p.vip,
+            p.vip_addr(),
             p.min_active,
             p.on_empty
                 .as_ref()
                 .map(|o| format!("on_empty = \"{o}\"\n"))
                 .unwrap_or_default(),
-            if p.tcp_health {
-                "  kind = \"tcp\"\n"
+            if p.udp {
+                format!("  kind = \"udp\"\n  payload = \"{UDP_HEALTH_PAYLOAD}\"\n")
+            } else if p.tcp_health {
+                "  kind = \"tcp\"\n".to_string()
             } else {
-                "  kind = \"http\"\n  path = \"/healthz\"\n"
+                "  kind = \"http\"\n  path = \"/healthz\"\n".to_string()
             },
             p.interval_ms,
             p.timeout_ms,
@@ -252,6 +313,9 @@ pub fn render_config_with(lab: &Lab, dp: &DataplaneSpec, pools: &[PoolSpec]) -> 
         if let Some(m) = &p.mode {
             writeln!(pool_keys, "mode = \"{m}\"").unwrap();
         }
+        if p.udp {
+            writeln!(pool_keys, "protocol = \"udp\"").unwrap();
+        }
         if !pool_keys.is_empty() {
             let at = s.rfind("\n  [pool.health]").expect("just written");
             s.insert_str(at + 1, &pool_keys);
@@ -267,10 +331,9 @@ pub fn render_config_with(lab: &Lab, dp: &DataplaneSpec, pools: &[PoolSpec]) -> 
         for b in &p.backends {
             writeln!(
                 s,
-                "  [[pool.backend]]\n  name = \"{}\"\n  addr = \"{}:{}\"\n  weight = {}\n  role = \"{}\"\n",
+                "  [[pool.backend]]\n  name = \"{}\"\n  addr = \"{}\"\n  weight = {}\n  role = \"{}\"\n",
                 b.name,
-                Lab::backend_addr(b.lab_index),
-                p.backend_port,
+                p.backend_addr(b.lab_index),
                 b.weight,
                 if b.spare { "spare" } else { "primary" }
             )
@@ -310,16 +373,26 @@ impl Drop for Deployment {
 /// executables in `target/<profile>/deps/`, binaries one level up);
 /// `LAB_BACKEND_BIN` overrides.
 pub fn lab_backend_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("LAB_BACKEND_BIN") {
+    lab_bin("lab-backend", "LAB_BACKEND_BIN")
+}
+
+/// `lab-udp-backend`, found like [`lab_backend_bin`];
+/// `LAB_UDP_BACKEND_BIN` overrides.
+pub fn lab_udp_backend_bin() -> PathBuf {
+    lab_bin("lab-udp-backend", "LAB_UDP_BACKEND_BIN")
+}
+
+fn lab_bin(name: &str, env: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().unwrap_or_default();
     let dir = exe.parent().unwrap_or(std::path::Path::new("."));
-    let beside = dir.join("lab-backend");
+    let beside = dir.join(name);
     if beside.is_file() {
         return beside;
     }
-    dir.parent().unwrap_or(dir).join("lab-backend")
+    dir.parent().unwrap_or(dir).join(name)
 }
 
 impl Deployment {
@@ -351,6 +424,12 @@ impl Deployment {
             .flat_map(|p| p.backends.iter().map(|b| b.lab_index + 1))
             .max()
             .unwrap_or(1);
+        // An IPv6 pool needs the dual-stack lab.
+        let builder = if pools.iter().any(|p| p.ipv6) {
+            builder.ipv6(true)
+        } else {
+            builder
+        };
         let lab = builder.backends(n).build()?;
         let config_path = lab.dir().join("xdplb.toml");
         std::fs::write(&config_path, render_config_with(&lab, &dp, &pools))?;
@@ -378,13 +457,28 @@ impl Deployment {
         Ok(d)
     }
 
+    /// Starts the server of lab backend `i`, answering `name`: the UDP
+    /// server if a UDP pool has a backend there, else the HTTP server; on
+    /// `[::]` (both families) in a dual-stack lab. Waits until it answers.
     pub fn start_server(&self, i: usize, name: &str) -> Result<()> {
+        let udp_pool = self
+            .pools
+            .iter()
+            .find(|p| p.udp && p.backends.iter().any(|b| b.lab_index == i));
+        if let Some(p) = udp_pool {
+            return self.start_udp_server(i, name, p.backend_port);
+        }
+        let any: IpAddr = if self.lab.is_ipv6() {
+            Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        };
         let child = self.lab.spawn(
             self.lab.backend_ns(i),
             &[
                 lab_backend_bin().to_string_lossy().as_ref(),
                 "--listen",
-                &format!("0.0.0.0:{BACKEND_PORT}"),
+                &SocketAddr::new(any, BACKEND_PORT).to_string(),
                 "--name",
                 name,
             ],
@@ -399,6 +493,54 @@ impl Deployment {
                 .is_some_and(|(s, _)| s == 200)
         });
         ensure!(up, "backend {name} did not come up: {}", child.log());
+        self.servers.lock().unwrap().insert(i, child);
+        Ok(())
+    }
+
+    fn start_udp_server(&self, i: usize, name: &str, port: u16) -> Result<()> {
+        let any: IpAddr = if self.lab.is_ipv6() {
+            Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        };
+        let child = self.lab.spawn(
+            self.lab.backend_ns(i),
+            &[
+                lab_udp_backend_bin().to_string_lossy().as_ref(),
+                "--listen",
+                &SocketAddr::new(any, port).to_string(),
+                "--name",
+                name,
+            ],
+        )?;
+        let mut asked = vec![SocketAddr::from((Lab::backend_addr(i), port))];
+        if self.lab.is_ipv6() {
+            asked.push(SocketAddr::from((Lab::backend_addr6(i), port)));
+        }
+        let ns = self.lab.backend_ns(i).to_string();
+        for addr in asked {
+            let mut last = String::new();
+            let up = wait_until(
+                Duration::from_secs(10),
+                Duration::from_millis(20),
+                || match self.lab.run_in(&ns, || UdpFlow::open(addr)?.ask()) {
+                    Ok(Ok(answer)) if answer == name => true,
+                    Ok(Ok(answer)) => {
+                        last = format!("answered {answer:?}");
+                        false
+                    }
+                    Ok(Err(e)) | Err(e) => {
+                        last = format!("{e:#}");
+                        false
+                    }
+                },
+            );
+            ensure!(
+                up,
+                "UDP backend {name} did not answer on {addr} ({last}): {}",
+                child.log()
+            );
+        }
         self.servers.lock().unwrap().insert(i, child);
         Ok(())
     }
@@ -510,10 +652,11 @@ impl Deployment {
             self.lab.spawn_net(self.lab.gw_ns(), &args, &env)?
         };
         let sock = self.lab.socket_path();
+        // A daemon that exited (a config it refused) ends the wait at once.
         let up = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
-            sock.exists() && self.status().is_ok_and(|s| all_probed(&s))
+            !child.is_running() || sock.exists() && self.status().is_ok_and(|s| all_probed(&s))
         });
-        if !up {
+        if !up || !child.is_running() {
             bail!("xdplb run did not come up: {}", child.log());
         }
         self.daemon = Some(child);
@@ -629,22 +772,40 @@ impl Deployment {
         Ok(start.elapsed())
     }
 
-    /// `n` fresh connections to the VIP of pool 0 from the client: who
-    /// answered each (`Err` text for failures).
+    /// `n` fresh connections to the VIP of pool 0 from the client (for a
+    /// UDP pool: `n` fresh flows, each from a new source port, asked
+    /// once): who answered each (`Err` text for failures).
     pub fn spread(&self, n: usize) -> Result<BTreeMap<String, usize>> {
-        let vip = self.pools[0].vip;
+        let vip = self.pools[0].vip_addr();
+        let udp = self.pools[0].udp;
         self.lab.run_in("client", || {
             let mut seen = BTreeMap::new();
             for _ in 0..n {
-                let who = match http_get(SocketAddr::V4(vip), "/") {
-                    Ok((200, body)) => body.trim().to_string(),
-                    Ok((s, _)) => format!("status {s}"),
-                    Err(e) => format!("error: {e}"),
+                let who = if udp {
+                    match crate::udp_ask(vip) {
+                        Ok(name) => name,
+                        Err(e) => format!("error: {e}"),
+                    }
+                } else {
+                    match http_get(vip, "/") {
+                        Ok((200, body)) => body.trim().to_string(),
+                        Ok((s, _)) => format!("status {s}"),
+                        Err(e) => format!("error: {e}"),
+                    }
                 };
                 *seen.entry(who).or_insert(0) += 1;
             }
             seen
         })
+    }
+}
+
+impl Deployment {
+    /// A UDP flow from the client to pool 0's VIP (an ephemeral source
+    /// port, fixed for the flow's life).
+    pub fn udp_flow(&self) -> Result<UdpFlow> {
+        let vip = self.pools[0].vip_addr();
+        self.lab.run_in("client", || UdpFlow::open(vip))?
     }
 }
 

@@ -23,6 +23,11 @@
 //! Veths keep their default offloads (TX checksum offload on, as in every
 //! container and VM) unless [`LabBuilder::tx_checksum_offload`] turns it off.
 //!
+//! With [`LabBuilder::ipv6`] the lab is dual-stack: every address above
+//! also has its IPv6 twin in 2001:2::/48 ([`addr::v6_of`]: 198.18.1.11 ↔
+//! 2001:2:0:1::11), every route its IPv6 twin, and the gateway (and
+//! router) forward IPv6 too.
+//!
 //! Namespaces are named `xl<pid>-<n>-<role>` (`xl4242-0-gw`): the pid of the
 //! creating process lets [`Lab::cleanup_stale`] remove leftovers of a dead
 //! run without touching a live one. Interface names are fixed per namespace
@@ -173,8 +178,15 @@ impl LabBuilder {
         self
     }
 
-    /// Keep IPv6 enabled (default: disabled in every lab namespace, so no
-    /// router solicitations or MLD reports show up in packet counters).
+    /// A dual-stack lab (default: IPv6 disabled in every lab namespace, so
+    /// no router solicitations or MLD reports show up in packet counters).
+    /// Every interface that gets an IPv4 address also gets its twin from
+    /// 2001:2::/48 ([`addr::v6_of`]), every route its IPv6 twin, and the
+    /// gateway and router forward IPv6. Addresses are added `nodad` and
+    /// duplicate address detection is off in every namespace (link-local
+    /// addresses included), so nothing waits out DAD's second; router
+    /// advertisements are ignored (`accept_ra = 0`), so no address or
+    /// route appears that the lab did not make. Not with the fleet lab.
     pub fn ipv6(mut self, on: bool) -> Self {
         self.ipv6 = on;
         self
@@ -235,6 +247,10 @@ impl LabBuilder {
             self.backends <= MAX_BACKENDS,
             "backends must be at most {MAX_BACKENDS}, not {}",
             self.backends
+        );
+        ensure!(
+            !(self.ipv6 && self.fleet.is_some()),
+            "the fleet lab is IPv4 only: ipv6(true) is not supported with it"
         );
         if let Some(m) = self.router_mtu {
             ensure!(
@@ -564,9 +580,15 @@ impl Lab {
         ip(&["netns", "add", &full])?;
         self.names.push((short.to_owned(), full.clone()));
         ip(&["-n", &full, "link", "set", "lo", "up"])?;
-        if !self.spec.ipv6 {
-            for key in ["all", "default"] {
-                self.sysctl(short, &format!("net.ipv6.conf.{key}.disable_ipv6"), "1")?;
+        for key in ["all", "default"] {
+            let conf = format!("net.ipv6.conf.{key}");
+            if self.spec.ipv6 {
+                // Before any interface exists, so every one inherits them
+                // (`default`); `nodad` on each address covers the rest.
+                self.sysctl(short, &format!("{conf}.accept_dad"), "0")?;
+                self.sysctl(short, &format!("{conf}.accept_ra"), "0")?;
+            } else {
+                self.sysctl(short, &format!("{conf}.disable_ipv6"), "1")?;
             }
         }
         Ok(full)
@@ -593,6 +615,7 @@ impl Lab {
         // Gateway: both sides, forwarding on (bpf_fib_lookup needs it too).
         self.sysctl("gw", "net.ipv4.ip_forward", "1")?;
         self.sysctl("gw", "net.ipv4.conf.all.forwarding", "1")?;
+        self.forward_ipv6("gw")?;
 
         // Who the clients' segment ends at: the gateway, or the router
         // (whose other side then faces the gateway on the transit segment).
@@ -603,6 +626,7 @@ impl Lab {
         if let Some(rt) = &router {
             self.sysctl("rt", "net.ipv4.ip_forward", "1")?;
             self.sysctl("rt", "net.ipv4.conf.all.forwarding", "1")?;
+            self.forward_ipv6("rt")?;
             veth(&gw, GW_CLIENT_IF, rt, ROUTER_GW_IF)?;
             self.gro_on("rt", ROUTER_GW_IF)?;
         }
@@ -661,32 +685,25 @@ impl Lab {
 
         // Addresses and routes.
         match &router {
-            None => up_with_addr(&gw, GW_CLIENT_IF, GW_CLIENT_ADDR)?,
+            None => self.up_dual(&gw, GW_CLIENT_IF, GW_CLIENT_ADDR)?,
             Some(rt) => {
-                up_with_addr(&gw, GW_CLIENT_IF, GW_TRANSIT_ADDR)?;
-                up_with_addr(rt, ROUTER_GW_IF, ROUTER_TRANSIT_ADDR)?;
-                up_with_addr(rt, ROUTER_CLIENT_IF, ROUTER_CLIENT_ADDR)?;
-                let via_gw = GW_TRANSIT_ADDR.to_string();
-                ip(&["-n", rt, "route", "add", VIP_NET, "via", &via_gw])?;
+                self.up_dual(&gw, GW_CLIENT_IF, GW_TRANSIT_ADDR)?;
+                self.up_dual(rt, ROUTER_GW_IF, ROUTER_TRANSIT_ADDR)?;
+                self.up_dual(rt, ROUTER_CLIENT_IF, ROUTER_CLIENT_ADDR)?;
+                self.route_dual(rt, VIP_NET, GW_TRANSIT_ADDR, None)?;
                 if spec.direct_return {
-                    up_with_addr(rt, ROUTER_BACKEND_IF, ROUTER_BACKEND_ADDR)?;
+                    self.up_dual(rt, ROUTER_BACKEND_IF, ROUTER_BACKEND_ADDR)?;
                 } else {
-                    ip(&["-n", rt, "route", "add", BACKEND_NET, "via", &via_gw])?;
+                    self.route_dual(rt, BACKEND_NET, GW_TRANSIT_ADDR, None)?;
                 }
-                let via_rt = ROUTER_TRANSIT_ADDR.to_string();
-                ip(&["-n", &gw, "route", "add", CLIENT_NET, "via", &via_rt])?;
+                self.route_dual(&gw, CLIENT_NET, ROUTER_TRANSIT_ADDR, None)?;
             }
         }
-        up_with_addr(&gw, GW_BACKEND_IF, GW_BACKEND_ADDR)?;
+        self.up_dual(&gw, GW_BACKEND_IF, GW_BACKEND_ADDR)?;
         for (i, client) in clients.iter().enumerate() {
-            up_with_addr(client, CLIENT_IF, addr::client_addr(i))?;
-            let via = GW_CLIENT_ADDR.to_string();
-            let mut route = vec!["-n", client, "route", "add", "default", "via", &via];
-            let advmss = CLIENT_ADVMSS.to_string();
-            if spec.router_mtu.is_some() {
-                route.extend(["advmss", &advmss]);
-            }
-            ip(&route)?;
+            self.up_dual(client, CLIENT_IF, addr::client_addr(i))?;
+            let advmss = spec.router_mtu.map(|_| CLIENT_ADVMSS);
+            self.route_dual(client, "default", GW_CLIENT_ADDR, advmss)?;
             if !spec.tx_checksum_offload {
                 self.tx_csum_off(&format!("c{}", i + 1), CLIENT_IF)?;
             }
@@ -699,16 +716,8 @@ impl Lab {
             GW_BACKEND_ADDR
         };
         for (i, backend) in backends.iter().enumerate() {
-            up_with_addr(backend, BACKEND_IF, addr::backend_addr(i))?;
-            ip(&[
-                "-n",
-                backend,
-                "route",
-                "add",
-                "default",
-                "via",
-                &backend_gw.to_string(),
-            ])?;
+            self.up_dual(backend, BACKEND_IF, addr::backend_addr(i))?;
+            self.route_dual(backend, "default", backend_gw, None)?;
             if spec.direct_return {
                 // A VIP on loopback: never answer ARP for it on eth0
                 // (arp_ignore 1: only for addresses of the asking
@@ -725,6 +734,90 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// `a` on `ifname` in `ns` (a full name), and in an IPv6 lab its twin
+    /// ([`addr::v6_of`]) too, `nodad`; the link up.
+    fn up_dual(&self, ns: &str, ifname: &str, a: Ipv4Addr) -> Result<()> {
+        if self.spec.ipv6 {
+            let a6 = format!("{}/{PREFIX_LEN6}", addr::v6_of(a));
+            ip(&["-n", ns, "addr", "add", &a6, "dev", ifname, "nodad"])?;
+        }
+        up_with_addr(ns, ifname, a)
+    }
+
+    /// A route to `dest` (`"default"` or a lab prefix such as
+    /// [`VIP_NET`]) via `via` in `ns` (a full name), and in an IPv6 lab
+    /// its twin. `advmss` is the IPv4 route's; the IPv6 route's is 20
+    /// bytes less (its header is 20 bytes longer), so both promise the
+    /// same packet size.
+    fn route_dual(&self, ns: &str, dest: &str, via: Ipv4Addr, advmss: Option<u16>) -> Result<()> {
+        let mut args = vec![
+            "-n".to_string(),
+            ns.into(),
+            "route".into(),
+            "add".into(),
+            dest.into(),
+            "via".into(),
+            via.to_string(),
+        ];
+        if let Some(m) = advmss {
+            args.extend(["advmss".into(), m.to_string()]);
+        }
+        ip(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        if self.spec.ipv6 {
+            let dest6 = if dest == "default" {
+                dest.to_string()
+            } else {
+                addr::v6_net(dest)
+            };
+            let mut args = vec![
+                "-6".to_string(),
+                "-n".into(),
+                ns.into(),
+                "route".into(),
+                "add".into(),
+                dest6,
+                "via".into(),
+                addr::v6_of(via).to_string(),
+            ];
+            if let Some(m) = advmss {
+                args.extend(["advmss".into(), (m - 20).to_string()]);
+            }
+            ip(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        }
+        Ok(())
+    }
+
+    /// IPv6 forwarding on in `ns`, in an IPv6 lab (`bpf_fib_lookup` for
+    /// AF_INET6 answers FWD_DISABLED without it, as for IPv4).
+    fn forward_ipv6(&self, ns: &str) -> Result<()> {
+        if self.spec.ipv6 {
+            self.sysctl(ns, "net.ipv6.conf.all.forwarding", "1")?;
+            self.sysctl(ns, "net.ipv6.conf.default.forwarding", "1")?;
+        }
+        Ok(())
+    }
+
+    /// Whether this lab is dual-stack ([`LabBuilder::ipv6`]).
+    pub fn is_ipv6(&self) -> bool {
+        self.spec.ipv6
+    }
+
+    /// IPv6 address of backend `i` (0-based): 2001:2:0:1::11, ::12, …
+    /// (only configured in an IPv6 lab).
+    pub fn backend_addr6(i: usize) -> std::net::Ipv6Addr {
+        addr::backend_addr6(i)
+    }
+
+    /// IPv6 address of client `i` (0-based): 2001:2::2, ::3, …
+    pub fn client_addr6(i: usize) -> std::net::Ipv6Addr {
+        addr::client_addr6(i)
+    }
+
+    /// IPv6 VIP `i` (0-based): 2001:2:0:2::10, ::11, …
+    pub fn vip6(i: usize) -> std::net::Ipv6Addr {
+        addr::vip6(i)
     }
 
     /// GRO on the far end of a gateway veth, so it accepts XDP-redirected
@@ -901,8 +994,11 @@ impl Drop for LabChild {
     }
 }
 
-/// Runs `f` on a thread inside the named network namespace.
-fn run_in_netns<T: Send, F: FnOnce() -> T + Send>(full: &str, f: F) -> Result<T> {
+/// Runs `f` on a thread inside the network namespace `full` (a full lab
+/// namespace name, [`Lab::ns`]). [`Lab::run_in`] without the `Lab`: for
+/// a thread of a test's own that must not borrow the lab (e.g. traffic
+/// kept flowing while the test restarts the daemon).
+pub fn run_in_netns<T: Send, F: FnOnce() -> T + Send>(full: &str, f: F) -> Result<T> {
     let path = Path::new(NETNS_DIR).join(full);
     let file = File::open(&path).with_context(|| format!("open {}", path.display()))?;
     std::thread::scope(|s| {

@@ -18,9 +18,13 @@
 //! - [`wait`]: [`wait_until`], the one bounded polling loop.
 //! - [`raw`]: frames straight onto a lab wire from an `AF_PACKET` socket,
 //!   and a flood generator of spoofed TCP segments.
+//! - [`udp`]: a UDP client: [`udp_ask`] on a fresh flow, [`UdpFlow`]
+//!   keeping one source port; bounded retries, answers checked to come
+//!   from the address asked.
 //! - [`deploy`]: xdplb deployed on a lab (config, daemon, agents) and
 //!   driven through the `xdplb` binary only.
-//! - `src/bin/lab-backend.rs`: the HTTP server the backends run.
+//! - `src/bin/lab-backend.rs`: the HTTP server the backends run;
+//!   `src/bin/lab-udp-backend.rs`: the UDP server of UDP pools.
 
 pub mod addr;
 pub mod deploy;
@@ -28,8 +32,10 @@ pub mod fleet;
 pub mod http;
 pub mod lab;
 pub mod raw;
+pub mod udp;
 pub mod wait;
 
 pub use http::{connect_from, get_on, http_get, KeepAliveClient};
 pub use lab::{is_root, raise_nofile, skip_unless_root, xdplb_bin, Lab, LabBuilder, LabChild};
+pub use udp::{udp_ask, UdpFlow};
 pub use wait::wait_until;

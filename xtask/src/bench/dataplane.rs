@@ -16,7 +16,9 @@ use crate::cmd::Cmd;
 /// XDP_TX program, the harness's own cost (`floor_1500` the same with a
 /// 1514-byte frame, for the `_1500` paths). The `_partial` paths send the
 /// established flow's frame with a partial checksum (CHECKSUM_PARTIAL).
-pub const PATHS: [&str; 11] = [
+/// The `_v6` paths are an IPv6 TCP VIP (74-byte frames, the smallest
+/// IPv6 TCP segment), the `_udp` paths an IPv4 UDP VIP (64 bytes).
+pub const PATHS: [&str; 17] = [
     "established",
     "new_flow",
     "non_vip",
@@ -28,6 +30,12 @@ pub const PATHS: [&str; 11] = [
     "established_1500",
     "established_1500_partial",
     "floor_1500",
+    "established_v6",
+    "new_flow_v6",
+    "non_vip_v6",
+    "established_udp",
+    "new_flow_udp",
+    "non_vip_udp",
 ];
 
 /// Targets, ns net of the floor.
@@ -166,6 +174,12 @@ mod tests {
   established_1500 min  400.0 ns  median  401.0 ns  max  402.0 ns  (counter rose by 1000000 per run)
   established_1500_partial min  500.0 ns  median  501.0 ns  max  502.0 ns  (counter rose by 1000000 per run)
   floor_1500   min  250.0 ns  median  251.0 ns  max  252.0 ns  (counter rose by 1000000 per run)
+  established_v6 min  130.0 ns  median  131.0 ns  max  132.0 ns  (counter rose by 1000000 per run)
+  new_flow_v6  min  330.0 ns  median  331.0 ns  max  332.0 ns  (counter rose by 1000000 per run)
+  non_vip_v6   min   62.0 ns  median   63.0 ns  max   64.0 ns  (counter rose by 1000000 per run)
+  established_udp min  118.0 ns  median  119.0 ns  max  120.0 ns  (counter rose by 1000000 per run)
+  new_flow_udp min  305.0 ns  median  306.0 ns  max  307.0 ns  (counter rose by 1000000 per run)
+  non_vip_udp  min   59.0 ns  median   60.0 ns  max   61.0 ns  (counter rose by 1000000 per run)
   established  net of floor:   85.3 ns
 dataplane: established_ns=121 new_flow_ns=310 non_vip_ns=61 floor_ns=36
 ";
@@ -173,7 +187,7 @@ dataplane: established_ns=121 new_flow_ns=310 non_vip_ns=61 floor_ns=36
     #[test]
     fn parses_paths() {
         let p = parse(OUT).unwrap();
-        assert_eq!(p.len(), 11);
+        assert_eq!(p.len(), 17);
         let run = DpRun {
             label: String::new(),
             flow_table: 1000,
@@ -182,6 +196,8 @@ dataplane: established_ns=121 new_flow_ns=310 non_vip_ns=61 floor_ns=36
         assert_eq!(run.get("new_flow").unwrap().median, 310.5);
         assert!((run.net("established").unwrap() - 85.3).abs() < 1e-9);
         assert!((run.net("established_1500").unwrap() - 150.0).abs() < 1e-9);
+        assert!((run.net("established_v6").unwrap() - 95.0).abs() < 1e-9);
+        assert_eq!(run.get("non_vip_udp").unwrap().median, 60.0);
         let (small, full) = run.partial_cost().unwrap();
         assert!((small - 60.0).abs() < 1e-9 && (full - 100.0).abs() < 1e-9);
         assert!(parse("nothing").is_err());

@@ -232,7 +232,7 @@ fn publish_raw(
         dp.write_backend(&BackendSlot {
             slot,
             vip_index: index,
-            addr: v4,
+            addr: v4.into(),
             state: BACKEND_ACTIVE,
             flags: 0,
         })?;

@@ -81,7 +81,7 @@ fn real_tcp_reaches_the_backend_the_ring_names() -> Result<()> {
                 dp.write_backend(&BackendSlot {
                     slot: i,
                     vip_index: 0,
-                    addr,
+                    addr: addr.into(),
                     state: BACKEND_ACTIVE,
                     flags: 0,
                 })?;

@@ -792,6 +792,9 @@ pub mod decap {
     /// Addresses of this host (network order → 1): only tunnels addressed
     /// to one of them are opened.
     pub const ADDRS: &str = "DECAP_ADDRS";
+    /// This host's IPv6 addresses ([`Addr6`](crate::Addr6) → 1): only
+    /// IPv6-in-IPv6 tunnels addressed to one of them are opened.
+    pub const ADDRS6: &str = "DECAP_ADDRS6";
     /// Per-CPU counters, indexed by [`DecapCounter`].
     pub const STATS: &str = "DECAP_STATS";
     /// Default pin directory; each interface's link is `link_<ifname>`.
@@ -805,8 +808,8 @@ pub mod decap {
         Passed = 0,
         /// Outer header stripped, inner packet passed to the kernel.
         Decapsulated,
-        /// A tunnel for this host whose inner packet is not a whole IPv4
-        /// header: dropped.
+        /// A tunnel for this host whose inner packet is not a whole IP
+        /// packet of the outer header's family: dropped.
         DropMalformed,
     }
 

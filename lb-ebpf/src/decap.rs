@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     decap::{DecapCounter, MAX_ADDRS},
-    IPPROTO_IPIP,
+    Addr6, IPPROTO_IPIP, IPPROTO_IPV6,
 };
 
 /// This host's addresses (network order → 1), written by `xdplb decap`.
@@ -23,11 +23,26 @@ use lb_common::{
 static DECAP_ADDRS: HashMap<u32, u32> = HashMap::pinned(MAX_ADDRS, 0);
 
 #[map]
+static DECAP_ADDRS6: HashMap<Addr6, u32> = HashMap::pinned(MAX_ADDRS, 0);
+
+#[map]
 static DECAP_STATS: PerCpuArray<u64> = PerCpuArray::pinned(DecapCounter::COUNT, 0);
 
 const ETH_HLEN: usize = 14;
 const IP_HLEN: usize = 20;
 const BE_ETH_P_IP: u16 = 0x0800u16.to_be();
+const BE_ETH_P_IPV6: u16 = 0x86ddu16.to_be();
+const IPV6_HLEN: usize = 40;
+
+#[repr(C)]
+struct Ipv6Hdr {
+    vtc_flow: [u16; 2],
+    payload_len: u16,
+    nexthdr: u8,
+    hop_limit: u8,
+    saddr: [u16; 8],
+    daddr: [u16; 8],
+}
 /// frag_off bits as loaded (network order): more fragments, offset.
 const BE_IP_MF_OFFSET: u16 = 0x3fffu16.to_be();
 
@@ -90,6 +105,9 @@ fn decap(ctx: &XdpContext) -> DecapCounter {
     };
     // SAFETY: bounds checked by ptr_at.
     let (eth, outer) = unsafe { (&*eth, &*outer) };
+    if eth.proto == BE_ETH_P_IPV6 {
+        return decap6(ctx);
+    }
     if eth.proto != BE_ETH_P_IP || outer.proto != IPPROTO_IPIP {
         return DecapCounter::Passed;
     }
@@ -131,6 +149,58 @@ fn decap(ctx: &XdpContext) -> DecapCounter {
     eth.dst = dst;
     eth.src = src;
     eth.proto = BE_ETH_P_IP;
+    DecapCounter::Decapsulated
+}
+
+/// IPv6-in-IPv6 (RFC 2473) addressed to this host: the outer header is
+/// stripped as for IPIP. An outer header with extension headers is not
+/// ours (xdplb never adds any): it passes.
+#[inline(always)]
+fn decap6(ctx: &XdpContext) -> DecapCounter {
+    let (Some(eth), Some(outer)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN))
+    else {
+        return DecapCounter::Passed;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let (eth, outer) = unsafe { (&*eth, &*outer) };
+    if outer.nexthdr != IPPROTO_IPV6 {
+        return DecapCounter::Passed;
+    }
+    let w = |i: usize| (outer.daddr[2 * i] as u32) | ((outer.daddr[2 * i + 1] as u32) << 16);
+    let daddr = Addr6 {
+        words: [w(0), w(1), w(2), w(3)],
+    };
+    if unsafe { DECAP_ADDRS6.get(&daddr) }.is_none() {
+        return DecapCounter::Passed;
+    }
+    let frame = ctx.data_end() - ctx.data();
+    let outer_payload = u16::from_be(outer.payload_len) as usize;
+    if outer_payload < IPV6_HLEN || ETH_HLEN + IPV6_HLEN + outer_payload > frame {
+        return DecapCounter::DropMalformed;
+    }
+    let Some(inner) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN + IPV6_HLEN) else {
+        return DecapCounter::DropMalformed;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let inner = unsafe { &*inner };
+    if (inner.vtc_flow[0] as u8) >> 4 != 6
+        || u16::from_be(inner.payload_len) as usize + IPV6_HLEN != outer_payload
+    {
+        return DecapCounter::DropMalformed;
+    }
+    let (dst, src) = (eth.dst, eth.src);
+    // SAFETY: shrinking the head by a constant; pointers re-derived below.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, IPV6_HLEN as i32) } != 0 {
+        return DecapCounter::DropMalformed;
+    }
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return DecapCounter::DropMalformed;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let eth = unsafe { &mut *eth };
+    eth.dst = dst;
+    eth.src = src;
+    eth.proto = BE_ETH_P_IPV6;
     DecapCounter::Decapsulated
 }
 

@@ -1376,12 +1376,6 @@ fn hw_addr(iface: &str) -> std::io::Result<[u8; 6]> {
     }
 }
 
-/// Every IPv4 address configured in this network namespace, network order
-/// as the maps key them.
-pub(crate) fn local_ipv4_addrs() -> std::io::Result<Vec<u32>> {
-    local_addrs().map(|(v4, _)| v4)
-}
-
 /// Every IPv4 and IPv6 address configured in this network namespace, as
 /// `LOCAL_ADDRS` and `LOCAL_ADDRS6` key them.
 pub(crate) fn local_addrs() -> std::io::Result<(Vec<u32>, Vec<Addr6>)> {

@@ -128,8 +128,22 @@ impl UdpFlow {
     }
 }
 
-/// One question on a fresh flow (a new ephemeral source port): who
+/// Source ports for [`udp_ask`]: each fresh flow gets one never used before
+/// in this test process. Ephemeral ports repeat (600 random picks from the
+/// ephemeral range share a port a few times), and a repeated port is the
+/// same flow to the balancer while its entry lives (`flow_idle_ms`): a
+/// "fresh" flow must really be one.
+static NEXT_FRESH_PORT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+const FRESH_PORTS: std::ops::Range<u32> = 20_000..32_000;
+
+/// One question on a fresh flow (a source port not used before): who
 /// answered.
 pub fn udp_ask(server: SocketAddr) -> Result<String> {
-    UdpFlow::open(server)?.ask()
+    let n = NEXT_FRESH_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let port = (FRESH_PORTS.start + n % FRESH_PORTS.len() as u32) as u16;
+    let local: SocketAddr = match server {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, port).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, port).into(),
+    };
+    UdpFlow::bind(local, server)?.ask()
 }

@@ -15,12 +15,13 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    decap::{DecapCounter, ADDRS, PROGRAM, STATS},
+    decap::{DecapCounter, ADDRS, ADDRS6, PROGRAM, STATS},
     maps::LINK_PREFIX,
+    Addr6,
 };
 
 use super::{
-    detach_pinned_link, ensure_local_bpffs, local_ipv4_addrs, map_err, open_pinned, AttachMode,
+    detach_pinned_link, ensure_local_bpffs, local_addrs, map_err, open_pinned, AttachMode,
     DataplaneError,
 };
 
@@ -65,13 +66,27 @@ impl Decap {
                 .ok_or(DataplaneError::MissingMap { map: ADDRS })?;
             HashMap::try_from(map).map_err(map_err(ADDRS))?
         };
-        let local = local_ipv4_addrs().map_err(|source| DataplaneError::LocalAddrs { source })?;
+        let (local, local6) =
+            local_addrs().map_err(|source| DataplaneError::LocalAddrs { source })?;
         let known: Vec<u32> = addrs.keys().filter_map(Result::ok).collect();
         for a in known.iter().filter(|a| !local.contains(a)) {
             let _ = addrs.remove(a);
         }
         for &a in &local {
             addrs.insert(a, 1, 0).map_err(map_err(ADDRS))?;
+        }
+        let mut addrs6: HashMap<MapData, Addr6, u32> = {
+            let map = ebpf
+                .take_map(ADDRS6)
+                .ok_or(DataplaneError::MissingMap { map: ADDRS6 })?;
+            HashMap::try_from(map).map_err(map_err(ADDRS6))?
+        };
+        let known6: Vec<Addr6> = addrs6.keys().filter_map(Result::ok).collect();
+        for a in known6.iter().filter(|a| !local6.contains(a)) {
+            let _ = addrs6.remove(a);
+        }
+        for a in &local6 {
+            addrs6.insert(a, 1, 0).map_err(map_err(ADDRS6))?;
         }
         let prog: &mut Xdp = ebpf
             .program_mut(PROGRAM)
@@ -156,7 +171,7 @@ pub fn detach(pin_path: &Path, iface: &str) -> Result<bool, DataplaneError> {
         .flatten()
         .any(|e| e.file_name().to_string_lossy().starts_with(LINK_PREFIX));
     if !links_left {
-        for map in [ADDRS, STATS] {
+        for map in [ADDRS, ADDRS6, STATS] {
             let p = pin_path.join(map);
             if p.exists() {
                 fs::remove_file(&p).map_err(io(&p))?;

@@ -433,6 +433,9 @@ fn run(
             ..Default::default()
         },
     )?;
+    // Its load pointed the shared tail-call table at its own (capped)
+    // IPv6 and UDP programs; the uncapped lines need the uncapped ones.
+    dp.install_tails()?;
     let vip: SocketAddrV4 = "198.18.2.10:80".parse()?;
     dp.write_name(0, "bench")?;
     for i in 0..3u32 {

@@ -623,18 +623,18 @@ fn check_pinned_layout(shape: &Shape) -> Result<(), DataplaneError> {
     Ok(())
 }
 
-/// Loads the IPv4 UDP, IPv6 and IPv6 UDP programs and puts them in the pinned
-/// `TAILS` table the main program tail-calls (see `lb_common::TAIL_IPV6`).
-/// Writing a slot replaces what a previous controller put there, so a
-/// restarted controller's programs serve from the moment they load.
+/// The tail-called programs by `TAILS` slot (see `lb_common::TAIL_IPV6`).
+const TAIL_PROGRAMS: [(u32, &str); 4] = [
+    (lb_common::TAIL_IPV6, maps::PROGRAM_IPV6),
+    (lb_common::TAIL_UDP4, maps::PROGRAM_UDP4),
+    (lb_common::TAIL_UDP6, maps::PROGRAM_UDP6),
+    (lb_common::TAIL_ICMP6, maps::PROGRAM_ICMP6),
+];
+
+/// Loads the IPv4 UDP, IPv6, IPv6 UDP and ICMPv6 programs the main one
+/// tail-calls.
 fn load_tails(ebpf: &mut aya::Ebpf) -> Result<(), DataplaneError> {
-    let mut fds = Vec::new();
-    for (slot, name) in [
-        (lb_common::TAIL_IPV6, maps::PROGRAM_IPV6),
-        (lb_common::TAIL_UDP4, maps::PROGRAM_UDP4),
-        (lb_common::TAIL_UDP6, maps::PROGRAM_UDP6),
-        (lb_common::TAIL_ICMP6, maps::PROGRAM_ICMP6),
-    ] {
+    for (_, name) in TAIL_PROGRAMS {
         let prog: &mut Xdp = ebpf
             .program_mut(name)
             .ok_or(DataplaneError::MissingMap { map: name })?
@@ -645,24 +645,6 @@ fn load_tails(ebpf: &mut aya::Ebpf) -> Result<(), DataplaneError> {
         prog.load().map_err(|e| DataplaneError::Program {
             source: Box::new(e),
         })?;
-        let fd = prog
-            .fd()
-            .map_err(|e| DataplaneError::Program {
-                source: Box::new(e),
-            })?
-            .try_clone()
-            .map_err(|e| DataplaneError::Program {
-                source: Box::new(aya::programs::ProgramError::from(e)),
-            })?;
-        fds.push((slot, fd));
-    }
-    let map = ebpf
-        .map_mut(maps::TAILS)
-        .ok_or(DataplaneError::MissingMap { map: maps::TAILS })?;
-    let mut tails: aya::maps::ProgramArray<&mut MapData> =
-        aya::maps::ProgramArray::try_from(map).map_err(map_err(maps::TAILS))?;
-    for (slot, fd) in &fds {
-        tails.set(*slot, fd, 0).map_err(map_err(maps::TAILS))?;
     }
     Ok(())
 }
@@ -781,7 +763,7 @@ impl Dataplane {
         version
             .set(0, LAYOUT_VERSION, 0)
             .map_err(map_err(maps::VERSION))?;
-        Ok(Dataplane {
+        let mut dp = Dataplane {
             shape,
             ebpf,
             vips,
@@ -798,7 +780,9 @@ impl Dataplane {
             local_addrs6,
             generations,
             written: StdHashMap::new(),
-        })
+        };
+        dp.install_tails()?;
+        Ok(dp)
     }
 
     /// The program's log channel into `sink` (aya-log; the program logs
@@ -813,6 +797,42 @@ impl Dataplane {
                 reason: e.to_string(),
             }
         })
+    }
+
+    /// Points the pinned `TAILS` table at this instance's programs. A
+    /// load does it, so a restarted controller's programs serve from the
+    /// moment they load; a second instance over the same pins (a
+    /// benchmark's differently tuned copy) takes them over until this is
+    /// called again.
+    pub fn install_tails(&mut self) -> Result<(), DataplaneError> {
+        let mut fds = Vec::new();
+        for (slot, name) in TAIL_PROGRAMS {
+            let prog: &Xdp = self
+                .ebpf
+                .program(name)
+                .and_then(|p| <&Xdp>::try_from(p).ok())
+                .ok_or(DataplaneError::MissingMap { map: name })?;
+            let fd = prog
+                .fd()
+                .map_err(|e| DataplaneError::Program {
+                    source: Box::new(e),
+                })?
+                .try_clone()
+                .map_err(|e| DataplaneError::Program {
+                    source: Box::new(aya::programs::ProgramError::from(e)),
+                })?;
+            fds.push((slot, fd));
+        }
+        let map = self
+            .ebpf
+            .map_mut(maps::TAILS)
+            .ok_or(DataplaneError::MissingMap { map: maps::TAILS })?;
+        let mut tails: aya::maps::ProgramArray<&mut MapData> =
+            aya::maps::ProgramArray::try_from(map).map_err(map_err(maps::TAILS))?;
+        for (slot, fd) in &fds {
+            tails.set(*slot, fd, 0).map_err(map_err(maps::TAILS))?;
+        }
+        Ok(())
     }
 
     /// Instructions the verifier processed for each of the balancer's

@@ -379,16 +379,21 @@ impl<D: DataplaneOps> Controller<D> {
 
     /// A probe result. Returns true when the backend's health flipped.
     pub fn on_health(&mut self, r: HealthReport) -> bool {
-        let Some(k) = self.owner(r.id, &self.checkers) else {
+        // Borrowed field by field, not through `owner`: a report (a
+        // thousand a second) then copies no name.
+        let Some(k) = self.task_owner.get(&r.id) else {
             return false;
         };
+        if self.checkers.get(k).is_none_or(|t| t.id != r.id) {
+            return false;
+        }
         if let Some(m) = &self.metrics {
             m.observe_health_check(&k.0, &k.1, r.duration, r.success);
         }
-        let Some(rt) = self.runtime.get_mut(&k) else {
+        let Some(rt) = self.runtime.get_mut(k) else {
             return false;
         };
-        rt.last_error = if r.success { None } else { r.error.clone() };
+        rt.last_error = if r.success { None } else { r.error };
         rt.probed = true;
         if r.success {
             rt.rtt = Some(match rt.rtt {
@@ -403,7 +408,7 @@ impl<D: DataplaneOps> Controller<D> {
             Some(false) => warn!(
                 pool = k.0,
                 backend = k.1,
-                error = r.error.as_deref().unwrap_or(""),
+                error = rt.last_error.as_deref().unwrap_or(""),
                 "backend is down"
             ),
             None => {}

@@ -109,7 +109,8 @@ pub static REPLIES6: HashMap<L4Addr6, ReplyEntry6> = HashMap::pinned(MAX_BACKEND
 /// IPv6 flows, as `FLOWS` (shared LRU). Resized at load to
 /// `flow_table_size`, like `FLOWS`.
 #[map]
-pub static FLOWS6: LruHashMap<FlowKey6, FlowEntry> = LruHashMap::pinned(DEFAULT_FLOW_TABLE_SIZE, 0);
+pub static FLOWS6: LruHashMap<FlowKey6, FlowEntry> =
+    LruHashMap::pinned(DEFAULT_FLOW_TABLE_SIZE, 0);
 
 #[map]
 pub static FIB_CACHE6: LruHashMap<Addr6, FibEntry> = LruHashMap::pinned(FIB_CACHE_SIZE, 0);

@@ -350,13 +350,19 @@ pub struct HealthReport {
     pub error: Option<String>,
 }
 
-/// Probes `addr` every `spec.interval_ms` until `shutdown` becomes true (or
-/// its sender or the report receiver goes away). Each probe is bounded by
-/// `spec.timeout_ms`; a probe that overruns delays this backend's next tick
-/// only (`MissedTickBehavior::Delay`), never another backend's.
+/// Phases are whole steps of `1 / PHASE_STEPS` of the interval (at least
+/// `MIN_PHASE_STEP`): the backends whose phases share a step are probed in
+/// one timer tick, so the prober wakes a hundred times an interval however
+/// many backends it probes (one wake per backend, each a context switch or
+/// two, cost more than the probes' own system calls at a thousand a
+/// second), and a hundred instants still spread them well.
+const PHASE_STEPS: u32 = 100;
+/// Tokio's timer resolution: a finer step would coalesce nothing.
+const MIN_PHASE_STEP: Duration = Duration::from_millis(1);
+
 /// Where in each interval `addr` is probed: a hash of the address (FNV-1a)
-/// spread over the period, stable across restarts and the same on every
-/// gateway.
+/// spread over the period in whole steps (see [`PHASE_STEPS`]), stable
+/// across restarts and the same on every gateway.
 pub fn phase(addr: SocketAddr, period: Duration) -> Duration {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let ip = match addr.ip() {
@@ -367,10 +373,47 @@ pub fn phase(addr: SocketAddr, period: Duration) -> Duration {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    let nanos = period.as_nanos().max(1) as u64;
-    Duration::from_nanos(h % nanos)
+    let step = (period / PHASE_STEPS).max(MIN_PHASE_STEP);
+    let steps = (period.as_nanos() / step.as_nanos()).max(1) as u64;
+    step * (h % steps) as u32
 }
 
+/// The instant every checker's schedule is reckoned from, whenever the
+/// checker started (a reload, a restarted checker), so that phases in the
+/// same step land in the same timer tick.
+fn schedule_origin() -> Instant {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    Instant::from_std(*ORIGIN.get_or_init(|| Instant::now().into_std()))
+}
+
+/// The first regular probe of a checker started at `start`: on the
+/// backend's phase of the common schedule, and at least `period` after
+/// the immediate first probe (less than two periods after it).
+fn first_tick(start: Instant, period: Duration, phase: Duration) -> Instant {
+    let earliest = start + period;
+    let origin = schedule_origin() + phase;
+    let p = period.as_nanos().max(1) as i128;
+    // Signed: a paused test clock may stand before the origin.
+    let off = if earliest >= origin {
+        (earliest - origin).as_nanos() as i128
+    } else {
+        -((origin - earliest).as_nanos() as i128)
+    };
+    // Periods from the origin to the first schedule point not before `earliest`.
+    let k = off.div_euclid(p) + i128::from(off.rem_euclid(p) != 0);
+    let shift = Duration::from_nanos((k.unsigned_abs() * p as u128) as u64);
+    if k >= 0 {
+        origin + shift
+    } else {
+        origin - shift
+    }
+}
+
+/// Probes `addr` at once, then every `spec.interval_ms` on its phase,
+/// until `shutdown` becomes true (or its sender or the report receiver
+/// goes away). Each probe is bounded by `spec.timeout_ms`; a probe that
+/// overruns delays this backend's next tick only
+/// (`MissedTickBehavior::Delay`), never another backend's.
 pub fn spawn_checker(
     id: u64,
     addr: SocketAddr,
@@ -387,7 +430,8 @@ pub fn spawn_checker(
         // thousand backends are not probed in one burst every interval.
         let start = tokio::time::Instant::now();
         let mut first = true;
-        let mut ticker = tokio::time::interval_at(start + period + phase(addr, period), period);
+        let mut ticker =
+            tokio::time::interval_at(first_tick(start, period, phase(addr, period)), period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             if !std::mem::take(&mut first) {
@@ -857,6 +901,75 @@ mod tests {
             }
         }
         stop_tx.send(true).unwrap();
+    }
+
+    #[test]
+    fn phases_are_whole_steps_spread_over_the_interval() {
+        let addrs: Vec<_> = (0..1000u16)
+            .map(|i| {
+                SocketAddr::from(std::net::SocketAddrV4::new(
+                    std::net::Ipv4Addr::new(198, 18, 1 + (i / 250) as u8, 11),
+                    10_000 + i % 250,
+                ))
+            })
+            .collect();
+        // (period, step)
+        for (period_ms, step_ms) in [(1000, 10), (100, 1), (30, 1), (1, 1)] {
+            let period = Duration::from_millis(period_ms);
+            let step = Duration::from_millis(step_ms);
+            let mut phases: Vec<Duration> = addrs.iter().map(|a| phase(*a, period)).collect();
+            assert!(phases
+                .iter()
+                .all(|p| *p < period && p.as_nanos() % step.as_nanos() == 0));
+            phases.sort();
+            phases.dedup();
+            let steps = (period_ms / step_ms) as usize;
+            // A thousand addresses leave few of at most 100 steps empty.
+            assert!(
+                phases.len() * 10 >= steps.min(100) * 9,
+                "{period_ms} ms: {}",
+                phases.len()
+            );
+        }
+        let a = addrs[0];
+        assert_eq!(
+            phase(a, Duration::from_secs(1)),
+            phase(a, Duration::from_secs(1))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn checkers_started_apart_share_the_ticks_of_their_phase() {
+        let period = Duration::from_secs(1);
+        let ph = Duration::from_millis(370);
+        let t0 = Instant::now();
+        let mut firsts = Vec::new();
+        for start_ms in [0, 1, 37, 999, 1000, 5321] {
+            let start = t0 + Duration::from_millis(start_ms);
+            let first = first_tick(start, period, ph);
+            assert!(
+                first >= start + period && first < start + 2 * period,
+                "{start_ms}"
+            );
+            firsts.push(first);
+        }
+        // Every first tick is on the common schedule: whole periods apart.
+        for f in &firsts {
+            let gap = if *f >= firsts[0] {
+                *f - firsts[0]
+            } else {
+                firsts[0] - *f
+            };
+            assert_eq!(gap.as_nanos() % period.as_nanos(), 0, "{gap:?}");
+        }
+        // A clock standing before the origin (a test's paused clock may).
+        let early = schedule_origin() - Duration::from_secs(7);
+        let first = first_tick(early, period, ph);
+        assert!(first >= early + period && first < early + 2 * period);
+        assert_eq!(
+            (schedule_origin() + ph - first).as_nanos() % period.as_nanos(),
+            0
+        );
     }
 
     #[tokio::test]

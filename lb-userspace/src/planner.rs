@@ -240,6 +240,23 @@ impl Planner {
         self.pools.retain(|name, _| cfg.pool(name).is_some());
         Plan { pools }
     }
+
+    /// Whether the next [`plan`](Planner::plan) could differ from the last
+    /// one with the same config and observations, only because time passed:
+    /// a slow-start ramp under way, a watermark hold running, a demoted
+    /// spare draining towards its timeout. When false, the caller need not
+    /// plan again until an observation changes (the controller then skips
+    /// its beats). Conservative: a hold that could not add a spare anyway
+    /// still counts.
+    pub fn depends_on_time(&self) -> bool {
+        self.pools.values().any(|p| {
+            p.above_since.is_some()
+                || p.below_since.is_some()
+                || p.backends
+                    .values()
+                    .any(|b| b.active_since.is_some() || b.spare_draining_since.is_some())
+        })
+    }
 }
 
 /// Why a backend cannot serve at all, or cannot take new flows.
@@ -995,6 +1012,106 @@ mod tests {
         let plan = Planner::new().plan(&cfg, &healthy(None), 0);
         assert_eq!(plan.pools[0].mean_load, None);
         assert_eq!(weight_of(&plan, "p1"), 100_000);
+    }
+
+    /// Plans at `t` and checks what `depends_on_time` promises: when it
+    /// says no, planning again later with the same observations (what a
+    /// controller that skips its beats leaves undone) gives the same plan.
+    fn plan_at(planner: &mut Planner, cfg: &Config, obs: &Observations, t: u64) -> (Plan, bool) {
+        let plan = planner.plan(cfg, obs, t);
+        let depends = planner.depends_on_time();
+        if !depends {
+            for later in [t + 1, t + 60_000, t + 3_600_000] {
+                let mut p = planner.clone();
+                assert_eq!(
+                    p.plan(cfg, obs, later),
+                    plan,
+                    "settled at {t}, not at {later}"
+                );
+            }
+        }
+        (plan, depends)
+    }
+
+    #[test]
+    fn a_steady_pool_does_not_depend_on_time() {
+        let mut planner = Planner::new();
+        for (cfg, load) in [(cfg_with(3, false), None), (cfg_with(3, true), Some(0.5))] {
+            let (_, depends) = plan_at(&mut planner, &cfg, &healthy(load), 0);
+            assert!(!depends);
+        }
+    }
+
+    #[test]
+    fn a_slow_start_ramp_depends_on_time_until_it_ends() {
+        let mut cfg = cfg_with(1, false);
+        cfg.pools[0].slow_start_ms = Some(2000);
+        let mut planner = Planner::new();
+        let mut obs = healthy(None);
+        set(&mut obs, "p1", |o| o.health = Some(false));
+        assert!(!plan_at(&mut planner, &cfg, &obs, 0).1);
+        set(&mut obs, "p1", |o| o.health = Some(true));
+        for (t, want) in [(1000, 1), (1999, 49_950)] {
+            let (plan, depends) = plan_at(&mut planner, &cfg, &obs, t);
+            assert_eq!(weight_of(&plan, "p1"), want, "at {t}");
+            assert!(depends, "ramping at {t}");
+        }
+        let (plan, depends) = plan_at(&mut planner, &cfg, &obs, 3000);
+        assert_eq!(weight_of(&plan, "p1"), 100_000);
+        assert!(!depends, "the ramp is over");
+    }
+
+    #[test]
+    fn watermark_holds_depend_on_time() {
+        let cfg = cfg_with(3, true);
+        let mut planner = Planner::new();
+        // Between the watermarks: no hold runs.
+        assert!(!plan_at(&mut planner, &cfg, &healthy(Some(0.5)), 0).1);
+        // Above the high one: the scale-up hold runs...
+        let (plan, depends) = plan_at(&mut planner, &cfg, &healthy(Some(0.9)), 1000);
+        assert!(depends);
+        assert_eq!(state_of(&plan, "s1").0, Standby);
+        // ... and adds a spare when it ends, which then ramps (4 s).
+        let (plan, depends) = plan_at(&mut planner, &cfg, &healthy(Some(0.9)), 4000);
+        assert_eq!(state_of(&plan, "s1"), (Active, Reason::HighLoad));
+        assert!(depends);
+        let (_, depends) = plan_at(&mut planner, &cfg, &healthy(Some(0.5)), 5000);
+        assert!(depends, "s1 still ramps");
+        let (plan, depends) = plan_at(&mut planner, &cfg, &healthy(Some(0.5)), 8000);
+        assert_eq!(weight_of(&plan, "s1"), 50_000);
+        assert!(!depends, "ramp over, load between the watermarks");
+        // Below the low one: the scale-down hold runs, then the spare drains
+        // until its flows are counted out (or its timeout).
+        assert!(plan_at(&mut planner, &cfg, &healthy(Some(0.1)), 9000).1);
+        let mut low = healthy(Some(0.1));
+        set(&mut low, "s1", |o| o.established_flows = Some(2));
+        let (plan, depends) = plan_at(&mut planner, &cfg, &low, 39_000);
+        assert_eq!(state_of(&plan, "s1"), (Draining, Reason::SpareDraining));
+        assert!(depends);
+        let mut calm = healthy(Some(0.5));
+        set(&mut calm, "s1", |o| o.established_flows = Some(0));
+        let (plan, depends) = plan_at(&mut planner, &cfg, &calm, 40_000);
+        assert_eq!(state_of(&plan, "s1"), (Standby, Reason::SpareIdle));
+        assert!(!depends);
+    }
+
+    #[test]
+    fn a_draining_spare_depends_on_time_until_its_timeout() {
+        let cfg = cfg_with(3, false);
+        let mut planner = Planner::new();
+        let mut obs = healthy(None);
+        set(&mut obs, "p1", |o| o.health = Some(false));
+        let (plan, depends) = plan_at(&mut planner, &cfg, &obs, 0);
+        assert_eq!(state_of(&plan, "s1"), (Active, Reason::MinActive));
+        assert!(!depends, "the initial set starts at full weight");
+        set(&mut obs, "p1", |o| o.health = Some(true));
+        set(&mut obs, "s1", |o| o.established_flows = Some(5));
+        let (plan, depends) = plan_at(&mut planner, &cfg, &obs, 1000);
+        assert_eq!(state_of(&plan, "s1").0, Draining);
+        assert!(depends);
+        let (plan, depends) = plan_at(&mut planner, &cfg, &obs, 1000 + SPARE_DRAIN_TIMEOUT_MS);
+        assert_eq!(state_of(&plan, "s1").0, Standby);
+        assert!(!depends);
     }
 
     #[test]

@@ -121,8 +121,10 @@ pub type FlowCounter = Arc<dyn Fn() -> Option<dataplane::FlowCensus> + Send + Sy
 /// the clients: a few, so one lost SYN-ACK is no alarm.
 const HALF_OPEN_ALARM: u64 = 3;
 
-/// How often the planner runs without an event: slow-start ramps and
-/// watermark holds advance on this beat.
+/// The controller's beat: slow-start ramps, watermark holds, spare drains,
+/// agent scores and slot retirement advance on it. A beat plans only when
+/// something is pending (see [`Controller::needs_sync`]): a thousand
+/// healthy backends cost nothing between their flips.
 const TICK: Duration = Duration::from_millis(200);
 /// How often established flows are counted (a walk of the flow table).
 const FLOW_COUNT_EVERY: Duration = Duration::from_secs(2);
@@ -233,6 +235,10 @@ pub struct Controller<D: DataplaneOps> {
     probes: ProbeFactory,
     metrics: Option<Arc<Metrics>>,
     plan: Option<Plan>,
+    /// An observation the plan depends on changed since the last sync (a
+    /// health flip, an agent reply, a flow count, a drain, a reload), or
+    /// the last sync failed and must be retried.
+    dirty: bool,
     /// When the metrics last got the status.
     status_pushed: Instant,
     epoch: Instant,
@@ -325,6 +331,7 @@ impl<D: DataplaneOps> Controller<D> {
             probes,
             metrics,
             plan: None,
+            dirty: true,
             status_pushed: now,
             epoch: now,
             ready_deadline: now + Duration::from_millis(max_timeout + 500),
@@ -375,16 +382,21 @@ impl<D: DataplaneOps> Controller<D> {
 
     /// A probe result. Returns true when the backend's health flipped.
     pub fn on_health(&mut self, r: HealthReport) -> bool {
-        let Some(k) = self.owner(r.id, &self.checkers) else {
+        // Borrowed field by field, not through `owner`: a report (a
+        // thousand a second) then copies no name.
+        let Some(k) = self.task_owner.get(&r.id) else {
             return false;
         };
+        if self.checkers.get(k).is_none_or(|t| t.id != r.id) {
+            return false;
+        }
         if let Some(m) = &self.metrics {
             m.observe_health_check(&k.0, &k.1, r.duration, r.success);
         }
-        let Some(rt) = self.runtime.get_mut(&k) else {
+        let Some(rt) = self.runtime.get_mut(k) else {
             return false;
         };
-        rt.last_error = if r.success { None } else { r.error.clone() };
+        rt.last_error = if r.success { None } else { r.error };
         rt.probed = true;
         if r.success {
             rt.rtt = Some(match rt.rtt {
@@ -393,12 +405,13 @@ impl<D: DataplaneOps> Controller<D> {
             });
         }
         let flipped = rt.health.as_mut().and_then(|h| h.observe(r.success));
+        self.dirty |= flipped.is_some();
         match flipped {
             Some(true) => info!(pool = k.0, backend = k.1, "backend is up"),
             Some(false) => warn!(
                 pool = k.0,
                 backend = k.1,
-                error = r.error.as_deref().unwrap_or(""),
+                error = rt.last_error.as_deref().unwrap_or(""),
                 "backend is down"
             ),
             None => {}
@@ -417,6 +430,7 @@ impl<D: DataplaneOps> Controller<D> {
         let Some(tracker) = rt.load.as_mut() else {
             return;
         };
+        self.dirty = true;
         match r.result {
             Ok(reply) => {
                 match rt.agent_up {
@@ -451,6 +465,9 @@ impl<D: DataplaneOps> Controller<D> {
 
     /// A flow count that began at `started`.
     pub fn set_flows_since(&mut self, started: Instant, flows: HashMap<u32, u64>) {
+        // The same counts again change no plan (retiring slots, which
+        // also look at when the count began, keep the beat going anyway).
+        self.dirty |= self.flows.as_ref() != Some(&flows);
         self.flows = Some(flows);
         self.flows_at = started;
     }
@@ -491,6 +508,7 @@ impl<D: DataplaneOps> Controller<D> {
             return Err(format!("unknown backend {backend:?} in pool {pool:?}"));
         }
         let k = key(pool, backend);
+        self.dirty = true;
         if drain {
             self.drained.insert(k);
         } else {
@@ -632,7 +650,7 @@ impl<D: DataplaneOps> Controller<D> {
                 _ = tick.tick() => true,
             };
             if sync_now {
-                let synced = self.sync();
+                let synced = self.beat();
                 if let Err(e) = &synced {
                     // A failed map write is retried on the next beat; the
                     // data plane keeps its last good state meanwhile.

@@ -124,6 +124,7 @@ impl<D: DataplaneOps> Controller<D> {
     /// nothing.
     pub(super) fn install(&mut self, config: Config) -> Result<Vec<String>, ControllerError> {
         self.plan_capacity(&config)?;
+        self.dirty = true;
         let mut summary = Vec::new();
         let old = std::mem::replace(&mut self.config, config);
         // Pools gone — from the old config, or only from the pins (removed

@@ -99,8 +99,50 @@ impl<D: DataplaneOps> Controller<D> {
         self.runtime.values().all(|r| r.probed)
     }
 
+    /// Whether a beat must plan: an observation changed, or the plan may
+    /// move with the clock alone (the planner's ramps, holds and spare
+    /// drains; agent scores, which age; retiring slots, which time out;
+    /// the first sync, which waits for probes or a deadline). Otherwise a
+    /// plan would repeat the last one and write nothing.
+    pub(super) fn needs_sync(&self) -> bool {
+        self.dirty
+            || !self.ready
+            || self.planner.depends_on_time()
+            || !self.retiring.is_empty()
+            || self.runtime.values().any(|r| r.load.is_some())
+    }
+
+    /// One beat of the loop: a sync when [`needs_sync`](Self::needs_sync)
+    /// says so; otherwise only the metrics' status, kept at most
+    /// `STATUS_EVERY` old (round trips move without the plan moving).
+    pub fn beat(&mut self) -> Result<(), ControllerError> {
+        if self.needs_sync() {
+            return self.sync();
+        }
+        self.push_status(false);
+        Ok(())
+    }
+
     /// Plans and writes the difference into the data plane.
     pub fn sync(&mut self) -> Result<(), ControllerError> {
+        let r = self.plan_and_write();
+        // A failed write is retried on the next beat, which must not skip.
+        self.dirty = r.is_err();
+        r
+    }
+
+    /// Sends the status to the metrics when the plan `changed`, or when
+    /// the last copy is `STATUS_EVERY` old.
+    fn push_status(&mut self, changed: bool) {
+        if let Some(m) = &self.metrics {
+            if changed || self.status_pushed.elapsed() >= STATUS_EVERY {
+                m.set_status(&self.status());
+                self.status_pushed = Instant::now();
+            }
+        }
+    }
+
+    fn plan_and_write(&mut self) -> Result<(), ControllerError> {
         if !self.ready {
             if !self.all_probed() && Instant::now() < self.ready_deadline {
                 return Ok(());
@@ -245,12 +287,7 @@ impl<D: DataplaneOps> Controller<D> {
         // large pool does not rebuild it on every beat.
         let changed = self.plan.as_ref() != Some(&plan);
         self.plan = Some(plan);
-        if let Some(m) = &self.metrics {
-            if changed || self.status_pushed.elapsed() >= STATUS_EVERY {
-                m.set_status(&self.status());
-                self.status_pushed = Instant::now();
-            }
-        }
+        self.push_status(changed);
         Ok(())
     }
 }

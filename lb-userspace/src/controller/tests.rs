@@ -264,7 +264,8 @@ fn rig() -> Rig {
 
 impl Rig {
     /// Advances the paused clock by `d` in 10 ms steps, feeding every
-    /// probe report to the controller and syncing, as `run` does.
+    /// probe report to the controller and beating, as `run` does (so every
+    /// test also checks that the beats it skips change nothing).
     async fn pump(&mut self, d: Duration) {
         self.pump_by(d, Duration::from_millis(10)).await
     }
@@ -288,7 +289,7 @@ impl Rig {
                     break;
                 }
             }
-            self.c.sync().unwrap();
+            self.c.beat().unwrap();
         }
     }
 
@@ -1139,4 +1140,103 @@ async fn a_restart_adopts_an_ipv6_udp_vip_without_touching_it() {
         f.ops
     );
     assert_eq!(f.vips[&ep("[2001:2:0:2::10]:53/udp")], ring);
+}
+
+/// CONFIG with one required backend (the spare stays out) and a slow start.
+fn ramping() -> String {
+    CONFIG.replace("min_active = 2", "min_active = 1\nslow_start_ms = 1000")
+}
+
+/// web-1's entries in the ring.
+fn share_of_web_1(f: &Fake) -> usize {
+    let slot = f
+        .names
+        .iter()
+        .find(|(i, n)| **i >= MAX_VIPS && n.as_str() == "web-1")
+        .map(|(i, _)| i - MAX_VIPS)
+        .unwrap();
+    let (_, ring) = &f.vips[&ep("198.18.2.10:80")];
+    ring.iter().filter(|s| **s == slot).count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn beats_skip_when_idle_and_wake_on_a_flip_or_a_pending_ramp() {
+    let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &ramping());
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(r.fake().ring_members("198.18.2.10:80"), ["web-1", "web-2"]);
+    // Probes keep reporting, nothing flips: nothing to plan.
+    assert!(!r.c.needs_sync());
+    r.pump(Duration::from_millis(500)).await;
+    assert!(!r.c.needs_sync());
+    // The same flow count again changes nothing; a new one does.
+    r.c.set_flows(HashMap::new());
+    assert!(r.c.needs_sync(), "the first count");
+    r.c.beat().unwrap();
+    r.c.set_flows(HashMap::new());
+    assert!(!r.c.needs_sync());
+
+    // A flip wakes the very next beat.
+    r.probes.set("198.18.1.11:8080", false);
+    let mut flipped = false;
+    for _ in 0..50 {
+        tokio::time::advance(Duration::from_millis(10)).await;
+        tokio::task::yield_now().await;
+        while let Ok(rep) = r.inputs.health_rx.try_recv() {
+            if r.c.on_health(rep) {
+                flipped = true;
+                assert!(r.c.needs_sync(), "a flip must be planned");
+            }
+        }
+        if flipped {
+            break;
+        }
+        r.c.beat().unwrap();
+    }
+    assert!(flipped);
+    r.c.beat().unwrap();
+    assert_eq!(r.fake().state("web-1"), BACKEND_DOWN);
+    assert_eq!(r.fake().ring_members("198.18.2.10:80"), ["web-2"]);
+    assert!(!r.c.needs_sync(), "down is not a ramp");
+
+    // Back up (rise 2): web-1 ramps over 1 s with no event but the beat.
+    r.probes.set("198.18.1.11:8080", true);
+    r.pump(Duration::from_millis(250)).await;
+    assert_eq!(r.fake().state("web-1"), BACKEND_ACTIVE);
+    assert!(r.c.needs_sync(), "a ramp is pending");
+    let early = share_of_web_1(r.fake());
+    r.pump(Duration::from_millis(400)).await;
+    let later = share_of_web_1(r.fake());
+    assert!(
+        early < later,
+        "the ramp advanced on beats: {early} then {later}"
+    );
+    r.pump(Duration::from_millis(1000)).await;
+    let full = share_of_web_1(r.fake());
+    assert!(
+        later < full && full > 1009 / 3,
+        "{later} then {full} of 1009"
+    );
+    assert!(!r.c.needs_sync(), "the ramp is over");
+}
+
+#[tokio::test(start_paused = true)]
+async fn skipped_beats_still_refresh_the_metrics_status() {
+    let dir = std::env::temp_dir().join(format!("xdplb-ctl-metrics-{}", std::process::id()));
+    let metrics = Metrics::new(dir);
+    let mut r = rig();
+    r.c.metrics = Some(metrics.clone());
+    r.probes
+        .set_delay("198.18.1.11:8080", Duration::from_millis(20));
+    r.pump(Duration::from_millis(300)).await;
+    assert!(!r.c.needs_sync());
+    let rtt = |m: &Metrics| m.status().unwrap().pools[0].backends[0].rtt_ms;
+    r.pump(STATUS_EVERY).await;
+    assert_eq!(rtt(&metrics), Some(20.0));
+    // Only the round trip moves: no plan changes, and the beats that skip
+    // the plan still hand the metrics a status at most STATUS_EVERY old.
+    r.probes
+        .set_delay("198.18.1.11:8080", Duration::from_millis(40));
+    r.pump(STATUS_EVERY + TICK).await;
+    assert!(!r.c.needs_sync());
+    assert!(rtt(&metrics).unwrap() > 20.0, "{:?}", rtt(&metrics));
 }

@@ -249,7 +249,11 @@ fn controller_md(s: &mut String, r: &Results) {
                 s,
                 "One pool of {} backends (4 backend namespaces × 250 listening ports), TCP health checks every {} ms \
                  (timeout 500 ms), ring {}. CPU is utime + stime of the `xdplb run` process from `/proc/<pid>/stat` over \
-                 the window, after every backend was active; peak RSS is `VmHWM` from `/proc/<pid>/status`.\n",
+                 the window, after every backend was active; peak RSS is `VmHWM` from `/proc/<pid>/status`. \
+                 In this lab the process's stime also holds the probed side's kernel work: veth hands each SYN, SYN-ACK \
+                 and RST to the other namespace's stack inside the controller's own `connect()` and `close()` (softirq \
+                 time is charged to the task it runs in on a kernel without `IRQ_TIME_ACCOUNTING`), which `perf` put \
+                 at about a third of the figure; a real network does that work on other hosts.\n",
                 p["backends"], p["interval_ms"], p["ring_size"]
             );
             let _ = writeln!(

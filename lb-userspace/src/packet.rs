@@ -519,7 +519,12 @@ pub fn checksums6(frame: &[u8]) -> (u16, u16) {
     let seg = &frame[off..ip + IPV6_HLEN + payload_len];
     let at = check_offset(proto);
     let found = u16::from_be_bytes([seg[at], seg[at + 1]]);
-    let computed = l4_checksum(&frame[ip + 8..ip + 24], &frame[ip + 24..ip + 40], proto, seg);
+    let computed = l4_checksum(
+        &frame[ip + 8..ip + 24],
+        &frame[ip + 24..ip + 40],
+        proto,
+        seg,
+    );
     (found, computed)
 }
 
@@ -631,7 +636,12 @@ mod tests {
                 assert_eq!(found, computed);
                 let (off, proto) = l4_offset6(&bytes);
                 assert_eq!(off, ETH_HLEN + IPV6_HLEN + 8 * f.ext.len());
-                assert!(verifies(&bytes[22..38], &bytes[38..54], proto, &bytes[off..]));
+                assert!(verifies(
+                    &bytes[22..38],
+                    &bytes[38..54],
+                    proto,
+                    &bytes[off..]
+                ));
             } else {
                 let (a, b, c, d) = checksums_udp4(&bytes);
                 assert_eq!((a, c), (b, d));

@@ -16,11 +16,11 @@ use aya::{
 };
 use common::{backend_mac, xdp_md, TestNs, TestPlane, CLIENT_MAC, IN_MAC, OUT_MAC};
 use lb_common::{
-    flow_hash, flow_hash6, ref_slot, Addr6, FlowEntry, FlowKey, FlowKey6, GlobalCounter, BACKEND_ACTIVE,
-    IPPROTO_TCP, IPPROTO_UDP, NO_BACKEND, VIP_F_REJECT_EMPTY,
+    flow_hash, flow_hash6, ref_slot, Addr6, FlowEntry, FlowKey, FlowKey6, GlobalCounter,
+    BACKEND_ACTIVE, IPPROTO_TCP, IPPROTO_UDP, NO_BACKEND, VIP_F_REJECT_EMPTY,
 };
 use xdplb::{
-    dataplane::{backend_name_index, BackendSlot, Counters, CounterReader, Dataplane, Endpoint},
+    dataplane::{backend_name_index, BackendSlot, CounterReader, Counters, Endpoint},
     packet::{
         checksums6, checksums_udp4, icmp6, icmp_error, Checksum, Ext6, L4Frame, L4, TCP_ACK,
         TCP_PSH, TCP_RST, TCP_SYN,
@@ -252,8 +252,13 @@ impl Lab {
                 .unwrap();
                 dp.write_name(backend_name_index(slot), &format!("{pool:?}-{i}"))
                     .unwrap();
-                dp.write_reply(pool.endpoint(pool.backend(i)), pool.vip(), slot, pool.index())
-                    .unwrap();
+                dp.write_reply(
+                    pool.endpoint(pool.backend(i)),
+                    pool.vip(),
+                    slot,
+                    pool.index(),
+                )
+                .unwrap();
             }
         }
         dp.sync_host(&["in0".to_string(), "out0".to_string()])
@@ -268,10 +273,6 @@ impl Lab {
             lab.publish(pool, lab.rings[pool.index() as usize].clone(), None);
         }
         lab
-    }
-
-    fn dp(&mut self) -> &mut Dataplane {
-        self.tp.dp()
     }
 
     /// Publishes `pool`'s ring (backend numbers, or NO_BACKEND), with
@@ -341,9 +342,8 @@ impl Lab {
     }
 
     fn flow(&self, pool: Pool, port: u16) -> Option<FlowEntry> {
-        let open = |name: &str| {
-            Map::LruHashMap(MapData::from_pin(self.tp.pin_path.join(name)).unwrap())
-        };
+        let open =
+            |name: &str| Map::LruHashMap(MapData::from_pin(self.tp.pin_path.join(name)).unwrap());
         match pool.flow_key(port) {
             Key::V4(k) => {
                 let m: HashMap<_, FlowKey, FlowEntry> =
@@ -389,7 +389,9 @@ fn round_trip(pool: Pool, partial: bool) {
     assert_eq!(action, XDP_REDIRECT);
     assert_eq!(out, to_backend(pool, &first, 1));
     assert_checksums_valid(&out);
-    let flow = lab.flow(pool, port).expect("flow entry after the first packet");
+    let flow = lab
+        .flow(pool, port)
+        .expect("flow entry after the first packet");
     assert_eq!(flow.vip_index as u32, pool.index());
 
     lab.send_all_to(pool, 2);
@@ -615,7 +617,13 @@ fn extension_headers_that_cannot_be_balanced_are_dropped_or_passed() {
             ),
         ];
         for (name, frame, action, counter) in cases {
-            expect_untouched(&mut lab, &format!("{pool:?} {name}"), &frame, action, counter);
+            expect_untouched(
+                &mut lab,
+                &format!("{pool:?} {name}"),
+                &frame,
+                action,
+                counter,
+            );
         }
         assert!(lab.flow(pool, 47100).is_none() && lab.flow(pool, 47101).is_none());
     }
@@ -642,13 +650,41 @@ fn malformed_ipv6_for_the_gateway_is_dropped_with_its_reason() {
     let mut long_udp = dgram.clone();
     long_udp[14 + 40 + 4..14 + 40 + 6].copy_from_slice(&200u16.to_be_bytes());
     let cases = [
-        ("header cut at 30", syn[..14 + 30].to_vec(), GlobalCounter::DropTruncatedIp),
-        ("header cut at 8", syn[..14 + 8].to_vec(), GlobalCounter::DropTruncatedIp),
-        ("payload length beyond the frame", long_payload, GlobalCounter::DropBadTotalLength),
-        ("version 4 in an IPv6 frame", bad_version, GlobalCounter::DropBadIpVersion),
-        ("TCP header cut short", short_tcp, GlobalCounter::DropTruncatedTcp),
-        ("UDP header cut short", short_udp, GlobalCounter::DropTruncatedUdp),
-        ("UDP length beyond the payload", long_udp, GlobalCounter::DropTruncatedUdp),
+        (
+            "header cut at 30",
+            syn[..14 + 30].to_vec(),
+            GlobalCounter::DropTruncatedIp,
+        ),
+        (
+            "header cut at 8",
+            syn[..14 + 8].to_vec(),
+            GlobalCounter::DropTruncatedIp,
+        ),
+        (
+            "payload length beyond the frame",
+            long_payload,
+            GlobalCounter::DropBadTotalLength,
+        ),
+        (
+            "version 4 in an IPv6 frame",
+            bad_version,
+            GlobalCounter::DropBadIpVersion,
+        ),
+        (
+            "TCP header cut short",
+            short_tcp,
+            GlobalCounter::DropTruncatedTcp,
+        ),
+        (
+            "UDP header cut short",
+            short_udp,
+            GlobalCounter::DropTruncatedUdp,
+        ),
+        (
+            "UDP length beyond the payload",
+            long_udp,
+            GlobalCounter::DropTruncatedUdp,
+        ),
     ];
     for (name, frame, counter) in &cases {
         expect_untouched(&mut lab, name, frame, XDP_DROP, *counter);
@@ -697,7 +733,16 @@ fn an_icmpv6_error_about_a_vips_packet_reaches_the_flows_backend() {
     sent.payload = vec![9; 1400];
     let mtu = 1280u32.to_be_bytes();
     let router: Ipv6Addr = ROUTER6.parse().unwrap();
-    let frame = icmp6(ROUTER_MAC, IN_MAC, router, v6(pool.vip()), 2, 0, mtu, &quote(&sent));
+    let frame = icmp6(
+        ROUTER_MAC,
+        IN_MAC,
+        router,
+        v6(pool.vip()),
+        2,
+        0,
+        mtu,
+        &quote(&sent),
+    );
     let (action, out) = lab.from_client(&frame);
     assert_eq!(action, XDP_REDIRECT);
     let mut requoted = sent.clone();
@@ -778,15 +823,42 @@ fn informational_icmpv6_passes_untouched() {
     let cases = [
         (
             "neighbour solicitation",
-            icmp6(CLIENT_MAC, IN_MAC, client, solicited, 135, 0, [0; 4], &gateway.octets()),
+            icmp6(
+                CLIENT_MAC,
+                IN_MAC,
+                client,
+                solicited,
+                135,
+                0,
+                [0; 4],
+                &gateway.octets(),
+            ),
         ),
         (
             "neighbour advertisement",
-            icmp6(CLIENT_MAC, IN_MAC, client, gateway, 136, 0, [0x60, 0, 0, 0], &client.octets()),
+            icmp6(
+                CLIENT_MAC,
+                IN_MAC,
+                client,
+                gateway,
+                136,
+                0,
+                [0x60, 0, 0, 0],
+                &client.octets(),
+            ),
         ),
         (
             "echo request to the VIP",
-            icmp6(CLIENT_MAC, IN_MAC, client, vip, 128, 0, [0, 1, 0, 1], b"ping"),
+            icmp6(
+                CLIENT_MAC,
+                IN_MAC,
+                client,
+                vip,
+                128,
+                0,
+                [0, 1, 0, 1],
+                b"ping",
+            ),
         ),
     ];
     for (name, frame) in cases {
@@ -820,11 +892,7 @@ fn an_empty_ipv6_tcp_pool_answers_a_syn_with_a_rst_from_the_vip() {
     syn.payload = vec![7; 33];
     let (action, out) = lab.from_client(&syn.build());
     assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
-    let mut rst = L4Frame::tcp(
-        pool.vip(),
-        pool.client(50000),
-        TCP_RST | TCP_ACK,
-    );
+    let mut rst = L4Frame::tcp(pool.vip(), pool.client(50000), TCP_RST | TCP_ACK);
     rst.l4 = L4::Tcp {
         flags: TCP_RST | TCP_ACK,
         seq: 0,

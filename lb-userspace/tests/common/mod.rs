@@ -70,7 +70,13 @@ impl TestNs {
         ns(&["link", "set", "lo", "up"]);
         for (dev, peer, mac, addr, addr6) in [
             ("in0", "in0p", IN_MAC, "198.18.0.1/24", "2001:2::1/64"),
-            ("out0", "out0p", OUT_MAC, "198.18.1.1/24", "2001:2:0:1::1/64"),
+            (
+                "out0",
+                "out0p",
+                OUT_MAC,
+                "198.18.1.1/24",
+                "2001:2:0:1::1/64",
+            ),
         ] {
             ns(&["link", "add", dev, "type", "veth", "peer", "name", peer]);
             ns(&["link", "set", dev, "address", &mac_str(mac)]);

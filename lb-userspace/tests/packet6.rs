@@ -331,12 +331,12 @@ impl Lab {
         (res.return_value, out)
     }
 
-    fn from_client(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+    fn arrive_from_client(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
         let i = self.ns.in_ifindex;
         self.run_on(frame, i)
     }
 
-    fn from_backends(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+    fn arrive_from_backends(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
         let i = self.ns.out_ifindex;
         self.run_on(frame, i)
     }
@@ -385,7 +385,7 @@ fn round_trip(pool: Pool, partial: bool) {
     };
     let mut first = pool.first(port);
     first.checksum = checksum;
-    let (action, out) = lab.from_client(&first.build());
+    let (action, out) = lab.arrive_from_client(&first.build());
     assert_eq!(action, XDP_REDIRECT);
     assert_eq!(out, to_backend(pool, &first, 1));
     assert_checksums_valid(&out);
@@ -397,17 +397,17 @@ fn round_trip(pool: Pool, partial: bool) {
     lab.send_all_to(pool, 2);
     let mut next = pool.next(port);
     next.checksum = checksum;
-    let (action, out) = lab.from_client(&next.build());
+    let (action, out) = lab.arrive_from_client(&next.build());
     assert_eq!(action, XDP_REDIRECT);
     assert_eq!(out, to_backend(pool, &next, 1), "pinned to its backend");
     assert_checksums_valid(&out);
     let other = pool.first(port + 1);
-    let (_, out) = lab.from_client(&other.build());
+    let (_, out) = lab.arrive_from_client(&other.build());
     assert_eq!(backend_of(pool, &out), 2, "a new flow follows the new ring");
 
     let mut reply = pool.reply(1, port);
     reply.checksum = checksum;
-    let (action, out) = lab.from_backends(&reply.build());
+    let (action, out) = lab.arrive_from_backends(&reply.build());
     assert_eq!(action, XDP_REDIRECT);
     assert_eq!(out, to_client(pool, &reply));
     assert_checksums_valid(&out);
@@ -426,6 +426,11 @@ fn round_trip(pool: Pool, partial: bool) {
 #[test]
 fn ipv6_tcp_is_balanced_pinned_and_answered_from_the_vip() {
     round_trip(Pool::Tcp6, false);
+}
+
+#[test]
+fn ipv6_tcp_partial_checksums_are_completed() {
+    round_trip(Pool::Tcp6, true);
 }
 
 #[test]
@@ -451,7 +456,7 @@ fn an_ipv6_reply_without_a_flow_entry_is_rewritten_to_come_from_the_vip() {
         assert!(lab.flow(pool, port).is_none());
         let mut reply = pool.reply(1, port);
         reply.payload = vec![0xab; 301];
-        let (action, out) = lab.from_backends(&reply.build());
+        let (action, out) = lab.arrive_from_backends(&reply.build());
         assert_eq!(action, XDP_REDIRECT, "{pool:?}");
         assert_eq!(out, to_client(pool, &reply), "{pool:?}");
         assert_checksums_valid(&out);
@@ -468,14 +473,14 @@ fn a_zero_udp_checksum_is_kept_on_ipv4_and_dropped_on_ipv6() {
     let mut sent = Pool::Udp4.first(46000);
     sent.checksum = Checksum::Zero;
     let b = lab.ring_choice(Pool::Udp4, 46000);
-    let (action, out) = lab.from_client(&sent.build());
+    let (action, out) = lab.arrive_from_client(&sent.build());
     assert_eq!(action, XDP_REDIRECT);
     assert_eq!(out, to_backend(Pool::Udp4, &sent, b));
     assert_eq!(out[40..42], [0, 0], "UDP checksum still 0");
     assert_eq!(lab.count(GlobalCounter::UdpNoChecksum), 1);
     let mut reply = Pool::Udp4.reply(b, 46000);
     reply.checksum = Checksum::Zero;
-    let (action, out) = lab.from_backends(&reply.build());
+    let (action, out) = lab.arrive_from_backends(&reply.build());
     assert_eq!(action, XDP_REDIRECT);
     assert_eq!(out, to_client(Pool::Udp4, &reply));
     let (ip_found, ip_computed, _, _) = checksums_udp4(&out);
@@ -485,7 +490,7 @@ fn a_zero_udp_checksum_is_kept_on_ipv4_and_dropped_on_ipv6() {
     let mut sent = Pool::Udp6.first(46001);
     sent.checksum = Checksum::Zero;
     let frame = sent.build();
-    let (action, out) = lab.from_client(&frame);
+    let (action, out) = lab.arrive_from_client(&frame);
     assert_eq!(action, XDP_DROP);
     assert_eq!(out, frame);
     assert_eq!(lab.count(GlobalCounter::DropUdp6ZeroChecksum), 1);
@@ -500,11 +505,11 @@ fn an_idle_udp_flow_is_selected_afresh() {
     for pool in pools {
         lab.publish(pool, (0..RING).map(|i| i % 2).collect(), Some(1000));
         let port = lab.port_for(pool, 0);
-        let (_, out) = lab.from_client(&pool.first(port).build());
+        let (_, out) = lab.arrive_from_client(&pool.first(port).build());
         assert_eq!(backend_of(pool, &out), 0);
         lab.publish(pool, vec![1; RING as usize], Some(1000));
         // Not idle yet: still pinned.
-        let (_, out) = lab.from_client(&pool.next(port).build());
+        let (_, out) = lab.arrive_from_client(&pool.next(port).build());
         assert_eq!(backend_of(pool, &out), 0, "{pool:?} pinned while active");
         ports.push(port);
     }
@@ -513,7 +518,7 @@ fn an_idle_udp_flow_is_selected_afresh() {
     std::thread::sleep(Duration::from_millis(2600));
     for (pool, port) in pools.into_iter().zip(ports) {
         let next = pool.next(port);
-        let (action, out) = lab.from_client(&next.build());
+        let (action, out) = lab.arrive_from_client(&next.build());
         assert_eq!(action, XDP_REDIRECT);
         assert_eq!(out, to_backend(pool, &next, 1), "{pool:?} selected afresh");
         let flow = lab.flow(pool, port).expect("re-inserted");
@@ -531,14 +536,14 @@ fn hop_by_hop_and_destination_options_are_skipped_and_preserved() {
         let mut sent = pool.first(port);
         sent.ext = vec![Ext6::HopByHop, Ext6::DestOpts];
         sent.checksum = Checksum::Partial;
-        let (action, out) = lab.from_client(&sent.build());
+        let (action, out) = lab.arrive_from_client(&sent.build());
         assert_eq!(action, XDP_REDIRECT, "{pool:?}");
         assert_eq!(out, to_backend(pool, &sent, b), "{pool:?}");
         assert_checksums_valid(&out);
         // A routing header with no segments left is as harmless.
         let mut sent = pool.next(port);
         sent.ext = vec![Ext6::Routing { segments_left: 0 }];
-        let (action, out) = lab.from_client(&sent.build());
+        let (action, out) = lab.arrive_from_client(&sent.build());
         assert_eq!(action, XDP_REDIRECT, "{pool:?}");
         assert_eq!(out, to_backend(pool, &sent, b), "{pool:?}");
     }
@@ -551,7 +556,7 @@ fn hop_by_hop_and_destination_options_are_skipped_and_preserved() {
 /// frame came out untouched, and that `counter` went up by one.
 fn expect_untouched(lab: &mut Lab, name: &str, frame: &[u8], action: u32, counter: GlobalCounter) {
     let before = lab.count(counter);
-    let (got, out) = lab.from_client(frame);
+    let (got, out) = lab.arrive_from_client(frame);
     assert_eq!(got, action, "{name}: verdict");
     assert_eq!(out, frame, "{name}: untouched");
     assert_eq!(lab.count(counter), before + 1, "{name}: {counter:?}");
@@ -693,7 +698,7 @@ fn malformed_ipv6_for_the_gateway_is_dropped_with_its_reason() {
     for (name, frame, _) in &cases {
         let mut other = frame.clone();
         other[..6].copy_from_slice(&[0x02, 0x55, 0, 0, 0, 1]);
-        let (action, out) = lab.from_client(&other);
+        let (action, out) = lab.arrive_from_client(&other);
         assert_eq!(action, XDP_PASS, "{name} for another MAC");
         assert_eq!(out, other);
     }
@@ -724,7 +729,7 @@ fn an_icmpv6_error_about_a_vips_packet_reaches_the_flows_backend() {
     let mut lab = Lab::new(3);
     let pool = Pool::Tcp6;
     let port = lab.port_for(pool, 1);
-    let (_, out) = lab.from_client(&pool.first(port).build());
+    let (_, out) = lab.arrive_from_client(&pool.first(port).build());
     assert_eq!(backend_of(pool, &out), 1);
     // Only the flow table knows the backend now.
     lab.send_all_to(pool, 2);
@@ -743,7 +748,7 @@ fn an_icmpv6_error_about_a_vips_packet_reaches_the_flows_backend() {
         mtu,
         &quote(&sent),
     );
-    let (action, out) = lab.from_client(&frame);
+    let (action, out) = lab.arrive_from_client(&frame);
     assert_eq!(action, XDP_REDIRECT);
     let mut requoted = sent.clone();
     requoted.src = pool.backend(1);
@@ -785,7 +790,7 @@ fn an_icmpv6_error_from_a_backend_about_a_clients_packet_comes_from_the_vip() {
             [0; 4],
             &quote(&sent),
         );
-        let (action, out) = lab.from_backends(&frame);
+        let (action, out) = lab.arrive_from_backends(&frame);
         assert_eq!(action, XDP_REDIRECT, "{pool:?}");
         let mut requoted = sent.clone();
         requoted.dst = pool.vip();
@@ -890,7 +895,7 @@ fn an_empty_ipv6_tcp_pool_answers_a_syn_with_a_rst_from_the_vip() {
     let mut lab = empty(pool);
     let mut syn = pool.first(50000);
     syn.payload = vec![7; 33];
-    let (action, out) = lab.from_client(&syn.build());
+    let (action, out) = lab.arrive_from_client(&syn.build());
     assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
     let mut rst = L4Frame::tcp(pool.vip(), pool.client(50000), TCP_RST | TCP_ACK);
     rst.l4 = L4::Tcp {
@@ -911,7 +916,7 @@ fn an_empty_ipv6_udp_pool_answers_port_unreachable_from_the_vip() {
     let pool = Pool::Udp6;
     let mut lab = empty(pool);
     let sent = pool.first(50001);
-    let (action, out) = lab.from_client(&sent.build());
+    let (action, out) = lab.arrive_from_client(&sent.build());
     assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
     let want = icmp6(
         IN_MAC,
@@ -935,7 +940,7 @@ fn an_empty_ipv4_udp_pool_answers_port_unreachable_from_the_vip() {
     let mut lab = empty(pool);
     let sent = pool.first(50002);
     let bytes = sent.build();
-    let (action, out) = lab.from_client(&bytes);
+    let (action, out) = lab.arrive_from_client(&bytes);
     assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
     let ip = |a: SocketAddr| match a {
         SocketAddr::V4(a) => a.ip().octets(),

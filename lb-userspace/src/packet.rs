@@ -1,12 +1,25 @@
-//! Ethernet/IPv4/TCP frames built byte by byte, and checksums computed in
-//! full from scratch. Pure: used by the data-plane tests (as the independent
+//! Ethernet frames built byte by byte (IPv4 TCP in [`TcpFrame`]; IPv4 UDP
+//! and IPv6 TCP/UDP, with extension headers, in [`L4Frame`]; ICMP and
+//! ICMPv6 messages), and checksums computed in full from scratch by summing
+//! bytes. Pure: used by the data-plane tests (as the independent
 //! recomputation the XDP program's incremental updates are checked
 //! against), by the benchmark, and by the hostile-input scenario.
-use std::net::SocketAddrV4;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV4};
 
 pub const ETH_HLEN: usize = 14;
 pub const IP_HLEN: usize = 20;
 pub const TCP_HLEN: usize = 20;
+pub const IPV6_HLEN: usize = 40;
+pub const UDP_HLEN: usize = 8;
+pub const ICMP_HLEN: usize = 8;
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const NEXTHDR_HOP: u8 = 0;
+pub const NEXTHDR_ROUTING: u8 = 43;
+pub const NEXTHDR_FRAGMENT: u8 = 44;
+pub const NEXTHDR_DEST: u8 = 60;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -225,6 +238,346 @@ pub fn checksums(frame: &[u8]) -> (u16, u16, u16, u16) {
     (ip_found, ip_computed, tcp_found, tcp_computed)
 }
 
+/// An IPv6 extension header a sender puts between the IPv6 header and the
+/// L4 header (RFC 8200 §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ext6 {
+    /// Hop-by-hop options: one PadN option, 8 bytes in all.
+    HopByHop,
+    /// Destination options: one PadN option, 8 bytes in all.
+    DestOpts,
+    /// A routing header (experimental type 253, RFC 4727) carrying one
+    /// address, with `segments_left`.
+    Routing { segments_left: u8 },
+    /// A fragment header: `offset` in 8-byte units, `more` the M flag.
+    Fragment { offset: u16, more: bool },
+}
+
+impl Ext6 {
+    pub fn number(self) -> u8 {
+        match self {
+            Ext6::HopByHop => NEXTHDR_HOP,
+            Ext6::DestOpts => NEXTHDR_DEST,
+            Ext6::Routing { .. } => NEXTHDR_ROUTING,
+            Ext6::Fragment { .. } => NEXTHDR_FRAGMENT,
+        }
+    }
+
+    fn bytes(self, next: u8) -> Vec<u8> {
+        match self {
+            // PadN (type 1) with 4 bytes of padding fills the header to 8.
+            Ext6::HopByHop | Ext6::DestOpts => vec![next, 0, 1, 4, 0, 0, 0, 0],
+            Ext6::Routing { segments_left } => {
+                let mut h = vec![next, 2, 253, segments_left, 0, 0, 0, 0];
+                h.extend_from_slice(&"2001:2:0:3::1".parse::<Ipv6Addr>().unwrap().octets());
+                h
+            }
+            Ext6::Fragment { offset, more } => {
+                let mut h = vec![next, 0];
+                h.extend_from_slice(&((offset << 3) | u16::from(more)).to_be_bytes());
+                h.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+                h
+            }
+        }
+    }
+}
+
+/// The L4 header of an [`L4Frame`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4 {
+    Tcp {
+        flags: u8,
+        seq: u32,
+        ack: u32,
+        window: u16,
+    },
+    Udp,
+}
+
+/// What an [`L4Frame`]'s L4 checksum field holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checksum {
+    /// The correct checksum.
+    Full,
+    /// Only the folded, uncomplemented pseudo-header sum, as a sender with
+    /// checksum offload (a veth) hands a frame over (CHECKSUM_PARTIAL).
+    Partial,
+    /// 0: "no checksum", allowed for IPv4 UDP only (RFC 768; RFC 8200 §8.1
+    /// makes it invalid for IPv6).
+    Zero,
+}
+
+/// A TCP segment or UDP datagram in IPv4 or IPv6 in an Ethernet frame.
+/// [`TcpFrame`] remains the IPv4 TCP builder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct L4Frame {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    /// Both of one family: it picks IPv4 or IPv6.
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// TTL or hop limit.
+    pub ttl: u8,
+    pub l4: L4,
+    /// IPv6 only: extension headers before the L4 header, in order.
+    pub ext: Vec<Ext6>,
+    pub checksum: Checksum,
+    pub payload: Vec<u8>,
+}
+
+impl L4Frame {
+    pub fn tcp(src: SocketAddr, dst: SocketAddr, flags: u8) -> L4Frame {
+        L4Frame::new(
+            src,
+            dst,
+            L4::Tcp {
+                flags,
+                seq: 0x0102_0304,
+                ack: 0,
+                window: 64240,
+            },
+        )
+    }
+
+    pub fn udp(src: SocketAddr, dst: SocketAddr) -> L4Frame {
+        L4Frame::new(src, dst, L4::Udp)
+    }
+
+    fn new(src: SocketAddr, dst: SocketAddr, l4: L4) -> L4Frame {
+        assert_eq!(src.is_ipv6(), dst.is_ipv6(), "one family");
+        L4Frame {
+            src_mac: [0x02, 0, 0, 0, 0, 0x01],
+            dst_mac: [0x02, 0, 0, 0, 0, 0x02],
+            src,
+            dst,
+            ttl: 64,
+            l4,
+            ext: Vec::new(),
+            checksum: Checksum::Full,
+            payload: Vec::new(),
+        }
+    }
+
+    fn proto(&self) -> u8 {
+        match self.l4 {
+            L4::Tcp { .. } => IPPROTO_TCP,
+            L4::Udp => IPPROTO_UDP,
+        }
+    }
+
+    /// The L4 header and payload with a zero checksum field.
+    fn segment(&self) -> Vec<u8> {
+        let mut s = Vec::new();
+        s.extend_from_slice(&self.src.port().to_be_bytes());
+        s.extend_from_slice(&self.dst.port().to_be_bytes());
+        match self.l4 {
+            L4::Tcp {
+                flags,
+                seq,
+                ack,
+                window,
+            } => {
+                s.extend_from_slice(&seq.to_be_bytes());
+                s.extend_from_slice(&ack.to_be_bytes());
+                s.push(5 << 4);
+                s.push(flags);
+                s.extend_from_slice(&window.to_be_bytes());
+                s.extend_from_slice(&[0, 0, 0, 0]);
+            }
+            L4::Udp => {
+                let len = (UDP_HLEN + self.payload.len()) as u16;
+                s.extend_from_slice(&len.to_be_bytes());
+                s.extend_from_slice(&[0, 0]);
+            }
+        }
+        s.extend_from_slice(&self.payload);
+        s
+    }
+
+    /// The frame's bytes (for IPv4, with a correct header checksum).
+    pub fn build(&self) -> Vec<u8> {
+        let proto = self.proto();
+        let mut seg = self.segment();
+        let (src, dst) = (ip_octets(self.src), ip_octets(self.dst));
+        let check = match self.checksum {
+            Checksum::Full => l4_checksum(&src, &dst, proto, &seg),
+            Checksum::Partial => !finish(pseudo_sum(&src, &dst, proto, seg.len())),
+            Checksum::Zero => 0,
+        };
+        let at = check_offset(proto);
+        seg[at..at + 2].copy_from_slice(&check.to_be_bytes());
+        let mut f = Vec::new();
+        f.extend_from_slice(&self.dst_mac);
+        f.extend_from_slice(&self.src_mac);
+        if self.src.is_ipv6() {
+            f.extend_from_slice(&0x86ddu16.to_be_bytes());
+            let mut ext = Vec::new();
+            for (i, h) in self.ext.iter().enumerate() {
+                let next = self.ext.get(i + 1).map_or(proto, |n| n.number());
+                ext.extend_from_slice(&h.bytes(next));
+            }
+            f.extend_from_slice(&[0x60, 0, 0, 0]);
+            f.extend_from_slice(&((ext.len() + seg.len()) as u16).to_be_bytes());
+            f.push(self.ext.first().map_or(proto, |h| h.number()));
+            f.push(self.ttl);
+            f.extend_from_slice(&src);
+            f.extend_from_slice(&dst);
+            f.extend_from_slice(&ext);
+        } else {
+            assert!(self.ext.is_empty(), "extension headers are IPv6's");
+            f.extend_from_slice(&0x0800u16.to_be_bytes());
+            f.extend_from_slice(&[0x45, 0]);
+            f.extend_from_slice(&((IP_HLEN + seg.len()) as u16).to_be_bytes());
+            f.extend_from_slice(&[0x42, 0x42, 0x40, 0, self.ttl, proto, 0, 0]);
+            f.extend_from_slice(&src);
+            f.extend_from_slice(&dst);
+            let c = ipv4_checksum(&f[ETH_HLEN..]);
+            f[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&c.to_be_bytes());
+        }
+        f.extend_from_slice(&seg);
+        f
+    }
+}
+
+fn ip_octets(a: SocketAddr) -> Vec<u8> {
+    match a {
+        SocketAddr::V4(a) => a.ip().octets().to_vec(),
+        SocketAddr::V6(a) => a.ip().octets().to_vec(),
+    }
+}
+
+/// Where the checksum field of a TCP, UDP or ICMP(v6) header is.
+fn check_offset(proto: u8) -> usize {
+    match proto {
+        IPPROTO_TCP => 16,
+        IPPROTO_UDP => 6,
+        _ => 2,
+    }
+}
+
+/// The unfolded sum of the pseudo-header for either family (RFC 793 /
+/// RFC 8200 §8.1: for IPv6 a 32-bit length and the next header in the
+/// last byte of 4; the sum of the words is the same either way).
+fn pseudo_sum(src: &[u8], dst: &[u8], proto: u8, len: usize) -> u32 {
+    let mut p = Vec::with_capacity(40);
+    p.extend_from_slice(src);
+    p.extend_from_slice(dst);
+    if src.len() == 16 {
+        p.extend_from_slice(&(len as u32).to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, proto]);
+    } else {
+        p.extend_from_slice(&[0, proto]);
+        p.extend_from_slice(&(len as u16).to_be_bytes());
+    }
+    sum16(&p, 0)
+}
+
+/// The checksum to send in the TCP, UDP or ICMPv6 header of `segment`
+/// (its checksum field counted as zero) between `src` and `dst` (4 or 16
+/// bytes each); for UDP a computed 0 is sent as 0xffff (RFC 768). ICMPv4
+/// has no pseudo-header: see [`icmp_checksum`].
+pub fn l4_checksum(src: &[u8], dst: &[u8], proto: u8, segment: &[u8]) -> u16 {
+    let mut seg = segment.to_vec();
+    let at = check_offset(proto);
+    seg[at] = 0;
+    seg[at + 1] = 0;
+    let c = finish(sum16(&seg, pseudo_sum(src, dst, proto, seg.len())));
+    if proto == IPPROTO_UDP && c == 0 {
+        0xffff
+    } else {
+        c
+    }
+}
+
+/// The L4 header of an Ethernet/IPv6 frame: its offset and protocol, past
+/// any hop-by-hop, routing, destination options and fragment headers.
+pub fn l4_offset6(frame: &[u8]) -> (usize, u8) {
+    let mut next = frame[ETH_HLEN + 6];
+    let mut off = ETH_HLEN + IPV6_HLEN;
+    loop {
+        match next {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
+                next = frame[off];
+                off += (frame[off + 1] as usize + 1) * 8;
+            }
+            NEXTHDR_FRAGMENT => {
+                next = frame[off];
+                off += 8;
+            }
+            _ => return (off, next),
+        }
+    }
+}
+
+/// The L4 (TCP, UDP or ICMPv6) checksum an Ethernet/IPv6 frame carries and
+/// the one a full recomputation over its pseudo-header gives:
+/// `(found, computed)`.
+pub fn checksums6(frame: &[u8]) -> (u16, u16) {
+    let ip = ETH_HLEN;
+    let payload_len = u16::from_be_bytes([frame[ip + 4], frame[ip + 5]]) as usize;
+    let (off, proto) = l4_offset6(frame);
+    let seg = &frame[off..ip + IPV6_HLEN + payload_len];
+    let at = check_offset(proto);
+    let found = u16::from_be_bytes([seg[at], seg[at + 1]]);
+    let computed = l4_checksum(
+        &frame[ip + 8..ip + 24],
+        &frame[ip + 24..ip + 40],
+        proto,
+        seg,
+    );
+    (found, computed)
+}
+
+/// As [`checksums`], for an Ethernet/IPv4(no options)/UDP frame:
+/// `(ip_found, ip_computed, udp_found, udp_computed)`.
+pub fn checksums_udp4(frame: &[u8]) -> (u16, u16, u16, u16) {
+    let ip = ETH_HLEN;
+    let tot_len = u16::from_be_bytes([frame[ip + 2], frame[ip + 3]]) as usize;
+    let ip_found = u16::from_be_bytes([frame[ip + 10], frame[ip + 11]]);
+    let ip_computed = ipv4_checksum(&frame[ip..ip + IP_HLEN]);
+    let seg = &frame[ip + IP_HLEN..ip + tot_len];
+    let udp_found = u16::from_be_bytes([seg[6], seg[7]]);
+    let udp_computed = l4_checksum(
+        &frame[ip + 12..ip + 16],
+        &frame[ip + 16..ip + 20],
+        IPPROTO_UDP,
+        seg,
+    );
+    (ip_found, ip_computed, udp_found, udp_computed)
+}
+
+/// An ICMPv6 message (an error quoting a packet, or any other type with
+/// `rest` and `body` as its fields) in an Ethernet frame, hop limit 64,
+/// with a correct checksum over the IPv6 pseudo-header (RFC 4443 §2.3).
+#[allow(clippy::too_many_arguments)]
+pub fn icmp6(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    ty: u8,
+    code: u8,
+    rest: [u8; 4],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut m = vec![ty, code, 0, 0];
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(body);
+    let c = l4_checksum(&src.octets(), &dst.octets(), IPPROTO_ICMPV6, &m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(m.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[IPPROTO_ICMPV6, 64]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&m);
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,5 +607,80 @@ mod tests {
             0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
         ];
         assert_eq!(ipv4_checksum(&h), 0xb861);
+    }
+
+    /// A correct checksum makes the pseudo-header and segment, checksum
+    /// included, sum to 0xffff: a check of a different form from the
+    /// computation.
+    fn verifies(src: &[u8], dst: &[u8], proto: u8, seg: &[u8]) -> bool {
+        finish(sum16(seg, pseudo_sum(src, dst, proto, seg.len()))) == 0
+    }
+
+    #[test]
+    fn built_ipv6_and_udp_frames_verify() {
+        let c6: SocketAddr = "[2001:2::2]:40000".parse().unwrap();
+        let v6: SocketAddr = "[2001:2:0:2::10]:80".parse().unwrap();
+        let c4: SocketAddr = "198.18.0.2:40000".parse().unwrap();
+        let v4: SocketAddr = "198.18.2.10:53".parse().unwrap();
+        let mut frames = vec![L4Frame::tcp(c6, v6, TCP_SYN), L4Frame::udp(c6, v6)];
+        let mut ext = L4Frame::tcp(c6, v6, TCP_SYN);
+        ext.ext = vec![Ext6::HopByHop, Ext6::DestOpts];
+        frames.push(ext);
+        let mut u4 = L4Frame::udp(c4, v4);
+        u4.payload = b"odd".to_vec();
+        frames.push(u4);
+        for f in frames {
+            let bytes = f.build();
+            if f.src.is_ipv6() {
+                let (found, computed) = checksums6(&bytes);
+                assert_eq!(found, computed);
+                let (off, proto) = l4_offset6(&bytes);
+                assert_eq!(off, ETH_HLEN + IPV6_HLEN + 8 * f.ext.len());
+                assert!(verifies(
+                    &bytes[22..38],
+                    &bytes[38..54],
+                    proto,
+                    &bytes[off..]
+                ));
+            } else {
+                let (a, b, c, d) = checksums_udp4(&bytes);
+                assert_eq!((a, c), (b, d));
+                assert!(verifies(&bytes[26..30], &bytes[30..34], 17, &bytes[34..]));
+            }
+        }
+    }
+
+    #[test]
+    fn a_partial_checksum_is_the_pseudo_header_sum() {
+        let mut f = L4Frame::udp(
+            "[2001:2::2]:40000".parse().unwrap(),
+            "[2001:2:0:2::10]:53".parse().unwrap(),
+        );
+        f.payload = vec![1, 2, 3, 4];
+        f.checksum = Checksum::Partial;
+        let bytes = f.build();
+        // Completing a partial checksum: the segment's sum (the field holds
+        // the pseudo-header sum) complemented.
+        let (off, _) = l4_offset6(&bytes);
+        let completed = finish(sum16(&bytes[off..], 0));
+        f.checksum = Checksum::Full;
+        assert_eq!(checksums6(&f.build()).0, completed);
+    }
+
+    #[test]
+    fn icmp6_messages_verify() {
+        let m = icmp6(
+            [2; 6],
+            [3; 6],
+            "2001:2::2".parse().unwrap(),
+            "ff02::1:ff00:1".parse().unwrap(),
+            135,
+            0,
+            [0; 4],
+            &"2001:2::1".parse::<Ipv6Addr>().unwrap().octets(),
+        );
+        let (found, computed) = checksums6(&m);
+        assert_eq!(found, computed);
+        assert!(verifies(&m[22..38], &m[38..54], IPPROTO_ICMPV6, &m[54..]));
     }
 }

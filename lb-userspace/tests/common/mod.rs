@@ -44,10 +44,12 @@ fn mac_str(m: [u8; 6]) -> String {
         .join(":")
 }
 
-/// Gateway namespace: `in0` 198.18.0.1/24 (client side), `out0`
-/// 198.18.1.1/24 (backend side); permanent neighbours for the client
-/// 198.18.0.2 and backends 198.18.1.11..; forwarding on. The calling thread
-/// enters it and leaves it on drop.
+/// Gateway namespace: `in0` 198.18.0.1/24 and 2001:2::1/64 (client side),
+/// `out0` 198.18.1.1/24 and 2001:2:0:1::1/64 (backend side); permanent
+/// neighbours for the client 198.18.0.2 / 2001:2::2 and backends
+/// 198.18.1.11.. / 2001:2:0:1::11.. (one MAC per backend for both
+/// families); forwarding on for both. The calling thread enters it and
+/// leaves it on drop.
 pub struct TestNs {
     pub name: String,
     pub in_ifindex: u32,
@@ -66,55 +68,52 @@ impl TestNs {
             ip(&v);
         };
         ns(&["link", "set", "lo", "up"]);
-        for (dev, peer, mac, addr) in [
-            ("in0", "in0p", IN_MAC, "198.18.0.1/24"),
-            ("out0", "out0p", OUT_MAC, "198.18.1.1/24"),
+        for (dev, peer, mac, addr, addr6) in [
+            ("in0", "in0p", IN_MAC, "198.18.0.1/24", "2001:2::1/64"),
+            (
+                "out0",
+                "out0p",
+                OUT_MAC,
+                "198.18.1.1/24",
+                "2001:2:0:1::1/64",
+            ),
         ] {
             ns(&["link", "add", dev, "type", "veth", "peer", "name", peer]);
             ns(&["link", "set", dev, "address", &mac_str(mac)]);
             ns(&["addr", "add", addr, "dev", dev]);
+            // nodad: usable at once, not tentative for a second.
+            ns(&["-6", "addr", "add", addr6, "dev", dev, "nodad"]);
             ns(&["link", "set", dev, "up"]);
             ns(&["link", "set", peer, "up"]);
         }
-        ns(&[
-            "neigh",
-            "replace",
-            "198.18.0.2",
-            "lladdr",
-            &mac_str(CLIENT_MAC),
-            "dev",
-            "in0",
-            "nud",
-            "permanent",
-        ]);
-        for i in 0..backends {
-            let addr = format!("198.18.1.{}", 11 + i);
+        let neigh = |addr: &str, mac: [u8; 6], dev: &str| {
             ns(&[
                 "neigh",
                 "replace",
-                &addr,
+                addr,
                 "lladdr",
-                &mac_str(backend_mac(i)),
+                &mac_str(mac),
                 "dev",
-                "out0",
+                dev,
                 "nud",
                 "permanent",
             ]);
+        };
+        neigh("198.18.0.2", CLIENT_MAC, "in0");
+        neigh("2001:2::2", CLIENT_MAC, "in0");
+        for i in 0..backends {
+            neigh(&format!("198.18.1.{}", 11 + i), backend_mac(i), "out0");
+            neigh(&format!("2001:2:0:1::{}", 11 + i), backend_mac(i), "out0");
         }
         // VIPs are routed to this gateway by the client; the gateway itself
         // needs no route for them (the program rewrites before routing).
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &name,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-            ])
-            .output()
-            .expect("sysctl");
-        assert!(out.status.success());
+        for setting in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &name, "sysctl", "-qw", setting])
+                .output()
+                .expect("sysctl");
+            assert!(out.status.success(), "sysctl {setting}");
+        }
         let home = File::open("/proc/thread-self/ns/net").expect("own netns");
         let target = File::open(format!("/var/run/netns/{name}")).expect("netns file");
         // SAFETY: valid fd; setns affects only this thread.

@@ -1,0 +1,961 @@
+//! The XDP program under BPF_PROG_TEST_RUN with crafted IPv6 (TCP, UDP,
+//! ICMPv6) and IPv4 UDP frames: exact output bytes against independently
+//! built frames, checksums against a full recomputation, verdicts and
+//! counters. The main program is run; it reaches the IPv6, UDP and ICMPv6
+//! programs by tail call, as a real frame does.
+mod common;
+
+use std::{
+    net::{Ipv6Addr, SocketAddr},
+    time::Duration,
+};
+
+use aya::{
+    maps::{HashMap, Map, MapData},
+    programs::{TestRun, TestRunOptions},
+};
+use common::{backend_mac, xdp_md, TestNs, TestPlane, CLIENT_MAC, IN_MAC, OUT_MAC};
+use lb_common::{
+    flow_hash, flow_hash6, ref_slot, Addr6, FlowEntry, FlowKey, FlowKey6, GlobalCounter,
+    BACKEND_ACTIVE, IPPROTO_TCP, IPPROTO_UDP, NO_BACKEND, VIP_F_REJECT_EMPTY,
+};
+use xdplb::{
+    dataplane::{backend_name_index, BackendSlot, CounterReader, Counters, Endpoint},
+    packet::{
+        checksums6, checksums_udp4, icmp6, icmp_error, Checksum, Ext6, L4Frame, L4, TCP_ACK,
+        TCP_PSH, TCP_RST, TCP_SYN,
+    },
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+const RING: u32 = 1009;
+/// Backend slots per pool: pool `p`'s backend `i` is slot `p * SLOTS + i`.
+const SLOTS: u32 = 4;
+const CLIENT6: &str = "2001:2::2";
+const CLIENT4: &str = "198.18.0.2";
+
+/// The three kinds of pool under test, one VIP each (the VIP index is the
+/// discriminant).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pool {
+    Tcp6 = 0,
+    Udp6 = 1,
+    Udp4 = 2,
+}
+
+const POOLS: [Pool; 3] = [Pool::Tcp6, Pool::Udp6, Pool::Udp4];
+
+impl Pool {
+    fn index(self) -> u32 {
+        self as u32
+    }
+
+    fn slot(self, i: u32) -> u32 {
+        self.index() * SLOTS + i
+    }
+
+    fn udp(self) -> bool {
+        self != Pool::Tcp6
+    }
+
+    fn vip(self) -> SocketAddr {
+        match self {
+            Pool::Tcp6 => "[2001:2:0:2::10]:80",
+            Pool::Udp6 => "[2001:2:0:2::10]:53",
+            Pool::Udp4 => "198.18.2.10:53",
+        }
+        .parse()
+        .unwrap()
+    }
+
+    fn endpoint(self, a: SocketAddr) -> Endpoint {
+        if self.udp() {
+            Endpoint::udp(a)
+        } else {
+            Endpoint::tcp(a)
+        }
+    }
+
+    fn backend(self, i: u32) -> SocketAddr {
+        match self {
+            Pool::Udp4 => format!("198.18.1.{}:5353", 11 + i),
+            _ => format!("[2001:2:0:1::{}]:8080", 11 + i),
+        }
+        .parse()
+        .unwrap()
+    }
+
+    fn client(self, port: u16) -> SocketAddr {
+        match self {
+            Pool::Udp4 => format!("{CLIENT4}:{port}"),
+            _ => format!("[{CLIENT6}]:{port}"),
+        }
+        .parse()
+        .unwrap()
+    }
+
+    /// What the client sends the VIP first: a SYN or a datagram.
+    fn first(self, port: u16) -> L4Frame {
+        let (src, dst) = (self.client(port), self.vip());
+        let mut f = if self.udp() {
+            let mut f = L4Frame::udp(src, dst);
+            f.payload = b"query, odd length".to_vec();
+            f
+        } else {
+            L4Frame::tcp(src, dst, TCP_SYN)
+        };
+        f.src_mac = CLIENT_MAC;
+        f.dst_mac = IN_MAC;
+        f
+    }
+
+    /// A later packet of the same flow.
+    fn next(self, port: u16) -> L4Frame {
+        let mut f = self.first(port);
+        if let L4::Tcp { flags, ack, .. } = &mut f.l4 {
+            *flags = TCP_ACK | TCP_PSH;
+            *ack = 0x5000;
+        }
+        f.payload = b"more data".to_vec();
+        f
+    }
+
+    /// What backend `i` answers to the client's `port`.
+    fn reply(self, i: u32, port: u16) -> L4Frame {
+        let (src, dst) = (self.backend(i), self.client(port));
+        let mut f = if self.udp() {
+            L4Frame::udp(src, dst)
+        } else {
+            L4Frame::tcp(src, dst, TCP_SYN | TCP_ACK)
+        };
+        f.payload = b"answer".to_vec();
+        f.src_mac = backend_mac(i as u8);
+        f.dst_mac = OUT_MAC;
+        f
+    }
+
+    fn flow_key(self, port: u16) -> Key {
+        let proto = if self.udp() { IPPROTO_UDP } else { IPPROTO_TCP };
+        let (src, dst) = (self.client(port), self.vip());
+        match (src, dst) {
+            (SocketAddr::V6(s), SocketAddr::V6(d)) => Key::V6(FlowKey6 {
+                src_addr: Addr6::from_octets(s.ip().octets()),
+                dst_addr: Addr6::from_octets(d.ip().octets()),
+                src_port: s.port().to_be(),
+                dst_port: d.port().to_be(),
+                proto,
+                _pad: [0; 3],
+            }),
+            (SocketAddr::V4(s), SocketAddr::V4(d)) => Key::V4(FlowKey {
+                src_addr: u32::from_ne_bytes(s.ip().octets()),
+                dst_addr: u32::from_ne_bytes(d.ip().octets()),
+                src_port: s.port().to_be(),
+                dst_port: d.port().to_be(),
+                proto,
+                _pad: [0; 3],
+            }),
+            _ => unreachable!("one family per pool"),
+        }
+    }
+}
+
+enum Key {
+    V4(FlowKey),
+    V6(FlowKey6),
+}
+
+/// The frame the gateway must send backend `i` for `sent`: destination
+/// rewritten, hop limit less one, MACs from the FIB, checksum complete
+/// (a zero IPv4 UDP checksum stays zero).
+fn to_backend(pool: Pool, sent: &L4Frame, i: u32) -> Vec<u8> {
+    let mut e = sent.clone();
+    e.dst = pool.backend(i);
+    e.src_mac = OUT_MAC;
+    e.dst_mac = backend_mac(i as u8);
+    e.ttl -= 1;
+    if e.checksum == Checksum::Partial {
+        e.checksum = Checksum::Full;
+    }
+    e.build()
+}
+
+/// The frame the client must get for a backend's `sent`: from the VIP.
+fn to_client(pool: Pool, sent: &L4Frame) -> Vec<u8> {
+    let mut e = sent.clone();
+    e.src = pool.vip();
+    e.src_mac = IN_MAC;
+    e.dst_mac = CLIENT_MAC;
+    e.ttl -= 1;
+    if e.checksum == Checksum::Partial {
+        e.checksum = Checksum::Full;
+    }
+    e.build()
+}
+
+fn assert_checksums_valid(frame: &[u8]) {
+    if frame[12..14] == [0x86, 0xdd] {
+        let (found, computed) = checksums6(frame);
+        assert_eq!(found, computed, "IPv6 L4 checksum");
+    } else {
+        let (ip_found, ip_computed, udp_found, udp_computed) = checksums_udp4(frame);
+        assert_eq!(ip_found, ip_computed, "IPv4 header checksum");
+        assert_eq!(udp_found, udp_computed, "UDP checksum");
+    }
+}
+
+/// Which of `pool`'s backends a forwarded frame is addressed to.
+fn backend_of(pool: Pool, out: &[u8]) -> u32 {
+    let dst: Vec<u8> = if pool == Pool::Udp4 {
+        out[30..34].to_vec()
+    } else {
+        out[38..54].to_vec()
+    };
+    (0..SLOTS)
+        .find(|&i| match pool.backend(i) {
+            SocketAddr::V4(a) => a.ip().octets()[..] == dst[..],
+            SocketAddr::V6(a) => a.ip().octets()[..] == dst[..],
+        })
+        .unwrap_or_else(|| panic!("not sent to a backend of {pool:?}: {dst:?}"))
+}
+
+struct Lab {
+    // Field order matters: the plane is dropped (pins removed) before the
+    // namespace is left.
+    tp: TestPlane,
+    ns: TestNs,
+    /// Each pool's ring, as backend numbers within the pool.
+    rings: [Vec<u32>; 3],
+}
+
+impl Lab {
+    /// The three pools, each with `n` active backends and a ring cycling
+    /// through them, on_empty = reject.
+    fn new(n: u32) -> Lab {
+        assert!(n <= SLOTS);
+        let ns = TestNs::new(n as u8);
+        let mut tp = TestPlane::new(RING, 4096);
+        let dp = tp.dp();
+        for pool in POOLS {
+            dp.write_name(pool.index(), &format!("{pool:?}")).unwrap();
+            for i in 0..n {
+                let slot = pool.slot(i);
+                dp.write_backend(&BackendSlot {
+                    slot,
+                    vip_index: pool.index(),
+                    addr: pool.backend(i),
+                    state: BACKEND_ACTIVE,
+                    flags: 0,
+                })
+                .unwrap();
+                dp.write_name(backend_name_index(slot), &format!("{pool:?}-{i}"))
+                    .unwrap();
+                dp.write_reply(
+                    pool.endpoint(pool.backend(i)),
+                    pool.vip(),
+                    slot,
+                    pool.index(),
+                )
+                .unwrap();
+            }
+        }
+        dp.sync_host(&["in0".to_string(), "out0".to_string()])
+            .unwrap();
+        let ring: Vec<u32> = (0..RING).map(|i| i % n).collect();
+        let mut lab = Lab {
+            tp,
+            ns,
+            rings: [ring.clone(), ring.clone(), ring],
+        };
+        for pool in POOLS {
+            lab.publish(pool, lab.rings[pool.index() as usize].clone(), None);
+        }
+        lab
+    }
+
+    /// Publishes `pool`'s ring (backend numbers, or NO_BACKEND), with
+    /// `idle_ms` as its flow_idle_ms (None: the protocol's default).
+    fn publish(&mut self, pool: Pool, ring: Vec<u32>, idle_ms: Option<u32>) {
+        let slots: Vec<u32> = ring
+            .iter()
+            .map(|&i| if i == NO_BACKEND { i } else { pool.slot(i) })
+            .collect();
+        let vip = pool.endpoint(pool.vip());
+        let dp = self.tp.dp();
+        match idle_ms {
+            Some(ms) => dp.publish_vip_idle(vip, pool.index(), &slots, VIP_F_REJECT_EMPTY, ms),
+            None => dp.publish_vip(vip, pool.index(), &slots, VIP_F_REJECT_EMPTY),
+        }
+        .unwrap();
+        self.rings[pool.index() as usize] = ring;
+    }
+
+    /// Every new flow of `pool` to backend `i` from now on.
+    fn send_all_to(&mut self, pool: Pool, i: u32) {
+        self.publish(pool, vec![i; RING as usize], None);
+    }
+
+    /// The backend the ring names for the client's `port`.
+    fn ring_choice(&self, pool: Pool, port: u16) -> u32 {
+        let h = match pool.flow_key(port) {
+            Key::V4(k) => flow_hash(&k),
+            Key::V6(k) => flow_hash6(&k),
+        };
+        self.rings[pool.index() as usize][(h % RING) as usize]
+    }
+
+    /// A client port whose flow the ring sends to backend `i`.
+    fn port_for(&self, pool: Pool, i: u32) -> u16 {
+        (40000u16..41000)
+            .find(|&p| self.ring_choice(pool, p) == i)
+            .expect("some port hashes to every backend")
+    }
+
+    fn run_on(&mut self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+        let md = xdp_md(frame.len(), ifindex);
+        let mut out = vec![0u8; frame.len() + 256];
+        let res = self
+            .tp
+            .dp()
+            .program()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&md),
+                ..Default::default()
+            })
+            .expect("test_run");
+        out.truncate(res.data_size_out as usize);
+        (res.return_value, out)
+    }
+
+    fn arrive_from_client(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let i = self.ns.in_ifindex;
+        self.run_on(frame, i)
+    }
+
+    fn arrive_from_backends(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let i = self.ns.out_ifindex;
+        self.run_on(frame, i)
+    }
+
+    fn flow(&self, pool: Pool, port: u16) -> Option<FlowEntry> {
+        let open =
+            |name: &str| Map::LruHashMap(MapData::from_pin(self.tp.pin_path.join(name)).unwrap());
+        match pool.flow_key(port) {
+            Key::V4(k) => {
+                let m: HashMap<_, FlowKey, FlowEntry> =
+                    open(lb_common::maps::FLOWS).try_into().unwrap();
+                m.get(&k, 0).ok()
+            }
+            Key::V6(k) => {
+                let m: HashMap<_, FlowKey6, FlowEntry> =
+                    open(lb_common::maps::FLOWS6).try_into().unwrap();
+                m.get(&k, 0).ok()
+            }
+        }
+    }
+
+    fn counters(&self) -> Counters {
+        CounterReader::open(&self.tp.pin_path)
+            .unwrap()
+            .read()
+            .unwrap()
+    }
+
+    fn count(&self, c: GlobalCounter) -> u64 {
+        self.counters().get(c)
+    }
+}
+
+/// A pool's first packet goes to the ring's backend, exactly rewritten; the
+/// flow is then pinned: after the ring changes, its next packet goes to the
+/// same backend while a new flow follows the new ring; the backend's reply
+/// comes back from the VIP. `partial` sends every frame with a partial
+/// checksum, which must leave complete.
+fn round_trip(pool: Pool, partial: bool) {
+    let mut lab = Lab::new(3);
+    let port = lab.port_for(pool, 1);
+    let checksum = if partial {
+        Checksum::Partial
+    } else {
+        Checksum::Full
+    };
+    let mut first = pool.first(port);
+    first.checksum = checksum;
+    let (action, out) = lab.arrive_from_client(&first.build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, to_backend(pool, &first, 1));
+    assert_checksums_valid(&out);
+    let flow = lab
+        .flow(pool, port)
+        .expect("flow entry after the first packet");
+    assert_eq!(flow.vip_index as u32, pool.index());
+
+    lab.send_all_to(pool, 2);
+    let mut next = pool.next(port);
+    next.checksum = checksum;
+    let (action, out) = lab.arrive_from_client(&next.build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, to_backend(pool, &next, 1), "pinned to its backend");
+    assert_checksums_valid(&out);
+    let other = pool.first(port + 1);
+    let (_, out) = lab.arrive_from_client(&other.build());
+    assert_eq!(backend_of(pool, &out), 2, "a new flow follows the new ring");
+
+    let mut reply = pool.reply(1, port);
+    reply.checksum = checksum;
+    let (action, out) = lab.arrive_from_backends(&reply.build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, to_client(pool, &reply));
+    assert_checksums_valid(&out);
+
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::Redirected), 4);
+    assert_eq!(c.get(GlobalCounter::FlowInserts), 2);
+    assert_eq!(
+        c.get(GlobalCounter::PartialChecksum),
+        if partial { 3 } else { 0 }
+    );
+    assert_eq!(c.get(GlobalCounter::UdpNoChecksum), 0);
+    assert_eq!(c.get(GlobalCounter::Dropped), 0);
+}
+
+#[test]
+fn ipv6_tcp_is_balanced_pinned_and_answered_from_the_vip() {
+    round_trip(Pool::Tcp6, false);
+}
+
+#[test]
+fn ipv6_tcp_partial_checksums_are_completed() {
+    round_trip(Pool::Tcp6, true);
+}
+
+#[test]
+fn ipv6_udp_is_balanced_pinned_and_answered_with_partial_checksums_completed() {
+    round_trip(Pool::Udp6, true);
+}
+
+#[test]
+fn ipv4_udp_is_balanced_pinned_and_answered_with_partial_checksums_completed() {
+    round_trip(Pool::Udp4, true);
+}
+
+#[test]
+fn ipv4_udp_with_full_checksums_stays_correct() {
+    round_trip(Pool::Udp4, false);
+}
+
+#[test]
+fn an_ipv6_reply_without_a_flow_entry_is_rewritten_to_come_from_the_vip() {
+    let mut lab = Lab::new(2);
+    for pool in [Pool::Tcp6, Pool::Udp6] {
+        let port = 45000;
+        assert!(lab.flow(pool, port).is_none());
+        let mut reply = pool.reply(1, port);
+        reply.payload = vec![0xab; 301];
+        let (action, out) = lab.arrive_from_backends(&reply.build());
+        assert_eq!(action, XDP_REDIRECT, "{pool:?}");
+        assert_eq!(out, to_client(pool, &reply), "{pool:?}");
+        assert_checksums_valid(&out);
+        assert!(lab.flow(pool, port).is_none(), "replies insert no flow");
+    }
+    assert_eq!(lab.count(GlobalCounter::Redirected), 2);
+}
+
+#[test]
+fn a_zero_udp_checksum_is_kept_on_ipv4_and_dropped_on_ipv6() {
+    let mut lab = Lab::new(2);
+    // IPv4: 0 means "no checksum" (RFC 768); it must stay 0, not become a
+    // wrong incremental update of 0.
+    let mut sent = Pool::Udp4.first(46000);
+    sent.checksum = Checksum::Zero;
+    let b = lab.ring_choice(Pool::Udp4, 46000);
+    let (action, out) = lab.arrive_from_client(&sent.build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, to_backend(Pool::Udp4, &sent, b));
+    assert_eq!(out[40..42], [0, 0], "UDP checksum still 0");
+    assert_eq!(lab.count(GlobalCounter::UdpNoChecksum), 1);
+    let mut reply = Pool::Udp4.reply(b, 46000);
+    reply.checksum = Checksum::Zero;
+    let (action, out) = lab.arrive_from_backends(&reply.build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, to_client(Pool::Udp4, &reply));
+    let (ip_found, ip_computed, _, _) = checksums_udp4(&out);
+    assert_eq!(ip_found, ip_computed);
+
+    // IPv6: a zero UDP checksum is invalid (RFC 8200 §8.1).
+    let mut sent = Pool::Udp6.first(46001);
+    sent.checksum = Checksum::Zero;
+    let frame = sent.build();
+    let (action, out) = lab.arrive_from_client(&frame);
+    assert_eq!(action, XDP_DROP);
+    assert_eq!(out, frame);
+    assert_eq!(lab.count(GlobalCounter::DropUdp6ZeroChecksum), 1);
+    assert!(lab.flow(Pool::Udp6, 46001).is_none());
+}
+
+#[test]
+fn an_idle_udp_flow_is_selected_afresh() {
+    let mut lab = Lab::new(2);
+    let pools = [Pool::Udp6, Pool::Udp4];
+    let mut ports = Vec::new();
+    for pool in pools {
+        lab.publish(pool, (0..RING).map(|i| i % 2).collect(), Some(1000));
+        let port = lab.port_for(pool, 0);
+        let (_, out) = lab.arrive_from_client(&pool.first(port).build());
+        assert_eq!(backend_of(pool, &out), 0);
+        lab.publish(pool, vec![1; RING as usize], Some(1000));
+        // Not idle yet: still pinned.
+        let (_, out) = lab.arrive_from_client(&pool.next(port).build());
+        assert_eq!(backend_of(pool, &out), 0, "{pool:?} pinned while active");
+        ports.push(port);
+    }
+    assert_eq!(lab.count(GlobalCounter::FlowIdled), 0);
+    // flow_idle_ms plus the last-seen clock's 1 s resolution, and a margin.
+    std::thread::sleep(Duration::from_millis(2600));
+    for (pool, port) in pools.into_iter().zip(ports) {
+        let next = pool.next(port);
+        let (action, out) = lab.arrive_from_client(&next.build());
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(out, to_backend(pool, &next, 1), "{pool:?} selected afresh");
+        let flow = lab.flow(pool, port).expect("re-inserted");
+        assert_eq!(ref_slot(flow.backend), pool.slot(1), "{pool:?}");
+    }
+    assert_eq!(lab.count(GlobalCounter::FlowIdled), 2);
+}
+
+#[test]
+fn hop_by_hop_and_destination_options_are_skipped_and_preserved() {
+    let mut lab = Lab::new(2);
+    for pool in [Pool::Tcp6, Pool::Udp6] {
+        let port = 47000;
+        let b = lab.ring_choice(pool, port);
+        let mut sent = pool.first(port);
+        sent.ext = vec![Ext6::HopByHop, Ext6::DestOpts];
+        sent.checksum = Checksum::Partial;
+        let (action, out) = lab.arrive_from_client(&sent.build());
+        assert_eq!(action, XDP_REDIRECT, "{pool:?}");
+        assert_eq!(out, to_backend(pool, &sent, b), "{pool:?}");
+        assert_checksums_valid(&out);
+        // A routing header with no segments left is as harmless.
+        let mut sent = pool.next(port);
+        sent.ext = vec![Ext6::Routing { segments_left: 0 }];
+        let (action, out) = lab.arrive_from_client(&sent.build());
+        assert_eq!(action, XDP_REDIRECT, "{pool:?}");
+        assert_eq!(out, to_backend(pool, &sent, b), "{pool:?}");
+    }
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::Ipv6ExtSkipped), 4);
+    assert_eq!(c.get(GlobalCounter::PartialChecksum), 2);
+}
+
+/// Runs `frame` from the client side and checks the verdict, that the
+/// frame came out untouched, and that `counter` went up by one.
+fn expect_untouched(lab: &mut Lab, name: &str, frame: &[u8], action: u32, counter: GlobalCounter) {
+    let before = lab.count(counter);
+    let (got, out) = lab.arrive_from_client(frame);
+    assert_eq!(got, action, "{name}: verdict");
+    assert_eq!(out, frame, "{name}: untouched");
+    assert_eq!(lab.count(counter), before + 1, "{name}: {counter:?}");
+}
+
+#[test]
+fn extension_headers_that_cannot_be_balanced_are_dropped_or_passed() {
+    let mut lab = Lab::new(2);
+    let with = |pool: Pool, port: u16, ext: Vec<Ext6>| {
+        let mut f = pool.first(port);
+        f.ext = ext;
+        f.build()
+    };
+    for pool in [Pool::Tcp6, Pool::Udp6] {
+        let cases = [
+            (
+                "routing header with segments left",
+                with(pool, 47100, vec![Ext6::Routing { segments_left: 1 }]),
+                XDP_DROP,
+                GlobalCounter::DropIpv6Extension,
+            ),
+            (
+                "first fragment",
+                with(
+                    pool,
+                    47101,
+                    vec![Ext6::Fragment {
+                        offset: 0,
+                        more: true,
+                    }],
+                ),
+                XDP_DROP,
+                GlobalCounter::DropFragment,
+            ),
+            (
+                "later fragment",
+                with(
+                    pool,
+                    47102,
+                    vec![Ext6::Fragment {
+                        offset: 185,
+                        more: false,
+                    }],
+                ),
+                XDP_PASS,
+                GlobalCounter::PassFragment,
+            ),
+            (
+                "five extension headers",
+                with(
+                    pool,
+                    47103,
+                    vec![
+                        Ext6::HopByHop,
+                        Ext6::DestOpts,
+                        Ext6::DestOpts,
+                        Ext6::DestOpts,
+                        Ext6::DestOpts,
+                    ],
+                ),
+                XDP_PASS,
+                GlobalCounter::PassIpv6ExtUnparsed,
+            ),
+        ];
+        for (name, frame, action, counter) in cases {
+            expect_untouched(
+                &mut lab,
+                &format!("{pool:?} {name}"),
+                &frame,
+                action,
+                counter,
+            );
+        }
+        assert!(lab.flow(pool, 47100).is_none() && lab.flow(pool, 47101).is_none());
+    }
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::Redirected), 0);
+    assert_eq!(c.get(GlobalCounter::FlowInserts), 0);
+}
+
+#[test]
+fn malformed_ipv6_for_the_gateway_is_dropped_with_its_reason() {
+    let mut lab = Lab::new(2);
+    let syn = Pool::Tcp6.first(48000).build();
+    let dgram = Pool::Udp6.first(48001).build();
+    let mut bad_version = syn.clone();
+    bad_version[14] = 0x40;
+    let mut long_payload = syn.clone();
+    long_payload[18..20].copy_from_slice(&(20u16 + 1).to_be_bytes());
+    // A TCP header cut short, its IPv6 payload length telling the truth.
+    let mut short_tcp = syn[..14 + 40 + 12].to_vec();
+    short_tcp[18..20].copy_from_slice(&12u16.to_be_bytes());
+    let mut short_udp = dgram[..14 + 40 + 6].to_vec();
+    short_udp[18..20].copy_from_slice(&6u16.to_be_bytes());
+    // A UDP length beyond the IPv6 payload.
+    let mut long_udp = dgram.clone();
+    long_udp[14 + 40 + 4..14 + 40 + 6].copy_from_slice(&200u16.to_be_bytes());
+    let cases = [
+        (
+            "header cut at 30",
+            syn[..14 + 30].to_vec(),
+            GlobalCounter::DropTruncatedIp,
+        ),
+        (
+            "header cut at 8",
+            syn[..14 + 8].to_vec(),
+            GlobalCounter::DropTruncatedIp,
+        ),
+        (
+            "payload length beyond the frame",
+            long_payload,
+            GlobalCounter::DropBadTotalLength,
+        ),
+        (
+            "version 4 in an IPv6 frame",
+            bad_version,
+            GlobalCounter::DropBadIpVersion,
+        ),
+        (
+            "TCP header cut short",
+            short_tcp,
+            GlobalCounter::DropTruncatedTcp,
+        ),
+        (
+            "UDP header cut short",
+            short_udp,
+            GlobalCounter::DropTruncatedUdp,
+        ),
+        (
+            "UDP length beyond the payload",
+            long_udp,
+            GlobalCounter::DropTruncatedUdp,
+        ),
+    ];
+    for (name, frame, counter) in &cases {
+        expect_untouched(&mut lab, name, frame, XDP_DROP, *counter);
+    }
+    // The same frames for another host's MAC are not ours to judge.
+    for (name, frame, _) in &cases {
+        let mut other = frame.clone();
+        other[..6].copy_from_slice(&[0x02, 0x55, 0, 0, 0, 1]);
+        let (action, out) = lab.arrive_from_client(&other);
+        assert_eq!(action, XDP_PASS, "{name} for another MAC");
+        assert_eq!(out, other);
+    }
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::Dropped), cases.len() as u64);
+    assert_eq!(c.get(GlobalCounter::Redirected), 0);
+    assert_eq!(c.get(GlobalCounter::FlowInserts), 0);
+}
+
+const ROUTER6: &str = "2001:2::fe";
+const ROUTER_MAC: [u8; 6] = [0x02, 0x77, 0, 0, 0, 1];
+
+fn v6(a: SocketAddr) -> Ipv6Addr {
+    match a {
+        SocketAddr::V6(a) => *a.ip(),
+        SocketAddr::V4(_) => unreachable!("an IPv6 pool"),
+    }
+}
+
+/// The IPv6 header and 8 bytes of `f` (its ports), as an ICMPv6 error
+/// quotes it.
+fn quote(f: &L4Frame) -> Vec<u8> {
+    f.build()[14..14 + 48].to_vec()
+}
+
+#[test]
+fn an_icmpv6_error_about_a_vips_packet_reaches_the_flows_backend() {
+    let mut lab = Lab::new(3);
+    let pool = Pool::Tcp6;
+    let port = lab.port_for(pool, 1);
+    let (_, out) = lab.arrive_from_client(&pool.first(port).build());
+    assert_eq!(backend_of(pool, &out), 1);
+    // Only the flow table knows the backend now.
+    lab.send_all_to(pool, 2);
+    // What the VIP "sent" the client, as a router on the way quotes it.
+    let mut sent = L4Frame::tcp(pool.vip(), pool.client(port), TCP_SYN | TCP_ACK);
+    sent.payload = vec![9; 1400];
+    let mtu = 1280u32.to_be_bytes();
+    let router: Ipv6Addr = ROUTER6.parse().unwrap();
+    let frame = icmp6(
+        ROUTER_MAC,
+        IN_MAC,
+        router,
+        v6(pool.vip()),
+        2,
+        0,
+        mtu,
+        &quote(&sent),
+    );
+    let (action, out) = lab.arrive_from_client(&frame);
+    assert_eq!(action, XDP_REDIRECT);
+    let mut requoted = sent.clone();
+    requoted.src = pool.backend(1);
+    let mut want = icmp6(
+        OUT_MAC,
+        backend_mac(1),
+        router,
+        v6(pool.backend(1)),
+        2,
+        0,
+        mtu,
+        &quote(&requoted),
+    );
+    want[21] -= 1;
+    assert_eq!(out, want);
+    let (found, computed) = checksums6(&out);
+    assert_eq!(found, computed, "ICMPv6 checksum");
+    assert_eq!(lab.count(GlobalCounter::IcmpToBackend), 1);
+}
+
+#[test]
+fn an_icmpv6_error_from_a_backend_about_a_clients_packet_comes_from_the_vip() {
+    let mut lab = Lab::new(2);
+    for pool in [Pool::Tcp6, Pool::Udp6] {
+        let port = 49000;
+        // What the client sent the backend (through us), quoted by the
+        // backend's stack: port unreachable.
+        let mut sent = L4Frame::udp(pool.client(port), pool.backend(1));
+        if !pool.udp() {
+            sent = L4Frame::tcp(pool.client(port), pool.backend(1), TCP_SYN);
+        }
+        let frame = icmp6(
+            backend_mac(1),
+            OUT_MAC,
+            v6(pool.backend(1)),
+            v6(pool.client(port)),
+            1,
+            4,
+            [0; 4],
+            &quote(&sent),
+        );
+        let (action, out) = lab.arrive_from_backends(&frame);
+        assert_eq!(action, XDP_REDIRECT, "{pool:?}");
+        let mut requoted = sent.clone();
+        requoted.dst = pool.vip();
+        let mut quoted = quote(&requoted);
+        // The quote's own UDP checksum is left as the client computed it
+        // (8 quoted bytes cannot be verified, and no stack checks them).
+        if pool.udp() {
+            quoted[46..48].copy_from_slice(&quote(&sent)[46..48]);
+        }
+        let mut want = icmp6(
+            IN_MAC,
+            CLIENT_MAC,
+            v6(pool.vip()),
+            v6(pool.client(port)),
+            1,
+            4,
+            [0; 4],
+            &quoted,
+        );
+        want[21] -= 1;
+        assert_eq!(out, want, "{pool:?}");
+        let (found, computed) = checksums6(&out);
+        assert_eq!(found, computed, "{pool:?} ICMPv6 checksum");
+    }
+    assert_eq!(lab.count(GlobalCounter::IcmpToClient), 2);
+}
+
+#[test]
+fn informational_icmpv6_passes_untouched() {
+    let mut lab = Lab::new(1);
+    let client: Ipv6Addr = CLIENT6.parse().unwrap();
+    let gateway: Ipv6Addr = "2001:2::1".parse().unwrap();
+    let vip = v6(Pool::Tcp6.vip());
+    let solicited: Ipv6Addr = "ff02::1:ff00:1".parse().unwrap();
+    let cases = [
+        (
+            "neighbour solicitation",
+            icmp6(
+                CLIENT_MAC,
+                IN_MAC,
+                client,
+                solicited,
+                135,
+                0,
+                [0; 4],
+                &gateway.octets(),
+            ),
+        ),
+        (
+            "neighbour advertisement",
+            icmp6(
+                CLIENT_MAC,
+                IN_MAC,
+                client,
+                gateway,
+                136,
+                0,
+                [0x60, 0, 0, 0],
+                &client.octets(),
+            ),
+        ),
+        (
+            "echo request to the VIP",
+            icmp6(
+                CLIENT_MAC,
+                IN_MAC,
+                client,
+                vip,
+                128,
+                0,
+                [0, 1, 0, 1],
+                b"ping",
+            ),
+        ),
+    ];
+    for (name, frame) in cases {
+        expect_untouched(&mut lab, name, &frame, XDP_PASS, GlobalCounter::Passed);
+    }
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::Redirected), 0);
+    assert_eq!(c.get(GlobalCounter::PassIcmpUnparsed), 0);
+}
+
+/// `pool` with every ring entry empty: on_empty = reject answers.
+fn empty(pool: Pool) -> Lab {
+    let mut lab = Lab::new(2);
+    lab.publish(pool, vec![NO_BACKEND; RING as usize], None);
+    lab
+}
+
+fn assert_rejected_once(lab: &Lab, pool: Pool) {
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::Rejected), 1);
+    assert_eq!(c.get(GlobalCounter::Answered), 1);
+    let vip = c.vips.iter().find(|v| v.index == pool.index()).unwrap();
+    assert_eq!(vip.counters.rejected, 1);
+}
+
+#[test]
+fn an_empty_ipv6_tcp_pool_answers_a_syn_with_a_rst_from_the_vip() {
+    let pool = Pool::Tcp6;
+    let mut lab = empty(pool);
+    let mut syn = pool.first(50000);
+    syn.payload = vec![7; 33];
+    let (action, out) = lab.arrive_from_client(&syn.build());
+    assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
+    let mut rst = L4Frame::tcp(pool.vip(), pool.client(50000), TCP_RST | TCP_ACK);
+    rst.l4 = L4::Tcp {
+        flags: TCP_RST | TCP_ACK,
+        seq: 0,
+        ack: 0x0102_0304 + 1 + 33,
+        window: 0,
+    };
+    rst.src_mac = IN_MAC;
+    rst.dst_mac = CLIENT_MAC;
+    assert_eq!(out, rst.build());
+    assert_checksums_valid(&out);
+    assert_rejected_once(&lab, pool);
+}
+
+#[test]
+fn an_empty_ipv6_udp_pool_answers_port_unreachable_from_the_vip() {
+    let pool = Pool::Udp6;
+    let mut lab = empty(pool);
+    let sent = pool.first(50001);
+    let (action, out) = lab.arrive_from_client(&sent.build());
+    assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
+    let want = icmp6(
+        IN_MAC,
+        CLIENT_MAC,
+        v6(pool.vip()),
+        v6(pool.client(50001)),
+        1,
+        4,
+        [0; 4],
+        &quote(&sent),
+    );
+    assert_eq!(out, want);
+    let (found, computed) = checksums6(&out);
+    assert_eq!(found, computed, "ICMPv6 checksum");
+    assert_rejected_once(&lab, pool);
+}
+
+#[test]
+fn an_empty_ipv4_udp_pool_answers_port_unreachable_from_the_vip() {
+    let pool = Pool::Udp4;
+    let mut lab = empty(pool);
+    let sent = pool.first(50002);
+    let bytes = sent.build();
+    let (action, out) = lab.arrive_from_client(&bytes);
+    assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
+    let ip = |a: SocketAddr| match a {
+        SocketAddr::V4(a) => a.ip().octets(),
+        SocketAddr::V6(_) => unreachable!(),
+    };
+    let want = icmp_error(
+        IN_MAC,
+        CLIENT_MAC,
+        ip(pool.vip()),
+        ip(pool.client(50002)),
+        3,
+        3,
+        [0; 4],
+        &bytes[14..14 + 28],
+    );
+    assert_eq!(out, want);
+    assert_rejected_once(&lab, pool);
+}

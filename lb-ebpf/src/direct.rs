@@ -249,23 +249,29 @@ pub fn tunnel6(ctx: &XdpContext, backend: &Addr6, now: u64) -> u32 {
         return drop(ctx, GlobalCounter::DropInternal);
     };
     let inner_len = p.payload_len as u32 + IPV6_HLEN as u32;
-    let hop = match next_hop6(ctx, &source, backend, IPPROTO_IPV6, now) {
-        Next::Send(hop) => Some(hop),
-        Next::Kernel => None,
+    // verifier: a hop and a flag, not an Option<FibEntry>: the Option's
+    // payload is left undefined on the None path, and LLVM spilled that
+    // undefined register, which the verifier refuses to read.
+    let mut hop = FibEntry::default();
+    let send = match next_hop6(ctx, &source, backend, IPPROTO_IPV6, now) {
+        Next::Send(h) => {
+            hop = h;
+            true
+        }
+        Next::Kernel => false,
         Next::Drop(reason) => return drop(ctx, reason),
     };
-    if let Some(hop) = &hop {
-        if hop.mtu != 0 && inner_len + IPV6_HLEN as u32 > hop.mtu {
-            return too_big6(ctx, hop.mtu.saturating_sub(IPV6_HLEN as u32));
-        }
+    if send && hop.mtu != 0 && inner_len + IPV6_HLEN as u32 > hop.mtu {
+        return too_big6(ctx, hop.mtu.saturating_sub(IPV6_HLEN as u32));
     }
     if !encapsulate6(ctx, &source, backend, inner_len as u16) {
         return drop(ctx, GlobalCounter::DropInternal);
     }
     count(GlobalCounter::TunnelSent);
-    match hop {
-        Some(hop) if fits(ctx, &hop).is_ok() => emit_l2(ctx, &hop),
-        _ => pass(),
+    if send && fits(ctx, &hop).is_ok() {
+        emit_l2(ctx, &hop)
+    } else {
+        pass()
     }
 }
 

@@ -13,7 +13,14 @@ fn main() -> anyhow::Result<()> {
         ring_size: lb_common::limits::DEFAULT_RING_SIZE,
     };
     let started = Instant::now();
-    let loaded = xdplb::dataplane::Dataplane::load(shape);
+    // Tunnel sources of both families, so the tunnel paths are live code
+    // (with none, the verifier prunes them as dead).
+    let tuning = xdplb::dataplane::Tuning {
+        tunnel_source_v4: Some("198.18.1.1".parse()?),
+        tunnel_source_v6: Some("2001:2:0:1::1".parse()?),
+        ..Default::default()
+    };
+    let loaded = xdplb::dataplane::Dataplane::load_tuned(shape, tuning);
     let elapsed = started.elapsed();
     let result = loaded
         .map_err(anyhow::Error::from)

@@ -20,7 +20,7 @@ use lb_common::{
     BACKEND_ACTIVE, IPPROTO_TCP, IPPROTO_UDP, NO_BACKEND, VIP_F_REJECT_EMPTY,
 };
 use xdplb::{
-    dataplane::{backend_name_index, BackendSlot, CounterReader, Counters, Endpoint},
+    dataplane::{backend_name_index, BackendSlot, CounterReader, Counters, Endpoint, Tuning},
     packet::{
         checksums6, checksums_udp4, icmp6, icmp_error, Checksum, Ext6, L4Frame, L4, TCP_ACK,
         TCP_PSH, TCP_RST, TCP_SYN,
@@ -958,4 +958,22 @@ fn an_empty_ipv4_udp_pool_answers_port_unreachable_from_the_vip() {
     );
     assert_eq!(out, want);
     assert_rejected_once(&lab, pool);
+}
+
+/// With a tunnel source of each family the tunnel paths are live code the
+/// verifier must accept (with none it prunes them as dead); an undefined
+/// register spilled on the IPv6 tunnel path once made every load fail.
+#[test]
+fn the_program_loads_with_tunnel_sources_of_both_families() {
+    let mut tp = TestPlane::tuned(
+        RING,
+        4096,
+        Tuning {
+            tunnel_source_v4: Some("198.18.1.1".parse().unwrap()),
+            tunnel_source_v6: Some("2001:2:0:1::1".parse().unwrap()),
+            ..Default::default()
+        },
+    );
+    let verified = tp.dp().verified_instructions();
+    assert_eq!(verified.len(), 5, "{verified:?}");
 }

@@ -217,11 +217,12 @@ pub struct DataplaneSpec {
     /// `max_flow_inserts_per_sec` (per CPU; 0 = no cap); `None` leaves it
     /// out, so the product's default applies.
     pub max_flow_inserts_per_sec: Option<u32>,
-    /// `tunnel_source = ["…"]`: the outer source of `tunnel` pools (the
-    /// gateway's backend-side address, [`GW_BACKEND_ADDR`]).
+    /// `tunnel_source = ["…", …]`: the outer sources of `tunnel` pools, at
+    /// most one per family (the gateway's backend-side address,
+    /// [`GW_BACKEND_ADDR`], and its IPv6 twin); empty leaves the key out.
     ///
     /// [`GW_BACKEND_ADDR`]: crate::addr::GW_BACKEND_ADDR
-    pub tunnel_source: Option<std::net::Ipv4Addr>,
+    pub tunnel_source: Vec<IpAddr>,
 }
 
 impl Default for DataplaneSpec {
@@ -229,7 +230,7 @@ impl Default for DataplaneSpec {
         DataplaneSpec {
             flow_table_size: 65536,
             max_flow_inserts_per_sec: None,
-            tunnel_source: None,
+            tunnel_source: Vec::new(),
         }
     }
 }
@@ -239,7 +240,18 @@ impl DataplaneSpec {
     /// address, for `tunnel` pools.
     pub fn tunnel() -> DataplaneSpec {
         DataplaneSpec {
-            tunnel_source: Some(crate::addr::GW_BACKEND_ADDR),
+            tunnel_source: vec![crate::addr::GW_BACKEND_ADDR.into()],
+            ..DataplaneSpec::default()
+        }
+    }
+
+    /// [`tunnel`](DataplaneSpec::tunnel) with both families' sources: the
+    /// gateway's backend-side address and its IPv6 twin, for IPv6 `tunnel`
+    /// pools (in a dual-stack lab).
+    pub fn tunnel_dual() -> DataplaneSpec {
+        let v4 = crate::addr::GW_BACKEND_ADDR;
+        DataplaneSpec {
+            tunnel_source: vec![v4.into(), v6_of(v4).into()],
             ..DataplaneSpec::default()
         }
     }
@@ -266,8 +278,13 @@ pub fn render_config_with(lab: &Lab, dp: &DataplaneSpec, pools: &[PoolSpec]) -> 
     if let Some(cap) = dp.max_flow_inserts_per_sec {
         writeln!(s, "max_flow_inserts_per_sec = {cap}").unwrap();
     }
-    if let Some(src) = dp.tunnel_source {
-        writeln!(s, "tunnel_source = [\"{src}\"]").unwrap();
+    if !dp.tunnel_source.is_empty() {
+        let list: Vec<String> = dp
+            .tunnel_source
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect();
+        writeln!(s, "tunnel_source = [{}]", list.join(", ")).unwrap();
     }
     writeln!(s).unwrap();
     writeln!(
@@ -444,7 +461,7 @@ impl Deployment {
         let with_agents = d.pools.iter().any(|p| p.load.is_some());
         for p in d.pools.clone() {
             for b in p.backends.iter().filter(|_| p.is_direct()) {
-                d.lab.vip_on_loopback(b.lab_index, *p.vip.ip())?;
+                d.lab.vip_on_loopback(b.lab_index, p.vip_addr().ip())?;
             }
             for b in &p.backends {
                 d.start_server(b.lab_index, &b.name)?;

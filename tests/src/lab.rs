@@ -38,7 +38,7 @@
 use crate::addr::{self, *};
 use anyhow::{bail, ensure, Context, Result};
 use std::fs::File;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -532,18 +532,23 @@ impl Lab {
         Ok((read("rx")?, read("tx")?))
     }
 
-    /// Puts `vip` on backend `i`'s loopback (`ip addr add VIP/32 dev lo`),
-    /// as a `dsr` or `tunnel` backend must hold it: packets to the VIP are
-    /// then local, and the backend answers from it. Idempotent.
-    pub fn vip_on_loopback(&self, i: usize, vip: Ipv4Addr) -> Result<()> {
+    /// Puts `vip` on backend `i`'s loopback (`ip addr add VIP/32 dev lo`,
+    /// or `/128` for an IPv6 VIP), as a `dsr` or `tunnel` backend must hold
+    /// it: packets to the VIP are then local, and the backend answers from
+    /// it. An IPv6 VIP on `lo` needs no counterpart of `arp_ignore`: Linux
+    /// answers a neighbour solicitation only for the receiving interface's
+    /// own addresses. Idempotent.
+    pub fn vip_on_loopback(&self, i: usize, vip: impl Into<IpAddr>) -> Result<()> {
+        let vip = vip.into();
+        let len = if vip.is_ipv4() { 32 } else { 128 };
         let ns = self.backend_ns(i).to_owned();
-        let have = self.exec_ok(&ns, &["ip", "-4", "-o", "addr", "show", "dev", "lo"])?;
-        if have.contains(&format!(" {vip}/32 ")) {
+        let have = self.exec_ok(&ns, &["ip", "-o", "addr", "show", "dev", "lo"])?;
+        if have.contains(&format!(" {vip}/{len} ")) {
             return Ok(());
         }
         self.exec_ok(
             &ns,
-            &["ip", "addr", "add", &format!("{vip}/32"), "dev", "lo"],
+            &["ip", "addr", "add", &format!("{vip}/{len}"), "dev", "lo"],
         )
         .map(drop)
     }

@@ -10,19 +10,25 @@
 //!
 //! Requests: client → router → gateway (XDP: MAC rewrite, or IPIP) → backend.
 //! Replies: backend (from the VIP) → router → client.
+//!
+//! The same scenarios serve an IPv6 pool (`direct6.rs`, on the dual-stack
+//! twin of this lab: the tunnel is then IPv6-in-IPv6).
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+// Each test file uses the scenarios it needs (`dsr.rs` no tcpdump), and
+// each is compiled as its own crate.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use xdplb_tests::{
-    addr::{BACKEND_IF, GW_BACKEND_IF, GW_CLIENT_IF, ROUTER_BACKEND_IF},
+    addr::{
+        v6_of, BACKEND_IF, GW_BACKEND_IF, GW_CLIENT_IF, ROUTER_BACKEND_ADDR, ROUTER_BACKEND_IF,
+    },
     deploy::{DataplaneSpec, Deployment, PoolSpec},
     http::{http_get_bytes, pattern},
-    http_get, KeepAliveClient, Lab,
+    http_get, wait_until, KeepAliveClient, Lab, LabChild,
 };
 
 /// The bulk download that must reach the client with the gateway seeing
@@ -35,13 +41,15 @@ const DOWNLOAD_DEADLINE: Duration = Duration::from_secs(30);
 const GATEWAY_RX_ALLOWANCE: u64 = 512 << 10;
 
 /// A deployment of one `mode` pool (`"dsr"` or `"tunnel"`) over `n`
-/// backends on a direct-return lab; for `tunnel`, every backend runs
-/// `xdplb decap --interface eth0` first. The daemon is running.
+/// backends on a direct-return lab (dual-stack for an IPv6 pool); for
+/// `tunnel`, every backend runs `xdplb decap --interface eth0` first, and
+/// an IPv6 pool gets a `tunnel_source` of each family (the IPv4 one unused
+/// by it: the product must pick the pool's own). The daemon is running.
 pub fn deploy(mode: &str, pool: PoolSpec) -> Result<Deployment> {
-    let dp = if mode == "tunnel" {
-        DataplaneSpec::tunnel()
-    } else {
-        DataplaneSpec::default()
+    let dp = match (mode, pool.ipv6) {
+        ("tunnel", false) => DataplaneSpec::tunnel(),
+        ("tunnel", true) => DataplaneSpec::tunnel_dual(),
+        _ => DataplaneSpec::default(),
     };
     let mut d = Deployment::configured(Lab::builder().direct_return(true), vec![pool], dp)?;
     if mode == "tunnel" {
@@ -55,16 +63,26 @@ pub fn deploy(mode: &str, pool: PoolSpec) -> Result<Deployment> {
 }
 
 /// What a direct-return backend must hold, as the lab sets it: the VIP on
-/// loopback, arp_ignore 1 and arp_announce 2, its default route via the
-/// router (not the gateway).
+/// loopback, arp_ignore 1 and arp_announce 2, its default route (of the
+/// pool's family) via the router, not the gateway.
 pub fn backends_are_configured(d: &Deployment) -> Result<()> {
-    let vip = d.pools[0].vip.ip().to_string();
-    for b in &d.pools[0].backends {
+    let pool = &d.pools[0];
+    let vip = pool.vip_addr().ip();
+    let (family, len, router) = if pool.ipv6 {
+        ("-6", 128, v6_of(ROUTER_BACKEND_ADDR).to_string())
+    } else {
+        ("-4", 32, ROUTER_BACKEND_ADDR.to_string())
+    };
+    for b in &pool.backends {
         let ns = d.lab.backend_ns(b.lab_index);
         let lo = d
             .lab
-            .exec_ok(ns, &["ip", "-4", "-o", "addr", "show", "dev", "lo"])?;
-        ensure!(lo.contains(&format!("{vip}/32")), "{}: lo has {lo}", b.name);
+            .exec_ok(ns, &["ip", family, "-o", "addr", "show", "dev", "lo"])?;
+        ensure!(
+            lo.contains(&format!(" {vip}/{len} ")),
+            "{}: lo has {lo}",
+            b.name
+        );
         for key in ["all", BACKEND_IF] {
             let ignore = d.lab.exec_ok(
                 ns,
@@ -80,8 +98,14 @@ pub fn backends_are_configured(d: &Deployment) -> Result<()> {
                 b.name
             );
         }
-        let route = d.lab.exec_ok(ns, &["ip", "route", "show", "default"])?;
-        ensure!(route.contains("198.18.1.254"), "{}: {route}", b.name);
+        let route = d
+            .lab
+            .exec_ok(ns, &["ip", family, "route", "show", "default"])?;
+        ensure!(
+            route.contains(&format!("via {router} ")),
+            "{}: {route}",
+            b.name
+        );
     }
     Ok(())
 }
@@ -121,7 +145,7 @@ pub fn weighted(mode: &str) -> PoolSpec {
 /// A drained backend keeps its established keep-alive connection and gets
 /// no new one; undrain brings it back.
 pub fn drain_keeps_established(d: &Deployment) -> Result<()> {
-    let vip = SocketAddr::V4(d.pools[0].vip);
+    let vip = d.pools[0].vip_addr();
     let mut conn = d.lab.run_in("client", || KeepAliveClient::connect(vip))??;
     let (_, first) = conn.get("/")?;
     let target = first.trim().to_string();
@@ -151,7 +175,7 @@ pub fn drain_keeps_established(d: &Deployment) -> Result<()> {
 /// sends almost nothing, while the router's backend leg carries it all.
 /// Returns (bytes, seconds).
 pub fn replies_bypass_the_gateway(d: &Deployment, sent_event: &str) -> Result<(usize, f64)> {
-    let vip = SocketAddr::V4(d.pools[0].vip);
+    let vip = d.pools[0].vip_addr();
     let (gwb_rx0, _) = d.lab.link_bytes("gw", GW_BACKEND_IF)?;
     let (_, gwc_tx0) = d.lab.link_bytes("gw", GW_CLIENT_IF)?;
     let (rtb_rx0, _) = d.lab.link_bytes("rt", ROUTER_BACKEND_IF)?;
@@ -217,7 +241,7 @@ pub fn counter(stats: &Value, group: &str, name: &str) -> u64 {
 /// connection: it keeps working throughout, on the same backend, and new
 /// connections are served while the controller is away.
 pub fn restart_keeps_a_live_connection(d: &mut Deployment) -> Result<()> {
-    let vip = SocketAddr::V4(d.pools[0].vip);
+    let vip = d.pools[0].vip_addr();
     let mut conn = d.lab.run_in("client", || KeepAliveClient::connect(vip))??;
     let (_, first) = conn.get("/")?;
     let first = first.trim().to_string();
@@ -250,7 +274,7 @@ pub fn restart_keeps_a_live_connection(d: &mut Deployment) -> Result<()> {
 pub fn failover_heals(d: &Deployment, victim: &str) -> Result<()> {
     let pool = &d.pools[0];
     let bound = pool.detection_bound();
-    let vip = SocketAddr::V4(pool.vip);
+    let vip = pool.vip_addr();
     d.kill_server(pool.backend(victim).lab_index);
     let killed = Instant::now();
     let attempts = d.lab.run_in("client", || {
@@ -289,5 +313,68 @@ pub fn failover_heals(d: &Deployment, victim: &str) -> Result<()> {
         !s.contains_key(victim) && s.values().sum::<usize>() == 20,
         "{s:?}"
     );
+    Ok(())
+}
+
+/// tcpdump of two packets matching `filter` on `iface` in `ns`, started
+/// and listening.
+pub fn capture(d: &Deployment, ns: &str, iface: &str, filter: &str) -> Result<LabChild> {
+    let c = d
+        .lab
+        .spawn(ns, &["tcpdump", "-l", "-n", "-c", "2", "-i", iface, filter])?;
+    let listening = wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        c.log().contains("listening on")
+    });
+    ensure!(listening, "tcpdump on {iface} in {ns}: {}", c.log());
+    Ok(c)
+}
+
+/// The packet lines a [`capture`] printed, once it has its two.
+pub fn finish(c: LabChild) -> Result<String> {
+    ensure!(
+        c.wait_exit(Duration::from_secs(5)).is_some(),
+        "tcpdump saw fewer than 2 packets: {}",
+        c.log()
+    );
+    Ok(c.log()
+        .lines()
+        .filter(|l| l.contains(" IP ") || l.contains(" IP6 "))
+        .map(|l| format!("  {l}\n"))
+        .collect())
+}
+
+/// `xdplb decap --down` on every backend: no XDP program left on eth0, no
+/// pin left under the lab's decap pin path.
+pub fn decap_down(d: &Deployment) -> Result<()> {
+    for i in 0..d.lab.backends() {
+        d.decap(i, &["--down", "--interface", BACKEND_IF])?;
+        let link = d.lab.exec_ok(
+            d.lab.backend_ns(i),
+            &["ip", "-d", "link", "show", BACKEND_IF],
+        )?;
+        ensure!(!link.contains("xdp"), "b{}: still attached: {link}", i + 1);
+        let pin = d.lab.decap_pin_path(i);
+        ensure!(!pin.exists(), "b{}: pins left at {}", i + 1, pin.display());
+    }
+    Ok(())
+}
+
+/// `xdplb decap --stats --json` on every backend: each has decapsulated
+/// packets (the tunnel reached them all) and dropped none as malformed.
+pub fn every_backend_decapsulated(d: &Deployment) -> Result<()> {
+    for i in 0..d.lab.backends() {
+        let s = d.decap_stats(i)?;
+        println!("b{}: xdplb decap --stats --json: {s}", i + 1);
+        ensure!(
+            s["decapsulated"].as_u64().unwrap_or(0) > 0,
+            "b{}: nothing decapsulated: {s}",
+            i + 1
+        );
+        ensure!(
+            s["dropped_malformed"].as_u64() == Some(0),
+            "b{}: {s}",
+            i + 1
+        );
+    }
     Ok(())
 }

@@ -385,12 +385,8 @@ fn decap(a: DecapArgs) -> Result<(), CliError> {
         config::XdpMode::Generic => dataplane::AttachMode::Generic,
     };
     let addrs = decap::attach(&pin_path, &iface, mode)?;
-    let addrs: Vec<String> = addrs
-        .iter()
-        .map(|a| std::net::Ipv4Addr::from(a.to_ne_bytes()).to_string())
-        .collect();
     print(&format!(
-        "decap attached to {iface}: IPIP to {} is opened\n",
+        "decap attached to {iface}: IPIP and IPv6-in-IPv6 to {} are opened\n",
         addrs.join(", ")
     ))
 }

@@ -37,9 +37,11 @@ fn link_path(pin_path: &Path, iface: &str) -> PathBuf {
 pub struct Decap {
     ebpf: Ebpf,
     pin_path: PathBuf,
-    /// This host's IPv4 addresses (network order): the tunnel endpoints
-    /// it opens.
+    /// This host's IPv4 addresses (network order): the IPIP endpoints it
+    /// opens.
     pub addrs: Vec<u32>,
+    /// This host's IPv6 addresses: the IPv6-in-IPv6 endpoints it opens.
+    pub addrs6: Vec<Addr6>,
 }
 
 impl Decap {
@@ -102,6 +104,7 @@ impl Decap {
             ebpf,
             pin_path: pin_path.to_path_buf(),
             addrs: local,
+            addrs6: local6,
         })
     }
 
@@ -147,10 +150,23 @@ impl Decap {
 
 /// Loads decap and attaches it to `iface`. Returns the addresses whose
 /// tunnels it opens (network order).
-pub fn attach(pin_path: &Path, iface: &str, mode: AttachMode) -> Result<Vec<u32>, DataplaneError> {
+/// Returns the tunnel endpoints it opens, as text.
+pub fn attach(
+    pin_path: &Path,
+    iface: &str,
+    mode: AttachMode,
+) -> Result<Vec<String>, DataplaneError> {
     let mut d = Decap::load(pin_path)?;
     d.attach(iface, mode)?;
-    Ok(d.addrs)
+    let v4 = d
+        .addrs
+        .iter()
+        .map(|a| std::net::Ipv4Addr::from(a.to_ne_bytes()).to_string());
+    let v6 = d
+        .addrs6
+        .iter()
+        .map(|a| std::net::Ipv6Addr::from(a.octets()).to_string());
+    Ok(v4.chain(v6).collect())
 }
 
 /// Detaches decap from `iface`. When no interface keeps it, its maps and

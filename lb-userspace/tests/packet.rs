@@ -1674,10 +1674,7 @@ impl DecapLab {
 
 impl Drop for DecapLab {
     fn drop(&mut self) {
-        for map in [lb_common::decap::ADDRS, lb_common::decap::STATS] {
-            let _ = std::fs::remove_file(self.pin_path.join(map));
-        }
-        let _ = std::fs::remove_dir(&self.pin_path);
+        let _ = xdplb::dataplane::decap::remove_pins(&self.pin_path);
     }
 }
 

@@ -187,15 +187,22 @@ pub fn detach(pin_path: &Path, iface: &str) -> Result<bool, DataplaneError> {
         .flatten()
         .any(|e| e.file_name().to_string_lossy().starts_with(LINK_PREFIX));
     if !links_left {
-        for map in [ADDRS, ADDRS6, STATS] {
-            let p = pin_path.join(map);
-            if p.exists() {
-                fs::remove_file(&p).map_err(io(&p))?;
-            }
-        }
-        let _ = fs::remove_dir(pin_path);
+        remove_pins(pin_path)?;
     }
     Ok(true)
+}
+
+/// Removes decap's maps and its pin directory (once no link is pinned
+/// there: `detach` checks).
+pub fn remove_pins(pin_path: &Path) -> Result<(), DataplaneError> {
+    for map in [ADDRS, ADDRS6, STATS] {
+        let p = pin_path.join(map);
+        if p.exists() {
+            fs::remove_file(&p).map_err(|source| DataplaneError::PinPath { path: p, source })?;
+        }
+    }
+    let _ = fs::remove_dir(pin_path);
+    Ok(())
 }
 
 /// The decap counters, summed over CPUs, by label.

@@ -44,6 +44,43 @@ fn mac_str(m: [u8; 6]) -> String {
         .join(":")
 }
 
+/// Removes, once per test process, the namespaces (`xpk<pid>-…`) and pin
+/// directories (`xdplb-test-<pid>-…`, `xdplb-decap-test-<pid>-…`) of test
+/// processes that no longer run: a killed or aborted test never reaches its
+/// `Drop`s. Those of live processes, this one included, are left alone.
+fn sweep_stale() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let dead = |name: &str, prefix: &str| -> bool {
+            let Some(rest) = name.strip_prefix(prefix) else {
+                return false;
+            };
+            let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            !pid.is_empty()
+                && pid != std::process::id().to_string()
+                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        };
+        if let Ok(entries) = std::fs::read_dir("/var/run/netns") {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if dead(&name, "xpk") {
+                    let _ = Command::new("ip").args(["netns", "del", &name]).status();
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if dead(&name, "xdplb-test-") {
+                    let _ = dataplane::down(&e.path());
+                } else if dead(&name, "xdplb-decap-test-") {
+                    let _ = dataplane::decap::remove_pins(&e.path());
+                }
+            }
+        }
+    });
+}
+
 /// Gateway namespace: `in0` 198.18.0.1/24 and 2001:2::1/64 (client side),
 /// `out0` 198.18.1.1/24 and 2001:2:0:1::1/64 (backend side); permanent
 /// neighbours for the client 198.18.0.2 / 2001:2::2 and backends
@@ -59,6 +96,7 @@ pub struct TestNs {
 
 impl TestNs {
     pub fn new(backends: u8) -> TestNs {
+        sweep_stale();
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let name = format!("xpk{}-{n}", std::process::id());
         ip(&["netns", "add", &name]);
@@ -183,15 +221,23 @@ impl TestPlane {
     pub fn tuned(ring_size: u32, flow_table_size: u32, tuning: Tuning) -> TestPlane {
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let pin_path = PathBuf::from(format!("/sys/fs/bpf/xdplb-test-{}-{n}", std::process::id()));
-        let plane = Dataplane::load_tuned(
+        sweep_stale();
+        let plane = match Dataplane::load_tuned(
             Shape {
                 pin_path: pin_path.clone(),
                 ring_size,
                 flow_table_size,
             },
             tuning,
-        )
-        .expect("load data plane");
+        ) {
+            Ok(plane) => plane,
+            Err(e) => {
+                // A failed load (the verifier refusing a program) may have
+                // pinned its maps already.
+                let _ = dataplane::down(&pin_path);
+                panic!("load data plane: {e:?}");
+            }
+        };
         TestPlane {
             plane: Some(plane),
             pin_path,

@@ -19,7 +19,7 @@ use crate::{
 
 /// Shrinks (never grows) the frame to `len` bytes.
 #[inline(always)]
-fn truncate(ctx: &XdpContext, len: usize) -> bool {
+pub fn truncate(ctx: &XdpContext, len: usize) -> bool {
     let have = ctx.data_end() - ctx.data();
     if have <= len {
         return have == len;
@@ -62,22 +62,7 @@ pub fn reset(ctx: &XdpContext, pkt: &L4Packet) -> Option<()> {
     let (eth, ip, tcp) = unsafe { (&*ptr_at::<EthHdr>(ctx, 0)?, &*pkt.ip, &*tcp) };
     let (client_mac, our_mac) = (eth.src, eth.dst);
     let (client, vip) = (load32(&ip.saddr), load32(&ip.daddr));
-    let (client_port, vip_port) = (tcp.source, tcp.dest);
-    let seq = u32::from_be(load32(&tcp.seq));
-    let ack = u32::from_be(load32(&tcp.ack_seq));
-    let doff = ((tcp.doff_res >> 4) as u32) * 4;
-    let mut seg_len = pkt.ip_len as u32 - IPV4_MIN_HLEN as u32 - doff;
-    if pkt.flags & TCP_FLAG_SYN != 0 {
-        seg_len += 1;
-    }
-    if pkt.flags & TCP_FLAG_FIN != 0 {
-        seg_len += 1;
-    }
-    let (rst_seq, rst_ack, flags) = if pkt.flags & TCP_FLAG_ACK != 0 {
-        (ack, 0, TCP_FLAG_RST)
-    } else {
-        (0, seq.wrapping_add(seg_len), TCP_FLAG_RST | TCP_FLAG_ACK)
-    };
+    let rst = Rst::answering(tcp, pkt.flags, pkt.l4_len);
     if !truncate(ctx, RST_FRAME_LEN) {
         return None;
     }
@@ -97,20 +82,72 @@ pub fn reset(ctx: &XdpContext, pkt: &L4Packet) -> Option<()> {
         client,
         true,
     );
-    tcp.source = vip_port;
-    tcp.dest = client_port;
-    store32(&mut tcp.seq, rst_seq.to_be());
-    store32(&mut tcp.ack_seq, rst_ack.to_be());
-    tcp.doff_res = ((TCP_MIN_HLEN / 4) as u8) << 4;
-    tcp.flags = flags;
-    tcp.window = 0;
-    tcp.check = 0;
-    tcp.urg_ptr = 0;
-    // SAFETY: TcpHdr is 20 bytes of plain integers, 2-aligned.
-    let words = unsafe { &*(tcp as *const TcpHdr as *const [u16; 10]) };
-    let pseudo = pseudo_sum(vip, client, IPPROTO_TCP, TCP_MIN_HLEN as u16);
-    tcp.check = !fold(pseudo as u32 + sum_words(words));
+    rst.write(
+        tcp,
+        pseudo_sum(vip, client, IPPROTO_TCP, TCP_MIN_HLEN as u16),
+    );
     Some(())
+}
+
+/// The RST answering a segment (RFC 9293 §3.10.7.1, as a closed port
+/// does): to a segment with ACK, `seq = SEG.ACK`; otherwise RST|ACK with
+/// `ack = SEG.SEQ + SEG.LEN`. The same for both families.
+pub struct Rst {
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    client_port: u16,
+    vip_port: u16,
+}
+
+impl Rst {
+    /// For the segment with header `tcp`, TCP flags `flags` and `l4_len`
+    /// bytes from its TCP header on.
+    #[inline(always)]
+    pub fn answering(tcp: &TcpHdr, flags: u8, l4_len: u16) -> Rst {
+        let doff = ((tcp.doff_res >> 4) as u32) * 4;
+        let mut seg_len = (l4_len as u32).saturating_sub(doff);
+        if flags & TCP_FLAG_SYN != 0 {
+            seg_len += 1;
+        }
+        if flags & TCP_FLAG_FIN != 0 {
+            seg_len += 1;
+        }
+        let (seq, ack) = (
+            u32::from_be(load32(&tcp.seq)),
+            u32::from_be(load32(&tcp.ack_seq)),
+        );
+        let (seq, ack, flags) = if flags & TCP_FLAG_ACK != 0 {
+            (ack, 0, TCP_FLAG_RST)
+        } else {
+            (0, seq.wrapping_add(seg_len), TCP_FLAG_RST | TCP_FLAG_ACK)
+        };
+        Rst {
+            seq,
+            ack,
+            flags,
+            client_port: tcp.source,
+            vip_port: tcp.dest,
+        }
+    }
+
+    /// Writes the RST's header over `tcp` (no options), its checksum
+    /// from the pseudo-header sum `pseudo`.
+    #[inline(always)]
+    pub fn write(&self, tcp: &mut TcpHdr, pseudo: u16) {
+        tcp.source = self.vip_port;
+        tcp.dest = self.client_port;
+        store32(&mut tcp.seq, self.seq.to_be());
+        store32(&mut tcp.ack_seq, self.ack.to_be());
+        tcp.doff_res = ((TCP_MIN_HLEN / 4) as u8) << 4;
+        tcp.flags = self.flags;
+        tcp.window = 0;
+        tcp.check = 0;
+        tcp.urg_ptr = 0;
+        // SAFETY: TcpHdr is 20 bytes of plain integers, 2-aligned.
+        let words = unsafe { &*(tcp as *const TcpHdr as *const [u16; 10]) };
+        tcp.check = !fold(pseudo as u32 + sum_words(words));
+    }
 }
 
 /// Bytes of the offending packet an ICMP error quotes: its IP header and

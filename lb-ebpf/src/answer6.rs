@@ -2,31 +2,17 @@
 //! for a pool with no usable backend, ICMPv6 port unreachable for a UDP
 //! one, ICMPv6 packet too big for a packet larger than the path to its
 //! backend. Built in place, as `answer` does for IPv4.
-use aya_ebpf::{
-    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
-    programs::XdpContext,
-};
+use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{Addr6, IPPROTO_ICMPV6, IPPROTO_TCP};
 
 use crate::{
+    answer::{truncate, Rst},
     consts::*,
     csum::{fold, sum_words},
     nat6::pseudo_sum6,
-    parse::{load32, ptr_at, store32, EthHdr, IcmpHdr, TcpHdr},
+    parse::{ptr_at, store32, EthHdr, IcmpHdr, TcpHdr},
     parse6::{load_addr6, store_addr6, Ipv6Hdr, L4Packet6},
 };
-
-/// Shrinks (never grows) the frame to `len` bytes.
-#[inline(always)]
-fn truncate(ctx: &XdpContext, len: usize) -> bool {
-    let have = ctx.data_end() - ctx.data();
-    if have <= len {
-        return have == len;
-    }
-    let delta = len as i32 - have as i32;
-    // SAFETY: shrinking an XDP frame by a computed amount.
-    unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) == 0 }
-}
 
 #[inline(always)]
 fn ip_header(ip: &mut Ipv6Hdr, next: u8, payload_len: u16, saddr: &Addr6, daddr: &Addr6) {
@@ -54,22 +40,7 @@ pub fn reset(ctx: &XdpContext, pkt: &L4Packet6) -> Option<()> {
     let (eth, tcp) = unsafe { (&*ptr_at::<EthHdr>(ctx, 0)?, &*tcp) };
     let (client_mac, our_mac) = (eth.src, eth.dst);
     let (client, vip) = (pkt.key.src_addr, pkt.key.dst_addr);
-    let (client_port, vip_port) = (tcp.source, tcp.dest);
-    let seq = u32::from_be(load32(&tcp.seq));
-    let ack = u32::from_be(load32(&tcp.ack_seq));
-    let doff = ((tcp.doff_res >> 4) as u32) * 4;
-    let mut seg_len = (pkt.l4_len as u32).saturating_sub(doff);
-    if pkt.flags & TCP_FLAG_SYN != 0 {
-        seg_len += 1;
-    }
-    if pkt.flags & TCP_FLAG_FIN != 0 {
-        seg_len += 1;
-    }
-    let (rst_seq, rst_ack, flags) = if pkt.flags & TCP_FLAG_ACK != 0 {
-        (ack, 0, TCP_FLAG_RST)
-    } else {
-        (0, seq.wrapping_add(seg_len), TCP_FLAG_RST | TCP_FLAG_ACK)
-    };
+    let rst = Rst::answering(tcp, pkt.flags, pkt.l4_len);
     if !truncate(ctx, RST6_FRAME_LEN) {
         return None;
     }
@@ -81,19 +52,10 @@ pub fn reset(ctx: &XdpContext, pkt: &L4Packet6) -> Option<()> {
     eth.dst = client_mac;
     eth.src = our_mac;
     ip_header(ip, IPPROTO_TCP, TCP_MIN_HLEN as u16, &vip, &client);
-    tcp.source = vip_port;
-    tcp.dest = client_port;
-    store32(&mut tcp.seq, rst_seq.to_be());
-    store32(&mut tcp.ack_seq, rst_ack.to_be());
-    tcp.doff_res = ((TCP_MIN_HLEN / 4) as u8) << 4;
-    tcp.flags = flags;
-    tcp.window = 0;
-    tcp.check = 0;
-    tcp.urg_ptr = 0;
-    // SAFETY: TcpHdr is 20 bytes of plain integers, 2-aligned.
-    let words = unsafe { &*(tcp as *const TcpHdr as *const [u16; 10]) };
-    let pseudo = pseudo_sum6(&vip, &client, IPPROTO_TCP, TCP_MIN_HLEN as u16);
-    tcp.check = !fold(pseudo as u32 + sum_words(words));
+    rst.write(
+        tcp,
+        pseudo_sum6(&vip, &client, IPPROTO_TCP, TCP_MIN_HLEN as u16),
+    );
     Some(())
 }
 

@@ -52,9 +52,9 @@ pub fn next_hop(ctx: &XdpContext, saddr: u32, daddr: u32, tos: u8, proto: u8, no
 
 /// [`next_hop`] for IPv6, cached in `FIB_CACHE6`.
 #[inline(always)]
-pub fn next_hop6(ctx: &XdpContext, saddr: &Addr6, daddr: &Addr6, proto: u8, _now: u64) -> Next {
+pub fn next_hop6(ctx: &XdpContext, saddr: &Addr6, daddr: &Addr6, proto: u8, now: u64) -> Next {
     let mut hop = FibEntry::default();
-    match next_hop6_into(ctx, saddr, daddr, proto, &mut hop) {
+    match next_hop6_into(ctx, saddr, daddr, proto, now, &mut hop) {
         NEXT_SEND => usable(ctx, hop),
         NEXT_KERNEL => Next::Kernel,
         _ => Next::Drop(GlobalCounter::DropUnroutable),
@@ -74,9 +74,9 @@ fn next_hop6_into(
     saddr: &Addr6,
     daddr: &Addr6,
     proto: u8,
+    now: u64,
     out: &mut FibEntry,
 ) -> u32 {
-    let now = crate::coarse_now();
     if let Some(hit) = FIB_CACHE6.get_ptr(daddr) {
         // SAFETY: valid map value pointer.
         if unsafe { (*hit).expires_ns } > now {

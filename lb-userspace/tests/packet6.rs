@@ -974,6 +974,11 @@ fn the_program_loads_with_tunnel_sources_of_both_families() {
             ..Default::default()
         },
     );
+    // Every program was accepted, tunnel paths included (the kernel says
+    // how much it verified of each).
     let verified = tp.dp().verified_instructions();
-    assert_eq!(verified.len(), 5, "{verified:?}");
+    assert!(
+        verified.iter().all(|(_, n)| n.is_some_and(|n| n > 1000)),
+        "{verified:?}"
+    );
 }

@@ -12,7 +12,7 @@ use lb_common::{
     VIP_F_REJECT_EMPTY,
 };
 use xdplb::{
-    dataplane::{backend_name_index, BackendSlot, CounterReader, Counters, Dataplane, Tuning},
+    dataplane::{backend_name_index, BackendSlot, Counters, Dataplane, Tuning},
     packet::{checksums, TcpFrame, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN},
 };
 
@@ -96,21 +96,7 @@ impl Lab {
     }
 
     fn run_on(&mut self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
-        let md = xdp_md(frame.len(), ifindex);
-        let mut out = vec![0u8; frame.len() + 256];
-        let res = self
-            .tp
-            .dp()
-            .program()
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&md),
-                ..Default::default()
-            })
-            .expect("test_run");
-        out.truncate(res.data_size_out as usize);
-        (res.return_value, out)
+        self.tp.run(frame, ifindex)
     }
 
     /// A frame arriving from the client side.
@@ -135,10 +121,7 @@ impl Lab {
     }
 
     fn counters(&self) -> Counters {
-        CounterReader::open(&self.tp.pin_path)
-            .unwrap()
-            .read()
-            .unwrap()
+        self.tp.counters()
     }
 }
 

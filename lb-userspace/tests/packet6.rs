@@ -10,17 +10,14 @@ use std::{
     time::Duration,
 };
 
-use aya::{
-    maps::{HashMap, Map, MapData},
-    programs::{TestRun, TestRunOptions},
-};
-use common::{backend_mac, xdp_md, TestNs, TestPlane, CLIENT_MAC, IN_MAC, OUT_MAC};
+use aya::maps::{HashMap, Map, MapData};
+use common::{backend_mac, TestNs, TestPlane, CLIENT_MAC, IN_MAC, OUT_MAC};
 use lb_common::{
     flow_hash, flow_hash6, ref_slot, Addr6, FlowEntry, FlowKey, FlowKey6, GlobalCounter,
     BACKEND_ACTIVE, IPPROTO_TCP, IPPROTO_UDP, NO_BACKEND, VIP_F_REJECT_EMPTY,
 };
 use xdplb::{
-    dataplane::{backend_name_index, BackendSlot, CounterReader, Counters, Endpoint, Tuning},
+    dataplane::{backend_name_index, BackendSlot, Counters, Endpoint, Tuning},
     packet::{
         checksums6, checksums_udp4, icmp6, icmp_error, Checksum, Ext6, L4Frame, L4, TCP_ACK,
         TCP_PSH, TCP_RST, TCP_SYN,
@@ -314,21 +311,7 @@ impl Lab {
     }
 
     fn run_on(&mut self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
-        let md = xdp_md(frame.len(), ifindex);
-        let mut out = vec![0u8; frame.len() + 256];
-        let res = self
-            .tp
-            .dp()
-            .program()
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&md),
-                ..Default::default()
-            })
-            .expect("test_run");
-        out.truncate(res.data_size_out as usize);
-        (res.return_value, out)
+        self.tp.run(frame, ifindex)
     }
 
     fn arrive_from_client(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
@@ -359,10 +342,7 @@ impl Lab {
     }
 
     fn counters(&self) -> Counters {
-        CounterReader::open(&self.tp.pin_path)
-            .unwrap()
-            .read()
-            .unwrap()
+        self.tp.counters()
     }
 
     fn count(&self, c: GlobalCounter) -> u64 {

@@ -247,6 +247,34 @@ impl TestPlane {
     pub fn dp(&mut self) -> &mut Dataplane {
         self.plane.as_mut().expect("loaded")
     }
+
+    /// Runs the main program once (BPF_PROG_TEST_RUN) on `frame` arriving
+    /// on `ifindex`: its verdict and the frame as it left.
+    pub fn run(&mut self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+        use aya::programs::{TestRun, TestRunOptions};
+        let md = xdp_md(frame.len(), ifindex);
+        let mut out = vec![0u8; frame.len() + 256];
+        let res = self
+            .dp()
+            .program()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&md),
+                ..Default::default()
+            })
+            .expect("test_run");
+        out.truncate(res.data_size_out as usize);
+        (res.return_value, out)
+    }
+
+    /// The data plane's counters, summed over CPUs.
+    pub fn counters(&self) -> dataplane::Counters {
+        dataplane::CounterReader::open(&self.pin_path)
+            .unwrap()
+            .read()
+            .unwrap()
+    }
 }
 
 impl Drop for TestPlane {

@@ -616,6 +616,9 @@ pub enum GlobalCounter {
     /// IPv6 packets with a longer extension-header chain than the program
     /// follows: their L4 header is unknown, so they pass.
     PassIpv6ExtUnparsed,
+    /// Frames for a tail-called program (IPv6, UDP) whose `TAILS` slot is
+    /// empty (a data plane loaded but not finished setting up): passed.
+    PassTailMissing,
     DropTruncatedEth,
     DropTruncatedIp,
     DropBadIpVersion,
@@ -679,7 +682,7 @@ impl GlobalCounter {
         (GlobalCounter::DropInternal, "internal"),
     ];
     /// Notable events that are not drops, with their metric label.
-    pub const EVENTS: [(GlobalCounter, &'static str); 21] = [
+    pub const EVENTS: [(GlobalCounter, &'static str); 22] = [
         (GlobalCounter::FlowMisses, "flow_miss"),
         (GlobalCounter::Resteered, "resteered"),
         (GlobalCounter::PassNeighUnresolved, "neigh_unresolved"),
@@ -701,6 +704,7 @@ impl GlobalCounter {
         (GlobalCounter::UdpNoChecksum, "udp_no_checksum"),
         (GlobalCounter::FlowIdled, "flow_idled"),
         (GlobalCounter::PassIpv6ExtUnparsed, "ipv6_ext_unparsed"),
+        (GlobalCounter::PassTailMissing, "tail_missing"),
     ];
 }
 

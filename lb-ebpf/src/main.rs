@@ -99,7 +99,7 @@ pub fn tail(ctx: &XdpContext, slot: u32) -> u32 {
     // SAFETY: a tail call either leaves this program for good or fails
     // and returns.
     unsafe { TAILS.tail_call(ctx, slot) };
-    pass_because(GlobalCounter::DropInternal)
+    pass_because(GlobalCounter::PassTailMissing)
 }
 
 #[inline(always)]

@@ -962,3 +962,24 @@ fn the_program_loads_with_tunnel_sources_of_both_families() {
         "{verified:?}"
     );
 }
+
+/// A data plane whose tail-call table lost a program (loaded by hand, half
+/// set up) passes that program's frames to the kernel untouched, counted,
+/// and keeps serving the others.
+#[test]
+fn a_missing_tail_program_passes_its_frames_counted() {
+    let mut lab = Lab::new(1);
+    let map =
+        Map::ProgramArray(MapData::from_pin(lab.tp.pin_path.join(lb_common::maps::TAILS)).unwrap());
+    let mut tails: aya::maps::ProgramArray<MapData> = map.try_into().unwrap();
+    tails.clear_index(&lb_common::TAIL_UDP4).unwrap();
+    let udp4 = Pool::Udp4.first(40001).build();
+    let (action, out) = lab.arrive_from_client(&udp4);
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(out, udp4, "untouched");
+    assert_eq!(lab.counters().get(GlobalCounter::PassTailMissing), 1);
+    // IPv6 still has its program.
+    let (action, _) = lab.arrive_from_client(&Pool::Tcp6.first(40002).build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(lab.counters().get(GlobalCounter::PassTailMissing), 1);
+}

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -160,10 +160,49 @@ pub struct TcpProbe;
 impl Probe for TcpProbe {
     fn check(&self, addr: SocketAddr, timeout: Duration) -> ProbeFuture<'_> {
         Box::pin(async move {
-            let stream = connect(addr, timeout).await?;
+            let stream = connect_without_ack(addr, timeout).await?;
             abort_on_close(&stream);
             Ok(())
         })
+    }
+}
+
+/// Connects with delayed ACKs on from the start (TCP_QUICKACK 0 puts the
+/// socket in "pingpong" mode), so the kernel holds back the handshake's
+/// final ACK when the SYN-ACK arrives — and the RST of [`abort_on_close`]
+/// goes in its place. A pure connect check then costs three packets (SYN,
+/// SYN-ACK, RST) and the backend never builds a full socket nor wakes its
+/// accept loop; HAProxy checks this way. Proof of life is the same: a
+/// SYN-ACK comes from a listening socket whose accept queue has room.
+async fn connect_without_ack(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, HealthError> {
+    use std::os::fd::AsRawFd;
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|source| HealthError::Connect { addr, source })?;
+    let off: libc::c_int = 0;
+    // SAFETY: setsockopt on a socket we own, with a valid int of the size
+    // given. Failure only means the handshake sends its ACK.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            (&off as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    match tokio::time::timeout(timeout, socket.connect(addr)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(source)) => Err(HealthError::Connect { addr, source }),
+        Err(_) => Err(HealthError::Timeout {
+            addr,
+            timeout_ms: timeout.as_millis() as u64,
+        }),
     }
 }
 
@@ -596,6 +635,25 @@ mod tests {
         let closed = closed_port().await;
         let err = TcpProbe.check(closed, SHORT).await.unwrap_err();
         assert!(matches!(err, HealthError::Connect { .. }), "{err}");
+    }
+
+    /// The check is SYN, SYN-ACK, RST: the final ACK is never sent, so the
+    /// listener's accept queue never sees the probe (with the ACK sent, the
+    /// connection would be queued before the RST and `accept` would return
+    /// it).
+    #[tokio::test]
+    async fn tcp_probe_leaves_nothing_to_accept() {
+        for bind in ["127.0.0.1:0", "[::1]:0"] {
+            let l = TcpListener::bind(bind).await.unwrap();
+            for _ in 0..5 {
+                assert!(TcpProbe.check(loopback(&l), SHORT).await.is_ok());
+            }
+            let queued = tokio::time::timeout(Duration::from_millis(300), l.accept()).await;
+            assert!(
+                queued.is_err(),
+                "{bind}: a probe completed its handshake: {queued:?}"
+            );
+        }
     }
 
     /// Serves every connection with `reply` (after reading the request), or

@@ -14,11 +14,12 @@
 //! - [`limits`]: how big the maps are, and why.
 //! - [`maps`]: the map names (the pin file names under the pin path).
 //! - keys and values: [`L4Addr`], [`VipMeta`], [`BackendMeta`], [`FlowKey`],
-//!   [`FlowEntry`], [`ReplyEntry`], [`FibEntry`], [`IfaceMeta`].
+//!   [`FlowBucket`], [`ReplyEntry`], [`FibEntry`], [`IfaceMeta`].
 //! - IPv6: its own maps with 16-byte addresses ([`L4Addr6`], [`FlowKey6`],
 //!   [`ReplyEntry6`], [`Addr6`]), so the IPv4 path reads the same small keys
 //!   as before and pays nothing for the other family. Backend state, VIP
-//!   metadata, rings, counters and names are shared by both families.
+//!   metadata, rings, the flow table (it keeps tags, not tuples), counters
+//!   and names are shared by both families.
 //! - backend references ([`backend_ref`]): slot and generation in one u32.
 //! - counters: [`VipCounters`], [`BackendCounters`], [`GlobalCounter`].
 //! - [`flow_hash`] and [`ring_slot_index`]: the selection arithmetic both sides
@@ -50,7 +51,7 @@ pub mod limits {
     /// How long a closed flow's entry still steers its stragglers (the last
     /// ACK, a retransmitted FIN) before it counts as gone: a few RTOs.
     pub const FLOW_LINGER_NS: u64 = 4_000_000_000;
-    /// `FlowEntry::last_seen_ns` is rewritten only when older than this, so
+    /// `FlowSlot::seen` is rewritten only when older than this, so
     /// an established packet does not dirty the entry's cache line each
     /// time; recency is only ever judged in seconds.
     pub const LAST_SEEN_RESOLUTION_NS: u64 = 1_000_000_000;
@@ -89,7 +90,10 @@ pub mod maps {
     /// IPv6 backend addresses by backend slot (state stays in `BACKENDS`).
     pub const BACKEND_ADDRS6: &str = "BACKEND_ADDRS6";
     pub const REPLIES6: &str = "REPLIES6";
-    pub const FLOWS6: &str = "FLOWS6";
+    /// One `u64`: the random key of the flow table's tags
+    /// ([`flow_tag`](crate::flow_tag)), kept so that a restarted controller
+    /// finds the flows its predecessor recorded.
+    pub const FLOW_SEED: &str = "FLOW_SEED";
     pub const FIB_CACHE6: &str = "FIB_CACHE6";
     pub const LOCAL_ADDRS6: &str = "LOCAL_ADDRS6";
     /// The tail-call table (`PROG_ARRAY`): [`TAIL_IPV6`](crate::TAIL_IPV6)
@@ -115,7 +119,7 @@ pub mod maps {
 /// The layout of the pinned maps as a whole. Bump it whenever a map's key,
 /// value or meaning changes, so a controller never adopts maps made for
 /// another layout (it refuses them and says to run `xdplb down`).
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// `TAILS` slot of the IPv6 program. The balancer is four XDP programs
 /// sharing every map: IPv4 TCP (and ICMP) in the attached one; IPv4 UDP and
@@ -149,7 +153,7 @@ pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_IPV6: u8 = 41;
 pub const IPPROTO_ICMPV6: u8 = 58;
 
-/// Backend references in `RINGS` and `FlowEntry::backend` carry the slot
+/// Backend references in `RINGS` and `FlowSlot::backend` carry the slot
 /// in their low bits and the slot's generation above: a slot freed and
 /// given to another backend gets a new generation, so a ring entry or flow
 /// written for the old occupant no longer matches and is never used.
@@ -273,14 +277,12 @@ pub struct VipMeta {
 }
 const _: () = assert!(core::mem::size_of::<VipMeta>() == 16);
 
-/// Whether a flow last seen at `last_seen_ns` has idled out at `now` under
-/// a VIP's `flow_idle_ms`. `last_seen_ns` lags the last packet by up to
+/// Whether a flow whose last packet was `age_ns` ago has idled out under
+/// a VIP's `flow_idle_ms`. The recorded time lags the last packet by up to
 /// the resolution, so that is added: a flow is never forgotten early.
 #[inline(always)]
-pub const fn flow_idle(flow_idle_ms: u32, last_seen_ns: u64, now: u64) -> bool {
-    flow_idle_ms != 0
-        && now.wrapping_sub(last_seen_ns)
-            > flow_idle_ms as u64 * 1_000_000 + limits::LAST_SEEN_RESOLUTION_NS
+pub const fn flow_idle(flow_idle_ms: u32, age_ns: u64) -> bool {
+    flow_idle_ms != 0 && age_ns > flow_idle_ms as u64 * 1_000_000 + limits::LAST_SEEN_RESOLUTION_NS
 }
 
 /// Backend slot unused.
@@ -319,7 +321,8 @@ pub struct BackendMeta {
 }
 const _: () = assert!(core::mem::size_of::<BackendMeta>() == 16);
 
-/// Key of `FLOWS`: the client → VIP 5-tuple as received (TCP or UDP).
+/// The client → VIP 5-tuple as received (TCP or UDP); `FLOWS` holds its
+/// [`flow_tag`], not the tuple.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -336,7 +339,7 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 
-/// Key of `FLOWS6` (value: [`FlowEntry`]): the IPv6 client → VIP 5-tuple.
+/// The IPv6 client → VIP 5-tuple (hashed by [`flow_tag6`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey6 {
@@ -351,20 +354,25 @@ pub struct FlowKey6 {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey6>() == 40);
 
-/// `FlowEntry::flags`: the client sent FIN or RST. The entry keeps steering
+/// `FlowSlot` flags: the client sent FIN or RST. The entry keeps steering
 /// the connection's last packets, but user space no longer counts it as
 /// established.
 pub const FLOW_F_CLOSING: u16 = 1;
-/// `FlowEntry::flags`: the backend sent FIN (seen on the reply path, which
+/// `FlowSlot` flags: the backend sent FIN (seen on the reply path, which
 /// looks the flow up only for FIN and RST).
 pub const FLOW_F_BACKEND_FIN: u16 = 2;
-/// `FlowEntry::flags`: either side sent RST.
+/// `FlowSlot` flags: either side sent RST.
 pub const FLOW_F_RESET: u16 = 4;
-/// `FlowEntry::flags`: the client sent a segment with ACK: the backend's
+/// `FlowSlot` flags: the client sent a segment with ACK: the backend's
 /// answer reached it. A flow without it is half open; many of them and no
 /// established flow mean the backend's answers do not reach the clients
 /// (a dsr backend without the VIP on a loopback, a wrong return route).
 pub const FLOW_F_ACKED: u16 = 8;
+
+/// `FlowSlot` flags: a UDP flow (no handshake, no FIN: it ends by going
+/// quiet). The table keeps no 5-tuple, so user space learns the protocol
+/// here.
+pub const FLOW_F_UDP: u16 = 16;
 
 /// Whether a flow is over: reset, or FIN seen both ways. Its entry then
 /// lingers [`limits::FLOW_LINGER_NS`] for the last ACKs and retransmissions,
@@ -377,20 +385,139 @@ pub const fn flow_closed(flags: u16) -> bool {
         || flags & (FLOW_F_CLOSING | FLOW_F_BACKEND_FIN) == FLOW_F_CLOSING | FLOW_F_BACKEND_FIN
 }
 
-/// Value of `FLOWS` (LRU hash).
+/// Entries per bucket of `FLOWS`: two cache lines of [`FlowSlot`]s.
+pub const FLOW_WAYS: usize = 8;
+/// Bits 0–7 of [`FlowSlot::tag`]: the flow's `FLOW_F_*` flags.
+pub const FLOW_TAG_FLAGS: u64 = 0xff;
+/// [`FlowSlot::seen`] counts `2^FLOW_SEEN_SHIFT` ns (~1.05 ms): 32 bits
+/// then span 52 days, and recency is judged in seconds.
+pub const FLOW_SEEN_SHIFT: u32 = 20;
+
+/// One flow in `FLOWS`: the table keeps no 5-tuple, only a keyed 64-bit
+/// hash of it ([`flow_tag`], [`flow_tag6`]), so an entry is 16 bytes and a
+/// bucket of [`FLOW_WAYS`] is two cache lines.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowEntry {
+pub struct FlowSlot {
+    /// The flow's tag in bits 8–63 (never 0 for a flow), its `FLOW_F_*`
+    /// flags in bits 0–7 ([`FLOW_TAG_FLAGS`]); 0: an empty slot.
+    pub tag: u64,
     /// Backend the flow is pinned to: a [`backend_ref`].
     pub backend: u32,
-    pub vip_index: u16,
-    /// `FLOW_F_*` bits.
-    pub flags: u16,
-    /// `bpf_ktime_get_coarse_ns` of the last packet (monotonic, boot-based,
-    /// jiffy resolution).
-    pub last_seen_ns: u64,
+    /// [`flow_seen`] of the last packet (rewritten at most once a second).
+    pub seen: u32,
 }
-const _: () = assert!(core::mem::size_of::<FlowEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowSlot>() == 16);
+
+impl FlowSlot {
+    /// The `FLOW_F_*` bits.
+    #[inline(always)]
+    pub const fn flags(&self) -> u16 {
+        (self.tag & FLOW_TAG_FLAGS) as u16
+    }
+    /// Whether this slot holds the flow of `tag` (from [`flow_tag`]).
+    #[inline(always)]
+    pub const fn holds(&self, tag: u64) -> bool {
+        self.tag & !FLOW_TAG_FLAGS == tag
+    }
+    /// Nanoseconds since the last packet, at `now` (ns).
+    #[inline(always)]
+    pub const fn age_ns(&self, now: u64) -> u64 {
+        (flow_seen(now).wrapping_sub(self.seen) as u64) << FLOW_SEEN_SHIFT
+    }
+}
+
+/// Value of `FLOWS` (an array of buckets, BPF_F_MMAPABLE so its data
+/// starts on a page and a bucket never straddles more than its two
+/// lines). A flow lives in one of the two buckets [`flow_bucket_pair`]
+/// gives its tag, in any way.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowBucket {
+    pub slots: [FlowSlot; FLOW_WAYS],
+}
+const _: () = assert!(core::mem::size_of::<FlowBucket>() == 128);
+
+/// `now` (ns, `bpf_ktime_get_coarse_ns`) in [`FlowSlot::seen`] units.
+#[inline(always)]
+pub const fn flow_seen(now: u64) -> u32 {
+    (now >> FLOW_SEEN_SHIFT) as u32
+}
+
+/// Buckets for a table of `entries` flows (rounded up to whole buckets).
+#[inline(always)]
+pub const fn flow_buckets(entries: u32) -> u32 {
+    let b = entries.div_ceil(FLOW_WAYS as u32);
+    if b == 0 {
+        1
+    } else {
+        b
+    }
+}
+
+/// The two buckets a flow of `tag` may live in, in a table of `buckets`
+/// (multiply-shift: any bucket count, no division). A new flow takes a
+/// free way in either, so buckets fill evenly ("two choices"): with one
+/// bucket per flow, 8-way buckets overflow at half load (2% of them at
+/// 50%), evicting live flows from a table that is far from full; with two,
+/// not before ~90%. The first comes from the tag's low word, the second
+/// from its high word; [`FlowSlot::holds`] compares both words.
+#[inline(always)]
+pub const fn flow_bucket_pair(tag: u64, buckets: u32) -> (u32, u32) {
+    (
+        reduce(tag as u32, buckets),
+        reduce((tag >> 32) as u32, buckets),
+    )
+}
+
+#[inline(always)]
+const fn reduce(w: u32, n: u32) -> u32 {
+    ((w as u64 * n as u64) >> 32) as u32
+}
+
+/// murmur3's 64-bit finaliser: every input bit moves every output bit.
+#[inline(always)]
+const fn mix64(mut z: u64) -> u64 {
+    z ^= z >> 33;
+    z = z.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    z ^= z >> 33;
+    z = z.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    z ^ (z >> 33)
+}
+
+#[inline(always)]
+const fn pair(a: u32, b: u32) -> u64 {
+    ((a as u64) << 32) | b as u64
+}
+
+#[inline(always)]
+const fn tag_of(h: u64) -> u64 {
+    (h & !FLOW_TAG_FLAGS) | 0x100
+}
+
+/// A flow's tag in `FLOWS`, keyed by the table's random `seed` (kept with
+/// the pins) so that nobody outside can aim a flood at one bucket. Unlike
+/// [`flow_hash`], which every gateway must share, it is local to a host.
+#[inline(always)]
+pub const fn flow_tag(key: &FlowKey, seed: u64) -> u64 {
+    let addrs = pair(key.src_addr, key.dst_addr);
+    let ports = ((key.src_port as u64) << 32) | ((key.dst_port as u64) << 16) | key.proto as u64;
+    tag_of(mix64(mix64(addrs ^ seed).wrapping_add(ports)))
+}
+
+/// [`flow_tag`] for IPv6.
+#[inline(always)]
+pub const fn flow_tag6(key: &FlowKey6, seed: u64) -> u64 {
+    let s = key.src_addr.words;
+    let d = key.dst_addr.words;
+    let ports =
+        ((key.src_port as u64) << 32) | ((key.dst_port as u64) << 16) | key.proto as u64 | 1 << 63;
+    let mut h = mix64(pair(s[0], s[1]) ^ seed);
+    h = mix64(h.wrapping_add(pair(s[2], s[3])));
+    h = mix64(h.wrapping_add(pair(d[0], d[1])));
+    h = mix64(h.wrapping_add(pair(d[2], d[3])));
+    tag_of(mix64(h.wrapping_add(ports)))
+}
 
 /// Value of `REPLIES` (hash keyed by a backend's [`L4Addr`], written by user
 /// space): which VIP a reply from that backend must appear to come from.
@@ -863,7 +990,8 @@ mod pod {
     unsafe impl aya::Pod for VipMeta {}
     unsafe impl aya::Pod for BackendMeta {}
     unsafe impl aya::Pod for FlowKey {}
-    unsafe impl aya::Pod for FlowEntry {}
+    unsafe impl aya::Pod for FlowSlot {}
+    unsafe impl aya::Pod for FlowBucket {}
     unsafe impl aya::Pod for ReplyEntry {}
     unsafe impl aya::Pod for FibEntry {}
     unsafe impl aya::Pod for VipCounters {}

@@ -2,17 +2,19 @@
 //! sizes from `lb_common::limits`. Maps marked `pinned` live under the pin
 //! path and survive the controller: a restarted `xdplb run` adopts them.
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
+    flow_buckets,
     limits::{
         DEFAULT_FLOW_TABLE_SIZE, DEFAULT_RING_SIZE, FIB_CACHE_SIZE, MAX_BACKENDS, MAX_IFACES,
         MAX_LOCAL_ADDRS, MAX_VIPS,
     },
-    rings_len, Addr6, BackendCounters, BackendMeta, FibEntry, FlowEntry, FlowKey, FlowKey6,
-    GlobalCounter, IfaceMeta, L4Addr, L4Addr6, Name, RateWindow, ReplyEntry, ReplyEntry6,
-    VipCounters, VipMeta, IFACE_SLOTS, NAMES_LEN, TAIL_SLOTS,
+    rings_len, Addr6, BackendCounters, BackendMeta, FibEntry, FlowBucket, GlobalCounter, IfaceMeta,
+    L4Addr, L4Addr6, Name, RateWindow, ReplyEntry, ReplyEntry6, VipCounters, VipMeta, IFACE_SLOTS,
+    NAMES_LEN, TAIL_SLOTS,
 };
 
 /// VIP endpoint → its index and live ring slot.
@@ -32,17 +34,28 @@ pub static REPLIES: HashMap<L4Addr, ReplyEntry> = HashMap::pinned(MAX_BACKENDS, 
 #[map]
 pub static RINGS: Array<u32> = Array::pinned(rings_len(DEFAULT_RING_SIZE), 0);
 
-/// Established flows: client 5-tuple → backend. One LRU with one set of
-/// lists for all CPUs. Per-CPU lists (BPF_F_NO_COMMON_LRU) make an insert
-/// take no global lock, but each CPU then evicts only among the entries it
-/// inserted and holds at most `flow_table_size / CPUs` of them: measured
-/// here with every insert on one CPU (what a veth or a single-queue NIC
-/// does), the per-CPU table held 524,287 of 1,048,576 flows and the shared
-/// one 1,048,451, for 40–70 ns more per new flow (docs/BENCHMARKS.md). On a
-/// 24-CPU gateway behind a veth the per-CPU table would keep ~44k flows.
-/// Resized at load to `flow_table_size`.
+/// Established flows of both families: a set-associative table of
+/// [`FLOW_WAYS`](lb_common::FLOW_WAYS)-way buckets, each flow a 16-byte slot
+/// keyed by a 64-bit tag of its 5-tuple (`lb_common::flow_tag`). A lookup
+/// reads one bucket (two adjacent cache lines, fetched together) and a new
+/// flow is written into the same bucket, over its least recently seen
+/// slot: one cold bucket per new flow, where the kernel's LRU hash walks a
+/// bucket, then an element, then its LRU lists and the evicted element's
+/// bucket (735 ns net per new flow at 1M entries, against 400 wanted;
+/// docs/BENCHMARKS.md). Eviction is per bucket, not global: with 8 ways a
+/// live flow is pushed out only when 8 newer flows land in its bucket,
+/// which at 100k flows in a 1M table does not happen (and the insert-rate
+/// cap keeps a flood from doing it). BPF_F_MMAPABLE: the data starts on a
+/// page, so buckets sit on their lines, and user space counts flows by
+/// reading the mapping. Resized at load to `flow_table_size / FLOW_WAYS`.
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::pinned(DEFAULT_FLOW_TABLE_SIZE, 0);
+pub static FLOWS: Array<FlowBucket> =
+    Array::pinned(flow_buckets(DEFAULT_FLOW_TABLE_SIZE), BPF_F_MMAPABLE);
+
+/// The flow table's tag key (`lb_common::maps::FLOW_SEED`); written by
+/// user space, which also hands it to the program as a global.
+#[map]
+pub static FLOW_SEED: Array<u64> = Array::pinned(1, 0);
 
 /// Next hops by destination address: `bpf_fib_lookup` is the most expensive
 /// step of a forwarded packet, and its answer changes rarely.
@@ -105,11 +118,6 @@ pub static BACKEND_ADDRS6: Array<Addr6> = Array::pinned(MAX_BACKENDS, 0);
 
 #[map]
 pub static REPLIES6: HashMap<L4Addr6, ReplyEntry6> = HashMap::pinned(MAX_BACKENDS, 0);
-
-/// IPv6 flows, as `FLOWS` (shared LRU). Resized at load to
-/// `flow_table_size`, like `FLOWS`.
-#[map]
-pub static FLOWS6: LruHashMap<FlowKey6, FlowEntry> = LruHashMap::pinned(DEFAULT_FLOW_TABLE_SIZE, 0);
 
 #[map]
 pub static FIB_CACHE6: LruHashMap<Addr6, FibEntry> = LruHashMap::pinned(FIB_CACHE_SIZE, 0);

@@ -6,30 +6,27 @@
 //! not evict established flows (inserts are rate-capped per CPU; FIN and
 //! RST never insert), a spoofed or retransmitted SYN must not move an
 //! established flow (it keeps its pin), and closed connections give their
-//! entries back (they linger briefly, then the next connection on the same
-//! 4-tuple replaces them and the controller reaps the rest).
+//! entries back (they linger briefly, then theirs is the first slot a new
+//! flow in the bucket takes, before any live flow's).
 use lb_common::{
-    flow_closed, flow_hash, flow_hash6, flow_idle, limits::FLOW_LINGER_NS,
-    limits::LAST_SEEN_RESOLUTION_NS, ref_generation, ref_slot, ring_slot_index, BackendMeta,
-    FlowEntry, FlowKey, FlowKey6, GlobalCounter, VipMeta, BACKEND_DOWN, BACKEND_FREE, FLOW_F_ACKED,
-    FLOW_F_CLOSING, FLOW_F_RESET, IPPROTO_UDP, NO_BACKEND,
-};
-
-use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
-    maps::LruHashMap,
+    flow_bucket_pair, flow_closed, flow_hash, flow_hash6, flow_idle, flow_seen, flow_tag,
+    flow_tag6, limits::FLOW_LINGER_NS, limits::LAST_SEEN_RESOLUTION_NS, ref_generation, ref_slot,
+    ring_slot_index, BackendMeta, FlowKey, FlowKey6, FlowSlot, GlobalCounter, VipMeta,
+    BACKEND_DOWN, BACKEND_FREE, FLOW_F_ACKED, FLOW_F_CLOSING, FLOW_F_RESET, FLOW_F_UDP,
+    FLOW_SEEN_SHIFT, FLOW_TAG_FLAGS, FLOW_WAYS, IPPROTO_UDP, NO_BACKEND,
 };
 
 use crate::{
     consts::{TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
-    maps::{BACKENDS, FLOWS, FLOWS6, INSERT_RATE, RINGS},
+    maps::{BACKENDS, FLOWS, INSERT_RATE, RINGS},
     stats::count,
 };
 
-/// A flow's key in its family's table: the same selection logic runs on
-/// `FLOWS` (IPv4) and `FLOWS6`, monomorphised, so IPv4 keeps its small key.
+/// A flow's 5-tuple, of either family: the same selection logic runs on
+/// both, monomorphised.
 pub trait Flow: Sized + 'static {
-    fn table() -> &'static LruHashMap<Self, FlowEntry>;
+    /// Its tag in `FLOWS` (`lb_common::flow_tag` / `flow_tag6`).
+    fn tag(&self, seed: u64) -> u64;
     /// The ring hash (`lb_common::flow_hash` / `flow_hash6`).
     fn hash(&self) -> u32;
     fn proto(&self) -> u8;
@@ -37,8 +34,8 @@ pub trait Flow: Sized + 'static {
 
 impl Flow for FlowKey {
     #[inline(always)]
-    fn table() -> &'static LruHashMap<Self, FlowEntry> {
-        &FLOWS
+    fn tag(&self, seed: u64) -> u64 {
+        flow_tag(self, seed)
     }
     #[inline(always)]
     fn hash(&self) -> u32 {
@@ -52,8 +49,8 @@ impl Flow for FlowKey {
 
 impl Flow for FlowKey6 {
     #[inline(always)]
-    fn table() -> &'static LruHashMap<Self, FlowEntry> {
-        &FLOWS6
+    fn tag(&self, seed: u64) -> u64 {
+        flow_tag6(self, seed)
     }
     #[inline(always)]
     fn hash(&self) -> u32 {
@@ -63,6 +60,172 @@ impl Flow for FlowKey6 {
     fn proto(&self) -> u8 {
         self.proto
     }
+}
+
+/// The flow table's tag key (as in the `FLOW_SEED` map). Set by user space with
+/// `override_global` before the program loads.
+#[no_mangle]
+static FLOW_TAG_SEED: u64 = 0;
+
+/// Buckets in `FLOWS` (`flow_table_size / FLOW_WAYS`). Set by user space
+/// with `override_global` before the program loads.
+#[no_mangle]
+static FLOW_BUCKETS: u32 = lb_common::flow_buckets(lb_common::limits::DEFAULT_FLOW_TABLE_SIZE);
+
+/// Where a flow is, or would go, in its two buckets. Ways 0..FLOW_WAYS
+/// are the first bucket's, the rest the second's. Bucket indices, not
+/// pointers (verifier: two map-value pointers kept live through the
+/// selection pushed the IPv4 program's stack over 512 bytes; an array
+/// lookup again is a few instructions, which the verifier inlines).
+struct Place {
+    buckets: (u32, u32),
+    tag: u64,
+    /// The way holding the flow, or [`NO_WAY`].
+    hit: u32,
+    /// The way a new entry takes: an empty one, else a closed flow's past
+    /// its linger, else the least recently seen of both buckets.
+    victim: u32,
+}
+
+const NO_WAY: u32 = u32::MAX;
+
+impl Place {
+    #[inline(always)]
+    fn hit(&self) -> Option<u32> {
+        (self.hit != NO_WAY).then_some(self.hit)
+    }
+
+    #[inline(always)]
+    fn slot(&self, way: u32) -> Result<&'static mut FlowSlot, GlobalCounter> {
+        // verifier: a branch, not `buckets[way / FLOW_WAYS]`, which LLVM
+        // addresses with an OR on the frame pointer.
+        let bucket = if (way as usize) < FLOW_WAYS {
+            self.buckets.0
+        } else {
+            self.buckets.1
+        };
+        let Some(bucket) = FLOWS.get_ptr_mut(bucket) else {
+            return Err(GlobalCounter::DropInternal);
+        };
+        // SAFETY: a map value valid for the program's run; the mask keeps
+        // the offset inside it (verifier).
+        Ok(unsafe { &mut (*bucket).slots[way as usize & (FLOW_WAYS - 1)] })
+    }
+}
+
+/// Scans bucket `index` of `FLOWS` (its ways numbered from `base`) for
+/// `tag`, and for its oldest way. Returns, packed: the way holding the
+/// flow + 1 (0: not there) in bits 0–7; else the oldest way (a free one if
+/// any, else the least recently seen) in bits 8–11, the number of free
+/// ways (empty, or a closed flow's past its linger) in bits 12–15 and the
+/// oldest way's age in `flow_seen` units (u32::MAX: free) in bits 32–63.
+/// `u64::MAX`: no such bucket.
+///
+/// verifier: a global function (exported), verified once on its own for
+/// any arguments, and whose result its callers see as an unknown number.
+/// Inline, or as a static function verified at each call, the ways found
+/// were constants on each path through the scans: every combination was a
+/// state of its own for the rest of the program, past the verifier's
+/// 1M-instruction budget, and the scans' registers pushed the IPv4
+/// program's combined stack past 512 bytes.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn xdplb_scan_bucket(index: u32, base: u32, tag: u64, seen: u32) -> u64 {
+    let Some(bucket) = FLOWS.get_ptr(index) else {
+        return u64::MAX;
+    };
+    let mut victim = base;
+    let mut oldest = 0u32;
+    let mut free = 0u32;
+    for way in 0..FLOW_WAYS {
+        // SAFETY: a valid map value; `way` < FLOW_WAYS. Other CPUs may be
+        // writing the slot: a torn read is judged like any other (at worst
+        // one flow re-steered once, never a wrong backend, as the backend
+        // reference is validated before use).
+        let slot = unsafe { &(*bucket).slots[way] };
+        let word = slot.tag;
+        if word & !FLOW_TAG_FLAGS == tag {
+            return (base + way as u32) as u64 + 1;
+        }
+        let age = seen.wrapping_sub(slot.seen);
+        let is_free = word == 0
+            || (flow_closed((word & FLOW_TAG_FLAGS) as u16)
+                && ((age as u64) << FLOW_SEEN_SHIFT) > FLOW_LINGER_NS);
+        let age = if is_free {
+            free += 1;
+            u32::MAX
+        } else {
+            age
+        };
+        // Strictly older: on a tie the earlier way wins.
+        if age > oldest {
+            oldest = age;
+            victim = base + way as u32;
+        }
+    }
+    ((victim & 0xf) as u64) << 8 | ((free & 0xf) as u64) << 12 | (oldest as u64) << 32
+}
+
+/// Reads `key`'s two buckets once: whether the flow is there, and which
+/// way a new entry would take.
+#[inline(always)]
+fn place<K: Flow>(key: &K, now: u64) -> Result<Place, GlobalCounter> {
+    // verifier: volatile so the loaded values (set at load time) are used,
+    // not the compile-time defaults folded in.
+    let seed = unsafe { core::ptr::read_volatile(&FLOW_TAG_SEED) };
+    let buckets = unsafe { core::ptr::read_volatile(&FLOW_BUCKETS) };
+    let tag = key.tag(seed);
+    let (a, b) = flow_bucket_pair(tag, buckets);
+    let (Some(first), Some(second)) = (FLOWS.get_ptr(a), FLOWS.get_ptr(b)) else {
+        return Err(GlobalCounter::DropInternal);
+    };
+    // Touch both lines of both buckets before scanning any: four
+    // independent loads, so a new flow's cache misses overlap instead of
+    // coming one after another (measured: 397 ns net per new flow at 1M
+    // entries without, docs/BENCHMARKS.md).
+    // SAFETY: valid map values; the loaded words are not used.
+    unsafe {
+        core::ptr::read_volatile(&(*first).slots[0].tag);
+        core::ptr::read_volatile(&(*first).slots[FLOW_WAYS / 2].tag);
+        core::ptr::read_volatile(&(*second).slots[0].tag);
+        core::ptr::read_volatile(&(*second).slots[FLOW_WAYS / 2].tag);
+    }
+    let seen = flow_seen(now);
+    let in_first = xdplb_scan_bucket(a, 0, tag, seen);
+    if in_first == u64::MAX {
+        return Err(GlobalCounter::DropInternal);
+    }
+    let (mut hit, mut victim) = (NO_WAY, (in_first >> 8) as u32 & 0xf);
+    if in_first & 0xff != 0 {
+        hit = ((in_first & 0xff) as u32 - 1) & 0xf;
+    } else {
+        let in_second = xdplb_scan_bucket(b, FLOW_WAYS as u32, tag, seen);
+        if in_second == u64::MAX {
+            return Err(GlobalCounter::DropInternal);
+        }
+        if in_second & 0xff != 0 {
+            hit = ((in_second & 0xff) as u32 - 1) & 0xf;
+        } else {
+            // A new flow goes to the bucket with more free ways ("two
+            // choices": buckets fill evenly), else over the older of the
+            // two buckets' least recently seen flows.
+            let free = |scan: u64| (scan >> 12) & 0xf;
+            let second_wins = if free(in_first) | free(in_second) != 0 {
+                free(in_second) > free(in_first)
+            } else {
+                in_second >> 32 > in_first >> 32
+            };
+            if second_wins {
+                victim = (in_second >> 8) as u32 & 0xf;
+            }
+        }
+    }
+    Ok(Place {
+        buckets: (a, b),
+        tag,
+        hit,
+        victim,
+    })
 }
 
 /// Ring size the rings were sized for at load (`ring_size` in the config).
@@ -130,23 +293,25 @@ fn closing_bits(tcp: u8) -> u16 {
 #[inline(always)]
 pub fn select<K: Flow>(key: &K, vip: &VipMeta, tcp: u8, now: u64) -> Result<Choice, GlobalCounter> {
     let udp = key.proto() == IPPROTO_UDP;
+    let place = place(key, now)?;
     let syn = !udp && tcp & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
     if syn {
-        return select_syn(key, vip, now);
+        return select_syn(key, vip, now, &place);
     }
     let closing = closing_bits(tcp);
-    let acked = if udp || tcp & TCP_FLAG_ACK != 0 {
+    let acked = if udp {
+        FLOW_F_ACKED | FLOW_F_UDP
+    } else if tcp & TCP_FLAG_ACK != 0 {
         FLOW_F_ACKED
     } else {
         0
     };
     // Flags a re-steered flow keeps in its new entry.
     let mut carried = 0;
-    if let Some(flow) = K::table().get_ptr_mut(key) {
-        // SAFETY: the map returned a valid value pointer. Concurrent
-        // writers on other CPUs may race on last_seen_ns and flags; both
-        // are hints whose worst case is an early or late expiry.
-        match pinned(unsafe { &mut *flow }, vip, closing | acked, now)? {
+    let mut way = place.victim;
+    if let Some(hit) = place.hit() {
+        way = hit;
+        match pinned(place.slot(hit)?, vip, closing | acked, now)? {
             Pinned::Keep(choice) => return Ok(choice),
             Pinned::Resteer(flags) => carried = flags,
             Pinned::Gone => {}
@@ -157,12 +322,11 @@ pub fn select<K: Flow>(key: &K, vip: &VipMeta, tcp: u8, now: u64) -> Result<Choi
     // A FIN or RST the table does not know ends nothing worth remembering
     // (Katran never records RSTs): steer it, insert nothing.
     let pin = if closing == 0 || carried != 0 {
-        Some(carried | closing | acked)
+        Some((carried | closing | acked, place.tag, place.slot(way)?))
     } else {
         None
     };
-    let (choice, _) = from_ring(key, vip, now, pin, 0)?;
-    Ok(choice)
+    from_ring(key, vip, now, pin)
 }
 
 /// What an existing entry says about a packet of its flow.
@@ -178,37 +342,41 @@ enum Pinned {
 
 #[inline(always)]
 fn pinned(
-    flow: &mut FlowEntry,
+    flow: &mut FlowSlot,
     vip: &VipMeta,
     bits: u16,
     now: u64,
 ) -> Result<Pinned, GlobalCounter> {
-    if flow_closed(flow.flags) && now.wrapping_sub(flow.last_seen_ns) > FLOW_LINGER_NS {
+    let word = flow.tag;
+    let flags = (word & FLOW_TAG_FLAGS) as u16;
+    let age = flow.age_ns(now);
+    if flow_closed(flags) && age > FLOW_LINGER_NS {
         return Ok(Pinned::Gone);
     }
-    if flow_idle(vip.flow_idle_ms, flow.last_seen_ns, now) {
+    if flow_idle(vip.flow_idle_ms, age) {
         count(GlobalCounter::FlowIdled);
         return Ok(Pinned::Gone);
     }
-    match resolve(flow.backend, vip)? {
+    let backend = flow.backend;
+    match resolve(backend, vip)? {
         None => {
             count(GlobalCounter::FlowMisses);
             Ok(Pinned::Gone)
         }
         Some(meta) if meta.state == BACKEND_DOWN => {
             count(GlobalCounter::Resteered);
-            Ok(Pinned::Resteer(flow.flags))
+            Ok(Pinned::Resteer(flags))
         }
         Some(meta) => {
-            let flags = flow.flags | bits;
-            if flags != flow.flags {
-                flow.flags = flags;
-                flow.last_seen_ns = now;
-            } else if now.wrapping_sub(flow.last_seen_ns) > LAST_SEEN_RESOLUTION_NS {
-                flow.last_seen_ns = now;
+            let more = flags | bits;
+            if more != flags {
+                flow.seen = flow_seen(now);
+                flow.tag = word | more as u64;
+            } else if age > LAST_SEEN_RESOLUTION_NS {
+                flow.seen = flow_seen(now);
             }
             Ok(Pinned::Keep(Choice {
-                backend: ref_slot(flow.backend),
+                backend: ref_slot(backend),
                 meta: *meta,
                 new_flow: false,
             }))
@@ -216,31 +384,29 @@ fn pinned(
     }
 }
 
-/// A SYN: usually a new flow, so it is inserted straight away, only if
-/// its 4-tuple is not in the table (BPF_NOEXIST) — one bucket walk instead
-/// of a lookup and an insert. If it is there, the entry decides: a live
-/// pin stays (a retransmitted or spoofed SYN must not move a connection);
-/// a closed connection's entry is replaced by the new one.
+/// A SYN: usually a new flow, written over the bucket's victim. If its
+/// 4-tuple is there, the entry decides: a live pin stays (a retransmitted
+/// or spoofed SYN must not move a connection); a closed connection's
+/// entry is replaced by the new one.
 #[inline(always)]
-fn select_syn<K: Flow>(key: &K, vip: &VipMeta, now: u64) -> Result<Choice, GlobalCounter> {
-    let (choice, inserted) = from_ring(key, vip, now, Some(0), BPF_NOEXIST as u64)?;
-    if inserted {
-        return Ok(choice);
-    }
-    if let Some(flow) = K::table().get_ptr_mut(key) {
-        // SAFETY: as in `select`.
-        let flow = unsafe { &mut *flow };
-        if !flow_closed(flow.flags) {
+fn select_syn<K: Flow>(
+    key: &K,
+    vip: &VipMeta,
+    now: u64,
+    place: &Place,
+) -> Result<Choice, GlobalCounter> {
+    let mut way = place.victim;
+    if let Some(hit) = place.hit() {
+        let flow = place.slot(hit)?;
+        if !flow_closed(flow.flags()) {
             if let Pinned::Keep(kept) = pinned(flow, vip, 0, now)? {
                 return Ok(kept);
             }
         }
         // Over, stale or down: the new connection takes the entry.
-        let (choice, _) = from_ring(key, vip, now, Some(0), BPF_ANY as u64)?;
-        return Ok(choice);
+        way = hit;
     }
-    // Not inserted (over the insert rate) and not in the table.
-    Ok(choice)
+    from_ring(key, vip, now, Some((0, place.tag, place.slot(way)?)))
 }
 
 /// Whether this CPU may insert another flow this second.
@@ -269,18 +435,15 @@ fn may_insert(now: u64) -> bool {
     true
 }
 
-/// The ring's backend for `key`; recorded in the flow table with `pin`'s
-/// flags if `pin` is given and the insert rate allows, with the map update
-/// flags `update` (BPF_ANY, or BPF_NOEXIST to keep an existing entry).
-/// Returns whether an entry was written.
+/// The ring's backend for `key`; if `pin` is given (flags, tag, slot) and
+/// the insert rate allows, recorded in that slot.
 #[inline(always)]
 pub fn from_ring<K: Flow>(
     key: &K,
     vip: &VipMeta,
     now: u64,
-    pin: Option<u16>,
-    update: u64,
-) -> Result<(Choice, bool), GlobalCounter> {
+    pin: Option<(u16, u64, &mut FlowSlot)>,
+) -> Result<Choice, GlobalCounter> {
     // verifier: volatile, as above.
     let ring_size = unsafe { core::ptr::read_volatile(&RING_SIZE) };
     if ring_size == 0 {
@@ -299,41 +462,33 @@ pub fn from_ring<K: Flow>(
         Some(meta) if meta.state != BACKEND_DOWN => meta,
         _ => return Err(GlobalCounter::DropStaleRing),
     };
-    let mut inserted = false;
-    if let Some(flags) = pin {
+    let new_flow = pin.is_some();
+    if let Some((flags, tag, slot)) = pin {
         if may_insert(now) {
-            let entry = FlowEntry {
-                backend: r,
-                vip_index: vip.index as u16,
-                flags,
-                last_seen_ns: now,
-            };
-            // A full LRU evicts its oldest entry; insert fails only on
-            // memory pressure (then the flow stays ring-steered) or, with
-            // BPF_NOEXIST, when the 4-tuple is already there.
-            if K::table().insert(key, &entry, update).is_ok() {
-                count(GlobalCounter::FlowInserts);
-                inserted = true;
-            }
+            // The tag last: a reader on another CPU that matches it finds
+            // the new backend (x86 keeps stores in order). Two CPUs taking
+            // one slot at once leave one flow unrecorded; its next packet
+            // records it.
+            slot.backend = r;
+            slot.seen = flow_seen(now);
+            slot.tag = tag | flags as u64;
+            count(GlobalCounter::FlowInserts);
         }
     }
-    Ok((
-        Choice {
-            backend: ref_slot(r),
-            meta: *meta,
-            new_flow: pin.is_some(),
-        },
-        inserted,
-    ))
+    Ok(Choice {
+        backend: ref_slot(r),
+        meta: *meta,
+        new_flow,
+    })
 }
 
 /// The backend a flow is on without touching the table: its entry if it
 /// is still valid, else the ring's choice (for ICMP errors about it).
 #[inline(always)]
 pub fn peek<K: Flow>(key: &K, vip: &VipMeta) -> Result<Choice, GlobalCounter> {
-    if let Some(flow) = K::table().get_ptr(key) {
-        // SAFETY: valid map value pointer.
-        let r = unsafe { (*flow).backend };
+    let place = place(key, 0)?;
+    if let Some(hit) = place.hit() {
+        let r = place.slot(hit)?.backend;
         if let Some(meta) = resolve(r, vip)? {
             if meta.state != BACKEND_DOWN {
                 return Ok(Choice {
@@ -344,7 +499,7 @@ pub fn peek<K: Flow>(key: &K, vip: &VipMeta) -> Result<Choice, GlobalCounter> {
             }
         }
     }
-    from_ring(key, vip, 0, None, 0).map(|(choice, _)| choice)
+    from_ring(key, vip, 0, None)
 }
 
 /// Records what a backend's FIN or RST (with TCP flags `tcp`) tells about
@@ -355,13 +510,15 @@ pub fn note_backend_close<K: Flow>(key: &K, tcp: u8, now: u64) {
         FLOW_F_RESET
     } else {
         lb_common::FLOW_F_BACKEND_FIN
+    } as u64;
+    let Ok(place) = place(key, now) else {
+        return;
     };
-    if let Some(flow) = K::table().get_ptr_mut(key) {
-        // SAFETY: valid map value pointer; see `select` on races.
-        let flow = unsafe { &mut *flow };
-        if flow.flags & bits != bits {
-            flow.flags |= bits;
-            flow.last_seen_ns = now;
+    if let Some(Ok(flow)) = place.hit().map(|hit| place.slot(hit)) {
+        let word = flow.tag;
+        if word & bits != bits {
+            flow.seen = flow_seen(now);
+            flow.tag = word | bits;
         }
     }
 }

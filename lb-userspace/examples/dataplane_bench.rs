@@ -792,14 +792,14 @@ fn run(
     for (name, med, _, _) in &medians[..3] {
         println!("  {:<12} net of floor: {:>6.1} ns", name, med - floor);
     }
-    // Capacity under skew: every insert above came from this one CPU. A
-    // per-CPU LRU holds about flow_table / CPUs of them; a shared one all.
-    let flows: aya::maps::HashMap<_, lb_common::FlowKey, lb_common::FlowEntry> =
-        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(aya::maps::MapData::from_pin(
-            pin_path.join(lb_common::maps::FLOWS),
-        )?))?;
-    let held = flows.keys().filter(|k| k.is_ok()).count();
-    println!("  flow table holds {held} of {flow_table} entries after inserts from one CPU");
+    // Capacity under skew: every insert above came from this one CPU (a
+    // per-CPU LRU would hold about flow_table / CPUs of them).
+    let flows = xdplb::dataplane::FlowTable::open(pin_path)?;
+    let held = flows.occupied().count();
+    println!(
+        "  flow table holds {held} of {} entries after inserts from one CPU",
+        flows.capacity()
+    );
     let median_of = |name: &str| {
         medians
             .iter()

@@ -26,14 +26,16 @@ use aya::{
 use lb_common::{
     backend_ref,
     limits::{MAX_BACKENDS, MAX_VIPS},
-    maps, ref_slot, rings_len, Addr6, BackendCounters, BackendMeta, FlowEntry, FlowKey, FlowKey6,
-    GlobalCounter, IfaceMeta, L4Addr, L4Addr6, Name, ReplyEntry, ReplyEntry6, VipCounters, VipMeta,
-    GENERATIONS, IFACE_SLOTS, IPPROTO_TCP, IPPROTO_UDP, LAYOUT_VERSION, NAMES_LEN, NO_BACKEND,
-    RING_SLOTS,
+    maps, ref_slot, rings_len, Addr6, BackendCounters, BackendMeta, FlowSlot, GlobalCounter,
+    IfaceMeta, L4Addr, L4Addr6, Name, ReplyEntry, ReplyEntry6, VipCounters, VipMeta, GENERATIONS,
+    IFACE_SLOTS, IPPROTO_TCP, LAYOUT_VERSION, NAMES_LEN, NO_BACKEND, RING_SLOTS,
 };
 use thiserror::Error;
 
 pub mod decap;
+mod flows;
+
+pub use flows::FlowTable;
 
 pub use crate::config::{Endpoint, Protocol};
 
@@ -198,22 +200,12 @@ impl Default for Tuning {
     }
 }
 
-/// How many entries the kernel gives a flow table asked for `size`: an
-/// LRU hash with per-CPU lists (BPF_F_NO_COMMON_LRU) is rounded up to a
-/// multiple of the possible CPUs, so a pinned table must be compared with
-/// the rounded figure, or a controller on a 6-, 12- or 24-CPU machine
-/// would refuse its own pins.
-pub fn flow_table_entries(size: u32, per_cpu_lru: bool) -> u32 {
-    if !per_cpu_lru {
-        return size;
-    }
-    let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u32;
-    size.div_ceil(cpus).saturating_mul(cpus)
+/// How many flows a table asked for `size` holds: whole buckets of
+/// `FLOW_WAYS` (see `lb-ebpf/src/maps.rs`). The pinned map's entry count is
+/// its buckets, [`lb_common::flow_buckets`] of this.
+pub fn flow_table_entries(size: u32) -> u32 {
+    lb_common::flow_buckets(size).saturating_mul(lb_common::FLOW_WAYS as u32)
 }
-
-/// Whether `FLOWS` keeps per-CPU LRU lists (see `lb-ebpf/src/maps.rs` for
-/// why it does not).
-pub const FLOWS_PER_CPU_LRU: bool = false;
 
 /// `xdp_mode` from the config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -582,7 +574,7 @@ fn check_pinned_layout(shape: &Shape) -> Result<(), DataplaneError> {
             })?;
         let max_entries = match name.as_str() {
             maps::RINGS => rings_len(shape.ring_size),
-            maps::FLOWS | maps::FLOWS6 => shape.flow_table_size,
+            maps::FLOWS => lb_common::flow_buckets(shape.flow_table_size),
             _ => map.max_entries(),
         };
         let pinned = MapShape {
@@ -599,7 +591,7 @@ fn check_pinned_layout(shape: &Shape) -> Result<(), DataplaneError> {
         };
         // A different ring_size or flow_table_size alone has its own,
         // clearer message (below, in `load`).
-        let sized_by_config = matches!(name.as_str(), maps::RINGS | maps::FLOWS | maps::FLOWS6);
+        let sized_by_config = matches!(name.as_str(), maps::RINGS | maps::FLOWS);
         let same_but_size = (MapShape {
             max_entries: 0,
             ..pinned
@@ -672,35 +664,48 @@ impl Dataplane {
             source,
         })?;
         check_pinned_layout(&shape)?;
-        for (map, what, wanted) in [
-            (maps::RINGS, "ring_size", rings_len(shape.ring_size)),
+        for (map, what, wanted, per) in [
+            (
+                maps::RINGS,
+                "ring_size",
+                rings_len(shape.ring_size),
+                MAX_VIPS * RING_SLOTS,
+            ),
             (
                 maps::FLOWS,
                 "flow_table_size",
-                flow_table_entries(shape.flow_table_size, FLOWS_PER_CPU_LRU),
-            ),
-            (
-                maps::FLOWS6,
-                "flow_table_size",
-                flow_table_entries(shape.flow_table_size, FLOWS_PER_CPU_LRU),
+                lb_common::flow_buckets(shape.flow_table_size),
+                1,
             ),
         ] {
             if let Some(pinned) = pinned_max_entries(&shape.pin_path.join(map)) {
                 if pinned != wanted {
-                    let per = if map == maps::RINGS {
-                        MAX_VIPS * RING_SLOTS
+                    // A flow table's entry count is buckets; the operator
+                    // wrote flows.
+                    let flows = if map == maps::FLOWS {
+                        lb_common::FLOW_WAYS as u32
                     } else {
                         1
                     };
                     return Err(DataplaneError::ShapeMismatch {
                         path: shape.pin_path.clone(),
                         what,
-                        pinned: pinned / per,
-                        wanted: wanted / per,
+                        pinned: pinned / per * flows,
+                        wanted: wanted / per * flows,
                     });
                 }
             }
         }
+        // The flow table's tags are keyed: adopted pins keep their seed,
+        // or the flows they hold would no longer be found.
+        let flow_seed = if shape.pin_path.join(maps::FLOW_SEED).exists() {
+            open_pinned::<Array<MapData, u64>>(&shape.pin_path, maps::FLOW_SEED)?
+                .get(&0, 0)
+                .map_err(map_err(maps::FLOW_SEED))?
+        } else {
+            random_seed()
+        };
+        let flow_buckets = lb_common::flow_buckets(shape.flow_table_size);
         let ring_size = shape.ring_size;
         // Network order, as the program writes it into the outer header.
         let tunnel_source = tuning
@@ -710,8 +715,9 @@ impl Dataplane {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&shape.pin_path)
             .map_max_entries(maps::RINGS, rings_len(ring_size))
-            .map_max_entries(maps::FLOWS, shape.flow_table_size)
-            .map_max_entries(maps::FLOWS6, shape.flow_table_size)
+            .map_max_entries(maps::FLOWS, flow_buckets)
+            .override_global("FLOW_TAG_SEED", &flow_seed, true)
+            .override_global("FLOW_BUCKETS", &flow_buckets, true)
             .override_global("RING_SIZE", &ring_size, true)
             .override_global(
                 "MAX_FLOW_INSERTS_PER_SEC",
@@ -763,6 +769,9 @@ impl Dataplane {
         version
             .set(0, LAYOUT_VERSION, 0)
             .map_err(map_err(maps::VERSION))?;
+        let mut seed: Array<MapData, u64> = take(&mut ebpf, maps::FLOW_SEED)?;
+        seed.set(0, flow_seed, 0)
+            .map_err(map_err(maps::FLOW_SEED))?;
         let mut dp = Dataplane {
             shape,
             ebpf,
@@ -1481,7 +1490,7 @@ fn own_map_names() -> std::collections::HashSet<String> {
         maps::VIPS6,
         maps::BACKEND_ADDRS6,
         maps::REPLIES6,
-        maps::FLOWS6,
+        maps::FLOW_SEED,
         maps::FIB_CACHE6,
         maps::LOCAL_ADDRS6,
     ]
@@ -1770,15 +1779,15 @@ impl CounterReader {
     }
 }
 
-/// Established flows per backend slot: flow-table entries (`FLOWS` and
-/// `FLOWS6`) seen within `idle` whose client has not sent FIN or RST. The
-/// tables are LRUs, so abandoned connections linger until evicted; the flag
-/// and the recency cut keep them out of the count. Closed flows (RST, or
-/// FIN both ways) past their linger, and flows idle past their VIP's
-/// `flow_idle_ms` (which the program would select afresh anyway), are
-/// removed on the way, so they give their entries back instead of waiting
-/// for eviction. Walks the maps (two syscalls an entry), so callers bound
-/// how often they ask; stops after `limit` entries.
+/// Established flows per backend slot: flow-table entries seen within
+/// `idle` whose client has not sent FIN or RST. Abandoned connections stay
+/// in the table until their slot is needed; the flag and the recency cut
+/// keep them out of the count. Closed flows (RST, or FIN both ways) past
+/// their linger, and flows idle past their VIP's `flow_idle_ms` (which the
+/// program would select afresh anyway), are cleared on the way, so their
+/// slots are free before any live flow's. Reads the table through its
+/// mapping (a 16 MiB scan at the default size); stops after counting
+/// `limit` flows.
 pub fn flow_counts(
     pin_path: &Path,
     limit: usize,
@@ -1811,62 +1820,72 @@ pub enum FlowVerdict {
     HalfOpen(u32),
 }
 
-/// Judges a flow entry of protocol `proto` whose VIP has `flow_idle_ms`,
-/// at `now` (the program's clock), counting only flows seen within
-/// `idle_ns`. UDP has no handshake and no FIN: a UDP flow is established
-/// from its first packet, and ends only by going quiet. Pure.
-pub fn judge_flow(
-    entry: &FlowEntry,
-    proto: u8,
-    flow_idle_ms: u32,
-    now: u64,
-    idle_ns: u64,
-) -> FlowVerdict {
+/// Judges a flow entry whose VIP has `flow_idle_ms`, at `now` (the
+/// program's clock), counting only flows seen within `idle_ns`. UDP has no
+/// handshake and no FIN: a UDP flow is established from its first packet,
+/// and ends only by going quiet. Pure.
+pub fn judge_flow(entry: &FlowSlot, flow_idle_ms: u32, now: u64, idle_ns: u64) -> FlowVerdict {
     // The program may stamp an entry after `now` was read (another CPU's
-    // coarse clock ticked): that entry is fresh, not 584 years old.
-    let seen = entry.last_seen_ns.min(now);
-    let age = now - seen;
-    if lb_common::flow_idle(flow_idle_ms, seen, now) {
+    // coarse clock ticked): that entry is fresh, not 52 days old. (A flow
+    // idle for over half the clock's 52-day span reads as fresh too.)
+    let age = match entry.age_ns(now) {
+        a if a >= 1u64 << (32 + lb_common::FLOW_SEEN_SHIFT - 1) => 0,
+        a => a,
+    };
+    if lb_common::flow_idle(flow_idle_ms, age) {
         return FlowVerdict::Reap;
     }
     let slot = ref_slot(entry.backend);
-    if proto == IPPROTO_UDP {
+    let flags = entry.flags();
+    if flags & lb_common::FLOW_F_UDP != 0 {
         return if age > idle_ns {
             FlowVerdict::Skip
         } else {
             FlowVerdict::Established(slot)
         };
     }
-    if lb_common::flow_closed(entry.flags) {
+    if lb_common::flow_closed(flags) {
         return if age > lb_common::limits::FLOW_LINGER_NS {
             FlowVerdict::Reap
         } else {
             FlowVerdict::Skip
         };
     }
-    if entry.flags & lb_common::FLOW_F_CLOSING != 0 || age > idle_ns {
+    if flags & lb_common::FLOW_F_CLOSING != 0 || age > idle_ns {
         return FlowVerdict::Skip;
     }
-    if entry.flags & lb_common::FLOW_F_ACKED == 0 {
+    if flags & lb_common::FLOW_F_ACKED == 0 {
         FlowVerdict::HalfOpen(slot)
     } else {
         FlowVerdict::Established(slot)
     }
 }
 
-/// Each VIP index's `flow_idle_ms`, from the pinned `VIPS` and `VIPS6`.
-fn vip_idle_times(pin_path: &Path) -> Result<StdHashMap<u16, u32>, DataplaneError> {
+/// `flow_idle_ms` of the VIP each of `slots` (backend slots) serves, from
+/// the pinned `BACKENDS`, `VIPS` and `VIPS6`.
+fn vip_idle_times(
+    pin_path: &Path,
+    slots: impl Iterator<Item = u32>,
+) -> Result<StdHashMap<u32, u32>, DataplaneError> {
     let vips: HashMap<MapData, L4Addr, VipMeta> = open_pinned(pin_path, maps::VIPS)?;
     let vips6: HashMap<MapData, L4Addr6, VipMeta> = open_pinned(pin_path, maps::VIPS6)?;
-    let metas = vips
+    let backends: Array<MapData, BackendMeta> = open_pinned(pin_path, maps::BACKENDS)?;
+    let by_vip: StdHashMap<u32, u32> = vips
         .iter()
         .flatten()
         .map(|(_, m)| m)
-        .chain(vips6.iter().flatten().map(|(_, m)| m));
-    Ok(metas
-        .filter(|m| m.index < MAX_VIPS)
-        .map(|m| (m.index as u16, m.flow_idle_ms))
-        .collect())
+        .chain(vips6.iter().flatten().map(|(_, m)| m))
+        .map(|m| (m.index, m.flow_idle_ms))
+        .collect();
+    let mut out = StdHashMap::new();
+    for slot in slots {
+        let vip = backends
+            .get(&slot, 0)
+            .map_err(map_err(maps::BACKENDS))?
+            .vip_index;
+        out.insert(slot, by_vip.get(&vip).copied().unwrap_or(0));
+    }
+    Ok(out)
 }
 
 /// [`flow_counts`] with the half-open flows counted too.
@@ -1875,155 +1894,51 @@ pub fn flow_census(
     limit: usize,
     idle: std::time::Duration,
 ) -> Result<FlowCensus, DataplaneError> {
-    let mut flows: HashMap<MapData, FlowKey, FlowEntry> = open_pinned(pin_path, maps::FLOWS)?;
-    let mut flows6: HashMap<MapData, FlowKey6, FlowEntry> = open_pinned(pin_path, maps::FLOWS6)?;
-    let idle_of = vip_idle_times(pin_path)?;
+    let table = FlowTable::open(pin_path)?;
     let now = monotonic_coarse_ns();
     let idle = idle.as_nanos() as u64;
+    let flows: Vec<(usize, FlowSlot)> = table.occupied().collect();
+    let mut slots: Vec<u32> = flows
+        .iter()
+        .map(|(_, f)| ref_slot(f.backend))
+        .filter(|&s| s < MAX_BACKENDS)
+        .collect();
+    slots.sort_unstable();
+    slots.dedup();
+    let idle_of = vip_idle_times(pin_path, slots.into_iter())?;
     let mut census = FlowCensus::default();
-    let mut tally = |entry: &FlowEntry, proto: u8| {
-        let flow_idle_ms = idle_of.get(&entry.vip_index).copied().unwrap_or(0);
-        let verdict = judge_flow(entry, proto, flow_idle_ms, now, idle);
-        let (map, slot) = match verdict {
+    let mut counted = 0;
+    for (index, flow) in flows {
+        let flow_idle_ms = idle_of.get(&ref_slot(flow.backend)).copied().unwrap_or(0);
+        let (map, slot) = match judge_flow(&flow, flow_idle_ms, now, idle) {
             FlowVerdict::Established(s) => (&mut census.established, s),
             FlowVerdict::HalfOpen(s) => (&mut census.half_open, s),
-            FlowVerdict::Reap | FlowVerdict::Skip => return verdict == FlowVerdict::Reap,
+            FlowVerdict::Skip => continue,
+            FlowVerdict::Reap => {
+                // Given to another flow since it was read: fine.
+                table.clear(index, flow.tag);
+                continue;
+            }
         };
         *map.entry(slot).or_insert(0) += 1;
-        false
-    };
-    let mut over = Vec::new();
-    let raw = |name: &'static str| MapData::from_pin(pin_path.join(name)).map_err(map_err(name));
-    let walked = walk(
-        &flows,
-        &raw(maps::FLOWS)?,
-        limit,
-        |key: &FlowKey, entry: &FlowEntry| {
-            if tally(entry, key.proto) {
-                over.push(*key);
-            }
-        },
-    )
-    .map_err(map_err(maps::FLOWS))?;
-    let mut over6 = Vec::new();
-    walk(
-        &flows6,
-        &raw(maps::FLOWS6)?,
-        limit.saturating_sub(walked),
-        |key: &FlowKey6, entry: &FlowEntry| {
-            if tally(entry, key.proto) {
-                over6.push(*key);
-            }
-        },
-    )
-    .map_err(map_err(maps::FLOWS6))?;
-    // Gone already (evicted, or replaced by a new flow): fine.
-    for key in over {
-        let _ = flows.remove(&key);
-    }
-    for key in over6 {
-        let _ = flows6.remove(&key);
+        counted += 1;
+        if counted >= limit {
+            break;
+        }
     }
     Ok(census)
 }
 
-/// Entries a batch read of a hash map asks for at once.
-const WALK_BATCH: usize = 4096;
-
-/// Calls `f` on up to `limit` entries of the hash map `map`, read
-/// `WALK_BATCH` at a time with BPF_MAP_LOOKUP_BATCH; returns how many.
-/// Walking a big flow table by BPF_MAP_GET_NEXT_KEY and a lookup is two
-/// system calls an entry: a table of 100k flows held a core for a quarter
-/// of a second every walk, on the CPUs that forward the traffic. A batch
-/// is one call per 4,096 entries. Entries evicted meanwhile are simply
-/// not seen. Kernels without batch reads for the map (before 5.6) walk
-/// entry by entry.
-fn walk<K: aya::Pod, V: aya::Pod>(
-    hash: &HashMap<MapData, K, V>,
-    map: &MapData,
-    limit: usize,
-    mut f: impl FnMut(&K, &V),
-) -> Result<usize, aya::maps::MapError> {
-    use std::os::fd::{AsFd, AsRawFd};
-    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-    /// The kernel's internal "not supported" (not in libc).
-    const ENOTSUPP: i32 = 524;
-    /// `union bpf_attr`, as large as the kernel's (unused tail zeroed).
-    #[repr(C)]
-    struct Attr {
-        words: [u64; 16],
+/// A fresh key for the flow table's tags.
+fn random_seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: writes at most 8 bytes into `bytes`. On failure (never on a
+    // kernel with getrandom) the clock still makes seeds differ by host.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        return monotonic_coarse_ns() ^ 0x9e37_79b9_7f4a_7c15;
     }
-    let fd = map.fd().as_fd().as_raw_fd();
-    let mut keys: Vec<K> = Vec::with_capacity(WALK_BATCH);
-    let mut values: Vec<V> = Vec::with_capacity(WALK_BATCH);
-    // The batch token of a hash map is a bucket index (a u32).
-    let (mut token, mut next) = (0u32, 0u32);
-    let mut seen = 0;
-    let mut first = true;
-    while seen < limit {
-        let mut attr = Attr { words: [0; 16] };
-        attr.words[0] = if first {
-            0
-        } else {
-            &token as *const u32 as u64
-        };
-        attr.words[1] = &mut next as *mut u32 as u64;
-        attr.words[2] = keys.as_mut_ptr() as u64;
-        attr.words[3] = values.as_mut_ptr() as u64;
-        attr.words[4] = WALK_BATCH as u64 | (fd as u64) << 32;
-        // SAFETY: bpf(2) with an attr of the kernel's size; the key and
-        // value buffers hold WALK_BATCH elements of the map's key and value
-        // types (the caller's K and V are the map's), and the kernel
-        // writes at most `count` of each.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut Attr,
-                std::mem::size_of::<Attr>() as u32,
-            )
-        };
-        let errno = std::io::Error::last_os_error();
-        let count = (attr.words[4] & 0xffff_ffff) as usize;
-        if rc < 0
-            && first
-            && matches!(
-                errno.raw_os_error(),
-                Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
-            )
-        {
-            // Kernels without batch reads for this map: key by key.
-            let mut seen = 0;
-            for (k, v) in hash.iter().take(limit).flatten() {
-                f(&k, &v);
-                seen += 1;
-            }
-            return Ok(seen);
-        }
-        let count = if rc < 0 && errno.raw_os_error() != Some(libc::ENOENT) {
-            return Err(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-                call: "bpf_map_lookup_batch",
-                io_error: errno,
-            }));
-        } else {
-            count.min(WALK_BATCH)
-        };
-        // SAFETY: the kernel wrote `count` keys and values.
-        unsafe {
-            keys.set_len(count);
-            values.set_len(count);
-        }
-        for (k, v) in keys.iter().zip(&values).take(limit - seen) {
-            f(k, v);
-        }
-        seen += count.min(limit - seen);
-        if rc < 0 {
-            break; // ENOENT: the last batch.
-        }
-        token = next;
-        first = false;
-    }
-    Ok(seen)
+    u64::from_ne_bytes(bytes)
 }
 
 /// The clock the program stamps flows with (`bpf_ktime_get_coarse_ns`).
@@ -2053,38 +1968,45 @@ mod tests {
         const S: u64 = 1_000_000_000;
         let now = 1000 * S;
         let idle = 30 * S;
-        let e = |flags: u16, age_s: u64| FlowEntry {
+        let e = |flags: u16, age_ms: u64| FlowSlot {
+            tag: 0x1234_5600 | flags as u64,
             backend: backend_ref(7, 3),
-            vip_index: 0,
-            flags,
-            last_seen_ns: now - age_s * S,
+            seen: lb_common::flow_seen(now - age_ms * 1_000_000),
         };
-        let tcp = |entry, flow_idle_ms| judge_flow(&entry, IPPROTO_TCP, flow_idle_ms, now, idle);
-        let udp = |entry, flow_idle_ms| judge_flow(&entry, IPPROTO_UDP, flow_idle_ms, now, idle);
+        let udp_flags = lb_common::FLOW_F_UDP | lb_common::FLOW_F_ACKED;
+        let tcp = |entry, flow_idle_ms| judge_flow(&entry, flow_idle_ms, now, idle);
+        let udp = |entry: FlowSlot, flow_idle_ms| {
+            let entry = FlowSlot {
+                tag: entry.tag | udp_flags as u64,
+                ..entry
+            };
+            judge_flow(&entry, flow_idle_ms, now, idle)
+        };
         let acked = lb_common::FLOW_F_ACKED;
-        assert_eq!(tcp(e(acked, 1), 0), FlowVerdict::Established(7));
-        assert_eq!(tcp(e(0, 1), 0), FlowVerdict::HalfOpen(7));
-        assert_eq!(tcp(e(acked, 31), 0), FlowVerdict::Skip);
+        assert_eq!(tcp(e(acked, 1000), 0), FlowVerdict::Established(7));
+        assert_eq!(tcp(e(0, 1000), 0), FlowVerdict::HalfOpen(7));
+        assert_eq!(tcp(e(acked, 31_000), 0), FlowVerdict::Skip);
         assert_eq!(
-            tcp(e(acked | lb_common::FLOW_F_CLOSING, 1), 0),
+            tcp(e(acked | lb_common::FLOW_F_CLOSING, 1000), 0),
             FlowVerdict::Skip
         );
-        assert_eq!(tcp(e(lb_common::FLOW_F_RESET, 1), 0), FlowVerdict::Skip);
-        assert_eq!(tcp(e(lb_common::FLOW_F_RESET, 5), 0), FlowVerdict::Reap);
+        assert_eq!(tcp(e(lb_common::FLOW_F_RESET, 1000), 0), FlowVerdict::Skip);
+        assert_eq!(tcp(e(lb_common::FLOW_F_RESET, 5000), 0), FlowVerdict::Reap);
         // A TCP pool may idle flows out too.
-        assert_eq!(tcp(e(acked, 20), 10_000), FlowVerdict::Reap);
+        assert_eq!(tcp(e(acked, 20_000), 10_000), FlowVerdict::Reap);
         // UDP: established from the first packet, no FIN to wait for; gone
-        // past idle + 1 s of clock resolution, not before.
-        assert_eq!(udp(e(0, 1), 30_000), FlowVerdict::Established(7));
-        assert_eq!(udp(e(0, 30), 30_000), FlowVerdict::Established(7));
-        assert_eq!(udp(e(0, 32), 30_000), FlowVerdict::Reap);
-        assert_eq!(udp(e(0, 6), 5_000), FlowVerdict::Established(7));
-        assert_eq!(udp(e(0, 7), 5_000), FlowVerdict::Reap);
+        // past idle + 1 s of clock resolution, not before (the entry's
+        // clock ticks in ~1 ms units, hence the margins).
+        assert_eq!(udp(e(0, 1000), 30_000), FlowVerdict::Established(7));
+        assert_eq!(udp(e(0, 30_000), 30_000), FlowVerdict::Established(7));
+        assert_eq!(udp(e(0, 32_000), 30_000), FlowVerdict::Reap);
+        assert_eq!(udp(e(0, 5_990), 5_000), FlowVerdict::Established(7));
+        assert_eq!(udp(e(0, 6_010), 5_000), FlowVerdict::Reap);
         // flow_idle_ms 0: never reaped, only left out of the count.
-        assert_eq!(udp(e(0, 300), 0), FlowVerdict::Skip);
+        assert_eq!(udp(e(0, 300_000), 0), FlowVerdict::Skip);
         // Stamped after `now` was read (another CPU's clock ticked): fresh.
-        let ahead = FlowEntry {
-            last_seen_ns: now + S / 100,
+        let ahead = FlowSlot {
+            seen: lb_common::flow_seen(now + S / 100),
             ..e(0, 0)
         };
         assert_eq!(udp(ahead, 5_000), FlowVerdict::Established(7));

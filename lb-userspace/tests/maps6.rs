@@ -1,6 +1,6 @@
 //! IPv6 and UDP through the real maps: what user space writes (VIPs,
 //! backend slots, replies, host addresses) reads back as written, and the
-//! flow census walks both flow tables. No packets: the program's handling
+//! flow census counts both families' flows. No packets: the program's handling
 //! of them is `packet.rs`'s.
 mod common;
 
@@ -13,12 +13,13 @@ use std::{
 use aya::maps::{HashMap, Map, MapData};
 use common::{TestNs, TestPlane};
 use lb_common::{
-    maps, Addr6, FlowEntry, FlowKey, FlowKey6, L4Addr6, ReplyEntry6, BACKEND_ACTIVE, FLOW_F_ACKED,
-    FLOW_F_BACKEND_FIN, FLOW_F_CLOSING, IPPROTO_TCP, IPPROTO_UDP, NO_BACKEND,
+    flow_seen, maps, Addr6, FlowKey, FlowKey6, FlowSlot, L4Addr6, ReplyEntry6, BACKEND_ACTIVE,
+    FLOW_F_ACKED, FLOW_F_BACKEND_FIN, FLOW_F_CLOSING, FLOW_F_UDP, IPPROTO_TCP, IPPROTO_UDP,
+    NO_BACKEND,
 };
 use xdplb::{
     config::{Endpoint, Protocol, DEFAULT_UDP_FLOW_IDLE_MS},
-    dataplane::{self, BackendSlot, CounterReader, DataplaneError},
+    dataplane::{self, BackendSlot, CounterReader, DataplaneError, FlowTable},
 };
 
 const RING: u32 = 1009;
@@ -200,15 +201,31 @@ fn the_census_counts_both_tables_and_reaps_idle_flows() {
     )
     .unwrap();
 
+    // The census finds a flow's VIP (for its flow_idle_ms) through its
+    // backend slot: slot i serves VIP i.
+    for (slot, addr) in [
+        (0, "[2001:2:0:1::11]:80"),
+        (1, "198.18.1.11:53"),
+        (2, "[2001:2:0:1::12]:53"),
+    ] {
+        dp.write_backend(&BackendSlot {
+            slot,
+            vip_index: slot,
+            addr: sa(addr),
+            state: BACKEND_ACTIVE,
+            flags: 0,
+        })
+        .unwrap();
+    }
+
     let now = coarse_now();
     let secs = |s: u64| now - s * 1_000_000_000;
-    let entry = |backend, vip_index, flags, last_seen_ns| FlowEntry {
+    let table = FlowTable::open(&pin).unwrap();
+    let entry = |tag: u64, backend, flags: u16, seen_ns| FlowSlot {
+        tag: tag | flags as u64,
         backend,
-        vip_index,
-        flags,
-        last_seen_ns,
+        seen: flow_seen(seen_ns),
     };
-    let mut flows6: HashMap<MapData, FlowKey6, FlowEntry> = pinned(&pin, maps::FLOWS6);
     let key6 = |port: u16, proto| FlowKey6 {
         src_addr: a6("2001:2::2"),
         dst_addr: a6("2001:2:0:2::10"),
@@ -217,22 +234,6 @@ fn the_census_counts_both_tables_and_reaps_idle_flows() {
         proto,
         _pad: [0; 3],
     };
-    let v6 = [
-        // Established TCP: counted.
-        (
-            key6(1000, IPPROTO_TCP),
-            entry(0, 0, FLOW_F_ACKED, now),
-            true,
-        ),
-        // UDP seen 1 s ago: counted, no ACK needed.
-        (key6(1001, IPPROTO_UDP), entry(0, 2, 0, secs(1)), true),
-        // UDP quiet for 10 s, past its VIP's 5 s (+1 s resolution): reaped.
-        (key6(1002, IPPROTO_UDP), entry(0, 2, 0, secs(10)), false),
-    ];
-    for (k, e, _) in &v6 {
-        flows6.insert(k, e, 0).unwrap();
-    }
-    let mut flows: HashMap<MapData, FlowKey, FlowEntry> = pinned(&pin, maps::FLOWS);
     let key4 = |port: u16, proto| FlowKey {
         src_addr: u32::from_ne_bytes([198, 18, 0, 2]),
         dst_addr: u32::from_ne_bytes([198, 18, 2, 53]),
@@ -241,35 +242,42 @@ fn the_census_counts_both_tables_and_reaps_idle_flows() {
         proto,
         _pad: [0; 3],
     };
+    let t6 = |port, proto| table.tag6(&key6(port, proto));
+    let t4 = |port, proto| table.tag(&key4(port, proto));
+    let udp = FLOW_F_UDP | FLOW_F_ACKED;
     let closed = FLOW_F_ACKED | FLOW_F_CLOSING | FLOW_F_BACKEND_FIN;
-    let v4 = [
-        // UDP quiet 10 s, within the VIP's 30 s: counted.
-        (key4(2000, IPPROTO_UDP), entry(1, 1, 0, secs(10)), true),
-        // UDP quiet 40 s: reaped.
-        (key4(2001, IPPROTO_UDP), entry(1, 1, 0, secs(40)), false),
+    let flows = [
+        // IPv6 established TCP: counted.
+        (entry(t6(1000, IPPROTO_TCP), 0, FLOW_F_ACKED, now), true),
+        // IPv6 UDP seen 1 s ago: counted, no ACK needed.
+        (entry(t6(1001, IPPROTO_UDP), 2, udp, secs(1)), true),
+        // IPv6 UDP quiet for 10 s, past its VIP's 5 s (+1 s resolution):
+        // reaped.
+        (entry(t6(1002, IPPROTO_UDP), 2, udp, secs(10)), false),
+        // IPv4 UDP quiet 10 s, within the VIP's 30 s: counted.
+        (entry(t4(2000, IPPROTO_UDP), 1, udp, secs(10)), true),
+        // IPv4 UDP quiet 40 s: reaped.
+        (entry(t4(2001, IPPROTO_UDP), 1, udp, secs(40)), false),
         // TCP without the client's ACK: half open.
-        (key4(2002, IPPROTO_TCP), entry(1, 1, 0, now), true),
+        (entry(t4(2002, IPPROTO_TCP), 1, 0, now), true),
         // TCP closed both ways, past its linger: reaped.
-        (
-            key4(2003, IPPROTO_TCP),
-            entry(1, 1, closed, secs(10)),
-            false,
-        ),
+        (entry(t4(2003, IPPROTO_TCP), 1, closed, secs(10)), false),
     ];
-    for (k, e, _) in &v4 {
-        flows.insert(k, e, 0).unwrap();
+    for (e, _) in &flows {
+        assert!(table.put(*e));
     }
 
     let census = dataplane::flow_census(&pin, 1000, Duration::from_secs(30)).unwrap();
-    assert_eq!(census.established, [(0, 2), (1, 1)].into_iter().collect());
+    assert_eq!(
+        census.established,
+        [(0, 1), (2, 1), (1, 1)].into_iter().collect()
+    );
     assert_eq!(census.half_open, [(1, 1)].into_iter().collect());
-    for (k, _, kept) in &v6 {
-        assert_eq!(flows6.get(k, 0).is_ok(), *kept, "{k:?}");
+    for (e, kept) in &flows {
+        let tag = e.tag & !lb_common::FLOW_TAG_FLAGS;
+        assert_eq!(table.find(tag).is_some(), *kept, "{e:?}");
     }
-    for (k, _, kept) in &v4 {
-        assert_eq!(flows.get(k, 0).is_ok(), *kept, "{k:?}");
-    }
-    // The limit bounds the walk over both tables together.
+    // The limit bounds the count over both families together.
     let bounded = dataplane::flow_census(&pin, 1, Duration::from_secs(30)).unwrap();
     let counted: u64 = bounded
         .established
@@ -279,10 +287,10 @@ fn the_census_counts_both_tables_and_reaps_idle_flows() {
     assert_eq!(counted, 1);
 }
 
-/// The census reads the tables in batches of 4,096: a table of several
-/// batches (and a limit inside one) is counted entry for entry.
+/// The census reads the whole mapped table: ten thousand flows spread
+/// over its buckets are counted entry for entry, and a limit stops it.
 #[test]
-fn the_census_reads_tables_larger_than_one_batch() {
+fn the_census_counts_a_table_of_many_flows() {
     let mut tp = TestPlane::new(RING, 65536);
     let pin = tp.pin_path.clone();
     tp.dp()
@@ -294,7 +302,7 @@ fn the_census_reads_tables_larger_than_one_batch() {
         )
         .unwrap();
     let now = coarse_now();
-    let mut flows: HashMap<MapData, FlowKey, FlowEntry> = pinned(&pin, maps::FLOWS);
+    let table = FlowTable::open(&pin).unwrap();
     const N: u32 = 10_007;
     for i in 0..N {
         let key = FlowKey {
@@ -305,13 +313,12 @@ fn the_census_reads_tables_larger_than_one_batch() {
             proto: IPPROTO_TCP,
             _pad: [0; 3],
         };
-        let entry = FlowEntry {
+        let entry = FlowSlot {
+            tag: table.tag(&key) | FLOW_F_ACKED as u64,
             backend: i % 3,
-            vip_index: 0,
-            flags: FLOW_F_ACKED,
-            last_seen_ns: now,
+            seen: flow_seen(now),
         };
-        flows.insert(key, entry, 0).unwrap();
+        assert!(table.put(entry), "bucket of flow {i} full");
     }
     let census = dataplane::flow_census(&pin, 1 << 20, Duration::from_secs(30)).unwrap();
     let per_slot = |s: u32| (N + 2 - s) / 3;

@@ -10,10 +10,10 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{Map, MapData};
 use common::{backend_mac, TestNs, TestPlane, CLIENT_MAC, IN_MAC, OUT_MAC};
 use lb_common::{
-    flow_hash, flow_hash6, ref_slot, Addr6, FlowEntry, FlowKey, FlowKey6, GlobalCounter,
+    flow_hash, flow_hash6, ref_slot, Addr6, FlowKey, FlowKey6, FlowSlot, GlobalCounter,
     BACKEND_ACTIVE, IPPROTO_TCP, IPPROTO_UDP, NO_BACKEND, VIP_F_REJECT_EMPTY,
 };
 use xdplb::{
@@ -324,20 +324,11 @@ impl Lab {
         self.run_on(frame, i)
     }
 
-    fn flow(&self, pool: Pool, port: u16) -> Option<FlowEntry> {
-        let open =
-            |name: &str| Map::LruHashMap(MapData::from_pin(self.tp.pin_path.join(name)).unwrap());
+    fn flow(&self, pool: Pool, port: u16) -> Option<FlowSlot> {
+        let table = xdplb::dataplane::FlowTable::open(&self.tp.pin_path).unwrap();
         match pool.flow_key(port) {
-            Key::V4(k) => {
-                let m: HashMap<_, FlowKey, FlowEntry> =
-                    open(lb_common::maps::FLOWS).try_into().unwrap();
-                m.get(&k, 0).ok()
-            }
-            Key::V6(k) => {
-                let m: HashMap<_, FlowKey6, FlowEntry> =
-                    open(lb_common::maps::FLOWS6).try_into().unwrap();
-                m.get(&k, 0).ok()
-            }
+            Key::V4(k) => table.get(&k),
+            Key::V6(k) => table.get6(&k),
         }
     }
 
@@ -372,7 +363,8 @@ fn round_trip(pool: Pool, partial: bool) {
     let flow = lab
         .flow(pool, port)
         .expect("flow entry after the first packet");
-    assert_eq!(flow.vip_index as u32, pool.index());
+    assert_eq!(ref_slot(flow.backend), pool.slot(1));
+    assert_eq!(flow.flags() & lb_common::FLOW_F_UDP != 0, pool.udp());
 
     lab.send_all_to(pool, 2);
     let mut next = pool.next(port);

@@ -1,6 +1,6 @@
 //! Replies do not depend on the flow table: a live connection through the
 //! VIP to a server that speaks first keeps working in both directions after
-//! its flow entry is deleted from the pinned `FLOWS` map (what LRU eviction
+//! its flow entry is deleted from the pinned `FLOWS` table (what eviction
 //! of an idle flow, or a second gateway that never saw the SYN, does).
 
 use std::{
@@ -14,8 +14,8 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use aya::maps::{HashMap as BpfHashMap, Map, MapData};
-use lb_common::{maps, FlowEntry, FlowKey, IPPROTO_TCP};
+use lb_common::{FlowKey, IPPROTO_TCP};
+use xdplb::dataplane::FlowTable;
 use xdplb_tests::{
     deploy::{Deployment, PoolSpec},
     skip_unless_root, Lab,
@@ -121,18 +121,15 @@ fn replies_without_a_flow_entry_still_reach_the_client_both_ways() -> Result<()>
     to_client.write_all(b"hello\n")?;
     ensure!(read_line(&mut from_server)? == "hello");
 
-    // Delete the connection's flow entry, as an LRU eviction would.
+    // Delete the connection's flow entry, as an eviction would.
     let key = flow_key(local, vip);
-    let pin = d.lab.pin_path().join(maps::FLOWS);
-    let mut flows: BpfHashMap<MapData, FlowKey, FlowEntry> =
-        Map::from_map_data(MapData::from_pin(&pin).context("open the pinned FLOWS")?)?
-            .try_into()?;
+    let flows = FlowTable::open(&d.lab.pin_path()).context("open the pinned FLOWS")?;
     let entry = flows
-        .get(&key, 0)
+        .get(&key)
         .with_context(|| format!("no flow entry for {local} → {vip}"))?;
     println!("deleting flow {local} → {vip}: {entry:?}");
-    flows.remove(&key)?;
-    ensure!(flows.get(&key, 0).is_err(), "flow entry still there");
+    ensure!(flows.remove(flows.tag(&key)), "flow entry already gone");
+    ensure!(flows.get(&key).is_none(), "flow entry still there");
     let before = d.stats()?;
 
     // Server first again: its reply has no flow entry to lean on.

@@ -5,9 +5,9 @@
 use std::{collections::HashMap as StdHashMap, net::SocketAddrV4, path::Path};
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, Map, MapData, PerCpuArray};
-use lb_common::{maps, FlowEntry, FlowKey, GlobalCounter, BACKEND_SLOT_MASK};
-use xdplb::dataplane::{CounterReader, Counters};
+use aya::maps::{Map, MapData, PerCpuArray};
+use lb_common::{maps, FlowKey, GlobalCounter, BACKEND_SLOT_MASK};
+use xdplb::dataplane::{CounterReader, Counters, FlowTable};
 
 /// The data plane's counters, read from its pins.
 pub fn counters(pin_path: &Path) -> Result<Counters> {
@@ -27,10 +27,9 @@ pub fn flow_key(client: SocketAddrV4, vip: SocketAddrV4) -> FlowKey {
 }
 
 /// The pinned flow table.
-pub fn flow_table(pin_path: &Path) -> Result<HashMap<MapData, FlowKey, FlowEntry>> {
-    let path = pin_path.join(maps::FLOWS);
-    let md = MapData::from_pin(&path).with_context(|| format!("open {}", path.display()))?;
-    Ok(HashMap::try_from(Map::from_map_data(md)?)?)
+pub fn flow_table(pin_path: &Path) -> Result<FlowTable> {
+    FlowTable::open(pin_path)
+        .with_context(|| format!("open the flow table under {}", pin_path.display()))
 }
 
 /// For each of `keys`, the backend slot its flow-table entry pins it to
@@ -39,7 +38,7 @@ pub fn pinned_slots(pin_path: &Path, keys: &[FlowKey]) -> Result<Vec<Option<u32>
     let table = flow_table(pin_path)?;
     Ok(keys
         .iter()
-        .map(|k| table.get(k, 0).ok().map(|e| e.backend & BACKEND_SLOT_MASK))
+        .map(|k| table.get(k).map(|e| e.backend & BACKEND_SLOT_MASK))
         .collect())
 }
 
@@ -52,8 +51,7 @@ pub fn slots_by_name(pin_path: &Path) -> Result<StdHashMap<String, u32>> {
         .collect())
 }
 
-/// One global counter per CPU (the program counts per CPU; the flow
-/// table's LRU lists are per CPU too, so where inserts land matters).
+/// One global counter per CPU (the program counts per CPU).
 pub fn per_cpu(pin_path: &Path, c: GlobalCounter) -> Result<Vec<u64>> {
     let path = pin_path.join(maps::GLOBAL_STATS);
     let md = MapData::from_pin(&path).with_context(|| format!("open {}", path.display()))?;

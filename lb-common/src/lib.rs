@@ -38,7 +38,7 @@ pub mod limits {
     /// Backend slots across all pools. Slots of removed backends are not
     /// reused until no flow can still name them (see the controller).
     pub const MAX_BACKENDS: u32 = 4096;
-    /// Default LRU flow table size (entries), as in the operator contract.
+    /// Default flow table size (flows), as in the operator contract.
     pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1_048_576;
     /// Default Maglev ring size: prime, and ≥ 100 × a pool of 655 backends,
     /// which keeps Maglev's imbalance under 1% (Eisenbud et al., §5.3).
@@ -82,6 +82,9 @@ pub mod maps {
     pub const TX_PORTS: &str = "TX_PORTS";
     pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
     pub const INSERT_RATE: &str = "INSERT_RATE";
+    /// IPv4 address prefilter ([`addr_filter_word`](crate::addr_filter_word)):
+    /// VIP addresses, then backend addresses, one bit each.
+    pub const ADDR_FILTER: &str = "ADDR_FILTER";
     /// One `u32`: the [`LAYOUT_VERSION`](crate::LAYOUT_VERSION) the pinned
     /// maps were made with.
     pub const VERSION: &str = "VERSION";
@@ -376,13 +379,30 @@ pub const FLOW_F_UDP: u16 = 16;
 
 /// Whether a flow is over: reset, or FIN seen both ways. Its entry then
 /// lingers [`limits::FLOW_LINGER_NS`] for the last ACKs and retransmissions,
-/// and after that is replaced by the next connection on the same 4-tuple or
-/// reaped by the controller, instead of holding a slot until the LRU
-/// evicts it.
+/// and after that its slot is the first a new flow takes (and the
+/// controller's flow count clears it), instead of holding the slot until
+/// it is the least recently seen.
 #[inline(always)]
 pub const fn flow_closed(flags: u16) -> bool {
     flags & FLOW_F_RESET != 0
         || flags & (FLOW_F_CLOSING | FLOW_F_BACKEND_FIN) == FLOW_F_CLOSING | FLOW_F_BACKEND_FIN
+}
+
+/// Words (u64) of each half of `ADDR_FILTER`: 4,096 bits for VIP
+/// addresses, then as many for backend addresses.
+pub const ADDR_FILTER_WORDS: u32 = 64;
+/// `ADDR_FILTER`'s first word of backend (reply source) addresses.
+pub const ADDR_FILTER_BACKENDS: u32 = ADDR_FILTER_WORDS;
+
+/// Where an IPv4 address (network order) sits in a half of `ADDR_FILTER`:
+/// (word, bit). Most traffic through a gateway is for no VIP and from no
+/// backend; a clear bit says so with one array read, where the `VIPS` and
+/// `REPLIES` hash lookups it spares cost ~10 ns on every such packet. A set
+/// bit proves nothing (4,096 bits, Fibonacci-hashed): the maps decide.
+#[inline(always)]
+pub const fn addr_filter_word(addr: u32) -> (u32, u64) {
+    let h = addr.wrapping_mul(0x9e37_79b1) >> 20;
+    (h >> 6, 1 << (h & 63))
 }
 
 /// Entries per bucket of `FLOWS`: two cache lines of [`FlowSlot`]s.
@@ -525,7 +545,7 @@ pub const fn flow_tag6(key: &FlowKey6, seed: u64) -> u64 {
 /// Reverse NAT is stateless: every packet from a backend endpoint to an
 /// address that is not this host's (`LOCAL_ADDRS`: the controller's own
 /// health checks) is rewritten to come from the VIP, whether or not the flow
-/// table still holds the flow (LRU eviction, a second gateway behind ECMP).
+/// table still holds the flow (eviction, a second gateway behind ECMP).
 /// It means one backend endpoint serves one VIP (config validation).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

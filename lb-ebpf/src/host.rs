@@ -4,9 +4,21 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::IFACE_SLOTS;
 
 use crate::{
-    maps::{IFACES, LOCAL_ADDRS, LOCAL_ADDRS6},
+    maps::{ADDR_FILTER, IFACES, LOCAL_ADDRS, LOCAL_ADDRS6},
     parse::{ptr_at, EthHdr},
 };
+
+/// Whether IPv4 `addr` may be in the half of `ADDR_FILTER` from word
+/// `half` (`0`: VIPs, `ADDR_FILTER_BACKENDS`: backends). `false` is sure;
+/// `true` means: look it up.
+#[inline(always)]
+pub fn may_be(half: u32, addr: u32) -> bool {
+    let (word, bit) = lb_common::addr_filter_word(addr);
+    match ADDR_FILTER.get(half + word) {
+        Some(w) => w & bit != 0,
+        None => true,
+    }
+}
 
 /// Whether the frame is addressed to the interface it arrived on. In
 /// promiscuous mode (tcpdump, a bridge port) the driver hands us frames

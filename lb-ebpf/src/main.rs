@@ -129,6 +129,9 @@ fn ipv4<const UDP: bool>(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 fn vip_of(key: &FlowKey) -> Option<&'static VipMeta> {
+    if !host::may_be(0, key.dst_addr) {
+        return None;
+    }
     let vip = L4Addr {
         addr: key.dst_addr,
         port: key.dst_port,
@@ -146,6 +149,9 @@ fn balance(ctx: &XdpContext, pkt: &L4Packet) -> u32 {
             return pass_because(GlobalCounter::PassNotForUs);
         }
         return to_backend(ctx, pkt, vip);
+    }
+    if !host::may_be(lb_common::ADDR_FILTER_BACKENDS, pkt.key.src_addr) {
+        return pass();
     }
     let from = L4Addr {
         addr: pkt.key.src_addr,

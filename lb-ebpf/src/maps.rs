@@ -13,8 +13,8 @@ use lb_common::{
         MAX_LOCAL_ADDRS, MAX_VIPS,
     },
     rings_len, Addr6, BackendCounters, BackendMeta, FibEntry, FlowBucket, GlobalCounter, IfaceMeta,
-    L4Addr, L4Addr6, Name, RateWindow, ReplyEntry, ReplyEntry6, VipCounters, VipMeta, IFACE_SLOTS,
-    NAMES_LEN, TAIL_SLOTS,
+    L4Addr, L4Addr6, Name, RateWindow, ReplyEntry, ReplyEntry6, VipCounters, VipMeta,
+    ADDR_FILTER_WORDS, IFACE_SLOTS, NAMES_LEN, TAIL_SLOTS,
 };
 
 /// VIP endpoint → its index and live ring slot.
@@ -51,6 +51,13 @@ pub static RINGS: Array<u32> = Array::pinned(rings_len(DEFAULT_RING_SIZE), 0);
 #[map]
 pub static FLOWS: Array<FlowBucket> =
     Array::pinned(flow_buckets(DEFAULT_FLOW_TABLE_SIZE), BPF_F_MMAPABLE);
+
+/// IPv4 address prefilter: a bit per hashed VIP address, then per hashed
+/// backend address (`lb_common::addr_filter_word`). Set by user space
+/// before the address's `VIPS` or `REPLIES` entry, cleared only when no
+/// entry needs the bit.
+#[map]
+pub static ADDR_FILTER: Array<u64> = Array::pinned(2 * ADDR_FILTER_WORDS, 0);
 
 /// The flow table's tag key (`lb_common::maps::FLOW_SEED`); written by
 /// user space, which also hands it to the program as a global.

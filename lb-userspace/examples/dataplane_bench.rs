@@ -11,10 +11,8 @@
 //!
 //! The same three paths for an IPv6 TCP VIP (`_v6`: NAT66, a 74-byte
 //! frame, the smallest IPv6 TCP segment) and an IPv4 UDP VIP (`_udp`:
-//! 64 bytes; every datagram of an unknown flow is a new flow). Their VIPs
-//! are published through the pinned maps with the layouts of lb-common
-//! (see [`publish_raw`]): the `Dataplane` API of this tree publishes
-//! IPv4 TCP VIPs only.
+//! 64 bytes; every datagram of an unknown flow is a new flow), published
+//! as the controller publishes them (see [`publish_pool`]).
 //!
 //! Usage: dataplane_bench [--repeat N] [--runs N] [--flow-table N] [--prefill 0|1]
 #[path = "../tests/common/mod.rs"]
@@ -30,10 +28,8 @@ use aya::{
 };
 use common::{backend_mac, xdp_md, TestNs, CLIENT_MAC, IN_MAC};
 use lb_common::{
-    backend_ref,
     bench::{BenchFrame, BENCH_FRAME_LEN, BENCH_FRAME_MAX},
-    maps, Addr6, BackendMeta, GlobalCounter, L4Addr, L4Addr6, VipMeta, BACKEND_ACTIVE, IPPROTO_TCP,
-    IPPROTO_UDP, RING_SLOTS,
+    GlobalCounter, BACKEND_ACTIVE, IPPROTO_TCP, IPPROTO_UDP,
 };
 use xdplb::{
     dataplane::{self, BackendSlot, CounterReader, Counters, Dataplane, Shape, Tuning},
@@ -183,7 +179,7 @@ fn udp4_frame(dst: &str, len: usize) -> Vec<u8> {
     f
 }
 
-/// A pool for [`publish_raw`].
+/// A pool for [`publish_pool`].
 struct RawPool {
     index: u32,
     vip: SocketAddr,
@@ -194,18 +190,10 @@ struct RawPool {
     flow_idle_ms: u32,
 }
 
-/// Publishes a pool straight into the pinned maps, with lb-common's
-/// layouts, as the controller does for IPv4 TCP through `Dataplane`:
-/// each slot's state (and generation) through [`Dataplane::write_backend`],
-/// an IPv6 backend's address into `BACKEND_ADDRS6`, the ring (references
-/// carrying each slot's generation) into ring 0 of `index` in `RINGS`,
-/// then the VIP into `VIPS` or `VIPS6` keyed with its protocol.
-fn publish_raw(
-    dp: &mut Dataplane,
-    pin_path: &std::path::Path,
-    ring_size: u32,
-    pool: &RawPool,
-) -> anyhow::Result<()> {
+/// Publishes a pool of either family and protocol as the controller does:
+/// each backend slot through [`Dataplane::write_backend`], then the ring
+/// and the VIP through [`Dataplane::publish_vip_idle`].
+fn publish_pool(dp: &mut Dataplane, ring_size: u32, pool: &RawPool) -> anyhow::Result<()> {
     let RawPool {
         index,
         vip,
@@ -213,67 +201,25 @@ fn publish_raw(
         ref backends,
         flow_idle_ms,
     } = *pool;
-    use aya::maps::{Array, HashMap, Map, MapData};
-    let open = |name: &str| -> anyhow::Result<Map> {
-        let md = MapData::from_pin(pin_path.join(name))?;
-        Ok(Map::from_map_data(md)?)
-    };
-    let mut addrs6: Array<MapData, Addr6> = Array::try_from(open(maps::BACKEND_ADDRS6)?)?;
     for &(slot, addr) in backends.iter() {
-        let port = addr.port();
-        let v4 = match addr {
-            std::net::SocketAddr::V4(a) => a,
-            std::net::SocketAddr::V6(a) => {
-                addrs6.set(slot, Addr6::from_octets(a.ip().octets()), 0)?;
-                // The IPv4 address field means nothing for an IPv6 slot.
-                SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, port)
-            }
-        };
         dp.write_backend(&BackendSlot {
             slot,
             vip_index: index,
-            addr: v4.into(),
+            addr,
             state: BACKEND_ACTIVE,
             flags: 0,
         })?;
     }
-    let metas: Array<MapData, BackendMeta> = Array::try_from(open(maps::BACKENDS)?)?;
-    let refs: Vec<u32> = backends
-        .iter()
-        .map(|&(slot, _)| Ok(backend_ref(slot, metas.get(&slot, 0)?.generation)))
-        .collect::<anyhow::Result<_>>()?;
-    let mut rings: Array<MapData, u32> = Array::try_from(open(maps::RINGS)?)?;
-    let base = index * RING_SLOTS * ring_size;
-    for i in 0..ring_size {
-        rings.set(base + i, refs[i as usize % refs.len()], 0)?;
-    }
-    let meta = VipMeta {
-        index,
-        ring_slot: 0,
-        flags: 0,
-        flow_idle_ms,
+    // Slots: publishing adds each slot's generation.
+    let ring: Vec<u32> = (0..ring_size as usize)
+        .map(|i| backends[i % backends.len()].0)
+        .collect();
+    let endpoint = if proto == IPPROTO_UDP {
+        xdplb::config::Endpoint::udp(vip)
+    } else {
+        xdplb::config::Endpoint::tcp(vip)
     };
-    match vip {
-        std::net::SocketAddr::V4(v) => {
-            let mut vips: HashMap<MapData, L4Addr, VipMeta> = HashMap::try_from(open(maps::VIPS)?)?;
-            let key = L4Addr {
-                proto,
-                ..dataplane::l4addr(v)
-            };
-            vips.insert(key, meta, 0)?;
-        }
-        std::net::SocketAddr::V6(v) => {
-            let mut vips: HashMap<MapData, L4Addr6, VipMeta> =
-                HashMap::try_from(open(maps::VIPS6)?)?;
-            let key = L4Addr6 {
-                addr: Addr6::from_octets(v.ip().octets()),
-                port: v.port().to_be(),
-                proto,
-                _pad: 0,
-            };
-            vips.insert(key, meta, 0)?;
-        }
-    }
+    dp.publish_vip_idle(endpoint, index, &ring, 0, flow_idle_ms)?;
     Ok(())
 }
 
@@ -471,7 +417,7 @@ fn run(
         dp.publish_vip(vip, index, &ring, flags)?;
     }
     // An IPv6 TCP pool and an IPv4 UDP pool on the same three backends'
-    // hosts, published straight into the maps (see `publish_raw`).
+    // hosts (see `publish_pool`).
     add_ipv6(ns, 3)?;
     dp.write_name(V6_INDEX, "bench6")?;
     let v6 = RawPool {
@@ -489,7 +435,7 @@ fn run(
             .collect(),
         flow_idle_ms: 0,
     };
-    publish_raw(&mut dp, pin_path, ring_size, &v6)?;
+    publish_pool(&mut dp, ring_size, &v6)?;
     dp.write_name(UDP_INDEX, "bench_udp")?;
     let udp = RawPool {
         index: UDP_INDEX,
@@ -501,7 +447,7 @@ fn run(
             .collect(),
         flow_idle_ms: UDP_FLOW_IDLE_MS,
     };
-    publish_raw(&mut dp, pin_path, ring_size, &udp)?;
+    publish_pool(&mut dp, ring_size, &udp)?;
     dp.sync_host(&["in0".to_string(), "out0".to_string()])?;
 
     let mut bench = EbpfLoader::new().load(BENCH_OBJECT)?;
@@ -792,8 +738,8 @@ fn run(
     for (name, med, _, _) in &medians[..3] {
         println!("  {:<12} net of floor: {:>6.1} ns", name, med - floor);
     }
-    // Capacity under skew: every insert above came from this one CPU (a
-    // per-CPU LRU would hold about flow_table / CPUs of them).
+    // Capacity under skew: every insert above came from this one CPU (the
+    // per-CPU LRU measured before held about flow_table / CPUs of them).
     let flows = xdplb::dataplane::FlowTable::open(pin_path)?;
     let held = flows.occupied().count();
     println!(

@@ -122,7 +122,7 @@ impl Protocol {
     }
 
     /// `flow_idle_ms` when the pool does not say: a TCP flow ends with
-    /// FIN or RST (or LRU eviction), a UDP flow only by going quiet.
+    /// FIN or RST (or eviction from the flow table), a UDP flow only by going quiet.
     pub const fn default_flow_idle_ms(self) -> u32 {
         match self {
             Protocol::Tcp => 0,
@@ -341,7 +341,7 @@ pub struct PoolConfig {
     pub vip: SocketAddr,
     pub protocol: Protocol,
     /// A flow with no packet for this long is forgotten (0: never; TCP
-    /// flows end with FIN/RST or LRU eviction). Whole seconds matter only.
+    /// flows end with FIN/RST or eviction). Whole seconds matter only.
     pub flow_idle_ms: u32,
     pub mode: Mode,
     pub min_active: u32,

@@ -335,6 +335,7 @@ pub struct Dataplane {
     tx_ports: DevMapHash<MapData>,
     local_addrs: HashMap<MapData, u32, u32>,
     local_addrs6: HashMap<MapData, Addr6, u32>,
+    addr_filter: Array<MapData, u64>,
     /// Each slot's generation as the pinned map holds it: rings are written
     /// as references carrying it (see `lb_common::backend_ref`).
     generations: Vec<u32>,
@@ -755,6 +756,7 @@ impl Dataplane {
         let tx_ports = take(&mut ebpf, maps::TX_PORTS)?;
         let local_addrs = take(&mut ebpf, maps::LOCAL_ADDRS)?;
         let local_addrs6 = take(&mut ebpf, maps::LOCAL_ADDRS6)?;
+        let addr_filter = take(&mut ebpf, maps::ADDR_FILTER)?;
         let generations = (0..MAX_BACKENDS)
             .map(|slot| {
                 backends
@@ -787,9 +789,12 @@ impl Dataplane {
             tx_ports,
             local_addrs,
             local_addrs6,
+            addr_filter,
             generations,
             written: StdHashMap::new(),
         };
+        // Adopted maps: the filter must cover every address they hold.
+        dp.rebuild_addr_filter()?;
         dp.install_tails()?;
         Ok(dp)
     }
@@ -1120,22 +1125,80 @@ impl Dataplane {
             flow_idle_ms,
         };
         match key {
-            Key::V4(k) => self.vips.insert(k, meta, 0).map_err(map_err(maps::VIPS)),
+            Key::V4(k) => {
+                // The filter bit first: a VIP the filter hides is a VIP
+                // whose packets pass to the kernel.
+                self.add_to_addr_filter(0, k.addr)?;
+                self.vips.insert(k, meta, 0).map_err(map_err(maps::VIPS))
+            }
             Key::V6(k) => self.vips6.insert(k, meta, 0).map_err(map_err(maps::VIPS6)),
         }
     }
 
     /// Stops balancing a VIP: its packets pass to the kernel from now on.
     pub fn remove_vip(&mut self, vip: impl Into<Endpoint>) -> Result<(), DataplaneError> {
-        let (r, map) = match key_of(vip.into()) {
-            Key::V4(k) => (self.vips.remove(&k), maps::VIPS),
-            Key::V6(k) => (self.vips6.remove(&k), maps::VIPS6),
+        let (r, map, v4) = match key_of(vip.into()) {
+            Key::V4(k) => (self.vips.remove(&k), maps::VIPS, true),
+            Key::V6(k) => (self.vips6.remove(&k), maps::VIPS6, false),
         };
         match r {
-            Ok(()) => Ok(()),
-            Err(e) if absent(&e) => Ok(()),
-            Err(e) => Err(map_err(map)(e)),
+            Ok(()) => {}
+            Err(e) if absent(&e) => return Ok(()),
+            Err(e) => return Err(map_err(map)(e)),
         }
+        if v4 {
+            self.rebuild_addr_filter()?;
+        }
+        Ok(())
+    }
+
+    /// Sets `addr`'s bit in the half of `ADDR_FILTER` from word `half`.
+    fn add_to_addr_filter(&mut self, half: u32, addr: u32) -> Result<(), DataplaneError> {
+        let (word, bit) = lb_common::addr_filter_word(addr);
+        let at = half + word;
+        let have = self
+            .addr_filter
+            .get(&at, 0)
+            .map_err(map_err(maps::ADDR_FILTER))?;
+        if have & bit == 0 {
+            self.addr_filter
+                .set(at, have | bit, 0)
+                .map_err(map_err(maps::ADDR_FILTER))?;
+        }
+        Ok(())
+    }
+
+    /// Recomputes `ADDR_FILTER` from `VIPS` and `REPLIES`, so that bits no
+    /// entry needs any more are cleared (after a removal) and every entry
+    /// is covered (after adopting pinned maps). Writes only changed words.
+    fn rebuild_addr_filter(&mut self) -> Result<(), DataplaneError> {
+        let mut words = vec![0u64; 2 * lb_common::ADDR_FILTER_WORDS as usize];
+        let mut mark = |half: u32, addr: u32| {
+            let (word, bit) = lb_common::addr_filter_word(addr);
+            words[(half + word) as usize] |= bit;
+        };
+        for key in self.vips.keys() {
+            mark(0, key.map_err(map_err(maps::VIPS))?.addr);
+        }
+        for key in self.replies.keys() {
+            mark(
+                lb_common::ADDR_FILTER_BACKENDS,
+                key.map_err(map_err(maps::REPLIES))?.addr,
+            );
+        }
+        for (at, want) in words.into_iter().enumerate() {
+            let at = at as u32;
+            let have = self
+                .addr_filter
+                .get(&at, 0)
+                .map_err(map_err(maps::ADDR_FILTER))?;
+            if have != want {
+                self.addr_filter
+                    .set(at, want, 0)
+                    .map_err(map_err(maps::ADDR_FILTER))?;
+            }
+        }
+        Ok(())
     }
 
     /// Writes a slot's state. A slot that was free gets a new generation
@@ -1214,6 +1277,7 @@ impl Dataplane {
                     backend: slot,
                     vip_index,
                 };
+                self.add_to_addr_filter(lb_common::ADDR_FILTER_BACKENDS, k.addr)?;
                 self.replies
                     .insert(k, entry, 0)
                     .map_err(map_err(maps::REPLIES))
@@ -1238,15 +1302,19 @@ impl Dataplane {
     }
 
     pub fn remove_reply(&mut self, backend: impl Into<Endpoint>) -> Result<(), DataplaneError> {
-        let (r, map) = match key_of(backend.into()) {
-            Key::V4(k) => (self.replies.remove(&k), maps::REPLIES),
-            Key::V6(k) => (self.replies6.remove(&k), maps::REPLIES6),
+        let (r, map, v4) = match key_of(backend.into()) {
+            Key::V4(k) => (self.replies.remove(&k), maps::REPLIES, true),
+            Key::V6(k) => (self.replies6.remove(&k), maps::REPLIES6, false),
         };
         match r {
-            Ok(()) => Ok(()),
-            Err(e) if absent(&e) => Ok(()),
-            Err(e) => Err(map_err(map)(e)),
+            Ok(()) => {}
+            Err(e) if absent(&e) => return Ok(()),
+            Err(e) => return Err(map_err(map)(e)),
         }
+        if v4 {
+            self.rebuild_addr_filter()?;
+        }
+        Ok(())
     }
 
     /// Entry `i` of ring `slot` of a VIP, as the data plane sees it: the
@@ -1491,6 +1559,7 @@ fn own_map_names() -> std::collections::HashSet<String> {
         maps::BACKEND_ADDRS6,
         maps::REPLIES6,
         maps::FLOW_SEED,
+        maps::ADDR_FILTER,
         maps::FIB_CACHE6,
         maps::LOCAL_ADDRS6,
     ]

@@ -1850,3 +1850,61 @@ fn removing_what_is_not_there_is_no_error() {
     lab.dp().remove_reply(backend_addr(0)).unwrap();
     lab.dp().remove_reply(backend_addr(0)).unwrap();
 }
+
+/// The IPv4 address prefilter (`ADDR_FILTER`) never hides a VIP or a
+/// backend: its bits follow what `VIPS` and `REPLIES` hold, through adds
+/// and removals, and traffic for what remains is still balanced.
+#[test]
+fn the_address_prefilter_follows_the_vips_and_backends() {
+    use lb_common::{addr_filter_word, ADDR_FILTER_BACKENDS};
+    let mut lab = Lab::new(2);
+    let filter = |lab: &Lab| -> Vec<u64> {
+        let md = aya::maps::MapData::from_pin(lab.tp.pin_path.join(lb_common::maps::ADDR_FILTER))
+            .unwrap();
+        let a: aya::maps::Array<_, u64> = aya::maps::Map::Array(md).try_into().unwrap();
+        a.iter().map(|w| w.unwrap()).collect()
+    };
+    let has = |words: &[u64], half: u32, addr: &str| {
+        let a: std::net::Ipv4Addr = addr.parse().unwrap();
+        let (word, bit) = addr_filter_word(u32::from_ne_bytes(a.octets()));
+        words[(half + word) as usize] & bit != 0
+    };
+    // The lab's VIP and backends are in, and little else is.
+    let words = filter(&lab);
+    assert!(has(&words, 0, "198.18.2.10"));
+    assert!(has(&words, ADDR_FILTER_BACKENDS, "198.18.1.11"));
+    assert!(has(&words, ADDR_FILTER_BACKENDS, "198.18.1.12"));
+    assert_eq!(words.iter().map(|w| w.count_ones()).sum::<u32>(), 3);
+    // The pool moves to a new address (whose bit differs): published
+    // there, then removed from the old one.
+    let second = "198.18.2.20:80";
+    assert_ne!(
+        addr_filter_word(u32::from_ne_bytes([198, 18, 2, 10])),
+        addr_filter_word(u32::from_ne_bytes([198, 18, 2, 20]))
+    );
+    let ring = lab.ring.clone();
+    lab.dp().publish_vip(sa(second), 0, &ring, 0).unwrap();
+    assert!(has(&filter(&lab), 0, "198.18.2.20"));
+    lab.dp().remove_vip(sa(VIP)).unwrap();
+    let words = filter(&lab);
+    assert!(
+        !has(&words, 0, "198.18.2.10"),
+        "a removed VIP's bit is cleared"
+    );
+    assert!(has(&words, 0, "198.18.2.20"));
+    let mut to_second = TcpFrame::new(client(58000), sa(second), TCP_SYN);
+    to_second.src_mac = CLIENT_MAC;
+    to_second.dst_mac = IN_MAC;
+    let (action, _) = lab.arrive_from_client(&to_second.build());
+    assert_eq!(action, XDP_REDIRECT);
+    let (action, _) = lab.arrive_from_client(&to_vip(58001, TCP_SYN).build());
+    assert_eq!(
+        action, XDP_PASS,
+        "the removed VIP's traffic is the kernel's"
+    );
+    // A backend's reverse NAT entry removed: its bit goes with it.
+    lab.dp().remove_reply(backend_addr(1)).unwrap();
+    let words = filter(&lab);
+    assert!(!has(&words, ADDR_FILTER_BACKENDS, "198.18.1.12"));
+    assert!(has(&words, ADDR_FILTER_BACKENDS, "198.18.1.11"));
+}

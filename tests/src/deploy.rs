@@ -211,7 +211,7 @@ impl PoolSpec {
 /// The `[dataplane]` knobs a test may turn (the rest is fixed by the lab).
 #[derive(Clone, Debug)]
 pub struct DataplaneSpec {
-    /// `flow_table_size`: LRU flow entries (the lab default is small, 65,536,
+    /// `flow_table_size`: flow-table entries (the lab default is small, 65,536,
     /// to keep labs cheap; the product's default is 1,048,576).
     pub flow_table_size: u32,
     /// `max_flow_inserts_per_sec` (per CPU; 0 = no cap); `None` leaves it

@@ -27,16 +27,16 @@ use xdplb_tests::{
 
 /// Idle keep-alive connections that must outlive the floods.
 const IDLE_CONNS: usize = 1000;
-/// Flow table entries. The kernel splits a per-CPU LRU evenly over the
-/// possible CPUs (2 here: 32,768 each) and evicts from the inserting
-/// CPU's share only when that share is full. Capped, a CPU inserts at most
-/// `INSERT_CAP` flows a second: ≤ 2,000 × ~12 s of flood and setup =
-/// 24,000, which fits beside the idle connections; uncapped, the flood's
-/// millions of distinct 4-tuples would cycle every share many times.
-/// (A 4,096-entry table would not do: 2,000 inserts/s for 10 s overruns
-/// it with or without a cap. The cap bounds the churn rate, not the
-/// total, so the table must hold `cap × CPUs × time` of churn.)
-const TABLE: u32 = 65_536;
+/// Flow table entries. Capped, a CPU inserts at most `INSERT_CAP` flows a
+/// second: ≤ 2 CPUs × 2,000 × ~12 s of flood and setup ≈ 48,000 (43,000
+/// measured), which a 131,072-entry table holds beside the idle
+/// connections (at 37 % of its entries; its two-choice buckets lose no
+/// live flow below ~60 %, README). Uncapped, the flood's million distinct
+/// 4-tuples would overrun it eight times over. (A 4,096-entry table would
+/// not do: 2,000 inserts/s for 10 s overruns it with or without a cap. The
+/// cap bounds the churn rate, not the total, so the table must hold
+/// `cap × CPUs × time` of churn.)
+const TABLE: u32 = 131_072;
 /// `max_flow_inserts_per_sec` (per CPU): far below the flood's rate.
 const INSERT_CAP: u32 = 2_000;
 /// Each flood lasts this long…

@@ -131,8 +131,9 @@ const FLOW_COUNT_EVERY: Duration = Duration::from_secs(2);
 /// The flow count waits at least this many times as long as its last walk
 /// took, bounding its CPU share to about 1/10 of a core.
 const FLOW_COUNT_DUTY: u32 = 10;
-/// A flow entry idle longer than this is not counted as established (the
-/// flow table is an LRU; closed connections linger in it until evicted).
+/// A flow entry idle longer than this is not counted as established
+/// (abandoned connections stay in the flow table until their slot is
+/// needed).
 pub const FLOW_IDLE: Duration = Duration::from_secs(30);
 /// Entries walked at most per count, bounding the walk's cost.
 const FLOW_COUNT_LIMIT: usize = 1 << 20;

@@ -144,8 +144,10 @@ fn dataplane_md(s: &mut String, r: &Results) {
         s,
         "`cargo run --release -p lb-userspace --example dataplane_bench -- --repeat {} --runs {} [--flow-table N]`: \
          ns per packet of the XDP program, every iteration on the original 64-byte frame, each path proven by its \
-         counter rising by the repeat count. *floor* is a trivial program that swaps MACs and returns XDP_TX: the \
-         harness's own cost, subtracted to give *net*. Targets are net of the floor. Katran's figures were measured \
+         counter rising by the repeat count. The harness (`lb-ebpf/src/bench.rs`) restores the frame before each \
+         iteration in eight-byte words (a byte loop was most of an earlier 35 ns floor) and tail-calls the program. \
+         *floor* is a trivial program that swaps MACs and returns XDP_TX through the same harness: its \
+         own cost, subtracted to give *net*. Targets are net of the floor. Katran's figures were measured \
          on this kind of machine with the same harness (new flow: 1k-entry LRU – 4M-entry LRU).\n",
         r.dp_repeat, r.dp_runs
     );
@@ -193,6 +195,63 @@ fn dataplane_md(s: &mut String, r: &Results) {
         }
         s.push('\n');
     }
+    flow_table_candidates_md(s, runs);
+}
+
+/// Flow-table designs measured on this machine with this harness while
+/// choosing one (issue 10), 1,048,576 entries, full: (design, new flow ns
+/// net, established ns net, why not kept). Historical figures, from the
+/// commits named; the kept design's row is this run's.
+const FLOW_TABLE_CANDIDATES: [(&str, &str, &str, &str); 4] = [
+    (
+        "one 8-way bucket per flow, scanned inline",
+        "249",
+        "111",
+        "loses live flows long before the table is full: 8-way buckets overflow at half load; the flood test (1,000 idle flows, table at 67 %) lost 155 of them",
+    ),
+    (
+        "two 8-way buckets, the first unless full (without / with the buckets touched up front)",
+        "397 / 307",
+        "108 / 110",
+        "still lost 40 of the flood test's 1,000 idle flows at 67 %",
+    ),
+    (
+        "kernel LRU hash, one set of LRU lists (until 24d7118)",
+        "735",
+        "148",
+        "over the 400 ns target: a miss walks a bucket and an element, an insert pops an LRU node and locks the evicted element's bucket",
+    ),
+    (
+        "kernel LRU hash, per-CPU lists (BPF_F_NO_COMMON_LRU)",
+        "+40–70 over the shared LRU",
+        "≈ shared",
+        "each CPU evicts only among its own inserts: with every insert on one CPU (a veth, a single-queue NIC) it held 524,287 of 1,048,576 flows",
+    ),
+];
+
+fn flow_table_candidates_md(s: &mut String, runs: &[Result<DpRun, String>]) {
+    let Some(full) = runs
+        .iter()
+        .flatten()
+        .find(|r| r.label.contains("1,048,576"))
+    else {
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "**Flow-table designs measured** (1,048,576 entries, full; ns net of the floor; the kept one first, from this run; the others measured on this machine with this harness while choosing, 2026-11-30)\n\n\
+         | design | new flow | established | why not kept |\n|---|---:|---:|---|"
+    );
+    let _ = writeln!(
+        s,
+        "| **kept**: two 8-way buckets per flow, the emptier one for a new flow, else the least recently seen of 16; the scan a global BPF function; both buckets touched up front | {} | {} | |",
+        f(full.net("new_flow"), 0),
+        f(full.net("established"), 0)
+    );
+    for (design, new_flow, established, why) in FLOW_TABLE_CANDIDATES {
+        let _ = writeln!(s, "| {design} | {new_flow} | {established} | {why} |");
+    }
+    s.push('\n');
 }
 
 fn maglev_table(s: &mut String, rows: &[MaglevRow]) {

@@ -336,6 +336,10 @@ pub struct Dataplane {
     local_addrs: HashMap<MapData, u32, u32>,
     local_addrs6: HashMap<MapData, Addr6, u32>,
     addr_filter: Array<MapData, u64>,
+    /// The IPv4 keys of `VIPS` and `REPLIES` (the two halves of
+    /// `ADDR_FILTER`), so a removal recomputes its one filter word in
+    /// memory instead of walking the maps.
+    filtered: [std::collections::HashSet<L4Addr>; 2],
     /// Each slot's generation as the pinned map holds it: rings are written
     /// as references carrying it (see `lb_common::backend_ref`).
     generations: Vec<u32>,
@@ -642,6 +646,11 @@ fn load_tails(ebpf: &mut aya::Ebpf) -> Result<(), DataplaneError> {
     Ok(())
 }
 
+/// Which of `Dataplane::filtered` a half of `ADDR_FILTER` is.
+fn filter_side(half: u32) -> usize {
+    usize::from(half == lb_common::ADDR_FILTER_BACKENDS)
+}
+
 fn pinned_max_entries(path: &Path) -> Option<u32> {
     let md = MapData::from_pin(path).ok()?;
     md.info().ok().map(|i| i.max_entries())
@@ -790,6 +799,7 @@ impl Dataplane {
             local_addrs,
             local_addrs6,
             addr_filter,
+            filtered: Default::default(),
             generations,
             written: StdHashMap::new(),
         };
@@ -1128,7 +1138,7 @@ impl Dataplane {
             Key::V4(k) => {
                 // The filter bit first: a VIP the filter hides is a VIP
                 // whose packets pass to the kernel.
-                self.add_to_addr_filter(0, k.addr)?;
+                self.add_to_addr_filter(0, k)?;
                 self.vips.insert(k, meta, 0).map_err(map_err(maps::VIPS))
             }
             Key::V6(k) => self.vips6.insert(k, meta, 0).map_err(map_err(maps::VIPS6)),
@@ -1138,23 +1148,25 @@ impl Dataplane {
     /// Stops balancing a VIP: its packets pass to the kernel from now on.
     pub fn remove_vip(&mut self, vip: impl Into<Endpoint>) -> Result<(), DataplaneError> {
         let (r, map, v4) = match key_of(vip.into()) {
-            Key::V4(k) => (self.vips.remove(&k), maps::VIPS, true),
-            Key::V6(k) => (self.vips6.remove(&k), maps::VIPS6, false),
+            Key::V4(k) => (self.vips.remove(&k), maps::VIPS, Some(k)),
+            Key::V6(k) => (self.vips6.remove(&k), maps::VIPS6, None),
         };
         match r {
             Ok(()) => {}
             Err(e) if absent(&e) => return Ok(()),
             Err(e) => return Err(map_err(map)(e)),
         }
-        if v4 {
-            self.rebuild_addr_filter()?;
+        match v4 {
+            Some(k) => self.remove_from_addr_filter(0, k),
+            None => Ok(()),
         }
-        Ok(())
     }
 
-    /// Sets `addr`'s bit in the half of `ADDR_FILTER` from word `half`.
-    fn add_to_addr_filter(&mut self, half: u32, addr: u32) -> Result<(), DataplaneError> {
-        let (word, bit) = lb_common::addr_filter_word(addr);
+    /// Records `key` (of `VIPS` for half 0, of `REPLIES` for the other)
+    /// and sets its bit in `ADDR_FILTER`, before the entry is written.
+    fn add_to_addr_filter(&mut self, half: u32, key: L4Addr) -> Result<(), DataplaneError> {
+        self.filtered[filter_side(half)].insert(key);
+        let (word, bit) = lb_common::addr_filter_word(key.addr);
         let at = half + word;
         let have = self
             .addr_filter
@@ -1168,23 +1180,46 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Recomputes `ADDR_FILTER` from `VIPS` and `REPLIES`, so that bits no
-    /// entry needs any more are cleared (after a removal) and every entry
-    /// is covered (after adopting pinned maps). Writes only changed words.
+    /// Forgets `key` after its entry was removed, and recomputes its word
+    /// of `ADDR_FILTER` from the keys that remain.
+    fn remove_from_addr_filter(&mut self, half: u32, key: L4Addr) -> Result<(), DataplaneError> {
+        let side = &mut self.filtered[filter_side(half)];
+        side.remove(&key);
+        let (word, _) = lb_common::addr_filter_word(key.addr);
+        let want = side
+            .iter()
+            .map(|k| lb_common::addr_filter_word(k.addr))
+            .filter(|&(w, _)| w == word)
+            .fold(0, |acc, (_, bit)| acc | bit);
+        self.addr_filter
+            .set(half + word, want, 0)
+            .map_err(map_err(maps::ADDR_FILTER))
+    }
+
+    /// Recomputes `ADDR_FILTER` from `VIPS` and `REPLIES` (on load: the
+    /// pinned maps of a predecessor must all be covered). Writes only
+    /// changed words.
     fn rebuild_addr_filter(&mut self) -> Result<(), DataplaneError> {
+        let vips = self
+            .vips
+            .keys()
+            .collect::<Result<std::collections::HashSet<_>, _>>()
+            .map_err(map_err(maps::VIPS))?;
+        let replies = self
+            .replies
+            .keys()
+            .collect::<Result<std::collections::HashSet<_>, _>>()
+            .map_err(map_err(maps::REPLIES))?;
+        self.filtered = [vips, replies];
         let mut words = vec![0u64; 2 * lb_common::ADDR_FILTER_WORDS as usize];
-        let mut mark = |half: u32, addr: u32| {
-            let (word, bit) = lb_common::addr_filter_word(addr);
-            words[(half + word) as usize] |= bit;
-        };
-        for key in self.vips.keys() {
-            mark(0, key.map_err(map_err(maps::VIPS))?.addr);
-        }
-        for key in self.replies.keys() {
-            mark(
-                lb_common::ADDR_FILTER_BACKENDS,
-                key.map_err(map_err(maps::REPLIES))?.addr,
-            );
+        for (half, keys) in [0, lb_common::ADDR_FILTER_BACKENDS]
+            .into_iter()
+            .zip(&self.filtered)
+        {
+            for key in keys {
+                let (word, bit) = lb_common::addr_filter_word(key.addr);
+                words[(half + word) as usize] |= bit;
+            }
         }
         for (at, want) in words.into_iter().enumerate() {
             let at = at as u32;
@@ -1277,7 +1312,7 @@ impl Dataplane {
                     backend: slot,
                     vip_index,
                 };
-                self.add_to_addr_filter(lb_common::ADDR_FILTER_BACKENDS, k.addr)?;
+                self.add_to_addr_filter(lb_common::ADDR_FILTER_BACKENDS, k)?;
                 self.replies
                     .insert(k, entry, 0)
                     .map_err(map_err(maps::REPLIES))
@@ -1303,18 +1338,18 @@ impl Dataplane {
 
     pub fn remove_reply(&mut self, backend: impl Into<Endpoint>) -> Result<(), DataplaneError> {
         let (r, map, v4) = match key_of(backend.into()) {
-            Key::V4(k) => (self.replies.remove(&k), maps::REPLIES, true),
-            Key::V6(k) => (self.replies6.remove(&k), maps::REPLIES6, false),
+            Key::V4(k) => (self.replies.remove(&k), maps::REPLIES, Some(k)),
+            Key::V6(k) => (self.replies6.remove(&k), maps::REPLIES6, None),
         };
         match r {
             Ok(()) => {}
             Err(e) if absent(&e) => return Ok(()),
             Err(e) => return Err(map_err(map)(e)),
         }
-        if v4 {
-            self.rebuild_addr_filter()?;
+        match v4 {
+            Some(k) => self.remove_from_addr_filter(lb_common::ADDR_FILTER_BACKENDS, k),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Entry `i` of ring `slot` of a VIP, as the data plane sees it: the

@@ -197,6 +197,21 @@ pub fn fits(ctx: &XdpContext, hop: &FibEntry) -> Result<(), u32> {
     }
 }
 
+/// Whether the frame is longer than its ingress interface's MTU: not one
+/// packet off the wire but an aggregate of segments, which generic (skb)
+/// XDP hands over whole — a GSO packet from a veth or tap peer (a
+/// container's or VM's TCP sends 64 KB at once), or a GRO one. It cannot
+/// be redirected (the kernel refuses frames over the egress MTU), nor
+/// answered with fragmentation-needed (each of its segments fits): it is
+/// rewritten and given to the kernel, which segments it on the way out.
+#[inline(always)]
+pub fn aggregate(ctx: &XdpContext) -> bool {
+    let mut mtu_len: u32 = 0;
+    // SAFETY: a valid context; the helper writes the MTU into `mtu_len`.
+    // ifindex 0: the ingress interface. Errors (< 0) read as "no".
+    unsafe { aya_ebpf::helpers::bpf_check_mtu(ctx.ctx as *mut _, 0, &mut mtu_len, 0, 0) > 0 }
+}
+
 /// Rewrite MACs and TTL for `hop` and emit. Returns the XDP action.
 #[inline(always)]
 pub fn send(ctx: &XdpContext, ip: *mut Ipv4Hdr, hop: &FibEntry) -> u32 {

@@ -49,7 +49,7 @@ use crate::{
     consts::{
         BE_IP_DF, ICMP_FRAG_NEEDED, ICMP_PORT_UNREACH, MIN_FORWARD_TTL, TCP_FLAG_FIN, TCP_FLAG_RST,
     },
-    forward::{fits, next_hop, send, Next},
+    forward::{aggregate, fits, next_hop, send, Next},
     host::{for_us, is_local},
     maps::{REPLIES, TAILS, VIPS},
     parse::{parse, Family, Ipv4Hdr, L4Packet, Parsed},
@@ -229,7 +229,7 @@ fn to_backend(ctx: &XdpContext, pkt: &L4Packet, vip: &VipMeta) -> u32 {
         Next::Drop(reason) => return drop(ctx, reason),
     };
     if let Err(mtu) = fits(ctx, &hop) {
-        if dont_fragment(pkt) {
+        if dont_fragment(pkt) && !aggregate(ctx) {
             // Answer before any rewrite: the quote must be what the client
             // sent, or its stack cannot match it.
             return match answer::unreachable(ctx, ICMP_FRAG_NEEDED, mtu) {
@@ -289,8 +289,9 @@ fn from_backend(ctx: &XdpContext, pkt: &L4Packet, reply: &ReplyEntry) -> u32 {
         Next::Drop(reason) => return drop(ctx, reason),
     };
     if fits(ctx, &hop).is_err() {
-        if !dont_fragment(pkt) {
+        if !dont_fragment(pkt) || aggregate(ctx) {
             nat::from_backend(pkt, vip, vip_port, partial);
+            count_reply(reply.backend, pkt.ip_len as u64);
         }
         // A DF reply goes up as the backend sent it: the kernel, the
         // router on this path, sends the backend its fragmentation-needed

@@ -13,7 +13,7 @@ use crate::{
         TCP_FLAG_RST,
     },
     direct,
-    forward::{fits, next_hop6, send6, Next},
+    forward::{aggregate, fits, next_hop6, send6, Next},
     host::{for_us, is_local6},
     maps::{BACKEND_ADDRS6, REPLIES6, VIPS6},
     nat6,
@@ -147,6 +147,11 @@ fn to_backend(ctx: &XdpContext, pkt: &L4Packet6, vip: &VipMeta) -> u32 {
         Next::Drop(reason) => return drop(ctx, reason),
     };
     if let Err(mtu) = fits(ctx, &hop) {
+        if aggregate(ctx) {
+            // Segments the kernel re-makes on the way out (generic XDP).
+            nat6::to_backend(pkt, &addr, port, partial);
+            return pass_because(GlobalCounter::PassTooBig);
+        }
         // IPv6 routers never fragment: the sender must learn the path MTU
         // (RFC 8201), from the address it sent to, about what it sent.
         return match answer6::error(ctx, ICMPV6_PKT_TOOBIG, 0, mtu) {
@@ -202,8 +207,14 @@ fn from_backend(ctx: &XdpContext, pkt: &L4Packet6, reply: &ReplyEntry6) -> u32 {
         Next::Drop(reason) => return drop(ctx, reason),
     };
     if fits(ctx, &hop).is_err() {
-        // Up as the backend sent it: the kernel sends the backend its
-        // packet-too-big, quoting what the backend's stack will match.
+        if aggregate(ctx) {
+            // Segments the kernel re-makes on the way out (generic XDP).
+            nat6::from_backend(pkt, &vip, vip_port, partial);
+            count_reply(reply.backend, pkt.ip_len as u64);
+        }
+        // Otherwise up as the backend sent it: the kernel sends the
+        // backend its packet-too-big, quoting what the backend's stack
+        // will match.
         return pass_because(GlobalCounter::PassTooBig);
     }
     nat6::from_backend(pkt, &vip, vip_port, partial);

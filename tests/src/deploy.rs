@@ -223,11 +223,14 @@ pub struct DataplaneSpec {
     ///
     /// [`GW_BACKEND_ADDR`]: crate::addr::GW_BACKEND_ADDR
     pub tunnel_source: Vec<IpAddr>,
+    /// `xdp_mode`: "auto" (native on the lab's veths), "native", "generic".
+    pub xdp_mode: &'static str,
 }
 
 impl Default for DataplaneSpec {
     fn default() -> Self {
         DataplaneSpec {
+            xdp_mode: "auto",
             flow_table_size: 65536,
             max_flow_inserts_per_sec: None,
             tunnel_source: Vec::new(),
@@ -270,7 +273,8 @@ pub fn render_config_with(lab: &Lab, dp: &DataplaneSpec, pools: &[PoolSpec]) -> 
     let [c, b] = Lab::gw_ifaces();
     writeln!(
         s,
-        "[dataplane]\ninterfaces = [\"{c}\", \"{b}\"]\nxdp_mode = \"auto\"\npin_path = \"{}\"\nflow_table_size = {}\nring_size = 4099",
+        "[dataplane]\ninterfaces = [\"{c}\", \"{b}\"]\nxdp_mode = \"{}\"\npin_path = \"{}\"\nflow_table_size = {}\nring_size = 4099",
+        dp.xdp_mode,
         lab.pin_path().display(),
         dp.flow_table_size,
     )

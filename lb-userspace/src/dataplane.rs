@@ -200,13 +200,6 @@ impl Default for Tuning {
     }
 }
 
-/// How many flows a table asked for `size` holds: whole buckets of
-/// `FLOW_WAYS` (see `lb-ebpf/src/maps.rs`). The pinned map's entry count is
-/// its buckets, [`lb_common::flow_buckets`] of this.
-pub fn flow_table_entries(size: u32) -> u32 {
-    lb_common::flow_buckets(size).saturating_mul(lb_common::FLOW_WAYS as u32)
-}
-
 /// `xdp_mode` from the config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachMode {

@@ -16,7 +16,7 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::bpf_xdp_adjust_head,
     macros::{map, xdp},
-    maps::{PerCpuArray, ProgramArray},
+    maps::{Array, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
 
@@ -25,8 +25,11 @@ use lb_common::bench::{BenchFrame, BENCH_FRAME_MAX};
 #[map]
 static FRAME: PerCpuArray<BenchFrame> = PerCpuArray::with_max_entries(1, 0);
 
+/// The varied source's sequence. Shared, not per CPU: the benchmark's
+/// runs land on whichever CPU the process is on, and per-CPU sequences
+/// replayed each other's 4-tuples (a new flow then met its twin's entry).
 #[map]
-static SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+static SEQ: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map]
 static TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);

@@ -698,7 +698,8 @@ fn run(
         }
         let mut samples = Vec::new();
         for _ in 0..runs {
-            let before = (path.proof)(&reader.read()?);
+            let snapshot = reader.read()?;
+            let before = (path.proof)(&snapshot);
             let mut out = vec![0u8; path.bytes.len() + 256];
             let res = restore.test_run(TestRunOptions {
                 data_in: Some(&path.bytes),
@@ -715,11 +716,22 @@ fn run(
                 path.action
             );
             if !path.floor {
-                let rose = (path.proof)(&reader.read()?) - before;
+                let after = reader.read()?;
+                let rose = (path.proof)(&after) - before;
+                // Which global counters rose instead, by index.
+                let moved: Vec<(usize, u64)> = after
+                    .global
+                    .iter()
+                    .zip(&snapshot.global)
+                    .enumerate()
+                    .filter(|(_, (a, b))| a != b)
+                    .map(|(i, (a, b))| (i, a - b))
+                    .collect();
                 anyhow::ensure!(
                     rose == repeat as u64,
                     "{}: its counter rose by {rose}, not by the repeat count {repeat}: \
-                     the iterations did not all take this path",
+                     the iterations did not all take this path (global counters that \
+                     moved, by index: {moved:?})",
                     path.name
                 );
             }

@@ -516,6 +516,7 @@ fn one(
     };
     let f0 = xdp_flows(active.d);
     let p0 = pid.map(sys::process_cpu).transpose()?;
+    let k0 = sys::ksoftirqd_cpu()?;
     let m0 = MachineCpu::now()?;
     let t0 = Instant::now();
     let out = active.d.lab.exec(
@@ -541,6 +542,7 @@ fn one(
     let wall = t0.elapsed().as_secs_f64();
     let m = MachineCpu::now()?.since(m0);
     let p1 = pid.map(sys::process_cpu).transpose()?;
+    let ksoftirqd = sys::ksoftirqd_cpu()? - k0;
     let xdp_new_flows = f0
         .zip(xdp_flows(active.d))
         .map(|(a, b)| b.saturating_sub(a));
@@ -614,6 +616,8 @@ fn one(
         "idle_busy_per_s": idle_rate,
         "cpu_per_10k_s": per_10k(busy_net),
         "softirq_per_10k_s": per_10k(m.softirq),
+        "ksoftirqd_s": ksoftirqd,
+        "ksoftirqd_per_10k_s": per_10k(ksoftirqd),
         "process_cpu_s": proc_cpu,
         "process_cpu_per_10k_s": proc_cpu.map(per_10k),
         "bulk_gbps": bulk_bps.ok().map(|b| b / 1e9),

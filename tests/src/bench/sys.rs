@@ -77,6 +77,27 @@ pub fn process_cpu(pid: u32) -> Result<f64> {
     Ok((utime + stime) / clock_ticks())
 }
 
+/// CPU-s the kernel's ksoftirqd threads have used so far: softirq work
+/// (NAPI polls, forwarding, XDP) the kernel deferred from interrupt exit to
+/// those ordinary threads, which then wait their turn like any process.
+pub fn ksoftirqd_cpu() -> Result<f64> {
+    let mut total = 0.0;
+    for entry in std::fs::read_dir("/proc").context("read /proc")? {
+        let Ok(entry) = entry else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
+            continue;
+        };
+        if comm.starts_with("ksoftirqd/") {
+            // Gone meanwhile (CPU hot-unplug): not counted.
+            total += process_cpu(pid).unwrap_or(0.0);
+        }
+    }
+    Ok(total)
+}
+
 /// A `VmXxx:` field of `/proc/<pid>/status`, in KiB (e.g. `"VmHWM"`, the
 /// peak resident set).
 pub fn process_mem_kib(pid: u32, field: &str) -> Result<u64> {

@@ -96,6 +96,7 @@ pub struct GwSummary {
     pub errors: Option<f64>,
     pub cpu_per_10k: Option<f64>,
     pub softirq_per_10k: Option<f64>,
+    pub ksoftirqd_per_10k: Option<f64>,
     pub process_per_10k: Option<f64>,
     pub bulk_gbps: Option<f64>,
     pub bulk_errors: Vec<String>,
@@ -129,6 +130,7 @@ pub fn summarize(g: &Value) -> Vec<GwSummary> {
                 errors: med("errors"),
                 cpu_per_10k: med("cpu_per_10k_s"),
                 softirq_per_10k: med("softirq_per_10k_s"),
+                ksoftirqd_per_10k: med("ksoftirqd_per_10k_s"),
                 process_per_10k: med("process_cpu_per_10k_s"),
                 bulk_gbps: med("bulk_gbps"),
                 bulk_errors: ok

@@ -160,77 +160,49 @@ pub struct TcpProbe;
 impl Probe for TcpProbe {
     fn check(&self, addr: SocketAddr, timeout: Duration) -> ProbeFuture<'_> {
         Box::pin(async move {
-            let stream = connect_without_ack(addr, timeout).await?;
-            abort_on_close(&stream);
+            let stream = connect(addr, timeout, Handshake::WithoutAck).await?;
+            // Closing sends a RST instead of a FIN (SO_LINGER 0), as
+            // HAProxy closes its TCP checks: the probe needs no orderly
+            // goodbye, and a prober doing a thousand connects a second
+            // would otherwise keep tens of thousands of sockets in
+            // TIME_WAIT. Failure only means an ordinary close.
+            let _ = stream.set_zero_linger();
             Ok(())
         })
     }
 }
 
-/// Connects with delayed ACKs on from the start (TCP_QUICKACK 0 puts the
-/// socket in "pingpong" mode), so the kernel holds back the handshake's
-/// final ACK when the SYN-ACK arrives — and the RST of [`abort_on_close`]
-/// goes in its place. A pure connect check then costs three packets (SYN,
-/// SYN-ACK, RST) and the backend never builds a full socket nor wakes its
-/// accept loop; HAProxy checks this way. Proof of life is the same: a
-/// SYN-ACK comes from a listening socket whose accept queue has room.
-async fn connect_without_ack(
+/// How much of the handshake a probe's connect completes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Handshake {
+    /// All of it: the probe goes on to talk.
+    Full,
+    /// Delayed ACKs on from the start (TCP_QUICKACK 0 puts the socket in
+    /// "pingpong" mode), so the kernel holds back the handshake's final
+    /// ACK when the SYN-ACK arrives, and the RST of a zero-linger close
+    /// goes in its place. A pure connect check then costs three packets
+    /// (SYN, SYN-ACK, RST) and the backend never builds a full socket nor
+    /// wakes its accept loop; HAProxy checks this way. Proof of life is the
+    /// same: a SYN-ACK comes from a listening socket whose accept queue has
+    /// room.
+    WithoutAck,
+}
+
+async fn connect(
     addr: SocketAddr,
     timeout: Duration,
+    handshake: Handshake,
 ) -> Result<TcpStream, HealthError> {
-    use std::os::fd::AsRawFd;
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
         SocketAddr::V6(_) => TcpSocket::new_v6(),
     }
     .map_err(|source| HealthError::Connect { addr, source })?;
-    let off: libc::c_int = 0;
-    // SAFETY: setsockopt on a socket we own, with a valid int of the size
-    // given. Failure only means the handshake sends its ACK.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_QUICKACK,
-            (&off as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
+    if handshake == Handshake::WithoutAck {
+        // Failure only means the handshake sends its ACK.
+        let _ = socket2::SockRef::from(&socket).set_tcp_quickack(false);
     }
     match tokio::time::timeout(timeout, socket.connect(addr)).await {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(source)) => Err(HealthError::Connect { addr, source }),
-        Err(_) => Err(HealthError::Timeout {
-            addr,
-            timeout_ms: timeout.as_millis() as u64,
-        }),
-    }
-}
-
-/// Makes closing `stream` send a RST instead of a FIN (SO_LINGER 0), as
-/// HAProxy closes its TCP checks: the probe needs no orderly goodbye, and
-/// a prober doing a thousand connects a second would otherwise keep tens
-/// of thousands of sockets in TIME_WAIT and pay for twice the packets.
-fn abort_on_close(stream: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a socket we own, with a valid option struct of
-    // the size given. Failure only means an ordinary close.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
-}
-
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, HealthError> {
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(source)) => Err(HealthError::Connect { addr, source }),
         Err(_) => Err(HealthError::Timeout {
@@ -253,7 +225,7 @@ impl Probe for HttpProbe {
     fn check(&self, addr: SocketAddr, timeout: Duration) -> ProbeFuture<'_> {
         Box::pin(async move {
             let exchange = async {
-                let mut s = connect(addr, timeout).await?;
+                let mut s = connect(addr, timeout, Handshake::Full).await?;
                 let io = |source| HealthError::Io { addr, source };
                 let req = format!(
                     "GET {} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: xdplb-health\r\nConnection: close\r\n\r\n",

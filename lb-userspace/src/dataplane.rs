@@ -329,10 +329,11 @@ pub struct Dataplane {
     local_addrs: HashMap<MapData, u32, u32>,
     local_addrs6: HashMap<MapData, Addr6, u32>,
     addr_filter: Array<MapData, u64>,
-    /// The IPv4 keys of `VIPS` and `REPLIES` (the two halves of
-    /// `ADDR_FILTER`), so a removal recomputes its one filter word in
-    /// memory instead of walking the maps.
+    /// The IPv4 keys of `VIPS` and `REPLIES` (by [`FilterSide`]), and the
+    /// words of `ADDR_FILTER` as written: a word is recomputed from the
+    /// keys and written only when it changes, with no map read.
     filtered: [std::collections::HashSet<L4Addr>; 2],
+    filter_words: Vec<u64>,
     /// Each slot's generation as the pinned map holds it: rings are written
     /// as references carrying it (see `lb_common::backend_ref`).
     generations: Vec<u32>,
@@ -639,9 +640,22 @@ fn load_tails(ebpf: &mut aya::Ebpf) -> Result<(), DataplaneError> {
     Ok(())
 }
 
-/// Which of `Dataplane::filtered` a half of `ADDR_FILTER` is.
-fn filter_side(half: u32) -> usize {
-    usize::from(half == lb_common::ADDR_FILTER_BACKENDS)
+/// A half of `ADDR_FILTER`: the addresses of `VIPS` (packets to them) or
+/// of `REPLIES` (packets from them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FilterSide {
+    Vips = 0,
+    Backends = 1,
+}
+
+impl FilterSide {
+    /// Its first word in `ADDR_FILTER`.
+    fn base(self) -> u32 {
+        match self {
+            FilterSide::Vips => 0,
+            FilterSide::Backends => lb_common::ADDR_FILTER_BACKENDS,
+        }
+    }
 }
 
 fn pinned_max_entries(path: &Path) -> Option<u32> {
@@ -793,6 +807,8 @@ impl Dataplane {
             local_addrs6,
             addr_filter,
             filtered: Default::default(),
+            // Filled by the rebuild below.
+            filter_words: Vec::new(),
             generations,
             written: StdHashMap::new(),
         };
@@ -1131,7 +1147,7 @@ impl Dataplane {
             Key::V4(k) => {
                 // The filter bit first: a VIP the filter hides is a VIP
                 // whose packets pass to the kernel.
-                self.add_to_addr_filter(0, k)?;
+                self.filter(FilterSide::Vips, k, true)?;
                 self.vips.insert(k, meta, 0).map_err(map_err(maps::VIPS))
             }
             Key::V6(k) => self.vips6.insert(k, meta, 0).map_err(map_err(maps::VIPS6)),
@@ -1150,82 +1166,76 @@ impl Dataplane {
             Err(e) => return Err(map_err(map)(e)),
         }
         match v4 {
-            Some(k) => self.remove_from_addr_filter(0, k),
+            Some(k) => self.filter(FilterSide::Vips, k, false),
             None => Ok(()),
         }
     }
 
-    /// Records `key` (of `VIPS` for half 0, of `REPLIES` for the other)
-    /// and sets its bit in `ADDR_FILTER`, before the entry is written.
-    fn add_to_addr_filter(&mut self, half: u32, key: L4Addr) -> Result<(), DataplaneError> {
-        self.filtered[filter_side(half)].insert(key);
-        let (word, bit) = lb_common::addr_filter_word(key.addr);
-        let at = half + word;
-        let have = self
-            .addr_filter
-            .get(&at, 0)
-            .map_err(map_err(maps::ADDR_FILTER))?;
-        if have & bit == 0 {
-            self.addr_filter
-                .set(at, have | bit, 0)
-                .map_err(map_err(maps::ADDR_FILTER))?;
+    /// Records `key` (before its entry is written) or forgets it (after
+    /// its entry is removed), and brings its word of `ADDR_FILTER` up to
+    /// date.
+    fn filter(
+        &mut self,
+        side: FilterSide,
+        key: L4Addr,
+        present: bool,
+    ) -> Result<(), DataplaneError> {
+        let keys = &mut self.filtered[side as usize];
+        if present {
+            keys.insert(key);
+        } else {
+            keys.remove(&key);
         }
-        Ok(())
+        let (word, _) = lb_common::addr_filter_word(key.addr);
+        self.sync_filter_word(side, word)
     }
 
-    /// Forgets `key` after its entry was removed, and recomputes its word
-    /// of `ADDR_FILTER` from the keys that remain.
-    fn remove_from_addr_filter(&mut self, half: u32, key: L4Addr) -> Result<(), DataplaneError> {
-        let side = &mut self.filtered[filter_side(half)];
-        side.remove(&key);
-        let (word, _) = lb_common::addr_filter_word(key.addr);
-        let want = side
+    /// Recomputes word `word` of `side` from the keys and writes it if it
+    /// changed.
+    fn sync_filter_word(&mut self, side: FilterSide, word: u32) -> Result<(), DataplaneError> {
+        let want = self.filtered[side as usize]
             .iter()
             .map(|k| lb_common::addr_filter_word(k.addr))
             .filter(|&(w, _)| w == word)
             .fold(0, |acc, (_, bit)| acc | bit);
-        self.addr_filter
-            .set(half + word, want, 0)
-            .map_err(map_err(maps::ADDR_FILTER))
+        let at = side.base() + word;
+        if self.filter_words[at as usize] != want {
+            self.addr_filter
+                .set(at, want, 0)
+                .map_err(map_err(maps::ADDR_FILTER))?;
+            self.filter_words[at as usize] = want;
+        }
+        Ok(())
     }
 
-    /// Recomputes `ADDR_FILTER` from `VIPS` and `REPLIES` (on load: the
-    /// pinned maps of a predecessor must all be covered). Writes only
-    /// changed words.
+    /// Takes the keys from `VIPS` and `REPLIES` and writes every word of
+    /// `ADDR_FILTER` (on load: a predecessor's pinned maps must all be
+    /// covered, and nothing else).
     fn rebuild_addr_filter(&mut self) -> Result<(), DataplaneError> {
         let vips = self
             .vips
             .keys()
-            .collect::<Result<std::collections::HashSet<_>, _>>()
+            .collect::<Result<_, _>>()
             .map_err(map_err(maps::VIPS))?;
         let replies = self
             .replies
             .keys()
-            .collect::<Result<std::collections::HashSet<_>, _>>()
+            .collect::<Result<_, _>>()
             .map_err(map_err(maps::REPLIES))?;
         self.filtered = [vips, replies];
         let mut words = vec![0u64; 2 * lb_common::ADDR_FILTER_WORDS as usize];
-        for (half, keys) in [0, lb_common::ADDR_FILTER_BACKENDS]
-            .into_iter()
-            .zip(&self.filtered)
-        {
-            for key in keys {
+        for side in [FilterSide::Vips, FilterSide::Backends] {
+            for key in &self.filtered[side as usize] {
                 let (word, bit) = lb_common::addr_filter_word(key.addr);
-                words[(half + word) as usize] |= bit;
+                words[(side.base() + word) as usize] |= bit;
             }
         }
-        for (at, want) in words.into_iter().enumerate() {
-            let at = at as u32;
-            let have = self
-                .addr_filter
-                .get(&at, 0)
+        for (at, &word) in words.iter().enumerate() {
+            self.addr_filter
+                .set(at as u32, word, 0)
                 .map_err(map_err(maps::ADDR_FILTER))?;
-            if have != want {
-                self.addr_filter
-                    .set(at, want, 0)
-                    .map_err(map_err(maps::ADDR_FILTER))?;
-            }
         }
+        self.filter_words = words;
         Ok(())
     }
 
@@ -1305,7 +1315,7 @@ impl Dataplane {
                     backend: slot,
                     vip_index,
                 };
-                self.add_to_addr_filter(lb_common::ADDR_FILTER_BACKENDS, k)?;
+                self.filter(FilterSide::Backends, k, true)?;
                 self.replies
                     .insert(k, entry, 0)
                     .map_err(map_err(maps::REPLIES))
@@ -1340,7 +1350,7 @@ impl Dataplane {
             Err(e) => return Err(map_err(map)(e)),
         }
         match v4 {
-            Some(k) => self.remove_from_addr_filter(lb_common::ADDR_FILTER_BACKENDS, k),
+            Some(k) => self.filter(FilterSide::Backends, k, false),
             None => Ok(()),
         }
     }

@@ -117,6 +117,12 @@ pub enum DataplaneError {
     },
     #[error("pinned link {path}: {reason}")]
     Link { path: PathBuf, reason: String },
+    #[error("cannot map the pinned flow table {}: {source}", path.display())]
+    FlowTableMap {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("map {map} missing from the object or pin path")]
     MissingMap { map: &'static str },
     #[error("map {map}: {source}")]
@@ -1968,31 +1974,49 @@ pub fn judge_flow(entry: &FlowSlot, flow_idle_ms: u32, now: u64, idle_ns: u64) -
     }
 }
 
-/// `flow_idle_ms` of the VIP each of `slots` (backend slots) serves, from
-/// the pinned `BACKENDS`, `VIPS` and `VIPS6`.
-fn vip_idle_times(
-    pin_path: &Path,
-    slots: impl Iterator<Item = u32>,
-) -> Result<StdHashMap<u32, u32>, DataplaneError> {
-    let vips: HashMap<MapData, L4Addr, VipMeta> = open_pinned(pin_path, maps::VIPS)?;
-    let vips6: HashMap<MapData, L4Addr6, VipMeta> = open_pinned(pin_path, maps::VIPS6)?;
-    let backends: Array<MapData, BackendMeta> = open_pinned(pin_path, maps::BACKENDS)?;
-    let by_vip: StdHashMap<u32, u32> = vips
-        .iter()
-        .flatten()
-        .map(|(_, m)| m)
-        .chain(vips6.iter().flatten().map(|(_, m)| m))
-        .map(|m| (m.index, m.flow_idle_ms))
-        .collect();
-    let mut out = StdHashMap::new();
-    for slot in slots {
-        let vip = backends
-            .get(&slot, 0)
-            .map_err(map_err(maps::BACKENDS))?
-            .vip_index;
-        out.insert(slot, by_vip.get(&vip).copied().unwrap_or(0));
+/// `flow_idle_ms` of the VIP a backend slot serves, from the pinned
+/// `BACKENDS`, `VIPS` and `VIPS6`; each slot looked up once.
+struct IdleTimes {
+    by_vip: StdHashMap<u32, u32>,
+    backends: Array<MapData, BackendMeta>,
+    by_slot: StdHashMap<u32, u32>,
+}
+
+impl IdleTimes {
+    fn open(pin_path: &Path) -> Result<IdleTimes, DataplaneError> {
+        let vips: HashMap<MapData, L4Addr, VipMeta> = open_pinned(pin_path, maps::VIPS)?;
+        let vips6: HashMap<MapData, L4Addr6, VipMeta> = open_pinned(pin_path, maps::VIPS6)?;
+        let by_vip = vips
+            .iter()
+            .flatten()
+            .map(|(_, m)| m)
+            .chain(vips6.iter().flatten().map(|(_, m)| m))
+            .map(|m| (m.index, m.flow_idle_ms))
+            .collect();
+        Ok(IdleTimes {
+            by_vip,
+            backends: open_pinned(pin_path, maps::BACKENDS)?,
+            by_slot: StdHashMap::new(),
+        })
     }
-    Ok(out)
+
+    fn of_slot(&mut self, slot: u32) -> Result<u32, DataplaneError> {
+        if let Some(&ms) = self.by_slot.get(&slot) {
+            return Ok(ms);
+        }
+        let ms = if slot < MAX_BACKENDS {
+            let vip = self
+                .backends
+                .get(&slot, 0)
+                .map_err(map_err(maps::BACKENDS))?
+                .vip_index;
+            self.by_vip.get(&vip).copied().unwrap_or(0)
+        } else {
+            0
+        };
+        self.by_slot.insert(slot, ms);
+        Ok(ms)
+    }
 }
 
 /// [`flow_counts`] with the half-open flows counted too.
@@ -2002,21 +2026,13 @@ pub fn flow_census(
     idle: std::time::Duration,
 ) -> Result<FlowCensus, DataplaneError> {
     let table = FlowTable::open(pin_path)?;
+    let mut idle_of = IdleTimes::open(pin_path)?;
     let now = monotonic_coarse_ns();
     let idle = idle.as_nanos() as u64;
-    let flows: Vec<(usize, FlowSlot)> = table.occupied().collect();
-    let mut slots: Vec<u32> = flows
-        .iter()
-        .map(|(_, f)| ref_slot(f.backend))
-        .filter(|&s| s < MAX_BACKENDS)
-        .collect();
-    slots.sort_unstable();
-    slots.dedup();
-    let idle_of = vip_idle_times(pin_path, slots.into_iter())?;
     let mut census = FlowCensus::default();
     let mut counted = 0;
-    for (index, flow) in flows {
-        let flow_idle_ms = idle_of.get(&ref_slot(flow.backend)).copied().unwrap_or(0);
+    for (index, flow) in table.occupied() {
+        let flow_idle_ms = idle_of.of_slot(ref_slot(flow.backend))?;
         let (map, slot) = match judge_flow(&flow, flow_idle_ms, now, idle) {
             FlowVerdict::Established(s) => (&mut census.established, s),
             FlowVerdict::HalfOpen(s) => (&mut census.half_open, s),

@@ -77,12 +77,9 @@ impl FlowTable {
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(DataplaneError::Layout {
+            return Err(DataplaneError::FlowTableMap {
                 path: pin_path.join(maps::FLOWS),
-                what: "mapping",
-                pinned: 0,
-                wanted: 0,
-                reason: std::io::Error::last_os_error().to_string(),
+                source: std::io::Error::last_os_error(),
             });
         }
         Ok(FlowTable {

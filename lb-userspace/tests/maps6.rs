@@ -161,17 +161,6 @@ fn ipv6_and_udp_endpoints_round_trip_through_the_maps() {
     }
 }
 
-/// CLOCK_MONOTONIC_COARSE, the clock the program stamps flows with.
-fn coarse_now() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 #[test]
 fn the_census_counts_both_tables_and_reaps_idle_flows() {
     let mut tp = TestPlane::new(RING, 1024);
@@ -218,7 +207,7 @@ fn the_census_counts_both_tables_and_reaps_idle_flows() {
         .unwrap();
     }
 
-    let now = coarse_now();
+    let now = common::coarse_now_ns();
     let secs = |s: u64| now - s * 1_000_000_000;
     let table = FlowTable::open(&pin).unwrap();
     let entry = |tag: u64, backend, flags: u16, seen_ns| FlowSlot {
@@ -301,7 +290,7 @@ fn the_census_counts_a_table_of_many_flows() {
             0,
         )
         .unwrap();
-    let now = coarse_now();
+    let now = common::coarse_now_ns();
     let table = FlowTable::open(&pin).unwrap();
     const N: u32 = 10_007;
     for i in 0..N {

@@ -1350,23 +1350,9 @@ fn above_the_insert_rate_new_flows_are_balanced_but_not_recorded() {
     assert_eq!(backend_of(&out), pinned);
 }
 
-/// The kernel's coarse monotonic clock, which `bpf_ktime_get_coarse_ns`
-/// reads: the program's `now` lies between two readings taken around a run.
-fn coarse_now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to write into.
-    assert_eq!(
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) },
-        0
-    );
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 #[test]
 fn last_seen_is_rewritten_at_most_once_a_second() {
+    use common::coarse_now_ns;
     use lb_common::{flow_seen, FLOW_SEEN_SHIFT};
     let resolution = lb_common::limits::LAST_SEEN_RESOLUTION_NS;
     // The entry keeps the clock in 2^FLOW_SEEN_SHIFT ns units.
@@ -1732,20 +1718,7 @@ impl DecapLab {
     }
 
     fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let md = xdp_md(frame.len(), self.ns.out_ifindex);
-        let mut out = vec![0u8; frame.len() + 64];
-        let res = self
-            .decap
-            .program()
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&md),
-                ..Default::default()
-            })
-            .unwrap();
-        out.truncate(res.data_size_out as usize);
-        (res.return_value, out)
+        common::run_once(self.decap.program(), frame, self.ns.out_ifindex)
     }
 
     fn counters(&self) -> std::collections::HashMap<&'static str, u64> {

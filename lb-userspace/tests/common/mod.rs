@@ -248,24 +248,10 @@ impl TestPlane {
         self.plane.as_mut().expect("loaded")
     }
 
-    /// Runs the main program once (BPF_PROG_TEST_RUN) on `frame` arriving
-    /// on `ifindex`: its verdict and the frame as it left.
+    /// Runs the main program once on `frame` arriving on `ifindex` (see
+    /// [`run_once`]).
     pub fn run(&mut self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
-        use aya::programs::{TestRun, TestRunOptions};
-        let md = xdp_md(frame.len(), ifindex);
-        let mut out = vec![0u8; frame.len() + 256];
-        let res = self
-            .dp()
-            .program()
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&md),
-                ..Default::default()
-            })
-            .expect("test_run");
-        out.truncate(res.data_size_out as usize);
-        (res.return_value, out)
+        run_once(self.dp().program(), frame, ifindex)
     }
 
     /// The data plane's counters, summed over CPUs.
@@ -290,4 +276,38 @@ pub fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
     md[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
     md[12..16].copy_from_slice(&ifindex.to_ne_bytes());
     md
+}
+
+/// Runs `prog` once (BPF_PROG_TEST_RUN) on `frame` arriving on `ifindex`:
+/// its verdict and the frame as it left (room for 256 bytes of growth, an
+/// answer or an outer header).
+pub fn run_once(prog: &aya::programs::Xdp, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+    use aya::programs::{TestRun, TestRunOptions};
+    let md = xdp_md(frame.len(), ifindex);
+    let mut out = vec![0u8; frame.len() + 256];
+    let res = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&md),
+            ..Default::default()
+        })
+        .expect("test_run");
+    out.truncate(res.data_size_out as usize);
+    (res.return_value, out)
+}
+
+/// CLOCK_MONOTONIC_COARSE, which `bpf_ktime_get_coarse_ns` reads: the
+/// program stamps flows with it.
+pub fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to write into.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) },
+        0
+    );
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

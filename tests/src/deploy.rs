@@ -729,6 +729,33 @@ impl Deployment {
     }
 
     /// `xdplb stats --json --pin-path P`.
+    /// Downloads `bytes` of lab-backend's pattern from `vip` in the client
+    /// namespace within `deadline`, checking status, length and content;
+    /// how long it took. A failure carries `xdplb stats`.
+    pub fn download(&self, vip: SocketAddr, bytes: usize, deadline: Duration) -> Result<Duration> {
+        let started = Instant::now();
+        let (status, body) = self
+            .lab
+            .run_in("client", || {
+                crate::http::http_get_bytes(vip, &format!("/bytes/{bytes}"), bytes, deadline)
+            })?
+            .with_context(|| {
+                format!(
+                    "{bytes} bytes through {vip}; stats: {}",
+                    self.stats().map(|s| s.to_string()).unwrap_or_default()
+                )
+            })?;
+        let took = started.elapsed();
+        ensure!(status == 200, "status {status}");
+        ensure!(body.len() == bytes, "{} bytes", body.len());
+        ensure!(
+            body == crate::http::pattern(bytes),
+            "the body differs from what was sent"
+        );
+        ensure!(took < deadline, "took {took:?}");
+        Ok(took)
+    }
+
     pub fn stats(&self) -> Result<Value> {
         let pin = self.lab.pin_path();
         let out = self.xdplb(&["stats", "--json", "--pin-path", &pin.to_string_lossy()])?;

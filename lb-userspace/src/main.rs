@@ -22,7 +22,14 @@ fn main() -> ExitCode {
         .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread drives every task: the controller's work is a thousand
+    // small wakeups a second (probe timers, sockets becoming ready,
+    // reports), and a multi-thread scheduler adds a wakeup of an idle
+    // worker, to steal, to most of them: about a tenth of the controller's
+    // CPU when probing 1000 backends, measured side by side. What could
+    // block the thread for long (the flow census, a metrics scrape) runs
+    // on the blocking pool.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -449,6 +449,22 @@ async fn down(a: DownArgs) -> Result<(), CliError> {
             "--force: taking the data plane down under a running controller"
         );
     }
+    // [announce]: a gateway taken down withdraws its VIPs first, so the
+    // routers stop sending before the program stops forwarding. BIRD not
+    // answering is reported, not fatal: the operator asked for down.
+    let mut withdrawn = String::new();
+    if let Some(ann) = cfg.as_ref().and_then(|c| c.announce.as_ref()) {
+        match crate::announce::withdraw_all(ann).await {
+            Ok(()) => withdrawn = "; VIP routes withdrawn".to_string(),
+            Err(e) => {
+                tracing::warn!(error = %e, "VIP routes emptied but BIRD not told");
+                withdrawn = format!(
+                    "; VIP routes emptied in {} (BIRD not told: {e})",
+                    ann.routes_file.display()
+                );
+            }
+        }
+    }
     let resolved = dataplane::resolve_pin_path(&pin_path)?;
     let report = dataplane::down(&resolved).map_err(|e| match e {
         DataplaneError::NotPinned { .. } => CliError::NothingPinned {
@@ -469,21 +485,6 @@ async fn down(a: DownArgs) -> Result<(), CliError> {
             report.foreign.join(", ")
         )
     };
-    // [announce]: a gateway taken down withdraws its VIPs. BIRD not
-    // answering is reported, not fatal: the data plane is already gone.
-    let mut withdrawn = String::new();
-    if let Some(ann) = cfg.as_ref().and_then(|c| c.announce.as_ref()) {
-        match crate::announce::withdraw_all(ann).await {
-            Ok(()) => withdrawn = "; VIP routes withdrawn".to_string(),
-            Err(e) => {
-                tracing::warn!(error = %e, "VIP routes emptied but BIRD not told");
-                withdrawn = format!(
-                    "; VIP routes emptied in {} (BIRD not told: {e})",
-                    ann.routes_file.display()
-                );
-            }
-        }
-    }
     print(&format!(
         "{what}; removed pins at {}{left}{withdrawn}\n",
         pin_path.display()

@@ -987,6 +987,19 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Whether any interface's link is still pinned: the pin is a link's
+    /// last reference, so no pin means no attachment (`xdplb down` removes
+    /// them). An unreadable pin directory counts as detached.
+    pub fn has_links(&self) -> bool {
+        fs::read_dir(&self.shape.pin_path).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(maps::LINK_PREFIX)
+            })
+        })
+    }
+
     /// Detaches the pinned links of interfaces not in `keep` (an interface
     /// dropped from the config since the data plane was pinned). Returns
     /// the interfaces detached.

@@ -229,13 +229,44 @@ fn a_gateway_whose_pool_empties_withdraws_alone() -> Result<()> {
         !out.status.success(),
         "down refuses while the controller runs"
     );
-    f.stop_daemon(3)?;
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(
-        f.next_hops()?,
-        hops(&[1, 2, 3]),
-        "a stopped controller withdrew"
+    // A restart (stop, 1.5 s down, start until announced again) while
+    // the router is watched every 20 ms: its route keeps all three hops.
+    let watching = std::sync::atomic::AtomicBool::new(true);
+    let lost: Vec<String> = std::thread::scope(|s| -> Result<Vec<String>> {
+        let watcher = s.spawn(|| {
+            let mut lost = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while watching.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                match f.next_hops() {
+                    Ok(h) if h == hops(&[1, 2, 3]) => {}
+                    other => lost.push(format!("{other:?}")),
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            lost
+        });
+        let restarted = (|| -> Result<()> {
+            f.stop_daemon(3)?;
+            std::thread::sleep(Duration::from_millis(1500));
+            f.start_daemon(3)?;
+            ensure!(
+                wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+                    f.announced(3) == Some(true)
+                }),
+                "g3 does not say it announces after its restart"
+            );
+            Ok(())
+        })();
+        watching.store(false, std::sync::atomic::Ordering::Relaxed);
+        let lost = watcher.join().expect("watcher");
+        restarted?;
+        Ok(lost)
+    })?;
+    assert!(
+        lost.is_empty(),
+        "the route changed during a restart: {lost:?}"
     );
+    f.stop_daemon(3)?;
     let down_at = Instant::now();
     let out = f.xdplb(
         3,

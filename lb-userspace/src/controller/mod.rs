@@ -249,6 +249,8 @@ pub struct Controller<D: DataplaneOps> {
     ready: bool,
     /// `[announce]`: keeps BIRD's routes file in step (see [`crate::announce`]).
     announcer: Option<crate::announce::Announcer>,
+    /// The last sync found the program detached (warned once per loss).
+    detached_seen: bool,
 }
 
 /// Channels the controller's tasks report on.
@@ -338,6 +340,7 @@ impl<D: DataplaneOps> Controller<D> {
             ready_deadline: now + Duration::from_millis(max_timeout + 500),
             ready: false,
             announcer: None,
+            detached_seen: false,
         };
         // Slots whose pool is gone (e.g. VIP removed while we were down).
         for b in orphans {

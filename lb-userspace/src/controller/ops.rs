@@ -38,6 +38,11 @@ pub trait DataplaneOps: Send {
     fn adopt_vips(&self) -> Result<Vec<(String, Endpoint, u32)>, DataplaneError>;
     /// (backend name, slot) of every slot in use.
     fn adopt_backends(&self) -> Result<Vec<(String, BackendSlot)>, DataplaneError>;
+    /// Whether the program is still attached to at least one of its
+    /// interfaces: `xdplb down --force` can take it away under a running
+    /// controller, which must then stop announcing what it no longer
+    /// forwards.
+    fn attached(&self) -> bool;
 }
 
 impl DataplaneOps for Dataplane {
@@ -89,5 +94,8 @@ impl DataplaneOps for Dataplane {
             .into_iter()
             .map(|b| Ok((self.read_name(backend_name_index(b.slot))?, b)))
             .collect()
+    }
+    fn attached(&self) -> bool {
+        Dataplane::has_links(self)
     }
 }

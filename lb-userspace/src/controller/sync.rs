@@ -265,15 +265,25 @@ impl<D: DataplaneOps> Controller<D> {
         for slot in done {
             self.free_slot(slot)?;
         }
-        // [announce]: a VIP is announced while its ring has an active backend.
+        // [announce]: a VIP is announced while its ring has an active
+        // backend and the program still forwards (`xdplb down --force`
+        // can detach it under us; announcing then would draw traffic to a
+        // gateway that passes it to its kernel).
+        let attached = self.config.announce.is_none() || self.dp.attached();
+        if !attached && !self.detached_seen {
+            warn!("the data plane was detached under the controller: VIPs withdrawn");
+        }
+        self.detached_seen = !attached;
         let wanted = self
             .config
             .pools
             .iter()
             .filter(|p| {
-                self.published
-                    .get(&p.name)
-                    .is_some_and(|r| !r.inputs.is_empty())
+                attached
+                    && self
+                        .published
+                        .get(&p.name)
+                        .is_some_and(|r| !r.inputs.is_empty())
             })
             .map(|p| (p.name.clone(), p.vip.ip()))
             .collect();

@@ -42,6 +42,8 @@ struct Fake {
     replies: HashMap<Endpoint, SocketAddr>,
     backends: HashMap<u32, BackendSlot>,
     names: HashMap<u32, String>,
+    /// Set by a test to play `xdplb down --force` under the controller.
+    detached: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Fake {
@@ -131,6 +133,9 @@ impl DataplaneOps for Fake {
     fn write_name(&mut self, index: u32, name: &str) -> Result<(), DataplaneError> {
         self.names.insert(index, name.to_string());
         Ok(())
+    }
+    fn attached(&self) -> bool {
+        !self.detached.load(std::sync::atomic::Ordering::Relaxed)
     }
     fn adopt_vips(&self) -> Result<Vec<(String, Endpoint, u32)>, DataplaneError> {
         Ok(self
@@ -370,7 +375,9 @@ async fn announce_follows_the_ring_and_survives_a_missing_bird() {
         dir.join("no-bird.ctl").display(),
         routes.display()
     );
-    let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &text);
+    let fake = Fake::default();
+    let detached = Arc::clone(&fake.detached);
+    let mut r = rig_with(fake, Arc::new(FakeProbes::default()), &text);
     assert_eq!(
         r.c.status().pools[0].announced,
         None,
@@ -396,6 +403,13 @@ async fn announce_follows_the_ring_and_survives_a_missing_bird() {
     r.probes.set("198.18.1.12:8080", true);
     r.pump(Duration::from_millis(300)).await;
     assert!(read().contains("198.18.2.10/32"), "{}", read());
+    // `xdplb down --force` under the running controller: the next change
+    // must not announce again what nothing forwards.
+    detached.store(true, std::sync::atomic::Ordering::Relaxed);
+    r.probes.set("198.18.1.11:8080", true);
+    r.pump(Duration::from_millis(300)).await;
+    assert!(!read().contains("198.18.2.10"), "{}", read());
+    assert_eq!(r.c.status().pools[0].announced, Some(false));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -197,6 +197,9 @@ struct Runtime {
     last_error: Option<String>,
     load: Option<LoadTracker>,
     agent_line: Option<String>,
+    /// This backend's pool's health-check histograms (`[failure,
+    /// success]`), taken from the metrics at its first report.
+    checks: Option<[prometheus_client::metrics::histogram::Histogram; 2]>,
 }
 
 /// The controller proper. Owns the data plane writer and all state.
@@ -394,12 +397,13 @@ impl<D: DataplaneOps> Controller<D> {
         if self.checkers.get(k).is_none_or(|t| t.id != r.id) {
             return false;
         }
-        if let Some(m) = &self.metrics {
-            m.observe_health_check(&k.0, &k.1, r.duration, r.success);
-        }
         let Some(rt) = self.runtime.get_mut(k) else {
             return false;
         };
+        if let Some(m) = &self.metrics {
+            rt.checks.get_or_insert_with(|| m.health_checks(&k.0))[usize::from(r.success)]
+                .observe(r.duration.as_secs_f64());
+        }
         rt.last_error = if r.success { None } else { r.error };
         rt.probed = true;
         if r.success {

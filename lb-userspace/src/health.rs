@@ -153,14 +153,15 @@ pub trait Probe: Send + Sync {
     fn check(&self, addr: SocketAddr, timeout: Duration) -> ProbeFuture<'_>;
 }
 
-/// Healthy when a TCP connection is accepted.
+/// Healthy when a TCP connection is accepted. Bounded by the caller
+/// ([`spawn_checker`]): a refused or reset connect ends it sooner.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TcpProbe;
 
 impl Probe for TcpProbe {
-    fn check(&self, addr: SocketAddr, timeout: Duration) -> ProbeFuture<'_> {
+    fn check(&self, addr: SocketAddr, _timeout: Duration) -> ProbeFuture<'_> {
         Box::pin(async move {
-            let stream = connect(addr, timeout, Handshake::WithoutAck).await?;
+            let stream = connect(addr, Handshake::WithoutAck).await?;
             // Closing sends a RST instead of a FIN (SO_LINGER 0), as
             // HAProxy closes its TCP checks: the probe needs no orderly
             // goodbye, and a prober doing a thousand connects a second
@@ -188,11 +189,11 @@ enum Handshake {
     WithoutAck,
 }
 
-async fn connect(
-    addr: SocketAddr,
-    timeout: Duration,
-    handshake: Handshake,
-) -> Result<TcpStream, HealthError> {
+/// Unbounded: the caller's timeout covers it ([`spawn_checker`]'s for a
+/// TCP check, the exchange's for HTTP), so a check arms one timer, not one
+/// per layer — a thousand checks a second each insert into and remove from
+/// the timer wheel.
+async fn connect(addr: SocketAddr, handshake: Handshake) -> Result<TcpStream, HealthError> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
         SocketAddr::V6(_) => TcpSocket::new_v6(),
@@ -202,14 +203,10 @@ async fn connect(
         // Failure only means the handshake sends its ACK.
         let _ = socket2::SockRef::from(&socket).set_tcp_quickack(false);
     }
-    match tokio::time::timeout(timeout, socket.connect(addr)).await {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(source)) => Err(HealthError::Connect { addr, source }),
-        Err(_) => Err(HealthError::Timeout {
-            addr,
-            timeout_ms: timeout.as_millis() as u64,
-        }),
-    }
+    socket
+        .connect(addr)
+        .await
+        .map_err(|source| HealthError::Connect { addr, source })
 }
 
 /// Healthy when `GET path` answers with `expect_status`. HTTP/1.0 with
@@ -225,7 +222,7 @@ impl Probe for HttpProbe {
     fn check(&self, addr: SocketAddr, timeout: Duration) -> ProbeFuture<'_> {
         Box::pin(async move {
             let exchange = async {
-                let mut s = connect(addr, timeout, Handshake::Full).await?;
+                let mut s = connect(addr, Handshake::Full).await?;
                 let io = |source| HealthError::Io { addr, source };
                 let req = format!(
                     "GET {} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: xdplb-health\r\nConnection: close\r\n\r\n",

@@ -1090,41 +1090,56 @@ fn an_icmp_error_about_a_clients_packet_to_a_backend_is_translated_for_the_clien
     let mut as_client_sent = request.clone();
     as_client_sent.dst = sa(VIP);
     let want_quote = as_client_sent.build()[14..14 + 28].to_vec();
-    // From a router on the backends' side, and from the backend itself.
     let backend_ip = backend_addr(1).ip().octets();
-    for (from, want_from) in [
-        ([198, 18, 1, 254], [198, 18, 1, 254]),
-        (backend_ip, sa(VIP).ip().octets()),
-    ] {
-        let sent = xdplb::packet::icmp_error(
-            backend_mac(1),
-            OUT_MAC,
-            from,
-            client(0).ip().octets(),
-            3,
-            3,
-            [0; 4],
-            &quoted,
-        );
-        let (action, out) = lab.arrive_from_backends(&sent);
-        assert_eq!(action, XDP_REDIRECT, "from {from:?}");
-        let mut want = xdplb::packet::icmp_error(
-            IN_MAC,
-            CLIENT_MAC,
-            want_from,
-            client(0).ip().octets(),
-            3,
-            3,
-            [0; 4],
-            &want_quote,
-        );
-        want[22] -= 1;
-        let c = xdplb::packet::ipv4_checksum(&want[14..34]);
-        want[24..26].copy_from_slice(&c.to_be_bytes());
-        assert_eq!(out, want, "from {from:?}");
-        assert_icmp_checksums_valid(&out);
+    let router = [198, 18, 1, 254];
+    let kinds = [
+        (3u8, 3u8, [0u8; 4]),       // port unreachable
+        (3, 4, [0, 0, 0x05, 0x78]), // fragmentation needed, next-hop MTU 1400
+        (11, 0, [0; 4]),            // time exceeded in transit
+        (11, 1, [0; 4]),            // fragment reassembly time exceeded
+    ];
+    // Each from a router on the backends' side (its address is the client's
+    // to see: only the quote is translated) and from the backend itself
+    // (the client knows no backend address: the VIP must say it).
+    for (ty, code, rest) in kinds {
+        for (from, want_from) in [(router, router), (backend_ip, sa(VIP).ip().octets())] {
+            let what = format!("type {ty} code {code} from {from:?}");
+            let sent = xdplb::packet::icmp_error(
+                backend_mac(1),
+                OUT_MAC,
+                from,
+                client(0).ip().octets(),
+                ty,
+                code,
+                rest,
+                &quoted,
+            );
+            let (action, out) = lab.arrive_from_backends(&sent);
+            assert_eq!(action, XDP_REDIRECT, "{what}");
+            let mut want = xdplb::packet::icmp_error(
+                IN_MAC,
+                CLIENT_MAC,
+                want_from,
+                client(0).ip().octets(),
+                ty,
+                code,
+                rest,
+                &want_quote,
+            );
+            want[22] -= 1;
+            let c = xdplb::packet::ipv4_checksum(&want[14..34]);
+            want[24..26].copy_from_slice(&c.to_be_bytes());
+            assert_eq!(out, want, "{what}");
+            // The next-hop MTU is the backend path's: the client's stack
+            // lowers its path MTU to the VIP by it, so it must arrive as sent.
+            assert_eq!(out[38..42], rest, "{what}: MTU field");
+            assert_icmp_checksums_valid(&out);
+        }
     }
-    assert_eq!(lab.counters().get(GlobalCounter::IcmpToClient), 2);
+    assert_eq!(
+        lab.counters().get(GlobalCounter::IcmpToClient),
+        2 * kinds.len() as u64
+    );
 }
 
 #[test]

@@ -1222,6 +1222,49 @@ fn frames_for_another_mac_pass_untouched() {
     assert_eq!(c.get(GlobalCounter::Dropped), 0);
 }
 
+/// A frame to the VIP as the client sends it, with VLAN `tags` (TPID and
+/// TCI each) inserted after the MACs.
+fn tagged(tags: &[[u8; 4]]) -> Vec<u8> {
+    let mut f = to_vip(53050, TCP_SYN).build();
+    let tail = f.split_off(12);
+    for t in tags {
+        f.extend_from_slice(t);
+    }
+    f.extend_from_slice(&tail);
+    f
+}
+
+#[test]
+fn vlan_tagged_frames_to_the_vip_pass_untouched() {
+    let mut lab = Lab::new(2);
+    let cases = [
+        ("802.1Q, VLAN 100", tagged(&[[0x81, 0x00, 0x00, 0x64]])),
+        (
+            "802.1ad over 802.1Q, VLANs 200/100",
+            tagged(&[[0x88, 0xa8, 0x00, 0xc8], [0x81, 0x00, 0x00, 0x64]]),
+        ),
+    ];
+    for (name, frame) in &cases {
+        let (action, out) = lab.arrive_from_client(frame);
+        assert_eq!(action, XDP_PASS, "{name}");
+        assert_eq!(&out, frame, "{name}: untouched");
+    }
+    // Not looked into at all: a plain pass, with no reason, no flow, no
+    // VIP traffic (the README's limits say so).
+    let c = lab.counters();
+    let n = cases.len() as u64;
+    for (i, &v) in c.global.iter().enumerate() {
+        let want = if i == GlobalCounter::Rx as usize || i == GlobalCounter::Passed as usize {
+            n
+        } else {
+            0
+        };
+        assert_eq!(v, want, "global counter {i}");
+    }
+    assert_eq!(c.vips[0].counters.packets, 0);
+    assert!(lab.flow(53050).is_none());
+}
+
 #[test]
 fn a_next_hop_outside_the_redirect_ports_goes_to_the_kernel() {
     let mut lab = Lab::new(2);

@@ -1090,41 +1090,56 @@ fn an_icmp_error_about_a_clients_packet_to_a_backend_is_translated_for_the_clien
     let mut as_client_sent = request.clone();
     as_client_sent.dst = sa(VIP);
     let want_quote = as_client_sent.build()[14..14 + 28].to_vec();
-    // From a router on the backends' side, and from the backend itself.
     let backend_ip = backend_addr(1).ip().octets();
-    for (from, want_from) in [
-        ([198, 18, 1, 254], [198, 18, 1, 254]),
-        (backend_ip, sa(VIP).ip().octets()),
-    ] {
-        let sent = xdplb::packet::icmp_error(
-            backend_mac(1),
-            OUT_MAC,
-            from,
-            client(0).ip().octets(),
-            3,
-            3,
-            [0; 4],
-            &quoted,
-        );
-        let (action, out) = lab.arrive_from_backends(&sent);
-        assert_eq!(action, XDP_REDIRECT, "from {from:?}");
-        let mut want = xdplb::packet::icmp_error(
-            IN_MAC,
-            CLIENT_MAC,
-            want_from,
-            client(0).ip().octets(),
-            3,
-            3,
-            [0; 4],
-            &want_quote,
-        );
-        want[22] -= 1;
-        let c = xdplb::packet::ipv4_checksum(&want[14..34]);
-        want[24..26].copy_from_slice(&c.to_be_bytes());
-        assert_eq!(out, want, "from {from:?}");
-        assert_icmp_checksums_valid(&out);
+    let router = [198, 18, 1, 254];
+    let kinds = [
+        (3u8, 3u8, [0u8; 4]),       // port unreachable
+        (3, 4, [0, 0, 0x05, 0x78]), // fragmentation needed, next-hop MTU 1400
+        (11, 0, [0; 4]),            // time exceeded in transit
+        (11, 1, [0; 4]),            // fragment reassembly time exceeded
+    ];
+    // Each from a router on the backends' side (its address is the client's
+    // to see: only the quote is translated) and from the backend itself
+    // (the client knows no backend address: the VIP must say it).
+    for (ty, code, rest) in kinds {
+        for (from, want_from) in [(router, router), (backend_ip, sa(VIP).ip().octets())] {
+            let what = format!("type {ty} code {code} from {from:?}");
+            let sent = xdplb::packet::icmp_error(
+                backend_mac(1),
+                OUT_MAC,
+                from,
+                client(0).ip().octets(),
+                ty,
+                code,
+                rest,
+                &quoted,
+            );
+            let (action, out) = lab.arrive_from_backends(&sent);
+            assert_eq!(action, XDP_REDIRECT, "{what}");
+            let mut want = xdplb::packet::icmp_error(
+                IN_MAC,
+                CLIENT_MAC,
+                want_from,
+                client(0).ip().octets(),
+                ty,
+                code,
+                rest,
+                &want_quote,
+            );
+            want[22] -= 1;
+            let c = xdplb::packet::ipv4_checksum(&want[14..34]);
+            want[24..26].copy_from_slice(&c.to_be_bytes());
+            assert_eq!(out, want, "{what}");
+            // The next-hop MTU is the backend path's: the client's stack
+            // lowers its path MTU to the VIP by it, so it must arrive as sent.
+            assert_eq!(out[38..42], rest, "{what}: MTU field");
+            assert_icmp_checksums_valid(&out);
+        }
     }
-    assert_eq!(lab.counters().get(GlobalCounter::IcmpToClient), 2);
+    assert_eq!(
+        lab.counters().get(GlobalCounter::IcmpToClient),
+        2 * kinds.len() as u64
+    );
 }
 
 #[test]
@@ -1205,6 +1220,49 @@ fn frames_for_another_mac_pass_untouched() {
     let c = lab.counters();
     assert_eq!(c.get(GlobalCounter::PassNotForUs), 6);
     assert_eq!(c.get(GlobalCounter::Dropped), 0);
+}
+
+/// A frame to the VIP as the client sends it, with VLAN `tags` (TPID and
+/// TCI each) inserted after the MACs.
+fn tagged(tags: &[[u8; 4]]) -> Vec<u8> {
+    let mut f = to_vip(53050, TCP_SYN).build();
+    let tail = f.split_off(12);
+    for t in tags {
+        f.extend_from_slice(t);
+    }
+    f.extend_from_slice(&tail);
+    f
+}
+
+#[test]
+fn vlan_tagged_frames_to_the_vip_pass_untouched() {
+    let mut lab = Lab::new(2);
+    let cases = [
+        ("802.1Q, VLAN 100", tagged(&[[0x81, 0x00, 0x00, 0x64]])),
+        (
+            "802.1ad over 802.1Q, VLANs 200/100",
+            tagged(&[[0x88, 0xa8, 0x00, 0xc8], [0x81, 0x00, 0x00, 0x64]]),
+        ),
+    ];
+    for (name, frame) in &cases {
+        let (action, out) = lab.arrive_from_client(frame);
+        assert_eq!(action, XDP_PASS, "{name}");
+        assert_eq!(&out, frame, "{name}: untouched");
+    }
+    // Not looked into at all: a plain pass, with no reason, no flow, no
+    // VIP traffic (the README's limits say so).
+    let c = lab.counters();
+    let n = cases.len() as u64;
+    for (i, &v) in c.global.iter().enumerate() {
+        let want = if i == GlobalCounter::Rx as usize || i == GlobalCounter::Passed as usize {
+            n
+        } else {
+            0
+        };
+        assert_eq!(v, want, "global counter {i}");
+    }
+    assert_eq!(c.vips[0].counters.packets, 0);
+    assert!(lab.flow(53050).is_none());
 }
 
 #[test]

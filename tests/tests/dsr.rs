@@ -2,7 +2,8 @@
 //! backend's; backends hold the VIP on loopback (arp_ignore 1, arp_announce
 //! 2) and answer the clients through a router, never through the gateway.
 //! Spread by weight, drain, a multi-MB download with the gateway's reply
-//! counters at zero, a controller restart with a live connection, and
+//! counters at zero, a backend that lost its VIP named `unanswered` in
+//! `xdplb status`, a controller restart with a live connection, and
 //! failover — all through the real daemon (see `direct/mod.rs`).
 
 mod direct;
@@ -20,6 +21,7 @@ fn dsr_spreads_drains_and_replies_bypass_the_gateway() -> Result<()> {
     direct::spread_follows_weights(&d)?;
     direct::drain_keeps_established(&d)?;
     direct::replies_bypass_the_gateway(&d, "dsr_sent")?;
+    direct::unanswered_backend_is_named(&d, "web-3")?;
     Ok(())
 }
 

@@ -119,7 +119,7 @@ pub type FlowCounter = Arc<dyn Fn() -> Option<dataplane::FlowCensus> + Send + Sy
 /// Half-open flows (handshakes that did not complete) a backend with no
 /// established flow must have before status says its answers do not reach
 /// the clients: a few, so one lost SYN-ACK is no alarm.
-const HALF_OPEN_ALARM: u64 = 3;
+pub const HALF_OPEN_ALARM: u64 = 3;
 
 /// The controller's beat: slow-start ramps, watermark holds, spare drains,
 /// agent scores and slot retirement advance on it. A beat plans only when
@@ -127,10 +127,10 @@ const HALF_OPEN_ALARM: u64 = 3;
 /// healthy backends cost nothing between their flips.
 const TICK: Duration = Duration::from_millis(200);
 /// How often established flows are counted (a walk of the flow table).
-const FLOW_COUNT_EVERY: Duration = Duration::from_secs(2);
+pub const FLOW_COUNT_EVERY: Duration = Duration::from_secs(2);
 /// The flow count waits at least this many times as long as its last walk
 /// took, bounding its CPU share to about 1/10 of a core.
-const FLOW_COUNT_DUTY: u32 = 10;
+pub const FLOW_COUNT_DUTY: u32 = 10;
 /// A flow entry idle longer than this is not counted as established
 /// (abandoned connections stay in the flow table until their slot is
 /// needed).

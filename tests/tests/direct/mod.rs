@@ -26,7 +26,7 @@ use xdplb_tests::{
     addr::{
         v6_of, BACKEND_IF, GW_BACKEND_IF, GW_CLIENT_IF, ROUTER_BACKEND_ADDR, ROUTER_BACKEND_IF,
     },
-    deploy::{DataplaneSpec, Deployment, PoolSpec},
+    deploy::{find_backend, DataplaneSpec, Deployment, PoolSpec},
     http::{http_get_bytes, pattern},
     http_get, wait_until, KeepAliveClient, Lab, LabChild,
 };
@@ -313,6 +313,170 @@ pub fn failover_heals(d: &Deployment, victim: &str) -> Result<()> {
         !s.contains_key(victim) && s.values().sum::<usize>() == 20,
         "{s:?}"
     );
+    Ok(())
+}
+
+/// How long a connection attempt waits for the handshake: an answered
+/// SYN is answered in well under a millisecond here, and an unanswered one
+/// must cost little (its first retransmission is 1 s away).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(300);
+/// Connection attempts at most, to land enough on one backend.
+const MAX_ATTEMPTS: usize = 40;
+
+/// What one walk of the lab's flow table may take, with the status call
+/// (about 30 ms together here; generous for a shared host).
+const CENSUS_WALK: Duration = Duration::from_millis(500);
+
+/// How long after the flow table changes `xdplb status` shows it, from
+/// the controller's census loop: a walk, then a sleep of
+/// `FLOW_COUNT_EVERY` or `FLOW_COUNT_DUTY` times the walk, whichever is
+/// longer; a change just after a walk began is seen only by the next walk.
+fn census_bound() -> Duration {
+    use xdplb::controller::{FLOW_COUNT_DUTY, FLOW_COUNT_EVERY};
+    FLOW_COUNT_EVERY.max(CENSUS_WALK * FLOW_COUNT_DUTY) + 2 * CENSUS_WALK
+}
+
+/// The backends `xdplb status --json` flags `unanswered`, and `victim`'s
+/// status entry.
+fn unanswered(d: &Deployment, victim: &str) -> Result<(Vec<String>, Value)> {
+    let s = d.status()?;
+    let pool = &d.pools[0].name;
+    let flagged = s["pools"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| &p["name"] == pool))
+        .and_then(|p| p["backends"].as_array())
+        .with_context(|| format!("no backends of {pool} in {s}"))?
+        .iter()
+        .filter(|b| b["unanswered"] == true)
+        .map(|b| b["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let b = find_backend(&s, pool, victim).with_context(|| format!("{victim} not in {s}"))?;
+    Ok((flagged, b))
+}
+
+/// The `xdplb status` table rows that say `UNANSWERED`, by backend name.
+fn unanswered_rows(d: &Deployment) -> Result<Vec<String>> {
+    let names: Vec<&str> = d.pools[0]
+        .backends
+        .iter()
+        .map(|b| b.name.as_str())
+        .collect();
+    Ok(d.ctl(&["status"])?
+        .lines()
+        .filter(|l| l.contains("UNANSWERED"))
+        .filter_map(|l| {
+            let first = l.split_whitespace().next()?;
+            names.contains(&first).then(|| first.to_string())
+        })
+        .collect())
+}
+
+/// A backend whose probes succeed but whose answers never reach the
+/// clients (the VIP taken off its loopback: the SYNs the gateway sends it
+/// are not for it) is flagged `unanswered` in `xdplb status --json`, alone,
+/// and the table says `UNANSWERED` on its row; with the VIP back and a
+/// connection established on it, the flag clears within the census bound
+/// (without one it would clear only once the half-open entries are older
+/// than `FLOW_IDLE`, 30 s).
+pub fn unanswered_backend_is_named(d: &Deployment, victim: &str) -> Result<()> {
+    let pool = &d.pools[0];
+    let vip = pool.vip_addr();
+    let i = pool.backend(victim).lab_index;
+    let ns = d.lab.backend_ns(i).to_owned();
+    let (flagged, _) = unanswered(d, victim)?;
+    ensure!(flagged.is_empty(), "flagged before the fault: {flagged:?}");
+    let prefix = if vip.is_ipv4() { 32 } else { 128 };
+    d.lab.exec_ok(
+        &ns,
+        &[
+            "ip",
+            "addr",
+            "del",
+            &format!("{}/{prefix}", vip.ip()),
+            "dev",
+            "lo",
+        ],
+    )?;
+    let alarm = xdplb::controller::HALF_OPEN_ALARM;
+    // Attempts until one more than the alarm timed out (only the victim
+    // leaves a SYN unanswered: the others complete every handshake).
+    let (timed_out, answered) = d.lab.run_in("client", || {
+        let (mut timed_out, mut answered) = (0u64, 0u64);
+        for _ in 0..MAX_ATTEMPTS {
+            match std::net::TcpStream::connect_timeout(&vip, ATTEMPT_TIMEOUT) {
+                Ok(_) => answered += 1,
+                Err(_) => timed_out += 1,
+            }
+            if timed_out > alarm {
+                break;
+            }
+        }
+        (timed_out, answered)
+    })?;
+    let faulted = Instant::now();
+    println!("{victim} without the VIP on lo: {timed_out} attempts timed out, {answered} answered");
+    ensure!(
+        timed_out > alarm,
+        "only {timed_out} of {MAX_ATTEMPTS} attempts landed on {victim}"
+    );
+    let bound = census_bound();
+    let mut last = (Vec::new(), Value::Null);
+    let flagged = wait_until(bound, Duration::from_millis(100), || {
+        unanswered(d, victim).is_ok_and(|u| {
+            last = u;
+            last.0.contains(&victim.to_string())
+        })
+    });
+    let took = faulted.elapsed();
+    let (names, b) = last;
+    println!("{victim} flagged after {took:?} (bound {bound:?}): {b}");
+    ensure!(
+        flagged,
+        "{victim} not flagged within {bound:?}: {names:?}, {b}"
+    );
+    ensure!(names == [victim], "flagged: {names:?}");
+    ensure!(
+        b["health"] == "up" && b["flows"] == 0 && b["half_open"].as_u64() >= Some(alarm),
+        "{b}"
+    );
+    let rows = unanswered_rows(d)?;
+    ensure!(rows == [victim], "UNANSWERED rows: {rows:?}");
+
+    d.lab.vip_on_loopback(i, vip.ip())?;
+    // A connection on the victim, held open: what its established count
+    // needs (the half-open entries stay until they idle out).
+    let conn = d
+        .lab
+        .run_in("client", || -> Result<Option<KeepAliveClient>> {
+            for _ in 0..MAX_ATTEMPTS {
+                let mut c = KeepAliveClient::connect(vip)?;
+                if c.get("/")?.1.trim() == victim {
+                    return Ok(Some(c));
+                }
+            }
+            Ok(None)
+        })??;
+    let restored = Instant::now();
+    ensure!(
+        conn.is_some(),
+        "no connection of {MAX_ATTEMPTS} landed on {victim}"
+    );
+    let cleared = wait_until(bound, Duration::from_millis(100), || {
+        unanswered(d, victim).is_ok_and(|(n, _)| n.is_empty())
+    });
+    let took = restored.elapsed();
+    let (names, b) = unanswered(d, victim)?;
+    println!("{victim} cleared after {took:?} with its VIP back (bound {bound:?}): {b}");
+    ensure!(
+        cleared,
+        "still flagged {bound:?} after the VIP came back: {names:?}, {b}"
+    );
+    ensure!(b["flows"].as_u64() >= Some(1), "{b}");
+    ensure!(
+        unanswered_rows(d)?.is_empty(),
+        "UNANSWERED still in the table"
+    );
+    drop(conn);
     Ok(())
 }
 

@@ -63,8 +63,9 @@ use crate::{
     metrics::Metrics,
     planner::{
         BackendObservation, BackendPlan, BackendState, Observations, Plan, Planner, PoolPlan,
+        Reason,
     },
-    status::{BackendStatus, PoolStatus, Status},
+    status::{BackendStatus, PoolStatus, Status, Transition, TransitionLog},
 };
 
 pub use crate::command::Command;
@@ -197,6 +198,8 @@ struct Runtime {
     last_error: Option<String>,
     load: Option<LoadTracker>,
     agent_line: Option<String>,
+    /// Its last state changes, as status shows them.
+    transitions: TransitionLog,
 }
 
 /// The controller proper. Owns the data plane writer and all state.

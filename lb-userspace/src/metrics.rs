@@ -535,6 +535,7 @@ mod tests {
             rtt_ms: (health == "up").then_some(1.5),
             agent_up: (health == "up").then_some(true),
             agent_error: None,
+            transitions: Vec::new(),
         };
         Status {
             pools: vec![PoolStatus {

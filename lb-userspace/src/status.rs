@@ -80,6 +80,57 @@ pub struct BackendStatus {
     pub agent_up: Option<bool>,
     /// Why the last agent query failed, while it fails.
     pub agent_error: Option<String>,
+    /// Its last few state changes, oldest first (at most
+    /// [`KEEP_TRANSITIONS`]).
+    #[serde(default)]
+    pub transitions: Vec<Transition>,
+}
+
+/// How many state changes each backend keeps: enough to tell a flapping
+/// backend from one that failed once, few enough that the status document
+/// of a thousand backends stays small.
+pub const KEEP_TRANSITIONS: usize = 8;
+
+/// One change of a backend's published state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    /// When the controller published the new state (unix time, ms).
+    pub at_unix_ms: u64,
+    /// "active" | "draining" | "standby" | "down"; "down" for a backend
+    /// that had no state yet (not probed).
+    pub from: String,
+    pub to: String,
+    /// The `reason` status gave with the new state; with the probe error
+    /// when health took it down, and the ramp when it starts slowly.
+    pub reason: String,
+}
+
+/// The last [`KEEP_TRANSITIONS`] transitions: a ring, the oldest dropped.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TransitionLog {
+    ring: std::collections::VecDeque<Transition>,
+}
+
+impl TransitionLog {
+    pub fn record(&mut self, t: Transition) {
+        if self.ring.len() == KEEP_TRANSITIONS {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(t);
+    }
+
+    /// Oldest first.
+    pub fn to_vec(&self) -> Vec<Transition> {
+        self.ring.iter().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ring.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -117,8 +168,59 @@ impl Status {
                     rtt_ms: None,
                     agent_up: None,
                     agent_error: None,
+                    transitions: Vec::new(),
                 }],
             }],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(at: u64) -> Transition {
+        Transition {
+            at_unix_ms: at,
+            from: "active".into(),
+            to: "down".into(),
+            reason: format!("health_down: probe {at}"),
+        }
+    }
+
+    #[test]
+    fn the_transition_log_keeps_the_newest_few_in_order() {
+        let mut log = TransitionLog::default();
+        assert!(log.is_empty());
+        for at in 1..=3 {
+            log.record(t(at));
+        }
+        assert_eq!(
+            log.to_vec()
+                .iter()
+                .map(|t| t.at_unix_ms)
+                .collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        for at in 4..=20 {
+            log.record(t(at));
+        }
+        assert_eq!(log.len(), KEEP_TRANSITIONS);
+        let kept: Vec<u64> = log.to_vec().iter().map(|t| t.at_unix_ms).collect();
+        assert_eq!(kept, (13..=20).collect::<Vec<_>>(), "oldest dropped first");
+        assert_eq!(log.to_vec()[KEEP_TRANSITIONS - 1], t(20));
+        // A ring: recording never grows what it holds beyond the bound.
+        assert!(log.ring.capacity() < 2 * KEEP_TRANSITIONS);
+    }
+
+    #[test]
+    fn a_status_from_an_older_controller_has_no_transitions() {
+        let mut v = serde_json::to_value(Status::sample()).unwrap();
+        v["pools"][0]["backends"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("transitions");
+        let s: Status = serde_json::from_value(v).unwrap();
+        assert!(s.pools[0].backends[0].transitions.is_empty());
     }
 }

@@ -4,7 +4,8 @@
 //! which renders every pool and backend from `/status.json` and `/metrics`
 //! and fetches nothing from anywhere else. A backend is killed; the page
 //! must show it `down` within two of its own refreshes after the daemon
-//! knows. Screenshots land in `target/status-page/`.
+//! knows, and list the change to `down` with the daemon's reason.
+//! Screenshots land in `target/status-page/`.
 
 use std::{
     path::PathBuf,
@@ -126,6 +127,32 @@ fn artifacts() -> PathBuf {
 }
 
 /// (refreshes so far, state shown for pool/backend)
+/// The newest transition of pool web's "recent transitions" list, of
+/// `backend` or of any (`*`): [from, to, reason, age, backend], or null
+/// when it lists none.
+fn newest_transition(b: &Browser, backend: &str) -> Result<Value> {
+    let which = match backend {
+        "*" => String::new(),
+        name => format!("[data-backend=\"web/{name}\"]"),
+    };
+    b.eval(&format!(
+        "const li = document.querySelector('section[data-pool=\"web\"] .recent li{which}'); \
+         return li ? [li.dataset.from, li.dataset.to, li.querySelector('.why').textContent, \
+                      li.querySelector('.age').textContent, li.dataset.backend] : null;"
+    ))
+}
+
+/// Whether the page's `[from, to, reason, age]` is `from → to` for
+/// `reason`, a few seconds old.
+fn lists(shown: &Value, from: &str, to: &str, reason: &str) -> bool {
+    let age = shown[3].as_str().unwrap_or("");
+    shown[0] == from
+        && shown[1] == to
+        && shown[2] == reason
+        && age.ends_with(" s ago")
+        && age.trim_end_matches(" s ago").parse::<u64>().is_ok()
+}
+
 fn page_state(b: &Browser, backend: &str) -> Result<(u64, String)> {
     let v = b.eval(&format!(
         "const r = document.querySelector('tr[data-backend=\"web/{backend}\"]'); \
@@ -217,7 +244,9 @@ fn status_page_shows_a_killed_backend_down_within_two_refreshes() -> Result<()> 
         "{web1_text}"
     );
     let pps = browser.eval(
-        "return document.querySelector('tr[data-backend=\"web/web-1\"]').children[9].innerText;",
+        "const col = [...document.querySelectorAll('section[data-pool=\"web\"] th')] \
+           .findIndex(th => th.textContent === 'packets/s'); \
+         return document.querySelector('tr[data-backend=\"web/web-1\"]').children[col].innerText;",
     )?;
     ensure!(
         pps.as_str().is_some_and(|s| s != "–"),
@@ -230,6 +259,13 @@ fn status_page_shows_a_killed_backend_down_within_two_refreshes() -> Result<()> 
     ensure!(
         foreign.as_array().is_some_and(|a| a.is_empty()),
         "the page fetched {foreign}"
+    );
+    // Its one change so far: the first plan took it from down (not
+    // probed) to active.
+    let shown = newest_transition(&browser, "web-1")?;
+    ensure!(
+        lists(&shown, "down", "active", "healthy"),
+        "web-1's transitions on the page: {shown}"
     );
     let up_png = browser.screenshot("status-page-up")?;
 
@@ -269,6 +305,38 @@ fn status_page_shows_a_killed_backend_down_within_two_refreshes() -> Result<()> 
     );
     // The spare covers the gap: give the page a refresh to show it.
     std::thread::sleep(Duration::from_millis(2200));
+    // The row lists the change first, with the reason the daemon gave
+    // (the probe's error included).
+    let daemon = d.backend_status("web", "web-1")?;
+    let last = daemon["transitions"]
+        .as_array()
+        .and_then(|a| a.last())
+        .with_context(|| format!("the daemon recorded no transition: {daemon}"))?;
+    let reason = last["reason"].as_str().unwrap_or("");
+    ensure!(
+        last["from"] == "active" && last["to"] == "down" && reason.starts_with("health_down: "),
+        "the daemon's last transition of web-1: {last}"
+    );
+    let shown = newest_transition(&browser, "web-1")?;
+    ensure!(
+        lists(&shown, "active", "down", reason),
+        "web-1's newest transition on the page: {shown}, the daemon's: {last}"
+    );
+    // Newest first: web-1's failure and the spare's activation came in
+    // one plan, listed in the pool's order.
+    let first = newest_transition(&browser, "*")?;
+    ensure!(
+        first[4] == "web/web-1" && first[1] == "down",
+        "the page's newest transition: {first}"
+    );
+    let spare = newest_transition(&browser, "spare-1")?;
+    ensure!(
+        spare[1] == "active"
+            && spare[2]
+                .as_str()
+                .is_some_and(|r| r.starts_with("min_active")),
+        "the spare's newest transition on the page: {spare}"
+    );
     let down_png = browser.screenshot("status-page-down")?;
     println!("screenshots: {} {}", up_png.display(), down_png.display());
     Ok(())

@@ -94,8 +94,30 @@ pub fn table(indent: &str, header: &[(&str, Align)], rows: &[Vec<String>]) -> St
     out
 }
 
+/// How long ago, coarsely: `12s`, `4m`, `3h`, `2d` (a clock that went
+/// back reads `0s`).
+pub fn human_age(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
 /// `xdplb status`: per pool a header line, then a table of its backends.
 pub fn status_text(s: &Status) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    status_text_at(s, now)
+}
+
+/// [`status_text`] at `now_unix_ms`: the SINCE column is the age of each
+/// backend's last transition (the transitions themselves are in `--json`
+/// and on the status page; here one line a backend stays one line).
+pub fn status_text_at(s: &Status, now_unix_ms: u64) -> String {
     use Align::{Left, Right};
     if s.pools.is_empty() {
         return "no pools configured\n".to_string();
@@ -152,6 +174,10 @@ pub fn status_text(s: &Status) -> String {
                     b.role.clone(),
                     b.health.clone(),
                     b.state.clone(),
+                    b.transitions.last().map_or_else(
+                        || "-".to_string(),
+                        |t| human_age(now_unix_ms.saturating_sub(t.at_unix_ms)),
+                    ),
                     b.weight.to_string(),
                     if p.mean_load.is_some() {
                         format!("{:.2}", b.load)
@@ -171,6 +197,7 @@ pub fn status_text(s: &Status) -> String {
                 ("ROLE", Left),
                 ("HEALTH", Left),
                 ("STATE", Left),
+                ("SINCE", Right),
                 ("WEIGHT", Right),
                 ("LOAD", Right),
                 ("FLOWS", Right),
@@ -501,7 +528,7 @@ pub fn rates_text(r: &RatesJson) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{BackendStatus, PoolStatus};
+    use crate::status::{BackendStatus, PoolStatus, Transition};
     use lb_common::{BackendCounters, VipCounters};
 
     #[test]
@@ -517,6 +544,13 @@ mod tests {
         assert_eq!(human_bytes(3.4 * 1024.0 * 1024.0), "3.4 MiB");
         assert_eq!(human_bytes(2.0 * 1024f64.powi(3)), "2.0 GiB");
         assert_eq!(human_bytes(3.0 * 1024f64.powi(6)), "3072.0 PiB");
+        assert_eq!(human_age(0), "0s");
+        assert_eq!(human_age(59_999), "59s");
+        assert_eq!(human_age(60_000), "1m");
+        assert_eq!(human_age(3_599_999), "59m");
+        assert_eq!(human_age(3_600_000), "1h");
+        assert_eq!(human_age(47 * 3_600_000), "47h");
+        assert_eq!(human_age(3 * 86_400_000), "3d");
     }
 
     #[test]
@@ -556,6 +590,7 @@ mod tests {
             rtt_ms: None,
             agent_up: None,
             agent_error: None,
+            transitions: Vec::new(),
         }
     }
 
@@ -567,6 +602,21 @@ mod tests {
         down.flows = 0;
         down.reason = "health_down".into();
         down.last_error = Some("connection refused".into());
+        const NOW: u64 = 1_780_000_000_000;
+        down.transitions = vec![
+            Transition {
+                at_unix_ms: NOW - 3_600_000,
+                from: "down".into(),
+                to: "standby".into(),
+                reason: "spare_idle".into(),
+            },
+            Transition {
+                at_unix_ms: NOW - 75_000,
+                from: "standby".into(),
+                to: "down".into(),
+                reason: "health_down: connection refused".into(),
+            },
+        ];
         let s = Status {
             pools: vec![
                 PoolStatus {
@@ -597,14 +647,14 @@ mod tests {
         };
         let want = "\
 pool web  vip 198.18.2.10:80  tcp  nat  min_active 2  mean load 0.42
-  BACKEND      ADDRESS           ROLE     HEALTH  STATE   WEIGHT  LOAD  FLOWS  REASON
-  web-1        198.18.1.11:8080  primary  up      active     100  0.42     12  healthy
-  web-spare-1  198.18.1.11:8080  spare    down    down         0  0.42      0  health_down: connection refused
+  BACKEND      ADDRESS           ROLE     HEALTH  STATE   SINCE  WEIGHT  LOAD  FLOWS  REASON
+  web-1        198.18.1.11:8080  primary  up      active      -     100  0.42     12  healthy
+  web-spare-1  198.18.1.11:8080  spare    down    down       1m       0  0.42      0  health_down: connection refused
 
 pool api  vip [2001:2:0:2::11]:53  udp  nat  min_active 1  EMPTY: no usable backend, new flows are rejected
-  BACKEND  ADDRESS  ROLE  HEALTH  STATE  WEIGHT  LOAD  FLOWS  REASON
+  BACKEND  ADDRESS  ROLE  HEALTH  STATE  SINCE  WEIGHT  LOAD  FLOWS  REASON
 ";
-        assert_eq!(status_text(&s), want);
+        assert_eq!(status_text_at(&s, NOW), want);
         assert_eq!(status_text(&Status::default()), "no pools configured\n");
 
         // JSON carries the same facts for scripts.
@@ -612,13 +662,22 @@ pool api  vip [2001:2:0:2::11]:53  udp  nat  min_active 1  EMPTY: no usable back
         assert_eq!(v["pools"][0]["empty"], false);
         assert_eq!(v["pools"][1]["empty"], true);
         assert_eq!(v["pools"][1]["on_empty"], "reject");
+        let last = &v["pools"][0]["backends"][1]["transitions"][1];
+        assert_eq!(last["at_unix_ms"], NOW - 75_000);
+        assert_eq!(last["from"], "standby");
+        assert_eq!(last["to"], "down");
+        assert_eq!(last["reason"], "health_down: connection refused");
+        assert_eq!(
+            v["pools"][0]["backends"][0]["transitions"],
+            serde_json::json!([])
+        );
 
         // A dropping pool says so.
         let mut dropping = s.clone();
         dropping.pools.truncate(1);
         dropping.pools[0].empty = true;
         dropping.pools[0].on_empty = "drop".into();
-        let text = status_text(&dropping);
+        let text = status_text_at(&dropping, NOW);
         assert!(
             text.starts_with(
                 "pool web  vip 198.18.2.10:80  tcp  nat  min_active 2  mean load 0.42  EMPTY: no usable backend, new flows are dropped\n"

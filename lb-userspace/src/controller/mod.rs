@@ -63,8 +63,9 @@ use crate::{
     metrics::Metrics,
     planner::{
         BackendObservation, BackendPlan, BackendState, Observations, Plan, Planner, PoolPlan,
+        Reason,
     },
-    status::{BackendStatus, PoolStatus, Status},
+    status::{BackendStatus, PoolStatus, Status, Transition, TransitionLog},
 };
 
 pub use crate::command::Command;
@@ -200,6 +201,8 @@ struct Runtime {
     /// This backend's pool's health-check histograms (`[failure,
     /// success]`), taken from the metrics at its first report.
     checks: Option<[prometheus_client::metrics::histogram::Histogram; 2]>,
+    /// Its last state changes, as status shows them.
+    transitions: TransitionLog,
 }
 
 /// The controller proper. Owns the data plane writer and all state.

@@ -296,8 +296,72 @@ impl<D: DataplaneOps> Controller<D> {
         // else once a second (rtt, load and flow counts move slowly), so a
         // large pool does not rebuild it on every beat.
         let changed = self.plan.as_ref() != Some(&plan);
+        if changed {
+            self.record_transitions(&plan);
+        }
         self.plan = Some(plan);
         self.push_status(changed);
         Ok(())
     }
+
+    /// Notes every backend whose state `plan` changes from the one status
+    /// shows now (the last plan written). Here, where the plan status
+    /// reads is replaced, each change is seen exactly once; a backend no
+    /// plan named yet counts as "down", as status shows it.
+    fn record_transitions(&mut self, plan: &Plan) {
+        let at_unix_ms = unix_ms();
+        for pool in &self.config.pools {
+            let Some(pp) = plan.pool(&pool.name) else {
+                continue;
+            };
+            let old = self.plan.as_ref().and_then(|p| p.pool(&pool.name));
+            for (i, b) in pool.backends.iter().enumerate() {
+                let Some(bp) = plan_of(pp, i, &b.name) else {
+                    continue;
+                };
+                let was = old
+                    .and_then(|o| plan_of(o, i, &b.name))
+                    .map_or(BackendState::Down, |p| p.state);
+                if was == bp.state {
+                    continue;
+                }
+                let Some(rt) = self.runtime.get_mut(&key(&pool.name, &b.name)) else {
+                    continue;
+                };
+                let mut reason = bp.reason.as_str().to_string();
+                if bp.reason == Reason::HealthDown {
+                    if let Some(e) = &rt.last_error {
+                        reason = format!("{reason}: {e}");
+                    }
+                }
+                // The planner ramps a backend joining a pool it already
+                // planned (not one seen for the first time).
+                if bp.state == BackendState::Active && old.is_some() && pool.ramp_ms() > 0 {
+                    reason = format!("{reason}; slow start over {} ms", pool.ramp_ms());
+                }
+                info!(
+                    pool = pool.name,
+                    backend = b.name,
+                    from = was.as_str(),
+                    to = bp.state.as_str(),
+                    reason,
+                    "backend state changed"
+                );
+                rt.transitions.record(Transition {
+                    at_unix_ms,
+                    from: was.as_str().to_string(),
+                    to: bp.state.as_str().to_string(),
+                    reason,
+                });
+            }
+        }
+    }
+}
+
+/// Wall-clock time, for transitions an operator reads (the controller's
+/// own clock is monotonic and starts at zero).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -1254,3 +1254,131 @@ async fn skipped_beats_still_refresh_the_metrics_status() {
     assert!(!r.c.needs_sync());
     assert!(rtt(&metrics).unwrap() > 20.0, "{:?}", rtt(&metrics));
 }
+
+/// (from, to, reason) of a backend's transitions as status shows them.
+fn transitions_of(c: &Controller<Fake>, name: &str) -> Vec<(String, String, String)> {
+    c.status().pools[0]
+        .backends
+        .iter()
+        .find(|b| b.name == name)
+        .unwrap()
+        .transitions
+        .iter()
+        .map(|t| (t.from.clone(), t.to.clone(), t.reason.clone()))
+        .collect()
+}
+
+fn tr(from: &str, to: &str, reason: &str) -> (String, String, String) {
+    (from.into(), to.into(), reason.into())
+}
+
+/// Each change of a backend's state is recorded once, with the reason
+/// status gave and the probe error; beats that change only weights (a
+/// slow-start ramp), failing probes of a backend already down, status
+/// reads and a reload that keeps the backend record nothing.
+#[tokio::test(start_paused = true)]
+async fn each_state_change_is_recorded_once_with_its_reason() {
+    let text = CONFIG.replace("min_active = 2", "min_active = 2\nslow_start_ms = 1000");
+    let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &text);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        transitions_of(&r.c, "web-1").is_empty(),
+        "none before a plan"
+    );
+    r.pump(Duration::from_millis(300)).await;
+    // The first plan: a pool seen for the first time starts at full weight.
+    assert_eq!(
+        transitions_of(&r.c, "web-1"),
+        [tr("down", "active", "healthy")]
+    );
+    assert_eq!(
+        transitions_of(&r.c, "spare-1"),
+        [tr("down", "standby", "spare_idle")]
+    );
+
+    r.probes.set("198.18.1.11:8080", false);
+    // fall = 2 at 100 ms; then a second of beats while the spare ramps
+    // (its weight changes the plan on every beat) and web-1 keeps failing.
+    r.pump(Duration::from_millis(1500)).await;
+    assert_eq!(r.fake().state("web-1"), BACKEND_DOWN);
+    let refused = "health_down: connect to 198.18.1.11:8080: connection refused";
+    assert_eq!(
+        transitions_of(&r.c, "web-1"),
+        [
+            tr("down", "active", "healthy"),
+            tr("active", "down", refused)
+        ]
+    );
+    assert_eq!(
+        transitions_of(&r.c, "spare-1"),
+        [
+            tr("down", "standby", "spare_idle"),
+            tr("standby", "active", "min_active; slow start over 1000 ms")
+        ]
+    );
+    assert_eq!(
+        transitions_of(&r.c, "web-2").len(),
+        1,
+        "web-2 never changed"
+    );
+    let st = r.c.status();
+    let ts: Vec<u64> = st.pools[0].backends[0]
+        .transitions
+        .iter()
+        .map(|t| t.at_unix_ms)
+        .collect();
+    let after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        ts.windows(2).all(|w| w[0] <= w[1]) && ts.iter().all(|t| (before..=after).contains(t)),
+        "wall-clock times, oldest first: {before} {ts:?} {after}"
+    );
+
+    // A reload that keeps web-1 keeps its record, as it keeps its verdict.
+    r.write_config(text.replace("interval_ms = 100", "interval_ms = 150"));
+    r.c.reload().unwrap();
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(transitions_of(&r.c, "web-1").len(), 2);
+
+    // An operator drain and its end are transitions too; a drain of a
+    // backend already down changes no state and records nothing.
+    r.c.drain("web", "web-1", true).unwrap();
+    assert_eq!(transitions_of(&r.c, "web-1").len(), 2);
+    r.c.drain("web", "web-2", true).unwrap();
+    assert_eq!(
+        transitions_of(&r.c, "web-2").last().unwrap(),
+        &tr("active", "draining", "operator_drain")
+    );
+    r.c.drain("web", "web-2", false).unwrap();
+    assert_eq!(
+        transitions_of(&r.c, "web-2").last().unwrap(),
+        &tr("draining", "active", "healthy; slow start over 1000 ms")
+    );
+    assert_eq!(transitions_of(&r.c, "web-2").len(), 3);
+}
+
+/// A flapping backend keeps only its last few transitions.
+#[tokio::test(start_paused = true)]
+async fn a_flapping_backend_keeps_its_last_transitions() {
+    let mut r = rig();
+    r.pump(Duration::from_millis(300)).await;
+    for _ in 0..6 {
+        r.probes.set("198.18.1.11:8080", false);
+        r.pump(Duration::from_millis(300)).await;
+        r.probes.set("198.18.1.11:8080", true);
+        r.pump(Duration::from_millis(300)).await;
+    }
+    let t = transitions_of(&r.c, "web-1");
+    assert_eq!(t.len(), crate::status::KEEP_TRANSITIONS, "{t:?}");
+    assert_eq!(t.last().unwrap(), &tr("down", "active", "healthy"));
+    // 13 changes happened (1 + 6 × 2): the oldest five are gone, so the
+    // record starts with a failure, not with the first activation, and
+    // each change follows from the one before it.
+    assert_eq!(t[0].1, "down", "{t:?}");
+    assert!(t.windows(2).all(|w| w[0].1 == w[1].0), "{t:?}");
+}

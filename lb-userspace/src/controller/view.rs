@@ -69,7 +69,7 @@ impl<D: DataplaneOps> Controller<D> {
                                 half_open,
                                 unanswered: flows == 0 && half_open >= HALF_OPEN_ALARM,
                                 reason: bp
-                                    .map_or(crate::planner::Reason::NotProbed, |p| p.reason)
+                                    .map_or(Reason::NotProbed, |p| p.reason)
                                     .as_str()
                                     .to_string(),
                                 operator_drained: self.drained.contains(&k),
@@ -78,6 +78,7 @@ impl<D: DataplaneOps> Controller<D> {
                                 rtt_ms: rt.and_then(|r| r.rtt).map(|d| d.as_secs_f64() * 1000.0),
                                 agent_up: rt.and_then(|r| r.agent_up),
                                 agent_error: rt.and_then(|r| r.agent_error.clone()),
+                                transitions: rt.map(|r| r.transitions.to_vec()).unwrap_or_default(),
                             }
                         })
                         .collect(),

@@ -784,10 +784,12 @@ pub enum GlobalCounter {
     DropStaleRing,
     /// `bpf_fib_lookup` said the destination is unreachable or forbidden.
     DropUnroutable,
-    /// A `dsr` backend with no resolved neighbour, behind an egress that is
-    /// not ours, or a non-DF frame too big for its link: an L2 send is the
-    /// only right one, and it cannot be made.
-    DropDsrUnreachable,
+    /// A `dsr` or `tunnel` backend with no resolved neighbour or behind an
+    /// egress that is not ours, or a non-DF frame too big for a `dsr`
+    /// backend's link: the program must send these itself (the kernel would
+    /// route a dsr frame to the VIP, and drop an outer packet from its own
+    /// address as martian), and it cannot.
+    DropDirectUnreachable,
     DropTruncatedUdp,
     /// An IPv6 UDP datagram with checksum 0, which IPv6 forbids (RFC 8200
     /// §8.1).
@@ -822,7 +824,7 @@ impl GlobalCounter {
         (GlobalCounter::DropNoBackend, "no_backend"),
         (GlobalCounter::DropStaleRing, "stale_ring"),
         (GlobalCounter::DropUnroutable, "unroutable"),
-        (GlobalCounter::DropDsrUnreachable, "dsr_unreachable"),
+        (GlobalCounter::DropDirectUnreachable, "direct_unreachable"),
         (GlobalCounter::DropTruncatedUdp, "truncated_udp"),
         (GlobalCounter::DropUdp6ZeroChecksum, "udp6_zero_checksum"),
         (GlobalCounter::DropIpv6Extension, "ipv6_extension"),

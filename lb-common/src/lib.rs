@@ -713,8 +713,9 @@ pub enum GlobalCounter {
     FlowMisses,
     /// Established flows moved off a backend that went down.
     Resteered,
-    /// Rewritten packets handed to the kernel because the next hop's
-    /// neighbour entry is not resolved yet.
+    /// FIB lookups that found the next hop's neighbour entry unresolved:
+    /// a NAT packet is handed to the kernel rewritten, a dsr or tunnel one
+    /// dropped (`DropDirectUnreachable`).
     PassNeighUnresolved,
     /// Non-first IPv4 fragments: they carry no ports, so they pass.
     PassFragment,

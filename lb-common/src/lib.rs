@@ -738,8 +738,9 @@ pub enum GlobalCounter {
     PassTooBig,
     /// Frames addressed to another host's MAC (promiscuous mode): passed.
     PassNotForUs,
-    /// A redirect target that is not one of xdplb's interfaces: passed to
-    /// the kernel, which forwards it.
+    /// A redirect target that is not one of xdplb's interfaces: a NAT
+    /// packet is passed to the kernel, which forwards it; a dsr or tunnel
+    /// one is dropped (`DropDirectUnreachable`).
     RedirectFallback,
     /// Packets answered with a RST because the pool was empty.
     Rejected,

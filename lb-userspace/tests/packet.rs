@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddrV4;
 
 use aya::programs::{TestRun, TestRunOptions};
-use common::{backend_mac, xdp_md, TestNs, TestPlane, CLIENT_MAC, IN_MAC, OUT_MAC};
+use common::{backend_mac, xdp_md, DecapLab, TestNs, TestPlane, CLIENT_MAC, IN_MAC, OUT_MAC};
 use lb_common::{
     flow_hash, FlowKey, GlobalCounter, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, IPPROTO_TCP,
     VIP_F_REJECT_EMPTY,
@@ -1746,46 +1746,6 @@ fn an_icmp_error_for_a_direct_return_flow_reaches_its_backend_as_sent() {
 }
 
 // ---- xdplb decap (the backend side of a tunnel pool) ----
-
-struct DecapLab {
-    // Field order: program and pins go before the namespace.
-    decap: xdplb::dataplane::decap::Decap,
-    pin_path: std::path::PathBuf,
-    ns: TestNs,
-}
-
-impl DecapLab {
-    /// The test namespace plays the backend: its 198.18.1.1 is the
-    /// tunnel endpoint.
-    fn new() -> DecapLab {
-        let ns = TestNs::new(1);
-        let pin_path = std::path::PathBuf::from(format!(
-            "/sys/fs/bpf/xdplb-decap-test-{}-{}",
-            std::process::id(),
-            ns.name
-        ));
-        let decap = xdplb::dataplane::decap::Decap::load(&pin_path).unwrap();
-        DecapLab {
-            decap,
-            pin_path,
-            ns,
-        }
-    }
-
-    fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        common::run_once(self.decap.program(), frame, self.ns.out_ifindex)
-    }
-
-    fn counters(&self) -> std::collections::HashMap<&'static str, u64> {
-        xdplb::dataplane::decap::counters(&self.pin_path).unwrap()
-    }
-}
-
-impl Drop for DecapLab {
-    fn drop(&mut self) {
-        let _ = xdplb::dataplane::decap::remove_pins(&self.pin_path);
-    }
-}
 
 /// What a gateway sends this backend for `inner` (an Ethernet frame whose
 /// IP packet is wrapped), outer destination `dst`.

@@ -1156,6 +1156,37 @@ fn tunnel6_mtu_edge_counts_the_outer_header() {
 }
 
 #[test]
+fn dsr6_mtu_edge_exactly_fitting_and_one_byte_over() {
+    let mut lab = direct_lab(VIP_F_DSR);
+    lab.ns.set_mtu("out0", 1280);
+    let pool = Pool::Tcp6;
+    let fits = sized6(42250, 1280).build();
+    let (action, out) = lab.arrive_from_client(&fits);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, expected_dsr6(&fits, lab.ring_choice(pool, 42250)));
+    // L2 cannot fragment, and IPv6 routers never do: packet too big.
+    let over = sized6(42251, 1281).build();
+    let (action, out) = lab.arrive_from_client(&over);
+    assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
+    let want = icmp6(
+        IN_MAC,
+        CLIENT_MAC,
+        v6(pool.vip()),
+        v6(pool.client(42251)),
+        2,
+        0,
+        1280u32.to_be_bytes(),
+        &over[14..14 + 48],
+    );
+    assert_eq!(out, want);
+    let (found, computed) = checksums6(&out);
+    assert_eq!(found, computed, "ICMPv6 checksum");
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::FragNeededSent), 1);
+    assert_eq!(c.get(GlobalCounter::DsrSent), 1);
+}
+
+#[test]
 fn ipv6_direct_modes_drop_and_count_what_they_cannot_send_themselves() {
     // As for IPv4: the kernel cannot finish these sends, so they are
     // dropped and counted, never passed. One lab at a time: each enters

@@ -713,8 +713,9 @@ pub enum GlobalCounter {
     FlowMisses,
     /// Established flows moved off a backend that went down.
     Resteered,
-    /// Rewritten packets handed to the kernel because the next hop's
-    /// neighbour entry is not resolved yet.
+    /// FIB lookups that found the next hop's neighbour entry unresolved:
+    /// a NAT packet is handed to the kernel rewritten, a dsr or tunnel one
+    /// dropped (`DropDirectUnreachable`).
     PassNeighUnresolved,
     /// Non-first IPv4 fragments: they carry no ports, so they pass.
     PassFragment,
@@ -737,8 +738,9 @@ pub enum GlobalCounter {
     PassTooBig,
     /// Frames addressed to another host's MAC (promiscuous mode): passed.
     PassNotForUs,
-    /// A redirect target that is not one of xdplb's interfaces: passed to
-    /// the kernel, which forwards it.
+    /// A redirect target that is not one of xdplb's interfaces: a NAT
+    /// packet is passed to the kernel, which forwards it; a dsr or tunnel
+    /// one is dropped (`DropDirectUnreachable`).
     RedirectFallback,
     /// Packets answered with a RST because the pool was empty.
     Rejected,
@@ -784,10 +786,12 @@ pub enum GlobalCounter {
     DropStaleRing,
     /// `bpf_fib_lookup` said the destination is unreachable or forbidden.
     DropUnroutable,
-    /// A `dsr` backend with no resolved neighbour, behind an egress that is
-    /// not ours, or a non-DF frame too big for its link: an L2 send is the
-    /// only right one, and it cannot be made.
-    DropDsrUnreachable,
+    /// A `dsr` or `tunnel` backend with no resolved neighbour or behind an
+    /// egress that is not ours, or a non-DF frame too big for a `dsr`
+    /// backend's link: the program must send these itself (the kernel would
+    /// route a dsr frame to the VIP, and drop an outer packet from its own
+    /// address as martian), and it cannot.
+    DropDirectUnreachable,
     DropTruncatedUdp,
     /// An IPv6 UDP datagram with checksum 0, which IPv6 forbids (RFC 8200
     /// §8.1).
@@ -822,7 +826,7 @@ impl GlobalCounter {
         (GlobalCounter::DropNoBackend, "no_backend"),
         (GlobalCounter::DropStaleRing, "stale_ring"),
         (GlobalCounter::DropUnroutable, "unroutable"),
-        (GlobalCounter::DropDsrUnreachable, "dsr_unreachable"),
+        (GlobalCounter::DropDirectUnreachable, "direct_unreachable"),
         (GlobalCounter::DropTruncatedUdp, "truncated_udp"),
         (GlobalCounter::DropUdp6ZeroChecksum, "udp6_zero_checksum"),
         (GlobalCounter::DropIpv6Extension, "ipv6_extension"),

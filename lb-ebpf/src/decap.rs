@@ -1,8 +1,9 @@
 //! `xdplb decap`: the backend side of a `tunnel` pool, for hosts whose
-//! kernel has no ipip module. IPv4-in-IPv4 packets addressed to this host
-//! lose their outer header here and go to the kernel as the inner packet
-//! (whose destination, the VIP, the host holds on a loopback). Everything
-//! else passes untouched. Counted per outcome (`lb_common::decap`).
+//! kernel has no ipip module. IPv4-in-IPv4 and IPv6-in-IPv6 packets
+//! addressed to this host lose their outer header here and go to the
+//! kernel as the inner packet (whose destination, the VIP, the host holds
+//! on a loopback). Everything else passes untouched. Counted per outcome
+//! (`lb_common::decap`).
 #![no_std]
 #![no_main]
 

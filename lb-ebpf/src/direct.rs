@@ -4,11 +4,18 @@
 //!
 //! - `dsr` (L2): only the MACs change; the backend must be on a segment of
 //!   the egress interface (config checks this at start).
-//! - `tunnel` (IPIP): an outer IPv4 header from the tunnel source to the
-//!   backend is prepended; the backend strips it (`xdplb decap`, or the
-//!   kernel's ipip device). The outer header adds 20 bytes, so a DF packet
-//!   that no longer fits is answered with fragmentation-needed quoting the
-//!   MTU less the outer header, and the client's path-MTU discovery works.
+//! - `tunnel` (IPIP, IPv6-in-IPv6): an outer header from the tunnel source
+//!   to the backend is prepended; the backend strips it (`xdplb decap`, or
+//!   the kernel's ipip / ip6tnl device). The outer header adds 20 (40)
+//!   bytes, so a packet that no longer fits is answered with
+//!   fragmentation-needed (packet-too-big) quoting the MTU less the outer
+//!   header, and the client's path-MTU discovery works.
+//!
+//! Neither mode can let the kernel finish a send: a dsr frame is still
+//! addressed to the VIP (the kernel would route it back to itself), and an
+//! outer packet's source is one of this host's addresses, which the kernel
+//! drops as martian when it forwards it. A frame we cannot send ourselves
+//! is dropped and counted as `direct_unreachable`.
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{Addr6, FibEntry, GlobalCounter, IPPROTO_IPIP, IPPROTO_IPV6};
 
@@ -16,12 +23,12 @@ use crate::{
     answer, answer6,
     consts::{BE_IP_DF, ETH_HLEN, ICMPV6_PKT_TOOBIG, IPV4_MIN_HLEN, IPV6_HLEN, ORIGIN_TTL},
     csum::{fold, sum_words},
-    forward::{fits, next_hop, next_hop6, Next},
+    forward::{fits, fits_grown, next_hop, next_hop6, Next},
     maps::TX_PORTS,
     parse::{load32, ptr_at, store32, EthHdr, Ipv4Hdr},
     parse6::{load_addr6, store_addr6, Ipv6Hdr},
     stats::count,
-    verdict::{answered, drop, pass},
+    verdict::{answered, drop},
 };
 
 /// `tunnel_source` for IPv4 (network order), set by user space with
@@ -90,7 +97,7 @@ pub fn dsr(ctx: &XdpContext, backend: u32, now: u64) -> u32 {
         // The kernel would route the frame by its destination, the VIP:
         // nothing but an L2 send is right. Health probes keep the
         // backend's neighbour entry fresh, so this is rare.
-        Next::Kernel => return drop(ctx, GlobalCounter::DropDsrUnreachable),
+        Next::Kernel => return drop(ctx, GlobalCounter::DropDirectUnreachable),
         Next::Drop(reason) => return drop(ctx, reason),
     };
     if let Err(mtu) = fits(ctx, &hop) {
@@ -101,7 +108,7 @@ pub fn dsr(ctx: &XdpContext, backend: u32, now: u64) -> u32 {
             };
         }
         // L2 cannot fragment, and the kernel would route by the VIP.
-        return drop(ctx, GlobalCounter::DropDsrUnreachable);
+        return drop(ctx, GlobalCounter::DropDirectUnreachable);
     }
     count(GlobalCounter::DsrSent);
     emit_l2(ctx, &hop)
@@ -118,34 +125,33 @@ pub fn tunnel(ctx: &XdpContext, backend: u32, now: u64) -> u32 {
     let Some(p) = inner(ctx) else {
         return drop(ctx, GlobalCounter::DropInternal);
     };
-    let outer_len = p.tot_len as u32 + IPV4_MIN_HLEN as u32;
     let hop = match next_hop(ctx, source, backend, p.tos, IPPROTO_IPIP, now) {
-        Next::Send(hop) => Some(hop),
-        Next::Kernel => None,
+        Next::Send(hop) => hop,
+        // Neighbour unresolved, or an egress that is not ours: the kernel
+        // would drop the outer packet (its source is ours, a martian to
+        // forwarding). Health probes go through the kernel to the backend
+        // and keep its neighbour entry resolved, so this is rare; `check`
+        // refuses a backend routed out of an interface that is not ours.
+        Next::Kernel => return drop(ctx, GlobalCounter::DropDirectUnreachable),
         Next::Drop(reason) => return drop(ctx, reason),
     };
-    if let Some(hop) = &hop {
-        if hop.mtu != 0 && outer_len > hop.mtu && p.df {
-            // Before any rewrite: the client must recognise the quote.
-            let room = hop.mtu.saturating_sub(IPV4_MIN_HLEN as u32);
-            return match answer::unreachable(ctx, crate::consts::ICMP_FRAG_NEEDED, room) {
-                Some(()) => answered(ctx, GlobalCounter::FragNeededSent),
-                None => drop(ctx, GlobalCounter::DropInternal),
-            };
-        }
+    if let Err(mtu) = fits_grown(ctx, &hop, IPV4_MIN_HLEN as u32) {
+        // DF or not (as Katran): nothing on the way could deliver the outer
+        // packet whole (we cannot fragment, the kernel would drop it as
+        // above, and `xdplb decap` drops outer fragments), so the client
+        // is told to send less. Before any rewrite: it must recognise the
+        // quote.
+        let room = mtu.saturating_sub(IPV4_MIN_HLEN as u32);
+        return match answer::unreachable(ctx, crate::consts::ICMP_FRAG_NEEDED, room) {
+            Some(()) => answered(ctx, GlobalCounter::FragNeededSent),
+            None => drop(ctx, GlobalCounter::DropInternal),
+        };
     }
     if !encapsulate(ctx, source, backend, &p) {
         return drop(ctx, GlobalCounter::DropInternal);
     }
     count(GlobalCounter::TunnelSent);
-    match hop {
-        // Too big without DF: the kernel fragments the outer packet.
-        Some(hop) if fits(ctx, &hop).is_ok() => emit_l2(ctx, &hop),
-        // Neighbour unresolved, or an egress that is not ours: the outer
-        // packet is an ordinary one to the backend; the kernel forwards it
-        // (the frame still carries the MAC it arrived with, ours).
-        _ => pass(),
-    }
+    emit_l2(ctx, &hop)
 }
 
 /// Prepends the outer header; the Ethernet header moves to the new front.
@@ -192,6 +198,8 @@ fn encapsulate(ctx: &XdpContext, source: u32, backend: u32, p: &Inner) -> bool {
 /// The frame's IPv6 header fields a direct send needs.
 struct Inner6 {
     saddr: Addr6,
+    /// Version, traffic class and flow label, as on the wire.
+    vtc_flow: [u16; 2],
     payload_len: u16,
     next: u8,
 }
@@ -203,6 +211,7 @@ fn inner6(ctx: &XdpContext) -> Option<Inner6> {
     let ip = unsafe { &*ip };
     Some(Inner6 {
         saddr: load_addr6(&ip.saddr),
+        vtc_flow: ip.vtc_flow,
         payload_len: u16::from_be(ip.payload_len),
         next: ip.nexthdr,
     })
@@ -226,7 +235,7 @@ pub fn dsr6(ctx: &XdpContext, backend: &Addr6, now: u64) -> u32 {
     };
     let hop = match next_hop6(ctx, &p.saddr, backend, p.next, now) {
         Next::Send(hop) => hop,
-        Next::Kernel => return drop(ctx, GlobalCounter::DropDsrUnreachable),
+        Next::Kernel => return drop(ctx, GlobalCounter::DropDirectUnreachable),
         Next::Drop(reason) => return drop(ctx, reason),
     };
     if let Err(mtu) = fits(ctx, &hop) {
@@ -248,35 +257,25 @@ pub fn tunnel6(ctx: &XdpContext, backend: &Addr6, now: u64) -> u32 {
     let Some(p) = inner6(ctx) else {
         return drop(ctx, GlobalCounter::DropInternal);
     };
-    let inner_len = p.payload_len as u32 + IPV6_HLEN as u32;
-    // verifier: a hop and a flag, not an Option<FibEntry>: the Option's
-    // payload is left undefined on the None path, and LLVM spilled that
-    // undefined register, which the verifier refuses to read.
-    let mut hop = FibEntry::default();
-    let send = match next_hop6(ctx, &source, backend, IPPROTO_IPV6, now) {
-        Next::Send(h) => {
-            hop = h;
-            true
-        }
-        Next::Kernel => false,
+    let hop = match next_hop6(ctx, &source, backend, IPPROTO_IPV6, now) {
+        Next::Send(hop) => hop,
+        // As in `tunnel`: the kernel would drop an outer packet from one of
+        // its own addresses; rare, since probes keep the neighbour fresh.
+        Next::Kernel => return drop(ctx, GlobalCounter::DropDirectUnreachable),
         Next::Drop(reason) => return drop(ctx, reason),
     };
-    if send && hop.mtu != 0 && inner_len + IPV6_HLEN as u32 > hop.mtu {
-        return too_big6(ctx, hop.mtu.saturating_sub(IPV6_HLEN as u32));
+    if let Err(mtu) = fits_grown(ctx, &hop, IPV6_HLEN as u32) {
+        return too_big6(ctx, mtu.saturating_sub(IPV6_HLEN as u32));
     }
-    if !encapsulate6(ctx, &source, backend, inner_len as u16) {
+    if !encapsulate6(ctx, &source, backend, &p) {
         return drop(ctx, GlobalCounter::DropInternal);
     }
     count(GlobalCounter::TunnelSent);
-    if send && fits(ctx, &hop).is_ok() {
-        emit_l2(ctx, &hop)
-    } else {
-        pass()
-    }
+    emit_l2(ctx, &hop)
 }
 
 #[inline(always)]
-fn encapsulate6(ctx: &XdpContext, source: &Addr6, backend: &Addr6, inner_len: u16) -> bool {
+fn encapsulate6(ctx: &XdpContext, source: &Addr6, backend: &Addr6, p: &Inner6) -> bool {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return false;
     };
@@ -297,8 +296,13 @@ fn encapsulate6(ctx: &XdpContext, source: &Addr6, backend: &Addr6, inner_len: u1
     eth.dst = dst;
     eth.src = src;
     eth.proto = crate::consts::BE_ETH_P_IPV6;
-    ip.vtc_flow = [0x0060, 0];
-    ip.payload_len = inner_len.to_be();
+    // The inner word whole: version 6; the traffic class, DSCP and ECN
+    // copied (RFC 2473 §6.5, RFC 6040 normal mode); and the client's flow
+    // label, constant per flow, so ECMP on the way to the backend spreads
+    // flows and keeps each on one path (RFC 6438's aim). The ring hash is
+    // not at hand here: a flow found in the table was never hashed.
+    ip.vtc_flow = p.vtc_flow;
+    ip.payload_len = p.payload_len.wrapping_add(IPV6_HLEN as u16).to_be();
     ip.nexthdr = IPPROTO_IPV6;
     ip.hop_limit = ORIGIN_TTL;
     store_addr6(&mut ip.saddr, source);

@@ -28,7 +28,8 @@ pub enum Next {
     Send(FibEntry),
     /// Let the kernel finish: neighbour unresolved (it will resolve and
     /// forward the already rewritten packet), local delivery, an egress
-    /// that is not ours, …
+    /// that is not ours, … Right for NAT; the direct modes cannot (see
+    /// `direct`) and drop instead.
     Kernel,
     Drop(GlobalCounter),
 }
@@ -189,7 +190,14 @@ fn resolve(ctx: &XdpContext, params: &mut FibParams, now: u64) -> Result<FibEntr
 /// the device by ifindex) costs more than the rest of the send.
 #[inline(always)]
 pub fn fits(ctx: &XdpContext, hop: &FibEntry) -> Result<(), u32> {
-    let l3 = (ctx.data_end() - ctx.data()) as u32 - ETH_HLEN as u32;
+    fits_grown(ctx, hop, 0)
+}
+
+/// [`fits`] for the frame once `grow` bytes (an outer header) are put in
+/// front of its IP packet: `Err(mtu)` of the egress device if it would not.
+#[inline(always)]
+pub fn fits_grown(ctx: &XdpContext, hop: &FibEntry, grow: u32) -> Result<(), u32> {
+    let l3 = (ctx.data_end() - ctx.data()) as u32 - ETH_HLEN as u32 + grow;
     if hop.mtu == 0 || l3 <= hop.mtu {
         Ok(())
     } else {

@@ -77,6 +77,20 @@ pub enum ConfigError {
         addr: IpAddr,
         ifaces: String,
     },
+    #[error(
+        "pool {pool:?} is tunnel but backend {backend:?} ({addr}) {route}: the program \
+         sends the outer packet itself, out of one of {ifaces} (the kernel would drop it \
+         as martian: its source is this host's); route the backend through one of them"
+    )]
+    TunnelNotRouted {
+        pool: String,
+        backend: String,
+        addr: IpAddr,
+        /// What the kernel's route lookup said: "is routed out of eth9",
+        /// "has no route".
+        route: String,
+        ifaces: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
@@ -659,12 +673,13 @@ pub fn check_interfaces_exist(cfg: &Config) -> Result<(), ConfigError> {
             return Err(ConfigError::MissingInterface { name: name.clone() });
         }
     }
-    check_dsr_attached(cfg)
+    check_dsr_attached(cfg)?;
+    check_tunnel_routed(cfg)
 }
 
 /// What `xdplb check` can verify of this host when it is the gateway (all
 /// the configured interfaces exist here): that every `dsr` backend is on a
-/// segment of one of them. Elsewhere it checks nothing, so a config can be
+/// segment of one of them, and every `tunnel` backend routed out of one. Elsewhere it checks nothing, so a config can be
 /// checked on another host.
 pub fn check_host_if_gateway(cfg: &Config) -> Result<(), ConfigError> {
     match check_interfaces_exist(cfg) {
@@ -696,6 +711,123 @@ fn check_dsr_attached(cfg: &Config) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// Every `tunnel` backend is routed out of one of the configured interfaces:
+/// the program redirects the outer packet there itself, and can hand it to
+/// nothing else (see lb-ebpf's `direct`).
+fn check_tunnel_routed(cfg: &Config) -> Result<(), ConfigError> {
+    let ours: Vec<u32> = cfg
+        .dataplane
+        .interfaces
+        .iter()
+        .map(|name| {
+            let c = std::ffi::CString::new(name.as_bytes()).unwrap_or_default();
+            // SAFETY: a valid NUL-terminated string; no other side effects.
+            unsafe { libc::if_nametoindex(c.as_ptr()) }
+        })
+        .collect();
+    for pool in cfg.pools.iter().filter(|p| p.mode == Mode::Tunnel) {
+        for b in &pool.backends {
+            let a = b.addr.ip();
+            let route = match route_oif(a) {
+                Ok(Some(oif)) if ours.contains(&oif) => continue,
+                Ok(Some(oif)) => format!("is routed out of {}", if_name(oif)),
+                Ok(None) => "has no route".to_string(),
+                Err(e) => format!("has a route this host would not tell ({e})"),
+            };
+            return Err(ConfigError::TunnelNotRouted {
+                pool: pool.name.clone(),
+                backend: b.name.clone(),
+                addr: a,
+                route,
+                ifaces: cfg.dataplane.interfaces.join(", "),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The interface the kernel routes `dst` out of (one RTM_GETROUTE, as
+/// `ip route get`), or None when it has no route. Routing by source is not
+/// asked about, as the data plane's lookup does not distinguish it.
+fn route_oif(dst: IpAddr) -> std::io::Result<Option<u32>> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let (family, addr) = match dst {
+        IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
+        IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
+    };
+    // struct nlmsghdr (16 bytes), struct rtmsg (12), one rtattr: RTA_DST.
+    let len = 16 + 12 + 4 + addr.len();
+    let mut req = Vec::with_capacity(len);
+    req.extend_from_slice(&(len as u32).to_ne_bytes());
+    req.extend_from_slice(&libc::RTM_GETROUTE.to_ne_bytes());
+    req.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    req.extend_from_slice(&[0; 8]); // sequence and port id: the kernel's
+    req.extend_from_slice(&[family, addr.len() as u8 * 8, 0, 0, 0, 0, 0, 0]);
+    req.extend_from_slice(&[0; 4]); // rtm_flags
+    req.extend_from_slice(&((4 + addr.len()) as u16).to_ne_bytes());
+    req.extend_from_slice(&libc::RTA_DST.to_ne_bytes());
+    req.extend_from_slice(&addr);
+    let os_err = std::io::Error::last_os_error;
+    // SAFETY: plain socket(2); the descriptor is owned right below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(os_err());
+    }
+    // SAFETY: a descriptor just opened, owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut buf = [0u8; 4096];
+    // SAFETY: both buffers are valid for the lengths given.
+    let n = unsafe {
+        if libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) < 0 {
+            return Err(os_err());
+        }
+        libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
+    };
+    let msg = buf
+        .get(..usize::try_from(n).map_err(|_| os_err())?)
+        .unwrap_or(&[]);
+    let u16_at = |i: usize| msg.get(i..i + 2).map(|b| u16::from_ne_bytes([b[0], b[1]]));
+    // An error answer (NLMSG_ERROR: ENETUNREACH, EHOSTUNREACH, …) means no
+    // usable route.
+    if u16_at(4) != Some(libc::RTM_NEWROUTE) {
+        return Ok(None);
+    }
+    let mut at = 28;
+    while let (Some(alen), Some(kind)) = (u16_at(at), u16_at(at + 2)) {
+        if kind == libc::RTA_OIF {
+            let oif = msg
+                .get(at + 4..at + 8)
+                .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+            return Ok(oif);
+        }
+        if alen < 4 {
+            break;
+        }
+        at += (alen as usize + 3) & !3;
+    }
+    Ok(None)
+}
+
+/// An interface's name by index, or the index when it has none.
+fn if_name(index: u32) -> String {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer has the IF_NAMESIZE bytes the call may write.
+    let p = unsafe { libc::if_indextoname(index, name.as_mut_ptr()) };
+    if p.is_null() {
+        return format!("interface {index}");
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Whether `a` is on the subnet of interface address `net` with netmask
@@ -2061,6 +2193,43 @@ vip = "198.18.2.11:80"
             err.contains("backend \"web-1\" (2001:2:0:1::11) is on no segment of lo"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn tunnel_backends_must_be_routed_out_of_an_interface() {
+        // Read-only route lookups in the test's own namespace: loopback
+        // addresses leave through lo; 198.18.1.11 and 2001:2:0:1::11 are
+        // routed elsewhere or not at all (nothing is configured for them).
+        let cfg = |backend: &str, source: &str, vip: &str| {
+            p(&format!(
+                "[dataplane]\ninterfaces = [\"lo\"]\ntunnel_source = [\"{source}\"]\n[[pool]]\nname = \"web\"\nvip = \"{vip}\"\nmode = \"tunnel\"\n[[pool.backend]]\nname = \"web-1\"\naddr = \"{backend}\"\n"
+            ))
+            .unwrap()
+        };
+        const VIP4: &str = "198.18.2.10:80";
+        const VIP6: &str = "[2001:2:0:2::10]:80";
+        check_interfaces_exist(&cfg("127.0.0.1:80", "127.0.0.1", VIP4)).unwrap();
+        check_interfaces_exist(&cfg("[::1]:80", "::1", VIP6)).unwrap();
+        for (backend, source, vip, shown) in [
+            ("198.18.1.11:80", "198.18.1.1", VIP4, "198.18.1.11"),
+            (
+                "[2001:2:0:1::11]:80",
+                "2001:2:0:1::1",
+                VIP6,
+                "2001:2:0:1::11",
+            ),
+        ] {
+            let err = check_interfaces_exist(&cfg(backend, source, vip))
+                .unwrap_err()
+                .to_string();
+            let why = format!("is tunnel but backend \"web-1\" ({shown}) ");
+            assert!(err.contains(&why), "{err}");
+            assert!(
+                err.contains("has no route") || err.contains("is routed out of "),
+                "{err}"
+            );
+            assert!(err.contains("out of one of lo"), "{err}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddrV4;
 
 use aya::programs::{TestRun, TestRunOptions};
-use common::{backend_mac, xdp_md, TestNs, TestPlane, CLIENT_MAC, IN_MAC, OUT_MAC};
+use common::{backend_mac, xdp_md, DecapLab, TestNs, TestPlane, CLIENT_MAC, IN_MAC, OUT_MAC};
 use lb_common::{
     flow_hash, FlowKey, GlobalCounter, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, IPPROTO_TCP,
     VIP_F_REJECT_EMPTY,
@@ -1655,7 +1655,7 @@ fn dsr_mtu_edge_exactly_fitting_and_one_byte_over() {
     nodf.df = false;
     let (action, _) = lab.arrive_from_client(&nodf.build());
     assert_eq!(action, XDP_DROP, "L2 cannot fragment");
-    assert_eq!(lab.counters().get(GlobalCounter::DropDsrUnreachable), 1);
+    assert_eq!(lab.counters().get(GlobalCounter::DropDirectUnreachable), 1);
 }
 
 #[test]
@@ -1717,15 +1717,70 @@ fn tunnel_mtu_edge_counts_the_outer_header() {
         &over[14..14 + 28],
     );
     assert_eq!(out, want);
-    // Without DF the outer packet goes to the kernel to be fragmented.
+    assert_icmp_checksums_valid(&out);
+    // Without DF the same answer: nothing could deliver the outer packet
+    // whole (the kernel drops it as martian, decap drops outer fragments).
     let mut nodf = sized_to_vip(55302, 1261);
     nodf.df = false;
     let sent = nodf.build();
     let (action, out) = lab.arrive_from_client(&sent);
-    assert_eq!(action, XDP_PASS);
-    assert_eq!(out[14 + 9], 4, "IPIP");
-    assert_eq!(&out[34..], &sent[14..], "the inner packet, whole");
-    assert_eq!(lab.counters().get(GlobalCounter::FragNeededSent), 1);
+    assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
+    let want = xdplb::packet::icmp_error(
+        IN_MAC,
+        CLIENT_MAC,
+        sa(VIP).ip().octets(),
+        client(0).ip().octets(),
+        3,
+        4,
+        [0, 0, (1260u16 >> 8) as u8, (1260u16 & 0xff) as u8],
+        &sent[14..14 + 28],
+    );
+    assert_eq!(out, want);
+    assert_icmp_checksums_valid(&out);
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::FragNeededSent), 2);
+    assert_eq!(c.get(GlobalCounter::TunnelSent), 1);
+    assert_eq!(c.get(GlobalCounter::Passed), 0);
+}
+
+/// Every new flow of `lab`'s VIP to a backend at an address with no
+/// neighbour entry (the FIB answers NO_NEIGH), in slot `slot`.
+fn send_all_to_unresolved(lab: &mut Lab, slot: u32) {
+    lab.dp()
+        .write_backend(&BackendSlot {
+            slot,
+            vip_index: 0,
+            addr: sa("198.18.1.99:8080").into(),
+            state: BACKEND_ACTIVE,
+            flags: 0,
+        })
+        .unwrap();
+    lab.publish(vec![slot; RING as usize]);
+}
+
+#[test]
+fn direct_modes_drop_and_count_what_they_cannot_send_themselves() {
+    // The kernel cannot finish these sends (a dsr frame is addressed to
+    // the VIP; an outer packet comes from our own address, a martian):
+    // they are dropped, counted, never passed.
+    // One lab at a time: each enters its own namespace.
+    for (mode, make) in [("dsr", dsr_lab as fn(u32) -> Lab), ("tunnel", tunnel_lab)] {
+        let mut lab = make(2);
+        send_all_to_unresolved(&mut lab, 2);
+        let (action, _) = lab.arrive_from_client(&to_vip(55500, TCP_SYN).build());
+        assert_eq!(action, XDP_DROP, "{mode}: unresolved neighbour");
+        // An egress outside the redirect ports.
+        lab.publish((0..RING).map(|i| i % 2).collect());
+        lab.dp().sync_host(&["in0".to_string()]).unwrap();
+        let (action, _) = lab.arrive_from_client(&to_vip(55501, TCP_SYN).build());
+        assert_eq!(action, XDP_DROP, "{mode}: egress not ours");
+        let c = lab.counters();
+        assert_eq!(c.get(GlobalCounter::DropDirectUnreachable), 2, "{mode}");
+        assert_eq!(c.get(GlobalCounter::Dropped), 2, "{mode}");
+        assert_eq!(c.get(GlobalCounter::Passed), 0, "{mode}");
+        assert_eq!(c.get(GlobalCounter::DsrSent), 0, "{mode}");
+        assert_eq!(c.get(GlobalCounter::TunnelSent), 0, "{mode}");
+    }
 }
 
 #[test]
@@ -1749,46 +1804,6 @@ fn an_icmp_error_for_a_direct_return_flow_reaches_its_backend_as_sent() {
 }
 
 // ---- xdplb decap (the backend side of a tunnel pool) ----
-
-struct DecapLab {
-    // Field order: program and pins go before the namespace.
-    decap: xdplb::dataplane::decap::Decap,
-    pin_path: std::path::PathBuf,
-    ns: TestNs,
-}
-
-impl DecapLab {
-    /// The test namespace plays the backend: its 198.18.1.1 is the
-    /// tunnel endpoint.
-    fn new() -> DecapLab {
-        let ns = TestNs::new(1);
-        let pin_path = std::path::PathBuf::from(format!(
-            "/sys/fs/bpf/xdplb-decap-test-{}-{}",
-            std::process::id(),
-            ns.name
-        ));
-        let decap = xdplb::dataplane::decap::Decap::load(&pin_path).unwrap();
-        DecapLab {
-            decap,
-            pin_path,
-            ns,
-        }
-    }
-
-    fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        common::run_once(self.decap.program(), frame, self.ns.out_ifindex)
-    }
-
-    fn counters(&self) -> std::collections::HashMap<&'static str, u64> {
-        xdplb::dataplane::decap::counters(&self.pin_path).unwrap()
-    }
-}
-
-impl Drop for DecapLab {
-    fn drop(&mut self) {
-        let _ = xdplb::dataplane::decap::remove_pins(&self.pin_path);
-    }
-}
 
 /// What a gateway sends this backend for `inner` (an Ethernet frame whose
 /// IP packet is wrapped), outer destination `dst`.

@@ -11,10 +11,11 @@ use std::{
 };
 
 use aya::maps::{Map, MapData};
-use common::{backend_mac, TestNs, TestPlane, CLIENT_MAC, IN_MAC, OUT_MAC};
+use common::{backend_mac, DecapLab, TestNs, TestPlane, CLIENT_MAC, IN_MAC, OUT_MAC};
 use lb_common::{
     flow_hash, flow_hash6, ref_slot, Addr6, FlowKey, FlowKey6, FlowSlot, GlobalCounter,
-    BACKEND_ACTIVE, IPPROTO_TCP, IPPROTO_UDP, NO_BACKEND, VIP_F_REJECT_EMPTY,
+    BACKEND_ACTIVE, IPPROTO_TCP, IPPROTO_UDP, NO_BACKEND, VIP_F_DSR, VIP_F_REJECT_EMPTY,
+    VIP_F_TUNNEL,
 };
 use xdplb::{
     dataplane::{backend_name_index, BackendSlot, Counters, Endpoint, Tuning},
@@ -225,15 +226,23 @@ struct Lab {
     ns: TestNs,
     /// Each pool's ring, as backend numbers within the pool.
     rings: [Vec<u32>; 3],
+    /// Every pool's VIP flags.
+    flags: u32,
 }
 
 impl Lab {
     /// The three pools, each with `n` active backends and a ring cycling
     /// through them, on_empty = reject.
     fn new(n: u32) -> Lab {
+        Lab::with(n, VIP_F_REJECT_EMPTY, Tuning::default())
+    }
+
+    /// [`Lab::new`] with every pool published with VIP `flags` (its mode
+    /// and on_empty), the data plane loaded with `tuning`.
+    fn with(n: u32, flags: u32, tuning: Tuning) -> Lab {
         assert!(n <= SLOTS);
         let ns = TestNs::new(n as u8);
-        let mut tp = TestPlane::new(RING, 4096);
+        let mut tp = TestPlane::tuned(RING, 4096, tuning);
         let dp = tp.dp();
         for pool in POOLS {
             dp.write_name(pool.index(), &format!("{pool:?}")).unwrap();
@@ -265,6 +274,7 @@ impl Lab {
             tp,
             ns,
             rings: [ring.clone(), ring.clone(), ring],
+            flags,
         };
         for pool in POOLS {
             lab.publish(pool, lab.rings[pool.index() as usize].clone(), None);
@@ -280,10 +290,11 @@ impl Lab {
             .map(|&i| if i == NO_BACKEND { i } else { pool.slot(i) })
             .collect();
         let vip = pool.endpoint(pool.vip());
+        let flags = self.flags;
         let dp = self.tp.dp();
         match idle_ms {
-            Some(ms) => dp.publish_vip_idle(vip, pool.index(), &slots, VIP_F_REJECT_EMPTY, ms),
-            None => dp.publish_vip(vip, pool.index(), &slots, VIP_F_REJECT_EMPTY),
+            Some(ms) => dp.publish_vip_idle(vip, pool.index(), &slots, flags, ms),
+            None => dp.publish_vip(vip, pool.index(), &slots, flags),
         }
         .unwrap();
         self.rings[pool.index() as usize] = ring;
@@ -974,4 +985,310 @@ fn a_missing_tail_program_passes_its_frames_counted() {
     let (action, _) = lab.arrive_from_client(&Pool::Tcp6.first(40002).build());
     assert_eq!(action, XDP_REDIRECT);
     assert_eq!(lab.counters().get(GlobalCounter::PassTailMissing), 1);
+}
+
+// ---- Direct server return over IPv6: dsr6, tunnel6 and decap ----
+
+const TUNNEL_SOURCE6: &str = "2001:2:0:1::1";
+
+/// The three pools in one direct mode (`VIP_F_DSR` or `VIP_F_TUNNEL`), 3
+/// backends each, tunnel sources of both families.
+fn direct_lab(mode: u32) -> Lab {
+    Lab::with(
+        3,
+        VIP_F_REJECT_EMPTY | mode,
+        Tuning {
+            tunnel_source_v4: Some("198.18.1.1".parse().unwrap()),
+            tunnel_source_v6: Some(TUNNEL_SOURCE6.parse().unwrap()),
+            ..Default::default()
+        },
+    )
+}
+
+/// `sent` as a dsr backend `i` must receive it: only the MACs differ.
+fn expected_dsr6(sent: &[u8], i: u32) -> Vec<u8> {
+    let mut want = sent.to_vec();
+    want[0..6].copy_from_slice(&backend_mac(i as u8));
+    want[6..12].copy_from_slice(&OUT_MAC);
+    want
+}
+
+/// `sent`'s IPv6 packet inside an outer IPv6 header to `pool`'s backend
+/// `i`, rebuilt field by field: version 6, the inner traffic class and flow
+/// label, payload length, next header 41 (IPv6), hop limit 64, the tunnel
+/// source and the backend.
+fn expected_ip6ip6(pool: Pool, sent: &[u8], i: u32) -> Vec<u8> {
+    let inner = &sent[14..];
+    let word = u32::from_be_bytes([inner[0], inner[1], inner[2], inner[3]]);
+    let (tclass, label) = ((word >> 20) & 0xff, word & 0xf_ffff);
+    let mut f = Vec::new();
+    f.extend_from_slice(&backend_mac(i as u8));
+    f.extend_from_slice(&OUT_MAC);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&(6 << 28 | tclass << 20 | label).to_be_bytes());
+    f.extend_from_slice(&(inner.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[41, 64]);
+    f.extend_from_slice(&TUNNEL_SOURCE6.parse::<Ipv6Addr>().unwrap().octets());
+    f.extend_from_slice(&v6(pool.backend(i)).octets());
+    f.extend_from_slice(inner);
+    f
+}
+
+/// `f` built, with the version/traffic class/flow label word replaced
+/// (none of it is under the L4 checksum).
+fn with_vtc_flow(f: &L4Frame, word: u32) -> Vec<u8> {
+    let mut b = f.build();
+    b[14..18].copy_from_slice(&word.to_be_bytes());
+    b
+}
+
+#[test]
+fn dsr6_rewrites_only_the_macs_and_completes_partial_checksums() {
+    let mut lab = direct_lab(VIP_F_DSR);
+    for pool in [Pool::Tcp6, Pool::Udp6] {
+        for port in [42000u16, 42001, 42002] {
+            let sent = with_vtc_flow(&pool.first(port), 0x6b81_2345);
+            let (action, out) = lab.arrive_from_client(&sent);
+            assert_eq!(action, XDP_REDIRECT);
+            let want = expected_dsr6(&sent, lab.ring_choice(pool, port));
+            assert_eq!(out, want, "{pool:?} port {port}");
+        }
+        // Pinned, and a partial checksum is completed (the frame leaves the
+        // kernel's offload state behind).
+        let mut next = pool.next(42000);
+        next.checksum = Checksum::Partial;
+        let (action, out) = lab.arrive_from_client(&next.build());
+        assert_eq!(action, XDP_REDIRECT);
+        next.checksum = Checksum::Full;
+        let want = expected_dsr6(&next.build(), lab.ring_choice(pool, 42000));
+        assert_eq!(out, want, "{pool:?}");
+        assert_checksums_valid(&out);
+    }
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::DsrSent), 8);
+    assert_eq!(c.get(GlobalCounter::PartialChecksum), 2);
+    assert_eq!(c.get(GlobalCounter::Dropped), 0);
+}
+
+#[test]
+fn tunnel6_wraps_the_packet_in_an_outer_ipv6_header_from_the_tunnel_source() {
+    let mut lab = direct_lab(VIP_F_TUNNEL);
+    // Traffic class (DSCP and ECN) and flow label travel outside: none;
+    // EF with ECT(0) and a label; CS1 with CE and the largest label.
+    let words = [0x6000_0000u32, 0x6b81_2345, 0x623f_ffff];
+    for pool in [Pool::Tcp6, Pool::Udp6] {
+        for (port, word) in (42100u16..).zip(words) {
+            let sent = with_vtc_flow(&pool.first(port), word);
+            let (action, out) = lab.arrive_from_client(&sent);
+            assert_eq!(action, XDP_REDIRECT);
+            let i = lab.ring_choice(pool, port);
+            assert_eq!(
+                out,
+                expected_ip6ip6(pool, &sent, i),
+                "{pool:?} port {port} word {word:#x}"
+            );
+            assert_eq!(&out[54..], &sent[14..], "the inner packet untouched");
+            assert_eq!(
+                u32::from_be_bytes([out[14], out[15], out[16], out[17]]),
+                word,
+                "version, traffic class, flow label"
+            );
+        }
+        // A partial checksum is completed before it is wrapped.
+        let mut next = pool.next(42100);
+        next.checksum = Checksum::Partial;
+        let (action, out) = lab.arrive_from_client(&next.build());
+        assert_eq!(action, XDP_REDIRECT);
+        next.checksum = Checksum::Full;
+        let want = expected_ip6ip6(pool, &next.build(), lab.ring_choice(pool, 42100));
+        assert_eq!(out, want, "{pool:?}");
+        let (found, computed) = checksums6(&[&out[..14], &out[54..]].concat());
+        assert_eq!(found, computed, "inner L4 checksum");
+    }
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::TunnelSent), 8);
+    assert_eq!(c.get(GlobalCounter::Dropped), 0);
+}
+
+/// A TCP packet from the client to the IPv6 VIP whose IPv6 packet is
+/// `ip_len` bytes long (header included).
+fn sized6(port: u16, ip_len: usize) -> L4Frame {
+    let mut f = Pool::Tcp6.next(port);
+    f.payload = vec![0x5a; ip_len - 40 - 20];
+    f
+}
+
+#[test]
+fn tunnel6_mtu_edge_counts_the_outer_header() {
+    let mut lab = direct_lab(VIP_F_TUNNEL);
+    lab.ns.set_mtu("out0", 1280);
+    let pool = Pool::Tcp6;
+    // 1240 + 40 = 1280: fits exactly.
+    let fits = sized6(42200, 1240).build();
+    assert_eq!(fits.len(), 14 + 1240);
+    let (action, out) = lab.arrive_from_client(&fits);
+    assert_eq!(action, XDP_REDIRECT);
+    let want = expected_ip6ip6(pool, &fits, lab.ring_choice(pool, 42200));
+    assert_eq!(out, want);
+    assert_eq!(out.len(), 14 + 1280);
+    // One byte over: packet too big from the VIP, quoting the MTU less the
+    // outer header, before any rewrite.
+    let over = sized6(42201, 1241).build();
+    let (action, out) = lab.arrive_from_client(&over);
+    assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
+    let want = icmp6(
+        IN_MAC,
+        CLIENT_MAC,
+        v6(pool.vip()),
+        v6(pool.client(42201)),
+        2,
+        0,
+        1240u32.to_be_bytes(),
+        &over[14..14 + 48],
+    );
+    assert_eq!(out, want);
+    let (found, computed) = checksums6(&out);
+    assert_eq!(found, computed, "ICMPv6 checksum");
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::FragNeededSent), 1);
+    assert_eq!(c.get(GlobalCounter::TunnelSent), 1);
+    assert_eq!(c.get(GlobalCounter::Passed), 0);
+}
+
+#[test]
+fn dsr6_mtu_edge_exactly_fitting_and_one_byte_over() {
+    let mut lab = direct_lab(VIP_F_DSR);
+    lab.ns.set_mtu("out0", 1280);
+    let pool = Pool::Tcp6;
+    let fits = sized6(42250, 1280).build();
+    let (action, out) = lab.arrive_from_client(&fits);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, expected_dsr6(&fits, lab.ring_choice(pool, 42250)));
+    // L2 cannot fragment, and IPv6 routers never do: packet too big.
+    let over = sized6(42251, 1281).build();
+    let (action, out) = lab.arrive_from_client(&over);
+    assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
+    let want = icmp6(
+        IN_MAC,
+        CLIENT_MAC,
+        v6(pool.vip()),
+        v6(pool.client(42251)),
+        2,
+        0,
+        1280u32.to_be_bytes(),
+        &over[14..14 + 48],
+    );
+    assert_eq!(out, want);
+    let (found, computed) = checksums6(&out);
+    assert_eq!(found, computed, "ICMPv6 checksum");
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::FragNeededSent), 1);
+    assert_eq!(c.get(GlobalCounter::DsrSent), 1);
+}
+
+#[test]
+fn ipv6_direct_modes_drop_and_count_what_they_cannot_send_themselves() {
+    // As for IPv4: the kernel cannot finish these sends, so they are
+    // dropped and counted, never passed. One lab at a time: each enters
+    // its own namespace.
+    let pool = Pool::Tcp6;
+    for mode in [VIP_F_DSR, VIP_F_TUNNEL] {
+        let mut lab = direct_lab(mode);
+        // Backend 3 at an address with no neighbour entry: NO_NEIGH.
+        lab.tp
+            .dp()
+            .write_backend(&BackendSlot {
+                slot: pool.slot(3),
+                vip_index: pool.index(),
+                addr: "[2001:2:0:1::99]:8080".parse().unwrap(),
+                state: BACKEND_ACTIVE,
+                flags: 0,
+            })
+            .unwrap();
+        lab.send_all_to(pool, 3);
+        let (action, _) = lab.arrive_from_client(&pool.first(42300).build());
+        assert_eq!(action, XDP_DROP, "mode {mode:#x}: unresolved neighbour");
+        // An egress outside the redirect ports.
+        lab.publish(pool, (0..RING).map(|i| i % 3).collect(), None);
+        lab.tp.dp().sync_host(&["in0".to_string()]).unwrap();
+        let (action, _) = lab.arrive_from_client(&pool.first(42301).build());
+        assert_eq!(action, XDP_DROP, "mode {mode:#x}: egress not ours");
+        let c = lab.counters();
+        assert_eq!(c.get(GlobalCounter::DropDirectUnreachable), 2);
+        assert_eq!(c.get(GlobalCounter::Dropped), 2);
+        assert_eq!(c.get(GlobalCounter::Passed), 0);
+        assert_eq!(c.get(GlobalCounter::DsrSent), 0);
+        assert_eq!(c.get(GlobalCounter::TunnelSent), 0);
+    }
+}
+
+const TUNNEL_PEER_MAC: [u8; 6] = [0x02, 0x9a, 0, 0, 0, 9];
+
+/// What a gateway sends this backend for `inner` (an Ethernet frame whose
+/// IPv6 packet is wrapped), outer destination `dst`.
+fn wrapped6(inner: &[u8], dst: &str) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&OUT_MAC);
+    f.extend_from_slice(&TUNNEL_PEER_MAC);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&((inner.len() - 14) as u16).to_be_bytes());
+    f.extend_from_slice(&[41, 64]);
+    f.extend_from_slice(&"2001:2:0:1::99".parse::<Ipv6Addr>().unwrap().octets());
+    f.extend_from_slice(&dst.parse::<Ipv6Addr>().unwrap().octets());
+    f.extend_from_slice(&inner[14..]);
+    f
+}
+
+#[test]
+fn decap6_opens_tunnels_to_this_host_and_passes_the_inner_packet() {
+    let lab = DecapLab::new();
+    for pool in [Pool::Tcp6, Pool::Udp6] {
+        let mut inner = pool.first(42400);
+        inner.payload = b"hello".to_vec();
+        let inner = inner.build();
+        let (action, out) = lab.run(&wrapped6(&inner, TUNNEL_SOURCE6));
+        assert_eq!(action, XDP_PASS);
+        let mut want = inner.clone();
+        want[0..6].copy_from_slice(&OUT_MAC);
+        want[6..12].copy_from_slice(&TUNNEL_PEER_MAC);
+        assert_eq!(
+            out, want,
+            "{pool:?}: the inner packet, behind the same Ethernet header"
+        );
+        assert_checksums_valid(&out);
+    }
+    assert_eq!(lab.counters()["decapsulated"], 2);
+}
+
+#[test]
+fn decap6_leaves_everything_else_untouched_and_counts_malformed_tunnels() {
+    let lab = DecapLab::new();
+    let inner = Pool::Tcp6.first(42500).build();
+    // Not a tunnel; a tunnel to another host.
+    for frame in [inner.clone(), wrapped6(&inner, "2001:2:0:1::77")] {
+        let (action, out) = lab.run(&frame);
+        assert_eq!(action, XDP_PASS);
+        assert_eq!(out, frame);
+    }
+    // To us, but: the inside is no IPv6 header; the inner length disagrees
+    // with the outer; the outer length runs past the frame.
+    let mut not_v6 = wrapped6(&inner, TUNNEL_SOURCE6);
+    not_v6[54] = 0x45;
+    let mut inner_short = wrapped6(&inner, TUNNEL_SOURCE6);
+    inner_short[58..60].copy_from_slice(&1u16.to_be_bytes());
+    let mut long = wrapped6(&inner, TUNNEL_SOURCE6);
+    long[18..20].copy_from_slice(&2000u16.to_be_bytes());
+    for (name, frame) in [
+        ("not IPv6", not_v6),
+        ("inner length", inner_short),
+        ("outer length", long),
+    ] {
+        let (action, _) = lab.run(&frame);
+        assert_eq!(action, XDP_DROP, "{name}");
+    }
+    let c = lab.counters();
+    assert_eq!(c["passed"], 2);
+    assert_eq!(c["dropped_malformed"], 3);
+    assert_eq!(c["decapsulated"], 0);
 }

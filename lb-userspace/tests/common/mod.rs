@@ -311,3 +311,44 @@ pub fn coarse_now_ns() -> u64 {
     );
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+/// `xdplb decap` loaded in a test namespace, its pins removed on drop.
+pub struct DecapLab {
+    // Field order: program and pins go before the namespace.
+    decap: xdplb::dataplane::decap::Decap,
+    pin_path: PathBuf,
+    pub ns: TestNs,
+}
+
+impl DecapLab {
+    /// The test namespace plays the backend: its 198.18.1.1 and
+    /// 2001:2:0:1::1 are tunnel endpoints.
+    pub fn new() -> DecapLab {
+        let ns = TestNs::new(1);
+        let pin_path = PathBuf::from(format!(
+            "/sys/fs/bpf/xdplb-decap-test-{}-{}",
+            std::process::id(),
+            ns.name
+        ));
+        let decap = xdplb::dataplane::decap::Decap::load(&pin_path).unwrap();
+        DecapLab {
+            decap,
+            pin_path,
+            ns,
+        }
+    }
+
+    pub fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        run_once(self.decap.program(), frame, self.ns.out_ifindex)
+    }
+
+    pub fn counters(&self) -> std::collections::HashMap<&'static str, u64> {
+        xdplb::dataplane::decap::counters(&self.pin_path).unwrap()
+    }
+}
+
+impl Drop for DecapLab {
+    fn drop(&mut self) {
+        let _ = xdplb::dataplane::decap::remove_pins(&self.pin_path);
+    }
+}

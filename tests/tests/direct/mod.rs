@@ -221,12 +221,12 @@ pub fn replies_bypass_the_gateway(d: &Deployment, sent_event: &str) -> Result<(u
     let sent = counter(&stats, "events", sent_event);
     println!(
         "stats: reply_packets/reply_bytes 0 on every backend; requests forwarded {requests} packets; \
-         {sent_event} {sent}; dsr_unreachable {}",
-        counter(&stats, "drop_reasons", "dsr_unreachable")
+         {sent_event} {sent}; direct_unreachable {}",
+        counter(&stats, "drop_reasons", "direct_unreachable")
     );
     ensure!(sent > 0, "{sent_event} is 0: {stats}");
     ensure!(
-        counter(&stats, "drop_reasons", "dsr_unreachable") == 0,
+        counter(&stats, "drop_reasons", "direct_unreachable") == 0,
         "{stats}"
     );
     Ok((DOWNLOAD, secs))

@@ -628,6 +628,30 @@ const TAIL_PROGRAMS: [(u32, &str); 4] = [
     (lb_common::TAIL_ICMP6, maps::PROGRAM_ICMP6),
 ];
 
+/// Loads (verifies) `prog`, again if the verifier was interrupted: it gives
+/// up with EAGAIN whenever a signal is pending for the loading thread (a
+/// SIGHUP or SIGCHLD during a three-second verification), which says
+/// nothing about the program. libbpf retries the same way, five times.
+pub(crate) fn load_program(prog: &mut Xdp) -> Result<(), DataplaneError> {
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 1;
+    loop {
+        match prog.load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < ATTEMPTS =>
+            {
+                tracing::debug!(attempt, "verification interrupted by a signal: again");
+                attempt += 1;
+            }
+            r => {
+                return r.map_err(|e| DataplaneError::Program {
+                    source: Box::new(e),
+                })
+            }
+        }
+    }
+}
+
 /// Loads the IPv4 UDP, IPv6, IPv6 UDP and ICMPv6 programs the main one
 /// tail-calls.
 fn load_tails(ebpf: &mut aya::Ebpf) -> Result<(), DataplaneError> {
@@ -639,9 +663,7 @@ fn load_tails(ebpf: &mut aya::Ebpf) -> Result<(), DataplaneError> {
             .map_err(|e| DataplaneError::Program {
                 source: Box::new(e),
             })?;
-        prog.load().map_err(|e| DataplaneError::Program {
-            source: Box::new(e),
-        })?;
+        load_program(prog)?;
     }
     Ok(())
 }
@@ -762,9 +784,7 @@ impl Dataplane {
             .map_err(|e| DataplaneError::Program {
                 source: Box::new(e),
             })?;
-        prog.load().map_err(|e| DataplaneError::Program {
-            source: Box::new(e),
-        })?;
+        load_program(prog)?;
         load_tails(&mut ebpf)?;
         let vips = take(&mut ebpf, maps::VIPS)?;
         let vips6 = take(&mut ebpf, maps::VIPS6)?;

@@ -1954,3 +1954,48 @@ fn the_address_prefilter_follows_the_vips_and_backends() {
     assert!(!has(&words, ADDR_FILTER_BACKENDS, "198.18.1.12"));
     assert!(has(&words, ADDR_FILTER_BACKENDS, "198.18.1.11"));
 }
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// The verifier gives up with EAGAIN whenever a signal is pending for the
+/// loading thread. Four signals spaced through the load interrupt more
+/// BPF_PROG_LOAD calls than aya retries on its own (one); the data plane
+/// must load all the same.
+#[test]
+fn a_verification_interrupted_by_signals_is_tried_again() {
+    // SAFETY: a handler that does nothing, so the signal interrupts the
+    // syscall without ending the process; pthread_self names this thread.
+    let me = unsafe {
+        libc::signal(
+            libc::SIGUSR1,
+            ignore_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+        libc::pthread_self()
+    };
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = std::thread::spawn({
+        let done = std::sync::Arc::clone(&done);
+        move || {
+            let mut sent = 0;
+            for _ in 0..4 {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+                if done.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                // SAFETY: `me` outlives this thread: the test joins it
+                // before returning.
+                unsafe { libc::pthread_kill(me, libc::SIGUSR1) };
+                sent += 1;
+            }
+            sent
+        }
+    });
+    let mut lab = Lab::new(2);
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sent = sent.join().expect("signaller");
+    assert!(sent >= 2, "only {sent} signals fell inside the load");
+    // Loaded whole: it balances.
+    let (action, out) = lab.arrive_from_client(&to_vip(40000, TCP_SYN).build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_checksums_valid(&out);
+}

@@ -97,9 +97,7 @@ impl Decap {
             .map_err(|e| DataplaneError::Program {
                 source: Box::new(e),
             })?;
-        prog.load().map_err(|e| DataplaneError::Program {
-            source: Box::new(e),
-        })?;
+        super::load_program(prog)?;
         Ok(Decap {
             ebpf,
             pin_path: pin_path.to_path_buf(),

@@ -176,8 +176,23 @@ fn a_hundred_thousand_flows_keep_their_backends() -> Result<()> {
     }
     let deadline = Instant::now() + PHASE_TIMEOUT;
     let mut conns: Vec<(SocketAddrV4, String)> = Vec::with_capacity(FLOWS);
+    // What the controller did meanwhile, for a failure's message: a
+    // backend marked down (its flows re-steered) resets connections.
+    let transitions = |d: &Deployment| -> String {
+        d.daemon_log()
+            .lines()
+            .filter(|l| l.contains("state changed") || l.contains("WARN"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     for h in &holders {
-        for line in h.until("up ", deadline)? {
+        let lines = h.until("up ", deadline).with_context(|| {
+            format!(
+                "controller's transitions and warnings:\n{}",
+                transitions(&d)
+            )
+        })?;
+        for line in lines {
             let mut w = line.split(' ');
             if w.next() == Some("conn") {
                 let src: SocketAddrV4 = w.next().context("conn line")?.parse()?;

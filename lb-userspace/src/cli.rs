@@ -405,7 +405,7 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 
 fn check(path: &Path) -> Result<(), CliError> {
     let cfg = config::load(path)?;
-    config::check_host_if_gateway(&cfg)?;
+    config::check_host_if_gateway(&cfg).map_err(|e| e.placed(path))?;
     let announce = cfg.announce.as_ref().map_or(String::new(), |a| {
         format!(
             "; announcing through BIRD (routes {}, socket {})",

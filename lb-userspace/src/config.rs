@@ -93,6 +93,49 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// A host check's error (an interface missing here, a dsr backend on no
+    /// segment, a tunnel backend routed elsewhere) at the place in `path`
+    /// it is about — the interface's name or the backend's `addr` — as a
+    /// parse error names it. The checks run on the validated config, which
+    /// keeps no positions, so the file is read again: this is the error
+    /// path only. Any other error, or a file that no longer says so, is
+    /// returned as it is.
+    pub fn placed(self, path: &Path) -> ConfigError {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return self;
+        };
+        let Ok(raw) = toml::from_str::<raw::Config>(&text) else {
+            return self;
+        };
+        let span = match &self {
+            ConfigError::MissingInterface { name } => raw
+                .dataplane
+                .interfaces
+                .get_ref()
+                .iter()
+                .find(|i| i.get_ref() == name)
+                .map(|i| i.span()),
+            ConfigError::DsrNotAttached { pool, backend, .. }
+            | ConfigError::TunnelNotRouted { pool, backend, .. } => raw
+                .pool
+                .iter()
+                .find(|p| p.name.get_ref() == pool)
+                .and_then(|p| p.backend.iter().find(|b| b.name.get_ref() == backend))
+                .map(|b| b.addr.span()),
+            _ => None,
+        };
+        match span {
+            Some(span) => Source {
+                file: path,
+                text: &text,
+            }
+            .err(span, self.to_string()),
+            None => self,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
@@ -2193,6 +2236,52 @@ vip = "198.18.2.11:80"
             err.contains("backend \"web-1\" (2001:2:0:1::11) is on no segment of lo"),
             "{err}"
         );
+    }
+
+    /// A host check's error names the file, line and column of what it is
+    /// about, as a parse error does: the backend's `addr` for a dsr backend
+    /// on no segment, the interface's name for one missing here.
+    #[test]
+    fn host_check_errors_name_file_line_and_column() {
+        let dir = std::env::temp_dir().join(format!("xdplb-placed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("xdplb.toml");
+        let text = "[dataplane]\ninterfaces = [\"lo\"]\n\n[[pool]]\nname = \"web\"\nvip = \"[2001:2:0:2::10]:80\"\nmode = \"dsr\"\n\n  [[pool.backend]]\n  name = \"web-1\"\n  addr = \"[::1]:80\"\n\n  [[pool.backend]]\n  name = \"web-2\"\n  addr = \"[2001:2:0:1::12]:80\"\n";
+        std::fs::write(&path, text).unwrap();
+        let cfg = load(&path).unwrap();
+        let err = check_host_if_gateway(&cfg)
+            .unwrap_err()
+            .placed(&path)
+            .to_string();
+        let want = format!(
+            "{}:15:10: pool \"web\" is dsr but backend \"web-2\"",
+            path.display()
+        );
+        assert!(err.starts_with(&want), "{err}");
+
+        let missing = text.replace("[\"lo\"]", "[\"lo\", \"xdplb-none0\"]");
+        std::fs::write(&path, &missing).unwrap();
+        let cfg = load(&path).unwrap();
+        let err = check_interfaces_exist(&cfg)
+            .unwrap_err()
+            .placed(&path)
+            .to_string();
+        let want = format!(
+            "{}:2:21: dataplane.interfaces: no network interface \"xdplb-none0\"",
+            path.display()
+        );
+        assert!(err.starts_with(&want), "{err}");
+        // Other errors, and a file that no longer names the thing, stay as
+        // they were.
+        std::fs::write(&path, text).unwrap();
+        let err = ConfigError::MissingInterface {
+            name: "xdplb-none0".into(),
+        };
+        assert_eq!(
+            err.placed(&path).to_string(),
+            "dataplane.interfaces: no network interface \"xdplb-none0\" on this host"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

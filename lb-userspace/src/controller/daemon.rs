@@ -38,7 +38,7 @@ pub(super) fn attach_mode(m: config::XdpMode) -> AttachMode {
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let config = config::load(&config_path)?;
-    config::check_interfaces_exist(&config)?;
+    config::check_interfaces_exist(&config).map_err(|e| e.placed(&config_path))?;
     // One owner per pinned data plane, whatever the admin socket: a second
     // controller fails here, before it touches what the first one runs.
     let owner = crate::owner::acquire(

@@ -538,7 +538,8 @@ impl<D: DataplaneOps> Controller<D> {
     /// reason and changes nothing.
     pub fn reload(&mut self) -> Result<String, String> {
         let new = config::load(&self.config_path).map_err(|e| e.to_string())?;
-        config::check_interfaces_exist(&new).map_err(|e| e.to_string())?;
+        config::check_interfaces_exist(&new)
+            .map_err(|e| e.placed(&self.config_path).to_string())?;
         if new.dataplane != self.config.dataplane {
             return Err(format!(
                 "{}: [dataplane] changed; it shapes the pinned maps and attachments, so it \

@@ -2247,12 +2247,13 @@ vip = "198.18.2.11:80"
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("xdplb.toml");
         let text = "[dataplane]\ninterfaces = [\"lo\"]\n\n[[pool]]\nname = \"web\"\nvip = \"[2001:2:0:2::10]:80\"\nmode = \"dsr\"\n\n  [[pool.backend]]\n  name = \"web-1\"\n  addr = \"[::1]:80\"\n\n  [[pool.backend]]\n  name = \"web-2\"\n  addr = \"[2001:2:0:1::12]:80\"\n";
-        std::fs::write(&path, text).unwrap();
-        let cfg = load(&path).unwrap();
-        let err = check_host_if_gateway(&cfg)
-            .unwrap_err()
-            .placed(&path)
-            .to_string();
+        // `text` written to `path`, loaded, refused by `check`, placed.
+        let refused = |text: &str, check: fn(&Config) -> Result<(), ConfigError>| {
+            std::fs::write(&path, text).unwrap();
+            let cfg = load(&path).unwrap();
+            check(&cfg).unwrap_err().placed(&path).to_string()
+        };
+        let err = refused(text, check_host_if_gateway);
         let want = format!(
             "{}:15:10: pool \"web\" is dsr but backend \"web-2\"",
             path.display()
@@ -2260,12 +2261,7 @@ vip = "198.18.2.11:80"
         assert!(err.starts_with(&want), "{err}");
 
         let missing = text.replace("[\"lo\"]", "[\"lo\", \"xdplb-none0\"]");
-        std::fs::write(&path, &missing).unwrap();
-        let cfg = load(&path).unwrap();
-        let err = check_interfaces_exist(&cfg)
-            .unwrap_err()
-            .placed(&path)
-            .to_string();
+        let err = refused(&missing, check_interfaces_exist);
         let want = format!(
             "{}:2:21: dataplane.interfaces: no network interface \"xdplb-none0\"",
             path.display()

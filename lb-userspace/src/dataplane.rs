@@ -1199,13 +1199,25 @@ impl Dataplane {
             Key::V4(k) => (self.vips.remove(&k), maps::VIPS, Some(k)),
             Key::V6(k) => (self.vips6.remove(&k), maps::VIPS6, None),
         };
+        self.removed(r, map, FilterSide::Vips, v4)
+    }
+
+    /// After an entry of `map` was removed (`r`): an entry already absent is
+    /// no error; an IPv4 key (`v4`) leaves `side` of the address filter.
+    fn removed(
+        &mut self,
+        r: Result<(), MapError>,
+        map: &'static str,
+        side: FilterSide,
+        v4: Option<L4Addr>,
+    ) -> Result<(), DataplaneError> {
         match r {
             Ok(()) => {}
             Err(e) if absent(&e) => return Ok(()),
             Err(e) => return Err(map_err(map)(e)),
         }
         match v4 {
-            Some(k) => self.filter(FilterSide::Vips, k, false),
+            Some(k) => self.filter(side, k, false),
             None => Ok(()),
         }
     }
@@ -1383,15 +1395,7 @@ impl Dataplane {
             Key::V4(k) => (self.replies.remove(&k), maps::REPLIES, Some(k)),
             Key::V6(k) => (self.replies6.remove(&k), maps::REPLIES6, None),
         };
-        match r {
-            Ok(()) => {}
-            Err(e) if absent(&e) => return Ok(()),
-            Err(e) => return Err(map_err(map)(e)),
-        }
-        match v4 {
-            Some(k) => self.filter(FilterSide::Backends, k, false),
-            None => Ok(()),
-        }
+        self.removed(r, map, FilterSide::Backends, v4)
     }
 
     /// Entry `i` of ring `slot` of a VIP, as the data plane sees it: the

@@ -86,6 +86,15 @@ pub struct BackendStatus {
     pub transitions: Vec<Transition>,
 }
 
+/// Wall-clock time in unix ms: what transitions are stamped with and their
+/// age is measured against (the controller's own clock is monotonic and
+/// starts at zero).
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// How many state changes each backend keeps: enough to tell a flapping
 /// backend from one that failed once, few enough that the status document
 /// of a thousand backends stays small.

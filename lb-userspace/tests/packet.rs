@@ -6,7 +6,9 @@ mod common;
 use std::net::SocketAddrV4;
 
 use aya::programs::{TestRun, TestRunOptions};
-use common::{backend_mac, xdp_md, DecapLab, TestNs, TestPlane, CLIENT_MAC, IN_MAC, OUT_MAC};
+use common::{
+    backend_mac, expected_dsr, xdp_md, DecapLab, TestNs, TestPlane, CLIENT_MAC, IN_MAC, OUT_MAC,
+};
 use lb_common::{
     flow_hash, FlowKey, GlobalCounter, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, IPPROTO_TCP,
     VIP_F_REJECT_EMPTY,
@@ -167,6 +169,23 @@ fn expected_to_backend(sent: &TcpFrame, b: u32) -> Vec<u8> {
     e.dst_mac = backend_mac(b as u8);
     e.ttl -= 1;
     e.build()
+}
+
+/// `out` is the VIP's fragmentation-needed to the client about `sent`,
+/// quoting next-hop MTU `mtu` and the first 28 bytes, checksums valid.
+fn assert_frag_needed(out: &[u8], sent: &[u8], mtu: u16) {
+    let want = xdplb::packet::icmp_error(
+        IN_MAC,
+        CLIENT_MAC,
+        sa(VIP).ip().octets(),
+        client(0).ip().octets(),
+        3,
+        4,
+        [0, 0, (mtu >> 8) as u8, (mtu & 0xff) as u8],
+        &sent[14..14 + 28],
+    );
+    assert_eq!(out, want);
+    assert_icmp_checksums_valid(out);
 }
 
 fn assert_checksums_valid(frame: &[u8]) {
@@ -954,18 +973,7 @@ fn a_df_packet_too_big_for_the_backend_link_gets_frag_needed_from_the_vip() {
     let sent = over.build();
     let (action, out) = lab.arrive_from_client(&sent);
     assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
-    let want = xdplb::packet::icmp_error(
-        IN_MAC,
-        CLIENT_MAC,
-        sa(VIP).ip().octets(),
-        client(0).ip().octets(),
-        3,
-        4,
-        [0, 0, (1280u16 >> 8) as u8, (1280u16 & 0xff) as u8],
-        &sent[14..14 + 28],
-    );
-    assert_eq!(out, want);
-    assert_icmp_checksums_valid(&out);
+    assert_frag_needed(&out, &sent, 1280);
     // Without DF the kernel fragments it: rewritten and passed.
     let mut nodf = sized_to_vip(51002, 1281);
     nodf.df = false;
@@ -1577,14 +1585,6 @@ fn tunnel_lab(n: u32) -> Lab {
     )
 }
 
-/// `sent` as a dsr backend must receive it: only the MACs differ.
-fn expected_dsr(sent: &[u8], b: u32) -> Vec<u8> {
-    let mut want = sent.to_vec();
-    want[0..6].copy_from_slice(&backend_mac(b as u8));
-    want[6..12].copy_from_slice(&OUT_MAC);
-    want
-}
-
 /// `sent`'s IP packet in an outer IPv4 header to backend `b`, rebuilt
 /// independently (RFC 2003: TOS copied, DF copied, TTL 64, id 0).
 fn expected_ipip(sent: &[u8], b: u32) -> Vec<u8> {
@@ -1706,18 +1706,7 @@ fn tunnel_mtu_edge_counts_the_outer_header() {
     let over = sized_to_vip(55301, 1261).build();
     let (action, out) = lab.arrive_from_client(&over);
     assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
-    let want = xdplb::packet::icmp_error(
-        IN_MAC,
-        CLIENT_MAC,
-        sa(VIP).ip().octets(),
-        client(0).ip().octets(),
-        3,
-        4,
-        [0, 0, (1260u16 >> 8) as u8, (1260u16 & 0xff) as u8],
-        &over[14..14 + 28],
-    );
-    assert_eq!(out, want);
-    assert_icmp_checksums_valid(&out);
+    assert_frag_needed(&out, &over, 1260);
     // Without DF the same answer: nothing could deliver the outer packet
     // whole (the kernel drops it as martian, decap drops outer fragments).
     let mut nodf = sized_to_vip(55302, 1261);
@@ -1725,18 +1714,7 @@ fn tunnel_mtu_edge_counts_the_outer_header() {
     let sent = nodf.build();
     let (action, out) = lab.arrive_from_client(&sent);
     assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
-    let want = xdplb::packet::icmp_error(
-        IN_MAC,
-        CLIENT_MAC,
-        sa(VIP).ip().octets(),
-        client(0).ip().octets(),
-        3,
-        4,
-        [0, 0, (1260u16 >> 8) as u8, (1260u16 & 0xff) as u8],
-        &sent[14..14 + 28],
-    );
-    assert_eq!(out, want);
-    assert_icmp_checksums_valid(&out);
+    assert_frag_needed(&out, &sent, 1260);
     let c = lab.counters();
     assert_eq!(c.get(GlobalCounter::FragNeededSent), 2);
     assert_eq!(c.get(GlobalCounter::TunnelSent), 1);

@@ -11,7 +11,7 @@ use std::{
 };
 
 use aya::maps::{Map, MapData};
-use common::{backend_mac, DecapLab, TestNs, TestPlane, CLIENT_MAC, IN_MAC, OUT_MAC};
+use common::{backend_mac, expected_dsr, DecapLab, TestNs, TestPlane, CLIENT_MAC, IN_MAC, OUT_MAC};
 use lb_common::{
     flow_hash, flow_hash6, ref_slot, Addr6, FlowKey, FlowKey6, FlowSlot, GlobalCounter,
     BACKEND_ACTIVE, IPPROTO_TCP, IPPROTO_UDP, NO_BACKEND, VIP_F_DSR, VIP_F_REJECT_EMPTY,
@@ -1005,14 +1005,6 @@ fn direct_lab(mode: u32) -> Lab {
     )
 }
 
-/// `sent` as a dsr backend `i` must receive it: only the MACs differ.
-fn expected_dsr6(sent: &[u8], i: u32) -> Vec<u8> {
-    let mut want = sent.to_vec();
-    want[0..6].copy_from_slice(&backend_mac(i as u8));
-    want[6..12].copy_from_slice(&OUT_MAC);
-    want
-}
-
 /// `sent`'s IPv6 packet inside an outer IPv6 header to `pool`'s backend
 /// `i`, rebuilt field by field: version 6, the inner traffic class and flow
 /// label, payload length, next header 41 (IPv6), hop limit 64, the tunnel
@@ -1050,7 +1042,7 @@ fn dsr6_rewrites_only_the_macs_and_completes_partial_checksums() {
             let sent = with_vtc_flow(&pool.first(port), 0x6b81_2345);
             let (action, out) = lab.arrive_from_client(&sent);
             assert_eq!(action, XDP_REDIRECT);
-            let want = expected_dsr6(&sent, lab.ring_choice(pool, port));
+            let want = expected_dsr(&sent, lab.ring_choice(pool, port));
             assert_eq!(out, want, "{pool:?} port {port}");
         }
         // Pinned, and a partial checksum is completed (the frame leaves the
@@ -1060,7 +1052,7 @@ fn dsr6_rewrites_only_the_macs_and_completes_partial_checksums() {
         let (action, out) = lab.arrive_from_client(&next.build());
         assert_eq!(action, XDP_REDIRECT);
         next.checksum = Checksum::Full;
-        let want = expected_dsr6(&next.build(), lab.ring_choice(pool, 42000));
+        let want = expected_dsr(&next.build(), lab.ring_choice(pool, 42000));
         assert_eq!(out, want, "{pool:?}");
         assert_checksums_valid(&out);
     }
@@ -1118,6 +1110,24 @@ fn sized6(port: u16, ip_len: usize) -> L4Frame {
     f
 }
 
+/// `out` is the VIP's packet-too-big to the client of `port` about `over`,
+/// quoting `mtu` and the first 48 bytes, with a valid checksum.
+fn assert_packet_too_big(out: &[u8], over: &[u8], pool: Pool, port: u16, mtu: u32) {
+    let want = icmp6(
+        IN_MAC,
+        CLIENT_MAC,
+        v6(pool.vip()),
+        v6(pool.client(port)),
+        2,
+        0,
+        mtu.to_be_bytes(),
+        &over[14..14 + 48],
+    );
+    assert_eq!(out, want);
+    let (found, computed) = checksums6(out);
+    assert_eq!(found, computed, "ICMPv6 checksum");
+}
+
 #[test]
 fn tunnel6_mtu_edge_counts_the_outer_header() {
     let mut lab = direct_lab(VIP_F_TUNNEL);
@@ -1136,19 +1146,7 @@ fn tunnel6_mtu_edge_counts_the_outer_header() {
     let over = sized6(42201, 1241).build();
     let (action, out) = lab.arrive_from_client(&over);
     assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
-    let want = icmp6(
-        IN_MAC,
-        CLIENT_MAC,
-        v6(pool.vip()),
-        v6(pool.client(42201)),
-        2,
-        0,
-        1240u32.to_be_bytes(),
-        &over[14..14 + 48],
-    );
-    assert_eq!(out, want);
-    let (found, computed) = checksums6(&out);
-    assert_eq!(found, computed, "ICMPv6 checksum");
+    assert_packet_too_big(&out, &over, pool, 42201, 1240);
     let c = lab.counters();
     assert_eq!(c.get(GlobalCounter::FragNeededSent), 1);
     assert_eq!(c.get(GlobalCounter::TunnelSent), 1);
@@ -1163,24 +1161,12 @@ fn dsr6_mtu_edge_exactly_fitting_and_one_byte_over() {
     let fits = sized6(42250, 1280).build();
     let (action, out) = lab.arrive_from_client(&fits);
     assert_eq!(action, XDP_REDIRECT);
-    assert_eq!(out, expected_dsr6(&fits, lab.ring_choice(pool, 42250)));
+    assert_eq!(out, expected_dsr(&fits, lab.ring_choice(pool, 42250)));
     // L2 cannot fragment, and IPv6 routers never do: packet too big.
     let over = sized6(42251, 1281).build();
     let (action, out) = lab.arrive_from_client(&over);
     assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
-    let want = icmp6(
-        IN_MAC,
-        CLIENT_MAC,
-        v6(pool.vip()),
-        v6(pool.client(42251)),
-        2,
-        0,
-        1280u32.to_be_bytes(),
-        &over[14..14 + 48],
-    );
-    assert_eq!(out, want);
-    let (found, computed) = checksums6(&out);
-    assert_eq!(found, computed, "ICMPv6 checksum");
+    assert_packet_too_big(&out, &over, pool, 42251, 1280);
     let c = lab.counters();
     assert_eq!(c.get(GlobalCounter::FragNeededSent), 1);
     assert_eq!(c.get(GlobalCounter::DsrSent), 1);

@@ -108,10 +108,7 @@ pub fn human_age(ms: u64) -> String {
 
 /// `xdplb status`: per pool a header line, then a table of its backends.
 pub fn status_text(s: &Status) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    status_text_at(s, now)
+    status_text_at(s, crate::status::now_unix_ms())
 }
 
 /// [`status_text`] at `now_unix_ms`: the SINCE column is the age of each

@@ -309,7 +309,7 @@ impl<D: DataplaneOps> Controller<D> {
     /// reads is replaced, each change is seen exactly once; a backend no
     /// plan named yet counts as "down", as status shows it.
     fn record_transitions(&mut self, plan: &Plan) {
-        let at_unix_ms = unix_ms();
+        let at_unix_ms = crate::status::now_unix_ms();
         for pool in &self.config.pools {
             let Some(pp) = plan.pool(&pool.name) else {
                 continue;
@@ -356,12 +356,4 @@ impl<D: DataplaneOps> Controller<D> {
             }
         }
     }
-}
-
-/// Wall-clock time, for transitions an operator reads (the controller's
-/// own clock is monotonic and starts at zero).
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

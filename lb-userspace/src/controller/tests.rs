@@ -1280,10 +1280,7 @@ fn tr(from: &str, to: &str, reason: &str) -> (String, String, String) {
 async fn each_state_change_is_recorded_once_with_its_reason() {
     let text = CONFIG.replace("min_active = 2", "min_active = 2\nslow_start_ms = 1000");
     let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &text);
-    let before = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let before = crate::status::now_unix_ms();
     assert!(
         transitions_of(&r.c, "web-1").is_empty(),
         "none before a plan"
@@ -1330,10 +1327,7 @@ async fn each_state_change_is_recorded_once_with_its_reason() {
         .iter()
         .map(|t| t.at_unix_ms)
         .collect();
-    let after = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let after = crate::status::now_unix_ms();
     assert!(
         ts.windows(2).all(|w| w[0] <= w[1]) && ts.iter().all(|t| (before..=after).contains(t)),
         "wall-clock times, oldest first: {before} {ts:?} {after}"

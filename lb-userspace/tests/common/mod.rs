@@ -270,6 +270,15 @@ impl Drop for TestPlane {
     }
 }
 
+/// `sent` (either family) as a dsr backend `b` must receive it: only the
+/// MACs differ.
+pub fn expected_dsr(sent: &[u8], b: u32) -> Vec<u8> {
+    let mut want = sent.to_vec();
+    want[0..6].copy_from_slice(&backend_mac(b as u8));
+    want[6..12].copy_from_slice(&OUT_MAC);
+    want
+}
+
 /// `struct xdp_md` for ctx_in: the frame arrives on `ifindex`.
 pub fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
     let mut md = [0u8; 24];

@@ -38,10 +38,6 @@ pub const TCP_FLAG_SYN: u8 = 0x02;
 pub const TCP_FLAG_RST: u8 = 0x04;
 pub const TCP_FLAG_ACK: u8 = 0x10;
 
-/// Source of a packet the program answers itself: (eth + IPv4 + TCP),
-/// no options.
-pub const RST_FRAME_LEN: usize = ETH_HLEN + IPV4_MIN_HLEN + TCP_MIN_HLEN;
-
 pub const AF_INET: u8 = 2;
 pub const AF_INET6: u8 = 10;
 

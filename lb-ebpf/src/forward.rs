@@ -9,14 +9,13 @@ use aya_ebpf::{
     helpers::{bpf_check_mtu, bpf_fib_lookup},
     programs::XdpContext,
 };
-use lb_common::{limits::FIB_CACHE_TTL_NS, Addr6, FibEntry, GlobalCounter};
+use lb_common::{limits::FIB_CACHE_TTL_NS, FibEntry, GlobalCounter};
 
 use crate::{
-    consts::{AF_INET, AF_INET6, ETH_HLEN},
-    maps::{FIB_CACHE, FIB_CACHE6, TX_PORTS},
-    nat::decrement_ttl,
-    parse::{ptr_at, EthHdr, Ipv4Hdr},
-    parse6::Ipv6Hdr,
+    consts::ETH_HLEN,
+    family::Family,
+    maps::TX_PORTS,
+    parse::{ptr_at, EthHdr},
     stats::count,
 };
 
@@ -39,23 +38,16 @@ pub enum Next {
 /// faster than that (a moved neighbour) heals within the TTL. Policy
 /// routing by source is not distinguished.
 #[inline(always)]
-pub fn next_hop(ctx: &XdpContext, saddr: u32, daddr: u32, tos: u8, proto: u8, now: u64) -> Next {
-    let hop = match FIB_CACHE.get_ptr(daddr) {
-        // SAFETY: valid map value pointer.
-        Some(hit) if unsafe { (*hit).expires_ns } > now => unsafe { *hit },
-        _ => match lookup(ctx, saddr, daddr, tos, proto, now) {
-            Ok(hop) => hop,
-            Err(next) => return next,
-        },
-    };
-    usable(ctx, hop)
-}
-
-/// [`next_hop`] for IPv6, cached in `FIB_CACHE6`.
-#[inline(always)]
-pub fn next_hop6(ctx: &XdpContext, saddr: &Addr6, daddr: &Addr6, proto: u8, now: u64) -> Next {
+pub fn next_hop<F: Family>(
+    ctx: &XdpContext,
+    saddr: &F::Addr,
+    daddr: &F::Addr,
+    tos: u8,
+    proto: u8,
+    now: u64,
+) -> Next {
     let mut hop = FibEntry::default();
-    match next_hop6_into(ctx, saddr, daddr, proto, now, &mut hop) {
+    match next_hop_into::<F>(ctx, saddr, daddr, tos, proto, now, &mut hop) {
         NEXT_SEND => usable(ctx, hop),
         NEXT_KERNEL => Next::Kernel,
         _ => Next::Drop(GlobalCounter::DropUnroutable),
@@ -66,34 +58,32 @@ const NEXT_SEND: u32 = 0;
 const NEXT_KERNEL: u32 = 1;
 const NEXT_UNROUTABLE: u32 = 2;
 
-/// The IPv6 lookup, its hop written to `out`. verifier: written this way
+/// The lookup, its hop written to `out`. verifier: written this way
 /// (rather than returning `Next`) the IPv6 programs' frames stay within the
 /// 512-byte stack; LLVM lays out the returned enum's copies less tightly.
 #[inline(always)]
-fn next_hop6_into(
+fn next_hop_into<F: Family>(
     ctx: &XdpContext,
-    saddr: &Addr6,
-    daddr: &Addr6,
+    saddr: &F::Addr,
+    daddr: &F::Addr,
+    tos: u8,
     proto: u8,
     now: u64,
     out: &mut FibEntry,
 ) -> u32 {
-    if let Some(hit) = FIB_CACHE6.get_ptr(daddr) {
+    if let Some(hit) = F::fib_cached(daddr) {
         // SAFETY: valid map value pointer.
         if unsafe { (*hit).expires_ns } > now {
             *out = unsafe { *hit };
             return NEXT_SEND;
         }
     }
-    // SAFETY: all-zero is a valid bpf_fib_lookup.
+    // SAFETY: all-zero is a valid bpf_fib_lookup (plain integers/unions).
     let mut params: FibParams = unsafe { core::mem::zeroed() };
-    params.family = AF_INET6;
-    params.l4_protocol = proto;
-    params.__bindgen_anon_3.ipv6_src = saddr.words;
-    params.__bindgen_anon_4.ipv6_dst = daddr.words;
+    F::fib_params(&mut params, saddr, daddr, tos, proto);
     match resolve(ctx, &mut params, now) {
         Ok(hop) => {
-            let _ = FIB_CACHE6.insert(daddr, &hop, 0);
+            F::fib_store(daddr, &hop);
             *out = hop;
             NEXT_SEND
         }
@@ -111,27 +101,6 @@ fn usable(ctx: &XdpContext, hop: FibEntry) -> Next {
         return Next::Kernel;
     }
     Next::Send(hop)
-}
-
-#[inline(always)]
-fn lookup(
-    ctx: &XdpContext,
-    saddr: u32,
-    daddr: u32,
-    tos: u8,
-    proto: u8,
-    now: u64,
-) -> Result<FibEntry, Next> {
-    // SAFETY: all-zero is a valid bpf_fib_lookup (plain integers/unions).
-    let mut params: FibParams = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.l4_protocol = proto;
-    params.__bindgen_anon_2.tos = tos;
-    params.__bindgen_anon_3.ipv4_src = saddr;
-    params.__bindgen_anon_4.ipv4_dst = daddr;
-    let entry = resolve(ctx, &mut params, now)?;
-    let _ = FIB_CACHE.insert(daddr, &entry, 0);
-    Ok(entry)
 }
 
 /// Runs a prepared FIB lookup and turns its answer into a hop.
@@ -220,37 +189,22 @@ pub fn aggregate(ctx: &XdpContext) -> bool {
     unsafe { aya_ebpf::helpers::bpf_check_mtu(ctx.ctx as *mut _, 0, &mut mtu_len, 0, 0) > 0 }
 }
 
-/// Rewrite MACs and TTL for `hop` and emit. Returns the XDP action.
+/// Rewrite MACs and TTL (hop limit) for `hop` and emit. Returns the XDP
+/// action.
 #[inline(always)]
-pub fn send(ctx: &XdpContext, ip: *mut Ipv4Hdr, hop: &FibEntry) -> u32 {
+pub fn send<F: Family>(ctx: &XdpContext, ip: *mut F::Hdr, hop: &FibEntry) -> u32 {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        // parse() checked this header; still, every packet gets a verdict.
+        // The parse checked this header; still, every packet gets a verdict.
         count(GlobalCounter::DropInternal);
         count(GlobalCounter::Dropped);
         return xdp_action::XDP_DROP;
     };
-    // SAFETY: bounds checked by ptr_at; `ip` was bounds-checked by parse
-    // and nothing moved the packet since.
+    // SAFETY: bounds checked by ptr_at; `ip` was bounds-checked by the
+    // parse and nothing moved the packet since.
     let (eth, ip) = unsafe { (&mut *eth, &mut *ip) };
     eth.src = hop.src_mac;
     eth.dst = hop.dst_mac;
-    decrement_ttl(ip);
-    transmit(ctx, hop)
-}
-
-/// [`send`] for IPv6: MACs and hop limit (no header checksum to mend).
-#[inline(always)]
-pub fn send6(ctx: &XdpContext, ip: *mut Ipv6Hdr, hop: &FibEntry) -> u32 {
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        count(GlobalCounter::DropInternal);
-        count(GlobalCounter::Dropped);
-        return xdp_action::XDP_DROP;
-    };
-    // SAFETY: as in `send`.
-    let (eth, ip) = unsafe { (&mut *eth, &mut *ip) };
-    eth.src = hop.src_mac;
-    eth.dst = hop.dst_mac;
-    ip.hop_limit -= 1;
+    F::decrement_hop_limit(ip);
     transmit(ctx, hop)
 }
 

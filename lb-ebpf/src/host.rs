@@ -1,10 +1,11 @@
-//! What belongs to this host: the MACs of the attached interfaces and the
-//! host's addresses, both written by the controller.
+//! What belongs to this host: the MACs of the attached interfaces (written
+//! by the controller), and the IPv4 address prefilter. The host's own
+//! addresses are a family's lookup (`Family::is_local`).
 use aya_ebpf::programs::XdpContext;
 use lb_common::IFACE_SLOTS;
 
 use crate::{
-    maps::{ADDR_FILTER, IFACES, LOCAL_ADDRS, LOCAL_ADDRS6},
+    maps::{ADDR_FILTER, IFACES},
     parse::{ptr_at, EthHdr},
 };
 
@@ -49,18 +50,4 @@ pub fn for_us(ctx: &XdpContext) -> bool {
         }
         _ => true,
     }
-}
-
-/// Whether `addr` (network order) is one of this host's addresses.
-#[inline(always)]
-pub fn is_local(addr: u32) -> bool {
-    // SAFETY: as in `for_us`.
-    unsafe { LOCAL_ADDRS.get(&addr) }.is_some()
-}
-
-/// [`is_local`] for IPv6.
-#[inline(always)]
-pub fn is_local6(addr: &lb_common::Addr6) -> bool {
-    // SAFETY: the reference is dropped at once.
-    unsafe { LOCAL_ADDRS6.get(addr) }.is_some()
 }

@@ -11,105 +11,137 @@
 //!   and the outer source too when it is the backend, so the client's
 //!   stack matches it to its connection to the VIP.
 //!
-//! The outer IP, quoted IP and ICMP checksums are updated incrementally;
-//! the quoted TCP checksum is left as it is (no stack checks it).
+//! The outer and quoted IPv4 header checksums and the ICMP checksum (which
+//! covers the quote, and for ICMPv6 the outer addresses) are updated
+//! incrementally; the quoted TCP checksum is left as it is (no stack checks
+//! it). IPv4 errors are translated in the main program; ICMPv6 ones in a
+//! program of their own (`xdplb_icmp6`), for a stack of their own.
 use aya_ebpf::programs::XdpContext;
-use lb_common::{FlowKey, GlobalCounter, L4Addr, VIP_F_DSR, VIP_F_TUNNEL};
+use lb_common::{GlobalCounter, VipMeta, VIP_F_DSR, VIP_F_TUNNEL};
 
 use crate::{
     consts::MIN_FORWARD_TTL,
-    csum::{replace16, replace32},
-    emit,
-    host::{for_us, is_local},
-    maps::{REPLIES, VIPS},
-    parse::{load32, store32, IcmpHdr, IcmpPacket, Ipv4Hdr},
-    select,
+    csum::replace16,
+    direct,
+    family::{Family, Ipv6, Reply},
+    host::for_us,
+    parse::{icmp6_only, IcmpHdr, IcmpPacket, Parsed},
+    pipeline::{coarse_now, emit},
+    select::{self, Flow},
     stats::count,
     verdict::{drop, pass, pass_because},
 };
 
+/// The ICMPv6 program (a tail call from the IPv6 one): the error the
+/// IPv6 parse found, parsed again.
 #[inline(always)]
-pub fn translate(ctx: &XdpContext, p: &IcmpPacket) -> u32 {
-    // SAFETY: `p` holds pointers `parse` bounds-checked.
-    let (ip, icmp, inner, ports) =
-        unsafe { (&mut *p.ip, &mut *p.icmp, &mut *p.inner, &mut *p.inner_ports) };
-    let (outer_src, outer_dst) = (load32(&ip.saddr), load32(&ip.daddr));
-    let (inner_src, inner_dst) = (load32(&inner.saddr), load32(&inner.daddr));
-    let (inner_sport, inner_dport) = (ports[0], ports[1]);
-    let proto = inner.proto;
-    if ip.ttl < MIN_FORWARD_TTL {
+pub fn program6(ctx: &XdpContext) -> u32 {
+    match icmp6_only(ctx) {
+        Parsed::IcmpError(p) => translate::<Ipv6>(ctx, &p),
+        Parsed::IcmpUnparsed => pass_because(GlobalCounter::PassIcmpUnparsed),
+        _ => pass(),
+    }
+}
+
+#[inline(always)]
+pub fn translate<F: Family>(ctx: &XdpContext, p: &IcmpPacket<F>) -> u32 {
+    // SAFETY: the parse bounds-checked all three.
+    let (ip, inner, ports) = unsafe { (&*p.ip, &*p.inner, &*p.inner_ports) };
+    if F::hop_limit(ip) < MIN_FORWARD_TTL {
         return pass();
     }
-
-    if outer_dst == inner_src {
-        let vip_key = L4Addr {
-            addr: inner_src,
-            port: inner_sport,
-            proto,
-            _pad: 0,
-        };
-        // SAFETY: the reference lives while the program runs (RCU).
-        if let Some(vip) = unsafe { VIPS.get(&vip_key) } {
-            if !for_us(ctx) {
-                return pass_because(GlobalCounter::PassNotForUs);
-            }
-            let flow = FlowKey {
-                src_addr: inner_dst,
-                dst_addr: inner_src,
-                src_port: inner_dport,
-                dst_port: inner_sport,
-                proto,
-                _pad: [0; 3],
-            };
-            let choice = match select::peek(&flow, vip) {
-                Ok(c) => c,
-                Err(reason) => return drop(ctx, reason),
-            };
-            if vip.flags & (VIP_F_DSR | VIP_F_TUNNEL) != 0 {
-                // The backend's socket is bound to the VIP: it must see the
-                // error as it was sent, only delivered (as Katran does).
-                count(GlobalCounter::IcmpToBackend);
-                let now = crate::coarse_now();
-                return if vip.flags & VIP_F_DSR != 0 {
-                    crate::direct::dsr(ctx, choice.meta.addr, now)
-                } else {
-                    crate::direct::tunnel(ctx, choice.meta.addr, now)
-                };
-            }
-            let (addr, port) = (choice.meta.addr, choice.meta.port);
-            store32(&mut ip.daddr, addr);
-            ip.check = replace32(ip.check, outer_dst, addr);
-            requote(icmp, inner, ports, Quoted::Source, addr, port);
-            count(GlobalCounter::IcmpToBackend);
-            return emit(ctx, p.ip, outer_src, addr);
-        }
+    let outer_dst = F::dst(ip);
+    let inner_src = F::src(inner);
+    if outer_dst != inner_src {
+        return pass();
     }
-
-    if outer_dst == inner_src && !is_local(outer_dst) {
-        let backend_key = L4Addr {
-            addr: inner_dst,
-            port: inner_dport,
-            proto,
-            _pad: 0,
-        };
-        // SAFETY: as above.
-        if let Some(reply) = unsafe { REPLIES.get(&backend_key) } {
-            if !for_us(ctx) {
-                return pass_because(GlobalCounter::PassNotForUs);
-            }
-            let (vip, vip_port) = (reply.vip_addr, reply.vip_port);
-            requote(icmp, inner, ports, Quoted::Destination, vip, vip_port);
-            let mut src = outer_src;
-            if outer_src == inner_dst {
-                store32(&mut ip.saddr, vip);
-                ip.check = replace32(ip.check, outer_src, vip);
-                src = vip;
-            }
-            count(GlobalCounter::IcmpToClient);
-            return emit(ctx, p.ip, src, outer_dst);
+    let proto = F::proto(inner);
+    // About a packet a VIP sent (VIP:port → client): to the flow's backend.
+    if let Some(vip) = F::vip(&inner_src, ports[0], proto) {
+        if !for_us(ctx) {
+            return pass_because(GlobalCounter::PassNotForUs);
         }
+        return to_backend(ctx, p, vip);
+    }
+    // About a packet a client sent to a backend: for the client, as if
+    // the VIP had been its destination.
+    if F::is_local(&outer_dst) {
+        return pass();
+    }
+    if let Some(reply) = F::reply(&F::dst(inner), ports[1], proto) {
+        if !for_us(ctx) {
+            return pass_because(GlobalCounter::PassNotForUs);
+        }
+        return to_client(ctx, p, &reply);
     }
     pass()
+}
+
+#[inline(always)]
+fn to_backend<F: Family>(ctx: &XdpContext, p: &IcmpPacket<F>, vip: &VipMeta) -> u32 {
+    // SAFETY: the parse bounds-checked all four.
+    let (ip, icmp, inner, ports) =
+        unsafe { (&mut *p.ip, &mut *p.icmp, &mut *p.inner, &mut *p.inner_ports) };
+    let flow = F::Key::new(
+        &F::dst(inner),
+        &F::src(inner),
+        ports[1],
+        ports[0],
+        F::proto(inner),
+    );
+    let choice = match select::peek(&flow, vip) {
+        Ok(c) => c,
+        Err(reason) => return drop(ctx, reason),
+    };
+    let Some(addr) = F::backend_addr(choice.backend, &choice.meta) else {
+        return drop(ctx, GlobalCounter::DropInternal);
+    };
+    count(GlobalCounter::IcmpToBackend);
+    if vip.flags & (VIP_F_DSR | VIP_F_TUNNEL) != 0 {
+        // The backend's socket is bound to the VIP: it must see the error
+        // as it was sent, only delivered (as Katran does).
+        let now = coarse_now();
+        return if vip.flags & VIP_F_DSR != 0 {
+            direct::dsr::<F>(ctx, &addr, now)
+        } else {
+            direct::tunnel::<F>(ctx, &addr, now)
+        };
+    }
+    let outer_src = F::src(ip);
+    let outer_dst = F::set_dst(ip, &addr);
+    if F::ICMP_PSEUDO {
+        icmp.check = F::replace_addr(icmp.check, &outer_dst, &addr);
+    }
+    requote::<F>(icmp, inner, ports, Quoted::Source, &addr, choice.meta.port);
+    emit::<F>(ctx, p.ip, &outer_src, &addr)
+}
+
+#[inline(always)]
+fn to_client<F: Family>(ctx: &XdpContext, p: &IcmpPacket<F>, reply: &Reply<F>) -> u32 {
+    // SAFETY: the parse bounds-checked all four.
+    let (ip, icmp, inner, ports) =
+        unsafe { (&mut *p.ip, &mut *p.icmp, &mut *p.inner, &mut *p.inner_ports) };
+    let backend = F::dst(inner);
+    requote::<F>(
+        icmp,
+        inner,
+        ports,
+        Quoted::Destination,
+        &reply.vip,
+        reply.port,
+    );
+    let outer_src = F::src(ip);
+    let mut src = outer_src;
+    if outer_src == backend {
+        F::set_src(ip, &reply.vip);
+        if F::ICMP_PSEUDO {
+            icmp.check = F::replace_addr(icmp.check, &outer_src, &reply.vip);
+        }
+        src = reply.vip;
+    }
+    count(GlobalCounter::IcmpToClient);
+    let client = F::dst(ip);
+    emit::<F>(ctx, p.ip, &src, &client)
 }
 
 /// Which end of the quoted packet a translation rewrites.
@@ -118,34 +150,28 @@ enum Quoted {
     Destination,
 }
 
-/// Rewrites one end (address and port) of the quoted header, updating the
-/// quoted IP checksum and the ICMP checksum, which covers both.
+/// Rewrites one end (address and port) of the quoted header, mending the
+/// quoted header's checksum (IPv4) and the ICMP checksum, which covers
+/// the whole quote.
 #[inline(always)]
-fn requote(
+fn requote<F: Family>(
     icmp: &mut IcmpHdr,
-    inner: &mut Ipv4Hdr,
+    inner: &mut F::Hdr,
     ports: &mut [u16; 2],
     side: Quoted,
-    addr: u32,
+    addr: &F::Addr,
     port: u16,
 ) {
-    let (field, i) = match side {
-        Quoted::Source => (&mut inner.saddr, 0),
-        Quoted::Destination => (&mut inner.daddr, 1),
+    let old_check = F::header_check(inner);
+    let (old_addr, i) = match side {
+        Quoted::Source => (F::set_src(inner, addr), 0),
+        Quoted::Destination => (F::set_dst(inner, addr), 1),
     };
-    let old_addr = load32(field);
-    store32(field, addr);
     let old_port = ports[i];
     ports[i] = port;
-    let old_check = inner.check;
-    inner.check = replace32(old_check, old_addr, addr);
-    icmp.check = replace16(
-        replace16(
-            replace32(icmp.check, old_addr, addr),
-            old_check,
-            inner.check,
-        ),
-        old_port,
-        port,
-    );
+    let mut check = F::replace_addr(icmp.check, &old_addr, addr);
+    if F::HEADER_CHECKSUM {
+        check = replace16(check, old_check, F::header_check(inner));
+    }
+    icmp.check = replace16(check, old_port, port);
 }

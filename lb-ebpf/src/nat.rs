@@ -1,4 +1,6 @@
-//! The NAT rewrites, with incremental IPv4 and TCP/UDP checksum updates, and
+//! The NAT rewrites of both families, with incremental checksum updates
+//! (the IPv4 header's in `Family::set_src`/`set_dst`; the L4 checksum,
+//! which covers the pseudo-header's addresses and the ports, here), and
 //! the completion of checksums a sender left partial.
 //!
 //! A sender with checksum offload (every veth and virtio NIC by default)
@@ -10,21 +12,19 @@
 use aya_ebpf::programs::XdpContext;
 
 use crate::{
-    consts::{ETH_HLEN, IPV4_MIN_HLEN},
-    csum::{fold, pseudo_sum, replace16, replace32, sum_bytes},
-    parse::{load32, store32, L4Packet},
+    csum::{fold, replace16, sum_bytes},
+    family::Family,
+    parse::L4Packet,
+    select::Flow,
 };
-
-/// Where the L4 header starts (the NAT paths take no IPv4 options).
-const L4_OFF: usize = ETH_HLEN + IPV4_MIN_HLEN;
 
 /// Whether the datagram carries no checksum at all: UDP over IPv4 may
 /// send 0 (RFC 768), and then it must stay 0 — an incremental update would
 /// invent a wrong one.
 #[inline(always)]
-pub fn no_checksum(pkt: &L4Packet) -> bool {
-    // SAFETY: `pkt` holds pointers `parse` bounds-checked.
-    pkt.udp() && unsafe { *pkt.check } == 0
+pub fn no_checksum<F: Family>(pkt: &L4Packet<F>) -> bool {
+    // SAFETY: `pkt` holds pointers the parse bounds-checked.
+    F::UDP_CHECKSUM_OPTIONAL && pkt.udp() && unsafe { *pkt.check } == 0
 }
 
 /// A computed UDP checksum of 0 is sent as 0xffff (RFC 768): 0 means
@@ -42,66 +42,58 @@ pub fn l4_check(pkt_udp: bool, check: u16) -> u16 {
 /// complete checksum that happens to equal it is completed to the same
 /// value by [`complete`], so treating it as partial is harmless.
 #[inline(always)]
-pub fn is_partial(pkt: &L4Packet) -> bool {
-    // SAFETY: `pkt` holds pointers `parse` bounds-checked.
+pub fn is_partial<F: Family>(pkt: &L4Packet<F>) -> bool {
+    // SAFETY: `pkt` holds pointers the parse bounds-checked.
     let check = unsafe { *pkt.check };
-    check
-        == pseudo_sum(
-            pkt.key.src_addr,
-            pkt.key.dst_addr,
-            pkt.key.proto,
-            pkt.l4_len,
-        )
+    let k = &pkt.key;
+    check == F::pseudo_sum(&k.src(), &k.dst(), k.proto(), pkt.l4_len)
 }
 
 /// Client → VIP becomes client → backend: destination address and port.
 #[inline(always)]
-pub fn to_backend(pkt: &L4Packet, addr: u32, port: u16, partial: bool) {
-    // SAFETY: `pkt` holds pointers `parse` bounds-checked; nothing moved
+pub fn to_backend<F: Family>(pkt: &L4Packet<F>, addr: &F::Addr, port: u16, partial: bool) {
+    // SAFETY: `pkt` holds pointers the parse bounds-checked; nothing moved
     // the packet since.
     let (ip, ports) = unsafe { (&mut *pkt.ip, &mut *pkt.l4) };
-    let old_addr = load32(&ip.daddr);
+    let old_addr = F::set_dst(ip, addr);
     let old_port = ports[1];
-    store32(&mut ip.daddr, addr);
     ports[1] = port;
-    ip.check = replace32(ip.check, old_addr, addr);
-    update_l4(pkt, old_addr, addr, old_port, port, partial);
+    update_l4(pkt, &old_addr, addr, old_port, port, partial);
 }
 
 /// Backend → client becomes VIP → client: source address and port.
 #[inline(always)]
-pub fn from_backend(pkt: &L4Packet, addr: u32, port: u16, partial: bool) {
+pub fn from_backend<F: Family>(pkt: &L4Packet<F>, addr: &F::Addr, port: u16, partial: bool) {
     // SAFETY: as in `to_backend`.
     let (ip, ports) = unsafe { (&mut *pkt.ip, &mut *pkt.l4) };
-    let old_addr = load32(&ip.saddr);
+    let old_addr = F::set_src(ip, addr);
     let old_port = ports[0];
-    store32(&mut ip.saddr, addr);
     ports[0] = port;
-    ip.check = replace32(ip.check, old_addr, addr);
-    update_l4(pkt, old_addr, addr, old_port, port, partial);
+    update_l4(pkt, &old_addr, addr, old_port, port, partial);
 }
 
-/// The L4 checksum after one address and one port changed (it covers the
-/// pseudo-header's addresses and the ports); a partial one is re-made for
-/// the packet's new addresses.
+/// The L4 checksum after one address and one port changed; a partial one
+/// is re-made for the packet's new addresses.
 #[inline(always)]
-fn update_l4(pkt: &L4Packet, old_addr: u32, addr: u32, old_port: u16, port: u16, partial: bool) {
+fn update_l4<F: Family>(
+    pkt: &L4Packet<F>,
+    old_addr: &F::Addr,
+    addr: &F::Addr,
+    old_port: u16,
+    port: u16,
+    partial: bool,
+) {
     if no_checksum(pkt) {
         return;
     }
     // SAFETY: as in `to_backend`.
     let (ip, check) = unsafe { (&*pkt.ip, &mut *pkt.check) };
     *check = if partial {
-        pseudo_sum(
-            load32(&ip.saddr),
-            load32(&ip.daddr),
-            pkt.key.proto,
-            pkt.l4_len,
-        )
+        F::pseudo_sum(&F::src(ip), &F::dst(ip), pkt.key.proto(), pkt.l4_len)
     } else {
         l4_check(
             pkt.udp(),
-            replace16(replace32(*check, old_addr, addr), old_port, port),
+            replace16(F::replace_addr(*check, old_addr, addr), old_port, port),
         )
     };
 }
@@ -111,23 +103,12 @@ fn update_l4(pkt: &L4Packet, old_addr: u32, addr: u32, old_port: u16, port: u16,
 /// — what the device would have computed. `false` if the segment could not
 /// be summed (then the frame must go to the kernel, still partial).
 #[inline(always)]
-pub fn complete(ctx: &XdpContext, pkt: &L4Packet) -> bool {
-    let Some(sum) = sum_bytes(ctx, L4_OFF, pkt.l4_len as usize) else {
+pub fn complete<F: Family>(ctx: &XdpContext, pkt: &L4Packet<F>) -> bool {
+    let Some(sum) = sum_bytes(ctx, pkt.l4_off, pkt.l4_len as usize) else {
         return false;
     };
     let check = l4_check(pkt.udp(), !fold(sum));
     // SAFETY: as in `to_backend` (sum_bytes only read the packet).
     unsafe { *pkt.check = check };
     true
-}
-
-/// One router hop: TTL minus one (the caller checked it stays above zero).
-#[inline(always)]
-pub fn decrement_ttl(ip: &mut crate::parse::Ipv4Hdr) {
-    // TTL and protocol share one 16-bit word of the header; in memory
-    // order (as loaded) TTL is its low byte.
-    let old = (ip.ttl as u16) | ((ip.proto as u16) << 8);
-    ip.ttl -= 1;
-    let new = (ip.ttl as u16) | ((ip.proto as u16) << 8);
-    ip.check = replace16(ip.check, old, new);
 }

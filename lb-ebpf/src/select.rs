@@ -23,44 +23,72 @@ use crate::{
 };
 
 /// A flow's 5-tuple, of either family: the same selection logic runs on
-/// both, monomorphised.
-pub trait Flow: Sized + 'static {
+/// both, monomorphised (see `family`).
+pub trait Flow: Sized + Copy + 'static {
+    type Addr: Copy;
+    fn new(src: &Self::Addr, dst: &Self::Addr, src_port: u16, dst_port: u16, proto: u8) -> Self;
+    fn src(&self) -> Self::Addr;
+    fn dst(&self) -> Self::Addr;
+    /// Network order.
+    fn src_port(&self) -> u16;
+    /// Network order.
+    fn dst_port(&self) -> u16;
+    fn proto(&self) -> u8;
     /// Its tag in `FLOWS` (`lb_common::flow_tag` / `flow_tag6`).
     fn tag(&self, seed: u64) -> u64;
     /// The ring hash (`lb_common::flow_hash` / `flow_hash6`).
     fn hash(&self) -> u32;
-    fn proto(&self) -> u8;
 }
 
-impl Flow for FlowKey {
-    #[inline(always)]
-    fn tag(&self, seed: u64) -> u64 {
-        flow_tag(self, seed)
-    }
-    #[inline(always)]
-    fn hash(&self) -> u32 {
-        flow_hash(self)
-    }
-    #[inline(always)]
-    fn proto(&self) -> u8 {
-        self.proto
-    }
+macro_rules! flow_key {
+    ($key:ty, $addr:ty, $tag:ident, $hash:ident) => {
+        impl Flow for $key {
+            type Addr = $addr;
+            #[inline(always)]
+            fn new(src: &$addr, dst: &$addr, src_port: u16, dst_port: u16, proto: u8) -> Self {
+                Self {
+                    src_addr: *src,
+                    dst_addr: *dst,
+                    src_port,
+                    dst_port,
+                    proto,
+                    _pad: [0; 3],
+                }
+            }
+            #[inline(always)]
+            fn src(&self) -> $addr {
+                self.src_addr
+            }
+            #[inline(always)]
+            fn dst(&self) -> $addr {
+                self.dst_addr
+            }
+            #[inline(always)]
+            fn src_port(&self) -> u16 {
+                self.src_port
+            }
+            #[inline(always)]
+            fn dst_port(&self) -> u16 {
+                self.dst_port
+            }
+            #[inline(always)]
+            fn proto(&self) -> u8 {
+                self.proto
+            }
+            #[inline(always)]
+            fn tag(&self, seed: u64) -> u64 {
+                $tag(self, seed)
+            }
+            #[inline(always)]
+            fn hash(&self) -> u32 {
+                $hash(self)
+            }
+        }
+    };
 }
 
-impl Flow for FlowKey6 {
-    #[inline(always)]
-    fn tag(&self, seed: u64) -> u64 {
-        flow_tag6(self, seed)
-    }
-    #[inline(always)]
-    fn hash(&self) -> u32 {
-        flow_hash6(self)
-    }
-    #[inline(always)]
-    fn proto(&self) -> u8 {
-        self.proto
-    }
-}
+flow_key!(FlowKey, u32, flow_tag, flow_hash);
+flow_key!(FlowKey6, lb_common::Addr6, flow_tag6, flow_hash6);
 
 /// The flow table's tag key (as in the `FLOW_SEED` map). Set by user space with
 /// `override_global` before the program loads.

@@ -1,0 +1,239 @@
+//! The balancer's pipeline, once for both families (as Katran's
+//! `process_packet`): parse, then a VIP's packet to its backend or a
+//! backend's reply back from the VIP. Each stage returns the verdict.
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use lb_common::{FibEntry, GlobalCounter, VipMeta, VIP_F_DSR, VIP_F_REJECT_EMPTY, VIP_F_TUNNEL};
+
+use crate::{
+    answer::{self, too_big},
+    consts::{MIN_FORWARD_TTL, TCP_FLAG_FIN, TCP_FLAG_RST},
+    direct,
+    family::{Family, Reply},
+    forward::{aggregate, fits, next_hop, send, Next},
+    host::for_us,
+    maps::TAILS,
+    nat,
+    parse::{L4Packet, Parsed},
+    select::{self, Flow},
+    stats::{count, count_backend, count_rejected, count_reply, count_vip},
+    verdict::{answered, drop, pass, pass_because},
+};
+
+/// One program's work: family `F`, its UDP program if `UDP`.
+#[inline(always)]
+pub fn run<F: Family, const UDP: bool>(ctx: &XdpContext) -> u32 {
+    match F::parse::<UDP>(ctx) {
+        Parsed::L4(pkt) => balance(ctx, &pkt),
+        Parsed::IcmpError(p) => F::icmp_error(ctx, &p),
+        Parsed::IcmpUnparsed => pass_because(GlobalCounter::PassIcmpUnparsed),
+        Parsed::NotOurs => pass(),
+        Parsed::Tail(slot) => tail(ctx, slot),
+        Parsed::LaterFragment => pass_because(GlobalCounter::PassFragment),
+        Parsed::ExtUnparsed => pass_because(GlobalCounter::PassIpv6ExtUnparsed),
+        Parsed::Special { key, reason } => {
+            if F::vip(&key.dst(), key.dst_port(), key.proto()).is_some() && for_us(ctx) {
+                drop(ctx, reason)
+            } else {
+                pass()
+            }
+        }
+        Parsed::Malformed(reason) => {
+            if for_us(ctx) {
+                drop(ctx, reason)
+            } else {
+                pass_because(GlobalCounter::PassNotForUs)
+            }
+        }
+    }
+}
+
+/// Hands the frame to the program in `TAILS[slot]`; returns only if that
+/// slot is empty (a data plane loaded by hand, half set up): the kernel
+/// gets the frame.
+#[inline(always)]
+pub fn tail(ctx: &XdpContext, slot: u32) -> u32 {
+    // SAFETY: a tail call either leaves this program for good or fails
+    // and returns.
+    unsafe { TAILS.tail_call(ctx, slot) };
+    pass_because(GlobalCounter::PassTailMissing)
+}
+
+#[inline(always)]
+fn balance<F: Family>(ctx: &XdpContext, pkt: &L4Packet<F>) -> u32 {
+    let key = &pkt.key;
+    if let Some(vip) = F::vip(&key.dst(), key.dst_port(), key.proto()) {
+        if !for_us(ctx) {
+            return pass_because(GlobalCounter::PassNotForUs);
+        }
+        return to_backend(ctx, pkt, vip);
+    }
+    if let Some(reply) = F::reply(&key.src(), key.src_port(), key.proto()) {
+        // Traffic between a backend and this host (health checks, agents)
+        // is the kernel's; everything else from a backend's service port is
+        // a reply, flow entry or not (stateless reverse NAT).
+        if F::is_local(&key.dst()) {
+            return pass();
+        }
+        if !for_us(ctx) {
+            return pass_because(GlobalCounter::PassNotForUs);
+        }
+        return from_backend(ctx, pkt, &reply);
+    }
+    pass()
+}
+
+#[inline(always)]
+fn to_backend<F: Family>(ctx: &XdpContext, pkt: &L4Packet<F>, vip: &VipMeta) -> u32 {
+    let ip = pkt.hdr();
+    if F::hop_limit(ip) < MIN_FORWARD_TTL {
+        return pass();
+    }
+    if pkt.ext_headers {
+        count(GlobalCounter::Ipv6ExtSkipped);
+    }
+    let now = coarse_now();
+    let choice = match select::select(&pkt.key, vip, pkt.flags, now) {
+        Ok(choice) => choice,
+        Err(GlobalCounter::DropNoBackend) if vip.flags & VIP_F_REJECT_EMPTY != 0 => {
+            return reject(ctx, pkt, vip);
+        }
+        Err(reason) => return drop(ctx, reason),
+    };
+    let Some(addr) = F::backend_addr(choice.backend, &choice.meta) else {
+        return drop(ctx, GlobalCounter::DropInternal);
+    };
+    let bytes = pkt.ip_len as u64;
+    count_vip(vip.index, bytes, choice.new_flow);
+    count_backend(choice.backend, bytes, choice.new_flow);
+    let port = choice.meta.port;
+    let partial = nat::is_partial(pkt);
+    if nat::no_checksum(pkt) {
+        count(GlobalCounter::UdpNoChecksum);
+    }
+    if vip.flags & (VIP_F_DSR | VIP_F_TUNNEL) != 0 {
+        // The frame leaves the kernel's offload state behind either way.
+        if partial {
+            if !nat::complete(ctx, pkt) {
+                return drop(ctx, GlobalCounter::DropInternal);
+            }
+            count(GlobalCounter::PartialChecksum);
+        }
+        if vip.flags & VIP_F_DSR != 0 {
+            return direct::dsr::<F>(ctx, &addr, now);
+        }
+        return direct::tunnel::<F>(ctx, &addr, now);
+    }
+    let src = pkt.key.src();
+    let hop = match next_hop::<F>(ctx, &src, &addr, F::tos(ip), pkt.key.proto(), now) {
+        Next::Send(hop) => hop,
+        Next::Kernel => {
+            nat::to_backend(pkt, &addr, port, partial);
+            return pass();
+        }
+        Next::Drop(reason) => return drop(ctx, reason),
+    };
+    if let Err(mtu) = fits(ctx, &hop) {
+        if F::must_not_fragment(ip) && !aggregate(ctx) {
+            // Answer before any rewrite: the quote must be what the client
+            // sent, or its stack cannot match it.
+            return too_big::<F>(ctx, mtu);
+        }
+        // The kernel fragments what it forwards (IPv4 without DF), or
+        // re-makes the segments of an aggregate (generic XDP).
+        nat::to_backend(pkt, &addr, port, partial);
+        return pass_because(GlobalCounter::PassTooBig);
+    }
+    nat::to_backend(pkt, &addr, port, partial);
+    finish(ctx, pkt, partial, &hop)
+}
+
+#[inline(always)]
+fn reject<F: Family>(ctx: &XdpContext, pkt: &L4Packet<F>, vip: &VipMeta) -> u32 {
+    let answer = if pkt.udp() {
+        answer::icmp_error::<F>(ctx, F::PORT_UNREACH, 0)
+    } else {
+        answer::reset(ctx, pkt)
+    };
+    match answer {
+        Some(()) => {
+            count_rejected(vip.index);
+            answered(ctx, GlobalCounter::Rejected)
+        }
+        None => drop(ctx, GlobalCounter::DropNoBackend),
+    }
+}
+
+#[inline(always)]
+fn from_backend<F: Family>(ctx: &XdpContext, pkt: &L4Packet<F>, reply: &Reply<F>) -> u32 {
+    let ip = pkt.hdr();
+    if F::hop_limit(ip) < MIN_FORWARD_TTL {
+        return pass();
+    }
+    let (vip, vip_port) = (reply.vip, reply.port);
+    let partial = nat::is_partial(pkt);
+    let now = coarse_now();
+    let key = &pkt.key;
+    if pkt.flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 {
+        let client_side = F::Key::new(&key.dst(), &vip, key.dst_port(), vip_port, key.proto());
+        select::note_backend_close(&client_side, pkt.flags, now);
+    }
+    let hop = match next_hop::<F>(ctx, &vip, &key.dst(), F::tos(ip), key.proto(), now) {
+        Next::Send(hop) => hop,
+        Next::Kernel => {
+            nat::from_backend(pkt, &vip, vip_port, partial);
+            return pass();
+        }
+        Next::Drop(reason) => return drop(ctx, reason),
+    };
+    if fits(ctx, &hop).is_err() {
+        if !F::must_not_fragment(ip) || aggregate(ctx) {
+            nat::from_backend(pkt, &vip, vip_port, partial);
+            count_reply(reply.backend, pkt.ip_len as u64);
+        }
+        // Otherwise up as the backend sent it: the kernel, the router on
+        // this path, sends the backend its fragmentation-needed (packet
+        // too big) quoting exactly what the backend's stack will match.
+        return pass_because(GlobalCounter::PassTooBig);
+    }
+    nat::from_backend(pkt, &vip, vip_port, partial);
+    count_reply(reply.backend, pkt.ip_len as u64);
+    finish(ctx, pkt, partial, &hop)
+}
+
+/// Sends a rewritten TCP/UDP packet to `hop`, completing a partial checksum
+/// first (the redirected frame leaves the kernel's offload state behind).
+#[inline(always)]
+fn finish<F: Family>(ctx: &XdpContext, pkt: &L4Packet<F>, partial: bool, hop: &FibEntry) -> u32 {
+    if partial {
+        if !nat::complete(ctx, pkt) {
+            // Still a valid partial frame: the kernel can finish it.
+            return pass();
+        }
+        count(GlobalCounter::PartialChecksum);
+    }
+    send::<F>(ctx, pkt.ip, hop)
+}
+
+/// Forwards an already rewritten packet (an ICMP error) from `saddr` to
+/// `daddr`.
+#[inline(always)]
+pub fn emit<F: Family>(ctx: &XdpContext, ip: *mut F::Hdr, saddr: &F::Addr, daddr: &F::Addr) -> u32 {
+    // SAFETY: bounds-checked by the parse.
+    let (tos, proto) = unsafe { (F::tos(&*ip), F::proto(&*ip)) };
+    match next_hop::<F>(ctx, saddr, daddr, tos, proto, coarse_now()) {
+        Next::Send(hop) => match fits(ctx, &hop) {
+            Ok(()) => send::<F>(ctx, ip, &hop),
+            Err(_) => pass_because(GlobalCounter::PassTooBig),
+        },
+        Next::Kernel => pass(),
+        Next::Drop(reason) => drop(ctx, reason),
+    }
+}
+
+/// Clock for flow recency and FIB-cache expiry: jiffy resolution is
+/// plenty for both, and the coarse clock reads no hardware counter.
+#[inline(always)]
+pub fn coarse_now() -> u64 {
+    // SAFETY: helper call without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}

@@ -18,8 +18,8 @@ use crate::cmd::Cmd;
 /// established flow's frame with a partial checksum (CHECKSUM_PARTIAL).
 /// The `_v6` paths are an IPv6 TCP VIP (74-byte frames, the smallest
 /// IPv6 TCP segment), the `_udp` paths an IPv4 UDP VIP (64 bytes). The
-/// `_full` paths go through 5/8 of the table's flows, a different one each
-/// iteration (cache misses, as on a busy gateway).
+/// `_full` paths go through half the table's size in live flows, a
+/// different one each iteration (cache misses, as on a busy gateway).
 pub const PATHS: [&str; 20] = [
     "established_full",
     "established_full_tunnel",

@@ -147,7 +147,8 @@ fn dataplane_md(s: &mut String, r: &Results) {
          counter rising by the repeat count. The harness (`lb-ebpf/src/bench.rs`) restores the frame before each \
          iteration in eight-byte words (a byte loop was most of an earlier 35 ns floor) and tail-calls the program. \
          *floor* is a trivial program that swaps MACs and returns XDP_TX through the same harness: its \
-         own cost, subtracted to give *net*. Targets are net of the floor. The process is pinned to one CPU.\n\n\
+         own cost, subtracted to give *net*. Targets are net of the floor. The process is pinned to one CPU. Every \
+         path starts from an empty flow table (so a one-flow path's flow sits in the first bucket xdplb scans).\n\n\
          The `_full` paths are established flows as a gateway sees them: the table holds half its size in live \
          flows (put there by the program from their SYNs, the table emptied first), and each iteration is the next \
          of them, so each lookup goes to memory the previous ones did not touch; a flow not found would count as a \

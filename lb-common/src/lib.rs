@@ -59,6 +59,12 @@ pub mod limits {
     /// Katran's MAX_CONN_RATE: above it new flows are balanced by the ring
     /// without a table entry, so a SYN flood cannot evict established flows.
     pub const DEFAULT_MAX_FLOW_INSERTS_PER_SEC: u32 = 125_000;
+    /// Default of `[dataplane] answers_per_sec` (per CPU): RSTs, ICMP
+    /// errors and echo replies the program makes itself. A flood of
+    /// packets that each earn an answer then costs this host and its
+    /// victims at most this many answers a second per CPU: the gateway is
+    /// never a reflector.
+    pub const DEFAULT_ANSWERS_PER_SEC: u32 = 1000;
     /// Interfaces xdplb attaches to (redirect targets, MAC filter).
     pub const MAX_IFACES: u32 = 64;
     /// Addresses of this host the controller tells the program about (its
@@ -82,8 +88,10 @@ pub mod maps {
     pub const TX_PORTS: &str = "TX_PORTS";
     pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
     pub const INSERT_RATE: &str = "INSERT_RATE";
-    /// IPv4 address prefilter ([`addr_filter_word`](crate::addr_filter_word)):
-    /// VIP addresses, then backend addresses, one bit each.
+    /// Address prefilter ([`addr_filter_word`](crate::addr_filter_word),
+    /// [`addr_filter_word6`](crate::addr_filter_word6)): IPv4 VIP
+    /// addresses, IPv4 backend addresses, then the same for IPv6, one bit
+    /// each.
     pub const ADDR_FILTER: &str = "ADDR_FILTER";
     /// One `u32`: the [`LAYOUT_VERSION`](crate::LAYOUT_VERSION) the pinned
     /// maps were made with.
@@ -98,6 +106,10 @@ pub mod maps {
     /// finds the flows its predecessor recorded.
     pub const FLOW_SEED: &str = "FLOW_SEED";
     pub const FIB_CACHE6: &str = "FIB_CACHE6";
+    /// IPv4 VIP addresses (network order → [`VipAddr`](crate::VipAddr)).
+    pub const VIP_ADDRS: &str = "VIP_ADDRS";
+    /// IPv6 VIP addresses ([`Addr6`](crate::Addr6) → [`VipAddr`](crate::VipAddr)).
+    pub const VIP_ADDRS6: &str = "VIP_ADDRS6";
     pub const LOCAL_ADDRS6: &str = "LOCAL_ADDRS6";
     /// The tail-call table (`PROG_ARRAY`): [`TAIL_IPV6`](crate::TAIL_IPV6)
     /// and [`TAIL_UDP4`](crate::TAIL_UDP4) → the programs of those names.
@@ -122,7 +134,7 @@ pub mod maps {
 /// The layout of the pinned maps as a whole. Bump it whenever a map's key,
 /// value or meaning changes, so a controller never adopts maps made for
 /// another layout (it refuses them and says to run `xdplb down`).
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// `TAILS` slot of the IPv6 program. The balancer is four XDP programs
 /// sharing every map: IPv4 TCP (and ICMP) in the attached one; IPv4 UDP and
@@ -388,22 +400,66 @@ pub const fn flow_closed(flags: u16) -> bool {
         || flags & (FLOW_F_CLOSING | FLOW_F_BACKEND_FIN) == FLOW_F_CLOSING | FLOW_F_BACKEND_FIN
 }
 
-/// Words (u64) of each half of `ADDR_FILTER`: 4,096 bits for VIP
-/// addresses, then as many for backend addresses.
+/// Words (u64) of each quarter of `ADDR_FILTER`: 4,096 bits for IPv4 VIP
+/// addresses, as many for IPv4 backend addresses, then the same two for
+/// IPv6.
 pub const ADDR_FILTER_WORDS: u32 = 64;
-/// `ADDR_FILTER`'s first word of backend (reply source) addresses.
+/// `ADDR_FILTER`'s first word of IPv4 backend (reply source) addresses.
 pub const ADDR_FILTER_BACKENDS: u32 = ADDR_FILTER_WORDS;
+/// `ADDR_FILTER`'s first word of IPv6 VIP addresses.
+pub const ADDR_FILTER_VIPS6: u32 = 2 * ADDR_FILTER_WORDS;
+/// `ADDR_FILTER`'s first word of IPv6 backend addresses.
+pub const ADDR_FILTER_BACKENDS6: u32 = 3 * ADDR_FILTER_WORDS;
+/// Words of `ADDR_FILTER`.
+pub const ADDR_FILTER_LEN: u32 = 4 * ADDR_FILTER_WORDS;
 
-/// Where an IPv4 address (network order) sits in a half of `ADDR_FILTER`:
-/// (word, bit). Most traffic through a gateway is for no VIP and from no
-/// backend; a clear bit says so with one array read, where the `VIPS` and
-/// `REPLIES` hash lookups it spares cost ~10 ns on every such packet. A set
-/// bit proves nothing (4,096 bits, Fibonacci-hashed): the maps decide.
+/// Where an IPv4 address (network order) sits in a quarter of
+/// `ADDR_FILTER`: (word, bit). Most traffic through a gateway is for no
+/// VIP and from no backend; a clear bit says so with one array read, where
+/// the `VIPS` and `REPLIES` hash lookups it spares cost ~10 ns on every
+/// such packet. A set bit proves nothing (4,096 bits, Fibonacci-hashed):
+/// the maps decide.
 #[inline(always)]
 pub const fn addr_filter_word(addr: u32) -> (u32, u64) {
     let h = addr.wrapping_mul(0x9e37_79b1) >> 20;
     (h >> 6, 1 << (h & 63))
 }
+
+/// [`addr_filter_word`] for an IPv6 address: its four words folded into
+/// one first (addresses of one network differ in the last words).
+#[inline(always)]
+pub const fn addr_filter_word6(addr: &Addr6) -> (u32, u64) {
+    let w = addr.words;
+    addr_filter_word(w[0] ^ w[1].rotate_left(8) ^ w[2].rotate_left(16) ^ w[3].rotate_left(24))
+}
+
+/// Value of `VIP_ADDRS` / `VIP_ADDRS6` (keyed by a VIP's address, written
+/// by user space): the address is a VIP's, so a packet to it that matches
+/// no pool is answered or dropped by the program, never routed (a gateway
+/// whose default route points upstream would send it back to the router
+/// that sent it, until its TTL ran out).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipAddr {
+    /// Pools at this address (any port, either protocol).
+    pub pools: u32,
+    /// Of them, pools with a backend to send new flows to: an ICMP echo
+    /// request to the address is answered while this is not 0.
+    pub serving: u32,
+}
+const _: () = assert!(core::mem::size_of::<VipAddr>() == 8);
+
+/// Value of `ANSWER_TOKENS` (per-CPU array of one): the token bucket of
+/// the answers the program makes itself (`answers_per_sec`), in
+/// nanoseconds of credit: each answer costs `1e9 / answers_per_sec`, and
+/// credit accrues with time up to one second's worth.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AnswerTokens {
+    pub credit_ns: u64,
+    pub last_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<AnswerTokens>() == 16);
 
 /// Entries per bucket of `FLOWS`: two cache lines of [`FlowSlot`]s.
 pub const FLOW_WAYS: usize = 8;
@@ -800,6 +856,18 @@ pub enum GlobalCounter {
     /// a routing header with segments left (the destination is not final),
     /// ESP/AH, an unknown header, or a chain too long or truncated.
     DropIpv6Extension,
+    /// Packets to a VIP address that match no pool, answered: a TCP RST
+    /// or an ICMP port unreachable from the VIP.
+    NoPoolAnswered,
+    /// ICMP echo requests to a VIP address with a serving pool, answered.
+    EchoReplied,
+    /// Packets to a VIP address that match no pool and get no answer
+    /// (another protocol, a RST, an echo request while no pool at the
+    /// address can serve, an ICMP error about nothing of ours).
+    DropNoPool,
+    /// Answers the program would have made (RST, ICMP error, echo reply)
+    /// over `answers_per_sec` on this CPU: the packet was dropped.
+    DropAnswerLimited,
     /// Internal: a map lookup that cannot fail failed (bad slot index).
     DropInternal,
 }
@@ -814,7 +882,7 @@ impl GlobalCounter {
         GlobalCounter::Answered,
     ];
     /// The drop reasons, with their metric label.
-    pub const DROP_REASONS: [(GlobalCounter, &'static str); 16] = [
+    pub const DROP_REASONS: [(GlobalCounter, &'static str); 18] = [
         (GlobalCounter::DropTruncatedEth, "truncated_eth"),
         (GlobalCounter::DropTruncatedIp, "truncated_ip"),
         (GlobalCounter::DropBadIpVersion, "bad_ip_version"),
@@ -830,10 +898,12 @@ impl GlobalCounter {
         (GlobalCounter::DropTruncatedUdp, "truncated_udp"),
         (GlobalCounter::DropUdp6ZeroChecksum, "udp6_zero_checksum"),
         (GlobalCounter::DropIpv6Extension, "ipv6_extension"),
+        (GlobalCounter::DropNoPool, "no_pool"),
+        (GlobalCounter::DropAnswerLimited, "answer_limited"),
         (GlobalCounter::DropInternal, "internal"),
     ];
     /// Notable events that are not drops, with their metric label.
-    pub const EVENTS: [(GlobalCounter, &'static str); 22] = [
+    pub const EVENTS: [(GlobalCounter, &'static str); 24] = [
         (GlobalCounter::FlowMisses, "flow_miss"),
         (GlobalCounter::Resteered, "resteered"),
         (GlobalCounter::PassNeighUnresolved, "neigh_unresolved"),
@@ -856,6 +926,8 @@ impl GlobalCounter {
         (GlobalCounter::FlowIdled, "flow_idled"),
         (GlobalCounter::PassIpv6ExtUnparsed, "ipv6_ext_unparsed"),
         (GlobalCounter::PassTailMissing, "tail_missing"),
+        (GlobalCounter::NoPoolAnswered, "no_pool_answered"),
+        (GlobalCounter::EchoReplied, "echo_replied"),
     ];
 }
 
@@ -1028,5 +1100,7 @@ mod pod {
     unsafe impl aya::Pod for Name {}
     unsafe impl aya::Pod for IfaceMeta {}
     unsafe impl aya::Pod for RateWindow {}
+    unsafe impl aya::Pod for VipAddr {}
+    unsafe impl aya::Pod for AnswerTokens {}
     unsafe impl aya::Pod for bench::BenchFrame {}
 }

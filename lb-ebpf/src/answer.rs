@@ -6,21 +6,87 @@
 //!
 //! Each shrinks the frame to a fixed size first, so every header after
 //! that sits at a constant offset and the checksums are sums over fixed
-//! words.
+//! words. An echo request to a VIP is answered in place.
+//!
+//! Every answer spends this CPU's credit (`answers_per_sec`, a token
+//! bucket, [`may_answer`]): a flood of packets that each earn an answer
+//! gets at most that many a second, so the gateway is never a reflector.
 use aya_ebpf::{
     helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use lb_common::{GlobalCounter, IPPROTO_TCP};
+use lb_common::{AnswerTokens, GlobalCounter, IPPROTO_TCP};
 
 use crate::{
     consts::*,
-    csum::{fold, sum_words},
+    csum::{fold, replace16, sum_words},
     family::{Family, Words},
-    parse::{load32, ptr_at, store32, EthHdr, IcmpHdr, L4Packet, TcpHdr},
+    maps::ANSWER_TOKENS,
+    parse::{load32, ptr_at, store32, EchoPacket, EthHdr, IcmpHdr, L4Packet, TcpHdr},
+    pipeline::coarse_now,
     select::Flow,
-    verdict::{answered, drop},
 };
+
+/// What one answer costs of a CPU's credit, ns: `1e9 / answers_per_sec`
+/// (`u64::MAX`: answers are off). Set by user space with
+/// `override_global` before the program loads.
+#[no_mangle]
+static ANSWER_COST_NS: u64 = 1_000_000_000 / lb_common::limits::DEFAULT_ANSWERS_PER_SEC as u64;
+
+/// Credit a CPU saves up at most: one second's worth of answers.
+const ANSWER_BURST_NS: u64 = 1_000_000_000;
+
+/// Whether this CPU may answer one more packet now (and if so, the
+/// answer is paid for).
+#[inline(always)]
+pub fn may_answer() -> bool {
+    // verifier: volatile so the loaded value (set at load time) is used.
+    let cost = unsafe { core::ptr::read_volatile(&ANSWER_COST_NS) };
+    let Some(b) = ANSWER_TOKENS.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: a per-CPU slot only this CPU writes while we run.
+    let b: &mut AnswerTokens = unsafe { &mut *b };
+    let now = coarse_now();
+    let credit = b
+        .credit_ns
+        .saturating_add(now.wrapping_sub(b.last_ns))
+        .min(ANSWER_BURST_NS);
+    b.last_ns = now;
+    if credit < cost {
+        b.credit_ns = credit;
+        return false;
+    }
+    b.credit_ns = credit - cost;
+    true
+}
+
+/// Answers the packet with what `$build` (an `Option<()>`) makes of it,
+/// if this CPU's credit allows: counted under `$event`; dropped under
+/// `$otherwise` if it could not be made, or as `DropAnswerLimited` over
+/// the rate. verifier: a macro, not a function taking a closure, which
+/// LLVM outlined into BPF functions whose frames put the IPv4 program's
+/// call chain over 512 bytes of stack.
+macro_rules! answer_with {
+    ($ctx:expr, $event:expr, $otherwise:expr, $build:expr) => {
+        if !$crate::answer::may_answer() {
+            $crate::verdict::drop($ctx, lb_common::GlobalCounter::DropAnswerLimited)
+        } else {
+            match $build {
+                Some(()) => $crate::verdict::answered($ctx, $event),
+                None => $crate::verdict::drop($ctx, $otherwise),
+            }
+        }
+    };
+}
+pub(crate) use answer_with;
+
+/// Whether `pkt` is one the program never answers with a RST (a RST
+/// itself; a segment behind IPv6 extension headers).
+#[inline(always)]
+pub fn unanswerable<F: Family>(pkt: &L4Packet<F>) -> bool {
+    !pkt.udp() && (pkt.flags & TCP_FLAG_RST != 0 || pkt.ext_headers)
+}
 
 /// Shrinks (never grows) the frame to `len` bytes.
 #[inline(always)]
@@ -183,8 +249,30 @@ pub fn icmp_error<F: Family>(ctx: &XdpContext, kind: (u8, u8), mtu: u32) -> Opti
 /// counted.
 #[inline(always)]
 pub fn too_big<F: Family>(ctx: &XdpContext, mtu: u32) -> u32 {
-    match icmp_error::<F>(ctx, F::TOO_BIG, mtu) {
-        Some(()) => answered(ctx, GlobalCounter::FragNeededSent),
-        None => drop(ctx, GlobalCounter::DropInternal),
-    }
+    answer_with!(
+        ctx,
+        GlobalCounter::FragNeededSent,
+        GlobalCounter::DropInternal,
+        icmp_error::<F>(ctx, F::TOO_BIG, mtu)
+    )
+}
+
+/// Turns an echo request into its reply, in place: addresses and MACs
+/// swapped, a fresh TTL, the type changed (the ICMP checksum mended for
+/// it; the swap changes no sum).
+#[inline(always)]
+pub fn echo_reply<F: Family>(ctx: &XdpContext, e: &EchoPacket<F>) -> Option<()> {
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    // SAFETY: the parse bounds-checked `ip` and `icmp`; ptr_at `eth`.
+    let (eth, ip, icmp) = unsafe { (&mut *eth, &mut *e.ip, &mut *e.icmp) };
+    core::mem::swap(&mut eth.src, &mut eth.dst);
+    F::swap_addrs(ip);
+    F::set_hop_limit(ip, ORIGIN_TTL);
+    // Type and code are one word; in memory order (as loaded) the type is
+    // its low byte.
+    let old = (icmp.ty as u16) | ((icmp.code as u16) << 8);
+    icmp.ty = F::ECHO_REPLY;
+    let new = (icmp.ty as u16) | ((icmp.code as u16) << 8);
+    icmp.check = replace16(icmp.check, old, new);
+    Some(())
 }

@@ -14,8 +14,9 @@
 //!   IPv6 ones have maps of their own (`*6`).
 use aya_ebpf::{bindings::bpf_fib_lookup as FibParams, programs::XdpContext};
 use lb_common::{
-    Addr6, BackendMeta, FibEntry, FlowKey, FlowKey6, L4Addr, L4Addr6, VipMeta,
-    ADDR_FILTER_BACKENDS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP,
+    addr_filter_word, addr_filter_word6, Addr6, BackendMeta, FibEntry, FlowKey, FlowKey6, L4Addr,
+    L4Addr6, VipAddr, VipMeta, ADDR_FILTER_BACKENDS, ADDR_FILTER_BACKENDS6, ADDR_FILTER_VIPS6,
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP,
 };
 
 use crate::{
@@ -24,7 +25,7 @@ use crate::{
     host::may_be,
     maps::{
         BACKEND_ADDRS6, FIB_CACHE, FIB_CACHE6, LOCAL_ADDRS, LOCAL_ADDRS6, REPLIES, REPLIES6, VIPS,
-        VIPS6,
+        VIPS6, VIP_ADDRS, VIP_ADDRS6,
     },
     parse::{load32, load_addr6, store32, store_addr6, IcmpPacket, Ipv4Hdr, Ipv6Hdr, Parsed},
     select::Flow,
@@ -47,6 +48,15 @@ pub struct Reply<F: Family> {
     pub port: u16,
     /// The backend's slot (its counters).
     pub backend: u32,
+}
+
+/// What a packet's destination endpoint is.
+pub enum VipMatch {
+    /// A VIP: the pool there.
+    Pool(&'static VipMeta),
+    /// A VIP's address, but no pool at this port and protocol.
+    Address,
+    None,
 }
 
 /// A region of 16-bit words the program wrote and sums itself.
@@ -97,6 +107,9 @@ pub trait Family: Sized + 'static {
     /// The ICMP checksum covers the outer addresses (ICMPv6's
     /// pseudo-header, RFC 4443 §2.3).
     const ICMP_PSEUDO: bool;
+    /// ICMP echo request and reply types.
+    const ECHO_REQUEST: u8;
+    const ECHO_REPLY: u8;
 
     /// Parses the frame (`UDP`: the family's UDP program).
     fn parse<const UDP: bool>(ctx: &XdpContext) -> Parsed<Self>;
@@ -111,8 +124,13 @@ pub trait Family: Sized + 'static {
     fn set_dst(ip: &mut Self::Hdr, addr: &Self::Addr) -> Self::Addr;
     /// The header's own checksum (0 where there is none).
     fn header_check(ip: &Self::Hdr) -> u16;
+    /// Swaps source and destination (no checksum changes: the sums
+    /// covering them do not depend on their order).
+    fn swap_addrs(ip: &mut Self::Hdr);
     /// TTL or hop limit.
     fn hop_limit(ip: &Self::Hdr) -> u8;
+    /// Sets the TTL or hop limit of a packet the program sends back.
+    fn set_hop_limit(ip: &mut Self::Hdr, hops: u8);
     /// One router hop.
     fn decrement_hop_limit(ip: &mut Self::Hdr);
     /// What the FIB lookup is told of the packet's class (IPv4's TOS).
@@ -135,8 +153,19 @@ pub trait Family: Sized + 'static {
     /// `mtu` (0 otherwise).
     fn icmp_rest(mtu: u32) -> [u16; 2];
 
+    /// What is at this destination endpoint: a VIP's pool, a VIP address
+    /// without one, or nothing of ours.
+    fn vip_match(addr: &Self::Addr, port: u16, proto: u8) -> VipMatch;
     /// The VIP at this endpoint.
-    fn vip(addr: &Self::Addr, port: u16, proto: u8) -> Option<&'static VipMeta>;
+    #[inline(always)]
+    fn vip(addr: &Self::Addr, port: u16, proto: u8) -> Option<&'static VipMeta> {
+        match Self::vip_match(addr, port, proto) {
+            VipMatch::Pool(vip) => Some(vip),
+            _ => None,
+        }
+    }
+    /// The pools at a VIP address.
+    fn vip_addr(addr: &Self::Addr) -> Option<&'static VipAddr>;
     /// The VIP a backend endpoint's replies come from.
     fn reply(addr: &Self::Addr, port: u16, proto: u8) -> Option<Reply<Self>>;
     /// Whether `addr` is one of this host's addresses.
@@ -217,6 +246,8 @@ impl Family for Ipv4 {
     const UDP_CHECKSUM_OPTIONAL: bool = true;
     const HEADER_CHECKSUM: bool = true;
     const ICMP_PSEUDO: bool = false;
+    const ECHO_REQUEST: u8 = 8;
+    const ECHO_REPLY: u8 = 0;
 
     #[inline(always)]
     fn parse<const UDP: bool>(ctx: &XdpContext) -> Parsed<Self> {
@@ -255,8 +286,21 @@ impl Family for Ipv4 {
         ip.check
     }
     #[inline(always)]
+    fn swap_addrs(ip: &mut Ipv4Hdr) {
+        core::mem::swap(&mut ip.saddr, &mut ip.daddr);
+    }
+    #[inline(always)]
     fn hop_limit(ip: &Ipv4Hdr) -> u8 {
         ip.ttl
+    }
+    #[inline(always)]
+    fn set_hop_limit(ip: &mut Ipv4Hdr, hops: u8) {
+        // TTL is the low byte of its word with the protocol (see
+        // `decrement_hop_limit`).
+        let old = (ip.ttl as u16) | ((ip.proto as u16) << 8);
+        ip.ttl = hops;
+        let new = (hops as u16) | ((ip.proto as u16) << 8);
+        ip.check = replace16(ip.check, old, new);
     }
     #[inline(always)]
     fn decrement_hop_limit(ip: &mut Ipv4Hdr) {
@@ -298,10 +342,11 @@ impl Family for Ipv4 {
         [0, (mtu.min(u16::MAX as u32) as u16).to_be()]
     }
 
+    /// The prefilter first: most traffic through a gateway is for no VIP.
     #[inline(always)]
-    fn vip(addr: &u32, port: u16, proto: u8) -> Option<&'static VipMeta> {
-        if !may_be(0, *addr) {
-            return None;
+    fn vip_match(addr: &u32, port: u16, proto: u8) -> VipMatch {
+        if !may_be(0, addr_filter_word(*addr)) {
+            return VipMatch::None;
         }
         let vip = L4Addr {
             addr: *addr,
@@ -309,12 +354,26 @@ impl Family for Ipv4 {
             proto,
             _pad: 0,
         };
-        // SAFETY: the reference lives while the program runs (RCU).
-        unsafe { VIPS.get(&vip) }
+        // SAFETY: the references live while the program runs (RCU).
+        if let Some(vip) = unsafe { VIPS.get(&vip) } {
+            return VipMatch::Pool(vip);
+        }
+        match unsafe { VIP_ADDRS.get(addr) } {
+            Some(_) => VipMatch::Address,
+            None => VipMatch::None,
+        }
+    }
+    #[inline(always)]
+    fn vip_addr(addr: &u32) -> Option<&'static VipAddr> {
+        if !may_be(0, addr_filter_word(*addr)) {
+            return None;
+        }
+        // SAFETY: as in `vip_match`.
+        unsafe { VIP_ADDRS.get(addr) }
     }
     #[inline(always)]
     fn reply(addr: &u32, port: u16, proto: u8) -> Option<Reply<Self>> {
-        if !may_be(ADDR_FILTER_BACKENDS, *addr) {
+        if !may_be(ADDR_FILTER_BACKENDS, addr_filter_word(*addr)) {
             return None;
         }
         let from = L4Addr {
@@ -424,6 +483,8 @@ impl Family for Ipv6 {
     const UDP_CHECKSUM_OPTIONAL: bool = false;
     const HEADER_CHECKSUM: bool = false;
     const ICMP_PSEUDO: bool = true;
+    const ECHO_REQUEST: u8 = 128;
+    const ECHO_REPLY: u8 = 129;
 
     #[inline(always)]
     fn parse<const UDP: bool>(ctx: &XdpContext) -> Parsed<Self> {
@@ -461,8 +522,16 @@ impl Family for Ipv6 {
         0
     }
     #[inline(always)]
+    fn swap_addrs(ip: &mut Ipv6Hdr) {
+        core::mem::swap(&mut ip.saddr, &mut ip.daddr);
+    }
+    #[inline(always)]
     fn hop_limit(ip: &Ipv6Hdr) -> u8 {
         ip.hop_limit
+    }
+    #[inline(always)]
+    fn set_hop_limit(ip: &mut Ipv6Hdr, hops: u8) {
+        ip.hop_limit = hops;
     }
     #[inline(always)]
     fn decrement_hop_limit(ip: &mut Ipv6Hdr) {
@@ -508,19 +577,39 @@ impl Family for Ipv6 {
         rest
     }
 
+    /// `VIPS6` first, unfiltered (so a VIP's packets pay no more than
+    /// before the filter had IPv6 bits); the prefilter before the
+    /// address lookup.
     #[inline(always)]
-    fn vip(addr: &Addr6, port: u16, proto: u8) -> Option<&'static VipMeta> {
+    fn vip_match(addr: &Addr6, port: u16, proto: u8) -> VipMatch {
         let vip = L4Addr6 {
             addr: *addr,
             port,
             proto,
             _pad: 0,
         };
-        // SAFETY: the reference lives while the program runs (RCU).
-        unsafe { VIPS6.get(&vip) }
+        // SAFETY: the references live while the program runs (RCU).
+        if let Some(vip) = unsafe { VIPS6.get(&vip) } {
+            return VipMatch::Pool(vip);
+        }
+        match Self::vip_addr(addr) {
+            Some(_) => VipMatch::Address,
+            None => VipMatch::None,
+        }
+    }
+    #[inline(always)]
+    fn vip_addr(addr: &Addr6) -> Option<&'static VipAddr> {
+        if !may_be(ADDR_FILTER_VIPS6, addr_filter_word6(addr)) {
+            return None;
+        }
+        // SAFETY: as in `vip_match`.
+        unsafe { VIP_ADDRS6.get(addr) }
     }
     #[inline(always)]
     fn reply(addr: &Addr6, port: u16, proto: u8) -> Option<Reply<Self>> {
+        if !may_be(ADDR_FILTER_BACKENDS6, addr_filter_word6(addr)) {
+            return None;
+        }
         let from = L4Addr6 {
             addr: *addr,
             port,

@@ -9,13 +9,13 @@ use crate::{
     parse::{ptr_at, EthHdr},
 };
 
-/// Whether IPv4 `addr` may be in the half of `ADDR_FILTER` from word
-/// `half` (`0`: VIPs, `ADDR_FILTER_BACKENDS`: backends). `false` is sure;
-/// `true` means: look it up.
+/// Whether an address hashed to `(word, bit)` may be in the quarter of
+/// `ADDR_FILTER` from word `quarter` (`0`: IPv4 VIPs,
+/// `ADDR_FILTER_BACKENDS`: IPv4 backends, `ADDR_FILTER_VIPS6`,
+/// `ADDR_FILTER_BACKENDS6`). `false` is sure; `true` means: look it up.
 #[inline(always)]
-pub fn may_be(half: u32, addr: u32) -> bool {
-    let (word, bit) = lb_common::addr_filter_word(addr);
-    match ADDR_FILTER.get(half + word) {
+pub fn may_be(quarter: u32, (word, bit): (u32, u64)) -> bool {
+    match ADDR_FILTER.get(quarter + word) {
         Some(w) => w & bit != 0,
         None => true,
     }

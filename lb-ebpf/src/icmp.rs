@@ -53,7 +53,7 @@ pub fn translate<F: Family>(ctx: &XdpContext, p: &IcmpPacket<F>) -> u32 {
     let outer_dst = F::dst(ip);
     let inner_src = F::src(inner);
     if outer_dst != inner_src {
-        return pass();
+        return not_ours::<F>(ctx, &outer_dst);
     }
     let proto = F::proto(inner);
     // About a packet a VIP sent (VIP:port → client): to the flow's backend.
@@ -74,7 +74,18 @@ pub fn translate<F: Family>(ctx: &XdpContext, p: &IcmpPacket<F>) -> u32 {
         }
         return to_client(ctx, p, &reply);
     }
-    pass()
+    not_ours::<F>(ctx, &outer_dst)
+}
+
+/// An error about no flow of ours: the kernel's, unless it is addressed
+/// to a VIP address (the kernel would route it back upstream).
+#[inline(always)]
+fn not_ours<F: Family>(ctx: &XdpContext, outer_dst: &F::Addr) -> u32 {
+    if F::vip_addr(outer_dst).is_some() && for_us(ctx) {
+        drop(ctx, GlobalCounter::DropNoPool)
+    } else {
+        pass()
+    }
 }
 
 #[inline(always)]

@@ -12,9 +12,9 @@ use lb_common::{
         DEFAULT_FLOW_TABLE_SIZE, DEFAULT_RING_SIZE, FIB_CACHE_SIZE, MAX_BACKENDS, MAX_IFACES,
         MAX_LOCAL_ADDRS, MAX_VIPS,
     },
-    rings_len, Addr6, BackendCounters, BackendMeta, FibEntry, FlowBucket, GlobalCounter, IfaceMeta,
-    L4Addr, L4Addr6, Name, RateWindow, ReplyEntry, ReplyEntry6, VipCounters, VipMeta,
-    ADDR_FILTER_WORDS, IFACE_SLOTS, NAMES_LEN, TAIL_SLOTS,
+    rings_len, Addr6, AnswerTokens, BackendCounters, BackendMeta, FibEntry, FlowBucket,
+    GlobalCounter, IfaceMeta, L4Addr, L4Addr6, Name, RateWindow, ReplyEntry, ReplyEntry6, VipAddr,
+    VipCounters, VipMeta, ADDR_FILTER_LEN, IFACE_SLOTS, NAMES_LEN, TAIL_SLOTS,
 };
 
 /// VIP endpoint → its index and live ring slot.
@@ -52,12 +52,24 @@ pub static RINGS: Array<u32> = Array::pinned(rings_len(DEFAULT_RING_SIZE), 0);
 pub static FLOWS: Array<FlowBucket> =
     Array::pinned(flow_buckets(DEFAULT_FLOW_TABLE_SIZE), BPF_F_MMAPABLE);
 
-/// IPv4 address prefilter: a bit per hashed VIP address, then per hashed
-/// backend address (`lb_common::addr_filter_word`). Set by user space
-/// before the address's `VIPS` or `REPLIES` entry, cleared only when no
-/// entry needs the bit.
+/// Address prefilter: a bit per hashed IPv4 VIP address, per hashed IPv4
+/// backend address, then the same for IPv6 (`lb_common::addr_filter_word`,
+/// `addr_filter_word6`). Set by user space before the address's `VIPS`,
+/// `VIP_ADDRS` or `REPLIES` entry (or their IPv6 twins), cleared only when
+/// no entry needs the bit.
 #[map]
-pub static ADDR_FILTER: Array<u64> = Array::pinned(2 * ADDR_FILTER_WORDS, 0);
+pub static ADDR_FILTER: Array<u64> = Array::pinned(ADDR_FILTER_LEN, 0);
+
+/// VIP addresses → their pools (`lb_common::VipAddr`): what a packet to a
+/// VIP address that matches no pool gets, and whether an echo request is
+/// answered.
+#[map]
+pub static VIP_ADDRS: HashMap<u32, VipAddr> = HashMap::pinned(MAX_VIPS, 0);
+
+/// This CPU's credit for answers the program makes itself
+/// (`answers_per_sec`). Not pinned: a restarted program starts afresh.
+#[map]
+pub static ANSWER_TOKENS: PerCpuArray<AnswerTokens> = PerCpuArray::with_max_entries(1, 0);
 
 /// The flow table's tag key (`lb_common::maps::FLOW_SEED`); written by
 /// user space, which also hands it to the program as a global.
@@ -125,6 +137,9 @@ pub static BACKEND_ADDRS6: Array<Addr6> = Array::pinned(MAX_BACKENDS, 0);
 
 #[map]
 pub static REPLIES6: HashMap<L4Addr6, ReplyEntry6> = HashMap::pinned(MAX_BACKENDS, 0);
+
+#[map]
+pub static VIP_ADDRS6: HashMap<Addr6, VipAddr> = HashMap::pinned(MAX_VIPS, 0);
 
 #[map]
 pub static FIB_CACHE6: LruHashMap<Addr6, FibEntry> = LruHashMap::pinned(FIB_CACHE_SIZE, 0);

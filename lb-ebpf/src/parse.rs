@@ -174,8 +174,15 @@ pub enum Parsed<F: Family> {
     /// A well-formed TCP segment or UDP datagram, neither fragmented nor
     /// carrying IPv4 options.
     L4(L4Packet<F>),
-    /// Not ours to look at (not IP, not TCP or UDP): the kernel's.
+    /// Not ours to look at (not IP, an ICMPv6 message of the link): the
+    /// kernel's.
     NotOurs,
+    /// An IP packet of another protocol (or ICMP message) than the program
+    /// handles, to `dst`: the kernel's, unless `dst` is a VIP address.
+    Other { dst: F::Addr },
+    /// An ICMP echo request: answered if to a VIP address whose pool can
+    /// serve.
+    Echo(EchoPacket<F>),
     /// Read as far as the ports, but not balanceable (IPv4 options, a
     /// first fragment, a TCP or UDP header cut short): passed unless
     /// addressed to a VIP, in which case it is dropped with `reason`.
@@ -240,6 +247,12 @@ pub struct IcmpPacket<F: Family> {
     pub inner_ports: *mut [u16; 2],
 }
 
+/// An ICMP echo request (its header checked present).
+pub struct EchoPacket<F: Family> {
+    pub ip: *mut F::Hdr,
+    pub icmp: *mut IcmpHdr,
+}
+
 /// `UDP`: the IPv4 UDP program's parse (UDP only; everything else is the
 /// main program's). Otherwise TCP and ICMP; UDP is `NotOurs` here, as the
 /// main program hands UDP to its own program before parsing.
@@ -269,9 +282,12 @@ pub fn ipv4<const UDP: bool>(ctx: &XdpContext) -> Parsed<Ipv4> {
     if tot_len < ihl || tot_len > frame_ip_len {
         return Parsed::Malformed(GlobalCounter::DropBadTotalLength);
     }
+    let other = Parsed::Other {
+        dst: load32(&iph.daddr),
+    };
     if !UDP && iph.proto == IPPROTO_ICMP {
         if iph.frag_off & (BE_IP_MF | BE_IP_OFFSET_MASK) != 0 || ihl != IPV4_MIN_HLEN {
-            return Parsed::NotOurs;
+            return other;
         }
         return icmp4(ctx, ip, tot_len);
     }
@@ -279,7 +295,7 @@ pub fn ipv4<const UDP: bool>(ctx: &XdpContext) -> Parsed<Ipv4> {
     // at compile time.
     let l4_proto = if UDP { IPPROTO_UDP } else { IPPROTO_TCP };
     if iph.proto != l4_proto {
-        return Parsed::NotOurs;
+        return other;
     }
     if iph.frag_off & BE_IP_OFFSET_MASK != 0 {
         return Parsed::LaterFragment;
@@ -406,8 +422,15 @@ fn icmp4(ctx: &XdpContext, ip: *mut Ipv4Hdr, tot_len: usize) -> Parsed<Ipv4> {
     };
     // SAFETY: bounds checked by ptr_at.
     let ty = unsafe { (*icmp).ty };
+    if ty == Ipv4::ECHO_REQUEST {
+        return Parsed::Echo(EchoPacket { ip, icmp });
+    }
+    let other = Parsed::Other {
+        // SAFETY: `ipv4` checked the header.
+        dst: load32(unsafe { &(*ip).daddr }),
+    };
     if ty != ICMP_DEST_UNREACH && ty != ICMP_TIME_EXCEEDED {
-        return Parsed::NotOurs;
+        return other;
     }
     // The quoted header must be whole and without options, and its ports
     // present: RFC 792 quotes the header and 64 bits of data.
@@ -426,7 +449,7 @@ fn icmp4(ctx: &XdpContext, ip: *mut Ipv4Hdr, tot_len: usize) -> Parsed<Ipv4> {
         return Parsed::IcmpUnparsed;
     }
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
-        return Parsed::NotOurs;
+        return other;
     }
     Parsed::IcmpError(IcmpPacket {
         ip,
@@ -520,7 +543,9 @@ pub fn ipv6<const UDP: bool>(ctx: &XdpContext) -> Parsed<Ipv6> {
     }
     let l4_proto = if UDP { IPPROTO_UDP } else { IPPROTO_TCP };
     if next != l4_proto {
-        return Parsed::NotOurs;
+        return Parsed::Other {
+            dst: load_addr6(&iph.daddr),
+        };
     }
     // verifier: every chain of extension headers would otherwise reach
     // this point with its own offset, and the rest of the program would be
@@ -582,8 +607,11 @@ fn icmp6(ctx: &XdpContext, ip: *mut Ipv6Hdr, payload_len: usize) -> Parsed<Ipv6>
     };
     // SAFETY: bounds checked by ptr_at.
     let ty = unsafe { (*icmp).ty };
-    // Neighbour discovery, router traffic and echo are informational
-    // (type ≥ 128): the kernel's.
+    if ty == Ipv6::ECHO_REQUEST {
+        return Parsed::Echo(EchoPacket { ip, icmp });
+    }
+    // Neighbour discovery and router traffic are informational (type ≥
+    // 128) and of the link: the kernel's.
     if ty != ICMPV6_DEST_UNREACH && ty != ICMPV6_PKT_TOOBIG && ty != ICMPV6_TIME_EXCEED {
         return Parsed::NotOurs;
     }

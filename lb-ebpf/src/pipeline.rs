@@ -5,15 +5,15 @@ use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use lb_common::{FibEntry, GlobalCounter, VipMeta, VIP_F_DSR, VIP_F_REJECT_EMPTY, VIP_F_TUNNEL};
 
 use crate::{
-    answer::{self, too_big},
+    answer::{self, answer_with, too_big, unanswerable},
     consts::{MIN_FORWARD_TTL, TCP_FLAG_FIN, TCP_FLAG_RST},
     direct,
-    family::{Family, Reply},
+    family::{Family, Reply, VipMatch},
     forward::{aggregate, fits, next_hop, send, Next},
     host::for_us,
     maps::TAILS,
     nat,
-    parse::{L4Packet, Parsed},
+    parse::{EchoPacket, L4Packet, Parsed},
     select::{self, Flow},
     stats::{count, count_backend, count_rejected, count_reply, count_vip},
     verdict::{answered, drop, pass, pass_because},
@@ -27,11 +27,23 @@ pub fn run<F: Family, const UDP: bool>(ctx: &XdpContext) -> u32 {
         Parsed::IcmpError(p) => F::icmp_error(ctx, &p),
         Parsed::IcmpUnparsed => pass_because(GlobalCounter::PassIcmpUnparsed),
         Parsed::NotOurs => pass(),
+        Parsed::Other { dst } => {
+            if F::vip_addr(&dst).is_some() && for_us(ctx) {
+                drop(ctx, GlobalCounter::DropNoPool)
+            } else {
+                pass()
+            }
+        }
+        Parsed::Echo(e) => echo(ctx, &e),
         Parsed::Tail(slot) => tail(ctx, slot),
         Parsed::LaterFragment => pass_because(GlobalCounter::PassFragment),
         Parsed::ExtUnparsed => pass_because(GlobalCounter::PassIpv6ExtUnparsed),
         Parsed::Special { key, reason } => {
-            if F::vip(&key.dst(), key.dst_port(), key.proto()).is_some() && for_us(ctx) {
+            let ours = !matches!(
+                F::vip_match(&key.dst(), key.dst_port(), key.proto()),
+                VipMatch::None
+            );
+            if ours && for_us(ctx) {
                 drop(ctx, reason)
             } else {
                 pass()
@@ -61,11 +73,20 @@ pub fn tail(ctx: &XdpContext, slot: u32) -> u32 {
 #[inline(always)]
 fn balance<F: Family>(ctx: &XdpContext, pkt: &L4Packet<F>) -> u32 {
     let key = &pkt.key;
-    if let Some(vip) = F::vip(&key.dst(), key.dst_port(), key.proto()) {
-        if !for_us(ctx) {
-            return pass_because(GlobalCounter::PassNotForUs);
+    match F::vip_match(&key.dst(), key.dst_port(), key.proto()) {
+        VipMatch::Pool(vip) => {
+            if !for_us(ctx) {
+                return pass_because(GlobalCounter::PassNotForUs);
+            }
+            return to_backend(ctx, pkt, vip);
         }
-        return to_backend(ctx, pkt, vip);
+        VipMatch::Address => {
+            if !for_us(ctx) {
+                return pass_because(GlobalCounter::PassNotForUs);
+            }
+            return no_pool(ctx, pkt);
+        }
+        VipMatch::None => {}
     }
     if let Some(reply) = F::reply(&key.src(), key.src_port(), key.proto()) {
         // Traffic between a backend and this host (health checks, agents)
@@ -147,20 +168,72 @@ fn to_backend<F: Family>(ctx: &XdpContext, pkt: &L4Packet<F>, vip: &VipMeta) -> 
     finish(ctx, pkt, partial, &hop)
 }
 
+/// A pool with no usable backend (`on_empty = "reject"`): a RST or an
+/// ICMP port unreachable from the VIP, as a closed port answers.
 #[inline(always)]
 fn reject<F: Family>(ctx: &XdpContext, pkt: &L4Packet<F>, vip: &VipMeta) -> u32 {
-    let answer = if pkt.udp() {
-        answer::icmp_error::<F>(ctx, F::PORT_UNREACH, 0)
-    } else {
-        answer::reset(ctx, pkt)
-    };
-    match answer {
+    if unanswerable(pkt) {
+        return drop(ctx, GlobalCounter::DropNoBackend);
+    }
+    if !answer::may_answer() {
+        return drop(ctx, GlobalCounter::DropAnswerLimited);
+    }
+    match closed_port(ctx, pkt) {
         Some(()) => {
             count_rejected(vip.index);
             answered(ctx, GlobalCounter::Rejected)
         }
         None => drop(ctx, GlobalCounter::DropNoBackend),
     }
+}
+
+/// A VIP address, but no pool at this port and protocol: answered as a
+/// closed port, never handed to the kernel (which has no route for the
+/// VIP but, on a gateway, a default route back upstream).
+#[inline(always)]
+fn no_pool<F: Family>(ctx: &XdpContext, pkt: &L4Packet<F>) -> u32 {
+    if unanswerable(pkt) {
+        return drop(ctx, GlobalCounter::DropNoPool);
+    }
+    answer_with!(
+        ctx,
+        GlobalCounter::NoPoolAnswered,
+        GlobalCounter::DropNoPool,
+        closed_port(ctx, pkt)
+    )
+}
+
+/// What a closed port answers: TCP a RST, UDP an ICMP port unreachable.
+#[inline(always)]
+fn closed_port<F: Family>(ctx: &XdpContext, pkt: &L4Packet<F>) -> Option<()> {
+    if pkt.udp() {
+        answer::icmp_error::<F>(ctx, F::PORT_UNREACH, 0)
+    } else {
+        answer::reset(ctx, pkt)
+    }
+}
+
+/// An echo request: answered from a VIP address whose pool can serve (ping
+/// is how operators check a VIP); dropped at one that cannot.
+#[inline(always)]
+fn echo<F: Family>(ctx: &XdpContext, e: &EchoPacket<F>) -> u32 {
+    // SAFETY: bounds-checked by the parse.
+    let dst = F::dst(unsafe { &*e.ip });
+    let Some(addr) = F::vip_addr(&dst) else {
+        return pass();
+    };
+    if !for_us(ctx) {
+        return pass_because(GlobalCounter::PassNotForUs);
+    }
+    if addr.serving == 0 {
+        return drop(ctx, GlobalCounter::DropNoPool);
+    }
+    answer_with!(
+        ctx,
+        GlobalCounter::EchoReplied,
+        GlobalCounter::DropInternal,
+        answer::echo_reply(ctx, e)
+    )
 }
 
 #[inline(always)]

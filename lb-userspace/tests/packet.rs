@@ -361,7 +361,9 @@ fn draining_backend_keeps_established_flows_and_gets_no_new_one() {
 #[test]
 fn non_vip_packet_passes_unchanged() {
     let mut lab = Lab::new(2);
-    for dst in ["198.18.2.11:80", "198.18.2.10:81", "198.18.1.11:8080"] {
+    // (Another port of the VIP's address is answered: see
+    // a_vip_address_without_a_pool_is_answered_never_routed.)
+    for dst in ["198.18.2.11:80", "198.18.1.11:8080"] {
         let mut f = TcpFrame::new(client(43000), sa(dst), TCP_SYN);
         f.dst_mac = IN_MAC;
         let bytes = f.build();
@@ -378,8 +380,8 @@ fn non_vip_packet_passes_unchanged() {
     assert_eq!(action, XDP_PASS);
     assert_eq!(out, arp);
     let c = lab.counters();
-    assert_eq!(c.get(GlobalCounter::Rx), 4);
-    assert_eq!(c.get(GlobalCounter::Passed), 4);
+    assert_eq!(c.get(GlobalCounter::Rx), 3);
+    assert_eq!(c.get(GlobalCounter::Passed), 3);
 }
 
 /// What the program must answer to `sent` when the pool is empty: a RST
@@ -1166,35 +1168,37 @@ fn icmp_that_is_not_ours_or_cannot_be_read_is_never_misforwarded() {
     // Quoted header with options (ihl 6).
     let mut opts = good.clone();
     opts[42] = 0x46;
-    // Quoted packet is UDP: not a flow of ours.
+    // Quoted packet is UDP: not a flow of ours, and addressed to a VIP
+    // address, which the kernel would route back upstream: dropped.
     let mut udp = good.clone();
     udp[42 + 9] = 17;
-    // An echo request to the VIP's address.
-    let mut echo = good.clone();
-    echo[34] = 8;
-    echo[35] = 0;
     let cases = [
         (
             "quote cut short",
             cut,
-            Some(GlobalCounter::PassIcmpUnparsed),
+            XDP_PASS,
+            GlobalCounter::PassIcmpUnparsed,
         ),
         (
             "quote with options",
             opts,
-            Some(GlobalCounter::PassIcmpUnparsed),
+            XDP_PASS,
+            GlobalCounter::PassIcmpUnparsed,
         ),
-        ("quoted udp", udp, None),
-        ("echo request", echo, None),
+        ("quoted udp", udp, XDP_DROP, GlobalCounter::DropNoPool),
     ];
-    for (name, frame, counter) in cases {
+    for (name, frame, want, counter) in cases {
         let before = lab.counters();
         let (action, out) = lab.arrive_from_client(&frame);
-        assert_eq!(action, XDP_PASS, "{name}");
-        assert_eq!(out, frame, "{name}: untouched");
-        if let Some(c) = counter {
-            assert_eq!(lab.counters().get(c), before.get(c) + 1, "{name}");
+        assert_eq!(action, want, "{name}");
+        if want == XDP_PASS {
+            assert_eq!(out, frame, "{name}: untouched");
         }
+        assert_eq!(
+            lab.counters().get(counter),
+            before.get(counter) + 1,
+            "{name}"
+        );
     }
     // About a VIP whose pool is empty: nobody to tell; dropped, counted.
     lab.publish(vec![lb_common::NO_BACKEND; RING as usize]);
@@ -1976,4 +1980,178 @@ fn a_verification_interrupted_by_signals_is_tried_again() {
     let (action, out) = lab.arrive_from_client(&to_vip(40000, TCP_SYN).build());
     assert_eq!(action, XDP_REDIRECT);
     assert_checksums_valid(&out);
+}
+
+// ---- A VIP address without a pool; echo; the answer rate ----
+
+/// An ICMP echo request (`ty` 8) or reply (0) between `src` and `dst`,
+/// with id 0x4242, sequence 7 and a 24-byte payload.
+fn echo(src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], ty: u8) -> Vec<u8> {
+    xdplb::packet::icmp_error(
+        src_mac,
+        dst_mac,
+        src,
+        dst,
+        ty,
+        0,
+        [0x42, 0x42, 0, 7],
+        &[0x5a; 24],
+    )
+}
+
+const VIP_IP: [u8; 4] = [198, 18, 2, 10];
+const CLIENT_IP: [u8; 4] = [198, 18, 0, 2];
+
+/// A UDP datagram from the client to `dst`, 12 bytes of payload.
+fn udp_to(port: u16, dst: &str) -> Vec<u8> {
+    let mut f = xdplb::packet::L4Frame::udp(client(port).into(), sa(dst).into());
+    f.src_mac = CLIENT_MAC;
+    f.dst_mac = IN_MAC;
+    f.payload = vec![0x33; 12];
+    f.build()
+}
+
+/// A VIP address with no pool at a port (another port of the VIP, another
+/// protocol) is answered as a closed port from the VIP, or dropped; never
+/// handed to the kernel, which would route it back upstream. An echo
+/// request gets its reply.
+#[test]
+fn a_vip_address_without_a_pool_is_answered_never_routed() {
+    let mut lab = Lab::new(2);
+    // TCP to an unused port: a RST from VIP:81 (as a closed port).
+    let mut syn = TcpFrame::new(client(43200), sa("198.18.2.10:81"), TCP_SYN);
+    syn.src_mac = CLIENT_MAC;
+    syn.dst_mac = IN_MAC;
+    let (action, out) = lab.arrive_from_client(&syn.build());
+    assert_eq!(action, XDP_REDIRECT, "answered through TX_PORTS");
+    assert_eq!(
+        out,
+        expected_rst(&syn, 0, syn.seq.wrapping_add(1), TCP_RST | TCP_ACK)
+    );
+    // UDP to the pool's port (the pool is TCP): port unreachable from the
+    // VIP, quoting the datagram's header and 8 bytes.
+    let sent = udp_to(43201, VIP);
+    let (action, out) = lab.arrive_from_client(&sent);
+    assert_eq!(action, XDP_REDIRECT);
+    let want = xdplb::packet::icmp_error(
+        IN_MAC,
+        CLIENT_MAC,
+        VIP_IP,
+        CLIENT_IP,
+        3,
+        3,
+        [0; 4],
+        &sent[14..14 + 28],
+    );
+    assert_eq!(out, want);
+    assert_icmp_checksums_valid(&out);
+    // Another protocol (GRE): dropped.
+    let mut gre = sent.clone();
+    gre[14 + 9] = 47;
+    gre[24..26].copy_from_slice(&[0, 0]);
+    let c = xdplb::packet::ipv4_checksum(&gre[14..34]);
+    gre[24..26].copy_from_slice(&c.to_be_bytes());
+    let (action, _) = lab.arrive_from_client(&gre);
+    assert_eq!(action, XDP_DROP);
+    // A RST to an unused port: never answered, dropped.
+    let mut rst = syn.clone();
+    rst.flags = TCP_RST;
+    let (action, _) = lab.arrive_from_client(&rst.build());
+    assert_eq!(action, XDP_DROP);
+    // An ICMP error addressed to the VIP about nothing of ours: dropped.
+    let (mut err, _) = icmp_to_vip(43202, 3, 3, [0; 4]);
+    err[42 + 9] = 17;
+    let (action, _) = lab.arrive_from_client(&err);
+    assert_eq!(action, XDP_DROP);
+    // Ping: the pool can serve, so the VIP answers.
+    let request = echo(CLIENT_MAC, IN_MAC, CLIENT_IP, VIP_IP, 8);
+    let (action, out) = lab.arrive_from_client(&request);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, echo(IN_MAC, CLIENT_MAC, VIP_IP, CLIENT_IP, 0));
+    let found = |o: usize| u16::from_be_bytes([out[o], out[o + 1]]);
+    assert_eq!(found(24), xdplb::packet::ipv4_checksum(&out[14..34]));
+    assert_eq!(found(36), xdplb::packet::icmp_checksum(&out[34..]));
+    // The same to an address that is no VIP's: the kernel's.
+    let other = echo(CLIENT_MAC, IN_MAC, CLIENT_IP, [198, 18, 2, 99], 8);
+    let (action, out) = lab.arrive_from_client(&other);
+    assert_eq!((action, &out), (XDP_PASS, &other));
+    let (action, _) = lab.arrive_from_client(&udp_to(43203, "198.18.2.99:80"));
+    assert_eq!(action, XDP_PASS);
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::NoPoolAnswered), 2);
+    assert_eq!(c.get(GlobalCounter::EchoReplied), 1);
+    assert_eq!(c.get(GlobalCounter::DropNoPool), 3);
+    assert_eq!(c.get(GlobalCounter::Answered), 3);
+    assert_eq!(c.get(GlobalCounter::Passed), 2);
+    assert_eq!(c.get(GlobalCounter::Rx), 8);
+}
+
+/// Ping answers for a VIP whose pool can serve: with its pool emptied, an
+/// echo request is dropped; with a backend back, answered again.
+#[test]
+fn an_echo_request_is_answered_only_while_a_pool_can_serve() {
+    let mut lab = Lab::new(2);
+    let request = echo(CLIENT_MAC, IN_MAC, CLIENT_IP, VIP_IP, 8);
+    let ring = lab.ring.clone();
+    lab.publish(vec![lb_common::NO_BACKEND; RING as usize]);
+    let (action, _) = lab.arrive_from_client(&request);
+    assert_eq!(action, XDP_DROP);
+    assert_eq!(lab.counters().get(GlobalCounter::DropNoPool), 1);
+    lab.publish(ring);
+    let (action, _) = lab.arrive_from_client(&request);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(lab.counters().get(GlobalCounter::EchoReplied), 1);
+    // The pool gone altogether: the address is no VIP's any more.
+    lab.dp().remove_vip(sa(VIP)).unwrap();
+    let (action, out) = lab.arrive_from_client(&request);
+    assert_eq!((action, out), (XDP_PASS, request));
+}
+
+/// Every answer the program makes itself spends the CPU's credit: with
+/// `answers_per_sec` 3, a burst of five packets that each earn one gets
+/// three answers, and the rest are dropped and counted, whatever the
+/// kind of answer.
+#[test]
+fn answers_are_rate_limited_per_cpu() {
+    let mut lab = Lab::tuned(
+        2,
+        Tuning {
+            answers_per_sec: 3,
+            ..Default::default()
+        },
+    );
+    // The credit is per CPU: run every packet on one.
+    // SAFETY: a zeroed cpu_set_t with one CPU set, for this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+    let mut frames = vec![
+        echo(CLIENT_MAC, IN_MAC, CLIENT_IP, VIP_IP, 8),
+        udp_to(43300, VIP),
+    ];
+    for port in 43301..43304u16 {
+        let mut syn = TcpFrame::new(client(port), sa("198.18.2.10:81"), TCP_SYN);
+        syn.src_mac = CLIENT_MAC;
+        syn.dst_mac = IN_MAC;
+        frames.push(syn.build());
+    }
+    let actions: Vec<u32> = frames.iter().map(|f| lab.arrive_from_client(f).0).collect();
+    assert_eq!(
+        actions,
+        [XDP_REDIRECT, XDP_REDIRECT, XDP_REDIRECT, XDP_DROP, XDP_DROP]
+    );
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::Answered), 3);
+    assert_eq!(c.get(GlobalCounter::DropAnswerLimited), 2);
+    // An empty pool's RSTs draw on the same credit.
+    lab.publish(vec![lb_common::NO_BACKEND; RING as usize]);
+    let (action, _) = lab.arrive_from_client(&to_vip(43305, TCP_SYN).build());
+    assert_eq!(action, XDP_DROP);
+    assert_eq!(lab.counters().get(GlobalCounter::DropAnswerLimited), 3);
+    assert_eq!(lab.counters().vips[0].counters.rejected, 0);
 }

@@ -806,7 +806,6 @@ fn informational_icmpv6_passes_untouched() {
     let mut lab = Lab::new(1);
     let client: Ipv6Addr = CLIENT6.parse().unwrap();
     let gateway: Ipv6Addr = "2001:2::1".parse().unwrap();
-    let vip = v6(Pool::Tcp6.vip());
     let solicited: Ipv6Addr = "ff02::1:ff00:1".parse().unwrap();
     let cases = [
         (
@@ -836,12 +835,12 @@ fn informational_icmpv6_passes_untouched() {
             ),
         ),
         (
-            "echo request to the VIP",
+            "echo request to an address that is no VIP's",
             icmp6(
                 CLIENT_MAC,
                 IN_MAC,
                 client,
-                vip,
+                "2001:2:0:2::99".parse().unwrap(),
                 128,
                 0,
                 [0, 1, 0, 1],
@@ -1277,4 +1276,85 @@ fn decap6_leaves_everything_else_untouched_and_counts_malformed_tunnels() {
     assert_eq!(c["passed"], 2);
     assert_eq!(c["dropped_malformed"], 3);
     assert_eq!(c["decapsulated"], 0);
+}
+
+/// As for IPv4: an IPv6 VIP address with no pool at a port is answered as
+/// a closed port from the VIP (RST, ICMPv6 port unreachable), another
+/// protocol to it is dropped, and an echo request gets its reply while a
+/// pool at the address can serve.
+#[test]
+fn an_ipv6_vip_address_without_a_pool_is_answered_never_routed() {
+    let mut lab = Lab::new(2);
+    let vip = v6(Pool::Tcp6.vip());
+    let client: Ipv6Addr = CLIENT6.parse().unwrap();
+    let unused: SocketAddr = "[2001:2:0:2::10]:81".parse().unwrap();
+    let mut syn = L4Frame::tcp(Pool::Tcp6.client(50100), unused, TCP_SYN);
+    syn.src_mac = CLIENT_MAC;
+    syn.dst_mac = IN_MAC;
+    let (action, out) = lab.arrive_from_client(&syn.build());
+    assert_eq!(action, XDP_REDIRECT);
+    let mut rst = L4Frame::tcp(unused, Pool::Tcp6.client(50100), TCP_RST | TCP_ACK);
+    rst.l4 = L4::Tcp {
+        flags: TCP_RST | TCP_ACK,
+        seq: 0,
+        ack: 0x0102_0304 + 1,
+        window: 0,
+    };
+    rst.src_mac = IN_MAC;
+    rst.dst_mac = CLIENT_MAC;
+    assert_eq!(out, rst.build());
+    // UDP to a port no UDP pool has (53 has one, 54 none).
+    let mut udp = L4Frame::udp(
+        Pool::Udp6.client(50101),
+        "[2001:2:0:2::10]:54".parse().unwrap(),
+    );
+    udp.src_mac = CLIENT_MAC;
+    udp.dst_mac = IN_MAC;
+    udp.payload = b"query".to_vec();
+    let (action, out) = lab.arrive_from_client(&udp.build());
+    assert_eq!(action, XDP_REDIRECT);
+    let want = icmp6(IN_MAC, CLIENT_MAC, vip, client, 1, 4, [0; 4], &quote(&udp));
+    assert_eq!(out, want);
+    let (found, computed) = checksums6(&out);
+    assert_eq!(found, computed, "ICMPv6 checksum");
+    // Another protocol (GRE, 47) to the VIP address: dropped.
+    let mut gre = udp.build();
+    gre[14 + 6] = 47;
+    let (action, _) = lab.arrive_from_client(&gre);
+    assert_eq!(action, XDP_DROP);
+    // Ping.
+    let request = icmp6(
+        CLIENT_MAC,
+        IN_MAC,
+        client,
+        vip,
+        128,
+        0,
+        [0, 1, 0, 9],
+        b"ping!",
+    );
+    let (action, out) = lab.arrive_from_client(&request);
+    assert_eq!(action, XDP_REDIRECT);
+    let reply = icmp6(
+        IN_MAC,
+        CLIENT_MAC,
+        vip,
+        client,
+        129,
+        0,
+        [0, 1, 0, 9],
+        b"ping!",
+    );
+    assert_eq!(out, reply);
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::NoPoolAnswered), 2);
+    assert_eq!(c.get(GlobalCounter::EchoReplied), 1);
+    assert_eq!(c.get(GlobalCounter::DropNoPool), 1);
+    assert_eq!(c.get(GlobalCounter::Answered), 3);
+    // Every pool at the address emptied: ping is dropped.
+    lab.publish(Pool::Tcp6, vec![NO_BACKEND; RING as usize], None);
+    lab.publish(Pool::Udp6, vec![NO_BACKEND; RING as usize], None);
+    let (action, _) = lab.arrive_from_client(&request);
+    assert_eq!(action, XDP_DROP);
+    assert_eq!(lab.count(GlobalCounter::DropNoPool), 2);
 }

@@ -37,6 +37,7 @@ pub struct Dataplane {
     pub ring_size: Option<Spanned<u32>>,
     pub max_flow_inserts_per_sec: Option<u32>,
     pub tunnel_source: Option<Spanned<Vec<std::net::IpAddr>>>,
+    pub answers_per_sec: Option<u32>,
 }
 
 #[derive(Deserialize)]

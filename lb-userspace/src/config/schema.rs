@@ -240,6 +240,10 @@ pub struct DataplaneConfig {
     pub tunnel_source_v4: Option<Ipv4Addr>,
     /// Outer source of IPv6 `tunnel` pools' IPv6-in-IPv6 packets.
     pub tunnel_source_v6: Option<Ipv6Addr>,
+    /// Per CPU: RSTs, ICMP errors and echo replies the program makes
+    /// itself, a second (a token bucket); more are dropped and counted.
+    /// 0: none at all.
+    pub answers_per_sec: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

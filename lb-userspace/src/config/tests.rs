@@ -42,6 +42,7 @@ fn full_example_parses_to_expected_values() {
     assert_eq!(c.dataplane.pin_path, PathBuf::from("/sys/fs/bpf/xdplb"));
     assert_eq!(c.dataplane.flow_table_size, 1_048_576);
     assert_eq!(c.dataplane.ring_size, 65_537);
+    assert_eq!(c.dataplane.answers_per_sec, 1000);
     assert_eq!(c.control.admin_socket, PathBuf::from("/run/xdplb.sock"));
     assert_eq!(
         c.control.state_file.as_deref(),
@@ -874,4 +875,20 @@ fn announce_errors_name_line_and_key() {
         &["control_socket", "absolute"],
     );
     rejects(&with("[announce]\npeers = 2\n"), 4, &["peers"]);
+}
+
+#[test]
+fn answers_per_sec_defaults_and_takes_zero() {
+    let c = p(&pool_with("", ONE_BACKEND)).unwrap();
+    assert_eq!(
+        c.dataplane.answers_per_sec,
+        lb_common::limits::DEFAULT_ANSWERS_PER_SEC
+    );
+    let text = pool_with("", ONE_BACKEND).replace(HEAD, &format!("{HEAD}answers_per_sec = 0\n"));
+    assert_eq!(p(&text).unwrap().dataplane.answers_per_sec, 0);
+    rejects(
+        &pool_with("", ONE_BACKEND).replace(HEAD, &format!("{HEAD}answers_per_sec = -1\n")),
+        3,
+        &["expected u32"],
+    );
 }

@@ -348,6 +348,9 @@ fn convert_dataplane(
                 .unwrap_or(lb_common::limits::DEFAULT_MAX_FLOW_INSERTS_PER_SEC),
             tunnel_source_v4,
             tunnel_source_v6,
+            answers_per_sec: d
+                .answers_per_sec
+                .unwrap_or(lb_common::limits::DEFAULT_ANSWERS_PER_SEC),
         },
         d.ring_size.as_ref().map(|s| s.span()),
     ))

@@ -59,6 +59,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             max_flow_inserts_per_sec: config.dataplane.max_flow_inserts_per_sec,
             tunnel_source_v4: config.dataplane.tunnel_source_v4,
             tunnel_source_v6: config.dataplane.tunnel_source_v6,
+            answers_per_sec: config.dataplane.answers_per_sec,
         },
     )?;
     for iface in &config.dataplane.interfaces {

@@ -48,6 +48,7 @@ pub fn socket_addr6(a: &L4Addr6) -> SocketAddrV6 {
 }
 
 /// An endpoint's map key, by family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum Key {
     V4(L4Addr),
     V6(L4Addr6),

@@ -170,6 +170,7 @@ impl Dataplane {
                 &tuning.max_flow_inserts_per_sec,
                 true,
             )
+            .override_global("ANSWER_COST_NS", &tuning.answer_cost_ns(), true)
             .override_global("TUNNEL_SOURCE_V4", &tunnel_source, true)
             // Not required: a program without IPv6 tunnels has no such
             // global, and aya skips a missing one only when told so.
@@ -200,6 +201,8 @@ impl Dataplane {
         let local_addrs = take(&mut ebpf, maps::LOCAL_ADDRS)?;
         let local_addrs6 = take(&mut ebpf, maps::LOCAL_ADDRS6)?;
         let addr_filter = take(&mut ebpf, maps::ADDR_FILTER)?;
+        let vip_addrs = take(&mut ebpf, maps::VIP_ADDRS)?;
+        let vip_addrs6 = take(&mut ebpf, maps::VIP_ADDRS6)?;
         let generations = (0..MAX_BACKENDS)
             .map(|slot| {
                 backends
@@ -233,14 +236,19 @@ impl Dataplane {
             local_addrs,
             local_addrs6,
             addr_filter,
+            vip_addrs,
+            vip_addrs6,
             filtered: Default::default(),
-            // Filled by the rebuild below.
+            // Filled by the rebuilds below.
             filter_words: Vec::new(),
+            vip_pools: StdHashMap::new(),
             generations,
             written: StdHashMap::new(),
         };
-        // Adopted maps: the filter must cover every address they hold.
+        // Adopted maps: the filter must cover every address they hold, and
+        // the VIP addresses every VIP.
         dp.rebuild_addr_filter()?;
+        dp.rebuild_vip_addrs()?;
         dp.install_tails()?;
         Ok(dp)
     }

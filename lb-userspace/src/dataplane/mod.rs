@@ -20,7 +20,7 @@
 
 use std::{
     collections::HashMap as StdHashMap,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
 };
 
@@ -31,8 +31,8 @@ use aya::{
 };
 use lb_common::{
     limits::{MAX_BACKENDS, MAX_VIPS},
-    Addr6, BackendMeta, IfaceMeta, L4Addr, L4Addr6, Name, ReplyEntry, ReplyEntry6, VipMeta,
-    NAMES_LEN,
+    Addr6, BackendMeta, IfaceMeta, L4Addr, L4Addr6, Name, ReplyEntry, ReplyEntry6, VipAddr,
+    VipMeta, NAMES_LEN,
 };
 
 mod attach;
@@ -93,6 +93,9 @@ pub struct Tuning {
     pub tunnel_source_v4: Option<Ipv4Addr>,
     /// Outer source of IPv6 `tunnel` pools.
     pub tunnel_source_v6: Option<Ipv6Addr>,
+    /// Per CPU: answers the program makes itself (`[dataplane]
+    /// answers_per_sec`; 0 = none).
+    pub answers_per_sec: u32,
 }
 
 impl Default for Tuning {
@@ -101,6 +104,18 @@ impl Default for Tuning {
             max_flow_inserts_per_sec: lb_common::limits::DEFAULT_MAX_FLOW_INSERTS_PER_SEC,
             tunnel_source_v4: None,
             tunnel_source_v6: None,
+            answers_per_sec: lb_common::limits::DEFAULT_ANSWERS_PER_SEC,
+        }
+    }
+}
+
+impl Tuning {
+    /// The program's `ANSWER_COST_NS`: what one answer costs of a CPU's
+    /// one-second credit (`u64::MAX`, never affordable, for 0).
+    pub fn answer_cost_ns(&self) -> u64 {
+        match self.answers_per_sec {
+            0 => u64::MAX,
+            n => 1_000_000_000 / n as u64,
         }
     }
 }
@@ -141,11 +156,18 @@ pub struct Dataplane {
     local_addrs: HashMap<MapData, u32, u32>,
     local_addrs6: HashMap<MapData, Addr6, u32>,
     addr_filter: Array<MapData, u64>,
-    /// The IPv4 keys of `VIPS` and `REPLIES` (by [`FilterSide`]), and the
-    /// words of `ADDR_FILTER` as written: a word is recomputed from the
-    /// keys and written only when it changes, with no map read.
-    filtered: [std::collections::HashSet<L4Addr>; 2],
+    vip_addrs: HashMap<MapData, u32, VipAddr>,
+    vip_addrs6: HashMap<MapData, Addr6, VipAddr>,
+    /// The keys of `VIPS`/`VIPS6` and `REPLIES`/`REPLIES6` (by
+    /// `FilterSide`), and the words of `ADDR_FILTER` as written: a word is
+    /// recomputed from the keys and written only when it changes, with no
+    /// map read.
+    filtered: [std::collections::HashSet<Key>; 2],
     filter_words: Vec<u64>,
+    /// Each VIP address's pools (port, protocol) and whether each can
+    /// serve (its ring names a backend): `VIP_ADDRS`/`VIP_ADDRS6` as
+    /// written.
+    vip_pools: StdHashMap<IpAddr, StdHashMap<(u16, u8), bool>>,
     /// Each slot's generation as the pinned map holds it: rings are written
     /// as references carrying it (see `lb_common::backend_ref`).
     generations: Vec<u32>,

@@ -1,33 +1,44 @@
 //! Reading and writing the balancing maps: VIPs and their rings, backend
 //! slots, replies, names, and the address filter kept in step with them.
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use aya::maps::MapError;
 use lb_common::{
-    backend_ref, limits::MAX_BACKENDS, maps, ref_slot, BackendMeta, L4Addr, Name, ReplyEntry,
-    ReplyEntry6, VipMeta, GENERATIONS, NO_BACKEND, RING_SLOTS,
+    addr_filter_word, addr_filter_word6, backend_ref, limits::MAX_BACKENDS, maps, ref_slot,
+    BackendMeta, Name, ReplyEntry, ReplyEntry6, VipAddr, VipMeta, ADDR_FILTER_BACKENDS,
+    ADDR_FILTER_BACKENDS6, ADDR_FILTER_LEN, ADDR_FILTER_VIPS6, GENERATIONS, NO_BACKEND, RING_SLOTS,
 };
 
 use super::{
-    addr6, backend_addr, endpoint4, endpoint6, key_of, map_err, BackendSlot, Dataplane,
-    DataplaneError, Endpoint, Key,
+    addr6, backend_addr, endpoint4, endpoint6, key_of,
+    keys::{socket_addr, socket_addr6},
+    map_err, BackendSlot, Dataplane, DataplaneError, Endpoint, Key,
 };
 
-/// A half of `ADDR_FILTER`: the addresses of `VIPS` (packets to them) or
-/// of `REPLIES` (packets from them).
+/// Which addresses of `ADDR_FILTER` a key sets: those of `VIPS`/`VIPS6`
+/// (packets to them) or of `REPLIES`/`REPLIES6` (packets from them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum FilterSide {
     Vips = 0,
     Backends = 1,
 }
 
-impl FilterSide {
-    /// Its first word in `ADDR_FILTER`.
-    fn base(self) -> u32 {
-        match self {
-            FilterSide::Vips => 0,
-            FilterSide::Backends => lb_common::ADDR_FILTER_BACKENDS,
-        }
+/// Where `key`'s address sits in `ADDR_FILTER`: its word's index and bit.
+fn filter_bit(side: FilterSide, key: &Key) -> (u32, u64) {
+    let (quarter, (word, bit)) = match (side, key) {
+        (FilterSide::Vips, Key::V4(k)) => (0, addr_filter_word(k.addr)),
+        (FilterSide::Backends, Key::V4(k)) => (ADDR_FILTER_BACKENDS, addr_filter_word(k.addr)),
+        (FilterSide::Vips, Key::V6(k)) => (ADDR_FILTER_VIPS6, addr_filter_word6(&k.addr)),
+        (FilterSide::Backends, Key::V6(k)) => (ADDR_FILTER_BACKENDS6, addr_filter_word6(&k.addr)),
+    };
+    (quarter + word, bit)
+}
+
+/// A key's address.
+fn key_addr(key: &Key) -> IpAddr {
+    match key {
+        Key::V4(k) => IpAddr::V4(socket_addr(k).ip().to_owned()),
+        Key::V6(k) => IpAddr::V6(socket_addr6(k).ip().to_owned()),
     }
 }
 
@@ -165,74 +176,170 @@ impl Dataplane {
             flags,
             flow_idle_ms,
         };
+        // The filter bit first: a VIP the filter hides is a VIP whose
+        // packets pass to the kernel.
+        self.filter(FilterSide::Vips, key, true)?;
         match key {
-            Key::V4(k) => {
-                // The filter bit first: a VIP the filter hides is a VIP
-                // whose packets pass to the kernel.
-                self.filter(FilterSide::Vips, k, true)?;
-                self.vips.insert(k, meta, 0).map_err(map_err(maps::VIPS))
+            Key::V4(k) => self.vips.insert(k, meta, 0).map_err(map_err(maps::VIPS))?,
+            Key::V6(k) => self
+                .vips6
+                .insert(k, meta, 0)
+                .map_err(map_err(maps::VIPS6))?,
+        }
+        let serving = ring.iter().any(|&r| r != NO_BACKEND);
+        self.note_vip(&key, Some(serving))
+    }
+
+    /// Records that the pool at `key` exists and whether it can serve
+    /// (`None`: it is gone), and writes its address's `VIP_ADDRS` or
+    /// `VIP_ADDRS6` entry to match: removed with its last pool.
+    fn note_vip(&mut self, key: &Key, serving: Option<bool>) -> Result<(), DataplaneError> {
+        let addr = key_addr(key);
+        let pool = match key {
+            Key::V4(k) => (k.port, k.proto),
+            Key::V6(k) => (k.port, k.proto),
+        };
+        let pools = self.vip_pools.entry(addr).or_default();
+        match serving {
+            Some(s) => {
+                pools.insert(pool, s);
             }
-            Key::V6(k) => self.vips6.insert(k, meta, 0).map_err(map_err(maps::VIPS6)),
+            None => {
+                pools.remove(&pool);
+            }
+        }
+        let entry = VipAddr {
+            pools: pools.len() as u32,
+            serving: pools.values().filter(|&&s| s).count() as u32,
+        };
+        if pools.is_empty() {
+            self.vip_pools.remove(&addr);
+        }
+        self.write_vip_addr(addr, entry)
+    }
+
+    /// Writes `VIP_ADDRS`/`VIP_ADDRS6` for `addr` (removes it at no pools).
+    fn write_vip_addr(&mut self, addr: IpAddr, entry: VipAddr) -> Result<(), DataplaneError> {
+        match addr {
+            IpAddr::V4(a) => {
+                let k = u32::from_ne_bytes(a.octets());
+                if entry.pools == 0 {
+                    ignore_absent(self.vip_addrs.remove(&k), maps::VIP_ADDRS)
+                } else {
+                    self.vip_addrs
+                        .insert(k, entry, 0)
+                        .map_err(map_err(maps::VIP_ADDRS))
+                }
+            }
+            IpAddr::V6(a) => {
+                let k = addr6(a);
+                if entry.pools == 0 {
+                    ignore_absent(self.vip_addrs6.remove(&k), maps::VIP_ADDRS6)
+                } else {
+                    self.vip_addrs6
+                        .insert(k, entry, 0)
+                        .map_err(map_err(maps::VIP_ADDRS6))
+                }
+            }
         }
     }
 
-    /// Stops balancing a VIP: its packets pass to the kernel from now on.
-    pub fn remove_vip(&mut self, vip: impl Into<Endpoint>) -> Result<(), DataplaneError> {
-        let (r, map, v4) = match key_of(vip.into()) {
-            Key::V4(k) => (self.vips.remove(&k), maps::VIPS, Some(k)),
-            Key::V6(k) => (self.vips6.remove(&k), maps::VIPS6, None),
-        };
-        self.removed(r, map, FilterSide::Vips, v4)
+    /// On load: `vip_pools` from the VIPs in the maps, and `VIP_ADDRS` /
+    /// `VIP_ADDRS6` made to hold exactly their addresses. Whether an
+    /// adopted pool can serve is not in the maps short of reading its
+    /// ring: it is taken from its address's adopted entry until the
+    /// controller publishes the pool again (which it does as it starts).
+    pub(super) fn rebuild_vip_addrs(&mut self) -> Result<(), DataplaneError> {
+        let mut adopted = std::collections::HashMap::new();
+        for item in self.vip_addrs.iter() {
+            let (k, v) = item.map_err(map_err(maps::VIP_ADDRS))?;
+            adopted.insert(IpAddr::V4(k.to_ne_bytes().into()), v);
+        }
+        for item in self.vip_addrs6.iter() {
+            let (k, v) = item.map_err(map_err(maps::VIP_ADDRS6))?;
+            adopted.insert(IpAddr::V6(k.octets().into()), v);
+        }
+        let keys: Vec<Key> = self
+            .vips
+            .keys()
+            .map(|k| k.map(Key::V4).map_err(map_err(maps::VIPS)))
+            .chain(
+                self.vips6
+                    .keys()
+                    .map(|k| k.map(Key::V6).map_err(map_err(maps::VIPS6))),
+            )
+            .collect::<Result<_, _>>()?;
+        self.vip_pools.clear();
+        for key in &keys {
+            let serving = adopted
+                .get(&key_addr(key))
+                .is_some_and(|a: &VipAddr| a.serving > 0);
+            self.note_vip(key, Some(serving))?;
+        }
+        for (addr, _) in adopted {
+            if !self.vip_pools.contains_key(&addr) {
+                self.write_vip_addr(addr, VipAddr::default())?;
+            }
+        }
+        Ok(())
     }
 
-    /// After an entry of `map` was removed (`r`): an entry already absent is
-    /// no error; an IPv4 key (`v4`) leaves `side` of the address filter.
+    /// Stops balancing a VIP. Its packets are then those of a VIP
+    /// address without a pool while the address has other pools, and
+    /// pass to the kernel once it has none.
+    pub fn remove_vip(&mut self, vip: impl Into<Endpoint>) -> Result<(), DataplaneError> {
+        let key = key_of(vip.into());
+        let (r, map) = match key {
+            Key::V4(k) => (self.vips.remove(&k), maps::VIPS),
+            Key::V6(k) => (self.vips6.remove(&k), maps::VIPS6),
+        };
+        if self.removed(r, map, FilterSide::Vips, key)? {
+            self.note_vip(&key, None)?;
+        }
+        Ok(())
+    }
+
+    /// After the entry of `key` was removed from `map` (`r`): an entry
+    /// already absent is no error (`false`: nothing was removed); the key
+    /// leaves `side` of the address filter.
     fn removed(
         &mut self,
         r: Result<(), MapError>,
         map: &'static str,
         side: FilterSide,
-        v4: Option<L4Addr>,
-    ) -> Result<(), DataplaneError> {
+        key: Key,
+    ) -> Result<bool, DataplaneError> {
         match r {
             Ok(()) => {}
-            Err(e) if absent(&e) => return Ok(()),
+            Err(e) if absent(&e) => return Ok(false),
             Err(e) => return Err(map_err(map)(e)),
         }
-        match v4 {
-            Some(k) => self.filter(side, k, false),
-            None => Ok(()),
-        }
+        self.filter(side, key, false)?;
+        Ok(true)
     }
 
     /// Records `key` (before its entry is written) or forgets it (after
     /// its entry is removed), and brings its word of `ADDR_FILTER` up to
     /// date.
-    fn filter(
-        &mut self,
-        side: FilterSide,
-        key: L4Addr,
-        present: bool,
-    ) -> Result<(), DataplaneError> {
+    fn filter(&mut self, side: FilterSide, key: Key, present: bool) -> Result<(), DataplaneError> {
         let keys = &mut self.filtered[side as usize];
         if present {
             keys.insert(key);
         } else {
             keys.remove(&key);
         }
-        let (word, _) = lb_common::addr_filter_word(key.addr);
-        self.sync_filter_word(side, word)
+        let (at, _) = filter_bit(side, &key);
+        self.sync_filter_word(side, at)
     }
 
-    /// Recomputes word `word` of `side` from the keys and writes it if it
-    /// changed.
-    fn sync_filter_word(&mut self, side: FilterSide, word: u32) -> Result<(), DataplaneError> {
+    /// Recomputes word `at` of `ADDR_FILTER` from `side`'s keys and writes
+    /// it if it changed.
+    fn sync_filter_word(&mut self, side: FilterSide, at: u32) -> Result<(), DataplaneError> {
         let want = self.filtered[side as usize]
             .iter()
-            .map(|k| lb_common::addr_filter_word(k.addr))
-            .filter(|&(w, _)| w == word)
+            .map(|k| filter_bit(side, k))
+            .filter(|&(w, _)| w == at)
             .fold(0, |acc, (_, bit)| acc | bit);
-        let at = side.base() + word;
         if self.filter_words[at as usize] != want {
             self.addr_filter
                 .set(at, want, 0)
@@ -242,26 +349,30 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Takes the keys from `VIPS` and `REPLIES` and writes every word of
-    /// `ADDR_FILTER` (on load: a predecessor's pinned maps must all be
-    /// covered, and nothing else).
+    /// Takes the keys from `VIPS`, `REPLIES` and their IPv6 twins and
+    /// writes every word of `ADDR_FILTER` (on load: a predecessor's pinned
+    /// maps must all be covered, and nothing else).
     pub(super) fn rebuild_addr_filter(&mut self) -> Result<(), DataplaneError> {
-        let vips = self
-            .vips
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(map_err(maps::VIPS))?;
-        let replies = self
-            .replies
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(map_err(maps::REPLIES))?;
+        let mut vips = std::collections::HashSet::new();
+        for k in self.vips.keys() {
+            vips.insert(Key::V4(k.map_err(map_err(maps::VIPS))?));
+        }
+        for k in self.vips6.keys() {
+            vips.insert(Key::V6(k.map_err(map_err(maps::VIPS6))?));
+        }
+        let mut replies = std::collections::HashSet::new();
+        for k in self.replies.keys() {
+            replies.insert(Key::V4(k.map_err(map_err(maps::REPLIES))?));
+        }
+        for k in self.replies6.keys() {
+            replies.insert(Key::V6(k.map_err(map_err(maps::REPLIES6))?));
+        }
         self.filtered = [vips, replies];
-        let mut words = vec![0u64; 2 * lb_common::ADDR_FILTER_WORDS as usize];
+        let mut words = vec![0u64; ADDR_FILTER_LEN as usize];
         for side in [FilterSide::Vips, FilterSide::Backends] {
             for key in &self.filtered[side as usize] {
-                let (word, bit) = lb_common::addr_filter_word(key.addr);
-                words[(side.base() + word) as usize] |= bit;
+                let (at, bit) = filter_bit(side, key);
+                words[at as usize] |= bit;
             }
         }
         for (at, &word) in words.iter().enumerate() {
@@ -340,7 +451,8 @@ impl Dataplane {
     ) -> Result<(), DataplaneError> {
         let backend = backend.into();
         let vip = vip.into();
-        match (key_of(backend), vip) {
+        let key = key_of(backend);
+        match (key, vip) {
             (Key::V4(k), SocketAddr::V4(v)) => {
                 let entry = ReplyEntry {
                     vip_addr: u32::from_ne_bytes(v.ip().octets()),
@@ -349,7 +461,7 @@ impl Dataplane {
                     backend: slot,
                     vip_index,
                 };
-                self.filter(FilterSide::Backends, k, true)?;
+                self.filter(FilterSide::Backends, key, true)?;
                 self.replies
                     .insert(k, entry, 0)
                     .map_err(map_err(maps::REPLIES))
@@ -362,6 +474,7 @@ impl Dataplane {
                     backend: slot,
                     vip_index,
                 };
+                self.filter(FilterSide::Backends, key, true)?;
                 self.replies6
                     .insert(k, entry, 0)
                     .map_err(map_err(maps::REPLIES6))
@@ -374,11 +487,12 @@ impl Dataplane {
     }
 
     pub fn remove_reply(&mut self, backend: impl Into<Endpoint>) -> Result<(), DataplaneError> {
-        let (r, map, v4) = match key_of(backend.into()) {
-            Key::V4(k) => (self.replies.remove(&k), maps::REPLIES, Some(k)),
-            Key::V6(k) => (self.replies6.remove(&k), maps::REPLIES6, None),
+        let key = key_of(backend.into());
+        let (r, map) = match key {
+            Key::V4(k) => (self.replies.remove(&k), maps::REPLIES),
+            Key::V6(k) => (self.replies6.remove(&k), maps::REPLIES6),
         };
-        self.removed(r, map, FilterSide::Backends, v4)
+        self.removed(r, map, FilterSide::Backends, key).map(|_| ())
     }
 
     /// Entry `i` of ring `slot` of a VIP, as the data plane sees it: the
@@ -398,5 +512,13 @@ fn absent(e: &MapError) -> bool {
         MapError::KeyNotFound => true,
         MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
         _ => false,
+    }
+}
+
+/// A removal's result, a key already absent being no error.
+fn ignore_absent(r: Result<(), MapError>, map: &'static str) -> Result<(), DataplaneError> {
+    match r {
+        Err(e) if !absent(&e) => Err(map_err(map)(e)),
+        _ => Ok(()),
     }
 }

@@ -65,6 +65,14 @@ pub mod limits {
     /// victims at most this many answers a second per CPU: the gateway is
     /// never a reflector.
     pub const DEFAULT_ANSWERS_PER_SEC: u32 = 1000;
+    /// Fragmented datagrams tracked at once, per family (an LRU: the
+    /// oldest is forgotten first).
+    pub const FRAG_TABLE_SIZE: u32 = 16_384;
+    /// How long a first fragment's decision steers the fragments after
+    /// it. A datagram's fragments travel together; one this far behind its
+    /// first is dropped, and an identification reused later does not find
+    /// a stale decision.
+    pub const FRAG_TTL_NS: u64 = 2_000_000_000;
     /// Interfaces xdplb attaches to (redirect targets, MAC filter).
     pub const MAX_IFACES: u32 = 64;
     /// Addresses of this host the controller tells the program about (its
@@ -106,6 +114,14 @@ pub mod maps {
     /// finds the flows its predecessor recorded.
     pub const FLOW_SEED: &str = "FLOW_SEED";
     pub const FIB_CACHE6: &str = "FIB_CACHE6";
+    /// IPv4 fragments in flight ([`FragKey`](crate::FragKey) →
+    /// [`FragEntry`](crate::FragEntry)).
+    pub const FRAGS: &str = "FRAGS";
+    pub const FRAGS6: &str = "FRAGS6";
+    /// Backend addresses (network order → reply endpoints there): whose
+    /// later fragments are replies.
+    pub const REPLY_ADDRS: &str = "REPLY_ADDRS";
+    pub const REPLY_ADDRS6: &str = "REPLY_ADDRS6";
     /// IPv4 VIP addresses (network order → [`VipAddr`](crate::VipAddr)).
     pub const VIP_ADDRS: &str = "VIP_ADDRS";
     /// IPv6 VIP addresses ([`Addr6`](crate::Addr6) → [`VipAddr`](crate::VipAddr)).
@@ -125,6 +141,10 @@ pub mod maps {
     pub const PROGRAM_UDP6: &str = "xdplb_udp6";
     /// The ICMPv6 error program, reached by tail call from the IPv6 one.
     pub const PROGRAM_ICMP6: &str = "xdplb_icmp6";
+    /// The IPv4 later-fragment program, reached by tail call.
+    pub const PROGRAM_FRAG4: &str = "xdplb_frag4";
+    /// The IPv6 later-fragment program, reached by tail call.
+    pub const PROGRAM_FRAG6: &str = "xdplb_frag6";
     /// The XDP entry point's name in the object file.
     pub const PROGRAM: &str = "xdplb";
     /// The pinned XDP link per interface is `link_<ifname>` under the pin path.
@@ -151,7 +171,13 @@ pub const TAIL_UDP6: u32 = 2;
 /// `TAILS` slot of the ICMPv6 error program (from the IPv6 one): the
 /// translation's own 512-byte stack.
 pub const TAIL_ICMP6: u32 = 3;
-pub const TAIL_SLOTS: u32 = 4;
+/// `TAILS` slots of the later-fragment programs (from the IPv4 ones and
+/// the IPv6 ones): a datagram's fragments after the first follow its
+/// decision, in programs of their own so the common paths' stack and
+/// verification stay as they were.
+pub const TAIL_FRAG4: u32 = 4;
+pub const TAIL_FRAG6: u32 = 5;
+pub const TAIL_SLOTS: u32 = 6;
 
 /// Two rings per VIP: user space fills the one not in use, then flips
 /// [`VipMeta::ring_slot`] in a single hash-map update, so a packet sees either
@@ -448,6 +474,68 @@ pub struct VipAddr {
     pub serving: u32,
 }
 const _: () = assert!(core::mem::size_of::<VipAddr>() == 8);
+
+/// Key of `FRAGS`: an IPv4 datagram's fragments share source,
+/// destination, protocol and identification (RFC 791), as they arrive
+/// (before any rewrite).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    /// Network order.
+    pub src: u32,
+    /// Network order.
+    pub dst: u32,
+    /// The identification, as loaded (network order), in the low 16 bits.
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FragKey>() == 16);
+
+/// Key of `FRAGS6`: an IPv6 datagram's fragments share source,
+/// destination and the fragment header's identification (RFC 8200 §4.5).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey6 {
+    pub src: Addr6,
+    pub dst: Addr6,
+    /// As loaded (network order).
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FragKey6>() == 40);
+
+/// `FragEntry::kind`: to a NAT pool's backend (destination rewritten).
+pub const FRAG_NAT: u32 = 1;
+/// To a `dsr` pool's backend (sent at L2).
+pub const FRAG_DSR: u32 = 2;
+/// To a `tunnel` pool's backend (encapsulated).
+pub const FRAG_TUNNEL: u32 = 3;
+/// A backend's reply (source rewritten to the VIP).
+pub const FRAG_REPLY: u32 = 4;
+
+/// Value of `FRAGS` and `FRAGS6`: what the program decided for a
+/// datagram's first fragment (which carries the ports), so the fragments
+/// after it, which carry none, are sent the same way and rewritten the
+/// same way.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragEntry {
+    /// The backend (`FRAG_NAT`, `FRAG_DSR`, `FRAG_TUNNEL`) or the VIP
+    /// (`FRAG_REPLY`); an IPv4 address in `words[0]`.
+    pub addr: Addr6,
+    /// `bpf_ktime_get_coarse_ns` past which the entry is void.
+    pub expires_ns: u64,
+    /// The backend's slot (its counters).
+    pub backend: u32,
+    /// The VIP's index (its counters).
+    pub vip_index: u32,
+    /// `FRAG_*`.
+    pub kind: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FragEntry>() == 40);
 
 /// Value of `ANSWER_TOKENS` (per-CPU array of one): the token bucket of
 /// the answers the program makes itself (`answers_per_sec`), in
@@ -773,7 +861,8 @@ pub enum GlobalCounter {
     /// a NAT packet is handed to the kernel rewritten, a dsr or tunnel one
     /// dropped (`DropDirectUnreachable`).
     PassNeighUnresolved,
-    /// Non-first IPv4 fragments: they carry no ports, so they pass.
+    /// Non-first fragments that are not ours (to no VIP address, from no
+    /// backend): passed.
     PassFragment,
     /// TCP segments whose checksum was only partial (CHECKSUM_PARTIAL from a
     /// veth or a VM's virtio): completed before they were sent on.
@@ -831,7 +920,9 @@ pub enum GlobalCounter {
     DropBadTotalLength,
     /// A VIP packet carrying IPv4 options (we do not rewrite those).
     DropIpOptions,
-    /// A first fragment addressed to a VIP: it cannot be balanced whole.
+    /// A non-first fragment to a VIP address or from a backend whose first
+    /// fragment was not seen (or was seen more than `FRAG_TTL_NS` before):
+    /// nothing says where it goes.
     DropFragment,
     DropTruncatedTcp,
     /// VIP with an empty active set (`on_empty = "drop"`, or a RST that
@@ -856,6 +947,8 @@ pub enum GlobalCounter {
     /// a routing header with segments left (the destination is not final),
     /// ESP/AH, an unknown header, or a chain too long or truncated.
     DropIpv6Extension,
+    /// Non-first fragments sent the way their first fragment went.
+    FragmentFollowed,
     /// Packets to a VIP address that match no pool, answered: a TCP RST
     /// or an ICMP port unreachable from the VIP.
     NoPoolAnswered,
@@ -903,7 +996,7 @@ impl GlobalCounter {
         (GlobalCounter::DropInternal, "internal"),
     ];
     /// Notable events that are not drops, with their metric label.
-    pub const EVENTS: [(GlobalCounter, &'static str); 24] = [
+    pub const EVENTS: [(GlobalCounter, &'static str); 25] = [
         (GlobalCounter::FlowMisses, "flow_miss"),
         (GlobalCounter::Resteered, "resteered"),
         (GlobalCounter::PassNeighUnresolved, "neigh_unresolved"),
@@ -928,6 +1021,7 @@ impl GlobalCounter {
         (GlobalCounter::PassTailMissing, "tail_missing"),
         (GlobalCounter::NoPoolAnswered, "no_pool_answered"),
         (GlobalCounter::EchoReplied, "echo_replied"),
+        (GlobalCounter::FragmentFollowed, "fragment_followed"),
     ];
 }
 
@@ -1102,5 +1196,8 @@ mod pod {
     unsafe impl aya::Pod for RateWindow {}
     unsafe impl aya::Pod for VipAddr {}
     unsafe impl aya::Pod for AnswerTokens {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragKey6 {}
+    unsafe impl aya::Pod for FragEntry {}
     unsafe impl aya::Pod for bench::BenchFrame {}
 }

@@ -14,9 +14,9 @@
 //!   IPv6 ones have maps of their own (`*6`).
 use aya_ebpf::{bindings::bpf_fib_lookup as FibParams, programs::XdpContext};
 use lb_common::{
-    addr_filter_word, addr_filter_word6, Addr6, BackendMeta, FibEntry, FlowKey, FlowKey6, L4Addr,
-    L4Addr6, VipAddr, VipMeta, ADDR_FILTER_BACKENDS, ADDR_FILTER_BACKENDS6, ADDR_FILTER_VIPS6,
-    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP,
+    addr_filter_word, addr_filter_word6, Addr6, BackendMeta, FibEntry, FlowKey, FlowKey6,
+    FragEntry, L4Addr, L4Addr6, VipAddr, VipMeta, ADDR_FILTER_BACKENDS, ADDR_FILTER_BACKENDS6,
+    ADDR_FILTER_VIPS6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP,
 };
 
 use crate::{
@@ -24,8 +24,9 @@ use crate::{
     csum::{fold, replace16, replace32, sum_words},
     host::may_be,
     maps::{
-        BACKEND_ADDRS6, FIB_CACHE, FIB_CACHE6, LOCAL_ADDRS, LOCAL_ADDRS6, REPLIES, REPLIES6, VIPS,
-        VIPS6, VIP_ADDRS, VIP_ADDRS6,
+        BACKEND_ADDRS6, FIB_CACHE, FIB_CACHE6, FRAGS, FRAGS6, FRAG_SCRATCH, LOCAL_ADDRS,
+        LOCAL_ADDRS6, REPLIES, REPLIES6, REPLY_ADDRS, REPLY_ADDRS6, VIPS, VIPS6, VIP_ADDRS,
+        VIP_ADDRS6,
     },
     parse::{load32, load_addr6, store32, store_addr6, IcmpPacket, Ipv4Hdr, Ipv6Hdr, Parsed},
     select::Flow,
@@ -98,6 +99,8 @@ pub trait Family: Sized + 'static {
     const PORT_UNREACH: (u8, u8);
     /// Protocol number of this family inside an outer header of itself.
     const ENCAP_PROTO: u8;
+    /// `TAILS` slot of this family's later-fragment program.
+    const TAIL_FRAGMENT: u32;
     /// UDP may go without a checksum (0): IPv4 only (RFC 768; RFC 8200
     /// §8.1 forbids it in IPv6, and `parse` drops those).
     const UDP_CHECKSUM_OPTIONAL: bool;
@@ -168,8 +171,31 @@ pub trait Family: Sized + 'static {
     fn vip_addr(addr: &Self::Addr) -> Option<&'static VipAddr>;
     /// The VIP a backend endpoint's replies come from.
     fn reply(addr: &Self::Addr, port: u16, proto: u8) -> Option<Reply<Self>>;
+    /// Whether `addr` is a backend's (it has reply endpoints).
+    fn reply_addr(addr: &Self::Addr) -> bool;
     /// Whether `addr` is one of this host's addresses.
     fn is_local(addr: &Self::Addr) -> bool;
+
+    /// Records what was decided for a datagram's first fragment: `kind`
+    /// (`FRAG_*`) toward `addr`, for the fragments of (`src`, `dst`, `id`,
+    /// `proto`) until `expires_ns`.
+    #[allow(clippy::too_many_arguments)]
+    fn frag_put(
+        src: &Self::Addr,
+        dst: &Self::Addr,
+        id: u32,
+        proto: u8,
+        addr: &Self::Addr,
+        backend: u32,
+        vip_index: u32,
+        kind: u32,
+        expires_ns: u64,
+    );
+    /// What was decided for the first fragment of this datagram.
+    fn frag_get(src: &Self::Addr, dst: &Self::Addr, id: u32, proto: u8)
+        -> Option<*const FragEntry>;
+    /// A `FragEntry`'s address.
+    fn frag_addr(e: &FragEntry) -> Self::Addr;
     /// The address of backend slot `slot`, whose meta is `meta`.
     fn backend_addr(slot: u32, meta: &BackendMeta) -> Option<Self::Addr>;
 
@@ -243,6 +269,7 @@ impl Family for Ipv4 {
     const TOO_BIG: (u8, u8) = (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED);
     const PORT_UNREACH: (u8, u8) = (ICMP_DEST_UNREACH, ICMP_PORT_UNREACH);
     const ENCAP_PROTO: u8 = IPPROTO_IPIP;
+    const TAIL_FRAGMENT: u32 = lb_common::TAIL_FRAG4;
     const UDP_CHECKSUM_OPTIONAL: bool = true;
     const HEADER_CHECKSUM: bool = true;
     const ICMP_PSEUDO: bool = false;
@@ -391,9 +418,62 @@ impl Family for Ipv4 {
         })
     }
     #[inline(always)]
+    fn reply_addr(addr: &u32) -> bool {
+        // SAFETY: the reference is dropped at once.
+        may_be(ADDR_FILTER_BACKENDS, addr_filter_word(*addr))
+            && unsafe { REPLY_ADDRS.get(addr) }.is_some()
+    }
+    #[inline(always)]
     fn is_local(addr: &u32) -> bool {
         // SAFETY: the reference is dropped at once.
         unsafe { LOCAL_ADDRS.get(addr) }.is_some()
+    }
+    #[inline(always)]
+    fn frag_put(
+        src: &u32,
+        dst: &u32,
+        id: u32,
+        proto: u8,
+        addr: &u32,
+        backend: u32,
+        vip_index: u32,
+        kind: u32,
+        expires_ns: u64,
+    ) {
+        let Some(s) = FRAG_SCRATCH.get_ptr_mut(0) else {
+            return;
+        };
+        // SAFETY: a per-CPU slot only this CPU writes while we run.
+        let s = unsafe { &mut *s };
+        s.key4.src = *src;
+        s.key4.dst = *dst;
+        s.key4.id = id;
+        s.key4.proto = proto;
+        s.key4._pad = [0; 3];
+        s.entry.addr = Addr6 {
+            words: [*addr, 0, 0, 0],
+        };
+        s.entry.expires_ns = expires_ns;
+        s.entry.backend = backend;
+        s.entry.vip_index = vip_index;
+        s.entry.kind = kind;
+        s.entry._pad = 0;
+        let _ = FRAGS.insert(&s.key4, &s.entry, 0);
+    }
+    #[inline(always)]
+    fn frag_get(src: &u32, dst: &u32, id: u32, proto: u8) -> Option<*const FragEntry> {
+        let key = lb_common::FragKey {
+            src: *src,
+            dst: *dst,
+            id,
+            proto,
+            _pad: [0; 3],
+        };
+        FRAGS.get_ptr(&key)
+    }
+    #[inline(always)]
+    fn frag_addr(e: &FragEntry) -> u32 {
+        e.addr.words[0]
     }
     #[inline(always)]
     fn backend_addr(_slot: u32, meta: &BackendMeta) -> Option<u32> {
@@ -480,6 +560,7 @@ impl Family for Ipv6 {
     const TOO_BIG: (u8, u8) = (ICMPV6_PKT_TOOBIG, 0);
     const PORT_UNREACH: (u8, u8) = (ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACH);
     const ENCAP_PROTO: u8 = IPPROTO_IPV6;
+    const TAIL_FRAGMENT: u32 = lb_common::TAIL_FRAG6;
     const UDP_CHECKSUM_OPTIONAL: bool = false;
     const HEADER_CHECKSUM: bool = false;
     const ICMP_PSEUDO: bool = true;
@@ -625,9 +706,52 @@ impl Family for Ipv6 {
         })
     }
     #[inline(always)]
+    fn reply_addr(addr: &Addr6) -> bool {
+        // SAFETY: the reference is dropped at once.
+        may_be(ADDR_FILTER_BACKENDS6, addr_filter_word6(addr))
+            && unsafe { REPLY_ADDRS6.get(addr) }.is_some()
+    }
+    #[inline(always)]
     fn is_local(addr: &Addr6) -> bool {
         // SAFETY: the reference is dropped at once.
         unsafe { LOCAL_ADDRS6.get(addr) }.is_some()
+    }
+    /// Key and entry built in the per-CPU scratch: 80 bytes the IPv6
+    /// programs' stacks do not have.
+    #[inline(always)]
+    fn frag_put(
+        src: &Addr6,
+        dst: &Addr6,
+        id: u32,
+        proto: u8,
+        addr: &Addr6,
+        backend: u32,
+        vip_index: u32,
+        kind: u32,
+        expires_ns: u64,
+    ) {
+        let Some(s) = frag_key6(src, dst, id, proto) else {
+            return;
+        };
+        // SAFETY: as in `frag_key6`.
+        let s = unsafe { &mut *s };
+        s.entry.addr = *addr;
+        s.entry.expires_ns = expires_ns;
+        s.entry.backend = backend;
+        s.entry.vip_index = vip_index;
+        s.entry.kind = kind;
+        s.entry._pad = 0;
+        let _ = FRAGS6.insert(&s.key, &s.entry, 0);
+    }
+    #[inline(always)]
+    fn frag_get(src: &Addr6, dst: &Addr6, id: u32, proto: u8) -> Option<*const FragEntry> {
+        let s = frag_key6(src, dst, id, proto)?;
+        // SAFETY: as in `frag_key6`.
+        FRAGS6.get_ptr(unsafe { &(*s).key })
+    }
+    #[inline(always)]
+    fn frag_addr(e: &FragEntry) -> Addr6 {
+        e.addr
     }
     /// IPv6 addresses live in `BACKEND_ADDRS6` (state, port and
     /// generation stay in `BACKENDS`).
@@ -693,6 +817,25 @@ impl Family for Ipv6 {
         store_addr6(&mut ip.saddr, src);
         store_addr6(&mut ip.daddr, dst);
     }
+}
+
+/// The per-CPU scratch with its IPv6 fragment key filled in.
+#[inline(always)]
+fn frag_key6(
+    src: &Addr6,
+    dst: &Addr6,
+    id: u32,
+    proto: u8,
+) -> Option<*mut crate::maps::FragScratch> {
+    let s = FRAG_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU slot only this CPU writes while we run.
+    let k = unsafe { &mut (*s).key };
+    k.src = *src;
+    k.dst = *dst;
+    k.id = id;
+    k.proto = proto;
+    k._pad = [0; 3];
+    Some(s)
 }
 
 /// The IPv6 pseudo-header's sum, unfolded.

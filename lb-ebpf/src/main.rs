@@ -20,7 +20,8 @@
 //!
 //! The programs: `xdplb` (attached; IPv4 TCP and ICMP) hands IPv4 UDP to
 //! `xdplb_udp4` and IPv6 to `xdplb_ipv6` (TCP), which hands UDP to
-//! `xdplb_udp6` and ICMPv6 errors to `xdplb_icmp6` — each verified on its
+//! `xdplb_udp6` and ICMPv6 errors to `xdplb_icmp6`; a datagram's later
+//! fragments go to `xdplb_frag4` / `xdplb_frag6` — each verified on its
 //! own budget and stack (see `lb_common::TAIL_IPV6`).
 //!
 //! Every packet is counted in exactly one verdict counter (user space sums
@@ -85,6 +86,18 @@ pub fn xdplb_udp6(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn xdplb_icmp6(ctx: XdpContext) -> u32 {
     icmp::program6(&ctx)
+}
+
+/// IPv4 fragments after a datagram's first.
+#[xdp]
+pub fn xdplb_frag4(ctx: XdpContext) -> u32 {
+    pipeline::run_fragment::<Ipv4>(&ctx)
+}
+
+/// IPv6 fragments after a datagram's first.
+#[xdp]
+pub fn xdplb_frag6(ctx: XdpContext) -> u32 {
+    pipeline::run_fragment::<Ipv6>(&ctx)
 }
 
 #[cfg(not(test))]

@@ -9,12 +9,13 @@ use aya_ebpf::{
 use lb_common::{
     flow_buckets,
     limits::{
-        DEFAULT_FLOW_TABLE_SIZE, DEFAULT_RING_SIZE, FIB_CACHE_SIZE, MAX_BACKENDS, MAX_IFACES,
-        MAX_LOCAL_ADDRS, MAX_VIPS,
+        DEFAULT_FLOW_TABLE_SIZE, DEFAULT_RING_SIZE, FIB_CACHE_SIZE, FRAG_TABLE_SIZE, MAX_BACKENDS,
+        MAX_IFACES, MAX_LOCAL_ADDRS, MAX_VIPS,
     },
-    rings_len, Addr6, AnswerTokens, BackendCounters, BackendMeta, FibEntry, FlowBucket,
-    GlobalCounter, IfaceMeta, L4Addr, L4Addr6, Name, RateWindow, ReplyEntry, ReplyEntry6, VipAddr,
-    VipCounters, VipMeta, ADDR_FILTER_LEN, IFACE_SLOTS, NAMES_LEN, TAIL_SLOTS,
+    rings_len, Addr6, AnswerTokens, BackendCounters, BackendMeta, FibEntry, FlowBucket, FragEntry,
+    FragKey, FragKey6, GlobalCounter, IfaceMeta, L4Addr, L4Addr6, Name, RateWindow, ReplyEntry,
+    ReplyEntry6, VipAddr, VipCounters, VipMeta, ADDR_FILTER_LEN, IFACE_SLOTS, NAMES_LEN,
+    TAIL_SLOTS,
 };
 
 /// VIP endpoint → its index and live ring slot.
@@ -65,6 +66,29 @@ pub static ADDR_FILTER: Array<u64> = Array::pinned(ADDR_FILTER_LEN, 0);
 /// answered.
 #[map]
 pub static VIP_ADDRS: HashMap<u32, VipAddr> = HashMap::pinned(MAX_VIPS, 0);
+
+/// IPv4 datagrams whose first fragment went through: where their other
+/// fragments go, and how they are rewritten. Pinned, so fragments in
+/// flight survive a restart.
+#[map]
+pub static FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::pinned(FRAG_TABLE_SIZE, 0);
+
+/// Backend addresses → reply endpoints at them: a non-first fragment from
+/// one (no ports to look up `REPLIES` by) is a reply.
+#[map]
+pub static REPLY_ADDRS: HashMap<u32, u32> = HashMap::pinned(MAX_BACKENDS, 0);
+
+/// A fragment key and entry built here rather than on the stack, which the
+/// IPv6 programs have little of (see `family`).
+#[repr(C)]
+pub struct FragScratch {
+    pub key: FragKey6,
+    pub key4: FragKey,
+    pub entry: FragEntry,
+}
+
+#[map]
+pub static FRAG_SCRATCH: PerCpuArray<FragScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// This CPU's credit for answers the program makes itself
 /// (`answers_per_sec`). Not pinned: a restarted program starts afresh.
@@ -140,6 +164,12 @@ pub static REPLIES6: HashMap<L4Addr6, ReplyEntry6> = HashMap::pinned(MAX_BACKEND
 
 #[map]
 pub static VIP_ADDRS6: HashMap<Addr6, VipAddr> = HashMap::pinned(MAX_VIPS, 0);
+
+#[map]
+pub static FRAGS6: LruHashMap<FragKey6, FragEntry> = LruHashMap::pinned(FRAG_TABLE_SIZE, 0);
+
+#[map]
+pub static REPLY_ADDRS6: HashMap<Addr6, u32> = HashMap::pinned(MAX_BACKENDS, 0);
 
 #[map]
 pub static FIB_CACHE6: LruHashMap<Addr6, FibEntry> = LruHashMap::pinned(FIB_CACHE_SIZE, 0);

@@ -187,8 +187,8 @@ pub enum Parsed<F: Family> {
     /// first fragment, a TCP or UDP header cut short): passed unless
     /// addressed to a VIP, in which case it is dropped with `reason`.
     Special { key: F::Key, reason: GlobalCounter },
-    /// A non-first fragment: no ports to match, so it passes.
-    LaterFragment,
+    /// A non-first fragment: no ports; its first fragment decided.
+    Fragment(FragPacket<F>),
     /// Malformed at the IP layer (or too short to hold ports): dropped and
     /// counted under this reason, as the kernel's `ip_rcv` would.
     Malformed(GlobalCounter),
@@ -223,6 +223,10 @@ pub struct L4Packet<F: Family> {
     pub l4_len: u16,
     /// IPv6 extension headers were skipped to reach the L4 header.
     pub ext_headers: bool,
+    /// The first fragment of a datagram with this identification (as
+    /// loaded): its L4 checksum covers the whole datagram, and the
+    /// fragments after it follow its decision.
+    pub fragment: Option<u32>,
 }
 
 impl<F: Family> L4Packet<F> {
@@ -245,6 +249,15 @@ pub struct IcmpPacket<F: Family> {
     pub icmp: *mut IcmpHdr,
     pub inner: *mut F::Hdr,
     pub inner_ports: *mut [u16; 2],
+}
+
+/// A datagram's later fragment: no L4 header, only its IP header.
+pub struct FragPacket<F: Family> {
+    pub ip: *mut F::Hdr,
+    /// The identification, as loaded.
+    pub id: u32,
+    /// The datagram's protocol.
+    pub proto: u8,
 }
 
 /// An ICMP echo request (its header checked present).
@@ -282,6 +295,14 @@ pub fn ipv4<const UDP: bool>(ctx: &XdpContext) -> Parsed<Ipv4> {
     if tot_len < ihl || tot_len > frame_ip_len {
         return Parsed::Malformed(GlobalCounter::DropBadTotalLength);
     }
+    // A later fragment of any protocol: its first fragment decided.
+    if iph.frag_off & BE_IP_OFFSET_MASK != 0 {
+        return Parsed::Fragment(FragPacket {
+            ip,
+            id: iph.id as u32,
+            proto: iph.proto,
+        });
+    }
     let other = Parsed::Other {
         dst: load32(&iph.daddr),
     };
@@ -296,9 +317,6 @@ pub fn ipv4<const UDP: bool>(ctx: &XdpContext) -> Parsed<Ipv4> {
     let l4_proto = if UDP { IPPROTO_UDP } else { IPPROTO_TCP };
     if iph.proto != l4_proto {
         return other;
-    }
-    if iph.frag_off & BE_IP_OFFSET_MASK != 0 {
-        return Parsed::LaterFragment;
     }
     let saddr = load32(&iph.saddr);
     let daddr = load32(&iph.daddr);
@@ -319,12 +337,6 @@ pub fn ipv4<const UDP: bool>(ctx: &XdpContext) -> Parsed<Ipv4> {
     };
     // Defects past the ports matter only if the packet is for a VIP; a
     // router forwards them for everyone else, so those pass.
-    if iph.frag_off & BE_IP_MF != 0 {
-        return Parsed::Special {
-            key,
-            reason: GlobalCounter::DropFragment,
-        };
-    }
     if ihl != IPV4_MIN_HLEN {
         return Parsed::Special {
             key,
@@ -335,11 +347,15 @@ pub fn ipv4<const UDP: bool>(ctx: &XdpContext) -> Parsed<Ipv4> {
     // The UDP length must fit the IP payload (the kernel trims any excess,
     // as `udp_rcv` does).
     let l4_room = tot_len - IPV4_MIN_HLEN;
-    l4::<Ipv4, UDP>(ctx, ip, key, tot_len, l4_off, l4_room, false)
+    let fragment = (iph.frag_off & BE_IP_MF != 0).then_some(iph.id as u32);
+    l4::<Ipv4, UDP>(ctx, ip, key, tot_len, l4_off, l4_room, false, fragment)
 }
 
 /// The TCP or UDP header at `off` of a packet whose IP layer was checked,
-/// `l4_room` bytes from there to the end of the IP payload.
+/// `l4_room` bytes from there to the end of the IP payload; `fragment`:
+/// the first fragment of a datagram (a UDP length then covers the whole
+/// datagram, more than this fragment holds).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn l4<F: Family, const UDP: bool>(
     ctx: &XdpContext,
@@ -349,6 +365,7 @@ fn l4<F: Family, const UDP: bool>(
     off: usize,
     l4_room: usize,
     ext_headers: bool,
+    fragment: Option<u32>,
 ) -> Parsed<F> {
     if UDP {
         let truncated = Parsed::Special {
@@ -360,7 +377,7 @@ fn l4<F: Family, const UDP: bool>(
         };
         // SAFETY: bounds checked by ptr_at.
         let (len, check) = unsafe { (u16::from_be((*udp).len) as usize, (*udp).check) };
-        if len < UDP_HLEN || len > l4_room {
+        if len < UDP_HLEN || (len > l4_room && fragment.is_none()) {
             return truncated;
         }
         if !F::UDP_CHECKSUM_OPTIONAL && check == 0 {
@@ -379,6 +396,7 @@ fn l4<F: Family, const UDP: bool>(
             l4_off: off,
             l4_len: len as u16,
             ext_headers,
+            fragment,
         });
     }
     let truncated = Parsed::Special {
@@ -407,6 +425,7 @@ fn l4<F: Family, const UDP: bool>(
         l4_off: off,
         l4_len: l4_room as u16,
         ext_headers,
+        fragment,
     })
 }
 
@@ -494,6 +513,7 @@ pub fn ipv6<const UDP: bool>(ctx: &XdpContext) -> Parsed<Ipv6> {
     let mut off = ETH_HLEN + IPV6_HLEN;
     let mut reason = None;
     let mut skipped = false;
+    let mut fragment = None;
     for _ in 0..MAX_EXT_HEADERS {
         match next {
             NEXTHDR_HOP | NEXTHDR_DEST | NEXTHDR_ROUTING => {
@@ -518,11 +538,16 @@ pub fn ipv6<const UDP: bool>(ctx: &XdpContext) -> Parsed<Ipv6> {
                 // SAFETY: bounds checked by ptr_at.
                 let h = unsafe { *h };
                 let frag = u16::from_be(h[1]);
+                let id = load32(&[h[2], h[3]]);
                 if frag & 0xfff8 != 0 {
-                    return Parsed::LaterFragment;
+                    return Parsed::Fragment(FragPacket {
+                        ip,
+                        id,
+                        proto: h[0] as u8,
+                    });
                 }
                 if frag & 1 != 0 {
-                    reason = Some(GlobalCounter::DropFragment);
+                    fragment = Some(id);
                 }
                 next = h[0] as u8;
                 off += 8;
@@ -578,7 +603,7 @@ pub fn ipv6<const UDP: bool>(ctx: &XdpContext) -> Parsed<Ipv6> {
     }
     // Bytes from the L4 header to the end of the IPv6 payload.
     let l4_room = (ETH_HLEN + ip_len).saturating_sub(off);
-    l4::<Ipv6, UDP>(ctx, ip, key, ip_len, off, l4_room, skipped)
+    l4::<Ipv6, UDP>(ctx, ip, key, ip_len, off, l4_room, skipped, fragment)
 }
 
 /// The ICMPv6 program's parse: an ICMPv6 error right after the IPv6

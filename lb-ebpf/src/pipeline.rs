@@ -2,7 +2,10 @@
 //! `process_packet`): parse, then a VIP's packet to its backend or a
 //! backend's reply back from the VIP. Each stage returns the verdict.
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
-use lb_common::{FibEntry, GlobalCounter, VipMeta, VIP_F_DSR, VIP_F_REJECT_EMPTY, VIP_F_TUNNEL};
+use lb_common::{
+    limits::FRAG_TTL_NS, FibEntry, GlobalCounter, VipMeta, FRAG_DSR, FRAG_NAT, FRAG_REPLY,
+    FRAG_TUNNEL, VIP_F_DSR, VIP_F_REJECT_EMPTY, VIP_F_TUNNEL,
+};
 
 use crate::{
     answer::{self, answer_with, too_big, unanswerable},
@@ -13,7 +16,7 @@ use crate::{
     host::for_us,
     maps::TAILS,
     nat,
-    parse::{EchoPacket, L4Packet, Parsed},
+    parse::{EchoPacket, FragPacket, L4Packet, Parsed},
     select::{self, Flow},
     stats::{count, count_backend, count_rejected, count_reply, count_vip},
     verdict::{answered, drop, pass, pass_because},
@@ -36,7 +39,7 @@ pub fn run<F: Family, const UDP: bool>(ctx: &XdpContext) -> u32 {
         }
         Parsed::Echo(e) => echo(ctx, &e),
         Parsed::Tail(slot) => tail(ctx, slot),
-        Parsed::LaterFragment => pass_because(GlobalCounter::PassFragment),
+        Parsed::Fragment(_) => tail(ctx, F::TAIL_FRAGMENT),
         Parsed::ExtUnparsed => pass_because(GlobalCounter::PassIpv6ExtUnparsed),
         Parsed::Special { key, reason } => {
             let ours = !matches!(
@@ -127,7 +130,30 @@ fn to_backend<F: Family>(ctx: &XdpContext, pkt: &L4Packet<F>, vip: &VipMeta) -> 
     count_vip(vip.index, bytes, choice.new_flow);
     count_backend(choice.backend, bytes, choice.new_flow);
     let port = choice.meta.port;
-    let partial = nat::is_partial(pkt);
+    if let Some(id) = pkt.fragment {
+        let kind = if vip.flags & VIP_F_DSR != 0 {
+            FRAG_DSR
+        } else if vip.flags & VIP_F_TUNNEL != 0 {
+            FRAG_TUNNEL
+        } else {
+            FRAG_NAT
+        };
+        let key = &pkt.key;
+        F::frag_put(
+            &key.src(),
+            &key.dst(),
+            id,
+            key.proto(),
+            &addr,
+            choice.backend,
+            vip.index,
+            kind,
+            now + FRAG_TTL_NS,
+        );
+    }
+    // A fragment's checksum is complete: a sender completes it before it
+    // fragments, as it covers the whole datagram.
+    let partial = pkt.fragment.is_none() && nat::is_partial(pkt);
     if nat::no_checksum(pkt) {
         count(GlobalCounter::UdpNoChecksum);
     }
@@ -243,9 +269,22 @@ fn from_backend<F: Family>(ctx: &XdpContext, pkt: &L4Packet<F>, reply: &Reply<F>
         return pass();
     }
     let (vip, vip_port) = (reply.vip, reply.port);
-    let partial = nat::is_partial(pkt);
+    let partial = pkt.fragment.is_none() && nat::is_partial(pkt);
     let now = coarse_now();
     let key = &pkt.key;
+    if let Some(id) = pkt.fragment {
+        F::frag_put(
+            &key.src(),
+            &key.dst(),
+            id,
+            key.proto(),
+            &vip,
+            reply.backend,
+            0,
+            FRAG_REPLY,
+            now + FRAG_TTL_NS,
+        );
+    }
     if pkt.flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 {
         let client_side = F::Key::new(&key.dst(), &vip, key.dst_port(), vip_port, key.proto());
         select::note_backend_close(&client_side, pkt.flags, now);
@@ -271,6 +310,71 @@ fn from_backend<F: Family>(ctx: &XdpContext, pkt: &L4Packet<F>, reply: &Reply<F>
     nat::from_backend(pkt, &vip, vip_port, partial);
     count_reply(reply.backend, pkt.ip_len as u64);
     finish(ctx, pkt, partial, &hop)
+}
+
+/// The later-fragment program of family `F`: the frame parsed again.
+#[inline(always)]
+pub fn run_fragment<F: Family>(ctx: &XdpContext) -> u32 {
+    match F::parse::<false>(ctx) {
+        Parsed::Fragment(f) => fragment(ctx, &f),
+        _ => pass(),
+    }
+}
+
+/// A datagram's later fragment: sent where its first fragment went, and
+/// rewritten as it was; if its first fragment was not seen (or too long
+/// ago), dropped when it is ours (to a VIP address, from a backend), passed
+/// otherwise.
+#[inline(always)]
+fn fragment<F: Family>(ctx: &XdpContext, f: &FragPacket<F>) -> u32 {
+    // SAFETY: bounds-checked by the parse; nothing moved the packet.
+    let ip = unsafe { &mut *f.ip };
+    let (src, dst) = (F::src(ip), F::dst(ip));
+    if F::vip_addr(&dst).is_none() && !F::reply_addr(&src) {
+        return pass_because(GlobalCounter::PassFragment);
+    }
+    if !for_us(ctx) {
+        return pass_because(GlobalCounter::PassNotForUs);
+    }
+    if F::hop_limit(ip) < MIN_FORWARD_TTL {
+        return pass();
+    }
+    let now = coarse_now();
+    let Some(e) = F::frag_get(&src, &dst, f.id, f.proto) else {
+        return drop(ctx, GlobalCounter::DropFragment);
+    };
+    // SAFETY: a map value valid while the program runs.
+    let e = unsafe { &*e };
+    if e.expires_ns <= now {
+        return drop(ctx, GlobalCounter::DropFragment);
+    }
+    let (addr, backend, kind) = (F::frag_addr(e), e.backend, e.kind);
+    let bytes = ctx.data_end() as u64 - ctx.data() as u64 - crate::consts::ETH_HLEN as u64;
+    count(GlobalCounter::FragmentFollowed);
+    match kind {
+        FRAG_REPLY => {
+            count_reply(backend, bytes);
+            F::set_src(ip, &addr);
+            emit::<F>(ctx, f.ip, &addr, &dst)
+        }
+        FRAG_NAT => {
+            count_vip(e.vip_index, bytes, false);
+            count_backend(backend, bytes, false);
+            F::set_dst(ip, &addr);
+            emit::<F>(ctx, f.ip, &src, &addr)
+        }
+        FRAG_DSR => {
+            count_vip(e.vip_index, bytes, false);
+            count_backend(backend, bytes, false);
+            direct::dsr::<F>(ctx, &addr, now)
+        }
+        FRAG_TUNNEL => {
+            count_vip(e.vip_index, bytes, false);
+            count_backend(backend, bytes, false);
+            direct::tunnel::<F>(ctx, &addr, now)
+        }
+        _ => drop(ctx, GlobalCounter::DropInternal),
+    }
 }
 
 /// Sends a rewritten TCP/UDP packet to `hop`, completing a partial checksum

@@ -546,6 +546,50 @@ pub fn checksums_udp4(frame: &[u8]) -> (u16, u16, u16, u16) {
     (ip_found, ip_computed, udp_found, udp_computed)
 }
 
+/// `frame` (Ethernet, then an IPv4 packet with a 20-byte header or an IPv6
+/// packet without extension headers) cut into fragments of `chunk` bytes
+/// of payload each (a multiple of 8; the last holds the rest), as a sender
+/// fragments: identification `id`, IPv4 headers with DF clear and their
+/// checksums recomputed, IPv6 fragments with a fragment header (RFC 8200
+/// §4.5) after the fixed header.
+pub fn fragments(frame: &[u8], id: u32, chunk: usize) -> Vec<Vec<u8>> {
+    assert_eq!(chunk % 8, 0, "fragment offsets are in 8-byte units");
+    let v6 = frame[12..14] == [0x86, 0xdd];
+    let hlen = if v6 { IPV6_HLEN } else { IP_HLEN };
+    let (head, payload) = frame.split_at(ETH_HLEN + hlen);
+    let pieces: Vec<&[u8]> = payload.chunks(chunk).collect();
+    pieces
+        .iter()
+        .enumerate()
+        .map(|(i, piece)| {
+            let offset = (i * chunk / 8) as u16;
+            let more = i + 1 < pieces.len();
+            let mut f = head.to_vec();
+            if v6 {
+                let next = f[ETH_HLEN + 6];
+                f[ETH_HLEN + 6] = NEXTHDR_FRAGMENT;
+                let len = (8 + piece.len()) as u16;
+                f[ETH_HLEN + 4..ETH_HLEN + 6].copy_from_slice(&len.to_be_bytes());
+                f.extend_from_slice(&[next, 0]);
+                f.extend_from_slice(&((offset << 3) | u16::from(more)).to_be_bytes());
+                f.extend_from_slice(&id.to_be_bytes());
+            } else {
+                let ip = ETH_HLEN;
+                let len = (IP_HLEN + piece.len()) as u16;
+                f[ip + 2..ip + 4].copy_from_slice(&len.to_be_bytes());
+                f[ip + 4..ip + 6].copy_from_slice(&(id as u16).to_be_bytes());
+                let frag = offset | if more { 0x2000 } else { 0 };
+                f[ip + 6..ip + 8].copy_from_slice(&frag.to_be_bytes());
+                f[ip + 10..ip + 12].copy_from_slice(&[0, 0]);
+                let c = ipv4_checksum(&f[ip..ip + IP_HLEN]);
+                f[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
+            }
+            f.extend_from_slice(piece);
+            f
+        })
+        .collect()
+}
+
 /// An ICMPv6 message (an error quoting a packet, or any other type with
 /// `rest` and `body` as its fields) in an Ethernet frame, hop limit 64,
 /// with a correct checksum over the IPv6 pseudo-header (RFC 4443 §2.3).

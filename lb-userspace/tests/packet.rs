@@ -621,12 +621,24 @@ fn cases() -> Vec<Case> {
         XDP_DROP,
         Some(DropIpOptions),
     );
-    let mut f = vip_syn();
-    f[20..22].copy_from_slice(&0x2000u16.to_be_bytes());
-    c("first fragment (to a VIP)", f, XDP_DROP, Some(DropFragment));
+    // (A first fragment is balanced, and its later fragments follow it:
+    // packet6.rs, fragments_*.)
     let mut f = vip_syn();
     f[20..22].copy_from_slice(&0x0010u16.to_be_bytes());
-    c("later fragment (to a VIP)", f, XDP_PASS, Some(PassFragment));
+    c(
+        "later fragment without its first (to a VIP)",
+        f,
+        XDP_DROP,
+        Some(DropFragment),
+    );
+    let mut f = non_vip_syn();
+    f[20..22].copy_from_slice(&0x0010u16.to_be_bytes());
+    c(
+        "later fragment (not to a VIP)",
+        f,
+        XDP_PASS,
+        Some(PassFragment),
+    );
     c(
         "ip options (not to a VIP)",
         with_ip_options(non_vip_syn()),

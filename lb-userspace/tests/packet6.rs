@@ -561,21 +561,10 @@ fn extension_headers_that_cannot_be_balanced_are_dropped_or_passed() {
                 XDP_DROP,
                 GlobalCounter::DropIpv6Extension,
             ),
+            // (A first fragment is balanced and its later fragments follow
+            // it: fragments_* below.)
             (
-                "first fragment",
-                with(
-                    pool,
-                    47101,
-                    vec![Ext6::Fragment {
-                        offset: 0,
-                        more: true,
-                    }],
-                ),
-                XDP_DROP,
-                GlobalCounter::DropFragment,
-            ),
-            (
-                "later fragment",
+                "later fragment without its first",
                 with(
                     pool,
                     47102,
@@ -584,8 +573,8 @@ fn extension_headers_that_cannot_be_balanced_are_dropped_or_passed() {
                         more: false,
                     }],
                 ),
-                XDP_PASS,
-                GlobalCounter::PassFragment,
+                XDP_DROP,
+                GlobalCounter::DropFragment,
             ),
             (
                 "five extension headers",
@@ -613,7 +602,7 @@ fn extension_headers_that_cannot_be_balanced_are_dropped_or_passed() {
                 counter,
             );
         }
-        assert!(lab.flow(pool, 47100).is_none() && lab.flow(pool, 47101).is_none());
+        assert!(lab.flow(pool, 47100).is_none());
     }
     let c = lab.counters();
     assert_eq!(c.get(GlobalCounter::Redirected), 0);
@@ -1357,4 +1346,140 @@ fn an_ipv6_vip_address_without_a_pool_is_answered_never_routed() {
     let (action, _) = lab.arrive_from_client(&request);
     assert_eq!(action, XDP_DROP);
     assert_eq!(lab.count(GlobalCounter::DropNoPool), 2);
+}
+
+// ---- Fragments ----
+
+/// A datagram of `pool` from the client's `port` with 3,000 bytes of
+/// payload: three fragments of 1,232 bytes at an MTU of 1,280.
+fn big(pool: Pool, port: u16) -> L4Frame {
+    let mut f = pool.first(port);
+    f.payload = (0..3000u32).map(|i| (i * 7) as u8).collect();
+    f
+}
+
+const CHUNK: usize = 1232;
+
+/// Ages every tracked fragmented datagram of `pool`'s family past its
+/// deadline, as if its first fragment had come long ago.
+fn age_fragments(lab: &Lab, pool: Pool) {
+    let v6 = pool != Pool::Udp4;
+    let name = if v6 {
+        lb_common::maps::FRAGS6
+    } else {
+        lb_common::maps::FRAGS
+    };
+    let md = MapData::from_pin(lab.tp.pin_path.join(name)).unwrap();
+    let map = Map::from_map_data(md).unwrap();
+    fn age<K: aya::Pod>(map: Map) -> usize {
+        let mut m: aya::maps::HashMap<MapData, K, lb_common::FragEntry> = map.try_into().unwrap();
+        let keys: Vec<K> = m.keys().map(|k| k.unwrap()).collect();
+        for k in &keys {
+            let mut e = m.get(k, 0).unwrap();
+            e.expires_ns = 1;
+            m.insert(k, e, 0).unwrap();
+        }
+        keys.len()
+    }
+    let aged = if v6 {
+        age::<lb_common::FragKey6>(map)
+    } else {
+        age::<lb_common::FragKey>(map)
+    };
+    assert!(aged > 0, "a datagram was tracked");
+}
+
+/// A datagram of 3,000 bytes to the VIP in three fragments, then the
+/// backend's answer of 3,000 bytes in three: every fragment leaves as the
+/// whole datagram's rewrite would have been cut (to the backend; from the
+/// VIP), the first fragment's UDP checksum updated for the datagram.
+fn fragments_both_ways(pool: Pool) {
+    let mut lab = Lab::new(2);
+    let port = lab.port_for(pool, 1);
+    let sent = big(pool, port);
+    let frags = xdplb::packet::fragments(&sent.build(), 0x04d2, CHUNK);
+    assert_eq!(frags.len(), 3);
+    let want = xdplb::packet::fragments(&to_backend(pool, &sent, 1), 0x04d2, CHUNK);
+    for (i, (f, w)) in frags.iter().zip(&want).enumerate() {
+        let (action, out) = lab.arrive_from_client(f);
+        assert_eq!(action, XDP_REDIRECT, "fragment {i}");
+        assert_eq!(&out, w, "fragment {i} to the backend");
+    }
+    let mut reply = pool.reply(1, port);
+    reply.payload = (0..3000u32).map(|i| (i * 3) as u8).collect();
+    let frags = xdplb::packet::fragments(&reply.build(), 0x0777, CHUNK);
+    let want = xdplb::packet::fragments(&to_client(pool, &reply), 0x0777, CHUNK);
+    for (i, (f, w)) in frags.iter().zip(&want).enumerate() {
+        let (action, out) = lab.arrive_from_backends(f);
+        assert_eq!(action, XDP_REDIRECT, "reply fragment {i}");
+        assert_eq!(&out, w, "reply fragment {i} from the VIP");
+    }
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::FragmentFollowed), 4);
+    assert_eq!(c.get(GlobalCounter::DropFragment), 0);
+    let b = c.backends.iter().find(|b| b.slot == pool.slot(1)).unwrap();
+    assert_eq!(
+        b.counters.packets, 3,
+        "every fragment counted to its backend"
+    );
+    assert_eq!(b.counters.reply_packets, 3);
+}
+
+#[test]
+fn ipv4_udp_fragments_follow_their_first_both_ways() {
+    fragments_both_ways(Pool::Udp4);
+}
+
+#[test]
+fn ipv6_udp_fragments_follow_their_first_both_ways() {
+    fragments_both_ways(Pool::Udp6);
+}
+
+/// A fragment before its first has nowhere to go: dropped, counted; its
+/// first and the rest still follow. A fragment whose first came longer
+/// ago than the entry lives is dropped. Fragments between other hosts
+/// pass.
+fn fragments_out_of_order_and_expired(pool: Pool) {
+    let mut lab = Lab::new(2);
+    let port = lab.port_for(pool, 0);
+    let sent = big(pool, port);
+    let frags = xdplb::packet::fragments(&sent.build(), 0x0101, CHUNK);
+    let want = xdplb::packet::fragments(&to_backend(pool, &sent, 0), 0x0101, CHUNK);
+    let (action, _) = lab.arrive_from_client(&frags[1]);
+    assert_eq!(action, XDP_DROP, "before its first");
+    assert_eq!(lab.count(GlobalCounter::DropFragment), 1);
+    for i in [0, 2] {
+        let (action, out) = lab.arrive_from_client(&frags[i]);
+        assert_eq!((action, &out), (XDP_REDIRECT, &want[i]), "fragment {i}");
+    }
+    // Another datagram, its entry aged past its deadline.
+    let frags = xdplb::packet::fragments(&sent.build(), 0x0202, CHUNK);
+    let (action, _) = lab.arrive_from_client(&frags[0]);
+    assert_eq!(action, XDP_REDIRECT);
+    age_fragments(&lab, pool);
+    let (action, _) = lab.arrive_from_client(&frags[1]);
+    assert_eq!(action, XDP_DROP, "expired");
+    assert_eq!(lab.count(GlobalCounter::DropFragment), 2);
+    assert_eq!(lab.count(GlobalCounter::FragmentFollowed), 1);
+    // Fragments between a client and an address that is no VIP's.
+    let mut other = big(pool, port);
+    other.dst = match pool.vip() {
+        SocketAddr::V4(_) => "198.18.2.99:53".parse().unwrap(),
+        SocketAddr::V6(_) => "[2001:2:0:2::99]:53".parse().unwrap(),
+    };
+    for f in xdplb::packet::fragments(&other.build(), 0x0303, CHUNK) {
+        let (action, out) = lab.arrive_from_client(&f);
+        assert_eq!((action, out), (XDP_PASS, f));
+    }
+    assert_eq!(lab.count(GlobalCounter::PassFragment), 2);
+}
+
+#[test]
+fn ipv4_fragments_out_of_order_and_expired() {
+    fragments_out_of_order_and_expired(Pool::Udp4);
+}
+
+#[test]
+fn ipv6_fragments_out_of_order_and_expired() {
+    fragments_out_of_order_and_expired(Pool::Udp6);
 }

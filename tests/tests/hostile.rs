@@ -34,9 +34,11 @@ fn frames(
     let mut f = good.clone();
     f[16..18].copy_from_slice(&9000u16.to_be_bytes());
     v.push(("total length too big", f));
+    // A later fragment whose first never came (a first fragment is
+    // balanced, and no longer malformed).
     let mut f = good.clone();
-    f[20..22].copy_from_slice(&0x2000u16.to_be_bytes());
-    v.push(("first fragment", f));
+    f[20..22].copy_from_slice(&0x0010u16.to_be_bytes());
+    v.push(("orphan fragment", f));
     let mut f = good.clone();
     f[46] = 0x10;
     v.push(("tcp doff 1", f));

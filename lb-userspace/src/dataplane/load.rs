@@ -18,11 +18,13 @@ use super::{
 };
 
 /// The tail-called programs by `TAILS` slot (see `lb_common::TAIL_IPV6`).
-const TAIL_PROGRAMS: [(u32, &str); 4] = [
+const TAIL_PROGRAMS: [(u32, &str); 6] = [
     (lb_common::TAIL_IPV6, maps::PROGRAM_IPV6),
     (lb_common::TAIL_UDP4, maps::PROGRAM_UDP4),
     (lb_common::TAIL_UDP6, maps::PROGRAM_UDP6),
     (lb_common::TAIL_ICMP6, maps::PROGRAM_ICMP6),
+    (lb_common::TAIL_FRAG4, maps::PROGRAM_FRAG4),
+    (lb_common::TAIL_FRAG6, maps::PROGRAM_FRAG6),
 ];
 
 /// Loads (verifies) `prog`, again if the verifier was interrupted: it gives
@@ -203,6 +205,8 @@ impl Dataplane {
         let addr_filter = take(&mut ebpf, maps::ADDR_FILTER)?;
         let vip_addrs = take(&mut ebpf, maps::VIP_ADDRS)?;
         let vip_addrs6 = take(&mut ebpf, maps::VIP_ADDRS6)?;
+        let reply_addrs = take(&mut ebpf, maps::REPLY_ADDRS)?;
+        let reply_addrs6 = take(&mut ebpf, maps::REPLY_ADDRS6)?;
         let generations = (0..MAX_BACKENDS)
             .map(|slot| {
                 backends
@@ -238,6 +242,8 @@ impl Dataplane {
             addr_filter,
             vip_addrs,
             vip_addrs6,
+            reply_addrs,
+            reply_addrs6,
             filtered: Default::default(),
             // Filled by the rebuilds below.
             filter_words: Vec::new(),
@@ -249,6 +255,7 @@ impl Dataplane {
         // the VIP addresses every VIP.
         dp.rebuild_addr_filter()?;
         dp.rebuild_vip_addrs()?;
+        dp.rebuild_reply_addrs()?;
         dp.install_tails()?;
         Ok(dp)
     }
@@ -312,6 +319,8 @@ impl Dataplane {
             maps::PROGRAM_IPV6,
             maps::PROGRAM_UDP6,
             maps::PROGRAM_ICMP6,
+            maps::PROGRAM_FRAG4,
+            maps::PROGRAM_FRAG6,
         ]
         .into_iter()
         .map(|name| {

@@ -158,6 +158,8 @@ pub struct Dataplane {
     addr_filter: Array<MapData, u64>,
     vip_addrs: HashMap<MapData, u32, VipAddr>,
     vip_addrs6: HashMap<MapData, Addr6, VipAddr>,
+    reply_addrs: HashMap<MapData, u32, u32>,
+    reply_addrs6: HashMap<MapData, Addr6, u32>,
     /// The keys of `VIPS`/`VIPS6` and `REPLIES`/`REPLIES6` (by
     /// `FilterSide`), and the words of `ADDR_FILTER` as written: a word is
     /// recomputed from the keys and written only when it changes, with no

@@ -384,6 +384,60 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Writes `REPLY_ADDRS`/`REPLY_ADDRS6` for `addr`: how many reply
+    /// endpoints it has (removed at none).
+    fn sync_reply_addr(&mut self, addr: IpAddr) -> Result<(), DataplaneError> {
+        let n = self.filtered[FilterSide::Backends as usize]
+            .iter()
+            .filter(|k| key_addr(k) == addr)
+            .count() as u32;
+        match addr {
+            IpAddr::V4(a) => {
+                let k = u32::from_ne_bytes(a.octets());
+                if n == 0 {
+                    ignore_absent(self.reply_addrs.remove(&k), maps::REPLY_ADDRS)
+                } else {
+                    self.reply_addrs
+                        .insert(k, n, 0)
+                        .map_err(map_err(maps::REPLY_ADDRS))
+                }
+            }
+            IpAddr::V6(a) => {
+                let k = addr6(a);
+                if n == 0 {
+                    ignore_absent(self.reply_addrs6.remove(&k), maps::REPLY_ADDRS6)
+                } else {
+                    self.reply_addrs6
+                        .insert(k, n, 0)
+                        .map_err(map_err(maps::REPLY_ADDRS6))
+                }
+            }
+        }
+    }
+
+    /// On load: `REPLY_ADDRS`/`REPLY_ADDRS6` made to hold exactly the
+    /// addresses of `REPLIES`/`REPLIES6` (after `rebuild_addr_filter`).
+    pub(super) fn rebuild_reply_addrs(&mut self) -> Result<(), DataplaneError> {
+        let mut addrs: std::collections::HashSet<IpAddr> = std::collections::HashSet::new();
+        for k in self.reply_addrs.keys() {
+            let k = k.map_err(map_err(maps::REPLY_ADDRS))?;
+            addrs.insert(IpAddr::V4(k.to_ne_bytes().into()));
+        }
+        for k in self.reply_addrs6.keys() {
+            let k = k.map_err(map_err(maps::REPLY_ADDRS6))?;
+            addrs.insert(IpAddr::V6(k.octets().into()));
+        }
+        addrs.extend(
+            self.filtered[FilterSide::Backends as usize]
+                .iter()
+                .map(key_addr),
+        );
+        for addr in addrs {
+            self.sync_reply_addr(addr)?;
+        }
+        Ok(())
+    }
+
     /// Writes a slot's state. A slot that was free gets a new generation
     /// first: references written for its previous occupant (ring entries,
     /// flows) stop matching it. An IPv6 slot's address goes into
@@ -462,6 +516,7 @@ impl Dataplane {
                     vip_index,
                 };
                 self.filter(FilterSide::Backends, key, true)?;
+                self.sync_reply_addr(key_addr(&key))?;
                 self.replies
                     .insert(k, entry, 0)
                     .map_err(map_err(maps::REPLIES))
@@ -475,6 +530,7 @@ impl Dataplane {
                     vip_index,
                 };
                 self.filter(FilterSide::Backends, key, true)?;
+                self.sync_reply_addr(key_addr(&key))?;
                 self.replies6
                     .insert(k, entry, 0)
                     .map_err(map_err(maps::REPLIES6))
@@ -492,7 +548,10 @@ impl Dataplane {
             Key::V4(k) => (self.replies.remove(&k), maps::REPLIES),
             Key::V6(k) => (self.replies6.remove(&k), maps::REPLIES6),
         };
-        self.removed(r, map, FilterSide::Backends, key).map(|_| ())
+        if self.removed(r, map, FilterSide::Backends, key)? {
+            self.sync_reply_addr(key_addr(&key))?;
+        }
+        Ok(())
     }
 
     /// Entry `i` of ring `slot` of a VIP, as the data plane sees it: the

@@ -2,9 +2,11 @@
 //! backend of a UDP pool runs.
 //!
 //! Every datagram, whatever it holds, is answered with one datagram
-//! `<name>\n` to its sender, from the socket it arrived on. So a client
-//! learns which backend a flow reached, and a `kind = "udp"` health probe
-//! (any payload, any reply) sees the server alive. Listen on `[::]:PORT`
+//! `<name>\n` to its sender, from the socket it arrived on, padded with
+//! newlines to the length of the datagram asked if that is longer (so a
+//! large question gets an answer as large: fragments both ways). So a
+//! client learns which backend a flow reached, and a `kind = "udp"` health
+//! probe (any payload, any reply) sees the server alive. Listen on `[::]:PORT`
 //! to serve both families (a dual-stack socket), on `0.0.0.0:PORT` for
 //! IPv4 only. Runs until killed.
 
@@ -42,12 +44,16 @@ fn serve(args: &Args) -> std::io::Result<()> {
         args.name,
         sock.local_addr()?
     );
-    let answer = format!("{}\n", args.name);
+    let name = format!("{}\n", args.name);
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut answer = Vec::with_capacity(MAX_DATAGRAM);
     loop {
         match sock.recv_from(&mut buf) {
-            Ok((_, from)) => {
-                if let Err(e) = sock.send_to(answer.as_bytes(), from) {
+            Ok((len, from)) => {
+                answer.clear();
+                answer.extend_from_slice(name.as_bytes());
+                answer.resize(len.max(name.len()), b'\n');
+                if let Err(e) = sock.send_to(&answer, from) {
                     // No route back, or a full queue: the client retries.
                     eprintln!("send to {from}: {e}");
                 }

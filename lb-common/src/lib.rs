@@ -73,6 +73,8 @@ pub mod limits {
     /// first is dropped, and an identification reused later does not find
     /// a stale decision.
     pub const FRAG_TTL_NS: u64 = 2_000_000_000;
+    /// `[dataplane] extra_macs` at most.
+    pub const MAX_EXTRA_MACS: u32 = 16;
     /// Interfaces xdplb attaches to (redirect targets, MAC filter).
     pub const MAX_IFACES: u32 = 64;
     /// Addresses of this host the controller tells the program about (its
@@ -122,6 +124,8 @@ pub mod maps {
     /// later fragments are replies.
     pub const REPLY_ADDRS: &str = "REPLY_ADDRS";
     pub const REPLY_ADDRS6: &str = "REPLY_ADDRS6";
+    /// `[dataplane] extra_macs` ([`mac_key`](crate::mac_key) → 1).
+    pub const EXTRA_MACS: &str = "EXTRA_MACS";
     /// IPv4 VIP addresses (network order → [`VipAddr`](crate::VipAddr)).
     pub const VIP_ADDRS: &str = "VIP_ADDRS";
     /// IPv6 VIP addresses ([`Addr6`](crate::Addr6) → [`VipAddr`](crate::VipAddr)).
@@ -759,6 +763,13 @@ pub struct IfaceMeta {
     pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<IfaceMeta>() == 12);
+
+/// Key of `EXTRA_MACS`: a MAC's six bytes as the low 48 bits of a
+/// little-endian load (how the program reads them from the frame).
+#[inline(always)]
+pub const fn mac_key(mac: [u8; 6]) -> u64 {
+    u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0])
+}
 
 /// Entries of `IFACES`. Two attached interfaces whose ifindexes collide
 /// modulo this leave the second unfiltered (the controller warns).

@@ -5,7 +5,7 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::IFACE_SLOTS;
 
 use crate::{
-    maps::{ADDR_FILTER, IFACES},
+    maps::{ADDR_FILTER, EXTRA_MACS, IFACES},
     parse::{ptr_at, EthHdr},
 };
 
@@ -21,7 +21,8 @@ pub fn may_be(quarter: u32, (word, bit): (u32, u64)) -> bool {
     }
 }
 
-/// Whether the frame is addressed to the interface it arrived on. In
+/// Whether the frame is addressed to the interface it arrived on (or to
+/// one of the host's `extra_macs`). In
 /// promiscuous mode (tcpdump, a bridge port) the driver hands us frames
 /// for other hosts: those are not ours to balance. Group-addressed frames
 /// are not either: a router forwards only frames sent to it (the kernel's
@@ -39,13 +40,21 @@ pub fn for_us(ctx: &XdpContext) -> bool {
             // every packet we rewrite.
             // SAFETY: the Ethernet header is in bounds (ptr_at); both MACs
             // are 6 bytes, read unaligned.
-            unsafe {
+            let (dst_lo, dst_hi, ours) = unsafe {
                 let dst = (*eth).dst.as_ptr();
                 let ours = iface.mac.as_ptr();
-                core::ptr::read_unaligned(dst as *const u32)
-                    == core::ptr::read_unaligned(ours as *const u32)
-                    && core::ptr::read_unaligned(dst.add(4) as *const u16)
-                        == core::ptr::read_unaligned(ours.add(4) as *const u16)
+                let dst_lo = core::ptr::read_unaligned(dst as *const u32);
+                let dst_hi = core::ptr::read_unaligned(dst.add(4) as *const u16);
+                let ours = dst_lo == core::ptr::read_unaligned(ours as *const u32)
+                    && dst_hi == core::ptr::read_unaligned(ours.add(4) as *const u16);
+                (dst_lo, dst_hi, ours)
+            };
+            // Another MAC of this host (`extra_macs`): looked up only for
+            // frames to another MAC than the interface's own.
+            ours || {
+                let key = dst_lo as u64 | (dst_hi as u64) << 32;
+                // SAFETY: the reference is dropped at once.
+                unsafe { EXTRA_MACS.get(&key) }.is_some()
             }
         }
         _ => true,

@@ -10,7 +10,7 @@ use lb_common::{
     flow_buckets,
     limits::{
         DEFAULT_FLOW_TABLE_SIZE, DEFAULT_RING_SIZE, FIB_CACHE_SIZE, FRAG_TABLE_SIZE, MAX_BACKENDS,
-        MAX_IFACES, MAX_LOCAL_ADDRS, MAX_VIPS,
+        MAX_EXTRA_MACS, MAX_IFACES, MAX_LOCAL_ADDRS, MAX_VIPS,
     },
     rings_len, Addr6, AnswerTokens, BackendCounters, BackendMeta, FibEntry, FlowBucket, FragEntry,
     FragKey, FragKey6, GlobalCounter, IfaceMeta, L4Addr, L4Addr6, Name, RateWindow, ReplyEntry,
@@ -123,6 +123,12 @@ pub static NAMES: Array<Name> = Array::pinned(NAMES_LEN, 0);
 /// MAC (promiscuous mode, a bridge port) are not ours to rewrite.
 #[map]
 pub static IFACES: Array<IfaceMeta> = Array::pinned(IFACE_SLOTS, 0);
+
+/// More MACs of this host (`[dataplane] extra_macs`, `lb_common::mac_key`
+/// → 1): a VRRP virtual MAC, a secondary MAC. Frames to them are ours on
+/// every attached interface.
+#[map]
+pub static EXTRA_MACS: HashMap<u64, u32> = HashMap::pinned(MAX_EXTRA_MACS, 0);
 
 /// Redirect targets: the attached interfaces. Redirecting through a DEVMAP
 /// lets the kernel batch transmissions, and a target missing from it falls

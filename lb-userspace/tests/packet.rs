@@ -1246,6 +1246,45 @@ fn frames_for_another_mac_pass_untouched() {
     assert_eq!(c.get(GlobalCounter::Dropped), 0);
 }
 
+/// keepalived's VRRP virtual MAC for router 51: the gateway's address
+/// clients and backends resolve while it is master.
+const VRRP_MAC: [u8; 6] = [0x00, 0x00, 0x5e, 0x00, 0x01, 0x33];
+
+/// Frames to one of `extra_macs` are this host's on every interface: a
+/// client's SYN to the VRRP MAC is balanced, and the backend's answer to
+/// that MAC leaves from the VIP. Other MACs still pass.
+#[test]
+fn frames_to_an_extra_mac_are_ours_both_ways() {
+    let mut lab = Lab::new(2);
+    lab.dp().sync_extra_macs(&[VRRP_MAC]).unwrap();
+    let mut syn = to_vip(53100, TCP_SYN);
+    syn.dst_mac = VRRP_MAC;
+    let (action, out) = lab.arrive_from_client(&syn.build());
+    assert_eq!(action, XDP_REDIRECT);
+    let b = lab.ring_choice(client(53100), sa(VIP));
+    assert_eq!(out, expected_to_backend(&syn, b));
+    let mut synack = TcpFrame::new(backend_addr(b), client(53100), TCP_SYN | TCP_ACK);
+    synack.src_mac = backend_mac(b as u8);
+    synack.dst_mac = VRRP_MAC;
+    let (action, out) = lab.arrive_from_backends(&synack.build());
+    assert_eq!(action, XDP_REDIRECT);
+    let mut want = synack.clone();
+    want.src = sa(VIP);
+    want.src_mac = IN_MAC;
+    want.dst_mac = CLIENT_MAC;
+    want.ttl -= 1;
+    assert_eq!(out, want.build());
+    let mut other = to_vip(53101, TCP_SYN);
+    other.dst_mac = [0x00, 0x00, 0x5e, 0x00, 0x01, 0x34];
+    let (action, _) = lab.arrive_from_client(&other.build());
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(lab.counters().get(GlobalCounter::PassNotForUs), 1);
+    // Taken out of the config: someone else's again.
+    lab.dp().sync_extra_macs(&[]).unwrap();
+    let (action, _) = lab.arrive_from_client(&syn.build());
+    assert_eq!(action, XDP_PASS);
+}
+
 /// A frame to the VIP as the client sends it, with VLAN `tags` (TPID and
 /// TCI each) inserted after the MACs.
 fn tagged(tags: &[[u8; 4]]) -> Vec<u8> {

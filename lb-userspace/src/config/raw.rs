@@ -38,6 +38,7 @@ pub struct Dataplane {
     pub max_flow_inserts_per_sec: Option<u32>,
     pub tunnel_source: Option<Spanned<Vec<std::net::IpAddr>>>,
     pub answers_per_sec: Option<u32>,
+    pub extra_macs: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]

@@ -244,6 +244,9 @@ pub struct DataplaneConfig {
     /// itself, a second (a token bucket); more are dropped and counted.
     /// 0: none at all.
     pub answers_per_sec: u32,
+    /// More destination MACs that are this host's on every interface (a
+    /// VRRP virtual MAC, a secondary MAC).
+    pub extra_macs: Vec<[u8; 6]>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

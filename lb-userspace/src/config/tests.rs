@@ -892,3 +892,32 @@ fn answers_per_sec_defaults_and_takes_zero() {
         &["expected u32"],
     );
 }
+
+#[test]
+fn extra_macs_are_unicast_macs_named_by_line_and_column() {
+    let with =
+        |v: &str| pool_with("", ONE_BACKEND).replace(HEAD, &format!("{HEAD}extra_macs = [{v}]\n"));
+    let c = p(&with("\"00:00:5e:00:01:33\", \"02:AB:cd:00:00:01\"")).unwrap();
+    assert_eq!(
+        c.dataplane.extra_macs,
+        vec![[0, 0, 0x5e, 0, 1, 0x33], [2, 0xab, 0xcd, 0, 0, 1]]
+    );
+    assert!(p(&pool_with("", ONE_BACKEND))
+        .unwrap()
+        .dataplane
+        .extra_macs
+        .is_empty());
+    rejects(
+        &with("\"00:00:5e:00:01:33\", \"00:00:5e:00:01\""),
+        3,
+        &["3:36", "\"00:00:5e:00:01\" is not a MAC address"],
+    );
+    rejects(&with("\"zz:00:5e:00:01:33\""), 3, &["is not a MAC address"]);
+    rejects(&with("\"01:00:5e:00:00:01\""), 3, &["is a group"]);
+    rejects(&with("\"ff:ff:ff:ff:ff:ff\""), 3, &["is a group"]);
+    rejects(&with("\"00:00:00:00:00:00\""), 3, &["all zero"]);
+    let many: Vec<String> = (0..17)
+        .map(|i| format!("\"02:00:00:00:00:{i:02x}\""))
+        .collect();
+    rejects(&with(&many.join(", ")), 3, &["at most 16"]);
+}

@@ -257,6 +257,29 @@ fn convert_announce(src: &Source, a: raw::Announce) -> Result<AnnounceConfig, Co
     })
 }
 
+/// A unicast MAC address written as six hex bytes with colons
+/// (`00:00:5e:00:01:33`), or why not.
+fn parse_mac(s: &str) -> Result<[u8; 6], &'static str> {
+    const WHAT: &str = "is not a MAC address (six hex bytes separated by colons)";
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
+        return Err(WHAT);
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(&parts) {
+        *b = u8::from_str_radix(p, 16).map_err(|_| WHAT)?;
+    }
+    if mac[0] & 1 != 0 {
+        // A router forwards only frames sent to it, never group-addressed
+        // ones (the kernel's ip_forward drops them).
+        return Err("is a group (multicast or broadcast) address, not a host's");
+    }
+    if mac == [0; 6] {
+        return Err("is all zero, not a host's");
+    }
+    Ok(mac)
+}
+
 /// Returns the dataplane section and the span of `ring_size` if given.
 fn convert_dataplane(
     src: &Source,
@@ -314,6 +337,28 @@ fn convert_dataplane(
         }
         None => DEFAULT_RING_SIZE,
     };
+    let extra_macs = match &d.extra_macs {
+        Some(list) => {
+            let max = lb_common::limits::MAX_EXTRA_MACS as usize;
+            if list.get_ref().len() > max {
+                return Err(src.err(
+                    list.span(),
+                    format!("extra_macs takes at most {max} addresses"),
+                ));
+            }
+            let mut macs: Vec<[u8; 6]> = Vec::new();
+            for m in list.get_ref() {
+                let mac = parse_mac(m.get_ref()).map_err(|why| {
+                    src.err(m.span(), format!("extra_macs: {:?} {why}", m.get_ref()))
+                })?;
+                if !macs.contains(&mac) {
+                    macs.push(mac);
+                }
+            }
+            macs
+        }
+        None => Vec::new(),
+    };
     let mut tunnel_source_v4 = None;
     let mut tunnel_source_v6 = None;
     if let Some(ts) = &d.tunnel_source {
@@ -351,6 +396,7 @@ fn convert_dataplane(
             answers_per_sec: d
                 .answers_per_sec
                 .unwrap_or(lb_common::limits::DEFAULT_ANSWERS_PER_SEC),
+            extra_macs,
         },
         d.ring_size.as_ref().map(|s| s.span()),
     ))

@@ -87,6 +87,8 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     // addresses to tell replies to our own probes from client traffic.
     dp.sync_host(&config.dataplane.interfaces)
         .context("writing this host's addresses and interfaces into the data plane")?;
+    dp.sync_extra_macs(&config.dataplane.extra_macs)
+        .context("writing extra_macs into the data plane")?;
     let (shutdown, reload_rx) = signals()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics = Metrics::new(pin_path.clone());

@@ -598,6 +598,9 @@ impl<D: DataplaneOps> Controller<D> {
         if let Err(e) = self.dp.sync_host(&self.config.dataplane.interfaces) {
             error!(error = %e, "writing host addresses into the data plane failed");
         }
+        if let Err(e) = self.dp.sync_extra_macs(&self.config.dataplane.extra_macs) {
+            error!(error = %e, "writing extra_macs into the data plane failed");
+        }
     }
 
     /// Runs until `shutdown` resolves. SIGHUP-style reloads arrive as

@@ -20,6 +20,9 @@ pub trait DataplaneOps: Send {
     /// apart from client traffic). Addresses change: called again every
     /// [`HOST_SYNC_EVERY`].
     fn sync_host(&mut self, interfaces: &[String]) -> Result<(), DataplaneError>;
+    /// Writes the host's other MACs (`[dataplane] extra_macs`): frames to
+    /// them are this host's too.
+    fn sync_extra_macs(&mut self, macs: &[[u8; 6]]) -> Result<(), DataplaneError>;
     fn remove_vip(&mut self, vip: Endpoint) -> Result<(), DataplaneError>;
     fn write_backend(&mut self, slot: &BackendSlot) -> Result<(), DataplaneError>;
     fn free_backend(&mut self, slot: u32) -> Result<(), DataplaneError>;
@@ -58,6 +61,9 @@ impl DataplaneOps for Dataplane {
     }
     fn sync_host(&mut self, interfaces: &[String]) -> Result<(), DataplaneError> {
         Dataplane::sync_host(self, interfaces)
+    }
+    fn sync_extra_macs(&mut self, macs: &[[u8; 6]]) -> Result<(), DataplaneError> {
+        Dataplane::sync_extra_macs(self, macs)
     }
     fn remove_vip(&mut self, vip: Endpoint) -> Result<(), DataplaneError> {
         Dataplane::remove_vip(self, vip)

@@ -100,6 +100,9 @@ impl DataplaneOps for Fake {
         self.host_syncs.lock().unwrap().push(interfaces.to_vec());
         Ok(())
     }
+    fn sync_extra_macs(&mut self, _macs: &[[u8; 6]]) -> Result<(), DataplaneError> {
+        Ok(())
+    }
     fn remove_vip(&mut self, vip: Endpoint) -> Result<(), DataplaneError> {
         self.ops.push(Op::RemoveVip(vip));
         self.vips.remove(&vip);

@@ -75,6 +75,14 @@ impl Dataplane {
         sync_set(&mut self.local_addrs6, local6, maps::LOCAL_ADDRS6)
     }
 
+    /// The host's other MACs (`[dataplane] extra_macs`): frames to them are
+    /// this host's on every attached interface. Entries no longer wanted
+    /// are removed.
+    pub fn sync_extra_macs(&mut self, macs: &[[u8; 6]]) -> Result<(), DataplaneError> {
+        let wanted = macs.iter().map(|&m| lb_common::mac_key(m)).collect();
+        sync_set(&mut self.extra_macs, wanted, maps::EXTRA_MACS)
+    }
+
     /// The host addresses the program knows (`LOCAL_ADDRS`, `LOCAL_ADDRS6`).
     pub fn local_addrs(&self) -> Vec<IpAddr> {
         let v4 = self.local_addrs.keys().filter_map(Result::ok);

@@ -207,6 +207,7 @@ impl Dataplane {
         let vip_addrs6 = take(&mut ebpf, maps::VIP_ADDRS6)?;
         let reply_addrs = take(&mut ebpf, maps::REPLY_ADDRS)?;
         let reply_addrs6 = take(&mut ebpf, maps::REPLY_ADDRS6)?;
+        let extra_macs = take(&mut ebpf, maps::EXTRA_MACS)?;
         let generations = (0..MAX_BACKENDS)
             .map(|slot| {
                 backends
@@ -244,6 +245,7 @@ impl Dataplane {
             vip_addrs6,
             reply_addrs,
             reply_addrs6,
+            extra_macs,
             filtered: Default::default(),
             // Filled by the rebuilds below.
             filter_words: Vec::new(),

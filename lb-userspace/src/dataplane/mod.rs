@@ -159,6 +159,7 @@ pub struct Dataplane {
     vip_addrs: HashMap<MapData, u32, VipAddr>,
     vip_addrs6: HashMap<MapData, Addr6, VipAddr>,
     reply_addrs: HashMap<MapData, u32, u32>,
+    extra_macs: HashMap<MapData, u64, u32>,
     reply_addrs6: HashMap<MapData, Addr6, u32>,
     /// The keys of `VIPS`/`VIPS6` and `REPLIES`/`REPLIES6` (by
     /// `FilterSide`), and the words of `ADDR_FILTER` as written: a word is

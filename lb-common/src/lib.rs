@@ -73,6 +73,9 @@ pub mod limits {
     /// first is dropped, and an identification reused later does not find
     /// a stale decision.
     pub const FRAG_TTL_NS: u64 = 2_000_000_000;
+    /// Connections backends opened from their service endpoints, tracked
+    /// at once per family (an LRU).
+    pub const OUTBOUND_SIZE: u32 = 65_536;
     /// `[dataplane] extra_macs` at most.
     pub const MAX_EXTRA_MACS: u32 = 16;
     /// Interfaces xdplb attaches to (redirect targets, MAC filter).
@@ -124,6 +127,11 @@ pub mod maps {
     /// later fragments are replies.
     pub const REPLY_ADDRS: &str = "REPLY_ADDRS";
     pub const REPLY_ADDRS6: &str = "REPLY_ADDRS6";
+    /// TCP connections a backend opened from its service endpoint
+    /// ([`FlowKey`](crate::FlowKey) backend → foreign → last seen ns):
+    /// their packets are not replies, and pass untouched.
+    pub const OUTBOUND: &str = "OUTBOUND";
+    pub const OUTBOUND6: &str = "OUTBOUND6";
     /// `[dataplane] extra_macs` ([`mac_key`](crate::mac_key) → 1).
     pub const EXTRA_MACS: &str = "EXTRA_MACS";
     /// IPv4 VIP addresses (network order → [`VipAddr`](crate::VipAddr)).
@@ -702,11 +710,18 @@ pub struct ReplyEntry {
     pub vip_addr: u32,
     /// VIP port, network order.
     pub vip_port: u16,
-    pub _pad: u16,
+    /// `REPLY_F_*`, set by the program (user space writes 0).
+    pub flags: u16,
     pub backend: u32,
     pub vip_index: u32,
 }
 const _: () = assert!(core::mem::size_of::<ReplyEntry>() == 16);
+
+/// `ReplyEntry::flags`: the backend has opened a TCP connection from this
+/// endpoint (a SYN without ACK to a foreign address): its packets are
+/// looked up in `OUTBOUND` before they are taken for replies. Set by the
+/// program once, so only such endpoints pay the lookup.
+pub const REPLY_F_OPENS: u16 = 1;
 
 /// Value of `REPLIES6` (keyed by a backend's [`L4Addr6`]): [`ReplyEntry`]
 /// for IPv6 pools.
@@ -716,7 +731,8 @@ pub struct ReplyEntry6 {
     pub vip_addr: Addr6,
     /// Network order.
     pub vip_port: u16,
-    pub _pad: u16,
+    /// `REPLY_F_*`.
+    pub flags: u16,
     pub backend: u32,
     pub vip_index: u32,
 }
@@ -960,6 +976,10 @@ pub enum GlobalCounter {
     DropIpv6Extension,
     /// Non-first fragments sent the way their first fragment went.
     FragmentFollowed,
+    /// Packets of TCP connections a backend opened from its service
+    /// endpoint (its SYN without ACK, and what it sent after): not
+    /// replies, passed untouched.
+    PassBackendOpened,
     /// Packets to a VIP address that match no pool, answered: a TCP RST
     /// or an ICMP port unreachable from the VIP.
     NoPoolAnswered,
@@ -1007,7 +1027,7 @@ impl GlobalCounter {
         (GlobalCounter::DropInternal, "internal"),
     ];
     /// Notable events that are not drops, with their metric label.
-    pub const EVENTS: [(GlobalCounter, &'static str); 25] = [
+    pub const EVENTS: [(GlobalCounter, &'static str); 26] = [
         (GlobalCounter::FlowMisses, "flow_miss"),
         (GlobalCounter::Resteered, "resteered"),
         (GlobalCounter::PassNeighUnresolved, "neigh_unresolved"),
@@ -1033,6 +1053,7 @@ impl GlobalCounter {
         (GlobalCounter::NoPoolAnswered, "no_pool_answered"),
         (GlobalCounter::EchoReplied, "echo_replied"),
         (GlobalCounter::FragmentFollowed, "fragment_followed"),
+        (GlobalCounter::PassBackendOpened, "backend_opened"),
     ];
 }
 

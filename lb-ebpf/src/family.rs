@@ -17,6 +17,7 @@ use lb_common::{
     addr_filter_word, addr_filter_word6, Addr6, BackendMeta, FibEntry, FlowKey, FlowKey6,
     FragEntry, L4Addr, L4Addr6, VipAddr, VipMeta, ADDR_FILTER_BACKENDS, ADDR_FILTER_BACKENDS6,
     ADDR_FILTER_VIPS6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP,
+    REPLY_F_OPENS,
 };
 
 use crate::{
@@ -25,8 +26,8 @@ use crate::{
     host::may_be,
     maps::{
         BACKEND_ADDRS6, FIB_CACHE, FIB_CACHE6, FRAGS, FRAGS6, FRAG_SCRATCH, LOCAL_ADDRS,
-        LOCAL_ADDRS6, REPLIES, REPLIES6, REPLY_ADDRS, REPLY_ADDRS6, VIPS, VIPS6, VIP_ADDRS,
-        VIP_ADDRS6,
+        LOCAL_ADDRS6, OUTBOUND, OUTBOUND6, REPLIES, REPLIES6, REPLY_ADDRS, REPLY_ADDRS6, VIPS,
+        VIPS6, VIP_ADDRS, VIP_ADDRS6,
     },
     parse::{load32, load_addr6, store32, store_addr6, IcmpPacket, Ipv4Hdr, Ipv6Hdr, Parsed},
     select::Flow,
@@ -49,6 +50,8 @@ pub struct Reply<F: Family> {
     pub port: u16,
     /// The backend's slot (its counters).
     pub backend: u32,
+    /// `REPLY_F_*`.
+    pub flags: u16,
 }
 
 /// What a packet's destination endpoint is.
@@ -173,6 +176,13 @@ pub trait Family: Sized + 'static {
     fn reply(addr: &Self::Addr, port: u16, proto: u8) -> Option<Reply<Self>>;
     /// Whether `addr` is a backend's (it has reply endpoints).
     fn reply_addr(addr: &Self::Addr) -> bool;
+    /// Marks a backend endpoint as one that opens connections
+    /// (`REPLY_F_OPENS`).
+    fn mark_opener(addr: &Self::Addr, port: u16, proto: u8);
+    /// The connection a backend opened with this 5-tuple (as it sends).
+    fn outbound(key: &Self::Key) -> bool;
+    fn outbound_put(key: &Self::Key, now: u64);
+    fn outbound_del(key: &Self::Key);
     /// Whether `addr` is one of this host's addresses.
     fn is_local(addr: &Self::Addr) -> bool;
 
@@ -415,7 +425,35 @@ impl Family for Ipv4 {
             vip: r.vip_addr,
             port: r.vip_port,
             backend: r.backend,
+            flags: r.flags,
         })
+    }
+    #[inline(always)]
+    fn mark_opener(addr: &u32, port: u16, proto: u8) {
+        let key = L4Addr {
+            addr: *addr,
+            port,
+            proto,
+            _pad: 0,
+        };
+        if let Some(r) = REPLIES.get_ptr_mut(&key) {
+            // SAFETY: a map value; a racing user-space rewrite at worst
+            // clears the mark, and the next SYN sets it again.
+            unsafe { (*r).flags |= REPLY_F_OPENS };
+        }
+    }
+    #[inline(always)]
+    fn outbound(key: &FlowKey) -> bool {
+        // SAFETY: the reference is dropped at once.
+        unsafe { OUTBOUND.get(key) }.is_some()
+    }
+    #[inline(always)]
+    fn outbound_put(key: &FlowKey, now: u64) {
+        let _ = OUTBOUND.insert(key, &now, 0);
+    }
+    #[inline(always)]
+    fn outbound_del(key: &FlowKey) {
+        let _ = OUTBOUND.remove(key);
     }
     #[inline(always)]
     fn reply_addr(addr: &u32) -> bool {
@@ -703,7 +741,34 @@ impl Family for Ipv6 {
             vip: r.vip_addr,
             port: r.vip_port,
             backend: r.backend,
+            flags: r.flags,
         })
+    }
+    #[inline(always)]
+    fn mark_opener(addr: &Addr6, port: u16, proto: u8) {
+        let key = L4Addr6 {
+            addr: *addr,
+            port,
+            proto,
+            _pad: 0,
+        };
+        if let Some(r) = REPLIES6.get_ptr_mut(&key) {
+            // SAFETY: as for IPv4.
+            unsafe { (*r).flags |= REPLY_F_OPENS };
+        }
+    }
+    #[inline(always)]
+    fn outbound(key: &FlowKey6) -> bool {
+        // SAFETY: the reference is dropped at once.
+        unsafe { OUTBOUND6.get(key) }.is_some()
+    }
+    #[inline(always)]
+    fn outbound_put(key: &FlowKey6, now: u64) {
+        let _ = OUTBOUND6.insert(key, &now, 0);
+    }
+    #[inline(always)]
+    fn outbound_del(key: &FlowKey6) {
+        let _ = OUTBOUND6.remove(key);
     }
     #[inline(always)]
     fn reply_addr(addr: &Addr6) -> bool {

@@ -10,12 +10,12 @@ use lb_common::{
     flow_buckets,
     limits::{
         DEFAULT_FLOW_TABLE_SIZE, DEFAULT_RING_SIZE, FIB_CACHE_SIZE, FRAG_TABLE_SIZE, MAX_BACKENDS,
-        MAX_EXTRA_MACS, MAX_IFACES, MAX_LOCAL_ADDRS, MAX_VIPS,
+        MAX_EXTRA_MACS, MAX_IFACES, MAX_LOCAL_ADDRS, MAX_VIPS, OUTBOUND_SIZE,
     },
-    rings_len, Addr6, AnswerTokens, BackendCounters, BackendMeta, FibEntry, FlowBucket, FragEntry,
-    FragKey, FragKey6, GlobalCounter, IfaceMeta, L4Addr, L4Addr6, Name, RateWindow, ReplyEntry,
-    ReplyEntry6, VipAddr, VipCounters, VipMeta, ADDR_FILTER_LEN, IFACE_SLOTS, NAMES_LEN,
-    TAIL_SLOTS,
+    rings_len, Addr6, AnswerTokens, BackendCounters, BackendMeta, FibEntry, FlowBucket, FlowKey,
+    FlowKey6, FragEntry, FragKey, FragKey6, GlobalCounter, IfaceMeta, L4Addr, L4Addr6, Name,
+    RateWindow, ReplyEntry, ReplyEntry6, VipAddr, VipCounters, VipMeta, ADDR_FILTER_LEN,
+    IFACE_SLOTS, NAMES_LEN, TAIL_SLOTS,
 };
 
 /// VIP endpoint → its index and live ring slot.
@@ -123,6 +123,16 @@ pub static NAMES: Array<Name> = Array::pinned(NAMES_LEN, 0);
 /// MAC (promiscuous mode, a bridge port) are not ours to rewrite.
 #[map]
 pub static IFACES: Array<IfaceMeta> = Array::pinned(IFACE_SLOTS, 0);
+
+/// TCP connections backends opened from their service endpoints (key:
+/// backend → foreign, as the backend sends; value: when it was opened):
+/// their packets are not replies to rewrite. Consulted only for
+/// endpoints whose `REPLIES` entry has `REPLY_F_OPENS`.
+#[map]
+pub static OUTBOUND: LruHashMap<FlowKey, u64> = LruHashMap::pinned(OUTBOUND_SIZE, 0);
+
+#[map]
+pub static OUTBOUND6: LruHashMap<FlowKey6, u64> = LruHashMap::pinned(OUTBOUND_SIZE, 0);
 
 /// More MACs of this host (`[dataplane] extra_macs`, `lb_common::mac_key`
 /// → 1): a VRRP virtual MAC, a secondary MAC. Frames to them are ours on

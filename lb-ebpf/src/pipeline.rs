@@ -4,12 +4,12 @@
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use lb_common::{
     limits::FRAG_TTL_NS, FibEntry, GlobalCounter, VipMeta, FRAG_DSR, FRAG_NAT, FRAG_REPLY,
-    FRAG_TUNNEL, VIP_F_DSR, VIP_F_REJECT_EMPTY, VIP_F_TUNNEL,
+    FRAG_TUNNEL, REPLY_F_OPENS, VIP_F_DSR, VIP_F_REJECT_EMPTY, VIP_F_TUNNEL,
 };
 
 use crate::{
     answer::{self, answer_with, too_big, unanswerable},
-    consts::{MIN_FORWARD_TTL, TCP_FLAG_FIN, TCP_FLAG_RST},
+    consts::{MIN_FORWARD_TTL, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
     direct,
     family::{Family, Reply, VipMatch},
     forward::{aggregate, fits, next_hop, send, Next},
@@ -101,9 +101,44 @@ fn balance<F: Family>(ctx: &XdpContext, pkt: &L4Packet<F>) -> u32 {
         if !for_us(ctx) {
             return pass_because(GlobalCounter::PassNotForUs);
         }
+        if !pkt.udp() && opened_by_backend(pkt, &reply) {
+            return pass_because(GlobalCounter::PassBackendOpened);
+        }
         return from_backend(ctx, pkt, &reply);
     }
     pass()
+}
+
+/// Whether a TCP segment from a backend's service endpoint belongs to a
+/// connection the backend opened (and is no reply): its SYN without ACK,
+/// and whatever the backend sends on that 5-tuple afterwards, which is
+/// looked up only for endpoints that ever opened one. A SYN-ACK on such a
+/// tuple is a client's new connection through the VIP: a reply again.
+/// (What comes back is addressed to the backend, not to a VIP: the
+/// kernel's anyway.) UDP has no handshake to tell by: every datagram from
+/// a service endpoint is a reply.
+#[inline(always)]
+fn opened_by_backend<F: Family>(pkt: &L4Packet<F>, reply: &Reply<F>) -> bool {
+    let key = &pkt.key;
+    let handshake = pkt.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK);
+    if handshake == TCP_FLAG_SYN {
+        if reply.flags & REPLY_F_OPENS == 0 {
+            F::mark_opener(&key.src(), key.src_port(), key.proto());
+        }
+        F::outbound_put(key, coarse_now());
+        return true;
+    }
+    if reply.flags & REPLY_F_OPENS == 0 || !F::outbound(key) {
+        return false;
+    }
+    if handshake == TCP_FLAG_SYN | TCP_FLAG_ACK {
+        F::outbound_del(key);
+        return false;
+    }
+    if pkt.flags & TCP_FLAG_RST != 0 {
+        F::outbound_del(key);
+    }
+    true
 }
 
 #[inline(always)]

@@ -2206,3 +2206,72 @@ fn answers_are_rate_limited_per_cpu() {
     assert_eq!(lab.counters().get(GlobalCounter::DropAnswerLimited), 3);
     assert_eq!(lab.counters().vips[0].counters.rejected, 0);
 }
+
+// ---- Reverse NAT rewrites replies only ----
+
+/// A host out on the client side, which a backend connects to itself.
+fn foreign(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(CLIENT.parse().unwrap(), port)
+}
+
+/// A segment backend `b` sends from its service endpoint to `to`.
+fn from_service(b: u32, to: SocketAddrV4, flags: u8) -> TcpFrame {
+    let mut f = TcpFrame::new(backend_addr(b), to, flags);
+    f.src_mac = backend_mac(b as u8);
+    f.dst_mac = OUT_MAC;
+    f
+}
+
+/// A TCP SYN without ACK from a backend's service endpoint is a
+/// connection the backend opens, not a reply: it and the rest of that
+/// connection leave untouched (and what comes back is addressed to the
+/// backend, not the VIP: the kernel's). Replies of connections through
+/// the VIP from the same endpoint are still rewritten; a SYN-ACK on the
+/// opened connection's 5-tuple is a client's new connection: rewritten.
+/// UDP has no handshake: a datagram from a service endpoint is a reply
+/// (packet6.rs covers UDP replies without a flow).
+#[test]
+fn a_connection_a_backend_opens_from_its_service_port_passes_untouched() {
+    let mut lab = Lab::new(2);
+    let out_port = 44300;
+    let syn = from_service(0, foreign(out_port), TCP_SYN).build();
+    let (action, out) = lab.arrive_from_backends(&syn);
+    assert_eq!((action, &out), (XDP_PASS, &syn), "the backend's SYN");
+    // What comes back, to the backend's own address.
+    let mut synack = TcpFrame::new(foreign(out_port), backend_addr(0), TCP_SYN | TCP_ACK);
+    synack.src_mac = CLIENT_MAC;
+    synack.dst_mac = IN_MAC;
+    let bytes = synack.build();
+    let (action, out) = lab.arrive_from_client(&bytes);
+    assert_eq!((action, &out), (XDP_PASS, &bytes), "the far end's SYN-ACK");
+    for flags in [TCP_ACK, TCP_ACK | TCP_PSH, TCP_FIN | TCP_ACK] {
+        let seg = from_service(0, foreign(out_port), flags).build();
+        let (action, out) = lab.arrive_from_backends(&seg);
+        assert_eq!((action, &out), (XDP_PASS, &seg), "flags {flags:#x}");
+    }
+    assert_eq!(lab.counters().get(GlobalCounter::PassBackendOpened), 4);
+    // A client's connection through the VIP to the same backend: its
+    // replies leave from the VIP as ever.
+    let port = (45000..46000)
+        .find(|&p| lab.ring_choice(client(p), sa(VIP)) == 0)
+        .unwrap();
+    lab.arrive_from_client(&to_vip(port, TCP_SYN).build());
+    let reply = from_service(0, client(port), TCP_SYN | TCP_ACK);
+    let (action, out) = lab.arrive_from_backends(&reply.build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(&out[26..30], &sa(VIP).ip().octets(), "from the VIP");
+    // The opened connection's 5-tuple answered with a SYN-ACK: a client
+    // connected through the VIP from that port since; a reply again.
+    let reused = from_service(0, foreign(out_port), TCP_SYN | TCP_ACK);
+    let (action, out) = lab.arrive_from_backends(&reused.build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(&out[26..30], &sa(VIP).ip().octets());
+    let (action, _) =
+        lab.arrive_from_backends(&from_service(0, foreign(out_port), TCP_ACK).build());
+    assert_eq!(action, XDP_REDIRECT, "and the rest of it");
+    // Another backend, which never opened a connection, pays no lookup
+    // and is rewritten.
+    let (action, _) = lab.arrive_from_backends(&from_service(1, foreign(44301), TCP_ACK).build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(lab.counters().get(GlobalCounter::PassBackendOpened), 4);
+}

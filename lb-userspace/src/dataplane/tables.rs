@@ -511,7 +511,7 @@ impl Dataplane {
                 let entry = ReplyEntry {
                     vip_addr: u32::from_ne_bytes(v.ip().octets()),
                     vip_port: v.port().to_be(),
-                    _pad: 0,
+                    flags: 0,
                     backend: slot,
                     vip_index,
                 };
@@ -525,7 +525,7 @@ impl Dataplane {
                 let entry = ReplyEntry6 {
                     vip_addr: addr6(*v.ip()),
                     vip_port: v.port().to_be(),
-                    _pad: 0,
+                    flags: 0,
                     backend: slot,
                     vip_index,
                 };

@@ -51,14 +51,18 @@ pub mod limits {
     /// How long a closed flow's entry still steers its stragglers (the last
     /// ACK, a retransmitted FIN) before it counts as gone: a few RTOs.
     pub const FLOW_LINGER_NS: u64 = 4_000_000_000;
-    /// `FlowSlot::seen` is rewritten only when older than this, so
-    /// an established packet does not dirty the entry's cache line each
-    /// time; recency is only ever judged in seconds.
-    pub const LAST_SEEN_RESOLUTION_NS: u64 = 1_000_000_000;
-    /// Default of `[dataplane] max_flow_inserts_per_sec` (per CPU), as
-    /// Katran's MAX_CONN_RATE: above it new flows are balanced by the ring
-    /// without a table entry, so a SYN flood cannot evict established flows.
-    pub const DEFAULT_MAX_FLOW_INSERTS_PER_SEC: u32 = 125_000;
+    /// How far `FlowSlot::seen` may lag a flow's last packet: one of its
+    /// units (2^FLOW_SEEN_SHIFT ns, ~1 ms), since it is rewritten whenever
+    /// a packet comes in a later unit. Eviction compares entries by it, so
+    /// a live flow never looks older than an entry made after its last
+    /// packet (with a one-second lag it did, and a flood's entries
+    /// outranked idle keep-alive connections).
+    pub const LAST_SEEN_RESOLUTION_NS: u64 = 1 << 20;
+    /// Default of `[dataplane] max_flow_inserts_per_sec`, for the whole
+    /// host (each CPU gets an equal share): above it new flows are balanced
+    /// by the ring without a table entry, so a flood churns the table at a
+    /// bounded rate.
+    pub const DEFAULT_MAX_FLOW_INSERTS_PER_SEC: u32 = 500_000;
     /// Default of `[dataplane] answers_per_sec` (per CPU): RSTs, ICMP
     /// errors and echo replies the program makes itself. A flood of
     /// packets that each earn an answer then costs this host and its
@@ -427,6 +431,22 @@ pub const FLOW_F_ACKED: u16 = 8;
 /// here.
 pub const FLOW_F_UDP: u16 = 16;
 
+/// `FlowSlot` flags: the backend answered the flow's SYN (its SYN-ACK
+/// went through the reply path). With `FLOW_F_ACKED`, the flow saw both
+/// directions: the table gives its entry up last (see
+/// [`flow_established`]).
+pub const FLOW_F_REPLIED: u16 = 32;
+
+/// Whether a flow saw both directions through this gateway: the backend's
+/// SYN-ACK and the client's ACK. A flood's entries never do (a spoofed
+/// SYN is answered, never acknowledged; a spoofed ACK is answered with a
+/// RST, which closes its entry), so when a new flow needs a way, an entry
+/// that did is taken only if every candidate did.
+#[inline(always)]
+pub const fn flow_established(flags: u16) -> bool {
+    flags & (FLOW_F_REPLIED | FLOW_F_ACKED) == FLOW_F_REPLIED | FLOW_F_ACKED
+}
+
 /// Whether a flow is over: reset, or FIN seen both ways. Its entry then
 /// lingers [`limits::FLOW_LINGER_NS`] for the last ACKs and retransmissions,
 /// and after that its slot is the first a new flow takes (and the
@@ -568,6 +588,7 @@ pub const FLOW_TAG_FLAGS: u64 = 0xff;
 /// [`FlowSlot::seen`] counts `2^FLOW_SEEN_SHIFT` ns (~1.05 ms): 32 bits
 /// then span 52 days, and recency is judged in seconds.
 pub const FLOW_SEEN_SHIFT: u32 = 20;
+const _: () = assert!(limits::LAST_SEEN_RESOLUTION_NS == 1 << FLOW_SEEN_SHIFT);
 
 /// One flow in `FLOWS`: the table keeps no 5-tuple, only a keyed 64-bit
 /// hash of it ([`flow_tag`], [`flow_tag6`]), so an entry is 16 bytes and a
@@ -580,7 +601,7 @@ pub struct FlowSlot {
     pub tag: u64,
     /// Backend the flow is pinned to: a [`backend_ref`].
     pub backend: u32,
-    /// [`flow_seen`] of the last packet (rewritten at most once a second).
+    /// [`flow_seen`] of the last packet (its ~1 ms unit).
     pub seen: u32,
 }
 const _: () = assert!(core::mem::size_of::<FlowSlot>() == 16);
@@ -739,7 +760,8 @@ pub struct ReplyEntry6 {
 const _: () = assert!(core::mem::size_of::<ReplyEntry6>() == 28);
 
 /// Value of `INSERT_RATE` (per-CPU array of one): the current one-second
-/// window of flow-table inserts on this CPU.
+/// window of flow-table inserts on this CPU, whose budget is its share of
+/// the host's `max_flow_inserts_per_sec`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RateWindow {

@@ -320,9 +320,12 @@ fn from_backend<F: Family>(ctx: &XdpContext, pkt: &L4Packet<F>, reply: &Reply<F>
             now + FRAG_TTL_NS,
         );
     }
-    if pkt.flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 {
+    // The SYN-ACK (the flow saw both directions once the client acks it),
+    // FIN and RST are noted in the flow's entry; other replies are
+    // rewritten without a lookup.
+    if pkt.flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST) != 0 {
         let client_side = F::Key::new(&key.dst(), &vip, key.dst_port(), vip_port, key.proto());
-        select::note_backend_close(&client_side, pkt.flags, now);
+        select::note_backend(&client_side, pkt.flags, now);
     }
     let hop = match next_hop::<F>(ctx, &vip, &key.dst(), F::tos(ip), key.proto(), now) {
         Next::Send(hop) => hop,

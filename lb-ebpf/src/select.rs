@@ -2,15 +2,21 @@
 //! live Maglev ring. Both hold backend references (slot + generation, see
 //! `lb_common::backend_ref`), validated against the slot before use.
 //!
-//! What the table must withstand (after Katran): a SYN or ACK flood must
-//! not evict established flows (inserts are rate-capped per CPU; FIN and
-//! RST never insert), a spoofed or retransmitted SYN must not move an
+//! What the table must withstand (after Katran, and conntrack's early
+//! drop): a SYN or ACK flood must not evict established flows. A new flow
+//! takes, in its two buckets, a free way (empty, or a closed flow's past
+//! its linger), else the least recently seen entry that never saw both
+//! directions (a flood's, a half-open one's, UDP's), else the least
+//! recently seen closed one, and only when all 16 ways hold established
+//! flows the least recently seen of those. Inserts are also capped (the
+//! host's `max_flow_inserts_per_sec`, shared by its CPUs), FIN and RST
+//! never insert, a spoofed or retransmitted SYN must not move an
 //! established flow (it keeps its pin), and closed connections give their
 //! entries back (they linger briefly, then theirs is the first slot a new
-//! flow in the bucket takes, before any live flow's).
+//! flow in the bucket takes).
 use lb_common::{
-    flow_bucket_pair, flow_closed, flow_hash, flow_hash6, flow_idle, flow_seen, flow_tag,
-    flow_tag6, limits::FLOW_LINGER_NS, limits::LAST_SEEN_RESOLUTION_NS, ref_generation, ref_slot,
+    flow_bucket_pair, flow_closed, flow_established, flow_hash, flow_hash6, flow_idle, flow_seen,
+    flow_tag, flow_tag6, limits::FLOW_LINGER_NS, ref_generation, ref_slot,
     ring_slot_index, BackendMeta, FlowKey, FlowKey6, FlowSlot, GlobalCounter, VipMeta,
     BACKEND_DOWN, BACKEND_FREE, FLOW_F_ACKED, FLOW_F_CLOSING, FLOW_F_RESET, FLOW_F_UDP,
     FLOW_SEEN_SHIFT, FLOW_TAG_FLAGS, FLOW_WAYS, IPPROTO_UDP, NO_BACKEND,
@@ -141,13 +147,23 @@ impl Place {
     }
 }
 
+/// How much a new flow would rather take a way: free (empty, or closed
+/// past its linger) first, then an entry that never saw both directions,
+/// then a closed one lingering, last an established flow.
+const RANK_FREE: u32 = 3;
+const RANK_UNESTABLISHED: u32 = 2;
+const RANK_CLOSED: u32 = 1;
+const RANK_ESTABLISHED: u32 = 0;
+/// Ages (in `flow_seen` units) past this count as this: the rank sits
+/// above them in a victim's score.
+const MAX_AGE: u32 = (1 << 30) - 1;
+
 /// Scans bucket `index` of `FLOWS` (its ways numbered from `base`) for
-/// `tag`, and for its oldest way. Returns, packed: the way holding the
-/// flow + 1 (0: not there) in bits 0–7; else the oldest way (a free one if
-/// any, else the least recently seen) in bits 8–11, the number of free
-/// ways (empty, or a closed flow's past its linger) in bits 12–15 and the
-/// oldest way's age in `flow_seen` units (u32::MAX: free) in bits 32–63.
-/// `u64::MAX`: no such bucket.
+/// `tag`, and for the way a new flow would take. Returns, packed: the way
+/// holding the flow + 1 (0: not there) in bits 0–7; else that victim way
+/// (the highest score: rank, then age) in bits 8–11, the number of free
+/// ways in bits 12–15 and the victim's score (rank << 30 | age in
+/// `flow_seen` units) in bits 32–63. `u64::MAX`: no such bucket.
 ///
 /// verifier: a global function (exported), verified once on its own for
 /// any arguments, and whose result its callers see as an unknown number.
@@ -163,35 +179,38 @@ pub extern "C" fn xdplb_scan_bucket(index: u32, base: u32, tag: u64, seen: u32) 
         return u64::MAX;
     };
     let mut victim = base;
-    let mut oldest = 0u32;
+    let mut best = 0u32;
     let mut free = 0u32;
     for way in 0..FLOW_WAYS {
         // SAFETY: a valid map value; `way` < FLOW_WAYS. Other CPUs may be
         // writing the slot: a torn read is judged like any other (at worst
-        // one flow re-steered once, never a wrong backend, as the backend
-        // reference is validated before use).
+        // one flow re-steered once, never a wrong backend: see `bound`).
         let slot = unsafe { &(*bucket).slots[way] };
         let word = slot.tag;
         if word & !FLOW_TAG_FLAGS == tag {
             return (base + way as u32) as u64 + 1;
         }
+        let flags = (word & FLOW_TAG_FLAGS) as u16;
         let age = seen.wrapping_sub(slot.seen);
-        let is_free = word == 0
-            || (flow_closed((word & FLOW_TAG_FLAGS) as u16)
-                && ((age as u64) << FLOW_SEEN_SHIFT) > FLOW_LINGER_NS);
-        let age = if is_free {
+        let closed = flow_closed(flags);
+        let rank = if word == 0 || (closed && ((age as u64) << FLOW_SEEN_SHIFT) > FLOW_LINGER_NS) {
             free += 1;
-            u32::MAX
+            RANK_FREE
+        } else if closed {
+            RANK_CLOSED
+        } else if flow_established(flags) {
+            RANK_ESTABLISHED
         } else {
-            age
+            RANK_UNESTABLISHED
         };
-        // Strictly older: on a tie the earlier way wins.
-        if age > oldest {
-            oldest = age;
+        let score = rank << 30 | age.min(MAX_AGE);
+        // Strictly higher: on a tie the earlier way wins.
+        if score > best {
+            best = score;
             victim = base + way as u32;
         }
     }
-    ((victim & 0xf) as u64) << 8 | ((free & 0xf) as u64) << 12 | (oldest as u64) << 32
+    ((victim & 0xf) as u64) << 8 | ((free & 0xf) as u64) << 12 | (best as u64) << 32
 }
 
 /// Reads `key`'s two buckets once: whether the flow is there, and which
@@ -235,8 +254,8 @@ fn place<K: Flow>(key: &K, now: u64) -> Result<Place, GlobalCounter> {
             hit = ((in_second & 0xff) as u32 - 1) & 0xf;
         } else {
             // A new flow goes to the bucket with more free ways ("two
-            // choices": buckets fill evenly), else over the older of the
-            // two buckets' least recently seen flows.
+            // choices": buckets fill evenly), else over the better of the
+            // two buckets' victims (rank, then age).
             let free = |scan: u64| (scan >> 12) & 0xf;
             let second_wins = if free(in_first) | free(in_second) != 0 {
                 free(in_second) > free(in_first)
@@ -261,8 +280,10 @@ fn place<K: Flow>(key: &K, now: u64) -> Result<Place, GlobalCounter> {
 #[no_mangle]
 static RING_SIZE: u32 = lb_common::limits::DEFAULT_RING_SIZE;
 
-/// `[dataplane] max_flow_inserts_per_sec` (per CPU; 0 = no cap). Set by
-/// user space with `override_global` before the program loads.
+/// This CPU's share of `[dataplane] max_flow_inserts_per_sec` (the host's
+/// budget divided by its CPUs, so all of them together insert at most
+/// that; 0 = no cap). Set by user space with `override_global` before the
+/// program loads.
 #[no_mangle]
 static MAX_FLOW_INSERTS_PER_SEC: u32 = lb_common::limits::DEFAULT_MAX_FLOW_INSERTS_PER_SEC;
 
@@ -397,11 +418,14 @@ fn pinned(
         }
         Some(meta) => {
             let more = flags | bits;
+            let seen = flow_seen(now);
             if more != flags {
-                flow.seen = flow_seen(now);
+                flow.seen = seen;
                 flow.tag = word | more as u64;
-            } else if age > LAST_SEEN_RESOLUTION_NS {
-                flow.seen = flow_seen(now);
+            } else if flow.seen != seen {
+                // Its ~1 ms unit: recency decides evictions, and a live
+                // flow must not look older than what came after it.
+                flow.seen = seen;
             }
             Ok(Pinned::Keep(Choice {
                 backend: ref_slot(backend),
@@ -530,14 +554,17 @@ pub fn peek<K: Flow>(key: &K, vip: &VipMeta) -> Result<Choice, GlobalCounter> {
     from_ring(key, vip, 0, None)
 }
 
-/// Records what a backend's FIN or RST (with TCP flags `tcp`) tells about
-/// the flow it belongs to; replies look the table up only for these.
+/// Records what a backend's SYN-ACK, FIN or RST (with TCP flags `tcp`)
+/// tells about the flow it belongs to; replies look the table up only for
+/// these.
 #[inline(always)]
-pub fn note_backend_close<K: Flow>(key: &K, tcp: u8, now: u64) {
+pub fn note_backend<K: Flow>(key: &K, tcp: u8, now: u64) {
     let bits = if tcp & TCP_FLAG_RST != 0 {
         FLOW_F_RESET
-    } else {
+    } else if tcp & TCP_FLAG_FIN != 0 {
         lb_common::FLOW_F_BACKEND_FIN
+    } else {
+        lb_common::FLOW_F_REPLIED
     } as u64;
     let Ok(place) = place(key, now) else {
         return;

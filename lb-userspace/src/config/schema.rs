@@ -22,9 +22,8 @@ pub const FACTOR_SUM_TOLERANCE: f64 = 1e-6;
 /// `flow_idle_ms` of a `udp` pool when unset: as IPVS's and Cilium's UDP
 /// timeouts, long enough for a DNS retry or a media stream's pauses.
 pub const DEFAULT_UDP_FLOW_IDLE_MS: u32 = 30_000;
-/// The shortest non-zero `flow_idle_ms`: a flow entry's clock is only
-/// rewritten once a second (`lb_common::limits::LAST_SEEN_RESOLUTION_NS`),
-/// so a shorter idle time could not be told from a live flow.
+/// The shortest non-zero `flow_idle_ms`: a flow that goes quiet for less
+/// than a second is not over (a retransmission timeout is a second).
 pub const MIN_FLOW_IDLE_MS: u32 = 1000;
 /// The largest UDP health-check payload: what one IPv4 UDP datagram
 /// carries (65535 − 20 − 8).

@@ -160,6 +160,15 @@ impl Dataplane {
             .tunnel_source_v4
             .map_or(0, |a| u32::from_ne_bytes(a.octets()));
         let tunnel_source_v6 = tuning.tunnel_source_v6.map_or(Addr6::default(), addr6);
+        // The cap is the host's; each CPU enforces its share (a per-CPU
+        // window, no shared counter for every insert to contend on).
+        // (The possible CPUs, as the kernel sizes per-CPU maps; the online
+        // ones if that file cannot be read.)
+        let cpus = aya::util::nr_cpus()
+            .ok()
+            .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+            .unwrap_or(1);
+        let inserts_per_cpu = tuning.inserts_per_cpu(cpus);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&shape.pin_path)
             .map_max_entries(maps::RINGS, rings_len(ring_size))
@@ -167,11 +176,7 @@ impl Dataplane {
             .override_global("FLOW_TAG_SEED", &flow_seed, true)
             .override_global("FLOW_BUCKETS", &flow_buckets, true)
             .override_global("RING_SIZE", &ring_size, true)
-            .override_global(
-                "MAX_FLOW_INSERTS_PER_SEC",
-                &tuning.max_flow_inserts_per_sec,
-                true,
-            )
+            .override_global("MAX_FLOW_INSERTS_PER_SEC", &inserts_per_cpu, true)
             .override_global("ANSWER_COST_NS", &tuning.answer_cost_ns(), true)
             .override_global("TUNNEL_SOURCE_V4", &tunnel_source, true)
             // Not required: a program without IPv6 tunnels has no such

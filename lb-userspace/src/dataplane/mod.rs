@@ -87,7 +87,8 @@ pub struct Shape {
 /// values simply loads a program with them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tuning {
-    /// Per CPU; 0 = no cap (see `[dataplane] max_flow_inserts_per_sec`).
+    /// For the whole host; 0 = no cap (see `[dataplane]
+    /// max_flow_inserts_per_sec`).
     pub max_flow_inserts_per_sec: u32,
     /// Outer source of IPv4 `tunnel` pools (`[dataplane] tunnel_source`).
     pub tunnel_source_v4: Option<Ipv4Addr>,
@@ -110,6 +111,15 @@ impl Default for Tuning {
 }
 
 impl Tuning {
+    /// The program's `MAX_FLOW_INSERTS_PER_SEC`: each of `cpus` CPUs'
+    /// share of the host's budget (rounded up: together they insert at
+    /// most `cpus - 1` more than the budget, never `cpus` times it). 0
+    /// stays 0 (no cap).
+    pub fn inserts_per_cpu(&self, cpus: usize) -> u32 {
+        let cpus = cpus.max(1) as u32;
+        self.max_flow_inserts_per_sec.div_ceil(cpus)
+    }
+
     /// The program's `ANSWER_COST_NS`: what one answer costs of a CPU's
     /// one-second credit (`u64::MAX`, never affordable, for 0).
     pub fn answer_cost_ns(&self) -> u64 {

@@ -22,7 +22,6 @@
 //! withdraws everything ([`withdraw_all`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -88,26 +87,26 @@ pub fn routes_text(vips: &BTreeSet<IpAddr>) -> String {
     )
 }
 
-/// Replaces `path` with `text` atomically: a reader (BIRD) sees the old
-/// file or the new one, never a part. Creates the parent directory.
-pub fn write_routes(path: &Path, text: &str) -> Result<(), AnnounceError> {
-    let err = |source| AnnounceError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        err(e)
+/// Mode of the routes file: BIRD reads it as its group, nobody else.
+pub const ROUTES_MODE: u32 = 0o640;
+
+/// Replaces `path` with `text` atomically ([`crate::fsutil::write_atomic`]):
+/// BIRD sees the old file or the new one, never a part. Mode
+/// [`ROUTES_MODE`], group that of BIRD's control socket `socket` (the
+/// group BIRD runs as: `bird` on Debian), else the group the file has (a
+/// tmpfiles line made it before BIRD started), so BIRD, not running as
+/// root, can read it.
+pub fn write_routes(path: &Path, socket: &Path, text: &str) -> Result<(), AnnounceError> {
+    use std::os::unix::fs::MetadataExt;
+    let gid = std::fs::metadata(socket)
+        .or_else(|_| std::fs::metadata(path))
+        .ok()
+        .map(|m| m.gid());
+    crate::fsutil::write_atomic(path, text.as_bytes(), ROUTES_MODE, gid).map_err(|e| {
+        AnnounceError::Write {
+            path: path.to_path_buf(),
+            source: e.source,
+        }
     })
 }
 
@@ -207,7 +206,11 @@ pub async fn bird_configure(socket: &Path) -> Result<String, AnnounceError> {
 /// Writes an empty routes file and tells BIRD (`xdplb down`): every VIP of
 /// this gateway is withdrawn.
 pub async fn withdraw_all(cfg: &AnnounceConfig) -> Result<(), AnnounceError> {
-    write_routes(&cfg.routes_file, &routes_text(&BTreeSet::new()))?;
+    write_routes(
+        &cfg.routes_file,
+        &cfg.control_socket,
+        &routes_text(&BTreeSet::new()),
+    )?;
     bird_configure(&cfg.control_socket).await.map(|_| ())
 }
 
@@ -296,7 +299,7 @@ async fn keep_in_step(cfg: AnnounceConfig, mut rx: watch::Receiver<Wanted>) {
     loop {
         let text = routes_text(&rx.borrow_and_update().values().copied().collect());
         if written.as_deref() != Some(text.as_str()) {
-            match write_routes(&cfg.routes_file, &text) {
+            match write_routes(&cfg.routes_file, &cfg.control_socket, &text) {
                 Ok(()) => {
                     info!(file = %cfg.routes_file.display(), vips = ?rx.borrow().values().collect::<Vec<_>>(), "VIP routes written");
                     written = Some(text);
@@ -364,14 +367,18 @@ mod tests {
     fn write_routes_replaces_atomically_and_leaves_no_temporary() {
         let dir = std::env::temp_dir().join(format!("xdplb-announce-{}", std::process::id()));
         let path = dir.join("sub/vips.conf");
-        write_routes(&path, "one\n").unwrap();
-        write_routes(&path, "two\n").unwrap();
+        let socket = dir.join("none.ctl");
+        write_routes(&path, &socket, "one\n").unwrap();
+        write_routes(&path, &socket, "two\n").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
         let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("vips.conf")]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, ROUTES_MODE);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -35,6 +35,8 @@ fn unit_passes_systemd_analyze_verify() -> Result<()> {
         "ProtectSystem=strict",
         "ReadWritePaths=/sys/fs/bpf /run /var/lib/xdplb",
         "mount -t bpf bpf /sys/fs/bpf",
+        "CAP_DAC_OVERRIDE",
+        "RuntimeDirectoryMode=0755",
     ] {
         ensure!(unit.contains(needle), "the unit lacks {needle:?}");
     }

@@ -61,8 +61,12 @@ pub enum AnnounceError {
     },
     #[error("BIRD at {socket} did not answer within {timeout:?}")]
     Timeout { socket: PathBuf, timeout: Duration },
-    #[error("BIRD at {socket} refused `configure`: {reply}")]
-    Refused { socket: PathBuf, reply: String },
+    #[error("BIRD at {socket} refused `{command}`: {reply}")]
+    Refused {
+        socket: PathBuf,
+        command: String,
+        reply: String,
+    },
     #[error("BIRD at {socket}: unexpected reply {line:?}")]
     Protocol { socket: PathBuf, line: String },
 }
@@ -121,11 +125,11 @@ fn parse_line(line: &str) -> Option<(u16, bool)> {
     }
 }
 
-/// Reads one complete reply; returns its last code and all its text.
+/// Reads one complete reply; returns its last code and its text lines.
 async fn read_reply(
     lines: &mut tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
     socket: &Path,
-) -> Result<(u16, String), AnnounceError> {
+) -> Result<(u16, Vec<String>), AnnounceError> {
     let mut text = Vec::new();
     // A reply of more than this many lines is not one we asked for.
     for _ in 0..1000 {
@@ -150,7 +154,7 @@ async fn read_reply(
         })?;
         text.push(line.get(5..).unwrap_or("").trim().to_string());
         if last {
-            return Ok((code, text.join("; ")));
+            return Ok((code, text));
         }
     }
     Err(AnnounceError::Protocol {
@@ -159,11 +163,15 @@ async fn read_reply(
     })
 }
 
-/// `configure` over BIRD's control socket (what `birdc -s SOCKET
-/// configure` does). Codes 0xxx are success; 8xxx/9xxx errors (a parse
-/// error in the config, for one).
-pub async fn bird_configure(socket: &Path) -> Result<String, AnnounceError> {
-    let exchange = async {
+/// A connection to BIRD's control socket, greeted.
+struct Bird {
+    socket: PathBuf,
+    lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    w: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl Bird {
+    async fn connect(socket: &Path) -> Result<Bird, AnnounceError> {
         let stream =
             UnixStream::connect(socket)
                 .await
@@ -171,29 +179,52 @@ pub async fn bird_configure(socket: &Path) -> Result<String, AnnounceError> {
                     socket: socket.to_path_buf(),
                     source,
                 })?;
-        let (r, mut w) = stream.into_split();
+        let (r, w) = stream.into_split();
         let mut lines = BufReader::new(r).lines();
         let (code, hello) = read_reply(&mut lines, socket).await?;
         if code != 1 {
             return Err(AnnounceError::Protocol {
                 socket: socket.to_path_buf(),
-                line: hello,
+                line: hello.join("; "),
             });
         }
-        w.write_all(b"configure\n")
+        Ok(Bird {
+            socket: socket.to_path_buf(),
+            lines,
+            w,
+        })
+    }
+
+    /// Sends one command; returns the reply's lines, or the refusal
+    /// (codes 8xxx/9xxx) as an error.
+    async fn ask(&mut self, command: &str) -> Result<Vec<String>, AnnounceError> {
+        self.w
+            .write_all(format!("{command}\n").as_bytes())
             .await
             .map_err(|source| AnnounceError::Connect {
-                socket: socket.to_path_buf(),
+                socket: self.socket.clone(),
                 source,
             })?;
-        let (code, text) = read_reply(&mut lines, socket).await?;
+        let (code, text) = read_reply(&mut self.lines, &self.socket).await?;
         if code >= 8000 {
             return Err(AnnounceError::Refused {
-                socket: socket.to_path_buf(),
-                reply: format!("{code} {text}"),
+                socket: self.socket.clone(),
+                command: command.to_string(),
+                reply: format!("{code} {}", text.join("; ")),
             });
         }
         Ok(text)
+    }
+}
+
+/// Runs `f` on a fresh connection to BIRD, within [`BIRD_TIMEOUT`].
+async fn with_bird<T>(
+    socket: &Path,
+    f: impl AsyncFnOnce(&mut Bird) -> Result<T, AnnounceError>,
+) -> Result<T, AnnounceError> {
+    let exchange = async {
+        let mut bird = Bird::connect(socket).await?;
+        f(&mut bird).await
     };
     tokio::time::timeout(BIRD_TIMEOUT, exchange)
         .await
@@ -201,6 +232,38 @@ pub async fn bird_configure(socket: &Path) -> Result<String, AnnounceError> {
             socket: socket.to_path_buf(),
             timeout: BIRD_TIMEOUT,
         })?
+}
+
+/// `configure` over BIRD's control socket (what `birdc -s SOCKET
+/// configure` does). Codes 0xxx are success; 8xxx/9xxx errors (a parse
+/// error in the config, for one).
+pub async fn bird_configure(socket: &Path) -> Result<String, AnnounceError> {
+    with_bird(socket, async |b| Ok(b.ask("configure").await?.join("; "))).await
+}
+
+/// What BIRD has: the routes of `xdplb_vips` and `xdplb_vips6` (`show
+/// route protocol …`), as addresses. A protocol BIRD does not know (the
+/// routes file not included, or not read yet) is an error.
+pub async fn bird_routes(socket: &Path) -> Result<BTreeSet<IpAddr>, AnnounceError> {
+    with_bird(socket, async |b| {
+        let mut have = BTreeSet::new();
+        for proto in [PROTO_V4, PROTO_V6] {
+            let lines = b.ask(&format!("show route protocol {proto}")).await?;
+            have.extend(lines.iter().filter_map(|l| route_prefix(l)));
+        }
+        Ok(have)
+    })
+    .await
+}
+
+/// The address of a route line of `show route` (`198.18.2.10/32
+/// blackhole [xdplb_vips 16:03:18.123] * (200)`); `None` for other lines
+/// (`Table master4:`).
+fn route_prefix(line: &str) -> Option<IpAddr> {
+    let first = line.split_whitespace().next()?;
+    let (addr, len) = first.split_once('/')?;
+    len.parse::<u8>().ok()?;
+    addr.parse().ok()
 }
 
 /// Writes an empty routes file and tells BIRD (`xdplb down`): every VIP of
@@ -217,12 +280,18 @@ pub async fn withdraw_all(cfg: &AnnounceConfig) -> Result<(), AnnounceError> {
 /// What the controller wants announced: pool name → VIP address.
 pub type Wanted = BTreeMap<String, IpAddr>;
 
+/// What BIRD has, as last asked: `None` until it answered once (or
+/// while it does not answer).
+type Accepted = Arc<Mutex<Option<BTreeSet<IpAddr>>>>;
+
 /// The task keeping `routes_file` and BIRD in step with what the
-/// controller wants. Dropping it stops the task; the file stays.
+/// controller wants, and asking BIRD what it has. Dropping it stops the
+/// task; the file stays.
 pub struct Announcer {
     config: AnnounceConfig,
     tx: watch::Sender<Wanted>,
     wanted: Arc<Mutex<Wanted>>,
+    accepted: Accepted,
     /// The first set is always sent (an empty one withdraws what an
     /// earlier run announced).
     sent: std::sync::atomic::AtomicBool,
@@ -241,12 +310,13 @@ impl Announcer {
     /// while it waits for its first probes.
     pub fn spawn(config: AnnounceConfig) -> Announcer {
         let (tx, rx) = watch::channel(Wanted::new());
-        let cfg = config.clone();
-        let task = tokio::spawn(keep_in_step(cfg, rx));
+        let accepted = Accepted::default();
+        let task = tokio::spawn(keep_in_step(config.clone(), rx, accepted.clone()));
         Announcer {
             config,
             tx,
             wanted: Arc::new(Mutex::new(Wanted::new())),
+            accepted,
             sent: std::sync::atomic::AtomicBool::new(false),
             task,
         }
@@ -279,19 +349,47 @@ impl Announcer {
         });
     }
 
-    /// Whether `pool`'s VIP is in the set handed to the task.
+    /// The intent: whether `pool`'s VIP is in the set handed to the task.
     pub fn announces(&self, pool: &str) -> bool {
         self.wanted
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(pool)
     }
+
+    /// What BIRD has: whether its `xdplb_vips[6]` protocol holds `vip`,
+    /// as BIRD answered at most [`ASK_EVERY`] ago (false while BIRD does
+    /// not answer).
+    pub fn bird_has(&self, vip: IpAddr) -> bool {
+        self.accepted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|have| have.contains(&vip))
+    }
 }
 
-async fn keep_in_step(cfg: AnnounceConfig, mut rx: watch::Receiver<Wanted>) {
-    // Wait for the controller's first decision.
-    if rx.changed().await.is_err() {
-        return;
+/// BIRD is asked what it has this often (and after every `configure`).
+pub const ASK_EVERY: Duration = Duration::from_secs(1);
+
+async fn keep_in_step(cfg: AnnounceConfig, mut rx: watch::Receiver<Wanted>, accepted: Accepted) {
+    let ask = async |accepted: &Accepted| {
+        let have = bird_routes(&cfg.control_socket).await;
+        if let Err(e) = &have {
+            debug!(error = %e, "BIRD did not say what it has");
+        }
+        *accepted.lock().unwrap_or_else(|e| e.into_inner()) = have.ok();
+    };
+    // Wait for the controller's first decision (what BIRD has meanwhile is
+    // still reported).
+    loop {
+        tokio::select! {
+            r = rx.changed() => match r {
+                Ok(()) => break,
+                Err(_) => return,
+            },
+            _ = tokio::time::sleep(ASK_EVERY) => ask(&accepted).await,
+        }
     }
     let mut pending = true;
     let mut warned = false;
@@ -325,10 +423,22 @@ async fn keep_in_step(cfg: AnnounceConfig, mut rx: watch::Receiver<Wanted>) {
                 Err(e) => debug!(error = %e, "BIRD still unreachable"),
             }
         }
+        ask(&accepted).await;
+        // A BIRD restarted meanwhile re-reads the file itself; one that
+        // lost the routes otherwise (a `configure` of its own that failed)
+        // is told again.
+        if !pending {
+            let want: BTreeSet<IpAddr> = rx.borrow().values().copied().collect();
+            let have = accepted.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if have.is_some_and(|h| h != want) {
+                pending = true;
+            }
+        }
         let retry = pending || written.is_none();
         tokio::select! {
             r = rx.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(RETRY_EVERY), if retry => {}
+            _ = tokio::time::sleep(ASK_EVERY), if !retry => {}
         }
     }
 }

@@ -133,10 +133,14 @@ pub fn status_text_at(s: &Status, now_unix_ms: u64) -> String {
         if let Some(m) = p.mean_load {
             out.push_str(&format!("  mean load {m:.2}"));
         }
-        match p.announced {
-            Some(true) => out.push_str("  announced"),
-            Some(false) => out.push_str("  NOT announced"),
-            None => {}
+        match (p.announced, p.announce_intent) {
+            (Some(true), Some(false)) => out.push_str("  announced (BIRD has it; being withdrawn)"),
+            (Some(true), _) => out.push_str("  announced"),
+            (Some(false), Some(true)) => {
+                out.push_str("  NOT announced (wanted, but BIRD does not have it)")
+            }
+            (Some(false), _) => out.push_str("  NOT announced"),
+            (None, _) => {}
         }
         if p.empty {
             let what = if p.on_empty == "drop" {
@@ -626,6 +630,7 @@ mod tests {
                     empty: false,
                     mean_load: Some(0.42),
                     announced: None,
+                    announce_intent: None,
                     backends: vec![backend("web-1", "active", "up"), down],
                 },
                 PoolStatus {
@@ -638,6 +643,7 @@ mod tests {
                     empty: true,
                     mean_load: None,
                     announced: None,
+                    announce_intent: None,
                     backends: vec![],
                 },
             ],

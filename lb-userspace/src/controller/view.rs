@@ -27,7 +27,8 @@ impl<D: DataplaneOps> Controller<D> {
                         .get(&pool.name)
                         .is_some_and(|r| r.inputs.is_empty()),
                     mean_load: pp.and_then(|p| p.mean_load),
-                    announced: self.announcer.as_ref().map(|a| a.announces(&pool.name)),
+                    announced: self.announcer.as_ref().map(|a| a.bird_has(pool.vip.ip())),
+                    announce_intent: self.announcer.as_ref().map(|a| a.announces(&pool.name)),
                     backends: pool
                         .backends
                         .iter()

@@ -60,6 +60,15 @@ pub enum DataplaneError {
         pin_path.display()
     )]
     NoHostBpffs { pin_path: PathBuf },
+    #[error(
+        "no bpffs at {BPFFS_ROOT} for {}, and this process cannot tell whether it runs in the \
+         system's mount namespace (/proc/1/ns/mnt: {reason}; a systemd unit's sandbox has a \
+         private one): a bpffs mounted here could vanish with the process, and the pins with \
+         it. Mount bpffs first where the system sees it: `systemctl start xdplb-bpffs` (the \
+         packaged unit does before xdplb), or `mount -t bpf bpf {BPFFS_ROOT}` as root",
+        pin_path.display()
+    )]
+    UnknownMountNamespace { pin_path: PathBuf, reason: String },
     #[error("cannot mount bpffs on /sys/fs/bpf: {source}")]
     MountBpffs {
         #[source]
@@ -475,6 +484,17 @@ pub fn prepare_pin_path(pin_path: &Path) -> Result<PathBuf, DataplaneError> {
 pub(crate) fn ensure_local_bpffs(pin_path: &Path) -> Result<(), DataplaneError> {
     let root = Path::new(BPFFS_ROOT);
     if pin_path.starts_with(root) && !private_mount_namespace() && bpffs_dev(root).is_none() {
+        // Without CAP_SYS_PTRACE (as in the packaged unit) PID 1's mount
+        // namespace cannot be read: a private one (systemd's sandbox) then
+        // looks like the host's, and a bpffs mounted in it dies with it.
+        if std::process::id() != 1 {
+            if let Err(e) = fs::read_link("/proc/1/ns/mnt") {
+                return Err(DataplaneError::UnknownMountNamespace {
+                    pin_path: pin_path.to_path_buf(),
+                    reason: e.to_string(),
+                });
+            }
+        }
         mount_bpffs()?;
     }
     Ok(())

@@ -31,7 +31,7 @@ use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::AnnounceConfig;
 
@@ -417,7 +417,7 @@ async fn keep_in_step(cfg: AnnounceConfig, mut rx: watch::Receiver<Wanted>, acce
                     warned = false;
                 }
                 Err(e) if !warned => {
-                    warn!(error = %e, "BIRD did not take the VIP routes; retrying every second");
+                    error!("BIRD did not take the VIP routes ({e}); retrying every second");
                     warned = true;
                 }
                 Err(e) => debug!(error = %e, "BIRD still unreachable"),

@@ -27,7 +27,7 @@ fn unit_passes_systemd_analyze_verify() -> Result<()> {
     for needle in [
         "Type=notify",
         "WatchdogSec=",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecReload=/usr/bin/xdplb reload",
         "Restart=on-failure",
         "Requires=xdplb-bpffs.service",
         "KillSignal=SIGTERM",

@@ -584,7 +584,7 @@ impl<D: DataplaneOps> Controller<D> {
             Command::Reload { reply } => {
                 let r = self.reload();
                 if let Err(e) = &r {
-                    warn!(error = e, "reload refused");
+                    error!("reload refused; running config unchanged: {e}");
                 }
                 let _ = reply.send(r);
             }
@@ -649,7 +649,7 @@ impl<D: DataplaneOps> Controller<D> {
                 Some(()) = reload.recv() => {
                     match self.reload() {
                         Ok(s) => info!(summary = s, "reload (signal) applied"),
-                        Err(e) => error!(error = e, "reload (signal) refused; running config unchanged"),
+                        Err(e) => error!("reload (signal) refused; running config unchanged: {e}"),
                     }
                     false
                 }

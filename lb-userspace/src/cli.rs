@@ -52,7 +52,10 @@ pub enum Cmd {
     /// pinned), probes backends, scores load and keeps the maps in sync.
     /// SIGHUP reloads the config; SIGTERM/SIGINT exit leaving the data plane
     /// pinned and forwarding with its last state (`xdplb down` removes it).
-    Run(ConfigArg),
+    /// A config it refuses makes it exit with status 78 (EX_CONFIG) before
+    /// it touches anything: the packaged unit does not restart on that
+    /// status, and starts xdplb-fallback.service instead.
+    Run(RunArgs),
     /// Detach the XDP programs and remove the pinned maps.
     ///
     /// Established flows are forgotten. The pin path is --pin-path if
@@ -146,6 +149,18 @@ pub struct ConfigArg {
     /// The config file.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The config file.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Keep a copy of the config last applied (at start and by every
+    /// reload) here: what xdplb-fallback.service runs when a restart finds
+    /// the file broken.
+    #[arg(long, value_name = "PATH")]
+    pub keep_applied: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -261,6 +276,9 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 pub enum CliError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// `xdplb run` refused its config (exit status [`EX_CONFIG`]).
+    #[error(transparent)]
+    RunConfig(ConfigError),
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
     #[error(transparent)]
@@ -303,13 +321,30 @@ pub enum CliError {
     Daemon { message: String },
 }
 
+/// Exit status of `xdplb run` for a config it refuses (sysexits.h
+/// EX_CONFIG): the unit's RestartPreventExitStatus.
+pub const EX_CONFIG: u8 = 78;
+
+impl CliError {
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::RunConfig(_) => EX_CONFIG,
+            _ => 1,
+        }
+    }
+}
+
 /// Runs one subcommand.
 pub async fn execute(cmd: Cmd) -> Result<(), CliError> {
     match cmd {
-        Cmd::Run(a) => crate::controller::run(a.config)
+        Cmd::Run(a) => crate::controller::run(a.config, a.keep_applied)
             .await
-            .map_err(|e| CliError::Daemon {
-                message: format!("{e:#}"),
+            .map_err(|e| match e.downcast::<ConfigError>() {
+                Ok(c) => CliError::RunConfig(c),
+                Err(e) => CliError::Daemon {
+                    message: format!("{e:#}"),
+                },
             }),
         Cmd::Down(a) => down(a).await,
         Cmd::Check(a) => check(&a.config),
@@ -627,7 +662,10 @@ mod tests {
     fn defaults_match_the_operator_contract() {
         let p = |args: &[&str]| Cli::try_parse_from(args).unwrap().command;
         match p(&["xdplb", "run"]) {
-            Cmd::Run(a) => assert_eq!(a.config, Path::new("/etc/xdplb/xdplb.toml")),
+            Cmd::Run(a) => {
+                assert_eq!(a.config, Path::new("/etc/xdplb/xdplb.toml"));
+                assert_eq!(a.keep_applied, None);
+            }
             c => panic!("{c:?}"),
         }
         match p(&["xdplb", "status"]) {

@@ -29,7 +29,10 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(cli::execute(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e.to_string()),
+        Err(e) => {
+            fail(&e.to_string());
+            ExitCode::from(e.exit_code())
+        }
     }
 }
 

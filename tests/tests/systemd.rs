@@ -29,6 +29,9 @@ fn unit_passes_systemd_analyze_verify() -> Result<()> {
         "WatchdogSec=",
         "ExecReload=/usr/bin/xdplb reload",
         "Restart=on-failure",
+        "RestartPreventExitStatus=78",
+        "StartLimitBurst=",
+        "OnFailure=xdplb-fallback.service",
         "Requires=xdplb-bpffs.service",
         "KillSignal=SIGTERM",
         "CapabilityBoundingSet=",
@@ -48,7 +51,11 @@ fn unit_passes_systemd_analyze_verify() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     // Its helper units beside it, so its dependencies resolve.
     let mut copies = Vec::new();
-    for name in ["xdplb.service", "xdplb-bpffs.service"] {
+    for name in [
+        "xdplb.service",
+        "xdplb-bpffs.service",
+        "xdplb-fallback.service",
+    ] {
         let text = std::fs::read_to_string(unit_path().with_file_name(name))?;
         let copy = dir.join(name);
         std::fs::write(

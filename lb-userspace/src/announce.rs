@@ -548,6 +548,7 @@ mod tests {
             speaker: crate::config::Speaker::Bird,
             control_socket: dir.join("bird.ctl"),
             routes_file: dir.join("vips.conf"),
+            hold_ms: crate::config::DEFAULT_HOLD_MS,
         };
         let mut slot = None;
         let wanted: Wanted = [("web".to_string(), "198.18.2.10".parse().unwrap())].into();

@@ -64,6 +64,15 @@ pub enum Cmd {
     /// --force. Removes only xdplb's own pins (its maps and `link_*`);
     /// anything else under the pin path is left, and named.
     Down(DownArgs),
+    /// Withdraw this gateway's VIP announcements ([announce]): empty the
+    /// routes file and tell BIRD. The data plane is left alone.
+    ///
+    /// With --after-hold (what xdplb-hold.service runs when the controller
+    /// exits): first wait [announce] hold_ms, then withdraw only if no
+    /// controller owns the data plane by then, so a restart or an upgrade
+    /// keeps the VIPs announced and a controller gone for longer (stopped,
+    /// crashed, failing to start) stops attracting traffic.
+    Withdraw(WithdrawArgs),
     /// Validate a config file; nothing is attached.
     ///
     /// Errors name the file, line and column. Interfaces are not required to
@@ -158,9 +167,22 @@ pub struct RunArgs {
     pub config: PathBuf,
     /// Keep a copy of the config last applied (at start and by every
     /// reload) here: what xdplb-fallback.service runs when a restart finds
-    /// the file broken.
+    /// the file broken, and what xdplb-hold.service withdraws with.
     #[arg(long, value_name = "PATH")]
     pub keep_applied: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct WithdrawArgs {
+    /// The config whose [announce] to withdraw (and whose pin path names
+    /// the controller to wait for). A config that does not exist means
+    /// nothing was ever applied: nothing to withdraw.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Wait [announce] hold_ms first, and withdraw only if no controller
+    /// owns the data plane by then.
+    #[arg(long)]
+    pub after_hold: bool,
 }
 
 #[derive(Debug, Args)]
@@ -335,6 +357,42 @@ impl CliError {
     }
 }
 
+/// `xdplb withdraw`: see [`Cmd::Withdraw`].
+async fn withdraw(a: WithdrawArgs) -> Result<(), CliError> {
+    if !a.config.exists() {
+        return print(&format!(
+            "nothing to withdraw: {} does not exist (no config applied here)\n",
+            a.config.display()
+        ));
+    }
+    let cfg = config::load(&a.config)?;
+    let Some(ann) = cfg.announce.as_ref() else {
+        return print("nothing to withdraw: no [announce] in the config\n");
+    };
+    let lock_dir = Path::new(owner::LOCK_DIR);
+    if a.after_hold {
+        tokio::time::sleep(std::time::Duration::from_millis(ann.hold_ms)).await;
+        if let Some(pid) = owner::holder(lock_dir, &cfg.dataplane.pin_path)? {
+            return print(&format!(
+                "a controller (pid {pid}) owns the data plane again within hold_ms {}: the VIPs \
+                 stay announced\n",
+                ann.hold_ms
+            ));
+        }
+    }
+    crate::announce::withdraw_all(ann)
+        .await
+        .map_err(|e| CliError::Daemon {
+            message: format!("withdrawing the VIPs: {e}"),
+        })?;
+    tracing::warn!(
+        routes = %ann.routes_file.display(),
+        "no controller runs: VIP announcements withdrawn (the data plane still forwards \
+         established flows)"
+    );
+    print("VIP routes withdrawn\n")
+}
+
 /// Runs one subcommand.
 pub async fn execute(cmd: Cmd) -> Result<(), CliError> {
     match cmd {
@@ -346,6 +404,7 @@ pub async fn execute(cmd: Cmd) -> Result<(), CliError> {
                     message: format!("{e:#}"),
                 },
             }),
+        Cmd::Withdraw(a) => withdraw(a).await,
         Cmd::Down(a) => down(a).await,
         Cmd::Check(a) => check(&a.config),
         Cmd::Man(a) => docs::generate(&a.out).map_err(|source| CliError::Output { source }),

@@ -330,6 +330,11 @@ pub struct AnnounceConfig {
     pub control_socket: PathBuf,
     /// Where xdplb writes the VIP routes; the speaker's config includes it.
     pub routes_file: PathBuf,
+    /// How long the VIPs stay announced once no controller runs (`xdplb
+    /// withdraw --after-hold`, started by the unit when the controller
+    /// exits): longer than a restart, short enough that a gateway whose
+    /// controller is gone stops attracting traffic.
+    pub hold_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -340,6 +345,12 @@ pub enum Speaker {
 
 pub const DEFAULT_BIRD_SOCKET: &str = "/run/bird/bird.ctl";
 pub const DEFAULT_ROUTES_FILE: &str = "/run/xdplb/vips.conf";
+/// `[announce] hold_ms` by default: a restart (RestartSec=2s and a start
+/// of about a second) fits in it twice.
+pub const DEFAULT_HOLD_MS: u64 = 5000;
+/// Bounds of `hold_ms`: below a second a restart cannot fit; above ten
+/// minutes a dead controller's VIPs would attract traffic for too long.
+pub const HOLD_MS_RANGE: std::ops::RangeInclusive<u64> = 1000..=600_000;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DataplaneConfig {
@@ -594,6 +605,7 @@ mod raw {
         pub speaker: Option<Spanned<String>>,
         pub control_socket: Option<Spanned<PathBuf>>,
         pub routes_file: Option<Spanned<PathBuf>>,
+        pub hold_ms: Option<Spanned<u64>>,
     }
 
     #[derive(Deserialize)]
@@ -1141,10 +1153,27 @@ fn convert_announce(src: &Source, a: raw::Announce) -> Result<AnnounceConfig, Co
     };
     let control_socket = path(a.control_socket, "control_socket", DEFAULT_BIRD_SOCKET)?;
     let routes_file = path(a.routes_file, "routes_file", DEFAULT_ROUTES_FILE)?;
+    let hold_ms = match a.hold_ms {
+        None => DEFAULT_HOLD_MS,
+        Some(h) if HOLD_MS_RANGE.contains(h.get_ref()) => h.into_inner(),
+        Some(h) => {
+            return Err(src.err(
+                h.span(),
+                format!(
+                    "hold_ms {} is out of range {}..={}: it must outlast a restart and not keep \
+                     a dead controller's VIPs announced for long",
+                    h.get_ref(),
+                    HOLD_MS_RANGE.start(),
+                    HOLD_MS_RANGE.end()
+                ),
+            ))
+        }
+    };
     Ok(AnnounceConfig {
         speaker,
         control_socket,
         routes_file,
+        hold_ms,
     })
 }
 
@@ -2611,13 +2640,15 @@ vip = "198.18.2.11:80"
         assert_eq!(a.speaker, Speaker::Bird);
         assert_eq!(a.control_socket, Path::new(DEFAULT_BIRD_SOCKET));
         assert_eq!(a.routes_file, Path::new(DEFAULT_ROUTES_FILE));
+        assert_eq!(a.hold_ms, DEFAULT_HOLD_MS);
         let text = format!(
-            "[announce]\nspeaker = \"bird\"\ncontrol_socket = \"/tmp/b.ctl\"\nroutes_file = \"/tmp/v.conf\"\n{}",
+            "[announce]\nspeaker = \"bird\"\ncontrol_socket = \"/tmp/b.ctl\"\nroutes_file = \"/tmp/v.conf\"\nhold_ms = 2500\n{}",
             pool_with("", ONE_BACKEND)
         );
         let a = p(&text).unwrap().announce.unwrap();
         assert_eq!(a.control_socket, Path::new("/tmp/b.ctl"));
         assert_eq!(a.routes_file, Path::new("/tmp/v.conf"));
+        assert_eq!(a.hold_ms, 2500);
     }
 
     #[test]
@@ -2653,6 +2684,11 @@ vip = "198.18.2.11:80"
             &["control_socket", "absolute"],
         );
         rejects(&with("[announce]\npeers = 2\n"), 4, &["peers"]);
+        rejects(
+            &with("[announce]\nhold_ms = 500\n"),
+            4,
+            &["hold_ms 500", "1000..=600000", "restart"],
+        );
     }
 
     #[test]

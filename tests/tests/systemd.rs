@@ -33,6 +33,7 @@ fn unit_passes_systemd_analyze_verify() -> Result<()> {
         "StartLimitBurst=",
         "OnFailure=xdplb-fallback.service",
         "Requires=xdplb-bpffs.service",
+        "ExecStopPost=-+/bin/systemctl --no-block start xdplb-hold.service",
         "KillSignal=SIGTERM",
         "CapabilityBoundingSet=",
         "CAP_BPF",
@@ -54,6 +55,7 @@ fn unit_passes_systemd_analyze_verify() -> Result<()> {
     for name in [
         "xdplb.service",
         "xdplb-bpffs.service",
+        "xdplb-hold.service",
         "xdplb-fallback.service",
     ] {
         let text = std::fs::read_to_string(unit_path().with_file_name(name))?;

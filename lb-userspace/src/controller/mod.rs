@@ -209,7 +209,7 @@ struct Runtime {
 pub struct Controller<D: DataplaneOps> {
     config_path: PathBuf,
     /// Where the text of the config last applied is kept (`xdplb run
-    /// --keep-applied`), for xdplb-fallback.service.
+    /// --keep-applied`), for xdplb-fallback.service and xdplb-hold.service.
     keep_applied: Option<PathBuf>,
     config: Config,
     dp: D,

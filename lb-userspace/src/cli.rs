@@ -200,7 +200,17 @@ pub struct DownArgs {
     /// controller keeps running, with nothing to steer).
     #[arg(long)]
     pub force: bool,
+    /// After withdrawing the VIPs ([announce]), wait this long (ms) before
+    /// detaching, so the routers move traffic to other gateways first
+    /// (BGP withdrawal, then the routers' FIB update). Skipped when
+    /// nothing was announced.
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_WITHDRAW_WAIT_MS)]
+    pub withdraw_wait: u64,
 }
+
+/// `xdplb down --withdraw-wait` by default: a BGP withdrawal reaches the
+/// routers and their FIBs within a second or two; this leaves margin.
+pub const DEFAULT_WITHDRAW_WAIT_MS: u64 = 5000;
 
 #[derive(Debug, Args)]
 pub struct SocketArg {
@@ -549,7 +559,14 @@ async fn down(a: DownArgs) -> Result<(), CliError> {
     let mut withdrawn = String::new();
     if let Some(ann) = cfg.as_ref().and_then(|c| c.announce.as_ref()) {
         match crate::announce::withdraw_all(ann).await {
-            Ok(()) => withdrawn = "; VIP routes withdrawn".to_string(),
+            Ok(()) => {
+                withdrawn = format!("; VIP routes withdrawn {} ms before", a.withdraw_wait);
+                tracing::info!(
+                    wait_ms = a.withdraw_wait,
+                    "VIP routes withdrawn; waiting for the routers to move traffic before detaching"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(a.withdraw_wait)).await;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "VIP routes emptied but BIRD not told");
                 withdrawn = format!(

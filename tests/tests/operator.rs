@@ -588,8 +588,9 @@ fn upgrade(s: &mut Suite) -> Result<()> {
         failed.len()
     );
     eprintln!(
-        "operator: upgrade from {} to {want}: {done} requests, 0 failed",
-        s.deb.display()
+        "operator: upgrade from {} to {}: {done} requests, 0 failed",
+        s.deb.display(),
+        want.trim()
     );
     Ok(())
 }

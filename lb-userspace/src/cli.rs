@@ -82,6 +82,17 @@ pub enum Cmd {
     /// Show the running controller's live view: pools, backends, health,
     /// role, state, weight, load and flows.
     Status(StatusArgs),
+    /// Exit 0 only when this gateway can serve: for keepalived's
+    /// track_script.
+    ///
+    /// Reads the config for the admin socket, the pin path and the
+    /// interfaces, then checks that the controller answers (within 0.9 s),
+    /// that the data plane is attached on every configured interface (its
+    /// pinned link attached to that very interface), and that at least one
+    /// pool has an active backend. Prints `serving: ...` and exits 0, or
+    /// prints `error: not serving: REASON` (the first thing missing) and
+    /// exits 1. A config it cannot read exits 1 too.
+    Serving(ConfigArg),
     /// Show the data plane's counters, read from the pinned maps.
     ///
     /// Works while the controller is stopped. Counters are cumulative since
@@ -317,6 +328,8 @@ pub enum CliError {
     Admin(#[from] AdminError),
     #[error(transparent)]
     Load(#[from] LoadError),
+    #[error(transparent)]
+    NotServing(#[from] crate::serving::NotServing),
     #[error("nothing to take down: no data plane pinned at {}", path.display())]
     NothingPinned { path: PathBuf },
     #[error(
@@ -419,6 +432,11 @@ pub async fn execute(cmd: Cmd) -> Result<(), CliError> {
         Cmd::Check(a) => check(&a.config),
         Cmd::Man(a) => docs::generate(&a.out).map_err(|source| CliError::Output { source }),
         Cmd::Status(a) => status(&a.socket.socket, a.json).await,
+        Cmd::Serving(a) => {
+            let cfg = config::load(&a.config)?;
+            let line = crate::serving::check(&cfg).await?;
+            print(&format!("{line}\n"))
+        }
         Cmd::Stats(a) => match a.watch {
             None => stats(&a.pin_path, a.json),
             Some(every) => watch(&a.pin_path, a.json, every).await,

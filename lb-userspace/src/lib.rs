@@ -22,6 +22,8 @@
 //! - [`metrics`]: Prometheus exposition.
 //! - [`web`]: the HTTP server on `metrics_listen`: `/metrics`, `/status.json`,
 //!   and the status page `/`.
+//! - [`serving`]: `xdplb serving`, whether this gateway can serve
+//!   (keepalived's track_script).
 //! - [`notify`]: systemd readiness and watchdog notifications.
 //! - [`cli`]: the `xdplb` command line and its human output.
 //! - [`dataplane`]: the only module that touches aya: load or adopt the
@@ -38,6 +40,7 @@ pub mod controller;
 pub mod dataplane;
 pub mod fsutil;
 pub mod health;
+pub mod serving;
 pub mod load;
 pub mod maglev;
 pub mod metrics;

@@ -142,6 +142,8 @@ pub struct LabBuilder {
     direct_return: bool,
     /// `Some(n)`: the fleet topology (`crate::fleet`) with `n` gateways.
     pub(crate) fleet: Option<usize>,
+    /// The keepalived pair topology (`crate::pair`).
+    pub(crate) pair: bool,
 }
 
 /// Smallest MTU an IPv4 link may have (RFC 791: every host accepts 576-byte
@@ -161,6 +163,7 @@ impl Default for LabBuilder {
             router_mtu: None,
             direct_return: false,
             fleet: None,
+            pair: false,
         }
     }
 }
@@ -251,6 +254,10 @@ impl LabBuilder {
         ensure!(
             !(self.ipv6 && self.fleet.is_some()),
             "the fleet lab is IPv4 only: ipv6(true) is not supported with it"
+        );
+        ensure!(
+            !(self.pair && (self.ipv6 || self.fleet.is_some())),
+            "the pair lab is IPv4 only and not a fleet"
         );
         if let Some(m) = self.router_mtu {
             ensure!(
@@ -602,6 +609,9 @@ impl Lab {
     fn create(&mut self, spec: &LabBuilder) -> Result<()> {
         if let Some(gateways) = spec.fleet {
             return self.create_fleet(gateways, spec.backends);
+        }
+        if spec.pair {
+            return self.create_pair(spec.clients, spec.backends);
         }
         let gw = self.add_ns("gw")?;
         let sw = self.add_ns("sw")?;

@@ -13,6 +13,9 @@
 //! - [`addr`]: the lab's fixed names and addresses (198.18.0.0/15 only).
 //! - [`fleet`]: gateways behind an ECMP router, each with `xdplb run`
 //!   and a BIRD announcing its VIPs over BGP with BFD.
+//! - [`pair`]: two gateways `gwa`/`gwb` sharing VRRP addresses with
+//!   keepalived (a sync group moves the clients' and the backends' side
+//!   together), each with `xdplb run`.
 //! - [`http`]: a tiny blocking HTTP/1.1 client: [`http_get`] on a fresh
 //!   connection, [`KeepAliveClient`] reusing one.
 //! - [`wait`]: [`wait_until`], the one bounded polling loop.
@@ -35,6 +38,7 @@ pub mod fleet;
 pub mod http;
 pub mod lab;
 pub mod operator;
+pub mod pair;
 pub mod raw;
 pub mod udp;
 pub mod wait;

@@ -58,7 +58,7 @@ pub use keys::{
     addr6, backend_name_index, l4addr, l4addr4, l4addr6, socket_addr, socket_addr6, BackendSlot,
 };
 pub use layout::{layout_difference, MapShape};
-pub use pins::{down, is_own_pin, DownReport};
+pub use pins::{down, is_own_pin, xdp_link_ifindex, DownReport};
 
 pub(crate) use bpffs::ensure_local_bpffs;
 pub(crate) use error::map_err;

@@ -177,8 +177,8 @@ mod tests {
         let status = Status {
             pools: vec![pool("web", &["down", "active"]), pool("dns", &["down"])],
         };
-        let line = judge(Path::new(SOCK), Ok(status), &attached(&["eth0", "eth1"]))
-            .expect("serving");
+        let line =
+            judge(Path::new(SOCK), Ok(status), &attached(&["eth0", "eth1"])).expect("serving");
         assert_eq!(
             line,
             "serving: controller answers, attached on eth0, eth1, 1 of 2 pools with an active backend"

@@ -351,7 +351,11 @@ impl Pair {
                 })
             })
         });
-        ensure!(ok, "xdplb on {gw} did not come up:\n{}", self.daemon_log(gw));
+        ensure!(
+            ok,
+            "xdplb on {gw} did not come up:\n{}",
+            self.daemon_log(gw)
+        );
         Ok(())
     }
 
@@ -460,15 +464,29 @@ impl Pair {
         .then(|| start.elapsed())
     }
 
-    /// Cuts `gw` off as a host that died: its keepalived gets SIGKILL
-    /// (no goodbye advert, its VRRP addresses stay where they are) and both
-    /// its links go down. Its xdplb and pinned data plane stay, unreachable.
+    /// Cuts `gw` off as a host that died: both its links go down, then
+    /// its keepalived processes get SIGKILL without a chance to act (the
+    /// parent stopped first, so it neither respawns its VRRP child nor lets
+    /// it see the parent die: the child's parent-death signal would make it
+    /// resign with a priority-0 advert, a graceful handover no dead host
+    /// gives). Its xdplb and pinned data plane stay, unreachable.
     pub fn cut_off(&self, gw: &str) -> Result<()> {
-        if let Some(k) = lock(&self.keepaliveds).remove(static_name(gw)) {
-            k.kill();
-        }
         for ifname in [GW_CLIENT_IF, GW_BACKEND_IF] {
             ip(&["-n", self.lab.ns(gw), "link", "set", ifname, "down"])?;
+        }
+        if let Some(k) = lock(&self.keepaliveds).remove(static_name(gw)) {
+            k.signal(libc::SIGSTOP)?;
+            let vrrp = self.lab.dir().join(format!("{gw}-vrrp.pid"));
+            let child: Option<libc::pid_t> = std::fs::read_to_string(&vrrp)
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            if let Some(pid) = child {
+                // SAFETY: kill(2) on the VRRP child keepalived wrote to its
+                // pid file; its stopped parent cannot reap it, so the pid
+                // still names it.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            k.kill();
         }
         Ok(())
     }

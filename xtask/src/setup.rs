@@ -35,6 +35,10 @@ const DEBIAN_PACKAGES: &[&[&str]] = &[
     // (inside lab namespaces only; the guard below keeps the package's
     // service from starting a BIRD in the root namespace).
     &["bird2"],
+    // keepalived: the pair lab's gateways share VRRP addresses with it
+    // (inside lab namespaces only; the same guard keeps its service from
+    // starting in the root namespace).
+    &["keepalived"],
 ];
 
 /// `cargo xtask setup --bench`: what building a peer for `cargo xtask
@@ -269,7 +273,7 @@ fn debian_packages(packages: &[&[&str]]) -> Result<()> {
     if install.is_empty() {
         return Ok(());
     }
-    // Keep the packaged daemons (nginx, haproxy, bird) from starting in the
+    // Keep the packaged daemons (nginx, haproxy, bird, keepalived) from starting in the
     // root namespace: tests run their own instances inside the lab.
     let _guard = NoServiceStart::new()?;
     Cmd::new("apt-get")

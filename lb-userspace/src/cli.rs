@@ -769,6 +769,10 @@ mod tests {
             }
             c => panic!("{c:?}"),
         }
+        match p(&["xdplb", "serving"]) {
+            Cmd::Serving(a) => assert_eq!(a.config, Path::new("/etc/xdplb/xdplb.toml")),
+            c => panic!("{c:?}"),
+        }
         match p(&["xdplb", "stats", "--watch", "0.5"]) {
             Cmd::Stats(a) => {
                 assert_eq!(a.pin_path, Path::new("/sys/fs/bpf/xdplb"));

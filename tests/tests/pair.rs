@@ -271,3 +271,52 @@ fn vrrp_leaves_a_gateway_that_cannot_serve() -> Result<()> {
     assert_eq!(conns.len(), 20);
     Ok(())
 }
+
+/// The operator's examples in `deploy/keepalived/` are configs keepalived
+/// accepts (`keepalived -t`), with the lab's interface names and binary
+/// put in, inside a pair gateway namespace (keepalived checks that the
+/// interfaces exist).
+#[test]
+fn the_packaged_keepalived_configs_parse() -> Result<()> {
+    if skip_unless_root() {
+        return Ok(());
+    }
+    let lab = Lab::builder().backends(0).pair(true).build()?;
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/keepalived");
+    let xdplb = xdplb_tests::xdplb_bin()?;
+    for (gw, file) in [
+        ("gwa", "keepalived-gwa.conf"),
+        ("gwb", "keepalived-gwb.conf"),
+    ] {
+        let text = std::fs::read_to_string(deploy.join(file))?;
+        for needed in ["vrrp_sync_group xdplb", "track_script", "advert_int 0.1"] {
+            assert!(text.contains(needed), "{file} lacks {needed}");
+        }
+        let text = text
+            .replace("dev eth0", "dev gwc")
+            .replace("dev eth1", "dev gwb")
+            .replace("interface eth0", "interface gwc")
+            .replace("interface eth1", "interface gwb")
+            .replace("/usr/bin/xdplb", xdplb.to_str().context("path")?);
+        let conf = lab.dir().join(file);
+        std::fs::write(&conf, text)?;
+        let out = lab.exec_net(
+            gw,
+            &[
+                "/usr/sbin/keepalived",
+                "-t",
+                "-l",
+                "-f",
+                conf.to_str().context("path")?,
+            ],
+        )?;
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{file}: {log}");
+        assert!(!log.contains("WARNING"), "{file}: {log}");
+    }
+    Ok(())
+}

@@ -381,9 +381,13 @@ impl Pair {
         let dir = self.lab.dir();
         let pid = |what: &str| dir.join(format!("{gw}-{what}.pid"));
         let (main, vrrp, checkers) = (pid("keepalived"), pid("vrrp"), pid("checkers"));
+        // In a session of its own (setsid execs it: same pid): keepalived
+        // signals a timed-out track script's process group, and a script
+        // left in ours would take the test (or the demo) with it.
         let child = self.lab.spawn_net(
             gw,
             &[
+                "setsid",
                 "/usr/sbin/keepalived",
                 "-n",
                 "-l",
@@ -562,6 +566,43 @@ impl Pair {
             String::from_utf8_lossy(&out.stderr)
         };
         Ok((out.status.code().unwrap_or(-1), line.trim().to_string()))
+    }
+
+    /// Tries a fresh connection from client 0 (and one `GET /`) every few
+    /// milliseconds, each from a new source port above `first`, until one
+    /// answers within 10 s; returns how long after `since` that was: the
+    /// takeover as clients see it.
+    pub fn first_new_connection(&self, first: u16, since: Instant) -> Result<Option<Duration>> {
+        let client = Lab::client_addr(0);
+        self.lab.run_in("client", move || {
+            let mut port = first;
+            let mut at = None;
+            wait_until(Duration::from_secs(10), Duration::from_millis(5), || {
+                port += 1;
+                let src = SocketAddrV4::new(client, port);
+                let ok = crate::connect_from(src, vip(), Duration::from_millis(50))
+                    .and_then(|mut s| {
+                        s.set_read_timeout(Some(Duration::from_millis(200)))?;
+                        crate::get_on(&mut s, "/")
+                    })
+                    .is_ok_and(|(status, _)| status == 200);
+                if ok {
+                    at = Some(since.elapsed());
+                }
+                ok
+            });
+            at
+        })
+    }
+
+    /// `xdplb status` (human) of `gw`, or why not.
+    pub fn status_text(&self, gw: &str) -> String {
+        let sock = self.admin_socket(gw);
+        match self.xdplb(gw, &["status", "--socket", &sock.to_string_lossy()]) {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+            Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+            Err(e) => format!("{e:#}"),
+        }
     }
 
     /// `xdplb status --json` of `gw`.

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use xdplb_tests::pair::{vip, Pair, POOL};
-use xdplb_tests::{connect_from, get_on, raise_nofile, skip_unless_root, wait_until, Lab};
+use xdplb_tests::{connect_from, get_on, raise_nofile, skip_unless_root, Lab};
 
 /// Keep-alive connections held across the takeover.
 const HELD: usize = 300;
@@ -72,32 +72,6 @@ fn check(conns: &mut [Conn]) -> usize {
         .count()
 }
 
-/// Tries a fresh connection (and one request) every few milliseconds, each
-/// from a new source port from `first`, until one answers; returns how
-/// long after `since` that was.
-fn first_new_connection(p: &Pair, first: u16, since: Instant) -> Result<Option<Duration>> {
-    let client = Lab::client_addr(0);
-    p.lab.run_in("client", move || {
-        let mut port = first;
-        let mut at = None;
-        wait_until(Duration::from_secs(10), Duration::from_millis(5), || {
-            port += 1;
-            let src = SocketAddrV4::new(client, port);
-            let ok = connect_from(src, vip(), Duration::from_millis(50))
-                .and_then(|mut s| {
-                    s.set_read_timeout(Some(Duration::from_millis(200)))?;
-                    get_on(&mut s, "/")
-                })
-                .is_ok_and(|(status, _)| status == 200);
-            if ok {
-                at = Some(since.elapsed());
-            }
-            ok
-        });
-        at
-    })
-}
-
 /// Opens [`HELD`] connections through `gwa`, optionally changes the ring
 /// (pool of 3 → 4), cuts `gwa` off and returns (takeover time, survivors).
 fn hold_then_lose_the_master(ring_change: bool) -> Result<(Duration, Duration, usize)> {
@@ -131,7 +105,7 @@ fn hold_then_lose_the_master(ring_change: bool) -> Result<(Duration, Duration, u
             p.wait_master("gwb", Duration::from_secs(5))
                 .map(|_| cut.elapsed())
         });
-        let takeover = first_new_connection(&p, 40_000, cut);
+        let takeover = p.first_new_connection(40_000, cut);
         (takeover, vrrp.join().expect("watcher"))
     });
     let takeover = takeover?.context("no new connection within 10 s of losing the master")?;

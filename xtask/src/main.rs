@@ -48,7 +48,9 @@ enum Command {
     /// Run xdplb in a namespace lab and show it balancing.
     Demo {
         /// Which demo: `hot-warm` (one gateway: drain, failover, warm spare)
-        /// or `fleet` (three gateways behind a BIRD router: ECMP, BGP, BFD).
+        /// `fleet` (three gateways behind a BIRD router: ECMP, BGP, BFD) or
+        /// `pair` (two gateways with keepalived: a ring change, the master
+        /// lost).
         #[arg(value_enum, default_value_t = demo::Which::HotWarm)]
         which: demo::Which,
     },

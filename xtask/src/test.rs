@@ -12,7 +12,7 @@ const CLIPPY_CRATES: &[&str] = &["lb-common", "lb-userspace", "xtask", "xdplb-te
 const TEST_CRATES: &[&str] = &["lb-common", "lb-userspace", "xtask", "xdplb-tests"];
 
 pub fn run() -> Result<()> {
-    crate::setup::run().context("setup")?;
+    crate::setup::run(crate::setup::Step::Test).context("setup")?;
 
     header("test: cargo fmt --all --check");
     cargo(&["fmt", "--all", "--check"]).run()?;

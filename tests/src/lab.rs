@@ -245,7 +245,7 @@ impl LabBuilder {
     /// frames reach the gateway with only a partial TCP checksum
     /// (CHECKSUM_PARTIAL) that xdplb must complete before it redirects them.
     /// `false` emulates NICs that deliver complete checksums; at most one
-    /// test should use it (shared/INTERFACE.md, "Test networks").
+    /// test should use it (tests/README.md, "The lab").
     pub fn tx_checksum_offload(mut self, on: bool) -> Self {
         self.tx_checksum_offload = on;
         self

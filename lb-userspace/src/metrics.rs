@@ -22,16 +22,12 @@
 //! | `xdplb_dataplane_up` | gauge | |
 //! | `xdplb_health_check_duration_seconds` | histogram | `pool`, `result` |
 //!
-//! [`serve`] binds `metrics_listen`; [`crate::web`] answers there (this
-//! exposition, `/status.json` and the status page).
+//! [`crate::web`] serves it on `metrics_listen`, with `/status.json` and
+//! the status page.
 use std::{
     fmt,
-    future::Future,
-    io,
-    net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use lb_common::GlobalCounter;
@@ -41,8 +37,6 @@ use prometheus_client::{
     metrics::{family::Family, histogram::Histogram, MetricType},
     registry::Registry,
 };
-use thiserror::Error;
-use tokio::net::TcpListener;
 
 use crate::{
     dataplane::{CounterReader, Counters, DataplaneError},
@@ -54,22 +48,6 @@ use crate::{
 pub const HEALTH_CHECK_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0,
 ];
-/// Largest request head accepted. A Prometheus scrape sends ~300 bytes.
-pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
-/// A client must send its whole request head within this.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Concurrent scrape connections; Prometheus uses one per target.
-pub const MAX_CONNECTIONS: usize = 16;
-
-#[derive(Debug, Error)]
-pub enum MetricsError {
-    #[error("cannot listen for metrics on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: io::Error,
-    },
-}
 
 type HealthLabels = [(&'static str, String); 2];
 type CounterSource = dyn Fn() -> Result<Counters, DataplaneError> + Send + Sync;
@@ -438,34 +416,10 @@ impl Collector for StatusCollector {
     }
 }
 
-/// Serves `/metrics`, `/status.json` and the status page `/` ([`crate::web`])
-/// on `listen` until `shutdown` completes.
-pub async fn serve(
-    listen: SocketAddr,
-    metrics: Arc<Metrics>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), MetricsError> {
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|source| MetricsError::Bind {
-            addr: listen,
-            source,
-        })?;
-    serve_listener(listener, metrics, shutdown).await;
-    Ok(())
-}
-
-/// [`serve`] on a listener already bound (tests bind port 0).
-pub async fn serve_listener(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    shutdown: impl Future<Output = ()>,
-) {
-    crate::web::serve_listener(listener, metrics, shutdown).await
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::dataplane::{BackendStats, VipStats};
     use crate::status::{BackendStatus, PoolStatus};

@@ -13,7 +13,7 @@
 //! [`REQUEST_TIMEOUT`], one request per connection, and a whole exchange
 //! cut off after [`REQUEST_TIMEOUT`] + [`WRITE_TIMEOUT`] (a client that
 //! stops reading).
-use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
+use std::{convert::Infallible, future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 
 use http_body_util::Full;
 use hyper::{
@@ -22,10 +22,27 @@ use hyper::{
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::prometheus_text;
+use thiserror::Error;
 use tokio::{net::TcpListener, task::JoinSet};
 
 use crate::metrics::Metrics;
-pub use crate::metrics::{MAX_CONNECTIONS, MAX_REQUEST_HEAD, REQUEST_TIMEOUT};
+
+/// Largest request head accepted. A Prometheus scrape sends ~300 bytes.
+pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// A client must send its whole request head within this.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Concurrent scrape connections; Prometheus uses one per target.
+pub const MAX_CONNECTIONS: usize = 16;
+
+#[derive(Debug, Error)]
+pub enum WebError {
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+}
 
 /// Writing a response gives up after this (a client that stopped reading).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,7 +50,24 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The status page, compiled in.
 const STATUS_PAGE: &str = include_str!("web/status.html");
 
-/// Serves until `shutdown` completes.
+/// Serves `/metrics`, `/status.json` and the status page `/` on `listen`
+/// until `shutdown` completes.
+pub async fn serve(
+    listen: SocketAddr,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WebError> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| WebError::Bind {
+            addr: listen,
+            source,
+        })?;
+    serve_listener(listener, metrics, shutdown).await;
+    Ok(())
+}
+
+/// [`serve`] on a listener already bound (tests bind port 0).
 pub async fn serve_listener(
     listener: TcpListener,
     metrics: Arc<Metrics>,

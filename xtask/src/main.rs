@@ -37,7 +37,8 @@ enum Command {
     /// Install toolchains, bpf-linker, test packages and mount bpffs (idempotent).
     Setup {
         /// Also the packages only the benchmarks run (HAProxy, nginx, wrk,
-        /// iperf3, git); `cargo xtask bench` installs them itself.
+        /// iperf3, git) and a benchmark peer's build takes (clang, llvm: see
+        /// `bench dataplane --peer`); `cargo xtask bench` installs them itself.
         #[arg(long)]
         bench: bool,
     },
@@ -71,6 +72,11 @@ enum Command {
         /// One round of short runs (about a minute): indicative only.
         #[arg(long)]
         quick: bool,
+        /// A directory holding Katran's balancer.bpf.o (built as
+        /// docs/BENCHMARKS.md says): the data plane is then timed side by
+        /// side with it, in the same run.
+        #[arg(long, value_name = "DIR")]
+        peer: Option<std::path::PathBuf>,
     },
 }
 
@@ -86,8 +92,8 @@ fn main() {
         Command::Test => test::run(),
         Command::Demo { which } => demo::run(which),
         Command::Deb { no_build } => deb::run(no_build).map(drop),
-        Command::Bench { suite, quick } => {
-            setup::run(setup::Step::Bench).and_then(|()| bench::run_with(suite, quick))
+        Command::Bench { suite, quick, peer } => {
+            setup::run(setup::Step::Bench).and_then(|()| bench::run_with(suite, quick, peer))
         }
     };
     if let Err(err) = result {

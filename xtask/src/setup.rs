@@ -28,7 +28,8 @@ pub enum Step {
     /// What `cargo xtask test` and the demos run.
     Test,
     /// That, and what only `cargo xtask bench` runs (HAProxy, nginx, wrk,
-    /// iperf3, git for the report's commit).
+    /// iperf3, git for the report's commit) or a benchmark peer's build
+    /// needs (clang, llvm).
     Bench,
 }
 
@@ -134,6 +135,11 @@ pub const PROGRAMS: &[Program] = &[
     bench_deb("wrk", &["wrk"]),
     bench_deb("iperf3", &["iperf3"]),
     bench_deb("git", &["git"]),
+    // A benchmark peer's build (`bench dataplane --peer DIR`: Katran's
+    // balancer is C, compiled to LLVM IR by clang and to BPF by llc; its
+    // build stays outside this repository, see docs/BENCHMARKS.md).
+    bench_deb("clang", &["clang"]),
+    bench_deb("llc", &["llvm"]),
     other("bpf-linker", Source::CargoInstall),
     other("cargo-deb", Source::CargoInstall),
     other("rustup", Source::Prerequisite),

@@ -107,7 +107,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             let done = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = crate::metrics::serve(listen, m, done).await {
+            if let Err(e) = crate::web::serve(listen, m, done).await {
                 error!(error = %e, "metrics listener failed");
             }
         })

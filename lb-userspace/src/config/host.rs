@@ -1,0 +1,374 @@
+//! Checks of this host against a config, for `xdplb run` (and `xdplb
+//! check` on the gateway itself): the interfaces exist, `dsr` backends share
+//! a segment with one, `tunnel` backends are routed out of one.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::schema::{Config, Mode};
+use super::ConfigError;
+
+/// Checks that every configured interface exists on this host. Kept apart
+/// from [`parse`] so `xdplb check` validates a config meant for another host.
+///
+/// Asks the kernel in this process's network namespace (`if_nametoindex`)
+/// rather than `/sys/class/net`, which shows the namespace sysfs was
+/// mounted for: under `nsenter --net` those differ.
+///
+/// Also refuses a config without pools: `check` accepts one (the packaged
+/// config ships its pools commented out), `run` has nothing to do with it.
+pub fn check_interfaces_exist(cfg: &Config) -> Result<(), ConfigError> {
+    if cfg.pools.is_empty() {
+        return Err(ConfigError::NoPools);
+    }
+    for name in &cfg.dataplane.interfaces {
+        let c = std::ffi::CString::new(name.as_bytes()).unwrap_or_default();
+        // SAFETY: a valid NUL-terminated string; no other side effects.
+        if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
+            return Err(ConfigError::MissingInterface { name: name.clone() });
+        }
+    }
+    check_dsr_attached(cfg)?;
+    check_tunnel_routed(cfg)
+}
+
+/// What `xdplb check` can verify of this host when it is the gateway (all
+/// the configured interfaces exist here): that every `dsr` backend is on a
+/// segment of one of them, and every `tunnel` backend routed out of one. Elsewhere it checks nothing, so a config can be
+/// checked on another host.
+pub fn check_host_if_gateway(cfg: &Config) -> Result<(), ConfigError> {
+    match check_interfaces_exist(cfg) {
+        // No pools: nothing to check here (`run` refuses it).
+        Err(ConfigError::MissingInterface { .. } | ConfigError::NoPools) => Ok(()),
+        other => other,
+    }
+}
+
+/// Every `dsr` backend shares a subnet with one of the configured
+/// interfaces (their IPv4 and IPv6 addresses and prefixes, read from the
+/// kernel).
+fn check_dsr_attached(cfg: &Config) -> Result<(), ConfigError> {
+    if cfg.pools.iter().all(|p| p.mode != Mode::Dsr) {
+        return Ok(());
+    }
+    let nets = interface_subnets(&cfg.dataplane.interfaces);
+    for pool in cfg.pools.iter().filter(|p| p.mode == Mode::Dsr) {
+        for b in &pool.backends {
+            let a = b.addr.ip();
+            if !nets.iter().any(|&(net, mask)| same_subnet(a, net, mask)) {
+                return Err(ConfigError::DsrNotAttached {
+                    pool: pool.name.clone(),
+                    backend: b.name.clone(),
+                    addr: a,
+                    ifaces: cfg.dataplane.interfaces.join(", "),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every `tunnel` backend is routed out of one of the configured interfaces:
+/// the program redirects the outer packet there itself, and can hand it to
+/// nothing else (see lb-ebpf's `direct`).
+fn check_tunnel_routed(cfg: &Config) -> Result<(), ConfigError> {
+    let ours: Vec<u32> = cfg
+        .dataplane
+        .interfaces
+        .iter()
+        .map(|name| {
+            let c = std::ffi::CString::new(name.as_bytes()).unwrap_or_default();
+            // SAFETY: a valid NUL-terminated string; no other side effects.
+            unsafe { libc::if_nametoindex(c.as_ptr()) }
+        })
+        .collect();
+    for pool in cfg.pools.iter().filter(|p| p.mode == Mode::Tunnel) {
+        for b in &pool.backends {
+            let a = b.addr.ip();
+            let route = match route_oif(a) {
+                Ok(Some(oif)) if ours.contains(&oif) => continue,
+                Ok(Some(oif)) => format!("is routed out of {}", if_name(oif)),
+                Ok(None) => "has no route".to_string(),
+                Err(e) => format!("has a route this host would not tell ({e})"),
+            };
+            return Err(ConfigError::TunnelNotRouted {
+                pool: pool.name.clone(),
+                backend: b.name.clone(),
+                addr: a,
+                route,
+                ifaces: cfg.dataplane.interfaces.join(", "),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The interface the kernel routes `dst` out of (one RTM_GETROUTE, as
+/// `ip route get`), or None when it has no route. Routing by source is not
+/// asked about, as the data plane's lookup does not distinguish it.
+fn route_oif(dst: IpAddr) -> std::io::Result<Option<u32>> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let (family, addr) = match dst {
+        IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
+        IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
+    };
+    // struct nlmsghdr (16 bytes), struct rtmsg (12), one rtattr: RTA_DST.
+    let len = 16 + 12 + 4 + addr.len();
+    let mut req = Vec::with_capacity(len);
+    req.extend_from_slice(&(len as u32).to_ne_bytes());
+    req.extend_from_slice(&libc::RTM_GETROUTE.to_ne_bytes());
+    req.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    req.extend_from_slice(&[0; 8]); // sequence and port id: the kernel's
+    req.extend_from_slice(&[family, addr.len() as u8 * 8, 0, 0, 0, 0, 0, 0]);
+    req.extend_from_slice(&[0; 4]); // rtm_flags
+    req.extend_from_slice(&((4 + addr.len()) as u16).to_ne_bytes());
+    req.extend_from_slice(&libc::RTA_DST.to_ne_bytes());
+    req.extend_from_slice(&addr);
+    let os_err = std::io::Error::last_os_error;
+    // SAFETY: plain socket(2); the descriptor is owned right below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(os_err());
+    }
+    // SAFETY: a descriptor just opened, owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut buf = [0u8; 4096];
+    // SAFETY: both buffers are valid for the lengths given.
+    let n = unsafe {
+        if libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) < 0 {
+            return Err(os_err());
+        }
+        libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
+    };
+    let msg = buf
+        .get(..usize::try_from(n).map_err(|_| os_err())?)
+        .unwrap_or(&[]);
+    let u16_at = |i: usize| msg.get(i..i + 2).map(|b| u16::from_ne_bytes([b[0], b[1]]));
+    // An error answer (NLMSG_ERROR: ENETUNREACH, EHOSTUNREACH, …) means no
+    // usable route.
+    if u16_at(4) != Some(libc::RTM_NEWROUTE) {
+        return Ok(None);
+    }
+    let mut at = 28;
+    while let (Some(alen), Some(kind)) = (u16_at(at), u16_at(at + 2)) {
+        if kind == libc::RTA_OIF {
+            let oif = msg
+                .get(at + 4..at + 8)
+                .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+            return Ok(oif);
+        }
+        if alen < 4 {
+            break;
+        }
+        at += (alen as usize + 3) & !3;
+    }
+    Ok(None)
+}
+
+/// An interface's name by index, or the index when it has none.
+fn if_name(index: u32) -> String {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer has the IF_NAMESIZE bytes the call may write.
+    let p = unsafe { libc::if_indextoname(index, name.as_mut_ptr()) };
+    if p.is_null() {
+        return format!("interface {index}");
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Whether `a` is on the subnet of interface address `net` with netmask
+/// `mask` (all three of one family; a mixed pair never matches).
+fn same_subnet(a: IpAddr, net: IpAddr, mask: IpAddr) -> bool {
+    match (a, net, mask) {
+        (IpAddr::V4(a), IpAddr::V4(n), IpAddr::V4(m)) => {
+            let (a, n, m) = (u32::from(a), u32::from(n), u32::from(m));
+            a & m == n & m
+        }
+        (IpAddr::V6(a), IpAddr::V6(n), IpAddr::V6(m)) => {
+            let (a, n, m) = (u128::from(a), u128::from(n), u128::from(m));
+            a & m == n & m
+        }
+        _ => false,
+    }
+}
+
+/// (address, netmask) of each IPv4 and IPv6 address on `ifaces`.
+fn interface_subnets(ifaces: &[String]) -> Vec<(IpAddr, IpAddr)> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: a node of the list getifaddrs returned; its name is a C
+        // string; a non-null sockaddr of family AF_INET is a sockaddr_in,
+        // of AF_INET6 a sockaddr_in6, and its netmask has the same family.
+        unsafe {
+            let ifa = &*cur;
+            let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy();
+            if !ifa.ifa_addr.is_null()
+                && !ifa.ifa_netmask.is_null()
+                && ifaces.iter().any(|i| *i == name)
+            {
+                match (*ifa.ifa_addr).sa_family as i32 {
+                    libc::AF_INET => {
+                        let v4 = |sa: *const libc::sockaddr| {
+                            let raw = (*(sa as *const libc::sockaddr_in)).sin_addr.s_addr;
+                            IpAddr::V4(Ipv4Addr::from(u32::from_be(raw)))
+                        };
+                        out.push((v4(ifa.ifa_addr), v4(ifa.ifa_netmask)));
+                    }
+                    libc::AF_INET6 => {
+                        let v6 = |sa: *const libc::sockaddr| {
+                            let raw = (*(sa as *const libc::sockaddr_in6)).sin6_addr.s6_addr;
+                            IpAddr::V6(Ipv6Addr::from(raw))
+                        };
+                        out.push((v6(ifa.ifa_addr), v6(ifa.ifa_netmask)));
+                    }
+                    _ => {}
+                }
+            }
+            cur = ifa.ifa_next;
+        }
+    }
+    // SAFETY: the list getifaddrs allocated, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{load, parse};
+    use super::*;
+    use std::path::Path;
+
+    fn p(text: &str) -> Result<Config, ConfigError> {
+        parse(Path::new("xdplb.toml"), text)
+    }
+
+    #[test]
+    fn subnets_of_both_families() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(same_subnet(
+            ip("198.18.1.11"),
+            ip("198.18.1.1"),
+            ip("255.255.255.0")
+        ));
+        assert!(!same_subnet(
+            ip("198.18.2.11"),
+            ip("198.18.1.1"),
+            ip("255.255.255.0")
+        ));
+        let m64 = ip("ffff:ffff:ffff:ffff::");
+        assert!(same_subnet(ip("2001:2:0:1::11"), ip("2001:2:0:1::1"), m64));
+        assert!(!same_subnet(ip("2001:2:0:2::11"), ip("2001:2:0:1::1"), m64));
+        assert!(!same_subnet(ip("198.18.1.11"), ip("2001:2:0:1::1"), m64));
+    }
+
+    /// The host check reads the interface's IPv6 addresses from the
+    /// kernel: loopback holds ::1/128 in any network namespace.
+    #[test]
+    fn dsr_backends_must_share_an_ipv6_subnet_with_an_interface() {
+        let cfg = |backend: &str| {
+            format!(
+                "[dataplane]\ninterfaces = [\"lo\"]\n[[pool]]\nname = \"web\"\nvip = \"[2001:2:0:2::10]:80\"\nmode = \"dsr\"\n[[pool.backend]]\nname = \"web-1\"\naddr = \"{backend}\"\n"
+            )
+        };
+        let on_lo = p(&cfg("[::1]:80")).unwrap();
+        check_interfaces_exist(&on_lo).unwrap();
+        let routed = p(&cfg("[2001:2:0:1::11]:80")).unwrap();
+        let err = check_interfaces_exist(&routed).unwrap_err().to_string();
+        assert!(
+            err.contains("backend \"web-1\" (2001:2:0:1::11) is on no segment of lo"),
+            "{err}"
+        );
+    }
+
+    /// A host check's error names the file, line and column of what it is
+    /// about, as a parse error does: the backend's `addr` for a dsr backend
+    /// on no segment, the interface's name for one missing here.
+    #[test]
+    fn host_check_errors_name_file_line_and_column() {
+        let dir = std::env::temp_dir().join(format!("xdplb-placed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("xdplb.toml");
+        let text = "[dataplane]\ninterfaces = [\"lo\"]\n\n[[pool]]\nname = \"web\"\nvip = \"[2001:2:0:2::10]:80\"\nmode = \"dsr\"\n\n  [[pool.backend]]\n  name = \"web-1\"\n  addr = \"[::1]:80\"\n\n  [[pool.backend]]\n  name = \"web-2\"\n  addr = \"[2001:2:0:1::12]:80\"\n";
+        // `text` written to `path`, loaded, refused by `check`, placed.
+        let refused = |text: &str, check: fn(&Config) -> Result<(), ConfigError>| {
+            std::fs::write(&path, text).unwrap();
+            let cfg = load(&path).unwrap();
+            check(&cfg).unwrap_err().placed(&path).to_string()
+        };
+        let err = refused(text, check_host_if_gateway);
+        let want = format!(
+            "{}:15:10: pool \"web\" is dsr but backend \"web-2\"",
+            path.display()
+        );
+        assert!(err.starts_with(&want), "{err}");
+
+        let missing = text.replace("[\"lo\"]", "[\"lo\", \"xdplb-none0\"]");
+        let err = refused(&missing, check_interfaces_exist);
+        let want = format!(
+            "{}:2:21: dataplane.interfaces: no network interface \"xdplb-none0\"",
+            path.display()
+        );
+        assert!(err.starts_with(&want), "{err}");
+        // Other errors, and a file that no longer names the thing, stay as
+        // they were.
+        std::fs::write(&path, text).unwrap();
+        let err = ConfigError::MissingInterface {
+            name: "xdplb-none0".into(),
+        };
+        assert_eq!(
+            err.placed(&path).to_string(),
+            "dataplane.interfaces: no network interface \"xdplb-none0\" on this host"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tunnel_backends_must_be_routed_out_of_an_interface() {
+        // Read-only route lookups in the test's own namespace: loopback
+        // addresses leave through lo; 198.18.1.11 and 2001:2:0:1::11 are
+        // routed elsewhere or not at all (nothing is configured for them).
+        let cfg = |backend: &str, source: &str, vip: &str| {
+            p(&format!(
+                "[dataplane]\ninterfaces = [\"lo\"]\ntunnel_source = [\"{source}\"]\n[[pool]]\nname = \"web\"\nvip = \"{vip}\"\nmode = \"tunnel\"\n[[pool.backend]]\nname = \"web-1\"\naddr = \"{backend}\"\n"
+            ))
+            .unwrap()
+        };
+        const VIP4: &str = "198.18.2.10:80";
+        const VIP6: &str = "[2001:2:0:2::10]:80";
+        check_interfaces_exist(&cfg("127.0.0.1:80", "127.0.0.1", VIP4)).unwrap();
+        check_interfaces_exist(&cfg("[::1]:80", "::1", VIP6)).unwrap();
+        for (backend, source, vip, shown) in [
+            ("198.18.1.11:80", "198.18.1.1", VIP4, "198.18.1.11"),
+            (
+                "[2001:2:0:1::11]:80",
+                "2001:2:0:1::1",
+                VIP6,
+                "2001:2:0:1::11",
+            ),
+        ] {
+            let err = check_interfaces_exist(&cfg(backend, source, vip))
+                .unwrap_err()
+                .to_string();
+            let why = format!("is tunnel but backend \"web-1\" ({shown}) ");
+            assert!(err.contains(&why), "{err}");
+            assert!(
+                err.contains("has no route") || err.contains("is routed out of "),
+                "{err}"
+            );
+            assert!(err.contains("out of one of lo"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The pins as files: opening a pinned map, telling xdplb's pins from
+//! others, and `xdplb down`.
+use std::{fs, path::Path};
+
+use aya::maps::{Map, MapData, MapError};
+use lb_common::maps;
+
+use super::{map_err, DataplaneError, PROGRAM_OBJECT};
+
+pub(crate) fn open_pinned<T>(pin_path: &Path, name: &'static str) -> Result<T, DataplaneError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let path = pin_path.join(name);
+    if !path.exists() {
+        return Err(DataplaneError::NotPinned {
+            path: pin_path.to_path_buf(),
+        });
+    }
+    let md = MapData::from_pin(&path).map_err(map_err(name))?;
+    let map = Map::from_map_data(md).map_err(map_err(name))?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+/// Map names xdplb pins: every map of the embedded program (so a map the
+/// program gains is covered without a list to update), and the ones
+/// lb-common names (for a binary built without the program).
+fn own_map_names() -> std::collections::HashSet<String> {
+    let mut names: std::collections::HashSet<String> = [
+        maps::VIPS,
+        maps::BACKENDS,
+        maps::RINGS,
+        maps::FLOWS,
+        maps::REPLIES,
+        maps::FIB_CACHE,
+        maps::GLOBAL_STATS,
+        maps::VIP_STATS,
+        maps::BACKEND_STATS,
+        maps::NAMES,
+        maps::VERSION,
+        maps::TAILS,
+        maps::VIPS6,
+        maps::BACKEND_ADDRS6,
+        maps::REPLIES6,
+        maps::FLOW_SEED,
+        maps::ADDR_FILTER,
+        maps::FIB_CACHE6,
+        maps::LOCAL_ADDRS6,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Ok(obj) = aya_obj::Object::parse(PROGRAM_OBJECT) {
+        names.extend(obj.maps.keys().cloned());
+    }
+    names
+}
+
+/// True for a pin xdplb made: one of its maps, or an XDP link.
+pub fn is_own_pin(name: &str) -> bool {
+    name.starts_with(maps::LINK_PREFIX) || own_map_names().contains(name)
+}
+
+/// What `down` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DownReport {
+    /// Interfaces whose XDP link was removed (so detached).
+    pub detached: Vec<String>,
+    /// Entries under the pin path that xdplb did not make: left alone,
+    /// and with them the pin directory.
+    pub foreign: Vec<String>,
+}
+
+/// Detaches every pinned link under `pin_path` and removes xdplb's pins
+/// (its maps and links, nothing else), then the directory if that leaves
+/// it empty.
+pub fn down(pin_path: &Path) -> Result<DownReport, DataplaneError> {
+    let entries = match fs::read_dir(pin_path) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(DataplaneError::NotPinned {
+                path: pin_path.to_path_buf(),
+            })
+        }
+        Err(source) => {
+            return Err(DataplaneError::PinPath {
+                path: pin_path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let own = own_map_names();
+    let mut report = DownReport::default();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let link = name.strip_prefix(maps::LINK_PREFIX);
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir || (link.is_none() && !own.contains(&name)) {
+            report.foreign.push(name);
+            continue;
+        }
+        if link.is_some() {
+            // Removing the pin drops the link's last reference, but the
+            // kernel releases it asynchronously: detach it first, so the
+            // interface has no program by the time `down` returns.
+            detach_pinned_link(&entry.path());
+        }
+        fs::remove_file(entry.path()).map_err(|source| DataplaneError::PinPath {
+            path: entry.path(),
+            source,
+        })?;
+        if let Some(iface) = link {
+            report.detached.push(iface.to_string());
+        }
+    }
+    if report.foreign.is_empty() {
+        fs::remove_dir(pin_path).map_err(|source| DataplaneError::PinPath {
+            path: pin_path.to_path_buf(),
+            source,
+        })?;
+    }
+    report.detached.sort();
+    report.foreign.sort();
+    Ok(report)
+}
+
+/// BPF_LINK_DETACH on a pinned link (aya 0.14 only closes fds and hides
+/// them). Best effort: a link that cannot be opened or detached is still
+/// unpinned by the caller, and detaches a little later.
+pub(crate) fn detach_pinned_link(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    /// `union bpf_attr`, as large as the kernel's (unused tail zeroed).
+    #[repr(C)]
+    struct Attr {
+        words: [u64; 16],
+    }
+    let Ok(cpath) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return;
+    };
+    let mut attr = Attr { words: [0; 16] };
+    // BPF_OBJ_GET: pathname (u64 pointer), bpf_fd, file_flags.
+    attr.words[0] = cpath.as_ptr() as u64;
+    // SAFETY: bpf(2) with an attr of the kernel's size; the path outlives it.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &mut attr as *mut Attr,
+            std::mem::size_of::<Attr>() as u32,
+        )
+    };
+    if fd < 0 {
+        return;
+    }
+    let mut attr = Attr { words: [0; 16] };
+    // BPF_LINK_DETACH: link_fd (u32, the first field).
+    attr.words[0] = fd as u64;
+    // SAFETY: as above; `fd` is ours and closed right after.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            &mut attr as *mut Attr,
+            std::mem::size_of::<Attr>() as u32,
+        );
+        libc::close(fd as i32);
+    }
+}

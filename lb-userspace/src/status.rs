@@ -1,6 +1,6 @@
 //! The controller's live view, as `xdplb status` shows it and the admin
 //! socket carries it. Field names are the operator contract
-//! (shared/INTERFACE.md, "JSON output"); more fields are allowed.
+//! (docs/INTERFACE.md, "JSON"); more fields are allowed.
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -960,6 +960,17 @@ fn the_program_loads_with_tunnel_sources_of_both_families() {
     // Every program was accepted, tunnel paths included (the kernel says
     // how much it verified of each).
     let verified = tp.dp().verified_instructions();
+    // The five programs (IPv4 TCP, IPv4 UDP, IPv6 TCP, IPv6 UDP, ICMPv6
+    // errors), each named once: an empty or short list would pass the
+    // check below without checking anything.
+    let mut names: Vec<&str> = verified.iter().map(|(name, _)| *name).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(
+        verified.len() == 5 && names.len() == 5,
+        "verified instructions of {} programs, 5 expected: {verified:?}",
+        verified.len()
+    );
     assert!(
         verified.iter().all(|(_, n)| n.is_some_and(|n| n > 1000)),
         "{verified:?}"

@@ -64,6 +64,9 @@ pub struct PoolSpec {
     /// `kind = "tcp"` health checks (connect to `backend_port`) instead of
     /// `kind = "http"` on `/healthz`.
     pub tcp_health: bool,
+    /// `port = …` in `[pool.health]`: probes go to this side port of each
+    /// backend instead of `backend_port` (a test's own server there).
+    pub health_port: Option<u16>,
     /// `protocol = "udp"`, health `kind = "udp"` with `payload =`
     /// [`UDP_HEALTH_PAYLOAD`]; backends run `lab-udp-backend` on
     /// `backend_port`. See [`PoolSpec::udp`].
@@ -130,6 +133,7 @@ impl PoolSpec {
             on_empty: None,
             backend_port: BACKEND_PORT,
             tcp_health: false,
+            health_port: None,
             udp: false,
             ipv6: false,
             load: None,
@@ -206,6 +210,29 @@ impl PoolSpec {
     pub fn detection_bound(&self) -> Duration {
         Duration::from_millis(self.interval_ms * self.fall as u64 + self.timeout_ms)
     }
+}
+
+/// How far the share of fresh flows a backend gets may be from its
+/// weight's share in the spread checks (`spread.rs`, `pools`, `direct`).
+/// A ring that ignored weights (1:2:3 read as 1:1:1) is off by 0.17.
+pub const SPREAD_TOLERANCE: f64 = 0.07;
+
+/// Fresh flows a spread check over `backends` weighted backends needs so
+/// that a correct build fails it less than once in 10,000 runs, each
+/// backend's share within `tolerance` of its weight's.
+///
+/// Each fresh flow lands on backend i with probability p_i, its share of
+/// the ring, independently of the others (the kernel picks the source
+/// port, the flow hash mixes it). The ring's shares match the weights to
+/// within 0.0002 (Maglev, 4,099 entries, the lab's ring), so p_i is the
+/// weight's share. By Hoeffding's inequality the observed share p̂_i of n
+/// flows strays by t or more with P(|p̂_i − p_i| ≥ t) ≤ 2·exp(−2·n·t²);
+/// any of k backends, by the union bound, with at most 2k·exp(−2·n·t²).
+/// That is ≤ 10⁻⁴ for n ≥ ln(2k · 10⁴) / (2t²): for k = 3 and t = 0.07,
+/// ln(60,000) = 11.00, / (2 × 0.0049) → n ≥ 1,123.
+pub fn spread_flows(backends: usize, tolerance: f64) -> usize {
+    let k = backends.max(1) as f64;
+    ((2.0 * k * 1e4).ln() / (2.0 * tolerance * tolerance)).ceil() as usize
 }
 
 /// The `[dataplane]` knobs a test may turn (the rest is fixed by the lab).
@@ -301,7 +328,7 @@ pub fn render_config_with(lab: &Lab, dp: &DataplaneSpec, pools: &[PoolSpec]) -> 
     for p in pools {
         writeln!(
             s,
-            "[[pool]]\nname = \"{}\"\nvip = \"{}\"\nmin_active = {}\n{}\n  [pool.health]\n{}  interval_ms = {}\n  timeout_ms = {}\n  rise = {}\n  fall = {}\n",
+            "[[pool]]\nname = \"{}\"\nvip = \"{}\"\nmin_active = {}\n{}\n  [pool.health]\n{}{}  interval_ms = {}\n  timeout_ms = {}\n  rise = {}\n  fall = {}\n",
             p.name,
             p.vip_addr(),
             p.min_active,
@@ -316,6 +343,9 @@ pub fn render_config_with(lab: &Lab, dp: &DataplaneSpec, pools: &[PoolSpec]) -> 
             } else {
                 "  kind = \"http\"\n  path = \"/healthz\"\n".to_string()
             },
+            p.health_port
+                .map(|port| format!("  port = {port}\n"))
+                .unwrap_or_default(),
             p.interval_ms,
             p.timeout_ms,
             p.rise,
@@ -874,4 +904,20 @@ pub fn find_backend(s: &Value, pool: &str, backend: &str) -> Option<Value> {
         .iter()
         .find(|b| b["name"] == backend)
         .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_sample_sizes() {
+        // The arithmetic of `spread_flows`' comment.
+        assert_eq!(spread_flows(3, 0.07), 1123);
+        // Halving the tolerance quadruples the flows.
+        assert_eq!(spread_flows(3, 0.035), 4491);
+        // The bound it promises, checked back: 2k·exp(−2nt²) ≤ 1e-4.
+        let n = spread_flows(3, SPREAD_TOLERANCE) as f64;
+        assert!(6.0 * (-2.0 * n * SPREAD_TOLERANCE * SPREAD_TOLERANCE).exp() <= 1e-4);
+    }
 }

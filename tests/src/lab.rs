@@ -93,9 +93,16 @@ pub fn raise_nofile(n: u64) -> Result<()> {
     Ok(())
 }
 
-/// For tests that need root: returns true (after saying so) when the test
-/// should be skipped. Under CI (`CI` set) a missing root is a failure, not a
-/// skip, so CI can never pass by skipping.
+/// Set to `1` to let tests that cannot run here skip (pass without
+/// running, recorded); unset, they fail. Nothing sets it for you.
+pub const ALLOW_SKIP_ENV: &str = "XDPLB_ALLOW_SKIP";
+/// Where skipped tests are recorded, one `binary::test<TAB>reason` line
+/// each (`cargo xtask test` sets it and counts them in its summary).
+pub const SKIP_LOG_ENV: &str = "XDPLB_SKIP_LOG";
+
+/// For tests that need root: returns true when the test should return at
+/// once, skipped — only when `XDPLB_ALLOW_SKIP=1` says a skip is wanted.
+/// Otherwise a test that cannot run fails: no test passes by not running.
 ///
 /// ```no_run
 /// # fn t() -> anyhow::Result<()> {
@@ -105,14 +112,55 @@ pub fn raise_nofile(n: u64) -> Result<()> {
 /// # Ok(()) }
 /// ```
 pub fn skip_unless_root() -> bool {
-    if is_root() {
-        return false;
+    !is_root() && skip_or_fail("needs root (network namespaces, bpf)")
+}
+
+/// This test cannot run here, for `reason`. With `XDPLB_ALLOW_SKIP=1`:
+/// records the skip (stderr, and `XDPLB_SKIP_LOG` if set) and returns true
+/// (the caller returns at once). Without it: panics, failing the test.
+pub fn skip_or_fail(reason: &str) -> bool {
+    let test = current_test();
+    if std::env::var_os(ALLOW_SKIP_ENV).is_none_or(|v| v != "1") {
+        panic!("{test} {reason}: it cannot run here (set {ALLOW_SKIP_ENV}=1 to skip such tests instead)");
     }
-    if std::env::var_os("CI").is_some() {
-        panic!("this test needs root; CI must run it as root");
+    eprintln!("skipped: {test} {reason} ({ALLOW_SKIP_ENV}=1)");
+    if let Some(log) = std::env::var_os(SKIP_LOG_ENV) {
+        use std::io::Write;
+        // One short O_APPEND write per skip: whole lines even when test
+        // binaries run side by side.
+        let line = format!("{test}\t{reason}\n");
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            panic!(
+                "cannot record the skip of {test} in {}: {e}",
+                Path::new(&log).display()
+            );
+        }
     }
-    eprintln!("skipping: this test needs root (network namespaces)");
     true
+}
+
+/// `binary::test` for the test running on this thread: libtest names each
+/// test's thread after the test, and the binary is cargo's
+/// `deps/<name>-<hash>`.
+fn current_test() -> String {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("(unnamed test)")
+        .to_string();
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
+        .map(|f| match f.rsplit_once('-') {
+            Some((stem, hash)) if hash.bytes().all(|b| b.is_ascii_hexdigit()) => stem.to_string(),
+            _ => f,
+        })
+        .unwrap_or_default();
+    format!("{binary}::{test}")
 }
 
 /// The release `xdplb` binary under test: `$XDPLB_BIN` (set by `cargo xtask
@@ -200,7 +248,7 @@ impl LabBuilder {
     /// frames reach the gateway with only a partial TCP checksum
     /// (CHECKSUM_PARTIAL) that xdplb must complete before it redirects them.
     /// `false` emulates NICs that deliver complete checksums; at most one
-    /// test should use it (shared/INTERFACE.md, "Test networks").
+    /// test should use it (tests/README.md, "The lab").
     pub fn tx_checksum_offload(mut self, on: bool) -> Self {
         self.tx_checksum_offload = on;
         self

@@ -44,6 +44,8 @@ pub mod udp;
 pub mod wait;
 
 pub use http::{connect_from, get_on, http_get, KeepAliveClient};
-pub use lab::{is_root, raise_nofile, skip_unless_root, xdplb_bin, Lab, LabBuilder, LabChild};
+pub use lab::{
+    is_root, raise_nofile, skip_or_fail, skip_unless_root, xdplb_bin, Lab, LabBuilder, LabChild,
+};
 pub use udp::{udp_ask, UdpFlow};
 pub use wait::wait_until;

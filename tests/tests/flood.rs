@@ -27,24 +27,61 @@ use xdplb_tests::{
 
 /// Idle keep-alive connections that must outlive the floods.
 const IDLE_CONNS: usize = 1000;
-/// Flow table entries. Capped, a CPU inserts at most `INSERT_CAP` flows a
-/// second: ≤ 2 CPUs × 2,000 × ~12 s of flood and setup ≈ 48,000 (43,000
-/// measured), which a 131,072-entry table holds beside the idle
-/// connections (at 37 % of its entries; its two-choice buckets lose no
-/// live flow below ~60 %, README). Uncapped, the flood's million distinct
-/// 4-tuples would overrun it eight times over. (A 4,096-entry table would
-/// not do: 2,000 inserts/s for 10 s overruns it with or without a cap. The
-/// cap bounds the churn rate, not the total, so the table must hold
-/// `cap × CPUs × time` of churn.)
-const TABLE: u32 = 131_072;
-/// `max_flow_inserts_per_sec` (per CPU): far below the flood's rate.
-const INSERT_CAP: u32 = 2_000;
+/// New flows per second the gateway may insert during the floods, all CPUs
+/// together: `max_flow_inserts_per_sec` is this over the CPU count (the
+/// cap is per CPU), so the churn the table must hold, and the table, are
+/// the same on 2 CPUs as on 64.
+const INSERTS_PER_SEC: u32 = 4_000;
+/// Seconds of cap windows a CPU can open while the floods and their setup
+/// run (each CPU's window is one second): two floods of `FLOOD_TIME`, and
+/// 3 s of setup and stragglers.
+const CAP_WINDOWS: u64 = 2 * FLOOD_TIME.as_secs() + 3;
+
+/// CPUs the kernel runs packets on (online), each with its own insert cap.
+fn online_cpus() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    u32::try_from(n).unwrap_or(1).max(1)
+}
+
+/// The data plane's sizes on this machine.
+struct Sizes {
+    cpus: u32,
+    /// `max_flow_inserts_per_sec` (per CPU): far below the flood's rate.
+    insert_cap: u32,
+    /// Most flows the capped floods can insert: `insert_cap × cpus ×
+    /// CAP_WINDOWS` (52,000 on 2 CPUs; 43,000 measured there).
+    insert_bound: u64,
+    /// `flow_table_size`: the idle connections plus `insert_bound` of
+    /// churn at no more than 60 % of its entries (its two-choice buckets
+    /// lose no live flow below ~60 %, README), as a power of two: 131,072
+    /// on any CPU count. Uncapped, the flood's million distinct 4-tuples
+    /// overrun it several times over. (A 4,096-entry table would not do:
+    /// the cap bounds the churn rate, not the total, so the table must
+    /// hold `cap × CPUs × time` of churn.)
+    table: u32,
+}
+
+impl Sizes {
+    fn of_this_machine() -> Sizes {
+        let cpus = online_cpus();
+        let insert_cap = (INSERTS_PER_SEC / cpus).max(1);
+        let insert_bound = u64::from(insert_cap) * u64::from(cpus) * CAP_WINDOWS;
+        let table = ((IDLE_CONNS as u64 + insert_bound) * 5 / 3).next_power_of_two();
+        Sizes {
+            cpus,
+            insert_cap,
+            insert_bound,
+            table: u32::try_from(table).expect("table size fits u32"),
+        }
+    }
+}
 /// Each flood lasts this long…
 const FLOOD_TIME: Duration = Duration::from_secs(5);
 /// …or this many frames, whichever comes first.
 const FLOOD_MAX_FRAMES: u64 = 50_000_000;
-/// The flood's pace (frames/s, all senders): 50× the insert cap, enough to
-/// evict the whole table within a second were inserts not capped. Not the
+/// The flood's pace (frames/s, all senders): 25× `INSERTS_PER_SEC`, enough to
+/// evict the whole table within two seconds were inserts not capped. Not the
 /// machine's full rate (~370k/s here): then the two cores, which also run
 /// the gateway and the backends answering every flood SYN, drop packets in
 /// the gateway's veth queue before XDP sees them, legitimate SYNs among
@@ -147,9 +184,14 @@ fn floods_keep_established_flows_and_new_ones_get_through() -> Result<()> {
         return Ok(());
     }
     raise_nofile(16_384)?;
+    let sizes = Sizes::of_this_machine();
+    println!(
+        "{} CPUs: insert cap {}/s per CPU, at most {} inserts, flow table {}",
+        sizes.cpus, sizes.insert_cap, sizes.insert_bound, sizes.table
+    );
     let dp = DataplaneSpec {
-        flow_table_size: TABLE,
-        max_flow_inserts_per_sec: Some(INSERT_CAP),
+        flow_table_size: sizes.table,
+        max_flow_inserts_per_sec: Some(sizes.insert_cap),
         ..DataplaneSpec::default()
     };
     // web-3 stays drained while the idle connections open, so they all
@@ -319,15 +361,18 @@ fn floods_keep_established_flows_and_new_ones_get_through() -> Result<()> {
         common::per_cpu(&d.lab.pin_path(), GlobalCounter::FlowInsertsCapped)?
     );
     ensure!(
-        total > 2 * u64::from(TABLE),
-        "the floods sent only {total} frames: not enough to overrun a {TABLE}-entry table"
+        total > 2 * u64::from(sizes.table),
+        "the floods sent only {total} frames: not enough to overrun a {}-entry table",
+        sizes.table
     );
     ensure!(capped > 0, "the insert cap never engaged: {after:?}");
     // The cap bounds the floods' inserts: per CPU and per second window.
-    let windows = (2 * FLOOD_TIME.as_secs() + 3) * 2;
     ensure!(
-        inserted <= u64::from(INSERT_CAP) * windows,
-        "{inserted} inserts in two {FLOOD_TIME:?} floods with a cap of {INSERT_CAP}/s per CPU"
+        inserted <= sizes.insert_bound,
+        "{inserted} inserts in two {FLOOD_TIME:?} floods with a cap of {}/s per CPU on {} CPUs (at most {})",
+        sizes.insert_cap,
+        sizes.cpus,
+        sizes.insert_bound
     );
     ensure!(
         legit_tries >= 100,

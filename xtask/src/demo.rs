@@ -22,7 +22,7 @@ pub enum Which {
 }
 
 pub fn run(which: Which) -> Result<()> {
-    crate::setup::run().context("setup")?;
+    crate::setup::run(crate::setup::Step::Test).context("setup")?;
     header("demo: building xdplb and the lab (release)");
     cargo(&[
         "build",

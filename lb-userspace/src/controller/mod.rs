@@ -125,8 +125,9 @@ pub const HALF_OPEN_ALARM: u64 = 3;
 /// The controller's beat: slow-start ramps, watermark holds, spare drains,
 /// agent scores and slot retirement advance on it. A beat plans only when
 /// something is pending (see [`Controller::needs_sync`]): a thousand
-/// healthy backends cost nothing between their flips.
-const TICK: Duration = Duration::from_millis(200);
+/// healthy backends cost nothing between their flips. (Public: the
+/// failover tests allow detection plus one beat.)
+pub const TICK: Duration = Duration::from_millis(200);
 /// How often established flows are counted (a walk of the flow table).
 pub const FLOW_COUNT_EVERY: Duration = Duration::from_secs(2);
 /// The flow count waits at least this many times as long as its last walk

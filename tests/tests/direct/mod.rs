@@ -26,7 +26,7 @@ use xdplb_tests::{
     addr::{
         v6_of, BACKEND_IF, GW_BACKEND_IF, GW_CLIENT_IF, ROUTER_BACKEND_ADDR, ROUTER_BACKEND_IF,
     },
-    deploy::{find_backend, DataplaneSpec, Deployment, PoolSpec},
+    deploy::{find_backend, spread_flows, DataplaneSpec, Deployment, PoolSpec, SPREAD_TOLERANCE},
     http::{http_get_bytes, pattern},
     http_get, wait_until, KeepAliveClient, Lab, LabChild,
 };
@@ -111,9 +111,10 @@ pub fn backends_are_configured(d: &Deployment) -> Result<()> {
 }
 
 /// New connections follow the weights 1:2:3 (pool built with
-/// [`weighted`]).
+/// [`weighted`]), each share within `SPREAD_TOLERANCE` over enough
+/// connections that a correct build fails less than once in 10,000 runs.
 pub fn spread_follows_weights(d: &Deployment) -> Result<()> {
-    let n = 300;
+    let n = spread_flows(3, SPREAD_TOLERANCE);
     let s = d.spread(n)?;
     println!("spread over {n} connections: {s:?}");
     ensure!(s.values().sum::<usize>() == n, "failures: {s:?}");
@@ -124,8 +125,8 @@ pub fn spread_follows_weights(d: &Deployment) -> Result<()> {
         ("web-3", 3.0 / 6.0),
     ] {
         ensure!(
-            (share(k) - want).abs() < 0.08,
-            "{k}: {:.3} vs {want:.3} ({s:?})",
+            (share(k) - want).abs() < SPREAD_TOLERANCE,
+            "{k}: {:.3} of {n} new connections vs {want:.3} ± {SPREAD_TOLERANCE} ({s:?})",
             share(k)
         );
     }
@@ -270,18 +271,21 @@ pub fn restart_keeps_a_live_connection(d: &mut Deployment) -> Result<()> {
 }
 
 /// A backend's server dies: it is marked down within interval × fall +
-/// timeout, and new connections heal within that bound plus a second.
+/// timeout, and new connections heal within that bound plus one controller
+/// beat (`xdplb::controller::TICK`).
 pub fn failover_heals(d: &Deployment, victim: &str) -> Result<()> {
     let pool = &d.pools[0];
     let bound = pool.detection_bound();
+    let healed_by = bound + xdplb::controller::TICK;
     let vip = pool.vip_addr();
     d.kill_server(pool.backend(victim).lab_index);
     let killed = Instant::now();
     let attempts = d.lab.run_in("client", || {
         let mut v = Vec::new();
         while killed.elapsed() < bound + Duration::from_secs(2) {
+            let started = killed.elapsed();
             let ok = matches!(http_get(vip, "/"), Ok((200, ref b)) if b.trim() != victim);
-            v.push((killed.elapsed(), ok));
+            v.push((started, ok));
             std::thread::sleep(Duration::from_millis(10));
         }
         v
@@ -294,12 +298,12 @@ pub fn failover_heals(d: &Deployment, victim: &str) -> Result<()> {
         .unwrap_or_default();
     let b = d.backend_status("web", victim)?;
     println!(
-        "failover: {} attempts, last failure {healed_at:?} after the kill (bound {bound:?} + 1 s); {victim} {}",
+        "failover: {} attempts, last failure started {healed_at:?} after the kill (bound {bound:?} + one beat = {healed_by:?}); {victim} {}",
         attempts.len(),
         b["state"]
     );
     ensure!(
-        healed_at <= bound + Duration::from_secs(1),
+        healed_at <= healed_by,
         "new connections healed only after {healed_at:?}; log:\n{}",
         d.daemon_log()
     );

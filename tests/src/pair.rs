@@ -388,7 +388,7 @@ impl Pair {
             gw,
             &[
                 "setsid",
-                "/usr/sbin/keepalived",
+                "keepalived",
                 "-n",
                 "-l",
                 "-D",

@@ -73,8 +73,11 @@ impl Drop for Installed {
     }
 }
 
-const FILES: [&str; 12] = [
+const FILES: [&str; 15] = [
     "./usr/bin/xdplb",
+    "./usr/share/man/man1/xdplb-serving.1.gz",
+    "./usr/share/doc/xdplb/PAIR.md",
+    "./usr/share/doc/xdplb/examples/keepalived/keepalived-gwa.conf",
     "./usr/lib/systemd/system/xdplb.service",
     "./etc/xdplb/xdplb.toml",
     "./usr/share/man/man1/xdplb.1.gz",

@@ -277,7 +277,7 @@ fn the_packaged_keepalived_configs_parse() -> Result<()> {
         let out = lab.exec_net(
             gw,
             &[
-                "/usr/sbin/keepalived",
+                "keepalived",
                 "-t",
                 "-l",
                 "-f",

@@ -40,7 +40,9 @@ pub enum XdpMode {
     Generic,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -91,7 +93,7 @@ impl std::fmt::Display for Protocol {
 /// What the maps key a VIP, or a backend's replies, by: an address of
 /// either family, its port, and the protocol (a TCP and a UDP service may
 /// share an address and port).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub protocol: Protocol,

@@ -1,31 +1,39 @@
-//! `xdplb run`: the controller. Probes and agents feed observations; the
-//! planner turns config + observations + drains into each backend's state
-//! and weight; this module writes the difference into the data plane.
+//! `xdplb run`: the controller, a reconciler and an applier. Probes and
+//! agents feed observations; the planner turns config + observations +
+//! drains into each backend's state and weight; the reconciler turns that
+//! into the complete target image of the data plane; the applier writes
+//! the difference from the live image. Nothing is committed (config,
+//! placement, planner memory) before the apply succeeded: a reload whose
+//! writes fail is refused and the maps are put back.
 //!
-//! Layout, one concern per file: `ops` (the data plane as the controller
-//! sees it, [`DataplaneOps`]), `slots` (VIP indices and backend slots:
-//! capacity planned before any write, install, reload, retirement), `sync`
-//! (the ordered map writes), `view` (status), `daemon` (the wiring of `xdplb
-//! run`), and here the controller's state, its events and its loop.
+//! Layout, one concern per file: `image` (the typed image and its ordered
+//! [`diff`](image::diff)), `slots` (VIP indices and backend slots:
+//! placement, capacity, retirement; pure), `reconcile` (the target image;
+//! pure), `apply` (the writes, and the live image), `sync` (one pass:
+//! observe, plan, reconcile, apply, commit), `ops` (the data plane as the
+//! controller sees it, [`DataplaneOps`]), `view` (status), `daemon` (the
+//! wiring of `xdplb run`), and here the controller's state, its events and
+//! its loop.
 //!
 //! Shape (as mini-redis): [`run`] wires the real pieces (config file, aya
 //! data plane, admin socket, metrics, signals) and hands them to
 //! [`Controller::run`], which takes its data plane as a [`DataplaneOps`] and
 //! its probes from a factory, so tests drive it with fakes.
 //!
-//! Order of map writes on every sync, so no packet meets an inconsistent
-//! state: (1) slots that are not down get their new state, (2) rings are
-//! published (each flips atomically, see `dataplane`), (3) slots that are
-//! down are marked so. A backend coming up is thus marked before any ring
+//! Order of map writes on every apply ([`image::diff`]), so no packet meets
+//! an inconsistent state: (1) slots that are not down get their new state,
+//! (2) rings are published (each flips atomically, see `dataplane`), (3)
+//! slots that are down are marked so, (4) what nothing needs goes. A backend coming up is thus marked before any ring
 //! names it; a backend going down leaves the rings before its flows are
 //! re-steered (re-steering consults the new ring).
 //!
 //! Restart: the data plane keeps forwarding with its last state while the
-//! controller is away. On start the controller adopts the pinned VIP and
-//! slot assignments (names are kept in the `NAMES` map) and operator
-//! drains (a flag in the backend map), and writes nothing until every
-//! backend has had its first probe, so a restart changes no ring that
-//! the probes would not change anyway (Maglev is deterministic).
+//! controller is away. On start the controller adopts the pinned image
+//! (VIP and slot assignments, names kept in the `NAMES` map, reply
+//! entries, operator drains as a flag in the backend map) as its live
+//! image, and writes nothing until every backend has had its first probe,
+//! so a restart changes no ring that the probes would not change anyway
+//! (Maglev is deterministic): the first apply is the first reconcile.
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     net::SocketAddr,
@@ -48,8 +56,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     config::{
-        self, BackendConfig, Config, Endpoint, HealthConfig, OnDown, OnEmpty, PoolConfig, Protocol,
-        Role,
+        self, AnnounceConfig, BackendConfig, Config, Endpoint, HealthConfig, OnDown, OnEmpty,
+        PoolConfig, Role,
     },
     dataplane::{
         self, backend_name_index, AttachMode, BackendSlot, Dataplane, DataplaneError, Shape,
@@ -70,17 +78,23 @@ use crate::{
 
 pub use crate::command::Command;
 
+mod apply;
 mod daemon;
+pub mod image;
 mod ops;
+mod reconcile;
 mod slots;
 mod sync;
 mod view;
 
+use apply::Applier;
 pub use daemon::run;
+use image::{diff, Change, Image, ReplyImage, RingMember, VipImage};
 pub use ops::DataplaneOps;
+use reconcile::World;
 use slots::Slots;
 pub use sync::vip_flags;
-use sync::{plan_of, PublishedRing, BACKEND_F_HEALTH_DOWN};
+use sync::{plan_of, slot_flags, slot_state, BACKEND_F_HEALTH_DOWN};
 
 #[derive(Debug, Error)]
 pub enum ControllerError {
@@ -186,6 +200,9 @@ impl Drop for Task {
 
 #[derive(Default)]
 struct Runtime {
+    /// The server this runtime is about: a backend re-addressed under the
+    /// same name is another one, and starts afresh.
+    addr: Option<SocketAddr>,
     health: Option<HealthState>,
     /// A probe has reported since this controller started (a health state
     /// seeded from the maps is not a probe).
@@ -209,7 +226,8 @@ struct Runtime {
 pub struct Controller<D: DataplaneOps> {
     config_path: PathBuf,
     config: Config,
-    dp: D,
+    /// The data plane, what it holds, and the announcer.
+    out: Applier<D>,
     slots: Slots,
     planner: Planner,
     runtime: HashMap<Key, Runtime>,
@@ -223,16 +241,6 @@ pub struct Controller<D: DataplaneOps> {
     /// When the last count began: a slot retired after that is not known
     /// to be idle by it.
     flows_at: Instant,
-    /// The VIP address each pool has in the VIPS map (adopted or
-    /// published), so a pool removed or re-addressed while the controller
-    /// was down is taken out of the map even though no config named it.
-    vip_addrs: HashMap<String, Endpoint>,
-    /// Backend metas as last written.
-    written: HashMap<u32, BackendSlot>,
-    /// What each pool's VIP was last published with.
-    published: HashMap<String, PublishedRing>,
-    /// Slots of backends removed by reload: (since, address, pool).
-    retiring: HashMap<u32, (Instant, SocketAddr)>,
     checkers: HashMap<Key, Task>,
     pollers: HashMap<Key, Task>,
     task_owner: HashMap<u64, Key>,
@@ -253,8 +261,6 @@ pub struct Controller<D: DataplaneOps> {
     /// (or this deadline passes).
     ready_deadline: Instant,
     ready: bool,
-    /// `[announce]`: keeps BIRD's routes file in step (see [`crate::announce`]).
-    announcer: Option<crate::announce::Announcer>,
     /// The last sync found the program detached (warned once per loss).
     detached_seen: bool,
 }
@@ -276,37 +282,24 @@ impl<D: DataplaneOps> Controller<D> {
     ) -> Result<(Controller<D>, Inputs), ControllerError> {
         let (health_tx, health_rx) = mpsc::channel(1024);
         let (load_tx, load_rx) = mpsc::channel(1024);
-        let vips = dp.adopt_vips()?;
-        let backends = dp.adopt_backends()?;
-        let taken_vips: HashSet<u32> = vips.iter().map(|v| v.2).collect();
-        let taken_slots: HashSet<u32> = backends.iter().map(|b| b.1.slot).collect();
-        let mut slots = Slots::new(&taken_vips, &taken_slots);
-        let mut pool_of_index = HashMap::new();
-        let mut published = HashMap::new();
-        for (pool, vip, index) in &vips {
+        let out = Applier::adopt(dp, config.dataplane.ring_size)?;
+        let now = Instant::now();
+        let slots = Slots::adopt(&out.live, now);
+        for (pool, index) in &slots.vips {
+            let vip = out.live.vips[index].endpoint;
             info!(pool, %vip, index, "adopted VIP from the pinned data plane");
-            slots.vips.insert(pool.clone(), *index);
-            pool_of_index.insert(*index, pool.clone());
-            published.insert(pool.clone(), *vip);
         }
         let mut drained = HashSet::new();
-        let mut written = HashMap::new();
-        let mut orphans = Vec::new();
-        for (name, b) in backends {
-            match pool_of_index.get(&b.vip_index) {
-                Some(pool) => {
-                    let k = key(pool, &name);
-                    if b.flags & BACKEND_F_OPERATOR_DRAIN != 0 {
-                        info!(pool, backend = name, "operator drain survives the restart");
-                        drained.insert(k.clone());
-                    }
-                    slots.backends.insert(k, b.slot);
-                    written.insert(b.slot, b);
-                }
-                None => orphans.push(b),
+        for (k, slot) in &slots.backends {
+            if out.live.slots[slot].flags & BACKEND_F_OPERATOR_DRAIN != 0 {
+                info!(
+                    pool = k.0,
+                    backend = k.1,
+                    "operator drain survives the restart"
+                );
+                drained.insert(k.clone());
             }
         }
-        let now = Instant::now();
         let max_timeout = config
             .pools
             .iter()
@@ -319,7 +312,7 @@ impl<D: DataplaneOps> Controller<D> {
                 pools: Vec::new(),
                 ..config.clone()
             },
-            dp,
+            out,
             slots,
             planner: Planner::new(),
             runtime: HashMap::new(),
@@ -327,10 +320,6 @@ impl<D: DataplaneOps> Controller<D> {
             flows: None,
             half_open: HashMap::new(),
             flows_at: now,
-            vip_addrs: published,
-            written,
-            published: HashMap::new(),
-            retiring: HashMap::new(),
             checkers: HashMap::new(),
             pollers: HashMap::new(),
             task_owner: HashMap::new(),
@@ -345,13 +334,8 @@ impl<D: DataplaneOps> Controller<D> {
             epoch: now,
             ready_deadline: now + Duration::from_millis(max_timeout + 500),
             ready: false,
-            announcer: None,
             detached_seen: false,
         };
-        // Slots whose pool is gone (e.g. VIP removed while we were down).
-        for b in orphans {
-            c.retiring.insert(b.slot, (now, b.addr));
-        }
         // Drains kept in the state file survive `xdplb down` and reboots,
         // which the maps' flags do not.
         if let Some(path) = &c.config.control.state_file {
@@ -366,7 +350,12 @@ impl<D: DataplaneOps> Controller<D> {
                 Err(e) => warn!(error = %e, "operator drains not restored"),
             }
         }
-        c.install(config)?;
+        // Placed and committed at once: until the first probes are in,
+        // only what the config dropped is written (see `reconcile`).
+        let (slots, _) = c.slots.place(&c.out.live, &c.config, &config, now)?;
+        c.commit(config, slots);
+        // What the config dropped goes now; the rest waits for the probes.
+        c.converge(None)?;
         if let Err(e) = c.persist_drains() {
             warn!(error = e, "operator drains not saved");
         }
@@ -510,6 +499,122 @@ impl<D: DataplaneOps> Controller<D> {
         crate::state::save(path, &drains).map_err(|e| e.to_string())
     }
 
+    /// Makes `config`, placed by `slots`, the running config: the runtime
+    /// and tasks of backends that left (or were re-addressed) go, every
+    /// backend's probe and agent poller run as its config says.
+    fn commit(&mut self, config: Config, slots: Slots) {
+        self.config = config;
+        self.slots = slots;
+        self.dirty = true;
+        let wanted = wanted_backends(&self.config);
+        let stale: Vec<Key> = self
+            .runtime
+            .iter()
+            .filter(|(k, rt)| wanted.get(*k) != rt.addr.as_ref())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            self.runtime.remove(&k);
+            self.checkers.remove(&k);
+            self.pollers.remove(&k);
+        }
+        self.checkers.retain(|k, _| wanted.contains_key(k));
+        self.pollers.retain(|k, _| wanted.contains_key(k));
+        let pools = self.config.pools.clone();
+        for pool in &pools {
+            for b in &pool.backends {
+                self.start_backend(pool, b);
+            }
+        }
+    }
+
+    /// A backend's runtime and tasks, as its pool's config says: a new one
+    /// found in the adopted pins (before the first plan is written: same
+    /// slot, same address) starts from its last verdict, kept until probes
+    /// overturn it; new probe rules restart its checker but keep its
+    /// verdict.
+    fn start_backend(&mut self, pool: &PoolConfig, b: &BackendConfig) {
+        let k = key(&pool.name, &b.name);
+        let pinned_up = self
+            .slots
+            .backends
+            .get(&k)
+            .filter(|_| !self.ready)
+            .and_then(|slot| self.out.live.slots.get(slot))
+            .filter(|m| m.addr == b.addr)
+            .map(|m| m.state != BACKEND_DOWN && m.flags & BACKEND_F_HEALTH_DOWN == 0);
+        let rt = self.runtime.entry(k.clone()).or_default();
+        rt.addr = Some(b.addr);
+        match (&mut rt.health, pinned_up) {
+            (Some(h), _) => h.reconfigure(pool.health.rise, pool.health.fall),
+            (None, Some(up)) => {
+                rt.health = Some(HealthState::seeded(pool.health.rise, pool.health.fall, up))
+            }
+            (None, None) => rt.health = Some(HealthState::new(pool.health.rise, pool.health.fall)),
+        }
+        match (&pool.load, &mut rt.load) {
+            (Some(l), Some(t)) => t.set_factors(l.factors),
+            (Some(l), None) => rt.load = Some(LoadTracker::new(l.factors)),
+            (None, _) => {
+                rt.load = None;
+                rt.agent_line = None;
+                rt.agent_up = None;
+                rt.agent_error = None;
+            }
+        }
+        let health_fp = format!("{} {:?}", b.addr, pool.health);
+        if self.checkers.get(&k).map(|t| &t.fingerprint) != Some(&health_fp) {
+            let id = self.task_id(&k);
+            let (stop, stop_rx) = watch::channel(false);
+            let probe = (self.probes)(&pool.health);
+            health::spawn_checker(
+                id,
+                pool.health.target(b.addr),
+                pool.health.clone(),
+                probe,
+                self.health_tx.clone(),
+                stop_rx,
+            );
+            self.checkers.insert(
+                k.clone(),
+                Task {
+                    id,
+                    fingerprint: health_fp,
+                    stop,
+                },
+            );
+        }
+        match &pool.load {
+            Some(l) => {
+                let agent = SocketAddr::new(b.addr.ip(), l.agent_port);
+                let fp = format!("{agent} {}", l.interval_ms);
+                if self.pollers.get(&k).map(|t| &t.fingerprint) != Some(&fp) {
+                    let id = self.task_id(&k);
+                    let (stop, stop_rx) = watch::channel(false);
+                    spawn_poller(
+                        id,
+                        agent,
+                        Duration::from_millis(l.interval_ms),
+                        agent_timeout(l.interval_ms),
+                        self.load_tx.clone(),
+                        stop_rx,
+                    );
+                    self.pollers.insert(
+                        k,
+                        Task {
+                            id,
+                            fingerprint: fp,
+                            stop,
+                        },
+                    );
+                }
+            }
+            None => {
+                self.pollers.remove(&k);
+            }
+        }
+    }
+
     pub fn drain(&mut self, pool: &str, backend: &str, drain: bool) -> Result<(), String> {
         let p = self
             .config
@@ -519,14 +624,24 @@ impl<D: DataplaneOps> Controller<D> {
             return Err(format!("unknown backend {backend:?} in pool {pool:?}"));
         }
         let k = key(pool, backend);
-        self.dirty = true;
-        if drain {
-            self.drained.insert(k);
+        let changed = if drain {
+            self.drained.insert(k.clone())
         } else {
-            self.drained.remove(&k);
-        }
+            self.drained.remove(&k)
+        };
         info!(pool, backend, drain, "operator drain");
-        self.sync().map_err(|e| e.to_string())?;
+        if let Err(e) = self.sync() {
+            // Not applied: not kept either (the next beats put the maps
+            // back as they were).
+            if changed {
+                if drain {
+                    self.drained.remove(&k);
+                } else {
+                    self.drained.insert(k);
+                }
+            }
+            return Err(format!("{pool}/{backend}: not applied: {e}"));
+        }
         self.persist_drains().map_err(|e| {
             format!(
                 "{pool}/{backend}: applied, but it will not survive `xdplb down` or a reboot: {e}"
@@ -554,8 +669,24 @@ impl<D: DataplaneOps> Controller<D> {
                 self.config_path.display()
             ));
         }
-        let summary = self.install(new).map_err(|e| e.to_string())?;
-        self.sync().map_err(|e| e.to_string())?;
+        let (slots, summary) = self
+            .slots
+            .place(&self.out.live, &self.config, &new, Instant::now())
+            .map_err(|e| e.to_string())?;
+        if let Err(e) = self.converge(Some((&new, &slots))) {
+            // The maps may hold part of the new config: back to the
+            // running one's image (retried on the next beats if this
+            // fails too).
+            let restored = match self.sync() {
+                Ok(()) => String::new(),
+                Err(e) => format!(" (restoring its maps failed too, retrying: {e})"),
+            };
+            return Err(format!(
+                "{}: applying it failed: {e}; the running config is unchanged{restored}",
+                self.config_path.display()
+            ));
+        }
+        self.commit(new, slots);
         if let Err(e) = self.persist_drains() {
             warn!(error = e, "operator drains not saved");
         }
@@ -595,7 +726,7 @@ impl<D: DataplaneOps> Controller<D> {
     /// data plane. A failure is logged and retried on the next beat; the
     /// program keeps the last good values.
     pub fn sync_host(&mut self) {
-        if let Err(e) = self.dp.sync_host(&self.config.dataplane.interfaces) {
+        if let Err(e) = self.out.dp.sync_host(&self.config.dataplane.interfaces) {
             error!(error = %e, "writing host addresses into the data plane failed");
         }
     }

@@ -38,6 +38,8 @@ pub trait DataplaneOps: Send {
     fn adopt_vips(&self) -> Result<Vec<(String, Endpoint, u32)>, DataplaneError>;
     /// (backend name, slot) of every slot in use.
     fn adopt_backends(&self) -> Result<Vec<(String, BackendSlot)>, DataplaneError>;
+    /// Every reply entry: (backend endpoint, what it says).
+    fn adopt_replies(&self) -> Result<Vec<(Endpoint, ReplyImage)>, DataplaneError>;
     /// Whether the program is still attached to at least one of its
     /// interfaces: `xdplb down --force` can take it away under a running
     /// controller, which must then stop announcing what it no longer
@@ -94,6 +96,22 @@ impl DataplaneOps for Dataplane {
             .into_iter()
             .map(|b| Ok((self.read_name(backend_name_index(b.slot))?, b)))
             .collect()
+    }
+    fn adopt_replies(&self) -> Result<Vec<(Endpoint, ReplyImage)>, DataplaneError> {
+        Ok(self
+            .read_replies()?
+            .into_iter()
+            .map(|(backend, vip, slot, vip_index)| {
+                (
+                    backend,
+                    ReplyImage {
+                        vip,
+                        slot,
+                        vip_index,
+                    },
+                )
+            })
+            .collect())
     }
     fn attached(&self) -> bool {
         Dataplane::has_links(self)

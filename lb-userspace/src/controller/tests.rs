@@ -38,15 +38,39 @@ struct Fake {
     vips: HashMap<Endpoint, (u32, Vec<u32>)>,
     /// Each VIP's `flow_idle_ms` as last published.
     idle: HashMap<Endpoint, u32>,
-    /// Reply entries: backend endpoint → VIP.
-    replies: HashMap<Endpoint, SocketAddr>,
+    /// Reply entries by backend endpoint.
+    replies: HashMap<Endpoint, ReplyImage>,
     backends: HashMap<u32, BackendSlot>,
     names: HashMap<u32, String>,
     /// Set by a test to play `xdplb down --force` under the controller.
     detached: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by a test: this many more map writes succeed, the next one
+    /// fails (once).
+    fail_after: Option<usize>,
 }
 
+/// The error [`Fake::fail_after`] injects.
+const INJECTED: &str = "injected write failure";
+
 impl Fake {
+    /// Counts a map write down towards [`Fake::fail_after`].
+    fn write(&mut self) -> Result<(), DataplaneError> {
+        match self.fail_after {
+            Some(0) => {
+                self.fail_after = None;
+                Err(DataplaneError::Link {
+                    path: PathBuf::from("/fake"),
+                    reason: INJECTED.to_string(),
+                })
+            }
+            Some(n) => {
+                self.fail_after = Some(n - 1);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
     /// State of the one live slot named `name` (a retiring slot may
     /// share the name: that is ambiguous, and refused).
     fn state(&self, name: &str) -> u8 {
@@ -84,6 +108,7 @@ impl DataplaneOps for Fake {
         flags: u32,
         flow_idle_ms: u32,
     ) -> Result<(), DataplaneError> {
+        self.write()?;
         self.idle.insert(vip, flow_idle_ms);
         let mut slots: Vec<u32> = ring.iter().copied().filter(|s| *s != NO_BACKEND).collect();
         slots.sort();
@@ -101,16 +126,19 @@ impl DataplaneOps for Fake {
         Ok(())
     }
     fn remove_vip(&mut self, vip: Endpoint) -> Result<(), DataplaneError> {
+        self.write()?;
         self.ops.push(Op::RemoveVip(vip));
         self.vips.remove(&vip);
         Ok(())
     }
     fn write_backend(&mut self, slot: &BackendSlot) -> Result<(), DataplaneError> {
+        self.write()?;
         self.ops.push(Op::Backend(slot.clone()));
         self.backends.insert(slot.slot, slot.clone());
         Ok(())
     }
     fn free_backend(&mut self, slot: u32) -> Result<(), DataplaneError> {
+        self.write()?;
         self.ops.push(Op::Free(slot));
         self.backends.remove(&slot);
         Ok(())
@@ -119,18 +147,28 @@ impl DataplaneOps for Fake {
         &mut self,
         backend: Endpoint,
         vip: SocketAddr,
-        _: u32,
-        _: u32,
+        slot: u32,
+        vip_index: u32,
     ) -> Result<(), DataplaneError> {
-        self.replies.insert(backend, vip);
+        self.write()?;
+        self.replies.insert(
+            backend,
+            ReplyImage {
+                vip,
+                slot,
+                vip_index,
+            },
+        );
         Ok(())
     }
     fn remove_reply(&mut self, backend: Endpoint) -> Result<(), DataplaneError> {
+        self.write()?;
         self.ops.push(Op::RemoveReply(backend));
         self.replies.remove(&backend);
         Ok(())
     }
     fn write_name(&mut self, index: u32, name: &str) -> Result<(), DataplaneError> {
+        self.write()?;
         self.names.insert(index, name.to_string());
         Ok(())
     }
@@ -143,6 +181,9 @@ impl DataplaneOps for Fake {
             .iter()
             .map(|(vip, (i, _))| (self.names[i].clone(), *vip, *i))
             .collect())
+    }
+    fn adopt_replies(&self) -> Result<Vec<(Endpoint, ReplyImage)>, DataplaneError> {
+        Ok(self.replies.iter().map(|(e, r)| (*e, *r)).collect())
     }
     fn adopt_backends(&self) -> Result<Vec<(String, BackendSlot)>, DataplaneError> {
         Ok(self
@@ -305,7 +346,7 @@ impl Rig {
     }
 
     fn fake(&self) -> &Fake {
-        &self.c.dp
+        &self.c.out.dp
     }
 }
 
@@ -465,7 +506,7 @@ async fn a_restarted_controller_adopts_slots_and_drains_and_rewrites_nothing() {
     let ring = r.fake().vips[&ep("198.18.2.10:80")].1.clone();
     let probes = r.probes.clone();
     // "Restart": a new controller over the same data plane.
-    let mut fake = std::mem::take(&mut r.c.dp);
+    let mut fake = std::mem::take(&mut r.c.out.dp);
     fake.ops.clear();
     drop(r);
     let mut r = rig_with(fake, probes, CONFIG);
@@ -511,11 +552,50 @@ vip = \"198.18.2.11:80\"
     )
 }
 
+/// A reload whose writes fail half-way is refused, and leaves the running
+/// config, the controller's state and the maps as they were.
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_fails_half_way_changes_nothing() {
+    let mut r = rig();
+    r.pump(Duration::from_millis(300)).await;
+    // Names of indices no entry uses are never cleared (and never read).
+    let in_use = r.fake().names.clone();
+    let maps = |f: &Fake| {
+        let names: HashMap<u32, String> = f
+            .names
+            .iter()
+            .filter(|(i, _)| in_use.contains_key(i))
+            .map(|(i, n)| (*i, n.clone()))
+            .collect();
+        (f.vips.clone(), f.backends.clone(), f.replies.clone(), names)
+    };
+    let before = maps(r.fake());
+    let config = r.c.config.clone();
+    let status = r.c.status();
+    // A new pool, and web-2 removed: names, replies, slots and rings to
+    // write; the third write fails.
+    r.write_config(two_pools().replace(
+        "  [[pool.backend]]\n  name = \"web-2\"\n  addr = \"198.18.1.12:8080\"\n",
+        "",
+    ));
+    r.c.out.dp.fail_after = Some(2);
+    let err = r.c.reload().unwrap_err();
+    assert!(err.contains(INJECTED), "{err}");
+    assert!(r.fake().fail_after.is_none(), "the failure was not reached");
+    assert!(r.c.config == config, "the running config changed");
+    assert_eq!(r.c.status(), status, "the running state changed");
+    assert_eq!(maps(r.fake()), before, "the maps were left half-written");
+    // And the next beats keep it so.
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(maps(r.fake()), before);
+    assert!(r.c.config == config);
+}
+
 /// A "restart": a new controller over the same data plane (and probes)
 /// with the config `text`.
 fn restart(mut r: Rig, text: &str) -> Rig {
     let probes = r.probes.clone();
-    let mut fake = std::mem::take(&mut r.c.dp);
+    let mut fake = std::mem::take(&mut r.c.out.dp);
     fake.ops.clear();
     drop(r);
     rig_with(fake, probes, text)
@@ -1051,7 +1131,7 @@ async fn an_ipv6_udp_pool_is_published_with_its_protocol_idle_time_and_probe_por
     assert_eq!(r.fake().ring_members("[2001:2:0:2::10]:53/udp"), ["dns6-1"]);
     assert_eq!(r.fake().idle[&vip], 5000);
     assert_eq!(
-        r.fake().replies[&ep("[2001:2:0:1::11]:53/udp")],
+        r.fake().replies[&ep("[2001:2:0:1::11]:53/udp")].vip,
         vip.addr,
         "replies keyed by the backend's UDP endpoint"
     );

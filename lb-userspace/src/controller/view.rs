@@ -23,11 +23,13 @@ impl<D: DataplaneOps> Controller<D> {
                     }
                     .to_string(),
                     empty: self
-                        .published
+                        .slots
+                        .vips
                         .get(&pool.name)
-                        .is_some_and(|r| r.inputs.is_empty()),
+                        .and_then(|i| self.out.live.vips.get(i))
+                        .is_some_and(|v| v.ring.as_ref().is_some_and(Vec::is_empty)),
                     mean_load: pp.and_then(|p| p.mean_load),
-                    announced: self.announcer.as_ref().map(|a| a.announces(&pool.name)),
+                    announced: self.out.announcer.as_ref().map(|a| a.announces(&pool.name)),
                     backends: pool
                         .backends
                         .iter()

@@ -30,7 +30,7 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, PoolConfig, Role};
 use crate::load::AgentState;
@@ -79,7 +79,7 @@ pub struct BackendObservation {
 /// backend never probed.
 pub type Observations = HashMap<(String, String), BackendObservation>;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendState {
     Active,
@@ -109,8 +109,14 @@ impl BackendState {
     }
 }
 
+impl std::fmt::Display for BackendState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a backend is in its state (shown by `status`, asserted by tests).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// A healthy primary.
@@ -146,6 +152,12 @@ impl Reason {
             Reason::SpareDraining => "spare_draining",
             Reason::SpareIdle => "spare_idle",
         }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -153,6 +153,22 @@ pub enum Mode {
     Tunnel,
 }
 
+impl Mode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mode::Nat => "nat",
+            Mode::Dsr => "dsr",
+            Mode::Tunnel => "tunnel",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a pool does with a new flow when no backend can take it (every
 /// backend down, drained or standby): `on_empty` in the config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -164,6 +180,15 @@ pub enum OnEmpty {
     Reject,
     /// Drop silently (clients time out).
     Drop,
+}
+
+impl OnEmpty {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OnEmpty::Reject => "reject",
+            OnEmpty::Drop => "drop",
+        }
+    }
 }
 
 /// What happens to a backend's established flows when health marks it
@@ -197,6 +222,21 @@ pub enum Role {
     #[default]
     Primary,
     Spare,
+}
+
+impl Role {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Spare => "spare",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -57,7 +57,7 @@ use tracing::{debug, error, info, warn};
 use crate::{
     config::{
         self, AnnounceConfig, BackendConfig, Config, Endpoint, HealthConfig, OnDown, OnEmpty,
-        PoolConfig, Role,
+        PoolConfig,
     },
     dataplane::{
         self, backend_name_index, AttachMode, BackendSlot, Dataplane, DataplaneError, Shape,
@@ -73,7 +73,7 @@ use crate::{
         BackendObservation, BackendPlan, BackendState, Observations, Plan, Planner, PoolPlan,
         Reason,
     },
-    status::{BackendStatus, PoolStatus, Status, Transition, TransitionLog},
+    status::{BackendStatus, Health, PoolStatus, Status, Transition, TransitionLog},
 };
 
 pub use crate::command::Command;

@@ -262,8 +262,8 @@ fn record_transitions(
             );
             rt.transitions.record(Transition {
                 at_unix_ms,
-                from: was.as_str().to_string(),
-                to: bp.state.as_str().to_string(),
+                from: was,
+                to: bp.state,
                 reason,
             });
         }

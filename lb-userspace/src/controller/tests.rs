@@ -461,7 +461,7 @@ async fn a_pool_with_every_backend_down_shows_empty_until_one_returns() {
     r.pump(Duration::from_millis(300)).await;
     let st = r.c.status();
     assert!(!st.pools[0].empty);
-    assert_eq!(st.pools[0].on_empty, "reject");
+    assert_eq!(st.pools[0].on_empty, OnEmpty::Reject);
     for b in ["198.18.1.11:8080", "198.18.1.12:8080", "198.18.1.21:8080"] {
         r.probes.set(b, false);
     }
@@ -469,7 +469,10 @@ async fn a_pool_with_every_backend_down_shows_empty_until_one_returns() {
     assert!(r.fake().ring_members("198.18.2.10:80").is_empty());
     let st = r.c.status();
     assert!(st.pools[0].empty, "{st:?}");
-    assert!(st.pools[0].backends.iter().all(|b| b.state == "down"));
+    assert!(st.pools[0]
+        .backends
+        .iter()
+        .all(|b| b.state == BackendState::Down));
     r.probes.set("198.18.1.12:8080", true);
     r.pump(Duration::from_millis(300)).await;
     assert_eq!(r.fake().ring_members("198.18.2.10:80"), ["web-2"]);
@@ -757,7 +760,7 @@ async fn on_empty_reaches_the_vip_flags_and_a_reload_republishes_them() {
     let summary = r.c.reload().unwrap();
     assert!(summary.contains("changed pool web"), "{summary}");
     assert_eq!(flags(&r.fake().ops[before..]), [0]);
-    assert_eq!(r.c.status().pools[0].on_empty, "drop");
+    assert_eq!(r.c.status().pools[0].on_empty, OnEmpty::Drop);
     // And nothing more while it stays so.
     let before = r.fake().ops.len();
     r.pump(Duration::from_millis(300)).await;
@@ -1142,7 +1145,7 @@ async fn an_ipv6_udp_pool_is_published_with_its_protocol_idle_time_and_probe_por
         ("[2001:2:0:2::10]:53", "udp")
     );
     assert_eq!(s.pools[0].backends[0].addr, "[2001:2:0:1::11]:53");
-    assert_eq!(s.pools[0].backends[1].health, "down");
+    assert_eq!(s.pools[0].backends[1].health, Health::Down);
 
     r.probes.set("[2001:2:0:1::12]:8053", true);
     r.pump(Duration::from_millis(300)).await;
@@ -1344,7 +1347,7 @@ fn transitions_of(c: &Controller<Fake>, name: &str) -> Vec<(String, String, Stri
         .unwrap()
         .transitions
         .iter()
-        .map(|t| (t.from.clone(), t.to.clone(), t.reason.clone()))
+        .map(|t| (t.from.to_string(), t.to.to_string(), t.reason.clone()))
         .collect()
 }
 

@@ -15,8 +15,22 @@ use serde::Serialize;
 use crate::{
     config::OnEmpty,
     dataplane::{BackendStats, Counters, VipStats},
+    planner::WEIGHT_SCALE,
     status::Status,
 };
+
+/// An effective ring weight (scaled by [`WEIGHT_SCALE`]) in the config's
+/// units, to a tenth: `100` for a full-weight backend of weight 100, `33.3`
+/// a third into its slow start. An active backend never shows 0.
+fn weight_in_config_units(weight: u32) -> String {
+    let scale = u64::from(WEIGHT_SCALE);
+    let tenths = (u64::from(weight) * 10 + scale / 2) / scale;
+    let tenths = if weight > 0 { tenths.max(1) } else { 0 };
+    match tenths % 10 {
+        0 => (tenths / 10).to_string(),
+        t => format!("{}.{t}", tenths / 10),
+    }
+}
 
 /// A count with an SI suffix: `999`, `1.2k`, `3.4M`, `5.6G`, `7.8T`.
 pub fn human_count(n: f64) -> String {
@@ -170,7 +184,7 @@ pub fn status_text_at(s: &Status, now_unix_ms: u64) -> String {
                         || "-".to_string(),
                         |t| human_age(now_unix_ms.saturating_sub(t.at_unix_ms)),
                     ),
-                    b.weight.to_string(),
+                    weight_in_config_units(b.weight),
                     if p.mean_load.is_some() {
                         format!("{:.2}", b.load)
                     } else {
@@ -571,7 +585,9 @@ mod tests {
             role: Role::Primary,
             health,
             state,
-            weight: 100,
+            // What a controller sends for a full-weight backend of
+            // config weight 100 (the ring's weights are scaled).
+            weight: 100 * crate::planner::WEIGHT_SCALE,
             config_weight: 100,
             load: 0.42,
             flows: 12,
@@ -650,6 +666,14 @@ pool api  vip [2001:2:0:2::11]:53  udp  nat  min_active 1  EMPTY: no usable back
 ";
         assert_eq!(status_text_at(&s, NOW), want);
         assert_eq!(status_text(&Status::default()), "no pools configured\n");
+        // A ramping or load-scaled weight, in config units too.
+        let mut ramping = s.clone();
+        ramping.pools[0].backends[0].weight = 33_334;
+        assert!(
+            status_text_at(&ramping, NOW).contains("      -    33.3  0.42"),
+            "{}",
+            status_text_at(&ramping, NOW)
+        );
 
         // JSON carries the same facts for scripts.
         let v = serde_json::to_value(&s).unwrap();

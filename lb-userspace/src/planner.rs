@@ -254,6 +254,58 @@ impl Planner {
         Plan { pools }
     }
 
+    /// Starts `pool`'s memory from what the pinned data plane shows (a
+    /// restart): the backends' `states`, and the spares serving beyond
+    /// the `min_active` gap as the watermark count, so a spare serving for
+    /// load keeps serving while the load holds, and one that was draining
+    /// drains on from `now_ms`. A pool already planned, or with nothing
+    /// pinned (its first plan is then its first tick), is left alone.
+    pub fn adopt(
+        &mut self,
+        pool: &PoolConfig,
+        states: &HashMap<String, BackendState>,
+        now_ms: u64,
+    ) {
+        if states.is_empty() || self.pools.contains_key(&pool.name) {
+            return;
+        }
+        let serving = |role: Role| {
+            pool.backends
+                .iter()
+                .filter(|b| b.role == role && states.get(&b.name) == Some(&BackendState::Active))
+                .count() as u32
+        };
+        let gap = pool.min_active.saturating_sub(serving(Role::Primary));
+        let backends = pool
+            .backends
+            .iter()
+            .filter_map(|b| {
+                let state = *states.get(&b.name)?;
+                let draining = state == BackendState::Draining && b.role == Role::Spare;
+                Some((
+                    b.name.clone(),
+                    BackendMemory {
+                        state,
+                        active_since: None,
+                        spare_draining_since: draining.then_some(now_ms),
+                    },
+                ))
+            })
+            .collect();
+        self.pools.insert(
+            pool.name.clone(),
+            PoolMemory {
+                load_spares: if pool.load.is_some() {
+                    serving(Role::Spare).saturating_sub(gap)
+                } else {
+                    0
+                },
+                backends,
+                ..PoolMemory::default()
+            },
+        );
+    }
+
     /// Whether the next [`plan`](Planner::plan) could differ from the last
     /// one with the same config and observations, only because time passed:
     /// a slow-start ramp under way, a watermark hold running, a demoted

@@ -124,6 +124,20 @@ pub enum ControllerError {
     },
 }
 
+/// What a pinned slot says of its backend, as the planner's state: a
+/// `DRAINING` slot marked health-down is a down backend of an
+/// `on_down = "keep"` pool.
+fn pinned_state(meta: &BackendSlot) -> Option<BackendState> {
+    Some(match meta.state {
+        lb_common::BACKEND_ACTIVE => BackendState::Active,
+        lb_common::BACKEND_STANDBY => BackendState::Standby,
+        BACKEND_DRAINING if meta.flags & BACKEND_F_HEALTH_DOWN != 0 => BackendState::Down,
+        BACKEND_DRAINING => BackendState::Draining,
+        BACKEND_DOWN => BackendState::Down,
+        _ => return None,
+    })
+}
+
 /// Makes the probe for a pool's health config (tests inject fakes).
 pub type ProbeFactory = Arc<dyn Fn(&HealthConfig) -> Arc<dyn Probe> + Send + Sync>;
 /// Counts established flows per backend slot (the real one walks the
@@ -263,6 +277,9 @@ pub struct Controller<D: DataplaneOps> {
     ready: bool,
     /// The last sync found the program detached (warned once per loss).
     detached_seen: bool,
+    /// Each backend's state in the pins at start: where the planner and
+    /// the state changes status shows start from.
+    pinned: HashMap<Key, BackendState>,
 }
 
 /// Channels the controller's tasks report on.
@@ -300,12 +317,26 @@ impl<D: DataplaneOps> Controller<D> {
                 drained.insert(k.clone());
             }
         }
+        let pinned = slots
+            .backends
+            .iter()
+            .filter_map(|(k, slot)| Some((k.clone(), pinned_state(out.live.slots.get(slot)?)?)))
+            .collect();
+        // The first sync waits for the first probes and agent answers, at
+        // most as long as the slowest may take (and a margin for the
+        // scheduling of a thousand tasks).
         let max_timeout = config
             .pools
             .iter()
-            .map(|p| p.health.timeout_ms)
+            .map(|p| {
+                let agent = p
+                    .load
+                    .as_ref()
+                    .map_or(Duration::ZERO, |l| agent_timeout(l.interval_ms));
+                Duration::from_millis(p.health.timeout_ms).max(agent)
+            })
             .max()
-            .unwrap_or(0);
+            .unwrap_or_default();
         let mut c = Controller {
             config_path,
             config: Config {
@@ -332,9 +363,10 @@ impl<D: DataplaneOps> Controller<D> {
             dirty: true,
             status_pushed: now,
             epoch: now,
-            ready_deadline: now + Duration::from_millis(max_timeout + 500),
+            ready_deadline: now + max_timeout + Duration::from_millis(500),
             ready: false,
             detached_seen: false,
+            pinned,
         };
         // Drains kept in the state file survive `xdplb down` and reboots,
         // which the maps' flags do not.

@@ -89,8 +89,12 @@ impl<D: DataplaneOps> Controller<D> {
         obs
     }
 
+    /// Whether every backend has had its first probe, and every agent its
+    /// first answer (or failure).
     pub(super) fn all_probed(&self) -> bool {
-        self.runtime.values().all(|r| r.probed)
+        self.runtime
+            .values()
+            .all(|r| r.probed && (r.load.is_none() || r.agent_up.is_some()))
     }
 
     /// Whether a beat must plan: an observation changed, or the plan may
@@ -146,6 +150,19 @@ impl<D: DataplaneOps> Controller<D> {
             }
             self.ready = true;
             info!("first probes in; taking over the data plane");
+            // The planner starts from what the pins show, not from nothing.
+            let now = self.now_ms();
+            for pool in &self.config.pools {
+                let states = pool
+                    .backends
+                    .iter()
+                    .filter_map(|b| {
+                        let s = self.pinned.get(&key(&pool.name, &b.name))?;
+                        Some((b.name.clone(), *s))
+                    })
+                    .collect();
+                self.planner.adopt(pool, &states, now);
+            }
         }
         true
     }
@@ -202,7 +219,13 @@ impl<D: DataplaneOps> Controller<D> {
         // large pool does not rebuild it on every beat.
         let changed = self.plan.as_ref() != Some(&plan);
         if changed {
-            record_transitions(config, self.plan.as_ref(), &plan, &mut self.runtime);
+            record_transitions(
+                config,
+                self.plan.as_ref(),
+                &self.pinned,
+                &plan,
+                &mut self.runtime,
+            );
         }
         self.plan = Some(plan);
         if next.is_none() {
@@ -213,12 +236,14 @@ impl<D: DataplaneOps> Controller<D> {
 }
 
 /// Notes every backend whose state `plan` changes from the one status
-/// shows now (the last plan written). Here, where the plan status
-/// reads is replaced, each change is seen exactly once; a backend no
-/// plan named yet counts as "down", as status shows it.
+/// shows now (the last plan written) or, before the first, from the one
+/// the pins held at start. Here, where the plan status reads is replaced,
+/// each change is seen exactly once; a backend neither names counts as
+/// "down", as status shows it.
 fn record_transitions(
     config: &Config,
     last: Option<&Plan>,
+    pinned: &HashMap<Key, BackendState>,
     plan: &Plan,
     runtime: &mut HashMap<Key, Runtime>,
 ) {
@@ -232,9 +257,11 @@ fn record_transitions(
             let Some(bp) = plan_of(pp, i, &b.name) else {
                 continue;
             };
-            let was = old
-                .and_then(|o| plan_of(o, i, &b.name))
-                .map_or(BackendState::Down, |p| p.state);
+            let was = match old {
+                Some(o) => plan_of(o, i, &b.name).map(|p| p.state),
+                None => pinned.get(&key(&pool.name, &b.name)).copied(),
+            }
+            .unwrap_or(BackendState::Down);
             if was == bp.state {
                 continue;
             }

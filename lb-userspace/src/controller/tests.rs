@@ -538,6 +538,95 @@ async fn a_restarted_controller_adopts_slots_and_drains_and_rewrites_nothing() {
     assert_eq!(f.state("web-2"), lb_common::BACKEND_DRAINING);
 }
 
+/// CONFIG with load agents: a spare joins after 1 s above 0.8.
+fn loaded() -> String {
+    CONFIG.replace(
+        "  [[pool.backend]]\n  name = \"web-1\"",
+        "  [pool.load]\n  interval_ms = 1000\n  high_watermark = 0.8\n  low_watermark = 0.3\n  \
+         scale_up_after_ms = 1000\n  scale_down_after_ms = 30000\n  \
+         [[pool.backend]]\n  name = \"web-1\"",
+    )
+}
+
+impl Rig {
+    /// Every agent of pool "web" answers with load `load`.
+    fn agents_say(&mut self, load: f64) {
+        use crate::load::{client::LoadReport, parse_agent_reply};
+        let line = format!("up 100% cpu={load} mem={load} disk={load} net={load}");
+        let ids: Vec<u64> = self.c.pollers.values().map(|t| t.id).collect();
+        assert!(!ids.is_empty(), "no agent poller");
+        for id in ids {
+            self.c.on_load(LoadReport {
+                id,
+                result: Ok(parse_agent_reply(&line).unwrap()),
+            });
+        }
+    }
+}
+
+/// A restarted controller waits for the agents' first answers (within a
+/// bound) as for the probes': weights and spares are then what they were.
+#[tokio::test(start_paused = true)]
+async fn the_first_sync_waits_for_the_agents_first_answers() {
+    let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &loaded());
+    r.pump(Duration::from_millis(200)).await;
+    assert!(
+        r.c.runtime.values().all(|rt| rt.probed),
+        "probes not in yet"
+    );
+    assert!(
+        r.fake().ops.is_empty(),
+        "wrote before the agents answered: {:?}",
+        r.fake().ops
+    );
+    r.agents_say(0.5);
+    r.pump(Duration::from_millis(20)).await;
+    assert!(!r.fake().ops.is_empty());
+    // Agents that never answer hold it back only so long.
+    let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &loaded());
+    r.pump(Duration::from_millis(1100)).await;
+    assert!(!r.fake().ops.is_empty(), "no bound on the agents' silence");
+}
+
+/// A restart keeps what the planner knew: a spare serving for load keeps
+/// serving while the load holds, and status shows no state change that
+/// did not happen.
+#[tokio::test(start_paused = true)]
+async fn a_restart_keeps_a_spare_serving_for_load() {
+    let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &loaded());
+    for _ in 0..6 {
+        r.agents_say(0.95);
+        r.pump(Duration::from_millis(500)).await;
+    }
+    assert_eq!(r.fake().state("spare-1"), BACKEND_ACTIVE);
+    assert_eq!(r.fake().ring_members("198.18.2.10:80").len(), 3);
+    let spare = r.c.slots.backends[&key("web", "spare-1")];
+    let mut r = restart(r, &loaded());
+    r.agents_say(0.95);
+    for _ in 0..4 {
+        r.pump(Duration::from_millis(500)).await;
+        r.agents_say(0.95);
+    }
+    assert!(
+        !r.fake()
+            .ops
+            .iter()
+            .any(|o| matches!(o, Op::Backend(b) if b.slot == spare && b.state != BACKEND_ACTIVE)),
+        "the spare left the ring across the restart: {:?}",
+        r.fake().ops
+    );
+    assert_eq!(
+        r.fake().state("spare-1"),
+        BACKEND_ACTIVE,
+        "{:?}",
+        r.fake().ops
+    );
+    assert_eq!(r.fake().ring_members("198.18.2.10:80").len(), 3);
+    for b in ["web-1", "web-2", "spare-1"] {
+        assert_eq!(transitions_of(&r.c, b), [], "{b}");
+    }
+}
+
 /// CONFIG plus a second pool, "api", with one backend.
 fn two_pools() -> String {
     format!(

@@ -174,6 +174,11 @@ const RTT_GAIN: f64 = 0.25;
 /// A backend removed by reload keeps its slot (draining) until it has no
 /// established flow, or this long.
 const RETIRE_AFTER: Duration = Duration::from_secs(300);
+/// A pool whose every backend is drained keeps its VIP announced while
+/// the drained backends hold established flows, at most this long after
+/// its ring emptied (long enough for request/response traffic and most
+/// downloads; a gateway then stops drawing traffic it can only refuse).
+pub const DRAIN_ANNOUNCE_HOLD: Duration = Duration::from_secs(300);
 /// How often the host's addresses, MACs and redirect targets are written
 /// again (one netlink dump). An address added meanwhile is unknown to the
 /// program for at most this long: probes from it would have their replies
@@ -280,6 +285,8 @@ pub struct Controller<D: DataplaneOps> {
     /// Each backend's state in the pins at start: where the planner and
     /// the state changes status shows start from.
     pinned: HashMap<Key, BackendState>,
+    /// Since when each pool's ring has been empty.
+    emptied: HashMap<String, Instant>,
 }
 
 /// Channels the controller's tasks report on.
@@ -367,6 +374,7 @@ impl<D: DataplaneOps> Controller<D> {
             ready: false,
             detached_seen: false,
             pinned,
+            emptied: HashMap::new(),
         };
         // Drains kept in the state file survive `xdplb down` and reboots,
         // which the maps' flags do not.

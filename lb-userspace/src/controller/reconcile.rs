@@ -18,6 +18,24 @@ pub(super) struct World<'a> {
     pub(super) freed: &'a [u32],
     /// Whether the program is attached (announcements follow it).
     pub(super) attached: bool,
+    /// Established flows per slot, as last counted (`None`: not yet).
+    pub(super) flows: Option<&'a HashMap<u32, u64>>,
+    /// Pools whose ring has been empty for less than
+    /// [`DRAIN_ANNOUNCE_HOLD`] (or is not empty).
+    pub(super) drain_held: &'a HashSet<String>,
+}
+
+/// Whether a backend `plan` drains still holds established flows (not
+/// counted yet counts as holding).
+fn drained_flows(w: &World, pool: &PoolConfig) -> bool {
+    let Some(pp) = w.plan.and_then(|p| p.pool(&pool.name)) else {
+        return false;
+    };
+    pp.backends
+        .iter()
+        .filter(|b| b.state == BackendState::Draining)
+        .filter_map(|b| w.slots.backends.get(&key(&pool.name, &b.name)))
+        .any(|slot| w.flows.is_none_or(|f| f.get(slot).is_some_and(|n| *n > 0)))
 }
 
 /// The image the data plane should hold. Pure.
@@ -136,9 +154,10 @@ pub(super) fn target(w: &World) -> Image {
         }
     }
     // [announce]: a VIP is announced while its ring has an active backend
-    // and the program forwards (`xdplb down --force` can detach it under
-    // us; announcing then would draw traffic to a gateway that passes it
-    // to its kernel).
+    // (or, every backend drained, while they hold flows: at most
+    // DRAIN_ANNOUNCE_HOLD) and the program forwards (`xdplb down --force`
+    // can detach it under us; announcing then would draw traffic to a
+    // gateway that passes it to its kernel).
     if w.plan.is_none() {
         img.announced = w.live.announced.clone();
         return img;
@@ -148,12 +167,14 @@ pub(super) fn target(w: &World) -> Image {
             .pools
             .iter()
             .filter(|p| {
-                w.attached
-                    && w.slots
-                        .vips
-                        .get(&p.name)
-                        .and_then(|i| img.vips.get(i))
-                        .is_some_and(VipImage::serves)
+                let serves = w
+                    .slots
+                    .vips
+                    .get(&p.name)
+                    .and_then(|i| img.vips.get(i))
+                    .is_some_and(VipImage::serves);
+                let held = w.drain_held.contains(&p.name) && drained_flows(w, p);
+                w.attached && (serves || held)
             })
             .map(|p| (p.name.clone(), p.vip.ip()))
             .collect()

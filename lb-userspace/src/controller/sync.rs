@@ -100,7 +100,8 @@ impl<D: DataplaneOps> Controller<D> {
     /// Whether a beat must plan: an observation changed, or the plan may
     /// move with the clock alone (the planner's ramps, holds and spare
     /// drains; agent scores, which age; retiring slots, which time out;
-    /// the first sync, which waits for probes or a deadline). Otherwise a
+    /// the first sync, which waits for probes or a deadline; an empty
+    /// pool's announcement hold). Otherwise a
     /// plan would repeat the last one and write nothing.
     pub(super) fn needs_sync(&self) -> bool {
         self.dirty
@@ -108,6 +109,17 @@ impl<D: DataplaneOps> Controller<D> {
             || self.planner.depends_on_time()
             || !self.slots.retiring.is_empty()
             || self.runtime.values().any(|r| r.load.is_some())
+            || self.drain_hold_running()
+    }
+
+    /// Whether an empty pool's announcement may end with the clock alone
+    /// (its [`DRAIN_ANNOUNCE_HOLD`] running out).
+    fn drain_hold_running(&self) -> bool {
+        self.config.announce.is_some()
+            && self
+                .emptied
+                .values()
+                .any(|since| since.elapsed() <= DRAIN_ANNOUNCE_HOLD)
     }
 
     /// One beat of the loop: a sync when [`needs_sync`](Self::needs_sync)
@@ -187,6 +199,8 @@ impl<D: DataplaneOps> Controller<D> {
                 live: &self.out.live,
                 freed: &[],
                 attached: true,
+                flows: None,
+                drain_held: &HashSet::new(),
             });
             self.out.write(&held)?;
             return Ok(());
@@ -196,6 +210,17 @@ impl<D: DataplaneOps> Controller<D> {
         let plan = planner.plan(config, &obs, self.now_ms());
         let freed = slots.retired(self.flows.as_ref(), self.flows_at, Instant::now());
         let attached = config.announce.is_none() || self.out.dp.attached();
+        let now = Instant::now();
+        let drain_held: HashSet<String> = config
+            .pools
+            .iter()
+            .filter(|p| {
+                self.emptied
+                    .get(&p.name)
+                    .is_none_or(|since| now.saturating_duration_since(*since) < DRAIN_ANNOUNCE_HOLD)
+            })
+            .map(|p| p.name.clone())
+            .collect();
         let target = reconcile::target(&World {
             config,
             slots,
@@ -204,8 +229,24 @@ impl<D: DataplaneOps> Controller<D> {
             live: &self.out.live,
             freed: &freed,
             attached,
+            flows: self.flows.as_ref(),
+            drain_held: &drain_held,
         });
         self.out.apply(&target, config.announce.as_ref())?;
+        // When each pool's ring emptied (the drain hold counts from then).
+        for pool in &config.pools {
+            let serves = slots
+                .vips
+                .get(&pool.name)
+                .and_then(|i| target.vips.get(i))
+                .is_some_and(VipImage::serves);
+            if serves {
+                self.emptied.remove(&pool.name);
+            } else {
+                self.emptied.entry(pool.name.clone()).or_insert(now);
+            }
+        }
+        self.emptied.retain(|name, _| config.pool(name).is_some());
         if !attached && !self.detached_seen {
             warn!("the data plane was detached under the controller: VIPs withdrawn");
         }

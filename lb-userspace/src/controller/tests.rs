@@ -454,6 +454,94 @@ async fn announce_follows_the_ring_and_survives_a_missing_bird() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A fresh directory for an announcing test's routes file.
+fn announce_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("xdplb-ctl-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// CONFIG with `[announce]` into `dir` (no BIRD there: the routes file
+/// is what tells).
+fn announcing(dir: &Path) -> String {
+    format!(
+        "{CONFIG}\n[announce]\ncontrol_socket = \"{}\"\nroutes_file = \"{}\"\n",
+        dir.join("no-bird.ctl").display(),
+        dir.join("vips.conf").display()
+    )
+}
+
+/// Draining every backend of a pool keeps its VIP announced while the
+/// drained backends hold flows, at most DRAIN_ANNOUNCE_HOLD; then it is
+/// withdrawn.
+#[tokio::test(start_paused = true)]
+async fn draining_every_backend_keeps_the_vip_announced_while_flows_remain() {
+    let dir = announce_dir("drain-all");
+    let text = announcing(&dir);
+    let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &text);
+    let read = |_: &Rig| std::fs::read_to_string(dir.join("vips.conf")).unwrap_or_default();
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(r.c.status().pools[0].announced, Some(true));
+    let slots: Vec<u32> = r.c.slots.backends.values().copied().collect();
+    let busy: HashMap<u32, u64> = slots.iter().map(|s| (*s, 5)).collect();
+    r.c.set_flows(busy.clone());
+    for b in ["web-1", "web-2", "spare-1"] {
+        r.c.drain("web", b, true).unwrap();
+    }
+    r.pump(Duration::from_millis(300)).await;
+    assert!(r.c.status().pools[0].empty);
+    assert_eq!(
+        r.c.status().pools[0].announced,
+        Some(true),
+        "withdrawn while the drained backends hold flows"
+    );
+    assert!(read(&r).contains("198.18.2.10/32"), "{}", read(&r));
+    // Their flows end: withdrawn.
+    r.c.set_flows(HashMap::new());
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(r.c.status().pools[0].announced, Some(false));
+    assert!(!read(&r).contains("198.18.2.10"), "{}", read(&r));
+    // Flows that never end hold it only so long.
+    r.c.drain("web", "web-1", false).unwrap();
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(r.c.status().pools[0].announced, Some(true));
+    r.c.set_flows(busy);
+    r.c.drain("web", "web-1", true).unwrap();
+    r.pump_by(
+        DRAIN_ANNOUNCE_HOLD - Duration::from_secs(1),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(r.c.status().pools[0].announced, Some(true));
+    r.pump_by(Duration::from_secs(2), Duration::from_millis(100))
+        .await;
+    assert_eq!(r.c.status().pools[0].announced, Some(false));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A reload that removes `[announce]` withdraws what it announced.
+#[tokio::test(start_paused = true)]
+async fn removing_announce_by_reload_withdraws_the_vips() {
+    let dir = announce_dir("removed");
+    let text = announcing(&dir);
+    let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &text);
+    let read = |_: &Rig| std::fs::read_to_string(dir.join("vips.conf")).unwrap_or_default();
+    r.pump(Duration::from_millis(300)).await;
+    assert!(read(&r).contains("198.18.2.10/32"), "{}", read(&r));
+    r.write_config(CONFIG);
+    r.c.reload().unwrap();
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(r.c.status().pools[0].announced, None);
+    assert!(
+        !read(&r).contains("198.18.2.10"),
+        "still announced after [announce] was removed: {}",
+        read(&r)
+    );
+    assert!(read(&r).contains("protocol static xdplb_vips {"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_pool_with_every_backend_down_shows_empty_until_one_returns() {
     let mut r = rig();

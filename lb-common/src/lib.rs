@@ -986,13 +986,18 @@ pub mod bench {
     /// Room for a full 1500-byte IP packet in its Ethernet frame, rounded
     /// up to whole u64 words.
     pub const BENCH_FRAME_MAX: usize = 1520;
+    /// A `vary_period` no run reaches: every iteration a flow not seen
+    /// before (the sequence is 31 bits wide).
+    pub const VARY_UNBOUNDED: u64 = 0x7fff_ffff;
 
     #[repr(C)]
     #[derive(Clone, Copy, Debug)]
     pub struct BenchFrame {
-        /// Non-zero: write a per-iteration sequence number into the source
-        /// port (low 16 bits) and the last two octets of the source address.
-        pub vary_source: u64,
+        /// 0: the frame as it is. N > 0: write a per-iteration sequence
+        /// number, cycling through 1..=N, into the source port (low 16
+        /// bits) and two octets of the source address, so the iterations
+        /// are N different flows ([`VARY_UNBOUNDED`]: a new flow each).
+        pub vary_period: u64,
         /// Bytes of `bytes` that make the frame (the test run's frame must
         /// be exactly this long).
         pub len: u64,

@@ -3,9 +3,9 @@
 //! With `repeat`, the kernel runs a program again and again on the buffer
 //! it already rewrote, so a rewriting program would measure its own output
 //! from the second iteration on. `bench_restore` copies the original frame
-//! back first (optionally giving each iteration a fresh source address and
-//! port, for the new-flow path) in whole u64 words, then tail-calls the
-//! program under test in
+//! back first (optionally giving each iteration another source address and
+//! port: a new flow each, or one of N flows already in the table in turn)
+//! in whole u64 words, then tail-calls the program under test in
 //! `TARGET[0]`. The floor, `bench_floor` (swap MACs, XDP_TX), is measured
 //! through the same wrapper, so the wrapper's cost cancels out of
 //! "net of the floor".
@@ -95,14 +95,21 @@ pub fn bench_restore(ctx: XdpContext) -> u32 {
                 core::ptr::read_unaligned(frame.bytes.as_ptr().add(at) as *const u64)
         };
     }
-    if frame.vary_source != 0 {
+    let period = frame.vary_period;
+    if period != 0 {
         if start + SRC_PORT + 2 > end {
             return xdp_action::XDP_ABORTED;
         }
         if let Some(seq) = SEQ.get_ptr_mut(0) {
             // SAFETY: in bounds (checked above); the map value is valid.
             unsafe {
-                *seq = (*seq).wrapping_add(1);
+                // 1..=period, then 1 again: the same `period` flows over
+                // and over (user space resets SEQ to 0 to start a cycle).
+                *seq = if u64::from(*seq) >= period {
+                    1
+                } else {
+                    *seq + 1
+                };
                 let s = *seq;
                 *((start + SRC_PORT) as *mut u16) = (s as u16).to_be();
                 // High bit set: never the unvaried 198.18.0.x source, whose

@@ -14,21 +14,41 @@
 //! 64 bytes; every datagram of an unknown flow is a new flow), published
 //! as the controller publishes them (see [`publish_pool`]).
 //!
+//! The `_full` paths are established flows as a gateway sees them: the
+//! table holds `--full-flows` live flows (default half the table, at
+//! most 1,000,000), put there by the program itself from their SYNs, and
+//! each iteration is the next of them, so each lookup touches memory the
+//! previous ones did not. A flow that was not found counts as a miss and
+//! fails the proof.
+//!
+//! `--peer OBJECT` also loads Katran's balancer (`peer/katran.rs`; built
+//! outside this repository, see docs/BENCHMARKS.md) and times it through
+//! the same wrapper on the same frames, its runs alternating with
+//! xdplb's, each proven by Katran's own stats; lines `katran PATH …` and
+//! `ratio PATH …` (xdplb / Katran, net of the floor).
+//!
+//! The process runs pinned to one CPU: Katran's connection table is per
+//! CPU, and every insert and lookup must meet the same one.
+//!
 //! Usage: dataplane_bench [--repeat N] [--runs N] [--flow-table N] [--prefill 0|1]
+//!                        [--full-flows N] [--peer OBJECT]
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "peer/katran.rs"]
+mod katran;
 
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use aya::{
-    maps::{PerCpuArray, PerCpuValues, ProgramArray},
-    programs::{TestRun, TestRunOptions, Xdp},
+    maps::{Array, MapData, PerCpuArray, PerCpuValues, ProgramArray},
+    programs::{ProgramFd, TestRun, TestRunOptions, Xdp},
     util::nr_cpus,
     EbpfLoader,
 };
 use common::{backend_mac, xdp_md, TestNs, CLIENT_MAC, IN_MAC};
+use katran::Katran;
 use lb_common::{
-    bench::{BenchFrame, BENCH_FRAME_LEN, BENCH_FRAME_MAX},
+    bench::{BenchFrame, BENCH_FRAME_LEN, BENCH_FRAME_MAX, VARY_UNBOUNDED},
     GlobalCounter, BACKEND_ACTIVE, IPPROTO_TCP, IPPROTO_UDP,
 };
 use xdplb::{
@@ -318,19 +338,181 @@ fn sent_to(c: &Counters, slots: std::ops::Range<u32>) -> u64 {
         .sum()
 }
 
+/// How Katran's run of a path is proven, by Katran's own `stats` map.
+#[derive(Clone, Copy, Debug)]
+enum KatranProof {
+    /// Every packet of the VIP found its flow in the CPU's LRU: LRU_CNTRS
+    /// v1 (VIP packets) minus v2 (LRU misses).
+    Hits,
+    /// Every packet missed the LRU and was balanced by the ring: LRU_CNTRS
+    /// v2. (That it was also inserted, the cap lifted, is checked after
+    /// the runs: the last flow must be in the LRU.)
+    Misses,
+    /// Every packet passed to the kernel: XDP_PASS_CNTR v1.
+    Passed,
+}
+
+impl KatranProof {
+    fn read(self, k: &Katran) -> anyhow::Result<u64> {
+        Ok(match self {
+            KatranProof::Hits => {
+                let s = k.stat(katran::LRU_CNTRS)?;
+                s.v1.wrapping_sub(s.v2)
+            }
+            KatranProof::Misses => k.stat(katran::LRU_CNTRS)?.v2,
+            KatranProof::Passed => k.stat(katran::XDP_PASS_CNTR)?.v1,
+        })
+    }
+
+    /// Katran's verdict on the path: encapsulated and sent back out, or
+    /// passed.
+    fn action(self) -> u32 {
+        match self {
+            KatranProof::Passed => XDP_PASS,
+            _ => XDP_TX,
+        }
+    }
+}
+
 struct Path {
     name: &'static str,
     bytes: Vec<u8>,
-    vary: bool,
+    /// `BenchFrame::vary_period`: 0 (one flow), `VARY_UNBOUNDED` (a new
+    /// flow each iteration) or the flows of a `_full` path in turn.
+    period: u64,
+    /// Sent through the wrapper before the timed runs, `period` times
+    /// over the same sources (once when 0): puts the path's flows in the
+    /// table.
+    warm: Option<Vec<u8>>,
+    /// Fill the flow table with other flows first (new-flow paths), so
+    /// every measured insert evicts, as a long-running gateway's does.
+    prefill: bool,
+    /// Keep the tables as the previous path left them instead of
+    /// emptying them first (`new_flow_capped`: the full table `new_flow`
+    /// leaves, which its capped program could not fill itself).
+    keep_tables: bool,
     floor: bool,
     action: u32,
     /// The counter that must rise by the repeat count.
     proof: fn(&Counters) -> u64,
+    /// Katran's run of the same frames, when `--peer` loaded it.
+    katran: Option<KatranProof>,
+}
+
+/// Non-SYN packets that found no flow entry (see the `_full` paths).
+fn misses(c: &Counters) -> u64 {
+    c.get(GlobalCounter::FlowMisses)
 }
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
+}
+
+/// The wrapper (`bench_restore`) and its maps.
+struct Harness<'a> {
+    restore: &'a Xdp,
+    target: ProgramArray<MapData>,
+    frames: PerCpuArray<MapData, BenchFrame>,
+    seq: Array<MapData, u32>,
+    cpus: usize,
+    ifindex: u32,
+}
+
+impl Harness<'_> {
+    /// Points the wrapper at `prog` and `bytes`, varied over `period`
+    /// sources; a finite period starts its cycle again from the first.
+    fn set(&mut self, prog: &ProgramFd, bytes: &[u8], period: u64) -> anyhow::Result<()> {
+        self.target.set(0, prog, 0)?;
+        let mut frame = [0u8; BENCH_FRAME_MAX];
+        frame[..bytes.len()].copy_from_slice(bytes);
+        let value = BenchFrame {
+            vary_period: period,
+            len: bytes.len() as u64,
+            bytes: frame,
+        };
+        self.frames
+            .set(0, PerCpuValues::try_from(vec![value; self.cpus])?, 0)?;
+        if period != 0 && period != VARY_UNBOUNDED {
+            self.seq.set(0, 0, 0)?;
+        }
+        Ok(())
+    }
+
+    /// `repeat` iterations: the verdict and the ns per iteration.
+    fn run(&self, bytes: &[u8], repeat: u32) -> anyhow::Result<(u32, f64)> {
+        let md = xdp_md(bytes.len(), self.ifindex);
+        let mut out = vec![0u8; bytes.len() + 256];
+        let res = self.restore.test_run(TestRunOptions {
+            data_in: Some(bytes),
+            data_out: Some(&mut out),
+            ctx_in: Some(&md),
+            repeat,
+            ..Default::default()
+        })?;
+        Ok((res.return_value, res.duration.as_nanos() as f64))
+    }
+}
+
+/// `bytes` as the wrapper varies it for sequence number `s` (see
+/// `lb-ebpf/src/bench.rs`).
+fn varied(bytes: &[u8], s: u32) -> Vec<u8> {
+    let mut b = bytes.to_vec();
+    b[34..36].copy_from_slice(&(s as u16).to_be_bytes());
+    b[28..30].copy_from_slice(&(((s >> 16) as u16) | 0x8000).to_be_bytes());
+    b
+}
+
+/// Per-path medians: (name, median, min, max) of xdplb and of Katran.
+struct Line {
+    name: &'static str,
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn line(name: &'static str, samples: &mut [f64]) -> Line {
+    let min = samples.iter().cloned().fold(f64::INFINITY, f64::min);
+    let max = samples.iter().cloned().fold(0.0, f64::max);
+    Line {
+        name,
+        median: median(samples),
+        min,
+        max,
+    }
+}
+
+/// Pins this process to one CPU: every insert then lands in the same
+/// per-CPU state (Katran's LRU of that CPU), and runs do not migrate.
+fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read
+    // and write it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            anyhow::bail!(
+                "sched_setaffinity to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Kernel figures of a loaded program: instructions the verifier
+/// processed, instructions after the verifier's rewrites, JITed bytes.
+fn program_line(name: &str, prog: &Xdp) -> anyhow::Result<()> {
+    let info = prog.info()?;
+    println!(
+        "  program {name} verified_insns {} xlated_insns {} jited_bytes {}",
+        info.verified_instruction_count()
+            .map_or("-".to_string(), |n| n.to_string()),
+        info.size_translated()
+            .map_or("-".to_string(), |n| (n / 8).to_string()),
+        info.size_jitted()
+    );
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -339,22 +521,67 @@ fn main() -> anyhow::Result<()> {
     let runs = arg(&args, "--runs", 5) as usize;
     let flow_table = arg(&args, "--flow-table", 1_048_576) as u32;
     let prefill = arg(&args, "--prefill", 1) != 0;
+    let full_flows = arg(
+        &args,
+        "--full-flows",
+        // Half the table: xdplb's table (two 8-way buckets a flow) loses
+        // some of the flows inserted into it empty from 5/8 on (1k table:
+        // 307 misses a million iterations; 1M table at 3/4: 10 of
+        // 786,432 flows), and the proof wants every one found.
+        (u64::from(flow_table) / 2).min(1_000_000),
+    ) as u32;
+    anyhow::ensure!(full_flows > 0, "--full-flows must be at least 1");
+    let peer = args
+        .iter()
+        .position(|a| a == "--peer")
+        .map(|i| args.get(i + 1).map(std::path::PathBuf::from))
+        .map(|p| {
+            p.ok_or_else(|| anyhow::anyhow!("--peer needs the path of Katran's balancer.bpf.o"))
+        })
+        .transpose()?;
+    let cpus = nr_cpus().map_err(|(_, e)| e)?;
+    let pinned_cpu = cpus - 1;
+    pin_to_cpu(pinned_cpu)?;
     let ns = TestNs::new(3);
     let pin_path =
         std::path::PathBuf::from(format!("/sys/fs/bpf/xdplb-bench-{}", std::process::id()));
-    let result = run(&ns, &pin_path, repeat, runs, flow_table, prefill);
+    let result = run(
+        &ns,
+        &pin_path,
+        Options {
+            repeat,
+            runs,
+            flow_table,
+            prefill,
+            full_flows,
+            peer: peer.as_deref(),
+            pinned_cpu,
+        },
+    );
     let _ = dataplane::down(&pin_path);
     result
 }
 
-fn run(
-    ns: &TestNs,
-    pin_path: &std::path::Path,
+struct Options<'a> {
     repeat: u32,
     runs: usize,
     flow_table: u32,
     prefill: bool,
-) -> anyhow::Result<()> {
+    full_flows: u32,
+    peer: Option<&'a std::path::Path>,
+    pinned_cpu: usize,
+}
+
+fn run(ns: &TestNs, pin_path: &std::path::Path, opts: Options) -> anyhow::Result<()> {
+    let Options {
+        repeat,
+        runs,
+        flow_table,
+        prefill,
+        full_flows,
+        peer,
+        pinned_cpu,
+    } = opts;
     let ring_size = 65537;
     let shape = Shape {
         pin_path: pin_path.to_path_buf(),
@@ -461,309 +688,465 @@ fn run(
     };
     let lb_fd = dp.program().fd()?.try_clone()?;
     let capped_fd = capped.program().fd()?.try_clone()?;
-    let mut target = ProgramArray::try_from(bench.take_map("TARGET").expect("TARGET"))?;
-    let mut frames: PerCpuArray<_, BenchFrame> =
-        PerCpuArray::try_from(bench.take_map("FRAME").expect("FRAME"))?;
+    let cpus = nr_cpus().map_err(|(_, e)| e)?;
+    let target = ProgramArray::try_from(bench.take_map("TARGET").expect("TARGET"))?;
+    let frames = PerCpuArray::try_from(bench.take_map("FRAME").expect("FRAME"))?;
+    let seq = Array::try_from(bench.take_map("SEQ").expect("SEQ"))?;
     let restore: &Xdp = bench.program("bench_restore").unwrap().try_into()?;
+    let mut harness = Harness {
+        restore,
+        target,
+        frames,
+        seq,
+        cpus,
+        ifindex: ns.in_ifindex,
+    };
     let reader = CounterReader::open(pin_path)?;
 
-    // The established path needs its flow in the table first.
     let established = frame(VIP, TCP_ACK);
     let syn = frame(VIP, TCP_SYN);
-    let once = |bytes: &[u8]| {
-        let md = xdp_md(bytes.len(), ns.in_ifindex);
-        let mut out = vec![0u8; bytes.len() + 256];
-        dp.program().test_run(TestRunOptions {
-            data_in: Some(bytes),
-            data_out: Some(&mut out),
-            ctx_in: Some(&md),
-            ..Default::default()
-        })
-    };
-    once(&syn)?;
     let dsr = frame(DSR_VIP, TCP_ACK);
     let tunnel = frame(TUNNEL_VIP, TCP_ACK);
-    once(&frame(DSR_VIP, TCP_SYN))?;
-    once(&frame(TUNNEL_VIP, TCP_SYN))?;
     let full = tcp_frame(VIP, TCP_ACK, FULL_FRAME_LEN).build();
-    // The IPv6 and UDP established paths need their flows in the tables
-    // too: a SYN, and (UDP has none) the flow's first datagram.
     let established_v6 = tcp6_frame(V6_CLIENT, V6_VIP, TCP_ACK, V6_FRAME_LEN);
     let syn_v6 = tcp6_frame(V6_CLIENT, V6_VIP, TCP_SYN, V6_FRAME_LEN);
     let udp = udp4_frame(UDP_VIP, BENCH_FRAME_LEN);
-    for (what, bytes) in [("IPv6 SYN", &syn_v6), ("UDP datagram", &udp)] {
-        let r = once(bytes)?;
-        anyhow::ensure!(
-            r.return_value == XDP_REDIRECT,
-            "the seeding {what} got action {} (expected {XDP_REDIRECT}, redirect): \
-             does this data plane balance IPv6 and UDP VIPs?",
-            r.return_value
-        );
-    }
+    let full_period = u64::from(full_flows);
 
+    // Katran, when given: the same VIPs (TCP and UDP over IPv4, TCP over
+    // IPv6) and three reals each, its per-CPU LRU of `flow_table` entries.
+    // Katran has one way to send (IPIP or IPv6-in-IPv6, XDP_TX), so its
+    // figure for a path is what that path costs it.
+    let mut peer = match peer {
+        None => None,
+        Some(object) => {
+            let reals4: Vec<std::net::IpAddr> = (0..3)
+                .map(|i| format!("198.18.1.{}", 11 + i).parse().unwrap())
+                .collect();
+            let reals6: Vec<std::net::IpAddr> = (0..3)
+                .map(|i| format!("2001:2:0:1::{}", 11 + i).parse().unwrap())
+                .collect();
+            let vips = [
+                katran::Vip {
+                    num: 0,
+                    addr: VIP.parse()?,
+                    proto: IPPROTO_TCP,
+                    reals: reals4.clone(),
+                },
+                katran::Vip {
+                    num: 1,
+                    addr: V6_VIP.parse()?,
+                    proto: IPPROTO_TCP,
+                    reals: reals6,
+                },
+                katran::Vip {
+                    num: 2,
+                    addr: UDP_VIP.parse()?,
+                    proto: IPPROTO_UDP,
+                    reals: reals4.clone(),
+                },
+                // xdplb's tunnel pool's VIP: Katran's one path (IPIP) on
+                // the same frames as `established_tunnel`.
+                katran::Vip {
+                    num: 3,
+                    addr: TUNNEL_VIP.parse()?,
+                    proto: IPPROTO_TCP,
+                    reals: reals4,
+                },
+            ];
+            let k = Katran::load(object, flow_table, backend_mac(0), &vips)?;
+            let fd = k.program()?.fd()?.try_clone()?;
+            Some((k, fd))
+        }
+    };
+
+    // Each path: xdplb's frame, what puts its flows in the table, its
+    // proof; and Katran's proof where Katran runs the same frame.
+    let fixed = |name, bytes: Vec<u8>, warm: Option<Vec<u8>>, action, proof, katran| Path {
+        name,
+        bytes,
+        period: 0,
+        warm,
+        prefill: false,
+        keep_tables: false,
+        floor: false,
+        action,
+        proof,
+        katran,
+    };
+    let new_flow = |name, bytes: Vec<u8>, proof, katran| Path {
+        name,
+        bytes,
+        period: VARY_UNBOUNDED,
+        warm: None,
+        prefill,
+        keep_tables: false,
+        floor: false,
+        action: XDP_REDIRECT,
+        proof,
+        katran,
+    };
+    // Every iteration a different one of `full_flows` flows put in the
+    // table just before (the warm-up's SYNs, over the same sources): each
+    // lookup misses the cache as on a busy gateway. A flow missing from
+    // the table would count in FlowMisses, which the proof subtracts.
+    let full_path = |name, bytes: Vec<u8>, warm: Vec<u8>, proof, katran| Path {
+        name,
+        bytes,
+        period: full_period,
+        warm: Some(warm),
+        prefill: false,
+        keep_tables: false,
+        floor: false,
+        action: XDP_REDIRECT,
+        proof,
+        katran,
+    };
+    let floor = |name, bytes: Vec<u8>| Path {
+        name,
+        bytes,
+        period: 0,
+        warm: None,
+        prefill: false,
+        keep_tables: false,
+        floor: true,
+        action: XDP_TX,
+        proof: |_| 0,
+        katran: None,
+    };
     let paths = [
+        // First, on a table that holds only the seeded flows: the
+        // new-flow paths' prefills would leave it full of others.
+        full_path(
+            "established_full",
+            established.clone(),
+            syn.clone(),
+            |c| c.vips[0].counters.packets.wrapping_sub(misses(c)),
+            Some(KatranProof::Hits),
+        ),
+        full_path(
+            "established_full_tunnel",
+            tunnel.clone(),
+            frame(TUNNEL_VIP, TCP_SYN),
+            |c| c.get(GlobalCounter::TunnelSent).wrapping_sub(misses(c)),
+            // Katran's established path is its IPIP one.
+            Some(KatranProof::Hits),
+        ),
+        full_path(
+            "established_full_v6",
+            established_v6.clone(),
+            syn_v6.clone(),
+            |c| sent_to(c, V6_SLOTS).wrapping_sub(misses(c)),
+            Some(KatranProof::Hits),
+        ),
+        fixed(
+            "established",
+            established.clone(),
+            Some(syn.clone()),
+            XDP_REDIRECT,
+            |c| c.vips[0].counters.packets,
+            Some(KatranProof::Hits),
+        ),
+        new_flow(
+            "new_flow",
+            syn.clone(),
+            |c| c.get(GlobalCounter::FlowInserts),
+            Some(KatranProof::Misses),
+        ),
+        // Right after `new_flow`, in the table it filled: each iteration
+        // is either capped or (once a second) inserted.
         Path {
-            name: "established",
-            bytes: established.clone(),
-            vary: false,
-            floor: false,
-            action: XDP_REDIRECT,
-            proof: |c| c.vips[0].counters.packets,
+            name: "new_flow_capped",
+            prefill: false,
+            keep_tables: true,
+            ..new_flow(
+                "new_flow_capped",
+                syn.clone(),
+                |c| c.get(GlobalCounter::FlowInsertsCapped) + c.get(GlobalCounter::FlowInserts),
+                None,
+            )
         },
-        Path {
-            name: "new_flow",
-            bytes: syn.clone(),
-            vary: true,
-            floor: false,
-            action: XDP_REDIRECT,
-            proof: |c| c.get(GlobalCounter::FlowInserts),
-        },
-        Path {
-            name: "non_vip",
-            bytes: frame("198.18.2.99:80", TCP_ACK),
-            vary: false,
-            floor: false,
-            action: XDP_PASS,
-            proof: |c| c.get(GlobalCounter::Passed),
-        },
-        Path {
-            name: "floor",
-            bytes: established.clone(),
-            vary: false,
-            floor: true,
-            action: XDP_TX,
-            proof: |_| 0,
-        },
+        fixed(
+            "non_vip",
+            frame("198.18.2.99:80", TCP_ACK),
+            None,
+            XDP_PASS,
+            |c| c.get(GlobalCounter::Passed),
+            Some(KatranProof::Passed),
+        ),
+        floor("floor", established.clone()),
         // Completing a partial checksum: the same established flow, with
         // the checksum left as an offloading sender leaves it; compared
         // with the complete frame of the same size.
-        Path {
-            name: "established_partial",
-            bytes: partial(VIP, TCP_ACK, BENCH_FRAME_LEN),
-            vary: false,
-            floor: false,
-            action: XDP_REDIRECT,
-            proof: |c| c.get(GlobalCounter::PartialChecksum),
-        },
-        Path {
-            name: "established_1500",
-            bytes: full.clone(),
-            vary: false,
-            floor: false,
-            action: XDP_REDIRECT,
-            proof: |c| c.vips[0].counters.packets,
-        },
-        Path {
-            name: "established_1500_partial",
-            bytes: partial(VIP, TCP_ACK, FULL_FRAME_LEN),
-            vary: false,
-            floor: false,
-            action: XDP_REDIRECT,
-            proof: |c| c.get(GlobalCounter::PartialChecksum),
-        },
+        fixed(
+            "established_partial",
+            partial(VIP, TCP_ACK, BENCH_FRAME_LEN),
+            Some(syn.clone()),
+            XDP_REDIRECT,
+            |c| c.get(GlobalCounter::PartialChecksum),
+            None,
+        ),
+        fixed(
+            "established_1500",
+            full.clone(),
+            Some(syn.clone()),
+            XDP_REDIRECT,
+            |c| c.vips[0].counters.packets,
+            None,
+        ),
+        fixed(
+            "established_1500_partial",
+            partial(VIP, TCP_ACK, FULL_FRAME_LEN),
+            Some(syn.clone()),
+            XDP_REDIRECT,
+            |c| c.get(GlobalCounter::PartialChecksum),
+            None,
+        ),
         // Direct server return, established: the MAC rewrite alone, and the
         // IPIP encapsulation.
-        Path {
-            name: "established_dsr",
-            bytes: dsr,
-            vary: false,
-            floor: false,
-            action: XDP_REDIRECT,
-            proof: |c| c.get(GlobalCounter::DsrSent),
-        },
-        Path {
-            name: "established_tunnel",
-            bytes: tunnel,
-            vary: false,
-            floor: false,
-            action: XDP_REDIRECT,
-            proof: |c| c.get(GlobalCounter::TunnelSent),
-        },
-        Path {
-            name: "new_flow_capped",
-            bytes: syn.clone(),
-            vary: true,
-            floor: false,
-            action: XDP_REDIRECT,
-            // Each iteration is either capped or (once a second) inserted.
-            proof: |c| c.get(GlobalCounter::FlowInsertsCapped) + c.get(GlobalCounter::FlowInserts),
-        },
-        Path {
-            name: "floor_1500",
-            bytes: full,
-            vary: false,
-            floor: true,
-            action: XDP_TX,
-            proof: |_| 0,
-        },
+        fixed(
+            "established_dsr",
+            dsr,
+            Some(frame(DSR_VIP, TCP_SYN)),
+            XDP_REDIRECT,
+            |c| c.get(GlobalCounter::DsrSent),
+            None,
+        ),
+        fixed(
+            "established_tunnel",
+            tunnel,
+            Some(frame(TUNNEL_VIP, TCP_SYN)),
+            XDP_REDIRECT,
+            |c| c.get(GlobalCounter::TunnelSent),
+            Some(KatranProof::Hits),
+        ),
+        floor("floor_1500", full),
         // IPv6 TCP (NAT66): established, new flow, not a VIP.
-        Path {
-            name: "established_v6",
-            bytes: established_v6,
-            vary: false,
-            floor: false,
-            action: XDP_REDIRECT,
-            proof: |c| sent_to(c, V6_SLOTS),
-        },
-        Path {
-            name: "new_flow_v6",
-            bytes: syn_v6,
-            vary: true,
-            floor: false,
-            action: XDP_REDIRECT,
-            proof: |c| c.get(GlobalCounter::FlowInserts),
-        },
-        Path {
-            name: "non_vip_v6",
-            bytes: tcp6_frame(V6_CLIENT, V6_NON_VIP, TCP_ACK, V6_FRAME_LEN),
-            vary: false,
-            floor: false,
-            action: XDP_PASS,
-            proof: |c| c.get(GlobalCounter::Passed),
-        },
-        // IPv4 UDP: established, new flow (each datagram from a new
-        // source), not a VIP.
-        Path {
-            name: "established_udp",
-            bytes: udp.clone(),
-            vary: false,
-            floor: false,
-            action: XDP_REDIRECT,
-            proof: |c| sent_to(c, UDP_SLOTS),
-        },
-        Path {
-            name: "new_flow_udp",
-            bytes: udp,
-            vary: true,
-            floor: false,
-            action: XDP_REDIRECT,
-            proof: |c| c.get(GlobalCounter::FlowInserts),
-        },
-        Path {
-            name: "non_vip_udp",
-            bytes: udp4_frame(UDP_NON_VIP, BENCH_FRAME_LEN),
-            vary: false,
-            floor: false,
-            action: XDP_PASS,
-            proof: |c| c.get(GlobalCounter::Passed),
-        },
+        fixed(
+            "established_v6",
+            established_v6,
+            Some(syn_v6.clone()),
+            XDP_REDIRECT,
+            |c| sent_to(c, V6_SLOTS),
+            Some(KatranProof::Hits),
+        ),
+        new_flow(
+            "new_flow_v6",
+            syn_v6,
+            |c| c.get(GlobalCounter::FlowInserts),
+            Some(KatranProof::Misses),
+        ),
+        fixed(
+            "non_vip_v6",
+            tcp6_frame(V6_CLIENT, V6_NON_VIP, TCP_ACK, V6_FRAME_LEN),
+            None,
+            XDP_PASS,
+            |c| c.get(GlobalCounter::Passed),
+            Some(KatranProof::Passed),
+        ),
+        // IPv4 UDP: established (the flow's first datagram put it in the
+        // table), new flow (each datagram from a new source), not a VIP.
+        fixed(
+            "established_udp",
+            udp.clone(),
+            Some(udp.clone()),
+            XDP_REDIRECT,
+            |c| sent_to(c, UDP_SLOTS),
+            Some(KatranProof::Hits),
+        ),
+        new_flow(
+            "new_flow_udp",
+            udp,
+            |c| c.get(GlobalCounter::FlowInserts),
+            Some(KatranProof::Misses),
+        ),
+        fixed(
+            "non_vip_udp",
+            udp4_frame(UDP_NON_VIP, BENCH_FRAME_LEN),
+            None,
+            XDP_PASS,
+            |c| c.get(GlobalCounter::Passed),
+            Some(KatranProof::Passed),
+        ),
     ];
-    let cpus = nr_cpus().map_err(|(_, e)| e)?;
-    let mut medians = Vec::new();
     println!(
-        "dataplane bench: repeat={repeat} runs={runs} flow_table={flow_table} ring={ring_size} cpus={cpus}"
+        "dataplane bench: repeat={repeat} runs={runs} flow_table={flow_table} ring={ring_size} cpus={cpus} full_flows={full_flows} peer={}",
+        peer.as_ref().map_or("none", |_| "katran")
     );
+    let flows = xdplb::dataplane::FlowTable::open(pin_path)?;
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    let mut held_after_new_flow = None;
     for path in &paths {
-        let mut bytes = [0u8; BENCH_FRAME_MAX];
-        bytes[..path.bytes.len()].copy_from_slice(&path.bytes);
-        let value = BenchFrame {
-            vary_source: path.vary as u64,
-            len: path.bytes.len() as u64,
-            bytes,
-        };
-        let md = xdp_md(path.bytes.len(), ns.in_ifindex);
-        frames.set(0, PerCpuValues::try_from(vec![value; cpus])?, 0)?;
-        let fd = match (path.floor, path.name) {
+        let full = path.period != 0 && path.period != VARY_UNBOUNDED;
+        // Every path starts from empty tables: a `_full` path's flows are
+        // not crowded out by the previous one's, and a one-flow path's
+        // flow sits in the first bucket xdplb scans, whatever ran before
+        // (in a half-full table it lands in either of its two buckets, and
+        // in the second costs a second scan on every packet: the `_full`
+        // paths show that mix).
+        if !path.floor && !path.keep_tables {
+            for (i, slot) in flows.occupied().collect::<Vec<_>>() {
+                flows.clear(i, slot.tag);
+            }
+            anyhow::ensure!(
+                flows.occupied().next().is_none(),
+                "{}: the flow table did not empty",
+                path.name
+            );
+            if let Some((k, _)) = &mut peer {
+                k.fresh_lrus()?;
+            }
+        }
+        // (who, program, action, proof): xdplb, then Katran where it runs
+        // this path; their timed runs alternate.
+        let lb = match (path.floor, path.name) {
             (true, _) => &floor_fd,
             (false, "new_flow_capped") => &capped_fd,
             _ => &lb_fd,
         };
-        target.set(0, fd, 0)?;
-        if matches!(path.name, "new_flow" | "new_flow_v6" | "new_flow_udp") && prefill {
-            // Fill the table first, so every measured insert evicts, as a
-            // long-running gateway's does.
-            let md = xdp_md(path.bytes.len(), ns.in_ifindex);
-            let mut bytes = [0u8; BENCH_FRAME_MAX];
-            bytes[..path.bytes.len()].copy_from_slice(&path.bytes);
-            frames.set(
-                0,
-                PerCpuValues::try_from(vec![
-                    BenchFrame {
-                        vary_source: 1,
-                        len: path.bytes.len() as u64,
-                        bytes,
-                    };
-                    cpus
-                ])?,
-                0,
-            )?;
-            let mut out = vec![0u8; path.bytes.len() + 256];
-            restore.test_run(TestRunOptions {
-                data_in: Some(&path.bytes),
-                data_out: Some(&mut out),
-                ctx_in: Some(&md),
-                repeat: flow_table + flow_table / 4,
-                ..Default::default()
-            })?;
+        let mut targets: Vec<(bool, &ProgramFd, u32)> = vec![(false, lb, path.action)];
+        if let (Some((_, kfd)), Some(kp)) = (&peer, path.katran) {
+            targets.push((true, kfd, kp.action()));
         }
-        let mut samples = Vec::new();
-        for _ in 0..runs {
-            let snapshot = reader.read()?;
-            let before = (path.proof)(&snapshot);
-            let mut out = vec![0u8; path.bytes.len() + 256];
-            let res = restore.test_run(TestRunOptions {
-                data_in: Some(&path.bytes),
-                data_out: Some(&mut out),
-                ctx_in: Some(&md),
-                repeat,
-                ..Default::default()
-            })?;
-            anyhow::ensure!(
-                res.return_value == path.action,
-                "{}: action {} (expected {})",
-                path.name,
-                res.return_value,
-                path.action
-            );
-            if !path.floor {
-                let after = reader.read()?;
-                let rose = (path.proof)(&after) - before;
-                // Which global counters rose instead, by index.
-                let moved: Vec<(usize, u64)> = after
-                    .global
-                    .iter()
-                    .zip(&snapshot.global)
-                    .enumerate()
-                    .filter(|(_, (a, b))| a != b)
-                    .map(|(i, (a, b))| (i, a - b))
-                    .collect();
+        let read = |is_peer: bool| -> anyhow::Result<u64> {
+            match (is_peer, &peer, path.katran) {
+                (true, Some((k, _)), Some(kp)) => kp.read(k),
+                _ => Ok((path.proof)(&reader.read()?)),
+            }
+        };
+        for &(is_peer, fd, action) in &targets {
+            let who = if is_peer { "katran" } else { "xdplb" };
+            if path.prefill {
+                harness.set(fd, &path.bytes, VARY_UNBOUNDED)?;
+                harness.run(&path.bytes, flow_table + flow_table / 4)?;
+            }
+            if let Some(warm) = &path.warm {
+                harness.set(fd, warm, path.period)?;
+                let (got, _) = harness.run(warm, path.period.max(1) as u32)?;
                 anyhow::ensure!(
-                    rose == repeat as u64,
-                    "{}: its counter rose by {rose}, not by the repeat count {repeat}: \
-                     the iterations did not all take this path (global counters that \
-                     moved, by index: {moved:?})",
+                    got == action,
+                    "{who} {}: the warm-up frame got action {got} (expected {action}): \
+                     does this data plane balance this VIP?",
                     path.name
                 );
             }
-            samples.push(res.duration.as_nanos() as f64);
         }
-        let min = samples.iter().cloned().fold(f64::INFINITY, f64::min);
-        let max = samples.iter().cloned().fold(0.0, f64::max);
-        let med = median(&mut samples);
+        let mut samples = vec![Vec::new(); targets.len()];
+        for _ in 0..runs {
+            for (i, &(is_peer, fd, action)) in targets.iter().enumerate() {
+                let who = if is_peer { "katran" } else { "xdplb" };
+                harness.set(fd, &path.bytes, path.period)?;
+                let before = if path.floor { 0 } else { read(is_peer)? };
+                let snapshot = reader.read()?;
+                let (got, ns) = harness.run(&path.bytes, repeat)?;
+                anyhow::ensure!(
+                    got == action,
+                    "{who} {}: action {got} (expected {action})",
+                    path.name
+                );
+                if !path.floor {
+                    let rose = read(is_peer)?.wrapping_sub(before);
+                    let after = reader.read()?;
+                    // Which of xdplb's global counters moved, by index.
+                    let moved: Vec<(usize, u64)> = after
+                        .global
+                        .iter()
+                        .zip(&snapshot.global)
+                        .enumerate()
+                        .filter(|(_, (a, b))| a != b)
+                        .map(|(i, (a, b))| (i, a - b))
+                        .collect();
+                    anyhow::ensure!(
+                        rose == repeat as u64,
+                        "{who} {}: its proof rose by {rose}, not by the repeat count {repeat}: \
+                         the iterations did not all take this path (xdplb's global counters \
+                         that moved, by index: {moved:?})",
+                        path.name
+                    );
+                }
+                samples[i].push(ns);
+            }
+        }
+        for (&(is_peer, _, _), s) in targets.iter().zip(&mut samples) {
+            let l = line(path.name, s);
+            if is_peer {
+                println!(
+                    "  katran {:<12} min {:>6.1} ns  median {:>6.1} ns  max {:>6.1} ns  (its stats rose by {repeat} per run: {:?})",
+                    l.name, l.min, l.median, l.max, path.katran.unwrap()
+                );
+                theirs.push(l);
+            } else {
+                println!(
+                    "  {:<12} min {:>6.1} ns  median {:>6.1} ns  max {:>6.1} ns  (counter rose by {repeat} per run)",
+                    l.name, l.min, l.median, l.max
+                );
+                ours.push(l);
+            }
+        }
+        // Katran's misses are inserts only if its cap was lifted at build
+        // time: the last new flow must be in this CPU's LRU.
+        if let (Some((k, _)), Some(KatranProof::Misses)) = (&peer, path.katran) {
+            let s = harness.seq.get(&0, 0)?;
+            let key = katran::flow_key(&varied(&path.bytes, s))?;
+            anyhow::ensure!(
+                k.lru_holds(pinned_cpu, &key)?,
+                "katran {}: the last new flow is not in the LRU of CPU {pinned_cpu}: \
+                 was the object built with its insert cap lifted (-DMAX_CONN_RATE)?",
+                path.name
+            );
+        }
+        if path.name == "new_flow" {
+            held_after_new_flow = Some(flows.occupied().count());
+        }
+        if full {
+            // The new-flow paths' sources go on past the `_full` flows'.
+            harness.seq.set(0, full_flows, 0)?;
+        }
+    }
+    let median_of = |name: &str| {
+        ours.iter()
+            .find(|m| m.name == name)
+            .map_or(f64::NAN, |m| m.median)
+    };
+    let floor = median_of("floor");
+    for name in ["established", "new_flow", "non_vip"] {
         println!(
-            "  {:<12} min {:>6.1} ns  median {:>6.1} ns  max {:>6.1} ns  (counter rose by {repeat} per run)",
-            path.name, min, med, max
+            "  {:<12} net of floor: {:>6.1} ns",
+            name,
+            median_of(name) - floor
         );
-        medians.push((path.name, med, min, max));
     }
-    let floor = medians[3].1;
-    for (name, med, _, _) in &medians[..3] {
-        println!("  {:<12} net of floor: {:>6.1} ns", name, med - floor);
+    for l in &theirs {
+        let ours_net = median_of(l.name) - floor;
+        let theirs_net = l.median - floor;
+        println!(
+            "  ratio {:<12} xdplb {:>6.1} ns / katran {:>6.1} ns net = {:.2}",
+            l.name,
+            ours_net,
+            theirs_net,
+            ours_net / theirs_net
+        );
     }
-    // Capacity under skew: every insert above came from this one CPU (the
-    // per-CPU LRU measured before held about flow_table / CPUs of them).
-    let flows = xdplb::dataplane::FlowTable::open(pin_path)?;
-    let held = flows.occupied().count();
+    // What the kernel made of each program.
+    program_line("xdplb", dp.program())?;
+    for (name, count) in dp.verified_instructions() {
+        println!(
+            "  verified {name} {}",
+            count.map_or("-".to_string(), |n| n.to_string())
+        );
+    }
+    if let Some((k, _)) = &peer {
+        program_line("katran", k.program()?)?;
+    }
+    // Capacity under skew: every insert of `new_flow` came from this one
+    // CPU (the per-CPU LRU measured before held about flow_table / CPUs
+    // of them).
+    let held = held_after_new_flow.unwrap_or(0);
     println!(
         "  flow table holds {held} of {} entries after inserts from one CPU",
         flows.capacity()
     );
-    let median_of = |name: &str| {
-        medians
-            .iter()
-            .find(|m| m.0 == name)
-            .map_or(f64::NAN, |m| m.1)
-    };
     println!(
         "  completing a partial checksum: {:.1} ns at {BENCH_FRAME_LEN} bytes, {:.1} ns at {FULL_FRAME_LEN} bytes",
         median_of("established_partial") - median_of("established"),
@@ -771,7 +1154,10 @@ fn run(
     );
     println!(
         "dataplane: established_ns={:.0} new_flow_ns={:.0} non_vip_ns={:.0} floor_ns={:.0}",
-        medians[0].1, medians[1].1, medians[2].1, floor
+        median_of("established"),
+        median_of("new_flow"),
+        median_of("non_vip"),
+        floor
     );
     Ok(())
 }

@@ -3,7 +3,9 @@
 //!
 //! - `dataplane`: ns per packet of the XDP program under BPF_PROG_TEST_RUN
 //!   (`lb-userspace/examples/dataplane_bench.rs`), with a 1M- and a
-//!   1k-entry flow table.
+//!   1k-entry flow table; with `--peer DIR`, Katran's balancer
+//!   (`DIR/balancer.bpf.o`, built outside this repository as
+//!   docs/BENCHMARKS.md says) side by side, in the same run.
 //! - `controller`: Maglev build time and moved share
 //!   (`lb-userspace/examples/controller_bench.rs`), and `xdplb run`'s CPU and
 //!   peak RSS while probing 1000 backends in a namespace lab.
@@ -97,6 +99,8 @@ pub struct Results {
     pub dp_runs: u64,
     /// `None`: not part of this suite.
     pub dataplane: Option<Vec<Result<DpRun, String>>>,
+    /// Katran's build the data plane was compared with (`--peer`).
+    pub peer: Option<Peer>,
     pub maglev_runs: usize,
     pub maglev: Option<Result<Vec<MaglevRow>, String>>,
     /// lab-bench sections requested.
@@ -124,6 +128,29 @@ impl Results {
     }
 }
 
+/// Katran's balancer for `--peer DIR`: `DIR/balancer.bpf.o`, and what
+/// `DIR/BUILD` says of how it was built (commit, flags), if it is there.
+pub struct Peer {
+    pub object: PathBuf,
+    pub build: Option<String>,
+}
+
+impl Peer {
+    pub fn open(dir: &std::path::Path) -> Result<Peer> {
+        let object = dir.join("balancer.bpf.o");
+        if !object.is_file() {
+            bail!(
+                "--peer {}: no balancer.bpf.o there (docs/BENCHMARKS.md says how to build Katran's)",
+                dir.display()
+            );
+        }
+        let build = std::fs::read_to_string(dir.join("BUILD"))
+            .ok()
+            .map(|s| s.trim().to_string());
+        Ok(Peer { object, build })
+    }
+}
+
 /// Median (upper middle) of a non-empty slice; NaN when empty.
 pub fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
@@ -131,8 +158,10 @@ pub fn median(v: &[f64]) -> f64 {
     s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// Runs `suite`; `quick` is one round of short runs (indicative only).
-pub fn run_with(suite: Suite, quick: bool) -> Result<()> {
+/// Runs `suite`; `quick` is one round of short runs (indicative only);
+/// `peer` a directory with Katran's `balancer.bpf.o` for the data plane.
+pub fn run_with(suite: Suite, quick: bool, peer: Option<PathBuf>) -> Result<()> {
+    let peer = peer.as_deref().map(Peer::open).transpose()?;
     let t0 = Instant::now();
     let (dp_repeat, dp_runs) = if quick { (200_000, 3) } else { (1_000_000, 5) };
     let maglev_runs = if quick { 5 } else { MAGLEV_RUNS };
@@ -144,6 +173,7 @@ pub fn run_with(suite: Suite, quick: bool) -> Result<()> {
         dp_repeat,
         dp_runs,
         dataplane: None,
+        peer,
         maglev_runs,
         maglev: None,
         lab_sections: suite.lab_sections(),
@@ -168,8 +198,14 @@ pub fn run_with(suite: Suite, quick: bool) -> Result<()> {
             .iter()
             .map(|&ft| match &build_err {
                 Some(e) => Err(e.clone()),
-                None => dataplane::run(&examples.join("dataplane_bench"), dp_repeat, dp_runs, ft)
-                    .map_err(|e| format!("dataplane_bench --flow-table {ft}: {e:#}")),
+                None => dataplane::run(
+                    &examples.join("dataplane_bench"),
+                    dp_repeat,
+                    dp_runs,
+                    ft,
+                    r.peer.as_ref().map(|p| p.object.as_path()),
+                )
+                .map_err(|e| format!("dataplane_bench --flow-table {ft}: {e:#}")),
             })
             .collect::<Vec<_>>();
         r.failures

@@ -31,7 +31,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Install toolchains, bpf-linker, test packages and mount bpffs (idempotent).
-    Setup,
+    Setup {
+        /// Also what building a benchmark peer takes (clang, llvm: see
+        /// `bench dataplane --peer`).
+        #[arg(long)]
+        bench: bool,
+    },
     /// Build the `xdplb` binary with its embedded eBPF object.
     Build {
         /// Build with the release profile.
@@ -61,18 +66,23 @@ enum Command {
         /// One round of short runs (about a minute): indicative only.
         #[arg(long)]
         quick: bool,
+        /// A directory holding Katran's balancer.bpf.o (built as
+        /// docs/BENCHMARKS.md says): the data plane is then timed side by
+        /// side with it, in the same run.
+        #[arg(long, value_name = "DIR")]
+        peer: Option<std::path::PathBuf>,
     },
 }
 
 fn main() {
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
-        Command::Setup => setup::run(),
+        Command::Setup { bench } => setup::run_with(bench),
         Command::Build { release } => build(release),
         Command::Test => test::run(),
         Command::Demo { which } => demo::run(which),
         Command::Deb { no_build } => deb::run(no_build).map(drop),
-        Command::Bench { suite, quick } => bench::run_with(suite, quick),
+        Command::Bench { suite, quick, peer } => bench::run_with(suite, quick, peer),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -37,8 +37,24 @@ const DEBIAN_PACKAGES: &[&[&str]] = &[
     &["bird2"],
 ];
 
+/// `cargo xtask setup --bench`: what building a peer for `cargo xtask
+/// bench dataplane --peer DIR` takes (Katran's balancer is C, compiled to
+/// LLVM IR by clang and to BPF by llc; its build stays outside this
+/// repository, see docs/BENCHMARKS.md).
+const BENCH_PACKAGES: &[&[&str]] = &[&["clang"], &["llvm"]];
+
 /// Where bpffs is expected (aya pins and xdplb's default pin path live here).
 const BPFFS: &str = "/sys/fs/bpf";
+
+/// Everything building and testing need; `bench`: and a peer's build.
+pub fn run_with(bench: bool) -> Result<()> {
+    run()?;
+    if bench {
+        header("setup: Debian packages for a benchmark peer (--bench)");
+        debian_packages(BENCH_PACKAGES)?;
+    }
+    Ok(())
+}
 
 pub fn run() -> Result<()> {
     header("setup: rust toolchains");
@@ -48,7 +64,7 @@ pub fn run() -> Result<()> {
     header("setup: cargo-deb");
     cargo_deb()?;
     header("setup: Debian packages");
-    debian_packages()?;
+    debian_packages(DEBIAN_PACKAGES)?;
     header("setup: bpffs");
     bpffs()?;
     Ok(())
@@ -227,14 +243,14 @@ fn has_candidate(pkg: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn debian_packages() -> Result<()> {
-    let missing: Vec<&[&str]> = DEBIAN_PACKAGES
+fn debian_packages(packages: &[&[&str]]) -> Result<()> {
+    let missing: Vec<&[&str]> = packages
         .iter()
         .copied()
         .filter(|alts| !alts.iter().any(|p| is_installed(p)))
         .collect();
     if missing.is_empty() {
-        let names: Vec<&str> = DEBIAN_PACKAGES.iter().map(|a| a[0]).collect();
+        let names: Vec<&str> = packages.iter().map(|a| a[0]).collect();
         println!("present: {}", names.join(" "));
         return Ok(());
     }

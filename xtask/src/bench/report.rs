@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 use super::controller::MaglevRow;
-use super::dataplane::{DpRun, KATRAN, PATHS, TARGETS};
+use super::dataplane::{DpRun, PATHS, TARGETS};
 use super::lab::{self, bulk_title, gateway_title, BulkSummary, GwSummary};
 use super::svg::{Bar, Panel, MUTED, OTHER, XDPLB};
 use super::Results;
@@ -142,14 +142,26 @@ fn dataplane_md(s: &mut String, r: &Results) {
     };
     let _ = writeln!(
         s,
-        "`cargo run --release -p lb-userspace --example dataplane_bench -- --repeat {} --runs {} [--flow-table N]`: \
+        "`cargo run --release -p lb-userspace --example dataplane_bench -- --repeat {} --runs {} [--flow-table N]{}`: \
          ns per packet of the XDP program, every iteration on the original 64-byte frame, each path proven by its \
          counter rising by the repeat count. The harness (`lb-ebpf/src/bench.rs`) restores the frame before each \
          iteration in eight-byte words (a byte loop was most of an earlier 35 ns floor) and tail-calls the program. \
          *floor* is a trivial program that swaps MACs and returns XDP_TX through the same harness: its \
-         own cost, subtracted to give *net*. Targets are net of the floor. Katran's figures were measured \
-         on this kind of machine with the same harness (new flow: 1k-entry LRU – 4M-entry LRU).\n",
-        r.dp_repeat, r.dp_runs
+         own cost, subtracted to give *net*. Targets are net of the floor. The process is pinned to one CPU. Every \
+         path starts from an empty flow table (so a one-flow path's flow sits in the first bucket xdplb scans).\n\n\
+         The `_full` paths are established flows as a gateway sees them: the table holds half its size in live \
+         flows (put there by the program from their SYNs, the table emptied first), and each iteration is the next \
+         of them, so each lookup goes to memory the previous ones did not touch; a flow not found would count as a \
+         miss and fail the proof. Not more than half: xdplb's two 8-way buckets per flow lose flows inserted into an \
+         empty table from 5/8 on (1k table at 5/8: 307 misses in a million iterations; 1M table at 3/4: 10 of \
+         786,432 flows; at 15/16: 38,562 of 983,040); Katran's LRU held every flow at 5/8 of 1M and 3/4 of 1k.\n",
+        r.dp_repeat,
+        r.dp_runs,
+        if r.peer.is_some() {
+            " --peer DIR/balancer.bpf.o"
+        } else {
+            ""
+        }
     );
     for run in runs {
         let run = match run {
@@ -159,19 +171,48 @@ fn dataplane_md(s: &mut String, r: &Results) {
                 continue;
             }
         };
-        let _ = writeln!(s, "**{}**\n", run.label);
+        let with_peer = !run.peer.is_empty();
         let _ = writeln!(
             s,
-            "| path | min ns | median ns | max ns | median net of floor | target (net) | Katran, same harness | target |\n|---|---:|---:|---:|---:|---:|---|---|"
+            "**{}**{}\n",
+            run.label,
+            run.full_flows.map_or(String::new(), |n| format!(
+                " (`_full` paths: {} live flows)",
+                super::dataplane::thousands(n)
+            ))
+        );
+        let _ = writeln!(
+            s,
+            "| path | min ns | median ns | max ns | median net of floor | target (net) | target |{}\n|---|---:|---:|---:|---:|---:|---|{}",
+            if with_peer {
+                " Katran median ns | Katran net | xdplb / Katran |"
+            } else {
+                ""
+            },
+            if with_peer { "---:|---:|---:|" } else { "" }
         );
         for p in PATHS {
             let Some(st) = run.get(p) else { continue };
             let target = TARGETS.iter().find(|(n, _)| *n == p).map(|(_, t)| *t);
-            let katran = KATRAN.iter().find(|(n, _)| *n == p).map_or("", |(_, k)| k);
             let net = (!p.starts_with("floor")).then(|| run.net(p)).flatten();
+            let peer = if with_peer {
+                let median = run
+                    .peer
+                    .iter()
+                    .find(|(n, _)| n == p)
+                    .map(|(_, st)| st.median);
+                format!(
+                    " {} | {} | {} |",
+                    f(median, 1),
+                    f(run.peer_net(p), 1),
+                    f(run.ratio(p), 2)
+                )
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 s,
-                "| {p} | {:.1} | {:.1} | {:.1} | {} | {} | {katran} | {} |",
+                "| {p} | {:.1} | {:.1} | {:.1} | {} | {} | {} |{peer}",
                 st.min,
                 st.median,
                 st.max,
@@ -195,7 +236,167 @@ fn dataplane_md(s: &mut String, r: &Results) {
         }
         s.push('\n');
     }
+    peer_md(s, r, runs);
+    accounting_md(s, runs);
     flow_table_candidates_md(s, runs);
+}
+
+/// The side-by-side summary: xdplb's net over Katran's, per path and table.
+fn peer_md(s: &mut String, r: &Results, runs: &[Result<DpRun, String>]) {
+    let ok: Vec<&DpRun> = runs
+        .iter()
+        .flatten()
+        .filter(|run| !run.peer.is_empty())
+        .collect();
+    let Some(peer) = &r.peer else {
+        let _ = writeln!(
+            s,
+            "No Katran column: this run had no `--peer DIR`. `cargo xtask bench dataplane --peer DIR` times Katran's \
+             balancer side by side when `DIR/balancer.bpf.o` is Katran's `katran/lib/bpf/balancer.bpf.c` (from \
+             facebookincubator/katran; no Katran code or build files are in this repository), built outside this \
+             repository with Katran's own compile line (`katran/lib/Makefile-bpf`) and its `balancer_consts.h` \
+             defaults, except `MAX_CONN_RATE` raised to 2³²−1 so that every new flow is inserted as xdplb's are \
+             (stock, it stops inserting past 125,000 new flows a second, and 1M repeats go faster than that). \
+             `cargo xtask setup --bench` installs the compilers; an optional `DIR/BUILD` (one line: commit, flags) \
+             is quoted in the report.\n"
+        );
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "**Side by side with Katran** ({}; this run, same machine, same wrapper and floor, its runs alternating with \
+         xdplb's: {} interleaved rounds per path; medians, ns net of the floor). Katran has one way to send, IPIP \
+         (IPv6-in-IPv6 for the IPv6 VIP) with XDP_TX to the default router's MAC, so its figure for `established`, \
+         `established_tunnel` and their `_full` twins is that one path on the same frames; xdplb's `established` is \
+         NAT, `established_tunnel` IPIP. Each Katran path is proven by Katran's own `stats` map: LRU hits (LRU_CNTRS \
+         v1 − v2) for established, LRU misses (v2) for new flows, with the last new flow found in the CPU's LRU (its \
+         insert cap lifted), XDP_PASS_CNTR for non-VIP.\n",
+        peer.build.as_deref().map_or_else(
+            || format!("`{}`, no BUILD file beside it", peer.object.display()),
+            |b| b.replace('\n', "; ")
+        ),
+        r.dp_runs
+    );
+    if ok.is_empty() {
+        return;
+    }
+    let mut head = String::from("| path |");
+    let mut rule = String::from("|---|");
+    for run in &ok {
+        let t = short_table(run.flow_table);
+        let _ = write!(head, " xdplb {t} | Katran {t} | xdplb / Katran {t} |");
+        rule.push_str("---:|---:|---:|");
+    }
+    let _ = writeln!(s, "{head}\n{rule}");
+    for p in PATHS {
+        if !ok.iter().any(|run| run.peer.iter().any(|(n, _)| n == p)) {
+            continue;
+        }
+        let _ = write!(s, "| {p} |");
+        for run in &ok {
+            let ratio = run.ratio(p);
+            let _ = write!(
+                s,
+                " {} | {} | {} |",
+                f(run.net(p), 1),
+                f(run.peer_net(p), 1),
+                match ratio {
+                    Some(x) if x > 1.0 => format!("**{x:.2}**"),
+                    _ => f(ratio, 2),
+                }
+            );
+        }
+        s.push('\n');
+    }
+    s.push('\n');
+}
+
+/// Map lookups and helper calls per packet on each path, read from the
+/// source (not counted at run time: this kernel has neither kprobes nor a
+/// PMU, and its tracefs refuses reads), at the commits named in the
+/// heading. (path, xdplb, Katran.) Array and per-CPU array lookups are
+/// inlined by the verifier (a bounds check and an add); hash and LRU-hash
+/// lookups are calls that hash the key and walk a bucket.
+const ACCOUNTING: [(&str, &str, &str); 5] = [
+    (
+        "established (NAT; Katran: IPIP)",
+        "10 lookups: ADDR_FILTER, **VIPS (hash)**, IFACES, FLOWS ×3 (two buckets touched, the first scanned in \
+         `xdplb_scan_bucket`, a BPF-to-BPF call), BACKENDS, VIP_STATS, BACKEND_STATS, **FIB_CACHE (LRU hash)**, \
+         GLOBAL_STATS (Redirected); helpers: `bpf_ktime_get_coarse_ns`, `bpf_redirect_map` (TX_PORTS, a devmap \
+         hash); NAT: addresses, port, IP and TCP checksums rewritten incrementally, TTL",
+        "10 lookups: stats ×4 (total, LRU, the VIP's, TX) and reals_stats (per-CPU arrays), **vip_map (hash)**, \
+         lru_mapping (array of maps), **the CPU's LRU (LRU hash)**, reals, ctl_array; helpers: `bpf_xdp_adjust_head`; the outer IPv4 header \
+         written and summed; XDP_TX (no redirect)",
+    ),
+    (
+        "established_tunnel",
+        "12 lookups: as established, plus GLOBAL_STATS (TunnelSent); helpers: `bpf_ktime_get_coarse_ns`, \
+         `bpf_xdp_adjust_head`, `bpf_redirect_map`; the outer header written and summed",
+        "as established (it is the same path)",
+    ),
+    (
+        "established_v6",
+        "a tail call (`xdplb` → `xdplb_ipv6`), then 10 lookups: **VIPS6 (hash)**, IFACES, FLOWS ×3, BACKENDS, \
+         VIP_STATS, BACKEND_STATS, **FIB_CACHE6 (LRU hash)**, GLOBAL_STATS; helpers as established; NAT66 \
+         (no IP checksum)",
+        "10 lookups as established (the LRU keyed by the 40-byte flow key either way); \
+         `bpf_xdp_adjust_head`; IPv6-in-IPv6 (no checksum)",
+    ),
+    (
+        "new_flow",
+        "established's, both buckets scanned, plus INSERT_RATE (per-CPU array, the cap off) and RINGS (array), \
+         the entry written in place (no helper)",
+        "established's LRU lookup skipped for a SYN; stats (new-connection rate, `bpf_ktime_get_ns`), ch_rings, \
+         reals, vip_miss_stats and **`bpf_map_update_elem` into the LRU** (an LRU node taken, an \
+         old one evicted)",
+    ),
+    (
+        "non_vip",
+        "2 array lookups (ADDR_FILTER for VIPs, then for backends' addresses: neither matches) and GLOBAL_STATS \
+         (Passed)",
+        "stats ×2 (total, pass) and **vip_map (hash) twice** (with the port, then port 0)",
+    ),
+];
+
+/// Where the time goes: per program what the kernel made of it, per path
+/// what it does.
+fn accounting_md(s: &mut String, runs: &[Result<DpRun, String>]) {
+    let Some(run) = runs.iter().flatten().find(|r| !r.programs.is_empty()) else {
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "**Where the time goes.** Per program, from the kernel's `bpf_prog_info` in this run: instructions the \
+         verifier processed (every path it explored), instructions after its rewrites (what runs), and bytes of \
+         JITed code. `xdplb` is the program XDP runs (IPv4 TCP; the others are reached by tail call), `katran` \
+         Katran's `balancer_ingress`.\n\n| program | verifier processed | instructions | JITed bytes |\n|---|---:|---:|---:|"
+    );
+    let n = |v: Option<u64>| v.map_or("—".to_string(), |x| x.to_string());
+    let mut seen = Vec::new();
+    for p in &run.programs {
+        if seen.contains(&p.name) {
+            continue;
+        }
+        seen.push(p.name.clone());
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            p.name,
+            n(p.verified),
+            n(p.xlated),
+            n(p.jited)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nPer path, the map lookups and helper calls per packet (read from the source at xdplb 6c4f7a8 and \
+         Katran 19f08fec: this kernel has no kprobes and no PMU, and refuses tracefs reads, so they are not \
+         counted at run time; hash lookups in bold):\n\n| path | xdplb | Katran |\n|---|---|---|"
+    );
+    for (path, ours, theirs) in ACCOUNTING {
+        let _ = writeln!(s, "| {path} | {ours} | {theirs} |");
+    }
+    s.push('\n');
 }
 
 /// Flow-table designs measured on this machine with this harness while
@@ -661,8 +862,8 @@ fn meaning_md(s: &mut String) {
          The data-plane figures come from BPF_PROG_TEST_RUN: the program runs on one CPU on a frame already in memory, \
          with no driver, no DMA, no cache misses from other traffic and no redirect actually carried out. They measure \
          the program's own instructions and map lookups, and compare fairly only with other programs measured the same \
-         way (hence the floor and the Katran figures from the same harness). Real traffic adds the driver and the \
-         redirect, and a large flow table adds cache misses that a 1M-repeat loop over one frame hides.\n\n\
+         way (hence the floor, and Katran timed through the same harness in the same run). Real traffic adds the driver and the \
+         redirect; the `_full` paths show what a large table's cache misses add, which a loop over one frame hides.\n\n\
          The lab figures are real TCP through real XDP, but on veth pairs inside network namespaces on a {}-CPU machine \
          that also runs the load generator (wrk, iperf3) and every backend (nginx). Every gateway is CPU-bound on the \
          same two cores, so absolute numbers are low and say little about a NIC; the **ratios** between gateways \
@@ -689,15 +890,13 @@ pub fn panels(r: &Results) -> Vec<Panel> {
                     color: XDPLB,
                 })
                 .collect();
-            let katran = match path {
-                "established" => vec![("Katran\nlow", 156.0), ("Katran\nhigh", 207.0)],
-                "new_flow" => vec![("Katran\n1k LRU", 575.0), ("Katran\n4M LRU", 880.0)],
-                _ => vec![("Katran\nlow", 75.0), ("Katran\nhigh", 84.0)],
-            };
-            bars.extend(katran.into_iter().map(|(l, v)| Bar {
-                label: l.into(),
-                value: v,
-                color: MUTED,
+            // Katran's bars only from this run (`--peer`).
+            bars.extend(ok.iter().filter_map(|run| {
+                Some(Bar {
+                    label: format!("Katran\n{}", short_table(run.flow_table)),
+                    value: run.peer_net(path)?,
+                    color: MUTED,
+                })
             }));
             panels.push(Panel {
                 title: format!("Data plane: {}", path.replace('_', " ")),
@@ -825,6 +1024,19 @@ pub fn summary(r: &Results) -> String {
                         f(run.net("new_flow"), 0),
                         f(run.net("non_vip"), 0)
                     );
+                    if !run.peer.is_empty() {
+                        let ratios: Vec<String> = run
+                            .peer
+                            .iter()
+                            .map(|(p, _)| format!("{p} {}", f(run.ratio(p), 2)))
+                            .collect();
+                        let _ = writeln!(
+                            s,
+                            "dataplane ({}): xdplb / Katran net: {}",
+                            run.label,
+                            ratios.join(", ")
+                        );
+                    }
                 }
                 Err(e) => {
                     let _ = writeln!(s, "dataplane: FAILED: {}", one_line(e));

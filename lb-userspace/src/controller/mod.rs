@@ -287,6 +287,9 @@ pub struct Controller<D: DataplaneOps> {
     pinned: HashMap<Key, BackendState>,
     /// Since when each pool's ring has been empty.
     emptied: HashMap<String, Instant>,
+    /// The state file could not be read nor moved aside: it is not
+    /// overwritten.
+    state_stuck: bool,
 }
 
 /// Channels the controller's tasks report on.
@@ -375,6 +378,7 @@ impl<D: DataplaneOps> Controller<D> {
             detached_seen: false,
             pinned,
             emptied: HashMap::new(),
+            state_stuck: false,
         };
         // Drains kept in the state file survive `xdplb down` and reboots,
         // which the maps' flags do not.
@@ -387,7 +391,10 @@ impl<D: DataplaneOps> Controller<D> {
                         }
                     }
                 }
-                Err(e) => warn!(error = %e, "operator drains not restored"),
+                Err(e) => {
+                    error!(error = %e, "operator drains not restored");
+                    c.state_stuck = matches!(e, crate::state::StateError::Stuck { .. });
+                }
             }
         }
         // Placed and committed at once: until the first probes are in,
@@ -530,6 +537,12 @@ impl<D: DataplaneOps> Controller<D> {
         let Some(path) = &self.config.control.state_file else {
             return Ok(());
         };
+        if self.state_stuck {
+            return Err(format!(
+                "{} could not be read nor moved aside at start; not overwritten",
+                path.display()
+            ));
+        }
         // Nothing to keep and nothing kept: no file (a host that never
         // drains gets no /var/lib/xdplb).
         if self.drained.is_empty() && !path.exists() {

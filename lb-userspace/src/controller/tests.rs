@@ -271,6 +271,11 @@ impl Drop for Rig {
 }
 
 fn rig_with(fake: Fake, probes: Arc<FakeProbes>, text: &str) -> Rig {
+    rig_in(rig_dir(), fake, probes, text)
+}
+
+/// A fresh directory for a rig (removed with it).
+fn rig_dir() -> PathBuf {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "xdplb-ctl-test-{}-{}",
@@ -278,6 +283,11 @@ fn rig_with(fake: Fake, probes: Arc<FakeProbes>, text: &str) -> Rig {
         N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
     ));
     std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A rig whose config and state file live in `dir`.
+fn rig_in(dir: PathBuf, fake: Fake, probes: Arc<FakeProbes>, text: &str) -> Rig {
     let path = dir.join("xdplb.toml");
     std::fs::write(&path, with_state_file(&dir, text)).unwrap();
     let cfg = config::load(&path).unwrap();
@@ -769,6 +779,35 @@ async fn a_reload_that_fails_half_way_changes_nothing() {
     r.pump(Duration::from_millis(300)).await;
     assert_eq!(maps(r.fake()), before);
     assert!(r.c.config == config);
+}
+
+/// A state file that cannot be read is moved aside and reported, never
+/// overwritten with fewer drains than it holds.
+#[tokio::test(start_paused = true)]
+async fn an_unreadable_state_file_is_moved_aside_not_overwritten() {
+    let dir = rig_dir();
+    let state = dir.join("state.json");
+    // A save cut short by a full disk, say.
+    let kept = "{\"version\":1,\"drains\":[{\"pool\":\"web\",\"backend\":\"web-2\"}";
+    std::fs::write(&state, kept).unwrap();
+    let mut r = rig_in(
+        dir.clone(),
+        Fake::default(),
+        Arc::new(FakeProbes::default()),
+        CONFIG,
+    );
+    r.pump(Duration::from_millis(300)).await;
+    r.c.drain("web", "web-1", true).unwrap();
+    let aside: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("state.json.unreadable-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "not moved aside: {aside:?}");
+    assert_eq!(std::fs::read_to_string(&aside[0]).unwrap(), kept);
+    // The new file holds the drain made since.
+    let saved = crate::state::load(&state).unwrap();
+    assert_eq!(saved.into_iter().collect::<Vec<_>>(), [key("web", "web-1")]);
 }
 
 /// A "restart": a new controller over the same data plane (and probes)

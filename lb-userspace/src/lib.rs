@@ -22,6 +22,7 @@
 //! - [`metrics`]: Prometheus exposition.
 //! - [`web`]: the HTTP server on `metrics_listen`: `/metrics`, `/status.json`,
 //!   and the status page `/`.
+//! - [`netlink`]: the kernel's routing netlink: route lookups, link events.
 //! - [`notify`]: systemd readiness and watchdog notifications.
 //! - [`cli`]: the `xdplb` command line and its human output.
 //! - [`dataplane`]: the only module that touches aya: load or adopt the
@@ -40,6 +41,7 @@ pub mod health;
 pub mod load;
 pub mod maglev;
 pub mod metrics;
+pub mod netlink;
 pub mod notify;
 pub mod owner;
 pub mod packet;

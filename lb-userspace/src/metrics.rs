@@ -508,6 +508,7 @@ mod tests {
                     b("web \"2\"", Health::Down, BackendState::Down, 0, 0.5),
                 ],
             }],
+            detached: Vec::new(),
         }
     }
 

@@ -37,6 +37,11 @@ impl std::fmt::Display for Health {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub pools: Vec<PoolStatus>,
+    /// Configured interfaces the program is not attached to (deleted, or
+    /// detached by `xdplb down`): nothing is announced meanwhile. Absent
+    /// when it is attached to all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub detached: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -211,6 +216,7 @@ impl Status {
                     transitions: Vec::new(),
                 }],
             }],
+            detached: Vec::new(),
         }
     }
 }

@@ -135,6 +135,12 @@ pub fn status_text_at(s: &Status, now_unix_ms: u64) -> String {
         return "no pools configured\n".to_string();
     }
     let mut out = String::new();
+    if !s.detached.is_empty() {
+        out.push_str(&format!(
+            "DATA PLANE DETACHED from {}: nothing forwarded there, VIPs withdrawn\n\n",
+            s.detached.join(", ")
+        ));
+    }
     for (i, p) in s.pools.iter().enumerate() {
         if i > 0 {
             out.push('\n');
@@ -654,6 +660,7 @@ mod tests {
                     backends: vec![],
                 },
             ],
+            detached: Vec::new(),
         };
         let want = "\
 pool web  vip 198.18.2.10:80  tcp  nat  min_active 2  mean load 0.42
@@ -666,6 +673,12 @@ pool api  vip [2001:2:0:2::11]:53  udp  nat  min_active 1  EMPTY: no usable back
 ";
         assert_eq!(status_text_at(&s, NOW), want);
         assert_eq!(status_text(&Status::default()), "no pools configured\n");
+        // An interface the program lost heads the table.
+        let mut lost = s.clone();
+        lost.detached = vec!["eth1".into()];
+        assert!(status_text_at(&lost, NOW).starts_with(
+            "DATA PLANE DETACHED from eth1: nothing forwarded there, VIPs withdrawn\n\npool web"
+        ));
         // A ramping or load-scaled weight, in config units too.
         let mut ramping = s.clone();
         ramping.pools[0].backends[0].weight = 33_334;

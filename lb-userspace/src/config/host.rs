@@ -83,7 +83,7 @@ fn check_tunnel_routed(cfg: &Config) -> Result<(), ConfigError> {
     for pool in cfg.pools.iter().filter(|p| p.mode == Mode::Tunnel) {
         for b in &pool.backends {
             let a = b.addr.ip();
-            let route = match route_oif(a) {
+            let route = match crate::netlink::route_oif(a) {
                 Ok(Some(oif)) if ours.contains(&oif) => continue,
                 Ok(Some(oif)) => format!("is routed out of {}", if_name(oif)),
                 Ok(None) => "has no route".to_string(),
@@ -99,74 +99,6 @@ fn check_tunnel_routed(cfg: &Config) -> Result<(), ConfigError> {
         }
     }
     Ok(())
-}
-
-/// The interface the kernel routes `dst` out of (one RTM_GETROUTE, as
-/// `ip route get`), or None when it has no route. Routing by source is not
-/// asked about, as the data plane's lookup does not distinguish it.
-fn route_oif(dst: IpAddr) -> std::io::Result<Option<u32>> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let (family, addr) = match dst {
-        IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
-        IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
-    };
-    // struct nlmsghdr (16 bytes), struct rtmsg (12), one rtattr: RTA_DST.
-    let len = 16 + 12 + 4 + addr.len();
-    let mut req = Vec::with_capacity(len);
-    req.extend_from_slice(&(len as u32).to_ne_bytes());
-    req.extend_from_slice(&libc::RTM_GETROUTE.to_ne_bytes());
-    req.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
-    req.extend_from_slice(&[0; 8]); // sequence and port id: the kernel's
-    req.extend_from_slice(&[family, addr.len() as u8 * 8, 0, 0, 0, 0, 0, 0]);
-    req.extend_from_slice(&[0; 4]); // rtm_flags
-    req.extend_from_slice(&((4 + addr.len()) as u16).to_ne_bytes());
-    req.extend_from_slice(&libc::RTA_DST.to_ne_bytes());
-    req.extend_from_slice(&addr);
-    let os_err = std::io::Error::last_os_error;
-    // SAFETY: plain socket(2); the descriptor is owned right below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(os_err());
-    }
-    // SAFETY: a descriptor just opened, owned by nothing else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut buf = [0u8; 4096];
-    // SAFETY: both buffers are valid for the lengths given.
-    let n = unsafe {
-        if libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) < 0 {
-            return Err(os_err());
-        }
-        libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
-    };
-    let msg = buf
-        .get(..usize::try_from(n).map_err(|_| os_err())?)
-        .unwrap_or(&[]);
-    let u16_at = |i: usize| msg.get(i..i + 2).map(|b| u16::from_ne_bytes([b[0], b[1]]));
-    // An error answer (NLMSG_ERROR: ENETUNREACH, EHOSTUNREACH, …) means no
-    // usable route.
-    if u16_at(4) != Some(libc::RTM_NEWROUTE) {
-        return Ok(None);
-    }
-    let mut at = 28;
-    while let (Some(alen), Some(kind)) = (u16_at(at), u16_at(at + 2)) {
-        if kind == libc::RTA_OIF {
-            let oif = msg
-                .get(at + 4..at + 8)
-                .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-            return Ok(oif);
-        }
-        if alen < 4 {
-            break;
-        }
-        at += (alen as usize + 3) & !3;
-    }
-    Ok(None)
 }
 
 /// An interface's name by index, or the index when it has none.

@@ -60,7 +60,8 @@ use crate::{
         PoolConfig,
     },
     dataplane::{
-        self, backend_name_index, AttachMode, BackendSlot, Dataplane, DataplaneError, Shape,
+        self, backend_name_index, AttachMode, BackendSlot, Dataplane, DataplaneError, LinkState,
+        Shape,
     },
     health::{self, HealthReport, HealthState, Probe},
     load::{
@@ -281,7 +282,9 @@ pub struct Controller<D: DataplaneOps> {
     ready_deadline: Instant,
     ready: bool,
     /// The last sync found the program detached (warned once per loss).
-    detached_seen: bool,
+    /// The configured interfaces the program is not attached to, as last
+    /// checked (status shows them; nothing is announced meanwhile).
+    detached: std::collections::BTreeSet<String>,
     /// Each backend's state in the pins at start: where the planner and
     /// the state changes status shows start from.
     pinned: HashMap<Key, BackendState>,
@@ -375,7 +378,7 @@ impl<D: DataplaneOps> Controller<D> {
             epoch: now,
             ready_deadline: now + max_timeout + Duration::from_millis(500),
             ready: false,
-            detached_seen: false,
+            detached: Default::default(),
             pinned,
             emptied: HashMap::new(),
             state_stuck: false,
@@ -784,6 +787,61 @@ impl<D: DataplaneOps> Controller<D> {
         }
     }
 
+    /// Checks each configured interface's link: a defunct one (its
+    /// interface deleted) is attached again as soon as the interface is
+    /// back; the ones still detached are noted (a change makes the next
+    /// beat sync: announcements follow).
+    pub fn check_links(&mut self) {
+        let ifaces = self.config.dataplane.interfaces.clone();
+        let mode = daemon::attach_mode(self.config.dataplane.xdp_mode);
+        for (iface, state) in self.out.dp.links(&ifaces) {
+            if state != LinkState::Defunct {
+                continue;
+            }
+            match self.out.dp.reattach(&iface, mode) {
+                Ok(true) => info!(iface, "interface is back: XDP program attached again"),
+                Ok(false) => {}
+                Err(e) => error!(iface, error = %e, "attaching again failed; retrying"),
+            }
+        }
+        let detached: std::collections::BTreeSet<String> = self
+            .out
+            .dp
+            .links(&ifaces)
+            .into_iter()
+            .filter(|(_, s)| *s != LinkState::Attached)
+            .map(|(i, _)| i)
+            .collect();
+        if detached != self.detached {
+            for iface in detached.difference(&self.detached) {
+                warn!(
+                    iface,
+                    "the data plane is detached from this interface: VIPs withdrawn"
+                );
+            }
+            self.detached = detached;
+            self.dirty = true;
+        }
+    }
+
+    /// A link event: a configured interface deleted or created again
+    /// (or events lost: everything is checked).
+    fn on_link_event(&mut self, event: std::io::Result<crate::netlink::LinkEvent>) {
+        use crate::netlink::LinkEvent;
+        match &event {
+            Ok(LinkEvent::New { name, .. } | LinkEvent::Deleted { name, .. })
+                if !self.config.dataplane.interfaces.contains(name) =>
+            {
+                return
+            }
+            Ok(e) => debug!(event = ?e, "link event"),
+            Err(e) => warn!(error = %e, "link events lost; checking every interface"),
+        }
+        self.check_links();
+        // A re-created interface has a new index and maybe a new MAC.
+        self.sync_host();
+    }
+
     /// Runs until `shutdown` resolves. SIGHUP-style reloads arrive as
     /// `reload` signals; admin requests as `commands`.
     pub async fn run(
@@ -824,6 +882,15 @@ impl<D: DataplaneOps> Controller<D> {
             });
         }
         let mut systemd = crate::notify::Systemd::from_env();
+        // Interfaces deleted and created again get the program back at
+        // once; without events (no netlink), the host beat still checks.
+        let mut links = match crate::netlink::LinkEvents::subscribe() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                warn!(error = %e, "no link events; interfaces re-created are noticed within {HOST_SYNC_EVERY:?}");
+                None
+            }
+        };
         loop {
             let sync_now = tokio::select! {
                 _ = &mut shutdown => break,
@@ -842,7 +909,8 @@ impl<D: DataplaneOps> Controller<D> {
                     self.set_flows_since(at, census.established);
                     false
                 }
-                _ = host_tick.tick() => { self.sync_host(); false }
+                e = next_link_event(&mut links) => { self.on_link_event(e); false }
+                _ = host_tick.tick() => { self.check_links(); self.sync_host(); false }
                 _ = tick.tick() => true,
             };
             if sync_now {
@@ -859,6 +927,16 @@ impl<D: DataplaneOps> Controller<D> {
         systemd.stopping();
         info!("controller stopping; the data plane stays pinned and forwarding");
         Ok(())
+    }
+}
+
+/// The next link event, or never without a subscription.
+async fn next_link_event(
+    links: &mut Option<crate::netlink::LinkEvents>,
+) -> std::io::Result<crate::netlink::LinkEvent> {
+    match links {
+        Some(l) => l.next().await,
+        None => std::future::pending().await,
     }
 }
 

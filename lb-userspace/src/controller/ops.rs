@@ -40,11 +40,14 @@ pub trait DataplaneOps: Send {
     fn adopt_backends(&self) -> Result<Vec<(String, BackendSlot)>, DataplaneError>;
     /// Every reply entry: (backend endpoint, what it says).
     fn adopt_replies(&self) -> Result<Vec<(Endpoint, ReplyImage)>, DataplaneError>;
-    /// Whether the program is still attached to at least one of its
-    /// interfaces: `xdplb down --force` can take it away under a running
-    /// controller, which must then stop announcing what it no longer
-    /// forwards.
-    fn attached(&self) -> bool;
+    /// Where each of `interfaces` stands with the program: an interface
+    /// deleted (and maybe created again) leaves its link defunct; `xdplb
+    /// down --force` can take every link away under a running controller,
+    /// which must then stop announcing what it no longer forwards.
+    fn links(&self, interfaces: &[String]) -> Vec<(String, LinkState)>;
+    /// Attaches the program again to an interface whose link is defunct,
+    /// if it exists again; whether it did.
+    fn reattach(&mut self, iface: &str, mode: AttachMode) -> Result<bool, DataplaneError>;
 }
 
 impl DataplaneOps for Dataplane {
@@ -113,7 +116,13 @@ impl DataplaneOps for Dataplane {
             })
             .collect())
     }
-    fn attached(&self) -> bool {
-        Dataplane::has_links(self)
+    fn links(&self, interfaces: &[String]) -> Vec<(String, LinkState)> {
+        interfaces
+            .iter()
+            .map(|i| (i.clone(), self.link_state(i)))
+            .collect()
+    }
+    fn reattach(&mut self, iface: &str, mode: AttachMode) -> Result<bool, DataplaneError> {
+        Dataplane::reattach(self, iface, mode)
     }
 }

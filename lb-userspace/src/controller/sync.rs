@@ -189,6 +189,9 @@ impl<D: DataplaneOps> Controller<D> {
         next: Option<(&Config, &Slots)>,
     ) -> Result<(), ControllerError> {
         let ready = self.take_over();
+        if ready {
+            self.check_links();
+        }
         let (config, slots) = next.unwrap_or((&self.config, &self.slots));
         if !ready {
             let held = reconcile::target(&World {
@@ -209,7 +212,7 @@ impl<D: DataplaneOps> Controller<D> {
         let mut planner = self.planner.clone();
         let plan = planner.plan(config, &obs, self.now_ms());
         let freed = slots.retired(self.flows.as_ref(), self.flows_at, Instant::now());
-        let attached = config.announce.is_none() || self.out.dp.attached();
+        let attached = config.announce.is_none() || self.detached.is_empty();
         let now = Instant::now();
         let drain_held: HashSet<String> = config
             .pools
@@ -247,10 +250,6 @@ impl<D: DataplaneOps> Controller<D> {
             }
         }
         self.emptied.retain(|name, _| config.pool(name).is_some());
-        if !attached && !self.detached_seen {
-            warn!("the data plane was detached under the controller: VIPs withdrawn");
-        }
-        self.detached_seen = !attached;
         self.planner = planner;
         if next.is_none() {
             self.slots.release(&freed);

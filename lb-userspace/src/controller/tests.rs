@@ -44,6 +44,11 @@ struct Fake {
     names: HashMap<u32, String>,
     /// Set by a test to play `xdplb down --force` under the controller.
     detached: Arc<std::sync::atomic::AtomicBool>,
+    /// Interfaces whose link is defunct (deleted), and whether each exists
+    /// again (shared: the test flips them while `run` owns the fake).
+    defunct: Arc<Mutex<HashMap<String, bool>>>,
+    /// Interfaces attached again, in order.
+    reattached: Vec<String>,
     /// Set by a test: this many more map writes succeed, the next one
     /// fails (once).
     fail_after: Option<usize>,
@@ -172,8 +177,29 @@ impl DataplaneOps for Fake {
         self.names.insert(index, name.to_string());
         Ok(())
     }
-    fn attached(&self) -> bool {
-        !self.detached.load(std::sync::atomic::Ordering::Relaxed)
+    fn links(&self, interfaces: &[String]) -> Vec<(String, LinkState)> {
+        let down = self.detached.load(std::sync::atomic::Ordering::Relaxed);
+        let defunct = self.defunct.lock().unwrap();
+        interfaces
+            .iter()
+            .map(|i| {
+                let state = match (down, defunct.contains_key(i)) {
+                    (true, _) => LinkState::Unpinned,
+                    (false, true) => LinkState::Defunct,
+                    (false, false) => LinkState::Attached,
+                };
+                (i.clone(), state)
+            })
+            .collect()
+    }
+    fn reattach(&mut self, iface: &str, _: AttachMode) -> Result<bool, DataplaneError> {
+        let mut defunct = self.defunct.lock().unwrap();
+        if defunct.get(iface) != Some(&true) {
+            return Ok(false);
+        }
+        defunct.remove(iface);
+        self.reattached.push(iface.to_string());
+        Ok(true)
     }
     fn adopt_vips(&self) -> Result<Vec<(String, Endpoint, u32)>, DataplaneError> {
         Ok(self
@@ -527,6 +553,40 @@ async fn draining_every_backend_keeps_the_vip_announced_while_flows_remain() {
     r.pump_by(Duration::from_secs(2), Duration::from_millis(100))
         .await;
     assert_eq!(r.c.status().pools[0].announced, Some(false));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// An interface deleted under the controller: status says the data plane
+/// is detached from it and nothing is announced; created again, it gets
+/// the program back (on a link event or the host beat) and the VIP is
+/// announced again.
+#[tokio::test(start_paused = true)]
+async fn an_interface_deleted_and_created_again_gets_the_program_back() {
+    let dir = announce_dir("relink");
+    let text = announcing(&dir);
+    let fake = Fake::default();
+    let defunct = Arc::clone(&fake.defunct);
+    let mut r = rig_with(fake, Arc::new(FakeProbes::default()), &text);
+    let read = || std::fs::read_to_string(dir.join("vips.conf")).unwrap_or_default();
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(r.c.status().pools[0].announced, Some(true));
+    assert!(r.c.status().detached.is_empty());
+    defunct.lock().unwrap().insert("lo".into(), false);
+    r.c.check_links();
+    r.pump(Duration::from_millis(100)).await;
+    assert_eq!(r.c.status().detached, ["lo"]);
+    assert_eq!(r.c.status().pools[0].announced, Some(false));
+    assert!(!read().contains("198.18.2.10"), "{}", read());
+    // Still gone: nothing to attach to.
+    r.c.check_links();
+    assert!(r.fake().reattached.is_empty());
+    defunct.lock().unwrap().insert("lo".into(), true);
+    r.c.check_links();
+    r.pump(Duration::from_millis(100)).await;
+    assert_eq!(r.fake().reattached, ["lo"]);
+    assert!(r.c.status().detached.is_empty());
+    assert_eq!(r.c.status().pools[0].announced, Some(true));
+    assert!(read().contains("198.18.2.10/32"), "{}", read());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

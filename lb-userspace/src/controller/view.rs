@@ -73,6 +73,9 @@ impl<D: DataplaneOps> Controller<D> {
                 }
             })
             .collect();
-        Status { pools }
+        Status {
+            pools,
+            detached: self.detached.iter().cloned().collect(),
+        }
     }
 }

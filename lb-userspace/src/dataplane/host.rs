@@ -107,7 +107,7 @@ fn sync_set<K: aya::Pod + PartialEq>(
 
 /// The ifindex of `iface` in this thread's network namespace (sysfs may
 /// show another namespace's).
-fn ifindex(iface: &str) -> std::io::Result<u32> {
+pub(super) fn ifindex(iface: &str) -> std::io::Result<u32> {
     let name = std::ffi::CString::new(iface).map_err(std::io::Error::other)?;
     // SAFETY: valid C string.
     match unsafe { libc::if_nametoindex(name.as_ptr()) } {

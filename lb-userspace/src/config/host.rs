@@ -1,7 +1,7 @@
 //! Checks of this host against a config, for `xdplb run` (and `xdplb
 //! check` on the gateway itself): the interfaces exist, `dsr` backends share
 //! a segment with one, `tunnel` backends are routed out of one.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use ipnet::IpNet;
 
 use super::schema::{Config, Mode};
 use super::ConfigError;
@@ -53,7 +53,7 @@ fn check_dsr_attached(cfg: &Config) -> Result<(), ConfigError> {
     for pool in cfg.pools.iter().filter(|p| p.mode == Mode::Dsr) {
         for b in &pool.backends {
             let a = b.addr.ip();
-            if !nets.iter().any(|&(net, mask)| same_subnet(a, net, mask)) {
+            if !nets.iter().any(|net| net.contains(&a)) {
                 return Err(ConfigError::DsrNotAttached {
                     pool: pool.name.clone(),
                     backend: b.name.clone(),
@@ -115,70 +115,27 @@ fn if_name(index: u32) -> String {
         .into_owned()
 }
 
-/// Whether `a` is on the subnet of interface address `net` with netmask
-/// `mask` (all three of one family; a mixed pair never matches).
-fn same_subnet(a: IpAddr, net: IpAddr, mask: IpAddr) -> bool {
-    match (a, net, mask) {
-        (IpAddr::V4(a), IpAddr::V4(n), IpAddr::V4(m)) => {
-            let (a, n, m) = (u32::from(a), u32::from(n), u32::from(m));
-            a & m == n & m
-        }
-        (IpAddr::V6(a), IpAddr::V6(n), IpAddr::V6(m)) => {
-            let (a, n, m) = (u128::from(a), u128::from(n), u128::from(m));
-            a & m == n & m
-        }
-        _ => false,
-    }
-}
-
-/// (address, netmask) of each IPv4 and IPv6 address on `ifaces`.
-fn interface_subnets(ifaces: &[String]) -> Vec<(IpAddr, IpAddr)> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we free below.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: a node of the list getifaddrs returned; its name is a C
-        // string; a non-null sockaddr of family AF_INET is a sockaddr_in,
-        // of AF_INET6 a sockaddr_in6, and its netmask has the same family.
-        unsafe {
-            let ifa = &*cur;
-            let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy();
-            if !ifa.ifa_addr.is_null()
-                && !ifa.ifa_netmask.is_null()
-                && ifaces.iter().any(|i| *i == name)
-            {
-                match (*ifa.ifa_addr).sa_family as i32 {
-                    libc::AF_INET => {
-                        let v4 = |sa: *const libc::sockaddr| {
-                            let raw = (*(sa as *const libc::sockaddr_in)).sin_addr.s_addr;
-                            IpAddr::V4(Ipv4Addr::from(u32::from_be(raw)))
-                        };
-                        out.push((v4(ifa.ifa_addr), v4(ifa.ifa_netmask)));
-                    }
-                    libc::AF_INET6 => {
-                        let v6 = |sa: *const libc::sockaddr| {
-                            let raw = (*(sa as *const libc::sockaddr_in6)).sin6_addr.s6_addr;
-                            IpAddr::V6(Ipv6Addr::from(raw))
-                        };
-                        out.push((v6(ifa.ifa_addr), v6(ifa.ifa_netmask)));
-                    }
-                    _ => {}
-                }
-            }
-            cur = ifa.ifa_next;
-        }
-    }
-    // SAFETY: the list getifaddrs allocated, freed once.
-    unsafe { libc::freeifaddrs(head) };
-    out
+/// The subnets of the IPv4 and IPv6 addresses on `ifaces` (if-addrs).
+fn interface_subnets(ifaces: &[String]) -> Vec<IpNet> {
+    if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| ifaces.contains(&i.name))
+        .filter_map(|i| {
+            let len = match &i.addr {
+                if_addrs::IfAddr::V4(a) => a.prefixlen,
+                if_addrs::IfAddr::V6(a) => a.prefixlen,
+            };
+            IpNet::new(i.ip(), len).ok()
+        })
+        .map(|n| n.trunc())
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::super::{load, parse};
     use super::*;
     use std::path::Path;
@@ -188,22 +145,14 @@ mod tests {
     }
 
     #[test]
-    fn subnets_of_both_families() {
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert!(same_subnet(
-            ip("198.18.1.11"),
-            ip("198.18.1.1"),
-            ip("255.255.255.0")
-        ));
-        assert!(!same_subnet(
-            ip("198.18.2.11"),
-            ip("198.18.1.1"),
-            ip("255.255.255.0")
-        ));
-        let m64 = ip("ffff:ffff:ffff:ffff::");
-        assert!(same_subnet(ip("2001:2:0:1::11"), ip("2001:2:0:1::1"), m64));
-        assert!(!same_subnet(ip("2001:2:0:2::11"), ip("2001:2:0:1::1"), m64));
-        assert!(!same_subnet(ip("198.18.1.11"), ip("2001:2:0:1::1"), m64));
+    fn loopbacks_subnets_of_both_families() {
+        let nets = interface_subnets(&["lo".to_string()]);
+        let on = |a: &str| {
+            nets.iter()
+                .any(|n| n.contains(&a.parse::<IpAddr>().unwrap()))
+        };
+        assert!(on("127.0.0.53") && on("::1"), "{nets:?}");
+        assert!(!on("198.18.1.11") && !on("2001:2:0:1::11"), "{nets:?}");
     }
 
     /// The host check reads the interface's IPv6 addresses from the

@@ -490,6 +490,12 @@ async fn announce_follows_the_ring_and_survives_a_missing_bird() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Whether the controller wants pool "web" announced (`None` without
+/// `[announce]`): what it hands BIRD, whatever BIRD then has.
+fn announce_intent(r: &Rig) -> Option<bool> {
+    r.c.out.announcer.as_ref().map(|a| a.announces("web"))
+}
+
 /// A fresh directory for an announcing test's routes file.
 fn announce_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("xdplb-ctl-{tag}-{}", std::process::id()));
@@ -518,7 +524,7 @@ async fn draining_every_backend_keeps_the_vip_announced_while_flows_remain() {
     let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &text);
     let read = |_: &Rig| std::fs::read_to_string(dir.join("vips.conf")).unwrap_or_default();
     r.pump(Duration::from_millis(300)).await;
-    assert_eq!(r.c.status().pools[0].announced, Some(true));
+    assert_eq!(announce_intent(&r), Some(true));
     let slots: Vec<u32> = r.c.slots.backends.values().copied().collect();
     let busy: HashMap<u32, u64> = slots.iter().map(|s| (*s, 5)).collect();
     r.c.set_flows(busy.clone());
@@ -528,7 +534,7 @@ async fn draining_every_backend_keeps_the_vip_announced_while_flows_remain() {
     r.pump(Duration::from_millis(300)).await;
     assert!(r.c.status().pools[0].empty);
     assert_eq!(
-        r.c.status().pools[0].announced,
+        announce_intent(&r),
         Some(true),
         "withdrawn while the drained backends hold flows"
     );
@@ -536,12 +542,12 @@ async fn draining_every_backend_keeps_the_vip_announced_while_flows_remain() {
     // Their flows end: withdrawn.
     r.c.set_flows(HashMap::new());
     r.pump(Duration::from_millis(300)).await;
-    assert_eq!(r.c.status().pools[0].announced, Some(false));
+    assert_eq!(announce_intent(&r), Some(false));
     assert!(!read(&r).contains("198.18.2.10"), "{}", read(&r));
     // Flows that never end hold it only so long.
     r.c.drain("web", "web-1", false).unwrap();
     r.pump(Duration::from_millis(300)).await;
-    assert_eq!(r.c.status().pools[0].announced, Some(true));
+    assert_eq!(announce_intent(&r), Some(true));
     r.c.set_flows(busy);
     r.c.drain("web", "web-1", true).unwrap();
     r.pump_by(
@@ -549,10 +555,10 @@ async fn draining_every_backend_keeps_the_vip_announced_while_flows_remain() {
         Duration::from_secs(1),
     )
     .await;
-    assert_eq!(r.c.status().pools[0].announced, Some(true));
+    assert_eq!(announce_intent(&r), Some(true));
     r.pump_by(Duration::from_secs(2), Duration::from_millis(100))
         .await;
-    assert_eq!(r.c.status().pools[0].announced, Some(false));
+    assert_eq!(announce_intent(&r), Some(false));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -569,13 +575,13 @@ async fn an_interface_deleted_and_created_again_gets_the_program_back() {
     let mut r = rig_with(fake, Arc::new(FakeProbes::default()), &text);
     let read = || std::fs::read_to_string(dir.join("vips.conf")).unwrap_or_default();
     r.pump(Duration::from_millis(300)).await;
-    assert_eq!(r.c.status().pools[0].announced, Some(true));
+    assert_eq!(announce_intent(&r), Some(true));
     assert!(r.c.status().detached.is_empty());
     defunct.lock().unwrap().insert("lo".into(), false);
     r.c.check_links();
     r.pump(Duration::from_millis(100)).await;
     assert_eq!(r.c.status().detached, ["lo"]);
-    assert_eq!(r.c.status().pools[0].announced, Some(false));
+    assert_eq!(announce_intent(&r), Some(false));
     assert!(!read().contains("198.18.2.10"), "{}", read());
     // Still gone: nothing to attach to.
     r.c.check_links();
@@ -585,7 +591,7 @@ async fn an_interface_deleted_and_created_again_gets_the_program_back() {
     r.pump(Duration::from_millis(100)).await;
     assert_eq!(r.fake().reattached, ["lo"]);
     assert!(r.c.status().detached.is_empty());
-    assert_eq!(r.c.status().pools[0].announced, Some(true));
+    assert_eq!(announce_intent(&r), Some(true));
     assert!(read().contains("198.18.2.10/32"), "{}", read());
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -602,7 +608,7 @@ async fn removing_announce_by_reload_withdraws_the_vips() {
     r.write_config(CONFIG);
     r.c.reload().unwrap();
     r.pump(Duration::from_millis(300)).await;
-    assert_eq!(r.c.status().pools[0].announced, None);
+    assert_eq!(announce_intent(&r), None);
     assert!(
         !read(&r).contains("198.18.2.10"),
         "still announced after [announce] was removed: {}",

@@ -909,8 +909,24 @@ impl<D: DataplaneOps> Controller<D> {
                     self.set_flows_since(at, census.established);
                     false
                 }
-                e = next_link_event(&mut links) => { self.on_link_event(e); false }
-                _ = host_tick.tick() => { self.check_links(); self.sync_host(); false }
+                e = next_link_event(&mut links) => {
+                    // A broken subscription (events lost: ENOBUFS) is
+                    // dropped and made afresh on the next host beat, so a
+                    // failing socket cannot spin the loop.
+                    if e.is_err() {
+                        links = None;
+                    }
+                    self.on_link_event(e);
+                    false
+                }
+                _ = host_tick.tick() => {
+                    if links.is_none() {
+                        links = crate::netlink::LinkEvents::subscribe().ok();
+                    }
+                    self.check_links();
+                    self.sync_host();
+                    false
+                }
                 _ = tick.tick() => true,
             };
             if sync_now {

@@ -52,7 +52,10 @@ pub enum Cmd {
     /// pinned), probes backends, scores load and keeps the maps in sync.
     /// SIGHUP reloads the config; SIGTERM/SIGINT exit leaving the data plane
     /// pinned and forwarding with its last state (`xdplb down` removes it).
-    Run(ConfigArg),
+    /// A config it refuses makes it exit with status 78 (EX_CONFIG) before
+    /// it touches anything: the packaged unit does not restart on that
+    /// status, and starts xdplb-fallback.service instead.
+    Run(RunArgs),
     /// Detach the XDP programs and remove the pinned maps.
     ///
     /// Established flows are forgotten. The pin path is --pin-path if
@@ -61,6 +64,15 @@ pub enum Cmd {
     /// --force. Removes only xdplb's own pins (its maps and `link_*`);
     /// anything else under the pin path is left, and named.
     Down(DownArgs),
+    /// Withdraw this gateway's VIP announcements ([announce]): empty the
+    /// routes file and tell BIRD. The data plane is left alone.
+    ///
+    /// With --after-hold (what xdplb-hold.service runs when the controller
+    /// exits): first wait [announce] hold_ms, then withdraw only if no
+    /// controller owns the data plane by then, so a restart or an upgrade
+    /// keeps the VIPs announced and a controller gone for longer (stopped,
+    /// crashed, failing to start) stops attracting traffic.
+    Withdraw(WithdrawArgs),
     /// Validate a config file; nothing is attached.
     ///
     /// Errors name the file, line and column. Interfaces are not required to
@@ -149,6 +161,31 @@ pub struct ConfigArg {
 }
 
 #[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The config file.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Keep a copy of the config last applied (at start and by every
+    /// reload) here: what xdplb-fallback.service runs when a restart finds
+    /// the file broken, and what xdplb-hold.service withdraws with.
+    #[arg(long, value_name = "PATH")]
+    pub keep_applied: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct WithdrawArgs {
+    /// The config whose [announce] to withdraw (and whose pin path names
+    /// the controller to wait for). A config that does not exist means
+    /// nothing was ever applied: nothing to withdraw.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Wait [announce] hold_ms first, and withdraw only if no controller
+    /// owns the data plane by then.
+    #[arg(long)]
+    pub after_hold: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct DownArgs {
     /// Read the pin path from this config file (its dataplane.pin_path);
     /// with `[announce]`, its VIPs are withdrawn too. Without --config and
@@ -163,7 +200,17 @@ pub struct DownArgs {
     /// controller keeps running, with nothing to steer).
     #[arg(long)]
     pub force: bool,
+    /// After withdrawing the VIPs ([announce]), wait this long (ms) before
+    /// detaching, so the routers move traffic to other gateways first
+    /// (BGP withdrawal, then the routers' FIB update). Skipped when
+    /// nothing was announced.
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_WITHDRAW_WAIT_MS)]
+    pub withdraw_wait: u64,
 }
+
+/// `xdplb down --withdraw-wait` by default: a BGP withdrawal reaches the
+/// routers and their FIBs within a second or two; this leaves margin.
+pub const DEFAULT_WITHDRAW_WAIT_MS: u64 = 5000;
 
 #[derive(Debug, Args)]
 pub struct SocketArg {
@@ -261,6 +308,9 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 pub enum CliError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// `xdplb run` refused its config (exit status [`EX_CONFIG`]).
+    #[error(transparent)]
+    RunConfig(ConfigError),
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
     #[error(transparent)]
@@ -303,14 +353,68 @@ pub enum CliError {
     Daemon { message: String },
 }
 
+/// Exit status of `xdplb run` for a config it refuses (sysexits.h
+/// EX_CONFIG): the unit's RestartPreventExitStatus.
+pub const EX_CONFIG: u8 = 78;
+
+impl CliError {
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::RunConfig(_) => EX_CONFIG,
+            _ => 1,
+        }
+    }
+}
+
+/// `xdplb withdraw`: see [`Cmd::Withdraw`].
+async fn withdraw(a: WithdrawArgs) -> Result<(), CliError> {
+    if !a.config.exists() {
+        return print(&format!(
+            "nothing to withdraw: {} does not exist (no config applied here)\n",
+            a.config.display()
+        ));
+    }
+    let cfg = config::load(&a.config)?;
+    let Some(ann) = cfg.announce.as_ref() else {
+        return print("nothing to withdraw: no [announce] in the config\n");
+    };
+    let lock_dir = Path::new(owner::LOCK_DIR);
+    if a.after_hold {
+        tokio::time::sleep(std::time::Duration::from_millis(ann.hold_ms)).await;
+        if let Some(pid) = owner::holder(lock_dir, &cfg.dataplane.pin_path)? {
+            return print(&format!(
+                "a controller (pid {pid}) owns the data plane again within hold_ms {}: the VIPs \
+                 stay announced\n",
+                ann.hold_ms
+            ));
+        }
+    }
+    crate::announce::withdraw_all(ann)
+        .await
+        .map_err(|e| CliError::Daemon {
+            message: format!("withdrawing the VIPs: {e}"),
+        })?;
+    tracing::warn!(
+        routes = %ann.routes_file.display(),
+        "no controller runs: VIP announcements withdrawn (the data plane still forwards \
+         established flows)"
+    );
+    print("VIP routes withdrawn\n")
+}
+
 /// Runs one subcommand.
 pub async fn execute(cmd: Cmd) -> Result<(), CliError> {
     match cmd {
-        Cmd::Run(a) => crate::controller::run(a.config)
+        Cmd::Run(a) => crate::controller::run(a.config, a.keep_applied)
             .await
-            .map_err(|e| CliError::Daemon {
-                message: format!("{e:#}"),
+            .map_err(|e| match e.downcast::<ConfigError>() {
+                Ok(c) => CliError::RunConfig(c),
+                Err(e) => CliError::Daemon {
+                    message: format!("{e:#}"),
+                },
             }),
+        Cmd::Withdraw(a) => withdraw(a).await,
         Cmd::Down(a) => down(a).await,
         Cmd::Check(a) => check(&a.config),
         Cmd::Man(a) => docs::generate(&a.out).map_err(|source| CliError::Output { source }),
@@ -455,7 +559,14 @@ async fn down(a: DownArgs) -> Result<(), CliError> {
     let mut withdrawn = String::new();
     if let Some(ann) = cfg.as_ref().and_then(|c| c.announce.as_ref()) {
         match crate::announce::withdraw_all(ann).await {
-            Ok(()) => withdrawn = "; VIP routes withdrawn".to_string(),
+            Ok(()) => {
+                withdrawn = format!("; VIP routes withdrawn {} ms before", a.withdraw_wait);
+                tracing::info!(
+                    wait_ms = a.withdraw_wait,
+                    "VIP routes withdrawn; waiting for the routers to move traffic before detaching"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(a.withdraw_wait)).await;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "VIP routes emptied but BIRD not told");
                 withdrawn = format!(
@@ -627,7 +738,10 @@ mod tests {
     fn defaults_match_the_operator_contract() {
         let p = |args: &[&str]| Cli::try_parse_from(args).unwrap().command;
         match p(&["xdplb", "run"]) {
-            Cmd::Run(a) => assert_eq!(a.config, Path::new("/etc/xdplb/xdplb.toml")),
+            Cmd::Run(a) => {
+                assert_eq!(a.config, Path::new("/etc/xdplb/xdplb.toml"));
+                assert_eq!(a.keep_applied, None);
+            }
             c => panic!("{c:?}"),
         }
         match p(&["xdplb", "status"]) {

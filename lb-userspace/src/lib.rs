@@ -37,6 +37,7 @@ pub mod command;
 pub mod config;
 pub mod controller;
 pub mod dataplane;
+pub mod fsutil;
 pub mod health;
 pub mod load;
 pub mod maglev;

@@ -407,7 +407,7 @@ impl Collector for StatusCollector {
         gauge(
             &mut enc,
             "xdplb_vip_announced",
-            "1 if this gateway announces the VIP to its routers ([announce])",
+            "1 if BIRD has the VIP's route to announce to the routers ([announce]; what BIRD answered, not what xdplb wants)",
             status.pools.iter().filter_map(|p| {
                 let labels: Labels2 = [("pool", p.name.clone()), ("vip", p.vip.clone())];
                 p.announced.map(|a| (labels, i64::from(a)))
@@ -503,6 +503,7 @@ mod tests {
                 empty: false,
                 mean_load: Some(0.25),
                 announced: Some(true),
+                announce_intent: Some(true),
                 backends: vec![
                     b("web-1", Health::Up, BackendState::Active, 75, 0.25),
                     b("web \"2\"", Health::Down, BackendState::Down, 0, 0.5),

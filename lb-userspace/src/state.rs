@@ -3,14 +3,13 @@
 //! survives a controller restart (the pinned maps carry it too), and also
 //! `xdplb down` and a reboot (which take the maps away).
 //!
-//! The file is JSON, written whole to a temporary file beside it, synced,
-//! and renamed over it (the directory synced after), so a crash mid-write
-//! leaves the old file or the new one. A file that cannot be read or
+//! The file is JSON, written with [`crate::fsutil::write_atomic`] (a
+//! temporary file beside it, synced, renamed over it, the directory
+//! synced), so a crash mid-write leaves the old file or the new one. A file that cannot be read or
 //! understood is moved aside, never overwritten with fewer drains.
 use std::{
     collections::BTreeSet,
     fs,
-    io::Write,
     path::{Path, PathBuf},
 };
 
@@ -20,6 +19,8 @@ use thiserror::Error;
 /// Bumped if the file's meaning changes; a file of another version is
 /// refused rather than misread.
 const STATE_VERSION: u32 = 1;
+/// The state file is root's: it names backends, nothing anyone else needs.
+const STATE_MODE: u32 = 0o600;
 
 #[derive(Debug, Error)]
 pub enum StateError {
@@ -141,13 +142,6 @@ fn read(path: &Path) -> Result<BTreeSet<Drain>, StateError> {
 
 /// Saves `drains` to `path` atomically, creating its directory.
 pub fn save(path: &Path, drains: &BTreeSet<Drain>) -> Result<(), StateError> {
-    let io = |source| StateError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(io)?;
-    }
     let file = File {
         version: STATE_VERSION,
         drains: drains
@@ -160,21 +154,14 @@ pub fn save(path: &Path, drains: &BTreeSet<Drain>) -> Result<(), StateError> {
     };
     let mut text = serde_json::to_string_pretty(&file).expect("plain data serialises");
     text.push('\n');
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
     // Synced before the rename, and the rename synced with its directory:
     // after a crash the file is the old one or the new one, whole.
-    let mut f = fs::File::create(&tmp).map_err(io)?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+    crate::fsutil::write_atomic(path, text.as_bytes(), STATE_MODE, None).map_err(|e| {
+        StateError::Io {
+            path: path.to_path_buf(),
+            source: e.source,
+        }
+    })
 }
 
 #[cfg(test)]

@@ -65,10 +65,17 @@ pub struct PoolStatus {
     pub empty: bool,
     /// Mean load of the serving backends, when the pool has `[pool.load]`.
     pub mean_load: Option<f64>,
-    /// With `[announce]`: whether this gateway announces the VIP (its ring
-    /// has an active backend). Absent without `[announce]`.
+    /// With `[announce]`: whether BIRD has the VIP's route (its
+    /// `xdplb_vips[6]` protocol holds it, as BIRD answered within the last
+    /// second) — what the routers can be sent. Absent without `[announce]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announced: Option<bool>,
+    /// With `[announce]`: whether xdplb wants the VIP announced (its ring
+    /// has an active backend and the data plane is attached). `true` with
+    /// `announced` false: BIRD does not have it (not running, or it cannot
+    /// read the routes file). Absent without `[announce]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce_intent: Option<bool>,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -194,6 +201,7 @@ impl Status {
                 empty: false,
                 mean_load: None,
                 announced: None,
+                announce_intent: None,
                 backends: vec![BackendStatus {
                     name: "web-1".into(),
                     addr: "198.18.1.11:8080".into(),

@@ -21,6 +21,9 @@
 //! - [`udp`]: a UDP client: [`udp_ask`] on a fresh flow, [`UdpFlow`]
 //!   keeping one source port; bounded retries, answers checked to come
 //!   from the address asked.
+//! - [`operator`]: a booted Debian container (systemd-nspawn) with the
+//!   client and backend namespaces around it, for the operator suite
+//!   (`tests/operator.rs`).
 //! - [`deploy`]: xdplb deployed on a lab (config, daemon, agents) and
 //!   driven through the `xdplb` binary only.
 //! - `src/bin/lab-backend.rs`: the HTTP server the backends run;
@@ -31,6 +34,7 @@ pub mod deploy;
 pub mod fleet;
 pub mod http;
 pub mod lab;
+pub mod operator;
 pub mod raw;
 pub mod udp;
 pub mod wait;

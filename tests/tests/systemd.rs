@@ -27,14 +27,20 @@ fn unit_passes_systemd_analyze_verify() -> Result<()> {
     for needle in [
         "Type=notify",
         "WatchdogSec=",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecReload=/usr/bin/xdplb reload",
         "Restart=on-failure",
+        "RestartPreventExitStatus=78",
+        "StartLimitBurst=",
+        "OnFailure=xdplb-fallback.service",
+        "Requires=xdplb-bpffs.service",
+        "ExecStopPost=-+/bin/systemctl --no-block start xdplb-hold.service",
         "KillSignal=SIGTERM",
         "CapabilityBoundingSet=",
         "CAP_BPF",
         "ProtectSystem=strict",
-        "ReadWritePaths=/sys/fs/bpf /run /var/lib/xdplb",
-        "mount -t bpf bpf /sys/fs/bpf",
+        "ReadWritePaths=-/sys/fs/bpf /run /var/lib/xdplb",
+        "CAP_DAC_OVERRIDE",
+        "RuntimeDirectoryMode=0755",
     ] {
         ensure!(unit.contains(needle), "the unit lacks {needle:?}");
     }
@@ -44,14 +50,25 @@ fn unit_passes_systemd_analyze_verify() -> Result<()> {
     let bin = xdplb_bin()?;
     let dir = std::env::temp_dir().join(format!("xdplb-unit-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let copy = dir.join("xdplb.service");
-    std::fs::write(
-        &copy,
-        unit.replace("/usr/bin/xdplb", &bin.to_string_lossy()),
-    )?;
+    // Its helper units beside it, so its dependencies resolve.
+    let mut copies = Vec::new();
+    for name in [
+        "xdplb.service",
+        "xdplb-bpffs.service",
+        "xdplb-hold.service",
+        "xdplb-fallback.service",
+    ] {
+        let text = std::fs::read_to_string(unit_path().with_file_name(name))?;
+        let copy = dir.join(name);
+        std::fs::write(
+            &copy,
+            text.replace("/usr/bin/xdplb", &bin.to_string_lossy()),
+        )?;
+        copies.push(copy);
+    }
     let out = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
-        .arg(&copy)
+        .args(&copies)
         .output()
         .context("systemd-analyze (Debian package systemd; `cargo xtask setup` installs it)");
     let _ = std::fs::remove_dir_all(&dir);

@@ -27,6 +27,9 @@ pub fn run() -> Result<()> {
     cargo(&["build", "-p", "lb-userspace", "--release"]).run()?;
     let bin = target_dir()?.join("release").join("xdplb");
     anyhow::ensure!(bin.is_file(), "release build produced no {}", bin.display());
+    // The upgrade package first: cargo-deb removes older packages of the
+    // same name from target/debian when it builds one elsewhere.
+    let upgrade = crate::deb::upgrade(&bin)?;
     let deb = crate::deb::run(true)?;
 
     header("test: cargo test");
@@ -37,6 +40,7 @@ pub fn run() -> Result<()> {
     cargo(&args)
         .env("XDPLB_BIN", &bin)
         .env("XDPLB_DEB", &deb)
+        .env("XDPLB_DEB_UPGRADE", &upgrade)
         .run()?;
 
     header("test: all passed");

@@ -152,10 +152,14 @@ pub fn status_text_at(s: &Status, now_unix_ms: u64) -> String {
         if let Some(m) = p.mean_load {
             out.push_str(&format!("  mean load {m:.2}"));
         }
-        match p.announced {
-            Some(true) => out.push_str("  announced"),
-            Some(false) => out.push_str("  NOT announced"),
-            None => {}
+        match (p.announced, p.announce_intent) {
+            (Some(true), Some(false)) => out.push_str("  announced (BIRD has it; being withdrawn)"),
+            (Some(true), _) => out.push_str("  announced"),
+            (Some(false), Some(true)) => {
+                out.push_str("  NOT announced (wanted, but BIRD does not have it)")
+            }
+            (Some(false), _) => out.push_str("  NOT announced"),
+            (None, _) => {}
         }
         if p.empty {
             let what = if p.on_empty == OnEmpty::Drop {
@@ -645,6 +649,7 @@ mod tests {
                     empty: false,
                     mean_load: Some(0.42),
                     announced: None,
+                    announce_intent: None,
                     backends: vec![backend("web-1", BackendState::Active, Health::Up), down],
                 },
                 PoolStatus {
@@ -657,6 +662,7 @@ mod tests {
                     empty: true,
                     mean_load: None,
                     announced: None,
+                    announce_intent: None,
                     backends: vec![],
                 },
             ],

@@ -257,6 +257,11 @@ pub struct AnnounceConfig {
     pub control_socket: PathBuf,
     /// Where xdplb writes the VIP routes; the speaker's config includes it.
     pub routes_file: PathBuf,
+    /// How long the VIPs stay announced once no controller runs (`xdplb
+    /// withdraw --after-hold`, started by the unit when the controller
+    /// exits): longer than a restart, short enough that a gateway whose
+    /// controller is gone stops attracting traffic.
+    pub hold_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -267,6 +272,12 @@ pub enum Speaker {
 
 pub const DEFAULT_BIRD_SOCKET: &str = "/run/bird/bird.ctl";
 pub const DEFAULT_ROUTES_FILE: &str = "/run/xdplb/vips.conf";
+/// `[announce] hold_ms` by default: a restart (RestartSec=2s and a start
+/// of about a second) fits in it twice.
+pub const DEFAULT_HOLD_MS: u64 = 5000;
+/// Bounds of `hold_ms`: below a second a restart cannot fit; above ten
+/// minutes a dead controller's VIPs would attract traffic for too long.
+pub const HOLD_MS_RANGE: std::ops::RangeInclusive<u64> = 1000..=600_000;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DataplaneConfig {

@@ -245,6 +245,9 @@ struct Runtime {
 /// The controller proper. Owns the data plane writer and all state.
 pub struct Controller<D: DataplaneOps> {
     config_path: PathBuf,
+    /// Where the text of the config last applied is kept (`xdplb run
+    /// --keep-applied`), for xdplb-fallback.service and xdplb-hold.service.
+    keep_applied: Option<PathBuf>,
     config: Config,
     /// The data plane, what it holds, and the announcer.
     out: Applier<D>,
@@ -352,6 +355,7 @@ impl<D: DataplaneOps> Controller<D> {
             .unwrap_or_default();
         let mut c = Controller {
             config_path,
+            keep_applied: None,
             config: Config {
                 pools: Vec::new(),
                 ..config.clone()
@@ -708,7 +712,9 @@ impl<D: DataplaneOps> Controller<D> {
     /// Re-reads the config file and applies it, or refuses it with the
     /// reason and changes nothing.
     pub fn reload(&mut self) -> Result<String, String> {
-        let new = config::load(&self.config_path).map_err(|e| e.to_string())?;
+        let text = std::fs::read_to_string(&self.config_path)
+            .map_err(|e| format!("{}: {e}", self.config_path.display()))?;
+        let new = config::parse(&self.config_path, &text).map_err(|e| e.to_string())?;
         config::check_interfaces_exist(&new)
             .map_err(|e| e.placed(&self.config_path).to_string())?;
         if new.dataplane != self.config.dataplane {
@@ -752,7 +758,19 @@ impl<D: DataplaneOps> Controller<D> {
             summary.join("; ")
         };
         info!(summary, "config reloaded");
+        self.save_applied(&text);
         Ok(summary)
+    }
+
+    /// Keeps `text` (the config just applied) at `--keep-applied`. A
+    /// failure is logged: the running controller is not affected, only a
+    /// later fallback would start from an older copy.
+    pub(super) fn save_applied(&self, text: &str) {
+        if let Some(path) = &self.keep_applied {
+            if let Err(e) = crate::fsutil::write_atomic(path, text.as_bytes(), 0o600, None) {
+                error!("the applied config is not kept for a fallback: {e}");
+            }
+        }
     }
 
     pub fn on_command(&mut self, cmd: Command) {
@@ -771,7 +789,7 @@ impl<D: DataplaneOps> Controller<D> {
             Command::Reload { reply } => {
                 let r = self.reload();
                 if let Err(e) = &r {
-                    warn!(error = e, "reload refused");
+                    error!("reload refused; running config unchanged: {e}");
                 }
                 let _ = reply.send(r);
             }
@@ -900,7 +918,7 @@ impl<D: DataplaneOps> Controller<D> {
                 Some(()) = reload.recv() => {
                     match self.reload() {
                         Ok(s) => info!(summary = s, "reload (signal) applied"),
-                        Err(e) => error!(error = e, "reload (signal) refused; running config unchanged"),
+                        Err(e) => error!("reload (signal) refused; running config unchanged: {e}"),
                     }
                     false
                 }

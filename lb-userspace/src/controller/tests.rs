@@ -441,7 +441,8 @@ async fn a_failed_primary_leaves_the_ring_before_it_is_marked_down() {
 
 /// `[announce]`: nothing is written before the first probes; the VIP
 /// is announced while its ring has a backend and withdrawn when the
-/// pool empties; BIRD missing is no error.
+/// pool empties; BIRD missing is no error, and status says BIRD has
+/// nothing (`announced`) while the intent follows the ring.
 #[tokio::test(start_paused = true)]
 async fn announce_follows_the_ring_and_survives_a_missing_bird() {
     let dir = std::env::temp_dir().join(format!("xdplb-ctl-announce-{}", std::process::id()));
@@ -456,13 +457,18 @@ async fn announce_follows_the_ring_and_survives_a_missing_bird() {
     let detached = Arc::clone(&fake.detached);
     let mut r = rig_with(fake, Arc::new(FakeProbes::default()), &text);
     assert_eq!(
-        r.c.status().pools[0].announced,
+        r.c.status().pools[0].announce_intent,
         None,
         "undecided before a sync"
     );
     assert!(!routes.exists(), "nothing written before the first probes");
     r.pump(Duration::from_millis(300)).await;
-    assert_eq!(r.c.status().pools[0].announced, Some(true));
+    assert_eq!(r.c.status().pools[0].announce_intent, Some(true));
+    assert_eq!(
+        r.c.status().pools[0].announced,
+        Some(false),
+        "no BIRD, so BIRD has nothing"
+    );
     let read = || std::fs::read_to_string(&routes).unwrap_or_default();
     assert!(
         read().contains("route 198.18.2.10/32 blackhole;"),
@@ -474,7 +480,7 @@ async fn announce_follows_the_ring_and_survives_a_missing_bird() {
     }
     r.pump(Duration::from_millis(300)).await;
     assert!(r.c.status().pools[0].empty);
-    assert_eq!(r.c.status().pools[0].announced, Some(false));
+    assert_eq!(r.c.status().pools[0].announce_intent, Some(false));
     assert!(!read().contains("198.18.2.10"), "{}", read());
     assert!(read().contains("protocol static xdplb_vips {"));
     r.probes.set("198.18.1.12:8080", true);
@@ -486,6 +492,7 @@ async fn announce_follows_the_ring_and_survives_a_missing_bird() {
     r.probes.set("198.18.1.11:8080", true);
     r.pump(Duration::from_millis(300)).await;
     assert!(!read().contains("198.18.2.10"), "{}", read());
+    assert_eq!(r.c.status().pools[0].announce_intent, Some(false));
     assert_eq!(r.c.status().pools[0].announced, Some(false));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -25,7 +25,12 @@ impl<D: DataplaneOps> Controller<D> {
                         .and_then(|i| self.out.live.vips.get(i))
                         .is_some_and(|v| v.ring.as_ref().is_some_and(Vec::is_empty)),
                     mean_load: pp.and_then(|p| p.mean_load),
-                    announced: self.out.announcer.as_ref().map(|a| a.announces(&pool.name)),
+                    announced: self
+                        .out
+                        .announcer
+                        .as_ref()
+                        .map(|a| a.bird_has(pool.vip.ip())),
+                    announce_intent: self.out.announcer.as_ref().map(|a| a.announces(&pool.name)),
                     backends: pool
                         .backends
                         .iter()

@@ -130,12 +130,14 @@ pub enum AdminError {
     },
 }
 
-/// What a client asks. On the wire: `{"v":1,"cmd":"<name>",...fields}`.
+/// What a client asks. On the wire: `{"v":1,"cmd":"<name>",...fields}`:
+/// serde's internally tagged enum with `deny_unknown_fields`, every
+/// variant a struct (a unit variant would let unknown fields pass).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Request {
     /// The controller's live view.
-    Status,
+    Status {},
     /// Operator drain: no new flows, established ones continue.
     Drain {
         pool: String,
@@ -146,7 +148,7 @@ pub enum Request {
         backend: String,
     },
     /// Re-read the config file (same as SIGHUP).
-    Reload,
+    Reload {},
 }
 
 impl Request {
@@ -190,25 +192,22 @@ impl Request {
                 ))
             }
         }
-        let fields: &[&str] = match obj.get("cmd") {
-            Some(serde_json::Value::String(c)) if c == "drain" || c == "undrain" => {
-                &["cmd", "pool", "backend"]
+        let unknown = match obj.get("cmd") {
+            Some(serde_json::Value::String(c)) if !Request::NAMES.contains(&c.as_str()) => {
+                Some(c.clone())
             }
-            Some(serde_json::Value::String(c)) if Request::NAMES.contains(&c.as_str()) => &["cmd"],
-            Some(serde_json::Value::String(c)) => {
-                return Err(format!(
-                    "unknown command {c:?} (expected one of {})",
-                    Request::NAMES.join(", ")
-                ))
-            }
-            _ => return Err("missing command \"cmd\"".to_string()),
+            _ => None,
         };
-        // serde ignores unknown fields of unit variants; a typo should not
-        // pass silently.
-        if let Some(k) = obj.keys().find(|k| !fields.contains(&k.as_str())) {
-            return Err(format!("unknown field {k:?}"));
-        }
-        serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| e.to_string())
+        serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| match unknown {
+            Some(c) => format!(
+                "unknown command {c:?} (expected one of {})",
+                Request::NAMES.join(", ")
+            ),
+            None if e.to_string().starts_with("missing field `cmd`") => {
+                "missing command \"cmd\"".to_string()
+            }
+            None => e.to_string(),
+        })
     }
 }
 
@@ -551,13 +550,13 @@ async fn answer(line: &[u8], commands: &mpsc::Sender<Command>) -> Response {
         Err(e) => return Response::error(e),
     };
     match req {
-        Request::Status => match ask(commands, |reply| Command::Status { reply }).await {
+        Request::Status {} => match ask(commands, |reply| Command::Status { reply }).await {
             Ok(status) => Response::status(status),
             Err(e) => Response::error(e),
         },
         Request::Drain { pool, backend } => drain(commands, pool, backend, true).await,
         Request::Undrain { pool, backend } => drain(commands, pool, backend, false).await,
-        Request::Reload => match ask(commands, |reply| Command::Reload { reply })
+        Request::Reload {} => match ask(commands, |reply| Command::Reload { reply })
             .await
             .and_then(|r| r)
         {
@@ -728,7 +727,7 @@ mod tests {
     #[tokio::test]
     async fn every_command_round_trips() {
         let srv = Server::start("roundtrip").await;
-        let r = request(&srv.path, &Request::Status).await.unwrap();
+        let r = request(&srv.path, &Request::Status {}).await.unwrap();
         assert!(r.ok);
         assert_eq!(r.status, Some(Status::sample()));
 
@@ -758,7 +757,7 @@ mod tests {
         let e = r.into_result().unwrap_err().to_string();
         assert_eq!(e, "pool web has no backend \"nope\"");
 
-        let r = request(&srv.path, &Request::Reload).await.unwrap();
+        let r = request(&srv.path, &Request::Reload {}).await.unwrap();
         assert_eq!(r.message.as_deref(), Some("pool web: 1 backend added"));
         srv.stop().await;
     }
@@ -811,7 +810,7 @@ mod tests {
 
         // A client that connects and leaves does no harm either.
         drop(UnixStream::connect(&srv.path).await.unwrap());
-        let r = request(&srv.path, &Request::Status).await.unwrap();
+        let r = request(&srv.path, &Request::Status {}).await.unwrap();
         assert!(r.ok);
         srv.stop().await;
     }
@@ -827,7 +826,7 @@ mod tests {
         let srv = Server::start_at(path.clone()).await;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(request(&path, &Request::Status).await.unwrap().ok);
+        assert!(request(&path, &Request::Status {}).await.unwrap().ok);
 
         // A second server on the same live socket refuses to start.
         let second = serve(&path, fake_controller(), std::future::pending()).await;
@@ -852,7 +851,7 @@ mod tests {
     async fn client_errors_say_what_to_do() {
         let path =
             std::env::temp_dir().join(format!("xdplb-admin-{}-none.sock", std::process::id()));
-        let e = request(&path, &Request::Status).await.unwrap_err();
+        let e = request(&path, &Request::Status {}).await.unwrap_err();
         assert_eq!(
             e.to_string(),
             format!(
@@ -862,7 +861,7 @@ mod tests {
         );
         // A stale socket file: connection refused, same message.
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-        let e = request(&path, &Request::Status).await.unwrap_err();
+        let e = request(&path, &Request::Status {}).await.unwrap_err();
         assert!(matches!(e, AdminError::NotRunning { .. }), "{e:?}");
         std::fs::remove_file(&path).unwrap();
     }
@@ -888,7 +887,7 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let r = request(&path, &Request::Reload).await.unwrap();
+        let r = request(&path, &Request::Reload {}).await.unwrap();
         assert_eq!(r.error.as_deref(), Some("the controller is shutting down"));
         stop.send(true).unwrap();
         task.await.unwrap().unwrap();
@@ -896,7 +895,10 @@ mod tests {
 
     #[test]
     fn wire_format() {
-        assert_eq!(Request::Status.to_line(), "{\"v\":1,\"cmd\":\"status\"}\n");
+        assert_eq!(
+            Request::Status {}.to_line(),
+            "{\"v\":1,\"cmd\":\"status\"}\n"
+        );
         let d = Request::Drain {
             pool: "web".into(),
             backend: "web-1".into(),

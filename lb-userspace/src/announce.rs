@@ -296,11 +296,15 @@ pub struct Announcer {
     /// earlier run announced).
     sent: std::sync::atomic::AtomicBool,
     task: tokio::task::JoinHandle<()>,
+    /// Retired: its task finishes on its own (see [`Announcer::retire`]).
+    retired: bool,
 }
 
 impl Drop for Announcer {
     fn drop(&mut self) {
-        self.task.abort();
+        if !self.retired {
+            self.task.abort();
+        }
     }
 }
 
@@ -319,6 +323,18 @@ impl Announcer {
             accepted,
             sent: std::sync::atomic::AtomicBool::new(false),
             task,
+            retired: false,
+        }
+    }
+
+    /// Withdraws what this announcer announced, then stops: its task
+    /// writes the empty routes file, asks BIRD to `configure` once, and
+    /// ends (`[announce]` left the config, or moved elsewhere). An
+    /// announcer that never announced has nothing to withdraw.
+    pub fn retire(mut self) {
+        if self.sent.load(std::sync::atomic::Ordering::Relaxed) {
+            self.set(Wanted::new());
+            self.retired = true;
         }
     }
 
@@ -326,9 +342,13 @@ impl Announcer {
     /// changed `[announce]`, or stopped without it) and hands it `wanted`.
     pub fn sync(slot: &mut Option<Announcer>, config: Option<&AnnounceConfig>, wanted: Wanted) {
         match (slot.as_ref(), config) {
-            (_, None) => *slot = None,
             (Some(a), Some(c)) if a.config == *c => {}
-            (_, Some(c)) => *slot = Some(Announcer::spawn(c.clone())),
+            (_, config) => {
+                if let Some(old) = slot.take() {
+                    old.retire();
+                }
+                *slot = config.map(|c| Announcer::spawn(c.clone()));
+            }
         }
         if let Some(a) = slot {
             a.set(wanted);

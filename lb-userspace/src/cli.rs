@@ -461,7 +461,7 @@ pub async fn execute(cmd: Cmd) -> Result<(), CliError> {
             )
             .await
         }
-        Cmd::Reload(a) => steer(&a.socket, Request::Reload).await,
+        Cmd::Reload(a) => steer(&a.socket, Request::Reload {}).await,
         Cmd::Agent(a) => agent(a).await,
         Cmd::Decap(a) => decap(a),
     }
@@ -621,7 +621,7 @@ async fn down(a: DownArgs) -> Result<(), CliError> {
 }
 
 async fn status(socket: &Path, json: bool) -> Result<(), CliError> {
-    let resp = admin::request(socket, &Request::Status)
+    let resp = admin::request(socket, &Request::Status {})
         .await?
         .into_result()?;
     let status = resp.status.ok_or(CliError::EmptyReply {

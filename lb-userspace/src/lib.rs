@@ -24,6 +24,7 @@
 //!   and the status page `/`.
 //! - [`serving`]: `xdplb serving`, whether this gateway can serve
 //!   (keepalived's track_script).
+//! - [`netlink`]: the kernel's routing netlink: route lookups, link events.
 //! - [`notify`]: systemd readiness and watchdog notifications.
 //! - [`cli`]: the `xdplb` command line and its human output.
 //! - [`dataplane`]: the only module that touches aya: load or adopt the
@@ -43,6 +44,7 @@ pub mod health;
 pub mod load;
 pub mod maglev;
 pub mod metrics;
+pub mod netlink;
 pub mod notify;
 pub mod owner;
 pub mod packet;

@@ -40,7 +40,8 @@ use prometheus_client::{
 
 use crate::{
     dataplane::{CounterReader, Counters, DataplaneError},
-    status::Status,
+    planner::BackendState,
+    status::{Health, Status},
 };
 
 /// Histogram buckets, seconds: 0.5 ms (a probe on the same host) to 5 s
@@ -365,13 +366,13 @@ impl Collector for StatusCollector {
             &mut enc,
             "xdplb_backend_up",
             "1 if the backend passes its health checks",
-            rows().map(|(l, b)| (l, i64::from(b.health == "up"))),
+            rows().map(|(l, b)| (l, i64::from(b.health == Health::Up))),
         )?;
         gauge(
             &mut enc,
             "xdplb_backend_active",
             "1 if the backend gets new flows (state active)",
-            rows().map(|(l, b)| (l, i64::from(b.state == "active"))),
+            rows().map(|(l, b)| (l, i64::from(b.state == BackendState::Active))),
         )?;
         gauge(
             &mut enc,
@@ -470,24 +471,24 @@ mod tests {
     }
 
     fn fake_status() -> Status {
-        let b = |name: &str, health: &str, state: &str, weight, load| BackendStatus {
+        let b = |name: &str, health: Health, state: BackendState, weight, load| BackendStatus {
             name: name.into(),
             addr: "198.18.1.11:8080".into(),
-            role: "primary".into(),
-            health: health.into(),
-            state: state.into(),
+            role: crate::config::Role::Primary,
+            health,
+            state,
             weight,
             config_weight: 100,
             load,
             flows: 7,
             half_open: 0,
             unanswered: false,
-            reason: "x".into(),
+            reason: crate::planner::Reason::Healthy,
             operator_drained: false,
             agent: None,
             last_error: None,
-            rtt_ms: (health == "up").then_some(1.5),
-            agent_up: (health == "up").then_some(true),
+            rtt_ms: (health == Health::Up).then_some(1.5),
+            agent_up: (health == Health::Up).then_some(true),
             agent_error: None,
             transitions: Vec::new(),
         };
@@ -495,19 +496,20 @@ mod tests {
             pools: vec![PoolStatus {
                 name: "web".into(),
                 vip: "198.18.2.10:80".into(),
-                protocol: "tcp".into(),
-                mode: "nat".into(),
+                protocol: crate::config::Protocol::Tcp,
+                mode: crate::config::Mode::Nat,
                 min_active: 1,
-                on_empty: "reject".into(),
+                on_empty: crate::config::OnEmpty::Reject,
                 empty: false,
                 mean_load: Some(0.25),
                 announced: Some(true),
                 announce_intent: Some(true),
                 backends: vec![
-                    b("web-1", "up", "active", 75, 0.25),
-                    b("web \"2\"", "down", "down", 0, 0.5),
+                    b("web-1", Health::Up, BackendState::Active, 75, 0.25),
+                    b("web \"2\"", Health::Down, BackendState::Down, 0, 0.5),
                 ],
             }],
+            detached: Vec::new(),
         }
     }
 

@@ -23,14 +23,17 @@
 //! stays below `low_watermark`). So the low watermark only ever gives back
 //! what the high one took: spares filling the `min_active` gap are not
 //! removed by it, and a spare added for load still counts as serving when a
-//! primary then fails (the gap adds to it rather than reusing it). Spares are
-//! interchangeable: serving ones keep serving, new ones are taken in config
-//! order, and when fewer are needed the most recently activated one goes
-//! first (it holds the fewest established flows).
+//! primary then fails (the gap adds to it rather than reusing it). Spares
+//! serve in config order, as a function of what is observed now: the first
+//! eligible ones serve, and when fewer are needed the last goes first. So
+//! gateways that see the same choose the same spares (and build the same
+//! rings) whatever each saw before — a probe blip only one of them saw, a
+//! restart. The hysteresis is bounded: a spare displaced by a returning
+//! one drains its flows for at most [`SPARE_DRAIN_TIMEOUT_MS`].
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, PoolConfig, Role};
 use crate::load::AgentState;
@@ -79,7 +82,7 @@ pub struct BackendObservation {
 /// backend never probed.
 pub type Observations = HashMap<(String, String), BackendObservation>;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendState {
     Active,
@@ -109,8 +112,14 @@ impl BackendState {
     }
 }
 
+impl std::fmt::Display for BackendState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a backend is in its state (shown by `status`, asserted by tests).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// A healthy primary.
@@ -146,6 +155,12 @@ impl Reason {
             Reason::SpareDraining => "spare_draining",
             Reason::SpareIdle => "spare_idle",
         }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -206,8 +221,6 @@ struct PoolMemory {
     above_since: Option<u64>,
     below_since: Option<u64>,
     load_spares: u32,
-    /// Serving spares, in activation order.
-    active_spares: Vec<String>,
     backends: HashMap<String, BackendMemory>,
 }
 
@@ -239,6 +252,58 @@ impl Planner {
             .collect();
         self.pools.retain(|name, _| cfg.pool(name).is_some());
         Plan { pools }
+    }
+
+    /// Starts `pool`'s memory from what the pinned data plane shows (a
+    /// restart): the backends' `states`, and the spares serving beyond
+    /// the `min_active` gap as the watermark count, so a spare serving for
+    /// load keeps serving while the load holds, and one that was draining
+    /// drains on from `now_ms`. A pool already planned, or with nothing
+    /// pinned (its first plan is then its first tick), is left alone.
+    pub fn adopt(
+        &mut self,
+        pool: &PoolConfig,
+        states: &HashMap<String, BackendState>,
+        now_ms: u64,
+    ) {
+        if states.is_empty() || self.pools.contains_key(&pool.name) {
+            return;
+        }
+        let serving = |role: Role| {
+            pool.backends
+                .iter()
+                .filter(|b| b.role == role && states.get(&b.name) == Some(&BackendState::Active))
+                .count() as u32
+        };
+        let gap = pool.min_active.saturating_sub(serving(Role::Primary));
+        let backends = pool
+            .backends
+            .iter()
+            .filter_map(|b| {
+                let state = *states.get(&b.name)?;
+                let draining = state == BackendState::Draining && b.role == Role::Spare;
+                Some((
+                    b.name.clone(),
+                    BackendMemory {
+                        state,
+                        active_since: None,
+                        spare_draining_since: draining.then_some(now_ms),
+                    },
+                ))
+            })
+            .collect();
+        self.pools.insert(
+            pool.name.clone(),
+            PoolMemory {
+                load_spares: if pool.load.is_some() {
+                    serving(Role::Spare).saturating_sub(gap)
+                } else {
+                    0
+                },
+                backends,
+                ..PoolMemory::default()
+            },
+        );
     }
 
     /// Whether the next [`plan`](Planner::plan) could differ from the last
@@ -314,20 +379,21 @@ fn plan_pool(
         });
     }
 
-    let index_of = |name: &str| pool.backends.iter().position(|b| b.name == name);
+    // Spares serve in config order: which ones is a function of what is
+    // observed now (and of the watermark count), never of which served
+    // before, so gateways that see the same build the same rings.
     let eligible_spares: Vec<usize> = (0..pool.backends.len())
         .filter(|&i| pool.backends[i].role == Role::Spare && eligible(i))
         .collect();
-    let serving_spares: Vec<usize> = mem
-        .active_spares
-        .iter()
-        .filter_map(|n| index_of(n))
-        .filter(|&i| eligible_spares.contains(&i))
-        .collect();
     let gap = pool.min_active.saturating_sub(active_primaries) as usize;
+    let serving_spares: Vec<usize> = eligible_spares
+        .iter()
+        .copied()
+        .take(gap + mem.load_spares as usize)
+        .collect();
 
-    // Mean load over what serves now: active primaries and the spares that
-    // were serving and still can.
+    // Mean load over what serves: active primaries and the spares the
+    // count asked for until now.
     let loads: Vec<f64> = (0..pool.backends.len())
         .filter(|&i| {
             plans[i].is_some_and(|(s, _)| s == BackendState::Active) || serving_spares.contains(&i)
@@ -379,19 +445,7 @@ fn plan_pool(
     mem.load_spares = mem.load_spares.min(max_load_spares);
 
     let wanted = (gap + mem.load_spares as usize).min(eligible_spares.len());
-    let mut chosen: Vec<usize> = serving_spares.iter().copied().take(wanted).collect();
-    for &i in &eligible_spares {
-        if chosen.len() >= wanted {
-            break;
-        }
-        if !chosen.contains(&i) {
-            chosen.push(i);
-        }
-    }
-    mem.active_spares = chosen
-        .iter()
-        .map(|&i| pool.backends[i].name.clone())
-        .collect();
+    let chosen: Vec<usize> = eligible_spares.iter().copied().take(wanted).collect();
 
     for (i, b) in pool.backends.iter().enumerate() {
         if b.role != Role::Spare {
@@ -677,7 +731,7 @@ mod tests {
     }
 
     #[test]
-    fn serving_spare_is_kept_when_another_recovers() {
+    fn a_recovered_spare_takes_its_place_back_in_config_order() {
         let cfg = cfg_with(3, false);
         let mut planner = Planner::new();
         let mut obs = healthy(None);
@@ -687,9 +741,43 @@ mod tests {
         assert_eq!(state_of(&plan, "s2"), (Active, Reason::MinActive));
         set(&mut obs, "s1", |o| o.health = Some(true));
         let plan = planner.plan(&cfg, &obs, 1000);
-        // No churn: s2 keeps serving, s1 waits.
-        assert_eq!(state_of(&plan, "s2").0, Active);
-        assert_eq!(state_of(&plan, "s1").0, Standby);
+        // s1 serves again; s2 drains its flows (bounded), then stands by.
+        assert_eq!(state_of(&plan, "s1"), (Active, Reason::MinActive));
+        assert_eq!(state_of(&plan, "s2"), (Draining, Reason::SpareDraining));
+        let plan = planner.plan(&cfg, &obs, 1000 + SPARE_DRAIN_TIMEOUT_MS);
+        assert_eq!(state_of(&plan, "s2"), (Standby, Reason::SpareIdle));
+    }
+
+    /// Gateways with the same config and the same observations choose the
+    /// same spares (so build the same rings), whatever each saw before: a
+    /// probe blip only one of them saw, or a restart.
+    #[test]
+    fn gateways_that_see_the_same_choose_the_same_spares() {
+        let cfg = cfg_with(3, false);
+        let mut obs = healthy(None);
+        set(&mut obs, "p1", |o| {
+            o.health = Some(false);
+        });
+        for o in obs.values_mut() {
+            o.established_flows = Some(0);
+        }
+        // Gateway a saw s1 fail a probe round while p1 was down; b did not.
+        let (mut a, mut b) = (Planner::new(), Planner::new());
+        let mut blip = obs.clone();
+        set(&mut blip, "s1", |o| o.health = Some(false));
+        a.plan(&cfg, &blip, 0);
+        b.plan(&cfg, &obs, 0);
+        let active =
+            |p: &Plan| -> Vec<String> { p.pools[0].active().map(|b| b.name.clone()).collect() };
+        // Now both see the same, and so does c, a controller just started.
+        let (pa, pb) = (a.plan(&cfg, &obs, 1000), b.plan(&cfg, &obs, 1000));
+        let pc = Planner::new().plan(&cfg, &obs, 1000);
+        assert_eq!(active(&pa), active(&pb), "a and b serve different spares");
+        assert_eq!(active(&pa), active(&pc), "a restart re-chooses otherwise");
+        // The spare a no longer needs drains (its flows counted, none
+        // left), and then a is b.
+        let (pa, pb) = (a.plan(&cfg, &obs, 2000), b.plan(&cfg, &obs, 2000));
+        assert_eq!(pa, pb);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use thiserror::Error;
 use crate::admin::{self, AdminError, Request};
 use crate::config::Config;
 use crate::dataplane;
+use crate::planner::BackendState;
 use crate::status::Status;
 
 /// The controller must answer within this: keepalived's script `timeout`
@@ -61,7 +62,7 @@ pub fn judge(
     let serving: Vec<&str> = status
         .pools
         .iter()
-        .filter(|p| p.backends.iter().any(|b| b.state == "active"))
+        .filter(|p| p.backends.iter().any(|b| b.state == BackendState::Active))
         .map(|p| p.name.as_str())
         .collect();
     if serving.is_empty() {
@@ -114,7 +115,7 @@ pub fn attachment(pin_path: &Path, iface: &str) -> Attachment {
 
 /// Asks the controller for its status, within [`ANSWER_TIMEOUT`].
 async fn ask(socket: &Path) -> Result<Status, String> {
-    let reply = tokio::time::timeout(ANSWER_TIMEOUT, admin::request(socket, &Request::Status))
+    let reply = tokio::time::timeout(ANSWER_TIMEOUT, admin::request(socket, &Request::Status {}))
         .await
         .map_err(|_| format!("no answer within {} ms", ANSWER_TIMEOUT.as_millis()))?
         .and_then(|r| r.into_result())
@@ -148,7 +149,7 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "name": "b", "addr": "198.18.1.11:80", "role": "primary", "health": "up",
             "state": state, "weight": 1, "config_weight": 1, "load": 0.0, "flows": 0,
-            "reason": "", "operator_drained": false,
+            "reason": "healthy", "operator_drained": false,
         }))
         .expect("a backend status")
     }
@@ -176,6 +177,7 @@ mod tests {
     fn serving_when_all_three_hold() {
         let status = Status {
             pools: vec![pool("web", &["down", "active"]), pool("dns", &["down"])],
+            ..Status::default()
         };
         let line =
             judge(Path::new(SOCK), Ok(status), &attached(&["eth0", "eth1"])).expect("serving");
@@ -203,6 +205,7 @@ mod tests {
     fn a_detached_interface_names_itself() {
         let status = Status {
             pools: vec![pool("web", &["active"])],
+            ..Status::default()
         };
         let mut a = attached(&["eth0"]);
         a.push(("eth1".into(), Attachment::Not("no pinned link".into())));
@@ -224,13 +227,14 @@ mod tests {
                 pool("web", &["down", "draining"]),
                 pool("dns", &["standby"]),
             ],
+            ..Status::default()
         };
         let err = judge(Path::new(SOCK), Ok(status), &attached(&["eth0"])).unwrap_err();
         assert_eq!(
             err.to_string(),
             "not serving: no pool has an active backend (web empty, dns empty)"
         );
-        let err = judge(Path::new(SOCK), Ok(Status { pools: vec![] }), &[]).unwrap_err();
+        let err = judge(Path::new(SOCK), Ok(Status::default()), &[]).unwrap_err();
         assert_eq!(
             err.to_string(),
             "not serving: no pool has an active backend (no pools configured)"

@@ -3,8 +3,10 @@
 //! survives a controller restart (the pinned maps carry it too), and also
 //! `xdplb down` and a reboot (which take the maps away).
 //!
-//! The file is JSON, written whole to a temporary file beside it and renamed
-//! over it, so a crash mid-write leaves the old file or the new one.
+//! The file is JSON, written with [`crate::fsutil::write_atomic`] (a
+//! temporary file beside it, synced, renamed over it, the directory
+//! synced), so a crash mid-write leaves the old file or the new one. A file that cannot be read or
+//! understood is moved aside, never overwritten with fewer drains.
 use std::{
     collections::BTreeSet,
     fs,
@@ -17,6 +19,8 @@ use thiserror::Error;
 /// Bumped if the file's meaning changes; a file of another version is
 /// refused rather than misread.
 const STATE_VERSION: u32 = 1;
+/// The state file is root's: it names backends, nothing anyone else needs.
+const STATE_MODE: u32 = 0o600;
 
 #[derive(Debug, Error)]
 pub enum StateError {
@@ -28,6 +32,28 @@ pub enum StateError {
     },
     #[error("state file {}: {reason}", path.display())]
     Invalid { path: PathBuf, reason: String },
+    #[error(
+        "state file {}: {reason}; moved aside to {} (its drains are not restored: \
+         re-apply them, or fix the file and restart)",
+        path.display(),
+        aside.display()
+    )]
+    MovedAside {
+        path: PathBuf,
+        aside: PathBuf,
+        reason: String,
+    },
+    #[error(
+        "state file {}: {reason}; it cannot be moved aside ({source}), so it is left as it \
+         is and no drain is saved until it is fixed",
+        path.display()
+    )]
+    Stuck {
+        path: PathBuf,
+        reason: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A drained backend: (pool, backend).
@@ -45,8 +71,47 @@ struct DrainEntry {
     backend: String,
 }
 
-/// The drains saved in `path`; none if the file does not exist yet.
+/// The drains saved in `path`; none if the file does not exist yet. A file
+/// that cannot be read or understood is moved aside
+/// (`PATH.unreadable-UNIXSECONDS`: [`StateError::MovedAside`]), so the
+/// next save does not overwrite what it held; if it cannot be moved,
+/// [`StateError::Stuck`]: the caller must not save over it.
 pub fn load(path: &Path) -> Result<BTreeSet<Drain>, StateError> {
+    match read(path) {
+        Err(e @ (StateError::Io { .. } | StateError::Invalid { .. })) => {
+            Err(move_aside(path, e.to_string()))
+        }
+        r => r,
+    }
+}
+
+/// Moves an unreadable state file aside; the error to report.
+fn move_aside(path: &Path, error: String) -> StateError {
+    let reason = error
+        .strip_prefix(&format!("state file {}: ", path.display()))
+        .unwrap_or(&error)
+        .to_string();
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(
+        ".unreadable-{}",
+        crate::status::now_unix_ms() / 1000
+    ));
+    let aside = PathBuf::from(aside);
+    match fs::rename(path, &aside) {
+        Ok(()) => StateError::MovedAside {
+            path: path.to_path_buf(),
+            aside,
+            reason,
+        },
+        Err(source) => StateError::Stuck {
+            path: path.to_path_buf(),
+            reason,
+            source,
+        },
+    }
+}
+
+fn read(path: &Path) -> Result<BTreeSet<Drain>, StateError> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
@@ -77,13 +142,6 @@ pub fn load(path: &Path) -> Result<BTreeSet<Drain>, StateError> {
 
 /// Saves `drains` to `path` atomically, creating its directory.
 pub fn save(path: &Path, drains: &BTreeSet<Drain>) -> Result<(), StateError> {
-    let io = |source| StateError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(io)?;
-    }
     let file = File {
         version: STATE_VERSION,
         drains: drains
@@ -96,11 +154,14 @@ pub fn save(path: &Path, drains: &BTreeSet<Drain>) -> Result<(), StateError> {
     };
     let mut text = serde_json::to_string_pretty(&file).expect("plain data serialises");
     text.push('\n');
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    fs::write(&tmp, text).map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)
+    // Synced before the rename, and the rename synced with its directory:
+    // after a crash the file is the old one or the new one, whole.
+    crate::fsutil::write_atomic(path, text.as_bytes(), STATE_MODE, None).map_err(|e| {
+        StateError::Io {
+            path: path.to_path_buf(),
+            source: e.source,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -130,13 +191,21 @@ mod tests {
     }
 
     #[test]
-    fn a_broken_or_foreign_file_is_refused_with_its_name() {
+    fn a_broken_or_foreign_file_is_refused_with_its_name_and_moved_aside() {
         let d = dir("bad");
         fs::create_dir_all(&d).unwrap();
         let path = d.join("state.json");
         fs::write(&path, "{not json").unwrap();
-        let e = load(&path).unwrap_err().to_string();
-        assert!(e.contains("state.json"), "{e}");
+        let e = load(&path).unwrap_err();
+        let StateError::MovedAside { aside, .. } = &e else {
+            panic!("{e}");
+        };
+        assert_eq!(fs::read_to_string(aside).unwrap(), "{not json");
+        assert!(!path.exists());
+        let e = e.to_string();
+        assert!(e.contains("state.json") && e.contains("moved aside"), "{e}");
+        fs::remove_dir_all(&d).unwrap();
+        fs::create_dir_all(&d).unwrap();
         fs::write(&path, r#"{"version":9,"drains":[]}"#).unwrap();
         let e = load(&path).unwrap_err().to_string();
         assert!(e.contains("version 9"), "{e}");

@@ -1,11 +1,46 @@
 //! The controller's live view, as `xdplb status` shows it and the admin
 //! socket carries it. Field names are the operator contract
-//! (docs/INTERFACE.md, "JSON"); more fields are allowed.
+//! (docs/INTERFACE.md, "JSON"); more fields are allowed. Fields with a
+//! fixed set of values are enums, serialised as the contract's strings.
 use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::{Mode, OnEmpty, Protocol, Role},
+    planner::{BackendState, Reason},
+};
+
+/// A backend's health verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Up,
+    /// Also a backend not probed yet.
+    Down,
+}
+
+impl Health {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Health::Up => "up",
+            Health::Down => "down",
+        }
+    }
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub pools: Vec<PoolStatus>,
+    /// Configured interfaces the program is not attached to (deleted, or
+    /// detached by `xdplb down`): nothing is announced meanwhile. Absent
+    /// when it is attached to all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub detached: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -15,13 +50,13 @@ pub struct PoolStatus {
     pub vip: String,
     /// "tcp" | "udp"
     #[serde(default)]
-    pub protocol: String,
+    pub protocol: Protocol,
     /// "nat" | "dsr" | "tunnel"
-    pub mode: String,
+    pub mode: Mode,
     pub min_active: u32,
     /// "reject" | "drop": what the VIP does with new flows while empty.
     #[serde(default)]
-    pub on_empty: String,
+    pub on_empty: OnEmpty,
     /// True when no backend can take a new flow (the VIP's ring is empty):
     /// new flows are rejected or dropped, as `on_empty` says. False until
     /// the controller has published the pool's ring.
@@ -49,11 +84,11 @@ pub struct BackendStatus {
     /// "198.18.1.11:8080", "[2001:2:0:1::11]:8080"
     pub addr: String,
     /// "primary" | "spare"
-    pub role: String,
+    pub role: Role,
     /// "up" | "down" (a backend not probed yet is "down").
-    pub health: String,
+    pub health: Health,
     /// "active" | "draining" | "standby" | "down"
-    pub state: String,
+    pub state: BackendState,
     /// Effective weight the Maglev ring was built with (0 unless active).
     pub weight: u32,
     /// Configured weight.
@@ -73,7 +108,7 @@ pub struct BackendStatus {
     #[serde(default)]
     pub unanswered: bool,
     /// Why it is in this state (planner reason, snake_case).
-    pub reason: String,
+    pub reason: Reason,
     pub operator_drained: bool,
     /// Last agent reply, verbatim, if the pool polls agents.
     pub agent: Option<String>,
@@ -114,8 +149,8 @@ pub struct Transition {
     pub at_unix_ms: u64,
     /// "active" | "draining" | "standby" | "down"; "down" for a backend
     /// that had no state yet (not probed).
-    pub from: String,
-    pub to: String,
+    pub from: BackendState,
+    pub to: BackendState,
     /// The `reason` status gave with the new state; with the probe error
     /// when health took it down, and the ramp when it starts slowly.
     pub reason: String,
@@ -158,10 +193,10 @@ impl Status {
             pools: vec![PoolStatus {
                 name: "web".into(),
                 vip: "198.18.2.10:80".into(),
-                protocol: "tcp".into(),
-                mode: "nat".into(),
+                protocol: Protocol::Tcp,
+                mode: Mode::Nat,
                 min_active: 1,
-                on_empty: "reject".into(),
+                on_empty: OnEmpty::Reject,
                 empty: false,
                 mean_load: None,
                 announced: None,
@@ -169,16 +204,16 @@ impl Status {
                 backends: vec![BackendStatus {
                     name: "web-1".into(),
                     addr: "198.18.1.11:8080".into(),
-                    role: "primary".into(),
-                    health: "up".into(),
-                    state: "active".into(),
+                    role: Role::Primary,
+                    health: Health::Up,
+                    state: BackendState::Active,
                     weight: 100,
                     config_weight: 100,
                     load: 0.0,
                     flows: 3,
                     half_open: 0,
                     unanswered: false,
-                    reason: "healthy".into(),
+                    reason: Reason::Healthy,
                     operator_drained: false,
                     agent: None,
                     last_error: None,
@@ -188,6 +223,7 @@ impl Status {
                     transitions: Vec::new(),
                 }],
             }],
+            detached: Vec::new(),
         }
     }
 }
@@ -199,8 +235,8 @@ mod tests {
     fn t(at: u64) -> Transition {
         Transition {
             at_unix_ms: at,
-            from: "active".into(),
-            to: "down".into(),
+            from: BackendState::Active,
+            to: BackendState::Down,
             reason: format!("health_down: probe {at}"),
         }
     }
@@ -228,6 +264,28 @@ mod tests {
         assert_eq!(log.to_vec()[KEEP_TRANSITIONS - 1], t(20));
         // A ring: recording never grows what it holds beyond the bound.
         assert!(log.ring.capacity() < 2 * KEEP_TRANSITIONS);
+    }
+
+    /// The typed fields serialise as the contract's strings: the document
+    /// keeps its shape.
+    #[test]
+    fn the_status_document_keeps_the_contracts_strings() {
+        let mut s = Status::sample();
+        s.pools[0].backends[0].transitions.push(t(7));
+        let v = serde_json::to_value(&s).unwrap();
+        let p = &v["pools"][0];
+        assert_eq!(
+            [&p["protocol"], &p["mode"], &p["on_empty"]],
+            ["tcp", "nat", "reject"]
+        );
+        let b = &p["backends"][0];
+        assert_eq!(
+            [&b["role"], &b["health"], &b["state"], &b["reason"]],
+            ["primary", "up", "active", "healthy"]
+        );
+        let tr = &b["transitions"][0];
+        assert_eq!([&tr["from"], &tr["to"]], ["active", "down"]);
+        assert_eq!(serde_json::from_value::<Status>(v).unwrap(), s);
     }
 
     #[test]

@@ -13,9 +13,24 @@ use lb_common::{
 use serde::Serialize;
 
 use crate::{
+    config::OnEmpty,
     dataplane::{BackendStats, Counters, VipStats},
+    planner::WEIGHT_SCALE,
     status::Status,
 };
+
+/// An effective ring weight (scaled by [`WEIGHT_SCALE`]) in the config's
+/// units, to a tenth: `100` for a full-weight backend of weight 100, `33.3`
+/// a third into its slow start. An active backend never shows 0.
+fn weight_in_config_units(weight: u32) -> String {
+    let scale = u64::from(WEIGHT_SCALE);
+    let tenths = (u64::from(weight) * 10 + scale / 2) / scale;
+    let tenths = if weight > 0 { tenths.max(1) } else { 0 };
+    match tenths % 10 {
+        0 => (tenths / 10).to_string(),
+        t => format!("{}.{t}", tenths / 10),
+    }
+}
 
 /// A count with an SI suffix: `999`, `1.2k`, `3.4M`, `5.6G`, `7.8T`.
 pub fn human_count(n: f64) -> String {
@@ -120,16 +135,20 @@ pub fn status_text_at(s: &Status, now_unix_ms: u64) -> String {
         return "no pools configured\n".to_string();
     }
     let mut out = String::new();
+    if !s.detached.is_empty() {
+        out.push_str(&format!(
+            "DATA PLANE DETACHED from {}: nothing forwarded there, VIPs withdrawn\n\n",
+            s.detached.join(", ")
+        ));
+    }
     for (i, p) in s.pools.iter().enumerate() {
         if i > 0 {
             out.push('\n');
         }
-        out.push_str(&format!("pool {}  vip {}  ", p.name, p.vip));
-        // A controller from before UDP sends no protocol.
-        if !p.protocol.is_empty() {
-            out.push_str(&format!("{}  ", p.protocol));
-        }
-        out.push_str(&format!("{}  min_active {}", p.mode, p.min_active));
+        out.push_str(&format!(
+            "pool {}  vip {}  {}  {}  min_active {}",
+            p.name, p.vip, p.protocol, p.mode, p.min_active
+        ));
         if let Some(m) = p.mean_load {
             out.push_str(&format!("  mean load {m:.2}"));
         }
@@ -143,7 +162,7 @@ pub fn status_text_at(s: &Status, now_unix_ms: u64) -> String {
             (None, _) => {}
         }
         if p.empty {
-            let what = if p.on_empty == "drop" {
+            let what = if p.on_empty == OnEmpty::Drop {
                 "dropped"
             } else {
                 "rejected"
@@ -155,13 +174,9 @@ pub fn status_text_at(s: &Status, now_unix_ms: u64) -> String {
             .backends
             .iter()
             .map(|b| {
-                let mut reason = b.reason.clone();
+                let mut reason = b.reason.to_string();
                 if let Some(e) = &b.last_error {
-                    reason = if reason.is_empty() {
-                        e.clone()
-                    } else {
-                        format!("{reason}: {e}")
-                    };
+                    reason = format!("{reason}: {e}");
                 }
                 if b.unanswered {
                     reason = format!(
@@ -172,14 +187,14 @@ pub fn status_text_at(s: &Status, now_unix_ms: u64) -> String {
                 vec![
                     b.name.clone(),
                     b.addr.clone(),
-                    b.role.clone(),
-                    b.health.clone(),
-                    b.state.clone(),
+                    b.role.to_string(),
+                    b.health.to_string(),
+                    b.state.to_string(),
                     b.transitions.last().map_or_else(
                         || "-".to_string(),
                         |t| human_age(now_unix_ms.saturating_sub(t.at_unix_ms)),
                     ),
-                    b.weight.to_string(),
+                    weight_in_config_units(b.weight),
                     if p.mean_load.is_some() {
                         format!("{:.2}", b.load)
                     } else {
@@ -529,7 +544,9 @@ pub fn rates_text(r: &RatesJson) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{BackendStatus, PoolStatus, Transition};
+    use crate::config::{Mode, Protocol, Role};
+    use crate::planner::{BackendState, Reason};
+    use crate::status::{BackendStatus, Health, PoolStatus, Transition};
     use lb_common::{BackendCounters, VipCounters};
 
     #[test]
@@ -571,20 +588,22 @@ mod tests {
         assert_eq!(t, "  NAME      N  X\n  a       100\n  longer    2  y\n");
     }
 
-    fn backend(name: &str, state: &str, health: &str) -> BackendStatus {
+    fn backend(name: &str, state: BackendState, health: Health) -> BackendStatus {
         BackendStatus {
             name: name.into(),
             addr: "198.18.1.11:8080".into(),
-            role: "primary".into(),
-            health: health.into(),
-            state: state.into(),
-            weight: 100,
+            role: Role::Primary,
+            health,
+            state,
+            // What a controller sends for a full-weight backend of
+            // config weight 100 (the ring's weights are scaled).
+            weight: 100 * crate::planner::WEIGHT_SCALE,
             config_weight: 100,
             load: 0.42,
             flows: 12,
             half_open: 0,
             unanswered: false,
-            reason: "healthy".into(),
+            reason: Reason::Healthy,
             operator_drained: false,
             agent: None,
             last_error: None,
@@ -597,24 +616,24 @@ mod tests {
 
     #[test]
     fn status_output() {
-        let mut down = backend("web-spare-1", "down", "down");
-        down.role = "spare".into();
+        let mut down = backend("web-spare-1", BackendState::Down, Health::Down);
+        down.role = Role::Spare;
         down.weight = 0;
         down.flows = 0;
-        down.reason = "health_down".into();
+        down.reason = Reason::HealthDown;
         down.last_error = Some("connection refused".into());
         const NOW: u64 = 1_780_000_000_000;
         down.transitions = vec![
             Transition {
                 at_unix_ms: NOW - 3_600_000,
-                from: "down".into(),
-                to: "standby".into(),
+                from: BackendState::Down,
+                to: BackendState::Standby,
                 reason: "spare_idle".into(),
             },
             Transition {
                 at_unix_ms: NOW - 75_000,
-                from: "standby".into(),
-                to: "down".into(),
+                from: BackendState::Standby,
+                to: BackendState::Down,
                 reason: "health_down: connection refused".into(),
             },
         ];
@@ -623,23 +642,23 @@ mod tests {
                 PoolStatus {
                     name: "web".into(),
                     vip: "198.18.2.10:80".into(),
-                    protocol: "tcp".into(),
-                    mode: "nat".into(),
+                    protocol: Protocol::Tcp,
+                    mode: Mode::Nat,
                     min_active: 2,
-                    on_empty: "reject".into(),
+                    on_empty: OnEmpty::Reject,
                     empty: false,
                     mean_load: Some(0.42),
                     announced: None,
                     announce_intent: None,
-                    backends: vec![backend("web-1", "active", "up"), down],
+                    backends: vec![backend("web-1", BackendState::Active, Health::Up), down],
                 },
                 PoolStatus {
                     name: "api".into(),
                     vip: "[2001:2:0:2::11]:53".into(),
-                    protocol: "udp".into(),
-                    mode: "nat".into(),
+                    protocol: Protocol::Udp,
+                    mode: Mode::Nat,
                     min_active: 1,
-                    on_empty: "reject".into(),
+                    on_empty: OnEmpty::Reject,
                     empty: true,
                     mean_load: None,
                     announced: None,
@@ -647,6 +666,7 @@ mod tests {
                     backends: vec![],
                 },
             ],
+            detached: Vec::new(),
         };
         let want = "\
 pool web  vip 198.18.2.10:80  tcp  nat  min_active 2  mean load 0.42
@@ -659,6 +679,20 @@ pool api  vip [2001:2:0:2::11]:53  udp  nat  min_active 1  EMPTY: no usable back
 ";
         assert_eq!(status_text_at(&s, NOW), want);
         assert_eq!(status_text(&Status::default()), "no pools configured\n");
+        // An interface the program lost heads the table.
+        let mut lost = s.clone();
+        lost.detached = vec!["eth1".into()];
+        assert!(status_text_at(&lost, NOW).starts_with(
+            "DATA PLANE DETACHED from eth1: nothing forwarded there, VIPs withdrawn\n\npool web"
+        ));
+        // A ramping or load-scaled weight, in config units too.
+        let mut ramping = s.clone();
+        ramping.pools[0].backends[0].weight = 33_334;
+        assert!(
+            status_text_at(&ramping, NOW).contains("      -    33.3  0.42"),
+            "{}",
+            status_text_at(&ramping, NOW)
+        );
 
         // JSON carries the same facts for scripts.
         let v = serde_json::to_value(&s).unwrap();
@@ -679,7 +713,7 @@ pool api  vip [2001:2:0:2::11]:53  udp  nat  min_active 1  EMPTY: no usable back
         let mut dropping = s.clone();
         dropping.pools.truncate(1);
         dropping.pools[0].empty = true;
-        dropping.pools[0].on_empty = "drop".into();
+        dropping.pools[0].on_empty = OnEmpty::Drop;
         let text = status_text_at(&dropping, NOW);
         assert!(
             text.starts_with(

@@ -40,7 +40,9 @@ pub enum XdpMode {
     Generic,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -91,7 +93,7 @@ impl std::fmt::Display for Protocol {
 /// What the maps key a VIP, or a backend's replies, by: an address of
 /// either family, its port, and the protocol (a TCP and a UDP service may
 /// share an address and port).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub protocol: Protocol,
@@ -151,6 +153,22 @@ pub enum Mode {
     Tunnel,
 }
 
+impl Mode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mode::Nat => "nat",
+            Mode::Dsr => "dsr",
+            Mode::Tunnel => "tunnel",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a pool does with a new flow when no backend can take it (every
 /// backend down, drained or standby): `on_empty` in the config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -162,6 +180,15 @@ pub enum OnEmpty {
     Reject,
     /// Drop silently (clients time out).
     Drop,
+}
+
+impl OnEmpty {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OnEmpty::Reject => "reject",
+            OnEmpty::Drop => "drop",
+        }
+    }
 }
 
 /// What happens to a backend's established flows when health marks it
@@ -195,6 +222,21 @@ pub enum Role {
     #[default]
     Primary,
     Spare,
+}
+
+impl Role {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Spare => "spare",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -46,6 +46,13 @@ pub async fn run(config_path: PathBuf, keep_applied: Option<PathBuf>) -> anyhow:
         })?;
     let config = config::parse(&config_path, &text)?;
     config::check_interfaces_exist(&config).map_err(|e| e.placed(&config_path))?;
+    // Before anything is touched: an address we cannot have fails the
+    // start (a controller without the metrics it was told to serve is
+    // one nobody watches).
+    let metrics_listener = match config.control.metrics_listen {
+        Some(listen) => Some(crate::web::bind(listen).await?),
+        None => None,
+    };
     // One owner per pinned data plane, whatever the admin socket: a second
     // controller fails here, before it touches what the first one runs.
     let owner = crate::owner::acquire(
@@ -107,16 +114,14 @@ pub async fn run(config_path: PathBuf, keep_applied: Option<PathBuf>) -> anyhow:
         })
     };
     info!(socket = %socket.display(), "admin socket");
-    let metrics_task = config.control.metrics_listen.map(|listen| {
+    let metrics_task = metrics_listener.map(|listener| {
         let m = metrics.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let done = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = crate::web::serve(listen, m, done).await {
-                error!(error = %e, "metrics listener failed");
-            }
+            crate::web::serve_listener(listener, m, done).await;
         })
     });
     let probes: ProbeFactory = Arc::new(health::probe_for);

@@ -38,15 +38,44 @@ struct Fake {
     vips: HashMap<Endpoint, (u32, Vec<u32>)>,
     /// Each VIP's `flow_idle_ms` as last published.
     idle: HashMap<Endpoint, u32>,
-    /// Reply entries: backend endpoint → VIP.
-    replies: HashMap<Endpoint, SocketAddr>,
+    /// Reply entries by backend endpoint.
+    replies: HashMap<Endpoint, ReplyImage>,
     backends: HashMap<u32, BackendSlot>,
     names: HashMap<u32, String>,
     /// Set by a test to play `xdplb down --force` under the controller.
     detached: Arc<std::sync::atomic::AtomicBool>,
+    /// Interfaces whose link is defunct (deleted), and whether each exists
+    /// again (shared: the test flips them while `run` owns the fake).
+    defunct: Arc<Mutex<HashMap<String, bool>>>,
+    /// Interfaces attached again, in order.
+    reattached: Vec<String>,
+    /// Set by a test: this many more map writes succeed, the next one
+    /// fails (once).
+    fail_after: Option<usize>,
 }
 
+/// The error [`Fake::fail_after`] injects.
+const INJECTED: &str = "injected write failure";
+
 impl Fake {
+    /// Counts a map write down towards [`Fake::fail_after`].
+    fn write(&mut self) -> Result<(), DataplaneError> {
+        match self.fail_after {
+            Some(0) => {
+                self.fail_after = None;
+                Err(DataplaneError::Link {
+                    path: PathBuf::from("/fake"),
+                    reason: INJECTED.to_string(),
+                })
+            }
+            Some(n) => {
+                self.fail_after = Some(n - 1);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
     /// State of the one live slot named `name` (a retiring slot may
     /// share the name: that is ambiguous, and refused).
     fn state(&self, name: &str) -> u8 {
@@ -84,6 +113,7 @@ impl DataplaneOps for Fake {
         flags: u32,
         flow_idle_ms: u32,
     ) -> Result<(), DataplaneError> {
+        self.write()?;
         self.idle.insert(vip, flow_idle_ms);
         let mut slots: Vec<u32> = ring.iter().copied().filter(|s| *s != NO_BACKEND).collect();
         slots.sort();
@@ -101,16 +131,19 @@ impl DataplaneOps for Fake {
         Ok(())
     }
     fn remove_vip(&mut self, vip: Endpoint) -> Result<(), DataplaneError> {
+        self.write()?;
         self.ops.push(Op::RemoveVip(vip));
         self.vips.remove(&vip);
         Ok(())
     }
     fn write_backend(&mut self, slot: &BackendSlot) -> Result<(), DataplaneError> {
+        self.write()?;
         self.ops.push(Op::Backend(slot.clone()));
         self.backends.insert(slot.slot, slot.clone());
         Ok(())
     }
     fn free_backend(&mut self, slot: u32) -> Result<(), DataplaneError> {
+        self.write()?;
         self.ops.push(Op::Free(slot));
         self.backends.remove(&slot);
         Ok(())
@@ -119,23 +152,54 @@ impl DataplaneOps for Fake {
         &mut self,
         backend: Endpoint,
         vip: SocketAddr,
-        _: u32,
-        _: u32,
+        slot: u32,
+        vip_index: u32,
     ) -> Result<(), DataplaneError> {
-        self.replies.insert(backend, vip);
+        self.write()?;
+        self.replies.insert(
+            backend,
+            ReplyImage {
+                vip,
+                slot,
+                vip_index,
+            },
+        );
         Ok(())
     }
     fn remove_reply(&mut self, backend: Endpoint) -> Result<(), DataplaneError> {
+        self.write()?;
         self.ops.push(Op::RemoveReply(backend));
         self.replies.remove(&backend);
         Ok(())
     }
     fn write_name(&mut self, index: u32, name: &str) -> Result<(), DataplaneError> {
+        self.write()?;
         self.names.insert(index, name.to_string());
         Ok(())
     }
-    fn attached(&self) -> bool {
-        !self.detached.load(std::sync::atomic::Ordering::Relaxed)
+    fn links(&self, interfaces: &[String]) -> Vec<(String, LinkState)> {
+        let down = self.detached.load(std::sync::atomic::Ordering::Relaxed);
+        let defunct = self.defunct.lock().unwrap();
+        interfaces
+            .iter()
+            .map(|i| {
+                let state = match (down, defunct.contains_key(i)) {
+                    (true, _) => LinkState::Unpinned,
+                    (false, true) => LinkState::Defunct,
+                    (false, false) => LinkState::Attached,
+                };
+                (i.clone(), state)
+            })
+            .collect()
+    }
+    fn reattach(&mut self, iface: &str, _: AttachMode) -> Result<bool, DataplaneError> {
+        let mut defunct = self.defunct.lock().unwrap();
+        if defunct.get(iface) != Some(&true) {
+            return Ok(false);
+        }
+        defunct.remove(iface);
+        self.reattached.push(iface.to_string());
+        Ok(true)
     }
     fn adopt_vips(&self) -> Result<Vec<(String, Endpoint, u32)>, DataplaneError> {
         Ok(self
@@ -143,6 +207,9 @@ impl DataplaneOps for Fake {
             .iter()
             .map(|(vip, (i, _))| (self.names[i].clone(), *vip, *i))
             .collect())
+    }
+    fn adopt_replies(&self) -> Result<Vec<(Endpoint, ReplyImage)>, DataplaneError> {
+        Ok(self.replies.iter().map(|(e, r)| (*e, *r)).collect())
     }
     fn adopt_backends(&self) -> Result<Vec<(String, BackendSlot)>, DataplaneError> {
         Ok(self
@@ -230,6 +297,11 @@ impl Drop for Rig {
 }
 
 fn rig_with(fake: Fake, probes: Arc<FakeProbes>, text: &str) -> Rig {
+    rig_in(rig_dir(), fake, probes, text)
+}
+
+/// A fresh directory for a rig (removed with it).
+fn rig_dir() -> PathBuf {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "xdplb-ctl-test-{}-{}",
@@ -237,6 +309,11 @@ fn rig_with(fake: Fake, probes: Arc<FakeProbes>, text: &str) -> Rig {
         N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
     ));
     std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A rig whose config and state file live in `dir`.
+fn rig_in(dir: PathBuf, fake: Fake, probes: Arc<FakeProbes>, text: &str) -> Rig {
     let path = dir.join("xdplb.toml");
     std::fs::write(&path, with_state_file(&dir, text)).unwrap();
     let cfg = config::load(&path).unwrap();
@@ -305,7 +382,7 @@ impl Rig {
     }
 
     fn fake(&self) -> &Fake {
-        &self.c.dp
+        &self.c.out.dp
     }
 }
 
@@ -420,6 +497,134 @@ async fn announce_follows_the_ring_and_survives_a_missing_bird() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Whether the controller wants pool "web" announced (`None` without
+/// `[announce]`): what it hands BIRD, whatever BIRD then has.
+fn announce_intent(r: &Rig) -> Option<bool> {
+    r.c.out.announcer.as_ref().map(|a| a.announces("web"))
+}
+
+/// A fresh directory for an announcing test's routes file.
+fn announce_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("xdplb-ctl-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// CONFIG with `[announce]` into `dir` (no BIRD there: the routes file
+/// is what tells).
+fn announcing(dir: &Path) -> String {
+    format!(
+        "{CONFIG}\n[announce]\ncontrol_socket = \"{}\"\nroutes_file = \"{}\"\n",
+        dir.join("no-bird.ctl").display(),
+        dir.join("vips.conf").display()
+    )
+}
+
+/// Draining every backend of a pool keeps its VIP announced while the
+/// drained backends hold flows, at most DRAIN_ANNOUNCE_HOLD; then it is
+/// withdrawn.
+#[tokio::test(start_paused = true)]
+async fn draining_every_backend_keeps_the_vip_announced_while_flows_remain() {
+    let dir = announce_dir("drain-all");
+    let text = announcing(&dir);
+    let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &text);
+    let read = |_: &Rig| std::fs::read_to_string(dir.join("vips.conf")).unwrap_or_default();
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(announce_intent(&r), Some(true));
+    let slots: Vec<u32> = r.c.slots.backends.values().copied().collect();
+    let busy: HashMap<u32, u64> = slots.iter().map(|s| (*s, 5)).collect();
+    r.c.set_flows(busy.clone());
+    for b in ["web-1", "web-2", "spare-1"] {
+        r.c.drain("web", b, true).unwrap();
+    }
+    r.pump(Duration::from_millis(300)).await;
+    assert!(r.c.status().pools[0].empty);
+    assert_eq!(
+        announce_intent(&r),
+        Some(true),
+        "withdrawn while the drained backends hold flows"
+    );
+    assert!(read(&r).contains("198.18.2.10/32"), "{}", read(&r));
+    // Their flows end: withdrawn.
+    r.c.set_flows(HashMap::new());
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(announce_intent(&r), Some(false));
+    assert!(!read(&r).contains("198.18.2.10"), "{}", read(&r));
+    // Flows that never end hold it only so long.
+    r.c.drain("web", "web-1", false).unwrap();
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(announce_intent(&r), Some(true));
+    r.c.set_flows(busy);
+    r.c.drain("web", "web-1", true).unwrap();
+    r.pump_by(
+        DRAIN_ANNOUNCE_HOLD - Duration::from_secs(1),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(announce_intent(&r), Some(true));
+    r.pump_by(Duration::from_secs(2), Duration::from_millis(100))
+        .await;
+    assert_eq!(announce_intent(&r), Some(false));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// An interface deleted under the controller: status says the data plane
+/// is detached from it and nothing is announced; created again, it gets
+/// the program back (on a link event or the host beat) and the VIP is
+/// announced again.
+#[tokio::test(start_paused = true)]
+async fn an_interface_deleted_and_created_again_gets_the_program_back() {
+    let dir = announce_dir("relink");
+    let text = announcing(&dir);
+    let fake = Fake::default();
+    let defunct = Arc::clone(&fake.defunct);
+    let mut r = rig_with(fake, Arc::new(FakeProbes::default()), &text);
+    let read = || std::fs::read_to_string(dir.join("vips.conf")).unwrap_or_default();
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(announce_intent(&r), Some(true));
+    assert!(r.c.status().detached.is_empty());
+    defunct.lock().unwrap().insert("lo".into(), false);
+    r.c.check_links();
+    r.pump(Duration::from_millis(100)).await;
+    assert_eq!(r.c.status().detached, ["lo"]);
+    assert_eq!(announce_intent(&r), Some(false));
+    assert!(!read().contains("198.18.2.10"), "{}", read());
+    // Still gone: nothing to attach to.
+    r.c.check_links();
+    assert!(r.fake().reattached.is_empty());
+    defunct.lock().unwrap().insert("lo".into(), true);
+    r.c.check_links();
+    r.pump(Duration::from_millis(100)).await;
+    assert_eq!(r.fake().reattached, ["lo"]);
+    assert!(r.c.status().detached.is_empty());
+    assert_eq!(announce_intent(&r), Some(true));
+    assert!(read().contains("198.18.2.10/32"), "{}", read());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A reload that removes `[announce]` withdraws what it announced.
+#[tokio::test(start_paused = true)]
+async fn removing_announce_by_reload_withdraws_the_vips() {
+    let dir = announce_dir("removed");
+    let text = announcing(&dir);
+    let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &text);
+    let read = |_: &Rig| std::fs::read_to_string(dir.join("vips.conf")).unwrap_or_default();
+    r.pump(Duration::from_millis(300)).await;
+    assert!(read(&r).contains("198.18.2.10/32"), "{}", read(&r));
+    r.write_config(CONFIG);
+    r.c.reload().unwrap();
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(announce_intent(&r), None);
+    assert!(
+        !read(&r).contains("198.18.2.10"),
+        "still announced after [announce] was removed: {}",
+        read(&r)
+    );
+    assert!(read(&r).contains("protocol static xdplb_vips {"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_pool_with_every_backend_down_shows_empty_until_one_returns() {
     let mut r = rig();
@@ -427,7 +632,7 @@ async fn a_pool_with_every_backend_down_shows_empty_until_one_returns() {
     r.pump(Duration::from_millis(300)).await;
     let st = r.c.status();
     assert!(!st.pools[0].empty);
-    assert_eq!(st.pools[0].on_empty, "reject");
+    assert_eq!(st.pools[0].on_empty, OnEmpty::Reject);
     for b in ["198.18.1.11:8080", "198.18.1.12:8080", "198.18.1.21:8080"] {
         r.probes.set(b, false);
     }
@@ -435,7 +640,10 @@ async fn a_pool_with_every_backend_down_shows_empty_until_one_returns() {
     assert!(r.fake().ring_members("198.18.2.10:80").is_empty());
     let st = r.c.status();
     assert!(st.pools[0].empty, "{st:?}");
-    assert!(st.pools[0].backends.iter().all(|b| b.state == "down"));
+    assert!(st.pools[0]
+        .backends
+        .iter()
+        .all(|b| b.state == BackendState::Down));
     r.probes.set("198.18.1.12:8080", true);
     r.pump(Duration::from_millis(300)).await;
     assert_eq!(r.fake().ring_members("198.18.2.10:80"), ["web-2"]);
@@ -472,7 +680,7 @@ async fn a_restarted_controller_adopts_slots_and_drains_and_rewrites_nothing() {
     let ring = r.fake().vips[&ep("198.18.2.10:80")].1.clone();
     let probes = r.probes.clone();
     // "Restart": a new controller over the same data plane.
-    let mut fake = std::mem::take(&mut r.c.dp);
+    let mut fake = std::mem::take(&mut r.c.out.dp);
     fake.ops.clear();
     drop(r);
     let mut r = rig_with(fake, probes, CONFIG);
@@ -501,6 +709,95 @@ async fn a_restarted_controller_adopts_slots_and_drains_and_rewrites_nothing() {
     assert_eq!(f.state("web-2"), lb_common::BACKEND_DRAINING);
 }
 
+/// CONFIG with load agents: a spare joins after 1 s above 0.8.
+fn loaded() -> String {
+    CONFIG.replace(
+        "  [[pool.backend]]\n  name = \"web-1\"",
+        "  [pool.load]\n  interval_ms = 1000\n  high_watermark = 0.8\n  low_watermark = 0.3\n  \
+         scale_up_after_ms = 1000\n  scale_down_after_ms = 30000\n  \
+         [[pool.backend]]\n  name = \"web-1\"",
+    )
+}
+
+impl Rig {
+    /// Every agent of pool "web" answers with load `load`.
+    fn agents_say(&mut self, load: f64) {
+        use crate::load::{client::LoadReport, parse_agent_reply};
+        let line = format!("up 100% cpu={load} mem={load} disk={load} net={load}");
+        let ids: Vec<u64> = self.c.pollers.values().map(|t| t.id).collect();
+        assert!(!ids.is_empty(), "no agent poller");
+        for id in ids {
+            self.c.on_load(LoadReport {
+                id,
+                result: Ok(parse_agent_reply(&line).unwrap()),
+            });
+        }
+    }
+}
+
+/// A restarted controller waits for the agents' first answers (within a
+/// bound) as for the probes': weights and spares are then what they were.
+#[tokio::test(start_paused = true)]
+async fn the_first_sync_waits_for_the_agents_first_answers() {
+    let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &loaded());
+    r.pump(Duration::from_millis(200)).await;
+    assert!(
+        r.c.runtime.values().all(|rt| rt.probed),
+        "probes not in yet"
+    );
+    assert!(
+        r.fake().ops.is_empty(),
+        "wrote before the agents answered: {:?}",
+        r.fake().ops
+    );
+    r.agents_say(0.5);
+    r.pump(Duration::from_millis(20)).await;
+    assert!(!r.fake().ops.is_empty());
+    // Agents that never answer hold it back only so long.
+    let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &loaded());
+    r.pump(Duration::from_millis(1100)).await;
+    assert!(!r.fake().ops.is_empty(), "no bound on the agents' silence");
+}
+
+/// A restart keeps what the planner knew: a spare serving for load keeps
+/// serving while the load holds, and status shows no state change that
+/// did not happen.
+#[tokio::test(start_paused = true)]
+async fn a_restart_keeps_a_spare_serving_for_load() {
+    let mut r = rig_with(Fake::default(), Arc::new(FakeProbes::default()), &loaded());
+    for _ in 0..6 {
+        r.agents_say(0.95);
+        r.pump(Duration::from_millis(500)).await;
+    }
+    assert_eq!(r.fake().state("spare-1"), BACKEND_ACTIVE);
+    assert_eq!(r.fake().ring_members("198.18.2.10:80").len(), 3);
+    let spare = r.c.slots.backends[&key("web", "spare-1")];
+    let mut r = restart(r, &loaded());
+    r.agents_say(0.95);
+    for _ in 0..4 {
+        r.pump(Duration::from_millis(500)).await;
+        r.agents_say(0.95);
+    }
+    assert!(
+        !r.fake()
+            .ops
+            .iter()
+            .any(|o| matches!(o, Op::Backend(b) if b.slot == spare && b.state != BACKEND_ACTIVE)),
+        "the spare left the ring across the restart: {:?}",
+        r.fake().ops
+    );
+    assert_eq!(
+        r.fake().state("spare-1"),
+        BACKEND_ACTIVE,
+        "{:?}",
+        r.fake().ops
+    );
+    assert_eq!(r.fake().ring_members("198.18.2.10:80").len(), 3);
+    for b in ["web-1", "web-2", "spare-1"] {
+        assert_eq!(transitions_of(&r.c, b), [], "{b}");
+    }
+}
+
 /// CONFIG plus a second pool, "api", with one backend.
 fn two_pools() -> String {
     format!(
@@ -518,11 +815,79 @@ vip = \"198.18.2.11:80\"
     )
 }
 
+/// A reload whose writes fail half-way is refused, and leaves the running
+/// config, the controller's state and the maps as they were.
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_fails_half_way_changes_nothing() {
+    let mut r = rig();
+    r.pump(Duration::from_millis(300)).await;
+    // Names of indices no entry uses are never cleared (and never read).
+    let in_use = r.fake().names.clone();
+    let maps = |f: &Fake| {
+        let names: HashMap<u32, String> = f
+            .names
+            .iter()
+            .filter(|(i, _)| in_use.contains_key(i))
+            .map(|(i, n)| (*i, n.clone()))
+            .collect();
+        (f.vips.clone(), f.backends.clone(), f.replies.clone(), names)
+    };
+    let before = maps(r.fake());
+    let config = r.c.config.clone();
+    let status = r.c.status();
+    // A new pool, and web-2 removed: names, replies, slots and rings to
+    // write; the third write fails.
+    r.write_config(two_pools().replace(
+        "  [[pool.backend]]\n  name = \"web-2\"\n  addr = \"198.18.1.12:8080\"\n",
+        "",
+    ));
+    r.c.out.dp.fail_after = Some(2);
+    let err = r.c.reload().unwrap_err();
+    assert!(err.contains(INJECTED), "{err}");
+    assert!(r.fake().fail_after.is_none(), "the failure was not reached");
+    assert!(r.c.config == config, "the running config changed");
+    assert_eq!(r.c.status(), status, "the running state changed");
+    assert_eq!(maps(r.fake()), before, "the maps were left half-written");
+    // And the next beats keep it so.
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(maps(r.fake()), before);
+    assert!(r.c.config == config);
+}
+
+/// A state file that cannot be read is moved aside and reported, never
+/// overwritten with fewer drains than it holds.
+#[tokio::test(start_paused = true)]
+async fn an_unreadable_state_file_is_moved_aside_not_overwritten() {
+    let dir = rig_dir();
+    let state = dir.join("state.json");
+    // A save cut short by a full disk, say.
+    let kept = "{\"version\":1,\"drains\":[{\"pool\":\"web\",\"backend\":\"web-2\"}";
+    std::fs::write(&state, kept).unwrap();
+    let mut r = rig_in(
+        dir.clone(),
+        Fake::default(),
+        Arc::new(FakeProbes::default()),
+        CONFIG,
+    );
+    r.pump(Duration::from_millis(300)).await;
+    r.c.drain("web", "web-1", true).unwrap();
+    let aside: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("state.json.unreadable-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "not moved aside: {aside:?}");
+    assert_eq!(std::fs::read_to_string(&aside[0]).unwrap(), kept);
+    // The new file holds the drain made since.
+    let saved = crate::state::load(&state).unwrap();
+    assert_eq!(saved.into_iter().collect::<Vec<_>>(), [key("web", "web-1")]);
+}
+
 /// A "restart": a new controller over the same data plane (and probes)
 /// with the config `text`.
 fn restart(mut r: Rig, text: &str) -> Rig {
     let probes = r.probes.clone();
-    let mut fake = std::mem::take(&mut r.c.dp);
+    let mut fake = std::mem::take(&mut r.c.out.dp);
     fake.ops.clear();
     drop(r);
     rig_with(fake, probes, text)
@@ -684,7 +1049,7 @@ async fn on_empty_reaches_the_vip_flags_and_a_reload_republishes_them() {
     let summary = r.c.reload().unwrap();
     assert!(summary.contains("changed pool web"), "{summary}");
     assert_eq!(flags(&r.fake().ops[before..]), [0]);
-    assert_eq!(r.c.status().pools[0].on_empty, "drop");
+    assert_eq!(r.c.status().pools[0].on_empty, OnEmpty::Drop);
     // And nothing more while it stays so.
     let before = r.fake().ops.len();
     r.pump(Duration::from_millis(300)).await;
@@ -1058,7 +1423,7 @@ async fn an_ipv6_udp_pool_is_published_with_its_protocol_idle_time_and_probe_por
     assert_eq!(r.fake().ring_members("[2001:2:0:2::10]:53/udp"), ["dns6-1"]);
     assert_eq!(r.fake().idle[&vip], 5000);
     assert_eq!(
-        r.fake().replies[&ep("[2001:2:0:1::11]:53/udp")],
+        r.fake().replies[&ep("[2001:2:0:1::11]:53/udp")].vip,
         vip.addr,
         "replies keyed by the backend's UDP endpoint"
     );
@@ -1069,7 +1434,7 @@ async fn an_ipv6_udp_pool_is_published_with_its_protocol_idle_time_and_probe_por
         ("[2001:2:0:2::10]:53", "udp")
     );
     assert_eq!(s.pools[0].backends[0].addr, "[2001:2:0:1::11]:53");
-    assert_eq!(s.pools[0].backends[1].health, "down");
+    assert_eq!(s.pools[0].backends[1].health, Health::Down);
 
     r.probes.set("[2001:2:0:1::12]:8053", true);
     r.pump(Duration::from_millis(300)).await;
@@ -1271,7 +1636,7 @@ fn transitions_of(c: &Controller<Fake>, name: &str) -> Vec<(String, String, Stri
         .unwrap()
         .transitions
         .iter()
-        .map(|t| (t.from.clone(), t.to.clone(), t.reason.clone()))
+        .map(|t| (t.from.to_string(), t.to.to_string(), t.reason.clone()))
         .collect()
 }
 

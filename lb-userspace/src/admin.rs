@@ -1,5 +1,5 @@
-//! The admin socket: how `xdplb status|drain|undrain|reload` talk to the
-//! running controller.
+//! The admin socket: how `xdplb status|drain|undrain|maint|ready|set
+//! weight|reload` talk to the running controller.
 //!
 //! A unix stream socket (default `/run/xdplb.sock`, mode 0600, so root
 //! only) carrying JSON lines. Each request is one line, each answer one
@@ -10,6 +10,8 @@
 //! ← {"v":1,"ok":true,"status":{"pools":[...]}}
 //! → {"v":1,"cmd":"drain","pool":"web","backend":"web-1"}
 //! ← {"v":1,"ok":true,"message":"drained web/web-1"}
+//! → {"v":1,"cmd":"set_weight","pool":"web","backend":"web-1","weight":0}
+//! ← {"v":1,"ok":true,"message":"web/web-1 weight 0"}
 //! → {"v":1,"cmd":"reload"}
 //! ← {"v":1,"ok":false,"error":"xdplb.toml:3:1: ..."}
 //! ```
@@ -38,7 +40,10 @@ use tokio::{
     task::JoinSet,
 };
 
-use crate::{command::Command, status::Status};
+use crate::{
+    command::{AdminAction, Command},
+    status::Status,
+};
 
 /// The wire protocol version this build speaks (`"v"` in every message).
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -147,13 +152,41 @@ pub enum Request {
         pool: String,
         backend: String,
     },
+    /// Maintenance: no new flows, health checks stopped.
+    Maint {
+        pool: String,
+        backend: String,
+    },
+    /// Back to ready: clears drain and maintenance (the operator's and
+    /// the agent's), not a weight override.
+    Ready {
+        pool: String,
+        backend: String,
+    },
+    /// A weight in place of the config's (0..=1000; 0 = no new flows);
+    /// `null` (or absent) = back to the config's.
+    #[serde(rename = "set_weight")]
+    SetWeight {
+        pool: String,
+        backend: String,
+        #[serde(default)]
+        weight: Option<u32>,
+    },
     /// Re-read the config file (same as SIGHUP).
     Reload {},
 }
 
 impl Request {
     /// The command names, for error messages.
-    pub const NAMES: [&'static str; 4] = ["status", "drain", "undrain", "reload"];
+    pub const NAMES: [&'static str; 7] = [
+        "status",
+        "drain",
+        "undrain",
+        "maint",
+        "ready",
+        "set_weight",
+        "reload",
+    ];
 
     /// The request as one JSON line, with its version and newline.
     pub fn to_line(&self) -> String {
@@ -554,8 +587,23 @@ async fn answer(line: &[u8], commands: &mpsc::Sender<Command>) -> Response {
             Ok(status) => Response::status(status),
             Err(e) => Response::error(e),
         },
-        Request::Drain { pool, backend } => drain(commands, pool, backend, true).await,
-        Request::Undrain { pool, backend } => drain(commands, pool, backend, false).await,
+        Request::Drain { pool, backend } => {
+            admin(commands, pool, backend, AdminAction::Drain).await
+        }
+        Request::Undrain { pool, backend } => {
+            admin(commands, pool, backend, AdminAction::Undrain).await
+        }
+        Request::Maint { pool, backend } => {
+            admin(commands, pool, backend, AdminAction::Maint).await
+        }
+        Request::Ready { pool, backend } => {
+            admin(commands, pool, backend, AdminAction::Ready).await
+        }
+        Request::SetWeight {
+            pool,
+            backend,
+            weight,
+        } => admin(commands, pool, backend, AdminAction::Weight(weight)).await,
         Request::Reload {} => match ask(commands, |reply| Command::Reload { reply })
             .await
             .and_then(|r| r)
@@ -567,23 +615,22 @@ async fn answer(line: &[u8], commands: &mpsc::Sender<Command>) -> Response {
     }
 }
 
-async fn drain(
+async fn admin(
     commands: &mpsc::Sender<Command>,
     pool: String,
     backend: String,
-    drain: bool,
+    action: AdminAction,
 ) -> Response {
     let what = format!("{pool}/{backend}");
-    let asked = ask(commands, |reply| Command::Drain {
+    let asked = ask(commands, |reply| Command::Admin {
         pool,
         backend,
-        drain,
+        action,
         reply,
     })
     .await;
     match asked.and_then(|r| r) {
-        Ok(()) if drain => Response::message(format!("drained {what}")),
-        Ok(()) => Response::message(format!("undrained {what}")),
+        Ok(()) => Response::message(action.done(&what)),
         Err(e) => Response::error(e),
     }
 }
@@ -647,7 +694,7 @@ mod tests {
                     Command::Status { reply } => {
                         let _ = reply.send(Status::sample());
                     }
-                    Command::Drain {
+                    Command::Admin {
                         pool,
                         backend,
                         reply,

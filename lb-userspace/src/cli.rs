@@ -105,7 +105,27 @@ pub enum Cmd {
     Drain(BackendArgs),
     /// Undo `xdplb drain`: the backend takes new flows again (if healthy and
     /// needed).
+    ///
+    /// Clears the operator's drain only: a maintenance (`xdplb maint`, or an
+    /// agent's `maint`), an agent's `drain` or a weight of 0 stays.
     Undrain(BackendArgs),
+    /// Put a backend in maintenance: no new flows, health checks stopped,
+    /// established flows continue (HAProxy's MAINT).
+    ///
+    /// Kept in `state_file`: it survives reloads, restarts, `xdplb down`
+    /// and reboots until `xdplb ready`. The backend's load agent is still
+    /// polled (an agent can put a backend in maintenance and take it out).
+    Maint(BackendArgs),
+    /// Return a backend to ready (HAProxy's `set server … state ready`).
+    ///
+    /// Clears drain and maintenance, whether the operator or the backend's
+    /// agent set them (an agent that still answers `drain` or `maint` sets
+    /// its state again); health checks resume, and the backend takes new
+    /// flows once healthy. A weight set by `xdplb set weight` stays.
+    Ready(BackendArgs),
+    /// Set a runtime value (HAProxy's `set weight`).
+    #[command(subcommand)]
+    Set(SetCmd),
     /// Re-read the controller's config file (same as SIGHUP).
     ///
     /// A config that fails validation is refused with the reason, and the
@@ -251,6 +271,49 @@ pub struct StatsArgs {
     /// Fractions are allowed (0.5).
     #[arg(long, value_name = "SECS", value_parser = parse_interval)]
     pub watch: Option<Duration>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SetCmd {
+    /// Set a backend's weight in place of its config's: 0 takes no new
+    /// flows (established flows continue, as a drain), 1..=1000 as the
+    /// config's `weight`; `config` goes back to the config's.
+    ///
+    /// The agent's weight percent and the load score apply to it as they
+    /// would to the config's weight. Kept in `state_file`: it survives
+    /// reloads (also ones that change the config's weight), restarts and
+    /// `xdplb down` until set back with `config`.
+    Weight(SetWeightArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SetWeightArgs {
+    /// The pool's name.
+    pub pool: String,
+    /// The backend's name within the pool.
+    pub backend: String,
+    /// 0..=1000, or `config` for the config's weight.
+    #[arg(value_parser = parse_weight, value_name = "N|config")]
+    pub weight: WeightArg,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+/// A weight on the command line: `Some(n)`, or `None` for the config's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WeightArg(pub Option<u32>);
+
+fn parse_weight(s: &str) -> Result<WeightArg, String> {
+    if s == "config" {
+        return Ok(WeightArg(None));
+    }
+    match s.parse::<u32>() {
+        Ok(w) if w <= config::MAX_WEIGHT => Ok(WeightArg(Some(w))),
+        _ => Err(format!(
+            "{s:?} is not a weight: 0..={} (0: no new flows) or `config`",
+            config::MAX_WEIGHT
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -461,6 +524,37 @@ pub async fn execute(cmd: Cmd) -> Result<(), CliError> {
             )
             .await
         }
+        Cmd::Maint(a) => {
+            steer(
+                &a.socket.socket,
+                Request::Maint {
+                    pool: a.pool,
+                    backend: a.backend,
+                },
+            )
+            .await
+        }
+        Cmd::Ready(a) => {
+            steer(
+                &a.socket.socket,
+                Request::Ready {
+                    pool: a.pool,
+                    backend: a.backend,
+                },
+            )
+            .await
+        }
+        Cmd::Set(SetCmd::Weight(a)) => {
+            steer(
+                &a.socket.socket,
+                Request::SetWeight {
+                    pool: a.pool,
+                    backend: a.backend,
+                    weight: a.weight.0,
+                },
+            )
+            .await
+        }
         Cmd::Reload(a) => steer(&a.socket, Request::Reload {}).await,
         Cmd::Agent(a) => agent(a).await,
         Cmd::Decap(a) => decap(a),
@@ -637,7 +731,8 @@ async fn status(socket: &Path, json: bool) -> Result<(), CliError> {
     }
 }
 
-/// drain, undrain, reload: print what the controller says it did.
+/// drain, undrain, maint, ready, set weight, reload: print what the
+/// controller says it did.
 async fn steer(socket: &Path, req: Request) -> Result<(), CliError> {
     let resp = admin::request(socket, &req).await?.into_result()?;
     let msg = resp.message.unwrap_or_else(|| "done".to_string());

@@ -10,10 +10,12 @@
 //! writes the states to the data plane.
 //!
 //! Rules, in order of precedence for one backend:
-//! 1. `Down`: health is not up (or not probed yet), or the agent says
-//!    `down`/`stopped`/`fail`.
-//! 2. `Draining`: operator drain, or the agent says `drain`/`maint`, or a
-//!    weight of `0%` (HAProxy's "no new connections").
+//! 1. `Down`: health is not up (or not probed yet, unless in maintenance,
+//!    whose checks are stopped), or the agent says `down`/`stopped`/`fail`.
+//! 2. `Draining`: a runtime state ([`BackendAdmin`]: maintenance, drain,
+//!    by the operator or kept from the agent's `maint`/`drain`), an
+//!    operator weight of 0, or an agent weight of `0%` (HAProxy's "no new
+//!    connections").
 //! 3. Primaries otherwise `Active`. Spares `Active` when needed (below),
 //!    else `Draining` right after serving, then `Standby`.
 //!
@@ -37,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, PoolConfig, Role};
 use crate::load::AgentState;
+use crate::state::{AdminState, BackendAdmin, SetBy};
 
 /// Effective weights are `config weight × WEIGHT_SCALE × factors`, so a
 /// `(1 − load)` factor keeps three digits of resolution after rounding.
@@ -71,7 +74,10 @@ pub struct BackendObservation {
     pub load: Option<f64>,
     pub agent_state: Option<AgentState>,
     pub agent_weight_pct: Option<u8>,
-    pub operator_drained: bool,
+    /// Runtime states: the operator's drain, maintenance and weight
+    /// override, and the drain or maintenance the agent asked for (kept
+    /// by the controller until the agent says `up` or `ready`).
+    pub admin: BackendAdmin,
     /// Flows the data plane holds pinned to this backend; `None` until the
     /// flow table has been counted. Not counted is not zero: a demoted spare
     /// keeps draining until a count says it is idle.
@@ -130,6 +136,12 @@ pub enum Reason {
     OperatorDrain,
     AgentDrain,
     AgentWeightZero,
+    /// `xdplb maint`: no new flows, no health checks.
+    Maint,
+    /// The agent said `maint`.
+    AgentMaint,
+    /// `xdplb set weight … 0`.
+    WeightZero,
     /// A spare filling the `min_active` gap.
     MinActive,
     /// A spare activated by the high watermark.
@@ -150,6 +162,9 @@ impl Reason {
             Reason::OperatorDrain => "operator_drain",
             Reason::AgentDrain => "agent_drain",
             Reason::AgentWeightZero => "agent_weight_zero",
+            Reason::Maint => "maint",
+            Reason::AgentMaint => "agent_maint",
+            Reason::WeightZero => "weight_zero",
             Reason::MinActive => "min_active",
             Reason::HighLoad => "high_load",
             Reason::SpareDraining => "spare_draining",
@@ -324,22 +339,26 @@ impl Planner {
     }
 }
 
-/// Why a backend cannot serve at all, or cannot take new flows.
+/// Why a backend cannot serve at all, or cannot take new flows. A backend
+/// in maintenance is not probed: never probed, it is not down for that
+/// (its established flows continue); down before, it stays down.
 fn classify(o: &BackendObservation) -> (Option<Reason>, Option<Reason>) {
+    let (admin, by) = o.admin.state();
     let down = match o.health {
+        None if admin == AdminState::Maint => None,
         None => Some(Reason::NotProbed),
         Some(false) => Some(Reason::HealthDown),
         Some(true) if o.agent_state.is_some_and(AgentState::is_down) => Some(Reason::AgentDown),
         Some(true) => None,
     };
-    let drain = if o.operator_drained {
-        Some(Reason::OperatorDrain)
-    } else if o.agent_state.is_some_and(AgentState::is_drain) {
-        Some(Reason::AgentDrain)
-    } else if o.agent_weight_pct == Some(0) {
-        Some(Reason::AgentWeightZero)
-    } else {
-        None
+    let drain = match (admin, by) {
+        (AdminState::Maint, Some(SetBy::Agent)) => Some(Reason::AgentMaint),
+        (AdminState::Maint, _) => Some(Reason::Maint),
+        (AdminState::Drain, Some(SetBy::Agent)) => Some(Reason::AgentDrain),
+        (AdminState::Drain, _) => Some(Reason::OperatorDrain),
+        (AdminState::Ready, _) if o.admin.weight == Some(0) => Some(Reason::WeightZero),
+        (AdminState::Ready, _) if o.agent_weight_pct == Some(0) => Some(Reason::AgentWeightZero),
+        (AdminState::Ready, _) => None,
     };
     (down, drain)
 }
@@ -541,6 +560,9 @@ fn effective_weight(
     active_since: Option<u64>,
     now: u64,
 ) -> u32 {
+    // An operator's override stands in for the config's weight; the
+    // agent's percent and the load apply to it as they would to that.
+    let weight = o.admin.weight.unwrap_or(weight);
     let mut w = f64::from(weight) * f64::from(WEIGHT_SCALE);
     if let Some(pct) = o.agent_weight_pct {
         w *= f64::from(pct.min(100)) / 100.0;
@@ -804,7 +826,7 @@ mod tests {
         let cfg = cfg_with(3, false);
         let mut planner = Planner::new();
         let mut obs = healthy(None);
-        set(&mut obs, "p1", |o| o.operator_drained = true);
+        set(&mut obs, "p1", |o| o.admin.drain = true);
         for t in [0, 1000, 100_000] {
             let plan = planner.plan(&cfg, &obs, t);
             assert_eq!(state_of(&plan, "p1"), (Draining, Reason::OperatorDrain));
@@ -819,7 +841,7 @@ mod tests {
         let plan = planner.plan(&cfg, &obs, 201_000);
         assert_eq!(state_of(&plan, "p1"), (Down, Reason::HealthDown));
         // Operator drain of a spare keeps it out of the gap.
-        set(&mut obs, "s1", |o| o.operator_drained = true);
+        set(&mut obs, "s1", |o| o.admin.drain = true);
         let plan = planner.plan(&cfg, &obs, 202_000);
         assert_eq!(state_of(&plan, "s1"), (Draining, Reason::OperatorDrain));
         assert_eq!(state_of(&plan, "s2"), (Active, Reason::MinActive));
@@ -829,8 +851,9 @@ mod tests {
     fn agent_states() {
         let cfg = cfg_with(1, false);
         let cases = [
-            (Some(AgentState::Drain), None, Draining, Reason::AgentDrain),
-            (Some(AgentState::Maint), None, Draining, Reason::AgentDrain),
+            // The agent's drain and maint reach the planner as its kept
+            // admin state (see `agent_admin_states`), not its last word.
+            (Some(AgentState::Drain), None, Active, Reason::Healthy),
             (Some(AgentState::Down), None, Down, Reason::AgentDown),
             (Some(AgentState::Fail), None, Down, Reason::AgentDown),
             (Some(AgentState::Stopped), None, Down, Reason::AgentDown),
@@ -852,6 +875,62 @@ mod tests {
             let plan = Planner::new().plan(&cfg, &obs, 0);
             assert_eq!(state_of(&plan, "p1"), (want, why), "{state:?} {pct:?}");
         }
+    }
+
+    #[test]
+    fn agent_admin_states() {
+        let cfg = cfg_with(1, false);
+        let cases = [
+            (Some(AdminState::Drain), Draining, Reason::AgentDrain),
+            (Some(AdminState::Maint), Draining, Reason::AgentMaint),
+            (None, Active, Reason::Healthy),
+        ];
+        for (state, want, why) in cases {
+            let mut obs = healthy(None);
+            set(&mut obs, "p1", |o| o.admin.agent_state = state);
+            let plan = Planner::new().plan(&cfg, &obs, 0);
+            assert_eq!(state_of(&plan, "p1"), (want, why), "{state:?}");
+        }
+    }
+
+    #[test]
+    fn operator_runtime_states() {
+        let cfg = cfg_with(1, false);
+        let plan_with = |f: &dyn Fn(&mut BackendObservation)| {
+            let mut obs = healthy(None);
+            set(&mut obs, "p1", f);
+            Planner::new().plan(&cfg, &obs, 0)
+        };
+        // Maintenance: no new flows, whatever the agent says.
+        let plan = plan_with(&|o| {
+            o.admin.maint = true;
+            o.admin.agent_state = Some(AdminState::Drain);
+        });
+        assert_eq!(state_of(&plan, "p1"), (Draining, Reason::Maint));
+        // Never probed (its checks stopped), it is in maintenance, not down.
+        let plan = plan_with(&|o| {
+            o.admin.maint = true;
+            o.health = None;
+        });
+        assert_eq!(state_of(&plan, "p1"), (Draining, Reason::Maint));
+        // Down before maintenance, it stays down.
+        let plan = plan_with(&|o| {
+            o.admin.maint = true;
+            o.health = Some(false);
+        });
+        assert_eq!(state_of(&plan, "p1"), (Down, Reason::HealthDown));
+        // Weight 0: no new flows.
+        let plan = plan_with(&|o| o.admin.weight = Some(0));
+        assert_eq!(state_of(&plan, "p1"), (Draining, Reason::WeightZero));
+        // Another weight stands in for the config's (100), the agent's
+        // percent applying to it.
+        let plan = plan_with(&|o| o.admin.weight = Some(300));
+        assert_eq!(weight_of(&plan, "p1"), 300 * WEIGHT_SCALE);
+        let plan = plan_with(&|o| {
+            o.admin.weight = Some(300);
+            o.agent_weight_pct = Some(50);
+        });
+        assert_eq!(weight_of(&plan, "p1"), 150 * WEIGHT_SCALE);
     }
 
     #[test]
@@ -1048,9 +1127,9 @@ mod tests {
         let cfg = cfg_with(1, true);
         let mut planner = Planner::new();
         let mut obs = healthy(Some(0.5));
-        set(&mut obs, "p1", |o| o.operator_drained = true);
+        set(&mut obs, "p1", |o| o.admin.drain = true);
         planner.plan(&cfg, &obs, 0);
-        set(&mut obs, "p1", |o| o.operator_drained = false);
+        set(&mut obs, "p1", |o| o.admin.drain = false);
         planner.plan(&cfg, &obs, 1000);
         let plan = planner.plan(&cfg, &obs, 2000);
         // 100 × 1000 × (1 − 0.5) × 1/4.

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::{Mode, OnEmpty, Protocol, Role},
     planner::{BackendState, Reason},
+    state::{AdminState, SetBy},
 };
 
 /// A backend's health verdict.
@@ -110,6 +111,17 @@ pub struct BackendStatus {
     /// Why it is in this state (planner reason, snake_case).
     pub reason: Reason,
     pub operator_drained: bool,
+    /// "ready" | "drain" | "maint": the runtime state in force
+    /// (maintenance over drain).
+    #[serde(default)]
+    pub admin_state: AdminState,
+    /// "operator" | "agent": who set `admin_state`; absent while ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_set_by: Option<SetBy>,
+    /// `xdplb set weight`'s weight, in place of `config_weight`; absent
+    /// without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_override: Option<u32>,
     /// Last agent reply, verbatim, if the pool polls agents.
     pub agent: Option<String>,
     /// Last probe error, if the last probe failed.
@@ -215,6 +227,9 @@ impl Status {
                     unanswered: false,
                     reason: Reason::Healthy,
                     operator_drained: false,
+                    admin_state: AdminState::Ready,
+                    admin_set_by: None,
+                    weight_override: None,
                     agent: None,
                     last_error: None,
                     rtt_ms: None,

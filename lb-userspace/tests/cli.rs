@@ -444,7 +444,7 @@ impl FakeController {
                             ControllerCommand::Status { reply } => {
                                 let _ = reply.send(Status::default());
                             }
-                            ControllerCommand::Drain {
+                            ControllerCommand::Admin {
                                 pool,
                                 backend,
                                 reply,
@@ -550,6 +550,41 @@ fn admin_socket_from_outside() {
     assert_one_error_line(&o, "no backend \"nope\" in pool \"web\"");
     let o = xdplb(&["reload", "--socket", &s]);
     assert_one_error_line(&o, "xdplb.toml:8:3: rise must be at least 1");
+
+    // Runtime states: each command reaches the controller as its own
+    // request and prints what was done.
+    for (args, want) in [
+        (&["maint", "web", "web-1"][..], "web/web-1 in maintenance\n"),
+        (&["ready", "web", "web-1"][..], "web/web-1 ready\n"),
+        (
+            &["set", "weight", "web", "web-1", "0"][..],
+            "web/web-1 weight 0\n",
+        ),
+        (
+            &["set", "weight", "web", "web-1", "1000"][..],
+            "web/web-1 weight 1000\n",
+        ),
+        (
+            &["set", "weight", "web", "web-1", "config"][..],
+            "web/web-1 weight back to its config's\n",
+        ),
+    ] {
+        let o = xdplb(&[args, &["--socket", &s][..]].concat());
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        assert_eq!(stdout(&o), want, "{args:?}");
+    }
+    let o = xdplb(&["maint", "web", "nope", "--socket", &s]);
+    assert_one_error_line(&o, "no backend \"nope\" in pool \"web\"");
+    // Out of range: refused by the command line, nothing sent.
+    for bad in ["1001", "1.5", "heavy"] {
+        let o = xdplb(&["set", "weight", "web", "web-1", bad, "--socket", &s]);
+        assert_eq!(o.status.code(), Some(2), "{bad}");
+        assert!(
+            stderr(&o).contains("0..=1000 (0: no new flows) or `config`"),
+            "{bad}: {}",
+            stderr(&o)
+        );
+    }
 }
 
 #[test]

@@ -77,7 +77,8 @@ use crate::{
     status::{BackendStatus, Health, PoolStatus, Status, Transition, TransitionLog},
 };
 
-pub use crate::command::Command;
+pub use crate::command::{AdminAction, Command};
+use crate::state::{AdminState, AdminStates};
 
 mod apply;
 mod daemon;
@@ -189,6 +190,25 @@ pub const HOST_SYNC_EVERY: Duration = Duration::from_secs(3);
 
 type Key = (String, String);
 
+/// What an agent's answer says of the administrative state it wants kept.
+enum AgentSaid {
+    /// Neither `drain`/`maint` nor `up`/`ready`: what is kept stays.
+    Nothing,
+    /// `up` or `ready` (without `drain`/`maint`): the agent's kept state ends.
+    Ready,
+    Admin(AdminState),
+}
+
+fn agent_admin(reply: &crate::load::AgentReply) -> AgentSaid {
+    use crate::load::AgentState;
+    match (reply.admin, reply.oper) {
+        (Some(AgentState::Maint), _) => AgentSaid::Admin(AdminState::Maint),
+        (Some(AgentState::Drain), _) => AgentSaid::Admin(AdminState::Drain),
+        (Some(AgentState::Ready), _) | (None, Some(AgentState::Up)) => AgentSaid::Ready,
+        _ => AgentSaid::Nothing,
+    }
+}
+
 /// Every backend of `config` and its address.
 fn wanted_backends(config: &Config) -> HashMap<Key, SocketAddr> {
     config
@@ -255,7 +275,9 @@ pub struct Controller<D: DataplaneOps> {
     slots: Slots,
     planner: Planner,
     runtime: HashMap<Key, Runtime>,
-    drained: HashSet<Key>,
+    /// Runtime states (operator drain, maintenance, weight override; the
+    /// agent's kept drain or maintenance), as `state_file` keeps them.
+    admin: AdminStates,
     /// Established flows per slot, from the last count; `None` until the
     /// first count is in. "Not counted yet" is not zero: no retiring slot is
     /// freed before a count says it is idle.
@@ -323,7 +345,7 @@ impl<D: DataplaneOps> Controller<D> {
             let vip = out.live.vips[index].endpoint;
             info!(pool, %vip, index, "adopted VIP from the pinned data plane");
         }
-        let mut drained = HashSet::new();
+        let mut admin = AdminStates::new();
         for (k, slot) in &slots.backends {
             if out.live.slots[slot].flags & BACKEND_F_OPERATOR_DRAIN != 0 {
                 info!(
@@ -331,7 +353,7 @@ impl<D: DataplaneOps> Controller<D> {
                     backend = k.1,
                     "operator drain survives the restart"
                 );
-                drained.insert(k.clone());
+                admin.entry(k.clone()).or_default().drain = true;
             }
         }
         let pinned = slots
@@ -365,7 +387,7 @@ impl<D: DataplaneOps> Controller<D> {
             slots,
             planner: Planner::new(),
             runtime: HashMap::new(),
-            drained,
+            admin,
             flows: None,
             half_open: HashMap::new(),
             flows_at: now,
@@ -388,19 +410,30 @@ impl<D: DataplaneOps> Controller<D> {
             emptied: HashMap::new(),
             state_stuck: false,
         };
-        // Drains kept in the state file survive `xdplb down` and reboots,
-        // which the maps' flags do not.
+        // Runtime states kept in the state file survive `xdplb down` and
+        // reboots, which the maps' flags do not (and the maps hold no
+        // maintenance nor weight override).
         if let Some(path) = &c.config.control.state_file {
             match crate::state::load(path) {
                 Ok(saved) => {
-                    for (pool, backend) in saved {
-                        if c.drained.insert(key(&pool, &backend)) {
-                            info!(pool, backend, "operator drain restored from the state file");
-                        }
+                    for ((pool, backend), saved) in saved {
+                        let (state, by) = saved.state();
+                        info!(
+                            pool,
+                            backend,
+                            admin_state = %state,
+                            set_by = by.map_or("", |b| b.as_str()),
+                            weight = ?saved.weight,
+                            "runtime state restored from the state file"
+                        );
+                        let a = c.admin.entry(key(&pool, &backend)).or_default();
+                        let drain = a.drain;
+                        *a = saved;
+                        a.drain |= drain;
                     }
                 }
                 Err(e) => {
-                    error!(error = %e, "operator drains not restored");
+                    error!(error = %e, "runtime states (drains, maintenance, weights) not restored");
                     c.state_stuck = matches!(e, crate::state::StateError::Stuck { .. });
                 }
             }
@@ -411,8 +444,8 @@ impl<D: DataplaneOps> Controller<D> {
         c.commit(config, slots);
         // What the config dropped goes now; the rest waits for the probes.
         c.converge(None)?;
-        if let Err(e) = c.persist_drains() {
-            warn!(error = e, "operator drains not saved");
+        if let Err(e) = c.persist_admin() {
+            warn!(error = e, "runtime states not saved");
         }
         Ok((c, Inputs { health_rx, load_rx }))
     }
@@ -496,7 +529,9 @@ impl<D: DataplaneOps> Controller<D> {
                 rt.agent_up = Some(true);
                 rt.agent_error = None;
                 rt.agent_line = Some(reply.to_line());
+                let kept = agent_admin(&reply);
                 tracker.on_reply(now, reply);
+                self.keep_agent_state(&k, kept);
             }
             Err(e) => {
                 if rt.agent_up != Some(false) {
@@ -536,12 +571,63 @@ impl<D: DataplaneOps> Controller<D> {
             .unwrap_or(0)
     }
 
-    /// Writes the operator drains of backends in the config to the state
+    /// Keeps what an agent's answer says of its administrative state
+    /// (HAProxy's agent-check: `drain`/`maint` stay in force until the
+    /// agent says `up` or `ready`; an answer with neither word, or no
+    /// answer, changes nothing). Saved to the state file when it changed.
+    fn keep_agent_state(&mut self, k: &Key, said: AgentSaid) {
+        let kept = match said {
+            AgentSaid::Nothing => return,
+            AgentSaid::Ready => None,
+            AgentSaid::Admin(s) => Some(s),
+        };
+        let current = self.admin.get(k).and_then(|a| a.agent_state);
+        if current == kept {
+            return;
+        }
+        info!(
+            pool = k.0,
+            backend = k.1,
+            from = current.unwrap_or_default().as_str(),
+            to = kept.unwrap_or_default().as_str(),
+            "agent changed the administrative state"
+        );
+        self.admin.entry(k.clone()).or_default().agent_state = kept;
+        self.admin.retain(|_, a| !a.is_default());
+        self.dirty = true;
+        // A maintenance the agent asked for stops the health checks; its
+        // end starts them again.
+        self.restart_checker(k);
+        if let Err(e) = self.persist_admin() {
+            warn!(error = e, "runtime states not saved");
+        }
+    }
+
+    /// Whether a backend is in maintenance (its health checks stopped).
+    fn in_maint(&self, k: &Key) -> bool {
+        self.admin
+            .get(k)
+            .is_some_and(|a| a.state().0 == AdminState::Maint)
+    }
+
+    /// Starts or stops a backend's health checker as its runtime state
+    /// now says.
+    fn restart_checker(&mut self, k: &Key) {
+        let Some(pool) = self.config.pool(&k.0).cloned() else {
+            return;
+        };
+        if let Some(b) = pool.backend(&k.1).cloned() {
+            self.run_checker(&pool, &b);
+        }
+    }
+
+    /// Writes the runtime states of backends in the config to the state
     /// file (if there is one).
-    fn persist_drains(&mut self) -> Result<(), String> {
+    fn persist_admin(&mut self) -> Result<(), String> {
         let config = &self.config;
-        self.drained
-            .retain(|(p, b)| config.pool(p).is_some_and(|pool| pool.backend(b).is_some()));
+        self.admin.retain(|(p, b), a| {
+            !a.is_default() && config.pool(p).is_some_and(|pool| pool.backend(b).is_some())
+        });
         let Some(path) = &self.config.control.state_file else {
             return Ok(());
         };
@@ -553,11 +639,10 @@ impl<D: DataplaneOps> Controller<D> {
         }
         // Nothing to keep and nothing kept: no file (a host that never
         // drains gets no /var/lib/xdplb).
-        if self.drained.is_empty() && !path.exists() {
+        if self.admin.is_empty() && !path.exists() {
             return Ok(());
         }
-        let drains = self.drained.iter().cloned().collect();
-        crate::state::save(path, &drains).map_err(|e| e.to_string())
+        crate::state::save(path, &self.admin).map_err(|e| e.to_string())
     }
 
     /// Makes `config`, placed by `slots`, the running config: the runtime
@@ -586,6 +671,44 @@ impl<D: DataplaneOps> Controller<D> {
             for b in &pool.backends {
                 self.start_backend(pool, b);
             }
+        }
+    }
+
+    /// Starts a backend's health checker (again, when its probe rules
+    /// changed), or stops it while the backend is in maintenance.
+    fn run_checker(&mut self, pool: &PoolConfig, b: &BackendConfig) {
+        let k = key(&pool.name, &b.name);
+        let health_fp = format!("{} {:?}", b.addr, pool.health);
+        if self.in_maint(&k) {
+            // Maintenance: no health checks (HAProxy's MAINT); the last
+            // verdict stands until checks resume.
+            if self.checkers.remove(&k).is_some() {
+                info!(
+                    pool = k.0,
+                    backend = k.1,
+                    "in maintenance: health checks stopped"
+                );
+            }
+        } else if self.checkers.get(&k).map(|t| &t.fingerprint) != Some(&health_fp) {
+            let id = self.task_id(&k);
+            let (stop, stop_rx) = watch::channel(false);
+            let probe = (self.probes)(&pool.health);
+            health::spawn_checker(
+                id,
+                pool.health.target(b.addr),
+                pool.health.clone(),
+                probe,
+                self.health_tx.clone(),
+                stop_rx,
+            );
+            self.checkers.insert(
+                k.clone(),
+                Task {
+                    id,
+                    fingerprint: health_fp,
+                    stop,
+                },
+            );
         }
     }
 
@@ -623,28 +746,7 @@ impl<D: DataplaneOps> Controller<D> {
                 rt.agent_error = None;
             }
         }
-        let health_fp = format!("{} {:?}", b.addr, pool.health);
-        if self.checkers.get(&k).map(|t| &t.fingerprint) != Some(&health_fp) {
-            let id = self.task_id(&k);
-            let (stop, stop_rx) = watch::channel(false);
-            let probe = (self.probes)(&pool.health);
-            health::spawn_checker(
-                id,
-                pool.health.target(b.addr),
-                pool.health.clone(),
-                probe,
-                self.health_tx.clone(),
-                stop_rx,
-            );
-            self.checkers.insert(
-                k.clone(),
-                Task {
-                    id,
-                    fingerprint: health_fp,
-                    stop,
-                },
-            );
-        }
+        self.run_checker(pool, b);
         match &pool.load {
             Some(l) => {
                 let agent = SocketAddr::new(b.addr.ip(), l.agent_port);
@@ -676,7 +778,24 @@ impl<D: DataplaneOps> Controller<D> {
         }
     }
 
+    /// `xdplb drain` (`true`) or `xdplb undrain` (`false`).
     pub fn drain(&mut self, pool: &str, backend: &str, drain: bool) -> Result<(), String> {
+        let action = if drain {
+            AdminAction::Drain
+        } else {
+            AdminAction::Undrain
+        };
+        self.set_admin(pool, backend, action)
+    }
+
+    /// Sets a runtime state: applied to the maps at once, then kept in the
+    /// state file. Not applied: not kept either.
+    pub fn set_admin(
+        &mut self,
+        pool: &str,
+        backend: &str,
+        action: AdminAction,
+    ) -> Result<(), String> {
         let p = self
             .config
             .pool(pool)
@@ -684,26 +803,45 @@ impl<D: DataplaneOps> Controller<D> {
         if p.backend(backend).is_none() {
             return Err(format!("unknown backend {backend:?} in pool {pool:?}"));
         }
+        if let AdminAction::Weight(Some(w)) = action {
+            if w > config::MAX_WEIGHT {
+                return Err(format!(
+                    "{pool}/{backend}: weight {w} is out of range 0..={} (0: no new flows)",
+                    config::MAX_WEIGHT
+                ));
+            }
+        }
         let k = key(pool, backend);
-        let changed = if drain {
-            self.drained.insert(k.clone())
-        } else {
-            self.drained.remove(&k)
+        let before = self.admin.get(&k).cloned().unwrap_or_default();
+        let mut after = before.clone();
+        match action {
+            AdminAction::Drain => after.drain = true,
+            AdminAction::Undrain => after.drain = false,
+            AdminAction::Maint => after.maint = true,
+            AdminAction::Ready => {
+                after.drain = false;
+                after.maint = false;
+                after.agent_state = None;
+            }
+            AdminAction::Weight(w) => after.weight = w,
+        }
+        info!(pool, backend, ?action, "runtime state");
+        let put = |c: &mut Self, a: &crate::state::BackendAdmin| {
+            if a.is_default() {
+                c.admin.remove(&k);
+            } else {
+                c.admin.insert(k.clone(), a.clone());
+            }
+            c.restart_checker(&k);
         };
-        info!(pool, backend, drain, "operator drain");
+        put(self, &after);
         if let Err(e) = self.sync() {
             // Not applied: not kept either (the next beats put the maps
             // back as they were).
-            if changed {
-                if drain {
-                    self.drained.remove(&k);
-                } else {
-                    self.drained.insert(k);
-                }
-            }
+            put(self, &before);
             return Err(format!("{pool}/{backend}: not applied: {e}"));
         }
-        self.persist_drains().map_err(|e| {
+        self.persist_admin().map_err(|e| {
             format!(
                 "{pool}/{backend}: applied, but it will not survive `xdplb down` or a reboot: {e}"
             )
@@ -750,8 +888,8 @@ impl<D: DataplaneOps> Controller<D> {
             ));
         }
         self.commit(new, slots);
-        if let Err(e) = self.persist_drains() {
-            warn!(error = e, "operator drains not saved");
+        if let Err(e) = self.persist_admin() {
+            warn!(error = e, "runtime states not saved");
         }
         let summary = if summary.is_empty() {
             "no change".to_string()
@@ -779,13 +917,13 @@ impl<D: DataplaneOps> Controller<D> {
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
             }
-            Command::Drain {
+            Command::Admin {
                 pool,
                 backend,
-                drain,
+                action,
                 reply,
             } => {
-                let _ = reply.send(self.drain(&pool, &backend, drain));
+                let _ = reply.send(self.set_admin(&pool, &backend, action));
             }
             Command::Reload { reply } => {
                 let r = self.reload();

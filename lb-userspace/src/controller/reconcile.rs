@@ -11,7 +11,7 @@ pub(super) struct World<'a> {
     /// The plan for `config` (every pool and backend of it); `None` before
     /// the first probes are in: what stays is then held as pinned.
     pub(super) plan: Option<&'a Plan>,
-    pub(super) drained: &'a HashSet<Key>,
+    pub(super) admin: &'a AdminStates,
     /// What the maps hold now.
     pub(super) live: &'a Image,
     /// Retiring slots whose flows are over: freed by this image.
@@ -95,7 +95,11 @@ pub(super) fn target(w: &World) -> Image {
                     vip_index,
                     addr: b.addr,
                     state: slot_state(pool.on_down, state),
-                    flags: slot_flags(pool.on_down, state, w.drained.contains(&k)),
+                    flags: slot_flags(
+                        pool.on_down,
+                        state,
+                        w.admin.get(&k).is_some_and(|a| a.drain),
+                    ),
                 },
             );
             if state == BackendState::Active && weight > 0 {

@@ -77,7 +77,7 @@ impl<D: DataplaneOps> Controller<D> {
                         load: tracker.map(|t| t.score(now, interval)),
                         agent_state: tracker.and_then(|t| t.state(now, interval)),
                         agent_weight_pct: tracker.and_then(|t| t.weight_pct(now, interval)),
-                        operator_drained: self.drained.contains(&k),
+                        admin: self.admin.get(&k).cloned().unwrap_or_default(),
                         established_flows: self
                             .flows
                             .as_ref()
@@ -92,9 +92,10 @@ impl<D: DataplaneOps> Controller<D> {
     /// Whether every backend has had its first probe, and every agent its
     /// first answer (or failure).
     pub(super) fn all_probed(&self) -> bool {
-        self.runtime
-            .values()
-            .all(|r| r.probed && (r.load.is_none() || r.agent_up.is_some()))
+        // A backend in maintenance is not probed.
+        self.runtime.iter().all(|(k, r)| {
+            (r.probed || self.in_maint(k)) && (r.load.is_none() || r.agent_up.is_some())
+        })
     }
 
     /// Whether a beat must plan: an observation changed, or the plan may
@@ -198,7 +199,7 @@ impl<D: DataplaneOps> Controller<D> {
                 config,
                 slots,
                 plan: None,
-                drained: &self.drained,
+                admin: &self.admin,
                 live: &self.out.live,
                 freed: &[],
                 attached: true,
@@ -228,7 +229,7 @@ impl<D: DataplaneOps> Controller<D> {
             config,
             slots,
             plan: Some(&plan),
-            drained: &self.drained,
+            admin: &self.admin,
             live: &self.out.live,
             freed: &freed,
             attached,

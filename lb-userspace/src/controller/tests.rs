@@ -225,6 +225,8 @@ impl DataplaneOps for Fake {
 struct FakeProbes {
     up: Mutex<HashMap<SocketAddr, bool>>,
     delay: Mutex<HashMap<SocketAddr, Duration>>,
+    /// Probes made, per address.
+    calls: Mutex<HashMap<SocketAddr, u32>>,
 }
 
 impl FakeProbes {
@@ -235,10 +237,17 @@ impl FakeProbes {
     fn set_delay(&self, addr: &str, d: Duration) {
         self.delay.lock().unwrap().insert(addr.parse().unwrap(), d);
     }
+
+    /// Probes made of `addr` so far.
+    fn calls(&self, addr: &str) -> u32 {
+        let addr: SocketAddr = addr.parse().unwrap();
+        self.calls.lock().unwrap().get(&addr).copied().unwrap_or(0)
+    }
 }
 
 impl Probe for FakeProbes {
     fn check(&self, addr: SocketAddr, _timeout: Duration) -> ProbeFuture<'_> {
+        *self.calls.lock().unwrap().entry(addr).or_default() += 1;
         let up = self.up.lock().unwrap().get(&addr).copied().unwrap_or(true);
         let delay = self.delay.lock().unwrap().get(&addr).copied();
         Box::pin(async move {
@@ -686,7 +695,7 @@ async fn a_restarted_controller_adopts_slots_and_drains_and_rewrites_nothing() {
     let mut r = rig_with(fake, probes, CONFIG);
     assert_eq!(r.c.slots.backends, slots, "slots recovered from the maps");
     assert!(
-        r.c.drained.contains(&key("web", "web-2")),
+        r.c.admin.get(&key("web", "web-2")).is_some_and(|a| a.drain),
         "drain recovered"
     );
     r.pump(Duration::from_millis(300)).await;
@@ -880,7 +889,11 @@ async fn an_unreadable_state_file_is_moved_aside_not_overwritten() {
     assert_eq!(std::fs::read_to_string(&aside[0]).unwrap(), kept);
     // The new file holds the drain made since.
     let saved = crate::state::load(&state).unwrap();
-    assert_eq!(saved.into_iter().collect::<Vec<_>>(), [key("web", "web-1")]);
+    assert_eq!(
+        saved.keys().cloned().collect::<Vec<_>>(),
+        [key("web", "web-1")]
+    );
+    assert!(saved[&key("web", "web-1")].drain);
 }
 
 /// A "restart": a new controller over the same data plane (and probes)
@@ -1184,7 +1197,7 @@ async fn drains_survive_down_through_the_state_file() {
     drop(r);
     // `xdplb down`: the maps, flags and all, are gone.
     let mut r = rig_with(Fake::default(), probes.clone(), &text);
-    assert!(r.c.drained.contains(&key("web", "web-2")));
+    assert!(r.c.admin.get(&key("web", "web-2")).is_some_and(|a| a.drain));
     r.pump(Duration::from_millis(300)).await;
     assert_eq!(r.fake().state("web-2"), lb_common::BACKEND_DRAINING);
     assert_eq!(
@@ -1195,7 +1208,7 @@ async fn drains_survive_down_through_the_state_file() {
     r.c.drain("web", "web-2", false).unwrap();
     drop(r);
     let r = rig_with(Fake::default(), probes, &text);
-    assert!(r.c.drained.is_empty());
+    assert!(r.c.admin.is_empty());
     std::fs::remove_dir_all(state.parent().unwrap()).unwrap();
 }
 
@@ -1220,7 +1233,7 @@ async fn on_down_keep_lets_a_down_backends_flows_run_out() {
     // A restart remembers it is down, not drained: it needs `rise`
     // successes, and no operator drain appears.
     let mut r = restart(r, &keep);
-    assert!(r.c.drained.is_empty());
+    assert!(r.c.admin.is_empty());
     r.probes.set("198.18.1.11:8080", true);
     r.pump(Duration::from_millis(50)).await;
     assert_eq!(r.fake().backends[&slot].state, lb_common::BACKEND_DRAINING);
@@ -1747,4 +1760,304 @@ async fn a_flapping_backend_keeps_its_last_transitions() {
     // each change follows from the one before it.
     assert_eq!(t[0].1, "down", "{t:?}");
     assert!(t.windows(2).all(|w| w[0].1 == w[1].0), "{t:?}");
+}
+
+// ---- Runtime states (issue 25): maint, ready, set weight, agent states.
+
+/// Ring entries of the VIP that name backend `name`.
+fn ring_share(r: &Rig, vip: &str, name: &str) -> usize {
+    let slot = r.c.slots.backends[&key("web", name)];
+    r.fake().vips[&ep(vip)]
+        .1
+        .iter()
+        .filter(|s| **s == slot)
+        .count()
+}
+
+fn backend_status(r: &Rig, name: &str) -> BackendStatus {
+    r.c.status().pools[0]
+        .backends
+        .iter()
+        .find(|b| b.name == name)
+        .unwrap()
+        .clone()
+}
+
+/// A restart over the same state file: the same data plane (`None`), or
+/// a fresh one (`Some(Fake::default())`: `xdplb down` happened).
+fn restart_keeping_state(mut r: Rig, fake: Option<Fake>) -> Rig {
+    let probes = r.probes.clone();
+    let dir = std::mem::replace(&mut r.dir, rig_dir());
+    let text = std::fs::read_to_string(dir.join("xdplb.toml")).unwrap();
+    let fake = fake.unwrap_or_else(|| {
+        let mut f = std::mem::take(&mut r.c.out.dp);
+        f.ops.clear();
+        f
+    });
+    drop(r);
+    rig_in(dir, fake, probes, &text)
+}
+
+const WEB1: &str = "198.18.1.11:8080";
+const VIP: &str = "198.18.2.10:80";
+
+#[tokio::test(start_paused = true)]
+async fn maint_stops_new_flows_and_the_health_checks_until_ready() {
+    let mut r = rig();
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(r.fake().ring_members(VIP), ["web-1", "web-2"]);
+    r.c.set_admin("web", "web-1", AdminAction::Maint).unwrap();
+    // Out of the ring at once, its slot DRAINING: established flows go on.
+    assert_eq!(r.fake().ring_members(VIP), ["spare-1", "web-2"]);
+    assert_eq!(r.fake().state("web-1"), lb_common::BACKEND_DRAINING);
+    let b = backend_status(&r, "web-1");
+    assert_eq!(
+        (b.admin_state, b.admin_set_by, b.reason),
+        (
+            AdminState::Maint,
+            Some(crate::state::SetBy::Operator),
+            Reason::Maint
+        )
+    );
+    assert_eq!(b.state, BackendState::Draining);
+    // No probe while in maintenance (one in flight may finish), and a
+    // server that fails meanwhile is not found down: nobody asks it.
+    r.pump(Duration::from_millis(20)).await;
+    let probes = r.probes.calls(WEB1);
+    r.probes.set(WEB1, false);
+    r.pump(Duration::from_secs(2)).await;
+    assert_eq!(r.probes.calls(WEB1), probes, "probed in maintenance");
+    assert_eq!(backend_status(&r, "web-1").state, BackendState::Draining);
+    // Undrain does not end a maintenance.
+    r.c.set_admin("web", "web-1", AdminAction::Undrain).unwrap();
+    assert_eq!(backend_status(&r, "web-1").admin_state, AdminState::Maint);
+    // Ready: checks resume; a failing server is found down, a healthy one
+    // takes new flows again.
+    r.c.set_admin("web", "web-1", AdminAction::Ready).unwrap();
+    r.pump(Duration::from_millis(300)).await;
+    assert!(r.probes.calls(WEB1) > probes, "checks did not resume");
+    let b = backend_status(&r, "web-1");
+    assert_eq!((b.admin_state, b.admin_set_by), (AdminState::Ready, None));
+    assert_eq!(
+        (b.state, b.reason),
+        (BackendState::Down, Reason::HealthDown)
+    );
+    r.probes.set(WEB1, true);
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(r.fake().ring_members(VIP), ["web-1", "web-2"]);
+    assert!(r.c.admin.is_empty(), "{:?}", r.c.admin);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_weight_override_reweights_and_zero_takes_no_new_flows() {
+    let mut r = rig();
+    r.pump(Duration::from_millis(300)).await;
+    let even = ring_share(&r, VIP, "web-1");
+    assert!((480..=530).contains(&even), "{even}");
+    r.c.set_admin("web", "web-1", AdminAction::Weight(Some(300)))
+        .unwrap();
+    // 300 against web-2's 100: about three quarters of the ring.
+    let share = ring_share(&r, VIP, "web-1");
+    assert!((730..=790).contains(&share), "{share}");
+    let b = backend_status(&r, "web-1");
+    assert_eq!(
+        (b.weight_override, b.config_weight, b.weight),
+        (Some(300), 100, 300 * crate::planner::WEIGHT_SCALE)
+    );
+    assert_eq!(b.admin_state, AdminState::Ready);
+    // 0: no new flows, established ones continue (as a drain).
+    r.c.set_admin("web", "web-1", AdminAction::Weight(Some(0)))
+        .unwrap();
+    assert_eq!(r.fake().ring_members(VIP), ["spare-1", "web-2"]);
+    assert_eq!(r.fake().state("web-1"), lb_common::BACKEND_DRAINING);
+    assert_eq!(backend_status(&r, "web-1").reason, Reason::WeightZero);
+    // Ready leaves a weight as it is.
+    r.c.set_admin("web", "web-1", AdminAction::Ready).unwrap();
+    assert_eq!(backend_status(&r, "web-1").weight_override, Some(0));
+    // Out of range: refused, nothing changed.
+    let e =
+        r.c.set_admin("web", "web-1", AdminAction::Weight(Some(1001)))
+            .unwrap_err();
+    assert!(e.contains("weight 1001 is out of range 0..=1000"), "{e}");
+    assert_eq!(backend_status(&r, "web-1").weight_override, Some(0));
+    // Back to the config's weight.
+    r.c.set_admin("web", "web-1", AdminAction::Weight(None))
+        .unwrap();
+    assert_eq!(ring_share(&r, VIP, "web-1"), even);
+    assert_eq!(backend_status(&r, "web-1").weight_override, None);
+    assert!(r.c.admin.is_empty());
+    let e =
+        r.c.set_admin("web", "nope", AdminAction::Maint)
+            .unwrap_err();
+    assert!(e.contains("unknown backend \"nope\""), "{e}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_runtime_state_that_cannot_be_applied_is_not_kept() {
+    let mut r = rig();
+    r.pump(Duration::from_millis(300)).await;
+    r.c.out.dp.fail_after = Some(0);
+    let e =
+        r.c.set_admin("web", "web-1", AdminAction::Maint)
+            .unwrap_err();
+    assert!(e.contains("not applied") && e.contains(INJECTED), "{e}");
+    assert!(r.c.admin.is_empty());
+    assert!(r.c.checkers.contains_key(&key("web", "web-1")));
+    assert!(!r.dir.join("state.json").exists());
+    r.pump(Duration::from_millis(50)).await;
+    assert_eq!(r.fake().ring_members(VIP), ["web-1", "web-2"]);
+}
+
+impl Rig {
+    /// A poller for `web/NAME` that dials nothing: the test answers for
+    /// its agent with [`Rig::agent_says`].
+    fn fake_poller(&mut self, name: &str) -> u64 {
+        let k = key("web", name);
+        let id = self.c.task_id(&k);
+        let (stop, _) = watch::channel(false);
+        self.c.pollers.insert(
+            k.clone(),
+            Task {
+                id,
+                fingerprint: String::new(),
+                stop,
+            },
+        );
+        self.c.runtime.get_mut(&k).unwrap().load =
+            Some(LoadTracker::new(config::Factors::default()));
+        id
+    }
+
+    /// The agent behind poller `id` answers `line` (`None`: it does not
+    /// answer).
+    fn agent_says(&mut self, id: u64, line: Option<&str>) {
+        use crate::load::{client::LoadReport, parse_agent_reply, LoadError};
+        let result = match line {
+            Some(l) => Ok(parse_agent_reply(l).unwrap()),
+            None => Err(LoadError::Timeout {
+                addr: "198.18.1.11:9777".parse().unwrap(),
+                timeout_ms: 500,
+            }),
+        };
+        self.c.on_load(LoadReport { id, result });
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_agents_maint_holds_until_it_says_up_even_when_it_stops_answering() {
+    let mut r = rig();
+    r.pump(Duration::from_millis(300)).await;
+    let id = r.fake_poller("web-1");
+    r.agent_says(id, Some("maint 100%"));
+    r.pump(Duration::from_millis(20)).await;
+    assert_eq!(r.fake().ring_members(VIP), ["spare-1", "web-2"]);
+    let b = backend_status(&r, "web-1");
+    assert_eq!(
+        (b.admin_state, b.admin_set_by, b.reason),
+        (
+            AdminState::Maint,
+            Some(crate::state::SetBy::Agent),
+            Reason::AgentMaint
+        )
+    );
+    assert!(!r.c.checkers.contains_key(&key("web", "web-1")));
+    // Kept in the state file, as set by the agent.
+    let saved = crate::state::load(&r.dir.join("state.json")).unwrap();
+    assert_eq!(
+        saved[&key("web", "web-1")].agent_state,
+        Some(AdminState::Maint)
+    );
+    // The agent stops answering, long past its 3 intervals: still in
+    // maintenance (HAProxy: only the agent's `ready`/`up` ends it).
+    for _ in 0..10 {
+        r.agent_says(id, None);
+        r.pump(Duration::from_secs(1)).await;
+    }
+    assert_eq!(backend_status(&r, "web-1").admin_state, AdminState::Maint);
+    assert_eq!(r.fake().ring_members(VIP), ["spare-1", "web-2"]);
+    // A reply with neither a state word nor up changes nothing.
+    r.agent_says(id, Some("75%"));
+    r.pump(Duration::from_millis(20)).await;
+    assert_eq!(backend_status(&r, "web-1").admin_state, AdminState::Maint);
+    // `up`: back to service (its checks resume, it was healthy).
+    r.agent_says(id, Some("up 100%"));
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(backend_status(&r, "web-1").admin_state, AdminState::Ready);
+    assert!(r.c.checkers.contains_key(&key("web", "web-1")));
+    assert_eq!(r.fake().ring_members(VIP), ["web-1", "web-2"]);
+    assert!(crate::state::load(&r.dir.join("state.json"))
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_cannot_undo_an_operators_drain_but_ready_undoes_an_agents() {
+    let mut r = rig();
+    r.pump(Duration::from_millis(300)).await;
+    let id = r.fake_poller("web-1");
+    r.c.drain("web", "web-1", true).unwrap();
+    r.agent_says(id, Some("ready up 100%"));
+    r.pump(Duration::from_millis(20)).await;
+    let b = backend_status(&r, "web-1");
+    assert_eq!(
+        (b.admin_state, b.admin_set_by),
+        (AdminState::Drain, Some(crate::state::SetBy::Operator))
+    );
+    // The agent's drain under the operator's: the operator's shows;
+    // undrained, the agent's stays.
+    r.agent_says(id, Some("drain"));
+    r.c.drain("web", "web-1", false).unwrap();
+    let b = backend_status(&r, "web-1");
+    assert_eq!(
+        (b.admin_state, b.admin_set_by, b.reason),
+        (
+            AdminState::Drain,
+            Some(crate::state::SetBy::Agent),
+            Reason::AgentDrain
+        )
+    );
+    // `xdplb ready` clears the agent's too (HAProxy's `state ready`).
+    r.c.set_admin("web", "web-1", AdminAction::Ready).unwrap();
+    assert_eq!(backend_status(&r, "web-1").admin_state, AdminState::Ready);
+    assert_eq!(r.fake().ring_members(VIP), ["web-1", "web-2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn runtime_states_survive_reloads_restarts_and_down() {
+    let mut r = rig();
+    r.pump(Duration::from_millis(300)).await;
+    r.c.set_admin("web", "web-1", AdminAction::Maint).unwrap();
+    r.c.set_admin("web", "web-2", AdminAction::Weight(Some(300)))
+        .unwrap();
+    let id = r.fake_poller("spare-1");
+    r.agent_says(id, Some("drain"));
+    let want = r.c.admin.clone();
+    assert_eq!(want.len(), 3);
+    // A reload that changes web-2's config weight keeps the override.
+    r.write_config(CONFIG.replace(
+        "  name = \"web-2\"\n  addr = \"198.18.1.12:8080\"\n",
+        "  name = \"web-2\"\n  addr = \"198.18.1.12:8080\"\n  weight = 50\n",
+    ));
+    r.c.reload().unwrap();
+    assert_eq!(r.c.admin, want);
+    assert_eq!(backend_status(&r, "web-2").config_weight, 50);
+    assert_eq!(backend_status(&r, "web-2").weight_override, Some(300));
+    for fresh in [false, true] {
+        // A restart over the same maps, then `xdplb down` (maps gone).
+        r = restart_keeping_state(r, fresh.then(Fake::default));
+        assert_eq!(r.c.admin, want, "fresh maps: {fresh}");
+        let before = r.probes.calls(WEB1);
+        r.pump(Duration::from_millis(600)).await;
+        assert_eq!(r.probes.calls(WEB1), before, "probed in maintenance");
+        assert!(!r.c.checkers.contains_key(&key("web", "web-1")));
+        // web-1 in maintenance, spare-1 drained by its agent: web-2
+        // serves alone (below min_active, no spare to fill in).
+        assert_eq!(r.fake().ring_members(VIP), ["web-2"], "fresh maps: {fresh}");
+        assert_eq!(r.fake().state("web-1"), lb_common::BACKEND_DRAINING);
+        let b = backend_status(&r, "spare-1");
+        assert_eq!(
+            (b.admin_state, b.admin_set_by),
+            (AdminState::Drain, Some(crate::state::SetBy::Agent))
+        );
+    }
 }

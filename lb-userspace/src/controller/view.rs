@@ -38,6 +38,7 @@ impl<D: DataplaneOps> Controller<D> {
                         .map(|(i, b)| {
                             let k = key(&pool.name, &b.name);
                             let rt = self.runtime.get(&k);
+                            let admin = self.admin.get(&k).cloned().unwrap_or_default();
                             let bp = pp.and_then(|p| plan_of(p, i, &b.name));
                             let up = rt
                                 .and_then(|r| r.health.as_ref())
@@ -65,7 +66,10 @@ impl<D: DataplaneOps> Controller<D> {
                                 half_open,
                                 unanswered: flows == 0 && half_open >= HALF_OPEN_ALARM,
                                 reason: bp.map_or(Reason::NotProbed, |p| p.reason),
-                                operator_drained: self.drained.contains(&k),
+                                operator_drained: admin.drain,
+                                admin_state: admin.state().0,
+                                admin_set_by: admin.state().1,
+                                weight_override: admin.weight,
                                 agent: rt.and_then(|r| r.agent_line.clone()),
                                 last_error: rt.and_then(|r| r.last_error.clone()),
                                 rtt_ms: rt.and_then(|r| r.rtt).map(|d| d.as_secs_f64() * 1000.0),

@@ -275,11 +275,11 @@ pub struct StatsArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum SetCmd {
-    /// Set a backend's weight in place of its config's: 0 takes no new
-    /// flows (established flows continue, as a drain), 1..=1000 as the
-    /// config's `weight`; `config` goes back to the config's.
+    /// Set a backend's weight in place of its config's (0: no new flows).
     ///
-    /// The agent's weight percent and the load score apply to it as they
+    /// 0 takes no new flows (established flows continue, as a drain);
+    /// 1..=1000 stands in for the config's `weight`; `config` goes back to
+    /// the config's. The agent's weight percent and the load score apply to it as they
     /// would to the config's weight. Kept in `state_file`: it survives
     /// reloads (also ones that change the config's weight), restarts and
     /// `xdplb down` until set back with `config`.

@@ -19,6 +19,8 @@
 //! | `xdplb_vip_{packets,bytes,new_flows,rejected}_total` | counter | `pool`, `vip` |
 //! | `xdplb_backend_{packets,bytes,new_flows,reply_packets,reply_bytes}_total` | counter | `pool`, `backend` |
 //! | `xdplb_backend_{up,active,load,weight,flows}` | gauge | `pool`, `backend` |
+//! | `xdplb_backend_admin_state` | gauge (1 for the state in force, 0 for the others) | `pool`, `backend`, `state` (`ready`, `drain`, `maint`), `set_by` (`operator`, `agent`; empty while ready) |
+//! | `xdplb_backend_weight_override` | gauge (only with an override) | `pool`, `backend` |
 //! | `xdplb_dataplane_up` | gauge | |
 //! | `xdplb_health_check_duration_seconds` | histogram | `pool`, `result` |
 //!
@@ -41,6 +43,7 @@ use prometheus_client::{
 use crate::{
     dataplane::{CounterReader, Counters, DataplaneError},
     planner::BackendState,
+    state::AdminState,
     status::{Health, Status},
 };
 
@@ -156,6 +159,7 @@ impl fmt::Debug for DataplaneCollector {
 }
 
 type Labels2 = [(&'static str, String); 2];
+type Labels4 = [(&'static str, String); 4];
 
 fn counter<L: EncodeLabelSet>(
     enc: &mut DescriptorEncoder,
@@ -388,6 +392,30 @@ impl Collector for StatusCollector {
         )?;
         gauge(
             &mut enc,
+            "xdplb_backend_admin_state",
+            "1 for the backend's runtime state in force (xdplb drain/maint/ready, or its agent's drain/maint), 0 for the others",
+            rows().flat_map(|(l, b)| {
+                let by = b.admin_set_by.map_or("", |s| s.as_str());
+                AdminState::ALL.into_iter().map(move |state| {
+                    let [pool, backend] = l.clone();
+                    let labels: Labels4 = [
+                        pool,
+                        backend,
+                        ("state", state.as_str().to_string()),
+                        ("set_by", by.to_string()),
+                    ];
+                    (labels, i64::from(b.admin_state == state))
+                })
+            }),
+        )?;
+        gauge(
+            &mut enc,
+            "xdplb_backend_weight_override",
+            "Weight set by xdplb set weight in place of the config's (only while set)",
+            rows().filter_map(|(l, b)| b.weight_override.map(|w| (l, i64::from(w)))),
+        )?;
+        gauge(
+            &mut enc,
             "xdplb_backend_rtt_seconds",
             "Smoothed round trip of the backend's successful health probes",
             rows().filter_map(|(l, b)| b.rtt_ms.map(|ms| (l, ms / 1000.0))),
@@ -509,7 +537,12 @@ mod tests {
                 announce_intent: Some(true),
                 backends: vec![
                     b("web-1", Health::Up, BackendState::Active, 75, 0.25),
-                    b("web \"2\"", Health::Down, BackendState::Down, 0, 0.5),
+                    BackendStatus {
+                        admin_state: crate::state::AdminState::Maint,
+                        admin_set_by: Some(crate::state::SetBy::Agent),
+                        weight_override: Some(300),
+                        ..b("web \"2\"", Health::Down, BackendState::Down, 0, 0.5)
+                    },
                 ],
             }],
             detached: Vec::new(),
@@ -630,7 +663,7 @@ mod tests {
             .2
     }
 
-    const EVERY_FAMILY: [(&str, &str); 27] = [
+    const EVERY_FAMILY: [(&str, &str); 29] = [
         ("xdplb_dataplane_up", "gauge"),
         ("xdplb_rx_packets_total", "counter"),
         ("xdplb_passed_packets_total", "counter"),
@@ -655,6 +688,8 @@ mod tests {
         ("xdplb_backend_weight", "gauge"),
         ("xdplb_backend_flows", "gauge"),
         ("xdplb_backend_rtt_seconds", "gauge"),
+        ("xdplb_backend_admin_state", "gauge"),
+        ("xdplb_backend_weight_override", "gauge"),
         ("xdplb_agent_up", "gauge"),
         ("xdplb_vip_announced", "gauge"),
         ("xdplb_health_check_duration_seconds", "histogram"),
@@ -760,6 +795,31 @@ mod tests {
         // A label value with quotes survives escaping.
         let web2 = [("pool", "web"), ("backend", "web \"2\"")];
         assert_eq!(value(&samples, "xdplb_backend_up", &web2), 0.0);
+        // Runtime states: one series per state, 1 for the one in force.
+        let admin = |backend, state, by| {
+            value(
+                &samples,
+                "xdplb_backend_admin_state",
+                &[
+                    ("pool", "web"),
+                    ("backend", backend),
+                    ("state", state),
+                    ("set_by", by),
+                ],
+            )
+        };
+        assert_eq!(admin("web \"2\"", "maint", "agent"), 1.0);
+        assert_eq!(admin("web \"2\"", "ready", "agent"), 0.0);
+        assert_eq!(admin("web-1", "ready", ""), 1.0);
+        assert_eq!(admin("web-1", "drain", ""), 0.0);
+        assert_eq!(
+            value(&samples, "xdplb_backend_weight_override", &web2),
+            300.0
+        );
+        assert!(!samples
+            .iter()
+            .any(|(n, l, _)| n == "xdplb_backend_weight_override"
+                && l.get("backend").map(String::as_str) == Some("web-1")));
 
         let ok = [("pool", "web"), ("result", "success")];
         assert_eq!(

@@ -225,6 +225,17 @@ const HELP_NEEDLES: &[(&str, &[&str])] = &[
     ("stats", &["/sys/fs/bpf/xdplb", "--watch", "--json"]),
     ("drain", &["/run/xdplb.sock", "<POOL>", "<BACKEND>"]),
     ("undrain", &["/run/xdplb.sock", "<POOL>", "<BACKEND>"]),
+    (
+        "maint",
+        &["/run/xdplb.sock", "<POOL>", "<BACKEND>", "health checks"],
+    ),
+    (
+        "ready",
+        &["/run/xdplb.sock", "<POOL>", "<BACKEND>", "set weight"],
+    ),
+    ("set", &["weight"]),
+    ("withdraw", &["/etc/xdplb/xdplb.toml", "hold_ms"]),
+    ("serving", &["/etc/xdplb/xdplb.toml", "track_script"]),
     ("reload", &["/run/xdplb.sock", "SIGHUP"]),
     (
         "agent",

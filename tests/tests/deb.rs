@@ -73,8 +73,10 @@ impl Drop for Installed {
     }
 }
 
-const FILES: [&str; 15] = [
+const FILES: [&str; 17] = [
     "./usr/bin/xdplb",
+    "./usr/share/man/man1/xdplb-maint.1.gz",
+    "./usr/share/man/man1/xdplb-set-weight.1.gz",
     "./usr/share/man/man1/xdplb-serving.1.gz",
     "./usr/share/doc/xdplb/PAIR.md",
     "./usr/share/doc/xdplb/examples/keepalived/keepalived-gwa.conf",

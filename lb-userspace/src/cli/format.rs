@@ -190,6 +190,7 @@ pub fn status_text_at(s: &Status, now_unix_ms: u64) -> String {
                     b.role.to_string(),
                     b.health.to_string(),
                     b.state.to_string(),
+                    admin_cell(b),
                     b.transitions.last().map_or_else(
                         || "-".to_string(),
                         |t| human_age(now_unix_ms.saturating_sub(t.at_unix_ms)),
@@ -213,6 +214,7 @@ pub fn status_text_at(s: &Status, now_unix_ms: u64) -> String {
                 ("ROLE", Left),
                 ("HEALTH", Left),
                 ("STATE", Left),
+                ("ADMIN", Left),
                 ("SINCE", Right),
                 ("WEIGHT", Right),
                 ("LOAD", Right),
@@ -223,6 +225,19 @@ pub fn status_text_at(s: &Status, now_unix_ms: u64) -> String {
         ));
     }
     out
+}
+
+/// The ADMIN column: the runtime state and who set it (`maint by
+/// operator`, `drain by agent`, `ready`), and a weight override.
+fn admin_cell(b: &crate::status::BackendStatus) -> String {
+    let mut cell = b.admin_state.to_string();
+    if let Some(by) = b.admin_set_by {
+        cell = format!("{cell} by {}", by.as_str());
+    }
+    if let Some(w) = b.weight_override {
+        cell = format!("{cell}, weight {w}");
+    }
+    cell
 }
 
 /// A backend slot's state as the operator contract names it.
@@ -673,12 +688,12 @@ mod tests {
         };
         let want = "\
 pool web  vip 198.18.2.10:80  tcp  nat  min_active 2  mean load 0.42
-  BACKEND      ADDRESS           ROLE     HEALTH  STATE   SINCE  WEIGHT  LOAD  FLOWS  REASON
-  web-1        198.18.1.11:8080  primary  up      active      -     100  0.42     12  healthy
-  web-spare-1  198.18.1.11:8080  spare    down    down       1m       0  0.42      0  health_down: connection refused
+  BACKEND      ADDRESS           ROLE     HEALTH  STATE   ADMIN  SINCE  WEIGHT  LOAD  FLOWS  REASON
+  web-1        198.18.1.11:8080  primary  up      active  ready      -     100  0.42     12  healthy
+  web-spare-1  198.18.1.11:8080  spare    down    down    ready     1m       0  0.42      0  health_down: connection refused
 
 pool api  vip [2001:2:0:2::11]:53  udp  nat  min_active 1  EMPTY: no usable backend, new flows are rejected
-  BACKEND  ADDRESS  ROLE  HEALTH  STATE  SINCE  WEIGHT  LOAD  FLOWS  REASON
+  BACKEND  ADDRESS  ROLE  HEALTH  STATE  ADMIN  SINCE  WEIGHT  LOAD  FLOWS  REASON
 ";
         assert_eq!(status_text_at(&s, NOW), want);
         assert_eq!(status_text(&Status::default()), "no pools configured\n");
@@ -688,6 +703,17 @@ pool api  vip [2001:2:0:2::11]:53  udp  nat  min_active 1  EMPTY: no usable back
         assert!(status_text_at(&lost, NOW).starts_with(
             "DATA PLANE DETACHED from eth1: nothing forwarded there, VIPs withdrawn\n\npool web"
         ));
+        // Runtime states: who set them, and a weight override.
+        let mut admin = s.clone();
+        let b = &mut admin.pools[0].backends[0];
+        b.admin_state = crate::state::AdminState::Maint;
+        b.admin_set_by = Some(crate::state::SetBy::Agent);
+        b.weight_override = Some(300);
+        assert!(
+            status_text_at(&admin, NOW).contains("  active  maint by agent, weight 300      -"),
+            "{}",
+            status_text_at(&admin, NOW)
+        );
         // A ramping or load-scaled weight, in config units too.
         let mut ramping = s.clone();
         ramping.pools[0].backends[0].weight = 33_334;

@@ -41,8 +41,8 @@ use tokio::{
 };
 
 use crate::{
-    command::{AdminAction, Command},
-    status::Status,
+    command::{AdminAction, Command, Proposal},
+    status::{ChangePlan, Status},
 };
 
 /// The wire protocol version this build speaks (`"v"` in every message).
@@ -174,11 +174,17 @@ pub enum Request {
     },
     /// Re-read the config file (same as SIGHUP).
     Reload {},
+    /// What a reload of the config file at `config` (an absolute path the
+    /// controller reads) would do; nothing is written.
+    Plan { config: String },
+    /// What `drain` would do; nothing is written.
+    #[serde(rename = "plan_drain")]
+    PlanDrain { pool: String, backend: String },
 }
 
 impl Request {
     /// The command names, for error messages.
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 9] = [
         "status",
         "drain",
         "undrain",
@@ -186,6 +192,8 @@ impl Request {
         "ready",
         "set_weight",
         "reload",
+        "plan",
+        "plan_drain",
     ];
 
     /// The request as one JSON line, with its version and newline.
@@ -259,6 +267,10 @@ pub struct Response {
     /// The live view (`status` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
+    /// What a change would do (`plan`, `plan_drain`; `ok` is true also
+    /// when the plan says it would be refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<ChangePlan>,
 }
 
 impl Response {
@@ -289,6 +301,7 @@ impl Response {
             v: PROTOCOL_VERSION,
             ok: true,
             error: None,
+            plan: None,
             message: None,
             status: None,
         }
@@ -604,6 +617,18 @@ async fn answer(line: &[u8], commands: &mpsc::Sender<Command>) -> Response {
             backend,
             weight,
         } => admin(commands, pool, backend, AdminAction::Weight(weight)).await,
+        Request::Plan { config } => {
+            plan(
+                commands,
+                Proposal::Config {
+                    path: config.into(),
+                },
+            )
+            .await
+        }
+        Request::PlanDrain { pool, backend } => {
+            plan(commands, Proposal::Drain { pool, backend }).await
+        }
         Request::Reload {} => match ask(commands, |reply| Command::Reload { reply })
             .await
             .and_then(|r| r)
@@ -612,6 +637,16 @@ async fn answer(line: &[u8], commands: &mpsc::Sender<Command>) -> Response {
             Ok(summary) => Response::message(summary),
             Err(e) => Response::error(e),
         },
+    }
+}
+
+async fn plan(commands: &mpsc::Sender<Command>, proposal: Proposal) -> Response {
+    match ask(commands, |reply| Command::Plan { proposal, reply }).await {
+        Ok(p) => Response {
+            plan: Some(p),
+            ..Response::ok()
+        },
+        Err(e) => Response::error(e),
     }
 }
 

@@ -101,8 +101,20 @@ pub enum Cmd {
     /// Drain a backend: no new flows, established flows continue.
     ///
     /// The drain survives reloads and controller restarts until `xdplb
-    /// undrain`.
-    Drain(BackendArgs),
+    /// undrain`. With --dry-run, prints what the drain would do (as `xdplb
+    /// plan`) and changes nothing.
+    Drain(DrainArgs),
+    /// What a reload of another config would do, computed by the running
+    /// controller without writing anything.
+    ///
+    /// Per pool: backends and VIPs added, removed, re-weighted; a VIP whose
+    /// address, protocol or mode changes; the share of the ring that moves
+    /// to another backend; the established flows (last flow census) that
+    /// would be drained, reset or stranded; spares activated or drained;
+    /// announcements that change; and whether the reload would be refused,
+    /// in the words `xdplb reload` uses. Exits 0 if the reload would be
+    /// accepted, 1 (with `error: refused: …`) if not.
+    Plan(PlanArgs),
     /// Undo `xdplb drain`: the backend takes new flows again (if healthy and
     /// needed).
     ///
@@ -273,6 +285,34 @@ pub struct StatsArgs {
     pub watch: Option<Duration>,
 }
 
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// The pool's name.
+    pub pool: String,
+    /// The backend's name within the pool.
+    pub backend: String,
+    /// Print what the drain would do; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: the plan as JSON.
+    #[arg(long, requires = "dry_run")]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The config to plan a reload of (read by the controller).
+    #[arg(long, value_name = "PATH")]
+    pub config: PathBuf,
+    /// The plan as JSON (fields: docs/INTERFACE.md).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum SetCmd {
     /// Set a backend's weight in place of its config's (0: no new flows).
@@ -395,6 +435,9 @@ pub enum CliError {
     NotServing(#[from] crate::serving::NotServing),
     #[error("nothing to take down: no data plane pinned at {}", path.display())]
     NothingPinned { path: PathBuf },
+    /// `xdplb plan` / `drain --dry-run`: the change would be refused.
+    #[error("refused: {reason}")]
+    Refused { reason: String },
     #[error(
         "an `xdplb run` (pid {pid}) owns the data plane at {}: stop it first, or take \
          the data plane down under it with --force",
@@ -504,6 +547,17 @@ pub async fn execute(cmd: Cmd) -> Result<(), CliError> {
             None => stats(&a.pin_path, a.json),
             Some(every) => watch(&a.pin_path, a.json, every).await,
         },
+        Cmd::Drain(a) if a.dry_run => {
+            plan(
+                &a.socket.socket,
+                Request::PlanDrain {
+                    pool: a.pool,
+                    backend: a.backend,
+                },
+                a.json,
+            )
+            .await
+        }
         Cmd::Drain(a) => {
             steer(
                 &a.socket.socket,
@@ -513,6 +567,14 @@ pub async fn execute(cmd: Cmd) -> Result<(), CliError> {
                 },
             )
             .await
+        }
+        Cmd::Plan(a) => {
+            // The controller reads it: from its own working directory.
+            let config = std::path::absolute(&a.config)
+                .unwrap_or(a.config)
+                .to_string_lossy()
+                .into_owned();
+            plan(&a.socket.socket, Request::Plan { config }, a.json).await
         }
         Cmd::Undrain(a) => {
             steer(
@@ -728,6 +790,28 @@ async fn status(socket: &Path, json: bool) -> Result<(), CliError> {
         print(&s)
     } else {
         print(&format::status_text(&status))
+    }
+}
+
+/// plan, drain --dry-run: print the plan; a change that would be refused
+/// exits 1 with the reason.
+async fn plan(socket: &Path, req: Request, json: bool) -> Result<(), CliError> {
+    let resp = admin::request(socket, &req).await?.into_result()?;
+    let Some(plan) = resp.plan else {
+        return Err(CliError::Admin(AdminError::Refused {
+            error: "the controller sent no plan".to_string(),
+        }));
+    };
+    if json {
+        let mut s = serde_json::to_string(&plan).expect("a plan serialises");
+        s.push('\n');
+        print(&s)?;
+    } else {
+        print(&format::plan_text(&plan))?;
+    }
+    match plan.refused {
+        Some(reason) if !plan.accepted => Err(CliError::Refused { reason }),
+        _ => Ok(()),
     }
 }
 

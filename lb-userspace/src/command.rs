@@ -3,7 +3,9 @@
 //! `controller` (which answers) both use it, and `controller` uses `admin`.
 use tokio::sync::oneshot;
 
-use crate::status::Status;
+use std::path::PathBuf;
+
+use crate::status::{ChangePlan, Status};
 
 /// What the admin socket asks the running controller. Each carries the
 /// channel its answer goes back on.
@@ -18,6 +20,11 @@ pub enum Command {
         backend: String,
         action: AdminAction,
         reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// What a change would do, computed without writing anything.
+    Plan {
+        proposal: Proposal,
+        reply: oneshot::Sender<ChangePlan>,
     },
     /// Re-read the config file: `Ok(summary of what changed)` or
     /// `Err(why it was refused)`; a refused config changes nothing.
@@ -56,4 +63,13 @@ impl AdminAction {
             AdminAction::Weight(None) => format!("{what} weight back to its config's"),
         }
     }
+}
+
+/// A change `xdplb plan` or `xdplb drain --dry-run` asks about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Proposal {
+    /// A reload of the config file at `path` (read by the controller).
+    Config { path: PathBuf },
+    /// `xdplb drain POOL BACKEND`.
+    Drain { pool: String, backend: String },
 }

@@ -314,3 +314,95 @@ mod tests {
         assert!(s.pools[0].backends[0].transitions.is_empty());
     }
 }
+
+/// What `xdplb plan` (a reload of another config) or `xdplb drain …
+/// --dry-run` would do, computed by the running controller against its
+/// live image, observations and last flow census; nothing is written.
+/// Field names are the operator contract (docs/INTERFACE.md, "JSON").
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChangePlan {
+    /// Whether the change would be accepted (a reload: applied).
+    pub accepted: bool,
+    /// Why it would be refused, in the words `xdplb reload` uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    /// What the reload would report (`added backend web/web-4`, …).
+    #[serde(default)]
+    pub summary: Vec<String>,
+    /// Per pool of the running config and of the new one.
+    #[serde(default)]
+    pub pools: Vec<PoolChange>,
+    /// What the prediction takes for granted (new backends pass their
+    /// health checks, slow start has run its course, …).
+    #[serde(default)]
+    pub assumptions: Vec<String>,
+    /// Age of the flow census the flow counts come from, in ms (`None`:
+    /// no census yet, flows counted as 0).
+    #[serde(default)]
+    pub census_age_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PoolChange {
+    pub name: String,
+    /// "added" | "removed" | "changed" | "unchanged"
+    pub change: String,
+    /// The VIP now and after (`None`: the pool is not there).
+    pub vip: Option<String>,
+    pub new_vip: Option<String>,
+    /// Why its established flows cannot continue on the VIP entry they
+    /// use (address, protocol or mode changed; pool removed): they are
+    /// counted as stranded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip_change: Option<String>,
+    pub backends_added: Vec<String>,
+    pub backends_removed: Vec<String>,
+    pub reweighted: Vec<Reweight>,
+    /// Ring entries (of `ring_size`) whose backend changes; `None` when
+    /// the live ring's inputs are not known (a ring adopted from the pins
+    /// before the first sync) or the pool has no ring before or after.
+    pub ring_moved: Option<u32>,
+    pub ring_size: u32,
+    /// `ring_moved / ring_size`: the share of new flows (by hash) that go
+    /// to another backend than before.
+    pub ring_moved_share: Option<f64>,
+    /// Established flows (last census) on backends that stop taking new
+    /// flows and keep their established ones.
+    pub flows_drained: u64,
+    /// Established flows re-steered on their next packet (`on_down =
+    /// "reset"`: a backend going down).
+    pub flows_reset: u64,
+    /// Established flows whose VIP entry goes or changes meaning.
+    pub flows_stranded: u64,
+    pub spares_activated: Vec<String>,
+    pub spares_drained: Vec<String>,
+    /// Each backend whose state changes, and what happens to its flows.
+    pub backends: Vec<BackendChange>,
+    /// With `[announce]`: "announced" | "withdrawn" when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reweight {
+    pub name: String,
+    pub from: u32,
+    pub to: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendChange {
+    pub name: String,
+    /// State now ("active" | "draining" | "standby" | "down"; "new" for a
+    /// backend the change adds).
+    pub from: String,
+    /// State after ("removed" for a backend the change takes out).
+    pub to: String,
+    /// Established flows on it (last census).
+    pub flows: u64,
+    /// What happens to them: "continue" | "drained" | "reset" |
+    /// "stranded".
+    pub fate: String,
+    /// Ring entries it gains (positive) or loses (negative).
+    pub ring_delta: i64,
+}

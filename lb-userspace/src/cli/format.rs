@@ -227,6 +227,120 @@ pub fn status_text_at(s: &Status, now_unix_ms: u64) -> String {
     out
 }
 
+/// `xdplb plan` / `xdplb drain --dry-run`, for a person.
+pub fn plan_text(p: &crate::status::ChangePlan) -> String {
+    use Align::{Left, Right};
+    let mut out = String::new();
+    if !p.accepted {
+        out.push_str(&format!(
+            "would be REFUSED: {}\n",
+            p.refused.as_deref().unwrap_or("no reason given")
+        ));
+        return out;
+    }
+    out.push_str(&format!(
+        "would be accepted: {}\n",
+        if p.summary.is_empty() {
+            "no change".to_string()
+        } else {
+            p.summary.join("; ")
+        }
+    ));
+    for pool in &p.pools {
+        let quiet = pool.change == "unchanged"
+            && pool.backends.is_empty()
+            && pool.announce.is_none()
+            && pool.ring_moved.unwrap_or(0) == 0;
+        if quiet {
+            continue;
+        }
+        out.push_str(&format!(
+            "\npool {}  {}  {}\n",
+            pool.name,
+            match (&pool.vip, &pool.new_vip) {
+                (Some(a), Some(b)) if a != b => format!("{a} → {b}"),
+                (Some(a), _) | (None, Some(a)) => a.clone(),
+                (None, None) => "-".to_string(),
+            },
+            pool.change
+        ));
+        if let Some(v) = &pool.vip_change {
+            out.push_str(&format!("  {v}\n"));
+        }
+        let list = |what: &str, names: &[String], out: &mut String| {
+            if !names.is_empty() {
+                out.push_str(&format!("  {what}: {}\n", names.join(", ")));
+            }
+        };
+        list("backends added", &pool.backends_added, &mut out);
+        list("backends removed", &pool.backends_removed, &mut out);
+        if !pool.reweighted.is_empty() {
+            let r: Vec<String> = pool
+                .reweighted
+                .iter()
+                .map(|r| format!("{} {} → {}", r.name, r.from, r.to))
+                .collect();
+            out.push_str(&format!("  re-weighted: {}\n", r.join(", ")));
+        }
+        match pool.ring_moved {
+            Some(m) => out.push_str(&format!(
+                "  ring: {m} of {} entries ({:.1}%) move to another backend\n",
+                pool.ring_size,
+                100.0 * f64::from(m) / f64::from(pool.ring_size.max(1))
+            )),
+            None => out.push_str("  ring: not comparable (no ring before or after)\n"),
+        }
+        out.push_str(&format!(
+            "  established flows: {} drained, {} reset, {} stranded\n",
+            pool.flows_drained, pool.flows_reset, pool.flows_stranded
+        ));
+        list("spares activated", &pool.spares_activated, &mut out);
+        list("spares drained", &pool.spares_drained, &mut out);
+        if let Some(a) = &pool.announce {
+            out.push_str(&format!("  announcement: {a}\n"));
+        }
+        if !pool.backends.is_empty() {
+            let rows: Vec<Vec<String>> = pool
+                .backends
+                .iter()
+                .map(|b| {
+                    vec![
+                        b.name.clone(),
+                        b.from.clone(),
+                        b.to.clone(),
+                        b.flows.to_string(),
+                        b.fate.clone(),
+                        format!("{:+}", b.ring_delta),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(
+                "  ",
+                &[
+                    ("BACKEND", Left),
+                    ("NOW", Left),
+                    ("AFTER", Left),
+                    ("FLOWS", Right),
+                    ("FLOWS GO", Left),
+                    ("RING", Right),
+                ],
+                &rows,
+            ));
+        }
+    }
+    match p.census_age_ms {
+        Some(ms) => out.push_str(&format!(
+            "\nflow counts: the last census, {:.1} s old\n",
+            ms as f64 / 1000.0
+        )),
+        None => out.push_str("\nflow counts: no census yet (counted as 0)\n"),
+    }
+    for a in &p.assumptions {
+        out.push_str(&format!("assuming: {a}\n"));
+    }
+    out
+}
+
 /// The ADMIN column: the runtime state and who set it (`maint by
 /// operator`, `drain by agent`, `ready`), and a weight override.
 fn admin_cell(b: &crate::status::BackendStatus) -> String {

@@ -84,6 +84,7 @@ mod apply;
 mod daemon;
 pub mod image;
 mod ops;
+mod plan;
 mod reconcile;
 mod slots;
 mod sync;
@@ -848,28 +849,35 @@ impl<D: DataplaneOps> Controller<D> {
         })
     }
 
-    /// Re-reads the config file and applies it, or refuses it with the
-    /// reason and changes nothing.
-    pub fn reload(&mut self) -> Result<String, String> {
-        let text = std::fs::read_to_string(&self.config_path)
-            .map_err(|e| format!("{}: {e}", self.config_path.display()))?;
-        let new = config::parse(&self.config_path, &text).map_err(|e| e.to_string())?;
-        config::check_interfaces_exist(&new)
-            .map_err(|e| e.placed(&self.config_path).to_string())?;
+    /// `text` (the config file at `path`) as a config a reload may apply:
+    /// valid, its interfaces there, `[dataplane]` and `[control]` as
+    /// running. The refusal is what `xdplb reload` (and `xdplb plan`) say.
+    pub(super) fn reloadable(&self, path: &Path, text: &str) -> Result<Config, String> {
+        let new = config::parse(path, text).map_err(|e| e.to_string())?;
+        config::check_interfaces_exist(&new).map_err(|e| e.placed(path).to_string())?;
         if new.dataplane != self.config.dataplane {
             return Err(format!(
                 "{}: [dataplane] changed; it shapes the pinned maps and attachments, so it \
                  needs `xdplb down` and a fresh `xdplb run` (this drops established flows)",
-                self.config_path.display()
+                path.display()
             ));
         }
         if new.control != self.config.control {
             return Err(format!(
                 "{}: [control] changed; restart `xdplb run` to rebind the admin socket or \
                  metrics listener (the data plane keeps forwarding meanwhile)",
-                self.config_path.display()
+                path.display()
             ));
         }
+        Ok(new)
+    }
+
+    /// Re-reads the config file and applies it, or refuses it with the
+    /// reason and changes nothing.
+    pub fn reload(&mut self) -> Result<String, String> {
+        let text = std::fs::read_to_string(&self.config_path)
+            .map_err(|e| format!("{}: {e}", self.config_path.display()))?;
+        let new = self.reloadable(&self.config_path, &text)?;
         let (slots, summary) = self
             .slots
             .place(&self.out.live, &self.config, &new, Instant::now())
@@ -924,6 +932,9 @@ impl<D: DataplaneOps> Controller<D> {
                 reply,
             } => {
                 let _ = reply.send(self.set_admin(&pool, &backend, action));
+            }
+            Command::Plan { proposal, reply } => {
+                let _ = reply.send(self.plan_change(&proposal));
             }
             Command::Reload { reply } => {
                 let r = self.reload();

@@ -176,10 +176,15 @@ pub enum Request {
     Reload {},
     /// What a reload of the config file at `config` (an absolute path the
     /// controller reads) would do; nothing is written.
-    Plan { config: String },
+    Plan {
+        config: String,
+    },
     /// What `drain` would do; nothing is written.
     #[serde(rename = "plan_drain")]
-    PlanDrain { pool: String, backend: String },
+    PlanDrain {
+        pool: String,
+        backend: String,
+    },
 }
 
 impl Request {
@@ -746,6 +751,13 @@ mod tests {
                     }
                     Command::Reload { reply } => {
                         let _ = reply.send(Ok("pool web: 1 backend added".into()));
+                    }
+                    Command::Plan { proposal, reply } => {
+                        let _ = reply.send(crate::status::ChangePlan {
+                            accepted: false,
+                            refused: Some(format!("{proposal:?}")),
+                            ..Default::default()
+                        });
                     }
                 }
             }

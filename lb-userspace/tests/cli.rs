@@ -223,7 +223,10 @@ const HELP_NEEDLES: &[(&str, &[&str])] = &[
     ("check", &["/etc/xdplb/xdplb.toml", "line"]),
     ("status", &["/run/xdplb.sock", "--json"]),
     ("stats", &["/sys/fs/bpf/xdplb", "--watch", "--json"]),
-    ("drain", &["/run/xdplb.sock", "<POOL>", "<BACKEND>"]),
+    (
+        "drain",
+        &["/run/xdplb.sock", "<POOL>", "<BACKEND>", "--dry-run"],
+    ),
     ("undrain", &["/run/xdplb.sock", "<POOL>", "<BACKEND>"]),
     (
         "maint",
@@ -234,6 +237,10 @@ const HELP_NEEDLES: &[(&str, &[&str])] = &[
         &["/run/xdplb.sock", "<POOL>", "<BACKEND>", "set weight"],
     ),
     ("set", &["weight"]),
+    (
+        "plan",
+        &["/run/xdplb.sock", "--config", "--json", "refused"],
+    ),
     ("withdraw", &["/etc/xdplb/xdplb.toml", "hold_ms"]),
     ("serving", &["/etc/xdplb/xdplb.toml", "track_script"]),
     ("reload", &["/run/xdplb.sock", "SIGHUP"]),
@@ -474,6 +481,25 @@ impl FakeController {
                                     "/etc/xdplb/xdplb.toml:8:3: rise must be at least 1".into(),
                                 ));
                             }
+                            // Refuses a config named refused.toml; else
+                            // accepts, saying what it was asked.
+                            ControllerCommand::Plan { proposal, reply } => {
+                                use xdplb::command::Proposal;
+                                let said = match &proposal {
+                                    Proposal::Config { path } => path.display().to_string(),
+                                    Proposal::Drain { pool, backend } => {
+                                        format!("drain {pool}/{backend}")
+                                    }
+                                };
+                                let refused = said.ends_with("refused.toml");
+                                let _ = reply.send(xdplb::status::ChangePlan {
+                                    accepted: !refused,
+                                    refused: refused
+                                        .then(|| format!("{said}: [dataplane] changed")),
+                                    summary: vec![said],
+                                    ..Default::default()
+                                });
+                            }
                         }
                     }
                 });
@@ -584,6 +610,42 @@ fn admin_socket_from_outside() {
         assert!(o.status.success(), "{args:?}: {}", stderr(&o));
         assert_eq!(stdout(&o), want, "{args:?}");
     }
+    // Plans: the path reaches the controller absolute (it reads it from
+    // its own directory); a refusal exits 1 with the reason.
+    let o = xdplb(&["plan", "--config", "new.toml", "--socket", &s]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cwd = std::env::current_dir().unwrap();
+    assert!(
+        stdout(&o).starts_with(&format!(
+            "would be accepted: {}\n",
+            cwd.join("new.toml").display()
+        )),
+        "{}",
+        stdout(&o)
+    );
+    let o = xdplb(&[
+        "plan",
+        "--config",
+        "/x/refused.toml",
+        "--json",
+        "--socket",
+        &s,
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["accepted"], false);
+    assert_eq!(v["refused"], "/x/refused.toml: [dataplane] changed");
+    assert_one_error_line(&o, "refused: /x/refused.toml: [dataplane] changed");
+    let o = xdplb(&["drain", "web", "web-1", "--dry-run", "--socket", &s]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("would be accepted: drain web/web-1\n"),
+        "{}",
+        stdout(&o)
+    );
+    let o = xdplb(&["drain", "web", "web-1", "--json", "--socket", &s]);
+    assert_eq!(o.status.code(), Some(2), "--json needs --dry-run");
+
     let o = xdplb(&["maint", "web", "nope", "--socket", &s]);
     assert_one_error_line(&o, "no backend \"nope\" in pool \"web\"");
     // Out of range: refused by the command line, nothing sent.

@@ -747,6 +747,62 @@ mod tests {
     }
 
     #[test]
+    fn plan_output() {
+        use crate::status::{BackendChange, ChangePlan, PoolChange};
+        let p = ChangePlan {
+            accepted: true,
+            refused: None,
+            summary: vec!["changed pool web".into(), "added backend web/web-3".into()],
+            pools: vec![PoolChange {
+                name: "web".into(),
+                change: "changed".into(),
+                vip: Some("198.18.2.10:80".into()),
+                new_vip: Some("198.18.2.10:80".into()),
+                backends_added: vec!["web-3".into()],
+                ring_moved: Some(340),
+                ring_size: 1009,
+                ring_moved_share: Some(340.0 / 1009.0),
+                flows_drained: 2,
+                backends: vec![BackendChange {
+                    name: "web-3".into(),
+                    from: "new".into(),
+                    to: "active".into(),
+                    flows: 0,
+                    fate: "continue".into(),
+                    ring_delta: 336,
+                }],
+                ..PoolChange::default()
+            }],
+            assumptions: vec![
+                "not probed yet, taken as passing their health checks: web/web-3".into(),
+            ],
+            census_age_ms: Some(1500),
+        };
+        let want = "\
+would be accepted: changed pool web; added backend web/web-3
+
+pool web  198.18.2.10:80  changed
+  backends added: web-3
+  ring: 340 of 1009 entries (33.7%) move to another backend
+  established flows: 2 drained, 0 reset, 0 stranded
+  BACKEND  NOW  AFTER   FLOWS  FLOWS GO  RING
+  web-3    new  active      0  continue  +336
+
+flow counts: the last census, 1.5 s old
+assuming: not probed yet, taken as passing their health checks: web/web-3
+";
+        assert_eq!(plan_text(&p), want);
+        let refused = ChangePlan {
+            refused: Some("x.toml: [dataplane] changed".into()),
+            ..ChangePlan::default()
+        };
+        assert_eq!(
+            plan_text(&refused),
+            "would be REFUSED: x.toml: [dataplane] changed\n"
+        );
+    }
+
+    #[test]
     fn status_output() {
         let mut down = backend("web-spare-1", BackendState::Down, Health::Down);
         down.role = Role::Spare;

@@ -187,8 +187,14 @@ impl<D: DataplaneOps> Controller<D> {
             (Some(a), Some(b)) => Some(a.iter().zip(b).filter(|(x, y)| x != y).count() as u32),
             _ => None,
         };
-        let old_entries = old_ring.as_deref().map(entries_per_slot).unwrap_or_default();
-        let new_entries = new_ring.as_deref().map(entries_per_slot).unwrap_or_default();
+        let old_entries = old_ring
+            .as_deref()
+            .map(entries_per_slot)
+            .unwrap_or_default();
+        let new_entries = new_ring
+            .as_deref()
+            .map(entries_per_slot)
+            .unwrap_or_default();
         let old_plan = self.plan.as_ref().and_then(|p| p.pool(name));
         let new_plan = plan.pool(name);
         let mut out = PoolChange {
@@ -226,14 +232,11 @@ impl<D: DataplaneOps> Controller<D> {
                 }),
                 _ => {}
             }
-            let from = match old_cfg {
-                None => None,
-                Some(_) => Some(
-                    old_plan
-                        .and_then(|p| p.backend(b))
-                        .map_or(BackendState::Down, |p| p.state),
-                ),
-            };
+            let from = old_cfg.map(|_| {
+                old_plan
+                    .and_then(|p| p.backend(b))
+                    .map_or(BackendState::Down, |p| p.state)
+            });
             let to = new_cfg.map(|_| {
                 new_plan
                     .and_then(|p| p.backend(b))
@@ -250,12 +253,11 @@ impl<D: DataplaneOps> Controller<D> {
                 "drained"
             } else {
                 match (from, to) {
-                    (Some(f), Some(BackendState::Down)) if f != BackendState::Down => {
-                        match on_down {
-                            OnDown::Reset => "reset",
-                            OnDown::Keep => "drained",
-                        }
-                    }
+                    (Some(f), Some(BackendState::Down)) if f != BackendState::Down => match on_down
+                    {
+                        OnDown::Reset => "reset",
+                        OnDown::Keep => "drained",
+                    },
                     (
                         Some(BackendState::Active),
                         Some(BackendState::Draining | BackendState::Standby),
@@ -273,7 +275,9 @@ impl<D: DataplaneOps> Controller<D> {
                     _ => {}
                 }
             }
-            let spare = new_cfg.or(old_cfg).is_some_and(|c| c.role == config::Role::Spare);
+            let spare = new_cfg
+                .or(old_cfg)
+                .is_some_and(|c| c.role == config::Role::Spare);
             if spare {
                 match (from, to) {
                     (Some(f), Some(BackendState::Active)) if f != BackendState::Active => {

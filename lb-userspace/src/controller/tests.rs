@@ -2061,3 +2061,194 @@ async fn runtime_states_survive_reloads_restarts_and_down() {
         );
     }
 }
+
+// ---- Plans (issue 25): `xdplb plan`, `xdplb drain --dry-run`.
+
+impl Rig {
+    /// `text` (with this rig's state file) written beside the running
+    /// config, as `xdplb plan --config` would name it.
+    fn new_config(&self, text: &str) -> PathBuf {
+        let path = self.dir.join("new.toml");
+        std::fs::write(&path, with_state_file(&self.dir, text)).unwrap();
+        path
+    }
+}
+
+fn plan_config(r: &Rig, text: &str) -> crate::status::ChangePlan {
+    let path = r.new_config(text);
+    r.c.plan_change(&crate::command::Proposal::Config { path })
+}
+
+/// CONFIG with a third primary, web-3.
+fn with_web3() -> String {
+    CONFIG.replace(
+        "  [[pool.backend]]\n  name = \"spare-1\"",
+        "  [[pool.backend]]\n  name = \"web-3\"\n  addr = \"198.18.1.13:8080\"\n  \
+         [[pool.backend]]\n  name = \"spare-1\"",
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_plan_predicts_the_ring_entries_a_reload_moves_and_writes_nothing() {
+    let mut r = rig();
+    r.pump(Duration::from_millis(300)).await;
+    let slot1 = r.c.slots.backends[&key("web", "web-1")];
+    r.c.set_flows([(slot1, 7)].into_iter().collect());
+    let before = r.fake().vips[&ep(VIP)].1.clone();
+    let ops = r.fake().ops.len();
+    let status = r.c.status();
+    let plan = plan_config(&r, &with_web3());
+    assert_eq!(r.fake().ops.len(), ops, "the plan wrote");
+    assert_eq!(r.c.status(), status, "the plan changed the status");
+    assert!(plan.accepted, "{plan:?}");
+    assert_eq!(
+        plan.summary,
+        ["changed pool web", "added backend web/web-3"]
+    );
+    let pool = &plan.pools[0];
+    assert_eq!(
+        (pool.name.as_str(), pool.change.as_str()),
+        ("web", "changed")
+    );
+    assert_eq!(pool.backends_added, ["web-3"]);
+    // Established flows stay where they are pinned.
+    assert_eq!(
+        (pool.flows_drained, pool.flows_reset, pool.flows_stranded),
+        (0, 0, 0)
+    );
+    let web3 = pool.backends.iter().find(|b| b.name == "web-3").unwrap();
+    assert_eq!((web3.from.as_str(), web3.to.as_str()), ("new", "active"));
+    assert!(
+        plan.assumptions[0].contains("web/web-3"),
+        "{:?}",
+        plan.assumptions
+    );
+    let moved = pool.ring_moved.unwrap();
+    // About a third of the ring goes to web-3.
+    assert!((300..=372).contains(&moved), "{moved}");
+    // Most of them to web-3 (Maglev also moves a few between the others).
+    assert!(
+        web3.ring_delta <= i64::from(moved) && web3.ring_delta >= i64::from(moved) * 9 / 10,
+        "{} of {moved}",
+        web3.ring_delta
+    );
+    // The reload, once web-3 is probed, moves exactly those entries.
+    r.write_config(with_web3());
+    r.c.reload().unwrap();
+    r.pump(Duration::from_millis(300)).await;
+    assert_eq!(r.fake().ring_members(VIP), ["web-1", "web-2", "web-3"]);
+    let after = &r.fake().vips[&ep(VIP)].1;
+    let really = before.iter().zip(after).filter(|(a, b)| a != b).count();
+    assert_eq!(really as u32, moved);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_plan_says_what_reload_says_and_changes_nothing() {
+    let mut r = rig();
+    r.pump(Duration::from_millis(300)).await;
+    let state = r.dir.join("state.json");
+    r.c.drain("web", "web-2", true).unwrap();
+    let saved = std::fs::read(&state).unwrap();
+    let status = r.c.status();
+    let ops = r.fake().ops.len();
+    let bigger = CONFIG.replace("ring_size = 1009", "ring_size = 2003");
+    let plan = plan_config(&r, &bigger);
+    assert!(!plan.accepted);
+    let why = plan.refused.unwrap();
+    assert!(why.contains("[dataplane] changed"), "{why}");
+    assert_eq!(r.fake().ops.len(), ops);
+    assert_eq!(r.c.status(), status);
+    assert_eq!(std::fs::read(&state).unwrap(), saved);
+    // The same words as the reload's refusal (which names its own file).
+    r.write_config(&bigger);
+    let reload = r.c.reload().unwrap_err();
+    assert_eq!(
+        why.replace(&r.dir.join("new.toml").display().to_string(), "FILE"),
+        reload.replace(&r.c.config_path.display().to_string(), "FILE")
+    );
+    // An invalid file: its own file:line:col.
+    let plan = plan_config(&r, "[[pool]]\nname = 1\n");
+    assert!(plan.refused.unwrap().contains("new.toml:"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_dry_run_counts_the_flows_it_drains_and_the_spare_it_brings() {
+    let mut r = rig();
+    r.pump(Duration::from_millis(300)).await;
+    let slot1 = r.c.slots.backends[&key("web", "web-1")];
+    r.c.set_flows([(slot1, 7)].into_iter().collect());
+    r.pump(Duration::from_millis(20)).await;
+    let ops = r.fake().ops.len();
+    let drain = crate::command::Proposal::Drain {
+        pool: "web".into(),
+        backend: "web-1".into(),
+    };
+    let plan = r.c.plan_change(&drain);
+    assert_eq!(r.fake().ops.len(), ops, "the dry run wrote");
+    assert!(r.c.admin.is_empty(), "the dry run drained");
+    assert!(plan.accepted);
+    assert_eq!(plan.summary, ["drain web/web-1"]);
+    let pool = &plan.pools[0];
+    assert_eq!(pool.flows_drained, 7);
+    assert_eq!(pool.spares_activated, ["spare-1"]);
+    let b = pool.backends.iter().find(|b| b.name == "web-1").unwrap();
+    assert_eq!(
+        (b.from.as_str(), b.to.as_str(), b.flows, b.fate.as_str()),
+        ("active", "draining", 7, "drained")
+    );
+    // web-1's half of the ring moves (to spare-1 and web-2), and some
+    // entries between those two (the member set changed).
+    let moved = pool.ring_moved.unwrap();
+    assert!(
+        i64::from(moved) >= -b.ring_delta && -b.ring_delta >= 480,
+        "{moved} {}",
+        b.ring_delta
+    );
+    // What the drain then does.
+    let before = r.fake().vips[&ep(VIP)].1.clone();
+    r.c.drain("web", "web-1", true).unwrap();
+    let after = &r.fake().vips[&ep(VIP)].1;
+    assert_eq!(
+        before.iter().zip(after).filter(|(a, b)| a != b).count() as u32,
+        moved
+    );
+    let e = r.c.plan_change(&crate::command::Proposal::Drain {
+        pool: "web".into(),
+        backend: "nope".into(),
+    });
+    assert_eq!(
+        e.refused.as_deref(),
+        Some("unknown backend \"nope\" in pool \"web\"")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_plan_that_moves_a_vip_strands_its_flows() {
+    let mut r = rig();
+    r.pump(Duration::from_millis(300)).await;
+    let slot1 = r.c.slots.backends[&key("web", "web-1")];
+    let slot2 = r.c.slots.backends[&key("web", "web-2")];
+    r.c.set_flows([(slot1, 3), (slot2, 4)].into_iter().collect());
+    let moved = CONFIG.replace("vip = \"198.18.2.10:80\"", "vip = \"198.18.2.10:81\"");
+    let plan = plan_config(&r, &moved);
+    let pool = &plan.pools[0];
+    assert!(
+        pool.vip_change
+            .as_deref()
+            .unwrap()
+            .contains("198.18.2.10:81"),
+        "{pool:?}"
+    );
+    assert_eq!(
+        (pool.flows_stranded, pool.flows_drained),
+        (7, 0),
+        "{pool:?}"
+    );
+    // A pool removed strands its flows too.
+    let plan = plan_config(&r, &two_pools());
+    assert_eq!(plan.pools.len(), 2);
+    assert_eq!(plan.pools[1].change, "added");
+    let gone = plan_config(&r, &CONFIG.replace("name = \"web\"", "name = \"www\""));
+    let web = gone.pools.iter().find(|p| p.name == "web").unwrap();
+    assert_eq!((web.change.as_str(), web.flows_stranded), ("removed", 7));
+}

@@ -52,10 +52,16 @@ fn census(d: &Deployment) -> Result<BTreeMap<String, u64>> {
         .collect())
 }
 
-/// What a change may not touch: per backend its state, weight, runtime
-/// state and slot facts (from status and from the pinned maps), each VIP,
-/// and the state file.
-fn snapshot(d: &Deployment) -> Result<(Vec<String>, Vec<String>, Option<Vec<u8>>)> {
+/// What a change may not touch: per backend its state, weight and runtime
+/// state (status), each slot and VIP (the pinned maps), and the state file.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    status: Vec<String>,
+    maps: Vec<String>,
+    state_file: Option<Vec<u8>>,
+}
+
+fn snapshot(d: &Deployment) -> Result<Snapshot> {
     let s = d.status()?;
     let status = s["pools"][0]["backends"]
         .as_array()
@@ -90,8 +96,12 @@ fn snapshot(d: &Deployment) -> Result<(Vec<String>, Vec<String>, Option<Vec<u8>>
             .iter()
             .map(|v| format!("{} {} {}", v["pool"], v["vip"], v["protocol"])),
     );
-    let state = std::fs::read(d.lab.dir().join("state.json")).ok();
-    Ok((status, maps, state))
+    let state_file = std::fs::read(d.lab.dir().join("state.json")).ok();
+    Ok(Snapshot {
+        status,
+        maps,
+        state_file,
+    })
 }
 
 #[test]
@@ -156,7 +166,7 @@ fn plan_predicts_what_adding_a_backend_moves_and_a_refused_plan_changes_nothing(
         good.replace("ring_size = 4099", "ring_size = 4111"),
     )?;
     let before = snapshot(&d)?;
-    ensure!(before.2.is_some(), "no state file to compare");
+    ensure!(before.state_file.is_some(), "no state file to compare");
     let (code, v, err) = plan(&d, &refused_path)?;
     ensure!(code == Some(1), "refused plan exit {code:?}");
     ensure!(v["accepted"] == false, "{v}");

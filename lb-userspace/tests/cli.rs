@@ -219,7 +219,15 @@ impl Daemon {
 /// What each subcommand's help must say beyond its flags and defaults.
 const HELP_NEEDLES: &[(&str, &[&str])] = &[
     ("run", &["/etc/xdplb/xdplb.toml", "SIGHUP"]),
-    ("down", &["/sys/fs/bpf/xdplb", "--config"]),
+    (
+        "down",
+        &["/sys/fs/bpf/xdplb", "--config", "--withdraw-wait"],
+    ),
+    (
+        "withdraw",
+        &["/etc/xdplb/xdplb.toml", "--after-hold", "hold_ms"],
+    ),
+    ("serving", &["/etc/xdplb/xdplb.toml", "track_script"]),
     ("check", &["/etc/xdplb/xdplb.toml", "line"]),
     ("status", &["/run/xdplb.sock", "--json"]),
     ("stats", &["/sys/fs/bpf/xdplb", "--watch", "--json"]),

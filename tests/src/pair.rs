@@ -427,7 +427,7 @@ impl Pair {
         let has = |ifname: &str, a: Ipv4Addr| -> Result<bool> {
             let out = self
                 .lab
-                .exec_ok(gw, &["ip", "-4", "-o", "addr", "show", "dev", ifname])?;
+                .exec_ok(gw, &["ip", "-4", "-o", "addr", "show", "dev", ifname, "up"])?;
             Ok(out.contains(&format!(" {a}/")))
         };
         Ok((
@@ -437,8 +437,10 @@ impl Pair {
     }
 
     /// The gateways holding a VRRP address, with what they hold: e.g.
-    /// `[("gwa", (true, true))]`. Errors read as holding nothing (a
-    /// gateway whose links are down still answers `ip addr`).
+    /// `[("gwa", (true, true))]`. Only interfaces that are up count: a
+    /// gateway cut off (links down, keepalived killed) may keep the
+    /// addresses its keepalived had no time to remove, but nobody reaches
+    /// them. Errors read as holding nothing.
     pub fn holders(&self) -> Vec<(&'static str, (bool, bool))> {
         GATEWAYS
             .iter()

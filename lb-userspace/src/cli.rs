@@ -150,16 +150,23 @@ pub enum Cmd {
     /// closes. Utilisation is measured from /proc every second unless
     /// --fixed or --fixed-file is given. Runs until SIGINT/SIGTERM.
     Agent(AgentArgs),
-    /// On a backend of a `tunnel` pool: open the IPIP tunnels addressed to
+    /// On a backend of a `tunnel` pool: open the tunnels the gateways send
     /// this host.
     ///
     /// Attaches a small XDP program to --interface that strips the outer
-    /// IPv4 header of IPv4-in-IPv4 packets addressed to one of this host's
-    /// addresses and passes the inner packet (to the VIP, held on a
+    /// header of IPv4-in-IPv4 and IPv6-in-IPv6 packets addressed to one of
+    /// this host's addresses from an outer source in --allow (the gateways'
+    /// tunnel_source), and passes the inner packet (to the VIP, held on a
     /// loopback) to the kernel, so the backend needs no ipip device or
-    /// module. Everything else passes untouched. The program stays attached
-    /// after the command returns (its link is pinned); --down removes it,
-    /// --stats prints its counters.
+    /// module. Tunnels to this host from other sources, or whose inner
+    /// destination is not an address of this host, are dropped and
+    /// counted; an outer CE mark is carried into the inner header (RFC
+    /// 6040; CE around a packet that is not ECN-capable is dropped).
+    /// Everything else passes untouched. Without --allow it refuses to
+    /// attach unless --allow-any is given. The host's addresses are read
+    /// when it starts: run it again after adding one. The program stays
+    /// attached after the command returns (its link is pinned); --down
+    /// removes it, --stats prints its counters.
     Decap(DecapArgs),
     /// Write man pages and shell completions into a directory (packaging).
     #[command(hide = true)]
@@ -176,24 +183,43 @@ pub struct ManArgs {
 #[derive(Debug, Args)]
 pub struct DecapArgs {
     /// The interface tunnels arrive on.
-    #[arg(long, value_name = "IFACE", required_unless_present = "stats")]
+    #[arg(long, value_name = "IFACE", required_unless_present_all = ["stats", "pin_path"])]
     pub interface: Option<String>,
+    /// Open tunnels whose outer source is in CIDR (repeatable): the
+    /// gateways' tunnel_source, e.g. 198.51.100.7/32 or 2001:db8::/64.
+    #[arg(long, value_name = "CIDR", value_parser = parse_allow)]
+    pub allow: Vec<ipnet::IpNet>,
+    /// Open tunnels from any outer source (anyone who can reach this host
+    /// can then hand it packets from any inner source).
+    #[arg(long, conflicts_with = "allow")]
+    pub allow_any: bool,
     /// Remove the program from --interface instead.
-    #[arg(long, conflicts_with = "stats")]
+    #[arg(long, conflicts_with_all = ["stats", "allow", "allow_any"])]
     pub down: bool,
-    /// Print the counters (decapsulated, passed, dropped) and exit.
-    #[arg(long)]
+    /// Print the counters (decapsulated, passed, dropped by reason) and
+    /// exit.
+    #[arg(long, conflicts_with_all = ["allow", "allow_any"])]
     pub stats: bool,
     /// With --stats: print JSON.
     #[arg(long, requires = "stats")]
     pub json: bool,
-    /// Where the program's maps and links are pinned.
-    #[arg(long, value_name = "PATH", default_value = lb_common::decap::DEFAULT_PIN_PATH)]
-    pub pin_path: PathBuf,
+    /// Where the program's maps and links are pinned [default:
+    /// /sys/fs/bpf/xdplb-decap/<netns>/<IFACE>, <netns> being this network
+    /// namespace's `ip netns` name (ns-NAME), host, or its inode
+    /// (ns-inode-N)].
+    #[arg(long, value_name = "PATH")]
+    pub pin_path: Option<PathBuf>,
     /// XDP attach mode: auto (native where the driver has it), native or
     /// generic.
     #[arg(long, value_enum, default_value = "auto")]
     pub xdp_mode: config::XdpMode,
+}
+
+/// `--allow`: a CIDR, or a bare address (one host).
+fn parse_allow(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an address or CIDR (e.g. 198.51.100.7/32)"))
 }
 
 #[derive(Debug, Args)]
@@ -439,6 +465,16 @@ pub enum CliError {
     #[error("refused: {reason}")]
     Refused { reason: String },
     #[error(
+        "xdplb decap: refusing to attach to {iface} without --allow CIDR (the gateways' \
+         tunnel_source); --allow-any opens tunnels from any source"
+    )]
+    DecapNoAllow { iface: String },
+    #[error("cannot name this network namespace for decap's default pin path: {source}")]
+    DecapNetns {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
         "an `xdplb run` (pid {pid}) owns the data plane at {}: stop it first, or take \
          the data plane down under it with --force",
         path.display()
@@ -625,11 +661,18 @@ pub async fn execute(cmd: Cmd) -> Result<(), CliError> {
 
 fn decap(a: DecapArgs) -> Result<(), CliError> {
     use dataplane::decap;
-    let pin_path = dataplane::resolve_pin_path(&a.pin_path)?;
+    let named = match (&a.pin_path, &a.interface) {
+        (Some(p), _) => p.clone(),
+        (None, Some(iface)) => {
+            decap::default_pin_path(iface).map_err(|source| CliError::DecapNetns { source })?
+        }
+        (None, None) => unreachable!("clap requires --interface or --pin-path"),
+    };
+    let pin_path = dataplane::resolve_pin_path(&named)?;
     if a.stats {
         let c = decap::counters(&pin_path).map_err(|e| match e {
             DataplaneError::NotPinned { .. } => CliError::NothingPinned {
-                path: a.pin_path.clone(),
+                path: named.clone(),
             },
             e => e.into(),
         })?;
@@ -638,9 +681,13 @@ fn decap(a: DecapArgs) -> Result<(), CliError> {
             print(&format!("{}\n", serde_json::json!(c)))
         } else {
             print(&format!(
-                "decapsulated {}  passed {}  dropped (malformed) {}\n",
+                "decapsulated {}  passed {}  dropped: source not allowed {}  inner not local {}  \
+                 CE on not-ECT {}  malformed {}\n",
                 get("decapsulated"),
                 get("passed"),
+                get("dropped_source"),
+                get("dropped_not_local"),
+                get("dropped_ecn"),
                 get("dropped_malformed")
             ))
         };
@@ -650,22 +697,38 @@ fn decap(a: DecapArgs) -> Result<(), CliError> {
         .expect("clap requires --interface without --stats");
     if a.down {
         return if decap::detach(&pin_path, &iface)? {
+            if a.pin_path.is_none() {
+                decap::remove_empty_parents(&pin_path);
+            }
             print(&format!("decap removed from {iface}\n"))
         } else {
             Err(CliError::NothingPinned {
-                path: pin_path.join(format!("{}{iface}", lb_common::maps::LINK_PREFIX)),
+                path: named.join(format!("{}{iface}", lb_common::maps::LINK_PREFIX)),
             })
         };
     }
+    let allow: Vec<ipnet::IpNet> = if a.allow_any {
+        vec![
+            ipnet::IpNet::V4(ipnet::Ipv4Net::default()),
+            ipnet::IpNet::V6(ipnet::Ipv6Net::default()),
+        ]
+    } else if a.allow.is_empty() {
+        return Err(CliError::DecapNoAllow { iface });
+    } else {
+        a.allow.clone()
+    };
     let mode = match a.xdp_mode {
         config::XdpMode::Auto => dataplane::AttachMode::Auto,
         config::XdpMode::Native => dataplane::AttachMode::Native,
         config::XdpMode::Generic => dataplane::AttachMode::Generic,
     };
-    let addrs = decap::attach(&pin_path, &iface, mode)?;
+    let addrs = decap::attach(&pin_path, &iface, mode, &allow)?;
+    let from: Vec<String> = allow.iter().map(ToString::to_string).collect();
     print(&format!(
-        "decap attached to {iface}: IPIP and IPv6-in-IPv6 to {} are opened\n",
-        addrs.join(", ")
+        "decap attached to {iface} (pins {}): IPIP and IPv6-in-IPv6 to {} from {} are opened\n",
+        named.display(),
+        addrs.join(", "),
+        from.join(", ")
     ))
 }
 

@@ -265,8 +265,10 @@ const HELP_NEEDLES: &[(&str, &[&str])] = &[
         &[
             "tunnel",
             "--interface",
-            "/sys/fs/bpf/xdplb-decap",
+            "/sys/fs/bpf/xdplb-decap/<netns>/<IFACE>",
             "--stats",
+            "--allow-any",
+            "RFC 6040",
         ],
     ),
 ];
@@ -338,6 +340,33 @@ fn usage_errors_are_one_line() {
     assert_one_error_line(&o, "--bogus");
     let o = xdplb(&["drain", "web"]);
     assert_one_error_line(&o, "<BACKEND>");
+}
+
+#[test]
+fn decap_refuses_to_attach_without_allow() {
+    // Refused before anything is loaded, attached or pinned: the pin path
+    // must not come into being.
+    let pins = unique("/sys/fs/bpf", "decap");
+    let pin_arg = pins.to_string_lossy().into_owned();
+    let o = xdplb(&["decap", "--interface", "lo", "--pin-path", &pin_arg]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_one_error_line(&o, "without --allow CIDR");
+    assert!(stderr(&o).contains("--allow-any"), "{}", stderr(&o));
+    assert!(!pins.exists(), "{} was created", pins.display());
+    // Both at once is a usage error; a bad CIDR names itself.
+    let o = xdplb(&[
+        "decap",
+        "--interface",
+        "lo",
+        "--allow",
+        "198.51.100.7/32",
+        "--allow-any",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_one_error_line(&o, "--allow-any");
+    let o = xdplb(&["decap", "--interface", "lo", "--allow", "198.51.100.300"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_one_error_line(&o, "198.51.100.300");
 }
 
 #[test]

@@ -279,12 +279,18 @@ impl DataplaneSpec {
     /// gateway's backend-side address and its IPv6 twin, for IPv6 `tunnel`
     /// pools (in a dual-stack lab).
     pub fn tunnel_dual() -> DataplaneSpec {
-        let v4 = crate::addr::GW_BACKEND_ADDR;
         DataplaneSpec {
-            tunnel_source: vec![v4.into(), v6_of(v4).into()],
+            tunnel_source: tunnel_sources(),
             ..DataplaneSpec::default()
         }
     }
+}
+
+/// Every `tunnel_source` a lab gateway uses: its backend-side address and
+/// that address's IPv6 twin. Backends' `xdplb decap --allow` these.
+pub fn tunnel_sources() -> Vec<IpAddr> {
+    let v4 = crate::addr::GW_BACKEND_ADDR;
+    vec![v4.into(), v6_of(v4).into()]
 }
 
 /// The config file for `pools` on `lab`, with the lab's default
@@ -596,15 +602,13 @@ impl Deployment {
         Ok(())
     }
 
-    /// `xdplb decap ARGS --pin-path P` on backend `i` (network namespace
-    /// only, so it pins into the host's bpffs under the lab's
-    /// [`Lab::decap_pin_path`]); must succeed; its stdout.
+    /// `xdplb decap ARGS` on backend `i` with the default pin path, as an
+    /// operator runs it: per network namespace, so it pins into the host's
+    /// bpffs under [`Lab::decap_pin_path`]; must succeed; its stdout.
     pub fn decap(&self, i: usize, args: &[&str]) -> Result<String> {
         let bin = xdplb_bin()?;
-        let pin = self.lab.decap_pin_path(i);
         let mut full: Vec<String> = vec![bin.to_string_lossy().into_owned(), "decap".into()];
         full.extend(args.iter().map(|s| s.to_string()));
-        full.extend(["--pin-path".into(), pin.to_string_lossy().into_owned()]);
         let out = self.lab.exec_net(self.lab.backend_ns(i), &full)?;
         ensure!(
             out.status.success(),
@@ -616,11 +620,27 @@ impl Deployment {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// `xdplb decap --stats --json` of backend `i`.
+    /// `xdplb decap --interface IFACE --allow …` on backend `i`, allowing
+    /// the gateways' [`tunnel_sources`] (what an operator copies from the
+    /// gateway's `tunnel_source`); its stdout.
+    pub fn decap_up(&self, i: usize, iface: &str) -> Result<String> {
+        let allow: Vec<String> = tunnel_sources()
+            .iter()
+            .map(|a| format!("{a}/{}", if a.is_ipv4() { 32 } else { 128 }))
+            .collect();
+        let mut args = vec!["--interface", iface];
+        for a in &allow {
+            args.extend(["--allow", a.as_str()]);
+        }
+        self.decap(i, &args)
+    }
+
+    /// `xdplb decap --stats --json --interface eth0` of backend `i`.
     pub fn decap_stats(&self, i: usize) -> Result<Value> {
-        Ok(serde_json::from_str(
-            &self.decap(i, &["--stats", "--json"])?,
-        )?)
+        Ok(serde_json::from_str(&self.decap(
+            i,
+            &["--stats", "--json", "--interface", crate::addr::BACKEND_IF],
+        )?)?)
     }
 
     /// Kills backend `i`'s server (SIGKILL: a crash, not a goodbye).

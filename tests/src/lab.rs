@@ -52,6 +52,14 @@ const NS_MARK: &str = "xl";
 const NETNS_DIR: &str = "/run/netns";
 /// bpffs root; each lab may pin under `/sys/fs/bpf/<prefix>`.
 const BPFFS: &str = "/sys/fs/bpf";
+/// `xdplb decap`'s default pin root under [`BPFFS`]: one directory per
+/// network namespace, `ns-<name>`.
+const DECAP_PINS: &str = "xdplb-decap";
+
+/// Where `xdplb decap` run in namespace `full` pins by default.
+fn decap_ns_root(full: &str) -> PathBuf {
+    Path::new(BPFFS).join(DECAP_PINS).join(format!("ns-{full}"))
+}
 /// How long a killed child gets to be reaped before we give up waiting.
 const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Lines of each child's log printed when a lab is dropped during a panic.
@@ -608,15 +616,12 @@ impl Lab {
         .map(drop)
     }
 
-    /// Where `xdplb decap` on backend `i` pins its program and maps
-    /// (`/sys/fs/bpf/<prefix>-decap/b<i+1>`, not created); removed with
-    /// the lab.
+    /// Where `xdplb decap --interface eth0` on backend `i` pins its program
+    /// and maps by default: `/sys/fs/bpf/xdplb-decap/ns-<namespace>/eth0`
+    /// (per network namespace, named as `ip netns identify` names it; not
+    /// created); removed with the lab.
     pub fn decap_pin_path(&self, i: usize) -> PathBuf {
-        self.decap_root().join(format!("b{}", i + 1))
-    }
-
-    fn decap_root(&self) -> PathBuf {
-        Path::new(BPFFS).join(format!("{}-decap", self.prefix))
+        decap_ns_root(self.backend_ns(i)).join(BACKEND_IF)
     }
 
     /// MAC address of `ifname` in `ns` (e.g. a backend's `eth0`, for dsr).
@@ -917,11 +922,16 @@ impl Lab {
                 }
             }
         }
-        for root in [PathBuf::from(BPFFS), std::env::temp_dir().join("xdplb-lab")] {
+        for root in [
+            PathBuf::from(BPFFS),
+            std::env::temp_dir().join("xdplb-lab"),
+            Path::new(BPFFS).join(DECAP_PINS),
+        ] {
             if let Ok(entries) = std::fs::read_dir(&root) {
                 for e in entries.flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    if dead(&name) {
+                    let name = name.strip_prefix("ns-").unwrap_or(&name);
+                    if dead(name) {
                         let _ = std::fs::remove_dir_all(e.path());
                     }
                 }
@@ -949,13 +959,16 @@ impl Drop for Lab {
                 eprintln!("lab: {err:#}");
             }
         }
-        for pins in [self.pin_path(), self.decap_root()] {
+        let decap = self.names.iter().map(|(_, full)| decap_ns_root(full));
+        for pins in std::iter::once(self.pin_path()).chain(decap) {
             if pins.exists() {
                 if let Err(err) = std::fs::remove_dir_all(&pins) {
                     eprintln!("lab: cannot remove {}: {err}", pins.display());
                 }
             }
         }
+        // Shared by every lab (and the host): only once empty.
+        let _ = std::fs::remove_dir(Path::new(BPFFS).join(DECAP_PINS));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -42,7 +42,8 @@ const GATEWAY_RX_ALLOWANCE: u64 = 512 << 10;
 
 /// A deployment of one `mode` pool (`"dsr"` or `"tunnel"`) over `n`
 /// backends on a direct-return lab (dual-stack for an IPv6 pool); for
-/// `tunnel`, every backend runs `xdplb decap --interface eth0` first, and
+/// `tunnel`, every backend runs `xdplb decap --interface eth0 --allow`
+/// (the gateway's tunnel sources, default pin path) first, and
 /// an IPv6 pool gets a `tunnel_source` of each family (the IPv4 one unused
 /// by it: the product must pick the pool's own). The daemon is running.
 pub fn deploy(mode: &str, pool: PoolSpec) -> Result<Deployment> {
@@ -54,7 +55,7 @@ pub fn deploy(mode: &str, pool: PoolSpec) -> Result<Deployment> {
     let mut d = Deployment::configured(Lab::builder().direct_return(true), vec![pool], dp)?;
     if mode == "tunnel" {
         for i in 0..d.lab.backends() {
-            let out = d.decap(i, &["--interface", BACKEND_IF])?;
+            let out = d.decap_up(i, BACKEND_IF)?;
             println!("b{}: xdplb decap: {}", i + 1, out.trim());
         }
     }

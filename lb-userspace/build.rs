@@ -1,8 +1,11 @@
-//! Builds the XDP program (`lb-ebpf`, target bpfel-unknown-none, nightly
-//! `-Z build-std=core`) and leaves it in OUT_DIR, where `dataplane` embeds it.
+//! Builds the XDP program (`lb-ebpf`, target bpfel-unknown-none, the dated
+//! nightly of `ebpf_toolchain.rs` with `-Z build-std=core`) and leaves it in
+//! OUT_DIR, where `dataplane` embeds it.
 use std::{env, fs, path::PathBuf};
 
 use anyhow::Context as _;
+
+include!("ebpf_toolchain.rs");
 
 fn main() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
@@ -37,6 +40,9 @@ fn main() -> anyhow::Result<()> {
             root_dir: ebpf_dir,
             ..Default::default()
         }],
-        aya_build::Toolchain::default(),
+        aya_build::Toolchain::Custom(EBPF_TOOLCHAIN),
     )
+    .with_context(|| {
+        format!("building lb-ebpf with {EBPF_TOOLCHAIN} (`cargo xtask setup` installs it and bpf-linker)")
+    })
 }

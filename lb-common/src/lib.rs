@@ -1172,9 +1172,19 @@ pub mod decap {
     pub const ADDRS6: &str = "DECAP_ADDRS6";
     /// Per-CPU counters, indexed by [`DecapCounter`].
     pub const STATS: &str = "DECAP_STATS";
-    /// Default pin directory; each interface's link is `link_<ifname>`.
+    /// Default pin root: decap pins under `<root>/<netns>/<ifname>/` (see
+    /// `xdplb decap --help`), so namespaces sharing a bpffs never share maps.
     pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/xdplb-decap";
     pub const MAX_ADDRS: u32 = 256;
+    /// Outer sources whose tunnels are opened (`--allow CIDR`): an LPM trie
+    /// keyed by prefix length and the IPv4 address as loaded (network
+    /// order) → 1. `--allow-any` is 0.0.0.0/0.
+    pub const ALLOW: &str = "DECAP_ALLOW";
+    /// The IPv6 outer sources whose tunnels are opened: prefix length and
+    /// [`Addr6`](crate::Addr6) → 1. `--allow-any` is ::/0.
+    pub const ALLOW6: &str = "DECAP_ALLOW6";
+    /// Entries of each allow list.
+    pub const MAX_ALLOW: u32 = 64;
 
     #[repr(u32)]
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1186,14 +1196,26 @@ pub mod decap {
         /// A tunnel for this host whose inner packet is not a whole IP
         /// packet of the outer header's family: dropped.
         DropMalformed,
+        /// A tunnel for this host from an outer source outside `--allow`
+        /// (not a gateway): dropped.
+        DropSource,
+        /// A tunnel from an allowed source whose inner destination is not
+        /// an address of this host: dropped.
+        DropNotLocal,
+        /// Outer header marked CE around an inner packet that is not
+        /// ECN-capable (RFC 6040 section 4.2): dropped.
+        DropEcn,
     }
 
     impl DecapCounter {
-        pub const COUNT: u32 = DecapCounter::DropMalformed as u32 + 1;
-        pub const ALL: [(DecapCounter, &'static str); 3] = [
+        pub const COUNT: u32 = DecapCounter::DropEcn as u32 + 1;
+        pub const ALL: [(DecapCounter, &'static str); 6] = [
             (DecapCounter::Passed, "passed"),
             (DecapCounter::Decapsulated, "decapsulated"),
             (DecapCounter::DropMalformed, "dropped_malformed"),
+            (DecapCounter::DropSource, "dropped_source"),
+            (DecapCounter::DropNotLocal, "dropped_not_local"),
+            (DecapCounter::DropEcn, "dropped_ecn"),
         ];
     }
 }

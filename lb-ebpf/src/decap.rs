@@ -1,9 +1,12 @@
 //! `xdplb decap`: the backend side of a `tunnel` pool, for hosts whose
 //! kernel has no ipip module. IPv4-in-IPv4 and IPv6-in-IPv6 packets
-//! addressed to this host lose their outer header here and go to the
-//! kernel as the inner packet (whose destination, the VIP, the host holds
-//! on a loopback). Everything else passes untouched. Counted per outcome
-//! (`lb_common::decap`).
+//! addressed to this host, from an allowed outer source (the gateways'
+//! `tunnel_source`), lose their outer header here and go to the kernel as
+//! the inner packet, whose destination (the VIP, held on a loopback) must
+//! be an address of this host too. An outer CE mark is carried inside
+//! (RFC 6040, normal mode). Anything not addressed to this host passes
+//! untouched; tunnels to it that fail a check are dropped. Counted per
+//! outcome (`lb_common::decap`).
 #![no_std]
 #![no_main]
 
@@ -11,11 +14,14 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::bpf_xdp_adjust_head,
     macros::{map, xdp},
-    maps::{HashMap, PerCpuArray},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        HashMap, PerCpuArray,
+    },
     programs::XdpContext,
 };
 use lb_common::{
-    decap::{DecapCounter, MAX_ADDRS},
+    decap::{DecapCounter, MAX_ADDRS, MAX_ALLOW},
     Addr6, IPPROTO_IPIP, IPPROTO_IPV6,
 };
 
@@ -26,6 +32,13 @@ static DECAP_ADDRS: HashMap<u32, u32> = HashMap::pinned(MAX_ADDRS, 0);
 #[map]
 static DECAP_ADDRS6: HashMap<Addr6, u32> = HashMap::pinned(MAX_ADDRS, 0);
 
+/// Outer IPv4 sources whose tunnels are opened (`--allow`).
+#[map]
+static DECAP_ALLOW: LpmTrie<u32, u32> = LpmTrie::pinned(MAX_ALLOW, 0);
+
+#[map]
+static DECAP_ALLOW6: LpmTrie<Addr6, u32> = LpmTrie::pinned(MAX_ALLOW, 0);
+
 #[map]
 static DECAP_STATS: PerCpuArray<u64> = PerCpuArray::pinned(DecapCounter::COUNT, 0);
 
@@ -35,9 +48,15 @@ const BE_ETH_P_IP: u16 = 0x0800u16.to_be();
 const BE_ETH_P_IPV6: u16 = 0x86ddu16.to_be();
 const IPV6_HLEN: usize = 40;
 
+/// The ECN field (RFC 3168): low two bits of the TOS / traffic class.
+const ECN_MASK: u8 = 0b11;
+const ECN_NOT_ECT: u8 = 0b00;
+const ECN_CE: u8 = 0b11;
+
 #[repr(C)]
 struct Ipv6Hdr {
-    vtc_flow: [u16; 2],
+    /// Version (4 bits), traffic class (8), flow label (20), as on the wire.
+    vtc_flow: [u8; 4],
     payload_len: u16,
     nexthdr: u8,
     hop_limit: u8,
@@ -88,8 +107,11 @@ fn count(c: DecapCounter) {
 fn verdict(c: DecapCounter) -> u32 {
     count(c);
     match c {
-        DecapCounter::DropMalformed => xdp_action::XDP_DROP,
-        _ => xdp_action::XDP_PASS,
+        DecapCounter::Passed | DecapCounter::Decapsulated => xdp_action::XDP_PASS,
+        DecapCounter::DropMalformed
+        | DecapCounter::DropSource
+        | DecapCounter::DropNotLocal
+        | DecapCounter::DropEcn => xdp_action::XDP_DROP,
     }
 }
 
@@ -119,6 +141,12 @@ fn decap(ctx: &XdpContext) -> DecapCounter {
     }
     // A tunnel for us from here on: what cannot be opened is dropped (the
     // kernel, without an ipip module, would drop it too), and counted.
+    // Only a gateway may wrap: anyone else could hand the host a packet
+    // from any inner source (a spoofed SYN) that no filter saw.
+    let saddr = (outer.saddr[0] as u32) | ((outer.saddr[1] as u32) << 16);
+    if DECAP_ALLOW.get(Key::new(32, saddr)).is_none() {
+        return DecapCounter::DropSource;
+    }
     let frame = ctx.data_end() - ctx.data();
     let outer_len = u16::from_be(outer.tot_len) as usize;
     if outer.ver_ihl != 0x45
@@ -132,9 +160,28 @@ fn decap(ctx: &XdpContext) -> DecapCounter {
         return DecapCounter::DropMalformed;
     };
     // SAFETY: bounds checked by ptr_at.
-    let inner = unsafe { &*inner };
+    let inner = unsafe { &mut *inner };
     if inner.ver_ihl >> 4 != 4 || u16::from_be(inner.tot_len) as usize + IP_HLEN != outer_len {
         return DecapCounter::DropMalformed;
+    }
+    let inner_daddr = (inner.daddr[0] as u32) | ((inner.daddr[1] as u32) << 16);
+    // SAFETY: as above.
+    if unsafe { DECAP_ADDRS.get(&inner_daddr) }.is_none() {
+        return DecapCounter::DropNotLocal;
+    }
+    if outer.tos & ECN_MASK == ECN_CE {
+        match inner.tos & ECN_MASK {
+            ECN_NOT_ECT => return DecapCounter::DropEcn,
+            ECN_CE => {}
+            _ => {
+                // The TOS byte is the low byte of the header's first
+                // 16-bit word: update the checksum for that word (RFC 1624).
+                let old = u16::from_be_bytes([inner.ver_ihl, inner.tos]);
+                inner.tos |= ECN_CE;
+                let new = u16::from_be_bytes([inner.ver_ihl, inner.tos]);
+                inner.check = csum_replace16(inner.check, old, new);
+            }
+        }
     }
     let (dst, src) = (eth.dst, eth.src);
     // SAFETY: valid context; the helper checks the frame keeps a header.
@@ -174,6 +221,13 @@ fn decap6(ctx: &XdpContext) -> DecapCounter {
     if unsafe { DECAP_ADDRS6.get(&daddr) }.is_none() {
         return DecapCounter::Passed;
     }
+    let s = |i: usize| (outer.saddr[2 * i] as u32) | ((outer.saddr[2 * i + 1] as u32) << 16);
+    let saddr = Addr6 {
+        words: [s(0), s(1), s(2), s(3)],
+    };
+    if DECAP_ALLOW6.get(Key::new(128, saddr)).is_none() {
+        return DecapCounter::DropSource;
+    }
     let frame = ctx.data_end() - ctx.data();
     let outer_payload = u16::from_be(outer.payload_len) as usize;
     if outer_payload < IPV6_HLEN || ETH_HLEN + IPV6_HLEN + outer_payload > frame {
@@ -183,11 +237,27 @@ fn decap6(ctx: &XdpContext) -> DecapCounter {
         return DecapCounter::DropMalformed;
     };
     // SAFETY: bounds checked by ptr_at.
-    let inner = unsafe { &*inner };
-    if (inner.vtc_flow[0] as u8) >> 4 != 6
+    let inner = unsafe { &mut *inner };
+    if inner.vtc_flow[0] >> 4 != 6
         || u16::from_be(inner.payload_len) as usize + IPV6_HLEN != outer_payload
     {
         return DecapCounter::DropMalformed;
+    }
+    let d = |i: usize| (inner.daddr[2 * i] as u32) | ((inner.daddr[2 * i + 1] as u32) << 16);
+    let inner_daddr = Addr6 {
+        words: [d(0), d(1), d(2), d(3)],
+    };
+    // SAFETY: the reference lives while the program runs (RCU).
+    if unsafe { DECAP_ADDRS6.get(&inner_daddr) }.is_none() {
+        return DecapCounter::DropNotLocal;
+    }
+    // The ECN bits are the traffic class's low two: bits 5 and 4 of the
+    // header's second byte. No checksum covers them.
+    if ecn6(&outer.vtc_flow) == ECN_CE {
+        match ecn6(&inner.vtc_flow) {
+            ECN_NOT_ECT => return DecapCounter::DropEcn,
+            _ => inner.vtc_flow[1] |= ECN_CE << 4,
+        }
     }
     let (dst, src) = (eth.dst, eth.src);
     // SAFETY: shrinking the head by a constant; pointers re-derived below.
@@ -203,6 +273,22 @@ fn decap6(ctx: &XdpContext) -> DecapCounter {
     eth.src = src;
     eth.proto = BE_ETH_P_IPV6;
     DecapCounter::Decapsulated
+}
+
+#[inline(always)]
+fn ecn6(vtc_flow: &[u8; 4]) -> u8 {
+    (vtc_flow[1] >> 4) & ECN_MASK
+}
+
+/// The Internet checksum `check` (as stored) after one 16-bit word of what
+/// it covers changed from `old` to `new` (host-order values of the word):
+/// HC' = ~(~HC + ~m + m'), RFC 1624 eqn. 3.
+#[inline(always)]
+fn csum_replace16(check: u16, old: u16, new: u16) -> u16 {
+    let mut sum = (!u16::from_be(check)) as u32 + (!old) as u32 + new as u32;
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    (!(sum as u16)).to_be()
 }
 
 #[cfg(not(test))]

@@ -16,10 +16,10 @@
 //! flow in the bucket takes).
 use lb_common::{
     flow_bucket_pair, flow_closed, flow_established, flow_hash, flow_hash6, flow_idle, flow_seen,
-    flow_tag, flow_tag6, limits::FLOW_LINGER_NS, ref_generation, ref_slot,
-    ring_slot_index, BackendMeta, FlowKey, FlowKey6, FlowSlot, GlobalCounter, VipMeta,
-    BACKEND_DOWN, BACKEND_FREE, FLOW_F_ACKED, FLOW_F_CLOSING, FLOW_F_RESET, FLOW_F_UDP,
-    FLOW_SEEN_SHIFT, FLOW_TAG_FLAGS, FLOW_WAYS, IPPROTO_UDP, NO_BACKEND,
+    flow_tag, flow_tag6, limits::FLOW_LINGER_NS, ref_generation, ref_slot, ring_slot_index,
+    BackendMeta, FlowKey, FlowKey6, FlowSlot, GlobalCounter, VipMeta, BACKEND_DOWN, BACKEND_FREE,
+    FLOW_F_ACKED, FLOW_F_CLOSING, FLOW_F_RESET, FLOW_F_UDP, FLOW_SEEN_SHIFT, FLOW_TAG_FLAGS,
+    FLOW_WAYS, IPPROTO_UDP, NO_BACKEND,
 };
 
 use crate::{

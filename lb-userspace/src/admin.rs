@@ -1,5 +1,5 @@
-//! The admin socket: how `xdplb status|drain|undrain|reload` talk to the
-//! running controller.
+//! The admin socket: how `xdplb status|drain|undrain|maint|ready|set
+//! weight|reload` talk to the running controller.
 //!
 //! A unix stream socket (default `/run/xdplb.sock`, mode 0600, so root
 //! only) carrying JSON lines. Each request is one line, each answer one
@@ -10,6 +10,8 @@
 //! ← {"v":1,"ok":true,"status":{"pools":[...]}}
 //! → {"v":1,"cmd":"drain","pool":"web","backend":"web-1"}
 //! ← {"v":1,"ok":true,"message":"drained web/web-1"}
+//! → {"v":1,"cmd":"set_weight","pool":"web","backend":"web-1","weight":0}
+//! ← {"v":1,"ok":true,"message":"web/web-1 weight 0"}
 //! → {"v":1,"cmd":"reload"}
 //! ← {"v":1,"ok":false,"error":"xdplb.toml:3:1: ..."}
 //! ```
@@ -38,7 +40,10 @@ use tokio::{
     task::JoinSet,
 };
 
-use crate::{command::Command, status::Status};
+use crate::{
+    command::{AdminAction, Command, Proposal},
+    status::{ChangePlan, Status},
+};
 
 /// The wire protocol version this build speaks (`"v"` in every message).
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -130,12 +135,14 @@ pub enum AdminError {
     },
 }
 
-/// What a client asks. On the wire: `{"v":1,"cmd":"<name>",...fields}`.
+/// What a client asks. On the wire: `{"v":1,"cmd":"<name>",...fields}`:
+/// serde's internally tagged enum with `deny_unknown_fields`, every
+/// variant a struct (a unit variant would let unknown fields pass).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Request {
     /// The controller's live view.
-    Status,
+    Status {},
     /// Operator drain: no new flows, established ones continue.
     Drain {
         pool: String,
@@ -145,13 +152,54 @@ pub enum Request {
         pool: String,
         backend: String,
     },
+    /// Maintenance: no new flows, health checks stopped.
+    Maint {
+        pool: String,
+        backend: String,
+    },
+    /// Back to ready: clears drain and maintenance (the operator's and
+    /// the agent's), not a weight override.
+    Ready {
+        pool: String,
+        backend: String,
+    },
+    /// A weight in place of the config's (0..=1000; 0 = no new flows);
+    /// `null` (or absent) = back to the config's.
+    #[serde(rename = "set_weight")]
+    SetWeight {
+        pool: String,
+        backend: String,
+        #[serde(default)]
+        weight: Option<u32>,
+    },
     /// Re-read the config file (same as SIGHUP).
-    Reload,
+    Reload {},
+    /// What a reload of the config file at `config` (an absolute path the
+    /// controller reads) would do; nothing is written.
+    Plan {
+        config: String,
+    },
+    /// What `drain` would do; nothing is written.
+    #[serde(rename = "plan_drain")]
+    PlanDrain {
+        pool: String,
+        backend: String,
+    },
 }
 
 impl Request {
     /// The command names, for error messages.
-    pub const NAMES: [&'static str; 4] = ["status", "drain", "undrain", "reload"];
+    pub const NAMES: [&'static str; 9] = [
+        "status",
+        "drain",
+        "undrain",
+        "maint",
+        "ready",
+        "set_weight",
+        "reload",
+        "plan",
+        "plan_drain",
+    ];
 
     /// The request as one JSON line, with its version and newline.
     pub fn to_line(&self) -> String {
@@ -190,25 +238,22 @@ impl Request {
                 ))
             }
         }
-        let fields: &[&str] = match obj.get("cmd") {
-            Some(serde_json::Value::String(c)) if c == "drain" || c == "undrain" => {
-                &["cmd", "pool", "backend"]
+        let unknown = match obj.get("cmd") {
+            Some(serde_json::Value::String(c)) if !Request::NAMES.contains(&c.as_str()) => {
+                Some(c.clone())
             }
-            Some(serde_json::Value::String(c)) if Request::NAMES.contains(&c.as_str()) => &["cmd"],
-            Some(serde_json::Value::String(c)) => {
-                return Err(format!(
-                    "unknown command {c:?} (expected one of {})",
-                    Request::NAMES.join(", ")
-                ))
-            }
-            _ => return Err("missing command \"cmd\"".to_string()),
+            _ => None,
         };
-        // serde ignores unknown fields of unit variants; a typo should not
-        // pass silently.
-        if let Some(k) = obj.keys().find(|k| !fields.contains(&k.as_str())) {
-            return Err(format!("unknown field {k:?}"));
-        }
-        serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| e.to_string())
+        serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| match unknown {
+            Some(c) => format!(
+                "unknown command {c:?} (expected one of {})",
+                Request::NAMES.join(", ")
+            ),
+            None if e.to_string().starts_with("missing field `cmd`") => {
+                "missing command \"cmd\"".to_string()
+            }
+            None => e.to_string(),
+        })
     }
 }
 
@@ -227,6 +272,10 @@ pub struct Response {
     /// The live view (`status` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
+    /// What a change would do (`plan`, `plan_drain`; `ok` is true also
+    /// when the plan says it would be refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<ChangePlan>,
 }
 
 impl Response {
@@ -257,6 +306,7 @@ impl Response {
             v: PROTOCOL_VERSION,
             ok: true,
             error: None,
+            plan: None,
             message: None,
             status: None,
         }
@@ -551,13 +601,40 @@ async fn answer(line: &[u8], commands: &mpsc::Sender<Command>) -> Response {
         Err(e) => return Response::error(e),
     };
     match req {
-        Request::Status => match ask(commands, |reply| Command::Status { reply }).await {
+        Request::Status {} => match ask(commands, |reply| Command::Status { reply }).await {
             Ok(status) => Response::status(status),
             Err(e) => Response::error(e),
         },
-        Request::Drain { pool, backend } => drain(commands, pool, backend, true).await,
-        Request::Undrain { pool, backend } => drain(commands, pool, backend, false).await,
-        Request::Reload => match ask(commands, |reply| Command::Reload { reply })
+        Request::Drain { pool, backend } => {
+            admin(commands, pool, backend, AdminAction::Drain).await
+        }
+        Request::Undrain { pool, backend } => {
+            admin(commands, pool, backend, AdminAction::Undrain).await
+        }
+        Request::Maint { pool, backend } => {
+            admin(commands, pool, backend, AdminAction::Maint).await
+        }
+        Request::Ready { pool, backend } => {
+            admin(commands, pool, backend, AdminAction::Ready).await
+        }
+        Request::SetWeight {
+            pool,
+            backend,
+            weight,
+        } => admin(commands, pool, backend, AdminAction::Weight(weight)).await,
+        Request::Plan { config } => {
+            plan(
+                commands,
+                Proposal::Config {
+                    path: config.into(),
+                },
+            )
+            .await
+        }
+        Request::PlanDrain { pool, backend } => {
+            plan(commands, Proposal::Drain { pool, backend }).await
+        }
+        Request::Reload {} => match ask(commands, |reply| Command::Reload { reply })
             .await
             .and_then(|r| r)
         {
@@ -568,23 +645,32 @@ async fn answer(line: &[u8], commands: &mpsc::Sender<Command>) -> Response {
     }
 }
 
-async fn drain(
+async fn plan(commands: &mpsc::Sender<Command>, proposal: Proposal) -> Response {
+    match ask(commands, |reply| Command::Plan { proposal, reply }).await {
+        Ok(p) => Response {
+            plan: Some(p),
+            ..Response::ok()
+        },
+        Err(e) => Response::error(e),
+    }
+}
+
+async fn admin(
     commands: &mpsc::Sender<Command>,
     pool: String,
     backend: String,
-    drain: bool,
+    action: AdminAction,
 ) -> Response {
     let what = format!("{pool}/{backend}");
-    let asked = ask(commands, |reply| Command::Drain {
+    let asked = ask(commands, |reply| Command::Admin {
         pool,
         backend,
-        drain,
+        action,
         reply,
     })
     .await;
     match asked.and_then(|r| r) {
-        Ok(()) if drain => Response::message(format!("drained {what}")),
-        Ok(()) => Response::message(format!("undrained {what}")),
+        Ok(()) => Response::message(action.done(&what)),
         Err(e) => Response::error(e),
     }
 }
@@ -648,7 +734,7 @@ mod tests {
                     Command::Status { reply } => {
                         let _ = reply.send(Status::sample());
                     }
-                    Command::Drain {
+                    Command::Admin {
                         pool,
                         backend,
                         reply,
@@ -665,6 +751,13 @@ mod tests {
                     }
                     Command::Reload { reply } => {
                         let _ = reply.send(Ok("pool web: 1 backend added".into()));
+                    }
+                    Command::Plan { proposal, reply } => {
+                        let _ = reply.send(crate::status::ChangePlan {
+                            accepted: false,
+                            refused: Some(format!("{proposal:?}")),
+                            ..Default::default()
+                        });
                     }
                 }
             }
@@ -728,7 +821,7 @@ mod tests {
     #[tokio::test]
     async fn every_command_round_trips() {
         let srv = Server::start("roundtrip").await;
-        let r = request(&srv.path, &Request::Status).await.unwrap();
+        let r = request(&srv.path, &Request::Status {}).await.unwrap();
         assert!(r.ok);
         assert_eq!(r.status, Some(Status::sample()));
 
@@ -758,7 +851,7 @@ mod tests {
         let e = r.into_result().unwrap_err().to_string();
         assert_eq!(e, "pool web has no backend \"nope\"");
 
-        let r = request(&srv.path, &Request::Reload).await.unwrap();
+        let r = request(&srv.path, &Request::Reload {}).await.unwrap();
         assert_eq!(r.message.as_deref(), Some("pool web: 1 backend added"));
         srv.stop().await;
     }
@@ -811,7 +904,7 @@ mod tests {
 
         // A client that connects and leaves does no harm either.
         drop(UnixStream::connect(&srv.path).await.unwrap());
-        let r = request(&srv.path, &Request::Status).await.unwrap();
+        let r = request(&srv.path, &Request::Status {}).await.unwrap();
         assert!(r.ok);
         srv.stop().await;
     }
@@ -827,7 +920,7 @@ mod tests {
         let srv = Server::start_at(path.clone()).await;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(request(&path, &Request::Status).await.unwrap().ok);
+        assert!(request(&path, &Request::Status {}).await.unwrap().ok);
 
         // A second server on the same live socket refuses to start.
         let second = serve(&path, fake_controller(), std::future::pending()).await;
@@ -852,7 +945,7 @@ mod tests {
     async fn client_errors_say_what_to_do() {
         let path =
             std::env::temp_dir().join(format!("xdplb-admin-{}-none.sock", std::process::id()));
-        let e = request(&path, &Request::Status).await.unwrap_err();
+        let e = request(&path, &Request::Status {}).await.unwrap_err();
         assert_eq!(
             e.to_string(),
             format!(
@@ -862,7 +955,7 @@ mod tests {
         );
         // A stale socket file: connection refused, same message.
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-        let e = request(&path, &Request::Status).await.unwrap_err();
+        let e = request(&path, &Request::Status {}).await.unwrap_err();
         assert!(matches!(e, AdminError::NotRunning { .. }), "{e:?}");
         std::fs::remove_file(&path).unwrap();
     }
@@ -888,7 +981,7 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let r = request(&path, &Request::Reload).await.unwrap();
+        let r = request(&path, &Request::Reload {}).await.unwrap();
         assert_eq!(r.error.as_deref(), Some("the controller is shutting down"));
         stop.send(true).unwrap();
         task.await.unwrap().unwrap();
@@ -896,7 +989,10 @@ mod tests {
 
     #[test]
     fn wire_format() {
-        assert_eq!(Request::Status.to_line(), "{\"v\":1,\"cmd\":\"status\"}\n");
+        assert_eq!(
+            Request::Status {}.to_line(),
+            "{\"v\":1,\"cmd\":\"status\"}\n"
+        );
         let d = Request::Drain {
             pool: "web".into(),
             backend: "web-1".into(),

@@ -22,7 +22,6 @@
 //! withdraws everything ([`withdraw_all`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -32,7 +31,7 @@ use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::AnnounceConfig;
 
@@ -62,8 +61,12 @@ pub enum AnnounceError {
     },
     #[error("BIRD at {socket} did not answer within {timeout:?}")]
     Timeout { socket: PathBuf, timeout: Duration },
-    #[error("BIRD at {socket} refused `configure`: {reply}")]
-    Refused { socket: PathBuf, reply: String },
+    #[error("BIRD at {socket} refused `{command}`: {reply}")]
+    Refused {
+        socket: PathBuf,
+        command: String,
+        reply: String,
+    },
     #[error("BIRD at {socket}: unexpected reply {line:?}")]
     Protocol { socket: PathBuf, line: String },
 }
@@ -88,26 +91,26 @@ pub fn routes_text(vips: &BTreeSet<IpAddr>) -> String {
     )
 }
 
-/// Replaces `path` with `text` atomically: a reader (BIRD) sees the old
-/// file or the new one, never a part. Creates the parent directory.
-pub fn write_routes(path: &Path, text: &str) -> Result<(), AnnounceError> {
-    let err = |source| AnnounceError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        err(e)
+/// Mode of the routes file: BIRD reads it as its group, nobody else.
+pub const ROUTES_MODE: u32 = 0o640;
+
+/// Replaces `path` with `text` atomically ([`crate::fsutil::write_atomic`]):
+/// BIRD sees the old file or the new one, never a part. Mode
+/// [`ROUTES_MODE`], group that of BIRD's control socket `socket` (the
+/// group BIRD runs as: `bird` on Debian), else the group the file has (a
+/// tmpfiles line made it before BIRD started), so BIRD, not running as
+/// root, can read it.
+pub fn write_routes(path: &Path, socket: &Path, text: &str) -> Result<(), AnnounceError> {
+    use std::os::unix::fs::MetadataExt;
+    let gid = std::fs::metadata(socket)
+        .or_else(|_| std::fs::metadata(path))
+        .ok()
+        .map(|m| m.gid());
+    crate::fsutil::write_atomic(path, text.as_bytes(), ROUTES_MODE, gid).map_err(|e| {
+        AnnounceError::Write {
+            path: path.to_path_buf(),
+            source: e.source,
+        }
     })
 }
 
@@ -122,11 +125,11 @@ fn parse_line(line: &str) -> Option<(u16, bool)> {
     }
 }
 
-/// Reads one complete reply; returns its last code and all its text.
+/// Reads one complete reply; returns its last code and its text lines.
 async fn read_reply(
     lines: &mut tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
     socket: &Path,
-) -> Result<(u16, String), AnnounceError> {
+) -> Result<(u16, Vec<String>), AnnounceError> {
     let mut text = Vec::new();
     // A reply of more than this many lines is not one we asked for.
     for _ in 0..1000 {
@@ -151,7 +154,7 @@ async fn read_reply(
         })?;
         text.push(line.get(5..).unwrap_or("").trim().to_string());
         if last {
-            return Ok((code, text.join("; ")));
+            return Ok((code, text));
         }
     }
     Err(AnnounceError::Protocol {
@@ -160,11 +163,15 @@ async fn read_reply(
     })
 }
 
-/// `configure` over BIRD's control socket (what `birdc -s SOCKET
-/// configure` does). Codes 0xxx are success; 8xxx/9xxx errors (a parse
-/// error in the config, for one).
-pub async fn bird_configure(socket: &Path) -> Result<String, AnnounceError> {
-    let exchange = async {
+/// A connection to BIRD's control socket, greeted.
+struct Bird {
+    socket: PathBuf,
+    lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    w: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl Bird {
+    async fn connect(socket: &Path) -> Result<Bird, AnnounceError> {
         let stream =
             UnixStream::connect(socket)
                 .await
@@ -172,29 +179,52 @@ pub async fn bird_configure(socket: &Path) -> Result<String, AnnounceError> {
                     socket: socket.to_path_buf(),
                     source,
                 })?;
-        let (r, mut w) = stream.into_split();
+        let (r, w) = stream.into_split();
         let mut lines = BufReader::new(r).lines();
         let (code, hello) = read_reply(&mut lines, socket).await?;
         if code != 1 {
             return Err(AnnounceError::Protocol {
                 socket: socket.to_path_buf(),
-                line: hello,
+                line: hello.join("; "),
             });
         }
-        w.write_all(b"configure\n")
+        Ok(Bird {
+            socket: socket.to_path_buf(),
+            lines,
+            w,
+        })
+    }
+
+    /// Sends one command; returns the reply's lines, or the refusal
+    /// (codes 8xxx/9xxx) as an error.
+    async fn ask(&mut self, command: &str) -> Result<Vec<String>, AnnounceError> {
+        self.w
+            .write_all(format!("{command}\n").as_bytes())
             .await
             .map_err(|source| AnnounceError::Connect {
-                socket: socket.to_path_buf(),
+                socket: self.socket.clone(),
                 source,
             })?;
-        let (code, text) = read_reply(&mut lines, socket).await?;
+        let (code, text) = read_reply(&mut self.lines, &self.socket).await?;
         if code >= 8000 {
             return Err(AnnounceError::Refused {
-                socket: socket.to_path_buf(),
-                reply: format!("{code} {text}"),
+                socket: self.socket.clone(),
+                command: command.to_string(),
+                reply: format!("{code} {}", text.join("; ")),
             });
         }
         Ok(text)
+    }
+}
+
+/// Runs `f` on a fresh connection to BIRD, within [`BIRD_TIMEOUT`].
+async fn with_bird<T>(
+    socket: &Path,
+    f: impl AsyncFnOnce(&mut Bird) -> Result<T, AnnounceError>,
+) -> Result<T, AnnounceError> {
+    let exchange = async {
+        let mut bird = Bird::connect(socket).await?;
+        f(&mut bird).await
     };
     tokio::time::timeout(BIRD_TIMEOUT, exchange)
         .await
@@ -204,31 +234,77 @@ pub async fn bird_configure(socket: &Path) -> Result<String, AnnounceError> {
         })?
 }
 
+/// `configure` over BIRD's control socket (what `birdc -s SOCKET
+/// configure` does). Codes 0xxx are success; 8xxx/9xxx errors (a parse
+/// error in the config, for one).
+pub async fn bird_configure(socket: &Path) -> Result<String, AnnounceError> {
+    with_bird(socket, async |b| Ok(b.ask("configure").await?.join("; "))).await
+}
+
+/// What BIRD has: the routes of `xdplb_vips` and `xdplb_vips6` (`show
+/// route protocol …`), as addresses. A protocol BIRD does not know (the
+/// routes file not included, or not read yet) is an error.
+pub async fn bird_routes(socket: &Path) -> Result<BTreeSet<IpAddr>, AnnounceError> {
+    with_bird(socket, async |b| {
+        let mut have = BTreeSet::new();
+        for proto in [PROTO_V4, PROTO_V6] {
+            let lines = b.ask(&format!("show route protocol {proto}")).await?;
+            have.extend(lines.iter().filter_map(|l| route_prefix(l)));
+        }
+        Ok(have)
+    })
+    .await
+}
+
+/// The address of a route line of `show route` (`198.18.2.10/32
+/// blackhole [xdplb_vips 16:03:18.123] * (200)`); `None` for other lines
+/// (`Table master4:`).
+fn route_prefix(line: &str) -> Option<IpAddr> {
+    let first = line.split_whitespace().next()?;
+    let (addr, len) = first.split_once('/')?;
+    len.parse::<u8>().ok()?;
+    addr.parse().ok()
+}
+
 /// Writes an empty routes file and tells BIRD (`xdplb down`): every VIP of
 /// this gateway is withdrawn.
 pub async fn withdraw_all(cfg: &AnnounceConfig) -> Result<(), AnnounceError> {
-    write_routes(&cfg.routes_file, &routes_text(&BTreeSet::new()))?;
+    write_routes(
+        &cfg.routes_file,
+        &cfg.control_socket,
+        &routes_text(&BTreeSet::new()),
+    )?;
     bird_configure(&cfg.control_socket).await.map(|_| ())
 }
 
 /// What the controller wants announced: pool name → VIP address.
 pub type Wanted = BTreeMap<String, IpAddr>;
 
+/// What BIRD has, as last asked: `None` until it answered once (or
+/// while it does not answer).
+type Accepted = Arc<Mutex<Option<BTreeSet<IpAddr>>>>;
+
 /// The task keeping `routes_file` and BIRD in step with what the
-/// controller wants. Dropping it stops the task; the file stays.
+/// controller wants, and asking BIRD what it has. Dropping it stops the
+/// task; the file stays.
 pub struct Announcer {
     config: AnnounceConfig,
     tx: watch::Sender<Wanted>,
     wanted: Arc<Mutex<Wanted>>,
+    accepted: Accepted,
     /// The first set is always sent (an empty one withdraws what an
     /// earlier run announced).
     sent: std::sync::atomic::AtomicBool,
     task: tokio::task::JoinHandle<()>,
+    /// Retired: its task finishes on its own (see [`Announcer::retire`]).
+    retired: bool,
 }
 
 impl Drop for Announcer {
     fn drop(&mut self) {
-        self.task.abort();
+        if !self.retired {
+            self.task.abort();
+        }
     }
 }
 
@@ -238,14 +314,27 @@ impl Announcer {
     /// while it waits for its first probes.
     pub fn spawn(config: AnnounceConfig) -> Announcer {
         let (tx, rx) = watch::channel(Wanted::new());
-        let cfg = config.clone();
-        let task = tokio::spawn(keep_in_step(cfg, rx));
+        let accepted = Accepted::default();
+        let task = tokio::spawn(keep_in_step(config.clone(), rx, accepted.clone()));
         Announcer {
             config,
             tx,
             wanted: Arc::new(Mutex::new(Wanted::new())),
+            accepted,
             sent: std::sync::atomic::AtomicBool::new(false),
             task,
+            retired: false,
+        }
+    }
+
+    /// Withdraws what this announcer announced, then stops: its task
+    /// writes the empty routes file, asks BIRD to `configure` once, and
+    /// ends (`[announce]` left the config, or moved elsewhere). An
+    /// announcer that never announced has nothing to withdraw.
+    pub fn retire(mut self) {
+        if self.sent.load(std::sync::atomic::Ordering::Relaxed) {
+            self.set(Wanted::new());
+            self.retired = true;
         }
     }
 
@@ -253,9 +342,13 @@ impl Announcer {
     /// changed `[announce]`, or stopped without it) and hands it `wanted`.
     pub fn sync(slot: &mut Option<Announcer>, config: Option<&AnnounceConfig>, wanted: Wanted) {
         match (slot.as_ref(), config) {
-            (_, None) => *slot = None,
             (Some(a), Some(c)) if a.config == *c => {}
-            (_, Some(c)) => *slot = Some(Announcer::spawn(c.clone())),
+            (_, config) => {
+                if let Some(old) = slot.take() {
+                    old.retire();
+                }
+                *slot = config.map(|c| Announcer::spawn(c.clone()));
+            }
         }
         if let Some(a) = slot {
             a.set(wanted);
@@ -276,19 +369,47 @@ impl Announcer {
         });
     }
 
-    /// Whether `pool`'s VIP is in the set handed to the task.
+    /// The intent: whether `pool`'s VIP is in the set handed to the task.
     pub fn announces(&self, pool: &str) -> bool {
         self.wanted
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(pool)
     }
+
+    /// What BIRD has: whether its `xdplb_vips[6]` protocol holds `vip`,
+    /// as BIRD answered at most [`ASK_EVERY`] ago (false while BIRD does
+    /// not answer).
+    pub fn bird_has(&self, vip: IpAddr) -> bool {
+        self.accepted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|have| have.contains(&vip))
+    }
 }
 
-async fn keep_in_step(cfg: AnnounceConfig, mut rx: watch::Receiver<Wanted>) {
-    // Wait for the controller's first decision.
-    if rx.changed().await.is_err() {
-        return;
+/// BIRD is asked what it has this often (and after every `configure`).
+pub const ASK_EVERY: Duration = Duration::from_secs(1);
+
+async fn keep_in_step(cfg: AnnounceConfig, mut rx: watch::Receiver<Wanted>, accepted: Accepted) {
+    let ask = async |accepted: &Accepted| {
+        let have = bird_routes(&cfg.control_socket).await;
+        if let Err(e) = &have {
+            debug!(error = %e, "BIRD did not say what it has");
+        }
+        *accepted.lock().unwrap_or_else(|e| e.into_inner()) = have.ok();
+    };
+    // Wait for the controller's first decision (what BIRD has meanwhile is
+    // still reported).
+    loop {
+        tokio::select! {
+            r = rx.changed() => match r {
+                Ok(()) => break,
+                Err(_) => return,
+            },
+            _ = tokio::time::sleep(ASK_EVERY) => ask(&accepted).await,
+        }
     }
     let mut pending = true;
     let mut warned = false;
@@ -296,7 +417,7 @@ async fn keep_in_step(cfg: AnnounceConfig, mut rx: watch::Receiver<Wanted>) {
     loop {
         let text = routes_text(&rx.borrow_and_update().values().copied().collect());
         if written.as_deref() != Some(text.as_str()) {
-            match write_routes(&cfg.routes_file, &text) {
+            match write_routes(&cfg.routes_file, &cfg.control_socket, &text) {
                 Ok(()) => {
                     info!(file = %cfg.routes_file.display(), vips = ?rx.borrow().values().collect::<Vec<_>>(), "VIP routes written");
                     written = Some(text);
@@ -316,16 +437,28 @@ async fn keep_in_step(cfg: AnnounceConfig, mut rx: watch::Receiver<Wanted>) {
                     warned = false;
                 }
                 Err(e) if !warned => {
-                    warn!(error = %e, "BIRD did not take the VIP routes; retrying every second");
+                    error!("BIRD did not take the VIP routes ({e}); retrying every second");
                     warned = true;
                 }
                 Err(e) => debug!(error = %e, "BIRD still unreachable"),
+            }
+        }
+        ask(&accepted).await;
+        // A BIRD restarted meanwhile re-reads the file itself; one that
+        // lost the routes otherwise (a `configure` of its own that failed)
+        // is told again.
+        if !pending {
+            let want: BTreeSet<IpAddr> = rx.borrow().values().copied().collect();
+            let have = accepted.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if have.is_some_and(|h| h != want) {
+                pending = true;
             }
         }
         let retry = pending || written.is_none();
         tokio::select! {
             r = rx.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(RETRY_EVERY), if retry => {}
+            _ = tokio::time::sleep(ASK_EVERY), if !retry => {}
         }
     }
 }
@@ -364,14 +497,18 @@ mod tests {
     fn write_routes_replaces_atomically_and_leaves_no_temporary() {
         let dir = std::env::temp_dir().join(format!("xdplb-announce-{}", std::process::id()));
         let path = dir.join("sub/vips.conf");
-        write_routes(&path, "one\n").unwrap();
-        write_routes(&path, "two\n").unwrap();
+        let socket = dir.join("none.ctl");
+        write_routes(&path, &socket, "one\n").unwrap();
+        write_routes(&path, &socket, "two\n").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
         let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("vips.conf")]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, ROUTES_MODE);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -431,6 +568,7 @@ mod tests {
             speaker: crate::config::Speaker::Bird,
             control_socket: dir.join("bird.ctl"),
             routes_file: dir.join("vips.conf"),
+            hold_ms: crate::config::DEFAULT_HOLD_MS,
         };
         let mut slot = None;
         let wanted: Wanted = [("web".to_string(), "198.18.2.10".parse().unwrap())].into();

@@ -52,7 +52,10 @@ pub enum Cmd {
     /// pinned), probes backends, scores load and keeps the maps in sync.
     /// SIGHUP reloads the config; SIGTERM/SIGINT exit leaving the data plane
     /// pinned and forwarding with its last state (`xdplb down` removes it).
-    Run(ConfigArg),
+    /// A config it refuses makes it exit with status 78 (EX_CONFIG) before
+    /// it touches anything: the packaged unit does not restart on that
+    /// status, and starts xdplb-fallback.service instead.
+    Run(RunArgs),
     /// Detach the XDP programs and remove the pinned maps.
     ///
     /// Established flows are forgotten. The pin path is --pin-path if
@@ -61,6 +64,15 @@ pub enum Cmd {
     /// --force. Removes only xdplb's own pins (its maps and `link_*`);
     /// anything else under the pin path is left, and named.
     Down(DownArgs),
+    /// Withdraw this gateway's VIP announcements ([announce]): empty the
+    /// routes file and tell BIRD. The data plane is left alone.
+    ///
+    /// With --after-hold (what xdplb-hold.service runs when the controller
+    /// exits): first wait [announce] hold_ms, then withdraw only if no
+    /// controller owns the data plane by then, so a restart or an upgrade
+    /// keeps the VIPs announced and a controller gone for longer (stopped,
+    /// crashed, failing to start) stops attracting traffic.
+    Withdraw(WithdrawArgs),
     /// Validate a config file; nothing is attached.
     ///
     /// Errors name the file, line and column. Interfaces are not required to
@@ -70,6 +82,17 @@ pub enum Cmd {
     /// Show the running controller's live view: pools, backends, health,
     /// role, state, weight, load and flows.
     Status(StatusArgs),
+    /// Exit 0 only when this gateway can serve: for keepalived's
+    /// track_script.
+    ///
+    /// Reads the config for the admin socket, the pin path and the
+    /// interfaces, then checks that the controller answers (within 0.9 s),
+    /// that the data plane is attached on every configured interface (its
+    /// pinned link attached to that very interface), and that at least one
+    /// pool has an active backend. Prints `serving: ...` and exits 0, or
+    /// prints `error: not serving: REASON` (the first thing missing) and
+    /// exits 1. A config it cannot read exits 1 too.
+    Serving(ConfigArg),
     /// Show the data plane's counters, read from the pinned maps.
     ///
     /// Works while the controller is stopped. Counters are cumulative since
@@ -78,11 +101,43 @@ pub enum Cmd {
     /// Drain a backend: no new flows, established flows continue.
     ///
     /// The drain survives reloads and controller restarts until `xdplb
-    /// undrain`.
-    Drain(BackendArgs),
+    /// undrain`. With --dry-run, prints what the drain would do (as `xdplb
+    /// plan`) and changes nothing.
+    Drain(DrainArgs),
+    /// What a reload of another config would do, computed by the running
+    /// controller without writing anything.
+    ///
+    /// Per pool: backends and VIPs added, removed, re-weighted; a VIP whose
+    /// address, protocol or mode changes; the share of the ring that moves
+    /// to another backend; the established flows (last flow census) that
+    /// would be drained, reset or stranded; spares activated or drained;
+    /// announcements that change; and whether the reload would be refused,
+    /// in the words `xdplb reload` uses. Exits 0 if the reload would be
+    /// accepted, 1 (with `error: refused: …`) if not.
+    Plan(PlanArgs),
     /// Undo `xdplb drain`: the backend takes new flows again (if healthy and
     /// needed).
+    ///
+    /// Clears the operator's drain only: a maintenance (`xdplb maint`, or an
+    /// agent's `maint`), an agent's `drain` or a weight of 0 stays.
     Undrain(BackendArgs),
+    /// Put a backend in maintenance: no new flows, health checks stopped,
+    /// established flows continue (HAProxy's MAINT).
+    ///
+    /// Kept in `state_file`: it survives reloads, restarts, `xdplb down`
+    /// and reboots until `xdplb ready`. The backend's load agent is still
+    /// polled (an agent can put a backend in maintenance and take it out).
+    Maint(BackendArgs),
+    /// Return a backend to ready (HAProxy's `set server … state ready`).
+    ///
+    /// Clears drain and maintenance, whether the operator or the backend's
+    /// agent set them (an agent that still answers `drain` or `maint` sets
+    /// its state again); health checks resume, and the backend takes new
+    /// flows once healthy. A weight set by `xdplb set weight` stays.
+    Ready(BackendArgs),
+    /// Set a runtime value (HAProxy's `set weight`).
+    #[command(subcommand)]
+    Set(SetCmd),
     /// Re-read the controller's config file (same as SIGHUP).
     ///
     /// A config that fails validation is refused with the reason, and the
@@ -95,16 +150,23 @@ pub enum Cmd {
     /// closes. Utilisation is measured from /proc every second unless
     /// --fixed or --fixed-file is given. Runs until SIGINT/SIGTERM.
     Agent(AgentArgs),
-    /// On a backend of a `tunnel` pool: open the IPIP tunnels addressed to
+    /// On a backend of a `tunnel` pool: open the tunnels the gateways send
     /// this host.
     ///
     /// Attaches a small XDP program to --interface that strips the outer
-    /// IPv4 header of IPv4-in-IPv4 packets addressed to one of this host's
-    /// addresses and passes the inner packet (to the VIP, held on a
+    /// header of IPv4-in-IPv4 and IPv6-in-IPv6 packets addressed to one of
+    /// this host's addresses from an outer source in --allow (the gateways'
+    /// tunnel_source), and passes the inner packet (to the VIP, held on a
     /// loopback) to the kernel, so the backend needs no ipip device or
-    /// module. Everything else passes untouched. The program stays attached
-    /// after the command returns (its link is pinned); --down removes it,
-    /// --stats prints its counters.
+    /// module. Tunnels to this host from other sources, or whose inner
+    /// destination is not an address of this host, are dropped and
+    /// counted; an outer CE mark is carried into the inner header (RFC
+    /// 6040; CE around a packet that is not ECN-capable is dropped).
+    /// Everything else passes untouched. Without --allow it refuses to
+    /// attach unless --allow-any is given. The host's addresses are read
+    /// when it starts: run it again after adding one. The program stays
+    /// attached after the command returns (its link is pinned); --down
+    /// removes it, --stats prints its counters.
     Decap(DecapArgs),
     /// Write man pages and shell completions into a directory (packaging).
     #[command(hide = true)]
@@ -121,24 +183,43 @@ pub struct ManArgs {
 #[derive(Debug, Args)]
 pub struct DecapArgs {
     /// The interface tunnels arrive on.
-    #[arg(long, value_name = "IFACE", required_unless_present = "stats")]
+    #[arg(long, value_name = "IFACE", required_unless_present_all = ["stats", "pin_path"])]
     pub interface: Option<String>,
+    /// Open tunnels whose outer source is in CIDR (repeatable): the
+    /// gateways' tunnel_source, e.g. 198.51.100.7/32 or 2001:db8::/64.
+    #[arg(long, value_name = "CIDR", value_parser = parse_allow)]
+    pub allow: Vec<ipnet::IpNet>,
+    /// Open tunnels from any outer source (anyone who can reach this host
+    /// can then hand it packets from any inner source).
+    #[arg(long, conflicts_with = "allow")]
+    pub allow_any: bool,
     /// Remove the program from --interface instead.
-    #[arg(long, conflicts_with = "stats")]
+    #[arg(long, conflicts_with_all = ["stats", "allow", "allow_any"])]
     pub down: bool,
-    /// Print the counters (decapsulated, passed, dropped) and exit.
-    #[arg(long)]
+    /// Print the counters (decapsulated, passed, dropped by reason) and
+    /// exit.
+    #[arg(long, conflicts_with_all = ["allow", "allow_any"])]
     pub stats: bool,
     /// With --stats: print JSON.
     #[arg(long, requires = "stats")]
     pub json: bool,
-    /// Where the program's maps and links are pinned.
-    #[arg(long, value_name = "PATH", default_value = lb_common::decap::DEFAULT_PIN_PATH)]
-    pub pin_path: PathBuf,
+    /// Where the program's maps and links are pinned [default:
+    /// /sys/fs/bpf/xdplb-decap/<netns>/<IFACE>, <netns> being this network
+    /// namespace's `ip netns` name (ns-NAME), host, or its inode
+    /// (ns-inode-N)].
+    #[arg(long, value_name = "PATH")]
+    pub pin_path: Option<PathBuf>,
     /// XDP attach mode: auto (native where the driver has it), native or
     /// generic.
     #[arg(long, value_enum, default_value = "auto")]
     pub xdp_mode: config::XdpMode,
+}
+
+/// `--allow`: a CIDR, or a bare address (one host).
+fn parse_allow(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an address or CIDR (e.g. 198.51.100.7/32)"))
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +227,31 @@ pub struct ConfigArg {
     /// The config file.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The config file.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Keep a copy of the config last applied (at start and by every
+    /// reload) here: what xdplb-fallback.service runs when a restart finds
+    /// the file broken, and what xdplb-hold.service withdraws with.
+    #[arg(long, value_name = "PATH")]
+    pub keep_applied: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct WithdrawArgs {
+    /// The config whose [announce] to withdraw (and whose pin path names
+    /// the controller to wait for). A config that does not exist means
+    /// nothing was ever applied: nothing to withdraw.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Wait [announce] hold_ms first, and withdraw only if no controller
+    /// owns the data plane by then.
+    #[arg(long)]
+    pub after_hold: bool,
 }
 
 #[derive(Debug, Args)]
@@ -163,7 +269,17 @@ pub struct DownArgs {
     /// controller keeps running, with nothing to steer).
     #[arg(long)]
     pub force: bool,
+    /// After withdrawing the VIPs ([announce]), wait this long (ms) before
+    /// detaching, so the routers move traffic to other gateways first
+    /// (BGP withdrawal, then the routers' FIB update). Skipped when
+    /// nothing was announced.
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_WITHDRAW_WAIT_MS)]
+    pub withdraw_wait: u64,
 }
+
+/// `xdplb down --withdraw-wait` by default: a BGP withdrawal reaches the
+/// routers and their FIBs within a second or two; this leaves margin.
+pub const DEFAULT_WITHDRAW_WAIT_MS: u64 = 5000;
 
 #[derive(Debug, Args)]
 pub struct SocketArg {
@@ -193,6 +309,77 @@ pub struct StatsArgs {
     /// Fractions are allowed (0.5).
     #[arg(long, value_name = "SECS", value_parser = parse_interval)]
     pub watch: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// The pool's name.
+    pub pool: String,
+    /// The backend's name within the pool.
+    pub backend: String,
+    /// Print what the drain would do; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: the plan as JSON.
+    #[arg(long, requires = "dry_run")]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The config to plan a reload of (read by the controller).
+    #[arg(long, value_name = "PATH")]
+    pub config: PathBuf,
+    /// The plan as JSON (fields: docs/INTERFACE.md).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SetCmd {
+    /// Set a backend's weight in place of its config's (0: no new flows).
+    ///
+    /// 0 takes no new flows (established flows continue, as a drain);
+    /// 1..=1000 stands in for the config's `weight`; `config` goes back to
+    /// the config's. The agent's weight percent and the load score apply to it as they
+    /// would to the config's weight. Kept in `state_file`: it survives
+    /// reloads (also ones that change the config's weight), restarts and
+    /// `xdplb down` until set back with `config`.
+    Weight(SetWeightArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SetWeightArgs {
+    /// The pool's name.
+    pub pool: String,
+    /// The backend's name within the pool.
+    pub backend: String,
+    /// 0..=1000, or `config` for the config's weight.
+    #[arg(value_parser = parse_weight, value_name = "N|config")]
+    pub weight: WeightArg,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+/// A weight on the command line: `Some(n)`, or `None` for the config's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WeightArg(pub Option<u32>);
+
+fn parse_weight(s: &str) -> Result<WeightArg, String> {
+    if s == "config" {
+        return Ok(WeightArg(None));
+    }
+    match s.parse::<u32>() {
+        Ok(w) if w <= config::MAX_WEIGHT => Ok(WeightArg(Some(w))),
+        _ => Err(format!(
+            "{s:?} is not a weight: 0..={} (0: no new flows) or `config`",
+            config::MAX_WEIGHT
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -261,14 +448,32 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 pub enum CliError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// `xdplb run` refused its config (exit status [`EX_CONFIG`]).
+    #[error(transparent)]
+    RunConfig(ConfigError),
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
     #[error(transparent)]
     Admin(#[from] AdminError),
     #[error(transparent)]
     Load(#[from] LoadError),
+    #[error(transparent)]
+    NotServing(#[from] crate::serving::NotServing),
     #[error("nothing to take down: no data plane pinned at {}", path.display())]
     NothingPinned { path: PathBuf },
+    /// `xdplb plan` / `drain --dry-run`: the change would be refused.
+    #[error("refused: {reason}")]
+    Refused { reason: String },
+    #[error(
+        "xdplb decap: refusing to attach to {iface} without --allow CIDR (the gateways' \
+         tunnel_source); --allow-any opens tunnels from any source"
+    )]
+    DecapNoAllow { iface: String },
+    #[error("cannot name this network namespace for decap's default pin path: {source}")]
+    DecapNetns {
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "an `xdplb run` (pid {pid}) owns the data plane at {}: stop it first, or take \
          the data plane down under it with --force",
@@ -303,22 +508,92 @@ pub enum CliError {
     Daemon { message: String },
 }
 
+/// Exit status of `xdplb run` for a config it refuses (sysexits.h
+/// EX_CONFIG): the unit's RestartPreventExitStatus.
+pub const EX_CONFIG: u8 = 78;
+
+impl CliError {
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::RunConfig(_) => EX_CONFIG,
+            _ => 1,
+        }
+    }
+}
+
+/// `xdplb withdraw`: see [`Cmd::Withdraw`].
+async fn withdraw(a: WithdrawArgs) -> Result<(), CliError> {
+    if !a.config.exists() {
+        return print(&format!(
+            "nothing to withdraw: {} does not exist (no config applied here)\n",
+            a.config.display()
+        ));
+    }
+    let cfg = config::load(&a.config)?;
+    let Some(ann) = cfg.announce.as_ref() else {
+        return print("nothing to withdraw: no [announce] in the config\n");
+    };
+    let lock_dir = Path::new(owner::LOCK_DIR);
+    if a.after_hold {
+        tokio::time::sleep(std::time::Duration::from_millis(ann.hold_ms)).await;
+        if let Some(pid) = owner::holder(lock_dir, &cfg.dataplane.pin_path)? {
+            return print(&format!(
+                "a controller (pid {pid}) owns the data plane again within hold_ms {}: the VIPs \
+                 stay announced\n",
+                ann.hold_ms
+            ));
+        }
+    }
+    crate::announce::withdraw_all(ann)
+        .await
+        .map_err(|e| CliError::Daemon {
+            message: format!("withdrawing the VIPs: {e}"),
+        })?;
+    tracing::warn!(
+        routes = %ann.routes_file.display(),
+        "no controller runs: VIP announcements withdrawn (the data plane still forwards \
+         established flows)"
+    );
+    print("VIP routes withdrawn\n")
+}
+
 /// Runs one subcommand.
 pub async fn execute(cmd: Cmd) -> Result<(), CliError> {
     match cmd {
-        Cmd::Run(a) => crate::controller::run(a.config)
+        Cmd::Run(a) => crate::controller::run(a.config, a.keep_applied)
             .await
-            .map_err(|e| CliError::Daemon {
-                message: format!("{e:#}"),
+            .map_err(|e| match e.downcast::<ConfigError>() {
+                Ok(c) => CliError::RunConfig(c),
+                Err(e) => CliError::Daemon {
+                    message: format!("{e:#}"),
+                },
             }),
+        Cmd::Withdraw(a) => withdraw(a).await,
         Cmd::Down(a) => down(a).await,
         Cmd::Check(a) => check(&a.config),
         Cmd::Man(a) => docs::generate(&a.out).map_err(|source| CliError::Output { source }),
         Cmd::Status(a) => status(&a.socket.socket, a.json).await,
+        Cmd::Serving(a) => {
+            let cfg = config::load(&a.config)?;
+            let line = crate::serving::check(&cfg).await?;
+            print(&format!("{line}\n"))
+        }
         Cmd::Stats(a) => match a.watch {
             None => stats(&a.pin_path, a.json),
             Some(every) => watch(&a.pin_path, a.json, every).await,
         },
+        Cmd::Drain(a) if a.dry_run => {
+            plan(
+                &a.socket.socket,
+                Request::PlanDrain {
+                    pool: a.pool,
+                    backend: a.backend,
+                },
+                a.json,
+            )
+            .await
+        }
         Cmd::Drain(a) => {
             steer(
                 &a.socket.socket,
@@ -328,6 +603,14 @@ pub async fn execute(cmd: Cmd) -> Result<(), CliError> {
                 },
             )
             .await
+        }
+        Cmd::Plan(a) => {
+            // The controller reads it: from its own working directory.
+            let config = std::path::absolute(&a.config)
+                .unwrap_or(a.config)
+                .to_string_lossy()
+                .into_owned();
+            plan(&a.socket.socket, Request::Plan { config }, a.json).await
         }
         Cmd::Undrain(a) => {
             steer(
@@ -339,7 +622,38 @@ pub async fn execute(cmd: Cmd) -> Result<(), CliError> {
             )
             .await
         }
-        Cmd::Reload(a) => steer(&a.socket, Request::Reload).await,
+        Cmd::Maint(a) => {
+            steer(
+                &a.socket.socket,
+                Request::Maint {
+                    pool: a.pool,
+                    backend: a.backend,
+                },
+            )
+            .await
+        }
+        Cmd::Ready(a) => {
+            steer(
+                &a.socket.socket,
+                Request::Ready {
+                    pool: a.pool,
+                    backend: a.backend,
+                },
+            )
+            .await
+        }
+        Cmd::Set(SetCmd::Weight(a)) => {
+            steer(
+                &a.socket.socket,
+                Request::SetWeight {
+                    pool: a.pool,
+                    backend: a.backend,
+                    weight: a.weight.0,
+                },
+            )
+            .await
+        }
+        Cmd::Reload(a) => steer(&a.socket, Request::Reload {}).await,
         Cmd::Agent(a) => agent(a).await,
         Cmd::Decap(a) => decap(a),
     }
@@ -347,11 +661,18 @@ pub async fn execute(cmd: Cmd) -> Result<(), CliError> {
 
 fn decap(a: DecapArgs) -> Result<(), CliError> {
     use dataplane::decap;
-    let pin_path = dataplane::resolve_pin_path(&a.pin_path)?;
+    let named = match (&a.pin_path, &a.interface) {
+        (Some(p), _) => p.clone(),
+        (None, Some(iface)) => {
+            decap::default_pin_path(iface).map_err(|source| CliError::DecapNetns { source })?
+        }
+        (None, None) => unreachable!("clap requires --interface or --pin-path"),
+    };
+    let pin_path = dataplane::resolve_pin_path(&named)?;
     if a.stats {
         let c = decap::counters(&pin_path).map_err(|e| match e {
             DataplaneError::NotPinned { .. } => CliError::NothingPinned {
-                path: a.pin_path.clone(),
+                path: named.clone(),
             },
             e => e.into(),
         })?;
@@ -360,9 +681,13 @@ fn decap(a: DecapArgs) -> Result<(), CliError> {
             print(&format!("{}\n", serde_json::json!(c)))
         } else {
             print(&format!(
-                "decapsulated {}  passed {}  dropped (malformed) {}\n",
+                "decapsulated {}  passed {}  dropped: source not allowed {}  inner not local {}  \
+                 CE on not-ECT {}  malformed {}\n",
                 get("decapsulated"),
                 get("passed"),
+                get("dropped_source"),
+                get("dropped_not_local"),
+                get("dropped_ecn"),
                 get("dropped_malformed")
             ))
         };
@@ -372,22 +697,38 @@ fn decap(a: DecapArgs) -> Result<(), CliError> {
         .expect("clap requires --interface without --stats");
     if a.down {
         return if decap::detach(&pin_path, &iface)? {
+            if a.pin_path.is_none() {
+                decap::remove_empty_parents(&pin_path);
+            }
             print(&format!("decap removed from {iface}\n"))
         } else {
             Err(CliError::NothingPinned {
-                path: pin_path.join(format!("{}{iface}", lb_common::maps::LINK_PREFIX)),
+                path: named.join(format!("{}{iface}", lb_common::maps::LINK_PREFIX)),
             })
         };
     }
+    let allow: Vec<ipnet::IpNet> = if a.allow_any {
+        vec![
+            ipnet::IpNet::V4(ipnet::Ipv4Net::default()),
+            ipnet::IpNet::V6(ipnet::Ipv6Net::default()),
+        ]
+    } else if a.allow.is_empty() {
+        return Err(CliError::DecapNoAllow { iface });
+    } else {
+        a.allow.clone()
+    };
     let mode = match a.xdp_mode {
         config::XdpMode::Auto => dataplane::AttachMode::Auto,
         config::XdpMode::Native => dataplane::AttachMode::Native,
         config::XdpMode::Generic => dataplane::AttachMode::Generic,
     };
-    let addrs = decap::attach(&pin_path, &iface, mode)?;
+    let addrs = decap::attach(&pin_path, &iface, mode, &allow)?;
+    let from: Vec<String> = allow.iter().map(ToString::to_string).collect();
     print(&format!(
-        "decap attached to {iface}: IPIP and IPv6-in-IPv6 to {} are opened\n",
-        addrs.join(", ")
+        "decap attached to {iface} (pins {}): IPIP and IPv6-in-IPv6 to {} from {} are opened\n",
+        named.display(),
+        addrs.join(", "),
+        from.join(", ")
     ))
 }
 
@@ -455,7 +796,14 @@ async fn down(a: DownArgs) -> Result<(), CliError> {
     let mut withdrawn = String::new();
     if let Some(ann) = cfg.as_ref().and_then(|c| c.announce.as_ref()) {
         match crate::announce::withdraw_all(ann).await {
-            Ok(()) => withdrawn = "; VIP routes withdrawn".to_string(),
+            Ok(()) => {
+                withdrawn = format!("; VIP routes withdrawn {} ms before", a.withdraw_wait);
+                tracing::info!(
+                    wait_ms = a.withdraw_wait,
+                    "VIP routes withdrawn; waiting for the routers to move traffic before detaching"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(a.withdraw_wait)).await;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "VIP routes emptied but BIRD not told");
                 withdrawn = format!(
@@ -492,7 +840,7 @@ async fn down(a: DownArgs) -> Result<(), CliError> {
 }
 
 async fn status(socket: &Path, json: bool) -> Result<(), CliError> {
-    let resp = admin::request(socket, &Request::Status)
+    let resp = admin::request(socket, &Request::Status {})
         .await?
         .into_result()?;
     let status = resp.status.ok_or(CliError::EmptyReply {
@@ -508,7 +856,30 @@ async fn status(socket: &Path, json: bool) -> Result<(), CliError> {
     }
 }
 
-/// drain, undrain, reload: print what the controller says it did.
+/// plan, drain --dry-run: print the plan; a change that would be refused
+/// exits 1 with the reason.
+async fn plan(socket: &Path, req: Request, json: bool) -> Result<(), CliError> {
+    let resp = admin::request(socket, &req).await?.into_result()?;
+    let Some(plan) = resp.plan else {
+        return Err(CliError::Admin(AdminError::Refused {
+            error: "the controller sent no plan".to_string(),
+        }));
+    };
+    if json {
+        let mut s = serde_json::to_string(&plan).expect("a plan serialises");
+        s.push('\n');
+        print(&s)?;
+    } else {
+        print(&format::plan_text(&plan))?;
+    }
+    match plan.refused {
+        Some(reason) if !plan.accepted => Err(CliError::Refused { reason }),
+        _ => Ok(()),
+    }
+}
+
+/// drain, undrain, maint, ready, set weight, reload: print what the
+/// controller says it did.
 async fn steer(socket: &Path, req: Request) -> Result<(), CliError> {
     let resp = admin::request(socket, &req).await?.into_result()?;
     let msg = resp.message.unwrap_or_else(|| "done".to_string());
@@ -627,7 +998,10 @@ mod tests {
     fn defaults_match_the_operator_contract() {
         let p = |args: &[&str]| Cli::try_parse_from(args).unwrap().command;
         match p(&["xdplb", "run"]) {
-            Cmd::Run(a) => assert_eq!(a.config, Path::new("/etc/xdplb/xdplb.toml")),
+            Cmd::Run(a) => {
+                assert_eq!(a.config, Path::new("/etc/xdplb/xdplb.toml"));
+                assert_eq!(a.keep_applied, None);
+            }
             c => panic!("{c:?}"),
         }
         match p(&["xdplb", "status"]) {
@@ -635,6 +1009,10 @@ mod tests {
                 assert_eq!(a.socket.socket, Path::new("/run/xdplb.sock"));
                 assert!(!a.json);
             }
+            c => panic!("{c:?}"),
+        }
+        match p(&["xdplb", "serving"]) {
+            Cmd::Serving(a) => assert_eq!(a.config, Path::new("/etc/xdplb/xdplb.toml")),
             c => panic!("{c:?}"),
         }
         match p(&["xdplb", "stats", "--watch", "0.5"]) {

@@ -22,6 +22,9 @@
 //! - [`metrics`]: Prometheus exposition.
 //! - [`web`]: the HTTP server on `metrics_listen`: `/metrics`, `/status.json`,
 //!   and the status page `/`.
+//! - [`serving`]: `xdplb serving`, whether this gateway can serve
+//!   (keepalived's track_script).
+//! - [`netlink`]: the kernel's routing netlink: route lookups, link events.
 //! - [`notify`]: systemd readiness and watchdog notifications.
 //! - [`cli`]: the `xdplb` command line and its human output.
 //! - [`dataplane`]: the only module that touches aya: load or adopt the
@@ -36,14 +39,17 @@ pub mod command;
 pub mod config;
 pub mod controller;
 pub mod dataplane;
+pub mod fsutil;
 pub mod health;
 pub mod load;
 pub mod maglev;
 pub mod metrics;
+pub mod netlink;
 pub mod notify;
 pub mod owner;
 pub mod packet;
 pub mod planner;
+pub mod serving;
 pub mod state;
 pub mod status;
 pub mod web;

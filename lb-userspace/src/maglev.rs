@@ -157,6 +157,7 @@ pub fn moved_share(before: &[u32], after: &[u32], removed: u32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const RING: u32 = 65_537;
 
@@ -316,10 +317,17 @@ mod tests {
         let start = std::time::Instant::now();
         let t = build(&e, RING);
         let took = start.elapsed();
-        println!("maglev: 1000 backends, ring {RING}: {took:?}");
+        // An unoptimised build is ~10× slower: 75–130 ms measured here (2
+        // cores, other builds running) against the optimised build's bound.
+        // Either bound is far under what an accidental quadratic step costs
+        // (seconds), and far over the noise.
+        let bound = if cfg!(debug_assertions) {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_millis(100)
+        };
+        println!("maglev: 1000 backends, ring {RING}: {took:?} (bound {bound:?})");
         assert_eq!(t.len(), RING as usize);
-        if !cfg!(debug_assertions) {
-            assert!(took.as_millis() < 100, "{took:?}");
-        }
+        assert!(took < bound, "1000 backends took {took:?}, bound {bound:?}");
     }
 }

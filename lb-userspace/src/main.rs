@@ -12,16 +12,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return usage_error(e),
     };
-    // RUST_LOG filters; info by default. Logs go to stderr so stdout stays
-    // clean for `--json`.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colour only for a terminal: logs captured to a file stay plain.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     // One thread drives every task: the controller's work is a thousand
     // small wakeups a second (probe timers, sockets becoming ready,
     // reports), and a multi-thread scheduler adds a wakeup of an idle
@@ -38,8 +29,59 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(cli::execute(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e.to_string()),
+        Err(e) => {
+            fail(&e.to_string());
+            ExitCode::from(e.exit_code())
+        }
     }
+}
+
+/// RUST_LOG filters; info by default. Under systemd, when stderr is the
+/// journal (`JOURNAL_STREAM` names its device and inode), records go to
+/// journald natively: each at its own priority (ERROR is `-p err`), with
+/// its fields, and without a timestamp of ours beside the journal's.
+/// Otherwise plain lines on stderr, so stdout stays clean for `--json`.
+fn init_logging() {
+    use tracing_subscriber::prelude::*;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if stderr_is_journal() {
+        if let Ok(journald) = tracing_journald::layer() {
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(journald.with_syslog_identifier("xdplb".to_string()))
+                .init();
+            return;
+        }
+    }
+    // Colour only for a terminal: logs captured to a file stay plain.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Whether stderr is the stream systemd connected to the journal
+/// (sd_journal_stream_fd(3): `JOURNAL_STREAM=DEV:INODE` of that stream; a
+/// redirected stderr no longer matches).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let fd = std::io::stderr();
+    let Ok(meta) = std::os::fd::AsFd::as_fd(&fd)
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .and_then(|f| f.metadata())
+    else {
+        return false;
+    };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
 
 /// Prints `error: MESSAGE` on one line.

@@ -19,6 +19,8 @@
 //! | `xdplb_vip_{packets,bytes,new_flows,rejected}_total` | counter | `pool`, `vip` |
 //! | `xdplb_backend_{packets,bytes,new_flows,reply_packets,reply_bytes}_total` | counter | `pool`, `backend` |
 //! | `xdplb_backend_{up,active,load,weight,flows}` | gauge | `pool`, `backend` |
+//! | `xdplb_backend_admin_state` | gauge (1 for the state in force, 0 for the others) | `pool`, `backend`, `state` (`ready`, `drain`, `maint`), `set_by` (`operator`, `agent`; empty while ready) |
+//! | `xdplb_backend_weight_override` | gauge (only with an override) | `pool`, `backend` |
 //! | `xdplb_dataplane_up` | gauge | |
 //! | `xdplb_health_check_duration_seconds` | histogram | `pool`, `result` |
 //!
@@ -40,7 +42,9 @@ use prometheus_client::{
 
 use crate::{
     dataplane::{CounterReader, Counters, DataplaneError},
-    status::Status,
+    planner::BackendState,
+    state::AdminState,
+    status::{Health, Status},
 };
 
 /// Histogram buckets, seconds: 0.5 ms (a probe on the same host) to 5 s
@@ -155,6 +159,7 @@ impl fmt::Debug for DataplaneCollector {
 }
 
 type Labels2 = [(&'static str, String); 2];
+type Labels4 = [(&'static str, String); 4];
 
 fn counter<L: EncodeLabelSet>(
     enc: &mut DescriptorEncoder,
@@ -365,13 +370,13 @@ impl Collector for StatusCollector {
             &mut enc,
             "xdplb_backend_up",
             "1 if the backend passes its health checks",
-            rows().map(|(l, b)| (l, i64::from(b.health == "up"))),
+            rows().map(|(l, b)| (l, i64::from(b.health == Health::Up))),
         )?;
         gauge(
             &mut enc,
             "xdplb_backend_active",
             "1 if the backend gets new flows (state active)",
-            rows().map(|(l, b)| (l, i64::from(b.state == "active"))),
+            rows().map(|(l, b)| (l, i64::from(b.state == BackendState::Active))),
         )?;
         gauge(
             &mut enc,
@@ -384,6 +389,30 @@ impl Collector for StatusCollector {
             "xdplb_backend_weight",
             "Effective weight in the Maglev ring (0 unless active)",
             rows().map(|(l, b)| (l, i64::from(b.weight))),
+        )?;
+        gauge(
+            &mut enc,
+            "xdplb_backend_admin_state",
+            "1 for the backend's runtime state in force (xdplb drain/maint/ready, or its agent's drain/maint), 0 for the others",
+            rows().flat_map(|(l, b)| {
+                let by = b.admin_set_by.map_or("", |s| s.as_str());
+                AdminState::ALL.into_iter().map(move |state| {
+                    let [pool, backend] = l.clone();
+                    let labels: Labels4 = [
+                        pool,
+                        backend,
+                        ("state", state.as_str().to_string()),
+                        ("set_by", by.to_string()),
+                    ];
+                    (labels, i64::from(b.admin_state == state))
+                })
+            }),
+        )?;
+        gauge(
+            &mut enc,
+            "xdplb_backend_weight_override",
+            "Weight set by xdplb set weight in place of the config's (only while set)",
+            rows().filter_map(|(l, b)| b.weight_override.map(|w| (l, i64::from(w)))),
         )?;
         gauge(
             &mut enc,
@@ -406,7 +435,7 @@ impl Collector for StatusCollector {
         gauge(
             &mut enc,
             "xdplb_vip_announced",
-            "1 if this gateway announces the VIP to its routers ([announce])",
+            "1 if BIRD has the VIP's route to announce to the routers ([announce]; what BIRD answered, not what xdplb wants)",
             status.pools.iter().filter_map(|p| {
                 let labels: Labels2 = [("pool", p.name.clone()), ("vip", p.vip.clone())];
                 p.announced.map(|a| (labels, i64::from(a)))
@@ -470,24 +499,27 @@ mod tests {
     }
 
     fn fake_status() -> Status {
-        let b = |name: &str, health: &str, state: &str, weight, load| BackendStatus {
+        let b = |name: &str, health: Health, state: BackendState, weight, load| BackendStatus {
             name: name.into(),
             addr: "198.18.1.11:8080".into(),
-            role: "primary".into(),
-            health: health.into(),
-            state: state.into(),
+            role: crate::config::Role::Primary,
+            health,
+            state,
             weight,
             config_weight: 100,
             load,
             flows: 7,
             half_open: 0,
             unanswered: false,
-            reason: "x".into(),
+            reason: crate::planner::Reason::Healthy,
             operator_drained: false,
+            admin_state: crate::state::AdminState::Ready,
+            admin_set_by: None,
+            weight_override: None,
             agent: None,
             last_error: None,
-            rtt_ms: (health == "up").then_some(1.5),
-            agent_up: (health == "up").then_some(true),
+            rtt_ms: (health == Health::Up).then_some(1.5),
+            agent_up: (health == Health::Up).then_some(true),
             agent_error: None,
             transitions: Vec::new(),
         };
@@ -495,18 +527,25 @@ mod tests {
             pools: vec![PoolStatus {
                 name: "web".into(),
                 vip: "198.18.2.10:80".into(),
-                protocol: "tcp".into(),
-                mode: "nat".into(),
+                protocol: crate::config::Protocol::Tcp,
+                mode: crate::config::Mode::Nat,
                 min_active: 1,
-                on_empty: "reject".into(),
+                on_empty: crate::config::OnEmpty::Reject,
                 empty: false,
                 mean_load: Some(0.25),
                 announced: Some(true),
+                announce_intent: Some(true),
                 backends: vec![
-                    b("web-1", "up", "active", 75, 0.25),
-                    b("web \"2\"", "down", "down", 0, 0.5),
+                    b("web-1", Health::Up, BackendState::Active, 75, 0.25),
+                    BackendStatus {
+                        admin_state: crate::state::AdminState::Maint,
+                        admin_set_by: Some(crate::state::SetBy::Agent),
+                        weight_override: Some(300),
+                        ..b("web \"2\"", Health::Down, BackendState::Down, 0, 0.5)
+                    },
                 ],
             }],
+            detached: Vec::new(),
         }
     }
 
@@ -624,7 +663,7 @@ mod tests {
             .2
     }
 
-    const EVERY_FAMILY: [(&str, &str); 27] = [
+    const EVERY_FAMILY: [(&str, &str); 29] = [
         ("xdplb_dataplane_up", "gauge"),
         ("xdplb_rx_packets_total", "counter"),
         ("xdplb_passed_packets_total", "counter"),
@@ -649,6 +688,8 @@ mod tests {
         ("xdplb_backend_weight", "gauge"),
         ("xdplb_backend_flows", "gauge"),
         ("xdplb_backend_rtt_seconds", "gauge"),
+        ("xdplb_backend_admin_state", "gauge"),
+        ("xdplb_backend_weight_override", "gauge"),
         ("xdplb_agent_up", "gauge"),
         ("xdplb_vip_announced", "gauge"),
         ("xdplb_health_check_duration_seconds", "histogram"),
@@ -754,6 +795,31 @@ mod tests {
         // A label value with quotes survives escaping.
         let web2 = [("pool", "web"), ("backend", "web \"2\"")];
         assert_eq!(value(&samples, "xdplb_backend_up", &web2), 0.0);
+        // Runtime states: one series per state, 1 for the one in force.
+        let admin = |backend, state, by| {
+            value(
+                &samples,
+                "xdplb_backend_admin_state",
+                &[
+                    ("pool", "web"),
+                    ("backend", backend),
+                    ("state", state),
+                    ("set_by", by),
+                ],
+            )
+        };
+        assert_eq!(admin("web \"2\"", "maint", "agent"), 1.0);
+        assert_eq!(admin("web \"2\"", "ready", "agent"), 0.0);
+        assert_eq!(admin("web-1", "ready", ""), 1.0);
+        assert_eq!(admin("web-1", "drain", ""), 0.0);
+        assert_eq!(
+            value(&samples, "xdplb_backend_weight_override", &web2),
+            300.0
+        );
+        assert!(!samples
+            .iter()
+            .any(|(n, l, _)| n == "xdplb_backend_weight_override"
+                && l.get("backend").map(String::as_str) == Some("web-1")));
 
         let ok = [("pool", "web"), ("result", "success")];
         assert_eq!(

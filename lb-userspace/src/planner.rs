@@ -10,10 +10,12 @@
 //! writes the states to the data plane.
 //!
 //! Rules, in order of precedence for one backend:
-//! 1. `Down`: health is not up (or not probed yet), or the agent says
-//!    `down`/`stopped`/`fail`.
-//! 2. `Draining`: operator drain, or the agent says `drain`/`maint`, or a
-//!    weight of `0%` (HAProxy's "no new connections").
+//! 1. `Down`: health is not up (or not probed yet, unless in maintenance,
+//!    whose checks are stopped), or the agent says `down`/`stopped`/`fail`.
+//! 2. `Draining`: a runtime state ([`BackendAdmin`]: maintenance, drain,
+//!    by the operator or kept from the agent's `maint`/`drain`), an
+//!    operator weight of 0, or an agent weight of `0%` (HAProxy's "no new
+//!    connections").
 //! 3. Primaries otherwise `Active`. Spares `Active` when needed (below),
 //!    else `Draining` right after serving, then `Standby`.
 //!
@@ -23,17 +25,21 @@
 //! stays below `low_watermark`). So the low watermark only ever gives back
 //! what the high one took: spares filling the `min_active` gap are not
 //! removed by it, and a spare added for load still counts as serving when a
-//! primary then fails (the gap adds to it rather than reusing it). Spares are
-//! interchangeable: serving ones keep serving, new ones are taken in config
-//! order, and when fewer are needed the most recently activated one goes
-//! first (it holds the fewest established flows).
+//! primary then fails (the gap adds to it rather than reusing it). Spares
+//! serve in config order, as a function of what is observed now: the first
+//! eligible ones serve, and when fewer are needed the last goes first. So
+//! gateways that see the same choose the same spares (and build the same
+//! rings) whatever each saw before — a probe blip only one of them saw, a
+//! restart. The hysteresis is bounded: a spare displaced by a returning
+//! one drains its flows for at most [`SPARE_DRAIN_TIMEOUT_MS`].
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, PoolConfig, Role};
 use crate::load::AgentState;
+use crate::state::{AdminState, BackendAdmin, SetBy};
 
 /// Effective weights are `config weight × WEIGHT_SCALE × factors`, so a
 /// `(1 − load)` factor keeps three digits of resolution after rounding.
@@ -68,7 +74,10 @@ pub struct BackendObservation {
     pub load: Option<f64>,
     pub agent_state: Option<AgentState>,
     pub agent_weight_pct: Option<u8>,
-    pub operator_drained: bool,
+    /// Runtime states: the operator's drain, maintenance and weight
+    /// override, and the drain or maintenance the agent asked for (kept
+    /// by the controller until the agent says `up` or `ready`).
+    pub admin: BackendAdmin,
     /// Flows the data plane holds pinned to this backend; `None` until the
     /// flow table has been counted. Not counted is not zero: a demoted spare
     /// keeps draining until a count says it is idle.
@@ -79,7 +88,7 @@ pub struct BackendObservation {
 /// backend never probed.
 pub type Observations = HashMap<(String, String), BackendObservation>;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendState {
     Active,
@@ -109,8 +118,14 @@ impl BackendState {
     }
 }
 
+impl std::fmt::Display for BackendState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a backend is in its state (shown by `status`, asserted by tests).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// A healthy primary.
@@ -121,6 +136,12 @@ pub enum Reason {
     OperatorDrain,
     AgentDrain,
     AgentWeightZero,
+    /// `xdplb maint`: no new flows, no health checks.
+    Maint,
+    /// The agent said `maint`.
+    AgentMaint,
+    /// `xdplb set weight … 0`.
+    WeightZero,
     /// A spare filling the `min_active` gap.
     MinActive,
     /// A spare activated by the high watermark.
@@ -141,11 +162,20 @@ impl Reason {
             Reason::OperatorDrain => "operator_drain",
             Reason::AgentDrain => "agent_drain",
             Reason::AgentWeightZero => "agent_weight_zero",
+            Reason::Maint => "maint",
+            Reason::AgentMaint => "agent_maint",
+            Reason::WeightZero => "weight_zero",
             Reason::MinActive => "min_active",
             Reason::HighLoad => "high_load",
             Reason::SpareDraining => "spare_draining",
             Reason::SpareIdle => "spare_idle",
         }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -206,8 +236,6 @@ struct PoolMemory {
     above_since: Option<u64>,
     below_since: Option<u64>,
     load_spares: u32,
-    /// Serving spares, in activation order.
-    active_spares: Vec<String>,
     backends: HashMap<String, BackendMemory>,
 }
 
@@ -241,6 +269,58 @@ impl Planner {
         Plan { pools }
     }
 
+    /// Starts `pool`'s memory from what the pinned data plane shows (a
+    /// restart): the backends' `states`, and the spares serving beyond
+    /// the `min_active` gap as the watermark count, so a spare serving for
+    /// load keeps serving while the load holds, and one that was draining
+    /// drains on from `now_ms`. A pool already planned, or with nothing
+    /// pinned (its first plan is then its first tick), is left alone.
+    pub fn adopt(
+        &mut self,
+        pool: &PoolConfig,
+        states: &HashMap<String, BackendState>,
+        now_ms: u64,
+    ) {
+        if states.is_empty() || self.pools.contains_key(&pool.name) {
+            return;
+        }
+        let serving = |role: Role| {
+            pool.backends
+                .iter()
+                .filter(|b| b.role == role && states.get(&b.name) == Some(&BackendState::Active))
+                .count() as u32
+        };
+        let gap = pool.min_active.saturating_sub(serving(Role::Primary));
+        let backends = pool
+            .backends
+            .iter()
+            .filter_map(|b| {
+                let state = *states.get(&b.name)?;
+                let draining = state == BackendState::Draining && b.role == Role::Spare;
+                Some((
+                    b.name.clone(),
+                    BackendMemory {
+                        state,
+                        active_since: None,
+                        spare_draining_since: draining.then_some(now_ms),
+                    },
+                ))
+            })
+            .collect();
+        self.pools.insert(
+            pool.name.clone(),
+            PoolMemory {
+                load_spares: if pool.load.is_some() {
+                    serving(Role::Spare).saturating_sub(gap)
+                } else {
+                    0
+                },
+                backends,
+                ..PoolMemory::default()
+            },
+        );
+    }
+
     /// Whether the next [`plan`](Planner::plan) could differ from the last
     /// one with the same config and observations, only because time passed:
     /// a slow-start ramp under way, a watermark hold running, a demoted
@@ -259,22 +339,26 @@ impl Planner {
     }
 }
 
-/// Why a backend cannot serve at all, or cannot take new flows.
+/// Why a backend cannot serve at all, or cannot take new flows. A backend
+/// in maintenance is not probed: never probed, it is not down for that
+/// (its established flows continue); down before, it stays down.
 fn classify(o: &BackendObservation) -> (Option<Reason>, Option<Reason>) {
+    let (admin, by) = o.admin.state();
     let down = match o.health {
+        None if admin == AdminState::Maint => None,
         None => Some(Reason::NotProbed),
         Some(false) => Some(Reason::HealthDown),
         Some(true) if o.agent_state.is_some_and(AgentState::is_down) => Some(Reason::AgentDown),
         Some(true) => None,
     };
-    let drain = if o.operator_drained {
-        Some(Reason::OperatorDrain)
-    } else if o.agent_state.is_some_and(AgentState::is_drain) {
-        Some(Reason::AgentDrain)
-    } else if o.agent_weight_pct == Some(0) {
-        Some(Reason::AgentWeightZero)
-    } else {
-        None
+    let drain = match (admin, by) {
+        (AdminState::Maint, Some(SetBy::Agent)) => Some(Reason::AgentMaint),
+        (AdminState::Maint, _) => Some(Reason::Maint),
+        (AdminState::Drain, Some(SetBy::Agent)) => Some(Reason::AgentDrain),
+        (AdminState::Drain, _) => Some(Reason::OperatorDrain),
+        (AdminState::Ready, _) if o.admin.weight == Some(0) => Some(Reason::WeightZero),
+        (AdminState::Ready, _) if o.agent_weight_pct == Some(0) => Some(Reason::AgentWeightZero),
+        (AdminState::Ready, _) => None,
     };
     (down, drain)
 }
@@ -314,20 +398,21 @@ fn plan_pool(
         });
     }
 
-    let index_of = |name: &str| pool.backends.iter().position(|b| b.name == name);
+    // Spares serve in config order: which ones is a function of what is
+    // observed now (and of the watermark count), never of which served
+    // before, so gateways that see the same build the same rings.
     let eligible_spares: Vec<usize> = (0..pool.backends.len())
         .filter(|&i| pool.backends[i].role == Role::Spare && eligible(i))
         .collect();
-    let serving_spares: Vec<usize> = mem
-        .active_spares
-        .iter()
-        .filter_map(|n| index_of(n))
-        .filter(|&i| eligible_spares.contains(&i))
-        .collect();
     let gap = pool.min_active.saturating_sub(active_primaries) as usize;
+    let serving_spares: Vec<usize> = eligible_spares
+        .iter()
+        .copied()
+        .take(gap + mem.load_spares as usize)
+        .collect();
 
-    // Mean load over what serves now: active primaries and the spares that
-    // were serving and still can.
+    // Mean load over what serves: active primaries and the spares the
+    // count asked for until now.
     let loads: Vec<f64> = (0..pool.backends.len())
         .filter(|&i| {
             plans[i].is_some_and(|(s, _)| s == BackendState::Active) || serving_spares.contains(&i)
@@ -379,19 +464,7 @@ fn plan_pool(
     mem.load_spares = mem.load_spares.min(max_load_spares);
 
     let wanted = (gap + mem.load_spares as usize).min(eligible_spares.len());
-    let mut chosen: Vec<usize> = serving_spares.iter().copied().take(wanted).collect();
-    for &i in &eligible_spares {
-        if chosen.len() >= wanted {
-            break;
-        }
-        if !chosen.contains(&i) {
-            chosen.push(i);
-        }
-    }
-    mem.active_spares = chosen
-        .iter()
-        .map(|&i| pool.backends[i].name.clone())
-        .collect();
+    let chosen: Vec<usize> = eligible_spares.iter().copied().take(wanted).collect();
 
     for (i, b) in pool.backends.iter().enumerate() {
         if b.role != Role::Spare {
@@ -487,6 +560,9 @@ fn effective_weight(
     active_since: Option<u64>,
     now: u64,
 ) -> u32 {
+    // An operator's override stands in for the config's weight; the
+    // agent's percent and the load apply to it as they would to that.
+    let weight = o.admin.weight.unwrap_or(weight);
     let mut w = f64::from(weight) * f64::from(WEIGHT_SCALE);
     if let Some(pct) = o.agent_weight_pct {
         w *= f64::from(pct.min(100)) / 100.0;
@@ -677,7 +753,7 @@ mod tests {
     }
 
     #[test]
-    fn serving_spare_is_kept_when_another_recovers() {
+    fn a_recovered_spare_takes_its_place_back_in_config_order() {
         let cfg = cfg_with(3, false);
         let mut planner = Planner::new();
         let mut obs = healthy(None);
@@ -687,9 +763,43 @@ mod tests {
         assert_eq!(state_of(&plan, "s2"), (Active, Reason::MinActive));
         set(&mut obs, "s1", |o| o.health = Some(true));
         let plan = planner.plan(&cfg, &obs, 1000);
-        // No churn: s2 keeps serving, s1 waits.
-        assert_eq!(state_of(&plan, "s2").0, Active);
-        assert_eq!(state_of(&plan, "s1").0, Standby);
+        // s1 serves again; s2 drains its flows (bounded), then stands by.
+        assert_eq!(state_of(&plan, "s1"), (Active, Reason::MinActive));
+        assert_eq!(state_of(&plan, "s2"), (Draining, Reason::SpareDraining));
+        let plan = planner.plan(&cfg, &obs, 1000 + SPARE_DRAIN_TIMEOUT_MS);
+        assert_eq!(state_of(&plan, "s2"), (Standby, Reason::SpareIdle));
+    }
+
+    /// Gateways with the same config and the same observations choose the
+    /// same spares (so build the same rings), whatever each saw before: a
+    /// probe blip only one of them saw, or a restart.
+    #[test]
+    fn gateways_that_see_the_same_choose_the_same_spares() {
+        let cfg = cfg_with(3, false);
+        let mut obs = healthy(None);
+        set(&mut obs, "p1", |o| {
+            o.health = Some(false);
+        });
+        for o in obs.values_mut() {
+            o.established_flows = Some(0);
+        }
+        // Gateway a saw s1 fail a probe round while p1 was down; b did not.
+        let (mut a, mut b) = (Planner::new(), Planner::new());
+        let mut blip = obs.clone();
+        set(&mut blip, "s1", |o| o.health = Some(false));
+        a.plan(&cfg, &blip, 0);
+        b.plan(&cfg, &obs, 0);
+        let active =
+            |p: &Plan| -> Vec<String> { p.pools[0].active().map(|b| b.name.clone()).collect() };
+        // Now both see the same, and so does c, a controller just started.
+        let (pa, pb) = (a.plan(&cfg, &obs, 1000), b.plan(&cfg, &obs, 1000));
+        let pc = Planner::new().plan(&cfg, &obs, 1000);
+        assert_eq!(active(&pa), active(&pb), "a and b serve different spares");
+        assert_eq!(active(&pa), active(&pc), "a restart re-chooses otherwise");
+        // The spare a no longer needs drains (its flows counted, none
+        // left), and then a is b.
+        let (pa, pb) = (a.plan(&cfg, &obs, 2000), b.plan(&cfg, &obs, 2000));
+        assert_eq!(pa, pb);
     }
 
     #[test]
@@ -716,7 +826,7 @@ mod tests {
         let cfg = cfg_with(3, false);
         let mut planner = Planner::new();
         let mut obs = healthy(None);
-        set(&mut obs, "p1", |o| o.operator_drained = true);
+        set(&mut obs, "p1", |o| o.admin.drain = true);
         for t in [0, 1000, 100_000] {
             let plan = planner.plan(&cfg, &obs, t);
             assert_eq!(state_of(&plan, "p1"), (Draining, Reason::OperatorDrain));
@@ -731,7 +841,7 @@ mod tests {
         let plan = planner.plan(&cfg, &obs, 201_000);
         assert_eq!(state_of(&plan, "p1"), (Down, Reason::HealthDown));
         // Operator drain of a spare keeps it out of the gap.
-        set(&mut obs, "s1", |o| o.operator_drained = true);
+        set(&mut obs, "s1", |o| o.admin.drain = true);
         let plan = planner.plan(&cfg, &obs, 202_000);
         assert_eq!(state_of(&plan, "s1"), (Draining, Reason::OperatorDrain));
         assert_eq!(state_of(&plan, "s2"), (Active, Reason::MinActive));
@@ -741,8 +851,9 @@ mod tests {
     fn agent_states() {
         let cfg = cfg_with(1, false);
         let cases = [
-            (Some(AgentState::Drain), None, Draining, Reason::AgentDrain),
-            (Some(AgentState::Maint), None, Draining, Reason::AgentDrain),
+            // The agent's drain and maint reach the planner as its kept
+            // admin state (see `agent_admin_states`), not its last word.
+            (Some(AgentState::Drain), None, Active, Reason::Healthy),
             (Some(AgentState::Down), None, Down, Reason::AgentDown),
             (Some(AgentState::Fail), None, Down, Reason::AgentDown),
             (Some(AgentState::Stopped), None, Down, Reason::AgentDown),
@@ -764,6 +875,62 @@ mod tests {
             let plan = Planner::new().plan(&cfg, &obs, 0);
             assert_eq!(state_of(&plan, "p1"), (want, why), "{state:?} {pct:?}");
         }
+    }
+
+    #[test]
+    fn agent_admin_states() {
+        let cfg = cfg_with(1, false);
+        let cases = [
+            (Some(AdminState::Drain), Draining, Reason::AgentDrain),
+            (Some(AdminState::Maint), Draining, Reason::AgentMaint),
+            (None, Active, Reason::Healthy),
+        ];
+        for (state, want, why) in cases {
+            let mut obs = healthy(None);
+            set(&mut obs, "p1", |o| o.admin.agent_state = state);
+            let plan = Planner::new().plan(&cfg, &obs, 0);
+            assert_eq!(state_of(&plan, "p1"), (want, why), "{state:?}");
+        }
+    }
+
+    #[test]
+    fn operator_runtime_states() {
+        let cfg = cfg_with(1, false);
+        let plan_with = |f: &dyn Fn(&mut BackendObservation)| {
+            let mut obs = healthy(None);
+            set(&mut obs, "p1", f);
+            Planner::new().plan(&cfg, &obs, 0)
+        };
+        // Maintenance: no new flows, whatever the agent says.
+        let plan = plan_with(&|o| {
+            o.admin.maint = true;
+            o.admin.agent_state = Some(AdminState::Drain);
+        });
+        assert_eq!(state_of(&plan, "p1"), (Draining, Reason::Maint));
+        // Never probed (its checks stopped), it is in maintenance, not down.
+        let plan = plan_with(&|o| {
+            o.admin.maint = true;
+            o.health = None;
+        });
+        assert_eq!(state_of(&plan, "p1"), (Draining, Reason::Maint));
+        // Down before maintenance, it stays down.
+        let plan = plan_with(&|o| {
+            o.admin.maint = true;
+            o.health = Some(false);
+        });
+        assert_eq!(state_of(&plan, "p1"), (Down, Reason::HealthDown));
+        // Weight 0: no new flows.
+        let plan = plan_with(&|o| o.admin.weight = Some(0));
+        assert_eq!(state_of(&plan, "p1"), (Draining, Reason::WeightZero));
+        // Another weight stands in for the config's (100), the agent's
+        // percent applying to it.
+        let plan = plan_with(&|o| o.admin.weight = Some(300));
+        assert_eq!(weight_of(&plan, "p1"), 300 * WEIGHT_SCALE);
+        let plan = plan_with(&|o| {
+            o.admin.weight = Some(300);
+            o.agent_weight_pct = Some(50);
+        });
+        assert_eq!(weight_of(&plan, "p1"), 150 * WEIGHT_SCALE);
     }
 
     #[test]
@@ -960,9 +1127,9 @@ mod tests {
         let cfg = cfg_with(1, true);
         let mut planner = Planner::new();
         let mut obs = healthy(Some(0.5));
-        set(&mut obs, "p1", |o| o.operator_drained = true);
+        set(&mut obs, "p1", |o| o.admin.drain = true);
         planner.plan(&cfg, &obs, 0);
-        set(&mut obs, "p1", |o| o.operator_drained = false);
+        set(&mut obs, "p1", |o| o.admin.drain = false);
         planner.plan(&cfg, &obs, 1000);
         let plan = planner.plan(&cfg, &obs, 2000);
         // 100 × 1000 × (1 − 0.5) × 1/4.

@@ -1,11 +1,47 @@
 //! The controller's live view, as `xdplb status` shows it and the admin
 //! socket carries it. Field names are the operator contract
-//! (shared/INTERFACE.md, "JSON output"); more fields are allowed.
+//! (docs/INTERFACE.md, "JSON"); more fields are allowed. Fields with a
+//! fixed set of values are enums, serialised as the contract's strings.
 use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::{Mode, OnEmpty, Protocol, Role},
+    planner::{BackendState, Reason},
+    state::{AdminState, SetBy},
+};
+
+/// A backend's health verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Up,
+    /// Also a backend not probed yet.
+    Down,
+}
+
+impl Health {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Health::Up => "up",
+            Health::Down => "down",
+        }
+    }
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub pools: Vec<PoolStatus>,
+    /// Configured interfaces the program is not attached to (deleted, or
+    /// detached by `xdplb down`): nothing is announced meanwhile. Absent
+    /// when it is attached to all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub detached: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -15,13 +51,13 @@ pub struct PoolStatus {
     pub vip: String,
     /// "tcp" | "udp"
     #[serde(default)]
-    pub protocol: String,
+    pub protocol: Protocol,
     /// "nat" | "dsr" | "tunnel"
-    pub mode: String,
+    pub mode: Mode,
     pub min_active: u32,
     /// "reject" | "drop": what the VIP does with new flows while empty.
     #[serde(default)]
-    pub on_empty: String,
+    pub on_empty: OnEmpty,
     /// True when no backend can take a new flow (the VIP's ring is empty):
     /// new flows are rejected or dropped, as `on_empty` says. False until
     /// the controller has published the pool's ring.
@@ -29,10 +65,17 @@ pub struct PoolStatus {
     pub empty: bool,
     /// Mean load of the serving backends, when the pool has `[pool.load]`.
     pub mean_load: Option<f64>,
-    /// With `[announce]`: whether this gateway announces the VIP (its ring
-    /// has an active backend). Absent without `[announce]`.
+    /// With `[announce]`: whether BIRD has the VIP's route (its
+    /// `xdplb_vips[6]` protocol holds it, as BIRD answered within the last
+    /// second) — what the routers can be sent. Absent without `[announce]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announced: Option<bool>,
+    /// With `[announce]`: whether xdplb wants the VIP announced (its ring
+    /// has an active backend and the data plane is attached). `true` with
+    /// `announced` false: BIRD does not have it (not running, or it cannot
+    /// read the routes file). Absent without `[announce]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce_intent: Option<bool>,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -42,11 +85,11 @@ pub struct BackendStatus {
     /// "198.18.1.11:8080", "[2001:2:0:1::11]:8080"
     pub addr: String,
     /// "primary" | "spare"
-    pub role: String,
+    pub role: Role,
     /// "up" | "down" (a backend not probed yet is "down").
-    pub health: String,
+    pub health: Health,
     /// "active" | "draining" | "standby" | "down"
-    pub state: String,
+    pub state: BackendState,
     /// Effective weight the Maglev ring was built with (0 unless active).
     pub weight: u32,
     /// Configured weight.
@@ -66,8 +109,19 @@ pub struct BackendStatus {
     #[serde(default)]
     pub unanswered: bool,
     /// Why it is in this state (planner reason, snake_case).
-    pub reason: String,
+    pub reason: Reason,
     pub operator_drained: bool,
+    /// "ready" | "drain" | "maint": the runtime state in force
+    /// (maintenance over drain).
+    #[serde(default)]
+    pub admin_state: AdminState,
+    /// "operator" | "agent": who set `admin_state`; absent while ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_set_by: Option<SetBy>,
+    /// `xdplb set weight`'s weight, in place of `config_weight`; absent
+    /// without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_override: Option<u32>,
     /// Last agent reply, verbatim, if the pool polls agents.
     pub agent: Option<String>,
     /// Last probe error, if the last probe failed.
@@ -107,8 +161,8 @@ pub struct Transition {
     pub at_unix_ms: u64,
     /// "active" | "draining" | "standby" | "down"; "down" for a backend
     /// that had no state yet (not probed).
-    pub from: String,
-    pub to: String,
+    pub from: BackendState,
+    pub to: BackendState,
     /// The `reason` status gave with the new state; with the probe error
     /// when health took it down, and the ramp when it starts slowly.
     pub reason: String,
@@ -151,27 +205,31 @@ impl Status {
             pools: vec![PoolStatus {
                 name: "web".into(),
                 vip: "198.18.2.10:80".into(),
-                protocol: "tcp".into(),
-                mode: "nat".into(),
+                protocol: Protocol::Tcp,
+                mode: Mode::Nat,
                 min_active: 1,
-                on_empty: "reject".into(),
+                on_empty: OnEmpty::Reject,
                 empty: false,
                 mean_load: None,
                 announced: None,
+                announce_intent: None,
                 backends: vec![BackendStatus {
                     name: "web-1".into(),
                     addr: "198.18.1.11:8080".into(),
-                    role: "primary".into(),
-                    health: "up".into(),
-                    state: "active".into(),
+                    role: Role::Primary,
+                    health: Health::Up,
+                    state: BackendState::Active,
                     weight: 100,
                     config_weight: 100,
                     load: 0.0,
                     flows: 3,
                     half_open: 0,
                     unanswered: false,
-                    reason: "healthy".into(),
+                    reason: Reason::Healthy,
                     operator_drained: false,
+                    admin_state: AdminState::Ready,
+                    admin_set_by: None,
+                    weight_override: None,
                     agent: None,
                     last_error: None,
                     rtt_ms: None,
@@ -180,6 +238,7 @@ impl Status {
                     transitions: Vec::new(),
                 }],
             }],
+            detached: Vec::new(),
         }
     }
 }
@@ -191,8 +250,8 @@ mod tests {
     fn t(at: u64) -> Transition {
         Transition {
             at_unix_ms: at,
-            from: "active".into(),
-            to: "down".into(),
+            from: BackendState::Active,
+            to: BackendState::Down,
             reason: format!("health_down: probe {at}"),
         }
     }
@@ -222,6 +281,28 @@ mod tests {
         assert!(log.ring.capacity() < 2 * KEEP_TRANSITIONS);
     }
 
+    /// The typed fields serialise as the contract's strings: the document
+    /// keeps its shape.
+    #[test]
+    fn the_status_document_keeps_the_contracts_strings() {
+        let mut s = Status::sample();
+        s.pools[0].backends[0].transitions.push(t(7));
+        let v = serde_json::to_value(&s).unwrap();
+        let p = &v["pools"][0];
+        assert_eq!(
+            [&p["protocol"], &p["mode"], &p["on_empty"]],
+            ["tcp", "nat", "reject"]
+        );
+        let b = &p["backends"][0];
+        assert_eq!(
+            [&b["role"], &b["health"], &b["state"], &b["reason"]],
+            ["primary", "up", "active", "healthy"]
+        );
+        let tr = &b["transitions"][0];
+        assert_eq!([&tr["from"], &tr["to"]], ["active", "down"]);
+        assert_eq!(serde_json::from_value::<Status>(v).unwrap(), s);
+    }
+
     #[test]
     fn a_status_from_an_older_controller_has_no_transitions() {
         let mut v = serde_json::to_value(Status::sample()).unwrap();
@@ -232,4 +313,96 @@ mod tests {
         let s: Status = serde_json::from_value(v).unwrap();
         assert!(s.pools[0].backends[0].transitions.is_empty());
     }
+}
+
+/// What `xdplb plan` (a reload of another config) or `xdplb drain …
+/// --dry-run` would do, computed by the running controller against its
+/// live image, observations and last flow census; nothing is written.
+/// Field names are the operator contract (docs/INTERFACE.md, "JSON").
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChangePlan {
+    /// Whether the change would be accepted (a reload: applied).
+    pub accepted: bool,
+    /// Why it would be refused, in the words `xdplb reload` uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    /// What the reload would report (`added backend web/web-4`, …).
+    #[serde(default)]
+    pub summary: Vec<String>,
+    /// Per pool of the running config and of the new one.
+    #[serde(default)]
+    pub pools: Vec<PoolChange>,
+    /// What the prediction takes for granted (new backends pass their
+    /// health checks, slow start has run its course, …).
+    #[serde(default)]
+    pub assumptions: Vec<String>,
+    /// Age of the flow census the flow counts come from, in ms (`None`:
+    /// no census yet, flows counted as 0).
+    #[serde(default)]
+    pub census_age_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PoolChange {
+    pub name: String,
+    /// "added" | "removed" | "changed" | "unchanged"
+    pub change: String,
+    /// The VIP now and after (`None`: the pool is not there).
+    pub vip: Option<String>,
+    pub new_vip: Option<String>,
+    /// Why its established flows cannot continue on the VIP entry they
+    /// use (address, protocol or mode changed; pool removed): they are
+    /// counted as stranded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip_change: Option<String>,
+    pub backends_added: Vec<String>,
+    pub backends_removed: Vec<String>,
+    pub reweighted: Vec<Reweight>,
+    /// Ring entries (of `ring_size`) whose backend changes; `None` when
+    /// the live ring's inputs are not known (a ring adopted from the pins
+    /// before the first sync) or the pool has no ring before or after.
+    pub ring_moved: Option<u32>,
+    pub ring_size: u32,
+    /// `ring_moved / ring_size`: the share of new flows (by hash) that go
+    /// to another backend than before.
+    pub ring_moved_share: Option<f64>,
+    /// Established flows (last census) on backends that stop taking new
+    /// flows and keep their established ones.
+    pub flows_drained: u64,
+    /// Established flows re-steered on their next packet (`on_down =
+    /// "reset"`: a backend going down).
+    pub flows_reset: u64,
+    /// Established flows whose VIP entry goes or changes meaning.
+    pub flows_stranded: u64,
+    pub spares_activated: Vec<String>,
+    pub spares_drained: Vec<String>,
+    /// Each backend whose state changes, and what happens to its flows.
+    pub backends: Vec<BackendChange>,
+    /// With `[announce]`: "announced" | "withdrawn" when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reweight {
+    pub name: String,
+    pub from: u32,
+    pub to: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendChange {
+    pub name: String,
+    /// State now ("active" | "draining" | "standby" | "down"; "new" for a
+    /// backend the change adds).
+    pub from: String,
+    /// State after ("removed" for a backend the change takes out).
+    pub to: String,
+    /// Established flows on it (last census).
+    pub flows: u64,
+    /// What happens to them: "continue" | "drained" | "reset" |
+    /// "stranded".
+    pub fate: String,
+    /// Ring entries it gains (positive) or loses (negative).
+    pub ring_delta: i64,
 }

@@ -50,24 +50,19 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The status page, compiled in.
 const STATUS_PAGE: &str = include_str!("web/status.html");
 
-/// Serves `/metrics`, `/status.json` and the status page `/` on `listen`
-/// until `shutdown` completes.
-pub async fn serve(
-    listen: SocketAddr,
-    metrics: Arc<Metrics>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), WebError> {
-    let listener = TcpListener::bind(listen)
+/// Binds `listen` (`control.metrics_listen`). `xdplb run` does it before
+/// it touches anything: an address it cannot have fails the start.
+pub async fn bind(listen: SocketAddr) -> Result<TcpListener, WebError> {
+    TcpListener::bind(listen)
         .await
         .map_err(|source| WebError::Bind {
             addr: listen,
             source,
-        })?;
-    serve_listener(listener, metrics, shutdown).await;
-    Ok(())
+        })
 }
 
-/// [`serve`] on a listener already bound (tests bind port 0).
+/// Serves `/metrics`, `/status.json` and the status page `/` on a
+/// listener from [`bind`] (tests bind port 0) until `shutdown` completes.
 pub async fn serve_listener(
     listener: TcpListener,
     metrics: Arc<Metrics>,

@@ -28,6 +28,8 @@ const SECONDS: u64 = 300;
 const WARMUP: u64 = 10;
 /// Jitter of each per-second sample around the true utilisation (±).
 const JITTER: f64 = 0.02;
+/// The mean agreement README.md ("Load steps") and docs/FLEET.md state.
+const CLAIMED_AGREEMENT: f64 = 0.99999;
 
 /// xorshift64*: deterministic, no dependency.
 struct Rng(u64);
@@ -179,16 +181,29 @@ fn gateways_reading_the_same_agents_agree_on_the_ring() {
     let worst = |v: &[(f64, f64)]| v.iter().map(|x| x.1).fold(1.0f64, f64::min);
     println!(
         "ring agreement between two gateways, {BACKENDS} backends, ring {RING}, samples ±{JITTER}: \
-         agent hysteresis + quantised weights: mean {:.4}%, worst second {:.4}%; \
+         agent hysteresis + quantised weights: mean {:.6}%, worst second {:.4}%; \
          quantised weights alone: mean {:.4}%, worst second {:.4}%",
         100.0 * mean(&with),
         100.0 * worst(&with),
         100.0 * mean(&without),
         100.0 * worst(&without),
     );
+    // What the agent's hysteresis buys: without it the gateways disagree
+    // more, on average and in the worst second.
     assert!(
-        mean(&with) >= 0.999,
-        "gateways agree on only {:.4}% of the ring",
-        100.0 * mean(&with)
+        mean(&with) > mean(&without) && worst(&with) > worst(&without),
+        "hysteresis does not beat publishing raw samples: mean {:.6}% vs {:.6}%, worst second {:.4}% vs {:.4}%",
+        100.0 * mean(&with),
+        100.0 * mean(&without),
+        100.0 * worst(&with),
+        100.0 * worst(&without)
+    );
+    // The figure README.md and docs/FLEET.md give: 99.999% of entries.
+    // (The run is deterministic: fixed seeds, no clock.)
+    assert!(
+        mean(&with) >= CLAIMED_AGREEMENT,
+        "gateways agree on {:.6}% of the ring on average; the docs claim {:.3}%",
+        100.0 * mean(&with),
+        100.0 * CLAIMED_AGREEMENT
     );
 }

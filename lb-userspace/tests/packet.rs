@@ -3,11 +3,12 @@
 //! counters. Each test runs in its own namespace with its own pin path.
 mod common;
 
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use aya::programs::{TestRun, TestRunOptions};
 use common::{
-    backend_mac, expected_dsr, xdp_md, DecapLab, TestNs, TestPlane, CLIENT_MAC, IN_MAC, OUT_MAC,
+    backend_mac, expected_dsr, xdp_md, DecapLab, TestNs, TestPlane, CLIENT_MAC, DECAP_GATEWAY,
+    IN_MAC, OUT_MAC,
 };
 use lb_common::{
     flow_hash, FlowKey, GlobalCounter, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, IPPROTO_TCP,
@@ -1474,7 +1475,10 @@ fn above_the_insert_rate_new_flows_are_balanced_but_not_recorded() {
     }
     let c = lab.counters();
     assert_eq!(c.get(GlobalCounter::FlowInserts), recorded.len() as u64);
-    assert_eq!(c.get(GlobalCounter::FlowInsertsCapped), 3 * online.min(2) as u64);
+    assert_eq!(
+        c.get(GlobalCounter::FlowInsertsCapped),
+        3 * online.min(2) as u64
+    );
     // What is in the table is untouched by the capped ones.
     let pinned = lab.flow(54400).unwrap().backend & lb_common::BACKEND_SLOT_MASK;
     let (_, out) = lab.arrive_from_client(&to_vip(54400, TCP_ACK).build());
@@ -1619,7 +1623,10 @@ fn an_established_flow_is_evicted_only_when_every_candidate_is() {
     assert!(lab.flow(flood).is_some());
     lab.arrive_from_client(&to_vip(ports[WAYS], TCP_SYN).build());
     assert!(lab.flow(ports[WAYS]).is_some());
-    assert!(lab.flow(flood).is_none(), "the unestablished entry gave its way");
+    assert!(
+        lab.flow(flood).is_none(),
+        "the unestablished entry gave its way"
+    );
     for &p in ports[..WAYS].iter().filter(|&&p| p != flood) {
         assert!(lab.flow(p).is_some(), "established port {p} was evicted");
     }
@@ -1627,7 +1634,10 @@ fn an_established_flow_is_evicted_only_when_every_candidate_is() {
     establish(&mut lab, ports[WAYS]);
     std::thread::sleep(std::time::Duration::from_millis(5));
     let oldest = ports[9];
-    for &p in ports[..=WAYS].iter().filter(|&&p| p != flood && p != oldest) {
+    for &p in ports[..=WAYS]
+        .iter()
+        .filter(|&&p| p != flood && p != oldest)
+    {
         lab.arrive_from_client(&to_vip(p, TCP_ACK | TCP_PSH).build());
     }
     lab.arrive_from_client(&to_vip(ports[WAYS + 1], TCP_SYN).build());
@@ -1911,18 +1921,43 @@ fn an_icmp_error_for_a_direct_return_flow_reaches_its_backend_as_sent() {
 /// What a gateway sends this backend for `inner` (an Ethernet frame whose
 /// IP packet is wrapped), outer destination `dst`.
 fn wrapped(inner: &[u8], dst: [u8; 4]) -> Vec<u8> {
+    wrapped_from(inner, DECAP_GATEWAY.parse().unwrap(), dst, 0)
+}
+
+/// `inner` wrapped in IPIP from `src` to `dst`, outer TOS `tos`.
+fn wrapped_from(inner: &[u8], src: Ipv4Addr, dst: [u8; 4], tos: u8) -> Vec<u8> {
     let mut f = Vec::new();
     f.extend_from_slice(&OUT_MAC);
     f.extend_from_slice(&[0x02, 0x9a, 0, 0, 0, 9]);
-    f.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
+    f.extend_from_slice(&[0x08, 0x00, 0x45, tos]);
     f.extend_from_slice(&((inner.len() - 14 + 20) as u16).to_be_bytes());
     f.extend_from_slice(&[0, 0, 0x40, 0, 64, 4, 0, 0]);
-    f.extend_from_slice(&[198, 18, 1, 99]);
+    f.extend_from_slice(&src.octets());
     f.extend_from_slice(&dst);
     let c = xdplb::packet::ipv4_checksum(&f[14..34]);
     f[24..26].copy_from_slice(&c.to_be_bytes());
     f.extend_from_slice(&inner[14..]);
     f
+}
+
+/// `frame` (Ethernet + IPv4) with TOS `tos` and its IPv4 checksum
+/// recomputed from scratch.
+fn with_tos(frame: &[u8], tos: u8) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[15] = tos;
+    f[24..26].copy_from_slice(&[0, 0]);
+    let c = xdplb::packet::ipv4_checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// What decap must hand the kernel for `inner`: the inner packet behind the
+/// outer frame's Ethernet header.
+fn opened(inner: &[u8]) -> Vec<u8> {
+    let mut want = inner.to_vec();
+    want[0..6].copy_from_slice(&OUT_MAC);
+    want[6..12].copy_from_slice(&[0x02, 0x9a, 0, 0, 0, 9]);
+    want
 }
 
 #[test]
@@ -1968,6 +2003,101 @@ fn decap_leaves_everything_else_untouched_and_counts_malformed_tunnels() {
     assert_eq!(c["passed"], 2);
     assert_eq!(c["dropped_malformed"], 2);
     assert_eq!(c["decapsulated"], 0);
+}
+
+#[test]
+fn decap_drops_tunnels_from_sources_outside_allow() {
+    // The case: an ordinary host on the backend's segment wraps a
+    // SYN from a spoofed client. Only the gateway (198.18.1.99/32) may.
+    let lab = DecapLab::new();
+    let inner = to_vip(56200, TCP_SYN).build();
+    let spoofer = wrapped_from(&inner, Ipv4Addr::new(198, 18, 1, 98), [198, 18, 1, 1], 0);
+    let (action, _) = lab.run(&spoofer);
+    assert_eq!(action, XDP_DROP, "a tunnel from a host outside --allow");
+    let (action, out) = lab.run(&wrapped(&inner, [198, 18, 1, 1]));
+    assert_eq!(action, XDP_PASS, "the gateway's tunnel");
+    assert_eq!(out, opened(&inner));
+    let c = lab.counters();
+    assert_eq!(c["dropped_source"], 1);
+    assert_eq!(c["decapsulated"], 1);
+
+    // A prefix admits every source in it and nothing outside; the
+    // "any" prefix (--allow-any) admits all.
+    let lab = DecapLab::allowing(&["198.18.1.96/30"]);
+    for (src, opens) in [([198, 18, 1, 98], true), ([198, 18, 1, 100], false)] {
+        let frame = wrapped_from(&inner, Ipv4Addr::from(src), [198, 18, 1, 1], 0);
+        let (action, out) = lab.run(&frame);
+        if opens {
+            assert_eq!((action, out), (XDP_PASS, opened(&inner)), "{src:?}");
+        } else {
+            assert_eq!(action, XDP_DROP, "{src:?}");
+        }
+    }
+    assert_eq!(lab.counters()["dropped_source"], 1);
+    let lab = DecapLab::allowing(&["0.0.0.0/0", "::/0"]);
+    let frame = wrapped_from(&inner, Ipv4Addr::new(203, 0, 113, 5), [198, 18, 1, 1], 0);
+    assert_eq!(lab.run(&frame), (XDP_PASS, opened(&inner)));
+    assert_eq!(lab.counters()["dropped_source"], 0);
+}
+
+#[test]
+fn decap_drops_tunnels_whose_inner_destination_is_not_this_host() {
+    let lab = DecapLab::new();
+    let mut elsewhere = to_vip(56300, TCP_SYN);
+    elsewhere.dst = sa("198.18.2.11:80");
+    let elsewhere = elsewhere.build();
+    let (action, _) = lab.run(&wrapped(&elsewhere, [198, 18, 1, 1]));
+    assert_eq!(action, XDP_DROP, "the inside is addressed to another host");
+    let c = lab.counters();
+    assert_eq!(c["dropped_not_local"], 1);
+    assert_eq!(c["decapsulated"], 0);
+}
+
+#[test]
+fn decap_carries_an_outer_ce_mark_inside() {
+    // RFC 6040 normal mode: outer CE over inner ECT(0)/ECT(1) → inner CE
+    // (IPv4 checksum fixed); over inner CE → unchanged; over Not-ECT →
+    // dropped. Outer ECT or Not-ECT changes nothing.
+    const NOT_ECT: u8 = 0;
+    const ECT1: u8 = 1;
+    const ECT0: u8 = 2;
+    const CE: u8 = 3;
+    let lab = DecapLab::new();
+    let plain = to_vip(56400, TCP_SYN).build();
+    let dscp = 0x28 << 2; // AF11, kept as it is
+    for (outer, inner, want) in [
+        (CE, ECT0, Some(CE)),
+        (CE, ECT1, Some(CE)),
+        (CE, CE, Some(CE)),
+        (CE, NOT_ECT, None),
+        (ECT0, NOT_ECT, Some(NOT_ECT)),
+        (ECT0, ECT1, Some(ECT1)),
+        (NOT_ECT, ECT0, Some(ECT0)),
+    ] {
+        let inner_frame = with_tos(&plain, dscp | inner);
+        let frame = wrapped_from(
+            &inner_frame,
+            DECAP_GATEWAY.parse().unwrap(),
+            [198, 18, 1, 1],
+            outer,
+        );
+        let (action, out) = lab.run(&frame);
+        match want {
+            Some(ecn) => {
+                assert_eq!(action, XDP_PASS, "outer {outer} inner {inner}");
+                assert_eq!(
+                    out,
+                    opened(&with_tos(&plain, dscp | ecn)),
+                    "outer {outer} inner {inner}: inner ECN {ecn}, checksum recomputed"
+                );
+                assert_checksums_valid(&out);
+            }
+            None => assert_eq!(action, XDP_DROP, "outer CE over Not-ECT"),
+        }
+    }
+    let c = lab.counters();
+    assert_eq!(c["dropped_ecn"], 1);
+    assert_eq!(c["decapsulated"], 6);
 }
 
 #[test]

@@ -11,7 +11,10 @@ use std::{
 };
 
 use aya::maps::{Map, MapData};
-use common::{backend_mac, expected_dsr, DecapLab, TestNs, TestPlane, CLIENT_MAC, IN_MAC, OUT_MAC};
+use common::{
+    backend_mac, expected_dsr, DecapLab, TestNs, TestPlane, CLIENT_MAC, DECAP_GATEWAY6, IN_MAC,
+    OUT_MAC,
+};
 use lb_common::{
     flow_hash, flow_hash6, ref_slot, Addr6, FlowKey, FlowKey6, FlowSlot, GlobalCounter,
     BACKEND_ACTIVE, IPPROTO_TCP, IPPROTO_UDP, NO_BACKEND, VIP_F_DSR, VIP_F_REJECT_EMPTY,
@@ -948,6 +951,17 @@ fn the_program_loads_with_tunnel_sources_of_both_families() {
     // Every program was accepted, tunnel paths included (the kernel says
     // how much it verified of each).
     let verified = tp.dp().verified_instructions();
+    // The five programs (IPv4 TCP, IPv4 UDP, IPv6 TCP, IPv6 UDP, ICMPv6
+    // errors), each named once: an empty or short list would pass the
+    // check below without checking anything.
+    let mut names: Vec<&str> = verified.iter().map(|(name, _)| *name).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(
+        verified.len() == 5 && names.len() == 5,
+        "verified instructions of {} programs, 5 expected: {verified:?}",
+        verified.len()
+    );
     assert!(
         verified.iter().all(|(_, n)| n.is_some_and(|n| n > 1000)),
         "{verified:?}"
@@ -1201,17 +1215,30 @@ const TUNNEL_PEER_MAC: [u8; 6] = [0x02, 0x9a, 0, 0, 0, 9];
 /// What a gateway sends this backend for `inner` (an Ethernet frame whose
 /// IPv6 packet is wrapped), outer destination `dst`.
 fn wrapped6(inner: &[u8], dst: &str) -> Vec<u8> {
+    wrapped6_from(inner, DECAP_GATEWAY6, dst, 0)
+}
+
+/// `inner` wrapped in IPv6 from `src` to `dst`, outer traffic class `tclass`.
+fn wrapped6_from(inner: &[u8], src: &str, dst: &str, tclass: u8) -> Vec<u8> {
     let mut f = Vec::new();
     f.extend_from_slice(&OUT_MAC);
     f.extend_from_slice(&TUNNEL_PEER_MAC);
     f.extend_from_slice(&0x86ddu16.to_be_bytes());
-    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(6u32 << 28 | (tclass as u32) << 20).to_be_bytes());
     f.extend_from_slice(&((inner.len() - 14) as u16).to_be_bytes());
     f.extend_from_slice(&[41, 64]);
-    f.extend_from_slice(&"2001:2:0:1::99".parse::<Ipv6Addr>().unwrap().octets());
+    f.extend_from_slice(&src.parse::<Ipv6Addr>().unwrap().octets());
     f.extend_from_slice(&dst.parse::<Ipv6Addr>().unwrap().octets());
     f.extend_from_slice(&inner[14..]);
     f
+}
+
+/// What decap must hand the kernel for `inner`.
+fn opened6(inner: &[u8]) -> Vec<u8> {
+    let mut want = inner.to_vec();
+    want[0..6].copy_from_slice(&OUT_MAC);
+    want[6..12].copy_from_slice(&TUNNEL_PEER_MAC);
+    want
 }
 
 #[test]
@@ -1482,4 +1509,79 @@ fn ipv4_fragments_out_of_order_and_expired() {
 #[test]
 fn ipv6_fragments_out_of_order_and_expired() {
     fragments_out_of_order_and_expired(Pool::Udp6);
+}
+
+#[test]
+fn decap6_drops_tunnels_from_sources_outside_allow() {
+    let lab = DecapLab::new();
+    let inner = Pool::Tcp6.first(42600).build();
+    let spoofer = wrapped6_from(&inner, "2001:2:0:1::98", TUNNEL_SOURCE6, 0);
+    assert_eq!(lab.run(&spoofer).0, XDP_DROP, "a host outside --allow");
+    assert_eq!(
+        lab.run(&wrapped6(&inner, TUNNEL_SOURCE6)),
+        (XDP_PASS, opened6(&inner)),
+        "the gateway"
+    );
+    let c = lab.counters();
+    assert_eq!(c["dropped_source"], 1);
+    assert_eq!(c["decapsulated"], 1);
+
+    let lab = DecapLab::allowing(&["2001:2:0:1::/112"]);
+    let inside = wrapped6_from(&inner, "2001:2:0:1::98", TUNNEL_SOURCE6, 0);
+    let outside = wrapped6_from(&inner, "2001:2:0:1::1:98", TUNNEL_SOURCE6, 0);
+    assert_eq!(lab.run(&inside), (XDP_PASS, opened6(&inner)));
+    assert_eq!(lab.run(&outside).0, XDP_DROP);
+    assert_eq!(lab.counters()["dropped_source"], 1);
+}
+
+#[test]
+fn decap6_drops_tunnels_whose_inner_destination_is_not_this_host() {
+    let lab = DecapLab::new();
+    let mut f = Pool::Tcp6.first(42700);
+    f.dst = "[2001:2:0:2::11]:80".parse().unwrap();
+    let (action, _) = lab.run(&wrapped6(&f.build(), TUNNEL_SOURCE6));
+    assert_eq!(action, XDP_DROP);
+    let c = lab.counters();
+    assert_eq!(c["dropped_not_local"], 1);
+    assert_eq!(c["decapsulated"], 0);
+}
+
+#[test]
+fn decap6_carries_an_outer_ce_mark_inside() {
+    // RFC 6040 normal mode, as for IPv4; IPv6 has no header checksum, and
+    // the DSCP and flow label stay as they are.
+    const NOT_ECT: u32 = 0;
+    const ECT1: u32 = 1;
+    const ECT0: u32 = 2;
+    const CE: u32 = 3;
+    let lab = DecapLab::new();
+    let plain = Pool::Tcp6.first(42800);
+    let word = |ecn: u32| 6 << 28 | (0x28 << 2 | ecn) << 20 | 0x1_2345;
+    for (outer, inner, want) in [
+        (CE, ECT0, Some(CE)),
+        (CE, ECT1, Some(CE)),
+        (CE, CE, Some(CE)),
+        (CE, NOT_ECT, None),
+        (ECT0, NOT_ECT, Some(NOT_ECT)),
+        (NOT_ECT, ECT1, Some(ECT1)),
+    ] {
+        let inner_frame = with_vtc_flow(&plain, word(inner));
+        let frame = wrapped6_from(&inner_frame, DECAP_GATEWAY6, TUNNEL_SOURCE6, outer as u8);
+        let (action, out) = lab.run(&frame);
+        match want {
+            Some(ecn) => {
+                assert_eq!(action, XDP_PASS, "outer {outer} inner {inner}");
+                assert_eq!(
+                    out,
+                    opened6(&with_vtc_flow(&plain, word(ecn))),
+                    "outer {outer} inner {inner}: inner ECN {ecn}"
+                );
+                assert_checksums_valid(&out);
+            }
+            None => assert_eq!(action, XDP_DROP, "outer CE over Not-ECT"),
+        }
+    }
+    let c = lab.counters();
+    assert_eq!(c["dropped_ecn"], 1);
+    assert_eq!(c["decapsulated"], 5);
 }

@@ -64,6 +64,9 @@ pub struct PoolSpec {
     /// `kind = "tcp"` health checks (connect to `backend_port`) instead of
     /// `kind = "http"` on `/healthz`.
     pub tcp_health: bool,
+    /// `port = …` in `[pool.health]`: probes go to this side port of each
+    /// backend instead of `backend_port` (a test's own server there).
+    pub health_port: Option<u16>,
     /// `protocol = "udp"`, health `kind = "udp"` with `payload =`
     /// [`UDP_HEALTH_PAYLOAD`]; backends run `lab-udp-backend` on
     /// `backend_port`. See [`PoolSpec::udp`].
@@ -130,6 +133,7 @@ impl PoolSpec {
             on_empty: None,
             backend_port: BACKEND_PORT,
             tcp_health: false,
+            health_port: None,
             udp: false,
             ipv6: false,
             load: None,
@@ -208,6 +212,29 @@ impl PoolSpec {
     }
 }
 
+/// How far the share of fresh flows a backend gets may be from its
+/// weight's share in the spread checks (`spread.rs`, `pools`, `direct`).
+/// A ring that ignored weights (1:2:3 read as 1:1:1) is off by 0.17.
+pub const SPREAD_TOLERANCE: f64 = 0.07;
+
+/// Fresh flows a spread check over `backends` weighted backends needs so
+/// that a correct build fails it less than once in 10,000 runs, each
+/// backend's share within `tolerance` of its weight's.
+///
+/// Each fresh flow lands on backend i with probability p_i, its share of
+/// the ring, independently of the others (the kernel picks the source
+/// port, the flow hash mixes it). The ring's shares match the weights to
+/// within 0.0002 (Maglev, 4,099 entries, the lab's ring), so p_i is the
+/// weight's share. By Hoeffding's inequality the observed share p̂_i of n
+/// flows strays by t or more with P(|p̂_i − p_i| ≥ t) ≤ 2·exp(−2·n·t²);
+/// any of k backends, by the union bound, with at most 2k·exp(−2·n·t²).
+/// That is ≤ 10⁻⁴ for n ≥ ln(2k · 10⁴) / (2t²): for k = 3 and t = 0.07,
+/// ln(60,000) = 11.00, / (2 × 0.0049) → n ≥ 1,123.
+pub fn spread_flows(backends: usize, tolerance: f64) -> usize {
+    let k = backends.max(1) as f64;
+    ((2.0 * k * 1e4).ln() / (2.0 * tolerance * tolerance)).ceil() as usize
+}
+
 /// The `[dataplane]` knobs a test may turn (the rest is fixed by the lab).
 #[derive(Clone, Debug)]
 pub struct DataplaneSpec {
@@ -252,12 +279,18 @@ impl DataplaneSpec {
     /// gateway's backend-side address and its IPv6 twin, for IPv6 `tunnel`
     /// pools (in a dual-stack lab).
     pub fn tunnel_dual() -> DataplaneSpec {
-        let v4 = crate::addr::GW_BACKEND_ADDR;
         DataplaneSpec {
-            tunnel_source: vec![v4.into(), v6_of(v4).into()],
+            tunnel_source: tunnel_sources(),
             ..DataplaneSpec::default()
         }
     }
+}
+
+/// Every `tunnel_source` a lab gateway uses: its backend-side address and
+/// that address's IPv6 twin. Backends' `xdplb decap --allow` these.
+pub fn tunnel_sources() -> Vec<IpAddr> {
+    let v4 = crate::addr::GW_BACKEND_ADDR;
+    vec![v4.into(), v6_of(v4).into()]
 }
 
 /// The config file for `pools` on `lab`, with the lab's default
@@ -301,7 +334,7 @@ pub fn render_config_with(lab: &Lab, dp: &DataplaneSpec, pools: &[PoolSpec]) -> 
     for p in pools {
         writeln!(
             s,
-            "[[pool]]\nname = \"{}\"\nvip = \"{}\"\nmin_active = {}\n{}\n  [pool.health]\n{}  interval_ms = {}\n  timeout_ms = {}\n  rise = {}\n  fall = {}\n",
+            "[[pool]]\nname = \"{}\"\nvip = \"{}\"\nmin_active = {}\n{}\n  [pool.health]\n{}{}  interval_ms = {}\n  timeout_ms = {}\n  rise = {}\n  fall = {}\n",
             p.name,
             p.vip_addr(),
             p.min_active,
@@ -316,6 +349,9 @@ pub fn render_config_with(lab: &Lab, dp: &DataplaneSpec, pools: &[PoolSpec]) -> 
             } else {
                 "  kind = \"http\"\n  path = \"/healthz\"\n".to_string()
             },
+            p.health_port
+                .map(|port| format!("  port = {port}\n"))
+                .unwrap_or_default(),
             p.interval_ms,
             p.timeout_ms,
             p.rise,
@@ -566,15 +602,13 @@ impl Deployment {
         Ok(())
     }
 
-    /// `xdplb decap ARGS --pin-path P` on backend `i` (network namespace
-    /// only, so it pins into the host's bpffs under the lab's
-    /// [`Lab::decap_pin_path`]); must succeed; its stdout.
+    /// `xdplb decap ARGS` on backend `i` with the default pin path, as an
+    /// operator runs it: per network namespace, so it pins into the host's
+    /// bpffs under [`Lab::decap_pin_path`]; must succeed; its stdout.
     pub fn decap(&self, i: usize, args: &[&str]) -> Result<String> {
         let bin = xdplb_bin()?;
-        let pin = self.lab.decap_pin_path(i);
         let mut full: Vec<String> = vec![bin.to_string_lossy().into_owned(), "decap".into()];
         full.extend(args.iter().map(|s| s.to_string()));
-        full.extend(["--pin-path".into(), pin.to_string_lossy().into_owned()]);
         let out = self.lab.exec_net(self.lab.backend_ns(i), &full)?;
         ensure!(
             out.status.success(),
@@ -586,11 +620,27 @@ impl Deployment {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// `xdplb decap --stats --json` of backend `i`.
+    /// `xdplb decap --interface IFACE --allow …` on backend `i`, allowing
+    /// the gateways' [`tunnel_sources`] (what an operator copies from the
+    /// gateway's `tunnel_source`); its stdout.
+    pub fn decap_up(&self, i: usize, iface: &str) -> Result<String> {
+        let allow: Vec<String> = tunnel_sources()
+            .iter()
+            .map(|a| format!("{a}/{}", if a.is_ipv4() { 32 } else { 128 }))
+            .collect();
+        let mut args = vec!["--interface", iface];
+        for a in &allow {
+            args.extend(["--allow", a.as_str()]);
+        }
+        self.decap(i, &args)
+    }
+
+    /// `xdplb decap --stats --json --interface eth0` of backend `i`.
     pub fn decap_stats(&self, i: usize) -> Result<Value> {
-        Ok(serde_json::from_str(
-            &self.decap(i, &["--stats", "--json"])?,
-        )?)
+        Ok(serde_json::from_str(&self.decap(
+            i,
+            &["--stats", "--json", "--interface", crate::addr::BACKEND_IF],
+        )?)?)
     }
 
     /// Kills backend `i`'s server (SIGKILL: a crash, not a goodbye).
@@ -874,4 +924,20 @@ pub fn find_backend(s: &Value, pool: &str, backend: &str) -> Option<Value> {
         .iter()
         .find(|b| b["name"] == backend)
         .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_sample_sizes() {
+        // The arithmetic of `spread_flows`' comment.
+        assert_eq!(spread_flows(3, 0.07), 1123);
+        // Halving the tolerance quadruples the flows.
+        assert_eq!(spread_flows(3, 0.035), 4491);
+        // The bound it promises, checked back: 2k·exp(−2nt²) ≤ 1e-4.
+        let n = spread_flows(3, SPREAD_TOLERANCE) as f64;
+        assert!(6.0 * (-2.0 * n * SPREAD_TOLERANCE * SPREAD_TOLERANCE).exp() <= 1e-4);
+    }
 }

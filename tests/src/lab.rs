@@ -52,6 +52,14 @@ const NS_MARK: &str = "xl";
 const NETNS_DIR: &str = "/run/netns";
 /// bpffs root; each lab may pin under `/sys/fs/bpf/<prefix>`.
 const BPFFS: &str = "/sys/fs/bpf";
+/// `xdplb decap`'s default pin root under [`BPFFS`]: one directory per
+/// network namespace, `ns-<name>`.
+const DECAP_PINS: &str = "xdplb-decap";
+
+/// Where `xdplb decap` run in namespace `full` pins by default.
+fn decap_ns_root(full: &str) -> PathBuf {
+    Path::new(BPFFS).join(DECAP_PINS).join(format!("ns-{full}"))
+}
 /// How long a killed child gets to be reaped before we give up waiting.
 const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Lines of each child's log printed when a lab is dropped during a panic.
@@ -93,9 +101,16 @@ pub fn raise_nofile(n: u64) -> Result<()> {
     Ok(())
 }
 
-/// For tests that need root: returns true (after saying so) when the test
-/// should be skipped. Under CI (`CI` set) a missing root is a failure, not a
-/// skip, so CI can never pass by skipping.
+/// Set to `1` to let tests that cannot run here skip (pass without
+/// running, recorded); unset, they fail. Nothing sets it for you.
+pub const ALLOW_SKIP_ENV: &str = "XDPLB_ALLOW_SKIP";
+/// Where skipped tests are recorded, one `binary::test<TAB>reason` line
+/// each (`cargo xtask test` sets it and counts them in its summary).
+pub const SKIP_LOG_ENV: &str = "XDPLB_SKIP_LOG";
+
+/// For tests that need root: returns true when the test should return at
+/// once, skipped — only when `XDPLB_ALLOW_SKIP=1` says a skip is wanted.
+/// Otherwise a test that cannot run fails: no test passes by not running.
 ///
 /// ```no_run
 /// # fn t() -> anyhow::Result<()> {
@@ -105,14 +120,55 @@ pub fn raise_nofile(n: u64) -> Result<()> {
 /// # Ok(()) }
 /// ```
 pub fn skip_unless_root() -> bool {
-    if is_root() {
-        return false;
+    !is_root() && skip_or_fail("needs root (network namespaces, bpf)")
+}
+
+/// This test cannot run here, for `reason`. With `XDPLB_ALLOW_SKIP=1`:
+/// records the skip (stderr, and `XDPLB_SKIP_LOG` if set) and returns true
+/// (the caller returns at once). Without it: panics, failing the test.
+pub fn skip_or_fail(reason: &str) -> bool {
+    let test = current_test();
+    if std::env::var_os(ALLOW_SKIP_ENV).is_none_or(|v| v != "1") {
+        panic!("{test} {reason}: it cannot run here (set {ALLOW_SKIP_ENV}=1 to skip such tests instead)");
     }
-    if std::env::var_os("CI").is_some() {
-        panic!("this test needs root; CI must run it as root");
+    eprintln!("skipped: {test} {reason} ({ALLOW_SKIP_ENV}=1)");
+    if let Some(log) = std::env::var_os(SKIP_LOG_ENV) {
+        use std::io::Write;
+        // One short O_APPEND write per skip: whole lines even when test
+        // binaries run side by side.
+        let line = format!("{test}\t{reason}\n");
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            panic!(
+                "cannot record the skip of {test} in {}: {e}",
+                Path::new(&log).display()
+            );
+        }
     }
-    eprintln!("skipping: this test needs root (network namespaces)");
     true
+}
+
+/// `binary::test` for the test running on this thread: libtest names each
+/// test's thread after the test, and the binary is cargo's
+/// `deps/<name>-<hash>`.
+fn current_test() -> String {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("(unnamed test)")
+        .to_string();
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
+        .map(|f| match f.rsplit_once('-') {
+            Some((stem, hash)) if hash.bytes().all(|b| b.is_ascii_hexdigit()) => stem.to_string(),
+            _ => f,
+        })
+        .unwrap_or_default();
+    format!("{binary}::{test}")
 }
 
 /// The release `xdplb` binary under test: `$XDPLB_BIN` (set by `cargo xtask
@@ -142,6 +198,8 @@ pub struct LabBuilder {
     direct_return: bool,
     /// `Some(n)`: the fleet topology (`crate::fleet`) with `n` gateways.
     pub(crate) fleet: Option<usize>,
+    /// The keepalived pair topology (`crate::pair`).
+    pub(crate) pair: bool,
 }
 
 /// Smallest MTU an IPv4 link may have (RFC 791: every host accepts 576-byte
@@ -161,6 +219,7 @@ impl Default for LabBuilder {
             router_mtu: None,
             direct_return: false,
             fleet: None,
+            pair: false,
         }
     }
 }
@@ -197,7 +256,7 @@ impl LabBuilder {
     /// frames reach the gateway with only a partial TCP checksum
     /// (CHECKSUM_PARTIAL) that xdplb must complete before it redirects them.
     /// `false` emulates NICs that deliver complete checksums; at most one
-    /// test should use it (shared/INTERFACE.md, "Test networks").
+    /// test should use it (tests/README.md, "The lab").
     pub fn tx_checksum_offload(mut self, on: bool) -> Self {
         self.tx_checksum_offload = on;
         self
@@ -251,6 +310,10 @@ impl LabBuilder {
         ensure!(
             !(self.ipv6 && self.fleet.is_some()),
             "the fleet lab is IPv4 only: ipv6(true) is not supported with it"
+        );
+        ensure!(
+            !(self.pair && (self.ipv6 || self.fleet.is_some())),
+            "the pair lab is IPv4 only and not a fleet"
         );
         if let Some(m) = self.router_mtu {
             ensure!(
@@ -553,15 +616,12 @@ impl Lab {
         .map(drop)
     }
 
-    /// Where `xdplb decap` on backend `i` pins its program and maps
-    /// (`/sys/fs/bpf/<prefix>-decap/b<i+1>`, not created); removed with
-    /// the lab.
+    /// Where `xdplb decap --interface eth0` on backend `i` pins its program
+    /// and maps by default: `/sys/fs/bpf/xdplb-decap/ns-<namespace>/eth0`
+    /// (per network namespace, named as `ip netns identify` names it; not
+    /// created); removed with the lab.
     pub fn decap_pin_path(&self, i: usize) -> PathBuf {
-        self.decap_root().join(format!("b{}", i + 1))
-    }
-
-    fn decap_root(&self) -> PathBuf {
-        Path::new(BPFFS).join(format!("{}-decap", self.prefix))
+        decap_ns_root(self.backend_ns(i)).join(BACKEND_IF)
     }
 
     /// MAC address of `ifname` in `ns` (e.g. a backend's `eth0`, for dsr).
@@ -602,6 +662,9 @@ impl Lab {
     fn create(&mut self, spec: &LabBuilder) -> Result<()> {
         if let Some(gateways) = spec.fleet {
             return self.create_fleet(gateways, spec.backends);
+        }
+        if spec.pair {
+            return self.create_pair(spec.clients, spec.backends);
         }
         let gw = self.add_ns("gw")?;
         let sw = self.add_ns("sw")?;
@@ -859,11 +922,16 @@ impl Lab {
                 }
             }
         }
-        for root in [PathBuf::from(BPFFS), std::env::temp_dir().join("xdplb-lab")] {
+        for root in [
+            PathBuf::from(BPFFS),
+            std::env::temp_dir().join("xdplb-lab"),
+            Path::new(BPFFS).join(DECAP_PINS),
+        ] {
             if let Ok(entries) = std::fs::read_dir(&root) {
                 for e in entries.flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    if dead(&name) {
+                    let name = name.strip_prefix("ns-").unwrap_or(&name);
+                    if dead(name) {
                         let _ = std::fs::remove_dir_all(e.path());
                     }
                 }
@@ -891,13 +959,16 @@ impl Drop for Lab {
                 eprintln!("lab: {err:#}");
             }
         }
-        for pins in [self.pin_path(), self.decap_root()] {
+        let decap = self.names.iter().map(|(_, full)| decap_ns_root(full));
+        for pins in std::iter::once(self.pin_path()).chain(decap) {
             if pins.exists() {
                 if let Err(err) = std::fs::remove_dir_all(&pins) {
                     eprintln!("lab: cannot remove {}: {err}", pins.display());
                 }
             }
         }
+        // Shared by every lab (and the host): only once empty.
+        let _ = std::fs::remove_dir(Path::new(BPFFS).join(DECAP_PINS));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

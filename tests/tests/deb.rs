@@ -1,11 +1,14 @@
 //! The Debian package (`cargo xtask deb`): its contents, and an install on
 //! this machine — `xdplb check` on the shipped config, the man page, the
 //! unit verified in place — then a purge that leaves the machine as it was.
+//! It refuses to run where dpkg knows a package xdplb in any state (installed,
+//! or removed with its config files kept).
 //! Nothing starts: a `policy-rc.d` refuses service starts meanwhile, and the
 //! package neither enables nor starts the unit anyway.
 //!
 //! `cargo xtask test` builds the package and passes its path in
-//! `XDPLB_DEB`; without it this test skips (outside CI).
+//! `XDPLB_DEB`; without it this test fails (skips under
+//! `XDPLB_ALLOW_SKIP=1`).
 
 use std::{
     path::{Path, PathBuf},
@@ -13,7 +16,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use xdplb_tests::skip_unless_root;
+use xdplb_tests::{skip_or_fail, skip_unless_root};
 
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
@@ -43,6 +46,18 @@ fn installed() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
+/// What dpkg knows of a package named xdplb (`${Status}`, e.g. `install ok
+/// installed` or `deinstall ok config-files`), if anything: `dpkg-query`
+/// fails for a package it has no record of.
+fn dpkg_knows_xdplb() -> Result<Option<String>> {
+    let out = run(&["dpkg-query", "-W", "-f=${Status}", "xdplb"])?;
+    let status = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Ok(
+        (out.status.success() && !status.is_empty() && !status.ends_with(" not-installed"))
+            .then_some(status),
+    )
+}
+
 /// Purges the package (and removes a policy-rc.d it created) on drop, so a
 /// failed assertion leaves nothing installed.
 struct Installed {
@@ -58,12 +73,19 @@ impl Drop for Installed {
     }
 }
 
-const FILES: [&str; 10] = [
+const FILES: [&str; 17] = [
     "./usr/bin/xdplb",
+    "./usr/share/man/man1/xdplb-maint.1.gz",
+    "./usr/share/man/man1/xdplb-set-weight.1.gz",
+    "./usr/share/man/man1/xdplb-serving.1.gz",
+    "./usr/share/doc/xdplb/PAIR.md",
+    "./usr/share/doc/xdplb/examples/keepalived/keepalived-gwa.conf",
     "./usr/lib/systemd/system/xdplb.service",
     "./etc/xdplb/xdplb.toml",
     "./usr/share/man/man1/xdplb.1.gz",
     "./usr/share/man/man1/xdplb-run.1.gz",
+    "./usr/share/man/man5/xdplb.toml.5.gz",
+    "./usr/share/doc/xdplb/INTERFACE.md",
     "./usr/share/bash-completion/completions/xdplb",
     "./usr/share/zsh/vendor-completions/_xdplb",
     "./usr/share/fish/vendor_completions.d/xdplb.fish",
@@ -77,12 +99,20 @@ fn package_installs_checks_and_purges_cleanly() -> Result<()> {
         return Ok(());
     }
     let Some(deb) = std::env::var_os("XDPLB_DEB").map(PathBuf::from) else {
-        if std::env::var_os("CI").is_some() {
-            bail!("XDPLB_DEB is not set (cargo xtask test sets it)");
-        }
-        eprintln!("skipped: XDPLB_DEB not set (build with `cargo xtask deb`)");
+        skip_or_fail(
+            "needs XDPLB_DEB, the package to test (`cargo xtask test` builds it and sets it)",
+        );
         return Ok(());
     };
+    // Whatever dpkg knows of xdplb is someone's: an installed package, or
+    // one removed but not purged (`config-files`: its /etc/xdplb kept),
+    // which this test's purge would delete. Touch nothing then.
+    if let Some(status) = dpkg_knows_xdplb()? {
+        bail!(
+            "dpkg knows a package xdplb on this machine ({status}): not touching it \
+             (`dpkg --purge xdplb` first, if it may go)"
+        );
+    }
     let name = deb.file_name().and_then(|n| n.to_str()).unwrap_or("");
     ensure!(
         name.starts_with("xdplb_") && name.ends_with("_amd64.deb"),
@@ -114,10 +144,6 @@ fn package_installs_checks_and_purges_cleanly() -> Result<()> {
     ensure!(version?.starts_with("xdplb "));
 
     // Install, refusing service starts meanwhile.
-    ensure!(
-        !installed(),
-        "xdplb is already installed on this machine: not touching it"
-    );
     let own_policy = !Path::new(POLICY_RC_D).exists();
     if own_policy {
         use std::os::unix::fs::PermissionsExt;
@@ -135,6 +161,16 @@ fn package_installs_checks_and_purges_cleanly() -> Result<()> {
     ensure!(page.contains("xdplb") && page.contains("run"), "{page}");
     let page = run_ok(&["man", "-l", "/usr/share/man/man1/xdplb-run.1.gz"])?;
     ensure!(page.contains("--config"), "{page}");
+    // The config schema, as the shipped config's header points to it.
+    let page = run_ok(&["man", "5", "xdplb.toml"])?;
+    for key in [
+        "[dataplane]",
+        "flow_table_size",
+        "[pool.health]",
+        "slow_start_ms",
+    ] {
+        ensure!(page.contains(key), "man 5 xdplb.toml lacks {key}:\n{page}");
+    }
     // The unit as installed, its ExecStart and man pages included.
     let out = run(&["systemd-analyze", "verify", "xdplb.service"])?;
     let err = String::from_utf8_lossy(&out.stderr);
@@ -147,7 +183,9 @@ fn package_installs_checks_and_purges_cleanly() -> Result<()> {
     ensure!(state.is_dir() && state.permissions().mode() & 0o777 == 0o700);
 
     drop(guard);
-    ensure!(!installed(), "still installed after purge");
+    if let Some(status) = dpkg_knows_xdplb()? {
+        bail!("dpkg still knows xdplb after the purge: {status}");
+    }
     for gone in ["/usr/bin/xdplb", "/etc/xdplb", "/var/lib/xdplb"] {
         ensure!(!Path::new(gone).exists(), "{gone} left behind by purge");
     }

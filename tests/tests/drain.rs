@@ -1,13 +1,14 @@
 //! Operator drain: an established keep-alive connection keeps working
 //! across the drain; new connections avoid the drained backend; undrain
 //! brings it back. A drain survives a reload, and `xdplb down` (state file).
+//! Maintenance (`xdplb maint`) likewise, and it stops the health probes.
 
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{ensure, Result};
 use xdplb_tests::{
-    deploy::{Deployment, PoolSpec},
-    skip_unless_root, KeepAliveClient,
+    deploy::{Deployment, PoolSpec, BACKEND_PORT},
+    http_get, skip_unless_root, KeepAliveClient, Lab,
 };
 
 #[test]
@@ -108,5 +109,89 @@ fn a_drain_survives_down_and_a_fresh_start() -> Result<()> {
     d.start_daemon()?;
     d.wait_state("web-2", "state", "active", Duration::from_secs(2))?;
     ensure!(d.backend_status("web", "web-2")?["operator_drained"] == false);
+    Ok(())
+}
+
+/// `/healthz` requests lab backend `i` has served so far.
+fn probes_seen(d: &Deployment, i: usize) -> Result<u64> {
+    let addr = SocketAddr::from((Lab::backend_addr(i), BACKEND_PORT));
+    let (status, body) = d
+        .lab
+        .run_in(d.lab.backend_ns(i), || http_get(addr, "/healthz/count"))??;
+    ensure!(status == 200, "/healthz/count: {status}");
+    Ok(body.trim().parse()?)
+}
+
+/// `xdplb maint` (HAProxy's MAINT): the backend is no longer probed (it
+/// sees no health request), takes no new connection, and an established
+/// keep-alive connection to it keeps working; `xdplb ready` brings the
+/// probes and the new connections back.
+#[test]
+fn maint_stops_probes_and_new_flows_but_not_established_ones() -> Result<()> {
+    if skip_unless_root() {
+        return Ok(());
+    }
+    let mut pool = PoolSpec::new(3, 0);
+    pool.min_active = 1;
+    let interval = Duration::from_millis(pool.interval_ms);
+    let mut d = Deployment::new(vec![pool])?;
+    d.start_daemon()?;
+    let vip = SocketAddr::V4(d.pools[0].vip);
+    let mut conn = d.lab.run_in("client", || KeepAliveClient::connect(vip))??;
+    let (_, first) = d.lab.run_in("client", || conn.get("/"))??;
+    let target = first.trim().to_string();
+    let index = d.pools[0].backend(&target).lab_index;
+    ensure!(probes_seen(&d, index)? > 0, "{target} was never probed");
+
+    let out = d.ctl(&["maint", "web", &target])?;
+    ensure!(
+        out.trim() == format!("web/{target} in maintenance"),
+        "maint said: {out}"
+    );
+    let b = d.backend_status("web", &target)?;
+    ensure!(
+        b["state"] == "draining" && b["admin_state"] == "maint" && b["admin_set_by"] == "operator",
+        "{b}"
+    );
+    // A probe already in flight may land; after one interval none may.
+    std::thread::sleep(interval + Duration::from_millis(100));
+    let before = probes_seen(&d, index)?;
+    // Five intervals of the established connection working, on the same
+    // backend, while the probes stay away.
+    for _ in 0..25 {
+        let (s, body) = d.lab.run_in("client", || conn.get("/"))??;
+        ensure!(
+            s == 200 && body.trim() == target,
+            "keep-alive moved: {body}"
+        );
+        std::thread::sleep(interval / 5);
+    }
+    let after = probes_seen(&d, index)?;
+    ensure!(
+        after == before,
+        "{target} was probed {} times in maintenance",
+        after - before
+    );
+    let s = d.spread(30)?;
+    ensure!(
+        !s.contains_key(&target) && s.values().sum::<usize>() == 30,
+        "new connections reached {target} in maintenance: {s:?}"
+    );
+    // Kept across a reload.
+    d.ctl(&["reload"])?;
+    ensure!(d.backend_status("web", &target)?["admin_state"] == "maint");
+
+    let out = d.ctl(&["ready", "web", &target])?;
+    ensure!(
+        out.trim() == format!("web/{target} ready"),
+        "ready said: {out}"
+    );
+    d.wait_state(&target, "state", "active", Duration::from_secs(3))?;
+    ensure!(
+        probes_seen(&d, index)? > after,
+        "{target}: probes did not resume"
+    );
+    let s = d.spread(40)?;
+    ensure!(s.contains_key(&target), "{s:?}");
     Ok(())
 }

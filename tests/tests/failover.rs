@@ -1,6 +1,6 @@
 //! A primary dies: it is marked down within interval × fall + timeout,
 //! new connections stop reaching it, and traffic heals within that bound
-//! plus one second. Then a warm spare covers a gap below `min_active`, and
+//! plus one controller beat (`xdplb::controller::TICK`). Then a warm spare covers a gap below `min_active`, and
 //! steps back (draining, then standby) when the primary returns.
 
 use std::time::{Duration, Instant};
@@ -19,6 +19,9 @@ fn killed_primary_is_detected_and_traffic_heals_within_the_bound() -> Result<()>
     let mut pool = PoolSpec::new(3, 0);
     pool.min_active = 1;
     let bound = pool.detection_bound();
+    // The health verdict is written to the maps as it arrives; one beat
+    // of the controller is the slack allowed for scheduling.
+    let healed_by = bound + xdplb::controller::TICK;
     let mut d = Deployment::new(vec![pool])?;
     d.start_daemon()?;
     let before = d.spread(30)?;
@@ -31,13 +34,14 @@ fn killed_primary_is_detected_and_traffic_heals_within_the_bound() -> Result<()>
     let vip = d.pools[0].vip;
     d.kill_server(victim);
     let killed = Instant::now();
-    // Connect continuously; remember the last attempt that failed or
-    // reached the dead backend.
+    // Connect continuously; remember when the last attempt that failed or
+    // reached the dead backend started.
     let attempts = d.lab.run_in("client", || {
         let mut v = Vec::new();
         while killed.elapsed() < bound + Duration::from_secs(3) {
+            let started = killed.elapsed();
             let ok = matches!(http_get(std::net::SocketAddr::V4(vip), "/"), Ok((200, ref b)) if b.trim() != "web-2");
-            v.push((killed.elapsed(), ok));
+            v.push((started, ok));
             std::thread::sleep(Duration::from_millis(10));
         }
         v
@@ -49,13 +53,13 @@ fn killed_primary_is_detected_and_traffic_heals_within_the_bound() -> Result<()>
         .max()
         .unwrap_or_default();
     println!(
-        "failover: {} attempts, last failure {:?} after the kill (bound {:?} + 1 s)",
+        "failover: {} attempts, last failure started {:?} after the kill (bound {:?} + one beat = {healed_by:?})",
         attempts.len(),
         healed_at,
         bound
     );
     ensure!(
-        healed_at <= bound + Duration::from_secs(1),
+        healed_at <= healed_by,
         "traffic healed only after {healed_at:?}; log:\n{}",
         d.daemon_log()
     );

@@ -33,21 +33,62 @@ use xdplb_tests::{
 
 /// Idle keep-alive connections that must outlive the floods.
 const IDLE_CONNS: usize = 1000;
-/// Flow table entries. Capped, the host inserts at most `INSERT_CAP`
-/// flows a second: 2,000 × ~12 s of flood and setup ≈ 24,000, which a
-/// 131,072-entry table holds beside the idle connections. Uncapped, the
-/// flood's million distinct 4-tuples would overrun it eight times over.
-/// (Since issue 22 an overrun evicts only entries that never saw both
-/// directions: the tests below run a 4,096-entry table.)
-const TABLE: u32 = 131_072;
-/// `max_flow_inserts_per_sec` (the host's): far below the flood's rate.
-const INSERT_CAP: u32 = 2_000;
+/// New flows per second the gateway may insert during the floods, all CPUs
+/// together: `max_flow_inserts_per_sec` is the host's (each CPU enforces
+/// its share, rounded up), so the churn the table must hold, and the
+/// table, are the same on 2 CPUs as on 64.
+const INSERTS_PER_SEC: u32 = 4_000;
+/// Seconds of cap windows a CPU can open while the floods and their setup
+/// run (each CPU's window is one second): two floods of `FLOOD_TIME`, and
+/// 3 s of setup and stragglers.
+const CAP_WINDOWS: u64 = 2 * FLOOD_TIME.as_secs() + 3;
+
+/// CPUs the kernel runs packets on (online), each enforcing its share of
+/// the cap.
+fn online_cpus() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    u32::try_from(n).unwrap_or(1).max(1)
+}
+
+/// The data plane's sizes on this machine.
+struct Sizes {
+    cpus: u32,
+    /// `max_flow_inserts_per_sec` (the host's): far below the flood's rate.
+    insert_cap: u32,
+    /// Most flows the capped floods can insert: each CPU's share (rounded
+    /// up) × cpus × `CAP_WINDOWS` (52,000 on 2 CPUs).
+    insert_bound: u64,
+    /// `flow_table_size`: the idle connections plus `insert_bound` of
+    /// churn at no more than 60 % of its entries (its two-choice buckets
+    /// lose no live flow below ~60 %, README), as a power of two: 131,072
+    /// on any CPU count. Uncapped, the flood's million distinct 4-tuples
+    /// overrun it several times over. (Since issue 22 an overrun evicts
+    /// only entries that never saw both directions: the tests at the end
+    /// run a 4,096-entry table.)
+    table: u32,
+}
+
+impl Sizes {
+    fn of_this_machine() -> Sizes {
+        let cpus = online_cpus();
+        let insert_cap = INSERTS_PER_SEC;
+        let insert_bound = u64::from(insert_cap.div_ceil(cpus)) * u64::from(cpus) * CAP_WINDOWS;
+        let table = ((IDLE_CONNS as u64 + insert_bound) * 5 / 3).next_power_of_two();
+        Sizes {
+            cpus,
+            insert_cap,
+            insert_bound,
+            table: u32::try_from(table).expect("table size fits u32"),
+        }
+    }
+}
 /// Each flood lasts this long…
 const FLOOD_TIME: Duration = Duration::from_secs(5);
 /// …or this many frames, whichever comes first.
 const FLOOD_MAX_FRAMES: u64 = 50_000_000;
-/// The flood's pace (frames/s, all senders): 50× the insert cap, enough to
-/// evict the whole table within a second were inserts not capped. Not the
+/// The flood's pace (frames/s, all senders): 25× `INSERTS_PER_SEC`, enough to
+/// evict the whole table within two seconds were inserts not capped. Not the
 /// machine's full rate (~370k/s here): then the two cores, which also run
 /// the gateway and the backends answering every flood SYN, drop packets in
 /// the gateway's veth queue before XDP sees them, legitimate SYNs among
@@ -150,9 +191,14 @@ fn floods_keep_established_flows_and_new_ones_get_through() -> Result<()> {
         return Ok(());
     }
     raise_nofile(16_384)?;
+    let sizes = Sizes::of_this_machine();
+    println!(
+        "{} CPUs: insert cap {}/s per CPU, at most {} inserts, flow table {}",
+        sizes.cpus, sizes.insert_cap, sizes.insert_bound, sizes.table
+    );
     let dp = DataplaneSpec {
-        flow_table_size: TABLE,
-        max_flow_inserts_per_sec: Some(INSERT_CAP),
+        flow_table_size: sizes.table,
+        max_flow_inserts_per_sec: Some(sizes.insert_cap),
         ..DataplaneSpec::default()
     };
     // web-3 stays drained while the idle connections open, so they all
@@ -322,17 +368,19 @@ fn floods_keep_established_flows_and_new_ones_get_through() -> Result<()> {
         common::per_cpu(&d.lab.pin_path(), GlobalCounter::FlowInsertsCapped)?
     );
     ensure!(
-        total > 2 * u64::from(TABLE),
-        "the floods sent only {total} frames: not enough to overrun a {TABLE}-entry table"
+        total > 2 * u64::from(sizes.table),
+        "the floods sent only {total} frames: not enough to overrun a {}-entry table",
+        sizes.table
     );
     ensure!(capped > 0, "the insert cap never engaged: {after:?}");
     // The cap bounds the floods' inserts: the host's, per second window
     // (each CPU's share rounded up).
-    let windows = 2 * FLOOD_TIME.as_secs() + 3;
-    let slack = windows * senders as u64;
     ensure!(
-        inserted <= u64::from(INSERT_CAP) * windows + slack,
-        "{inserted} inserts in two {FLOOD_TIME:?} floods with a cap of {INSERT_CAP}/s for the host"
+        inserted <= sizes.insert_bound,
+        "{inserted} inserts in two {FLOOD_TIME:?} floods with a cap of {}/s for the host on {} CPUs (at most {})",
+        sizes.insert_cap,
+        sizes.cpus,
+        sizes.insert_bound
     );
     ensure!(
         legit_tries >= 100,

@@ -15,7 +15,7 @@ use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use xdplb_tests::{
     deploy::{Deployment, LoadSpec, PoolSpec, METRICS_LISTEN},
-    skip_unless_root,
+    skip_unless_root, wait_until,
 };
 
 fn dashboard() -> Result<Value> {
@@ -192,11 +192,23 @@ fn every_query_names_metrics_the_daemon_exports() -> Result<()> {
     let mut d = Deployment::new(vec![pool])?;
     d.start_daemon()?;
     d.spread(20)?;
-    // Agents answered at least once.
-    std::thread::sleep(Duration::from_millis(600));
+    let dash = dashboard()?;
+    // Wait until the exposition has every family the dashboard queries
+    // (the agent families appear once agents have answered); what is
+    // missing after that is reported below, label by label.
+    let wanted: BTreeSet<String> = queries(&dash)
+        .iter()
+        .flat_map(|q| names_in(q).0.into_keys())
+        .collect();
+    ensure!(!wanted.is_empty(), "the dashboard queries no xdplb metric");
+    let _all_there = wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
+        scrape(&d).is_ok_and(|t| {
+            let have = exported(&t);
+            wanted.iter().all(|m| have.contains_key(m))
+        })
+    });
     let text = scrape(&d)?;
     let have = exported(&text);
-    let dash = dashboard()?;
     let mut checked = BTreeSet::new();
     for q in queries(&dash) {
         let (metrics, by) = names_in(&q);

@@ -208,7 +208,7 @@ fn gateway_is_configured() -> Result<()> {
             "GRO off on {ifname}: {features}"
         );
     }
-    // Default offloads: TX checksum offload stays on (shared/INTERFACE.md).
+    // Default offloads: TX checksum offload stays on (tests/README.md).
     for (ns, ifname) in [("client", "cl0"), ("b1", "eth0")] {
         let features = lab.exec_ok(ns, &["ethtool", "-k", ifname])?;
         assert!(

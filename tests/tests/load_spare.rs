@@ -63,7 +63,19 @@ fn high_load_activates_a_spare_and_low_load_returns_it() -> Result<()> {
     };
     let early = weight()?;
     let early_share = d.spread(60)?.get("spare-1").copied().unwrap_or(0);
-    std::thread::sleep(Duration::from_millis(3300));
+    // The ramp is over when the spare weighs what web-1 does: the same
+    // configured weight, the same reported load.
+    let ramped = wait_until(Duration::from_secs(6), Duration::from_millis(50), || {
+        let w1 = d
+            .backend_status("web", "web-1")
+            .map(|b| b["weight"].as_u64().unwrap_or(0));
+        matches!((weight(), w1), (Ok(s), Ok(w)) if s > 0 && s == w)
+    });
+    ensure!(
+        ramped,
+        "the spare's slow start (3 s) never reached web-1's weight: {}",
+        d.status()?
+    );
     let late = weight()?;
     let s = d.spread(60)?;
     let late_share = s.get("spare-1").copied().unwrap_or(0);

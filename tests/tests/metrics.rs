@@ -53,6 +53,36 @@ fn find(m: &HashMap<String, f64>, name: &str, label: &str) -> Option<f64> {
         .map(|(_, v)| *v)
 }
 
+/// A metrics listener that cannot bind fails the start with the reason,
+/// before the data plane is touched (not a controller running without
+/// the metrics it was told to serve).
+#[test]
+fn a_metrics_address_in_use_fails_the_start() -> Result<()> {
+    if skip_unless_root() {
+        return Ok(());
+    }
+    let mut d = Deployment::new(vec![PoolSpec::new(1, 0)])?;
+    // Another program holds the address in the gateway's namespace.
+    let holder = d.lab.run_in(d.lab.gw_ns(), || {
+        std::net::TcpListener::bind(METRICS_LISTEN)
+    })??;
+    let err = match d.start_daemon() {
+        Ok(()) => anyhow::bail!("started without its metrics: {}", d.daemon_log()),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(
+        err.contains(&format!("cannot listen for metrics on {METRICS_LISTEN}"))
+            && err.contains("in use"),
+        "{err}"
+    );
+    ensure!(
+        !d.lab.pin_path().exists(),
+        "the data plane was loaded before the start failed"
+    );
+    drop(holder);
+    Ok(())
+}
+
 #[test]
 fn metrics_parse_and_move_with_traffic() -> Result<()> {
     if skip_unless_root() {

@@ -3,9 +3,13 @@
 //! out on it; `reset` (the default) re-steers them at once, so clients of
 //! a dead server fail fast. Either way no new connection goes there.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    io::ErrorKind,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use xdplb_tests::{
     deploy::{Deployment, PoolSpec},
     skip_unless_root, KeepAliveClient,
@@ -65,20 +69,49 @@ fn keep_lets_a_down_backends_connections_run_out() -> Result<()> {
     Ok(())
 }
 
+/// How soon a client of a down backend must see its connection reset
+/// under `on_down = "reset"`: its next packet is re-steered to a live
+/// backend, which answers a segment of no connection of its own with a RST
+/// (a round trip in the lab; a timeout would mean the packet went nowhere).
+const RESET_WITHIN: Duration = Duration::from_secs(1);
+
 #[test]
 fn reset_re_steers_a_down_backends_connections() -> Result<()> {
     if skip_unless_root() {
         return Ok(());
     }
     let (d, mut conn, who) = one_fails_its_health_checks(None)?;
-    let kept = conn
-        .get("/")
-        .is_ok_and(|(s, b)| s == 200 && b.trim() == who);
+    conn.set_timeout(RESET_WITHIN)?;
+    let asked = Instant::now();
+    let answer = conn.get("/");
+    let took = asked.elapsed();
+    let err = match answer {
+        Ok((s, body)) => bail!(
+            "on_down = reset: the connection to down {who} still runs: {s} {}",
+            body.trim()
+        ),
+        Err(e) => e,
+    };
+    let kind = err
+        .chain()
+        .find_map(|c| c.downcast_ref::<std::io::Error>())
+        .map(|e| e.kind());
     ensure!(
-        !kept,
-        "on_down = reset: the connection to down {who} still runs"
+        kind == Some(ErrorKind::ConnectionReset) && took < RESET_WITHIN,
+        "on_down = reset: the connection to down {who} must be reset within {RESET_WITHIN:?}; \
+         after {took:?} it failed with {kind:?}: {err:#}"
     );
-    let seen = d.spread(20)?;
-    ensure!(!seen.contains_key(&who), "{seen:?}");
+    let other = d.pools[0]
+        .backends
+        .iter()
+        .map(|b| b.name.clone())
+        .find(|n| *n != who)
+        .context("a second backend")?;
+    let n = 20;
+    let seen = d.spread(n)?;
+    ensure!(
+        seen.len() == 1 && seen.get(&other) == Some(&n),
+        "every new connection must reach {other} (the one backend up): {seen:?}"
+    );
     Ok(())
 }

@@ -73,13 +73,25 @@ fn good_reload_applies_and_bad_reload_changes_nothing() -> Result<()> {
             "reason names no file:line: {err}"
         );
         let after = d.status()?;
-        for (b, a) in before["pools"][0]["backends"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .zip(after["pools"][0]["backends"].as_array().unwrap())
-        {
-            ensure!(b["state"] == a["state"] && b["config_weight"] == a["config_weight"]);
+        let (was, is) = (
+            before["pools"][0]["backends"].as_array().unwrap(),
+            after["pools"][0]["backends"].as_array().unwrap(),
+        );
+        // The three backends, before and after: a zip over shorter lists
+        // would compare less (or nothing).
+        ensure!(
+            was.len() == 3 && is.len() == 3,
+            "backends listed before the refused reload: {}, after: {}: {after}",
+            was.len(),
+            is.len()
+        );
+        for (b, a) in was.iter().zip(is) {
+            ensure!(
+                b["name"] == a["name"]
+                    && b["state"] == a["state"]
+                    && b["config_weight"] == a["config_weight"],
+                "a refused reload changed {b} into {a}"
+            );
         }
         let (s, body) = conn.get("/")?;
         ensure!(s == 200 && body.trim() == first);

@@ -197,7 +197,17 @@ fn status_page_shows_a_killed_backend_down_within_two_refreshes() -> Result<()> 
         page_state(&browser, "web-1")
     );
     d.spread(40)?;
-    std::thread::sleep(Duration::from_millis(1200));
+    // A rate needs two of the page's samples of the counters after the
+    // traffic: wait for web-1's packets/s to show (checked again below).
+    let pps_of_web1 =
+        "const col = [...document.querySelectorAll('section[data-pool=\"web\"] th')] \
+           .findIndex(th => th.textContent === 'packets/s'); \
+         return document.querySelector('tr[data-backend=\"web/web-1\"]').children[col].innerText;";
+    let _rated = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        browser
+            .eval(pps_of_web1)
+            .is_ok_and(|v| v.as_str().is_some_and(|s| s != "–"))
+    });
 
     // Everything on the page: every backend of the status document, rows
     // coloured by state, no request outside the daemon.
@@ -243,11 +253,7 @@ fn status_page_shows_a_killed_backend_down_within_two_refreshes() -> Result<()> 
         web1_text.contains("198.18.1.11:8080") && web1_text.contains("primary"),
         "{web1_text}"
     );
-    let pps = browser.eval(
-        "const col = [...document.querySelectorAll('section[data-pool=\"web\"] th')] \
-           .findIndex(th => th.textContent === 'packets/s'); \
-         return document.querySelector('tr[data-backend=\"web/web-1\"]').children[col].innerText;",
-    )?;
+    let pps = browser.eval(pps_of_web1)?;
     ensure!(
         pps.as_str().is_some_and(|s| s != "–"),
         "no packet rate: {pps}"
@@ -303,8 +309,13 @@ fn status_page_shows_a_killed_backend_down_within_two_refreshes() -> Result<()> 
         "shown down {} refreshes after the daemon knew",
         shown_at - known_at
     );
-    // The spare covers the gap: give the page a refresh to show it.
-    std::thread::sleep(Duration::from_millis(2200));
+    // The spare covers the gap: wait for the page to show it, and both
+    // changes in its recent transitions (checked one by one below).
+    let _caught_up = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        page_state(&browser, "spare-1").is_ok_and(|(_, s)| s == "active")
+            && newest_transition(&browser, "web-1").is_ok_and(|t| t[1] == "down")
+            && newest_transition(&browser, "spare-1").is_ok_and(|t| t[1] == "active")
+    });
     // The row lists the change first, with the reason the daemon gave
     // (the probe's error included).
     let daemon = d.backend_status("web", "web-1")?;

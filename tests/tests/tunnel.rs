@@ -9,8 +9,19 @@
 
 mod direct;
 
-use anyhow::{ensure, Result};
-use xdplb_tests::{addr::BACKEND_IF, skip_unless_root};
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
+
+use anyhow::{bail, ensure, Result};
+use xdplb::packet::TCP_SYN;
+use xdplb_tests::{
+    addr::BACKEND_IF,
+    deploy::{Deployment, PoolSpec},
+    raw::{parse_mac, write_tcp_frame, RawSocket, TCP_FRAME_LEN},
+    skip_unless_root, wait_until, Lab,
+};
 
 #[test]
 fn tunnel_spreads_drains_and_replies_bypass_the_gateway() -> Result<()> {
@@ -51,4 +62,111 @@ fn tunnel_survives_a_controller_restart_and_fails_over() -> Result<()> {
     direct::restart_keeps_a_live_connection(&mut d)?;
     direct::failover_heals(&d, "web-3")?;
     direct::decap_down(&d)
+}
+
+/// Issue 22, item 7. Three backends run as namespaces of one host (one
+/// bpffs), each with `xdplb decap --interface eth0` and the default pin
+/// path: each keeps maps of its own, so 300 new connections over the VIP
+/// are all served. Then an ordinary host on the backends' segment (b2, not
+/// the gateway) sends b1 an IPIP packet carrying a SYN from a spoofed
+/// client: decap drops it (`dropped_source` rises) and b1's kernel never
+/// sees it; with `--allow-any` (what decap did before `--allow`) the same
+/// packet reaches b1's listener, which answers it (a SYN-RECV socket).
+#[test]
+fn tunnel_backends_keep_their_own_pins_and_open_only_the_gateways_tunnels() -> Result<()> {
+    if skip_unless_root() {
+        return Ok(());
+    }
+    let d = direct::deploy("tunnel", PoolSpec::direct("tunnel", 3))?;
+    let pins: Vec<_> = (0..3).map(|i| d.lab.decap_pin_path(i)).collect();
+    for p in &pins {
+        ensure!(
+            p.exists(),
+            "no decap pins at the default path {}",
+            p.display()
+        );
+    }
+    let s = d.spread(300)?;
+    println!("300 connections over three decap backends: {s:?}");
+    let served = |k: &str| s.get(k).copied().unwrap_or(0);
+    let by_backend = ["web-1", "web-2", "web-3"].map(served);
+    ensure!(
+        by_backend.iter().sum::<usize>() == 300 && by_backend.iter().all(|&n| n > 0),
+        "not all 300 served, or a backend served none: {s:?}"
+    );
+
+    let vip = d.pools[0].vip_addr();
+    let IpAddr::V4(vip_ip) = vip.ip() else {
+        bail!("an IPv4 pool");
+    };
+    let spoofed = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 200), 40000);
+    let frame = spoofed_ipip(&d, spoofed, SocketAddrV4::new(vip_ip, vip.port()))?;
+    let dropped = |d: &Deployment| -> u64 {
+        d.decap_stats(0)
+            .map(|s| s["dropped_source"].as_u64().unwrap_or(0))
+            .unwrap_or(0)
+    };
+    let answered = |d: &Deployment| -> Result<bool> {
+        let ss = d.lab.exec_ok("b1", &["ss", "-Htn", "state", "syn-recv"])?;
+        Ok(ss.contains(&spoofed.to_string()))
+    };
+    let before = dropped(&d);
+    send_from_b2(&d, &frame)?;
+    ensure!(
+        wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+            dropped(&d) > before
+        }),
+        "b1's decap did not count the spoofed tunnel: {}",
+        d.decap_stats(0)?
+    );
+    // The drop is counted in XDP, before the stack: nothing can be on its
+    // way to the listener any more.
+    ensure!(!answered(&d)?, "b1 answered a SYN from a spoofed tunnel");
+    println!("b1: {}", d.decap_stats(0)?);
+
+    // Control: the same packet, decap opening any source (as it did before
+    // --allow), is answered: the check above can fail.
+    d.decap(0, &["--interface", BACKEND_IF, "--allow-any"])?;
+    send_from_b2(&d, &frame)?;
+    ensure!(
+        wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+            answered(&d).unwrap_or(false)
+        }),
+        "b1 did not answer the spoofed SYN even with --allow-any"
+    );
+    d.decap_up(0, BACKEND_IF)?;
+    direct::decap_down(&d)
+}
+
+/// An Ethernet frame from b2 to b1: IPIP from b2's address to b1's, around
+/// a TCP SYN from `src` to `dst`.
+fn spoofed_ipip(d: &Deployment, src: SocketAddrV4, dst: SocketAddrV4) -> Result<Vec<u8>> {
+    let b1 = parse_mac(&d.lab.mac("b1", BACKEND_IF)?)?;
+    let b2 = parse_mac(&d.lab.mac("b2", BACKEND_IF)?)?;
+    let mut inner = [0u8; TCP_FRAME_LEN];
+    write_tcp_frame(&mut inner, b1, b2, src, dst, TCP_SYN, 0x1234_5678, 0);
+    let ip = &inner[14..];
+    let mut f = Vec::with_capacity(14 + 20 + ip.len());
+    f.extend_from_slice(&b1);
+    f.extend_from_slice(&b2);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    f.extend_from_slice(&[0x45, 0]);
+    f.extend_from_slice(&((20 + ip.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0x40, 0, 64, 4, 0, 0]);
+    f.extend_from_slice(&Lab::backend_addr(1).octets());
+    f.extend_from_slice(&Lab::backend_addr(0).octets());
+    let sum: u32 = f[14..34]
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let check = !(((folded & 0xffff) + (folded >> 16)) as u16);
+    f[24..26].copy_from_slice(&check.to_be_bytes());
+    f.extend_from_slice(ip);
+    Ok(f)
+}
+
+fn send_from_b2(d: &Deployment, frame: &[u8]) -> Result<()> {
+    d.lab
+        .run_in("b2", || RawSocket::open(BACKEND_IF)?.send(frame))?
 }

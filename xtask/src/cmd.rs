@@ -61,6 +61,13 @@ impl Cmd {
         Ok(())
     }
 
+    /// The command itself, printed as [`run`](Cmd::run) prints it, for a
+    /// caller that reads its output while it runs.
+    pub fn into_command(self) -> Command {
+        println!("+ {}", self.shown);
+        self.inner
+    }
+
     /// Runs quietly and returns stdout; fails on a non-zero exit.
     pub fn read(mut self) -> Result<String> {
         let out = self

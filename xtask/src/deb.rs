@@ -44,3 +44,40 @@ pub fn run(no_build: bool) -> Result<PathBuf> {
     println!("{}", deb.display());
     Ok(deb)
 }
+
+/// The package again from the same binary `bin`, with a higher version
+/// (`<version>+upgrade`) in `target/debian-upgrade/`: what the operator
+/// suite installs over the first one to test an upgrade. Build it before
+/// [`run`]: cargo-deb removes older packages of the same name from
+/// `target/debian` when it builds one elsewhere.
+pub fn upgrade(bin: &std::path::Path) -> Result<PathBuf> {
+    header("deb: the same package with a higher version (upgrade test)");
+    let docs = repo_root().join("target").join("deb-docs");
+    let _ = std::fs::remove_dir_all(&docs);
+    Cmd::new(bin).args(["man", "--out"]).args([&docs]).run()?;
+    // `xdplb 0.1.0`
+    let printed = Cmd::new(bin).args(["--version"]).read()?;
+    let version = printed
+        .split_whitespace()
+        .nth(1)
+        .context("xdplb --version printed no version")?;
+    let out = target_dir()?.join("debian-upgrade");
+    let _ = std::fs::remove_dir_all(&out);
+    let printed = cargo(&["deb", "-p", "lb-userspace", "--no-build", "--deb-version"])
+        .args([format!("{version}+upgrade")])
+        .args(["--output".as_ref(), out.as_os_str()])
+        .read()?;
+    let upgrade = PathBuf::from(
+        printed
+            .lines()
+            .last()
+            .context("cargo deb printed no path")?
+            .trim(),
+    );
+    anyhow::ensure!(
+        upgrade.is_file(),
+        "cargo deb reported {}",
+        upgrade.display()
+    );
+    Ok(upgrade)
+}

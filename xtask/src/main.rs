@@ -2,8 +2,10 @@
 //!
 //! # Layout
 //!
-//! - [`setup`]: installs what building and testing need (nightly, rust-src,
-//!   bpf-linker, Debian packages, bpffs), idempotently.
+//! - [`setup`]: installs what building and testing need (the eBPF nightly
+//!   with rust-src, bpf-linker, Debian packages, bpffs), idempotently; its
+//!   `PROGRAMS` lists every external program the tests, demos and
+//!   benchmarks run.
 //! - [`test`]: the CI pipeline — fmt, clippy, release build, tests.
 //! - [`demo`]: a guided run of xdplb in a namespace lab.
 //! - [`bench`]: data-plane, controller and lab benchmarks.
@@ -14,6 +16,8 @@ mod bench;
 mod cmd;
 mod deb;
 mod demo;
+#[path = "../../lb-userspace/ebpf_toolchain.rs"]
+mod ebpf_toolchain;
 mod setup;
 mod test;
 
@@ -32,8 +36,9 @@ struct Cli {
 enum Command {
     /// Install toolchains, bpf-linker, test packages and mount bpffs (idempotent).
     Setup {
-        /// Also what building a benchmark peer takes (clang, llvm: see
-        /// `bench dataplane --peer`).
+        /// Also the packages only the benchmarks run (HAProxy, nginx, wrk,
+        /// iperf3, git) and a benchmark peer's build takes (clang, llvm: see
+        /// `bench dataplane --peer`); `cargo xtask bench` installs them itself.
         #[arg(long)]
         bench: bool,
     },
@@ -48,7 +53,9 @@ enum Command {
     /// Run xdplb in a namespace lab and show it balancing.
     Demo {
         /// Which demo: `hot-warm` (one gateway: drain, failover, warm spare)
-        /// or `fleet` (three gateways behind a BIRD router: ECMP, BGP, BFD).
+        /// `fleet` (three gateways behind a BIRD router: ECMP, BGP, BFD) or
+        /// `pair` (two gateways with keepalived: a ring change, the master
+        /// lost).
         #[arg(value_enum, default_value_t = demo::Which::HotWarm)]
         which: demo::Which,
     },
@@ -58,7 +65,8 @@ enum Command {
         #[arg(long)]
         no_build: bool,
     },
-    /// Run benchmarks and rewrite docs/BENCHMARKS.md (about 4 minutes).
+    /// Set up (with the benchmarks' packages), run benchmarks and rewrite
+    /// docs/BENCHMARKS.md (about 4 minutes).
     Bench {
         /// Which benchmark suite to run.
         #[arg(value_enum, default_value_t = bench::Suite::All)]
@@ -77,12 +85,18 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
-        Command::Setup { bench } => setup::run_with(bench),
+        Command::Setup { bench } => setup::run(if bench {
+            setup::Step::Bench
+        } else {
+            setup::Step::Test
+        }),
         Command::Build { release } => build(release),
         Command::Test => test::run(),
         Command::Demo { which } => demo::run(which),
         Command::Deb { no_build } => deb::run(no_build).map(drop),
-        Command::Bench { suite, quick, peer } => bench::run_with(suite, quick, peer),
+        Command::Bench { suite, quick, peer } => {
+            setup::run(setup::Step::Bench).and_then(|()| bench::run_with(suite, quick, peer))
+        }
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

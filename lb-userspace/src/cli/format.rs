@@ -13,9 +13,24 @@ use lb_common::{
 use serde::Serialize;
 
 use crate::{
+    config::OnEmpty,
     dataplane::{BackendStats, Counters, VipStats},
+    planner::WEIGHT_SCALE,
     status::Status,
 };
+
+/// An effective ring weight (scaled by [`WEIGHT_SCALE`]) in the config's
+/// units, to a tenth: `100` for a full-weight backend of weight 100, `33.3`
+/// a third into its slow start. An active backend never shows 0.
+fn weight_in_config_units(weight: u32) -> String {
+    let scale = u64::from(WEIGHT_SCALE);
+    let tenths = (u64::from(weight) * 10 + scale / 2) / scale;
+    let tenths = if weight > 0 { tenths.max(1) } else { 0 };
+    match tenths % 10 {
+        0 => (tenths / 10).to_string(),
+        t => format!("{}.{t}", tenths / 10),
+    }
+}
 
 /// A count with an SI suffix: `999`, `1.2k`, `3.4M`, `5.6G`, `7.8T`.
 pub fn human_count(n: f64) -> String {
@@ -120,26 +135,34 @@ pub fn status_text_at(s: &Status, now_unix_ms: u64) -> String {
         return "no pools configured\n".to_string();
     }
     let mut out = String::new();
+    if !s.detached.is_empty() {
+        out.push_str(&format!(
+            "DATA PLANE DETACHED from {}: nothing forwarded there, VIPs withdrawn\n\n",
+            s.detached.join(", ")
+        ));
+    }
     for (i, p) in s.pools.iter().enumerate() {
         if i > 0 {
             out.push('\n');
         }
-        out.push_str(&format!("pool {}  vip {}  ", p.name, p.vip));
-        // A controller from before UDP sends no protocol.
-        if !p.protocol.is_empty() {
-            out.push_str(&format!("{}  ", p.protocol));
-        }
-        out.push_str(&format!("{}  min_active {}", p.mode, p.min_active));
+        out.push_str(&format!(
+            "pool {}  vip {}  {}  {}  min_active {}",
+            p.name, p.vip, p.protocol, p.mode, p.min_active
+        ));
         if let Some(m) = p.mean_load {
             out.push_str(&format!("  mean load {m:.2}"));
         }
-        match p.announced {
-            Some(true) => out.push_str("  announced"),
-            Some(false) => out.push_str("  NOT announced"),
-            None => {}
+        match (p.announced, p.announce_intent) {
+            (Some(true), Some(false)) => out.push_str("  announced (BIRD has it; being withdrawn)"),
+            (Some(true), _) => out.push_str("  announced"),
+            (Some(false), Some(true)) => {
+                out.push_str("  NOT announced (wanted, but BIRD does not have it)")
+            }
+            (Some(false), _) => out.push_str("  NOT announced"),
+            (None, _) => {}
         }
         if p.empty {
-            let what = if p.on_empty == "drop" {
+            let what = if p.on_empty == OnEmpty::Drop {
                 "dropped"
             } else {
                 "rejected"
@@ -151,13 +174,9 @@ pub fn status_text_at(s: &Status, now_unix_ms: u64) -> String {
             .backends
             .iter()
             .map(|b| {
-                let mut reason = b.reason.clone();
+                let mut reason = b.reason.to_string();
                 if let Some(e) = &b.last_error {
-                    reason = if reason.is_empty() {
-                        e.clone()
-                    } else {
-                        format!("{reason}: {e}")
-                    };
+                    reason = format!("{reason}: {e}");
                 }
                 if b.unanswered {
                     reason = format!(
@@ -168,14 +187,15 @@ pub fn status_text_at(s: &Status, now_unix_ms: u64) -> String {
                 vec![
                     b.name.clone(),
                     b.addr.clone(),
-                    b.role.clone(),
-                    b.health.clone(),
-                    b.state.clone(),
+                    b.role.to_string(),
+                    b.health.to_string(),
+                    b.state.to_string(),
+                    admin_cell(b),
                     b.transitions.last().map_or_else(
                         || "-".to_string(),
                         |t| human_age(now_unix_ms.saturating_sub(t.at_unix_ms)),
                     ),
-                    b.weight.to_string(),
+                    weight_in_config_units(b.weight),
                     if p.mean_load.is_some() {
                         format!("{:.2}", b.load)
                     } else {
@@ -194,6 +214,7 @@ pub fn status_text_at(s: &Status, now_unix_ms: u64) -> String {
                 ("ROLE", Left),
                 ("HEALTH", Left),
                 ("STATE", Left),
+                ("ADMIN", Left),
                 ("SINCE", Right),
                 ("WEIGHT", Right),
                 ("LOAD", Right),
@@ -204,6 +225,133 @@ pub fn status_text_at(s: &Status, now_unix_ms: u64) -> String {
         ));
     }
     out
+}
+
+/// `xdplb plan` / `xdplb drain --dry-run`, for a person.
+pub fn plan_text(p: &crate::status::ChangePlan) -> String {
+    use Align::{Left, Right};
+    let mut out = String::new();
+    if !p.accepted {
+        out.push_str(&format!(
+            "would be REFUSED: {}\n",
+            p.refused.as_deref().unwrap_or("no reason given")
+        ));
+        return out;
+    }
+    out.push_str(&format!(
+        "would be accepted: {}\n",
+        if p.summary.is_empty() {
+            "no change".to_string()
+        } else {
+            p.summary.join("; ")
+        }
+    ));
+    for pool in &p.pools {
+        let quiet = pool.change == "unchanged"
+            && pool.backends.is_empty()
+            && pool.announce.is_none()
+            && pool.ring_moved.unwrap_or(0) == 0;
+        if quiet {
+            continue;
+        }
+        out.push_str(&format!(
+            "\npool {}  {}  {}\n",
+            pool.name,
+            match (&pool.vip, &pool.new_vip) {
+                (Some(a), Some(b)) if a != b => format!("{a} → {b}"),
+                (Some(a), _) | (None, Some(a)) => a.clone(),
+                (None, None) => "-".to_string(),
+            },
+            pool.change
+        ));
+        if let Some(v) = &pool.vip_change {
+            out.push_str(&format!("  {v}\n"));
+        }
+        let list = |what: &str, names: &[String], out: &mut String| {
+            if !names.is_empty() {
+                out.push_str(&format!("  {what}: {}\n", names.join(", ")));
+            }
+        };
+        list("backends added", &pool.backends_added, &mut out);
+        list("backends removed", &pool.backends_removed, &mut out);
+        if !pool.reweighted.is_empty() {
+            let r: Vec<String> = pool
+                .reweighted
+                .iter()
+                .map(|r| format!("{} {} → {}", r.name, r.from, r.to))
+                .collect();
+            out.push_str(&format!("  re-weighted: {}\n", r.join(", ")));
+        }
+        match pool.ring_moved {
+            Some(m) => out.push_str(&format!(
+                "  ring: {m} of {} entries ({:.1}%) move to another backend\n",
+                pool.ring_size,
+                100.0 * f64::from(m) / f64::from(pool.ring_size.max(1))
+            )),
+            None => out.push_str("  ring: not comparable (no ring before or after)\n"),
+        }
+        out.push_str(&format!(
+            "  established flows: {} drained, {} reset, {} stranded\n",
+            pool.flows_drained, pool.flows_reset, pool.flows_stranded
+        ));
+        list("spares activated", &pool.spares_activated, &mut out);
+        list("spares drained", &pool.spares_drained, &mut out);
+        if let Some(a) = &pool.announce {
+            out.push_str(&format!("  announcement: {a}\n"));
+        }
+        if !pool.backends.is_empty() {
+            let rows: Vec<Vec<String>> = pool
+                .backends
+                .iter()
+                .map(|b| {
+                    vec![
+                        b.name.clone(),
+                        b.from.clone(),
+                        b.to.clone(),
+                        b.flows.to_string(),
+                        b.fate.clone(),
+                        format!("{:+}", b.ring_delta),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(
+                "  ",
+                &[
+                    ("BACKEND", Left),
+                    ("NOW", Left),
+                    ("AFTER", Left),
+                    ("FLOWS", Right),
+                    ("FLOWS GO", Left),
+                    ("RING", Right),
+                ],
+                &rows,
+            ));
+        }
+    }
+    match p.census_age_ms {
+        Some(ms) => out.push_str(&format!(
+            "\nflow counts: the last census, {:.1} s old\n",
+            ms as f64 / 1000.0
+        )),
+        None => out.push_str("\nflow counts: no census yet (counted as 0)\n"),
+    }
+    for a in &p.assumptions {
+        out.push_str(&format!("assuming: {a}\n"));
+    }
+    out
+}
+
+/// The ADMIN column: the runtime state and who set it (`maint by
+/// operator`, `drain by agent`, `ready`), and a weight override.
+fn admin_cell(b: &crate::status::BackendStatus) -> String {
+    let mut cell = b.admin_state.to_string();
+    if let Some(by) = b.admin_set_by {
+        cell = format!("{cell} by {}", by.as_str());
+    }
+    if let Some(w) = b.weight_override {
+        cell = format!("{cell}, weight {w}");
+    }
+    cell
 }
 
 /// A backend slot's state as the operator contract names it.
@@ -525,7 +673,9 @@ pub fn rates_text(r: &RatesJson) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{BackendStatus, PoolStatus, Transition};
+    use crate::config::{Mode, Protocol, Role};
+    use crate::planner::{BackendState, Reason};
+    use crate::status::{BackendStatus, Health, PoolStatus, Transition};
     use lb_common::{BackendCounters, VipCounters};
 
     #[test]
@@ -567,21 +717,26 @@ mod tests {
         assert_eq!(t, "  NAME      N  X\n  a       100\n  longer    2  y\n");
     }
 
-    fn backend(name: &str, state: &str, health: &str) -> BackendStatus {
+    fn backend(name: &str, state: BackendState, health: Health) -> BackendStatus {
         BackendStatus {
             name: name.into(),
             addr: "198.18.1.11:8080".into(),
-            role: "primary".into(),
-            health: health.into(),
-            state: state.into(),
-            weight: 100,
+            role: Role::Primary,
+            health,
+            state,
+            // What a controller sends for a full-weight backend of
+            // config weight 100 (the ring's weights are scaled).
+            weight: 100 * crate::planner::WEIGHT_SCALE,
             config_weight: 100,
             load: 0.42,
             flows: 12,
             half_open: 0,
             unanswered: false,
-            reason: "healthy".into(),
+            reason: Reason::Healthy,
             operator_drained: false,
+            admin_state: crate::state::AdminState::Ready,
+            admin_set_by: None,
+            weight_override: None,
             agent: None,
             last_error: None,
             rtt_ms: None,
@@ -592,25 +747,81 @@ mod tests {
     }
 
     #[test]
+    fn plan_output() {
+        use crate::status::{BackendChange, ChangePlan, PoolChange};
+        let p = ChangePlan {
+            accepted: true,
+            refused: None,
+            summary: vec!["changed pool web".into(), "added backend web/web-3".into()],
+            pools: vec![PoolChange {
+                name: "web".into(),
+                change: "changed".into(),
+                vip: Some("198.18.2.10:80".into()),
+                new_vip: Some("198.18.2.10:80".into()),
+                backends_added: vec!["web-3".into()],
+                ring_moved: Some(340),
+                ring_size: 1009,
+                ring_moved_share: Some(340.0 / 1009.0),
+                flows_drained: 2,
+                backends: vec![BackendChange {
+                    name: "web-3".into(),
+                    from: "new".into(),
+                    to: "active".into(),
+                    flows: 0,
+                    fate: "continue".into(),
+                    ring_delta: 336,
+                }],
+                ..PoolChange::default()
+            }],
+            assumptions: vec![
+                "not probed yet, taken as passing their health checks: web/web-3".into(),
+            ],
+            census_age_ms: Some(1500),
+        };
+        let want = "\
+would be accepted: changed pool web; added backend web/web-3
+
+pool web  198.18.2.10:80  changed
+  backends added: web-3
+  ring: 340 of 1009 entries (33.7%) move to another backend
+  established flows: 2 drained, 0 reset, 0 stranded
+  BACKEND  NOW  AFTER   FLOWS  FLOWS GO  RING
+  web-3    new  active      0  continue  +336
+
+flow counts: the last census, 1.5 s old
+assuming: not probed yet, taken as passing their health checks: web/web-3
+";
+        assert_eq!(plan_text(&p), want);
+        let refused = ChangePlan {
+            refused: Some("x.toml: [dataplane] changed".into()),
+            ..ChangePlan::default()
+        };
+        assert_eq!(
+            plan_text(&refused),
+            "would be REFUSED: x.toml: [dataplane] changed\n"
+        );
+    }
+
+    #[test]
     fn status_output() {
-        let mut down = backend("web-spare-1", "down", "down");
-        down.role = "spare".into();
+        let mut down = backend("web-spare-1", BackendState::Down, Health::Down);
+        down.role = Role::Spare;
         down.weight = 0;
         down.flows = 0;
-        down.reason = "health_down".into();
+        down.reason = Reason::HealthDown;
         down.last_error = Some("connection refused".into());
         const NOW: u64 = 1_780_000_000_000;
         down.transitions = vec![
             Transition {
                 at_unix_ms: NOW - 3_600_000,
-                from: "down".into(),
-                to: "standby".into(),
+                from: BackendState::Down,
+                to: BackendState::Standby,
                 reason: "spare_idle".into(),
             },
             Transition {
                 at_unix_ms: NOW - 75_000,
-                from: "standby".into(),
-                to: "down".into(),
+                from: BackendState::Standby,
+                to: BackendState::Down,
                 reason: "health_down: connection refused".into(),
             },
         ];
@@ -619,40 +830,68 @@ mod tests {
                 PoolStatus {
                     name: "web".into(),
                     vip: "198.18.2.10:80".into(),
-                    protocol: "tcp".into(),
-                    mode: "nat".into(),
+                    protocol: Protocol::Tcp,
+                    mode: Mode::Nat,
                     min_active: 2,
-                    on_empty: "reject".into(),
+                    on_empty: OnEmpty::Reject,
                     empty: false,
                     mean_load: Some(0.42),
                     announced: None,
-                    backends: vec![backend("web-1", "active", "up"), down],
+                    announce_intent: None,
+                    backends: vec![backend("web-1", BackendState::Active, Health::Up), down],
                 },
                 PoolStatus {
                     name: "api".into(),
                     vip: "[2001:2:0:2::11]:53".into(),
-                    protocol: "udp".into(),
-                    mode: "nat".into(),
+                    protocol: Protocol::Udp,
+                    mode: Mode::Nat,
                     min_active: 1,
-                    on_empty: "reject".into(),
+                    on_empty: OnEmpty::Reject,
                     empty: true,
                     mean_load: None,
                     announced: None,
+                    announce_intent: None,
                     backends: vec![],
                 },
             ],
+            detached: Vec::new(),
         };
         let want = "\
 pool web  vip 198.18.2.10:80  tcp  nat  min_active 2  mean load 0.42
-  BACKEND      ADDRESS           ROLE     HEALTH  STATE   SINCE  WEIGHT  LOAD  FLOWS  REASON
-  web-1        198.18.1.11:8080  primary  up      active      -     100  0.42     12  healthy
-  web-spare-1  198.18.1.11:8080  spare    down    down       1m       0  0.42      0  health_down: connection refused
+  BACKEND      ADDRESS           ROLE     HEALTH  STATE   ADMIN  SINCE  WEIGHT  LOAD  FLOWS  REASON
+  web-1        198.18.1.11:8080  primary  up      active  ready      -     100  0.42     12  healthy
+  web-spare-1  198.18.1.11:8080  spare    down    down    ready     1m       0  0.42      0  health_down: connection refused
 
 pool api  vip [2001:2:0:2::11]:53  udp  nat  min_active 1  EMPTY: no usable backend, new flows are rejected
-  BACKEND  ADDRESS  ROLE  HEALTH  STATE  SINCE  WEIGHT  LOAD  FLOWS  REASON
+  BACKEND  ADDRESS  ROLE  HEALTH  STATE  ADMIN  SINCE  WEIGHT  LOAD  FLOWS  REASON
 ";
         assert_eq!(status_text_at(&s, NOW), want);
         assert_eq!(status_text(&Status::default()), "no pools configured\n");
+        // An interface the program lost heads the table.
+        let mut lost = s.clone();
+        lost.detached = vec!["eth1".into()];
+        assert!(status_text_at(&lost, NOW).starts_with(
+            "DATA PLANE DETACHED from eth1: nothing forwarded there, VIPs withdrawn\n\npool web"
+        ));
+        // Runtime states: who set them, and a weight override.
+        let mut admin = s.clone();
+        let b = &mut admin.pools[0].backends[0];
+        b.admin_state = crate::state::AdminState::Maint;
+        b.admin_set_by = Some(crate::state::SetBy::Agent);
+        b.weight_override = Some(300);
+        assert!(
+            status_text_at(&admin, NOW).contains("  active  maint by agent, weight 300      -"),
+            "{}",
+            status_text_at(&admin, NOW)
+        );
+        // A ramping or load-scaled weight, in config units too.
+        let mut ramping = s.clone();
+        ramping.pools[0].backends[0].weight = 33_334;
+        assert!(
+            status_text_at(&ramping, NOW).contains("      -    33.3  0.42"),
+            "{}",
+            status_text_at(&ramping, NOW)
+        );
 
         // JSON carries the same facts for scripts.
         let v = serde_json::to_value(&s).unwrap();
@@ -673,7 +912,7 @@ pool api  vip [2001:2:0:2::11]:53  udp  nat  min_active 1  EMPTY: no usable back
         let mut dropping = s.clone();
         dropping.pools.truncate(1);
         dropping.pools[0].empty = true;
-        dropping.pools[0].on_empty = "drop".into();
+        dropping.pools[0].on_empty = OnEmpty::Drop;
         let text = status_text_at(&dropping, NOW);
         assert!(
             text.starts_with(

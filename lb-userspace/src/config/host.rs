@@ -1,7 +1,7 @@
 //! Checks of this host against a config, for `xdplb run` (and `xdplb
 //! check` on the gateway itself): the interfaces exist, `dsr` backends share
 //! a segment with one, `tunnel` backends are routed out of one.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use ipnet::IpNet;
 
 use super::schema::{Config, Mode};
 use super::ConfigError;
@@ -53,7 +53,7 @@ fn check_dsr_attached(cfg: &Config) -> Result<(), ConfigError> {
     for pool in cfg.pools.iter().filter(|p| p.mode == Mode::Dsr) {
         for b in &pool.backends {
             let a = b.addr.ip();
-            if !nets.iter().any(|&(net, mask)| same_subnet(a, net, mask)) {
+            if !nets.iter().any(|net| net.contains(&a)) {
                 return Err(ConfigError::DsrNotAttached {
                     pool: pool.name.clone(),
                     backend: b.name.clone(),
@@ -83,7 +83,7 @@ fn check_tunnel_routed(cfg: &Config) -> Result<(), ConfigError> {
     for pool in cfg.pools.iter().filter(|p| p.mode == Mode::Tunnel) {
         for b in &pool.backends {
             let a = b.addr.ip();
-            let route = match route_oif(a) {
+            let route = match crate::netlink::route_oif(a) {
                 Ok(Some(oif)) if ours.contains(&oif) => continue,
                 Ok(Some(oif)) => format!("is routed out of {}", if_name(oif)),
                 Ok(None) => "has no route".to_string(),
@@ -101,74 +101,6 @@ fn check_tunnel_routed(cfg: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// The interface the kernel routes `dst` out of (one RTM_GETROUTE, as
-/// `ip route get`), or None when it has no route. Routing by source is not
-/// asked about, as the data plane's lookup does not distinguish it.
-fn route_oif(dst: IpAddr) -> std::io::Result<Option<u32>> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let (family, addr) = match dst {
-        IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
-        IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
-    };
-    // struct nlmsghdr (16 bytes), struct rtmsg (12), one rtattr: RTA_DST.
-    let len = 16 + 12 + 4 + addr.len();
-    let mut req = Vec::with_capacity(len);
-    req.extend_from_slice(&(len as u32).to_ne_bytes());
-    req.extend_from_slice(&libc::RTM_GETROUTE.to_ne_bytes());
-    req.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
-    req.extend_from_slice(&[0; 8]); // sequence and port id: the kernel's
-    req.extend_from_slice(&[family, addr.len() as u8 * 8, 0, 0, 0, 0, 0, 0]);
-    req.extend_from_slice(&[0; 4]); // rtm_flags
-    req.extend_from_slice(&((4 + addr.len()) as u16).to_ne_bytes());
-    req.extend_from_slice(&libc::RTA_DST.to_ne_bytes());
-    req.extend_from_slice(&addr);
-    let os_err = std::io::Error::last_os_error;
-    // SAFETY: plain socket(2); the descriptor is owned right below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(os_err());
-    }
-    // SAFETY: a descriptor just opened, owned by nothing else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut buf = [0u8; 4096];
-    // SAFETY: both buffers are valid for the lengths given.
-    let n = unsafe {
-        if libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) < 0 {
-            return Err(os_err());
-        }
-        libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
-    };
-    let msg = buf
-        .get(..usize::try_from(n).map_err(|_| os_err())?)
-        .unwrap_or(&[]);
-    let u16_at = |i: usize| msg.get(i..i + 2).map(|b| u16::from_ne_bytes([b[0], b[1]]));
-    // An error answer (NLMSG_ERROR: ENETUNREACH, EHOSTUNREACH, …) means no
-    // usable route.
-    if u16_at(4) != Some(libc::RTM_NEWROUTE) {
-        return Ok(None);
-    }
-    let mut at = 28;
-    while let (Some(alen), Some(kind)) = (u16_at(at), u16_at(at + 2)) {
-        if kind == libc::RTA_OIF {
-            let oif = msg
-                .get(at + 4..at + 8)
-                .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-            return Ok(oif);
-        }
-        if alen < 4 {
-            break;
-        }
-        at += (alen as usize + 3) & !3;
-    }
-    Ok(None)
-}
-
 /// An interface's name by index, or the index when it has none.
 fn if_name(index: u32) -> String {
     let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
@@ -183,70 +115,27 @@ fn if_name(index: u32) -> String {
         .into_owned()
 }
 
-/// Whether `a` is on the subnet of interface address `net` with netmask
-/// `mask` (all three of one family; a mixed pair never matches).
-fn same_subnet(a: IpAddr, net: IpAddr, mask: IpAddr) -> bool {
-    match (a, net, mask) {
-        (IpAddr::V4(a), IpAddr::V4(n), IpAddr::V4(m)) => {
-            let (a, n, m) = (u32::from(a), u32::from(n), u32::from(m));
-            a & m == n & m
-        }
-        (IpAddr::V6(a), IpAddr::V6(n), IpAddr::V6(m)) => {
-            let (a, n, m) = (u128::from(a), u128::from(n), u128::from(m));
-            a & m == n & m
-        }
-        _ => false,
-    }
-}
-
-/// (address, netmask) of each IPv4 and IPv6 address on `ifaces`.
-fn interface_subnets(ifaces: &[String]) -> Vec<(IpAddr, IpAddr)> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we free below.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: a node of the list getifaddrs returned; its name is a C
-        // string; a non-null sockaddr of family AF_INET is a sockaddr_in,
-        // of AF_INET6 a sockaddr_in6, and its netmask has the same family.
-        unsafe {
-            let ifa = &*cur;
-            let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy();
-            if !ifa.ifa_addr.is_null()
-                && !ifa.ifa_netmask.is_null()
-                && ifaces.iter().any(|i| *i == name)
-            {
-                match (*ifa.ifa_addr).sa_family as i32 {
-                    libc::AF_INET => {
-                        let v4 = |sa: *const libc::sockaddr| {
-                            let raw = (*(sa as *const libc::sockaddr_in)).sin_addr.s_addr;
-                            IpAddr::V4(Ipv4Addr::from(u32::from_be(raw)))
-                        };
-                        out.push((v4(ifa.ifa_addr), v4(ifa.ifa_netmask)));
-                    }
-                    libc::AF_INET6 => {
-                        let v6 = |sa: *const libc::sockaddr| {
-                            let raw = (*(sa as *const libc::sockaddr_in6)).sin6_addr.s6_addr;
-                            IpAddr::V6(Ipv6Addr::from(raw))
-                        };
-                        out.push((v6(ifa.ifa_addr), v6(ifa.ifa_netmask)));
-                    }
-                    _ => {}
-                }
-            }
-            cur = ifa.ifa_next;
-        }
-    }
-    // SAFETY: the list getifaddrs allocated, freed once.
-    unsafe { libc::freeifaddrs(head) };
-    out
+/// The subnets of the IPv4 and IPv6 addresses on `ifaces` (if-addrs).
+fn interface_subnets(ifaces: &[String]) -> Vec<IpNet> {
+    if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| ifaces.contains(&i.name))
+        .filter_map(|i| {
+            let len = match &i.addr {
+                if_addrs::IfAddr::V4(a) => a.prefixlen,
+                if_addrs::IfAddr::V6(a) => a.prefixlen,
+            };
+            IpNet::new(i.ip(), len).ok()
+        })
+        .map(|n| n.trunc())
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::super::{load, parse};
     use super::*;
     use std::path::Path;
@@ -256,22 +145,14 @@ mod tests {
     }
 
     #[test]
-    fn subnets_of_both_families() {
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert!(same_subnet(
-            ip("198.18.1.11"),
-            ip("198.18.1.1"),
-            ip("255.255.255.0")
-        ));
-        assert!(!same_subnet(
-            ip("198.18.2.11"),
-            ip("198.18.1.1"),
-            ip("255.255.255.0")
-        ));
-        let m64 = ip("ffff:ffff:ffff:ffff::");
-        assert!(same_subnet(ip("2001:2:0:1::11"), ip("2001:2:0:1::1"), m64));
-        assert!(!same_subnet(ip("2001:2:0:2::11"), ip("2001:2:0:1::1"), m64));
-        assert!(!same_subnet(ip("198.18.1.11"), ip("2001:2:0:1::1"), m64));
+    fn loopbacks_subnets_of_both_families() {
+        let nets = interface_subnets(&["lo".to_string()]);
+        let on = |a: &str| {
+            nets.iter()
+                .any(|n| n.contains(&a.parse::<IpAddr>().unwrap()))
+        };
+        assert!(on("127.0.0.53") && on("::1"), "{nets:?}");
+        assert!(!on("198.18.1.11") && !on("2001:2:0:1::11"), "{nets:?}");
     }
 
     /// The host check reads the interface's IPv6 addresses from the

@@ -25,6 +25,7 @@ pub struct Announce {
     pub speaker: Option<Spanned<String>>,
     pub control_socket: Option<Spanned<PathBuf>>,
     pub routes_file: Option<Spanned<PathBuf>>,
+    pub hold_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]

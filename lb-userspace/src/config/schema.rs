@@ -39,7 +39,9 @@ pub enum XdpMode {
     Generic,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -90,7 +92,7 @@ impl std::fmt::Display for Protocol {
 /// What the maps key a VIP, or a backend's replies, by: an address of
 /// either family, its port, and the protocol (a TCP and a UDP service may
 /// share an address and port).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub protocol: Protocol,
@@ -150,6 +152,22 @@ pub enum Mode {
     Tunnel,
 }
 
+impl Mode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mode::Nat => "nat",
+            Mode::Dsr => "dsr",
+            Mode::Tunnel => "tunnel",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a pool does with a new flow when no backend can take it (every
 /// backend down, drained or standby): `on_empty` in the config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -161,6 +179,15 @@ pub enum OnEmpty {
     Reject,
     /// Drop silently (clients time out).
     Drop,
+}
+
+impl OnEmpty {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OnEmpty::Reject => "reject",
+            OnEmpty::Drop => "drop",
+        }
+    }
 }
 
 /// What happens to a backend's established flows when health marks it
@@ -196,6 +223,21 @@ pub enum Role {
     Spare,
 }
 
+impl Role {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Spare => "spare",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Config {
     pub dataplane: DataplaneConfig,
@@ -214,6 +256,11 @@ pub struct AnnounceConfig {
     pub control_socket: PathBuf,
     /// Where xdplb writes the VIP routes; the speaker's config includes it.
     pub routes_file: PathBuf,
+    /// How long the VIPs stay announced once no controller runs (`xdplb
+    /// withdraw --after-hold`, started by the unit when the controller
+    /// exits): longer than a restart, short enough that a gateway whose
+    /// controller is gone stops attracting traffic.
+    pub hold_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -224,6 +271,12 @@ pub enum Speaker {
 
 pub const DEFAULT_BIRD_SOCKET: &str = "/run/bird/bird.ctl";
 pub const DEFAULT_ROUTES_FILE: &str = "/run/xdplb/vips.conf";
+/// `[announce] hold_ms` by default: a restart (RestartSec=2s and a start
+/// of about a second) fits in it twice.
+pub const DEFAULT_HOLD_MS: u64 = 5000;
+/// Bounds of `hold_ms`: below a second a restart cannot fit; above ten
+/// minutes a dead controller's VIPs would attract traffic for too long.
+pub const HOLD_MS_RANGE: std::ops::RangeInclusive<u64> = 1000..=600_000;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DataplaneConfig {

@@ -833,13 +833,15 @@ fn announce_defaults_and_values() {
     assert_eq!(a.speaker, Speaker::Bird);
     assert_eq!(a.control_socket, Path::new(DEFAULT_BIRD_SOCKET));
     assert_eq!(a.routes_file, Path::new(DEFAULT_ROUTES_FILE));
+    assert_eq!(a.hold_ms, DEFAULT_HOLD_MS);
     let text = format!(
-        "[announce]\nspeaker = \"bird\"\ncontrol_socket = \"/tmp/b.ctl\"\nroutes_file = \"/tmp/v.conf\"\n{}",
+        "[announce]\nspeaker = \"bird\"\ncontrol_socket = \"/tmp/b.ctl\"\nroutes_file = \"/tmp/v.conf\"\nhold_ms = 2500\n{}",
         pool_with("", ONE_BACKEND)
     );
     let a = p(&text).unwrap().announce.unwrap();
     assert_eq!(a.control_socket, Path::new("/tmp/b.ctl"));
     assert_eq!(a.routes_file, Path::new("/tmp/v.conf"));
+    assert_eq!(a.hold_ms, 2500);
 }
 
 #[test]
@@ -875,6 +877,11 @@ fn announce_errors_name_line_and_key() {
         &["control_socket", "absolute"],
     );
     rejects(&with("[announce]\npeers = 2\n"), 4, &["peers"]);
+    rejects(
+        &with("[announce]\nhold_ms = 500\n"),
+        4,
+        &["hold_ms 500", "1000..=600000", "restart"],
+    );
 }
 
 #[test]

@@ -250,10 +250,27 @@ fn convert_announce(src: &Source, a: raw::Announce) -> Result<AnnounceConfig, Co
     };
     let control_socket = path(a.control_socket, "control_socket", DEFAULT_BIRD_SOCKET)?;
     let routes_file = path(a.routes_file, "routes_file", DEFAULT_ROUTES_FILE)?;
+    let hold_ms = match a.hold_ms {
+        None => DEFAULT_HOLD_MS,
+        Some(h) if HOLD_MS_RANGE.contains(h.get_ref()) => h.into_inner(),
+        Some(h) => {
+            return Err(src.err(
+                h.span(),
+                format!(
+                    "hold_ms {} is out of range {}..={}: it must outlast a restart and not keep \
+                     a dead controller's VIPs announced for long",
+                    h.get_ref(),
+                    HOLD_MS_RANGE.start(),
+                    HOLD_MS_RANGE.end()
+                ),
+            ))
+        }
+    };
     Ok(AnnounceConfig {
         speaker,
         control_socket,
         routes_file,
+        hold_ms,
     })
 }
 

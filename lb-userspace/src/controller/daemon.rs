@@ -35,10 +35,24 @@ pub(super) fn attach_mode(m: config::XdpMode) -> AttachMode {
 }
 
 /// `xdplb run --config PATH`: the daemon.
-pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+/// With `keep_applied`, the config's text is kept there once the
+/// controller has taken it (and again after every reload).
+pub async fn run(config_path: PathBuf, keep_applied: Option<PathBuf>) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let config = config::load(&config_path)?;
+    let text =
+        std::fs::read_to_string(&config_path).map_err(|source| config::ConfigError::Read {
+            path: config_path.clone(),
+            source,
+        })?;
+    let config = config::parse(&config_path, &text)?;
     config::check_interfaces_exist(&config).map_err(|e| e.placed(&config_path))?;
+    // Before anything is touched: an address we cannot have fails the
+    // start (a controller without the metrics it was told to serve is
+    // one nobody watches).
+    let metrics_listener = match config.control.metrics_listen {
+        Some(listen) => Some(crate::web::bind(listen).await?),
+        None => None,
+    };
     // One owner per pinned data plane, whatever the admin socket: a second
     // controller fails here, before it touches what the first one runs.
     let owner = crate::owner::acquire(
@@ -103,20 +117,20 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         })
     };
     info!(socket = %socket.display(), "admin socket");
-    let metrics_task = config.control.metrics_listen.map(|listen| {
+    let metrics_task = metrics_listener.map(|listener| {
         let m = metrics.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let done = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = crate::web::serve(listen, m, done).await {
-                error!(error = %e, "metrics listener failed");
-            }
+            crate::web::serve_listener(listener, m, done).await;
         })
     });
     let probes: ProbeFactory = Arc::new(health::probe_for);
-    let (controller, inputs) = Controller::new(config_path, config, dp, probes, Some(metrics))?;
+    let (mut controller, inputs) = Controller::new(config_path, config, dp, probes, Some(metrics))?;
+    controller.keep_applied = keep_applied;
+    controller.save_applied(&text);
     let pin = pin_path.clone();
     let counter: FlowCounter = Arc::new(move || count_flows(&pin));
     // On a worker, not on the thread that blocks on `main`: each probe

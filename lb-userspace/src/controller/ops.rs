@@ -41,11 +41,16 @@ pub trait DataplaneOps: Send {
     fn adopt_vips(&self) -> Result<Vec<(String, Endpoint, u32)>, DataplaneError>;
     /// (backend name, slot) of every slot in use.
     fn adopt_backends(&self) -> Result<Vec<(String, BackendSlot)>, DataplaneError>;
-    /// Whether the program is still attached to at least one of its
-    /// interfaces: `xdplb down --force` can take it away under a running
-    /// controller, which must then stop announcing what it no longer
-    /// forwards.
-    fn attached(&self) -> bool;
+    /// Every reply entry: (backend endpoint, what it says).
+    fn adopt_replies(&self) -> Result<Vec<(Endpoint, ReplyImage)>, DataplaneError>;
+    /// Where each of `interfaces` stands with the program: an interface
+    /// deleted (and maybe created again) leaves its link defunct; `xdplb
+    /// down --force` can take every link away under a running controller,
+    /// which must then stop announcing what it no longer forwards.
+    fn links(&self, interfaces: &[String]) -> Vec<(String, LinkState)>;
+    /// Attaches the program again to an interface whose link is defunct,
+    /// if it exists again; whether it did.
+    fn reattach(&mut self, iface: &str, mode: AttachMode) -> Result<bool, DataplaneError>;
 }
 
 impl DataplaneOps for Dataplane {
@@ -101,7 +106,29 @@ impl DataplaneOps for Dataplane {
             .map(|b| Ok((self.read_name(backend_name_index(b.slot))?, b)))
             .collect()
     }
-    fn attached(&self) -> bool {
-        Dataplane::has_links(self)
+    fn adopt_replies(&self) -> Result<Vec<(Endpoint, ReplyImage)>, DataplaneError> {
+        Ok(self
+            .read_replies()?
+            .into_iter()
+            .map(|(backend, vip, slot, vip_index)| {
+                (
+                    backend,
+                    ReplyImage {
+                        vip,
+                        slot,
+                        vip_index,
+                    },
+                )
+            })
+            .collect())
+    }
+    fn links(&self, interfaces: &[String]) -> Vec<(String, LinkState)> {
+        interfaces
+            .iter()
+            .map(|i| (i.clone(), self.link_state(i)))
+            .collect()
+    }
+    fn reattach(&mut self, iface: &str, mode: AttachMode) -> Result<bool, DataplaneError> {
+        Dataplane::reattach(self, iface, mode)
     }
 }

@@ -1,5 +1,5 @@
-//! The ordered map sync: slots that are not down, then rings, then down
-//! slots (see the module doc of `controller`), and what each is written as.
+//! One sync: observations → plan → target image → apply → commit, and
+//! what each backend's slot is written as.
 use super::*;
 
 /// The `VipMeta::flags` a pool's config asks for.
@@ -14,15 +14,6 @@ pub fn vip_flags(pool: &PoolConfig) -> u32 {
         config::Mode::Tunnel => lb_common::VIP_F_TUNNEL,
     };
     empty | mode
-}
-
-/// What a pool's VIP was last published with.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct PublishedRing {
-    pub(super) flags: u32,
-    pub(super) flow_idle_ms: u32,
-    /// Maglev inputs: (slot, weight) of every active backend.
-    pub(super) inputs: Vec<(u32, u32)>,
 }
 
 /// Backend `i` of a pool's plan, which is in config order (a name lookup,
@@ -66,16 +57,19 @@ pub(super) fn slot_flags(on_down: OnDown, state: BackendState, drained: bool) ->
 }
 
 impl<D: DataplaneOps> Controller<D> {
-    pub(super) fn observations(&self) -> Observations {
+    /// What the planner is told about each backend of `config` placed by
+    /// `slots`. A backend's runtime counts only while it is the same
+    /// server (a re-addressed backend starts unprobed).
+    pub(super) fn observations(&self, config: &Config, slots: &Slots) -> Observations {
         let now = self.now_ms();
         let mut obs = Observations::new();
-        for pool in &self.config.pools {
+        for pool in &config.pools {
             for b in &pool.backends {
                 let k = key(&pool.name, &b.name);
-                let rt = self.runtime.get(&k);
+                let rt = self.runtime.get(&k).filter(|r| r.addr == Some(b.addr));
                 let tracker = rt.and_then(|r| r.load.as_ref());
                 let interval = pool.load.as_ref().map_or(1000, |l| l.interval_ms);
-                let slot = self.slots.backends.get(&k);
+                let slot = slots.backends.get(&k);
                 obs.insert(
                     k.clone(),
                     BackendObservation {
@@ -83,7 +77,7 @@ impl<D: DataplaneOps> Controller<D> {
                         load: tracker.map(|t| t.score(now, interval)),
                         agent_state: tracker.and_then(|t| t.state(now, interval)),
                         agent_weight_pct: tracker.and_then(|t| t.weight_pct(now, interval)),
-                        operator_drained: self.drained.contains(&k),
+                        admin: self.admin.get(&k).cloned().unwrap_or_default(),
                         established_flows: self
                             .flows
                             .as_ref()
@@ -95,21 +89,38 @@ impl<D: DataplaneOps> Controller<D> {
         obs
     }
 
+    /// Whether every backend has had its first probe, and every agent its
+    /// first answer (or failure).
     pub(super) fn all_probed(&self) -> bool {
-        self.runtime.values().all(|r| r.probed)
+        // A backend in maintenance is not probed.
+        self.runtime.iter().all(|(k, r)| {
+            (r.probed || self.in_maint(k)) && (r.load.is_none() || r.agent_up.is_some())
+        })
     }
 
     /// Whether a beat must plan: an observation changed, or the plan may
     /// move with the clock alone (the planner's ramps, holds and spare
     /// drains; agent scores, which age; retiring slots, which time out;
-    /// the first sync, which waits for probes or a deadline). Otherwise a
+    /// the first sync, which waits for probes or a deadline; an empty
+    /// pool's announcement hold). Otherwise a
     /// plan would repeat the last one and write nothing.
     pub(super) fn needs_sync(&self) -> bool {
         self.dirty
             || !self.ready
             || self.planner.depends_on_time()
-            || !self.retiring.is_empty()
+            || !self.slots.retiring.is_empty()
             || self.runtime.values().any(|r| r.load.is_some())
+            || self.drain_hold_running()
+    }
+
+    /// Whether an empty pool's announcement may end with the clock alone
+    /// (its [`DRAIN_ANNOUNCE_HOLD`] running out).
+    fn drain_hold_running(&self) -> bool {
+        self.config.announce.is_some()
+            && self
+                .emptied
+                .values()
+                .any(|since| since.elapsed() <= DRAIN_ANNOUNCE_HOLD)
     }
 
     /// One beat of the loop: a sync when [`needs_sync`](Self::needs_sync)
@@ -125,7 +136,7 @@ impl<D: DataplaneOps> Controller<D> {
 
     /// Plans and writes the difference into the data plane.
     pub fn sync(&mut self) -> Result<(), ControllerError> {
-        let r = self.plan_and_write();
+        let r = self.converge(None);
         // A failed write is retried on the next beat, which must not skip.
         self.dirty = r.is_err();
         r
@@ -142,218 +153,187 @@ impl<D: DataplaneOps> Controller<D> {
         }
     }
 
-    fn plan_and_write(&mut self) -> Result<(), ControllerError> {
+    /// Whether the first plan may be written: every backend probed, or
+    /// the deadline passed. Until then the pinned data plane keeps
+    /// forwarding as it was (see [`reconcile::target`]).
+    fn take_over(&mut self) -> bool {
         if !self.ready {
             if !self.all_probed() && Instant::now() < self.ready_deadline {
-                return Ok(());
+                return false;
             }
             self.ready = true;
             info!("first probes in; taking over the data plane");
-        }
-        let obs = self.observations();
-        let now = self.now_ms();
-        let plan = self.planner.plan(&self.config, &obs, now);
-        let mut down = Vec::new();
-        let mut rings = Vec::new();
-        for pool in &self.config.pools {
-            let Some(&vip_index) = self.slots.vips.get(&pool.name) else {
-                continue;
-            };
-            let Some(pp) = plan.pool(&pool.name) else {
-                continue;
-            };
-            let mut inputs = Vec::new();
-            for (i, b) in pool.backends.iter().enumerate() {
-                let k = key(&pool.name, &b.name);
-                let (Some(&slot), Some(bp)) =
-                    (self.slots.backends.get(&k), plan_of(pp, i, &b.name))
-                else {
-                    continue;
-                };
-                let meta = BackendSlot {
-                    slot,
-                    vip_index,
-                    addr: b.addr,
-                    state: slot_state(pool.on_down, bp.state),
-                    flags: slot_flags(pool.on_down, bp.state, self.drained.contains(&k)),
-                };
-                if bp.state == BackendState::Active && bp.weight > 0 {
-                    inputs.push((slot, bp.weight));
-                }
-                if self.written.get(&slot) == Some(&meta) {
-                    continue;
-                }
-                if bp.state == BackendState::Down {
-                    down.push(meta);
-                } else {
-                    self.dp.write_backend(&meta)?;
-                    self.written.insert(slot, meta);
-                }
-            }
-            let published = PublishedRing {
-                flags: vip_flags(pool),
-                flow_idle_ms: pool.flow_idle_ms,
-                inputs,
-            };
-            if self.published.get(&pool.name) != Some(&published) {
-                rings.push((pool.name.clone(), pool.endpoint(), vip_index, published));
+            // The planner starts from what the pins show, not from nothing.
+            let now = self.now_ms();
+            for pool in &self.config.pools {
+                let states = pool
+                    .backends
+                    .iter()
+                    .filter_map(|b| {
+                        let s = self.pinned.get(&key(&pool.name, &b.name))?;
+                        Some((b.name.clone(), *s))
+                    })
+                    .collect();
+                self.planner.adopt(pool, &states, now);
             }
         }
-        for (pool_name, vip, vip_index, published) in rings {
-            let inputs = &published.inputs;
-            let pool = self.config.pool(&pool_name).expect("pool from config");
-            let names: HashMap<u32, &str> = pool
-                .backends
-                .iter()
-                .filter_map(|b| {
-                    self.slots
-                        .backends
-                        .get(&key(&pool.name, &b.name))
-                        .map(|s| (*s, b.name.as_str()))
-                })
-                .collect();
-            let entries: Vec<MaglevEntry> = inputs
-                .iter()
-                .map(|&(slot, weight)| MaglevEntry {
-                    id: slot,
-                    key: names[&slot],
-                    weight,
-                })
-                .collect();
-            let ring = maglev::build(&entries, self.config.dataplane.ring_size);
-            self.dp.publish_vip(
-                vip,
-                vip_index,
-                &ring,
-                published.flags,
-                published.flow_idle_ms,
-            )?;
-            debug!(
-                pool = pool_name,
-                active = inputs.len(),
-                flags = published.flags,
-                "ring published"
-            );
-            if inputs.is_empty() {
-                warn!(
-                    pool = pool_name,
-                    "no usable backend: the VIP's ring is empty"
-                );
-            }
-            self.vip_addrs.insert(pool_name.clone(), vip);
-            self.published.insert(pool_name, published);
+        true
+    }
+
+    /// Makes the data plane hold what `next` (a config and its placement;
+    /// the running ones when `None`) and the observations call for, then
+    /// commits the planner's memory, the freed slots and the plan. Nothing
+    /// but the maps (and the live image, which follows them) changes when
+    /// a write fails; the caller commits `next` only on success.
+    pub(super) fn converge(
+        &mut self,
+        next: Option<(&Config, &Slots)>,
+    ) -> Result<(), ControllerError> {
+        let ready = self.take_over();
+        if ready {
+            self.check_links();
         }
-        for meta in down {
-            self.dp.write_backend(&meta)?;
-            self.written.insert(meta.slot, meta);
+        let (config, slots) = next.unwrap_or((&self.config, &self.slots));
+        if !ready {
+            let held = reconcile::target(&World {
+                config,
+                slots,
+                plan: None,
+                admin: &self.admin,
+                live: &self.out.live,
+                freed: &[],
+                attached: true,
+                flows: None,
+                drain_held: &HashSet::new(),
+            });
+            self.out.write(&held)?;
+            return Ok(());
         }
-        // Retired slots with no flows left (or past their time) are freed;
-        // only a count begun after the slot retired can say it is idle.
-        let done: Vec<u32> = self
-            .retiring
-            .iter()
-            .filter(|(slot, (since, _))| {
-                let idle = self.flows_at >= *since
-                    && self
-                        .flows
-                        .as_ref()
-                        .is_some_and(|f| f.get(slot).copied().unwrap_or(0) == 0);
-                idle || since.elapsed() > RETIRE_AFTER
-            })
-            .map(|(s, _)| *s)
-            .collect();
-        for slot in done {
-            self.free_slot(slot)?;
-        }
-        // [announce]: a VIP is announced while its ring has an active
-        // backend and the program still forwards (`xdplb down --force`
-        // can detach it under us; announcing then would draw traffic to a
-        // gateway that passes it to its kernel).
-        let attached = self.config.announce.is_none() || self.dp.attached();
-        if !attached && !self.detached_seen {
-            warn!("the data plane was detached under the controller: VIPs withdrawn");
-        }
-        self.detached_seen = !attached;
-        let wanted = self
-            .config
+        let obs = self.observations(config, slots);
+        let mut planner = self.planner.clone();
+        let plan = planner.plan(config, &obs, self.now_ms());
+        let freed = slots.retired(self.flows.as_ref(), self.flows_at, Instant::now());
+        let attached = config.announce.is_none() || self.detached.is_empty();
+        let now = Instant::now();
+        let drain_held: HashSet<String> = config
             .pools
             .iter()
             .filter(|p| {
-                attached
-                    && self
-                        .published
-                        .get(&p.name)
-                        .is_some_and(|r| !r.inputs.is_empty())
+                self.emptied
+                    .get(&p.name)
+                    .is_none_or(|since| now.saturating_duration_since(*since) < DRAIN_ANNOUNCE_HOLD)
             })
-            .map(|p| (p.name.clone(), p.vip.ip()))
+            .map(|p| p.name.clone())
             .collect();
-        crate::announce::Announcer::sync(
-            &mut self.announcer,
-            self.config.announce.as_ref(),
-            wanted,
-        );
+        let target = reconcile::target(&World {
+            config,
+            slots,
+            plan: Some(&plan),
+            admin: &self.admin,
+            live: &self.out.live,
+            freed: &freed,
+            attached,
+            flows: self.flows.as_ref(),
+            drain_held: &drain_held,
+        });
+        self.out.apply(&target, config.announce.as_ref())?;
+        // When each pool's ring emptied (the drain hold counts from then).
+        for pool in &config.pools {
+            let serves = slots
+                .vips
+                .get(&pool.name)
+                .and_then(|i| target.vips.get(i))
+                .is_some_and(VipImage::serves);
+            if serves {
+                self.emptied.remove(&pool.name);
+            } else {
+                self.emptied.entry(pool.name.clone()).or_insert(now);
+            }
+        }
+        self.emptied.retain(|name, _| config.pool(name).is_some());
+        self.planner = planner;
+        if next.is_none() {
+            self.slots.release(&freed);
+        }
         // The metrics' copy of the status: at once when the plan changed,
         // else once a second (rtt, load and flow counts move slowly), so a
         // large pool does not rebuild it on every beat.
         let changed = self.plan.as_ref() != Some(&plan);
         if changed {
-            self.record_transitions(&plan);
+            record_transitions(
+                config,
+                self.plan.as_ref(),
+                &self.pinned,
+                &plan,
+                &mut self.runtime,
+            );
         }
         self.plan = Some(plan);
-        self.push_status(changed);
+        if next.is_none() {
+            self.push_status(changed);
+        }
         Ok(())
     }
+}
 
-    /// Notes every backend whose state `plan` changes from the one status
-    /// shows now (the last plan written). Here, where the plan status
-    /// reads is replaced, each change is seen exactly once; a backend no
-    /// plan named yet counts as "down", as status shows it.
-    fn record_transitions(&mut self, plan: &Plan) {
-        let at_unix_ms = crate::status::now_unix_ms();
-        for pool in &self.config.pools {
-            let Some(pp) = plan.pool(&pool.name) else {
+/// Notes every backend whose state `plan` changes from the one status
+/// shows now (the last plan written) or, before the first, from the one
+/// the pins held at start. Here, where the plan status reads is replaced,
+/// each change is seen exactly once; a backend neither names counts as
+/// "down", as status shows it.
+fn record_transitions(
+    config: &Config,
+    last: Option<&Plan>,
+    pinned: &HashMap<Key, BackendState>,
+    plan: &Plan,
+    runtime: &mut HashMap<Key, Runtime>,
+) {
+    let at_unix_ms = crate::status::now_unix_ms();
+    for pool in &config.pools {
+        let Some(pp) = plan.pool(&pool.name) else {
+            continue;
+        };
+        let old = last.and_then(|p| p.pool(&pool.name));
+        for (i, b) in pool.backends.iter().enumerate() {
+            let Some(bp) = plan_of(pp, i, &b.name) else {
                 continue;
             };
-            let old = self.plan.as_ref().and_then(|p| p.pool(&pool.name));
-            for (i, b) in pool.backends.iter().enumerate() {
-                let Some(bp) = plan_of(pp, i, &b.name) else {
-                    continue;
-                };
-                let was = old
-                    .and_then(|o| plan_of(o, i, &b.name))
-                    .map_or(BackendState::Down, |p| p.state);
-                if was == bp.state {
-                    continue;
-                }
-                let Some(rt) = self.runtime.get_mut(&key(&pool.name, &b.name)) else {
-                    continue;
-                };
-                let mut reason = bp.reason.as_str().to_string();
-                if bp.reason == Reason::HealthDown {
-                    if let Some(e) = &rt.last_error {
-                        reason = format!("{reason}: {e}");
-                    }
-                }
-                // The planner ramps a backend joining a pool it already
-                // planned (not one seen for the first time).
-                if bp.state == BackendState::Active && old.is_some() && pool.ramp_ms() > 0 {
-                    reason = format!("{reason}; slow start over {} ms", pool.ramp_ms());
-                }
-                info!(
-                    pool = pool.name,
-                    backend = b.name,
-                    from = was.as_str(),
-                    to = bp.state.as_str(),
-                    reason,
-                    "backend state changed"
-                );
-                rt.transitions.record(Transition {
-                    at_unix_ms,
-                    from: was.as_str().to_string(),
-                    to: bp.state.as_str().to_string(),
-                    reason,
-                });
+            let was = match old {
+                Some(o) => plan_of(o, i, &b.name).map(|p| p.state),
+                None => pinned.get(&key(&pool.name, &b.name)).copied(),
             }
+            .unwrap_or(BackendState::Down);
+            if was == bp.state {
+                continue;
+            }
+            let Some(rt) = runtime.get_mut(&key(&pool.name, &b.name)) else {
+                continue;
+            };
+            let mut reason = bp.reason.as_str().to_string();
+            if bp.reason == Reason::HealthDown {
+                if let Some(e) = &rt.last_error {
+                    reason = format!("{reason}: {e}");
+                }
+            }
+            // The planner ramps a backend joining a pool it already
+            // planned (not one seen for the first time).
+            if bp.state == BackendState::Active && old.is_some() && pool.ramp_ms() > 0 {
+                reason = format!("{reason}; slow start over {} ms", pool.ramp_ms());
+            }
+            info!(
+                pool = pool.name,
+                backend = b.name,
+                from = was.as_str(),
+                to = bp.state.as_str(),
+                reason,
+                "backend state changed"
+            );
+            rt.transitions.record(Transition {
+                at_unix_ms,
+                from: was,
+                to: bp.state,
+                reason,
+            });
         }
     }
 }

@@ -14,20 +14,23 @@ impl<D: DataplaneOps> Controller<D> {
                 PoolStatus {
                     name: pool.name.clone(),
                     vip: pool.vip.to_string(),
-                    protocol: pool.protocol.to_string(),
-                    mode: format!("{:?}", pool.mode).to_lowercase(),
+                    protocol: pool.protocol,
+                    mode: pool.mode,
                     min_active: pool.min_active,
-                    on_empty: match pool.on_empty {
-                        OnEmpty::Reject => "reject",
-                        OnEmpty::Drop => "drop",
-                    }
-                    .to_string(),
+                    on_empty: pool.on_empty,
                     empty: self
-                        .published
+                        .slots
+                        .vips
                         .get(&pool.name)
-                        .is_some_and(|r| r.inputs.is_empty()),
+                        .and_then(|i| self.out.live.vips.get(i))
+                        .is_some_and(|v| v.ring.as_ref().is_some_and(Vec::is_empty)),
                     mean_load: pp.and_then(|p| p.mean_load),
-                    announced: self.announcer.as_ref().map(|a| a.announces(&pool.name)),
+                    announced: self
+                        .out
+                        .announcer
+                        .as_ref()
+                        .map(|a| a.bird_has(pool.vip.ip())),
+                    announce_intent: self.out.announcer.as_ref().map(|a| a.announces(&pool.name)),
                     backends: pool
                         .backends
                         .iter()
@@ -35,6 +38,7 @@ impl<D: DataplaneOps> Controller<D> {
                         .map(|(i, b)| {
                             let k = key(&pool.name, &b.name);
                             let rt = self.runtime.get(&k);
+                            let admin = self.admin.get(&k).cloned().unwrap_or_default();
                             let bp = pp.and_then(|p| plan_of(p, i, &b.name));
                             let up = rt
                                 .and_then(|r| r.health.as_ref())
@@ -50,16 +54,9 @@ impl<D: DataplaneOps> Controller<D> {
                             BackendStatus {
                                 name: b.name.clone(),
                                 addr: b.addr.to_string(),
-                                role: match b.role {
-                                    Role::Primary => "primary",
-                                    Role::Spare => "spare",
-                                }
-                                .to_string(),
-                                health: if up { "up" } else { "down" }.to_string(),
-                                state: bp
-                                    .map_or(BackendState::Down, |p| p.state)
-                                    .as_str()
-                                    .to_string(),
+                                role: b.role,
+                                health: if up { Health::Up } else { Health::Down },
+                                state: bp.map_or(BackendState::Down, |p| p.state),
                                 weight: bp.map_or(0, |p| p.weight),
                                 config_weight: b.weight,
                                 load: rt
@@ -68,11 +65,11 @@ impl<D: DataplaneOps> Controller<D> {
                                 flows,
                                 half_open,
                                 unanswered: flows == 0 && half_open >= HALF_OPEN_ALARM,
-                                reason: bp
-                                    .map_or(Reason::NotProbed, |p| p.reason)
-                                    .as_str()
-                                    .to_string(),
-                                operator_drained: self.drained.contains(&k),
+                                reason: bp.map_or(Reason::NotProbed, |p| p.reason),
+                                operator_drained: admin.drain,
+                                admin_state: admin.state().0,
+                                admin_set_by: admin.state().1,
+                                weight_override: admin.weight,
                                 agent: rt.and_then(|r| r.agent_line.clone()),
                                 last_error: rt.and_then(|r| r.last_error.clone()),
                                 rtt_ms: rt.and_then(|r| r.rtt).map(|d| d.as_secs_f64() * 1000.0),
@@ -85,6 +82,9 @@ impl<D: DataplaneOps> Controller<D> {
                 }
             })
             .collect();
-        Status { pools }
+        Status {
+            pools,
+            detached: self.detached.iter().cloned().collect(),
+        }
     }
 }

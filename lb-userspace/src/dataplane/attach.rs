@@ -5,13 +5,58 @@ use std::{fs, path::PathBuf};
 use aya::programs::{links::FdLink, links::PinnedLink};
 use lb_common::maps;
 
-use super::{AttachMode, Dataplane, DataplaneError};
+use super::{pinned_link_ifindex, AttachMode, Dataplane, DataplaneError};
+
+/// Where a configured interface stands with the program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    /// Its pinned link runs the program on it.
+    Attached,
+    /// Its pinned link lost it: the interface was deleted (and maybe
+    /// created again, under a new index).
+    Defunct,
+    /// No pinned link: never attached, or `xdplb down` took it away.
+    Unpinned,
+}
 
 impl Dataplane {
     fn link_path(&self, iface: &str) -> PathBuf {
         self.shape
             .pin_path
             .join(format!("{}{iface}", maps::LINK_PREFIX))
+    }
+
+    /// Where `iface` stands: its pinned link attached to it as it is now
+    /// (same index), defunct, or not pinned at all.
+    pub fn link_state(&self, iface: &str) -> LinkState {
+        let path = self.link_path(iface);
+        if !path.exists() {
+            return LinkState::Unpinned;
+        }
+        let now = super::host::ifindex(iface).ok();
+        match pinned_link_ifindex(&path) {
+            Some(i) if i != 0 && Some(i) == now => LinkState::Attached,
+            _ => LinkState::Defunct,
+        }
+    }
+
+    /// Gives an interface whose link is defunct the program again (it was
+    /// deleted and created again: a rebuilt VLAN or bond, a veth re-added):
+    /// the dead link's pin goes, a new link is attached and pinned.
+    /// Returns whether it attached: an interface still missing, or one
+    /// with no pin (never ours, or taken away by `xdplb down`), is left
+    /// alone.
+    pub fn reattach(&mut self, iface: &str, mode: AttachMode) -> Result<bool, DataplaneError> {
+        if self.link_state(iface) != LinkState::Defunct || super::host::ifindex(iface).is_err() {
+            return Ok(false);
+        }
+        let path = self.link_path(iface);
+        fs::remove_file(&path).map_err(|source| DataplaneError::PinPath {
+            path: path.clone(),
+            source,
+        })?;
+        self.attach(iface, mode)?;
+        Ok(true)
     }
 
     /// The driver behind `iface` (ETHTOOL_GDRVINFO), e.g. "veth".

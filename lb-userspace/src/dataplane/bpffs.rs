@@ -134,6 +134,17 @@ pub fn prepare_pin_path(pin_path: &Path) -> Result<PathBuf, DataplaneError> {
 pub(crate) fn ensure_local_bpffs(pin_path: &Path) -> Result<(), DataplaneError> {
     let root = Path::new(BPFFS_ROOT);
     if pin_path.starts_with(root) && !private_mount_namespace() && bpffs_dev(root).is_none() {
+        // Without CAP_SYS_PTRACE (as in the packaged unit) PID 1's mount
+        // namespace cannot be read: a private one (systemd's sandbox) then
+        // looks like the host's, and a bpffs mounted in it dies with it.
+        if std::process::id() != 1 {
+            if let Err(e) = fs::read_link("/proc/1/ns/mnt") {
+                return Err(DataplaneError::UnknownMountNamespace {
+                    pin_path: pin_path.to_path_buf(),
+                    reason: e.to_string(),
+                });
+            }
+        }
         mount_bpffs()?;
     }
     Ok(())

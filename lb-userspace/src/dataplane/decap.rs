@@ -1,24 +1,36 @@
 //! `xdplb decap`: the backend side of a `tunnel` pool. A small XDP program
 //! of its own (`lb-ebpf/src/decap.rs`, its own maps under its own pin
-//! path) strips the outer IPv4 header of IPIP packets addressed to this
-//! host and passes the inner packet to the kernel, so a backend needs no
-//! ipip device or module. Its link is pinned, so it outlives the command.
+//! path) strips the outer header of IPIP and IPv6-in-IPv6 packets
+//! addressed to this host from an allowed outer source (the gateways'
+//! `tunnel_source`) and passes the inner packet, which must be addressed
+//! to this host too, to the kernel, so a backend needs no ipip device or
+//! module. Its link is pinned, so it outlives the command.
+//!
+//! The host's addresses are read when decap is started: an address added
+//! later (a VIP put on lo afterwards) is not opened until `xdplb decap` is
+//! run again (it swaps the program in place and rewrites the sets).
 use std::{
     collections::HashMap as StdHashMap,
     fs,
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        HashMap, MapData, PerCpuArray,
+    },
     programs::{links::FdLink, links::PinnedLink, Xdp},
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    decap::{DecapCounter, ADDRS, ADDRS6, PROGRAM, STATS},
+    decap::{DecapCounter, ADDRS, ADDRS6, ALLOW, ALLOW6, DEFAULT_PIN_PATH, PROGRAM, STATS},
     maps::LINK_PREFIX,
     Addr6,
 };
+
+use ipnet::IpNet;
 
 use super::{
     detach_pinned_link, ensure_local_bpffs, local_addrs, map_err, open_pinned, AttachMode,
@@ -33,6 +45,37 @@ fn link_path(pin_path: &Path, iface: &str) -> PathBuf {
     pin_path.join(format!("{LINK_PREFIX}{iface}"))
 }
 
+/// Where decap on `iface` pins by default: `<DEFAULT_PIN_PATH>/<netns>/<iface>`,
+/// with `<netns>` this process's network namespace as [`netns_identity`]
+/// names it. Backends run as namespaces of one host share one bpffs: each
+/// gets maps of its own, and `--down` in the same namespace finds them.
+pub fn default_pin_path(iface: &str) -> std::io::Result<PathBuf> {
+    Ok(Path::new(DEFAULT_PIN_PATH)
+        .join(netns_identity()?)
+        .join(iface))
+}
+
+/// A name for this process's network namespace that stays the same while
+/// it lives: its `ip netns` name when it has one (`ns-NAME`), `host` for
+/// PID 1's, else its inode (`ns-inode-N`).
+pub fn netns_identity() -> std::io::Result<String> {
+    let id = |path: &Path| fs::metadata(path).map(|m| (m.dev(), m.ino()));
+    let own = id(Path::new("/proc/self/ns/net"))?;
+    // `ip netns identify`: the named namespaces are nsfs mounts whose
+    // stat is the namespace's.
+    if let Ok(entries) = fs::read_dir("/run/netns") {
+        for e in entries.flatten() {
+            if id(&e.path()).ok() == Some(own) {
+                return Ok(format!("ns-{}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    if id(Path::new("/proc/1/ns/net")).ok() == Some(own) {
+        return Ok("host".to_string());
+    }
+    Ok(format!("ns-inode-{}", own.1))
+}
+
 /// The decap program, loaded with its maps pinned under a pin path.
 pub struct Decap {
     ebpf: Ebpf,
@@ -45,9 +88,11 @@ pub struct Decap {
 }
 
 impl Decap {
-    /// Loads the program and writes this host's IPv4 addresses (its
-    /// network namespace's) as the tunnel endpoints to open.
-    pub fn load(pin_path: &Path) -> Result<Decap, DataplaneError> {
+    /// Loads the program, writes this host's addresses (its network
+    /// namespace's) as the tunnel endpoints and inner destinations to
+    /// accept, and `allow` as the outer sources whose tunnels are opened
+    /// (replacing what an earlier run wrote).
+    pub fn load(pin_path: &Path, allow: &[IpNet]) -> Result<Decap, DataplaneError> {
         if DECAP_OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
@@ -90,6 +135,21 @@ impl Decap {
         for a in &local6 {
             addrs6.insert(a, 1, 0).map_err(map_err(ADDRS6))?;
         }
+        let mut allow4: LpmTrie<MapData, u32, u32> = {
+            let map = ebpf
+                .take_map(ALLOW)
+                .ok_or(DataplaneError::MissingMap { map: ALLOW })?;
+            LpmTrie::try_from(map).map_err(map_err(ALLOW))?
+        };
+        let mut allow6: LpmTrie<MapData, Addr6, u32> = {
+            let map = ebpf
+                .take_map(ALLOW6)
+                .ok_or(DataplaneError::MissingMap { map: ALLOW6 })?;
+            LpmTrie::try_from(map).map_err(map_err(ALLOW6))?
+        };
+        let (want4, want6) = allow_keys(allow);
+        sync_trie(&mut allow4, &want4, ALLOW)?;
+        sync_trie(&mut allow6, &want6, ALLOW6)?;
         let prog: &mut Xdp = ebpf
             .program_mut(PROGRAM)
             .ok_or(DataplaneError::MissingMap { map: PROGRAM })?
@@ -146,15 +206,56 @@ impl Decap {
     }
 }
 
-/// Loads decap and attaches it to `iface`. Returns the addresses whose
-/// tunnels it opens (network order).
+/// An LPM trie key as (prefix length, network address as the program
+/// loads it).
+type Prefix<A> = (u32, A);
+
+/// The allow lists' keys per family (each network masked to its prefix).
+fn allow_keys(allow: &[IpNet]) -> (Vec<Prefix<u32>>, Vec<Prefix<Addr6>>) {
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for net in allow.iter().map(IpNet::trunc) {
+        match net {
+            IpNet::V4(n) => v4.push((
+                n.prefix_len() as u32,
+                u32::from_ne_bytes(n.network().octets()),
+            )),
+            IpNet::V6(n) => v6.push((
+                n.prefix_len() as u32,
+                Addr6::from_octets(n.network().octets()),
+            )),
+        }
+    }
+    (v4, v6)
+}
+
+/// Makes the LPM trie `map` hold exactly `wanted` (each → 1).
+fn sync_trie<K: aya::Pod + PartialEq>(
+    map: &mut LpmTrie<MapData, K, u32>,
+    wanted: &[Prefix<K>],
+    name: &'static str,
+) -> Result<(), DataplaneError> {
+    let known: Vec<Key<K>> = map.keys().filter_map(Result::ok).collect();
+    for k in &known {
+        if !wanted.contains(&(k.prefix_len(), k.data())) {
+            let _ = map.remove(k);
+        }
+    }
+    for &(len, data) in wanted {
+        map.insert(&Key::new(len, data), 1, 0)
+            .map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+/// Loads decap and attaches it to `iface`, opening tunnels from `allow`.
 /// Returns the tunnel endpoints it opens, as text.
 pub fn attach(
     pin_path: &Path,
     iface: &str,
     mode: AttachMode,
+    allow: &[IpNet],
 ) -> Result<Vec<String>, DataplaneError> {
-    let mut d = Decap::load(pin_path)?;
+    let mut d = Decap::load(pin_path, allow)?;
     d.attach(iface, mode)?;
     let v4 = d
         .addrs
@@ -193,7 +294,7 @@ pub fn detach(pin_path: &Path, iface: &str) -> Result<bool, DataplaneError> {
 /// Removes decap's maps and its pin directory (once no link is pinned
 /// there: `detach` checks).
 pub fn remove_pins(pin_path: &Path) -> Result<(), DataplaneError> {
-    for map in [ADDRS, ADDRS6, STATS] {
+    for map in [ADDRS, ADDRS6, ALLOW, ALLOW6, STATS] {
         let p = pin_path.join(map);
         if p.exists() {
             fs::remove_file(&p).map_err(|source| DataplaneError::PinPath { path: p, source })?;
@@ -201,6 +302,17 @@ pub fn remove_pins(pin_path: &Path) -> Result<(), DataplaneError> {
     }
     let _ = fs::remove_dir(pin_path);
     Ok(())
+}
+
+/// After `--down` at the default pin path: removes the namespace's
+/// directory and the root above it once they are empty (never anything
+/// else: `remove_dir` fails on a directory that is not).
+pub fn remove_empty_parents(pin_path: &Path) {
+    for dir in pin_path.ancestors().skip(1).take(2) {
+        if fs::remove_dir(dir).is_err() {
+            break;
+        }
+    }
 }
 
 /// The decap counters, summed over CPUs, by label.

@@ -4,6 +4,8 @@ use std::{net::SocketAddr, path::PathBuf};
 use aya::maps::MapError;
 use thiserror::Error;
 
+use super::bpffs::BPFFS_ROOT;
+
 #[derive(Debug, Error)]
 pub enum DataplaneError {
     #[error("the embedded XDP object is empty (built with AYA_BUILD_SKIP?)")]
@@ -22,6 +24,15 @@ pub enum DataplaneError {
         pin_path.display()
     )]
     NoHostBpffs { pin_path: PathBuf },
+    #[error(
+        "no bpffs at {BPFFS_ROOT} for {}, and this process cannot tell whether it runs in the \
+         system's mount namespace (/proc/1/ns/mnt: {reason}; a systemd unit's sandbox has a \
+         private one): a bpffs mounted here could vanish with the process, and the pins with \
+         it. Mount bpffs first where the system sees it: `systemctl start xdplb-bpffs` (the \
+         packaged unit does before xdplb), or `mount -t bpf bpf {BPFFS_ROOT}` as root",
+        pin_path.display()
+    )]
+    UnknownMountNamespace { pin_path: PathBuf, reason: String },
     #[error("cannot mount bpffs on /sys/fs/bpf: {source}")]
     MountBpffs {
         #[source]

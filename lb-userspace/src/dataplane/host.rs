@@ -115,7 +115,7 @@ fn sync_set<K: aya::Pod + PartialEq>(
 
 /// The ifindex of `iface` in this thread's network namespace (sysfs may
 /// show another namespace's).
-fn ifindex(iface: &str) -> std::io::Result<u32> {
+pub(super) fn ifindex(iface: &str) -> std::io::Result<u32> {
     let name = std::ffi::CString::new(iface).map_err(std::io::Error::other)?;
     // SAFETY: valid C string.
     match unsafe { libc::if_nametoindex(name.as_ptr()) } {
@@ -157,41 +157,25 @@ fn hw_addr(iface: &str) -> std::io::Result<[u8; 6]> {
 }
 
 /// Every IPv4 and IPv6 address configured in this network namespace, as
-/// `LOCAL_ADDRS` and `LOCAL_ADDRS6` key them.
+/// `LOCAL_ADDRS` and `LOCAL_ADDRS6` key them (if-addrs).
 pub(crate) fn local_addrs() -> std::io::Result<(Vec<u32>, Vec<Addr6>)> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we free below.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
     let mut out = Vec::new();
     let mut out6 = Vec::new();
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: a node of the list getifaddrs returned.
-        let ifa = unsafe { &*cur };
-        if !ifa.ifa_addr.is_null() {
-            // SAFETY: non-null sockaddr; its family says how to read it.
-            let family = unsafe { (*ifa.ifa_addr).sa_family } as i32;
-            if family == libc::AF_INET {
-                // SAFETY: an AF_INET sockaddr is a sockaddr_in.
-                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-                let addr = sin.sin_addr.s_addr;
+    for iface in if_addrs::get_if_addrs()? {
+        match iface.ip() {
+            IpAddr::V4(a) => {
+                let addr = u32::from_ne_bytes(a.octets());
                 if !out.contains(&addr) {
                     out.push(addr);
                 }
-            } else if family == libc::AF_INET6 {
-                // SAFETY: an AF_INET6 sockaddr is a sockaddr_in6.
-                let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
-                let addr = Addr6::from_octets(sin6.sin6_addr.s6_addr);
+            }
+            IpAddr::V6(a) => {
+                let addr = Addr6::from_octets(a.octets());
                 if !out6.contains(&addr) {
                     out6.push(addr);
                 }
             }
         }
-        cur = ifa.ifa_next;
     }
-    // SAFETY: the list getifaddrs allocated, freed once.
-    unsafe { libc::freeifaddrs(head) };
     Ok((out, out6))
 }

@@ -49,6 +49,7 @@ mod load;
 mod pins;
 mod tables;
 
+pub use attach::LinkState;
 pub use bpffs::{prepare_pin_path, resolve_pin_path, BPFFS_ROOT};
 pub use census::{flow_census, flow_counts, judge_flow, FlowCensus, FlowVerdict};
 pub use counters::{BackendStats, CounterReader, Counters, VipStats};
@@ -58,13 +59,13 @@ pub use keys::{
     addr6, backend_name_index, l4addr, l4addr4, l4addr6, socket_addr, socket_addr6, BackendSlot,
 };
 pub use layout::{layout_difference, MapShape};
-pub use pins::{down, is_own_pin, DownReport};
+pub use pins::{down, is_own_pin, xdp_link_ifindex, DownReport};
 
 pub(crate) use bpffs::ensure_local_bpffs;
 pub(crate) use error::map_err;
 pub(crate) use host::local_addrs;
 pub(crate) use load::load_program;
-pub(crate) use pins::{detach_pinned_link, open_pinned};
+pub(crate) use pins::{detach_pinned_link, open_pinned, pinned_link_ifindex};
 
 use census::monotonic_coarse_ns;
 use keys::{backend_addr, endpoint4, endpoint6, key_of, Key};

@@ -1,6 +1,6 @@
 //! Reading and writing the balancing maps: VIPs and their rings, backend
 //! slots, replies, names, and the address filter kept in step with them.
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
 use aya::maps::MapError;
 use lb_common::{
@@ -54,6 +54,34 @@ impl Dataplane {
         for item in self.vips6.iter() {
             let (k, meta) = item.map_err(map_err(maps::VIPS6))?;
             out.extend(endpoint6(&k).map(|e| (e, meta)));
+        }
+        Ok(out)
+    }
+
+    /// The reply entries in the maps (both families): (backend endpoint,
+    /// VIP address, backend slot, VIP index). An entry of a protocol xdplb
+    /// never writes is skipped.
+    pub fn read_replies(&self) -> Result<Vec<(Endpoint, SocketAddr, u32, u32)>, DataplaneError> {
+        let mut out = Vec::new();
+        for item in self.replies.iter() {
+            let (k, r) = item.map_err(map_err(maps::REPLIES))?;
+            let vip = SocketAddr::V4(socket_addr(&lb_common::L4Addr {
+                addr: r.vip_addr,
+                port: r.vip_port,
+                proto: k.proto,
+                _pad: 0,
+            }));
+            out.extend(endpoint4(&k).map(|e| (e, vip, r.backend, r.vip_index)));
+        }
+        for item in self.replies6.iter() {
+            let (k, r) = item.map_err(map_err(maps::REPLIES6))?;
+            let vip = SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(r.vip_addr.octets()),
+                u16::from_be(r.vip_port),
+                0,
+                0,
+            ));
+            out.extend(endpoint6(&k).map(|e| (e, vip, r.backend, r.vip_index)));
         }
         Ok(out)
     }

@@ -37,34 +37,27 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 
 /// An address block, `198.18.1.0/24` or `2001:2::/48` (a bare address is a
-/// block of one).
+/// block of one); parsed by ipnet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr {
-    net: IpAddr,
-    prefix: u8,
-}
+pub struct Cidr(ipnet::IpNet);
 
 impl std::str::FromStr for Cidr {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Cidr, String> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let net: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("{s:?} is not an address or ADDR/PREFIX"))?;
-        let max = if net.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?,
-        };
-        Ok(Cidr { net, prefix })
+        if let Ok(net) = s.parse::<ipnet::IpNet>() {
+            return Ok(Cidr(net));
+        }
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(Cidr(ipnet::IpNet::from(ip)));
+        }
+        Err(match s.split_once('/') {
+            Some((a, _)) if a.parse::<IpAddr>().is_ok() => {
+                let max = if a.contains(':') { 128 } else { 32 };
+                format!("{s:?}: prefix length must be 0..={max}")
+            }
+            _ => format!("{s:?} is not an address or ADDR/PREFIX"),
+        })
     }
 }
 
@@ -72,22 +65,7 @@ impl Cidr {
     /// Whether `ip` is in the block (an IPv4 peer seen as `::ffff:a.b.c.d`
     /// on a dual-stack socket counts as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let bits = |a: IpAddr| -> u128 {
-            match a {
-                IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
-                IpAddr::V6(v) => u128::from(v),
-            }
-        };
-        let ip = ip.to_canonical();
-        if ip.is_ipv4() != self.net.is_ipv4() {
-            return false;
-        }
-        let mask = if self.prefix == 0 {
-            0
-        } else {
-            u128::MAX << (128 - u32::from(self.prefix))
-        };
-        bits(ip) & mask == bits(self.net) & mask
+        self.0.contains(&ip.to_canonical())
     }
 }
 

@@ -321,6 +321,14 @@ pub fn coarse_now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The outer sources of the frames the decap tests wrap (the "gateway").
+pub const DECAP_GATEWAY: &str = "198.18.1.99";
+pub const DECAP_GATEWAY6: &str = "2001:2:0:1::99";
+/// The inner destinations the decap tests wrap (the VIPs): addresses of
+/// the test namespace, on its lo.
+pub const DECAP_VIP: &str = "198.18.2.10";
+pub const DECAP_VIP6: &str = "2001:2:0:2::10";
+
 /// `xdplb decap` loaded in a test namespace, its pins removed on drop.
 pub struct DecapLab {
     // Field order: program and pins go before the namespace.
@@ -331,15 +339,44 @@ pub struct DecapLab {
 
 impl DecapLab {
     /// The test namespace plays the backend: its 198.18.1.1 and
-    /// 2001:2:0:1::1 are tunnel endpoints.
+    /// 2001:2:0:1::1 are tunnel endpoints, and it holds the VIPs
+    /// [`DECAP_VIP`] and [`DECAP_VIP6`] on lo. Tunnels from the gateway
+    /// ([`DECAP_GATEWAY`], [`DECAP_GATEWAY6`]) are opened.
     pub fn new() -> DecapLab {
+        DecapLab::allowing(&[
+            &format!("{DECAP_GATEWAY}/32"),
+            &format!("{DECAP_GATEWAY6}/128"),
+        ])
+    }
+
+    /// As [`DecapLab::new`], opening tunnels from `allow` (CIDRs) only.
+    pub fn allowing(allow: &[&str]) -> DecapLab {
         let ns = TestNs::new(1);
+        ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{DECAP_VIP}/32"),
+            "dev",
+            "lo",
+        ]);
+        ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{DECAP_VIP6}/128"),
+            "dev",
+            "lo",
+        ]);
         let pin_path = PathBuf::from(format!(
             "/sys/fs/bpf/xdplb-decap-test-{}-{}",
             std::process::id(),
             ns.name
         ));
-        let decap = xdplb::dataplane::decap::Decap::load(&pin_path).unwrap();
+        let allow: Vec<ipnet::IpNet> = allow.iter().map(|a| a.parse().unwrap()).collect();
+        let decap = xdplb::dataplane::decap::Decap::load(&pin_path, &allow).unwrap();
         DecapLab {
             decap,
             pin_path,

@@ -161,7 +161,7 @@ impl<'a> Path<'a> {
             }
             mode => {
                 if mode == "tunnel" {
-                    p.d.decap(0, &["--interface", BACKEND_IF])?;
+                    p.d.decap_up(0, BACKEND_IF)?;
                 }
                 let dp = if mode == "tunnel" {
                     DataplaneSpec::tunnel()

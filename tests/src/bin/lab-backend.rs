@@ -2,7 +2,9 @@
 //! every lab backend runs.
 //!
 //! Every request gets `200` with body `<name>\n`, except `GET /healthz`,
-//! which gets `200` with body `ok\n`, and `GET /bytes/N`, which gets `200`
+//! which gets `200` with body `ok\n`, `GET /healthz/count`, which gets the
+//! number of `/healthz` requests served so far (so a test can see whether
+//! the balancer probes this backend), and `GET /bytes/N`, which gets `200`
 //! with N bytes of [`xdplb_tests::http::pattern`] (N up to 64 MiB: bulk
 //! transfers, e.g. through a small-MTU path). Keep-alive follows HTTP/1.1 (on unless
 //! `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`), and
@@ -81,6 +83,9 @@ async fn serve(args: Args) -> std::io::Result<()> {
     }
 }
 
+/// `/healthz` requests served.
+static HEALTHZ_SERVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// One parsed request head.
 struct Request {
     head_len: usize,
@@ -88,6 +93,8 @@ struct Request {
     keep_alive: bool,
     is_head: bool,
     healthz: bool,
+    /// `GET /healthz/count`.
+    healthz_count: bool,
     /// `GET /bytes/N`: N bytes of the pattern (`Err` if N is too big or not
     /// a number).
     bytes: Option<Result<usize, ()>>,
@@ -155,7 +162,19 @@ async fn connection(mut sock: TcpStream, name: &str) -> std::io::Result<()> {
             }
             continue;
         }
-        let body = if req.healthz { "ok\n" } else { name };
+        let count;
+        let body = if req.healthz {
+            HEALTHZ_SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            "ok\n"
+        } else if req.healthz_count {
+            count = format!(
+                "{}\n",
+                HEALTHZ_SERVED.load(std::sync::atomic::Ordering::Relaxed)
+            );
+            &count
+        } else {
+            name
+        };
         let conn = if req.keep_alive {
             "keep-alive"
         } else {
@@ -231,6 +250,7 @@ fn parse(buf: &[u8]) -> Result<Option<Request>, ()> {
         keep_alive,
         is_head: method == "HEAD",
         healthz: path == "/healthz",
+        healthz_count: path == "/healthz/count",
         bytes,
     }))
 }

@@ -951,17 +951,23 @@ fn the_program_loads_with_tunnel_sources_of_both_families() {
     // Every program was accepted, tunnel paths included (the kernel says
     // how much it verified of each).
     let verified = tp.dp().verified_instructions();
-    // The five programs (IPv4 TCP, IPv4 UDP, IPv6 TCP, IPv6 UDP, ICMPv6
-    // errors), each named once: an empty or short list would pass the
-    // check below without checking anything.
+    // The seven programs (IPv4 TCP, IPv4 UDP, IPv6 TCP, IPv6 UDP, ICMPv6
+    // errors, IPv4 and IPv6 later fragments), each named once: an empty or
+    // short list would pass the check below without checking anything.
+    use lb_common::maps::*;
+    let mut want = [
+        PROGRAM,
+        PROGRAM_UDP4,
+        PROGRAM_IPV6,
+        PROGRAM_UDP6,
+        PROGRAM_ICMP6,
+        PROGRAM_FRAG4,
+        PROGRAM_FRAG6,
+    ];
+    want.sort_unstable();
     let mut names: Vec<&str> = verified.iter().map(|(name, _)| *name).collect();
     names.sort_unstable();
-    names.dedup();
-    assert!(
-        verified.len() == 5 && names.len() == 5,
-        "verified instructions of {} programs, 5 expected: {verified:?}",
-        verified.len()
-    );
+    assert_eq!(names, want, "verified instructions of: {verified:?}");
     assert!(
         verified.iter().all(|(_, n)| n.is_some_and(|n| n > 1000)),
         "{verified:?}"

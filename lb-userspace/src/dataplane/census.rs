@@ -219,13 +219,13 @@ mod tests {
         // A TCP pool may idle flows out too.
         assert_eq!(tcp(e(acked, 20_000), 10_000), FlowVerdict::Reap);
         // UDP: established from the first packet, no FIN to wait for; gone
-        // past idle + 1 s of clock resolution, not before (the entry's
-        // clock ticks in ~1 ms units, hence the margins).
+        // past idle + the entry clock's resolution (~1 ms units), not
+        // before (hence the 10 ms margins).
         assert_eq!(udp(e(0, 1000), 30_000), FlowVerdict::Established(7));
-        assert_eq!(udp(e(0, 30_000), 30_000), FlowVerdict::Established(7));
-        assert_eq!(udp(e(0, 32_000), 30_000), FlowVerdict::Reap);
-        assert_eq!(udp(e(0, 5_990), 5_000), FlowVerdict::Established(7));
-        assert_eq!(udp(e(0, 6_010), 5_000), FlowVerdict::Reap);
+        assert_eq!(udp(e(0, 29_990), 30_000), FlowVerdict::Established(7));
+        assert_eq!(udp(e(0, 30_010), 30_000), FlowVerdict::Reap);
+        assert_eq!(udp(e(0, 4_990), 5_000), FlowVerdict::Established(7));
+        assert_eq!(udp(e(0, 5_010), 5_000), FlowVerdict::Reap);
         // flow_idle_ms 0: never reaped, only left out of the count.
         assert_eq!(udp(e(0, 300_000), 0), FlowVerdict::Skip);
         // Stamped after `now` was read (another CPU's clock ticked): fresh.

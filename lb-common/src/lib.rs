@@ -87,6 +87,18 @@ pub mod limits {
     /// Addresses of this host the controller tells the program about (its
     /// own traffic to backends must not be mistaken for replies).
     pub const MAX_LOCAL_ADDRS: u32 = 256;
+    /// Host bits of a `tunnel_source` prefix at most (256 outer sources):
+    /// far more than a backend has receive queues to spread over, and
+    /// few enough that `run` checks every address is this host's.
+    pub const MAX_TUNNEL_SOURCE_HOST_BITS: u32 = 8;
+    /// A translated fragmentation-needed never quotes less (IPv4): a
+    /// forged message quoting a tiny MTU cannot make clients send tiny
+    /// segments (RFC 5927 §7.2), and 576 is what every IPv4 host must
+    /// accept (RFC 791), so no real path is smaller.
+    pub const MIN_TUNNEL_PMTU4: u32 = 576;
+    /// A translated packet-too-big never quotes less than IPv6's minimum
+    /// link MTU (RFC 8200 §5).
+    pub const MIN_TUNNEL_PMTU6: u32 = 1280;
 }
 
 pub mod maps {
@@ -1014,6 +1026,10 @@ pub enum GlobalCounter {
     /// Answers the program would have made (RST, ICMP error, echo reply)
     /// over `answers_per_sec` on this CPU: the packet was dropped.
     DropAnswerLimited,
+    /// A router's fragmentation-needed (packet-too-big) about an outer
+    /// packet of a `tunnel` pool, translated into one from the VIP to the
+    /// client about its own packet.
+    TunnelTooBig,
     /// Internal: a map lookup that cannot fail failed (bad slot index).
     DropInternal,
 }
@@ -1049,7 +1065,7 @@ impl GlobalCounter {
         (GlobalCounter::DropInternal, "internal"),
     ];
     /// Notable events that are not drops, with their metric label.
-    pub const EVENTS: [(GlobalCounter, &'static str); 26] = [
+    pub const EVENTS: [(GlobalCounter, &'static str); 27] = [
         (GlobalCounter::FlowMisses, "flow_miss"),
         (GlobalCounter::Resteered, "resteered"),
         (GlobalCounter::PassNeighUnresolved, "neigh_unresolved"),
@@ -1076,6 +1092,7 @@ impl GlobalCounter {
         (GlobalCounter::EchoReplied, "echo_replied"),
         (GlobalCounter::FragmentFollowed, "fragment_followed"),
         (GlobalCounter::PassBackendOpened, "backend_opened"),
+        (GlobalCounter::TunnelTooBig, "tunnel_too_big"),
     ];
 }
 
@@ -1146,6 +1163,21 @@ const fn fold6(a: &Addr6, init: u32) -> u32 {
         w[2].wrapping_add(init),
     );
     jhash_final(h, w[3].wrapping_add(init), init)
+}
+
+/// The host part (host order, below `host_bits` ≤ 31) of a `tunnel`
+/// pool's outer source for a flow of ring hash `hash`: the outer source is
+/// `tunnel_source`'s prefix with this as its host part, so a flow keeps
+/// one outer source while the flows of a gateway spread over the prefix
+/// (and a backend's NIC spreads them over its queues). The hash's high
+/// bits after a multiplicative mix: the ring takes `hash % ring_size`,
+/// and these must not follow the backend choice.
+#[inline(always)]
+pub const fn tunnel_host_part(hash: u32, host_bits: u32) -> u32 {
+    if host_bits == 0 || host_bits > 31 {
+        return 0;
+    }
+    hash.wrapping_mul(0x9e37_79b1) >> (32 - host_bits)
 }
 
 /// Index into `RINGS` of entry `hash % ring_size` of a VIP's ring `slot`.

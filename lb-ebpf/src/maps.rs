@@ -90,6 +90,10 @@ pub struct FragScratch {
 #[map]
 pub static FRAG_SCRATCH: PerCpuArray<FragScratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per CPU: outer IPv4 packets without DF sent, for their IDs (`family`).
+#[map]
+pub static TUNNEL_IDS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
 /// This CPU's credit for answers the program makes itself
 /// (`answers_per_sec`). Not pinned: a restarted program starts afresh.
 #[map]

@@ -100,8 +100,8 @@ fn main() -> anyhow::Result<()> {
     // Tunnel sources of both families, so the tunnel paths are live code
     // (with none, the verifier prunes them as dead).
     let tuning = xdplb::dataplane::Tuning {
-        tunnel_source_v4: Some("198.18.1.1".parse()?),
-        tunnel_source_v6: Some("2001:2:0:1::1".parse()?),
+        tunnel_source_v4: Some("198.18.1.1/32".parse()?),
+        tunnel_source_v6: Some("2001:2:0:1::1/128".parse()?),
         ..Default::default()
     };
     let loaded = xdplb::dataplane::Dataplane::load_tuned(shape, tuning);

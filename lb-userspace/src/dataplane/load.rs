@@ -158,8 +158,16 @@ impl Dataplane {
         // Network order, as the program writes it into the outer header.
         let tunnel_source = tuning
             .tunnel_source_v4
-            .map_or(0, |a| u32::from_ne_bytes(a.octets()));
-        let tunnel_source_v6 = tuning.tunnel_source_v6.map_or(Addr6::default(), addr6);
+            .map_or(0, |n| u32::from_ne_bytes(n.network().octets()));
+        let tunnel_host_bits: u32 = tuning
+            .tunnel_source_v4
+            .map_or(0, |n| u32::from(32 - n.prefix_len()));
+        let tunnel_source_v6 = tuning
+            .tunnel_source_v6
+            .map_or(Addr6::default(), |n| addr6(n.network()));
+        let tunnel_host_bits_v6: u32 = tuning
+            .tunnel_source_v6
+            .map_or(0, |n| u32::from(128 - n.prefix_len()));
         // The cap is the host's; each CPU enforces its share (a per-CPU
         // window, no shared counter for every insert to contend on).
         // (The possible CPUs, as the kernel sizes per-CPU maps; the online
@@ -179,9 +187,11 @@ impl Dataplane {
             .override_global("MAX_FLOW_INSERTS_PER_SEC", &inserts_per_cpu, true)
             .override_global("ANSWER_COST_NS", &tuning.answer_cost_ns(), true)
             .override_global("TUNNEL_SOURCE_V4", &tunnel_source, true)
+            .override_global("TUNNEL_HOST_BITS_V4", &tunnel_host_bits, true)
             // Not required: a program without IPv6 tunnels has no such
             // global, and aya skips a missing one only when told so.
             .override_global("TUNNEL_SOURCE_V6", &tunnel_source_v6, false)
+            .override_global("TUNNEL_HOST_BITS_V6", &tunnel_host_bits_v6, false)
             .load(PROGRAM_OBJECT)
             .map_err(|source| DataplaneError::Load {
                 source: Box::new(source),

@@ -18,11 +18,7 @@
 //! addresses), `keys` (map keys from endpoints), `counters`, `census` and
 //! `flows` (the flow table), `error`; [`decap`] is the backend-side program.
 
-use std::{
-    collections::HashMap as StdHashMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::PathBuf,
-};
+use std::{collections::HashMap as StdHashMap, net::IpAddr, path::PathBuf};
 
 use aya::{
     maps::{xdp::DevMapHash, Array, HashMap, MapData},
@@ -91,10 +87,11 @@ pub struct Tuning {
     /// For the whole host; 0 = no cap (see `[dataplane]
     /// max_flow_inserts_per_sec`).
     pub max_flow_inserts_per_sec: u32,
-    /// Outer source of IPv4 `tunnel` pools (`[dataplane] tunnel_source`).
-    pub tunnel_source_v4: Option<Ipv4Addr>,
+    /// Outer source of IPv4 `tunnel` pools (`[dataplane] tunnel_source`):
+    /// one address (a /32), or a prefix each flow gets one address of.
+    pub tunnel_source_v4: Option<ipnet::Ipv4Net>,
     /// Outer source of IPv6 `tunnel` pools.
-    pub tunnel_source_v6: Option<Ipv6Addr>,
+    pub tunnel_source_v6: Option<ipnet::Ipv6Net>,
     /// Per CPU: answers the program makes itself (`[dataplane]
     /// answers_per_sec`; 0 = none).
     pub answers_per_sec: u32,

@@ -1308,7 +1308,9 @@ pub struct ExplainTrace {
     pub pinned: u32,
     /// The way a new entry was to be written to (if the insert cap let it).
     pub insert_way: u32,
-    /// The ring entry read: its index in `RINGS` and what it held.
+    /// The ring entry read: its index in `RINGS` and what it held
+    /// (`NO_BACKEND` for an empty entry: `ring_index` tells whether it
+    /// was read).
     pub ring_index: u32,
     pub ring_ref: u32,
     /// The VIP and backend slot the packet was counted for.

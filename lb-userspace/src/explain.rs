@@ -350,7 +350,9 @@ fn report(
         }),
         None => None,
     };
-    let ring_ref = some(t.ring_ref);
+    // NO_BACKEND (an empty entry) is EXPLAIN_NONE's value too: whether the
+    // ring was read is told by its index.
+    let ring_ref = some(t.ring_index).map(|_| t.ring_ref);
     let flow = FlowLookup {
         lookup: if t.bucket_a == EXPLAIN_NONE {
             "none"
@@ -404,7 +406,7 @@ fn report(
         pool,
         vip_index,
         flow,
-        ring_index: ring_ref.and(some(t.ring_index)),
+        ring_index: some(t.ring_index),
         ring_backend,
         backend,
         new_flow: t.new_flow != 0,

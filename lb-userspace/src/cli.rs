@@ -832,6 +832,8 @@ fn explain(a: ExplainArgs) -> Result<(), CliError> {
         tuning.tunnel_source_v6 = c.dataplane.tunnel_source_v6;
         tuning.answers_per_sec = c.dataplane.answers_per_sec;
     }
+    // The data plane first: without one, nothing else is worth asking.
+    let mut explainer = dataplane::Explainer::open(&pin_path, &tuning)?;
     let udp = a.protocol == "udp";
     let question = crate::explain::Question {
         client: a.client,
@@ -840,7 +842,6 @@ fn explain(a: ExplainArgs) -> Result<(), CliError> {
         tcp_flags: crate::explain::tcp_flags(&a.flags).unwrap_or(crate::packet::TCP_SYN),
         ingress: crate::explain::ingress(a.client.ip(), a.interface.as_deref())?,
     };
-    let mut explainer = dataplane::Explainer::open(&pin_path, &tuning)?;
     let report = crate::explain::explain(&mut explainer, &question)?;
     if a.json {
         let mut s = serde_json::to_string(&report).expect("explain report serialises");

@@ -121,7 +121,11 @@ impl Lab {
         let before = State::read(&self.tp.pin_path);
         let report = explain(&mut self.explainer, &q).unwrap();
         let after = State::read(&self.tp.pin_path);
-        assert_eq!(before, after, "explain changed the data plane's state");
+        assert!(
+            before == after,
+            "explain changed the data plane's state: {}",
+            before.differences(&after)
+        );
         assert_eq!(
             report.sent,
             client_frame(q.client, q.vip, q.udp, q.tcp_flags, IN_MAC),
@@ -202,6 +206,25 @@ fn open<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(pin: &Path, nam
 }
 
 impl State {
+    /// What differs, briefly: the fields, and the flow buckets by index.
+    fn differences(&self, other: &State) -> String {
+        let mut d = Vec::new();
+        macro_rules! field {
+            ($($f:ident),*) => {$(
+                if self.$f != other.$f {
+                    d.push(stringify!($f).to_string());
+                }
+            )*};
+        }
+        field!(global, vips, backends, fib, fib6, frags, frags6, outbound, replies);
+        for (i, (a, b)) in self.flows.iter().zip(&other.flows).enumerate() {
+            if a != b {
+                d.push(format!("flow bucket {i}: {a:?} -> {b:?}"));
+            }
+        }
+        d.join("; ")
+    }
+
     fn read(pin: &Path) -> State {
         let per_cpu = |name: &str, n: u32| -> Vec<Vec<u64>> {
             let m: PerCpuArray<MapData, u64> = open(pin, name);

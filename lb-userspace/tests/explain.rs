@@ -14,7 +14,7 @@ use lb_common::{
     flow_hash, flow_hash6, limits::MAX_VIPS, maps, Addr6, BackendCounters, FibEntry, FlowBucket,
     FlowKey, FlowKey6, FragKey, FragKey6, GlobalCounter, L4Addr, ReplyEntry, VipCounters,
     BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, IPPROTO_TCP, IPPROTO_UDP, NO_BACKEND,
-    VIP_F_REJECT_EMPTY,
+    VIP_F_DSR, VIP_F_REJECT_EMPTY, VIP_F_TUNNEL,
 };
 use xdplb::{
     dataplane::{backend_name_index, BackendSlot, DataplaneError, Endpoint, Explainer, Tuning},
@@ -60,8 +60,13 @@ struct Lab {
 
 impl Lab {
     fn new() -> Lab {
+        Lab::with(VIP_F_REJECT_EMPTY, Tuning::default())
+    }
+
+    /// Pool 0 published with `flags` (its mode), the program with `tuning`.
+    fn with(flags: u32, tuning: Tuning) -> Lab {
         let ns = TestNs::new(BACKENDS as u8);
-        let mut tp = TestPlane::new(RING, 4096);
+        let mut tp = TestPlane::tuned(RING, 4096, tuning);
         let dp = tp.dp();
         let mut rings = Vec::new();
         for pool in 0..3 {
@@ -91,12 +96,13 @@ impl Lab {
             } else {
                 Endpoint::tcp(vip(pool))
             };
-            dp.publish_vip(ep, pool, &ring, VIP_F_REJECT_EMPTY).unwrap();
+            let f = if pool == 0 { flags } else { VIP_F_REJECT_EMPTY };
+            dp.publish_vip(ep, pool, &ring, f).unwrap();
             rings.push(ring);
         }
         dp.sync_host(&["in0".to_string(), "out0".to_string()])
             .unwrap();
-        let explainer = Explainer::open(&tp.pin_path, &Tuning::default()).unwrap();
+        let explainer = Explainer::open(&tp.pin_path, &tuning).unwrap();
         Lab {
             explainer,
             tp,
@@ -408,6 +414,36 @@ fn explain_matches_the_program_and_changes_nothing_ipv6_and_udp() {
     assert_eq!(out_dst(&r), backend(2, chosen - slot(2, 0)).to_string());
     let r = lab.check(lab.question(client, vip(2), true, 0));
     assert_eq!(r.flow.lookup, "hit");
+}
+
+#[test]
+fn explain_matches_the_program_in_dsr_and_tunnel_modes() {
+    let client = "198.18.0.2:40007";
+    let mut lab = Lab::with(VIP_F_DSR, Tuning::default());
+    let chosen = lab.ring_choice(0, client);
+    let r = lab.check(lab.question(client, vip(0), false, TCP_SYN));
+    assert_eq!(r.backend.as_ref().unwrap().slot, chosen);
+    let out = r.out.as_ref().unwrap();
+    // dsr: only the MACs change; the VIP stays the destination.
+    assert_eq!(out.dst, VIP4);
+    assert_eq!(out.dst_mac, mac(backend_mac(chosen as u8)));
+    assert!(r.path.contains(&"dsr_sent"), "{:?}", r.path);
+    drop(lab);
+
+    let tuning = Tuning {
+        tunnel_source_v4: Some("198.18.1.1".parse().unwrap()),
+        ..Tuning::default()
+    };
+    let mut lab = Lab::with(VIP_F_TUNNEL, tuning);
+    let chosen = lab.ring_choice(0, client);
+    let r = lab.check(lab.question(client, vip(0), false, TCP_SYN));
+    assert_eq!(r.backend.as_ref().unwrap().slot, chosen);
+    let out = r.out.as_ref().unwrap();
+    assert_eq!(out.outer_src.as_deref(), Some("198.18.1.1"));
+    let backend_ip = backend(0, chosen).ip().to_string();
+    assert_eq!(out.outer_dst.as_deref(), Some(backend_ip.as_str()));
+    assert_eq!((out.src.as_str(), out.dst.as_str()), (client, VIP4));
+    assert!(r.path.contains(&"tunnel_sent"), "{:?}", r.path);
 }
 
 #[test]

@@ -146,6 +146,23 @@ impl Explainer {
         })
     }
 
+    /// Instructions the verifier processed for each explain program (the
+    /// kernel's `verified_insns`; `None` before Linux 5.16).
+    pub fn verified_instructions(&self) -> Vec<(&'static str, Option<u32>)> {
+        std::iter::once(maps::PROGRAM)
+            .chain(TAIL_PROGRAMS.iter().map(|(_, n)| *n))
+            .map(|name| {
+                let count = self
+                    .ebpf
+                    .program(name)
+                    .and_then(|p| <&Xdp>::try_from(p).ok())
+                    .and_then(|p| p.info().ok())
+                    .and_then(|i| i.verified_instruction_count());
+                (name, count)
+            })
+            .collect()
+    }
+
     pub fn pin_path(&self) -> &Path {
         &self.pin_path
     }

@@ -10,7 +10,7 @@ use lb_common::{
     EXPLAIN_NONE, EXPLAIN_PIN_CLOSED, EXPLAIN_PIN_DOWN, EXPLAIN_PIN_IDLE, EXPLAIN_PIN_KEEP,
     EXPLAIN_PIN_REOPENED, EXPLAIN_PIN_STALE, EXPLAIN_PROG_FRAG4, EXPLAIN_PROG_FRAG6,
     EXPLAIN_PROG_ICMP6, EXPLAIN_PROG_IPV6, EXPLAIN_PROG_MAIN, EXPLAIN_PROG_UDP4, EXPLAIN_PROG_UDP6,
-    FLOW_WAYS, NO_BACKEND,
+    FLOW_WAYS, NO_BACKEND, RING_SLOTS,
 };
 use serde::Serialize;
 
@@ -119,9 +119,11 @@ pub struct Report {
     pub pool: Option<String>,
     pub vip_index: Option<u32>,
     pub flow: FlowLookup,
-    /// The ring entry read: its index in the VIP's ring and the backend
+    /// The ring entry read: its index in the VIP's ring (0..ring_size),
+    /// which of the VIP's two rings was live (0 or 1), and the backend
     /// slot it names (None: an empty entry).
     pub ring_index: Option<u32>,
+    pub ring_live: Option<u32>,
     pub ring_backend: Option<u32>,
     pub backend: Option<Chosen>,
     pub new_flow: bool,
@@ -337,6 +339,7 @@ fn report(
     ran: &Explained,
 ) -> Result<Report, DataplaneError> {
     let t: &ExplainTrace = &ran.trace;
+    let ring_size = explainer.ring_size().max(1);
     let n = (t.n_counters as usize).min(t.counters.len());
     let path: Vec<&'static str> = t.counters[..n].iter().map(|&c| counter_name(c)).collect();
     let has = |name: &str| path.contains(&name);
@@ -406,7 +409,8 @@ fn report(
         pool,
         vip_index,
         flow,
-        ring_index: some(t.ring_index),
+        ring_index: some(t.ring_index).map(|i| i % ring_size),
+        ring_live: some(t.ring_index).map(|i| i / ring_size % RING_SLOTS),
         ring_backend,
         backend,
         new_flow: t.new_flow != 0,
@@ -567,9 +571,14 @@ pub fn text(r: &Report) -> String {
         }
     }
     if let Some(i) = r.ring_index {
+        let live = r.ring_live.unwrap_or(0);
         match r.ring_backend {
-            Some(b) => s.push_str(&format!("ring:     index {i} -> backend slot {b}\n")),
-            None => s.push_str(&format!("ring:     index {i} -> empty\n")),
+            Some(b) => s.push_str(&format!(
+                "ring:     entry {i} (live ring {live}) -> backend slot {b}\n"
+            )),
+            None => s.push_str(&format!(
+                "ring:     entry {i} (live ring {live}) -> empty\n"
+            )),
         }
     }
     if let Some(b) = &r.backend {

@@ -144,6 +144,11 @@ impl Lab {
     }
 
     fn ring_choice(&self, pool: u32, client: &str) -> u32 {
+        self.rings[pool as usize][self.ring_position(pool, client) as usize]
+    }
+
+    /// The flow's entry in its VIP's ring.
+    fn ring_position(&self, pool: u32, client: &str) -> u32 {
         let (c, v) = (sa(client), vip(pool));
         let proto = if pool == 2 { IPPROTO_UDP } else { IPPROTO_TCP };
         let hash = match (c, v) {
@@ -165,7 +170,7 @@ impl Lab {
             }),
             _ => unreachable!(),
         };
-        self.rings[pool as usize][(hash % RING) as usize]
+        hash % RING
     }
 
     fn set_state(&mut self, pool: u32, s: u32, state: u8) {
@@ -314,6 +319,8 @@ fn explain_matches_the_program_and_changes_nothing_ipv4_tcp() {
     assert_eq!(r.backend.as_ref().unwrap().slot, chosen);
     assert_eq!(r.backend.as_ref().unwrap().name, format!("b0-{chosen}"));
     assert_eq!(r.ring_backend, Some(chosen));
+    assert_eq!(r.ring_index, Some(lab.ring_position(0, client)));
+    assert_eq!(r.ring_live, Some(0));
     assert_eq!(r.pool.as_deref(), Some("web"));
     // A SYN is not a miss (`flow_miss` counts non-SYN packets the table
     // did not know); it is an insert.
@@ -364,6 +371,9 @@ fn explain_matches_the_program_and_changes_nothing_ipv4_tcp() {
     assert_eq!(r.flow.entry_backend, Some(chosen));
     assert_eq!(r.backend.as_ref().unwrap().slot, again);
     assert_ne!(again, chosen);
+    // Published again: the other of the VIP's two rings is live.
+    assert_eq!(r.ring_index, Some(lab.ring_position(0, client)));
+    assert_eq!(r.ring_live, Some(1));
     assert!(r.path.contains(&"resteered"), "{:?}", r.path);
     assert_eq!(out_dst(&r), backend(0, again).to_string());
 

@@ -34,6 +34,7 @@ pub struct Explainer {
     _tails: ProgramArray<MapData>,
     trace: Array<MapData, ExplainTrace>,
     pin_path: PathBuf,
+    ring_size: u32,
 }
 
 /// One frame's run.
@@ -143,6 +144,7 @@ impl Explainer {
             _tails: tails,
             trace,
             pin_path: pin_path.to_path_buf(),
+            ring_size,
         })
     }
 
@@ -161,6 +163,11 @@ impl Explainer {
                 (name, count)
             })
             .collect()
+    }
+
+    /// Entries of each VIP ring (`ring_size`), read from the pins.
+    pub fn ring_size(&self) -> u32 {
+        self.ring_size
     }
 
     pub fn pin_path(&self) -> &Path {

@@ -165,6 +165,9 @@ pub mod maps {
     pub const PROGRAM: &str = "xdplb";
     /// The pinned XDP link per interface is `link_<ifname>` under the pin path.
     pub const LINK_PREFIX: &str = "link_";
+    /// The explain programs' trace ([`ExplainTrace`](crate::ExplainTrace)),
+    /// one entry; only in the explain object, never pinned.
+    pub const EXPLAIN: &str = "EXPLAIN";
 }
 
 /// The layout of the pinned maps as a whole. Bump it whenever a map's key,
@@ -1248,6 +1251,106 @@ pub mod bench {
     const _: () = assert!(core::mem::size_of::<BenchFrame>() == 16 + BENCH_FRAME_MAX);
 }
 
+/// Counters an explain run lists, in the order the program would have
+/// moved them (more are dropped and counted in `counters_lost`).
+pub const EXPLAIN_COUNTERS: usize = 16;
+/// "None" in an [`ExplainTrace`] field: the step did not run.
+pub const EXPLAIN_NONE: u32 = u32::MAX;
+
+/// `ExplainTrace::programs` bits: which of the programs ran (in the
+/// explain object, the same entry points as the data plane's).
+pub const EXPLAIN_PROG_MAIN: u32 = 1 << 0;
+pub const EXPLAIN_PROG_UDP4: u32 = 1 << 1;
+pub const EXPLAIN_PROG_IPV6: u32 = 1 << 2;
+pub const EXPLAIN_PROG_UDP6: u32 = 1 << 3;
+pub const EXPLAIN_PROG_ICMP6: u32 = 1 << 4;
+pub const EXPLAIN_PROG_FRAG4: u32 = 1 << 5;
+pub const EXPLAIN_PROG_FRAG6: u32 = 1 << 6;
+
+/// `ExplainTrace::pinned`: what the flow's entry said.
+/// Still its backend's: kept.
+pub const EXPLAIN_PIN_KEEP: u32 = 0;
+/// Its backend is down: selected again from the ring.
+pub const EXPLAIN_PIN_DOWN: u32 = 1;
+/// Closed and past its linger: a new flow.
+pub const EXPLAIN_PIN_CLOSED: u32 = 2;
+/// Idle past the VIP's `flow_idle_ms`: a new flow.
+pub const EXPLAIN_PIN_IDLE: u32 = 3;
+/// Its backend slot was freed or reused since: a new flow.
+pub const EXPLAIN_PIN_STALE: u32 = 4;
+/// A SYN on a closed connection's entry: the new connection takes it.
+pub const EXPLAIN_PIN_REOPENED: u32 = 5;
+
+/// What `xdplb explain` reads back after running a frame through the
+/// explain object (the data plane's code built with its writes turned
+/// off, see lb-ebpf's `explain.rs`): each step's inputs and outcome, and
+/// every counter the real program would have moved. User space fills it
+/// with [`EXPLAIN_NONE`] (and zero counts) before each run.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExplainTrace {
+    /// `EXPLAIN_PROG_*` bits.
+    pub programs: u32,
+    /// Counters the program would have moved (`GlobalCounter` values).
+    pub n_counters: u32,
+    pub counters: [u16; EXPLAIN_COUNTERS],
+    /// The flow table's two buckets for the flow's tag (the last lookup).
+    pub bucket_a: u32,
+    pub bucket_b: u32,
+    /// The way (0–15 first bucket, 16–31 second) holding the flow.
+    pub flow_hit: u32,
+    /// The way a new entry would take.
+    pub flow_victim: u32,
+    /// The hit entry's backend reference and `FLOW_F_*` flags.
+    pub entry_ref: u32,
+    pub entry_flags: u32,
+    /// `EXPLAIN_PIN_*`.
+    pub pinned: u32,
+    /// The way a new entry was to be written to (if the insert cap let it).
+    pub insert_way: u32,
+    /// The ring entry read: its index in `RINGS` and what it held
+    /// (`NO_BACKEND` for an empty entry: `ring_index` tells whether it
+    /// was read).
+    pub ring_index: u32,
+    pub ring_ref: u32,
+    /// The VIP and backend slot the packet was counted for.
+    pub vip_index: u32,
+    pub backend: u32,
+    /// Whether it counted as a new flow.
+    pub new_flow: u32,
+    /// A reply: the backend slot it came from.
+    pub reply_backend: u32,
+    /// Counters past `EXPLAIN_COUNTERS`.
+    pub counters_lost: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<ExplainTrace>() == 104);
+
+impl ExplainTrace {
+    /// Before a run: every step "did not run".
+    pub const EMPTY: ExplainTrace = ExplainTrace {
+        programs: 0,
+        n_counters: 0,
+        counters: [0; EXPLAIN_COUNTERS],
+        bucket_a: EXPLAIN_NONE,
+        bucket_b: EXPLAIN_NONE,
+        flow_hit: EXPLAIN_NONE,
+        flow_victim: EXPLAIN_NONE,
+        entry_ref: EXPLAIN_NONE,
+        entry_flags: EXPLAIN_NONE,
+        pinned: EXPLAIN_NONE,
+        insert_way: EXPLAIN_NONE,
+        ring_index: EXPLAIN_NONE,
+        ring_ref: EXPLAIN_NONE,
+        vip_index: EXPLAIN_NONE,
+        backend: EXPLAIN_NONE,
+        new_flow: 0,
+        reply_backend: EXPLAIN_NONE,
+        counters_lost: 0,
+        _pad: 0,
+    };
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -1276,4 +1379,5 @@ mod pod {
     unsafe impl aya::Pod for FragKey6 {}
     unsafe impl aya::Pod for FragEntry {}
     unsafe impl aya::Pod for bench::BenchFrame {}
+    unsafe impl aya::Pod for ExplainTrace {}
 }

@@ -18,14 +18,16 @@ use lb_common::{
     flow_bucket_pair, flow_closed, flow_established, flow_hash, flow_hash6, flow_idle, flow_seen,
     flow_tag, flow_tag6, limits::FLOW_LINGER_NS, ref_generation, ref_slot, ring_slot_index,
     BackendMeta, FlowKey, FlowKey6, FlowSlot, GlobalCounter, VipMeta, BACKEND_DOWN, BACKEND_FREE,
-    FLOW_F_ACKED, FLOW_F_CLOSING, FLOW_F_RESET, FLOW_F_UDP, FLOW_SEEN_SHIFT, FLOW_TAG_FLAGS,
-    FLOW_WAYS, IPPROTO_UDP, NO_BACKEND,
+    EXPLAIN_PIN_CLOSED, EXPLAIN_PIN_DOWN, EXPLAIN_PIN_IDLE, EXPLAIN_PIN_KEEP, EXPLAIN_PIN_REOPENED,
+    EXPLAIN_PIN_STALE, FLOW_F_ACKED, FLOW_F_CLOSING, FLOW_F_RESET, FLOW_F_UDP, FLOW_SEEN_SHIFT,
+    FLOW_TAG_FLAGS, FLOW_WAYS, IPPROTO_UDP, NO_BACKEND,
 };
 
 use crate::{
     consts::{TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
     maps::{BACKENDS, FLOWS, INSERT_RATE, RINGS},
     stats::count,
+    trace,
 };
 
 /// A flow's 5-tuple, of either family: the same selection logic runs on
@@ -267,6 +269,8 @@ fn place<K: Flow>(key: &K, now: u64) -> Result<Place, GlobalCounter> {
             }
         }
     }
+    // Ways 0..FLOW_WAYS are the first bucket's, the rest the second's.
+    trace::place((a, b), hit, victim);
     Ok(Place {
         buckets: (a, b),
         tag,
@@ -371,6 +375,7 @@ pub fn select<K: Flow>(key: &K, vip: &VipMeta, tcp: u8, now: u64) -> Result<Choi
     // A FIN or RST the table does not know ends nothing worth remembering
     // (Katran never records RSTs): steer it, insert nothing.
     let pin = if closing == 0 || carried != 0 {
+        trace::insert_way(way);
         Some((carried | closing | acked, place.tag, place.slot(way)?))
     } else {
         None
@@ -399,27 +404,35 @@ fn pinned(
     let word = flow.tag;
     let flags = (word & FLOW_TAG_FLAGS) as u16;
     let age = flow.age_ns(now);
+    trace::entry(flow.backend, flags);
     if flow_closed(flags) && age > FLOW_LINGER_NS {
+        trace::pinned(EXPLAIN_PIN_CLOSED);
         return Ok(Pinned::Gone);
     }
     if flow_idle(vip.flow_idle_ms, age) {
         count(GlobalCounter::FlowIdled);
+        trace::pinned(EXPLAIN_PIN_IDLE);
         return Ok(Pinned::Gone);
     }
     let backend = flow.backend;
     match resolve(backend, vip)? {
         None => {
             count(GlobalCounter::FlowMisses);
+            trace::pinned(EXPLAIN_PIN_STALE);
             Ok(Pinned::Gone)
         }
         Some(meta) if meta.state == BACKEND_DOWN => {
             count(GlobalCounter::Resteered);
+            trace::pinned(EXPLAIN_PIN_DOWN);
             Ok(Pinned::Resteer(flags))
         }
         Some(meta) => {
+            trace::pinned(EXPLAIN_PIN_KEEP);
             let more = flags | bits;
             let seen = flow_seen(now);
-            if more != flags {
+            if !trace::WRITES {
+                // The entry as it is: explain writes nothing.
+            } else if more != flags {
                 flow.seen = seen;
                 flow.tag = word | more as u64;
             } else if flow.seen != seen {
@@ -454,10 +467,14 @@ fn select_syn<K: Flow>(
             if let Pinned::Keep(kept) = pinned(flow, vip, 0, now)? {
                 return Ok(kept);
             }
+        } else {
+            trace::entry(flow.backend, flow.flags());
+            trace::pinned(EXPLAIN_PIN_REOPENED);
         }
         // Over, stale or down: the new connection takes the entry.
         way = hit;
     }
+    trace::insert_way(way);
     from_ring(key, vip, now, Some((0, place.tag, place.slot(way)?)))
 }
 
@@ -502,6 +519,11 @@ pub fn from_ring<K: Flow>(
         return Err(GlobalCounter::DropInternal);
     }
     let idx = ring_slot_index(vip.index, vip.ring_slot & 1, ring_size, key.hash());
+    if !trace::WRITES {
+        if let Some(&r) = RINGS.get(idx) {
+            trace::ring(idx, r);
+        }
+    }
     let r = match RINGS.get(idx) {
         Some(&r) if r != NO_BACKEND => r,
         Some(_) => return Err(GlobalCounter::DropNoBackend),
@@ -516,7 +538,11 @@ pub fn from_ring<K: Flow>(
     };
     let new_flow = pin.is_some();
     if let Some((flags, tag, slot)) = pin {
-        if may_insert(now) {
+        if !trace::WRITES {
+            // The insert cap's window is the data plane's own (per CPU,
+            // not shared): explain cannot see it, and assumes room.
+            count(GlobalCounter::FlowInserts);
+        } else if may_insert(now) {
             // The tag last: a reader on another CPU that matches it finds
             // the new backend (x86 keeps stores in order). Two CPUs taking
             // one slot at once leave one flow unrecorded; its next packet
@@ -571,7 +597,8 @@ pub fn note_backend<K: Flow>(key: &K, tcp: u8, now: u64) {
     };
     if let Some(Ok(flow)) = place.hit().map(|hit| place.slot(hit)) {
         let word = flow.tag;
-        if word & bits != bits {
+        trace::entry(flow.backend, flow.flags());
+        if trace::WRITES && word & bits != bits {
             flow.seen = flow_seen(now);
             flow.tag = word | bits;
         }

@@ -18,7 +18,7 @@ use super::{
 };
 
 /// The tail-called programs by `TAILS` slot (see `lb_common::TAIL_IPV6`).
-const TAIL_PROGRAMS: [(u32, &str); 6] = [
+pub(super) const TAIL_PROGRAMS: [(u32, &str); 6] = [
     (lb_common::TAIL_IPV6, maps::PROGRAM_IPV6),
     (lb_common::TAIL_UDP4, maps::PROGRAM_UDP4),
     (lb_common::TAIL_UDP6, maps::PROGRAM_UDP6),

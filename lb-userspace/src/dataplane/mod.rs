@@ -41,6 +41,7 @@ mod census;
 mod counters;
 pub mod decap;
 mod error;
+mod explain;
 mod flows;
 mod host;
 mod keys;
@@ -54,6 +55,7 @@ pub use bpffs::{prepare_pin_path, resolve_pin_path, BPFFS_ROOT};
 pub use census::{flow_census, flow_counts, judge_flow, FlowCensus, FlowVerdict};
 pub use counters::{BackendStats, CounterReader, Counters, VipStats};
 pub use error::DataplaneError;
+pub use explain::{Explained, Explainer};
 pub use flows::FlowTable;
 pub use keys::{
     addr6, backend_name_index, l4addr, l4addr4, l4addr6, socket_addr, socket_addr6, BackendSlot,

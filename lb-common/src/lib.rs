@@ -173,7 +173,7 @@ pub mod maps {
 /// The layout of the pinned maps as a whole. Bump it whenever a map's key,
 /// value or meaning changes, so a controller never adopts maps made for
 /// another layout (it refuses them and says to run `xdplb down`).
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// `TAILS` slot of the IPv6 program. The balancer is four XDP programs
 /// sharing every map: IPv4 TCP (and ICMP) in the attached one; IPv4 UDP and
@@ -593,9 +593,27 @@ pub const FLOW_TAG_FLAGS: u64 = 0xff;
 pub const FLOW_SEEN_SHIFT: u32 = 20;
 const _: () = assert!(limits::LAST_SEEN_RESOLUTION_NS == 1 << FLOW_SEEN_SHIFT);
 
+/// [`FlowSlot::tag`] of a slot a CPU is writing a new entry into. An
+/// insert is three stores (backend, seen, tag), so it first claims the way
+/// with a compare-and-swap from the word it judged to this (a second CPU
+/// that judged the same word fails its swap and records nothing), writes
+/// backend and seen, then publishes the tag. No flow's tag has bits 8–63
+/// all clear ([`flow_tag`] sets bit 8), so this matches no flow, and it is
+/// never taken as a victim nor reaped.
+pub const FLOW_CLAIMED: u64 = FLOW_TAG_FLAGS;
+
 /// One flow in `FLOWS`: the table keeps no 5-tuple, only a keyed 64-bit
 /// hash of it ([`flow_tag`], [`flow_tag6`]), so an entry is 16 bytes and a
 /// bucket of [`FLOW_WAYS`] is two cache lines.
+///
+/// Publishing (so no reader pairs one flow's tag with another's backend):
+/// writers change `tag` only by compare-and-swap against the exact word
+/// they read — an insert swaps it to [`FLOW_CLAIMED`] before writing
+/// `backend`, a flag update ors its bits into the word it judged, user
+/// space clears the word it judged — so a slot taken by another flow in
+/// the meantime is neither overwritten by a stale insert nor resurrected
+/// by a stale flag update. Readers load `tag`, then `backend`, then `tag`
+/// again, and use `backend` only if the tag (flags aside) did not change.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowSlot {
@@ -1017,6 +1035,12 @@ pub enum GlobalCounter {
     /// Answers the program would have made (RST, ICMP error, echo reply)
     /// over `answers_per_sec` on this CPU: the packet was dropped.
     DropAnswerLimited,
+    /// Flow-table entries another CPU changed between this CPU's read and
+    /// its write or use (an insert whose claim found the way taken, a flag
+    /// update whose word had changed, a pin whose tag changed while its
+    /// backend was read): nothing was written or used, the packet was
+    /// balanced by the ring (see [`FLOW_CLAIMED`]).
+    FlowRaced,
     /// Internal: a map lookup that cannot fail failed (bad slot index).
     DropInternal,
 }
@@ -1052,7 +1076,7 @@ impl GlobalCounter {
         (GlobalCounter::DropInternal, "internal"),
     ];
     /// Notable events that are not drops, with their metric label.
-    pub const EVENTS: [(GlobalCounter, &'static str); 26] = [
+    pub const EVENTS: [(GlobalCounter, &'static str); 27] = [
         (GlobalCounter::FlowMisses, "flow_miss"),
         (GlobalCounter::Resteered, "resteered"),
         (GlobalCounter::PassNeighUnresolved, "neigh_unresolved"),
@@ -1079,6 +1103,7 @@ impl GlobalCounter {
         (GlobalCounter::EchoReplied, "echo_replied"),
         (GlobalCounter::FragmentFollowed, "fragment_followed"),
         (GlobalCounter::PassBackendOpened, "backend_opened"),
+        (GlobalCounter::FlowRaced, "flow_raced"),
     ];
 }
 

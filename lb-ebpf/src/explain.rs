@@ -12,6 +12,9 @@
 //! Its entry points mirror `main.rs`'s, each marking itself in the trace.
 #![no_std]
 #![no_main]
+// `atomic_cxchg` in select.rs: see main.rs.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod answer;
 mod consts;

@@ -32,6 +32,11 @@
 //! (here `trace_none.rs`: writes on, nothing traced).
 #![no_std]
 #![no_main]
+// `atomic_cxchg`: the bpfel target has no 64-bit compare-and-swap in
+// `core::sync::atomic` (it lacks `target_has_atomic = "64"`), yet the BPF
+// ISA has one (BPF_CMPXCHG, kernel 5.12+), which LLVM emits for it.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod answer;
 mod consts;

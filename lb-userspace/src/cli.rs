@@ -833,6 +833,8 @@ fn explain(a: ExplainArgs) -> Result<(), CliError> {
         tuning.answers_per_sec = c.dataplane.answers_per_sec;
     }
     // The data plane first: without one, nothing else is worth asking.
+    // Under `ip netns exec` its pins are the host's (as `xdplb stats`).
+    let pin_path = dataplane::resolve_pin_path(&pin_path)?;
     let mut explainer = dataplane::Explainer::open(&pin_path, &tuning)?;
     let udp = a.protocol == "udp";
     let question = crate::explain::Question {

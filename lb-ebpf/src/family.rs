@@ -31,6 +31,7 @@ use crate::{
     },
     parse::{load32, load_addr6, store32, store_addr6, IcmpPacket, Ipv4Hdr, Ipv6Hdr, Parsed},
     select::Flow,
+    trace,
 };
 
 /// `tunnel_source` for IPv4 (network order), set by user space with
@@ -495,6 +496,9 @@ impl Family for Ipv4 {
     }
     #[inline(always)]
     fn mark_opener(addr: &u32, port: u16, proto: u8) {
+        if !trace::WRITES {
+            return;
+        }
         let key = L4Addr {
             addr: *addr,
             port,
@@ -514,10 +518,16 @@ impl Family for Ipv4 {
     }
     #[inline(always)]
     fn outbound_put(key: &FlowKey, now: u64) {
+        if !trace::WRITES {
+            return;
+        }
         let _ = OUTBOUND.insert(key, &now, 0);
     }
     #[inline(always)]
     fn outbound_del(key: &FlowKey) {
+        if !trace::WRITES {
+            return;
+        }
         let _ = OUTBOUND.remove(key);
     }
     #[inline(always)]
@@ -543,6 +553,9 @@ impl Family for Ipv4 {
         kind: u32,
         expires_ns: u64,
     ) {
+        if !trace::WRITES {
+            return;
+        }
         let Some(s) = FRAG_SCRATCH.get_ptr_mut(0) else {
             return;
         };
@@ -589,6 +602,9 @@ impl Family for Ipv4 {
     }
     #[inline(always)]
     fn fib_store(daddr: &u32, hop: &FibEntry) {
+        if !trace::WRITES {
+            return;
+        }
         let _ = FIB_CACHE.insert(daddr, hop, 0);
     }
     #[inline(always)]
@@ -839,6 +855,9 @@ impl Family for Ipv6 {
     }
     #[inline(always)]
     fn mark_opener(addr: &Addr6, port: u16, proto: u8) {
+        if !trace::WRITES {
+            return;
+        }
         let key = L4Addr6 {
             addr: *addr,
             port,
@@ -857,10 +876,16 @@ impl Family for Ipv6 {
     }
     #[inline(always)]
     fn outbound_put(key: &FlowKey6, now: u64) {
+        if !trace::WRITES {
+            return;
+        }
         let _ = OUTBOUND6.insert(key, &now, 0);
     }
     #[inline(always)]
     fn outbound_del(key: &FlowKey6) {
+        if !trace::WRITES {
+            return;
+        }
         let _ = OUTBOUND6.remove(key);
     }
     #[inline(always)]
@@ -888,6 +913,9 @@ impl Family for Ipv6 {
         kind: u32,
         expires_ns: u64,
     ) {
+        if !trace::WRITES {
+            return;
+        }
         let Some(s) = frag_key6(src, dst, id, proto) else {
             return;
         };
@@ -924,6 +952,9 @@ impl Family for Ipv6 {
     }
     #[inline(always)]
     fn fib_store(daddr: &Addr6, hop: &FibEntry) {
+        if !trace::WRITES {
+            return;
+        }
         let _ = FIB_CACHE6.insert(daddr, hop, 0);
     }
     #[inline(always)]

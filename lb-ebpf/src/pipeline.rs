@@ -14,7 +14,6 @@ use crate::{
     family::{Family, Reply, VipMatch},
     forward::{aggregate, fits, next_hop, send, Next},
     host::for_us,
-    maps::TAILS,
     nat,
     parse::{EchoPacket, FragPacket, L4Packet, Parsed},
     select::{self, Flow},
@@ -70,7 +69,7 @@ pub fn run<F: Family, const UDP: bool>(ctx: &XdpContext) -> u32 {
 pub fn tail(ctx: &XdpContext, slot: u32) -> u32 {
     // SAFETY: a tail call either leaves this program for good or fails
     // and returns.
-    unsafe { TAILS.tail_call(ctx, slot) };
+    unsafe { crate::TAILS.tail_call(ctx, slot) };
     pass_because(GlobalCounter::PassTailMissing)
 }
 

@@ -1575,6 +1575,58 @@ fn a_full_bucket_pair_gives_up_its_least_recently_seen_flow() {
     assert!(lab.flow(oldest).is_some());
 }
 
+/// A way another CPU has claimed for an insert (its tag word
+/// `FLOW_CLAIMED` while it writes backend and seen) is nobody's yet: no
+/// packet reads its backend, no new flow takes it, user space neither
+/// lists nor writes it. With every way of a flow's buckets claimed, the
+/// flow is balanced by the ring and recorded nowhere (`flow_raced`).
+#[test]
+fn a_claimed_way_is_neither_read_nor_taken() {
+    const WAYS: usize = 2 * lb_common::FLOW_WAYS;
+    let mut lab = Lab::with_table(3, VIP_F_REJECT_EMPTY, Tuning::default(), WAYS as u32);
+    let table = xdplb::dataplane::FlowTable::open(&lab.tp.pin_path).unwrap();
+    let tag = |port: u16| table.tag(&flow_key(client(port), sa(VIP)));
+    // A flow, then its slot claimed by another CPU's insert under way,
+    // over a backend reference that names no backend of this VIP.
+    let port = 41000;
+    lab.arrive_from_client(&to_vip(port, TCP_SYN).build());
+    let index = table.find(tag(port)).expect("the SYN was recorded");
+    table.write_tag_word(index, lb_common::FLOW_CLAIMED);
+    assert!(table.occupied().all(|(i, _)| i != index));
+    // Its next packet does not find it (the claim matches no flow): the
+    // ring steers it, and it is recorded in another way.
+    let (action, out) = lab.arrive_from_client(&to_vip(port, TCP_ACK).build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(backend_of(&out), lab.ring_choice(client(port), sa(VIP)));
+    assert_eq!(table.slot(index).tag, lb_common::FLOW_CLAIMED);
+    let elsewhere = table.find(tag(port)).expect("recorded again");
+    assert_ne!(elsewhere, index);
+
+    // Every way claimed: a SYN is balanced, nothing is written.
+    for way in table.ways(tag(port)).collect::<Vec<_>>() {
+        table.write_tag_word(way, lb_common::FLOW_CLAIMED);
+    }
+    assert_eq!(table.occupied().count(), 0);
+    let before = lab.counters();
+    let newcomer = 41001;
+    let (action, out) = lab.arrive_from_client(&to_vip(newcomer, TCP_SYN).build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(backend_of(&out), lab.ring_choice(client(newcomer), sa(VIP)));
+    let after = lab.counters();
+    assert_eq!(
+        after.get(GlobalCounter::FlowInserts),
+        before.get(GlobalCounter::FlowInserts)
+    );
+    assert_eq!(
+        after.get(GlobalCounter::FlowRaced),
+        before.get(GlobalCounter::FlowRaced) + 1
+    );
+    for way in table.ways(tag(newcomer)) {
+        assert_eq!(table.slot(way).tag, lb_common::FLOW_CLAIMED, "way {way}");
+    }
+    assert!(table.find(tag(newcomer)).is_none());
+}
+
 /// A connection through the gateway: the client's SYN, the backend's
 /// SYN-ACK (through the reply path, which notes it) and the client's ACK.
 fn establish(lab: &mut Lab, port: u16) -> u32 {

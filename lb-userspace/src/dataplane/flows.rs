@@ -3,9 +3,10 @@
 //! `lb-ebpf/src/maps.rs` for why). The map is BPF_F_MMAPABLE, so it is
 //! read through a shared mapping, the same memory the program writes:
 //! counting a million flows is a 16 MiB scan, not two system calls an
-//! entry. Words are read and cleared with atomics; the program never
-//! takes a lock on a slot, so a slot read here can be mid-rewrite, which
-//! only ever miscounts one flow once.
+//! entry. Words are read and written with atomics, by the rules the
+//! program follows (see [`FlowSlot`]): a tag word changes only by
+//! compare-and-swap against the word judged, and a slot's backend is
+//! taken only with a tag that held still around its read.
 use std::{
     os::fd::{AsFd, AsRawFd},
     path::Path,
@@ -14,13 +15,18 @@ use std::{
 
 use aya::maps::{Array, MapData};
 use lb_common::{
-    flow_bucket_pair, flow_tag, flow_tag6, maps, FlowBucket, FlowKey, FlowKey6, FlowSlot, FLOW_WAYS,
+    flow_bucket_pair, flow_tag, flow_tag6, maps, FlowBucket, FlowKey, FlowKey6, FlowSlot,
+    FLOW_CLAIMED, FLOW_TAG_FLAGS, FLOW_WAYS,
 };
 
 use super::{map_err, open_pinned, DataplaneError};
 
 /// Words per slot: the tag, then backend (low half) and seen (high half).
 const SLOT_WORDS: usize = 2;
+
+/// Reads of a slot [`FlowTable::slot`] makes before it calls the slot
+/// busy: an insert writes its three words in well under a microsecond.
+const SLOT_READ_TRIES: usize = 64;
 
 /// A shared mapping of the pinned `FLOWS`, with the table's tag seed.
 pub struct FlowTable {
@@ -118,14 +124,28 @@ impl FlowTable {
         unsafe { &*self.words.add(slot * SLOT_WORDS + word) }
     }
 
-    /// Slot `index` (bucket × FLOW_WAYS + way) as it is now.
+    /// Slot `index` (bucket × FLOW_WAYS + way) as it is now: a tag with
+    /// the backend its flow was written with. The program may be writing
+    /// the slot meanwhile (see [`FlowSlot`]): the tag is read before and
+    /// after the rest and the read retried until they agree; a slot still
+    /// changing after [`SLOT_READ_TRIES`] reads as [`FLOW_CLAIMED`] (being
+    /// written), which nothing counts or clears.
     pub fn slot(&self, index: usize) -> FlowSlot {
-        let tag = self.word(index, 0).load(Ordering::Acquire);
-        let rest = self.word(index, 1).load(Ordering::Relaxed);
+        for _ in 0..SLOT_READ_TRIES {
+            let tag = self.word(index, 0).load(Ordering::Acquire);
+            let rest = self.word(index, 1).load(Ordering::Acquire);
+            let again = self.word(index, 0).load(Ordering::Acquire);
+            if tag & !FLOW_TAG_FLAGS == again & !FLOW_TAG_FLAGS {
+                return FlowSlot {
+                    tag,
+                    backend: rest as u32,
+                    seen: (rest >> 32) as u32,
+                };
+            }
+        }
         FlowSlot {
-            tag,
-            backend: rest as u32,
-            seen: (rest >> 32) as u32,
+            tag: FLOW_CLAIMED,
+            ..FlowSlot::default()
         }
     }
 
@@ -170,27 +190,47 @@ impl FlowTable {
     /// Writes `slot` for the flow of its tag: over the flow's own entry,
     /// else the first empty way of its buckets. For tests and tools that stage a
     /// table; the program never needs it. Whether there was room.
+    /// As the program inserts: claims the way from the word it found,
+    /// then writes backend and seen, then the tag; false also when the
+    /// program changed the way in between.
     pub fn put(&self, slot: FlowSlot) -> bool {
-        let tag = slot.tag & !lb_common::FLOW_TAG_FLAGS;
+        let tag = slot.tag & !FLOW_TAG_FLAGS;
         let Some(i) = self
             .find(tag)
             .or_else(|| self.ways(tag).find(|&i| self.slot(i).tag == 0))
         else {
             return false;
         };
+        let found = self.slot(i).tag;
+        if found == FLOW_CLAIMED
+            || self
+                .word(i, 0)
+                .compare_exchange(found, FLOW_CLAIMED, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return false;
+        }
         self.word(i, 1).store(
             slot.backend as u64 | (slot.seen as u64) << 32,
-            Ordering::Relaxed,
+            Ordering::Release,
         );
         self.word(i, 0).store(slot.tag, Ordering::Release);
         true
     }
 
-    /// Every occupied slot, as (index, entry).
+    /// Writes `word` into slot `index`'s tag word as it is, bypassing the
+    /// publishing rules (for tests that stage a slot as another CPU would
+    /// leave it: claimed, or reused).
+    pub fn write_tag_word(&self, index: usize, word: u64) {
+        self.word(index, 0).store(word, Ordering::Release);
+    }
+
+    /// Every slot holding a flow, as (index, entry): neither empty nor
+    /// claimed by an insert under way.
     pub fn occupied(&self) -> impl Iterator<Item = (usize, FlowSlot)> + '_ {
         (0..self.capacity())
             .map(|i| (i, self.slot(i)))
-            .filter(|(_, s)| s.tag != 0)
+            .filter(|(_, s)| s.tag != 0 && s.tag != FLOW_CLAIMED)
     }
 }
 

@@ -9,16 +9,16 @@ use aya::{
 };
 use lb_common::{
     limits::{MAX_BACKENDS, MAX_VIPS},
-    maps, rings_len, Addr6, BackendMeta, LAYOUT_VERSION, RING_SLOTS,
+    maps, rings_len, BackendMeta, LAYOUT_VERSION, RING_SLOTS,
 };
 
 use super::{
-    addr6, check_pinned_layout, ensure_local_bpffs, map_err, monotonic_coarse_ns, open_pinned,
-    Dataplane, DataplaneError, Shape, Tuning, PROGRAM_OBJECT,
+    check_pinned_layout, ensure_local_bpffs, map_err, monotonic_coarse_ns, open_pinned, Dataplane,
+    DataplaneError, Shape, Tuning, TunnelGlobals, PROGRAM_OBJECT,
 };
 
 /// The tail-called programs by `TAILS` slot (see `lb_common::TAIL_IPV6`).
-const TAIL_PROGRAMS: [(u32, &str); 6] = [
+pub(super) const TAIL_PROGRAMS: [(u32, &str); 6] = [
     (lb_common::TAIL_IPV6, maps::PROGRAM_IPV6),
     (lb_common::TAIL_UDP4, maps::PROGRAM_UDP4),
     (lb_common::TAIL_UDP6, maps::PROGRAM_UDP6),
@@ -155,19 +155,12 @@ impl Dataplane {
         };
         let flow_buckets = lb_common::flow_buckets(shape.flow_table_size);
         let ring_size = shape.ring_size;
-        // Network order, as the program writes it into the outer header.
-        let tunnel_source = tuning
-            .tunnel_source_v4
-            .map_or(0, |n| u32::from_ne_bytes(n.network().octets()));
-        let tunnel_host_bits: u32 = tuning
-            .tunnel_source_v4
-            .map_or(0, |n| u32::from(32 - n.prefix_len()));
-        let tunnel_source_v6 = tuning
-            .tunnel_source_v6
-            .map_or(Addr6::default(), |n| addr6(n.network()));
-        let tunnel_host_bits_v6: u32 = tuning
-            .tunnel_source_v6
-            .map_or(0, |n| u32::from(128 - n.prefix_len()));
+        let TunnelGlobals {
+            source_v4: tunnel_source,
+            host_bits_v4: tunnel_host_bits,
+            source_v6: tunnel_source_v6,
+            host_bits_v6: tunnel_host_bits_v6,
+        } = tuning.tunnel_globals();
         // The cap is the host's; each CPU enforces its share (a per-CPU
         // window, no shared counter for every insert to contend on).
         // (The possible CPUs, as the kernel sizes per-CPU maps; the online

@@ -16,7 +16,10 @@ use aya::{
 };
 use lb_common::{limits::MAX_VIPS, maps, ExplainTrace, BACKEND_FREE, IFACE_SLOTS, RING_SLOTS};
 
-use super::{load::TAIL_PROGRAMS, load_program, map_err, open_pinned, DataplaneError, Tuning};
+use super::{
+    load::{load_programs, tail_fds, verified_instructions},
+    map_err, open_pinned, DataplaneError, Tuning,
+};
 
 /// The explain object built by `build.rs` (aya-build), embedded.
 static EXPLAIN_OBJECT: &[u8] =
@@ -101,32 +104,14 @@ impl Explainer {
             .map_err(|source| DataplaneError::Load {
                 source: Box::new(source),
             })?;
-        let mut fds = Vec::new();
-        for name in std::iter::once(maps::PROGRAM).chain(TAIL_PROGRAMS.iter().map(|(_, n)| *n)) {
-            let prog: &mut Xdp = ebpf
-                .program_mut(name)
-                .ok_or(DataplaneError::MissingMap { map: name })?
-                .try_into()
-                .map_err(|e| DataplaneError::Program {
-                    source: Box::new(e),
-                })?;
-            load_program(prog)?;
-            if name != maps::PROGRAM {
-                let fd = prog
-                    .fd()
-                    .and_then(|fd| fd.try_clone().map_err(Into::into))
-                    .map_err(|e| DataplaneError::Program {
-                        source: Box::new(e),
-                    })?;
-                fds.push(fd);
-            }
-        }
+        load_programs(&mut ebpf)?;
+        let fds = tail_fds(&ebpf)?;
         let mut tails: ProgramArray<MapData> = ProgramArray::try_from(
             ebpf.take_map(maps::TAILS)
                 .ok_or(DataplaneError::MissingMap { map: maps::TAILS })?,
         )
         .map_err(map_err(maps::TAILS))?;
-        for ((slot, _), fd) in TAIL_PROGRAMS.iter().zip(&fds) {
+        for (slot, fd) in &fds {
             tails.set(*slot, fd, 0).map_err(map_err(maps::TAILS))?;
         }
         let trace = Array::try_from(
@@ -146,18 +131,7 @@ impl Explainer {
     /// Instructions the verifier processed for each explain program (the
     /// kernel's `verified_insns`; `None` before Linux 5.16).
     pub fn verified_instructions(&self) -> Vec<(&'static str, Option<u32>)> {
-        std::iter::once(maps::PROGRAM)
-            .chain(TAIL_PROGRAMS.iter().map(|(_, n)| *n))
-            .map(|name| {
-                let count = self
-                    .ebpf
-                    .program(name)
-                    .and_then(|p| <&Xdp>::try_from(p).ok())
-                    .and_then(|p| p.info().ok())
-                    .and_then(|i| i.verified_instruction_count());
-                (name, count)
-            })
-            .collect()
+        verified_instructions(&self.ebpf)
     }
 
     /// Entries of each VIP ring (`ring_size`), read from the pins.

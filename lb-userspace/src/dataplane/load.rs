@@ -51,10 +51,10 @@ pub(crate) fn load_program(prog: &mut Xdp) -> Result<(), DataplaneError> {
     }
 }
 
-/// Loads the IPv4 UDP, IPv6, IPv6 UDP and ICMPv6 programs the main one
-/// tail-calls.
-fn load_tails(ebpf: &mut aya::Ebpf) -> Result<(), DataplaneError> {
-    for (_, name) in TAIL_PROGRAMS {
+/// Loads the entry program and every program it tail-calls, of either
+/// object (the data plane's or explain's: the same names).
+pub(super) fn load_programs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    for name in std::iter::once(maps::PROGRAM).chain(TAIL_PROGRAMS.map(|(_, n)| n)) {
         let prog: &mut Xdp = ebpf
             .program_mut(name)
             .ok_or(DataplaneError::MissingMap { map: name })?
@@ -65,6 +65,45 @@ fn load_tails(ebpf: &mut aya::Ebpf) -> Result<(), DataplaneError> {
         load_program(prog)?;
     }
     Ok(())
+}
+
+/// `ebpf`'s tail-called programs by `TAILS` slot, as a `TAILS` table
+/// takes them (each fd a clone: the table can be borrowed from `ebpf`).
+pub(super) fn tail_fds(
+    ebpf: &Ebpf,
+) -> Result<Vec<(u32, aya::programs::ProgramFd)>, DataplaneError> {
+    TAIL_PROGRAMS
+        .iter()
+        .map(|&(slot, name)| {
+            let prog: &Xdp = ebpf
+                .program(name)
+                .and_then(|p| <&Xdp>::try_from(p).ok())
+                .ok_or(DataplaneError::MissingMap { map: name })?;
+            let fd = prog
+                .fd()
+                .and_then(|fd| fd.try_clone().map_err(Into::into))
+                .map_err(|e| DataplaneError::Program {
+                    source: Box::new(e),
+                })?;
+            Ok((slot, fd))
+        })
+        .collect()
+}
+
+/// Instructions the verifier processed for each of `ebpf`'s programs (the
+/// kernel's `verified_insns`; `None` before Linux 5.16).
+pub(super) fn verified_instructions(ebpf: &Ebpf) -> Vec<(&'static str, Option<u32>)> {
+    std::iter::once(maps::PROGRAM)
+        .chain(TAIL_PROGRAMS.map(|(_, n)| n))
+        .map(|name| {
+            let count = ebpf
+                .program(name)
+                .and_then(|p| <&Xdp>::try_from(p).ok())
+                .and_then(|p| p.info().ok())
+                .and_then(|i| i.verified_instruction_count());
+            (name, count)
+        })
+        .collect()
 }
 
 fn pinned_max_entries(path: &Path) -> Option<u32> {
@@ -189,15 +228,7 @@ impl Dataplane {
             .map_err(|source| DataplaneError::Load {
                 source: Box::new(source),
             })?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(maps::PROGRAM)
-            .ok_or(DataplaneError::MissingMap { map: maps::PROGRAM })?
-            .try_into()
-            .map_err(|e| DataplaneError::Program {
-                source: Box::new(e),
-            })?;
-        load_program(prog)?;
-        load_tails(&mut ebpf)?;
+        load_programs(&mut ebpf)?;
         let vips = take(&mut ebpf, maps::VIPS)?;
         let vips6 = take(&mut ebpf, maps::VIPS6)?;
         let backends: Array<MapData, BackendMeta> = take(&mut ebpf, maps::BACKENDS)?;
@@ -290,24 +321,7 @@ impl Dataplane {
     /// benchmark's differently tuned copy) takes them over until this is
     /// called again.
     pub fn install_tails(&mut self) -> Result<(), DataplaneError> {
-        let mut fds = Vec::new();
-        for (slot, name) in TAIL_PROGRAMS {
-            let prog: &Xdp = self
-                .ebpf
-                .program(name)
-                .and_then(|p| <&Xdp>::try_from(p).ok())
-                .ok_or(DataplaneError::MissingMap { map: name })?;
-            let fd = prog
-                .fd()
-                .map_err(|e| DataplaneError::Program {
-                    source: Box::new(e),
-                })?
-                .try_clone()
-                .map_err(|e| DataplaneError::Program {
-                    source: Box::new(aya::programs::ProgramError::from(e)),
-                })?;
-            fds.push((slot, fd));
-        }
+        let fds = tail_fds(&self.ebpf)?;
         let map = self
             .ebpf
             .map_mut(maps::TAILS)
@@ -323,26 +337,7 @@ impl Dataplane {
     /// Instructions the verifier processed for each of the balancer's
     /// programs (the kernel's `verified_insns`; `None` before Linux 5.16).
     pub fn verified_instructions(&self) -> Vec<(&'static str, Option<u32>)> {
-        [
-            maps::PROGRAM,
-            maps::PROGRAM_UDP4,
-            maps::PROGRAM_IPV6,
-            maps::PROGRAM_UDP6,
-            maps::PROGRAM_ICMP6,
-            maps::PROGRAM_FRAG4,
-            maps::PROGRAM_FRAG6,
-        ]
-        .into_iter()
-        .map(|name| {
-            let count = self
-                .ebpf
-                .program(name)
-                .and_then(|p| <&Xdp>::try_from(p).ok())
-                .and_then(|p| p.info().ok())
-                .and_then(|i| i.verified_instruction_count());
-            (name, count)
-        })
-        .collect()
+        verified_instructions(&self.ebpf)
     }
 
     /// The loaded XDP program (tests run it with `test_run`).

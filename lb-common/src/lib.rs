@@ -135,6 +135,10 @@ pub mod maps {
     /// finds the flows its predecessor recorded.
     pub const FLOW_SEED: &str = "FLOW_SEED";
     pub const FIB_CACHE6: &str = "FIB_CACHE6";
+    /// Next hops by backend slot ([`BackendHop`](crate::BackendHop)),
+    /// per CPU.
+    pub const BACKEND_HOPS: &str = "BACKEND_HOPS";
+    pub const BACKEND_HOPS6: &str = "BACKEND_HOPS6";
     /// IPv4 fragments in flight ([`FragKey`](crate::FragKey) →
     /// [`FragEntry`](crate::FragEntry)).
     pub const FRAGS: &str = "FRAGS";
@@ -819,6 +823,20 @@ pub struct FibEntry {
     pub expires_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<FibEntry>() == 32);
+
+/// Value of `BACKEND_HOPS` / `BACKEND_HOPS6` (per-CPU arrays by backend
+/// slot): the next hop toward the slot's backend, and the address it was
+/// looked up for (`A`: `u32` or [`Addr6`]), so a slot that holds another
+/// backend since misses. The established path reads it by slot, an array
+/// index, where a cache keyed by address would be a hash lookup per packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendHop<A> {
+    pub hop: FibEntry,
+    pub dst: A,
+}
+const _: () = assert!(core::mem::size_of::<BackendHop<u32>>() == 40);
+const _: () = assert!(core::mem::size_of::<BackendHop<Addr6>>() == 48);
 
 /// Value of `IFACES` (array indexed by `ifindex % IFACE_SLOTS`, written by
 /// user space for every attached interface): its MAC, so frames addressed

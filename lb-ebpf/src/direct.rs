@@ -23,7 +23,7 @@ use crate::{
     answer::too_big,
     consts::ETH_HLEN,
     family::Family,
-    forward::{fits, fits_grown, next_hop, Next},
+    forward::{backend_next_hop, fits, fits_grown, Next},
     maps::TX_PORTS,
     parse::{ptr_at, EthHdr},
     stats::count,
@@ -53,16 +53,18 @@ fn emit_l2(ctx: &XdpContext, hop: &FibEntry) -> u32 {
     }
 }
 
-/// The frame, unchanged but for its MACs, to the backend at `backend`.
+/// The frame, unchanged but for its MACs, to the backend at `backend`
+/// (in backend slot `slot`).
 #[inline(always)]
-pub fn dsr<F: Family>(ctx: &XdpContext, backend: &F::Addr, now: u64) -> u32 {
+pub fn dsr<F: Family>(ctx: &XdpContext, slot: u32, backend: &F::Addr, now: u64) -> u32 {
     let Some(ip) = ptr_at::<F::Hdr>(ctx, ETH_HLEN) else {
         return drop(ctx, GlobalCounter::DropInternal);
     };
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
     let (saddr, unfragmentable) = (F::src(ip), F::must_not_fragment(ip));
-    let hop = match next_hop::<F>(ctx, &saddr, backend, F::tos(ip), F::proto(ip), now) {
+    let hop = match backend_next_hop::<F>(ctx, slot, &saddr, backend, F::tos(ip), F::proto(ip), now)
+    {
         Next::Send(hop) => hop,
         // The kernel would route the frame by its destination, the VIP:
         // nothing but an L2 send is right. Health probes keep the
@@ -82,12 +84,19 @@ pub fn dsr<F: Family>(ctx: &XdpContext, backend: &F::Addr, now: u64) -> u32 {
 }
 
 /// The frame's IP packet inside an outer header of its own family, from
-/// the tunnel source to `backend` (IPIP, RFC 2003; IPv6-in-IPv6, RFC 2473).
+/// the tunnel source to `backend` in backend slot `slot` (IPIP, RFC 2003;
+/// IPv6-in-IPv6, RFC 2473).
 /// `hash` is the flow's ring hash: it picks the outer source within a
 /// `tunnel_source` prefix, so a flow keeps one outer (source, backend)
 /// pair and a backend's NIC spreads a gateway's flows over its queues.
 #[inline(always)]
-pub fn tunnel<F: Family>(ctx: &XdpContext, backend: &F::Addr, hash: u32, now: u64) -> u32 {
+pub fn tunnel<F: Family>(
+    ctx: &XdpContext,
+    slot: u32,
+    backend: &F::Addr,
+    hash: u32,
+    now: u64,
+) -> u32 {
     let Some(source) = F::tunnel_source(hash) else {
         return drop(ctx, GlobalCounter::DropInternal);
     };
@@ -97,16 +106,17 @@ pub fn tunnel<F: Family>(ctx: &XdpContext, backend: &F::Addr, hash: u32, now: u6
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
     let inner = F::inner(ip);
-    let hop = match next_hop::<F>(ctx, &source, backend, F::tos(ip), F::ENCAP_PROTO, now) {
-        Next::Send(hop) => hop,
-        // Neighbour unresolved, or an egress that is not ours: the kernel
-        // would drop the outer packet (its source is ours, a martian to
-        // forwarding). Health probes go through the kernel to the backend
-        // and keep its neighbour entry resolved, so this is rare; `check`
-        // refuses a backend routed out of an interface that is not ours.
-        Next::Kernel => return drop(ctx, GlobalCounter::DropDirectUnreachable),
-        Next::Drop(reason) => return drop(ctx, reason),
-    };
+    let hop =
+        match backend_next_hop::<F>(ctx, slot, &source, backend, F::tos(ip), F::ENCAP_PROTO, now) {
+            Next::Send(hop) => hop,
+            // Neighbour unresolved, or an egress that is not ours: the kernel
+            // would drop the outer packet (its source is ours, a martian to
+            // forwarding). Health probes go through the kernel to the backend
+            // and keep its neighbour entry resolved, so this is rare; `check`
+            // refuses a backend routed out of an interface that is not ours.
+            Next::Kernel => return drop(ctx, GlobalCounter::DropDirectUnreachable),
+            Next::Drop(reason) => return drop(ctx, reason),
+        };
     if let Err(mtu) = fits_grown(ctx, &hop, F::HLEN as u32) {
         // DF or not (as Katran): nothing on the way could deliver the outer
         // packet whole (we cannot fragment, the kernel would drop it as

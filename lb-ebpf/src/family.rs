@@ -14,10 +14,10 @@
 //!   IPv6 ones have maps of their own (`*6`).
 use aya_ebpf::{bindings::bpf_fib_lookup as FibParams, programs::XdpContext};
 use lb_common::{
-    addr_filter_word, addr_filter_word6, Addr6, BackendMeta, FibEntry, FlowKey, FlowKey6,
-    FragEntry, L4Addr, L4Addr6, VipAddr, VipMeta, ADDR_FILTER_BACKENDS, ADDR_FILTER_BACKENDS6,
-    ADDR_FILTER_VIPS6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP,
-    REPLY_F_OPENS,
+    addr_filter_word, addr_filter_word6, Addr6, BackendHop, BackendMeta, FibEntry, FlowKey,
+    FlowKey6, FragEntry, L4Addr, L4Addr6, VipAddr, VipMeta, ADDR_FILTER_BACKENDS,
+    ADDR_FILTER_BACKENDS6, ADDR_FILTER_VIPS6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP,
+    IPPROTO_IPV6, IPPROTO_TCP, REPLY_F_OPENS,
 };
 
 use crate::{
@@ -25,9 +25,9 @@ use crate::{
     csum::{fold, replace16, replace32, sum_words},
     host::may_be,
     maps::{
-        BACKEND_ADDRS6, FIB_CACHE, FIB_CACHE6, FRAGS, FRAGS6, FRAG_SCRATCH, LOCAL_ADDRS,
-        LOCAL_ADDRS6, OUTBOUND, OUTBOUND6, REPLIES, REPLIES6, REPLY_ADDRS, REPLY_ADDRS6,
-        TUNNEL_IDS, VIPS, VIPS6, VIP_ADDRS, VIP_ADDRS6,
+        BACKEND_ADDRS6, BACKEND_HOPS, BACKEND_HOPS6, FIB_CACHE, FIB_CACHE6, FRAGS, FRAGS6,
+        FRAG_SCRATCH, LOCAL_ADDRS, LOCAL_ADDRS6, OUTBOUND, OUTBOUND6, REPLIES, REPLIES6,
+        REPLY_ADDRS, REPLY_ADDRS6, TUNNEL_IDS, VIPS, VIPS6, VIP_ADDRS, VIP_ADDRS6,
     },
     parse::{load32, load_addr6, store32, store_addr6, IcmpPacket, Ipv4Hdr, Ipv6Hdr, Parsed},
     select::Flow,
@@ -254,6 +254,8 @@ pub trait Family: Sized + 'static {
     /// A cached next hop toward `daddr`.
     fn fib_cached(daddr: &Self::Addr) -> Option<*const FibEntry>;
     fn fib_store(daddr: &Self::Addr, hop: &FibEntry);
+    /// This CPU's next hop toward backend slot `slot` (`BACKEND_HOPS`).
+    fn backend_hop(slot: u32) -> Option<*mut BackendHop<Self::Addr>>;
     /// Fills the lookup's family, addresses and protocol.
     fn fib_params(
         params: &mut FibParams,
@@ -599,6 +601,10 @@ impl Family for Ipv4 {
     #[inline(always)]
     fn fib_cached(daddr: &u32) -> Option<*const FibEntry> {
         FIB_CACHE.get_ptr(daddr)
+    }
+    #[inline(always)]
+    fn backend_hop(slot: u32) -> Option<*mut BackendHop<u32>> {
+        BACKEND_HOPS.get_ptr_mut(slot)
     }
     #[inline(always)]
     fn fib_store(daddr: &u32, hop: &FibEntry) {
@@ -949,6 +955,10 @@ impl Family for Ipv6 {
     #[inline(always)]
     fn fib_cached(daddr: &Addr6) -> Option<*const FibEntry> {
         FIB_CACHE6.get_ptr(daddr)
+    }
+    #[inline(always)]
+    fn backend_hop(slot: u32) -> Option<*mut BackendHop<Addr6>> {
+        BACKEND_HOPS6.get_ptr_mut(slot)
     }
     #[inline(always)]
     fn fib_store(daddr: &Addr6, hop: &FibEntry) {

@@ -54,6 +54,68 @@ pub fn next_hop<F: Family>(
     }
 }
 
+/// [`next_hop`] toward backend slot `slot` at `daddr`: from this CPU's
+/// entry for the slot (`BACKEND_HOPS`, an array index) while it is fresh
+/// and for this address, else looked up and stored there. Same answers and
+/// the same expiry as `FIB_CACHE`'s; only where they are kept differs.
+#[inline(always)]
+pub fn backend_next_hop<F: Family>(
+    ctx: &XdpContext,
+    slot: u32,
+    saddr: &F::Addr,
+    daddr: &F::Addr,
+    tos: u8,
+    proto: u8,
+    now: u64,
+) -> Next {
+    let mut hop = FibEntry::default();
+    match backend_hop_into::<F>(ctx, slot, saddr, daddr, tos, proto, now, &mut hop) {
+        NEXT_SEND => usable(ctx, hop),
+        NEXT_KERNEL => Next::Kernel,
+        _ => Next::Drop(GlobalCounter::DropUnroutable),
+    }
+}
+
+/// [`backend_next_hop`]'s lookup, written to `out` (as `next_hop_into`,
+/// for the IPv6 programs' stack).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn backend_hop_into<F: Family>(
+    ctx: &XdpContext,
+    slot: u32,
+    saddr: &F::Addr,
+    daddr: &F::Addr,
+    tos: u8,
+    proto: u8,
+    now: u64,
+    out: &mut FibEntry,
+) -> u32 {
+    let Some(entry) = F::backend_hop(slot) else {
+        return next_hop_into::<F>(ctx, saddr, daddr, tos, proto, now, out);
+    };
+    // SAFETY: a per-CPU map value only this CPU writes while we run.
+    let entry = unsafe { &mut *entry };
+    if entry.hop.expires_ns > now && entry.dst == *daddr {
+        *out = entry.hop;
+        return NEXT_SEND;
+    }
+    // SAFETY: all-zero is a valid bpf_fib_lookup (plain integers/unions).
+    let mut params: FibParams = unsafe { core::mem::zeroed() };
+    F::fib_params(&mut params, saddr, daddr, tos, proto);
+    match resolve(ctx, &mut params, now) {
+        Ok(hop) => {
+            if crate::trace::WRITES {
+                entry.hop = hop;
+                entry.dst = *daddr;
+            }
+            *out = hop;
+            NEXT_SEND
+        }
+        Err(Next::Drop(_)) => NEXT_UNROUTABLE,
+        Err(_) => NEXT_KERNEL,
+    }
+}
+
 const NEXT_SEND: u32 = 0;
 const NEXT_KERNEL: u32 = 1;
 const NEXT_UNROUTABLE: u32 = 2;

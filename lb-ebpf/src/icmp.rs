@@ -171,9 +171,9 @@ fn to_backend<F: Family>(ctx: &XdpContext, p: &IcmpPacket<F>, vip: &VipMeta) -> 
         // as it was sent, only delivered (as Katran does).
         let now = coarse_now();
         return if vip.flags & VIP_F_DSR != 0 {
-            direct::dsr::<F>(ctx, &addr, now)
+            direct::dsr::<F>(ctx, choice.backend, &addr, now)
         } else {
-            direct::tunnel::<F>(ctx, &addr, flow.hash(), now)
+            direct::tunnel::<F>(ctx, choice.backend, &addr, flow.hash(), now)
         };
     }
     let outer_src = F::src(ip);

@@ -12,9 +12,9 @@ use lb_common::{
         DEFAULT_FLOW_TABLE_SIZE, DEFAULT_RING_SIZE, FIB_CACHE_SIZE, FRAG_TABLE_SIZE, MAX_BACKENDS,
         MAX_EXTRA_MACS, MAX_IFACES, MAX_LOCAL_ADDRS, MAX_VIPS, OUTBOUND_SIZE,
     },
-    rings_len, Addr6, AnswerTokens, BackendCounters, BackendMeta, FibEntry, FlowBucket, FlowKey,
-    FlowKey6, FragEntry, FragKey, FragKey6, GlobalCounter, IfaceMeta, L4Addr, L4Addr6, Name,
-    RateWindow, ReplyEntry, ReplyEntry6, VipAddr, VipCounters, VipMeta, ADDR_FILTER_LEN,
+    rings_len, Addr6, AnswerTokens, BackendCounters, BackendHop, BackendMeta, FibEntry, FlowBucket,
+    FlowKey, FlowKey6, FragEntry, FragKey, FragKey6, GlobalCounter, IfaceMeta, L4Addr, L4Addr6,
+    Name, RateWindow, ReplyEntry, ReplyEntry6, VipAddr, VipCounters, VipMeta, ADDR_FILTER_LEN,
     IFACE_SLOTS, NAMES_LEN,
 };
 
@@ -109,6 +109,12 @@ pub static FLOW_SEED: Array<u64> = Array::pinned(1, 0);
 #[map]
 pub static FIB_CACHE: LruHashMap<u32, FibEntry> = LruHashMap::pinned(FIB_CACHE_SIZE, 0);
 
+/// Next hops by backend slot (see `lb_common::BackendHop`): the
+/// established path's, an array slot where `FIB_CACHE` is a hash lookup.
+/// Per CPU, so a refresh is one CPU's plain stores that no other reads.
+#[map]
+pub static BACKEND_HOPS: PerCpuArray<BackendHop<u32>> = PerCpuArray::pinned(MAX_BACKENDS, 0);
+
 #[map]
 pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::pinned(GlobalCounter::COUNT, 0);
 
@@ -193,6 +199,9 @@ pub static REPLY_ADDRS6: HashMap<Addr6, u32> = HashMap::pinned(MAX_BACKENDS, 0);
 
 #[map]
 pub static FIB_CACHE6: LruHashMap<Addr6, FibEntry> = LruHashMap::pinned(FIB_CACHE_SIZE, 0);
+
+#[map]
+pub static BACKEND_HOPS6: PerCpuArray<BackendHop<Addr6>> = PerCpuArray::pinned(MAX_BACKENDS, 0);
 
 /// This host's IPv6 addresses → 1 (see `LOCAL_ADDRS`).
 #[map]

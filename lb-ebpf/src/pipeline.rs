@@ -12,7 +12,7 @@ use crate::{
     consts::{MIN_FORWARD_TTL, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
     direct,
     family::{Family, Reply, VipMatch},
-    forward::{aggregate, fits, next_hop, send, Next},
+    forward::{aggregate, backend_next_hop, fits, next_hop, send, Next},
     host::for_us,
     nat,
     parse::{EchoPacket, FragPacket, L4Packet, Parsed},
@@ -201,12 +201,20 @@ fn to_backend<F: Family>(ctx: &XdpContext, pkt: &L4Packet<F>, vip: &VipMeta) -> 
             count(GlobalCounter::PartialChecksum);
         }
         if vip.flags & VIP_F_DSR != 0 {
-            return direct::dsr::<F>(ctx, &addr, now);
+            return direct::dsr::<F>(ctx, choice.backend, &addr, now);
         }
-        return direct::tunnel::<F>(ctx, &addr, pkt.key.hash(), now);
+        return direct::tunnel::<F>(ctx, choice.backend, &addr, pkt.key.hash(), now);
     }
     let src = pkt.key.src();
-    let hop = match next_hop::<F>(ctx, &src, &addr, F::tos(ip), pkt.key.proto(), now) {
+    let hop = match backend_next_hop::<F>(
+        ctx,
+        choice.backend,
+        &src,
+        &addr,
+        F::tos(ip),
+        pkt.key.proto(),
+        now,
+    ) {
         Next::Send(hop) => hop,
         Next::Kernel => {
             nat::to_backend(pkt, &addr, port, partial);
@@ -404,7 +412,7 @@ fn fragment<F: Family>(ctx: &XdpContext, f: &FragPacket<F>) -> u32 {
         FRAG_DSR => {
             count_vip(e.vip_index, bytes, false);
             count_backend(backend, bytes, false);
-            direct::dsr::<F>(ctx, &addr, now)
+            direct::dsr::<F>(ctx, backend, &addr, now)
         }
         FRAG_TUNNEL => {
             count_vip(e.vip_index, bytes, false);
@@ -413,7 +421,7 @@ fn fragment<F: Family>(ctx: &XdpContext, f: &FragPacket<F>) -> u32 {
             // fragment's (the backend reassembles the inner datagram,
             // whatever the outer headers were).
             let hash = F::Key::new(&src, &dst, 0, 0, f.proto).hash();
-            direct::tunnel::<F>(ctx, &addr, hash, now)
+            direct::tunnel::<F>(ctx, backend, &addr, hash, now)
         }
         _ => drop(ctx, GlobalCounter::DropInternal),
     }

@@ -231,6 +231,14 @@ pub extern "C" fn xdplb_scan_bucket(index: u32, base: u32, tag: u64, seen: u32) 
     let Some(bucket) = FLOWS.get_ptr(index) else {
         return u64::MAX;
     };
+    // Tags alone first: an established flow (almost every packet) is found
+    // without judging the ways before it as victims.
+    for way in 0..FLOW_WAYS {
+        // SAFETY: a valid map value; `way` < FLOW_WAYS.
+        if unsafe { (*bucket).slots[way].tag } & !FLOW_TAG_FLAGS == tag {
+            return (base + way as u32) as u64 + 1;
+        }
+    }
     let mut victim = base;
     let mut best = 0u32;
     let mut free = 0u32;
@@ -241,6 +249,7 @@ pub extern "C" fn xdplb_scan_bucket(index: u32, base: u32, tag: u64, seen: u32) 
         let slot = unsafe { &(*bucket).slots[way] };
         let word = slot.tag;
         if word & !FLOW_TAG_FLAGS == tag {
+            // Published by another CPU since the first pass.
             return (base + way as u32) as u64 + 1;
         }
         if word == FLOW_CLAIMED {

@@ -509,6 +509,50 @@ fn a_reused_slot_does_not_inherit_its_predecessors_ring_entries_or_flows() {
     assert!(lab.counters().get(GlobalCounter::FlowMisses) >= 1);
 }
 
+/// The next hop toward a backend is kept per backend slot (and per CPU):
+/// a slot given to a backend at another address must not inherit its
+/// predecessor's next hop, however fresh.
+#[test]
+fn a_reused_slot_at_another_address_is_sent_to_its_own_next_hop() {
+    // One CPU for both packets: the next hop is cached per CPU, and the
+    // second packet must meet the first one's entry.
+    // SAFETY: a zeroed cpu_set_t with one CPU set, for this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+    let mut lab = Lab::new(3);
+    lab.publish((0..RING).map(|_| 0).collect());
+    let sent = to_vip(47000, TCP_SYN);
+    let (action, out) = lab.arrive_from_client(&sent.build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, expected_to_backend(&sent, 0));
+    // Slot 0 now holds the backend at backend 2's address (and MAC).
+    lab.dp().free_backend(0).unwrap();
+    lab.dp()
+        .write_backend(&BackendSlot {
+            slot: 0,
+            vip_index: 0,
+            addr: backend_addr(2).into(),
+            state: BACKEND_ACTIVE,
+            flags: 0,
+        })
+        .unwrap();
+    lab.publish((0..RING).map(|_| 0).collect());
+    let sent = to_vip(47001, TCP_SYN);
+    let (action, out) = lab.arrive_from_client(&sent.build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(
+        out,
+        expected_to_backend(&sent, 2),
+        "backend 2's address and MAC"
+    );
+}
+
 /// A malformed or special frame, what must happen to it, and the counter
 /// that must say so.
 struct Case {

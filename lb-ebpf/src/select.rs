@@ -143,6 +143,15 @@ impl Place {
         (self.hit != NO_WAY).then_some(self.hit)
     }
 
+    /// The slot of `way`, or `None` for [`NO_WAY`] (no victim judged).
+    #[inline(always)]
+    fn way(&self, way: u32) -> Result<Option<&'static mut FlowSlot>, GlobalCounter> {
+        if way == NO_WAY {
+            return Ok(None);
+        }
+        self.slot(way).map(Some)
+    }
+
     #[inline(always)]
     fn slot(&self, way: u32) -> Result<&'static mut FlowSlot, GlobalCounter> {
         // verifier: a branch, not `buckets[way / FLOW_WAYS]`, which LLVM
@@ -212,7 +221,9 @@ const RANK_ESTABLISHED: u32 = 0;
 const MAX_AGE: u32 = (1 << 30) - 1;
 
 /// Scans bucket `index` of `FLOWS` (its ways numbered from `base`) for
-/// `tag`, and for the way a new flow would take. Returns, packed: the way
+/// `tag`, and unless `judge` is 0 for the way a new flow would take
+/// (without, a miss returns way `base`, no free way, score 0: nothing will
+/// be inserted). Returns, packed: the way
 /// holding the flow + 1 (0: not there) in bits 0–7; else that victim way
 /// (the highest score: rank, then age) in bits 8–11, the number of free
 /// ways in bits 12–15 and the victim's score (rank << 30 | age in
@@ -227,7 +238,7 @@ const MAX_AGE: u32 = (1 << 30) - 1;
 /// program's combined stack past 512 bytes.
 #[no_mangle]
 #[inline(never)]
-pub extern "C" fn xdplb_scan_bucket(index: u32, base: u32, tag: u64, seen: u32) -> u64 {
+pub extern "C" fn xdplb_scan_bucket(index: u32, base: u32, tag: u64, seen: u32, judge: u32) -> u64 {
     let Some(bucket) = FLOWS.get_ptr(index) else {
         return u64::MAX;
     };
@@ -238,6 +249,9 @@ pub extern "C" fn xdplb_scan_bucket(index: u32, base: u32, tag: u64, seen: u32) 
         if unsafe { (*bucket).slots[way].tag } & !FLOW_TAG_FLAGS == tag {
             return (base + way as u32) as u64 + 1;
         }
+    }
+    if judge == 0 {
+        return ((base & 0xf) as u64) << 8;
     }
     let mut victim = base;
     let mut best = 0u32;
@@ -280,10 +294,12 @@ pub extern "C" fn xdplb_scan_bucket(index: u32, base: u32, tag: u64, seen: u32) 
     ((victim & 0xf) as u64) << 8 | ((free & 0xf) as u64) << 12 | (best as u64) << 32
 }
 
-/// Reads `key`'s two buckets once: whether the flow is there, and which
-/// way a new entry would take.
+/// Reads `key`'s two buckets once: whether the flow is there, and, if
+/// `judge`, which way a new entry would take (else the victim is
+/// [`NO_WAY`]: for lookups that never insert, and for packets over the
+/// insert cap, which need only the tags — whether the flow is pinned).
 #[inline(always)]
-fn place<K: Flow>(key: &K, now: u64) -> Result<Place, GlobalCounter> {
+fn place<K: Flow>(key: &K, now: u64, judge: bool) -> Result<Place, GlobalCounter> {
     // verifier: volatile so the loaded values (set at load time) are used,
     // not the compile-time defaults folded in.
     let seed = unsafe { core::ptr::read_volatile(&FLOW_TAG_SEED) };
@@ -305,7 +321,7 @@ fn place<K: Flow>(key: &K, now: u64) -> Result<Place, GlobalCounter> {
         core::ptr::read_volatile(&(*second).slots[FLOW_WAYS / 2].tag);
     }
     let seen = flow_seen(now);
-    let in_first = xdplb_scan_bucket(a, 0, tag, seen);
+    let in_first = xdplb_scan_bucket(a, 0, tag, seen, judge as u32);
     if in_first == u64::MAX {
         return Err(GlobalCounter::DropInternal);
     }
@@ -313,12 +329,14 @@ fn place<K: Flow>(key: &K, now: u64) -> Result<Place, GlobalCounter> {
     if in_first & 0xff != 0 {
         hit = ((in_first & 0xff) as u32 - 1) & 0xf;
     } else {
-        let in_second = xdplb_scan_bucket(b, FLOW_WAYS as u32, tag, seen);
+        let in_second = xdplb_scan_bucket(b, FLOW_WAYS as u32, tag, seen, judge as u32);
         if in_second == u64::MAX {
             return Err(GlobalCounter::DropInternal);
         }
         if in_second & 0xff != 0 {
             hit = ((in_second & 0xff) as u32 - 1) & 0xf;
+        } else if !judge {
+            victim = NO_WAY;
         } else {
             // A new flow goes to the bucket with more free ways ("two
             // choices": buckets fill evenly), else over the better of the
@@ -343,7 +361,7 @@ fn place<K: Flow>(key: &K, now: u64) -> Result<Place, GlobalCounter> {
         victim,
         victim_word: 0,
     };
-    if hit == NO_WAY {
+    if hit == NO_WAY && victim != NO_WAY {
         place.victim_word = tag_word(place.slot(victim)?);
     }
     Ok(place)
@@ -416,7 +434,8 @@ fn closing_bits(tcp: u8) -> u16 {
 #[inline(always)]
 pub fn select<K: Flow>(key: &K, vip: &VipMeta, tcp: u8, now: u64) -> Result<Choice, GlobalCounter> {
     let udp = key.proto() == IPPROTO_UDP;
-    let place = place(key, now)?;
+    // Over the insert cap nothing is inserted: no victim to judge.
+    let place = place(key, now, !trace::WRITES || insert_budget(now))?;
     let syn = !udp && tcp & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
     if syn {
         return select_syn(key, vip, now, &place);
@@ -450,7 +469,7 @@ pub fn select<K: Flow>(key: &K, vip: &VipMeta, tcp: u8, now: u64) -> Result<Choi
             flags: carried | closing | acked,
             tag: place.tag,
             judged,
-            slot: place.slot(way)?,
+            slot: place.way(way)?,
         })
     } else {
         None
@@ -575,9 +594,27 @@ fn select_syn<K: Flow>(
         flags: 0,
         tag: place.tag,
         judged,
-        slot: place.slot(way)?,
+        slot: place.way(way)?,
     };
     from_ring(key, vip, now, Some(pin))
+}
+
+/// Whether this CPU's insert budget has room this second (without taking
+/// any: `may_insert` does, at the insert). One CPU's window, read twice in
+/// one run of the program: both say the same.
+#[inline(always)]
+fn insert_budget(now: u64) -> bool {
+    // verifier: volatile, as in `may_insert`.
+    let cap = unsafe { core::ptr::read_volatile(&MAX_FLOW_INSERTS_PER_SEC) } as u64;
+    if cap == 0 {
+        return true;
+    }
+    let Some(w) = INSERT_RATE.get_ptr(0) else {
+        return true;
+    };
+    // SAFETY: a per-CPU slot only this CPU writes while we run.
+    let w = unsafe { &*w };
+    now.wrapping_sub(w.start_ns) >= 1_000_000_000 || w.inserts < cap
 }
 
 /// Whether this CPU may insert another flow this second.
@@ -615,7 +652,8 @@ pub struct Pin<'a> {
     /// The tag word the way was judged by: the insert claims the way only
     /// if it still holds this.
     judged: u64,
-    slot: &'a mut FlowSlot,
+    /// `None`: no way was judged, as the insert budget was spent.
+    slot: Option<&'a mut FlowSlot>,
 }
 
 /// The ring's backend for `key`; if `pin` is given and the insert rate
@@ -656,6 +694,8 @@ pub fn from_ring<K: Flow>(
             // The insert cap's window is the data plane's own (per CPU,
             // not shared): explain cannot see it, and assumes room.
             count(GlobalCounter::FlowInserts);
+        } else if pin.slot.is_none() {
+            count(GlobalCounter::FlowInsertsCapped);
         } else if may_insert(now) {
             insert(pin, r, now);
         }
@@ -682,6 +722,9 @@ fn insert(pin: Pin, r: u32, now: u64) {
         judged,
         slot,
     } = pin;
+    let Some(slot) = slot else {
+        return;
+    };
     if judged == FLOW_CLAIMED || !swap_tag(slot, judged, FLOW_CLAIMED) {
         count(GlobalCounter::FlowRaced);
         return;
@@ -700,7 +743,7 @@ fn insert(pin: Pin, r: u32, now: u64) {
 /// is still valid, else the ring's choice (for ICMP errors about it).
 #[inline(always)]
 pub fn peek<K: Flow>(key: &K, vip: &VipMeta) -> Result<Choice, GlobalCounter> {
-    let place = place(key, 0)?;
+    let place = place(key, 0, false)?;
     if let Some(hit) = place.hit() {
         let slot = place.slot(hit)?;
         let r = if tag_word(slot) & !FLOW_TAG_FLAGS == place.tag {
@@ -736,7 +779,7 @@ pub fn note_backend<K: Flow>(key: &K, tcp: u8, now: u64) {
     } else {
         lb_common::FLOW_F_REPLIED
     } as u64;
-    let Ok(place) = place(key, now) else {
+    let Ok(place) = place(key, now, false) else {
         return;
     };
     if let Some(Ok(flow)) = place.hit().map(|hit| place.slot(hit)) {

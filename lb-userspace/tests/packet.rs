@@ -1527,6 +1527,12 @@ fn above_the_insert_rate_new_flows_are_balanced_but_not_recorded() {
     let pinned = lab.flow(54400).unwrap().backend & lb_common::BACKEND_SLOT_MASK;
     let (_, out) = lab.arrive_from_client(&to_vip(54400, TCP_ACK).build());
     assert_eq!(backend_of(&out), pinned);
+    // Over the cap no victim is judged, but the tags are still read: a SYN
+    // on a recorded flow keeps its pin when the ring has moved.
+    let moved: Vec<u32> = lab.ring.iter().map(|b| (b + 1) % 3).collect();
+    lab.publish(moved);
+    let (_, out) = lab.arrive_from_client(&to_vip(54400, TCP_SYN).build());
+    assert_eq!(backend_of(&out), pinned, "a SYN over the cap keeps its pin");
 }
 
 /// An entry's last-seen time follows its flow's packets to its ~1 ms unit

@@ -425,5 +425,63 @@ impl LocalBackends {
     }
 }
 
+/// The entries a peer could not recompute, from this gateway's table:
+/// live flows (the client's ACK seen, or UDP; not closing) whose pinned
+/// backend is not the one the current ring gives for their ring hash
+/// (`ring_choice(proto, vip, ring hash)`, this gateway's reference). New
+/// flows pinned by the current ring are left out: every peer computes
+/// them. A pin to a backend this gateway no longer names (freed, down) is
+/// left out too: the data plane re-steers it anyway.
+pub fn unrecomputable(
+    slots: impl IntoIterator<Item = lb_common::FlowSlot>,
+    local: &LocalBackends,
+    ring_choice: impl Fn(u8, SocketAddr, u32) -> Option<u32>,
+) -> Vec<SyncEntry> {
+    slots
+        .into_iter()
+        .filter_map(|slot| {
+            let flags = slot.flags();
+            if slot.tag == 0
+                || flags & lb_common::FLOW_F_ACKED == 0
+                || flags & lb_common::FLOW_F_CLOSING != 0
+                || lb_common::flow_closed(flags)
+            {
+                return None;
+            }
+            let (proto, vip, backend) = local.name(slot.backend)?;
+            let tag = slot.tag & !lb_common::FLOW_TAG_FLAGS;
+            let ring = ring_choice(proto, vip, lb_common::flow_tag_ring_hash(tag));
+            if ring == Some(slot.backend) {
+                return None;
+            }
+            Some(SyncEntry {
+                tag,
+                flags: flags as u8 & CARRIED_FLAGS,
+                proto,
+                vip,
+                backend,
+            })
+        })
+        .collect()
+}
+
+/// What a receiver inserts from `entries`: (tag with flags, its own
+/// backend reference), and how many it ignored (a backend it does not
+/// have, or has down: that flow goes by its ring, as without sync).
+pub fn to_local(entries: &[SyncEntry], local: &LocalBackends) -> (Vec<(u64, u32)>, usize) {
+    let mut ignored = 0;
+    let inserts = entries
+        .iter()
+        .filter_map(|e| match local.resolve(e) {
+            Some(r) => Some((e.tag | u64::from(e.flags & CARRIED_FLAGS), r)),
+            None => {
+                ignored += 1;
+                None
+            }
+        })
+        .collect();
+    (inserts, ignored)
+}
+
 #[cfg(test)]
 mod tests;

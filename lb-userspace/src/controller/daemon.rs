@@ -74,6 +74,10 @@ pub async fn run(config_path: PathBuf, keep_applied: Option<PathBuf>) -> anyhow:
             tunnel_source_v4: config.dataplane.tunnel_source_v4,
             tunnel_source_v6: config.dataplane.tunnel_source_v6,
             answers_per_sec: config.dataplane.answers_per_sec,
+            flow_seed: config
+                .sync
+                .as_ref()
+                .map(|s| crate::flowsync::tag_seed(&s.secret)),
         },
     )?;
     for iface in &config.dataplane.interfaces {

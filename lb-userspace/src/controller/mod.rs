@@ -862,6 +862,15 @@ impl<D: DataplaneOps> Controller<D> {
                 path.display()
             ));
         }
+        let secret = |c: &Config| c.sync.as_ref().map(|s| s.secret.clone());
+        if new.sync.is_some() && secret(&new) != secret(&self.config) {
+            return Err(format!(
+                "{}: [sync] added or its secret changed; the secret keys the flow table, which \
+                 a running data plane cannot change without losing its pinned flows, so it needs \
+                 `xdplb down` and a fresh `xdplb run` (this drops established flows once)",
+                path.display()
+            ));
+        }
         if new.control != self.config.control {
             return Err(format!(
                 "{}: [control] changed; restart `xdplb run` to rebind the admin socket or \

@@ -2255,3 +2255,27 @@ async fn a_plan_that_moves_a_vip_strands_its_flows() {
     let web = gone.pools.iter().find(|p| p.name == "web").unwrap();
     assert_eq!((web.change.as_str(), web.flows_stranded), ("removed", 7));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_adding_sync_or_changing_its_secret_is_refused() {
+    let mut r = rig();
+    r.pump(Duration::from_millis(300)).await;
+    let ops = r.fake().ops.len();
+    let with_sync = |secret: &str| {
+        CONFIG.replacen(
+            "[[pool]]",
+            &format!(
+                "[sync]\nlisten = \"198.18.1.2:7946\"\npeers = [\"198.18.1.3:7946\"]\nsecret = \"{secret}\"\n\n[[pool]]"
+            ),
+            1,
+        )
+    };
+    r.write_config(with_sync("0123456789abcdef-one"));
+    let why = r.c.reload().unwrap_err();
+    assert!(why.contains("[sync] added or its secret changed"), "{why}");
+    assert!(why.contains("xdplb down"), "{why}");
+    assert_eq!(r.fake().ops.len(), ops, "nothing applied");
+    // Removing nothing, adding nothing: the running config reloads.
+    r.write_config(CONFIG);
+    r.c.reload().unwrap();
+}

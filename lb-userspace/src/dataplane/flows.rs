@@ -186,6 +186,50 @@ impl FlowTable {
         true
     }
 
+    /// Records a flow a peer gateway pinned (flow sync): `word` (tag and
+    /// flags) on `backend`, seen at `seen`, if the table does not hold the
+    /// flow already (its own entry is this gateway's truth) and one of its
+    /// buckets has an empty way. Never over a live entry. The data plane's
+    /// publish order: the way is claimed by swapping its empty tag word
+    /// for a word no flow has (bit 8 clear: `tag_of` sets it in every
+    /// tag), then backend and time are written, then the tag, released
+    /// last, so a reader that matches the tag finds this backend. Whether
+    /// it was recorded.
+    pub fn insert_absent(&self, word: u64, backend: u32, seen: u32) -> bool {
+        /// Matches no flow; looks like an established entry (the program
+        /// evicts those last) while it is being written.
+        const CLAIMED: u64 =
+            0xffff_fe00 | (lb_common::FLOW_F_ACKED | lb_common::FLOW_F_REPLIED) as u64;
+        let tag = word & !lb_common::FLOW_TAG_FLAGS;
+        if tag == 0 || tag & 0x100 == 0 || self.find(tag).is_some() {
+            return false;
+        }
+        for i in self.ways(tag) {
+            if self
+                .word(i, 0)
+                .compare_exchange(0, CLAIMED, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            self.word(i, 1)
+                .store(backend as u64 | (seen as u64) << 32, Ordering::Relaxed);
+            // Only our claim may be replaced: if the program took the way
+            // meanwhile (it writes without a claim), leave its flow. (The
+            // program picks an established-looking way only when both
+            // buckets hold nothing else; if it does within the few
+            // nanoseconds between the claim and the store above, its tag
+            // may meet this backend: the same window two CPUs inserting
+            // at once have today, which the atomic publish of issue 22
+            // closes for both.)
+            return self
+                .word(i, 0)
+                .compare_exchange(CLAIMED, word, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok();
+        }
+        false
+    }
+
     /// Every occupied slot, as (index, entry).
     pub fn occupied(&self) -> impl Iterator<Item = (usize, FlowSlot)> + '_ {
         (0..self.capacity())

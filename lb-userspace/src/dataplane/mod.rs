@@ -98,6 +98,10 @@ pub struct Tuning {
     /// Per CPU: answers the program makes itself (`[dataplane]
     /// answers_per_sec`; 0 = none).
     pub answers_per_sec: u32,
+    /// The flow table's tag key that `[sync]` requires (derived from its
+    /// secret, the same on every gateway); None: the pinned one, or a
+    /// random one for a new table.
+    pub flow_seed: Option<u64>,
 }
 
 impl Default for Tuning {
@@ -107,6 +111,7 @@ impl Default for Tuning {
             tunnel_source_v4: None,
             tunnel_source_v6: None,
             answers_per_sec: lb_common::limits::DEFAULT_ANSWERS_PER_SEC,
+            flow_seed: None,
         }
     }
 }

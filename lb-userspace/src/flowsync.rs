@@ -483,5 +483,7 @@ pub fn to_local(entries: &[SyncEntry], local: &LocalBackends) -> (Vec<(u64, u32)
     (inserts, ignored)
 }
 
+pub mod transport;
+
 #[cfg(test)]
 mod tests;

@@ -20,10 +20,13 @@ fn main() -> anyhow::Result<()> {
     );
     // AYA_BUILD_SKIP=1 (tooling without bpf-linker) leaves no object: write
     // an empty one so the crate still compiles; loading it then fails loudly.
-    let out = PathBuf::from(env::var("OUT_DIR")?).join("lb-ebpf");
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     if env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
-        if !out.exists() {
-            fs::write(&out, [])?;
+        for object in ["lb-ebpf", "lb-ebpf-explain"] {
+            let out = out_dir.join(object);
+            if !out.exists() {
+                fs::write(&out, [])?;
+            }
         }
         return Ok(());
     }

@@ -87,6 +87,18 @@ pub mod limits {
     /// Addresses of this host the controller tells the program about (its
     /// own traffic to backends must not be mistaken for replies).
     pub const MAX_LOCAL_ADDRS: u32 = 256;
+    /// Host bits of a `tunnel_source` prefix at most (256 outer sources):
+    /// far more than a backend has receive queues to spread over, and
+    /// few enough that `run` checks every address is this host's.
+    pub const MAX_TUNNEL_SOURCE_HOST_BITS: u32 = 8;
+    /// A translated fragmentation-needed never quotes less (IPv4): a
+    /// forged message quoting a tiny MTU cannot make clients send tiny
+    /// segments (RFC 5927 §7.2), and 576 is what every IPv4 host must
+    /// accept (RFC 791), so no real path is smaller.
+    pub const MIN_TUNNEL_PMTU4: u32 = 576;
+    /// A translated packet-too-big never quotes less than IPv6's minimum
+    /// link MTU (RFC 8200 §5).
+    pub const MIN_TUNNEL_PMTU6: u32 = 1280;
 }
 
 pub mod maps {
@@ -165,12 +177,15 @@ pub mod maps {
     pub const PROGRAM: &str = "xdplb";
     /// The pinned XDP link per interface is `link_<ifname>` under the pin path.
     pub const LINK_PREFIX: &str = "link_";
+    /// The explain programs' trace ([`ExplainTrace`](crate::ExplainTrace)),
+    /// one entry; only in the explain object, never pinned.
+    pub const EXPLAIN: &str = "EXPLAIN";
 }
 
 /// The layout of the pinned maps as a whole. Bump it whenever a map's key,
 /// value or meaning changes, so a controller never adopts maps made for
 /// another layout (it refuses them and says to run `xdplb down`).
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// `TAILS` slot of the IPv6 program. The balancer is four XDP programs
 /// sharing every map: IPv4 TCP (and ICMP) in the attached one; IPv4 UDP and
@@ -590,9 +605,27 @@ pub const FLOW_TAG_FLAGS: u64 = 0xff;
 pub const FLOW_SEEN_SHIFT: u32 = 20;
 const _: () = assert!(limits::LAST_SEEN_RESOLUTION_NS == 1 << FLOW_SEEN_SHIFT);
 
+/// [`FlowSlot::tag`] of a slot a CPU is writing a new entry into. An
+/// insert is three stores (backend, seen, tag), so it first claims the way
+/// with a compare-and-swap from the word it judged to this (a second CPU
+/// that judged the same word fails its swap and records nothing), writes
+/// backend and seen, then publishes the tag. No flow's tag has bits 8–63
+/// all clear ([`flow_tag`] sets bit 8), so this matches no flow, and it is
+/// never taken as a victim nor reaped.
+pub const FLOW_CLAIMED: u64 = FLOW_TAG_FLAGS;
+
 /// One flow in `FLOWS`: the table keeps no 5-tuple, only a keyed 64-bit
 /// hash of it ([`flow_tag`], [`flow_tag6`]), so an entry is 16 bytes and a
 /// bucket of [`FLOW_WAYS`] is two cache lines.
+///
+/// Publishing (so no reader pairs one flow's tag with another's backend):
+/// writers change `tag` only by compare-and-swap against the exact word
+/// they read — an insert swaps it to [`FLOW_CLAIMED`] before writing
+/// `backend`, a flag update ors its bits into the word it judged, user
+/// space clears the word it judged — so a slot taken by another flow in
+/// the meantime is neither overwritten by a stale insert nor resurrected
+/// by a stale flag update. Readers load `tag`, then `backend`, then `tag`
+/// again, and use `backend` only if the tag (flags aside) did not change.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowSlot {
@@ -1038,6 +1071,16 @@ pub enum GlobalCounter {
     /// Answers the program would have made (RST, ICMP error, echo reply)
     /// over `answers_per_sec` on this CPU: the packet was dropped.
     DropAnswerLimited,
+    /// A router's fragmentation-needed (packet-too-big) about an outer
+    /// packet of a `tunnel` pool, translated into one from the VIP to the
+    /// client about its own packet.
+    TunnelTooBig,
+    /// Flow-table entries another CPU changed between this CPU's read and
+    /// its write or use (an insert whose claim found the way taken, a flag
+    /// update whose word had changed, a pin whose tag changed while its
+    /// backend was read): nothing was written or used, the packet was
+    /// balanced by the ring (see [`FLOW_CLAIMED`]).
+    FlowRaced,
     /// Internal: a map lookup that cannot fail failed (bad slot index).
     DropInternal,
 }
@@ -1073,7 +1116,7 @@ impl GlobalCounter {
         (GlobalCounter::DropInternal, "internal"),
     ];
     /// Notable events that are not drops, with their metric label.
-    pub const EVENTS: [(GlobalCounter, &'static str); 26] = [
+    pub const EVENTS: [(GlobalCounter, &'static str); 28] = [
         (GlobalCounter::FlowMisses, "flow_miss"),
         (GlobalCounter::Resteered, "resteered"),
         (GlobalCounter::PassNeighUnresolved, "neigh_unresolved"),
@@ -1100,6 +1143,8 @@ impl GlobalCounter {
         (GlobalCounter::EchoReplied, "echo_replied"),
         (GlobalCounter::FragmentFollowed, "fragment_followed"),
         (GlobalCounter::PassBackendOpened, "backend_opened"),
+        (GlobalCounter::TunnelTooBig, "tunnel_too_big"),
+        (GlobalCounter::FlowRaced, "flow_raced"),
     ];
 }
 
@@ -1170,6 +1215,21 @@ const fn fold6(a: &Addr6, init: u32) -> u32 {
         w[2].wrapping_add(init),
     );
     jhash_final(h, w[3].wrapping_add(init), init)
+}
+
+/// The host part (host order, below `host_bits` ≤ 31) of a `tunnel`
+/// pool's outer source for a flow of ring hash `hash`: the outer source is
+/// `tunnel_source`'s prefix with this as its host part, so a flow keeps
+/// one outer source while the flows of a gateway spread over the prefix
+/// (and a backend's NIC spreads them over its queues). The hash's high
+/// bits after a multiplicative mix: the ring takes `hash % ring_size`,
+/// and these must not follow the backend choice.
+#[inline(always)]
+pub const fn tunnel_host_part(hash: u32, host_bits: u32) -> u32 {
+    if host_bits == 0 || host_bits > 31 {
+        return 0;
+    }
+    hash.wrapping_mul(0x9e37_79b1) >> (32 - host_bits)
 }
 
 /// Index into `RINGS` of entry `hash % ring_size` of a VIP's ring `slot`.
@@ -1272,6 +1332,106 @@ pub mod bench {
     const _: () = assert!(core::mem::size_of::<BenchFrame>() == 16 + BENCH_FRAME_MAX);
 }
 
+/// Counters an explain run lists, in the order the program would have
+/// moved them (more are dropped and counted in `counters_lost`).
+pub const EXPLAIN_COUNTERS: usize = 16;
+/// "None" in an [`ExplainTrace`] field: the step did not run.
+pub const EXPLAIN_NONE: u32 = u32::MAX;
+
+/// `ExplainTrace::programs` bits: which of the programs ran (in the
+/// explain object, the same entry points as the data plane's).
+pub const EXPLAIN_PROG_MAIN: u32 = 1 << 0;
+pub const EXPLAIN_PROG_UDP4: u32 = 1 << 1;
+pub const EXPLAIN_PROG_IPV6: u32 = 1 << 2;
+pub const EXPLAIN_PROG_UDP6: u32 = 1 << 3;
+pub const EXPLAIN_PROG_ICMP6: u32 = 1 << 4;
+pub const EXPLAIN_PROG_FRAG4: u32 = 1 << 5;
+pub const EXPLAIN_PROG_FRAG6: u32 = 1 << 6;
+
+/// `ExplainTrace::pinned`: what the flow's entry said.
+/// Still its backend's: kept.
+pub const EXPLAIN_PIN_KEEP: u32 = 0;
+/// Its backend is down: selected again from the ring.
+pub const EXPLAIN_PIN_DOWN: u32 = 1;
+/// Closed and past its linger: a new flow.
+pub const EXPLAIN_PIN_CLOSED: u32 = 2;
+/// Idle past the VIP's `flow_idle_ms`: a new flow.
+pub const EXPLAIN_PIN_IDLE: u32 = 3;
+/// Its backend slot was freed or reused since: a new flow.
+pub const EXPLAIN_PIN_STALE: u32 = 4;
+/// A SYN on a closed connection's entry: the new connection takes it.
+pub const EXPLAIN_PIN_REOPENED: u32 = 5;
+
+/// What `xdplb explain` reads back after running a frame through the
+/// explain object (the data plane's code built with its writes turned
+/// off, see lb-ebpf's `explain.rs`): each step's inputs and outcome, and
+/// every counter the real program would have moved. User space fills it
+/// with [`EXPLAIN_NONE`] (and zero counts) before each run.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExplainTrace {
+    /// `EXPLAIN_PROG_*` bits.
+    pub programs: u32,
+    /// Counters the program would have moved (`GlobalCounter` values).
+    pub n_counters: u32,
+    pub counters: [u16; EXPLAIN_COUNTERS],
+    /// The flow table's two buckets for the flow's tag (the last lookup).
+    pub bucket_a: u32,
+    pub bucket_b: u32,
+    /// The way (0–15 first bucket, 16–31 second) holding the flow.
+    pub flow_hit: u32,
+    /// The way a new entry would take.
+    pub flow_victim: u32,
+    /// The hit entry's backend reference and `FLOW_F_*` flags.
+    pub entry_ref: u32,
+    pub entry_flags: u32,
+    /// `EXPLAIN_PIN_*`.
+    pub pinned: u32,
+    /// The way a new entry was to be written to (if the insert cap let it).
+    pub insert_way: u32,
+    /// The ring entry read: its index in `RINGS` and what it held
+    /// (`NO_BACKEND` for an empty entry: `ring_index` tells whether it
+    /// was read).
+    pub ring_index: u32,
+    pub ring_ref: u32,
+    /// The VIP and backend slot the packet was counted for.
+    pub vip_index: u32,
+    pub backend: u32,
+    /// Whether it counted as a new flow.
+    pub new_flow: u32,
+    /// A reply: the backend slot it came from.
+    pub reply_backend: u32,
+    /// Counters past `EXPLAIN_COUNTERS`.
+    pub counters_lost: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<ExplainTrace>() == 104);
+
+impl ExplainTrace {
+    /// Before a run: every step "did not run".
+    pub const EMPTY: ExplainTrace = ExplainTrace {
+        programs: 0,
+        n_counters: 0,
+        counters: [0; EXPLAIN_COUNTERS],
+        bucket_a: EXPLAIN_NONE,
+        bucket_b: EXPLAIN_NONE,
+        flow_hit: EXPLAIN_NONE,
+        flow_victim: EXPLAIN_NONE,
+        entry_ref: EXPLAIN_NONE,
+        entry_flags: EXPLAIN_NONE,
+        pinned: EXPLAIN_NONE,
+        insert_way: EXPLAIN_NONE,
+        ring_index: EXPLAIN_NONE,
+        ring_ref: EXPLAIN_NONE,
+        vip_index: EXPLAIN_NONE,
+        backend: EXPLAIN_NONE,
+        new_flow: 0,
+        reply_backend: EXPLAIN_NONE,
+        counters_lost: 0,
+        _pad: 0,
+    };
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -1300,4 +1460,5 @@ mod pod {
     unsafe impl aya::Pod for FragKey6 {}
     unsafe impl aya::Pod for FragEntry {}
     unsafe impl aya::Pod for bench::BenchFrame {}
+    unsafe impl aya::Pod for ExplainTrace {}
 }

@@ -245,6 +245,50 @@ pub fn icmp_error<F: Family>(ctx: &XdpContext, kind: (u8, u8), mtu: u32) -> Opti
     Some(())
 }
 
+/// Turns a too-big message about an outer packet (router → tunnel
+/// source, quoting the outer header, then the client's packet's header and
+/// 8 bytes) into one from `vip` to `client` quoting `mtu` and the client's
+/// packet: the quoted outer header is cut out (the frame's first `HLEN`
+/// bytes go, and the new headers are written where the old ones ended, so
+/// the client's quote stays where it is), and the rest after those 8 bytes.
+#[inline(always)]
+pub fn unwrap_too_big<F: Family>(
+    ctx: &XdpContext,
+    client: &F::Addr,
+    vip: &F::Addr,
+    mtu: u32,
+) -> Option<()> {
+    let message_len = core::mem::size_of::<F::IcmpMessage>();
+    // Ethernet, outer IP, ICMP, quoted outer header, then the quote kept.
+    if !truncate(ctx, ETH_HLEN + F::HLEN + F::HLEN + message_len) {
+        return None;
+    }
+    // SAFETY: valid context; the frame is longer than the delta.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, F::HLEN as i32) } != 0 {
+        return None;
+    }
+    // Every pointer is stale after the resize: derive them again.
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    let ip = ptr_at::<F::Hdr>(ctx, ETH_HLEN)?;
+    // verifier: one pointer for the ICMP header and the whole message, as
+    // in `icmp_error`.
+    let message = ptr_at::<F::IcmpMessage>(ctx, ETH_HLEN + F::HLEN)?;
+    let icmp = message as *mut IcmpHdr;
+    // SAFETY: bounds checked by ptr_at.
+    let (eth, ip, icmp) = unsafe { (&mut *eth, &mut *ip, &mut *icmp) };
+    // The MACs are the next hop's, written when it is sent.
+    eth.proto = F::BE_ETH_P;
+    F::write_answer_header(ip, F::ICMP_PROTO, message_len as u16, vip, client);
+    icmp.ty = F::TOO_BIG.0;
+    icmp.code = F::TOO_BIG.1;
+    icmp.check = 0;
+    icmp.rest = F::icmp_rest(mtu);
+    let pseudo = F::icmp_pseudo(vip, client, message_len as u16);
+    // SAFETY: `message` is in bounds (checked above), plain bytes.
+    icmp.check = !fold(pseudo + unsafe { &*message }.sum());
+    Some(())
+}
+
 /// The packet answered with "too big for the next link", quoting `mtu`;
 /// counted.
 #[inline(always)]

@@ -83,9 +83,12 @@ pub fn dsr<F: Family>(ctx: &XdpContext, backend: &F::Addr, now: u64) -> u32 {
 
 /// The frame's IP packet inside an outer header of its own family, from
 /// the tunnel source to `backend` (IPIP, RFC 2003; IPv6-in-IPv6, RFC 2473).
+/// `hash` is the flow's ring hash: it picks the outer source within a
+/// `tunnel_source` prefix, so a flow keeps one outer (source, backend)
+/// pair and a backend's NIC spreads a gateway's flows over its queues.
 #[inline(always)]
-pub fn tunnel<F: Family>(ctx: &XdpContext, backend: &F::Addr, now: u64) -> u32 {
-    let Some(source) = F::tunnel_source() else {
+pub fn tunnel<F: Family>(ctx: &XdpContext, backend: &F::Addr, hash: u32, now: u64) -> u32 {
+    let Some(source) = F::tunnel_source(hash) else {
         return drop(ctx, GlobalCounter::DropInternal);
     };
     let Some(ip) = ptr_at::<F::Hdr>(ctx, ETH_HLEN) else {
@@ -112,7 +115,7 @@ pub fn tunnel<F: Family>(ctx: &XdpContext, backend: &F::Addr, now: u64) -> u32 {
         // quote.
         return too_big::<F>(ctx, mtu.saturating_sub(F::HLEN as u32));
     }
-    if !encapsulate::<F>(ctx, &source, backend, &inner) {
+    if !encapsulate::<F>(ctx, &source, backend, &inner, hash) {
         return drop(ctx, GlobalCounter::DropInternal);
     }
     count(GlobalCounter::TunnelSent);
@@ -126,6 +129,7 @@ fn encapsulate<F: Family>(
     source: &F::Addr,
     backend: &F::Addr,
     inner: &F::Inner,
+    hash: u32,
 ) -> bool {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return false;
@@ -148,6 +152,6 @@ fn encapsulate<F: Family>(
     eth.dst = dst;
     eth.src = src;
     eth.proto = F::BE_ETH_P;
-    F::write_outer(ip, inner, source, backend);
+    F::write_outer(ip, inner, source, backend, hash);
     true
 }

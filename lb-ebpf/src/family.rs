@@ -26,11 +26,12 @@ use crate::{
     host::may_be,
     maps::{
         BACKEND_ADDRS6, FIB_CACHE, FIB_CACHE6, FRAGS, FRAGS6, FRAG_SCRATCH, LOCAL_ADDRS,
-        LOCAL_ADDRS6, OUTBOUND, OUTBOUND6, REPLIES, REPLIES6, REPLY_ADDRS, REPLY_ADDRS6, VIPS,
-        VIPS6, VIP_ADDRS, VIP_ADDRS6,
+        LOCAL_ADDRS6, OUTBOUND, OUTBOUND6, REPLIES, REPLIES6, REPLY_ADDRS, REPLY_ADDRS6,
+        TUNNEL_IDS, VIPS, VIPS6, VIP_ADDRS, VIP_ADDRS6,
     },
     parse::{load32, load_addr6, store32, store_addr6, IcmpPacket, Ipv4Hdr, Ipv6Hdr, Parsed},
     select::Flow,
+    trace,
 };
 
 /// `tunnel_source` for IPv4 (network order), set by user space with
@@ -41,6 +42,36 @@ static TUNNEL_SOURCE_V4: u32 = 0;
 /// `tunnel_source` for IPv6, as `TUNNEL_SOURCE_V4`; all zero when none.
 #[no_mangle]
 static TUNNEL_SOURCE_V6: Addr6 = Addr6 { words: [0; 4] };
+
+/// Host bits of the IPv4 `tunnel_source` prefix (0: one address), at
+/// most `MAX_TUNNEL_SOURCE_HOST_BITS`; `TUNNEL_SOURCE_V4` is the prefix's
+/// first address. Set by user space with `override_global`.
+#[no_mangle]
+static TUNNEL_HOST_BITS_V4: u32 = 0;
+
+/// Host bits of the IPv6 `tunnel_source` prefix, as for IPv4 (they are
+/// all in the address's last word).
+#[no_mangle]
+static TUNNEL_HOST_BITS_V6: u32 = 0;
+
+/// The outer source for a flow of ring hash `hash`: `base` (the prefix,
+/// network order) with the flow's host part (`lb_common::tunnel_host_part`)
+/// in its low `bits`.
+#[inline(always)]
+fn spread_source(base: u32, bits: u32, hash: u32) -> u32 {
+    base | lb_common::tunnel_host_part(hash, bits).to_be()
+}
+
+/// Whether `addr` (network order) is in the prefix of `base` and `bits`.
+#[inline(always)]
+fn in_prefix(addr: u32, base: u32, bits: u32) -> bool {
+    let host = if bits == 0 || bits > 31 {
+        0
+    } else {
+        (u32::MAX >> (32 - bits)).to_be()
+    };
+    addr & !host == base
+}
 
 /// Where a backend's replies must appear to come from (a `REPLIES` or
 /// `REPLIES6` entry, copied out).
@@ -102,6 +133,9 @@ pub trait Family: Sized + 'static {
     const PORT_UNREACH: (u8, u8);
     /// Protocol number of this family inside an outer header of itself.
     const ENCAP_PROTO: u8;
+    /// The least MTU a translated too-big message quotes
+    /// (`lb_common::limits::MIN_TUNNEL_PMTU4` / `MIN_TUNNEL_PMTU6`).
+    const MIN_PMTU: u32;
     /// `TAILS` slot of this family's later-fragment program.
     const TAIL_FRAGMENT: u32;
     /// UDP may go without a checksum (0): IPv4 only (RFC 768; RFC 8200
@@ -121,6 +155,14 @@ pub trait Family: Sized + 'static {
     fn parse<const UDP: bool>(ctx: &XdpContext) -> Parsed<Self>;
     /// What becomes of an ICMP error `parse` found.
     fn icmp_error(ctx: &XdpContext, p: &IcmpPacket<Self>) -> u32;
+    /// What becomes of a too-big message quoting an outer packet
+    /// (`Parsed::TunnelTooBig`).
+    fn tunnel_too_big(ctx: &XdpContext) -> u32;
+    /// Whether a quoted header is one the program reads (IPv4 without
+    /// options; IPv6).
+    fn plain(ip: &Self::Hdr) -> bool;
+    /// The MTU a too-big message quotes, from its header's last four bytes.
+    fn quoted_mtu(rest: &[u16; 2]) -> u32;
 
     fn src(ip: &Self::Hdr) -> Self::Addr;
     fn dst(ip: &Self::Hdr) -> Self::Addr;
@@ -221,11 +263,21 @@ pub trait Family: Sized + 'static {
         proto: u8,
     );
 
-    /// The configured outer source of tunnelled packets.
-    fn tunnel_source() -> Option<Self::Addr>;
+    /// The outer source of a tunnelled flow of ring hash `hash`: the
+    /// configured `tunnel_source`, or the flow's address in its prefix.
+    fn tunnel_source(hash: u32) -> Option<Self::Addr>;
+    /// Whether `addr` is a `tunnel_source` address (in its prefix).
+    fn is_tunnel_source(addr: &Self::Addr) -> bool;
     fn inner(ip: &Self::Hdr) -> Self::Inner;
-    /// Writes an outer header around a packet of `inner`.
-    fn write_outer(ip: &mut Self::Hdr, inner: &Self::Inner, src: &Self::Addr, dst: &Self::Addr);
+    /// Writes an outer header around a packet of `inner`; `hash` (the
+    /// flow's ring hash) varies what may vary per flow.
+    fn write_outer(
+        ip: &mut Self::Hdr,
+        inner: &Self::Inner,
+        src: &Self::Addr,
+        dst: &Self::Addr,
+        hash: u32,
+    );
     /// Writes the header of a packet the program originates, carrying
     /// `payload_len` bytes of `proto`.
     fn write_answer_header(
@@ -279,6 +331,7 @@ impl Family for Ipv4 {
     const TOO_BIG: (u8, u8) = (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED);
     const PORT_UNREACH: (u8, u8) = (ICMP_DEST_UNREACH, ICMP_PORT_UNREACH);
     const ENCAP_PROTO: u8 = IPPROTO_IPIP;
+    const MIN_PMTU: u32 = lb_common::limits::MIN_TUNNEL_PMTU4;
     const TAIL_FRAGMENT: u32 = lb_common::TAIL_FRAG4;
     const UDP_CHECKSUM_OPTIONAL: bool = true;
     const HEADER_CHECKSUM: bool = true;
@@ -294,6 +347,19 @@ impl Family for Ipv4 {
     #[inline(always)]
     fn icmp_error(ctx: &XdpContext, p: &IcmpPacket<Self>) -> u32 {
         crate::icmp::translate(ctx, p)
+    }
+    #[inline(always)]
+    fn tunnel_too_big(ctx: &XdpContext) -> u32 {
+        crate::icmp::tunnel_too_big::<Self>(ctx)
+    }
+    #[inline(always)]
+    fn plain(ip: &Ipv4Hdr) -> bool {
+        ip.ver_ihl == 0x45
+    }
+    /// The next-hop MTU of RFC 1191 (0 from a router older than it).
+    #[inline(always)]
+    fn quoted_mtu(rest: &[u16; 2]) -> u32 {
+        u16::from_be(rest[1]) as u32
     }
 
     #[inline(always)]
@@ -430,6 +496,9 @@ impl Family for Ipv4 {
     }
     #[inline(always)]
     fn mark_opener(addr: &u32, port: u16, proto: u8) {
+        if !trace::WRITES {
+            return;
+        }
         let key = L4Addr {
             addr: *addr,
             port,
@@ -449,10 +518,16 @@ impl Family for Ipv4 {
     }
     #[inline(always)]
     fn outbound_put(key: &FlowKey, now: u64) {
+        if !trace::WRITES {
+            return;
+        }
         let _ = OUTBOUND.insert(key, &now, 0);
     }
     #[inline(always)]
     fn outbound_del(key: &FlowKey) {
+        if !trace::WRITES {
+            return;
+        }
         let _ = OUTBOUND.remove(key);
     }
     #[inline(always)]
@@ -478,6 +553,9 @@ impl Family for Ipv4 {
         kind: u32,
         expires_ns: u64,
     ) {
+        if !trace::WRITES {
+            return;
+        }
         let Some(s) = FRAG_SCRATCH.get_ptr_mut(0) else {
             return;
         };
@@ -524,6 +602,9 @@ impl Family for Ipv4 {
     }
     #[inline(always)]
     fn fib_store(daddr: &u32, hop: &FibEntry) {
+        if !trace::WRITES {
+            return;
+        }
         let _ = FIB_CACHE.insert(daddr, hop, 0);
     }
     #[inline(always)]
@@ -536,11 +617,19 @@ impl Family for Ipv4 {
     }
 
     #[inline(always)]
-    fn tunnel_source() -> Option<u32> {
+    fn tunnel_source(hash: u32) -> Option<u32> {
         // verifier: volatile so the loaded value (set at load time) is
         // used, not the compile-time default folded in.
         let source = unsafe { core::ptr::read_volatile(&TUNNEL_SOURCE_V4) };
-        (source != 0).then_some(source)
+        let bits = unsafe { core::ptr::read_volatile(&TUNNEL_HOST_BITS_V4) };
+        (source != 0).then(|| spread_source(source, bits, hash))
+    }
+    #[inline(always)]
+    fn is_tunnel_source(addr: &u32) -> bool {
+        // SAFETY: as in `tunnel_source`.
+        let source = unsafe { core::ptr::read_volatile(&TUNNEL_SOURCE_V4) };
+        let bits = unsafe { core::ptr::read_volatile(&TUNNEL_HOST_BITS_V4) };
+        source != 0 && in_prefix(*addr, source, bits)
     }
     #[inline(always)]
     fn inner(ip: &Ipv4Hdr) -> Inner4 {
@@ -551,12 +640,18 @@ impl Family for Ipv4 {
         }
     }
     #[inline(always)]
-    fn write_outer(ip: &mut Ipv4Hdr, inner: &Inner4, src: &u32, dst: &u32) {
+    fn write_outer(ip: &mut Ipv4Hdr, inner: &Inner4, src: &u32, dst: &u32, hash: u32) {
         ip.ver_ihl = 0x45;
         // DSCP and ECN copied (RFC 2003 §3.1, RFC 6040 normal mode).
         ip.tos = inner.tos;
         ip.tot_len = (inner.tot_len + IPV4_MIN_HLEN as u16).to_be();
-        ip.id = 0;
+        // DF copied from the inner header (RFC 2003 §3.1). With DF the
+        // datagram is atomic and its ID may be 0 (RFC 6864 §4.1); without
+        // it the outer packet may be fragmented on the way, and the
+        // fragments of different outer packets must not share an ID:
+        // this CPU's counter, offset by the flow's hash so flows on other
+        // CPUs (whose counters run alike) rarely meet.
+        ip.id = if inner.df { 0 } else { outer_id(hash) };
         ip.frag_off = if inner.df { BE_IP_DF } else { 0 };
         ip.ttl = ORIGIN_TTL;
         ip.proto = IPPROTO_IPIP;
@@ -598,6 +693,7 @@ impl Family for Ipv6 {
     const TOO_BIG: (u8, u8) = (ICMPV6_PKT_TOOBIG, 0);
     const PORT_UNREACH: (u8, u8) = (ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACH);
     const ENCAP_PROTO: u8 = IPPROTO_IPV6;
+    const MIN_PMTU: u32 = lb_common::limits::MIN_TUNNEL_PMTU6;
     const TAIL_FRAGMENT: u32 = lb_common::TAIL_FRAG6;
     const UDP_CHECKSUM_OPTIONAL: bool = false;
     const HEADER_CHECKSUM: bool = false;
@@ -614,6 +710,19 @@ impl Family for Ipv6 {
     #[inline(always)]
     fn icmp_error(ctx: &XdpContext, _p: &IcmpPacket<Self>) -> u32 {
         crate::pipeline::tail(ctx, lb_common::TAIL_ICMP6)
+    }
+    /// To the ICMPv6 program, as other errors.
+    #[inline(always)]
+    fn tunnel_too_big(ctx: &XdpContext) -> u32 {
+        crate::pipeline::tail(ctx, lb_common::TAIL_ICMP6)
+    }
+    #[inline(always)]
+    fn plain(ip: &Ipv6Hdr) -> bool {
+        ip.vtc_flow[0] as u8 >> 4 == 6
+    }
+    #[inline(always)]
+    fn quoted_mtu(rest: &[u16; 2]) -> u32 {
+        u32::from_be(load32(rest))
     }
 
     #[inline(always)]
@@ -746,6 +855,9 @@ impl Family for Ipv6 {
     }
     #[inline(always)]
     fn mark_opener(addr: &Addr6, port: u16, proto: u8) {
+        if !trace::WRITES {
+            return;
+        }
         let key = L4Addr6 {
             addr: *addr,
             port,
@@ -764,10 +876,16 @@ impl Family for Ipv6 {
     }
     #[inline(always)]
     fn outbound_put(key: &FlowKey6, now: u64) {
+        if !trace::WRITES {
+            return;
+        }
         let _ = OUTBOUND6.insert(key, &now, 0);
     }
     #[inline(always)]
     fn outbound_del(key: &FlowKey6) {
+        if !trace::WRITES {
+            return;
+        }
         let _ = OUTBOUND6.remove(key);
     }
     #[inline(always)]
@@ -795,6 +913,9 @@ impl Family for Ipv6 {
         kind: u32,
         expires_ns: u64,
     ) {
+        if !trace::WRITES {
+            return;
+        }
         let Some(s) = frag_key6(src, dst, id, proto) else {
             return;
         };
@@ -831,6 +952,9 @@ impl Family for Ipv6 {
     }
     #[inline(always)]
     fn fib_store(daddr: &Addr6, hop: &FibEntry) {
+        if !trace::WRITES {
+            return;
+        }
         let _ = FIB_CACHE6.insert(daddr, hop, 0);
     }
     #[inline(always)]
@@ -842,10 +966,26 @@ impl Family for Ipv6 {
     }
 
     #[inline(always)]
-    fn tunnel_source() -> Option<Addr6> {
+    fn tunnel_source(hash: u32) -> Option<Addr6> {
         // verifier: volatile, as for IPv4.
+        let mut source = unsafe { core::ptr::read_volatile(&TUNNEL_SOURCE_V6) };
+        let bits = unsafe { core::ptr::read_volatile(&TUNNEL_HOST_BITS_V6) };
+        if source.words == [0; 4] {
+            return None;
+        }
+        source.words[3] = spread_source(source.words[3], bits, hash);
+        Some(source)
+    }
+    #[inline(always)]
+    fn is_tunnel_source(addr: &Addr6) -> bool {
+        // SAFETY: as in `tunnel_source`.
         let source = unsafe { core::ptr::read_volatile(&TUNNEL_SOURCE_V6) };
-        (source.words != [0; 4]).then_some(source)
+        let bits = unsafe { core::ptr::read_volatile(&TUNNEL_HOST_BITS_V6) };
+        source.words != [0; 4]
+            && addr.words[0] == source.words[0]
+            && addr.words[1] == source.words[1]
+            && addr.words[2] == source.words[2]
+            && in_prefix(addr.words[3], source.words[3], bits)
     }
     #[inline(always)]
     fn inner(ip: &Ipv6Hdr) -> Inner6 {
@@ -855,7 +995,7 @@ impl Family for Ipv6 {
         }
     }
     #[inline(always)]
-    fn write_outer(ip: &mut Ipv6Hdr, inner: &Inner6, src: &Addr6, dst: &Addr6) {
+    fn write_outer(ip: &mut Ipv6Hdr, inner: &Inner6, src: &Addr6, dst: &Addr6, _hash: u32) {
         // The inner word whole: version 6; the traffic class, DSCP and ECN
         // copied (RFC 2473 §6.5, RFC 6040 normal mode); and the client's
         // flow label, constant per flow, so ECMP on the way to the backend
@@ -882,6 +1022,19 @@ impl Family for Ipv6 {
         store_addr6(&mut ip.saddr, src);
         store_addr6(&mut ip.daddr, dst);
     }
+}
+
+/// The ID of an outer IPv4 packet without DF (network order): this
+/// CPU's count of them, plus the flow's hash.
+#[inline(always)]
+fn outer_id(hash: u32) -> u16 {
+    let Some(n) = TUNNEL_IDS.get_ptr_mut(0) else {
+        return (hash >> 16) as u16;
+    };
+    // SAFETY: a per-CPU slot only this CPU writes while we run.
+    let n = unsafe { &mut *n };
+    *n = n.wrapping_add(1);
+    ((*n as u16).wrapping_add((hash >> 16) as u16)).to_be()
 }
 
 /// The per-CPU scratch with its IPv6 fragment key filled in.

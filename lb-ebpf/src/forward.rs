@@ -208,6 +208,35 @@ pub fn send<F: Family>(ctx: &XdpContext, ip: *mut F::Hdr, hop: &FibEntry) -> u32
     transmit(ctx, hop)
 }
 
+/// Sends a packet the program made itself (its hop limit fresh, so not
+/// decremented) from `saddr` to `daddr`: the kernel's if the next hop
+/// needs it, or if it would not fit.
+#[inline(always)]
+pub fn originate<F: Family>(
+    ctx: &XdpContext,
+    saddr: &F::Addr,
+    daddr: &F::Addr,
+    proto: u8,
+    now: u64,
+) -> u32 {
+    let hop = match next_hop::<F>(ctx, saddr, daddr, 0, proto, now) {
+        Next::Send(hop) => hop,
+        Next::Kernel => return crate::verdict::pass(),
+        Next::Drop(reason) => return crate::verdict::drop(ctx, reason),
+    };
+    if fits(ctx, &hop).is_err() {
+        return crate::verdict::pass_because(GlobalCounter::PassTooBig);
+    }
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return crate::verdict::drop(ctx, GlobalCounter::DropInternal);
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let eth = unsafe { &mut *eth };
+    eth.src = hop.src_mac;
+    eth.dst = hop.dst_mac;
+    transmit(ctx, &hop)
+}
+
 #[inline(always)]
 fn transmit(ctx: &XdpContext, hop: &FibEntry) -> u32 {
     if hop.ifindex == ctx.ingress_ifindex() as u32 {

@@ -17,15 +17,17 @@
 //! it). IPv4 errors are translated in the main program; ICMPv6 ones in a
 //! program of their own (`xdplb_icmp6`), for a stack of their own.
 use aya_ebpf::programs::XdpContext;
-use lb_common::{GlobalCounter, VipMeta, VIP_F_DSR, VIP_F_TUNNEL};
+use lb_common::{GlobalCounter, VipMeta, IPPROTO_TCP, IPPROTO_UDP, VIP_F_DSR, VIP_F_TUNNEL};
 
 use crate::{
-    consts::MIN_FORWARD_TTL,
+    answer,
+    consts::{ETH_HLEN, ICMP_HLEN, MIN_FORWARD_TTL},
     csum::replace16,
     direct,
     family::{Family, Ipv6, Reply},
+    forward::originate,
     host::for_us,
-    parse::{icmp6_only, IcmpHdr, IcmpPacket, Parsed},
+    parse::{icmp6_only, ptr_at, IcmpHdr, IcmpPacket, Parsed},
     pipeline::{coarse_now, emit},
     select::{self, Flow},
     stats::count,
@@ -38,6 +40,7 @@ use crate::{
 pub fn program6(ctx: &XdpContext) -> u32 {
     match icmp6_only(ctx) {
         Parsed::IcmpError(p) => translate::<Ipv6>(ctx, &p),
+        Parsed::TunnelTooBig => tunnel_too_big::<Ipv6>(ctx),
         Parsed::IcmpUnparsed => pass_because(GlobalCounter::PassIcmpUnparsed),
         _ => pass(),
     }
@@ -75,6 +78,61 @@ pub fn translate<F: Family>(ctx: &XdpContext, p: &IcmpPacket<F>) -> u32 {
         return to_client(ctx, p, &reply);
     }
     not_ours::<F>(ctx, &outer_dst)
+}
+
+/// A router's fragmentation-needed (packet-too-big) about an outer packet
+/// this gateway sent from `tunnel_source` (RFC 2003 §4 and RFC 2473 §8
+/// leave relaying it to the tunnel's entry point): translated into one
+/// from the VIP to the client, about the client's own packet, quoting the
+/// router's MTU less the outer header (never less than `F::MIN_PMTU`). The
+/// backend never sees it: its answers do not cross the tunnel. A message
+/// the program makes, so rate-limited as the others; anything else of the
+/// kind is the kernel's.
+#[inline(always)]
+pub fn tunnel_too_big<F: Family>(ctx: &XdpContext) -> u32 {
+    let icmp_off = ETH_HLEN + F::HLEN;
+    let outer_off = icmp_off + ICMP_HLEN;
+    let inner_off = outer_off + F::HLEN;
+    let (Some(ip), Some(icmp), Some(outer), Some(inner), Some(ports)) = (
+        ptr_at::<F::Hdr>(ctx, ETH_HLEN),
+        ptr_at::<IcmpHdr>(ctx, icmp_off),
+        ptr_at::<F::Hdr>(ctx, outer_off),
+        ptr_at::<F::Hdr>(ctx, inner_off),
+        ptr_at::<[u16; 4]>(ctx, inner_off + F::HLEN),
+    ) else {
+        // The router quoted too little of the outer packet to find the
+        // client's (RFC 792 asks for only 8 bytes after the header).
+        return pass_because(GlobalCounter::PassIcmpUnparsed);
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let (ip, icmp, outer, inner, ports) = unsafe { (&*ip, &*icmp, &*outer, &*inner, &*ports) };
+    let to = F::dst(ip);
+    if !F::is_tunnel_source(&to) || F::src(outer) != to {
+        return pass();
+    }
+    let proto = F::proto(inner);
+    if !F::plain(inner) || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
+        return pass_because(GlobalCounter::PassIcmpUnparsed);
+    }
+    let (client, vip) = (F::src(inner), F::dst(inner));
+    match F::vip(&vip, ports[1], proto) {
+        Some(meta) if meta.flags & VIP_F_TUNNEL != 0 => {}
+        _ => return pass(),
+    }
+    if !for_us(ctx) {
+        return pass_because(GlobalCounter::PassNotForUs);
+    }
+    let mtu = F::quoted_mtu(&icmp.rest)
+        .saturating_sub(F::HLEN as u32)
+        .max(F::MIN_PMTU);
+    if !answer::may_answer() {
+        return drop(ctx, GlobalCounter::DropAnswerLimited);
+    }
+    if answer::unwrap_too_big::<F>(ctx, &client, &vip, mtu).is_none() {
+        return drop(ctx, GlobalCounter::DropInternal);
+    }
+    count(GlobalCounter::TunnelTooBig);
+    originate::<F>(ctx, &vip, &client, F::ICMP_PROTO, coarse_now())
 }
 
 /// An error about no flow of ours: the kernel's, unless it is addressed
@@ -115,7 +173,7 @@ fn to_backend<F: Family>(ctx: &XdpContext, p: &IcmpPacket<F>, vip: &VipMeta) -> 
         return if vip.flags & VIP_F_DSR != 0 {
             direct::dsr::<F>(ctx, &addr, now)
         } else {
-            direct::tunnel::<F>(ctx, &addr, now)
+            direct::tunnel::<F>(ctx, &addr, flow.hash(), now)
         };
     }
     let outer_src = F::src(ip);

@@ -26,8 +26,17 @@
 //!
 //! Every packet is counted in exactly one verdict counter (user space sums
 //! them into `Rx`, which saves a counter update per packet).
+//!
+//! `explain.rs` builds these same modules a second time, as the object
+//! `xdplb explain` runs: `trace` is the one module the two builds differ in
+//! (here `trace_none.rs`: writes on, nothing traced).
 #![no_std]
 #![no_main]
+// `atomic_cxchg`: the bpfel target has no 64-bit compare-and-swap in
+// `core::sync::atomic` (it lacks `target_has_atomic = "64"`), yet the BPF
+// ISA has one (BPF_CMPXCHG, kernel 5.12+), which LLVM emits for it.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod answer;
 mod consts;
@@ -43,16 +52,27 @@ mod parse;
 mod pipeline;
 mod select;
 mod stats;
+#[path = "trace_none.rs"]
+mod trace;
 mod verdict;
 
-use aya_ebpf::{macros::xdp, programs::XdpContext};
-use lb_common::{TAIL_IPV6, TAIL_UDP4};
+use aya_ebpf::{
+    macros::{map, xdp},
+    maps::ProgramArray,
+    programs::XdpContext,
+};
+use lb_common::{TAIL_IPV6, TAIL_SLOTS, TAIL_UDP4};
 
 use crate::{
     family::{Ipv4, Ipv6},
     parse::Program,
     pipeline::{run, tail},
 };
+
+/// The IPv6 and IPv4 UDP programs, by `lb_common::TAIL_*` slot (see
+/// there). Filled by user space after loading.
+#[map]
+pub static TAILS: ProgramArray = ProgramArray::pinned(TAIL_SLOTS, 0);
 
 #[xdp]
 pub fn xdplb(ctx: XdpContext) -> u32 {

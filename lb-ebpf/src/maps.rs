@@ -4,7 +4,7 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     flow_buckets,
@@ -15,7 +15,7 @@ use lb_common::{
     rings_len, Addr6, AnswerTokens, BackendCounters, BackendMeta, FibEntry, FlowBucket, FlowKey,
     FlowKey6, FragEntry, FragKey, FragKey6, GlobalCounter, IfaceMeta, L4Addr, L4Addr6, Name,
     RateWindow, ReplyEntry, ReplyEntry6, VipAddr, VipCounters, VipMeta, ADDR_FILTER_LEN,
-    IFACE_SLOTS, NAMES_LEN, TAIL_SLOTS,
+    IFACE_SLOTS, NAMES_LEN,
 };
 
 /// VIP endpoint → its index and live ring slot.
@@ -89,6 +89,10 @@ pub struct FragScratch {
 
 #[map]
 pub static FRAG_SCRATCH: PerCpuArray<FragScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per CPU: outer IPv4 packets without DF sent, for their IDs (`family`).
+#[map]
+pub static TUNNEL_IDS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// This CPU's credit for answers the program makes itself
 /// (`answers_per_sec`). Not pinned: a restarted program starts afresh.
@@ -194,7 +198,6 @@ pub static FIB_CACHE6: LruHashMap<Addr6, FibEntry> = LruHashMap::pinned(FIB_CACH
 #[map]
 pub static LOCAL_ADDRS6: HashMap<Addr6, u32> = HashMap::pinned(MAX_LOCAL_ADDRS, 0);
 
-/// The IPv6 and IPv4 UDP programs, by `lb_common::TAIL_*` slot (see
-/// there). Filled by user space after loading.
-#[map]
-pub static TAILS: ProgramArray = ProgramArray::pinned(TAIL_SLOTS, 0);
+// `TAILS`, the tail-call table, is declared by each object's root
+// (`main.rs` pinned, `explain.rs` its own): the explain programs must
+// call each other, never the data plane's.

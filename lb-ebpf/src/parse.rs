@@ -18,8 +18,8 @@
 //! the packet is not a TCP/UDP packet we can read, and it passes.
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    Addr6, FlowKey, FlowKey6, GlobalCounter, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
-    IPPROTO_UDP, TAIL_UDP6,
+    Addr6, FlowKey, FlowKey6, GlobalCounter, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP,
+    IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP, TAIL_UDP6,
 };
 
 use crate::{
@@ -194,6 +194,10 @@ pub enum Parsed<F: Family> {
     Malformed(GlobalCounter),
     /// An ICMP error quoting a TCP or UDP packet: may belong to a flow.
     IcmpError(IcmpPacket<F>),
+    /// A fragmentation-needed (packet-too-big) quoting an outer packet of
+    /// this family inside this family: may be about a tunnel pool's
+    /// packet (`icmp::tunnel_too_big` reads it).
+    TunnelTooBig,
     /// An ICMP error whose quoted packet cannot be read (cut short, IP
     /// options, extension headers): nobody's flow can be found from it,
     /// so it passes.
@@ -467,6 +471,12 @@ fn icmp4(ctx: &XdpContext, ip: *mut Ipv4Hdr, tot_len: usize) -> Parsed<Ipv4> {
     if ver_ihl != 0x45 {
         return Parsed::IcmpUnparsed;
     }
+    if proto == IPPROTO_IPIP && ty == ICMP_DEST_UNREACH {
+        // SAFETY: bounds checked by ptr_at above.
+        if unsafe { (*icmp).code } == ICMP_FRAG_NEEDED {
+            return Parsed::TunnelTooBig;
+        }
+    }
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return other;
     }
@@ -653,6 +663,9 @@ fn icmp6(ctx: &XdpContext, ip: *mut Ipv6Hdr, payload_len: usize) -> Parsed<Ipv6>
     let (version, next) = unsafe { ((*inner).vtc_flow[0] as u8 >> 4, (*inner).nexthdr) };
     if version != 6 {
         return Parsed::IcmpUnparsed;
+    }
+    if next == IPPROTO_IPV6 && ty == ICMPV6_PKT_TOOBIG {
+        return Parsed::TunnelTooBig;
     }
     if next != IPPROTO_TCP && next != IPPROTO_UDP {
         // Behind extension headers, or another protocol: not a flow of

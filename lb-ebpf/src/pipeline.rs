@@ -14,7 +14,6 @@ use crate::{
     family::{Family, Reply, VipMatch},
     forward::{aggregate, fits, next_hop, send, Next},
     host::for_us,
-    maps::TAILS,
     nat,
     parse::{EchoPacket, FragPacket, L4Packet, Parsed},
     select::{self, Flow},
@@ -28,6 +27,7 @@ pub fn run<F: Family, const UDP: bool>(ctx: &XdpContext) -> u32 {
     match F::parse::<UDP>(ctx) {
         Parsed::L4(pkt) => balance(ctx, &pkt),
         Parsed::IcmpError(p) => F::icmp_error(ctx, &p),
+        Parsed::TunnelTooBig => F::tunnel_too_big(ctx),
         Parsed::IcmpUnparsed => pass_because(GlobalCounter::PassIcmpUnparsed),
         Parsed::NotOurs => pass(),
         Parsed::Other { dst } => {
@@ -69,7 +69,7 @@ pub fn run<F: Family, const UDP: bool>(ctx: &XdpContext) -> u32 {
 pub fn tail(ctx: &XdpContext, slot: u32) -> u32 {
     // SAFETY: a tail call either leaves this program for good or fails
     // and returns.
-    unsafe { TAILS.tail_call(ctx, slot) };
+    unsafe { crate::TAILS.tail_call(ctx, slot) };
     pass_because(GlobalCounter::PassTailMissing)
 }
 
@@ -203,7 +203,7 @@ fn to_backend<F: Family>(ctx: &XdpContext, pkt: &L4Packet<F>, vip: &VipMeta) -> 
         if vip.flags & VIP_F_DSR != 0 {
             return direct::dsr::<F>(ctx, &addr, now);
         }
-        return direct::tunnel::<F>(ctx, &addr, now);
+        return direct::tunnel::<F>(ctx, &addr, pkt.key.hash(), now);
     }
     let src = pkt.key.src();
     let hop = match next_hop::<F>(ctx, &src, &addr, F::tos(ip), pkt.key.proto(), now) {
@@ -409,7 +409,11 @@ fn fragment<F: Family>(ctx: &XdpContext, f: &FragPacket<F>) -> u32 {
         FRAG_TUNNEL => {
             count_vip(e.vip_index, bytes, false);
             count_backend(backend, bytes, false);
-            direct::tunnel::<F>(ctx, &addr, now)
+            // No ports here: the outer source may differ from the first
+            // fragment's (the backend reassembles the inner datagram,
+            // whatever the outer headers were).
+            let hash = F::Key::new(&src, &dst, 0, 0, f.proto).hash();
+            direct::tunnel::<F>(ctx, &addr, hash, now)
         }
         _ => drop(ctx, GlobalCounter::DropInternal),
     }

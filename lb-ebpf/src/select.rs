@@ -14,18 +14,29 @@
 //! established flow (it keeps its pin), and closed connections give their
 //! entries back (they linger briefly, then theirs is the first slot a new
 //! flow in the bucket takes).
+//!
+//! Other CPUs (and user space's census) write the same slots at the same
+//! time. Every write of a tag word is a compare-and-swap against the word
+//! this CPU judged, inserts claim their way first, and a pin's backend is
+//! used only if its tag held still while it was read (`lb_common::FLOW_CLAIMED`
+//! says how): a tag is never paired with another flow's backend, and a
+//! stale flag update never brings back a flow whose slot was reused.
+use core::intrinsics::{atomic_cxchg, AtomicOrdering};
+
 use lb_common::{
     flow_bucket_pair, flow_closed, flow_established, flow_hash, flow_hash6, flow_idle, flow_seen,
     flow_tag, flow_tag6, limits::FLOW_LINGER_NS, ref_generation, ref_slot, ring_slot_index,
     BackendMeta, FlowKey, FlowKey6, FlowSlot, GlobalCounter, VipMeta, BACKEND_DOWN, BACKEND_FREE,
-    FLOW_F_ACKED, FLOW_F_CLOSING, FLOW_F_RESET, FLOW_F_UDP, FLOW_SEEN_SHIFT, FLOW_TAG_FLAGS,
-    FLOW_WAYS, IPPROTO_UDP, NO_BACKEND,
+    EXPLAIN_PIN_CLOSED, EXPLAIN_PIN_DOWN, EXPLAIN_PIN_IDLE, EXPLAIN_PIN_KEEP, EXPLAIN_PIN_REOPENED,
+    EXPLAIN_PIN_STALE, FLOW_CLAIMED, FLOW_F_ACKED, FLOW_F_CLOSING, FLOW_F_RESET, FLOW_F_UDP,
+    FLOW_SEEN_SHIFT, FLOW_TAG_FLAGS, FLOW_WAYS, IPPROTO_UDP, NO_BACKEND,
 };
 
 use crate::{
     consts::{TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
     maps::{BACKENDS, FLOWS, INSERT_RATE, RINGS},
     stats::count,
+    trace,
 };
 
 /// A flow's 5-tuple, of either family: the same selection logic runs on
@@ -119,6 +130,9 @@ struct Place {
     /// The way a new entry takes: an empty one, else a closed flow's past
     /// its linger, else the least recently seen of both buckets.
     victim: u32,
+    /// The victim's tag word as read after the scans chose it (without a
+    /// hit; else 0): an insert claims the way only if it still holds this.
+    victim_word: u64,
 }
 
 const NO_WAY: u32 = u32::MAX;
@@ -145,6 +159,45 @@ impl Place {
         // the offset inside it (verifier).
         Ok(unsafe { &mut (*bucket).slots[way as usize & (FLOW_WAYS - 1)] })
     }
+}
+
+/// A slot's tag word as it is now (volatile: each read is a load, in
+/// program order, which x86 keeps for loads).
+#[inline(always)]
+fn tag_word(slot: &FlowSlot) -> u64 {
+    // SAFETY: a valid, aligned map value.
+    unsafe { core::ptr::read_volatile(&slot.tag) }
+}
+
+/// Compare-and-swap of a slot's tag word (BPF_CMPXCHG, a full barrier):
+/// whether it held `old` and now holds `new`.
+#[inline(always)]
+fn swap_tag(slot: &mut FlowSlot, old: u64, new: u64) -> bool {
+    // SAFETY: a valid map value, 8-aligned; every CPU writes the word
+    // atomically (stores of a whole word, or this).
+    unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            &mut slot.tag,
+            old,
+            new,
+        )
+    }
+    .1
+}
+
+/// The flow's backend reference in `slot`, if the slot holds the flow of
+/// `tag` before and after the read: a reader that matched the tag and then
+/// read a backend another CPU's insert had just written would otherwise
+/// pair this flow with another's backend.
+#[inline(always)]
+fn backend_of(slot: &FlowSlot, tag: u64) -> Option<u32> {
+    // SAFETY: a valid map value.
+    let backend = unsafe { core::ptr::read_volatile(&slot.backend) };
+    if tag_word(slot) & !FLOW_TAG_FLAGS != tag {
+        count(GlobalCounter::FlowRaced);
+        return None;
+    }
+    Some(backend)
 }
 
 /// How much a new flow would rather take a way: free (empty, or closed
@@ -189,6 +242,11 @@ pub extern "C" fn xdplb_scan_bucket(index: u32, base: u32, tag: u64, seen: u32) 
         let word = slot.tag;
         if word & !FLOW_TAG_FLAGS == tag {
             return (base + way as u32) as u64 + 1;
+        }
+        if word == FLOW_CLAIMED {
+            // Another CPU is writing it: no victim (were every way
+            // claimed, the insert finds the claim and records nothing).
+            continue;
         }
         let flags = (word & FLOW_TAG_FLAGS) as u16;
         let age = seen.wrapping_sub(slot.seen);
@@ -267,12 +325,19 @@ fn place<K: Flow>(key: &K, now: u64) -> Result<Place, GlobalCounter> {
             }
         }
     }
-    Ok(Place {
+    // Ways 0..FLOW_WAYS are the first bucket's, the rest the second's.
+    trace::place((a, b), hit, victim);
+    let mut place = Place {
         buckets: (a, b),
         tag,
         hit,
         victim,
-    })
+        victim_word: 0,
+    };
+    if hit == NO_WAY {
+        place.victim_word = tag_word(place.slot(victim)?);
+    }
+    Ok(place)
 }
 
 /// Ring size the rings were sized for at load (`ring_size` in the config).
@@ -357,13 +422,13 @@ pub fn select<K: Flow>(key: &K, vip: &VipMeta, tcp: u8, now: u64) -> Result<Choi
     };
     // Flags a re-steered flow keeps in its new entry.
     let mut carried = 0;
-    let mut way = place.victim;
+    let (mut way, mut judged) = (place.victim, place.victim_word);
     if let Some(hit) = place.hit() {
         way = hit;
-        match pinned(place.slot(hit)?, vip, closing | acked, now)? {
+        match pinned(place.slot(hit)?, place.tag, vip, closing | acked, now)? {
             Pinned::Keep(choice) => return Ok(choice),
-            Pinned::Resteer(flags) => carried = flags,
-            Pinned::Gone => {}
+            Pinned::Resteer(flags, word) => (carried, judged) = (flags, word),
+            Pinned::Gone(word) => judged = word,
         }
     } else if !udp {
         count(GlobalCounter::FlowMisses);
@@ -371,57 +436,90 @@ pub fn select<K: Flow>(key: &K, vip: &VipMeta, tcp: u8, now: u64) -> Result<Choi
     // A FIN or RST the table does not know ends nothing worth remembering
     // (Katran never records RSTs): steer it, insert nothing.
     let pin = if closing == 0 || carried != 0 {
-        Some((carried | closing | acked, place.tag, place.slot(way)?))
+        trace::insert_way(way);
+        Some(Pin {
+            flags: carried | closing | acked,
+            tag: place.tag,
+            judged,
+            slot: place.slot(way)?,
+        })
     } else {
         None
     };
     from_ring(key, vip, now, pin)
 }
 
-/// What an existing entry says about a packet of its flow.
+/// What an existing entry says about a packet of its flow. `Resteer` and
+/// `Gone` carry the tag word judged: the new entry replaces the slot only
+/// if it still holds that word.
 enum Pinned {
     /// Still its backend's: use it.
     Keep(Choice),
     /// Its backend is down: select again, keeping these flags.
-    Resteer(u16),
-    /// Over (closed and lingered out, or a SYN after close) or stale (a
-    /// slot freed or reused since): a new flow.
-    Gone,
+    Resteer(u16, u64),
+    /// Over (closed and lingered out, or a SYN after close), stale (a
+    /// slot freed or reused since), or taken by another flow while it was
+    /// read: a new flow.
+    Gone(u64),
 }
 
+/// What the entry in `flow`, found holding the flow of `tag`, says about
+/// a packet adding flag `bits`.
 #[inline(always)]
 fn pinned(
     flow: &mut FlowSlot,
+    tag: u64,
     vip: &VipMeta,
     bits: u16,
     now: u64,
 ) -> Result<Pinned, GlobalCounter> {
-    let word = flow.tag;
+    let word = tag_word(flow);
+    if word & !FLOW_TAG_FLAGS != tag {
+        // Taken by another flow since the scan.
+        count(GlobalCounter::FlowRaced);
+        return Ok(Pinned::Gone(word));
+    }
     let flags = (word & FLOW_TAG_FLAGS) as u16;
     let age = flow.age_ns(now);
+    trace::entry(flow.backend, flags);
     if flow_closed(flags) && age > FLOW_LINGER_NS {
-        return Ok(Pinned::Gone);
+        trace::pinned(EXPLAIN_PIN_CLOSED);
+        return Ok(Pinned::Gone(word));
     }
     if flow_idle(vip.flow_idle_ms, age) {
         count(GlobalCounter::FlowIdled);
-        return Ok(Pinned::Gone);
+        trace::pinned(EXPLAIN_PIN_IDLE);
+        return Ok(Pinned::Gone(word));
     }
-    let backend = flow.backend;
+    let Some(backend) = backend_of(flow, tag) else {
+        return Ok(Pinned::Gone(word));
+    };
     match resolve(backend, vip)? {
         None => {
             count(GlobalCounter::FlowMisses);
-            Ok(Pinned::Gone)
+            trace::pinned(EXPLAIN_PIN_STALE);
+            Ok(Pinned::Gone(word))
         }
         Some(meta) if meta.state == BACKEND_DOWN => {
             count(GlobalCounter::Resteered);
-            Ok(Pinned::Resteer(flags))
+            trace::pinned(EXPLAIN_PIN_DOWN);
+            Ok(Pinned::Resteer(flags, word))
         }
         Some(meta) => {
+            trace::pinned(EXPLAIN_PIN_KEEP);
             let more = flags | bits;
             let seen = flow_seen(now);
-            if more != flags {
+            if !trace::WRITES {
+                // The entry as it is: explain writes nothing.
+            } else if more != flags {
+                // Against the word judged: if another CPU reused the slot
+                // since, its flow keeps its word (no stale tag comes
+                // back); if it only added flags, ours wait for the next
+                // packet.
                 flow.seen = seen;
-                flow.tag = word | more as u64;
+                if !swap_tag(flow, word, word | more as u64) {
+                    count(GlobalCounter::FlowRaced);
+                }
             } else if flow.seen != seen {
                 // Its ~1 ms unit: recency decides evictions, and a live
                 // flow must not look older than what came after it.
@@ -447,18 +545,30 @@ fn select_syn<K: Flow>(
     now: u64,
     place: &Place,
 ) -> Result<Choice, GlobalCounter> {
-    let mut way = place.victim;
+    let (mut way, mut judged) = (place.victim, place.victim_word);
     if let Some(hit) = place.hit() {
         let flow = place.slot(hit)?;
-        if !flow_closed(flow.flags()) {
-            if let Pinned::Keep(kept) = pinned(flow, vip, 0, now)? {
-                return Ok(kept);
+        judged = tag_word(flow);
+        if !flow_closed((judged & FLOW_TAG_FLAGS) as u16) {
+            match pinned(flow, place.tag, vip, 0, now)? {
+                Pinned::Keep(kept) => return Ok(kept),
+                Pinned::Resteer(_, word) | Pinned::Gone(word) => judged = word,
             }
+        } else {
+            trace::entry(flow.backend, flow.flags());
+            trace::pinned(EXPLAIN_PIN_REOPENED);
         }
         // Over, stale or down: the new connection takes the entry.
         way = hit;
     }
-    from_ring(key, vip, now, Some((0, place.tag, place.slot(way)?)))
+    trace::insert_way(way);
+    let pin = Pin {
+        flags: 0,
+        tag: place.tag,
+        judged,
+        slot: place.slot(way)?,
+    };
+    from_ring(key, vip, now, Some(pin))
 }
 
 /// Whether this CPU may insert another flow this second.
@@ -487,14 +597,26 @@ fn may_insert(now: u64) -> bool {
     true
 }
 
-/// The ring's backend for `key`; if `pin` is given (flags, tag, slot) and
-/// the insert rate allows, recorded in that slot.
+/// Where a new flow is to be recorded.
+pub struct Pin<'a> {
+    /// Its `FLOW_F_*` bits.
+    flags: u16,
+    /// Its tag.
+    tag: u64,
+    /// The tag word the way was judged by: the insert claims the way only
+    /// if it still holds this.
+    judged: u64,
+    slot: &'a mut FlowSlot,
+}
+
+/// The ring's backend for `key`; if `pin` is given and the insert rate
+/// allows, recorded there.
 #[inline(always)]
 pub fn from_ring<K: Flow>(
     key: &K,
     vip: &VipMeta,
     now: u64,
-    pin: Option<(u16, u64, &mut FlowSlot)>,
+    pin: Option<Pin>,
 ) -> Result<Choice, GlobalCounter> {
     // verifier: volatile, as above.
     let ring_size = unsafe { core::ptr::read_volatile(&RING_SIZE) };
@@ -502,6 +624,11 @@ pub fn from_ring<K: Flow>(
         return Err(GlobalCounter::DropInternal);
     }
     let idx = ring_slot_index(vip.index, vip.ring_slot & 1, ring_size, key.hash());
+    if !trace::WRITES {
+        if let Some(&r) = RINGS.get(idx) {
+            trace::ring(idx, r);
+        }
+    }
     let r = match RINGS.get(idx) {
         Some(&r) if r != NO_BACKEND => r,
         Some(_) => return Err(GlobalCounter::DropNoBackend),
@@ -515,16 +642,13 @@ pub fn from_ring<K: Flow>(
         _ => return Err(GlobalCounter::DropStaleRing),
     };
     let new_flow = pin.is_some();
-    if let Some((flags, tag, slot)) = pin {
-        if may_insert(now) {
-            // The tag last: a reader on another CPU that matches it finds
-            // the new backend (x86 keeps stores in order). Two CPUs taking
-            // one slot at once leave one flow unrecorded; its next packet
-            // records it.
-            slot.backend = r;
-            slot.seen = flow_seen(now);
-            slot.tag = tag | flags as u64;
+    if let Some(pin) = pin {
+        if !trace::WRITES {
+            // The insert cap's window is the data plane's own (per CPU,
+            // not shared): explain cannot see it, and assumes room.
             count(GlobalCounter::FlowInserts);
+        } else if may_insert(now) {
+            insert(pin, r, now);
         }
     }
     Ok(Choice {
@@ -534,13 +658,50 @@ pub fn from_ring<K: Flow>(
     })
 }
 
+/// Records a flow pinned to backend reference `r`: claims the way from
+/// the word it was judged by, writes backend and seen, then publishes the
+/// tag (the tag last: a reader that matches it finds the new backend; x86
+/// keeps stores in order, and the claim's cmpxchg is a full barrier). A
+/// claim that fails (another CPU inserted, flagged or reaped the way
+/// since, or is writing it now) records nothing: the flow's next packet
+/// does.
+#[inline(always)]
+fn insert(pin: Pin, r: u32, now: u64) {
+    let Pin {
+        flags,
+        tag,
+        judged,
+        slot,
+    } = pin;
+    if judged == FLOW_CLAIMED || !swap_tag(slot, judged, FLOW_CLAIMED) {
+        count(GlobalCounter::FlowRaced);
+        return;
+    }
+    // SAFETY: a valid map value this CPU alone writes until the tag is
+    // published (others' plain `seen` refreshes aside, which are harmless).
+    unsafe {
+        core::ptr::write_volatile(&mut slot.backend, r);
+        core::ptr::write_volatile(&mut slot.seen, flow_seen(now));
+        core::ptr::write_volatile(&mut slot.tag, tag | flags as u64);
+    }
+    count(GlobalCounter::FlowInserts);
+}
+
 /// The backend a flow is on without touching the table: its entry if it
 /// is still valid, else the ring's choice (for ICMP errors about it).
 #[inline(always)]
 pub fn peek<K: Flow>(key: &K, vip: &VipMeta) -> Result<Choice, GlobalCounter> {
     let place = place(key, 0)?;
     if let Some(hit) = place.hit() {
-        let r = place.slot(hit)?.backend;
+        let slot = place.slot(hit)?;
+        let r = if tag_word(slot) & !FLOW_TAG_FLAGS == place.tag {
+            backend_of(slot, place.tag).unwrap_or(NO_BACKEND)
+        } else {
+            NO_BACKEND
+        };
+        if r == NO_BACKEND {
+            return from_ring(key, vip, 0, None);
+        }
         if let Some(meta) = resolve(r, vip)? {
             if meta.state != BACKEND_DOWN {
                 return Ok(Choice {
@@ -570,10 +731,15 @@ pub fn note_backend<K: Flow>(key: &K, tcp: u8, now: u64) {
         return;
     };
     if let Some(Ok(flow)) = place.hit().map(|hit| place.slot(hit)) {
-        let word = flow.tag;
-        if word & bits != bits {
+        let word = tag_word(flow);
+        trace::entry(flow.backend, flow.flags());
+        // Only the flow's own word, and by compare-and-swap against it:
+        // a slot reused since keeps its new flow's word.
+        if trace::WRITES && word & !FLOW_TAG_FLAGS == place.tag && word & bits != bits {
             flow.seen = flow_seen(now);
-            flow.tag = word | bits;
+            if !swap_tag(flow, word, word | bits) {
+                count(GlobalCounter::FlowRaced);
+            }
         }
     }
 }

@@ -593,7 +593,7 @@ fn run(ns: &TestNs, pin_path: &std::path::Path, opts: Options) -> anyhow::Result
         shape.clone(),
         Tuning {
             max_flow_inserts_per_sec: 0,
-            tunnel_source_v4: Some("198.18.1.1".parse()?),
+            tunnel_source_v4: Some("198.18.1.1/32".parse()?),
             tunnel_source_v6: None,
             ..Default::default()
         },

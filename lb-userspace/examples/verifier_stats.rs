@@ -100,19 +100,39 @@ fn main() -> anyhow::Result<()> {
     // Tunnel sources of both families, so the tunnel paths are live code
     // (with none, the verifier prunes them as dead).
     let tuning = xdplb::dataplane::Tuning {
-        tunnel_source_v4: Some("198.18.1.1".parse()?),
-        tunnel_source_v6: Some("2001:2:0:1::1".parse()?),
+        tunnel_source_v4: Some("198.18.1.1/32".parse()?),
+        tunnel_source_v6: Some("2001:2:0:1::1/128".parse()?),
         ..Default::default()
     };
     let loaded = xdplb::dataplane::Dataplane::load_tuned(shape, tuning);
     let elapsed = started.elapsed();
+    let logs = LOGS.lock().map(|l| l.clone()).unwrap_or_default();
+    // Then `xdplb explain`'s object over the same pins: the same programs
+    // built with writes off and a trace (each verified on its own budget).
+    let explain = loaded.as_ref().ok().map(|_| {
+        xdplb::dataplane::Explainer::open(&pin_path, &tuning).map(|e| e.verified_instructions())
+    });
+    let explain_logs: Vec<(String, String)> = LOGS
+        .lock()
+        .map(|l| l[logs.len()..].to_vec())
+        .unwrap_or_default();
     let result = loaded
         .map_err(anyhow::Error::from)
         .map(|dp| dp.verified_instructions());
     let _ = xdplb::dataplane::down(&pin_path);
     println!("loaded in {:.2} s", elapsed.as_secs_f64());
-    let logs = LOGS.lock().map(|l| l.clone()).unwrap_or_default();
-    for (program, count) in result? {
+    print_counts("", result?, &logs);
+    match explain {
+        Some(Ok(counts)) => print_counts("explain ", counts, &explain_logs),
+        Some(Err(e)) => println!("explain object: {e}"),
+        None => {}
+    }
+    Ok(())
+}
+
+/// One line per program: instructions verified and its functions' stack.
+fn print_counts(prefix: &str, counts: Vec<(&'static str, Option<u32>)>, logs: &[(String, String)]) {
+    for (program, count) in counts {
         // The kernel keeps 15 bytes of a program's name.
         let stack = logs
             .iter()
@@ -125,9 +145,10 @@ fn main() -> anyhow::Result<()> {
             })
             .unwrap_or_else(|| "?".into());
         match count {
-            Some(n) => println!("{program}: {n} instructions verified; stack depth {stack}"),
-            None => println!("{program}: the kernel does not report verified instructions"),
+            Some(n) => {
+                println!("{prefix}{program}: {n} instructions verified; stack depth {stack}")
+            }
+            None => println!("{prefix}{program}: the kernel does not report verified instructions"),
         }
     }
-    Ok(())
 }

@@ -115,6 +115,25 @@ pub enum Cmd {
     /// in the words `xdplb reload` uses. Exits 0 if the reload would be
     /// accepted, 1 (with `error: refused: …`) if not.
     Plan(PlanArgs),
+    /// Where one client's packet to a VIP goes, and why: run through the
+    /// data plane's own code on its live maps, changing nothing.
+    ///
+    /// Builds the frame the client would send (TCP with --flags, or UDP)
+    /// to the MAC of the interface it arrives on (--interface, else the
+    /// one the route to CLIENT leaves by), and runs it with
+    /// BPF_PROG_TEST_RUN through the data plane's program built with its
+    /// writes turned off, over the pinned maps: no flow entry is inserted,
+    /// no counter moves, no cache, fragment or answer credit is touched.
+    /// Prints the programs and counters on its path, the flow table's
+    /// answer (hit or miss, bucket and way), the ring index, the backend
+    /// and why (an established flow's pin, drained, down, empty pool …),
+    /// the rewritten frame's addresses, MACs and egress interface, and the
+    /// verdict. A VIP address without a pool at that port says so (and
+    /// that the program answers a closed port); an address that is no VIP
+    /// is left to the kernel. The data plane's insert-cap window and
+    /// answer credit are its own: explain assumes both have room. Fails
+    /// when no data plane is pinned at the pin path.
+    Explain(ExplainArgs),
     /// Undo `xdplb drain`: the backend takes new flows again (if healthy and
     /// needed).
     ///
@@ -312,6 +331,36 @@ pub struct StatsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The client's address and port: 198.51.100.7:40000, [2001:db8::7]:40000.
+    pub client: SocketAddr,
+    /// The VIP and port, of the client's address family.
+    pub vip: SocketAddr,
+    /// The packet's protocol.
+    #[arg(long, default_value = "tcp", value_parser = ["tcp", "udp"])]
+    pub protocol: String,
+    /// TCP: a new connection's SYN, or an ACK of an established one.
+    #[arg(long, default_value = "syn", value_parser = ["syn", "ack"])]
+    pub flags: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The interface the frame arrives on. [default: the one the route to
+    /// CLIENT leaves by]
+    #[arg(long, value_name = "IFACE")]
+    pub interface: Option<String>,
+    /// Read the pin path and tunnel_source from this config file. Without
+    /// --config and --pin-path, /etc/xdplb/xdplb.toml is read when it
+    /// exists.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Where the data plane is pinned; overrides --config. [default:
+    /// /sys/fs/bpf/xdplb]
+    #[arg(long, value_name = "PATH")]
+    pub pin_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 pub struct DrainArgs {
     /// The pool's name.
     pub pool: String,
@@ -459,6 +508,8 @@ pub enum CliError {
     Load(#[from] LoadError),
     #[error(transparent)]
     NotServing(#[from] crate::serving::NotServing),
+    #[error(transparent)]
+    Explain(#[from] crate::explain::ExplainError),
     #[error("nothing to take down: no data plane pinned at {}", path.display())]
     NothingPinned { path: PathBuf },
     /// `xdplb plan` / `drain --dry-run`: the change would be refused.
@@ -579,6 +630,7 @@ pub async fn execute(cmd: Cmd) -> Result<(), CliError> {
             let line = crate::serving::check(&cfg).await?;
             print(&format!("{line}\n"))
         }
+        Cmd::Explain(a) => explain(a),
         Cmd::Stats(a) => match a.watch {
             None => stats(&a.pin_path, a.json),
             Some(every) => watch(&a.pin_path, a.json, every).await,
@@ -759,6 +811,47 @@ fn check(path: &Path) -> Result<(), CliError> {
         plural(cfg.pools.len(), "pool", "pools"),
         plural(cfg.total_backends(), "backend", "backends")
     ))
+}
+
+fn explain(a: ExplainArgs) -> Result<(), CliError> {
+    let cfg = match (&a.config, &a.pin_path) {
+        (Some(c), _) => Some(config::load(c)?),
+        (None, None) if Path::new(DEFAULT_CONFIG).exists() => {
+            Some(config::load(Path::new(DEFAULT_CONFIG))?)
+        }
+        (None, _) => None,
+    };
+    let pin_path = match (a.pin_path, &cfg) {
+        (Some(p), _) => p,
+        (None, Some(c)) => c.dataplane.pin_path.clone(),
+        (None, None) => PathBuf::from(DEFAULT_PIN_PATH),
+    };
+    let mut tuning = dataplane::Tuning::default();
+    if let Some(c) = &cfg {
+        tuning.tunnel_source_v4 = c.dataplane.tunnel_source_v4;
+        tuning.tunnel_source_v6 = c.dataplane.tunnel_source_v6;
+        tuning.answers_per_sec = c.dataplane.answers_per_sec;
+    }
+    // The data plane first: without one, nothing else is worth asking.
+    // Under `ip netns exec` its pins are the host's (as `xdplb stats`).
+    let pin_path = dataplane::resolve_pin_path(&pin_path)?;
+    let mut explainer = dataplane::Explainer::open(&pin_path, &tuning)?;
+    let udp = a.protocol == "udp";
+    let question = crate::explain::Question {
+        client: a.client,
+        vip: a.vip,
+        udp,
+        tcp_flags: crate::explain::tcp_flags(&a.flags).unwrap_or(crate::packet::TCP_SYN),
+        ingress: crate::explain::ingress(a.client.ip(), a.interface.as_deref())?,
+    };
+    let report = crate::explain::explain(&mut explainer, &question)?;
+    if a.json {
+        let mut s = serde_json::to_string(&report).expect("explain report serialises");
+        s.push('\n');
+        print(&s)
+    } else {
+        print(&crate::explain::text(&report))
+    }
 }
 
 async fn down(a: DownArgs) -> Result<(), CliError> {

@@ -39,6 +39,7 @@ pub mod command;
 pub mod config;
 pub mod controller;
 pub mod dataplane;
+pub mod explain;
 pub mod flowsync;
 pub mod fsutil;
 pub mod health;

@@ -6,7 +6,7 @@ use std::{io, net::IpAddr};
 use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
 use netlink_packet_route::{
     link::{LinkAttribute, LinkMessage},
-    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage},
+    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
     AddressFamily, RouteNetlinkMessage,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -25,6 +25,22 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
 /// `ip route get`), or None when it has no route. Routing by source is not
 /// asked about, as the data plane's lookup does not distinguish it.
 pub fn route_oif(dst: IpAddr) -> io::Result<Option<u32>> {
+    Ok(route_get(dst)?.and_then(|r| {
+        r.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Oif(i) => Some(*i),
+            _ => None,
+        })
+    }))
+}
+
+/// Whether the kernel delivers packets to `dst` locally (`ip route get`
+/// says `local`): an address of an interface, or of a `local` route.
+pub fn is_local(dst: IpAddr) -> io::Result<bool> {
+    Ok(route_get(dst)?.is_some_and(|r| r.header.kind == RouteType::Local))
+}
+
+/// The route `ip route get dst` shows; None when there is none.
+fn route_get(dst: IpAddr) -> io::Result<Option<RouteMessage>> {
     let mut socket = Socket::new(NETLINK_ROUTE)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
@@ -53,12 +69,7 @@ pub fn route_oif(dst: IpAddr) -> io::Result<Option<u32>> {
     let (reply, _) = socket.recv_from_full()?;
     let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply).map_err(invalid)?;
     Ok(match msg.payload {
-        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) => {
-            r.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Oif(i) => Some(*i),
-                _ => None,
-            })
-        }
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) => Some(r),
         // An error answer (ENETUNREACH, EHOSTUNREACH, …): no usable route.
         _ => None,
     })

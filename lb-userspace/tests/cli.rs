@@ -220,6 +220,10 @@ impl Daemon {
 const HELP_NEEDLES: &[(&str, &[&str])] = &[
     ("run", &["/etc/xdplb/xdplb.toml", "SIGHUP"]),
     (
+        "explain",
+        &["BPF_PROG_TEST_RUN", "changing nothing", "/sys/fs/bpf/xdplb"],
+    ),
+    (
         "down",
         &["/sys/fs/bpf/xdplb", "--config", "--withdraw-wait"],
     ),
@@ -469,6 +473,15 @@ fn stats_and_down_without_a_data_plane() {
         &o,
         &format!("nothing to take down: no data plane pinned at {p}"),
     );
+    let o = xdplb(&[
+        "explain",
+        "198.18.0.2:40000",
+        "198.18.2.10:80",
+        "--pin-path",
+        &p,
+    ]);
+    assert_one_error_line(&o, &format!("no running data plane at {p}"));
+    assert!(!pin.exists(), "explain created {p}");
 }
 
 /// A fake controller answering like one with pool `web` and backend
@@ -780,8 +793,60 @@ fn stats_and_down_on_a_real_data_plane() {
         .unwrap();
         dp.publish_vip(vip, 0, &vec![0; 1009], lb_common::VIP_F_REJECT_EMPTY)
             .unwrap();
+        // Frames "arrive" on lo for explain (its MAC is the program's).
+        dp.sync_host(&["lo".to_string()]).unwrap();
     }
     let p = pin.to_string_lossy().into_owned();
+
+    // explain, before any counter is read below: they must all still be 0.
+    let o = xdplb(&[
+        "explain",
+        "198.18.0.2:40000",
+        "198.18.2.10:80",
+        "--json",
+        "--interface",
+        "lo",
+        "--pin-path",
+        &p,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["programs"], serde_json::json!(["xdplb"]), "{v}");
+    assert_eq!(v["pool"], "web", "{v}");
+    assert_eq!(v["flow"]["lookup"], "miss", "{v}");
+    assert_eq!(v["flow"]["insert"], true, "{v}");
+    assert_eq!(v["ring_backend"], 0, "{v}");
+    assert_eq!(v["backend"]["name"], "web-1", "{v}");
+    assert_eq!(v["backend"]["state"], "active", "{v}");
+    assert_eq!(v["protocol"], "tcp", "{v}");
+    assert_eq!(v["flags"], "syn", "{v}");
+    let o = xdplb(&[
+        "explain",
+        "198.18.0.2:40000",
+        "198.18.2.10:80",
+        "--flags",
+        "ack",
+        "--interface",
+        "lo",
+        "--pin-path",
+        &p,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("backend:  web-1 (slot 0, active)") && text.contains("verdict:  XDP_"),
+        "{text}"
+    );
+    let o = xdplb(&[
+        "explain",
+        "198.18.0.2:40000",
+        "[2001:2:0:2::10]:80",
+        "--interface",
+        "lo",
+        "--pin-path",
+        &p,
+    ]);
+    assert_one_error_line(&o, "are not of one address family");
 
     let o = xdplb(&["stats", "--json", "--pin-path", &p]);
     assert!(o.status.success(), "{}", stderr(&o));

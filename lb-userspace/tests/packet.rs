@@ -1575,6 +1575,60 @@ fn a_full_bucket_pair_gives_up_its_least_recently_seen_flow() {
     assert!(lab.flow(oldest).is_some());
 }
 
+/// A way another CPU has claimed for an insert (its tag word
+/// `FLOW_CLAIMED` while it writes backend and seen) is nobody's yet: no
+/// packet reads its backend, no new flow takes it, user space neither
+/// lists nor writes it. With every way of a flow's buckets claimed, the
+/// flow is balanced by the ring and recorded nowhere (`flow_raced`).
+#[test]
+fn a_claimed_way_is_neither_read_nor_taken() {
+    const WAYS: usize = 2 * lb_common::FLOW_WAYS;
+    let mut lab = Lab::with_table(3, VIP_F_REJECT_EMPTY, Tuning::default(), WAYS as u32);
+    let table = xdplb::dataplane::FlowTable::open(&lab.tp.pin_path).unwrap();
+    let tag = |port: u16| table.tag(&flow_key(client(port), sa(VIP)));
+    // A flow, then its slot claimed by another CPU's insert under way,
+    // over a backend reference that names no backend of this VIP.
+    let port = 41000;
+    lab.arrive_from_client(&to_vip(port, TCP_SYN).build());
+    let index = table.find(tag(port)).expect("the SYN was recorded");
+    table.write_tag_word(index, lb_common::FLOW_CLAIMED);
+    assert!(table.occupied().all(|(i, _)| i != index));
+    // Its next packet does not find it (the claim matches no flow): the
+    // ring steers it, and it is recorded in another way.
+    let (action, out) = lab.arrive_from_client(&to_vip(port, TCP_ACK).build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(backend_of(&out), lab.ring_choice(client(port), sa(VIP)));
+    assert_eq!(table.slot(index).tag, lb_common::FLOW_CLAIMED);
+    let elsewhere = table.find(tag(port)).expect("recorded again");
+    assert_ne!(elsewhere, index);
+
+    // Every way claimed: a SYN is balanced, nothing is written. (Every
+    // way of the table: a flow's two buckets may be one, the table's
+    // keyed hash is random per data plane.)
+    for way in 0..WAYS {
+        table.write_tag_word(way, lb_common::FLOW_CLAIMED);
+    }
+    assert_eq!(table.occupied().count(), 0);
+    let before = lab.counters();
+    let newcomer = 41001;
+    let (action, out) = lab.arrive_from_client(&to_vip(newcomer, TCP_SYN).build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(backend_of(&out), lab.ring_choice(client(newcomer), sa(VIP)));
+    let after = lab.counters();
+    assert_eq!(
+        after.get(GlobalCounter::FlowInserts),
+        before.get(GlobalCounter::FlowInserts)
+    );
+    assert_eq!(
+        after.get(GlobalCounter::FlowRaced),
+        before.get(GlobalCounter::FlowRaced) + 1
+    );
+    for way in table.ways(tag(newcomer)) {
+        assert_eq!(table.slot(way).tag, lb_common::FLOW_CLAIMED, "way {way}");
+    }
+    assert!(table.find(tag(newcomer)).is_none());
+}
+
 /// A connection through the gateway: the client's SYN, the backend's
 /// SYN-ACK (through the reply path, which notes it) and the client's ACK.
 fn establish(lab: &mut Lab, port: u16) -> u32 {
@@ -1710,11 +1764,16 @@ fn dsr_lab(n: u32) -> Lab {
 }
 
 fn tunnel_lab(n: u32) -> Lab {
+    tunnel_lab_from(n, Ipv4Addr::from(TUNNEL_SOURCE).into())
+}
+
+/// A tunnel pool whose outer sources are `source` (an address or prefix).
+fn tunnel_lab_from(n: u32, source: ipnet::Ipv4Net) -> Lab {
     Lab::with(
         n,
         VIP_F_REJECT_EMPTY | lb_common::VIP_F_TUNNEL,
         Tuning {
-            tunnel_source_v4: Some(TUNNEL_SOURCE.into()),
+            tunnel_source_v4: Some(source),
             ..Default::default()
         },
     )
@@ -1723,6 +1782,11 @@ fn tunnel_lab(n: u32) -> Lab {
 /// `sent`'s IP packet in an outer IPv4 header to backend `b`, rebuilt
 /// independently (RFC 2003: TOS copied, DF copied, TTL 64, id 0).
 fn expected_ipip(sent: &[u8], b: u32) -> Vec<u8> {
+    expected_ipip_from(sent, b, TUNNEL_SOURCE, 0)
+}
+
+/// [`expected_ipip`] from outer source `source` with outer ID `id`.
+fn expected_ipip_from(sent: &[u8], b: u32, source: [u8; 4], id: u16) -> Vec<u8> {
     let inner = &sent[14..];
     let mut f = Vec::new();
     f.extend_from_slice(&backend_mac(b as u8));
@@ -1731,10 +1795,10 @@ fn expected_ipip(sent: &[u8], b: u32) -> Vec<u8> {
     f.push(0x45);
     f.push(inner[1]);
     f.extend_from_slice(&((inner.len() + 20) as u16).to_be_bytes());
-    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(&id.to_be_bytes());
     f.extend_from_slice(&(u16::from_be_bytes([inner[6], inner[7]]) & 0x4000).to_be_bytes());
     f.extend_from_slice(&[64, 4, 0, 0]);
-    f.extend_from_slice(&TUNNEL_SOURCE);
+    f.extend_from_slice(&source);
     f.extend_from_slice(&backend_addr(b).ip().octets());
     let c = xdplb::packet::ipv4_checksum(&f[14..34]);
     f[24..26].copy_from_slice(&c.to_be_bytes());
@@ -1856,6 +1920,177 @@ fn tunnel_mtu_edge_counts_the_outer_header() {
     assert_eq!(c.get(GlobalCounter::Passed), 0);
 }
 
+/// A `tunnel_source` prefix for the spread tests: 32 outer sources, away
+/// from the lab's interface subnets. (A /27 at least: with the common RSS
+/// key a /28's sources reach only 2 of 4 queues, see `tunnel_spread.rs`.)
+const SPREAD_PREFIX: &str = "198.18.3.0/27";
+
+/// The outer source of a tunnelled flow from `client(port)` to the VIP
+/// within [`SPREAD_PREFIX`].
+fn spread_source(port: u16) -> [u8; 4] {
+    let host = lb_common::tunnel_host_part(flow_hash(&flow_key(client(port), sa(VIP))), 5);
+    [198, 18, 3, host as u8]
+}
+
+#[test]
+fn tunnel_flows_take_their_outer_source_from_the_prefix_and_keep_it() {
+    let mut lab = tunnel_lab_from(2, SPREAD_PREFIX.parse().unwrap());
+    let mut sources = std::collections::BTreeSet::new();
+    for port in 56000u16..56064 {
+        let sent = to_vip(port, TCP_SYN).build();
+        let b = lab.ring_choice(client(port), sa(VIP));
+        let source = spread_source(port);
+        let (action, out) = lab.arrive_from_client(&sent);
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(out, expected_ipip_from(&sent, b, source, 0), "port {port}");
+        assert_eq!(&out[26..29], &[198, 18, 3], "in the prefix");
+        assert!(out[29] < 32, "in the prefix: {:?}", &out[26..30]);
+        // The flow's next packet leaves from the same source.
+        let mut next = to_vip(port, TCP_ACK | TCP_PSH);
+        next.payload = vec![1; 10];
+        let (_, out) = lab.arrive_from_client(&next.build());
+        assert_eq!(out[26..30], source, "port {port}: one source per flow");
+        sources.insert(source);
+    }
+    // 64 flows over 32 addresses: about 28 distinct expected.
+    assert!(
+        sources.len() >= 20,
+        "flows share too few sources: {sources:?}"
+    );
+    assert_eq!(lab.counters().get(GlobalCounter::TunnelSent), 128);
+}
+
+/// Pins the calling thread to CPU 0 (the outer IDs count per CPU).
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
+
+#[test]
+fn outer_ipv4_id_varies_without_df_and_df_is_copied() {
+    pin_to_cpu0();
+    let mut lab = tunnel_lab(2);
+    let b = lab.ring_choice(client(56100), sa(VIP));
+    let mut ids = Vec::new();
+    for i in 0..4u8 {
+        let mut f = to_vip(56100, TCP_ACK | TCP_PSH);
+        f.df = false;
+        f.payload = vec![i; 100];
+        let sent = f.build();
+        let (action, out) = lab.arrive_from_client(&sent);
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(out[20] & 0x40, 0, "DF clear, as inside");
+        let id = u16::from_be_bytes([out[18], out[19]]);
+        // Everything else as rebuilt independently, the checksum over
+        // the ID the program chose.
+        assert_eq!(out, expected_ipip_from(&sent, b, TUNNEL_SOURCE, id));
+        ids.push(id);
+    }
+    // RFC 6864: fragmentable datagrams of one source, destination and
+    // protocol need distinct IDs.
+    for w in ids.windows(2) {
+        assert_eq!(w[1], w[0].wrapping_add(1), "one CPU counts up: {ids:?}");
+    }
+    // With DF the outer packet is atomic: DF set, ID 0 (RFC 6864 §4.1).
+    let mut f = to_vip(56100, TCP_ACK | TCP_PSH);
+    f.payload = vec![9; 100];
+    let sent = f.build();
+    let (_, out) = lab.arrive_from_client(&sent);
+    assert_eq!(out[20] & 0x40, 0x40, "DF copied");
+    assert_eq!(out, expected_ipip_from(&sent, b, TUNNEL_SOURCE, 0));
+}
+
+const BACKEND_ROUTER: [u8; 4] = [198, 18, 1, 254];
+const BACKEND_ROUTER_MAC: [u8; 6] = [0x02, 0x77, 0, 0, 0, 2];
+
+/// A router's fragmentation-needed quoting `quote` bytes of `outer` (an
+/// outer packet the gateway sent), next-hop MTU `mtu`, to `to`.
+fn frag_needed_about(outer: &[u8], quote: usize, mtu: u16, to: [u8; 4]) -> Vec<u8> {
+    xdplb::packet::icmp_error(
+        BACKEND_ROUTER_MAC,
+        OUT_MAC,
+        BACKEND_ROUTER,
+        to,
+        3,
+        4,
+        [0, 0, (mtu >> 8) as u8, mtu as u8],
+        &outer[14..14 + quote],
+    )
+}
+
+#[test]
+fn a_routers_frag_needed_about_an_outer_packet_reaches_the_client_translated() {
+    let mut lab = tunnel_lab_from(2, SPREAD_PREFIX.parse().unwrap());
+    let mut f = to_vip(56200, TCP_ACK | TCP_PSH);
+    f.payload = vec![0x61; 1360];
+    let sent = f.build();
+    let (_, outer) = lab.arrive_from_client(&sent);
+    let source = spread_source(56200);
+    assert_eq!(outer[26..30], source);
+    // Linux routers quote up to 576 bytes; RFC 792 asks for 8 after the
+    // header, too little to find the client: the outer header, the
+    // client's header and its ports (48) is the least translated.
+    for (quote, mtu, quoted) in [
+        (548usize, 1400u16, 1380u16),
+        (48, 1400, 1380),
+        // The outer MTU less 20 below the floor: 576 (RFC 5927 §7.2).
+        (548, 500, 576),
+        // A router older than RFC 1191 says 0: the floor.
+        (548, 0, 576),
+    ] {
+        let icmp = frag_needed_about(&outer, quote, mtu, source);
+        let (action, out) = lab.arrive_from_backends(&icmp);
+        assert_eq!(action, XDP_REDIRECT, "quote {quote} mtu {mtu}");
+        // From the VIP to the client, quoting the client's own packet as
+        // it sent it, with the router's MTU less the outer header.
+        assert_frag_needed(&out, &sent, quoted);
+    }
+    assert_eq!(lab.counters().get(GlobalCounter::TunnelTooBig), 4);
+    // Not translated: a quote without the client's ports, a message to an
+    // address outside the prefix, one about a packet to no VIP.
+    let short = frag_needed_about(&outer, 28, 1400, source);
+    assert_eq!(lab.arrive_from_backends(&short).0, XDP_PASS);
+    let mut elsewhere = outer.clone();
+    elsewhere[26..30].copy_from_slice(&TUNNEL_SOURCE);
+    let icmp = frag_needed_about(&elsewhere, 548, 1400, TUNNEL_SOURCE);
+    assert_eq!(lab.arrive_from_backends(&icmp).0, XDP_PASS);
+    let mut other = outer.clone();
+    other[14 + 20 + 16..14 + 20 + 20].copy_from_slice(&[198, 18, 2, 99]);
+    let icmp = frag_needed_about(&other, 548, 1400, source);
+    assert_eq!(lab.arrive_from_backends(&icmp).0, XDP_PASS);
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::TunnelTooBig), 4);
+    assert_eq!(c.get(GlobalCounter::PassIcmpUnparsed), 1);
+}
+
+#[test]
+fn translated_frag_needed_is_rate_limited_as_every_answer() {
+    let mut lab = Lab::with(
+        2,
+        VIP_F_REJECT_EMPTY | lb_common::VIP_F_TUNNEL,
+        Tuning {
+            tunnel_source_v4: Some(SPREAD_PREFIX.parse().unwrap()),
+            answers_per_sec: 0,
+            ..Default::default()
+        },
+    );
+    let mut f = to_vip(56300, TCP_ACK | TCP_PSH);
+    f.payload = vec![0x61; 1360];
+    let (_, outer) = lab.arrive_from_client(&f.build());
+    let icmp = frag_needed_about(&outer, 548, 1400, spread_source(56300));
+    assert_eq!(lab.arrive_from_backends(&icmp).0, XDP_DROP);
+    let c = lab.counters();
+    assert_eq!(c.get(GlobalCounter::DropAnswerLimited), 1);
+    assert_eq!(c.get(GlobalCounter::TunnelTooBig), 0);
+}
+
 /// Every new flow of `lab`'s VIP to a backend at an address with no
 /// neighbour entry (the FIB answers NO_NEIGH), in slot `slot`.
 fn send_all_to_unresolved(lab: &mut Lab, slot: u32) {
@@ -1913,7 +2148,10 @@ fn an_icmp_error_for_a_direct_return_flow_reaches_its_backend_as_sent() {
     let (sent, _) = icmp_to_vip(55401, 11, 0, [0; 4]);
     let (action, out) = lab.arrive_from_client(&sent);
     assert_eq!(action, XDP_REDIRECT);
-    assert_eq!(out, expected_ipip(&sent, b));
+    // The error has no DF, so neither has its outer packet, whose ID is
+    // the program's count (see `outer_ipv4_id_varies_without_df_...`).
+    let id = u16::from_be_bytes([out[18], out[19]]);
+    assert_eq!(out, expected_ipip_from(&sent, b, TUNNEL_SOURCE, id));
 }
 
 // ---- xdplb decap (the backend side of a tunnel pool) ----

@@ -943,8 +943,8 @@ fn the_program_loads_with_tunnel_sources_of_both_families() {
         RING,
         4096,
         Tuning {
-            tunnel_source_v4: Some("198.18.1.1".parse().unwrap()),
-            tunnel_source_v6: Some("2001:2:0:1::1".parse().unwrap()),
+            tunnel_source_v4: Some("198.18.1.1/32".parse().unwrap()),
+            tunnel_source_v6: Some("2001:2:0:1::1/128".parse().unwrap()),
             ..Default::default()
         },
     );
@@ -1006,8 +1006,8 @@ fn direct_lab(mode: u32) -> Lab {
         3,
         VIP_F_REJECT_EMPTY | mode,
         Tuning {
-            tunnel_source_v4: Some("198.18.1.1".parse().unwrap()),
-            tunnel_source_v6: Some(TUNNEL_SOURCE6.parse().unwrap()),
+            tunnel_source_v4: Some("198.18.1.1/32".parse().unwrap()),
+            tunnel_source_v6: Some(TUNNEL_SOURCE6.parse::<Ipv6Addr>().unwrap().into()),
             ..Default::default()
         },
     )
@@ -1159,6 +1159,118 @@ fn tunnel6_mtu_edge_counts_the_outer_header() {
     assert_eq!(c.get(GlobalCounter::FragNeededSent), 1);
     assert_eq!(c.get(GlobalCounter::TunnelSent), 1);
     assert_eq!(c.get(GlobalCounter::Passed), 0);
+}
+
+/// An IPv6 `tunnel_source` prefix for the spread tests: 16 outer sources.
+const SPREAD_PREFIX6: &str = "2001:2:0:3::/124";
+
+/// The direct-mode lab with [`SPREAD_PREFIX6`] as the IPv6 tunnel source.
+fn spread_lab6() -> Lab {
+    Lab::with(
+        3,
+        VIP_F_REJECT_EMPTY | VIP_F_TUNNEL,
+        Tuning {
+            tunnel_source_v4: Some("198.18.1.1/32".parse().unwrap()),
+            tunnel_source_v6: Some(SPREAD_PREFIX6.parse().unwrap()),
+            ..Default::default()
+        },
+    )
+}
+
+/// The outer source of `pool`'s flow from `port` within [`SPREAD_PREFIX6`].
+fn spread_source6(pool: Pool, port: u16) -> Ipv6Addr {
+    let Key::V6(k) = pool.flow_key(port) else {
+        panic!("an IPv6 pool");
+    };
+    let host = lb_common::tunnel_host_part(flow_hash6(&k), 4);
+    let mut o = "2001:2:0:3::".parse::<Ipv6Addr>().unwrap().octets();
+    o[15] = host as u8;
+    o.into()
+}
+
+#[test]
+fn tunnel6_flows_take_their_outer_source_from_the_prefix_and_keep_it() {
+    let mut lab = spread_lab6();
+    let pool = Pool::Tcp6;
+    let mut sources = std::collections::BTreeSet::new();
+    for port in 42300u16..42348 {
+        let sent = pool.first(port).build();
+        let (action, out) = lab.arrive_from_client(&sent);
+        assert_eq!(action, XDP_REDIRECT);
+        let source = spread_source6(pool, port);
+        let mut want = expected_ip6ip6(pool, &sent, lab.ring_choice(pool, port));
+        want[22..38].copy_from_slice(&source.octets());
+        assert_eq!(out, want, "port {port}");
+        assert_eq!(&out[22..37], &source.octets()[..15], "in the prefix");
+        assert!(out[37] < 16, "in the prefix");
+        let (_, out) = lab.arrive_from_client(&pool.next(port).build());
+        assert_eq!(
+            out[22..38],
+            source.octets(),
+            "port {port}: one source per flow"
+        );
+        sources.insert(source);
+    }
+    // 48 flows over 16 addresses: about 15 distinct expected.
+    assert!(
+        sources.len() >= 12,
+        "flows share too few sources: {sources:?}"
+    );
+}
+
+/// A router's packet-too-big quoting `quote` bytes of `outer` (an outer
+/// packet the gateway sent), MTU `mtu`, to the outer packet's source.
+fn too_big_about6(outer: &[u8], quote: usize, mtu: u32) -> Vec<u8> {
+    let to: [u8; 16] = outer[22..38].try_into().unwrap();
+    icmp6(
+        [0x02, 0x77, 0, 0, 0, 2],
+        OUT_MAC,
+        "2001:2:0:1::fe".parse::<Ipv6Addr>().unwrap(),
+        Ipv6Addr::from(to),
+        2,
+        0,
+        mtu.to_be_bytes(),
+        &outer[14..14 + quote],
+    )
+}
+
+#[test]
+fn a_routers_packet_too_big_about_an_outer_packet_reaches_the_client_translated() {
+    let mut lab = spread_lab6();
+    let pool = Pool::Tcp6;
+    let port = 42400;
+    let sent = sized6(port, 1400).build();
+    let (action, outer) = lab.arrive_from_client(&sent);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(outer[22..38], spread_source6(pool, port).octets());
+    // Routers quote as much as fits 1280 bytes (RFC 4443): the outer
+    // header, the client's header and its ports (88) is the least
+    // translated.
+    for (quote, mtu, quoted) in [
+        (1232usize, 1420u32, 1380u32),
+        (88, 1420, 1380),
+        // Less than 1280 after the outer header: 1280, IPv6's minimum.
+        (1232, 1300, 1280),
+        (1232, 1280, 1280),
+    ] {
+        let icmp = too_big_about6(&outer, quote, mtu);
+        let (action, out) = lab.arrive_from_backends(&icmp);
+        assert_eq!(action, XDP_REDIRECT, "quote {quote} mtu {mtu}");
+        // From the VIP to the client about its own packet, checksum over
+        // the new pseudo-header recomputed independently.
+        assert_packet_too_big(&out, &sent, pool, port, quoted);
+    }
+    assert_eq!(lab.counters().get(GlobalCounter::TunnelTooBig), 4);
+    // Not translated: a quote without the client's ports; one about a
+    // packet to no VIP.
+    let short = too_big_about6(&outer, 80, 1420);
+    assert_eq!(lab.arrive_from_backends(&short).0, XDP_PASS);
+    let mut other = outer.clone();
+    other[14 + 40 + 24..14 + 40 + 40]
+        .copy_from_slice(&"2001:2:0:2::99".parse::<Ipv6Addr>().unwrap().octets());
+    let icmp = too_big_about6(&other, 1232, 1420);
+    assert_eq!(lab.arrive_from_backends(&icmp).0, XDP_PASS);
+    assert_eq!(lab.counters().get(GlobalCounter::TunnelTooBig), 4);
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //! | backends | 198.18.1.0/24   | gateway `gwb` .1, backends `eth0` .11, .12, … |
 //! | VIPs     | 198.18.2.0/24   | .10, .11, … routed to the gateway          |
 //! | transit  | 198.18.3.0/24   | with a router: gateway `gwc` .1, router `rtg` .2 |
+//! | tunnel sources | 198.18.4.0/27 | a gateway's `tunnel_source` prefix (a `local` route on its lo) |
 //!
 //! In a direct-return lab the router also sits on the backend segment
 //! (`rtb` 198.18.1.254), the backends' default route.
@@ -24,6 +25,10 @@
 //! default route) and the gateway's `gwc` moves to the transit segment.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// A `tunnel_source` prefix a gateway holds whole (`ip route add local
+/// … dev lo`): its 32 addresses are tunnelled flows' outer sources.
+pub const TUNNEL_PREFIX: &str = "198.18.4.0/27";
 
 /// The gateway's client-side interface.
 pub const GW_CLIENT_IF: &str = "gwc";

@@ -250,6 +250,9 @@ pub struct DataplaneSpec {
     ///
     /// [`GW_BACKEND_ADDR`]: crate::addr::GW_BACKEND_ADDR
     pub tunnel_source: Vec<IpAddr>,
+    /// An IPv4 prefix written in `tunnel_source` instead of the IPv4
+    /// address above (e.g. [`TUNNEL_PREFIX`](crate::addr::TUNNEL_PREFIX)).
+    pub tunnel_prefix4: Option<&'static str>,
     /// `xdp_mode`: "auto" (native on the lab's veths), "native", "generic".
     pub xdp_mode: &'static str,
 }
@@ -261,6 +264,7 @@ impl Default for DataplaneSpec {
             flow_table_size: 65536,
             max_flow_inserts_per_sec: None,
             tunnel_source: Vec::new(),
+            tunnel_prefix4: None,
         }
     }
 }
@@ -319,7 +323,10 @@ pub fn render_config_with(lab: &Lab, dp: &DataplaneSpec, pools: &[PoolSpec]) -> 
         let list: Vec<String> = dp
             .tunnel_source
             .iter()
-            .map(|a| format!("\"{a}\""))
+            .map(|a| match dp.tunnel_prefix4 {
+                Some(prefix) if a.is_ipv4() => format!("\"{prefix}\""),
+                _ => format!("\"{a}\""),
+            })
             .collect();
         writeln!(s, "tunnel_source = [{}]", list.join(", ")).unwrap();
     }

@@ -200,11 +200,14 @@ pub struct LabBuilder {
     pub(crate) fleet: Option<usize>,
     /// The keepalived pair topology (`crate::pair`).
     pub(crate) pair: bool,
+    queues: u32,
 }
 
 /// Smallest MTU an IPv4 link may have (RFC 791: every host accepts 576-byte
 /// datagrams; below 68 the kernel refuses).
 const MIN_ROUTER_MTU: u32 = 576;
+/// Most queues [`LabBuilder::client_queues`] gives a veth.
+const MAX_QUEUES: u32 = 16;
 /// Largest: the veths' default MTU (the transit link and the gateway stay at
 /// 1500, so a larger client link would not be a bottleneck).
 const MAX_ROUTER_MTU: u32 = 1500;
@@ -220,6 +223,7 @@ impl Default for LabBuilder {
             direct_return: false,
             fleet: None,
             pair: false,
+            queues: 1,
         }
     }
 }
@@ -293,6 +297,17 @@ impl LabBuilder {
         self
     }
 
+    /// Queues of the link between the client and the gateway (default 1):
+    /// `gwc` gets `n` RX queues and `cl0` `n` TX queues. A veth runs XDP
+    /// in the NAPI of the RX queue the sender's TX queue maps to, on the
+    /// sending CPU, so with several queues and senders on several CPUs
+    /// the gateway's program runs on all of them at once, as on a NIC
+    /// with RSS (one queue serialises it). One client, no router.
+    pub fn client_queues(mut self, n: u32) -> Self {
+        self.queues = n;
+        self
+    }
+
     /// Creates the namespaces and links. Removes stale labs of dead
     /// processes first. On error everything created so far is removed.
     pub fn build(self) -> Result<Lab> {
@@ -314,6 +329,18 @@ impl LabBuilder {
         ensure!(
             !(self.pair && (self.ipv6 || self.fleet.is_some())),
             "the pair lab is IPv4 only and not a fleet"
+        );
+        ensure!(
+            self.queues == 1
+                || (self.clients == 1 && self.router_mtu.is_none() && !self.direct_return
+                    && self.fleet.is_none() && !self.pair),
+            "client_queues({}) needs one client on the gateway's segment (no router, fleet or pair)",
+            self.queues
+        );
+        ensure!(
+            (1..=MAX_QUEUES).contains(&self.queues),
+            "client_queues must be 1..={MAX_QUEUES}, not {}",
+            self.queues
         );
         if let Some(m) = self.router_mtu {
             ensure!(
@@ -703,7 +730,7 @@ impl Lab {
         // (namespace, interface) of every link on the client segment.
         let mut client_links: Vec<(String, String)> = vec![(edge.clone(), edge_if.into())];
         if let [client] = clients.as_slice() {
-            veth(&edge, edge_if, client, CLIENT_IF)?;
+            veth_queues(&edge, edge_if, client, CLIENT_IF, spec.queues)?;
             if router.is_none() {
                 self.gro_on("c1", CLIENT_IF)?;
             }
@@ -1155,9 +1182,22 @@ pub(crate) fn ip(args: &[&str]) -> Result<()> {
 
 /// A veth pair created inside `ns_a` with its peer placed directly in `ns_b`.
 pub(crate) fn veth(ns_a: &str, a: &str, ns_b: &str, b: &str) -> Result<()> {
-    ip(&[
-        "-n", ns_a, "link", "add", a, "type", "veth", "peer", "name", b, "netns", ns_b,
-    ])
+    veth_queues(ns_a, a, ns_b, b, 1)
+}
+
+/// [`veth`] with `queues` TX and RX queues on each end.
+fn veth_queues(ns_a: &str, a: &str, ns_b: &str, b: &str, queues: u32) -> Result<()> {
+    let q = queues.to_string();
+    let mut args = vec!["-n", ns_a, "link", "add", a];
+    if queues > 1 {
+        args.extend(["numtxqueues", &q, "numrxqueues", &q]);
+    }
+    args.extend(["type", "veth", "peer", "name", b]);
+    if queues > 1 {
+        args.extend(["numtxqueues", &q, "numrxqueues", &q]);
+    }
+    args.extend(["netns", ns_b]);
+    ip(&args)
 }
 
 pub(crate) fn bridge(ns: &str, name: &str) -> Result<()> {

@@ -37,6 +37,7 @@ pub mod deploy;
 pub mod fleet;
 pub mod http;
 pub mod lab;
+pub mod narrate;
 pub mod operator;
 pub mod pair;
 pub mod raw;

@@ -11,7 +11,9 @@
 //! - `a_ring_change_then_losing_the_master_breaks_no_connection`: the same
 //!   after a fourth backend joined by reload on both gateways. Red until
 //!   flow sync lands (the new master's ring sends the flows pinned before
-//!   the change elsewhere), so it runs only with `XDPLB_PAIR_SYNC=1`.
+//!   the change elsewhere), so it is `#[ignore]`d — counted as ignored in
+//!   the suite's summary, never passed; `cargo test --test pair --
+//!   --ignored` runs it.
 //! - `vrrp_leaves_a_gateway_that_cannot_serve`: `xdplb serving` fails on
 //!   `gwa` when its controller stops, when its pool is emptied (every
 //!   backend drained) and when its data plane is taken down; each time
@@ -145,16 +147,11 @@ fn losing_the_master_breaks_no_connection() -> Result<()> {
     Ok(())
 }
 
-/// Red until flow sync lands: set `XDPLB_PAIR_SYNC=1` to run it.
+/// Red until flow sync lands (76 of 300 connections broke when measured).
 #[test]
+#[ignore = "red until flow sync (issue 24 part 1)"]
 fn a_ring_change_then_losing_the_master_breaks_no_connection() -> Result<()> {
     if skip_unless_root() {
-        return Ok(());
-    }
-    if std::env::var("XDPLB_PAIR_SYNC").as_deref() != Ok("1") {
-        eprintln!(
-            "skipped: needs flow sync (issue 24 part 1); run with XDPLB_PAIR_SYNC=1 to see it"
-        );
         return Ok(());
     }
     let (_, _, ok) = hold_then_lose_the_master(true)?;

@@ -17,8 +17,8 @@ use std::{
 use anyhow::{bail, ensure, Result};
 use xdplb::packet::TCP_SYN;
 use xdplb_tests::{
-    addr::BACKEND_IF,
-    deploy::{Deployment, PoolSpec},
+    addr::{BACKEND_IF, TUNNEL_PREFIX},
+    deploy::{DataplaneSpec, Deployment, PoolSpec},
     raw::{parse_mac, write_tcp_frame, RawSocket, TCP_FRAME_LEN},
     skip_unless_root, wait_until, Lab,
 };
@@ -51,6 +51,74 @@ fn tunnel_spreads_drains_and_replies_bypass_the_gateway() -> Result<()> {
     direct::replies_bypass_the_gateway(&d, "tunnel_sent")?;
     direct::every_backend_decapsulated(&d)?;
     direct::decap_down(&d)
+}
+
+/// `tunnel_source` a prefix the gateway holds whole: connections through
+/// the VIP are all served, and their outer packets leave from several of
+/// its addresses (so a backend's NIC can spread them over its queues),
+/// which the backends' decap allows as the prefix.
+#[test]
+fn tunnel_from_a_prefix_spreads_outer_sources_and_serves() -> Result<()> {
+    if skip_unless_root() {
+        return Ok(());
+    }
+    let dp = DataplaneSpec {
+        tunnel_prefix4: Some(TUNNEL_PREFIX),
+        ..DataplaneSpec::tunnel()
+    };
+    let pool = PoolSpec::direct("tunnel", 2);
+    let mut d = Deployment::configured(Lab::builder().direct_return(true), vec![pool], dp)?;
+    let gw = d.lab.gw_ns().to_string();
+    d.lab.exec_ok(
+        &gw,
+        &["ip", "route", "add", "local", TUNNEL_PREFIX, "dev", "lo"],
+    )?;
+    for i in 0..d.lab.backends() {
+        d.decap(i, &["--interface", BACKEND_IF, "--allow", TUNNEL_PREFIX])?;
+    }
+    d.start_daemon()?;
+    let wire = d.lab.spawn(
+        "sw",
+        &[
+            "tcpdump",
+            "-l",
+            "-n",
+            "-c",
+            "20",
+            "-i",
+            "to-b1",
+            "ip proto 4",
+        ],
+    )?;
+    ensure!(
+        wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+            wire.log().contains("listening on")
+        }),
+        "tcpdump: {}",
+        wire.log()
+    );
+    let n = 40;
+    let s = d.spread(n)?;
+    ensure!(s.values().sum::<usize>() == n, "failures: {s:?}");
+    ensure!(
+        wire.wait_exit(Duration::from_secs(5)).is_some(),
+        "tcpdump saw fewer than 20 outer packets to b1: {}",
+        wire.log()
+    );
+    let log = wire.log();
+    let sources: std::collections::BTreeSet<&str> = log
+        .lines()
+        .filter_map(|l| l.split(" IP ").nth(1)?.split(" > ").next())
+        .collect();
+    println!("outer sources to b1: {sources:?}");
+    ensure!(
+        sources.iter().all(|a| a
+            .parse::<Ipv4Addr>()
+            .is_ok_and(|a| a.octets()[..3] == [198, 18, 4] && a.octets()[3] < 32)),
+        "an outer source outside {TUNNEL_PREFIX}: {log}"
+    );
+    ensure!(sources.len() >= 2, "one outer source for every flow: {log}");
+    Ok(())
 }
 
 #[test]

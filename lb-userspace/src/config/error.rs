@@ -51,6 +51,17 @@ pub enum ConfigError {
         route: String,
         ifaces: String,
     },
+    #[error(
+        "tunnel_source {prefix}: {addr} is not an address of this host ({why}); every \
+         address of the prefix is an outer source, and routers send their ICMP errors \
+         to it: make them all local, e.g. `ip route add local {prefix} dev lo`"
+    )]
+    TunnelSourceNotLocal {
+        prefix: ipnet::IpNet,
+        addr: IpAddr,
+        /// What the kernel's route lookup said.
+        why: String,
+    },
 }
 
 impl ConfigError {
@@ -83,6 +94,9 @@ impl ConfigError {
                 .find(|p| p.name.get_ref() == pool)
                 .and_then(|p| p.backend.iter().find(|b| b.name.get_ref() == backend))
                 .map(|b| b.addr.span()),
+            ConfigError::TunnelSourceNotLocal { .. } => {
+                raw.dataplane.tunnel_source.as_ref().map(|t| t.span())
+            }
             _ => None,
         };
         match span {

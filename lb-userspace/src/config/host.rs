@@ -27,7 +27,8 @@ pub fn check_interfaces_exist(cfg: &Config) -> Result<(), ConfigError> {
         }
     }
     check_dsr_attached(cfg)?;
-    check_tunnel_routed(cfg)
+    check_tunnel_routed(cfg)?;
+    check_tunnel_source_local(cfg)
 }
 
 /// What `xdplb check` can verify of this host when it is the gateway (all
@@ -99,6 +100,42 @@ fn check_tunnel_routed(cfg: &Config) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// Every address of `tunnel_source` (each is some flow's outer source) is
+/// this host's: routers send their fragmentation-needed about outer
+/// packets there, and the backend's decap allows only those sources.
+fn check_tunnel_source_local(cfg: &Config) -> Result<(), ConfigError> {
+    let d = &cfg.dataplane;
+    let nets = [
+        d.tunnel_source_v4.map(IpNet::V4),
+        d.tunnel_source_v6.map(IpNet::V6),
+    ];
+    for net in nets.into_iter().flatten() {
+        for addr in prefix_addrs(net) {
+            let why = match crate::netlink::is_local(addr) {
+                Ok(true) => continue,
+                Ok(false) => "the kernel routes it elsewhere".to_string(),
+                Err(e) => format!("the kernel would not say: {e}"),
+            };
+            return Err(ConfigError::TunnelSourceNotLocal {
+                prefix: net,
+                addr,
+                why,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Every address of `net`, its first and last included (validation keeps
+/// `tunnel_source` prefixes to 256 addresses).
+fn prefix_addrs(net: IpNet) -> impl Iterator<Item = std::net::IpAddr> {
+    let host_bits = u32::from(net.max_prefix_len() - net.prefix_len()).min(16);
+    (0..1u128 << host_bits).map(move |i| match net {
+        IpNet::V4(n) => std::net::IpAddr::V4((u32::from(n.network()) + i as u32).into()),
+        IpNet::V6(n) => std::net::IpAddr::V6((u128::from(n.network()) + i).into()),
+    })
 }
 
 /// An interface's name by index, or the index when it has none.
@@ -251,5 +288,31 @@ mod tests {
             );
             assert!(err.contains("out of one of lo"), "{err}");
         }
+    }
+
+    #[test]
+    fn every_tunnel_source_address_must_be_this_hosts() {
+        // Read-only route lookups in the test's own namespace: 127.0.0.0/8
+        // is local (lo's), 198.18.3.0/27 is nothing of this host's.
+        let cfg = |source: &str| {
+            p(&format!(
+                "[dataplane]\ninterfaces = [\"lo\"]\ntunnel_source = [\"{source}\"]\n[[pool]]\nname = \"web\"\nvip = \"198.18.2.10:80\"\nmode = \"tunnel\"\n[[pool.backend]]\nname = \"web-1\"\naddr = \"127.0.0.1:80\"\n"
+            ))
+            .unwrap()
+        };
+        check_interfaces_exist(&cfg("127.0.0.0/24")).unwrap();
+        let err = check_interfaces_exist(&cfg("198.18.3.0/27"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "tunnel_source 198.18.3.0/27: 198.18.3.0 is not an address of this host"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.contains("ip route add local 198.18.3.0/27 dev lo"),
+            "{err}"
+        );
     }
 }

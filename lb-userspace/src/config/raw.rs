@@ -46,7 +46,8 @@ pub struct Dataplane {
     pub flow_table_size: Option<Spanned<u32>>,
     pub ring_size: Option<Spanned<u32>>,
     pub max_flow_inserts_per_sec: Option<u32>,
-    pub tunnel_source: Option<Spanned<Vec<std::net::IpAddr>>>,
+    /// Addresses or prefixes ("198.18.1.1", "198.18.1.0/28").
+    pub tunnel_source: Option<Spanned<Vec<String>>>,
     pub answers_per_sec: Option<u32>,
     pub extra_macs: Option<Spanned<Vec<Spanned<String>>>>,
 }

@@ -1,7 +1,7 @@
 //! The validated configuration: plain values only, so two configs compare
 //! equal when they mean the same thing, with the defaults and bounds they
 //! are checked against.
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -320,9 +320,9 @@ pub struct DataplaneConfig {
     /// the ring without a table entry. 0: no cap.
     pub max_flow_inserts_per_sec: u32,
     /// Outer source of IPv4 `tunnel` pools' IPIP packets.
-    pub tunnel_source_v4: Option<Ipv4Addr>,
+    pub tunnel_source_v4: Option<ipnet::Ipv4Net>,
     /// Outer source of IPv6 `tunnel` pools' IPv6-in-IPv6 packets.
-    pub tunnel_source_v6: Option<Ipv6Addr>,
+    pub tunnel_source_v6: Option<ipnet::Ipv6Net>,
     /// Per CPU: RSTs, ICMP errors and echo replies the program makes
     /// itself, a second (a token bucket); more are dropped and counted.
     /// 0: none at all.

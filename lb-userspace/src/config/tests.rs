@@ -292,12 +292,36 @@ fn direct_return_modes_need_the_vip_port_and_tunnels_a_source() {
     assert_eq!(c.pools[0].mode, Mode::Tunnel);
     assert_eq!(
         c.dataplane.tunnel_source_v4,
-        Some("198.18.1.1".parse().unwrap())
+        Some("198.18.1.1/32".parse().unwrap())
     );
     rejects(
         &with_source("\"198.18.1.1\", \"198.18.1.2\""),
         3,
-        &["tunnel_source takes one address per family"],
+        &["tunnel_source takes one address (or prefix) per family"],
+    );
+    // A prefix: each flow's outer source is one of its addresses.
+    let c = p(&with_source("\"198.18.3.0/27\"")).unwrap();
+    assert_eq!(
+        c.dataplane.tunnel_source_v4,
+        Some("198.18.3.0/27".parse().unwrap())
+    );
+    rejects(
+        &with_source("\"198.18.0.0/23\""),
+        3,
+        &[
+            "tunnel_source 198.18.0.0/23 is too large",
+            "at most 256 addresses (/24 for IPv4, /120 for IPv6)",
+        ],
+    );
+    rejects(
+        &with_source("\"198.18.3.5/27\""),
+        3,
+        &["tunnel_source 198.18.3.5/27 has host bits set: write the prefix as 198.18.3.0/27"],
+    );
+    rejects(
+        &with_source("\"gateway\""),
+        3,
+        &["tunnel_source \"gateway\" is neither an address nor a prefix"],
     );
     rejects(
         &pool_with("mode = \"tunnel\"\n", ONE_BACKEND)
@@ -507,14 +531,24 @@ fn tunnel_sources_per_family() {
     assert_eq!(
         (c.dataplane.tunnel_source_v4, c.dataplane.tunnel_source_v6),
         (
-            Some("198.18.1.1".parse().unwrap()),
-            Some("2001:2:0:1::1".parse().unwrap())
+            Some("198.18.1.1/32".parse().unwrap()),
+            Some("2001:2:0:1::1/128".parse().unwrap())
         )
     );
     rejects(
         &tunnel6("\"2001:2:0:1::1\", \"2001:2:0:1::2\""),
         3,
-        &["tunnel_source takes one address per family"],
+        &["tunnel_source takes one address (or prefix) per family"],
+    );
+    let c = p(&tunnel6("\"2001:2:0:3::/124\"")).unwrap();
+    assert_eq!(
+        c.dataplane.tunnel_source_v6,
+        Some("2001:2:0:3::/124".parse().unwrap())
+    );
+    rejects(
+        &tunnel6("\"2001:2:0:3::/64\""),
+        3,
+        &["tunnel_source 2001:2:0:3::/64 is too large"],
     );
     rejects(
         &tunnel6("\"::\""),

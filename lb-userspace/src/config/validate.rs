@@ -1,5 +1,7 @@
 //! [`parse`]: the raw file checked and converted into a [`Config`].
 use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -443,18 +445,16 @@ fn convert_dataplane(
     let mut tunnel_source_v4 = None;
     let mut tunnel_source_v6 = None;
     if let Some(ts) = &d.tunnel_source {
-        for a in ts.get_ref() {
-            let dup = match a {
-                IpAddr::V4(a) => tunnel_source_v4.replace(*a).is_some(),
-                IpAddr::V6(a) => tunnel_source_v6.replace(*a).is_some(),
+        for text in ts.get_ref() {
+            let net = parse_tunnel_source(text).map_err(|why| src.err(ts.span(), why))?;
+            let dup = match net {
+                IpNet::V4(n) => tunnel_source_v4.replace(n).is_some(),
+                IpNet::V6(n) => tunnel_source_v6.replace(n).is_some(),
             };
             if dup {
-                return Err(src.err(ts.span(), "tunnel_source takes one address per family"));
-            }
-            if a.is_unspecified() || a.is_multicast() || is_v4_mapped(*a) {
                 return Err(src.err(
                     ts.span(),
-                    format!("tunnel_source {a} is not a host address"),
+                    "tunnel_source takes one address (or prefix) per family",
                 ));
             }
         }
@@ -896,6 +896,40 @@ fn convert_load(
         l.slow_start_ms = v;
     }
     Ok(l)
+}
+
+/// One `tunnel_source` entry: an address (a prefix of one), or a prefix
+/// whose addresses the outer sources spread over, at most
+/// `MAX_TUNNEL_SOURCE_HOST_BITS` host bits of it, written as its first
+/// address (as `ip route` prints it).
+fn parse_tunnel_source(text: &str) -> Result<IpNet, String> {
+    let net = match text.parse::<IpAddr>() {
+        Ok(a) => IpNet::from(a),
+        Err(_) => text.parse::<IpNet>().map_err(|_| {
+            format!("tunnel_source {text:?} is neither an address nor a prefix (198.18.1.1, 198.18.1.0/28)")
+        })?,
+    };
+    let a = net.addr();
+    if a.is_unspecified() || a.is_multicast() || is_v4_mapped(a) {
+        return Err(format!("tunnel_source {text} is not a host address"));
+    }
+    let host_bits = u32::from(net.max_prefix_len() - net.prefix_len());
+    let most = lb_common::limits::MAX_TUNNEL_SOURCE_HOST_BITS;
+    if host_bits > most {
+        return Err(format!(
+            "tunnel_source {text} is too large: at most {} addresses (/{} for IPv4, /{} for IPv6)",
+            1u32 << most,
+            32 - most,
+            128 - most
+        ));
+    }
+    if net.network() != a {
+        return Err(format!(
+            "tunnel_source {text} has host bits set: write the prefix as {}",
+            net.trunc()
+        ));
+    }
+    Ok(net)
 }
 
 #[cfg(test)]

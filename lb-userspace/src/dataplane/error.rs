@@ -105,6 +105,13 @@ pub enum DataplaneError {
     },
     #[error("map {map} missing from the object or pin path")]
     MissingMap { map: &'static str },
+    #[error(
+        "no running data plane at {}: its pins are missing ({}); start one with `xdplb run`, \
+         or name its pin path with --pin-path",
+        path.display(),
+        missing.join(", ")
+    )]
+    NotRunning { path: PathBuf, missing: Vec<String> },
     #[error("map {map}: {source}")]
     Map {
         map: &'static str,

@@ -3,9 +3,10 @@
 //! `lb-ebpf/src/maps.rs` for why). The map is BPF_F_MMAPABLE, so it is
 //! read through a shared mapping, the same memory the program writes:
 //! counting a million flows is a 16 MiB scan, not two system calls an
-//! entry. Words are read and cleared with atomics; the program never
-//! takes a lock on a slot, so a slot read here can be mid-rewrite, which
-//! only ever miscounts one flow once.
+//! entry. Words are read and written with atomics, by the rules the
+//! program follows (see [`FlowSlot`]): a tag word changes only by
+//! compare-and-swap against the word judged, and a slot's backend is
+//! taken only with a tag that held still around its read.
 use std::{
     os::fd::{AsFd, AsRawFd},
     path::Path,
@@ -14,13 +15,18 @@ use std::{
 
 use aya::maps::{Array, MapData};
 use lb_common::{
-    flow_bucket_pair, flow_tag, flow_tag6, maps, FlowBucket, FlowKey, FlowKey6, FlowSlot, FLOW_WAYS,
+    flow_bucket_pair, flow_tag, flow_tag6, maps, FlowBucket, FlowKey, FlowKey6, FlowSlot,
+    FLOW_CLAIMED, FLOW_TAG_FLAGS, FLOW_WAYS,
 };
 
 use super::{map_err, open_pinned, DataplaneError};
 
 /// Words per slot: the tag, then backend (low half) and seen (high half).
 const SLOT_WORDS: usize = 2;
+
+/// Reads of a slot [`FlowTable::slot`] makes before it calls the slot
+/// busy: an insert writes its three words in well under a microsecond.
+const SLOT_READ_TRIES: usize = 64;
 
 /// A shared mapping of the pinned `FLOWS`, with the table's tag seed.
 pub struct FlowTable {
@@ -118,14 +124,28 @@ impl FlowTable {
         unsafe { &*self.words.add(slot * SLOT_WORDS + word) }
     }
 
-    /// Slot `index` (bucket × FLOW_WAYS + way) as it is now.
+    /// Slot `index` (bucket × FLOW_WAYS + way) as it is now: a tag with
+    /// the backend its flow was written with. The program may be writing
+    /// the slot meanwhile (see [`FlowSlot`]): the tag is read before and
+    /// after the rest and the read retried until they agree; a slot still
+    /// changing after [`SLOT_READ_TRIES`] reads as [`FLOW_CLAIMED`] (being
+    /// written), which nothing counts or clears.
     pub fn slot(&self, index: usize) -> FlowSlot {
-        let tag = self.word(index, 0).load(Ordering::Acquire);
-        let rest = self.word(index, 1).load(Ordering::Relaxed);
+        for _ in 0..SLOT_READ_TRIES {
+            let tag = self.word(index, 0).load(Ordering::Acquire);
+            let rest = self.word(index, 1).load(Ordering::Acquire);
+            let again = self.word(index, 0).load(Ordering::Acquire);
+            if tag & !FLOW_TAG_FLAGS == again & !FLOW_TAG_FLAGS {
+                return FlowSlot {
+                    tag,
+                    backend: rest as u32,
+                    seen: (rest >> 32) as u32,
+                };
+            }
+        }
         FlowSlot {
-            tag,
-            backend: rest as u32,
-            seen: (rest >> 32) as u32,
+            tag: FLOW_CLAIMED,
+            ..FlowSlot::default()
         }
     }
 
@@ -170,71 +190,98 @@ impl FlowTable {
     /// Writes `slot` for the flow of its tag: over the flow's own entry,
     /// else the first empty way of its buckets. For tests and tools that stage a
     /// table; the program never needs it. Whether there was room.
+    /// As the program inserts: claims the way from the word it found,
+    /// then writes backend and seen, then the tag; false also when the
+    /// program changed the way in between.
     pub fn put(&self, slot: FlowSlot) -> bool {
-        let tag = slot.tag & !lb_common::FLOW_TAG_FLAGS;
+        let tag = slot.tag & !FLOW_TAG_FLAGS;
         let Some(i) = self
             .find(tag)
             .or_else(|| self.ways(tag).find(|&i| self.slot(i).tag == 0))
         else {
             return false;
         };
+        let found = self.slot(i).tag;
+        if found == FLOW_CLAIMED
+            || self
+                .word(i, 0)
+                .compare_exchange(found, FLOW_CLAIMED, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return false;
+        }
         self.word(i, 1).store(
             slot.backend as u64 | (slot.seen as u64) << 32,
-            Ordering::Relaxed,
+            Ordering::Release,
         );
         self.word(i, 0).store(slot.tag, Ordering::Release);
         true
     }
 
+    /// Writes `word` into slot `index`'s tag word as it is, bypassing the
+    /// publishing rules (for tests that stage a slot as another CPU would
+    /// leave it: claimed, or reused).
+    pub fn write_tag_word(&self, index: usize, word: u64) {
+        self.word(index, 0).store(word, Ordering::Release);
+    }
+
     /// Records a flow a peer gateway pinned (flow sync): `word` (tag and
     /// flags) on `backend`, seen at `seen`, if the table does not hold the
     /// flow already (its own entry is this gateway's truth) and one of its
-    /// buckets has an empty way. Never over a live entry. The data plane's
-    /// publish order: the way is claimed by swapping its empty tag word
-    /// for a word no flow has (bit 8 clear: `tag_of` sets it in every
-    /// tag), then backend and time are written, then the tag, released
-    /// last, so a reader that matches the tag finds this backend. Whether
-    /// it was recorded.
+    /// buckets has an empty way. Never over a live entry nor a claimed
+    /// way. Whether it was recorded.
+    ///
+    /// The data plane's publish protocol (`lb-ebpf/src/select.rs`,
+    /// `insert`; [`FlowSlot`]): the way is claimed by compare-and-swap of
+    /// its tag word from the word judged (0: empty) to [`FLOW_CLAIMED`],
+    /// then backend and seen are written, then the tag is published by
+    /// compare-and-swap from the claim. Why no reader can pair this tag
+    /// with another flow's backend, nor another flow's tag with this
+    /// backend: only an empty way is claimed, and an empty word matches no
+    /// flow, so no reader was using the way's backend; while claimed, the
+    /// word matches no flow either ([`FLOW_CLAIMED`] has bits 8–63 clear,
+    /// every tag has bit 8 set), and the program neither takes a claimed
+    /// way as a victim nor flags it, census never reaps it; the tag appears
+    /// only with the publishing swap, after the backend store (release
+    /// order; x86 keeps stores in order and the swap is a full barrier), so
+    /// a reader that matches it reads this backend, and re-checks the tag
+    /// around that read as it does for the program's own inserts. A
+    /// program insert of the same flow racing this one (its scan before
+    /// our publish) may leave the flow in two ways: it then goes by
+    /// whichever a lookup meets first, the peer's pin or this ring's
+    /// choice, both backends of this flow's VIP; no other flow is touched.
     pub fn insert_absent(&self, word: u64, backend: u32, seen: u32) -> bool {
-        /// Matches no flow; looks like an established entry (the program
-        /// evicts those last) while it is being written.
-        const CLAIMED: u64 =
-            0xffff_fe00 | (lb_common::FLOW_F_ACKED | lb_common::FLOW_F_REPLIED) as u64;
-        let tag = word & !lb_common::FLOW_TAG_FLAGS;
-        if tag == 0 || tag & 0x100 == 0 || self.find(tag).is_some() {
+        let tag = word & !FLOW_TAG_FLAGS;
+        if tag & 0x100 == 0 || self.find(tag).is_some() {
             return false;
         }
         for i in self.ways(tag) {
             if self
                 .word(i, 0)
-                .compare_exchange(0, CLAIMED, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(0, FLOW_CLAIMED, Ordering::AcqRel, Ordering::Relaxed)
                 .is_err()
             {
                 continue;
             }
             self.word(i, 1)
-                .store(backend as u64 | (seen as u64) << 32, Ordering::Relaxed);
-            // Only our claim may be replaced: if the program took the way
-            // meanwhile (it writes without a claim), leave its flow. (The
-            // program picks an established-looking way only when both
-            // buckets hold nothing else; if it does within the few
-            // nanoseconds between the claim and the store above, its tag
-            // may meet this backend: the same window two CPUs inserting
-            // at once have today, which the atomic publish of issue 22
-            // closes for both.)
+                .store(backend as u64 | (seen as u64) << 32, Ordering::Release);
+            // Nobody else writes a claimed tag word: this swap cannot
+            // fail, and is a swap (not a store) so that, if that rule ever
+            // changed, a claim taken over is left to its new owner.
             return self
                 .word(i, 0)
-                .compare_exchange(CLAIMED, word, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(FLOW_CLAIMED, word, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok();
         }
         false
     }
 
-    /// Every occupied slot, as (index, entry).
+    /// Every slot holding a flow, as (index, entry): neither empty nor
+    /// claimed by an insert under way.
     pub fn occupied(&self) -> impl Iterator<Item = (usize, FlowSlot)> + '_ {
         (0..self.capacity())
             .map(|i| (i, self.slot(i)))
-            .filter(|(_, s)| s.tag != 0)
+            .filter(|(_, s)| s.tag != 0 && s.tag != FLOW_CLAIMED)
     }
 }
 

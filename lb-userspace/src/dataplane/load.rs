@@ -9,16 +9,16 @@ use aya::{
 };
 use lb_common::{
     limits::{MAX_BACKENDS, MAX_VIPS},
-    maps, rings_len, Addr6, BackendMeta, LAYOUT_VERSION, RING_SLOTS,
+    maps, rings_len, BackendMeta, LAYOUT_VERSION, RING_SLOTS,
 };
 
 use super::{
-    addr6, check_pinned_layout, ensure_local_bpffs, map_err, monotonic_coarse_ns, open_pinned,
-    Dataplane, DataplaneError, Shape, Tuning, PROGRAM_OBJECT,
+    check_pinned_layout, ensure_local_bpffs, map_err, monotonic_coarse_ns, open_pinned, Dataplane,
+    DataplaneError, Shape, Tuning, TunnelGlobals, PROGRAM_OBJECT,
 };
 
 /// The tail-called programs by `TAILS` slot (see `lb_common::TAIL_IPV6`).
-const TAIL_PROGRAMS: [(u32, &str); 6] = [
+pub(super) const TAIL_PROGRAMS: [(u32, &str); 6] = [
     (lb_common::TAIL_IPV6, maps::PROGRAM_IPV6),
     (lb_common::TAIL_UDP4, maps::PROGRAM_UDP4),
     (lb_common::TAIL_UDP6, maps::PROGRAM_UDP6),
@@ -51,10 +51,10 @@ pub(crate) fn load_program(prog: &mut Xdp) -> Result<(), DataplaneError> {
     }
 }
 
-/// Loads the IPv4 UDP, IPv6, IPv6 UDP and ICMPv6 programs the main one
-/// tail-calls.
-fn load_tails(ebpf: &mut aya::Ebpf) -> Result<(), DataplaneError> {
-    for (_, name) in TAIL_PROGRAMS {
+/// Loads the entry program and every program it tail-calls, of either
+/// object (the data plane's or explain's: the same names).
+pub(super) fn load_programs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    for name in std::iter::once(maps::PROGRAM).chain(TAIL_PROGRAMS.map(|(_, n)| n)) {
         let prog: &mut Xdp = ebpf
             .program_mut(name)
             .ok_or(DataplaneError::MissingMap { map: name })?
@@ -65,6 +65,45 @@ fn load_tails(ebpf: &mut aya::Ebpf) -> Result<(), DataplaneError> {
         load_program(prog)?;
     }
     Ok(())
+}
+
+/// `ebpf`'s tail-called programs by `TAILS` slot, as a `TAILS` table
+/// takes them (each fd a clone: the table can be borrowed from `ebpf`).
+pub(super) fn tail_fds(
+    ebpf: &Ebpf,
+) -> Result<Vec<(u32, aya::programs::ProgramFd)>, DataplaneError> {
+    TAIL_PROGRAMS
+        .iter()
+        .map(|&(slot, name)| {
+            let prog: &Xdp = ebpf
+                .program(name)
+                .and_then(|p| <&Xdp>::try_from(p).ok())
+                .ok_or(DataplaneError::MissingMap { map: name })?;
+            let fd = prog
+                .fd()
+                .and_then(|fd| fd.try_clone().map_err(Into::into))
+                .map_err(|e| DataplaneError::Program {
+                    source: Box::new(e),
+                })?;
+            Ok((slot, fd))
+        })
+        .collect()
+}
+
+/// Instructions the verifier processed for each of `ebpf`'s programs (the
+/// kernel's `verified_insns`; `None` before Linux 5.16).
+pub(super) fn verified_instructions(ebpf: &Ebpf) -> Vec<(&'static str, Option<u32>)> {
+    std::iter::once(maps::PROGRAM)
+        .chain(TAIL_PROGRAMS.map(|(_, n)| n))
+        .map(|name| {
+            let count = ebpf
+                .program(name)
+                .and_then(|p| <&Xdp>::try_from(p).ok())
+                .and_then(|p| p.info().ok())
+                .and_then(|i| i.verified_instruction_count());
+            (name, count)
+        })
+        .collect()
 }
 
 fn pinned_max_entries(path: &Path) -> Option<u32> {
@@ -163,11 +202,12 @@ impl Dataplane {
         };
         let flow_buckets = lb_common::flow_buckets(shape.flow_table_size);
         let ring_size = shape.ring_size;
-        // Network order, as the program writes it into the outer header.
-        let tunnel_source = tuning
-            .tunnel_source_v4
-            .map_or(0, |a| u32::from_ne_bytes(a.octets()));
-        let tunnel_source_v6 = tuning.tunnel_source_v6.map_or(Addr6::default(), addr6);
+        let TunnelGlobals {
+            source_v4: tunnel_source,
+            host_bits_v4: tunnel_host_bits,
+            source_v6: tunnel_source_v6,
+            host_bits_v6: tunnel_host_bits_v6,
+        } = tuning.tunnel_globals();
         // The cap is the host's; each CPU enforces its share (a per-CPU
         // window, no shared counter for every insert to contend on).
         // (The possible CPUs, as the kernel sizes per-CPU maps; the online
@@ -187,22 +227,16 @@ impl Dataplane {
             .override_global("MAX_FLOW_INSERTS_PER_SEC", &inserts_per_cpu, true)
             .override_global("ANSWER_COST_NS", &tuning.answer_cost_ns(), true)
             .override_global("TUNNEL_SOURCE_V4", &tunnel_source, true)
+            .override_global("TUNNEL_HOST_BITS_V4", &tunnel_host_bits, true)
             // Not required: a program without IPv6 tunnels has no such
             // global, and aya skips a missing one only when told so.
             .override_global("TUNNEL_SOURCE_V6", &tunnel_source_v6, false)
+            .override_global("TUNNEL_HOST_BITS_V6", &tunnel_host_bits_v6, false)
             .load(PROGRAM_OBJECT)
             .map_err(|source| DataplaneError::Load {
                 source: Box::new(source),
             })?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(maps::PROGRAM)
-            .ok_or(DataplaneError::MissingMap { map: maps::PROGRAM })?
-            .try_into()
-            .map_err(|e| DataplaneError::Program {
-                source: Box::new(e),
-            })?;
-        load_program(prog)?;
-        load_tails(&mut ebpf)?;
+        load_programs(&mut ebpf)?;
         let vips = take(&mut ebpf, maps::VIPS)?;
         let vips6 = take(&mut ebpf, maps::VIPS6)?;
         let backends: Array<MapData, BackendMeta> = take(&mut ebpf, maps::BACKENDS)?;
@@ -295,24 +329,7 @@ impl Dataplane {
     /// benchmark's differently tuned copy) takes them over until this is
     /// called again.
     pub fn install_tails(&mut self) -> Result<(), DataplaneError> {
-        let mut fds = Vec::new();
-        for (slot, name) in TAIL_PROGRAMS {
-            let prog: &Xdp = self
-                .ebpf
-                .program(name)
-                .and_then(|p| <&Xdp>::try_from(p).ok())
-                .ok_or(DataplaneError::MissingMap { map: name })?;
-            let fd = prog
-                .fd()
-                .map_err(|e| DataplaneError::Program {
-                    source: Box::new(e),
-                })?
-                .try_clone()
-                .map_err(|e| DataplaneError::Program {
-                    source: Box::new(aya::programs::ProgramError::from(e)),
-                })?;
-            fds.push((slot, fd));
-        }
+        let fds = tail_fds(&self.ebpf)?;
         let map = self
             .ebpf
             .map_mut(maps::TAILS)
@@ -328,26 +345,7 @@ impl Dataplane {
     /// Instructions the verifier processed for each of the balancer's
     /// programs (the kernel's `verified_insns`; `None` before Linux 5.16).
     pub fn verified_instructions(&self) -> Vec<(&'static str, Option<u32>)> {
-        [
-            maps::PROGRAM,
-            maps::PROGRAM_UDP4,
-            maps::PROGRAM_IPV6,
-            maps::PROGRAM_UDP6,
-            maps::PROGRAM_ICMP6,
-            maps::PROGRAM_FRAG4,
-            maps::PROGRAM_FRAG6,
-        ]
-        .into_iter()
-        .map(|name| {
-            let count = self
-                .ebpf
-                .program(name)
-                .and_then(|p| <&Xdp>::try_from(p).ok())
-                .and_then(|p| p.info().ok())
-                .and_then(|i| i.verified_instruction_count());
-            (name, count)
-        })
-        .collect()
+        verified_instructions(&self.ebpf)
     }
 
     /// The loaded XDP program (tests run it with `test_run`).

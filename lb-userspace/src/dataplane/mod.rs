@@ -18,11 +18,7 @@
 //! addresses), `keys` (map keys from endpoints), `counters`, `census` and
 //! `flows` (the flow table), `error`; [`decap`] is the backend-side program.
 
-use std::{
-    collections::HashMap as StdHashMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::PathBuf,
-};
+use std::{collections::HashMap as StdHashMap, net::IpAddr, path::PathBuf};
 
 use aya::{
     maps::{xdp::DevMapHash, Array, HashMap, MapData},
@@ -41,6 +37,7 @@ mod census;
 mod counters;
 pub mod decap;
 mod error;
+mod explain;
 mod flows;
 mod host;
 mod keys;
@@ -54,6 +51,7 @@ pub use bpffs::{prepare_pin_path, resolve_pin_path, BPFFS_ROOT};
 pub use census::{flow_census, flow_counts, judge_flow, FlowCensus, FlowVerdict};
 pub use counters::{BackendStats, CounterReader, Counters, VipStats};
 pub use error::DataplaneError;
+pub use explain::{Explained, Explainer};
 pub use flows::FlowTable;
 pub use keys::{
     addr6, backend_name_index, l4addr, l4addr4, l4addr6, socket_addr, socket_addr6, BackendSlot,
@@ -91,10 +89,11 @@ pub struct Tuning {
     /// For the whole host; 0 = no cap (see `[dataplane]
     /// max_flow_inserts_per_sec`).
     pub max_flow_inserts_per_sec: u32,
-    /// Outer source of IPv4 `tunnel` pools (`[dataplane] tunnel_source`).
-    pub tunnel_source_v4: Option<Ipv4Addr>,
+    /// Outer source of IPv4 `tunnel` pools (`[dataplane] tunnel_source`):
+    /// one address (a /32), or a prefix each flow gets one address of.
+    pub tunnel_source_v4: Option<ipnet::Ipv4Net>,
     /// Outer source of IPv6 `tunnel` pools.
-    pub tunnel_source_v6: Option<Ipv6Addr>,
+    pub tunnel_source_v6: Option<ipnet::Ipv6Net>,
     /// Per CPU: answers the program makes itself (`[dataplane]
     /// answers_per_sec`; 0 = none).
     pub answers_per_sec: u32,
@@ -116,7 +115,37 @@ impl Default for Tuning {
     }
 }
 
+/// The program's tunnel globals, as both objects (the data plane's and
+/// explain's) are loaded with them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TunnelGlobals {
+    /// `TUNNEL_SOURCE_V4`: the prefix's network address, in network order
+    /// as the program writes it into the outer header (0: none).
+    pub source_v4: u32,
+    /// `TUNNEL_HOST_BITS_V4`: the bits of it a flow's hash picks.
+    pub host_bits_v4: u32,
+    pub source_v6: Addr6,
+    pub host_bits_v6: u32,
+}
+
 impl Tuning {
+    pub(crate) fn tunnel_globals(&self) -> TunnelGlobals {
+        TunnelGlobals {
+            source_v4: self
+                .tunnel_source_v4
+                .map_or(0, |n| u32::from_ne_bytes(n.network().octets())),
+            host_bits_v4: self
+                .tunnel_source_v4
+                .map_or(0, |n| u32::from(32 - n.prefix_len())),
+            source_v6: self
+                .tunnel_source_v6
+                .map_or(Addr6::default(), |n| addr6(n.network())),
+            host_bits_v6: self
+                .tunnel_source_v6
+                .map_or(0, |n| u32::from(128 - n.prefix_len())),
+        }
+    }
+
     /// The program's `MAX_FLOW_INSERTS_PER_SEC`: each of `cpus` CPUs'
     /// share of the host's budget (rounded up: together they insert at
     /// most `cpus - 1` more than the budget, never `cpus` times it). 0

@@ -124,115 +124,78 @@ pub fn down(pin_path: &Path) -> Result<DownReport, DataplaneError> {
     Ok(report)
 }
 
-/// The interface a pinned XDP link is attached to (`bpf_link_info`'s
-/// `xdp.ifindex`, read with BPF_OBJ_GET_INFO_BY_FD: aya 0.14 does not
-/// expose it): 0 once its interface was deleted (the link is defunct),
-/// `None` when the pin cannot be read.
-pub(crate) fn pinned_link_ifindex(path: &Path) -> Option<u32> {
-    use std::os::unix::ffi::OsStrExt;
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    /// `union bpf_attr`, as large as the kernel's (unused tail zeroed).
-    #[repr(C)]
-    struct Attr {
-        words: [u64; 16],
-    }
-    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut attr = Attr { words: [0; 16] };
-    attr.words[0] = cpath.as_ptr() as u64;
-    // SAFETY: bpf(2) with an attr of the kernel's size; the path outlives it.
-    let fd = unsafe {
+/// `union bpf_attr`, as large as the kernel's (unused tail zeroed), for
+/// the three raw bpf(2) calls below: aya 0.14 neither detaches a pinned
+/// link nor exposes an XDP link's ifindex.
+#[repr(C)]
+struct BpfAttr {
+    words: [u64; 16],
+}
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_DETACH: libc::c_long = 34;
+const BPF_LINK_TYPE_XDP: u32 = 6;
+
+/// bpf(2) `cmd` with `attr`: its return value, or the error it set.
+fn bpf(cmd: libc::c_long, attr: &mut BpfAttr) -> std::io::Result<libc::c_long> {
+    // SAFETY: bpf(2) with an attr of the kernel's size; whatever pointers
+    // the caller put in it outlive the call.
+    let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &mut attr as *mut Attr,
-            std::mem::size_of::<Attr>() as u32,
+            cmd,
+            attr as *mut BpfAttr,
+            std::mem::size_of::<BpfAttr>() as u32,
         )
     };
-    if fd < 0 {
-        return None;
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
     }
-    // struct bpf_link_info: type, id, prog_id (u32 each), then a union
-    // aligned to 8 whose `xdp.ifindex` is its first u32: offset 16.
-    let mut info = [0u8; 64];
-    let mut attr = Attr { words: [0; 16] };
-    // BPF_OBJ_GET_INFO_BY_FD: bpf_fd (u32), info_len (u32), info (u64).
-    attr.words[0] = fd as u64 | ((info.len() as u64) << 32);
-    attr.words[1] = info.as_mut_ptr() as u64;
-    // SAFETY: as above; the kernel writes at most `info_len` bytes into
-    // `info`; `fd` is ours and closed right after.
-    let rc = unsafe {
-        let rc = libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &mut attr as *mut Attr,
-            std::mem::size_of::<Attr>() as u32,
-        );
-        libc::close(fd as i32);
-        rc
-    };
-    (rc == 0).then(|| u32::from_ne_bytes([info[16], info[17], info[18], info[19]]))
+}
+
+/// The BPF object pinned at `path` (BPF_OBJ_GET), as an fd of ours.
+fn open_pinned_object(path: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
+    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("the path holds a NUL byte"))?;
+    let mut attr = BpfAttr { words: [0; 16] };
+    // BPF_OBJ_GET: pathname (u64 pointer), bpf_fd, file_flags.
+    attr.words[0] = cpath.as_ptr() as u64;
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: a new fd the kernel just gave us, owned by no one else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The interface a pinned XDP link is attached to (`bpf_link_info`'s
+/// `xdp.ifindex`, read with BPF_OBJ_GET_INFO_BY_FD): 0 once the link is
+/// detached (its interface deleted, or BPF_LINK_DETACH); `None` when the
+/// pin cannot be read or is no XDP link.
+pub(crate) fn pinned_link_ifindex(path: &Path) -> Option<u32> {
+    xdp_link_ifindex(path).ok()
 }
 
 /// BPF_LINK_DETACH on a pinned link (aya 0.14 only closes fds and hides
 /// them). Best effort: a link that cannot be opened or detached is still
 /// unpinned by the caller, and detaches a little later.
 pub(crate) fn detach_pinned_link(path: &Path) {
-    use std::os::unix::ffi::OsStrExt;
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_LINK_DETACH: libc::c_long = 34;
-    /// `union bpf_attr`, as large as the kernel's (unused tail zeroed).
-    #[repr(C)]
-    struct Attr {
-        words: [u64; 16],
-    }
-    let Ok(cpath) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+    use std::os::fd::AsRawFd;
+    let Ok(fd) = open_pinned_object(path) else {
         return;
     };
-    let mut attr = Attr { words: [0; 16] };
-    // BPF_OBJ_GET: pathname (u64 pointer), bpf_fd, file_flags.
-    attr.words[0] = cpath.as_ptr() as u64;
-    // SAFETY: bpf(2) with an attr of the kernel's size; the path outlives it.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &mut attr as *mut Attr,
-            std::mem::size_of::<Attr>() as u32,
-        )
-    };
-    if fd < 0 {
-        return;
-    }
-    let mut attr = Attr { words: [0; 16] };
+    let mut attr = BpfAttr { words: [0; 16] };
     // BPF_LINK_DETACH: link_fd (u32, the first field).
-    attr.words[0] = fd as u64;
-    // SAFETY: as above; `fd` is ours and closed right after.
-    unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_DETACH,
-            &mut attr as *mut Attr,
-            std::mem::size_of::<Attr>() as u32,
-        );
-        libc::close(fd as i32);
-    }
+    attr.words[0] = fd.as_raw_fd() as u64;
+    let _ = bpf(BPF_LINK_DETACH, &mut attr);
 }
 
 /// Where the XDP link pinned at `path` is attached: the interface index
 /// the kernel reports for it (`bpf_link_info.xdp.ifindex`), 0 once the
-/// link is detached (its interface gone, or `BPF_LINK_DETACH`). aya 0.14's
-/// `LinkInfo` does not expose the ifindex, hence the two raw calls.
+/// link is detached (its interface gone, or `BPF_LINK_DETACH`).
 pub fn xdp_link_ifindex(path: &Path) -> Result<u32, String> {
-    use std::os::unix::ffi::OsStrExt;
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    const BPF_LINK_TYPE_XDP: u32 = 6;
-    /// `union bpf_attr`, as large as the kernel's (unused tail zeroed).
-    #[repr(C)]
-    struct Attr {
-        words: [u64; 16],
-    }
+    use std::os::fd::AsRawFd;
     /// `struct bpf_link_info`: type, id, prog_id, then a union (8-aligned)
     /// whose `xdp` member starts with the ifindex; the rest left zeroed.
     #[repr(C)]
@@ -243,22 +206,7 @@ pub fn xdp_link_ifindex(path: &Path) -> Result<u32, String> {
         _pad: u32,
         union: [u64; 8],
     }
-    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| "the path holds a NUL byte".to_string())?;
-    let mut attr = Attr { words: [0; 16] };
-    attr.words[0] = cpath.as_ptr() as u64;
-    // SAFETY: bpf(2) with an attr of the kernel's size; the path outlives it.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &mut attr as *mut Attr,
-            std::mem::size_of::<Attr>() as u32,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error().to_string());
-    }
+    let fd = open_pinned_object(path).map_err(|e| e.to_string())?;
     let mut info = LinkInfo {
         link_type: 0,
         id: 0,
@@ -266,26 +214,12 @@ pub fn xdp_link_ifindex(path: &Path) -> Result<u32, String> {
         _pad: 0,
         union: [0; 8],
     };
-    let mut attr = Attr { words: [0; 16] };
-    // BPF_OBJ_GET_INFO_BY_FD: bpf_fd (u32), info_len (u32), info (u64).
-    attr.words[0] = (fd as u64) | ((std::mem::size_of::<LinkInfo>() as u64) << 32);
+    let mut attr = BpfAttr { words: [0; 16] };
+    // BPF_OBJ_GET_INFO_BY_FD: bpf_fd (u32), info_len (u32), info (u64);
+    // the kernel writes at most info_len bytes into `info`.
+    attr.words[0] = (fd.as_raw_fd() as u64) | ((std::mem::size_of::<LinkInfo>() as u64) << 32);
     attr.words[1] = &mut info as *mut LinkInfo as u64;
-    // SAFETY: as above; the kernel writes at most info_len bytes into
-    // `info`, and `fd` is ours and closed right after.
-    let rc = unsafe {
-        let rc = libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &mut attr as *mut Attr,
-            std::mem::size_of::<Attr>() as u32,
-        );
-        let err = std::io::Error::last_os_error();
-        libc::close(fd as i32);
-        (rc, err)
-    };
-    if rc.0 < 0 {
-        return Err(rc.1.to_string());
-    }
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).map_err(|e| e.to_string())?;
     if info.link_type != BPF_LINK_TYPE_XDP {
         return Err(format!("not an XDP link (link type {})", info.link_type));
     }

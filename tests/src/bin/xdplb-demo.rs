@@ -21,16 +21,11 @@ use std::{
 };
 
 use anyhow::{bail, Result};
+use xdplb_tests::narrate::{catch_interrupts, pause, say};
 use xdplb_tests::{
     deploy::{Deployment, LoadSpec, PoolSpec},
     http_get,
 };
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
 
 /// Per-backend answers and failures since the last step.
 #[derive(Default)]
@@ -38,26 +33,6 @@ struct Tally {
     by_backend: BTreeMap<String, u64>,
     failures: u64,
     last_failure: Option<Instant>,
-}
-
-fn pause(d: Duration) -> Result<()> {
-    let end = Instant::now() + d;
-    while Instant::now() < end {
-        if INTERRUPTED.load(Ordering::SeqCst) {
-            bail!("interrupted");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
-fn say(title: &str) {
-    // SAFETY: isatty only inspects the descriptor.
-    if unsafe { libc::isatty(1) } == 1 {
-        println!("\n\x1b[1m== {title}\x1b[0m");
-    } else {
-        println!("\n== {title}");
-    }
 }
 
 fn show(d: &Deployment, tally: &Mutex<Tally>) -> Result<()> {
@@ -80,11 +55,7 @@ fn show(d: &Deployment, tally: &Mutex<Tally>) -> Result<()> {
 }
 
 fn main() {
-    // SAFETY: installing a handler that only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
+    catch_interrupts();
     if let Err(e) = demo() {
         eprintln!("error: {e:#}");
         std::process::exit(1);

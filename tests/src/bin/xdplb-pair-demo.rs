@@ -13,40 +13,15 @@
 //! Everything it created is removed on exit and on Ctrl-C.
 
 use std::net::{SocketAddrV4, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
+use xdplb_tests::narrate::{catch_interrupts, pause, say};
 use xdplb_tests::pair::{vip, Pair, GATEWAYS};
 use xdplb_tests::{connect_from, get_on, raise_nofile, Lab};
 
 const HELD: usize = 300;
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-fn pause(d: Duration) -> Result<()> {
-    let end = Instant::now() + d;
-    while Instant::now() < end {
-        if INTERRUPTED.load(Ordering::SeqCst) {
-            bail!("interrupted");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
-fn say(title: &str) {
-    // SAFETY: isatty only inspects the descriptor.
-    if unsafe { libc::isatty(1) } == 1 {
-        println!("\n\x1b[1m== {title}\x1b[0m");
-    } else {
-        println!("\n== {title}");
-    }
-}
 
 /// Who holds the VRRP addresses, and each gateway's `xdplb serving`.
 fn who(p: &Pair) -> Result<()> {
@@ -80,11 +55,7 @@ fn check(conns: &mut [(TcpStream, String)]) -> usize {
 }
 
 fn main() {
-    // SAFETY: installing a handler that only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
+    catch_interrupts();
     if let Err(e) = demo() {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -435,7 +435,7 @@ impl LocalBackends {
 pub fn unrecomputable(
     slots: impl IntoIterator<Item = lb_common::FlowSlot>,
     local: &LocalBackends,
-    ring_choice: impl Fn(u8, SocketAddr, u32) -> Option<u32>,
+    mut ring_choice: impl FnMut(u8, SocketAddr, u32) -> Option<u32>,
 ) -> Vec<SyncEntry> {
     slots
         .into_iter()
@@ -483,6 +483,7 @@ pub fn to_local(entries: &[SyncEntry], local: &LocalBackends) -> (Vec<(u64, u32)
     (inserts, ignored)
 }
 
+pub mod task;
 pub mod transport;
 
 #[cfg(test)]

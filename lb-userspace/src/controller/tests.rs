@@ -2279,3 +2279,43 @@ async fn a_reload_adding_sync_or_changing_its_secret_is_refused() {
     r.write_config(CONFIG);
     r.c.reload().unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_sync_change_needs_a_restart_and_rings_published_wake_flow_sync() {
+    let sync = |peer: &str| {
+        CONFIG.replacen(
+            "[[pool]]",
+            &format!(
+                "[sync]\nlisten = \"198.18.1.2:7946\"\npeers = [\"{peer}\"]\nsecret = \"0123456789abcdef-one\"\n\n[[pool]]"
+            ),
+            1,
+        )
+    };
+    let mut r = rig_with(
+        Fake::default(),
+        Arc::new(FakeProbes::default()),
+        &sync("198.18.1.3:7946"),
+    );
+    let handle = crate::flowsync::task::Handle::unserved();
+    r.c.with_flow_sync(handle.clone());
+    assert_eq!(r.c.status().sync, Some(vec![]), "the task's report");
+    r.pump(Duration::from_millis(300)).await;
+    assert!(handle.take_ring_change().await, "the first rings published");
+    assert!(!handle.take_ring_change().await, "once");
+    // A spare activated: a ring change.
+    r.c.drain("web", "web-1", true).unwrap();
+    assert!(handle.take_ring_change().await, "the drain's ring");
+    // A beat that changes nothing publishes no ring.
+    r.pump(Duration::from_millis(300)).await;
+    assert!(!handle.take_ring_change().await, "no ring, no wake");
+    // Other peers: a restart, not a reload.
+    let ops = r.fake().ops.len();
+    r.write_config(sync("198.18.1.4:7946"));
+    let why = r.c.reload().unwrap_err();
+    assert!(why.contains("[sync] changed"), "{why}");
+    assert!(why.contains("restart `xdplb run`"), "{why}");
+    assert_eq!(r.fake().ops.len(), ops, "nothing applied");
+    r.write_config(CONFIG);
+    let why = r.c.reload().unwrap_err();
+    assert!(why.contains("[sync] changed (removed"), "{why}");
+}

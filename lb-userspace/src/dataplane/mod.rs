@@ -44,6 +44,7 @@ mod keys;
 mod layout;
 mod load;
 mod pins;
+mod syncmaps;
 mod tables;
 
 pub use attach::LinkState;
@@ -58,6 +59,7 @@ pub use keys::{
 };
 pub use layout::{layout_difference, MapShape};
 pub use pins::{down, is_own_pin, xdp_link_ifindex, DownReport};
+pub use syncmaps::{flow_seen_now, SyncBackend, SyncMaps};
 
 pub(crate) use bpffs::ensure_local_bpffs;
 pub(crate) use error::map_err;

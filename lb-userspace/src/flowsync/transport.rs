@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 use tokio::net::UdpSocket;
 use tracing::{info, warn};
 
+pub use crate::status::SyncCounters;
+use crate::status::{SyncPeerState, SyncPeerStatus};
+
 use super::{
     RateBound, Rejected, ReplayWindow, SyncEntry, SyncKeys, MAX_MESSAGE, RECEIVE_MESSAGES_PER_SEC,
     SEND_MESSAGES_PER_SEC,
@@ -17,29 +20,8 @@ pub const PEER_DOWN_AFTER_MS: u64 = 3_000;
 /// How often a gateway tells its peers it is there, with or without
 /// entries.
 pub const HEARTBEAT_MS: u64 = 1_000;
-
-/// One peer as `xdplb status` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct PeerStatus {
-    pub peer: String,
-    /// "up" (a valid message within [`PEER_DOWN_AFTER_MS`]) or "down".
-    pub state: &'static str,
-    pub last_message_unix_ms: Option<u64>,
-}
-
-/// Counts for the metrics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SyncCounters {
-    pub messages_sent: u64,
-    pub entries_sent: u64,
-    /// Messages not sent: the rate bound, or the socket refused.
-    pub messages_unsent: u64,
-    pub messages_received: u64,
-    pub entries_received: u64,
-    /// Datagrams dropped: not from a peer, unauthenticated, malformed,
-    /// oversize, replayed or over the receive rate.
-    pub messages_rejected: u64,
-}
+/// The wait after a failed receive before the next.
+const RECV_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
 
 struct Peer {
     addr: SocketAddr,
@@ -74,6 +56,8 @@ pub struct Endpoint {
     seq: u64,
     peers: Vec<Peer>,
     pub counters: SyncCounters,
+    /// The last receive failed (logged once until one succeeds).
+    recv_failing: bool,
 }
 
 impl Endpoint {
@@ -103,6 +87,7 @@ impl Endpoint {
                 })
                 .collect(),
             counters: SyncCounters::default(),
+            recv_failing: false,
         })
     }
 
@@ -154,8 +139,24 @@ impl Endpoint {
     pub async fn recv(&mut self, now_unix_ms: impl Fn() -> u64) -> (SocketAddr, Vec<SyncEntry>) {
         let mut buf = vec![0u8; MAX_MESSAGE + 1];
         loop {
-            let Ok((n, from)) = self.socket.recv_from(&mut buf).await else {
-                continue;
+            let (n, from) = match self.socket.recv_from(&mut buf).await {
+                Ok(got) => {
+                    if self.recv_failing {
+                        info!("flow sync: receiving again");
+                        self.recv_failing = false;
+                    }
+                    got
+                }
+                Err(e) => {
+                    self.counters.errors += 1;
+                    if !self.recv_failing {
+                        warn!(error = %e, "flow sync: receiving failed; retrying");
+                        self.recv_failing = true;
+                    }
+                    // Not a hot loop on an error that persists.
+                    tokio::time::sleep(RECV_RETRY).await;
+                    continue;
+                }
             };
             let now = now_unix_ms();
             match self.accept(&buf[..n], from, now) {
@@ -211,12 +212,16 @@ impl Endpoint {
     }
 
     /// Each peer's state, in config order.
-    pub fn status(&self) -> Vec<PeerStatus> {
+    pub fn status(&self) -> Vec<SyncPeerStatus> {
         self.peers
             .iter()
-            .map(|p| PeerStatus {
+            .map(|p| SyncPeerStatus {
                 peer: p.addr.to_string(),
-                state: if p.up { "up" } else { "down" },
+                state: if p.up {
+                    SyncPeerState::Up
+                } else {
+                    SyncPeerState::Down
+                },
                 last_message_unix_ms: p.last_message_unix_ms,
             })
             .collect()
@@ -257,7 +262,7 @@ mod tests {
     #[tokio::test]
     async fn peers_exchange_entries_and_show_up_then_down() {
         let (mut a, mut b) = pair(SECRET).await;
-        assert_eq!(b.status()[0].state, "down");
+        assert_eq!(b.status()[0].state, SyncPeerState::Down);
         assert_eq!(a.send(&[entry(), entry()], 10_000).await, 1);
         let (from, got) =
             tokio::time::timeout(std::time::Duration::from_secs(5), b.recv(|| 10_001))
@@ -266,13 +271,16 @@ mod tests {
         assert_eq!(from, a.local_addr().unwrap());
         assert_eq!(got, vec![entry(), entry()]);
         let st = &b.status()[0];
-        assert_eq!((st.state, st.last_message_unix_ms), ("up", Some(10_001)));
+        assert_eq!(
+            (st.state, st.last_message_unix_ms),
+            (SyncPeerState::Up, Some(10_001))
+        );
         assert_eq!(b.counters.entries_received, 2);
         assert_eq!(a.counters.entries_sent, 2);
         b.expire(10_001 + PEER_DOWN_AFTER_MS);
-        assert_eq!(b.status()[0].state, "up");
+        assert_eq!(b.status()[0].state, SyncPeerState::Up);
         b.expire(10_002 + PEER_DOWN_AFTER_MS);
-        assert_eq!(b.status()[0].state, "down");
+        assert_eq!(b.status()[0].state, SyncPeerState::Down);
     }
 
     #[test]

@@ -32,10 +32,12 @@ use crate::{
     status::{now_unix_ms, SyncCounters, SyncPeerStatus},
 };
 
-/// Entries sent per beat at most (about 40 IPv4 messages, within a peer's
-/// send burst): a table with more unrecomputable flows is sent over
-/// several beats, round the list.
-pub const MAX_ENTRIES_PER_SEND: usize = 2_000;
+/// Entries sent per beat at most: 21 IPv4 or 42 IPv6 messages, within a
+/// peer's send burst ([`SEND_BURST`](super::transport::SEND_BURST)), so
+/// none of a batch is refused by the rate bound and skipped by the
+/// cursor. A table with more unrecomputable flows is sent over several
+/// beats, round the list (1,000 a second).
+pub const MAX_ENTRIES_PER_SEND: usize = 1_000;
 
 /// What the controller sees of the task.
 #[derive(Default)]
@@ -283,6 +285,29 @@ mod tests {
                 backend: "198.18.1.11:8080".parse().unwrap(),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_full_batch_fits_a_peers_send_burst_in_either_family() {
+        let keys = super::super::SyncKeys::new("0123456789abcdef-pair");
+        for (vip, backend) in [
+            ("198.18.2.10:80", "198.18.1.11:8080"),
+            ("[2001:2:0:2::10]:80", "[2001:2:0:1::11]:8080"),
+        ] {
+            let batch: Vec<SyncEntry> = entries(MAX_ENTRIES_PER_SEND)
+                .into_iter()
+                .map(|e| SyncEntry {
+                    vip: vip.parse().unwrap(),
+                    backend: backend.parse().unwrap(),
+                    ..e
+                })
+                .collect();
+            let msgs = keys.encode(1, &mut 0, 1, &batch).len();
+            assert!(
+                msgs <= super::super::transport::SEND_BURST as usize,
+                "{vip}: {msgs} messages"
+            );
+        }
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub const PEER_DOWN_AFTER_MS: u64 = 3_000;
 /// How often a gateway tells its peers it is there, with or without
 /// entries.
 pub const HEARTBEAT_MS: u64 = 1_000;
+/// Messages a peer may be sent at once (its rate bound's burst; then
+/// [`SEND_MESSAGES_PER_SEC`]).
+pub const SEND_BURST: u32 = 50;
 /// The wait after a failed receive before the next.
 const RECV_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
 
@@ -81,7 +84,7 @@ impl Endpoint {
                     up: false,
                     last_message_unix_ms: None,
                     window: ReplayWindow::default(),
-                    send_rate: RateBound::new(SEND_MESSAGES_PER_SEC, 50, now_ms),
+                    send_rate: RateBound::new(SEND_MESSAGES_PER_SEC, SEND_BURST, now_ms),
                     receive_rate: RateBound::new(RECEIVE_MESSAGES_PER_SEC, 100, now_ms),
                     send_failing: false,
                 })

@@ -26,8 +26,8 @@ use std::net::{SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use xdplb_tests::pair::{vip, Pair, GATEWAYS, POOL, SYNC_PORT};
-use xdplb_tests::{connect_from, get_on, raise_nofile, skip_unless_root, Lab};
+use xdplb_tests::pair::{gateway_backend_addr, vip, Pair, GATEWAYS, POOL, SYNC_PORT};
+use xdplb_tests::{connect_from, get_on, raise_nofile, skip_unless_root, wait_until, Lab};
 
 /// Keep-alive connections held across the takeover.
 const HELD: usize = 300;
@@ -100,6 +100,18 @@ fn sync_count(p: &Pair, gw: &str, what: &str) -> Result<u64> {
         .with_context(|| format!("{gw}: no sync_counters.{what} in {s}"))
 }
 
+/// `gw`'s one `[sync]` peer as `xdplb status --json` shows it: (peer,
+/// state, whether a last message time is there).
+fn sync_peer(p: &Pair, gw: &str) -> Result<(String, String, bool)> {
+    let s = p.status(gw)?;
+    let peer = &s["sync"][0];
+    Ok((
+        peer["peer"].as_str().unwrap_or_default().to_string(),
+        peer["state"].as_str().unwrap_or_default().to_string(),
+        peer["last_message_unix_ms"].is_u64(),
+    ))
+}
+
 /// How the pair is tested.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Case {
@@ -123,6 +135,18 @@ fn hold_then_lose_the_master(case: Case) -> Result<(Duration, Duration, Survival
         p.master(),
         p.serving("gwa")?
     );
+    // Each gateway hears the other (heartbeats every second).
+    for (gw, other) in [("gwa", "gwb"), ("gwb", "gwa")] {
+        let want = format!("{}:{SYNC_PORT}", gateway_backend_addr(other));
+        let heard = wait_until(Duration::from_secs(3), Duration::from_millis(50), || {
+            sync_peer(&p, gw).is_ok_and(|(peer, state, at)| peer == want && state == "up" && at)
+        });
+        assert!(
+            heard,
+            "{gw}: sync peer {want} not up: {:?}",
+            sync_peer(&p, gw)
+        );
+    }
     if case == Case::RingChangeSyncDropped {
         for gw in GATEWAYS {
             p.drop_udp(gw, SYNC_PORT)?;
@@ -153,6 +177,11 @@ fn hold_then_lose_the_master(case: Case) -> Result<(Duration, Duration, Survival
                 now, inserted,
                 "gwb recorded entries its nft rule should have dropped"
             );
+            // Silent for 3 s: shown down (and logged once).
+            let down = wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
+                sync_peer(&p, "gwb").is_ok_and(|(_, state, _)| state == "down")
+            });
+            assert!(down, "gwb still shows gwa up: {:?}", sync_peer(&p, "gwb"));
         }
     }
     let cut = Instant::now();

@@ -147,8 +147,8 @@ impl FlowSync {
                 _ = &mut stopped => break,
                 _ = beat.tick() => self.beat().await,
                 _ = ring_changed.notified() => {
-                    // The full list at once: the peers must hold these
-                    // pins before this gateway may be lost.
+                    // From the head of the list, now: the peers must hold
+                    // these pins before this gateway may be lost.
                     self.cursor = 0;
                     self.beat().await;
                 }
@@ -177,7 +177,9 @@ impl FlowSync {
 
     /// The entries a peer could not recompute, from the whole table.
     fn scan(&self) -> Result<Vec<SyncEntry>, DataplaneError> {
-        // Ring entries read once per position this scan meets.
+        // Each ring entry read once per scan (one system call each; the
+        // walk itself reads the shared mapping). On a worker thread of its
+        // own task: the controller's loop does not wait for it.
         let mut ring: HashMap<(u32, u32), Option<u32>> = HashMap::new();
         let mut failed = None;
         let entries = unrecomputable(

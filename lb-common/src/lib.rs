@@ -189,7 +189,7 @@ pub mod maps {
 /// The layout of the pinned maps as a whole. Bump it whenever a map's key,
 /// value or meaning changes, so a controller never adopts maps made for
 /// another layout (it refuses them and says to run `xdplb down`).
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// `TAILS` slot of the IPv6 program. The balancer is four XDP programs
 /// sharing every map: IPv4 TCP (and ICMP) in the attached one; IPv4 UDP and
@@ -694,14 +694,30 @@ pub const fn flow_buckets(entries: u32) -> u32 {
 /// free way in either, so buckets fill evenly ("two choices"): with one
 /// bucket per flow, 8-way buckets overflow at half load (2% of them at
 /// 50%), evicting live flows from a table that is far from full; with two,
-/// not before ~90%. The first comes from the tag's low word, the second
-/// from its high word; [`FlowSlot::holds`] compares both words.
+/// not before ~90%. Both come from the tag's keyed low word (its high
+/// word is the public ring hash, [`flow_tag_ring_hash`]: nobody outside
+/// can aim a flood at one bucket): the first from the word itself, the
+/// second from it times an odd constant (a bijection of the word, whose
+/// high bits the reduction takes).
 #[inline(always)]
 pub const fn flow_bucket_pair(tag: u64, buckets: u32) -> (u32, u32) {
+    let low = tag as u32;
     (
-        reduce(tag as u32, buckets),
-        reduce((tag >> 32) as u32, buckets),
+        reduce(low, buckets),
+        reduce(low.wrapping_mul(SECOND_BUCKET_MUL), buckets),
     )
+}
+
+/// Odd (2^32 / golden ratio): the second bucket's multiplier.
+const SECOND_BUCKET_MUL: u32 = 0x9e37_79b1;
+
+/// The ring hash ([`flow_hash`], [`flow_hash6`]) of the flow a tag was
+/// made for: its high word. The flow table keeps no ring position
+/// otherwise, and flow sync must tell which entries the current ring
+/// would send elsewhere (docs/PAIR.md, "Flow sync").
+#[inline(always)]
+pub const fn flow_tag_ring_hash(tag: u64) -> u32 {
+    (tag >> 32) as u32
 }
 
 #[inline(always)]
@@ -724,19 +740,27 @@ const fn pair(a: u32, b: u32) -> u64 {
     ((a as u64) << 32) | b as u64
 }
 
+/// A tag from the flow's keyed hash `h` and its ring hash: the ring hash
+/// in the high word, 23 keyed bits above the flags in the low word (bit 8
+/// set: a flow's tag is never 0). Two flows share a tag only if they share
+/// the ring hash, so also the ring's backend, and 23 keyed bits.
 #[inline(always)]
-const fn tag_of(h: u64) -> u64 {
-    (h & !FLOW_TAG_FLAGS) | 0x100
+const fn tag_of(h: u64, ring_hash: u32) -> u64 {
+    ((ring_hash as u64) << 32) | (h & 0xffff_ff00) | 0x100
 }
 
-/// A flow's tag in `FLOWS`, keyed by the table's random `seed` (kept with
-/// the pins) so that nobody outside can aim a flood at one bucket. Unlike
-/// [`flow_hash`], which every gateway must share, it is local to a host.
+/// A flow's tag in `FLOWS`, keyed by the table's `seed` (random per host,
+/// kept with the pins; derived from `[sync] secret` when gateways share
+/// flows) so that nobody outside can aim a flood at one bucket, and
+/// carrying its ring hash ([`flow_tag_ring_hash`]).
 #[inline(always)]
 pub const fn flow_tag(key: &FlowKey, seed: u64) -> u64 {
     let addrs = pair(key.src_addr, key.dst_addr);
     let ports = ((key.src_port as u64) << 32) | ((key.dst_port as u64) << 16) | key.proto as u64;
-    tag_of(mix64(mix64(addrs ^ seed).wrapping_add(ports)))
+    tag_of(
+        mix64(mix64(addrs ^ seed).wrapping_add(ports)),
+        flow_hash(key),
+    )
 }
 
 /// [`flow_tag`] for IPv6.
@@ -750,7 +774,7 @@ pub const fn flow_tag6(key: &FlowKey6, seed: u64) -> u64 {
     h = mix64(h.wrapping_add(pair(s[2], s[3])));
     h = mix64(h.wrapping_add(pair(d[0], d[1])));
     h = mix64(h.wrapping_add(pair(d[2], d[3])));
-    tag_of(mix64(h.wrapping_add(ports)))
+    tag_of(mix64(h.wrapping_add(ports)), flow_hash6(key))
 }
 
 /// Value of `REPLIES` (hash keyed by a backend's [`L4Addr`], written by user

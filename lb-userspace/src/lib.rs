@@ -40,6 +40,7 @@ pub mod config;
 pub mod controller;
 pub mod dataplane;
 pub mod explain;
+pub mod flowsync;
 pub mod fsutil;
 pub mod health;
 pub mod load;

@@ -44,7 +44,7 @@ use crate::{
     dataplane::{CounterReader, Counters, DataplaneError},
     planner::BackendState,
     state::AdminState,
-    status::{Health, Status},
+    status::{Health, Status, SyncPeerState},
 };
 
 /// Histogram buckets, seconds: 0.5 ms (a probe on the same host) to 5 s
@@ -441,6 +441,62 @@ impl Collector for StatusCollector {
                 p.announced.map(|a| (labels, i64::from(a)))
             }),
         )?;
+        if let Some(peers) = &status.sync {
+            gauge(
+                &mut enc,
+                "xdplb_sync_peer_up",
+                "1 if the [sync] peer is heard from (a valid message within the last 3 s)",
+                peers.iter().map(|p| {
+                    let labels: [(&'static str, String); 1] = [("peer", p.peer.clone())];
+                    (labels, i64::from(p.state == SyncPeerState::Up))
+                }),
+            )?;
+        }
+        if let Some(c) = status.sync_counters {
+            let counts: [(&str, &str, u64); 10] = [
+                ("xdplb_sync_messages_sent", "Flow sync messages sent to peers", c.messages_sent),
+                ("xdplb_sync_entries_sent", "Flow entries sent to peers", c.entries_sent),
+                (
+                    "xdplb_sync_messages_unsent",
+                    "Flow sync messages not sent: over a peer's rate bound, or the socket refused",
+                    c.messages_unsent,
+                ),
+                (
+                    "xdplb_sync_messages_received",
+                    "Flow sync messages accepted from peers",
+                    c.messages_received,
+                ),
+                (
+                    "xdplb_sync_entries_received",
+                    "Flow entries in accepted messages",
+                    c.entries_received,
+                ),
+                (
+                    "xdplb_sync_messages_rejected",
+                    "Datagrams dropped: not from a peer, unauthenticated, malformed, oversize, replayed or over the receive rate",
+                    c.messages_rejected,
+                ),
+                (
+                    "xdplb_sync_entries_inserted",
+                    "Received flow entries recorded in the flow table",
+                    c.entries_inserted,
+                ),
+                (
+                    "xdplb_sync_entries_present",
+                    "Received flow entries this gateway's table held already (its own entry stands)",
+                    c.entries_present,
+                ),
+                (
+                    "xdplb_sync_entries_rejected",
+                    "Received flow entries not recorded: backend unknown or down here, or no empty way",
+                    c.entries_rejected,
+                ),
+                ("xdplb_sync_errors", "Flow sync socket or map errors", c.errors),
+            ];
+            for (name, help, v) in counts {
+                counter1(&mut enc, name, help, v)?;
+            }
+        }
         Ok(())
     }
 }
@@ -546,6 +602,7 @@ mod tests {
                 ],
             }],
             detached: Vec::new(),
+            ..Status::default()
         }
     }
 
@@ -842,6 +899,62 @@ mod tests {
             value(&samples, "xdplb_health_check_duration_seconds_count", &fail),
             1.0
         );
+    }
+
+    #[test]
+    fn sync_peers_and_counts_are_metrics_with_sync_only() {
+        let m = Metrics::with_counter_source(|| Ok(fake_counters()));
+        m.set_status(&fake_status());
+        let (types, _) = parse_exposition(&m.render());
+        assert!(
+            !types.keys().any(|k| k.starts_with("xdplb_sync_")),
+            "{types:?}"
+        );
+        let mut status = fake_status();
+        status.sync = Some(vec![
+            crate::status::SyncPeerStatus {
+                peer: "198.18.1.3:7946".into(),
+                state: SyncPeerState::Up,
+                last_message_unix_ms: Some(1),
+            },
+            crate::status::SyncPeerStatus {
+                peer: "[2001:2:0:1::3]:7946".into(),
+                state: SyncPeerState::Down,
+                last_message_unix_ms: None,
+            },
+        ]);
+        status.sync_counters = Some(crate::status::SyncCounters {
+            messages_sent: 11,
+            entries_sent: 300,
+            messages_received: 7,
+            entries_received: 76,
+            messages_rejected: 2,
+            entries_inserted: 70,
+            entries_present: 4,
+            entries_rejected: 2,
+            ..Default::default()
+        });
+        m.set_status(&status);
+        let (types, samples) = parse_exposition(&m.render());
+        assert_eq!(types["xdplb_sync_peer_up"], "gauge");
+        let up = |peer| value(&samples, "xdplb_sync_peer_up", &[("peer", peer)]);
+        assert_eq!(up("198.18.1.3:7946"), 1.0);
+        assert_eq!(up("[2001:2:0:1::3]:7946"), 0.0);
+        for (name, v) in [
+            ("xdplb_sync_messages_sent_total", 11.0),
+            ("xdplb_sync_entries_sent_total", 300.0),
+            ("xdplb_sync_messages_unsent_total", 0.0),
+            ("xdplb_sync_messages_received_total", 7.0),
+            ("xdplb_sync_entries_received_total", 76.0),
+            ("xdplb_sync_messages_rejected_total", 2.0),
+            ("xdplb_sync_entries_inserted_total", 70.0),
+            ("xdplb_sync_entries_present_total", 4.0),
+            ("xdplb_sync_entries_rejected_total", 2.0),
+            ("xdplb_sync_errors_total", 0.0),
+        ] {
+            assert_eq!(types[name], "counter", "{name}");
+            assert_eq!(value(&samples, name, &[]), v, "{name}");
+        }
     }
 
     #[test]

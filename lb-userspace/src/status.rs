@@ -42,6 +42,67 @@ pub struct Status {
     /// when it is attached to all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub detached: Vec<String>,
+    /// `[sync]`'s peers, in config order; absent without `[sync]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<Vec<SyncPeerStatus>>,
+    /// Flow sync's counts since the controller started; absent without
+    /// `[sync]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_counters: Option<SyncCounters>,
+}
+
+/// Whether a flow sync peer is heard from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncPeerState {
+    /// A valid message arrived lately (peers send at least a heartbeat a
+    /// second).
+    Up,
+    /// Nothing valid for a few seconds, or never.
+    Down,
+}
+
+impl SyncPeerState {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SyncPeerState::Up => "up",
+            SyncPeerState::Down => "down",
+        }
+    }
+}
+
+/// One `[sync]` peer as status shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncPeerStatus {
+    /// Its address, as configured.
+    pub peer: String,
+    pub state: SyncPeerState,
+    /// When its last valid message arrived (this host's clock); `null`
+    /// before the first.
+    pub last_message_unix_ms: Option<u64>,
+}
+
+/// Flow sync's counts (the metrics' `xdplb_sync_*_total`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncCounters {
+    pub messages_sent: u64,
+    pub entries_sent: u64,
+    /// Messages not sent: over a peer's rate bound, or the socket refused.
+    pub messages_unsent: u64,
+    pub messages_received: u64,
+    pub entries_received: u64,
+    /// Datagrams dropped: not from a peer, unauthenticated, malformed,
+    /// oversize, replayed, or over the receive rate.
+    pub messages_rejected: u64,
+    /// Entries recorded in this gateway's flow table.
+    pub entries_inserted: u64,
+    /// Entries the table held already (its own entry stands).
+    pub entries_present: u64,
+    /// Entries not recorded: a backend this gateway does not have or has
+    /// down, or no empty way in the flow's buckets.
+    pub entries_rejected: u64,
+    /// Socket or map errors (each kind logged once until it clears).
+    pub errors: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -239,6 +300,7 @@ impl Status {
                 }],
             }],
             detached: Vec::new(),
+            ..Status::default()
         }
     }
 }

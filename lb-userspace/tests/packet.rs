@@ -2763,3 +2763,78 @@ fn a_connection_a_backend_opens_from_its_service_port_passes_untouched() {
     assert_eq!(action, XDP_REDIRECT);
     assert_eq!(lab.counters().get(GlobalCounter::PassBackendOpened), 4);
 }
+
+/// Flow sync's receiver (`FlowTable::insert_absent`) on a running
+/// program: a peer's entry goes only into an empty way, and the program
+/// then steers its flow to the peer's backend, not the ring's; an entry
+/// already there stands; a claimed way and a live entry are never taken.
+/// What the sender reads (`SyncMaps`) names the references the program
+/// uses.
+#[test]
+fn a_peers_entry_is_recorded_only_where_absent_and_steers_its_flow() {
+    const WAYS: usize = 2 * lb_common::FLOW_WAYS;
+    let mut lab = Lab::with_table(3, VIP_F_REJECT_EMPTY, Tuning::default(), WAYS as u32);
+    let table = xdplb::dataplane::FlowTable::open(&lab.tp.pin_path).unwrap();
+    let maps = xdplb::dataplane::SyncMaps::open(&lab.tp.pin_path, RING).unwrap();
+    let vips = maps.vips().unwrap();
+    let (vip, meta) = vips[0];
+    assert_eq!(vip.addr, std::net::SocketAddr::V4(sa(VIP)));
+    let backends = maps.backends(&vips).unwrap();
+    assert_eq!(backends.len(), 3);
+    let reference = |slot: u32| {
+        backends
+            .iter()
+            .find(|b| b.addr == std::net::SocketAddr::V4(backend_addr(slot)))
+            .map(|b| b.r)
+            .unwrap()
+    };
+
+    let port = 42000;
+    let key = flow_key(client(port), sa(VIP));
+    let tag = table.tag(&key);
+    let ring = lab.ring_choice(client(port), sa(VIP));
+    assert_eq!(
+        maps.ring_choice(&meta, flow_hash(&key)).unwrap(),
+        Some(reference(ring)),
+        "the sender's ring read is the program's"
+    );
+    let peers = (ring + 1) % 3;
+    let word = tag | lb_common::FLOW_F_ACKED as u64;
+    let seen = xdplb::dataplane::flow_seen_now();
+    assert!(table.insert_absent(word, reference(peers), seen));
+    let ack = to_vip(port, TCP_ACK);
+    let (action, out) = lab.arrive_from_client(&ack.build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(
+        out,
+        expected_to_backend(&ack, peers),
+        "the peer's pin, not the ring's"
+    );
+    // Present: the entry stands (another backend offered is refused).
+    assert!(!table.insert_absent(word, reference(ring), seen));
+    assert_eq!(table.get(&key).unwrap().backend, reference(peers));
+    table.remove(tag);
+
+    // No empty way: every way claimed by an insert under way, then every
+    // way holding a live flow of its own. Nothing is taken.
+    let live = |way: usize| ((way as u64 + 1) << 32) | 0x100 | lb_common::FLOW_F_ACKED as u64;
+    for (what, word_of) in [
+        (
+            "claimed",
+            &(|_| lb_common::FLOW_CLAIMED) as &dyn Fn(usize) -> u64,
+        ),
+        ("live", &live),
+    ] {
+        for way in 0..WAYS {
+            table.write_tag_word(way, word_of(way));
+        }
+        assert!(!table.insert_absent(word, reference(peers), seen), "{what}");
+        for way in 0..WAYS {
+            assert_eq!(table.slot(way).tag, word_of(way), "{what}: way {way}");
+        }
+    }
+    // A way freed again is taken.
+    table.write_tag_word(table.ways(tag).next().unwrap(), 0);
+    assert!(table.insert_absent(word, reference(peers), seen));
+    assert_eq!(table.get(&key).unwrap().backend, reference(peers));
+}

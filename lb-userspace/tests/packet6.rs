@@ -1703,3 +1703,95 @@ fn decap6_carries_an_outer_ce_mark_inside() {
     assert_eq!(c["dropped_ecn"], 1);
     assert_eq!(c["decapsulated"], 5);
 }
+
+/// Flow sync end to end on a running program, for IPv6 TCP, IPv6 UDP and
+/// IPv4 UDP pools: a peer's entry (named by VIP endpoint and backend
+/// address, as a message carries it) is mapped to this data plane's
+/// references and recorded, and the flow's next packet goes to the peer's
+/// backend, not the ring's; the sender's scan of this table then finds
+/// exactly those entries (pinned off the ring) and names them the same
+/// way; a backend down here is left out.
+#[test]
+fn synced_entries_steer_their_flows_in_both_families_and_are_found_again() {
+    use xdplb::flowsync::{to_local, unrecomputable, LocalBackends, SyncEntry};
+    let mut lab = Lab::new(3);
+    let pin = lab.tp.pin_path.clone();
+    let table = xdplb::dataplane::FlowTable::open(&pin).unwrap();
+    let maps = xdplb::dataplane::SyncMaps::open(&pin, RING).unwrap();
+    let vips = maps.vips().unwrap();
+    let mut local = LocalBackends::default();
+    for b in maps.backends(&vips).unwrap() {
+        local.insert(b.vip.protocol.ipproto(), b.vip.addr, b.addr, b.r, b.usable);
+    }
+    let mut sent = Vec::new();
+    for pool in POOLS {
+        let port = lab.port_for(pool, 0);
+        let peers = 2;
+        let (proto, flags) = if pool.udp() {
+            (
+                IPPROTO_UDP,
+                (lb_common::FLOW_F_UDP | lb_common::FLOW_F_ACKED) as u8,
+            )
+        } else {
+            (IPPROTO_TCP, lb_common::FLOW_F_ACKED as u8)
+        };
+        let tag = match pool.flow_key(port) {
+            Key::V4(k) => table.tag(&k),
+            Key::V6(k) => table.tag6(&k),
+        };
+        let entry = SyncEntry {
+            tag,
+            flags,
+            proto,
+            vip: pool.vip(),
+            backend: pool.backend(peers),
+        };
+        let (inserts, ignored) = to_local(&[entry], &local);
+        assert_eq!((inserts.len(), ignored), (1, 0), "{pool:?}");
+        let (word, r) = inserts[0];
+        assert_eq!(ref_slot(r), pool.slot(peers), "{pool:?}");
+        assert!(
+            table.insert_absent(word, r, xdplb::dataplane::flow_seen_now()),
+            "{pool:?}"
+        );
+        let next = pool.next(port);
+        let (action, out) = lab.arrive_from_client(&next.build());
+        assert_eq!(action, XDP_REDIRECT, "{pool:?}");
+        assert_eq!(
+            out,
+            to_backend(pool, &next, peers),
+            "{pool:?}: the peer's backend, not the ring's (0)"
+        );
+        sent.push(entry);
+    }
+    // The sender's scan: this table's entries off the ring, named as the
+    // peer named them.
+    let ring_choice = |proto: u8, vip: SocketAddr, hash: u32| {
+        let (_, meta) = vips
+            .iter()
+            .find(|(e, _)| e.protocol.ipproto() == proto && e.addr == vip)?;
+        maps.ring_choice(meta, hash).unwrap()
+    };
+    let mut found = unrecomputable(table.occupied().map(|(_, s)| s), &local, ring_choice);
+    found.sort_by_key(|e| e.tag);
+    sent.sort_by_key(|e| e.tag);
+    assert_eq!(found, sent);
+    // A backend down here: its entries are left out on both sides.
+    let down = Pool::Tcp6;
+    lab.tp
+        .dp()
+        .write_backend(&BackendSlot {
+            slot: down.slot(2),
+            vip_index: down.index(),
+            addr: down.backend(2),
+            state: lb_common::BACKEND_DOWN,
+            flags: 0,
+        })
+        .unwrap();
+    let mut now_local = LocalBackends::default();
+    for b in maps.backends(&vips).unwrap() {
+        now_local.insert(b.vip.protocol.ipproto(), b.vip.addr, b.addr, b.r, b.usable);
+    }
+    let tcp6 = sent.iter().find(|e| e.vip == down.vip()).copied().unwrap();
+    assert_eq!(to_local(&[tcp6], &now_local), (vec![], 1));
+}

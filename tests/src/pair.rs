@@ -57,6 +57,11 @@ pub const PRIORITIES: [u8; 2] = [150, 100];
 pub const POOL: &str = "web";
 /// Where a test's sync-message drop rule lives in a gateway (`nft`).
 pub const SYNC_DROP_TABLE: &str = "xdplb_lab_sync_drop";
+/// Flow sync's UDP port on both gateways (`[sync]`, on their backend-side
+/// addresses).
+pub const SYNC_PORT: u16 = 7946;
+/// The lab's `[sync] secret` (both gateways).
+const SYNC_SECRET: &str = "xdplb-pair-lab-sync-secret";
 
 /// Gateway `gw`'s own address on the clients' segment.
 pub fn gateway_client_addr(gw: &str) -> Ipv4Addr {
@@ -292,17 +297,23 @@ impl Pair {
     }
 
     /// Gateway `gw`'s xdplb config: the pool on the first
-    /// [`pool_size`](Pair::pool_size) backends, no `[announce]`.
+    /// [`pool_size`](Pair::pool_size) backends, `[sync]` with the other
+    /// gateway (on the backend-side addresses, [`SYNC_PORT`]), no
+    /// `[announce]`.
     pub fn render_config(&self, gw: &str) -> String {
+        let peer = GATEWAYS[1 - index(gw)];
         let mut s = format!(
             "[dataplane]\ninterfaces = [\"{GW_CLIENT_IF}\", \"{GW_BACKEND_IF}\"]\npin_path = \"{}\"\n\
              flow_table_size = 65536\nring_size = 4099\n\n\
              [control]\nadmin_socket = \"{}\"\nmetrics_listen = \"\"\nstate_file = \"{}\"\n\n\
+             [sync]\nlisten = \"{}:{SYNC_PORT}\"\npeers = [\"{}:{SYNC_PORT}\"]\nsecret = \"{SYNC_SECRET}\"\n\n\
              [[pool]]\nname = \"{POOL}\"\nvip = \"{}\"\n\n  [pool.health]\n  kind = \"http\"\n  path = \"/healthz\"\n  \
              interval_ms = 200\n  timeout_ms = 150\n  rise = 2\n  fall = 2\n\n",
             self.pin_path(gw).display(),
             self.admin_socket(gw).display(),
             self.lab.dir().join(format!("{gw}-state.json")).display(),
+            gateway_backend_addr(gw),
+            gateway_backend_addr(peer),
             vip(),
         );
         for j in 0..self.pool_size() {

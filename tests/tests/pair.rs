@@ -9,11 +9,13 @@
 //!   (the takeover time, printed) and every held connection answers from
 //!   its backend.
 //! - `a_ring_change_then_losing_the_master_breaks_no_connection`: the same
-//!   after a fourth backend joined by reload on both gateways. Red until
-//!   flow sync lands (the new master's ring sends the flows pinned before
-//!   the change elsewhere), so it is `#[ignore]`d — counted as ignored in
-//!   the suite's summary, never passed; `cargo test --test pair --
-//!   --ignored` runs it.
+//!   after a fourth backend joined by reload on both gateways: flow sync
+//!   (`[sync]` on both) has told `gwb` the pins `gwa`'s new ring would
+//!   move, so every connection survives.
+//! - `with_sync_dropped_a_ring_change_breaks_as_before_and_misforwards_nothing`:
+//!   the same with flow sync's messages dropped (nft, both gateways): the
+//!   connections the new ring moves break, as without sync, and every one
+//!   that answers answers from its own backend.
 //! - `vrrp_leaves_a_gateway_that_cannot_serve`: `xdplb serving` fails on
 //!   `gwa` when its controller stops, when its pool is emptied (every
 //!   backend drained) and when its data plane is taken down; each time
@@ -24,8 +26,8 @@ use std::net::{SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use xdplb_tests::pair::{vip, Pair, POOL};
-use xdplb_tests::{connect_from, get_on, raise_nofile, skip_unless_root, Lab};
+use xdplb_tests::pair::{gateway_backend_addr, vip, Pair, GATEWAYS, POOL, SYNC_PORT};
+use xdplb_tests::{connect_from, get_on, raise_nofile, skip_unless_root, wait_until, Lab};
 
 /// Keep-alive connections held across the takeover.
 const HELD: usize = 300;
@@ -62,28 +64,94 @@ fn open(p: &Pair, first: u16, n: usize) -> Result<Vec<Conn>> {
     })?
 }
 
-/// Asks every connection again; returns how many answered from the
-/// backend they started on.
-fn check(conns: &mut [Conn]) -> usize {
-    conns
-        .iter_mut()
-        .map(|c| {
-            get_on(&mut c.stream, "/").is_ok_and(|(s, body)| s == 200 && body.trim() == c.backend)
-        })
-        .filter(|ok| *ok)
-        .count()
+/// What asking every held connection again found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Survival {
+    /// Answered from the backend it started on.
+    same: usize,
+    /// Answered from another backend: misforwarded (never allowed).
+    other: usize,
+    /// No answer (reset, closed or timed out).
+    broken: usize,
 }
 
-/// Opens [`HELD`] connections through `gwa`, optionally changes the ring
-/// (pool of 3 → 4), cuts `gwa` off and returns (takeover time, survivors).
-fn hold_then_lose_the_master(ring_change: bool) -> Result<(Duration, Duration, usize)> {
+/// Asks every connection again.
+fn check(conns: &mut [Conn]) -> Survival {
+    let mut s = Survival {
+        same: 0,
+        other: 0,
+        broken: 0,
+    };
+    for c in conns.iter_mut() {
+        match get_on(&mut c.stream, "/") {
+            Ok((200, body)) if body.trim() == c.backend => s.same += 1,
+            Ok((200, _)) => s.other += 1,
+            _ => s.broken += 1,
+        }
+    }
+    s
+}
+
+/// A gateway's flow sync counts (`sync_counters` in `xdplb status --json`).
+fn sync_count(p: &Pair, gw: &str, what: &str) -> Result<u64> {
+    let s = p.status(gw)?;
+    s["sync_counters"][what]
+        .as_u64()
+        .with_context(|| format!("{gw}: no sync_counters.{what} in {s}"))
+}
+
+/// `gw`'s one `[sync]` peer as `xdplb status --json` shows it: (peer,
+/// state, whether a last message time is there).
+fn sync_peer(p: &Pair, gw: &str) -> Result<(String, String, bool)> {
+    let s = p.status(gw)?;
+    let peer = &s["sync"][0];
+    Ok((
+        peer["peer"].as_str().unwrap_or_default().to_string(),
+        peer["state"].as_str().unwrap_or_default().to_string(),
+        peer["last_message_unix_ms"].is_u64(),
+    ))
+}
+
+/// How the pair is tested.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Case {
+    /// No ring change before the master is lost.
+    Plain,
+    /// A fourth backend added (reload on both) before.
+    RingChange,
+    /// The same with flow sync's messages dropped on both gateways.
+    RingChangeSyncDropped,
+}
+
+/// Opens [`HELD`] connections through `gwa`, for `case` changes the ring
+/// (pool of 3 → 4), cuts `gwa` off and returns (takeover time, VRRP
+/// takeover time, what the held connections answered).
+fn hold_then_lose_the_master(case: Case) -> Result<(Duration, Duration, Survival)> {
     raise_nofile(4 * HELD as u64 + 1000)?;
+    let ring_change = case != Case::Plain;
     let p = Pair::start(1, 4, if ring_change { 3 } else { 4 })?;
     println!(
         "master: {:?}; gwa serving: {:?}",
         p.master(),
         p.serving("gwa")?
     );
+    // Each gateway hears the other (heartbeats every second).
+    for (gw, other) in [("gwa", "gwb"), ("gwb", "gwa")] {
+        let want = format!("{}:{SYNC_PORT}", gateway_backend_addr(other));
+        let heard = wait_until(Duration::from_secs(3), Duration::from_millis(50), || {
+            sync_peer(&p, gw).is_ok_and(|(peer, state, at)| peer == want && state == "up" && at)
+        });
+        assert!(
+            heard,
+            "{gw}: sync peer {want} not up: {:?}",
+            sync_peer(&p, gw)
+        );
+    }
+    if case == Case::RingChangeSyncDropped {
+        for gw in GATEWAYS {
+            p.drop_udp(gw, SYNC_PORT)?;
+        }
+    }
     let before = p.new_flows("gwa")?;
     let mut conns = open(&p, 20_000, HELD)?;
     let through_gwa = p.new_flows("gwa")? - before;
@@ -93,10 +161,28 @@ fn hold_then_lose_the_master(ring_change: bool) -> Result<(Duration, Duration, u
     );
     assert_eq!(p.new_flows("gwb")?, 0, "nothing went through gwb");
     if ring_change {
+        let inserted = sync_count(&p, "gwb", "entries_inserted")?;
         p.set_pool_size(4)?;
-        let ok = check(&mut conns);
-        println!("fourth backend added on both gateways: {ok} of {HELD} still answer");
-        assert_eq!(ok, HELD, "the reload itself broke connections");
+        let s = check(&mut conns);
+        println!("fourth backend added on both gateways: {s:?}");
+        assert_eq!(s.same, HELD, "the reload itself broke connections");
+        let sent = sync_count(&p, "gwa", "entries_sent")?;
+        let now = sync_count(&p, "gwb", "entries_inserted")?;
+        println!(
+            "flow sync: gwa sent {sent} entries so far, gwb recorded {} since the ring change",
+            now - inserted
+        );
+        if case == Case::RingChangeSyncDropped {
+            assert_eq!(
+                now, inserted,
+                "gwb recorded entries its nft rule should have dropped"
+            );
+            // Silent for 3 s: shown down (and logged once).
+            let down = wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
+                sync_peer(&p, "gwb").is_ok_and(|(_, state, _)| state == "down")
+            });
+            assert!(down, "gwb still shows gwa up: {:?}", sync_peer(&p, "gwb"));
+        }
     }
     let cut = Instant::now();
     p.cut_off("gwa")?;
@@ -121,14 +207,16 @@ fn hold_then_lose_the_master(ring_change: bool) -> Result<(Duration, Duration, u
         "gwa cut off: first new connection after {takeover:.2?}; gwb held both VRRP addresses \
          after {vrrp:.2?}"
     );
-    let ok = check(&mut conns);
+    let s = check(&mut conns);
     println!(
-        "across the takeover: {ok} of {HELD} connections answered from their backend ({} broke)",
-        HELD - ok
+        "across the takeover: {} of {HELD} connections answered from their backend, {} broke, \
+         {} answered from another backend",
+        s.same, s.broken, s.other
     );
+    assert_eq!(s.other, 0, "connections misforwarded to another backend");
     let fresh = open(&p, 30_000, 50)?;
     assert_eq!(fresh.len(), 50);
-    Ok((takeover, vrrp, ok))
+    Ok((takeover, vrrp, s))
 }
 
 #[test]
@@ -136,31 +224,54 @@ fn losing_the_master_breaks_no_connection() -> Result<()> {
     if skip_unless_root() {
         return Ok(());
     }
-    let (takeover, vrrp, ok) = hold_then_lose_the_master(false)?;
+    let (takeover, vrrp, s) = hold_then_lose_the_master(Case::Plain)?;
     for (what, t) in [("a new connection", takeover), ("VRRP", vrrp)] {
         assert!(
             t <= TAKEOVER_BOUND,
             "takeover ({what}) took {t:?} (bound {TAKEOVER_BOUND:?})"
         );
     }
-    assert_eq!(ok, HELD, "connections broke on a plain takeover");
+    assert_eq!(s.same, HELD, "connections broke on a plain takeover");
     Ok(())
 }
 
-/// Red until flow sync lands (76 of 300 connections broke when measured).
+/// 76 of 300 broke before flow sync (the quarter of the ring the fourth
+/// backend took).
 #[test]
-#[ignore = "red until flow sync (issue 24 part 1)"]
 fn a_ring_change_then_losing_the_master_breaks_no_connection() -> Result<()> {
     if skip_unless_root() {
         return Ok(());
     }
-    let (_, _, ok) = hold_then_lose_the_master(true)?;
+    let (takeover, _, s) = hold_then_lose_the_master(Case::RingChange)?;
+    assert!(
+        takeover <= TAKEOVER_BOUND,
+        "takeover took {takeover:?} (bound {TAKEOVER_BOUND:?})"
+    );
     assert_eq!(
-        ok,
+        s.same,
         HELD,
         "{} of {HELD} connections opened before the ring change broke on the takeover",
-        HELD - ok
+        HELD - s.same
     );
+    Ok(())
+}
+
+/// Flow sync cut (its port dropped on both gateways): a lost message
+/// degrades to the ring, never to a wrong backend.
+#[test]
+fn with_sync_dropped_a_ring_change_breaks_as_before_and_misforwards_nothing() -> Result<()> {
+    if skip_unless_root() {
+        return Ok(());
+    }
+    let (_, _, s) = hold_then_lose_the_master(Case::RingChangeSyncDropped)?;
+    // The fourth backend takes about a quarter of the ring: the flows it
+    // took break as without sync (76 of 300 when measured).
+    assert!(
+        (HELD / 8..=HELD / 2).contains(&s.broken),
+        "{} of {HELD} broke; without sync about a quarter do",
+        s.broken
+    );
+    assert_eq!(s.same + s.broken, HELD);
     Ok(())
 }
 

@@ -224,6 +224,19 @@ pub fn status_text_at(s: &Status, now_unix_ms: u64) -> String {
             &rows,
         ));
     }
+    if let Some(peers) = &s.sync {
+        out.push('\n');
+        for p in peers {
+            let last = p.last_message_unix_ms.map_or("never".to_string(), |t| {
+                format!("{} ago", human_age(now_unix_ms.saturating_sub(t)))
+            });
+            out.push_str(&format!(
+                "sync peer {}  {}  last message {last}\n",
+                p.peer,
+                p.state.as_str()
+            ));
+        }
+    }
     out
 }
 
@@ -855,6 +868,7 @@ assuming: not probed yet, taken as passing their health checks: web/web-3
                 },
             ],
             detached: Vec::new(),
+            ..Status::default()
         };
         let want = "\
 pool web  vip 198.18.2.10:80  tcp  nat  min_active 2  mean load 0.42
@@ -892,6 +906,39 @@ pool api  vip [2001:2:0:2::11]:53  udp  nat  min_active 1  EMPTY: no usable back
             "{}",
             status_text_at(&ramping, NOW)
         );
+
+        // [sync]'s peers follow the pools, one line each; JSON has them as
+        // the contract names them (and nothing without [sync]).
+        let mut synced = s.clone();
+        synced.sync = Some(vec![
+            crate::status::SyncPeerStatus {
+                peer: "198.18.1.3:7946".into(),
+                state: crate::status::SyncPeerState::Up,
+                last_message_unix_ms: Some(NOW - 400),
+            },
+            crate::status::SyncPeerStatus {
+                peer: "198.18.1.4:7946".into(),
+                state: crate::status::SyncPeerState::Down,
+                last_message_unix_ms: None,
+            },
+        ]);
+        assert!(
+            status_text_at(&synced, NOW).ends_with(
+                "\nsync peer 198.18.1.3:7946  up  last message 0s ago\n\
+                 sync peer 198.18.1.4:7946  down  last message never\n"
+            ),
+            "{}",
+            status_text_at(&synced, NOW)
+        );
+        let v = serde_json::to_value(&synced).unwrap();
+        assert_eq!(
+            v["sync"],
+            serde_json::json!([
+                {"peer": "198.18.1.3:7946", "state": "up", "last_message_unix_ms": NOW - 400},
+                {"peer": "198.18.1.4:7946", "state": "down", "last_message_unix_ms": null},
+            ])
+        );
+        assert!(serde_json::to_value(&s).unwrap().get("sync").is_none());
 
         // JSON carries the same facts for scripts.
         let v = serde_json::to_value(&s).unwrap();

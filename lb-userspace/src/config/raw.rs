@@ -15,6 +15,7 @@ pub struct Config {
     pub dataplane: Dataplane,
     pub control: Option<Control>,
     pub announce: Option<Announce>,
+    pub sync: Option<FlowSync>,
     #[serde(default)]
     pub pool: Vec<Pool>,
 }
@@ -26,6 +27,14 @@ pub struct Announce {
     pub control_socket: Option<Spanned<PathBuf>>,
     pub routes_file: Option<Spanned<PathBuf>>,
     pub hold_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowSync {
+    pub listen: Spanned<SocketAddr>,
+    pub peers: Spanned<Vec<Spanned<SocketAddr>>>,
+    pub secret: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

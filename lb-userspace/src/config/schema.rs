@@ -244,8 +244,39 @@ pub struct Config {
     pub control: ControlConfig,
     /// `[announce]`: VIPs announced to routers through a BGP speaker.
     pub announce: Option<AnnounceConfig>,
+    /// `[sync]`: pinned flows shared with the other gateways.
+    pub sync: Option<FlowSyncConfig>,
     pub pools: Vec<PoolConfig>,
 }
+
+/// `[sync]` (see [`crate::flowsync`]).
+#[derive(Clone, PartialEq, Serialize)]
+pub struct FlowSyncConfig {
+    /// UDP address this gateway receives its peers' messages on.
+    pub listen: std::net::SocketAddr,
+    /// The other gateways' `listen` addresses.
+    pub peers: Vec<std::net::SocketAddr>,
+    /// Shared by all gateways: authenticates every message and keys the
+    /// flow table's tags alike on all of them. Never printed.
+    #[serde(skip)]
+    pub secret: String,
+}
+
+impl std::fmt::Debug for FlowSyncConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowSyncConfig")
+            .field("listen", &self.listen)
+            .field("peers", &self.peers)
+            .field("secret", &"<hidden>")
+            .finish()
+    }
+}
+
+/// `[sync] secret` at least this long (bytes): it is the only thing
+/// between the network and the flow tables.
+pub const MIN_SYNC_SECRET_LEN: usize = 16;
+/// `[sync] peers` at most this many (a pair, or a fleet behind ECMP).
+pub const MAX_SYNC_PEERS: usize = 16;
 
 /// `[announce]` (see [`crate::announce`]).
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -962,3 +962,82 @@ fn extra_macs_are_unicast_macs_named_by_line_and_column() {
         .collect();
     rejects(&with(&many.join(", ")), 3, &["at most 16"]);
 }
+
+const SYNC_SECRET: &str = "0123456789abcdef-pair";
+
+fn with_sync(section: &str) -> String {
+    // HEAD is lines 1–2, [sync] line 3, its keys from line 4.
+    format!(
+        "{HEAD}[sync]\n{section}{}",
+        &pool_with("", ONE_BACKEND)[HEAD.len()..]
+    )
+}
+
+#[test]
+fn sync_values_and_secret_hidden() {
+    assert_eq!(p(&pool_with("", ONE_BACKEND)).unwrap().sync, None);
+    let c = p(&with_sync(&format!(
+        "listen = \"198.18.1.2:7946\"\npeers = [\"198.18.1.3:7946\", \"[2001:2:0:1::3]:7946\"]\nsecret = \"{SYNC_SECRET}\"\n"
+    )))
+    .unwrap();
+    let s = c.sync.unwrap();
+    assert_eq!(s.listen, "198.18.1.2:7946".parse().unwrap());
+    assert_eq!(
+        s.peers,
+        vec![
+            "198.18.1.3:7946".parse().unwrap(),
+            "[2001:2:0:1::3]:7946".parse().unwrap()
+        ]
+    );
+    assert_eq!(s.secret, SYNC_SECRET);
+    assert!(!format!("{s:?}").contains(SYNC_SECRET), "Debug hides it");
+}
+
+#[test]
+fn sync_errors_name_line_and_reason() {
+    let listen = "listen = \"198.18.1.2:7946\"\n";
+    let peer = "peers = [\"198.18.1.3:7946\"]\n";
+    let secret = format!("secret = \"{SYNC_SECRET}\"\n");
+    rejects(
+        &with_sync(&format!("{listen}{peer}")),
+        4,
+        &["[sync] needs secret"],
+    );
+    rejects(
+        &with_sync(&format!("{listen}{peer}secret = \"short\"\n")),
+        6,
+        &["secret is 5 bytes", "at least 16"],
+    );
+    rejects(
+        &with_sync(&format!("listen = \"0.0.0.0:7946\"\n{peer}{secret}")),
+        4,
+        &["must name this gateway's address"],
+    );
+    rejects(
+        &with_sync(&format!("{listen}peers = []\n{secret}")),
+        5,
+        &["peers: 0 given"],
+    );
+    rejects(
+        &with_sync(&format!(
+            "{listen}peers = [\"198.18.1.3:7946\", \"198.18.1.3:7946\"]\n{secret}"
+        )),
+        5,
+        &["peer 198.18.1.3:7946 is listed twice"],
+    );
+    rejects(
+        &with_sync(&format!("{listen}peers = [\"198.18.1.2:7946\"]\n{secret}")),
+        5,
+        &["is this gateway's own listen address"],
+    );
+    rejects(
+        &with_sync(&format!("{listen}peers = [\"gw-b:7946\"]\n{secret}")),
+        5,
+        &["invalid socket address"],
+    );
+    rejects(
+        &with_sync(&format!("{listen}{peer}{secret}port = 1\n")),
+        7,
+        &["unknown field", "port"],
+    );
+}

@@ -123,6 +123,7 @@ fn convert(src: &Source, raw: raw::Config) -> Result<Config, ConfigError> {
     let dataplane = convert_dataplane(src, &raw)?;
     let control = convert_control(src, raw.control)?;
     let announce = raw.announce.map(|a| convert_announce(src, a)).transpose()?;
+    let sync = raw.sync.map(|s| convert_sync(src, s)).transpose()?;
 
     if raw.pool.len() > MAX_VIPS as usize {
         let extra = &raw.pool[MAX_VIPS as usize];
@@ -221,7 +222,70 @@ fn convert(src: &Source, raw: raw::Config) -> Result<Config, ConfigError> {
         dataplane: dataplane.0,
         control,
         announce,
+        sync,
         pools,
+    })
+}
+
+fn convert_sync(src: &Source, s: raw::FlowSync) -> Result<FlowSyncConfig, ConfigError> {
+    let listen = *s.listen.get_ref();
+    if listen.ip().is_unspecified() || listen.port() == 0 {
+        return Err(src.err(
+            s.listen.span(),
+            format!(
+                "listen {listen} must name this gateway's address and a port: peers send to it"
+            ),
+        ));
+    }
+    let Some(secret) = s.secret else {
+        return Err(src.err(
+            s.listen.span(),
+            "[sync] needs secret: every message is authenticated with it, and it keys the \
+             flow tables alike on every gateway",
+        ));
+    };
+    if secret.get_ref().len() < MIN_SYNC_SECRET_LEN {
+        return Err(src.err(
+            secret.span(),
+            format!(
+                "secret is {} bytes: at least {MIN_SYNC_SECRET_LEN} (it authenticates every \
+                 message and keys the flow table)",
+                secret.get_ref().len()
+            ),
+        ));
+    }
+    let peers_span = s.peers.span();
+    let raw_peers = s.peers.into_inner();
+    if raw_peers.is_empty() || raw_peers.len() > MAX_SYNC_PEERS {
+        return Err(src.err(
+            peers_span,
+            format!(
+                "peers: {} given, 1..={MAX_SYNC_PEERS} (the other gateways' listen addresses)",
+                raw_peers.len()
+            ),
+        ));
+    }
+    let mut peers: Vec<std::net::SocketAddr> = Vec::with_capacity(raw_peers.len());
+    for p in raw_peers {
+        let addr = *p.get_ref();
+        let reason = if addr == listen {
+            Some("is this gateway's own listen address")
+        } else if peers.contains(&addr) {
+            Some("is listed twice")
+        } else if addr.ip().is_unspecified() || addr.port() == 0 {
+            Some("is not a gateway's address and port")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(src.err(p.span(), format!("peer {addr} {reason}")));
+        }
+        peers.push(addr);
+    }
+    Ok(FlowSyncConfig {
+        listen,
+        peers,
+        secret: secret.into_inner(),
     })
 }
 

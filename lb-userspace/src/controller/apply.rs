@@ -10,6 +10,9 @@ pub(super) struct Applier<D: DataplaneOps> {
     pub(super) live: Image,
     /// `[announce]`: keeps BIRD's routes file in step (see [`crate::announce`]).
     pub(super) announcer: Option<crate::announce::Announcer>,
+    /// `[sync]`: told after every ring published, so the peers hear of
+    /// the flows the new ring would move at once.
+    pub(super) flow_sync: Option<crate::flowsync::task::Handle>,
     ring_size: u32,
 }
 
@@ -44,6 +47,7 @@ impl<D: DataplaneOps> Applier<D> {
             dp,
             live,
             announcer: None,
+            flow_sync: None,
             ring_size,
         })
     }
@@ -72,10 +76,20 @@ impl<D: DataplaneOps> Applier<D> {
     /// withdraws nothing). Returns how many writes it took.
     pub(super) fn write(&mut self, target: &Image) -> Result<usize, ControllerError> {
         let changes = diff(&self.live, target);
-        for change in &changes {
+        let mut published = false;
+        let written = changes.iter().try_for_each(|change| {
             self.write_one(change)?;
             self.live.record(change);
+            published |= matches!(change, Change::Publish { .. });
+            Ok::<_, DataplaneError>(())
+        });
+        // Also when a later write failed: the rings published stand.
+        if published {
+            if let Some(sync) = &self.flow_sync {
+                sync.ring_changed();
+            }
         }
+        written?;
         Ok(changes.len())
     }
 

@@ -53,6 +53,25 @@ pub async fn run(config_path: PathBuf, keep_applied: Option<PathBuf>) -> anyhow:
         Some(listen) => Some(crate::web::bind(listen).await?),
         None => None,
     };
+    let sync_endpoint = match &config.sync {
+        Some(s) => Some(
+            crate::flowsync::transport::Endpoint::bind(
+                s.listen,
+                &s.peers,
+                &s.secret,
+                crate::status::now_unix_ms(),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "{}: [sync] listen = \"{}\": cannot bind it",
+                    config_path.display(),
+                    s.listen
+                )
+            })?,
+        ),
+        None => None,
+    };
     // One owner per pinned data plane, whatever the admin socket: a second
     // controller fails here, before it touches what the first one runs.
     let owner = crate::owner::acquire(
@@ -74,6 +93,10 @@ pub async fn run(config_path: PathBuf, keep_applied: Option<PathBuf>) -> anyhow:
             tunnel_source_v4: config.dataplane.tunnel_source_v4,
             tunnel_source_v6: config.dataplane.tunnel_source_v6,
             answers_per_sec: config.dataplane.answers_per_sec,
+            flow_seed: config
+                .sync
+                .as_ref()
+                .map(|s| crate::flowsync::tag_seed(&s.secret)),
         },
     )?;
     for iface in &config.dataplane.interfaces {
@@ -128,8 +151,19 @@ pub async fn run(config_path: PathBuf, keep_applied: Option<PathBuf>) -> anyhow:
         })
     });
     let probes: ProbeFactory = Arc::new(health::probe_for);
+    let ring_size = config.dataplane.ring_size;
     let (mut controller, inputs) = Controller::new(config_path, config, dp, probes, Some(metrics))?;
     controller.keep_applied = keep_applied;
+    let flow_sync_task = match sync_endpoint {
+        Some(endpoint) => {
+            let (task, handle) =
+                crate::flowsync::task::FlowSync::new(endpoint, &pin_path, ring_size)
+                    .context("[sync]: flow sync cannot start")?;
+            controller.with_flow_sync(handle);
+            Some(tokio::spawn(task.run(stop_rx.clone())))
+        }
+        None => None,
+    };
     controller.save_applied(&text);
     let pin = pin_path.clone();
     let counter: FlowCounter = Arc::new(move || count_flows(&pin));
@@ -143,6 +177,9 @@ pub async fn run(config_path: PathBuf, keep_applied: Option<PathBuf>) -> anyhow:
     let _ = stop_tx.send(true);
     let _ = admin.await;
     if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    if let Some(t) = flow_sync_task {
         let _ = t.await;
     }
     drop(owner);

@@ -97,7 +97,8 @@ pub use ops::DataplaneOps;
 use reconcile::World;
 use slots::Slots;
 pub use sync::vip_flags;
-use sync::{plan_of, slot_flags, slot_state, BACKEND_F_HEALTH_DOWN};
+pub(crate) use sync::BACKEND_F_HEALTH_DOWN;
+use sync::{plan_of, slot_flags, slot_state};
 
 #[derive(Debug, Error)]
 pub enum ControllerError {
@@ -862,6 +863,22 @@ impl<D: DataplaneOps> Controller<D> {
                 path.display()
             ));
         }
+        let secret = |c: &Config| c.sync.as_ref().map(|s| s.secret.clone());
+        if new.sync.is_some() && secret(&new) != secret(&self.config) {
+            return Err(format!(
+                "{}: [sync] added or its secret changed; the secret keys the flow table, which \
+                 a running data plane cannot change without losing its pinned flows, so it needs \
+                 `xdplb down` and a fresh `xdplb run` (this drops established flows once)",
+                path.display()
+            ));
+        }
+        if new.sync != self.config.sync {
+            return Err(format!(
+                "{}: [sync] changed (removed, or its listen or peers); restart `xdplb run` to \
+                 rebind its socket (the data plane keeps forwarding meanwhile)",
+                path.display()
+            ));
+        }
         if new.control != self.config.control {
             return Err(format!(
                 "{}: [control] changed; restart `xdplb run` to rebind the admin socket or \
@@ -907,6 +924,12 @@ impl<D: DataplaneOps> Controller<D> {
         info!(summary, "config reloaded");
         self.save_applied(&text);
         Ok(summary)
+    }
+
+    /// Connects the flow sync task (`[sync]`): it hears of every ring
+    /// published from now on, and status shows its peers and counts.
+    pub fn with_flow_sync(&mut self, handle: crate::flowsync::task::Handle) {
+        self.out.flow_sync = Some(handle);
     }
 
     /// Keeps `text` (the config just applied) at `--keep-applied`. A

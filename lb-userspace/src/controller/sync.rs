@@ -31,7 +31,7 @@ pub(super) fn plan_of<'a>(pp: &'a PoolPlan, i: usize, name: &str) -> Option<&'a 
 /// controller tell this from a drain and seed the verdict. (User space
 /// only; it belongs beside `BACKEND_F_OPERATOR_DRAIN` in lb-common once
 /// the data-plane rewrite there lands.)
-pub(super) const BACKEND_F_HEALTH_DOWN: u8 = 2;
+pub(crate) const BACKEND_F_HEALTH_DOWN: u8 = 2;
 
 const _: () = assert!(BACKEND_F_HEALTH_DOWN & BACKEND_F_OPERATOR_DRAIN == 0);
 

@@ -2255,3 +2255,67 @@ async fn a_plan_that_moves_a_vip_strands_its_flows() {
     let web = gone.pools.iter().find(|p| p.name == "web").unwrap();
     assert_eq!((web.change.as_str(), web.flows_stranded), ("removed", 7));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_adding_sync_or_changing_its_secret_is_refused() {
+    let mut r = rig();
+    r.pump(Duration::from_millis(300)).await;
+    let ops = r.fake().ops.len();
+    let with_sync = |secret: &str| {
+        CONFIG.replacen(
+            "[[pool]]",
+            &format!(
+                "[sync]\nlisten = \"198.18.1.2:7946\"\npeers = [\"198.18.1.3:7946\"]\nsecret = \"{secret}\"\n\n[[pool]]"
+            ),
+            1,
+        )
+    };
+    r.write_config(with_sync("0123456789abcdef-one"));
+    let why = r.c.reload().unwrap_err();
+    assert!(why.contains("[sync] added or its secret changed"), "{why}");
+    assert!(why.contains("xdplb down"), "{why}");
+    assert_eq!(r.fake().ops.len(), ops, "nothing applied");
+    // Removing nothing, adding nothing: the running config reloads.
+    r.write_config(CONFIG);
+    r.c.reload().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sync_change_needs_a_restart_and_rings_published_wake_flow_sync() {
+    let sync = |peer: &str| {
+        CONFIG.replacen(
+            "[[pool]]",
+            &format!(
+                "[sync]\nlisten = \"198.18.1.2:7946\"\npeers = [\"{peer}\"]\nsecret = \"0123456789abcdef-one\"\n\n[[pool]]"
+            ),
+            1,
+        )
+    };
+    let mut r = rig_with(
+        Fake::default(),
+        Arc::new(FakeProbes::default()),
+        &sync("198.18.1.3:7946"),
+    );
+    let handle = crate::flowsync::task::Handle::unserved();
+    r.c.with_flow_sync(handle.clone());
+    assert_eq!(r.c.status().sync, Some(vec![]), "the task's report");
+    r.pump(Duration::from_millis(300)).await;
+    assert!(handle.take_ring_change().await, "the first rings published");
+    assert!(!handle.take_ring_change().await, "once");
+    // A spare activated: a ring change.
+    r.c.drain("web", "web-1", true).unwrap();
+    assert!(handle.take_ring_change().await, "the drain's ring");
+    // A beat that changes nothing publishes no ring.
+    r.pump(Duration::from_millis(300)).await;
+    assert!(!handle.take_ring_change().await, "no ring, no wake");
+    // Other peers: a restart, not a reload.
+    let ops = r.fake().ops.len();
+    r.write_config(sync("198.18.1.4:7946"));
+    let why = r.c.reload().unwrap_err();
+    assert!(why.contains("[sync] changed"), "{why}");
+    assert!(why.contains("restart `xdplb run`"), "{why}");
+    assert_eq!(r.fake().ops.len(), ops, "nothing applied");
+    r.write_config(CONFIG);
+    let why = r.c.reload().unwrap_err();
+    assert!(why.contains("[sync] changed (removed"), "{why}");
+}

@@ -82,9 +82,18 @@ impl<D: DataplaneOps> Controller<D> {
                 }
             })
             .collect();
+        let (sync, sync_counters) = match &self.out.flow_sync {
+            Some(h) => {
+                let (peers, counters) = h.report();
+                (Some(peers), Some(counters))
+            }
+            None => (None, None),
+        };
         Status {
             pools,
             detached: self.detached.iter().cloned().collect(),
+            sync,
+            sync_counters,
         }
     }
 }

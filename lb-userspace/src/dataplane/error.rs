@@ -49,6 +49,13 @@ pub enum DataplaneError {
         wanted: u32,
     },
     #[error(
+        "pinned data plane at {} keys its flow table otherwise than [sync] secret requires \
+         (sync added, or the secret changed): its pinned flows could not be found under the \
+         new key. Run `xdplb down` first to start afresh (this drops established flows once)",
+        path.display()
+    )]
+    FlowSeedMismatch { path: PathBuf },
+    #[error(
         "the data plane pinned at {} has layout version {pinned}; this xdplb uses {wanted}. \
          Run `xdplb down` first to start afresh (this drops established flows), or run the \
          xdplb that made these pins",

@@ -225,6 +225,57 @@ impl FlowTable {
         self.word(index, 0).store(word, Ordering::Release);
     }
 
+    /// Records a flow a peer gateway pinned (flow sync): `word` (tag and
+    /// flags) on `backend`, seen at `seen`, if the table does not hold the
+    /// flow already (its own entry is this gateway's truth) and one of its
+    /// buckets has an empty way. Never over a live entry nor a claimed
+    /// way. Whether it was recorded.
+    ///
+    /// The data plane's publish protocol (`lb-ebpf/src/select.rs`,
+    /// `insert`; [`FlowSlot`]): the way is claimed by compare-and-swap of
+    /// its tag word from the word judged (0: empty) to [`FLOW_CLAIMED`],
+    /// then backend and seen are written, then the tag is published by
+    /// compare-and-swap from the claim. Why no reader can pair this tag
+    /// with another flow's backend, nor another flow's tag with this
+    /// backend: only an empty way is claimed, and an empty word matches no
+    /// flow, so no reader was using the way's backend; while claimed, the
+    /// word matches no flow either ([`FLOW_CLAIMED`] has bits 8–63 clear,
+    /// every tag has bit 8 set), and the program neither takes a claimed
+    /// way as a victim nor flags it, census never reaps it; the tag appears
+    /// only with the publishing swap, after the backend store (release
+    /// order; x86 keeps stores in order and the swap is a full barrier), so
+    /// a reader that matches it reads this backend, and re-checks the tag
+    /// around that read as it does for the program's own inserts. A
+    /// program insert of the same flow racing this one (its scan before
+    /// our publish) may leave the flow in two ways: it then goes by
+    /// whichever a lookup meets first, the peer's pin or this ring's
+    /// choice, both backends of this flow's VIP; no other flow is touched.
+    pub fn insert_absent(&self, word: u64, backend: u32, seen: u32) -> bool {
+        let tag = word & !FLOW_TAG_FLAGS;
+        if tag & 0x100 == 0 || self.find(tag).is_some() {
+            return false;
+        }
+        for i in self.ways(tag) {
+            if self
+                .word(i, 0)
+                .compare_exchange(0, FLOW_CLAIMED, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            self.word(i, 1)
+                .store(backend as u64 | (seen as u64) << 32, Ordering::Release);
+            // Nobody else writes a claimed tag word: this swap cannot
+            // fail, and is a swap (not a store) so that, if that rule ever
+            // changed, a claim taken over is left to its new owner.
+            return self
+                .word(i, 0)
+                .compare_exchange(FLOW_CLAIMED, word, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok();
+        }
+        false
+    }
+
     /// Every slot holding a flow, as (index, entry): neither empty nor
     /// claimed by an insert under way.
     pub fn occupied(&self) -> impl Iterator<Item = (usize, FlowSlot)> + '_ {

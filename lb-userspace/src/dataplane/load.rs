@@ -184,13 +184,21 @@ impl Dataplane {
             }
         }
         // The flow table's tags are keyed: adopted pins keep their seed,
-        // or the flows they hold would no longer be found.
+        // or the flows they hold would no longer be found. A seed `[sync]`
+        // requires that the pins do not have is refused, never swapped in:
+        // it would lose every pinned flow silently.
         let flow_seed = if shape.pin_path.join(maps::FLOW_SEED).exists() {
-            open_pinned::<Array<MapData, u64>>(&shape.pin_path, maps::FLOW_SEED)?
+            let pinned = open_pinned::<Array<MapData, u64>>(&shape.pin_path, maps::FLOW_SEED)?
                 .get(&0, 0)
-                .map_err(map_err(maps::FLOW_SEED))?
+                .map_err(map_err(maps::FLOW_SEED))?;
+            if tuning.flow_seed.is_some_and(|want| want != pinned) {
+                return Err(DataplaneError::FlowSeedMismatch {
+                    path: shape.pin_path.clone(),
+                });
+            }
+            pinned
         } else {
-            random_seed()
+            tuning.flow_seed.unwrap_or_else(random_seed)
         };
         let flow_buckets = lb_common::flow_buckets(shape.flow_table_size);
         let ring_size = shape.ring_size;

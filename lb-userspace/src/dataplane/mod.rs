@@ -44,6 +44,7 @@ mod keys;
 mod layout;
 mod load;
 mod pins;
+mod syncmaps;
 mod tables;
 
 pub use attach::LinkState;
@@ -58,6 +59,7 @@ pub use keys::{
 };
 pub use layout::{layout_difference, MapShape};
 pub use pins::{down, is_own_pin, xdp_link_ifindex, DownReport};
+pub use syncmaps::{flow_seen_now, SyncBackend, SyncMaps};
 
 pub(crate) use bpffs::ensure_local_bpffs;
 pub(crate) use error::map_err;
@@ -97,6 +99,10 @@ pub struct Tuning {
     /// Per CPU: answers the program makes itself (`[dataplane]
     /// answers_per_sec`; 0 = none).
     pub answers_per_sec: u32,
+    /// The flow table's tag key that `[sync]` requires (derived from its
+    /// secret, the same on every gateway); None: the pinned one, or a
+    /// random one for a new table.
+    pub flow_seed: Option<u64>,
 }
 
 impl Default for Tuning {
@@ -106,6 +112,7 @@ impl Default for Tuning {
             tunnel_source_v4: None,
             tunnel_source_v6: None,
             answers_per_sec: lb_common::limits::DEFAULT_ANSWERS_PER_SEC,
+            flow_seed: None,
         }
     }
 }

@@ -7,9 +7,9 @@
 //! (three in the pool at first), a client. It narrates: who is master and
 //! what `xdplb serving` says; 300 keep-alive connections through the
 //! master; a fourth backend added by reload on both gateways (a ring
-//! change); the master cut off as a dead host — the takeover time, who is
-//! master now, how many connections are alive and why some are not (flow
-//! sync, coming, closes that gap); new connections on the new master.
+//! change), and what flow sync (`[sync]` on both) told the standby; the
+//! master cut off as a dead host — the takeover time, who is master now,
+//! how many connections are alive; new connections on the new master.
 //! Everything it created is removed on exit and on Ctrl-C.
 
 use std::net::{SocketAddrV4, TcpStream};
@@ -113,6 +113,17 @@ fn demo() -> Result<()> {
         "{ok} of {HELD} connections still answer from their backend: the master's flow table \
          keeps them pinned, though its new ring would send about a quarter of them to web-4"
     );
+    let counts = |gw: &str, what: &str| {
+        p.status(gw)
+            .ok()
+            .and_then(|s| s["sync_counters"][what].as_u64())
+            .unwrap_or(0)
+    };
+    println!(
+        "flow sync: gwa has sent {} entries (the pins its new ring would move), gwb recorded {}",
+        counts("gwa", "entries_sent"),
+        counts("gwb", "entries_inserted")
+    );
     println!(
         "$ xdplb status   (gwa)\n{}",
         p.status_text("gwa").trim_end()
@@ -141,10 +152,9 @@ fn demo() -> Result<()> {
     who(&p)?;
     let ok = check(&mut conns);
     println!(
-        "{ok} of {HELD} connections answer from their backend; {} broke: opened before the ring \
-         change, pinned on gwa only, and gwb's ring sends them to web-4, which resets them. \
-         Connections opened after the last ring change all survive (stateless replies, \
-         identical rings); flow sync ([sync], coming) closes the gap",
+        "{ok} of {HELD} connections answer from their backend ({} broke): those opened before \
+         the ring change stay on their backends because gwb holds the pins flow sync sent it; \
+         the others need nothing (stateless replies, identical rings)",
         HELD - ok
     );
     println!(

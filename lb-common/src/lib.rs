@@ -1166,73 +1166,49 @@ impl GlobalCounter {
     ];
 }
 
-/// Bob Jenkins' final mix (as `jhash_3words` in the kernel and Katran).
-#[inline(always)]
-const fn jhash_final(mut a: u32, mut b: u32, mut c: u32) -> u32 {
-    c ^= b;
-    c = c.wrapping_sub(b.rotate_left(14));
-    a ^= c;
-    a = a.wrapping_sub(c.rotate_left(11));
-    b ^= a;
-    b = b.wrapping_sub(a.rotate_left(25));
-    c ^= b;
-    c = c.wrapping_sub(b.rotate_left(16));
-    a ^= c;
-    a = a.wrapping_sub(c.rotate_left(4));
-    b ^= a;
-    b = b.wrapping_sub(a.rotate_left(14));
-    c ^= b;
-    c = c.wrapping_sub(b.rotate_left(24));
-    c
-}
-
-/// `JHASH_INITVAL` of the kernel's jhash.h.
-const JHASH_INITVAL: u32 = 0xdead_beef;
 /// Fixed seed: every host must hash a flow to the same ring entry, so
 /// several LBs behind ECMP agree.
-const FLOW_HASH_SEED: u32 = 0x7864_706c; // "xdpl"
+const FLOW_HASH_SEED: u64 = 0x7864_706c_7269_6e67; // "xdplring"
+
+/// Odd multipliers that spread each 64-bit word of an IPv6 key before the
+/// words are combined (from the golden ratio and murmur3's constants).
+const RING_MUL: [u64; 4] = [
+    0x9e37_79b9_7f4a_7c15,
+    0xc2b2_ae3d_27d4_eb4f,
+    0x1656_67b1_9e37_79f9,
+    0x85eb_ca77_c2b2_ae63,
+];
 
 /// The hash that picks a flow's ring entry. Inputs are the raw
-/// (network-order) header fields, so the data plane hashes without swapping.
+/// (network-order) header fields, so the data plane hashes without
+/// swapping. Public and fixed (gateways behind ECMP must agree), so it
+/// needs no strength against a chosen input, only spread: the ports
+/// folded into the addresses by a multiply, then one 64-bit finaliser — a
+/// dozen BPF instructions, where a jhash round is forty (BPF has no
+/// rotate), and the data plane computes it for every packet of a flow
+/// (it is part of the flow's tag).
 #[inline(always)]
 pub const fn flow_hash(key: &FlowKey) -> u32 {
-    let ports = ((key.src_port as u32) << 16) | key.dst_port as u32;
-    let init = JHASH_INITVAL
-        .wrapping_add(FLOW_HASH_SEED)
-        .wrapping_add(key.proto as u32);
-    jhash_final(
-        key.src_addr.wrapping_add(init),
-        key.dst_addr.wrapping_add(init),
-        ports.wrapping_add(init),
-    )
+    let ports = ((key.src_port as u64) << 32) | ((key.dst_port as u64) << 16) | key.proto as u64;
+    let h = (pair(key.src_addr, key.dst_addr) ^ FLOW_HASH_SEED)
+        .wrapping_add(ports.wrapping_mul(RING_MUL[0]));
+    (mix64(h) >> 32) as u32
 }
 
-/// [`flow_hash`] for IPv6: each address folded to one word by two jhash
-/// rounds first. Both sides compute it identically.
+/// [`flow_hash`] for IPv6: the four address words spread by independent
+/// multiplies (no chain of dependent rounds) and the ports folded in, then
+/// one finaliser. Both sides compute it identically.
 #[inline(always)]
 pub const fn flow_hash6(key: &FlowKey6) -> u32 {
-    let init = JHASH_INITVAL
-        .wrapping_add(FLOW_HASH_SEED)
-        .wrapping_add(key.proto as u32);
-    let src = fold6(&key.src_addr, init);
-    let dst = fold6(&key.dst_addr, init);
-    let ports = ((key.src_port as u32) << 16) | key.dst_port as u32;
-    jhash_final(
-        src.wrapping_add(init),
-        dst.wrapping_add(init),
-        ports.wrapping_add(init),
-    )
-}
-
-#[inline(always)]
-const fn fold6(a: &Addr6, init: u32) -> u32 {
-    let w = a.words;
-    let h = jhash_final(
-        w[0].wrapping_add(init),
-        w[1].wrapping_add(init),
-        w[2].wrapping_add(init),
-    );
-    jhash_final(h, w[3].wrapping_add(init), init)
+    let s = key.src_addr.words;
+    let d = key.dst_addr.words;
+    let ports = ((key.src_port as u64) << 32) | ((key.dst_port as u64) << 16) | key.proto as u64;
+    let h = pair(s[0], s[1]).wrapping_mul(RING_MUL[0])
+        ^ pair(s[2], s[3]).wrapping_mul(RING_MUL[1])
+        ^ pair(d[0], d[1]).wrapping_mul(RING_MUL[2])
+        ^ pair(d[2], d[3]).wrapping_mul(RING_MUL[3]);
+    let h = (h ^ FLOW_HASH_SEED).wrapping_add(ports.wrapping_mul(RING_MUL[0]));
+    (mix64(h) >> 32) as u32
 }
 
 /// The host part (host order, below `host_bits` ≤ 31) of a `tunnel`

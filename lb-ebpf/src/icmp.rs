@@ -173,7 +173,7 @@ fn to_backend<F: Family>(ctx: &XdpContext, p: &IcmpPacket<F>, vip: &VipMeta) -> 
         return if vip.flags & VIP_F_DSR != 0 {
             direct::dsr::<F>(ctx, choice.backend, &addr, now)
         } else {
-            direct::tunnel::<F>(ctx, choice.backend, &addr, flow.hash(), now)
+            direct::tunnel::<F>(ctx, choice.backend, &addr, choice.hash, now)
         };
     }
     let outer_src = F::src(ip);

@@ -203,7 +203,7 @@ fn to_backend<F: Family>(ctx: &XdpContext, pkt: &L4Packet<F>, vip: &VipMeta) -> 
         if vip.flags & VIP_F_DSR != 0 {
             return direct::dsr::<F>(ctx, choice.backend, &addr, now);
         }
-        return direct::tunnel::<F>(ctx, choice.backend, &addr, pkt.key.hash(), now);
+        return direct::tunnel::<F>(ctx, choice.backend, &addr, choice.hash, now);
     }
     let src = pkt.key.src();
     let hop = match backend_next_hop::<F>(

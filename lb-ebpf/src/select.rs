@@ -25,11 +25,12 @@ use core::intrinsics::{atomic_cxchg, AtomicOrdering};
 
 use lb_common::{
     flow_bucket_pair, flow_closed, flow_established, flow_hash, flow_hash6, flow_idle, flow_seen,
-    flow_tag, flow_tag6, limits::FLOW_LINGER_NS, ref_generation, ref_slot, ring_slot_index,
-    BackendMeta, FlowKey, FlowKey6, FlowSlot, GlobalCounter, VipMeta, BACKEND_DOWN, BACKEND_FREE,
-    EXPLAIN_PIN_CLOSED, EXPLAIN_PIN_DOWN, EXPLAIN_PIN_IDLE, EXPLAIN_PIN_KEEP, EXPLAIN_PIN_REOPENED,
-    EXPLAIN_PIN_STALE, FLOW_CLAIMED, FLOW_F_ACKED, FLOW_F_CLOSING, FLOW_F_RESET, FLOW_F_UDP,
-    FLOW_SEEN_SHIFT, FLOW_TAG_FLAGS, FLOW_WAYS, IPPROTO_UDP, NO_BACKEND,
+    flow_tag, flow_tag6, flow_tag_ring_hash, limits::FLOW_LINGER_NS, ref_generation, ref_slot,
+    ring_slot_index, BackendMeta, FlowKey, FlowKey6, FlowSlot, GlobalCounter, VipMeta,
+    BACKEND_DOWN, BACKEND_FREE, EXPLAIN_PIN_CLOSED, EXPLAIN_PIN_DOWN, EXPLAIN_PIN_IDLE,
+    EXPLAIN_PIN_KEEP, EXPLAIN_PIN_REOPENED, EXPLAIN_PIN_STALE, FLOW_CLAIMED, FLOW_F_ACKED,
+    FLOW_F_CLOSING, FLOW_F_RESET, FLOW_F_UDP, FLOW_SEEN_SHIFT, FLOW_TAG_FLAGS, FLOW_WAYS,
+    IPPROTO_UDP, NO_BACKEND,
 };
 
 use crate::{
@@ -385,6 +386,8 @@ pub struct Choice {
     pub meta: BackendMeta,
     /// A connection the table did not know was balanced by the ring.
     pub new_flow: bool,
+    /// The flow's ring hash (`lb_common::flow_hash`), read off its tag.
+    pub hash: u32,
 }
 
 /// The slot a reference names, if it still names it for this VIP: the
@@ -438,7 +441,7 @@ pub fn select<K: Flow>(key: &K, vip: &VipMeta, tcp: u8, now: u64) -> Result<Choi
     let place = place(key, now, !trace::WRITES || insert_budget(now))?;
     let syn = !udp && tcp & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
     if syn {
-        return select_syn(key, vip, now, &place);
+        return select_syn(vip, now, &place);
     }
     let closing = closing_bits(tcp);
     let acked = if udp {
@@ -474,7 +477,7 @@ pub fn select<K: Flow>(key: &K, vip: &VipMeta, tcp: u8, now: u64) -> Result<Choi
     } else {
         None
     };
-    from_ring(key, vip, now, pin)
+    from_ring(flow_tag_ring_hash(place.tag), vip, now, pin)
 }
 
 /// What an existing entry says about a packet of its flow. `Resteer` and
@@ -557,6 +560,7 @@ fn pinned(
                 backend: ref_slot(backend),
                 meta: *meta,
                 new_flow: false,
+                hash: flow_tag_ring_hash(tag),
             }))
         }
     }
@@ -567,12 +571,7 @@ fn pinned(
 /// or spoofed SYN must not move a connection); a closed connection's
 /// entry is replaced by the new one.
 #[inline(always)]
-fn select_syn<K: Flow>(
-    key: &K,
-    vip: &VipMeta,
-    now: u64,
-    place: &Place,
-) -> Result<Choice, GlobalCounter> {
+fn select_syn(vip: &VipMeta, now: u64, place: &Place) -> Result<Choice, GlobalCounter> {
     let (mut way, mut judged) = (place.victim, place.victim_word);
     if let Some(hit) = place.hit() {
         let flow = place.slot(hit)?;
@@ -596,7 +595,7 @@ fn select_syn<K: Flow>(
         judged,
         slot: place.way(way)?,
     };
-    from_ring(key, vip, now, Some(pin))
+    from_ring(flow_tag_ring_hash(place.tag), vip, now, Some(pin))
 }
 
 /// Whether this CPU's insert budget has room this second (without taking
@@ -656,11 +655,12 @@ pub struct Pin<'a> {
     slot: Option<&'a mut FlowSlot>,
 }
 
-/// The ring's backend for `key`; if `pin` is given and the insert rate
-/// allows, recorded there.
+/// The ring's backend for the flow of ring hash `hash` (its tag's high
+/// word: computed once, with the tag); if `pin` is given and the insert
+/// rate allows, recorded there.
 #[inline(always)]
-pub fn from_ring<K: Flow>(
-    key: &K,
+fn from_ring(
+    hash: u32,
     vip: &VipMeta,
     now: u64,
     pin: Option<Pin>,
@@ -670,7 +670,7 @@ pub fn from_ring<K: Flow>(
     if ring_size == 0 {
         return Err(GlobalCounter::DropInternal);
     }
-    let idx = ring_slot_index(vip.index, vip.ring_slot & 1, ring_size, key.hash());
+    let idx = ring_slot_index(vip.index, vip.ring_slot & 1, ring_size, hash);
     if !trace::WRITES {
         if let Some(&r) = RINGS.get(idx) {
             trace::ring(idx, r);
@@ -704,6 +704,7 @@ pub fn from_ring<K: Flow>(
         backend: ref_slot(r),
         meta: *meta,
         new_flow,
+        hash,
     })
 }
 
@@ -752,7 +753,7 @@ pub fn peek<K: Flow>(key: &K, vip: &VipMeta) -> Result<Choice, GlobalCounter> {
             NO_BACKEND
         };
         if r == NO_BACKEND {
-            return from_ring(key, vip, 0, None);
+            return from_ring(flow_tag_ring_hash(place.tag), vip, 0, None);
         }
         if let Some(meta) = resolve(r, vip)? {
             if meta.state != BACKEND_DOWN {
@@ -760,11 +761,12 @@ pub fn peek<K: Flow>(key: &K, vip: &VipMeta) -> Result<Choice, GlobalCounter> {
                     backend: ref_slot(r),
                     meta: *meta,
                     new_flow: false,
+                    hash: flow_tag_ring_hash(place.tag),
                 });
             }
         }
     }
-    from_ring(key, vip, 0, None)
+    from_ring(flow_tag_ring_hash(place.tag), vip, 0, None)
 }
 
 /// Records what a backend's SYN-ACK, FIN or RST (with TCP flags `tcp`)

@@ -2838,3 +2838,40 @@ fn a_peers_entry_is_recorded_only_where_absent_and_steers_its_flow() {
     assert!(table.insert_absent(word, reference(peers), seen));
     assert_eq!(table.get(&key).unwrap().backend, reference(peers));
 }
+
+/// Flow sync in the direct modes: the flow table is the same for every
+/// mode, so a peer's entry steers its flow in `dsr` and `tunnel` pools too
+/// (to the peer's backend, by MAC or inside IPIP), not to the ring's.
+#[test]
+fn a_peers_entry_steers_its_flow_in_dsr_and_tunnel_pools() {
+    for (mode, mut lab) in [("dsr", dsr_lab(3)), ("tunnel", tunnel_lab(3))] {
+        let table = xdplb::dataplane::FlowTable::open(&lab.tp.pin_path).unwrap();
+        let maps = xdplb::dataplane::SyncMaps::open(&lab.tp.pin_path, RING).unwrap();
+        let vips = maps.vips().unwrap();
+        let backends = maps.backends(&vips).unwrap();
+        let reference = |slot: u32| {
+            backends
+                .iter()
+                .find(|b| b.addr == std::net::SocketAddr::V4(backend_addr(slot)))
+                .map(|b| b.r)
+                .unwrap()
+        };
+        let port = 42100;
+        let key = flow_key(client(port), sa(VIP));
+        let peers = (lab.ring_choice(client(port), sa(VIP)) + 1) % 3;
+        let word = table.tag(&key) | lb_common::FLOW_F_ACKED as u64;
+        assert!(
+            table.insert_absent(word, reference(peers), xdplb::dataplane::flow_seen_now()),
+            "{mode}"
+        );
+        let ack = to_vip(port, TCP_ACK).build();
+        let (action, out) = lab.arrive_from_client(&ack);
+        assert_eq!(action, XDP_REDIRECT, "{mode}");
+        let want = if mode == "dsr" {
+            expected_dsr(&ack, peers)
+        } else {
+            expected_ipip(&ack, peers)
+        };
+        assert_eq!(out, want, "{mode}: the peer's pin, not the ring's");
+    }
+}

@@ -2844,7 +2844,13 @@ fn a_peers_entry_is_recorded_only_where_absent_and_steers_its_flow() {
 /// (to the peer's backend, by MAC or inside IPIP), not to the ring's.
 #[test]
 fn a_peers_entry_steers_its_flow_in_dsr_and_tunnel_pools() {
-    for (mode, mut lab) in [("dsr", dsr_lab(3)), ("tunnel", tunnel_lab(3))] {
+    for mode in ["dsr", "tunnel"] {
+        // One lab at a time: each enters its own namespace.
+        let mut lab = if mode == "dsr" {
+            dsr_lab(3)
+        } else {
+            tunnel_lab(3)
+        };
         let table = xdplb::dataplane::FlowTable::open(&lab.tp.pin_path).unwrap();
         let maps = xdplb::dataplane::SyncMaps::open(&lab.tp.pin_path, RING).unwrap();
         let vips = maps.vips().unwrap();

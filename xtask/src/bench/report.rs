@@ -320,10 +320,11 @@ fn peer_md(s: &mut String, r: &Results, runs: &[Result<DpRun, String>]) {
 const ACCOUNTING: [(&str, &str, &str); 5] = [
     (
         "established (NAT; Katran: IPIP)",
-        "10 lookups: ADDR_FILTER, **VIPS (hash)**, IFACES, FLOWS ×3 (two buckets touched, the first scanned in \
-         `xdplb_scan_bucket`, a BPF-to-BPF call), BACKENDS, VIP_STATS, BACKEND_STATS, **FIB_CACHE (LRU hash)**, \
-         GLOBAL_STATS (Redirected); helpers: `bpf_ktime_get_coarse_ns`, `bpf_redirect_map` (TX_PORTS, a devmap \
-         hash); NAT: addresses, port, IP and TCP checksums rewritten incrementally, TTL",
+        "10 lookups: ADDR_FILTER, **VIPS (hash)**, IFACES, FLOWS ×3 (two buckets touched, the first searched in \
+         `xdplb_scan_bucket`, a BPF-to-BPF call, by its tags alone: the ways before the flow are not judged as \
+         victims), BACKENDS, VIP_STATS, BACKEND_STATS, BACKEND_HOPS (per-CPU array by backend slot: the next \
+         hop), GLOBAL_STATS (Redirected); helpers: `bpf_ktime_get_coarse_ns`, `bpf_redirect_map` (TX_PORTS, a \
+         devmap hash); NAT: addresses, port, IP and TCP checksums rewritten incrementally, TTL",
         "10 lookups: stats ×4 (total, LRU, the VIP's, TX) and reals_stats (per-CPU arrays), **vip_map (hash)**, \
          lru_mapping (array of maps), **the CPU's LRU (LRU hash)**, reals, ctl_array; helpers: `bpf_xdp_adjust_head`; the outer IPv4 header \
          written and summed; XDP_TX (no redirect)",
@@ -336,16 +337,17 @@ const ACCOUNTING: [(&str, &str, &str); 5] = [
     ),
     (
         "established_v6",
-        "a tail call (`xdplb` → `xdplb_ipv6`), then 10 lookups: **VIPS6 (hash)**, IFACES, FLOWS ×3, BACKENDS, \
-         VIP_STATS, BACKEND_STATS, **FIB_CACHE6 (LRU hash)**, GLOBAL_STATS; helpers as established; NAT66 \
-         (no IP checksum)",
+        "a tail call (`xdplb` → `xdplb_ipv6`), then 11 lookups: **VIPS6 (hash)**, IFACES, FLOWS ×3, BACKENDS, \
+         BACKEND_ADDRS6, VIP_STATS, BACKEND_STATS, BACKEND_HOPS6 (per-CPU array), GLOBAL_STATS; helpers as \
+         established; NAT66 (no IP checksum)",
         "10 lookups as established (the LRU keyed by the 40-byte flow key either way); \
          `bpf_xdp_adjust_head`; IPv6-in-IPv6 (no checksum)",
     ),
     (
         "new_flow",
-        "established's, both buckets scanned, plus INSERT_RATE (per-CPU array, the cap off) and RINGS (array), \
-         the entry written in place (no helper)",
+        "established's, both buckets searched by tag then judged for the victim way, plus INSERT_RATE (per-CPU \
+         array) and RINGS (array), the way claimed and the entry published by compare-and-swap (BPF_CMPXCHG, no \
+         helper). Over the insert cap (`new_flow_capped`) the buckets are searched by tag only: no victim is judged",
         "established's LRU lookup skipped for a SYN; stats (new-connection rate, `bpf_ktime_get_ns`), ch_rings, \
          reals, vip_miss_stats and **`bpf_map_update_elem` into the LRU** (an LRU node taken, an \
          old one evicted)",

@@ -238,6 +238,7 @@ fn dataplane_md(s: &mut String, r: &Results) {
     }
     peer_md(s, r, runs);
     accounting_md(s, runs);
+    levers_md(s, runs);
     flow_table_candidates_md(s, runs);
 }
 
@@ -391,12 +392,136 @@ fn accounting_md(s: &mut String, runs: &[Result<DpRun, String>]) {
     }
     let _ = writeln!(
         s,
-        "\nPer path, the map lookups and helper calls per packet (read from the source at xdplb 6c4f7a8 and \
+        "\nPer path, the map lookups and helper calls per packet (read from the source at this run's commit and \
          Katran 19f08fec: this kernel has no kprobes and no PMU, and refuses tracefs reads, so they are not \
          counted at run time; hash lookups in bold):\n\n| path | xdplb | Katran |\n|---|---|---|"
     );
     for (path, ours, theirs) in ACCOUNTING {
         let _ = writeln!(s, "| {path} | {ours} | {theirs} |");
+    }
+    s.push('\n');
+}
+
+/// What was changed on the established path (issue 23), each change's
+/// build against the one before it, interleaved on this machine
+/// (2026-12-06, 2 CPUs, Katran 19f08fec with its insert cap lifted as the
+/// common reference): (change, commit, established, established_tunnel,
+/// established_v6, new_flow — xdplb / Katran net, medians of interleaved
+/// rounds of 3 runs of 1M repeats, 1M-entry table — new_flow_capped ns
+/// net). The first four rows are one interleaved run (2 rounds, the
+/// machine shared with a build), the last two another (3 rounds).
+const LEVERS: [(&str, &str, &str, &str, &str, &str, &str); 6] = [
+    ("before", "9f04bff", "1.26", "1.13", "1.51", "0.40", "280"),
+    (
+        "next hop toward a backend kept per CPU in an array by backend slot (`BACKEND_HOPS`), validated by \
+         address, same 1 s expiry — instead of an LRU hash lookup by address (`FIB_CACHE`, kept for replies and \
+         answers)",
+        "a71ad5f",
+        "0.89",
+        "0.89",
+        "1.43",
+        "0.36",
+        "279",
+    ),
+    (
+        "a bucket's tags compared alone before any way is judged as a victim (an established flow is found without \
+         scoring the ways before it)",
+        "f6e8f74",
+        "0.80",
+        "1.05",
+        "1.11",
+        "0.36",
+        "354",
+    ),
+    (
+        "over the insert cap, and for lookups that never insert (replies' flags, ICMP), only the tags are read: no \
+         victim judged",
+        "5d1d9cd",
+        "0.83",
+        "0.92",
+        "1.20",
+        "0.34",
+        "139",
+    ),
+    (
+        "flow sync merged: the tag carries the public ring hash (jhash), computed for every packet",
+        "f3f1371",
+        "0.99",
+        "0.90",
+        "1.42",
+        "0.33",
+        "139",
+    ),
+    (
+        "ring hash without jhash rounds (a multiply and one 64-bit finaliser), read off the tag for the ring and \
+         the tunnel's outer source",
+        "889f941",
+        "0.78",
+        "0.90",
+        "1.42",
+        "0.33",
+        "186",
+    ),
+];
+
+/// Levers considered and not built, with the reason (measured or read).
+const LEVERS_LEFT: [(&str, &str); 4] = [
+    (
+        "one per-CPU counter record per VIP and backend",
+        "the three per-CPU array lookups (VIP_STATS, BACKEND_STATS, GLOBAL_STATS) are inlined by this kernel \
+         (6.10+ inlines per-CPU array lookups): a bounds check and an add each, no call",
+    ),
+    (
+        "prefilter and VIP lookups merged",
+        "the prefilter is one inlined array read; a VIP packet pays the VIPS hash lookup either way (as Katran's \
+         vip_map), and non-VIP traffic (0.4–0.5 × Katran) is what the prefilter is for",
+    ),
+    (
+        "MTU check skipped for small frames",
+        "`fits` is one compare against the MTU already in the next hop: nothing to skip",
+    ),
+    (
+        "the tail call for IPv6 and UDP",
+        "needed: `xdplb` alone has the verifier process ~464k instructions of its 1M budget, the IPv6 program \
+         ~470k; one program for both would not load. established_v6 stays above Katran (1.1–1.4): the tail call, \
+         a 40-byte key's hashes and a 16-byte address compare per lookup",
+    ),
+];
+
+/// The established path's changes and the levers left, with why.
+fn levers_md(s: &mut String, runs: &[Result<DpRun, String>]) {
+    if runs.iter().flatten().next().is_none() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "**What moved the established path** (issue 23; each build against the one before it, interleaved on \
+         this machine 2026-12-06 with Katran 19f08fec, cap lifted, as the common reference; xdplb / Katran net, \
+         1M-entry table; the first four rows one interleaved run of 2 rounds, the last two another of 3; this \
+         VM's run-to-run noise is about ±0.1 and a single figure can be off by more (the 1.05 and 354 of the \
+         third row), so read the trend; this run's own figures are in the tables above)\n\n\
+         | change | commit | established | established_tunnel | established_v6 | new_flow | new_flow_capped ns net |\n\
+         |---|---|---:|---:|---:|---:|---:|"
+    );
+    for (change, commit, est, tunnel, v6, new_flow, capped) in LEVERS {
+        let _ = writeln!(
+            s,
+            "| {change} | {commit} | {est} | {tunnel} | {v6} | {new_flow} | {capped} |"
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n**new_flow_capped against Katran's stock path over its cap** (`dataplane_bench --peer \
+         balancer-stock.bpf.o --peer-over-cap`: Katran built with its own MAX_CONN_RATE; its SYN over the cap, \
+         proven by the flow not being in its LRU): 1.25–1.42 × (was 2.54). What remains is the flow table's two \
+         buckets, read for their tags (at 1M entries, two cache misses): a SYN on a tuple the table holds must keep \
+         its pin (a retransmitted or spoofed SYN must not move an established connection), so the lookup cannot \
+         go; Katran's SYN path never reads its LRU, so over its cap a SYN re-pins an established flow whenever the \
+         ring changed. The victim scoring of 16 ways, which an insert over the cap never uses, is gone.\n\n\
+         **Levers not built**\n\n| lever | why |\n|---|---|"
+    );
+    for (lever, why) in LEVERS_LEFT {
+        let _ = writeln!(s, "| {lever} | {why} |");
     }
     s.push('\n');
 }

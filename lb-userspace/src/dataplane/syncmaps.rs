@@ -12,9 +12,7 @@ use lb_common::{
 };
 
 use super::{
-    census::monotonic_coarse_ns,
-    keys::{backend_addr, endpoint4, endpoint6},
-    map_err, open_pinned, DataplaneError, Endpoint,
+    census::monotonic_coarse_ns, keys::backend_addr, map_err, open_pinned, DataplaneError, Endpoint,
 };
 
 /// A backend slot in use, as flow sync names it.
@@ -57,16 +55,7 @@ impl SyncMaps {
 
     /// The VIPs in the maps (both families), with their meta.
     pub fn vips(&self) -> Result<Vec<(Endpoint, VipMeta)>, DataplaneError> {
-        let mut out = Vec::new();
-        for item in self.vips.iter() {
-            let (k, meta) = item.map_err(map_err(maps::VIPS))?;
-            out.extend(endpoint4(&k).map(|e| (e, meta)));
-        }
-        for item in self.vips6.iter() {
-            let (k, meta) = item.map_err(map_err(maps::VIPS6))?;
-            out.extend(endpoint6(&k).map(|e| (e, meta)));
-        }
-        Ok(out)
+        super::tables::read_vips(&self.vips, &self.vips6)
     }
 
     /// Every backend slot in use that serves one of `vips` (as

@@ -46,16 +46,7 @@ impl Dataplane {
     /// The VIPs currently in the maps (both families), with their meta.
     /// An entry of a protocol xdplb never writes is skipped.
     pub fn read_vips(&self) -> Result<Vec<(Endpoint, VipMeta)>, DataplaneError> {
-        let mut out = Vec::new();
-        for item in self.vips.iter() {
-            let (k, meta) = item.map_err(map_err(maps::VIPS))?;
-            out.extend(endpoint4(&k).map(|e| (e, meta)));
-        }
-        for item in self.vips6.iter() {
-            let (k, meta) = item.map_err(map_err(maps::VIPS6))?;
-            out.extend(endpoint6(&k).map(|e| (e, meta)));
-        }
-        Ok(out)
+        read_vips(&self.vips, &self.vips6)
     }
 
     /// The reply entries in the maps (both families): (backend endpoint,
@@ -608,4 +599,22 @@ fn ignore_absent(r: Result<(), MapError>, map: &'static str) -> Result<(), Datap
         Err(e) if !absent(&e) => Err(map_err(map)(e)),
         _ => Ok(()),
     }
+}
+
+/// The VIPs in `VIPS` and `VIPS6` (both families), with their meta. An
+/// entry of a protocol xdplb never writes is skipped.
+pub(super) fn read_vips(
+    vips: &aya::maps::HashMap<aya::maps::MapData, lb_common::L4Addr, VipMeta>,
+    vips6: &aya::maps::HashMap<aya::maps::MapData, lb_common::L4Addr6, VipMeta>,
+) -> Result<Vec<(Endpoint, VipMeta)>, DataplaneError> {
+    let mut out = Vec::new();
+    for item in vips.iter() {
+        let (k, meta) = item.map_err(map_err(maps::VIPS))?;
+        out.extend(endpoint4(&k).map(|e| (e, meta)));
+    }
+    for item in vips6.iter() {
+        let (k, meta) = item.map_err(map_err(maps::VIPS6))?;
+        out.extend(endpoint6(&k).map(|e| (e, meta)));
+    }
+    Ok(out)
 }

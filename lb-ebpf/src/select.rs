@@ -213,22 +213,79 @@ fn backend_of(slot: &FlowSlot, tag: u64) -> Option<u32> {
 /// How much a new flow would rather take a way: free (empty, or closed
 /// past its linger) first, then an entry that never saw both directions,
 /// then a closed one lingering, last an established flow.
-const RANK_FREE: u32 = 3;
-const RANK_UNESTABLISHED: u32 = 2;
-const RANK_CLOSED: u32 = 1;
-const RANK_ESTABLISHED: u32 = 0;
-/// Ages (in `flow_seen` units) past this count as this: the rank sits
-/// above them in a victim's score.
-const MAX_AGE: u32 = (1 << 30) - 1;
+const RANK_FREE: u64 = 3;
+const RANK_UNESTABLISHED: u64 = 2;
+const RANK_CLOSED: u64 = 1;
+const RANK_ESTABLISHED: u64 = 0;
+
+/// The flag bits a rank depends on, packed into 5 bits: `FLOW_F_CLOSING`,
+/// `_BACKEND_FIN`, `_RESET`, `_ACKED` as they are (bits 0–3),
+/// `FLOW_F_REPLIED` (bit 5) moved to bit 4 (`FLOW_F_UDP`, bit 4, ranks
+/// nothing).
+#[inline(always)]
+const fn rank_index(word: u64) -> u64 {
+    (word & 0xf) | ((word >> 1) & 0x10)
+}
+
+/// The rank of an entry that is not free, for each [`rank_index`]: two
+/// bits each. One shift of a constant instead of a branch per flag — the
+/// victim scan judges 16 ways for every new flow.
+const RANK_BY_FLAGS: u64 = {
+    let mut table = 0u64;
+    let mut index = 0u64;
+    while index < 32 {
+        let flags = ((index & 0xf) | ((index & 0x10) << 1)) as u16;
+        let rank = if flow_closed(flags) {
+            RANK_CLOSED
+        } else if flow_established(flags) {
+            RANK_ESTABLISHED
+        } else {
+            RANK_UNESTABLISHED
+        };
+        table |= rank << (2 * index);
+        index += 1;
+    }
+    table
+};
+/// Proof at build time: every flags byte a live entry can carry (bits
+/// 0–5) ranks through the table as through `flow_closed` and
+/// `flow_established`.
+const _: () = {
+    let mut flags = 0u16;
+    while flags < 64 {
+        let expected = if flow_closed(flags) {
+            RANK_CLOSED
+        } else if flow_established(flags) {
+            RANK_ESTABLISHED
+        } else {
+            RANK_UNESTABLISHED
+        };
+        assert!((RANK_BY_FLAGS >> (rank_index(flags as u64) * 2)) & 3 == expected);
+        flags += 1;
+    }
+};
+
+/// A closed flow's linger in `flow_seen` units: older than this, its way
+/// is free (`age << FLOW_SEEN_SHIFT > FLOW_LINGER_NS`, without the shift).
+const LINGER_SEEN: u64 = FLOW_LINGER_NS >> FLOW_SEEN_SHIFT;
+
+/// How `xdplb_scan_bucket` reads a bucket.
+/// Tags only: nothing will be inserted (no victim judged).
+const SCAN_TAGS: u32 = 0;
+/// Tags first, then (on a miss) every way judged as a victim: for packets
+/// that are almost always of a flow the table holds.
+const SCAN_TAGS_THEN_JUDGE: u32 = 1;
+/// Tags and victims in one pass: for SYNs, almost always of a new flow.
+const SCAN_JUDGE: u32 = 2;
 
 /// Scans bucket `index` of `FLOWS` (its ways numbered from `base`) for
-/// `tag`, and unless `judge` is 0 for the way a new flow would take
-/// (without, a miss returns way `base`, no free way, score 0: nothing will
-/// be inserted). Returns, packed: the way
+/// `tag`, and unless `mode` is [`SCAN_TAGS`] for the way a new flow would
+/// take (without, a miss returns way `base`, no free way, score 0: nothing
+/// will be inserted). Returns, packed: the way
 /// holding the flow + 1 (0: not there) in bits 0–7; else that victim way
 /// (the highest score: rank, then age) in bits 8–11, the number of free
-/// ways in bits 12–15 and the victim's score (rank << 30 | age in
-/// `flow_seen` units) in bits 32–63. `u64::MAX`: no such bucket.
+/// ways in bits 12–15 and the victim's score (rank << 32 | age in
+/// `flow_seen` units) in bits 16–49. `u64::MAX`: no such bucket.
 ///
 /// verifier: a global function (exported), verified once on its own for
 /// any arguments, and whose result its callers see as an unknown number.
@@ -239,68 +296,82 @@ const MAX_AGE: u32 = (1 << 30) - 1;
 /// program's combined stack past 512 bytes.
 #[no_mangle]
 #[inline(never)]
-pub extern "C" fn xdplb_scan_bucket(index: u32, base: u32, tag: u64, seen: u32, judge: u32) -> u64 {
+pub extern "C" fn xdplb_scan_bucket(index: u32, base: u32, tag: u64, seen: u32, mode: u32) -> u64 {
     let Some(bucket) = FLOWS.get_ptr(index) else {
         return u64::MAX;
     };
-    // Tags alone first: an established flow (almost every packet) is found
-    // without judging the ways before it as victims.
-    for way in 0..FLOW_WAYS {
-        // SAFETY: a valid map value; `way` < FLOW_WAYS.
-        if unsafe { (*bucket).slots[way].tag } & !FLOW_TAG_FLAGS == tag {
-            return (base + way as u32) as u64 + 1;
+    if mode != SCAN_JUDGE {
+        // Tags alone first: an established flow (almost every packet) is
+        // found without judging the ways before it as victims.
+        for way in 0..FLOW_WAYS {
+            // SAFETY: a valid map value; `way` < FLOW_WAYS.
+            if unsafe { (*bucket).slots[way].tag } & !FLOW_TAG_FLAGS == tag {
+                return (base + way as u32) as u64 + 1;
+            }
+        }
+        if mode == SCAN_TAGS {
+            return ((base & 0xf) as u64) << 8;
         }
     }
-    if judge == 0 {
-        return ((base & 0xf) as u64) << 8;
+    // u64 throughout: BPF has no 32-bit compares, and every u32 value
+    // compared costs two shifts to zero-extend.
+    let seen = u64::from(seen);
+    let mut victim = 0u64;
+    let mut best = 0u64;
+    let mut free = 0u64;
+    // Unrolled (LLVM keeps the loop, which then spills its counters): each
+    // way's offset is a constant.
+    macro_rules! judge {
+        ($($way:literal)*) => {$('way: {
+            // SAFETY: a valid map value; `$way` < FLOW_WAYS. Other CPUs may
+            // be writing the slot: a torn read is judged like any other (at
+            // worst one flow re-steered once, never a wrong backend: see
+            // `bound`).
+            let slot = unsafe { &(*bucket).slots[$way] };
+            let word = slot.tag;
+            if word & !FLOW_TAG_FLAGS == tag {
+                // Here (or published by another CPU since the first pass).
+                return u64::from(base) + $way + 1;
+            }
+            if word == FLOW_CLAIMED {
+                // Another CPU is writing it: no victim (were every way
+                // claimed, the insert finds the claim and records nothing).
+                break 'way;
+            }
+            // `flow_seen` units wrap at 32 bits.
+            let age = seen.wrapping_sub(u64::from(slot.seen)) & u64::from(u32::MAX);
+            let rank = if word == 0 {
+                free += 1;
+                RANK_FREE
+            } else {
+                let rank = (RANK_BY_FLAGS >> (rank_index(word) * 2)) & 3;
+                if rank == RANK_CLOSED && age > LINGER_SEEN {
+                    free += 1;
+                    RANK_FREE
+                } else {
+                    rank
+                }
+            };
+            let score = rank << 32 | age;
+            // Strictly higher: on a tie the earlier way wins.
+            if score > best {
+                best = score;
+                victim = $way;
+            }
+        })*};
     }
-    let mut victim = base;
-    let mut best = 0u32;
-    let mut free = 0u32;
-    for way in 0..FLOW_WAYS {
-        // SAFETY: a valid map value; `way` < FLOW_WAYS. Other CPUs may be
-        // writing the slot: a torn read is judged like any other (at worst
-        // one flow re-steered once, never a wrong backend: see `bound`).
-        let slot = unsafe { &(*bucket).slots[way] };
-        let word = slot.tag;
-        if word & !FLOW_TAG_FLAGS == tag {
-            // Published by another CPU since the first pass.
-            return (base + way as u32) as u64 + 1;
-        }
-        if word == FLOW_CLAIMED {
-            // Another CPU is writing it: no victim (were every way
-            // claimed, the insert finds the claim and records nothing).
-            continue;
-        }
-        let flags = (word & FLOW_TAG_FLAGS) as u16;
-        let age = seen.wrapping_sub(slot.seen);
-        let closed = flow_closed(flags);
-        let rank = if word == 0 || (closed && ((age as u64) << FLOW_SEEN_SHIFT) > FLOW_LINGER_NS) {
-            free += 1;
-            RANK_FREE
-        } else if closed {
-            RANK_CLOSED
-        } else if flow_established(flags) {
-            RANK_ESTABLISHED
-        } else {
-            RANK_UNESTABLISHED
-        };
-        let score = rank << 30 | age.min(MAX_AGE);
-        // Strictly higher: on a tie the earlier way wins.
-        if score > best {
-            best = score;
-            victim = base + way as u32;
-        }
-    }
-    ((victim & 0xf) as u64) << 8 | ((free & 0xf) as u64) << 12 | (best as u64) << 32
+    const _: () = assert!(FLOW_WAYS == 8);
+    judge!(0 1 2 3 4 5 6 7);
+    ((u64::from(base) + victim) & 0xf) << 8 | (free & 0xf) << 12 | best << 16
 }
 
-/// Reads `key`'s two buckets once: whether the flow is there, and, if
-/// `judge`, which way a new entry would take (else the victim is
-/// [`NO_WAY`]: for lookups that never insert, and for packets over the
-/// insert cap, which need only the tags — whether the flow is pinned).
+/// Reads `key`'s two buckets once (as `mode` says, see `xdplb_scan_bucket`):
+/// whether the flow is there, and, unless [`SCAN_TAGS`], which way a new
+/// entry would take (else the victim is [`NO_WAY`]: for lookups that never
+/// insert, and for packets over the insert cap, which need only the tags —
+/// whether the flow is pinned).
 #[inline(always)]
-fn place<K: Flow>(key: &K, now: u64, judge: bool) -> Result<Place, GlobalCounter> {
+fn place<K: Flow>(key: &K, now: u64, mode: u32) -> Result<Place, GlobalCounter> {
     // verifier: volatile so the loaded values (set at load time) are used,
     // not the compile-time defaults folded in.
     let seed = unsafe { core::ptr::read_volatile(&FLOW_TAG_SEED) };
@@ -322,7 +393,7 @@ fn place<K: Flow>(key: &K, now: u64, judge: bool) -> Result<Place, GlobalCounter
         core::ptr::read_volatile(&(*second).slots[FLOW_WAYS / 2].tag);
     }
     let seen = flow_seen(now);
-    let in_first = xdplb_scan_bucket(a, 0, tag, seen, judge as u32);
+    let in_first = xdplb_scan_bucket(a, 0, tag, seen, mode);
     if in_first == u64::MAX {
         return Err(GlobalCounter::DropInternal);
     }
@@ -330,13 +401,13 @@ fn place<K: Flow>(key: &K, now: u64, judge: bool) -> Result<Place, GlobalCounter
     if in_first & 0xff != 0 {
         hit = ((in_first & 0xff) as u32 - 1) & 0xf;
     } else {
-        let in_second = xdplb_scan_bucket(b, FLOW_WAYS as u32, tag, seen, judge as u32);
+        let in_second = xdplb_scan_bucket(b, FLOW_WAYS as u32, tag, seen, mode);
         if in_second == u64::MAX {
             return Err(GlobalCounter::DropInternal);
         }
         if in_second & 0xff != 0 {
             hit = ((in_second & 0xff) as u32 - 1) & 0xf;
-        } else if !judge {
+        } else if mode == SCAN_TAGS {
             victim = NO_WAY;
         } else {
             // A new flow goes to the bucket with more free ways ("two
@@ -346,7 +417,7 @@ fn place<K: Flow>(key: &K, now: u64, judge: bool) -> Result<Place, GlobalCounter
             let second_wins = if free(in_first) | free(in_second) != 0 {
                 free(in_second) > free(in_first)
             } else {
-                in_second >> 32 > in_first >> 32
+                in_second >> 16 > in_first >> 16
             };
             if second_wins {
                 victim = (in_second >> 8) as u32 & 0xf;
@@ -437,9 +508,16 @@ fn closing_bits(tcp: u8) -> u16 {
 #[inline(always)]
 pub fn select<K: Flow>(key: &K, vip: &VipMeta, tcp: u8, now: u64) -> Result<Choice, GlobalCounter> {
     let udp = key.proto() == IPPROTO_UDP;
-    // Over the insert cap nothing is inserted: no victim to judge.
-    let place = place(key, now, !trace::WRITES || insert_budget(now))?;
     let syn = !udp && tcp & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+    let mode = if trace::WRITES && !insert_budget(now) {
+        // Over the insert cap nothing is inserted: no victim to judge.
+        SCAN_TAGS
+    } else if syn {
+        SCAN_JUDGE
+    } else {
+        SCAN_TAGS_THEN_JUDGE
+    };
+    let place = place(key, now, mode)?;
     if syn {
         return select_syn(vip, now, &place);
     }
@@ -744,7 +822,7 @@ fn insert(pin: Pin, r: u32, now: u64) {
 /// is still valid, else the ring's choice (for ICMP errors about it).
 #[inline(always)]
 pub fn peek<K: Flow>(key: &K, vip: &VipMeta) -> Result<Choice, GlobalCounter> {
-    let place = place(key, 0, false)?;
+    let place = place(key, 0, SCAN_TAGS)?;
     if let Some(hit) = place.hit() {
         let slot = place.slot(hit)?;
         let r = if tag_word(slot) & !FLOW_TAG_FLAGS == place.tag {
@@ -781,7 +859,7 @@ pub fn note_backend<K: Flow>(key: &K, tcp: u8, now: u64) {
     } else {
         lb_common::FLOW_F_REPLIED
     } as u64;
-    let Ok(place) = place(key, now, false) else {
+    let Ok(place) = place(key, now, SCAN_TAGS) else {
         return;
     };
     if let Some(Ok(flow)) = place.hit().map(|hit| place.slot(hit)) {

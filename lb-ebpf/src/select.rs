@@ -26,7 +26,7 @@ use core::intrinsics::{atomic_cxchg, AtomicOrdering};
 use lb_common::{
     flow_bucket_pair, flow_closed, flow_established, flow_hash, flow_hash6, flow_idle, flow_seen,
     flow_tag, flow_tag6, flow_tag_ring_hash, limits::FLOW_LINGER_NS, ref_generation, ref_slot,
-    ring_slot_index, BackendMeta, FlowKey, FlowKey6, FlowSlot, GlobalCounter, VipMeta,
+    ring_slot_index, BackendMeta, FlowBucket, FlowKey, FlowKey6, FlowSlot, GlobalCounter, VipMeta,
     BACKEND_DOWN, BACKEND_FREE, EXPLAIN_PIN_CLOSED, EXPLAIN_PIN_DOWN, EXPLAIN_PIN_IDLE,
     EXPLAIN_PIN_KEEP, EXPLAIN_PIN_REOPENED, EXPLAIN_PIN_STALE, FLOW_CLAIMED, FLOW_F_ACKED,
     FLOW_F_CLOSING, FLOW_F_RESET, FLOW_F_UDP, FLOW_SEEN_SHIFT, FLOW_TAG_FLAGS, FLOW_WAYS,
@@ -269,69 +269,52 @@ const _: () = {
 /// is free (`age << FLOW_SEEN_SHIFT > FLOW_LINGER_NS`, without the shift).
 const LINGER_SEEN: u64 = FLOW_LINGER_NS >> FLOW_SEEN_SHIFT;
 
-/// How `xdplb_scan_bucket` reads a bucket.
+/// How `xdplb_scan_buckets` reads a flow's buckets.
 /// Tags only: nothing will be inserted (no victim judged).
 const SCAN_TAGS: u32 = 0;
-/// Tags first, then (on a miss) every way judged as a victim: for packets
-/// that are almost always of a flow the table holds.
+/// Both buckets' tags first, then (on a miss) every way judged as a
+/// victim: for packets that are almost always of a flow the table holds.
 const SCAN_TAGS_THEN_JUDGE: u32 = 1;
 /// Tags and victims in one pass: for SYNs, almost always of a new flow.
 const SCAN_JUDGE: u32 = 2;
 
-/// Scans bucket `index` of `FLOWS` (its ways numbered from `base`) for
-/// `tag`, and unless `mode` is [`SCAN_TAGS`] for the way a new flow would
-/// take (without, a miss returns way `base`, no free way, score 0: nothing
-/// will be inserted). Returns, packed: the way
-/// holding the flow + 1 (0: not there) in bits 0–7; else that victim way
-/// (the highest score: rank, then age) in bits 8–11, the number of free
-/// ways in bits 12–15 and the victim's score (rank << 32 | age in
-/// `flow_seen` units) in bits 16–49. `u64::MAX`: no such bucket.
-///
-/// verifier: a global function (exported), verified once on its own for
-/// any arguments, and whose result its callers see as an unknown number.
-/// Inline, or as a static function verified at each call, the ways found
-/// were constants on each path through the scans: every combination was a
-/// state of its own for the rest of the program, past the verifier's
-/// 1M-instruction budget, and the scans' registers pushed the IPv4
-/// program's combined stack past 512 bytes.
-#[no_mangle]
-#[inline(never)]
-pub extern "C" fn xdplb_scan_bucket(index: u32, base: u32, tag: u64, seen: u32, mode: u32) -> u64 {
-    let Some(bucket) = FLOWS.get_ptr(index) else {
-        return u64::MAX;
-    };
-    if mode != SCAN_JUDGE {
-        // Tags alone first: an established flow (almost every packet) is
-        // found without judging the ways before it as victims.
-        for way in 0..FLOW_WAYS {
-            // SAFETY: a valid map value; `way` < FLOW_WAYS.
-            if unsafe { (*bucket).slots[way].tag } & !FLOW_TAG_FLAGS == tag {
-                return (base + way as u32) as u64 + 1;
-            }
-        }
-        if mode == SCAN_TAGS {
-            return ((base & 0xf) as u64) << 8;
+/// `xdplb_scan_buckets`' result: a victim was judged (bits 8–11 name it).
+const SCAN_VICTIM: u64 = 1 << 12;
+
+/// The way of `bucket` (numbered from `base`) holding `tag`, + 1.
+#[inline(always)]
+fn find(bucket: &FlowBucket, base: u64, tag: u64) -> Option<u64> {
+    for way in 0..FLOW_WAYS {
+        if bucket.slots[way].tag & !FLOW_TAG_FLAGS == tag {
+            return Some(base + way as u64 + 1);
         }
     }
-    // u64 throughout: BPF has no 32-bit compares, and every u32 value
-    // compared costs two shifts to zero-extend.
-    let seen = u64::from(seen);
+    None
+}
+
+/// Scans `bucket` (its ways numbered from `base`) for `tag` and for the
+/// way a new flow would take. Returns, packed: the way holding the flow
+/// + 1 (0: not there) in bits 0–7; else that victim way (the highest
+/// score: rank, then age) in bits 8–11, the number of free ways in bits
+/// 12–15 and the victim's score (rank << 32 | age in `flow_seen` units)
+/// in bits 16–49.
+#[inline(always)]
+fn judge(bucket: &FlowBucket, base: u64, tag: u64, seen: u64) -> u64 {
     let mut victim = 0u64;
     let mut best = 0u64;
     let mut free = 0u64;
     // Unrolled (LLVM keeps the loop, which then spills its counters): each
     // way's offset is a constant.
-    macro_rules! judge {
+    macro_rules! judge_ways {
         ($($way:literal)*) => {$('way: {
-            // SAFETY: a valid map value; `$way` < FLOW_WAYS. Other CPUs may
-            // be writing the slot: a torn read is judged like any other (at
-            // worst one flow re-steered once, never a wrong backend: see
-            // `bound`).
-            let slot = unsafe { &(*bucket).slots[$way] };
+            // Other CPUs may be writing the slot: a torn read is judged
+            // like any other (at worst one flow re-steered once, never a
+            // wrong backend: see `backend_of`).
+            let slot = &bucket.slots[$way];
             let word = slot.tag;
             if word & !FLOW_TAG_FLAGS == tag {
-                // Here (or published by another CPU since the first pass).
-                return u64::from(base) + $way + 1;
+                // Here (or published by another CPU since the tags pass).
+                return base + $way + 1;
             }
             if word == FLOW_CLAIMED {
                 // Another CPU is writing it: no victim (were every way
@@ -361,11 +344,89 @@ pub extern "C" fn xdplb_scan_bucket(index: u32, base: u32, tag: u64, seen: u32, 
         })*};
     }
     const _: () = assert!(FLOW_WAYS == 8);
-    judge!(0 1 2 3 4 5 6 7);
-    ((u64::from(base) + victim) & 0xf) << 8 | (free & 0xf) << 12 | best << 16
+    judge_ways!(0 1 2 3 4 5 6 7);
+    ((base + victim) & 0xf) << 8 | (free & 0xf) << 12 | best << 16
 }
 
-/// Reads `key`'s two buckets once (as `mode` says, see `xdplb_scan_bucket`):
+/// [`judge`] of bucket `index` of `FLOWS`, as a global function: its
+/// result is an unknown number to `xdplb_scan_buckets`, which judges the
+/// other bucket inline (verifier: two inline judgements made every pair
+/// of their outcomes a state, 70k more instructions verified per program).
+/// `u64::MAX`: no such bucket.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn xdplb_judge_bucket(index: u32, base: u32, tag: u64, seen: u32) -> u64 {
+    let Some(bucket) = FLOWS.get_ptr(index) else {
+        return u64::MAX;
+    };
+    // SAFETY: a valid map value for the program's run.
+    judge(unsafe { &*bucket }, u64::from(base), tag, u64::from(seen))
+}
+
+/// Scans buckets `first` and `second` of `FLOWS` (ways 0..FLOW_WAYS are
+/// the first's, the rest the second's) for `tag`, and unless `mode` is
+/// [`SCAN_TAGS`] for the way a new flow would take. Returns, packed: the
+/// way holding the flow + 1 (0: not there) in bits 0–7; else, with
+/// [`SCAN_VICTIM`], the victim way in bits 8–11. `u64::MAX`: no such
+/// bucket.
+///
+/// verifier: a global function (exported), verified once on its own for
+/// any arguments, and whose result its callers see as an unknown number.
+/// Inline, or as a static function verified at each call, the ways found
+/// were constants on each path through the scans: every combination was a
+/// state of its own for the rest of the program, past the verifier's
+/// 1M-instruction budget, and the scans' registers pushed the IPv4
+/// program's combined stack past 512 bytes.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn xdplb_scan_buckets(
+    first: u32,
+    second: u32,
+    tag: u64,
+    seen: u32,
+    mode: u32,
+) -> u64 {
+    let (Some(a), Some(b)) = (FLOWS.get_ptr(first), FLOWS.get_ptr(second)) else {
+        return u64::MAX;
+    };
+    // SAFETY: valid map values for the program's run.
+    let (a, b) = unsafe { (&*a, &*b) };
+    let ways = FLOW_WAYS as u64;
+    if mode != SCAN_JUDGE {
+        // Both buckets' tags alone first: an established flow (almost
+        // every packet), in either bucket, is found without judging a way
+        // as a victim.
+        if let Some(hit) = find(a, 0, tag).or_else(|| find(b, ways, tag)) {
+            return hit;
+        }
+        if mode == SCAN_TAGS {
+            return 0;
+        }
+    }
+    // u64 throughout: BPF has no 32-bit compares, and every u32 value
+    // compared costs two shifts to zero-extend.
+    let in_first = judge(a, 0, tag, u64::from(seen));
+    if in_first & 0xff != 0 {
+        return in_first & 0xff;
+    }
+    let in_second = xdplb_judge_bucket(second, FLOW_WAYS as u32, tag, seen);
+    if in_second == u64::MAX || in_second & 0xff != 0 {
+        return in_second;
+    }
+    // A new flow goes to the bucket with more free ways ("two choices":
+    // buckets fill evenly), else over the better of the two buckets'
+    // victims (rank, then age).
+    let free = |scan: u64| (scan >> 12) & 0xf;
+    let second_wins = if free(in_first) | free(in_second) != 0 {
+        free(in_second) > free(in_first)
+    } else {
+        in_second >> 16 > in_first >> 16
+    };
+    let winner = if second_wins { in_second } else { in_first };
+    winner & 0xf00 | SCAN_VICTIM
+}
+
+/// Reads `key`'s two buckets once (as `mode` says, see `xdplb_scan_buckets`):
 /// whether the flow is there, and, unless [`SCAN_TAGS`], which way a new
 /// entry would take (else the victim is [`NO_WAY`]: for lookups that never
 /// insert, and for packets over the insert cap, which need only the tags —
@@ -392,37 +453,15 @@ fn place<K: Flow>(key: &K, now: u64, mode: u32) -> Result<Place, GlobalCounter> 
         core::ptr::read_volatile(&(*second).slots[0].tag);
         core::ptr::read_volatile(&(*second).slots[FLOW_WAYS / 2].tag);
     }
-    let seen = flow_seen(now);
-    let in_first = xdplb_scan_bucket(a, 0, tag, seen, mode);
-    if in_first == u64::MAX {
+    let scan = xdplb_scan_buckets(a, b, tag, flow_seen(now), mode);
+    if scan == u64::MAX {
         return Err(GlobalCounter::DropInternal);
     }
-    let (mut hit, mut victim) = (NO_WAY, (in_first >> 8) as u32 & 0xf);
-    if in_first & 0xff != 0 {
-        hit = ((in_first & 0xff) as u32 - 1) & 0xf;
-    } else {
-        let in_second = xdplb_scan_bucket(b, FLOW_WAYS as u32, tag, seen, mode);
-        if in_second == u64::MAX {
-            return Err(GlobalCounter::DropInternal);
-        }
-        if in_second & 0xff != 0 {
-            hit = ((in_second & 0xff) as u32 - 1) & 0xf;
-        } else if mode == SCAN_TAGS {
-            victim = NO_WAY;
-        } else {
-            // A new flow goes to the bucket with more free ways ("two
-            // choices": buckets fill evenly), else over the better of the
-            // two buckets' victims (rank, then age).
-            let free = |scan: u64| (scan >> 12) & 0xf;
-            let second_wins = if free(in_first) | free(in_second) != 0 {
-                free(in_second) > free(in_first)
-            } else {
-                in_second >> 16 > in_first >> 16
-            };
-            if second_wins {
-                victim = (in_second >> 8) as u32 & 0xf;
-            }
-        }
+    let (mut hit, mut victim) = (NO_WAY, NO_WAY);
+    if scan & 0xff != 0 {
+        hit = ((scan & 0xff) as u32 - 1) & 0xf;
+    } else if scan & SCAN_VICTIM != 0 {
+        victim = (scan >> 8) as u32 & 0xf;
     }
     // Ways 0..FLOW_WAYS are the first bucket's, the rest the second's.
     trace::place((a, b), hit, victim);
@@ -433,7 +472,7 @@ fn place<K: Flow>(key: &K, now: u64, mode: u32) -> Result<Place, GlobalCounter> 
         victim,
         victim_word: 0,
     };
-    if hit == NO_WAY && victim != NO_WAY {
+    if victim != NO_WAY {
         place.victim_word = tag_word(place.slot(victim)?);
     }
     Ok(place)

@@ -321,9 +321,8 @@ fn peer_md(s: &mut String, r: &Results, runs: &[Result<DpRun, String>]) {
 const ACCOUNTING: [(&str, &str, &str); 5] = [
     (
         "established (NAT; Katran: IPIP)",
-        "10 lookups: ADDR_FILTER, **VIPS (hash)**, IFACES, FLOWS ×3 (two buckets touched, the first searched in \
-         `xdplb_scan_bucket`, a BPF-to-BPF call, by its tags alone: the ways before the flow are not judged as \
-         victims), BACKENDS, VIP_STATS, BACKEND_STATS, BACKEND_HOPS (per-CPU array by backend slot: the next \
+        "10 lookups: ADDR_FILTER, **VIPS (hash)**, IFACES, FLOWS ×3 (two buckets touched, both searched in \
+         `xdplb_scan_buckets`, one BPF-to-BPF call, by their tags alone: no way is judged as a victim), BACKENDS, VIP_STATS, BACKEND_STATS, BACKEND_HOPS (per-CPU array by backend slot: the next \
          hop), GLOBAL_STATS (Redirected); helpers: `bpf_ktime_get_coarse_ns`, `bpf_redirect_map` (TX_PORTS, a \
          devmap hash); NAT: addresses, port, IP and TCP checksums rewritten incrementally, TTL",
         "10 lookups: stats ×4 (total, LRU, the VIP's, TX) and reals_stats (per-CPU arrays), **vip_map (hash)**, \
@@ -346,8 +345,8 @@ const ACCOUNTING: [(&str, &str, &str); 5] = [
     ),
     (
         "new_flow",
-        "established's, both buckets searched by tag then judged for the victim way, plus INSERT_RATE (per-CPU \
-         array) and RINGS (array), the way claimed and the entry published by compare-and-swap (BPF_CMPXCHG, no \
+        "established's, a SYN's buckets searched by tag and judged for the victim way in one pass (the second \
+         bucket by a nested BPF-to-BPF call, `xdplb_judge_bucket`), plus INSERT_RATE (per-CPU array) and RINGS (array), the way claimed and the entry published by compare-and-swap (BPF_CMPXCHG, no \
          helper). Over the insert cap (`new_flow_capped`) the buckets are searched by tag only: no victim is judged",
         "established's LRU lookup skipped for a SYN; stats (new-connection rate, `bpf_ktime_get_ns`), ch_rings, \
          reals, vip_miss_stats and **`bpf_map_update_elem` into the LRU** (an LRU node taken, an \
@@ -482,8 +481,8 @@ const LEVERS_LEFT: [(&str, &str); 4] = [
     ),
     (
         "the tail call for IPv6 and UDP",
-        "needed: `xdplb` alone has the verifier process ~464k instructions of its 1M budget, the IPv6 program \
-         ~470k; one program for both would not load. established_v6 stays above Katran (1.1–1.4): the tail call, \
+        "needed: `xdplb` alone has the verifier process ~448k instructions of its 1M budget, the IPv6 program \
+         ~461k; one program for both would not load. established_v6 stays above Katran (1.1–1.4): the tail call, \
          a 40-byte key's hashes and a 16-byte address compare per lookup",
     ),
 ];

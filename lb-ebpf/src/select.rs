@@ -403,8 +403,9 @@ pub extern "C" fn xdplb_scan_buckets(
             return 0;
         }
     }
-    // u64 throughout: BPF has no 32-bit compares, and every u32 value
-    // compared costs two shifts to zero-extend.
+    // u64 throughout (`judge`): these programs are built without BPF's
+    // 32-bit instructions, so every u32 compared costs two shifts to
+    // zero-extend it.
     let in_first = judge(a, 0, tag, u64::from(seen));
     if in_first & 0xff != 0 {
         return in_first & 0xff;

@@ -227,40 +227,36 @@ const fn rank_index(word: u64) -> u64 {
     (word & 0xf) | ((word >> 1) & 0x10)
 }
 
-/// The rank of an entry that is not free, for each [`rank_index`]: two
-/// bits each. One shift of a constant instead of a branch per flag — the
-/// victim scan judges 16 ways for every new flow.
+/// The rank of an entry with these flags that is not free.
+const fn rank_of(flags: u16) -> u64 {
+    if flow_closed(flags) {
+        RANK_CLOSED
+    } else if flow_established(flags) {
+        RANK_ESTABLISHED
+    } else {
+        RANK_UNESTABLISHED
+    }
+}
+
+/// [`rank_of`] for each [`rank_index`]: two bits each. One shift of a
+/// constant instead of a branch per flag — the victim scan judges 16 ways
+/// for every new flow.
 const RANK_BY_FLAGS: u64 = {
     let mut table = 0u64;
     let mut index = 0u64;
     while index < 32 {
         let flags = ((index & 0xf) | ((index & 0x10) << 1)) as u16;
-        let rank = if flow_closed(flags) {
-            RANK_CLOSED
-        } else if flow_established(flags) {
-            RANK_ESTABLISHED
-        } else {
-            RANK_UNESTABLISHED
-        };
-        table |= rank << (2 * index);
+        table |= rank_of(flags) << (2 * index);
         index += 1;
     }
     table
 };
 /// Proof at build time: every flags byte a live entry can carry (bits
-/// 0–5) ranks through the table as through `flow_closed` and
-/// `flow_established`.
+/// 0–5) ranks through the table (via `rank_index`) as through `rank_of`.
 const _: () = {
     let mut flags = 0u16;
     while flags < 64 {
-        let expected = if flow_closed(flags) {
-            RANK_CLOSED
-        } else if flow_established(flags) {
-            RANK_ESTABLISHED
-        } else {
-            RANK_UNESTABLISHED
-        };
-        assert!((RANK_BY_FLAGS >> (rank_index(flags as u64) * 2)) & 3 == expected);
+        assert!((RANK_BY_FLAGS >> (rank_index(flags as u64) * 2)) & 3 == rank_of(flags));
         flags += 1;
     }
 };

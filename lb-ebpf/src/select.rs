@@ -265,6 +265,11 @@ const _: () = {
 /// is free (`age << FLOW_SEEN_SHIFT > FLOW_LINGER_NS`, without the shift).
 const LINGER_SEEN: u64 = FLOW_LINGER_NS >> FLOW_SEEN_SHIFT;
 
+/// What `judge` adds to a slot's age (see there): 2^30, so that
+/// `LINGER_SEEN + AGE_BIAS` still fits a BPF compare's 32-bit immediate
+/// (2^31 needed a 64-bit load for each way's compare).
+const AGE_BIAS: u64 = 1 << 30;
+
 /// How `xdplb_scan_buckets` reads a flow's buckets.
 /// Tags only: nothing will be inserted (no victim judged).
 const SCAN_TAGS: u32 = 0;
@@ -296,6 +301,12 @@ fn find(bucket: &FlowBucket, base: u64, tag: u64) -> Option<u64> {
 /// in bits 16–49.
 #[inline(always)]
 fn judge(bucket: &FlowBucket, base: u64, tag: u64, seen: u64) -> u64 {
+    // `flow_seen` units wrap at 32 bits, and another CPU may stamp a slot
+    // after this one read the clock: a slot's age is biased by
+    // `AGE_BIAS` — a slot stamped now is 2^30, older ones more, one
+    // stamped ahead of this CPU's clock (by up to 2^30 units, 13 days)
+    // less: the freshest, not the oldest of all.
+    let from = seen + AGE_BIAS;
     let mut victim = 0u64;
     let mut best = 0u64;
     let mut free = 0u64;
@@ -317,14 +328,15 @@ fn judge(bucket: &FlowBucket, base: u64, tag: u64, seen: u64) -> u64 {
                 // claimed, the insert finds the claim and records nothing).
                 break 'way;
             }
-            // `flow_seen` units wrap at 32 bits.
-            let age = seen.wrapping_sub(u64::from(slot.seen)) & u64::from(u32::MAX);
+            // Biased (see `from`): ages compare as they should, at no
+            // cost per way.
+            let age = from.wrapping_sub(u64::from(slot.seen)) & u64::from(u32::MAX);
             let rank = if word == 0 {
                 free += 1;
                 RANK_FREE
             } else {
                 let rank = (RANK_BY_FLAGS >> (rank_index(word) * 2)) & 3;
-                if rank == RANK_CLOSED && age > LINGER_SEEN {
+                if rank == RANK_CLOSED && age > LINGER_SEEN + AGE_BIAS {
                     free += 1;
                     RANK_FREE
                 } else {

@@ -1607,6 +1607,16 @@ fn a_full_bucket_pair_gives_up_its_least_recently_seen_flow() {
     for &p in &rest {
         lab.arrive_from_client(&to_vip(p, TCP_ACK).build());
     }
+    // One of them stamped by another CPU whose coarse clock ticked before
+    // this one's (its `seen` a few units ahead of the clock this CPU
+    // reads): the freshest of all, not (its age wrapped) the oldest.
+    let ahead = lab.flow(rest[3]).unwrap();
+    let stamp = lb_common::flow_seen(common::coarse_now_ns()) + 3;
+    assert!(table.put(lb_common::FlowSlot {
+        seen: stamp,
+        ..ahead
+    }));
+    assert_eq!(lab.flow(rest[3]).unwrap().seen, stamp);
     let inserts = lab.counters().get(GlobalCounter::FlowInserts);
     lab.arrive_from_client(&to_vip(newcomer, TCP_SYN).build());
     assert_eq!(lab.counters().get(GlobalCounter::FlowInserts), inserts + 1);

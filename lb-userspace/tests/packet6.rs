@@ -513,6 +513,36 @@ fn an_idle_udp_flow_is_selected_afresh() {
     assert_eq!(lab.count(GlobalCounter::FlowIdled), 2);
 }
 
+/// A flow's entry stamped by another CPU whose coarse clock ticked before
+/// this one's (`seen` a few units ahead of the clock the packet's CPU
+/// reads) is fresh: neither idle nor re-steered.
+#[test]
+fn a_flow_stamped_ahead_of_the_clock_is_fresh() {
+    let mut lab = Lab::new(2);
+    let table = xdplb::dataplane::FlowTable::open(&lab.tp.pin_path).unwrap();
+    for pool in [Pool::Udp4, Pool::Udp6] {
+        lab.publish(pool, vec![0; RING as usize], Some(1000));
+        let port = 46100;
+        let (_, out) = lab.arrive_from_client(&pool.first(port).build());
+        assert_eq!(backend_of(pool, &out), 0);
+        lab.publish(pool, vec![1; RING as usize], Some(1000));
+        let flow = lab.flow(pool, port).unwrap();
+        let stamp = lb_common::flow_seen(common::coarse_now_ns()) + 3;
+        assert!(table.put(FlowSlot {
+            seen: stamp,
+            ..flow
+        }));
+        let (action, out) = lab.arrive_from_client(&pool.next(port).build());
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(backend_of(pool, &out), 0, "{pool:?} still pinned");
+        assert_eq!(
+            ref_slot(lab.flow(pool, port).unwrap().backend),
+            pool.slot(0)
+        );
+    }
+    assert_eq!(lab.count(GlobalCounter::FlowIdled), 0);
+}
+
 #[test]
 fn hop_by_hop_and_destination_options_are_skipped_and_preserved() {
     let mut lab = Lab::new(2);

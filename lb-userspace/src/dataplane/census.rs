@@ -56,13 +56,9 @@ pub enum FlowVerdict {
 /// handshake and no FIN: a UDP flow is established from its first packet,
 /// and ends only by going quiet. Pure.
 pub fn judge_flow(entry: &FlowSlot, flow_idle_ms: u32, now: u64, idle_ns: u64) -> FlowVerdict {
-    // The program may stamp an entry after `now` was read (another CPU's
-    // coarse clock ticked): that entry is fresh, not 52 days old. (A flow
-    // idle for over half the clock's 52-day span reads as fresh too.)
-    let age = match entry.age_ns(now) {
-        a if a >= 1u64 << (32 + lb_common::FLOW_SEEN_SHIFT - 1) => 0,
-        a => a,
-    };
+    // The program may stamp an entry after `now` was read: age 0 (see
+    // `FlowSlot::age_ns`).
+    let age = entry.age_ns(now);
     if lb_common::flow_idle(flow_idle_ms, age) {
         return FlowVerdict::Reap;
     }

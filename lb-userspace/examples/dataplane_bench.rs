@@ -21,6 +21,8 @@
 //! previous ones did not. A flow that was not found counts as a miss and
 //! fails the proof.
 //!
+//! `--only PATH,PATH` runs those paths (and the floor) alone.
+//!
 //! `--peer OBJECT` also loads Katran's balancer (`peer/katran.rs`; built
 //! outside this repository, see docs/BENCHMARKS.md) and times it through
 //! the same wrapper on the same frames, its runs alternating with
@@ -545,6 +547,14 @@ fn main() -> anyhow::Result<()> {
         })
         .transpose()?;
     let over_cap = args.iter().any(|a| a == "--peer-over-cap");
+    // `--only a,b`: those paths (and the floor) alone, for quick A/B runs
+    // of two builds with many rounds.
+    let only: Vec<String> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
     let cpus = nr_cpus().map_err(|(_, e)| e)?;
     let pinned_cpu = cpus - 1;
     pin_to_cpu(pinned_cpu)?;
@@ -563,6 +573,7 @@ fn main() -> anyhow::Result<()> {
             peer: peer.as_deref(),
             over_cap,
             pinned_cpu,
+            only: &only,
         },
     );
     let _ = dataplane::down(&pin_path);
@@ -579,6 +590,8 @@ struct Options<'a> {
     /// The peer keeps its stock insert cap (`--peer-over-cap`).
     over_cap: bool,
     pinned_cpu: usize,
+    /// The paths to run (`--only`; empty: all).
+    only: &'a [String],
 }
 
 fn run(ns: &TestNs, pin_path: &std::path::Path, opts: Options) -> anyhow::Result<()> {
@@ -591,6 +604,7 @@ fn run(ns: &TestNs, pin_path: &std::path::Path, opts: Options) -> anyhow::Result
         peer,
         over_cap,
         pinned_cpu,
+        only,
     } = opts;
     let ring_size = 65537;
     let shape = Shape {
@@ -989,6 +1003,9 @@ fn run(ns: &TestNs, pin_path: &std::path::Path, opts: Options) -> anyhow::Result
     let mut theirs = Vec::new();
     let mut held_after_new_flow = None;
     for path in &paths {
+        if !only.is_empty() && !path.floor && !only.iter().any(|n| n == path.name) {
+            continue;
+        }
         let full = path.period != 0 && path.period != VARY_UNBOUNDED;
         // Every path starts from empty tables: a `_full` path's flows are
         // not crowded out by the previous one's, and a one-flow path's

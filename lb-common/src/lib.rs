@@ -169,6 +169,9 @@ pub mod maps {
     pub const PROGRAM_IPV6: &str = "xdplb_ipv6";
     /// The IPv4 UDP program, reached by tail call.
     pub const PROGRAM_UDP4: &str = "xdplb_udp4";
+    /// The IPv4 UDP program for datagrams the VIP prefilter proved are to
+    /// no VIP (a backend's replies), reached by tail call.
+    pub const PROGRAM_UDP4_REPLY: &str = "xdplb_udp4_reply";
     /// The IPv6 UDP program, reached by tail call from the IPv6 one.
     pub const PROGRAM_UDP6: &str = "xdplb_udp6";
     /// The ICMPv6 error program, reached by tail call from the IPv6 one.
@@ -189,7 +192,7 @@ pub mod maps {
 /// The layout of the pinned maps as a whole. Bump it whenever a map's key,
 /// value or meaning changes, so a controller never adopts maps made for
 /// another layout (it refuses them and says to run `xdplb down`).
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// `TAILS` slot of the IPv6 program. The balancer is four XDP programs
 /// sharing every map: IPv4 TCP (and ICMP) in the attached one; IPv4 UDP and
@@ -212,7 +215,13 @@ pub const TAIL_ICMP6: u32 = 3;
 /// verification stay as they were.
 pub const TAIL_FRAG4: u32 = 4;
 pub const TAIL_FRAG6: u32 = 5;
-pub const TAIL_SLOTS: u32 = 6;
+/// `TAILS` slot of the IPv4 UDP program for datagrams whose destination
+/// the VIP prefilter proved is no VIP's (a backend's replies): the entry
+/// program asked the prefilter before the tail call, and the program a
+/// datagram is sent to carries the answer (a tail call carries nothing
+/// else), so neither asks it twice.
+pub const TAIL_UDP4_REPLY: u32 = 6;
+pub const TAIL_SLOTS: u32 = 7;
 
 /// Two rings per VIP: user space fills the one not in use, then flips
 /// [`VipMeta::ring_slot`] in a single hash-map update, so a packet sees either
@@ -1356,6 +1365,7 @@ pub const EXPLAIN_PROG_UDP6: u32 = 1 << 3;
 pub const EXPLAIN_PROG_ICMP6: u32 = 1 << 4;
 pub const EXPLAIN_PROG_FRAG4: u32 = 1 << 5;
 pub const EXPLAIN_PROG_FRAG6: u32 = 1 << 6;
+pub const EXPLAIN_PROG_UDP4_REPLY: u32 = 1 << 7;
 
 /// `ExplainTrace::pinned`: what the flow's entry said.
 /// Still its backend's: kept.

@@ -41,13 +41,12 @@ use aya_ebpf::{
 };
 use lb_common::{
     EXPLAIN_PROG_FRAG4, EXPLAIN_PROG_FRAG6, EXPLAIN_PROG_ICMP6, EXPLAIN_PROG_IPV6,
-    EXPLAIN_PROG_MAIN, EXPLAIN_PROG_UDP4, EXPLAIN_PROG_UDP6, TAIL_IPV6, TAIL_SLOTS, TAIL_UDP4,
+    EXPLAIN_PROG_MAIN, EXPLAIN_PROG_UDP4, EXPLAIN_PROG_UDP4_REPLY, EXPLAIN_PROG_UDP6, TAIL_SLOTS,
 };
 
 use crate::{
     family::{Ipv4, Ipv6},
-    parse::Program,
-    pipeline::{run, tail},
+    pipeline::run,
 };
 
 /// The explain programs by `lb_common::TAIL_*` slot, filled by `xdplb
@@ -59,18 +58,21 @@ pub static TAILS: ProgramArray = ProgramArray::with_max_entries(TAIL_SLOTS, 0);
 #[xdp]
 pub fn xdplb(ctx: XdpContext) -> u32 {
     trace::program(EXPLAIN_PROG_MAIN);
-    match parse::program_of(&ctx) {
-        Program::Main => run::<Ipv4, false>(&ctx),
-        Program::Ipv6 => tail(&ctx, TAIL_IPV6),
-        Program::Udp4 => tail(&ctx, TAIL_UDP4),
-    }
+    pipeline::entry(&ctx)
 }
 
-/// IPv4 UDP.
+/// IPv4 UDP that may be to a VIP.
 #[xdp]
 pub fn xdplb_udp4(ctx: XdpContext) -> u32 {
     trace::program(EXPLAIN_PROG_UDP4);
-    run::<Ipv4, true>(&ctx)
+    run::<Ipv4, true>(&ctx, || true)
+}
+
+/// IPv4 UDP to no VIP: a backend's replies.
+#[xdp]
+pub fn xdplb_udp4_reply(ctx: XdpContext) -> u32 {
+    trace::program(EXPLAIN_PROG_UDP4_REPLY);
+    run::<Ipv4, true>(&ctx, || false)
 }
 
 /// IPv6 TCP and ICMPv6 (see `lb_common::TAIL_IPV6` for why a program of
@@ -78,14 +80,14 @@ pub fn xdplb_udp4(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn xdplb_ipv6(ctx: XdpContext) -> u32 {
     trace::program(EXPLAIN_PROG_IPV6);
-    run::<Ipv6, false>(&ctx)
+    run::<Ipv6, false>(&ctx, || true)
 }
 
 /// IPv6 UDP.
 #[xdp]
 pub fn xdplb_udp6(ctx: XdpContext) -> u32 {
     trace::program(EXPLAIN_PROG_UDP6);
-    run::<Ipv6, true>(&ctx)
+    run::<Ipv6, true>(&ctx, || true)
 }
 
 /// ICMPv6 errors about IPv6 flows.

@@ -204,6 +204,9 @@ pub trait Family: Sized + 'static {
     /// What is at this destination endpoint: a VIP's pool, a VIP address
     /// without one, or nothing of ours.
     fn vip_match(addr: &Self::Addr, port: u16, proto: u8) -> VipMatch;
+    /// [`vip_match`](Family::vip_match) for a destination the VIP
+    /// prefilter was already asked about (and may hold): the maps alone.
+    fn vip_lookup(addr: &Self::Addr, port: u16, proto: u8) -> VipMatch;
     /// The VIP at this endpoint.
     #[inline(always)]
     fn vip(addr: &Self::Addr, port: u16, proto: u8) -> Option<&'static VipMeta> {
@@ -216,6 +219,9 @@ pub trait Family: Sized + 'static {
     fn vip_addr(addr: &Self::Addr) -> Option<&'static VipAddr>;
     /// The VIP a backend endpoint's replies come from.
     fn reply(addr: &Self::Addr, port: u16, proto: u8) -> Option<Reply<Self>>;
+    /// [`reply`](Family::reply) for a source the backends' prefilter was
+    /// already asked about (and may hold): the map alone.
+    fn reply_lookup(addr: &Self::Addr, port: u16, proto: u8) -> Option<Reply<Self>>;
     /// Whether `addr` is a backend's (it has reply endpoints).
     fn reply_addr(addr: &Self::Addr) -> bool;
     /// Marks a backend endpoint as one that opens connections
@@ -453,6 +459,10 @@ impl Family for Ipv4 {
         if !may_be(0, addr_filter_word(*addr)) {
             return VipMatch::None;
         }
+        Self::vip_lookup(addr, port, proto)
+    }
+    #[inline(always)]
+    fn vip_lookup(addr: &u32, port: u16, proto: u8) -> VipMatch {
         let vip = L4Addr {
             addr: *addr,
             port,
@@ -481,6 +491,10 @@ impl Family for Ipv4 {
         if !may_be(ADDR_FILTER_BACKENDS, addr_filter_word(*addr)) {
             return None;
         }
+        Self::reply_lookup(addr, port, proto)
+    }
+    #[inline(always)]
+    fn reply_lookup(addr: &u32, port: u16, proto: u8) -> Option<Reply<Self>> {
         let from = L4Addr {
             addr: *addr,
             port,
@@ -814,6 +828,11 @@ impl Family for Ipv6 {
     /// `VIPS6` first, unfiltered (so a VIP's packets pay no more than
     /// before the filter had IPv6 bits); the prefilter before the
     /// address lookup.
+    /// No prefilter in the way: `vip_match` as it is.
+    #[inline(always)]
+    fn vip_lookup(addr: &Addr6, port: u16, proto: u8) -> VipMatch {
+        Self::vip_match(addr, port, proto)
+    }
     #[inline(always)]
     fn vip_match(addr: &Addr6, port: u16, proto: u8) -> VipMatch {
         let vip = L4Addr6 {
@@ -838,6 +857,11 @@ impl Family for Ipv6 {
         }
         // SAFETY: as in `vip_match`.
         unsafe { VIP_ADDRS6.get(addr) }
+    }
+    /// No caller has asked the prefilter: `reply` as it is.
+    #[inline(always)]
+    fn reply_lookup(addr: &Addr6, port: u16, proto: u8) -> Option<Reply<Self>> {
+        Self::reply(addr, port, proto)
     }
     #[inline(always)]
     fn reply(addr: &Addr6, port: u16, proto: u8) -> Option<Reply<Self>> {

@@ -18,11 +18,12 @@
 //! - `forward`: next hop (cached FIB), MTU, MACs, TTL, redirect.
 //! - `verdict`, `stats`: per-CPU counters; one verdict per packet.
 //!
-//! The programs: `xdplb` (attached; IPv4 TCP and ICMP) hands IPv4 UDP to
-//! `xdplb_udp4` and IPv6 to `xdplb_ipv6` (TCP), which hands UDP to
-//! `xdplb_udp6` and ICMPv6 errors to `xdplb_icmp6`; a datagram's later
-//! fragments go to `xdplb_frag4` / `xdplb_frag6` — each verified on its
-//! own budget and stack (see `lb_common::TAIL_IPV6`).
+//! The programs: `xdplb` (attached; IPv4 TCP and ICMP) passes IPv4 transit
+//! traffic at once, hands IPv4 UDP to `xdplb_udp4` (to VIPs) or
+//! `xdplb_udp4_reply` (from backends) and IPv6 to `xdplb_ipv6` (TCP),
+//! which hands UDP to `xdplb_udp6` and ICMPv6 errors to `xdplb_icmp6`; a
+//! datagram's later fragments go to `xdplb_frag4` / `xdplb_frag6` — each
+//! verified on its own budget and stack (see `lb_common::TAIL_IPV6`).
 //!
 //! Every packet is counted in exactly one verdict counter (user space sums
 //! them into `Rx`, which saves a counter update per packet).
@@ -61,12 +62,11 @@ use aya_ebpf::{
     maps::ProgramArray,
     programs::XdpContext,
 };
-use lb_common::{TAIL_IPV6, TAIL_SLOTS, TAIL_UDP4};
+use lb_common::TAIL_SLOTS;
 
 use crate::{
     family::{Ipv4, Ipv6},
-    parse::Program,
-    pipeline::{run, tail},
+    pipeline::run,
 };
 
 /// The IPv6 and IPv4 UDP programs, by `lb_common::TAIL_*` slot (see
@@ -76,30 +76,32 @@ pub static TAILS: ProgramArray = ProgramArray::pinned(TAIL_SLOTS, 0);
 
 #[xdp]
 pub fn xdplb(ctx: XdpContext) -> u32 {
-    match parse::program_of(&ctx) {
-        Program::Main => run::<Ipv4, false>(&ctx),
-        Program::Ipv6 => tail(&ctx, TAIL_IPV6),
-        Program::Udp4 => tail(&ctx, TAIL_UDP4),
-    }
+    pipeline::entry(&ctx)
 }
 
-/// IPv4 UDP.
+/// IPv4 UDP that may be to a VIP (as the prefilter says).
 #[xdp]
 pub fn xdplb_udp4(ctx: XdpContext) -> u32 {
-    run::<Ipv4, true>(&ctx)
+    run::<Ipv4, true>(&ctx, || true)
+}
+
+/// IPv4 UDP to no VIP (as the prefilter proved): a backend's replies.
+#[xdp]
+pub fn xdplb_udp4_reply(ctx: XdpContext) -> u32 {
+    run::<Ipv4, true>(&ctx, || false)
 }
 
 /// IPv6 TCP and ICMPv6 (see `lb_common::TAIL_IPV6` for why a program of
 /// its own); it hands UDP on to `xdplb_udp6`.
 #[xdp]
 pub fn xdplb_ipv6(ctx: XdpContext) -> u32 {
-    run::<Ipv6, false>(&ctx)
+    run::<Ipv6, false>(&ctx, || true)
 }
 
 /// IPv6 UDP.
 #[xdp]
 pub fn xdplb_udp6(ctx: XdpContext) -> u32 {
-    run::<Ipv6, true>(&ctx)
+    run::<Ipv6, true>(&ctx, || true)
 }
 
 /// ICMPv6 errors about IPv6 flows.

@@ -18,13 +18,14 @@
 //! the packet is not a TCP/UDP packet we can read, and it passes.
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    Addr6, FlowKey, FlowKey6, GlobalCounter, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP,
-    IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP, TAIL_UDP6,
+    addr_filter_word, Addr6, FlowKey, FlowKey6, GlobalCounter, ADDR_FILTER_BACKENDS, IPPROTO_ICMP,
+    IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP, TAIL_UDP6,
 };
 
 use crate::{
     consts::*,
     family::{Family, Ipv4, Ipv6},
+    host::may_be,
     select::Flow,
 };
 
@@ -139,34 +140,70 @@ pub fn store_addr6(a: &mut [u16; 8], v: &Addr6) {
     }
 }
 
-/// Which program a frame is for (see `lb_common::TAIL_IPV6`).
-pub enum Program {
+/// What the attached program makes of a frame before parsing it (see
+/// `pipeline::entry`).
+pub enum Entry {
+    /// IPv6: the IPv6 program's (see `lb_common::TAIL_IPV6`).
     Ipv6,
-    Udp4,
-    /// IPv4 TCP, ICMP, anything else, and frames too short to tell (which
-    /// the parse counts).
-    Main,
+    /// IPv4 TCP (or UDP, if `udp`) with 20 bytes of IP header in the frame:
+    /// the prefilters are asked about its addresses first.
+    Ipv4 { ip: *const Ipv4Hdr, udp: bool },
+    /// IPv4 ICMP, another protocol, not IP, or too short to tell (which
+    /// the parse counts): the main program's, its prefilter unasked.
+    Other,
 }
 
 #[inline(always)]
-pub fn program_of(ctx: &XdpContext) -> Program {
+pub fn entry_of(ctx: &XdpContext) -> Entry {
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
         return match ptr_at::<EthHdr>(ctx, 0) {
             // SAFETY: bounds checked by ptr_at.
-            Some(eth) if (unsafe { (*eth).proto }) == BE_ETH_P_IPV6 => Program::Ipv6,
-            _ => Program::Main,
+            Some(eth) if (unsafe { (*eth).proto }) == BE_ETH_P_IPV6 => Entry::Ipv6,
+            _ => Entry::Other,
         };
     };
     // SAFETY: ptr_at checked that Ethernet and 20 bytes of IP are there.
     let proto = unsafe { (*(ctx.data() as *const EthHdr)).proto };
     if proto == BE_ETH_P_IPV6 {
-        return Program::Ipv6;
+        return Entry::Ipv6;
+    }
+    if proto != BE_ETH_P_IP {
+        return Entry::Other;
     }
     // SAFETY: as above.
-    if proto == BE_ETH_P_IP && unsafe { (*ip).proto } == IPPROTO_UDP {
-        return Program::Udp4;
+    match unsafe { (*ip).proto } {
+        IPPROTO_TCP => Entry::Ipv4 { ip, udp: false },
+        IPPROTO_UDP => Entry::Ipv4 { ip, udp: true },
+        _ => Entry::Other,
     }
-    Program::Main
+}
+
+/// Whether the VIP prefilter may hold the destination (`false` is sure).
+#[inline(always)]
+pub fn dst_may_be_vip(iph: &Ipv4Hdr) -> bool {
+    may_be(0, addr_filter_word(load32(&iph.daddr)))
+}
+
+/// Whether an IPv4 TCP or UDP packet to no VIP (as the prefilter proved)
+/// is transit traffic, to be passed before the parse (a UDP datagram is
+/// spared its tail call too). Only a packet the parse would take as far as
+/// its ports qualifies: its verdict then depends on its addresses alone
+/// (to no VIP and from no backend: passed), as the parse's `L4` and
+/// `Special` outcomes do; anything malformed before the ports is left to
+/// the parse, which drops it (`Parsed::Malformed`) whatever its addresses.
+/// So a packet to no VIP that is not transit and reaches the pipeline's
+/// `balance` (well-formed) is one whose source the backends' prefilter
+/// may hold.
+#[inline(always)]
+pub fn transit(ctx: &XdpContext, iph: &Ipv4Hdr) -> bool {
+    let tot_len = u16::from_be(iph.tot_len) as usize;
+    let frame_ip_len = ctx.data_end() - ctx.data() - ETH_HLEN;
+    iph.ver_ihl == 0x45
+        && iph.frag_off & BE_IP_OFFSET_MASK == 0
+        && tot_len >= IPV4_MIN_HLEN
+        && tot_len <= frame_ip_len
+        && ptr_at::<[u16; 2]>(ctx, ETH_HLEN + IPV4_MIN_HLEN).is_some()
+        && !may_be(ADDR_FILTER_BACKENDS, addr_filter_word(load32(&iph.saddr)))
 }
 
 /// What parsing decided about a frame.

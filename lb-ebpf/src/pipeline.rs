@@ -4,28 +4,77 @@
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use lb_common::{
     limits::FRAG_TTL_NS, FibEntry, GlobalCounter, VipMeta, FRAG_DSR, FRAG_NAT, FRAG_REPLY,
-    FRAG_TUNNEL, REPLY_F_OPENS, VIP_F_DSR, VIP_F_REJECT_EMPTY, VIP_F_TUNNEL,
+    FRAG_TUNNEL, REPLY_F_OPENS, TAIL_IPV6, TAIL_UDP4, TAIL_UDP4_REPLY, VIP_F_DSR,
+    VIP_F_REJECT_EMPTY, VIP_F_TUNNEL,
 };
 
 use crate::{
     answer::{self, answer_with, too_big, unanswerable},
     consts::{MIN_FORWARD_TTL, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
     direct,
-    family::{Family, Reply, VipMatch},
+    family::{Family, Ipv4, Reply, VipMatch},
     forward::{aggregate, backend_next_hop, fits, next_hop, send, Next},
     host::for_us,
     nat,
-    parse::{EchoPacket, FragPacket, L4Packet, Parsed},
+    parse::{self, EchoPacket, Entry, FragPacket, L4Packet, Parsed},
     select::{self, Flow},
     stats::{count, count_backend, count_rejected, count_reply, count_vip},
     verdict::{answered, drop, pass, pass_because},
 };
 
-/// One program's work: family `F`, its UDP program if `UDP`.
+/// The attached program's work (`xdplb`): IPv6 handed to its program;
+/// IPv4 TCP and UDP first to the prefilters, once for the whole pipeline
+/// (here nothing but the context and the header are live across their
+/// reads, where the parse's fields would be spilled around them later):
+/// transit traffic passed, UDP handed to the program for its answer
+/// (`TAIL_UDP4` or `TAIL_UDP4_REPLY`: a tail call carries nothing else),
+/// TCP and the rest balanced here.
 #[inline(always)]
-pub fn run<F: Family, const UDP: bool>(ctx: &XdpContext) -> u32 {
+pub fn entry(ctx: &XdpContext) -> u32 {
+    let dst_may_be_vip = 'asked: {
+        let (iph, udp) = match parse::entry_of(ctx) {
+            Entry::Ipv6 => return tail(ctx, TAIL_IPV6),
+            Entry::Other => break 'asked true,
+            // SAFETY: `entry_of` checked the header is in the frame.
+            Entry::Ipv4 { ip, udp } => (unsafe { &*ip }, udp),
+        };
+        if udp {
+            return if parse::dst_may_be_vip(iph) {
+                tail(ctx, TAIL_UDP4)
+            } else if parse::transit(ctx, iph) {
+                pass()
+            } else {
+                tail(ctx, TAIL_UDP4_REPLY)
+            };
+        }
+        if parse::dst_may_be_vip(iph) {
+            break 'asked true;
+        }
+        if parse::transit(ctx, iph) {
+            return pass();
+        }
+        false
+    };
+    // Kept on the stack until `balance` reads it: a register carried
+    // through the parse spilled more of its fields, and two copies of the
+    // pipeline, one for each answer, doubled the program's code.
+    let mut asked = 0u64;
+    // SAFETY: a local, written and read whole.
+    unsafe { core::ptr::write_volatile(&mut asked, dst_may_be_vip as u64) };
+    run::<Ipv4, false>(ctx, || unsafe { core::ptr::read_volatile(&asked) } != 0)
+}
+
+/// One program's work: family `F`, its UDP program if `UDP`.
+/// `dst_may_be_vip` (`entry` asks the prefilters of every IPv4
+/// TCP or UDP packet, and so of every one that reaches `balance`): true,
+/// the VIP prefilter may hold the destination, which is looked up in the
+/// VIP maps without asking it again; false, it does not, and (the packet
+/// being no transit traffic) the backends' prefilter may hold the source,
+/// which is looked up in `REPLIES` without asking that again.
+#[inline(always)]
+pub fn run<F: Family, const UDP: bool>(ctx: &XdpContext, dst_may_be_vip: impl Fn() -> bool) -> u32 {
     match F::parse::<UDP>(ctx) {
-        Parsed::L4(pkt) => balance(ctx, &pkt),
+        Parsed::L4(pkt) => balance(ctx, &pkt, dst_may_be_vip()),
         Parsed::IcmpError(p) => F::icmp_error(ctx, &p),
         Parsed::TunnelTooBig => F::tunnel_too_big(ctx),
         Parsed::IcmpUnparsed => pass_because(GlobalCounter::PassIcmpUnparsed),
@@ -74,9 +123,14 @@ pub fn tail(ctx: &XdpContext, slot: u32) -> u32 {
 }
 
 #[inline(always)]
-fn balance<F: Family>(ctx: &XdpContext, pkt: &L4Packet<F>) -> u32 {
+fn balance<F: Family>(ctx: &XdpContext, pkt: &L4Packet<F>, dst_may_be_vip: bool) -> u32 {
     let key = &pkt.key;
-    match F::vip_match(&key.dst(), key.dst_port(), key.proto()) {
+    let vip = if dst_may_be_vip {
+        F::vip_lookup(&key.dst(), key.dst_port(), key.proto())
+    } else {
+        VipMatch::None
+    };
+    match vip {
         VipMatch::Pool(vip) => {
             if !for_us(ctx) {
                 return pass_because(GlobalCounter::PassNotForUs);
@@ -91,7 +145,12 @@ fn balance<F: Family>(ctx: &XdpContext, pkt: &L4Packet<F>) -> u32 {
         }
         VipMatch::None => {}
     }
-    if let Some(reply) = F::reply(&key.src(), key.src_port(), key.proto()) {
+    let reply = if dst_may_be_vip {
+        F::reply(&key.src(), key.src_port(), key.proto())
+    } else {
+        F::reply_lookup(&key.src(), key.src_port(), key.proto())
+    };
+    if let Some(reply) = reply {
         // Traffic between a backend and this host (health checks, agents)
         // is the kernel's; everything else from a backend's service port is
         // a reply, flow entry or not (stateless reverse NAT).

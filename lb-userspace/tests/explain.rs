@@ -424,6 +424,19 @@ fn explain_matches_the_program_and_changes_nothing_ipv6_and_udp() {
     assert_eq!(out_dst(&r), backend(2, chosen - slot(2, 0)).to_string());
     let r = lab.check(lab.question(client, vip(2), true, 0));
     assert_eq!(r.flow.lookup, "hit");
+    // The backend's answer: the VIP prefilter says it is to no VIP, so
+    // the entry hands it to the reply program, which rewrites it back.
+    let from = backend(2, chosen - slot(2, 0)).to_string();
+    let r = lab.check(lab.question(&from, sa(client), true, 0));
+    assert_eq!(r.programs, ["xdplb", "xdplb_udp4_reply"]);
+    assert_eq!(r.action, XDP_REDIRECT);
+    assert!(r.why.contains("a reply from backend"), "{}", r.why);
+    assert_eq!(r.out.as_ref().unwrap().src, vip(2).to_string());
+    // Transit UDP (to no VIP, from no backend): passed by the entry.
+    let r = lab.check(lab.question(client, sa("198.18.2.99:53"), true, 0));
+    assert_eq!(r.programs, ["xdplb"]);
+    assert_eq!(r.action, XDP_PASS);
+    assert!(r.why.contains("not a VIP"), "{}", r.why);
 }
 
 #[test]

@@ -372,6 +372,11 @@ fn non_vip_packet_passes_unchanged() {
         assert_eq!(action, XDP_PASS, "{dst}");
         assert_eq!(out, bytes, "{dst}");
     }
+    // A UDP datagram: passed at the program's entry, before its tail call.
+    let udp = udp_to(43001, "198.18.2.99:53");
+    let (action, out) = lab.arrive_from_client(&udp);
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(out, udp);
     // Not IPv4 at all: an ARP request.
     let mut arp = vec![0xff; 6];
     arp.extend_from_slice(&CLIENT_MAC);
@@ -381,8 +386,8 @@ fn non_vip_packet_passes_unchanged() {
     assert_eq!(action, XDP_PASS);
     assert_eq!(out, arp);
     let c = lab.counters();
-    assert_eq!(c.get(GlobalCounter::Rx), 3);
-    assert_eq!(c.get(GlobalCounter::Passed), 3);
+    assert_eq!(c.get(GlobalCounter::Rx), 4);
+    assert_eq!(c.get(GlobalCounter::Passed), 4);
 }
 
 /// What the program must answer to `sent` when the pool is empty: a RST
@@ -556,7 +561,7 @@ fn a_reused_slot_at_another_address_is_sent_to_its_own_next_hop() {
 /// A malformed or special frame, what must happen to it, and the counter
 /// that must say so.
 struct Case {
-    name: &'static str,
+    name: String,
     frame: Vec<u8>,
     action: u32,
     counter: Option<GlobalCounter>,
@@ -584,9 +589,9 @@ fn with_ip_options(mut f: Vec<u8>) -> Vec<u8> {
 fn cases() -> Vec<Case> {
     use GlobalCounter::*;
     let mut v = Vec::new();
-    let mut c = |name, frame, action, counter| {
+    let mut c = |name: &str, frame, action, counter| {
         v.push(Case {
-            name,
+            name: name.to_string(),
             frame,
             action,
             counter,
@@ -696,6 +701,61 @@ fn cases() -> Vec<Case> {
     let mut f = vip_syn();
     f[22] = 1;
     c("ttl 1 (to a VIP): the kernel answers", f, XDP_PASS, None);
+    // The IP-layer defects again, to no VIP and from no backend, TCP and
+    // UDP: dropped and counted all the same. (Transit traffic leaves at
+    // the program's entry, before the parse, only when it is well-formed
+    // as far as its ports.)
+    for (proto, frame) in [
+        ("tcp", non_vip_syn()),
+        ("udp", udp_to(44001, "198.18.2.99:53")),
+    ] {
+        let mut f = frame.clone();
+        f[14] = 0x65;
+        c(
+            &format!("ip version 6 in an IPv4 frame ({proto}, not to a VIP)"),
+            f,
+            XDP_DROP,
+            Some(DropBadIpVersion),
+        );
+        let mut f = frame.clone();
+        f[14] = 0x44;
+        c(
+            &format!("ihl 4 ({proto}, not to a VIP)"),
+            f,
+            XDP_DROP,
+            Some(DropBadIhl),
+        );
+        let mut f = frame.clone();
+        f[16..18].copy_from_slice(&1500u16.to_be_bytes());
+        c(
+            &format!("total length beyond the frame ({proto}, not to a VIP)"),
+            f,
+            XDP_DROP,
+            Some(DropBadTotalLength),
+        );
+        let mut f = frame.clone();
+        f[16..18].copy_from_slice(&10u16.to_be_bytes());
+        c(
+            &format!("total length below the header ({proto}, not to a VIP)"),
+            f,
+            XDP_DROP,
+            Some(DropBadTotalLength),
+        );
+        let mut f = frame[..36].to_vec();
+        f[16..18].copy_from_slice(&22u16.to_be_bytes());
+        c(
+            &format!("{proto} without ports (not to a VIP)"),
+            f,
+            XDP_DROP,
+            Some(DropTruncatedTcp),
+        );
+        c(
+            &format!("{proto} well-formed (not to a VIP)"),
+            frame,
+            XDP_PASS,
+            None,
+        );
+    }
     v
 }
 

@@ -981,13 +981,15 @@ fn the_program_loads_with_tunnel_sources_of_both_families() {
     // Every program was accepted, tunnel paths included (the kernel says
     // how much it verified of each).
     let verified = tp.dp().verified_instructions();
-    // The seven programs (IPv4 TCP, IPv4 UDP, IPv6 TCP, IPv6 UDP, ICMPv6
-    // errors, IPv4 and IPv6 later fragments), each named once: an empty or
-    // short list would pass the check below without checking anything.
+    // The eight programs (IPv4 TCP, IPv4 UDP to VIPs and from backends,
+    // IPv6 TCP, IPv6 UDP, ICMPv6 errors, IPv4 and IPv6 later fragments),
+    // each named once: an empty or short list would pass the check below
+    // without checking anything.
     use lb_common::maps::*;
     let mut want = [
         PROGRAM,
         PROGRAM_UDP4,
+        PROGRAM_UDP4_REPLY,
         PROGRAM_IPV6,
         PROGRAM_UDP6,
         PROGRAM_ICMP6,

@@ -18,9 +18,10 @@ use super::{
 };
 
 /// The tail-called programs by `TAILS` slot (see `lb_common::TAIL_IPV6`).
-pub(super) const TAIL_PROGRAMS: [(u32, &str); 6] = [
+pub(super) const TAIL_PROGRAMS: [(u32, &str); 7] = [
     (lb_common::TAIL_IPV6, maps::PROGRAM_IPV6),
     (lb_common::TAIL_UDP4, maps::PROGRAM_UDP4),
+    (lb_common::TAIL_UDP4_REPLY, maps::PROGRAM_UDP4_REPLY),
     (lb_common::TAIL_UDP6, maps::PROGRAM_UDP6),
     (lb_common::TAIL_ICMP6, maps::PROGRAM_ICMP6),
     (lb_common::TAIL_FRAG4, maps::PROGRAM_FRAG4),

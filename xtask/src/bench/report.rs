@@ -355,7 +355,8 @@ const ACCOUNTING: [(&str, &str, &str); 5] = [
     (
         "non_vip",
         "2 array lookups (ADDR_FILTER for VIPs, then for backends' addresses: neither matches) and GLOBAL_STATS \
-         (Passed)",
+         (Passed), in the attached program before the parse (`parse::program_of`: IPv4 TCP and UDP; UDP spared \
+         its tail call)",
         "stats ×2 (total, pass) and **vip_map (hash) twice** (with the port, then port 0)",
     ),
 ];
@@ -481,8 +482,8 @@ const LEVERS_LEFT: [(&str, &str); 4] = [
     ),
     (
         "the tail call for IPv6 and UDP",
-        "needed: `xdplb` alone has the verifier process ~448k instructions of its 1M budget, the IPv6 program \
-         ~461k; one program for both would not load. established_v6 stays above Katran (1.1–1.4): the tail call, \
+        "needed: `xdplb` alone has the verifier process ~450k instructions of its 1M budget, the IPv6 program \
+         ~460k; one program for both would not load. established_v6 stays above Katran (1.1–1.4): the tail call, \
          a 40-byte key's hashes and a 16-byte address compare per lookup",
     ),
 ];

@@ -145,11 +145,11 @@ pub fn store_addr6(a: &mut [u16; 8], v: &Addr6) {
 pub enum Entry {
     /// IPv6: the IPv6 program's (see `lb_common::TAIL_IPV6`).
     Ipv6,
-    /// IPv4 TCP (or UDP, if `udp`) with 20 bytes of IP header in the frame:
-    /// the prefilters are asked about its addresses first.
-    Ipv4 { ip: *const Ipv4Hdr, udp: bool },
-    /// IPv4 ICMP, another protocol, not IP, or too short to tell (which
-    /// the parse counts): the main program's, its prefilter unasked.
+    /// IPv4 with 20 bytes of IP header in the frame: the VIP prefilter is
+    /// asked about its destination first.
+    Ipv4(*const Ipv4Hdr),
+    /// Not IP, or too short to tell (which the parse counts): the main
+    /// program's, its prefilter unasked.
     Other,
 }
 
@@ -163,17 +163,9 @@ pub fn entry_of(ctx: &XdpContext) -> Entry {
         };
     };
     // SAFETY: ptr_at checked that Ethernet and 20 bytes of IP are there.
-    let proto = unsafe { (*(ctx.data() as *const EthHdr)).proto };
-    if proto == BE_ETH_P_IPV6 {
-        return Entry::Ipv6;
-    }
-    if proto != BE_ETH_P_IP {
-        return Entry::Other;
-    }
-    // SAFETY: as above.
-    match unsafe { (*ip).proto } {
-        IPPROTO_TCP => Entry::Ipv4 { ip, udp: false },
-        IPPROTO_UDP => Entry::Ipv4 { ip, udp: true },
+    match unsafe { (*(ctx.data() as *const EthHdr)).proto } {
+        BE_ETH_P_IPV6 => Entry::Ipv6,
+        BE_ETH_P_IP => Entry::Ipv4(ip),
         _ => Entry::Other,
     }
 }

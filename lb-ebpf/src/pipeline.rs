@@ -4,8 +4,8 @@
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use lb_common::{
     limits::FRAG_TTL_NS, FibEntry, GlobalCounter, VipMeta, FRAG_DSR, FRAG_NAT, FRAG_REPLY,
-    FRAG_TUNNEL, REPLY_F_OPENS, TAIL_IPV6, TAIL_UDP4, TAIL_UDP4_REPLY, VIP_F_DSR,
-    VIP_F_REJECT_EMPTY, VIP_F_TUNNEL,
+    FRAG_TUNNEL, IPPROTO_TCP, IPPROTO_UDP, REPLY_F_OPENS, TAIL_IPV6, TAIL_UDP4, TAIL_UDP4_REPLY,
+    VIP_F_DSR, VIP_F_REJECT_EMPTY, VIP_F_TUNNEL,
 };
 
 use crate::{
@@ -23,37 +23,35 @@ use crate::{
 };
 
 /// The attached program's work (`xdplb`): IPv6 handed to its program;
-/// IPv4 TCP and UDP first to the prefilters, once for the whole pipeline
-/// (here nothing but the context and the header are live across their
-/// reads, where the parse's fields would be spilled around them later):
+/// IPv4 first to the VIP prefilter, once for the whole pipeline (here
+/// nothing but the context and the header are live across the read, where
+/// the parse's fields would be spilled around it later): TCP and UDP
 /// transit traffic passed, UDP handed to the program for its answer
 /// (`TAIL_UDP4` or `TAIL_UDP4_REPLY`: a tail call carries nothing else),
 /// TCP and the rest balanced here.
 #[inline(always)]
 pub fn entry(ctx: &XdpContext) -> u32 {
     let dst_may_be_vip = 'asked: {
-        let (iph, udp) = match parse::entry_of(ctx) {
+        let iph = match parse::entry_of(ctx) {
             Entry::Ipv6 => return tail(ctx, TAIL_IPV6),
             Entry::Other => break 'asked true,
             // SAFETY: `entry_of` checked the header is in the frame.
-            Entry::Ipv4 { ip, udp } => (unsafe { &*ip }, udp),
+            Entry::Ipv4(ip) => unsafe { &*ip },
         };
-        if udp {
-            return if parse::dst_may_be_vip(iph) {
-                tail(ctx, TAIL_UDP4)
-            } else if parse::transit(ctx, iph) {
-                pass()
-            } else {
-                tail(ctx, TAIL_UDP4_REPLY)
-            };
+        let dst_may_be_vip = parse::dst_may_be_vip(iph);
+        match iph.proto {
+            IPPROTO_UDP => {
+                return if dst_may_be_vip {
+                    tail(ctx, TAIL_UDP4)
+                } else if parse::transit(ctx, iph) {
+                    pass()
+                } else {
+                    tail(ctx, TAIL_UDP4_REPLY)
+                };
+            }
+            IPPROTO_TCP if !dst_may_be_vip && parse::transit(ctx, iph) => return pass(),
+            _ => dst_may_be_vip,
         }
-        if parse::dst_may_be_vip(iph) {
-            break 'asked true;
-        }
-        if parse::transit(ctx, iph) {
-            return pass();
-        }
-        false
     };
     // Kept on the stack until `balance` reads it: a register carried
     // through the parse spilled more of its fields, and two copies of the
@@ -65,12 +63,12 @@ pub fn entry(ctx: &XdpContext) -> u32 {
 }
 
 /// One program's work: family `F`, its UDP program if `UDP`.
-/// `dst_may_be_vip` (`entry` asks the prefilters of every IPv4
-/// TCP or UDP packet, and so of every one that reaches `balance`): true,
-/// the VIP prefilter may hold the destination, which is looked up in the
-/// VIP maps without asking it again; false, it does not, and (the packet
-/// being no transit traffic) the backends' prefilter may hold the source,
-/// which is looked up in `REPLIES` without asking that again.
+/// `dst_may_be_vip` (`entry` asks the VIP prefilter of every IPv4 packet,
+/// and so of every TCP or UDP one that reaches `balance`): true, the
+/// prefilter may hold the destination, which is looked up in the VIP maps
+/// without asking it again; false, it does not, and (the packet being no
+/// transit traffic) the backends' prefilter may hold the source, which is
+/// looked up in `REPLIES` without asking that again.
 #[inline(always)]
 pub fn run<F: Family, const UDP: bool>(ctx: &XdpContext, dst_may_be_vip: impl Fn() -> bool) -> u32 {
     match F::parse::<UDP>(ctx) {

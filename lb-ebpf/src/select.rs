@@ -399,6 +399,18 @@ pub extern "C" fn xdplb_scan_buckets(
     };
     // SAFETY: valid map values for the program's run.
     let (a, b) = unsafe { (&*a, &*b) };
+    // Touch both lines of both buckets before scanning any: four
+    // independent loads, so a new flow's cache misses overlap instead of
+    // coming one after another (measured: 397 ns net per new flow at 1M
+    // entries without, docs/BENCHMARKS.md). Here, where the buckets are
+    // looked up anyway: the caller looked them up a second time for it.
+    // SAFETY: the loaded words are not used.
+    unsafe {
+        core::ptr::read_volatile(&a.slots[0].tag);
+        core::ptr::read_volatile(&a.slots[FLOW_WAYS / 2].tag);
+        core::ptr::read_volatile(&b.slots[0].tag);
+        core::ptr::read_volatile(&b.slots[FLOW_WAYS / 2].tag);
+    }
     let ways = FLOW_WAYS as u64;
     if mode != SCAN_JUDGE {
         // Both buckets' tags alone first: an established flow (almost
@@ -448,20 +460,6 @@ fn place<K: Flow>(key: &K, now: u64, mode: u32) -> Result<Place, GlobalCounter> 
     let buckets = unsafe { core::ptr::read_volatile(&FLOW_BUCKETS) };
     let tag = key.tag(seed);
     let (a, b) = flow_bucket_pair(tag, buckets);
-    let (Some(first), Some(second)) = (FLOWS.get_ptr(a), FLOWS.get_ptr(b)) else {
-        return Err(GlobalCounter::DropInternal);
-    };
-    // Touch both lines of both buckets before scanning any: four
-    // independent loads, so a new flow's cache misses overlap instead of
-    // coming one after another (measured: 397 ns net per new flow at 1M
-    // entries without, docs/BENCHMARKS.md).
-    // SAFETY: valid map values; the loaded words are not used.
-    unsafe {
-        core::ptr::read_volatile(&(*first).slots[0].tag);
-        core::ptr::read_volatile(&(*first).slots[FLOW_WAYS / 2].tag);
-        core::ptr::read_volatile(&(*second).slots[0].tag);
-        core::ptr::read_volatile(&(*second).slots[FLOW_WAYS / 2].tag);
-    }
     let scan = xdplb_scan_buckets(a, b, tag, flow_seen(now), mode);
     if scan == u64::MAX {
         return Err(GlobalCounter::DropInternal);

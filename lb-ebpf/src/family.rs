@@ -825,14 +825,15 @@ impl Family for Ipv6 {
         rest
     }
 
-    /// `VIPS6` first, unfiltered (so a VIP's packets pay no more than
-    /// before the filter had IPv6 bits); the prefilter before the
-    /// address lookup.
-    /// No prefilter in the way: `vip_match` as it is.
+    /// No prefilter before `VIPS6` (see `vip_match`): `vip_match` as it
+    /// is.
     #[inline(always)]
     fn vip_lookup(addr: &Addr6, port: u16, proto: u8) -> VipMatch {
         Self::vip_match(addr, port, proto)
     }
+    /// `VIPS6` first, unfiltered (so a VIP's packets pay no more than
+    /// before the filter had IPv6 bits); the prefilter before the
+    /// address lookup.
     #[inline(always)]
     fn vip_match(addr: &Addr6, port: u16, proto: u8) -> VipMatch {
         let vip = L4Addr6 {
@@ -858,7 +859,9 @@ impl Family for Ipv6 {
         // SAFETY: as in `vip_match`.
         unsafe { VIP_ADDRS6.get(addr) }
     }
-    /// No caller has asked the prefilter: `reply` as it is.
+    /// No IPv6 program is told its packet is to no VIP (nothing asks the
+    /// IPv6 prefilters before the parse), so nothing calls this: `reply`
+    /// as it is, prefilter included.
     #[inline(always)]
     fn reply_lookup(addr: &Addr6, port: u16, proto: u8) -> Option<Reply<Self>> {
         Self::reply(addr, port, proto)

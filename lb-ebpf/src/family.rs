@@ -14,16 +14,15 @@
 //!   IPv6 ones have maps of their own (`*6`).
 use aya_ebpf::{bindings::bpf_fib_lookup as FibParams, programs::XdpContext};
 use lb_common::{
-    addr_filter_word, addr_filter_word6, Addr6, BackendHop, BackendMeta, FibEntry, FlowKey,
-    FlowKey6, FragEntry, L4Addr, L4Addr6, VipAddr, VipMeta, ADDR_FILTER_BACKENDS,
-    ADDR_FILTER_BACKENDS6, ADDR_FILTER_VIPS6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP,
-    IPPROTO_IPV6, IPPROTO_TCP, REPLY_F_OPENS,
+    addr_filter_word6, Addr6, BackendHop, BackendMeta, FibEntry, FlowKey, FlowKey6, FragEntry,
+    L4Addr, L4Addr6, VipAddr, VipMeta, ADDR_FILTER_BACKENDS6, ADDR_FILTER_VIPS6, IPPROTO_ICMP,
+    IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP, REPLY_F_OPENS,
 };
 
 use crate::{
     consts::*,
     csum::{fold, replace16, replace32, sum_words},
-    host::may_be,
+    host::{may_be, may_be_backend, may_be_vip},
     maps::{
         BACKEND_ADDRS6, BACKEND_HOPS, BACKEND_HOPS6, FIB_CACHE, FIB_CACHE6, FRAGS, FRAGS6,
         FRAG_SCRATCH, LOCAL_ADDRS, LOCAL_ADDRS6, OUTBOUND, OUTBOUND6, REPLIES, REPLIES6,
@@ -456,7 +455,7 @@ impl Family for Ipv4 {
     /// The prefilter first: most traffic through a gateway is for no VIP.
     #[inline(always)]
     fn vip_match(addr: &u32, port: u16, proto: u8) -> VipMatch {
-        if !may_be(0, addr_filter_word(*addr)) {
+        if !may_be_vip(*addr) {
             return VipMatch::None;
         }
         Self::vip_lookup(addr, port, proto)
@@ -480,7 +479,7 @@ impl Family for Ipv4 {
     }
     #[inline(always)]
     fn vip_addr(addr: &u32) -> Option<&'static VipAddr> {
-        if !may_be(0, addr_filter_word(*addr)) {
+        if !may_be_vip(*addr) {
             return None;
         }
         // SAFETY: as in `vip_match`.
@@ -488,7 +487,7 @@ impl Family for Ipv4 {
     }
     #[inline(always)]
     fn reply(addr: &u32, port: u16, proto: u8) -> Option<Reply<Self>> {
-        if !may_be(ADDR_FILTER_BACKENDS, addr_filter_word(*addr)) {
+        if !may_be_backend(*addr) {
             return None;
         }
         Self::reply_lookup(addr, port, proto)
@@ -549,8 +548,7 @@ impl Family for Ipv4 {
     #[inline(always)]
     fn reply_addr(addr: &u32) -> bool {
         // SAFETY: the reference is dropped at once.
-        may_be(ADDR_FILTER_BACKENDS, addr_filter_word(*addr))
-            && unsafe { REPLY_ADDRS.get(addr) }.is_some()
+        may_be_backend(*addr) && unsafe { REPLY_ADDRS.get(addr) }.is_some()
     }
     #[inline(always)]
     fn is_local(addr: &u32) -> bool {

@@ -2,7 +2,7 @@
 //! by the controller), and the IPv4 address prefilter. The host's own
 //! addresses are a family's lookup (`Family::is_local`).
 use aya_ebpf::programs::XdpContext;
-use lb_common::IFACE_SLOTS;
+use lb_common::{addr_filter_word, ADDR_FILTER_BACKENDS, IFACE_SLOTS};
 
 use crate::{
     maps::{ADDR_FILTER, EXTRA_MACS, IFACES},
@@ -19,6 +19,20 @@ pub fn may_be(quarter: u32, (word, bit): (u32, u64)) -> bool {
         Some(w) => w & bit != 0,
         None => true,
     }
+}
+
+/// Whether the VIP prefilter may hold IPv4 address `addr` (`false` is
+/// sure).
+#[inline(always)]
+pub fn may_be_vip(addr: u32) -> bool {
+    may_be(0, addr_filter_word(addr))
+}
+
+/// Whether the backends' prefilter may hold IPv4 address `addr` (`false`
+/// is sure).
+#[inline(always)]
+pub fn may_be_backend(addr: u32) -> bool {
+    may_be(ADDR_FILTER_BACKENDS, addr_filter_word(addr))
 }
 
 /// Whether the frame is addressed to the interface it arrived on (or to

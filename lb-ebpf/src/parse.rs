@@ -18,14 +18,14 @@
 //! the packet is not a TCP/UDP packet we can read, and it passes.
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    addr_filter_word, Addr6, FlowKey, FlowKey6, GlobalCounter, ADDR_FILTER_BACKENDS, IPPROTO_ICMP,
-    IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP, TAIL_UDP6,
+    Addr6, FlowKey, FlowKey6, GlobalCounter, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP,
+    IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP, TAIL_UDP6,
 };
 
 use crate::{
     consts::*,
     family::{Family, Ipv4, Ipv6},
-    host::may_be,
+    host::may_be_backend,
     select::Flow,
 };
 
@@ -170,12 +170,6 @@ pub fn entry_of(ctx: &XdpContext) -> Entry {
     }
 }
 
-/// Whether the VIP prefilter may hold the destination (`false` is sure).
-#[inline(always)]
-pub fn dst_may_be_vip(iph: &Ipv4Hdr) -> bool {
-    may_be(0, addr_filter_word(load32(&iph.daddr)))
-}
-
 /// Whether an IPv4 TCP or UDP packet to no VIP (as the prefilter proved)
 /// is transit traffic, to be passed before the parse (a UDP datagram is
 /// spared its tail call too). Only a packet the parse would take as far as
@@ -195,7 +189,7 @@ pub fn transit(ctx: &XdpContext, iph: &Ipv4Hdr) -> bool {
         && tot_len >= IPV4_MIN_HLEN
         && tot_len <= frame_ip_len
         && ptr_at::<[u16; 2]>(ctx, ETH_HLEN + IPV4_MIN_HLEN).is_some()
-        && !may_be(ADDR_FILTER_BACKENDS, addr_filter_word(load32(&iph.saddr)))
+        && !may_be_backend(load32(&iph.saddr))
 }
 
 /// What parsing decided about a frame.

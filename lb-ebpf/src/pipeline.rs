@@ -14,9 +14,9 @@ use crate::{
     direct,
     family::{Family, Ipv4, Reply, VipMatch},
     forward::{aggregate, backend_next_hop, fits, next_hop, send, Next},
-    host::for_us,
+    host::{for_us, may_be_vip},
     nat,
-    parse::{self, EchoPacket, Entry, FragPacket, L4Packet, Parsed},
+    parse::{self, load32, EchoPacket, Entry, FragPacket, L4Packet, Parsed},
     select::{self, Flow},
     stats::{count, count_backend, count_rejected, count_reply, count_vip},
     verdict::{answered, drop, pass, pass_because},
@@ -38,7 +38,7 @@ pub fn entry(ctx: &XdpContext) -> u32 {
             // SAFETY: `entry_of` checked the header is in the frame.
             Entry::Ipv4(ip) => unsafe { &*ip },
         };
-        let dst_may_be_vip = parse::dst_may_be_vip(iph);
+        let dst_may_be_vip = may_be_vip(load32(&iph.daddr));
         match iph.proto {
             IPPROTO_UDP => {
                 return if dst_may_be_vip {
